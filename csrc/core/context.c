@@ -1,0 +1,214 @@
+/*
+ * context.c -- dsc_context: the device, stream, workspace, RNG seed, threads and
+ * log callback that every op runs with; plus device memory helpers.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "backend.h"
+
+static const char *const FN_CREATE = "dsc_context_create";
+
+int dsc_ctx_is_cuda(const dsc_context *ctx) { return ctx->device.device_type == kDLCUDA; }
+
+dsc_status dsc_context_create(const dsc_context_options *options, dsc_context **out) {
+  DSC_CHECK(out != NULL, DSC_ERR_INVALID_ARGUMENT, FN_CREATE, "out: expected a pointer, got NULL");
+  *out = NULL;
+  dsc_context_options o;
+  memset(&o, 0, sizeof o);
+  if (options != NULL) {
+    DSC_CHECK(options->size >= offsetof(dsc_context_options, size) + sizeof(size_t) &&
+                  options->size <= sizeof(dsc_context_options),
+              DSC_ERR_INVALID_ARGUMENT, FN_CREATE,
+              "options->size: expected sizeof(dsc_context_options) = %zu, got %zu",
+              sizeof(dsc_context_options), options->size);
+    memcpy(&o, options, options->size);
+  }
+  if (o.device_type == 0) o.device_type = kDLCPU;
+  DSC_CHECK(o.device_type == kDLCPU || o.device_type == kDLCUDA, DSC_ERR_DEVICE, FN_CREATE,
+            "options->device_type: expected kDLCPU (1) or kDLCUDA (2), got %d", (int)o.device_type);
+  DSC_CHECK(o.device_id >= 0, DSC_ERR_INVALID_ARGUMENT, FN_CREATE,
+            "options->device_id: expected >= 0, got %d", (int)o.device_id);
+  DSC_CHECK(o.num_threads >= 0, DSC_ERR_INVALID_ARGUMENT, FN_CREATE,
+            "options->num_threads: expected >= 0, got %d", (int)o.num_threads);
+#ifndef DSC_WITH_CUDA
+  DSC_CHECK(o.device_type != kDLCUDA, DSC_ERR_UNSUPPORTED, FN_CREATE,
+            "options->device_type: CUDA requested, but this build of deepseek_c has no CUDA "
+            "backend (rebuild with nvcc on PATH and DSC_CUDA=1)");
+#endif
+  DSC_CHECK(o.device_type == kDLCUDA || o.stream == NULL, DSC_ERR_INVALID_ARGUMENT, FN_CREATE,
+            "options->stream: expected NULL for a CPU context, got %p", o.stream);
+
+  dsc_context *ctx = (dsc_context *)calloc(1, sizeof *ctx);
+  if (!ctx) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN_CREATE, "out of host memory");
+  ctx->device.device_type = (DLDeviceType)o.device_type;
+  ctx->device.device_id = o.device_type == kDLCPU ? 0 : o.device_id;
+  ctx->stream = o.stream;
+  ctx->seed = o.seed;
+  ctx->deterministic = o.deterministic != 0;
+  ctx->log_fn = o.log_fn;
+  ctx->log_user_data = o.log_user_data;
+#ifdef _OPENMP
+  ctx->num_threads = o.num_threads > 0 ? o.num_threads : omp_get_max_threads();
+#else
+  ctx->num_threads = 1;
+#endif
+#ifdef DSC_WITH_CUDA
+  if (o.device_type == kDLCUDA) {
+    dsc_status st = dsc_cuda_context_init(ctx);
+    if (st != DSC_OK) {
+      free(ctx);
+      return st;
+    }
+  }
+#endif
+  *out = ctx;
+  return DSC_OK;
+}
+
+void dsc_context_destroy(dsc_context *ctx) {
+  if (!ctx) return;
+  dsc_free(ctx, ctx->workspace);
+  ctx->workspace = NULL;
+#ifdef DSC_WITH_CUDA
+  if (dsc_ctx_is_cuda(ctx)) dsc_cuda_context_release(ctx);
+#endif
+  free(ctx);
+}
+
+dsc_status dsc_context_set_stream(dsc_context *ctx, void *stream) {
+  DSC_CHECK(ctx != NULL, DSC_ERR_INVALID_ARGUMENT, "dsc_context_set_stream",
+            "ctx: expected a context, got NULL");
+  DSC_CHECK(dsc_ctx_is_cuda(ctx) || stream == NULL, DSC_ERR_INVALID_ARGUMENT,
+            "dsc_context_set_stream", "stream: expected NULL for a CPU context, got %p", stream);
+  ctx->stream = stream;
+  return DSC_OK;
+}
+
+dsc_status dsc_context_get_stream(const dsc_context *ctx, void **stream) {
+  DSC_CHECK(ctx != NULL && stream != NULL, DSC_ERR_INVALID_ARGUMENT, "dsc_context_get_stream",
+            "ctx, stream: expected non-NULL pointers");
+  *stream = ctx->stream;
+  return DSC_OK;
+}
+
+dsc_status dsc_context_get_device(const dsc_context *ctx, DLDevice *device) {
+  DSC_CHECK(ctx != NULL && device != NULL, DSC_ERR_INVALID_ARGUMENT, "dsc_context_get_device",
+            "ctx, device: expected non-NULL pointers");
+  *device = ctx->device;
+  return DSC_OK;
+}
+
+dsc_status dsc_context_synchronize(dsc_context *ctx) {
+  DSC_CHECK(ctx != NULL, DSC_ERR_INVALID_ARGUMENT, "dsc_context_synchronize",
+            "ctx: expected a context, got NULL");
+#ifdef DSC_WITH_CUDA
+  if (dsc_ctx_is_cuda(ctx)) return dsc_cuda_synchronize(ctx);
+#endif
+  return DSC_OK;
+}
+
+dsc_status dsc_context_set_log_callback(dsc_context *ctx, dsc_log_fn fn, void *user_data) {
+  DSC_CHECK(ctx != NULL, DSC_ERR_INVALID_ARGUMENT, "dsc_context_set_log_callback",
+            "ctx: expected a context, got NULL");
+  ctx->log_fn = fn;
+  ctx->log_user_data = user_data;
+  return DSC_OK;
+}
+
+dsc_status dsc_context_set_seed(dsc_context *ctx, uint64_t seed) {
+  DSC_CHECK(ctx != NULL, DSC_ERR_INVALID_ARGUMENT, "dsc_context_set_seed",
+            "ctx: expected a context, got NULL");
+  ctx->seed = seed;
+  ctx->rng_counter = 0;
+  return DSC_OK;
+}
+
+dsc_status dsc_context_set_deterministic(dsc_context *ctx, int32_t deterministic) {
+  DSC_CHECK(ctx != NULL, DSC_ERR_INVALID_ARGUMENT, "dsc_context_set_deterministic",
+            "ctx: expected a context, got NULL");
+  ctx->deterministic = deterministic != 0;
+  return DSC_OK;
+}
+
+dsc_status dsc_context_workspace_size(const dsc_context *ctx, size_t *bytes) {
+  DSC_CHECK(ctx != NULL && bytes != NULL, DSC_ERR_INVALID_ARGUMENT, "dsc_context_workspace_size",
+            "ctx, bytes: expected non-NULL pointers");
+  *bytes = ctx->workspace_bytes;
+  return DSC_OK;
+}
+
+dsc_status dsc_workspace(dsc_context *ctx, size_t bytes, void **ptr) {
+  if (bytes <= ctx->workspace_bytes && ctx->workspace) {
+    *ptr = ctx->workspace;
+    return DSC_OK;
+  }
+  /* Grow geometrically so a sequence of slightly larger requests stays cheap. */
+  size_t want = ctx->workspace_bytes * 2 > bytes ? ctx->workspace_bytes * 2 : bytes;
+  if (want < 4096) want = 4096;
+  dsc_free(ctx, ctx->workspace);
+  ctx->workspace = NULL;
+  ctx->workspace_bytes = 0;
+  DSC_TRY(dsc_malloc(ctx, want, &ctx->workspace));
+  ctx->workspace_bytes = want;
+  *ptr = ctx->workspace;
+  return DSC_OK;
+}
+
+dsc_status dsc_malloc(dsc_context *ctx, size_t bytes, void **ptr) {
+  DSC_CHECK(ctx != NULL && ptr != NULL, DSC_ERR_INVALID_ARGUMENT, "dsc_malloc",
+            "ctx, ptr: expected non-NULL pointers");
+  *ptr = NULL;
+#ifdef DSC_WITH_CUDA
+  if (dsc_ctx_is_cuda(ctx)) return dsc_cuda_malloc(ctx, bytes, ptr);
+#endif
+  size_t rounded = (bytes + 63) / 64 * 64;
+  if (rounded == 0) rounded = 64;
+  void *p = aligned_alloc(64, rounded);
+  if (!p)
+    return dsc_error(DSC_ERR_OUT_OF_MEMORY, "dsc_malloc", "bytes: could not allocate %zu bytes",
+                     bytes);
+  *ptr = p;
+  return DSC_OK;
+}
+
+void dsc_free(dsc_context *ctx, void *ptr) {
+  if (!ctx || !ptr) return;
+#ifdef DSC_WITH_CUDA
+  if (dsc_ctx_is_cuda(ctx)) {
+    dsc_cuda_free(ctx, ptr);
+    return;
+  }
+#endif
+  free(ptr);
+}
+
+dsc_status dsc_memcpy(dsc_context *ctx, void *dst, DLDevice dst_device, const void *src,
+                      DLDevice src_device, size_t bytes) {
+  static const char *const FN = "dsc_memcpy";
+  DSC_CHECK(ctx != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "ctx: expected a context, got NULL");
+  if (bytes == 0) return DSC_OK;
+  DSC_CHECK(dst != NULL && src != NULL, DSC_ERR_INVALID_ARGUMENT, FN,
+            "dst, src: expected non-NULL pointers for %zu bytes", bytes);
+  int dst_host = dst_device.device_type == kDLCPU, src_host = src_device.device_type == kDLCPU;
+  DSC_CHECK(dst_host || (dst_device.device_type == ctx->device.device_type &&
+                         dst_device.device_id == ctx->device.device_id),
+            DSC_ERR_DEVICE, FN, "dst_device: expected the host or the context's device");
+  DSC_CHECK(src_host || (src_device.device_type == ctx->device.device_type &&
+                         src_device.device_id == ctx->device.device_id),
+            DSC_ERR_DEVICE, FN, "src_device: expected the host or the context's device");
+  if (dst_host && src_host) {
+    memmove(dst, src, bytes);
+    return DSC_OK;
+  }
+#ifdef DSC_WITH_CUDA
+  int kind = src_host ? 0 : (dst_host ? 1 : 2);
+  return dsc_cuda_memcpy(ctx, dst, src, bytes, kind);
+#else
+  return dsc_error(DSC_ERR_INTERNAL, FN, "a device copy in a build without CUDA");
+#endif
+}

@@ -1,0 +1,107 @@
+/*
+ * internal.h -- what every layer below the public ABI shares: the context struct,
+ * error recording, tensor checks, the workspace. Valid C11 and C++ (nvcc includes it).
+ */
+#ifndef DSC_INTERNAL_H_
+#define DSC_INTERNAL_H_
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "deepseek_c.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Everything mutable lives here; the library has no other global mutable state
+ * (the thread-local error message aside). */
+struct dsc_context {
+  DLDevice device;        /* kDLCPU or kDLCUDA */
+  void *stream;           /* cudaStream_t; NULL = legacy default stream */
+  uint64_t seed;
+  uint64_t rng_counter;   /* advanced by every op that draws random numbers */
+  int32_t num_threads;    /* OpenMP threads, >= 1 */
+  int32_t deterministic;
+  dsc_log_fn log_fn;
+  void *log_user_data;
+  void *workspace;        /* device memory, grown on demand, owned */
+  size_t workspace_bytes;
+  void *cuda;             /* dsc_cuda_state * (kernels/context.cu), owned; NULL on CPU */
+};
+
+/* ---- errors ------------------------------------------------------------- */
+
+/* Record "<fn>: <formatted message>" as this thread's last error; return st. */
+dsc_status dsc_error(dsc_status st, const char *fn, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+dsc_status dsc_verror(dsc_status st, const char *fn, const char *fmt, va_list ap);
+
+/* Return from the enclosing function with the status of a failing call. */
+#define DSC_TRY(expr)                  \
+  do {                                 \
+    dsc_status dsc_try_s_ = (expr);    \
+    if (dsc_try_s_ != DSC_OK) return dsc_try_s_; \
+  } while (0)
+
+/* Check a condition; on failure record the message and return the status. */
+#define DSC_CHECK(cond, st, fn, ...)                         \
+  do {                                                       \
+    if (!(cond)) return dsc_error((st), (fn), __VA_ARGS__);  \
+  } while (0)
+
+void dsc_log(const dsc_context *ctx, dsc_log_level level, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+/* ---- tensors ------------------------------------------------------------ */
+
+/* Bitmask of dsc_dtype values, for dtype checks. */
+#define DSC_DT(t) (1u << (unsigned)(t))
+#define DSC_DT_FLOAT (DSC_DT(DSC_DTYPE_FLOAT32) | DSC_DT(DSC_DTYPE_BFLOAT16))
+#define DSC_DT_INDEX (DSC_DT(DSC_DTYPE_INT32) | DSC_DT(DSC_DTYPE_INT64))
+
+int64_t dsc_numel(const DLTensor *t);
+/* First element of t: data + byte_offset. */
+void *dsc_data(const DLTensor *t);
+dsc_dtype dsc_tensor_dtype(const DLTensor *t);
+/* Product of all dims but the last (the "rows" of a [..., D] tensor). */
+int64_t dsc_rows(const DLTensor *t);
+int64_t dsc_last_dim(const DLTensor *t);
+
+/* t is non-NULL, on ctx's device, C-contiguous, with non-NULL data when non-empty,
+ * and of one of the dtypes in `dtypes` (a DSC_DT mask). Names fn and arg on failure. */
+dsc_status dsc_check_tensor(const dsc_context *ctx, const char *fn, const char *arg,
+                            const DLTensor *t, unsigned dtypes);
+/* t has ndim in [min_ndim, max_ndim]; `what` describes the layout, e.g. "(..., D)". */
+dsc_status dsc_check_ndim(const char *fn, const char *arg, const DLTensor *t, int min_ndim,
+                          int max_ndim, const char *what);
+/* t has exactly the given shape. */
+dsc_status dsc_check_shape(const char *fn, const char *arg, const DLTensor *t, int ndim,
+                           const int64_t *shape);
+/* t has the same shape as ref (named ref_arg in the message). */
+dsc_status dsc_check_same_shape(const char *fn, const char *arg, const DLTensor *t,
+                                const char *ref_arg, const DLTensor *ref);
+/* t has the same dtype as ref. */
+dsc_status dsc_check_same_dtype(const char *fn, const char *arg, const DLTensor *t,
+                                const char *ref_arg, const DLTensor *ref);
+/* Writes "(2, 3, 4)" into buf. */
+const char *dsc_shape_str(const DLTensor *t, char *buf, size_t n);
+
+/* ---- context helpers ----------------------------------------------------- */
+
+int dsc_ctx_is_cuda(const dsc_context *ctx);
+/* A scratch buffer of at least `bytes` on ctx's device, valid until the next call.
+ * On CUDA, growing it synchronizes the stream first (cudaFree). */
+dsc_status dsc_workspace(dsc_context *ctx, size_t bytes, void **ptr);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DSC_INTERNAL_H_ */

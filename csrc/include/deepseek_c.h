@@ -1,0 +1,314 @@
+/*
+ * deepseek_c.h -- the public C ABI of deepseek_c.
+ *
+ * This is the only header another language needs (with dlpack/dlpack.h beside it).
+ *
+ * Conventions
+ *  - Every function returns dsc_status; DSC_OK is 0. On failure dsc_last_error()
+ *    returns a message for this thread naming the function, the argument, what was
+ *    expected and what came, e.g.
+ *      "dsc_rms_norm_forward: w: expected shape (64), got (32)".
+ *  - Tensors cross the ABI as DLTensor (DLPack). Every tensor must live on the
+ *    context's device. Ops accept C-contiguous tensors (strides equal to the
+ *    row-major strides of the shape; size-1 dimensions may carry any stride) and
+ *    reject anything else with DSC_ERR_INVALID_ARGUMENT.
+ *  - Outputs are written into caller-provided tensors. Scratch space comes from the
+ *    context's workspace. A context is used by one thread at a time.
+ *  - Parameter structs are passed by pointer and start with a `size` field set to
+ *    sizeof(struct); fields may be appended in later versions, never reordered.
+ *  - Enums are append-only with explicit values.
+ *  - Dimension letters used in shape comments: N rows (tokens, flattened leading
+ *    dims), D features, B batch, T sequence, H heads, V vocabulary, M/N/K GEMM dims.
+ *  - Parameter gradients (dw of RMSNorm, embedding table gradient) are float32,
+ *    whatever the activation dtype: DeepSeek-V3 keeps FP32 gradients and masters.
+ *  - The library never prints, exits or aborts. Messages go to the log callback.
+ */
+#ifndef DEEPSEEK_C_H_
+#define DEEPSEEK_C_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dlpack/dlpack.h"
+
+#if defined(_WIN32)
+#if defined(DSC_BUILDING_LIBRARY)
+#define DSC_API __declspec(dllexport)
+#else
+#define DSC_API __declspec(dllimport)
+#endif
+#else
+#define DSC_API __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DSC_VERSION_MAJOR 0
+#define DSC_VERSION_MINOR 1
+#define DSC_VERSION_PATCH 0
+
+/* ------------------------------------------------------------------ status */
+
+typedef enum dsc_status {
+  DSC_OK = 0,
+  DSC_ERR_INVALID_ARGUMENT = 1, /* a value out of range, a NULL, bad strides   */
+  DSC_ERR_SHAPE = 2,            /* a shape that does not match                 */
+  DSC_ERR_DTYPE = 3,            /* a dtype that is not accepted                */
+  DSC_ERR_DEVICE = 4,           /* tensor not on the context's device          */
+  DSC_ERR_OUT_OF_MEMORY = 5,
+  DSC_ERR_UNSUPPORTED = 6,      /* valid request this build cannot serve       */
+  DSC_ERR_CUDA = 7,             /* a CUDA / cuBLASLt / NCCL call failed        */
+  DSC_ERR_IO = 8,
+  DSC_ERR_FORMAT = 9,           /* a corrupt or truncated file                 */
+  DSC_ERR_INTERNAL = 10,        /* a broken invariant: a bug, please report    */
+} dsc_status;
+
+/* The message of the last failure in the calling thread ("" if none). */
+DSC_API const char *dsc_last_error(void);
+/* Forget the last failure of the calling thread. */
+DSC_API void dsc_clear_error(void);
+/* A fixed name for a status, e.g. "DSC_ERR_SHAPE". */
+DSC_API const char *dsc_status_string(dsc_status status);
+
+/* ------------------------------------------------------------------ dtypes */
+
+/* Element types, named independently of DLPack (which needs code and bits). */
+typedef enum dsc_dtype {
+  DSC_DTYPE_INVALID = 0,
+  DSC_DTYPE_FLOAT32 = 1,
+  DSC_DTYPE_BFLOAT16 = 2,
+  DSC_DTYPE_FLOAT16 = 3,
+  DSC_DTYPE_FLOAT8_E4M3FN = 4,
+  DSC_DTYPE_FLOAT8_E5M2 = 5,
+  DSC_DTYPE_INT32 = 6,
+  DSC_DTYPE_INT64 = 7,
+  DSC_DTYPE_UINT8 = 8,
+  DSC_DTYPE_BOOL = 9,
+  DSC_DTYPE_FLOAT64 = 10,
+  DSC_DTYPE_INT8 = 11,
+} dsc_dtype;
+
+DSC_API dsc_dtype dsc_dtype_from_dlpack(DLDataType t);
+DSC_API DLDataType dsc_dtype_to_dlpack(dsc_dtype t);
+DSC_API const char *dsc_dtype_name(dsc_dtype t);
+DSC_API size_t dsc_dtype_size(dsc_dtype t);
+
+/* ------------------------------------------------------------------ build */
+
+typedef struct dsc_build_info {
+  size_t size;               /* set to sizeof(dsc_build_info) by the caller */
+  const char *version;       /* "0.1.0" */
+  int32_t cuda;              /* 1 when the CUDA backend is compiled in */
+  const char *cuda_version;  /* toolkit used at build time, "" without CUDA */
+  const char *cuda_archs;    /* e.g. "sm_80;sm_90a", "" without CUDA */
+  int32_t cublaslt;          /* 1 when cuBLASLt is linked */
+  int32_t nccl;              /* 1 when NCCL is linked */
+  const char *blas;          /* e.g. "scipy-openblas32 0.3.30" */
+  int32_t openmp;            /* 1 when built with OpenMP */
+  int32_t max_threads;       /* OpenMP threads available, 1 without OpenMP */
+} dsc_build_info;
+
+DSC_API dsc_status dsc_get_build_info(dsc_build_info *info);
+
+/* Number of CUDA devices visible. Without the CUDA backend, or without a usable
+ * driver/device, *count is 0 and the return is DSC_ERR_UNSUPPORTED or
+ * DSC_ERR_CUDA with the reason in dsc_last_error(). */
+DSC_API dsc_status dsc_cuda_device_count(int32_t *count);
+/* Name and compute capability of CUDA device `index`. */
+DSC_API dsc_status dsc_cuda_device_name(int32_t index, char *name, size_t name_size,
+                                        int32_t *cc_major, int32_t *cc_minor);
+
+/* ------------------------------------------------------------------ logging */
+
+typedef enum dsc_log_level {
+  DSC_LOG_DEBUG = 0,
+  DSC_LOG_INFO = 1,
+  DSC_LOG_WARN = 2,
+  DSC_LOG_ERROR = 3,
+} dsc_log_level;
+
+typedef void (*dsc_log_fn)(dsc_log_level level, const char *message, void *user_data);
+
+/* ------------------------------------------------------------------ context */
+
+typedef struct dsc_context dsc_context;
+
+typedef struct dsc_context_options {
+  size_t size;              /* sizeof(dsc_context_options) */
+  int32_t device_type;      /* kDLCPU (default when 0) or kDLCUDA */
+  int32_t device_id;        /* CUDA ordinal; 0 for CPU */
+  void *stream;             /* cudaStream_t to run on; NULL = legacy default stream */
+  uint64_t seed;            /* seed of the context's RNG */
+  int32_t num_threads;      /* CPU threads for OpenMP; 0 = OpenMP default */
+  int32_t deterministic;    /* 1: avoid atomics that reorder float sums on GPU */
+  dsc_log_fn log_fn;        /* NULL: messages are dropped */
+  void *log_user_data;
+} dsc_context_options;
+
+DSC_API dsc_status dsc_context_create(const dsc_context_options *options, dsc_context **out);
+DSC_API void dsc_context_destroy(dsc_context *ctx);
+DSC_API dsc_status dsc_context_set_stream(dsc_context *ctx, void *stream);
+DSC_API dsc_status dsc_context_get_stream(const dsc_context *ctx, void **stream);
+DSC_API dsc_status dsc_context_get_device(const dsc_context *ctx, DLDevice *device);
+/* Wait until all work queued on the context's stream has finished (no-op on CPU). */
+DSC_API dsc_status dsc_context_synchronize(dsc_context *ctx);
+DSC_API dsc_status dsc_context_set_log_callback(dsc_context *ctx, dsc_log_fn fn, void *user_data);
+DSC_API dsc_status dsc_context_set_seed(dsc_context *ctx, uint64_t seed);
+DSC_API dsc_status dsc_context_set_deterministic(dsc_context *ctx, int32_t deterministic);
+/* Bytes currently held by the context's workspace. */
+DSC_API dsc_status dsc_context_workspace_size(const dsc_context *ctx, size_t *bytes);
+
+/* ------------------------------------------------------------------ memory */
+
+/* Memory on the context's device (CUDA: cudaMalloc; CPU: 64-byte aligned). */
+DSC_API dsc_status dsc_malloc(dsc_context *ctx, size_t bytes, void **ptr);
+DSC_API void dsc_free(dsc_context *ctx, void *ptr);
+/* Copy between host and the context's device, or within either, on the stream. */
+DSC_API dsc_status dsc_memcpy(dsc_context *ctx, void *dst, DLDevice dst_device, const void *src,
+                              DLDevice src_device, size_t bytes);
+
+/* ------------------------------------------------------------------ RMSNorm */
+/* y = w * x / sqrt(mean(x^2) + eps) over the last dim, computed in float32.
+ *   x    [..., D]   float32 | bfloat16
+ *   w    [D]        same dtype as x
+ *   y    [..., D]   same dtype as x (may alias x)
+ *   rstd [...]      float32, optional (NULL): 1/sqrt(mean(x^2)+eps) per row, for backward */
+DSC_API dsc_status dsc_rms_norm_forward(dsc_context *ctx, const DLTensor *x, const DLTensor *w,
+                                        float eps, DLTensor *y, DLTensor *rstd);
+/*   dy   [..., D]   dtype of x
+ *   rstd [...]      float32, optional: recomputed from x when NULL
+ *   dx   [..., D]   dtype of x
+ *   dw   [D]        float32, overwritten (not accumulated) */
+DSC_API dsc_status dsc_rms_norm_backward(dsc_context *ctx, const DLTensor *dy, const DLTensor *x,
+                                         const DLTensor *w, const DLTensor *rstd, float eps,
+                                         DLTensor *dx, DLTensor *dw);
+
+/* ------------------------------------------------------------------ RoPE */
+
+typedef enum dsc_rope_layout {
+  /* pairs (x[2i], x[2i+1]) rotated by angle p*theta_i (DeepSeek reference, GPT-J) */
+  DSC_ROPE_INTERLEAVED = 0,
+  /* pairs (x[i], x[i+D/2]) rotated by angle p*theta_i (NeoX / rotate_half) */
+  DSC_ROPE_HALF = 1,
+} dsc_rope_layout;
+
+/* RoPE with optional YaRN scaling (factor > 1). Defaults of DeepSeek-V3 in comments. */
+typedef struct dsc_rope_params {
+  size_t size;                    /* sizeof(dsc_rope_params) */
+  int32_t layout;                 /* dsc_rope_layout */
+  int32_t dim;                    /* rotary dims D (even), 64 */
+  float theta;                    /* base, 10000 */
+  float factor;                   /* YaRN factor; <= 1 disables YaRN, 40 */
+  int32_t original_max_position;  /* YaRN L0, 4096 */
+  float beta_fast;                /* 32 */
+  float beta_slow;                /* 1 */
+  float mscale;                   /* 1.0 */
+  float mscale_all_dim;           /* 1.0 */
+} dsc_rope_params;
+
+/* Fills a dsc_rope_params with no scaling: layout interleaved, theta 10000. */
+DSC_API void dsc_rope_params_default(dsc_rope_params *p, int32_t dim);
+/* inv_freq [D/2] float32 (host): base frequencies, YaRN-corrected when factor > 1. */
+DSC_API dsc_status dsc_rope_inv_freq(const dsc_rope_params *p, float *inv_freq, int32_t n);
+/* The cos/sin multiplier ("attention factor"): m(factor,mscale)/m(factor,mscale_all_dim),
+ * 1 without YaRN. */
+DSC_API dsc_status dsc_rope_cos_sin_scale(const dsc_rope_params *p, float *scale);
+/* The softmax scale of attention with head dim qk_head_dim:
+ * qk_head_dim^-1/2 * m(factor, mscale_all_dim)^2 (just qk_head_dim^-1/2 without YaRN). */
+DSC_API dsc_status dsc_rope_softmax_scale(const dsc_rope_params *p, int32_t qk_head_dim,
+                                          float *scale);
+
+/* Rotate the last dim of x by the angles of `positions`.
+ *   x         [B, T, H, D] or [B, T, D]   float32 | bfloat16
+ *   positions [B, T]                      int32 (>= 0)
+ *   y         like x (may alias x) */
+DSC_API dsc_status dsc_rope_forward(dsc_context *ctx, const dsc_rope_params *p, const DLTensor *x,
+                                    const DLTensor *positions, DLTensor *y);
+/* The transpose (inverse rotation): dx = R^T dy. Same shapes as the forward. */
+DSC_API dsc_status dsc_rope_backward(dsc_context *ctx, const dsc_rope_params *p,
+                                     const DLTensor *dy, const DLTensor *positions, DLTensor *dx);
+
+/* ------------------------------------------------------------------ matmul */
+/* C = alpha * op(A) @ op(B) + beta * C, FP32 accumulation.
+ *   A [M, K] (or [K, M] with trans_a), B [K, N] (or [N, K] with trans_b), C [M, N];
+ *   batched: A [Bt, ., .], C [Bt, M, N], B [Bt, ., .] or 2-D (shared by the batch).
+ *   dtype: all float32, or all bfloat16. */
+DSC_API dsc_status dsc_matmul(dsc_context *ctx, const DLTensor *a, const DLTensor *b, DLTensor *c,
+                              int32_t trans_a, int32_t trans_b, float alpha, float beta);
+
+/* Linear layer without bias: y = x @ w^T.
+ *   x [..., K]   w [N, K]   y [..., N]   (all float32 or all bfloat16) */
+DSC_API dsc_status dsc_linear_forward(dsc_context *ctx, const DLTensor *x, const DLTensor *w,
+                                      DLTensor *y);
+/*   dy [..., N] -> dx [..., K] = dy @ w (optional, NULL to skip);
+ *                  dw [N, K]   = dy^T @ x (optional; dtype of w, or float32) */
+DSC_API dsc_status dsc_linear_backward(dsc_context *ctx, const DLTensor *dy, const DLTensor *x,
+                                       const DLTensor *w, DLTensor *dx, DLTensor *dw);
+
+/* ------------------------------------------------------------------ SwiGLU */
+/* out = silu(gate) * up, silu(g) = g / (1 + exp(-g)).
+ *   gate, up, out [..., F] float32 | bfloat16 */
+DSC_API dsc_status dsc_swiglu_forward(dsc_context *ctx, const DLTensor *gate, const DLTensor *up,
+                                      DLTensor *out);
+DSC_API dsc_status dsc_swiglu_backward(dsc_context *ctx, const DLTensor *dout,
+                                       const DLTensor *gate, const DLTensor *up, DLTensor *dgate,
+                                       DLTensor *dup);
+
+/* ------------------------------------------------------------------ embedding */
+/*   ids   [...]      int32 | int64, each in [0, V)
+ *   table [V, D]     float32 | bfloat16
+ *   out   [..., D]   dtype of table */
+DSC_API dsc_status dsc_embedding_forward(dsc_context *ctx, const DLTensor *ids,
+                                         const DLTensor *table, DLTensor *out);
+/* dtable [V, D] float32, overwritten: zero, then scatter-add of dout rows by id. */
+DSC_API dsc_status dsc_embedding_backward(dsc_context *ctx, const DLTensor *ids,
+                                          const DLTensor *dout, DLTensor *dtable);
+
+/* ------------------------------------------------------------------ cross-entropy */
+/* Fused softmax cross-entropy over the vocabulary, mean over valid tokens.
+ *   logits  [N, V] (or [..., V])  float32 | bfloat16
+ *   targets [N]    (or [...])     int32 | int64; ignore_index or in [0, V)
+ *   loss    []  or [1]            float32: mean over tokens whose target != ignore_index
+ *                                 (0 when there is none)
+ *   dlogits like logits, optional: grad_scale * (softmax - onehot) / n_valid, 0 on
+ *                                 ignored rows; may alias logits
+ *   lse     [N] float32, optional: log-sum-exp per row */
+DSC_API dsc_status dsc_cross_entropy(dsc_context *ctx, const DLTensor *logits,
+                                     const DLTensor *targets, int64_t ignore_index,
+                                     float grad_scale, DLTensor *loss, DLTensor *dlogits,
+                                     DLTensor *lse);
+
+/* ------------------------------------------------------------------ AdamW */
+
+typedef struct dsc_adamw_params {
+  size_t size;         /* sizeof(dsc_adamw_params) */
+  float lr;
+  float beta1;         /* 0.9 */
+  float beta2;         /* 0.95 (DeepSeek-V3) */
+  float eps;           /* 1e-8 */
+  float weight_decay;  /* decoupled: p -= lr * weight_decay * p; 0.1 */
+  int64_t step;        /* 1-based step number, for bias correction */
+  float max_grad_norm; /* > 0: clip by global norm over all tensors of the call; 0: off */
+} dsc_adamw_params;
+
+/* Global L2 norm over a list of gradient tensors (float32), accumulated in float64. */
+DSC_API dsc_status dsc_global_norm(dsc_context *ctx, int32_t n, const DLTensor *const *tensors,
+                                   float *norm);
+
+/* One AdamW step over n parameter tensors, in place:
+ *   params[i] float32 (master weights), grads[i] float32 same shape,
+ *   exp_avg[i], exp_avg_sq[i] float32 | bfloat16 same shape.
+ * With max_grad_norm > 0 the gradients are scaled by min(1, max/(norm+1e-6)) first
+ * (the grads themselves are not modified). *grad_norm (optional) gets the norm
+ * before clipping. */
+DSC_API dsc_status dsc_adamw_step(dsc_context *ctx, const dsc_adamw_params *p, int32_t n,
+                                  DLTensor *const *params, const DLTensor *const *grads,
+                                  DLTensor *const *exp_avg, DLTensor *const *exp_avg_sq,
+                                  float *grad_norm);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DEEPSEEK_C_H_ */
