@@ -1,0 +1,27 @@
+/*
+ * cpu/index.c -- range check of an index tensor (embedding ids, cross-entropy targets,
+ * RoPE positions), used by the ops layer before it dispatches a gather or scatter.
+ *
+ * Legend: n number of indices.
+ */
+#include "cpu_common.h"
+
+/* Finds the FIRST (lowest) position whose value is outside [lo, hi) and is not `skip`.
+ * A serial scan: it is one pass over n integers (tokens, not features), and "first"
+ * must not depend on how work is split. */
+dsc_status dsc_cpu_index_range(dsc_context *ctx, int64_t n, int ids64,
+                               const void *ids /* [n] int32 or int64 */, int64_t lo, int64_t hi,
+                               int64_t skip, int64_t *bad_pos, int64_t *bad_value) {
+  (void)ctx;
+  *bad_pos = -1;
+  *bad_value = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t v = ids64 ? ((const int64_t *)ids)[i] : (int64_t)((const int32_t *)ids)[i];
+    if ((v < lo || v >= hi) && v != skip) {
+      *bad_pos = i;
+      *bad_value = v;
+      return DSC_OK;
+    }
+  }
+  return DSC_OK;
+}

@@ -1,0 +1,65 @@
+/*
+ * cpu/rope.c -- rotary position embedding (RoPE, optionally YaRN-scaled) on the CPU
+ * (the reference for kernels/rope.cu).
+ *
+ * Legend: B batch, T tokens, H heads (1 for a [B,T,D] input), D rotary dims (even),
+ *         i pair index in [0, D/2).
+ *
+ *   angle_i = (float)pos[b,t] * inv_freq[i]          (a float32 multiply)
+ *   c_i = cosf(angle_i) * cs_scale,  s_i = sinf(angle_i) * cs_scale   (s negated: inverse)
+ *   pair (a, b) -> (a*c - b*s, a*s + b*c)
+ *   layout DSC_ROPE_INTERLEAVED: pair i is (x[2i], x[2i+1])     (DeepSeek reference)
+ *   layout DSC_ROPE_HALF:        pair i is (x[i], x[i + D/2])   (NeoX rotate_half)
+ *
+ * The inverse (backward) rotates by -angle: R^T = R(-angle), also for cs_scale != 1,
+ * since the scale multiplies both entries of the rotation.
+ * cosf/sinf must be the accurate ones (arguments reach p * 1 = 1.6e5 rad with YaRN);
+ * a GPU twin should use sincosf, not __sinf/__cosf.
+ */
+#include <math.h>
+
+#include "cpu_common.h"
+
+/* D <= 512 is checked by the ops layer, so the per-row tables fit on the stack. */
+#define ROPE_MAX_HALF 256
+
+dsc_status dsc_cpu_rope(dsc_context *ctx, dsc_dtype dt, int layout, int64_t B, int64_t T,
+                        int64_t H, int64_t D, const void *x /* [B,T,H,D] dt */,
+                        const int32_t *pos /* [B,T] */, const float *inv_freq /* [D/2] host */,
+                        float cs_scale, int inverse, void *y /* [B,T,H,D] dt, may alias x */) {
+  const int64_t es = dsc_cpu_esize(dt);
+  const int64_t half = D / 2;
+  const int64_t BT = B * T;
+  if (half > ROPE_MAX_HALF)
+    return dsc_error(DSC_ERR_INTERNAL, "dsc_cpu_rope", "D: expected <= %d, got %lld",
+                     2 * ROPE_MAX_HALF, (long long)D);
+  const float sign = inverse ? -1.0f : 1.0f;
+  /* One token (b, t) per iteration: its cos/sin table serves all H heads. */
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (BT * H * D >= DSC_CPU_PAR_MIN)
+#endif
+  for (int64_t bt = 0; bt < BT; ++bt) {
+    float cs[ROPE_MAX_HALF], sn[ROPE_MAX_HALF]; /* [D/2] */
+    const float p = (float)pos[bt];
+    for (int64_t i = 0; i < half; ++i) {
+      const float angle = p * inv_freq[i];
+      cs[i] = cosf(angle) * cs_scale;
+      sn[i] = sign * (sinf(angle) * cs_scale);
+    }
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t off = (bt * H + h) * D;            /* element offset of row (b,t,h) */
+      const void *xr = (const char *)x + off * es;     /* [D] */
+      void *yr = (char *)y + off * es;                 /* [D] */
+      for (int64_t i = 0; i < half; ++i) {
+        /* ia, ib: the two elements of pair i in this layout. */
+        const int64_t ia = layout == DSC_ROPE_HALF ? i : 2 * i;
+        const int64_t ib = layout == DSC_ROPE_HALF ? i + half : 2 * i + 1;
+        /* Both inputs are read before either output is written: y may alias x. */
+        const float a = dsc_cpu_ld(dt, xr, ia), b = dsc_cpu_ld(dt, xr, ib);
+        dsc_cpu_st(dt, yr, ia, a * cs[i] - b * sn[i]);
+        dsc_cpu_st(dt, yr, ib, a * sn[i] + b * cs[i]);
+      }
+    }
+  }
+  return DSC_OK;
+}

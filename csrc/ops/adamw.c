@@ -1,0 +1,158 @@
+/*
+ * ops/adamw.c -- validation and dispatch of the optimizer: the global gradient norm and
+ * one AdamW step (with optional global-norm clipping) over a list of tensors.
+ *
+ * Everything is checked before anything is written, so a failing call leaves the
+ * parameters and moments untouched. The global norm sums the backend's per-tensor
+ * float64 sums of squares in list order (deterministic).
+ *
+ * Legend: n tensors in the list; each tensor is updated as a flat array.
+ */
+#include <math.h>
+#include <stdio.h>
+
+#include "backend.h"
+
+/* The backend's float64 sum of squares of one float32 tensor (result on the host). */
+static dsc_status sumsq(dsc_context *ctx, const char *fn, int64_t n, const float *g,
+                        double *out) {
+  if (dsc_ctx_is_cuda(ctx)) {
+#ifdef DSC_WITH_CUDA
+    return dsc_cuda_sumsq(ctx, n, g, out);
+#else
+    return dsc_error(DSC_ERR_INTERNAL, fn, "CUDA context in a build without CUDA");
+#endif
+  }
+  return dsc_cpu_sumsq(ctx, n, g, out);
+}
+
+/* sqrt(sum over the list of sum(g^2)), the per-tensor sums added in list order. */
+static dsc_status global_norm(dsc_context *ctx, const char *fn, int32_t n,
+                              const DLTensor *const *tensors, double *norm) {
+  double total = 0.0;
+  for (int32_t i = 0; i < n; ++i) {
+    const int64_t numel = dsc_numel(tensors[i]);
+    if (numel == 0) continue;
+    double s = 0.0;
+    DSC_TRY(sumsq(ctx, fn, numel, (const float *)dsc_data(tensors[i]), &s));
+    total += s;
+  }
+  *norm = sqrt(total);
+  return DSC_OK;
+}
+
+dsc_status dsc_global_norm(dsc_context *ctx, int32_t n, const DLTensor *const *tensors,
+                           float *norm) {
+  static const char *const FN = "dsc_global_norm";
+  DSC_CHECK(ctx != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "ctx: expected a context, got NULL");
+  DSC_CHECK(norm != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "norm: expected a pointer, got NULL");
+  DSC_CHECK(n >= 0, DSC_ERR_INVALID_ARGUMENT, FN, "n: expected >= 0, got %d", (int)n);
+  DSC_CHECK(n == 0 || tensors != NULL, DSC_ERR_INVALID_ARGUMENT, FN,
+            "tensors: expected an array of %d tensors, got NULL", (int)n);
+  char arg[48];
+  for (int32_t i = 0; i < n; ++i) {
+    snprintf(arg, sizeof arg, "tensors[%d]", (int)i);
+    DSC_TRY(dsc_check_tensor(ctx, FN, arg, tensors[i], DSC_DT(DSC_DTYPE_FLOAT32)));
+  }
+  double nrm = 0.0;
+  DSC_TRY(global_norm(ctx, FN, n, tensors, &nrm));
+  *norm = (float)nrm;
+  return DSC_OK;
+}
+
+/* Checks one parameter's four tensors (param, grad, and the two moments). */
+static dsc_status check_entry(dsc_context *ctx, const char *fn, int32_t i, const DLTensor *p,
+                              const DLTensor *g, const DLTensor *m, const DLTensor *v) {
+  char ap[40], ag[40], am[40], av[40];
+  snprintf(ap, sizeof ap, "params[%d]", (int)i);
+  snprintf(ag, sizeof ag, "grads[%d]", (int)i);
+  snprintf(am, sizeof am, "exp_avg[%d]", (int)i);
+  snprintf(av, sizeof av, "exp_avg_sq[%d]", (int)i);
+  DSC_TRY(dsc_check_tensor(ctx, fn, ap, p, DSC_DT(DSC_DTYPE_FLOAT32)));
+  DSC_TRY(dsc_check_tensor(ctx, fn, ag, g, DSC_DT(DSC_DTYPE_FLOAT32)));
+  DSC_TRY(dsc_check_tensor(ctx, fn, am, m, DSC_DT_FLOAT));
+  DSC_TRY(dsc_check_tensor(ctx, fn, av, v, DSC_DT_FLOAT));
+  /* The backend takes one moment dtype for both moments of a tensor. */
+  DSC_TRY(dsc_check_same_dtype(fn, av, v, am, m));
+  DSC_TRY(dsc_check_same_shape(fn, ag, g, ap, p));
+  DSC_TRY(dsc_check_same_shape(fn, am, m, ap, p));
+  DSC_TRY(dsc_check_same_shape(fn, av, v, ap, p));
+  return DSC_OK;
+}
+
+dsc_status dsc_adamw_step(dsc_context *ctx, const dsc_adamw_params *p, int32_t n,
+                          DLTensor *const *params, const DLTensor *const *grads,
+                          DLTensor *const *exp_avg, DLTensor *const *exp_avg_sq,
+                          float *grad_norm) {
+  static const char *const FN = "dsc_adamw_step";
+  DSC_CHECK(ctx != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "ctx: expected a context, got NULL");
+  DSC_CHECK(p != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "p: expected AdamW parameters, got NULL");
+  DSC_CHECK(p->size >= sizeof(dsc_adamw_params), DSC_ERR_INVALID_ARGUMENT, FN,
+            "p->size: expected sizeof(dsc_adamw_params) = %zu, got %zu", sizeof(dsc_adamw_params),
+            p->size);
+  DSC_CHECK(n >= 1, DSC_ERR_INVALID_ARGUMENT, FN, "n: expected >= 1 tensors, got %d", (int)n);
+  DSC_CHECK(params != NULL, DSC_ERR_INVALID_ARGUMENT, FN,
+            "params: expected an array of %d tensors, got NULL", (int)n);
+  DSC_CHECK(grads != NULL, DSC_ERR_INVALID_ARGUMENT, FN,
+            "grads: expected an array of %d tensors, got NULL", (int)n);
+  DSC_CHECK(exp_avg != NULL, DSC_ERR_INVALID_ARGUMENT, FN,
+            "exp_avg: expected an array of %d tensors, got NULL", (int)n);
+  DSC_CHECK(exp_avg_sq != NULL, DSC_ERR_INVALID_ARGUMENT, FN,
+            "exp_avg_sq: expected an array of %d tensors, got NULL", (int)n);
+  for (int32_t i = 0; i < n; ++i)
+    DSC_TRY(check_entry(ctx, FN, i, params[i], grads[i], exp_avg[i], exp_avg_sq[i]));
+
+  DSC_CHECK(isfinite(p->lr) && p->lr >= 0.0f, DSC_ERR_INVALID_ARGUMENT, FN,
+            "p->lr: expected a finite number >= 0, got %g", (double)p->lr);
+  DSC_CHECK(p->beta1 >= 0.0f && p->beta1 < 1.0f, DSC_ERR_INVALID_ARGUMENT, FN,
+            "p->beta1: expected a number in [0, 1), got %g", (double)p->beta1);
+  DSC_CHECK(p->beta2 >= 0.0f && p->beta2 < 1.0f, DSC_ERR_INVALID_ARGUMENT, FN,
+            "p->beta2: expected a number in [0, 1), got %g", (double)p->beta2);
+  DSC_CHECK(isfinite(p->eps) && p->eps > 0.0f, DSC_ERR_INVALID_ARGUMENT, FN,
+            "p->eps: expected a finite number > 0, got %g", (double)p->eps);
+  DSC_CHECK(isfinite(p->weight_decay) && p->weight_decay >= 0.0f, DSC_ERR_INVALID_ARGUMENT, FN,
+            "p->weight_decay: expected a finite number >= 0, got %g", (double)p->weight_decay);
+  DSC_CHECK(p->step >= 1, DSC_ERR_INVALID_ARGUMENT, FN,
+            "p->step: expected a 1-based step >= 1, got %lld", (long long)p->step);
+  DSC_CHECK(isfinite(p->max_grad_norm) && p->max_grad_norm >= 0.0f, DSC_ERR_INVALID_ARGUMENT, FN,
+            "p->max_grad_norm: expected a finite number >= 0 (0: no clipping), got %g",
+            (double)p->max_grad_norm);
+
+  /* Global-norm clipping: the grads are scaled inside the update, never modified. The
+   * norm is also computed when only reported. A NaN norm gives coefficient 1, so the
+   * NaN reaches the parameters instead of being hidden (as torch's clip_grad_norm_). */
+  float gscale = 1.0f;
+  if (p->max_grad_norm > 0.0f || grad_norm != NULL) {
+    double norm = 0.0;
+    DSC_TRY(global_norm(ctx, FN, n, grads, &norm));
+    if (grad_norm) *grad_norm = (float)norm;
+    if (p->max_grad_norm > 0.0f) {
+      const double coef = (double)p->max_grad_norm / (norm + 1e-6);
+      if (coef < 1.0) gscale = (float)coef;
+    }
+  }
+  /* Bias corrections in double: beta^step for large steps underflows gracefully. */
+  const float bc1 = (float)(1.0 - pow((double)p->beta1, (double)p->step));
+  const float bc2 = (float)(1.0 - pow((double)p->beta2, (double)p->step));
+
+  for (int32_t i = 0; i < n; ++i) {
+    const int64_t numel = dsc_numel(params[i]);
+    if (numel == 0) continue;
+    float *pp = (float *)dsc_data(params[i]);
+    const float *gp = (const float *)dsc_data(grads[i]);
+    const dsc_dtype mom_dt = dsc_tensor_dtype(exp_avg[i]);
+    void *mp = dsc_data(exp_avg[i]), *vp = dsc_data(exp_avg_sq[i]);
+    if (dsc_ctx_is_cuda(ctx)) {
+#ifdef DSC_WITH_CUDA
+      DSC_TRY(dsc_cuda_adamw(ctx, numel, pp, gp, mom_dt, mp, vp, p->lr, p->beta1, p->beta2,
+                             p->eps, p->weight_decay, bc1, bc2, gscale));
+#else
+      return dsc_error(DSC_ERR_INTERNAL, FN, "CUDA context in a build without CUDA");
+#endif
+    } else {
+      DSC_TRY(dsc_cpu_adamw(ctx, numel, pp, gp, mom_dt, mp, vp, p->lr, p->beta1, p->beta2, p->eps,
+                            p->weight_decay, bc1, bc2, gscale));
+    }
+  }
+  return DSC_OK;
+}

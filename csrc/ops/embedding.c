@@ -1,0 +1,106 @@
+/*
+ * ops/embedding.c -- validation and dispatch of the token embedding (forward, backward).
+ *
+ * Checks ctx and every tensor (device, dtype, contiguity), then ranks and shapes, then
+ * the id values (through the backend's index_range, on the device); then calls
+ * dsc_cpu_embedding_* or dsc_cuda_embedding_*.
+ *
+ * Legend: n ids (all dims of ids), V vocabulary rows, D features.
+ */
+#include <string.h>
+
+#include "backend.h"
+
+/* The backend's range check of an index tensor, on the context's device. */
+static dsc_status index_range(dsc_context *ctx, const char *fn, int64_t n, int ids64,
+                              const void *ids, int64_t lo, int64_t hi, int64_t skip,
+                              int64_t *bad_pos, int64_t *bad_value) {
+  if (dsc_ctx_is_cuda(ctx)) {
+#ifdef DSC_WITH_CUDA
+    return dsc_cuda_index_range(ctx, n, ids64, ids, lo, hi, skip, bad_pos, bad_value);
+#else
+    return dsc_error(DSC_ERR_INTERNAL, fn, "CUDA context in a build without CUDA");
+#endif
+  }
+  return dsc_cpu_index_range(ctx, n, ids64, ids, lo, hi, skip, bad_pos, bad_value);
+}
+
+/* Every id in [0, V). A table without rows admits no id at all. */
+static dsc_status check_ids(dsc_context *ctx, const char *fn, const DLTensor *ids, int64_t V,
+                            const char *table_name) {
+  const int64_t n = dsc_numel(ids);
+  if (n == 0) return DSC_OK;
+  DSC_CHECK(V > 0, DSC_ERR_SHAPE, fn, "%s: expected at least one row for %lld ids, got 0 rows",
+            table_name, (long long)n);
+  int64_t bad_pos = -1, bad_value = 0;
+  /* skip = 0 lies inside [0, V): no exception to the range. */
+  DSC_TRY(index_range(ctx, fn, n, dsc_tensor_dtype(ids) == DSC_DTYPE_INT64, dsc_data(ids), 0, V,
+                      0, &bad_pos, &bad_value));
+  DSC_CHECK(bad_pos < 0, DSC_ERR_INVALID_ARGUMENT, fn,
+            "ids: expected values in [0, %lld), got %lld at position %lld", (long long)V,
+            (long long)bad_value, (long long)bad_pos);
+  return DSC_OK;
+}
+
+dsc_status dsc_embedding_forward(dsc_context *ctx, const DLTensor *ids, const DLTensor *table,
+                                 DLTensor *out) {
+  static const char *const FN = "dsc_embedding_forward";
+  DSC_TRY(dsc_check_tensor(ctx, FN, "ids", ids, DSC_DT_INDEX));
+  DSC_TRY(dsc_check_tensor(ctx, FN, "table", table, DSC_DT_FLOAT));
+  DSC_TRY(dsc_check_tensor(ctx, FN, "out", out, DSC_DT_FLOAT));
+  DSC_TRY(dsc_check_same_dtype(FN, "out", out, "table", table));
+
+  DSC_TRY(dsc_check_ndim(FN, "ids", ids, 0, 15, "(...)"));
+  DSC_TRY(dsc_check_ndim(FN, "table", table, 2, 2, "(V, D)"));
+  const int64_t V = table->shape[0], D = table->shape[1], n = dsc_numel(ids);
+  int64_t out_shape[16]; /* ids.shape + (D,) */
+  memcpy(out_shape, ids->shape, (size_t)ids->ndim * sizeof(int64_t));
+  out_shape[ids->ndim] = D;
+  DSC_TRY(dsc_check_shape(FN, "out", out, ids->ndim + 1, out_shape));
+  DSC_TRY(check_ids(ctx, FN, ids, V, "table"));
+  if (n == 0 || D == 0) return DSC_OK;
+
+  const dsc_dtype dt = dsc_tensor_dtype(table);
+  const int ids64 = dsc_tensor_dtype(ids) == DSC_DTYPE_INT64;
+  if (dsc_ctx_is_cuda(ctx)) {
+#ifdef DSC_WITH_CUDA
+    return dsc_cuda_embedding_fwd(ctx, dt, n, ids64, dsc_data(ids), V, D, dsc_data(table),
+                                  dsc_data(out));
+#else
+    return dsc_error(DSC_ERR_INTERNAL, FN, "CUDA context in a build without CUDA");
+#endif
+  }
+  return dsc_cpu_embedding_fwd(ctx, dt, n, ids64, dsc_data(ids), V, D, dsc_data(table),
+                               dsc_data(out));
+}
+
+dsc_status dsc_embedding_backward(dsc_context *ctx, const DLTensor *ids, const DLTensor *dout,
+                                  DLTensor *dtable) {
+  static const char *const FN = "dsc_embedding_backward";
+  DSC_TRY(dsc_check_tensor(ctx, FN, "ids", ids, DSC_DT_INDEX));
+  DSC_TRY(dsc_check_tensor(ctx, FN, "dout", dout, DSC_DT_FLOAT));
+  DSC_TRY(dsc_check_tensor(ctx, FN, "dtable", dtable, DSC_DT(DSC_DTYPE_FLOAT32)));
+
+  DSC_TRY(dsc_check_ndim(FN, "ids", ids, 0, 15, "(...)"));
+  DSC_TRY(dsc_check_ndim(FN, "dtable", dtable, 2, 2, "(V, D)"));
+  const int64_t V = dtable->shape[0], D = dtable->shape[1], n = dsc_numel(ids);
+  int64_t dout_shape[16]; /* ids.shape + (D,) */
+  memcpy(dout_shape, ids->shape, (size_t)ids->ndim * sizeof(int64_t));
+  dout_shape[ids->ndim] = D;
+  DSC_TRY(dsc_check_shape(FN, "dout", dout, ids->ndim + 1, dout_shape));
+  DSC_TRY(check_ids(ctx, FN, ids, V, "dtable"));
+  if (V == 0 || D == 0) return DSC_OK;
+
+  /* n == 0 still runs: dtable is overwritten with zeros. */
+  const dsc_dtype dt = dsc_tensor_dtype(dout);
+  const int ids64 = dsc_tensor_dtype(ids) == DSC_DTYPE_INT64;
+  float *dtab = (float *)dsc_data(dtable);
+  if (dsc_ctx_is_cuda(ctx)) {
+#ifdef DSC_WITH_CUDA
+    return dsc_cuda_embedding_bwd(ctx, dt, n, ids64, dsc_data(ids), V, D, dsc_data(dout), dtab);
+#else
+    return dsc_error(DSC_ERR_INTERNAL, FN, "CUDA context in a build without CUDA");
+#endif
+  }
+  return dsc_cpu_embedding_bwd(ctx, dt, n, ids64, dsc_data(ids), V, D, dsc_data(dout), dtab);
+}

@@ -1,0 +1,99 @@
+"""deepseek_c: DeepSeek-V3's efficiency techniques as a C library with CUDA kernels.
+
+Functional ops take any DLPack array (NumPy, PyTorch, CuPy, JAX) and return outputs of
+the same kind on the same device, written zero-copy by the C core. Memory the C core
+owns is exported as :class:`Tensor`. ``python -m deepseek_c info`` shows the build.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from . import _C
+from ._C import Error, Tensor
+from ._arrays import numpy_dtype, parse_device
+from .ops import *  # noqa: F401,F403
+from .ops import __all__ as _ops_all
+
+__version__ = "0.1.0"
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def get_include() -> str:
+    """Directory holding deepseek_c.h and dlpack/dlpack.h (for C/C++ consumers)."""
+    return os.path.join(_HERE, "include")
+
+
+def get_library() -> str:
+    """Path of libdeepseek_c.so (link with -L<dir> -ldeepseek_c -Wl,-rpath,<dir>)."""
+    return os.path.join(_HERE, "lib", "libdeepseek_c.so")
+
+
+def cuda_device_count() -> int:
+    """CUDA devices visible to this build (0 without CUDA or without a GPU)."""
+    return _C.cuda_device_count()[0]
+
+
+def has_cuda() -> bool:
+    """True when the CUDA backend is compiled in and at least one device is visible."""
+    return cuda_device_count() > 0
+
+
+def info() -> dict[str, Any]:
+    """Version, build (CUDA, archs, cuBLASLt, NCCL, BLAS, OpenMP) and devices seen."""
+    d = dict(_C.build_info())
+    n, reason = _C.cuda_device_count()
+    devices = []
+    for i in range(n):
+        name, major, minor = _C.cuda_device_name(i)
+        devices.append({"index": i, "name": name, "compute_capability": f"{major}.{minor}"})
+    d["devices"] = devices
+    d["cuda_unavailable_reason"] = reason if n == 0 else None
+    return d
+
+
+def empty(shape: Sequence[int], dtype: str = "float32", device: str = "cpu") -> Tensor:
+    """Uninitialized C-owned memory as a Tensor (zero-copy to NumPy/PyTorch via DLPack)."""
+    dev = parse_device(device)
+    return _C.empty(tuple(int(s) for s in shape), str(dtype), dev[0], dev[1])
+
+
+def tensor(data: Any, device: str = "cpu", dtype: Optional[str] = None) -> Tensor:
+    """A C-owned copy of `data` (anything numpy.asarray accepts) on `device`."""
+    arr = np.asarray(data) if dtype is None else np.asarray(data, dtype=numpy_dtype(dtype))
+    arr = np.ascontiguousarray(arr)
+    t = empty(arr.shape, arr.dtype.name, device)
+    _C.copy(t, arr)
+    return t
+
+
+from_numpy = tensor
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """A NumPy array with the values of x (a copy for device memory, a view for host Tensors)."""
+    if isinstance(x, np.ndarray):
+        return x
+    if isinstance(x, Tensor):
+        if x.device == "cpu":
+            return x.numpy()
+        host = empty(x.shape, x.dtype, "cpu")
+        _C.copy(host, x)
+        return host.numpy()
+    root = type(x).__module__.split(".")[0]
+    if root == "torch":
+        return x.detach().cpu().numpy() if str(x.dtype) != "torch.bfloat16" else \
+            x.detach().cpu().view(__import__("torch").int16).numpy().view(numpy_dtype("bfloat16"))
+    if root == "cupy":
+        return x.get()
+    return np.asarray(x)
+
+
+__all__ = [
+    "__version__", "Error", "Tensor", "get_include", "get_library", "cuda_device_count", "has_cuda",
+    "info", "empty", "tensor", "from_numpy", "to_numpy", *_ops_all,
+]

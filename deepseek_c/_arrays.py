@@ -1,0 +1,109 @@
+"""Array plumbing: which library an array comes from, and allocating outputs there.
+
+Outputs of an op are allocated in the namespace (NumPy, PyTorch, CuPy, JAX or
+deepseek_c.Tensor) and on the device of the op's first array argument, then written
+zero-copy by the C core. JAX arrays are immutable, so JAX outputs are computed into
+C-owned memory and handed to JAX through DLPack without a copy.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import _C
+
+Array = Any  # anything with __dlpack__ (numpy.ndarray, torch.Tensor, cupy.ndarray, jax.Array, Tensor)
+
+_KDL_CPU = 1
+_KDL_CUDA = 2
+
+
+def namespace(x: Any, fn: str, arg: str) -> str:
+    """'numpy' | 'torch' | 'cupy' | 'jax' | 'dsc' for an array; TypeError otherwise."""
+    if isinstance(x, np.ndarray):
+        return "numpy"
+    if isinstance(x, _C.Tensor):
+        return "dsc"
+    root = type(x).__module__.split(".")[0]
+    if root == "torch":
+        return "torch"
+    if root == "cupy":
+        return "cupy"
+    if root in ("jax", "jaxlib"):
+        return "jax"
+    if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
+        return "dsc"
+    raise TypeError(
+        f"{fn}: {arg}: expected an array (NumPy, PyTorch, CuPy, JAX or deepseek_c.Tensor), "
+        f"got {type(x).__name__}"
+    )
+
+
+def dtype_name(x: Any) -> str:
+    """The dtype of an array as a string such as 'float32' or 'bfloat16'."""
+    if isinstance(x, _C.Tensor):
+        return x.dtype
+    dt = x.dtype
+    name = getattr(dt, "name", None)
+    if isinstance(name, str):
+        return name
+    return str(dt).split(".")[-1]  # torch.float32 -> float32
+
+
+def device_of(x: Any) -> tuple[int, int]:
+    if isinstance(x, np.ndarray):
+        return (_KDL_CPU, 0)
+    t, i = x.__dlpack_device__()
+    return (int(t), int(i))
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    if name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
+        import ml_dtypes
+
+        return np.dtype(getattr(ml_dtypes, name))
+    return np.dtype(name)
+
+
+def empty_like_ns(ref: Any, shape: Sequence[int], dtype: str, fn: str, arg: str) -> Array:
+    """An uninitialized array of `shape`/`dtype` in ref's namespace and on ref's device."""
+    ns = namespace(ref, fn, arg)
+    shape = tuple(int(s) for s in shape)
+    if ns == "numpy":
+        return np.empty(shape, dtype=numpy_dtype(dtype))
+    if ns == "torch":
+        import torch
+
+        return torch.empty(shape, dtype=getattr(torch, dtype), device=ref.device)
+    if ns == "cupy":
+        import cupy
+
+        with cupy.cuda.Device(ref.device.id):
+            return cupy.empty(shape, dtype=numpy_dtype(dtype))
+    dev_type, dev_id = device_of(ref)
+    return _C.empty(shape, dtype, dev_type, dev_id)
+
+
+def finish(ref: Any, out: Array) -> Array:
+    """Hand a freshly computed output to the caller's namespace (only JAX needs work)."""
+    if isinstance(out, _C.Tensor) and namespace(ref, "", "") == "jax":
+        import jax.dlpack
+
+        return jax.dlpack.from_dlpack(out)
+    return out
+
+
+def parse_device(device: str | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(device, tuple):
+        return device
+    if not isinstance(device, str):
+        raise TypeError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {type(device).__name__}")
+    if device == "cpu":
+        return (_KDL_CPU, 0)
+    if device == "cuda":
+        return (_KDL_CUDA, 0)
+    if device.startswith("cuda:") and device[5:].isdigit():
+        return (_KDL_CUDA, int(device[5:]))
+    raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")

@@ -1,0 +1,353 @@
+/*
+ * test_core.c -- C-level tests of the public ABI on the CPU backend, independent of
+ * Python. Each check compares with a plain double-precision loop written here.
+ * Also built with ASan/UBSan by tests/c/run_sanitized.sh (CI).
+ * Closing line: "N passed, N failed".
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "deepseek_c.h"
+
+static int g_pass = 0, g_fail = 0;
+
+#define CHECK(cond, ...)                               \
+  do {                                                 \
+    if (cond) {                                        \
+      ++g_pass;                                        \
+    } else {                                           \
+      ++g_fail;                                        \
+      printf("FAIL %s:%d: ", __FILE__, __LINE__);      \
+      printf(__VA_ARGS__);                             \
+      printf("\n");                                    \
+    }                                                  \
+  } while (0)
+
+/* A CPU float32 DLTensor over caller memory, row-major. */
+typedef struct {
+  DLTensor t;
+  int64_t shape[4];
+  int64_t strides[4];
+} view;
+
+static DLTensor *mk(view *v, void *data, DLDataType dt, int ndim, const int64_t *shape) {
+  memset(v, 0, sizeof *v);
+  v->t.data = data;
+  v->t.device.device_type = kDLCPU;
+  v->t.ndim = ndim;
+  v->t.dtype = dt;
+  int64_t s = 1;
+  for (int i = ndim - 1; i >= 0; --i) {
+    v->shape[i] = shape[i];
+    v->strides[i] = s;
+    s *= shape[i];
+  }
+  v->t.shape = v->shape;
+  v->t.strides = v->strides;
+  return &v->t;
+}
+
+static const DLDataType F32 = {kDLFloat, 32, 1};
+static const DLDataType I32 = {kDLInt, 32, 1};
+
+/* xorshift: deterministic inputs without touching libc's global rand state */
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static float frand(void) {
+  rng_state ^= rng_state << 13;
+  rng_state ^= rng_state >> 7;
+  rng_state ^= rng_state << 17;
+  return (float)((double)(rng_state >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+static double max_abs_diff(const float *a, const double *b, int64_t n) {
+  double m = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    double d = fabs((double)a[i] - b[i]);
+    if (!(d <= m)) m = d; /* NaN propagates */
+  }
+  return m;
+}
+
+static void test_status_and_context(void) {
+  CHECK(strcmp(dsc_status_string(DSC_ERR_SHAPE), "DSC_ERR_SHAPE") == 0, "status name");
+  dsc_context *ctx = NULL;
+  dsc_status s = dsc_context_create(NULL, NULL);
+  CHECK(s == DSC_ERR_INVALID_ARGUMENT, "create(NULL out) -> %d", (int)s);
+  CHECK(strstr(dsc_last_error(), "dsc_context_create") != NULL, "message names fn: %s", dsc_last_error());
+
+  dsc_context_options o;
+  memset(&o, 0, sizeof o);
+  o.size = sizeof o;
+  o.device_type = 99;
+  s = dsc_context_create(&o, &ctx);
+  CHECK(s == DSC_ERR_DEVICE && ctx == NULL, "bad device type -> %d", (int)s);
+
+  o.device_type = kDLCPU;
+  s = dsc_context_create(&o, &ctx);
+  CHECK(s == DSC_OK && ctx != NULL, "cpu context: %s", dsc_last_error());
+  DLDevice d;
+  CHECK(dsc_context_get_device(ctx, &d) == DSC_OK && d.device_type == kDLCPU, "device");
+  void *ws = NULL;
+  dsc_context_destroy(ctx);
+  (void)ws;
+
+  dsc_build_info bi;
+  memset(&bi, 0, sizeof bi);
+  bi.size = sizeof bi;
+  CHECK(dsc_get_build_info(&bi) == DSC_OK && strcmp(bi.version, "0.1.0") == 0, "build info");
+  int32_t n = -1;
+  s = dsc_cuda_device_count(&n);
+  CHECK(n >= 0 && (s == DSC_OK || strlen(dsc_last_error()) > 0), "device count with a reason");
+}
+
+static void test_dtypes(void) {
+  DLDataType bf = {kDLBfloat, 16, 1}, e4 = {kDLFloat8_e4m3fn, 8, 1}, v2 = {kDLFloat, 32, 2};
+  CHECK(dsc_dtype_from_dlpack(F32) == DSC_DTYPE_FLOAT32, "f32");
+  CHECK(dsc_dtype_from_dlpack(bf) == DSC_DTYPE_BFLOAT16, "bf16");
+  CHECK(dsc_dtype_from_dlpack(e4) == DSC_DTYPE_FLOAT8_E4M3FN, "e4m3fn");
+  CHECK(dsc_dtype_from_dlpack(v2) == DSC_DTYPE_INVALID, "lanes 2 rejected");
+  for (int t = 1; t <= 11; ++t) {
+    DLDataType dl = dsc_dtype_to_dlpack((dsc_dtype)t);
+    CHECK(dsc_dtype_from_dlpack(dl) == (dsc_dtype)t, "round trip of %s", dsc_dtype_name((dsc_dtype)t));
+  }
+}
+
+static void test_rms_norm(dsc_context *ctx) {
+  enum { N = 5, D = 37 };
+  float x[N * D], w[D], y[N * D], rstd[N], dy[N * D], dx[N * D], dw[D];
+  for (int i = 0; i < N * D; ++i) { x[i] = frand(); dy[i] = frand(); y[i] = NAN; dx[i] = NAN; }
+  for (int j = 0; j < D; ++j) { w[j] = 1.0f + 0.3f * frand(); dw[j] = NAN; }
+  view vx, vw, vy, vr, vdy, vdx, vdw;
+  int64_t sx[2] = {N, D}, sw[1] = {D}, sr[1] = {N};
+  DLTensor *tx = mk(&vx, x, F32, 2, sx), *tw = mk(&vw, w, F32, 1, sw), *ty = mk(&vy, y, F32, 2, sx);
+  DLTensor *tr = mk(&vr, rstd, F32, 1, sr);
+  dsc_status s = dsc_rms_norm_forward(ctx, tx, tw, 1e-6f, ty, tr);
+  CHECK(s == DSC_OK, "rms fwd: %s", dsc_last_error());
+  double ref[N * D], rdx[N * D], rdw[D] = {0};
+  for (int i = 0; i < N; ++i) {
+    double ss = 0, gx = 0;
+    for (int j = 0; j < D; ++j) ss += (double)x[i * D + j] * x[i * D + j];
+    double r = 1.0 / sqrt(ss / D + 1e-6);
+    for (int j = 0; j < D; ++j) {
+      ref[i * D + j] = w[j] * x[i * D + j] * r;
+      gx += (double)dy[i * D + j] * w[j] * x[i * D + j];
+      rdw[j] += (double)dy[i * D + j] * x[i * D + j] * r;
+    }
+    for (int j = 0; j < D; ++j)
+      rdx[i * D + j] = r * (dy[i * D + j] * w[j] - x[i * D + j] * r * r * gx / D);
+  }
+  CHECK(max_abs_diff(y, ref, N * D) < 1e-5, "rms fwd values: %g", max_abs_diff(y, ref, N * D));
+  s = dsc_rms_norm_backward(ctx, mk(&vdy, dy, F32, 2, sx), tx, tw, tr, 1e-6f, mk(&vdx, dx, F32, 2, sx),
+                            mk(&vdw, dw, F32, 1, sw));
+  CHECK(s == DSC_OK, "rms bwd: %s", dsc_last_error());
+  CHECK(max_abs_diff(dx, rdx, N * D) < 1e-5, "rms dx: %g", max_abs_diff(dx, rdx, N * D));
+  CHECK(max_abs_diff(dw, rdw, D) < 1e-5, "rms dw: %g", max_abs_diff(dw, rdw, D));
+
+  /* bad input: wrong weight length, wrong dtype, non-contiguous, NULL */
+  int64_t bad[1] = {D - 1};
+  s = dsc_rms_norm_forward(ctx, tx, mk(&vw, w, F32, 1, bad), 1e-6f, ty, NULL);
+  CHECK(s == DSC_ERR_SHAPE && strstr(dsc_last_error(), "dsc_rms_norm_forward: w: expected shape (37), got (36)"),
+        "shape message: %s", dsc_last_error());
+  DLTensor xi = *tx;
+  xi.dtype = I32;
+  s = dsc_rms_norm_forward(ctx, &xi, mk(&vw, w, F32, 1, sw), 1e-6f, ty, NULL);
+  CHECK(s == DSC_ERR_DTYPE && strstr(dsc_last_error(), "x: expected dtype float32 or bfloat16, got int32"),
+        "dtype message: %s", dsc_last_error());
+  view vs;
+  DLTensor *ts = mk(&vs, x, F32, 2, sx);
+  vs.strides[0] = 2 * D; /* every other row: not contiguous */
+  s = dsc_rms_norm_forward(ctx, ts, tw, 1e-6f, ty, NULL);
+  CHECK(s == DSC_ERR_INVALID_ARGUMENT && strstr(dsc_last_error(), "C-contiguous"), "strides: %s",
+        dsc_last_error());
+  s = dsc_rms_norm_forward(ctx, NULL, tw, 1e-6f, ty, NULL);
+  CHECK(s == DSC_ERR_INVALID_ARGUMENT && strstr(dsc_last_error(), "x: expected a tensor, got NULL"),
+        "null: %s", dsc_last_error());
+  s = dsc_rms_norm_forward(NULL, tx, tw, 1e-6f, ty, NULL);
+  CHECK(s == DSC_ERR_INVALID_ARGUMENT, "null ctx");
+  s = dsc_rms_norm_forward(ctx, tx, tw, NAN, ty, NULL);
+  CHECK(s == DSC_ERR_INVALID_ARGUMENT && strstr(dsc_last_error(), "eps"), "eps: %s", dsc_last_error());
+}
+
+static void test_rope_yarn(dsc_context *ctx) {
+  dsc_rope_params p;
+  dsc_rope_params_default(&p, 64);
+  p.factor = 40.0f;
+  p.mscale = 1.0f;
+  p.mscale_all_dim = 1.0f;
+  float inv[32], base[32];
+  CHECK(dsc_rope_inv_freq(&p, inv, 32) == DSC_OK, "yarn inv_freq: %s", dsc_last_error());
+  dsc_rope_params q;
+  dsc_rope_params_default(&q, 64);
+  CHECK(dsc_rope_inv_freq(&q, base, 32) == DSC_OK, "plain inv_freq");
+  int ok = 1;
+  for (int i = 0; i <= 10; ++i) ok &= fabsf(inv[i] - base[i]) <= 1e-7f * base[i];
+  for (int i = 23; i < 32; ++i) ok &= fabsf(inv[i] - base[i] / 40.0f) <= 1e-6f * base[i];
+  CHECK(ok, "YaRN: pairs <= 10 kept, >= 23 divided by 40");
+  CHECK(fabsf(base[1] - powf(10000.0f, -2.0f / 64.0f)) < 1e-7f, "theta_1");
+  float sm = 0, cs = 0;
+  CHECK(dsc_rope_softmax_scale(&p, 192, &sm) == DSC_OK && fabsf(sm - 0.1352338f) < 1e-6f,
+        "V3 softmax scale %.7f", sm);
+  CHECK(dsc_rope_cos_sin_scale(&p, &cs) == DSC_OK && fabsf(cs - 1.0f) < 1e-7f, "cos/sin scale");
+  CHECK(dsc_rope_inv_freq(&p, inv, 31) == DSC_ERR_SHAPE, "n must be dim/2");
+
+  /* forward then backward is the identity, on an interleaved [B=2, T=3, H=2, D=8] */
+  enum { B = 2, T = 3, H = 2, D = 8 };
+  float x[B * T * H * D], y[B * T * H * D], z[B * T * H * D];
+  int32_t pos[B * T];
+  for (int i = 0; i < B * T * H * D; ++i) x[i] = frand();
+  for (int i = 0; i < B * T; ++i) pos[i] = 7 * i + 1;
+  view vx, vp, vy, vz;
+  int64_t sx[4] = {B, T, H, D}, sp[2] = {B, T};
+  dsc_rope_params r;
+  dsc_rope_params_default(&r, D);
+  dsc_status s = dsc_rope_forward(ctx, &r, mk(&vx, x, F32, 4, sx), mk(&vp, pos, I32, 2, sp), mk(&vy, y, F32, 4, sx));
+  CHECK(s == DSC_OK, "rope fwd: %s", dsc_last_error());
+  s = dsc_rope_backward(ctx, &r, &vy.t, &vp.t, mk(&vz, z, F32, 4, sx));
+  CHECK(s == DSC_OK, "rope bwd: %s", dsc_last_error());
+  double xd[B * T * H * D];
+  for (int i = 0; i < B * T * H * D; ++i) xd[i] = x[i];
+  CHECK(max_abs_diff(z, xd, B * T * H * D) < 1e-5, "rope inverse: %g", max_abs_diff(z, xd, B * T * H * D));
+  /* first pair of token (0,0), head 0, rotated by pos 1 * theta_0 = 1 rad */
+  double c = cos(1.0), sn = sin(1.0);
+  CHECK(fabs(y[0] - (x[0] * c - x[1] * sn)) < 1e-5 && fabs(y[1] - (x[0] * sn + x[1] * c)) < 1e-5,
+        "interleaved pair rotation");
+  pos[2] = -1;
+  s = dsc_rope_forward(ctx, &r, &vx.t, &vp.t, &vy.t);
+  CHECK(s == DSC_ERR_INVALID_ARGUMENT && strstr(dsc_last_error(), "positions"), "negative position: %s",
+        dsc_last_error());
+}
+
+static void test_matmul_linear(dsc_context *ctx) {
+  enum { M = 7, K = 13, N = 5 };
+  float a[M * K], b[K * N], c[M * N], w[N * K], y[M * N];
+  for (int i = 0; i < M * K; ++i) a[i] = frand();
+  for (int i = 0; i < K * N; ++i) b[i] = frand();
+  for (int i = 0; i < N * K; ++i) w[i] = frand();
+  for (int i = 0; i < M * N; ++i) c[i] = y[i] = NAN;
+  view va, vb, vc, vw, vy;
+  int64_t sa[2] = {M, K}, sb[2] = {K, N}, sc[2] = {M, N}, sw[2] = {N, K};
+  dsc_status s = dsc_matmul(ctx, mk(&va, a, F32, 2, sa), mk(&vb, b, F32, 2, sb), mk(&vc, c, F32, 2, sc), 0, 0, 1.0f, 0.0f);
+  CHECK(s == DSC_OK, "matmul: %s", dsc_last_error());
+  double ref[M * N], refy[M * N];
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) {
+      double acc = 0, accy = 0;
+      for (int k = 0; k < K; ++k) {
+        acc += (double)a[i * K + k] * b[k * N + j];
+        accy += (double)a[i * K + k] * w[j * K + k];
+      }
+      ref[i * N + j] = acc;
+      refy[i * N + j] = accy;
+    }
+  CHECK(max_abs_diff(c, ref, M * N) < 1e-4, "matmul values %g", max_abs_diff(c, ref, M * N));
+  s = dsc_linear_forward(ctx, &va.t, mk(&vw, w, F32, 2, sw), mk(&vy, y, F32, 2, sc));
+  CHECK(s == DSC_OK && max_abs_diff(y, refy, M * N) < 1e-4, "linear: %s", dsc_last_error());
+  s = dsc_matmul(ctx, &va.t, &va.t, &vc.t, 0, 0, 1.0f, 0.0f);
+  CHECK(s == DSC_ERR_SHAPE, "K mismatch -> shape error: %s", dsc_last_error());
+}
+
+static void test_cross_entropy(dsc_context *ctx) {
+  enum { N = 6, V = 11 };
+  float logits[N * V], dl[N * V], loss = NAN;
+  int32_t tgt[N] = {3, -100, 0, 10, 5, 5};
+  for (int i = 0; i < N * V; ++i) { logits[i] = 3.0f * frand(); dl[i] = NAN; }
+  view vl, vt, vloss, vd;
+  int64_t sl[2] = {N, V}, st[1] = {N};
+  dsc_status s = dsc_cross_entropy(ctx, mk(&vl, logits, F32, 2, sl), mk(&vt, tgt, I32, 1, st), -100, 1.0f,
+                                   mk(&vloss, &loss, F32, 0, NULL), mk(&vd, dl, F32, 2, sl), NULL);
+  CHECK(s == DSC_OK, "ce: %s", dsc_last_error());
+  double total = 0;
+  double rdl[N * V];
+  for (int i = 0; i < N; ++i) {
+    double m = -INFINITY, se = 0;
+    for (int j = 0; j < V; ++j) m = fmax(m, logits[i * V + j]);
+    for (int j = 0; j < V; ++j) se += exp(logits[i * V + j] - m);
+    double lse = m + log(se);
+    for (int j = 0; j < V; ++j)
+      rdl[i * V + j] = tgt[i] == -100 ? 0.0 : (exp(logits[i * V + j] - lse) - (j == tgt[i])) / 5.0;
+    if (tgt[i] != -100) total += lse - logits[i * V + tgt[i]];
+  }
+  CHECK(fabs(loss - total / 5.0) < 1e-5, "ce loss %g vs %g", (double)loss, total / 5.0);
+  CHECK(max_abs_diff(dl, rdl, N * V) < 1e-6, "ce dlogits %g", max_abs_diff(dl, rdl, N * V));
+  tgt[4] = 11;
+  s = dsc_cross_entropy(ctx, &vl.t, &vt.t, -100, 1.0f, &vloss.t, NULL, NULL);
+  CHECK(s == DSC_ERR_INVALID_ARGUMENT && strstr(dsc_last_error(), "targets"), "target range: %s",
+        dsc_last_error());
+}
+
+static void test_embedding_adamw(dsc_context *ctx) {
+  enum { V = 9, D = 4, n = 5 };
+  float table[V * D], out[n * D], dout[n * D], dtable[V * D];
+  int32_t ids[n] = {2, 8, 2, 0, 5};
+  for (int i = 0; i < V * D; ++i) { table[i] = frand(); dtable[i] = NAN; }
+  for (int i = 0; i < n * D; ++i) { dout[i] = frand(); out[i] = NAN; }
+  view vi, vt, vo, vd, vdt;
+  int64_t si[1] = {n}, st[2] = {V, D}, so[2] = {n, D};
+  dsc_status s = dsc_embedding_forward(ctx, mk(&vi, ids, I32, 1, si), mk(&vt, table, F32, 2, st), mk(&vo, out, F32, 2, so));
+  int ok = s == DSC_OK;
+  for (int i = 0; i < n && ok; ++i)
+    for (int j = 0; j < D; ++j) ok &= out[i * D + j] == table[ids[i] * D + j];
+  CHECK(ok, "embedding gather: %s", dsc_last_error());
+  s = dsc_embedding_backward(ctx, &vi.t, mk(&vd, dout, F32, 2, so), mk(&vdt, dtable, F32, 2, st));
+  double ref[V * D] = {0};
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < D; ++j) ref[ids[i] * D + j] += dout[i * D + j];
+  CHECK(s == DSC_OK && max_abs_diff(dtable, ref, V * D) < 1e-6, "embedding scatter-add");
+  ids[3] = 9;
+  s = dsc_embedding_forward(ctx, &vi.t, &vt.t, &vo.t);
+  CHECK(s == DSC_ERR_INVALID_ARGUMENT && strstr(dsc_last_error(), "ids") && strstr(dsc_last_error(), "9"),
+        "id range: %s", dsc_last_error());
+
+  /* AdamW: one step on one tensor against the formula */
+  enum { P = 10 };
+  float p[P], g[P], m[P], v[P], p0[P];
+  for (int i = 0; i < P; ++i) { p[i] = p0[i] = frand(); g[i] = frand(); m[i] = v[i] = 0.0f; }
+  view vp, vg, vm, vv;
+  int64_t sp[1] = {P};
+  DLTensor *tp = mk(&vp, p, F32, 1, sp), *tm = mk(&vm, m, F32, 1, sp), *tv = mk(&vv, v, F32, 1, sp);
+  const DLTensor *tg = mk(&vg, g, F32, 1, sp);
+  dsc_adamw_params ap;
+  memset(&ap, 0, sizeof ap);
+  ap.size = sizeof ap;
+  ap.lr = 0.01f; ap.beta1 = 0.9f; ap.beta2 = 0.95f; ap.eps = 1e-8f; ap.weight_decay = 0.1f; ap.step = 1;
+  float gn = -1;
+  s = dsc_adamw_step(ctx, &ap, 1, &tp, &tg, &tm, &tv, &gn);
+  CHECK(s == DSC_OK, "adamw: %s", dsc_last_error());
+  double sq = 0, err = 0;
+  for (int i = 0; i < P; ++i) {
+    sq += (double)g[i] * g[i];
+    double mm = 0.1 * g[i], vv2 = 0.05 * (double)g[i] * g[i];
+    double want = p0[i] - 0.01 * 0.1 * p0[i] - 0.01 * (mm / 0.1) / (sqrt(vv2 / 0.05) + 1e-8);
+    err = fmax(err, fabs(p[i] - want));
+  }
+  CHECK(err < 1e-6, "adamw update err %g", err);
+  CHECK(fabs(gn - sqrt(sq)) < 1e-5, "grad norm %g vs %g", (double)gn, sqrt(sq));
+  ap.step = 0;
+  s = dsc_adamw_step(ctx, &ap, 1, &tp, &tg, &tm, &tv, NULL);
+  CHECK(s == DSC_ERR_INVALID_ARGUMENT && strstr(dsc_last_error(), "step"), "step 0: %s", dsc_last_error());
+}
+
+int main(void) {
+  test_status_and_context();
+  test_dtypes();
+  dsc_context *ctx = NULL;
+  dsc_context_options o;
+  memset(&o, 0, sizeof o);
+  o.size = sizeof o;
+  o.device_type = kDLCPU;
+  if (dsc_context_create(&o, &ctx) != DSC_OK) {
+    printf("FAIL: cannot create a CPU context: %s\n", dsc_last_error());
+    printf("%d passed, %d failed\n", g_pass, g_fail + 1);
+    return 1;
+  }
+  test_rms_norm(ctx);
+  test_rope_yarn(ctx);
+  test_matmul_linear(ctx);
+  test_cross_entropy(ctx);
+  test_embedding_adamw(ctx);
+  dsc_context_destroy(ctx);
+  printf("%d passed, %d failed\n", g_pass, g_fail);
+  return g_fail ? 1 : 0;
+}
