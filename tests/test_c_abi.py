@@ -1,0 +1,64 @@
+"""The C ABI from C: the installed header and library build the example in examples/c
+and the C test runner in tests/c, and both run clean. Also `python -m deepseek_c info`.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import deepseek_c as dsc
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CC = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+
+
+def _build(src: str, out: str) -> None:
+    lib_dir = os.path.dirname(dsc.get_library())
+    cmd = [CC, "-std=c11", "-Wall", "-Werror", src, f"-I{dsc.get_include()}", f"-L{lib_dir}",
+           "-ldeepseek_c", f"-Wl,-rpath,{lib_dir}", "-lm", "-o", out]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+
+
+def test_header_and_library_are_installed():
+    assert os.path.isfile(os.path.join(dsc.get_include(), "deepseek_c.h"))
+    assert os.path.isfile(os.path.join(dsc.get_include(), "dlpack", "dlpack.h"))
+    assert os.path.isfile(dsc.get_library())
+
+
+@pytest.mark.skipif(CC is None, reason="no C compiler on PATH")
+def test_c_example_builds_and_runs(tmp_path):
+    exe = str(tmp_path / "example")
+    _build(os.path.join(ROOT, "examples", "c", "example.c"), exe)
+    r = subprocess.run([exe], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "example: OK" in r.stdout
+    assert "dsc_rms_norm_forward: w: expected shape (4), got (5)" in r.stdout
+
+
+@pytest.mark.skipif(CC is None, reason="no C compiler on PATH")
+def test_c_runner_passes(tmp_path):
+    exe = str(tmp_path / "test_core")
+    _build(os.path.join(ROOT, "tests", "c", "test_core.c"), exe)
+    r = subprocess.run([exe], capture_output=True, text=True, timeout=120)
+    last = r.stdout.strip().splitlines()[-1]
+    assert r.returncode == 0 and last.endswith(" 0 failed"), r.stdout
+
+
+def test_info_command():
+    r = subprocess.run([sys.executable, "-m", "deepseek_c", "info"], capture_output=True, text=True,
+                       cwd="/", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "deepseek_c 0.1.0" in r.stdout and "BLAS" in r.stdout and "CUDA" in r.stdout
+
+
+def test_info_dict():
+    d = dsc.info()
+    for key in ("version", "cuda", "cuda_version", "cuda_archs", "cublaslt", "nccl", "blas", "openmp",
+                "max_threads", "devices", "cuda_unavailable_reason"):
+        assert key in d
+    assert d["version"] == dsc.__version__
+    if not d["devices"]:
+        assert isinstance(d["cuda_unavailable_reason"], str) and d["cuda_unavailable_reason"]
