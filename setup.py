@@ -170,7 +170,7 @@ class DscBuildExt(build_ext):
         if not os.path.exists(obj):
             return True
         newest = os.path.getmtime(src)
-        for pattern in ("csrc/include/**/*.h", "csrc/core/*.h", "kernels/*.cuh"):
+        for pattern in ("csrc/**/*.h", "kernels/*.cuh"):
             for h in glob.glob(os.path.join(ROOT, pattern), recursive=True):
                 newest = max(newest, os.path.getmtime(h))
         return os.path.getmtime(obj) < newest

@@ -25,7 +25,7 @@ extern "C" {
 
 /* The per-family functions, listed once for both backends. */
 #define DSC_BACKEND_DECLS(P)                                                                     \
-  /* Find the first index outside [lo, hi) that is not `skip` (pass lo-1 for none).         \
+  /* Find the first index outside [lo, hi) that is not `skip` (pass lo: it is in range).  \
    * *bad_pos = -1 when all are fine, else its position and *bad_value its value. */        \
   dsc_status P##index_range(dsc_context *ctx, int64_t n, int ids64, const void *ids /*[n]*/,    \
                             int64_t lo, int64_t hi, int64_t skip, int64_t *bad_pos,            \

@@ -55,6 +55,7 @@ dsc_status dsc_cpu_adamw(dsc_context *ctx, int64_t n, float *p /* [n] f32, updat
                          void *m /* [n] mom_dt, updated */, void *v /* [n] mom_dt, updated */,
                          float lr, float beta1, float beta2, float eps, float weight_decay,
                          float bc1, float bc2, float gscale) {
+  (void)ctx; /* read only by the OpenMP pragmas */
   const float decay = lr * weight_decay; /* decoupled weight decay factor */
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (n >= DSC_CPU_PAR_MIN)

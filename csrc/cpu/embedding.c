@@ -23,6 +23,7 @@ static inline int64_t id_at(int ids64, const void *ids, int64_t i) {
 dsc_status dsc_cpu_embedding_fwd(dsc_context *ctx, dsc_dtype dt, int64_t n, int ids64,
                                  const void *ids /* [n] int32|int64 */, int64_t V, int64_t D,
                                  const void *table /* [V,D] dt */, void *out /* [n,D] dt */) {
+  (void)ctx; /* read only by the OpenMP pragmas */
   (void)V;
   const size_t row_bytes = (size_t)(D * dsc_cpu_esize(dt));
 #ifdef _OPENMP
@@ -42,6 +43,7 @@ dsc_status dsc_cpu_embedding_bwd(dsc_context *ctx, dsc_dtype dt, int64_t n, int 
                                  const void *ids /* [n] int32|int64 */, int64_t V, int64_t D,
                                  const void *dout /* [n,D] dt */,
                                  float *dtable /* [V,D] float32, overwritten */) {
+  (void)ctx; /* read only by the OpenMP pragmas */
   const int64_t es = dsc_cpu_esize(dt);
   /* Zero the whole table: rows of ids that never occur get a zero gradient. */
 #ifdef _OPENMP

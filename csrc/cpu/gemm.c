@@ -48,6 +48,7 @@ static dsc_status check_blasint(const char *fn, int64_t M, int64_t N, int64_t K,
 static void widen(const dsc_context *ctx, dsc_dtype dt, int64_t rows, int64_t cols,
                   const void *src /* [rows, ld] dt */, int64_t ld,
                   float *dst /* [rows, cols] */) {
+  (void)ctx; /* read only by the OpenMP pragmas */
   const int64_t es = dsc_cpu_esize(dt);
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (rows * cols >= DSC_CPU_PAR_MIN)
@@ -62,6 +63,7 @@ static void widen(const dsc_context *ctx, dsc_dtype dt, int64_t rows, int64_t co
 static void narrow(const dsc_context *ctx, dsc_dtype dt, int64_t rows, int64_t cols,
                    const float *src /* [rows, cols] */, void *dst /* [rows, ld] dt */,
                    int64_t ld) {
+  (void)ctx; /* read only by the OpenMP pragmas */
   const int64_t es = dsc_cpu_esize(dt);
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (rows * cols >= DSC_CPU_PAR_MIN)

@@ -32,6 +32,7 @@ dsc_status dsc_cpu_rms_norm_fwd(dsc_context *ctx, dsc_dtype dt, int64_t N, int64
                                 const void *x /* [N,D] dt */, const void *w /* [D] dt */,
                                 float eps, void *y /* [N,D] dt, may alias x */,
                                 float *rstd /* [N] or NULL */) {
+  (void)ctx; /* read only by the OpenMP pragmas */
   const int64_t es = dsc_cpu_esize(dt);
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (N * D >= DSC_CPU_PAR_MIN)

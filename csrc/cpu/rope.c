@@ -27,6 +27,7 @@ dsc_status dsc_cpu_rope(dsc_context *ctx, dsc_dtype dt, int layout, int64_t B, i
                         int64_t H, int64_t D, const void *x /* [B,T,H,D] dt */,
                         const int32_t *pos /* [B,T] */, const float *inv_freq /* [D/2] host */,
                         float cs_scale, int inverse, void *y /* [B,T,H,D] dt, may alias x */) {
+  (void)ctx; /* read only by the OpenMP pragmas */
   const int64_t es = dsc_cpu_esize(dt);
   const int64_t half = D / 2;
   const int64_t BT = B * T;

@@ -23,6 +23,7 @@ static inline float sigmoidf_stable(float g) {
 dsc_status dsc_cpu_swiglu_fwd(dsc_context *ctx, dsc_dtype dt, int64_t n,
                               const void *gate /* [n] dt */, const void *up /* [n] dt */,
                               void *out /* [n] dt, may alias gate or up */) {
+  (void)ctx; /* read only by the OpenMP pragmas */
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (n >= DSC_CPU_PAR_MIN)
 #endif
@@ -37,6 +38,7 @@ dsc_status dsc_cpu_swiglu_bwd(dsc_context *ctx, dsc_dtype dt, int64_t n,
                               const void *dout /* [n] dt */, const void *gate /* [n] dt */,
                               const void *up /* [n] dt */, void *dgate /* [n] dt */,
                               void *dup /* [n] dt */) {
+  (void)ctx; /* read only by the OpenMP pragmas */
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (n >= DSC_CPU_PAR_MIN)
 #endif
