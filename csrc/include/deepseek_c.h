@@ -308,6 +308,109 @@ DSC_API dsc_status dsc_adamw_step(dsc_context *ctx, const dsc_adamw_params *p, i
                                   DLTensor *const *exp_avg, DLTensor *const *exp_avg_sq,
                                   float *grad_norm);
 
+/* ------------------------------------------------------------------ FP8 */
+/* DeepSeek-V3's fine-grained FP8: E4M3 operands with one float32 scale per 1x128 tile
+ * (activations) or 128x128 block (weights), dequantized per K-block inside the GEMM,
+ * FP32 accumulation. Scales are multipliers: x ~= float(q) * scale (like the
+ * checkpoints' `weight_scale_inv`). Legend: M rows, K inner dim, N output features,
+ * Kb = ceil(K/128), G groups (experts). */
+
+/* Elementwise cast between float32|bfloat16 and float8_e4m3fn|float8_e5m2 (either
+ * direction, same shape). To FP8: round to nearest even, finite values beyond the
+ * largest finite saturate to it (+-448 for E4M3, +-57344 for E5M2), NaN stays NaN,
+ * +-inf becomes NaN for E4M3 (it has no inf) and +-inf for E5M2. From FP8: exact. */
+DSC_API dsc_status dsc_fp8_cast(dsc_context *ctx, const DLTensor *src, DLTensor *dst);
+
+typedef struct dsc_fp8_quant_params {
+  size_t size;          /* sizeof(dsc_fp8_quant_params) */
+  int32_t block_rows;   /* 1 for 1x128 activation tiles, 128 for 128x128 weight blocks */
+  int32_t block_cols;   /* 128 */
+  int32_t transpose;    /* 1: quantize x^T, i.e. q is [K, M] with tiles running along M
+                           (the 128x1 tiling of activations that wgrad needs) */
+  int32_t pow2_scale;   /* 1: round each scale up to a power of two (UE8M0 scales) */
+  float amax_floor;     /* amax is clamped to >= this before scale = amax / fp8_max; 1e-4 */
+} dsc_fp8_quant_params;
+
+/* Fills block 1 x 128, no transpose, float32 scales, amax_floor 1e-4. */
+DSC_API void dsc_fp8_quant_params_default(dsc_fp8_quant_params *p);
+
+/* Block quantization: scale = max(amax(block), amax_floor) / fp8_max, q = cast(x / scale).
+ *   x     [M, K] (or [..., K], leading dims flattened)   float32 | bfloat16
+ *   q     [M, K] ([K, M] with transpose)                 float8_e4m3fn | float8_e5m2
+ *   scale [ceil(M/br), ceil(K/bc)] ([ceil(K/br), ceil(M/bc)] with transpose)  float32
+ * Ragged edges (K or M not a multiple of the block) are handled: a partial block's
+ * amax is over its real elements. */
+DSC_API dsc_status dsc_fp8_quantize(dsc_context *ctx, const dsc_fp8_quant_params *p,
+                                    const DLTensor *x, DLTensor *q, DLTensor *scale);
+
+/* out[r, c] = float(q[r, c]) * scale[r / block_rows, c / block_cols].
+ *   q [R, C] fp8, scale [ceil(R/br), ceil(C/bc)] float32 (finite), out [R, C] float32|bfloat16 */
+DSC_API dsc_status dsc_fp8_dequantize(dsc_context *ctx, int32_t block_rows, int32_t block_cols,
+                                      const DLTensor *q, const DLTensor *scale, DLTensor *out);
+
+/* C = A @ B^T with block scales, FP32 accumulation:
+ *   C[m, n] = sum_kb ( sum_{k in kb} A[m, k] * B[n, k] ) * sa(m, kb) * sb(n, kb)
+ *   a       [M, K]  float8_e4m3fn | float8_e5m2
+ *   a_scale [M, Kb] (1x128 tiles) or [ceil(M/128), Kb] (128x128 blocks)  float32
+ *   b       [N, K]  fp8
+ *   b_scale [N, Kb] (1x128) or [ceil(N/128), Kb] (128x128)              float32
+ *   c       [M, N]  float32 | bfloat16
+ * The three products of a linear layer: fprop (x 1x128, w 128x128), dgrad (dy 1x128,
+ * w^T 128x128) and wgrad (dy^T 1x128 along tokens, x^T 1x128 along tokens). */
+DSC_API dsc_status dsc_fp8_gemm(dsc_context *ctx, const DLTensor *a, const DLTensor *a_scale,
+                                const DLTensor *b, const DLTensor *b_scale, DLTensor *c);
+
+/* MoE experts, contiguous layout: rows of A grouped by expert.
+ *   a [M, K] fp8, a_scale [M, Kb]; b [G, N, K] fp8, b_scale [G, ceil(N/128), Kb];
+ *   group_offsets [G + 1] int32: 0 = o_0 <= o_1 <= ... <= o_G = M, rows o_g..o_{g+1}-1
+ *   use expert g; each offset a multiple of `alignment` (0 or 1: any);
+ *   c [M, N] float32 | bfloat16 */
+DSC_API dsc_status dsc_fp8_grouped_gemm(dsc_context *ctx, const DLTensor *a,
+                                        const DLTensor *a_scale, const DLTensor *b,
+                                        const DLTensor *b_scale, const DLTensor *group_offsets,
+                                        int32_t alignment, DLTensor *c);
+
+/* MoE experts, masked layout (decode): a [G, Mmax, K] fp8, a_scale [G, Mmax, Kb];
+ * b, b_scale as above; masked_m [G] int32 in [0, Mmax]: rows used per group;
+ * c [G, Mmax, N]: rows >= masked_m[g] are set to zero. */
+DSC_API dsc_status dsc_fp8_grouped_gemm_masked(dsc_context *ctx, const DLTensor *a,
+                                               const DLTensor *a_scale, const DLTensor *b,
+                                               const DLTensor *b_scale, const DLTensor *masked_m,
+                                               DLTensor *c);
+
+typedef struct dsc_fp8_stats {
+  size_t size;                /* sizeof(dsc_fp8_stats) */
+  float amax;                 /* max |x| over the tensor (NaN if any NaN) */
+  double saturated_fraction;  /* elements with |x / scale| > fp8_max (clipped) */
+  double underflow_fraction;  /* non-zero elements that quantize to zero */
+  double nan_fraction;
+  int64_t count;              /* elements */
+} dsc_fp8_stats;
+
+/* Quantization statistics of x under the block scaling of `p` (dynamic scales), or
+ * under one given per-tensor scale when tensor_scale > 0 (for comparisons).
+ *   x [M, K] float32 | bfloat16; fmt DSC_DTYPE_FLOAT8_E4M3FN | DSC_DTYPE_FLOAT8_E5M2 */
+DSC_API dsc_status dsc_fp8_compute_stats(dsc_context *ctx, const dsc_fp8_quant_params *p,
+                                         dsc_dtype fmt, float tensor_scale, const DLTensor *x,
+                                         dsc_fp8_stats *stats);
+
+/* A linear layer the V3 way: y = x @ w^T with x quantized online in 1x128 tiles and the
+ * FP32 master weight in 128x128 blocks, FP32 accumulation.
+ *   x [..., K] float32|bfloat16; w [N, K] float32 (master); y [..., N] float32|bfloat16
+ *   saved for backward (all required): xq [M, K] e4m3, xs [M, Kb] f32,
+ *                                      wq [N, K] e4m3, ws [ceil(N/128), Kb] f32 */
+DSC_API dsc_status dsc_fp8_linear_forward(dsc_context *ctx, const DLTensor *x, const DLTensor *w,
+                                          DLTensor *y, DLTensor *xq, DLTensor *xs, DLTensor *wq,
+                                          DLTensor *ws);
+/* dgrad dx = dy @ w (dy quantized 1x128, w^T blocks 128x128), wgrad dw = dy^T @ x (both
+ * quantized 1x128 along the tokens), FP32 accumulation.
+ *   dy [..., N] float32|bfloat16; dx [..., K] dtype of dy (optional); dw [N, K] float32
+ *   (optional, overwritten); xq, xs, wq, ws from the forward. */
+DSC_API dsc_status dsc_fp8_linear_backward(dsc_context *ctx, const DLTensor *dy,
+                                           const DLTensor *xq, const DLTensor *xs,
+                                           const DLTensor *wq, const DLTensor *ws, DLTensor *dx,
+                                           DLTensor *dw);
+
 #ifdef __cplusplus
 }
 #endif
