@@ -159,3 +159,18 @@ def test_torch_interop():
     xb = x.to(torch.bfloat16)
     yb = dsc.rms_norm(xb, w.to(torch.bfloat16))
     assert yb.dtype == torch.bfloat16
+
+
+def test_jax_interop():
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((3, 8)).astype(np.float32))
+    y = dsc.rms_norm(x, jnp.ones(8, jnp.float32))
+    assert isinstance(y, jax.Array) and y.dtype == jnp.float32 and y.shape == (3, 8)
+    xn = np.asarray(x).astype(np.float64)
+    np.testing.assert_allclose(np.asarray(y), xn / np.sqrt((xn ** 2).mean(-1, keepdims=True) + 1e-6),
+                               rtol=1e-5, atol=1e-6)
+    yb = dsc.rms_norm(x.astype(jnp.bfloat16), jnp.ones(8, jnp.bfloat16))
+    assert yb.dtype == jnp.bfloat16
+    t = dsc.tensor(np.arange(4, dtype=np.float32))
+    np.testing.assert_array_equal(np.asarray(jax.dlpack.from_dlpack(t)), np.arange(4))
