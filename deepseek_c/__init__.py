@@ -16,6 +16,7 @@ from . import _C
 from ._C import Error, Tensor
 from ._arrays import numpy_dtype, parse_device
 from .ops import *  # noqa: F401,F403
+from .checkpoint import load_safetensors, save_safetensors, safetensors_metadata
 from .ops import __all__ as _ops_all
 
 __version__ = "0.1.0"
@@ -95,5 +96,6 @@ def to_numpy(x: Any) -> np.ndarray:
 
 __all__ = [
     "__version__", "Error", "Tensor", "get_include", "get_library", "cuda_device_count", "has_cuda",
-    "info", "empty", "tensor", "from_numpy", "to_numpy", *_ops_all,
+    "info", "empty", "tensor", "from_numpy", "to_numpy", "load_safetensors", "save_safetensors",
+    "safetensors_metadata", *_ops_all,
 ]

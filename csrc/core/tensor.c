@@ -157,8 +157,9 @@ dsc_status dsc_check_tensor(const dsc_context *ctx, const char *fn, const char *
   DSC_CHECK(same_dev, DSC_ERR_DEVICE, fn, "%s: expected a tensor on %s:%d, got %s:%d", arg,
             device_name(ctx->device.device_type), (int)ctx->device.device_id,
             device_name(t->device.device_type), (int)t->device.device_id);
-  /* C-contiguous: strides equal the row-major strides (size-1 dims are free). */
-  if (t->strides != NULL) {
+  /* C-contiguous: strides equal the row-major strides (size-1 dims and empty tensors
+   * are free). */
+  if (t->strides != NULL && dsc_numel(t) > 0) {
     int64_t expect = 1;
     for (int i = t->ndim - 1; i >= 0; --i) {
       if (t->shape[i] != 1 && t->strides[i] != expect) {

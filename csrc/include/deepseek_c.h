@@ -308,6 +308,33 @@ DSC_API dsc_status dsc_adamw_step(dsc_context *ctx, const dsc_adamw_params *p, i
                                   DLTensor *const *exp_avg, DLTensor *const *exp_avg_sq,
                                   float *grad_norm);
 
+/* ------------------------------------------------------------------ checkpoints */
+/* safetensors files (Hugging Face format), read and written by the project's own
+ * bounds-checked code: a corrupt or truncated file is DSC_ERR_FORMAT naming the file
+ * and the tensor. Tensor data of an open file stays valid until it is closed. */
+
+typedef struct dsc_safetensors dsc_safetensors;
+
+DSC_API dsc_status dsc_safetensors_open(const char *path, dsc_safetensors **out);
+DSC_API void dsc_safetensors_close(dsc_safetensors *file);
+DSC_API int64_t dsc_safetensors_count(const dsc_safetensors *file);
+/* Tensor `index` in [0, count): its name, dtype, shape (ndim entries) and bytes (host). */
+DSC_API dsc_status dsc_safetensors_tensor(const dsc_safetensors *file, int64_t index,
+                                          const char **name, dsc_dtype *dtype, int32_t *ndim,
+                                          const int64_t **shape, const void **data,
+                                          size_t *nbytes);
+DSC_API dsc_status dsc_safetensors_find(const dsc_safetensors *file, const char *name,
+                                        int64_t *index);
+DSC_API int64_t dsc_safetensors_metadata_count(const dsc_safetensors *file);
+DSC_API dsc_status dsc_safetensors_metadata(const dsc_safetensors *file, int64_t index,
+                                            const char **key, const char **value);
+/* Write n named host tensors (C-contiguous) and n_meta key/value string pairs
+ * (meta_kv = {k0, v0, k1, v1, ...}) atomically: a temporary file in the same directory,
+ * fsync, then rename over `path`. On failure the previous file is untouched. */
+DSC_API dsc_status dsc_safetensors_save(const char *path, int64_t n, const char *const *names,
+                                        const DLTensor *const *tensors, int64_t n_meta,
+                                        const char *const *meta_kv);
+
 /* ------------------------------------------------------------------ FP8 */
 /* DeepSeek-V3's fine-grained FP8: E4M3 operands with one float32 scale per 1x128 tile
  * (activations) or 128x128 block (weights), dequantized per K-block inside the GEMM,

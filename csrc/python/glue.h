@@ -85,8 +85,13 @@ int dsc_py_tensor_type_init(PyObject *module, dsc_py_state *st);
 PyObject *dsc_py_tensor_new_owned(PyObject *module, DLDevice dev, dsc_dtype dtype, int ndim,
                                   const int64_t *shape);
 
+/* A Tensor over memory owned by `base` (kept alive), row-major. */
+PyObject *dsc_py_tensor_new_view(PyObject *module, void *data, DLDevice dev, dsc_dtype dtype,
+                                 int ndim, const int64_t *shape, PyObject *base);
+
 /* Ops tables, one per family file. */
 extern PyMethodDef dsc_py_core_methods[];
 extern PyMethodDef dsc_py_dense_methods[];
+extern PyMethodDef dsc_py_io_methods[];
 
 #endif /* DSC_PY_GLUE_H_ */

@@ -25,7 +25,11 @@ PyObject *dsc_py_raise(dsc_py_state *st, dsc_status s) {
     case DSC_ERR_OUT_OF_MEMORY: type = PyExc_MemoryError; break;
     default: type = st->error_type; break;
   }
-  PyErr_SetString(type, msg);
+  /* messages may quote bytes from a corrupt file: decode leniently */
+  PyObject *text = PyUnicode_DecodeUTF8(msg, (Py_ssize_t)strlen(msg), "replace");
+  if (!text) return NULL;
+  PyErr_SetObject(type, text);
+  Py_DECREF(text);
   return NULL;
 }
 
@@ -255,6 +259,7 @@ static int module_exec(PyObject *m) {
   if (dsc_py_tensor_type_init(m, st) < 0) return -1;
   if (PyModule_AddFunctions(m, dsc_py_core_methods) < 0) return -1;
   if (PyModule_AddFunctions(m, dsc_py_dense_methods) < 0) return -1;
+  if (PyModule_AddFunctions(m, dsc_py_io_methods) < 0) return -1;
   return 0;
 }
 

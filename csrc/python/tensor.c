@@ -61,6 +61,27 @@ PyObject *dsc_py_tensor_new_owned(PyObject *module, DLDevice dev, dsc_dtype dtyp
   return (PyObject *)t;
 }
 
+PyObject *dsc_py_tensor_new_view(PyObject *module, void *data, DLDevice dev, dsc_dtype dtype,
+                                 int ndim, const int64_t *shape, PyObject *base) {
+  dsc_py_state *st = dsc_py_get_state(module);
+  T *t = (T *)st->tensor_type->tp_alloc(st->tensor_type, 0);
+  if (!t) return NULL;
+  t->device = dev;
+  t->dtype = dtype;
+  t->ndim = ndim;
+  int64_t s = 1;
+  for (int i = ndim - 1; i >= 0; --i) {
+    t->shape[i] = shape[i];
+    t->strides[i] = s;
+    s *= shape[i];
+  }
+  t->data = data;
+  t->owns = 0;
+  t->base = Py_NewRef(base);
+  t->module = Py_NewRef(module);
+  return (PyObject *)t;
+}
+
 static void tensor_dealloc(T *t) {
   PyTypeObject *tp = Py_TYPE(t);
   PyObject_GC_UnTrack(t);

@@ -4,8 +4,10 @@
  * Also built with ASan/UBSan by tests/c/run_sanitized.sh (CI).
  * Closing line: "N passed, N failed".
  */
+#define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <stdio.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -329,6 +331,50 @@ static void test_embedding_adamw(dsc_context *ctx) {
   CHECK(s == DSC_ERR_INVALID_ARGUMENT && strstr(dsc_last_error(), "step"), "step 0: %s", dsc_last_error());
 }
 
+static void test_safetensors(void) {
+  char path[64];
+  snprintf(path, sizeof path, "/tmp/dsc_test_%ld.safetensors", (long)rng_state % 100000);
+  float a[6] = {1, 2, 3, 4, 5, 6};
+  int32_t b[2] = {-7, 9};
+  view va, vb;
+  int64_t sa[2] = {2, 3}, sb[1] = {2};
+  const char *names[2] = {"model.a", "b\"quoted"};
+  const DLTensor *ts[2] = {mk(&va, a, F32, 2, sa), mk(&vb, b, I32, 1, sb)};
+  const char *meta[2] = {"format", "pt"};
+  dsc_status s = dsc_safetensors_save(path, 2, names, ts, 1, meta);
+  CHECK(s == DSC_OK, "save: %s", dsc_last_error());
+  dsc_safetensors *f = NULL;
+  s = dsc_safetensors_open(path, &f);
+  CHECK(s == DSC_OK && dsc_safetensors_count(f) == 2, "open: %s", dsc_last_error());
+  if (f) {
+    int64_t idx = -1;
+    const void *data = NULL;
+    const int64_t *shape = NULL;
+    int32_t nd = 0;
+    dsc_dtype dt = DSC_DTYPE_INVALID;
+    CHECK(dsc_safetensors_find(f, "b\"quoted", &idx) == DSC_OK, "find escaped name");
+    CHECK(dsc_safetensors_tensor(f, idx, NULL, &dt, &nd, &shape, &data, NULL) == DSC_OK && dt == DSC_DTYPE_INT32 &&
+              nd == 1 && shape[0] == 2 && memcmp(data, b, sizeof b) == 0,
+          "tensor b");
+    const char *k, *v;
+    CHECK(dsc_safetensors_metadata(f, 0, &k, &v) == DSC_OK && !strcmp(k, "format") && !strcmp(v, "pt"), "metadata");
+    CHECK(dsc_safetensors_find(f, "nope", &idx) == DSC_ERR_INVALID_ARGUMENT, "missing name");
+    dsc_safetensors_close(f);
+  }
+  /* truncate the file: a format error, not a crash */
+  FILE *fp = fopen(path, "r+b");
+  if (fp) {
+    fseek(fp, 0, SEEK_END);
+    long len = ftell(fp);
+    fclose(fp);
+    CHECK(truncate(path, len - 3) == 0, "truncate");
+    f = NULL;
+    s = dsc_safetensors_open(path, &f);
+    CHECK(s == DSC_ERR_FORMAT && f == NULL && strstr(dsc_last_error(), "truncated"), "truncated: %s", dsc_last_error());
+  }
+  remove(path);
+}
+
 int main(void) {
   test_status_and_context();
   test_dtypes();
@@ -347,6 +393,7 @@ int main(void) {
   test_matmul_linear(ctx);
   test_cross_entropy(ctx);
   test_embedding_adamw(ctx);
+  test_safetensors();
   dsc_context_destroy(ctx);
   printf("%d passed, %d failed\n", g_pass, g_fail);
   return g_fail ? 1 : 0;
