@@ -17,6 +17,7 @@ from ._C import Error, Tensor
 from ._arrays import numpy_dtype, parse_device
 from .ops import *  # noqa: F401,F403
 from .checkpoint import load_safetensors, save_safetensors, safetensors_metadata
+from . import data  # noqa: E402  (built-in tasks, tokenizers, batches)
 from .ops import __all__ as _ops_all
 
 __version__ = "0.1.0"

@@ -1,0 +1,317 @@
+"""Built-in data: small, automatically verifiable tasks with a character tokenizer, and
+user data from a text file (bytes) or a NumPy token array.
+
+    tok = dsc.data.CharTokenizer()
+    task = dsc.data.Addition(digits=3)
+    for batch in dsc.data.batches(task, tok, batch_size=32, seq_len=32, seed=0):
+        model.train_step(batch.tokens, batch.targets)
+    prompt, answer = task.sample(rng)           # "123+45=", "168"
+    task.verify(prompt, generated_text)         # exact match
+
+Every example is ``<bos> prompt answer <eos>``; targets are the next tokens, with the
+prompt positions masked by IGNORE_INDEX so the loss measures the answer only.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+__all__ = [
+    "IGNORE_INDEX", "CharTokenizer", "ByteTokenizer", "Task", "Addition", "Sorting", "Copy", "Reverse",
+    "Mixture", "Batch", "batches", "heldout", "TokenStream", "TASKS",
+]
+
+IGNORE_INDEX = -100
+
+
+class CharTokenizer:
+    """Characters of the built-in tasks plus <pad>=0, <bos>=1, <eos>=2."""
+
+    SPECIALS = ("<pad>", "<bos>", "<eos>")
+    CHARS = "0123456789+=:|>abcdefghijklmnopqrstuvwxyz ,"
+
+    def __init__(self) -> None:
+        self.itos = list(self.SPECIALS) + list(self.CHARS)
+        self.stoi = {c: i for i, c in enumerate(self.itos)}
+        self.pad_id, self.bos_id, self.eos_id = 0, 1, 2
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.itos)
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return [self.stoi[c] for c in text]
+        except KeyError as e:
+            raise ValueError(f"CharTokenizer.encode: text: character {e.args[0]!r} is not in the vocabulary "
+                             f"{self.CHARS!r}") from None
+
+    def decode(self, ids: Sequence[int], stop_at_eos: bool = True) -> str:
+        out = []
+        for i in ids:
+            i = int(i)
+            if stop_at_eos and i == self.eos_id:
+                break
+            if 0 <= i < len(self.itos) and i >= len(self.SPECIALS):
+                out.append(self.itos[i])
+        return "".join(out)
+
+
+class ByteTokenizer:
+    """Bytes 0..255 as ids 3..258, plus <pad>=0, <bos>=1, <eos>=2 (for user text)."""
+
+    def __init__(self) -> None:
+        self.pad_id, self.bos_id, self.eos_id = 0, 1, 2
+
+    @property
+    def vocab_size(self) -> int:
+        return 259
+
+    def encode(self, text: str | bytes) -> list[int]:
+        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        return [b + 3 for b in data]
+
+    def decode(self, ids: Sequence[int], stop_at_eos: bool = True) -> str:
+        out = bytearray()
+        for i in ids:
+            i = int(i)
+            if stop_at_eos and i == self.eos_id:
+                break
+            if 3 <= i < 259:
+                out.append(i - 3)
+        return out.decode("utf-8", errors="replace")
+
+
+class Task:
+    """A generator of (prompt, answer) pairs with an exact-match verifier."""
+
+    name = "task"
+
+    def sample(self, rng: np.random.Generator) -> tuple[str, str]:
+        raise NotImplementedError
+
+    def answer(self, prompt: str) -> str:
+        """The correct answer for a prompt (used by verify)."""
+        raise NotImplementedError
+
+    def verify(self, prompt: str, output: str) -> bool:
+        return output.strip() == self.answer(prompt)
+
+    @property
+    def max_len(self) -> int:
+        """Characters of the longest prompt + answer."""
+        raise NotImplementedError
+
+
+@dataclass
+class Addition(Task):
+    """"a+b=" -> "c" with up to `digits` digits per operand."""
+
+    digits: int = 3
+    name: str = "addition"
+
+    def sample(self, rng: np.random.Generator) -> tuple[str, str]:
+        a = int(rng.integers(0, 10 ** self.digits))
+        b = int(rng.integers(0, 10 ** self.digits))
+        p = f"{a}+{b}="
+        return p, self.answer(p)
+
+    def answer(self, prompt: str) -> str:
+        a, b = prompt.rstrip("=").split("+")
+        return str(int(a) + int(b))
+
+    @property
+    def max_len(self) -> int:
+        return 2 * self.digits + 2 + self.digits + 1
+
+
+@dataclass
+class Sorting(Task):
+    """"s:3142=" -> "1234" (digits sorted ascending)."""
+
+    length: int = 6
+    name: str = "sorting"
+
+    def sample(self, rng: np.random.Generator) -> tuple[str, str]:
+        n = int(rng.integers(2, self.length + 1))
+        p = "s:" + "".join(str(int(d)) for d in rng.integers(0, 10, n)) + "="
+        return p, self.answer(p)
+
+    def answer(self, prompt: str) -> str:
+        return "".join(sorted(prompt[2:-1]))
+
+    @property
+    def max_len(self) -> int:
+        return 2 * self.length + 3
+
+
+@dataclass
+class Copy(Task):
+    """"c:abc=" -> "abc"."""
+
+    length: int = 8
+    name: str = "copy"
+
+    def sample(self, rng: np.random.Generator) -> tuple[str, str]:
+        n = int(rng.integers(1, self.length + 1))
+        s = "".join(chr(ord("a") + int(c)) for c in rng.integers(0, 26, n))
+        p = f"c:{s}="
+        return p, self.answer(p)
+
+    def answer(self, prompt: str) -> str:
+        return prompt[2:-1]
+
+    @property
+    def max_len(self) -> int:
+        return 2 * self.length + 3
+
+
+@dataclass
+class Reverse(Task):
+    """"r:abc=" -> "cba"."""
+
+    length: int = 8
+    name: str = "reverse"
+
+    def sample(self, rng: np.random.Generator) -> tuple[str, str]:
+        n = int(rng.integers(1, self.length + 1))
+        s = "".join(chr(ord("a") + int(c)) for c in rng.integers(0, 26, n))
+        p = f"r:{s}="
+        return p, self.answer(p)
+
+    def answer(self, prompt: str) -> str:
+        return prompt[2:-1][::-1]
+
+    @property
+    def max_len(self) -> int:
+        return 2 * self.length + 3
+
+
+class Mixture(Task):
+    """Uniform mixture of tasks; the prompt's prefix tells which task answers it."""
+
+    name = "mixture"
+
+    def __init__(self, tasks: Sequence[Task]):
+        if not tasks:
+            raise ValueError("Mixture: tasks: expected at least one task, got none")
+        self.tasks = list(tasks)
+
+    def sample(self, rng: np.random.Generator) -> tuple[str, str]:
+        return self.tasks[int(rng.integers(len(self.tasks)))].sample(rng)
+
+    def _owner(self, prompt: str) -> Task:
+        for t in self.tasks:
+            if isinstance(t, Addition) and "+" in prompt:
+                return t
+            if isinstance(t, Sorting) and prompt.startswith("s:"):
+                return t
+            if isinstance(t, Copy) and prompt.startswith("c:"):
+                return t
+            if isinstance(t, Reverse) and prompt.startswith("r:"):
+                return t
+        raise ValueError(f"Mixture.answer: prompt: no task recognizes {prompt!r}")
+
+    def answer(self, prompt: str) -> str:
+        return self._owner(prompt).answer(prompt)
+
+    @property
+    def max_len(self) -> int:
+        return max(t.max_len for t in self.tasks)
+
+
+TASKS = {"addition": Addition, "sorting": Sorting, "copy": Copy, "reverse": Reverse}
+
+
+@dataclass
+class Batch:
+    """tokens [B, T] int32, targets [B, T] int32 (IGNORE_INDEX where no loss is taken)."""
+
+    tokens: np.ndarray
+    targets: np.ndarray
+
+
+def _pack(task: Task, tok, rng: np.random.Generator, batch_size: int, seq_len: int) -> Batch:
+    """Fill each row with whole examples <bos> prompt answer <eos>, pad the rest."""
+    tokens = np.full((batch_size, seq_len), tok.pad_id, np.int32)
+    targets = np.full((batch_size, seq_len), IGNORE_INDEX, np.int32)
+    for b in range(batch_size):
+        pos = 0
+        while True:
+            p, a = task.sample(rng)
+            ids_p = [tok.bos_id] + tok.encode(p)
+            ids_a = tok.encode(a) + [tok.eos_id]
+            ex = ids_p + ids_a
+            if pos + len(ex) > seq_len:
+                if pos == 0:
+                    raise ValueError(f"batches: seq_len: expected at least {len(ex)} to hold one example, got {seq_len}")
+                break
+            tokens[b, pos:pos + len(ex)] = ex
+            # position i predicts token i+1: answer tokens (and <eos>) are targets
+            start = pos + len(ids_p) - 1
+            targets[b, start:start + len(ids_a)] = ids_a
+            pos += len(ex)
+    return Batch(tokens, targets)
+
+
+def batches(task: Task, tok, batch_size: int, seq_len: int, seed: int = 0,
+            steps: Optional[int] = None) -> Iterator[Batch]:
+    """An endless (or `steps`-long) stream of packed training batches."""
+    if batch_size < 1 or seq_len < 2:
+        raise ValueError(f"batches: batch_size, seq_len: expected >= 1 and >= 2, got {batch_size}, {seq_len}")
+    rng = np.random.default_rng(seed)
+    i = 0
+    while steps is None or i < steps:
+        yield _pack(task, tok, rng, batch_size, seq_len)
+        i += 1
+
+
+def heldout(task: Task, n: int, seed: int = 12345, exclude: Optional[set] = None) -> list[tuple[str, str]]:
+    """n (prompt, answer) pairs from a separate seed, for evaluation."""
+    rng = np.random.default_rng(seed)
+    out, seen = [], set(exclude or ())
+    tries = 0
+    while len(out) < n and tries < 100 * n:
+        p, a = task.sample(rng)
+        tries += 1
+        if p in seen:
+            continue
+        seen.add(p)
+        out.append((p, a))
+    return out
+
+
+class TokenStream:
+    """Random training windows from a token array (a text file's bytes, or user ids)."""
+
+    def __init__(self, ids: np.ndarray, vocab_size: int):
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or ids.dtype.kind not in "iu":
+            raise ValueError(f"TokenStream: ids: expected a 1-D integer array, got {ids.dtype} with shape {ids.shape}")
+        if ids.size < 2:
+            raise ValueError(f"TokenStream: ids: expected at least 2 tokens, got {ids.size}")
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= vocab_size:
+            raise ValueError(f"TokenStream: ids: expected values in [0, {vocab_size}), got [{lo}, {hi}]")
+        self.ids = ids.astype(np.int32)
+        self.vocab_size = vocab_size
+
+    @classmethod
+    def from_text_file(cls, path: str | os.PathLike) -> "TokenStream":
+        with open(path, "rb") as f:
+            data = f.read()
+        tok = ByteTokenizer()
+        return cls(np.frombuffer(data, np.uint8).astype(np.int32) + 3, tok.vocab_size)
+
+    def batches(self, batch_size: int, seq_len: int, seed: int = 0) -> Iterator[Batch]:
+        if self.ids.size < seq_len + 1:
+            raise ValueError(f"TokenStream.batches: seq_len: expected at most {self.ids.size - 1} for this data, got {seq_len}")
+        rng = np.random.default_rng(seed)
+        while True:
+            starts = rng.integers(0, self.ids.size - seq_len, batch_size)
+            win = np.stack([self.ids[s:s + seq_len + 1] for s in starts])
+            yield Batch(np.ascontiguousarray(win[:, :-1]), np.ascontiguousarray(win[:, 1:]))
