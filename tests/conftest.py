@@ -1,0 +1,35 @@
+"""Shared pytest configuration: the installed deepseek_c (not the source tree), a
+per-test seeded RNG, and the `cuda` marker that skips with a reason where no GPU is seen."""
+
+import os
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+# `python -m pytest` from the repository root puts the source tree first on sys.path;
+# its deepseek_c/ has no compiled _C, so prefer the installed package unless the
+# extension was built in place.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if not any(f.startswith("_C.") for f in os.listdir(os.path.join(_ROOT, "deepseek_c"))):
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != _ROOT]
+
+import deepseek_c as dsc  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    n = dsc.cuda_device_count()
+    if n > 0:
+        return
+    reason = dsc.info()["cuda_unavailable_reason"] or "no CUDA device visible"
+    skip = pytest.mark.skip(reason=f"needs a CUDA GPU: {reason}")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def rng(request):
+    """A NumPy Generator seeded from the test's name: fresh per test, reproducible."""
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
