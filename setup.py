@@ -85,8 +85,7 @@ class DscBuildExt(build_ext):
         pkg_dir = os.path.dirname(self.get_ext_fullpath(ext.name))
         lib_dir = os.path.join(pkg_dir, "lib")
         inc_dir = os.path.join(pkg_dir, "include")
-        obj_dir = os.path.join(self.build_temp, "dsc_objs")
-        for d in (lib_dir, inc_dir, obj_dir):
+        for d in (lib_dir, inc_dir):
             os.makedirs(d, exist_ok=True)
 
         debug = os.environ.get("DSC_DEBUG") == "1"
@@ -116,6 +115,13 @@ class DscBuildExt(build_ext):
         cflags = ["-std=c11", "-fPIC", "-fopenmp", "-fvisibility=hidden", "-Wall", "-Wextra",
                   "-Wno-unused-parameter", *opt, *san, *defines, *includes]
 
+        # Objects live in a directory named after the flags, so a CUDA and a CPU-only
+        # build (or a debug build) never reuse each other's objects.
+        import hashlib
+
+        tag = hashlib.sha1(repr((cflags, bool(nvcc), archs, debug, sanitize)).encode()).hexdigest()[:10]
+        obj_dir = os.path.join(self.build_temp, f"dsc_objs_{tag}")
+        os.makedirs(obj_dir, exist_ok=True)
         c_sources = sorted(s for d in C_DIRS for s in glob.glob(os.path.join(ROOT, d, "*.c")))
         cu_sources = sorted(glob.glob(os.path.join(ROOT, "kernels", "*.cu"))) if nvcc else []
         jobs = []
@@ -144,7 +150,7 @@ class DscBuildExt(build_ext):
                 f"-L{blas_lib}", f"-l{blas_name}", "-Wl,-rpath,$ORIGIN", "-Wl,--no-undefined", "-lm"]
         if nvcc:
             cuda_lib = os.path.join(cuda_home, "lib64")
-            link += [f"-L{cuda_lib}", "-lcublasLt", "-lcudart", f"-Wl,-rpath,{cuda_lib}"]
+            link += [f"-L{cuda_lib}", "-lcublasLt", "-lcudart", "-lstdc++", f"-Wl,-rpath,{cuda_lib}"]
         say("linking " + os.path.relpath(libname, ROOT if libname.startswith(ROOT) else os.getcwd()))
         self._run(link)
         blas_so = glob.glob(os.path.join(blas_lib, f"lib{blas_name}*.so*"))

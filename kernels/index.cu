@@ -1,0 +1,79 @@
+/*
+ * kernels/index.cu -- range check of an index tensor on the GPU (embedding ids,
+ * cross-entropy targets, RoPE positions); the twin of csrc/cpu/index.c.
+ *
+ * Legend: n number of indices.
+ *
+ * Finds the FIRST (lowest) position whose value is outside [lo, hi) and is not `skip`.
+ * Every thread scans its grid-stride slice in increasing order and stops at its first
+ * bad value; atomicMin over the positions picks the lowest, which does not depend on
+ * the order of the atomics. A second one-thread kernel fetches the value at that
+ * position, and both results come back in one 16-byte copy (then a stream sync).
+ */
+#include "common.cuh"
+
+static const char *const FN_INDEX = "dsc_cuda_index_range";
+
+/* first: [1] lowest bad position so far, initialized to ~0 (none). */
+template <typename I>
+__global__ void index_first_bad_kernel(int64_t n, const I *__restrict__ ids /* [n] */,
+                                       int64_t lo, int64_t hi, int64_t skip,
+                                       unsigned long long *first /* [1] */) {
+  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const int64_t v = (int64_t)ids[i];
+    if ((v < lo || v >= hi) && v != skip) {
+      atomicMin(first, (unsigned long long)i);
+      return; /* the rest of this thread's slice lies at higher positions */
+    }
+  }
+}
+
+/* value: [1] ids[*first] when a bad position was found (left untouched otherwise). */
+template <typename I>
+__global__ void index_value_kernel(const I *__restrict__ ids /* [n] */,
+                                   const unsigned long long *first /* [1] */,
+                                   long long *value /* [1] */) {
+  const unsigned long long f = *first;
+  if (f != ~0ull) *value = (long long)ids[f];
+}
+
+extern "C" dsc_status dsc_cuda_index_range(dsc_context *ctx, int64_t n, int ids64,
+                                           const void *ids /* [n] int32 or int64 */, int64_t lo,
+                                           int64_t hi, int64_t skip, int64_t *bad_pos,
+                                           int64_t *bad_value) {
+  *bad_pos = -1;
+  *bad_value = 0;
+  if (n <= 0) return DSC_OK;
+  DSC_CUDA_ENTER(ctx, FN_INDEX);
+  dsc_cuda_state *st = dsc_cuda_st(ctx);
+  cudaStream_t s = dsc_cuda_stream(ctx);
+  /* scratch: [0] first bad position (u64), [1] its value (i64); ~0 = none. */
+  unsigned long long *first = (unsigned long long *)st->scratch;
+  long long *value = (long long *)(first + 1);
+  DSC_CUDA_TRY(cudaMemsetAsync(first, 0xff, 2 * sizeof(unsigned long long), s), FN_INDEX);
+  const int threads = 256;
+  const unsigned blocks = dsc_cuda_blocks(n, threads, 4096);
+  if (ids64) {
+    index_first_bad_kernel<int64_t>
+        <<<blocks, threads, 0, s>>>(n, (const int64_t *)ids, lo, hi, skip, first);
+    DSC_CUDA_CHECK_LAUNCH(FN_INDEX);
+    index_value_kernel<int64_t><<<1, 1, 0, s>>>((const int64_t *)ids, first, value);
+  } else {
+    index_first_bad_kernel<int32_t>
+        <<<blocks, threads, 0, s>>>(n, (const int32_t *)ids, lo, hi, skip, first);
+    DSC_CUDA_CHECK_LAUNCH(FN_INDEX);
+    index_value_kernel<int32_t><<<1, 1, 0, s>>>((const int32_t *)ids, first, value);
+  }
+  DSC_CUDA_CHECK_LAUNCH(FN_INDEX);
+  unsigned long long *host = (unsigned long long *)st->pinned; /* [2] */
+  DSC_CUDA_TRY(cudaMemcpyAsync(host, first, 2 * sizeof(unsigned long long),
+                               cudaMemcpyDeviceToHost, s),
+               FN_INDEX);
+  DSC_CUDA_TRY(cudaStreamSynchronize(s), FN_INDEX);
+  if (host[0] != ~0ull) {
+    *bad_pos = (int64_t)host[0];
+    *bad_value = (int64_t)(long long)host[1];
+  }
+  return DSC_OK;
+}
