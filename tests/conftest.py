@@ -1,5 +1,7 @@
 """Shared pytest configuration: the installed deepseek_c (not the source tree), a
-per-test seeded RNG, and the `cuda` marker that skips with a reason where no GPU is seen."""
+per-test seeded RNG, the `cuda` marker that skips with a reason where no GPU is seen,
+and tests/ on sys.path so that test files can `from reference import dense` and
+`from _util import ...` (helpers) under any import mode."""
 
 import os
 import sys
@@ -16,6 +18,14 @@ if not any(f.startswith("_C.") for f in os.listdir(os.path.join(_ROOT, "deepseek
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != _ROOT]
 
 import deepseek_c as dsc  # noqa: E402
+
+_TESTS = os.path.dirname(os.path.abspath(__file__))
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped, with the reason, where none is visible)")
 
 
 def pytest_collection_modifyitems(config, items):

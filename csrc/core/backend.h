@@ -80,7 +80,128 @@ extern "C" {
    * g is multiplied by gscale first; bc1 = 1-beta1^t, bc2 = 1-beta2^t. */                   \
   dsc_status P##adamw(dsc_context *ctx, int64_t n, float *p, const float *g, dsc_dtype mom_dt, \
                       void *m, void *v, float lr, float beta1, float beta2, float eps,         \
-                      float weight_decay, float bc1, float bc2, float gscale);
+                      float weight_decay, float bc1, float bc2, float gscale);                 \
+  /* ---- MoE (csrc/cpu/moe.c). E experts, k top-k, G groups, R permuted rows. CUDA twins  \
+   * are only called under DSC_WITH_CUDA_MOE. scoring/method: dsc_moe_scoring/_topk_method.\
+   * Index tensors: int32, or int64 when ids64. */                                          \
+  dsc_status P##moe_route(dsc_context *ctx, dsc_dtype dt, int64_t T, int64_t E, int64_t k,     \
+                          int64_t G, int64_t topk_group, int scoring, int method, int norm,   \
+                          float scale, const void *logits /*[T,E] dt*/,                       \
+                          const float *bias /*[E] or NULL*/, int32_t *indices /*[T,k]*/,      \
+                          float *weights /*[T,k]*/, float *scores /*[T,E] or NULL*/);         \
+  /* dlogits overwritten; dscores (extra dL/ds) may be NULL. */                              \
+  dsc_status P##moe_route_bwd(dsc_context *ctx, int64_t T, int64_t E, int64_t k, int scoring,  \
+                              int norm, float scale, const float *dweights /*[T,k]*/,         \
+                              const float *scores /*[T,E]*/, int ids64,                       \
+                              const void *indices /*[T,k]*/, const float *dscores /*[T,E]*/,  \
+                              dsc_dtype dl_dt, void *dlogits /*[T,E] dl_dt*/);                \
+  /* counts overwritten (int32, or int64 when cnt64). */                                     \
+  dsc_status P##moe_expert_load(dsc_context *ctx, int64_t n, int ids64, const void *ids /*[n]*/, \
+                                int64_t E, int cnt64, void *counts /*[E]*/);                  \
+  dsc_status P##moe_update_bias(dsc_context *ctx, int64_t E, float *bias /*[E]*/, int cnt64,   \
+                                const void *counts /*[E]*/, float rate);                      \
+  /* loss: one float32 on the device; dscores may be NULL. */                                \
+  dsc_status P##moe_seq_aux_loss(dsc_context *ctx, int64_t T, int64_t E, int64_t k, int64_t L, \
+                                 const float *scores /*[T,E]*/, int ids64,                    \
+                                 const void *indices /*[T,k]*/, float alpha,                  \
+                                 float *loss /*[1]*/, float *dscores /*[T,E]*/);              \
+  /* *rows (host) = sum_e roundup(count_e, align). */                                        \
+  dsc_status P##moe_permute_rows(dsc_context *ctx, int64_t n, int ids64,                       \
+                                 const void *ids /*[n]*/, int64_t E, int64_t align,           \
+                                 int64_t *rows);                                              \
+  dsc_status P##moe_permute(dsc_context *ctx, dsc_dtype dt, int64_t T, int64_t D, int64_t k,   \
+                            int ids64, const void *indices /*[T,k]*/, int64_t E,              \
+                            int64_t align, const void *x /*[T,D]*/, int64_t R,                \
+                            void *out /*[R,D]*/, int32_t *group_offsets /*[E+1]*/,            \
+                            int32_t *row_map /*[T,k]*/);                                      \
+  dsc_status P##moe_permute_bwd(dsc_context *ctx, dsc_dtype dt, int64_t T, int64_t D,          \
+                                int64_t k, const void *dout /*[R,D]*/,                        \
+                                const int32_t *row_map /*[T,k]*/, void *dx /*[T,D]*/);        \
+  dsc_status P##moe_unpermute(dsc_context *ctx, dsc_dtype dt, int64_t T, int64_t D, int64_t k, \
+                              const void *expert_out /*[R,D]*/,                               \
+                              const int32_t *row_map /*[T,k]*/, const float *weights /*[T,k]*/, \
+                              void *y /*[T,D]*/);                                             \
+  /* dexpert_out / dweights may be NULL (not both). */                                      \
+  dsc_status P##moe_unpermute_bwd(dsc_context *ctx, dsc_dtype dt, int64_t T, int64_t D,        \
+                                  int64_t k, int64_t R, const void *dy /*[T,D]*/,             \
+                                  const void *expert_out /*[R,D]*/,                           \
+                                  const int32_t *row_map /*[T,k]*/,                           \
+                                  const float *weights /*[T,k]*/, void *dexpert_out /*[R,D]*/, \
+                                  float *dweights /*[T,k]*/);                                 \
+  /* Grouped linear (csrc/cpu/grouped_linear.c): offsets [E+1] int32 on the device and    \
+   * offs_h the same (validated) values on the host. */                                    \
+  dsc_status P##grouped_linear_fwd(dsc_context *ctx, dsc_dtype dt, int64_t E, int64_t R,       \
+                                   int64_t N, int64_t K, const void *x /*[R,K]*/,             \
+                                   const void *w /*[E,N,K]*/, const int32_t *offsets,         \
+                                   const int32_t *offs_h, void *y /*[R,N]*/);                 \
+  /* dx (dtype dt) and dw (dtype dw_dt: dt or FLOAT32) may be NULL (not both). */           \
+  dsc_status P##grouped_linear_bwd(dsc_context *ctx, dsc_dtype dt, int64_t E, int64_t R,       \
+                                   int64_t N, int64_t K, const void *dy /*[R,N]*/,            \
+                                   const void *x /*[R,K]*/, const void *w /*[E,N,K]*/,        \
+                                   const int32_t *offsets, const int32_t *offs_h,             \
+                                   void *dx /*[R,K]*/,                                        \
+                                   dsc_dtype dw_dt, void *dw /*[E,N,K]*/);              \
+  /* ---- FP8 (csrc/cpu/fp8.c). `xt` float32|bfloat16, `ft`/`at`/`bt` (and q_dt) fp8      \
+   * (E4M3FN|E5M2), `ct` float32|bfloat16. Kb = ceil(K/128): every scale runs along the    \
+   * inner dim in blocks of 128; a `*_br` of 1 means one scale row per matrix row (1x128     \
+   * tiles), 128 one per 128 rows (128x128 blocks). Scales are multipliers, validated finite \
+   * and > 0. CUDA twins are only called under DSC_WITH_CUDA_FP8. */                        \
+  /* Elementwise cast of n elements, float <-> fp8 (saturating, see fp8_format.h). */      \
+  dsc_status P##fp8_cast(dsc_context *ctx, int64_t n, dsc_dtype src_dt, const void *src /*[n]*/, \
+                         dsc_dtype dst_dt, void *dst /*[n]*/);                               \
+  /* Block quantization of x [M,K] (of x^T [K,M] with transpose) in br x bc blocks:          \
+   * s = max(amax over the block's finite |x|, amax_floor) / fp8_max (rounded up to a power \
+   * of two with pow2), q = cast(x / s). q [M,K] ([K,M]); scale [ceil(R/br), ceil(C/bc)]   \
+   * with [R,C] the shape of q. */                                                        \
+  dsc_status P##fp8_quantize(dsc_context *ctx, dsc_dtype xt, int64_t M, int64_t K, int64_t br, \
+                             int64_t bc, int transpose, int pow2, float amax_floor,          \
+                             dsc_dtype ft, const void *x /*[M,K] xt*/, uint8_t *q,           \
+                             float *scale);                                                   \
+  /* out[r,c] = float(q[r,c]) * scale[r/br, c/bc]. */                                     \
+  dsc_status P##fp8_dequantize(dsc_context *ctx, dsc_dtype ft, int64_t R, int64_t C,         \
+                               int64_t br, int64_t bc, const uint8_t *q /*[R,C]*/,          \
+                               const float *scale /*[ceil(R/br),ceil(C/bc)]*/, dsc_dtype ot, \
+                               void *out /*[R,C] ot*/);                                     \
+  /* dst = src^T for an [R,C] matrix of esize-byte elements (1: fp8, 4: float32 scales). */ \
+  dsc_status P##fp8_transpose(dsc_context *ctx, int64_t R, int64_t C, int64_t esize,         \
+                              const void *src /*[R,C]*/, void *dst /*[C,R]*/);             \
+  /* *bytes (host) = size of the `work` buffer the three GEMMs below need for G groups     \
+   * (1: plain GEMM) and M rows of A (the grouped GEMM: all rows; masked: Mmax). */        \
+  dsc_status P##fp8_gemm_work(dsc_context *ctx, int64_t G, int64_t M, int64_t N, int64_t K,  \
+                              dsc_dtype ct, size_t *bytes);                                  \
+  /* C[m,n] = sum_kb (sum_{k in kb} A[m,k] B[n,k]) sa(m,kb) sb(n,kb), FP32 accumulation,    \
+   * sa(m,kb) = a_scale[m/a_br, kb], sb(n,kb) = b_scale[n/b_br, kb]; K == 0 writes zeros. */ \
+  dsc_status P##fp8_gemm(dsc_context *ctx, int64_t M, int64_t N, int64_t K, dsc_dtype at,    \
+                         const uint8_t *a /*[M,K]*/, const float *a_scale /*[ceil(M/a_br),Kb]*/, \
+                         int64_t a_br, dsc_dtype bt, const uint8_t *b /*[N,K]*/,             \
+                         const float *b_scale /*[ceil(N/b_br),Kb]*/, int64_t b_br,           \
+                         dsc_dtype ct, void *c /*[M,N] ct*/, void *work);                    \
+  /* Contiguous grouped GEMM: rows offs_h[g]..offs_h[g+1]-1 of A use expert g. offsets   \
+   * [G+1] int32 on the device, offs_h the same (validated) values on the host. */         \
+  dsc_status P##fp8_grouped_gemm(dsc_context *ctx, int64_t G, int64_t M, int64_t N, int64_t K, \
+                                 dsc_dtype at, const uint8_t *a /*[M,K]*/,                   \
+                                 const float *a_scale /*[M,Kb]*/, dsc_dtype bt,              \
+                                 const uint8_t *b /*[G,N,K]*/,                               \
+                                 const float *b_scale /*[G,ceil(N/128),Kb]*/,                \
+                                 const int32_t *offsets, const int32_t *offs_h, dsc_dtype ct, \
+                                 void *c /*[M,N] ct*/, void *work);                         \
+  /* Masked grouped GEMM: group g uses rows [0, mm_h[g]) of its Mmax; other rows of c = 0.  \
+   * masked_m [G] int32 on the device, mm_h the same (validated) values on the host. */    \
+  dsc_status P##fp8_grouped_gemm_masked(dsc_context *ctx, int64_t G, int64_t Mmax, int64_t N, \
+                                        int64_t K, dsc_dtype at,                             \
+                                        const uint8_t *a /*[G,Mmax,K]*/,                     \
+                                        const float *a_scale /*[G,Mmax,Kb]*/, dsc_dtype bt,  \
+                                        const uint8_t *b /*[G,N,K]*/,                        \
+                                        const float *b_scale /*[G,ceil(N/128),Kb]*/,         \
+                                        const int32_t *masked_m, const int32_t *mm_h,        \
+                                        dsc_dtype ct, void *c /*[G,Mmax,N] ct*/, void *work); \
+  /* Quantization statistics of x [M,K] (host outputs): block scales as fp8_quantize, or   \
+   * the one tensor_scale when > 0. *amax = max |x| (NaN if any NaN); counts[0] clipped    \
+   * by saturation, counts[1] non-zero finite that become +-0, counts[2] NaN. */          \
+  dsc_status P##fp8_stats(dsc_context *ctx, dsc_dtype xt, int64_t M, int64_t K, int64_t br,  \
+                          int64_t bc, int pow2, float amax_floor, dsc_dtype ft,              \
+                          float tensor_scale, const void *x /*[M,K] xt*/, float *amax,       \
+                          int64_t *counts /*[3]*/);
 
 DSC_BACKEND_DECLS(dsc_cpu_)
 

@@ -438,6 +438,149 @@ DSC_API dsc_status dsc_fp8_linear_backward(dsc_context *ctx, const DLTensor *dy,
                                            const DLTensor *wq, const DLTensor *ws, DLTensor *dx,
                                            DLTensor *dw);
 
+/* ------------------------------------------------------------------ MoE */
+/* DeepSeekMoE: routing (V3 sigmoid + correction bias + group-limited top-k; V2 softmax +
+ * greedy or group-limited greedy), auxiliary-loss-free balancing, the complementary
+ * sequence-wise balance loss, dropless dispatch/combine and grouped expert GEMMs.
+ * Legend: T tokens, E routed experts, k experts per token (top_k), G expert groups
+ * (n_group, E/G experts each, contiguous), D hidden, F expert intermediate size,
+ * R permuted rows (R = sum_e roundup(count_e, align)), L sequence length.
+ *
+ * Selection (identical on every backend):
+ *  - affinities s = sigmoid(logits) or softmax(logits) over E, in float32;
+ *  - selection scores: noaux_tc: s + bias (bias NULL = 0); greedy, group_limited_greedy: s;
+ *  - group score: noaux_tc: sum of the two largest selection scores of the group (the one
+ *    score when a group has a single expert); group_limited_greedy: max of s in the group;
+ *    greedy: no groups (n_group, topk_group ignored);
+ *  - the topk_group best groups are kept; experts of the other groups are excluded,
+ *    exactly as if their scores were -inf (never 0-filled);
+ *  - top-k among the kept experts.
+ *  - TIES are broken by the LOWER index, both for groups and for experts; a NaN score
+ *    ranks below every number. indices[t, :] come out best first.
+ * Weights: w = s[chosen] (the unbiased affinities); with norm_topk_prob
+ * w = w / (sum_j w_j + 1e-20); then w *= routed_scaling_factor.
+ * Dropless: no capacity, no token is dropped. */
+
+typedef enum dsc_moe_scoring {
+  DSC_MOE_SCORING_SIGMOID = 0, /* DeepSeek-V3 */
+  DSC_MOE_SCORING_SOFTMAX = 1, /* DeepSeek-V2 */
+} dsc_moe_scoring;
+
+typedef enum dsc_moe_topk_method {
+  DSC_MOE_TOPK_NOAUX_TC = 0,             /* V3: bias for selection, group score = top-2 sum */
+  DSC_MOE_TOPK_GREEDY = 1,               /* V2-Lite: plain top-k */
+  DSC_MOE_TOPK_GROUP_LIMITED_GREEDY = 2, /* V2: group score = max */
+} dsc_moe_topk_method;
+
+typedef struct dsc_moe_route_params {
+  size_t size;                 /* sizeof(dsc_moe_route_params) */
+  int32_t top_k;               /* k, 8; 1 <= k <= E (and <= topk_group * E/G with groups) */
+  int32_t n_group;             /* G, 8; divides E */
+  int32_t topk_group;          /* 4; 1 <= topk_group <= G */
+  int32_t scoring;             /* dsc_moe_scoring, SIGMOID */
+  int32_t topk_method;         /* dsc_moe_topk_method, NOAUX_TC */
+  int32_t norm_topk_prob;      /* 1: normalize the k weights to sum 1 (before scaling) */
+  float routed_scaling_factor; /* 2.5 */
+} dsc_moe_route_params;
+
+/* Fills DeepSeek-V3's values: top_k 8, n_group 8, topk_group 4, sigmoid, noaux_tc,
+ * norm_topk_prob 1, routed_scaling_factor 2.5. */
+DSC_API void dsc_moe_route_params_default(dsc_moe_route_params *p);
+
+/*   logits  [T, E] float32 | bfloat16 (router logits, computed in float32 preferably)
+ *   bias    [E]    float32, optional (NULL): e_score_correction_bias; only with
+ *                  scoring SIGMOID and topk_method NOAUX_TC
+ *   indices [T, k] int32 out: chosen experts, best first
+ *   weights [T, k] float32 out: gate weights
+ *   scores  [T, E] float32 out, optional: the affinities s (saved for backward and for
+ *                  the sequence-wise loss) */
+DSC_API dsc_status dsc_moe_route(dsc_context *ctx, const dsc_moe_route_params *p,
+                                 const DLTensor *logits, const DLTensor *bias, DLTensor *indices,
+                                 DLTensor *weights, DLTensor *scores);
+
+/* Gradient into the router logits (none into the bias, which is not trained by gradient).
+ *   dweights [T, k] float32: dL/dweights
+ *   scores   [T, E] float32: the affinities from dsc_moe_route
+ *   indices  [T, k] int32 | int64: from dsc_moe_route (each row distinct)
+ *   dscores  [T, E] float32, optional: an extra dL/ds (e.g. the sequence-wise loss), added
+ *   dlogits  [T, E] float32 | bfloat16 out, overwritten.
+ * norm_topk_prob is differentiated; p must be the forward's parameters. */
+DSC_API dsc_status dsc_moe_route_backward(dsc_context *ctx, const dsc_moe_route_params *p,
+                                          const DLTensor *dweights, const DLTensor *scores,
+                                          const DLTensor *indices, const DLTensor *dscores,
+                                          DLTensor *dlogits);
+
+/* counts[e] = number of (token, slot) pairs routed to expert e (overwritten).
+ *   indices [...] int32 | int64 in [0, E); counts [E] int32 | int64 */
+DSC_API dsc_status dsc_moe_expert_load(dsc_context *ctx, const DLTensor *indices,
+                                       DLTensor *counts);
+
+/* Auxiliary-loss-free balancing, in place: bias[e] += rate * sign(mean(counts) - counts[e])
+ * (sign(0) = 0).  bias [E] float32; counts [E] int32 | int64 (>= 0); rate finite, >= 0. */
+DSC_API dsc_status dsc_moe_update_bias(dsc_context *ctx, DLTensor *bias, const DLTensor *counts,
+                                       float rate);
+
+/* Complementary sequence-wise balance loss (DeepSeek-V3 eqs. 17-20), averaged over the
+ * B = T / seq_len sequences of the batch (tokens of a sequence are contiguous):
+ *   f_i = E / (k L) * #{t in seq : i in indices[t]},  s'_{t,i} = s_{t,i} / sum_j s_{t,j},
+ *   P_i = (1/L) sum_{t in seq} s'_{t,i},   loss = alpha / B * sum_seq sum_i f_i P_i.
+ * The gradient flows only through P (f is a count):
+ *   dscores[t, j] = (g_{t,j} - sum_i g_{t,i} s'_{t,i}) / sum_i s_{t,i},  g_{t,i} = alpha f_i/(B L).
+ *   scores  [T, E] float32 (> 0 sums), indices [T, k] int32 | int64 (the routed set),
+ *   seq_len L >= 1 dividing T, loss [] or [1] float32, dscores [T, E] float32 optional. */
+DSC_API dsc_status dsc_moe_seq_aux_loss(dsc_context *ctx, const DLTensor *scores,
+                                        const DLTensor *indices, int64_t seq_len, float alpha,
+                                        DLTensor *loss, DLTensor *dscores);
+
+/* Rows of the permuted layout: *rows = R = sum_e roundup(count_e, align), align >= 1. */
+DSC_API dsc_status dsc_moe_permute_rows(dsc_context *ctx, const DLTensor *indices,
+                                        int32_t n_experts, int32_t align, int64_t *rows);
+
+/* Dispatch: copy each token to one row per chosen expert, experts contiguous.
+ *   x             [T, D] float32 | bfloat16
+ *   indices       [T, k] int32 | int64 in [0, E)
+ *   out           [R, D] dtype of x: expert e owns rows group_offsets[e] ..
+ *                 group_offsets[e+1]-1, its tokens first in (token, slot) order, then
+ *                 zeroed padding up to a multiple of align
+ *   group_offsets [E + 1] int32 out: 0, then each a multiple of align, last = R
+ *   row_map       [T, k] int32 out: row of out holding (token t, slot j) */
+DSC_API dsc_status dsc_moe_permute(dsc_context *ctx, const DLTensor *x, const DLTensor *indices,
+                                   int32_t n_experts, int32_t align, DLTensor *out,
+                                   DLTensor *group_offsets, DLTensor *row_map);
+/* dx[t] = sum_j dout[row_map[t, j]].  dout [R, D], row_map [T, k] int32 in [0, R),
+ * dx [T, D] dtype of dout (overwritten). */
+DSC_API dsc_status dsc_moe_permute_backward(dsc_context *ctx, const DLTensor *dout,
+                                            const DLTensor *row_map, DLTensor *dx);
+
+/* Combine: y[t] = sum_j weights[t, j] * expert_out[row_map[t, j]] (float32 sum, j order).
+ *   expert_out [R, D] float32 | bfloat16; row_map [T, k] int32; weights [T, k] float32;
+ *   y [T, D] dtype of expert_out. */
+DSC_API dsc_status dsc_moe_unpermute(dsc_context *ctx, const DLTensor *expert_out,
+                                     const DLTensor *row_map, const DLTensor *weights,
+                                     DLTensor *y);
+/*   dy [T, D]; dexpert_out [R, D] dtype of dy, optional: rows row_map[t, j] get
+ *   weights[t, j] * dy[t] (accumulated if a row is shared), every other row 0;
+ *   dweights [T, k] float32, optional: <dy[t], expert_out[row_map[t, j]]>. */
+DSC_API dsc_status dsc_moe_unpermute_backward(dsc_context *ctx, const DLTensor *dy,
+                                              const DLTensor *expert_out,
+                                              const DLTensor *row_map, const DLTensor *weights,
+                                              DLTensor *dexpert_out, DLTensor *dweights);
+
+/* Grouped linear (expert GEMM over the contiguous layout): rows group_offsets[e] ..
+ * group_offsets[e+1]-1 of x use expert e: y[r] = x[r] @ w[e]^T.
+ *   x [R, K], w [E, N, K], y [R, N]: all float32 or all bfloat16 (FP32 accumulation);
+ *   group_offsets [E + 1] int32: 0 = o_0 <= o_1 <= ... <= o_E = R. */
+DSC_API dsc_status dsc_grouped_linear_forward(dsc_context *ctx, const DLTensor *x,
+                                              const DLTensor *w, const DLTensor *group_offsets,
+                                              DLTensor *y);
+/*   dy [R, N]; dx [R, K] dtype of x, optional: dy @ w[e];
+ *   dw [E, N, K] float32 or dtype of w, optional, overwritten: dy_e^T @ x_e (0 for an
+ *   expert without rows). At least one of dx, dw. */
+DSC_API dsc_status dsc_grouped_linear_backward(dsc_context *ctx, const DLTensor *dy,
+                                               const DLTensor *x, const DLTensor *w,
+                                               const DLTensor *group_offsets, DLTensor *dx,
+                                               DLTensor *dw);
+
 #ifdef __cplusplus
 }
 #endif

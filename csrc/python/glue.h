@@ -93,5 +93,7 @@ PyObject *dsc_py_tensor_new_view(PyObject *module, void *data, DLDevice dev, dsc
 extern PyMethodDef dsc_py_core_methods[];
 extern PyMethodDef dsc_py_dense_methods[];
 extern PyMethodDef dsc_py_io_methods[];
+extern PyMethodDef dsc_py_moe_methods[];
+extern PyMethodDef dsc_py_fp8_methods[];
 
 #endif /* DSC_PY_GLUE_H_ */

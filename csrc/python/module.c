@@ -259,7 +259,9 @@ static int module_exec(PyObject *m) {
   if (dsc_py_tensor_type_init(m, st) < 0) return -1;
   if (PyModule_AddFunctions(m, dsc_py_core_methods) < 0) return -1;
   if (PyModule_AddFunctions(m, dsc_py_dense_methods) < 0) return -1;
+  if (PyModule_AddFunctions(m, dsc_py_fp8_methods) < 0) return -1;
   if (PyModule_AddFunctions(m, dsc_py_io_methods) < 0) return -1;
+  if (PyModule_AddFunctions(m, dsc_py_moe_methods) < 0) return -1;
   return 0;
 }
 

@@ -1,0 +1,66 @@
+/*
+ * cpu/grouped_linear.c -- the MoE expert GEMM over the contiguous (permuted) layout on
+ * the CPU: one BLAS GEMM per expert on its slice of rows (through dsc_cpu_gemm, so
+ * bfloat16 goes through a float32 workspace exactly like dense GEMMs). The reference for
+ * the grouped GEMM in kernels/.
+ *
+ * Legend: E experts, R rows (all experts, padding included), K in features, N out
+ *         features; expert e owns rows offs_h[e] .. offs_h[e+1]-1 (M_e rows).
+ *
+ *   forward:  y_e  = x_e @ w_e^T          [M_e, N]
+ *   backward: dx_e = dy_e @ w_e           [M_e, K]
+ *             dw_e = dy_e^T @ x_e         [N, K]   (0 when M_e = 0)
+ */
+#include "cpu_common.h"
+
+dsc_status dsc_cpu_grouped_linear_fwd(dsc_context *ctx, dsc_dtype dt, int64_t E, int64_t R,
+                                      int64_t N, int64_t K, const void *x /* [R,K] dt */,
+                                      const void *w /* [E,N,K] dt */,
+                                      const int32_t *offsets /* [E+1] */,
+                                      const int32_t *offs_h /* [E+1] host */,
+                                      void *y /* [R,N] dt */) {
+  (void)offsets; /* the same values as offs_h on the CPU */
+  (void)R;
+  const int64_t es = dsc_cpu_esize(dt);
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t r0 = offs_h[e], M = offs_h[e + 1] - r0;
+    if (M == 0) continue;
+    DSC_TRY(dsc_cpu_gemm(ctx, dt, 0, 1, M, N, K, 1.0f, (const char *)x + r0 * K * es, K,
+                         (const char *)w + e * N * K * es, K, 0.0f, (char *)y + r0 * N * es, N,
+                         1, 0, 0, 0));
+  }
+  return DSC_OK;
+}
+
+dsc_status dsc_cpu_grouped_linear_bwd(dsc_context *ctx, dsc_dtype dt, int64_t E, int64_t R,
+                                      int64_t N, int64_t K, const void *dy /* [R,N] dt */,
+                                      const void *x /* [R,K] dt */,
+                                      const void *w /* [E,N,K] dt */,
+                                      const int32_t *offsets /* [E+1] */,
+                                      const int32_t *offs_h /* [E+1] host */,
+                                      void *dx /* [R,K] dt or NULL */, dsc_dtype dw_dt,
+                                      void *dw /* [E,N,K] dw_dt or NULL */) {
+  (void)offsets;
+  (void)R;
+  const int64_t es = dsc_cpu_esize(dt), wes = dw ? dsc_cpu_esize(dw_dt) : 0;
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t r0 = offs_h[e], M = offs_h[e + 1] - r0;
+    const char *dy_e = (const char *)dy + r0 * N * es; /* [M, N] */
+    const char *x_e = (const char *)x + r0 * K * es;   /* [M, K] */
+    if (dx && M > 0) {
+      DSC_TRY(dsc_cpu_gemm(ctx, dt, 0, 0, M, K, N, 1.0f, dy_e, N, (const char *)w + e * N * K * es,
+                           K, 0.0f, (char *)dx + r0 * K * es, K, 1, 0, 0, 0));
+    }
+    if (dw) {
+      void *dw_e = (char *)dw + e * N * K * wes; /* [N, K]; M == 0 writes zeros */
+      if (dw_dt == dt) {
+        DSC_TRY(dsc_cpu_gemm(ctx, dt, 1, 0, N, K, M, 1.0f, dy_e, N, x_e, K, 0.0f, dw_e, K, 1, 0,
+                             0, 0));
+      } else {
+        DSC_TRY(dsc_cpu_gemm_f32out(ctx, dt, 1, 0, N, K, M, 1.0f, dy_e, N, x_e, K, 0.0f,
+                                    (float *)dw_e, K));
+      }
+    }
+  }
+  return DSC_OK;
+}
