@@ -44,7 +44,7 @@ def _check_array(x: Any, fn: str, arg: str) -> None:
 
 
 def _out(ref: Array, out: Optional[Array], shape: Sequence[int], dtype: str, fn: str, arg: str) -> Array:
-    _check_array(ref, fn, "x")
+    """`out` if given, else a new array like `ref` (already checked to be an array)."""
     return empty_like_ns(ref, shape, dtype, fn, arg) if out is None else out
 
 
@@ -67,6 +67,7 @@ def rms_norm(x: Array, w: Array, eps: float = 1e-6, *, out: Optional[Array] = No
     x: [..., D] float32 | bfloat16; w: [D], same dtype; out: like x (may be x itself).
     """
     fn = "dsc_rms_norm_forward"
+    _check_array(x, fn, "x")
     y = _out(x, out, _shape(x), dtype_name(x), fn, "y")
     _C.rms_norm_forward(x, w, float(eps), y, None)
     return finish(x, y)
@@ -249,6 +250,7 @@ class SwiGLUCtx:
 def swiglu(gate: Array, up: Array, *, out: Optional[Array] = None) -> Array:
     """silu(gate) * up, elementwise. gate, up: [..., F] float32 | bfloat16."""
     fn = "dsc_swiglu_forward"
+    _check_array(gate, fn, "gate")
     o = _out(gate, out, _shape(gate), dtype_name(gate), fn, "out")
     _C.swiglu_forward(gate, up, o)
     return finish(gate, o)

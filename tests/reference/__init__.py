@@ -1,0 +1,1 @@
+"""Independent NumPy float64 references for the deepseek_c tests (no library imports here)."""
