@@ -19,6 +19,8 @@ from .ops import *  # noqa: F401,F403
 from .checkpoint import load_safetensors, save_safetensors, safetensors_metadata
 from . import data  # noqa: E402  (built-in tasks, tokenizers, batches)
 from .ops import __all__ as _ops_all
+from .fp8 import *  # noqa: F401,F403
+from .fp8 import __all__ as _fp8_all
 from .moe import *  # noqa: F401,F403
 from .moe import __all__ as _moe_all
 
@@ -100,5 +102,5 @@ def to_numpy(x: Any) -> np.ndarray:
 __all__ = [
     "__version__", "Error", "Tensor", "get_include", "get_library", "cuda_device_count", "has_cuda",
     "info", "empty", "tensor", "from_numpy", "to_numpy", "load_safetensors", "save_safetensors",
-    "safetensors_metadata", *_ops_all, *_moe_all,
+    "safetensors_metadata", *_ops_all, *_fp8_all, *_moe_all,
 ]
