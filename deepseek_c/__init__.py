@@ -23,6 +23,9 @@ from .fp8 import *  # noqa: F401,F403
 from .fp8 import __all__ as _fp8_all
 from .moe import *  # noqa: F401,F403
 from .moe import __all__ as _moe_all
+from .config import ModelConfig  # noqa: E402
+from .mla import *  # noqa: F401,F403
+from .mla import __all__ as _mla_all
 
 __version__ = "0.1.0"
 
@@ -102,5 +105,5 @@ def to_numpy(x: Any) -> np.ndarray:
 __all__ = [
     "__version__", "Error", "Tensor", "get_include", "get_library", "cuda_device_count", "has_cuda",
     "info", "empty", "tensor", "from_numpy", "to_numpy", "load_safetensors", "save_safetensors",
-    "safetensors_metadata", *_ops_all, *_fp8_all, *_moe_all,
+    "safetensors_metadata", *_ops_all, *_fp8_all, *_moe_all, "ModelConfig", *_mla_all,
 ]

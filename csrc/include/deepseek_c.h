@@ -581,6 +581,148 @@ DSC_API dsc_status dsc_grouped_linear_backward(dsc_context *ctx, const DLTensor 
                                                const DLTensor *group_offsets, DLTensor *dx,
                                                DLTensor *dw);
 
+/* ------------------------------------------------------------------ MLA */
+/* Multi-head Latent Attention (DeepSeek-V2/V3), float32. Legend: B batch, T tokens,
+ * N = B*T, Hd hidden, H heads, Rq q_lora_rank (0: no query compression), Rkv
+ * kv_lora_rank, dn qk_nope_head_dim, dr qk_rope_head_dim, dv v_head_dim, dqk = dn + dr.
+ *
+ *   q   = q_b_proj(RMSNorm_qa(q_a_proj(x)))  (or q_proj(x) when Rq == 0)   [N, H, dqk]
+ *         each head [nope dn | rope dr]; the rope part rotated by `rope` at `positions`
+ *   kva = kv_a_proj_with_mqa(x) = [c (Rkv) | kpe (dr)];  ckv = RMSNorm_kva(c);
+ *         kpe rotated (one rope key shared by all heads)
+ *   kv  = kv_b_proj(ckv) [N, H, dn + dv]: k_nope = kv[..., :dn], v = kv[..., dn:]
+ *   s   = softmax_scale * (q_nope . k_nope + q_pe . kpe), causal, softmax in float32
+ *   out = o_proj(concat_h(softmax(s) @ v))
+ * RoPE dims are interleaved in pairs (rope.layout DSC_ROPE_INTERLEAVED) as in the
+ * checkpoints. Weights are laid out as the Hugging Face tensors (out_features, in). */
+typedef struct dsc_mla_params {
+  size_t size;               /* sizeof(dsc_mla_params) */
+  int32_t hidden;            /* Hd, 7168 */
+  int32_t n_heads;           /* H, 128 */
+  int32_t q_lora_rank;       /* Rq, 1536; 0: q_proj, no query compression */
+  int32_t kv_lora_rank;      /* Rkv, 512 */
+  int32_t qk_nope_head_dim;  /* dn, 128 */
+  int32_t qk_rope_head_dim;  /* dr, 64 (must equal rope.dim) */
+  int32_t v_head_dim;        /* dv, 128 */
+  float rms_norm_eps;        /* 1e-6 */
+  dsc_rope_params rope;      /* YaRN parameters of the rope part */
+  float softmax_scale;       /* dqk^-1/2 * mscale^2: see dsc_rope_softmax_scale */
+} dsc_mla_params;
+
+/* The weights of one attention layer (float32, C-contiguous). Unused ones are NULL:
+ * with Rq > 0 q_a_proj, q_a_layernorm and q_b_proj (q_proj NULL); with Rq == 0 q_proj. */
+typedef struct dsc_mla_weights {
+  size_t size;                         /* sizeof(dsc_mla_weights) */
+  const DLTensor *q_a_proj;            /* [Rq, Hd] */
+  const DLTensor *q_a_layernorm;       /* [Rq] */
+  const DLTensor *q_b_proj;            /* [H*dqk, Rq] */
+  const DLTensor *q_proj;              /* [H*dqk, Hd] */
+  const DLTensor *kv_a_proj_with_mqa;  /* [Rkv + dr, Hd] */
+  const DLTensor *kv_a_layernorm;      /* [Rkv] */
+  const DLTensor *kv_b_proj;           /* [H*(dn+dv), Rkv] */
+  const DLTensor *o_proj;              /* [Hd, H*dv] */
+} dsc_mla_weights;
+
+/* Gradients, float32, same shapes as the weights, overwritten. A NULL entry is not
+ * computed (the ones of unused weights must be NULL). */
+typedef struct dsc_mla_grads {
+  size_t size; /* sizeof(dsc_mla_grads) */
+  DLTensor *q_a_proj, *q_a_layernorm, *q_b_proj, *q_proj, *kv_a_proj_with_mqa,
+      *kv_a_layernorm, *kv_b_proj, *o_proj;
+} dsc_mla_grads;
+
+/* Activations saved by dsc_mla_forward for dsc_mla_backward: an opaque handle owned by
+ * the caller, (re)filled by each forward, on the context's device. The context must
+ * outlive it. */
+typedef struct dsc_mla_saved dsc_mla_saved;
+DSC_API dsc_status dsc_mla_saved_create(dsc_context *ctx, dsc_mla_saved **out);
+DSC_API void dsc_mla_saved_destroy(dsc_mla_saved *saved);
+/* Bytes held by the saved activations. */
+DSC_API dsc_status dsc_mla_saved_bytes(const dsc_mla_saved *saved, size_t *bytes);
+
+/* Training forward: causal self-attention over each of the B sequences.
+ *   x         [B, T, Hd] float32
+ *   positions [B, T]     int32 >= 0 (RoPE angles; the causal mask is by token index)
+ *   out       [B, T, Hd] float32
+ *   saved     optional (NULL: inference only) */
+DSC_API dsc_status dsc_mla_forward(dsc_context *ctx, const dsc_mla_params *p,
+                                   const dsc_mla_weights *w, const DLTensor *x,
+                                   const DLTensor *positions, DLTensor *out,
+                                   dsc_mla_saved *saved);
+/* Backward of the last forward that filled `saved`: same p, w, x and positions.
+ *   dout [B, T, Hd] float32; dx [B, T, Hd] float32 (optional); grads: every weight. */
+DSC_API dsc_status dsc_mla_backward(dsc_context *ctx, const dsc_mla_params *p,
+                                    const dsc_mla_weights *w, const dsc_mla_saved *saved,
+                                    const DLTensor *x, const DLTensor *positions,
+                                    const DLTensor *dout, DLTensor *dx,
+                                    const dsc_mla_grads *grads);
+
+/* ---- paged latent cache (inference) ----
+ * Per token and layer the cache keeps the normalized latent ckv (Rkv) and the rotated
+ * rope key kpe (dr): Rkv + dr values (576 for V3), nothing per head. Tokens live in
+ * blocks of block_size; each sequence has a block table. Sequence ids are the caller's
+ * (any int64 >= 0). dtype: FLOAT32, BFLOAT16, or FLOAT8_E4M3FN (latent in E4M3 with one
+ * float32 scale per 128 values, rope part in bfloat16). Metadata lives on the host. */
+typedef struct dsc_mla_cache dsc_mla_cache;
+
+typedef struct dsc_mla_cache_options {
+  size_t size;             /* sizeof(dsc_mla_cache_options) */
+  int32_t n_layers;        /* >= 1 */
+  int32_t max_batch;       /* sequences at once */
+  int32_t max_tokens;      /* per sequence */
+  int32_t block_size;      /* tokens per block, 64 */
+  int32_t n_blocks;        /* 0: max_batch * ceil(max_tokens / block_size) */
+  int32_t kv_lora_rank;    /* Rkv */
+  int32_t rope_dim;        /* dr */
+  int32_t dtype;           /* dsc_dtype: FLOAT32 | BFLOAT16 | FLOAT8_E4M3FN */
+} dsc_mla_cache_options;
+
+DSC_API dsc_status dsc_mla_cache_create(dsc_context *ctx, const dsc_mla_cache_options *opt,
+                                        dsc_mla_cache **out);
+DSC_API void dsc_mla_cache_destroy(dsc_mla_cache *cache);
+/* Bytes per token and layer (f32: 4*(Rkv+dr); bf16: 2*(Rkv+dr); fp8: Rkv + 4*ceil(Rkv/128)
+ * + 2*dr), and the bytes of the whole pool. */
+DSC_API dsc_status dsc_mla_cache_bytes(const dsc_mla_cache *cache, size_t *bytes_per_token,
+                                       size_t *total_bytes);
+DSC_API dsc_status dsc_mla_cache_add_sequence(dsc_mla_cache *cache, int64_t seq_id);
+DSC_API dsc_status dsc_mla_cache_free_sequence(dsc_mla_cache *cache, int64_t seq_id);
+/* Drop the tokens at positions >= length (e.g. rejected draft tokens); frees blocks. */
+DSC_API dsc_status dsc_mla_cache_truncate(dsc_mla_cache *cache, int64_t seq_id, int64_t length);
+DSC_API dsc_status dsc_mla_cache_sequence_length(const dsc_mla_cache *cache, int64_t seq_id,
+                                                 int64_t *length);
+/* The blocks of a sequence: *n = their count; blocks[0..min(n,cap)) filled. */
+DSC_API dsc_status dsc_mla_cache_block_table(const dsc_mla_cache *cache, int64_t seq_id,
+                                             int32_t *blocks, int32_t cap, int32_t *n);
+/* Free blocks and free sequence slots. */
+DSC_API dsc_status dsc_mla_cache_free_counts(const dsc_mla_cache *cache, int32_t *free_blocks,
+                                             int32_t *free_sequences);
+/* Read back the cached rows of a sequence (float32): latent [len, Rkv], rope [len, dr]
+ * (dequantized), host or device memory of the context's device as DLTensors. */
+DSC_API dsc_status dsc_mla_cache_read(dsc_context *ctx, const dsc_mla_cache *cache,
+                                      int32_t layer, int64_t seq_id, DLTensor *latent,
+                                      DLTensor *rope);
+
+/* Attention of new tokens over the cache: writes their latents at their positions, then
+ * each query token at position p attends to the sequence's tokens at positions <= p.
+ *   x         [B, T, Hd] float32
+ *   seq_ids   [B] int64 (distinct, added to the cache)
+ *   positions [B, T] int32: row b holds n_b >= 0 tokens at start_b, start_b + 1, ..
+ *             (start_b <= the sequence's length: a smaller start overwrites, i.e.
+ *             truncates), then -1 padding; start_b + n_b <= max_tokens
+ *   out       [B, T, Hd] float32 (zero on padding)
+ * Every argument (ids, positions, room for the new blocks) is checked before the cache
+ * is changed: on error the cache is as before. Decode uses weight absorption: W_UK is
+ * folded into the query and attention runs over the Rkv + dr wide latents, W_UV after.
+ * Prefill currently runs the same absorbed path (identical results). */
+DSC_API dsc_status dsc_mla_prefill(dsc_context *ctx, const dsc_mla_params *p,
+                                   const dsc_mla_weights *w, dsc_mla_cache *cache, int32_t layer,
+                                   const DLTensor *x, const DLTensor *seq_ids,
+                                   const DLTensor *positions, DLTensor *out);
+DSC_API dsc_status dsc_mla_decode(dsc_context *ctx, const dsc_mla_params *p,
+                                  const dsc_mla_weights *w, dsc_mla_cache *cache, int32_t layer,
+                                  const DLTensor *x, const DLTensor *seq_ids,
+                                  const DLTensor *positions, DLTensor *out);
+
 #ifdef __cplusplus
 }
 #endif

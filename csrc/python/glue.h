@@ -95,5 +95,6 @@ extern PyMethodDef dsc_py_dense_methods[];
 extern PyMethodDef dsc_py_io_methods[];
 extern PyMethodDef dsc_py_moe_methods[];
 extern PyMethodDef dsc_py_fp8_methods[];
+extern PyMethodDef dsc_py_mla_methods[];
 
 #endif /* DSC_PY_GLUE_H_ */

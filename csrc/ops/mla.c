@@ -1,0 +1,885 @@
+/*
+ * ops/mla.c -- Multi-head Latent Attention: validation, the saved-activation handle, the
+ * paged latent cache, and the orchestration of the projections (gemm, RMSNorm, RoPE
+ * backends) around the attention core of csrc/cpu/mla.c (kernels/mla.cu later).
+ *
+ * Legend: B batch, T tokens, N = B*T rows, Hd hidden, H heads, Rq q_lora_rank, R
+ * kv_lora_rank, dn / dr / dv nope / rope / value head dims, dqk = dn + dr.
+ *
+ * Forward (float32, all buffers [N, ...] row-major):
+ *   cq_raw = x Wqa^T [N,Rq]; cq = RMSNorm(cq_raw); q = cq Wqb^T [N,H,dqk]  (or q = x Wq^T)
+ *   q_pe = RoPE(q[..., dn:]) [N,H,dr] (a packed copy: the rope backend wants contiguous rows)
+ *   c_raw = x Wkva[:R]^T [N,R]; kpe = RoPE(x Wkva[R:]^T) [N,dr]; ckv = RMSNorm(c_raw)
+ *   kv = ckv Wkvb^T [N,H,dn+dv]; o = attention (cpu/mla.c) [N,H,dv]; out = o Wo^T
+ * Decode/prefill (absorbed): q_lat[:,h] = q_nope[:,h] W_UK[h] [N,H,R] (W_UK[h] = rows
+ *   h*(dn+dv) .. +dn of kv_b_proj), attention over the cached [ckv | kpe] rows gives
+ *   o_lat [N,H,R], o[:,h] = o_lat[:,h] W_UV[h]^T [N,H,dv], out = o Wo^T.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+
+#if defined(DSC_WITH_CUDA) && defined(DSC_WITH_CUDA_MLA)
+#define BK(fn, ...) (dsc_ctx_is_cuda(ctx) ? dsc_cuda_##fn(__VA_ARGS__) : dsc_cpu_##fn(__VA_ARGS__))
+#define MLA_CUDA_OK 1
+#else
+#define BK(fn, ...) dsc_cpu_##fn(__VA_ARGS__)
+#define MLA_CUDA_OK 0
+#endif
+
+static const DLDevice HOST = {kDLCPU, 0};
+
+static dsc_status check_ctx(const char *fn, dsc_context *ctx) {
+  DSC_CHECK(ctx != NULL, DSC_ERR_INVALID_ARGUMENT, fn, "ctx: expected a context, got NULL");
+  if (dsc_ctx_is_cuda(ctx) && !MLA_CUDA_OK)
+    return dsc_error(DSC_ERR_UNSUPPORTED, fn, "MLA has no CUDA kernels yet in this build");
+  return DSC_OK;
+}
+
+static dsc_status check_params(const char *fn, const dsc_mla_params *p) {
+  DSC_CHECK(p != NULL, DSC_ERR_INVALID_ARGUMENT, fn, "p: expected MLA parameters, got NULL");
+  DSC_CHECK(p->size >= sizeof(dsc_mla_params), DSC_ERR_INVALID_ARGUMENT, fn,
+            "p->size: expected sizeof(dsc_mla_params) = %zu, got %zu", sizeof(dsc_mla_params),
+            p->size);
+#define POS(f, lo)                                                                      \
+  DSC_CHECK(p->f >= (lo) && p->f <= (1 << 20), DSC_ERR_INVALID_ARGUMENT, fn,            \
+            "p->" #f ": expected a value in [%d, 2^20], got %d", (int)(lo), (int)p->f)
+  POS(hidden, 1);
+  POS(n_heads, 1);
+  POS(q_lora_rank, 0);
+  POS(kv_lora_rank, 1);
+  POS(qk_nope_head_dim, 1);
+  POS(qk_rope_head_dim, 2);
+  POS(v_head_dim, 1);
+#undef POS
+  DSC_CHECK(p->rope.dim == p->qk_rope_head_dim, DSC_ERR_INVALID_ARGUMENT, fn,
+            "p->rope.dim: expected qk_rope_head_dim = %d, got %d", (int)p->qk_rope_head_dim,
+            (int)p->rope.dim);
+  DSC_CHECK(isfinite(p->rms_norm_eps) && p->rms_norm_eps >= 0.0f, DSC_ERR_INVALID_ARGUMENT, fn,
+            "p->rms_norm_eps: expected a finite number >= 0, got %g", (double)p->rms_norm_eps);
+  DSC_CHECK(isfinite(p->softmax_scale) && p->softmax_scale > 0.0f, DSC_ERR_INVALID_ARGUMENT, fn,
+            "p->softmax_scale: expected a finite number > 0, got %g", (double)p->softmax_scale);
+  float inv[256];
+  dsc_status s = dsc_rope_inv_freq(&p->rope, inv, p->rope.dim / 2);
+  if (s != DSC_OK) {
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", dsc_last_error());
+    return dsc_error(s, fn, "p->rope: %s", msg);
+  }
+  return DSC_OK;
+}
+
+/* One weight: present (float32, contiguous, shape) or absent, as the config says. */
+static dsc_status check_w(dsc_context *ctx, const char *fn, const char *name, const DLTensor *t,
+                          int needed, int ndim, int64_t d0, int64_t d1) {
+  if (!needed) {
+    DSC_CHECK(t == NULL, DSC_ERR_INVALID_ARGUMENT, fn, "%s: expected NULL (unused with this q_lora_rank), got a tensor", name);
+    return DSC_OK;
+  }
+  DSC_CHECK(t != NULL, DSC_ERR_INVALID_ARGUMENT, fn, "%s: expected a tensor, got NULL", name);
+  DSC_TRY(dsc_check_tensor(ctx, fn, name, t, DSC_DT(DSC_DTYPE_FLOAT32)));
+  const int64_t shape[2] = {d0, d1};
+  return dsc_check_shape(fn, name, t, ndim, shape);
+}
+
+static dsc_status check_weights(dsc_context *ctx, const char *fn, const dsc_mla_params *p,
+                                const dsc_mla_weights *w) {
+  DSC_CHECK(w != NULL, DSC_ERR_INVALID_ARGUMENT, fn, "w: expected MLA weights, got NULL");
+  DSC_CHECK(w->size >= sizeof(dsc_mla_weights), DSC_ERR_INVALID_ARGUMENT, fn,
+            "w->size: expected sizeof(dsc_mla_weights) = %zu, got %zu", sizeof(dsc_mla_weights),
+            w->size);
+  const int64_t Hd = p->hidden, H = p->n_heads, Rq = p->q_lora_rank, R = p->kv_lora_rank;
+  const int64_t dqk = p->qk_nope_head_dim + p->qk_rope_head_dim, dr = p->qk_rope_head_dim;
+  const int64_t dn = p->qk_nope_head_dim, dv = p->v_head_dim;
+  const int ql = Rq > 0;
+  DSC_TRY(check_w(ctx, fn, "q_a_proj", w->q_a_proj, ql, 2, Rq, Hd));
+  DSC_TRY(check_w(ctx, fn, "q_a_layernorm", w->q_a_layernorm, ql, 1, Rq, 0));
+  DSC_TRY(check_w(ctx, fn, "q_b_proj", w->q_b_proj, ql, 2, H * dqk, Rq));
+  DSC_TRY(check_w(ctx, fn, "q_proj", w->q_proj, !ql, 2, H * dqk, Hd));
+  DSC_TRY(check_w(ctx, fn, "kv_a_proj_with_mqa", w->kv_a_proj_with_mqa, 1, 2, R + dr, Hd));
+  DSC_TRY(check_w(ctx, fn, "kv_a_layernorm", w->kv_a_layernorm, 1, 1, R, 0));
+  DSC_TRY(check_w(ctx, fn, "kv_b_proj", w->kv_b_proj, 1, 2, H * (dn + dv), R));
+  DSC_TRY(check_w(ctx, fn, "o_proj", w->o_proj, 1, 2, Hd, H * dv));
+  return DSC_OK;
+}
+
+/* x [B,T,Hd] float32 and positions [B,T] int32 (values checked by the caller). */
+static dsc_status check_x(dsc_context *ctx, const char *fn, const dsc_mla_params *p,
+                          const char *xname, const DLTensor *x, const DLTensor *positions) {
+  DSC_TRY(dsc_check_tensor(ctx, fn, xname, x, DSC_DT(DSC_DTYPE_FLOAT32)));
+  DSC_TRY(dsc_check_tensor(ctx, fn, "positions", positions, DSC_DT(DSC_DTYPE_INT32)));
+  DSC_TRY(dsc_check_ndim(fn, xname, x, 3, 3, "(B, T, hidden)"));
+  if (x->shape[2] != p->hidden) {
+    char b[256];
+    return dsc_error(DSC_ERR_SHAPE, fn, "%s: expected a last dim equal to hidden = %d, got %s",
+                     xname, (int)p->hidden, dsc_shape_str(x, b, sizeof b));
+  }
+  const int64_t bt[2] = {x->shape[0], x->shape[1]};
+  return dsc_check_shape(fn, "positions", positions, 2, bt);
+}
+
+/* A host view of an index tensor (a copy from the device on CUDA). *owned must be freed. */
+static dsc_status host_ints(dsc_context *ctx, const DLTensor *t, void **host, void **owned) {
+  *owned = NULL;
+  const size_t bytes = (size_t)dsc_numel(t) * dsc_dtype_size(dsc_tensor_dtype(t));
+  if (!dsc_ctx_is_cuda(ctx)) {
+    *host = dsc_data(t);
+    return DSC_OK;
+  }
+  void *h = malloc(bytes ? bytes : 1);
+  if (!h) return dsc_error(DSC_ERR_OUT_OF_MEMORY, "dsc_mla", "could not allocate %zu bytes", bytes);
+  dsc_status s = dsc_memcpy(ctx, h, HOST, dsc_data(t), ctx->device, bytes);
+  if (s != DSC_OK) {
+    free(h);
+    return s;
+  }
+  *host = *owned = h;
+  return DSC_OK;
+}
+
+static dsc_status check_positions_nonneg(dsc_context *ctx, const char *fn, const DLTensor *pos) {
+  void *h, *own;
+  DSC_TRY(host_ints(ctx, pos, &h, &own));
+  const int32_t *v = (const int32_t *)h;
+  const int64_t n = dsc_numel(pos);
+  dsc_status s = DSC_OK;
+  for (int64_t i = 0; i < n; ++i)
+    if (v[i] < 0) {
+      s = dsc_error(DSC_ERR_INVALID_ARGUMENT, fn, "positions: expected values >= 0, got %d at index %lld",
+                    (int)v[i], (long long)i);
+      break;
+    }
+  free(own);
+  return s;
+}
+
+static const float *F(const DLTensor *t) { return t ? (const float *)dsc_data(t) : NULL; }
+static float *FO(DLTensor *t) { return t ? (float *)dsc_data(t) : NULL; }
+
+/* y [M,Nout] = alpha * a [M,K] @ w[Nout,K]^T + beta * y (row strides lda, ldw, ldy). */
+static dsc_status lin(dsc_context *ctx, int64_t M, int64_t Nout, int64_t K, const float *a,
+                      int64_t lda, const float *w, int64_t ldw, float beta, float *y, int64_t ldy) {
+  return BK(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 1, M, Nout, K, 1.0f, a, lda, w, ldw, beta, y, ldy, 1,
+            0, 0, 0);
+}
+
+/* ---- activations -------------------------------------------------------------- */
+
+/* The float32 buffers of one forward; sizes in floats. */
+enum { A_CQ_RAW, A_RSTD_Q, A_CQ, A_Q, A_Q_PE, A_C_RAW, A_RSTD_KV, A_CKV, A_KPE, A_KV, A_O, A_LSE, A_COUNT };
+
+static void act_sizes(const dsc_mla_params *p, int64_t B, int64_t T, int64_t *sz) {
+  const int64_t N = B * T, H = p->n_heads, Rq = p->q_lora_rank, R = p->kv_lora_rank;
+  const int64_t dn = p->qk_nope_head_dim, dr = p->qk_rope_head_dim, dv = p->v_head_dim;
+  sz[A_CQ_RAW] = N * Rq;
+  sz[A_RSTD_Q] = Rq > 0 ? N : 0;
+  sz[A_CQ] = N * Rq;
+  sz[A_Q] = N * H * (dn + dr);
+  sz[A_Q_PE] = N * H * dr;
+  sz[A_C_RAW] = N * R;
+  sz[A_RSTD_KV] = N;
+  sz[A_CKV] = N * R;
+  sz[A_KPE] = N * dr;
+  sz[A_KV] = N * H * (dn + dv);
+  sz[A_O] = N * H * dv;
+  sz[A_LSE] = B * H * T;
+}
+
+/* Carve n buffers of sz[i] floats (each 16-float aligned) out of one allocation. */
+static dsc_status carve(dsc_context *ctx, int n, const int64_t *sz, void **mem, size_t *bytes,
+                        float **ptr) {
+  size_t total = 0;
+  for (int i = 0; i < n; ++i) total += (size_t)((sz[i] + 15) / 16 * 16);
+  *bytes = total * sizeof(float);
+  DSC_TRY(dsc_malloc(ctx, *bytes, mem));
+  float *b = (float *)*mem;
+  for (int i = 0; i < n; ++i) {
+    ptr[i] = b;
+    b += (sz[i] + 15) / 16 * 16;
+  }
+  return DSC_OK;
+}
+
+struct dsc_mla_saved {
+  dsc_context *ctx;
+  void *mem;
+  size_t bytes;
+  int valid;
+  int64_t B, T;
+  dsc_mla_params p;
+  float *a[A_COUNT];
+};
+
+dsc_status dsc_mla_saved_create(dsc_context *ctx, dsc_mla_saved **out) {
+  static const char *const FN = "dsc_mla_saved_create";
+  DSC_CHECK(ctx != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "ctx: expected a context, got NULL");
+  DSC_CHECK(out != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "out: expected a pointer, got NULL");
+  *out = (dsc_mla_saved *)calloc(1, sizeof(dsc_mla_saved));
+  if (!*out) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "could not allocate the handle");
+  (*out)->ctx = ctx;
+  return DSC_OK;
+}
+
+void dsc_mla_saved_destroy(dsc_mla_saved *s) {
+  if (!s) return;
+  dsc_free(s->ctx, s->mem);
+  free(s);
+}
+
+dsc_status dsc_mla_saved_bytes(const dsc_mla_saved *s, size_t *bytes) {
+  DSC_CHECK(s != NULL && bytes != NULL, DSC_ERR_INVALID_ARGUMENT, "dsc_mla_saved_bytes",
+            "saved, bytes: expected non-NULL pointers");
+  *bytes = s->mem ? s->bytes : 0;
+  return DSC_OK;
+}
+
+/* RoPE tables of p on the host. */
+static dsc_status rope_tab(const dsc_mla_params *p, float *inv_freq, float *cs) {
+  DSC_TRY(dsc_rope_inv_freq(&p->rope, inv_freq, p->rope.dim / 2));
+  return dsc_rope_cos_sin_scale(&p->rope, cs);
+}
+
+/* q [N,H,dqk] and q_pe [N,H,dr] (rotated) from x. cq_raw, rstd_q, cq only with Rq > 0. */
+static dsc_status q_path(dsc_context *ctx, const dsc_mla_params *p, const dsc_mla_weights *w,
+                         int64_t B, int64_t T, const float *x, const int32_t *pos, float *cq_raw,
+                         float *rstd_q, float *cq, float *q, float *q_pe) {
+  const int64_t N = B * T, Hd = p->hidden, H = p->n_heads, Rq = p->q_lora_rank;
+  const int64_t dn = p->qk_nope_head_dim, dr = p->qk_rope_head_dim, dqk = dn + dr;
+  float inv[256], cs;
+  DSC_TRY(rope_tab(p, inv, &cs));
+  if (Rq > 0) {
+    DSC_TRY(lin(ctx, N, Rq, Hd, x, Hd, F(w->q_a_proj), Hd, 0.0f, cq_raw, Rq));
+    DSC_TRY(BK(rms_norm_fwd, ctx, DSC_DTYPE_FLOAT32, N, Rq, cq_raw, dsc_data(w->q_a_layernorm),
+               p->rms_norm_eps, cq, rstd_q));
+    DSC_TRY(lin(ctx, N, H * dqk, Rq, cq, Rq, F(w->q_b_proj), Rq, 0.0f, q, H * dqk));
+  } else {
+    DSC_TRY(lin(ctx, N, H * dqk, Hd, x, Hd, F(w->q_proj), Hd, 0.0f, q, H * dqk));
+  }
+  DSC_TRY(BK(mla_copy_cols, ctx, N * H, dr, q + dn, dqk, q_pe, dr));
+  return BK(rope, ctx, DSC_DTYPE_FLOAT32, (int)p->rope.layout, B, T, H, dr, q_pe, pos, inv, cs, 0,
+            q_pe);
+}
+
+/* The latent path: c_raw [N,R], rstd_kv [N], ckv [N,R], kpe [N,dr] (rotated). */
+static dsc_status kv_path(dsc_context *ctx, const dsc_mla_params *p, const dsc_mla_weights *w,
+                          int64_t B, int64_t T, const float *x, const int32_t *pos, float *c_raw,
+                          float *rstd_kv, float *ckv, float *kpe) {
+  const int64_t N = B * T, Hd = p->hidden, R = p->kv_lora_rank, dr = p->qk_rope_head_dim;
+  float inv[256], cs;
+  DSC_TRY(rope_tab(p, inv, &cs));
+  const float *wa = F(w->kv_a_proj_with_mqa); /* [R + dr, Hd] */
+  DSC_TRY(lin(ctx, N, R, Hd, x, Hd, wa, Hd, 0.0f, c_raw, R));
+  DSC_TRY(lin(ctx, N, dr, Hd, x, Hd, wa + R * Hd, Hd, 0.0f, kpe, dr));
+  DSC_TRY(BK(rms_norm_fwd, ctx, DSC_DTYPE_FLOAT32, N, R, c_raw, dsc_data(w->kv_a_layernorm),
+             p->rms_norm_eps, ckv, rstd_kv));
+  return BK(rope, ctx, DSC_DTYPE_FLOAT32, (int)p->rope.layout, B, T, 1, dr, kpe, pos, inv, cs, 0,
+            kpe);
+}
+
+dsc_status dsc_mla_forward(dsc_context *ctx, const dsc_mla_params *p, const dsc_mla_weights *w,
+                           const DLTensor *x, const DLTensor *positions, DLTensor *out,
+                           dsc_mla_saved *saved) {
+  static const char *const FN = "dsc_mla_forward";
+  DSC_TRY(check_ctx(FN, ctx));
+  DSC_TRY(check_params(FN, p));
+  DSC_TRY(check_weights(ctx, FN, p, w));
+  DSC_TRY(check_x(ctx, FN, p, "x", x, positions));
+  DSC_TRY(dsc_check_tensor(ctx, FN, "out", out, DSC_DT(DSC_DTYPE_FLOAT32)));
+  DSC_TRY(dsc_check_same_shape(FN, "out", out, "x", x));
+  DSC_TRY(check_positions_nonneg(ctx, FN, positions));
+  if (saved) DSC_CHECK(saved->ctx == ctx, DSC_ERR_INVALID_ARGUMENT, FN, "saved: expected a handle created on this context");
+
+  const int64_t B = x->shape[0], T = x->shape[1], N = B * T;
+  const int64_t H = p->n_heads, Hd = p->hidden, dn = p->qk_nope_head_dim;
+  const int64_t dr = p->qk_rope_head_dim, dv = p->v_head_dim, R = p->kv_lora_rank;
+  int64_t sz[A_COUNT];
+  act_sizes(p, B, T, sz);
+  void *mem = NULL;
+  size_t bytes = 0;
+  float *a[A_COUNT];
+  if (saved) {
+    saved->valid = 0;
+    dsc_free(ctx, saved->mem);
+    saved->mem = NULL;
+  }
+  DSC_TRY(carve(ctx, A_COUNT, sz, &mem, &bytes, a));
+  const float *xp = F(x);
+  const int32_t *pos = (const int32_t *)dsc_data(positions);
+  dsc_status s = DSC_OK;
+  if (N > 0) {
+    s = q_path(ctx, p, w, B, T, xp, pos, a[A_CQ_RAW], a[A_RSTD_Q], a[A_CQ], a[A_Q], a[A_Q_PE]);
+    if (s == DSC_OK) s = kv_path(ctx, p, w, B, T, xp, pos, a[A_C_RAW], a[A_RSTD_KV], a[A_CKV], a[A_KPE]);
+    if (s == DSC_OK)
+      s = lin(ctx, N, H * (dn + dv), R, a[A_CKV], R, F(w->kv_b_proj), R, 0.0f, a[A_KV], H * (dn + dv));
+    if (s == DSC_OK)
+      s = BK(mla_attn_fwd, ctx, B, T, H, dn, dr, dv, p->softmax_scale, a[A_Q], a[A_Q_PE], a[A_KV],
+             a[A_KPE], a[A_O], a[A_LSE]);
+    if (s == DSC_OK) s = lin(ctx, N, Hd, H * dv, a[A_O], H * dv, F(w->o_proj), H * dv, 0.0f, FO(out), Hd);
+  }
+  if (s != DSC_OK || !saved) {
+    dsc_free(ctx, mem);
+    return s;
+  }
+  saved->mem = mem;
+  saved->bytes = bytes;
+  saved->B = B;
+  saved->T = T;
+  saved->p = *p;
+  memcpy(saved->a, a, sizeof a);
+  saved->valid = 1;
+  return DSC_OK;
+}
+
+/* Backward scratch buffers. */
+enum { G_DO, G_DQ, G_DQ_PE, G_DKV, G_DKPE, G_DCKV, G_DC_RAW, G_DCQ, G_DCQ_RAW, G_DGAMMA, G_DX, G_COUNT };
+
+dsc_status dsc_mla_backward(dsc_context *ctx, const dsc_mla_params *p, const dsc_mla_weights *w,
+                            const dsc_mla_saved *saved, const DLTensor *x,
+                            const DLTensor *positions, const DLTensor *dout, DLTensor *dx,
+                            const dsc_mla_grads *g) {
+  static const char *const FN = "dsc_mla_backward";
+  DSC_TRY(check_ctx(FN, ctx));
+  DSC_TRY(check_params(FN, p));
+  DSC_TRY(check_weights(ctx, FN, p, w));
+  DSC_TRY(check_x(ctx, FN, p, "x", x, positions));
+  DSC_TRY(dsc_check_tensor(ctx, FN, "dout", dout, DSC_DT(DSC_DTYPE_FLOAT32)));
+  DSC_TRY(dsc_check_same_shape(FN, "dout", dout, "x", x));
+  if (dx) {
+    DSC_TRY(dsc_check_tensor(ctx, FN, "dx", dx, DSC_DT(DSC_DTYPE_FLOAT32)));
+    DSC_TRY(dsc_check_same_shape(FN, "dx", dx, "x", x));
+  }
+  DSC_CHECK(saved != NULL && saved->valid, DSC_ERR_INVALID_ARGUMENT, FN,
+            "saved: expected a handle filled by dsc_mla_forward, got %s",
+            saved ? "an empty one" : "NULL");
+  DSC_CHECK(saved->ctx == ctx, DSC_ERR_INVALID_ARGUMENT, FN, "saved: expected a handle created on this context");
+  DSC_CHECK(saved->B == x->shape[0] && saved->T == x->shape[1], DSC_ERR_SHAPE, FN,
+            "x: expected the forward's batch and tokens (%lld, %lld), got (%lld, %lld)",
+            (long long)saved->B, (long long)saved->T, (long long)x->shape[0], (long long)x->shape[1]);
+  DSC_CHECK(memcmp(&saved->p, p, sizeof *p) == 0, DSC_ERR_INVALID_ARGUMENT, FN,
+            "p: expected the parameters of the forward that filled `saved`");
+  DSC_CHECK(g != NULL && g->size >= sizeof(dsc_mla_grads), DSC_ERR_INVALID_ARGUMENT, FN,
+            "grads: expected a dsc_mla_grads with size = %zu", sizeof(dsc_mla_grads));
+  {
+    const int64_t Hd = p->hidden, H = p->n_heads, Rq = p->q_lora_rank, R = p->kv_lora_rank;
+    const int64_t dqk = p->qk_nope_head_dim + p->qk_rope_head_dim, dr = p->qk_rope_head_dim;
+    const int64_t dkvw = p->qk_nope_head_dim + p->v_head_dim;
+    const int ql = Rq > 0;
+    struct { const char *n; DLTensor *t; int use; int nd; int64_t d0, d1; } gs[] = {
+        {"grads.q_a_proj", g->q_a_proj, ql, 2, Rq, Hd},
+        {"grads.q_a_layernorm", g->q_a_layernorm, ql, 1, Rq, 0},
+        {"grads.q_b_proj", g->q_b_proj, ql, 2, H * dqk, Rq},
+        {"grads.q_proj", g->q_proj, !ql, 2, H * dqk, Hd},
+        {"grads.kv_a_proj_with_mqa", g->kv_a_proj_with_mqa, 1, 2, R + dr, Hd},
+        {"grads.kv_a_layernorm", g->kv_a_layernorm, 1, 1, R, 0},
+        {"grads.kv_b_proj", g->kv_b_proj, 1, 2, H * dkvw, R},
+        {"grads.o_proj", g->o_proj, 1, 2, Hd, H * p->v_head_dim},
+    };
+    for (size_t i = 0; i < sizeof gs / sizeof gs[0]; ++i) {
+      if (!gs[i].t) continue;
+      DSC_TRY(check_w(ctx, FN, gs[i].n, gs[i].t, gs[i].use, gs[i].nd, gs[i].d0, gs[i].d1));
+    }
+  }
+
+  const int64_t B = saved->B, T = saved->T, N = B * T;
+  const int64_t H = p->n_heads, Hd = p->hidden, Rq = p->q_lora_rank, R = p->kv_lora_rank;
+  const int64_t dn = p->qk_nope_head_dim, dr = p->qk_rope_head_dim, dv = p->v_head_dim;
+  const int64_t dqk = dn + dr, dkvw = dn + dv;
+  const float eps = p->rms_norm_eps;
+  float *const *a = saved->a;
+  int64_t sz[G_COUNT] = {
+      [G_DO] = N * H * dv,      [G_DQ] = N * H * dqk, [G_DQ_PE] = N * H * dr,
+      [G_DKV] = N * H * dkvw,   [G_DKPE] = N * dr,    [G_DCKV] = N * R,
+      [G_DC_RAW] = N * R,       [G_DCQ] = N * Rq,     [G_DCQ_RAW] = N * Rq,
+      [G_DGAMMA] = (R > Rq ? R : Rq), [G_DX] = dx ? 0 : N * Hd};
+  void *mem = NULL;
+  size_t bytes = 0;
+  float *b[G_COUNT];
+  DSC_TRY(carve(ctx, G_COUNT, sz, &mem, &bytes, b));
+  float *dxp = dx ? FO(dx) : b[G_DX];
+  const float *xp = F(x), *dy = F(dout);
+  const int32_t *pos = (const int32_t *)dsc_data(positions);
+  float inv[256], cs;
+  dsc_status s = rope_tab(p, inv, &cs);
+#define STEP(call) \
+  if (s == DSC_OK) s = (call)
+  /* out = o Wo^T */
+  if (s == DSC_OK) /* dO = dout @ Wo  ([N,Hd] @ [Hd,H*dv]) */
+    s = BK(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 0, N, H * dv, Hd, 1.0f, dy, Hd, F(w->o_proj), H * dv,
+           0.0f, b[G_DO], H * dv, 1, 0, 0, 0);
+  if (g->o_proj) /* dWo = dout^T o */
+    STEP(BK(gemm_f32out, ctx, DSC_DTYPE_FLOAT32, 1, 0, Hd, H * dv, N, 1.0f, dy, Hd, a[A_O], H * dv,
+            0.0f, FO(g->o_proj), H * dv));
+  STEP(BK(mla_attn_bwd, ctx, B, T, H, dn, dr, dv, p->softmax_scale, a[A_Q], a[A_Q_PE], a[A_KV],
+          a[A_KPE], a[A_O], a[A_LSE], b[G_DO], b[G_DQ], b[G_DQ_PE], b[G_DKV], b[G_DKPE]));
+  /* RoPE backward, then dq_pe back into dq[..., dn:] */
+  STEP(BK(rope, ctx, DSC_DTYPE_FLOAT32, (int)p->rope.layout, B, T, H, dr, b[G_DQ_PE], pos, inv, cs,
+          1, b[G_DQ_PE]));
+  STEP(BK(mla_copy_cols, ctx, N * H, dr, b[G_DQ_PE], dr, b[G_DQ] + dn, dqk));
+  STEP(BK(rope, ctx, DSC_DTYPE_FLOAT32, (int)p->rope.layout, B, T, 1, dr, b[G_DKPE], pos, inv, cs,
+          1, b[G_DKPE]));
+  /* kv = ckv Wkvb^T */
+  if (g->kv_b_proj)
+    STEP(BK(gemm_f32out, ctx, DSC_DTYPE_FLOAT32, 1, 0, H * dkvw, R, N, 1.0f, b[G_DKV], H * dkvw,
+            a[A_CKV], R, 0.0f, FO(g->kv_b_proj), R));
+  STEP(BK(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 0, N, R, H * dkvw, 1.0f, b[G_DKV], H * dkvw,
+          F(w->kv_b_proj), R, 0.0f, b[G_DCKV], R, 1, 0, 0, 0));
+  STEP(BK(rms_norm_bwd, ctx, DSC_DTYPE_FLOAT32, N, R, b[G_DCKV], a[A_C_RAW],
+          dsc_data(w->kv_a_layernorm), a[A_RSTD_KV], eps, b[G_DC_RAW],
+          g->kv_a_layernorm ? FO(g->kv_a_layernorm) : b[G_DGAMMA]));
+  /* [c_raw | kpe_raw] = x Wkva^T */
+  const float *wa = F(w->kv_a_proj_with_mqa);
+  if (g->kv_a_proj_with_mqa) {
+    float *gw = FO(g->kv_a_proj_with_mqa);
+    STEP(BK(gemm_f32out, ctx, DSC_DTYPE_FLOAT32, 1, 0, R, Hd, N, 1.0f, b[G_DC_RAW], R, xp, Hd, 0.0f,
+            gw, Hd));
+    STEP(BK(gemm_f32out, ctx, DSC_DTYPE_FLOAT32, 1, 0, dr, Hd, N, 1.0f, b[G_DKPE], dr, xp, Hd, 0.0f,
+            gw + R * Hd, Hd));
+  }
+  STEP(BK(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 0, N, Hd, R, 1.0f, b[G_DC_RAW], R, wa, Hd, 0.0f, dxp, Hd,
+          1, 0, 0, 0));
+  STEP(BK(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 0, N, Hd, dr, 1.0f, b[G_DKPE], dr, wa + R * Hd, Hd, 1.0f,
+          dxp, Hd, 1, 0, 0, 0));
+  /* query path */
+  if (Rq > 0) {
+    if (g->q_b_proj)
+      STEP(BK(gemm_f32out, ctx, DSC_DTYPE_FLOAT32, 1, 0, H * dqk, Rq, N, 1.0f, b[G_DQ], H * dqk,
+              a[A_CQ], Rq, 0.0f, FO(g->q_b_proj), Rq));
+    STEP(BK(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 0, N, Rq, H * dqk, 1.0f, b[G_DQ], H * dqk,
+            F(w->q_b_proj), Rq, 0.0f, b[G_DCQ], Rq, 1, 0, 0, 0));
+    STEP(BK(rms_norm_bwd, ctx, DSC_DTYPE_FLOAT32, N, Rq, b[G_DCQ], a[A_CQ_RAW],
+            dsc_data(w->q_a_layernorm), a[A_RSTD_Q], eps, b[G_DCQ_RAW],
+            g->q_a_layernorm ? FO(g->q_a_layernorm) : b[G_DGAMMA]));
+    if (g->q_a_proj)
+      STEP(BK(gemm_f32out, ctx, DSC_DTYPE_FLOAT32, 1, 0, Rq, Hd, N, 1.0f, b[G_DCQ_RAW], Rq, xp, Hd,
+              0.0f, FO(g->q_a_proj), Hd));
+    STEP(BK(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 0, N, Hd, Rq, 1.0f, b[G_DCQ_RAW], Rq, F(w->q_a_proj),
+            Hd, 1.0f, dxp, Hd, 1, 0, 0, 0));
+  } else {
+    if (g->q_proj)
+      STEP(BK(gemm_f32out, ctx, DSC_DTYPE_FLOAT32, 1, 0, H * dqk, Hd, N, 1.0f, b[G_DQ], H * dqk, xp,
+              Hd, 0.0f, FO(g->q_proj), Hd));
+    STEP(BK(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 0, N, Hd, H * dqk, 1.0f, b[G_DQ], H * dqk,
+            F(w->q_proj), Hd, 1.0f, dxp, Hd, 1, 0, 0, 0));
+  }
+#undef STEP
+  dsc_free(ctx, mem);
+  return s;
+}
+
+/* ---- paged latent cache --------------------------------------------------------- */
+
+struct dsc_mla_cache {
+  dsc_context *ctx;
+  dsc_mla_cache_options o;
+  dsc_dtype dt;
+  int64_t row_bytes;   /* bytes of one token of one layer */
+  int64_t max_blk;     /* blocks per sequence: ceil(max_tokens / block_size) */
+  void *pool;          /* [n_layers, n_blocks * block_size, row_bytes] on the device */
+  int64_t *ids;        /* [max_batch] sequence id of each slot, -1 free */
+  int64_t *len;        /* [max_batch] tokens */
+  int32_t *nblk;       /* [max_batch] blocks held */
+  int32_t *tables;     /* [max_batch, max_blk] block ids */
+  int32_t *free_list;  /* [n_blocks] stack of free block ids */
+  int32_t n_free;
+};
+
+static int64_t cache_row_bytes(dsc_dtype dt, int64_t R, int64_t dr) {
+  if (dt == DSC_DTYPE_FLOAT32) return 4 * (R + dr);
+  if (dt == DSC_DTYPE_BFLOAT16) return 2 * (R + dr);
+  const int64_t b = ((R + 3) & ~(int64_t)3) + 4 * ((R + 127) / 128) + 2 * dr;
+  return (b + 3) & ~(int64_t)3;
+}
+
+void dsc_mla_cache_destroy(dsc_mla_cache *c) {
+  if (!c) return;
+  dsc_free(c->ctx, c->pool);
+  free(c->ids);
+  free(c->len);
+  free(c->nblk);
+  free(c->tables);
+  free(c->free_list);
+  free(c);
+}
+
+dsc_status dsc_mla_cache_create(dsc_context *ctx, const dsc_mla_cache_options *opt,
+                                dsc_mla_cache **out) {
+  static const char *const FN = "dsc_mla_cache_create";
+  DSC_CHECK(out != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "out: expected a pointer, got NULL");
+  *out = NULL;
+  DSC_TRY(check_ctx(FN, ctx));
+  DSC_CHECK(opt != NULL && opt->size >= sizeof(dsc_mla_cache_options), DSC_ERR_INVALID_ARGUMENT,
+            FN, "opt: expected options with size = %zu", sizeof(dsc_mla_cache_options));
+#define POS(f)                                                                                  \
+  DSC_CHECK(opt->f >= 1 && opt->f <= (1 << 24), DSC_ERR_INVALID_ARGUMENT, FN,                  \
+            "opt->" #f ": expected a value in [1, 2^24], got %d", (int)opt->f)
+  POS(n_layers);
+  POS(max_batch);
+  POS(max_tokens);
+  POS(block_size);
+  POS(kv_lora_rank);
+  POS(rope_dim);
+#undef POS
+  DSC_CHECK(opt->n_blocks >= 0, DSC_ERR_INVALID_ARGUMENT, FN,
+            "opt->n_blocks: expected >= 0 (0: enough for every sequence), got %d", (int)opt->n_blocks);
+  const dsc_dtype dt = (dsc_dtype)opt->dtype;
+  DSC_CHECK(dt == DSC_DTYPE_FLOAT32 || dt == DSC_DTYPE_BFLOAT16 || dt == DSC_DTYPE_FLOAT8_E4M3FN,
+            DSC_ERR_DTYPE, FN, "opt->dtype: expected float32, bfloat16 or float8_e4m3fn, got %s",
+            dsc_dtype_name(dt));
+  const int64_t max_blk = (opt->max_tokens + opt->block_size - 1) / opt->block_size;
+  const int64_t n_blocks = opt->n_blocks ? opt->n_blocks : max_blk * opt->max_batch;
+  DSC_CHECK(n_blocks <= INT32_MAX, DSC_ERR_INVALID_ARGUMENT, FN,
+            "opt: expected at most 2^31 blocks, got %lld", (long long)n_blocks);
+  const int64_t rb = cache_row_bytes(dt, opt->kv_lora_rank, opt->rope_dim);
+  const double total = (double)opt->n_layers * (double)n_blocks * opt->block_size * (double)rb;
+  DSC_CHECK(total < 1e15, DSC_ERR_OUT_OF_MEMORY, FN, "opt: a pool of %.3g bytes is too large", total);
+
+  dsc_mla_cache *c = (dsc_mla_cache *)calloc(1, sizeof *c);
+  if (!c) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "could not allocate the cache");
+  c->ctx = ctx;
+  c->o = *opt;
+  c->o.size = sizeof c->o;
+  c->o.n_blocks = (int32_t)n_blocks;
+  c->dt = dt;
+  c->row_bytes = rb;
+  c->max_blk = max_blk;
+  const int64_t S = opt->max_batch;
+  c->ids = (int64_t *)malloc((size_t)S * sizeof(int64_t));
+  c->len = (int64_t *)calloc((size_t)S, sizeof(int64_t));
+  c->nblk = (int32_t *)calloc((size_t)S, sizeof(int32_t));
+  c->tables = (int32_t *)calloc((size_t)(S * max_blk), sizeof(int32_t));
+  c->free_list = (int32_t *)malloc((size_t)n_blocks * sizeof(int32_t));
+  if (!c->ids || !c->len || !c->nblk || !c->tables || !c->free_list) {
+    dsc_mla_cache_destroy(c);
+    return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "could not allocate the block tables");
+  }
+  for (int64_t i = 0; i < S; ++i) c->ids[i] = -1;
+  /* Pop order 0, 1, 2, ...: the stack holds the ids in reverse. */
+  for (int64_t i = 0; i < n_blocks; ++i) c->free_list[i] = (int32_t)(n_blocks - 1 - i);
+  c->n_free = (int32_t)n_blocks;
+  dsc_status s = dsc_malloc(ctx, (size_t)total, &c->pool);
+  if (s != DSC_OK) {
+    dsc_mla_cache_destroy(c);
+    return s;
+  }
+  *out = c;
+  return DSC_OK;
+}
+
+dsc_status dsc_mla_cache_bytes(const dsc_mla_cache *c, size_t *bpt, size_t *total) {
+  DSC_CHECK(c != NULL, DSC_ERR_INVALID_ARGUMENT, "dsc_mla_cache_bytes", "cache: expected a cache, got NULL");
+  if (bpt) *bpt = (size_t)c->row_bytes;
+  if (total) *total = (size_t)c->o.n_layers * (size_t)c->o.n_blocks * c->o.block_size * (size_t)c->row_bytes;
+  return DSC_OK;
+}
+
+static int64_t find_seq(const dsc_mla_cache *c, int64_t id) {
+  for (int64_t i = 0; i < c->o.max_batch; ++i)
+    if (c->ids[i] == id) return i;
+  return -1;
+}
+
+#define CACHE_ARG(fn)                                                                         \
+  DSC_CHECK(c != NULL, DSC_ERR_INVALID_ARGUMENT, fn, "cache: expected a cache, got NULL")
+
+static dsc_status lookup(const char *fn, const dsc_mla_cache *c, int64_t id, int64_t *slot) {
+  *slot = id >= 0 ? find_seq(c, id) : -1;
+  DSC_CHECK(*slot >= 0, DSC_ERR_INVALID_ARGUMENT, fn,
+            "seq_id: expected a sequence added to the cache, got %lld (unknown)", (long long)id);
+  return DSC_OK;
+}
+
+dsc_status dsc_mla_cache_add_sequence(dsc_mla_cache *c, int64_t id) {
+  static const char *const FN = "dsc_mla_cache_add_sequence";
+  CACHE_ARG(FN);
+  DSC_CHECK(id >= 0, DSC_ERR_INVALID_ARGUMENT, FN, "seq_id: expected >= 0, got %lld", (long long)id);
+  DSC_CHECK(find_seq(c, id) < 0, DSC_ERR_INVALID_ARGUMENT, FN,
+            "seq_id: expected a new id, got %lld (already in the cache)", (long long)id);
+  const int64_t slot = find_seq(c, -1);
+  DSC_CHECK(slot >= 0, DSC_ERR_INVALID_ARGUMENT, FN,
+            "seq_id: the cache is full: all %d sequence slots (max_batch) are in use",
+            (int)c->o.max_batch);
+  c->ids[slot] = id;
+  c->len[slot] = 0;
+  c->nblk[slot] = 0;
+  return DSC_OK;
+}
+
+/* Keep the first `keep` blocks of a slot, returning the rest to the free list. */
+static void release_blocks(dsc_mla_cache *c, int64_t slot, int32_t keep) {
+  while (c->nblk[slot] > keep) c->free_list[c->n_free++] = c->tables[slot * c->max_blk + --c->nblk[slot]];
+}
+
+dsc_status dsc_mla_cache_free_sequence(dsc_mla_cache *c, int64_t id) {
+  static const char *const FN = "dsc_mla_cache_free_sequence";
+  CACHE_ARG(FN);
+  int64_t slot;
+  DSC_TRY(lookup(FN, c, id, &slot));
+  release_blocks(c, slot, 0);
+  c->ids[slot] = -1;
+  c->len[slot] = 0;
+  return DSC_OK;
+}
+
+dsc_status dsc_mla_cache_truncate(dsc_mla_cache *c, int64_t id, int64_t length) {
+  static const char *const FN = "dsc_mla_cache_truncate";
+  CACHE_ARG(FN);
+  int64_t slot;
+  DSC_TRY(lookup(FN, c, id, &slot));
+  DSC_CHECK(length >= 0 && length <= c->len[slot], DSC_ERR_INVALID_ARGUMENT, FN,
+            "length: expected a value in [0, %lld] (the sequence's length), got %lld",
+            (long long)c->len[slot], (long long)length);
+  release_blocks(c, slot, (int32_t)((length + c->o.block_size - 1) / c->o.block_size));
+  c->len[slot] = length;
+  return DSC_OK;
+}
+
+dsc_status dsc_mla_cache_sequence_length(const dsc_mla_cache *c, int64_t id, int64_t *length) {
+  static const char *const FN = "dsc_mla_cache_sequence_length";
+  CACHE_ARG(FN);
+  DSC_CHECK(length != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "length: expected a pointer, got NULL");
+  int64_t slot;
+  DSC_TRY(lookup(FN, c, id, &slot));
+  *length = c->len[slot];
+  return DSC_OK;
+}
+
+dsc_status dsc_mla_cache_block_table(const dsc_mla_cache *c, int64_t id, int32_t *blocks,
+                                     int32_t cap, int32_t *n) {
+  static const char *const FN = "dsc_mla_cache_block_table";
+  CACHE_ARG(FN);
+  DSC_CHECK(n != NULL && (blocks != NULL || cap == 0), DSC_ERR_INVALID_ARGUMENT, FN,
+            "blocks, n: expected pointers");
+  int64_t slot;
+  DSC_TRY(lookup(FN, c, id, &slot));
+  *n = c->nblk[slot];
+  for (int32_t i = 0; i < *n && i < cap; ++i) blocks[i] = c->tables[slot * c->max_blk + i];
+  return DSC_OK;
+}
+
+dsc_status dsc_mla_cache_free_counts(const dsc_mla_cache *c, int32_t *free_blocks,
+                                     int32_t *free_sequences) {
+  CACHE_ARG("dsc_mla_cache_free_counts");
+  if (free_blocks) *free_blocks = c->n_free;
+  if (free_sequences) {
+    int32_t k = 0;
+    for (int64_t i = 0; i < c->o.max_batch; ++i) k += c->ids[i] < 0;
+    *free_sequences = k;
+  }
+  return DSC_OK;
+}
+
+static void *layer_pool(const dsc_mla_cache *c, int32_t layer) {
+  return (char *)c->pool + (size_t)layer * c->o.n_blocks * c->o.block_size * c->row_bytes;
+}
+
+static int64_t slot_of(const dsc_mla_cache *c, int64_t slot, int64_t pos) {
+  return (int64_t)c->tables[slot * c->max_blk + pos / c->o.block_size] * c->o.block_size +
+         pos % c->o.block_size;
+}
+
+dsc_status dsc_mla_cache_read(dsc_context *ctx, const dsc_mla_cache *c, int32_t layer,
+                              int64_t id, DLTensor *latent, DLTensor *rope) {
+  static const char *const FN = "dsc_mla_cache_read";
+  DSC_TRY(check_ctx(FN, ctx));
+  CACHE_ARG(FN);
+  DSC_CHECK(c->ctx == ctx, DSC_ERR_INVALID_ARGUMENT, FN, "cache: expected a cache of this context");
+  DSC_CHECK(layer >= 0 && layer < c->o.n_layers, DSC_ERR_INVALID_ARGUMENT, FN,
+            "layer: expected a value in [0, %d), got %d", (int)c->o.n_layers, (int)layer);
+  int64_t slot;
+  DSC_TRY(lookup(FN, c, id, &slot));
+  DSC_TRY(dsc_check_tensor(ctx, FN, "latent", latent, DSC_DT(DSC_DTYPE_FLOAT32)));
+  DSC_TRY(dsc_check_tensor(ctx, FN, "rope", rope, DSC_DT(DSC_DTYPE_FLOAT32)));
+  const int64_t L = c->len[slot];
+  const int64_t ls[2] = {L, c->o.kv_lora_rank}, rs[2] = {L, c->o.rope_dim};
+  DSC_TRY(dsc_check_shape(FN, "latent", latent, 2, ls));
+  DSC_TRY(dsc_check_shape(FN, "rope", rope, 2, rs));
+  int64_t *slots = (int64_t *)malloc((size_t)(L ? L : 1) * sizeof(int64_t));
+  if (!slots) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "could not allocate %lld slots", (long long)L);
+  for (int64_t j = 0; j < L; ++j) slots[j] = slot_of(c, slot, j);
+  dsc_status s = BK(mla_cache_read, ctx, c->dt, c->o.kv_lora_rank, c->o.rope_dim, c->row_bytes, L,
+                    slots, layer_pool(c, layer), FO(latent), FO(rope));
+  free(slots);
+  return s;
+}
+
+/* Prefill and decode: one implementation (see the header). */
+static dsc_status mla_infer(const char *FN, dsc_context *ctx, const dsc_mla_params *p,
+                            const dsc_mla_weights *w, dsc_mla_cache *c, int32_t layer,
+                            const DLTensor *x, const DLTensor *seq_ids, const DLTensor *positions,
+                            DLTensor *out) {
+  DSC_TRY(check_ctx(FN, ctx));
+  DSC_TRY(check_params(FN, p));
+  DSC_TRY(check_weights(ctx, FN, p, w));
+  CACHE_ARG(FN);
+  DSC_CHECK(c->ctx == ctx, DSC_ERR_INVALID_ARGUMENT, FN, "cache: expected a cache of this context");
+  DSC_CHECK(layer >= 0 && layer < c->o.n_layers, DSC_ERR_INVALID_ARGUMENT, FN,
+            "layer: expected a value in [0, %d), got %d", (int)c->o.n_layers, (int)layer);
+  DSC_CHECK(c->o.kv_lora_rank == p->kv_lora_rank && c->o.rope_dim == p->qk_rope_head_dim,
+            DSC_ERR_SHAPE, FN,
+            "cache: expected kv_lora_rank %d and rope dim %d like p, got %d and %d",
+            (int)p->kv_lora_rank, (int)p->qk_rope_head_dim, (int)c->o.kv_lora_rank,
+            (int)c->o.rope_dim);
+  DSC_TRY(check_x(ctx, FN, p, "x", x, positions));
+  DSC_TRY(dsc_check_tensor(ctx, FN, "out", out, DSC_DT(DSC_DTYPE_FLOAT32)));
+  DSC_TRY(dsc_check_same_shape(FN, "out", out, "x", x));
+  DSC_TRY(dsc_check_tensor(ctx, FN, "seq_ids", seq_ids, DSC_DT_INDEX));
+  const int64_t B = x->shape[0], T = x->shape[1], N = B * T;
+  DSC_TRY(dsc_check_shape(FN, "seq_ids", seq_ids, 1, &B));
+  DSC_CHECK(B <= c->o.max_batch, DSC_ERR_SHAPE, FN,
+            "x: expected a batch <= max_batch = %d, got %lld", (int)c->o.max_batch, (long long)B);
+
+  const int64_t H = p->n_heads, Hd = p->hidden, Rq = p->q_lora_rank, R = p->kv_lora_rank;
+  const int64_t dn = p->qk_nope_head_dim, dr = p->qk_rope_head_dim, dv = p->v_head_dim;
+  const int64_t dqk = dn + dr, bs = c->o.block_size;
+
+  /* ---- host copies of the ids and positions; validate everything before mutating. */
+  void *ids_h, *ids_own = NULL, *pos_h, *pos_own = NULL;
+  DSC_TRY(host_ints(ctx, seq_ids, &ids_h, &ids_own));
+  dsc_status s = host_ints(ctx, positions, &pos_h, &pos_own);
+  const int ids64 = dsc_tensor_dtype(seq_ids) == DSC_DTYPE_INT64;
+  const int32_t *ph = (const int32_t *)pos_h;
+  int64_t *meta = NULL; /* slot [B], start [B], n [B], then slots [N], kv_len [N], toff [N] */
+  if (s == DSC_OK) {
+    meta = (int64_t *)malloc((size_t)(3 * B + 3 * N + 1) * sizeof(int64_t));
+    if (!meta) s = dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "could not allocate the batch metadata");
+  }
+  int64_t *bslot = meta, *bstart = meta + B, *bn = meta + 2 * B;
+  int64_t *slots = meta + 3 * B, *kvlen = slots + N, *toff = kvlen + N;
+  int64_t need = 0;
+  for (int64_t b = 0; s == DSC_OK && b < B; ++b) {
+    const int64_t id = ids64 ? ((const int64_t *)ids_h)[b] : ((const int32_t *)ids_h)[b];
+    bslot[b] = id >= 0 ? find_seq(c, id) : -1;
+    if (bslot[b] < 0) {
+      s = dsc_error(DSC_ERR_INVALID_ARGUMENT, FN,
+                    "seq_ids: expected sequences added to the cache, got %lld (unknown) at index %lld",
+                    (long long)id, (long long)b);
+      break;
+    }
+    for (int64_t b2 = 0; b2 < b; ++b2)
+      if (bslot[b2] == bslot[b]) {
+        s = dsc_error(DSC_ERR_INVALID_ARGUMENT, FN,
+                      "seq_ids: expected distinct ids, got %lld at indices %lld and %lld",
+                      (long long)id, (long long)b2, (long long)b);
+        break;
+      }
+    if (s != DSC_OK) break;
+    const int32_t *pr = ph + b * T;
+    int64_t n = 0;
+    while (n < T && pr[n] >= 0) ++n;
+    for (int64_t t = n; t < T && s == DSC_OK; ++t)
+      if (pr[t] != -1)
+        s = dsc_error(DSC_ERR_INVALID_ARGUMENT, FN,
+                      "positions: expected -1 padding after the tokens of row %lld, got %d at "
+                      "(%lld, %lld)", (long long)b, (int)pr[t], (long long)b, (long long)t);
+    if (s != DSC_OK) break;
+    const int64_t len = c->len[bslot[b]], start = n ? pr[0] : len;
+    for (int64_t t = 1; t < n && s == DSC_OK; ++t)
+      if (pr[t] != start + t)
+        s = dsc_error(DSC_ERR_INVALID_ARGUMENT, FN,
+                      "positions: expected consecutive positions in row %lld, got %d after %d",
+                      (long long)b, (int)pr[t], (int)pr[t - 1]);
+    if (s != DSC_OK) break;
+    if (start > len) {
+      s = dsc_error(DSC_ERR_INVALID_ARGUMENT, FN,
+                    "positions: row %lld starts at %lld, expected <= the sequence's length %lld "
+                    "(sequence %lld)", (long long)b, (long long)start, (long long)len, (long long)id);
+      break;
+    }
+    if (start + n > c->o.max_tokens) {
+      s = dsc_error(DSC_ERR_INVALID_ARGUMENT, FN,
+                    "positions: sequence %lld would reach %lld tokens; the cache is full at "
+                    "max_tokens = %d per sequence", (long long)id, (long long)(start + n),
+                    (int)c->o.max_tokens);
+      break;
+    }
+    bstart[b] = start;
+    bn[b] = n;
+    if (n > 0) {
+      const int64_t nb = (start + n + bs - 1) / bs;
+      if (nb > c->nblk[bslot[b]]) need += nb - c->nblk[bslot[b]];
+    }
+  }
+  if (s == DSC_OK && need > c->n_free)
+    s = dsc_error(DSC_ERR_INVALID_ARGUMENT, FN,
+                  "cache full: the batch needs %lld new blocks of %lld tokens, %d are free",
+                  (long long)need, (long long)bs, (int)c->n_free);
+
+  /* ---- scratch, allocated before the cache changes. */
+  enum { I_CQ_RAW, I_RSTD_Q, I_CQ, I_Q, I_Q_PE, I_QLAT, I_C_RAW, I_RSTD, I_CKV, I_KPE, I_OLAT, I_O, I_COUNT };
+  int64_t sz[I_COUNT] = {[I_CQ_RAW] = N * Rq, [I_RSTD_Q] = N, [I_CQ] = N * Rq, [I_Q] = N * H * dqk,
+                         [I_Q_PE] = N * H * dr, [I_QLAT] = N * H * R, [I_C_RAW] = N * R,
+                         [I_RSTD] = N, [I_CKV] = N * R, [I_KPE] = N * dr, [I_OLAT] = N * H * R,
+                         [I_O] = N * H * dv};
+  void *mem = NULL;
+  size_t bytes = 0;
+  float *a[I_COUNT];
+  if (s == DSC_OK) s = carve(ctx, I_COUNT, sz, &mem, &bytes, a);
+  if (s != DSC_OK) {
+    free(meta);
+    free(ids_own);
+    free(pos_own);
+    dsc_free(ctx, mem);
+    return s;
+  }
+
+  /* ---- commit the metadata: lengths, blocks (cannot fail from here on). */
+  for (int64_t b = 0; b < B; ++b) {
+    if (bn[b] == 0) continue;
+    const int64_t sl = bslot[b], newlen = bstart[b] + bn[b];
+    const int32_t nb = (int32_t)((newlen + bs - 1) / bs);
+    release_blocks(c, sl, nb);
+    while (c->nblk[sl] < nb) c->tables[sl * c->max_blk + c->nblk[sl]++] = c->free_list[--c->n_free];
+    c->len[sl] = newlen;
+  }
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t r = b * T + t;
+      const int valid = t < bn[b];
+      slots[r] = valid ? slot_of(c, bslot[b], bstart[b] + t) : -1;
+      kvlen[r] = valid ? bstart[b] + t + 1 : 0;
+      toff[r] = bslot[b] * c->max_blk;
+    }
+
+  /* ---- compute */
+  const float *xp = F(x);
+  const int32_t *pos = (const int32_t *)dsc_data(positions);
+  void *pool = layer_pool(c, layer);
+  const float *wkvb = F(w->kv_b_proj); /* [H, dn+dv, R] */
+#define STEP(call) \
+  if (s == DSC_OK) s = (call)
+  if (N > 0) {
+    STEP(q_path(ctx, p, w, B, T, xp, pos, a[I_CQ_RAW], a[I_RSTD_Q], a[I_CQ], a[I_Q], a[I_Q_PE]));
+    /* q_lat[:, h] = q_nope[:, h] @ W_UK[h]   ([N,dn] @ [dn,R], batched over heads) */
+    STEP(BK(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 0, N, R, dn, 1.0f, a[I_Q], H * dqk, wkvb, R, 0.0f,
+            a[I_QLAT], H * R, H, dqk, (dn + dv) * R, R));
+    STEP(kv_path(ctx, p, w, B, T, xp, pos, a[I_C_RAW], a[I_RSTD], a[I_CKV], a[I_KPE]));
+    STEP(BK(mla_cache_write, ctx, c->dt, R, dr, c->row_bytes, N, slots, a[I_CKV], a[I_KPE], pool));
+    STEP(BK(mla_decode_attn, ctx, c->dt, R, dr, c->row_bytes, bs, pool, N, H, p->softmax_scale,
+            a[I_QLAT], a[I_Q_PE], kvlen, toff, c->tables, a[I_OLAT]));
+    /* o[:, h] = o_lat[:, h] @ W_UV[h]^T   ([N,R] @ [R,dv]) */
+    STEP(BK(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 1, N, dv, R, 1.0f, a[I_OLAT], H * R, wkvb + dn * R, R,
+            0.0f, a[I_O], H * dv, H, R, (dn + dv) * R, dv));
+    STEP(lin(ctx, N, Hd, H * dv, a[I_O], H * dv, F(w->o_proj), H * dv, 0.0f, FO(out), Hd));
+  }
+#undef STEP
+  free(meta);
+  free(ids_own);
+  free(pos_own);
+  dsc_free(ctx, mem);
+  return s;
+}
+
+dsc_status dsc_mla_prefill(dsc_context *ctx, const dsc_mla_params *p, const dsc_mla_weights *w,
+                           dsc_mla_cache *cache, int32_t layer, const DLTensor *x,
+                           const DLTensor *seq_ids, const DLTensor *positions, DLTensor *out) {
+  return mla_infer("dsc_mla_prefill", ctx, p, w, cache, layer, x, seq_ids, positions, out);
+}
+
+dsc_status dsc_mla_decode(dsc_context *ctx, const dsc_mla_params *p, const dsc_mla_weights *w,
+                          dsc_mla_cache *cache, int32_t layer, const DLTensor *x,
+                          const DLTensor *seq_ids, const DLTensor *positions, DLTensor *out) {
+  return mla_infer("dsc_mla_decode", ctx, p, w, cache, layer, x, seq_ids, positions, out);
+}

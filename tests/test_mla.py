@@ -1,0 +1,326 @@
+"""Multi-head Latent Attention: ModelConfig, the training forward/backward against an
+independent NumPy float64 reference and finite differences, and the paged latent cache
+(absorbed decode == naive attention, prefill + decode == one causal forward, paged ==
+contiguous, bad arguments leave the cache usable)."""
+
+import json
+
+import numpy as np
+import pytest
+
+import deepseek_c as dsc
+from reference import mla as ref
+
+
+def small_cfg(q_lora=True, **kw):
+    """V3-like proportions at CPU-test size (every code path of the real model)."""
+    keys = dict(hidden_size=96, num_attention_heads=4, q_lora_rank=48 if q_lora else None, kv_lora_rank=32,
+                qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16)
+    keys.update(kw)
+    return dsc.ModelConfig.tiny(**keys)
+
+
+def make(cfg, rng, B=2, T=7, scale=1.0):
+    w = ref.init_weights(cfg, rng, scale)
+    x = rng.standard_normal((B, T, cfg.hidden_size)).astype(np.float32)
+    return w, x
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_config_v3_defaults_and_softmax_scale():
+    cfg = dsc.ModelConfig()
+    assert cfg.hidden_size == 7168 and cfg.kv_lora_rank == 512 and cfg.qk_head_dim == 192
+    assert cfg.q_lora and cfg.mla_cache_elements_per_token == 576
+    assert abs(cfg.softmax_scale - 0.1352338) < 1e-6
+    assert abs(dsc.ModelConfig.v2_lite().softmax_scale - 0.1147214) < 1e-6
+
+
+def test_config_rope_parameters_spelling_and_extra(tmp_path):
+    a = dsc.ModelConfig(rope_theta=10000, rope_scaling={"type": "yarn", "factor": 40, "mscale": 1.0,
+                                                         "mscale_all_dim": 1.0,
+                                                         "original_max_position_embeddings": 4096})
+    b = dsc.ModelConfig(rope_parameters={"rope_type": "yarn", "rope_theta": 10000, "factor": 40, "mscale": 1.0,
+                                         "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096},
+                        some_future_key=3)
+    assert a.rope_scaling_dict == b.rope_scaling_dict and a.softmax_scale == b.softmax_scale
+    assert b.extra == {"some_future_key": 3}
+    p = tmp_path / "config.json"
+    b.to_json(p)
+    c = dsc.ModelConfig.from_json(tmp_path)
+    assert c.to_dict() == b.to_dict() and json.loads(p.read_text())["some_future_key"] == 3
+    none = dsc.ModelConfig(rope_parameters={"rope_type": "default", "rope_theta": 5e5})
+    assert none.rope_scaling is None and none.rope_theta == 5e5
+    assert abs(none.softmax_scale - 192 ** -0.5) < 1e-7
+
+
+def test_config_q_lora_null_and_zero():
+    assert dsc.ModelConfig(q_lora_rank=None).q_lora_rank is None
+    assert dsc.ModelConfig(q_lora_rank=0).q_lora_rank is None
+    assert "q_proj.weight" in dsc.ModelConfig(q_lora_rank=0).mla_weight_shapes()
+
+
+@pytest.mark.parametrize("key,value", [("hidden_size", 0), ("kv_lora_rank", -1), ("qk_rope_head_dim", 7),
+                                       ("rms_norm_eps", float("nan")), ("n_group", 3), ("scoring_func", "relu"),
+                                       ("rope_scaling", {"type": "linear", "factor": 2})])
+def test_config_errors_name_the_key(key, value):
+    with pytest.raises(ValueError, match=key.split("_scaling")[0]):
+        dsc.ModelConfig(**{key: value})
+
+
+# --------------------------------------------------------------------------- training
+
+
+@pytest.mark.parametrize("q_lora", [True, False])
+def test_forward_matches_reference(rng, q_lora):
+    cfg = small_cfg(q_lora)
+    w, x = make(cfg, rng, B=3, T=11)
+    pos = (np.arange(11)[None, :] + np.array([[0], [5], [200]])).astype(np.int32)  # past YaRN's L0
+    out, _ = dsc.mla_forward(x, w, cfg, pos)
+    want = ref.mla_forward(x, w, cfg, pos)
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_forward_v3_head_dims(rng):
+    """The real per-head dims (nope 128, rope 64, v 128, kv_lora 512), few heads."""
+    cfg = dsc.ModelConfig(hidden_size=128, num_attention_heads=2, q_lora_rank=64)
+    w, x = make(cfg, rng, B=1, T=5)
+    out, _ = dsc.mla_forward(x, w, cfg)
+    want = ref.mla_forward(x, w, cfg)
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("q_lora", [True, False])
+def test_backward_finite_differences(rng, q_lora):
+    """Directional derivatives of L = sum(out * dout): float64 reference FD vs float32 grads."""
+    cfg = small_cfg(q_lora, hidden_size=24, num_attention_heads=2, q_lora_rank=12 if q_lora else None,
+                    kv_lora_rank=10, qk_nope_head_dim=6, qk_rope_head_dim=4, v_head_dim=5)
+    w, x = make(cfg, rng, B=2, T=5, scale=1.5)
+    pos = np.array([[0, 1, 2, 3, 4], [60, 61, 62, 63, 64]], np.int32)
+    out, ctx = dsc.mla_forward(x, w, cfg, pos)
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    g = dsc.mla_backward(dout, ctx)
+    assert set(g) == {"x", *w}
+
+    def loss(xx, ww):
+        return float(np.sum(ref.mla_forward(xx, ww, cfg, pos) * dout))
+
+    w64 = {k: v.astype(np.float64) for k, v in w.items()}
+    x64 = x.astype(np.float64)
+    eps = 1e-5
+    for name in ["x", *w]:
+        for _ in range(2):
+            base = x64 if name == "x" else w64[name]
+            d = rng.standard_normal(base.shape)
+            if name == "x":
+                fd = (loss(x64 + eps * d, w64) - loss(x64 - eps * d, w64)) / (2 * eps)
+            else:
+                fd = (loss(x64, {**w64, name: base + eps * d}) - loss(x64, {**w64, name: base - eps * d})) / (2 * eps)
+            got = float(np.sum(g[name].astype(np.float64) * d))
+            assert abs(got - fd) <= 2e-3 * max(1.0, abs(fd)), (name, got, fd)
+
+
+def test_backward_positions_and_grads_dtype(rng):
+    cfg = small_cfg()
+    w, x = make(cfg, rng, B=1, T=4)
+    out, ctx = dsc.mla_forward(x, w, cfg)
+    g = dsc.mla_backward(np.ones_like(out), ctx)
+    assert all(v.dtype == np.float32 for v in g.values())
+    assert g["q_a_layernorm.weight"].shape == (cfg.q_lora_rank,)
+    assert np.all(np.isfinite(g["kv_a_layernorm.weight"]))
+
+
+def test_forward_bad_inputs(rng):
+    cfg = small_cfg()
+    w, x = make(cfg, rng, B=1, T=4)
+    bad = dict(w)
+    bad["kv_b_proj.weight"] = np.zeros((5, cfg.kv_lora_rank), np.float32)
+    with pytest.raises(ValueError, match="kv_b_proj"):
+        dsc.mla_forward(x, bad, cfg)
+    bad = dict(w)
+    bad["q_a_layernorm.weight"] = np.ones(cfg.q_lora_rank + 1, np.float32)
+    with pytest.raises(ValueError, match="q_a_layernorm"):
+        dsc.mla_forward(x, bad, cfg)
+    missing = {k: v for k, v in w.items() if k != "o_proj.weight"}
+    with pytest.raises(ValueError, match="o_proj"):
+        dsc.mla_forward(x, missing, cfg)
+    with pytest.raises(ValueError, match="x: expected a last dim equal to hidden"):
+        dsc.mla_forward(x[..., :-1].copy(), w, cfg)
+    with pytest.raises(ValueError, match="positions"):
+        dsc.mla_forward(x, w, cfg, np.zeros((1, 3), np.int32))
+    with pytest.raises(ValueError, match="positions"):
+        dsc.mla_forward(x, w, cfg, np.array([[0, 1, -2, 3]], np.int32))
+    with pytest.raises(TypeError):
+        dsc.mla_forward(x.astype(np.float64), w, cfg)
+    with pytest.raises(TypeError, match="ctx"):
+        dsc.mla_backward(x, object())
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def prompt(cfg, rng, B, T):
+    return rng.standard_normal((B, T, cfg.hidden_size)).astype(np.float32)
+
+
+def test_cache_bytes_per_token():
+    v3 = dsc.ModelConfig()
+    assert dsc.MLACache(v3, max_batch=1, max_tokens=64, dtype="bfloat16").bytes_per_token == 576 * 2
+    assert dsc.MLACache(v3, max_batch=1, max_tokens=64, dtype="float32").bytes_per_token == 576 * 4
+    assert dsc.MLACache(v3, max_batch=1, max_tokens=64, dtype="float8_e4m3fn").bytes_per_token == 656
+
+
+@pytest.mark.parametrize("q_lora", [True, False])
+def test_absorbed_decode_equals_naive(rng, q_lora):
+    """Decode of the whole prompt (absorbed) == the reference's naive causal attention."""
+    cfg = small_cfg(q_lora)
+    w, x = make(cfg, rng, B=2, T=9)
+    cache = dsc.MLACache(cfg, max_batch=2, max_tokens=32, block_size=4, dtype="float32")
+    cache.add_sequence(10), cache.add_sequence(11)
+    out = dsc.mla_decode(x, w, cfg, cache, [10, 11])
+    want = ref.mla_forward(x, w, cfg)
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    # the cached latents are the normalized ckv and the rotated k_pe
+    q, ckv, kpe = ref.mla_parts(x, w, cfg, np.broadcast_to(np.arange(9), (2, 9)))
+    lat, rope = cache.read(11)
+    np.testing.assert_allclose(lat, ckv[1], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(rope, kpe[1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-4), ("bfloat16", 3e-2), ("float8_e4m3fn", 8e-2)])
+def test_prefill_then_decode_equals_full_forward(rng, dtype, tol):
+    cfg = small_cfg()
+    w, x = make(cfg, rng, B=2, T=12)
+    full, _ = dsc.mla_forward(x, w, cfg)
+    cache = dsc.MLACache(cfg, max_batch=4, max_tokens=16, block_size=4, dtype=dtype)
+    for s in (0, 1):
+        cache.add_sequence(s)
+    P = 5
+    outs = [dsc.mla_prefill(x[:, :P].copy(), w, cfg, cache, [0, 1])]
+    for t in range(P, 12):
+        outs.append(dsc.mla_decode(x[:, t:t + 1].copy(), w, cfg, cache, [0, 1]))
+    got = np.concatenate(outs, axis=1)
+    assert cache.length(0) == 12 and len(cache.block_table(0)) == 3
+    err = np.abs(got - full).max() / np.abs(full).max()
+    assert err < tol, err
+
+
+def test_multi_token_decode_and_truncate(rng):
+    """n > 1 query tokens per sequence (MTP verification), then rejecting drafts."""
+    cfg = small_cfg()
+    w, x = make(cfg, rng, B=1, T=10)
+    full, _ = dsc.mla_forward(x, w, cfg)
+    cache = dsc.MLACache(cfg, max_batch=1, max_tokens=16, block_size=4, dtype="float32")
+    cache.add_sequence(7)
+    dsc.mla_prefill(x[:, :6].copy(), w, cfg, cache, [7])
+    junk = rng.standard_normal((1, 3, cfg.hidden_size)).astype(np.float32)
+    dsc.mla_decode(junk, w, cfg, cache, [7])  # 3 draft tokens, all rejected
+    assert cache.length(7) == 9
+    cache.truncate(7, 6)
+    assert cache.length(7) == 6 and len(cache.block_table(7)) == 2
+    got = dsc.mla_decode(x[:, 6:10].copy(), w, cfg, cache, [7])
+    np.testing.assert_allclose(got, full[:, 6:10], rtol=1e-4, atol=1e-4 * np.abs(full).max())
+    # overwriting from an earlier position is the same as truncating first
+    got2 = dsc.mla_decode(x[:, 8:10].copy(), w, cfg, cache, [7], np.array([[8, 9]], np.int32))
+    np.testing.assert_allclose(got2, full[:, 8:10], rtol=1e-4, atol=1e-4 * np.abs(full).max())
+
+
+@pytest.mark.parametrize("block_size", [1, 3, 16, 64])
+def test_paged_equals_contiguous_ragged(rng, block_size):
+    """Ragged prompt lengths in one batch (-1 padding), interleaved sequences, any block size."""
+    cfg = small_cfg()
+    w = ref.init_weights(cfg, rng)
+    lens = [7, 2, 5]
+    xs = [prompt(cfg, rng, 1, n + 3) for n in lens]  # prompt + 3 decode steps each
+    cache = dsc.MLACache(cfg, max_batch=4, max_tokens=20, block_size=block_size, dtype="float32")
+    for s in (5, 3, 9):
+        cache.add_sequence(s)
+    T = max(lens)
+    x = np.zeros((3, T, cfg.hidden_size), np.float32)
+    pos = -np.ones((3, T), np.int32)
+    for b, n in enumerate(lens):
+        x[b, :n] = xs[b][0, :n]
+        pos[b, :n] = np.arange(n)
+    out = dsc.mla_prefill(x, w, cfg, cache, [5, 3, 9], pos)
+    for b, n in enumerate(lens):
+        want = ref.mla_forward(xs[b][:, :n], w, cfg)
+        np.testing.assert_allclose(out[b:b + 1, :n], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+        assert np.all(out[b, n:] == 0)
+    for step in range(3):
+        xd = np.stack([xs[b][0, n + step] for b, n in enumerate(lens)])[:, None, :].copy()
+        got = dsc.mla_decode(xd, w, cfg, cache, [5, 3, 9])
+        for b, n in enumerate(lens):
+            want = ref.mla_forward(xs[b][:, :n + step + 1], w, cfg)[:, -1]
+            np.testing.assert_allclose(got[b, 0], want[0], rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    if block_size <= 3:  # blocks of different sequences interleave in the pool
+        assert len(set(cache.block_table(5)) & set(cache.block_table(3))) == 0
+
+
+def test_cache_errors_leave_cache_usable(rng):
+    cfg = small_cfg()
+    w, x = make(cfg, rng, B=1, T=4)
+    cache = dsc.MLACache(cfg, max_batch=2, max_tokens=8, block_size=4, dtype="bfloat16", n_blocks=2)
+    cache.add_sequence(0)
+    with pytest.raises(ValueError, match="unknown"):
+        dsc.mla_prefill(x, w, cfg, cache, [42])
+    with pytest.raises(ValueError, match="already"):
+        cache.add_sequence(0)
+    with pytest.raises(ValueError, match="unknown"):
+        cache.length(3)
+    dsc.mla_prefill(x, w, cfg, cache, [0])
+    state = (cache.length(0), cache.block_table(0), cache.free_blocks)
+    lat0 = cache.read(0)[0].copy()
+    with pytest.raises(ValueError, match="max_tokens"):  # 4 + 8 > 8 tokens per sequence
+        dsc.mla_decode(prompt(cfg, rng, 1, 8), w, cfg, cache, [0])
+    with pytest.raises(ValueError, match="start"):  # a gap after the cached tokens
+        dsc.mla_decode(x[:, :1].copy(), w, cfg, cache, [0], np.array([[6]], np.int32))
+    with pytest.raises(ValueError, match="consecutive"):
+        dsc.mla_decode(x[:, :2].copy(), w, cfg, cache, [0], np.array([[4, 6]], np.int32))
+    with pytest.raises(ValueError, match="padding"):
+        dsc.mla_decode(x[:, :2].copy(), w, cfg, cache, [0], np.array([[-1, 4]], np.int32))
+    cache.add_sequence(1)
+    with pytest.raises(ValueError, match="cache full"):  # 1 free block, 2 needed
+        dsc.mla_prefill(prompt(cfg, rng, 1, 8), w, cfg, cache, [1])
+    with pytest.raises(ValueError, match="distinct"):
+        dsc.mla_decode(prompt(cfg, rng, 2, 1), w, cfg, cache, [0, 0])
+    with pytest.raises(ValueError, match="full"):
+        cache.add_sequence(2)
+    assert (cache.length(0), cache.block_table(0), cache.free_blocks) == state
+    assert cache.length(1) == 0
+    np.testing.assert_array_equal(cache.read(0)[0], lat0)
+    # still usable: the next token decodes like the reference
+    x5 = prompt(cfg, rng, 1, 1)
+    got = dsc.mla_decode(x5, w, cfg, cache, [0])
+    want = ref.mla_forward(np.concatenate([x, x5], 1), w, cfg)[:, -1:]
+    np.testing.assert_allclose(got, want, rtol=3e-2, atol=3e-2 * np.abs(want).max())
+    cache.free_sequence(0)
+    assert cache.free_blocks == 2
+    with pytest.raises(ValueError, match="unknown"):
+        cache.free_sequence(0)
+
+
+def test_cache_bad_arguments(rng):
+    cfg = small_cfg()
+    w, x = make(cfg, rng, B=1, T=2)
+    with pytest.raises(TypeError, match="dtype"):
+        dsc.MLACache(cfg, dtype="int8")
+    with pytest.raises(ValueError, match="block_size"):
+        dsc.MLACache(cfg, block_size=0)
+    cache = dsc.MLACache(cfg, max_batch=1, max_tokens=8)
+    cache.add_sequence(0)
+    with pytest.raises(ValueError, match="layer"):
+        dsc.mla_prefill(x, w, cfg, cache, [0], layer=1)
+    other = small_cfg(kv_lora_rank=16)
+    with pytest.raises(ValueError, match="kv_lora_rank"):
+        dsc.mla_prefill(x, ref.init_weights(other, rng), other, cache, [0])
+    with pytest.raises(ValueError, match="seq_ids"):
+        dsc.mla_prefill(x, w, cfg, cache, np.array([0, 0], np.int64), np.zeros((1, 2), np.int32))
+    assert cache.length(0) == 0
+
+
+@pytest.mark.cuda
+def test_cuda_reports_unsupported_cleanly(rng):
+    cfg = small_cfg()
+    with pytest.raises((dsc.Error, ValueError, NotImplementedError)):
+        dsc.MLACache(cfg, device="cuda")
