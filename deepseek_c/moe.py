@@ -29,6 +29,7 @@ __all__ = [
     "MoEPermute", "moe_permute_rows", "moe_permute", "moe_permute_backward", "moe_unpermute",
     "moe_unpermute_backward", "grouped_linear", "grouped_linear_backward",
     "MoEConfig", "MoECtx", "moe_forward", "moe_backward",
+    "MoELayerCtx", "moe_layer_forward", "moe_layer_backward",
 ]
 
 _SCORING = {"sigmoid": 0, "softmax": 1}
@@ -590,4 +591,84 @@ def moe_backward(dout: Array, ctx: MoECtx) -> dict[str, Array]:
         grads[f"{_P}shared_experts.up_proj.weight"] = dsu_w
         grads[f"{_P}shared_experts.down_proj.weight"] = dsd
     grads["x"] = dx.reshape(ctx.x_shape)
+    return grads
+
+
+# ----------------------------------------------------------------------------- the C layer
+
+
+@dataclass
+class MoELayerCtx:
+    """What moe_layer_backward needs: the C handle of saved activations, the inputs, the
+    route parameters and the (stacked) weights; load [E] int32 is this call's expert load."""
+
+    saved: Any
+    x: Array
+    x_shape: tuple
+    route: tuple
+    weights: tuple
+    n_experts: int
+    n_shared: bool
+    load: Array
+
+
+def _layer_weights(params: Mapping[str, Any], c: "MoEConfig", x: Array) -> tuple:
+    E = int(c.n_routed_experts)
+    bias = params.get(f"{_P}gate.e_score_correction_bias") \
+        if (c.topk_method == "noaux_tc" and c.scoring_func == "sigmoid") else None
+    w = [_f32(_need(params, f"{_P}gate.weight")), bias,
+         _expert_stack(params, E, "gate_proj", x), _expert_stack(params, E, "up_proj", x),
+         _expert_stack(params, E, "down_proj", x)]
+    if c.n_shared_experts:
+        w += [_need(params, f"{_P}shared_experts.{n}_proj.weight") for n in ("gate", "up", "down")]
+    else:
+        w += [None, None, None]
+    return tuple(w)
+
+
+def moe_layer_forward(x: Array, params: Mapping[str, Any], cfg: Any, *, align: int = 1,
+                      training: bool = True) -> tuple[Array, MoELayerCtx]:
+    """The whole MoE layer in one C call (dsc_moe_layer_forward): same math and parameter
+    names as moe_forward, float32 only. With training=False no activations are kept."""
+    fn = "dsc_moe_layer_forward"
+    c = MoEConfig.from_dict(cfg)
+    _arr(x, fn, "x")
+    xs = _shape(x)
+    if len(xs) < 1:
+        raise ValueError(f"{fn}: x: expected at least 1 dim (..., D), got a scalar")
+    route = _route_params(fn, c.num_experts_per_tok, c.n_group or 1, c.topk_group or 1, c.scoring_func,
+                          c.topk_method, c.norm_topk_prob, c.routed_scaling_factor)
+    w = _layer_weights(params, c, x)
+    y = empty_like_ns(x, xs, dtype_name(x), fn, "y")
+    load = empty_like_ns(x, (int(c.n_routed_experts),), "int32", fn, "counts")
+    saved = _C.moe_layer_forward(x, route, _int(align, fn, "align"), w, y, load, bool(training))
+    return finish(x, y), MoELayerCtx(saved, x, xs, route, w, int(c.n_routed_experts),
+                                     bool(c.n_shared_experts), finish(x, load))
+
+
+def moe_layer_backward(dy: Array, ctx: MoELayerCtx) -> dict[str, Array]:
+    """Gradients of the C layer (float32), keyed like moe_backward: HF names, per-expert
+    views of the stacked gradients, and "x" for the input gradient."""
+    fn = "dsc_moe_layer_backward"
+    if not isinstance(ctx, MoELayerCtx) or ctx.saved is None:
+        raise TypeError(f"{fn}: ctx: expected the MoELayerCtx of moe_layer_forward(training=True)")
+    _arr(dy, fn, "dy")
+    E = ctx.n_experts
+    gate, _bias, eg, eu, ed, sg, su, sd = ctx.weights
+    mk = lambda ref: empty_like_ns(dy, _shape(ref), "float32", fn, "grads")  # noqa: E731
+    grads_t = [mk(gate), mk(eg), mk(eu), mk(ed)]
+    grads_t += [mk(sg), mk(su), mk(sd)] if ctx.n_shared else [None, None, None]
+    dx = empty_like_ns(dy, ctx.x_shape, "float32", fn, "dx")
+    _C.moe_layer_backward(ctx.x, dy, ctx.route, ctx.weights, ctx.saved, dx, tuple(grads_t))
+    dgate, deg, deu, ded, dsg, dsu, dsd = [finish(dy, g) if g is not None else None for g in grads_t]
+    grads: dict[str, Array] = {f"{_P}gate.weight": dgate}
+    for e in range(E):
+        grads[f"{_P}experts.{e}.gate_proj.weight"] = deg[e]
+        grads[f"{_P}experts.{e}.up_proj.weight"] = deu[e]
+        grads[f"{_P}experts.{e}.down_proj.weight"] = ded[e]
+    if ctx.n_shared:
+        grads[f"{_P}shared_experts.gate_proj.weight"] = dsg
+        grads[f"{_P}shared_experts.up_proj.weight"] = dsu
+        grads[f"{_P}shared_experts.down_proj.weight"] = dsd
+    grads["x"] = finish(dy, dx)
     return grads

@@ -55,6 +55,9 @@ extern "C" {
                             int64_t M, int64_t N, int64_t K, float alpha, const void *A,       \
                             int64_t lda, const void *B, int64_t ldb, float beta, float *C,     \
                             int64_t ldc);                                                      \
+  /* out = a + b elementwise over n elements (out may alias a or b). */                      \
+  dsc_status P##add(dsc_context *ctx, dsc_dtype dt, int64_t n, const void *a, const void *b,    \
+                    void *out);                                                                \
   dsc_status P##swiglu_fwd(dsc_context *ctx, dsc_dtype dt, int64_t n, const void *gate,        \
                            const void *up, void *out);                                         \
   dsc_status P##swiglu_bwd(dsc_context *ctx, dsc_dtype dt, int64_t n, const void *dout,        \

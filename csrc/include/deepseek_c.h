@@ -247,6 +247,11 @@ DSC_API dsc_status dsc_linear_forward(dsc_context *ctx, const DLTensor *x, const
 DSC_API dsc_status dsc_linear_backward(dsc_context *ctx, const DLTensor *dy, const DLTensor *x,
                                        const DLTensor *w, DLTensor *dx, DLTensor *dw);
 
+/* ------------------------------------------------------------------ elementwise */
+/* out = a + b (residual adds, gradient sums). a, b, out: same shape, float32 | bfloat16;
+ * out may alias a or b. */
+DSC_API dsc_status dsc_add(dsc_context *ctx, const DLTensor *a, const DLTensor *b, DLTensor *out);
+
 /* ------------------------------------------------------------------ SwiGLU */
 /* out = silu(gate) * up, silu(g) = g / (1 + exp(-g)).
  *   gate, up, out [..., F] float32 | bfloat16 */
@@ -580,6 +585,48 @@ DSC_API dsc_status dsc_grouped_linear_backward(dsc_context *ctx, const DLTensor 
                                                const DLTensor *x, const DLTensor *w,
                                                const DLTensor *group_offsets, DLTensor *dx,
                                                DLTensor *dw);
+
+/* The whole DeepSeekMoE layer (routed SwiGLU experts + always-on shared experts),
+ * composed from the ops above; float32. Weights by Hugging Face name, experts stacked:
+ *   gate           mlp.gate.weight                          [E, D]
+ *   bias           mlp.gate.e_score_correction_bias         [E] or NULL (selection only)
+ *   experts_gate   mlp.experts.{e}.gate_proj.weight stacked [E, F, D]
+ *   experts_up     mlp.experts.{e}.up_proj.weight stacked   [E, F, D]
+ *   experts_down   mlp.experts.{e}.down_proj.weight stacked [E, D, F]
+ *   shared_*       mlp.shared_experts.{gate,up,down}_proj.weight [Fs, D], [Fs, D], [D, Fs],
+ *                  or all NULL for no shared experts */
+typedef struct dsc_moe_layer_weights {
+  size_t size; /* sizeof(dsc_moe_layer_weights) */
+  const DLTensor *gate, *bias, *experts_gate, *experts_up, *experts_down;
+  const DLTensor *shared_gate, *shared_up, *shared_down;
+} dsc_moe_layer_weights;
+
+/* Gradients (float32, overwritten), each optional (NULL: not computed). */
+typedef struct dsc_moe_layer_grads {
+  size_t size; /* sizeof(dsc_moe_layer_grads) */
+  DLTensor *gate, *experts_gate, *experts_up, *experts_down;
+  DLTensor *shared_gate, *shared_up, *shared_down;
+} dsc_moe_layer_grads;
+
+/* Activations a forward keeps for its backward, owned by the handle (device memory of
+ * the context it was created with). */
+typedef struct dsc_moe_layer_saved dsc_moe_layer_saved;
+DSC_API dsc_status dsc_moe_layer_saved_create(dsc_context *ctx, dsc_moe_layer_saved **out);
+DSC_API void dsc_moe_layer_saved_destroy(dsc_moe_layer_saved *saved);
+
+/*   x [..., D] float32 -> y [..., D] float32; counts [E] int32|int64 (optional): the
+ *   expert load of this call; saved (optional, NULL for inference): filled for backward.
+ *   align: row alignment of the permuted layout (1 on CPU; 128 suits grouped GEMMs). */
+DSC_API dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p,
+                                         int32_t align, const dsc_moe_layer_weights *w,
+                                         const DLTensor *x, DLTensor *y, DLTensor *counts,
+                                         dsc_moe_layer_saved *saved);
+/*   dy [..., D]; dx [..., D] (optional); g: the weight gradients wanted. Uses the
+ *   activations in `saved` from the matching forward. */
+DSC_API dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *p,
+                                          const dsc_moe_layer_weights *w, const DLTensor *x,
+                                          const DLTensor *dy, dsc_moe_layer_saved *saved,
+                                          DLTensor *dx, const dsc_moe_layer_grads *g);
 
 /* ------------------------------------------------------------------ MLA */
 /* Multi-head Latent Attention (DeepSeek-V2/V3), float32. Legend: B batch, T tokens,

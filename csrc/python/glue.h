@@ -94,6 +94,7 @@ extern PyMethodDef dsc_py_core_methods[];
 extern PyMethodDef dsc_py_dense_methods[];
 extern PyMethodDef dsc_py_io_methods[];
 extern PyMethodDef dsc_py_moe_methods[];
+extern PyMethodDef dsc_py_moe_layer_methods[];
 extern PyMethodDef dsc_py_fp8_methods[];
 extern PyMethodDef dsc_py_mla_methods[];
 

@@ -262,6 +262,7 @@ static int module_exec(PyObject *m) {
   if (PyModule_AddFunctions(m, dsc_py_fp8_methods) < 0) return -1;
   if (PyModule_AddFunctions(m, dsc_py_io_methods) < 0) return -1;
   if (PyModule_AddFunctions(m, dsc_py_moe_methods) < 0) return -1;
+  if (PyModule_AddFunctions(m, dsc_py_moe_layer_methods) < 0) return -1;
   if (PyModule_AddFunctions(m, dsc_py_mla_methods) < 0) return -1;
   return 0;
 }

@@ -331,6 +331,23 @@ static void test_embedding_adamw(dsc_context *ctx) {
   CHECK(s == DSC_ERR_INVALID_ARGUMENT && strstr(dsc_last_error(), "step"), "step 0: %s", dsc_last_error());
 }
 
+static void test_add(dsc_context *ctx) {
+  enum { N = 37 };
+  float a[N], b[N], out[N];
+  for (int i = 0; i < N; ++i) { a[i] = frand(); b[i] = frand(); out[i] = NAN; }
+  view va, vb, vo;
+  int64_t sh[1] = {N};
+  dsc_status s = dsc_add(ctx, mk(&va, a, F32, 1, sh), mk(&vb, b, F32, 1, sh), mk(&vo, out, F32, 1, sh));
+  int ok = s == DSC_OK;
+  for (int i = 0; i < N && ok; ++i) ok = out[i] == a[i] + b[i];
+  CHECK(ok, "add: %s", dsc_last_error());
+  s = dsc_add(ctx, &va.t, &vb.t, &va.t); /* in place */
+  CHECK(s == DSC_OK && a[3] == out[3], "add in place");
+  int64_t sh2[1] = {N - 1};
+  s = dsc_add(ctx, &va.t, mk(&vb, b, F32, 1, sh2), &vo.t);
+  CHECK(s == DSC_ERR_SHAPE && strstr(dsc_last_error(), "dsc_add: b"), "add shape: %s", dsc_last_error());
+}
+
 static void test_safetensors(void) {
   char path[64];
   snprintf(path, sizeof path, "/tmp/dsc_test_%ld.safetensors", (long)rng_state % 100000);
@@ -393,6 +410,7 @@ int main(void) {
   test_matmul_linear(ctx);
   test_cross_entropy(ctx);
   test_embedding_adamw(ctx);
+  test_add(ctx);
   test_safetensors();
   dsc_context_destroy(ctx);
   printf("%d passed, %d failed\n", g_pass, g_fail);

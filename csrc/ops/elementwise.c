@@ -1,0 +1,28 @@
+/*
+ * ops/elementwise.c -- validation and dispatch of elementwise ops (dsc_add).
+ *
+ * Legend: n elements of a (any shape).
+ */
+#include "backend.h"
+
+dsc_status dsc_add(dsc_context *ctx, const DLTensor *a, const DLTensor *b, DLTensor *out) {
+  static const char *const FN = "dsc_add";
+  DSC_TRY(dsc_check_tensor(ctx, FN, "a", a, DSC_DT_FLOAT));
+  DSC_TRY(dsc_check_tensor(ctx, FN, "b", b, DSC_DT_FLOAT));
+  DSC_TRY(dsc_check_tensor(ctx, FN, "out", out, DSC_DT_FLOAT));
+  DSC_TRY(dsc_check_same_dtype(FN, "b", b, "a", a));
+  DSC_TRY(dsc_check_same_dtype(FN, "out", out, "a", a));
+  DSC_TRY(dsc_check_same_shape(FN, "b", b, "a", a));
+  DSC_TRY(dsc_check_same_shape(FN, "out", out, "a", a));
+  const int64_t n = dsc_numel(a);
+  if (n == 0) return DSC_OK;
+  const dsc_dtype dt = dsc_tensor_dtype(a);
+  if (dsc_ctx_is_cuda(ctx)) {
+#ifdef DSC_WITH_CUDA
+    return dsc_cuda_add(ctx, dt, n, dsc_data(a), dsc_data(b), dsc_data(out));
+#else
+    return dsc_error(DSC_ERR_INTERNAL, FN, "CUDA context in a build without CUDA");
+#endif
+  }
+  return dsc_cpu_add(ctx, dt, n, dsc_data(a), dsc_data(b), dsc_data(out));
+}

@@ -1,0 +1,304 @@
+/*
+ * ops/moe_layer.c -- the whole DeepSeekMoE layer, forward and backward, composed from
+ * the MoE, grouped-linear, linear, SwiGLU and add ops (it computes nothing itself; each
+ * step validates and dispatches as usual, so the layer runs on whatever device the
+ * context has kernels for).
+ *
+ *   logits = x @ gate^T                       [T, E]
+ *   indices, weights, scores = route(logits, bias)
+ *   xp, offsets, row_map = permute(x)         [R, D]
+ *   act = swiglu(xp @ Wg[e]^T, xp @ Wu[e]^T)  [R, F]   (per expert e, grouped)
+ *   eo = act @ Wd[e]^T                        [R, D]
+ *   y = unpermute(eo, weights) + shared(x)    [T, D]
+ *   shared(x) = swiglu(x @ Sg^T, x @ Su^T) @ Sd^T
+ *
+ * Legend: T tokens, D hidden, E routed experts, k experts per token, F expert
+ * intermediate size, Fs shared intermediate size, R permuted rows.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+
+/* Run a step only while every earlier step succeeded (cleanup happens once at the end). */
+#define STEP(call)                 \
+  do {                             \
+    if (st == DSC_OK) st = (call); \
+  } while (0)
+
+/* A float32 / int32 row-major tensor on the context's device, owned by a saved set. */
+typedef struct {
+  DLTensor t;
+  int64_t shape[3];
+  int64_t strides[3];
+} buf;
+
+enum {
+  B_SCORES, B_INDICES, B_WEIGHTS, B_XP, B_OFFSETS, B_ROWMAP, B_HG, B_HU, B_ACT, B_EO,
+  B_SG, B_SU, B_SA, B_COUNT
+};
+
+struct dsc_moe_layer_saved {
+  dsc_context *ctx; /* the context the buffers were allocated with */
+  buf b[B_COUNT];
+  int have; /* a forward filled the buffers */
+  int64_t T, D, E, k, F, Fs, R;
+};
+
+static void buf_free(dsc_context *ctx, buf *x) {
+  if (x->t.data) dsc_free(ctx, x->t.data);
+  memset(x, 0, sizeof *x);
+}
+
+/* (Re)allocate x as a contiguous [d0, d1] (or [d0] when d1 < 0) tensor of dtype dt. */
+static dsc_status buf_alloc(dsc_context *ctx, buf *x, dsc_dtype dt, int64_t d0, int64_t d1) {
+  buf_free(ctx, x);
+  x->t.device = ctx->device;
+  x->t.dtype = dsc_dtype_to_dlpack(dt);
+  x->t.ndim = d1 < 0 ? 1 : 2;
+  x->shape[0] = d0;
+  x->shape[1] = d1 < 0 ? 1 : d1;
+  x->strides[0] = d1 < 0 ? 1 : d1;
+  x->strides[1] = 1;
+  x->t.shape = x->shape;
+  x->t.strides = x->strides;
+  size_t n = (size_t)d0 * (size_t)(d1 < 0 ? 1 : d1);
+  return dsc_malloc(ctx, (n ? n : 1) * dsc_dtype_size(dt), &x->t.data);
+}
+
+dsc_status dsc_moe_layer_saved_create(dsc_context *ctx, dsc_moe_layer_saved **out) {
+  static const char *const FN = "dsc_moe_layer_saved_create";
+  DSC_CHECK(ctx != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "ctx: expected a context, got NULL");
+  DSC_CHECK(out != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "out: expected a pointer, got NULL");
+  *out = (dsc_moe_layer_saved *)calloc(1, sizeof **out);
+  if (!*out) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+  (*out)->ctx = ctx;
+  return DSC_OK;
+}
+
+void dsc_moe_layer_saved_destroy(dsc_moe_layer_saved *s) {
+  if (!s) return;
+  for (int i = 0; i < B_COUNT; ++i) buf_free(s->ctx, &s->b[i]);
+  free(s);
+}
+
+/* The 2-D view [rows, cols] of a contiguous tensor (x is [..., D] in the layer). */
+static DLTensor flat2(const DLTensor *x, int64_t *shape2, int64_t *strides2) {
+  DLTensor v = *x;
+  shape2[0] = dsc_rows(x);
+  shape2[1] = dsc_last_dim(x);
+  strides2[0] = shape2[1];
+  strides2[1] = 1;
+  v.ndim = 2;
+  v.shape = shape2;
+  v.strides = strides2;
+  return v;
+}
+
+static dsc_status check_weights(const dsc_context *ctx, const char *fn, const dsc_moe_layer_weights *w,
+                                int64_t D, int64_t *E, int64_t *F, int64_t *Fs) {
+  DSC_CHECK(w != NULL && w->size >= sizeof(dsc_moe_layer_weights), DSC_ERR_INVALID_ARGUMENT, fn,
+            "w: expected a dsc_moe_layer_weights with size = %zu", sizeof(dsc_moe_layer_weights));
+  const unsigned F32 = DSC_DT(DSC_DTYPE_FLOAT32);
+  DSC_TRY(dsc_check_tensor(ctx, fn, "w->gate", w->gate, F32));
+  DSC_TRY(dsc_check_ndim(fn, "w->gate", w->gate, 2, 2, "(E, D)"));
+  *E = w->gate->shape[0];
+  int64_t gshape[2] = {*E, D};
+  DSC_TRY(dsc_check_shape(fn, "w->gate", w->gate, 2, gshape));
+  if (w->bias) {
+    DSC_TRY(dsc_check_tensor(ctx, fn, "w->bias", w->bias, F32));
+    DSC_TRY(dsc_check_shape(fn, "w->bias", w->bias, 1, E));
+  }
+  DSC_TRY(dsc_check_tensor(ctx, fn, "w->experts_gate", w->experts_gate, F32));
+  DSC_TRY(dsc_check_ndim(fn, "w->experts_gate", w->experts_gate, 3, 3, "(E, F, D)"));
+  *F = w->experts_gate->shape[1];
+  int64_t egs[3] = {*E, *F, D}, eds[3] = {*E, D, *F};
+  DSC_TRY(dsc_check_shape(fn, "w->experts_gate", w->experts_gate, 3, egs));
+  DSC_TRY(dsc_check_tensor(ctx, fn, "w->experts_up", w->experts_up, F32));
+  DSC_TRY(dsc_check_shape(fn, "w->experts_up", w->experts_up, 3, egs));
+  DSC_TRY(dsc_check_tensor(ctx, fn, "w->experts_down", w->experts_down, F32));
+  DSC_TRY(dsc_check_shape(fn, "w->experts_down", w->experts_down, 3, eds));
+  *Fs = 0;
+  if (w->shared_gate || w->shared_up || w->shared_down) {
+    DSC_TRY(dsc_check_tensor(ctx, fn, "w->shared_gate", w->shared_gate, F32));
+    DSC_TRY(dsc_check_ndim(fn, "w->shared_gate", w->shared_gate, 2, 2, "(Fs, D)"));
+    *Fs = w->shared_gate->shape[0];
+    int64_t sgs[2] = {*Fs, D}, sds[2] = {D, *Fs};
+    DSC_TRY(dsc_check_shape(fn, "w->shared_gate", w->shared_gate, 2, sgs));
+    DSC_TRY(dsc_check_tensor(ctx, fn, "w->shared_up", w->shared_up, F32));
+    DSC_TRY(dsc_check_shape(fn, "w->shared_up", w->shared_up, 2, sgs));
+    DSC_TRY(dsc_check_tensor(ctx, fn, "w->shared_down", w->shared_down, F32));
+    DSC_TRY(dsc_check_shape(fn, "w->shared_down", w->shared_down, 2, sds));
+  }
+  return DSC_OK;
+}
+
+dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p, int32_t align,
+                                 const dsc_moe_layer_weights *w, const DLTensor *x, DLTensor *y,
+                                 DLTensor *counts, dsc_moe_layer_saved *saved) {
+  static const char *const FN = "dsc_moe_layer_forward";
+  DSC_TRY(dsc_check_tensor(ctx, FN, "x", x, DSC_DT(DSC_DTYPE_FLOAT32)));
+  DSC_TRY(dsc_check_ndim(FN, "x", x, 1, 16, "(..., D)"));
+  DSC_TRY(dsc_check_tensor(ctx, FN, "y", y, DSC_DT(DSC_DTYPE_FLOAT32)));
+  DSC_TRY(dsc_check_same_shape(FN, "y", y, "x", x));
+  DSC_CHECK(p != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "p: expected route params, got NULL");
+  DSC_CHECK(align >= 1, DSC_ERR_INVALID_ARGUMENT, FN, "align: expected >= 1, got %d", (int)align);
+  DSC_CHECK(saved == NULL || saved->ctx == ctx, DSC_ERR_INVALID_ARGUMENT, FN,
+            "saved: expected a handle created with this context");
+  const int64_t D = dsc_last_dim(x), T = dsc_rows(x);
+  int64_t E, F, Fs;
+  DSC_TRY(check_weights(ctx, FN, w, D, &E, &F, &Fs));
+  const int64_t k = p->top_k;
+
+  /* Without a saved handle (inference) the intermediates live in a temporary one. */
+  dsc_moe_layer_saved local;
+  dsc_moe_layer_saved *s = saved;
+  if (!s) {
+    memset(&local, 0, sizeof local);
+    local.ctx = ctx;
+    s = &local;
+  }
+  s->have = 0;
+  buf logits;
+  memset(&logits, 0, sizeof logits);
+  int64_t xs2[2], xst2[2], ys2[2], yst2[2];
+  DLTensor x2 = flat2(x, xs2, xst2), y2 = flat2(y, ys2, yst2);
+  buf *b = s->b;
+  dsc_status st = DSC_OK;
+  STEP(buf_alloc(ctx, &logits, DSC_DTYPE_FLOAT32, T, E));
+  STEP(buf_alloc(ctx, &b[B_SCORES], DSC_DTYPE_FLOAT32, T, E));
+  STEP(buf_alloc(ctx, &b[B_INDICES], DSC_DTYPE_INT32, T, k));
+  STEP(buf_alloc(ctx, &b[B_WEIGHTS], DSC_DTYPE_FLOAT32, T, k));
+  STEP(dsc_linear_forward(ctx, &x2, w->gate, &logits.t));
+  STEP(dsc_moe_route(ctx, p, &logits.t, w->bias, &b[B_INDICES].t, &b[B_WEIGHTS].t, &b[B_SCORES].t));
+  if (counts) STEP(dsc_moe_expert_load(ctx, &b[B_INDICES].t, counts));
+  int64_t R = 0;
+  STEP(dsc_moe_permute_rows(ctx, &b[B_INDICES].t, (int32_t)E, align, &R));
+  STEP(buf_alloc(ctx, &b[B_XP], DSC_DTYPE_FLOAT32, R, D));
+  STEP(buf_alloc(ctx, &b[B_OFFSETS], DSC_DTYPE_INT32, E + 1, -1));
+  STEP(buf_alloc(ctx, &b[B_ROWMAP], DSC_DTYPE_INT32, T, k));
+  STEP(dsc_moe_permute(ctx, &x2, &b[B_INDICES].t, (int32_t)E, align, &b[B_XP].t, &b[B_OFFSETS].t,
+                       &b[B_ROWMAP].t));
+  STEP(buf_alloc(ctx, &b[B_HG], DSC_DTYPE_FLOAT32, R, F));
+  STEP(buf_alloc(ctx, &b[B_HU], DSC_DTYPE_FLOAT32, R, F));
+  STEP(buf_alloc(ctx, &b[B_ACT], DSC_DTYPE_FLOAT32, R, F));
+  STEP(buf_alloc(ctx, &b[B_EO], DSC_DTYPE_FLOAT32, R, D));
+  STEP(dsc_grouped_linear_forward(ctx, &b[B_XP].t, w->experts_gate, &b[B_OFFSETS].t, &b[B_HG].t));
+  STEP(dsc_grouped_linear_forward(ctx, &b[B_XP].t, w->experts_up, &b[B_OFFSETS].t, &b[B_HU].t));
+  STEP(dsc_swiglu_forward(ctx, &b[B_HG].t, &b[B_HU].t, &b[B_ACT].t));
+  STEP(dsc_grouped_linear_forward(ctx, &b[B_ACT].t, w->experts_down, &b[B_OFFSETS].t, &b[B_EO].t));
+  STEP(dsc_moe_unpermute(ctx, &b[B_EO].t, &b[B_ROWMAP].t, &b[B_WEIGHTS].t, &y2));
+  if (Fs > 0) {
+    buf so;
+    memset(&so, 0, sizeof so);
+    STEP(buf_alloc(ctx, &b[B_SG], DSC_DTYPE_FLOAT32, T, Fs));
+    STEP(buf_alloc(ctx, &b[B_SU], DSC_DTYPE_FLOAT32, T, Fs));
+    STEP(buf_alloc(ctx, &b[B_SA], DSC_DTYPE_FLOAT32, T, Fs));
+    STEP(buf_alloc(ctx, &so, DSC_DTYPE_FLOAT32, T, D));
+    STEP(dsc_linear_forward(ctx, &x2, w->shared_gate, &b[B_SG].t));
+    STEP(dsc_linear_forward(ctx, &x2, w->shared_up, &b[B_SU].t));
+    STEP(dsc_swiglu_forward(ctx, &b[B_SG].t, &b[B_SU].t, &b[B_SA].t));
+    STEP(dsc_linear_forward(ctx, &b[B_SA].t, w->shared_down, &so.t));
+    STEP(dsc_add(ctx, &y2, &so.t, &y2));
+    buf_free(ctx, &so);
+  }
+  buf_free(ctx, &logits);
+  if (s == &local) {
+    for (int i = 0; i < B_COUNT; ++i) buf_free(ctx, &local.b[i]);
+  } else if (st == DSC_OK) {
+    s->have = 1;
+    s->T = T, s->D = D, s->E = E, s->k = k, s->F = F, s->Fs = Fs, s->R = R;
+  }
+  return st;
+}
+
+dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *p,
+                                  const dsc_moe_layer_weights *w, const DLTensor *x,
+                                  const DLTensor *dy, dsc_moe_layer_saved *saved, DLTensor *dx,
+                                  const dsc_moe_layer_grads *g) {
+  static const char *const FN = "dsc_moe_layer_backward";
+  DSC_TRY(dsc_check_tensor(ctx, FN, "x", x, DSC_DT(DSC_DTYPE_FLOAT32)));
+  DSC_TRY(dsc_check_ndim(FN, "x", x, 1, 16, "(..., D)"));
+  DSC_TRY(dsc_check_tensor(ctx, FN, "dy", dy, DSC_DT(DSC_DTYPE_FLOAT32)));
+  DSC_TRY(dsc_check_same_shape(FN, "dy", dy, "x", x));
+  if (dx) {
+    DSC_TRY(dsc_check_tensor(ctx, FN, "dx", dx, DSC_DT(DSC_DTYPE_FLOAT32)));
+    DSC_TRY(dsc_check_same_shape(FN, "dx", dx, "x", x));
+  }
+  DSC_CHECK(p != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "p: expected route params, got NULL");
+  DSC_CHECK(g != NULL && g->size >= sizeof(dsc_moe_layer_grads), DSC_ERR_INVALID_ARGUMENT, FN,
+            "g: expected a dsc_moe_layer_grads with size = %zu", sizeof(dsc_moe_layer_grads));
+  DSC_CHECK(saved != NULL && saved->have && saved->ctx == ctx, DSC_ERR_INVALID_ARGUMENT, FN,
+            "saved: expected the handle filled by dsc_moe_layer_forward on this context");
+  const int64_t D = dsc_last_dim(x), T = dsc_rows(x);
+  int64_t E, F, Fs;
+  DSC_TRY(check_weights(ctx, FN, w, D, &E, &F, &Fs));
+  DSC_CHECK(saved->T == T && saved->D == D && saved->E == E && saved->F == F && saved->Fs == Fs &&
+                saved->k == p->top_k,
+            DSC_ERR_SHAPE, FN,
+            "saved: expected activations of a forward with T=%lld, D=%lld, E=%lld, F=%lld, k=%d, got "
+            "T=%lld, D=%lld, E=%lld, F=%lld, k=%lld",
+            (long long)T, (long long)D, (long long)E, (long long)F, (int)p->top_k, (long long)saved->T,
+            (long long)saved->D, (long long)saved->E, (long long)saved->F, (long long)saved->k);
+  const int64_t R = saved->R, k = saved->k;
+  buf *b = saved->b;
+
+  int64_t xs2[2], xst2[2], ds2[2], dst2[2];
+  DLTensor x2 = flat2(x, xs2, xst2), dy2 = flat2(dy, ds2, dst2);
+  enum { T_DEO, T_DW, T_DACT, T_DHG, T_DHU, T_DXP, T_DXP2, T_DXTOK, T_DLOG, T_DXR, T_DSA, T_DSG,
+         T_DSU, T_DXS, T_COUNT };
+  buf tmp[T_COUNT];
+  memset(tmp, 0, sizeof tmp);
+  dsc_status st = DSC_OK;
+
+  /* routed experts: combine -> down -> SwiGLU -> gate/up -> dispatch */
+  STEP(buf_alloc(ctx, &tmp[T_DEO], DSC_DTYPE_FLOAT32, R, D));
+  STEP(buf_alloc(ctx, &tmp[T_DW], DSC_DTYPE_FLOAT32, T, k));
+  STEP(dsc_moe_unpermute_backward(ctx, &dy2, &b[B_EO].t, &b[B_ROWMAP].t, &b[B_WEIGHTS].t,
+                                  &tmp[T_DEO].t, &tmp[T_DW].t));
+  STEP(buf_alloc(ctx, &tmp[T_DACT], DSC_DTYPE_FLOAT32, R, F));
+  STEP(dsc_grouped_linear_backward(ctx, &tmp[T_DEO].t, &b[B_ACT].t, w->experts_down,
+                                   &b[B_OFFSETS].t, &tmp[T_DACT].t, g->experts_down));
+  STEP(buf_alloc(ctx, &tmp[T_DHG], DSC_DTYPE_FLOAT32, R, F));
+  STEP(buf_alloc(ctx, &tmp[T_DHU], DSC_DTYPE_FLOAT32, R, F));
+  STEP(dsc_swiglu_backward(ctx, &tmp[T_DACT].t, &b[B_HG].t, &b[B_HU].t, &tmp[T_DHG].t, &tmp[T_DHU].t));
+  STEP(buf_alloc(ctx, &tmp[T_DXP], DSC_DTYPE_FLOAT32, R, D));
+  STEP(buf_alloc(ctx, &tmp[T_DXP2], DSC_DTYPE_FLOAT32, R, D));
+  STEP(dsc_grouped_linear_backward(ctx, &tmp[T_DHG].t, &b[B_XP].t, w->experts_gate, &b[B_OFFSETS].t,
+                                   &tmp[T_DXP].t, g->experts_gate));
+  STEP(dsc_grouped_linear_backward(ctx, &tmp[T_DHU].t, &b[B_XP].t, w->experts_up, &b[B_OFFSETS].t,
+                                   &tmp[T_DXP2].t, g->experts_up));
+  STEP(dsc_add(ctx, &tmp[T_DXP].t, &tmp[T_DXP2].t, &tmp[T_DXP].t));
+  STEP(buf_alloc(ctx, &tmp[T_DXTOK], DSC_DTYPE_FLOAT32, T, D));
+  STEP(dsc_moe_permute_backward(ctx, &tmp[T_DXP].t, &b[B_ROWMAP].t, &tmp[T_DXTOK].t));
+
+  /* router: weights -> logits -> x and the gate weight (the bias gets no gradient) */
+  STEP(buf_alloc(ctx, &tmp[T_DLOG], DSC_DTYPE_FLOAT32, T, E));
+  STEP(dsc_moe_route_backward(ctx, p, &tmp[T_DW].t, &b[B_SCORES].t, &b[B_INDICES].t, NULL,
+                              &tmp[T_DLOG].t));
+  STEP(buf_alloc(ctx, &tmp[T_DXR], DSC_DTYPE_FLOAT32, T, D));
+  STEP(dsc_linear_backward(ctx, &tmp[T_DLOG].t, &x2, w->gate, &tmp[T_DXR].t, g->gate));
+  STEP(dsc_add(ctx, &tmp[T_DXTOK].t, &tmp[T_DXR].t, &tmp[T_DXTOK].t));
+
+  /* shared experts */
+  if (Fs > 0) {
+    STEP(buf_alloc(ctx, &tmp[T_DSA], DSC_DTYPE_FLOAT32, T, Fs));
+    STEP(dsc_linear_backward(ctx, &dy2, &b[B_SA].t, w->shared_down, &tmp[T_DSA].t, g->shared_down));
+    STEP(buf_alloc(ctx, &tmp[T_DSG], DSC_DTYPE_FLOAT32, T, Fs));
+    STEP(buf_alloc(ctx, &tmp[T_DSU], DSC_DTYPE_FLOAT32, T, Fs));
+    STEP(dsc_swiglu_backward(ctx, &tmp[T_DSA].t, &b[B_SG].t, &b[B_SU].t, &tmp[T_DSG].t, &tmp[T_DSU].t));
+    STEP(buf_alloc(ctx, &tmp[T_DXS], DSC_DTYPE_FLOAT32, T, D));
+    STEP(dsc_linear_backward(ctx, &tmp[T_DSG].t, &x2, w->shared_gate, &tmp[T_DXS].t, g->shared_gate));
+    STEP(dsc_add(ctx, &tmp[T_DXTOK].t, &tmp[T_DXS].t, &tmp[T_DXTOK].t));
+    STEP(dsc_linear_backward(ctx, &tmp[T_DSU].t, &x2, w->shared_up, &tmp[T_DXS].t, g->shared_up));
+    STEP(dsc_add(ctx, &tmp[T_DXTOK].t, &tmp[T_DXS].t, &tmp[T_DXTOK].t));
+  }
+  if (dx && st == DSC_OK) {
+    int64_t dxs2[2], dxst2[2];
+    DLTensor dx2 = flat2(dx, dxs2, dxst2);
+    DLDevice dev = ctx->device;
+    st = dsc_memcpy(ctx, dsc_data(&dx2), dev, tmp[T_DXTOK].t.data, dev, (size_t)(T * D) * sizeof(float));
+  }
+  for (int i = 0; i < T_COUNT; ++i) buf_free(ctx, &tmp[i]);
+  return st;
+}

@@ -1,0 +1,155 @@
+/*
+ * ops_moe_layer.c -- Python wrappers of the C MoE layer (dsc_moe_layer_forward/backward).
+ * The saved activations are a capsule that owns the dsc_moe_layer_saved handle and keeps
+ * the module (whose contexts own the memory) alive.
+ */
+#include "call.h"
+
+#include <string.h>
+
+static const char *const SAVED_CAPSULE = "deepseek_c.moe_layer_saved";
+
+static void saved_destructor(PyObject *cap) {
+  dsc_moe_layer_saved *s = (dsc_moe_layer_saved *)PyCapsule_GetPointer(cap, SAVED_CAPSULE);
+  PyObject *module = (PyObject *)PyCapsule_GetContext(cap);
+  if (s) dsc_moe_layer_saved_destroy(s);
+  PyErr_Clear();
+  Py_XDECREF(module);
+}
+
+/* (top_k, n_group, topk_group, scoring, topk_method, norm_topk_prob, scale) */
+static int parse_route_tuple(PyObject *t, dsc_moe_route_params *p) {
+  dsc_moe_route_params_default(p);
+  return PyArg_ParseTuple(t,
+                          "iiiiiif;route params: expected (top_k, n_group, topk_group, scoring, "
+                          "topk_method, norm_topk_prob, routed_scaling_factor)",
+                          &p->top_k, &p->n_group, &p->topk_group, &p->scoring, &p->topk_method,
+                          &p->norm_topk_prob, &p->routed_scaling_factor);
+}
+
+static const char *const W_NAMES[8] = {
+    "mlp.gate.weight", "mlp.gate.e_score_correction_bias", "experts gate_proj (stacked)",
+    "experts up_proj (stacked)", "experts down_proj (stacked)", "mlp.shared_experts.gate_proj.weight",
+    "mlp.shared_experts.up_proj.weight", "mlp.shared_experts.down_proj.weight"};
+
+/* Import the 8 weights (None allowed for bias and the shared experts). */
+static int import_weights(dsc_py_frame *f, PyObject *tup, dsc_moe_layer_weights *w) {
+  PyObject *seq = PySequence_Fast(tup, "weights: expected a tuple of 8 arrays");
+  if (!seq) return -1;
+  if (PySequence_Fast_GET_SIZE(seq) != 8) {
+    Py_DECREF(seq);
+    PyErr_Format(PyExc_ValueError, "%s: weights: expected 8 entries, got %zd", f->fn,
+                 PySequence_Fast_GET_SIZE(seq));
+    return -1;
+  }
+  const DLTensor *t[8];
+  for (int i = 0; i < 8; ++i) {
+    PyObject *o = PySequence_Fast_GET_ITEM(seq, i);
+    int optional = i == 1 || i >= 5;
+    t[i] = dsc_py_frame_add(f, o, W_NAMES[i], 0, optional);
+    if (!t[i] && (o != Py_None || !optional)) {
+      Py_DECREF(seq);
+      return -1;
+    }
+  }
+  Py_DECREF(seq);
+  memset(w, 0, sizeof *w);
+  w->size = sizeof *w;
+  w->gate = t[0], w->bias = t[1], w->experts_gate = t[2], w->experts_up = t[3];
+  w->experts_down = t[4], w->shared_gate = t[5], w->shared_up = t[6], w->shared_down = t[7];
+  return 0;
+}
+
+/* moe_layer_forward(x, route, align, weights, y, counts|None, keep) -> saved capsule | None */
+static PyObject *py_moe_layer_forward(PyObject *m, PyObject *args) {
+  PyObject *xo, *ro, *wo, *yo, *co;
+  int align, keep;
+  if (!PyArg_ParseTuple(args, "OOiOOOp", &xo, &ro, &align, &wo, &yo, &co, &keep)) return NULL;
+  dsc_moe_route_params p;
+  if (!parse_route_tuple(ro, &p)) return NULL;
+  BEGIN("dsc_moe_layer_forward")
+  dsc_moe_layer_weights w;
+  dsc_moe_layer_saved *saved = NULL;
+  IN(x, xo, "x")
+  OUT(y, yo, "y")
+  OPT_OUT(counts, co, "counts")
+  if (import_weights(&f, wo, &w) < 0) goto out;
+  GET_CTX();
+  if (keep) {
+    s = dsc_moe_layer_saved_create(ctx, &saved);
+    if (s != DSC_OK) {
+      dsc_py_raise(f.st, s);
+      goto out;
+    }
+  }
+  DSC_PY_CALL(lock, s, dsc_moe_layer_forward(ctx, &p, align, &w, x, y, counts, saved));
+  if (s != DSC_OK) {
+    dsc_moe_layer_saved_destroy(saved);
+    dsc_py_raise(f.st, s);
+    goto out;
+  }
+  if (saved) {
+    ret = PyCapsule_New(saved, SAVED_CAPSULE, saved_destructor);
+    if (!ret) {
+      dsc_moe_layer_saved_destroy(saved);
+      goto out;
+    }
+    PyCapsule_SetContext(ret, Py_NewRef(m));
+  } else {
+    ret = Py_NewRef(Py_None);
+  }
+  END
+}
+
+/* moe_layer_backward(x, dy, route, weights, saved, dx|None, grads(7, None allowed)) */
+static PyObject *py_moe_layer_backward(PyObject *m, PyObject *args) {
+  PyObject *xo, *dyo, *ro, *wo, *so, *dxo, *go;
+  if (!PyArg_ParseTuple(args, "OOOOOOO", &xo, &dyo, &ro, &wo, &so, &dxo, &go)) return NULL;
+  dsc_moe_route_params p;
+  if (!parse_route_tuple(ro, &p)) return NULL;
+  dsc_moe_layer_saved *saved = (dsc_moe_layer_saved *)PyCapsule_GetPointer(so, SAVED_CAPSULE);
+  if (!saved) return NULL;
+  BEGIN("dsc_moe_layer_backward")
+  dsc_moe_layer_weights w;
+  dsc_moe_layer_grads g;
+  IN(x, xo, "x")
+  IN(dy, dyo, "dy")
+  OPT_OUT(dx, dxo, "dx")
+  if (import_weights(&f, wo, &w) < 0) goto out;
+  {
+    static const char *const G_NAMES[7] = {"dgate", "dexperts_gate", "dexperts_up", "dexperts_down",
+                                           "dshared_gate", "dshared_up", "dshared_down"};
+    PyObject *seq = PySequence_Fast(go, "grads: expected a tuple of 7 arrays or None");
+    if (!seq) goto out;
+    if (PySequence_Fast_GET_SIZE(seq) != 7) {
+      Py_DECREF(seq);
+      PyErr_SetString(PyExc_ValueError, "dsc_moe_layer_backward: grads: expected 7 entries");
+      goto out;
+    }
+    DLTensor *gt[7];
+    for (int i = 0; i < 7; ++i) {
+      PyObject *o = PySequence_Fast_GET_ITEM(seq, i);
+      gt[i] = dsc_py_frame_add(&f, o, G_NAMES[i], 1, 1);
+      if (!gt[i] && o != Py_None) {
+        Py_DECREF(seq);
+        goto out;
+      }
+    }
+    Py_DECREF(seq);
+    memset(&g, 0, sizeof g);
+    g.size = sizeof g;
+    g.gate = gt[0], g.experts_gate = gt[1], g.experts_up = gt[2], g.experts_down = gt[3];
+    g.shared_gate = gt[4], g.shared_up = gt[5], g.shared_down = gt[6];
+  }
+  RUN(dsc_moe_layer_backward(ctx, &p, &w, x, dy, saved, dx, &g));
+  ret = Py_NewRef(Py_None);
+  END
+}
+
+PyMethodDef dsc_py_moe_layer_methods[] = {
+    {"moe_layer_forward", py_moe_layer_forward, METH_VARARGS,
+     "moe_layer_forward(x, route, align, weights, y, counts|None, keep) -> saved|None"},
+    {"moe_layer_backward", py_moe_layer_backward, METH_VARARGS,
+     "moe_layer_backward(x, dy, route, weights, saved, dx|None, grads)"},
+    {NULL, NULL, 0, NULL},
+};

@@ -1,0 +1,40 @@
+/*
+ * kernels/elementwise.cu -- elementwise arithmetic on the GPU; the CPU reference is
+ * csrc/cpu/elementwise.c.
+ *
+ * Legend: n elements (flattened); T storage type (float or __nv_bfloat16).
+ *   add: out = a + b in float32, rounded once to T (bit-identical to the CPU: one
+ *   IEEE add, no fusion possible).
+ */
+#include "common.cuh"
+
+namespace {
+
+template <typename T>
+__global__ void add_kernel(int64_t n, const T *__restrict__ a /* [n] */,
+                           const T *__restrict__ b /* [n] */, T *out /* [n], may alias */) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    dsc_st(out, i, __fadd_rn(dsc_ld(a, i), dsc_ld(b, i)));
+  }
+}
+
+}  // namespace
+
+extern "C" dsc_status dsc_cuda_add(dsc_context *ctx, dsc_dtype dt, int64_t n, const void *a,
+                                   const void *b, void *out) {
+  static const char *const FN = "dsc_add";
+  DSC_CUDA_ENTER(ctx, FN);
+  if (n == 0) return DSC_OK;
+  const int threads = 256;
+  const unsigned blocks = dsc_cuda_blocks(n, threads);
+  cudaStream_t s = dsc_cuda_stream(ctx);
+  if (dt == DSC_DTYPE_BFLOAT16) {
+    add_kernel<__nv_bfloat16><<<blocks, threads, 0, s>>>(n, (const __nv_bfloat16 *)a,
+                                                         (const __nv_bfloat16 *)b, (__nv_bfloat16 *)out);
+  } else {
+    add_kernel<float><<<blocks, threads, 0, s>>>(n, (const float *)a, (const float *)b, (float *)out);
+  }
+  DSC_CUDA_CHECK_LAUNCH(FN);
+  return DSC_OK;
+}
