@@ -32,6 +32,7 @@ from typing import Callable
 import numpy as np
 
 import deepseek_c as dsc
+from _bench import git_commit, timeit
 
 FP8_FLOPS = 1979e12  # H100 SXM dense FP8
 HBM_BYTES_PER_S = 3.35e12
@@ -40,37 +41,8 @@ FULL_GEMMS = [(4096, 7168, 16384), (4096, 4096, 7168), (64, 2112, 7168)]
 FULL_GROUPED = (8, 4096, 4096, 7168)  # groups, rows per group, N, K
 
 
-def timeit(fn: Callable[[], object], sync: Callable[[], None], min_time: float = 0.3, reps: int = 3) -> float:
-    """Median seconds per call over `reps` batches after a warm-up call."""
-    fn()
-    sync()
-    n = 1
-    while True:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        sync()
-        dt = time.perf_counter() - t0
-        if dt > min_time / reps or n > 1 << 12:
-            break
-        n *= 2
-    samples = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        sync()
-        samples.append((time.perf_counter() - t0) / n)
-    return float(np.median(samples))
 
 
-def git_commit() -> str:
-    try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except Exception:
-        return "unknown"
 
 
 def scaled(m: int, n: int, k: int, mode: str) -> tuple[int, int, int]:

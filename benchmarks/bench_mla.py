@@ -27,37 +27,14 @@ from typing import Callable
 import numpy as np
 
 import deepseek_c as dsc
+from _bench import git_commit, timeit
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
 
-def timeit(fn: Callable[[], object], min_time: float = 0.3, reps: int = 3) -> float:
-    """Median seconds per call after a warm-up call."""
-    fn()
-    n = 1
-    while True:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        if time.perf_counter() - t0 > min_time / reps or n > 1 << 12:
-            break
-        n *= 2
-    samples = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        samples.append((time.perf_counter() - t0) / n)
-    return float(np.median(samples))
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
-                              text=True, timeout=10).stdout.strip()
-    except Exception:  # noqa: BLE001
-        return ""
 
 
 def cache_table(cfg: dsc.ModelConfig) -> list[dict]:

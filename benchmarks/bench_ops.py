@@ -24,43 +24,15 @@ from typing import Callable
 import numpy as np
 
 import deepseek_c as dsc
+from _bench import git_commit, timeit
 
 HBM_BYTES_PER_S = 3.35e12
 BF16_FLOPS = 989e12
 FP32_FLOPS = 67e12  # H100 SXM FP32 non-tensor; FP32 GEMMs here do not use TF32
 
 
-def timeit(fn: Callable[[], object], sync: Callable[[], None], min_time: float = 0.3, reps: int = 5) -> float:
-    """Median seconds per call over `reps` batches after a warm-up call."""
-    fn()
-    sync()
-    n = 1
-    while True:  # size the batch so one batch takes ~min_time / reps
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        sync()
-        dt = time.perf_counter() - t0
-        if dt > min_time / reps or n > 1 << 16:
-            break
-        n *= 2
-    samples = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        sync()
-        samples.append((time.perf_counter() - t0) / n)
-    return float(np.median(samples))
 
 
-def git_commit() -> str:
-    try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except Exception:
-        return "unknown"
 
 
 class Backend:

@@ -89,6 +89,10 @@ PyObject *dsc_py_tensor_new_owned(PyObject *module, DLDevice dev, dsc_dtype dtyp
 PyObject *dsc_py_tensor_new_view(PyObject *module, void *data, DLDevice dev, dsc_dtype dtype,
                                  int ndim, const int64_t *shape, PyObject *base);
 
+/* MoE route parameters from (top_k, n_group, topk_group, scoring, topk_method,
+ * norm_topk_prob, routed_scaling_factor); 0 with a Python exception on failure. */
+int dsc_py_parse_route(PyObject *t, dsc_moe_route_params *p);
+
 /* Ops tables, one per family file. */
 extern PyMethodDef dsc_py_core_methods[];
 extern PyMethodDef dsc_py_dense_methods[];

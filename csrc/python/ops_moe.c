@@ -9,63 +9,10 @@
 #include <math.h>
 #include <string.h>
 
-#if defined(__has_include)
-#if __has_include("call.h")
 #include "call.h"
-#endif
-#endif
-
-#ifndef BEGIN
-/* ---- one call's bookkeeping (the same block as ops_dense.c) -------------------
- * BEGIN declares the frame; IN/OUT import a required array; OPT_* allow None;
- * RUN calls the op on the context of the first array; END releases everything. */
-#define BEGIN(fname)                                                   \
-  dsc_py_frame f;                                                      \
-  memset(&f, 0, sizeof f);                                             \
-  f.st = dsc_py_get_state(m);                                          \
-  f.fn = (fname);                                                      \
-  PyObject *ret = NULL;                                                \
-  PyThread_type_lock lock = NULL;                                      \
-  dsc_context *ctx = NULL;                                             \
-  dsc_status s = DSC_OK;                                               \
-  (void)ctx;                                                           \
-  (void)lock;                                                          \
-  (void)s;
-
-#define IMPORT(var, obj, name, writable, optional)                              \
-  DLTensor *var = dsc_py_frame_add(&f, (obj), (name), (writable), (optional)); \
-  if (!var && ((obj) != Py_None || !(optional))) goto out;
-
-#define IN(var, obj, name) IMPORT(var, obj, name, 0, 0)
-#define OUT(var, obj, name) IMPORT(var, obj, name, 1, 0)
-#define OPT_IN(var, obj, name) IMPORT(var, obj, name, 0, 1)
-#define OPT_OUT(var, obj, name) IMPORT(var, obj, name, 1, 1)
-
-#define GET_CTX()                                             \
-  do {                                                        \
-    ctx = dsc_py_context(f.st, f.v[0]->t.device, &lock);      \
-    if (!ctx) goto out;                                       \
-  } while (0)
-
-#define RUN(call)                        \
-  do {                                   \
-    GET_CTX();                           \
-    DSC_PY_CALL(lock, s, call);          \
-    if (s != DSC_OK) {                   \
-      dsc_py_raise(f.st, s);             \
-      goto out;                          \
-    }                                    \
-  } while (0)
-
-#define END       \
-  goto out;       \
-  out:            \
-  dsc_py_frame_release(&f); \
-  return ret;
-#endif
 
 /* params: (top_k, n_group, topk_group, scoring, topk_method, norm_topk_prob, scale) */
-static int parse_route(PyObject *t, dsc_moe_route_params *p) {
+int dsc_py_parse_route(PyObject *t, dsc_moe_route_params *p) {
   dsc_moe_route_params_default(p);
   return PyArg_ParseTuple(t,
                           "iiiiiif;route params: expected (top_k, n_group, topk_group, scoring, "
@@ -78,7 +25,7 @@ static PyObject *py_moe_route(PyObject *m, PyObject *args) {
   PyObject *lo, *bo, *pr, *io, *wo, *so;
   if (!PyArg_ParseTuple(args, "OOOOOO", &lo, &bo, &pr, &io, &wo, &so)) return NULL;
   dsc_moe_route_params p;
-  if (!parse_route(pr, &p)) return NULL;
+  if (!dsc_py_parse_route(pr, &p)) return NULL;
   BEGIN("dsc_moe_route")
   IN(logits, lo, "logits")
   OPT_IN(bias, bo, "bias")
@@ -94,7 +41,7 @@ static PyObject *py_moe_route_backward(PyObject *m, PyObject *args) {
   PyObject *pr, *dwo, *so, *io, *dso, *dlo;
   if (!PyArg_ParseTuple(args, "OOOOOO", &pr, &dwo, &so, &io, &dso, &dlo)) return NULL;
   dsc_moe_route_params p;
-  if (!parse_route(pr, &p)) return NULL;
+  if (!dsc_py_parse_route(pr, &p)) return NULL;
   BEGIN("dsc_moe_route_backward")
   IN(dw, dwo, "dweights")
   IN(sc, so, "scores")

@@ -17,16 +17,6 @@ static void saved_destructor(PyObject *cap) {
   Py_XDECREF(module);
 }
 
-/* (top_k, n_group, topk_group, scoring, topk_method, norm_topk_prob, scale) */
-static int parse_route_tuple(PyObject *t, dsc_moe_route_params *p) {
-  dsc_moe_route_params_default(p);
-  return PyArg_ParseTuple(t,
-                          "iiiiiif;route params: expected (top_k, n_group, topk_group, scoring, "
-                          "topk_method, norm_topk_prob, routed_scaling_factor)",
-                          &p->top_k, &p->n_group, &p->topk_group, &p->scoring, &p->topk_method,
-                          &p->norm_topk_prob, &p->routed_scaling_factor);
-}
-
 static const char *const W_NAMES[8] = {
     "mlp.gate.weight", "mlp.gate.e_score_correction_bias", "experts gate_proj (stacked)",
     "experts up_proj (stacked)", "experts down_proj (stacked)", "mlp.shared_experts.gate_proj.weight",
@@ -66,7 +56,7 @@ static PyObject *py_moe_layer_forward(PyObject *m, PyObject *args) {
   int align, keep;
   if (!PyArg_ParseTuple(args, "OOiOOOp", &xo, &ro, &align, &wo, &yo, &co, &keep)) return NULL;
   dsc_moe_route_params p;
-  if (!parse_route_tuple(ro, &p)) return NULL;
+  if (!dsc_py_parse_route(ro, &p)) return NULL;
   BEGIN("dsc_moe_layer_forward")
   dsc_moe_layer_weights w;
   dsc_moe_layer_saved *saved = NULL;
@@ -106,7 +96,7 @@ static PyObject *py_moe_layer_backward(PyObject *m, PyObject *args) {
   PyObject *xo, *dyo, *ro, *wo, *so, *dxo, *go;
   if (!PyArg_ParseTuple(args, "OOOOOOO", &xo, &dyo, &ro, &wo, &so, &dxo, &go)) return NULL;
   dsc_moe_route_params p;
-  if (!parse_route_tuple(ro, &p)) return NULL;
+  if (!dsc_py_parse_route(ro, &p)) return NULL;
   dsc_moe_layer_saved *saved = (dsc_moe_layer_saved *)PyCapsule_GetPointer(so, SAVED_CAPSULE);
   if (!saved) return NULL;
   BEGIN("dsc_moe_layer_backward")
