@@ -110,6 +110,7 @@ class DscBuildExt(build_ext):
             # DSC_WITH_CUDA_<FAMILY>: that family's kernels are in kernels/ (the ops layer
             # answers DSC_ERR_UNSUPPORTED on CUDA for a family without them).
             defines += ["-DDSC_WITH_CUDA", "-DDSC_WITH_CUDA_MOE", "-DDSC_WITH_CUDA_FP8",
+                        "-DDSC_WITH_CUDA_MLA",
                         f'-DDSC_CUDA_ARCHS="{";".join("sm_" + a for a in archs)}"']
         includes = [f"-I{ROOT}/csrc/include", f"-I{ROOT}/csrc/core", f"-I{blas_inc}"]
         if nvcc:

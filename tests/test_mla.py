@@ -320,7 +320,38 @@ def test_cache_bad_arguments(rng):
 
 
 @pytest.mark.cuda
-def test_cuda_reports_unsupported_cleanly(rng):
+def test_cuda_training_path_matches_cpu(rng):
+    """MLA forward and backward on the GPU (dsc.Tensor inputs on cuda:0) against the CPU."""
     cfg = small_cfg()
-    with pytest.raises((dsc.Error, ValueError, NotImplementedError)):
-        dsc.MLACache(cfg, device="cuda")
+    w, x = make(cfg, rng, B=2, T=37)
+    out_c, ctx_c = dsc.mla_forward(x, w, cfg)
+    dout = rng.standard_normal(out_c.shape).astype(np.float32)
+    g_c = dsc.mla_backward(dout, ctx_c)
+    wd = {k: dsc.tensor(v, device="cuda") for k, v in w.items()}
+    out_g, ctx_g = dsc.mla_forward(dsc.tensor(x, device="cuda"), wd, cfg)
+    g_g = dsc.mla_backward(dsc.tensor(dout, device="cuda"), ctx_g)
+    np.testing.assert_allclose(dsc.to_numpy(out_g), out_c, rtol=1e-4, atol=1e-5)
+    for k in g_c:
+        np.testing.assert_allclose(dsc.to_numpy(g_g[k]), g_c[k], rtol=1e-3,
+                                   atol=1e-4 * (np.abs(g_c[k]).max() + 1e-30), err_msg=k)
+
+
+@pytest.mark.cuda
+def test_cuda_cache_prefill_decode_matches_cpu(rng):
+    cfg = small_cfg()
+    w, _ = make(cfg, rng)
+    x = rng.standard_normal((2, 9, cfg.hidden_size)).astype(np.float32)
+    pos = np.tile(np.arange(9, dtype=np.int32), (2, 1))
+    outs = []
+    for device in ("cpu", "cuda"):
+        cache = dsc.MLACache(cfg, max_batch=2, max_tokens=16, block_size=4, dtype="float32", device=device)
+        for sid in (0, 1):
+            cache.add_sequence(sid)
+        wd = w if device == "cpu" else {k: dsc.tensor(v, device="cuda") for k, v in w.items()}
+        xd = x if device == "cpu" else dsc.tensor(x, device="cuda")
+        outs.append(dsc.to_numpy(dsc.mla_prefill(xd, wd, cfg, cache, [0, 1], pos)))
+        step = rng.standard_normal((2, 1, cfg.hidden_size)).astype(np.float32) if device == "cpu" else step
+        sd = step if device == "cpu" else dsc.tensor(step, device="cuda")
+        outs.append(dsc.to_numpy(dsc.mla_decode(sd, wd, cfg, cache, [0, 1])))
+    np.testing.assert_allclose(outs[2], outs[0], rtol=1e-4, atol=1e-5)  # prefill
+    np.testing.assert_allclose(outs[3], outs[1], rtol=1e-4, atol=1e-5)  # decode after it
