@@ -1,5 +1,12 @@
-"""Command line: ``python -m deepseek_c info`` (build and devices) and
-``python -m deepseek_c ops-demo`` (a short tour of the dense ops against NumPy)."""
+"""Command line: ``python -m deepseek_c info`` (build and devices),
+``python -m deepseek_c ops-demo`` (a short tour of the dense ops against NumPy),
+``python -m deepseek_c demo`` (train a small DeepSeek-V3-style model on 2-digit addition,
+then measure exact-match accuracy on held-out problems) and
+``python -m deepseek_c train`` (train on a built-in task or a text file).
+
+The training step runs the C core's ops orchestrated from Python (dsc.Model); the all-C
+training step is a later session's work of issue 6. On a CPU shared with other work,
+OMP_NUM_THREADS=1 is often faster than the default."""
 
 from __future__ import annotations
 
@@ -8,6 +15,8 @@ import sys
 import time
 
 import numpy as np
+
+DEMO_STEPS, DEMO_BATCH, DEMO_SEQ, DEMO_LR = 1200, 32, 48, 3e-3
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -78,6 +87,95 @@ def cmd_ops_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_common(args, task, tok, cfg, stream, evaluate: bool) -> int:
+    import os
+    import time as _t
+
+    import deepseek_c as dsc
+    from deepseek_c import train as TR
+
+    model = dsc.Model(cfg, device=args.device, fp8=args.fp8, seed=args.seed)
+    print(f"{model}")
+    print(f"training {args.steps} steps, batch {args.batch} x seq {args.seq}, lr {args.lr}, fp8={args.fp8}")
+    hist = TR.fit(model, stream, args.steps, lr=args.lr, progress=not args.quiet,
+                  bias_update_rate=args.bias_update_rate, mtp_lambda=args.mtp_lambda, aux_alpha=args.aux_alpha)
+    tps = float(np.mean(hist["tokens_per_s"][len(hist["tokens_per_s"]) // 5:]))
+    print(f"trained in {hist['seconds']:.1f} s: final loss {np.mean(hist['loss'][-20:]):.4f}, "
+          f"MTP loss {np.mean(hist['mtp_loss'][-20:]):.4f}, {tps:.0f} tokens/s, "
+          f"load max/mean {np.mean(hist['load_imbalance'][-20:]):.2f}")
+    summary = dict(params=model.num_parameters(), steps=args.steps, batch=args.batch, seq=args.seq, fp8=args.fp8,
+                   train_seconds=hist["seconds"], tokens_per_s=tps, final_loss=float(np.mean(hist["loss"][-20:])))
+    if evaluate:
+        t0 = _t.perf_counter()
+        r = TR.evaluate(model, task, tok, n=args.eval, examples=5)
+        for p, got, want, ok in r["examples"]:
+            print(f"  {p}{got:<6} ({'ok' if ok else 'expected ' + want})")
+        print(f"exact-match accuracy on {r['n']} held-out {task.name} problems: {100 * r['accuracy']:.1f}% "
+              f"(greedy generation, {_t.perf_counter() - t0:.1f} s)")
+        summary["accuracy"] = r["accuracy"]
+    os.makedirs(args.out, exist_ok=True)
+    model.save(args.out)
+    plots = TR.save_plots(hist, args.out)
+    TR.write_summary(args.out, summary)
+    print(f"wrote {args.out}/: config.json, model.safetensors, optimizer.safetensors, summary.json"
+          + (", " + ", ".join(os.path.basename(p) for p in plots) if plots else " (no matplotlib: no plots)"))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Train the demo model on 2-digit addition, then evaluate it on held-out problems."""
+    from deepseek_c import data as D, train as TR
+
+    tok = D.CharTokenizer()
+    task = TR.make_task(args.task)
+    cfg = TR.demo_config(tok.vocab_size)
+    stream = D.batches(task, tok, args.batch, args.seq, seed=args.seed)
+    return _train_common(args, task, tok, cfg, stream, evaluate=True)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train on a built-in task or a text file, with the demo config or --config."""
+    import os
+
+    import deepseek_c as dsc
+    from deepseek_c import data as D, train as TR
+
+    if os.path.isfile(args.data):
+        tok = D.ByteTokenizer()
+        ts = D.TokenStream.from_text_file(args.data)
+        stream, task = ts.batches(args.batch, args.seq, seed=args.seed), None
+    else:
+        tok = D.CharTokenizer()
+        task = TR.make_task(args.data)
+        stream = D.batches(task, tok, args.batch, args.seq, seed=args.seed)
+    if args.config:
+        cfg = dsc.ModelConfig.from_json(args.config)
+        if cfg.vocab_size < tok.vocab_size:
+            raise SystemExit(f"train: --config: vocab_size {cfg.vocab_size} is smaller than the tokenizer's "
+                             f"{tok.vocab_size}")
+    else:
+        cfg = TR.demo_config(tok.vocab_size)
+    return _train_common(args, task, tok, cfg, stream, evaluate=task is not None)
+
+
+def _add_train_args(d, steps: int, batch: int, seq: int, lr: float, out: str) -> None:
+    d.add_argument("--steps", type=int, default=steps, help=f"optimizer steps (default {steps})")
+    d.add_argument("--batch", type=int, default=batch, help=f"sequences per step (default {batch})")
+    d.add_argument("--seq", type=int, default=seq, help=f"tokens per sequence (default {seq})")
+    d.add_argument("--lr", type=float, default=lr, help=f"peak learning rate, warmup + cosine (default {lr})")
+    d.add_argument("--out", default=out, help=f"output directory (default {out})")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--fp8", action="store_true", help="FP8 linear layers (DeepSeek-V3 block scaling)")
+    d.add_argument("--device", default="cpu", help="cpu (the CUDA training step is not wired yet)")
+    d.add_argument("--bias-update-rate", type=float, default=1e-2, dest="bias_update_rate",
+                   help="gamma of the aux-loss-free balancing (default 1e-2 for short runs; V3: 1e-3)")
+    d.add_argument("--mtp-lambda", type=float, default=0.3, dest="mtp_lambda", help="MTP loss weight (0.3)")
+    d.add_argument("--aux-alpha", type=float, default=1e-4, dest="aux_alpha",
+                   help="sequence-wise balance loss weight (V3: 1e-4)")
+    d.add_argument("--eval", type=int, default=200, help="held-out problems to evaluate (default 200)")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m deepseek_c", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -85,6 +183,16 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("ops-demo", help="run the dense ops once against NumPy")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(fn=cmd_ops_demo)
+    d = sub.add_parser("demo", help="train a small MLA + MoE + MTP model on 2-digit addition and evaluate it")
+    _add_train_args(d, steps=DEMO_STEPS, batch=DEMO_BATCH, seq=DEMO_SEQ, lr=DEMO_LR, out="demo_out")
+    d.add_argument("--task", default="addition", help="built-in task (addition, addition3, sorting, copy, "
+                   "reverse, mixture)")
+    d.set_defaults(fn=cmd_demo)
+    d = sub.add_parser("train", help="train on a built-in task or a text file")
+    d.add_argument("--data", default="addition", help="a built-in task name or a text file path")
+    d.add_argument("--config", default=None, help="a Hugging Face config.json (default: the demo config)")
+    _add_train_args(d, steps=1000, batch=32, seq=64, lr=3e-3, out="train_out")
+    d.set_defaults(fn=cmd_train)
     args = p.parse_args(argv)
     return args.fn(args)
 
