@@ -14,6 +14,7 @@ prompt positions masked by IGNORE_INDEX so the loss measures the answer only.
 
 from __future__ import annotations
 
+import abc
 import os
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
@@ -86,25 +87,26 @@ class ByteTokenizer:
         return out.decode("utf-8", errors="replace")
 
 
-class Task:
+class Task(abc.ABC):
     """A generator of (prompt, answer) pairs with an exact-match verifier."""
 
     name = "task"
 
+    @abc.abstractmethod
     def sample(self, rng: np.random.Generator) -> tuple[str, str]:
-        raise NotImplementedError
+        """One (prompt, answer) pair."""
 
+    @abc.abstractmethod
     def answer(self, prompt: str) -> str:
         """The correct answer for a prompt (used by verify)."""
-        raise NotImplementedError
 
     def verify(self, prompt: str, output: str) -> bool:
         return output.strip() == self.answer(prompt)
 
     @property
+    @abc.abstractmethod
     def max_len(self) -> int:
         """Characters of the longest prompt + answer."""
-        raise NotImplementedError
 
 
 @dataclass

@@ -65,3 +65,12 @@ def test_inference_mode_keeps_nothing_and_bad_inputs(rng):
     _, ctx = dsc.moe_layer_forward(x, params, cfg)
     with pytest.raises(ValueError, match="dy"):
         dsc.moe_layer_backward(np.ones((3, 8), np.float32), ctx)
+
+
+def test_grouped_linear_backward_with_no_output_features_zeroes_dx(rng):
+    x = rng.standard_normal((6, 5)).astype(np.float32)
+    w = np.zeros((3, 0, 5), np.float32)
+    offsets = np.array([0, 2, 2, 6], np.int32)
+    dx, dw = dsc.grouped_linear_backward(np.zeros((6, 0), np.float32), x, w, offsets)
+    np.testing.assert_array_equal(dx, np.zeros((6, 5), np.float32))
+    assert dw.shape == (3, 0, 5)

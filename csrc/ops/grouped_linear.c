@@ -143,7 +143,8 @@ dsc_status dsc_grouped_linear_backward(dsc_context *ctx, const DLTensor *dy, con
   int32_t *owned = NULL;
   DSC_TRY(host_offsets(ctx, FN, group_offsets, E, R, &offs_h, &owned));
   dsc_status s = DSC_OK;
-  if (N > 0 && K > 0) {
+  /* N == 0 still runs: dx is then an empty sum, i.e. zeros, and must be written. */
+  if (K > 0) {
     s = BACKEND(grouped_linear_bwd, ctx, dt, E, R, N, K, dsc_data(dy), dsc_data(x), dsc_data(w),
                 (const int32_t *)dsc_data(group_offsets), offs_h, dx ? dsc_data(dx) : NULL, dw_dt,
                 dw ? dsc_data(dw) : NULL);
