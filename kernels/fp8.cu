@@ -24,83 +24,28 @@
 #include <string.h>
 
 #include "common.cuh"
+#include "fp8_format.h"
 
 #define FP8_E4M3_MAX 448.0f
 #define FP8_E5M2_MAX 57344.0f
 
-/* ---- scalar conversions (device twins of fp8_format.h / numeric.h) ------------------ */
+/* ---- scalar conversions ------------------------------------------------------------ */
 
-/* dsc_fp8_encode, line for line. */
-__device__ __forceinline__ uint8_t fp8_encode(float f, int mbits, int bias, uint32_t max_code,
-                                              uint32_t nan_code, uint32_t inf_code) {
-  const uint32_t u = __float_as_uint(f);
-  const uint32_t sign = (u >> 24) & 0x80u;
-  const uint32_t a = u & 0x7fffffffu;
-  if (a > 0x7f800000u) return (uint8_t)(sign | nan_code);
-  if (a == 0x7f800000u) return (uint8_t)(sign | inf_code);
-  const int e = (int)(a >> 23);
-  if (e >= 128 - bias) {
-    const int drop = 23 - mbits;
-    const uint32_t r = a + ((1u << (drop - 1)) - 1u) + ((a >> drop) & 1u);
-    uint32_t code = (r >> drop) - ((uint32_t)(127 - bias) << mbits);
-    if (code > max_code) code = max_code; /* saturation of finite values */
-    return (uint8_t)(sign | code);
-  }
-  const uint32_t m = e ? ((a & 0x7fffffu) | 0x800000u) : a;
-  const int shift = 151 - bias - mbits - (e ? e : 1);
-  if (shift > 24) return (uint8_t)sign;
-  uint32_t q = m >> shift;
-  const uint32_t rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1);
-  if (rem > half || (rem == half && (q & 1u))) ++q;
-  return (uint8_t)(sign | q);
-}
+/* The scalar conversions are fp8_format.h / numeric.h themselves (host + device under
+ * nvcc), so casts and quantization are bit-identical to the CPU by construction. */
 
 /* e5 = 1: float8_e5m2, else float8_e4m3fn. */
 __device__ __forceinline__ uint8_t fp8_enc(float f, int e5) {
-  return e5 ? fp8_encode(f, 2, 15, 0x7bu, 0x7eu, 0x7cu) : fp8_encode(f, 3, 7, 0x7eu, 0x7fu, 0x7fu);
-}
-
-/* dsc_fp8_decode, line for line (exact). */
-__device__ __forceinline__ float fp8_decode(uint8_t c, int mbits, int bias, int has_inf) {
-  const uint32_t sign = (uint32_t)(c & 0x80u) << 24;
-  const uint32_t e = (uint32_t)(c & 0x7fu) >> mbits;
-  const uint32_t m = (uint32_t)c & ((1u << mbits) - 1u);
-  const uint32_t emax = (1u << (7 - mbits)) - 1u;
-  if (has_inf) {
-    if (e == emax) return __uint_as_float(sign | (m ? 0x7fc00000u : 0x7f800000u));
-  } else if (e == emax && m == (1u << mbits) - 1u) {
-    return __uint_as_float(sign | 0x7fc00000u);
-  }
-  if (e == 0) {
-    if (m == 0) return __uint_as_float(sign);
-    int k = 0;
-    uint32_t mm = m;
-    while (!(mm & (1u << mbits))) {
-      mm <<= 1;
-      ++k;
-    }
-    const uint32_t fe = (uint32_t)(1 - bias - k + 127);
-    return __uint_as_float(sign | (fe << 23) | ((mm & ((1u << mbits) - 1u)) << (23 - mbits)));
-  }
-  return __uint_as_float(sign | ((e - (uint32_t)bias + 127u) << 23) | (m << (23 - mbits)));
+  return e5 ? dsc_f32_to_e5m2(f) : dsc_f32_to_e4m3(f);
 }
 
 __device__ __forceinline__ float fp8_dec(uint8_t c, int e5) {
-  return e5 ? fp8_decode(c, 2, 15, 1) : fp8_decode(c, 3, 7, 0);
+  return e5 ? dsc_e5m2_to_f32(c) : dsc_e4m3_to_f32(c);
 }
 
-/* dsc_f32_to_bf16 (numeric.h): NaN keeps its sign and payload top bits, quieted;
- * otherwise RNE on the dropped 16 bits. */
+/* dsc_f32_to_bf16 (numeric.h) as a CUDA bfloat16. */
 __device__ __forceinline__ __nv_bfloat16 f32_to_bf16_cpu(float f) {
-  uint32_t u = __float_as_uint(f);
-  uint16_t h;
-  if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu) != 0u) {
-    h = (uint16_t)((u >> 16) | 0x0040u);
-  } else {
-    u += 0x7fffu + ((u >> 16) & 1u);
-    h = (uint16_t)(u >> 16);
-  }
-  return __ushort_as_bfloat16(h);
+  return __ushort_as_bfloat16(dsc_f32_to_bf16(f));
 }
 
 __device__ __forceinline__ void st_out(float *p, int64_t i, float v) { p[i] = v; }

@@ -32,6 +32,7 @@
 #include <cublasLt.h>
 
 #include "common.cuh"
+#include "fp8_format.h"
 
 #define G_BM 64   /* output tile rows (M) */
 #define G_BN 64   /* output tile columns (N) */
@@ -48,43 +49,10 @@
                        cublasLtGetStatusName(fp8_lt_s_), (int)fp8_lt_s_);                 \
   } while (0)
 
-/* dsc_fp8_decode of fp8_format.h, line for line (exact; NaN codes -> 0x7fc00000|sign). */
-__device__ __forceinline__ float g_fp8_decode(uint32_t c, int mbits, int bias, int has_inf) {
-  const uint32_t sign = (c & 0x80u) << 24;
-  const uint32_t e = (c & 0x7fu) >> mbits;
-  const uint32_t m = c & ((1u << mbits) - 1u);
-  const uint32_t emax = (1u << (7 - mbits)) - 1u;
-  if (has_inf) {
-    if (e == emax) return __uint_as_float(sign | (m ? 0x7fc00000u : 0x7f800000u));
-  } else if (e == emax && m == (1u << mbits) - 1u) {
-    return __uint_as_float(sign | 0x7fc00000u);
-  }
-  if (e == 0) {
-    if (m == 0) return __uint_as_float(sign);
-    int k = 0;
-    uint32_t mm = m;
-    while (!(mm & (1u << mbits))) {
-      mm <<= 1;
-      ++k;
-    }
-    const uint32_t fe = (uint32_t)(1 - bias - k + 127);
-    return __uint_as_float(sign | (fe << 23) | ((mm & ((1u << mbits) - 1u)) << (23 - mbits)));
-  }
-  return __uint_as_float(sign | ((e - (uint32_t)bias + 127u) << 23) | (m << (23 - mbits)));
-}
-
-/* dsc_f32_to_bf16 of numeric.h (the CPU's rounding of a bfloat16 C, NaN bits included). */
+/* Output stores; bfloat16 rounds with numeric.h's dsc_f32_to_bf16 (the CPU's rounding). */
 __device__ __forceinline__ void st_c(float *p, int64_t i, float v) { p[i] = v; }
 __device__ __forceinline__ void st_c(__nv_bfloat16 *p, int64_t i, float v) {
-  uint32_t u = __float_as_uint(v);
-  uint16_t h;
-  if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu) != 0u) {
-    h = (uint16_t)((u >> 16) | 0x0040u);
-  } else {
-    u += 0x7fffu + ((u >> 16) & 1u);
-    h = (uint16_t)(u >> 16);
-  }
-  p[i] = __ushort_as_bfloat16(h);
+  p[i] = __ushort_as_bfloat16(dsc_f32_to_bf16(v));
 }
 
 static inline int is_e5(dsc_dtype t) { return t == DSC_DTYPE_FLOAT8_E5M2 ? 1 : 0; }
@@ -200,8 +168,8 @@ template <typename TC>
 __global__ void __launch_bounds__(256) fp8_gemm_kernel(GemmArgs p) {
   __shared__ GemmSmem sm;
   for (int i = threadIdx.x; i < 256; i += blockDim.x) {
-    sm.lut_a[i] = p.ae5 ? g_fp8_decode((uint32_t)i, 2, 15, 1) : g_fp8_decode((uint32_t)i, 3, 7, 0);
-    sm.lut_b[i] = p.be5 ? g_fp8_decode((uint32_t)i, 2, 15, 1) : g_fp8_decode((uint32_t)i, 3, 7, 0);
+    sm.lut_a[i] = p.ae5 ? dsc_e5m2_to_f32((uint8_t)i) : dsc_e4m3_to_f32((uint8_t)i);
+    sm.lut_b[i] = p.be5 ? dsc_e5m2_to_f32((uint8_t)i) : dsc_e4m3_to_f32((uint8_t)i);
   }
   __syncthreads();
   const int64_t tiles_m = cdiv(p.M, G_BM), tiles_n = cdiv(p.N, G_BN);

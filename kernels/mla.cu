@@ -35,6 +35,7 @@
 #include <string.h>
 
 #include "common.cuh"
+#include "fp8_format.h"
 
 #define MLA_NT 256   /* threads per block: 8 warps */
 #define MLA_TILE 32  /* TQ = TK = chunk width */
@@ -45,65 +46,8 @@
 
 /* ---- scalar conversions (device twins of numeric.h / fp8_format.h) ------------------ */
 
-__device__ __forceinline__ uint16_t mla_f32_to_bf16(float f) {
-  uint32_t u = __float_as_uint(f);
-  if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu) != 0u)
-    return (uint16_t)((u >> 16) | 0x0040u); /* NaN stays NaN (quieted) */
-  u += 0x7fffu + ((u >> 16) & 1u);          /* RNE on the dropped 16 bits */
-  return (uint16_t)(u >> 16);
-}
-
-__device__ __forceinline__ float mla_bf16_to_f32(uint16_t h) {
-  return __uint_as_float((uint32_t)h << 16);
-}
-
-/* dsc_f32_to_e4m3 (dsc_fp8_encode with mbits 3, bias 7), line for line. */
-__device__ __forceinline__ uint8_t mla_f32_to_e4m3(float f) {
-  const int mbits = 3, bias = 7;
-  const uint32_t max_code = 0x7eu, nan_code = 0x7fu, inf_code = 0x7fu;
-  const uint32_t u = __float_as_uint(f);
-  const uint32_t sign = (u >> 24) & 0x80u;
-  const uint32_t a = u & 0x7fffffffu;
-  if (a > 0x7f800000u) return (uint8_t)(sign | nan_code);
-  if (a == 0x7f800000u) return (uint8_t)(sign | inf_code);
-  const int e = (int)(a >> 23);
-  if (e >= 128 - bias) {
-    const int drop = 23 - mbits;
-    const uint32_t r = a + ((1u << (drop - 1)) - 1u) + ((a >> drop) & 1u);
-    uint32_t code = (r >> drop) - ((uint32_t)(127 - bias) << mbits);
-    if (code > max_code) code = max_code;
-    return (uint8_t)(sign | code);
-  }
-  const uint32_t m = e ? ((a & 0x7fffffu) | 0x800000u) : a;
-  const int shift = 151 - bias - mbits - (e ? e : 1);
-  if (shift > 24) return (uint8_t)sign;
-  uint32_t q = m >> shift;
-  const uint32_t rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1);
-  if (rem > half || (rem == half && (q & 1u))) ++q;
-  return (uint8_t)(sign | q);
-}
-
-/* dsc_e4m3_to_f32 (dsc_fp8_decode with mbits 3, bias 7, no inf), exact. */
-__device__ __forceinline__ float mla_e4m3_to_f32(uint8_t c) {
-  const int mbits = 3, bias = 7;
-  const uint32_t sign = (uint32_t)(c & 0x80u) << 24;
-  const uint32_t e = (uint32_t)(c & 0x7fu) >> mbits;
-  const uint32_t m = (uint32_t)c & ((1u << mbits) - 1u);
-  const uint32_t emax = (1u << (7 - mbits)) - 1u;
-  if (e == emax && m == (1u << mbits) - 1u) return __uint_as_float(sign | 0x7fc00000u);
-  if (e == 0) {
-    if (m == 0) return __uint_as_float(sign);
-    int k = 0;
-    uint32_t mm = m;
-    while (!(mm & (1u << mbits))) {
-      mm <<= 1;
-      ++k;
-    }
-    const uint32_t fe = (uint32_t)(1 - bias - k + 127);
-    return __uint_as_float(sign | (fe << 23) | ((mm & ((1u << mbits) - 1u)) << (23 - mbits)));
-  }
-  return __uint_as_float(sign | ((e - (uint32_t)bias + 127u) << 23) | (m << (23 - mbits)));
-}
+/* The scalar conversions are numeric.h / fp8_format.h themselves (host + device under
+ * nvcc): dsc_f32_to_bf16, dsc_bf16_to_f32, dsc_f32_to_e4m3, dsc_e4m3_to_f32. */
 
 /* ---- cache row layout --------------------------------------------------------------- */
 
@@ -121,9 +65,9 @@ __host__ __device__ __forceinline__ int64_t fp8_scale_off(int64_t R) { return (R
 __device__ __forceinline__ float cache_elem(int code, const unsigned char *row /* [row_bytes] */,
                                             int64_t R, int64_t d, int64_t so, int64_t nb) {
   if (code == MLA_C_F32) return ((const float *)row)[d];
-  if (code == MLA_C_BF16) return mla_bf16_to_f32(((const uint16_t *)row)[d]);
-  if (d < R) return mla_e4m3_to_f32(row[d]) * *(const float *)(row + so + (d >> 7) * 4);
-  return mla_bf16_to_f32(*(const uint16_t *)(row + so + nb * 4 + 2 * (d - R)));
+  if (code == MLA_C_BF16) return dsc_bf16_to_f32(((const uint16_t *)row)[d]);
+  if (d < R) return dsc_e4m3_to_f32(row[d]) * *(const float *)(row + so + (d >> 7) * 4);
+  return dsc_bf16_to_f32(*(const uint16_t *)(row + so + nb * 4 + 2 * (d - R)));
 }
 
 /* ---- copy_cols ---------------------------------------------------------------------- */
@@ -515,7 +459,7 @@ __global__ void mla_cache_write_plain_kernel(int code, int64_t R, int64_t dr, in
     if (code == MLA_C_F32)
       ((float *)row)[c] = v;
     else
-      ((uint16_t *)row)[c] = mla_f32_to_bf16(v);
+      ((uint16_t *)row)[c] = dsc_f32_to_bf16(v);
   }
 }
 
@@ -538,11 +482,11 @@ __global__ void mla_cache_write_fp8_kernel(int64_t R, int64_t dr, int64_t row_by
       for (int64_t c = c0 + lane; c < c1; c += 32) amax = fmaxf(amax, fabsf(ckv[i * R + c]));
       amax = dsc_warp_reduce(amax, DscMax());
       const float sc = fmaxf(amax, 1e-4f) / 448.0f; /* DSC_FP8_E4M3_MAX, IEEE division */
-      for (int64_t c = c0 + lane; c < c1; c += 32) row[c] = mla_f32_to_e4m3(ckv[i * R + c] / sc);
+      for (int64_t c = c0 + lane; c < c1; c += 32) row[c] = dsc_f32_to_e4m3(ckv[i * R + c] / sc);
       if (lane == 0) *(float *)(row + so + g * 4) = sc;
     } else {
       for (int64_t c = lane; c < dr; c += 32)
-        *(uint16_t *)(row + so + nb * 4 + 2 * c) = mla_f32_to_bf16(kpe[i * dr + c]);
+        *(uint16_t *)(row + so + nb * 4 + 2 * c) = dsc_f32_to_bf16(kpe[i * dr + c]);
     }
   }
 }

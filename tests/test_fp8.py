@@ -572,17 +572,13 @@ def test_bad_inputs_linear(rng):
 
 
 @pytest.mark.cuda
-def test_cuda_matches_cpu_or_is_a_clear_error(rng):
-    """CUDA vs CPU: casts and quantization bit-exact, GEMMs within float32 rounding. A build
-    without the CUDA FP8 kernels must give a clear error (never a crash)."""
+def test_cuda_matches_cpu(rng):
+    """CUDA vs CPU: casts and quantization bit-exact, GEMMs within float32 rounding (every
+    CUDA build has the FP8 kernels)."""
     x = randn(rng, (300, 200), 3.0)
     x[0, 0] = np.nan
     cu = lambda a: dsc.tensor(a, device="cuda")  # noqa: E731
-    try:
-        q, s = dsc.fp8_quantize(cu(x))
-    except dsc.Error as e:
-        assert "no CUDA kernels" in str(e)
-        pytest.skip(f"this build has no CUDA FP8 kernels: {e}")
+    q, s = dsc.fp8_quantize(cu(x))
     qh, sh = dsc.fp8_quantize(x)
     np.testing.assert_array_equal(dsc.to_numpy(s), sh)
     np.testing.assert_array_equal(bits_of(dsc.to_numpy(q)), bits_of(qh))

@@ -26,16 +26,18 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "numeric.h" /* DSC_HD */
+
 #define DSC_FP8_E4M3_MAX 448.0f
 #define DSC_FP8_E5M2_MAX 57344.0f
 
-static inline uint32_t dsc_fp8_f32_bits(float f) {
+static inline DSC_HD uint32_t dsc_fp8_f32_bits(float f) {
   uint32_t u;
   memcpy(&u, &f, sizeof u);
   return u;
 }
 
-static inline float dsc_fp8_bits_f32(uint32_t u) {
+static inline DSC_HD float dsc_fp8_bits_f32(uint32_t u) {
   float f;
   memcpy(&f, &u, sizeof f);
   return f;
@@ -44,7 +46,7 @@ static inline float dsc_fp8_bits_f32(uint32_t u) {
 /* Shared encoder. ebits/mbits: exponent and mantissa widths, bias the exponent bias,
  * max_code the code of the largest finite magnitude, nan_code the NaN written, inf_code
  * the code of +inf (nan_code for E4M3, which has none). */
-static inline uint8_t dsc_fp8_encode(float f, int mbits, int bias, uint32_t max_code,
+static inline DSC_HD uint8_t dsc_fp8_encode(float f, int mbits, int bias, uint32_t max_code,
                                      uint32_t nan_code, uint32_t inf_code) {
   const uint32_t u = dsc_fp8_f32_bits(f);
   const uint32_t sign = (u >> 24) & 0x80u;
@@ -74,11 +76,11 @@ static inline uint8_t dsc_fp8_encode(float f, int mbits, int bias, uint32_t max_
   return (uint8_t)(sign | q);
 }
 
-static inline uint8_t dsc_f32_to_e4m3(float f) { return dsc_fp8_encode(f, 3, 7, 0x7eu, 0x7fu, 0x7fu); }
-static inline uint8_t dsc_f32_to_e5m2(float f) { return dsc_fp8_encode(f, 2, 15, 0x7bu, 0x7eu, 0x7cu); }
+static inline DSC_HD uint8_t dsc_f32_to_e4m3(float f) { return dsc_fp8_encode(f, 3, 7, 0x7eu, 0x7fu, 0x7fu); }
+static inline DSC_HD uint8_t dsc_f32_to_e5m2(float f) { return dsc_fp8_encode(f, 2, 15, 0x7bu, 0x7eu, 0x7cu); }
 
 /* Shared decoder (exact). */
-static inline float dsc_fp8_decode(uint8_t c, int mbits, int bias, int has_inf) {
+static inline DSC_HD float dsc_fp8_decode(uint8_t c, int mbits, int bias, int has_inf) {
   const uint32_t sign = (uint32_t)(c & 0x80u) << 24;
   const uint32_t e = (uint32_t)(c & 0x7fu) >> mbits;
   const uint32_t m = (uint32_t)c & ((1u << mbits) - 1u);
@@ -103,14 +105,14 @@ static inline float dsc_fp8_decode(uint8_t c, int mbits, int bias, int has_inf) 
   return dsc_fp8_bits_f32(sign | ((e - (uint32_t)bias + 127u) << 23) | (m << (23 - mbits)));
 }
 
-static inline float dsc_e4m3_to_f32(uint8_t c) { return dsc_fp8_decode(c, 3, 7, 0); }
-static inline float dsc_e5m2_to_f32(uint8_t c) { return dsc_fp8_decode(c, 2, 15, 1); }
+static inline DSC_HD float dsc_e4m3_to_f32(uint8_t c) { return dsc_fp8_decode(c, 3, 7, 0); }
+static inline DSC_HD float dsc_e5m2_to_f32(uint8_t c) { return dsc_fp8_decode(c, 2, 15, 1); }
 
 /* True when a finite |y| (y = x / scale) is clipped by the saturation: a cast without
  * saturation would overflow (round past the largest finite). With round-to-nearest-even
  * that is |y| > 464 for E4M3 (464 itself ties down to 448) and |y| >= 61440 for E5M2
  * (61440 ties up to 65536 = inf). */
-static inline int dsc_fp8_e4m3_clips(float ay) { return ay > 464.0f; }
-static inline int dsc_fp8_e5m2_clips(float ay) { return ay >= 61440.0f; }
+static inline DSC_HD int dsc_fp8_e4m3_clips(float ay) { return ay > 464.0f; }
+static inline DSC_HD int dsc_fp8_e5m2_clips(float ay) { return ay >= 61440.0f; }
 
 #endif /* DSC_FP8_FORMAT_H_ */

@@ -9,14 +9,22 @@
 #include <stdint.h>
 #include <string.h>
 
-static inline float dsc_bf16_to_f32(uint16_t h) {
+/* One definition for the CPU backend and the CUDA kernels: under nvcc these scalar
+ * helpers are also device functions, so both backends round bit for bit alike. */
+#if defined(__CUDACC__)
+#define DSC_HD __host__ __device__
+#else
+#define DSC_HD
+#endif
+
+static inline DSC_HD float dsc_bf16_to_f32(uint16_t h) {
   uint32_t u = (uint32_t)h << 16;
   float f;
   memcpy(&f, &u, sizeof f);
   return f;
 }
 
-static inline uint16_t dsc_f32_to_bf16(float f) {
+static inline DSC_HD uint16_t dsc_f32_to_bf16(float f) {
   uint32_t u;
   memcpy(&u, &f, sizeof u);
   if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu) != 0u) {
