@@ -5,6 +5,8 @@
  * Legend: n elements (flattened); T storage type (float or __nv_bfloat16).
  *   add: out = a + b in float32, rounded once to T (bit-identical to the CPU: one
  *   IEEE add, no fusion possible).
+ *   scale_f32: x *= alpha (one IEEE multiply, as the CPU).
+ *   copy2d: cudaMemcpy2DAsync of rows with pitches.
  */
 #include "common.cuh"
 
@@ -16,6 +18,13 @@ __global__ void add_kernel(int64_t n, const T *__restrict__ a /* [n] */,
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
        i += (int64_t)gridDim.x * blockDim.x) {
     dsc_st(out, i, __fadd_rn(dsc_ld(a, i), dsc_ld(b, i)));
+  }
+}
+
+__global__ void scale_kernel(int64_t n, float *x /* [n] */, float alpha) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    x[i] = __fmul_rn(x[i], alpha);
   }
 }
 
@@ -36,5 +45,27 @@ extern "C" dsc_status dsc_cuda_add(dsc_context *ctx, dsc_dtype dt, int64_t n, co
     add_kernel<float><<<blocks, threads, 0, s>>>(n, (const float *)a, (const float *)b, (float *)out);
   }
   DSC_CUDA_CHECK_LAUNCH(FN);
+  return DSC_OK;
+}
+
+extern "C" dsc_status dsc_cuda_scale_f32(dsc_context *ctx, int64_t n, float *x, float alpha) {
+  static const char *const FN = "dsc_scale";
+  DSC_CUDA_ENTER(ctx, FN);
+  if (n == 0) return DSC_OK;
+  const int threads = 256;
+  scale_kernel<<<dsc_cuda_blocks(n, threads), threads, 0, dsc_cuda_stream(ctx)>>>(n, x, alpha);
+  DSC_CUDA_CHECK_LAUNCH(FN);
+  return DSC_OK;
+}
+
+extern "C" dsc_status dsc_cuda_copy2d(dsc_context *ctx, int64_t rows, size_t row_bytes,
+                                      const void *src, size_t src_pitch, void *dst,
+                                      size_t dst_pitch) {
+  static const char *const FN = "dsc_copy2d";
+  DSC_CUDA_ENTER(ctx, FN);
+  if (rows == 0 || row_bytes == 0) return DSC_OK;
+  DSC_CUDA_TRY(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, row_bytes, (size_t)rows,
+                                 cudaMemcpyDeviceToDevice, dsc_cuda_stream(ctx)),
+               FN);
   return DSC_OK;
 }

@@ -58,6 +58,12 @@ extern "C" {
   /* out = a + b elementwise over n elements (out may alias a or b). */                      \
   dsc_status P##add(dsc_context *ctx, dsc_dtype dt, int64_t n, const void *a, const void *b,    \
                     void *out);                                                                \
+  /* x *= alpha over n float32 elements (gradient clipping and scaling). */                  \
+  dsc_status P##scale_f32(dsc_context *ctx, int64_t n, float *x /*[n]*/, float alpha);         \
+  /* Strided row copy: rows rows of row_bytes each, src/dst rows pitch bytes apart (the     \
+   * model's concat, split and row slicing). src and dst do not overlap. */                 \
+  dsc_status P##copy2d(dsc_context *ctx, int64_t rows, size_t row_bytes, const void *src,       \
+                       size_t src_pitch, void *dst, size_t dst_pitch);                         \
   dsc_status P##swiglu_fwd(dsc_context *ctx, dsc_dtype dt, int64_t n, const void *gate,        \
                            const void *up, void *out);                                         \
   dsc_status P##swiglu_bwd(dsc_context *ctx, dsc_dtype dt, int64_t n, const void *dout,        \

@@ -4,7 +4,10 @@
  *
  * Legend: n elements (any shape, flattened).
  *   add: out = a + b, in float32 (bf16 inputs widened exactly, the sum rounded once).
+ *   scale_f32: x *= alpha.   copy2d: a strided copy of rows (concat / split / slicing).
  */
+#include <string.h>
+
 #include "cpu_common.h"
 
 dsc_status dsc_cpu_add(dsc_context *ctx, dsc_dtype dt, int64_t n, const void *a /* [n] dt */,
@@ -14,5 +17,23 @@ dsc_status dsc_cpu_add(dsc_context *ctx, dsc_dtype dt, int64_t n, const void *a 
 #pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (n >= DSC_CPU_PAR_MIN)
 #endif
   for (int64_t i = 0; i < n; ++i) dsc_cpu_st(dt, out, i, dsc_cpu_ld(dt, a, i) + dsc_cpu_ld(dt, b, i));
+  return DSC_OK;
+}
+
+dsc_status dsc_cpu_scale_f32(dsc_context *ctx, int64_t n, float *x /* [n] */, float alpha) {
+  (void)ctx;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (n >= DSC_CPU_PAR_MIN)
+#endif
+  for (int64_t i = 0; i < n; ++i) x[i] *= alpha;
+  return DSC_OK;
+}
+
+dsc_status dsc_cpu_copy2d(dsc_context *ctx, int64_t rows, size_t row_bytes,
+                          const void *src /* rows x src_pitch bytes */, size_t src_pitch,
+                          void *dst /* rows x dst_pitch bytes */, size_t dst_pitch) {
+  (void)ctx;
+  for (int64_t r = 0; r < rows; ++r)
+    memcpy((char *)dst + (size_t)r * dst_pitch, (const char *)src + (size_t)r * src_pitch, row_bytes);
   return DSC_OK;
 }

@@ -628,6 +628,12 @@ DSC_API dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_
                                           const DLTensor *dy, dsc_moe_layer_saved *saved,
                                           DLTensor *dx, const dsc_moe_layer_grads *g);
 
+/* The complementary sequence-wise balance loss of the forward that filled `saved` (its
+ * scores and indices; tokens of a sequence contiguous, seq_len each): *loss (host) =
+ * alpha * L_bal; its gradient into the router is added by the next dsc_moe_layer_backward. */
+DSC_API dsc_status dsc_moe_layer_aux_loss(dsc_context *ctx, dsc_moe_layer_saved *saved,
+                                          int64_t seq_len, float alpha, float *loss);
+
 /* ------------------------------------------------------------------ MLA */
 /* Multi-head Latent Attention (DeepSeek-V2/V3), float32. Legend: B batch, T tokens,
  * N = B*T, Hd hidden, H heads, Rq q_lora_rank (0: no query compression), Rkv
@@ -769,6 +775,238 @@ DSC_API dsc_status dsc_mla_decode(dsc_context *ctx, const dsc_mla_params *p,
                                   const dsc_mla_weights *w, dsc_mla_cache *cache, int32_t layer,
                                   const DLTensor *x, const DLTensor *seq_ids,
                                   const DLTensor *positions, DLTensor *out);
+
+/* ------------------------------------------------------------------ model */
+/* A DeepSeek-V3-architecture causal LM (MLA + dense/MoE FFN + MTP) with its training
+ * step and checkpoints, composed from the ops above on the context's device. Field names
+ * follow the Hugging Face DeepseekV3/V2 config keys. Legend: B batch, T tokens per row,
+ * N = B*T, V vocab, D hidden, L num_hidden_layers, Dm num_nextn_predict_layers. */
+typedef struct dsc_model_config {
+  size_t size;                      /* sizeof(dsc_model_config) */
+  int32_t vocab_size;               /* V, 129280 */
+  int32_t hidden_size;              /* D, 7168 */
+  int32_t intermediate_size;        /* dense MLP, 18432 */
+  int32_t moe_intermediate_size;    /* per expert, 2048 */
+  int32_t num_hidden_layers;        /* L, 61 */
+  int32_t num_nextn_predict_layers; /* MTP depth Dm, 1 (0: none) */
+  int32_t num_attention_heads;      /* 128 */
+  int32_t q_lora_rank;              /* 1536; 0 = null: q_proj, no query compression */
+  int32_t kv_lora_rank;             /* 512 */
+  int32_t qk_nope_head_dim;         /* 128 */
+  int32_t qk_rope_head_dim;         /* 64 */
+  int32_t v_head_dim;               /* 128 */
+  int32_t n_routed_experts;         /* 256; 0: every layer dense */
+  int32_t n_shared_experts;         /* 1 */
+  int32_t num_experts_per_tok;      /* 8 */
+  int32_t n_group;                  /* 8 */
+  int32_t topk_group;               /* 4 */
+  int32_t topk_method;              /* dsc_moe_topk_method, NOAUX_TC */
+  int32_t scoring_func;             /* dsc_moe_scoring, SIGMOID */
+  int32_t norm_topk_prob;           /* 1 */
+  float routed_scaling_factor;      /* 2.5 */
+  int32_t first_k_dense_replace;    /* 3: layers < this are dense */
+  int32_t moe_layer_freq;           /* 1: MoE where layer % freq == 0 (and >= first_k) */
+  float rms_norm_eps;               /* 1e-6 */
+  dsc_rope_params rope;             /* rope_theta + rope_scaling (YaRN); dim = qk_rope_head_dim */
+  int32_t max_position_embeddings;  /* 163840 */
+  int32_t bos_token_id;             /* 0; -1: none */
+  int32_t eos_token_id;             /* 1; -1: none */
+  int32_t tie_word_embeddings;      /* 0 */
+  float initializer_range;          /* std of the N(0, std) init: 0.02 (HF); V3's report used 0.006 */
+} dsc_model_config;
+
+/* DeepSeek-V3 (671B) values. */
+DSC_API void dsc_model_config_default(dsc_model_config *cfg);
+/* Every field in range and consistent (e.g. n_group divides n_routed_experts). */
+DSC_API dsc_status dsc_model_config_validate(const dsc_model_config *cfg);
+/* Parse a Hugging Face config.json text (len bytes) / file over the defaults. Unknown
+ * keys are ignored; both rope_scaling and rope_parameters are read; q_lora_rank null ->
+ * 0. A malformed file or a value of the wrong type is DSC_ERR_FORMAT naming the key. */
+DSC_API dsc_status dsc_model_config_from_json(const char *json, size_t len, dsc_model_config *cfg);
+DSC_API dsc_status dsc_model_config_load(const char *path, dsc_model_config *cfg);
+
+typedef struct dsc_model dsc_model;
+
+typedef struct dsc_model_options {
+  size_t size;            /* sizeof(dsc_model_options) */
+  uint64_t seed;          /* init RNG seed */
+  int32_t init;           /* 1: V3 init (matrices N(0, initializer_range), norms 1, bias 0); 0: zeros */
+  int32_t fp8;            /* 1: linear layers run as block-scaled FP8 GEMMs (see DESIGN.md) */
+} dsc_model_options;
+DSC_API void dsc_model_options_default(dsc_model_options *opt);
+
+/* Parameters: float32 master weights in one arena on ctx's device. The context must
+ * outlive the model; a model is used by one thread at a time. */
+DSC_API dsc_status dsc_model_create(dsc_context *ctx, const dsc_model_config *cfg,
+                                    const dsc_model_options *opt, dsc_model **out);
+DSC_API void dsc_model_destroy(dsc_model *model);
+DSC_API dsc_status dsc_model_get_config(const dsc_model *model, dsc_model_config *cfg);
+DSC_API dsc_context *dsc_model_context(const dsc_model *model);
+/* Number of scalar parameters (the correction biases included). */
+DSC_API int64_t dsc_model_num_parameters(const dsc_model *model);
+
+/* The parameters by Hugging Face name (experts one by one, as in the checkpoints; no MTP
+ * duplicates of the embedding/head). `view` is a float32 DLTensor into the arena (its
+ * shape pointer stays valid while the model lives): writes change the model. */
+DSC_API int64_t dsc_model_num_tensors(const dsc_model *model);
+DSC_API dsc_status dsc_model_tensor(const dsc_model *model, int64_t index, const char **name,
+                                    DLTensor *view);
+DSC_API dsc_status dsc_model_find_tensor(const dsc_model *model, const char *name,
+                                         int64_t *index);
+/* Gradient of tensor `index` (valid after dsc_model_loss_and_grad), same layout. */
+DSC_API dsc_status dsc_model_grad(dsc_model *model, int64_t index, DLTensor *view);
+/* AdamW state of tensor `index` (which 0: exp_avg, 1: exp_avg_sq); allocated on first use. */
+DSC_API dsc_status dsc_model_optimizer_state(dsc_model *model, int64_t index, int32_t which,
+                                             DLTensor *view);
+DSC_API int64_t dsc_model_step(const dsc_model *model);
+DSC_API dsc_status dsc_model_set_step(dsc_model *model, int64_t step);
+
+/* Logits of the main model: tokens [B, T] int32 in [0, V) on ctx's device (T <=
+ * max_position_embeddings) -> logits [B, T, V] float32. */
+DSC_API dsc_status dsc_model_forward(dsc_model *model, const DLTensor *tokens, DLTensor *logits);
+/* Logits of MTP depth `depth` (0-based): at position i they predict token i + depth + 2.
+ *   tokens [B, T] (T > depth + 1) -> logits [B, T - depth - 1, V] float32 */
+DSC_API dsc_status dsc_model_forward_mtp(dsc_model *model, const DLTensor *tokens, int32_t depth,
+                                         DLTensor *logits);
+
+typedef struct dsc_train_options {
+  size_t size;             /* sizeof(dsc_train_options) */
+  float lr;                /* this step's learning rate (the schedule is the caller's) */
+  float beta1, beta2, eps; /* 0.9, 0.95, 1e-8 */
+  float weight_decay;      /* 0.1, on matrices only */
+  float max_grad_norm;     /* 1.0; 0: no clipping */
+  float mtp_lambda;        /* 0.3: loss = L_main + lambda / Dm * sum_d L_mtp^d */
+  float aux_alpha;         /* sequence-wise balance loss weight; 0: off */
+  float bias_update_rate;  /* gamma of the aux-loss-free bias update, 0.001; 0: off */
+  int32_t grad_accum;      /* micro-batches the batch is split into (divides B), 1 */
+  int32_t ignore_index;    /* -100 */
+} dsc_train_options;
+DSC_API void dsc_train_options_default(dsc_train_options *opt);
+
+typedef struct dsc_train_stats {
+  size_t size;             /* sizeof(dsc_train_stats) */
+  float loss;              /* main next-token loss (mean over micro-batches) */
+  float mtp_loss;          /* mean over depths of the MTP losses */
+  float aux_loss;          /* the balance loss term: aux_alpha * sum over MoE blocks of L_bal */
+  float grad_norm;         /* global norm before clipping */
+  int64_t step;            /* the step number after this step */
+  float load_imbalance;    /* mean over MoE layers of max/mean expert load */
+  int64_t tokens;          /* B*T */
+} dsc_train_stats;
+
+/* Loss and gradients of one batch, no update: tokens, targets [B, T] (targets int32,
+ * ignore_index allowed). accumulate 0: gradients overwritten; 1: added. grad_scale
+ * multiplies the gradients (1/grad_accum for accumulation). Fills loss, mtp_loss,
+ * aux_loss and load_imbalance of stats (optional) and the per-layer expert load. */
+DSC_API dsc_status dsc_model_loss_and_grad(dsc_model *model, const dsc_train_options *opt,
+                                           const DLTensor *tokens, const DLTensor *targets,
+                                           int32_t accumulate, float grad_scale,
+                                           dsc_train_stats *stats);
+/* One training step: loss_and_grad over grad_accum micro-batches, global-norm clipping,
+ * AdamW (step + 1), the aux-loss-free bias update from this step's expert load. */
+DSC_API dsc_status dsc_model_train_step(dsc_model *model, const dsc_train_options *opt,
+                                        const DLTensor *tokens, const DLTensor *targets,
+                                        dsc_train_stats *stats);
+/* Expert load of MoE layer `layer` summed over the last loss_and_grad / train_step:
+ * counts[0..n_routed_experts) (host). DSC_ERR_INVALID_ARGUMENT for a dense layer. */
+DSC_API dsc_status dsc_model_expert_load(const dsc_model *model, int32_t layer, int64_t *counts,
+                                         int32_t n);
+/* Bytes of the planned activation memory of the last training shape. */
+DSC_API dsc_status dsc_model_activation_bytes(const dsc_model *model, size_t *bytes);
+
+/* Checkpoints (Hugging Face layout): dir/config.json, dir/model.safetensors and, with
+ * optimizer != 0 and step > 0, dir/optimizer.safetensors (step, exp_avg.*, exp_avg_sq.*);
+ * every file written atomically. dsc_model_load reads config.json and every
+ * *.safetensors shard (float32/bfloat16/float16 weights, or E4M3 + weight_scale_inv
+ * dequantized); missing/unexpected tensors and wrong shapes are errors naming them. */
+DSC_API dsc_status dsc_model_save(dsc_model *model, const char *dir, int32_t optimizer);
+DSC_API dsc_status dsc_model_load(dsc_context *ctx, const char *dir, const dsc_model_options *opt,
+                                  dsc_model **out);
+
+/* ------------------------------------------------------------------ generation */
+/* Autoregressive generation with the paged latent cache (dsc_mla_cache): one batched,
+ * ragged prefill of all prompts, then decode steps for the sequences still alive. A
+ * sequence stops after emitting eos_token_id (kept in its output), after max_new_tokens
+ * tokens, or when the token callback asks; its cache blocks are freed at once.
+ *
+ * Sampling (per sequence, in this order): logits / temperature; top_k keeps the k most
+ * likely tokens (ties: lower id first); top_p keeps the smallest set of most likely tokens
+ * whose probability sums to >= top_p; then a draw from the renormalized distribution.
+ * temperature 0 is greedy (argmax, ties to the lowest id; top_k/top_p ignored). Each
+ * sequence draws from its own counter-based stream (seed, prompt index), so a sequence's
+ * tokens do not depend on the other prompts of the call; same seed, same build, same
+ * device -> same tokens.
+ *
+ * Speculative decoding with the MTP modules (speculative = 1, the model needs
+ * num_nextn_predict_layers >= 1): after each main step the first MTP module drafts
+ * num_draft tokens: draft 1 from the main model's last hidden state (after model.norm)
+ * and the pending token, exactly as in training; drafts 2.. by chaining the same module
+ * autoregressively (its normalized output as the next hidden state, its draft as the next
+ * token, one position further). Deeper MTP modules (depth >= 1) are not used: their
+ * inputs need tokens beyond the last verified one. The main model verifies the pending
+ * token and all drafts in one multi-token decode call; the cache is truncated past the
+ * first rejection (every layer) and the MTP layer's latents are recomputed from the main
+ * model's hidden states for every kept position. Greedy: tokens identical to plain greedy
+ * decoding. Sampling: a draft x is accepted with probability min(1, p(x)/q(x)) (p the main
+ * model's, q the draft's sampling distribution, both after temperature/top_k/top_p); on a
+ * rejection the token is drawn from normalize(max(0, p - q)), so the output follows the
+ * main model's distribution. Drafts never go past max_new_tokens. */
+
+/* eos_token_id value meaning "the model config's eos_token_id" (the default). */
+#define DSC_GENERATE_EOS_FROM_CONFIG (-2)
+
+typedef struct dsc_generate_options {
+  size_t size;              /* sizeof(dsc_generate_options) */
+  int32_t max_new_tokens;   /* >= 0, 16; prompt_len + max_new_tokens <= max_position_embeddings */
+  float temperature;        /* >= 0, finite; 0 = greedy (default) */
+  int32_t top_k;            /* >= 0; 0 = off */
+  float top_p;              /* (0, 1]; 1 = off */
+  uint64_t seed;            /* sampling seed, 0 */
+  int32_t eos_token_id;     /* DSC_GENERATE_EOS_FROM_CONFIG (default), -1 none, or an id in [0, V) */
+  int32_t speculative;      /* 0 none (default), 1 MTP drafts */
+  int32_t num_draft;        /* drafts per step with speculative = 1: [1, 16], 1 */
+  int32_t cache_dtype;      /* dsc_dtype of the latent cache: FLOAT32 (default) | BFLOAT16 |
+                               FLOAT8_E4M3FN */
+  int32_t block_size;       /* cache block, tokens; [1, 2^16], 64 */
+  int32_t max_batch;        /* most prompts per call; 0 = n_prompts */
+} dsc_generate_options;
+
+DSC_API void dsc_generate_options_default(dsc_generate_options *o);
+
+typedef struct dsc_generate_stats {
+  size_t size;              /* sizeof(dsc_generate_stats), set by the caller */
+  int64_t prompt_tokens;    /* sum of the prompt lengths */
+  int64_t new_tokens;       /* tokens emitted, eos included */
+  int64_t drafted;          /* draft tokens proposed (speculative) */
+  int64_t accepted;         /* drafts accepted by verification (speculative) */
+  int32_t main_forwards;    /* calls of the main model: the prefill + one per decode step */
+  double seconds;           /* wall time of the call */
+  double tokens_per_s;      /* new_tokens / seconds */
+} dsc_generate_stats;
+
+/* Called for every emitted token in order (seq = the prompt's index, token its id).
+ * Return 0 to go on, a positive value to stop that sequence after this token (the token
+ * is kept), a negative value to stop every sequence (each keeps what it has). Called on
+ * the calling thread, between steps: it must not use the model. */
+typedef int32_t (*dsc_token_fn)(void *user, int32_t seq, int32_t token);
+
+/* Generate up to max_new_tokens tokens after each prompt.
+ *   o           options (NULL: dsc_generate_options_default)
+ *   prompts     [n_prompts] host pointers to the prompts' token ids, in [0, V)
+ *   prompt_lens [n_prompts] >= 1
+ *   out_tokens  [n_prompts, max_new_tokens] host int32: the new tokens, -1 padded (may be
+ *               NULL when max_new_tokens is 0)
+ *   out_lens    [n_prompts] host: tokens written per prompt
+ *   on_token    optional callback, user its argument
+ *   stats       optional (stats->size = sizeof(dsc_generate_stats))
+ * The model may live on CPU or CUDA. Every argument is checked before any work:
+ * DSC_ERR_INVALID_ARGUMENT names it, e.g. "dsc_model_generate: prompts[3]: expected ids in
+ * [0, 512), got 600 at index 2". */
+DSC_API dsc_status dsc_model_generate(dsc_model *model, const dsc_generate_options *o,
+                                      int32_t n_prompts, const int32_t *const *prompts,
+                                      const int32_t *prompt_lens, int32_t *out_tokens,
+                                      int32_t *out_lens, dsc_token_fn on_token, void *user,
+                                      dsc_generate_stats *stats);
 
 #ifdef __cplusplus
 }

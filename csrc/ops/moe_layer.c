@@ -15,6 +15,7 @@
  * Legend: T tokens, D hidden, E routed experts, k experts per token, F expert
  * intermediate size, Fs shared intermediate size, R permuted rows.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,13 +36,14 @@ typedef struct {
 
 enum {
   B_SCORES, B_INDICES, B_WEIGHTS, B_XP, B_OFFSETS, B_ROWMAP, B_HG, B_HU, B_ACT, B_EO,
-  B_SG, B_SU, B_SA, B_COUNT
+  B_SG, B_SU, B_SA, B_DSCORES, B_AUXLOSS, B_COUNT
 };
 
 struct dsc_moe_layer_saved {
   dsc_context *ctx; /* the context the buffers were allocated with */
   buf b[B_COUNT];
-  int have; /* a forward filled the buffers */
+  int have;     /* a forward filled the buffers */
+  int have_aux; /* dsc_moe_layer_aux_loss filled B_DSCORES for the backward */
   int64_t T, D, E, k, F, Fs, R;
 };
 
@@ -159,6 +161,7 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
     s = &local;
   }
   s->have = 0;
+  s->have_aux = 0;
   buf logits;
   memset(&logits, 0, sizeof logits);
   int64_t xs2[2], xst2[2], ys2[2], yst2[2];
@@ -274,8 +277,8 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
 
   /* router: weights -> logits -> x and the gate weight (the bias gets no gradient) */
   STEP(buf_alloc(ctx, &tmp[T_DLOG], DSC_DTYPE_FLOAT32, T, E));
-  STEP(dsc_moe_route_backward(ctx, p, &tmp[T_DW].t, &b[B_SCORES].t, &b[B_INDICES].t, NULL,
-                              &tmp[T_DLOG].t));
+  STEP(dsc_moe_route_backward(ctx, p, &tmp[T_DW].t, &b[B_SCORES].t, &b[B_INDICES].t,
+                              saved->have_aux ? &b[B_DSCORES].t : NULL, &tmp[T_DLOG].t));
   STEP(buf_alloc(ctx, &tmp[T_DXR], DSC_DTYPE_FLOAT32, T, D));
   STEP(dsc_linear_backward(ctx, &tmp[T_DLOG].t, &x2, w->gate, &tmp[T_DXR].t, g->gate));
   STEP(dsc_add(ctx, &tmp[T_DXTOK].t, &tmp[T_DXR].t, &tmp[T_DXTOK].t));
@@ -300,5 +303,31 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
     st = dsc_memcpy(ctx, dsc_data(&dx2), dev, tmp[T_DXTOK].t.data, dev, (size_t)(T * D) * sizeof(float));
   }
   for (int i = 0; i < T_COUNT; ++i) buf_free(ctx, &tmp[i]);
+  return st;
+}
+
+dsc_status dsc_moe_layer_aux_loss(dsc_context *ctx, dsc_moe_layer_saved *saved, int64_t seq_len,
+                                  float alpha, float *loss) {
+  static const char *const FN = "dsc_moe_layer_aux_loss";
+  DSC_CHECK(saved != NULL && saved->have && saved->ctx == ctx, DSC_ERR_INVALID_ARGUMENT, FN,
+            "saved: expected the handle filled by dsc_moe_layer_forward on this context");
+  DSC_CHECK(seq_len >= 1 && saved->T % seq_len == 0, DSC_ERR_INVALID_ARGUMENT, FN,
+            "seq_len: expected a divisor of the %lld tokens, got %lld", (long long)saved->T,
+            (long long)seq_len);
+  DSC_CHECK(isfinite(alpha) && alpha >= 0.0f, DSC_ERR_INVALID_ARGUMENT, FN,
+            "alpha: expected a finite number >= 0, got %g", (double)alpha);
+  buf *b = saved->b;
+  saved->have_aux = 0;
+  dsc_status st = DSC_OK;
+  STEP(buf_alloc(ctx, &b[B_DSCORES], DSC_DTYPE_FLOAT32, saved->T, saved->E));
+  STEP(buf_alloc(ctx, &b[B_AUXLOSS], DSC_DTYPE_FLOAT32, 1, -1));
+  STEP(dsc_moe_seq_aux_loss(ctx, &b[B_SCORES].t, &b[B_INDICES].t, seq_len, alpha, &b[B_AUXLOSS].t,
+                            &b[B_DSCORES].t));
+  float host = 0.0f;
+  STEP(dsc_memcpy(ctx, &host, (DLDevice){kDLCPU, 0}, b[B_AUXLOSS].t.data, ctx->device, sizeof(float)));
+  if (st == DSC_OK) {
+    saved->have_aux = 1;
+    if (loss) *loss = host;
+  }
   return st;
 }

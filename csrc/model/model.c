@@ -1,0 +1,876 @@
+/*
+ * model/model.c -- dsc_model: the configuration, the parameter arena addressed by
+ * Hugging Face names, the V3 initialization, and the small helpers the training step
+ * (model_train.c) and inference (generate.c) share.
+ *
+ * Legend: V vocab, D hidden, I dense intermediate, E routed experts, F expert
+ * intermediate, Fs shared intermediate (F * n_shared_experts), H heads, L main layers,
+ * Dm MTP depths, blocks b = 0..L-1 main, L..L+Dm-1 the MTP modules' blocks.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../core/backend.h"
+#include "model_internal.h"
+
+/* ------------------------------------------------------------------ config */
+
+void dsc_model_config_default(dsc_model_config *c) {
+  if (!c) return;
+  memset(c, 0, sizeof *c);
+  c->size = sizeof *c;
+  c->vocab_size = 129280;
+  c->hidden_size = 7168;
+  c->intermediate_size = 18432;
+  c->moe_intermediate_size = 2048;
+  c->num_hidden_layers = 61;
+  c->num_nextn_predict_layers = 1;
+  c->num_attention_heads = 128;
+  c->q_lora_rank = 1536;
+  c->kv_lora_rank = 512;
+  c->qk_nope_head_dim = 128;
+  c->qk_rope_head_dim = 64;
+  c->v_head_dim = 128;
+  c->n_routed_experts = 256;
+  c->n_shared_experts = 1;
+  c->num_experts_per_tok = 8;
+  c->n_group = 8;
+  c->topk_group = 4;
+  c->topk_method = DSC_MOE_TOPK_NOAUX_TC;
+  c->scoring_func = DSC_MOE_SCORING_SIGMOID;
+  c->norm_topk_prob = 1;
+  c->routed_scaling_factor = 2.5f;
+  c->first_k_dense_replace = 3;
+  c->moe_layer_freq = 1;
+  c->rms_norm_eps = 1e-6f;
+  dsc_rope_params_default(&c->rope, 64);
+  c->rope.factor = 40.0f;
+  c->rope.original_max_position = 4096;
+  c->rope.beta_fast = 32.0f;
+  c->rope.beta_slow = 1.0f;
+  c->rope.mscale = 1.0f;
+  c->rope.mscale_all_dim = 1.0f;
+  c->max_position_embeddings = 163840;
+  c->bos_token_id = 0;
+  c->eos_token_id = 1;
+  c->tie_word_embeddings = 0;
+  c->initializer_range = 0.02f; /* the HF config's value (the V3 report used 0.006) */
+}
+
+dsc_status dsc_model_config_validate(const dsc_model_config *c) {
+  static const char *const FN = "dsc_model_config_validate";
+  DSC_CHECK(c != NULL && c->size >= sizeof(dsc_model_config), DSC_ERR_INVALID_ARGUMENT, FN,
+            "cfg: expected a dsc_model_config with size = %zu (dsc_model_config_default)",
+            sizeof(dsc_model_config));
+#define POS(f)                                                                                   \
+  DSC_CHECK(c->f >= 1, DSC_ERR_INVALID_ARGUMENT, FN, "cfg->" #f ": expected >= 1, got %d", \
+            (int)c->f)
+  POS(vocab_size);
+  POS(hidden_size);
+  POS(num_hidden_layers);
+  POS(num_attention_heads);
+  POS(kv_lora_rank);
+  POS(qk_nope_head_dim);
+  POS(qk_rope_head_dim);
+  POS(v_head_dim);
+  POS(moe_layer_freq);
+  POS(max_position_embeddings);
+#undef POS
+  DSC_CHECK(c->num_nextn_predict_layers >= 0, DSC_ERR_INVALID_ARGUMENT, FN,
+            "cfg->num_nextn_predict_layers: expected >= 0, got %d", (int)c->num_nextn_predict_layers);
+  DSC_CHECK(c->q_lora_rank >= 0, DSC_ERR_INVALID_ARGUMENT, FN,
+            "cfg->q_lora_rank: expected >= 0 (0: no query compression), got %d", (int)c->q_lora_rank);
+  DSC_CHECK(c->qk_rope_head_dim % 2 == 0, DSC_ERR_INVALID_ARGUMENT, FN,
+            "cfg->qk_rope_head_dim: expected an even number, got %d", (int)c->qk_rope_head_dim);
+  DSC_CHECK(c->rope.dim == c->qk_rope_head_dim, DSC_ERR_INVALID_ARGUMENT, FN,
+            "cfg->rope.dim: expected qk_rope_head_dim = %d, got %d", (int)c->qk_rope_head_dim,
+            (int)c->rope.dim);
+  DSC_CHECK(c->n_routed_experts >= 0, DSC_ERR_INVALID_ARGUMENT, FN,
+            "cfg->n_routed_experts: expected >= 0, got %d", (int)c->n_routed_experts);
+  DSC_CHECK(c->first_k_dense_replace >= 0, DSC_ERR_INVALID_ARGUMENT, FN,
+            "cfg->first_k_dense_replace: expected >= 0, got %d", (int)c->first_k_dense_replace);
+  int any_dense = 0, any_moe = 0;
+  for (int32_t i = 0; i < c->num_hidden_layers + c->num_nextn_predict_layers; ++i) {
+    int moe = c->n_routed_experts > 0 && i >= c->first_k_dense_replace && i % c->moe_layer_freq == 0;
+    any_moe |= moe;
+    any_dense |= !moe;
+  }
+  if (any_dense) {
+    DSC_CHECK(c->intermediate_size >= 1, DSC_ERR_INVALID_ARGUMENT, FN,
+              "cfg->intermediate_size: expected >= 1 (some layers are dense), got %d",
+              (int)c->intermediate_size);
+  }
+  if (any_moe) {
+    const int32_t E = c->n_routed_experts;
+    DSC_CHECK(c->moe_intermediate_size >= 1, DSC_ERR_INVALID_ARGUMENT, FN,
+              "cfg->moe_intermediate_size: expected >= 1, got %d", (int)c->moe_intermediate_size);
+    DSC_CHECK(c->n_shared_experts >= 0, DSC_ERR_INVALID_ARGUMENT, FN,
+              "cfg->n_shared_experts: expected >= 0, got %d", (int)c->n_shared_experts);
+    DSC_CHECK(c->num_experts_per_tok >= 1 && c->num_experts_per_tok <= E, DSC_ERR_INVALID_ARGUMENT,
+              FN, "cfg->num_experts_per_tok: expected 1..n_routed_experts (%d), got %d", (int)E,
+              (int)c->num_experts_per_tok);
+    DSC_CHECK(c->topk_method >= DSC_MOE_TOPK_NOAUX_TC &&
+                  c->topk_method <= DSC_MOE_TOPK_GROUP_LIMITED_GREEDY,
+              DSC_ERR_INVALID_ARGUMENT, FN,
+              "cfg->topk_method: expected noaux_tc (0), greedy (1) or group_limited_greedy (2), got %d",
+              (int)c->topk_method);
+    DSC_CHECK(c->scoring_func == DSC_MOE_SCORING_SIGMOID || c->scoring_func == DSC_MOE_SCORING_SOFTMAX,
+              DSC_ERR_INVALID_ARGUMENT, FN, "cfg->scoring_func: expected sigmoid (0) or softmax (1), got %d",
+              (int)c->scoring_func);
+    if (c->topk_method != DSC_MOE_TOPK_GREEDY) {
+      DSC_CHECK(c->n_group >= 1 && E % c->n_group == 0, DSC_ERR_INVALID_ARGUMENT, FN,
+                "cfg->n_group: expected a divisor of n_routed_experts (%d), got %d", (int)E,
+                (int)c->n_group);
+      DSC_CHECK(c->topk_group >= 1 && c->topk_group <= c->n_group, DSC_ERR_INVALID_ARGUMENT, FN,
+                "cfg->topk_group: expected 1..n_group (%d), got %d", (int)c->n_group,
+                (int)c->topk_group);
+      DSC_CHECK(c->num_experts_per_tok <= c->topk_group * (E / c->n_group), DSC_ERR_INVALID_ARGUMENT,
+                FN, "cfg->num_experts_per_tok: expected <= topk_group * experts per group = %d, got %d",
+                (int)(c->topk_group * (E / c->n_group)), (int)c->num_experts_per_tok);
+    }
+    DSC_CHECK(isfinite(c->routed_scaling_factor) && c->routed_scaling_factor > 0.0f,
+              DSC_ERR_INVALID_ARGUMENT, FN, "cfg->routed_scaling_factor: expected > 0, got %g",
+              (double)c->routed_scaling_factor);
+  }
+  DSC_CHECK(isfinite(c->rms_norm_eps) && c->rms_norm_eps > 0.0f, DSC_ERR_INVALID_ARGUMENT, FN,
+            "cfg->rms_norm_eps: expected > 0, got %g", (double)c->rms_norm_eps);
+  DSC_CHECK(isfinite(c->initializer_range) && c->initializer_range >= 0.0f, DSC_ERR_INVALID_ARGUMENT,
+            FN, "cfg->initializer_range: expected >= 0, got %g", (double)c->initializer_range);
+  DSC_CHECK(c->eos_token_id >= -1 && c->eos_token_id < c->vocab_size, DSC_ERR_INVALID_ARGUMENT, FN,
+            "cfg->eos_token_id: expected -1 (none) or an id below vocab_size %d, got %d",
+            (int)c->vocab_size, (int)c->eos_token_id);
+  DSC_CHECK(c->tie_word_embeddings == 0 || c->tie_word_embeddings == 1, DSC_ERR_INVALID_ARGUMENT, FN,
+            "cfg->tie_word_embeddings: expected 0 or 1, got %d", (int)c->tie_word_embeddings);
+  float sc = 0.0f;
+  DSC_TRY(dsc_rope_softmax_scale(&c->rope, c->qk_nope_head_dim + c->qk_rope_head_dim, &sc));
+  return DSC_OK;
+}
+
+int dsc_model_is_moe_block(const dsc_model_config *c, int32_t i) {
+  return c->n_routed_experts > 0 && i >= c->first_k_dense_replace && i % c->moe_layer_freq == 0;
+}
+
+/* ------------------------------------------------------------------ layout */
+
+typedef struct {
+  dsc_model *m;
+  int64_t cap_storage, cap_named, cap_regions;
+  dsc_status st;
+} builder;
+
+static const char *const FN_CREATE = "dsc_model_create";
+
+static void *grow(void *p, int64_t *cap, int64_t need, size_t elem) {
+  if (need <= *cap) return p;
+  int64_t nc = *cap ? *cap * 2 : 64;
+  while (nc < need) nc *= 2;
+  void *q = realloc(p, (size_t)nc * elem);
+  if (q) *cap = nc;
+  return q;
+}
+
+static void begin_region(builder *b) {
+  if (b->st != DSC_OK) return;
+  dsc_model *m = b->m;
+  void *q = grow(m->regions, &b->cap_regions, m->n_regions + 1, sizeof *m->regions);
+  if (!q) {
+    b->st = dsc_error(DSC_ERR_OUT_OF_MEMORY, FN_CREATE, "out of host memory");
+    return;
+  }
+  m->regions = (dsc_model_region *)q;
+  m->regions[m->n_regions].offset = m->n_params;
+  m->regions[m->n_regions].numel = 0;
+  m->n_regions++;
+}
+
+/* Append a storage entry (and its named view(s)) to the current region; returns its index. */
+static int32_t add_entry(builder *b, const char *name, int ndim, int64_t d0, int64_t d1, int64_t d2,
+                         int train) {
+  if (b->st != DSC_OK) return -1;
+  dsc_model *m = b->m;
+  void *q = grow(m->storage, &b->cap_storage, m->n_storage + 1, sizeof *m->storage);
+  if (!q) {
+    b->st = dsc_error(DSC_ERR_OUT_OF_MEMORY, FN_CREATE, "out of host memory");
+    return -1;
+  }
+  m->storage = (dsc_model_entry *)q;
+  dsc_model_entry *e = &m->storage[m->n_storage];
+  memset(e, 0, sizeof *e);
+  snprintf(e->name, sizeof e->name, "%s", name);
+  e->ndim = ndim;
+  e->shape[0] = d0, e->shape[1] = d1, e->shape[2] = d2;
+  e->numel = d0 * (ndim > 1 ? d1 : 1) * (ndim > 2 ? d2 : 1);
+  e->strides[ndim - 1] = 1;
+  for (int i = ndim - 2; i >= 0; --i) e->strides[i] = e->strides[i + 1] * e->shape[i + 1];
+  e->offset = m->n_params;
+  e->region = m->n_regions - 1;
+  e->decay = ndim >= 2;
+  e->train = train;
+  e->storage = (int32_t)m->n_storage;
+  m->n_params += e->numel;
+  m->regions[e->region].numel += e->numel;
+  const int32_t idx = (int32_t)m->n_storage++;
+
+  /* named views: a stacked expert tensor [E, ., .] is E checkpoint tensors */
+  const char *ex = strstr(name, ".mlp.experts.");
+  const int64_t n_named = (ex && ndim == 3) ? d0 : 1;
+  q = grow(m->named, &b->cap_named, m->n_named + n_named, sizeof *m->named);
+  if (!q) {
+    b->st = dsc_error(DSC_ERR_OUT_OF_MEMORY, FN_CREATE, "out of host memory");
+    return -1;
+  }
+  m->named = (dsc_model_entry *)q;
+  for (int64_t k = 0; k < n_named; ++k) {
+    dsc_model_entry *v = &m->named[m->n_named++];
+    *v = m->storage[idx];
+    if (n_named > 1) {
+      /* "<prefix>.mlp.experts.<proj>.weight" -> "<prefix>.mlp.experts.<k>.<proj>.weight" */
+      const size_t pre = (size_t)(ex - name) + strlen(".mlp.experts.");
+      snprintf(v->name, sizeof v->name, "%.*s%lld.%s", (int)pre, name, (long long)k, name + pre);
+      v->ndim = 2;
+      v->shape[0] = d1, v->shape[1] = d2, v->shape[2] = 0;
+      v->strides[0] = d2, v->strides[1] = 1, v->strides[2] = 0;
+      v->numel = d1 * d2;
+      v->offset = e->offset + k * d1 * d2;
+    }
+  }
+  return idx;
+}
+
+/* FP8 mode: the slots whose compute views read the E4M3 round-trip copy (attention
+ * projections, routed and shared experts; the dense MLP quantizes its own operands in
+ * dsc_fp8_linear_*; embedding, head, router, eh_proj and norms stay float32). */
+static int fp8_shadowed(int s) {
+  return s == S_QA || s == S_QB || s == S_Q || s == S_KVA || s == S_KVB || s == S_O || s == S_EG ||
+         s == S_EU || s == S_ED || s == S_SG || s == S_SU || s == S_SD;
+}
+
+static DLTensor *block_slot(dsc_model_block *k, int s) {
+  switch (s) {
+    case S_IN_NORM: return &k->input_norm;
+    case S_QA: return &k->q_a_proj;
+    case S_QA_NORM: return &k->q_a_norm;
+    case S_QB: return &k->q_b_proj;
+    case S_Q: return &k->q_proj;
+    case S_KVA: return &k->kv_a_proj;
+    case S_KVA_NORM: return &k->kv_a_norm;
+    case S_KVB: return &k->kv_b_proj;
+    case S_O: return &k->o_proj;
+    case S_POST_NORM: return &k->post_norm;
+    case S_MG: return &k->mlp_gate;
+    case S_MU: return &k->mlp_up;
+    case S_MD: return &k->mlp_down;
+    case S_ROUTER: return &k->router;
+    case S_BIAS: return &k->bias;
+    case S_EG: return &k->ex_gate;
+    case S_EU: return &k->ex_up;
+    case S_ED: return &k->ex_down;
+    case S_SG: return &k->sh_gate;
+    case S_SU: return &k->sh_up;
+    default: return &k->sh_down;
+  }
+}
+
+/* Entry index of every block slot (-1: the block has no such weight). */
+typedef struct {
+  int32_t slot[S_COUNT];
+} block_entries;
+
+static void add_block(builder *b, int32_t i, block_entries *be) {
+  const dsc_model_config *c = &b->m->cfg;
+  const int64_t D = c->hidden_size, H = c->num_attention_heads;
+  const int64_t dqk = c->qk_nope_head_dim + c->qk_rope_head_dim;
+  char n[DSC_MODEL_NAME_MAX];
+  for (int s = 0; s < S_COUNT; ++s) be->slot[s] = -1;
+#define E1(S, suffix, d0) \
+  (snprintf(n, sizeof n, "model.layers.%d." suffix, (int)i), be->slot[S] = add_entry(b, n, 1, d0, 0, 0, 1))
+#define E2(S, suffix, d0, d1) \
+  (snprintf(n, sizeof n, "model.layers.%d." suffix, (int)i), be->slot[S] = add_entry(b, n, 2, d0, d1, 0, 1))
+#define E3(S, suffix, d0, d1, d2) \
+  (snprintf(n, sizeof n, "model.layers.%d." suffix, (int)i), be->slot[S] = add_entry(b, n, 3, d0, d1, d2, 1))
+  E1(S_IN_NORM, "input_layernorm.weight", D);
+  if (c->q_lora_rank > 0) {
+    E2(S_QA, "self_attn.q_a_proj.weight", c->q_lora_rank, D);
+    E1(S_QA_NORM, "self_attn.q_a_layernorm.weight", c->q_lora_rank);
+    E2(S_QB, "self_attn.q_b_proj.weight", H * dqk, c->q_lora_rank);
+  } else {
+    E2(S_Q, "self_attn.q_proj.weight", H * dqk, D);
+  }
+  E2(S_KVA, "self_attn.kv_a_proj_with_mqa.weight", c->kv_lora_rank + c->qk_rope_head_dim, D);
+  E1(S_KVA_NORM, "self_attn.kv_a_layernorm.weight", c->kv_lora_rank);
+  E2(S_KVB, "self_attn.kv_b_proj.weight", H * (c->qk_nope_head_dim + c->v_head_dim), c->kv_lora_rank);
+  E2(S_O, "self_attn.o_proj.weight", D, H * c->v_head_dim);
+  E1(S_POST_NORM, "post_attention_layernorm.weight", D);
+  if (dsc_model_is_moe_block(c, i)) {
+    const int64_t E = c->n_routed_experts, F = c->moe_intermediate_size;
+    E2(S_ROUTER, "mlp.gate.weight", E, D);
+    if (c->topk_method == DSC_MOE_TOPK_NOAUX_TC) {
+      snprintf(n, sizeof n, "model.layers.%d.mlp.gate.e_score_correction_bias", (int)i);
+      be->slot[S_BIAS] = add_entry(b, n, 1, E, 0, 0, 0);
+    }
+    E3(S_EG, "mlp.experts.gate_proj.weight", E, F, D);
+    E3(S_EU, "mlp.experts.up_proj.weight", E, F, D);
+    E3(S_ED, "mlp.experts.down_proj.weight", E, D, F);
+    if (c->n_shared_experts > 0) {
+      const int64_t Fs = F * c->n_shared_experts;
+      E2(S_SG, "mlp.shared_experts.gate_proj.weight", Fs, D);
+      E2(S_SU, "mlp.shared_experts.up_proj.weight", Fs, D);
+      E2(S_SD, "mlp.shared_experts.down_proj.weight", D, Fs);
+    }
+  } else {
+    const int64_t I = c->intermediate_size;
+    E2(S_MG, "mlp.gate_proj.weight", I, D);
+    E2(S_MU, "mlp.up_proj.weight", I, D);
+    E2(S_MD, "mlp.down_proj.weight", D, I);
+  }
+#undef E1
+#undef E2
+#undef E3
+}
+
+/* A DLTensor view of storage entry e over `base` (params, grads, moments or shadow). */
+static DLTensor entry_view(const dsc_model *m, const dsc_model_entry *e, float *base) {
+  DLTensor t;
+  memset(&t, 0, sizeof t);
+  t.data = base + e->offset;
+  t.device = m->ctx->device;
+  t.dtype = dsc_dtype_to_dlpack(DSC_DTYPE_FLOAT32);
+  t.ndim = e->ndim;
+  t.shape = (int64_t *)e->shape;
+  t.strides = (int64_t *)e->strides;
+  return t;
+}
+
+DLTensor dsc_model_storage_view(const dsc_model *m, int64_t e, float *base) {
+  return entry_view(m, &m->storage[e], base);
+}
+
+DLTensor dsc_model_view(const dsc_model *m, void *data, dsc_dtype dt, int ndim, const int64_t *shape,
+                        int64_t *shape_store, int64_t *stride_store) {
+  DLTensor t;
+  memset(&t, 0, sizeof t);
+  t.data = data;
+  t.device = m->ctx->device;
+  t.dtype = dsc_dtype_to_dlpack(dt);
+  t.ndim = ndim;
+  int64_t s = 1;
+  for (int i = ndim - 1; i >= 0; --i) {
+    shape_store[i] = shape[i];
+    stride_store[i] = s;
+    s *= shape[i];
+  }
+  t.shape = shape_store;
+  t.strides = stride_store;
+  return t;
+}
+
+dsc_status dsc_model_alloc(dsc_model *m, size_t bytes, void **p) {
+  return dsc_malloc(m->ctx, bytes ? bytes : 1, p);
+}
+
+/* Point the block / MTP / embedding views at `base` (params, or the FP8 shadow for the
+ * matrices that the FP8 mode round-trips). */
+static void bind_views(dsc_model *m, const block_entries *be, const int32_t (*mtp_e)[4], int32_t emb_e,
+                       int32_t norm_e, int32_t head_e) {
+  for (int32_t b = 0; b < m->n_blocks; ++b) {
+    dsc_model_block *k = &m->blocks[b];
+    for (int s = 0; s < S_COUNT; ++s) {
+      DLTensor *t = block_slot(k, s);
+      memset(t, 0, sizeof *t);
+      if (be[b].slot[s] >= 0) {
+        const dsc_model_entry *e = &m->storage[be[b].slot[s]];
+        float *base = (m->fp8_shadow && fp8_shadowed(s)) ? m->fp8_shadow : m->params;
+        *t = entry_view(m, e, base);
+      }
+    }
+    k->region = be[b].slot[S_IN_NORM] >= 0 ? m->storage[be[b].slot[S_IN_NORM]].region : -1;
+  }
+  for (int32_t d = 0; d < m->n_mtp; ++d) {
+    dsc_model_mtp *t = &m->mtp[d];
+    t->enorm = entry_view(m, &m->storage[mtp_e[d][0]], m->params);
+    t->hnorm = entry_view(m, &m->storage[mtp_e[d][1]], m->params);
+    t->eh_proj = entry_view(m, &m->storage[mtp_e[d][2]], m->params);
+    t->head_norm = entry_view(m, &m->storage[mtp_e[d][3]], m->params);
+    t->region = m->storage[mtp_e[d][0]].region;
+  }
+  m->embed = entry_view(m, &m->storage[emb_e], m->params);
+  m->final_norm = entry_view(m, &m->storage[norm_e], m->params);
+  m->head = entry_view(m, &m->storage[head_e], m->params);
+}
+
+/* ------------------------------------------------------------------ init */
+
+static uint64_t splitmix64(uint64_t *s) {
+  uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+/* Uniform in (0, 1): 53 random bits, never 0. */
+static double uniform01(uint64_t *s) { return ((double)(splitmix64(s) >> 11) + 0.5) * 0x1.0p-53; }
+
+/* Fill entry e of a host buffer: matrices N(0, std) (Box-Muller), norms 1, the bias 0. */
+static void init_entry(const dsc_model_entry *e, float *host, float std, uint64_t seed) {
+  if (!e->train) {
+    memset(host, 0, (size_t)e->numel * sizeof(float));
+  } else if (e->ndim == 1) {
+    for (int64_t i = 0; i < e->numel; ++i) host[i] = 1.0f;
+  } else {
+    /* one stream per tensor: the init of a tensor does not depend on the others */
+    uint64_t s = seed;
+    for (const char *p = e->name; *p; ++p) s = (s ^ (uint64_t)(unsigned char)*p) * 0x100000001B3ull;
+    for (int64_t i = 0; i < e->numel; i += 2) {
+      const double r = sqrt(-2.0 * log(uniform01(&s))), a = 6.283185307179586 * uniform01(&s);
+      host[i] = (float)(std * r * cos(a));
+      if (i + 1 < e->numel) host[i + 1] = (float)(std * r * sin(a));
+    }
+  }
+}
+
+/* ------------------------------------------------------------------ create / destroy */
+
+void dsc_model_options_default(dsc_model_options *o) {
+  if (!o) return;
+  memset(o, 0, sizeof *o);
+  o->size = sizeof *o;
+  o->seed = 0;
+  o->init = 1;
+  o->fp8 = 0;
+}
+
+void dsc_model_acts_free(dsc_model *m); /* model_train.c */
+
+void dsc_model_destroy(dsc_model *m) {
+  if (!m) return;
+  dsc_model_acts_free(m);
+  dsc_context *ctx = m->ctx;
+  if (m->params) dsc_free(ctx, m->params);
+  if (m->grads) dsc_free(ctx, m->grads);
+  if (m->exp_avg) dsc_free(ctx, m->exp_avg);
+  if (m->exp_avg_sq) dsc_free(ctx, m->exp_avg_sq);
+  if (m->scratch) dsc_free(ctx, m->scratch);
+  if (m->fp8_shadow) dsc_free(ctx, m->fp8_shadow);
+  free(m->storage);
+  free(m->named);
+  free(m->regions);
+  free(m->blocks);
+  free(m->mtp);
+  free(m->load);
+  free(m->touched);
+  free(m->block_entries);
+  free(m);
+}
+
+dsc_status dsc_model_create(dsc_context *ctx, const dsc_model_config *cfg, const dsc_model_options *opt,
+                            dsc_model **out) {
+  static const char *const FN = "dsc_model_create";
+  DSC_CHECK(out != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "out: expected a pointer, got NULL");
+  *out = NULL;
+  DSC_CHECK(ctx != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "ctx: expected a context, got NULL");
+  DSC_TRY(dsc_model_config_validate(cfg));
+  dsc_model_options o;
+  dsc_model_options_default(&o);
+  if (opt) {
+    DSC_CHECK(opt->size >= sizeof(dsc_model_options), DSC_ERR_INVALID_ARGUMENT, FN,
+              "opt: expected size = %zu (dsc_model_options_default), got %zu", sizeof(dsc_model_options),
+              opt->size);
+    o = *opt;
+  }
+  DSC_CHECK(o.fp8 == 0 || o.fp8 == 1, DSC_ERR_INVALID_ARGUMENT, FN, "opt->fp8: expected 0 or 1, got %d",
+            (int)o.fp8);
+
+  dsc_model *m = (dsc_model *)calloc(1, sizeof *m);
+  if (!m) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+  m->ctx = ctx;
+  m->cfg = *cfg;
+  m->cfg.size = sizeof m->cfg;
+  m->fp8 = o.fp8;
+  m->n_layers = cfg->num_hidden_layers;
+  m->n_mtp = cfg->num_nextn_predict_layers;
+  m->n_blocks = m->n_layers + m->n_mtp;
+  const dsc_model_config *c = &m->cfg;
+  const int64_t V = c->vocab_size, D = c->hidden_size;
+
+  dsc_status st = DSC_OK;
+  block_entries *be = (block_entries *)calloc((size_t)m->n_blocks, sizeof *be);
+  int32_t(*mtp_e)[4] = (int32_t(*)[4])calloc((size_t)(m->n_mtp ? m->n_mtp : 1), sizeof *mtp_e);
+  m->blocks = (dsc_model_block *)calloc((size_t)m->n_blocks, sizeof *m->blocks);
+  m->mtp = (dsc_model_mtp *)calloc((size_t)(m->n_mtp ? m->n_mtp : 1), sizeof *m->mtp);
+  m->load = (int64_t *)calloc((size_t)m->n_blocks * (size_t)(c->n_routed_experts ? c->n_routed_experts : 1),
+                              sizeof *m->load);
+  if (!be || !mtp_e || !m->blocks || !m->mtp || !m->load) st = dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+
+  builder b = {m, 0, 0, 0, st};
+  char n[DSC_MODEL_NAME_MAX];
+  begin_region(&b);
+  const int32_t emb_e = add_entry(&b, "model.embed_tokens.weight", 2, V, D, 0, 1);
+  for (int32_t i = 0; i < m->n_layers && b.st == DSC_OK; ++i) {
+    begin_region(&b);
+    add_block(&b, i, &be[i]);
+    m->blocks[i].is_moe = dsc_model_is_moe_block(c, i);
+  }
+  begin_region(&b);
+  const int32_t norm_e = add_entry(&b, "model.norm.weight", 1, D, 0, 0, 1);
+  int32_t head_e = emb_e;
+  if (!c->tie_word_embeddings) {
+    begin_region(&b);
+    head_e = add_entry(&b, "lm_head.weight", 2, V, D, 0, 1);
+  }
+  for (int32_t d = 0; d < m->n_mtp && b.st == DSC_OK; ++d) {
+    const int32_t i = m->n_layers + d;
+    begin_region(&b);
+    snprintf(n, sizeof n, "model.layers.%d.enorm.weight", (int)i);
+    mtp_e[d][0] = add_entry(&b, n, 1, D, 0, 0, 1);
+    snprintf(n, sizeof n, "model.layers.%d.hnorm.weight", (int)i);
+    mtp_e[d][1] = add_entry(&b, n, 1, D, 0, 0, 1);
+    snprintf(n, sizeof n, "model.layers.%d.eh_proj.weight", (int)i);
+    mtp_e[d][2] = add_entry(&b, n, 2, D, 2 * D, 0, 1);
+    add_block(&b, i, &be[i]);
+    m->blocks[i].is_moe = dsc_model_is_moe_block(c, i);
+    snprintf(n, sizeof n, "model.layers.%d.shared_head.norm.weight", (int)i);
+    mtp_e[d][3] = add_entry(&b, n, 1, D, 0, 0, 1);
+  }
+  st = b.st;
+
+  /* MLA and routing parameters from the config */
+  if (st == DSC_OK) {
+    dsc_mla_params *p = &m->mla;
+    memset(p, 0, sizeof *p);
+    p->size = sizeof *p;
+    p->hidden = c->hidden_size;
+    p->n_heads = c->num_attention_heads;
+    p->q_lora_rank = c->q_lora_rank;
+    p->kv_lora_rank = c->kv_lora_rank;
+    p->qk_nope_head_dim = c->qk_nope_head_dim;
+    p->qk_rope_head_dim = c->qk_rope_head_dim;
+    p->v_head_dim = c->v_head_dim;
+    p->rms_norm_eps = c->rms_norm_eps;
+    p->rope = c->rope;
+    p->rope.size = sizeof p->rope;
+    st = dsc_rope_softmax_scale(&p->rope, c->qk_nope_head_dim + c->qk_rope_head_dim, &p->softmax_scale);
+    dsc_moe_route_params_default(&m->route);
+    m->route.top_k = c->num_experts_per_tok;
+    m->route.n_group = c->topk_method == DSC_MOE_TOPK_GREEDY ? 1 : c->n_group;
+    m->route.topk_group = c->topk_method == DSC_MOE_TOPK_GREEDY ? 1 : c->topk_group;
+    m->route.scoring = c->scoring_func;
+    m->route.topk_method = c->topk_method;
+    m->route.norm_topk_prob = c->norm_topk_prob;
+    m->route.routed_scaling_factor = c->routed_scaling_factor;
+  }
+
+  /* the arenas: parameters, FP8 shadow (matrices of attention and experts), scratch */
+  if (st == DSC_OK) st = dsc_model_alloc(m, (size_t)m->n_params * sizeof(float), (void **)&m->params);
+  int64_t maxr = 0;
+  for (int32_t r = 0; r < m->n_regions; ++r) maxr = m->regions[r].numel > maxr ? m->regions[r].numel : maxr;
+  m->scratch_numel = maxr;
+  if (st == DSC_OK) st = dsc_model_alloc(m, (size_t)maxr * sizeof(float), (void **)&m->scratch);
+  if (st == DSC_OK && m->fp8) st = dsc_model_alloc(m, (size_t)m->n_params * sizeof(float), (void **)&m->fp8_shadow);
+  m->touched = (uint8_t *)calloc((size_t)(m->n_storage ? m->n_storage : 1), 1);
+  if (st == DSC_OK && !m->touched) st = dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+  if (st == DSC_OK) {
+    bind_views(m, be, (const int32_t(*)[4])mtp_e, emb_e, norm_e, head_e);
+    m->block_entries = (int32_t *)malloc((size_t)m->n_blocks * S_COUNT * sizeof(int32_t));
+    if (!m->block_entries) st = dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+    else
+      for (int32_t k = 0; k < m->n_blocks; ++k) memcpy(m->block_entries + k * S_COUNT, be[k].slot, sizeof be[k].slot);
+    m->emb_entry = emb_e;
+    m->head_entry = head_e;
+    m->norm_entry = norm_e;
+    memcpy(m->mtp_entries, mtp_e, sizeof(int32_t) * 4 * (size_t)(m->n_mtp < DSC_MODEL_MAX_MTP ? m->n_mtp : DSC_MODEL_MAX_MTP));
+    if (m->n_mtp > DSC_MODEL_MAX_MTP)
+      st = dsc_error(DSC_ERR_INVALID_ARGUMENT, FN, "cfg->num_nextn_predict_layers: expected <= %d, got %d",
+                     DSC_MODEL_MAX_MTP, (int)m->n_mtp);
+  }
+
+  /* initialize on the host, region by region, then copy to the device */
+  if (st == DSC_OK) {
+    float *host = (float *)malloc((size_t)(maxr ? maxr : 1) * sizeof(float));
+    if (!host) st = dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+    const DLDevice cpu = {kDLCPU, 0};
+    for (int32_t r = 0; r < m->n_regions && st == DSC_OK; ++r) {
+      const dsc_model_region *rg = &m->regions[r];
+      if (o.init) {
+        for (int64_t e = 0; e < m->n_storage; ++e) {
+          const dsc_model_entry *en = &m->storage[e];
+          if (en->region == r) init_entry(en, host + (en->offset - rg->offset), c->initializer_range, o.seed);
+        }
+      } else {
+        memset(host, 0, (size_t)rg->numel * sizeof(float));
+      }
+      st = dsc_memcpy(ctx, m->params + rg->offset, ctx->device, host, cpu, (size_t)rg->numel * sizeof(float));
+    }
+    free(host);
+  }
+  if (st == DSC_OK) st = dsc_model_prepare(m);
+  free(be);
+  free(mtp_e);
+  if (st != DSC_OK) {
+    dsc_model_destroy(m);
+    return st;
+  }
+  *out = m;
+  return DSC_OK;
+}
+
+/* FP8 mode: the attention and expert matrices through E4M3 with 128x128 block scales
+ * into the shadow arena (weight-only simulation of FP8 storage; the gradient reaches the
+ * float32 master unchanged). No-op without fp8. */
+dsc_status dsc_model_prepare(dsc_model *m) {
+  static const char *const FN = "dsc_model_prepare";
+  if (!m->fp8_shadow) return DSC_OK;
+  dsc_context *ctx = m->ctx;
+  int64_t maxq = 0, maxs = 0;
+  for (int64_t e = 0; e < m->n_storage; ++e) {
+    const dsc_model_entry *en = &m->storage[e];
+    const int64_t rows = en->ndim == 3 ? en->shape[1] : en->shape[0];
+    const int64_t cols = en->ndim == 1 ? 1 : en->ndim == 3 ? en->shape[2] : en->shape[1];
+    if (en->ndim >= 2 && rows * cols > maxq) maxq = rows * cols;
+    const int64_t ns = ((rows + 127) / 128) * ((cols + 127) / 128);
+    if (ns > maxs) maxs = ns;
+  }
+  void *q = NULL, *sc = NULL;
+  dsc_status st = dsc_model_alloc(m, (size_t)maxq, &q);
+  if (st == DSC_OK) st = dsc_model_alloc(m, (size_t)maxs * sizeof(float), &sc);
+  dsc_fp8_quant_params qp;
+  dsc_fp8_quant_params_default(&qp);
+  qp.block_rows = 128;
+  qp.block_cols = 128;
+  for (int32_t b = 0; b < m->n_blocks && st == DSC_OK; ++b) {
+    for (int sl = 0; sl < S_COUNT && st == DSC_OK; ++sl) {
+      const int32_t e = m->block_entries[b * S_COUNT + sl];
+      if (e < 0 || !fp8_shadowed(sl)) continue;
+      const dsc_model_entry *en = &m->storage[e];
+      const int64_t nmat = en->ndim == 3 ? en->shape[0] : 1;
+      const int64_t rows = en->ndim == 3 ? en->shape[1] : en->shape[0];
+      const int64_t cols = en->ndim == 3 ? en->shape[2] : en->shape[1];
+      for (int64_t k = 0; k < nmat && st == DSC_OK; ++k) {
+        const int64_t s2[2] = {rows, cols}, ss[2] = {(rows + 127) / 128, (cols + 127) / 128};
+        int64_t a0[2], a1[2], b0[2], b1[2], c0[2], c1[2], d0[2], d1[2];
+        const int64_t off = en->offset + k * rows * cols;
+        DLTensor src = dsc_model_view(m, m->params + off, DSC_DTYPE_FLOAT32, 2, s2, a0, a1);
+        DLTensor dst = dsc_model_view(m, m->fp8_shadow + off, DSC_DTYPE_FLOAT32, 2, s2, b0, b1);
+        DLTensor qt = dsc_model_view(m, q, DSC_DTYPE_FLOAT8_E4M3FN, 2, s2, c0, c1);
+        DLTensor sct = dsc_model_view(m, sc, DSC_DTYPE_FLOAT32, 2, ss, d0, d1);
+        st = dsc_fp8_quantize(ctx, &qp, &src, &qt, &sct);
+        if (st == DSC_OK) st = dsc_fp8_dequantize(ctx, 128, 128, &qt, &sct, &dst);
+      }
+    }
+  }
+  if (q) dsc_free(ctx, q);
+  if (sc) dsc_free(ctx, sc);
+  (void)FN;
+  return st;
+}
+
+/* ------------------------------------------------------------------ accessors */
+
+dsc_status dsc_model_get_config(const dsc_model *m, dsc_model_config *cfg) {
+  static const char *const FN = "dsc_model_get_config";
+  DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
+  DSC_CHECK(cfg != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "cfg: expected a pointer, got NULL");
+  *cfg = m->cfg;
+  return DSC_OK;
+}
+
+dsc_context *dsc_model_context(const dsc_model *m) { return m ? m->ctx : NULL; }
+
+int64_t dsc_model_num_parameters(const dsc_model *m) { return m ? m->n_params : 0; }
+
+int64_t dsc_model_num_tensors(const dsc_model *m) { return m ? m->n_named : 0; }
+
+static dsc_status check_index(const dsc_model *m, const char *fn, int64_t index) {
+  DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, fn, "model: expected a model, got NULL");
+  DSC_CHECK(index >= 0 && index < m->n_named, DSC_ERR_INVALID_ARGUMENT, fn,
+            "index: expected 0..%lld (dsc_model_num_tensors - 1), got %lld", (long long)m->n_named - 1,
+            (long long)index);
+  return DSC_OK;
+}
+
+dsc_status dsc_model_tensor(const dsc_model *m, int64_t index, const char **name, DLTensor *view) {
+  static const char *const FN = "dsc_model_tensor";
+  DSC_TRY(check_index(m, FN, index));
+  const dsc_model_entry *e = &m->named[index];
+  if (name) *name = e->name;
+  if (view) *view = entry_view(m, e, m->params);
+  return DSC_OK;
+}
+
+dsc_status dsc_model_find_tensor(const dsc_model *m, const char *name, int64_t *index) {
+  static const char *const FN = "dsc_model_find_tensor";
+  DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
+  DSC_CHECK(name != NULL && index != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "name, index: expected pointers");
+  for (int64_t i = 0; i < m->n_named; ++i) {
+    if (!strcmp(m->named[i].name, name)) {
+      *index = i;
+      return DSC_OK;
+    }
+  }
+  return dsc_error(DSC_ERR_INVALID_ARGUMENT, FN, "name: no tensor %s in this model", name);
+}
+
+dsc_status dsc_model_grad(dsc_model *m, int64_t index, DLTensor *view) {
+  static const char *const FN = "dsc_model_grad";
+  DSC_TRY(check_index(m, FN, index));
+  DSC_CHECK(view != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "view: expected a pointer, got NULL");
+  DSC_CHECK(m->grads != NULL && m->have_grads, DSC_ERR_INVALID_ARGUMENT, FN,
+            "model: no gradients yet (call dsc_model_loss_and_grad first)");
+  DSC_CHECK(m->named[index].train, DSC_ERR_INVALID_ARGUMENT, FN,
+            "index: %s is not trained by gradient (the aux-loss-free bias)", m->named[index].name);
+  *view = entry_view(m, &m->named[index], m->grads);
+  return DSC_OK;
+}
+
+/* Allocate the AdamW moments (zeros) if needed. */
+dsc_status dsc_model_ensure_moments(dsc_model *m) {
+  const size_t bytes = (size_t)m->n_params * sizeof(float);
+  if (!m->exp_avg) {
+    DSC_TRY(dsc_model_alloc(m, bytes, (void **)&m->exp_avg));
+    DSC_TRY(dsc_model_fill_zero(m, m->exp_avg, m->n_params));
+  }
+  if (!m->exp_avg_sq) {
+    DSC_TRY(dsc_model_alloc(m, bytes, (void **)&m->exp_avg_sq));
+    DSC_TRY(dsc_model_fill_zero(m, m->exp_avg_sq, m->n_params));
+  }
+  return DSC_OK;
+}
+
+dsc_status dsc_model_optimizer_state(dsc_model *m, int64_t index, int32_t which, DLTensor *view) {
+  static const char *const FN = "dsc_model_optimizer_state";
+  DSC_TRY(check_index(m, FN, index));
+  DSC_CHECK(which == 0 || which == 1, DSC_ERR_INVALID_ARGUMENT, FN,
+            "which: expected 0 (exp_avg) or 1 (exp_avg_sq), got %d", (int)which);
+  DSC_CHECK(view != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "view: expected a pointer, got NULL");
+  DSC_CHECK(m->named[index].train, DSC_ERR_INVALID_ARGUMENT, FN,
+            "index: %s has no optimizer state (not trained by gradient)", m->named[index].name);
+  DSC_TRY(dsc_model_ensure_moments(m));
+  *view = entry_view(m, &m->named[index], which ? m->exp_avg_sq : m->exp_avg);
+  return DSC_OK;
+}
+
+int64_t dsc_model_step(const dsc_model *m) { return m ? m->step : 0; }
+
+dsc_status dsc_model_set_step(dsc_model *m, int64_t step) {
+  static const char *const FN = "dsc_model_set_step";
+  DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
+  DSC_CHECK(step >= 0, DSC_ERR_INVALID_ARGUMENT, FN, "step: expected >= 0, got %lld", (long long)step);
+  m->step = step;
+  return DSC_OK;
+}
+
+void dsc_model_mla_weights(const dsc_model *m, int32_t b, dsc_mla_weights *w) {
+  const dsc_model_block *k = &m->blocks[b];
+  memset(w, 0, sizeof *w);
+  w->size = sizeof *w;
+  w->q_a_proj = k->q_a_proj.data ? &k->q_a_proj : NULL;
+  w->q_a_layernorm = k->q_a_norm.data ? &k->q_a_norm : NULL;
+  w->q_b_proj = k->q_b_proj.data ? &k->q_b_proj : NULL;
+  w->q_proj = k->q_proj.data ? &k->q_proj : NULL;
+  w->kv_a_proj_with_mqa = &k->kv_a_proj;
+  w->kv_a_layernorm = &k->kv_a_norm;
+  w->kv_b_proj = &k->kv_b_proj;
+  w->o_proj = &k->o_proj;
+}
+
+void dsc_model_moe_weights(const dsc_model *m, int32_t b, dsc_moe_layer_weights *w) {
+  const dsc_model_block *k = &m->blocks[b];
+  memset(w, 0, sizeof *w);
+  w->size = sizeof *w;
+  w->gate = &k->router;
+  w->bias = k->bias.data ? &k->bias : NULL;
+  w->experts_gate = &k->ex_gate;
+  w->experts_up = &k->ex_up;
+  w->experts_down = &k->ex_down;
+  w->shared_gate = k->sh_gate.data ? &k->sh_gate : NULL;
+  w->shared_up = k->sh_up.data ? &k->sh_up : NULL;
+  w->shared_down = k->sh_down.data ? &k->sh_down : NULL;
+}
+
+/* ------------------------------------------------------------------ device helpers */
+
+dsc_status dsc_model_copy2d(dsc_model *m, int64_t rows, size_t row_bytes, const void *src, size_t src_pitch,
+                            void *dst, size_t dst_pitch) {
+  if (dsc_ctx_is_cuda(m->ctx)) {
+#ifdef DSC_WITH_CUDA
+    return dsc_cuda_copy2d(m->ctx, rows, row_bytes, src, src_pitch, dst, dst_pitch);
+#else
+    return dsc_error(DSC_ERR_INTERNAL, "dsc_model", "CUDA context in a build without CUDA");
+#endif
+  }
+  return dsc_cpu_copy2d(m->ctx, rows, row_bytes, src, src_pitch, dst, dst_pitch);
+}
+
+dsc_status dsc_model_scale(dsc_model *m, float *x, int64_t n, float alpha) {
+  if (n == 0) return DSC_OK;
+  if (dsc_ctx_is_cuda(m->ctx)) {
+#ifdef DSC_WITH_CUDA
+    return dsc_cuda_scale_f32(m->ctx, n, x, alpha);
+#else
+    return dsc_error(DSC_ERR_INTERNAL, "dsc_model", "CUDA context in a build without CUDA");
+#endif
+  }
+  return dsc_cpu_scale_f32(m->ctx, n, x, alpha);
+}
+
+dsc_status dsc_model_fill_zero(dsc_model *m, float *x, int64_t n) {
+  if (n == 0) return DSC_OK;
+  if (!dsc_ctx_is_cuda(m->ctx)) {
+    memset(x, 0, (size_t)n * sizeof(float));
+    return DSC_OK;
+  }
+  /* device: copy zeros from the host in chunks */
+  enum { CHUNK = 1 << 16 };
+  float *z = (float *)calloc(CHUNK, sizeof(float));
+  if (!z) return dsc_error(DSC_ERR_OUT_OF_MEMORY, "dsc_model", "out of host memory");
+  dsc_status st = DSC_OK;
+  for (int64_t i = 0; i < n && st == DSC_OK; i += CHUNK) {
+    const int64_t c = n - i < CHUNK ? n - i : CHUNK;
+    st = dsc_memcpy(m->ctx, x + i, m->ctx->device, z, (DLDevice){kDLCPU, 0}, (size_t)c * sizeof(float));
+  }
+  free(z);
+  return st;
+}
+
+/* tokens / targets: int32 [B, T] on the model's device, ids in [0, V) (targets may also be
+ * `skip`). */
+dsc_status dsc_model_check_ids(dsc_model *m, const char *fn, const char *arg, const DLTensor *t,
+                               const DLTensor *like, int64_t skip, int use_skip) {
+  DSC_TRY(dsc_check_tensor(m->ctx, fn, arg, t, DSC_DT(DSC_DTYPE_INT32)));
+  if (like) {
+    DSC_TRY(dsc_check_same_shape(fn, arg, t, "tokens", like));
+  } else {
+    DSC_TRY(dsc_check_ndim(fn, arg, t, 2, 2, "(B, T)"));
+    DSC_CHECK(t->shape[0] >= 1 && t->shape[1] >= 1, DSC_ERR_SHAPE, fn,
+              "%s: expected a non-empty [B, T] batch, got [%lld, %lld]", arg, (long long)t->shape[0],
+              (long long)t->shape[1]);
+    DSC_CHECK(t->shape[1] <= m->cfg.max_position_embeddings, DSC_ERR_SHAPE, fn,
+              "%s: expected at most max_position_embeddings = %d tokens per row, got %lld", arg,
+              (int)m->cfg.max_position_embeddings, (long long)t->shape[1]);
+  }
+  const int64_t n = dsc_numel(t);
+  int64_t bad_pos = -1, bad_val = 0;
+  const int64_t V = m->cfg.vocab_size;
+  const int64_t sk = use_skip ? skip : 0;
+  if (dsc_ctx_is_cuda(m->ctx)) {
+#ifdef DSC_WITH_CUDA
+    DSC_TRY(dsc_cuda_index_range(m->ctx, n, 0, dsc_data(t), 0, V, sk, &bad_pos, &bad_val));
+#else
+    return dsc_error(DSC_ERR_INTERNAL, fn, "CUDA context in a build without CUDA");
+#endif
+  } else {
+    DSC_TRY(dsc_cpu_index_range(m->ctx, n, 0, dsc_data(t), 0, V, sk, &bad_pos, &bad_val));
+  }
+  if (bad_pos >= 0) {
+    if (use_skip)
+      return dsc_error(DSC_ERR_INVALID_ARGUMENT, fn,
+                       "%s: expected ids in [0, %lld) (vocab_size) or ignore_index %lld, got %lld at "
+                       "position %lld",
+                       arg, (long long)V, (long long)skip, (long long)bad_val, (long long)bad_pos);
+    return dsc_error(DSC_ERR_INVALID_ARGUMENT, fn,
+                     "%s: expected ids in [0, %lld) (vocab_size), got %lld at position %lld", arg,
+                     (long long)V, (long long)bad_val, (long long)bad_pos);
+  }
+  return DSC_OK;
+}

@@ -1,0 +1,148 @@
+/*
+ * model/model_internal.h -- the dsc_model struct shared by model.c (parameters, init,
+ * training step), model_io.c (config.json, checkpoints) and generate.c (inference).
+ *
+ * Parameters live in one float32 arena, laid out region by region:
+ *   [embed] [layer 0] .. [layer L-1] [final norm] [lm_head?] [mtp 0] .. [mtp Dm-1]
+ * A region is the unit of gradient bookkeeping: the first backward contribution to a
+ * region in a pass writes its gradients in place, later ones (grad accumulation, the
+ * embedding and head shared by MTP) go through a scratch copy and an add.
+ * "Storage" entries are what the optimizer sees (experts stacked [E, F, D]); "named"
+ * entries are the Hugging Face tensors (experts one by one, views of the stacks).
+ *
+ * Legend: B batch, T tokens per row, N = B*T, V vocab, D hidden, L main layers,
+ * Dm MTP depths, E routed experts.
+ */
+#ifndef DSC_MODEL_INTERNAL_H_
+#define DSC_MODEL_INTERNAL_H_
+
+#include "../core/internal.h"
+
+#define DSC_MODEL_NAME_MAX 96
+#define DSC_MODEL_MAX_MTP 8
+
+/* The weight slots of a block, in arena order (dsc_model.block_entries). */
+enum {
+  S_IN_NORM, S_QA, S_QA_NORM, S_QB, S_Q, S_KVA, S_KVA_NORM, S_KVB, S_O, S_POST_NORM,
+  S_MG, S_MU, S_MD, S_ROUTER, S_BIAS, S_EG, S_EU, S_ED, S_SG, S_SU, S_SD, S_COUNT
+};
+
+/* One tensor of the arena. */
+typedef struct {
+  char name[DSC_MODEL_NAME_MAX]; /* HF name; stacked experts: "...mlp.experts.gate_proj.weight" */
+  int32_t ndim;
+  int64_t shape[3];
+  int64_t strides[3];
+  int64_t offset;  /* elements from the arena start */
+  int64_t numel;
+  int32_t region;  /* index into dsc_model.regions */
+  int32_t decay;   /* weight decay applies (matrices) */
+  int32_t train;   /* updated by AdamW (all but e_score_correction_bias) */
+  int32_t storage; /* index of the storage entry (named entries); itself for storage */
+} dsc_model_entry;
+
+typedef struct {
+  int64_t offset, numel; /* elements */
+} dsc_model_region;
+
+/* Views of one decoder block's weights (main layer or an MTP module's block). */
+typedef struct {
+  int32_t is_moe;
+  int32_t region;
+  DLTensor input_norm, post_norm;                       /* [D] */
+  DLTensor q_a_proj, q_a_norm, q_b_proj, q_proj;        /* MLA (unused ones: data NULL) */
+  DLTensor kv_a_proj, kv_a_norm, kv_b_proj, o_proj;
+  DLTensor mlp_gate, mlp_up, mlp_down;                  /* dense: [I, D], [I, D], [D, I] */
+  DLTensor router, bias;                                /* MoE: [E, D], [E] (bias data NULL: none) */
+  DLTensor ex_gate, ex_up, ex_down;                     /* [E, F, D], [E, F, D], [E, D, F] */
+  DLTensor sh_gate, sh_up, sh_down;                     /* shared experts (data NULL: none) */
+  int64_t shapes[24][3];                                /* storage of the views' shapes */
+  int64_t strides[24][3];
+} dsc_model_block;
+
+/* One MTP module: norms and projection around its block. */
+typedef struct {
+  int32_t region;
+  DLTensor enorm, hnorm;    /* [D] */
+  DLTensor eh_proj;         /* [D, 2D] */
+  DLTensor head_norm;       /* shared_head.norm [D] */
+  int64_t shapes[4][3];
+  int64_t strides[4][3];
+} dsc_model_mtp;
+
+typedef struct dsc_model_acts dsc_model_acts; /* model.c: activations of a training shape */
+
+struct dsc_model {
+  dsc_context *ctx;
+  dsc_model_config cfg;
+  int32_t fp8;
+  int32_t n_layers, n_mtp, n_blocks; /* n_blocks = n_layers + n_mtp */
+
+  dsc_model_entry *storage; int64_t n_storage;
+  dsc_model_entry *named;   int64_t n_named;
+  dsc_model_region *regions; int32_t n_regions;
+  int64_t n_params;
+
+  float *params;   /* [n_params] on ctx's device */
+  float *grads;    /* [n_params], allocated with the first backward */
+  float *exp_avg, *exp_avg_sq; /* [n_params], allocated with the first step / state access */
+  float *scratch;  /* [largest region]: gradient contributions to add */
+  int64_t scratch_numel;
+  int64_t step;
+
+  dsc_model_block *blocks;  /* [n_blocks]: layers 0..L-1, then the MTP blocks */
+  dsc_model_mtp *mtp;       /* [n_mtp] */
+  DLTensor embed, final_norm, head; /* [V, D], [D], [V, D] (head = embed when tied) */
+  int64_t tshape[3][2], tstrides[3][2];
+
+  dsc_mla_params mla;         /* from cfg */
+  dsc_moe_route_params route; /* from cfg */
+
+  int64_t *load;   /* [n_blocks * E] host: expert load of the last pass (MoE blocks) */
+  dsc_model_acts *acts;
+  float *fp8_shadow; /* fp8 weight-only simulation copies (model.c), or NULL */
+
+  uint8_t *touched;        /* [n_storage]: gradient already written in this pass */
+  int32_t have_grads;      /* a loss_and_grad completed */
+  int32_t *block_entries;  /* [n_blocks * S_COUNT] storage index per block slot, -1 none */
+  int32_t emb_entry, head_entry, norm_entry;
+  int32_t mtp_entries[DSC_MODEL_MAX_MTP][4]; /* enorm, hnorm, eh_proj, shared_head.norm */
+};
+
+/* ---- helpers shared by the model files (model.c) ---- */
+
+/* A float32 / int32 row-major DLTensor over `data` (shape copied into *shape_store). */
+DLTensor dsc_model_view(const dsc_model *m, void *data, dsc_dtype dt, int ndim, const int64_t *shape,
+                        int64_t *shape_store, int64_t *stride_store);
+/* The MLA weights struct of block b (pointers into m->blocks[b]). */
+void dsc_model_mla_weights(const dsc_model *m, int32_t b, dsc_mla_weights *w);
+/* The MoE weights struct of block b (an MoE block). */
+void dsc_model_moe_weights(const dsc_model *m, int32_t b, dsc_moe_layer_weights *w);
+/* Inference FFN of block b: x [N, D] -> y [N, D] (dense MLP or MoE, no saved state).
+ * counts [E] int64 (optional, MoE only). */
+dsc_status dsc_model_ffn_infer(dsc_model *m, int32_t b, const DLTensor *x, DLTensor *y,
+                               DLTensor *counts);
+/* out[N, 2D] = [a | b] for a, b [N, D] (the MTP concat); and its split. */
+dsc_status dsc_model_concat2(dsc_model *m, const DLTensor *a, const DLTensor *b, DLTensor *out);
+dsc_status dsc_model_split2(dsc_model *m, const DLTensor *in, DLTensor *a, DLTensor *b);
+/* Device allocation helpers. */
+dsc_status dsc_model_alloc(dsc_model *m, size_t bytes, void **p);
+/* Block i is an MoE block (first_k_dense_replace, moe_layer_freq). */
+int dsc_model_is_moe_block(const dsc_model_config *c, int32_t i);
+/* Refresh the FP8 shadow weights from the masters (no-op without fp8). Call once before
+ * a run of forwards after the parameters changed (train step, load, user writes). */
+dsc_status dsc_model_prepare(dsc_model *m);
+/* Storage entry e as a DLTensor over base (m->params, m->grads, ...). */
+DLTensor dsc_model_storage_view(const dsc_model *m, int64_t e, float *base);
+dsc_status dsc_model_ensure_moments(dsc_model *m);
+/* Strided row copy on the model's device (backend copy2d); x *= alpha; x = 0. */
+dsc_status dsc_model_copy2d(dsc_model *m, int64_t rows, size_t row_bytes, const void *src,
+                            size_t src_pitch, void *dst, size_t dst_pitch);
+dsc_status dsc_model_scale(dsc_model *m, float *x, int64_t n, float alpha);
+dsc_status dsc_model_fill_zero(dsc_model *m, float *x, int64_t n);
+/* t int32 on the model's device with ids in [0, V) (or == skip when use_skip); like:
+ * expected shape (NULL: a non-empty [B, T] with T <= max_position_embeddings). */
+dsc_status dsc_model_check_ids(dsc_model *m, const char *fn, const char *arg, const DLTensor *t,
+                               const DLTensor *like, int64_t skip, int use_skip);
+
+#endif /* DSC_MODEL_INTERNAL_H_ */

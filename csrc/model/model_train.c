@@ -1,0 +1,987 @@
+/*
+ * model/model_train.c -- the forward pass, the backward pass and the training step of
+ * dsc_model, composed from the public ops (each validates and dispatches, so the model
+ * runs on whatever device its context has kernels for).
+ *
+ *   h_0 = Emb(tokens)                                           [B, T, D]
+ *   block b:  hmid = h_b + MLA(RMSNorm(h_b));  h_{b+1} = hmid + FFN_b(RMSNorm(hmid))
+ *   hn = RMSNorm(h_L);  logits = hn @ head^T                    [B, T, V]
+ *   MTP depth d = 0..Dm-1 (Td = T - d - 1 positions; prev_0 = hn, prev_d = xn_{d-1}):
+ *     cat = [RMSNorm_e(Emb(tokens[:, d+1:])) ; RMSNorm_h(prev_d[:, :Td])]   [B, Td, 2D]
+ *     xo = block_{L+d}(cat @ eh_proj^T);  xn_d = RMSNorm_head(xo);  logits_d = xn_d @ head^T
+ *   loss = CE(logits, targets) + lambda / Dm * sum_d CE(logits_d, targets[:, d+1:])
+ *
+ * Activations of one (B, T) shape are planned once into one arena (dsc_model_acts) and
+ * reused while the shape stays; the MLA / MoE ops keep their own saved state in handles
+ * owned per block. Legend: B batch, T tokens per row, N = B*T, V vocab, D hidden,
+ * I dense intermediate, L main layers, Dm MTP depths, E routed experts.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../core/backend.h"
+#include "model_internal.h"
+
+/* Run a step only while every earlier step succeeded. */
+#define STEP(call)                 \
+  do {                             \
+    if (st == DSC_OK) st = (call); \
+  } while (0)
+
+/* A DLTensor with its own shape storage (never copied by value once made). */
+typedef struct {
+  DLTensor t;
+  int64_t sh[4], st[4];
+} tv;
+
+static DLTensor *tv_make(tv *v, const dsc_model *m, const void *data, dsc_dtype dt, int ndim, int64_t d0,
+                         int64_t d1, int64_t d2) {
+  const int64_t d[3] = {d0, d1, d2};
+  v->t = dsc_model_view(m, (void *)data, dt, ndim, d, v->sh, v->st);
+  return &v->t;
+}
+#define F32 DSC_DTYPE_FLOAT32
+#define I32 DSC_DTYPE_INT32
+
+/* ------------------------------------------------------------------ activation plan */
+
+typedef struct {
+  float *x_in, *xn1, *hmid, *xn2, *out; /* [rows, D]; x_in / out point into the chain */
+  float *g, *u, *a;                     /* dense FFN: [rows, I] */
+  uint8_t *xq[3], *wq[3];               /* FP8 dense FFN saved (gate, up, down) */
+  float *xs[3], *ws[3];
+  dsc_mla_saved *mla;
+  dsc_moe_layer_saved *moe;
+} blk_acts;
+
+struct dsc_model_acts {
+  int64_t B, T;
+  void *arena;
+  size_t bytes;
+  int32_t *pos;                 /* [B, T] 0..T-1 */
+  float *h;                     /* [L + 1, N, D] */
+  float *hn;                    /* [N, D] */
+  float *logits;                /* [N, V] (then dlogits) */
+  blk_acts *blk;                /* [n_blocks] */
+  int32_t *mtp_tok[DSC_MODEL_MAX_MTP], *mtp_tgt[DSC_MODEL_MAX_MTP], *mtp_pos[DSC_MODEL_MAX_MTP];
+  float *mtp_e[DSC_MODEL_MAX_MTP], *mtp_en[DSC_MODEL_MAX_MTP], *mtp_hp[DSC_MODEL_MAX_MTP];
+  float *mtp_hh[DSC_MODEL_MAX_MTP], *mtp_cat[DSC_MODEL_MAX_MTP], *mtp_x[DSC_MODEL_MAX_MTP];
+  float *mtp_xo[DSC_MODEL_MAX_MTP], *mtp_xn[DSC_MODEL_MAX_MTP], *mtp_logits[DSC_MODEL_MAX_MTP];
+  float *dh, *tA, *tB, *tC, *tD, *dprev; /* [N, D] */
+  float *dI0, *dI1, *dI2;                /* [N, I] */
+  float *dcat;                           /* [N, 2D] */
+  float *loss;                           /* [1 + Dm] */
+  int64_t *counts;                       /* [E] */
+};
+
+void dsc_model_acts_free(dsc_model *m) {
+  dsc_model_acts *A = m->acts;
+  if (!A) return;
+  if (A->arena) dsc_free(m->ctx, A->arena);
+  if (A->blk) {
+    for (int32_t b = 0; b < m->n_blocks; ++b) {
+      dsc_mla_saved_destroy(A->blk[b].mla);
+      dsc_moe_layer_saved_destroy(A->blk[b].moe);
+    }
+    free(A->blk);
+  }
+  free(A);
+  m->acts = NULL;
+}
+
+static size_t carve(char *base, size_t *off, size_t bytes, void **ptr) {
+  *off = (*off + 255) & ~(size_t)255;
+  if (base) *ptr = base + *off;
+  *off += bytes ? bytes : 1;
+  return *off;
+}
+#define CARVE(p, type, count) carve(base, &off, (size_t)(count) * sizeof(type), (void **)&(p))
+
+/* Lay out (base NULL: size) every activation of shape (B, T). */
+static size_t plan(dsc_model *m, dsc_model_acts *A, char *base) {
+  const dsc_model_config *c = &m->cfg;
+  const int64_t B = A->B, T = A->T, N = B * T, D = c->hidden_size, V = c->vocab_size;
+  const int64_t I = c->intermediate_size > 0 ? c->intermediate_size : 1;
+  const int64_t E = c->n_routed_experts > 0 ? c->n_routed_experts : 1;
+  size_t off = 0;
+  CARVE(A->pos, int32_t, N);
+  CARVE(A->h, float, (m->n_layers + 1) * N * D);
+  CARVE(A->hn, float, N * D);
+  CARVE(A->logits, float, N * V);
+  for (int32_t b = 0; b < m->n_blocks; ++b) {
+    const int32_t d = b - m->n_layers;
+    const int64_t rows = d < 0 ? N : B * (T - d - 1);
+    if (rows <= 0) continue;
+    blk_acts *k = &A->blk[b];
+    CARVE(k->xn1, float, rows * D);
+    CARVE(k->hmid, float, rows * D);
+    CARVE(k->xn2, float, rows * D);
+    if (!m->blocks[b].is_moe) {
+      CARVE(k->g, float, rows * I);
+      CARVE(k->u, float, rows * I);
+      CARVE(k->a, float, rows * I);
+      if (m->fp8) {
+        const int64_t K[3] = {D, D, I}, Nf[3] = {I, I, D};
+        for (int j = 0; j < 3; ++j) {
+          const int64_t kb = (K[j] + 127) / 128;
+          CARVE(k->xq[j], uint8_t, rows * K[j]);
+          CARVE(k->xs[j], float, rows * kb);
+          CARVE(k->wq[j], uint8_t, Nf[j] * K[j]);
+          CARVE(k->ws[j], float, ((Nf[j] + 127) / 128) * kb);
+        }
+      }
+    }
+  }
+  for (int32_t d = 0; d < m->n_mtp; ++d) {
+    const int64_t Td = T - d - 1, Nd = B * Td;
+    if (Td < 1) break;
+    CARVE(A->mtp_tok[d], int32_t, Nd);
+    CARVE(A->mtp_tgt[d], int32_t, Nd);
+    CARVE(A->mtp_pos[d], int32_t, Nd);
+    CARVE(A->mtp_e[d], float, Nd * D);
+    CARVE(A->mtp_en[d], float, Nd * D);
+    CARVE(A->mtp_hp[d], float, Nd * D);
+    CARVE(A->mtp_hh[d], float, Nd * D);
+    CARVE(A->mtp_cat[d], float, Nd * 2 * D);
+    CARVE(A->mtp_x[d], float, Nd * D);
+    CARVE(A->mtp_xo[d], float, Nd * D);
+    CARVE(A->mtp_xn[d], float, Nd * D);
+    CARVE(A->mtp_logits[d], float, Nd * V);
+  }
+  CARVE(A->dh, float, N * D);
+  CARVE(A->tA, float, N * D);
+  CARVE(A->tB, float, N * D);
+  CARVE(A->tC, float, N * D);
+  CARVE(A->tD, float, N * D);
+  CARVE(A->dprev, float, N * D);
+  CARVE(A->dI0, float, N * I);
+  CARVE(A->dI1, float, N * I);
+  CARVE(A->dI2, float, N * I);
+  CARVE(A->dcat, float, N * 2 * D);
+  CARVE(A->loss, float, 1 + m->n_mtp);
+  CARVE(A->counts, int64_t, E);
+  return off;
+}
+
+/* The activations for (B, T): kept while the shape stays, re-planned when it changes. */
+static dsc_status acts_for(dsc_model *m, int64_t B, int64_t T, dsc_model_acts **out) {
+  static const char *const FN = "dsc_model";
+  dsc_model_acts *A = m->acts;
+  if (A && A->B == B && A->T == T) {
+    *out = A;
+    return DSC_OK;
+  }
+  if (!A) {
+    A = (dsc_model_acts *)calloc(1, sizeof *A);
+    if (!A) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+    A->blk = (blk_acts *)calloc((size_t)m->n_blocks, sizeof *A->blk);
+    m->acts = A;
+    if (!A->blk) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+    for (int32_t b = 0; b < m->n_blocks; ++b) {
+      DSC_TRY(dsc_mla_saved_create(m->ctx, &A->blk[b].mla));
+      if (m->blocks[b].is_moe) DSC_TRY(dsc_moe_layer_saved_create(m->ctx, &A->blk[b].moe));
+    }
+  }
+  if (A->arena) dsc_free(m->ctx, A->arena);
+  A->arena = NULL;
+  A->B = A->T = 0;
+  /* keep the saved handles, clear the planned pointers */
+  for (int32_t b = 0; b < m->n_blocks; ++b) {
+    dsc_mla_saved *ms = A->blk[b].mla;
+    dsc_moe_layer_saved *mo = A->blk[b].moe;
+    memset(&A->blk[b], 0, sizeof A->blk[b]);
+    A->blk[b].mla = ms;
+    A->blk[b].moe = mo;
+  }
+  for (int d = 0; d < DSC_MODEL_MAX_MTP; ++d) {
+    A->mtp_tok[d] = A->mtp_tgt[d] = A->mtp_pos[d] = NULL;
+  }
+  A->B = B, A->T = T;
+  A->bytes = plan(m, A, NULL);
+  dsc_status st = dsc_model_alloc(m, A->bytes, &A->arena);
+  if (st != DSC_OK) {
+    A->B = A->T = 0;
+    return st;
+  }
+  plan(m, A, (char *)A->arena);
+  /* positions 0..T-1 per row (and 0..Td-1 for the MTP depths), written once */
+  int32_t *host = (int32_t *)malloc((size_t)(B * T) * sizeof(int32_t));
+  if (!host) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+  const DLDevice cpu = {kDLCPU, 0};
+  for (int64_t i = 0; i < B * T; ++i) host[i] = (int32_t)(i % T);
+  st = dsc_memcpy(m->ctx, A->pos, m->ctx->device, host, cpu, (size_t)(B * T) * sizeof(int32_t));
+  for (int32_t d = 0; d < m->n_mtp && st == DSC_OK && T - d - 1 >= 1; ++d) {
+    const int64_t Td = T - d - 1;
+    for (int64_t i = 0; i < B * Td; ++i) host[i] = (int32_t)(i % Td);
+    st = dsc_memcpy(m->ctx, A->mtp_pos[d], m->ctx->device, host, cpu, (size_t)(B * Td) * sizeof(int32_t));
+  }
+  free(host);
+  if (st != DSC_OK) {
+    dsc_free(m->ctx, A->arena);
+    A->arena = NULL;
+    A->B = A->T = 0;
+    return st;
+  }
+  *out = A;
+  return DSC_OK;
+}
+
+dsc_status dsc_model_activation_bytes(const dsc_model *m, size_t *bytes) {
+  static const char *const FN = "dsc_model_activation_bytes";
+  DSC_CHECK(m != NULL && bytes != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model, bytes: expected pointers");
+  size_t n = m->acts ? m->acts->bytes : 0;
+  if (m->acts)
+    for (int32_t b = 0; b < m->n_blocks; ++b) {
+      size_t s = 0;
+      if (m->acts->blk[b].mla && dsc_mla_saved_bytes(m->acts->blk[b].mla, &s) == DSC_OK) n += s;
+    }
+  *bytes = n;
+  return DSC_OK;
+}
+
+/* ------------------------------------------------------------------ gradient slots */
+
+/* Where the gradient of storage entry e goes in this pass: the first contribution straight
+ * into m->grads, later ones (shared embedding/head, accumulation) into the scratch region
+ * and then added. */
+typedef struct {
+  tv v;
+  int32_t e;
+  int via_scratch;
+} gslot;
+
+static DLTensor *gs_begin(dsc_model *m, gslot *g, int32_t e) {
+  g->e = e;
+  g->via_scratch = 0;
+  if (e < 0) return NULL;
+  const dsc_model_entry *en = &m->storage[e];
+  float *data = m->grads + en->offset;
+  if (m->touched[e]) {
+    g->via_scratch = 1;
+    data = m->scratch + (en->offset - m->regions[en->region].offset);
+  }
+  g->v.t = dsc_model_storage_view(m, e, m->grads);
+  g->v.t.data = data;
+  return &g->v.t;
+}
+
+static dsc_status gs_end(dsc_model *m, gslot *g) {
+  if (g->e < 0) return DSC_OK;
+  if (g->via_scratch) {
+    DLTensor dst = dsc_model_storage_view(m, g->e, m->grads);
+    DSC_TRY(dsc_add(m->ctx, &dst, &g->v.t, &dst));
+  }
+  m->touched[g->e] = 1;
+  return DSC_OK;
+}
+
+static int32_t slot_entry(const dsc_model *m, int32_t b, int s) { return m->block_entries[b * S_COUNT + s]; }
+
+/* ------------------------------------------------------------------ FFN */
+
+/* Dense SwiGLU MLP forward of block b: xn2 [rows, D] -> y [rows, D], saving g, u, a. */
+static dsc_status dense_fwd(dsc_model *m, int32_t b, blk_acts *k, int64_t rows, const DLTensor *x,
+                            DLTensor *y) {
+  dsc_context *ctx = m->ctx;
+  const dsc_model_block *w = &m->blocks[b];
+  const int64_t I = m->cfg.intermediate_size, D = m->cfg.hidden_size;
+  tv g, u, a;
+  tv_make(&g, m, k->g, F32, 2, rows, I, 0);
+  tv_make(&u, m, k->u, F32, 2, rows, I, 0);
+  tv_make(&a, m, k->a, F32, 2, rows, I, 0);
+  dsc_status st = DSC_OK;
+  if (m->fp8) {
+    const int64_t K[3] = {D, D, I}, Nf[3] = {I, I, D};
+    tv xq[3], xs[3], wq[3], ws[3];
+    for (int j = 0; j < 3; ++j) {
+      const int64_t kb = (K[j] + 127) / 128;
+      tv_make(&xq[j], m, k->xq[j], DSC_DTYPE_FLOAT8_E4M3FN, 2, rows, K[j], 0);
+      tv_make(&xs[j], m, k->xs[j], F32, 2, rows, kb, 0);
+      tv_make(&wq[j], m, k->wq[j], DSC_DTYPE_FLOAT8_E4M3FN, 2, Nf[j], K[j], 0);
+      tv_make(&ws[j], m, k->ws[j], F32, 2, (Nf[j] + 127) / 128, kb, 0);
+    }
+    STEP(dsc_fp8_linear_forward(ctx, x, &w->mlp_gate, &g.t, &xq[0].t, &xs[0].t, &wq[0].t, &ws[0].t));
+    STEP(dsc_fp8_linear_forward(ctx, x, &w->mlp_up, &u.t, &xq[1].t, &xs[1].t, &wq[1].t, &ws[1].t));
+    STEP(dsc_swiglu_forward(ctx, &g.t, &u.t, &a.t));
+    STEP(dsc_fp8_linear_forward(ctx, &a.t, &w->mlp_down, y, &xq[2].t, &xs[2].t, &wq[2].t, &ws[2].t));
+  } else {
+    STEP(dsc_linear_forward(ctx, x, &w->mlp_gate, &g.t));
+    STEP(dsc_linear_forward(ctx, x, &w->mlp_up, &u.t));
+    STEP(dsc_swiglu_forward(ctx, &g.t, &u.t, &a.t));
+    STEP(dsc_linear_forward(ctx, &a.t, &w->mlp_down, y));
+  }
+  return st;
+}
+
+/* dy [rows, D] -> dx [rows, D] (t1), weight gradients; t2 scratch [rows, D]. */
+static dsc_status dense_bwd(dsc_model *m, int32_t b, blk_acts *k, int64_t rows, const DLTensor *x,
+                            const DLTensor *dy, DLTensor *dx, DLTensor *t2) {
+  dsc_context *ctx = m->ctx;
+  dsc_model_acts *A = m->acts;
+  const dsc_model_block *w = &m->blocks[b];
+  const int64_t I = m->cfg.intermediate_size, D = m->cfg.hidden_size;
+  tv g, u, a, dA, dG, dU;
+  tv_make(&g, m, k->g, F32, 2, rows, I, 0);
+  tv_make(&u, m, k->u, F32, 2, rows, I, 0);
+  tv_make(&a, m, k->a, F32, 2, rows, I, 0);
+  tv_make(&dA, m, A->dI0, F32, 2, rows, I, 0);
+  tv_make(&dG, m, A->dI1, F32, 2, rows, I, 0);
+  tv_make(&dU, m, A->dI2, F32, 2, rows, I, 0);
+  gslot gd, gg, gu;
+  dsc_status st = DSC_OK;
+  if (m->fp8) {
+    const int64_t K[3] = {D, D, I}, Nf[3] = {I, I, D};
+    tv xq[3], xs[3], wq[3], ws[3];
+    for (int j = 0; j < 3; ++j) {
+      const int64_t kb = (K[j] + 127) / 128;
+      tv_make(&xq[j], m, k->xq[j], DSC_DTYPE_FLOAT8_E4M3FN, 2, rows, K[j], 0);
+      tv_make(&xs[j], m, k->xs[j], F32, 2, rows, kb, 0);
+      tv_make(&wq[j], m, k->wq[j], DSC_DTYPE_FLOAT8_E4M3FN, 2, Nf[j], K[j], 0);
+      tv_make(&ws[j], m, k->ws[j], F32, 2, (Nf[j] + 127) / 128, kb, 0);
+    }
+    STEP(dsc_fp8_linear_backward(ctx, dy, &xq[2].t, &xs[2].t, &wq[2].t, &ws[2].t, &dA.t,
+                                 gs_begin(m, &gd, slot_entry(m, b, S_MD))));
+    STEP(gs_end(m, &gd));
+    STEP(dsc_swiglu_backward(ctx, &dA.t, &g.t, &u.t, &dG.t, &dU.t));
+    STEP(dsc_fp8_linear_backward(ctx, &dG.t, &xq[0].t, &xs[0].t, &wq[0].t, &ws[0].t, dx,
+                                 gs_begin(m, &gg, slot_entry(m, b, S_MG))));
+    STEP(gs_end(m, &gg));
+    STEP(dsc_fp8_linear_backward(ctx, &dU.t, &xq[1].t, &xs[1].t, &wq[1].t, &ws[1].t, t2,
+                                 gs_begin(m, &gu, slot_entry(m, b, S_MU))));
+    STEP(gs_end(m, &gu));
+  } else {
+    STEP(dsc_linear_backward(ctx, dy, &a.t, &w->mlp_down, &dA.t, gs_begin(m, &gd, slot_entry(m, b, S_MD))));
+    STEP(gs_end(m, &gd));
+    STEP(dsc_swiglu_backward(ctx, &dA.t, &g.t, &u.t, &dG.t, &dU.t));
+    STEP(dsc_linear_backward(ctx, &dG.t, x, &w->mlp_gate, dx, gs_begin(m, &gg, slot_entry(m, b, S_MG))));
+    STEP(gs_end(m, &gg));
+    STEP(dsc_linear_backward(ctx, &dU.t, x, &w->mlp_up, t2, gs_begin(m, &gu, slot_entry(m, b, S_MU))));
+    STEP(gs_end(m, &gu));
+  }
+  STEP(dsc_add(ctx, dx, t2, dx));
+  return st;
+}
+
+/* Add this call's expert load (device counts [E]) into m->load for block b. */
+static dsc_status add_load(dsc_model *m, int32_t b, const int64_t *dev_counts) {
+  const int64_t E = m->cfg.n_routed_experts;
+  int64_t host[1024];
+  int64_t *h = E <= 1024 ? host : (int64_t *)malloc((size_t)E * sizeof(int64_t));
+  if (!h) return dsc_error(DSC_ERR_OUT_OF_MEMORY, "dsc_model", "out of host memory");
+  dsc_status st = dsc_memcpy(m->ctx, h, (DLDevice){kDLCPU, 0}, dev_counts, m->ctx->device,
+                             (size_t)E * sizeof(int64_t));
+  if (st == DSC_OK)
+    for (int64_t e = 0; e < E; ++e) m->load[(int64_t)b * E + e] += h[e];
+  if (h != host) free(h);
+  return st;
+}
+
+dsc_status dsc_model_ffn_infer(dsc_model *m, int32_t b, const DLTensor *x, DLTensor *y, DLTensor *counts) {
+  dsc_context *ctx = m->ctx;
+  const dsc_model_block *w = &m->blocks[b];
+  if (w->is_moe) {
+    dsc_moe_layer_weights mw;
+    dsc_model_moe_weights(m, b, &mw);
+    return dsc_moe_layer_forward(ctx, &m->route, 1, &mw, x, y, counts, NULL);
+  }
+  const int64_t rows = dsc_rows(x), I = m->cfg.intermediate_size;
+  float *buf = NULL;
+  DSC_TRY(dsc_model_alloc(m, (size_t)(3 * rows * I) * sizeof(float), (void **)&buf));
+  tv x2, y2, g, u, a;
+  tv_make(&x2, m, dsc_data(x), F32, 2, rows, m->cfg.hidden_size, 0);
+  tv_make(&y2, m, dsc_data(y), F32, 2, rows, m->cfg.hidden_size, 0);
+  tv_make(&g, m, buf, F32, 2, rows, I, 0);
+  tv_make(&u, m, buf + rows * I, F32, 2, rows, I, 0);
+  tv_make(&a, m, buf + 2 * rows * I, F32, 2, rows, I, 0);
+  dsc_status st = DSC_OK;
+  STEP(dsc_linear_forward(ctx, &x2.t, &w->mlp_gate, &g.t));
+  STEP(dsc_linear_forward(ctx, &x2.t, &w->mlp_up, &u.t));
+  STEP(dsc_swiglu_forward(ctx, &g.t, &u.t, &a.t));
+  STEP(dsc_linear_forward(ctx, &a.t, &w->mlp_down, &y2.t));
+  dsc_free(ctx, buf);
+  return st;
+}
+
+dsc_status dsc_model_concat2(dsc_model *m, const DLTensor *a, const DLTensor *b, DLTensor *out) {
+  const int64_t rows = dsc_rows(a), D = dsc_last_dim(a);
+  const size_t rb = (size_t)D * sizeof(float);
+  DSC_TRY(dsc_model_copy2d(m, rows, rb, dsc_data(a), rb, dsc_data(out), 2 * rb));
+  return dsc_model_copy2d(m, rows, rb, dsc_data(b), rb, (char *)dsc_data(out) + rb, 2 * rb);
+}
+
+dsc_status dsc_model_split2(dsc_model *m, const DLTensor *in, DLTensor *a, DLTensor *b) {
+  const int64_t rows = dsc_rows(a), D = dsc_last_dim(a);
+  const size_t rb = (size_t)D * sizeof(float);
+  DSC_TRY(dsc_model_copy2d(m, rows, rb, dsc_data(in), 2 * rb, dsc_data(a), rb));
+  return dsc_model_copy2d(m, rows, rb, (const char *)dsc_data(in) + rb, 2 * rb, dsc_data(b), rb);
+}
+
+/* ------------------------------------------------------------------ one block */
+
+typedef struct {
+  int train;        /* keep activations for backward */
+  float aux_alpha;  /* sequence-wise balance loss weight (already times grad_scale) */
+  double aux_sum;   /* += alpha * L_bal of each MoE block */
+} fwd_opts;
+
+/* x_in [B, Tb, D] -> out [B, Tb, D] (out != x_in); positions [B, Tb]. */
+static dsc_status block_fwd(dsc_model *m, int32_t b, int64_t B, int64_t Tb, const int32_t *positions,
+                            float *x_in, float *out, fwd_opts *o) {
+  dsc_context *ctx = m->ctx;
+  dsc_model_acts *A = m->acts;
+  blk_acts *k = &A->blk[b];
+  const dsc_model_block *w = &m->blocks[b];
+  const int64_t D = m->cfg.hidden_size, rows = B * Tb;
+  const float eps = m->cfg.rms_norm_eps;
+  k->x_in = x_in;
+  k->out = out;
+  tv x, xn1, hmid, xn2, y, t, pos;
+  tv_make(&x, m, x_in, F32, 3, B, Tb, D);
+  tv_make(&xn1, m, k->xn1, F32, 3, B, Tb, D);
+  tv_make(&hmid, m, k->hmid, F32, 3, B, Tb, D);
+  tv_make(&xn2, m, k->xn2, F32, 3, B, Tb, D);
+  tv_make(&y, m, out, F32, 3, B, Tb, D);
+  tv_make(&t, m, A->tA, F32, 3, B, Tb, D);
+  tv_make(&pos, m, positions, I32, 2, B, Tb, 0);
+  dsc_mla_weights mw;
+  dsc_model_mla_weights(m, b, &mw);
+  dsc_status st = DSC_OK;
+  STEP(dsc_rms_norm_forward(ctx, &x.t, &w->input_norm, eps, &xn1.t, NULL));
+  STEP(dsc_mla_forward(ctx, &m->mla, &mw, &xn1.t, &pos.t, &t.t, o->train ? k->mla : NULL));
+  STEP(dsc_add(ctx, &x.t, &t.t, &hmid.t));
+  STEP(dsc_rms_norm_forward(ctx, &hmid.t, &w->post_norm, eps, &xn2.t, NULL));
+  if (w->is_moe) {
+    dsc_moe_layer_weights ew;
+    dsc_model_moe_weights(m, b, &ew);
+    tv cnt;
+    tv_make(&cnt, m, A->counts, DSC_DTYPE_INT64, 1, m->cfg.n_routed_experts, 0, 0);
+    STEP(dsc_moe_layer_forward(ctx, &m->route, 1, &ew, &xn2.t, &t.t, &cnt.t, o->train ? k->moe : NULL));
+    STEP(add_load(m, b, A->counts));
+    if (o->train && o->aux_alpha > 0.0f) {
+      float l = 0.0f;
+      STEP(dsc_moe_layer_aux_loss(ctx, k->moe, Tb, o->aux_alpha, &l));
+      o->aux_sum += l;
+    }
+  } else {
+    tv x2, t2;
+    tv_make(&x2, m, k->xn2, F32, 2, rows, D, 0);
+    tv_make(&t2, m, A->tA, F32, 2, rows, D, 0);
+    STEP(dense_fwd(m, b, k, rows, &x2.t, &t2.t));
+  }
+  STEP(dsc_add(ctx, &hmid.t, &t.t, &y.t));
+  return st;
+}
+
+/* dh [B, Tb, D]: in d(out), out d(x_in), in place. Uses tA, tB, tC. */
+static dsc_status block_bwd(dsc_model *m, int32_t b, int64_t B, int64_t Tb, const int32_t *positions,
+                            float *dh) {
+  dsc_context *ctx = m->ctx;
+  dsc_model_acts *A = m->acts;
+  blk_acts *k = &A->blk[b];
+  const dsc_model_block *w = &m->blocks[b];
+  const int64_t D = m->cfg.hidden_size, rows = B * Tb;
+  const float eps = m->cfg.rms_norm_eps;
+  tv dy, x, xn1, hmid, xn2, t1, t2, t3, pos;
+  tv_make(&dy, m, dh, F32, 3, B, Tb, D);
+  tv_make(&x, m, k->x_in, F32, 3, B, Tb, D);
+  tv_make(&xn1, m, k->xn1, F32, 3, B, Tb, D);
+  tv_make(&hmid, m, k->hmid, F32, 3, B, Tb, D);
+  tv_make(&xn2, m, k->xn2, F32, 3, B, Tb, D);
+  tv_make(&t1, m, A->tA, F32, 3, B, Tb, D);
+  tv_make(&t2, m, A->tB, F32, 3, B, Tb, D);
+  tv_make(&t3, m, A->tC, F32, 3, B, Tb, D);
+  tv_make(&pos, m, positions, I32, 2, B, Tb, 0);
+  dsc_status st = DSC_OK;
+
+  /* FFN: dy -> d xn2 (t1) */
+  if (w->is_moe) {
+    dsc_moe_layer_weights ew;
+    dsc_model_moe_weights(m, b, &ew);
+    gslot gr, geg, geu, ged, gsg, gsu, gsd;
+    dsc_moe_layer_grads g;
+    memset(&g, 0, sizeof g);
+    g.size = sizeof g;
+    g.gate = gs_begin(m, &gr, slot_entry(m, b, S_ROUTER));
+    g.experts_gate = gs_begin(m, &geg, slot_entry(m, b, S_EG));
+    g.experts_up = gs_begin(m, &geu, slot_entry(m, b, S_EU));
+    g.experts_down = gs_begin(m, &ged, slot_entry(m, b, S_ED));
+    g.shared_gate = gs_begin(m, &gsg, slot_entry(m, b, S_SG));
+    g.shared_up = gs_begin(m, &gsu, slot_entry(m, b, S_SU));
+    g.shared_down = gs_begin(m, &gsd, slot_entry(m, b, S_SD));
+    STEP(dsc_moe_layer_backward(ctx, &m->route, &ew, &xn2.t, &dy.t, k->moe, &t1.t, &g));
+    STEP(gs_end(m, &gr));
+    STEP(gs_end(m, &geg));
+    STEP(gs_end(m, &geu));
+    STEP(gs_end(m, &ged));
+    STEP(gs_end(m, &gsg));
+    STEP(gs_end(m, &gsu));
+    STEP(gs_end(m, &gsd));
+  } else {
+    tv x2, dy2, d1, d2;
+    tv_make(&x2, m, k->xn2, F32, 2, rows, D, 0);
+    tv_make(&dy2, m, dh, F32, 2, rows, D, 0);
+    tv_make(&d1, m, A->tA, F32, 2, rows, D, 0);
+    tv_make(&d2, m, A->tB, F32, 2, rows, D, 0);
+    STEP(dense_bwd(m, b, k, rows, &x2.t, &dy2.t, &d1.t, &d2.t));
+  }
+  /* post-attention norm, residual */
+  gslot gpn;
+  STEP(dsc_rms_norm_backward(ctx, &t1.t, &hmid.t, &w->post_norm, NULL, eps, &t2.t,
+                             gs_begin(m, &gpn, slot_entry(m, b, S_POST_NORM))));
+  STEP(gs_end(m, &gpn));
+  STEP(dsc_add(ctx, &dy.t, &t2.t, &t3.t)); /* t3 = d hmid */
+  /* attention */
+  dsc_mla_weights mw;
+  dsc_model_mla_weights(m, b, &mw);
+  gslot ga[8];
+  dsc_mla_grads g;
+  memset(&g, 0, sizeof g);
+  g.size = sizeof g;
+  g.q_a_proj = gs_begin(m, &ga[0], slot_entry(m, b, S_QA));
+  g.q_a_layernorm = gs_begin(m, &ga[1], slot_entry(m, b, S_QA_NORM));
+  g.q_b_proj = gs_begin(m, &ga[2], slot_entry(m, b, S_QB));
+  g.q_proj = gs_begin(m, &ga[3], slot_entry(m, b, S_Q));
+  g.kv_a_proj_with_mqa = gs_begin(m, &ga[4], slot_entry(m, b, S_KVA));
+  g.kv_a_layernorm = gs_begin(m, &ga[5], slot_entry(m, b, S_KVA_NORM));
+  g.kv_b_proj = gs_begin(m, &ga[6], slot_entry(m, b, S_KVB));
+  g.o_proj = gs_begin(m, &ga[7], slot_entry(m, b, S_O));
+  STEP(dsc_mla_backward(ctx, &m->mla, &mw, k->mla, &xn1.t, &pos.t, &t3.t, &t1.t, &g));
+  for (int j = 0; j < 8; ++j) STEP(gs_end(m, &ga[j]));
+  gslot gin;
+  STEP(dsc_rms_norm_backward(ctx, &t1.t, &x.t, &w->input_norm, NULL, eps, &t2.t,
+                             gs_begin(m, &gin, slot_entry(m, b, S_IN_NORM))));
+  STEP(gs_end(m, &gin));
+  STEP(dsc_add(ctx, &t3.t, &t2.t, &dy.t));
+  return st;
+}
+
+/* ------------------------------------------------------------------ whole model */
+
+/* Rows [b, 0:n) of a [B, rows_src, W] buffer into a [B, n, W] one (elem bytes each). */
+static dsc_status slice_rows(dsc_model *m, int64_t B, int64_t n, int64_t W, size_t elem, const void *src,
+                             int64_t rows_src, int64_t first, void *dst) {
+  const size_t rb = (size_t)(n * W) * elem;
+  return dsc_model_copy2d(m, B, rb, (const char *)src + (size_t)(first * W) * elem,
+                          (size_t)(rows_src * W) * elem, dst, rb);
+}
+
+/* dst[b, 0:n) += src[b] for dst [B, rows_dst, D], src [B, n, D]; tmp [B, n, D] scratch. */
+static dsc_status add_rows(dsc_model *m, int64_t B, int64_t n, int64_t D, float *dst, int64_t rows_dst,
+                           const float *src, float *tmp) {
+  const size_t rb = (size_t)(n * D) * sizeof(float);
+  DSC_TRY(dsc_model_copy2d(m, B, rb, dst, (size_t)(rows_dst * D) * sizeof(float), tmp, rb));
+  tv a, s;
+  tv_make(&a, m, tmp, F32, 2, B * n, D, 0);
+  tv_make(&s, m, src, F32, 2, B * n, D, 0);
+  DSC_TRY(dsc_add(m->ctx, &a.t, &s.t, &a.t));
+  return dsc_model_copy2d(m, B, rb, tmp, rb, dst, (size_t)(rows_dst * D) * sizeof(float));
+}
+
+/* Main model forward (and the MTP depths when n_mtp_run > 0) over tokens [B, T].
+ * logits_out: where the main logits go (NULL: the activation arena). */
+static dsc_status run_forward(dsc_model *m, const DLTensor *tokens, int32_t n_mtp_run, fwd_opts *o,
+                              float *logits_out) {
+  dsc_context *ctx = m->ctx;
+  const int64_t B = tokens->shape[0], T = tokens->shape[1];
+  const int64_t D = m->cfg.hidden_size, V = m->cfg.vocab_size, N = B * T, L = m->n_layers;
+  const float eps = m->cfg.rms_norm_eps;
+  dsc_model_acts *A = NULL;
+  DSC_TRY(acts_for(m, B, T, &A));
+  dsc_status st = DSC_OK;
+  tv h0, hL, hn, lg;
+  tv_make(&h0, m, A->h, F32, 3, B, T, D);
+  STEP(dsc_embedding_forward(ctx, tokens, &m->embed, &h0.t));
+  for (int32_t b = 0; b < L && st == DSC_OK; ++b)
+    st = block_fwd(m, b, B, T, A->pos, A->h + b * N * D, A->h + (b + 1) * N * D, o);
+  tv_make(&hL, m, A->h + L * N * D, F32, 3, B, T, D);
+  tv_make(&hn, m, A->hn, F32, 3, B, T, D);
+  tv_make(&lg, m, logits_out ? logits_out : A->logits, F32, 3, B, T, V);
+  STEP(dsc_rms_norm_forward(ctx, &hL.t, &m->final_norm, eps, &hn.t, NULL));
+  STEP(dsc_linear_forward(ctx, &hn.t, &m->head, &lg.t));
+
+  for (int32_t d = 0; d < n_mtp_run && st == DSC_OK; ++d) {
+    const int64_t Td = T - d - 1;
+    if (Td < 1) break;
+    const int32_t b = (int32_t)L + d;
+    const dsc_model_mtp *mt = &m->mtp[d];
+    tv tok, e, en, hp, hh, cat, x, xo, xn, lgd;
+    tv_make(&tok, m, A->mtp_tok[d], I32, 2, B, Td, 0);
+    tv_make(&e, m, A->mtp_e[d], F32, 3, B, Td, D);
+    tv_make(&en, m, A->mtp_en[d], F32, 3, B, Td, D);
+    tv_make(&hp, m, A->mtp_hp[d], F32, 3, B, Td, D);
+    tv_make(&hh, m, A->mtp_hh[d], F32, 3, B, Td, D);
+    tv_make(&cat, m, A->mtp_cat[d], F32, 3, B, Td, 2 * D);
+    tv_make(&x, m, A->mtp_x[d], F32, 3, B, Td, D);
+    tv_make(&xo, m, A->mtp_xo[d], F32, 3, B, Td, D);
+    tv_make(&xn, m, A->mtp_xn[d], F32, 3, B, Td, D);
+    tv_make(&lgd, m, A->mtp_logits[d], F32, 3, B, Td, V);
+    /* tokens shifted by d + 1; prev: hn (T rows) or the previous depth's xn (T - d rows) */
+    STEP(slice_rows(m, B, Td, 1, sizeof(int32_t), dsc_data(tokens), T, d + 1, A->mtp_tok[d]));
+    STEP(dsc_embedding_forward(ctx, &tok.t, &m->embed, &e.t));
+    STEP(dsc_rms_norm_forward(ctx, &e.t, &mt->enorm, eps, &en.t, NULL));
+    STEP(slice_rows(m, B, Td, D, sizeof(float), d == 0 ? A->hn : A->mtp_xn[d - 1], d == 0 ? T : T - d, 0,
+                    A->mtp_hp[d]));
+    STEP(dsc_rms_norm_forward(ctx, &hp.t, &mt->hnorm, eps, &hh.t, NULL));
+    STEP(dsc_model_concat2(m, &en.t, &hh.t, &cat.t));
+    STEP(dsc_linear_forward(ctx, &cat.t, &mt->eh_proj, &x.t));
+    STEP(block_fwd(m, b, B, Td, A->mtp_pos[d], A->mtp_x[d], A->mtp_xo[d], o));
+    STEP(dsc_rms_norm_forward(ctx, &xo.t, &mt->head_norm, eps, &xn.t, NULL));
+    STEP(dsc_linear_forward(ctx, &xn.t, &m->head, &lgd.t));
+  }
+  return st;
+}
+
+dsc_status dsc_model_forward(dsc_model *m, const DLTensor *tokens, DLTensor *logits) {
+  static const char *const FN = "dsc_model_forward";
+  DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
+  DSC_TRY(dsc_model_check_ids(m, FN, "tokens", tokens, NULL, 0, 0));
+  DSC_TRY(dsc_check_tensor(m->ctx, FN, "logits", logits, DSC_DT(DSC_DTYPE_FLOAT32)));
+  const int64_t shp[3] = {tokens->shape[0], tokens->shape[1], m->cfg.vocab_size};
+  DSC_TRY(dsc_check_shape(FN, "logits", logits, 3, shp));
+  DSC_TRY(dsc_model_prepare(m));
+  fwd_opts o = {0, 0.0f, 0.0};
+  return run_forward(m, tokens, 0, &o, (float *)dsc_data(logits));
+}
+
+dsc_status dsc_model_forward_mtp(dsc_model *m, const DLTensor *tokens, int32_t depth, DLTensor *logits) {
+  static const char *const FN = "dsc_model_forward_mtp";
+  DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
+  DSC_CHECK(depth >= 0 && depth < m->n_mtp, DSC_ERR_INVALID_ARGUMENT, FN,
+            "depth: expected 0..%d (num_nextn_predict_layers - 1), got %d", (int)m->n_mtp - 1, (int)depth);
+  DSC_TRY(dsc_model_check_ids(m, FN, "tokens", tokens, NULL, 0, 0));
+  const int64_t B = tokens->shape[0], T = tokens->shape[1], Td = T - depth - 1;
+  DSC_CHECK(Td >= 1, DSC_ERR_SHAPE, FN, "tokens: expected more than %d tokens per row for depth %d, got %lld",
+            (int)depth + 1, (int)depth, (long long)T);
+  DSC_TRY(dsc_check_tensor(m->ctx, FN, "logits", logits, DSC_DT(DSC_DTYPE_FLOAT32)));
+  const int64_t shp[3] = {B, Td, m->cfg.vocab_size};
+  DSC_TRY(dsc_check_shape(FN, "logits", logits, 3, shp));
+  DSC_TRY(dsc_model_prepare(m));
+  fwd_opts o = {0, 0.0f, 0.0};
+  DSC_TRY(run_forward(m, tokens, depth + 1, &o, NULL));
+  return dsc_memcpy(m->ctx, dsc_data(logits), m->ctx->device, m->acts->mtp_logits[depth], m->ctx->device,
+                    (size_t)(B * Td * m->cfg.vocab_size) * sizeof(float));
+}
+
+void dsc_train_options_default(dsc_train_options *o) {
+  if (!o) return;
+  memset(o, 0, sizeof *o);
+  o->size = sizeof *o;
+  o->lr = 1e-3f;
+  o->beta1 = 0.9f;
+  o->beta2 = 0.95f;
+  o->eps = 1e-8f;
+  o->weight_decay = 0.1f;
+  o->max_grad_norm = 1.0f;
+  o->mtp_lambda = 0.3f;
+  o->aux_alpha = 0.0f;
+  o->bias_update_rate = 1e-3f;
+  o->grad_accum = 1;
+  o->ignore_index = -100;
+}
+
+static dsc_status check_train_options(const char *fn, const dsc_train_options *o) {
+  DSC_CHECK(o != NULL && o->size >= sizeof(dsc_train_options), DSC_ERR_INVALID_ARGUMENT, fn,
+            "opt: expected a dsc_train_options with size = %zu (dsc_train_options_default)",
+            sizeof(dsc_train_options));
+#define NONNEG(f)                                                                               \
+  DSC_CHECK(isfinite(o->f) && o->f >= 0.0f, DSC_ERR_INVALID_ARGUMENT, fn,                       \
+            "opt->" #f ": expected a finite number >= 0, got %g", (double)o->f)
+  NONNEG(lr);
+  NONNEG(weight_decay);
+  NONNEG(max_grad_norm);
+  NONNEG(mtp_lambda);
+  NONNEG(aux_alpha);
+  NONNEG(bias_update_rate);
+#undef NONNEG
+  DSC_CHECK(o->beta1 >= 0.0f && o->beta1 < 1.0f, DSC_ERR_INVALID_ARGUMENT, fn,
+            "opt->beta1: expected [0, 1), got %g", (double)o->beta1);
+  DSC_CHECK(o->beta2 >= 0.0f && o->beta2 < 1.0f, DSC_ERR_INVALID_ARGUMENT, fn,
+            "opt->beta2: expected [0, 1), got %g", (double)o->beta2);
+  DSC_CHECK(isfinite(o->eps) && o->eps > 0.0f, DSC_ERR_INVALID_ARGUMENT, fn, "opt->eps: expected > 0, got %g",
+            (double)o->eps);
+  DSC_CHECK(o->grad_accum >= 1, DSC_ERR_INVALID_ARGUMENT, fn, "opt->grad_accum: expected >= 1, got %d",
+            (int)o->grad_accum);
+  return DSC_OK;
+}
+
+static float load_imbalance(const dsc_model *m) {
+  const int64_t E = m->cfg.n_routed_experts;
+  double sum = 0.0;
+  int n = 0;
+  for (int32_t b = 0; b < m->n_blocks; ++b) {
+    if (!m->blocks[b].is_moe) continue;
+    int64_t tot = 0, mx = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t c = m->load[(int64_t)b * E + e];
+      tot += c;
+      mx = c > mx ? c : mx;
+    }
+    if (tot == 0) continue;
+    sum += (double)mx / ((double)tot / (double)E);
+    ++n;
+  }
+  return n ? (float)(sum / n) : 1.0f;
+}
+
+dsc_status dsc_model_loss_and_grad(dsc_model *m, const dsc_train_options *opt, const DLTensor *tokens,
+                                   const DLTensor *targets, int32_t accumulate, float grad_scale,
+                                   dsc_train_stats *stats) {
+  static const char *const FN = "dsc_model_loss_and_grad";
+  DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
+  DSC_TRY(check_train_options(FN, opt));
+  DSC_TRY(dsc_model_check_ids(m, FN, "tokens", tokens, NULL, 0, 0));
+  DSC_TRY(dsc_model_check_ids(m, FN, "targets", targets, tokens, opt->ignore_index, 1));
+  DSC_CHECK(isfinite(grad_scale) && grad_scale > 0.0f, DSC_ERR_INVALID_ARGUMENT, FN,
+            "grad_scale: expected a finite number > 0, got %g", (double)grad_scale);
+  DSC_CHECK(accumulate == 0 || accumulate == 1, DSC_ERR_INVALID_ARGUMENT, FN,
+            "accumulate: expected 0 or 1, got %d", (int)accumulate);
+  DSC_CHECK(stats == NULL || stats->size >= sizeof(dsc_train_stats), DSC_ERR_INVALID_ARGUMENT, FN,
+            "stats: expected size = %zu", sizeof(dsc_train_stats));
+  dsc_context *ctx = m->ctx;
+  if (!m->grads) {
+    DSC_TRY(dsc_model_alloc(m, (size_t)m->n_params * sizeof(float), (void **)&m->grads));
+    DSC_TRY(dsc_model_fill_zero(m, m->grads, m->n_params));
+  }
+  const int acc = accumulate && m->have_grads;
+  memset(m->touched, acc ? 1 : 0, (size_t)m->n_storage);
+  if (!acc)
+    memset(m->load, 0, (size_t)m->n_blocks * (size_t)(m->cfg.n_routed_experts ? m->cfg.n_routed_experts : 1) *
+                           sizeof(int64_t));
+  m->have_grads = 0;
+  DSC_TRY(dsc_model_prepare(m));
+
+  const int64_t B = tokens->shape[0], T = tokens->shape[1];
+  const int64_t D = m->cfg.hidden_size, V = m->cfg.vocab_size, N = B * T, L = m->n_layers;
+  const float eps = m->cfg.rms_norm_eps;
+  const int32_t nd = (opt->mtp_lambda > 0.0f) ? (int32_t)(m->n_mtp < T - 1 ? m->n_mtp : T - 1) : 0;
+  fwd_opts o = {1, opt->aux_alpha * grad_scale, 0.0};
+  DSC_TRY(run_forward(m, tokens, nd, &o, NULL));
+  dsc_model_acts *A = m->acts;
+  dsc_status st = DSC_OK;
+
+  /* losses; the logits become their gradients in place */
+  tv lg, tg, loss0;
+  tv_make(&lg, m, A->logits, F32, 2, N, V, 0);
+  tv_make(&tg, m, dsc_data(targets), I32, 1, N, 0, 0);
+  tv_make(&loss0, m, A->loss, F32, 1, 1, 0, 0);
+  STEP(dsc_cross_entropy(ctx, &lg.t, &tg.t, opt->ignore_index, grad_scale, &loss0.t, &lg.t, NULL));
+  const float lam = opt->mtp_lambda / (float)(m->n_mtp > 0 ? m->n_mtp : 1);
+  for (int32_t d = 0; d < nd && st == DSC_OK; ++d) {
+    const int64_t Td = T - d - 1;
+    tv lgd, tgd, ld;
+    STEP(slice_rows(m, B, Td, 1, sizeof(int32_t), dsc_data(targets), T, d + 1, A->mtp_tgt[d]));
+    tv_make(&lgd, m, A->mtp_logits[d], F32, 2, B * Td, V, 0);
+    tv_make(&tgd, m, A->mtp_tgt[d], I32, 1, B * Td, 0, 0);
+    tv_make(&ld, m, A->loss + 1 + d, F32, 1, 1, 0, 0);
+    STEP(dsc_cross_entropy(ctx, &lgd.t, &tgd.t, opt->ignore_index, grad_scale * lam, &ld.t, &lgd.t, NULL));
+  }
+
+  /* MTP depths, deepest first: each hands d(prev) [B, Td, D] to the one before */
+  for (int32_t d = nd - 1; d >= 0 && st == DSC_OK; --d) {
+    const int64_t Td = T - d - 1;
+    const int32_t b = (int32_t)L + d;
+    const dsc_model_mtp *mt = &m->mtp[d];
+    tv dlg, xn, dx, xo, tD, cat, dcat, dA, dB, e, dC, hp, dprev, tok;
+    tv_make(&dlg, m, A->mtp_logits[d], F32, 3, B, Td, V);
+    tv_make(&xn, m, A->mtp_xn[d], F32, 3, B, Td, D);
+    tv_make(&dx, m, A->dh, F32, 3, B, Td, D);
+    gslot gh, gsn, geh, gen, gemb, ghn;
+    STEP(dsc_linear_backward(ctx, &dlg.t, &xn.t, &m->head, &dx.t, gs_begin(m, &gh, m->head_entry)));
+    STEP(gs_end(m, &gh));
+    if (d + 1 < nd) STEP(add_rows(m, B, Td - 1, D, A->dh, Td, A->dprev, A->tC));
+    tv_make(&xo, m, A->mtp_xo[d], F32, 3, B, Td, D);
+    tv_make(&tD, m, A->tD, F32, 3, B, Td, D);
+    STEP(dsc_rms_norm_backward(ctx, &dx.t, &xo.t, &mt->head_norm, NULL, eps, &tD.t,
+                               gs_begin(m, &gsn, m->mtp_entries[d][3])));
+    STEP(gs_end(m, &gsn));
+    STEP(block_bwd(m, b, B, Td, A->mtp_pos[d], A->tD));
+    tv_make(&cat, m, A->mtp_cat[d], F32, 3, B, Td, 2 * D);
+    tv_make(&dcat, m, A->dcat, F32, 3, B, Td, 2 * D);
+    STEP(dsc_linear_backward(ctx, &tD.t, &cat.t, &mt->eh_proj, &dcat.t, gs_begin(m, &geh, m->mtp_entries[d][2])));
+    STEP(gs_end(m, &geh));
+    tv_make(&dA, m, A->tA, F32, 3, B, Td, D);
+    tv_make(&dB, m, A->tB, F32, 3, B, Td, D);
+    STEP(dsc_model_split2(m, &dcat.t, &dA.t, &dB.t));
+    tv_make(&e, m, A->mtp_e[d], F32, 3, B, Td, D);
+    tv_make(&dC, m, A->tC, F32, 3, B, Td, D);
+    STEP(dsc_rms_norm_backward(ctx, &dA.t, &e.t, &mt->enorm, NULL, eps, &dC.t,
+                               gs_begin(m, &gen, m->mtp_entries[d][0])));
+    STEP(gs_end(m, &gen));
+    tv_make(&tok, m, A->mtp_tok[d], I32, 2, B, Td, 0);
+    STEP(dsc_embedding_backward(ctx, &tok.t, &dC.t, gs_begin(m, &gemb, m->emb_entry)));
+    STEP(gs_end(m, &gemb));
+    tv_make(&hp, m, A->mtp_hp[d], F32, 3, B, Td, D);
+    tv_make(&dprev, m, A->dprev, F32, 3, B, Td, D);
+    STEP(dsc_rms_norm_backward(ctx, &dB.t, &hp.t, &mt->hnorm, NULL, eps, &dprev.t,
+                               gs_begin(m, &ghn, m->mtp_entries[d][1])));
+    STEP(gs_end(m, &ghn));
+  }
+
+  /* main: head, final norm (+ d(prev) of MTP depth 0), blocks, embedding */
+  {
+    tv dlg, hn, dhn, hL, tD;
+    tv_make(&dlg, m, A->logits, F32, 3, B, T, V);
+    tv_make(&hn, m, A->hn, F32, 3, B, T, D);
+    tv_make(&dhn, m, A->dh, F32, 3, B, T, D);
+    gslot gh, gn, gemb;
+    STEP(dsc_linear_backward(ctx, &dlg.t, &hn.t, &m->head, &dhn.t, gs_begin(m, &gh, m->head_entry)));
+    STEP(gs_end(m, &gh));
+    if (nd > 0) STEP(add_rows(m, B, T - 1, D, A->dh, T, A->dprev, A->tC));
+    tv_make(&hL, m, A->h + L * N * D, F32, 3, B, T, D);
+    tv_make(&tD, m, A->tD, F32, 3, B, T, D);
+    STEP(dsc_rms_norm_backward(ctx, &dhn.t, &hL.t, &m->final_norm, NULL, eps, &tD.t,
+                               gs_begin(m, &gn, m->norm_entry)));
+    STEP(gs_end(m, &gn));
+    for (int32_t b = (int32_t)L - 1; b >= 0 && st == DSC_OK; --b) st = block_bwd(m, b, B, T, A->pos, A->tD);
+    STEP(dsc_embedding_backward(ctx, tokens, &tD.t, gs_begin(m, &gemb, m->emb_entry)));
+    STEP(gs_end(m, &gemb));
+  }
+  /* parameters nothing reached this pass (e.g. MTP with lambda 0) get zero gradients */
+  for (int64_t e = 0; e < m->n_storage && st == DSC_OK; ++e) {
+    if (!m->touched[e] && m->storage[e].train) {
+      st = dsc_model_fill_zero(m, m->grads + m->storage[e].offset, m->storage[e].numel);
+      m->touched[e] = 1;
+    }
+  }
+  float losses[1 + DSC_MODEL_MAX_MTP];
+  STEP(dsc_memcpy(ctx, losses, (DLDevice){kDLCPU, 0}, A->loss, ctx->device, (size_t)(1 + nd) * sizeof(float)));
+  if (st != DSC_OK) return st;
+  m->have_grads = 1;
+  if (stats) {
+    stats->loss = losses[0];
+    double s = 0.0;
+    for (int32_t d = 0; d < nd; ++d) s += losses[1 + d];
+    stats->mtp_loss = nd ? (float)(s / nd) : 0.0f;
+    stats->aux_loss = (float)(o.aux_sum / grad_scale);
+    stats->grad_norm = 0.0f;
+    stats->step = m->step;
+    stats->load_imbalance = load_imbalance(m);
+    stats->tokens = N;
+  }
+  return DSC_OK;
+}
+
+/* Rows [r0, r0 + n) of a [B, T] int32 tensor, as a view. */
+static DLTensor *row_view(tv *v, const dsc_model *m, const DLTensor *t, int64_t r0, int64_t n) {
+  return tv_make(v, m, (const int32_t *)dsc_data(t) + r0 * t->shape[1], I32, 2, n, t->shape[1], 0);
+}
+
+dsc_status dsc_model_train_step(dsc_model *m, const dsc_train_options *opt, const DLTensor *tokens,
+                                const DLTensor *targets, dsc_train_stats *stats) {
+  static const char *const FN = "dsc_model_train_step";
+  DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
+  DSC_TRY(check_train_options(FN, opt));
+  DSC_TRY(dsc_model_check_ids(m, FN, "tokens", tokens, NULL, 0, 0));
+  DSC_TRY(dsc_model_check_ids(m, FN, "targets", targets, tokens, opt->ignore_index, 1));
+  DSC_CHECK(stats == NULL || stats->size >= sizeof(dsc_train_stats), DSC_ERR_INVALID_ARGUMENT, FN,
+            "stats: expected size = %zu", sizeof(dsc_train_stats));
+  const int64_t B = tokens->shape[0];
+  DSC_CHECK(B % opt->grad_accum == 0, DSC_ERR_INVALID_ARGUMENT, FN,
+            "opt->grad_accum: expected a divisor of the batch size %lld, got %d", (long long)B,
+            (int)opt->grad_accum);
+  dsc_context *ctx = m->ctx;
+  const int64_t mb = B / opt->grad_accum;
+  double loss = 0.0, mtp = 0.0, aux = 0.0;
+  for (int32_t k = 0; k < opt->grad_accum; ++k) {
+    tv tk, tg;
+    dsc_train_stats s;
+    memset(&s, 0, sizeof s);
+    s.size = sizeof s;
+    DSC_TRY(dsc_model_loss_and_grad(m, opt, row_view(&tk, m, tokens, k * mb, mb), row_view(&tg, m, targets, k * mb, mb),
+                                    k > 0, 1.0f / (float)opt->grad_accum, &s));
+    loss += s.loss;
+    mtp += s.mtp_loss;
+    aux += s.aux_loss;
+  }
+
+  /* global norm over the trained tensors, clipping, AdamW (decay on matrices only) */
+  DLTensor *views = (DLTensor *)calloc((size_t)m->n_storage * 4, sizeof(DLTensor));
+  DLTensor **ptrs = (DLTensor **)calloc((size_t)m->n_storage * 4, sizeof(DLTensor *));
+  dsc_status st = (views && ptrs) ? DSC_OK : dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+  STEP(dsc_model_ensure_moments(m));
+  float gn = 0.0f;
+  if (st == DSC_OK) {
+    int32_t n = 0;
+    for (int64_t e = 0; e < m->n_storage; ++e) {
+      if (!m->storage[e].train) continue;
+      views[n] = dsc_model_storage_view(m, e, m->grads);
+      ptrs[n] = &views[n];
+      ++n;
+    }
+    st = dsc_global_norm(ctx, n, (const DLTensor *const *)ptrs, &gn);
+  }
+  if (st == DSC_OK && opt->max_grad_norm > 0.0f && gn > opt->max_grad_norm)
+    st = dsc_model_scale(m, m->grads, m->n_params, (float)((double)opt->max_grad_norm / ((double)gn + 1e-6)));
+  if (st == DSC_OK) m->step += 1;
+  for (int decay = 1; decay >= 0 && st == DSC_OK; --decay) {
+    int32_t n = 0;
+    const int64_t S = m->n_storage;
+    for (int64_t e = 0; e < S; ++e) {
+      const dsc_model_entry *en = &m->storage[e];
+      if (!en->train || en->decay != decay) continue;
+      views[n] = dsc_model_storage_view(m, e, m->params);
+      views[S + n] = dsc_model_storage_view(m, e, m->grads);
+      views[2 * S + n] = dsc_model_storage_view(m, e, m->exp_avg);
+      views[3 * S + n] = dsc_model_storage_view(m, e, m->exp_avg_sq);
+      for (int j = 0; j < 4; ++j) ptrs[j * S + n] = &views[j * S + n];
+      ++n;
+    }
+    if (!n) continue;
+    dsc_adamw_params p;
+    memset(&p, 0, sizeof p);
+    p.size = sizeof p;
+    p.lr = opt->lr;
+    p.beta1 = opt->beta1;
+    p.beta2 = opt->beta2;
+    p.eps = opt->eps;
+    p.weight_decay = decay ? opt->weight_decay : 0.0f;
+    p.step = m->step;
+    p.max_grad_norm = 0.0f;
+    st = dsc_adamw_step(ctx, &p, n, ptrs, (const DLTensor *const *)(ptrs + S), ptrs + 2 * S, ptrs + 3 * S, NULL);
+  }
+  free(views);
+  free(ptrs);
+
+  /* auxiliary-loss-free balancing: bias += gamma * sign(mean load - load) */
+  if (st == DSC_OK && opt->bias_update_rate > 0.0f && m->cfg.topk_method == DSC_MOE_TOPK_NOAUX_TC) {
+    const int64_t E = m->cfg.n_routed_experts;
+    for (int32_t b = 0; b < m->n_blocks && st == DSC_OK; ++b) {
+      if (!m->blocks[b].is_moe || !m->blocks[b].bias.data) continue;
+      tv cnt;
+      tv_make(&cnt, m, m->acts->counts, DSC_DTYPE_INT64, 1, E, 0, 0);
+      st = dsc_memcpy(ctx, m->acts->counts, ctx->device, m->load + (int64_t)b * E, (DLDevice){kDLCPU, 0},
+                      (size_t)E * sizeof(int64_t));
+      DLTensor bias = m->blocks[b].bias;
+      STEP(dsc_moe_update_bias(ctx, &bias, &cnt.t, opt->bias_update_rate));
+    }
+  }
+  STEP(dsc_model_prepare(m));
+  if (st != DSC_OK) return st;
+  if (stats) {
+    stats->loss = (float)(loss / opt->grad_accum);
+    stats->mtp_loss = (float)(mtp / opt->grad_accum);
+    stats->aux_loss = (float)(aux / opt->grad_accum);
+    stats->grad_norm = gn;
+    stats->step = m->step;
+    stats->load_imbalance = load_imbalance(m);
+    stats->tokens = B * tokens->shape[1];
+  }
+  return DSC_OK;
+}
+
+dsc_status dsc_model_expert_load(const dsc_model *m, int32_t layer, int64_t *counts, int32_t n) {
+  static const char *const FN = "dsc_model_expert_load";
+  DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
+  DSC_CHECK(layer >= 0 && layer < m->n_blocks, DSC_ERR_INVALID_ARGUMENT, FN,
+            "layer: expected 0..%d (main layers then MTP blocks), got %d", (int)m->n_blocks - 1, (int)layer);
+  DSC_CHECK(m->blocks[layer].is_moe, DSC_ERR_INVALID_ARGUMENT, FN, "layer: %d is a dense layer, not MoE",
+            (int)layer);
+  DSC_CHECK(counts != NULL && n >= m->cfg.n_routed_experts, DSC_ERR_INVALID_ARGUMENT, FN,
+            "counts: expected room for n_routed_experts = %d values, got n = %d", (int)m->cfg.n_routed_experts,
+            (int)n);
+  memcpy(counts, m->load + (int64_t)layer * m->cfg.n_routed_experts,
+         (size_t)m->cfg.n_routed_experts * sizeof(int64_t));
+  return DSC_OK;
+}

@@ -1,0 +1,392 @@
+/*
+ * ops_model.c -- Python wrappers of dsc_model (the C model and its training step). The
+ * model travels as a PyCapsule "deepseek_c.model" owning a dsc_model* (and holding the
+ * module, whose contexts must outlive it). Parameter, gradient and optimizer-state views
+ * are dsc.Tensor objects over the model's arenas that keep the capsule alive.
+ */
+#include "call.h"
+
+#define MODEL_NAME "deepseek_c.model"
+
+static void model_destructor(PyObject *cap) {
+  dsc_model *mdl = (dsc_model *)PyCapsule_GetPointer(cap, MODEL_NAME);
+  PyObject *mod = (PyObject *)PyCapsule_GetContext(cap);
+  dsc_model_destroy(mdl);
+  Py_XDECREF(mod);
+}
+
+static PyObject *wrap_model(PyObject *m, dsc_model *mdl) {
+  PyObject *cap = PyCapsule_New(mdl, MODEL_NAME, model_destructor);
+  if (!cap) {
+    dsc_model_destroy(mdl);
+    return NULL;
+  }
+  Py_INCREF(m);
+  if (PyCapsule_SetContext(cap, m) < 0) {
+    Py_DECREF(m);
+    Py_DECREF(cap);
+    return NULL;
+  }
+  return cap;
+}
+
+/* The model of a capsule and the lock of its context. */
+static dsc_model *model_of(PyObject *m, PyObject *cap, PyThread_type_lock *lock) {
+  dsc_model *mdl = (dsc_model *)PyCapsule_GetPointer(cap, MODEL_NAME);
+  if (!mdl) return NULL;
+  DLDevice dev;
+  dsc_context_get_device(dsc_model_context(mdl), &dev);
+  if (lock && !dsc_py_context(dsc_py_get_state(m), dev, lock)) return NULL;
+  return mdl;
+}
+
+/* ---- config: a dict with the dsc_model_config field names (rope_* for the RoPE part) ---- */
+
+static int get_num(PyObject *d, const char *key, int is_float, double *out) {
+  PyObject *v = PyDict_GetItemString(d, key); /* borrowed */
+  if (!v) return 0;
+  if (is_float) {
+    *out = PyFloat_AsDouble(v);
+  } else {
+    long long x = PyLong_AsLongLong(v);
+    if (x == -1 && PyErr_Occurred()) return -1;
+    if (x < INT32_MIN || x > INT32_MAX) {
+      PyErr_Format(PyExc_ValueError, "config: %s: expected a 32-bit integer, got %lld", key, x);
+      return -1;
+    }
+    *out = (double)x;
+  }
+  return PyErr_Occurred() ? -1 : 0;
+}
+
+static int parse_config(PyObject *d, dsc_model_config *c) {
+  if (!PyDict_Check(d)) {
+    PyErr_SetString(PyExc_TypeError, "config: expected a dict");
+    return 0;
+  }
+  dsc_model_config_default(c);
+  double v;
+#define INT_FIELD(f, key) \
+  v = c->f;               \
+  if (get_num(d, key, 0, &v) < 0) return 0; \
+  c->f = (int32_t)v;
+#define FLT_FIELD(f, key) \
+  v = c->f;               \
+  if (get_num(d, key, 1, &v) < 0) return 0; \
+  c->f = (float)v;
+  INT_FIELD(vocab_size, "vocab_size");
+  INT_FIELD(hidden_size, "hidden_size");
+  INT_FIELD(intermediate_size, "intermediate_size");
+  INT_FIELD(moe_intermediate_size, "moe_intermediate_size");
+  INT_FIELD(num_hidden_layers, "num_hidden_layers");
+  INT_FIELD(num_nextn_predict_layers, "num_nextn_predict_layers");
+  INT_FIELD(num_attention_heads, "num_attention_heads");
+  INT_FIELD(q_lora_rank, "q_lora_rank");
+  INT_FIELD(kv_lora_rank, "kv_lora_rank");
+  INT_FIELD(qk_nope_head_dim, "qk_nope_head_dim");
+  INT_FIELD(qk_rope_head_dim, "qk_rope_head_dim");
+  INT_FIELD(v_head_dim, "v_head_dim");
+  INT_FIELD(n_routed_experts, "n_routed_experts");
+  INT_FIELD(n_shared_experts, "n_shared_experts");
+  INT_FIELD(num_experts_per_tok, "num_experts_per_tok");
+  INT_FIELD(n_group, "n_group");
+  INT_FIELD(topk_group, "topk_group");
+  INT_FIELD(topk_method, "topk_method");
+  INT_FIELD(scoring_func, "scoring_func");
+  INT_FIELD(norm_topk_prob, "norm_topk_prob");
+  FLT_FIELD(routed_scaling_factor, "routed_scaling_factor");
+  INT_FIELD(first_k_dense_replace, "first_k_dense_replace");
+  INT_FIELD(moe_layer_freq, "moe_layer_freq");
+  FLT_FIELD(rms_norm_eps, "rms_norm_eps");
+  INT_FIELD(max_position_embeddings, "max_position_embeddings");
+  INT_FIELD(bos_token_id, "bos_token_id");
+  INT_FIELD(eos_token_id, "eos_token_id");
+  INT_FIELD(tie_word_embeddings, "tie_word_embeddings");
+  FLT_FIELD(initializer_range, "initializer_range");
+  dsc_rope_params_default(&c->rope, c->qk_rope_head_dim);
+  FLT_FIELD(rope.theta, "rope_theta");
+  FLT_FIELD(rope.factor, "rope_factor");
+  INT_FIELD(rope.original_max_position, "rope_original_max_position");
+  FLT_FIELD(rope.beta_fast, "rope_beta_fast");
+  FLT_FIELD(rope.beta_slow, "rope_beta_slow");
+  FLT_FIELD(rope.mscale, "rope_mscale");
+  FLT_FIELD(rope.mscale_all_dim, "rope_mscale_all_dim");
+#undef INT_FIELD
+#undef FLT_FIELD
+  return 1;
+}
+
+static int parse_device(PyObject *m, int dev_type, int dev_id, DLDevice *dev) {
+  (void)m;
+  dev->device_type = (DLDeviceType)dev_type;
+  dev->device_id = dev_id;
+  return 1;
+}
+
+/* model_new(config: dict, device_type, device_id, seed, init, fp8) -> capsule */
+static PyObject *py_model_new(PyObject *m, PyObject *args) {
+  PyObject *cfgd;
+  int dev_type, dev_id, init, fp8;
+  unsigned long long seed;
+  if (!PyArg_ParseTuple(args, "OiiKii", &cfgd, &dev_type, &dev_id, &seed, &init, &fp8)) return NULL;
+  dsc_model_config c;
+  if (!parse_config(cfgd, &c)) return NULL;
+  DLDevice dev;
+  parse_device(m, dev_type, dev_id, &dev);
+  dsc_py_state *st = dsc_py_get_state(m);
+  PyThread_type_lock lock;
+  dsc_context *ctx = dsc_py_context(st, dev, &lock);
+  if (!ctx) return NULL;
+  dsc_model_options o;
+  dsc_model_options_default(&o);
+  o.seed = seed;
+  o.init = init;
+  o.fp8 = fp8;
+  dsc_model *mdl = NULL;
+  dsc_status s;
+  DSC_PY_CALL(lock, s, dsc_model_create(ctx, &c, &o, &mdl));
+  if (s != DSC_OK) return dsc_py_raise(st, s);
+  return wrap_model(m, mdl);
+}
+
+/* model_load(dir, device_type, device_id, fp8) -> capsule */
+static PyObject *py_model_load(PyObject *m, PyObject *args) {
+  const char *dir;
+  int dev_type, dev_id, fp8;
+  if (!PyArg_ParseTuple(args, "siii", &dir, &dev_type, &dev_id, &fp8)) return NULL;
+  DLDevice dev;
+  parse_device(m, dev_type, dev_id, &dev);
+  dsc_py_state *st = dsc_py_get_state(m);
+  PyThread_type_lock lock;
+  dsc_context *ctx = dsc_py_context(st, dev, &lock);
+  if (!ctx) return NULL;
+  dsc_model_options o;
+  dsc_model_options_default(&o);
+  o.init = 0;
+  o.fp8 = fp8;
+  dsc_model *mdl = NULL;
+  dsc_status s;
+  DSC_PY_CALL(lock, s, dsc_model_load(ctx, dir, &o, &mdl));
+  if (s != DSC_OK) return dsc_py_raise(st, s);
+  return wrap_model(m, mdl);
+}
+
+/* model_save(cap, dir, optimizer) */
+static PyObject *py_model_save(PyObject *m, PyObject *args) {
+  PyObject *cap;
+  const char *dir;
+  int opt;
+  if (!PyArg_ParseTuple(args, "Osi", &cap, &dir, &opt)) return NULL;
+  PyThread_type_lock lock;
+  dsc_model *mdl = model_of(m, cap, &lock);
+  if (!mdl) return NULL;
+  dsc_status s;
+  DSC_PY_CALL(lock, s, dsc_model_save(mdl, dir, opt));
+  if (s != DSC_OK) return dsc_py_raise(dsc_py_get_state(m), s);
+  Py_RETURN_NONE;
+}
+
+/* A dsc.Tensor over a model view, keeping the capsule alive. */
+static PyObject *view_tensor(PyObject *m, PyObject *cap, const DLTensor *v) {
+  return dsc_py_tensor_new_view(m, v->data, v->device, DSC_DTYPE_FLOAT32, v->ndim, v->shape, cap);
+}
+
+/* model_tensors(cap) -> [(name, Tensor)] */
+static PyObject *py_model_tensors(PyObject *m, PyObject *args) {
+  PyObject *cap;
+  if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
+  dsc_model *mdl = model_of(m, cap, NULL);
+  if (!mdl) return NULL;
+  const int64_t n = dsc_model_num_tensors(mdl);
+  PyObject *out = PyList_New((Py_ssize_t)n);
+  if (!out) return NULL;
+  for (int64_t i = 0; i < n; ++i) {
+    const char *name;
+    DLTensor v;
+    dsc_status s = dsc_model_tensor(mdl, i, &name, &v);
+    if (s != DSC_OK) {
+      Py_DECREF(out);
+      return dsc_py_raise(dsc_py_get_state(m), s);
+    }
+    PyObject *t = view_tensor(m, cap, &v);
+    PyObject *item = t ? Py_BuildValue("(sN)", name, t) : NULL;
+    if (!item) {
+      Py_DECREF(out);
+      return NULL;
+    }
+    PyList_SET_ITEM(out, (Py_ssize_t)i, item);
+  }
+  return out;
+}
+
+/* model_state(cap, index, which) -> Tensor: which 0 grad, 1 exp_avg, 2 exp_avg_sq */
+static PyObject *py_model_state(PyObject *m, PyObject *args) {
+  PyObject *cap;
+  long long index;
+  int which;
+  if (!PyArg_ParseTuple(args, "OLi", &cap, &index, &which)) return NULL;
+  PyThread_type_lock lock;
+  dsc_model *mdl = model_of(m, cap, &lock);
+  if (!mdl) return NULL;
+  DLTensor v;
+  dsc_status s;
+  if (which == 0) {
+    DSC_PY_CALL(lock, s, dsc_model_grad(mdl, index, &v));
+  } else {
+    DSC_PY_CALL(lock, s, dsc_model_optimizer_state(mdl, index, which - 1, &v));
+  }
+  if (s != DSC_OK) return dsc_py_raise(dsc_py_get_state(m), s);
+  return view_tensor(m, cap, &v);
+}
+
+/* model_info(cap) -> dict(n_params, n_tensors, step, activation_bytes) */
+static PyObject *py_model_info(PyObject *m, PyObject *args) {
+  PyObject *cap;
+  if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
+  dsc_model *mdl = model_of(m, cap, NULL);
+  if (!mdl) return NULL;
+  size_t act = 0;
+  dsc_model_activation_bytes(mdl, &act);
+  return Py_BuildValue("{s:L,s:L,s:L,s:K}", "n_params", (long long)dsc_model_num_parameters(mdl), "n_tensors",
+                       (long long)dsc_model_num_tensors(mdl), "step", (long long)dsc_model_step(mdl),
+                       "activation_bytes", (unsigned long long)act);
+}
+
+/* model_set_step(cap, step) */
+static PyObject *py_model_set_step(PyObject *m, PyObject *args) {
+  PyObject *cap;
+  long long step;
+  if (!PyArg_ParseTuple(args, "OL", &cap, &step)) return NULL;
+  dsc_model *mdl = model_of(m, cap, NULL);
+  if (!mdl) return NULL;
+  dsc_status s = dsc_model_set_step(mdl, step);
+  if (s != DSC_OK) return dsc_py_raise(dsc_py_get_state(m), s);
+  Py_RETURN_NONE;
+}
+
+/* model_expert_load(cap, layer) -> list[int] */
+static PyObject *py_model_expert_load(PyObject *m, PyObject *args) {
+  PyObject *cap;
+  int layer;
+  if (!PyArg_ParseTuple(args, "Oi", &cap, &layer)) return NULL;
+  dsc_model *mdl = model_of(m, cap, NULL);
+  if (!mdl) return NULL;
+  dsc_model_config c;
+  dsc_model_get_config(mdl, &c);
+  const int32_t E = c.n_routed_experts > 0 ? c.n_routed_experts : 1;
+  int64_t *counts = (int64_t *)PyMem_Malloc((size_t)E * sizeof(int64_t));
+  if (!counts) return PyErr_NoMemory();
+  dsc_status s = dsc_model_expert_load(mdl, layer, counts, E);
+  PyObject *out = NULL;
+  if (s != DSC_OK) {
+    dsc_py_raise(dsc_py_get_state(m), s);
+  } else if ((out = PyList_New(E))) {
+    for (int32_t e = 0; e < E; ++e) PyList_SET_ITEM(out, e, PyLong_FromLongLong(counts[e]));
+  }
+  PyMem_Free(counts);
+  return out;
+}
+
+/* model_forward(cap, tokens, logits, depth): depth < 0 main logits, else MTP depth */
+static PyObject *py_model_forward(PyObject *m, PyObject *args) {
+  PyObject *cap, *tok_o, *lg_o;
+  int depth;
+  if (!PyArg_ParseTuple(args, "OOOi", &cap, &tok_o, &lg_o, &depth)) return NULL;
+  dsc_model *mdl = model_of(m, cap, NULL);
+  if (!mdl) return NULL;
+  BEGIN(depth < 0 ? "dsc_model_forward" : "dsc_model_forward_mtp");
+  IN(tok, tok_o, "tokens");
+  OUT(lg, lg_o, "logits");
+  if (depth < 0)
+    RUN(dsc_model_forward(mdl, tok, lg));
+  else
+    RUN(dsc_model_forward_mtp(mdl, tok, depth, lg));
+  ret = Py_NewRef(Py_None);
+  END
+}
+
+static int parse_train_options(PyObject *t, dsc_train_options *o) {
+  dsc_train_options_default(o);
+  return PyArg_ParseTuple(t, "fffffffffii;train options: (lr, beta1, beta2, eps, weight_decay, max_grad_norm, "
+                             "mtp_lambda, aux_alpha, bias_update_rate, grad_accum, ignore_index)",
+                          &o->lr, &o->beta1, &o->beta2, &o->eps, &o->weight_decay, &o->max_grad_norm,
+                          &o->mtp_lambda, &o->aux_alpha, &o->bias_update_rate, &o->grad_accum,
+                          &o->ignore_index);
+}
+
+static PyObject *stats_dict(const dsc_train_stats *s) {
+  return Py_BuildValue("{s:f,s:f,s:f,s:f,s:L,s:f,s:L}", "loss", (double)s->loss, "mtp_loss", (double)s->mtp_loss,
+                       "aux_loss", (double)s->aux_loss, "grad_norm", (double)s->grad_norm, "step",
+                       (long long)s->step, "load_imbalance", (double)s->load_imbalance, "tokens",
+                       (long long)s->tokens);
+}
+
+/* model_train(cap, tokens, targets, options, mode, accumulate, grad_scale) -> stats dict;
+ * mode 0: dsc_model_loss_and_grad, 1: dsc_model_train_step */
+static PyObject *py_model_train(PyObject *m, PyObject *args) {
+  PyObject *cap, *tok_o, *tgt_o, *opt_o;
+  int mode, acc;
+  float scale;
+  if (!PyArg_ParseTuple(args, "OOOOiif", &cap, &tok_o, &tgt_o, &opt_o, &mode, &acc, &scale)) return NULL;
+  dsc_model *mdl = model_of(m, cap, NULL);
+  if (!mdl) return NULL;
+  dsc_train_options o;
+  if (!parse_train_options(opt_o, &o)) return NULL;
+  dsc_train_stats stats;
+  memset(&stats, 0, sizeof stats);
+  stats.size = sizeof stats;
+  BEGIN(mode ? "dsc_model_train_step" : "dsc_model_loss_and_grad");
+  IN(tok, tok_o, "tokens");
+  IN(tgt, tgt_o, "targets");
+  if (mode)
+    RUN(dsc_model_train_step(mdl, &o, tok, tgt, &stats));
+  else
+    RUN(dsc_model_loss_and_grad(mdl, &o, tok, tgt, acc, scale, &stats));
+  ret = stats_dict(&stats);
+  END
+}
+
+/* config_from_json(text) -> dict of the parsed dsc_model_config (for cross-checks) */
+static PyObject *py_config_from_json(PyObject *m, PyObject *args) {
+  const char *text;
+  Py_ssize_t len;
+  if (!PyArg_ParseTuple(args, "s#", &text, &len)) return NULL;
+  dsc_model_config c;
+  dsc_model_config_default(&c);
+  dsc_status s = dsc_model_config_from_json(text, (size_t)len, &c);
+  if (s != DSC_OK) return dsc_py_raise(dsc_py_get_state(m), s);
+  return Py_BuildValue(
+      "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:f,s:i,s:i,s:f,s:i,"
+      "s:i,s:i,s:i,s:f,s:f,s:f,s:i,s:f,s:f,s:f,s:f}",
+      "vocab_size", c.vocab_size, "hidden_size", c.hidden_size, "intermediate_size", c.intermediate_size,
+      "moe_intermediate_size", c.moe_intermediate_size, "num_hidden_layers", c.num_hidden_layers,
+      "num_nextn_predict_layers", c.num_nextn_predict_layers, "num_attention_heads", c.num_attention_heads,
+      "q_lora_rank", c.q_lora_rank, "kv_lora_rank", c.kv_lora_rank, "qk_nope_head_dim", c.qk_nope_head_dim,
+      "qk_rope_head_dim", c.qk_rope_head_dim, "v_head_dim", c.v_head_dim, "n_routed_experts",
+      c.n_routed_experts, "n_shared_experts", c.n_shared_experts, "num_experts_per_tok", c.num_experts_per_tok,
+      "n_group", c.n_group, "topk_group", c.topk_group, "topk_method", c.topk_method, "scoring_func",
+      c.scoring_func, "norm_topk_prob", c.norm_topk_prob, "routed_scaling_factor",
+      (double)c.routed_scaling_factor, "first_k_dense_replace", c.first_k_dense_replace, "moe_layer_freq",
+      c.moe_layer_freq, "rms_norm_eps", (double)c.rms_norm_eps, "max_position_embeddings",
+      c.max_position_embeddings, "bos_token_id", c.bos_token_id, "eos_token_id", c.eos_token_id,
+      "tie_word_embeddings", c.tie_word_embeddings, "initializer_range", (double)c.initializer_range,
+      "rope_theta", (double)c.rope.theta, "rope_factor", (double)c.rope.factor, "rope_original_max_position",
+      c.rope.original_max_position, "rope_beta_fast", (double)c.rope.beta_fast, "rope_beta_slow",
+      (double)c.rope.beta_slow, "rope_mscale", (double)c.rope.mscale, "rope_mscale_all_dim",
+      (double)c.rope.mscale_all_dim);
+}
+
+PyMethodDef dsc_py_model_methods[] = {
+    {"model_new", py_model_new, METH_VARARGS, "A dsc_model (capsule) from a config dict."},
+    {"model_load", py_model_load, METH_VARARGS, "dsc_model_load(dir) (capsule)."},
+    {"model_save", py_model_save, METH_VARARGS, "dsc_model_save."},
+    {"model_tensors", py_model_tensors, METH_VARARGS, "[(hf_name, Tensor view)]."},
+    {"model_state", py_model_state, METH_VARARGS, "Gradient (0) / exp_avg (1) / exp_avg_sq (2) view."},
+    {"model_info", py_model_info, METH_VARARGS, "Parameter count, tensors, step, activation bytes."},
+    {"model_set_step", py_model_set_step, METH_VARARGS, "dsc_model_set_step."},
+    {"model_expert_load", py_model_expert_load, METH_VARARGS, "Expert load of an MoE layer."},
+    {"model_forward", py_model_forward, METH_VARARGS, "dsc_model_forward / dsc_model_forward_mtp."},
+    {"model_train", py_model_train, METH_VARARGS, "dsc_model_loss_and_grad / dsc_model_train_step."},
+    {"config_from_json", py_config_from_json, METH_VARARGS, "dsc_model_config_from_json as a dict."},
+    {NULL, NULL, 0, NULL},
+};
