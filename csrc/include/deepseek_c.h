@@ -628,6 +628,10 @@ DSC_API dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_
                                           const DLTensor *dy, dsc_moe_layer_saved *saved,
                                           DLTensor *dx, const dsc_moe_layer_grads *g);
 
+/* The routing of the forward that filled `saved`: indices [T, k] int32, weights [T, k]
+ * float32, scores [T, E] float32 (any shape with those counts and last dim; each optional). */
+DSC_API dsc_status dsc_moe_layer_saved_routing(dsc_context *ctx, const dsc_moe_layer_saved *saved,
+                                               DLTensor *indices, DLTensor *weights, DLTensor *scores);
 /* The complementary sequence-wise balance loss of the forward that filled `saved` (its
  * scores and indices; tokens of a sequence contiguous, seq_len each): *loss (host) =
  * alpha * L_bal; its gradient into the router is added by the next dsc_moe_layer_backward. */
@@ -864,6 +868,11 @@ DSC_API dsc_status dsc_model_set_step(dsc_model *model, int64_t step);
 /* Logits of the main model: tokens [B, T] int32 in [0, V) on ctx's device (T <=
  * max_position_embeddings) -> logits [B, T, V] float32. */
 DSC_API dsc_status dsc_model_forward(dsc_model *model, const DLTensor *tokens, DLTensor *logits);
+/* Routing of MoE block `layer` for tokens [B, T] (main layers; MTP blocks see their own
+ * inputs, not these): indices [B, T, k] int32, weights [B, T, k], scores [B, T, E] float32
+ * (each optional). Does not change the expert-load statistics. */
+DSC_API dsc_status dsc_model_routing(dsc_model *model, const DLTensor *tokens, int32_t layer,
+                                     DLTensor *indices, DLTensor *weights, DLTensor *scores);
 /* Logits of MTP depth `depth` (0-based): at position i they predict token i + depth + 2.
  *   tokens [B, T] (T > depth + 1) -> logits [B, T - depth - 1, V] float32 */
 DSC_API dsc_status dsc_model_forward_mtp(dsc_model *model, const DLTensor *tokens, int32_t depth,

@@ -664,6 +664,27 @@ dsc_status dsc_model_forward_mtp(dsc_model *m, const DLTensor *tokens, int32_t d
                     (size_t)(B * Td * m->cfg.vocab_size) * sizeof(float));
 }
 
+dsc_status dsc_model_routing(dsc_model *m, const DLTensor *tokens, int32_t layer, DLTensor *indices,
+                             DLTensor *weights, DLTensor *scores) {
+  static const char *const FN = "dsc_model_routing";
+  DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
+  DSC_CHECK(layer >= 0 && layer < m->n_layers && m->blocks[layer].is_moe, DSC_ERR_INVALID_ARGUMENT, FN,
+            "layer: expected an MoE layer of the main model (0..%d), got %d", (int)m->n_layers - 1, (int)layer);
+  DSC_TRY(dsc_model_check_ids(m, FN, "tokens", tokens, NULL, 0, 0));
+  DSC_TRY(dsc_model_prepare(m));
+  const size_t lb = (size_t)m->n_blocks * (size_t)m->cfg.n_routed_experts * sizeof(int64_t);
+  int64_t *keep = (int64_t *)malloc(lb);
+  if (!keep) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+  memcpy(keep, m->load, lb);
+  fwd_opts o = {1, 0.0f, 0.0}; /* train: the MoE blocks keep their routing */
+  dsc_status st = run_forward(m, tokens, 0, &o, NULL);
+  memcpy(m->load, keep, lb);
+  free(keep);
+  m->have_grads = 0; /* the saved activations now belong to this forward */
+  STEP(dsc_moe_layer_saved_routing(m->ctx, m->acts->blk[layer].moe, indices, weights, scores));
+  return st;
+}
+
 void dsc_train_options_default(dsc_train_options *o) {
   if (!o) return;
   memset(o, 0, sizeof *o);

@@ -331,3 +331,31 @@ dsc_status dsc_moe_layer_aux_loss(dsc_context *ctx, dsc_moe_layer_saved *saved, 
   }
   return st;
 }
+
+dsc_status dsc_moe_layer_saved_routing(dsc_context *ctx, const dsc_moe_layer_saved *saved, DLTensor *indices,
+                                       DLTensor *weights, DLTensor *scores) {
+  static const char *const FN = "dsc_moe_layer_saved_routing";
+  DSC_CHECK(saved != NULL && saved->have && saved->ctx == ctx, DSC_ERR_INVALID_ARGUMENT, FN,
+            "saved: expected the handle filled by dsc_moe_layer_forward on this context");
+  const buf *b = saved->b;
+  struct {
+    DLTensor *t;
+    const char *name;
+    int idx;
+    unsigned dt;
+  } outs[3] = {{indices, "indices", B_INDICES, DSC_DT(DSC_DTYPE_INT32)},
+               {weights, "weights", B_WEIGHTS, DSC_DT(DSC_DTYPE_FLOAT32)},
+               {scores, "scores", B_SCORES, DSC_DT(DSC_DTYPE_FLOAT32)}};
+  for (int i = 0; i < 3; ++i) {
+    if (!outs[i].t) continue;
+    DSC_TRY(dsc_check_tensor(ctx, FN, outs[i].name, outs[i].t, outs[i].dt));
+    const DLTensor *src = &b[outs[i].idx].t;
+    DSC_CHECK(dsc_numel(outs[i].t) == dsc_numel(src) && dsc_last_dim(outs[i].t) == src->shape[1], DSC_ERR_SHAPE,
+              FN, "%s: expected %lld x %lld values ([..., %lld]), got %lld", outs[i].name,
+              (long long)src->shape[0], (long long)src->shape[1], (long long)src->shape[1],
+              (long long)dsc_numel(outs[i].t));
+    DSC_TRY(dsc_memcpy(ctx, dsc_data(outs[i].t), ctx->device, src->data, ctx->device,
+                       (size_t)dsc_numel(src) * 4));
+  }
+  return DSC_OK;
+}

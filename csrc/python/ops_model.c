@@ -305,6 +305,23 @@ static PyObject *py_model_forward(PyObject *m, PyObject *args) {
   END
 }
 
+/* model_routing(cap, tokens, layer, indices, weights, scores) */
+static PyObject *py_model_routing(PyObject *m, PyObject *args) {
+  PyObject *cap, *tok_o, *i_o, *w_o, *s_o;
+  int layer;
+  if (!PyArg_ParseTuple(args, "OOiOOO", &cap, &tok_o, &layer, &i_o, &w_o, &s_o)) return NULL;
+  dsc_model *mdl = model_of(m, cap, NULL);
+  if (!mdl) return NULL;
+  BEGIN("dsc_model_routing");
+  IN(tok, tok_o, "tokens");
+  OUT(idx, i_o, "indices");
+  OUT(wt, w_o, "weights");
+  OUT(sc, s_o, "scores");
+  RUN(dsc_model_routing(mdl, tok, layer, idx, wt, sc));
+  ret = Py_NewRef(Py_None);
+  END
+}
+
 static int parse_train_options(PyObject *t, dsc_train_options *o) {
   dsc_train_options_default(o);
   return PyArg_ParseTuple(t, "fffffffffii;train options: (lr, beta1, beta2, eps, weight_decay, max_grad_norm, "
@@ -386,6 +403,7 @@ PyMethodDef dsc_py_model_methods[] = {
     {"model_set_step", py_model_set_step, METH_VARARGS, "dsc_model_set_step."},
     {"model_expert_load", py_model_expert_load, METH_VARARGS, "Expert load of an MoE layer."},
     {"model_forward", py_model_forward, METH_VARARGS, "dsc_model_forward / dsc_model_forward_mtp."},
+    {"model_routing", py_model_routing, METH_VARARGS, "dsc_model_routing."},
     {"model_train", py_model_train, METH_VARARGS, "dsc_model_loss_and_grad / dsc_model_train_step."},
     {"config_from_json", py_config_from_json, METH_VARARGS, "dsc_model_config_from_json as a dict."},
     {NULL, NULL, 0, NULL},

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the CPU core (csrc/core, ops, cpu, model) together with tests/c/test_core.c under
-# AddressSanitizer + UndefinedBehaviorSanitizer and runs it. Used by CI.
+# Builds the CPU core (csrc/core, ops, cpu, model) together with each C test program
+# (tests/c/test_core.c, tests/c/test_model_io.c) under AddressSanitizer +
+# UndefinedBehaviorSanitizer and runs it. Used by CI.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=tests/c/build
@@ -8,10 +9,12 @@ mkdir -p "$out"
 blas_inc=$(python -c "import scipy_openblas32 as s; print(s.get_include_dir())")
 blas_lib=$(python -c "import scipy_openblas32 as s; print(s.get_lib_dir())")
 cc=${CC:-gcc}
-$cc -std=c11 -g -O1 -fopenmp -fsanitize=address,undefined -fno-sanitize-recover=undefined \
-    -fno-omit-frame-pointer -Wall -Wextra -Wno-unused-parameter \
-    -DDSC_BLAS_NAME='"scipy-openblas32"' -Icsrc/include -Icsrc/core -I"$blas_inc" \
-    csrc/core/*.c csrc/ops/*.c csrc/cpu/*.c csrc/model/*.c tests/c/test_core.c \
-    -L"$blas_lib" -lscipy_openblas -Wl,-rpath,"$blas_lib" -lm -o "$out/test_core_asan"
-# OpenBLAS's own threads are not instrumented; keep them out of the way.
-OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=2 ASAN_OPTIONS=detect_leaks=1 "$out/test_core_asan"
+for t in test_core test_model_io; do
+  $cc -std=c11 -g -O1 -fopenmp -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+      -fno-omit-frame-pointer -Wall -Wextra -Wno-unused-parameter \
+      -DDSC_BLAS_NAME='"scipy-openblas32"' -Icsrc/include -Icsrc/core -I"$blas_inc" \
+      csrc/core/*.c csrc/ops/*.c csrc/cpu/*.c csrc/model/*.c "tests/c/$t.c" \
+      -L"$blas_lib" -lscipy_openblas -Wl,-rpath,"$blas_lib" -lm -o "$out/${t}_asan"
+  # OpenBLAS's own threads are not instrumented; keep them out of the way.
+  OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=2 ASAN_OPTIONS=detect_leaks=1 "$out/${t}_asan"
+done

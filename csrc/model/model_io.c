@@ -1,0 +1,859 @@
+/*
+ * model/model_io.c -- checkpoints of a dsc_model in the Hugging Face layout:
+ *
+ *   dir/config.json            every config field under its HF key, pretty-printed with
+ *                              sorted keys (loadable by transformers' DeepseekV3Config)
+ *   dir/model.safetensors      every tensor of dsc_model_tensor (HF names, float32,
+ *                              experts one by one), metadata {"format": "pt"}
+ *   dir/optimizer.safetensors  (optimizer != 0 and step > 0) "step" int64 [] and
+ *                              "exp_avg.<name>", "exp_avg_sq.<name>" per trained tensor,
+ *                              metadata {"format": "deepseek_c.adamw", "step": "<n>"}
+ *
+ * Every file is written atomically (temporary file in dir, fsync, rename). A save that
+ * does not write the optimizer file removes a stale one first, so a load never pairs
+ * new weights with old moments.
+ *
+ * Loading reads config.json and every *.safetensors shard in dir (optimizer.safetensors
+ * aside), sorted by name, all open at once. Weights may be float32, bfloat16, float16,
+ * float64, or float8_e4m3fn with a "<prefix>weight_scale_inv" multiplier per 128x128
+ * block (DeepSeek-V3's released checkpoints), all widened to float32 on the host. The
+ * MTP modules' copies of the embedding and head (model.layers.{L+d}.embed_tokens /
+ * shared_head.head) are accepted and ignored. Anything else is checked: a missing,
+ * unexpected, duplicated, misshapen or non-finite tensor is DSC_ERR_FORMAT naming the
+ * tensor and the file.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <float.h>
+#include <locale.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "fp8_format.h"
+#include "internal.h"
+#include "numeric.h"
+
+#define FP8_BLOCK 128
+static const char *const BIAS_SUFFIX = "e_score_correction_bias"; /* not trained by AdamW */
+static const char *const OPT_FILE = "optimizer.safetensors";
+
+/* ================================================================== files */
+
+/* dir + "/" + name, malloc'ed (NULL when out of memory). */
+static char *path_join(const char *dir, const char *name) {
+  size_t a = strlen(dir), b = strlen(name);
+  int slash = a > 0 && dir[a - 1] != '/';
+  char *p = (char *)malloc(a + (size_t)slash + b + 1);
+  if (!p) return NULL;
+  memcpy(p, dir, a);
+  if (slash) p[a] = '/';
+  memcpy(p + a + (size_t)slash, name, b + 1);
+  return p;
+}
+
+static int ends_with(const char *s, const char *suffix) {
+  size_t n = strlen(s), k = strlen(suffix);
+  return n >= k && memcmp(s + n - k, suffix, k) == 0;
+}
+
+/* mkdir -p: every missing component of dir is created. */
+static dsc_status make_dirs(const char *fn, const char *dir) {
+  char *p = strdup(dir);
+  if (!p) return dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
+  dsc_status st = DSC_OK;
+  size_t n = strlen(p);
+  for (size_t i = 1; i <= n && st == DSC_OK; ++i) {
+    if (p[i] != '/' && p[i] != '\0') continue;
+    char saved = p[i];
+    p[i] = '\0';
+    if (mkdir(p, 0777) != 0 && errno != EEXIST)
+      st = dsc_error(DSC_ERR_IO, fn, "dir: cannot create '%s': %s", p, strerror(errno));
+    p[i] = saved;
+  }
+  struct stat sb;
+  if (st == DSC_OK && (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)))
+    st = dsc_error(DSC_ERR_IO, fn, "dir: '%s' is not a directory", dir);
+  free(p);
+  return st;
+}
+
+/* Write n bytes to path through a temporary file beside it, fsync, rename. */
+static dsc_status write_file_atomic(const char *fn, const char *path, const char *data, size_t n) {
+  size_t plen = strlen(path);
+  char *tmp = (char *)malloc(plen + 32);
+  if (!tmp) return dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
+  snprintf(tmp, plen + 32, "%s.tmp.%ld", path, (long)getpid());
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) {
+    dsc_status st = dsc_error(DSC_ERR_IO, fn, "cannot create '%s': %s", tmp, strerror(errno));
+    free(tmp);
+    return st;
+  }
+  int ok = 1, err = 0;
+  while (n > 0 && ok) {
+    ssize_t w = write(fd, data, n);
+    if (w < 0 && errno == EINTR) continue;
+    ok = w > 0;
+    if (ok) {
+      data += w;
+      n -= (size_t)w;
+    } else {
+      err = errno;
+    }
+  }
+  if (ok && fsync(fd) != 0) ok = 0, err = errno;
+  if (close(fd) != 0 && ok) ok = 0, err = errno;
+  if (ok && rename(tmp, path) != 0) ok = 0, err = errno;
+  dsc_status st = DSC_OK;
+  if (!ok) {
+    unlink(tmp);
+    st = dsc_error(DSC_ERR_IO, fn, "writing '%s' failed: %s (the previous file, if any, is untouched)",
+                   path, strerror(err));
+  }
+  free(tmp);
+  return st;
+}
+
+/* Make the renames durable (best effort: some file systems refuse fsync on a directory). */
+static void fsync_dir(const char *dir) {
+  int fd = open(dir, O_RDONLY);
+  if (fd >= 0) {
+    (void)fsync(fd);
+    close(fd);
+  }
+}
+
+/* ================================================================== config.json */
+
+/* Growable text buffer; out of memory is sticky and checked once at the end. */
+typedef struct {
+  char *p;
+  size_t n, cap;
+  int oom;
+} text;
+
+static void put(text *b, const char *s) {
+  size_t len = strlen(s);
+  if (b->oom) return;
+  if (b->n + len + 1 > b->cap) {
+    size_t cap = b->cap ? b->cap : 1024;
+    while (cap < b->n + len + 1) cap *= 2;
+    char *np = (char *)realloc(b->p, cap);
+    if (!np) {
+      b->oom = 1;
+      return;
+    }
+    b->p = np;
+    b->cap = cap;
+  }
+  memcpy(b->p + b->n, s, len + 1);
+  b->n += len;
+}
+
+/* The shortest %g that reads back as the same float32, with '.' whatever the locale,
+ * and a ".0" on integral values so that Python reads a float back. */
+static void fmt_float(char *out, size_t cap, float v) {
+  char buf[48];
+  for (int prec = 6; prec <= 9; ++prec) {
+    snprintf(buf, sizeof buf, "%.*g", prec, (double)v);
+    if ((float)strtod(buf, NULL) == v) break;
+  }
+  const char *dp = localeconv()->decimal_point;
+  size_t dpn = dp ? strlen(dp) : 0, k = 0;
+  for (const char *s = buf; *s && k + 1 < cap;) {
+    if (dpn && strncmp(s, dp, dpn) == 0) {
+      out[k++] = '.';
+      s += dpn;
+    } else {
+      out[k++] = *s++;
+    }
+  }
+  out[k] = '\0';
+  if (!strpbrk(out, ".eE") && k + 3 < cap) memcpy(out + k, ".0", 3);
+}
+
+typedef struct {
+  const char *key;
+  char value[400]; /* rendered JSON, nested lines indented for depth 1 */
+} kv;
+
+static int kv_cmp(const void *a, const void *b) { return strcmp(((const kv *)a)->key, ((const kv *)b)->key); }
+
+/* config.json of cfg: json.dumps(indent=2, sort_keys=True) style. */
+static dsc_status render_config(const char *fn, const dsc_model_config *c, text *out) {
+  kv e[48];
+  int n = 0;
+#define INT(k, v) (e[n].key = (k), snprintf(e[n].value, sizeof e[n].value, "%d", (int)(v)), ++n)
+#define FLT(k, v) (e[n].key = (k), fmt_float(e[n].value, sizeof e[n].value, (v)), ++n)
+#define RAW(k, v) (e[n].key = (k), snprintf(e[n].value, sizeof e[n].value, "%s", (v)), ++n)
+#define BOOL(k, v) RAW(k, (v) ? "true" : "false")
+#define INT_OR_NULL(k, v, isnull) \
+  ((isnull) ? RAW(k, "null") : INT(k, v))
+  RAW("architectures", "[\n    \"DeepseekV3ForCausalLM\"\n  ]");
+  BOOL("attention_bias", 0);
+  INT_OR_NULL("bos_token_id", c->bos_token_id, c->bos_token_id < 0);
+  INT_OR_NULL("eos_token_id", c->eos_token_id, c->eos_token_id < 0);
+  INT("first_k_dense_replace", c->first_k_dense_replace);
+  RAW("hidden_act", "\"silu\"");
+  INT("hidden_size", c->hidden_size);
+  FLT("initializer_range", c->initializer_range);
+  INT("intermediate_size", c->intermediate_size);
+  INT("kv_lora_rank", c->kv_lora_rank);
+  INT("max_position_embeddings", c->max_position_embeddings);
+  RAW("model_type", "\"deepseek_v3\"");
+  INT("moe_intermediate_size", c->moe_intermediate_size);
+  INT("moe_layer_freq", c->moe_layer_freq);
+  INT("n_group", c->n_group);
+  INT("n_routed_experts", c->n_routed_experts);
+  INT("n_shared_experts", c->n_shared_experts);
+  BOOL("norm_topk_prob", c->norm_topk_prob);
+  INT("num_attention_heads", c->num_attention_heads);
+  INT("num_experts_per_tok", c->num_experts_per_tok);
+  INT("num_hidden_layers", c->num_hidden_layers);
+  INT("num_key_value_heads", c->num_attention_heads); /* unused by MLA; HF expects it */
+  INT("num_nextn_predict_layers", c->num_nextn_predict_layers);
+  INT_OR_NULL("q_lora_rank", c->q_lora_rank, c->q_lora_rank == 0);
+  INT("qk_nope_head_dim", c->qk_nope_head_dim);
+  INT("qk_rope_head_dim", c->qk_rope_head_dim);
+  FLT("rms_norm_eps", c->rms_norm_eps);
+  BOOL("rope_interleave", c->rope.layout != DSC_ROPE_HALF);
+  FLT("rope_theta", c->rope.theta);
+  FLT("routed_scaling_factor", c->routed_scaling_factor);
+  {
+    const char *m = c->scoring_func == DSC_MOE_SCORING_SOFTMAX ? "\"softmax\"" : "\"sigmoid\"";
+    RAW("scoring_func", m);
+  }
+  BOOL("tie_word_embeddings", c->tie_word_embeddings);
+  INT("topk_group", c->topk_group);
+  {
+    const char *m = c->topk_method == DSC_MOE_TOPK_GREEDY ? "\"greedy\""
+                    : c->topk_method == DSC_MOE_TOPK_GROUP_LIMITED_GREEDY ? "\"group_limited_greedy\""
+                                                                          : "\"noaux_tc\"";
+    RAW("topk_method", m);
+  }
+  RAW("torch_dtype", "\"float32\"");
+  INT("v_head_dim", c->v_head_dim);
+  INT("vocab_size", c->vocab_size);
+  if (c->rope.factor > 1.0f) {
+    char f[6][48];
+    fmt_float(f[0], sizeof f[0], c->rope.beta_fast);
+    fmt_float(f[1], sizeof f[1], c->rope.beta_slow);
+    fmt_float(f[2], sizeof f[2], c->rope.factor);
+    fmt_float(f[3], sizeof f[3], c->rope.mscale);
+    fmt_float(f[4], sizeof f[4], c->rope.mscale_all_dim);
+    e[n].key = "rope_scaling";
+    snprintf(e[n].value, sizeof e[n].value,
+             "{\n    \"beta_fast\": %s,\n    \"beta_slow\": %s,\n    \"factor\": %s,\n"
+             "    \"mscale\": %s,\n    \"mscale_all_dim\": %s,\n"
+             "    \"original_max_position_embeddings\": %d,\n    \"type\": \"yarn\"\n  }",
+             f[0], f[1], f[2], f[3], f[4], (int)c->rope.original_max_position);
+    ++n;
+  } else {
+    RAW("rope_scaling", "null");
+  }
+#undef INT
+#undef FLT
+#undef RAW
+#undef BOOL
+#undef INT_OR_NULL
+  qsort(e, (size_t)n, sizeof e[0], kv_cmp);
+  put(out, "{\n");
+  for (int i = 0; i < n; ++i) {
+    put(out, "  \"");
+    put(out, e[i].key);
+    put(out, "\": ");
+    put(out, e[i].value);
+    put(out, i + 1 < n ? ",\n" : "\n");
+  }
+  put(out, "}\n");
+  if (out->oom) return dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory for config.json");
+  return DSC_OK;
+}
+
+/* ================================================================== save */
+
+/* Host views of n device tensors: on CPU the tensors themselves; on CUDA copies into one
+ * host buffer (*host, owned by the caller). Each t[i] keeps its shape and strides. */
+static dsc_status to_host(const char *fn, dsc_context *ctx, int64_t n, DLTensor *t, float **host) {
+  *host = NULL;
+  size_t total = 0;
+  for (int64_t i = 0; i < n; ++i)
+    if (t[i].device.device_type != kDLCPU) total += (size_t)dsc_numel(&t[i]);
+  if (total == 0) return DSC_OK;
+  float *h = (float *)malloc(total * sizeof(float));
+  if (!h) return dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory (%zu bytes) for the copy", total * 4);
+  size_t off = 0;
+  const DLDevice cpu = {kDLCPU, 0};
+  for (int64_t i = 0; i < n; ++i) {
+    if (t[i].device.device_type == kDLCPU) continue;
+    size_t k = (size_t)dsc_numel(&t[i]);
+    dsc_status st = dsc_memcpy(ctx, h + off, cpu, dsc_data(&t[i]), t[i].device, k * sizeof(float));
+    if (st != DSC_OK) {
+      free(h);
+      return st;
+    }
+    t[i].data = h + off;
+    t[i].byte_offset = 0;
+    t[i].device = cpu;
+    off += k;
+  }
+  *host = h;
+  return DSC_OK;
+}
+
+static dsc_status save_weights(const char *fn, dsc_model *m, const char *path) {
+  const int64_t n = dsc_model_num_tensors(m);
+  DLTensor *t = (DLTensor *)calloc((size_t)(n ? n : 1), sizeof *t);
+  const DLTensor **tp = (const DLTensor **)calloc((size_t)(n ? n : 1), sizeof *tp);
+  const char **names = (const char **)calloc((size_t)(n ? n : 1), sizeof *names);
+  float *host = NULL;
+  dsc_status st = (t && tp && names) ? DSC_OK : dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
+  for (int64_t i = 0; i < n && st == DSC_OK; ++i) {
+    st = dsc_model_tensor(m, i, &names[i], &t[i]);
+    tp[i] = &t[i];
+  }
+  if (st == DSC_OK) st = to_host(fn, dsc_model_context(m), n, t, &host);
+  static const char *const meta[] = {"format", "pt"};
+  if (st == DSC_OK) st = dsc_safetensors_save(path, n, names, tp, 1, meta);
+  free(host);
+  free(names);
+  free(tp);
+  free(t);
+  return st;
+}
+
+static dsc_status save_optimizer(const char *fn, dsc_model *m, const char *path) {
+  const int64_t n = dsc_model_num_tensors(m);
+  /* trained tensors: all but the correction biases */
+  int64_t *idx = (int64_t *)calloc((size_t)(n ? n : 1), sizeof *idx);
+  if (!idx) return dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
+  int64_t nt = 0;
+  size_t name_bytes = 0;
+  dsc_status st = DSC_OK;
+  for (int64_t i = 0; i < n && st == DSC_OK; ++i) {
+    const char *name;
+    st = dsc_model_tensor(m, i, &name, NULL);
+    if (st == DSC_OK && !ends_with(name, BIAS_SUFFIX)) {
+      idx[nt++] = i;
+      name_bytes += 2 * strlen(name) + sizeof "exp_avg." + sizeof "exp_avg_sq.";
+    }
+  }
+  const int64_t total = 1 + 2 * nt;
+  DLTensor *t = (DLTensor *)calloc((size_t)total, sizeof *t);
+  const DLTensor **tp = (const DLTensor **)calloc((size_t)total, sizeof *tp);
+  const char **names = (const char **)calloc((size_t)total, sizeof *names);
+  char *strings = (char *)malloc(name_bytes + 1);
+  float *host = NULL;
+  if (st == DSC_OK && !(t && tp && names && strings))
+    st = dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
+  int64_t step = dsc_model_step(m);
+  if (st == DSC_OK) {
+    /* "step": int64 scalar, shape [] */
+    t[0].data = &step;
+    t[0].device.device_type = kDLCPU;
+    t[0].dtype = dsc_dtype_to_dlpack(DSC_DTYPE_INT64);
+    t[0].ndim = 0;
+    names[0] = "step";
+    tp[0] = &t[0];
+    char *s = strings;
+    for (int which = 0; which < 2 && st == DSC_OK; ++which) {
+      for (int64_t k = 0; k < nt && st == DSC_OK; ++k) {
+        const int64_t j = 1 + which * nt + k;
+        const char *name;
+        st = dsc_model_tensor(m, idx[k], &name, NULL);
+        if (st == DSC_OK) st = dsc_model_optimizer_state(m, idx[k], which, &t[j]);
+        if (st != DSC_OK) break;
+        int w = sprintf(s, "%s%s", which ? "exp_avg_sq." : "exp_avg.", name);
+        names[j] = s;
+        s += w + 1;
+        tp[j] = &t[j];
+      }
+    }
+  }
+  /* "step" is already on the host: to_host skips it */
+  if (st == DSC_OK) st = to_host(fn, dsc_model_context(m), total, t, &host);
+  char step_str[32];
+  snprintf(step_str, sizeof step_str, "%lld", (long long)step);
+  const char *const meta[] = {"format", "deepseek_c.adamw", "step", step_str};
+  if (st == DSC_OK) st = dsc_safetensors_save(path, total, names, tp, 2, meta);
+  free(host);
+  free(strings);
+  free(names);
+  free(tp);
+  free(t);
+  free(idx);
+  return st;
+}
+
+dsc_status dsc_model_save(dsc_model *model, const char *dir, int32_t optimizer) {
+  static const char *const FN = "dsc_model_save";
+  DSC_CHECK(model != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
+  DSC_CHECK(dir != NULL && dir[0], DSC_ERR_INVALID_ARGUMENT, FN, "dir: expected a directory name");
+  dsc_model_config cfg;
+  memset(&cfg, 0, sizeof cfg);
+  cfg.size = sizeof cfg;
+  DSC_TRY(dsc_model_get_config(model, &cfg));
+  DSC_TRY(make_dirs(FN, dir));
+  text json = {0};
+  dsc_status rst = render_config(FN, &cfg, &json);
+  if (rst != DSC_OK) {
+    free(json.p);
+    return rst;
+  }
+  char *cfg_path = path_join(dir, "config.json");
+  char *model_path = path_join(dir, "model.safetensors");
+  char *opt_path = path_join(dir, OPT_FILE);
+  dsc_status st = (cfg_path && model_path && opt_path) ? DSC_OK
+                                                        : dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+  /* The old optimizer state goes first: whatever happens next, a load never pairs it
+   * with other weights. */
+  if (st == DSC_OK && unlink(opt_path) != 0 && errno != ENOENT)
+    st = dsc_error(DSC_ERR_IO, FN, "cannot remove the old '%s': %s", opt_path, strerror(errno));
+  if (st == DSC_OK) st = write_file_atomic(FN, cfg_path, json.p, json.n);
+  if (st == DSC_OK) st = save_weights(FN, model, model_path);
+  if (st == DSC_OK && optimizer && dsc_model_step(model) > 0) st = save_optimizer(FN, model, opt_path);
+  if (st == DSC_OK) fsync_dir(dir);
+  free(json.p);
+  free(cfg_path);
+  free(model_path);
+  free(opt_path);
+  return st;
+}
+
+/* ================================================================== load */
+
+/* Widen n elements of a checkpoint dtype to float32 (memcpy per element: shard data need
+ * not be aligned). 0 when the dtype is not a supported floating type. */
+static float f16_to_f32(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, u;
+  if (e == 0x1f) {
+    u = sign | 0x7f800000u | (m << 13); /* inf, NaN */
+  } else if (e != 0) {
+    u = sign | ((e + 112u) << 23) | (m << 13);
+  } else if (m == 0) {
+    u = sign;
+  } else { /* subnormal: m * 2^-24, normalized */
+    uint32_t k = 0;
+    while (!(m & 0x400u)) {
+      m <<= 1;
+      ++k;
+    }
+    u = sign | ((113u - k) << 23) | ((m & 0x3ffu) << 13);
+  }
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+static int widen(dsc_dtype dt, const unsigned char *src, int64_t n, float *dst) {
+  switch (dt) {
+    case DSC_DTYPE_FLOAT32:
+      memcpy(dst, src, (size_t)n * sizeof(float));
+      return 1;
+    case DSC_DTYPE_BFLOAT16:
+      for (int64_t i = 0; i < n; ++i) {
+        uint16_t h;
+        memcpy(&h, src + 2 * i, 2);
+        dst[i] = dsc_bf16_to_f32(h);
+      }
+      return 1;
+    case DSC_DTYPE_FLOAT16:
+      for (int64_t i = 0; i < n; ++i) {
+        uint16_t h;
+        memcpy(&h, src + 2 * i, 2);
+        dst[i] = f16_to_f32(h);
+      }
+      return 1;
+    case DSC_DTYPE_FLOAT64:
+      for (int64_t i = 0; i < n; ++i) {
+        double d;
+        memcpy(&d, src + 8 * i, 8);
+        /* beyond float range is inf (refused later as non-finite), not UB */
+        dst[i] = d > FLT_MAX ? INFINITY : d < -FLT_MAX ? -INFINITY : (float)d;
+      }
+      return 1;
+    default:
+      return 0;
+  }
+}
+
+/* Index of the first non-finite value, or -1. */
+static int64_t first_non_finite(const float *x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (!isfinite(x[i])) return i;
+  return -1;
+}
+
+/* "(a, b, c)" */
+static const char *shape_str(int32_t ndim, const int64_t *shape, char *buf, size_t cap) {
+  size_t k = 0;
+  k += (size_t)snprintf(buf, cap, "(");
+  for (int32_t d = 0; d < ndim && k < cap; ++d)
+    k += (size_t)snprintf(buf + k, cap - k, d ? ", %lld" : "%lld", (long long)shape[d]);
+  if (k < cap) snprintf(buf + k, cap - k, ")");
+  return buf;
+}
+
+/* One tensor of some shard. */
+typedef struct {
+  const char *name;
+  int32_t file;
+  int64_t index;
+  int used;
+} st_ref;
+
+static int ref_cmp(const void *a, const void *b) {
+  return strcmp(((const st_ref *)a)->name, ((const st_ref *)b)->name);
+}
+
+/* The open shards of a checkpoint and a sorted table of their tensors. */
+typedef struct {
+  char **paths;
+  dsc_safetensors **files;
+  int32_t n_files;
+  st_ref *refs;
+  int64_t n_refs;
+} shards;
+
+static void shards_free(shards *s) {
+  for (int32_t i = 0; i < s->n_files; ++i) {
+    dsc_safetensors_close(s->files ? s->files[i] : NULL);
+    free(s->paths[i]);
+  }
+  free(s->paths);
+  free(s->files);
+  free(s->refs);
+  memset(s, 0, sizeof *s);
+}
+
+static int str_cmp(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+static dsc_status shards_open(const char *fn, const char *dir, shards *s) {
+  memset(s, 0, sizeof *s);
+  DIR *d = opendir(dir);
+  if (!d) return dsc_error(DSC_ERR_IO, fn, "dir: cannot open '%s': %s", dir, strerror(errno));
+  dsc_status st = DSC_OK;
+  int32_t cap = 0;
+  for (struct dirent *e; st == DSC_OK && (e = readdir(d)) != NULL;) {
+    const char *nm = e->d_name;
+    if (nm[0] == '.' || !ends_with(nm, ".safetensors") || !strcmp(nm, OPT_FILE)) continue;
+    if (s->n_files == cap) {
+      cap = cap ? 2 * cap : 8;
+      char **np = (char **)realloc(s->paths, (size_t)cap * sizeof *np);
+      if (!np) {
+        st = dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
+        break;
+      }
+      s->paths = np;
+    }
+    s->paths[s->n_files] = path_join(dir, nm);
+    if (!s->paths[s->n_files]) st = dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
+    else s->n_files++;
+  }
+  closedir(d);
+  if (st == DSC_OK && s->n_files == 0)
+    st = dsc_error(DSC_ERR_IO, fn, "dir: no *.safetensors file in '%s'", dir);
+  if (st == DSC_OK) {
+    if (s->n_files > 1) qsort(s->paths, (size_t)s->n_files, sizeof *s->paths, str_cmp);
+    s->files = (dsc_safetensors **)calloc((size_t)s->n_files, sizeof *s->files);
+    if (!s->files) st = dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
+  }
+  for (int32_t i = 0; i < s->n_files && st == DSC_OK; ++i) {
+    st = dsc_safetensors_open(s->paths[i], &s->files[i]);
+    if (st == DSC_OK) s->n_refs += dsc_safetensors_count(s->files[i]);
+  }
+  if (st == DSC_OK) {
+    s->refs = (st_ref *)calloc((size_t)(s->n_refs ? s->n_refs : 1), sizeof *s->refs);
+    if (!s->refs) st = dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
+  }
+  int64_t k = 0;
+  for (int32_t i = 0; i < s->n_files && st == DSC_OK; ++i) {
+    for (int64_t j = 0; j < dsc_safetensors_count(s->files[i]) && st == DSC_OK; ++j, ++k) {
+      st = dsc_safetensors_tensor(s->files[i], j, &s->refs[k].name, NULL, NULL, NULL, NULL, NULL);
+      s->refs[k].file = i;
+      s->refs[k].index = j;
+    }
+  }
+  if (st == DSC_OK) {
+    qsort(s->refs, (size_t)s->n_refs, sizeof *s->refs, ref_cmp);
+    for (int64_t i = 1; i < s->n_refs && st == DSC_OK; ++i)
+      if (!strcmp(s->refs[i - 1].name, s->refs[i].name))
+        st = dsc_error(DSC_ERR_FORMAT, fn, "tensor %s is in both %s and %s", s->refs[i].name,
+                       s->paths[s->refs[i - 1].file], s->paths[s->refs[i].file]);
+  }
+  if (st != DSC_OK) shards_free(s);
+  return st;
+}
+
+static st_ref *shards_find(shards *s, const char *name) {
+  st_ref key = {name, 0, 0, 0};
+  return (st_ref *)bsearch(&key, s->refs, (size_t)s->n_refs, sizeof key, ref_cmp);
+}
+
+/* A host float32 scratch of at least n elements. */
+typedef struct {
+  float *p;
+  int64_t cap;
+} scratch;
+
+static dsc_status scratch_get(const char *fn, scratch *s, int64_t n, float **out) {
+  if (n > s->cap) {
+    float *p = (float *)realloc(s->p, (size_t)(n ? n : 1) * sizeof(float));
+    if (!p) return dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory (%lld floats)", (long long)n);
+    s->p = p;
+    s->cap = n;
+  }
+  *out = s->p;
+  return DSC_OK;
+}
+
+/* Read checkpoint tensor `name` (shard entry r) into the float32 view: shape check,
+ * widening or FP8 dequantization, finiteness, then the copy to the device. */
+static dsc_status read_tensor(const char *fn, dsc_context *ctx, shards *s, st_ref *r,
+                              const DLTensor *view, scratch *stage, scratch *tmp) {
+  const char *file = s->paths[r->file];
+  const char *name = r->name;
+  dsc_dtype dt;
+  int32_t ndim;
+  const int64_t *shape;
+  const void *data;
+  size_t nbytes;
+  DSC_TRY(dsc_safetensors_tensor(s->files[r->file], r->index, NULL, &dt, &ndim, &shape, &data, &nbytes));
+  r->used = 1;
+  char b1[128], b2[128];
+  int same = ndim == view->ndim;
+  for (int32_t d = 0; same && d < ndim; ++d) same = shape[d] == view->shape[d];
+  DSC_CHECK(same, DSC_ERR_FORMAT, fn, "%s in %s: expected shape %s, got %s", name, file,
+            shape_str(view->ndim, view->shape, b1, sizeof b1), shape_str(ndim, shape, b2, sizeof b2));
+  const int64_t n = dsc_numel(view);
+  const int on_host = view->device.device_type == kDLCPU;
+  float *dst = NULL;
+  if (on_host) dst = (float *)dsc_data(view);
+  else DSC_TRY(scratch_get(fn, stage, n, &dst));
+  DSC_CHECK(dt == DSC_DTYPE_FLOAT8_E4M3FN || nbytes == (size_t)n * dsc_dtype_size(dt), DSC_ERR_FORMAT, fn,
+            "%s in %s: %zu bytes for %lld elements of %s", name, file, nbytes, (long long)n, dsc_dtype_name(dt));
+  if (dt == DSC_DTYPE_FLOAT8_E4M3FN) {
+    /* DeepSeek-V3 FP8: w[r, c] = q[r, c] * scale_inv[r / 128, c / 128] */
+    DSC_CHECK(ndim == 2 && ends_with(name, "weight") && nbytes == (size_t)n, DSC_ERR_FORMAT, fn,
+              "%s in %s: float8_e4m3fn is only accepted for 2-D \"...weight\" matrices", name, file);
+    char sname[256];
+    DSC_CHECK(snprintf(sname, sizeof sname, "%s_scale_inv", name) < (int)sizeof sname, DSC_ERR_FORMAT, fn,
+              "%s: name too long", name);
+    st_ref *sr = shards_find(s, sname);
+    DSC_CHECK(sr != NULL, DSC_ERR_FORMAT, fn,
+              "%s in %s is float8_e4m3fn but its block scales %s are in no shard", name, file, sname);
+    dsc_dtype sdt;
+    int32_t sndim;
+    const int64_t *sshape;
+    const void *sdata;
+    size_t sbytes;
+    DSC_TRY(dsc_safetensors_tensor(s->files[sr->file], sr->index, NULL, &sdt, &sndim, &sshape, &sdata, &sbytes));
+    sr->used = 1;
+    const int64_t rows = shape[0], cols = shape[1];
+    const int64_t sr_n = (rows + FP8_BLOCK - 1) / FP8_BLOCK, sc_n = (cols + FP8_BLOCK - 1) / FP8_BLOCK;
+    const int64_t want[2] = {sr_n, sc_n};
+    DSC_CHECK(sndim == 2 && sshape[0] == sr_n && sshape[1] == sc_n, DSC_ERR_FORMAT, fn,
+              "%s in %s: expected shape %s (128x128 blocks of %s), got %s", sname, s->paths[sr->file],
+              shape_str(2, want, b1, sizeof b1), name, shape_str(sndim, sshape, b2, sizeof b2));
+    float *sc = NULL;
+    DSC_TRY(scratch_get(fn, tmp, sr_n * sc_n, &sc));
+    DSC_CHECK(sbytes == (size_t)(sr_n * sc_n) * dsc_dtype_size(sdt) &&
+                  widen(sdt, (const unsigned char *)sdata, sr_n * sc_n, sc),
+              DSC_ERR_FORMAT, fn, "%s in %s: expected float32 scales, got %s", sname, s->paths[sr->file],
+              dsc_dtype_name(sdt));
+    int64_t bad = first_non_finite(sc, sr_n * sc_n);
+    DSC_CHECK(bad < 0, DSC_ERR_FORMAT, fn, "%s in %s: element %lld is %g (not finite)", sname,
+              s->paths[sr->file], (long long)bad, bad < 0 ? 0.0 : (double)sc[bad]);
+    const unsigned char *q = (const unsigned char *)data;
+    for (int64_t i = 0; i < rows; ++i) {
+      const float *srow = sc + (i / FP8_BLOCK) * sc_n;
+      for (int64_t j = 0; j < cols; ++j) dst[i * cols + j] = dsc_e4m3_to_f32(q[i * cols + j]) * srow[j / FP8_BLOCK];
+    }
+  } else {
+    DSC_CHECK(widen(dt, (const unsigned char *)data, n, dst), DSC_ERR_FORMAT, fn,
+              "%s in %s: expected float32, bfloat16, float16, float64 or float8_e4m3fn (with "
+              "weight_scale_inv), got %s",
+              name, file, dsc_dtype_name(dt));
+  }
+  int64_t bad = first_non_finite(dst, n);
+  DSC_CHECK(bad < 0, DSC_ERR_FORMAT, fn, "%s in %s: element %lld is %g (not finite)", name, file,
+            (long long)bad, bad < 0 ? 0.0 : (double)dst[bad]);
+  if (!on_host) {
+    const DLDevice cpu = {kDLCPU, 0};
+    DSC_TRY(dsc_memcpy(ctx, dsc_data(view), view->device, dst, cpu, (size_t)n * sizeof(float)));
+  }
+  return DSC_OK;
+}
+
+/* model.layers.{k}.embed_tokens.weight / .shared_head.head.weight with L <= k < L + Dm:
+ * the MTP modules' copies of the shared embedding and head. */
+static int is_mtp_duplicate(const char *name, const dsc_model_config *c) {
+  static const char prefix[] = "model.layers.";
+  if (strncmp(name, prefix, sizeof prefix - 1) != 0) return 0;
+  const char *p = name + sizeof prefix - 1;
+  long k = 0;
+  int digits = 0;
+  for (; *p >= '0' && *p <= '9' && digits < 9; ++p, ++digits) k = 10 * k + (*p - '0');
+  if (digits == 0 || k < c->num_hidden_layers || k >= (long)c->num_hidden_layers + c->num_nextn_predict_layers)
+    return 0;
+  return !strcmp(p, ".embed_tokens.weight") || !strcmp(p, ".shared_head.head.weight");
+}
+
+static dsc_status load_weights(const char *fn, dsc_model *m, const char *dir) {
+  dsc_model_config cfg;
+  memset(&cfg, 0, sizeof cfg);
+  cfg.size = sizeof cfg;
+  DSC_TRY(dsc_model_get_config(m, &cfg));
+  shards s;
+  DSC_TRY(shards_open(fn, dir, &s));
+  scratch stage = {0}, tmp = {0};
+  dsc_status st = DSC_OK;
+  const int64_t n = dsc_model_num_tensors(m);
+  for (int64_t i = 0; i < n && st == DSC_OK; ++i) {
+    const char *name;
+    DLTensor view;
+    st = dsc_model_tensor(m, i, &name, &view);
+    if (st != DSC_OK) break;
+    st_ref *r = shards_find(&s, name);
+    if (!r) {
+      st = dsc_error(DSC_ERR_FORMAT, fn, "%s: missing from the checkpoint (in none of the %d *.safetensors files in %s)",
+                     name, (int)s.n_files, dir);
+      break;
+    }
+    st = read_tensor(fn, dsc_model_context(m), &s, r, &view, &stage, &tmp);
+  }
+  for (int64_t i = 0; i < s.n_refs && st == DSC_OK; ++i) {
+    const st_ref *r = &s.refs[i];
+    if (r->used || is_mtp_duplicate(r->name, &cfg)) continue;
+    st = dsc_error(DSC_ERR_FORMAT, fn, "unexpected tensor %s in %s (%s)", r->name, s.paths[r->file],
+                   ends_with(r->name, "_scale_inv") ? "block scales of a weight that is not float8_e4m3fn"
+                                                    : "the model has no tensor of that name");
+  }
+  free(stage.p);
+  free(tmp.p);
+  shards_free(&s);
+  return st;
+}
+
+/* dir/optimizer.safetensors, when present: the step and both moments of every trained
+ * tensor, nothing else. */
+static dsc_status load_optimizer(const char *fn, dsc_model *m, const char *dir) {
+  char *path = path_join(dir, OPT_FILE);
+  if (!path) return dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
+  struct stat sb;
+  if (stat(path, &sb) != 0) {
+    dsc_status st = errno == ENOENT ? DSC_OK
+                                    : dsc_error(DSC_ERR_IO, fn, "cannot read '%s': %s", path, strerror(errno));
+    free(path);
+    return st;
+  }
+  dsc_safetensors *f = NULL;
+  dsc_status st = dsc_safetensors_open(path, &f);
+  const int64_t n = dsc_model_num_tensors(m);
+  unsigned char *have = (unsigned char *)calloc((size_t)(2 * n + 1), 1);
+  if (st == DSC_OK && !have) st = dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
+  for (int64_t i = 0; st == DSC_OK && i < dsc_safetensors_metadata_count(f); ++i) {
+    const char *k, *v;
+    st = dsc_safetensors_metadata(f, i, &k, &v);
+    if (st == DSC_OK && !strcmp(k, "format") && strcmp(v, "deepseek_c.adamw") != 0)
+      st = dsc_error(DSC_ERR_FORMAT, fn, "%s: metadata format is \"%s\", expected \"deepseek_c.adamw\"", path, v);
+  }
+  int64_t step = -1;
+  scratch stage = {0};
+  for (int64_t j = 0; st == DSC_OK && j < dsc_safetensors_count(f); ++j) {
+    const char *tname;
+    dsc_dtype dt;
+    int32_t ndim;
+    const int64_t *shape;
+    const void *data;
+    size_t nbytes;
+    st = dsc_safetensors_tensor(f, j, &tname, &dt, &ndim, &shape, &data, &nbytes);
+    if (st != DSC_OK) break;
+    if (!strcmp(tname, "step")) {
+      if (dt != DSC_DTYPE_INT64 || nbytes != 8 || ndim > 1) {
+        st = dsc_error(DSC_ERR_FORMAT, fn, "step in %s: expected an int64 scalar, got %s with %d dims", path,
+                       dsc_dtype_name(dt), (int)ndim);
+        break;
+      }
+      memcpy(&step, data, 8);
+      if (step < 0) st = dsc_error(DSC_ERR_FORMAT, fn, "step in %s: expected >= 0, got %lld", path, (long long)step);
+      continue;
+    }
+    int which = strncmp(tname, "exp_avg_sq.", 11) == 0 ? 1 : strncmp(tname, "exp_avg.", 8) == 0 ? 0 : -1;
+    const char *pname = which == 1 ? tname + 11 : which == 0 ? tname + 8 : tname;
+    int64_t idx = -1;
+    if (which < 0 || ends_with(pname, BIAS_SUFFIX) || dsc_model_find_tensor(m, pname, &idx) != DSC_OK) {
+      st = dsc_error(DSC_ERR_FORMAT, fn, "unexpected tensor %s in %s (expected step, exp_avg.<name> and "
+                     "exp_avg_sq.<name> of the model's trained tensors)", tname, path);
+      break;
+    }
+    have[2 * idx + which] = 1;
+    DLTensor view;
+    st = dsc_model_optimizer_state(m, idx, which, &view);
+    if (st != DSC_OK) break;
+    /* same reading rules as the weights, minus FP8 */
+    shards one = {&path, &f, 1, NULL, 0};
+    st_ref r = {tname, 0, j, 0};
+    if (dt == DSC_DTYPE_FLOAT8_E4M3FN) {
+      st = dsc_error(DSC_ERR_FORMAT, fn, "%s in %s: expected a float32 moment, got %s", tname, path,
+                     dsc_dtype_name(dt));
+      break;
+    }
+    st = read_tensor(fn, dsc_model_context(m), &one, &r, &view, &stage, NULL);
+  }
+  if (st == DSC_OK && step < 0) st = dsc_error(DSC_ERR_FORMAT, fn, "%s: no \"step\" tensor", path);
+  for (int64_t i = 0; st == DSC_OK && i < n; ++i) {
+    const char *name;
+    st = dsc_model_tensor(m, i, &name, NULL);
+    if (st != DSC_OK || ends_with(name, BIAS_SUFFIX)) continue;
+    for (int which = 0; which < 2 && st == DSC_OK; ++which)
+      if (!have[2 * i + which])
+        st = dsc_error(DSC_ERR_FORMAT, fn, "%s%s: missing from %s", which ? "exp_avg_sq." : "exp_avg.", name, path);
+  }
+  if (st == DSC_OK) st = dsc_model_set_step(m, step);
+  free(stage.p);
+  free(have);
+  dsc_safetensors_close(f);
+  free(path);
+  return st;
+}
+
+dsc_status dsc_model_load(dsc_context *ctx, const char *dir, const dsc_model_options *opt, dsc_model **out) {
+  static const char *const FN = "dsc_model_load";
+  DSC_CHECK(out != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "out: expected a pointer, got NULL");
+  *out = NULL;
+  DSC_CHECK(ctx != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "ctx: expected a context, got NULL");
+  DSC_CHECK(dir != NULL && dir[0], DSC_ERR_INVALID_ARGUMENT, FN, "dir: expected a directory name");
+  dsc_model_options o;
+  if (opt) {
+    DSC_CHECK(opt->size >= sizeof o, DSC_ERR_INVALID_ARGUMENT, FN,
+              "opt->size: expected sizeof(dsc_model_options) = %zu, got %zu", sizeof o, opt->size);
+    o = *opt;
+  } else {
+    dsc_model_options_default(&o);
+  }
+  o.init = 0; /* every value comes from the checkpoint */
+  dsc_model_config cfg;
+  dsc_model_config_default(&cfg);
+  char *cfg_path = path_join(dir, "config.json");
+  if (!cfg_path) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+  dsc_status st = dsc_model_config_load(cfg_path, &cfg);
+  free(cfg_path);
+  DSC_TRY(st);
+  dsc_model *m = NULL;
+  DSC_TRY(dsc_model_create(ctx, &cfg, &o, &m));
+  st = load_weights(FN, m, dir);
+  if (st == DSC_OK) st = load_optimizer(FN, m, dir);
+  if (st != DSC_OK) {
+    dsc_model_destroy(m);
+    return st;
+  }
+  *out = m;
+  return DSC_OK;
+}

@@ -1,0 +1,1097 @@
+/*
+ * test_model_io.c -- C-level tests of config.json parsing and model checkpoints
+ * (dsc_model_config_from_json / _load, dsc_model_save / dsc_model_load) through the
+ * public ABI only: V3 and V2-Lite style configs, malformed JSON, a save -> load round
+ * trip that must be bitwise, and damaged checkpoints (truncated, missing, unexpected,
+ * misshapen, non-finite tensors) that must fail with a message naming the culprit.
+ * bf16 and FP8 (E4M3 + weight_scale_inv) shards are converted on load.
+ * When a CUDA device is visible, a CUDA model is also saved and loaded.
+ * Also built with ASan/UBSan by tests/c/run_sanitized.sh (CI).
+ * Closing line: "N passed, N failed".
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <dirent.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "deepseek_c.h"
+
+static int g_pass = 0, g_fail = 0;
+
+#define CHECK(cond, ...)                               \
+  do {                                                 \
+    if (cond) {                                        \
+      ++g_pass;                                        \
+    } else {                                           \
+      ++g_fail;                                        \
+      printf("FAIL %s:%d: ", __FILE__, __LINE__);      \
+      printf(__VA_ARGS__);                             \
+      printf("\n");                                    \
+    }                                                  \
+  } while (0)
+
+/* The last error contains `part`. */
+static int err_has(const char *part) { return strstr(dsc_last_error(), part) != NULL; }
+
+static uint64_t rng_state = 0x2545f4914f6cdd1dull;
+static float frand(void) {
+  rng_state ^= rng_state << 13;
+  rng_state ^= rng_state >> 7;
+  rng_state ^= rng_state << 17;
+  return (float)((double)(rng_state >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+/* ------------------------------------------------------------------ files */
+
+static void path2(char *out, size_t n, const char *dir, const char *name) {
+  snprintf(out, n, "%s/%s", dir, name);
+}
+
+static int file_exists(const char *dir, const char *name) {
+  char p[512];
+  struct stat sb;
+  path2(p, sizeof p, dir, name);
+  return stat(p, &sb) == 0;
+}
+
+static void write_text(const char *dir, const char *name, const char *text, size_t n) {
+  char p[512];
+  path2(p, sizeof p, dir, name);
+  FILE *f = fopen(p, "wb");
+  if (!f) return;
+  fwrite(text, 1, n, f);
+  fclose(f);
+}
+
+/* The whole file (malloc'ed, NUL-terminated), its size in *n; NULL if unreadable. */
+static char *read_all(const char *dir, const char *name, size_t *n) {
+  char p[512];
+  path2(p, sizeof p, dir, name);
+  FILE *f = fopen(p, "rb");
+  if (!f) return NULL;
+  fseek(f, 0, SEEK_END);
+  long sz = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  char *b = (char *)malloc((size_t)sz + 1);
+  if (b && fread(b, 1, (size_t)sz, f) != (size_t)sz) {
+    free(b);
+    b = NULL;
+  }
+  fclose(f);
+  if (b) b[sz] = '\0';
+  *n = (size_t)sz;
+  return b;
+}
+
+static int same_file(const char *d1, const char *d2, const char *name) {
+  size_t n1 = 0, n2 = 0;
+  char *a = read_all(d1, name, &n1), *b = read_all(d2, name, &n2);
+  int same = a && b && n1 == n2 && memcmp(a, b, n1) == 0;
+  free(a);
+  free(b);
+  return same;
+}
+
+static void copy_file(const char *d1, const char *d2, const char *name) {
+  size_t n = 0;
+  char *a = read_all(d1, name, &n);
+  if (a) write_text(d2, name, a, n);
+  free(a);
+}
+
+/* Remove a flat directory and its files. */
+static void rm_dir(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d) return;
+  for (struct dirent *e; (e = readdir(d)) != NULL;) {
+    if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+    char p[512];
+    path2(p, sizeof p, dir, e->d_name);
+    unlink(p);
+  }
+  closedir(d);
+  rmdir(dir);
+}
+
+/* ------------------------------------------------------------------ a shard to edit */
+
+#define MAXT 512
+typedef struct {
+  int n;
+  const char *names[MAXT];
+  DLTensor t[MAXT];
+  int64_t shapes[MAXT][4];
+  void *owned[2 * MAXT]; /* data and names the test added, freed by shard_free */
+  int n_owned;
+  dsc_safetensors *f;
+} shard;
+
+static int shard_read(shard *s, const char *dir, const char *name) {
+  memset(s, 0, sizeof *s);
+  char p[512];
+  path2(p, sizeof p, dir, name);
+  if (dsc_safetensors_open(p, &s->f) != DSC_OK) return 0;
+  s->n = (int)dsc_safetensors_count(s->f);
+  if (s->n > MAXT) return 0;
+  for (int i = 0; i < s->n; ++i) {
+    dsc_dtype dt;
+    int32_t ndim;
+    const int64_t *shape;
+    const void *data;
+    dsc_safetensors_tensor(s->f, i, &s->names[i], &dt, &ndim, &shape, &data, NULL);
+    DLTensor *t = &s->t[i];
+    memset(t, 0, sizeof *t);
+    t->data = (void *)data;
+    t->device.device_type = kDLCPU;
+    t->dtype = dsc_dtype_to_dlpack(dt);
+    t->ndim = ndim;
+    for (int d = 0; d < ndim; ++d) s->shapes[i][d] = shape[d];
+    t->shape = s->shapes[i];
+  }
+  return 1;
+}
+
+static int shard_find(const shard *s, const char *name) {
+  for (int i = 0; i < s->n; ++i)
+    if (!strcmp(s->names[i], name)) return i;
+  return -1;
+}
+
+static int64_t numel(const DLTensor *t) {
+  int64_t n = 1;
+  for (int d = 0; d < t->ndim; ++d) n *= t->shape[d];
+  return n;
+}
+
+/* Move entry src to slot dst (shape storage included). */
+static void shard_move(shard *s, int dst, int src) {
+  s->names[dst] = s->names[src];
+  s->t[dst] = s->t[src];
+  memcpy(s->shapes[dst], s->shapes[src], sizeof s->shapes[dst]);
+  s->t[dst].shape = s->shapes[dst];
+}
+
+static void shard_drop(shard *s, int i) {
+  for (int j = i; j + 1 < s->n; ++j) shard_move(s, j, j + 1);
+  s->n--;
+}
+
+/* Add (or replace) a tensor whose data the shard takes ownership of. */
+static void shard_put(shard *s, const char *name, dsc_dtype dt, int ndim, const int64_t *shape, void *data) {
+  int i = shard_find(s, name);
+  if (i < 0) {
+    i = s->n++;
+    char *copy = strdup(name);
+    s->owned[s->n_owned++] = copy;
+    s->names[i] = copy;
+  }
+  DLTensor *t = &s->t[i];
+  memset(t, 0, sizeof *t);
+  t->data = data;
+  t->device.device_type = kDLCPU;
+  t->dtype = dsc_dtype_to_dlpack(dt);
+  t->ndim = ndim;
+  for (int d = 0; d < ndim; ++d) s->shapes[i][d] = shape[d];
+  t->shape = s->shapes[i];
+  s->owned[s->n_owned++] = data;
+}
+
+static int shard_write(shard *s, const char *dir, const char *name) {
+  char p[512];
+  path2(p, sizeof p, dir, name);
+  const DLTensor *tp[MAXT];
+  for (int i = 0; i < s->n; ++i) tp[i] = &s->t[i];
+  /* the metadata of the file read, or {"format": "pt"} */
+  const char *meta[16] = {"format", "pt"};
+  int64_t n_meta = s->f ? dsc_safetensors_metadata_count(s->f) : 1;
+  if (n_meta > 8) n_meta = 8;
+  for (int64_t i = 0; s->f && i < n_meta; ++i) dsc_safetensors_metadata(s->f, i, &meta[2 * i], &meta[2 * i + 1]);
+  dsc_status st = dsc_safetensors_save(p, s->n, s->names, tp, n_meta, meta);
+  if (st != DSC_OK) printf("shard_write: %s\n", dsc_last_error());
+  return st == DSC_OK;
+}
+
+static void shard_free(shard *s) {
+  for (int i = 0; i < s->n_owned; ++i) free(s->owned[i]);
+  dsc_safetensors_close(s->f);
+  memset(s, 0, sizeof *s);
+}
+
+/* ------------------------------------------------------------------ configs */
+
+static const char V3_CONFIG[] =
+    "{\n"
+    "  \"architectures\": [\"DeepseekV3ForCausalLM\"],\n"
+    "  \"attention_bias\": false,\n"
+    "  \"attention_dropout\": 0.0,\n"
+    "  \"auto_map\": {\"AutoConfig\": \"configuration_deepseek.DeepseekV3Config\",\n"
+    "               \"AutoModel\": \"modeling_deepseek.DeepseekV3Model\"},\n"
+    "  \"aux_loss_alpha\": 0.001,\n"
+    "  \"bos_token_id\": 0,\n"
+    "  \"eos_token_id\": 1,\n"
+    "  \"ep_size\": 1,\n"
+    "  \"first_k_dense_replace\": 3,\n"
+    "  \"hidden_act\": \"silu\",\n"
+    "  \"hidden_size\": 7168,\n"
+    "  \"initializer_range\": 0.02,\n"
+    "  \"intermediate_size\": 18432,\n"
+    "  \"kv_lora_rank\": 512,\n"
+    "  \"max_position_embeddings\": 163840,\n"
+    "  \"model_type\": \"deepseek_v3\",\n"
+    "  \"moe_intermediate_size\": 2048,\n"
+    "  \"moe_layer_freq\": 1,\n"
+    "  \"n_group\": 8,\n"
+    "  \"n_routed_experts\": 256,\n"
+    "  \"n_shared_experts\": 1,\n"
+    "  \"norm_topk_prob\": true,\n"
+    "  \"num_attention_heads\": 128,\n"
+    "  \"num_experts_per_tok\": 8,\n"
+    "  \"num_hidden_layers\": 61,\n"
+    "  \"num_key_value_heads\": 128,\n"
+    "  \"num_nextn_predict_layers\": 1,\n"
+    "  \"q_lora_rank\": 1536,\n"
+    "  \"qk_nope_head_dim\": 128,\n"
+    "  \"qk_rope_head_dim\": 64,\n"
+    "  \"quantization_config\": {\"activation_scheme\": \"dynamic\", \"fmt\": \"e4m3\",\n"
+    "                          \"quant_method\": \"fp8\", \"weight_block_size\": [128, 128]},\n"
+    "  \"rms_norm_eps\": 1e-06,\n"
+    "  \"rope_scaling\": {\"beta_fast\": 32, \"beta_slow\": 1, \"factor\": 40, \"mscale\": 1.0,\n"
+    "                   \"mscale_all_dim\": 1.0, \"original_max_position_embeddings\": 4096,\n"
+    "                   \"type\": \"yarn\"},\n"
+    "  \"rope_theta\": 10000,\n"
+    "  \"routed_scaling_factor\": 2.5,\n"
+    "  \"scoring_func\": \"sigmoid\",\n"
+    "  \"seq_aux\": true,\n"
+    "  \"tie_word_embeddings\": false,\n"
+    "  \"topk_group\": 4,\n"
+    "  \"topk_method\": \"noaux_tc\",\n"
+    "  \"torch_dtype\": \"bfloat16\",\n"
+    "  \"transformers_version\": \"4.46.3\",\n"
+    "  \"use_cache\": true,\n"
+    "  \"v_head_dim\": 128,\n"
+    "  \"vocab_size\": 129280\n"
+    "}\n";
+
+/* V2-Lite with the newer rope_parameters spelling, an eos list, unknown nested keys and
+ * escapes (a surrogate pair among them) in values that are ignored. */
+static const char V2_LITE_CONFIG[] =
+    "{\"architectures\":[\"DeepseekV2ForCausalLM\"],\"model_type\":\"deepseek_v2\","
+    "\"vocab_size\":102400,\"hidden_size\":2048,\"intermediate_size\":10944,"
+    "\"moe_intermediate_size\":1408,\"num_hidden_layers\":27,\"num_attention_heads\":16,"
+    "\"num_key_value_heads\":16,\"n_shared_experts\":2,\"n_routed_experts\":64,"
+    "\"num_experts_per_tok\":6,\"first_k_dense_replace\":1,\"moe_layer_freq\":1,"
+    "\"n_group\":1,\"topk_group\":1,\"topk_method\":\"greedy\",\"scoring_func\":\"softmax\","
+    "\"norm_topk_prob\":false,\"routed_scaling_factor\":1.0,\"aux_loss_alpha\":0.001,"
+    "\"seq_aux\":true,\"q_lora_rank\":null,\"kv_lora_rank\":512,\"qk_nope_head_dim\":128,"
+    "\"qk_rope_head_dim\":64,\"v_head_dim\":128,\"max_position_embeddings\":163840,"
+    "\"rope_parameters\":{\"rope_type\":\"yarn\",\"rope_theta\":10000.0,\"factor\":40,"
+    "\"original_max_position_embeddings\":4096,\"beta_fast\":32,\"beta_slow\":1,"
+    "\"mscale\":0.707,\"mscale_all_dim\":0.707},"
+    "\"rms_norm_eps\":1e-6,\"bos_token_id\":100000,\"eos_token_id\":[100001, 100002],"
+    "\"tie_word_embeddings\":false,\"initializer_range\":0.02,"
+    "\"note\":\"caf\\u00e9 \\ud83d\\ude00 \\\"quoted\\\" \\\\ \\/ \\b\\f\\n\\r\\t\","
+    "\"nested\":{\"a\":[null,true,false,-0.5e-3,{\"b\":[[],{}]}],\"\\u0000\":\"x\"}}";
+
+/* Every field but size, compared one by one (no padding bytes compared). */
+static int cfg_equal(const dsc_model_config *a, const dsc_model_config *b) {
+  const dsc_rope_params *r = &a->rope, *s = &b->rope;
+  return a->vocab_size == b->vocab_size && a->hidden_size == b->hidden_size &&
+         a->intermediate_size == b->intermediate_size &&
+         a->moe_intermediate_size == b->moe_intermediate_size &&
+         a->num_hidden_layers == b->num_hidden_layers &&
+         a->num_nextn_predict_layers == b->num_nextn_predict_layers &&
+         a->num_attention_heads == b->num_attention_heads && a->q_lora_rank == b->q_lora_rank &&
+         a->kv_lora_rank == b->kv_lora_rank && a->qk_nope_head_dim == b->qk_nope_head_dim &&
+         a->qk_rope_head_dim == b->qk_rope_head_dim && a->v_head_dim == b->v_head_dim &&
+         a->n_routed_experts == b->n_routed_experts && a->n_shared_experts == b->n_shared_experts &&
+         a->num_experts_per_tok == b->num_experts_per_tok && a->n_group == b->n_group &&
+         a->topk_group == b->topk_group && a->topk_method == b->topk_method &&
+         a->scoring_func == b->scoring_func && a->norm_topk_prob == b->norm_topk_prob &&
+         a->routed_scaling_factor == b->routed_scaling_factor &&
+         a->first_k_dense_replace == b->first_k_dense_replace &&
+         a->moe_layer_freq == b->moe_layer_freq && a->rms_norm_eps == b->rms_norm_eps &&
+         r->layout == s->layout && r->dim == s->dim && r->theta == s->theta &&
+         r->factor == s->factor && r->original_max_position == s->original_max_position &&
+         r->beta_fast == s->beta_fast && r->beta_slow == s->beta_slow && r->mscale == s->mscale &&
+         r->mscale_all_dim == s->mscale_all_dim &&
+         a->max_position_embeddings == b->max_position_embeddings &&
+         a->bos_token_id == b->bos_token_id && a->eos_token_id == b->eos_token_id &&
+         a->tie_word_embeddings == b->tie_word_embeddings &&
+         a->initializer_range == b->initializer_range;
+}
+
+static void test_config_v3(void) {
+  dsc_model_config c;
+  dsc_model_config_default(&c);
+  /* scramble the defaults so that every value must come from the file */
+  c.hidden_size = 64;
+  c.q_lora_rank = 0;
+  c.num_hidden_layers = 2;
+  c.topk_method = DSC_MOE_TOPK_GREEDY;
+  c.scoring_func = DSC_MOE_SCORING_SOFTMAX;
+  c.norm_topk_prob = 0;
+  c.rope.factor = 1.0f;
+  c.rope.mscale_all_dim = 0.0f;
+  c.rope.theta = 500.0f;
+  c.eos_token_id = -1;
+  c.initializer_range = 0.5f;
+  dsc_status s = dsc_model_config_from_json(V3_CONFIG, strlen(V3_CONFIG), &c);
+  CHECK(s == DSC_OK, "V3 config: %s", dsc_last_error());
+  dsc_model_config d;
+  dsc_model_config_default(&d);
+  CHECK(cfg_equal(&c, &d), "V3 config.json gives the V3 defaults");
+  CHECK(c.hidden_size == 7168 && c.q_lora_rank == 1536 && c.num_hidden_layers == 61, "V3 sizes");
+  CHECK(c.topk_method == DSC_MOE_TOPK_NOAUX_TC && c.scoring_func == DSC_MOE_SCORING_SIGMOID &&
+            c.norm_topk_prob == 1,
+        "V3 routing");
+  CHECK(c.rope.factor == 40.0f && c.rope.original_max_position == 4096 && c.rope.mscale == 1.0f &&
+            c.rope.mscale_all_dim == 1.0f && c.rope.beta_fast == 32.0f && c.rope.beta_slow == 1.0f &&
+            c.rope.theta == 10000.0f && c.rope.dim == 64 && c.rope.layout == DSC_ROPE_INTERLEAVED,
+        "V3 YaRN: factor %g mscale_all_dim %g theta %g", (double)c.rope.factor,
+        (double)c.rope.mscale_all_dim, (double)c.rope.theta);
+  CHECK(c.eos_token_id == 1 && c.bos_token_id == 0 && c.initializer_range == 0.02f &&
+            c.rms_norm_eps == 1e-6f,
+        "V3 tokens, init, eps");
+
+  /* rope_scaling null / not yarn -> no scaling; the rest unchanged */
+  static const char NO_SCALING[] = "{\"rope_scaling\": null, \"rope_theta\": 50000.0}";
+  s = dsc_model_config_from_json(NO_SCALING, strlen(NO_SCALING), &c);
+  CHECK(s == DSC_OK && c.rope.factor == 1.0f && c.rope.theta == 50000.0f && c.hidden_size == 7168,
+        "rope_scaling null: %s factor %g", dsc_last_error(), (double)c.rope.factor);
+  static const char LINEAR[] = "{\"rope_scaling\": {\"type\": \"linear\", \"factor\": 4.0}}";
+  dsc_model_config_default(&c);
+  s = dsc_model_config_from_json(LINEAR, strlen(LINEAR), &c);
+  CHECK(s == DSC_OK && c.rope.factor == 1.0f, "rope_scaling linear -> no YaRN");
+  /* eos null, bos list, q_lora_rank null on top of V3 */
+  static const char IDS[] = "{\"eos_token_id\": null, \"bos_token_id\": [7, 8], \"q_lora_rank\": null}";
+  dsc_model_config_default(&c);
+  s = dsc_model_config_from_json(IDS, strlen(IDS), &c);
+  CHECK(s == DSC_OK && c.eos_token_id == -1 && c.bos_token_id == 7 && c.q_lora_rank == 0,
+        "token ids: %s eos %d bos %d", dsc_last_error(), c.eos_token_id, c.bos_token_id);
+  /* newer transformers: rope_interleave false means rotate-half pairs */
+  static const char HALF[] = "{\"rope_interleave\": false}";
+  dsc_model_config_default(&c);
+  s = dsc_model_config_from_json(HALF, strlen(HALF), &c);
+  CHECK(s == DSC_OK && c.rope.layout == DSC_ROPE_HALF, "rope_interleave false -> DSC_ROPE_HALF");
+  /* an empty object keeps everything */
+  dsc_model_config_default(&c);
+  s = dsc_model_config_from_json(" {} ", 4, &c);
+  CHECK(s == DSC_OK && cfg_equal(&c, &d), "{} keeps the defaults");
+}
+
+static void test_config_v2_lite(void) {
+  dsc_model_config c;
+  dsc_model_config_default(&c);
+  dsc_status s = dsc_model_config_from_json(V2_LITE_CONFIG, strlen(V2_LITE_CONFIG), &c);
+  CHECK(s == DSC_OK, "V2-Lite config: %s", dsc_last_error());
+  CHECK(c.q_lora_rank == 0 && c.topk_method == DSC_MOE_TOPK_GREEDY &&
+            c.scoring_func == DSC_MOE_SCORING_SOFTMAX && c.norm_topk_prob == 0,
+        "V2-Lite: q_lora null, greedy, softmax, no norm");
+  CHECK(c.n_routed_experts == 64 && c.n_shared_experts == 2 && c.num_experts_per_tok == 6 &&
+            c.n_group == 1 && c.topk_group == 1 && c.first_k_dense_replace == 1 &&
+            c.routed_scaling_factor == 1.0f,
+        "V2-Lite MoE");
+  CHECK(c.num_nextn_predict_layers == 0, "deepseek_v2 has no MTP: %d", c.num_nextn_predict_layers);
+  CHECK(c.rope.factor == 40.0f && c.rope.mscale == 0.707f && c.rope.mscale_all_dim == 0.707f &&
+            c.rope.theta == 10000.0f && c.rope.dim == 64 && c.rope.original_max_position == 4096,
+        "V2-Lite rope_parameters: factor %g mscale %g", (double)c.rope.factor, (double)c.rope.mscale);
+  CHECK(c.bos_token_id == 100000 && c.eos_token_id == 100001 && c.vocab_size == 102400,
+        "V2-Lite tokens: eos %d", c.eos_token_id);
+
+  /* the file on disk */
+  char dir[] = "/tmp/dsc_cfg_XXXXXX";
+  if (!mkdtemp(dir)) {
+    CHECK(0, "mkdtemp");
+    return;
+  }
+  write_text(dir, "config.json", V2_LITE_CONFIG, strlen(V2_LITE_CONFIG));
+  char p[512];
+  path2(p, sizeof p, dir, "config.json");
+  dsc_model_config e;
+  dsc_model_config_default(&e);
+  s = dsc_model_config_load(p, &e);
+  CHECK(s == DSC_OK && cfg_equal(&c, &e), "config_load = from_json: %s", dsc_last_error());
+  path2(p, sizeof p, dir, "nope.json");
+  s = dsc_model_config_load(p, &e);
+  CHECK(s == DSC_ERR_IO && err_has("nope.json"), "missing file -> IO naming it: %s", dsc_last_error());
+  /* a malformed file names the file and the key */
+  static const char BAD[] = "{\"hidden_size\": \"2048\"}";
+  write_text(dir, "config.json", BAD, strlen(BAD));
+  path2(p, sizeof p, dir, "config.json");
+  s = dsc_model_config_load(p, &e);
+  CHECK(s == DSC_ERR_FORMAT && err_has("config.json") && err_has("hidden_size"),
+        "bad file -> FORMAT naming file and key: %s", dsc_last_error());
+  rm_dir(dir);
+}
+
+/* Parse `json` over the defaults: expect DSC_ERR_FORMAT with `part` in the message and
+ * the config unchanged. */
+static void expect_bad(const char *json, size_t len, const char *part) {
+  dsc_model_config c, before;
+  dsc_model_config_default(&c);
+  before = c;
+  dsc_status s = dsc_model_config_from_json(json, len, &c);
+  CHECK(s == DSC_ERR_FORMAT && err_has(part) && err_has("dsc_model_config_from_json") &&
+            cfg_equal(&c, &before),
+        "bad config (%.40s...) -> FORMAT with '%s': got %s '%s'", json, part, dsc_status_string(s),
+        dsc_last_error());
+}
+
+#define BAD(json, part) expect_bad((json), strlen(json), (part))
+
+static void test_config_malformed(void) {
+  size_t n = strlen(V3_CONFIG);
+  expect_bad(V3_CONFIG, n / 2, "invalid JSON");           /* truncated */
+  expect_bad(V3_CONFIG, n - 3, "invalid JSON");           /* last brace cut */
+  char *garbage = (char *)malloc(n + 8);
+  memcpy(garbage, V3_CONFIG, n);
+  memcpy(garbage + n, " x", 3);
+  expect_bad(garbage, n + 2, "unexpected data after");   /* trailing garbage */
+  garbage[n] = '\0';
+  expect_bad(garbage, n + 1, "unexpected data after");   /* an embedded NUL counts */
+  free(garbage);
+  BAD("{\"hidden_size\": \"7168\"}", "hidden_size");
+  BAD("{\"n_group\": \"8\"}", "n_group");
+  BAD("{\"hidden_size\": 64.5}", "hidden_size");
+  BAD("{\"vocab_size\": 3e10}", "vocab_size");
+  BAD("{\"vocab_size\": -2147483649}", "vocab_size");
+  BAD("{\"num_hidden_layers\": null}", "num_hidden_layers");
+  BAD("{\"norm_topk_prob\": 1}", "norm_topk_prob");
+  BAD("{\"topk_method\": \"top2\"}", "topk_method");
+  BAD("{\"scoring_func\": 0}", "scoring_func");
+  BAD("{\"rms_norm_eps\": \"1e-6\"}", "rms_norm_eps");
+  BAD("{\"routed_scaling_factor\": 1e300}", "routed_scaling_factor");
+  BAD("{\"eos_token_id\": \"</s>\"}", "eos_token_id");
+  BAD("{\"rope_scaling\": {\"type\": \"yarn\", \"factor\": \"40\"}}", "rope_scaling.factor");
+  BAD("{\"rope_scaling\": {\"type\": \"yarn\"}}", "rope_scaling.factor");
+  BAD("{\"rope_scaling\": 40}", "rope_scaling");
+  BAD("{\"rope_parameters\": {\"rope_type\": \"yarn\", \"factor\": 4, "
+             "\"original_max_position_embeddings\": 4.5}}", "rope_parameters.original_max_position_embeddings");
+  BAD("{\"model_type\": 3}", "model_type");
+  /* grammar */
+  BAD("", "unexpected end");
+  BAD("[1, 2]", "top level");
+  BAD("{\"a\": 1,}", "invalid JSON");
+  BAD("{\"a\": 01}", "invalid JSON");
+  BAD("{\"a\": 1.}", "invalid JSON");
+  BAD("{\"a\": .5}", "invalid JSON");
+  BAD("{\"a\": tru}", "invalid JSON");
+  BAD("{\"a\": NaN}", "invalid JSON");
+  BAD("{\"a\": 1e999}", "range");
+  BAD("{\"a\": \"\\ud800\"}", "surrogate");
+  BAD("{\"a\": \"\\udc00\"}", "surrogate");
+  BAD("{\"a\": \"\\x\"}", "escape");
+  BAD("{\"a\": \"tab\there\"}", "control character");
+  BAD("{\"a\": \"\xc3\x28\"}", "UTF-8");
+  BAD("{\"a\": \"\xed\xa0\x80\"}", "UTF-8"); /* an encoded surrogate */
+  BAD("{\"a\" 1}", "':'");
+  BAD("{a: 1}", "member name");
+  BAD("{\"a\": 1 // comment\n}", "invalid JSON");
+  char deep[300];
+  int k = 0;
+  k += snprintf(deep, sizeof deep, "{\"a\": ");
+  for (int i = 0; i < 100; ++i) deep[k++] = '[';
+  for (int i = 0; i < 100; ++i) deep[k++] = ']';
+  deep[k++] = '}';
+  expect_bad(deep, (size_t)k, "nesting");
+  /* line and column of the problem */
+  BAD("{\n  \"a\": 1,\n  \"b\": ?\n}", "line 3, column 8");
+
+  dsc_model_config c;
+  dsc_model_config_default(&c);
+  CHECK(dsc_model_config_from_json(NULL, 3, &c) == DSC_ERR_INVALID_ARGUMENT, "NULL json");
+  CHECK(dsc_model_config_from_json("{}", 2, NULL) == DSC_ERR_INVALID_ARGUMENT, "NULL cfg");
+  /* well-formed but inconsistent: dsc_model_config_validate decides */
+  static const char INCONSISTENT[] = "{\"n_group\": 3}";
+  CHECK(dsc_model_config_from_json(INCONSISTENT, strlen(INCONSISTENT), &c) != DSC_OK && err_has("n_group"),
+        "validate runs: %s", dsc_last_error());
+}
+
+/* ------------------------------------------------------------------ checkpoints */
+
+static void tiny_config(dsc_model_config *c) {
+  dsc_model_config_default(c);
+  c->vocab_size = 96;
+  c->hidden_size = 64;
+  c->intermediate_size = 160; /* 2 FP8 row blocks */
+  c->moe_intermediate_size = 32;
+  c->num_hidden_layers = 2;
+  c->num_nextn_predict_layers = 1;
+  c->num_attention_heads = 2;
+  c->q_lora_rank = 32;
+  c->kv_lora_rank = 32;
+  c->qk_nope_head_dim = 16;
+  c->qk_rope_head_dim = 8;
+  c->v_head_dim = 16;
+  c->n_routed_experts = 8;
+  c->n_shared_experts = 1;
+  c->num_experts_per_tok = 2;
+  c->n_group = 2;
+  c->topk_group = 1;
+  c->first_k_dense_replace = 1;
+  c->max_position_embeddings = 256;
+  c->rope.dim = 8;
+  c->rope.factor = 4.0f;
+  c->rope.original_max_position = 64;
+  c->rope.mscale = 0.707f;
+  c->rope.mscale_all_dim = 0.707f;
+  c->initializer_range = 0.006f;
+  c->rms_norm_eps = 1e-5f;
+  c->eos_token_id = 2;
+}
+
+static DLDevice model_device(const dsc_model *m) {
+  DLDevice d = {kDLCPU, 0};
+  dsc_context_get_device(dsc_model_context(m), &d);
+  return d;
+}
+
+/* Tensor `i` of the model (or its moment `which` >= 0) copied to a new host buffer. */
+static float *host_copy(dsc_model *m, int64_t i, int which, int64_t *n, const char **name) {
+  DLTensor v;
+  dsc_status s = dsc_model_tensor(m, i, name, &v);
+  if (s == DSC_OK && which >= 0) s = dsc_model_optimizer_state(m, i, which, &v);
+  if (s != DSC_OK) return NULL;
+  *n = numel(&v);
+  float *h = (float *)malloc((size_t)(*n ? *n : 1) * sizeof(float));
+  DLDevice cpu = {kDLCPU, 0};
+  if (h) dsc_memcpy(dsc_model_context(m), h, cpu, (char *)v.data + v.byte_offset, v.device, (size_t)*n * 4);
+  return h;
+}
+
+/* Fill tensor i (or moment `which`) with values from f (host data sent to the device). */
+static void fill(dsc_model *m, int64_t i, int which, float (*f)(void)) {
+  DLTensor v;
+  if (dsc_model_tensor(m, i, NULL, &v) != DSC_OK) return;
+  if (which >= 0 && dsc_model_optimizer_state(m, i, which, &v) != DSC_OK) return;
+  int64_t n = numel(&v);
+  float *h = (float *)malloc((size_t)(n ? n : 1) * sizeof(float));
+  for (int64_t k = 0; k < n; ++k) h[k] = f();
+  DLDevice cpu = {kDLCPU, 0};
+  dsc_memcpy(dsc_model_context(m), (char *)v.data + v.byte_offset, v.device, h, cpu, (size_t)n * 4);
+  free(h);
+}
+
+static float frand_pos(void) { return fabsf(frand()) * 1e-3f; }
+
+static int is_bias(const char *name) {
+  size_t n = strlen(name), k = strlen("e_score_correction_bias");
+  return n >= k && !strcmp(name + n - k, "e_score_correction_bias");
+}
+
+/* Random weights, moments and step: every value must survive the round trip. */
+static void randomize(dsc_model *m, int64_t step) {
+  for (int64_t i = 0; i < dsc_model_num_tensors(m); ++i) {
+    const char *name;
+    dsc_model_tensor(m, i, &name, NULL);
+    fill(m, i, -1, frand);
+    if (!is_bias(name)) {
+      fill(m, i, 0, frand);
+      fill(m, i, 1, frand_pos);
+    }
+  }
+  dsc_model_set_step(m, step);
+}
+
+/* Tensors (and, with moments, the optimizer state and step) bitwise equal. */
+static int models_equal(dsc_model *a, dsc_model *b, int moments, char *why, size_t cap) {
+  if (dsc_model_num_tensors(a) != dsc_model_num_tensors(b)) {
+    snprintf(why, cap, "tensor counts %lld vs %lld", (long long)dsc_model_num_tensors(a),
+             (long long)dsc_model_num_tensors(b));
+    return 0;
+  }
+  if (moments && dsc_model_step(a) != dsc_model_step(b)) {
+    snprintf(why, cap, "steps %lld vs %lld", (long long)dsc_model_step(a), (long long)dsc_model_step(b));
+    return 0;
+  }
+  for (int64_t i = 0; i < dsc_model_num_tensors(a); ++i) {
+    for (int which = -1; which < (moments ? 2 : 0); ++which) {
+      const char *na, *nb;
+      int64_t n1 = 0, n2 = 0;
+      dsc_model_tensor(a, i, &na, NULL);
+      if (which >= 0 && is_bias(na)) continue;
+      float *x = host_copy(a, i, which, &n1, &na), *y = host_copy(b, i, which, &n2, &nb);
+      int same = x && y && n1 == n2 && !strcmp(na, nb) && memcmp(x, y, (size_t)n1 * 4) == 0;
+      if (!same) snprintf(why, cap, "%s (which %d) differs", na, which);
+      free(x);
+      free(y);
+      if (!same) return 0;
+    }
+  }
+  return 1;
+}
+
+/* Load dir and expect failure with status st and `part` in the message. */
+static void expect_load_fails(dsc_context *ctx, const char *dir, dsc_status st, const char *part,
+                              const char *what) {
+  dsc_model *m = (dsc_model *)(uintptr_t)1; /* must come back NULL */
+  dsc_status s = dsc_model_load(ctx, dir, NULL, &m);
+  CHECK(s == st && m == NULL && err_has(part), "%s: expected %s with '%s', got %s '%s'", what,
+        dsc_status_string(st), part, dsc_status_string(s), dsc_last_error());
+  if (s == DSC_OK) dsc_model_destroy(m);
+}
+
+static uint16_t f32_to_bf16(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
+}
+
+static float bf16_to_f32(uint16_t h) {
+  uint32_t u = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+static void test_checkpoints(dsc_context *ctx) {
+  dsc_model_config cfg;
+  tiny_config(&cfg);
+  dsc_model_options opt;
+  dsc_model_options_default(&opt);
+  opt.seed = 3;
+  dsc_model *m = NULL;
+  dsc_status s = dsc_model_create(ctx, &cfg, &opt, &m);
+  CHECK(s == DSC_OK, "create tiny model: %s", dsc_last_error());
+  if (s != DSC_OK) return;
+  randomize(m, 7);
+
+  char root[] = "/tmp/dsc_ckpt_XXXXXX";
+  if (!mkdtemp(root)) {
+    CHECK(0, "mkdtemp");
+    dsc_model_destroy(m);
+    return;
+  }
+  char dir[256], dir2[256], bad[256];
+  snprintf(dir, sizeof dir, "%s/a/b", root); /* parents are created */
+  snprintf(dir2, sizeof dir2, "%s/c", root);
+  snprintf(bad, sizeof bad, "%s/bad", root);
+  char a_dir[256];
+  snprintf(a_dir, sizeof a_dir, "%s/a", root);
+
+  /* ---- round trip, optimizer included */
+  s = dsc_model_save(m, dir, 1);
+  CHECK(s == DSC_OK, "save: %s", dsc_last_error());
+  CHECK(file_exists(dir, "config.json") && file_exists(dir, "model.safetensors") &&
+            file_exists(dir, "optimizer.safetensors"),
+        "three files written");
+  size_t cn = 0;
+  char *cj = read_all(dir, "config.json", &cn);
+  CHECK(cj && strstr(cj, "\"model_type\": \"deepseek_v3\"") && strstr(cj, "\"q_lora_rank\": 32") &&
+            strstr(cj, "\"type\": \"yarn\"") && strstr(cj, "\"torch_dtype\": \"float32\"") &&
+            strstr(cj, "\"topk_method\": \"noaux_tc\"") && strstr(cj, "\"scoring_func\": \"sigmoid\"") &&
+            strstr(cj, "\"architectures\": [\n    \"DeepseekV3ForCausalLM\"\n  ]"),
+        "config.json content:\n%s", cj ? cj : "(none)");
+  /* keys sorted */
+  int sorted = cj != NULL, n_keys = 0;
+  char prev[64] = "", key[64];
+  for (const char *p = cj; sorted && p && (p = strstr(p, "\n  \"")) != NULL; p += 4) {
+    size_t kn = strcspn(p + 4, "\"");
+    snprintf(key, sizeof key, "%.*s", (int)kn, p + 4);
+    sorted = strcmp(prev, key) < 0;
+    memcpy(prev, key, sizeof prev);
+    ++n_keys;
+  }
+  sorted = sorted && n_keys > 30;
+  CHECK(sorted, "config.json keys sorted");
+  free(cj);
+  dsc_model_config back;
+  char cpath[512];
+  path2(cpath, sizeof cpath, dir, "config.json");
+  dsc_model_config_default(&back);
+  s = dsc_model_config_load(cpath, &back);
+  dsc_model_config mine;
+  dsc_model_config_default(&mine);
+  dsc_model_get_config(m, &mine);
+  CHECK(s == DSC_OK && cfg_equal(&back, &mine), "config.json reads back equal: %s", dsc_last_error());
+
+  dsc_model *m2 = NULL;
+  s = dsc_model_load(ctx, dir, NULL, &m2);
+  CHECK(s == DSC_OK && m2 != NULL, "load: %s", dsc_last_error());
+  char why[256] = "";
+  if (m2) {
+    CHECK(models_equal(m, m2, 1, why, sizeof why), "round trip bitwise: %s", why);
+    CHECK(dsc_model_step(m2) == 7, "step restored: %lld", (long long)dsc_model_step(m2));
+    /* saving the loaded model reproduces the same bytes */
+    s = dsc_model_save(m2, dir2, 1);
+    CHECK(s == DSC_OK && same_file(dir, dir2, "model.safetensors") &&
+              same_file(dir, dir2, "optimizer.safetensors") && same_file(dir, dir2, "config.json"),
+          "save(load(save)) is byte-identical: %s", dsc_last_error());
+    dsc_model_destroy(m2);
+    m2 = NULL;
+  }
+
+  /* ---- without the optimizer: a stale optimizer.safetensors is removed */
+  s = dsc_model_save(m, dir2, 0);
+  CHECK(s == DSC_OK && !file_exists(dir2, "optimizer.safetensors"), "optimizer=0 removes the stale file");
+  s = dsc_model_load(ctx, dir2, NULL, &m2);
+  CHECK(s == DSC_OK && m2 && dsc_model_step(m2) == 0, "load without optimizer: %s", dsc_last_error());
+  if (m2) {
+    CHECK(models_equal(m, m2, 0, why, sizeof why), "weights without optimizer: %s", why);
+    dsc_model_destroy(m2);
+    m2 = NULL;
+  }
+
+  /* ---- damaged checkpoints; each case starts from a fresh copy of dir in bad/ */
+  const char *files[] = {"config.json", "model.safetensors", "optimizer.safetensors"};
+#define FRESH()                                            \
+  do {                                                     \
+    rm_dir(bad);                                           \
+    mkdir(bad, 0777);                                      \
+    for (int f_ = 0; f_ < 3; ++f_) copy_file(dir, bad, files[f_]); \
+  } while (0)
+  char mpath[512];
+  path2(mpath, sizeof mpath, bad, "model.safetensors");
+  size_t msize = 0;
+  free(read_all(dir, "model.safetensors", &msize));
+
+  FRESH();
+  CHECK(truncate(mpath, (off_t)(msize / 2)) == 0, "truncate");
+  expect_load_fails(ctx, bad, DSC_ERR_FORMAT, "model.safetensors", "truncated data");
+  FRESH();
+  CHECK(truncate(mpath, 100) == 0, "truncate");
+  expect_load_fails(ctx, bad, DSC_ERR_FORMAT, "model.safetensors", "truncated header");
+  FRESH();
+  CHECK(truncate(mpath, 3) == 0, "truncate");
+  expect_load_fails(ctx, bad, DSC_ERR_FORMAT, "model.safetensors", "3-byte file");
+  FRESH();
+  {
+    size_t n = 0;
+    char *t = read_all(bad, "config.json", &n);
+    write_text(bad, "config.json", t, n / 2);
+    free(t);
+  }
+  expect_load_fails(ctx, bad, DSC_ERR_FORMAT, "config.json", "truncated config.json");
+  FRESH();
+  {
+    char p[512];
+    path2(p, sizeof p, bad, "config.json");
+    unlink(p);
+  }
+  expect_load_fails(ctx, bad, DSC_ERR_IO, "config.json", "no config.json");
+  expect_load_fails(ctx, "/nonexistent/dsc/ckpt", DSC_ERR_IO, "/nonexistent/dsc/ckpt", "no directory");
+
+  shard sh;
+  const char *victim = "model.layers.1.mlp.experts.3.up_proj.weight";
+  FRESH();
+  if (shard_read(&sh, bad, "model.safetensors")) {
+    int i = shard_find(&sh, victim);
+    CHECK(i >= 0, "%s in the checkpoint", victim);
+    if (i >= 0) shard_drop(&sh, i);
+    shard_write(&sh, bad, "model.safetensors");
+  }
+  shard_free(&sh);
+  expect_load_fails(ctx, bad, DSC_ERR_FORMAT, victim, "missing tensor");
+
+  FRESH();
+  if (shard_read(&sh, bad, "model.safetensors")) {
+    int64_t shp[2] = {4, 4};
+    shard_put(&sh, "model.layers.0.mlp.bogus.weight", DSC_DTYPE_FLOAT32, 2, shp, calloc(16, 4));
+    shard_write(&sh, bad, "model.safetensors");
+  }
+  shard_free(&sh);
+  expect_load_fails(ctx, bad, DSC_ERR_FORMAT, "model.layers.0.mlp.bogus.weight", "unexpected tensor");
+
+  FRESH();
+  if (shard_read(&sh, bad, "model.safetensors")) {
+    int64_t shp[1] = {63};
+    shard_put(&sh, "model.norm.weight", DSC_DTYPE_FLOAT32, 1, shp, calloc(63, 4));
+    shard_write(&sh, bad, "model.safetensors");
+  }
+  shard_free(&sh);
+  expect_load_fails(ctx, bad, DSC_ERR_FORMAT, "model.norm.weight", "wrong shape");
+
+  FRESH();
+  if (shard_read(&sh, bad, "model.safetensors")) {
+    int64_t shp[1] = {64};
+    float *x = (float *)calloc(64, 4);
+    x[17] = NAN;
+    shard_put(&sh, "model.layers.0.input_layernorm.weight", DSC_DTYPE_FLOAT32, 1, shp, x);
+    shard_write(&sh, bad, "model.safetensors");
+  }
+  shard_free(&sh);
+  expect_load_fails(ctx, bad, DSC_ERR_FORMAT, "model.layers.0.input_layernorm.weight", "NaN weight");
+
+  FRESH();
+  if (shard_read(&sh, bad, "model.safetensors")) {
+    int64_t shp[1] = {64};
+    shard_put(&sh, "model.layers.0.input_layernorm.weight", DSC_DTYPE_INT32, 1, shp, calloc(64, 4));
+    shard_write(&sh, bad, "model.safetensors");
+  }
+  shard_free(&sh);
+  expect_load_fails(ctx, bad, DSC_ERR_FORMAT, "int32", "int32 weight");
+
+  /* the tensor split over two shards, and one in both */
+  FRESH();
+  if (shard_read(&sh, bad, "model.safetensors")) {
+    shard one;
+    memset(&one, 0, sizeof one);
+    int i = shard_find(&sh, "lm_head.weight");
+    one.n = 1;
+    one.names[0] = sh.names[i];
+    one.t[0] = sh.t[i];
+    memcpy(one.shapes[0], sh.shapes[i], sizeof one.shapes[0]);
+    one.t[0].shape = one.shapes[0];
+    shard_write(&one, bad, "model-00002-of-00002.safetensors");
+    shard_drop(&sh, i);
+    shard_write(&sh, bad, "model.safetensors");
+    dsc_model *m3 = NULL;
+    s = dsc_model_load(ctx, bad, NULL, &m3);
+    CHECK(s == DSC_OK && m3, "two shards: %s", dsc_last_error());
+    if (m3) {
+      CHECK(models_equal(m, m3, 1, why, sizeof why), "two shards equal: %s", why);
+      dsc_model_destroy(m3);
+    }
+  }
+  shard_free(&sh);
+  copy_file(dir, bad, "model.safetensors");
+  expect_load_fails(ctx, bad, DSC_ERR_FORMAT, "lm_head.weight", "tensor in two shards");
+
+  /* MTP copies of the embedding and head are accepted and ignored; deeper ones are not */
+  FRESH();
+  if (shard_read(&sh, bad, "model.safetensors")) {
+    int64_t shp[2] = {96, 64};
+    shard_put(&sh, "model.layers.2.embed_tokens.weight", DSC_DTYPE_FLOAT32, 2, shp, calloc(96 * 64, 4));
+    shard_put(&sh, "model.layers.2.shared_head.head.weight", DSC_DTYPE_FLOAT32, 2, shp, calloc(96 * 64, 4));
+    shard_write(&sh, bad, "model.safetensors");
+    dsc_model *m3 = NULL;
+    s = dsc_model_load(ctx, bad, NULL, &m3);
+    CHECK(s == DSC_OK && m3, "MTP duplicates accepted: %s", dsc_last_error());
+    if (m3) {
+      CHECK(models_equal(m, m3, 1, why, sizeof why), "MTP duplicates ignored: %s", why);
+      dsc_model_destroy(m3);
+    }
+    shard_put(&sh, "model.layers.3.embed_tokens.weight", DSC_DTYPE_FLOAT32, 2, shp, calloc(96 * 64, 4));
+    shard_write(&sh, bad, "model.safetensors");
+  }
+  shard_free(&sh);
+  expect_load_fails(ctx, bad, DSC_ERR_FORMAT, "model.layers.3.embed_tokens.weight", "layer 3 is no MTP layer");
+
+  /* ---- bfloat16 shards: widened exactly */
+  FRESH();
+  if (shard_read(&sh, bad, "model.safetensors")) {
+    for (int i = 0; i < sh.n; ++i) {
+      int64_t n = numel(&sh.t[i]);
+      uint16_t *h = (uint16_t *)malloc((size_t)n * 2);
+      const float *x = (const float *)sh.t[i].data;
+      for (int64_t k = 0; k < n; ++k) {
+        float v;
+        memcpy(&v, x + k, 4);
+        h[k] = f32_to_bf16(v);
+      }
+      int64_t shp[4];
+      memcpy(shp, sh.shapes[i], sizeof shp);
+      shard_put(&sh, sh.names[i], DSC_DTYPE_BFLOAT16, sh.t[i].ndim, shp, h);
+    }
+    shard_write(&sh, bad, "model.safetensors");
+    dsc_model *m3 = NULL;
+    s = dsc_model_load(ctx, bad, NULL, &m3);
+    CHECK(s == DSC_OK && m3, "bf16 checkpoint: %s", dsc_last_error());
+    int ok = m3 != NULL;
+    for (int64_t i = 0; ok && i < dsc_model_num_tensors(m3); ++i) {
+      int64_t n = 0, n0 = 0;
+      const char *name;
+      float *got = host_copy(m3, i, -1, &n, &name);
+      float *orig = host_copy(m, i, -1, &n0, &name);
+      for (int64_t k = 0; ok && k < n; ++k) {
+        float want = bf16_to_f32(f32_to_bf16(orig[k]));
+        ok = memcmp(&want, &got[k], 4) == 0;
+        if (!ok) printf("bf16 mismatch in %s[%lld]\n", name, (long long)k);
+      }
+      free(got);
+      free(orig);
+    }
+    CHECK(ok, "bf16 values widened exactly");
+    if (m3) dsc_model_destroy(m3);
+  }
+  shard_free(&sh);
+
+  /* ---- FP8 E4M3 + weight_scale_inv (160 x 64: two row blocks) */
+  const char *wname = "model.layers.0.mlp.gate_proj.weight";
+  const char *sname = "model.layers.0.mlp.gate_proj.weight_scale_inv";
+  FRESH();
+  if (shard_read(&sh, bad, "model.safetensors")) {
+    int i = shard_find(&sh, wname);
+    int64_t shp[2] = {160, 64}, sshp[2] = {2, 1};
+    uint8_t *q = (uint8_t *)malloc(160 * 64);
+    float *sc = (float *)malloc(2 * 4), *deq = (float *)malloc(160 * 64 * 4);
+    DLTensor x, tq, ts, td;
+    memset(&x, 0, sizeof x);
+    x.data = sh.t[i].data;
+    x.device.device_type = kDLCPU;
+    x.dtype = dsc_dtype_to_dlpack(DSC_DTYPE_FLOAT32);
+    x.ndim = 2;
+    x.shape = shp;
+    tq = x;
+    tq.data = q;
+    tq.dtype = dsc_dtype_to_dlpack(DSC_DTYPE_FLOAT8_E4M3FN);
+    ts = x;
+    ts.data = sc;
+    ts.shape = sshp;
+    td = x;
+    td.data = deq;
+    dsc_fp8_quant_params qp;
+    dsc_fp8_quant_params_default(&qp);
+    qp.block_rows = 128;
+    qp.block_cols = 128;
+    s = dsc_fp8_quantize(ctx, &qp, &x, &tq, &ts);
+    CHECK(s == DSC_OK, "fp8 quantize: %s", dsc_last_error());
+    s = dsc_fp8_dequantize(ctx, 128, 128, &tq, &ts, &td);
+    CHECK(s == DSC_OK, "fp8 dequantize: %s", dsc_last_error());
+    float *sc2 = (float *)malloc(2 * 4);
+    memcpy(sc2, sc, 8);
+    shard_put(&sh, wname, DSC_DTYPE_FLOAT8_E4M3FN, 2, shp, q);
+    shard_put(&sh, sname, DSC_DTYPE_FLOAT32, 2, sshp, sc);
+    shard_write(&sh, bad, "model.safetensors");
+    dsc_model *m3 = NULL;
+    s = dsc_model_load(ctx, bad, NULL, &m3);
+    CHECK(s == DSC_OK && m3, "fp8 checkpoint: %s", dsc_last_error());
+    if (m3) {
+      int64_t idx = -1, n = 0;
+      const char *nm;
+      dsc_model_find_tensor(m3, wname, &idx);
+      float *got = host_copy(m3, idx, -1, &n, &nm);
+      CHECK(got && n == 160 * 64 && memcmp(got, deq, (size_t)n * 4) == 0,
+            "fp8 weight = dsc_fp8_dequantize(q, scale_inv)");
+      free(got);
+      dsc_model_destroy(m3);
+    }
+    free(deq);
+    /* a wrong scale shape, then no scale at all */
+    int64_t bshp[2] = {1, 1};
+    shard_put(&sh, sname, DSC_DTYPE_FLOAT32, 2, bshp, sc2);
+    shard_write(&sh, bad, "model.safetensors");
+    expect_load_fails(ctx, bad, DSC_ERR_FORMAT, sname, "fp8 scale shape");
+    shard_drop(&sh, shard_find(&sh, sname));
+    shard_write(&sh, bad, "model.safetensors");
+    expect_load_fails(ctx, bad, DSC_ERR_FORMAT, sname, "fp8 without scales");
+  }
+  shard_free(&sh);
+  /* block scales of a float32 weight */
+  FRESH();
+  if (shard_read(&sh, bad, "model.safetensors")) {
+    int64_t sshp[2] = {2, 1};
+    float *sc = (float *)malloc(8);
+    sc[0] = sc[1] = 1.0f;
+    shard_put(&sh, sname, DSC_DTYPE_FLOAT32, 2, sshp, sc);
+    shard_write(&sh, bad, "model.safetensors");
+  }
+  shard_free(&sh);
+  expect_load_fails(ctx, bad, DSC_ERR_FORMAT, sname, "orphan weight_scale_inv");
+
+  /* ---- optimizer file damage */
+  FRESH();
+  if (shard_read(&sh, bad, "optimizer.safetensors")) {
+    char nm[160];
+    snprintf(nm, sizeof nm, "exp_avg_sq.%s", victim);
+    int i = shard_find(&sh, nm);
+    CHECK(i >= 0 && shard_find(&sh, "step") >= 0, "optimizer file has %s and step", nm);
+    CHECK(shard_find(&sh, "exp_avg.model.layers.1.mlp.gate.e_score_correction_bias") < 0,
+          "no moments for the correction bias");
+    if (i >= 0) shard_drop(&sh, i);
+    shard_write(&sh, bad, "optimizer.safetensors");
+  }
+  shard_free(&sh);
+  expect_load_fails(ctx, bad, DSC_ERR_FORMAT, "exp_avg_sq.model.layers.1.mlp.experts.3.up_proj.weight",
+                    "missing moment");
+  FRESH();
+  if (shard_read(&sh, bad, "optimizer.safetensors")) {
+    int64_t shp[1] = {8};
+    shard_put(&sh, "exp_avg.model.layers.1.mlp.gate.e_score_correction_bias", DSC_DTYPE_FLOAT32, 1, shp,
+              calloc(8, 4));
+    shard_write(&sh, bad, "optimizer.safetensors");
+  }
+  shard_free(&sh);
+  expect_load_fails(ctx, bad, DSC_ERR_FORMAT, "e_score_correction_bias", "moment of the bias");
+  FRESH();
+  if (shard_read(&sh, bad, "optimizer.safetensors")) {
+    shard_drop(&sh, shard_find(&sh, "step"));
+    shard_write(&sh, bad, "optimizer.safetensors");
+  }
+  shard_free(&sh);
+  expect_load_fails(ctx, bad, DSC_ERR_FORMAT, "step", "no step");
+  FRESH();
+  {
+    char p[512];
+    path2(p, sizeof p, bad, "optimizer.safetensors");
+    CHECK(truncate(p, 64) == 0, "truncate");
+  }
+  expect_load_fails(ctx, bad, DSC_ERR_FORMAT, "optimizer.safetensors", "truncated optimizer file");
+#undef FRESH
+
+  /* ---- bad arguments */
+  dsc_model *m3 = NULL;
+  CHECK(dsc_model_load(NULL, dir, NULL, &m3) == DSC_ERR_INVALID_ARGUMENT && m3 == NULL, "load NULL ctx");
+  CHECK(dsc_model_load(ctx, NULL, NULL, &m3) == DSC_ERR_INVALID_ARGUMENT, "load NULL dir");
+  CHECK(dsc_model_load(ctx, dir, NULL, NULL) == DSC_ERR_INVALID_ARGUMENT, "load NULL out");
+  CHECK(dsc_model_save(NULL, dir, 0) == DSC_ERR_INVALID_ARGUMENT, "save NULL model");
+  CHECK(dsc_model_save(m, NULL, 0) == DSC_ERR_INVALID_ARGUMENT, "save NULL dir");
+  {
+    char p[512];
+    path2(p, sizeof p, root, "plainfile");
+    write_text(root, "plainfile", "x", 1);
+    s = dsc_model_save(m, p, 0);
+    CHECK(s == DSC_ERR_IO, "save into a file path -> IO: %s", dsc_last_error());
+    unlink(p);
+  }
+
+  /* ---- CUDA: a CUDA model saves the same bytes and loads back bitwise */
+  int32_t ndev = 0;
+  if (dsc_cuda_device_count(&ndev) == DSC_OK && ndev > 0) {
+    dsc_context *gctx = NULL;
+    dsc_context_options o;
+    memset(&o, 0, sizeof o);
+    o.size = sizeof o;
+    o.device_type = kDLCUDA;
+    s = dsc_context_create(&o, &gctx);
+    CHECK(s == DSC_OK, "cuda context: %s", dsc_last_error());
+    dsc_model *g = NULL;
+    if (s == DSC_OK) s = dsc_model_load(gctx, dir, NULL, &g);
+    CHECK(s == DSC_OK && g && model_device(g).device_type == kDLCUDA, "load on CUDA: %s", dsc_last_error());
+    if (g) {
+      CHECK(models_equal(m, g, 1, why, sizeof why), "CUDA load bitwise: %s", why);
+      rm_dir(dir2);
+      s = dsc_model_save(g, dir2, 1);
+      CHECK(s == DSC_OK && same_file(dir, dir2, "model.safetensors") &&
+                same_file(dir, dir2, "optimizer.safetensors"),
+            "CUDA save byte-identical: %s", dsc_last_error());
+      dsc_model_destroy(g);
+    }
+    if (gctx) dsc_context_destroy(gctx);
+    printf("CUDA checkpoint tests ran on %d device(s)\n", (int)ndev);
+  } else {
+    printf("CUDA checkpoint tests skipped (no CUDA device)\n");
+  }
+
+  dsc_model_destroy(m);
+  rm_dir(bad);
+  rm_dir(dir2);
+  rm_dir(dir);
+  rm_dir(a_dir);
+  rm_dir(root);
+}
+
+int main(void) {
+  test_config_v3();
+  test_config_v2_lite();
+  test_config_malformed();
+  dsc_context *ctx = NULL;
+  dsc_context_options o;
+  memset(&o, 0, sizeof o);
+  o.size = sizeof o;
+  o.device_type = kDLCPU;
+  if (dsc_context_create(&o, &ctx) != DSC_OK) {
+    printf("FAIL: cannot create a CPU context: %s\n", dsc_last_error());
+    printf("%d passed, %d failed\n", g_pass, g_fail + 1);
+    return 1;
+  }
+  test_checkpoints(ctx);
+  dsc_context_destroy(ctx);
+  printf("%d passed, %d failed\n", g_pass, g_fail);
+  return g_fail ? 1 : 0;
+}
