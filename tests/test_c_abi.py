@@ -57,6 +57,16 @@ def test_c_model_io_runner_passes(tmp_path):
     assert r.returncode == 0 and last.endswith(" 0 failed"), r.stdout
 
 
+@pytest.mark.skipif(CC is None, reason="no C compiler on PATH")
+def test_c_model_train_runner_passes(tmp_path):
+    """The training step from C: FD gradients, accumulation, loss falls, errors (tests/c/test_model_train.c)."""
+    exe = str(tmp_path / "test_model_train")
+    _build(os.path.join(ROOT, "tests", "c", "test_model_train.c"), exe)
+    r = subprocess.run([exe], capture_output=True, text=True, timeout=300)
+    last = r.stdout.strip().splitlines()[-1]
+    assert r.returncode == 0 and last.endswith(" 0 failed"), r.stdout
+
+
 def test_info_command():
     r = subprocess.run([sys.executable, "-m", "deepseek_c", "info"], capture_output=True, text=True,
                        cwd="/", timeout=60)
