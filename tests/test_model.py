@@ -341,3 +341,42 @@ def test_ci_demo_reaches_accuracy_bar(tmp_path):
     assert hist["loss"][-1] < 0.3 * hist["loss"][0]
     r = TR.evaluate(m, task, tok, n=50)
     assert r["accuracy"] >= 0.8, r
+
+
+# ----------------------------------------------------------------------------- CUDA
+
+
+@pytest.mark.cuda
+def test_cuda_model_matches_cpu():
+    """The same weights on CPU and CUDA: logits, MTP logits, gradients and three training steps agree."""
+    cfg = small_cfg()
+    a = perturbed_model(cfg)
+    b = dsc.Model(cfg, device="cuda", seed=0)
+    b.load_state_dict(a.state_dict())
+    tok, y = data(cfg, B=2, T=16)
+    la, lb = a.forward(tok), dsc.to_numpy(b.forward(tok))
+    np.testing.assert_allclose(lb, la, rtol=0, atol=1e-4 * np.abs(la).max())
+    np.testing.assert_allclose(dsc.to_numpy(b.forward_mtp(tok)[0]), a.forward_mtp(tok)[0], rtol=0,
+                               atol=1e-4 * np.abs(la).max())
+    sa, ga = a.loss_and_grads(tok, y)
+    sb, gb = b.loss_and_grads(tok, y)
+    assert abs(sa["loss"] - sb["loss"]) < 1e-4 * sa["loss"]
+    for k in ga:
+        np.testing.assert_allclose(gb[k], ga[k], rtol=0, atol=2e-3 * np.abs(ga[k]).max() + 1e-7, err_msg=k)
+    for _ in range(3):
+        ra, rb = a.train_step(tok, y, lr=1e-3), b.train_step(tok, y, lr=1e-3)
+        assert abs(ra["loss"] - rb["loss"]) < 1e-3 * ra["loss"], (ra["loss"], rb["loss"])
+    for k, v in a.parameters().items():
+        np.testing.assert_allclose(dsc.to_numpy(b.parameters()[k]), v, rtol=0, atol=1e-4, err_msg=k)
+
+
+@pytest.mark.cuda
+def test_cuda_checkpoint_round_trip(tmp_path):
+    cfg = small_cfg()
+    m = dsc.Model(cfg, device="cuda", seed=0)
+    tok, y = data(cfg)
+    m.train_step(tok, y, lr=1e-3)
+    m.save(tmp_path)
+    c = dsc.Model.from_pretrained(tmp_path)  # onto the CPU
+    np.testing.assert_allclose(c.forward(tok), dsc.to_numpy(m.forward(tok)), rtol=0, atol=1e-4)
+    assert c.step == 1
