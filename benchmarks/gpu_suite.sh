@@ -35,3 +35,7 @@ echo "== benchmarks"
 for dt in float32 bfloat16; do
   python3 benchmarks/bench_ops.py --device cuda --dtype "$dt" --out "$out/ops_cuda_$dt.json" 2>&1 | tee "$out/bench_ops_cuda_$dt.txt"
 done
+python3 benchmarks/bench_train.py --device cuda --full --out "$out/train_cuda.json" 2>&1 | tee "$out/bench_train_cuda.txt"
+if [ -f benchmarks/bench_decode.py ]; then
+  python3 benchmarks/bench_decode.py --device cuda --out "$out/decode_cuda.json" 2>&1 | tee "$out/bench_decode_cuda.txt"
+fi
