@@ -166,7 +166,7 @@ def _add_train_args(d, steps: int, batch: int, seq: int, lr: float, out: str) ->
     d.add_argument("--out", default=out, help=f"output directory (default {out})")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--fp8", action="store_true", help="FP8 linear layers (DeepSeek-V3 block scaling)")
-    d.add_argument("--device", default="cpu", help="cpu (the CUDA training step is not wired yet)")
+    d.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (the whole training step runs on the device)")
     d.add_argument("--bias-update-rate", type=float, default=1e-2, dest="bias_update_rate",
                    help="gamma of the aux-loss-free balancing (default 1e-2 for short runs; V3: 1e-3)")
     d.add_argument("--mtp-lambda", type=float, default=0.3, dest="mtp_lambda", help="MTP loss weight (0.3)")
@@ -174,6 +174,54 @@ def _add_train_args(d, steps: int, batch: int, seq: int, lr: float, out: str) ->
                    help="sequence-wise balance loss weight (V3: 1e-4)")
     d.add_argument("--eval", type=int, default=200, help="held-out problems to evaluate (default 200)")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _check_train_args(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """Reject what demo/train cannot use the way argparse rejects a bad type: exit 2 with
+    'argument --NAME: ...', before anything is built, trained or written."""
+    import math
+    import os
+
+    from deepseek_c import train as TR
+
+    for opt, v, lo in (("--steps", a.steps, 1), ("--batch", a.batch, 1), ("--seq", a.seq, 2), ("--eval", a.eval, 1)):
+        if v < lo:
+            parser.error(f"argument {opt}: expected an integer >= {lo}, got {v}")
+    for opt, v in (("--lr", a.lr), ("--bias-update-rate", a.bias_update_rate), ("--mtp-lambda", a.mtp_lambda),
+                   ("--aux-alpha", a.aux_alpha)):
+        if not (math.isfinite(v) and v >= 0):
+            parser.error(f"argument {opt}: expected a finite number >= 0, got {v}")
+    dev = str(a.device)
+    if not (dev in ("cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+        parser.error(f"argument --device: expected 'cpu', 'cuda' or 'cuda:N', got {a.device!r}")
+    if dev != "cpu":
+        import deepseek_c as dsc
+
+        n = dsc.cuda_device_count()
+        idx = int(dev[5:]) if dev.startswith("cuda:") else 0
+        if idx >= n:
+            why = dsc.info()["cuda_unavailable_reason"] or f"{n} device(s) visible"
+            parser.error(f"argument --device: {dev!r} is not available here ({why})")
+    if os.path.exists(a.out) and not os.path.isdir(a.out):
+        parser.error(f"argument --out: expected a directory, got {a.out!r} (an existing file)")
+    if a.cmd == "train" and a.config is not None and not os.path.isfile(a.config):
+        parser.error(f"argument --config: no such file: {a.config!r}")
+    if a.cmd == "train" and os.path.isfile(a.data):
+        n = os.path.getsize(a.data)  # one token per byte
+        if n < a.seq + 1:
+            parser.error(f"argument --seq: expected at most {n - 1} for {a.data!r} ({n} bytes), got {a.seq}")
+        return
+    opt, name = ("--task", a.task) if a.cmd == "demo" else ("--data", a.data)
+    try:
+        task = TR.make_task(name)
+    except ValueError:
+        what = "a built-in task (addition, addition3, sorting, copy, reverse, mixture)"
+        if a.cmd == "train":
+            what += " or an existing text file"
+        parser.error(f"argument {opt}: expected {what}, got {name!r}")
+    need = task.max_len + 2  # <bos> prompt answer <eos>, one token per character
+    if a.seq < need:
+        parser.error(f"argument --seq: expected at least {need} to hold one {task.name} example, got {a.seq}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_train_args(d, steps=1000, batch=32, seq=64, lr=3e-3, out="train_out")
     d.set_defaults(fn=cmd_train)
     args = p.parse_args(argv)
+    if args.cmd in ("demo", "train"):
+        _check_train_args(sub.choices[args.cmd], args)
     return args.fn(args)
 
 
