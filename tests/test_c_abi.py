@@ -39,6 +39,28 @@ def test_c_example_builds_and_runs(tmp_path):
 
 
 @pytest.mark.skipif(CC is None, reason="no C compiler on PATH")
+def test_c_generate_example_builds_and_runs(tmp_path):
+    """examples/c/generate.c: load a checkpoint written by Python, generate (greedy and MTP
+    speculative), the same tokens as deepseek_c.generate."""
+    exe = str(tmp_path / "generate")
+    _build(os.path.join(ROOT, "examples", "c", "generate.c"), exe)
+    cfg = dsc.ModelConfig.tiny(vocab_size=64, eos_token_id=None)
+    model = dsc.Model(cfg, seed=0)
+    ckpt = str(tmp_path / "ckpt")
+    model.save(ckpt)
+    want = model.generate([[5, 6, 7]], max_new_tokens=8, eos_token_id=-1)[0]
+    for extra in ([], ["--speculative", "--num-draft", "2"]):
+        r = subprocess.run([exe, ckpt, "5", "6", "7", "--max-new", "8", "--eos", "-1", *extra],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        line = next(ln for ln in r.stdout.splitlines() if ln.startswith("output (8):"))
+        assert [int(t) for t in line.split(":")[1].split()] == want
+        assert "tokens/s" in r.stdout and (not extra or "drafted" in r.stdout)
+    r = subprocess.run([exe, ckpt, "5", "99"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "prompts[0]: expected ids in [0, 64), got 99 at index 1" in r.stderr
+
+
+@pytest.mark.skipif(CC is None, reason="no C compiler on PATH")
 def test_c_runner_passes(tmp_path):
     exe = str(tmp_path / "test_core")
     _build(os.path.join(ROOT, "tests", "c", "test_core.c"), exe)

@@ -373,7 +373,7 @@ def test_moe_layer_matches_dense_reference(rng, variant):
     np.testing.assert_array_equal(ctx.load, ref.expert_load(idx, 8))
     # the same with padding to 128 rows per expert and with a 3-D x
     out2, _ = dsc.moe_forward(x.reshape(4, 6, 16), params, cfg, align=128)
-    np.testing.assert_allclose(out2.reshape(24, 16), out, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out2.reshape(24, 16), out, rtol=1e-5, atol=1e-6 * np.abs(out).max())  # GEMM blocking differs
 
 
 def test_moe_layer_without_shared_experts_and_with_unused_experts(rng):

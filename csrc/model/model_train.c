@@ -386,21 +386,35 @@ dsc_status dsc_model_ffn_infer(dsc_model *m, int32_t b, const DLTensor *x, DLTen
     dsc_model_moe_weights(m, b, &mw);
     return dsc_moe_layer_forward(ctx, &m->route, 1, &mw, x, y, counts, NULL);
   }
-  const int64_t rows = dsc_rows(x), I = m->cfg.intermediate_size;
-  float *buf = NULL;
-  DSC_TRY(dsc_model_alloc(m, (size_t)(3 * rows * I) * sizeof(float), (void **)&buf));
-  tv x2, y2, g, u, a;
-  tv_make(&x2, m, dsc_data(x), F32, 2, rows, m->cfg.hidden_size, 0);
-  tv_make(&y2, m, dsc_data(y), F32, 2, rows, m->cfg.hidden_size, 0);
-  tv_make(&g, m, buf, F32, 2, rows, I, 0);
-  tv_make(&u, m, buf + rows * I, F32, 2, rows, I, 0);
-  tv_make(&a, m, buf + 2 * rows * I, F32, 2, rows, I, 0);
-  dsc_status st = DSC_OK;
-  STEP(dsc_linear_forward(ctx, &x2.t, &w->mlp_gate, &g.t));
-  STEP(dsc_linear_forward(ctx, &x2.t, &w->mlp_up, &u.t));
-  STEP(dsc_swiglu_forward(ctx, &g.t, &u.t, &a.t));
-  STEP(dsc_linear_forward(ctx, &a.t, &w->mlp_down, &y2.t));
-  dsc_free(ctx, buf);
+  /* the dense MLP exactly as the training forward runs it (FP8 GEMMs in fp8 mode), on
+   * scratch laid out like a planned block */
+  const int64_t rows = dsc_rows(x), I = m->cfg.intermediate_size, D = m->cfg.hidden_size;
+  blk_acts k;
+  memset(&k, 0, sizeof k);
+  size_t off = 0;
+  char *base = NULL;
+  for (int pass = 0; pass < 2; ++pass) {
+    off = 0;
+    CARVE(k.g, float, rows * I);
+    CARVE(k.u, float, rows * I);
+    CARVE(k.a, float, rows * I);
+    if (m->fp8) {
+      const int64_t K[3] = {D, D, I}, Nf[3] = {I, I, D};
+      for (int j = 0; j < 3; ++j) {
+        const int64_t kb = (K[j] + 127) / 128;
+        CARVE(k.xq[j], uint8_t, rows * K[j]);
+        CARVE(k.xs[j], float, rows * kb);
+        CARVE(k.wq[j], uint8_t, Nf[j] * K[j]);
+        CARVE(k.ws[j], float, ((Nf[j] + 127) / 128) * kb);
+      }
+    }
+    if (pass == 0) DSC_TRY(dsc_model_alloc(m, off, (void **)&base));
+  }
+  tv x2, y2;
+  tv_make(&x2, m, dsc_data(x), F32, 2, rows, D, 0);
+  tv_make(&y2, m, dsc_data(y), F32, 2, rows, D, 0);
+  const dsc_status st = dense_fwd(m, b, &k, rows, &x2.t, &y2.t);
+  dsc_free(ctx, base);
   return st;
 }
 
