@@ -2,11 +2,11 @@
 ``python -m deepseek_c ops-demo`` (a short tour of the dense ops against NumPy),
 ``python -m deepseek_c demo`` (train a small DeepSeek-V3-style model on 2-digit addition,
 then measure exact-match accuracy on held-out problems) and
-``python -m deepseek_c train`` (train on a built-in task or a text file).
+``python -m deepseek_c train`` (train on a built-in task or a text file) and
+``python -m deepseek_c generate --ckpt DIR --prompt "12+34=" [--speculative mtp]``.
 
-The training step runs the C core's ops orchestrated from Python (dsc.Model); the all-C
-training step is a later session's work of issue 6. On a CPU shared with other work,
-OMP_NUM_THREADS=1 is often faster than the default."""
+Training and generation run in the C core (dsc_model_train_step, dsc_model_generate). On a
+CPU shared with other work, OMP_NUM_THREADS=1 is often faster than the default."""
 
 from __future__ import annotations
 
@@ -105,6 +105,9 @@ def _train_common(args, task, tok, cfg, stream, evaluate: bool) -> int:
           f"load max/mean {np.mean(hist['load_imbalance'][-20:]):.2f}")
     summary = dict(params=model.num_parameters(), steps=args.steps, batch=args.batch, seq=args.seq, fp8=args.fp8,
                    train_seconds=hist["seconds"], tokens_per_s=tps, final_loss=float(np.mean(hist["loss"][-20:])))
+    os.makedirs(args.out, exist_ok=True)
+    model.save(args.out)
+    summary["tokenizer"] = "char" if task is not None else "byte"
     if evaluate:
         t0 = _t.perf_counter()
         r = TR.evaluate(model, task, tok, n=args.eval, examples=5)
@@ -113,12 +116,76 @@ def _train_common(args, task, tok, cfg, stream, evaluate: bool) -> int:
         print(f"exact-match accuracy on {r['n']} held-out {task.name} problems: {100 * r['accuracy']:.1f}% "
               f"(greedy generation, {_t.perf_counter() - t0:.1f} s)")
         summary["accuracy"] = r["accuracy"]
-    os.makedirs(args.out, exist_ok=True)
-    model.save(args.out)
+        if model.n_mtp:
+            summary["generation"] = _compare_mtp(model, task, tok, min(args.eval, 64))
     plots = TR.save_plots(hist, args.out)
     TR.write_summary(args.out, summary)
     print(f"wrote {args.out}/: config.json, model.safetensors, optimizer.safetensors, summary.json"
           + (", " + ", ".join(os.path.basename(p) for p in plots) if plots else " (no matplotlib: no plots)"))
+    return 0
+
+
+def _compare_mtp(model, task, tok, n: int) -> dict:
+    """Generate answers to held-out problems one prompt at a time (batch 1, where decoding
+    speed matters) with plain greedy decoding and with MTP speculative decoding: the same
+    answers, the acceptance rate and the speedup."""
+    from deepseek_c import train as TR
+
+    TR.evaluate(model, task, tok, n=4, batch=1)  # warm-up
+    TR.evaluate(model, task, tok, n=4, batch=1, speculative="mtp")
+    plain = TR.evaluate(model, task, tok, n=n, batch=1)
+    spec = TR.evaluate(model, task, tok, n=n, batch=1, speculative="mtp")
+    same = plain["outputs"] == spec["outputs"]
+    speedup = spec["tokens_per_s"] / plain["tokens_per_s"] if plain["tokens_per_s"] else 0.0
+    print(f"generation at batch 1 on {n} held-out problems: plain {plain['tokens_per_s']:.0f} tokens/s "
+          f"(accuracy {100 * plain['accuracy']:.1f}%), MTP speculative {spec['tokens_per_s']:.0f} tokens/s "
+          f"(accuracy {100 * spec['accuracy']:.1f}%, {100 * (spec['accept_rate'] or 0):.1f}% of drafts accepted): "
+          f"{speedup:.2f}x, outputs {'identical' if same else 'DIFFERENT (a bug: please report)'}")
+    return dict(n=n, plain_tokens_per_s=plain["tokens_per_s"], mtp_tokens_per_s=spec["tokens_per_s"],
+                speedup=speedup, accept_rate=spec["accept_rate"], identical=same,
+                plain_accuracy=plain["accuracy"], mtp_accuracy=spec["accuracy"])
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Generate from a checkpoint directory (written by demo/train or a Hugging Face one)."""
+    import json
+    import os
+
+    import deepseek_c as dsc
+    from deepseek_c import data as D
+
+    summ = os.path.join(args.ckpt, "summary.json")
+    kind = args.tokenizer
+    if kind == "auto":
+        kind = "char"
+        if os.path.exists(summ):
+            with open(summ, encoding="utf-8") as fh:
+                kind = json.load(fh).get("tokenizer", "char")
+    tok = D.ByteTokenizer() if kind == "byte" else D.CharTokenizer() if kind == "char" else None
+    if kind == "ids":
+        try:
+            prompt = [int(v) for v in args.prompt.replace(",", " ").split()]
+        except ValueError:
+            raise SystemExit(f"generate: --prompt: expected token ids with --tokenizer ids, got {args.prompt!r}")
+    else:
+        try:
+            prompt = [tok.bos_id] + tok.encode(args.prompt)
+        except (KeyError, ValueError) as e:
+            raise SystemExit(f"generate: --prompt: a character the {kind} tokenizer does not know ({e})")
+    try:
+        model = dsc.Model.from_pretrained(args.ckpt, device=args.device, fp8=args.fp8)
+        eos = args.eos if args.eos is not None else (tok.eos_id if tok else None)
+        out = model.generate([prompt], max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                             top_k=args.top_k, top_p=args.top_p, seed=args.seed, eos_token_id=eos,
+                             speculative=args.speculative, num_draft=args.num_draft)
+    except (ValueError, TypeError, dsc.Error) as e:
+        raise SystemExit(f"generate: {e}")
+    ids = out.tokens[0]
+    print(tok.decode(ids) if tok else " ".join(str(i) for i in ids))
+    stats = f"{out.new_tokens} tokens in {out.seconds * 1e3:.1f} ms ({out.tokens_per_s:.0f} tokens/s)"
+    if out.accept_rate is not None:
+        stats += f", MTP drafts accepted {100 * out.accept_rate:.1f}% ({out.accepted}/{out.drafted})"
+    print(stats, file=sys.stderr)
     return 0
 
 
@@ -241,7 +308,30 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--config", default=None, help="a Hugging Face config.json (default: the demo config)")
     _add_train_args(d, steps=1000, batch=32, seq=64, lr=3e-3, out="train_out")
     d.set_defaults(fn=cmd_train)
+    d = sub.add_parser("generate", help="generate from a checkpoint directory (optionally MTP-speculative)")
+    d.add_argument("--ckpt", required=True, help="checkpoint directory (config.json + *.safetensors)")
+    d.add_argument("--prompt", required=True, help="the prompt text (or token ids with --tokenizer ids)")
+    d.add_argument("--tokenizer", default="auto", choices=("auto", "char", "byte", "ids"),
+                   help="auto: the one recorded in the checkpoint's summary.json (char without one)")
+    d.add_argument("--max-new-tokens", type=int, default=32)
+    d.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    d.add_argument("--top-k", type=int, default=None)
+    d.add_argument("--top-p", type=float, default=None)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--eos", type=int, default=None, help="end-of-sequence id (default: the tokenizer's; -1 none)")
+    d.add_argument("--speculative", default=None, choices=("mtp",), help="MTP speculative decoding")
+    d.add_argument("--num-draft", type=int, default=1, help="tokens drafted per step with --speculative mtp")
+    d.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    d.add_argument("--fp8", action="store_true", help="FP8 weights (E4M3, 128x128 block scales)")
+    d.set_defaults(fn=cmd_generate)
     args = p.parse_args(argv)
+    if args.cmd == "generate":
+        import os
+
+        if not os.path.isdir(args.ckpt):
+            sub.choices["generate"].error(f"argument --ckpt: expected a checkpoint directory, got {args.ckpt!r}")
+        if args.max_new_tokens < 1:
+            sub.choices["generate"].error(f"argument --max-new-tokens: expected >= 1, got {args.max_new_tokens}")
     if args.cmd in ("demo", "train"):
         _check_train_args(sub.choices[args.cmd], args)
     return args.fn(args)

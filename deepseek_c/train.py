@@ -105,12 +105,23 @@ def fit(model: Model, batches: Iterator, steps: int, lr: float = 3e-3, warmup: O
 
 
 def evaluate(model: Model, task: D.Task, tok, n: int = 200, seed: int = 12345, max_new_tokens: Optional[int] = None,
-             examples: int = 0) -> dict:
-    """Exact-match accuracy of greedy generation on n held-out problems."""
+             examples: int = 0, speculative: Optional[str] = None, batch: Optional[int] = None) -> dict:
+    """Exact-match accuracy of greedy generation on n held-out problems (all prompts in
+    one batched call, or `batch` at a time), with the generation statistics: tokens,
+    seconds, tokens_per_s, accept_rate (MTP speculative decoding) and the outputs."""
     probs = D.heldout(task, n, seed=seed)
     prompts = [[tok.bos_id] + tok.encode(p) for p, _ in probs]
     mnt = max_new_tokens or (max(len(a) for _, a in probs) + 2)
-    outs = model.generate(prompts, max_new_tokens=mnt, temperature=0.0, eos_token_id=tok.eos_id)
+    step = batch or len(prompts)
+    outs: list = []
+    new = drafted = accepted = 0
+    secs = 0.0
+    for i in range(0, len(prompts), step):
+        g = model.generate(prompts[i:i + step], max_new_tokens=mnt, temperature=0.0, eos_token_id=tok.eos_id,
+                           speculative=speculative)
+        outs += list(g.tokens)
+        new, secs = new + g.new_tokens, secs + g.seconds
+        drafted, accepted = drafted + g.drafted, accepted + g.accepted
     right, shown = 0, []
     for (p, a), o in zip(probs, outs):
         text = tok.decode(o)
@@ -118,7 +129,9 @@ def evaluate(model: Model, task: D.Task, tok, n: int = 200, seed: int = 12345, m
         right += ok
         if len(shown) < examples:
             shown.append((p, text, a, ok))
-    return dict(accuracy=right / max(1, len(probs)), n=len(probs), examples=shown)
+    return dict(accuracy=right / max(1, len(probs)), n=len(probs), examples=shown, outputs=outs, tokens=new,
+                seconds=secs, tokens_per_s=new / secs if secs > 0 else 0.0,
+                accept_rate=accepted / drafted if drafted else None)
 
 
 def save_plots(hist: dict, out: str) -> list[str]:

@@ -183,6 +183,35 @@ def test_demo_end_to_end(tmp_path):
     _check_checkpoint(out, 2, r.stdout)
 
 
+def test_demo_compares_mtp_and_generate_command(tmp_path):
+    """The demo ends with generation with and without MTP (same outputs); `generate` reads
+    the checkpoint and the tokenizer recorded in summary.json."""
+    out = tmp_path / "demo"
+    r = ok(run_cli("demo", *TINY, "--out", str(out), cwd=tmp_path))
+    assert re.search(r"generation at batch 1 on 3 held-out problems: plain \d+ tokens/s .* MTP speculative "
+                     r"\d+ tokens/s .* drafts accepted\): \d+\.\d\dx, outputs identical", r.stdout), r.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tokenizer"] == "char" and summary["generation"]["identical"] is True
+    g1 = ok(run_cli("generate", "--ckpt", str(out), "--prompt", "12+34=", "--max-new-tokens", "5", cwd=tmp_path))
+    g2 = ok(run_cli("generate", "--ckpt", str(out), "--prompt", "12+34=", "--max-new-tokens", "5",
+                    "--speculative", "mtp", cwd=tmp_path))
+    assert g1.stdout == g2.stdout                       # greedy: MTP changes the speed, not the tokens
+    assert "tokens/s" in g1.stderr and "MTP drafts accepted" in g2.stderr, (g1.stderr, g2.stderr)
+    model = dsc.Model.from_pretrained(str(out))
+    tok = dsc.data.CharTokenizer()
+    want = model.generate([[tok.bos_id] + tok.encode("12+34=")], max_new_tokens=5, eos_token_id=tok.eos_id)
+    assert g1.stdout.strip() == tok.decode(want[0])
+    ids = ok(run_cli("generate", "--ckpt", str(out), "--tokenizer", "ids", "--prompt", "1 5 6", "--eos", "-1",
+                     "--max-new-tokens", "4", cwd=tmp_path))
+    assert ids.stdout.split() == [str(t) for t in model.generate([[1, 5, 6]], max_new_tokens=4, eos_token_id=-1)[0]]
+    for bad, arg in ((["--ckpt", str(tmp_path / "nope")], "--ckpt"), (["--max-new-tokens", "0"], "--max-new-tokens")):
+        args = ["generate", "--ckpt", str(out), "--prompt", "1+1=", *bad]
+        r = run_cli(*args, cwd=tmp_path)
+        assert r.returncode == 2 and arg in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = run_cli("generate", "--ckpt", str(out), "--tokenizer", "ids", "--prompt", "1 999", cwd=tmp_path)
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "999" in r.stderr, r.stderr
+
+
 def test_train_is_deterministic_for_a_seed(tmp_path):
     losses = [final_loss(ok(run_cli("train", *TINY, "--seed", "3", "--out", str(tmp_path / f"r{i}"),
                                     cwd=tmp_path)).stdout) for i in range(2)]
