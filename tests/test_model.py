@@ -341,6 +341,10 @@ def test_ci_demo_reaches_accuracy_bar(tmp_path):
     assert hist["loss"][-1] < 0.3 * hist["loss"][0]
     r = TR.evaluate(m, task, tok, n=50)
     assert r["accuracy"] >= 0.8, r
+    # the trained MTP module drafts well: most drafts are accepted, and the answers are the same
+    s = TR.evaluate(m, task, tok, n=50, speculative="mtp")
+    assert s["outputs"] == r["outputs"]
+    assert s["accept_rate"] is not None and s["accept_rate"] >= 0.6, s["accept_rate"]
 
 
 # ----------------------------------------------------------------------------- CUDA
