@@ -1,0 +1,245 @@
+"""Decode throughput of dsc.Model.generate (paged MLA latent cache), plain greedy vs MTP
+speculative decoding (num_draft 1 and 2), at batch 1, 8 and 32:
+
+  * the demo model trained on 2-digit addition (--ckpt DIR, e.g. demo_out/ of
+    ``python -m deepseek_c demo``; without it the demo config is trained here for
+    --train-steps steps and saved to a temp dir). Prompts: held-out problems (as
+    train.evaluate builds them). Two settings: "answer" (generate until <eos>; answers are
+    a few tokens) and "long64" (64 new tokens, eos_token_id=-1: where decode speed matters);
+  * a ~100M-parameter config (random init, vocab 32000): 32 random prompt tokens, 32 new
+    tokens, eos -1; batch 1 and 8 on CPU (+ 32 on CUDA). A random model's drafts are
+    almost never accepted: those rows show what drafting costs.
+
+    python benchmarks/bench_decode.py                       # CPU, trains the demo (~2 min)
+    python benchmarks/bench_decode.py --ckpt demo_out       # CPU, a trained checkpoint
+    python benchmarks/bench_decode.py --quick               # smoke test
+    python benchmarks/bench_decode.py --device cuda
+
+Per row: the median over --reps interleaved rounds (plain, mtp k=1, mtp k=2 in turn, so
+load on a shared machine hits every mode alike) of the C call's wall time. tokens_per_s =
+new tokens / time of the whole call (prefill included, as GenerateOutput reports it);
+decode_tokens_per_s = (new tokens - one per sequence) / (call time - time of the same call
+with max_new_tokens=1, i.e. prefill + first token). speedup = plain time / MTP time.
+Greedy MTP output must equal plain greedy output; a mismatch is printed as an ERROR and
+recorded (matches_plain false). The Hugging Face transformers DeepseekV3ForCausalLM
+(PyTorch, CPU, batch 1 greedy, same checkpoint) is timed when transformers and torch
+import; else the JSON says "not installed".
+
+Writes benchmarks/results/decode_<device>_<date>.json (machine, commit, rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+import deepseek_c as dsc
+from deepseek_c import data as D, train as TR
+from _bench import HERE, git_commit
+
+DEMO_BATCH, DEMO_SEQ, DEMO_LR = 32, 48, 3e-3  # as `python -m deepseek_c demo`
+
+
+def config_100m(vocab: int) -> dsc.ModelConfig:
+    """The ~100M-parameter config of bench_train.py."""
+    return TR.demo_config(vocab, hidden_size=512, intermediate_size=1536, moe_intermediate_size=256,
+                          num_hidden_layers=6, num_attention_heads=8, q_lora_rank=256, kv_lora_rank=128,
+                          qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64, n_routed_experts=64,
+                          num_experts_per_tok=6, n_group=8, topk_group=4, max_position_embeddings=1024)
+
+
+MODES = (("plain", None, 0), ("mtp", "mtp", 1), ("mtp", "mtp", 2))
+
+
+def _gen(m: dsc.Model, prompts: list, mnt: int, eos: int, spec, k: int):
+    kw = dict(speculative=spec, num_draft=k) if spec else {}
+    return m.generate(prompts, max_new_tokens=mnt, temperature=0.0, eos_token_id=eos, **kw)
+
+
+def bench_case(m: dsc.Model, model_name: str, setting: str, prompts: list, mnt: int, eos: int,
+               reps: int, extra: dict | None = None) -> list[dict]:
+    """Rows for plain / mtp k=1 / mtp k=2 on one (model, setting, batch)."""
+    B = len(prompts)
+    secs: dict[int, list] = {i: [] for i in range(len(MODES))}
+    pre: dict[int, list] = {i: [] for i in range(len(MODES))}
+    outs: dict[int, object] = {}
+    for i, (_, spec, k) in enumerate(MODES):  # warm-up (allocations, page faults)
+        outs[i] = _gen(m, prompts, mnt, eos, spec, k)
+    for _ in range(reps):
+        for i, (_, spec, k) in enumerate(MODES):
+            o = _gen(m, prompts, mnt, eos, spec, k)
+            secs[i].append(o.seconds)
+            pre[i].append(_gen(m, prompts, 1, eos, spec, k).seconds)
+            if o.tokens != outs[i].tokens:
+                print(f"  ERROR: {model_name}/{setting}/B={B}/{MODES[i][0]} k={k}: greedy output changed "
+                      "between repetitions", flush=True)
+    rows = []
+    plain_s = float(np.median(secs[0]))
+    for i, (name, spec, k) in enumerate(MODES):
+        o = outs[i]
+        s, p = float(np.median(secs[i])), float(np.median(pre[i]))
+        match = o.tokens == outs[0].tokens
+        if not match:
+            bad = sum(a != b for a, b in zip(o.tokens, outs[0].tokens))
+            print(f"  ERROR: {model_name}/{setting}/B={B}: greedy MTP (num_draft {k}) output differs from plain "
+                  f"greedy output in {bad} of {B} sequences", flush=True)
+        dec = (o.new_tokens - B) / (s - p) if s > p and o.new_tokens > B else None
+        row = dict(model=model_name, setting=setting, batch=B, mode=name, num_draft=k,
+                   max_new_tokens=mnt, eos_token_id=eos, new_tokens=o.new_tokens,
+                   mean_new_tokens=round(o.new_tokens / B, 2), main_forwards=o.main_forwards,
+                   seconds=round(s, 5), prefill_seconds=round(p, 5),
+                   tokens_per_s=round(o.new_tokens / s, 1),
+                   decode_tokens_per_s=round(dec, 1) if dec else None,
+                   accept_rate=None if o.accept_rate is None else round(o.accept_rate, 4),
+                   drafted=o.drafted, accepted=o.accepted,
+                   speedup_vs_plain=round(plain_s / s, 3), matches_plain=bool(match), reps=reps)
+        if extra:
+            row.update(extra)
+        rows.append(row)
+        print(f"  {model_name:5s} {setting:7s} B={B:<3d} {name:5s} k={k}  {row['tokens_per_s']:9.1f} tok/s  "
+              f"decode {row['decode_tokens_per_s'] or 0:9.1f} tok/s  new {o.new_tokens:5d}  "
+              f"fwd {o.main_forwards:3d}  accept {'-' if o.accept_rate is None else f'{o.accept_rate:.3f}':>5s}  "
+              f"x{row['speedup_vs_plain']:.2f}{'' if match else '  MISMATCH'}", flush=True)
+    return rows
+
+
+def train_demo(steps: int, device: str, out_dir: str, seed: int = 0) -> dict:
+    tok = D.CharTokenizer()
+    task = TR.make_task("addition")
+    m = dsc.Model(TR.demo_config(tok.vocab_size), device=device, seed=seed)
+    hist = TR.fit(m, D.batches(task, tok, DEMO_BATCH, DEMO_SEQ, seed=seed), steps, lr=DEMO_LR, progress=False)
+    m.save(out_dir, optimizer=False)
+    return dict(steps=steps, batch=DEMO_BATCH, seq=DEMO_SEQ, lr=DEMO_LR, seconds=round(hist["seconds"], 1),
+                final_loss=round(float(np.mean(hist["loss"][-20:])), 4),
+                final_mtp_loss=round(float(np.mean(hist["mtp_loss"][-20:])), 4))
+
+
+def hf_transformers(ckpt: str, prompt: list, mnt: int, reps: int) -> object:
+    """Greedy batch-1 decode with transformers' DeepseekV3ForCausalLM on CPU, or a note why not."""
+    try:
+        import torch
+        import transformers
+    except Exception:  # noqa: BLE001
+        return "not installed"
+    try:
+        from transformers import DeepseekV3ForCausalLM
+
+        hf = DeepseekV3ForCausalLM.from_pretrained(ckpt, torch_dtype=torch.float32).eval()
+        ids = torch.tensor([prompt], dtype=torch.long)
+        kw = dict(max_new_tokens=mnt, min_new_tokens=mnt, do_sample=False, eos_token_id=None, pad_token_id=0)
+        with torch.inference_mode():
+            hf.generate(ids, **kw)
+            ts = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                hf.generate(ids, **kw)
+                ts.append(time.perf_counter() - t0)
+        s = float(np.median(ts))
+        return dict(version=transformers.__version__, torch=torch.__version__, threads=torch.get_num_threads(),
+                    batch=1, max_new_tokens=mnt, seconds=round(s, 5), tokens_per_s=round(mnt / s, 1))
+    except Exception as e:  # noqa: BLE001
+        return f"failed: {type(e).__name__}: {e}"[:500]
+
+
+def summary(rows: list[dict]) -> None:
+    """One line per (model, setting, batch): tokens/s plain | MTP k=1 | MTP k=2."""
+    print("\nmodel  setting  batch   plain tok/s | mtp k=1 tok/s accept speedup | mtp k=2 tok/s accept speedup")
+    cases: dict[tuple, dict] = {}
+    for r in rows:
+        cases.setdefault((r["model"], r["setting"], r["batch"]), {})[r["num_draft"]] = r
+    for (mod, st, B), c in cases.items():
+        line = f"{mod:6s} {st:8s} {B:5d} {c[0]['tokens_per_s']:13.1f}"
+        for k in (1, 2):
+            if k in c:
+                r = c[k]
+                acc = "-" if r["accept_rate"] is None else f"{r['accept_rate']:.3f}"
+                line += f" | {r['tokens_per_s']:13.1f} {acc:>6s} {r['speedup_vs_plain']:6.2f}x"
+                line += "" if r["matches_plain"] else " MISMATCH"
+        print(line)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    ap.add_argument("--ckpt", default=None, help="a trained demo checkpoint directory (default: train one here)")
+    ap.add_argument("--train-steps", type=int, default=None, help="demo training steps without --ckpt "
+                    "(default 600, --quick 150)")
+    ap.add_argument("--reps", type=int, default=None, help="timed rounds per case (default 5, --quick 2)")
+    ap.add_argument("--batches", default=None, help="comma list (default 1,8,32; --quick 1,8)")
+    ap.add_argument("--big-batches", default=None, help="100M config batches (default 1,8 on CPU, 1,8,32 on CUDA)")
+    ap.add_argument("--no-big", action="store_true", help="skip the ~100M-parameter config")
+    ap.add_argument("--quick", action="store_true", help="smoke test: fewer steps, batch 1 and 8, 2 reps")
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/decode_<device>_<date>.json)")
+    a = ap.parse_args()
+    dev = a.device.split(":")[0]
+    steps = a.train_steps or (150 if a.quick else 600)
+    reps = a.reps or (2 if a.quick else 5)
+    batches = [int(x) for x in (a.batches or ("1,8" if a.quick else "1,8,32")).split(",")]
+    big_batches = [int(x) for x in (a.big_batches or ("1,8" if a.quick or dev == "cpu" else "1,8,32")).split(",")]
+    res = {"device": a.device, "machine": platform.node(), "cpu_count": os.cpu_count(),
+           "date": _dt.date.today().isoformat(), "commit": git_commit(),
+           "threads": os.environ.get("OMP_NUM_THREADS", "default"), "greedy": True, "rows": []}
+    if dev == "cuda":
+        res["gpu"] = [d["name"] for d in dsc.info()["devices"]]
+
+    tok = D.CharTokenizer()
+    task = TR.make_task("addition")
+    tmp = None
+    ckpt = a.ckpt
+    if ckpt is None:
+        tmp = tempfile.mkdtemp(prefix="bench_decode_")
+        ckpt = tmp
+        print(f"training the demo config on 2-digit addition, {steps} steps ...", flush=True)
+        res["train"] = train_demo(steps, a.device, ckpt)
+        print("  ", res["train"], flush=True)
+    res["ckpt"] = a.ckpt or f"(trained here: {steps} steps)"
+    try:
+        m = dsc.Model.from_pretrained(ckpt, device=a.device)
+        print(m, flush=True)
+        probs = D.heldout(task, max(batches), seed=12345)
+        prompts = [[tok.bos_id] + tok.encode(p) for p, _ in probs]
+        ans_mnt = max(len(ans) for _, ans in probs) + 2
+        acc = [task.verify(p, tok.decode(o)) for (p, _), o in
+               zip(probs, m.generate(prompts, max_new_tokens=ans_mnt, eos_token_id=tok.eos_id))]
+        res["demo_accuracy"] = dict(n=len(acc), exact_match=round(float(np.mean(acc)), 4))
+        print(f"  exact-match accuracy on {len(acc)} held-out problems: {100 * np.mean(acc):.1f}%", flush=True)
+        for setting, mnt, eos in (("answer", ans_mnt, tok.eos_id), ("long64", 64, -1)):
+            for B in batches:
+                res["rows"] += bench_case(m, "demo", setting, prompts[:B], mnt, eos, reps)
+        res["transformers"] = hf_transformers(ckpt, prompts[0], 64, reps)
+        print("  transformers:", res["transformers"], flush=True)
+        del m
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    if not a.no_big:
+        cfg = config_100m(32000)
+        m = dsc.Model(cfg, device=a.device, seed=0)
+        print(m, flush=True)
+        rng = np.random.default_rng(0)
+        allp = rng.integers(3, cfg.vocab_size, (max(big_batches), 32)).tolist()
+        for B in big_batches:
+            res["rows"] += bench_case(m, "100M", "rand32", allp[:B], 32, -1, reps,
+                                      extra=dict(params_M=round(m.num_parameters() / 1e6, 2)))
+        del m
+
+    res["errors"] = sum(not r["matches_plain"] for r in res["rows"])
+    summary(res["rows"])
+    path = a.out or os.path.join(HERE, "results", f"decode_{dev}_{res['date']}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump(res, fh, indent=2)
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()
