@@ -267,3 +267,68 @@ def test_dsc_tensor_in_tensor_out(rng):
     c = dsc.matmul(dsc.tensor(a), dsc.tensor(b))
     assert isinstance(c, dsc.Tensor) and c.dtype == "bfloat16" and c.shape == (4, 3)
     assert_gemm_close(c.numpy(), ref.matmul(a, b), bound(a, b, False, False), REL["bfloat16"])
+
+
+# ----------------------------------------------------------------------------- small M
+# csrc/cpu/gemm.c computes GEMMs with M <= 3 untransposed rows of A (decode) itself instead
+# of calling sgemm; M = 7 is past that fast path. K values are not multiples of the 8 lanes.
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("M", [1, 2, 3, 7])
+@pytest.mark.parametrize("K,N", [(1, 5), (13, 37), (67, 300), (515, 9)])
+def test_small_m_matches_reference(rng, dtype, ta, tb, M, K, N):
+    a, b = operands(rng, M, K, N, ta, tb, dtype)
+    c = dsc.matmul(a, b, trans_a=ta, trans_b=tb)
+    assert c.shape == (M, N)
+    assert_gemm_close(c, ref.matmul(a, b, ta, tb), bound(a, b, ta, tb), REL[dtype])
+    if not ta:
+        x, w = (a, b) if tb else (a, np.ascontiguousarray(b.T))
+        assert_gemm_close(dsc.linear(x, w), ref.matmul(a, b, ta, tb), bound(a, b, ta, tb),
+                          REL[dtype], "linear")
+
+
+@pytest.mark.parametrize("tb", [False, True])
+@pytest.mark.parametrize("M", [1, 3])
+@pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (-2.0, 0.5), (0.5, 1.0), (0.0, 2.0)])
+def test_small_m_alpha_beta(rng, tb, M, alpha, beta):
+    a, b = operands(rng, M, 21, 19, False, tb, "float32")
+    c0 = randn(rng, (M, 19))
+    out = poisoned((M, 19)) if beta == 0.0 else c0.copy()  # beta == 0: out is never read
+    if alpha == 0.0:
+        a[0, 0] = np.nan  # alpha == 0: A and B are not read (BLAS)
+    dsc.matmul(a, b, trans_b=tb, alpha=alpha, beta=beta, out=out)
+    assert not np.isnan(out).any()
+    a64 = np.nan_to_num(ref.f64(a))
+    assert_gemm_close(out, ref.matmul(a64, b, False, tb, alpha, beta, c0),
+                      bound(a64, b, False, tb, alpha, beta, c0), REL["float32"])
+
+
+@pytest.mark.parametrize("batch", [2, None])
+def test_small_m_batched(rng, batch):
+    for tb in (False, True):
+        a, b = operands(rng, 2, 29, 11, False, tb, "float32", batch=batch or 3, b2d=batch is None)
+        c = dsc.matmul(a, b, trans_b=tb)
+        assert_gemm_close(c, ref.matmul(a, b, False, tb), bound(a, b, False, tb), REL["float32"])
+
+
+@pytest.mark.parametrize("tb", [False, True])
+@pytest.mark.parametrize("K,N", [(515, 300), (64, 1024)])
+def test_small_m_rows_bitwise_independent_of_m(rng, tb, K, N):
+    """A row of the result is bitwise the same computed alone (decoding one token) or with
+    other rows (verifying drafts, a batch): the fast path's per-element sum order depends
+    on neither M, the register tile, nor the thread split (K, N = 64, 1024: M = 1 runs on
+    one thread, M = 3 on all of them)."""
+    x = randn(rng, (3, K))
+    w = randn(rng, (N, K) if tb else (K, N))
+    full = dsc.matmul(x, w, trans_b=tb)
+    for M in (1, 2):
+        assert np.array_equal(dsc.matmul(x[:M], w, trans_b=tb).view(np.uint32),
+                              full[:M].view(np.uint32)), M
+    for m in range(3):
+        assert np.array_equal(dsc.matmul(x[m:m + 1], w, trans_b=tb).view(np.uint32),
+                              full[m:m + 1].view(np.uint32)), m
+    if tb:
+        assert np.array_equal(dsc.linear(x[:1], w).view(np.uint32), full[:1].view(np.uint32))
+    assert_gemm_close(full, ref.matmul(x, w, False, tb), bound(x, w, False, tb), REL["float32"])

@@ -16,8 +16,14 @@
  * BLAS integers (blasint) are 32-bit here: dims and strides >= 2^31 are UNSUPPORTED.
  * Determinism: OpenBLAS splits sgemm over M/N, never over K, so a C element's sum order
  * does not depend on the thread count.
+ *
+ * Small M (decode: 1..SMALL_M_MAX tokens) with op(A) = A: sgemm would re-pack the whole
+ * weight B for every call (sgemm_incopy was ~40% of decode time), so these GEMMs are
+ * computed here directly instead (see small_gemm below), bitwise independent of M and of
+ * the thread count.
  */
 #include <cblas.h>
+#include <string.h>
 
 #include "cpu_common.h"
 
@@ -85,10 +91,326 @@ static void scale_c(dsc_dtype dt, int64_t M, int64_t N, float beta, void *C /* [
   }
 }
 
-/* The one float32 sgemm call every path ends in. */
-static void sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                  const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
-                  int64_t ldc) {
+/* ---- small-M float32 GEMM -------------------------------------------------------------
+ *
+ * C [M,N] = alpha * A [M,K] @ op(B) + beta * C for M <= SMALL_M_MAX rows, A not transposed
+ * (decode: one row per token).  sgemm would first re-pack all of B, the weight, which
+ * costs more than the product itself at these M; here every C element is computed straight
+ * from the caller's memory:
+ *   trans_b (y = x @ w^T, w [N,K] row-major: the linear layer): C[m,n] is the dot product
+ *     of A row m and B row n, both contiguous.  It is accumulated in SMALL_LANES = 8
+ *     float32 partial sums, lane j adding the products k = j, j + 8, j + 16, ... in
+ *     increasing k (the K % 8 last products come from zero-padded copies), and the lanes
+ *     are then added in one fixed tree (lanes_sum).
+ *   no trans_b (B [K,N], only while B is at most SMALL_NN_MAX_B floats; a larger one goes
+ *     to sgemm, which streams it better): C[m,n] is summed over k in increasing order,
+ *     8 columns per vector.
+ *   Then C = alpha * sum, + beta * C when beta != 0 (C is not read when beta == 0, and
+ *   alpha == 0 gives beta * C without reading A and B, as in BLAS).  Accumulation is
+ *   float32, as in sgemm; the last bits differ from sgemm's (another summation order).
+ *   The inner loops are written on `lanes` (below) so that gcc -O3 keeps the
+ *   accumulators in vector registers; no intrinsics.
+ *   op(A) transposed (A stored [K, M]) is not a decode shape: it stays with sgemm.
+ *
+ * Determinism: the float operations that produce C[m,n] depend only on A row m, B row
+ * (trans_b) or column n, and K -- never on M, on which register tile (1 or 2 rows of A, 1,
+ * 2 or 4 rows of B) or column block the element falls in, nor on the OpenMP thread that
+ * computes it (threads split N, never K).  So a row of C is bitwise the same whether it is
+ * computed alone (decoding one token) or with others (verifying draft tokens, a batch of
+ * prompts), for every M <= SMALL_M_MAX and every ctx->num_threads.  This relies on the
+ * compiler not contracting x * y + acc into an FMA in one tile and not in another: gcc does
+ * not contract at all under -std=c11 (the build's flag), clang contracts each statement
+ * alike in every tile.
+ *
+ * Thresholds, measured on the 2-core AMD EPYC (Zen 5) build machine, default (SSE2) code
+ * generation, against scipy-openblas32 0.3.x (AVX-512 kernels), one thread, shapes N x K
+ * from 64x32 to 32000x512: trans_b M = 1: 1.3-4.9x faster than sgemm, M = 2: 1.2-2.4x,
+ * M = 3: 1.2-2.4x, M = 4: 0.87-1.08x, M = 8: 0.3-0.7x; no trans_b M = 1..3: 1.0-2.4x
+ * (0.9x at 64x32, a few microseconds either way), M = 4: 0.5-1.1x.  Hence SMALL_M_MAX = 3:
+ * beyond it OpenBLAS's wider kernels win once its packing is shared by 4 rows.  Waking
+ * the OpenMP team costs ~10 us there, so two threads only pay off from ~2^21
+ * multiply-adds (SMALL_PAR_MIN; 1.4-1.9x above it). */
+#define SMALL_M_MAX 3
+#define SMALL_LANES 8
+#define SMALL_NB 256                       /* columns of C per OpenMP work item */
+#define SMALL_PAR_MIN ((int64_t)1 << 21)   /* multiply-adds worth a parallel region */
+#define SMALL_NN_MAX_B ((int64_t)1 << 22)  /* floats of a [K, N] B (16 MiB) */
+
+/* `lanes`: SMALL_LANES float32 partial sums.  With gcc/clang a generic vector (the compiler
+ * splits it into the registers the target has); elsewhere a struct of floats.  Both do the
+ * same lane-wise float operations, so give the same results.  Tiles keep their
+ * accumulators in named variables: gcc leaves arrays of them in memory. */
+#if defined(__GNUC__) && !defined(DSC_GEMM_PORTABLE)
+typedef float lanes4 __attribute__((vector_size(4 * sizeof(float))));
+typedef struct {
+  lanes4 lo, hi; /* lanes 0-3, 4-7 */
+} lanes;
+static inline lanes lanes_zero(void) {
+  const lanes4 z = {0.0f, 0.0f, 0.0f, 0.0f};
+  return (lanes){z, z};
+}
+static inline lanes lanes_madd(lanes acc, lanes x, lanes y) {
+  return (lanes){acc.lo + x.lo * y.lo, acc.hi + x.hi * y.hi};
+}
+static inline lanes lanes_smadd(lanes acc, float s, lanes y) {
+  const lanes4 sv = {s, s, s, s};
+  return (lanes){acc.lo + sv * y.lo, acc.hi + sv * y.hi};
+}
+#else
+typedef struct {
+  float v[SMALL_LANES];
+} lanes;
+static inline lanes lanes_zero(void) {
+  lanes v;
+  for (int j = 0; j < SMALL_LANES; ++j) v.v[j] = 0.0f;
+  return v;
+}
+static inline lanes lanes_madd(lanes acc, lanes x, lanes y) {
+  for (int j = 0; j < SMALL_LANES; ++j) acc.v[j] += x.v[j] * y.v[j];
+  return acc;
+}
+static inline lanes lanes_smadd(lanes acc, float s, lanes y) {
+  for (int j = 0; j < SMALL_LANES; ++j) acc.v[j] += s * y.v[j];
+  return acc;
+}
+#endif
+static inline lanes lanes_load(const float *p) {
+  lanes v;
+#if defined(__GNUC__) && !defined(DSC_GEMM_PORTABLE)
+  memcpy(&v.lo, p, sizeof v.lo);
+  memcpy(&v.hi, p + 4, sizeof v.hi);
+#else
+  memcpy(&v, p, sizeof v);
+#endif
+  return v;
+}
+/* p[0 .. n-1] (n <= SMALL_LANES), zero-padded. */
+static inline lanes lanes_load_part(const float *p, int64_t n) {
+  float t[SMALL_LANES] = {0.0f};
+  memcpy(t, p, (size_t)n * sizeof(float));
+  return lanes_load(t);
+}
+/* The lanes' total, in a fixed tree. */
+static inline float lanes_sum(lanes v) {
+  float a[SMALL_LANES];
+  memcpy(a, &v, sizeof a);
+  return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+}
+
+/* Dot-product tiles for trans_b: o[r * RN + c] = A row r . B row c over K, for RM rows of A
+ * (a0, a1) and RN rows of B (b0 .. b3).  Lane j sums the products k = j, j + 8, ... in
+ * increasing k; the K % 8 last ones are read from zero-padded copies (lanes_load_part).
+ * NT_STEP is one k-chunk; LD(p) loads 8 floats at p. */
+#define NT_STEP_1x1(LD) c00 = lanes_madd(c00, LD(a0), LD(b0))
+#define NT_STEP_2x1(LD)                                                                       \
+  do {                                                                                        \
+    const lanes y0 = LD(b0);                                                                  \
+    c00 = lanes_madd(c00, LD(a0), y0);                                                        \
+    c10 = lanes_madd(c10, LD(a1), y0);                                                        \
+  } while (0)
+#define NT_STEP_1x4(LD)                                                                       \
+  do {                                                                                        \
+    const lanes x0 = LD(a0);                                                                  \
+    c00 = lanes_madd(c00, x0, LD(b0));                                                        \
+    c01 = lanes_madd(c01, x0, LD(b1));                                                        \
+    c02 = lanes_madd(c02, x0, LD(b2));                                                        \
+    c03 = lanes_madd(c03, x0, LD(b3));                                                        \
+  } while (0)
+#define NT_STEP_2x2(LD)                                                                       \
+  do {                                                                                        \
+    const lanes x0 = LD(a0), x1 = LD(a1), y0 = LD(b0), y1 = LD(b1);                          \
+    c00 = lanes_madd(c00, x0, y0);                                                            \
+    c01 = lanes_madd(c01, x0, y1);                                                            \
+    c10 = lanes_madd(c10, x1, y0);                                                            \
+    c11 = lanes_madd(c11, x1, y1);                                                            \
+  } while (0)
+/* The k loop of a tile: full chunks, then the zero-padded tail. */
+#define NT_LOOP(STEP)                                                                         \
+  do {                                                                                        \
+    int64_t k = 0;                                                                            \
+    for (; k + SMALL_LANES <= K; k += SMALL_LANES) {                                          \
+      STEP(NT_LD_FULL);                                                                       \
+    }                                                                                         \
+    if (k < K) STEP(NT_LD_PART);                                                              \
+  } while (0)
+#define NT_LD_FULL(p) lanes_load((p) + k)
+#define NT_LD_PART(p) lanes_load_part((p) + k, K - k)
+
+static void nt_1x1(int64_t K, const float *a0, const float *b0, float *o) {
+  lanes c00 = lanes_zero();
+  NT_LOOP(NT_STEP_1x1);
+  o[0] = lanes_sum(c00);
+}
+static void nt_2x1(int64_t K, const float *a0, const float *a1, const float *b0, float *o) {
+  lanes c00 = lanes_zero(), c10 = c00;
+  NT_LOOP(NT_STEP_2x1);
+  o[0] = lanes_sum(c00);
+  o[1] = lanes_sum(c10);
+}
+static void nt_1x4(int64_t K, const float *a0, const float *b0, const float *b1,
+                   const float *b2, const float *b3, float *o) {
+  lanes c00 = lanes_zero(), c01 = c00, c02 = c00, c03 = c00;
+  NT_LOOP(NT_STEP_1x4);
+  o[0] = lanes_sum(c00);
+  o[1] = lanes_sum(c01);
+  o[2] = lanes_sum(c02);
+  o[3] = lanes_sum(c03);
+}
+static void nt_2x2(int64_t K, const float *a0, const float *a1, const float *b0,
+                   const float *b1, float *o) {
+  lanes c00 = lanes_zero(), c01 = c00, c10 = c00, c11 = c00;
+  NT_LOOP(NT_STEP_2x2);
+  o[0] = lanes_sum(c00);
+  o[1] = lanes_sum(c01);
+  o[2] = lanes_sum(c10);
+  o[3] = lanes_sum(c11);
+}
+#undef NT_STEP_1x1
+#undef NT_STEP_2x1
+#undef NT_STEP_1x4
+#undef NT_STEP_2x2
+#undef NT_LOOP
+#undef NT_LD_FULL
+#undef NT_LD_PART
+
+/* C[m, n] = alpha * s + beta * C[m, n] (C not read when beta == 0). */
+static inline void small_store(float *c, float s, float alpha, float beta) {
+  *c = beta == 0.0f ? alpha * s : alpha * s + beta * *c;
+}
+
+/* Columns [n0, n1) of C = alpha * A @ B^T + beta * C, B stored [N, K]: 4 columns (B rows,
+ * kept hot in L1) at a time against every row of A, 2 rows per tile. */
+static void small_nt_cols(int64_t M, int64_t n0, int64_t n1, int64_t K, float alpha,
+                          const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                          float *C, int64_t ldc) {
+  float o[4];
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) {
+    const float *b = B + n * ldb;
+    int64_t m = 0;
+    for (; m + 2 <= M; m += 2) {
+      const float *a = A + m * lda;
+      float *c = C + m * ldc + n;
+      for (int h = 0; h < 4; h += 2) {
+        nt_2x2(K, a, a + lda, b + h * ldb, b + (h + 1) * ldb, o);
+        small_store(c + h, o[0], alpha, beta);
+        small_store(c + h + 1, o[1], alpha, beta);
+        small_store(c + ldc + h, o[2], alpha, beta);
+        small_store(c + ldc + h + 1, o[3], alpha, beta);
+      }
+    }
+    if (m < M) {
+      nt_1x4(K, A + m * lda, b, b + ldb, b + 2 * ldb, b + 3 * ldb, o);
+      for (int c = 0; c < 4; ++c) small_store(C + m * ldc + n + c, o[c], alpha, beta);
+    }
+  }
+  for (; n < n1; ++n) {
+    const float *b = B + n * ldb;
+    int64_t m = 0;
+    for (; m + 2 <= M; m += 2) {
+      nt_2x1(K, A + m * lda, A + (m + 1) * lda, b, o);
+      small_store(C + m * ldc + n, o[0], alpha, beta);
+      small_store(C + (m + 1) * ldc + n, o[1], alpha, beta);
+    }
+    if (m < M) {
+      nt_1x1(K, A + m * lda, b, o);
+      small_store(C + m * ldc + n, o[0], alpha, beta);
+    }
+  }
+}
+
+/* No trans_b, B stored [K, N]: adds A[r, k] * B[k, j] for k in [k0, k1), in increasing k,
+ * to acc[r * SMALL_NB + j] for RM = 1 or 2 rows r and w <= 2 * SMALL_LANES columns j; a
+ * full strip in registers, a partial one in place. */
+static void nn_strip(int RM, int64_t k0, int64_t k1, int64_t w, const float *A, int64_t lda,
+                     const float *B, int64_t ldb, float *acc) {
+  const float *a0 = A, *a1 = A + (RM == 2 ? lda : 0);
+  if (w < 2 * SMALL_LANES) {
+    for (int r = 0; r < RM; ++r) {
+      const float *a = r ? a1 : a0;
+      float *c = acc + r * SMALL_NB;
+      for (int64_t k = k0; k < k1; ++k)
+        for (int64_t j = 0; j < w; ++j) c[j] += a[k] * B[k * ldb + j];
+    }
+    return;
+  }
+  float *d0 = acc, *d1 = acc + (RM == 2 ? SMALL_NB : 0);
+  lanes c00 = lanes_load(d0), c01 = lanes_load(d0 + SMALL_LANES);
+  lanes c10 = lanes_load(d1), c11 = lanes_load(d1 + SMALL_LANES);
+  for (int64_t k = k0; k < k1; ++k) {
+    const lanes y0 = lanes_load(B + k * ldb), y1 = lanes_load(B + k * ldb + SMALL_LANES);
+    c00 = lanes_smadd(c00, a0[k], y0);
+    c01 = lanes_smadd(c01, a0[k], y1);
+    c10 = lanes_smadd(c10, a1[k], y0); /* RM == 1: a duplicate of row 0, not stored */
+    c11 = lanes_smadd(c11, a1[k], y1);
+  }
+  memcpy(d0, &c00, sizeof c00);
+  memcpy(d0 + SMALL_LANES, &c01, sizeof c01);
+  if (RM == 2) {
+    memcpy(d1, &c10, sizeof c10);
+    memcpy(d1 + SMALL_LANES, &c11, sizeof c11);
+  }
+}
+
+/* Columns [n0, n1) (n1 - n0 <= SMALL_NB) of C = alpha * A @ B + beta * C, B stored [K, N]:
+ * every C element is a sum over k in increasing order, kept in acc between blocks of
+ * SMALL_NN_KB values of k (so a block's B rows are read from memory once, then from cache,
+ * strip after strip). */
+#define SMALL_NN_KB 64
+static void small_nn_cols(int64_t M, int64_t n0, int64_t n1, int64_t K, float alpha,
+                          const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                          float *C, int64_t ldc) {
+  float acc[SMALL_M_MAX * SMALL_NB];
+  const int64_t w = n1 - n0;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t j = 0; j < w; ++j) acc[m * SMALL_NB + j] = 0.0f;
+  for (int64_t k0 = 0; k0 < K; k0 += SMALL_NN_KB) {
+    const int64_t k1 = K - k0 < SMALL_NN_KB ? K : k0 + SMALL_NN_KB;
+    for (int64_t j = 0; j < w; j += 2 * SMALL_LANES) {
+      const int64_t sw = w - j < 2 * SMALL_LANES ? w - j : 2 * SMALL_LANES;
+      for (int64_t m = 0; m < M; m += 2)
+        nn_strip(M - m >= 2 ? 2 : 1, k0, k1, sw, A + m * lda, lda, B + n0 + j, ldb,
+                 acc + m * SMALL_NB + j);
+    }
+  }
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t j = 0; j < w; ++j)
+      small_store(C + m * ldc + n0 + j, acc[m * SMALL_NB + j], alpha, beta);
+}
+
+/* The small-M GEMM (trans_a == 0), split over blocks of SMALL_NB columns. */
+static void small_gemm(const dsc_context *ctx, int trans_b, int64_t M, int64_t N, int64_t K,
+                       float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
+                       float beta, float *C, int64_t ldc) {
+  if (alpha == 0.0f) { /* BLAS: A and B are not read */
+    scale_c(DSC_DTYPE_FLOAT32, M, N, beta, C, ldc);
+    return;
+  }
+  const int64_t nblk = (N + SMALL_NB - 1) / SMALL_NB;
+  const int par = M * N * K >= SMALL_PAR_MIN && nblk > 1;
+  (void)ctx, (void)par; /* read only by the OpenMP pragma */
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (par)
+#endif
+  for (int64_t ib = 0; ib < nblk; ++ib) {
+    const int64_t n0 = ib * SMALL_NB, n1 = n0 + SMALL_NB < N ? n0 + SMALL_NB : N;
+    if (trans_b)
+      small_nt_cols(M, n0, n1, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    else
+      small_nn_cols(M, n0, n1, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  }
+}
+
+/* The one float32 GEMM call every path ends in: small_gemm for a few untransposed rows of
+ * A, else sgemm. */
+static void sgemm(const dsc_context *ctx, int trans_a, int trans_b, int64_t M, int64_t N,
+                  int64_t K, float alpha, const float *A, int64_t lda, const float *B,
+                  int64_t ldb, float beta, float *C, int64_t ldc) {
+  if (!trans_a && M <= SMALL_M_MAX && (trans_b || K * N <= SMALL_NN_MAX_B)) {
+    small_gemm(ctx, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  blas_threads(ctx);
   scipy_cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
                     trans_b ? CblasTrans : CblasNoTrans, (blasint)M, (blasint)N, (blasint)K,
                     alpha, A, (blasint)lda, B, (blasint)ldb, beta, C, (blasint)ldc);
@@ -108,11 +430,10 @@ dsc_status dsc_cpu_gemm(dsc_context *ctx, dsc_dtype dt, int trans_a, int trans_b
     return DSC_OK;
   }
   DSC_TRY(check_blasint(FN_GEMM, M, N, K, lda, ldb, ldc));
-  blas_threads(ctx);
 
   if (dt == DSC_DTYPE_FLOAT32) {
     for (int64_t b = 0; b < batch; ++b) {
-      sgemm(trans_a, trans_b, M, N, K, alpha, (const float *)A + b * sA, lda,
+      sgemm(ctx, trans_a, trans_b, M, N, K, alpha, (const float *)A + b * sA, lda,
             (const float *)B + b * sB, ldb, beta, (float *)C + b * sC, ldc);
     }
     return DSC_OK;
@@ -135,7 +456,7 @@ dsc_status dsc_cpu_gemm(dsc_context *ctx, dsc_dtype dt, int trans_a, int trans_b
     widen(ctx, dt, ra, ca, Ab, lda, fA);
     if (b == 0 || sB != 0) widen(ctx, dt, rb, cb, Bb, ldb, fB);
     if (beta != 0.0f) widen(ctx, dt, M, N, Cb, ldc, fC); /* beta == 0: C is not read */
-    sgemm(trans_a, trans_b, M, N, K, alpha, fA, ca, fB, cb, beta, fC, N);
+    sgemm(ctx, trans_a, trans_b, M, N, K, alpha, fA, ca, fB, cb, beta, fC, N);
     narrow(ctx, dt, M, N, fC, Cb, ldc);
   }
   return DSC_OK;
@@ -154,9 +475,8 @@ dsc_status dsc_cpu_gemm_f32out(dsc_context *ctx, dsc_dtype dt, int trans_a, int 
     return DSC_OK;
   }
   DSC_TRY(check_blasint("dsc_cpu_gemm_f32out", M, N, K, lda, ldb, ldc));
-  blas_threads(ctx);
   if (dt == DSC_DTYPE_FLOAT32) {
-    sgemm(trans_a, trans_b, M, N, K, alpha, (const float *)A, lda, (const float *)B, ldb, beta,
+    sgemm(ctx, trans_a, trans_b, M, N, K, alpha, (const float *)A, lda, (const float *)B, ldb, beta,
           C, ldc);
     return DSC_OK;
   }
@@ -169,6 +489,6 @@ dsc_status dsc_cpu_gemm_f32out(dsc_context *ctx, dsc_dtype dt, int trans_a, int 
   float *fB = fA + ra * ca; /* [rb, cb] */
   widen(ctx, dt, ra, ca, A, lda, fA);
   widen(ctx, dt, rb, cb, B, ldb, fB);
-  sgemm(trans_a, trans_b, M, N, K, alpha, fA, ca, fB, cb, beta, C, ldc);
+  sgemm(ctx, trans_a, trans_b, M, N, K, alpha, fA, ca, fB, cb, beta, C, ldc);
   return DSC_OK;
 }
