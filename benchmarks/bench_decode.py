@@ -6,7 +6,7 @@ speculative decoding (num_draft 1 and 2), at batch 1, 8 and 32:
     --train-steps steps and saved to a temp dir). Prompts: held-out problems (as
     train.evaluate builds them). Two settings: "answer" (generate until <eos>; answers are
     a few tokens) and "long64" (64 new tokens, eos_token_id=-1: where decode speed matters);
-  * a ~100M-parameter config (random init, vocab 32000): 32 random prompt tokens, 32 new
+  * a ~100M-parameter config (random init, vocab 16000): 32 random prompt tokens, 32 new
     tokens, eos -1; batch 1 and 8 on CPU (+ 32 on CUDA). A random model's drafts are
     almost never accepted: those rows show what drafting costs.
 
@@ -44,16 +44,9 @@ import numpy as np
 import deepseek_c as dsc
 from deepseek_c import data as D, train as TR
 from _bench import HERE, git_commit
+from bench_train import config_100m  # the same ~100M-parameter config
 
 DEMO_BATCH, DEMO_SEQ, DEMO_LR = 32, 48, 3e-3  # as `python -m deepseek_c demo`
-
-
-def config_100m(vocab: int) -> dsc.ModelConfig:
-    """The ~100M-parameter config of bench_train.py."""
-    return TR.demo_config(vocab, hidden_size=512, intermediate_size=1536, moe_intermediate_size=256,
-                          num_hidden_layers=6, num_attention_heads=8, q_lora_rank=256, kv_lora_rank=128,
-                          qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64, n_routed_experts=64,
-                          num_experts_per_tok=6, n_group=8, topk_group=4, max_position_embeddings=1024)
 
 
 MODES = (("plain", None, 0), ("mtp", "mtp", 1), ("mtp", "mtp", 2))
@@ -222,7 +215,7 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
     if not a.no_big:
-        cfg = config_100m(32000)
+        cfg = config_100m(16000)
         m = dsc.Model(cfg, device=a.device, seed=0)
         print(m, flush=True)
         rng = np.random.default_rng(0)

@@ -34,7 +34,7 @@ from _bench import HERE, git_commit
 def config_100m(vocab: int) -> dsc.ModelConfig:
     return TR.demo_config(vocab, hidden_size=512, intermediate_size=1536, moe_intermediate_size=256,
                           num_hidden_layers=6, num_attention_heads=8, q_lora_rank=256, kv_lora_rank=128,
-                          qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64, n_routed_experts=64,
+                          qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64, n_routed_experts=32,
                           num_experts_per_tok=6, n_group=8, topk_group=4, max_position_embeddings=1024)
 
 
@@ -100,7 +100,7 @@ def main() -> None:
     cases = [("demo", TR.demo_config(V), 32, 48, a.steps)]
     if a.full:
         big_steps = a.steps if dev == "cuda" else max(2, a.steps // 5)
-        cases.append(("100M", config_100m(32000), 8 if dev == "cuda" else 4, 256, big_steps))
+        cases.append(("100M", config_100m(16000), 8 if dev == "cuda" else 4, 256, big_steps))
     for name, cfg, batch, seq, steps in cases:
         for fp8 in (False, True):
             row = dict(config=name, **bench(cfg, a.device, fp8, batch, seq, steps))
