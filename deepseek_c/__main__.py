@@ -114,7 +114,7 @@ def _train_common(args, task, tok, cfg, stream, evaluate: bool) -> int:
         for p, got, want, ok in r["examples"]:
             print(f"  {p}{got:<6} ({'ok' if ok else 'expected ' + want})")
         print(f"exact-match accuracy on {r['n']} held-out {task.name} problems: {100 * r['accuracy']:.1f}% "
-              f"(greedy generation, {_t.perf_counter() - t0:.1f} s)")
+              f"(greedy generation, batched: {1e3 * (_t.perf_counter() - t0):.0f} ms)")
         summary["accuracy"] = r["accuracy"]
         if model.n_mtp:
             summary["generation"] = _compare_mtp(model, task, tok, min(args.eval, 64))
