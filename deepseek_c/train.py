@@ -1,8 +1,7 @@
 """Training helpers behind ``python -m deepseek_c demo`` and ``python -m deepseek_c train``:
 the demo config, a training loop with a progress bar, exact-match evaluation by greedy
-generation, and the plots. The training step itself is dsc.Model.train_step (ops in the C
-core, orchestrated from Python; the all-C training step is a later session's work of
-issue 6).
+generation, and the plots. The training step itself is dsc.Model.train_step: one call into
+the C core (dsc_model_train_step).
 
     from deepseek_c import train
     model, hist = train.fit(model, batches, steps=600, lr=3e-3)
