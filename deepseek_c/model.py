@@ -119,12 +119,13 @@ def _parse_device(device: Any) -> tuple[int, int, str]:
 class Model:
     """DeepSeek-V3-style causal LM backed by a C ``dsc_model``.
 
-    Model(cfg, device="cpu", dtype="float32", fp8=False, seed=0). ``parameters()`` gives
-    {hf_name: array} views of the float32 master weights (NumPy on CPU, dsc.Tensor on CUDA);
-    writing into them changes the model."""
+    Model(cfg, device="cpu", dtype="float32", fp8=False, seed=0, moments="float32").
+    ``parameters()`` gives {hf_name: array} views of the float32 master weights (NumPy on
+    CPU, dsc.Tensor on CUDA); writing into them changes the model. ``moments="bfloat16"``
+    keeps the AdamW moments in bfloat16 (half the optimizer memory, as DeepSeek-V3)."""
 
     def __init__(self, cfg: ModelConfig, device: str = "cpu", dtype: str = "float32", fp8: bool = False,
-                 seed: int = 0, _init: bool = True, _cap: Any = None) -> None:
+                 seed: int = 0, moments: str = "float32", _init: bool = True, _cap: Any = None) -> None:
         if isinstance(cfg, Mapping):
             cfg = ModelConfig(**cfg)
         if not isinstance(cfg, ModelConfig):
@@ -140,7 +141,9 @@ class Model:
         self.n_layers = int(cfg.num_hidden_layers)
         self.n_mtp = int(cfg.num_nextn_predict_layers or 0)
         if _cap is None:
-            _cap = _C.model_new(c_config(cfg), dev_type, dev_id, self.seed & (2**64 - 1), int(_init), int(fp8))
+            _cap = _C.model_new(c_config(cfg), dev_type, dev_id, self.seed & (2**64 - 1), int(_init), int(fp8),
+                                str(moments))
+        self.moments = str(moments)
         self._cap = _cap
         self._dev = (dev_type, dev_id)
         self._names: list[str] = []
@@ -431,7 +434,8 @@ class Model:
         os.replace(tmp, os.path.join(d, "config.json"))
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu", fp8: bool = False) -> "Model":
+    def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu", fp8: bool = False,
+                        moments: str = "float32") -> "Model":
         """Load config.json + *.safetensors from a directory (Hugging Face layout, one or many
         shards) with the C loader: bfloat16/float16 weights are widened, DeepSeek FP8 weights
         (E4M3 `weight` + `weight_scale_inv`) dequantized; optimizer.safetensors, when present,
@@ -450,7 +454,7 @@ class Model:
             raise ValueError(f"Model.from_pretrained: {cj}: not valid JSON ({e})") from None
         dev_type, dev_id, _ = _parse_device(device)
         try:
-            cap = _C.model_load(d, dev_type, dev_id, int(bool(fp8)))
+            cap = _C.model_load(d, dev_type, dev_id, int(bool(fp8)), str(moments))
         except Error as e:
             raise ValueError(f"Model.from_pretrained: {e}") from None
-        return cls(cfg, device=device, fp8=bool(fp8), _cap=cap)
+        return cls(cfg, device=device, fp8=bool(fp8), moments=moments, _cap=cap)

@@ -384,3 +384,31 @@ def test_cuda_checkpoint_round_trip(tmp_path):
     c = dsc.Model.from_pretrained(tmp_path)  # onto the CPU
     np.testing.assert_allclose(c.forward(tok), dsc.to_numpy(m.forward(tok)), rtol=0, atol=1e-4)
     assert c.step == 1
+
+
+def test_bfloat16_moments_train_save_and_resume(tmp_path):
+    """AdamW moments in bfloat16: half the optimizer memory, training close to float32 moments,
+    checkpoints keep them in bfloat16 and a resumed run continues bitwise."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    cfg = small_cfg()
+    rng = np.random.default_rng(9)
+    batches = [(rng.integers(0, 64, (2, 12)), rng.integers(0, 64, (2, 12))) for _ in range(6)]
+    f32 = dsc.Model(cfg, seed=0)
+    a = dsc.Model(cfg, seed=0, moments="bfloat16")
+    la = [a.train_step(t, y, lr=2e-3)["loss"] for t, y in batches]
+    lf = [f32.train_step(t, y, lr=2e-3)["loss"] for t, y in batches]
+    assert abs(la[-1] - lf[-1]) < 0.02 * lf[-1], (la, lf)
+    m, v = a.optimizer_state("model.layers.0.self_attn.o_proj.weight")
+    assert m.dtype == ml_dtypes.bfloat16 and v.dtype == ml_dtypes.bfloat16 and np.any(m.astype(np.float32) != 0)
+    b = dsc.Model(cfg, seed=0, moments="bfloat16")
+    lb = [b.train_step(t, y, lr=2e-3)["loss"] for t, y in batches[:3]]
+    b.save(tmp_path)
+    opt = dsc.load_safetensors(tmp_path / "optimizer.safetensors")
+    assert str(opt["exp_avg.lm_head.weight"].dtype) == "bfloat16"
+    c = dsc.Model.from_pretrained(tmp_path, moments="bfloat16")
+    lb += [c.train_step(t, y, lr=2e-3)["loss"] for t, y in batches[3:]]
+    assert la == lb
+    for k, w in a.parameters().items():
+        assert np.array_equal(w, c.parameters()[k]), k
+    with pytest.raises(ValueError, match="moments"):
+        dsc.Model(cfg, moments="float16")

@@ -836,6 +836,8 @@ typedef struct dsc_model_options {
   uint64_t seed;          /* init RNG seed */
   int32_t init;           /* 1: V3 init (matrices N(0, initializer_range), norms 1, bias 0); 0: zeros */
   int32_t fp8;            /* 1: linear layers run as block-scaled FP8 GEMMs (see DESIGN.md) */
+  int32_t moments_dtype;  /* AdamW moments: DSC_DTYPE_FLOAT32 (default) or DSC_DTYPE_BFLOAT16
+                             (half the optimizer memory, as DeepSeek-V3 trained) */
 } dsc_model_options;
 DSC_API void dsc_model_options_default(dsc_model_options *opt);
 
@@ -859,7 +861,8 @@ DSC_API dsc_status dsc_model_find_tensor(const dsc_model *model, const char *nam
                                          int64_t *index);
 /* Gradient of tensor `index` (valid after dsc_model_loss_and_grad), same layout. */
 DSC_API dsc_status dsc_model_grad(dsc_model *model, int64_t index, DLTensor *view);
-/* AdamW state of tensor `index` (which 0: exp_avg, 1: exp_avg_sq); allocated on first use. */
+/* AdamW state of tensor `index` (which 0: exp_avg, 1: exp_avg_sq) in the moments dtype of
+ * the options (float32 or bfloat16); allocated (zeros) on first use. */
 DSC_API dsc_status dsc_model_optimizer_state(dsc_model *model, int64_t index, int32_t which,
                                              DLTensor *view);
 DSC_API int64_t dsc_model_step(const dsc_model *model);

@@ -347,6 +347,13 @@ DLTensor dsc_model_storage_view(const dsc_model *m, int64_t e, float *base) {
   return entry_view(m, &m->storage[e], base);
 }
 
+DLTensor dsc_model_moment_view(const dsc_model *m, const dsc_model_entry *e, int which) {
+  DLTensor t = entry_view(m, e, m->params);
+  t.data = (char *)(which ? m->exp_avg_sq : m->exp_avg) + (size_t)e->offset * dsc_dtype_size(m->mom_dtype);
+  t.dtype = dsc_dtype_to_dlpack(m->mom_dtype);
+  return t;
+}
+
 DLTensor dsc_model_view(const dsc_model *m, void *data, dsc_dtype dt, int ndim, const int64_t *shape,
                         int64_t *shape_store, int64_t *stride_store) {
   DLTensor t;
@@ -439,6 +446,7 @@ void dsc_model_options_default(dsc_model_options *o) {
   o->seed = 0;
   o->init = 1;
   o->fp8 = 0;
+  o->moments_dtype = DSC_DTYPE_FLOAT32;
 }
 
 void dsc_model_acts_free(dsc_model *m); /* model_train.c */
@@ -481,6 +489,9 @@ dsc_status dsc_model_create(dsc_context *ctx, const dsc_model_config *cfg, const
   }
   DSC_CHECK(o.fp8 == 0 || o.fp8 == 1, DSC_ERR_INVALID_ARGUMENT, FN, "opt->fp8: expected 0 or 1, got %d",
             (int)o.fp8);
+  DSC_CHECK(o.moments_dtype == DSC_DTYPE_FLOAT32 || o.moments_dtype == DSC_DTYPE_BFLOAT16,
+            DSC_ERR_INVALID_ARGUMENT, FN, "opt->moments_dtype: expected FLOAT32 or BFLOAT16, got %d",
+            (int)o.moments_dtype);
 
   dsc_model *m = (dsc_model *)calloc(1, sizeof *m);
   if (!m) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
@@ -488,6 +499,7 @@ dsc_status dsc_model_create(dsc_context *ctx, const dsc_model_config *cfg, const
   m->cfg = *cfg;
   m->cfg.size = sizeof m->cfg;
   m->fp8 = o.fp8;
+  m->mom_dtype = (dsc_dtype)o.moments_dtype;
   m->n_layers = cfg->num_hidden_layers;
   m->n_mtp = cfg->num_nextn_predict_layers;
   m->n_blocks = m->n_layers + m->n_mtp;
@@ -725,14 +737,16 @@ dsc_status dsc_model_grad(dsc_model *m, int64_t index, DLTensor *view) {
 
 /* Allocate the AdamW moments (zeros) if needed. */
 dsc_status dsc_model_ensure_moments(dsc_model *m) {
-  const size_t bytes = (size_t)m->n_params * sizeof(float);
+  const size_t bytes = (size_t)m->n_params * dsc_dtype_size(m->mom_dtype);
+  /* zero bits are 0.0 in both dtypes: clear as float32 words (rounded up) */
+  const int64_t words = (int64_t)((bytes + sizeof(float) - 1) / sizeof(float));
   if (!m->exp_avg) {
-    DSC_TRY(dsc_model_alloc(m, bytes, (void **)&m->exp_avg));
-    DSC_TRY(dsc_model_fill_zero(m, m->exp_avg, m->n_params));
+    DSC_TRY(dsc_model_alloc(m, (size_t)words * sizeof(float), &m->exp_avg));
+    DSC_TRY(dsc_model_fill_zero(m, (float *)m->exp_avg, words));
   }
   if (!m->exp_avg_sq) {
-    DSC_TRY(dsc_model_alloc(m, bytes, (void **)&m->exp_avg_sq));
-    DSC_TRY(dsc_model_fill_zero(m, m->exp_avg_sq, m->n_params));
+    DSC_TRY(dsc_model_alloc(m, (size_t)words * sizeof(float), &m->exp_avg_sq));
+    DSC_TRY(dsc_model_fill_zero(m, (float *)m->exp_avg_sq, words));
   }
   return DSC_OK;
 }
@@ -746,7 +760,7 @@ dsc_status dsc_model_optimizer_state(dsc_model *m, int64_t index, int32_t which,
   DSC_CHECK(m->named[index].train, DSC_ERR_INVALID_ARGUMENT, FN,
             "index: %s has no optimizer state (not trained by gradient)", m->named[index].name);
   DSC_TRY(dsc_model_ensure_moments(m));
-  *view = entry_view(m, &m->named[index], which ? m->exp_avg_sq : m->exp_avg);
+  *view = dsc_model_moment_view(m, &m->named[index], which);
   return DSC_OK;
 }
 

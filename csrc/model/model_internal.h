@@ -85,7 +85,8 @@ struct dsc_model {
 
   float *params;   /* [n_params] on ctx's device */
   float *grads;    /* [n_params], allocated with the first backward */
-  float *exp_avg, *exp_avg_sq; /* [n_params], allocated with the first step / state access */
+  void *exp_avg, *exp_avg_sq; /* [n_params] of mom_dtype, allocated with the first step / state access */
+  dsc_dtype mom_dtype;        /* FLOAT32 or BFLOAT16 */
   float *scratch;  /* [largest region]: gradient contributions to add */
   int64_t scratch_numel;
   int64_t step;
@@ -134,6 +135,8 @@ int dsc_model_is_moe_block(const dsc_model_config *c, int32_t i);
 dsc_status dsc_model_prepare(dsc_model *m);
 /* Storage entry e as a DLTensor over base (m->params, m->grads, ...). */
 DLTensor dsc_model_storage_view(const dsc_model *m, int64_t e, float *base);
+/* The AdamW moment (which 0: exp_avg, 1: exp_avg_sq) of storage entry e / named entry. */
+DLTensor dsc_model_moment_view(const dsc_model *m, const dsc_model_entry *e, int which);
 dsc_status dsc_model_ensure_moments(dsc_model *m);
 /* Strided row copy on the model's device (backend copy2d); x *= alpha; x = 0. */
 dsc_status dsc_model_copy2d(dsc_model *m, int64_t rows, size_t row_bytes, const void *src,

@@ -282,18 +282,19 @@ static dsc_status render_config(const char *fn, const dsc_model_config *c, text 
  * host buffer (*host, owned by the caller). Each t[i] keeps its shape and strides. */
 static dsc_status to_host(const char *fn, dsc_context *ctx, int64_t n, DLTensor *t, float **host) {
   *host = NULL;
-  size_t total = 0;
+  size_t total = 0; /* bytes: float32 weights, float32 or bfloat16 moments */
   for (int64_t i = 0; i < n; ++i)
-    if (t[i].device.device_type != kDLCPU) total += (size_t)dsc_numel(&t[i]);
+    if (t[i].device.device_type != kDLCPU)
+      total += (size_t)dsc_numel(&t[i]) * dsc_dtype_size(dsc_dtype_from_dlpack(t[i].dtype));
   if (total == 0) return DSC_OK;
-  float *h = (float *)malloc(total * sizeof(float));
-  if (!h) return dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory (%zu bytes) for the copy", total * 4);
+  char *h = (char *)malloc(total);
+  if (!h) return dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory (%zu bytes) for the copy", total);
   size_t off = 0;
   const DLDevice cpu = {kDLCPU, 0};
   for (int64_t i = 0; i < n; ++i) {
     if (t[i].device.device_type == kDLCPU) continue;
-    size_t k = (size_t)dsc_numel(&t[i]);
-    dsc_status st = dsc_memcpy(ctx, h + off, cpu, dsc_data(&t[i]), t[i].device, k * sizeof(float));
+    const size_t k = (size_t)dsc_numel(&t[i]) * dsc_dtype_size(dsc_dtype_from_dlpack(t[i].dtype));
+    dsc_status st = dsc_memcpy(ctx, h + off, cpu, dsc_data(&t[i]), t[i].device, k);
     if (st != DSC_OK) {
       free(h);
       return st;
@@ -303,7 +304,7 @@ static dsc_status to_host(const char *fn, dsc_context *ctx, int64_t n, DLTensor 
     t[i].device = cpu;
     off += k;
   }
-  *host = h;
+  *host = (float *)h;
   return DSC_OK;
 }
 
@@ -633,8 +634,10 @@ static dsc_status read_tensor(const char *fn, dsc_context *ctx, shards *s, st_re
             shape_str(view->ndim, view->shape, b1, sizeof b1), shape_str(ndim, shape, b2, sizeof b2));
   const int64_t n = dsc_numel(view);
   const int on_host = view->device.device_type == kDLCPU;
+  /* bfloat16 destinations (AdamW moments) are read as float32, then rounded */
+  const int narrow = dsc_dtype_from_dlpack(view->dtype) == DSC_DTYPE_BFLOAT16;
   float *dst = NULL;
-  if (on_host) dst = (float *)dsc_data(view);
+  if (on_host && !narrow) dst = (float *)dsc_data(view);
   else DSC_TRY(scratch_get(fn, stage, n, &dst));
   DSC_CHECK(dt == DSC_DTYPE_FLOAT8_E4M3FN || nbytes == (size_t)n * dsc_dtype_size(dt), DSC_ERR_FORMAT, fn,
             "%s in %s: %zu bytes for %lld elements of %s", name, file, nbytes, (long long)n, dsc_dtype_name(dt));
@@ -684,9 +687,16 @@ static dsc_status read_tensor(const char *fn, dsc_context *ctx, shards *s, st_re
   int64_t bad = first_non_finite(dst, n);
   DSC_CHECK(bad < 0, DSC_ERR_FORMAT, fn, "%s in %s: element %lld is %g (not finite)", name, file,
             (long long)bad, bad < 0 ? 0.0 : (double)dst[bad]);
-  if (!on_host) {
+  size_t bytes = (size_t)n * sizeof(float);
+  if (narrow) {
+    /* in place, front to back: element i's 2 bytes never overlap a float not yet read */
+    uint16_t *h16 = (uint16_t *)dst;
+    for (int64_t i = 0; i < n; ++i) h16[i] = dsc_f32_to_bf16(dst[i]);
+    bytes = (size_t)n * sizeof(uint16_t);
+  }
+  if (!on_host || narrow) {
     const DLDevice cpu = {kDLCPU, 0};
-    DSC_TRY(dsc_memcpy(ctx, dsc_data(view), view->device, dst, cpu, (size_t)n * sizeof(float)));
+    DSC_TRY(dsc_memcpy(ctx, dsc_data(view), view->device, dst, cpu, bytes));
   }
   return DSC_OK;
 }

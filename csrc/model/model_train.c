@@ -958,8 +958,8 @@ dsc_status dsc_model_train_step(dsc_model *m, const dsc_train_options *opt, cons
       if (!en->train || en->decay != decay) continue;
       views[n] = dsc_model_storage_view(m, e, m->params);
       views[S + n] = dsc_model_storage_view(m, e, m->grads);
-      views[2 * S + n] = dsc_model_storage_view(m, e, m->exp_avg);
-      views[3 * S + n] = dsc_model_storage_view(m, e, m->exp_avg_sq);
+      views[2 * S + n] = dsc_model_moment_view(m, en, 0);
+      views[3 * S + n] = dsc_model_moment_view(m, en, 1);
       for (int j = 0; j < 4; ++j) ptrs[j * S + n] = &views[j * S + n];
       ++n;
     }

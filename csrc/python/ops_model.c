@@ -123,12 +123,23 @@ static int parse_device(PyObject *m, int dev_type, int dev_id, DLDevice *dev) {
   return 1;
 }
 
-/* model_new(config: dict, device_type, device_id, seed, init, fp8) -> capsule */
+/* "float32" | "bfloat16" -> the moments dtype; -1 with a ValueError otherwise. */
+static int moments_dtype(const char *s) {
+  if (!strcmp(s, "float32")) return DSC_DTYPE_FLOAT32;
+  if (!strcmp(s, "bfloat16")) return DSC_DTYPE_BFLOAT16;
+  PyErr_Format(PyExc_ValueError, "Model: moments: expected 'float32' or 'bfloat16', got '%s'", s);
+  return -1;
+}
+
+/* model_new(config: dict, device_type, device_id, seed, init, fp8, moments) -> capsule */
 static PyObject *py_model_new(PyObject *m, PyObject *args) {
   PyObject *cfgd;
   int dev_type, dev_id, init, fp8;
   unsigned long long seed;
-  if (!PyArg_ParseTuple(args, "OiiKii", &cfgd, &dev_type, &dev_id, &seed, &init, &fp8)) return NULL;
+  const char *moments;
+  if (!PyArg_ParseTuple(args, "OiiKiis", &cfgd, &dev_type, &dev_id, &seed, &init, &fp8, &moments)) return NULL;
+  const int mdt = moments_dtype(moments);
+  if (mdt < 0) return NULL;
   dsc_model_config c;
   if (!parse_config(cfgd, &c)) return NULL;
   DLDevice dev;
@@ -142,6 +153,7 @@ static PyObject *py_model_new(PyObject *m, PyObject *args) {
   o.seed = seed;
   o.init = init;
   o.fp8 = fp8;
+  o.moments_dtype = mdt;
   dsc_model *mdl = NULL;
   dsc_status s;
   DSC_PY_CALL(lock, s, dsc_model_create(ctx, &c, &o, &mdl));
@@ -149,11 +161,13 @@ static PyObject *py_model_new(PyObject *m, PyObject *args) {
   return wrap_model(m, mdl);
 }
 
-/* model_load(dir, device_type, device_id, fp8) -> capsule */
+/* model_load(dir, device_type, device_id, fp8, moments) -> capsule */
 static PyObject *py_model_load(PyObject *m, PyObject *args) {
-  const char *dir;
+  const char *dir, *moments;
   int dev_type, dev_id, fp8;
-  if (!PyArg_ParseTuple(args, "siii", &dir, &dev_type, &dev_id, &fp8)) return NULL;
+  if (!PyArg_ParseTuple(args, "siiis", &dir, &dev_type, &dev_id, &fp8, &moments)) return NULL;
+  const int mdt = moments_dtype(moments);
+  if (mdt < 0) return NULL;
   DLDevice dev;
   parse_device(m, dev_type, dev_id, &dev);
   dsc_py_state *st = dsc_py_get_state(m);
@@ -164,6 +178,7 @@ static PyObject *py_model_load(PyObject *m, PyObject *args) {
   dsc_model_options_default(&o);
   o.init = 0;
   o.fp8 = fp8;
+  o.moments_dtype = mdt;
   dsc_model *mdl = NULL;
   dsc_status s;
   DSC_PY_CALL(lock, s, dsc_model_load(ctx, dir, &o, &mdl));
@@ -188,7 +203,7 @@ static PyObject *py_model_save(PyObject *m, PyObject *args) {
 
 /* A dsc.Tensor over a model view, keeping the capsule alive. */
 static PyObject *view_tensor(PyObject *m, PyObject *cap, const DLTensor *v) {
-  return dsc_py_tensor_new_view(m, v->data, v->device, DSC_DTYPE_FLOAT32, v->ndim, v->shape, cap);
+  return dsc_py_tensor_new_view(m, v->data, v->device, dsc_dtype_from_dlpack(v->dtype), v->ndim, v->shape, cap);
 }
 
 /* model_tensors(cap) -> [(name, Tensor)] */
