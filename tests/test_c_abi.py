@@ -61,29 +61,16 @@ def test_c_generate_example_builds_and_runs(tmp_path):
 
 
 @pytest.mark.skipif(CC is None, reason="no C compiler on PATH")
-def test_c_runner_passes(tmp_path):
-    exe = str(tmp_path / "test_core")
-    _build(os.path.join(ROOT, "tests", "c", "test_core.c"), exe)
-    r = subprocess.run([exe], capture_output=True, text=True, timeout=120)
-    last = r.stdout.strip().splitlines()[-1]
-    assert r.returncode == 0 and last.endswith(" 0 failed"), r.stdout
-
-
-@pytest.mark.skipif(CC is None, reason="no C compiler on PATH")
-def test_c_model_io_runner_passes(tmp_path):
-    """config.json parsing and checkpoint save/load from C (tests/c/test_model_io.c)."""
-    exe = str(tmp_path / "test_model_io")
-    _build(os.path.join(ROOT, "tests", "c", "test_model_io.c"), exe)
-    r = subprocess.run([exe], capture_output=True, text=True, timeout=300)
-    last = r.stdout.strip().splitlines()[-1]
-    assert r.returncode == 0 and last.endswith(" 0 failed"), r.stdout
-
-
-@pytest.mark.skipif(CC is None, reason="no C compiler on PATH")
-def test_c_model_train_runner_passes(tmp_path):
-    """The training step from C: FD gradients, accumulation, loss falls, errors (tests/c/test_model_train.c)."""
-    exe = str(tmp_path / "test_model_train")
-    _build(os.path.join(ROOT, "tests", "c", "test_model_train.c"), exe)
+@pytest.mark.parametrize("name", [
+    "test_core",          # the core ABI: errors, contexts, tensors, ops from C
+    "test_model_io",      # config.json parsing and checkpoint save/load
+    "test_model_train",   # the training step: FD gradients, accumulation, loss falls, errors
+])
+def test_c_runner_passes(name, tmp_path):
+    """A C test program of tests/c built against the installed library; its last line is
+    'N passed, 0 failed'."""
+    exe = str(tmp_path / name)
+    _build(os.path.join(ROOT, "tests", "c", name + ".c"), exe)
     r = subprocess.run([exe], capture_output=True, text=True, timeout=300)
     last = r.stdout.strip().splitlines()[-1]
     assert r.returncode == 0 and last.endswith(" 0 failed"), r.stdout

@@ -992,7 +992,7 @@ dsc_status dsc_model_train_step(dsc_model *m, const dsc_train_options *opt, cons
       STEP(dsc_moe_update_bias(ctx, &bias, &cnt.t, opt->bias_update_rate));
     }
   }
-  STEP(dsc_model_prepare(m));
+  /* the FP8 shadow weights are refreshed by the next forward (every entry point prepares) */
   if (st != DSC_OK) return st;
   if (stats) {
     stats->loss = (float)(loss / opt->grad_accum);

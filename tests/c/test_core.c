@@ -12,20 +12,8 @@
 #include <string.h>
 
 #include "deepseek_c.h"
+#include "check.h"
 
-static int g_pass = 0, g_fail = 0;
-
-#define CHECK(cond, ...)                               \
-  do {                                                 \
-    if (cond) {                                        \
-      ++g_pass;                                        \
-    } else {                                           \
-      ++g_fail;                                        \
-      printf("FAIL %s:%d: ", __FILE__, __LINE__);      \
-      printf(__VA_ARGS__);                             \
-      printf("\n");                                    \
-    }                                                  \
-  } while (0)
 
 /* A CPU float32 DLTensor over caller memory, row-major. */
 typedef struct {

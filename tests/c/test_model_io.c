@@ -19,23 +19,7 @@
 #include <unistd.h>
 
 #include "deepseek_c.h"
-
-static int g_pass = 0, g_fail = 0;
-
-#define CHECK(cond, ...)                               \
-  do {                                                 \
-    if (cond) {                                        \
-      ++g_pass;                                        \
-    } else {                                           \
-      ++g_fail;                                        \
-      printf("FAIL %s:%d: ", __FILE__, __LINE__);      \
-      printf(__VA_ARGS__);                             \
-      printf("\n");                                    \
-    }                                                  \
-  } while (0)
-
-/* The last error contains `part`. */
-static int err_has(const char *part) { return strstr(dsc_last_error(), part) != NULL; }
+#include "check.h"
 
 static uint64_t rng_state = 0x2545f4914f6cdd1dull;
 static float frand(void) {

@@ -14,22 +14,8 @@
 #include <string.h>
 
 #include "deepseek_c.h"
+#include "check.h"
 
-static int g_pass = 0, g_fail = 0;
-
-#define CHECK(cond, ...)                          \
-  do {                                            \
-    if (cond) {                                   \
-      ++g_pass;                                   \
-    } else {                                      \
-      ++g_fail;                                   \
-      printf("FAIL %s:%d: ", __FILE__, __LINE__); \
-      printf(__VA_ARGS__);                        \
-      printf("\n");                               \
-    }                                             \
-  } while (0)
-
-static int err_has(const char *part) { return strstr(dsc_last_error(), part) != NULL; }
 
 /* A host int32 / float32 DLTensor over caller memory. */
 static DLTensor host_tensor(void *data, DLDataTypeCode code, int ndim, int64_t *shape) {
