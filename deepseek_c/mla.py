@@ -45,12 +45,12 @@ def _cfg(cfg: Any, fn: str) -> ModelConfig:
     raise TypeError(f"{fn}: cfg: expected a deepseek_c.ModelConfig, got {type(cfg).__name__}")
 
 
-def mla_params_tuple(cfg: ModelConfig) -> tuple:
-    """The C parameter tuple of an MLA layer of `cfg`."""
+def mla_params_tuple(cfg: ModelConfig, fp8: bool = False) -> tuple:
+    """The C parameter tuple of an MLA layer of `cfg` (fp8: FP8 projections)."""
     rope = _rope_params("dsc_mla", cfg.qk_rope_head_dim, "interleaved", cfg.rope_theta, cfg.rope_scaling_dict)
     return (int(cfg.hidden_size), int(cfg.num_attention_heads), int(cfg.q_lora_rank or 0),
             int(cfg.kv_lora_rank), int(cfg.qk_nope_head_dim), int(cfg.qk_rope_head_dim),
-            int(cfg.v_head_dim), float(cfg.rms_norm_eps), rope, float(cfg.softmax_scale))
+            int(cfg.v_head_dim), float(cfg.rms_norm_eps), rope, float(cfg.softmax_scale), int(bool(fp8)))
 
 
 def _weights(params: Mapping[str, Array], cfg: ModelConfig, fn: str) -> tuple:
@@ -93,17 +93,20 @@ class MLACtx:
 
 
 def mla_forward(x: Array, params: Mapping[str, Array], cfg: ModelConfig,
-                positions: Optional[Array] = None, *, need_backward: bool = True) -> tuple[Array, MLACtx]:
+                positions: Optional[Array] = None, *, need_backward: bool = True,
+                fp8: bool = False) -> tuple[Array, MLACtx]:
     """Causal MLA self-attention over each sequence of the batch (training form).
 
     x: [B, T, hidden] float32; positions: [B, T] int32 >= 0 (RoPE angles; default 0..T-1);
     the causal mask is by token index. Returns (out [B, T, hidden] float32, ctx).
+    fp8: the five projections run as block-scaled FP8 GEMMs the V3 way (E4M3, activations
+    in 1x128 tiles, weights in 128x128 blocks; mla_backward follows the forward).
     """
     fn = "dsc_mla_forward"
     cfg = _cfg(cfg, fn)
     w = _weights(params, cfg, fn)
     pos = _positions(x, positions, fn)
-    p = mla_params_tuple(cfg)
+    p = mla_params_tuple(cfg, fp8)
     out = empty_like_ns(x, tuple(int(s) for s in x.shape), "float32", fn, "out")
     saved = _C.mla_forward(x, pos, w, p, out, bool(need_backward))
     return finish(x, out), MLACtx(saved, x, pos, w, p, cfg)
@@ -204,7 +207,7 @@ class MLACache:
 
 
 def _infer(decode: bool, x: Array, params: Mapping[str, Array], cfg: ModelConfig, cache: MLACache,
-           seq_ids: Any, positions: Optional[Array], layer: int) -> Array:
+           seq_ids: Any, positions: Optional[Array], layer: int, fp8: bool) -> Array:
     fn = "dsc_mla_decode" if decode else "dsc_mla_prefill"
     cfg = _cfg(cfg, fn)
     if not isinstance(cache, MLACache):
@@ -223,25 +226,26 @@ def _infer(decode: bool, x: Array, params: Mapping[str, Array], cfg: ModelConfig
         starts = np.array([cache.length(int(i)) for i in idl], dtype=np.int32)
         positions = np.ascontiguousarray(starts[:, None] + np.arange(shape[1], dtype=np.int32)[None, :])
     out = empty_like_ns(x, tuple(int(s) for s in x.shape), "float32", fn, "out")
-    _C.mla_infer(decode, cache._cap, int(layer), x, ids, positions, w, mla_params_tuple(cfg), out)
+    _C.mla_infer(decode, cache._cap, int(layer), x, ids, positions, w, mla_params_tuple(cfg, fp8), out)
     return finish(x, out)
 
 
 def mla_prefill(x: Array, params: Mapping[str, Array], cfg: ModelConfig, cache: MLACache, seq_ids: Any,
-                positions: Optional[Array] = None, *, layer: int = 0) -> Array:
+                positions: Optional[Array] = None, *, layer: int = 0, fp8: bool = False) -> Array:
     """Attention of prompt tokens that also fills the latent cache.
 
     x: [B, T, hidden] float32; seq_ids: B ids added to the cache; positions: [B, T] int32,
     row b = start_b, start_b + 1, ... then -1 padding (ragged prompts), start_b <= the
     sequence's cached length (default: continue from it). Returns out [B, T, hidden]
-    (zero rows on padding). Errors leave the cache unchanged.
+    (zero rows on padding). Errors leave the cache unchanged. fp8: FP8 projections (q, kv_a,
+    o; the absorbed kv_b products stay float32).
     """
-    return _infer(False, x, params, cfg, cache, seq_ids, positions, layer)
+    return _infer(False, x, params, cfg, cache, seq_ids, positions, layer, fp8)
 
 
 def mla_decode(x: Array, params: Mapping[str, Array], cfg: ModelConfig, cache: MLACache, seq_ids: Any,
-               positions: Optional[Array] = None, *, layer: int = 0) -> Array:
+               positions: Optional[Array] = None, *, layer: int = 0, fp8: bool = False) -> Array:
     """Decode 1..T new tokens per sequence with weight absorption (W_UK folded into the
     query, attention over the cached kv_lora_rank + rope latents, W_UV applied after).
     Same arguments as mla_prefill."""
-    return _infer(True, x, params, cfg, cache, seq_ids, positions, layer)
+    return _infer(True, x, params, cfg, cache, seq_ids, positions, layer, fp8)

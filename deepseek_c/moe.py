@@ -610,6 +610,7 @@ class MoELayerCtx:
     n_experts: int
     n_shared: bool
     load: Array
+    fp8: bool = False
 
 
 def _layer_weights(params: Mapping[str, Any], c: "MoEConfig", x: Array) -> tuple:
@@ -627,9 +628,12 @@ def _layer_weights(params: Mapping[str, Any], c: "MoEConfig", x: Array) -> tuple
 
 
 def moe_layer_forward(x: Array, params: Mapping[str, Any], cfg: Any, *, align: int = 1,
-                      training: bool = True) -> tuple[Array, MoELayerCtx]:
+                      training: bool = True, fp8: bool = False) -> tuple[Array, MoELayerCtx]:
     """The whole MoE layer in one C call (dsc_moe_layer_forward): same math and parameter
-    names as moe_forward, float32 only. With training=False no activations are kept."""
+    names as moe_forward, float32 only. With training=False no activations are kept.
+    fp8: the routed and shared expert GEMMs (forward and moe_layer_backward) run the V3 FP8
+    way (E4M3, activations in 1x128 tiles, each expert's weight in 128x128 blocks); the
+    router stays float32."""
     fn = "dsc_moe_layer_forward"
     c = MoEConfig.from_dict(cfg)
     _arr(x, fn, "x")
@@ -641,9 +645,10 @@ def moe_layer_forward(x: Array, params: Mapping[str, Any], cfg: Any, *, align: i
     w = _layer_weights(params, c, x)
     y = empty_like_ns(x, xs, dtype_name(x), fn, "y")
     load = empty_like_ns(x, (int(c.n_routed_experts),), "int32", fn, "counts")
-    saved = _C.moe_layer_forward(x, route, _int(align, fn, "align"), w, y, load, bool(training))
+    saved = _C.moe_layer_forward(x, route, _int(align, fn, "align"), w, y, load, bool(training),
+                                 bool(fp8))
     return finish(x, y), MoELayerCtx(saved, x, xs, route, w, int(c.n_routed_experts),
-                                     bool(c.n_shared_experts), finish(x, load))
+                                     bool(c.n_shared_experts), finish(x, load), bool(fp8))
 
 
 def moe_layer_backward(dy: Array, ctx: MoELayerCtx) -> dict[str, Array]:
@@ -659,7 +664,7 @@ def moe_layer_backward(dy: Array, ctx: MoELayerCtx) -> dict[str, Array]:
     grads_t = [mk(gate), mk(eg), mk(eu), mk(ed)]
     grads_t += [mk(sg), mk(su), mk(sd)] if ctx.n_shared else [None, None, None]
     dx = empty_like_ns(dy, ctx.x_shape, "float32", fn, "dx")
-    _C.moe_layer_backward(ctx.x, dy, ctx.route, ctx.weights, ctx.saved, dx, tuple(grads_t))
+    _C.moe_layer_backward(ctx.x, dy, ctx.route, ctx.weights, ctx.saved, dx, tuple(grads_t), ctx.fp8)
     dgate, deg, deu, ded, dsg, dsu, dsd = [finish(dy, g) if g is not None else None for g in grads_t]
     grads: dict[str, Array] = {f"{_P}gate.weight": dgate}
     for e in range(E):

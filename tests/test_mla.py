@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import deepseek_c as dsc
+from reference import fp8 as fp8ref
 from reference import mla as ref
 
 
@@ -355,3 +356,62 @@ def test_cuda_cache_prefill_decode_matches_cpu(rng):
         outs.append(dsc.to_numpy(dsc.mla_decode(sd, wd, cfg, cache, [0, 1])))
     np.testing.assert_allclose(outs[2], outs[0], rtol=1e-4, atol=1e-5)  # prefill
     np.testing.assert_allclose(outs[3], outs[1], rtol=1e-4, atol=1e-5)  # decode after it
+
+
+# --------------------------------------------------------------------------- FP8 projections
+
+
+def _lin8(x, w):
+    """The V3 FP8 projection x @ w^T (x 1x128 tiles from float32, w 128x128 blocks)."""
+    sh = np.shape(x)
+    y, _ = fp8ref.linear_forward(np.asarray(x, np.float32).reshape(-1, sh[-1]), np.asarray(w, np.float32))
+    return y.reshape(*sh[:-1], np.shape(w)[0])
+
+
+def _rel(a, b):
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
+
+
+def fp8_cfg(q_lora):
+    """Dims past one 128-block with ragged edges: hidden 200, Rq 136, R + dr 168, H*dv 160."""
+    return dsc.ModelConfig.tiny(hidden_size=200, num_attention_heads=4, q_lora_rank=136 if q_lora else None,
+                                kv_lora_rank=160, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=40)
+
+
+@pytest.mark.parametrize("q_lora", [True, False])
+def test_fp8_forward_matches_fp8_reference_and_backward_close(rng, q_lora):
+    cfg = fp8_cfg(q_lora)
+    w, x = make(cfg, rng, B=2, T=9)
+    pos = (np.arange(9)[None, :] + np.array([[0], [70]])).astype(np.int32)
+    out8, ctx8 = dsc.mla_forward(x, w, cfg, pos, fp8=True)
+    out, ctx = dsc.mla_forward(x, w, cfg, pos)
+    want8 = ref.mla_forward(x, w, cfg, pos, lin=_lin8)
+    want = ref.mla_forward(x, w, cfg, pos)
+    assert _rel(out8, want8) < 3e-4
+    assert 5e-3 < _rel(out8, want) < 0.2  # FP8 ran, and stays close to float32
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    g8, g = dsc.mla_backward(dout, ctx8), dsc.mla_backward(dout, ctx)
+    assert set(g8) == set(g)
+    for k in g:
+        assert 1e-3 < _rel(g8[k], g[k]) < 0.25, k
+    ctx8.params = ctx.params  # a backward must use the forward's precision
+    with pytest.raises(ValueError, match="parameters of the forward"):
+        dsc.mla_backward(dout, ctx8)
+
+
+def test_fp8_prefill_decode_match_reference(rng):
+    """Inference in FP8: q, kv_a and o projections in FP8, the absorbed kv_b in float32."""
+    cfg = fp8_cfg(True)
+    w, x = make(cfg, rng, B=2, T=10)
+    cache = dsc.MLACache(cfg, max_batch=2, max_tokens=16, block_size=4, dtype="float32")
+    for s in (0, 1):
+        cache.add_sequence(s)
+    outs = [dsc.mla_prefill(x[:, :6].copy(), w, cfg, cache, [0, 1], fp8=True)]
+    for t in range(6, 10):
+        outs.append(dsc.mla_decode(x[:, t:t + 1].copy(), w, cfg, cache, [0, 1], fp8=True))
+    got = np.concatenate(outs, axis=1)
+    kvb = w["kv_b_proj.weight"]
+    lin = lambda a, m: a @ np.asarray(m, np.float64).T if m.shape == kvb.shape else _lin8(a, m)  # noqa: E731
+    want = ref.mla_forward(x, w, cfg, lin=lin)
+    assert _rel(got, want) < 3e-4
+    assert _rel(got, ref.mla_forward(x, w, cfg)) > 5e-3

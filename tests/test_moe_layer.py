@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import deepseek_c as dsc
+from reference import fp8 as fp8ref
 from reference import moe as ref
 from test_moe import make_layer
 
@@ -74,3 +75,93 @@ def test_grouped_linear_backward_with_no_output_features_zeroes_dx(rng):
     dx, dw = dsc.grouped_linear_backward(np.zeros((6, 0), np.float32), x, w, offsets)
     np.testing.assert_array_equal(dx, np.zeros((6, 5), np.float32))
     assert dw.shape == (3, 0, 5)
+
+
+# --------------------------------------------------------------------------- FP8 experts
+
+
+def _lin8(x, w):
+    """The V3 FP8 projection x @ w^T: x in 1x128 tiles, w in 128x128 blocks (float64 sums)."""
+    y, _ = fp8ref.linear_forward(np.asarray(x, np.float32), np.asarray(w, np.float32))
+    return y
+
+
+def _dgrad8(dy, w):
+    dyq, dys = fp8ref.quantize(np.asarray(dy, np.float32), (1, 128))
+    wq, ws = fp8ref.quantize(np.asarray(w, np.float32), (128, 128))
+    return fp8ref.gemm(dyq, dys, wq.T, ws.T)
+
+
+def _wgrad8(dy, x):
+    """dy^T x with both operands quantized 1x128 along the tokens (from float32 x)."""
+    a = fp8ref.quantize(np.asarray(dy, np.float32), (1, 128), transpose=True)
+    b = fp8ref.quantize(np.asarray(x, np.float32), (1, 128), transpose=True)
+    return fp8ref.gemm(*a, *b)
+
+
+def _mlp8_grads(dy, x, wg, wu, wd):
+    """FP8 SwiGLU MLP backward reference: (dWg, dWu, dWd); forward values in float32 as
+    the layer keeps them."""
+    hg, hu = _lin8(x, wg).astype(np.float32), _lin8(x, wu).astype(np.float32)
+    sg = 1.0 / (1.0 + np.exp(-hg.astype(np.float64)))
+    act = (hg * sg * hu).astype(np.float32)
+    dact = _dgrad8(dy, wd)
+    dhg = dact * hu * sg * (1.0 + hg * (1.0 - sg))
+    dhu = dact * hg * sg
+    return _wgrad8(dhg, x), _wgrad8(dhu, x), _wgrad8(dy, act)
+
+
+def _rel(a, b):
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("variant,n_shared", [("v3", 1), ("v2", 2), ("v2lite", 0)])
+def test_fp8_layer_matches_fp8_reference(rng, variant, n_shared):
+    """w->fp8: forward == the float64 layer with every expert projection quantized the V3 way
+    (K = 200 and F = 136: partial 128-blocks); expert weight gradients == the FP8 backward
+    reference (dgrad with transposed weight blocks, wgrad along the tokens); and all of it
+    a few percent from float32, as E4M3 is."""
+    E, D, F = 8, 200, 136
+    x, params, cfg = make_layer(rng, D=D, E=E, F=F, T=40, variant=variant, n_shared=n_shared, min_gap=1e-4)
+    y8, ctx8 = dsc.moe_layer_forward(x, params, cfg, fp8=True)
+    y32, ctx32 = dsc.moe_layer_forward(x, params, cfg)
+    want8, _, idx = ref.moe_layer(x, params, cfg, lin=_lin8)
+    want, _, _ = ref.moe_layer(x, params, cfg)
+    assert _rel(y8, want8) < 3e-4  # float32 vs float64 inputs may round a few values apart
+    assert 5e-3 < _rel(y8, want) < 0.15  # it really ran in FP8, and FP8 is close
+    np.testing.assert_array_equal(ctx8.load, ctx32.load)
+
+    dy = rng.standard_normal(y8.shape).astype(np.float32)
+    g8 = dsc.moe_layer_backward(dy, ctx8)
+    g32 = dsc.moe_layer_backward(dy, ctx32)
+    assert set(g8) == set(g32)
+    for k in g8:
+        assert _rel(g8[k], g32[k]) < 0.2, k
+    # routing weights of the reference (float64; the layer's float32 ones differ by ~1e-7)
+    logits = x.astype(np.float64) @ params["mlp.gate.weight"].astype(np.float64).T
+    w = ref.route_weights_from_logits(logits, idx, scoring=cfg["scoring_func"],
+                                      norm_topk_prob=cfg["norm_topk_prob"], route_scale=cfg["routed_scaling_factor"])
+    P = "mlp.experts."
+    for e in range(E):
+        tok, slot = np.nonzero(idx == e)
+        if tok.size == 0:
+            continue
+        deo = (w[tok, slot][:, None] * dy[tok]).astype(np.float32)
+        want_g = _mlp8_grads(deo, x[tok], params[f"{P}{e}.gate_proj.weight"], params[f"{P}{e}.up_proj.weight"],
+                             params[f"{P}{e}.down_proj.weight"])
+        for name, wg in zip(("gate_proj", "up_proj", "down_proj"), want_g):
+            assert _rel(g8[f"{P}{e}.{name}.weight"], wg) < 5e-3, (e, name)
+    if n_shared:
+        S = "mlp.shared_experts."
+        want_g = _mlp8_grads(dy, x, params[S + "gate_proj.weight"], params[S + "up_proj.weight"],
+                             params[S + "down_proj.weight"])
+        for name, wg in zip(("gate_proj", "up_proj", "down_proj"), want_g):
+            assert _rel(g8[f"{S}{name}.weight"], wg) < 5e-3, name
+
+
+def test_fp8_layer_backward_must_match_forward(rng):
+    x, params, cfg = make_layer(rng, D=8, E=4, F=6, T=5, variant="v3", n_shared=1)
+    _, ctx = dsc.moe_layer_forward(x, params, cfg, fp8=True)
+    ctx.fp8 = False
+    with pytest.raises(ValueError, match="fp8"):
+        dsc.moe_layer_backward(np.ones_like(x), ctx)

@@ -599,6 +599,12 @@ typedef struct dsc_moe_layer_weights {
   size_t size; /* sizeof(dsc_moe_layer_weights) */
   const DLTensor *gate, *bias, *experts_gate, *experts_up, *experts_down;
   const DLTensor *shared_gate, *shared_up, *shared_down;
+  /* 1: the routed and shared expert GEMMs run the V3 FP8 way (as dsc_fp8_linear_*:
+   * activations E4M3 in 1x128 tiles, each expert's float32 weight in 128x128 blocks, FP32
+   * accumulation; grouped GEMMs over the permuted rows, wgrad per expert along its rows);
+   * the router GEMM, routing, SwiGLU and combine stay float32. The backward must use the
+   * same value. Needs FP8 kernels on the context's device. */
+  int32_t fp8;
 } dsc_moe_layer_weights;
 
 /* Gradients (float32, overwritten), each optional (NULL: not computed). */
@@ -651,7 +657,15 @@ DSC_API dsc_status dsc_moe_layer_aux_loss(dsc_context *ctx, dsc_moe_layer_saved 
  *   s   = softmax_scale * (q_nope . k_nope + q_pe . kpe), causal, softmax in float32
  *   out = o_proj(concat_h(softmax(s) @ v))
  * RoPE dims are interleaved in pairs (rope.layout DSC_ROPE_INTERLEAVED) as in the
- * checkpoints. Weights are laid out as the Hugging Face tensors (out_features, in). */
+ * checkpoints. Weights are laid out as the Hugging Face tensors (out_features, in).
+ *
+ * fp8 = 1 runs q_a/q_b (or q), kv_a, kv_b and o the V3 way (see dsc_fp8_linear_forward):
+ * activations quantized to E4M3 in 1x128 tiles, the float32 weights in 128x128 blocks,
+ * FP32 accumulation; backward dgrad with the transposed weight blocks and wgrad with dy
+ * and the float32 activation both quantized along the tokens. Norms, RoPE and the
+ * attention core stay float32; prefill/decode keep the absorbed kv_b products in float32
+ * (as DeepSeek's inference does with the dequantized kv_b). Needs FP8 kernels on the
+ * context's device. */
 typedef struct dsc_mla_params {
   size_t size;               /* sizeof(dsc_mla_params) */
   int32_t hidden;            /* Hd, 7168 */
@@ -664,6 +678,7 @@ typedef struct dsc_mla_params {
   float rms_norm_eps;        /* 1e-6 */
   dsc_rope_params rope;      /* YaRN parameters of the rope part */
   float softmax_scale;       /* dqk^-1/2 * mscale^2: see dsc_rope_softmax_scale */
+  int32_t fp8;               /* 1: the projections run as block-scaled FP8 GEMMs (below) */
 } dsc_mla_params;
 
 /* The weights of one attention layer (float32, C-contiguous). Unused ones are NULL:

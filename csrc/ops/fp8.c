@@ -1,7 +1,8 @@
 /*
  * ops/fp8.c -- validation and dispatch of the FP8 functions of deepseek_c.h: casts, block
  * quantization / dequantization, the block-scaled GEMMs (plain, grouped, masked),
- * statistics, and the FP8 linear layer (forward, backward) composed from backend calls.
+ * statistics, and the FP8 linear layer (forward, backward) composed from the layer pieces
+ * of fp8_layers.c.
  *
  * Checks ctx and every tensor (device, dtype, contiguity), then ranks and shapes (the
  * scale shapes against the block layout), then values: scales finite and > 0, group
@@ -12,9 +13,8 @@
  * Legend: M rows, K inner dim, N output features, Kb = ceil(K/128), Nb = ceil(N/128),
  * Mb = ceil(M/128), G groups (experts), Mmax rows per group (masked layout).
  *
- * Composite ops take ONE workspace (dsc_workspace invalidates earlier pointers): the total
- * is computed first and carved at 64-byte boundaries; the backend GEMMs get their `work`
- * from the tail.
+ * The GEMMs take their scratch from the context's workspace (dsc_workspace invalidates
+ * earlier pointers, so nothing the caller passes lives there).
  */
 #include <float.h>
 #include <math.h>
@@ -23,34 +23,14 @@
 #include <string.h>
 
 #include "backend.h"
+#include "fp8_layers.h"
 
-#if defined(DSC_WITH_CUDA) && defined(DSC_WITH_CUDA_FP8)
-#define BACKEND(name, ...) \
-  (dsc_ctx_is_cuda(ctx) ? dsc_cuda_##name(__VA_ARGS__) : dsc_cpu_##name(__VA_ARGS__))
-#else
-#define BACKEND(name, ...) dsc_cpu_##name(__VA_ARGS__)
-#endif
+#define BACKEND DSC_FP8_BACKEND
 
 #define DSC_DT_FP8 (DSC_DT(DSC_DTYPE_FLOAT8_E4M3FN) | DSC_DT(DSC_DTYPE_FLOAT8_E5M2))
 #define DSC_DT_F32 DSC_DT(DSC_DTYPE_FLOAT32)
 
-/* DeepSeek's online scaling: amax clamped to >= 1e-4 (the composite linear layer). */
-static const float LINEAR_AMAX_FLOOR = 1e-4f;
-
 static int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-static size_t al64(size_t b) { return (b + 63u) & ~(size_t)63u; }
-
-static dsc_status fp8_device(const dsc_context *ctx, const char *fn) {
-#if defined(DSC_WITH_CUDA) && defined(DSC_WITH_CUDA_FP8)
-  (void)ctx;
-  (void)fn;
-  return DSC_OK;
-#else
-  if (dsc_ctx_is_cuda(ctx))
-    return dsc_error(DSC_ERR_UNSUPPORTED, fn, "FP8 ops have no CUDA kernels yet in this build");
-  return DSC_OK;
-#endif
-}
 
 static float fp8_max(dsc_dtype ft) { return ft == DSC_DTYPE_FLOAT8_E5M2 ? 57344.0f : 448.0f; }
 
@@ -190,7 +170,7 @@ dsc_status dsc_fp8_cast(dsc_context *ctx, const DLTensor *src, DLTensor *dst) {
             src8 ? "float32 or bfloat16" : "float8_e4m3fn or float8_e5m2", dsc_dtype_name(st),
             dsc_dtype_name(dt));
   DSC_TRY(dsc_check_same_shape(FN, "dst", dst, "src", src));
-  DSC_TRY(fp8_device(ctx, FN));
+  DSC_TRY(dsc_fp8l_device_ok(ctx, FN));
   const int64_t n = dsc_numel(src);
   if (n == 0) return DSC_OK;
   return BACKEND(fp8_cast, ctx, n, st, dsc_data(src), dt, dsc_data(dst));
@@ -214,7 +194,7 @@ dsc_status dsc_fp8_quantize(dsc_context *ctx, const dsc_fp8_quant_params *p, con
   if (!q_like_x) DSC_TRY(dsc_check_shape(FN, "q", q, 2, q2));
   const int64_t s2[2] = {cdiv(R, p->block_rows), cdiv(C, p->block_cols)};
   DSC_TRY(dsc_check_shape(FN, "scale", scale, 2, s2));
-  DSC_TRY(fp8_device(ctx, FN));
+  DSC_TRY(dsc_fp8l_device_ok(ctx, FN));
   if (R == 0 || C == 0) return DSC_OK;
   return BACKEND(fp8_quantize, ctx, dsc_tensor_dtype(x), M, K, p->block_rows, p->block_cols,
                  p->transpose, p->pow2_scale, p->amax_floor, ft, dsc_data(x),
@@ -236,7 +216,7 @@ dsc_status dsc_fp8_dequantize(dsc_context *ctx, int32_t block_rows, int32_t bloc
   const int64_t s2[2] = {cdiv(R, block_rows), cdiv(C, block_cols)};
   DSC_TRY(dsc_check_shape(FN, "scale", scale, 2, s2));
   DSC_TRY(dsc_check_same_shape(FN, "out", out, "q", q));
-  DSC_TRY(fp8_device(ctx, FN));
+  DSC_TRY(dsc_fp8l_device_ok(ctx, FN));
   DSC_TRY(check_scales(ctx, FN, "scale", scale));
   if (R == 0 || C == 0) return DSC_OK;
   return BACKEND(fp8_dequantize, ctx, dsc_tensor_dtype(q), R, C, block_rows, block_cols,
@@ -264,7 +244,7 @@ dsc_status dsc_fp8_gemm(dsc_context *ctx, const DLTensor *a, const DLTensor *a_s
   DSC_TRY(gemm_scale_layout(FN, "b_scale", "N", b_scale, N, Kb, &b_br));
   const int64_t c2[2] = {M, N};
   DSC_TRY(dsc_check_shape(FN, "c", c, 2, c2));
-  DSC_TRY(fp8_device(ctx, FN));
+  DSC_TRY(dsc_fp8l_device_ok(ctx, FN));
   DSC_TRY(check_scales(ctx, FN, "a_scale", a_scale));
   DSC_TRY(check_scales(ctx, FN, "b_scale", b_scale));
   if (M == 0 || N == 0) return DSC_OK;
@@ -324,7 +304,7 @@ dsc_status dsc_fp8_grouped_gemm(dsc_context *ctx, const DLTensor *a, const DLTen
   const int64_t o_shape = G + 1, c2[2] = {M, N};
   DSC_TRY(dsc_check_shape(FN, "group_offsets", group_offsets, 1, &o_shape));
   DSC_TRY(dsc_check_shape(FN, "c", c, 2, c2));
-  DSC_TRY(fp8_device(ctx, FN));
+  DSC_TRY(dsc_fp8l_device_ok(ctx, FN));
   DSC_TRY(check_scales(ctx, FN, "a_scale", a_scale));
   DSC_TRY(check_scales(ctx, FN, "b_scale", b_scale));
 
@@ -402,7 +382,7 @@ dsc_status dsc_fp8_grouped_gemm_masked(dsc_context *ctx, const DLTensor *a,
   const int64_t c3[3] = {G, Mmax, N};
   DSC_TRY(dsc_check_shape(FN, "masked_m", masked_m, 1, &G));
   DSC_TRY(dsc_check_shape(FN, "c", c, 3, c3));
-  DSC_TRY(fp8_device(ctx, FN));
+  DSC_TRY(dsc_fp8l_device_ok(ctx, FN));
   DSC_TRY(check_scales(ctx, FN, "b_scale", b_scale));
 
   const void *mv = NULL, *asv = NULL;
@@ -460,7 +440,7 @@ dsc_status dsc_fp8_compute_stats(dsc_context *ctx, const dsc_fp8_quant_params *p
             "stats->size: expected sizeof(dsc_fp8_stats) = %zu, got %zu", sizeof(dsc_fp8_stats),
             stats->size);
   DSC_TRY(dsc_check_ndim(FN, "x", x, 1, 16, "(..., K)"));
-  DSC_TRY(fp8_device(ctx, FN));
+  DSC_TRY(dsc_fp8l_device_ok(ctx, FN));
   const int64_t M = dsc_rows(x), K = dsc_last_dim(x), n = M * K;
   float amax = 0.0f;
   int64_t counts[3] = {0, 0, 0};
@@ -510,24 +490,14 @@ dsc_status dsc_fp8_linear_forward(dsc_context *ctx, const DLTensor *x, const DLT
             dsc_shape_str(w, buf, sizeof buf));
   DSC_TRY(check_rows_like(FN, "y", y, "x", x, N));
   DSC_TRY(check_saved(FN, xq, xs, wq, ws, M, N, K));
-  DSC_TRY(fp8_device(ctx, FN));
+  DSC_TRY(dsc_fp8l_device_ok(ctx, FN));
 
-  const dsc_dtype e4 = DSC_DTYPE_FLOAT8_E4M3FN, ct = dsc_tensor_dtype(y);
+  const dsc_dtype ct = dsc_tensor_dtype(y);
   uint8_t *xq_p = (uint8_t *)dsc_data(xq), *wq_p = (uint8_t *)dsc_data(wq);
   float *xs_p = (float *)dsc_data(xs), *ws_p = (float *)dsc_data(ws);
-  if (M > 0 && K > 0)
-    DSC_TRY(BACKEND(fp8_quantize, ctx, dsc_tensor_dtype(x), M, K, 1, 128, 0, 0, LINEAR_AMAX_FLOOR,
-                    e4, dsc_data(x), xq_p, xs_p));
-  if (N > 0 && K > 0)
-    DSC_TRY(BACKEND(fp8_quantize, ctx, DSC_DTYPE_FLOAT32, N, K, 128, 128, 0, 0,
-                    LINEAR_AMAX_FLOOR, e4, dsc_data(w), wq_p, ws_p));
-  if (M == 0 || N == 0) return DSC_OK;
-  size_t bytes = 0;
-  void *work = NULL;
-  DSC_TRY(BACKEND(fp8_gemm_work, ctx, 1, M, N, K, ct, &bytes));
-  DSC_TRY(dsc_workspace(ctx, bytes, &work));
-  return BACKEND(fp8_gemm, ctx, M, N, K, e4, xq_p, xs_p, 1, e4, wq_p, ws_p, 128, ct, dsc_data(y),
-                 work);
+  DSC_TRY(dsc_fp8l_quant_act(ctx, dsc_tensor_dtype(x), M, K, dsc_data(x), xq_p, xs_p));
+  DSC_TRY(dsc_fp8l_quant_weight(ctx, 1, N, K, (const float *)dsc_data(w), 0, wq_p, ws_p));
+  return dsc_fp8l_fprop(ctx, 1, M, N, K, xq_p, xs_p, wq_p, ws_p, NULL, NULL, ct, dsc_data(y));
 }
 
 dsc_status dsc_fp8_linear_backward(dsc_context *ctx, const DLTensor *dy, const DLTensor *xq,
@@ -559,73 +529,18 @@ dsc_status dsc_fp8_linear_backward(dsc_context *ctx, const DLTensor *dy, const D
   if (dx) DSC_TRY(check_rows_like(FN, "dx", dx, "dy", dy, K));
   const int64_t dw2[2] = {N, K};
   if (dw) DSC_TRY(dsc_check_shape(FN, "dw", dw, 2, dw2));
-  DSC_TRY(fp8_device(ctx, FN));
+  DSC_TRY(dsc_fp8l_device_ok(ctx, FN));
   DSC_TRY(check_scales(ctx, FN, "xs", xs));
   DSC_TRY(check_scales(ctx, FN, "ws", ws));
 
-  const dsc_dtype e4 = DSC_DTYPE_FLOAT8_E4M3FN, dyt = dsc_tensor_dtype(dy);
-  const dsc_dtype xqt = dsc_tensor_dtype(xq), wqt = dsc_tensor_dtype(wq);
-  const int64_t Kb = cdiv(K, 128), Nb = cdiv(N, 128), Mb = cdiv(M, 128);
-  /* One workspace, carved in order (sizes in bytes, each rounded up to 64):
-   *   dgrad: dyq [M,N] fp8, dys [M,Nb] f32, wT [K,N] fp8, wsT [Kb,Nb] f32
-   *   wgrad: xf [M,K] f32, xTq [K,M] fp8, xTs [K,Mb] f32, dyTq [N,M] fp8, dyTs [N,Mb] f32
-   *   gemm work: the larger of the two GEMMs' needs. */
-  size_t sz[9] = {0}, off[10] = {0};
-  if (dx) {
-    sz[0] = (size_t)(M * N);
-    sz[1] = (size_t)(M * Nb) * 4u;
-    sz[2] = (size_t)(K * N);
-    sz[3] = (size_t)(Kb * Nb) * 4u;
-  }
-  if (dw) {
-    sz[4] = (size_t)(M * K) * 4u;
-    sz[5] = (size_t)(K * M);
-    sz[6] = (size_t)(K * Mb) * 4u;
-    sz[7] = (size_t)(N * M);
-    sz[8] = (size_t)(N * Mb) * 4u;
-  }
-  for (int i = 0; i < 9; ++i) off[i + 1] = off[i] + al64(sz[i]);
-  size_t work_dx = 0, work_dw = 0;
-  if (dx) DSC_TRY(BACKEND(fp8_gemm_work, ctx, 1, M, K, N, dyt, &work_dx));
-  if (dw) DSC_TRY(BACKEND(fp8_gemm_work, ctx, 1, N, K, M, DSC_DTYPE_FLOAT32, &work_dw));
-  void *base = NULL;
-  DSC_TRY(dsc_workspace(ctx, off[9] + (work_dx > work_dw ? work_dx : work_dw), &base));
-  char *wsp = (char *)base;
-  void *work = wsp + off[9];
-
-  if (dx && M > 0 && K > 0) {
-    uint8_t *dyq = (uint8_t *)(wsp + off[0]); /* [M,N] */
-    float *dys = (float *)(wsp + off[1]);     /* [M,Nb] */
-    uint8_t *wT = (uint8_t *)(wsp + off[2]);  /* [K,N] */
-    float *wsT = (float *)(wsp + off[3]);     /* [Kb,Nb] */
-    if (N > 0) {
-      DSC_TRY(BACKEND(fp8_quantize, ctx, dyt, M, N, 1, 128, 0, 0, LINEAR_AMAX_FLOOR, e4,
-                      dsc_data(dy), dyq, dys));
-      DSC_TRY(BACKEND(fp8_transpose, ctx, N, K, 1, dsc_data(wq), wT));
-      DSC_TRY(BACKEND(fp8_transpose, ctx, Nb, Kb, 4, dsc_data(ws), wsT));
-    }
-    /* dx [M,K] = dyq [M,N] (1x128) @ (w^T [K,N], 128x128 blocks ws^T)^T */
-    DSC_TRY(BACKEND(fp8_gemm, ctx, M, K, N, e4, dyq, dys, 1, wqt, wT, wsT, 128, dyt,
-                    dsc_data(dx), work));
-  }
-  if (dw && N > 0 && K > 0) {
-    float *xf = (float *)(wsp + off[4]);        /* [M,K] */
-    uint8_t *xTq = (uint8_t *)(wsp + off[5]);   /* [K,M] */
-    float *xTs = (float *)(wsp + off[6]);       /* [K,Mb] */
-    uint8_t *dyTq = (uint8_t *)(wsp + off[7]);  /* [N,M] */
-    float *dyTs = (float *)(wsp + off[8]);      /* [N,Mb] */
-    if (M > 0) {
-      /* x back to float32, then re-tiled 1x128 along the tokens (128x1 tiles of x) */
-      DSC_TRY(BACKEND(fp8_dequantize, ctx, xqt, M, K, 1, 128, (const uint8_t *)dsc_data(xq),
-                      (const float *)dsc_data(xs), DSC_DTYPE_FLOAT32, xf));
-      DSC_TRY(BACKEND(fp8_quantize, ctx, DSC_DTYPE_FLOAT32, M, K, 1, 128, 1, 0,
-                      LINEAR_AMAX_FLOOR, e4, xf, xTq, xTs));
-      DSC_TRY(BACKEND(fp8_quantize, ctx, dyt, M, N, 1, 128, 1, 0, LINEAR_AMAX_FLOOR, e4,
-                      dsc_data(dy), dyTq, dyTs));
-    }
-    /* dw [N,K] = dy^T [N,M] @ (x^T [K,M])^T, both 1x128 along M; M == 0 writes zeros */
-    DSC_TRY(BACKEND(fp8_gemm, ctx, N, K, M, e4, dyTq, dyTs, 1, e4, xTq, xTs, 1,
-                    DSC_DTYPE_FLOAT32, dsc_data(dw), work));
-  }
+  const dsc_dtype dyt = dsc_tensor_dtype(dy);
+  if (dx)
+    DSC_TRY(dsc_fp8l_dgrad(ctx, 1, M, N, K, dyt, dsc_data(dy), dsc_tensor_dtype(wq),
+                           (const uint8_t *)dsc_data(wq), (const float *)dsc_data(ws), 0, NULL,
+                           NULL, dsc_data(dx)));
+  if (dw)
+    DSC_TRY(dsc_fp8l_wgrad(ctx, 1, M, N, K, dyt, dsc_data(dy), dsc_tensor_dtype(xq),
+                           dsc_data(xq), (const float *)dsc_data(xs), NULL,
+                           (float *)dsc_data(dw)));
   return DSC_OK;
 }

@@ -14,6 +14,9 @@
  * Decode/prefill (absorbed): q_lat[:,h] = q_nope[:,h] W_UK[h] [N,H,R] (W_UK[h] = rows
  *   h*(dn+dv) .. +dn of kv_b_proj), attention over the cached [ckv | kpe] rows gives
  *   o_lat [N,H,R], o[:,h] = o_lat[:,h] W_UV[h]^T [N,H,dv], out = o Wo^T.
+ * p->fp8: every "x W^T" above (not the absorbed W_UK / W_UV products) is an FP8 GEMM
+ *   (fp8_layers.h); kv_a runs as one [N, R+dr] projection (its 128x128 blocks span c and
+ *   kpe, as in the checkpoints) split afterwards.
  */
 #include <math.h>
 #include <stdio.h>
@@ -21,6 +24,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "fp8_layers.h"
 
 #if defined(DSC_WITH_CUDA) && defined(DSC_WITH_CUDA_MLA)
 #define BK(fn, ...) (dsc_ctx_is_cuda(ctx) ? dsc_cuda_##fn(__VA_ARGS__) : dsc_cpu_##fn(__VA_ARGS__))
@@ -62,6 +66,8 @@ static dsc_status check_params(const char *fn, const dsc_mla_params *p) {
             "p->rms_norm_eps: expected a finite number >= 0, got %g", (double)p->rms_norm_eps);
   DSC_CHECK(isfinite(p->softmax_scale) && p->softmax_scale > 0.0f, DSC_ERR_INVALID_ARGUMENT, fn,
             "p->softmax_scale: expected a finite number > 0, got %g", (double)p->softmax_scale);
+  DSC_CHECK(p->fp8 == 0 || p->fp8 == 1, DSC_ERR_INVALID_ARGUMENT, fn,
+            "p->fp8: expected 0 or 1, got %d", (int)p->fp8);
   float inv[256];
   dsc_status s = dsc_rope_inv_freq(&p->rope, inv, p->rope.dim / 2);
   if (s != DSC_OK) {
@@ -103,6 +109,7 @@ static dsc_status check_weights(dsc_context *ctx, const char *fn, const dsc_mla_
   DSC_TRY(check_w(ctx, fn, "kv_a_layernorm", w->kv_a_layernorm, 1, 1, R, 0));
   DSC_TRY(check_w(ctx, fn, "kv_b_proj", w->kv_b_proj, 1, 2, H * (dn + dv), R));
   DSC_TRY(check_w(ctx, fn, "o_proj", w->o_proj, 1, 2, Hd, H * dv));
+  if (p->fp8) DSC_TRY(dsc_fp8l_device_ok(ctx, fn));
   return DSC_OK;
 }
 
@@ -164,6 +171,82 @@ static dsc_status lin(dsc_context *ctx, int64_t M, int64_t Nout, int64_t K, cons
                       int64_t lda, const float *w, int64_t ldw, float beta, float *y, int64_t ldy) {
   return BK(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 1, M, Nout, K, 1.0f, a, lda, w, ldw, beta, y, ldy, 1,
             0, 0, 0);
+}
+
+/* ---- FP8 projections (p->fp8) ----------------------------------------------------- */
+
+/* The scratch of one FP8 call, one device allocation: a quantized activation xq [N,Kmax]
+ * (scales xs [N,ceil(Kmax/128)]), a quantized weight wq (scales ws), and two float32
+ * buffers tmp, tmp2 [N, max(R+dr, Hd)] (the joint kv_a output / its gradient, dx terms). */
+typedef struct {
+  void *mem;
+  uint8_t *xq, *wq;
+  float *xs, *ws, *tmp, *tmp2;
+} fp8_scratch;
+
+static int64_t cdiv128(int64_t a) { return (a + 127) / 128; }
+static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+static dsc_status fp8_scratch_alloc(dsc_context *ctx, const dsc_mla_params *p, int64_t N,
+                                    fp8_scratch *f) {
+  const int64_t Hd = p->hidden, H = p->n_heads, Rq = p->q_lora_rank, R = p->kv_lora_rank;
+  const int64_t dqk = p->qk_nope_head_dim + p->qk_rope_head_dim, dr = p->qk_rope_head_dim;
+  const int64_t dkvw = p->qk_nope_head_dim + p->v_head_dim, dv = p->v_head_dim;
+  /* every projection (out, in) */
+  const int64_t wsh[6][2] = {{Rq, Hd}, {H * dqk, Rq}, {H * dqk, Hd},
+                             {R + dr, Hd}, {H * dkvw, R}, {Hd, H * dv}};
+  int64_t kmax = 0, wmax = 0, wsmax = 0;
+  for (int i = 0; i < 6; ++i) {
+    kmax = max64(kmax, wsh[i][1]);
+    wmax = max64(wmax, wsh[i][0] * wsh[i][1]);
+    wsmax = max64(wsmax, cdiv128(wsh[i][0]) * cdiv128(wsh[i][1]));
+  }
+  const int64_t tmpn = N * max64(R + dr, Hd);
+  const size_t sz[6] = {(size_t)(N * kmax), (size_t)(N * cdiv128(kmax)) * 4u, (size_t)wmax,
+                        (size_t)wsmax * 4u, (size_t)tmpn * 4u, (size_t)tmpn * 4u};
+  size_t off[7] = {0};
+  for (int i = 0; i < 6; ++i) off[i + 1] = off[i] + ((sz[i] + 63u) & ~(size_t)63u);
+  DSC_TRY(dsc_malloc(ctx, off[6], &f->mem));
+  char *b = (char *)f->mem;
+  f->xq = (uint8_t *)b;
+  f->xs = (float *)(b + off[1]);
+  f->wq = (uint8_t *)(b + off[2]);
+  f->ws = (float *)(b + off[3]);
+  f->tmp = (float *)(b + off[4]);
+  f->tmp2 = (float *)(b + off[5]);
+  return DSC_OK;
+}
+
+/* y [M,Nout] = x [M,K] @ w [Nout,K]^T: float32, or FP8 with f8 (x 1x128, w 128x128). */
+static dsc_status proj(dsc_context *ctx, const fp8_scratch *f8, int64_t M, int64_t Nout,
+                       int64_t K, const float *x, const float *w, float *y) {
+  if (!f8) return lin(ctx, M, Nout, K, x, K, w, K, 0.0f, y, Nout);
+  DSC_TRY(dsc_fp8l_quant_act(ctx, DSC_DTYPE_FLOAT32, M, K, x, f8->xq, f8->xs));
+  DSC_TRY(dsc_fp8l_quant_weight(ctx, 1, Nout, K, w, 0, f8->wq, f8->ws));
+  return dsc_fp8l_fprop(ctx, 1, M, Nout, K, f8->xq, f8->xs, f8->wq, f8->ws, NULL, NULL,
+                        DSC_DTYPE_FLOAT32, y);
+}
+
+/* Backward of y = x w^T: dw [Nout,K] = dy^T x (when dw != NULL) and dx [M,K] = dy w, written
+ * (beta 0) or added (beta 1). FP8: wgrad along the tokens, dgrad with the transposed
+ * weight blocks into f8->tmp2 first when adding. */
+static dsc_status proj_bwd(dsc_context *ctx, const fp8_scratch *f8, int64_t M, int64_t Nout,
+                           int64_t K, const float *dy, const float *x, const float *w,
+                           float *dw, float beta, float *dx) {
+  if (!f8) {
+    if (dw)
+      DSC_TRY(BK(gemm_f32out, ctx, DSC_DTYPE_FLOAT32, 1, 0, Nout, K, M, 1.0f, dy, Nout, x, K,
+                 0.0f, dw, K));
+    return BK(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 0, M, K, Nout, 1.0f, dy, Nout, w, K, beta, dx, K,
+              1, 0, 0, 0);
+  }
+  const dsc_dtype f32 = DSC_DTYPE_FLOAT32;
+  if (dw) DSC_TRY(dsc_fp8l_wgrad(ctx, 1, M, Nout, K, f32, dy, f32, x, NULL, NULL, dw));
+  DSC_TRY(dsc_fp8l_quant_weight(ctx, 1, Nout, K, w, 1, f8->wq, f8->ws));
+  float *out = beta != 0.0f ? f8->tmp2 : dx;
+  DSC_TRY(dsc_fp8l_dgrad(ctx, 1, M, Nout, K, f32, dy, DSC_DTYPE_FLOAT8_E4M3FN, f8->wq, f8->ws, 1,
+                         NULL, NULL, out));
+  return beta != 0.0f ? BK(add, ctx, f32, M * K, dx, out, dx) : DSC_OK;
 }
 
 /* ---- activations -------------------------------------------------------------- */
@@ -244,19 +327,20 @@ static dsc_status rope_tab(const dsc_mla_params *p, float *inv_freq, float *cs) 
 
 /* q [N,H,dqk] and q_pe [N,H,dr] (rotated) from x. cq_raw, rstd_q, cq only with Rq > 0. */
 static dsc_status q_path(dsc_context *ctx, const dsc_mla_params *p, const dsc_mla_weights *w,
-                         int64_t B, int64_t T, const float *x, const int32_t *pos, float *cq_raw,
-                         float *rstd_q, float *cq, float *q, float *q_pe) {
+                         const fp8_scratch *f8, int64_t B, int64_t T, const float *x,
+                         const int32_t *pos, float *cq_raw, float *rstd_q, float *cq, float *q,
+                         float *q_pe) {
   const int64_t N = B * T, Hd = p->hidden, H = p->n_heads, Rq = p->q_lora_rank;
   const int64_t dn = p->qk_nope_head_dim, dr = p->qk_rope_head_dim, dqk = dn + dr;
   float inv[256], cs;
   DSC_TRY(rope_tab(p, inv, &cs));
   if (Rq > 0) {
-    DSC_TRY(lin(ctx, N, Rq, Hd, x, Hd, F(w->q_a_proj), Hd, 0.0f, cq_raw, Rq));
+    DSC_TRY(proj(ctx, f8, N, Rq, Hd, x, F(w->q_a_proj), cq_raw));
     DSC_TRY(BK(rms_norm_fwd, ctx, DSC_DTYPE_FLOAT32, N, Rq, cq_raw, dsc_data(w->q_a_layernorm),
                p->rms_norm_eps, cq, rstd_q));
-    DSC_TRY(lin(ctx, N, H * dqk, Rq, cq, Rq, F(w->q_b_proj), Rq, 0.0f, q, H * dqk));
+    DSC_TRY(proj(ctx, f8, N, H * dqk, Rq, cq, F(w->q_b_proj), q));
   } else {
-    DSC_TRY(lin(ctx, N, H * dqk, Hd, x, Hd, F(w->q_proj), Hd, 0.0f, q, H * dqk));
+    DSC_TRY(proj(ctx, f8, N, H * dqk, Hd, x, F(w->q_proj), q));
   }
   DSC_TRY(BK(mla_copy_cols, ctx, N * H, dr, q + dn, dqk, q_pe, dr));
   return BK(rope, ctx, DSC_DTYPE_FLOAT32, (int)p->rope.layout, B, T, H, dr, q_pe, pos, inv, cs, 0,
@@ -265,14 +349,21 @@ static dsc_status q_path(dsc_context *ctx, const dsc_mla_params *p, const dsc_ml
 
 /* The latent path: c_raw [N,R], rstd_kv [N], ckv [N,R], kpe [N,dr] (rotated). */
 static dsc_status kv_path(dsc_context *ctx, const dsc_mla_params *p, const dsc_mla_weights *w,
-                          int64_t B, int64_t T, const float *x, const int32_t *pos, float *c_raw,
-                          float *rstd_kv, float *ckv, float *kpe) {
+                          const fp8_scratch *f8, int64_t B, int64_t T, const float *x,
+                          const int32_t *pos, float *c_raw, float *rstd_kv, float *ckv,
+                          float *kpe) {
   const int64_t N = B * T, Hd = p->hidden, R = p->kv_lora_rank, dr = p->qk_rope_head_dim;
   float inv[256], cs;
   DSC_TRY(rope_tab(p, inv, &cs));
   const float *wa = F(w->kv_a_proj_with_mqa); /* [R + dr, Hd] */
-  DSC_TRY(lin(ctx, N, R, Hd, x, Hd, wa, Hd, 0.0f, c_raw, R));
-  DSC_TRY(lin(ctx, N, dr, Hd, x, Hd, wa + R * Hd, Hd, 0.0f, kpe, dr));
+  if (f8) { /* one [N, R+dr] projection, then split */
+    DSC_TRY(proj(ctx, f8, N, R + dr, Hd, x, wa, f8->tmp));
+    DSC_TRY(BK(mla_copy_cols, ctx, N, R, f8->tmp, R + dr, c_raw, R));
+    DSC_TRY(BK(mla_copy_cols, ctx, N, dr, f8->tmp + R, R + dr, kpe, dr));
+  } else {
+    DSC_TRY(lin(ctx, N, R, Hd, x, Hd, wa, Hd, 0.0f, c_raw, R));
+    DSC_TRY(lin(ctx, N, dr, Hd, x, Hd, wa + R * Hd, Hd, 0.0f, kpe, dr));
+  }
   DSC_TRY(BK(rms_norm_fwd, ctx, DSC_DTYPE_FLOAT32, N, R, c_raw, dsc_data(w->kv_a_layernorm),
              p->rms_norm_eps, ckv, rstd_kv));
   return BK(rope, ctx, DSC_DTYPE_FLOAT32, (int)p->rope.layout, B, T, 1, dr, kpe, pos, inv, cs, 0,
@@ -309,16 +400,22 @@ dsc_status dsc_mla_forward(dsc_context *ctx, const dsc_mla_params *p, const dsc_
   const float *xp = F(x);
   const int32_t *pos = (const int32_t *)dsc_data(positions);
   dsc_status s = DSC_OK;
-  if (N > 0) {
-    s = q_path(ctx, p, w, B, T, xp, pos, a[A_CQ_RAW], a[A_RSTD_Q], a[A_CQ], a[A_Q], a[A_Q_PE]);
-    if (s == DSC_OK) s = kv_path(ctx, p, w, B, T, xp, pos, a[A_C_RAW], a[A_RSTD_KV], a[A_CKV], a[A_KPE]);
+  fp8_scratch f8s = {0}, *f8 = NULL;
+  if (N > 0 && p->fp8) {
+    s = fp8_scratch_alloc(ctx, p, N, &f8s);
+    f8 = &f8s;
+  }
+  if (N > 0 && s == DSC_OK) {
+    s = q_path(ctx, p, w, f8, B, T, xp, pos, a[A_CQ_RAW], a[A_RSTD_Q], a[A_CQ], a[A_Q], a[A_Q_PE]);
     if (s == DSC_OK)
-      s = lin(ctx, N, H * (dn + dv), R, a[A_CKV], R, F(w->kv_b_proj), R, 0.0f, a[A_KV], H * (dn + dv));
+      s = kv_path(ctx, p, w, f8, B, T, xp, pos, a[A_C_RAW], a[A_RSTD_KV], a[A_CKV], a[A_KPE]);
+    if (s == DSC_OK) s = proj(ctx, f8, N, H * (dn + dv), R, a[A_CKV], F(w->kv_b_proj), a[A_KV]);
     if (s == DSC_OK)
       s = BK(mla_attn_fwd, ctx, B, T, H, dn, dr, dv, p->softmax_scale, a[A_Q], a[A_Q_PE], a[A_KV],
              a[A_KPE], a[A_O], a[A_LSE]);
-    if (s == DSC_OK) s = lin(ctx, N, Hd, H * dv, a[A_O], H * dv, F(w->o_proj), H * dv, 0.0f, FO(out), Hd);
+    if (s == DSC_OK) s = proj(ctx, f8, N, Hd, H * dv, a[A_O], F(w->o_proj), FO(out));
   }
+  dsc_free(ctx, f8s.mem);
   if (s != DSC_OK || !saved) {
     dsc_free(ctx, mem);
     return s;
@@ -403,15 +500,15 @@ dsc_status dsc_mla_backward(dsc_context *ctx, const dsc_mla_params *p, const dsc
   const int32_t *pos = (const int32_t *)dsc_data(positions);
   float inv[256], cs;
   dsc_status s = rope_tab(p, inv, &cs);
+  fp8_scratch f8s = {0}, *f8 = NULL;
+  if (s == DSC_OK && N > 0 && p->fp8) {
+    s = fp8_scratch_alloc(ctx, p, N, &f8s);
+    f8 = &f8s;
+  }
 #define STEP(call) \
   if (s == DSC_OK) s = (call)
-  /* out = o Wo^T */
-  if (s == DSC_OK) /* dO = dout @ Wo  ([N,Hd] @ [Hd,H*dv]) */
-    s = BK(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 0, N, H * dv, Hd, 1.0f, dy, Hd, F(w->o_proj), H * dv,
-           0.0f, b[G_DO], H * dv, 1, 0, 0, 0);
-  if (g->o_proj) /* dWo = dout^T o */
-    STEP(BK(gemm_f32out, ctx, DSC_DTYPE_FLOAT32, 1, 0, Hd, H * dv, N, 1.0f, dy, Hd, a[A_O], H * dv,
-            0.0f, FO(g->o_proj), H * dv));
+  /* out = o Wo^T: dO = dout @ Wo [N,H*dv], dWo = dout^T o */
+  STEP(proj_bwd(ctx, f8, N, Hd, H * dv, dy, a[A_O], F(w->o_proj), FO(g->o_proj), 0.0f, b[G_DO]));
   STEP(BK(mla_attn_bwd, ctx, B, T, H, dn, dr, dv, p->softmax_scale, a[A_Q], a[A_Q_PE], a[A_KV],
           a[A_KPE], a[A_O], a[A_LSE], b[G_DO], b[G_DQ], b[G_DQ_PE], b[G_DKV], b[G_DKPE]));
   /* RoPE backward, then dq_pe back into dq[..., dn:] */
@@ -421,50 +518,44 @@ dsc_status dsc_mla_backward(dsc_context *ctx, const dsc_mla_params *p, const dsc
   STEP(BK(rope, ctx, DSC_DTYPE_FLOAT32, (int)p->rope.layout, B, T, 1, dr, b[G_DKPE], pos, inv, cs,
           1, b[G_DKPE]));
   /* kv = ckv Wkvb^T */
-  if (g->kv_b_proj)
-    STEP(BK(gemm_f32out, ctx, DSC_DTYPE_FLOAT32, 1, 0, H * dkvw, R, N, 1.0f, b[G_DKV], H * dkvw,
-            a[A_CKV], R, 0.0f, FO(g->kv_b_proj), R));
-  STEP(BK(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 0, N, R, H * dkvw, 1.0f, b[G_DKV], H * dkvw,
-          F(w->kv_b_proj), R, 0.0f, b[G_DCKV], R, 1, 0, 0, 0));
+  STEP(proj_bwd(ctx, f8, N, H * dkvw, R, b[G_DKV], a[A_CKV], F(w->kv_b_proj), FO(g->kv_b_proj),
+                0.0f, b[G_DCKV]));
   STEP(BK(rms_norm_bwd, ctx, DSC_DTYPE_FLOAT32, N, R, b[G_DCKV], a[A_C_RAW],
           dsc_data(w->kv_a_layernorm), a[A_RSTD_KV], eps, b[G_DC_RAW],
           g->kv_a_layernorm ? FO(g->kv_a_layernorm) : b[G_DGAMMA]));
   /* [c_raw | kpe_raw] = x Wkva^T */
   const float *wa = F(w->kv_a_proj_with_mqa);
-  if (g->kv_a_proj_with_mqa) {
-    float *gw = FO(g->kv_a_proj_with_mqa);
-    STEP(BK(gemm_f32out, ctx, DSC_DTYPE_FLOAT32, 1, 0, R, Hd, N, 1.0f, b[G_DC_RAW], R, xp, Hd, 0.0f,
-            gw, Hd));
-    STEP(BK(gemm_f32out, ctx, DSC_DTYPE_FLOAT32, 1, 0, dr, Hd, N, 1.0f, b[G_DKPE], dr, xp, Hd, 0.0f,
-            gw + R * Hd, Hd));
+  if (f8) { /* the joint [N, R+dr] gradient, as the forward's one projection */
+    STEP(BK(mla_copy_cols, ctx, N, R, b[G_DC_RAW], R, f8->tmp, R + dr));
+    STEP(BK(mla_copy_cols, ctx, N, dr, b[G_DKPE], dr, f8->tmp + R, R + dr));
+    STEP(proj_bwd(ctx, f8, N, R + dr, Hd, f8->tmp, xp, wa, FO(g->kv_a_proj_with_mqa), 0.0f, dxp));
+  } else {
+    if (g->kv_a_proj_with_mqa) {
+      float *gw = FO(g->kv_a_proj_with_mqa);
+      STEP(BK(gemm_f32out, ctx, DSC_DTYPE_FLOAT32, 1, 0, R, Hd, N, 1.0f, b[G_DC_RAW], R, xp, Hd,
+              0.0f, gw, Hd));
+      STEP(BK(gemm_f32out, ctx, DSC_DTYPE_FLOAT32, 1, 0, dr, Hd, N, 1.0f, b[G_DKPE], dr, xp, Hd,
+              0.0f, gw + R * Hd, Hd));
+    }
+    STEP(BK(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 0, N, Hd, R, 1.0f, b[G_DC_RAW], R, wa, Hd, 0.0f, dxp,
+            Hd, 1, 0, 0, 0));
+    STEP(BK(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 0, N, Hd, dr, 1.0f, b[G_DKPE], dr, wa + R * Hd, Hd,
+            1.0f, dxp, Hd, 1, 0, 0, 0));
   }
-  STEP(BK(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 0, N, Hd, R, 1.0f, b[G_DC_RAW], R, wa, Hd, 0.0f, dxp, Hd,
-          1, 0, 0, 0));
-  STEP(BK(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 0, N, Hd, dr, 1.0f, b[G_DKPE], dr, wa + R * Hd, Hd, 1.0f,
-          dxp, Hd, 1, 0, 0, 0));
   /* query path */
   if (Rq > 0) {
-    if (g->q_b_proj)
-      STEP(BK(gemm_f32out, ctx, DSC_DTYPE_FLOAT32, 1, 0, H * dqk, Rq, N, 1.0f, b[G_DQ], H * dqk,
-              a[A_CQ], Rq, 0.0f, FO(g->q_b_proj), Rq));
-    STEP(BK(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 0, N, Rq, H * dqk, 1.0f, b[G_DQ], H * dqk,
-            F(w->q_b_proj), Rq, 0.0f, b[G_DCQ], Rq, 1, 0, 0, 0));
+    STEP(proj_bwd(ctx, f8, N, H * dqk, Rq, b[G_DQ], a[A_CQ], F(w->q_b_proj), FO(g->q_b_proj), 0.0f,
+                  b[G_DCQ]));
     STEP(BK(rms_norm_bwd, ctx, DSC_DTYPE_FLOAT32, N, Rq, b[G_DCQ], a[A_CQ_RAW],
             dsc_data(w->q_a_layernorm), a[A_RSTD_Q], eps, b[G_DCQ_RAW],
             g->q_a_layernorm ? FO(g->q_a_layernorm) : b[G_DGAMMA]));
-    if (g->q_a_proj)
-      STEP(BK(gemm_f32out, ctx, DSC_DTYPE_FLOAT32, 1, 0, Rq, Hd, N, 1.0f, b[G_DCQ_RAW], Rq, xp, Hd,
-              0.0f, FO(g->q_a_proj), Hd));
-    STEP(BK(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 0, N, Hd, Rq, 1.0f, b[G_DCQ_RAW], Rq, F(w->q_a_proj),
-            Hd, 1.0f, dxp, Hd, 1, 0, 0, 0));
+    STEP(proj_bwd(ctx, f8, N, Rq, Hd, b[G_DCQ_RAW], xp, F(w->q_a_proj), FO(g->q_a_proj), 1.0f,
+                  dxp));
   } else {
-    if (g->q_proj)
-      STEP(BK(gemm_f32out, ctx, DSC_DTYPE_FLOAT32, 1, 0, H * dqk, Hd, N, 1.0f, b[G_DQ], H * dqk, xp,
-              Hd, 0.0f, FO(g->q_proj), Hd));
-    STEP(BK(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 0, N, Hd, H * dqk, 1.0f, b[G_DQ], H * dqk,
-            F(w->q_proj), Hd, 1.0f, dxp, Hd, 1, 0, 0, 0));
+    STEP(proj_bwd(ctx, f8, N, H * dqk, Hd, b[G_DQ], xp, F(w->q_proj), FO(g->q_proj), 1.0f, dxp));
   }
 #undef STEP
+  dsc_free(ctx, f8s.mem);
   dsc_free(ctx, mem);
   return s;
 }
@@ -816,12 +907,18 @@ static dsc_status mla_infer(const char *FN, dsc_context *ctx, const dsc_mla_para
   void *mem = NULL;
   size_t bytes = 0;
   float *a[I_COUNT];
+  fp8_scratch f8s = {0}, *f8 = NULL;
   if (s == DSC_OK) s = carve(ctx, I_COUNT, sz, &mem, &bytes, a);
+  if (s == DSC_OK && N > 0 && p->fp8) {
+    s = fp8_scratch_alloc(ctx, p, N, &f8s);
+    f8 = &f8s;
+  }
   if (s != DSC_OK) {
     free(meta);
     free(ids_own);
     free(pos_own);
     dsc_free(ctx, mem);
+    dsc_free(ctx, f8s.mem);
     return s;
   }
 
@@ -851,24 +948,26 @@ static dsc_status mla_infer(const char *FN, dsc_context *ctx, const dsc_mla_para
 #define STEP(call) \
   if (s == DSC_OK) s = (call)
   if (N > 0) {
-    STEP(q_path(ctx, p, w, B, T, xp, pos, a[I_CQ_RAW], a[I_RSTD_Q], a[I_CQ], a[I_Q], a[I_Q_PE]));
+    STEP(q_path(ctx, p, w, f8, B, T, xp, pos, a[I_CQ_RAW], a[I_RSTD_Q], a[I_CQ], a[I_Q],
+                a[I_Q_PE]));
     /* q_lat[:, h] = q_nope[:, h] @ W_UK[h]   ([N,dn] @ [dn,R], batched over heads) */
     STEP(BK(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 0, N, R, dn, 1.0f, a[I_Q], H * dqk, wkvb, R, 0.0f,
             a[I_QLAT], H * R, H, dqk, (dn + dv) * R, R));
-    STEP(kv_path(ctx, p, w, B, T, xp, pos, a[I_C_RAW], a[I_RSTD], a[I_CKV], a[I_KPE]));
+    STEP(kv_path(ctx, p, w, f8, B, T, xp, pos, a[I_C_RAW], a[I_RSTD], a[I_CKV], a[I_KPE]));
     STEP(BK(mla_cache_write, ctx, c->dt, R, dr, c->row_bytes, N, slots, a[I_CKV], a[I_KPE], pool));
     STEP(BK(mla_decode_attn, ctx, c->dt, R, dr, c->row_bytes, bs, pool, N, H, p->softmax_scale,
             a[I_QLAT], a[I_Q_PE], kvlen, toff, c->tables, a[I_OLAT]));
     /* o[:, h] = o_lat[:, h] @ W_UV[h]^T   ([N,R] @ [R,dv]) */
     STEP(BK(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 1, N, dv, R, 1.0f, a[I_OLAT], H * R, wkvb + dn * R, R,
             0.0f, a[I_O], H * dv, H, R, (dn + dv) * R, dv));
-    STEP(lin(ctx, N, Hd, H * dv, a[I_O], H * dv, F(w->o_proj), H * dv, 0.0f, FO(out), Hd));
+    STEP(proj(ctx, f8, N, Hd, H * dv, a[I_O], F(w->o_proj), FO(out)));
   }
 #undef STEP
   free(meta);
   free(ids_own);
   free(pos_own);
   dsc_free(ctx, mem);
+  dsc_free(ctx, f8s.mem);
   return s;
 }
 

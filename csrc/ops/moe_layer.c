@@ -11,6 +11,8 @@
  *   eo = act @ Wd[e]^T                        [R, D]
  *   y = unpermute(eo, weights) + shared(x)    [T, D]
  *   shared(x) = swiglu(x @ Sg^T, x @ Su^T) @ Sd^T
+ * With w->fp8 the expert and shared GEMMs (and their backward) are the FP8 pieces of
+ * fp8_layers.h on the same buffers instead of the float32 ops.
  *
  * Legend: T tokens, D hidden, E routed experts, k experts per token, F expert
  * intermediate size, Fs shared intermediate size, R permuted rows.
@@ -20,6 +22,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "fp8_layers.h"
 
 /* Run a step only while every earlier step succeeded (cleanup happens once at the end). */
 #define STEP(call)                 \
@@ -43,6 +46,7 @@ struct dsc_moe_layer_saved {
   dsc_context *ctx; /* the context the buffers were allocated with */
   buf b[B_COUNT];
   int have;     /* a forward filled the buffers */
+  int fp8;      /* ... with FP8 expert GEMMs */
   int have_aux; /* dsc_moe_layer_aux_loss filled B_DSCORES for the backward */
   int64_t T, D, E, k, F, Fs, R;
 };
@@ -97,6 +101,83 @@ static DLTensor flat2(const DLTensor *x, int64_t *shape2, int64_t *strides2) {
   return v;
 }
 
+/* ---- FP8 expert GEMMs (w->fp8) -------------------------------------------------------- */
+
+/* Scratch of one FP8 call (one device allocation): a quantized activation aq [Mmax,Kmax]
+ * (scales as [Mmax,ceil(Kmax/128)]), quantized weights wq [Wmax] (scales ws), and the
+ * expert offsets on the host offs_h [E+1]. */
+typedef struct {
+  void *mem;
+  uint8_t *aq, *wq;
+  float *as, *ws;
+  int32_t *offs_h;
+} fp8_scratch;
+
+static int64_t cdiv128(int64_t a) { return (a + 127) / 128; }
+static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+static void fp8_scratch_free(dsc_context *ctx, fp8_scratch *f) {
+  dsc_free(ctx, f->mem);
+  free(f->offs_h);
+  memset(f, 0, sizeof *f);
+}
+
+static dsc_status fp8_scratch_alloc(dsc_context *ctx, int64_t T, int64_t R, int64_t D, int64_t E,
+                                    int64_t F, int64_t Fs, const DLTensor *offsets,
+                                    fp8_scratch *f) {
+  memset(f, 0, sizeof *f);
+  const int64_t kmax = max64(D, max64(F, Fs)), mmax = max64(R, T);
+  const int64_t wmax = max64(E * F * D, Fs * D);
+  const int64_t wsmax = max64(E * cdiv128(F) * cdiv128(D), cdiv128(Fs) * cdiv128(D));
+  const size_t sz[4] = {(size_t)(mmax * kmax), (size_t)(mmax * cdiv128(kmax)) * 4u, (size_t)wmax,
+                        (size_t)wsmax * 4u};
+  size_t off[5] = {0};
+  for (int i = 0; i < 4; ++i) off[i + 1] = off[i] + ((sz[i] + 63u) & ~(size_t)63u);
+  f->offs_h = (int32_t *)malloc((size_t)(E + 1) * sizeof(int32_t));
+  if (!f->offs_h)
+    return dsc_error(DSC_ERR_OUT_OF_MEMORY, "dsc_moe_layer", "out of host memory");
+  dsc_status st = dsc_memcpy(ctx, f->offs_h, (DLDevice){kDLCPU, 0}, dsc_data(offsets), ctx->device,
+                             (size_t)(E + 1) * sizeof(int32_t));
+  if (st == DSC_OK) st = dsc_malloc(ctx, off[4] ? off[4] : 64, &f->mem);
+  if (st != DSC_OK) {
+    fp8_scratch_free(ctx, f);
+    return st;
+  }
+  char *b = (char *)f->mem;
+  f->aq = (uint8_t *)b;
+  f->as = (float *)(b + off[1]);
+  f->wq = (uint8_t *)(b + off[2]);
+  f->ws = (float *)(b + off[3]);
+  return DSC_OK;
+}
+
+/* y [M,N] = x [M,K] @ w^T: G experts over the rows of `offs` (device; f->offs_h on the host),
+ * or one matrix (G 1, offs NULL); w [G,N,K]. */
+static dsc_status fp8_fwd(dsc_context *ctx, const fp8_scratch *f, int64_t G, int64_t M, int64_t N,
+                          int64_t K, const DLTensor *x, const DLTensor *w, const DLTensor *offs,
+                          DLTensor *y) {
+  DSC_TRY(dsc_fp8l_quant_act(ctx, DSC_DTYPE_FLOAT32, M, K, dsc_data(x), f->aq, f->as));
+  DSC_TRY(dsc_fp8l_quant_weight(ctx, G, N, K, (const float *)dsc_data(w), 0, f->wq, f->ws));
+  return dsc_fp8l_fprop(ctx, G, M, N, K, f->aq, f->as, f->wq, f->ws,
+                        offs ? (const int32_t *)dsc_data(offs) : NULL, offs ? f->offs_h : NULL,
+                        DSC_DTYPE_FLOAT32, dsc_data(y));
+}
+
+/* Its backward: dx [M,K] = dy @ w (per expert), dw [G,N,K] = dy^T x (when dw). */
+static dsc_status fp8_bwd(dsc_context *ctx, const fp8_scratch *f, int64_t G, int64_t M, int64_t N,
+                          int64_t K, const DLTensor *dy, const DLTensor *x, const DLTensor *w,
+                          const DLTensor *offs, DLTensor *dx, DLTensor *dw) {
+  const dsc_dtype f32 = DSC_DTYPE_FLOAT32;
+  const int32_t *oh = offs ? f->offs_h : NULL;
+  if (dw)
+    DSC_TRY(dsc_fp8l_wgrad(ctx, G, M, N, K, f32, dsc_data(dy), f32, dsc_data(x), NULL, oh,
+                           (float *)dsc_data(dw)));
+  DSC_TRY(dsc_fp8l_quant_weight(ctx, G, N, K, (const float *)dsc_data(w), 1, f->wq, f->ws));
+  return dsc_fp8l_dgrad(ctx, G, M, N, K, f32, dsc_data(dy), DSC_DTYPE_FLOAT8_E4M3FN, f->wq,
+                        f->ws, 1, offs ? (const int32_t *)dsc_data(offs) : NULL, oh,
+                        dsc_data(dx));
+}
+
 static dsc_status check_weights(const dsc_context *ctx, const char *fn, const dsc_moe_layer_weights *w,
                                 int64_t D, int64_t *E, int64_t *F, int64_t *Fs) {
   DSC_CHECK(w != NULL && w->size >= sizeof(dsc_moe_layer_weights), DSC_ERR_INVALID_ARGUMENT, fn,
@@ -132,6 +213,9 @@ static dsc_status check_weights(const dsc_context *ctx, const char *fn, const ds
     DSC_TRY(dsc_check_tensor(ctx, fn, "w->shared_down", w->shared_down, F32));
     DSC_TRY(dsc_check_shape(fn, "w->shared_down", w->shared_down, 2, sds));
   }
+  DSC_CHECK(w->fp8 == 0 || w->fp8 == 1, DSC_ERR_INVALID_ARGUMENT, fn,
+            "w->fp8: expected 0 or 1, got %d", (int)w->fp8);
+  if (w->fp8) DSC_TRY(dsc_fp8l_device_ok(ctx, fn));
   return DSC_OK;
 }
 
@@ -186,10 +270,20 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
   STEP(buf_alloc(ctx, &b[B_HU], DSC_DTYPE_FLOAT32, R, F));
   STEP(buf_alloc(ctx, &b[B_ACT], DSC_DTYPE_FLOAT32, R, F));
   STEP(buf_alloc(ctx, &b[B_EO], DSC_DTYPE_FLOAT32, R, D));
-  STEP(dsc_grouped_linear_forward(ctx, &b[B_XP].t, w->experts_gate, &b[B_OFFSETS].t, &b[B_HG].t));
-  STEP(dsc_grouped_linear_forward(ctx, &b[B_XP].t, w->experts_up, &b[B_OFFSETS].t, &b[B_HU].t));
-  STEP(dsc_swiglu_forward(ctx, &b[B_HG].t, &b[B_HU].t, &b[B_ACT].t));
-  STEP(dsc_grouped_linear_forward(ctx, &b[B_ACT].t, w->experts_down, &b[B_OFFSETS].t, &b[B_EO].t));
+  fp8_scratch f8;
+  memset(&f8, 0, sizeof f8);
+  if (w->fp8) {
+    STEP(fp8_scratch_alloc(ctx, T, R, D, E, F, Fs, &b[B_OFFSETS].t, &f8));
+    STEP(fp8_fwd(ctx, &f8, E, R, F, D, &b[B_XP].t, w->experts_gate, &b[B_OFFSETS].t, &b[B_HG].t));
+    STEP(fp8_fwd(ctx, &f8, E, R, F, D, &b[B_XP].t, w->experts_up, &b[B_OFFSETS].t, &b[B_HU].t));
+    STEP(dsc_swiglu_forward(ctx, &b[B_HG].t, &b[B_HU].t, &b[B_ACT].t));
+    STEP(fp8_fwd(ctx, &f8, E, R, D, F, &b[B_ACT].t, w->experts_down, &b[B_OFFSETS].t, &b[B_EO].t));
+  } else {
+    STEP(dsc_grouped_linear_forward(ctx, &b[B_XP].t, w->experts_gate, &b[B_OFFSETS].t, &b[B_HG].t));
+    STEP(dsc_grouped_linear_forward(ctx, &b[B_XP].t, w->experts_up, &b[B_OFFSETS].t, &b[B_HU].t));
+    STEP(dsc_swiglu_forward(ctx, &b[B_HG].t, &b[B_HU].t, &b[B_ACT].t));
+    STEP(dsc_grouped_linear_forward(ctx, &b[B_ACT].t, w->experts_down, &b[B_OFFSETS].t, &b[B_EO].t));
+  }
   STEP(dsc_moe_unpermute(ctx, &b[B_EO].t, &b[B_ROWMAP].t, &b[B_WEIGHTS].t, &y2));
   if (Fs > 0) {
     buf so;
@@ -198,18 +292,27 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
     STEP(buf_alloc(ctx, &b[B_SU], DSC_DTYPE_FLOAT32, T, Fs));
     STEP(buf_alloc(ctx, &b[B_SA], DSC_DTYPE_FLOAT32, T, Fs));
     STEP(buf_alloc(ctx, &so, DSC_DTYPE_FLOAT32, T, D));
-    STEP(dsc_linear_forward(ctx, &x2, w->shared_gate, &b[B_SG].t));
-    STEP(dsc_linear_forward(ctx, &x2, w->shared_up, &b[B_SU].t));
-    STEP(dsc_swiglu_forward(ctx, &b[B_SG].t, &b[B_SU].t, &b[B_SA].t));
-    STEP(dsc_linear_forward(ctx, &b[B_SA].t, w->shared_down, &so.t));
+    if (w->fp8) {
+      STEP(fp8_fwd(ctx, &f8, 1, T, Fs, D, &x2, w->shared_gate, NULL, &b[B_SG].t));
+      STEP(fp8_fwd(ctx, &f8, 1, T, Fs, D, &x2, w->shared_up, NULL, &b[B_SU].t));
+      STEP(dsc_swiglu_forward(ctx, &b[B_SG].t, &b[B_SU].t, &b[B_SA].t));
+      STEP(fp8_fwd(ctx, &f8, 1, T, D, Fs, &b[B_SA].t, w->shared_down, NULL, &so.t));
+    } else {
+      STEP(dsc_linear_forward(ctx, &x2, w->shared_gate, &b[B_SG].t));
+      STEP(dsc_linear_forward(ctx, &x2, w->shared_up, &b[B_SU].t));
+      STEP(dsc_swiglu_forward(ctx, &b[B_SG].t, &b[B_SU].t, &b[B_SA].t));
+      STEP(dsc_linear_forward(ctx, &b[B_SA].t, w->shared_down, &so.t));
+    }
     STEP(dsc_add(ctx, &y2, &so.t, &y2));
     buf_free(ctx, &so);
   }
+  fp8_scratch_free(ctx, &f8);
   buf_free(ctx, &logits);
   if (s == &local) {
     for (int i = 0; i < B_COUNT; ++i) buf_free(ctx, &local.b[i]);
   } else if (st == DSC_OK) {
     s->have = 1;
+    s->fp8 = w->fp8;
     s->T = T, s->D = D, s->E = E, s->k = k, s->F = F, s->Fs = Fs, s->R = R;
   }
   return st;
@@ -243,6 +346,9 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
             "T=%lld, D=%lld, E=%lld, F=%lld, k=%lld",
             (long long)T, (long long)D, (long long)E, (long long)F, (int)p->top_k, (long long)saved->T,
             (long long)saved->D, (long long)saved->E, (long long)saved->F, (long long)saved->k);
+  DSC_CHECK(saved->fp8 == w->fp8, DSC_ERR_INVALID_ARGUMENT, FN,
+            "w->fp8: expected %d (the value of the forward that filled `saved`), got %d",
+            (int)saved->fp8, (int)w->fp8);
   const int64_t R = saved->R, k = saved->k;
   buf *b = saved->b;
 
@@ -259,18 +365,32 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
   STEP(buf_alloc(ctx, &tmp[T_DW], DSC_DTYPE_FLOAT32, T, k));
   STEP(dsc_moe_unpermute_backward(ctx, &dy2, &b[B_EO].t, &b[B_ROWMAP].t, &b[B_WEIGHTS].t,
                                   &tmp[T_DEO].t, &tmp[T_DW].t));
+  fp8_scratch f8;
+  memset(&f8, 0, sizeof f8);
+  if (w->fp8) STEP(fp8_scratch_alloc(ctx, T, R, D, E, F, Fs, &b[B_OFFSETS].t, &f8));
   STEP(buf_alloc(ctx, &tmp[T_DACT], DSC_DTYPE_FLOAT32, R, F));
-  STEP(dsc_grouped_linear_backward(ctx, &tmp[T_DEO].t, &b[B_ACT].t, w->experts_down,
-                                   &b[B_OFFSETS].t, &tmp[T_DACT].t, g->experts_down));
+  if (w->fp8)
+    STEP(fp8_bwd(ctx, &f8, E, R, D, F, &tmp[T_DEO].t, &b[B_ACT].t, w->experts_down,
+                 &b[B_OFFSETS].t, &tmp[T_DACT].t, g->experts_down));
+  else
+    STEP(dsc_grouped_linear_backward(ctx, &tmp[T_DEO].t, &b[B_ACT].t, w->experts_down,
+                                     &b[B_OFFSETS].t, &tmp[T_DACT].t, g->experts_down));
   STEP(buf_alloc(ctx, &tmp[T_DHG], DSC_DTYPE_FLOAT32, R, F));
   STEP(buf_alloc(ctx, &tmp[T_DHU], DSC_DTYPE_FLOAT32, R, F));
   STEP(dsc_swiglu_backward(ctx, &tmp[T_DACT].t, &b[B_HG].t, &b[B_HU].t, &tmp[T_DHG].t, &tmp[T_DHU].t));
   STEP(buf_alloc(ctx, &tmp[T_DXP], DSC_DTYPE_FLOAT32, R, D));
   STEP(buf_alloc(ctx, &tmp[T_DXP2], DSC_DTYPE_FLOAT32, R, D));
-  STEP(dsc_grouped_linear_backward(ctx, &tmp[T_DHG].t, &b[B_XP].t, w->experts_gate, &b[B_OFFSETS].t,
-                                   &tmp[T_DXP].t, g->experts_gate));
-  STEP(dsc_grouped_linear_backward(ctx, &tmp[T_DHU].t, &b[B_XP].t, w->experts_up, &b[B_OFFSETS].t,
-                                   &tmp[T_DXP2].t, g->experts_up));
+  if (w->fp8) {
+    STEP(fp8_bwd(ctx, &f8, E, R, F, D, &tmp[T_DHG].t, &b[B_XP].t, w->experts_gate,
+                 &b[B_OFFSETS].t, &tmp[T_DXP].t, g->experts_gate));
+    STEP(fp8_bwd(ctx, &f8, E, R, F, D, &tmp[T_DHU].t, &b[B_XP].t, w->experts_up, &b[B_OFFSETS].t,
+                 &tmp[T_DXP2].t, g->experts_up));
+  } else {
+    STEP(dsc_grouped_linear_backward(ctx, &tmp[T_DHG].t, &b[B_XP].t, w->experts_gate,
+                                     &b[B_OFFSETS].t, &tmp[T_DXP].t, g->experts_gate));
+    STEP(dsc_grouped_linear_backward(ctx, &tmp[T_DHU].t, &b[B_XP].t, w->experts_up,
+                                     &b[B_OFFSETS].t, &tmp[T_DXP2].t, g->experts_up));
+  }
   STEP(dsc_add(ctx, &tmp[T_DXP].t, &tmp[T_DXP2].t, &tmp[T_DXP].t));
   STEP(buf_alloc(ctx, &tmp[T_DXTOK], DSC_DTYPE_FLOAT32, T, D));
   STEP(dsc_moe_permute_backward(ctx, &tmp[T_DXP].t, &b[B_ROWMAP].t, &tmp[T_DXTOK].t));
@@ -286,16 +406,27 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
   /* shared experts */
   if (Fs > 0) {
     STEP(buf_alloc(ctx, &tmp[T_DSA], DSC_DTYPE_FLOAT32, T, Fs));
-    STEP(dsc_linear_backward(ctx, &dy2, &b[B_SA].t, w->shared_down, &tmp[T_DSA].t, g->shared_down));
+    if (w->fp8)
+      STEP(fp8_bwd(ctx, &f8, 1, T, D, Fs, &dy2, &b[B_SA].t, w->shared_down, NULL, &tmp[T_DSA].t,
+                   g->shared_down));
+    else
+      STEP(dsc_linear_backward(ctx, &dy2, &b[B_SA].t, w->shared_down, &tmp[T_DSA].t, g->shared_down));
     STEP(buf_alloc(ctx, &tmp[T_DSG], DSC_DTYPE_FLOAT32, T, Fs));
     STEP(buf_alloc(ctx, &tmp[T_DSU], DSC_DTYPE_FLOAT32, T, Fs));
     STEP(dsc_swiglu_backward(ctx, &tmp[T_DSA].t, &b[B_SG].t, &b[B_SU].t, &tmp[T_DSG].t, &tmp[T_DSU].t));
     STEP(buf_alloc(ctx, &tmp[T_DXS], DSC_DTYPE_FLOAT32, T, D));
-    STEP(dsc_linear_backward(ctx, &tmp[T_DSG].t, &x2, w->shared_gate, &tmp[T_DXS].t, g->shared_gate));
-    STEP(dsc_add(ctx, &tmp[T_DXTOK].t, &tmp[T_DXS].t, &tmp[T_DXTOK].t));
-    STEP(dsc_linear_backward(ctx, &tmp[T_DSU].t, &x2, w->shared_up, &tmp[T_DXS].t, g->shared_up));
-    STEP(dsc_add(ctx, &tmp[T_DXTOK].t, &tmp[T_DXS].t, &tmp[T_DXTOK].t));
+    const DLTensor *sw[2] = {w->shared_gate, w->shared_up};
+    DLTensor *sg[2] = {g->shared_gate, g->shared_up};
+    const DLTensor *sdy[2] = {&tmp[T_DSG].t, &tmp[T_DSU].t};
+    for (int i = 0; i < 2; ++i) {
+      if (w->fp8)
+        STEP(fp8_bwd(ctx, &f8, 1, T, Fs, D, sdy[i], &x2, sw[i], NULL, &tmp[T_DXS].t, sg[i]));
+      else
+        STEP(dsc_linear_backward(ctx, sdy[i], &x2, sw[i], &tmp[T_DXS].t, sg[i]));
+      STEP(dsc_add(ctx, &tmp[T_DXTOK].t, &tmp[T_DXS].t, &tmp[T_DXTOK].t));
+    }
   }
+  fp8_scratch_free(ctx, &f8);
   if (dx && st == DSC_OK) {
     int64_t dxs2[2], dxst2[2];
     DLTensor dx2 = flat2(dx, dxs2, dxst2);

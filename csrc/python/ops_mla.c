@@ -15,7 +15,7 @@ static const char *const SAVED_NAME = "deepseek_c.mla_saved";
 static const char *const CACHE_NAME = "deepseek_c.mla_cache";
 
 /* params: (hidden, n_heads, q_lora_rank, kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim,
- *          v_head_dim, rms_norm_eps, rope_tuple, softmax_scale) with rope_tuple as in
+ *          v_head_dim, rms_norm_eps, rope_tuple, softmax_scale[, fp8]) with rope_tuple as in
  *          ops_dense.c: (layout, dim, theta, factor, original_max_position, beta_fast,
  *          beta_slow, mscale, mscale_all_dim) */
 static int parse_params(PyObject *t, dsc_mla_params *p) {
@@ -23,12 +23,12 @@ static int parse_params(PyObject *t, dsc_mla_params *p) {
   p->size = sizeof *p;
   dsc_rope_params_default(&p->rope, 0);
   return PyArg_ParseTuple(
-      t, "iiiiiiif(iiffiffff)f;mla params: expected (hidden, n_heads, q_lora_rank, kv_lora_rank, "
-         "qk_nope_head_dim, qk_rope_head_dim, v_head_dim, rms_norm_eps, rope, softmax_scale)",
+      t, "iiiiiiif(iiffiffff)f|i;mla params: expected (hidden, n_heads, q_lora_rank, kv_lora_rank, "
+         "qk_nope_head_dim, qk_rope_head_dim, v_head_dim, rms_norm_eps, rope, softmax_scale[, fp8])",
       &p->hidden, &p->n_heads, &p->q_lora_rank, &p->kv_lora_rank, &p->qk_nope_head_dim,
       &p->qk_rope_head_dim, &p->v_head_dim, &p->rms_norm_eps, &p->rope.layout, &p->rope.dim,
       &p->rope.theta, &p->rope.factor, &p->rope.original_max_position, &p->rope.beta_fast,
-      &p->rope.beta_slow, &p->rope.mscale, &p->rope.mscale_all_dim, &p->softmax_scale);
+      &p->rope.beta_slow, &p->rope.mscale, &p->rope.mscale_all_dim, &p->softmax_scale, &p->fp8);
 }
 
 static const char *const WNAMES[8] = {"q_a_proj", "q_a_layernorm", "q_b_proj", "q_proj",

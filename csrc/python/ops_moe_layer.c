@@ -50,11 +50,12 @@ static int import_weights(dsc_py_frame *f, PyObject *tup, dsc_moe_layer_weights 
   return 0;
 }
 
-/* moe_layer_forward(x, route, align, weights, y, counts|None, keep) -> saved capsule | None */
+/* moe_layer_forward(x, route, align, weights, y, counts|None, keep[, fp8]) -> saved | None */
 static PyObject *py_moe_layer_forward(PyObject *m, PyObject *args) {
   PyObject *xo, *ro, *wo, *yo, *co;
-  int align, keep;
-  if (!PyArg_ParseTuple(args, "OOiOOOp", &xo, &ro, &align, &wo, &yo, &co, &keep)) return NULL;
+  int align, keep, fp8 = 0;
+  if (!PyArg_ParseTuple(args, "OOiOOOp|p", &xo, &ro, &align, &wo, &yo, &co, &keep, &fp8))
+    return NULL;
   dsc_moe_route_params p;
   if (!dsc_py_parse_route(ro, &p)) return NULL;
   BEGIN("dsc_moe_layer_forward")
@@ -64,6 +65,7 @@ static PyObject *py_moe_layer_forward(PyObject *m, PyObject *args) {
   OUT(y, yo, "y")
   OPT_OUT(counts, co, "counts")
   if (import_weights(&f, wo, &w) < 0) goto out;
+  w.fp8 = fp8;
   GET_CTX();
   if (keep) {
     s = dsc_moe_layer_saved_create(ctx, &saved);
@@ -91,10 +93,11 @@ static PyObject *py_moe_layer_forward(PyObject *m, PyObject *args) {
   END
 }
 
-/* moe_layer_backward(x, dy, route, weights, saved, dx|None, grads(7, None allowed)) */
+/* moe_layer_backward(x, dy, route, weights, saved, dx|None, grads(7, None allowed)[, fp8]) */
 static PyObject *py_moe_layer_backward(PyObject *m, PyObject *args) {
   PyObject *xo, *dyo, *ro, *wo, *so, *dxo, *go;
-  if (!PyArg_ParseTuple(args, "OOOOOOO", &xo, &dyo, &ro, &wo, &so, &dxo, &go)) return NULL;
+  int fp8 = 0;
+  if (!PyArg_ParseTuple(args, "OOOOOOO|p", &xo, &dyo, &ro, &wo, &so, &dxo, &go, &fp8)) return NULL;
   dsc_moe_route_params p;
   if (!dsc_py_parse_route(ro, &p)) return NULL;
   dsc_moe_layer_saved *saved = (dsc_moe_layer_saved *)PyCapsule_GetPointer(so, SAVED_CAPSULE);
@@ -106,6 +109,7 @@ static PyObject *py_moe_layer_backward(PyObject *m, PyObject *args) {
   IN(dy, dyo, "dy")
   OPT_OUT(dx, dxo, "dx")
   if (import_weights(&f, wo, &w) < 0) goto out;
+  w.fp8 = fp8;
   {
     static const char *const G_NAMES[7] = {"dgate", "dexperts_gate", "dexperts_up", "dexperts_down",
                                            "dshared_gate", "dshared_up", "dshared_down"};
@@ -138,8 +142,8 @@ static PyObject *py_moe_layer_backward(PyObject *m, PyObject *args) {
 
 PyMethodDef dsc_py_moe_layer_methods[] = {
     {"moe_layer_forward", py_moe_layer_forward, METH_VARARGS,
-     "moe_layer_forward(x, route, align, weights, y, counts|None, keep) -> saved|None"},
+     "moe_layer_forward(x, route, align, weights, y, counts|None, keep[, fp8]) -> saved|None"},
     {"moe_layer_backward", py_moe_layer_backward, METH_VARARGS,
-     "moe_layer_backward(x, dy, route, weights, saved, dx|None, grads)"},
+     "moe_layer_backward(x, dy, route, weights, saved, dx|None, grads[, fp8])"},
     {NULL, NULL, 0, NULL},
 };

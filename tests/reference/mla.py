@@ -68,8 +68,13 @@ def _w(weights: Mapping, name: str) -> np.ndarray:
     return np.asarray(weights[name + ".weight"], dtype=np.float64)
 
 
-def mla_parts(x, weights, cfg, positions):
-    """q [B,T,H,dqk] (rotated), ckv [B,T,R], kpe [B,T,dr] (rotated), all float64."""
+def _matmul_t(x, w):
+    return x @ w.T
+
+
+def mla_parts(x, weights, cfg, positions, lin=_matmul_t):
+    """q [B,T,H,dqk] (rotated), ckv [B,T,R], kpe [B,T,dr] (rotated), all float64.
+    lin(x, W) computes each projection x @ W^T (swap in an FP8 one to simulate it)."""
     x = np.asarray(x, np.float64)
     H, dn, dr = cfg.num_attention_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim
     R, eps = cfg.kv_lora_rank, cfg.rms_norm_eps
@@ -78,24 +83,24 @@ def mla_parts(x, weights, cfg, positions):
     freq, cs = inv_freq(dr, cfg.rope_theta, scaling), cos_sin_scale(scaling)
     pos = np.asarray(positions)
     if cfg.q_lora_rank:
-        cq = rms_norm(x @ _w(weights, "q_a_proj").T, _w(weights, "q_a_layernorm"), eps)
-        q = cq @ _w(weights, "q_b_proj").T
+        cq = rms_norm(lin(x, _w(weights, "q_a_proj")), _w(weights, "q_a_layernorm"), eps)
+        q = lin(cq, _w(weights, "q_b_proj"))
     else:
-        q = x @ _w(weights, "q_proj").T
+        q = lin(x, _w(weights, "q_proj"))
     q = q.reshape(B, T, H, dn + dr).copy()
     q[..., dn:] = rope_interleaved(q[..., dn:], pos[:, :, None], freq, cs)
-    kva = x @ _w(weights, "kv_a_proj_with_mqa").T
+    kva = lin(x, _w(weights, "kv_a_proj_with_mqa"))
     ckv = rms_norm(kva[..., :R], _w(weights, "kv_a_layernorm"), eps)
     kpe = rope_interleaved(kva[..., R:], pos, freq, cs)
     return q, ckv, kpe
 
 
-def attend(q, ckv, kpe, weights, cfg, mask):
+def attend(q, ckv, kpe, weights, cfg, mask, lin=_matmul_t):
     """Naive attention: q [B,Tq,H,dqk]; ckv [B,S,R], kpe [B,S,dr]; mask [B,Tq,S] bool
     (True = attend). Returns o_proj output [B,Tq,hidden]; rows with no key give 0."""
     H, dn, dv = cfg.num_attention_heads, cfg.qk_nope_head_dim, cfg.v_head_dim
     B, S, _ = ckv.shape
-    kv = (ckv @ _w(weights, "kv_b_proj").T).reshape(B, S, H, dn + dv)
+    kv = lin(ckv, _w(weights, "kv_b_proj")).reshape(B, S, H, dn + dv)
     k_nope, v = kv[..., :dn], kv[..., dn:]
     scale = softmax_scale(cfg.qk_head_dim, cfg.rope_scaling_dict)
     s = np.einsum("bthd,bshd->bhts", q[..., :dn], k_nope) + np.einsum("bthd,bsd->bhts", q[..., dn:], kpe)
@@ -108,18 +113,18 @@ def attend(q, ckv, kpe, weights, cfg, mask):
     den = p.sum(-1, keepdims=True)
     p = p / np.where(den > 0, den, 1.0)
     o = np.einsum("bhts,bshd->bthd", p, v).reshape(B, q.shape[1], H * dv)
-    return o @ _w(weights, "o_proj").T
+    return lin(o, _w(weights, "o_proj"))
 
 
-def mla_forward(x, weights, cfg, positions=None):
+def mla_forward(x, weights, cfg, positions=None, lin=_matmul_t):
     """Causal self-attention (mask by token index), float64 [B, T, hidden]."""
     x = np.asarray(x, np.float64)
     B, T, _ = x.shape
     if positions is None:
         positions = np.broadcast_to(np.arange(T), (B, T))
-    q, ckv, kpe = mla_parts(x, weights, cfg, positions)
+    q, ckv, kpe = mla_parts(x, weights, cfg, positions, lin)
     mask = np.broadcast_to(np.tril(np.ones((T, T), bool)), (B, T, T))
-    return attend(q, ckv, kpe, weights, cfg, mask)
+    return attend(q, ckv, kpe, weights, cfg, mask, lin)
 
 
 def init_weights(cfg, rng, scale: float = 1.0) -> dict:

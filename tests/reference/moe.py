@@ -125,15 +125,20 @@ def silu(v):
     return v / (1.0 + np.exp(-v))
 
 
-def swiglu_mlp(x, wg, wu, wd):
-    return (silu(x @ wg.T) * (x @ wu.T)) @ wd.T
+def _matmul_t(x, w):
+    return x @ w.T
 
 
-def moe_layer(x, params, cfg, *, fixed_indices=None, seq_len=None, aux_alpha=0.0):
+def swiglu_mlp(x, wg, wu, wd, lin=_matmul_t):
+    return lin(silu(lin(x, wg)) * lin(x, wu), wd)
+
+
+def moe_layer(x, params, cfg, *, fixed_indices=None, seq_len=None, aux_alpha=0.0, lin=_matmul_t):
     """The dense reference MoE layer: loop over experts, each on the tokens routed to it.
 
     params: HF names -> arrays; cfg: dict of HF keys. fixed_indices: use this routing
     choice instead of recomputing it (finite differences across tiny perturbations).
+    lin(x, W) computes each expert projection x @ W^T (the router's stays exact).
     Returns (out [T, D], aux loss, indices)."""
     x = np.asarray(x, dtype=np.float64)
     P = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
@@ -156,10 +161,10 @@ def moe_layer(x, params, cfg, *, fixed_indices=None, seq_len=None, aux_alpha=0.0
         if tok.size == 0:
             continue
         h = swiglu_mlp(x[tok], P[f"mlp.experts.{e}.gate_proj.weight"], P[f"mlp.experts.{e}.up_proj.weight"],
-                       P[f"mlp.experts.{e}.down_proj.weight"])
+                       P[f"mlp.experts.{e}.down_proj.weight"], lin)
         y[tok] += w[tok, slot][:, None] * h
     if cfg.get("n_shared_experts"):
         y += swiglu_mlp(x, P["mlp.shared_experts.gate_proj.weight"], P["mlp.shared_experts.up_proj.weight"],
-                        P["mlp.shared_experts.down_proj.weight"])
+                        P["mlp.shared_experts.down_proj.weight"], lin)
     aux = seq_aux_loss(s, idx, seq_len, aux_alpha) if aux_alpha else 0.0
     return y, aux, idx

@@ -1,0 +1,71 @@
+/*
+ * ops/fp8_layers.h -- internal: the pieces of a block-scaled FP8 linear layer on raw,
+ * contiguous device pointers, for the layers that run their projections in FP8 (the FP8
+ * linear op, MLA, the MoE layer). Nothing here validates user input: the callers have.
+ *
+ * The V3 recipe: E4M3 everywhere; activations and output gradients in 1x128 tiles along
+ * the inner dim, weights in 128x128 blocks, one float32 multiplier per tile/block
+ * (scale = max(amax, 1e-4) / 448), FP32 accumulation with the scales applied per 128-wide
+ * K block.
+ *   fprop  y  = x @ w^T     x 1x128, w 128x128
+ *   dgrad  dx = dy @ w      dy 1x128, w^T 128x128 (the same blocks, transposed)
+ *   wgrad  dw = dy^T @ x    dy and x both 1x128 along the tokens
+ *
+ * Legend: M rows (tokens), K inner dim, N output features, G matrices (experts),
+ * Kb = ceil(K/128), Nb = ceil(N/128). Grouped calls: rows offs[g]..offs[g+1]-1 use
+ * matrix g (offs on the device, offs_h the same values on the host); G == 1 with
+ * offs == NULL is a plain layer.
+ *
+ * Every function takes the context's workspace for its own scratch (dsc_workspace), so no
+ * pointer passed in may point into it.
+ */
+#ifndef DSC_OPS_FP8_LAYERS_H
+#define DSC_OPS_FP8_LAYERS_H
+
+#include "backend.h"
+
+#if defined(DSC_WITH_CUDA) && defined(DSC_WITH_CUDA_FP8)
+#define DSC_FP8_BACKEND(name, ...) \
+  (dsc_ctx_is_cuda(ctx) ? dsc_cuda_##name(__VA_ARGS__) : dsc_cpu_##name(__VA_ARGS__))
+#else
+#define DSC_FP8_BACKEND(name, ...) dsc_cpu_##name(__VA_ARGS__)
+#endif
+
+/* DeepSeek's online scaling: amax clamped to >= 1e-4 before scale = amax / 448. */
+#define DSC_FP8_AMAX_FLOOR 1e-4f
+
+/* DSC_OK where the context's device can run the FP8 kernels, else DSC_ERR_UNSUPPORTED
+ * naming `fn`. */
+dsc_status dsc_fp8l_device_ok(const dsc_context *ctx, const char *fn);
+
+/* 1x128 tiles: x [M,K] (xt float32|bfloat16) -> q [M,K] e4m3, s [M,Kb]. */
+dsc_status dsc_fp8l_quant_act(dsc_context *ctx, dsc_dtype xt, int64_t M, int64_t K,
+                              const void *x, uint8_t *q, float *s);
+
+/* 128x128 blocks of each of G float32 matrices w [G,N,K] -> q [G,N,K], s [G,Nb,Kb];
+ * transpose: q [G,K,N], s [G,Kb,Nb] (exactly the transposed blocks: same amax, same q). */
+dsc_status dsc_fp8l_quant_weight(dsc_context *ctx, int64_t G, int64_t N, int64_t K,
+                                 const float *w, int transpose, uint8_t *q, float *s);
+
+/* y [M,N] (yt float32|bfloat16) = xq [M,K] (s [M,Kb]) @ (wq [G,N,K] (s [G,Nb,Kb]))^T. */
+dsc_status dsc_fp8l_fprop(dsc_context *ctx, int64_t G, int64_t M, int64_t N, int64_t K,
+                          const uint8_t *xq, const float *xs, const uint8_t *wq,
+                          const float *ws, const int32_t *offs, const int32_t *offs_h,
+                          dsc_dtype yt, void *y);
+
+/* dx [M,K] (dtype dyt) = dy [M,N] (dyt float32|bfloat16, quantized here) @ w, with w as
+ * quantized by dsc_fp8l_quant_weight: w_transposed 0: wq [G,N,K], ws [G,Nb,Kb] (transposed
+ * here); 1: wq [G,K,N], ws [G,Kb,Nb]. */
+dsc_status dsc_fp8l_dgrad(dsc_context *ctx, int64_t G, int64_t M, int64_t N, int64_t K,
+                          dsc_dtype dyt, const void *dy, dsc_dtype wt, const uint8_t *wq,
+                          const float *ws, int w_transposed, const int32_t *offs,
+                          const int32_t *offs_h, void *dx);
+
+/* dw [G,N,K] float32 (overwritten; 0 for a group without rows) = per group dy_g^T @ x_g,
+ * dy [M,N] (dyt) and x [M,K] re-quantized 1x128 along the tokens. x: xt float32|bfloat16
+ * (xs NULL), or fp8 1x128 tiles with scales xs [M,Kb] (dequantized first, the V3 way). */
+dsc_status dsc_fp8l_wgrad(dsc_context *ctx, int64_t G, int64_t M, int64_t N, int64_t K,
+                          dsc_dtype dyt, const void *dy, dsc_dtype xt, const void *x,
+                          const float *xs, const int32_t *offs_h, float *dw);
+
+#endif
