@@ -22,11 +22,13 @@ comment of csrc/model/model_train.c):
 * Init: matrices N(0, initializer_range), norms 1, correction bias 0 (seeded, in C).
 * Optimizer: AdamW (0.9, 0.95, eps 1e-8), global-norm clipping 1.0, weight decay on matrices
   only; the correction bias moves by gamma * sign(mean load - load) after each step.
-* FP8 (``fp8=True``): the dense-MLP linears run as real FP8 GEMMs (1x128 activation tiles,
-  128x128 weight blocks, E4M3, FP32 accumulation); the attention projections and the
-  expert weights are used through an E4M3 128x128-block round trip of the master weights
-  (weight-only FP8; their GEMMs stay FP32 inside the fused MLA / MoE ops). Embedding, head,
-  router, eh_proj, norms and the attention core stay float32.
+* FP8 (``fp8=True``): every linear layer of the blocks runs the V3 way -- the attention
+  projections (q_a/q_b or q, kv_a, kv_b, o), the routed experts (grouped GEMMs), the shared
+  experts and the dense MLPs: E4M3 operands, activations in 1x128 tiles, the float32 master
+  weights quantized in 128x128 blocks on the fly, FP32 accumulation; backward dgrad with the
+  transposed weight blocks, wgrad with both operands quantized along the tokens. Embedding,
+  head, router, eh_proj, norms and the attention core stay float32 (as in V3); inference
+  keeps the absorbed kv_b products in float32.
 """
 
 from __future__ import annotations

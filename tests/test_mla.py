@@ -400,7 +400,8 @@ def test_fp8_forward_matches_fp8_reference_and_backward_close(rng, q_lora):
 
 
 def test_fp8_prefill_decode_match_reference(rng):
-    """Inference in FP8: q, kv_a and o projections in FP8, the absorbed kv_b in float32."""
+    """Inference in FP8: q, kv_a and o projections in FP8; the absorbed kv_b products in
+    float32 on kv_b rounded through its E4M3 blocks."""
     cfg = fp8_cfg(True)
     w, x = make(cfg, rng, B=2, T=10)
     cache = dsc.MLACache(cfg, max_batch=2, max_tokens=16, block_size=4, dtype="float32")
@@ -411,7 +412,8 @@ def test_fp8_prefill_decode_match_reference(rng):
         outs.append(dsc.mla_decode(x[:, t:t + 1].copy(), w, cfg, cache, [0, 1], fp8=True))
     got = np.concatenate(outs, axis=1)
     kvb = w["kv_b_proj.weight"]
-    lin = lambda a, m: a @ np.asarray(m, np.float64).T if m.shape == kvb.shape else _lin8(a, m)  # noqa: E731
+    kvb8 = fp8ref.dequantize(*fp8ref.quantize(kvb, (128, 128)), (128, 128))
+    lin = lambda a, m: a @ kvb8.T if m.shape == kvb.shape else _lin8(a, m)  # noqa: E731
     want = ref.mla_forward(x, w, cfg, lin=lin)
     assert _rel(got, want) < 3e-4
     assert _rel(got, ref.mla_forward(x, w, cfg)) > 5e-3

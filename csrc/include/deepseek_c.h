@@ -663,9 +663,9 @@ DSC_API dsc_status dsc_moe_layer_aux_loss(dsc_context *ctx, dsc_moe_layer_saved 
  * activations quantized to E4M3 in 1x128 tiles, the float32 weights in 128x128 blocks,
  * FP32 accumulation; backward dgrad with the transposed weight blocks and wgrad with dy
  * and the float32 activation both quantized along the tokens. Norms, RoPE and the
- * attention core stay float32; prefill/decode keep the absorbed kv_b products in float32
- * (as DeepSeek's inference does with the dequantized kv_b). Needs FP8 kernels on the
- * context's device. */
+ * attention core stay float32; prefill/decode run the absorbed kv_b products in float32
+ * on kv_b rounded through its E4M3 128x128 blocks (as DeepSeek's inference dequantizes the
+ * FP8 checkpoint's kv_b). Needs FP8 kernels on the context's device. */
 typedef struct dsc_mla_params {
   size_t size;               /* sizeof(dsc_mla_params) */
   int32_t hidden;            /* Hd, 7168 */

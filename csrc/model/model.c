@@ -239,14 +239,6 @@ static int32_t add_entry(builder *b, const char *name, int ndim, int64_t d0, int
   return idx;
 }
 
-/* FP8 mode: the slots whose compute views read the E4M3 round-trip copy (attention
- * projections, routed and shared experts; the dense MLP quantizes its own operands in
- * dsc_fp8_linear_*; embedding, head, router, eh_proj and norms stay float32). */
-static int fp8_shadowed(int s) {
-  return s == S_QA || s == S_QB || s == S_Q || s == S_KVA || s == S_KVB || s == S_O || s == S_EG ||
-         s == S_EU || s == S_ED || s == S_SG || s == S_SU || s == S_SD;
-}
-
 static DLTensor *block_slot(dsc_model_block *k, int s) {
   switch (s) {
     case S_IN_NORM: return &k->input_norm;
@@ -330,7 +322,7 @@ static void add_block(builder *b, int32_t i, block_entries *be) {
 #undef E3
 }
 
-/* A DLTensor view of storage entry e over `base` (params, grads, moments or shadow). */
+/* A DLTensor view of storage entry e over `base` (params, grads or moments). */
 static DLTensor entry_view(const dsc_model *m, const dsc_model_entry *e, float *base) {
   DLTensor t;
   memset(&t, 0, sizeof t);
@@ -377,8 +369,7 @@ dsc_status dsc_model_alloc(dsc_model *m, size_t bytes, void **p) {
   return dsc_malloc(m->ctx, bytes ? bytes : 1, p);
 }
 
-/* Point the block / MTP / embedding views at `base` (params, or the FP8 shadow for the
- * matrices that the FP8 mode round-trips). */
+/* Point the block / MTP / embedding views at the parameter arena. */
 static void bind_views(dsc_model *m, const block_entries *be, const int32_t (*mtp_e)[4], int32_t emb_e,
                        int32_t norm_e, int32_t head_e) {
   for (int32_t b = 0; b < m->n_blocks; ++b) {
@@ -388,8 +379,7 @@ static void bind_views(dsc_model *m, const block_entries *be, const int32_t (*mt
       memset(t, 0, sizeof *t);
       if (be[b].slot[s] >= 0) {
         const dsc_model_entry *e = &m->storage[be[b].slot[s]];
-        float *base = (m->fp8_shadow && fp8_shadowed(s)) ? m->fp8_shadow : m->params;
-        *t = entry_view(m, e, base);
+        *t = entry_view(m, e, m->params);
       }
     }
     k->region = be[b].slot[S_IN_NORM] >= 0 ? m->storage[be[b].slot[S_IN_NORM]].region : -1;
@@ -460,7 +450,6 @@ void dsc_model_destroy(dsc_model *m) {
   if (m->exp_avg) dsc_free(ctx, m->exp_avg);
   if (m->exp_avg_sq) dsc_free(ctx, m->exp_avg_sq);
   if (m->scratch) dsc_free(ctx, m->scratch);
-  if (m->fp8_shadow) dsc_free(ctx, m->fp8_shadow);
   free(m->storage);
   free(m->named);
   free(m->regions);
@@ -562,6 +551,7 @@ dsc_status dsc_model_create(dsc_context *ctx, const dsc_model_config *cfg, const
     p->rms_norm_eps = c->rms_norm_eps;
     p->rope = c->rope;
     p->rope.size = sizeof p->rope;
+    p->fp8 = m->fp8; /* attention projections as FP8 GEMMs (the ops quantize the masters) */
     st = dsc_rope_softmax_scale(&p->rope, c->qk_nope_head_dim + c->qk_rope_head_dim, &p->softmax_scale);
     dsc_moe_route_params_default(&m->route);
     m->route.top_k = c->num_experts_per_tok;
@@ -573,13 +563,12 @@ dsc_status dsc_model_create(dsc_context *ctx, const dsc_model_config *cfg, const
     m->route.routed_scaling_factor = c->routed_scaling_factor;
   }
 
-  /* the arenas: parameters, FP8 shadow (matrices of attention and experts), scratch */
+  /* the arenas: parameters, scratch */
   if (st == DSC_OK) st = dsc_model_alloc(m, (size_t)m->n_params * sizeof(float), (void **)&m->params);
   int64_t maxr = 0;
   for (int32_t r = 0; r < m->n_regions; ++r) maxr = m->regions[r].numel > maxr ? m->regions[r].numel : maxr;
   m->scratch_numel = maxr;
   if (st == DSC_OK) st = dsc_model_alloc(m, (size_t)maxr * sizeof(float), (void **)&m->scratch);
-  if (st == DSC_OK && m->fp8) st = dsc_model_alloc(m, (size_t)m->n_params * sizeof(float), (void **)&m->fp8_shadow);
   m->touched = (uint8_t *)calloc((size_t)(m->n_storage ? m->n_storage : 1), 1);
   if (st == DSC_OK && !m->touched) st = dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
   if (st == DSC_OK) {
@@ -616,7 +605,6 @@ dsc_status dsc_model_create(dsc_context *ctx, const dsc_model_config *cfg, const
     }
     free(host);
   }
-  if (st == DSC_OK) st = dsc_model_prepare(m);
   free(be);
   free(mtp_e);
   if (st != DSC_OK) {
@@ -627,54 +615,10 @@ dsc_status dsc_model_create(dsc_context *ctx, const dsc_model_config *cfg, const
   return DSC_OK;
 }
 
-/* FP8 mode: the attention and expert matrices through E4M3 with 128x128 block scales
- * into the shadow arena (weight-only simulation of FP8 storage; the gradient reaches the
- * float32 master unchanged). No-op without fp8. */
+/* Nothing to refresh any more: the FP8 ops quantize the float32 masters themselves. */
 dsc_status dsc_model_prepare(dsc_model *m) {
-  static const char *const FN = "dsc_model_prepare";
-  if (!m->fp8_shadow) return DSC_OK;
-  dsc_context *ctx = m->ctx;
-  int64_t maxq = 0, maxs = 0;
-  for (int64_t e = 0; e < m->n_storage; ++e) {
-    const dsc_model_entry *en = &m->storage[e];
-    const int64_t rows = en->ndim == 3 ? en->shape[1] : en->shape[0];
-    const int64_t cols = en->ndim == 1 ? 1 : en->ndim == 3 ? en->shape[2] : en->shape[1];
-    if (en->ndim >= 2 && rows * cols > maxq) maxq = rows * cols;
-    const int64_t ns = ((rows + 127) / 128) * ((cols + 127) / 128);
-    if (ns > maxs) maxs = ns;
-  }
-  void *q = NULL, *sc = NULL;
-  dsc_status st = dsc_model_alloc(m, (size_t)maxq, &q);
-  if (st == DSC_OK) st = dsc_model_alloc(m, (size_t)maxs * sizeof(float), &sc);
-  dsc_fp8_quant_params qp;
-  dsc_fp8_quant_params_default(&qp);
-  qp.block_rows = 128;
-  qp.block_cols = 128;
-  for (int32_t b = 0; b < m->n_blocks && st == DSC_OK; ++b) {
-    for (int sl = 0; sl < S_COUNT && st == DSC_OK; ++sl) {
-      const int32_t e = m->block_entries[b * S_COUNT + sl];
-      if (e < 0 || !fp8_shadowed(sl)) continue;
-      const dsc_model_entry *en = &m->storage[e];
-      const int64_t nmat = en->ndim == 3 ? en->shape[0] : 1;
-      const int64_t rows = en->ndim == 3 ? en->shape[1] : en->shape[0];
-      const int64_t cols = en->ndim == 3 ? en->shape[2] : en->shape[1];
-      for (int64_t k = 0; k < nmat && st == DSC_OK; ++k) {
-        const int64_t s2[2] = {rows, cols}, ss[2] = {(rows + 127) / 128, (cols + 127) / 128};
-        int64_t a0[2], a1[2], b0[2], b1[2], c0[2], c1[2], d0[2], d1[2];
-        const int64_t off = en->offset + k * rows * cols;
-        DLTensor src = dsc_model_view(m, m->params + off, DSC_DTYPE_FLOAT32, 2, s2, a0, a1);
-        DLTensor dst = dsc_model_view(m, m->fp8_shadow + off, DSC_DTYPE_FLOAT32, 2, s2, b0, b1);
-        DLTensor qt = dsc_model_view(m, q, DSC_DTYPE_FLOAT8_E4M3FN, 2, s2, c0, c1);
-        DLTensor sct = dsc_model_view(m, sc, DSC_DTYPE_FLOAT32, 2, ss, d0, d1);
-        st = dsc_fp8_quantize(ctx, &qp, &src, &qt, &sct);
-        if (st == DSC_OK) st = dsc_fp8_dequantize(ctx, 128, 128, &qt, &sct, &dst);
-      }
-    }
-  }
-  if (q) dsc_free(ctx, q);
-  if (sc) dsc_free(ctx, sc);
-  (void)FN;
-  return st;
+  (void)m;
+  return DSC_OK;
 }
 
 /* ------------------------------------------------------------------ accessors */
@@ -800,6 +744,7 @@ void dsc_model_moe_weights(const dsc_model *m, int32_t b, dsc_moe_layer_weights 
   w->shared_gate = k->sh_gate.data ? &k->sh_gate : NULL;
   w->shared_up = k->sh_up.data ? &k->sh_up : NULL;
   w->shared_down = k->sh_down.data ? &k->sh_down : NULL;
+  w->fp8 = m->fp8; /* routed and shared experts as FP8 GEMMs */
 }
 
 /* ------------------------------------------------------------------ device helpers */

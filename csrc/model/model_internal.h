@@ -101,7 +101,6 @@ struct dsc_model {
 
   int64_t *load;   /* [n_blocks * E] host: expert load of the last pass (MoE blocks) */
   dsc_model_acts *acts;
-  float *fp8_shadow; /* fp8 weight-only simulation copies (model.c), or NULL */
 
   uint8_t *touched;        /* [n_storage]: gradient already written in this pass */
   int32_t have_grads;      /* a loss_and_grad completed */
@@ -130,8 +129,7 @@ dsc_status dsc_model_split2(dsc_model *m, const DLTensor *in, DLTensor *a, DLTen
 dsc_status dsc_model_alloc(dsc_model *m, size_t bytes, void **p);
 /* Block i is an MoE block (first_k_dense_replace, moe_layer_freq). */
 int dsc_model_is_moe_block(const dsc_model_config *c, int32_t i);
-/* Refresh the FP8 shadow weights from the masters (no-op without fp8). Call once before
- * a run of forwards after the parameters changed (train step, load, user writes). */
+/* No-op kept for generate.c until its next revision (the FP8 ops quantize the masters). */
 dsc_status dsc_model_prepare(dsc_model *m);
 /* Storage entry e as a DLTensor over base (m->params, m->grads, ...). */
 DLTensor dsc_model_storage_view(const dsc_model *m, int64_t e, float *base);

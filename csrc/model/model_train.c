@@ -654,7 +654,6 @@ dsc_status dsc_model_forward(dsc_model *m, const DLTensor *tokens, DLTensor *log
   DSC_TRY(dsc_check_tensor(m->ctx, FN, "logits", logits, DSC_DT(DSC_DTYPE_FLOAT32)));
   const int64_t shp[3] = {tokens->shape[0], tokens->shape[1], m->cfg.vocab_size};
   DSC_TRY(dsc_check_shape(FN, "logits", logits, 3, shp));
-  DSC_TRY(dsc_model_prepare(m));
   fwd_opts o = {0, 0.0f, 0.0};
   return run_forward(m, tokens, 0, &o, (float *)dsc_data(logits));
 }
@@ -671,7 +670,6 @@ dsc_status dsc_model_forward_mtp(dsc_model *m, const DLTensor *tokens, int32_t d
   DSC_TRY(dsc_check_tensor(m->ctx, FN, "logits", logits, DSC_DT(DSC_DTYPE_FLOAT32)));
   const int64_t shp[3] = {B, Td, m->cfg.vocab_size};
   DSC_TRY(dsc_check_shape(FN, "logits", logits, 3, shp));
-  DSC_TRY(dsc_model_prepare(m));
   fwd_opts o = {0, 0.0f, 0.0};
   DSC_TRY(run_forward(m, tokens, depth + 1, &o, NULL));
   return dsc_memcpy(m->ctx, dsc_data(logits), m->ctx->device, m->acts->mtp_logits[depth], m->ctx->device,
@@ -685,7 +683,6 @@ dsc_status dsc_model_routing(dsc_model *m, const DLTensor *tokens, int32_t layer
   DSC_CHECK(layer >= 0 && layer < m->n_layers && m->blocks[layer].is_moe, DSC_ERR_INVALID_ARGUMENT, FN,
             "layer: expected an MoE layer of the main model (0..%d), got %d", (int)m->n_layers - 1, (int)layer);
   DSC_TRY(dsc_model_check_ids(m, FN, "tokens", tokens, NULL, 0, 0));
-  DSC_TRY(dsc_model_prepare(m));
   const size_t lb = (size_t)m->n_blocks * (size_t)m->cfg.n_routed_experts * sizeof(int64_t);
   int64_t *keep = (int64_t *)malloc(lb);
   if (!keep) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
@@ -785,7 +782,6 @@ dsc_status dsc_model_loss_and_grad(dsc_model *m, const dsc_train_options *opt, c
     memset(m->load, 0, (size_t)m->n_blocks * (size_t)(m->cfg.n_routed_experts ? m->cfg.n_routed_experts : 1) *
                            sizeof(int64_t));
   m->have_grads = 0;
-  DSC_TRY(dsc_model_prepare(m));
 
   const int64_t B = tokens->shape[0], T = tokens->shape[1];
   const int64_t D = m->cfg.hidden_size, V = m->cfg.vocab_size, N = B * T, L = m->n_layers;
@@ -992,7 +988,6 @@ dsc_status dsc_model_train_step(dsc_model *m, const dsc_train_options *opt, cons
       STEP(dsc_moe_update_bias(ctx, &bias, &cnt.t, opt->bias_update_rate));
     }
   }
-  /* the FP8 shadow weights are refreshed by the next forward (every entry point prepares) */
   if (st != DSC_OK) return st;
   if (stats) {
     stats->loss = (float)(loss / opt->grad_accum);

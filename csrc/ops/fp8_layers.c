@@ -45,6 +45,12 @@ dsc_status dsc_fp8l_quant_weight(dsc_context *ctx, int64_t G, int64_t N, int64_t
   return DSC_OK;
 }
 
+dsc_status dsc_fp8l_dequant_weight(dsc_context *ctx, int64_t N, int64_t K, const uint8_t *q,
+                                   const float *s, float *out) {
+  if (N == 0 || K == 0) return DSC_OK;
+  return DSC_FP8_BACKEND(fp8_dequantize, ctx, E4, N, K, 128, 128, q, s, DSC_DTYPE_FLOAT32, out);
+}
+
 /* c [M,N] = a [M,K] (1x128) @ b^T, b [G,N,K] in 128x128 blocks (b_br rows per scale row),
  * plain or grouped; `work` is the GEMM's scratch. */
 static dsc_status gemm_any(dsc_context *ctx, int64_t G, int64_t M, int64_t N, int64_t K,

@@ -47,6 +47,10 @@ dsc_status dsc_fp8l_quant_act(dsc_context *ctx, dsc_dtype xt, int64_t M, int64_t
 dsc_status dsc_fp8l_quant_weight(dsc_context *ctx, int64_t G, int64_t N, int64_t K,
                                  const float *w, int transpose, uint8_t *q, float *s);
 
+/* out [N,K] float32 = q [N,K] e4m3 dequantized with the 128x128 block scales s [Nb,Kb]. */
+dsc_status dsc_fp8l_dequant_weight(dsc_context *ctx, int64_t N, int64_t K, const uint8_t *q,
+                                   const float *s, float *out);
+
 /* y [M,N] (yt float32|bfloat16) = xq [M,K] (s [M,Kb]) @ (wq [G,N,K] (s [G,Nb,Kb]))^T. */
 dsc_status dsc_fp8l_fprop(dsc_context *ctx, int64_t G, int64_t M, int64_t N, int64_t K,
                           const uint8_t *xq, const float *xs, const uint8_t *wq,

@@ -16,7 +16,8 @@
  *   o_lat [N,H,R], o[:,h] = o_lat[:,h] W_UV[h]^T [N,H,dv], out = o Wo^T.
  * p->fp8: every "x W^T" above (not the absorbed W_UK / W_UV products) is an FP8 GEMM
  *   (fp8_layers.h); kv_a runs as one [N, R+dr] projection (its 128x128 blocks span c and
- *   kpe, as in the checkpoints) split afterwards.
+ *   kpe, as in the checkpoints) split afterwards. Prefill/decode absorb kv_b after an E4M3
+ *   128x128 round trip (the weight as an FP8 checkpoint stores it), in float32 GEMMs.
  */
 #include <math.h>
 #include <stdio.h>
@@ -176,12 +177,13 @@ static dsc_status lin(dsc_context *ctx, int64_t M, int64_t Nout, int64_t K, cons
 /* ---- FP8 projections (p->fp8) ----------------------------------------------------- */
 
 /* The scratch of one FP8 call, one device allocation: a quantized activation xq [N,Kmax]
- * (scales xs [N,ceil(Kmax/128)]), a quantized weight wq (scales ws), and two float32
- * buffers tmp, tmp2 [N, max(R+dr, Hd)] (the joint kv_a output / its gradient, dx terms). */
+ * (scales xs [N,ceil(Kmax/128)]), a quantized weight wq (scales ws), two float32 buffers
+ * tmp, tmp2 [N, max(R+dr, Hd)] (the joint kv_a output / its gradient, dx terms) and
+ * wkvb [H*(dn+dv), R], kv_b through E4M3 for the absorbed inference products. */
 typedef struct {
   void *mem;
   uint8_t *xq, *wq;
-  float *xs, *ws, *tmp, *tmp2;
+  float *xs, *ws, *tmp, *tmp2, *wkvb;
 } fp8_scratch;
 
 static int64_t cdiv128(int64_t a) { return (a + 127) / 128; }
@@ -202,11 +204,12 @@ static dsc_status fp8_scratch_alloc(dsc_context *ctx, const dsc_mla_params *p, i
     wsmax = max64(wsmax, cdiv128(wsh[i][0]) * cdiv128(wsh[i][1]));
   }
   const int64_t tmpn = N * max64(R + dr, Hd);
-  const size_t sz[6] = {(size_t)(N * kmax), (size_t)(N * cdiv128(kmax)) * 4u, (size_t)wmax,
-                        (size_t)wsmax * 4u, (size_t)tmpn * 4u, (size_t)tmpn * 4u};
-  size_t off[7] = {0};
-  for (int i = 0; i < 6; ++i) off[i + 1] = off[i] + ((sz[i] + 63u) & ~(size_t)63u);
-  DSC_TRY(dsc_malloc(ctx, off[6], &f->mem));
+  const size_t sz[7] = {(size_t)(N * kmax), (size_t)(N * cdiv128(kmax)) * 4u, (size_t)wmax,
+                        (size_t)wsmax * 4u, (size_t)tmpn * 4u, (size_t)tmpn * 4u,
+                        (size_t)(H * dkvw * R) * 4u};
+  size_t off[8] = {0};
+  for (int i = 0; i < 7; ++i) off[i + 1] = off[i] + ((sz[i] + 63u) & ~(size_t)63u);
+  DSC_TRY(dsc_malloc(ctx, off[7], &f->mem));
   char *b = (char *)f->mem;
   f->xq = (uint8_t *)b;
   f->xs = (float *)(b + off[1]);
@@ -214,6 +217,7 @@ static dsc_status fp8_scratch_alloc(dsc_context *ctx, const dsc_mla_params *p, i
   f->ws = (float *)(b + off[3]);
   f->tmp = (float *)(b + off[4]);
   f->tmp2 = (float *)(b + off[5]);
+  f->wkvb = (float *)(b + off[6]);
   return DSC_OK;
 }
 
@@ -947,6 +951,12 @@ static dsc_status mla_infer(const char *FN, dsc_context *ctx, const dsc_mla_para
   const float *wkvb = F(w->kv_b_proj); /* [H, dn+dv, R] */
 #define STEP(call) \
   if (s == DSC_OK) s = (call)
+  if (f8) { /* absorb kv_b as stored in FP8 (128x128 E4M3 blocks), like the checkpoints */
+    const int64_t nk = H * (dn + dv);
+    STEP(dsc_fp8l_quant_weight(ctx, 1, nk, R, wkvb, 0, f8->wq, f8->ws));
+    STEP(dsc_fp8l_dequant_weight(ctx, nk, R, f8->wq, f8->ws, f8->wkvb));
+    wkvb = f8->wkvb;
+  }
   if (N > 0) {
     STEP(q_path(ctx, p, w, f8, B, T, xp, pos, a[I_CQ_RAW], a[I_RSTD_Q], a[I_CQ], a[I_Q],
                 a[I_Q_PE]));
