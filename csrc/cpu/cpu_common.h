@@ -20,6 +20,35 @@
 /* Below this many elements of work a parallel region costs more than it saves. */
 #define DSC_CPU_PAR_MIN ((int64_t)16384)
 
+/* DSC_CPU_FOR(par, nt, var, n, body...): for (int64_t var = 0; var < n; ++var) { body },
+ * split over an OpenMP team of nt threads (schedule(static); DSC_CPU_FOR_DYN:
+ * schedule(dynamic, 1)) only when `par`. A region whose if() clause is false still enters
+ * libgomp (a team of one: ~0.3 us, and a futex wake when the pool was bigger), which adds
+ * up over the ~100 tiny ops of a decode step; here the serial case is a plain loop. The
+ * body is the same code either way (it may contain commas). */
+#ifdef _OPENMP
+#define DSC_CPU_PRAGMA_(x) _Pragma(#x)
+#define DSC_CPU_FOR_(par, nt, sched, var, n, ...)                                   \
+  do {                                                                              \
+    const int64_t dsc_for_n_ = (n);                                                 \
+    if (par) {                                                                      \
+      DSC_CPU_PRAGMA_(omp parallel for num_threads(nt) schedule(sched))             \
+      for (int64_t var = 0; var < dsc_for_n_; ++var) { __VA_ARGS__ }                \
+    } else {                                                                        \
+      for (int64_t var = 0; var < dsc_for_n_; ++var) { __VA_ARGS__ }                \
+    }                                                                               \
+  } while (0)
+#define DSC_CPU_FOR(par, nt, var, n, ...) DSC_CPU_FOR_(par, nt, static, var, n, __VA_ARGS__)
+#define DSC_CPU_FOR_DYN(par, nt, var, n, ...) DSC_CPU_FOR_(par, nt, dynamic, var, n, __VA_ARGS__)
+#else
+#define DSC_CPU_FOR(par, nt, var, n, ...)                                           \
+  do {                                                                              \
+    const int64_t dsc_for_n_ = (n);                                                 \
+    for (int64_t var = 0; var < dsc_for_n_; ++var) { __VA_ARGS__ }                  \
+  } while (0)
+#define DSC_CPU_FOR_DYN DSC_CPU_FOR
+#endif
+
 /* Element i of a float32 or bfloat16 array, as float32. */
 static inline float dsc_cpu_ld(dsc_dtype dt, const void *p, int64_t i) {
   return dt == DSC_DTYPE_BFLOAT16 ? dsc_bf16_to_f32(((const uint16_t *)p)[i])

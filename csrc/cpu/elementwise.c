@@ -13,19 +13,17 @@
 dsc_status dsc_cpu_add(dsc_context *ctx, dsc_dtype dt, int64_t n, const void *a /* [n] dt */,
                        const void *b /* [n] dt */, void *out /* [n] dt, may alias a or b */) {
   (void)ctx; /* read only by the OpenMP pragma */
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (n >= DSC_CPU_PAR_MIN)
-#endif
-  for (int64_t i = 0; i < n; ++i) dsc_cpu_st(dt, out, i, dsc_cpu_ld(dt, a, i) + dsc_cpu_ld(dt, b, i));
+  DSC_CPU_FOR(n >= DSC_CPU_PAR_MIN, ctx->num_threads, i, n,
+    dsc_cpu_st(dt, out, i, dsc_cpu_ld(dt, a, i) + dsc_cpu_ld(dt, b, i));
+  );
   return DSC_OK;
 }
 
 dsc_status dsc_cpu_scale_f32(dsc_context *ctx, int64_t n, float *x /* [n] */, float alpha) {
   (void)ctx;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (n >= DSC_CPU_PAR_MIN)
-#endif
-  for (int64_t i = 0; i < n; ++i) x[i] *= alpha;
+  DSC_CPU_FOR(n >= DSC_CPU_PAR_MIN, ctx->num_threads, i, n,
+    x[i] *= alpha;
+  );
   return DSC_OK;
 }
 

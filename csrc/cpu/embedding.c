@@ -26,13 +26,10 @@ dsc_status dsc_cpu_embedding_fwd(dsc_context *ctx, dsc_dtype dt, int64_t n, int 
   (void)ctx; /* read only by the OpenMP pragmas */
   (void)V;
   const size_t row_bytes = (size_t)(D * dsc_cpu_esize(dt));
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (n * D >= DSC_CPU_PAR_MIN)
-#endif
-  for (int64_t i = 0; i < n; ++i) {
+  DSC_CPU_FOR(n * D >= DSC_CPU_PAR_MIN, ctx->num_threads, i, n,
     memcpy((char *)out + (size_t)i * row_bytes,
            (const char *)table + (size_t)id_at(ids64, ids, i) * row_bytes, row_bytes);
-  }
+  );
   return DSC_OK;
 }
 
@@ -46,16 +43,12 @@ dsc_status dsc_cpu_embedding_bwd(dsc_context *ctx, dsc_dtype dt, int64_t n, int 
   (void)ctx; /* read only by the OpenMP pragmas */
   const int64_t es = dsc_cpu_esize(dt);
   /* Zero the whole table: rows of ids that never occur get a zero gradient. */
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (V * D >= DSC_CPU_PAR_MIN)
-#endif
-  for (int64_t v = 0; v < V; ++v) memset(dtable + v * D, 0, (size_t)D * sizeof(float));
+  DSC_CPU_FOR(V * D >= DSC_CPU_PAR_MIN, ctx->num_threads, v, V,
+    memset(dtable + v * D, 0, (size_t)D * sizeof(float));
+  );
 
   const int64_t nblk = (D + COL_BLOCK - 1) / COL_BLOCK;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (n * D >= DSC_CPU_PAR_MIN)
-#endif
-  for (int64_t b = 0; b < nblk; ++b) {
+  DSC_CPU_FOR(n * D >= DSC_CPU_PAR_MIN, ctx->num_threads, b, nblk,
     const int64_t j0 = b * COL_BLOCK;
     const int64_t nj = D - j0 < COL_BLOCK ? D - j0 : COL_BLOCK;
     for (int64_t i = 0; i < n; ++i) { /* token order: the fixed summation order */
@@ -63,6 +56,6 @@ dsc_status dsc_cpu_embedding_bwd(dsc_context *ctx, dsc_dtype dt, int64_t n, int 
       float *dst = dtable + id_at(ids64, ids, i) * D + j0;      /* [nj] */
       for (int64_t k = 0; k < nj; ++k) dst[k] += dsc_cpu_ld(dt, src, k);
     }
-  }
+  );
   return DSC_OK;
 }

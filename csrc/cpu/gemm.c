@@ -56,13 +56,10 @@ static void widen(const dsc_context *ctx, dsc_dtype dt, int64_t rows, int64_t co
                   float *dst /* [rows, cols] */) {
   (void)ctx; /* read only by the OpenMP pragmas */
   const int64_t es = dsc_cpu_esize(dt);
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (rows * cols >= DSC_CPU_PAR_MIN)
-#endif
-  for (int64_t r = 0; r < rows; ++r) {
+  DSC_CPU_FOR(rows * cols >= DSC_CPU_PAR_MIN, ctx->num_threads, r, rows,
     const void *s = (const char *)src + r * ld * es; /* [cols] */
     for (int64_t c = 0; c < cols; ++c) dst[r * cols + c] = dsc_cpu_ld(dt, s, c);
-  }
+  );
 }
 
 /* dst[r, c] = round(src[r, c]); src packed float32, dst with row stride ld. */
@@ -71,13 +68,10 @@ static void narrow(const dsc_context *ctx, dsc_dtype dt, int64_t rows, int64_t c
                    int64_t ld) {
   (void)ctx; /* read only by the OpenMP pragmas */
   const int64_t es = dsc_cpu_esize(dt);
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (rows * cols >= DSC_CPU_PAR_MIN)
-#endif
-  for (int64_t r = 0; r < rows; ++r) {
+  DSC_CPU_FOR(rows * cols >= DSC_CPU_PAR_MIN, ctx->num_threads, r, rows,
     void *d = (char *)dst + r * ld * es; /* [cols] */
     for (int64_t c = 0; c < cols; ++c) dsc_cpu_st(dt, d, c, src[r * cols + c]);
-  }
+  );
 }
 
 /* C = beta * C for a K == 0 product (BLAS would reject lda = 0); beta == 0 writes zeros. */
@@ -389,16 +383,13 @@ static void small_gemm(const dsc_context *ctx, int trans_b, int64_t M, int64_t N
   const int64_t nblk = (N + SMALL_NB - 1) / SMALL_NB;
   const int par = M * N * K >= SMALL_PAR_MIN && nblk > 1;
   (void)ctx, (void)par; /* read only by the OpenMP pragma */
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (par)
-#endif
-  for (int64_t ib = 0; ib < nblk; ++ib) {
+  DSC_CPU_FOR(par, ctx->num_threads, ib, nblk,
     const int64_t n0 = ib * SMALL_NB, n1 = n0 + SMALL_NB < N ? n0 + SMALL_NB : N;
     if (trans_b)
       small_nt_cols(M, n0, n1, K, alpha, A, lda, B, ldb, beta, C, ldc);
     else
       small_nn_cols(M, n0, n1, K, alpha, A, lda, B, ldb, beta, C, ldc);
-  }
+  );
 }
 
 /* The one float32 GEMM call every path ends in: small_gemm for a few untransposed rows of

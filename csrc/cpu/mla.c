@@ -29,6 +29,9 @@
 #include "fp8_format.h"
 
 #define MLA_HEAD_GROUP 8 /* heads sharing one read of a latent row in decode */
+/* Multiply-adds (latent rows x heads x (R + dr)) below which decode attention runs on one
+ * thread: ~2^20 is ~100 us of serial work, well above a parallel region's cost. */
+#define MLA_DECODE_PAR_MIN ((int64_t)1 << 20)
 
 static int thread_id(void) {
 #ifdef _OPENMP
@@ -54,10 +57,9 @@ dsc_status dsc_cpu_mla_copy_cols(dsc_context *ctx, int64_t rows, int64_t C,
                                  const float *src /* [rows, lds] */, int64_t lds,
                                  float *dst /* [rows, ldd] */, int64_t ldd) {
   (void)ctx;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (rows * C >= DSC_CPU_PAR_MIN)
-#endif
-  for (int64_t r = 0; r < rows; ++r) memcpy(dst + r * ldd, src + r * lds, (size_t)C * sizeof(float));
+  DSC_CPU_FOR(rows * C >= DSC_CPU_PAR_MIN, ctx->num_threads, r, rows,
+    memcpy(dst + r * ldd, src + r * lds, (size_t)C * sizeof(float));
+  );
   return DSC_OK;
 }
 
@@ -71,10 +73,7 @@ dsc_status dsc_cpu_mla_attn_fwd(dsc_context *ctx, int64_t B, int64_t T, int64_t 
   void *ws = NULL;
   DSC_TRY(dsc_workspace(ctx, (size_t)(nthr * T) * sizeof(float), &ws));
   float *sbuf = (float *)ws; /* [nthr, T] scores of one query row */
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(ctx->num_threads) schedule(dynamic, 1) if (B * H * T * T >= DSC_CPU_PAR_MIN)
-#endif
-  for (int64_t bh = 0; bh < B * H; ++bh) {
+  DSC_CPU_FOR_DYN(B * H * T * T >= DSC_CPU_PAR_MIN, ctx->num_threads, bh, B * H,
     const int64_t b = bh / H, h = bh % H;
     float *s = sbuf + thread_id() * T; /* [T] */
     for (int64_t t = 0; t < T; ++t) {
@@ -101,7 +100,7 @@ dsc_status dsc_cpu_mla_attn_fwd(dsc_context *ctx, int64_t B, int64_t T, int64_t 
       }
       lse[(b * H + h) * T + t] = m + logf(l);
     }
-  }
+  );
   return DSC_OK;
 }
 
@@ -118,10 +117,7 @@ dsc_status dsc_cpu_mla_attn_bwd(dsc_context *ctx, int64_t B, int64_t T, int64_t 
   DSC_TRY(dsc_workspace(ctx, (size_t)(nthr * T + B * H * T * dr) * sizeof(float), &ws));
   float *sbuf = (float *)ws;           /* [nthr, T] */
   float *dkpe_h = sbuf + nthr * T;     /* [B,H,T,dr] per-head partials of dkpe */
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(ctx->num_threads) schedule(dynamic, 1) if (B * H * T * T >= DSC_CPU_PAR_MIN)
-#endif
-  for (int64_t bh = 0; bh < B * H; ++bh) {
+  DSC_CPU_FOR_DYN(B * H * T * T >= DSC_CPU_PAR_MIN, ctx->num_threads, bh, B * H,
     const int64_t b = bh / H, h = bh % H;
     float *p = sbuf + thread_id() * T;             /* [T] */
     float *dkp_h = dkpe_h + (b * H + h) * T * dr;  /* [T, dr] */
@@ -154,12 +150,9 @@ dsc_status dsc_cpu_mla_attn_bwd(dsc_context *ctx, int64_t B, int64_t T, int64_t 
         for (int64_t c = 0; c < dv; ++c) dvj[c] += p[j] * dot[c];
       }
     }
-  }
+  );
   /* dkpe[b,j] = sum_h dkpe_h[b,h,j] in head order. */
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (B * T * H * dr >= DSC_CPU_PAR_MIN)
-#endif
-  for (int64_t bj = 0; bj < B * T; ++bj) {
+  DSC_CPU_FOR(B * T * H * dr >= DSC_CPU_PAR_MIN, ctx->num_threads, bj, B * T,
     const int64_t b = bj / T, j = bj % T;
     float *d = dkpe + bj * dr;
     for (int64_t c = 0; c < dr; ++c) d[c] = 0.0f;
@@ -167,7 +160,7 @@ dsc_status dsc_cpu_mla_attn_bwd(dsc_context *ctx, int64_t B, int64_t T, int64_t 
       const float *src = dkpe_h + ((b * H + h) * T + j) * dr;
       for (int64_t c = 0; c < dr; ++c) d[c] += src[c];
     }
-  }
+  );
   return DSC_OK;
 }
 
@@ -231,13 +224,10 @@ dsc_status dsc_cpu_mla_cache_write(dsc_context *ctx, dsc_dtype cdt, int64_t R, i
                                    const float *ckv /* [n,R] */, const float *kpe /* [n,dr] */,
                                    void *pool /* [n_slots, row_bytes] */) {
   (void)ctx;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (n * R >= DSC_CPU_PAR_MIN)
-#endif
-  for (int64_t i = 0; i < n; ++i) {
+  DSC_CPU_FOR(n * R >= DSC_CPU_PAR_MIN, ctx->num_threads, i, n,
     if (slots[i] < 0) continue;
     row_store(cdt, R, dr, ckv + i * R, kpe + i * dr, (unsigned char *)pool + slots[i] * row_bytes);
-  }
+  );
   return DSC_OK;
 }
 
@@ -269,11 +259,13 @@ dsc_status dsc_cpu_mla_decode_attn(dsc_context *ctx, dsc_dtype cdt, int64_t R, i
   DSC_TRY(dsc_workspace(ctx, (size_t)(nthr * per) * sizeof(float), &ws));
   int64_t work = 0;
   for (int64_t r = 0; r < NQ; ++r) work += kv_len[r];
-  (void)work;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(ctx->num_threads) schedule(dynamic, 1) if (work * H * R >= DSC_CPU_PAR_MIN)
-#endif
-  for (int64_t task = 0; task < NQ * ngrp; ++task) {
+  /* Decode at batch 1 is 1..3 query rows over a few hundred latents: microseconds of work,
+   * less than waking the OpenMP team (which also dominated the draft-verifying steps of
+   * speculative decoding). Each task is computed by one thread either way, so the result
+   * does not depend on this choice. */
+  const int par = NQ * ngrp > 1 && work * H * (R + dr) >= MLA_DECODE_PAR_MIN;
+  (void)par;
+  DSC_CPU_FOR_DYN(par, ctx->num_threads, task, NQ * ngrp,
     const int64_t r = task / ngrp, h0 = (task % ngrp) * HG;
     const int64_t h1 = h0 + HG < H ? h0 + HG : H;
     float *row = (float *)ws + thread_id() * per; /* [R + dr] */
@@ -310,6 +302,6 @@ dsc_status dsc_cpu_mla_decode_attn(dsc_context *ctx, dsc_dtype cdt, int64_t R, i
         const float inv = 1.0f / l[h - h0];
         for (int64_t k = 0; k < R; ++k) acc[k] *= inv;
       }
-  }
+  );
   return DSC_OK;
 }

@@ -168,14 +168,11 @@ dsc_status dsc_cpu_moe_route(dsc_context *ctx, dsc_dtype dt, int64_t T, int64_t 
   float *scratch = (float *)ws;
   float *s_all = scores ? scores : scratch + nth * words; /* [T, E] */
   const int64_t es = dsc_cpu_esize(dt);
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nth) schedule(static) if (T * E >= DSC_CPU_PAR_MIN)
-#endif
-  for (int64_t t = 0; t < T; ++t) {
+  DSC_CPU_FOR(T * E >= DSC_CPU_PAR_MIN, nth, t, T,
     route_token(dt, E, k, G, topk_group, scoring, method, norm, scale,
                 (const char *)logits + t * E * es, bias, s_all + t * E, indices + t * k,
                 weights + t * k, scratch + (int64_t)thread_id() * words);
-  }
+  );
   return DSC_OK;
 }
 
@@ -189,10 +186,7 @@ dsc_status dsc_cpu_moe_route_bwd(dsc_context *ctx, int64_t T, int64_t E, int64_t
   void *ws = NULL;
   DSC_TRY(dsc_workspace(ctx, (size_t)(nth * E) * sizeof(float), &ws));
   float *scratch = (float *)ws; /* [nth, E]: dL/ds of one token */
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nth) schedule(static) if (T * E >= DSC_CPU_PAR_MIN)
-#endif
-  for (int64_t t = 0; t < T; ++t) {
+  DSC_CPU_FOR(T * E >= DSC_CPU_PAR_MIN, nth, t, T,
     float *ds = scratch + (int64_t)thread_id() * E; /* [E] */
     const float *s = scores + t * E;                /* [E] */
     const float *dw = dweights + t * k;             /* [k] */
@@ -222,7 +216,7 @@ dsc_status dsc_cpu_moe_route_bwd(dsc_context *ctx, int64_t T, int64_t E, int64_t
       for (int64_t e = 0; e < E; ++e) dot += ds[e] * s[e];
       for (int64_t e = 0; e < E; ++e) dsc_cpu_st(dl_dt, dl, e, s[e] * (ds[e] - dot));
     }
-  }
+  );
   return DSC_OK;
 }
 
@@ -269,10 +263,7 @@ dsc_status dsc_cpu_moe_seq_aux_loss(dsc_context *ctx, int64_t T, int64_t E, int6
   DSC_TRY(dsc_workspace(ctx, (size_t)(nth * 2 * E + B) * sizeof(double), &ws));
   double *scratch = (double *)ws;
   double *seq_loss = scratch + nth * 2 * E; /* [B] */
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nth) schedule(static) if (T * E >= DSC_CPU_PAR_MIN)
-#endif
-  for (int64_t b = 0; b < B; ++b) {
+  DSC_CPU_FOR(T * E >= DSC_CPU_PAR_MIN, nth, b, B,
     double *f = scratch + (int64_t)thread_id() * 2 * E; /* [E] */
     double *P = f + E;                                  /* [E] */
     memset(f, 0, (size_t)(2 * E) * sizeof(double));
@@ -299,7 +290,7 @@ dsc_status dsc_cpu_moe_seq_aux_loss(dsc_context *ctx, int64_t T, int64_t E, int6
       for (int64_t i = 0; i < E; ++i) dot += gscale * f[i] * (s[i] / S);
       for (int64_t i = 0; i < E; ++i) dscores[t * E + i] = (float)((gscale * f[i] - dot) / S);
     }
-  }
+  );
   double total = 0.0;
   for (int64_t b = 0; b < B; ++b) total += seq_loss[b];
   *loss = B > 0 ? (float)(total / (double)B) : 0.0f;
@@ -354,14 +345,11 @@ dsc_status dsc_cpu_moe_permute(dsc_context *ctx, dsc_dtype dt, int64_t T, int64_
       memset((char *)out + cursor[e] * (int64_t)row_bytes, 0,
              (size_t)(group_offsets[e + 1] - cursor[e]) * row_bytes);
   }
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (T * k * D >= DSC_CPU_PAR_MIN)
-#endif
-  for (int64_t t = 0; t < T; ++t) {
+  DSC_CPU_FOR(T * k * D >= DSC_CPU_PAR_MIN, ctx->num_threads, t, T,
     const char *src = (const char *)x + t * (int64_t)row_bytes; /* [D] */
     for (int64_t j = 0; j < k; ++j)
       memcpy((char *)out + (int64_t)row_map[t * k + j] * (int64_t)row_bytes, src, row_bytes);
-  }
+  );
   return DSC_OK;
 }
 
@@ -369,17 +357,14 @@ dsc_status dsc_cpu_moe_permute_bwd(dsc_context *ctx, dsc_dtype dt, int64_t T, in
                                    int64_t k, const void *dout /* [R,D] dt */,
                                    const int32_t *row_map /* [T,k] */, void *dx /* [T,D] dt */) {
   (void)ctx; /* read only by the OpenMP pragmas */
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (T * k * D >= DSC_CPU_PAR_MIN)
-#endif
-  for (int64_t t = 0; t < T; ++t) {
+  DSC_CPU_FOR(T * k * D >= DSC_CPU_PAR_MIN, ctx->num_threads, t, T,
     const int32_t *rm = row_map + t * k; /* [k] */
     for (int64_t d = 0; d < D; ++d) {
       float acc = 0.0f;
       for (int64_t j = 0; j < k; ++j) acc += dsc_cpu_ld(dt, dout, (int64_t)rm[j] * D + d);
       dsc_cpu_st(dt, dx, t * D + d, acc);
     }
-  }
+  );
   return DSC_OK;
 }
 
@@ -388,10 +373,7 @@ dsc_status dsc_cpu_moe_unpermute(dsc_context *ctx, dsc_dtype dt, int64_t T, int6
                                  const int32_t *row_map /* [T,k] */,
                                  const float *weights /* [T,k] */, void *y /* [T,D] dt */) {
   (void)ctx; /* read only by the OpenMP pragmas */
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (T * k * D >= DSC_CPU_PAR_MIN)
-#endif
-  for (int64_t t = 0; t < T; ++t) {
+  DSC_CPU_FOR(T * k * D >= DSC_CPU_PAR_MIN, ctx->num_threads, t, T,
     const int32_t *rm = row_map + t * k; /* [k] */
     const float *w = weights + t * k;    /* [k] */
     if (dt == DSC_DTYPE_FLOAT32) {
@@ -411,7 +393,7 @@ dsc_status dsc_cpu_moe_unpermute(dsc_context *ctx, dsc_dtype dt, int64_t T, int6
         dsc_cpu_st(dt, y, t * D + d, acc);
       }
     }
-  }
+  );
   return DSC_OK;
 }
 
@@ -430,10 +412,7 @@ dsc_status dsc_cpu_moe_unpermute_bwd(dsc_context *ctx, dsc_dtype dt, int64_t T, 
     memset(dexpert_out, 0, (size_t)(R * D * dsc_cpu_esize(dt)));
     const int64_t CB = 256; /* columns per block */
     const int64_t nb = (D + CB - 1) / CB;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (T * k * D >= DSC_CPU_PAR_MIN)
-#endif
-    for (int64_t blk = 0; blk < nb; ++blk) {
+    DSC_CPU_FOR(T * k * D >= DSC_CPU_PAR_MIN, ctx->num_threads, blk, nb,
       const int64_t d0 = blk * CB, d1 = d0 + CB < D ? d0 + CB : D;
       for (int64_t i = 0; i < T * k; ++i) {
         const int64_t row = row_map[i], t = i / k;
@@ -442,19 +421,16 @@ dsc_status dsc_cpu_moe_unpermute_bwd(dsc_context *ctx, dsc_dtype dt, int64_t T, 
           dsc_cpu_st(dt, dexpert_out, row * D + d,
                      dsc_cpu_ld(dt, dexpert_out, row * D + d) + w * dsc_cpu_ld(dt, dy, t * D + d));
       }
-    }
+    );
   }
   if (dweights) {
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (T * k * D >= DSC_CPU_PAR_MIN)
-#endif
-    for (int64_t i = 0; i < T * k; ++i) {
+    DSC_CPU_FOR(T * k * D >= DSC_CPU_PAR_MIN, ctx->num_threads, i, T * k,
       const int64_t row = row_map[i], t = i / k;
       float acc = 0.0f;
       for (int64_t d = 0; d < D; ++d)
         acc += dsc_cpu_ld(dt, dy, t * D + d) * dsc_cpu_ld(dt, expert_out, row * D + d);
       dweights[i] = acc;
-    }
+    );
   }
   return DSC_OK;
 }

@@ -34,10 +34,7 @@ dsc_status dsc_cpu_rms_norm_fwd(dsc_context *ctx, dsc_dtype dt, int64_t N, int64
                                 float *rstd /* [N] or NULL */) {
   (void)ctx; /* read only by the OpenMP pragmas */
   const int64_t es = dsc_cpu_esize(dt);
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (N * D >= DSC_CPU_PAR_MIN)
-#endif
-  for (int64_t n = 0; n < N; ++n) {
+  DSC_CPU_FOR(N * D >= DSC_CPU_PAR_MIN, ctx->num_threads, n, N,
     const void *xr = (const char *)x + n * D * es; /* [D] */
     void *yr = (char *)y + n * D * es;             /* [D] */
     const float r = row_rstd(dt, D, xr, eps);
@@ -46,7 +43,7 @@ dsc_status dsc_cpu_rms_norm_fwd(dsc_context *ctx, dsc_dtype dt, int64_t N, int64
       dsc_cpu_st(dt, yr, j, dsc_cpu_ld(dt, w, j) * (dsc_cpu_ld(dt, xr, j) * r));
     }
     if (rstd) rstd[n] = r;
-  }
+  );
   return DSC_OK;
 }
 
@@ -69,20 +66,16 @@ dsc_status dsc_cpu_rms_norm_bwd(dsc_context *ctx, dsc_dtype dt, int64_t N, int64
     void *ws = NULL;
     DSC_TRY(dsc_workspace(ctx, (size_t)N * sizeof(float), &ws));
     float *r_ws = (float *)ws; /* [N] */
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (N * D >= DSC_CPU_PAR_MIN)
-#endif
-    for (int64_t n = 0; n < N; ++n) r_ws[n] = row_rstd(dt, D, (const char *)x + n * D * es, eps);
+    DSC_CPU_FOR(N * D >= DSC_CPU_PAR_MIN, ctx->num_threads, n, N,
+      r_ws[n] = row_rstd(dt, D, (const char *)x + n * D * es, eps);
+    );
     r_all = r_ws;
   }
 
   /* dw: parallel over blocks of DW_BLOCK columns; within a block the rows are summed in
    * row order (double accumulators), so the sum order never depends on the threads. */
   const int64_t nblk = (D + DW_BLOCK - 1) / DW_BLOCK;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (N * D >= DSC_CPU_PAR_MIN)
-#endif
-  for (int64_t b = 0; b < nblk; ++b) {
+  DSC_CPU_FOR(N * D >= DSC_CPU_PAR_MIN, ctx->num_threads, b, nblk,
     const int64_t j0 = b * DW_BLOCK;
     const int64_t nj = D - j0 < DW_BLOCK ? D - j0 : DW_BLOCK;
     double acc[DW_BLOCK]; /* [nj] */
@@ -96,14 +89,11 @@ dsc_status dsc_cpu_rms_norm_bwd(dsc_context *ctx, dsc_dtype dt, int64_t N, int64
       }
     }
     for (int64_t k = 0; k < nj; ++k) dw[j0 + k] = (float)acc[k];
-  }
+  );
 
   /* dx: one row per iteration; each row is read before it is written, so (done after dw)
    * dx may even alias dy or x. */
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (N * D >= DSC_CPU_PAR_MIN)
-#endif
-  for (int64_t n = 0; n < N; ++n) {
+  DSC_CPU_FOR(N * D >= DSC_CPU_PAR_MIN, ctx->num_threads, n, N,
     const void *dyr = (const char *)dy + n * D * es; /* [D] */
     const void *xr = (const char *)x + n * D * es;   /* [D] */
     void *dxr = (char *)dx + n * D * es;             /* [D] */
@@ -119,6 +109,6 @@ dsc_status dsc_cpu_rms_norm_bwd(dsc_context *ctx, dsc_dtype dt, int64_t N, int64
       const float g = dsc_cpu_ld(dt, dyr, j) * dsc_cpu_ld(dt, w, j);
       dsc_cpu_st(dt, dxr, j, r * (g - dsc_cpu_ld(dt, xr, j) * c));
     }
-  }
+  );
   return DSC_OK;
 }

@@ -24,13 +24,10 @@ dsc_status dsc_cpu_swiglu_fwd(dsc_context *ctx, dsc_dtype dt, int64_t n,
                               const void *gate /* [n] dt */, const void *up /* [n] dt */,
                               void *out /* [n] dt, may alias gate or up */) {
   (void)ctx; /* read only by the OpenMP pragmas */
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (n >= DSC_CPU_PAR_MIN)
-#endif
-  for (int64_t i = 0; i < n; ++i) {
+  DSC_CPU_FOR(n >= DSC_CPU_PAR_MIN, ctx->num_threads, i, n,
     const float g = dsc_cpu_ld(dt, gate, i), u = dsc_cpu_ld(dt, up, i);
     dsc_cpu_st(dt, out, i, (g * sigmoidf_stable(g)) * u);
-  }
+  );
   return DSC_OK;
 }
 
@@ -39,10 +36,7 @@ dsc_status dsc_cpu_swiglu_bwd(dsc_context *ctx, dsc_dtype dt, int64_t n,
                               const void *up /* [n] dt */, void *dgate /* [n] dt */,
                               void *dup /* [n] dt */) {
   (void)ctx; /* read only by the OpenMP pragmas */
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (n >= DSC_CPU_PAR_MIN)
-#endif
-  for (int64_t i = 0; i < n; ++i) {
+  DSC_CPU_FOR(n >= DSC_CPU_PAR_MIN, ctx->num_threads, i, n,
     /* All three inputs are read before either output is written: dgate/dup may alias
      * the inputs element for element. */
     const float d = dsc_cpu_ld(dt, dout, i), g = dsc_cpu_ld(dt, gate, i),
@@ -50,6 +44,6 @@ dsc_status dsc_cpu_swiglu_bwd(dsc_context *ctx, dsc_dtype dt, int64_t n,
     const float sig = sigmoidf_stable(g);
     dsc_cpu_st(dt, dgate, i, d * u * sig * (1.0f + g * (1.0f - sig)));
     dsc_cpu_st(dt, dup, i, d * g * sig);
-  }
+  );
   return DSC_OK;
 }
