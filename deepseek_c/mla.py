@@ -225,8 +225,10 @@ def _infer(decode: bool, x: Array, params: Mapping[str, Array], cfg: ModelConfig
             raise ValueError(f"{fn}: seq_ids: expected {shape[0]} ids (the batch of x), got {len(idl)}")
         starts = np.array([cache.length(int(i)) for i in idl], dtype=np.int32)
         positions = np.ascontiguousarray(starts[:, None] + np.arange(shape[1], dtype=np.int32)[None, :])
+    scales = tuple(params.get(n + ".weight_scale_inv") for n in MLA_WEIGHT_NAMES)
     out = empty_like_ns(x, tuple(int(s) for s in x.shape), "float32", fn, "out")
-    _C.mla_infer(decode, cache._cap, int(layer), x, ids, positions, w, mla_params_tuple(cfg, fp8), out)
+    _C.mla_infer(decode, cache._cap, int(layer), x, ids, positions, w, mla_params_tuple(cfg, fp8), out,
+                 scales if any(v is not None for v in scales) else None)
     return finish(x, out)
 
 
@@ -238,7 +240,9 @@ def mla_prefill(x: Array, params: Mapping[str, Array], cfg: ModelConfig, cache: 
     row b = start_b, start_b + 1, ... then -1 padding (ragged prompts), start_b <= the
     sequence's cached length (default: continue from it). Returns out [B, T, hidden]
     (zero rows on padding). Errors leave the cache unchanged. fp8: FP8 projections (q, kv_a,
-    o; the absorbed kv_b products stay float32).
+    o; the absorbed kv_b products in float32 on kv_b rounded through its E4M3 blocks). With
+    fp8, weights may be held in FP8 as DeepSeek ships them: "<name>.weight" float8_e4m3fn
+    with "<name>.weight_scale_inv" float32 (128x128 blocks) in `params`.
     """
     return _infer(False, x, params, cfg, cache, seq_ids, positions, layer, fp8)
 

@@ -613,6 +613,24 @@ class MoELayerCtx:
     fp8: bool = False
 
 
+def _layer_scales(params: Mapping[str, Any], c: "MoEConfig", x: Array) -> Optional[tuple]:
+    """The weight_scale_inv of FP8-held expert weights: (experts gate, up, down stacked
+    [E, ., .], shared gate, up, down), None where that weight is float32; None if none."""
+    E = int(c.n_routed_experts)
+    out: list = []
+    for proj in ("gate_proj", "up_proj", "down_proj"):
+        names = [f"{_P}experts.{e}.{proj}.weight_scale_inv" for e in range(E)]
+        have = [n in params for n in names]
+        if any(have) and not all(have):
+            raise KeyError(f"moe_layer_forward: params: expected {names[0]} .. {names[-1]} for every expert "
+                           f"or none, missing {[n for n, h in zip(names, have) if not h][:3]}")
+        out.append(_stack([params[n] for n in names], x) if all(have)
+                   else params.get(f"{_P}experts.{proj}.weight_scale_inv"))
+    for proj in ("gate_proj", "up_proj", "down_proj"):
+        out.append(params.get(f"{_P}shared_experts.{proj}.weight_scale_inv") if c.n_shared_experts else None)
+    return tuple(out) if any(v is not None for v in out) else None
+
+
 def _layer_weights(params: Mapping[str, Any], c: "MoEConfig", x: Array) -> tuple:
     E = int(c.n_routed_experts)
     bias = params.get(f"{_P}gate.e_score_correction_bias") \
@@ -633,7 +651,8 @@ def moe_layer_forward(x: Array, params: Mapping[str, Any], cfg: Any, *, align: i
     names as moe_forward, float32 only. With training=False no activations are kept.
     fp8: the routed and shared expert GEMMs (forward and moe_layer_backward) run the V3 FP8
     way (E4M3, activations in 1x128 tiles, each expert's weight in 128x128 blocks); the
-    router stays float32."""
+    router stays float32. With fp8 and training=False the expert weights may be held in FP8
+    as DeepSeek ships them: "<name>.weight" float8_e4m3fn with "<name>.weight_scale_inv"."""
     fn = "dsc_moe_layer_forward"
     c = MoEConfig.from_dict(cfg)
     _arr(x, fn, "x")
@@ -646,7 +665,7 @@ def moe_layer_forward(x: Array, params: Mapping[str, Any], cfg: Any, *, align: i
     y = empty_like_ns(x, xs, dtype_name(x), fn, "y")
     load = empty_like_ns(x, (int(c.n_routed_experts),), "int32", fn, "counts")
     saved = _C.moe_layer_forward(x, route, _int(align, fn, "align"), w, y, load, bool(training),
-                                 bool(fp8))
+                                 bool(fp8), _layer_scales(params, c, x))
     return finish(x, y), MoELayerCtx(saved, x, xs, route, w, int(c.n_routed_experts),
                                      bool(c.n_shared_experts), finish(x, load), bool(fp8))
 

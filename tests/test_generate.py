@@ -44,16 +44,29 @@ def model():
     return perturbed_model(small_cfg())
 
 
-def _check_greedy_against_forward(m, prompts, out):
+def _check_greedy_against_forward(m, prompts, out, fp8_tol=None):
+    """Each generated token is the argmax of the full forward over the generated sequence.
+    fp8_tol: FP8 inference (absorbed kv_b, weight-only) against the FP8 training forward
+    (kv_b on 1x128-quantized latents) agree within FP8 noise: the token's logit within
+    fp8_tol * std(logits) of the max at every step, and most steps exactly. (In these tiny
+    random models FP8 moves the logits by ~15-20% of their norm, as ~16 E4M3 GEMMs in a row
+    each add ~5%.)"""
+    exact = total = 0
     for p, o in zip(prompts, out):
         seq = np.array([p + o[:-1]], np.int32)
         lg = np.asarray(m.forward(seq))[0, len(p) - 1:]
         assert lg.shape[0] == len(o)
         for i, t in enumerate(o):
+            if fp8_tol is not None:
+                assert lg[i].max() - lg[i][t] <= fp8_tol * lg[i].std(), (p, i)
+                exact += t == int(np.argmax(lg[i]))
+                total += 1
+                continue
             top2 = np.sort(lg[i])[-2:]
             if top2[1] - top2[0] < 1e-4:  # a near-tie: float reordering may pick either
                 break
             assert t == int(np.argmax(lg[i])), (p, i)
+    assert exact >= 0.6 * total, (exact, total)
 
 
 # ----------------------------------------------------------------------------- C runner
@@ -105,7 +118,7 @@ def test_config_variants(variant):
         if v.ndim == 1 and not k.endswith("bias"):
             v[...] = 1 + 0.2 * rng.standard_normal(v.shape)
     plain = generate(m, PROMPTS, max_new_tokens=8, eos_token_id=-1)
-    _check_greedy_against_forward(m, PROMPTS, plain.tokens)
+    _check_greedy_against_forward(m, PROMPTS, plain.tokens, fp8_tol=1.5 if fp8 else None)
     spec = generate(m, PROMPTS, max_new_tokens=8, eos_token_id=-1, speculative="mtp", num_draft=2)
     assert spec == plain
 

@@ -417,3 +417,39 @@ def test_fp8_prefill_decode_match_reference(rng):
     want = ref.mla_forward(x, w, cfg, lin=lin)
     assert _rel(got, want) < 3e-4
     assert _rel(got, ref.mla_forward(x, w, cfg)) > 5e-3
+
+
+def test_fp8_held_weights_as_deepseek_ships_them(rng):
+    """Prefill/decode with the projections given as E4M3 + weight_scale_inv (the checkpoint
+    form) == quantizing the float32 weights per call, bitwise; the E4M3 codes built by the
+    independent reference quantizer (ml_dtypes) give the same result."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    cfg = fp8_cfg(True)
+    w, x = make(cfg, rng, B=2, T=7)
+    held = {k: v for k, v in w.items() if "layernorm" in k}
+    for k, v in w.items():
+        if "layernorm" not in k:
+            q, s = fp8ref.quantize(v, (128, 128))
+            held[k] = q.astype(ml_dtypes.float8_e4m3fn)
+            held[k + "_scale_inv"] = s
+
+    def run(params, fp8=True):
+        cache = dsc.MLACache(cfg, max_batch=2, max_tokens=8, block_size=4, dtype="float32")
+        for sid in (0, 1):
+            cache.add_sequence(sid)
+        outs = [dsc.mla_prefill(x[:, :4].copy(), params, cfg, cache, [0, 1], fp8=fp8)]
+        outs += [dsc.mla_decode(x[:, t:t + 1].copy(), params, cfg, cache, [0, 1], fp8=fp8) for t in (4, 5, 6)]
+        return np.concatenate(outs, axis=1)
+
+    want = run(w)
+    np.testing.assert_array_equal(run(held), want)
+    only_o = {**w, "o_proj.weight": held["o_proj.weight"], "o_proj.weight_scale_inv": held["o_proj.weight_scale_inv"]}
+    np.testing.assert_array_equal(run(only_o), want)
+    with pytest.raises(ValueError, match="fp8"):
+        run(held, fp8=False)
+    bad = {**held, "kv_b_proj.weight_scale_inv": held["kv_b_proj.weight_scale_inv"][:, :1].copy()}
+    with pytest.raises(ValueError, match="kv_b_proj_scale_inv"):
+        run(bad)
+    bad = {**held, "q_b_proj.weight": w["q_b_proj.weight"]}
+    with pytest.raises(TypeError, match="q_b_proj"):
+        run(bad)

@@ -165,3 +165,31 @@ def test_fp8_layer_backward_must_match_forward(rng):
     ctx.fp8 = False
     with pytest.raises(ValueError, match="fp8"):
         dsc.moe_layer_backward(np.ones_like(x), ctx)
+
+
+def test_fp8_held_expert_weights_as_deepseek_ships_them(rng):
+    """Inference with every expert weight given as E4M3 + weight_scale_inv (the checkpoint
+    form, built by the independent reference quantizer) == quantizing the float32 weights
+    per call, bitwise; errors name what is wrong."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    x, params, cfg = make_layer(rng, D=200, E=4, F=136, T=30, variant="v3", n_shared=1, min_gap=1e-4)
+    held = dict(params)
+    for k, v in params.items():
+        if "experts" in k:
+            q, s = fp8ref.quantize(v, (128, 128))
+            held[k] = q.astype(ml_dtypes.float8_e4m3fn)
+            held[k + "_scale_inv"] = s
+    want, _ = dsc.moe_layer_forward(x, params, cfg, fp8=True, training=False)
+    got, _ = dsc.moe_layer_forward(x, held, cfg, fp8=True, training=False)
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="inference"):
+        dsc.moe_layer_forward(x, held, cfg, fp8=True, training=True)
+    with pytest.raises(ValueError, match="fp8"):
+        dsc.moe_layer_forward(x, held, cfg, fp8=False, training=False)
+    bad = dict(held)
+    del bad["mlp.experts.2.up_proj.weight_scale_inv"]
+    with pytest.raises(KeyError, match="up_proj"):
+        dsc.moe_layer_forward(x, bad, cfg, fp8=True, training=False)
+    bad = {**held, "mlp.shared_experts.down_proj.weight_scale_inv": np.ones((1, 1), np.float32)}
+    with pytest.raises(ValueError, match="shared_down_scale_inv"):
+        dsc.moe_layer_forward(x, bad, cfg, fp8=True, training=False)

@@ -605,6 +605,12 @@ typedef struct dsc_moe_layer_weights {
    * the router GEMM, routing, SwiGLU and combine stay float32. The backward must use the
    * same value. Needs FP8 kernels on the context's device. */
   int32_t fp8;
+  /* Weights held in FP8, as DeepSeek ships them (fp8 = 1, inference: saved NULL): when a
+   * `*_scale_inv` is given, the matching weight above is float8_e4m3fn and its scales
+   * float32 in 128x128 blocks per matrix: experts [E, ceil(N/128), ceil(K/128)], shared
+   * [ceil(N/128), ceil(K/128)] for a weight [(E,) N, K]. NULL: float32 weight. */
+  const DLTensor *experts_gate_scale_inv, *experts_up_scale_inv, *experts_down_scale_inv;
+  const DLTensor *shared_gate_scale_inv, *shared_up_scale_inv, *shared_down_scale_inv;
 } dsc_moe_layer_weights;
 
 /* Gradients (float32, overwritten), each optional (NULL: not computed). */
@@ -681,7 +687,7 @@ typedef struct dsc_mla_params {
   int32_t fp8;               /* 1: the projections run as block-scaled FP8 GEMMs (below) */
 } dsc_mla_params;
 
-/* The weights of one attention layer (float32, C-contiguous). Unused ones are NULL:
+/* The weights of one attention layer (float32, C-contiguous; FP8 ones below). Unused ones are NULL:
  * with Rq > 0 q_a_proj, q_a_layernorm and q_b_proj (q_proj NULL); with Rq == 0 q_proj. */
 typedef struct dsc_mla_weights {
   size_t size;                         /* sizeof(dsc_mla_weights) */
@@ -693,6 +699,12 @@ typedef struct dsc_mla_weights {
   const DLTensor *kv_a_layernorm;      /* [Rkv] */
   const DLTensor *kv_b_proj;           /* [H*(dn+dv), Rkv] */
   const DLTensor *o_proj;              /* [Hd, H*dv] */
+  /* Weights held in FP8, as DeepSeek ships them (prefill/decode with p->fp8 only): when a
+   * projection's `weight_scale_inv` is given, that projection above is float8_e4m3fn
+   * [N, K] and its scales float32 [ceil(N/128), ceil(K/128)] (128x128 blocks, multipliers);
+   * its GEMM uses them as they are. NULL: the weight is float32 (quantized per call). */
+  const DLTensor *q_a_proj_scale_inv, *q_b_proj_scale_inv, *q_proj_scale_inv,
+      *kv_a_proj_with_mqa_scale_inv, *kv_b_proj_scale_inv, *o_proj_scale_inv;
 } dsc_mla_weights;
 
 /* Gradients, float32, same shapes as the weights, overwritten. A NULL entry is not

@@ -13,7 +13,8 @@
  *   catch-up: the MTP block over the positions the main model just kept, P .. P + a, from
  *             the main model's normalized hidden states there and the tokens one ahead
  *             (t_{i+1}); this writes the MTP layer's latents of every kept position (and
- *             overwrites the chained ones below) and its last row drafts token 1;
+ *             overwrites the chained ones below) and its last row drafts token 1 (the
+ *             block's FFN half runs on that row only: the others only feed the cache);
  *   chain:    drafts 2 .. k: the same module one position further, its own normalized
  *             output as the hidden state and its last draft as the token (these latents
  *             are provisional: kept positions are rewritten by the next catch-up,
@@ -108,6 +109,7 @@ typedef struct {
   void *user;
   int stop_all;
   dsc_mla_cache *cache;
+  dsc_model_fp8w w8; /* fp8 models: the block matrices held in E4M3 for this call */
 
   /* device */
   void *dmem;
@@ -293,9 +295,25 @@ static dsc_status up(gen *g, void *dst, const void *src, size_t bytes) {
   return dsc_memcpy(g->ctx, dst, g->dev, src, HOST, bytes);
 }
 
+/* rows dst[i] = src[idx[i]] for i < n: the embedding lookup with `src` as the table. */
+static dsc_status gather(gen *g, const float *src, int64_t src_rows, const int32_t *d_idx,
+                         int64_t n, float *dst) {
+  gview vi, vs, vd;
+  DLTensor *ids = mkview(&vi, g->dev, (void *)d_idx, DSC_DTYPE_INT32, 1, n, 0, 0);
+  DLTensor *tab = mkview(&vs, g->dev, (void *)src, DSC_DTYPE_FLOAT32, 2, src_rows, g->D, 0);
+  DLTensor *out = mkview(&vd, g->dev, dst, DSC_DTYPE_FLOAT32, 2, n, g->D, 0);
+  return dsc_embedding_forward(g->ctx, ids, tab, out);
+}
+
 /* One decoder block (main layer or MTP block) on g->h [nb, T, D], in place:
- * h += MLA(norm(h)); h += FFN(norm(h)). d_seq / d_pos hold the batch. */
-static dsc_status block(gen *g, int32_t bi, int32_t layer, int32_t nb, int32_t T, int prefill) {
+ * h += MLA(norm(h)); h += FFN(norm(h)). d_seq / d_pos hold the batch.
+ * d_last != NULL (the MTP block: only one row per sequence drafts): the FFN half runs on
+ * rows d_last[0 .. nb) of h only, gathered into g->e [nb, D] (the block's output rows
+ * there); the other rows need only their attention latents, which the MLA half has
+ * written to the cache. Rows are independent in the FFN, so the drafting rows are what
+ * they would be with every row computed. */
+static dsc_status block(gen *g, int32_t bi, int32_t layer, int32_t nb, int32_t T, int prefill,
+                        const int32_t *d_last /* [nb] device, or NULL */) {
   dsc_model *m = g->m;
   const dsc_model_block *bk = &m->blocks[bi];
   const int64_t N = (int64_t)nb * T, D = g->D;
@@ -310,24 +328,22 @@ static dsc_status block(gen *g, int32_t bi, int32_t layer, int32_t nb, int32_t T
   DLTensor *pos = mkview(&vp, g->dev, g->d_pos, DSC_DTYPE_INT32, 2, nb, T, 0);
   DSC_TRY(dsc_rms_norm_forward(g->ctx, h, &bk->input_norm, eps, xn, NULL));
   dsc_mla_weights w;
-  dsc_model_mla_weights(m, bi, &w);
+  dsc_model_mla_weights_fp8(m, bi, &g->w8, &w);
   DSC_TRY(prefill ? dsc_mla_prefill(g->ctx, &m->mla, &w, g->cache, layer, xn3, seq, pos, t3)
                   : dsc_mla_decode(g->ctx, &m->mla, &w, g->cache, layer, xn3, seq, pos, t3));
   DSC_TRY(dsc_add(g->ctx, h, t, h));
+  gview ve, vx1, vt1; /* the d_last rows' views (outlive the branch: h, xn, t point here) */
+  if (d_last) {
+    DLTensor *e = mkview(&ve, g->dev, g->e, DSC_DTYPE_FLOAT32, 2, nb, D, 0);
+    DLTensor *x1 = mkview(&vx1, g->dev, g->xn, DSC_DTYPE_FLOAT32, 2, nb, D, 0);
+    DLTensor *t1 = mkview(&vt1, g->dev, g->tmp, DSC_DTYPE_FLOAT32, 2, nb, D, 0);
+    DSC_TRY(gather(g, g->h, N, d_last, nb, g->e));
+    h = e, xn = x1, t = t1;
+  }
   DSC_TRY(dsc_rms_norm_forward(g->ctx, h, &bk->post_norm, eps, xn, NULL));
-  DSC_TRY(dsc_model_ffn_infer(g->m, bi, xn, t, NULL));
+  DSC_TRY(dsc_model_ffn_infer(g->m, bi, xn, t, NULL, &g->w8));
   DSC_TRY(dsc_add(g->ctx, h, t, h));
   return DSC_OK;
-}
-
-/* rows dst[i] = src[idx[i]] for i < n: the embedding lookup with `src` as the table. */
-static dsc_status gather(gen *g, const float *src, int64_t src_rows, const int32_t *d_idx,
-                         int64_t n, float *dst) {
-  gview vi, vs, vd;
-  DLTensor *ids = mkview(&vi, g->dev, (void *)d_idx, DSC_DTYPE_INT32, 1, n, 0, 0);
-  DLTensor *tab = mkview(&vs, g->dev, (void *)src, DSC_DTYPE_FLOAT32, 2, src_rows, g->D, 0);
-  DLTensor *out = mkview(&vd, g->dev, dst, DSC_DTYPE_FLOAT32, 2, n, g->D, 0);
-  return dsc_embedding_forward(g->ctx, ids, tab, out);
 }
 
 /* logits [nr, V] = head(x [nr, D]); returns the host copy. */
@@ -360,7 +376,7 @@ static dsc_status main_forward(gen *g, int32_t nb, int32_t T, int prefill, int64
   DLTensor *h = mkview(&vh, g->dev, g->h, DSC_DTYPE_FLOAT32, 2, N, D, 0);
   DLTensor *hn = mkview(&vn, g->dev, g->hn, DSC_DTYPE_FLOAT32, 2, N, D, 0);
   DSC_TRY(dsc_embedding_forward(g->ctx, ids, &m->embed, h));
-  for (int32_t b = 0; b < g->L; ++b) DSC_TRY(block(g, b, b, nb, T, prefill));
+  for (int32_t b = 0; b < g->L; ++b) DSC_TRY(block(g, b, b, nb, T, prefill, NULL));
   DSC_TRY(dsc_rms_norm_forward(g->ctx, h, &m->final_norm, m->cfg.rms_norm_eps, hn, NULL));
   g->main_forwards += 1;
   int identity = nr == N;
@@ -397,10 +413,9 @@ static dsc_status mtp_forward(gen *g, int32_t nb, int32_t T, int prefill, const 
   DSC_TRY(dsc_rms_norm_forward(g->ctx, t, &mt->hnorm, eps, t, NULL));
   DSC_TRY(dsc_model_concat2(m, e, t, cat)); /* [enorm(emb) ; hnorm(h)]: embedding first */
   DSC_TRY(dsc_linear_forward(g->ctx, cat, &mt->eh_proj, h));
-  DSC_TRY(block(g, g->L, g->L, nb, T, prefill));
   DSC_TRY(up(g, g->d_gidx, g->h_last, (size_t)nb * sizeof(int32_t)));
-  DSC_TRY(gather(g, g->h, N, g->d_gidx, nb, g->xn));
-  DLTensor *x = mkview(&vx, g->dev, g->xn, DSC_DTYPE_FLOAT32, 2, nb, D, 0);
+  DSC_TRY(block(g, g->L, g->L, nb, T, prefill, g->d_gidx)); /* the drafting rows -> g->e */
+  DLTensor *x = mkview(&vx, g->dev, g->e, DSC_DTYPE_FLOAT32, 2, nb, D, 0);
   DLTensor *mo = mkview(&vo, g->dev, g->mo, DSC_DTYPE_FLOAT32, 2, nb, D, 0);
   DSC_TRY(dsc_rms_norm_forward(g->ctx, x, &mt->head_norm, eps, mo, NULL));
   return head(g, g->mo, nb, lh);
@@ -855,7 +870,6 @@ dsc_status dsc_model_generate(dsc_model *model, const dsc_generate_options *o, i
   }
   DSC_TRY(validate(model, o, n_prompts, prompts, prompt_lens, out_tokens, out_lens, stats));
   const double t0 = now_s();
-  DSC_TRY(dsc_model_prepare(model)); /* FP8 shadow weights up to date, as dsc_model_forward */
 
   gen g;
   memset(&g, 0, sizeof g);
@@ -883,10 +897,14 @@ dsc_status dsc_model_generate(dsc_model *model, const dsc_generate_options *o, i
     for (int64_t i = 0; i < (int64_t)n_prompts * o->max_new_tokens; ++i) out_tokens[i] = -1;
   dsc_status s = DSC_OK;
   if (o->max_new_tokens > 0) {
+    /* fp8: every block matrix to E4M3 once, so that no token re-quantizes a weight */
+    if (model->fp8) s = dsc_model_fp8w_build(model, &g.w8);
     int64_t *first = (int64_t *)malloc((size_t)(2 * n_prompts) * sizeof(int64_t));
-    s = first ? run(&g, first)
-              : dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "could not allocate %d rows", (int)n_prompts);
+    if (s == DSC_OK)
+      s = first ? run(&g, first)
+                : dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "could not allocate %d rows", (int)n_prompts);
     free(first);
+    dsc_model_fp8w_free(model, &g.w8);
   }
   for (int32_t b = 0; b < n_prompts; ++b) out_lens[b] = g.ngen ? g.ngen[b] : 0;
   const double dt = now_s() - t0;

@@ -615,12 +615,6 @@ dsc_status dsc_model_create(dsc_context *ctx, const dsc_model_config *cfg, const
   return DSC_OK;
 }
 
-/* Nothing to refresh any more: the FP8 ops quantize the float32 masters themselves. */
-dsc_status dsc_model_prepare(dsc_model *m) {
-  (void)m;
-  return DSC_OK;
-}
-
 /* ------------------------------------------------------------------ accessors */
 
 dsc_status dsc_model_get_config(const dsc_model *m, dsc_model_config *cfg) {

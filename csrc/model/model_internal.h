@@ -118,10 +118,30 @@ DLTensor dsc_model_view(const dsc_model *m, void *data, dsc_dtype dt, int ndim, 
 void dsc_model_mla_weights(const dsc_model *m, int32_t b, dsc_mla_weights *w);
 /* The MoE weights struct of block b (an MoE block). */
 void dsc_model_moe_weights(const dsc_model *m, int32_t b, dsc_moe_layer_weights *w);
+/* FP8-held inference weights (fp8 models, csrc/model/model_fp8.c): every block matrix --
+ * attention projections, dense MLP, routed experts (per expert), shared experts -- as E4M3
+ * codes with 128x128 block scales, the form DeepSeek's checkpoints hold them in, quantized
+ * once from the float32 masters (per generate call, not per token). q[i] / s[i] for block
+ * slot i = b * S_COUNT + slot: data NULL where the slot holds nothing. */
+typedef struct dsc_model_fp8w_s {
+  void *mem;       /* one device allocation: all codes, then all scales */
+  DLTensor *q, *s; /* [n_blocks * S_COUNT] */
+  int64_t *dims;   /* [n_blocks * S_COUNT * 12]: shape/stride storage of the views */
+} dsc_model_fp8w;
+dsc_status dsc_model_fp8w_build(dsc_model *m, dsc_model_fp8w *h);
+void dsc_model_fp8w_free(dsc_model *m, dsc_model_fp8w *h);
+/* The MLA weights of block b with its projections held in FP8 (h != NULL). */
+void dsc_model_mla_weights_fp8(const dsc_model *m, int32_t b, const dsc_model_fp8w *h,
+                               dsc_mla_weights *w);
+
+/* Inference FFN of block b with its matrices held in FP8 (model_fp8.c). */
+dsc_status dsc_model_ffn_infer_fp8(dsc_model *m, int32_t b, const DLTensor *x, DLTensor *y,
+                                   DLTensor *counts, const dsc_model_fp8w *h);
+
 /* Inference FFN of block b: x [N, D] -> y [N, D] (dense MLP or MoE, no saved state).
- * counts [E] int64 (optional, MoE only). */
+ * counts [E] int64 (optional, MoE only). h: FP8-held weights (fp8 models) or NULL. */
 dsc_status dsc_model_ffn_infer(dsc_model *m, int32_t b, const DLTensor *x, DLTensor *y,
-                               DLTensor *counts);
+                               DLTensor *counts, const dsc_model_fp8w *h);
 /* out[N, 2D] = [a | b] for a, b [N, D] (the MTP concat); and its split. */
 dsc_status dsc_model_concat2(dsc_model *m, const DLTensor *a, const DLTensor *b, DLTensor *out);
 dsc_status dsc_model_split2(dsc_model *m, const DLTensor *in, DLTensor *a, DLTensor *b);
@@ -129,8 +149,6 @@ dsc_status dsc_model_split2(dsc_model *m, const DLTensor *in, DLTensor *a, DLTen
 dsc_status dsc_model_alloc(dsc_model *m, size_t bytes, void **p);
 /* Block i is an MoE block (first_k_dense_replace, moe_layer_freq). */
 int dsc_model_is_moe_block(const dsc_model_config *c, int32_t i);
-/* No-op kept for generate.c until its next revision (the FP8 ops quantize the masters). */
-dsc_status dsc_model_prepare(dsc_model *m);
 /* Storage entry e as a DLTensor over base (m->params, m->grads, ...). */
 DLTensor dsc_model_storage_view(const dsc_model *m, int64_t e, float *base);
 /* The AdamW moment (which 0: exp_avg, 1: exp_avg_sq) of storage entry e / named entry. */

@@ -378,7 +378,9 @@ static dsc_status add_load(dsc_model *m, int32_t b, const int64_t *dev_counts) {
   return st;
 }
 
-dsc_status dsc_model_ffn_infer(dsc_model *m, int32_t b, const DLTensor *x, DLTensor *y, DLTensor *counts) {
+dsc_status dsc_model_ffn_infer(dsc_model *m, int32_t b, const DLTensor *x, DLTensor *y, DLTensor *counts,
+                               const dsc_model_fp8w *h) {
+  if (h && h->mem) return dsc_model_ffn_infer_fp8(m, b, x, y, counts, h);
   dsc_context *ctx = m->ctx;
   const dsc_model_block *w = &m->blocks[b];
   if (w->is_moe) {

@@ -92,8 +92,27 @@ static dsc_status check_w(dsc_context *ctx, const char *fn, const char *name, co
   return dsc_check_shape(fn, name, t, ndim, shape);
 }
 
+/* An FP8-held weight: t float8_e4m3fn [d0,d1] (already checked present) with scale
+ * float32 [ceil(d0/128), ceil(d1/128)]. */
+static dsc_status check_wq(dsc_context *ctx, const char *fn, const char *name, const char *sname,
+                           const DLTensor *t, const DLTensor *scale, int64_t d0, int64_t d1) {
+  DSC_CHECK(t != NULL, DSC_ERR_INVALID_ARGUMENT, fn, "%s: expected NULL (its weight is unused with this q_lora_rank), got a tensor", sname);
+  DSC_TRY(dsc_check_tensor(ctx, fn, name, t, DSC_DT(DSC_DTYPE_FLOAT8_E4M3FN)));
+  const int64_t shape[2] = {d0, d1}, ss[2] = {(d0 + 127) / 128, (d1 + 127) / 128};
+  DSC_TRY(dsc_check_shape(fn, name, t, 2, shape));
+  DSC_TRY(dsc_check_tensor(ctx, fn, sname, scale, DSC_DT(DSC_DTYPE_FLOAT32)));
+  return dsc_check_shape(fn, sname, scale, 2, ss);
+}
+
+/* Any projection held in FP8 (a *_scale_inv given). */
+static int has_fp8_weights(const dsc_mla_weights *w) {
+  return w->q_a_proj_scale_inv || w->q_b_proj_scale_inv || w->q_proj_scale_inv ||
+         w->kv_a_proj_with_mqa_scale_inv || w->kv_b_proj_scale_inv || w->o_proj_scale_inv;
+}
+
+/* infer: prefill/decode, where weights may be held in FP8 (with p->fp8). */
 static dsc_status check_weights(dsc_context *ctx, const char *fn, const dsc_mla_params *p,
-                                const dsc_mla_weights *w) {
+                                const dsc_mla_weights *w, int infer) {
   DSC_CHECK(w != NULL, DSC_ERR_INVALID_ARGUMENT, fn, "w: expected MLA weights, got NULL");
   DSC_CHECK(w->size >= sizeof(dsc_mla_weights), DSC_ERR_INVALID_ARGUMENT, fn,
             "w->size: expected sizeof(dsc_mla_weights) = %zu, got %zu", sizeof(dsc_mla_weights),
@@ -102,14 +121,35 @@ static dsc_status check_weights(dsc_context *ctx, const char *fn, const dsc_mla_
   const int64_t dqk = p->qk_nope_head_dim + p->qk_rope_head_dim, dr = p->qk_rope_head_dim;
   const int64_t dn = p->qk_nope_head_dim, dv = p->v_head_dim;
   const int ql = Rq > 0;
-  DSC_TRY(check_w(ctx, fn, "q_a_proj", w->q_a_proj, ql, 2, Rq, Hd));
+  if (has_fp8_weights(w)) {
+    DSC_CHECK(infer, DSC_ERR_INVALID_ARGUMENT, fn,
+              "w: expected float32 master weights for training, got FP8 weights "
+              "(*_scale_inv set; those are for dsc_mla_prefill/decode)");
+    DSC_CHECK(p->fp8, DSC_ERR_INVALID_ARGUMENT, fn,
+              "w: FP8 weights (*_scale_inv set) need p->fp8 = 1, got 0");
+  }
+  /* the projections (out, in), held in float32 or, with a scale, in FP8 */
+  struct { const char *n, *sn; const DLTensor *t, *s; int use; int64_t d0, d1; } pr[6] = {
+      {"q_a_proj", "q_a_proj_scale_inv", w->q_a_proj, w->q_a_proj_scale_inv, ql, Rq, Hd},
+      {"q_b_proj", "q_b_proj_scale_inv", w->q_b_proj, w->q_b_proj_scale_inv, ql, H * dqk, Rq},
+      {"q_proj", "q_proj_scale_inv", w->q_proj, w->q_proj_scale_inv, !ql, H * dqk, Hd},
+      {"kv_a_proj_with_mqa", "kv_a_proj_with_mqa_scale_inv", w->kv_a_proj_with_mqa,
+       w->kv_a_proj_with_mqa_scale_inv, 1, R + dr, Hd},
+      {"kv_b_proj", "kv_b_proj_scale_inv", w->kv_b_proj, w->kv_b_proj_scale_inv, 1,
+       H * (dn + dv), R},
+      {"o_proj", "o_proj_scale_inv", w->o_proj, w->o_proj_scale_inv, 1, Hd, H * dv}};
+  for (int i = 0; i < 6; ++i) {
+    if (pr[i].s && pr[i].use)
+      DSC_TRY(check_wq(ctx, fn, pr[i].n, pr[i].sn, pr[i].t, pr[i].s, pr[i].d0, pr[i].d1));
+    else if (pr[i].s)
+      return dsc_error(DSC_ERR_INVALID_ARGUMENT, fn,
+                       "%s: expected NULL (its weight is unused with this q_lora_rank), got a tensor",
+                       pr[i].sn);
+    else
+      DSC_TRY(check_w(ctx, fn, pr[i].n, pr[i].t, pr[i].use, 2, pr[i].d0, pr[i].d1));
+  }
   DSC_TRY(check_w(ctx, fn, "q_a_layernorm", w->q_a_layernorm, ql, 1, Rq, 0));
-  DSC_TRY(check_w(ctx, fn, "q_b_proj", w->q_b_proj, ql, 2, H * dqk, Rq));
-  DSC_TRY(check_w(ctx, fn, "q_proj", w->q_proj, !ql, 2, H * dqk, Hd));
-  DSC_TRY(check_w(ctx, fn, "kv_a_proj_with_mqa", w->kv_a_proj_with_mqa, 1, 2, R + dr, Hd));
   DSC_TRY(check_w(ctx, fn, "kv_a_layernorm", w->kv_a_layernorm, 1, 1, R, 0));
-  DSC_TRY(check_w(ctx, fn, "kv_b_proj", w->kv_b_proj, 1, 2, H * (dn + dv), R));
-  DSC_TRY(check_w(ctx, fn, "o_proj", w->o_proj, 1, 2, Hd, H * dv));
   if (p->fp8) DSC_TRY(dsc_fp8l_device_ok(ctx, fn));
   return DSC_OK;
 }
@@ -221,13 +261,37 @@ static dsc_status fp8_scratch_alloc(dsc_context *ctx, const dsc_mla_params *p, i
   return DSC_OK;
 }
 
-/* y [M,Nout] = x [M,K] @ w [Nout,K]^T: float32, or FP8 with f8 (x 1x128, w 128x128). */
+/* A projection weight [Nout,K]: float32 w, or (q != NULL) held in E4M3 with its 128x128
+ * block scales s. */
+typedef struct {
+  const float *w;
+  const uint8_t *q;
+  const float *s;
+} wref;
+
+static wref WR(const DLTensor *w, const DLTensor *scale_inv) {
+  wref r = {NULL, NULL, NULL};
+  if (scale_inv) {
+    r.q = (const uint8_t *)dsc_data(w);
+    r.s = (const float *)dsc_data(scale_inv);
+  } else {
+    r.w = F(w);
+  }
+  return r;
+}
+
+/* y [M,Nout] = x [M,K] @ w^T: float32, or FP8 with f8 (x 1x128, w 128x128: quantized here
+ * unless held in FP8). */
 static dsc_status proj(dsc_context *ctx, const fp8_scratch *f8, int64_t M, int64_t Nout,
-                       int64_t K, const float *x, const float *w, float *y) {
-  if (!f8) return lin(ctx, M, Nout, K, x, K, w, K, 0.0f, y, Nout);
+                       int64_t K, const float *x, wref w, float *y) {
+  if (!f8) return lin(ctx, M, Nout, K, x, K, w.w, K, 0.0f, y, Nout);
   DSC_TRY(dsc_fp8l_quant_act(ctx, DSC_DTYPE_FLOAT32, M, K, x, f8->xq, f8->xs));
-  DSC_TRY(dsc_fp8l_quant_weight(ctx, 1, Nout, K, w, 0, f8->wq, f8->ws));
-  return dsc_fp8l_fprop(ctx, 1, M, Nout, K, f8->xq, f8->xs, f8->wq, f8->ws, NULL, NULL,
+  if (!w.q) {
+    DSC_TRY(dsc_fp8l_quant_weight(ctx, 1, Nout, K, w.w, 0, f8->wq, f8->ws));
+    w.q = f8->wq;
+    w.s = f8->ws;
+  }
+  return dsc_fp8l_fprop(ctx, 1, M, Nout, K, f8->xq, f8->xs, w.q, w.s, NULL, NULL,
                         DSC_DTYPE_FLOAT32, y);
 }
 
@@ -339,12 +403,12 @@ static dsc_status q_path(dsc_context *ctx, const dsc_mla_params *p, const dsc_ml
   float inv[256], cs;
   DSC_TRY(rope_tab(p, inv, &cs));
   if (Rq > 0) {
-    DSC_TRY(proj(ctx, f8, N, Rq, Hd, x, F(w->q_a_proj), cq_raw));
+    DSC_TRY(proj(ctx, f8, N, Rq, Hd, x, WR(w->q_a_proj, w->q_a_proj_scale_inv), cq_raw));
     DSC_TRY(BK(rms_norm_fwd, ctx, DSC_DTYPE_FLOAT32, N, Rq, cq_raw, dsc_data(w->q_a_layernorm),
                p->rms_norm_eps, cq, rstd_q));
-    DSC_TRY(proj(ctx, f8, N, H * dqk, Rq, cq, F(w->q_b_proj), q));
+    DSC_TRY(proj(ctx, f8, N, H * dqk, Rq, cq, WR(w->q_b_proj, w->q_b_proj_scale_inv), q));
   } else {
-    DSC_TRY(proj(ctx, f8, N, H * dqk, Hd, x, F(w->q_proj), q));
+    DSC_TRY(proj(ctx, f8, N, H * dqk, Hd, x, WR(w->q_proj, w->q_proj_scale_inv), q));
   }
   DSC_TRY(BK(mla_copy_cols, ctx, N * H, dr, q + dn, dqk, q_pe, dr));
   return BK(rope, ctx, DSC_DTYPE_FLOAT32, (int)p->rope.layout, B, T, H, dr, q_pe, pos, inv, cs, 0,
@@ -359,14 +423,14 @@ static dsc_status kv_path(dsc_context *ctx, const dsc_mla_params *p, const dsc_m
   const int64_t N = B * T, Hd = p->hidden, R = p->kv_lora_rank, dr = p->qk_rope_head_dim;
   float inv[256], cs;
   DSC_TRY(rope_tab(p, inv, &cs));
-  const float *wa = F(w->kv_a_proj_with_mqa); /* [R + dr, Hd] */
+  const wref wa = WR(w->kv_a_proj_with_mqa, w->kv_a_proj_with_mqa_scale_inv); /* [R+dr, Hd] */
   if (f8) { /* one [N, R+dr] projection, then split */
     DSC_TRY(proj(ctx, f8, N, R + dr, Hd, x, wa, f8->tmp));
     DSC_TRY(BK(mla_copy_cols, ctx, N, R, f8->tmp, R + dr, c_raw, R));
     DSC_TRY(BK(mla_copy_cols, ctx, N, dr, f8->tmp + R, R + dr, kpe, dr));
   } else {
-    DSC_TRY(lin(ctx, N, R, Hd, x, Hd, wa, Hd, 0.0f, c_raw, R));
-    DSC_TRY(lin(ctx, N, dr, Hd, x, Hd, wa + R * Hd, Hd, 0.0f, kpe, dr));
+    DSC_TRY(lin(ctx, N, R, Hd, x, Hd, wa.w, Hd, 0.0f, c_raw, R));
+    DSC_TRY(lin(ctx, N, dr, Hd, x, Hd, wa.w + R * Hd, Hd, 0.0f, kpe, dr));
   }
   DSC_TRY(BK(rms_norm_fwd, ctx, DSC_DTYPE_FLOAT32, N, R, c_raw, dsc_data(w->kv_a_layernorm),
              p->rms_norm_eps, ckv, rstd_kv));
@@ -380,7 +444,7 @@ dsc_status dsc_mla_forward(dsc_context *ctx, const dsc_mla_params *p, const dsc_
   static const char *const FN = "dsc_mla_forward";
   DSC_TRY(check_ctx(FN, ctx));
   DSC_TRY(check_params(FN, p));
-  DSC_TRY(check_weights(ctx, FN, p, w));
+  DSC_TRY(check_weights(ctx, FN, p, w, 0));
   DSC_TRY(check_x(ctx, FN, p, "x", x, positions));
   DSC_TRY(dsc_check_tensor(ctx, FN, "out", out, DSC_DT(DSC_DTYPE_FLOAT32)));
   DSC_TRY(dsc_check_same_shape(FN, "out", out, "x", x));
@@ -413,11 +477,11 @@ dsc_status dsc_mla_forward(dsc_context *ctx, const dsc_mla_params *p, const dsc_
     s = q_path(ctx, p, w, f8, B, T, xp, pos, a[A_CQ_RAW], a[A_RSTD_Q], a[A_CQ], a[A_Q], a[A_Q_PE]);
     if (s == DSC_OK)
       s = kv_path(ctx, p, w, f8, B, T, xp, pos, a[A_C_RAW], a[A_RSTD_KV], a[A_CKV], a[A_KPE]);
-    if (s == DSC_OK) s = proj(ctx, f8, N, H * (dn + dv), R, a[A_CKV], F(w->kv_b_proj), a[A_KV]);
+    if (s == DSC_OK) s = proj(ctx, f8, N, H * (dn + dv), R, a[A_CKV], WR(w->kv_b_proj, NULL), a[A_KV]);
     if (s == DSC_OK)
       s = BK(mla_attn_fwd, ctx, B, T, H, dn, dr, dv, p->softmax_scale, a[A_Q], a[A_Q_PE], a[A_KV],
              a[A_KPE], a[A_O], a[A_LSE]);
-    if (s == DSC_OK) s = proj(ctx, f8, N, Hd, H * dv, a[A_O], F(w->o_proj), FO(out));
+    if (s == DSC_OK) s = proj(ctx, f8, N, Hd, H * dv, a[A_O], WR(w->o_proj, NULL), FO(out));
   }
   dsc_free(ctx, f8s.mem);
   if (s != DSC_OK || !saved) {
@@ -444,7 +508,7 @@ dsc_status dsc_mla_backward(dsc_context *ctx, const dsc_mla_params *p, const dsc
   static const char *const FN = "dsc_mla_backward";
   DSC_TRY(check_ctx(FN, ctx));
   DSC_TRY(check_params(FN, p));
-  DSC_TRY(check_weights(ctx, FN, p, w));
+  DSC_TRY(check_weights(ctx, FN, p, w, 0));
   DSC_TRY(check_x(ctx, FN, p, "x", x, positions));
   DSC_TRY(dsc_check_tensor(ctx, FN, "dout", dout, DSC_DT(DSC_DTYPE_FLOAT32)));
   DSC_TRY(dsc_check_same_shape(FN, "dout", dout, "x", x));
@@ -807,7 +871,7 @@ static dsc_status mla_infer(const char *FN, dsc_context *ctx, const dsc_mla_para
                             DLTensor *out) {
   DSC_TRY(check_ctx(FN, ctx));
   DSC_TRY(check_params(FN, p));
-  DSC_TRY(check_weights(ctx, FN, p, w));
+  DSC_TRY(check_weights(ctx, FN, p, w, 1));
   CACHE_ARG(FN);
   DSC_CHECK(c->ctx == ctx, DSC_ERR_INVALID_ARGUMENT, FN, "cache: expected a cache of this context");
   DSC_CHECK(layer >= 0 && layer < c->o.n_layers, DSC_ERR_INVALID_ARGUMENT, FN,
@@ -953,8 +1017,13 @@ static dsc_status mla_infer(const char *FN, dsc_context *ctx, const dsc_mla_para
   if (s == DSC_OK) s = (call)
   if (f8) { /* absorb kv_b as stored in FP8 (128x128 E4M3 blocks), like the checkpoints */
     const int64_t nk = H * (dn + dv);
-    STEP(dsc_fp8l_quant_weight(ctx, 1, nk, R, wkvb, 0, f8->wq, f8->ws));
-    STEP(dsc_fp8l_dequant_weight(ctx, nk, R, f8->wq, f8->ws, f8->wkvb));
+    const wref kb = WR(w->kv_b_proj, w->kv_b_proj_scale_inv);
+    if (kb.q) {
+      STEP(dsc_fp8l_dequant_weight(ctx, nk, R, kb.q, kb.s, f8->wkvb));
+    } else {
+      STEP(dsc_fp8l_quant_weight(ctx, 1, nk, R, wkvb, 0, f8->wq, f8->ws));
+      STEP(dsc_fp8l_dequant_weight(ctx, nk, R, f8->wq, f8->ws, f8->wkvb));
+    }
     wkvb = f8->wkvb;
   }
   if (N > 0) {
@@ -970,7 +1039,7 @@ static dsc_status mla_infer(const char *FN, dsc_context *ctx, const dsc_mla_para
     /* o[:, h] = o_lat[:, h] @ W_UV[h]^T   ([N,R] @ [R,dv]) */
     STEP(BK(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 1, N, dv, R, 1.0f, a[I_OLAT], H * R, wkvb + dn * R, R,
             0.0f, a[I_O], H * dv, H, R, (dn + dv) * R, dv));
-    STEP(proj(ctx, f8, N, Hd, H * dv, a[I_O], F(w->o_proj), FO(out)));
+    STEP(proj(ctx, f8, N, Hd, H * dv, a[I_O], WR(w->o_proj, w->o_proj_scale_inv), FO(out)));
   }
 #undef STEP
   free(meta);

@@ -152,13 +152,21 @@ static dsc_status fp8_scratch_alloc(dsc_context *ctx, int64_t T, int64_t R, int6
 }
 
 /* y [M,N] = x [M,K] @ w^T: G experts over the rows of `offs` (device; f->offs_h on the host),
- * or one matrix (G 1, offs NULL); w [G,N,K]. */
+ * or one matrix (G 1, offs NULL); w [G,N,K] float32 (quantized here) or, with w_scale, held
+ * in E4M3 with its block scales [G,Nb,Kb]. */
 static dsc_status fp8_fwd(dsc_context *ctx, const fp8_scratch *f, int64_t G, int64_t M, int64_t N,
-                          int64_t K, const DLTensor *x, const DLTensor *w, const DLTensor *offs,
-                          DLTensor *y) {
+                          int64_t K, const DLTensor *x, const DLTensor *w, const DLTensor *w_scale,
+                          const DLTensor *offs, DLTensor *y) {
   DSC_TRY(dsc_fp8l_quant_act(ctx, DSC_DTYPE_FLOAT32, M, K, dsc_data(x), f->aq, f->as));
-  DSC_TRY(dsc_fp8l_quant_weight(ctx, G, N, K, (const float *)dsc_data(w), 0, f->wq, f->ws));
-  return dsc_fp8l_fprop(ctx, G, M, N, K, f->aq, f->as, f->wq, f->ws,
+  const uint8_t *wq = f->wq;
+  const float *ws = f->ws;
+  if (w_scale) {
+    wq = (const uint8_t *)dsc_data(w);
+    ws = (const float *)dsc_data(w_scale);
+  } else {
+    DSC_TRY(dsc_fp8l_quant_weight(ctx, G, N, K, (const float *)dsc_data(w), 0, f->wq, f->ws));
+  }
+  return dsc_fp8l_fprop(ctx, G, M, N, K, f->aq, f->as, wq, ws,
                         offs ? (const int32_t *)dsc_data(offs) : NULL, offs ? f->offs_h : NULL,
                         DSC_DTYPE_FLOAT32, dsc_data(y));
 }
@@ -178,10 +186,42 @@ static dsc_status fp8_bwd(dsc_context *ctx, const fp8_scratch *f, int64_t G, int
                         dsc_data(dx));
 }
 
+/* An expert-side weight: float32, or (scale != NULL) float8_e4m3fn with float32 128x128
+ * block scales [(G,) ceil(N/128), ceil(K/128)] for a weight [(G,) N, K]. */
+static dsc_status check_ew(const dsc_context *ctx, const char *fn, const char *name,
+                           const char *sname, const DLTensor *t, const DLTensor *scale, int nd,
+                           const int64_t *shape) {
+  DSC_TRY(dsc_check_tensor(ctx, fn, name, t,
+                           DSC_DT(scale ? DSC_DTYPE_FLOAT8_E4M3FN : DSC_DTYPE_FLOAT32)));
+  DSC_TRY(dsc_check_shape(fn, name, t, nd, shape));
+  if (!scale) return DSC_OK;
+  int64_t ss[3];
+  for (int i = 0; i < nd; ++i) ss[i] = shape[i];
+  ss[nd - 2] = (shape[nd - 2] + 127) / 128;
+  ss[nd - 1] = (shape[nd - 1] + 127) / 128;
+  DSC_TRY(dsc_check_tensor(ctx, fn, sname, scale, DSC_DT(DSC_DTYPE_FLOAT32)));
+  return dsc_check_shape(fn, sname, scale, nd, ss);
+}
+
+static int has_fp8_weights(const dsc_moe_layer_weights *w) {
+  return w->experts_gate_scale_inv || w->experts_up_scale_inv || w->experts_down_scale_inv ||
+         w->shared_gate_scale_inv || w->shared_up_scale_inv || w->shared_down_scale_inv;
+}
+
+/* infer: a forward without saved activations, where weights may be held in FP8. */
 static dsc_status check_weights(const dsc_context *ctx, const char *fn, const dsc_moe_layer_weights *w,
-                                int64_t D, int64_t *E, int64_t *F, int64_t *Fs) {
+                                int64_t D, int infer, int64_t *E, int64_t *F, int64_t *Fs) {
   DSC_CHECK(w != NULL && w->size >= sizeof(dsc_moe_layer_weights), DSC_ERR_INVALID_ARGUMENT, fn,
             "w: expected a dsc_moe_layer_weights with size = %zu", sizeof(dsc_moe_layer_weights));
+  DSC_CHECK(w->fp8 == 0 || w->fp8 == 1, DSC_ERR_INVALID_ARGUMENT, fn,
+            "w->fp8: expected 0 or 1, got %d", (int)w->fp8);
+  if (has_fp8_weights(w)) {
+    DSC_CHECK(w->fp8, DSC_ERR_INVALID_ARGUMENT, fn,
+              "w: FP8 weights (*_scale_inv set) need w->fp8 = 1, got 0");
+    DSC_CHECK(infer, DSC_ERR_INVALID_ARGUMENT, fn,
+              "w: FP8 weights (*_scale_inv set) are for inference: expected saved = NULL and no "
+              "backward, or float32 master weights");
+  }
   const unsigned F32 = DSC_DT(DSC_DTYPE_FLOAT32);
   DSC_TRY(dsc_check_tensor(ctx, fn, "w->gate", w->gate, F32));
   DSC_TRY(dsc_check_ndim(fn, "w->gate", w->gate, 2, 2, "(E, D)"));
@@ -192,29 +232,35 @@ static dsc_status check_weights(const dsc_context *ctx, const char *fn, const ds
     DSC_TRY(dsc_check_tensor(ctx, fn, "w->bias", w->bias, F32));
     DSC_TRY(dsc_check_shape(fn, "w->bias", w->bias, 1, E));
   }
-  DSC_TRY(dsc_check_tensor(ctx, fn, "w->experts_gate", w->experts_gate, F32));
+  DSC_CHECK(w->experts_gate != NULL, DSC_ERR_INVALID_ARGUMENT, fn,
+            "w->experts_gate: expected a tensor, got NULL");
   DSC_TRY(dsc_check_ndim(fn, "w->experts_gate", w->experts_gate, 3, 3, "(E, F, D)"));
   *F = w->experts_gate->shape[1];
   int64_t egs[3] = {*E, *F, D}, eds[3] = {*E, D, *F};
-  DSC_TRY(dsc_check_shape(fn, "w->experts_gate", w->experts_gate, 3, egs));
-  DSC_TRY(dsc_check_tensor(ctx, fn, "w->experts_up", w->experts_up, F32));
-  DSC_TRY(dsc_check_shape(fn, "w->experts_up", w->experts_up, 3, egs));
-  DSC_TRY(dsc_check_tensor(ctx, fn, "w->experts_down", w->experts_down, F32));
-  DSC_TRY(dsc_check_shape(fn, "w->experts_down", w->experts_down, 3, eds));
+  DSC_TRY(check_ew(ctx, fn, "w->experts_gate", "w->experts_gate_scale_inv", w->experts_gate,
+                   w->experts_gate_scale_inv, 3, egs));
+  DSC_TRY(check_ew(ctx, fn, "w->experts_up", "w->experts_up_scale_inv", w->experts_up,
+                   w->experts_up_scale_inv, 3, egs));
+  DSC_TRY(check_ew(ctx, fn, "w->experts_down", "w->experts_down_scale_inv", w->experts_down,
+                   w->experts_down_scale_inv, 3, eds));
   *Fs = 0;
   if (w->shared_gate || w->shared_up || w->shared_down) {
-    DSC_TRY(dsc_check_tensor(ctx, fn, "w->shared_gate", w->shared_gate, F32));
+    DSC_CHECK(w->shared_gate != NULL, DSC_ERR_INVALID_ARGUMENT, fn,
+              "w->shared_gate: expected a tensor with shared_up/shared_down, got NULL");
     DSC_TRY(dsc_check_ndim(fn, "w->shared_gate", w->shared_gate, 2, 2, "(Fs, D)"));
     *Fs = w->shared_gate->shape[0];
     int64_t sgs[2] = {*Fs, D}, sds[2] = {D, *Fs};
-    DSC_TRY(dsc_check_shape(fn, "w->shared_gate", w->shared_gate, 2, sgs));
-    DSC_TRY(dsc_check_tensor(ctx, fn, "w->shared_up", w->shared_up, F32));
-    DSC_TRY(dsc_check_shape(fn, "w->shared_up", w->shared_up, 2, sgs));
-    DSC_TRY(dsc_check_tensor(ctx, fn, "w->shared_down", w->shared_down, F32));
-    DSC_TRY(dsc_check_shape(fn, "w->shared_down", w->shared_down, 2, sds));
+    DSC_TRY(check_ew(ctx, fn, "w->shared_gate", "w->shared_gate_scale_inv", w->shared_gate,
+                     w->shared_gate_scale_inv, 2, sgs));
+    DSC_TRY(check_ew(ctx, fn, "w->shared_up", "w->shared_up_scale_inv", w->shared_up,
+                     w->shared_up_scale_inv, 2, sgs));
+    DSC_TRY(check_ew(ctx, fn, "w->shared_down", "w->shared_down_scale_inv", w->shared_down,
+                     w->shared_down_scale_inv, 2, sds));
+  } else {
+    DSC_CHECK(!w->shared_gate_scale_inv && !w->shared_up_scale_inv && !w->shared_down_scale_inv,
+              DSC_ERR_INVALID_ARGUMENT, fn,
+              "w->shared_*_scale_inv: expected NULL without shared experts, got a tensor");
   }
-  DSC_CHECK(w->fp8 == 0 || w->fp8 == 1, DSC_ERR_INVALID_ARGUMENT, fn,
-            "w->fp8: expected 0 or 1, got %d", (int)w->fp8);
   if (w->fp8) DSC_TRY(dsc_fp8l_device_ok(ctx, fn));
   return DSC_OK;
 }
@@ -233,7 +279,7 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
             "saved: expected a handle created with this context");
   const int64_t D = dsc_last_dim(x), T = dsc_rows(x);
   int64_t E, F, Fs;
-  DSC_TRY(check_weights(ctx, FN, w, D, &E, &F, &Fs));
+  DSC_TRY(check_weights(ctx, FN, w, D, saved == NULL, &E, &F, &Fs));
   const int64_t k = p->top_k;
 
   /* Without a saved handle (inference) the intermediates live in a temporary one. */
@@ -274,10 +320,13 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
   memset(&f8, 0, sizeof f8);
   if (w->fp8) {
     STEP(fp8_scratch_alloc(ctx, T, R, D, E, F, Fs, &b[B_OFFSETS].t, &f8));
-    STEP(fp8_fwd(ctx, &f8, E, R, F, D, &b[B_XP].t, w->experts_gate, &b[B_OFFSETS].t, &b[B_HG].t));
-    STEP(fp8_fwd(ctx, &f8, E, R, F, D, &b[B_XP].t, w->experts_up, &b[B_OFFSETS].t, &b[B_HU].t));
+    STEP(fp8_fwd(ctx, &f8, E, R, F, D, &b[B_XP].t, w->experts_gate, w->experts_gate_scale_inv,
+                 &b[B_OFFSETS].t, &b[B_HG].t));
+    STEP(fp8_fwd(ctx, &f8, E, R, F, D, &b[B_XP].t, w->experts_up, w->experts_up_scale_inv,
+                 &b[B_OFFSETS].t, &b[B_HU].t));
     STEP(dsc_swiglu_forward(ctx, &b[B_HG].t, &b[B_HU].t, &b[B_ACT].t));
-    STEP(fp8_fwd(ctx, &f8, E, R, D, F, &b[B_ACT].t, w->experts_down, &b[B_OFFSETS].t, &b[B_EO].t));
+    STEP(fp8_fwd(ctx, &f8, E, R, D, F, &b[B_ACT].t, w->experts_down, w->experts_down_scale_inv,
+                 &b[B_OFFSETS].t, &b[B_EO].t));
   } else {
     STEP(dsc_grouped_linear_forward(ctx, &b[B_XP].t, w->experts_gate, &b[B_OFFSETS].t, &b[B_HG].t));
     STEP(dsc_grouped_linear_forward(ctx, &b[B_XP].t, w->experts_up, &b[B_OFFSETS].t, &b[B_HU].t));
@@ -293,10 +342,13 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
     STEP(buf_alloc(ctx, &b[B_SA], DSC_DTYPE_FLOAT32, T, Fs));
     STEP(buf_alloc(ctx, &so, DSC_DTYPE_FLOAT32, T, D));
     if (w->fp8) {
-      STEP(fp8_fwd(ctx, &f8, 1, T, Fs, D, &x2, w->shared_gate, NULL, &b[B_SG].t));
-      STEP(fp8_fwd(ctx, &f8, 1, T, Fs, D, &x2, w->shared_up, NULL, &b[B_SU].t));
+      STEP(fp8_fwd(ctx, &f8, 1, T, Fs, D, &x2, w->shared_gate, w->shared_gate_scale_inv, NULL,
+                   &b[B_SG].t));
+      STEP(fp8_fwd(ctx, &f8, 1, T, Fs, D, &x2, w->shared_up, w->shared_up_scale_inv, NULL,
+                   &b[B_SU].t));
       STEP(dsc_swiglu_forward(ctx, &b[B_SG].t, &b[B_SU].t, &b[B_SA].t));
-      STEP(fp8_fwd(ctx, &f8, 1, T, D, Fs, &b[B_SA].t, w->shared_down, NULL, &so.t));
+      STEP(fp8_fwd(ctx, &f8, 1, T, D, Fs, &b[B_SA].t, w->shared_down, w->shared_down_scale_inv,
+                   NULL, &so.t));
     } else {
       STEP(dsc_linear_forward(ctx, &x2, w->shared_gate, &b[B_SG].t));
       STEP(dsc_linear_forward(ctx, &x2, w->shared_up, &b[B_SU].t));
@@ -338,7 +390,7 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
             "saved: expected the handle filled by dsc_moe_layer_forward on this context");
   const int64_t D = dsc_last_dim(x), T = dsc_rows(x);
   int64_t E, F, Fs;
-  DSC_TRY(check_weights(ctx, FN, w, D, &E, &F, &Fs));
+  DSC_TRY(check_weights(ctx, FN, w, D, 0, &E, &F, &Fs));
   DSC_CHECK(saved->T == T && saved->D == D && saved->E == E && saved->F == F && saved->Fs == Fs &&
                 saved->k == p->top_k,
             DSC_ERR_SHAPE, FN,

@@ -261,10 +261,14 @@ static PyObject *py_mla_cache_read(PyObject *m, PyObject *args) {
 }
 
 /* mla_infer(decode, cache, layer, x, seq_ids, positions, weights8, params, out) */
+/* mla_infer(decode, cache, layer, x, seq_ids, positions, weights(8), params, out
+ *           [, scale_inv(8) or None]): scale_inv entries (None allowed) make the matching
+ *           weights FP8-held (see dsc_mla_weights). */
 static PyObject *py_mla_infer(PyObject *m, PyObject *args) {
-  PyObject *cap, *xo, *io, *po, *wt, *pr, *oo;
+  PyObject *cap, *xo, *io, *po, *wt, *pr, *oo, *st = Py_None;
   int decode, layer;
-  if (!PyArg_ParseTuple(args, "pOiOOOOOO", &decode, &cap, &layer, &xo, &io, &po, &wt, &pr, &oo))
+  if (!PyArg_ParseTuple(args, "pOiOOOOOO|O", &decode, &cap, &layer, &xo, &io, &po, &wt, &pr, &oo,
+                        &st))
     return NULL;
   dsc_mla_cache *c = (dsc_mla_cache *)PyCapsule_GetPointer(cap, CACHE_NAME);
   if (!c) return NULL;
@@ -279,6 +283,16 @@ static PyObject *py_mla_infer(PyObject *m, PyObject *args) {
   if (import8(&f, wt, 0, wts, "") < 0) goto out;
   dsc_mla_weights w;
   fill_weights(&w, wts);
+  if (st != Py_None) {
+    DLTensor *sc[8];
+    if (import8(&f, st, 0, sc, "scale_inv of ") < 0) goto out;
+    w.q_a_proj_scale_inv = sc[0];
+    w.q_b_proj_scale_inv = sc[2];
+    w.q_proj_scale_inv = sc[3];
+    w.kv_a_proj_with_mqa_scale_inv = sc[4];
+    w.kv_b_proj_scale_inv = sc[6];
+    w.o_proj_scale_inv = sc[7];
+  }
   if (decode) RUN(dsc_mla_decode(ctx, &p, &w, c, layer, x, ids, pos, y));
   else RUN(dsc_mla_prefill(ctx, &p, &w, c, layer, x, ids, pos, y));
   ret = Py_NewRef(Py_None);

@@ -50,11 +50,43 @@ static int import_weights(dsc_py_frame *f, PyObject *tup, dsc_moe_layer_weights 
   return 0;
 }
 
-/* moe_layer_forward(x, route, align, weights, y, counts|None, keep[, fp8]) -> saved | None */
+/* The 6 weight_scale_inv of FP8-held expert weights (experts gate/up/down, shared
+ * gate/up/down; None: float32 weight). */
+static int import_scales(dsc_py_frame *f, PyObject *tup, dsc_moe_layer_weights *w) {
+  static const char *const NAMES[6] = {
+      "experts gate_proj weight_scale_inv", "experts up_proj weight_scale_inv",
+      "experts down_proj weight_scale_inv", "mlp.shared_experts.gate_proj.weight_scale_inv",
+      "mlp.shared_experts.up_proj.weight_scale_inv",
+      "mlp.shared_experts.down_proj.weight_scale_inv"};
+  PyObject *seq = PySequence_Fast(tup, "scales: expected a tuple of 6 arrays or None");
+  if (!seq) return -1;
+  if (PySequence_Fast_GET_SIZE(seq) != 6) {
+    Py_DECREF(seq);
+    PyErr_Format(PyExc_ValueError, "%s: scales: expected 6 entries", f->fn);
+    return -1;
+  }
+  const DLTensor *t[6];
+  for (int i = 0; i < 6; ++i) {
+    PyObject *o = PySequence_Fast_GET_ITEM(seq, i);
+    t[i] = dsc_py_frame_add(f, o, NAMES[i], 0, 1);
+    if (!t[i] && o != Py_None) {
+      Py_DECREF(seq);
+      return -1;
+    }
+  }
+  Py_DECREF(seq);
+  w->experts_gate_scale_inv = t[0], w->experts_up_scale_inv = t[1];
+  w->experts_down_scale_inv = t[2], w->shared_gate_scale_inv = t[3];
+  w->shared_up_scale_inv = t[4], w->shared_down_scale_inv = t[5];
+  return 0;
+}
+
+/* moe_layer_forward(x, route, align, weights, y, counts|None, keep[, fp8[, scales|None]])
+ * -> saved | None */
 static PyObject *py_moe_layer_forward(PyObject *m, PyObject *args) {
-  PyObject *xo, *ro, *wo, *yo, *co;
+  PyObject *xo, *ro, *wo, *yo, *co, *so = Py_None;
   int align, keep, fp8 = 0;
-  if (!PyArg_ParseTuple(args, "OOiOOOp|p", &xo, &ro, &align, &wo, &yo, &co, &keep, &fp8))
+  if (!PyArg_ParseTuple(args, "OOiOOOp|pO", &xo, &ro, &align, &wo, &yo, &co, &keep, &fp8, &so))
     return NULL;
   dsc_moe_route_params p;
   if (!dsc_py_parse_route(ro, &p)) return NULL;
@@ -66,6 +98,7 @@ static PyObject *py_moe_layer_forward(PyObject *m, PyObject *args) {
   OPT_OUT(counts, co, "counts")
   if (import_weights(&f, wo, &w) < 0) goto out;
   w.fp8 = fp8;
+  if (so != Py_None && import_scales(&f, so, &w) < 0) goto out;
   GET_CTX();
   if (keep) {
     s = dsc_moe_layer_saved_create(ctx, &saved);
@@ -142,7 +175,7 @@ static PyObject *py_moe_layer_backward(PyObject *m, PyObject *args) {
 
 PyMethodDef dsc_py_moe_layer_methods[] = {
     {"moe_layer_forward", py_moe_layer_forward, METH_VARARGS,
-     "moe_layer_forward(x, route, align, weights, y, counts|None, keep[, fp8]) -> saved|None"},
+     "moe_layer_forward(x, route, align, weights, y, counts|None, keep[, fp8[, scales]]) -> saved|None"},
     {"moe_layer_backward", py_moe_layer_backward, METH_VARARGS,
      "moe_layer_backward(x, dy, route, weights, saved, dx|None, grads[, fp8])"},
     {NULL, NULL, 0, NULL},
