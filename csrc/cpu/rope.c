@@ -27,7 +27,7 @@ dsc_status dsc_cpu_rope(dsc_context *ctx, dsc_dtype dt, int layout, int64_t B, i
                         int64_t H, int64_t D, const void *x /* [B,T,H,D] dt */,
                         const int32_t *pos /* [B,T] */, const float *inv_freq /* [D/2] host */,
                         float cs_scale, int inverse, void *y /* [B,T,H,D] dt, may alias x */) {
-  (void)ctx; /* read only by the OpenMP pragmas */
+  (void)ctx; /* read only by the OpenMP loop */
   const int64_t es = dsc_cpu_esize(dt);
   const int64_t half = D / 2;
   const int64_t BT = B * T;
@@ -36,10 +36,7 @@ dsc_status dsc_cpu_rope(dsc_context *ctx, dsc_dtype dt, int layout, int64_t B, i
                      2 * ROPE_MAX_HALF, (long long)D);
   const float sign = inverse ? -1.0f : 1.0f;
   /* One token (b, t) per iteration: its cos/sin table serves all H heads. */
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (BT * H * D >= DSC_CPU_PAR_MIN)
-#endif
-  for (int64_t bt = 0; bt < BT; ++bt) {
+  DSC_CPU_FOR(BT * H * D >= DSC_CPU_PAR_MIN, ctx->num_threads, bt, BT,
     float cs[ROPE_MAX_HALF], sn[ROPE_MAX_HALF]; /* [D/2] */
     const float p = (float)pos[bt];
     for (int64_t i = 0; i < half; ++i) {
@@ -61,6 +58,6 @@ dsc_status dsc_cpu_rope(dsc_context *ctx, dsc_dtype dt, int layout, int64_t B, i
         dsc_cpu_st(dt, yr, ib, a * sn[i] + b * cs[i]);
       }
     }
-  }
+  );
   return DSC_OK;
 }
