@@ -122,13 +122,15 @@ static void fp8_scratch_free(dsc_context *ctx, fp8_scratch *f) {
   memset(f, 0, sizeof *f);
 }
 
+/* need_w: some weight is float32 and gets quantized here (else no weight scratch). */
 static dsc_status fp8_scratch_alloc(dsc_context *ctx, int64_t T, int64_t R, int64_t D, int64_t E,
-                                    int64_t F, int64_t Fs, const DLTensor *offsets,
+                                    int64_t F, int64_t Fs, const DLTensor *offsets, int need_w,
                                     fp8_scratch *f) {
   memset(f, 0, sizeof *f);
   const int64_t kmax = max64(D, max64(F, Fs)), mmax = max64(R, T);
-  const int64_t wmax = max64(E * F * D, Fs * D);
-  const int64_t wsmax = max64(E * cdiv128(F) * cdiv128(D), cdiv128(Fs) * cdiv128(D));
+  const int64_t wmax = need_w ? max64(E * F * D, Fs * D) : 0;
+  const int64_t wsmax =
+      need_w ? max64(E * cdiv128(F) * cdiv128(D), cdiv128(Fs) * cdiv128(D)) : 0;
   const size_t sz[4] = {(size_t)(mmax * kmax), (size_t)(mmax * cdiv128(kmax)) * 4u, (size_t)wmax,
                         (size_t)wsmax * 4u};
   size_t off[5] = {0};
@@ -319,7 +321,13 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
   fp8_scratch f8;
   memset(&f8, 0, sizeof f8);
   if (w->fp8) {
-    STEP(fp8_scratch_alloc(ctx, T, R, D, E, F, Fs, &b[B_OFFSETS].t, &f8));
+    /* held FP8 weights need no weight scratch (a float32 shared expert with FP8 routed
+     * ones still does) */
+    const int all_held = w->experts_gate_scale_inv && w->experts_up_scale_inv &&
+                         w->experts_down_scale_inv &&
+                         (Fs == 0 || (w->shared_gate_scale_inv && w->shared_up_scale_inv &&
+                                      w->shared_down_scale_inv));
+    STEP(fp8_scratch_alloc(ctx, T, R, D, E, F, Fs, &b[B_OFFSETS].t, !all_held, &f8));
     STEP(fp8_fwd(ctx, &f8, E, R, F, D, &b[B_XP].t, w->experts_gate, w->experts_gate_scale_inv,
                  &b[B_OFFSETS].t, &b[B_HG].t));
     STEP(fp8_fwd(ctx, &f8, E, R, F, D, &b[B_XP].t, w->experts_up, w->experts_up_scale_inv,
@@ -419,7 +427,7 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
                                   &tmp[T_DEO].t, &tmp[T_DW].t));
   fp8_scratch f8;
   memset(&f8, 0, sizeof f8);
-  if (w->fp8) STEP(fp8_scratch_alloc(ctx, T, R, D, E, F, Fs, &b[B_OFFSETS].t, &f8));
+  if (w->fp8) STEP(fp8_scratch_alloc(ctx, T, R, D, E, F, Fs, &b[B_OFFSETS].t, 1, &f8));
   STEP(buf_alloc(ctx, &tmp[T_DACT], DSC_DTYPE_FLOAT32, R, F));
   if (w->fp8)
     STEP(fp8_bwd(ctx, &f8, E, R, D, F, &tmp[T_DEO].t, &b[B_ACT].t, w->experts_down,
