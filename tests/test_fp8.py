@@ -378,6 +378,21 @@ def test_fp8_linear_bf16_batched_and_partial_grads(rng):
     assert rel_err(dw2, exact) < 0.05
 
 
+def test_fp8_linear_backward_scales_with_tiny_gradients(rng):
+    """Gradients late in training sit far below 1e-4: dgrad and wgrad must scale exactly
+    with dy (no 1e-4 amax floor on the gradient tiles, which would round them onto a
+    coarse absolute grid)."""
+    x = rng.standard_normal((64, 256)).astype(np.float32)
+    w = (rng.standard_normal((160, 256)) * 0.05).astype(np.float32)
+    _, saved = dsc.fp8_linear_forward(x, w)
+    dy = rng.standard_normal((64, 160)).astype(np.float32)
+    dx1, dw1 = dsc.fp8_linear_backward(dy, saved)
+    c = np.float32(2.0 ** -26)  # ~1.5e-8: every tile's amax far below 1e-4
+    dx2, dw2 = dsc.fp8_linear_backward(dy * c, saved)
+    np.testing.assert_allclose(dx2 / c, dx1, rtol=1e-6, atol=1e-6 * np.abs(dx1).max())
+    np.testing.assert_allclose(dw2 / c, dw1, rtol=1e-6, atol=1e-6 * np.abs(dw1).max())
+
+
 def test_mlp_training_fp8_vs_fp32():
     """2-layer ReLU MLP, d=128, 100 SGD steps on a fixed teacher regression task: the FP8
     layer's final loss must be within 10% of the FP32 layer's (same seed and data)."""

@@ -87,14 +87,14 @@ def _lin8(x, w):
 
 
 def _dgrad8(dy, w):
-    dyq, dys = fp8ref.quantize(np.asarray(dy, np.float32), (1, 128))
+    dyq, dys = fp8ref.quantize(np.asarray(dy, np.float32), (1, 128), amax_floor=fp8ref.GRAD_AMAX_FLOOR)
     wq, ws = fp8ref.quantize(np.asarray(w, np.float32), (128, 128))
     return fp8ref.gemm(dyq, dys, wq.T, ws.T)
 
 
 def _wgrad8(dy, x):
     """dy^T x with both operands quantized 1x128 along the tokens (from float32 x)."""
-    a = fp8ref.quantize(np.asarray(dy, np.float32), (1, 128), transpose=True)
+    a = fp8ref.quantize(np.asarray(dy, np.float32), (1, 128), transpose=True, amax_floor=fp8ref.GRAD_AMAX_FLOOR)
     b = fp8ref.quantize(np.asarray(x, np.float32), (1, 128), transpose=True)
     return fp8ref.gemm(*a, *b)
 

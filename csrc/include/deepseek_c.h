@@ -435,7 +435,9 @@ DSC_API dsc_status dsc_fp8_linear_forward(dsc_context *ctx, const DLTensor *x, c
                                           DLTensor *y, DLTensor *xq, DLTensor *xs, DLTensor *wq,
                                           DLTensor *ws);
 /* dgrad dx = dy @ w (dy quantized 1x128, w^T blocks 128x128), wgrad dw = dy^T @ x (both
- * quantized 1x128 along the tokens), FP32 accumulation.
+ * quantized 1x128 along the tokens), FP32 accumulation. The dy tiles' amax is not floored
+ * at 1e-4 like the activations' (only at 1e-30): gradients are often far smaller, and the
+ * result scales exactly with dy.
  *   dy [..., N] float32|bfloat16; dx [..., K] dtype of dy (optional); dw [N, K] float32
  *   (optional, overwritten); xq, xs, wq, ws from the forward. */
 DSC_API dsc_status dsc_fp8_linear_backward(dsc_context *ctx, const DLTensor *dy,

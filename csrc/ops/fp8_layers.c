@@ -97,8 +97,8 @@ dsc_status dsc_fp8l_dgrad(dsc_context *ctx, int64_t G, int64_t M, int64_t N, int
   const uint8_t *wT = wq;             /* [G,K,N] */
   const float *wsT = ws;              /* [G,Kb,Nb] */
   if (N > 0) {
-    DSC_TRY(DSC_FP8_BACKEND(fp8_quantize, ctx, dyt, M, N, 1, 128, 0, 0, DSC_FP8_AMAX_FLOOR, E4,
-                            dy, dyq, dys));
+    DSC_TRY(DSC_FP8_BACKEND(fp8_quantize, ctx, dyt, M, N, 1, 128, 0, 0, DSC_FP8_GRAD_AMAX_FLOOR,
+                            E4, dy, dyq, dys));
     if (!w_transposed) {
       uint8_t *t = (uint8_t *)(p + off[2]);
       float *ts = (float *)(p + off[3]);
@@ -151,8 +151,8 @@ dsc_status dsc_fp8l_wgrad(dsc_context *ctx, int64_t G, int64_t M, int64_t N, int
     if (m > 0) {
       DSC_TRY(DSC_FP8_BACKEND(fp8_quantize, ctx, xt, m, K, 1, 128, 1, 0, DSC_FP8_AMAX_FLOOR, E4,
                               (const char *)x + (size_t)(r0 * K) * xes, xTq, xTs));
-      DSC_TRY(DSC_FP8_BACKEND(fp8_quantize, ctx, dyt, m, N, 1, 128, 1, 0, DSC_FP8_AMAX_FLOOR, E4,
-                              (const char *)dy + (size_t)(r0 * N) * dyes, dyTq, dyTs));
+      DSC_TRY(DSC_FP8_BACKEND(fp8_quantize, ctx, dyt, m, N, 1, 128, 1, 0, DSC_FP8_GRAD_AMAX_FLOOR,
+                              E4, (const char *)dy + (size_t)(r0 * N) * dyes, dyTq, dyTs));
     }
     /* dw_g [N,K] = dyT [N,m] @ (xT [K,m])^T; m == 0 writes zeros */
     DSC_TRY(DSC_FP8_BACKEND(fp8_gemm, ctx, N, K, m, E4, dyTq, dyTs, 1, E4, xTq, xTs, 1,

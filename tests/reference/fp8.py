@@ -152,16 +152,20 @@ def linear_forward(x, w):
     return gemm(xq, xs, wq, ws), (xq, xs, wq, ws)
 
 
+GRAD_AMAX_FLOOR = 1e-30  # output gradients: only keep an all-zero tile's scale normal
+
+
 def linear_backward(dy, saved):
     """dgrad dx = dy @ w (dy 1x128, w^T with the transposed 128x128 scales); wgrad
     dw = dy^T @ x with x (dequantized from the saved tiles, in float32) and dy both
-    re-quantized 1x128 along the tokens."""
+    re-quantized 1x128 along the tokens. The gradient tiles' amax floor is GRAD_AMAX_FLOOR
+    (not the activations' 1e-4)."""
     xq, xs, wq, ws = saved
     dy = np.asarray(dy)
-    dyq, dys = quantize(dy, (1, 128))
+    dyq, dys = quantize(dy, (1, 128), amax_floor=GRAD_AMAX_FLOOR)
     dx = gemm(dyq, dys, wq.T, ws.T)
     xf = dequantize(xq, xs, (1, 128)).astype(np.float32)
     xtq, xts = quantize(xf, (1, 128), transpose=True)
-    dytq, dyts = quantize(dy, (1, 128), transpose=True)
+    dytq, dyts = quantize(dy, (1, 128), transpose=True, amax_floor=GRAD_AMAX_FLOOR)
     dw = gemm(dytq, dyts, xtq, xts)
     return dx, dw
