@@ -21,9 +21,24 @@ new tokens / time of the whole call (prefill included, as GenerateOutput reports
 decode_tokens_per_s = (new tokens - one per sequence) / (call time - time of the same call
 with max_new_tokens=1, i.e. prefill + first token). speedup = plain time / MTP time.
 Greedy MTP output must equal plain greedy output; a mismatch is printed as an ERROR and
-recorded (matches_plain false). The Hugging Face transformers DeepseekV3ForCausalLM
-(PyTorch, CPU, batch 1 greedy, same checkpoint) is timed when transformers and torch
-import; else the JSON says "not installed".
+recorded (matches_plain false).
+
+Hugging Face reference (when torch and transformers import; else the JSON says "not
+installed"; --no-hf skips it): transformers' DeepseekV3ForCausalLM (PyTorch, float32, on
+CPU, torch.set_num_threads = our OpenMP thread count) runs greedy generate on the same
+checkpoint and prompts as the demo "long64" rows and the 100M "rand32" rows, at --hf-batches
+(default 1,8; ragged demo prompts are left-padded with an attention mask), right after our
+rows of that case. Per case: median over --reps rounds (after a warm-up) of the wall time
+of one whole generate call (prefill included), HF's and our plain greedy call timed in turn
+in each round (so load hits both alike; ours_tokens_per_s is this Python-call wall time,
+hence a little below the plain row's C-call figure); ratio = our tokens/s / HF tokens/s;
+and whether HF's greedy tokens equal our plain greedy tokens sequence by sequence
+(greedy_identical n/B, first divergence otherwise; a mismatch prints an ERROR and counts in
+"errors"). The 100M model is saved to a temp dir for HF with num_key_value_heads =
+num_attention_heads (HF's MLA repeats K/V num_attention_heads // num_key_value_heads times).
+"machine_load" records the 1-minute load average and the CPU share used by other processes
+(/proc/stat minus this process) during each timed part: timings taken with a busy CPU are
+not comparable.
 
 Writes benchmarks/results/decode_<device>_<date>.json (machine, commit, rows).
 """
@@ -66,14 +81,15 @@ def bench_case(m: dsc.Model, model_name: str, setting: str, prompts: list, mnt: 
     outs: dict[int, object] = {}
     for i, (_, spec, k) in enumerate(MODES):  # warm-up (allocations, page faults)
         outs[i] = _gen(m, prompts, mnt, eos, spec, k)
-    for _ in range(reps):
-        for i, (_, spec, k) in enumerate(MODES):
-            o = _gen(m, prompts, mnt, eos, spec, k)
-            secs[i].append(o.seconds)
-            pre[i].append(_gen(m, prompts, 1, eos, spec, k).seconds)
-            if o.tokens != outs[i].tokens:
-                print(f"  ERROR: {model_name}/{setting}/B={B}/{MODES[i][0]} k={k}: greedy output changed "
-                      "between repetitions", flush=True)
+    with CpuWatch() as watch:
+        for _ in range(reps):
+            for i, (_, spec, k) in enumerate(MODES):
+                o = _gen(m, prompts, mnt, eos, spec, k)
+                secs[i].append(o.seconds)
+                pre[i].append(_gen(m, prompts, 1, eos, spec, k).seconds)
+                if o.tokens != outs[i].tokens:
+                    print(f"  ERROR: {model_name}/{setting}/B={B}/{MODES[i][0]} k={k}: greedy output changed "
+                          "between repetitions", flush=True)
     rows = []
     plain_s = float(np.median(secs[0]))
     for i, (name, spec, k) in enumerate(MODES):
@@ -93,7 +109,8 @@ def bench_case(m: dsc.Model, model_name: str, setting: str, prompts: list, mnt: 
                    decode_tokens_per_s=round(dec, 1) if dec else None,
                    accept_rate=None if o.accept_rate is None else round(o.accept_rate, 4),
                    drafted=o.drafted, accepted=o.accepted,
-                   speedup_vs_plain=round(plain_s / s, 3), matches_plain=bool(match), reps=reps)
+                   speedup_vs_plain=round(plain_s / s, 3), matches_plain=bool(match), reps=reps,
+                   load=watch.as_dict())
         if extra:
             row.update(extra)
         rows.append(row)
@@ -115,31 +132,151 @@ def train_demo(steps: int, device: str, out_dir: str, seed: int = 0) -> dict:
                 final_mtp_loss=round(float(np.mean(hist["mtp_loss"][-20:])), 4))
 
 
-def hf_transformers(ckpt: str, prompt: list, mnt: int, reps: int) -> object:
-    """Greedy batch-1 decode with transformers' DeepseekV3ForCausalLM on CPU, or a note why not."""
+class CpuWatch:
+    """CPU used by other processes while a block runs: (busy jiffies of the whole machine from
+    /proc/stat - this process's utime+stime) / (wall * cpus); plus the 1-min load average at
+    the start. Linux only; elsewhere other_cpu_frac is None."""
+
+    def __enter__(self):
+        self.load1 = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+        self.t0, self.j0 = time.perf_counter(), self._jiffies()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall = time.perf_counter() - self.t0
+        j1 = self._jiffies()
+        self.other_cpu_frac = None
+        if self.j0 and j1 and wall > 0:
+            busy = (j1[0] - self.j0[0]) - (j1[1] - self.j0[1])
+            hz = os.sysconf("SC_CLK_TCK")
+            self.other_cpu_frac = round(max(0.0, busy / hz / wall / (os.cpu_count() or 1)), 3)
+
+    @staticmethod
+    def _jiffies():
+        try:
+            with open("/proc/stat") as fh:
+                f = [int(x) for x in fh.readline().split()[1:]]
+            with open("/proc/self/stat") as fh:
+                mine = fh.read().rsplit(")", 1)[1].split()
+            busy = sum(f) - f[3] - f[4]  # all but idle and iowait
+            return busy, int(mine[11]) + int(mine[12])  # utime, stime (all threads)
+        except Exception:  # noqa: BLE001
+            return None
+
+    def as_dict(self) -> dict:
+        return dict(load1_at_start=self.load1, other_cpu_frac=self.other_cpu_frac)
+
+
+def hf_import():
+    """(torch, transformers) or a note why not."""
     try:
         import torch
         import transformers
-    except Exception:  # noqa: BLE001
-        return "not installed"
-    try:
-        from transformers import DeepseekV3ForCausalLM
+        from transformers import DeepseekV3ForCausalLM  # noqa: F401  (needs transformers >= 4.51)
+        return torch, transformers
+    except Exception as e:  # noqa: BLE001
+        return "not installed" if isinstance(e, ImportError) and "DeepseekV3" not in str(e) else \
+            f"failed: {type(e).__name__}: {e}"[:300]
 
-        hf = DeepseekV3ForCausalLM.from_pretrained(ckpt, torch_dtype=torch.float32).eval()
-        ids = torch.tensor([prompt], dtype=torch.long)
-        kw = dict(max_new_tokens=mnt, min_new_tokens=mnt, do_sample=False, eos_token_id=None, pad_token_id=0)
-        with torch.inference_mode():
-            hf.generate(ids, **kw)
-            ts = []
+
+def hf_load(ckpt: str):
+    """transformers' DeepseekV3ForCausalLM on the checkpoint (float32, eval); the MTP layer's
+    tensors (model.layers.<num_hidden_layers>.*) are not part of it and are ignored."""
+    import torch
+    from transformers import DeepseekV3ForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    verb = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the unused MTP tensors would be listed as UNEXPECTED
+    try:
+        try:
+            hf = DeepseekV3ForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
+        except TypeError:  # transformers 4.x spells it torch_dtype
+            hf = DeepseekV3ForCausalLM.from_pretrained(ckpt, torch_dtype=torch.float32)
+    finally:
+        hf_logging.set_verbosity(verb)
+    return hf.eval()
+
+
+def hf_case(hf, m: dsc.Model, model_name: str, setting: str, prompts: list, mnt: int, reps: int) -> dict:
+    """Greedy generate of `mnt` tokens (no eos) with the HF model on `prompts` (left-padded
+    with an attention mask when ragged), timed in turn with our plain greedy generate of the
+    same prompts (so load on a shared machine hits both alike); tokens compared."""
+    import torch
+
+    B, L = len(prompts), max(len(p) for p in prompts)
+    ids = torch.zeros((B, L), dtype=torch.long)
+    mask = torch.zeros((B, L), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, L - len(p):] = torch.tensor(p)
+        mask[i, L - len(p):] = 1
+    # No eos, like ours with eos_token_id=-1. Fields of a GenerationConfig passed to generate()
+    # that equal the global defaults (None) are filled from the checkpoint's generation config
+    # (eos_token_id 2 here), so eos is cleared on the model's own config and passed explicitly.
+    hf.generation_config.eos_token_id = None
+    kw = dict(max_new_tokens=mnt, do_sample=False, num_beams=1, eos_token_id=None, pad_token_id=0,
+              use_cache=True)
+
+    def run():
+        o = hf.generate(input_ids=ids, attention_mask=mask, **kw)
+        if o.shape != (B, L + mnt):
+            raise RuntimeError(f"HF generate returned shape {tuple(o.shape)}, expected {(B, L + mnt)}")
+        return o
+
+    ours = _gen(m, prompts, mnt, -1, None, 0).tokens  # warm-up
+    with torch.inference_mode():
+        out = run()  # warm-up
+        ts, ts_ours = [], []
+        with CpuWatch() as w:
             for _ in range(reps):
                 t0 = time.perf_counter()
-                hf.generate(ids, **kw)
+                _gen(m, prompts, mnt, -1, None, 0)
+                ts_ours.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                o = run()
                 ts.append(time.perf_counter() - t0)
-        s = float(np.median(ts))
-        return dict(version=transformers.__version__, torch=torch.__version__, threads=torch.get_num_threads(),
-                    batch=1, max_new_tokens=mnt, seconds=round(s, 5), tokens_per_s=round(mnt / s, 1))
+                if not torch.equal(o, out):
+                    print(f"  ERROR: HF {model_name}/{setting}/B={B}: greedy output changed between repetitions",
+                          flush=True)
+    toks = out[:, L:].tolist()
+    same = [t == list(o) for t, o in zip(toks, ours)]
+    div = [next((j for j, (a, b) in enumerate(zip(t, o)) if a != b), min(len(t), len(o)))
+           for t, o in zip(toks, ours)]
+    s, so = float(np.median(ts)), float(np.median(ts_ours))
+    tps, tps_ours = B * mnt / s, B * mnt / so
+    row = dict(model=model_name, setting=setting, batch=B, max_new_tokens=mnt, new_tokens=B * mnt,
+               seconds=round(s, 5), tokens_per_s=round(tps, 1), ours_seconds=round(so, 5),
+               ours_tokens_per_s=round(tps_ours, 1), ratio_ours_over_hf=round(s / so, 2),
+               greedy_identical=f"{sum(same)}/{B}", matches_ours=all(same),
+               first_divergence=[d for d, ok in zip(div, same) if not ok] or None, reps=reps, load=w.as_dict())
+    print(f"  HF    {setting:7s} B={B:<3d} plain      {row['tokens_per_s']:9.1f} tok/s  "
+          f"ours {row['ours_tokens_per_s']:9.1f} tok/s  ours/HF x{row['ratio_ours_over_hf']:.2f}  greedy identical "
+          f"{row['greedy_identical']}  other-cpu {w.other_cpu_frac}", flush=True)
+    if not row["matches_ours"]:
+        print(f"  ERROR: HF {model_name}/{setting}/B={B}: greedy tokens differ from ours in {B - sum(same)} of "
+              f"{B} sequences (first divergence at {row['first_divergence']})", flush=True)
+    return row
+
+
+def hf_cases(ckpt: str, m: dsc.Model, model_name: str, setting: str, prompts: list, mnt: int,
+             batches: list, reps: int) -> list:
+    """hf_case at each batch of `batches` (the first B prompts)."""
+    try:
+        hf = hf_load(ckpt)
     except Exception as e:  # noqa: BLE001
-        return f"failed: {type(e).__name__}: {e}"[:500]
+        return [f"failed: {type(e).__name__}: {e}"[:500]]
+    out = []
+    for B in batches:
+        if B > len(prompts):
+            continue
+        try:
+            out.append(hf_case(hf, m, model_name, setting, prompts[:B], mnt, reps))
+        except Exception as e:  # noqa: BLE001
+            out.append(dict(model=model_name, setting=setting, batch=B,
+                            error=f"failed: {type(e).__name__}: {e}"[:500]))
+            print(f"  HF {model_name}/{setting}/B={B}:", out[-1]["error"], flush=True)
+    del hf
+    return out
 
 
 def summary(rows: list[dict]) -> None:
@@ -159,6 +296,18 @@ def summary(rows: list[dict]) -> None:
         print(line)
 
 
+def summary_hf(hf_rows: list) -> None:
+    """One line per HF case: HF tok/s, our plain tok/s, ratio, greedy agreement."""
+    rows = [r for r in hf_rows if isinstance(r, dict) and "tokens_per_s" in r]
+    if not rows:
+        return
+    print("\nmodel  setting  batch   HF tok/s  ours tok/s  ours/HF  greedy identical")
+    for r in rows:
+        print(f"{r['model']:6s} {r['setting']:8s} {r['batch']:5d} {r['tokens_per_s']:10.1f} "
+              f"{r['ours_tokens_per_s']:11.1f} {r['ratio_ours_over_hf']:7.2f}x  {r['greedy_identical']}"
+              f"{'' if r['matches_ours'] else '  MISMATCH'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
@@ -170,6 +319,9 @@ def main() -> None:
     ap.add_argument("--big-batches", default=None, help="100M config batches (default 1,8 on CPU, 1,8,32 on CUDA)")
     ap.add_argument("--no-big", action="store_true", help="skip the ~100M-parameter config")
     ap.add_argument("--quick", action="store_true", help="smoke test: fewer steps, batch 1 and 8, 2 reps")
+    ap.add_argument("--no-hf", action="store_true", help="skip the Hugging Face transformers reference")
+    ap.add_argument("--hf-batches", default="1,8", help="batches timed with transformers (default 1,8; "
+                    "at most max(--batches) / max(--big-batches))")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/decode_<device>_<date>.json)")
     a = ap.parse_args()
     dev = a.device.split(":")[0]
@@ -182,6 +334,19 @@ def main() -> None:
            "threads": os.environ.get("OMP_NUM_THREADS", "default"), "greedy": True, "rows": []}
     if dev == "cuda":
         res["gpu"] = [d["name"] for d in dsc.info()["devices"]]
+    hf_batches = [int(x) for x in a.hf_batches.split(",")]
+    hf = "skipped (--no-hf)" if a.no_hf else hf_import()
+    if not isinstance(hf, str) and dev != "cpu":
+        hf = "skipped: the transformers reference runs on CPU only (--device cpu)"
+    if isinstance(hf, str):
+        res["transformers"] = hf
+    else:
+        torch, transformers = hf
+        torch.set_num_threads(int(dsc.info()["max_threads"]))  # the same thread count as ours
+        res["transformers"] = dict(version=transformers.__version__, torch=torch.__version__,
+                                   torch_threads=torch.get_num_threads(),
+                                   our_threads=int(dsc.info()["max_threads"]), rows=[])
+    run_watch = CpuWatch().__enter__()
 
     tok = D.CharTokenizer()
     task = TR.make_task("addition")
@@ -207,8 +372,10 @@ def main() -> None:
         for setting, mnt, eos in (("answer", ans_mnt, tok.eos_id), ("long64", 64, -1)):
             for B in batches:
                 res["rows"] += bench_case(m, "demo", setting, prompts[:B], mnt, eos, reps)
-        res["transformers"] = hf_transformers(ckpt, prompts[0], 64, reps)
-        print("  transformers:", res["transformers"], flush=True)
+        if isinstance(res["transformers"], dict):
+            res["transformers"]["rows"] += hf_cases(ckpt, m, "demo", "long64", prompts, 64, hf_batches, reps)
+        else:
+            print("  transformers:", res["transformers"], flush=True)
         del m
     finally:
         if tmp:
@@ -216,6 +383,9 @@ def main() -> None:
 
     if not a.no_big:
         cfg = config_100m(16000)
+        # Unused by MLA (ours); HF's attention repeats K/V num_attention_heads // num_key_value_heads
+        # times, and config_100m leaves demo_config's 4 with 8 heads (Model.save writes it as is).
+        cfg.num_key_value_heads = cfg.num_attention_heads
         m = dsc.Model(cfg, device=a.device, seed=0)
         print(m, flush=True)
         rng = np.random.default_rng(0)
@@ -223,10 +393,22 @@ def main() -> None:
         for B in big_batches:
             res["rows"] += bench_case(m, "100M", "rand32", allp[:B], 32, -1, reps,
                                       extra=dict(params_M=round(m.num_parameters() / 1e6, 2)))
+        if isinstance(res["transformers"], dict):
+            tmp = tempfile.mkdtemp(prefix="bench_decode_100m_")
+            try:
+                m.save(tmp, optimizer=False)
+                res["transformers"]["rows"] += hf_cases(tmp, m, "100M", "rand32", allp, 32, hf_batches, reps)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
         del m
 
-    res["errors"] = sum(not r["matches_plain"] for r in res["rows"])
+    run_watch.__exit__(None, None, None)
+    res["machine_load"] = dict(run_watch.as_dict(), load1_at_end=round(os.getloadavg()[0], 2))
+    hf_rows = res["transformers"]["rows"] if isinstance(res["transformers"], dict) else []
+    res["errors"] = sum(not r["matches_plain"] for r in res["rows"]) + \
+        sum(not (isinstance(r, dict) and r.get("matches_ours")) for r in hf_rows)
     summary(res["rows"])
+    summary_hf(hf_rows)
     path = a.out or os.path.join(HERE, "results", f"decode_{dev}_{res['date']}.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as fh:

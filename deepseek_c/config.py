@@ -121,6 +121,9 @@ class ModelConfig:
     def _normalize(self) -> None:
         if self.q_lora_rank in (None, 0):
             self.q_lora_rank = None
+        # MLA has no grouped KV heads: DeepSeek's configs carry num_key_value_heads equal to
+        # num_attention_heads, and Hugging Face's DeepseekV3 needs them equal.
+        self.num_key_value_heads = self.num_attention_heads
         if isinstance(self.rope_scaling, Mapping):
             rs = dict(self.rope_scaling)
             if "rope_type" in rs and "type" not in rs:
@@ -204,6 +207,7 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         """Hugging Face keys (rope_scaling spelling); unknown keys from `extra` included."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        d["num_key_value_heads"] = d["num_attention_heads"]  # see _normalize
         if d["quantization_config"] is None:
             del d["quantization_config"]
         d.update(self.extra)

@@ -56,6 +56,17 @@ def test_config_rope_parameters_spelling_and_extra(tmp_path):
     assert abs(none.softmax_scale - 192 ** -0.5) < 1e-7
 
 
+def test_config_kv_heads_follow_attention_heads(tmp_path):
+    """MLA has no grouped KV heads: num_key_value_heads always equals num_attention_heads
+    (Hugging Face's DeepseekV3 needs it), also after a change and in a saved config."""
+    c = dsc.ModelConfig(num_attention_heads=8, num_key_value_heads=2)
+    assert c.num_key_value_heads == 8
+    c.num_attention_heads = 4
+    assert c.to_dict()["num_key_value_heads"] == 4
+    c.to_json(tmp_path / "config.json")
+    assert json.loads((tmp_path / "config.json").read_text())["num_key_value_heads"] == 4
+
+
 def test_config_q_lora_null_and_zero():
     assert dsc.ModelConfig(q_lora_rank=None).q_lora_rank is None
     assert dsc.ModelConfig(q_lora_rank=0).q_lora_rank is None
