@@ -2,7 +2,7 @@
 memory and (on GPU) model FLOP utilization, for the demo config and a ~100M-parameter
 config, FP32 vs FP8.
 
-    python benchmarks/bench_train.py                    # CPU, demo config, FP32 and FP8
+    python benchmarks/bench_train.py                    # CPU, demo config: FP32, FP32 + BF16 AdamW moments, FP8
     python benchmarks/bench_train.py --full             # + the ~100M config (slow on a small CPU)
     python benchmarks/bench_train.py --device cuda --full
 
@@ -59,8 +59,9 @@ def flops_per_token(m: dsc.Model, seq: int) -> float:
     return 6.0 * active_params(m) + attn
 
 
-def bench(cfg, device: str, fp8: bool, batch: int, seq: int, steps: int, warmup: int = 2) -> dict:
-    m = dsc.Model(cfg, device=device, seed=0, fp8=fp8)
+def bench(cfg, device: str, fp8: bool, batch: int, seq: int, steps: int, warmup: int = 2,
+          moments: str = "float32") -> dict:
+    m = dsc.Model(cfg, device=device, seed=0, fp8=fp8, moments=moments)
     rng = np.random.default_rng(0)
     tok = rng.integers(0, cfg.vocab_size, (batch, seq)).astype(np.int32)
     y = np.roll(tok, -1, 1)
@@ -74,7 +75,9 @@ def bench(cfg, device: str, fp8: bool, batch: int, seq: int, steps: int, warmup:
     dt = time.perf_counter() - t0
     tps = batch * seq * steps / dt
     row = dict(params_M=round(m.num_parameters() / 1e6, 2), active_params_M=round(active_params(m) / 1e6, 2),
-               fp8=fp8, batch=batch, seq=seq, steps=steps, tokens_per_s=round(tps, 1),
+               fp8=fp8, moments=moments,
+               optimizer_MB=round(2 * m.num_parameters() * (2 if moments == "bfloat16" else 4) / 2**20, 1),
+               batch=batch, seq=seq, steps=steps, tokens_per_s=round(tps, 1),
                step_ms=round(1e3 * dt / steps, 1), final_loss=round(float(s["loss"]), 4),
                activation_MB=round(m.activation_bytes() / 2**20, 1),
                peak_rss_MB=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -102,8 +105,8 @@ def main() -> None:
         big_steps = a.steps if dev == "cuda" else max(2, a.steps // 5)
         cases.append(("100M", config_100m(16000), 8 if dev == "cuda" else 4, 256, big_steps))
     for name, cfg, batch, seq, steps in cases:
-        for fp8 in (False, True):
-            row = dict(config=name, **bench(cfg, a.device, fp8, batch, seq, steps))
+        for fp8, moments in ((False, "float32"), (False, "bfloat16"), (True, "float32")):
+            row = dict(config=name, **bench(cfg, a.device, fp8, batch, seq, steps, moments=moments))
             if dev == "cuda":
                 row["mfu_fp32_peak"] = round(row["tflops"] / a.peak_tflops, 4)
             res["rows"].append(row)
