@@ -226,6 +226,19 @@ def test_checkpoint_weight_dequant(rng):
     np.testing.assert_array_equal(outb, exp.astype(np.float32).astype(BF16))
 
 
+def test_fp8_checkpoint_codes_survive_float32_masters(rng):
+    """A model loads an FP8 checkpoint into float32 masters and an fp8 model re-quantizes them
+    (128x128 blocks) for inference: the shipped E4M3 codes come back bitwise and the scales to
+    the last bit of float32 (each block of a DeepSeek-quantized weight has a code at +-448, so
+    the new scale is (448 s) / 448 in float32)."""
+    w = (rng.standard_normal((1100, 700)) * rng.uniform(1e-3, 1.0, (1100, 1))).astype(np.float32)
+    q, s = dsc.fp8_quantize(w, (128, 128))
+    master = dsc.fp8_weight_dequant(q, s, dtype="float32")
+    q2, s2 = dsc.fp8_quantize(master, (128, 128))
+    np.testing.assert_array_equal(np.asarray(q2).view(np.uint8), np.asarray(q).view(np.uint8))
+    np.testing.assert_allclose(s2, s, rtol=2.0 ** -23, atol=0)
+
+
 # ----------------------------------------------------------------------------- GEMMs
 
 
