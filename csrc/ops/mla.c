@@ -219,11 +219,14 @@ static dsc_status lin(dsc_context *ctx, int64_t M, int64_t Nout, int64_t K, cons
 /* The scratch of one FP8 call, one device allocation: a quantized activation xq [N,Kmax]
  * (scales xs [N,ceil(Kmax/128)]), a quantized weight wq (scales ws), two float32 buffers
  * tmp, tmp2 [N, max(R+dr, Hd)] (the joint kv_a output / its gradient, dx terms) and
- * wkvb [H*(dn+dv), R], kv_b through E4M3 for the absorbed inference products. */
+ * wkvb [H*(dn+dv), R], kv_b through E4M3 for the absorbed inference products.
+ * xq_of: the activation xq holds the tiles of (the layer input feeds two projections: it is
+ * quantized once). */
 typedef struct {
   void *mem;
   uint8_t *xq, *wq;
   float *xs, *ws, *tmp, *tmp2, *wkvb;
+  const float *xq_of;
 } fp8_scratch;
 
 static int64_t cdiv128(int64_t a) { return (a + 127) / 128; }
@@ -282,10 +285,13 @@ static wref WR(const DLTensor *w, const DLTensor *scale_inv) {
 
 /* y [M,Nout] = x [M,K] @ w^T: float32, or FP8 with f8 (x 1x128, w 128x128: quantized here
  * unless held in FP8). */
-static dsc_status proj(dsc_context *ctx, const fp8_scratch *f8, int64_t M, int64_t Nout,
+static dsc_status proj(dsc_context *ctx, fp8_scratch *f8, int64_t M, int64_t Nout,
                        int64_t K, const float *x, wref w, float *y) {
   if (!f8) return lin(ctx, M, Nout, K, x, K, w.w, K, 0.0f, y, Nout);
-  DSC_TRY(dsc_fp8l_quant_act(ctx, DSC_DTYPE_FLOAT32, M, K, x, f8->xq, f8->xs));
+  if (f8->xq_of != x) {
+    DSC_TRY(dsc_fp8l_quant_act(ctx, DSC_DTYPE_FLOAT32, M, K, x, f8->xq, f8->xs));
+    f8->xq_of = x;
+  }
   if (!w.q) {
     DSC_TRY(dsc_fp8l_quant_weight(ctx, 1, Nout, K, w.w, 0, f8->wq, f8->ws));
     w.q = f8->wq;
@@ -395,7 +401,7 @@ static dsc_status rope_tab(const dsc_mla_params *p, float *inv_freq, float *cs) 
 
 /* q [N,H,dqk] and q_pe [N,H,dr] (rotated) from x. cq_raw, rstd_q, cq only with Rq > 0. */
 static dsc_status q_path(dsc_context *ctx, const dsc_mla_params *p, const dsc_mla_weights *w,
-                         const fp8_scratch *f8, int64_t B, int64_t T, const float *x,
+                         fp8_scratch *f8, int64_t B, int64_t T, const float *x,
                          const int32_t *pos, float *cq_raw, float *rstd_q, float *cq, float *q,
                          float *q_pe) {
   const int64_t N = B * T, Hd = p->hidden, H = p->n_heads, Rq = p->q_lora_rank;
@@ -417,7 +423,7 @@ static dsc_status q_path(dsc_context *ctx, const dsc_mla_params *p, const dsc_ml
 
 /* The latent path: c_raw [N,R], rstd_kv [N], ckv [N,R], kpe [N,dr] (rotated). */
 static dsc_status kv_path(dsc_context *ctx, const dsc_mla_params *p, const dsc_mla_weights *w,
-                          const fp8_scratch *f8, int64_t B, int64_t T, const float *x,
+                          fp8_scratch *f8, int64_t B, int64_t T, const float *x,
                           const int32_t *pos, float *c_raw, float *rstd_kv, float *ckv,
                           float *kpe) {
   const int64_t N = B * T, Hd = p->hidden, R = p->kv_lora_rank, dr = p->qk_rope_head_dim;
@@ -474,9 +480,10 @@ dsc_status dsc_mla_forward(dsc_context *ctx, const dsc_mla_params *p, const dsc_
     f8 = &f8s;
   }
   if (N > 0 && s == DSC_OK) {
-    s = q_path(ctx, p, w, f8, B, T, xp, pos, a[A_CQ_RAW], a[A_RSTD_Q], a[A_CQ], a[A_Q], a[A_Q_PE]);
+    /* kv_a, then q_a (or q): both read x, quantized once in FP8 */
+    s = kv_path(ctx, p, w, f8, B, T, xp, pos, a[A_C_RAW], a[A_RSTD_KV], a[A_CKV], a[A_KPE]);
     if (s == DSC_OK)
-      s = kv_path(ctx, p, w, f8, B, T, xp, pos, a[A_C_RAW], a[A_RSTD_KV], a[A_CKV], a[A_KPE]);
+      s = q_path(ctx, p, w, f8, B, T, xp, pos, a[A_CQ_RAW], a[A_RSTD_Q], a[A_CQ], a[A_Q], a[A_Q_PE]);
     if (s == DSC_OK) s = proj(ctx, f8, N, H * (dn + dv), R, a[A_CKV], WR(w->kv_b_proj, NULL), a[A_KV]);
     if (s == DSC_OK)
       s = BK(mla_attn_fwd, ctx, B, T, H, dn, dr, dv, p->softmax_scale, a[A_Q], a[A_Q_PE], a[A_KV],
@@ -1027,12 +1034,13 @@ static dsc_status mla_infer(const char *FN, dsc_context *ctx, const dsc_mla_para
     wkvb = f8->wkvb;
   }
   if (N > 0) {
+    /* kv_a, then q_a (or q): both read x, quantized once in FP8 */
+    STEP(kv_path(ctx, p, w, f8, B, T, xp, pos, a[I_C_RAW], a[I_RSTD], a[I_CKV], a[I_KPE]));
     STEP(q_path(ctx, p, w, f8, B, T, xp, pos, a[I_CQ_RAW], a[I_RSTD_Q], a[I_CQ], a[I_Q],
                 a[I_Q_PE]));
     /* q_lat[:, h] = q_nope[:, h] @ W_UK[h]   ([N,dn] @ [dn,R], batched over heads) */
     STEP(BK(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 0, N, R, dn, 1.0f, a[I_Q], H * dqk, wkvb, R, 0.0f,
             a[I_QLAT], H * R, H, dqk, (dn + dv) * R, R));
-    STEP(kv_path(ctx, p, w, f8, B, T, xp, pos, a[I_C_RAW], a[I_RSTD], a[I_CKV], a[I_KPE]));
     STEP(BK(mla_cache_write, ctx, c->dt, R, dr, c->row_bytes, N, slots, a[I_CKV], a[I_KPE], pool));
     STEP(BK(mla_decode_attn, ctx, c->dt, R, dr, c->row_bytes, bs, pool, N, H, p->softmax_scale,
             a[I_QLAT], a[I_Q_PE], kvlen, toff, c->tables, a[I_OLAT]));

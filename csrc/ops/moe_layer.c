@@ -111,6 +111,7 @@ typedef struct {
   uint8_t *aq, *wq;
   float *as, *ws;
   int32_t *offs_h;
+  const DLTensor *aq_of; /* the activation aq holds the tiles of (gate and up share one) */
 } fp8_scratch;
 
 static int64_t cdiv128(int64_t a) { return (a + 127) / 128; }
@@ -156,10 +157,13 @@ static dsc_status fp8_scratch_alloc(dsc_context *ctx, int64_t T, int64_t R, int6
 /* y [M,N] = x [M,K] @ w^T: G experts over the rows of `offs` (device; f->offs_h on the host),
  * or one matrix (G 1, offs NULL); w [G,N,K] float32 (quantized here) or, with w_scale, held
  * in E4M3 with its block scales [G,Nb,Kb]. */
-static dsc_status fp8_fwd(dsc_context *ctx, const fp8_scratch *f, int64_t G, int64_t M, int64_t N,
+static dsc_status fp8_fwd(dsc_context *ctx, fp8_scratch *f, int64_t G, int64_t M, int64_t N,
                           int64_t K, const DLTensor *x, const DLTensor *w, const DLTensor *w_scale,
                           const DLTensor *offs, DLTensor *y) {
-  DSC_TRY(dsc_fp8l_quant_act(ctx, DSC_DTYPE_FLOAT32, M, K, dsc_data(x), f->aq, f->as));
+  if (f->aq_of != x) {
+    DSC_TRY(dsc_fp8l_quant_act(ctx, DSC_DTYPE_FLOAT32, M, K, dsc_data(x), f->aq, f->as));
+    f->aq_of = x;
+  }
   const uint8_t *wq = f->wq;
   const float *ws = f->ws;
   if (w_scale) {
