@@ -173,7 +173,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         except (KeyError, ValueError) as e:
             raise SystemExit(f"generate: --prompt: a character the {kind} tokenizer does not know ({e})")
     try:
-        model = dsc.Model.from_pretrained(args.ckpt, device=args.device, fp8=args.fp8)
+        model = dsc.Model.from_pretrained(args.ckpt, device=args.device, fp8=args.fp8, inference_only=args.fp8)
         eos = args.eos if args.eos is not None else (tok.eos_id if tok else None)
         out = model.generate([prompt], max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                              top_k=args.top_k, top_p=args.top_p, seed=args.seed, eos_token_id=eos,
@@ -322,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--speculative", default=None, choices=("mtp",), help="MTP speculative decoding")
     d.add_argument("--num-draft", type=int, default=1, help="tokens drafted per step with --speculative mtp")
     d.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    d.add_argument("--fp8", action="store_true", help="FP8 weights (E4M3, 128x128 block scales)")
+    d.add_argument("--fp8", action="store_true", help="FP8 inference: block matrices held only in E4M3 with "
+                   "128x128 block scales (a frozen model, a quarter of the float32 memory)")
     d.set_defaults(fn=cmd_generate)
     args = p.parse_args(argv)
     if args.cmd == "generate":

@@ -118,13 +118,25 @@ def _parse_device(device: Any) -> tuple[int, int, str]:
     raise ValueError(f"Model: device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
+def _copy_tensors(dst_cap: Any, src_cap: Any) -> None:
+    """Every parameter of model src into model dst (same config), device to device."""
+    for (_, d), (_, s) in zip(_C.model_tensors(dst_cap), _C.model_tensors(src_cap)):
+        _C.copy(d, s)
+
+
 class Model:
     """DeepSeek-V3-style causal LM backed by a C ``dsc_model``.
 
     Model(cfg, device="cpu", dtype="float32", fp8=False, seed=0, moments="float32").
     ``parameters()`` gives {hf_name: array} views of the float32 master weights (NumPy on
     CPU, dsc.Tensor on CUDA); writing into them changes the model. ``moments="bfloat16"``
-    keeps the AdamW moments in bfloat16 (half the optimizer memory, as DeepSeek-V3)."""
+    keeps the AdamW moments in bfloat16 (half the optimizer memory, as DeepSeek-V3).
+
+    A *frozen* model (``freeze_fp8()``, ``from_pretrained(..., inference_only=True)``) is an
+    inference-only FP8 model the way DeepSeek ships V3: every block matrix is held only as
+    E4M3 codes with 128x128 block scales (``parameters()`` gives float8_e4m3fn views for
+    those, ``fp8_scales()`` their scales), about a quarter of the float32 memory; it
+    generates and saves (E4M3 + ``weight_scale_inv`` checkpoints) but does not train."""
 
     def __init__(self, cfg: ModelConfig, device: str = "cpu", dtype: str = "float32", fp8: bool = False,
                  seed: int = 0, moments: str = "float32", _init: bool = True, _cap: Any = None) -> None:
@@ -154,6 +166,14 @@ class Model:
             self._names.append(name)
             self._params[name] = t.numpy() if dev_type == 1 else t
         self._index = {n: i for i, n in enumerate(self._names)}
+        self.frozen = bool(_C.model_info(self._cap)["frozen"])
+        self._scales: dict[str, Any] = {}
+        if self.frozen:
+            self.fp8 = True
+            for i, name in enumerate(self._names):
+                if str(getattr(self._params[name], "dtype", "")) == "float8_e4m3fn":
+                    t = _C.model_tensor_scale(self._cap, i)
+                    self._scales[name] = t.numpy() if dev_type == 1 else t
 
     # ------------------------------------------------------------------ structure
 
@@ -171,8 +191,32 @@ class Model:
         return int(_C.model_info(self._cap)["step"])
 
     def parameters(self) -> dict[str, Any]:
-        """{Hugging Face name: float32 view} (experts one by one; no MTP duplicates)."""
+        """{Hugging Face name: view} (experts one by one; no MTP duplicates): float32, or
+        float8_e4m3fn codes for the block matrices of a frozen model."""
         return dict(self._params)
+
+    def fp8_scales(self) -> dict[str, Any]:
+        """A frozen model's {name of a held matrix: its float32 block scales [ceil(N/128),
+        ceil(K/128)]} (weight = codes * scale per 128x128 block); {} when not frozen."""
+        return dict(self._scales)
+
+    def weight_bytes(self) -> int:
+        """Bytes of weights held on the device (float32 arena + E4M3 codes and scales)."""
+        return int(_C.model_info(self._cap)["weight_bytes"])
+
+    def freeze_fp8(self) -> "Model":
+        """A new inference-only FP8 copy of this model (this one is unchanged): every block
+        matrix quantized once to E4M3 with 128x128 block scales and held only in that form
+        (dsc_model_freeze_fp8). It generates bitwise like this model would with fp8=True,
+        saves DeepSeek-style FP8 checkpoints, and refuses training."""
+        if self.frozen:
+            return self
+        dev_type, dev_id = self._dev
+        cap = _C.model_new(c_config(self.cfg), dev_type, dev_id, self.seed & (2**64 - 1), 0, 1, "float32")
+        _copy_tensors(cap, self._cap)  # its views die with the call: none may outlive the freeze
+        _C.model_set_step(cap, self.step)
+        _C.model_freeze(cap)
+        return Model(self.cfg, device=self.device, fp8=True, seed=self.seed, _cap=cap)
 
     def num_parameters(self) -> int:
         return int(_C.model_info(self._cap)["n_params"])
@@ -185,7 +229,8 @@ class Model:
         c = self.cfg
         return (f"Model({self.num_parameters() / 1e6:.2f}M params: {c.num_hidden_layers} layers "
                 f"({c.first_k_dense_replace} dense), hidden {c.hidden_size}, {c.n_routed_experts} experts "
-                f"top-{c.num_experts_per_tok} + {c.n_shared_experts} shared, MTP {self.n_mtp}, fp8={self.fp8}, "
+                f"top-{c.num_experts_per_tok} + {c.n_shared_experts} shared, MTP {self.n_mtp}, "
+                f"fp8={'frozen' if self.frozen else self.fp8}, "
                 f"device={self.device})")
 
     # ------------------------------------------------------------------ inputs
@@ -395,11 +440,20 @@ class Model:
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """HF-named float32 copies as written to model.safetensors (experts per expert)."""
-        return {k: np.array(self._host(v), copy=True) for k, v in self._params.items()}
+        """HF-named copies as written to model.safetensors (experts per expert): float32; a
+        frozen model's block matrices as float8_e4m3fn with their "<name>_scale_inv"."""
+        out = {}
+        for k, v in self._params.items():
+            out[k] = np.array(self._host(v), copy=True)
+            if k in self._scales:
+                out[k + "_scale_inv"] = np.array(self._host(self._scales[k]), copy=True)
+        return out
 
     def load_state_dict(self, tensors: Mapping[str, Any]) -> None:
         """Copy HF-named tensors into the model (every name, the right shapes, finite)."""
+        if self.frozen:
+            raise ValueError("Model.load_state_dict: model: frozen for FP8 inference (its block matrices are "
+                             "E4M3 only); load into a Model and call freeze_fp8() on it")
         missing = sorted(set(self._params) - set(tensors))
         extra = sorted(set(tensors) - set(self._params))
         if missing:
@@ -427,6 +481,11 @@ class Model:
         _C.model_save(self._cap, d, int(bool(optimizer)))
         cfgd = self.cfg.to_dict()
         cfgd["torch_dtype"] = "float32"
+        # the weights written decide: E4M3 block matrices (frozen) or float32 ones
+        cfgd.pop("quantization_config", None)
+        if self.frozen:
+            cfgd["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                                           "weight_block_size": [128, 128]}
         tmp = os.path.join(d, ".config.json.tmp")
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(cfgd, fh, indent=2, sort_keys=True)
@@ -437,12 +496,22 @@ class Model:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu", fp8: bool = False,
-                        moments: str = "float32") -> "Model":
+                        moments: str = "float32", inference_only: bool = False) -> "Model":
         """Load config.json + *.safetensors from a directory (Hugging Face layout, one or many
         shards) with the C loader: bfloat16/float16 weights are widened, DeepSeek FP8 weights
         (E4M3 `weight` + `weight_scale_inv`) dequantized; optimizer.safetensors, when present,
         restores the step and moments. Missing or unexpected tensors, wrong shapes and
-        corrupt files raise ValueError naming them."""
+        corrupt files raise ValueError naming them.
+
+        inference_only=True (needs fp8=True): a frozen model (see freeze_fp8) -- block
+        matrices held only in E4M3 with 128x128 scales; an FP8 checkpoint gets its shipped
+        codes back bit for bit."""
+        if not isinstance(inference_only, bool):
+            raise TypeError(f"Model.from_pretrained: inference_only: expected a bool, got "
+                            f"{type(inference_only).__name__}")
+        if inference_only and not fp8:
+            raise ValueError("Model.from_pretrained: inference_only: expected fp8=True with it (an inference-only "
+                             "model holds its block matrices in E4M3), got fp8=False")
         d = os.fspath(path)
         cj = os.path.join(d, "config.json")
         if not os.path.isdir(d):
@@ -459,4 +528,6 @@ class Model:
             cap = _C.model_load(d, dev_type, dev_id, int(bool(fp8)), str(moments))
         except Error as e:
             raise ValueError(f"Model.from_pretrained: {e}") from None
+        if inference_only:
+            _C.model_freeze(cap)  # before any view of the float32 arena exists
         return cls(cfg, device=device, fp8=bool(fp8), moments=moments, _cap=cap)

@@ -204,6 +204,11 @@ def test_demo_compares_mtp_and_generate_command(tmp_path):
     ids = ok(run_cli("generate", "--ckpt", str(out), "--tokenizer", "ids", "--prompt", "1 5 6", "--eos", "-1",
                      "--max-new-tokens", "4", cwd=tmp_path))
     assert ids.stdout.split() == [str(t) for t in model.generate([[1, 5, 6]], max_new_tokens=4, eos_token_id=-1)[0]]
+    # --fp8: a frozen model (block matrices held only in E4M3), tokens as an fp8 model gives them
+    f8 = ok(run_cli("generate", "--ckpt", str(out), "--tokenizer", "ids", "--prompt", "1 5 6", "--eos", "-1",
+                    "--max-new-tokens", "4", "--fp8", "--speculative", "mtp", cwd=tmp_path))
+    m8 = dsc.Model.from_pretrained(str(out), fp8=True)
+    assert f8.stdout.split() == [str(t) for t in m8.generate([[1, 5, 6]], max_new_tokens=4, eos_token_id=-1)[0]]
     for bad, arg in ((["--ckpt", str(tmp_path / "nope")], "--ckpt"), (["--max-new-tokens", "0"], "--max-new-tokens")):
         args = ["generate", "--ckpt", str(out), "--prompt", "1+1=", *bad]
         r = run_cli(*args, cwd=tmp_path)

@@ -882,7 +882,8 @@ DSC_API int64_t dsc_model_num_parameters(const dsc_model *model);
 
 /* The parameters by Hugging Face name (experts one by one, as in the checkpoints; no MTP
  * duplicates of the embedding/head). `view` is a float32 DLTensor into the arena (its
- * shape pointer stays valid while the model lives): writes change the model. */
+ * shape pointer stays valid while the model lives): writes change the model. A frozen
+ * model's block matrices are float8_e4m3fn views (dsc_model_freeze_fp8). */
 DSC_API int64_t dsc_model_num_tensors(const dsc_model *model);
 DSC_API dsc_status dsc_model_tensor(const dsc_model *model, int64_t index, const char **name,
                                     DLTensor *view);
@@ -955,9 +956,38 @@ DSC_API dsc_status dsc_model_expert_load(const dsc_model *model, int32_t layer, 
 /* Bytes of the planned activation memory of the last training shape. */
 DSC_API dsc_status dsc_model_activation_bytes(const dsc_model *model, size_t *bytes);
 
+/* Inference-only FP8 ("frozen") model, the way DeepSeek ships V3: every block matrix --
+ * attention projections, dense MLP, routed experts (one by one) and shared experts -- is
+ * quantized once to E4M3 with one float32 scale per 128x128 block, and its float32 master is
+ * freed (the arena is compacted to the rest: embedding, head, norms, router, correction
+ * bias, MTP eh_proj, which V3 keeps in high precision). Gradients, optimizer state and
+ * planned activations are freed too. The model then runs its block linears as FP8 GEMMs on
+ * those codes (as an fp8 model generates) and serves:
+ *   dsc_model_generate                      (bitwise what it gave before freezing, for an fp8
+ *                                            model: the held codes are the same)
+ *   dsc_model_save                          block matrices as float8_e4m3fn "<name>" plus
+ *                                            float32 "<name>_scale_inv" [ceil(N/128),
+ *                                            ceil(K/128)], config.json with DeepSeek-V3's
+ *                                            quantization_config; dsc_model_load reads it back
+ *                                            (dequantized), and freezing that gives the same
+ *                                            codes and scales bit for bit
+ *   dsc_model_tensor                        held matrices as float8_e4m3fn views (writes
+ *                                            change the model), the rest float32
+ *   dsc_model_tensor_scale                  a held matrix's block scales [Nb, Kb] float32
+ * The training paths (forward, forward_mtp, routing, loss_and_grad, train_step, grad,
+ * optimizer_state) answer DSC_ERR_INVALID_ARGUMENT. Freezing is one-way; a frozen model
+ * is left as it is (DSC_OK). On failure (out of memory) the model is unchanged. */
+DSC_API dsc_status dsc_model_freeze_fp8(dsc_model *model);
+DSC_API int32_t dsc_model_is_frozen(const dsc_model *model);
+DSC_API dsc_status dsc_model_tensor_scale(const dsc_model *model, int64_t index, DLTensor *view);
+/* Bytes of weights the model holds on its device: the float32 arena plus, once frozen, the
+ * E4M3 codes and block scales. */
+DSC_API dsc_status dsc_model_weight_bytes(const dsc_model *model, size_t *bytes);
+
 /* Checkpoints (Hugging Face layout): dir/config.json, dir/model.safetensors and, with
  * optimizer != 0 and step > 0, dir/optimizer.safetensors (step, exp_avg.*, exp_avg_sq.*);
- * every file written atomically. dsc_model_load reads config.json and every
+ * every file written atomically (a frozen model, dsc_model_freeze_fp8: E4M3 block
+ * matrices with "<name>_scale_inv", no optimizer file). dsc_model_load reads config.json and every
  * *.safetensors shard (float32/bfloat16/float16 weights, or E4M3 + weight_scale_inv
  * dequantized); missing/unexpected tensors and wrong shapes are errors naming them. */
 DSC_API dsc_status dsc_model_save(dsc_model *model, const char *dir, int32_t optimizer);

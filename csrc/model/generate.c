@@ -109,7 +109,8 @@ typedef struct {
   void *user;
   int stop_all;
   dsc_mla_cache *cache;
-  dsc_model_fp8w w8; /* fp8 models: the block matrices held in E4M3 for this call */
+  dsc_model_fp8w w8;        /* fp8 models: the block matrices held in E4M3 for this call */
+  const dsc_model_fp8w *hw; /* the held weights used: &w8, the frozen model's, or NULL */
 
   /* device */
   void *dmem;
@@ -328,7 +329,7 @@ static dsc_status block(gen *g, int32_t bi, int32_t layer, int32_t nb, int32_t T
   DLTensor *pos = mkview(&vp, g->dev, g->d_pos, DSC_DTYPE_INT32, 2, nb, T, 0);
   DSC_TRY(dsc_rms_norm_forward(g->ctx, h, &bk->input_norm, eps, xn, NULL));
   dsc_mla_weights w;
-  dsc_model_mla_weights_fp8(m, bi, &g->w8, &w);
+  dsc_model_mla_weights_fp8(m, bi, g->hw, &w);
   DSC_TRY(prefill ? dsc_mla_prefill(g->ctx, &m->mla, &w, g->cache, layer, xn3, seq, pos, t3)
                   : dsc_mla_decode(g->ctx, &m->mla, &w, g->cache, layer, xn3, seq, pos, t3));
   DSC_TRY(dsc_add(g->ctx, h, t, h));
@@ -341,7 +342,7 @@ static dsc_status block(gen *g, int32_t bi, int32_t layer, int32_t nb, int32_t T
     h = e, xn = x1, t = t1;
   }
   DSC_TRY(dsc_rms_norm_forward(g->ctx, h, &bk->post_norm, eps, xn, NULL));
-  DSC_TRY(dsc_model_ffn_infer(g->m, bi, xn, t, NULL, &g->w8));
+  DSC_TRY(dsc_model_ffn_infer(g->m, bi, xn, t, NULL, g->hw));
   DSC_TRY(dsc_add(g->ctx, h, t, h));
   return DSC_OK;
 }
@@ -897,8 +898,14 @@ dsc_status dsc_model_generate(dsc_model *model, const dsc_generate_options *o, i
     for (int64_t i = 0; i < (int64_t)n_prompts * o->max_new_tokens; ++i) out_tokens[i] = -1;
   dsc_status s = DSC_OK;
   if (o->max_new_tokens > 0) {
-    /* fp8: every block matrix to E4M3 once, so that no token re-quantizes a weight */
-    if (model->fp8) s = dsc_model_fp8w_build(model, &g.w8);
+    /* fp8: every block matrix to E4M3 once, so that no token re-quantizes a weight (a
+     * frozen model holds them already) */
+    if (model->frozen) {
+      g.hw = &model->held;
+    } else if (model->fp8) {
+      s = dsc_model_fp8w_build(model, &g.w8);
+      g.hw = &g.w8;
+    }
     int64_t *first = (int64_t *)malloc((size_t)(2 * n_prompts) * sizeof(int64_t));
     if (s == DSC_OK)
       s = first ? run(&g, first)

@@ -369,32 +369,41 @@ dsc_status dsc_model_alloc(dsc_model *m, size_t bytes, void **p) {
   return dsc_malloc(m->ctx, bytes ? bytes : 1, p);
 }
 
-/* Point the block / MTP / embedding views at the parameter arena. */
-static void bind_views(dsc_model *m, const block_entries *be, const int32_t (*mtp_e)[4], int32_t emb_e,
-                       int32_t norm_e, int32_t head_e) {
+void dsc_model_bind_views(dsc_model *m) {
   for (int32_t b = 0; b < m->n_blocks; ++b) {
     dsc_model_block *k = &m->blocks[b];
+    const int32_t *slot = m->block_entries + (int64_t)b * S_COUNT;
     for (int s = 0; s < S_COUNT; ++s) {
       DLTensor *t = block_slot(k, s);
       memset(t, 0, sizeof *t);
-      if (be[b].slot[s] >= 0) {
-        const dsc_model_entry *e = &m->storage[be[b].slot[s]];
-        *t = entry_view(m, e, m->params);
+      if (slot[s] >= 0) {
+        *t = entry_view(m, &m->storage[slot[s]], m->params);
+        if (m->frozen && dsc_model_held_slot(s)) t->data = NULL; /* in m->held only */
       }
     }
-    k->region = be[b].slot[S_IN_NORM] >= 0 ? m->storage[be[b].slot[S_IN_NORM]].region : -1;
+    k->region = slot[S_IN_NORM] >= 0 ? m->storage[slot[S_IN_NORM]].region : -1;
   }
   for (int32_t d = 0; d < m->n_mtp; ++d) {
     dsc_model_mtp *t = &m->mtp[d];
-    t->enorm = entry_view(m, &m->storage[mtp_e[d][0]], m->params);
-    t->hnorm = entry_view(m, &m->storage[mtp_e[d][1]], m->params);
-    t->eh_proj = entry_view(m, &m->storage[mtp_e[d][2]], m->params);
-    t->head_norm = entry_view(m, &m->storage[mtp_e[d][3]], m->params);
-    t->region = m->storage[mtp_e[d][0]].region;
+    const int32_t *e = m->mtp_entries[d];
+    t->enorm = entry_view(m, &m->storage[e[0]], m->params);
+    t->hnorm = entry_view(m, &m->storage[e[1]], m->params);
+    t->eh_proj = entry_view(m, &m->storage[e[2]], m->params);
+    t->head_norm = entry_view(m, &m->storage[e[3]], m->params);
+    t->region = m->storage[e[0]].region;
   }
-  m->embed = entry_view(m, &m->storage[emb_e], m->params);
-  m->final_norm = entry_view(m, &m->storage[norm_e], m->params);
-  m->head = entry_view(m, &m->storage[head_e], m->params);
+  m->embed = entry_view(m, &m->storage[m->emb_entry], m->params);
+  m->final_norm = entry_view(m, &m->storage[m->norm_entry], m->params);
+  m->head = entry_view(m, &m->storage[m->head_entry], m->params);
+}
+
+dsc_status dsc_model_check_not_frozen(const dsc_model *m, const char *fn, const char *what) {
+  DSC_CHECK(!m->frozen, DSC_ERR_INVALID_ARGUMENT, fn,
+            "model: frozen for FP8 inference (dsc_model_freeze_fp8): its block matrices are held "
+            "in E4M3 only, and %s needs their float32 masters (load the checkpoint without "
+            "freezing to train or evaluate it)",
+            what);
+  return DSC_OK;
 }
 
 /* ------------------------------------------------------------------ init */
@@ -439,7 +448,6 @@ void dsc_model_options_default(dsc_model_options *o) {
   o->moments_dtype = DSC_DTYPE_FLOAT32;
 }
 
-void dsc_model_acts_free(dsc_model *m); /* model_train.c */
 
 void dsc_model_destroy(dsc_model *m) {
   if (!m) return;
@@ -458,6 +466,8 @@ void dsc_model_destroy(dsc_model *m) {
   free(m->load);
   free(m->touched);
   free(m->block_entries);
+  dsc_model_fp8w_free(m, &m->held);
+  free(m->held_of);
   free(m);
 }
 
@@ -571,8 +581,10 @@ dsc_status dsc_model_create(dsc_context *ctx, const dsc_model_config *cfg, const
   if (st == DSC_OK) st = dsc_model_alloc(m, (size_t)maxr * sizeof(float), (void **)&m->scratch);
   m->touched = (uint8_t *)calloc((size_t)(m->n_storage ? m->n_storage : 1), 1);
   if (st == DSC_OK && !m->touched) st = dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+  if (st == DSC_OK && m->n_mtp > DSC_MODEL_MAX_MTP)
+    st = dsc_error(DSC_ERR_INVALID_ARGUMENT, FN, "cfg->num_nextn_predict_layers: expected <= %d, got %d",
+                   DSC_MODEL_MAX_MTP, (int)m->n_mtp);
   if (st == DSC_OK) {
-    bind_views(m, be, (const int32_t(*)[4])mtp_e, emb_e, norm_e, head_e);
     m->block_entries = (int32_t *)malloc((size_t)m->n_blocks * S_COUNT * sizeof(int32_t));
     if (!m->block_entries) st = dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
     else
@@ -580,10 +592,9 @@ dsc_status dsc_model_create(dsc_context *ctx, const dsc_model_config *cfg, const
     m->emb_entry = emb_e;
     m->head_entry = head_e;
     m->norm_entry = norm_e;
-    memcpy(m->mtp_entries, mtp_e, sizeof(int32_t) * 4 * (size_t)(m->n_mtp < DSC_MODEL_MAX_MTP ? m->n_mtp : DSC_MODEL_MAX_MTP));
-    if (m->n_mtp > DSC_MODEL_MAX_MTP)
-      st = dsc_error(DSC_ERR_INVALID_ARGUMENT, FN, "cfg->num_nextn_predict_layers: expected <= %d, got %d",
-                     DSC_MODEL_MAX_MTP, (int)m->n_mtp);
+    memcpy(m->mtp_entries, mtp_e, sizeof(int32_t) * 4 * (size_t)m->n_mtp);
+    m->arena_numel = m->n_params;
+    if (st == DSC_OK) dsc_model_bind_views(m);
   }
 
   /* initialize on the host, region by region, then copy to the device */
@@ -639,12 +650,62 @@ static dsc_status check_index(const dsc_model *m, const char *fn, int64_t index)
   return DSC_OK;
 }
 
+/* Frozen models: the E4M3 codes (which 0) or block scales (which 1) of named entry e when
+ * it is held, else a view with data NULL. A named expert is matrix g of its stack. */
+static DLTensor held_view(const dsc_model *m, const dsc_model_entry *e, int which) {
+  DLTensor t;
+  memset(&t, 0, sizeof t);
+  const int32_t slot = m->frozen ? m->held_of[e->storage] : -1;
+  if (slot < 0) return t;
+  const dsc_model_entry *st = &m->storage[e->storage];
+  const int64_t N = e->shape[e->ndim - 2], K = e->shape[e->ndim - 1];
+  const int64_t g = (e->offset - st->offset) / (N * K);
+  if (which == 0) {
+    t = entry_view(m, e, m->params);
+    t.data = (uint8_t *)m->held.q[slot].data + g * N * K;
+    t.dtype = dsc_dtype_to_dlpack(DSC_DTYPE_FLOAT8_E4M3FN);
+    return t;
+  }
+  const DLTensor *s = &m->held.s[slot]; /* [Nb, Kb] or [G, Nb, Kb] */
+  t = *s;
+  t.ndim = 2;
+  t.shape = s->shape + (s->ndim - 2);
+  t.strides = s->strides + (s->ndim - 2);
+  t.data = (float *)s->data + g * t.shape[0] * t.shape[1];
+  return t;
+}
+
 dsc_status dsc_model_tensor(const dsc_model *m, int64_t index, const char **name, DLTensor *view) {
   static const char *const FN = "dsc_model_tensor";
   DSC_TRY(check_index(m, FN, index));
   const dsc_model_entry *e = &m->named[index];
   if (name) *name = e->name;
-  if (view) *view = entry_view(m, e, m->params);
+  if (view) {
+    *view = held_view(m, e, 0);
+    if (!view->data) *view = entry_view(m, e, m->params);
+  }
+  return DSC_OK;
+}
+
+dsc_status dsc_model_tensor_scale(const dsc_model *m, int64_t index, DLTensor *view) {
+  static const char *const FN = "dsc_model_tensor_scale";
+  DSC_TRY(check_index(m, FN, index));
+  DSC_CHECK(view != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "view: expected a pointer, got NULL");
+  *view = held_view(m, &m->named[index], 1);
+  DSC_CHECK(view->data != NULL, DSC_ERR_INVALID_ARGUMENT, FN,
+            "index: %s is not held in FP8 (%s)", m->named[index].name,
+            m->frozen ? "float32 in a frozen model: embedding, head, norms, router, bias, eh_proj"
+                      : "the model is not frozen: call dsc_model_freeze_fp8");
+  return DSC_OK;
+}
+
+int32_t dsc_model_is_frozen(const dsc_model *m) { return m ? m->frozen : 0; }
+
+dsc_status dsc_model_weight_bytes(const dsc_model *m, size_t *bytes) {
+  static const char *const FN = "dsc_model_weight_bytes";
+  DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
+  DSC_CHECK(bytes != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "bytes: expected a pointer, got NULL");
+  *bytes = (size_t)m->arena_numel * sizeof(float) + (m->frozen ? m->held.bytes : 0);
   return DSC_OK;
 }
 
@@ -664,6 +725,7 @@ dsc_status dsc_model_find_tensor(const dsc_model *m, const char *name, int64_t *
 dsc_status dsc_model_grad(dsc_model *m, int64_t index, DLTensor *view) {
   static const char *const FN = "dsc_model_grad";
   DSC_TRY(check_index(m, FN, index));
+  DSC_TRY(dsc_model_check_not_frozen(m, FN, "a gradient"));
   DSC_CHECK(view != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "view: expected a pointer, got NULL");
   DSC_CHECK(m->grads != NULL && m->have_grads, DSC_ERR_INVALID_ARGUMENT, FN,
             "model: no gradients yet (call dsc_model_loss_and_grad first)");
@@ -692,6 +754,7 @@ dsc_status dsc_model_ensure_moments(dsc_model *m) {
 dsc_status dsc_model_optimizer_state(dsc_model *m, int64_t index, int32_t which, DLTensor *view) {
   static const char *const FN = "dsc_model_optimizer_state";
   DSC_TRY(check_index(m, FN, index));
+  DSC_TRY(dsc_model_check_not_frozen(m, FN, "optimizer state"));
   DSC_CHECK(which == 0 || which == 1, DSC_ERR_INVALID_ARGUMENT, FN,
             "which: expected 0 (exp_avg) or 1 (exp_avg_sq), got %d", (int)which);
   DSC_CHECK(view != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "view: expected a pointer, got NULL");

@@ -5,6 +5,10 @@
  * step keeps quantizing the masters per call (they change every step); generation holds
  * these for the whole call, so a decoded token runs FP8 GEMMs without re-quantizing.
  *
+ * dsc_model_freeze_fp8 makes that the model's only copy: the float32 masters of the held
+ * matrices are dropped (the arena is compacted to the rest), and the model serves inference
+ * and checkpoints in DeepSeek's FP8 form.
+ *
  * Legend: b block, slot a block slot (S_*), G matrices of a slot (experts or 1), N x K one
  * matrix, Nb = ceil(N/128), Kb = ceil(K/128).
  */
@@ -14,7 +18,7 @@
 #include "model_internal.h"
 
 /* The slots held in FP8: every linear of a block (not norms, router or bias). */
-static int held_slot(int s) {
+int dsc_model_held_slot(int s) {
   return s == S_QA || s == S_QB || s == S_Q || s == S_KVA || s == S_KVB || s == S_O ||
          s == S_MG || s == S_MU || s == S_MD || s == S_EG || s == S_EU || s == S_ED ||
          s == S_SG || s == S_SU || s == S_SD;
@@ -53,14 +57,15 @@ dsc_status dsc_model_fp8w_build(dsc_model *m, dsc_model_fp8w *h) {
   size_t qbytes = 0, sfloats = 0;
   for (int64_t i = 0; i < n; ++i) {
     const int32_t e = m->block_entries[i];
-    if (e < 0 || !held_slot((int)(i % S_COUNT))) continue;
+    if (e < 0 || !dsc_model_held_slot((int)(i % S_COUNT))) continue;
     int64_t G, N, K;
     gnk(&m->storage[e], &G, &N, &K);
     qbytes += (size_t)(G * N * K);
     sfloats += (size_t)(G * cdiv128(N) * cdiv128(K));
   }
   const size_t soff = (qbytes + 63u) & ~(size_t)63u;
-  dsc_status st = dsc_model_alloc(m, soff + sfloats * sizeof(float), &h->mem);
+  h->bytes = soff + sfloats * sizeof(float);
+  dsc_status st = dsc_model_alloc(m, h->bytes, &h->mem);
   if (st != DSC_OK) {
     dsc_model_fp8w_free(m, h);
     return st;
@@ -73,7 +78,7 @@ dsc_status dsc_model_fp8w_build(dsc_model *m, dsc_model_fp8w *h) {
   qpar.block_cols = 128;
   for (int64_t i = 0; i < n && st == DSC_OK; ++i) {
     const int32_t e = m->block_entries[i];
-    if (e < 0 || !held_slot((int)(i % S_COUNT))) continue;
+    if (e < 0 || !dsc_model_held_slot((int)(i % S_COUNT))) continue;
     const dsc_model_entry *en = &m->storage[e];
     int64_t G, N, K;
     gnk(en, &G, &N, &K);
@@ -98,6 +103,77 @@ dsc_status dsc_model_fp8w_build(dsc_model *m, dsc_model_fp8w *h) {
   }
   if (st != DSC_OK) dsc_model_fp8w_free(m, h);
   return st;
+}
+
+/* ---- freezing ------------------------------------------------------------------------ */
+
+dsc_status dsc_model_freeze_fp8(dsc_model *m) {
+  static const char *const FN = "dsc_model_freeze_fp8";
+  DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
+  if (m->frozen) return DSC_OK;
+  /* which storage entry each held block slot quantizes */
+  int32_t *held_of = (int32_t *)malloc((size_t)(m->n_storage ? m->n_storage : 1) * sizeof(int32_t));
+  DSC_CHECK(held_of != NULL, DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+  for (int64_t e = 0; e < m->n_storage; ++e) held_of[e] = -1;
+  for (int64_t i = 0; i < (int64_t)m->n_blocks * S_COUNT; ++i) {
+    const int32_t e = m->block_entries[i];
+    if (e >= 0 && dsc_model_held_slot((int)(i % S_COUNT))) held_of[e] = (int32_t)i;
+  }
+  /* the compacted arena: every storage entry that is not held, in the old order */
+  int64_t *new_off = (int64_t *)malloc((size_t)(m->n_storage ? m->n_storage : 1) * sizeof(int64_t));
+  int64_t keep = 0;
+  for (int64_t e = 0; new_off && e < m->n_storage; ++e) {
+    new_off[e] = held_of[e] < 0 ? keep : -1;
+    if (held_of[e] < 0) keep += m->storage[e].numel;
+  }
+  dsc_model_fp8w h;
+  memset(&h, 0, sizeof h);
+  float *arena = NULL;
+  dsc_status st = new_off ? DSC_OK : dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+  if (st == DSC_OK) st = dsc_model_fp8w_build(m, &h);
+  if (st == DSC_OK) st = dsc_model_alloc(m, (size_t)keep * sizeof(float), (void **)&arena);
+  for (int64_t e = 0; e < m->n_storage && st == DSC_OK; ++e)
+    if (held_of[e] < 0 && m->storage[e].numel > 0)
+      st = dsc_memcpy(m->ctx, arena + new_off[e], m->ctx->device, m->params + m->storage[e].offset,
+                      m->ctx->device, (size_t)m->storage[e].numel * sizeof(float));
+  if (st == DSC_OK) st = dsc_context_synchronize(m->ctx);
+  if (st != DSC_OK) { /* the model is unchanged */
+    if (arena) dsc_free(m->ctx, arena);
+    dsc_model_fp8w_free(m, &h);
+    free(new_off);
+    free(held_of);
+    return st;
+  }
+  /* commit: named entries move with their storage entry (held ones keep their offsets,
+   * which only locate an expert inside its stack) */
+  for (int64_t i = 0; i < m->n_named; ++i) {
+    dsc_model_entry *n = &m->named[i];
+    if (held_of[n->storage] < 0) n->offset += new_off[n->storage] - m->storage[n->storage].offset;
+  }
+  for (int64_t e = 0; e < m->n_storage; ++e)
+    if (held_of[e] < 0) m->storage[e].offset = new_off[e];
+  free(new_off);
+  dsc_free(m->ctx, m->params);
+  m->params = arena;
+  m->arena_numel = keep;
+  m->held = h;
+  m->held_of = held_of;
+  m->frozen = 1;
+  m->fp8 = 1;
+  m->mla.fp8 = 1;
+  /* training state has no use any more (and its layout was the old arena's) */
+  if (m->grads) dsc_free(m->ctx, m->grads);
+  if (m->exp_avg) dsc_free(m->ctx, m->exp_avg);
+  if (m->exp_avg_sq) dsc_free(m->ctx, m->exp_avg_sq);
+  if (m->scratch) dsc_free(m->ctx, m->scratch);
+  m->grads = NULL;
+  m->exp_avg = m->exp_avg_sq = NULL;
+  m->scratch = NULL;
+  m->scratch_numel = 0;
+  m->have_grads = 0;
+  dsc_model_acts_free(m);
+  dsc_model_bind_views(m);
+  return DSC_OK;
 }
 
 void dsc_model_mla_weights_fp8(const dsc_model *m, int32_t b, const dsc_model_fp8w *h,

@@ -72,6 +72,18 @@ typedef struct {
 
 typedef struct dsc_model_acts dsc_model_acts; /* model.c: activations of a training shape */
 
+/* FP8-held inference weights (csrc/model/model_fp8.c): every block matrix -- attention
+ * projections, dense MLP, routed experts (per expert), shared experts -- as E4M3 codes with
+ * 128x128 block scales, the form DeepSeek's checkpoints hold them in, quantized once from
+ * the float32 masters (per generate call, or once and for all by dsc_model_freeze_fp8).
+ * q[i] / s[i] for block slot i = b * S_COUNT + slot: data NULL where the slot holds nothing. */
+typedef struct dsc_model_fp8w_s {
+  void *mem;       /* one device allocation: all codes, then all scales */
+  size_t bytes;    /* of mem */
+  DLTensor *q, *s; /* [n_blocks * S_COUNT] */
+  int64_t *dims;   /* [n_blocks * S_COUNT * 12]: shape/stride storage of the views */
+} dsc_model_fp8w;
+
 struct dsc_model {
   dsc_context *ctx;
   dsc_model_config cfg;
@@ -101,12 +113,20 @@ struct dsc_model {
 
   int64_t *load;   /* [n_blocks * E] host: expert load of the last pass (MoE blocks) */
   dsc_model_acts *acts;
+  int64_t arena_numel;     /* floats of params (n_params, less the held matrices once frozen) */
 
   uint8_t *touched;        /* [n_storage]: gradient already written in this pass */
   int32_t have_grads;      /* a loss_and_grad completed */
   int32_t *block_entries;  /* [n_blocks * S_COUNT] storage index per block slot, -1 none */
   int32_t emb_entry, head_entry, norm_entry;
   int32_t mtp_entries[DSC_MODEL_MAX_MTP][4]; /* enorm, hnorm, eh_proj, shared_head.norm */
+
+  /* frozen (dsc_model_freeze_fp8): inference only, the block matrices live in `held` alone;
+   * their storage/named entries keep shapes and their pre-freeze offsets (relative
+   * positions inside an expert stack) but have no float32 data. */
+  int32_t frozen;
+  dsc_model_fp8w held;
+  int32_t *held_of; /* [n_storage]: block slot index (b * S_COUNT + slot) holding it, or -1 */
 };
 
 /* ---- helpers shared by the model files (model.c) ---- */
@@ -118,16 +138,8 @@ DLTensor dsc_model_view(const dsc_model *m, void *data, dsc_dtype dt, int ndim, 
 void dsc_model_mla_weights(const dsc_model *m, int32_t b, dsc_mla_weights *w);
 /* The MoE weights struct of block b (an MoE block). */
 void dsc_model_moe_weights(const dsc_model *m, int32_t b, dsc_moe_layer_weights *w);
-/* FP8-held inference weights (fp8 models, csrc/model/model_fp8.c): every block matrix --
- * attention projections, dense MLP, routed experts (per expert), shared experts -- as E4M3
- * codes with 128x128 block scales, the form DeepSeek's checkpoints hold them in, quantized
- * once from the float32 masters (per generate call, not per token). q[i] / s[i] for block
- * slot i = b * S_COUNT + slot: data NULL where the slot holds nothing. */
-typedef struct dsc_model_fp8w_s {
-  void *mem;       /* one device allocation: all codes, then all scales */
-  DLTensor *q, *s; /* [n_blocks * S_COUNT] */
-  int64_t *dims;   /* [n_blocks * S_COUNT * 12]: shape/stride storage of the views */
-} dsc_model_fp8w;
+/* FP8-held weights (model_fp8.c): build from the masters, free. */
+int dsc_model_held_slot(int slot); /* the slot is held in FP8 (a block linear) */
 dsc_status dsc_model_fp8w_build(dsc_model *m, dsc_model_fp8w *h);
 void dsc_model_fp8w_free(dsc_model *m, dsc_model_fp8w *h);
 /* The MLA weights of block b with its projections held in FP8 (h != NULL). */
@@ -145,6 +157,13 @@ dsc_status dsc_model_ffn_infer(dsc_model *m, int32_t b, const DLTensor *x, DLTen
 /* out[N, 2D] = [a | b] for a, b [N, D] (the MTP concat); and its split. */
 dsc_status dsc_model_concat2(dsc_model *m, const DLTensor *a, const DLTensor *b, DLTensor *out);
 dsc_status dsc_model_split2(dsc_model *m, const DLTensor *in, DLTensor *a, DLTensor *b);
+/* Point the block / MTP / embedding / head views at the arena (frozen models: held slots
+ * keep their shapes with data NULL). */
+void dsc_model_bind_views(dsc_model *m);
+/* DSC_ERR_INVALID_ARGUMENT when the model is frozen: `what` needs the float32 masters. */
+dsc_status dsc_model_check_not_frozen(const dsc_model *m, const char *fn, const char *what);
+/* Frees the planned training activations (model_train.c). */
+void dsc_model_acts_free(dsc_model *m);
 /* Device allocation helpers. */
 dsc_status dsc_model_alloc(dsc_model *m, size_t bytes, void **p);
 /* Block i is an MoE block (first_k_dense_replace, moe_layer_freq). */

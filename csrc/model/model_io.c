@@ -186,7 +186,7 @@ typedef struct {
 static int kv_cmp(const void *a, const void *b) { return strcmp(((const kv *)a)->key, ((const kv *)b)->key); }
 
 /* config.json of cfg: json.dumps(indent=2, sort_keys=True) style. */
-static dsc_status render_config(const char *fn, const dsc_model_config *c, text *out) {
+static dsc_status render_config(const char *fn, const dsc_model_config *c, int fp8_weights, text *out) {
   kv e[48];
   int n = 0;
 #define INT(k, v) (e[n].key = (k), snprintf(e[n].value, sizeof e[n].value, "%d", (int)(v)), ++n)
@@ -237,6 +237,10 @@ static dsc_status render_config(const char *fn, const dsc_model_config *c, text 
                                                                           : "\"noaux_tc\"";
     RAW("topk_method", m);
   }
+  if (fp8_weights) /* a frozen model's block matrices: DeepSeek-V3's own key */
+    RAW("quantization_config",
+        "{\n    \"activation_scheme\": \"dynamic\",\n    \"fmt\": \"e4m3\",\n"
+        "    \"quant_method\": \"fp8\",\n    \"weight_block_size\": [\n      128,\n      128\n    ]\n  }");
   RAW("torch_dtype", "\"float32\"");
   INT("v_head_dim", c->v_head_dim);
   INT("vocab_size", c->vocab_size);
@@ -308,21 +312,42 @@ static dsc_status to_host(const char *fn, dsc_context *ctx, int64_t n, DLTensor 
   return DSC_OK;
 }
 
+/* Every tensor of dsc_model_tensor; a frozen model's E4M3 matrices are followed by their
+ * "<name>_scale_inv" block scales (the layout dsc_model_load dequantizes). */
 static dsc_status save_weights(const char *fn, dsc_model *m, const char *path) {
-  const int64_t n = dsc_model_num_tensors(m);
-  DLTensor *t = (DLTensor *)calloc((size_t)(n ? n : 1), sizeof *t);
-  const DLTensor **tp = (const DLTensor **)calloc((size_t)(n ? n : 1), sizeof *tp);
-  const char **names = (const char **)calloc((size_t)(n ? n : 1), sizeof *names);
+  const int64_t n = dsc_model_num_tensors(m), cap = 2 * n + 1;
+  DLTensor *t = (DLTensor *)calloc((size_t)cap, sizeof *t);
+  const DLTensor **tp = (const DLTensor **)calloc((size_t)cap, sizeof *tp);
+  const char **names = (const char **)calloc((size_t)cap, sizeof *names);
+  char **owned = (char **)calloc((size_t)cap, sizeof *owned); /* the _scale_inv names */
   float *host = NULL;
-  dsc_status st = (t && tp && names) ? DSC_OK : dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
+  int64_t k = 0;
+  dsc_status st = (t && tp && names && owned) ? DSC_OK
+                                              : dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
   for (int64_t i = 0; i < n && st == DSC_OK; ++i) {
-    st = dsc_model_tensor(m, i, &names[i], &t[i]);
-    tp[i] = &t[i];
+    st = dsc_model_tensor(m, i, &names[k], &t[k]);
+    if (st != DSC_OK) break;
+    tp[k] = &t[k];
+    ++k;
+    if (dsc_tensor_dtype(&t[k - 1]) != DSC_DTYPE_FLOAT8_E4M3FN) continue;
+    const size_t len = strlen(names[k - 1]) + sizeof "_scale_inv";
+    owned[k] = (char *)malloc(len);
+    if (!owned[k]) {
+      st = dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
+      break;
+    }
+    snprintf(owned[k], len, "%s_scale_inv", names[k - 1]);
+    names[k] = owned[k];
+    st = dsc_model_tensor_scale(m, i, &t[k]);
+    tp[k] = &t[k];
+    ++k;
   }
-  if (st == DSC_OK) st = to_host(fn, dsc_model_context(m), n, t, &host);
+  if (st == DSC_OK) st = to_host(fn, dsc_model_context(m), k, t, &host);
   static const char *const meta[] = {"format", "pt"};
-  if (st == DSC_OK) st = dsc_safetensors_save(path, n, names, tp, 1, meta);
+  if (st == DSC_OK) st = dsc_safetensors_save(path, k, names, tp, 1, meta);
   free(host);
+  for (int64_t i = 0; owned && i < cap; ++i) free(owned[i]);
+  free(owned);
   free(names);
   free(tp);
   free(t);
@@ -402,7 +427,7 @@ dsc_status dsc_model_save(dsc_model *model, const char *dir, int32_t optimizer) 
   DSC_TRY(dsc_model_get_config(model, &cfg));
   DSC_TRY(make_dirs(FN, dir));
   text json = {0};
-  dsc_status rst = render_config(FN, &cfg, &json);
+  dsc_status rst = render_config(FN, &cfg, dsc_model_is_frozen(model), &json);
   if (rst != DSC_OK) {
     free(json.p);
     return rst;
@@ -418,7 +443,8 @@ dsc_status dsc_model_save(dsc_model *model, const char *dir, int32_t optimizer) 
     st = dsc_error(DSC_ERR_IO, FN, "cannot remove the old '%s': %s", opt_path, strerror(errno));
   if (st == DSC_OK) st = write_file_atomic(FN, cfg_path, json.p, json.n);
   if (st == DSC_OK) st = save_weights(FN, model, model_path);
-  if (st == DSC_OK && optimizer && dsc_model_step(model) > 0) st = save_optimizer(FN, model, opt_path);
+  if (st == DSC_OK && optimizer && dsc_model_step(model) > 0 && !dsc_model_is_frozen(model))
+    st = save_optimizer(FN, model, opt_path); /* a frozen model has no optimizer state */
   if (st == DSC_OK) fsync_dir(dir);
   free(json.p);
   free(cfg_path);

@@ -652,6 +652,7 @@ static dsc_status run_forward(dsc_model *m, const DLTensor *tokens, int32_t n_mt
 dsc_status dsc_model_forward(dsc_model *m, const DLTensor *tokens, DLTensor *logits) {
   static const char *const FN = "dsc_model_forward";
   DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
+  DSC_TRY(dsc_model_check_not_frozen(m, FN, "the training forward"));
   DSC_TRY(dsc_model_check_ids(m, FN, "tokens", tokens, NULL, 0, 0));
   DSC_TRY(dsc_check_tensor(m->ctx, FN, "logits", logits, DSC_DT(DSC_DTYPE_FLOAT32)));
   const int64_t shp[3] = {tokens->shape[0], tokens->shape[1], m->cfg.vocab_size};
@@ -663,6 +664,7 @@ dsc_status dsc_model_forward(dsc_model *m, const DLTensor *tokens, DLTensor *log
 dsc_status dsc_model_forward_mtp(dsc_model *m, const DLTensor *tokens, int32_t depth, DLTensor *logits) {
   static const char *const FN = "dsc_model_forward_mtp";
   DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
+  DSC_TRY(dsc_model_check_not_frozen(m, FN, "the training forward"));
   DSC_CHECK(depth >= 0 && depth < m->n_mtp, DSC_ERR_INVALID_ARGUMENT, FN,
             "depth: expected 0..%d (num_nextn_predict_layers - 1), got %d", (int)m->n_mtp - 1, (int)depth);
   DSC_TRY(dsc_model_check_ids(m, FN, "tokens", tokens, NULL, 0, 0));
@@ -682,6 +684,7 @@ dsc_status dsc_model_routing(dsc_model *m, const DLTensor *tokens, int32_t layer
                              DLTensor *weights, DLTensor *scores) {
   static const char *const FN = "dsc_model_routing";
   DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
+  DSC_TRY(dsc_model_check_not_frozen(m, FN, "the training forward"));
   DSC_CHECK(layer >= 0 && layer < m->n_layers && m->blocks[layer].is_moe, DSC_ERR_INVALID_ARGUMENT, FN,
             "layer: expected an MoE layer of the main model (0..%d), got %d", (int)m->n_layers - 1, (int)layer);
   DSC_TRY(dsc_model_check_ids(m, FN, "tokens", tokens, NULL, 0, 0));
@@ -764,6 +767,7 @@ dsc_status dsc_model_loss_and_grad(dsc_model *m, const dsc_train_options *opt, c
                                    dsc_train_stats *stats) {
   static const char *const FN = "dsc_model_loss_and_grad";
   DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
+  DSC_TRY(dsc_model_check_not_frozen(m, FN, "training"));
   DSC_TRY(check_train_options(FN, opt));
   DSC_TRY(dsc_model_check_ids(m, FN, "tokens", tokens, NULL, 0, 0));
   DSC_TRY(dsc_model_check_ids(m, FN, "targets", targets, tokens, opt->ignore_index, 1));
@@ -905,6 +909,7 @@ dsc_status dsc_model_train_step(dsc_model *m, const dsc_train_options *opt, cons
                                 const DLTensor *targets, dsc_train_stats *stats) {
   static const char *const FN = "dsc_model_train_step";
   DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
+  DSC_TRY(dsc_model_check_not_frozen(m, FN, "training"));
   DSC_TRY(check_train_options(FN, opt));
   DSC_TRY(dsc_model_check_ids(m, FN, "tokens", tokens, NULL, 0, 0));
   DSC_TRY(dsc_model_check_ids(m, FN, "targets", targets, tokens, opt->ignore_index, 1));

@@ -234,6 +234,33 @@ static PyObject *py_model_tensors(PyObject *m, PyObject *args) {
   return out;
 }
 
+/* model_tensor_scale(cap, index) -> Tensor: the block scales of a frozen model's held matrix */
+static PyObject *py_model_tensor_scale(PyObject *m, PyObject *args) {
+  PyObject *cap;
+  long long index;
+  if (!PyArg_ParseTuple(args, "OL", &cap, &index)) return NULL;
+  dsc_model *mdl = model_of(m, cap, NULL);
+  if (!mdl) return NULL;
+  DLTensor v;
+  dsc_status s = dsc_model_tensor_scale(mdl, index, &v);
+  if (s != DSC_OK) return dsc_py_raise(dsc_py_get_state(m), s);
+  return view_tensor(m, cap, &v);
+}
+
+/* model_freeze(cap): dsc_model_freeze_fp8. Frees the float32 masters of the block matrices:
+ * the Python layer calls it only on a model none of whose views were handed out. */
+static PyObject *py_model_freeze(PyObject *m, PyObject *args) {
+  PyObject *cap;
+  if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
+  PyThread_type_lock lock;
+  dsc_model *mdl = model_of(m, cap, &lock);
+  if (!mdl) return NULL;
+  dsc_status s;
+  DSC_PY_CALL(lock, s, dsc_model_freeze_fp8(mdl));
+  if (s != DSC_OK) return dsc_py_raise(dsc_py_get_state(m), s);
+  Py_RETURN_NONE;
+}
+
 /* model_state(cap, index, which) -> Tensor: which 0 grad, 1 exp_avg, 2 exp_avg_sq */
 static PyObject *py_model_state(PyObject *m, PyObject *args) {
   PyObject *cap;
@@ -260,11 +287,13 @@ static PyObject *py_model_info(PyObject *m, PyObject *args) {
   if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
   dsc_model *mdl = model_of(m, cap, NULL);
   if (!mdl) return NULL;
-  size_t act = 0;
+  size_t act = 0, wb = 0;
   dsc_model_activation_bytes(mdl, &act);
-  return Py_BuildValue("{s:L,s:L,s:L,s:K}", "n_params", (long long)dsc_model_num_parameters(mdl), "n_tensors",
-                       (long long)dsc_model_num_tensors(mdl), "step", (long long)dsc_model_step(mdl),
-                       "activation_bytes", (unsigned long long)act);
+  dsc_model_weight_bytes(mdl, &wb);
+  return Py_BuildValue("{s:L,s:L,s:L,s:K,s:K,s:i}", "n_params", (long long)dsc_model_num_parameters(mdl),
+                       "n_tensors", (long long)dsc_model_num_tensors(mdl), "step",
+                       (long long)dsc_model_step(mdl), "activation_bytes", (unsigned long long)act,
+                       "weight_bytes", (unsigned long long)wb, "frozen", (int)dsc_model_is_frozen(mdl));
 }
 
 /* model_set_step(cap, step) */
@@ -413,6 +442,8 @@ PyMethodDef dsc_py_model_methods[] = {
     {"model_load", py_model_load, METH_VARARGS, "dsc_model_load(dir) (capsule)."},
     {"model_save", py_model_save, METH_VARARGS, "dsc_model_save."},
     {"model_tensors", py_model_tensors, METH_VARARGS, "[(hf_name, Tensor view)]."},
+    {"model_tensor_scale", py_model_tensor_scale, METH_VARARGS, "Block scales of a held FP8 matrix."},
+    {"model_freeze", py_model_freeze, METH_VARARGS, "dsc_model_freeze_fp8 (no views may exist)."},
     {"model_state", py_model_state, METH_VARARGS, "Gradient (0) / exp_avg (1) / exp_avg_sq (2) view."},
     {"model_info", py_model_info, METH_VARARGS, "Parameter count, tensors, step, activation bytes."},
     {"model_set_step", py_model_set_step, METH_VARARGS, "dsc_model_set_step."},

@@ -9,13 +9,17 @@
  *    token callback, seeded sampling reproducible;
  *  - bad inputs: the status and a message naming the argument;
  *  - speculative sampling: the empirical joint law of the first two sampled tokens
- *    against the main model's exact probabilities (chi-square), on an 8-token vocabulary.
+ *    against the main model's exact probabilities (chi-square), on an 8-token vocabulary;
+ *  - a frozen FP8 model (dsc_model_freeze_fp8): the same tokens as before freezing, E4M3
+ *    views and scales, less memory, training refused, an FP8 checkpoint round trip.
  * Closing line: "N passed, N failed".
  */
+#define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "deepseek_c.h"
 #include "check.h"
@@ -456,6 +460,95 @@ static void test_eos_and_callback(dsc_model *m, int32_t V) {
   }
 }
 
+/* Freezing an fp8 model changes nothing it generates (the held codes are those each call
+ * made before), drops the float32 copies of the block matrices, refuses training, and
+ * saves a checkpoint that loads and freezes back to the same tokens. */
+static void test_freeze_fp8(dsc_model *mf, int32_t V) {
+  enum { MAXN = 10 };
+  prompts_t p = ragged4(V);
+  dsc_generate_options o[3];
+  for (int i = 0; i < 3; ++i) {
+    dsc_generate_options_default(&o[i]);
+    o[i].max_new_tokens = MAXN;
+    o[i].eos_token_id = -1;
+  }
+  o[1].speculative = 1;
+  o[1].num_draft = 2;
+  o[2].temperature = 0.9f;
+  o[2].top_p = 0.95f;
+  o[2].seed = 11;
+  int32_t ref[3][4 * MAXN], out[4 * MAXN], lens[4];
+  for (int i = 0; i < 3; ++i) CHECK(gen(mf, &o[i], &p, ref[i], lens, NULL) == DSC_OK, "ref %d: %s", i, dsc_last_error());
+  size_t before = 0, after = 0;
+  CHECK(dsc_model_weight_bytes(mf, &before) == DSC_OK && !dsc_model_is_frozen(mf), "weight bytes");
+  int64_t iq = -1, in = -1;
+  CHECK(dsc_model_find_tensor(mf, "model.layers.1.mlp.experts.2.down_proj.weight", &iq) == DSC_OK &&
+            dsc_model_find_tensor(mf, "model.layers.1.post_attention_layernorm.weight", &in) == DSC_OK,
+        "find: %s", dsc_last_error());
+  DLTensor v;
+  CHECK(dsc_model_tensor_scale(mf, iq, &v) == DSC_ERR_INVALID_ARGUMENT && err_has("not frozen"),
+        "scale of an unfrozen model: %s", dsc_last_error());
+  CHECK(dsc_model_freeze_fp8(mf) == DSC_OK && dsc_model_is_frozen(mf), "freeze: %s", dsc_last_error());
+  CHECK(dsc_model_freeze_fp8(mf) == DSC_OK, "freeze again: %s", dsc_last_error());
+  CHECK(dsc_model_weight_bytes(mf, &after) == DSC_OK && after * 2 < before, "bytes %zu -> %zu", before, after);
+  for (int i = 0; i < 3; ++i) {
+    CHECK(gen(mf, &o[i], &p, out, lens, NULL) == DSC_OK, "frozen %d: %s", i, dsc_last_error());
+    CHECK(memcmp(out, ref[i], sizeof out) == 0, "frozen case %d: tokens differ from the fp8 model's", i);
+  }
+  /* views: held E4M3 with [Nb, Kb] scales, the rest float32 */
+  const char *name;
+  CHECK(dsc_model_tensor(mf, iq, &name, &v) == DSC_OK && v.dtype.code == kDLFloat8_e4m3fn && v.dtype.bits == 8,
+        "held view dtype code %d", (int)v.dtype.code);
+  const int64_t N = v.shape[0], K = v.shape[1];
+  CHECK(dsc_model_tensor_scale(mf, iq, &v) == DSC_OK && v.ndim == 2 && v.shape[0] == (N + 127) / 128 &&
+            v.shape[1] == (K + 127) / 128 && ((float *)v.data)[0] > 0.0f,
+        "scale view: %s", dsc_last_error());
+  CHECK(dsc_model_tensor(mf, in, NULL, &v) == DSC_OK && v.dtype.code == kDLFloat && v.dtype.bits == 32, "norm view");
+  CHECK(dsc_model_tensor_scale(mf, in, &v) == DSC_ERR_INVALID_ARGUMENT && err_has("not held"), "scale of a norm");
+  /* training and the training forward need the masters */
+  int32_t tk[6] = {1, 2, 3, 4, 5, 6};
+  int64_t ts[2] = {1, 6}, tst[2], ls[3] = {1, 6, V}, lst[3];
+  float *lg = (float *)malloc((size_t)(6 * V) * sizeof(float));
+  DLTensor tt = mk(tk, I32, 2, ts, tst), lt = mk(lg, F32, 3, ls, lst);
+  CHECK(dsc_model_forward(mf, &tt, &lt) == DSC_ERR_INVALID_ARGUMENT && err_has("frozen"), "forward: %s",
+        dsc_last_error());
+  free(lg);
+  dsc_train_options to;
+  dsc_train_options_default(&to);
+  CHECK(dsc_model_train_step(mf, &to, &tt, &tt, NULL) == DSC_ERR_INVALID_ARGUMENT && err_has("frozen"),
+        "train_step: %s", dsc_last_error());
+  CHECK(dsc_model_grad(mf, iq, &v) == DSC_ERR_INVALID_ARGUMENT && err_has("frozen"), "grad: %s", dsc_last_error());
+  /* checkpoint: E4M3 + scale_inv, loaded (dequantized) and frozen back: the same tokens */
+  char dir[] = "/tmp/dsc_frozen_XXXXXX";
+  if (!mkdtemp(dir)) {
+    CHECK(0, "mkdtemp");
+    return;
+  }
+  CHECK(dsc_model_save(mf, dir, 1) == DSC_OK, "save: %s", dsc_last_error());
+  dsc_model_options mo;
+  dsc_model_options_default(&mo);
+  mo.fp8 = 1;
+  dsc_model *back = NULL;
+  CHECK(dsc_model_load(g_ctx, dir, &mo, &back) == DSC_OK, "load: %s", dsc_last_error());
+  if (back) {
+    CHECK(dsc_model_freeze_fp8(back) == DSC_OK, "freeze loaded: %s", dsc_last_error());
+    for (int i = 0; i < 3; ++i) {
+      CHECK(gen(back, &o[i], &p, out, lens, NULL) == DSC_OK, "reloaded %d: %s", i, dsc_last_error());
+      CHECK(memcmp(out, ref[i], sizeof out) == 0, "reloaded case %d: tokens differ", i);
+    }
+    size_t b2 = 0;
+    CHECK(dsc_model_weight_bytes(back, &b2) == DSC_OK && b2 == after, "reloaded bytes %zu vs %zu", b2, after);
+    dsc_model_destroy(back);
+  }
+  char path[256];
+  const char *files[] = {"config.json", "model.safetensors", "optimizer.safetensors"};
+  for (int i = 0; i < 3; ++i) {
+    snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+    CHECK(i < 2 ? unlink(path) == 0 : access(path, F_OK) != 0, "%s", files[i]);
+  }
+  rmdir(dir);
+}
+
 static void expect_err(dsc_status got, dsc_status want, const char *needle, const char *what) {
   CHECK(got == want && strstr(dsc_last_error(), needle) != NULL &&
             strstr(dsc_last_error(), "dsc_model_generate") != NULL,
@@ -739,6 +832,8 @@ int main(void) {
       printf("FP8 model: greedy vs full forward, speculative vs plain\n");
       test_greedy_matches_forward(mf, 512, 1.5f);
       test_spec_greedy_equals_plain(mf, 512, 0);
+      printf("frozen FP8 model\n");
+      test_freeze_fp8(mf, 512);
       dsc_model_destroy(mf);
     }
     printf("speculative greedy vs plain\n");
