@@ -212,6 +212,35 @@ def test_dequantize(rng):
         assert rel_err(d, x) < 0.05
 
 
+@pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])
+def test_dequantize_and_gemm_decode_every_code(fmt, rng):
+    """The dequantize and GEMM paths (their own decode loops, not the cast's): every code,
+    NaN and inf included, times a block scale, bit for bit."""
+    dt = FMT[fmt][0]
+    codes = np.arange(256, dtype=np.uint8)
+    q = np.tile(codes[:, None], (1, 200)).view(dt)             # row n: code n, K = 200 (2 blocks)
+    s = rng.uniform(0.5, 2.0, (2, 2)).astype(np.float32)         # 128x128 blocks
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        val = codes.view(dt).astype(np.float32)
+        exp = val[:, None] * np.repeat(np.repeat(s, 128, 0), 128, 1)[:256, :200]
+    got = dsc.fp8_dequantize(q, s, block=(128, 128), dtype="float32")
+    nan = np.isnan(exp)
+    assert np.array_equal(np.isnan(got), nan) and nan.any() and np.isinf(exp).any() == (fmt == "e5m2")
+    np.testing.assert_array_equal(got[~nan].view(np.uint32), exp[~nan].view(np.uint32))
+    gb = dsc.fp8_dequantize(q, s, block=(128, 128), dtype="bfloat16").astype(np.float32)
+    np.testing.assert_array_equal(gb[~nan], exp[~nan].astype(BF16).astype(np.float32))
+    # GEMM with a one-hot A row picks column k of every B row: C[0, n] = fa * (B[n, k] sb), one rounding
+    k = int(rng.integers(128, 200))                              # in the second (partial) K block
+    a = np.zeros((1, 200), np.float32)
+    a[0, k] = rng.uniform(0.5, 2.0)
+    aq, as_ = dsc.fp8_quantize(a, (1, 128))
+    fa = dsc.fp8_dequantize(aq, as_, block=(1, 128), dtype="float32")[0, k]
+    c = dsc.fp8_gemm(aq, as_, q, s, out_dtype="float32")[0]
+    ok = np.isfinite(val)                                        # 0 * inf and NaN rows aside
+    np.testing.assert_array_equal(c[ok], exp[ok, k] * fa)
+
+
 def test_checkpoint_weight_dequant(rng):
     """DeepSeek checkpoint layout: E4M3 weight [576, 300] + float32 scale_inv [5, 3]."""
     w8 = rng.integers(0, 256, (576, 300), dtype=np.uint8)
