@@ -136,7 +136,8 @@ class Model:
     inference-only FP8 model the way DeepSeek ships V3: every block matrix is held only as
     E4M3 codes with 128x128 block scales (``parameters()`` gives float8_e4m3fn views for
     those, ``fp8_scales()`` their scales), about a quarter of the float32 memory; it
-    generates and saves (E4M3 + ``weight_scale_inv`` checkpoints) but does not train."""
+    generates, computes logits (``forward``) and saves (E4M3 + ``weight_scale_inv``
+    checkpoints) but does not train."""
 
     def __init__(self, cfg: ModelConfig, device: str = "cpu", dtype: str = "float32", fp8: bool = False,
                  seed: int = 0, moments: str = "float32", _init: bool = True, _cap: Any = None) -> None:
@@ -272,7 +273,8 @@ class Model:
     # ------------------------------------------------------------------ forward
 
     def forward(self, tokens: Any) -> Any:
-        """Logits [B, T, vocab] float32 of the main model for tokens [B, T] (or [T])."""
+        """Logits [B, T, vocab] float32 of the main model for tokens [B, T] (or [T]). A frozen
+        model computes them as generation does (prefill on the latent cache, E4M3 weights)."""
         t = self._ids(tokens, "tokens")
         out = self._out((t.shape[0], t.shape[1], self.cfg.vocab_size))
         _C.model_forward(self._cap, t, out, -1)

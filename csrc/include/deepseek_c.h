@@ -899,7 +899,9 @@ DSC_API int64_t dsc_model_step(const dsc_model *model);
 DSC_API dsc_status dsc_model_set_step(dsc_model *model, int64_t step);
 
 /* Logits of the main model: tokens [B, T] int32 in [0, V) on ctx's device (T <=
- * max_position_embeddings) -> logits [B, T, V] float32. */
+ * max_position_embeddings) -> logits [B, T, V] float32. A frozen model (no float32 masters)
+ * computes them with generation's prefill: E4M3-held weights, the latent cache, absorbed
+ * attention. */
 DSC_API dsc_status dsc_model_forward(dsc_model *model, const DLTensor *tokens, DLTensor *logits);
 /* Routing of MoE block `layer` for tokens [B, T] (main layers; MTP blocks see their own
  * inputs, not these): indices [B, T, k] int32, weights [B, T, k], scores [B, T, E] float32
@@ -974,7 +976,8 @@ DSC_API dsc_status dsc_model_activation_bytes(const dsc_model *model, size_t *by
  *   dsc_model_tensor                        held matrices as float8_e4m3fn views (writes
  *                                            change the model), the rest float32
  *   dsc_model_tensor_scale                  a held matrix's block scales [Nb, Kb] float32
- * The training paths (forward, forward_mtp, routing, loss_and_grad, train_step, grad,
+ *   dsc_model_forward                       logits by generation's prefill
+ * The training paths (forward_mtp, routing, loss_and_grad, train_step, grad,
  * optimizer_state) answer DSC_ERR_INVALID_ARGUMENT. Freezing is one-way; a frozen model
  * is left as it is (DSC_OK). On failure (out of memory) the model is unchanged. */
 DSC_API dsc_status dsc_model_freeze_fp8(dsc_model *model);

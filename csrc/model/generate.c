@@ -102,6 +102,7 @@ typedef struct {
   int greedy;
   int32_t B, D, V, L, K, Tp, Tv;
   int64_t Nmax, LRmax; /* rows of the activation buffers, rows of the logits buffer */
+  int all_logits;      /* dsc_model_forward of a frozen model: logits of every prefill row */
   const int32_t *const *prompts;
   const int32_t *plen;
   int32_t *out; /* [B, max_new] host (the caller's) */
@@ -654,7 +655,7 @@ static dsc_status setup(gen *g) {
   g->Tv = 1 + g->K;
   const int64_t Tm = Tp > g->Tv ? Tp : g->Tv;
   g->Nmax = B * Tm;
-  g->LRmax = B * g->Tv; /* >= B: the prefill's and the MTP's logits rows */
+  g->LRmax = g->all_logits ? g->Nmax : B * g->Tv; /* >= B: the prefill's and the MTP's rows */
 
   /* the cache: L layers, + the MTP block's */
   dsc_mla_cache_options co;
@@ -857,6 +858,65 @@ static dsc_status run(gen *g, int64_t *first /* [2B] host scratch */) {
     }
   }
   return DSC_OK;
+}
+
+/* dsc_model_forward of a frozen model (its training forward needs the float32 masters): the
+ * inference prefill of tokens [B, T] on a fresh latent cache, with the logits of every row,
+ * i.e. what generation computes for those positions. tokens and logits are checked by the
+ * caller (model_train.c). */
+dsc_status dsc_model_forward_infer(dsc_model *m, const DLTensor *tokens, DLTensor *logits) {
+  static const char *const FNF = "dsc_model_forward";
+  const int32_t B = (int32_t)tokens->shape[0], T = (int32_t)tokens->shape[1];
+  const int64_t N = (int64_t)B * T;
+  gen g;
+  memset(&g, 0, sizeof g);
+  g.m = m;
+  g.ctx = m->ctx;
+  DSC_TRY(dsc_context_get_device(g.ctx, &g.dev));
+  g.host = g.dev.device_type == kDLCPU;
+  dsc_generate_options_default(&g.o);
+  g.o.max_new_tokens = 0;
+  g.eos = -1;
+  g.greedy = 1;
+  g.B = B;
+  g.D = m->cfg.hidden_size;
+  g.V = m->cfg.vocab_size;
+  g.L = m->n_layers;
+  g.all_logits = 1;
+  g.hw = m->frozen ? &m->held : NULL;
+  int32_t *ids = (int32_t *)malloc((size_t)N * sizeof(int32_t));         /* [B, T] host */
+  int32_t *lens = (int32_t *)malloc((size_t)B * sizeof(int32_t));        /* [B] */
+  const int32_t **rows = (const int32_t **)malloc((size_t)B * sizeof *rows);
+  dsc_status st = ids && lens && rows ? DSC_OK : dsc_error(DSC_ERR_OUT_OF_MEMORY, FNF, "out of host memory");
+  const DLDevice host = {kDLCPU, 0};
+  if (st == DSC_OK)
+    st = dsc_memcpy(g.ctx, ids, host, dsc_data(tokens), tokens->device, (size_t)N * sizeof(int32_t));
+  for (int32_t b = 0; st == DSC_OK && b < B; ++b) {
+    rows[b] = ids + (int64_t)b * T;
+    lens[b] = T;
+  }
+  g.prompts = rows;
+  g.plen = lens;
+  if (st == DSC_OK) st = setup(&g);
+  for (int32_t b = 0; st == DSC_OK && b < B; ++b) {
+    st = dsc_mla_cache_add_sequence(g.cache, b);
+    for (int32_t j = 0; j < T; ++j) {
+      g.h_ids[(int64_t)b * T + j] = rows[b][j];
+      g.h_pos[(int64_t)b * T + j] = j;
+    }
+    g.h_seq[b] = b;
+  }
+  for (int64_t i = 0; st == DSC_OK && i < N; ++i) g.h_gidx[i] = (int32_t)i; /* every row's logits */
+  const float *lh = NULL;
+  if (st == DSC_OK) st = main_forward(&g, B, T, 1, N, &lh);
+  if (st == DSC_OK) /* g.logits holds them on the device (and lh a host copy off the CPU) */
+    st = dsc_memcpy(g.ctx, dsc_data(logits), logits->device, g.logits, g.dev,
+                    (size_t)N * (size_t)g.V * sizeof(float));
+  release(&g);
+  free(ids);
+  free(lens);
+  free(rows);
+  return st;
 }
 
 dsc_status dsc_model_generate(dsc_model *model, const dsc_generate_options *o, int32_t n_prompts,

@@ -401,7 +401,7 @@ dsc_status dsc_model_check_not_frozen(const dsc_model *m, const char *fn, const 
   DSC_CHECK(!m->frozen, DSC_ERR_INVALID_ARGUMENT, fn,
             "model: frozen for FP8 inference (dsc_model_freeze_fp8): its block matrices are held "
             "in E4M3 only, and %s needs their float32 masters (load the checkpoint without "
-            "freezing to train or evaluate it)",
+            "freezing to train it)",
             what);
   return DSC_OK;
 }

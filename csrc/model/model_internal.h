@@ -162,6 +162,9 @@ dsc_status dsc_model_split2(dsc_model *m, const DLTensor *in, DLTensor *a, DLTen
 void dsc_model_bind_views(dsc_model *m);
 /* DSC_ERR_INVALID_ARGUMENT when the model is frozen: `what` needs the float32 masters. */
 dsc_status dsc_model_check_not_frozen(const dsc_model *m, const char *fn, const char *what);
+/* Logits of every position of tokens [B, T] by the inference prefill (generate.c): the
+ * forward of a frozen model. Arguments checked by the caller. */
+dsc_status dsc_model_forward_infer(dsc_model *m, const DLTensor *tokens, DLTensor *logits);
 /* Frees the planned training activations (model_train.c). */
 void dsc_model_acts_free(dsc_model *m);
 /* Device allocation helpers. */

@@ -652,11 +652,11 @@ static dsc_status run_forward(dsc_model *m, const DLTensor *tokens, int32_t n_mt
 dsc_status dsc_model_forward(dsc_model *m, const DLTensor *tokens, DLTensor *logits) {
   static const char *const FN = "dsc_model_forward";
   DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
-  DSC_TRY(dsc_model_check_not_frozen(m, FN, "the training forward"));
   DSC_TRY(dsc_model_check_ids(m, FN, "tokens", tokens, NULL, 0, 0));
   DSC_TRY(dsc_check_tensor(m->ctx, FN, "logits", logits, DSC_DT(DSC_DTYPE_FLOAT32)));
   const int64_t shp[3] = {tokens->shape[0], tokens->shape[1], m->cfg.vocab_size};
   DSC_TRY(dsc_check_shape(FN, "logits", logits, 3, shp));
+  if (m->frozen) return dsc_model_forward_infer(m, tokens, logits); /* no masters to train with */
   fwd_opts o = {0, 0.0f, 0.0};
   return run_forward(m, tokens, 0, &o, (float *)dsc_data(logits));
 }

@@ -11,7 +11,8 @@
  *  - speculative sampling: the empirical joint law of the first two sampled tokens
  *    against the main model's exact probabilities (chi-square), on an 8-token vocabulary;
  *  - a frozen FP8 model (dsc_model_freeze_fp8): the same tokens as before freezing, E4M3
- *    views and scales, less memory, training refused, an FP8 checkpoint round trip.
+ *    views and scales, less memory, a forward by the prefill, training refused, an FP8
+ *    checkpoint round trip.
  * Closing line: "N passed, N failed".
  */
 #define _POSIX_C_SOURCE 200809L
@@ -510,8 +511,18 @@ static void test_freeze_fp8(dsc_model *mf, int32_t V) {
   int64_t ts[2] = {1, 6}, tst[2], ls[3] = {1, 6, V}, lst[3];
   float *lg = (float *)malloc((size_t)(6 * V) * sizeof(float));
   DLTensor tt = mk(tk, I32, 2, ts, tst), lt = mk(lg, F32, 3, ls, lst);
-  CHECK(dsc_model_forward(mf, &tt, &lt) == DSC_ERR_INVALID_ARGUMENT && err_has("frozen"), "forward: %s",
-        dsc_last_error());
+  /* the forward runs generation's prefill: its last row's argmax is the first greedy token */
+  CHECK(dsc_model_forward(mf, &tt, &lt) == DSC_OK, "frozen forward: %s", dsc_last_error());
+  {
+    const int32_t *one[1] = {tk};
+    int32_t len1 = 6, first = -1, flen = 0;
+    float gap;
+    dsc_generate_options o1 = o[0];
+    o1.max_new_tokens = 1;
+    CHECK(dsc_model_generate(mf, &o1, 1, one, &len1, &first, &flen, NULL, NULL, NULL) == DSC_OK && flen == 1,
+          "generate 1: %s", dsc_last_error());
+    CHECK(argmax(lg + 5 * V, V, &gap) == first, "frozen forward argmax vs the first generated token");
+  }
   free(lg);
   dsc_train_options to;
   dsc_train_options_default(&to);
