@@ -14,6 +14,7 @@ speculative decoding (num_draft 1 and 2), at batch 1, 8 and 32:
     python benchmarks/bench_decode.py --ckpt demo_out       # CPU, a trained checkpoint
     python benchmarks/bench_decode.py --quick               # smoke test
     python benchmarks/bench_decode.py --device cuda
+    python benchmarks/bench_decode.py --fp8                 # + frozen FP8 copies (E4M3-held weights)
 
 Per row: the median over --reps interleaved rounds (plain, mtp k=1, mtp k=2 in turn, so
 load on a shared machine hits every mode alike) of the C call's wall time. tokens_per_s =
@@ -281,12 +282,12 @@ def hf_cases(ckpt: str, m: dsc.Model, model_name: str, setting: str, prompts: li
 
 def summary(rows: list[dict]) -> None:
     """One line per (model, setting, batch): tokens/s plain | MTP k=1 | MTP k=2."""
-    print("\nmodel  setting  batch   plain tok/s | mtp k=1 tok/s accept speedup | mtp k=2 tok/s accept speedup")
+    print("\nmodel    setting  batch   plain tok/s | mtp k=1 tok/s accept speedup | mtp k=2 tok/s accept speedup")
     cases: dict[tuple, dict] = {}
     for r in rows:
         cases.setdefault((r["model"], r["setting"], r["batch"]), {})[r["num_draft"]] = r
     for (mod, st, B), c in cases.items():
-        line = f"{mod:6s} {st:8s} {B:5d} {c[0]['tokens_per_s']:13.1f}"
+        line = f"{mod:8s} {st:8s} {B:5d} {c[0]['tokens_per_s']:13.1f}"
         for k in (1, 2):
             if k in c:
                 r = c[k]
@@ -322,6 +323,8 @@ def main() -> None:
     ap.add_argument("--no-hf", action="store_true", help="skip the Hugging Face transformers reference")
     ap.add_argument("--hf-batches", default="1,8", help="batches timed with transformers (default 1,8; "
                     "at most max(--batches) / max(--big-batches))")
+    ap.add_argument("--fp8", action="store_true", help="also time frozen FP8 copies (Model.freeze_fp8: block "
+                    "matrices held only in E4M3) of both models, long64 / rand32 rows, with their weight bytes")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/decode_<device>_<date>.json)")
     a = ap.parse_args()
     dev = a.device.split(":")[0]
@@ -372,6 +375,14 @@ def main() -> None:
         for setting, mnt, eos in (("answer", ans_mnt, tok.eos_id), ("long64", 64, -1)):
             for B in batches:
                 res["rows"] += bench_case(m, "demo", setting, prompts[:B], mnt, eos, reps)
+        if a.fp8:
+            f = m.freeze_fp8()
+            print(f, f"weights {m.weight_bytes() / 1e6:.2f} MB float32 -> {f.weight_bytes() / 1e6:.2f} MB", flush=True)
+            for B in batches:
+                res["rows"] += bench_case(f, "demo-fp8", "long64", prompts[:B], 64, -1, reps,
+                                          extra=dict(weight_bytes=f.weight_bytes(),
+                                                     float32_weight_bytes=m.weight_bytes()))
+            del f
         if isinstance(res["transformers"], dict):
             res["transformers"]["rows"] += hf_cases(ckpt, m, "demo", "long64", prompts, 64, hf_batches, reps)
         else:
@@ -392,7 +403,17 @@ def main() -> None:
         allp = rng.integers(3, cfg.vocab_size, (max(big_batches), 32)).tolist()
         for B in big_batches:
             res["rows"] += bench_case(m, "100M", "rand32", allp[:B], 32, -1, reps,
-                                      extra=dict(params_M=round(m.num_parameters() / 1e6, 2)))
+                                      extra=dict(params_M=round(m.num_parameters() / 1e6, 2),
+                                                 weight_bytes=m.weight_bytes()))
+        if a.fp8:
+            f = m.freeze_fp8()
+            print(f, f"weights {m.weight_bytes() / 1e6:.1f} MB float32 -> {f.weight_bytes() / 1e6:.1f} MB", flush=True)
+            for B in big_batches:
+                res["rows"] += bench_case(f, "100M-fp8", "rand32", allp[:B], 32, -1, reps,
+                                          extra=dict(params_M=round(m.num_parameters() / 1e6, 2),
+                                                     weight_bytes=f.weight_bytes(),
+                                                     float32_weight_bytes=m.weight_bytes()))
+            del f
         if isinstance(res["transformers"], dict):
             tmp = tempfile.mkdtemp(prefix="bench_decode_100m_")
             try:

@@ -37,5 +37,5 @@ for dt in float32 bfloat16; do
 done
 python3 benchmarks/bench_train.py --device cuda --full --out "$out/train_cuda.json" 2>&1 | tee "$out/bench_train_cuda.txt"
 if [ -f benchmarks/bench_decode.py ]; then
-  python3 benchmarks/bench_decode.py --device cuda --out "$out/decode_cuda.json" 2>&1 | tee "$out/bench_decode_cuda.txt"
+  python3 benchmarks/bench_decode.py --device cuda --fp8 --out "$out/decode_cuda.json" 2>&1 | tee "$out/bench_decode_cuda.txt"
 fi
