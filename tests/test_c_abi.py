@@ -56,6 +56,14 @@ def test_c_generate_example_builds_and_runs(tmp_path):
         line = next(ln for ln in r.stdout.splitlines() if ln.startswith("output (8):"))
         assert [int(t) for t in line.split(":")[1].split()] == want
         assert "tokens/s" in r.stdout and (not extra or "drafted" in r.stdout)
+    # --fp8: frozen (E4M3-held weights), the tokens of Python's frozen model
+    want8 = dsc.Model.from_pretrained(ckpt, fp8=True, inference_only=True).generate([[5, 6, 7]], max_new_tokens=8,
+                                                                                 eos_token_id=-1)[0]
+    r = subprocess.run([exe, ckpt, "5", "6", "7", "--max-new", "8", "--eos", "-1", "--fp8", "--speculative"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "block matrices in E4M3" in r.stdout, r.stdout + r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("output (8):"))
+    assert [int(t) for t in line.split(":")[1].split()] == want8
     r = subprocess.run([exe, ckpt, "5", "99"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "prompts[0]: expected ids in [0, 64), got 99 at index 1" in r.stderr
 

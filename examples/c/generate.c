@@ -5,6 +5,9 @@
  *            [--top-p P] [--seed S] [--eos ID] [--speculative] [--num-draft K]
  *            [--cache float32|bfloat16|fp8] [--cuda] [--fp8]
  *
+ * --fp8 loads the model for FP8 inference: every block matrix held only in E4M3 with 128x128
+ * block scales (dsc_model_freeze_fp8), as DeepSeek ships V3.
+ *
  * The checkpoint is a Hugging Face style directory (config.json + *.safetensors), e.g.
  * one written by deepseek_c (Model.save / `python -m deepseek_c train`). Tokens are
  * printed as they come (the token callback), then the whole output and the statistics.
@@ -120,13 +123,22 @@ int main(int argc, char **argv) {
     dsc_context_destroy(ctx);
     return 1;
   }
+  size_t bytes = 0;
+  if (fp8 && dsc_model_freeze_fp8(model) != DSC_OK) { /* inference only: E4M3-held weights */
+    fprintf(stderr, "freeze: %s\n", dsc_last_error());
+    dsc_model_destroy(model);
+    dsc_context_destroy(ctx);
+    return 1;
+  }
+  dsc_model_weight_bytes(model, &bytes);
   dsc_model_config cfg;
   memset(&cfg, 0, sizeof cfg);
   cfg.size = sizeof cfg;
   dsc_model_get_config(model, &cfg);
-  printf("model: %s, %d layers + %d MTP, vocab %d, %.3g M parameters\n", dir,
+  printf("model: %s, %d layers + %d MTP, vocab %d, %.3g M parameters, %.3g MB of weights%s\n", dir,
          (int)cfg.num_hidden_layers, (int)cfg.num_nextn_predict_layers, (int)cfg.vocab_size,
-         (double)dsc_model_num_parameters(model) / 1e6);
+         (double)dsc_model_num_parameters(model) / 1e6, (double)bytes / 1e6,
+         fp8 ? " (block matrices in E4M3)" : "");
 
   const int32_t n = go.max_new_tokens;
   int32_t *out = (int32_t *)malloc((size_t)(n > 0 ? n : 1) * sizeof(int32_t));
