@@ -52,6 +52,15 @@ dsc_status dsc_context_create(const dsc_context_options *options, dsc_context **
   ctx->deterministic = o.deterministic != 0;
   ctx->log_fn = o.log_fn;
   ctx->log_user_data = o.log_user_data;
+  /* The instruction set of the CPU kernels, chosen once here: AVX2 where the CPU (and OS)
+   * has it. DSC_CPU_ISA=generic forces the portable kernels (for tests and comparisons;
+   * cpu/gemm.c says where both give the same bits). */
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  __builtin_cpu_init();
+  ctx->cpu_avx2 = __builtin_cpu_supports("avx2") != 0;
+#endif
+  const char *isa = getenv("DSC_CPU_ISA");
+  if (isa != NULL && strcmp(isa, "generic") == 0) ctx->cpu_avx2 = 0;
 #ifdef _OPENMP
   ctx->num_threads = o.num_threads > 0 ? o.num_threads : omp_get_max_threads();
 #else

@@ -24,6 +24,7 @@ struct dsc_context {
   uint64_t rng_counter;   /* advanced by every op that draws random numbers */
   int32_t num_threads;    /* OpenMP threads, >= 1 */
   int32_t deterministic;
+  int32_t cpu_avx2;       /* CPU kernels may use AVX2 (cpu/gemm.c); see dsc_context_create */
   dsc_log_fn log_fn;
   void *log_user_data;
   void *workspace;        /* device memory, grown on demand, owned */

@@ -17,13 +17,20 @@
  * Determinism: OpenBLAS splits sgemm over M/N, never over K, so a C element's sum order
  * does not depend on the thread count.
  *
- * Small M (decode: 1..SMALL_M_MAX tokens) with op(A) = A: sgemm would re-pack the whole
- * weight B for every call (sgemm_incopy was ~40% of decode time), so these GEMMs are
- * computed here directly instead (see small_gemm below), bitwise independent of M and of
- * the thread count.
+ * Small M (decode: 1..SMALL_M_MAX tokens, SMALL_M_MAX_AVX2 on a CPU with AVX2) with
+ * op(A) = A: sgemm would re-pack the whole weight B for every call (sgemm_incopy was ~40%
+ * of decode time), so these GEMMs are computed here directly instead (see small_gemm
+ * below), bitwise independent of M and of the thread count.  The AVX2 kernels are chosen
+ * at run time (ctx->cpu_avx2; DSC_CPU_ISA=generic forces the portable ones) and give the
+ * portable kernels' bits.
  */
 #include <cblas.h>
 #include <string.h>
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#define SMALL_AVX2 1 /* the AVX2 small-M kernels below exist (used when ctx->cpu_avx2) */
+#endif
 
 #include "cpu_common.h"
 
@@ -87,10 +94,10 @@ static void scale_c(dsc_dtype dt, int64_t M, int64_t N, float beta, void *C /* [
 
 /* ---- small-M float32 GEMM -------------------------------------------------------------
  *
- * C [M,N] = alpha * A [M,K] @ op(B) + beta * C for M <= SMALL_M_MAX rows, A not transposed
- * (decode: one row per token).  sgemm would first re-pack all of B, the weight, which
- * costs more than the product itself at these M; here every C element is computed straight
- * from the caller's memory:
+ * C [M,N] = alpha * A [M,K] @ op(B) + beta * C for M <= SMALL_M_MAX rows (SMALL_M_MAX_AVX2
+ * with the AVX2 kernels), A not transposed (decode: one row per token).  sgemm would first
+ * re-pack all of B, the weight, which costs more than the product itself at these M; here
+ * every C element is computed straight from the caller's memory:
  *   trans_b (y = x @ w^T, w [N,K] row-major: the linear layer): C[m,n] is the dot product
  *     of A row m and B row n, both contiguous.  It is accumulated in SMALL_LANES = 8
  *     float32 partial sums, lane j adding the products k = j, j + 8, j + 16, ... in
@@ -103,28 +110,46 @@ static void scale_c(dsc_dtype dt, int64_t M, int64_t N, float beta, void *C /* [
  *   alpha == 0 gives beta * C without reading A and B, as in BLAS).  Accumulation is
  *   float32, as in sgemm; the last bits differ from sgemm's (another summation order).
  *   The inner loops are written on `lanes` (below) so that gcc -O3 keeps the
- *   accumulators in vector registers; no intrinsics.
+ *   accumulators in vector registers; on x86 with AVX2 (ctx->cpu_avx2) the same float
+ *   operations run in AVX2 kernels instead (see "AVX2 small-M kernels"), which read B once
+ *   for 3 rows of A and give the same bits.
  *   op(A) transposed (A stored [K, M]) is not a decode shape: it stays with sgemm.
  *
  * Determinism: the float operations that produce C[m,n] depend only on A row m, B row
- * (trans_b) or column n, and K -- never on M, on which register tile (1 or 2 rows of A, 1,
- * 2 or 4 rows of B) or column block the element falls in, nor on the OpenMP thread that
- * computes it (threads split N, never K).  So a row of C is bitwise the same whether it is
- * computed alone (decoding one token) or with others (verifying draft tokens, a batch of
- * prompts), for every M <= SMALL_M_MAX and every ctx->num_threads.  This relies on the
- * compiler not contracting x * y + acc into an FMA in one tile and not in another: gcc does
- * not contract at all under -std=c11 (the build's flag), clang contracts each statement
- * alike in every tile.
+ * (trans_b) or column n, and K -- never on M, on which register tile (portable: 1 or 2 rows
+ * of A, 1, 2 or 4 rows of B; AVX2: 1 to 3 rows of A, 1 or 4 rows of B) or column block the
+ * element falls in, nor on the OpenMP thread that computes it (threads split N, never K),
+ * nor on the kernels' ISA.  So a row of C is bitwise the same whether it is computed alone
+ * (decoding one token) or with others (verifying draft tokens, a batch of prompts), for
+ * every M up to the small-M limit (SMALL_M_MAX, SMALL_M_MAX_AVX2 with the AVX2 kernels)
+ * and every ctx->num_threads; and DSC_CPU_ISA=generic gives the AVX2 kernels' bits up to
+ * SMALL_M_MAX (between the two limits it uses sgemm).  This relies on the compiler not
+ * contracting x * y + acc into an FMA in one tile and not in another: gcc does not
+ * contract at all under -std=c11 (the build's flag), clang contracts each statement alike
+ * in every portable tile (but not across the AVX2 kernels' intrinsics: a clang build whose
+ * target has FMA gives other bits with DSC_CPU_ISA=generic).
  *
- * Thresholds, measured on the 2-core AMD EPYC (Zen 5) build machine, default (SSE2) code
- * generation, against scipy-openblas32 0.3.x (AVX-512 kernels), one thread, shapes N x K
- * from 64x32 to 32000x512: trans_b M = 1: 1.3-4.9x faster than sgemm, M = 2: 1.2-2.4x,
- * M = 3: 1.2-2.4x, M = 4: 0.87-1.08x, M = 8: 0.3-0.7x; no trans_b M = 1..3: 1.0-2.4x
- * (0.9x at 64x32, a few microseconds either way), M = 4: 0.5-1.1x.  Hence SMALL_M_MAX = 3:
- * beyond it OpenBLAS's wider kernels win once its packing is shared by 4 rows.  Waking
- * the OpenMP team costs ~10 us there, so two threads only pay off from ~2^21
- * multiply-adds (SMALL_PAR_MIN; 1.4-1.9x above it). */
-#define SMALL_M_MAX 3
+ * Thresholds, measured on the 2-core AMD EPYC (Zen 5) build machine against
+ * scipy-openblas32 0.3.x (AVX-512 kernels), one thread, shapes N x K from 64x32 to
+ * 32000x512.  Portable kernels, default (SSE2) code generation: trans_b M = 1: 1.3-4.9x
+ * faster than sgemm, M = 2: 1.2-2.4x, M = 3: 1.2-2.4x, M = 4: 0.87-1.08x, M = 8: 0.3-0.7x;
+ * no trans_b M = 1..3: 1.0-2.4x (0.9x at 64x32, a few microseconds either way), M = 4:
+ * 0.5-1.1x.  Hence SMALL_M_MAX = 3: beyond it OpenBLAS's wider kernels win once its packing
+ * is shared by 4 rows.  AVX2 kernels (trans_b 23-35 GMAC/s at M = 1 with B in L2 or L3,
+ * 45-56 at M = 3; the portable ones 18-23): trans_b M = 1..3: 2.3-7.9x faster than
+ * sgemm, M = 4: 1.7-2.8x, M = 8: 1.05-2.0x, M = 16: 1.0-1.4x; no trans_b M = 1..3:
+ * 1.7-5.6x, M = 4: 0.86-2.3x, M = 8: 0.92-1.7x, M = 12: 0.86-1.4x.  Hence
+ * SMALL_M_MAX_AVX2 = 8 (a C program timing dsc_linear_forward and dsc_matmul against
+ * scipy_cblas_sgemm on the same operands, best of 7 runs of >= 20 ms each).  Two threads
+ * (OMP_NUM_THREADS=2), AVX2 kernels: under OMP_WAIT_POLICY=PASSIVE (the Python package's
+ * default) every parallel region wakes the team, ~40 us here, and two threads break even
+ * at ~2^21 multiply-adds (2^22: 0.87x with B in L2 at 1024x512 M = 8, 1.8x with B from L3
+ * at 4096x1024 M = 1); batch-8 decode of the demo model (M = 8 rows of 384x128: 2^18.6)
+ * ran 32-40k tok/s with SMALL_PAR_MIN = 2^18 against 42-43k with 2^21 (bench_decode.py
+ * --batches 8).  libgomp's default (spinning) policy pays off from ~2^16 (1.2-1.6x at
+ * 2^17).  Hence SMALL_PAR_MIN = 2^21 multiply-adds, as for the portable kernels. */
+#define SMALL_M_MAX 3      /* most rows of A for the portable kernels */
+#define SMALL_M_MAX_AVX2 8 /* ... and for the AVX2 kernels */
 #define SMALL_LANES 8
 #define SMALL_NB 256                       /* columns of C per OpenMP work item */
 #define SMALL_PAR_MIN ((int64_t)1 << 21)   /* multiply-adds worth a parallel region */
@@ -372,6 +397,215 @@ static void small_nn_cols(int64_t M, int64_t n0, int64_t n1, int64_t K, float al
       small_store(C + m * ldc + n0 + j, acc[m * SMALL_NB + j], alpha, beta);
 }
 
+#ifdef SMALL_AVX2
+/* ---- AVX2 small-M kernels (x86, gcc/clang; run when ctx->cpu_avx2) ---------------------
+ *
+ * The portable kernels' float operations, lane for lane, hence the same bits: one __m256
+ * holds the 8 lanes, each product is _mm256_mul_ps then _mm256_add_ps (never an FMA, which
+ * would round once), the K % 8 tail is a masked load (zeros past K, as lanes_load_part),
+ * the lanes are added in lanes_sum's tree, and no trans_b adds in increasing k as nn_strip.
+ * Only the register tiles are wider: 3 rows of A x 4 rows of B (12 of the 16 ymm
+ * registers) read each B row once for 3 rows of C; no trans_b, 3 rows x 32 columns.
+ * Compiled for target("avx2") alone (no FMA, no AVX-512), whatever the build's flags; gcc's
+ * code for `lanes` under -march=native was slower than the default build's. */
+#define AVX2_FN __attribute__((target("avx2")))
+#define AVX2_INLINE __attribute__((target("avx2"), always_inline)) static inline
+#define AVX_RM 3 /* rows of A per trans_b tile */
+
+/* Lanes j < n (1 <= n < 8) of a masked load: the others read as 0.0f, never touched. */
+AVX2_INLINE __m256i avx_mask(int64_t n) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), lane);
+}
+
+/* lanes_sum of v0 .. v3 at once: [sum v0, sum v1, sum v2, sum v3], each in the tree
+ * ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)). */
+AVX2_INLINE __m128 avx_sum4(__m256 v0, __m256 v1, __m256 v2, __m256 v3) {
+  /* s02 = [v0 lo + v0 hi | v2 lo + v2 hi], lanes (l0+l4, l1+l5, l2+l6, l3+l7) */
+  const __m256 s02 = _mm256_add_ps(_mm256_permute2f128_ps(v0, v2, 0x20),
+                                   _mm256_permute2f128_ps(v0, v2, 0x31));
+  const __m256 s13 = _mm256_add_ps(_mm256_permute2f128_ps(v1, v3, 0x20),
+                                   _mm256_permute2f128_ps(v1, v3, 0x31));
+  /* t = [v0: s0+s2, s1+s3, v1: s0+s2, s1+s3 | the same for v2, v3] */
+  const __m256 t = _mm256_add_ps(_mm256_shuffle_ps(s02, s13, _MM_SHUFFLE(1, 0, 1, 0)),
+                                 _mm256_shuffle_ps(s02, s13, _MM_SHUFFLE(3, 2, 3, 2)));
+  /* u = [sum v0, sum v1, (dup) | sum v2, sum v3, (dup)] */
+  const __m256 u = _mm256_add_ps(_mm256_shuffle_ps(t, t, _MM_SHUFFLE(2, 0, 2, 0)),
+                                 _mm256_shuffle_ps(t, t, _MM_SHUFFLE(3, 1, 3, 1)));
+  return _mm_movelh_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
+}
+AVX2_INLINE float avx_sum1(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s)); /* s0+s2, s1+s3 */
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+}
+
+/* c[0..3] = alpha * s + beta * c (c not read when beta == 0), as small_store. */
+AVX2_INLINE void avx_store4(float *c, __m128 s, float alpha, float beta) {
+  __m128 r = _mm_mul_ps(_mm_set1_ps(alpha), s);
+  if (beta != 0.0f) r = _mm_add_ps(r, _mm_mul_ps(_mm_set1_ps(beta), _mm_loadu_ps(c)));
+  _mm_storeu_ps(c, r);
+}
+
+/* One trans_b tile: acc[r][c] = the 8 lanes of A row r . B row c (r < RM, c < RN; RM, RN
+ * compile-time constants after inlining, so acc stays in registers). */
+#define AVX_NT_STEP(LD)                                                                       \
+  do {                                                                                        \
+    __m256 y[4];                                                                              \
+    for (int c = 0; c < RN; ++c) y[c] = LD(b + c * ldb + k);                                  \
+    for (int r = 0; r < RM; ++r) {                                                            \
+      const __m256 x = LD(a + r * lda + k);                                                   \
+      for (int c = 0; c < RN; ++c)                                                            \
+        acc[r][c] = _mm256_add_ps(acc[r][c], _mm256_mul_ps(x, y[c]));                         \
+    }                                                                                         \
+  } while (0)
+AVX2_INLINE void avx_nt_tile(const int RM, const int RN, int64_t K, const float *a, int64_t lda,
+                             const float *b, int64_t ldb, __m256 acc[AVX_RM][4]) {
+  for (int r = 0; r < RM; ++r)
+    for (int c = 0; c < RN; ++c) acc[r][c] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + SMALL_LANES <= K; k += SMALL_LANES) {
+#define LD(p) _mm256_loadu_ps(p)
+    AVX_NT_STEP(LD);
+#undef LD
+  }
+  if (k < K) {
+    const __m256i mask = avx_mask(K - k);
+#define LD(p) _mm256_maskload_ps((p), mask)
+    AVX_NT_STEP(LD);
+#undef LD
+  }
+}
+#undef AVX_NT_STEP
+
+/* Columns [n0, n1) of C for RM rows of A (a, c: their first rows): 4 B rows per tile, then
+ * one at a time. */
+AVX2_INLINE void avx_nt_rows(const int RM, int64_t n0, int64_t n1, int64_t K, float alpha,
+                             const float *a, int64_t lda, const float *B, int64_t ldb,
+                             float beta, float *c, int64_t ldc) {
+  __m256 acc[AVX_RM][4];
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) {
+    avx_nt_tile(RM, 4, K, a, lda, B + n * ldb, ldb, acc);
+    for (int r = 0; r < RM; ++r)
+      avx_store4(c + r * ldc + n, avx_sum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]), alpha,
+                 beta);
+  }
+  for (; n < n1; ++n) {
+    avx_nt_tile(RM, 1, K, a, lda, B + n * ldb, ldb, acc);
+    for (int r = 0; r < RM; ++r) small_store(c + r * ldc + n, avx_sum1(acc[r][0]), alpha, beta);
+  }
+}
+
+/* small_nt_cols on AVX2: rows of A in tiles of up to AVX_RM. */
+AVX2_FN static void avx_nt_cols(int64_t M, int64_t n0, int64_t n1, int64_t K, float alpha,
+                                const float *A, int64_t lda, const float *B, int64_t ldb,
+                                float beta, float *C, int64_t ldc) {
+  for (int64_t m = 0; m < M; m += AVX_RM) {
+    const float *a = A + m * lda;
+    float *c = C + m * ldc;
+    switch (M - m) {
+      case 1: avx_nt_rows(1, n0, n1, K, alpha, a, lda, B, ldb, beta, c, ldc); break;
+      case 2: avx_nt_rows(2, n0, n1, K, alpha, a, lda, B, ldb, beta, c, ldc); break;
+      default: avx_nt_rows(3, n0, n1, K, alpha, a, lda, B, ldb, beta, c, ldc); break;
+    }
+  }
+}
+
+/* nn_strip on AVX2, for RM <= AVX_RM rows of A at once and NV * 8 columns (NV <= 4); the
+ * same acc[r * SMALL_NB + j] += A[r, k] * B[k, j] in increasing k, kept in registers over
+ * [k0, k1). */
+AVX2_INLINE void avx_nn_strip(const int RM, const int NV, int64_t k0, int64_t k1,
+                              const float *A, int64_t lda, const float *B, int64_t ldb,
+                              float *acc) {
+  __m256 c[AVX_RM][4];
+  for (int r = 0; r < RM; ++r)
+    for (int v = 0; v < NV; ++v) c[r][v] = _mm256_loadu_ps(acc + r * SMALL_NB + v * SMALL_LANES);
+  for (int64_t k = k0; k < k1; ++k) {
+    __m256 y[4];
+    for (int v = 0; v < NV; ++v) y[v] = _mm256_loadu_ps(B + k * ldb + v * SMALL_LANES);
+    for (int r = 0; r < RM; ++r) {
+      const __m256 x = _mm256_broadcast_ss(A + r * lda + k);
+      for (int v = 0; v < NV; ++v) c[r][v] = _mm256_add_ps(c[r][v], _mm256_mul_ps(x, y[v]));
+    }
+  }
+  for (int r = 0; r < RM; ++r)
+    for (int v = 0; v < NV; ++v) _mm256_storeu_ps(acc + r * SMALL_NB + v * SMALL_LANES, c[r][v]);
+}
+
+/* small_nn_cols's k blocks and strips for RM rows of A: 32 columns per strip, then 8, then
+ * the w % 8 last columns in scalar code. */
+AVX2_INLINE void avx_nn_rows(const int RM, int64_t k0, int64_t k1, int64_t w, const float *A,
+                             int64_t lda, const float *B, int64_t ldb, float *acc) {
+  int64_t j = 0;
+  for (; j + 4 * SMALL_LANES <= w; j += 4 * SMALL_LANES)
+    avx_nn_strip(RM, 4, k0, k1, A, lda, B + j, ldb, acc + j);
+  for (; j + SMALL_LANES <= w; j += SMALL_LANES)
+    avx_nn_strip(RM, 1, k0, k1, A, lda, B + j, ldb, acc + j);
+  for (int r = 0; r < RM && j < w; ++r) {
+    const float *a = A + r * lda;
+    float *c = acc + r * SMALL_NB;
+    for (int64_t k = k0; k < k1; ++k)
+      for (int64_t i = j; i < w; ++i) c[i] += a[k] * B[k * ldb + i];
+  }
+}
+
+/* small_nn_cols on AVX2. */
+AVX2_FN static void avx_nn_cols(int64_t M, int64_t n0, int64_t n1, int64_t K, float alpha,
+                                const float *A, int64_t lda, const float *B, int64_t ldb,
+                                float beta, float *C, int64_t ldc) {
+  float acc[SMALL_M_MAX_AVX2 * SMALL_NB];
+  const int64_t w = n1 - n0;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t j = 0; j < w; ++j) acc[m * SMALL_NB + j] = 0.0f;
+  for (int64_t k0 = 0; k0 < K; k0 += SMALL_NN_KB) {
+    const int64_t k1 = K - k0 < SMALL_NN_KB ? K : k0 + SMALL_NN_KB;
+    for (int64_t m = 0; m < M; m += AVX_RM) {
+      const float *a = A + m * lda;
+      float *c = acc + m * SMALL_NB;
+      switch (M - m) {
+        case 1: avx_nn_rows(1, k0, k1, w, a, lda, B + n0, ldb, c); break;
+        case 2: avx_nn_rows(2, k0, k1, w, a, lda, B + n0, ldb, c); break;
+        default: avx_nn_rows(3, k0, k1, w, a, lda, B + n0, ldb, c); break;
+      }
+    }
+  }
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t j = 0; j < w; ++j)
+      small_store(C + m * ldc + n0 + j, acc[m * SMALL_NB + j], alpha, beta);
+}
+#endif /* SMALL_AVX2 */
+
+/* Whether this context runs the AVX2 kernels (decided once, in dsc_context_create). */
+static inline int small_avx2(const dsc_context *ctx) {
+#ifdef SMALL_AVX2
+  return ctx->cpu_avx2;
+#else
+  (void)ctx;
+  return 0;
+#endif
+}
+
+/* Columns [n0, n1) of the small-M GEMM, on this context's kernels. */
+static void small_cols(int avx2, int trans_b, int64_t M, int64_t n0, int64_t n1, int64_t K,
+                       float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
+                       float beta, float *C, int64_t ldc) {
+#ifdef SMALL_AVX2
+  if (avx2) {
+    if (trans_b)
+      avx_nt_cols(M, n0, n1, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    else
+      avx_nn_cols(M, n0, n1, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+#endif
+  (void)avx2;
+  if (trans_b)
+    small_nt_cols(M, n0, n1, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  else
+    small_nn_cols(M, n0, n1, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
 /* The small-M GEMM (trans_a == 0), split over blocks of SMALL_NB columns. */
 static void small_gemm(const dsc_context *ctx, int trans_b, int64_t M, int64_t N, int64_t K,
                        float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
@@ -383,12 +617,10 @@ static void small_gemm(const dsc_context *ctx, int trans_b, int64_t M, int64_t N
   const int64_t nblk = (N + SMALL_NB - 1) / SMALL_NB;
   const int par = M * N * K >= SMALL_PAR_MIN && nblk > 1;
   (void)ctx, (void)par; /* read only by the OpenMP pragma */
+  const int avx2 = small_avx2(ctx);
   DSC_CPU_FOR(par, ctx->num_threads, ib, nblk,
     const int64_t n0 = ib * SMALL_NB, n1 = n0 + SMALL_NB < N ? n0 + SMALL_NB : N;
-    if (trans_b)
-      small_nt_cols(M, n0, n1, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    else
-      small_nn_cols(M, n0, n1, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    small_cols(avx2, trans_b, M, n0, n1, K, alpha, A, lda, B, ldb, beta, C, ldc);
   );
 }
 
@@ -397,7 +629,8 @@ static void small_gemm(const dsc_context *ctx, int trans_b, int64_t M, int64_t N
 static void sgemm(const dsc_context *ctx, int trans_a, int trans_b, int64_t M, int64_t N,
                   int64_t K, float alpha, const float *A, int64_t lda, const float *B,
                   int64_t ldb, float beta, float *C, int64_t ldc) {
-  if (!trans_a && M <= SMALL_M_MAX && (trans_b || K * N <= SMALL_NN_MAX_B)) {
+  const int64_t small_m_max = small_avx2(ctx) ? SMALL_M_MAX_AVX2 : SMALL_M_MAX;
+  if (!trans_a && M <= small_m_max && (trans_b || K * N <= SMALL_NN_MAX_B)) {
     small_gemm(ctx, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
