@@ -25,6 +25,8 @@ struct dsc_context {
   int32_t num_threads;    /* OpenMP threads, >= 1 */
   int32_t deterministic;
   int32_t cpu_avx2;       /* CPU kernels may use AVX2 (cpu/gemm.c); see dsc_context_create */
+  int32_t row_invariant;  /* CPU GEMMs: a row of C must not depend on M (set by generation's
+                             decode steps; cpu/gemm.c) */
   dsc_log_fn log_fn;
   void *log_user_data;
   void *workspace;        /* device memory, grown on demand, owned */

@@ -625,13 +625,27 @@ static void small_gemm(const dsc_context *ctx, int trans_b, int64_t M, int64_t N
 }
 
 /* The one float32 GEMM call every path ends in: small_gemm for a few untransposed rows of
- * A, else sgemm. */
+ * A, else sgemm.
+ *
+ * ctx->row_invariant (generation's decode and verify steps): the small kernels for every M,
+ * so that a row of C has the same bits whether a step computes 1, 2 or 40 rows. Greedy MTP
+ * speculative decoding relies on it to give exactly the plain tokens: the verify step runs
+ * the main model on B * (1 + num_draft) rows, plain decoding on B, and an expert sees other
+ * row counts in each; sgemm's result for a row depends on M (its kernels and blocking
+ * change), and in an fp8 model one last-bit difference can move a 1x128 activation tile's
+ * scale and with it every code of the tile. The trans_b kernels take any M in one pass over
+ * B (its rows stay in L1 across the rows of A); the no-trans_b ones keep at most the small-M
+ * limit of rows in their accumulators, so M is split into such chunks. */
 static void sgemm(const dsc_context *ctx, int trans_a, int trans_b, int64_t M, int64_t N,
                   int64_t K, float alpha, const float *A, int64_t lda, const float *B,
                   int64_t ldb, float beta, float *C, int64_t ldc) {
   const int64_t small_m_max = small_avx2(ctx) ? SMALL_M_MAX_AVX2 : SMALL_M_MAX;
-  if (!trans_a && M <= small_m_max && (trans_b || K * N <= SMALL_NN_MAX_B)) {
-    small_gemm(ctx, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  if (!trans_a && (M <= small_m_max || ctx->row_invariant) && (trans_b || K * N <= SMALL_NN_MAX_B)) {
+    const int64_t step = trans_b ? M : small_m_max;
+    for (int64_t m0 = 0; m0 < M; m0 += step) {
+      const int64_t rows = M - m0 < step ? M - m0 : step;
+      small_gemm(ctx, trans_b, rows, N, K, alpha, A + m0 * lda, lda, B, ldb, beta, C + m0 * ldc, ldc);
+    }
     return;
   }
   blas_threads(ctx);

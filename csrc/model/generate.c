@@ -366,8 +366,8 @@ static dsc_status head(gen *g, const float *x, int64_t nr, const float **lh) {
 
 /* The main model on the batch in h_ids / h_pos / h_seq ([nb, T]): g->hn = RMSNorm(h;
  * model.norm) for every row, then the logits of rows h_gidx[0 .. nr) of hn. */
-static dsc_status main_forward(gen *g, int32_t nb, int32_t T, int prefill, int64_t nr,
-                               const float **lh) {
+static dsc_status main_forward_(gen *g, int32_t nb, int32_t T, int prefill, int64_t nr,
+                                const float **lh) {
   dsc_model *m = g->m;
   const int64_t N = (int64_t)nb * T, D = g->D;
   DSC_TRY(up(g, g->d_ids, g->h_ids, (size_t)N * sizeof(int32_t)));
@@ -387,6 +387,17 @@ static dsc_status main_forward(gen *g, int32_t nb, int32_t T, int prefill, int64
   DSC_TRY(up(g, g->d_gidx, g->h_gidx, (size_t)nr * sizeof(int32_t)));
   DSC_TRY(gather(g, g->hn, N, g->d_gidx, nr, g->xn));
   return head(g, g->xn, nr, lh);
+}
+
+/* Decode and verify steps run with every GEMM row independent of the row count (cpu/gemm.c):
+ * verifying 1 + num_draft tokens per sequence then gives plain decoding's logits bit for bit. */
+static dsc_status main_forward(gen *g, int32_t nb, int32_t T, int prefill, int64_t nr,
+                               const float **lh) {
+  const int32_t inv = g->ctx->row_invariant;
+  g->ctx->row_invariant = !prefill;
+  const dsc_status st = main_forward_(g, nb, T, prefill, nr, lh);
+  g->ctx->row_invariant = inv;
+  return st;
 }
 
 /* MTP module 0 on the batch [nb, T]: h_ids the tokens one ahead (t_{i+1}), h_pos the
