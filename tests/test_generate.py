@@ -145,8 +145,9 @@ def test_speculative_greedy_equals_plain(model, cache_dtype, num_draft):
     assert spec.main_forwards <= plain.main_forwards
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("frozen", [False, True])
-def test_fp8_speculative_greedy_equals_plain_in_batches(frozen):
+def test_fp8_speculative_greedy_equals_plain_in_batches(frozen, device):
     """FP8 models amplify a last-bit difference (it can move a 1x128 activation tile's scale),
     so greedy speculative == plain holds only if every GEMM row of a decode / verify step is
     independent of how many rows the step has (B vs B * (1 + k), and each expert's share).
@@ -156,10 +157,12 @@ def test_fp8_speculative_greedy_equals_plain_in_batches(frozen):
                                num_experts_per_tok=2, q_lora_rank=128, kv_lora_rank=64, qk_nope_head_dim=32,
                                qk_rope_head_dim=16, v_head_dim=32, num_attention_heads=4, initializer_range=0.05,
                                eos_token_id=None)
+    if device == "cuda" and not dsc.has_cuda():
+        pytest.skip("no CUDA device")
     seed = int(np.random.default_rng().integers(1 << 20))
     print("seed", seed)
     for s in (seed, seed + 1):
-        m = dsc.Model(cfg, seed=s, fp8=True)
+        m = dsc.Model(cfg, seed=s, fp8=True, device=device)
         if frozen:
             m = m.freeze_fp8()
         P = np.random.default_rng(s).integers(0, cfg.vocab_size, (12, 16)).tolist()
