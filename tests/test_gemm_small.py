@@ -1,12 +1,15 @@
 """The small-M float32 GEMM of the CPU backend (cpu/gemm.c small_gemm: op(a) = a with at
-most SMALL_M_MAX rows, SMALL_M_MAX_AVX2 with the AVX2 kernels, the decode shapes; more rows
-go to sgemm), through matmul (trans_b and not, alpha/beta) and linear:
+most SMALL_M_MAX rows, the decode shapes; more rows go to sgemm, but for generation's decode
+steps, which run every M on the small kernels), through matmul (trans_b and not,
+alpha/beta) and linear:
   1. against the float64 reference, within the worst-case float32 error of its summation;
   2. the AVX2 kernels bitwise equal to the portable ones: the same calls are repeated in a
      subprocess with DSC_CPU_ISA=generic (read when the context is created, at import) and
-     compared wherever both processes use the same algorithm (all M but SMALL_M_MAX < M <=
-     SMALL_M_MAX_AVX2, which generic sends to sgemm);
-  3. a row of C bitwise the same whether computed alone or among up to the small-M limit.
+     compared, every M;
+  3. a row of C bitwise the same whether computed alone or among up to the small-M limit;
+  4. generation's decode steps (every M on the small kernels, up to 8 rows per AVX2
+     no-trans_b chunk): an fp8 model, where one different bit changes tokens, generates
+     the same tokens with DSC_CPU_ISA=generic, batch 8, MTP verifying 3 rows per sequence.
 Shapes cover K < 8, K % 8 != 0, N % 4 != 0, N across the 256-column blocks (and the
 two-thread split of a large product). Inputs come from a fresh seed, printed (pytest shows
 it with a failure)."""
@@ -99,18 +102,8 @@ def _has_avx2():
 
 
 def small_m_max():
-    """The most rows the small-M kernels take in this process."""
-    avx2 = _has_avx2() and os.environ.get("DSC_CPU_ISA") != "generic"
-    return SMALL_M_MAX_AVX2 if avx2 else SMALL_M_MAX
-
-
-def _key_m(key, specs):
-    """M of an output of compute()."""
-    if key.startswith("c"):
-        return specs[int(key[1:])]["m"]
-    if key.startswith("bf"):
-        return 2
-    return int(key.split("m")[1].split("r")[0])
+    """The most rows the small-M kernels take in an op call (on every CPU)."""
+    return SMALL_M_MAX
 
 
 def _child(inp, outp):
@@ -195,8 +188,43 @@ def test_avx2_bitwise_equals_portable(cases, seed, tmp_path):
     assert r.returncode == 0, r.stderr
     with np.load(outp) as z:
         assert sorted(z.files) == sorted(got)
-        same_algo = [key for key in z.files
-                     if not SMALL_M_MAX < _key_m(key, specs) <= SMALL_M_MAX_AVX2]
-        diff = [key for key in same_algo if z[key].tobytes() != got[key].tobytes()]
-    assert len(same_algo) > len(got) // 2
+        diff = [key for key in z.files if z[key].tobytes() != got[key].tobytes()]
     assert not diff, f"seed {seed}: AVX2 != portable (DSC_CPU_ISA=generic) for {diff[:20]}"
+
+
+def _generate_fp8(seed):
+    """Tokens of a frozen fp8 model: batch 8, plain and MTP with 2 drafts (verify steps of
+    24 rows; the experts' shares vary)."""
+    cfg = dsc.ModelConfig.tiny(vocab_size=512, hidden_size=192, intermediate_size=256, moe_intermediate_size=64,
+                               num_hidden_layers=2, n_routed_experts=8, n_group=4, topk_group=2,
+                               num_experts_per_tok=2, q_lora_rank=96, kv_lora_rank=64, qk_nope_head_dim=32,
+                               qk_rope_head_dim=16, v_head_dim=32, num_attention_heads=4, initializer_range=0.05,
+                               eos_token_id=None)
+    m = dsc.Model(cfg, seed=seed % (1 << 31), fp8=True).freeze_fp8()
+    P = np.random.default_rng(seed).integers(0, cfg.vocab_size, (8, 12)).tolist()
+    kw = dict(max_new_tokens=12, eos_token_id=-1)
+    return [list(m.generate(P, **kw)), list(m.generate(P, speculative="mtp", num_draft=2, **kw))]
+
+
+def _child_generate(seed, outp):
+    """Entry point of the DSC_CPU_ISA=generic generation subprocess."""
+    with open(outp, "w") as f:
+        json.dump(_generate_fp8(seed), f)
+
+
+@pytest.mark.skipif(not _has_avx2(), reason="no AVX2 here: both runs take the portable path")
+def test_avx2_generation_equals_portable(seed, tmp_path):
+    """Decode steps run every M on the small kernels: the AVX2 ones (3-row tiles over any M,
+    8-row no-trans_b chunks) give the portable kernels' bits there too."""
+    got = _generate_fp8(seed)
+    assert got[0] == got[1]  # greedy MTP == plain (row invariance within one ISA)
+    outp = tmp_path / "gen.json"
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(dsc.__file__)))
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    path = os.pathsep.join([pkg_parent, tests_dir, os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, DSC_CPU_ISA="generic", PYTHONPATH=path)
+    code = f"import test_gemm_small as t; t._child_generate({seed}, {str(outp)!r})"
+    r = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(outp.read_text()) == got, f"seed {seed}: AVX2 and portable decode steps differ"

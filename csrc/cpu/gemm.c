@@ -17,7 +17,7 @@
  * Determinism: OpenBLAS splits sgemm over M/N, never over K, so a C element's sum order
  * does not depend on the thread count.
  *
- * Small M (decode: 1..SMALL_M_MAX tokens, SMALL_M_MAX_AVX2 on a CPU with AVX2) with
+ * Small M (decode: 1..SMALL_M_MAX tokens; any M in generation's decode steps) with
  * op(A) = A: sgemm would re-pack the whole weight B for every call (sgemm_incopy was ~40%
  * of decode time), so these GEMMs are computed here directly instead (see small_gemm
  * below), bitwise independent of M and of the thread count.  The AVX2 kernels are chosen
@@ -94,8 +94,8 @@ static void scale_c(dsc_dtype dt, int64_t M, int64_t N, float beta, void *C /* [
 
 /* ---- small-M float32 GEMM -------------------------------------------------------------
  *
- * C [M,N] = alpha * A [M,K] @ op(B) + beta * C for M <= SMALL_M_MAX rows (SMALL_M_MAX_AVX2
- * with the AVX2 kernels), A not transposed (decode: one row per token).  sgemm would first
+ * C [M,N] = alpha * A [M,K] @ op(B) + beta * C for M <= SMALL_M_MAX rows (any M in the
+ * row-invariant mode of generation, see sgemm), A not transposed (decode: one row per token).  sgemm would first
  * re-pack all of B, the weight, which costs more than the product itself at these M; here
  * every C element is computed straight from the caller's memory:
  *   trans_b (y = x @ w^T, w [N,K] row-major: the linear layer): C[m,n] is the dot product
@@ -121,9 +121,8 @@ static void scale_c(dsc_dtype dt, int64_t M, int64_t N, float beta, void *C /* [
  * element falls in, nor on the OpenMP thread that computes it (threads split N, never K),
  * nor on the kernels' ISA.  So a row of C is bitwise the same whether it is computed alone
  * (decoding one token) or with others (verifying draft tokens, a batch of prompts), for
- * every M up to the small-M limit (SMALL_M_MAX, SMALL_M_MAX_AVX2 with the AVX2 kernels)
- * and every ctx->num_threads; and DSC_CPU_ISA=generic gives the AVX2 kernels' bits up to
- * SMALL_M_MAX (between the two limits it uses sgemm).  This relies on the compiler not
+ * every M the small kernels take, and every ctx->num_threads; and DSC_CPU_ISA=generic
+ * gives the AVX2 kernels' bits.  This relies on the compiler not
  * contracting x * y + acc into an FMA in one tile and not in another: gcc does not
  * contract at all under -std=c11 (the build's flag), clang contracts each statement alike
  * in every portable tile (but not across the AVX2 kernels' intrinsics: a clang build whose
@@ -139,8 +138,9 @@ static void scale_c(dsc_dtype dt, int64_t M, int64_t N, float beta, void *C /* [
  * 45-56 at M = 3; the portable ones 18-23): trans_b M = 1..3: 2.3-7.9x faster than
  * sgemm, M = 4: 1.7-2.8x, M = 8: 1.05-2.0x, M = 16: 1.0-1.4x; no trans_b M = 1..3:
  * 1.7-5.6x, M = 4: 0.86-2.3x, M = 8: 0.92-1.7x, M = 12: 0.86-1.4x.  Hence
- * SMALL_M_MAX_AVX2 = 8 (a C program timing dsc_linear_forward and dsc_matmul against
- * scipy_cblas_sgemm on the same operands, best of 7 runs of >= 20 ms each).  Two threads
+ * SMALL_M_MAX_AVX2 = 8 rows per no-trans_b chunk in the row-invariant mode (a C program
+ * timing dsc_linear_forward and dsc_matmul against scipy_cblas_sgemm on the same operands,
+ * best of 7 runs of >= 20 ms each).  Two threads
  * (OMP_NUM_THREADS=2), AVX2 kernels: under OMP_WAIT_POLICY=PASSIVE (the Python package's
  * default) every parallel region wakes the team, ~40 us here, and two threads break even
  * at ~2^21 multiply-adds (2^22: 0.87x with B in L2 at 1024x512 M = 8, 1.8x with B from L3
@@ -149,7 +149,7 @@ static void scale_c(dsc_dtype dt, int64_t M, int64_t N, float beta, void *C /* [
  * --batches 8).  libgomp's default (spinning) policy pays off from ~2^16 (1.2-1.6x at
  * 2^17).  Hence SMALL_PAR_MIN = 2^21 multiply-adds, as for the portable kernels. */
 #define SMALL_M_MAX 3      /* most rows of A for the portable kernels */
-#define SMALL_M_MAX_AVX2 8 /* ... and for the AVX2 kernels */
+#define SMALL_M_MAX_AVX2 8 /* rows of an AVX2 no-trans_b chunk (row-invariant mode) */
 #define SMALL_LANES 8
 #define SMALL_NB 256                       /* columns of C per OpenMP work item */
 #define SMALL_PAR_MIN ((int64_t)1 << 21)   /* multiply-adds worth a parallel region */
@@ -635,13 +635,18 @@ static void small_gemm(const dsc_context *ctx, int trans_b, int64_t M, int64_t N
  * change), and in an fp8 model one last-bit difference can move a 1x128 activation tile's
  * scale and with it every code of the tile. The trans_b kernels take any M in one pass over
  * B (its rows stay in L1 across the rows of A); the no-trans_b ones keep at most the small-M
- * limit of rows in their accumulators, so M is split into such chunks. */
+ * limit of rows in their accumulators, so M is split into such chunks.
+ *
+ * Elsewhere (training, prefill, the ops) the small kernels take at most SMALL_M_MAX rows on
+ * every CPU, though the AVX2 ones beat sgemm up to 8 rows: results then do not depend on the
+ * CPU's ISA (the AVX2 kernels are bitwise the portable ones), and training keeps its
+ * numerics: the demo trained to 52.5% exact match instead of 91.5% once 4-8 row GEMMs (small
+ * experts) moved to the small kernels -- the same run, rounded differently. */
 static void sgemm(const dsc_context *ctx, int trans_a, int trans_b, int64_t M, int64_t N,
                   int64_t K, float alpha, const float *A, int64_t lda, const float *B,
                   int64_t ldb, float beta, float *C, int64_t ldc) {
-  const int64_t small_m_max = small_avx2(ctx) ? SMALL_M_MAX_AVX2 : SMALL_M_MAX;
-  if (!trans_a && (M <= small_m_max || ctx->row_invariant) && (trans_b || K * N <= SMALL_NN_MAX_B)) {
-    const int64_t step = trans_b ? M : small_m_max;
+  if (!trans_a && (M <= SMALL_M_MAX || ctx->row_invariant) && (trans_b || K * N <= SMALL_NN_MAX_B)) {
+    const int64_t step = trans_b ? M : small_avx2(ctx) ? SMALL_M_MAX_AVX2 : SMALL_M_MAX;
     for (int64_t m0 = 0; m0 < M; m0 += step) {
       const int64_t rows = M - m0 < step ? M - m0 : step;
       small_gemm(ctx, trans_b, rows, N, K, alpha, A + m0 * lda, lda, B, ldb, beta, C + m0 * ldc, ldc);
