@@ -41,6 +41,10 @@ num_attention_heads (HF's MLA repeats K/V num_attention_heads // num_key_value_h
 (/proc/stat minus this process) during each timed part: timings taken with a busy CPU are
 not comparable.
 
+"demo_step_macs" / "100M_step_macs": multiply-adds per decoded token of the main model and of
+the MTP module (from the config, step_macs): MTP with acceptance a gains at most
+(1 + a) / (1 + mtp/main) even where verifying the extra token is free.
+
 Writes benchmarks/results/decode_<device>_<date>.json (machine, commit, rows).
 """
 
@@ -66,6 +70,30 @@ DEMO_BATCH, DEMO_SEQ, DEMO_LR = 32, 48, 3e-3  # as `python -m deepseek_c demo`
 
 
 MODES = (("plain", None, 0), ("mtp", "mtp", 1), ("mtp", "mtp", 2))
+
+
+def step_macs(cfg) -> dict:
+    """Multiply-adds per decoded token of the main model and of the first MTP module (its
+    eh_proj, its block, the shared head), from the config: the weights a decode step reads.
+    MTP with acceptance a then gains at most (1 + a) / (1 + mtp/main) per step, even where
+    verifying the extra token is free (memory-bound decode)."""
+    D, H, V = cfg.hidden_size, cfg.num_attention_heads, cfg.vocab_size
+    dn, dr, dv = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
+    rq, rkv = cfg.q_lora_rank or 0, cfg.kv_lora_rank
+    q = D * rq + rq * H * (dn + dr) if rq else D * H * (dn + dr)
+    attn = q + D * (rkv + dr) + rkv * H * (dn + dv) + H * dv * D
+    dense = 3 * D * cfg.intermediate_size
+    F = cfg.moe_intermediate_size
+    moe = D * cfg.n_routed_experts + (cfg.num_experts_per_tok + cfg.n_shared_experts) * 3 * D * F
+
+    def block(i: int) -> int:
+        is_moe = cfg.n_routed_experts and i >= cfg.first_k_dense_replace and i % cfg.moe_layer_freq == 0
+        return attn + (moe if is_moe else dense)
+
+    L = cfg.num_hidden_layers
+    main = sum(block(i) for i in range(L)) + V * D
+    mtp = 2 * D * D + block(L) + V * D
+    return dict(main=main, mtp=mtp, ratio=round(mtp / main, 4))
 
 
 def _gen(m: dsc.Model, prompts: list, mnt: int, eos: int, spec, k: int):
@@ -371,6 +399,11 @@ def main() -> None:
         acc = [task.verify(p, tok.decode(o)) for (p, _), o in
                zip(probs, m.generate(prompts, max_new_tokens=ans_mnt, eos_token_id=tok.eos_id))]
         res["demo_accuracy"] = dict(n=len(acc), exact_match=round(float(np.mean(acc)), 4))
+        macs = step_macs(m.cfg)
+        res["demo_step_macs"] = macs
+        print(f"  multiply-adds per token: main {macs['main']}, MTP module {macs['mtp']} ({100 * macs['ratio']:.0f}%): "
+              f"MTP k=1 gains at most {2 / (1 + macs['ratio']):.2f}x even at 100% acceptance and free "
+              f"verification", flush=True)
         print(f"  exact-match accuracy on {len(acc)} held-out problems: {100 * np.mean(acc):.1f}%", flush=True)
         for setting, mnt, eos in (("answer", ans_mnt, tok.eos_id), ("long64", 64, -1)):
             for B in batches:
@@ -399,6 +432,7 @@ def main() -> None:
         cfg.num_key_value_heads = cfg.num_attention_heads
         m = dsc.Model(cfg, device=a.device, seed=0)
         print(m, flush=True)
+        res["100M_step_macs"] = step_macs(cfg)
         rng = np.random.default_rng(0)
         allp = rng.integers(3, cfg.vocab_size, (max(big_batches), 32)).tolist()
         for B in big_batches:
