@@ -128,9 +128,12 @@ def _train_common(args, task, tok, cfg, stream, evaluate: bool) -> int:
 def _compare_mtp(model, task, tok, n: int) -> dict:
     """Generate answers to held-out problems one prompt at a time (batch 1, where decoding
     speed matters) with plain greedy decoding and with MTP speculative decoding: the same
-    answers, the acceptance rate and the speedup."""
+    answers, the acceptance rate and the speedup. An fp8 model generates from a frozen copy
+    (freeze_fp8: block matrices held in E4M3 once, not re-quantized per call; same tokens)."""
     from deepseek_c import train as TR
 
+    if model.fp8:
+        model = model.freeze_fp8()
     TR.evaluate(model, task, tok, n=4, batch=1)  # warm-up
     TR.evaluate(model, task, tok, n=4, batch=1, speculative="mtp")
     plain = TR.evaluate(model, task, tok, n=n, batch=1)
