@@ -21,6 +21,14 @@ def randn(rng, shape, dtype="float32", scale=1.0):
     return ref.cast(rng.standard_normal(shape) * scale, dtype)
 
 
+def perturb_norms(model, rng) -> None:
+    """Move a model's norms (1 + 0.2 N(0,1)) and correction biases (0.05 N(0,1)) off their init
+    values, so that every one of them matters in a comparison."""
+    for k, v in model.parameters().items():
+        if v.ndim == 1:
+            v[...] = 0.05 * rng.standard_normal(v.shape) if k.endswith("bias") else 1 + 0.2 * rng.standard_normal(v.shape)
+
+
 def poisoned(shape, dtype="float32"):
     """An output buffer filled with NaN: a kernel that skips an element shows it."""
     return ref.cast(np.full(shape, np.nan), dtype)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import deepseek_c as dsc
+from _util import perturb_norms
 from reference import fp8 as R
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
@@ -41,10 +42,7 @@ def cfg_(**kw):
 def fp8_model(cfg, seed):
     """An fp8 model with norms and correction biases moved off their init values."""
     m = dsc.Model(cfg, seed=seed, fp8=True)
-    rng = np.random.default_rng(seed + 1000)
-    for k, v in m.parameters().items():
-        if v.ndim == 1:
-            v[...] = 0.05 * rng.standard_normal(v.shape) if k.endswith("bias") else 1 + 0.2 * rng.standard_normal(v.shape)
+    perturb_norms(m, np.random.default_rng(seed + 1000))
     return m
 
 

@@ -114,6 +114,18 @@ def _child(inp, outp):
     np.savez(outp, **compute(specs, arrays))
 
 
+def _run_generic(call: str, cwd) -> None:
+    """Run `call` (on this module as t) in a subprocess with DSC_CPU_ISA=generic, importing
+    the deepseek_c this process imports."""
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(dsc.__file__)))
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    path = os.pathsep.join([pkg_parent, tests_dir, os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, DSC_CPU_ISA="generic", PYTHONPATH=path)
+    r = subprocess.run([sys.executable, "-c", f"import test_gemm_small as t; {call}"], env=env, cwd=cwd,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+
+
 @pytest.fixture(scope="module")
 def cases(seed):
     specs, arrays = make_cases(seed)
@@ -178,14 +190,7 @@ def test_avx2_bitwise_equals_portable(cases, seed, tmp_path):
     specs, arrays, got = cases
     inp, outp = tmp_path / "in.npz", tmp_path / "out.npz"
     np.savez(inp, specs=np.array(json.dumps(specs)), **arrays)
-    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(dsc.__file__)))
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
-    path = os.pathsep.join([pkg_parent, tests_dir, os.environ.get("PYTHONPATH", "")])
-    env = dict(os.environ, DSC_CPU_ISA="generic", PYTHONPATH=path)
-    code = f"import test_gemm_small as t; t._child({str(inp)!r}, {str(outp)!r})"
-    r = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
+    _run_generic(f"t._child({str(inp)!r}, {str(outp)!r})", tmp_path)
     with np.load(outp) as z:
         assert sorted(z.files) == sorted(got)
         diff = [key for key in z.files if z[key].tobytes() != got[key].tobytes()]
@@ -219,12 +224,5 @@ def test_avx2_generation_equals_portable(seed, tmp_path):
     got = _generate_fp8(seed)
     assert got[0] == got[1]  # greedy MTP == plain (row invariance within one ISA)
     outp = tmp_path / "gen.json"
-    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(dsc.__file__)))
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
-    path = os.pathsep.join([pkg_parent, tests_dir, os.environ.get("PYTHONPATH", "")])
-    env = dict(os.environ, DSC_CPU_ISA="generic", PYTHONPATH=path)
-    code = f"import test_gemm_small as t; t._child_generate({seed}, {str(outp)!r})"
-    r = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
+    _run_generic(f"t._child_generate({seed}, {str(outp)!r})", tmp_path)
     assert json.loads(outp.read_text()) == got, f"seed {seed}: AVX2 and portable decode steps differ"

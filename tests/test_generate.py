@@ -13,6 +13,7 @@ import pytest
 
 import deepseek_c as dsc
 from deepseek_c.generation import GenerateOutput, generate, stream
+from _util import perturb_norms
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CC = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
@@ -32,10 +33,7 @@ def small_cfg(**kw):
 def perturbed_model(cfg, seed=1):
     """Norms and correction biases away from their init values, so that every one matters."""
     m = dsc.Model(cfg, seed=seed)
-    rng = np.random.default_rng(seed + 100)
-    for k, v in m.parameters().items():
-        if v.ndim == 1:
-            v[...] = 0.05 * rng.standard_normal(v.shape) if k.endswith("bias") else 1 + 0.2 * rng.standard_normal(v.shape)
+    perturb_norms(m, np.random.default_rng(seed + 100))
     return m
 
 

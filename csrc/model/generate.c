@@ -871,6 +871,22 @@ static dsc_status run(gen *g, int64_t *first /* [2B] host scratch */) {
   return DSC_OK;
 }
 
+/* The fields every call sets alike: model, context, device, sizes, and the held FP8 weights
+ * of a frozen model (a non-frozen fp8 model builds its own per call, into w8). */
+static dsc_status gen_init(gen *g, dsc_model *m, int32_t B) {
+  memset(g, 0, sizeof *g);
+  g->m = m;
+  g->ctx = m->ctx;
+  DSC_TRY(dsc_context_get_device(g->ctx, &g->dev));
+  g->host = g->dev.device_type == kDLCPU;
+  g->B = B;
+  g->D = m->cfg.hidden_size;
+  g->V = m->cfg.vocab_size;
+  g->L = m->n_layers;
+  g->hw = m->frozen ? &m->held : NULL;
+  return DSC_OK;
+}
+
 /* dsc_model_forward of a frozen model (its training forward needs the float32 masters): the
  * inference prefill of tokens [B, T] on a fresh latent cache, with the logits of every row,
  * i.e. what generation computes for those positions. tokens and logits are checked by the
@@ -880,21 +896,12 @@ dsc_status dsc_model_forward_infer(dsc_model *m, const DLTensor *tokens, DLTenso
   const int32_t B = (int32_t)tokens->shape[0], T = (int32_t)tokens->shape[1];
   const int64_t N = (int64_t)B * T;
   gen g;
-  memset(&g, 0, sizeof g);
-  g.m = m;
-  g.ctx = m->ctx;
-  DSC_TRY(dsc_context_get_device(g.ctx, &g.dev));
-  g.host = g.dev.device_type == kDLCPU;
+  DSC_TRY(gen_init(&g, m, B));
   dsc_generate_options_default(&g.o);
   g.o.max_new_tokens = 0;
   g.eos = -1;
   g.greedy = 1;
-  g.B = B;
-  g.D = m->cfg.hidden_size;
-  g.V = m->cfg.vocab_size;
-  g.L = m->n_layers;
   g.all_logits = 1;
-  g.hw = m->frozen ? &m->held : NULL;
   int32_t *ids = (int32_t *)malloc((size_t)N * sizeof(int32_t));         /* [B, T] host */
   int32_t *lens = (int32_t *)malloc((size_t)B * sizeof(int32_t));        /* [B] */
   const int32_t **rows = (const int32_t **)malloc((size_t)B * sizeof *rows);
@@ -944,20 +951,12 @@ dsc_status dsc_model_generate(dsc_model *model, const dsc_generate_options *o, i
   const double t0 = now_s();
 
   gen g;
-  memset(&g, 0, sizeof g);
-  g.m = model;
-  g.ctx = model->ctx;
-  DSC_TRY(dsc_context_get_device(g.ctx, &g.dev));
-  g.host = g.dev.device_type == kDLCPU;
+  DSC_TRY(gen_init(&g, model, n_prompts));
   g.o = *o;
   g.o.size = sizeof g.o;
   g.eos = o->eos_token_id == DSC_GENERATE_EOS_FROM_CONFIG ? model->cfg.eos_token_id : o->eos_token_id;
   if (g.eos < -1 || g.eos >= model->cfg.vocab_size) g.eos = -1;
   g.greedy = o->temperature == 0.0f;
-  g.B = n_prompts;
-  g.D = model->cfg.hidden_size;
-  g.V = model->cfg.vocab_size;
-  g.L = model->n_layers;
   g.K = o->speculative ? o->num_draft : 0;
   g.prompts = prompts;
   g.plen = prompt_lens;
@@ -970,10 +969,8 @@ dsc_status dsc_model_generate(dsc_model *model, const dsc_generate_options *o, i
   dsc_status s = DSC_OK;
   if (o->max_new_tokens > 0) {
     /* fp8: every block matrix to E4M3 once, so that no token re-quantizes a weight (a
-     * frozen model holds them already) */
-    if (model->frozen) {
-      g.hw = &model->held;
-    } else if (model->fp8) {
+     * frozen model holds them already: g.hw) */
+    if (!model->frozen && model->fp8) {
       s = dsc_model_fp8w_build(model, &g.w8);
       g.hw = &g.w8;
     }
