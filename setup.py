@@ -172,7 +172,27 @@ class DscBuildExt(build_ext):
         ext.extra_compile_args += ["-std=c11", *opt, *san, "-Wall", "-Wno-unused-parameter"]
         ext.extra_link_args += ["-Wl,-rpath,$ORIGIN/lib", *san]
         super().build_extensions()
+        self._copy_into_source_tree(pkg_dir)
         say("done: CUDA " + ("yes" if nvcc else "no"))
+
+    def _copy_into_source_tree(self, pkg_dir: str) -> None:
+        """Put the built extension, library and headers beside the sources as well.
+
+        Run from a clone's root, ``python -m deepseek_c ...`` imports ./deepseek_c (the
+        current directory comes first on sys.path), not the installed copy; with the built
+        files beside the sources that import works and is the same build. An in-place or
+        editable build already writes there; a build from an unpacked sdist writes into
+        its own temporary tree, which is harmless."""
+        src_pkg = os.path.join(ROOT, "deepseek_c")
+        if os.path.realpath(pkg_dir) == os.path.realpath(src_pkg) or not os.access(src_pkg, os.W_OK):
+            return
+        ext_file = os.path.basename(self.get_ext_fullpath(self.extensions[0].name))
+        shutil.copy2(os.path.join(pkg_dir, ext_file), os.path.join(src_pkg, ext_file))
+        for sub in ("lib", "include"):
+            dst = os.path.join(src_pkg, sub)
+            shutil.rmtree(dst, ignore_errors=True)
+            shutil.copytree(os.path.join(pkg_dir, sub), dst, symlinks=True)
+        say(f"also placed {ext_file}, lib/ and include/ in {src_pkg} (imports from the clone's root)")
 
     @staticmethod
     def _needs(src: str, obj: str) -> bool:

@@ -22,7 +22,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # 6.2k -> 14.8k-19.4k tokens/s each, a lone generation unchanged). Read when OpenBLAS loads.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-from . import _C  # noqa: E402
+try:
+    from . import _C  # noqa: E402
+except ImportError as _e:  # pragma: no cover - depends on how the package was reached
+    _here = os.path.dirname(os.path.abspath(__file__))
+    if not any(f.startswith("_C.") for f in os.listdir(_here)):
+        raise ImportError(
+            f"deepseek_c: {_here} is the source tree and has no built extension (_C); run "
+            f"`pip install .` in {os.path.dirname(_here)} (it builds and also places the built files "
+            f"there), or start Python outside the source tree to use an installed deepseek_c") from None
+    raise
 from ._C import Error, Tensor
 from ._arrays import numpy_dtype, parse_device
 from .ops import *  # noqa: F401,F403

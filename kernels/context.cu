@@ -26,6 +26,24 @@ static dsc_status cuda_fail(cudaError_t e, const char *fn, const char *what) {
                    "%s: %s (%s)", what, cudaGetErrorString(e), cudaGetErrorName(e));
 }
 
+/* cudaGetDeviceCount failed: say why in the user's words. No driver at all (a machine
+ * without an NVIDIA GPU: cudaDriverGetVersion gives 0) is not "insufficient driver". */
+static dsc_status no_device(cudaError_t e, const char *fn) {
+  int drv = 0, rt = 0;
+  (void)cudaDriverGetVersion(&drv);
+  (void)cudaRuntimeGetVersion(&rt);
+  (void)cudaGetLastError();
+  if (drv == 0 || e == cudaErrorNoDevice)
+    return dsc_error(DSC_ERR_CUDA, fn, "no NVIDIA driver or no GPU on this machine (%s)",
+                     cudaGetErrorName(e));
+  if (e == cudaErrorInsufficientDriver)
+    return dsc_error(DSC_ERR_CUDA, fn,
+                     "the NVIDIA driver supports CUDA %d.%d, this build needs CUDA %d.%d: update the "
+                     "driver (%s)", drv / 1000, drv % 1000 / 10, rt / 1000, rt % 1000 / 10,
+                     cudaGetErrorName(e));
+  return cuda_fail(e, fn, "cudaGetDeviceCount");
+}
+
 extern "C" dsc_status dsc_cuda_enter(dsc_context *ctx, const char *fn) {
   const int want = ctx->device.device_id;
   int cur = -1;
@@ -55,7 +73,7 @@ extern "C" void dsc_cuda_context_release(dsc_context *ctx) {
 extern "C" dsc_status dsc_cuda_context_init(dsc_context *ctx) {
   int count = 0;
   cudaError_t e = cudaGetDeviceCount(&count);
-  if (e != cudaSuccess) return cuda_fail(e, FN_INIT, "no usable CUDA device (cudaGetDeviceCount)");
+  if (e != cudaSuccess) return no_device(e, FN_INIT);
   const int id = ctx->device.device_id;
   if (id < 0 || id >= count)
     return dsc_error(DSC_ERR_INVALID_ARGUMENT, FN_INIT,
@@ -147,7 +165,7 @@ extern "C" dsc_status dsc_cuda_get_device_count(int32_t *count) {
   int n = 0;
   *count = 0;
   cudaError_t e = cudaGetDeviceCount(&n);
-  if (e != cudaSuccess) return cuda_fail(e, "dsc_cuda_device_count", "cudaGetDeviceCount");
+  if (e != cudaSuccess) return no_device(e, "dsc_cuda_device_count");
   *count = (int32_t)n;
   return DSC_OK;
 }
@@ -157,7 +175,7 @@ extern "C" dsc_status dsc_cuda_get_device_name(int32_t index, char *name, size_t
   static const char *const FN = "dsc_cuda_device_name";
   int count = 0;
   cudaError_t e = cudaGetDeviceCount(&count);
-  if (e != cudaSuccess) return cuda_fail(e, FN, "cudaGetDeviceCount");
+  if (e != cudaSuccess) return no_device(e, FN);
   if (index < 0 || index >= count)
     return dsc_error(DSC_ERR_INVALID_ARGUMENT, FN,
                      "index: expected 0 <= index < %d visible CUDA devices, got %d", count,

@@ -1,6 +1,5 @@
-"""Shared pytest configuration: the installed deepseek_c (not the source tree), a
-per-test seeded RNG, the `cuda` marker that skips with a reason where no GPU is seen,
-and tests/ on sys.path so that test files can `from reference import dense` and
+"""Shared pytest configuration: a per-test seeded RNG, the `cuda` marker that skips with
+a reason where no GPU is seen, and tests/ on sys.path so that test files can `from reference import dense` and
 `from _util import ...` (helpers) under any import mode."""
 
 import os
@@ -10,14 +9,7 @@ import zlib
 import numpy as np
 import pytest
 
-# `python -m pytest` from the repository root puts the source tree first on sys.path;
-# its deepseek_c/ has no compiled _C, so prefer the installed package unless the
-# extension was built in place.
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if not any(f.startswith("_C.") for f in os.listdir(os.path.join(_ROOT, "deepseek_c"))):
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != _ROOT]
-
-import deepseek_c as dsc  # noqa: E402
+import deepseek_c as dsc
 
 _TESTS = os.path.dirname(os.path.abspath(__file__))
 if _TESTS not in sys.path:
