@@ -33,7 +33,7 @@ except ImportError as _e:  # pragma: no cover - depends on how the package was r
             f"there), or start Python outside the source tree to use an installed deepseek_c") from None
     raise
 from ._C import Error, Tensor
-from ._arrays import numpy_dtype, parse_device
+from ._arrays import numpy_dtype, parse_device, parse_dtype
 from .ops import *  # noqa: F401,F403
 from .checkpoint import load_safetensors, save_safetensors, safetensors_metadata
 from . import data  # noqa: E402  (built-in tasks, tokenizers, batches)
@@ -86,15 +86,17 @@ def info() -> dict[str, Any]:
     return d
 
 
-def empty(shape: Sequence[int], dtype: str = "float32", device: str = "cpu") -> Tensor:
-    """Uninitialized C-owned memory as a Tensor (zero-copy to NumPy/PyTorch via DLPack)."""
+def empty(shape: Sequence[int], dtype: Any = "float32", device: str = "cpu") -> Tensor:
+    """Uninitialized C-owned memory as a Tensor (zero-copy to NumPy/PyTorch via DLPack).
+    dtype: a name ('float32', 'bf16', 'e4m3', ...) or a NumPy / ml_dtypes / PyTorch / JAX dtype."""
     dev = parse_device(device)
-    return _C.empty(tuple(int(s) for s in shape), str(dtype), dev[0], dev[1])
+    return _C.empty(tuple(int(s) for s in shape), parse_dtype(dtype, "empty", "dtype"), dev[0], dev[1])
 
 
-def tensor(data: Any, device: str = "cpu", dtype: Optional[str] = None) -> Tensor:
-    """A C-owned copy of `data` (anything numpy.asarray accepts) on `device`."""
-    arr = np.asarray(data) if dtype is None else np.asarray(data, dtype=numpy_dtype(dtype))
+def tensor(data: Any, device: str = "cpu", dtype: Any = None) -> Tensor:
+    """A C-owned copy of `data` (anything numpy.asarray accepts) on `device`; dtype as in empty()."""
+    arr = np.asarray(data) if dtype is None else np.asarray(data, dtype=numpy_dtype(parse_dtype(dtype, "tensor",
+                                                                                                "dtype")))
     arr = np.ascontiguousarray(arr)
     t = empty(arr.shape, arr.dtype.name, device)
     _C.copy(t, arr)

@@ -99,14 +99,21 @@ def _train_common(args, task, tok, cfg, stream, evaluate: bool) -> int:
     print(f"training {args.steps} steps, batch {args.batch} x seq {args.seq}, lr {args.lr}, fp8={args.fp8}")
     hist = TR.fit(model, stream, args.steps, lr=args.lr, progress=not args.quiet,
                   bias_update_rate=args.bias_update_rate, mtp_lambda=args.mtp_lambda, aux_alpha=args.aux_alpha)
-    tps = float(np.mean(hist["tokens_per_s"][len(hist["tokens_per_s"]) // 5:]))
+    tps = hist["tokens_per_s"]  # total tokens / total wall time of the run
     print(f"trained in {hist['seconds']:.1f} s: final loss {np.mean(hist['loss'][-20:]):.4f}, "
-          f"MTP loss {np.mean(hist['mtp_loss'][-20:]):.4f}, {tps:.0f} tokens/s, "
+          f"MTP loss {np.mean(hist['mtp_loss'][-20:]):.4f}, {tps:.0f} tokens/s "
+          f"({hist['total_tokens']} tokens / {hist['seconds']:.1f} s), "
           f"load max/mean {np.mean(hist['load_imbalance'][-20:]):.2f}")
     summary = dict(params=model.num_parameters(), steps=args.steps, batch=args.batch, seq=args.seq, fp8=args.fp8,
-                   train_seconds=hist["seconds"], tokens_per_s=tps, final_loss=float(np.mean(hist["loss"][-20:])))
+                   seed=args.seed, threads=dsc.info()["max_threads"], train_seconds=hist["seconds"],
+                   train_tokens=hist["total_tokens"], tokens_per_s=tps,
+                   tokens_per_s_is="total training tokens / total training wall time",
+                   final_loss=float(np.mean(hist["loss"][-20:])))
     os.makedirs(args.out, exist_ok=True)
     model.save(args.out)
+    from deepseek_c import data as D
+    D.save_vocab(tok, os.path.join(args.out, "vocab.txt"))
+    TR.save_history(hist, args.out)
     summary["tokenizer"] = "char" if task is not None else "byte"
     if evaluate:
         t0 = _t.perf_counter()
@@ -120,8 +127,25 @@ def _train_common(args, task, tok, cfg, stream, evaluate: bool) -> int:
             summary["generation"] = _compare_mtp(model, task, tok, min(args.eval, 64))
     plots = TR.save_plots(hist, args.out)
     TR.write_summary(args.out, summary)
-    print(f"wrote {args.out}/: config.json, model.safetensors, optimizer.safetensors, summary.json"
-          + (", " + ", ".join(os.path.basename(p) for p in plots) if plots else " (no matplotlib: no plots)"))
+    print(f"wrote {args.out}/: config.json, model.safetensors, optimizer.safetensors, vocab.txt, history.json, "
+          f"summary.json" + (", " + ", ".join(os.path.basename(p) for p in plots) if plots
+                             else " (no matplotlib: no plots; pip install matplotlib, then "
+                                  f"python -m deepseek_c plot {args.out})"))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Redraw the plots of a finished run from its history.json (no training)."""
+    import os
+
+    from deepseek_c import train as TR
+
+    if not os.path.isfile(os.path.join(args.dir, "history.json")):
+        raise SystemExit(f"plot: {args.dir}: no history.json (written by `python -m deepseek_c demo` / `train`)")
+    plots = TR.save_plots(TR.load_history(args.dir), args.dir)
+    if not plots:
+        raise SystemExit("plot: matplotlib is not installed (pip install matplotlib)")
+    print("wrote " + ", ".join(plots))
     return 0
 
 
@@ -159,12 +183,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     summ = os.path.join(args.ckpt, "summary.json")
     kind = args.tokenizer
-    if kind == "auto":
-        kind = "char"
-        if os.path.exists(summ):
+    if kind == "auto":  # the checkpoint's vocab.txt, else what its summary.json says
+        kind = "vocab" if os.path.exists(os.path.join(args.ckpt, "vocab.txt")) else "char"
+        if kind == "char" and os.path.exists(summ):
             with open(summ, encoding="utf-8") as fh:
                 kind = json.load(fh).get("tokenizer", "char")
-    tok = D.ByteTokenizer() if kind == "byte" else D.CharTokenizer() if kind == "char" else None
+    tok = (D.ByteTokenizer() if kind == "byte" else D.CharTokenizer() if kind == "char"
+           else D.VocabTokenizer(args.ckpt) if kind == "vocab" else None)
     if kind == "ids":
         try:
             prompt = [int(v) for v in args.prompt.replace(",", " ").split()]
@@ -314,8 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("generate", help="generate from a checkpoint directory (optionally MTP-speculative)")
     d.add_argument("--ckpt", required=True, help="checkpoint directory (config.json + *.safetensors)")
     d.add_argument("--prompt", required=True, help="the prompt text (or token ids with --tokenizer ids)")
-    d.add_argument("--tokenizer", default="auto", choices=("auto", "char", "byte", "ids"),
-                   help="auto: the one recorded in the checkpoint's summary.json (char without one)")
+    d.add_argument("--tokenizer", default="auto", choices=("auto", "vocab", "char", "byte", "ids"),
+                   help="auto: the checkpoint's vocab.txt, else the one its summary.json names (char without one)")
     d.add_argument("--max-new-tokens", type=int, default=32)
     d.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     d.add_argument("--top-k", type=int, default=None)
@@ -328,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--fp8", action="store_true", help="FP8 inference: block matrices held only in E4M3 with "
                    "128x128 block scales (a frozen model, a quarter of the float32 memory)")
     d.set_defaults(fn=cmd_generate)
+    d = sub.add_parser("plot", help="redraw the plots of a demo/train run from its history.json")
+    d.add_argument("dir", help="the run's output directory (e.g. demo_out)")
+    d.set_defaults(fn=cmd_plot)
     args = p.parse_args(argv)
     if args.cmd == "generate":
         import os

@@ -59,6 +59,52 @@ def device_of(x: Any) -> tuple[int, int]:
     return (int(t), int(i))
 
 
+# Every spelling of a dtype that functions taking a dtype accept, -> the canonical name.
+_DTYPE_ALIASES = {
+    "float32": "float32", "fp32": "float32", "f32": "float32", "float": "float32", "single": "float32",
+    "float64": "float64", "fp64": "float64", "f64": "float64", "double": "float64",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float16": "float16", "fp16": "float16", "f16": "float16", "half": "float16",
+    "float8_e4m3fn": "float8_e4m3fn", "e4m3": "float8_e4m3fn", "e4m3fn": "float8_e4m3fn", "fp8": "float8_e4m3fn",
+    "fp8_e4m3": "float8_e4m3fn", "float8_e4m3": "float8_e4m3fn", "float8": "float8_e4m3fn",
+    "float8_e5m2": "float8_e5m2", "e5m2": "float8_e5m2", "fp8_e5m2": "float8_e5m2",
+    "int32": "int32", "int64": "int64", "int8": "int8", "uint8": "uint8", "bool": "bool",
+}
+
+
+def parse_dtype(dtype: Any, fn: str, arg: str, allowed: Sequence[str] | None = None) -> str:
+    """The canonical name ('float32', 'bfloat16', 'float8_e4m3fn', ...) of a dtype given as
+    a string ('float32', 'bf16', 'e4m3', 'torch.bfloat16', ...), a NumPy dtype or scalar
+    type (np.float32, np.dtype('float32')), an ml_dtypes type (ml_dtypes.bfloat16), or a
+    PyTorch / JAX dtype. `allowed` limits the result; the error lists what is accepted."""
+    key = None
+    if isinstance(dtype, str):
+        key = dtype
+    elif dtype is not None and not isinstance(dtype, (bool, int, float)):
+        mod = type(dtype).__module__.split(".")[0]
+        if mod == "torch":  # torch.dtype: str() is "torch.bfloat16"
+            key = str(dtype)
+        else:
+            try:
+                key = np.dtype(dtype).name  # NumPy, ml_dtypes, JAX scalar types
+            except TypeError:
+                key = None
+    name = None
+    if key is not None:
+        k = key.strip().lower()
+        for prefix in ("torch.", "numpy.", "np.", "jnp.", "jax.numpy.", "ml_dtypes."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        name = _DTYPE_ALIASES.get(k)
+    if name is None or (allowed is not None and name not in allowed):
+        names = list(allowed) if allowed is not None else sorted(set(_DTYPE_ALIASES.values()))
+        short = sorted(a for a, n in _DTYPE_ALIASES.items() if n in names and a != n)
+        raise ValueError(f"{fn}: {arg}: expected one of {', '.join(repr(n) for n in names)} (also spelled "
+                         f"{', '.join(repr(a) for a in short)}, or given as a NumPy, ml_dtypes, PyTorch or "
+                         f"JAX dtype), got {dtype!r}")
+    return name
+
+
 def numpy_dtype(name: str) -> np.dtype:
     if name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
         import ml_dtypes

@@ -4,12 +4,16 @@
     cfg = dsc.ModelConfig(**keys)                        # the same keys as keyword arguments
     cfg = dsc.ModelConfig.tiny()                         # small, every code path live (CPU tests)
 
-Defaults are DeepSeek-V3's (671B) where Hugging Face has them. Both spellings of the RoPE
-settings are accepted: ``rope_theta`` + ``rope_scaling`` ({"type": "yarn", ...}) and the
-newer ``rope_parameters`` ({"rope_type": "yarn", "rope_theta": ..., ...}). ``q_lora_rank``
-null or 0 means no query compression (``q_proj``, as in DeepSeek-V2-Lite). Keys this class
-does not know are kept in ``extra`` (and written back by ``to_dict``), never rejected.
-Invalid values raise ValueError naming the key.
+The keys are read by the C core's config parser (``dsc_model_config_normalize_json``), the
+same one ``Model.from_pretrained`` and C programs use, so a config means the same thing on
+every path. Keys a config leaves out take the defaults of its ``model_type``
+(``"deepseek_v3"`` when absent: DeepSeek-V3's values; ``"deepseek_v2"``: softmax routing,
+greedy top-k, no MTP, ... as transformers' DeepseekV2). Both spellings of the RoPE settings
+are accepted -- ``rope_theta`` + ``rope_scaling`` and the newer ``rope_parameters`` -- and
+must agree where both are given. ``q_lora_rank`` null or 0 means no query compression
+(``q_proj``). Keys deepseek_c does not interpret are kept in ``extra`` (and written back).
+Invalid values, and settings deepseek_c does not implement (a non-SiLU activation, biases, a
+RoPE scaling other than YaRN), raise ValueError naming the key.
 """
 
 from __future__ import annotations
@@ -27,6 +31,43 @@ _V3_ROPE_SCALING = {
     "type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096,
     "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0,
 }
+# Written by the C core from the other keys (HF's derived values): not kept in `extra`.
+_DERIVED = ("head_dim", "qk_head_dim")
+
+
+def _plain(key: str, v: Any) -> Any:
+    """v as JSON types (NumPy scalars and arrays become Python numbers and lists)."""
+    if v is None or isinstance(v, (bool, str)):
+        return v
+    if isinstance(v, int):
+        return int(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise ValueError(f"ModelConfig: {key}: expected a finite number, got {v!r}")
+        return v
+    if isinstance(v, Mapping):
+        return {str(k): _plain(f"{key}.{k}", x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(key, x) for x in v]
+    item = getattr(v, "item", None)  # NumPy scalars
+    if callable(item) and getattr(v, "ndim", 1) == 0:
+        return _plain(key, item())
+    tolist = getattr(v, "tolist", None)
+    if callable(tolist):
+        return _plain(key, tolist())
+    raise ValueError(f"ModelConfig: {key}: expected a JSON value (number, string, bool, None, list or dict), "
+                     f"got {type(v).__name__}")
+
+
+def _normalize(text: bytes, what: str) -> dict[str, Any]:
+    """The C parser's canonical config.json for `text`, as a dict."""
+    from . import _C
+
+    try:
+        return json.loads(_C.config_normalize(text))
+    except (ValueError, _C.Error) as e:
+        msg = str(e)
+        raise ValueError(f"{what}: {msg}" if what else msg) from None
 
 
 @dataclass
@@ -88,104 +129,30 @@ class ModelConfig:
     def __init__(self, **keys: Any) -> None:
         keys = dict(keys)
         extra = dict(keys.pop("extra", None) or {})
-        rope_parameters = keys.pop("rope_parameters", None)
-        names = {f.name for f in dataclasses.fields(ModelConfig)} - {"extra"}
+        extra.update(keys)
+        text = json.dumps({str(k): _plain(str(k), v) for k, v in extra.items()}, allow_nan=False)
+        self._take(_normalize(text.encode(), ""))
+
+    def _take(self, canon: Mapping[str, Any]) -> None:
+        """Set every field from a canonical dict (the C parser's output)."""
+        canon = dict(canon)
         for f in dataclasses.fields(ModelConfig):
             if f.name == "extra":
                 continue
-            if f.name in keys:
-                setattr(self, f.name, keys.pop(f.name))
+            if f.name in canon:
+                setattr(self, f.name, canon.pop(f.name))
             elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
                 setattr(self, f.name, f.default_factory())  # type: ignore[misc]
             else:
                 setattr(self, f.name, f.default)
-        extra.update({k: v for k, v in keys.items() if k not in names})
-        self.extra = extra
-        if rope_parameters is not None:
-            self._take_rope_parameters(rope_parameters, explicit_scaling="rope_scaling" in keys)
-        self._normalize()
-        self.validate()
-
-    def _take_rope_parameters(self, rp: Any, explicit_scaling: bool) -> None:
-        if not isinstance(rp, Mapping):
-            raise ValueError(f"rope_parameters: expected a dict, got {type(rp).__name__}")
-        rp = dict(rp)
-        if "rope_theta" in rp:
-            self.rope_theta = rp.pop("rope_theta")
-        kind = rp.pop("rope_type", rp.pop("type", "default"))
-        if kind in ("default", None):
-            self.rope_scaling = None
-        else:
-            self.rope_scaling = {"type": kind, **rp}
-
-    def _normalize(self) -> None:
-        if self.q_lora_rank in (None, 0):
-            self.q_lora_rank = None
-        # MLA has no grouped KV heads: DeepSeek's configs carry num_key_value_heads equal to
-        # num_attention_heads, and Hugging Face's DeepseekV3 needs them equal.
-        self.num_key_value_heads = self.num_attention_heads
-        if isinstance(self.rope_scaling, Mapping):
-            rs = dict(self.rope_scaling)
-            if "rope_type" in rs and "type" not in rs:
-                rs["type"] = rs.pop("rope_type")
-            rs.pop("rope_type", None)
-            if "rope_theta" in rs:
-                self.rope_theta = rs.pop("rope_theta")
-            if rs.get("type") == "default":
-                rs = None
-            self.rope_scaling = rs
+        for k in _DERIVED:
+            canon.pop(k, None)
+        self.extra = canon
 
     def validate(self) -> None:
-        """Raise ValueError naming the first invalid key."""
-        def pos_int(name: str, allow_none: bool = False) -> None:
-            v = getattr(self, name)
-            if v is None and allow_none:
-                return
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"ModelConfig: {name}: expected a positive integer, got {v!r}")
-
-        for n in ("vocab_size", "hidden_size", "intermediate_size", "moe_intermediate_size",
-                  "num_hidden_layers", "num_attention_heads", "kv_lora_rank", "qk_nope_head_dim",
-                  "qk_rope_head_dim", "v_head_dim", "max_position_embeddings", "n_group", "topk_group",
-                  "num_experts_per_tok", "moe_layer_freq"):
-            pos_int(n)
-        pos_int("q_lora_rank", allow_none=True)
-        for n in ("n_routed_experts", "n_shared_experts", "first_k_dense_replace",
-                  "num_nextn_predict_layers"):
-            v = getattr(self, n)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"ModelConfig: {n}: expected an integer >= 0, got {v!r}")
-        if self.qk_rope_head_dim % 2:
-            raise ValueError(f"ModelConfig: qk_rope_head_dim: expected an even number, got {self.qk_rope_head_dim}")
-        for n in ("rms_norm_eps", "rope_theta", "routed_scaling_factor"):
-            v = getattr(self, n)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"ModelConfig: {n}: expected a finite number >= 0, got {v!r}")
-        if self.rope_theta <= 1:
-            raise ValueError(f"ModelConfig: rope_theta: expected a base > 1, got {self.rope_theta!r}")
-        if self.n_routed_experts and self.n_routed_experts % self.n_group:
-            raise ValueError(f"ModelConfig: n_group: expected a divisor of n_routed_experts "
-                             f"{self.n_routed_experts}, got {self.n_group}")
-        if self.topk_group > self.n_group:
-            raise ValueError(f"ModelConfig: topk_group: expected <= n_group {self.n_group}, got {self.topk_group}")
-        if self.n_routed_experts and self.num_experts_per_tok > self.n_routed_experts:
-            raise ValueError(f"ModelConfig: num_experts_per_tok: expected <= n_routed_experts "
-                             f"{self.n_routed_experts}, got {self.num_experts_per_tok}")
-        if self.scoring_func not in ("sigmoid", "softmax"):
-            raise ValueError(f"ModelConfig: scoring_func: expected 'sigmoid' or 'softmax', got {self.scoring_func!r}")
-        if self.topk_method not in ("noaux_tc", "greedy", "group_limited_greedy"):
-            raise ValueError(f"ModelConfig: topk_method: expected 'noaux_tc', 'greedy' or "
-                             f"'group_limited_greedy', got {self.topk_method!r}")
-        rs = self.rope_scaling
-        if rs is not None:
-            if not isinstance(rs, Mapping):
-                raise ValueError(f"ModelConfig: rope_scaling: expected a dict or None, got {type(rs).__name__}")
-            if rs.get("type") != "yarn":
-                raise ValueError(f"ModelConfig: rope_scaling: expected type 'yarn' (DeepSeek-V2/V3), "
-                                 f"got {rs.get('type')!r}")
-            f = rs.get("factor")
-            if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or f <= 0:
-                raise ValueError(f"ModelConfig: rope_scaling.factor: expected a finite number > 0, got {f!r}")
+        """Raise ValueError naming the first invalid key (the fields as they are now, read
+        by the C parser)."""
+        _normalize(self.to_json(indent=None).encode(), "")
 
     # ------------------------------------------------------------------ I/O
 
@@ -197,23 +164,31 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "ModelConfig":
-        """Read a Hugging Face config.json (or a directory holding one)."""
+        """Read a Hugging Face config.json (or a directory holding one). A malformed file
+        raises ValueError naming the file and the place (line, column or key)."""
         p = os.fspath(path)
         if os.path.isdir(p):
             p = os.path.join(p, "config.json")
-        with open(p, encoding="utf-8") as fh:
-            return cls.from_dict(json.load(fh))
+        with open(p, "rb") as fh:
+            data = fh.read()
+        return cls._from_canonical(_normalize(data, p))
+
+    @classmethod
+    def _from_canonical(cls, canon: Mapping[str, Any]) -> "ModelConfig":
+        cfg = cls.__new__(cls)
+        cfg._take(canon)
+        return cfg
 
     def to_dict(self) -> dict[str, Any]:
-        """Hugging Face keys (rope_scaling spelling); unknown keys from `extra` included."""
+        """Hugging Face keys (rope_theta + rope_scaling spelling); unknown keys from `extra` included."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        d["num_key_value_heads"] = d["num_attention_heads"]  # see _normalize
+        d["num_key_value_heads"] = d["num_attention_heads"]  # MLA: no grouped KV heads
         if d["quantization_config"] is None:
             del d["quantization_config"]
         d.update(self.extra)
-        return json.loads(json.dumps(d))  # deep copy, JSON types
+        return json.loads(json.dumps(_plain("config", d)))  # deep copy, JSON types
 
-    def to_json(self, path: Optional[str | os.PathLike] = None, indent: int = 2) -> str:
+    def to_json(self, path: Optional[str | os.PathLike] = None, indent: Optional[int] = 2) -> str:
         s = json.dumps(self.to_dict(), indent=indent, sort_keys=True)
         if path is not None:
             p = os.fspath(path)
@@ -224,7 +199,13 @@ class ModelConfig:
         return s
 
     def replace(self, **changes: Any) -> "ModelConfig":
+        """A new config with `changes` applied (validated). Changing the RoPE settings in
+        one spelling replaces them in the other."""
         d = self.to_dict()
+        if "rope_parameters" in changes:
+            for k in ("rope_scaling", "rope_theta"):
+                if k not in changes:
+                    d.pop(k, None)
         d.update(changes)
         return ModelConfig(**d)
 

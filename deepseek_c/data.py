@@ -22,11 +22,70 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 __all__ = [
-    "IGNORE_INDEX", "CharTokenizer", "ByteTokenizer", "Task", "Addition", "Sorting", "Copy", "Reverse",
+    "IGNORE_INDEX", "CharTokenizer", "ByteTokenizer", "VocabTokenizer", "save_vocab", "Task", "Addition", "Sorting", "Copy", "Reverse",
     "Mixture", "Batch", "batches", "heldout", "TokenStream", "TASKS",
 ]
 
 IGNORE_INDEX = -100
+
+
+def _escape(token: bytes) -> str:
+    """One vocab.txt line for a token: printable ASCII as is (but a backslash), the rest
+    as \\n, \\t, \\r or \\xHH escapes, so that every token is one line."""
+    out = []
+    for b in token:
+        if b == 0x5C:
+            out.append("\\\\")
+        elif b == 0x0A:
+            out.append("\\n")
+        elif b == 0x09:
+            out.append("\\t")
+        elif b == 0x0D:
+            out.append("\\r")
+        elif 0x21 <= b <= 0x7E:
+            out.append(chr(b))
+        else:
+            out.append(f"\\x{b:02x}")
+    return "".join(out)
+
+
+def _unescape(line: str, where: str) -> bytes:
+    out = bytearray()
+    i = 0
+    while i < len(line):
+        c = line[i]
+        if c != "\\":
+            out += c.encode("utf-8")
+            i += 1
+            continue
+        nxt = line[i + 1:i + 2]
+        if nxt in ("\\", "n", "t", "r"):
+            out += {"\\": b"\\", "n": b"\n", "t": b"\t", "r": b"\r"}[nxt]
+            i += 2
+        elif nxt == "x" and len(line) >= i + 4:
+            try:
+                out.append(int(line[i + 2:i + 4], 16))
+            except ValueError:
+                raise ValueError(f"{where}: bad escape {line[i:i + 4]!r}") from None
+            i += 4
+        else:
+            raise ValueError(f"{where}: bad escape {line[i:i + 2]!r}")
+    return bytes(out)
+
+
+def _is_special(line: str) -> bool:
+    return len(line) >= 3 and line.startswith("<") and line.endswith(">")
+
+
+def save_vocab(tok, path: str | os.PathLike) -> None:
+    """Write the tokenizer's vocabulary as vocab.txt: line i holds token i; special tokens
+    as <name>; token bytes escaped (\\\\, \\n, \\t, \\r, \\xHH). C programs
+    (examples/c/generate.c) and VocabTokenizer read it back."""
+    lines = []
+    for i in range(tok.vocab_size):
+        lines.append(tok.token_text(i))
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
 
 
 class CharTokenizer:
@@ -61,6 +120,10 @@ class CharTokenizer:
                 out.append(self.itos[i])
         return "".join(out)
 
+    def token_text(self, i: int) -> str:
+        """Token i as a vocab.txt line (see save_vocab)."""
+        return self.itos[i] if i < len(self.SPECIALS) else _escape(self.itos[i].encode())
+
 
 class ByteTokenizer:
     """Bytes 0..255 as ids 3..258, plus <pad>=0, <bos>=1, <eos>=2 (for user text)."""
@@ -84,6 +147,67 @@ class ByteTokenizer:
                 break
             if 3 <= i < 259:
                 out.append(i - 3)
+        return out.decode("utf-8", errors="replace")
+
+    def token_text(self, i: int) -> str:
+        """Token i as a vocab.txt line (see save_vocab)."""
+        return ("<pad>", "<bos>", "<eos>")[i] if i < 3 else _escape(bytes([i - 3]))
+
+
+class VocabTokenizer:
+    """The tokenizer of a checkpoint's vocab.txt (save_vocab's format): encoding takes the
+    longest vocabulary entry at each position, decoding joins the tokens' bytes; special
+    tokens (<pad>, <bos>, <eos>) are never matched in text and never printed."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        p = os.fspath(path)
+        if os.path.isdir(p):
+            p = os.path.join(p, "vocab.txt")
+        with open(p, encoding="utf-8") as fh:
+            lines = fh.read().split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        self.tokens: list[Optional[bytes]] = []
+        self.names: dict[str, int] = {}
+        for i, line in enumerate(lines):
+            if _is_special(line):
+                self.tokens.append(None)
+                self.names[line] = i
+            else:
+                self.tokens.append(_unescape(line, f"{p}: line {i + 1}"))
+        self.pad_id = self.names.get("<pad>", -1)
+        self.bos_id = self.names.get("<bos>", -1)
+        self.eos_id = self.names.get("<eos>", -1)
+        self._by_bytes = {t: i for i, t in enumerate(self.tokens) if t is not None}
+        self._longest = max((len(t) for t in self._by_bytes), default=1)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokens)
+
+    def encode(self, text: str | bytes) -> list[int]:
+        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        out, i = [], 0
+        while i < len(data):
+            for n in range(min(self._longest, len(data) - i), 0, -1):
+                t = self._by_bytes.get(data[i:i + n])
+                if t is not None:
+                    out.append(t)
+                    i += n
+                    break
+            else:
+                raise ValueError(f"VocabTokenizer.encode: text: byte {data[i:i + 1]!r} at offset {i} is in no "
+                                 f"token of the vocabulary")
+        return out
+
+    def decode(self, ids: Sequence[int], stop_at_eos: bool = True) -> str:
+        out = bytearray()
+        for i in ids:
+            i = int(i)
+            if stop_at_eos and i == self.eos_id:
+                break
+            if 0 <= i < len(self.tokens) and self.tokens[i] is not None:
+                out += self.tokens[i]
         return out.decode("utf-8", errors="replace")
 
 

@@ -29,7 +29,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from . import _C
-from ._arrays import Array, dtype_name, empty_like_ns, finish, namespace
+from ._arrays import Array, dtype_name, empty_like_ns, finish, namespace, parse_dtype
 
 __all__ = [
     "fp8_cast", "fp8_quantize", "fp8_dequantize", "fp8_gemm", "fp8_grouped_gemm",
@@ -66,16 +66,12 @@ def _dim(x: Array, i: int) -> int:
     return s[i] if -len(s) <= i < len(s) else 0
 
 
-def _fmt(fn: str, fmt: str) -> str:
-    if not isinstance(fmt, str) or fmt not in _FMT:
-        raise ValueError(f"{fn}: fmt: expected 'e4m3' or 'e5m2', got {fmt!r}")
-    return _FMT[fmt]
+def _fmt(fn: str, fmt: Any) -> str:
+    return parse_dtype(fmt, fn, "fmt", allowed=("float8_e4m3fn", "float8_e5m2"))
 
 
-def _float_dtype(fn: str, arg: str, dtype: str) -> str:
-    if dtype not in _FLOAT:
-        raise ValueError(f"{fn}: {arg}: expected 'float32' or 'bfloat16', got {dtype!r}")
-    return dtype
+def _float_dtype(fn: str, arg: str, dtype: Any) -> str:
+    return parse_dtype(dtype, fn, arg, allowed=_FLOAT)
 
 
 def _block(fn: str, block: Sequence[int]) -> tuple[int, int]:
@@ -112,10 +108,7 @@ def fp8_cast(x: Array, dtype: str) -> Array:
     """
     fn = "dsc_fp8_cast"
     _check_array(x, fn, "src")
-    name = _FMT.get(dtype, dtype) if isinstance(dtype, str) else dtype
-    if name not in _FMT_CODE and name not in _FLOAT:
-        raise ValueError(f"{fn}: dtype: expected 'float8_e4m3fn', 'float8_e5m2', 'float32' or 'bfloat16', "
-                         f"got {dtype!r}")
+    name = parse_dtype(dtype, fn, "dtype", allowed=("float8_e4m3fn", "float8_e5m2", "float32", "bfloat16"))
     y = empty_like_ns(x, _shape(x), name, fn, "dst")
     _C.fp8_cast(x, y)
     return finish(x, y)

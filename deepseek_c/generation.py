@@ -29,15 +29,11 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from . import _C
+from ._arrays import parse_dtype
 
 __all__ = ["GenerateOutput", "generate", "stream"]
 
-_CACHE_DTYPES = {
-    "float32": "float32", "fp32": "float32", "f32": "float32",
-    "bfloat16": "bfloat16", "bf16": "bfloat16",
-    "float8_e4m3fn": "float8_e4m3fn", "fp8": "float8_e4m3fn", "float8": "float8_e4m3fn",
-    "e4m3": "float8_e4m3fn",
-}
+_CACHE_DTYPES = ("float32", "bfloat16", "float8_e4m3fn")
 _MAX_DRAFT = 16
 _EOS_FROM_CONFIG = -2
 
@@ -177,16 +173,7 @@ def _options(model: Any, max_new_tokens: Any, temperature: Any, top_k: Any, top_
     else:
         raise ValueError(f"generate: speculative: expected None or 'mtp', got {speculative!r}")
     num_draft = _int("num_draft", num_draft, 1, _MAX_DRAFT)
-    key = cache_dtype if isinstance(cache_dtype, str) else None
-    if key is None:
-        try:
-            key = np.dtype(cache_dtype).name
-        except TypeError:
-            key = str(cache_dtype)
-    if key.lower() not in _CACHE_DTYPES:
-        raise ValueError(f"generate: cache_dtype: expected 'float32', 'bfloat16' or 'float8_e4m3fn', "
-                         f"got {cache_dtype!r}")
-    cdt = _CACHE_DTYPES[key.lower()]
+    cdt = parse_dtype(cache_dtype, "generate", "cache_dtype", allowed=_CACHE_DTYPES)
     block_size = _int("block_size", block_size, 1, 65536)
     return cap, (max_new_tokens, temperature, top_k, top_p, seed, eos, spec, num_draft, cdt, block_size)
 

@@ -26,7 +26,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from . import _C
-from ._arrays import Array, device_of, empty_like_ns, finish, parse_device
+from ._arrays import Array, device_of, empty_like_ns, finish, parse_device, parse_dtype
 from .config import ModelConfig
 from .ops import _rope_params
 
@@ -145,7 +145,7 @@ class MLACache:
         self.cfg = cfg
         self.device = device
         dev = parse_device(device)
-        self.dtype = str(dtype)
+        self.dtype = parse_dtype(dtype, "MLACache", "dtype", allowed=("float32", "bfloat16", "float8_e4m3fn"))
         self.max_batch, self.max_tokens, self.block_size = int(max_batch), int(max_tokens), int(block_size)
         self.n_layers = int(n_layers)
         self._cap = _C.mla_cache_new(dev[0], dev[1], self.n_layers, self.max_batch, self.max_tokens,

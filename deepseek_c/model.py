@@ -37,19 +37,19 @@ import json
 import math
 import os
 import time
+import warnings
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from . import _C
 from ._C import Error
+from ._arrays import parse_dtype
 from .config import ModelConfig
 
 __all__ = ["Model", "lr_schedule"]
 
 IGNORE_INDEX = -100
-_TOPK = {"noaux_tc": 0, "greedy": 1, "group_limited_greedy": 2}
-_SCORING = {"sigmoid": 0, "softmax": 1}
 
 
 def lr_schedule(step: int, max_lr: float, warmup: int, total: int, min_lr: Optional[float] = None) -> float:
@@ -63,43 +63,6 @@ def lr_schedule(step: int, max_lr: float, warmup: int, total: int, min_lr: Optio
         return min_lr
     t = (step - warmup) / max(1, total - warmup)
     return min_lr + 0.5 * (max_lr - min_lr) * (1.0 + math.cos(math.pi * t))
-
-
-def _token_id(v: Any) -> int:
-    if v is None:
-        return -1
-    if isinstance(v, (list, tuple)):
-        return int(v[0]) if v else -1
-    return int(v)
-
-
-def c_config(cfg: ModelConfig) -> dict[str, Any]:
-    """The dsc_model_config fields of a ModelConfig (the dict the C binding reads)."""
-    d: dict[str, Any] = {k: int(getattr(cfg, k)) for k in (
-        "vocab_size", "hidden_size", "intermediate_size", "moe_intermediate_size", "num_hidden_layers",
-        "num_attention_heads", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
-        "n_routed_experts", "n_shared_experts", "num_experts_per_tok", "n_group", "topk_group",
-        "first_k_dense_replace", "moe_layer_freq", "max_position_embeddings")}
-    d["num_nextn_predict_layers"] = int(cfg.num_nextn_predict_layers or 0)
-    d["q_lora_rank"] = int(cfg.q_lora_rank or 0)
-    d["topk_method"] = _TOPK[cfg.topk_method]
-    d["scoring_func"] = _SCORING[cfg.scoring_func]
-    d["norm_topk_prob"] = int(bool(cfg.norm_topk_prob))
-    d["routed_scaling_factor"] = float(cfg.routed_scaling_factor)
-    d["rms_norm_eps"] = float(cfg.rms_norm_eps)
-    d["bos_token_id"] = _token_id(cfg.bos_token_id)
-    d["eos_token_id"] = _token_id(cfg.eos_token_id)
-    d["tie_word_embeddings"] = int(bool(cfg.tie_word_embeddings))
-    d["initializer_range"] = float(cfg.initializer_range)
-    d["rope_theta"] = float(cfg.rope_theta)
-    rs = cfg.rope_scaling_dict
-    if rs:
-        d.update(rope_factor=rs["factor"], rope_original_max_position=rs["original_max_position_embeddings"],
-                 rope_beta_fast=rs["beta_fast"], rope_beta_slow=rs["beta_slow"], rope_mscale=rs["mscale"],
-                 rope_mscale_all_dim=rs["mscale_all_dim"])
-    else:
-        d["rope_factor"] = 1.0
-    return d
 
 
 def _parse_device(device: Any) -> tuple[int, int, str]:
@@ -145,19 +108,19 @@ class Model:
             cfg = ModelConfig(**cfg)
         if not isinstance(cfg, ModelConfig):
             raise TypeError(f"Model: cfg: expected a deepseek_c.ModelConfig, got {type(cfg).__name__}")
-        if str(dtype) != "float32":
-            raise ValueError(f"Model: dtype: expected 'float32' (float32 master weights and activations), "
-                             f"got {dtype!r}")
+        parse_dtype(dtype, "Model", "dtype", allowed=("float32",))  # float32 masters and activations
+        moments = parse_dtype(moments, "Model", "moments", allowed=("float32", "bfloat16"))
         if not isinstance(fp8, bool):
             raise TypeError(f"Model: fp8: expected a bool, got {type(fp8).__name__}")
         dev_type, dev_id, self.device = _parse_device(device)
-        self.cfg = cfg
         self.dtype, self.fp8, self.seed = "float32", fp8, int(seed)
-        self.n_layers = int(cfg.num_hidden_layers)
-        self.n_mtp = int(cfg.num_nextn_predict_layers or 0)
         if _cap is None:
-            _cap = _C.model_new(c_config(cfg), dev_type, dev_id, self.seed & (2**64 - 1), int(_init), int(fp8),
-                                str(moments))
+            # the C parser reads the config (one parser for every path); cfg then mirrors it
+            _cap = _C.model_new(cfg.to_json(indent=None), dev_type, dev_id, self.seed & (2**64 - 1), int(_init),
+                                int(fp8), str(moments))
+        self.cfg = ModelConfig._from_canonical(json.loads(_C.model_config_json(_cap)))
+        self.n_layers = int(self.cfg.num_hidden_layers)
+        self.n_mtp = int(self.cfg.num_nextn_predict_layers or 0)
         self.moments = str(moments)
         self._cap = _cap
         self._dev = (dev_type, dev_id)
@@ -213,7 +176,8 @@ class Model:
         if self.frozen:
             return self
         dev_type, dev_id = self._dev
-        cap = _C.model_new(c_config(self.cfg), dev_type, dev_id, self.seed & (2**64 - 1), 0, 1, "float32")
+        cap = _C.model_new(_C.model_config_json(self._cap), dev_type, dev_id, self.seed & (2**64 - 1), 0, 1,
+                           "float32")
         _copy_tensors(cap, self._cap)  # its views die with the call: none may outlive the freeze
         _C.model_set_step(cap, self.step)
         _C.model_freeze(cap)
@@ -398,7 +362,9 @@ class Model:
         mtp_lambda: MTP loss weight (default cfg.extra['mtp_lambda'] or 0.3). aux_alpha: the
         sequence-wise balance loss weight (0 = off; V3 used 1e-4). bias_update_rate: gamma.
         Returns dict(loss, mtp_loss, aux_loss, grad_norm, lr, step, expert_load {layer: counts},
-        load_imbalance (mean over MoE layers of max/mean load), load_imbalance_per_layer, tokens_per_s).
+        load_imbalance (mean over MoE layers of max/mean load), load_imbalance_per_layer, tokens (B*T),
+        seconds (wall time of this call) and tokens_per_s = tokens / seconds of this one step; a
+        run's throughput is its total tokens over its total wall time (train.fit does that).
         """
         t0 = time.perf_counter()
         t = self._ids(tokens, "tokens")
@@ -417,8 +383,10 @@ class Model:
         for i, c in loads.items():
             mean = c.mean()
             imb[i] = float(c.max() / mean) if mean > 0 else 1.0
-        st.update(lr=lr_v, expert_load=loads, load_imbalance_per_layer=imb,
-                  tokens_per_s=t.shape[0] * t.shape[1] / (time.perf_counter() - t0))
+        secs = time.perf_counter() - t0
+        n_tok = int(t.shape[0] * t.shape[1])
+        st.update(lr=lr_v, expert_load=loads, load_imbalance_per_layer=imb, tokens=n_tok, seconds=secs,
+                  tokens_per_s=n_tok / secs if secs > 0 else 0.0)
         return st
 
     # ------------------------------------------------------------------ generation
@@ -477,28 +445,14 @@ class Model:
 
     def save(self, path: str | os.PathLike, optimizer: bool = True) -> None:
         """config.json + model.safetensors (+ optimizer.safetensors: step and AdamW moments),
-        each written atomically (temp file + rename) by the C core; config.json is then
-        rewritten (atomically) with every key of this ModelConfig, unknown ones included."""
-        d = os.fspath(path)
-        _C.model_save(self._cap, d, int(bool(optimizer)))
-        cfgd = self.cfg.to_dict()
-        cfgd["torch_dtype"] = "float32"
-        # the weights written decide: E4M3 block matrices (frozen) or float32 ones
-        cfgd.pop("quantization_config", None)
-        if self.frozen:
-            cfgd["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
-                                           "weight_block_size": [128, 128]}
-        tmp = os.path.join(d, ".config.json.tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(cfgd, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, os.path.join(d, "config.json"))
+        every file written by the C core (dsc_model_save); config.json holds every key of
+        the model's config, the ones deepseek_c does not interpret included."""
+        _C.model_save(self._cap, os.fspath(path), int(bool(optimizer)))
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu", fp8: bool = False,
-                        moments: str = "float32", inference_only: bool = False) -> "Model":
+                        moments: str = "float32", inference_only: bool = False, *,
+                        init_missing_mtp: bool = False, strict: bool = False, seed: int = 0) -> "Model":
         """Load config.json + *.safetensors from a directory (Hugging Face layout, one or many
         shards) with the C loader: bfloat16/float16 weights are widened, DeepSeek FP8 weights
         (E4M3 `weight` + `weight_scale_inv`) dequantized; optimizer.safetensors, when present,
@@ -507,29 +461,41 @@ class Model:
 
         inference_only=True (needs fp8=True): a frozen model (see freeze_fp8) -- block
         matrices held only in E4M3 with 128x128 scales; an FP8 checkpoint gets its shipped
-        codes back bit for bit."""
+        codes back bit for bit.
+
+        Checkpoints saved by transformers: a DeepseekV3 one names MTP layers in config.json
+        but holds none (transformers keeps no MTP layer): the model loads with MTP off (no
+        MTP loss, no speculative decoding) and one UserWarning, or with fresh MTP modules
+        (V3 init from `seed`) to train when ``init_missing_mtp=True``. Tensors the model has
+        no use for are skipped with a UserWarning (``strict=True``: a ValueError), except
+        rotary ``inv_freq`` buffers and a tied ``lm_head`` equal to the embedding, skipped
+        silently."""
         if not isinstance(inference_only, bool):
             raise TypeError(f"Model.from_pretrained: inference_only: expected a bool, got "
                             f"{type(inference_only).__name__}")
         if inference_only and not fp8:
             raise ValueError("Model.from_pretrained: inference_only: expected fp8=True with it (an inference-only "
                              "model holds its block matrices in E4M3), got fp8=False")
+        for name, v in (("init_missing_mtp", init_missing_mtp), ("strict", strict)):
+            if not isinstance(v, bool):
+                raise TypeError(f"Model.from_pretrained: {name}: expected a bool, got {type(v).__name__}")
         d = os.fspath(path)
         cj = os.path.join(d, "config.json")
         if not os.path.isdir(d):
             raise ValueError(f"Model.from_pretrained: path: expected a directory with config.json and "
-                             f"*.safetensors, got {d!r} (no such directory: {cj} cannot exist)")
+                             f"*.safetensors, got {d!r} (no such directory)")
         if not os.path.exists(cj):
             raise ValueError(f"Model.from_pretrained: {cj}: missing config.json")
-        try:
-            cfg = ModelConfig.from_json(cj)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"Model.from_pretrained: {cj}: not valid JSON ({e})") from None
         dev_type, dev_id, _ = _parse_device(device)
+        moments = parse_dtype(moments, "Model.from_pretrained", "moments", allowed=("float32", "bfloat16"))
         try:
-            cap = _C.model_load(d, dev_type, dev_id, int(bool(fp8)), str(moments))
+            cap = _C.model_load(d, dev_type, dev_id, int(bool(fp8)), str(moments), int(init_missing_mtp),
+                                int(strict), int(seed) & (2**64 - 1))
         except Error as e:
             raise ValueError(f"Model.from_pretrained: {e}") from None
+        for w in _C.model_warnings(cap):
+            warnings.warn(f"Model.from_pretrained: {w}", UserWarning, stacklevel=2)
         if inference_only:
             _C.model_freeze(cap)  # before any view of the float32 arena exists
-        return cls(cfg, device=device, fp8=bool(fp8), moments=moments, _cap=cap)
+        cfg = ModelConfig._from_canonical(json.loads(_C.model_config_json(cap)))
+        return cls(cfg, device=device, fp8=bool(fp8), seed=int(seed), moments=moments, _cap=cap)

@@ -22,7 +22,7 @@ from . import data as D
 from .config import ModelConfig
 from .model import Model, lr_schedule
 
-__all__ = ["demo_config", "fit", "evaluate", "save_plots", "make_task"]
+__all__ = ["demo_config", "fit", "evaluate", "save_plots", "save_history", "load_history", "make_task"]
 
 
 def demo_config(vocab_size: int, **overrides: Any) -> ModelConfig:
@@ -72,24 +72,30 @@ def _bar(total: int, enabled: bool):
 
 def fit(model: Model, batches: Iterator, steps: int, lr: float = 3e-3, warmup: Optional[int] = None,
         min_lr: Optional[float] = None, progress: bool = True, log_every: int = 50, **step_kw: Any) -> dict:
-    """Run `steps` train steps with warmup + cosine LR; returns the history
-    (loss, mtp_loss, grad_norm, load_imbalance, tokens_per_s, expert_load per step)."""
+    """Run `steps` train steps with warmup + cosine LR; returns the history: per step loss,
+    mtp_loss, grad_norm, load_imbalance, lr, tokens, step_seconds (the train_step call) and
+    expert_load; and for the whole run seconds (wall time, batches included), tokens and
+    tokens_per_s = tokens / seconds."""
     warmup = max(1, steps // 20) if warmup is None else warmup
-    hist: dict[str, list] = {k: [] for k in ("loss", "mtp_loss", "grad_norm", "load_imbalance", "tokens_per_s",
-                                              "lr")}
+    hist: dict[str, Any] = {k: [] for k in ("loss", "mtp_loss", "grad_norm", "load_imbalance", "lr", "tokens",
+                                             "step_seconds")}
     hist["expert_load"] = []
+    hist["num_hidden_layers"] = int(model.cfg.num_hidden_layers)
     bar = _bar(steps, progress)
     t0 = time.perf_counter()
     start = model.step
+    done = 0
     for s in range(steps):
         b = next(batches)
         st = model.train_step(b.tokens, b.targets,
                               lr=lambda k: lr_schedule(k - start, lr, warmup, steps, min_lr), **step_kw)
-        for k in hist:
-            if k != "expert_load":
-                hist[k].append(st[k])
+        for k in ("loss", "mtp_loss", "grad_norm", "load_imbalance", "lr"):
+            hist[k].append(st[k])
+        hist["tokens"].append(int(st["tokens"]))
+        hist["step_seconds"].append(float(st["seconds"]))
         hist["expert_load"].append({int(i): np.asarray(c).tolist() for i, c in st["expert_load"].items()})
-        tps = float(np.mean(hist["tokens_per_s"][-20:]))
+        done += int(st["tokens"])
+        tps = done / max(time.perf_counter() - t0, 1e-9)  # so far: total tokens / total wall time
         if bar is not None:
             bar.set_postfix(loss=f"{st['loss']:.3f}", mtp=f"{st['mtp_loss']:.3f}", tok_s=f"{tps:.0f}",
                             imb=f"{st['load_imbalance']:.2f}")
@@ -100,6 +106,25 @@ def fit(model: Model, batches: Iterator, steps: int, lr: float = 3e-3, warmup: O
     if bar is not None:
         bar.close()
     hist["seconds"] = time.perf_counter() - t0
+    hist["total_tokens"] = done
+    hist["tokens_per_s"] = done / hist["seconds"] if hist["seconds"] > 0 else 0.0
+    return hist
+
+
+def save_history(hist: dict, out: str) -> str:
+    """history.json: what fit() returned, so that plots can be redrawn without training
+    (``python -m deepseek_c plot DIR``)."""
+    p = os.path.join(out, "history.json")
+    with open(p, "w", encoding="utf-8") as fh:
+        json.dump(hist, fh)
+    return p
+
+
+def load_history(out: str) -> dict:
+    p = os.path.join(out, "history.json")
+    with open(p, encoding="utf-8") as fh:
+        hist = json.load(fh)
+    hist["expert_load"] = [{int(k): v for k, v in d.items()} for d in hist.get("expert_load", [])]
     return hist
 
 
@@ -154,15 +179,20 @@ def save_plots(hist: dict, out: str) -> list[str]:
     loads = hist["expert_load"]
     if loads and loads[0]:
         layers = sorted(loads[0])
+        L = int(hist.get("num_hidden_layers", max(layers) + 1))
+
+        def label(i: int) -> str:  # blocks L.. are the MTP modules' (depth 1, 2, ...)
+            return f"layer {i}" if i < L else f"MTP depth {i - L + 1}"
+
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for i in layers:
             imb = [max(l[i]) / (np.mean(l[i]) or 1) for l in loads]
-            axes[0].plot(imb, lw=1, label=f"layer {i}")
+            axes[0].plot(imb, lw=1, label=label(i))
         axes[0].set_xlabel("step"); axes[0].set_ylabel("max / mean expert load"); axes[0].legend()
         axes[0].set_title("load imbalance (aux-loss-free bias update)")
         last = np.array([np.sum([l[i] for l in loads[-50:]], 0) for i in layers], float)
         im = axes[1].imshow(last / last.mean(1, keepdims=True), aspect="auto", cmap="viridis")
-        axes[1].set_yticks(range(len(layers))); axes[1].set_yticklabels([f"layer {i}" for i in layers])
+        axes[1].set_yticks(range(len(layers))); axes[1].set_yticklabels([label(i) for i in layers])
         axes[1].set_xlabel("expert"); axes[1].set_title("load / mean, last 50 steps")
         fig.colorbar(im, ax=axes[1])
         fig.tight_layout(); p = os.path.join(out, "expert_load.png"); fig.savefig(p, dpi=100); plt.close(fig)

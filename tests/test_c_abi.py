@@ -50,22 +50,60 @@ def test_c_generate_example_builds_and_runs(tmp_path):
     model.save(ckpt)
     want = model.generate([[5, 6, 7]], max_new_tokens=8, eos_token_id=-1)[0]
     for extra in ([], ["--speculative", "--num-draft", "2"]):
-        r = subprocess.run([exe, ckpt, "5", "6", "7", "--max-new", "8", "--eos", "-1", *extra],
+        r = subprocess.run([exe, ckpt, "--ids", "5", "6", "7", "--max-new", "8", "--eos", "-1", *extra],
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stdout + r.stderr
-        line = next(ln for ln in r.stdout.splitlines() if ln.startswith("output (8):"))
+        line = next(ln for ln in r.stdout.splitlines() if ln.startswith("output (8 tokens):"))
         assert [int(t) for t in line.split(":")[1].split()] == want
         assert "tokens/s" in r.stdout and (not extra or "drafted" in r.stdout)
     # --fp8: frozen (E4M3-held weights), the tokens of Python's frozen model
     want8 = dsc.Model.from_pretrained(ckpt, fp8=True, inference_only=True).generate([[5, 6, 7]], max_new_tokens=8,
                                                                                  eos_token_id=-1)[0]
-    r = subprocess.run([exe, ckpt, "5", "6", "7", "--max-new", "8", "--eos", "-1", "--fp8", "--speculative"],
+    r = subprocess.run([exe, ckpt, "--ids", "5", "6", "7", "--max-new", "8", "--eos", "-1", "--fp8", "--speculative"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "block matrices in E4M3" in r.stdout, r.stdout + r.stderr
-    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("output (8):"))
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("output (8 tokens):"))
     assert [int(t) for t in line.split(":")[1].split()] == want8
-    r = subprocess.run([exe, ckpt, "5", "99"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([exe, ckpt, "--ids", "5", "99"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "prompts[0]: expected ids in [0, 64), got 99 at index 1" in r.stderr
+    # a text prompt needs the checkpoint's vocab.txt
+    r = subprocess.run([exe, ckpt, "12+34="], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "no vocab.txt" in r.stderr and "--ids" in r.stderr
+
+
+@pytest.mark.skipif(CC is None, reason="no C compiler on PATH")
+@pytest.mark.parametrize("kind", ["char", "byte"])
+def test_c_generate_example_text_prompt(tmp_path, kind):
+    """With the vocab.txt that demo/train write, the example takes text and prints text: the
+    prompt tokens and the decoded answer equal Python's tokenizer and generate."""
+    from deepseek_c import data as D
+
+    exe = str(tmp_path / "generate")
+    _build(os.path.join(ROOT, "examples", "c", "generate.c"), exe)
+    tok = D.CharTokenizer() if kind == "char" else D.ByteTokenizer()
+    cfg = dsc.ModelConfig.tiny(vocab_size=tok.vocab_size, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id)
+    model = dsc.Model(cfg, seed=1)
+    ckpt = str(tmp_path / "ckpt")
+    model.save(ckpt)
+    D.save_vocab(tok, os.path.join(ckpt, "vocab.txt"))
+    text = "12+34=" if kind == "char" else "caf\u00e9 \\ 12"
+    prompt = [tok.bos_id] + tok.encode(text)
+    out = model.generate([prompt], max_new_tokens=12, eos_token_id=tok.eos_id)[0]
+    r = subprocess.run([exe, ckpt, text, "--max-new", "12"], capture_output=True, timeout=120)
+    out_b = r.stdout  # bytes: a random model's answer need not be UTF-8
+    assert r.returncode == 0, out_b + r.stderr
+    head = out_b.split(b"\ntext: ")[0].decode()
+    got_prompt = next(ln for ln in head.splitlines() if ln.startswith("prompt ("))
+    assert [int(t) for t in got_prompt.split(":")[1].split()] == prompt
+    got_out = out_b.split(b"\noutput (")[1].split(b"\n")[0].decode()
+    assert [int(t) for t in got_out.split(":")[1].split()] == list(out)
+    answer = out_b.split(b"\nanswer: ")[1].rsplit(b"\nstats: ", 1)[0]
+    want = b"".join(tok.itos[i].encode() if kind == "char" else bytes([i - 3]) for i in
+                    (out[: list(out).index(tok.eos_id)] if tok.eos_id in out else out) if i >= 3)
+    assert answer == want
+    r = subprocess.run([exe, ckpt, "12*3"], capture_output=True, text=True, errors="replace", timeout=60)
+    if kind == "char":
+        assert r.returncode == 2 and "'*' at offset 2 is in no token" in r.stderr
 
 
 @pytest.mark.skipif(CC is None, reason="no C compiler on PATH")

@@ -262,12 +262,27 @@ def test_checkpoint_errors(tmp_path):
     os.link(tmp_path / "model.safetensors", d1 / "model.safetensors")
     with pytest.raises(ValueError, match="expected shape"):
         dsc.Model.from_pretrained(d1)
-    # more layers in the config than in the file -> missing tensors named
+    # more layers in the config than in the file: the file's MTP module would become main
+    # layer 2 -> refused, the MTP tensor named
     bad = json.loads((tmp_path / "config.json").read_text())
     bad["num_hidden_layers"] = 3
     (d1 / "config.json").write_text(json.dumps(bad))
-    with pytest.raises(ValueError, match="missing"):
+    with pytest.raises(ValueError, match="layers.2.eh_proj.*does not match the checkpoint"):
         dsc.Model.from_pretrained(d1)
+    # fewer: the file's layer 1 is beyond the model -> refused, not skipped
+    bad["num_hidden_layers"], bad["num_nextn_predict_layers"] = 1, 0
+    (d1 / "config.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="decoder layer 1.*does not match"):
+        dsc.Model.from_pretrained(d1)
+    # a missing tensor is named
+    sd = dict(dsc.load_safetensors(tmp_path / "model.safetensors"))
+    del sd["model.layers.1.self_attn.kv_a_layernorm.weight"]
+    dm = tmp_path / "missing"
+    dm.mkdir()
+    (dm / "config.json").write_text((tmp_path / "config.json").read_text())
+    dsc.save_safetensors(dm / "model.safetensors", sd)
+    with pytest.raises(ValueError, match="kv_a_layernorm.weight: missing"):
+        dsc.Model.from_pretrained(dm)
     # an extra tensor
     sd = dict(dsc.load_safetensors(tmp_path / "model.safetensors"))
     sd["model.layers.0.mystery.weight"] = np.zeros(3, np.float32)
@@ -275,8 +290,12 @@ def test_checkpoint_errors(tmp_path):
     d2.mkdir()
     (d2 / "config.json").write_text((tmp_path / "config.json").read_text())
     dsc.save_safetensors(d2 / "model.safetensors", sd)
-    with pytest.raises(ValueError, match="mystery"):
-        dsc.Model.from_pretrained(d2)
+    with pytest.raises(ValueError, match="mystery"):  # strict: an error naming it
+        dsc.Model.from_pretrained(d2, strict=True)
+    with pytest.warns(UserWarning, match="skipped 1 tensor.*mystery"):  # as transformers: skipped, said
+        m2 = dsc.Model.from_pretrained(d2)
+    tok = np.array([[1, 2, 3, 4]])
+    assert np.array_equal(m2.forward(tok), m.forward(tok))
     # a truncated file -> an error naming the file, never a crash
     d3 = tmp_path / "trunc"
     d3.mkdir()

@@ -52,8 +52,14 @@ static dsc_status check_params(const char *fn, const dsc_rope_params *p) {
               DSC_ERR_INVALID_ARGUMENT, fn,
               "params->beta_fast, beta_slow: expected finite numbers > 0, got %g, %g",
               (double)p->beta_fast, (double)p->beta_slow);
-    DSC_CHECK(isfinite(p->mscale) && isfinite(p->mscale_all_dim), DSC_ERR_INVALID_ARGUMENT, fn,
-              "params->mscale, mscale_all_dim: expected finite numbers, got %g, %g",
+    DSC_CHECK(p->beta_fast >= p->beta_slow, DSC_ERR_INVALID_ARGUMENT, fn,
+              "params->beta_fast, beta_slow: expected beta_fast >= beta_slow (rotations at the "
+              "high- and low-frequency ends of the ramp), got %g < %g (swapped?)",
+              (double)p->beta_fast, (double)p->beta_slow);
+    DSC_CHECK(isfinite(p->mscale) && isfinite(p->mscale_all_dim) && p->mscale >= 0.0f &&
+                  p->mscale_all_dim >= 0.0f,
+              DSC_ERR_INVALID_ARGUMENT, fn,
+              "params->mscale, mscale_all_dim: expected finite numbers >= 0, got %g, %g",
               (double)p->mscale, (double)p->mscale_all_dim);
   }
   return DSC_OK;

@@ -846,17 +846,42 @@ typedef struct dsc_model_config {
   int32_t eos_token_id;             /* 1; -1: none */
   int32_t tie_word_embeddings;      /* 0 */
   float initializer_range;          /* std of the N(0, std) init: 0.02 (HF); V3's report used 0.006 */
+  int32_t model_type;               /* dsc_model_type: whose config.json semantics (V3) */
 } dsc_model_config;
+
+/* The family a config.json describes ("model_type"). It decides the defaults of keys a
+ * file leaves out -- Hugging Face's DeepseekV2 config has no scoring_func, top-k method or
+ * MTP depth because that model always routes with softmax and greedy top-k and has no MTP
+ * -- and what a checkpoint is written as. */
+typedef enum dsc_model_type {
+  DSC_MODEL_TYPE_DEEPSEEK_V3 = 0, /* "deepseek_v3": sigmoid + noaux_tc defaults, MTP */
+  DSC_MODEL_TYPE_DEEPSEEK_V2 = 1, /* "deepseek_v2": softmax, greedy, no MTP by default */
+} dsc_model_type;
 
 /* DeepSeek-V3 (671B) values. */
 DSC_API void dsc_model_config_default(dsc_model_config *cfg);
 /* Every field in range and consistent (e.g. n_group divides n_routed_experts). */
 DSC_API dsc_status dsc_model_config_validate(const dsc_model_config *cfg);
-/* Parse a Hugging Face config.json text (len bytes) / file over the defaults. Unknown
- * keys are ignored; both rope_scaling and rope_parameters are read; q_lora_rank null ->
- * 0. A malformed file or a value of the wrong type is DSC_ERR_FORMAT naming the key. */
+/* Parse a Hugging Face config.json text (len bytes) / file. Keys the text leaves out take
+ * the defaults of its model_type ("deepseek_v3" when absent; "deepseek_v2": softmax
+ * scoring, greedy top-k, no MTP, ...); *cfg is only an output (its size field must be
+ * set). Keys deepseek_c does not interpret are ignored here (dsc_model_create_json keeps
+ * them). RoPE comes from rope_theta with rope_scaling (older files) or rope_parameters
+ * (transformers 5): where both spellings are present they must agree. A malformed file,
+ * a value of the wrong type or out of range, or a setting deepseek_c does not implement
+ * (an activation other than silu, attention biases, a RoPE scaling other than YaRN) is
+ * DSC_ERR_FORMAT naming the key. This is the one config parser: Python's ModelConfig
+ * calls it too (through dsc_model_config_normalize_json). */
 DSC_API dsc_status dsc_model_config_from_json(const char *json, size_t len, dsc_model_config *cfg);
 DSC_API dsc_status dsc_model_config_load(const char *path, dsc_model_config *cfg);
+/* The config.json deepseek_c writes for the text `json`: every key it interprets under
+ * its Hugging Face name with the value it will use (model_type defaults filled in, RoPE
+ * as rope_theta + rope_scaling), plus every other member of the input unchanged; keys
+ * sorted, two-space indent. Writes at most cap bytes (NUL-terminated) to out (may be NULL
+ * when cap is 0); *len receives the length without the NUL, so a call with cap 0 sizes
+ * the buffer. Errors as dsc_model_config_from_json. */
+DSC_API dsc_status dsc_model_config_normalize_json(const char *json, size_t len, char *out, size_t cap,
+                                                   size_t *out_len);
 
 typedef struct dsc_model dsc_model;
 
@@ -867,6 +892,16 @@ typedef struct dsc_model_options {
   int32_t fp8;            /* 1: linear layers run as block-scaled FP8 GEMMs (see DESIGN.md) */
   int32_t moments_dtype;  /* AdamW moments: DSC_DTYPE_FLOAT32 (default) or DSC_DTYPE_BFLOAT16
                              (half the optimizer memory, as DeepSeek-V3 trained) */
+  /* dsc_model_load only: */
+  int32_t init_missing_mtp; /* MTP modules the config names but the checkpoint lacks (transformers
+                               does not keep them): 0 = MTP off (num_nextn_predict_layers becomes the
+                               depths present) with a warning; 1 = initialized (V3 init, `seed`) to
+                               be trained */
+  int32_t strict;           /* 1: a tensor the model has no use for is an error; 0 (default): it is
+                               skipped with a warning (as transformers does). Buffers that never
+                               carry weights (rotary_emb.inv_freq), the MTP modules' copies of the
+                               embedding and head, and a tied lm_head equal to the embedding are
+                               skipped silently either way. */
 } dsc_model_options;
 DSC_API void dsc_model_options_default(dsc_model_options *opt);
 
@@ -874,7 +909,15 @@ DSC_API void dsc_model_options_default(dsc_model_options *opt);
  * outlive the model; a model is used by one thread at a time. */
 DSC_API dsc_status dsc_model_create(dsc_context *ctx, const dsc_model_config *cfg,
                                     const dsc_model_options *opt, dsc_model **out);
+/* dsc_model_create from config.json text (parsed by dsc_model_config_from_json): the
+ * members deepseek_c does not interpret (architectures, torch_dtype, ...) are kept and
+ * written back by dsc_model_save. */
+DSC_API dsc_status dsc_model_create_json(dsc_context *ctx, const char *config_json, size_t len,
+                                         const dsc_model_options *opt, dsc_model **out);
 DSC_API void dsc_model_destroy(dsc_model *model);
+/* The config.json dsc_model_save writes for this model (see dsc_model_config_normalize_json
+ * for the form and the buffer protocol). */
+DSC_API dsc_status dsc_model_config_json(const dsc_model *model, char *out, size_t cap, size_t *out_len);
 DSC_API dsc_status dsc_model_get_config(const dsc_model *model, dsc_model_config *cfg);
 DSC_API dsc_context *dsc_model_context(const dsc_model *model);
 /* Number of scalar parameters (the correction biases included). */
@@ -996,6 +1039,11 @@ DSC_API dsc_status dsc_model_weight_bytes(const dsc_model *model, size_t *bytes)
 DSC_API dsc_status dsc_model_save(dsc_model *model, const char *dir, int32_t optimizer);
 DSC_API dsc_status dsc_model_load(dsc_context *ctx, const char *dir, const dsc_model_options *opt,
                                   dsc_model **out);
+/* What dsc_model_load let pass with a warning (also sent to the context's log callback at
+ * DSC_LOG_WARN): MTP modules absent from the checkpoint, tensors skipped. index in
+ * [0, dsc_model_num_load_warnings); the text lives as long as the model. */
+DSC_API int64_t dsc_model_num_load_warnings(const dsc_model *model);
+DSC_API const char *dsc_model_load_warning(const dsc_model *model, int64_t index);
 
 /* ------------------------------------------------------------------ generation */
 /* Autoregressive generation with the paged latent cache (dsc_mla_cache): one batched,

@@ -8,6 +8,7 @@
  * Dm MTP depths, blocks b = 0..L-1 main, L..L+Dm-1 the MTP modules' blocks.
  */
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -141,8 +142,24 @@ dsc_status dsc_model_config_validate(const dsc_model_config *c) {
   DSC_CHECK(c->eos_token_id >= -1 && c->eos_token_id < c->vocab_size, DSC_ERR_INVALID_ARGUMENT, FN,
             "cfg->eos_token_id: expected -1 (none) or an id below vocab_size %d, got %d",
             (int)c->vocab_size, (int)c->eos_token_id);
+  DSC_CHECK(c->bos_token_id >= -1 && c->bos_token_id < c->vocab_size, DSC_ERR_INVALID_ARGUMENT, FN,
+            "cfg->bos_token_id: expected -1 (none) or an id below vocab_size %d, got %d",
+            (int)c->vocab_size, (int)c->bos_token_id);
   DSC_CHECK(c->tie_word_embeddings == 0 || c->tie_word_embeddings == 1, DSC_ERR_INVALID_ARGUMENT, FN,
             "cfg->tie_word_embeddings: expected 0 or 1, got %d", (int)c->tie_word_embeddings);
+  DSC_CHECK(c->model_type == DSC_MODEL_TYPE_DEEPSEEK_V3 || c->model_type == DSC_MODEL_TYPE_DEEPSEEK_V2,
+            DSC_ERR_INVALID_ARGUMENT, FN,
+            "cfg->model_type: expected DSC_MODEL_TYPE_DEEPSEEK_V3 (0) or _V2 (1), got %d", (int)c->model_type);
+  if (c->model_type == DSC_MODEL_TYPE_DEEPSEEK_V2 && c->n_routed_experts > 0) {
+    /* what DeepSeek's and transformers' V2 code run: anything else would be computed one
+     * way here and another way by them from the same checkpoint */
+    DSC_CHECK(c->scoring_func == DSC_MOE_SCORING_SOFTMAX, DSC_ERR_INVALID_ARGUMENT, FN,
+              "cfg->scoring_func: expected softmax for model_type deepseek_v2 (V2 routes with softmax), got "
+              "sigmoid");
+    DSC_CHECK(c->topk_method != DSC_MOE_TOPK_NOAUX_TC, DSC_ERR_INVALID_ARGUMENT, FN,
+              "cfg->topk_method: expected greedy or group_limited_greedy for model_type deepseek_v2, got "
+              "noaux_tc (a V3 method)");
+  }
   float sc = 0.0f;
   DSC_TRY(dsc_rope_softmax_scale(&c->rope, c->qk_nope_head_dim + c->qk_rope_head_dim, &sc));
   return DSC_OK;
@@ -468,7 +485,65 @@ void dsc_model_destroy(dsc_model *m) {
   free(m->block_entries);
   dsc_model_fp8w_free(m, &m->held);
   free(m->held_of);
+  free(m->cfg_extra);
+  for (int64_t i = 0; i < m->n_warnings; ++i) free(m->warnings[i]);
+  free(m->warnings);
   free(m);
+}
+
+dsc_status dsc_model_create_json(dsc_context *ctx, const char *config_json, size_t len,
+                                 const dsc_model_options *opt, dsc_model **out) {
+  static const char *const FN = "dsc_model_create_json";
+  DSC_CHECK(out != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "out: expected a pointer, got NULL");
+  *out = NULL;
+  dsc_model_config cfg;
+  dsc_model_config_default(&cfg);
+  char *extra = NULL;
+  DSC_TRY(dsc_model_config_parse(FN, config_json, len, &cfg, &extra));
+  dsc_model *m = NULL;
+  dsc_status st = dsc_model_create(ctx, &cfg, opt, &m);
+  if (st != DSC_OK) {
+    free(extra);
+    return st;
+  }
+  m->cfg_extra = extra;
+  *out = m;
+  return DSC_OK;
+}
+
+dsc_status dsc_model_config_json(const dsc_model *m, char *out, size_t cap, size_t *out_len) {
+  static const char *const FN = "dsc_model_config_json";
+  DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
+  char *text = NULL;
+  size_t n = 0;
+  DSC_TRY(dsc_model_config_render(FN, &m->cfg, m->cfg_extra, 0, &text, &n));
+  dsc_status st = dsc_model_config_copy_out(FN, text, n, out, cap, out_len);
+  free(text);
+  return st;
+}
+
+dsc_status dsc_model_add_warning(dsc_model *m, const char *fmt, ...) {
+  char buf[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  dsc_log(m->ctx, DSC_LOG_WARN, "%s", buf);
+  char **w = (char **)realloc(m->warnings, (size_t)(m->n_warnings + 1) * sizeof *w);
+  if (!w) return dsc_error(DSC_ERR_OUT_OF_MEMORY, "dsc_model_load", "out of host memory");
+  m->warnings = w;
+  const size_t n = strlen(buf) + 1;
+  char *copy = (char *)malloc(n);
+  if (!copy) return dsc_error(DSC_ERR_OUT_OF_MEMORY, "dsc_model_load", "out of host memory");
+  memcpy(copy, buf, n);
+  m->warnings[m->n_warnings++] = copy;
+  return DSC_OK;
+}
+
+int64_t dsc_model_num_load_warnings(const dsc_model *m) { return m ? m->n_warnings : 0; }
+
+const char *dsc_model_load_warning(const dsc_model *m, int64_t i) {
+  return m && i >= 0 && i < m->n_warnings ? m->warnings[i] : NULL;
 }
 
 dsc_status dsc_model_create(dsc_context *ctx, const dsc_model_config *cfg, const dsc_model_options *opt,

@@ -127,7 +127,33 @@ struct dsc_model {
   int32_t frozen;
   dsc_model_fp8w held;
   int32_t *held_of; /* [n_storage]: block slot index (b * S_COUNT + slot) holding it, or -1 */
+
+  char *cfg_extra;      /* config.json members deepseek_c does not interpret (a JSON object), or NULL */
+  char **warnings;      /* [n_warnings] what dsc_model_load let pass */
+  int64_t n_warnings;
 };
+
+/* ---- config.json (config_json.c): the one parser and writer ---- */
+
+/* Parse config.json text / file into *cfg (only on success) and, when extra != NULL, the
+ * members deepseek_c does not interpret as a JSON object text (malloc'ed). */
+dsc_status dsc_model_config_parse(const char *fn, const char *json, size_t len, dsc_model_config *cfg,
+                                  char **extra);
+dsc_status dsc_model_config_read(const char *fn, const char *path, dsc_model_config *cfg, char **extra);
+/* config.json of cfg with the extra members (NULL: none): *out malloc'ed, *out_len bytes. */
+#define DSC_CONFIG_CHECKPOINT 1   /* a checkpoint's: torch_dtype float32, quantization_config from... */
+#define DSC_CONFIG_FP8_WEIGHTS 2  /* ...the weights: E4M3 block matrices (frozen) */
+dsc_status dsc_model_config_render(const char *fn, const dsc_model_config *cfg, const char *extra, int flags,
+                                   char **out, size_t *out_len);
+/* text[0..n) into out[cap] with a NUL; cap 0 only reports the size in *out_len. */
+dsc_status dsc_model_config_copy_out(const char *fn, const char *text, size_t n, char *out, size_t cap,
+                                     size_t *out_len);
+/* Append a load warning to the model (and send it to the log callback). */
+dsc_status dsc_model_add_warning(dsc_model *m, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
 
 /* ---- helpers shared by the model files (model.c) ---- */
 

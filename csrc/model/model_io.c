@@ -27,7 +27,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <float.h>
-#include <locale.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +36,7 @@
 
 #include "fp8_format.h"
 #include "internal.h"
+#include "model_internal.h"
 #include "numeric.h"
 
 #define FP8_BLOCK 128
@@ -127,157 +127,6 @@ static void fsync_dir(const char *dir) {
     (void)fsync(fd);
     close(fd);
   }
-}
-
-/* ================================================================== config.json */
-
-/* Growable text buffer; out of memory is sticky and checked once at the end. */
-typedef struct {
-  char *p;
-  size_t n, cap;
-  int oom;
-} text;
-
-static void put(text *b, const char *s) {
-  size_t len = strlen(s);
-  if (b->oom) return;
-  if (b->n + len + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 1024;
-    while (cap < b->n + len + 1) cap *= 2;
-    char *np = (char *)realloc(b->p, cap);
-    if (!np) {
-      b->oom = 1;
-      return;
-    }
-    b->p = np;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->n, s, len + 1);
-  b->n += len;
-}
-
-/* The shortest %g that reads back as the same float32, with '.' whatever the locale,
- * and a ".0" on integral values so that Python reads a float back. */
-static void fmt_float(char *out, size_t cap, float v) {
-  char buf[48];
-  for (int prec = 6; prec <= 9; ++prec) {
-    snprintf(buf, sizeof buf, "%.*g", prec, (double)v);
-    if ((float)strtod(buf, NULL) == v) break;
-  }
-  const char *dp = localeconv()->decimal_point;
-  size_t dpn = dp ? strlen(dp) : 0, k = 0;
-  for (const char *s = buf; *s && k + 1 < cap;) {
-    if (dpn && strncmp(s, dp, dpn) == 0) {
-      out[k++] = '.';
-      s += dpn;
-    } else {
-      out[k++] = *s++;
-    }
-  }
-  out[k] = '\0';
-  if (!strpbrk(out, ".eE") && k + 3 < cap) memcpy(out + k, ".0", 3);
-}
-
-typedef struct {
-  const char *key;
-  char value[400]; /* rendered JSON, nested lines indented for depth 1 */
-} kv;
-
-static int kv_cmp(const void *a, const void *b) { return strcmp(((const kv *)a)->key, ((const kv *)b)->key); }
-
-/* config.json of cfg: json.dumps(indent=2, sort_keys=True) style. */
-static dsc_status render_config(const char *fn, const dsc_model_config *c, int fp8_weights, text *out) {
-  kv e[48];
-  int n = 0;
-#define INT(k, v) (e[n].key = (k), snprintf(e[n].value, sizeof e[n].value, "%d", (int)(v)), ++n)
-#define FLT(k, v) (e[n].key = (k), fmt_float(e[n].value, sizeof e[n].value, (v)), ++n)
-#define RAW(k, v) (e[n].key = (k), snprintf(e[n].value, sizeof e[n].value, "%s", (v)), ++n)
-#define BOOL(k, v) RAW(k, (v) ? "true" : "false")
-#define INT_OR_NULL(k, v, isnull) \
-  ((isnull) ? RAW(k, "null") : INT(k, v))
-  RAW("architectures", "[\n    \"DeepseekV3ForCausalLM\"\n  ]");
-  BOOL("attention_bias", 0);
-  INT_OR_NULL("bos_token_id", c->bos_token_id, c->bos_token_id < 0);
-  INT_OR_NULL("eos_token_id", c->eos_token_id, c->eos_token_id < 0);
-  INT("first_k_dense_replace", c->first_k_dense_replace);
-  RAW("hidden_act", "\"silu\"");
-  INT("hidden_size", c->hidden_size);
-  FLT("initializer_range", c->initializer_range);
-  INT("intermediate_size", c->intermediate_size);
-  INT("kv_lora_rank", c->kv_lora_rank);
-  INT("max_position_embeddings", c->max_position_embeddings);
-  RAW("model_type", "\"deepseek_v3\"");
-  INT("moe_intermediate_size", c->moe_intermediate_size);
-  INT("moe_layer_freq", c->moe_layer_freq);
-  INT("n_group", c->n_group);
-  INT("n_routed_experts", c->n_routed_experts);
-  INT("n_shared_experts", c->n_shared_experts);
-  BOOL("norm_topk_prob", c->norm_topk_prob);
-  INT("num_attention_heads", c->num_attention_heads);
-  INT("num_experts_per_tok", c->num_experts_per_tok);
-  INT("num_hidden_layers", c->num_hidden_layers);
-  INT("num_key_value_heads", c->num_attention_heads); /* unused by MLA; HF expects it */
-  INT("num_nextn_predict_layers", c->num_nextn_predict_layers);
-  INT_OR_NULL("q_lora_rank", c->q_lora_rank, c->q_lora_rank == 0);
-  INT("qk_nope_head_dim", c->qk_nope_head_dim);
-  INT("qk_rope_head_dim", c->qk_rope_head_dim);
-  FLT("rms_norm_eps", c->rms_norm_eps);
-  BOOL("rope_interleave", c->rope.layout != DSC_ROPE_HALF);
-  FLT("rope_theta", c->rope.theta);
-  FLT("routed_scaling_factor", c->routed_scaling_factor);
-  {
-    const char *m = c->scoring_func == DSC_MOE_SCORING_SOFTMAX ? "\"softmax\"" : "\"sigmoid\"";
-    RAW("scoring_func", m);
-  }
-  BOOL("tie_word_embeddings", c->tie_word_embeddings);
-  INT("topk_group", c->topk_group);
-  {
-    const char *m = c->topk_method == DSC_MOE_TOPK_GREEDY ? "\"greedy\""
-                    : c->topk_method == DSC_MOE_TOPK_GROUP_LIMITED_GREEDY ? "\"group_limited_greedy\""
-                                                                          : "\"noaux_tc\"";
-    RAW("topk_method", m);
-  }
-  if (fp8_weights) /* a frozen model's block matrices: DeepSeek-V3's own key */
-    RAW("quantization_config",
-        "{\n    \"activation_scheme\": \"dynamic\",\n    \"fmt\": \"e4m3\",\n"
-        "    \"quant_method\": \"fp8\",\n    \"weight_block_size\": [\n      128,\n      128\n    ]\n  }");
-  RAW("torch_dtype", "\"float32\"");
-  INT("v_head_dim", c->v_head_dim);
-  INT("vocab_size", c->vocab_size);
-  if (c->rope.factor > 1.0f) {
-    char f[6][48];
-    fmt_float(f[0], sizeof f[0], c->rope.beta_fast);
-    fmt_float(f[1], sizeof f[1], c->rope.beta_slow);
-    fmt_float(f[2], sizeof f[2], c->rope.factor);
-    fmt_float(f[3], sizeof f[3], c->rope.mscale);
-    fmt_float(f[4], sizeof f[4], c->rope.mscale_all_dim);
-    e[n].key = "rope_scaling";
-    snprintf(e[n].value, sizeof e[n].value,
-             "{\n    \"beta_fast\": %s,\n    \"beta_slow\": %s,\n    \"factor\": %s,\n"
-             "    \"mscale\": %s,\n    \"mscale_all_dim\": %s,\n"
-             "    \"original_max_position_embeddings\": %d,\n    \"type\": \"yarn\"\n  }",
-             f[0], f[1], f[2], f[3], f[4], (int)c->rope.original_max_position);
-    ++n;
-  } else {
-    RAW("rope_scaling", "null");
-  }
-#undef INT
-#undef FLT
-#undef RAW
-#undef BOOL
-#undef INT_OR_NULL
-  qsort(e, (size_t)n, sizeof e[0], kv_cmp);
-  put(out, "{\n");
-  for (int i = 0; i < n; ++i) {
-    put(out, "  \"");
-    put(out, e[i].key);
-    put(out, "\": ");
-    put(out, e[i].value);
-    put(out, i + 1 < n ? ",\n" : "\n");
-  }
-  put(out, "}\n");
-  if (out->oom) return dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory for config.json");
-  return DSC_OK;
 }
 
 /* ================================================================== save */
@@ -426,12 +275,11 @@ dsc_status dsc_model_save(dsc_model *model, const char *dir, int32_t optimizer) 
   cfg.size = sizeof cfg;
   DSC_TRY(dsc_model_get_config(model, &cfg));
   DSC_TRY(make_dirs(FN, dir));
-  text json = {0};
-  dsc_status rst = render_config(FN, &cfg, dsc_model_is_frozen(model), &json);
-  if (rst != DSC_OK) {
-    free(json.p);
-    return rst;
-  }
+  char *json = NULL;
+  size_t json_n = 0;
+  DSC_TRY(dsc_model_config_render(FN, &cfg, model->cfg_extra,
+                                  DSC_CONFIG_CHECKPOINT | (dsc_model_is_frozen(model) ? DSC_CONFIG_FP8_WEIGHTS : 0),
+                                  &json, &json_n));
   char *cfg_path = path_join(dir, "config.json");
   char *model_path = path_join(dir, "model.safetensors");
   char *opt_path = path_join(dir, OPT_FILE);
@@ -441,12 +289,12 @@ dsc_status dsc_model_save(dsc_model *model, const char *dir, int32_t optimizer) 
    * with other weights. */
   if (st == DSC_OK && unlink(opt_path) != 0 && errno != ENOENT)
     st = dsc_error(DSC_ERR_IO, FN, "cannot remove the old '%s': %s", opt_path, strerror(errno));
-  if (st == DSC_OK) st = write_file_atomic(FN, cfg_path, json.p, json.n);
+  if (st == DSC_OK) st = write_file_atomic(FN, cfg_path, json, json_n);
   if (st == DSC_OK) st = save_weights(FN, model, model_path);
   if (st == DSC_OK && optimizer && dsc_model_step(model) > 0 && !dsc_model_is_frozen(model))
     st = save_optimizer(FN, model, opt_path); /* a frozen model has no optimizer state */
   if (st == DSC_OK) fsync_dir(dir);
-  free(json.p);
+  free(json);
   free(cfg_path);
   free(model_path);
   free(opt_path);
@@ -727,27 +575,98 @@ static dsc_status read_tensor(const char *fn, dsc_context *ctx, shards *s, st_re
   return DSC_OK;
 }
 
-/* model.layers.{k}.embed_tokens.weight / .shared_head.head.weight with L <= k < L + Dm:
- * the MTP modules' copies of the shared embedding and head. */
-static int is_mtp_duplicate(const char *name, const dsc_model_config *c) {
+/* The layer index k of "model.layers.{k}.<rest>" (rest in *rest), or -1. */
+static long layer_of(const char *name, const char **rest) {
   static const char prefix[] = "model.layers.";
-  if (strncmp(name, prefix, sizeof prefix - 1) != 0) return 0;
+  if (strncmp(name, prefix, sizeof prefix - 1) != 0) return -1;
   const char *p = name + sizeof prefix - 1;
   long k = 0;
   int digits = 0;
   for (; *p >= '0' && *p <= '9' && digits < 9; ++p, ++digits) k = 10 * k + (*p - '0');
-  if (digits == 0 || k < c->num_hidden_layers || k >= (long)c->num_hidden_layers + c->num_nextn_predict_layers)
-    return 0;
-  return !strcmp(p, ".embed_tokens.weight") || !strcmp(p, ".shared_head.head.weight");
+  if (digits == 0 || *p != '.') return -1;
+  if (rest) *rest = p + 1;
+  return k;
 }
 
-static dsc_status load_weights(const char *fn, dsc_model *m, const char *dir) {
+/* model.layers.{k}.embed_tokens.weight / .shared_head.head.weight with L <= k < L + Dm:
+ * the MTP modules' copies of the shared embedding and head. */
+static int is_mtp_duplicate(const char *name, int32_t L, int32_t Dm) {
+  const char *rest;
+  const long k = layer_of(name, &rest);
+  if (k < L || k >= (long)L + Dm) return 0;
+  return !strcmp(rest, "embed_tokens.weight") || !strcmp(rest, "shared_head.head.weight");
+}
+
+/* rest (after "model.layers.{k}.") names a part only an MTP module has. */
+static int is_mtp_part(const char *rest) {
+  static const char *const parts[] = {"eh_proj.", "enorm.", "hnorm.", "shared_head.", "embed_tokens."};
+  for (size_t i = 0; i < sizeof parts / sizeof parts[0]; ++i)
+    if (!strncmp(rest, parts[i], strlen(parts[i]))) return 1;
+  return 0;
+}
+
+/* Layer k of the checkpoint is an MTP module (it has an eh_proj). */
+static int layer_is_mtp(const shards *s, long k) {
+  const char *rest;
+  for (int64_t i = 0; i < s->n_refs; ++i)
+    if (layer_of(s->refs[i].name, &rest) == k && !strncmp(rest, "eh_proj.", 8)) return 1;
+  return 0;
+}
+
+/* How many MTP depths (from the first) have tensors of their own in the checkpoint. */
+static int32_t mtp_depths_present(const shards *s, int32_t L, int32_t Dm) {
+  int32_t present = 0;
+  for (int32_t d = 0; d < Dm; ++d) {
+    int found = 0;
+    for (int64_t i = 0; i < s->n_refs && !found; ++i)
+      found = layer_of(s->refs[i].name, NULL) == (long)L + d && !is_mtp_duplicate(s->refs[i].name, L, Dm);
+    if (!found) break;
+    present = d + 1;
+  }
+  return present;
+}
+
+/* A tied checkpoint that still carries lm_head.weight: 1 when it equals the embedding bit
+ * for bit (after widening), 0 when not, an error status on failure. */
+static dsc_status tied_head_equal(const char *fn, dsc_model *m, shards *s, st_ref *r, int *equal) {
+  *equal = 0;
+  int64_t idx = -1;
+  DSC_TRY(dsc_model_find_tensor(m, "model.embed_tokens.weight", &idx));
+  DLTensor emb;
+  DSC_TRY(dsc_model_tensor(m, idx, NULL, &emb));
+  const int64_t n = dsc_numel(&emb);
+  float *a = (float *)malloc((size_t)(n ? n : 1) * sizeof(float));
+  float *b = (float *)malloc((size_t)(n ? n : 1) * sizeof(float));
+  dsc_status st = a && b ? DSC_OK : dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
+  DLTensor head = emb; /* same shape, on the host */
+  head.data = a;
+  head.byte_offset = 0;
+  head.device.device_type = kDLCPU;
+  head.device.device_id = 0;
+  scratch stage = {0}, tmp = {0};
+  if (st == DSC_OK) st = read_tensor(fn, dsc_model_context(m), s, r, &head, &stage, &tmp);
+  const DLDevice cpu = {kDLCPU, 0};
+  if (st == DSC_OK)
+    st = dsc_memcpy(dsc_model_context(m), b, cpu, dsc_data(&emb), emb.device, (size_t)n * sizeof(float));
+  if (st == DSC_OK) *equal = memcmp(a, b, (size_t)n * sizeof(float)) == 0;
+  free(stage.p);
+  free(tmp.p);
+  free(a);
+  free(b);
+  return st;
+}
+
+/* Every tensor of the model from the open shards. Tensors of blocks >= skip_from_block
+ * (MTP modules to initialize) may be missing. What the model has no use for: the MTP
+ * copies of embedding and head (of the file's Dm depths) and rotary inv_freq buffers are
+ * skipped silently, a tied lm_head must equal the embedding, anything else is an error
+ * when strict, else skipped with one warning. */
+static dsc_status load_weights(const char *fn, dsc_model *m, const char *dir, shards *s, int32_t file_mtp,
+                               int32_t skip_from_block, int strict) {
   dsc_model_config cfg;
   memset(&cfg, 0, sizeof cfg);
   cfg.size = sizeof cfg;
   DSC_TRY(dsc_model_get_config(m, &cfg));
-  shards s;
-  DSC_TRY(shards_open(fn, dir, &s));
   scratch stage = {0}, tmp = {0};
   dsc_status st = DSC_OK;
   const int64_t n = dsc_model_num_tensors(m);
@@ -756,24 +675,78 @@ static dsc_status load_weights(const char *fn, dsc_model *m, const char *dir) {
     DLTensor view;
     st = dsc_model_tensor(m, i, &name, &view);
     if (st != DSC_OK) break;
-    st_ref *r = shards_find(&s, name);
+    st_ref *r = shards_find(s, name);
     if (!r) {
+      if (skip_from_block >= 0 && layer_of(name, NULL) >= skip_from_block) continue; /* initialized */
       st = dsc_error(DSC_ERR_FORMAT, fn, "%s: missing from the checkpoint (in none of the %d *.safetensors files in %s)",
-                     name, (int)s.n_files, dir);
+                     name, (int)s->n_files, dir);
       break;
     }
-    st = read_tensor(fn, dsc_model_context(m), &s, r, &view, &stage, &tmp);
+    st = read_tensor(fn, dsc_model_context(m), s, r, &view, &stage, &tmp);
   }
-  for (int64_t i = 0; i < s.n_refs && st == DSC_OK; ++i) {
-    const st_ref *r = &s.refs[i];
-    if (r->used || is_mtp_duplicate(r->name, &cfg)) continue;
-    st = dsc_error(DSC_ERR_FORMAT, fn, "unexpected tensor %s in %s (%s)", r->name, s.paths[r->file],
-                   ends_with(r->name, "_scale_inv") ? "block scales of a weight that is not float8_e4m3fn"
-                                                    : "the model has no tensor of that name");
+  /* what is left over */
+  int64_t n_skipped = 0;
+  char listed[600];
+  size_t used = 0;
+  listed[0] = '\0';
+  for (int64_t i = 0; i < s->n_refs && st == DSC_OK; ++i) {
+    st_ref *r = &s->refs[i];
+    if (r->used || is_mtp_duplicate(r->name, cfg.num_hidden_layers, file_mtp) ||
+        ends_with(r->name, ".rotary_emb.inv_freq"))
+      continue;
+    if (cfg.tie_word_embeddings && !strcmp(r->name, "lm_head.weight")) {
+      int equal = 0;
+      st = tied_head_equal(fn, m, s, r, &equal);
+      if (st == DSC_OK && !equal)
+        st = dsc_error(DSC_ERR_FORMAT, fn,
+                       "lm_head.weight in %s differs from model.embed_tokens.weight, but config.json says "
+                       "tie_word_embeddings: true (one matrix for both): fix the config or the checkpoint",
+                       s->paths[r->file]);
+      continue;
+    }
+    /* layers that do not line up with the config mean the config is wrong, not that a
+     * tensor is spare: loading on would build another model than the checkpoint's */
+    const char *rest;
+    const long k = layer_of(r->name, &rest);
+    const int32_t L = cfg.num_hidden_layers, Dm = cfg.num_nextn_predict_layers;
+    if (k >= 0 && k < L && is_mtp_part(rest)) {
+      st = dsc_error(DSC_ERR_FORMAT, fn,
+                     "%s in %s belongs to an MTP module, but config.json makes model.layers.%ld a main layer "
+                     "(num_hidden_layers = %d): the config does not match the checkpoint",
+                     r->name, s->paths[r->file], k, (int)L);
+      break;
+    }
+    if (k >= (long)L + Dm && !layer_is_mtp(s, k)) {
+      st = dsc_error(DSC_ERR_FORMAT, fn,
+                     "%s in %s: the checkpoint has a decoder layer %ld, but config.json has %d layers "
+                     "(num_hidden_layers %d + num_nextn_predict_layers %d): the config does not match the checkpoint",
+                     r->name, s->paths[r->file], k, (int)(L + Dm), (int)L, (int)Dm);
+      break;
+    }
+    if (ends_with(r->name, "_scale_inv")) { /* scales without FP8 codes: a damaged FP8 checkpoint */
+      st = dsc_error(DSC_ERR_FORMAT, fn, "unexpected tensor %s in %s (block scales of a weight that is not "
+                     "float8_e4m3fn)", r->name, s->paths[r->file]);
+      break;
+    }
+    if (strict) {
+      st = dsc_error(DSC_ERR_FORMAT, fn, "unexpected tensor %s in %s (the model has no tensor of that name; "
+                     "strict loading)", r->name, s->paths[r->file]);
+      break;
+    }
+    if (n_skipped < 5 && used < sizeof listed) {
+      int w = snprintf(listed + used, sizeof listed - used, "%s%s", n_skipped ? ", " : "", r->name);
+      if (w > 0) used += (size_t)w;
+    }
+    ++n_skipped;
   }
+  if (st == DSC_OK && n_skipped > 0)
+    st = dsc_model_add_warning(m,
+                               "skipped %lld tensor%s of the checkpoint in %s that the model has no use for: %s%s "
+                               "(strict loading makes this an error)",
+                               (long long)n_skipped, n_skipped > 1 ? "s" : "", dir, listed,
+                               n_skipped > 5 ? ", ..." : "");
   free(stage.p);
   free(tmp.p);
-  shards_free(&s);
   return st;
 }
 
@@ -874,17 +847,62 @@ dsc_status dsc_model_load(dsc_context *ctx, const char *dir, const dsc_model_opt
   } else {
     dsc_model_options_default(&o);
   }
+  DSC_CHECK(o.init_missing_mtp == 0 || o.init_missing_mtp == 1, DSC_ERR_INVALID_ARGUMENT, FN,
+            "opt->init_missing_mtp: expected 0 or 1, got %d", (int)o.init_missing_mtp);
+  DSC_CHECK(o.strict == 0 || o.strict == 1, DSC_ERR_INVALID_ARGUMENT, FN, "opt->strict: expected 0 or 1, got %d",
+            (int)o.strict);
   o.init = 0; /* every value comes from the checkpoint */
   dsc_model_config cfg;
   dsc_model_config_default(&cfg);
   char *cfg_path = path_join(dir, "config.json");
   if (!cfg_path) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
-  dsc_status st = dsc_model_config_load(cfg_path, &cfg);
+  char *extra = NULL;
+  dsc_status st = dsc_model_config_read(FN, cfg_path, &cfg, &extra);
   free(cfg_path);
   DSC_TRY(st);
+  shards s;
+  st = shards_open(FN, dir, &s);
+  if (st != DSC_OK) {
+    free(extra);
+    return st;
+  }
+  /* MTP modules named by the config but absent from the file: transformers keeps no MTP
+   * layer, so its save_pretrained of a V3 model has none. */
+  const int32_t L = cfg.num_hidden_layers, file_mtp = cfg.num_nextn_predict_layers;
+  const int32_t present = mtp_depths_present(&s, L, file_mtp);
+  int32_t skip_from = -1;
+  if (present < file_mtp) {
+    if (o.init_missing_mtp) {
+      o.init = 1; /* the missing modules get the V3 init; the rest is overwritten by the file */
+      skip_from = L + present;
+    } else {
+      cfg.num_nextn_predict_layers = present;
+    }
+  }
   dsc_model *m = NULL;
-  DSC_TRY(dsc_model_create(ctx, &cfg, &o, &m));
-  st = load_weights(FN, m, dir);
+  st = dsc_model_create(ctx, &cfg, &o, &m);
+  if (st != DSC_OK) {
+    free(extra);
+    shards_free(&s);
+    return st;
+  }
+  m->cfg_extra = extra;
+  if (present < file_mtp) {
+    if (o.init_missing_mtp)
+      st = dsc_model_add_warning(
+          m, "%s: config.json names %d MTP depth%s but the checkpoint has weights for %d: the missing MTP "
+             "module%s initialized (V3 init, seed %llu) for training",
+          dir, (int)file_mtp, file_mtp > 1 ? "s" : "", (int)present, file_mtp - present > 1 ? "s are" : " is",
+          (unsigned long long)o.seed);
+    else
+      st = dsc_model_add_warning(
+          m, "%s: config.json names %d MTP depth%s but the checkpoint has weights for %d (transformers does not "
+             "keep MTP layers): loaded with %d, so no MTP loss in training and no MTP speculative decoding; "
+             "load with init_missing_mtp to train fresh MTP modules",
+          dir, (int)file_mtp, file_mtp > 1 ? "s" : "", (int)present, (int)present);
+  }
+  if (st == DSC_OK) st = load_weights(FN, m, dir, &s, file_mtp, skip_from, o.strict);
+  shards_free(&s);
   if (st == DSC_OK) st = load_optimizer(FN, m, dir);
   if (st != DSC_OK) {
     dsc_model_destroy(m);

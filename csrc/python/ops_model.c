@@ -40,82 +40,6 @@ static dsc_model *model_of(PyObject *m, PyObject *cap, PyThread_type_lock *lock)
   return mdl;
 }
 
-/* ---- config: a dict with the dsc_model_config field names (rope_* for the RoPE part) ---- */
-
-static int get_num(PyObject *d, const char *key, int is_float, double *out) {
-  PyObject *v = PyDict_GetItemString(d, key); /* borrowed */
-  if (!v) return 0;
-  if (is_float) {
-    *out = PyFloat_AsDouble(v);
-  } else {
-    long long x = PyLong_AsLongLong(v);
-    if (x == -1 && PyErr_Occurred()) return -1;
-    if (x < INT32_MIN || x > INT32_MAX) {
-      PyErr_Format(PyExc_ValueError, "config: %s: expected a 32-bit integer, got %lld", key, x);
-      return -1;
-    }
-    *out = (double)x;
-  }
-  return PyErr_Occurred() ? -1 : 0;
-}
-
-static int parse_config(PyObject *d, dsc_model_config *c) {
-  if (!PyDict_Check(d)) {
-    PyErr_SetString(PyExc_TypeError, "config: expected a dict");
-    return 0;
-  }
-  dsc_model_config_default(c);
-  double v;
-#define INT_FIELD(f, key) \
-  v = c->f;               \
-  if (get_num(d, key, 0, &v) < 0) return 0; \
-  c->f = (int32_t)v;
-#define FLT_FIELD(f, key) \
-  v = c->f;               \
-  if (get_num(d, key, 1, &v) < 0) return 0; \
-  c->f = (float)v;
-  INT_FIELD(vocab_size, "vocab_size");
-  INT_FIELD(hidden_size, "hidden_size");
-  INT_FIELD(intermediate_size, "intermediate_size");
-  INT_FIELD(moe_intermediate_size, "moe_intermediate_size");
-  INT_FIELD(num_hidden_layers, "num_hidden_layers");
-  INT_FIELD(num_nextn_predict_layers, "num_nextn_predict_layers");
-  INT_FIELD(num_attention_heads, "num_attention_heads");
-  INT_FIELD(q_lora_rank, "q_lora_rank");
-  INT_FIELD(kv_lora_rank, "kv_lora_rank");
-  INT_FIELD(qk_nope_head_dim, "qk_nope_head_dim");
-  INT_FIELD(qk_rope_head_dim, "qk_rope_head_dim");
-  INT_FIELD(v_head_dim, "v_head_dim");
-  INT_FIELD(n_routed_experts, "n_routed_experts");
-  INT_FIELD(n_shared_experts, "n_shared_experts");
-  INT_FIELD(num_experts_per_tok, "num_experts_per_tok");
-  INT_FIELD(n_group, "n_group");
-  INT_FIELD(topk_group, "topk_group");
-  INT_FIELD(topk_method, "topk_method");
-  INT_FIELD(scoring_func, "scoring_func");
-  INT_FIELD(norm_topk_prob, "norm_topk_prob");
-  FLT_FIELD(routed_scaling_factor, "routed_scaling_factor");
-  INT_FIELD(first_k_dense_replace, "first_k_dense_replace");
-  INT_FIELD(moe_layer_freq, "moe_layer_freq");
-  FLT_FIELD(rms_norm_eps, "rms_norm_eps");
-  INT_FIELD(max_position_embeddings, "max_position_embeddings");
-  INT_FIELD(bos_token_id, "bos_token_id");
-  INT_FIELD(eos_token_id, "eos_token_id");
-  INT_FIELD(tie_word_embeddings, "tie_word_embeddings");
-  FLT_FIELD(initializer_range, "initializer_range");
-  dsc_rope_params_default(&c->rope, c->qk_rope_head_dim);
-  FLT_FIELD(rope.theta, "rope_theta");
-  FLT_FIELD(rope.factor, "rope_factor");
-  INT_FIELD(rope.original_max_position, "rope_original_max_position");
-  FLT_FIELD(rope.beta_fast, "rope_beta_fast");
-  FLT_FIELD(rope.beta_slow, "rope_beta_slow");
-  FLT_FIELD(rope.mscale, "rope_mscale");
-  FLT_FIELD(rope.mscale_all_dim, "rope_mscale_all_dim");
-#undef INT_FIELD
-#undef FLT_FIELD
-  return 1;
-}
-
 static int parse_device(PyObject *m, int dev_type, int dev_id, DLDevice *dev) {
   (void)m;
   dev->device_type = (DLDeviceType)dev_type;
@@ -131,17 +55,19 @@ static int moments_dtype(const char *s) {
   return -1;
 }
 
-/* model_new(config: dict, device_type, device_id, seed, init, fp8, moments) -> capsule */
+/* model_new(config_json: str, device_type, device_id, seed, init, fp8, moments) -> capsule.
+ * The config is parsed by C (dsc_model_create_json): the one parser. */
 static PyObject *py_model_new(PyObject *m, PyObject *args) {
-  PyObject *cfgd;
+  const char *cfg_text;
+  Py_ssize_t cfg_len;
   int dev_type, dev_id, init, fp8;
   unsigned long long seed;
   const char *moments;
-  if (!PyArg_ParseTuple(args, "OiiKiis", &cfgd, &dev_type, &dev_id, &seed, &init, &fp8, &moments)) return NULL;
+  if (!PyArg_ParseTuple(args, "s#iiKiis", &cfg_text, &cfg_len, &dev_type, &dev_id, &seed, &init, &fp8,
+                        &moments))
+    return NULL;
   const int mdt = moments_dtype(moments);
   if (mdt < 0) return NULL;
-  dsc_model_config c;
-  if (!parse_config(cfgd, &c)) return NULL;
   DLDevice dev;
   parse_device(m, dev_type, dev_id, &dev);
   dsc_py_state *st = dsc_py_get_state(m);
@@ -156,16 +82,18 @@ static PyObject *py_model_new(PyObject *m, PyObject *args) {
   o.moments_dtype = mdt;
   dsc_model *mdl = NULL;
   dsc_status s;
-  DSC_PY_CALL(lock, s, dsc_model_create(ctx, &c, &o, &mdl));
+  DSC_PY_CALL(lock, s, dsc_model_create_json(ctx, cfg_text, (size_t)cfg_len, &o, &mdl));
   if (s != DSC_OK) return dsc_py_raise(st, s);
   return wrap_model(m, mdl);
 }
 
-/* model_load(dir, device_type, device_id, fp8, moments) -> capsule */
+/* model_load(dir, device_type, device_id, fp8, moments, init_missing_mtp, strict, seed) -> capsule */
 static PyObject *py_model_load(PyObject *m, PyObject *args) {
   const char *dir, *moments;
-  int dev_type, dev_id, fp8;
-  if (!PyArg_ParseTuple(args, "siiis", &dir, &dev_type, &dev_id, &fp8, &moments)) return NULL;
+  int dev_type, dev_id, fp8, init_mtp, strict;
+  unsigned long long seed;
+  if (!PyArg_ParseTuple(args, "siiisiiK", &dir, &dev_type, &dev_id, &fp8, &moments, &init_mtp, &strict, &seed))
+    return NULL;
   const int mdt = moments_dtype(moments);
   if (mdt < 0) return NULL;
   DLDevice dev;
@@ -179,11 +107,82 @@ static PyObject *py_model_load(PyObject *m, PyObject *args) {
   o.init = 0;
   o.fp8 = fp8;
   o.moments_dtype = mdt;
+  o.init_missing_mtp = init_mtp;
+  o.strict = strict;
+  o.seed = seed;
   dsc_model *mdl = NULL;
   dsc_status s;
   DSC_PY_CALL(lock, s, dsc_model_load(ctx, dir, &o, &mdl));
   if (s != DSC_OK) return dsc_py_raise(st, s);
   return wrap_model(m, mdl);
+}
+
+/* A str from a text the C core renders under the size-query protocol. */
+typedef dsc_status (*render_fn)(const void *arg, char *out, size_t cap, size_t *len);
+
+static PyObject *rendered(PyObject *m, render_fn fn, const void *arg) {
+  size_t n = 0;
+  dsc_status s = fn(arg, NULL, 0, &n);
+  if (s != DSC_OK) return dsc_py_raise(dsc_py_get_state(m), s);
+  char *buf = (char *)PyMem_Malloc(n + 1);
+  if (!buf) return PyErr_NoMemory();
+  s = fn(arg, buf, n + 1, &n);
+  PyObject *out = s == DSC_OK ? PyUnicode_DecodeUTF8(buf, (Py_ssize_t)n, "strict") : dsc_py_raise(dsc_py_get_state(m), s);
+  PyMem_Free(buf);
+  return out;
+}
+
+static dsc_status model_json_fn(const void *arg, char *out, size_t cap, size_t *len) {
+  return dsc_model_config_json((const dsc_model *)arg, out, cap, len);
+}
+
+/* model_config_json(cap) -> str: the config.json dsc_model_save writes */
+static PyObject *py_model_config_json(PyObject *m, PyObject *args) {
+  PyObject *cap;
+  if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
+  dsc_model *mdl = model_of(m, cap, NULL);
+  if (!mdl) return NULL;
+  return rendered(m, model_json_fn, mdl);
+}
+
+typedef struct {
+  const char *text;
+  size_t len;
+} text_arg;
+
+static dsc_status normalize_fn(const void *arg, char *out, size_t cap, size_t *len) {
+  const text_arg *t = (const text_arg *)arg;
+  return dsc_model_config_normalize_json(t->text, t->len, out, cap, len);
+}
+
+/* config_normalize(text: bytes | str) -> str: dsc_model_config_normalize_json */
+static PyObject *py_config_normalize(PyObject *m, PyObject *args) {
+  Py_buffer b;
+  if (!PyArg_ParseTuple(args, "s*", &b)) return NULL;
+  text_arg t = {(const char *)b.buf, (size_t)b.len};
+  PyObject *out = rendered(m, normalize_fn, &t);
+  PyBuffer_Release(&b);
+  return out;
+}
+
+/* model_warnings(cap) -> [str]: what dsc_model_load let pass */
+static PyObject *py_model_warnings(PyObject *m, PyObject *args) {
+  PyObject *cap;
+  if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
+  dsc_model *mdl = model_of(m, cap, NULL);
+  if (!mdl) return NULL;
+  const int64_t n = dsc_model_num_load_warnings(mdl);
+  PyObject *out = PyList_New((Py_ssize_t)n);
+  for (int64_t i = 0; out && i < n; ++i) {
+    PyObject *w = PyUnicode_DecodeUTF8(dsc_model_load_warning(mdl, i), (Py_ssize_t)strlen(dsc_model_load_warning(mdl, i)),
+                                       "replace");
+    if (!w) {
+      Py_CLEAR(out);
+      break;
+    }
+    PyList_SET_ITEM(out, (Py_ssize_t)i, w);
+  }
+  return out;
 }
 
 /* model_save(cap, dir, optimizer) */
@@ -407,38 +406,8 @@ static PyObject *py_model_train(PyObject *m, PyObject *args) {
   END
 }
 
-/* config_from_json(text) -> dict of the parsed dsc_model_config (for cross-checks) */
-static PyObject *py_config_from_json(PyObject *m, PyObject *args) {
-  const char *text;
-  Py_ssize_t len;
-  if (!PyArg_ParseTuple(args, "s#", &text, &len)) return NULL;
-  dsc_model_config c;
-  dsc_model_config_default(&c);
-  dsc_status s = dsc_model_config_from_json(text, (size_t)len, &c);
-  if (s != DSC_OK) return dsc_py_raise(dsc_py_get_state(m), s);
-  return Py_BuildValue(
-      "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:f,s:i,s:i,s:f,s:i,"
-      "s:i,s:i,s:i,s:f,s:f,s:f,s:i,s:f,s:f,s:f,s:f}",
-      "vocab_size", c.vocab_size, "hidden_size", c.hidden_size, "intermediate_size", c.intermediate_size,
-      "moe_intermediate_size", c.moe_intermediate_size, "num_hidden_layers", c.num_hidden_layers,
-      "num_nextn_predict_layers", c.num_nextn_predict_layers, "num_attention_heads", c.num_attention_heads,
-      "q_lora_rank", c.q_lora_rank, "kv_lora_rank", c.kv_lora_rank, "qk_nope_head_dim", c.qk_nope_head_dim,
-      "qk_rope_head_dim", c.qk_rope_head_dim, "v_head_dim", c.v_head_dim, "n_routed_experts",
-      c.n_routed_experts, "n_shared_experts", c.n_shared_experts, "num_experts_per_tok", c.num_experts_per_tok,
-      "n_group", c.n_group, "topk_group", c.topk_group, "topk_method", c.topk_method, "scoring_func",
-      c.scoring_func, "norm_topk_prob", c.norm_topk_prob, "routed_scaling_factor",
-      (double)c.routed_scaling_factor, "first_k_dense_replace", c.first_k_dense_replace, "moe_layer_freq",
-      c.moe_layer_freq, "rms_norm_eps", (double)c.rms_norm_eps, "max_position_embeddings",
-      c.max_position_embeddings, "bos_token_id", c.bos_token_id, "eos_token_id", c.eos_token_id,
-      "tie_word_embeddings", c.tie_word_embeddings, "initializer_range", (double)c.initializer_range,
-      "rope_theta", (double)c.rope.theta, "rope_factor", (double)c.rope.factor, "rope_original_max_position",
-      c.rope.original_max_position, "rope_beta_fast", (double)c.rope.beta_fast, "rope_beta_slow",
-      (double)c.rope.beta_slow, "rope_mscale", (double)c.rope.mscale, "rope_mscale_all_dim",
-      (double)c.rope.mscale_all_dim);
-}
-
 PyMethodDef dsc_py_model_methods[] = {
-    {"model_new", py_model_new, METH_VARARGS, "A dsc_model (capsule) from a config dict."},
+    {"model_new", py_model_new, METH_VARARGS, "A dsc_model (capsule) from config.json text."},
     {"model_load", py_model_load, METH_VARARGS, "dsc_model_load(dir) (capsule)."},
     {"model_save", py_model_save, METH_VARARGS, "dsc_model_save."},
     {"model_tensors", py_model_tensors, METH_VARARGS, "[(hf_name, Tensor view)]."},
@@ -451,6 +420,8 @@ PyMethodDef dsc_py_model_methods[] = {
     {"model_forward", py_model_forward, METH_VARARGS, "dsc_model_forward / dsc_model_forward_mtp."},
     {"model_routing", py_model_routing, METH_VARARGS, "dsc_model_routing."},
     {"model_train", py_model_train, METH_VARARGS, "dsc_model_loss_and_grad / dsc_model_train_step."},
-    {"config_from_json", py_config_from_json, METH_VARARGS, "dsc_model_config_from_json as a dict."},
+    {"config_normalize", py_config_normalize, METH_VARARGS, "dsc_model_config_normalize_json (str)."},
+    {"model_config_json", py_model_config_json, METH_VARARGS, "dsc_model_config_json (str)."},
+    {"model_warnings", py_model_warnings, METH_VARARGS, "dsc_model_load's warnings."},
     {NULL, NULL, 0, NULL},
 };

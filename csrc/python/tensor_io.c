@@ -253,7 +253,21 @@ DLTensor *dsc_py_frame_add(dsc_py_frame *f, PyObject *obj, const char *arg, int 
     rc = import_dsc_tensor(v, (dsc_py_tensor_obj *)obj);
   } else if (PyObject_HasAttrString(obj, "__dlpack__") &&
              PyObject_HasAttrString(obj, "__dlpack_device__")) {
-    rc = import_dlpack(f, v, obj, arg, writable);
+    /* PyTorch refuses to export a tensor that requires grad with its own BufferError that
+     * names no deepseek_c function: say which call and argument, and what to do. */
+    PyObject *rg = PyObject_HasAttrString(obj, "requires_grad") ? PyObject_GetAttrString(obj, "requires_grad") : NULL;
+    const int needs_grad = rg != NULL && PyObject_IsTrue(rg) == 1;
+    Py_XDECREF(rg);
+    PyErr_Clear();
+    if (needs_grad) {
+      PyErr_Format(PyExc_TypeError,
+                   "%s: %s: expected a tensor without requires_grad (this call computes outside PyTorch's "
+                   "autograd, so no gradient would flow back), got one that requires grad: pass %s.detach()",
+                   f->fn, arg, arg);
+      rc = -1;
+    } else {
+      rc = import_dlpack(f, v, obj, arg, writable);
+    }
   } else {
     PyErr_Format(PyExc_TypeError,
                  "%s: %s: expected an array (NumPy, PyTorch, CuPy, JAX or deepseek_c.Tensor), got %s",

@@ -346,10 +346,12 @@ static void test_config_v3(void) {
   s = dsc_model_config_from_json(NO_SCALING, strlen(NO_SCALING), &c);
   CHECK(s == DSC_OK && c.rope.factor == 1.0f && c.rope.theta == 50000.0f && c.hidden_size == 7168,
         "rope_scaling null: %s factor %g", dsc_last_error(), (double)c.rope.factor);
+  /* a scaling deepseek_c does not implement is refused, never silently dropped */
   static const char LINEAR[] = "{\"rope_scaling\": {\"type\": \"linear\", \"factor\": 4.0}}";
   dsc_model_config_default(&c);
   s = dsc_model_config_from_json(LINEAR, strlen(LINEAR), &c);
-  CHECK(s == DSC_OK && c.rope.factor == 1.0f, "rope_scaling linear -> no YaRN");
+  CHECK(s == DSC_ERR_FORMAT && err_has("rope_scaling.type") && err_has("linear"),
+        "rope_scaling linear -> refused: %s", dsc_last_error());
   /* eos null, bos list, q_lora_rank null on top of V3 */
   static const char IDS[] = "{\"eos_token_id\": null, \"bos_token_id\": [7, 8], \"q_lora_rank\": null}";
   dsc_model_config_default(&c);
@@ -613,7 +615,10 @@ static int models_equal(dsc_model *a, dsc_model *b, int moments, char *why, size
 static void expect_load_fails(dsc_context *ctx, const char *dir, dsc_status st, const char *part,
                               const char *what) {
   dsc_model *m = (dsc_model *)(uintptr_t)1; /* must come back NULL */
-  dsc_status s = dsc_model_load(ctx, dir, NULL, &m);
+  dsc_model_options o;
+  dsc_model_options_default(&o);
+  o.strict = 1; /* spare tensors are errors too */
+  dsc_status s = dsc_model_load(ctx, dir, &o, &m);
   CHECK(s == st && m == NULL && err_has(part), "%s: expected %s with '%s', got %s '%s'", what,
         dsc_status_string(st), part, dsc_status_string(s), dsc_last_error());
   if (s == DSC_OK) dsc_model_destroy(m);
@@ -1060,6 +1065,130 @@ static void test_checkpoints(dsc_context *ctx) {
   rm_dir(root);
 }
 
+
+/* ------------------------------------------------------------------ Hugging Face layouts */
+
+/* The config semantics of transformers' files and the normalized text the writer gives:
+ * a deepseek_v2 file without scoring_func routes with softmax; unknown members survive
+ * dsc_model_create_json -> dsc_model_save -> dsc_model_load verbatim. */
+static void test_config_hf_semantics(dsc_context *ctx) {
+  static const char V2[] = "{\"model_type\": \"deepseek_v2\", \"n_routed_experts\": 8, \"num_experts_per_tok\": 2,"
+                           " \"n_group\": null, \"topk_group\": null, \"hidden_size\": 64}";
+  dsc_model_config c;
+  dsc_model_config_default(&c);
+  dsc_status s = dsc_model_config_from_json(V2, strlen(V2), &c);
+  CHECK(s == DSC_OK && c.scoring_func == DSC_MOE_SCORING_SOFTMAX && c.topk_method == DSC_MOE_TOPK_GREEDY &&
+            c.norm_topk_prob == 0 && c.num_nextn_predict_layers == 0 && c.model_type == DSC_MODEL_TYPE_DEEPSEEK_V2,
+        "deepseek_v2 defaults: %s scoring %d topk %d", dsc_last_error(), c.scoring_func, c.topk_method);
+  /* normalize: size query, then the text; unknown members kept with their spelling */
+  static const char X[] = "{\"hidden_size\": 64, \"my_key\": {\"z\": 1.0, \"a\": [true, null]}, "
+                          "\"rope_parameters\": {\"rope_type\": \"default\", \"rope_theta\": 5e5}}";
+  size_t n = 0;
+  s = dsc_model_config_normalize_json(X, strlen(X), NULL, 0, &n);
+  CHECK(s == DSC_OK && n > 100, "normalize size: %s", dsc_last_error());
+  char *buf = (char *)malloc(n + 1);
+  size_t n2 = 0;
+  s = dsc_model_config_normalize_json(X, strlen(X), buf, n + 1, &n2);
+  CHECK(s == DSC_OK && n2 == n && strlen(buf) == n, "normalize text");
+  CHECK(strstr(buf, "\"my_key\": {\n    \"a\": [\n      true,\n      null\n    ],\n    \"z\": 1.0\n  }") != NULL,
+        "extra member sorted, pretty, 1.0 kept: %s", buf);
+  CHECK(strstr(buf, "\"rope_scaling\": null") && strstr(buf, "\"rope_theta\": 500000.0") &&
+            !strstr(buf, "rope_parameters"),
+        "RoPE written as rope_theta + rope_scaling: %s", buf);
+  CHECK(dsc_model_config_normalize_json(X, strlen(X), buf, n, &n2) == DSC_ERR_INVALID_ARGUMENT,
+        "a buffer without room for the NUL is refused");
+  free(buf);
+  /* the extra members travel with the model through a checkpoint */
+  dsc_model_config t;
+  tiny_config(&t);
+  char dir[] = "/tmp/dsc_hf_XXXXXX";
+  if (!mkdtemp(dir)) {
+    CHECK(0, "mkdtemp");
+    return;
+  }
+  dsc_model *m = NULL;
+  static const char J[] = "{\"vocab_size\": 96, \"hidden_size\": 64, \"intermediate_size\": 160, "
+      "\"moe_intermediate_size\": 32, \"num_hidden_layers\": 2, \"num_attention_heads\": 2, \"q_lora_rank\": 32, "
+      "\"kv_lora_rank\": 32, \"qk_nope_head_dim\": 16, \"qk_rope_head_dim\": 8, \"v_head_dim\": 16, "
+      "\"n_routed_experts\": 8, \"num_experts_per_tok\": 2, \"n_group\": 2, \"topk_group\": 1, "
+      "\"first_k_dense_replace\": 1, \"max_position_embeddings\": 256, \"transformers_version\": \"5.24.0\"}";
+  s = dsc_model_create_json(ctx, J, strlen(J), NULL, &m);
+  CHECK(s == DSC_OK, "create_json: %s", dsc_last_error());
+  if (s != DSC_OK) return;
+  CHECK(dsc_model_save(m, dir, 0) == DSC_OK, "save: %s", dsc_last_error());
+  char p[512];
+  path2(p, sizeof p, dir, "config.json");
+  FILE *fp = fopen(p, "rb");
+  char text[8192] = {0};
+  size_t got = fp ? fread(text, 1, sizeof text - 1, fp) : 0;
+  if (fp) fclose(fp);
+  CHECK(got > 0 && strstr(text, "\"transformers_version\": \"5.24.0\"") && strstr(text, "\"torch_dtype\": \"float32\""),
+        "saved config keeps the unknown key: %s", text);
+  /* drop the MTP module's tensors, as transformers' save_pretrained does */
+  path2(p, sizeof p, dir, "model.safetensors");
+  dsc_safetensors *f = NULL;
+  s = dsc_safetensors_open(p, &f);
+  CHECK(s == DSC_OK, "open: %s", dsc_last_error());
+  int64_t nt = dsc_safetensors_count(f), k = 0;
+  const char **names = (const char **)calloc((size_t)nt, sizeof *names);
+  DLTensor *ts = (DLTensor *)calloc((size_t)nt, sizeof *ts);
+  const DLTensor **tp = (const DLTensor **)calloc((size_t)nt, sizeof *tp);
+  for (int64_t i = 0; i < nt; ++i) {
+    const char *name;
+    dsc_dtype dt;
+    int32_t ndim;
+    const int64_t *shape;
+    const void *data;
+    size_t nb;
+    dsc_safetensors_tensor(f, i, &name, &dt, &ndim, &shape, &data, &nb);
+    if (!strncmp(name, "model.layers.2.", 15)) continue;
+    names[k] = name;
+    ts[k].data = (void *)data;
+    ts[k].device.device_type = kDLCPU;
+    ts[k].ndim = ndim;
+    ts[k].shape = (int64_t *)shape;
+    ts[k].dtype = dsc_dtype_to_dlpack(dt);
+    tp[k] = &ts[k];
+    ++k;
+  }
+  char dir2[600];
+  snprintf(dir2, sizeof dir2, "%s/hf", dir);
+  mkdir(dir2, 0755);
+  write_text(dir2, "config.json", text, strlen(text));
+  char p2[700];
+  snprintf(p2, sizeof p2, "%s/model.safetensors", dir2);
+  s = dsc_safetensors_save(p2, k, names, tp, 0, NULL);
+  CHECK(s == DSC_OK, "save without MTP: %s", dsc_last_error());
+  dsc_safetensors_close(f);
+  free(names);
+  free(ts);
+  free(tp);
+  dsc_model *a = NULL, *b = NULL;
+  s = dsc_model_load(ctx, dir2, NULL, &a);
+  dsc_model_config ca;
+  memset(&ca, 0, sizeof ca);
+  ca.size = sizeof ca;
+  CHECK(s == DSC_OK && dsc_model_get_config(a, &ca) == DSC_OK && ca.num_nextn_predict_layers == 0 &&
+            dsc_model_num_load_warnings(a) == 1 && strstr(dsc_model_load_warning(a, 0), "MTP") &&
+            dsc_model_load_warning(a, 1) == NULL,
+        "no MTP tensors: MTP off with one warning: %s", s == DSC_OK ? dsc_model_load_warning(a, 0) : dsc_last_error());
+  dsc_model_options o;
+  dsc_model_options_default(&o);
+  o.init_missing_mtp = 1;
+  s = dsc_model_load(ctx, dir2, &o, &b);
+  CHECK(s == DSC_OK && dsc_model_get_config(b, &ca) == DSC_OK && ca.num_nextn_predict_layers == 1,
+        "init_missing_mtp keeps the MTP depth: %s", dsc_last_error());
+  o.init_missing_mtp = 2;
+  dsc_model *bad = NULL;
+  CHECK(dsc_model_load(ctx, dir2, &o, &bad) == DSC_ERR_INVALID_ARGUMENT && err_has("init_missing_mtp"),
+        "init_missing_mtp 2 refused");
+  dsc_model_destroy(a);
+  dsc_model_destroy(b);
+  dsc_model_destroy(m);
+  rm_dir(dir2);
+  rm_dir(dir);
+}
+
 int main(void) {
   test_config_v3();
   test_config_v2_lite();
@@ -1075,6 +1204,7 @@ int main(void) {
     return 1;
   }
   test_checkpoints(ctx);
+  test_config_hf_semantics(ctx);
   dsc_context_destroy(ctx);
   printf("%d passed, %d failed\n", g_pass, g_fail);
   return g_fail ? 1 : 0;
