@@ -236,7 +236,8 @@ def test_other_threads_wait_for_a_busy_model_but_not_for_other_work():
     """While model a is paused in its callback (waiting for the main thread), another model,
     the ops and a cache on the same device run in the main thread: nothing global is
     locked. A call on a itself from the main thread waits until a's generate is over and
-    then gives the sequential result."""
+    then gives the sequential result (also from a stream's loop body); Ctrl-C interrupts
+    such a wait."""
     run_isolated('''
     a, b = model(1), model(2)
     tok = np.array([[3, 1, 4, 1, 5, 9, 2, 6]], np.int32)
@@ -272,6 +273,34 @@ def test_other_threads_wait_for_a_busy_model_but_not_for_other_work():
     assert done > last_cb[0] > 0
     assert np.array_equal(got_a, want_a)
     assert res["gen"] == want_gen
+    # stream: the loop body runs beside the generation; a call on the model waits for its end
+    seen = []
+    for t in a.stream(PROMPTS[0], max_new_tokens=4):
+        assert np.array_equal(a.forward(tok), want_a)
+        seen.append(t)
+    assert seen == want_gen[0]
+    # Ctrl-C interrupts a wait for a busy model
+    import os, signal
+    hold, release, held_out = threading.Event(), threading.Event(), threading.Event()
+
+    def cb2(seq, t):
+        hold.set()
+        release.wait(60)
+        held_out.set()
+
+    th = threading.Thread(target=lambda: a.generate([[1, 2]], max_new_tokens=2, on_token=cb2))
+    th.start()
+    assert hold.wait(60)
+    main = threading.main_thread().ident
+    threading.Timer(0.3, lambda: signal.pthread_kill(main, signal.SIGINT)).start()
+    try:
+        a.forward(tok)
+        raise AssertionError("the wait was not interrupted")
+    except KeyboardInterrupt:
+        assert not held_out.is_set(), "interrupted only once the model was free"
+    release.set()
+    th.join(60)
+    assert np.array_equal(a.forward(tok), want_a)
     print("ok")
     ''')
 
