@@ -450,6 +450,41 @@ def test_num_threads_argument(tmp_path, rng):
         dsc.Model.from_pretrained(tmp_path, num_threads=0)
 
 
+@pytest.mark.cuda
+def test_cuda_models_in_threads_and_callbacks(rng):
+    """On a GPU (every context of the glue on the device's legacy default stream): two
+    models trained and run in two threads agree with the sequential runs, and a callback of
+    one model runs ops on the device and generates with the other (under a timeout)."""
+    cfg = small_cfg()
+    toks = rng.integers(0, cfg.vocab_size, (2, 4, 12)).astype(np.int32)
+
+    def job(i):
+        def run():
+            m = dsc.Model(cfg, device="cuda", seed=20 + i)
+            losses = [m.train_step(toks[i], toks[i], lr=2e-3)["loss"] for _ in range(3)]
+            return losses, dsc.to_numpy(m.forward(toks[i])), m.generate(PROMPTS, max_new_tokens=4).tokens
+        return run
+
+    seq = [job(0)(), job(1)()]
+    for s, p in zip(seq, run_threads(job(0), job(1))):
+        np.testing.assert_allclose(p[0], s[0], rtol=1e-5)
+        np.testing.assert_allclose(p[1], s[1], rtol=0, atol=1e-4 * np.abs(s[1]).max())
+        assert p[2] == s[2]
+    a, b = dsc.Model(cfg, device="cuda", seed=1), dsc.Model(cfg, device="cuda", seed=2)
+    x = rng.standard_normal((6, 40)).astype(np.float32)
+    w = (1 + 0.2 * rng.standard_normal(40)).astype(np.float32)
+    xd, wd = dsc.tensor(x, device="cuda"), dsc.tensor(w, device="cuda")
+    want_a = a.generate(PROMPTS, max_new_tokens=4).tokens
+    want_b = b.generate(PROMPTS, max_new_tokens=3).tokens
+
+    def cb(seq_, tok):
+        np.testing.assert_allclose(dsc.to_numpy(dsc.rms_norm(xd, wd)), ref.rms_norm(x, w), rtol=1e-5, atol=1e-5)
+        assert b.generate(PROMPTS, max_new_tokens=3).tokens == want_b
+
+    got, = run_threads(lambda: a.generate(PROMPTS, max_new_tokens=4, on_token=cb).tokens)
+    assert got == want_a
+
+
 # ------------------------------------------------------------------------- memory
 
 
