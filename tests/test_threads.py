@@ -262,6 +262,8 @@ def test_other_threads_wait_for_a_busy_model_but_not_for_other_work():
     # a is busy (paused in its callback): other work goes on in this thread
     assert np.array_equal(b.forward(tok), want_b)
     dsc.rms_norm(x, np.ones(64, np.float32))
+    t = dsc.tensor(x)  # C-owned memory made and freed (freeing took a busy lock with the GIL held)
+    del t
     cache = dsc.MLACache(small_cfg(), max_batch=1, max_tokens=8, dtype="float32")
     cache.add_sequence(0)
     resume.set()
