@@ -203,9 +203,11 @@ def generate(model: Any, prompts: Any, max_new_tokens: int = 16, temperature: fl
     speculative: None or "mtp" (MTP drafts verified by the main model); num_draft: drafts
     per step, 1..16. cache_dtype: "float32", "bfloat16" or "float8_e4m3fn" (the latent
     cache); block_size: tokens per cache block. on_token(seq, token): called for each new
-    token as it is produced; return True to stop that sequence, a negative int to stop all
-    (it runs while the model's device context is locked: it must not call deepseek_c on
-    that device; an exception stops generation and is re-raised).
+    token as it is produced; return True to stop that sequence, a negative int to stop all;
+    an exception stops generation and is re-raised. It runs in the calling thread, with the
+    GIL, while the model's call is paused: it may call ops (dsc.matmul, ...) and other
+    models; a call on this same model from it raises deepseek_c.Error (it could only wait
+    for itself).
 
     Returns a GenerateOutput: ``tokens`` (list of lists; the object also acts as that list),
     ``new_tokens``, ``drafted``, ``accepted``, ``accept_rate``, ``seconds``, ``tokens_per_s``."""
@@ -222,7 +224,8 @@ def stream(model: Any, prompt: Any, max_new_tokens: int = 16, **kw: Any) -> Iter
     """The new tokens of one prompt (a list of token ids), yielded as they are generated.
 
     Takes the options of generate(). Generation runs in a background thread; closing the
-    generator early stops it. The generator's return value (StopIteration.value) is the
+    generator early stops it. The loop body runs in your thread meanwhile: a call on the
+    same model from it waits until the generation has ended (it never waits for the loop). The generator's return value (StopIteration.value) is the
     GenerateOutput of the call. Arguments are checked here, before the first token."""
     if "on_token" in kw:
         raise ValueError("stream: on_token: not accepted (stream yields the tokens itself)")
@@ -235,6 +238,8 @@ def stream(model: Any, prompt: Any, max_new_tokens: int = 16, **kw: Any) -> Iter
                          kw.pop("block_size", 64))
     if kw:
         raise TypeError(f"stream: unexpected keyword argument(s): {', '.join(sorted(kw))}")
+    # from the model's own callback the worker thread would wait for this thread forever
+    _C.model_check_reentry(cap, "stream")
     return _stream(cap, p, opts)
 
 

@@ -137,6 +137,8 @@ class MLACache:
     dtype: "bfloat16", "float32" or "float8_e4m3fn" (latent in E4M3 with one float32 scale
     per 128 values, rope part in bfloat16). max_tokens is per sequence; n_blocks (0: enough
     for max_batch full sequences) sizes the shared pool. Sequence ids are the caller's ints.
+    Each cache has its own C context: calls on one cache run one at a time (another
+    thread's call waits), different caches and models run in parallel.
     """
 
     def __init__(self, cfg: ModelConfig, max_batch: int = 8, max_tokens: int = 4096, block_size: int = 64,

@@ -81,6 +81,14 @@ def _parse_device(device: Any) -> tuple[int, int, str]:
     raise ValueError(f"Model: device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
+def _num_threads(v: Any, fn: str) -> Optional[int]:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{fn}: num_threads: expected None (the OpenMP default) or an int >= 1, got {v!r}")
+    return int(v)
+
+
 def _copy_tensors(dst_cap: Any, src_cap: Any) -> None:
     """Every parameter of model src into model dst (same config), device to device."""
     for (_, d), (_, s) in zip(_C.model_tensors(dst_cap), _C.model_tensors(src_cap)):
@@ -100,10 +108,21 @@ class Model:
     E4M3 codes with 128x128 block scales (``parameters()`` gives float8_e4m3fn views for
     those, ``fp8_scales()`` their scales), about a quarter of the float32 memory; it
     generates, computes logits (``forward``) and saves (E4M3 + ``weight_scale_inv``
-    checkpoints) but does not train."""
+    checkpoints) but does not train.
+
+    Threads: each model has its own C context, so different models (and the functional ops)
+    run in parallel in different threads, with the GIL released. Calls on one model run one
+    at a time: a call from another thread waits for the running one; a call on a model from
+    its own ``on_token`` callback (re-entrant) raises deepseek_c.Error instead of waiting
+    forever, as does a wait that would close a cycle (two callbacks calling each other's
+    model). ``num_threads``: the OpenMP/BLAS threads of this model's CPU work (None: the
+    OpenMP default, i.e. OMP_NUM_THREADS or every core); with several models busy in
+    parallel give each a share of the cores (e.g. 1 each on a 2-core machine), or they
+    oversubscribe the CPU. Results do not depend on it."""
 
     def __init__(self, cfg: ModelConfig, device: str = "cpu", dtype: str = "float32", fp8: bool = False,
-                 seed: int = 0, moments: str = "float32", _init: bool = True, _cap: Any = None) -> None:
+                 seed: int = 0, moments: str = "float32", num_threads: Optional[int] = None,
+                 _init: bool = True, _cap: Any = None) -> None:
         if isinstance(cfg, Mapping):
             cfg = ModelConfig(**cfg)
         if not isinstance(cfg, ModelConfig):
@@ -113,11 +132,12 @@ class Model:
         if not isinstance(fp8, bool):
             raise TypeError(f"Model: fp8: expected a bool, got {type(fp8).__name__}")
         dev_type, dev_id, self.device = _parse_device(device)
+        self.num_threads = _num_threads(num_threads, "Model")
         self.dtype, self.fp8, self.seed = "float32", fp8, int(seed)
         if _cap is None:
             # the C parser reads the config (one parser for every path); cfg then mirrors it
             _cap = _C.model_new(cfg.to_json(indent=None), dev_type, dev_id, self.seed & (2**64 - 1), int(_init),
-                                int(fp8), str(moments))
+                                int(fp8), str(moments), self.num_threads or 0)
         self.cfg = ModelConfig._from_canonical(json.loads(_C.model_config_json(_cap)))
         self.n_layers = int(self.cfg.num_hidden_layers)
         self.n_mtp = int(self.cfg.num_nextn_predict_layers or 0)
@@ -177,11 +197,11 @@ class Model:
             return self
         dev_type, dev_id = self._dev
         cap = _C.model_new(_C.model_config_json(self._cap), dev_type, dev_id, self.seed & (2**64 - 1), 0, 1,
-                           "float32")
+                           "float32", self.num_threads or 0)
         _copy_tensors(cap, self._cap)  # its views die with the call: none may outlive the freeze
         _C.model_set_step(cap, self.step)
         _C.model_freeze(cap)
-        return Model(self.cfg, device=self.device, fp8=True, seed=self.seed, _cap=cap)
+        return Model(self.cfg, device=self.device, fp8=True, seed=self.seed, num_threads=self.num_threads, _cap=cap)
 
     def num_parameters(self) -> int:
         return int(_C.model_info(self._cap)["n_params"])
@@ -452,7 +472,8 @@ class Model:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu", fp8: bool = False,
                         moments: str = "float32", inference_only: bool = False, *,
-                        init_missing_mtp: bool = False, strict: bool = False, seed: int = 0) -> "Model":
+                        init_missing_mtp: bool = False, strict: bool = False, seed: int = 0,
+                        num_threads: Optional[int] = None) -> "Model":
         """Load config.json + *.safetensors from a directory (Hugging Face layout, one or many
         shards) with the C loader: bfloat16/float16 weights are widened, DeepSeek FP8 weights
         (E4M3 `weight` + `weight_scale_inv`) dequantized; optimizer.safetensors, when present,
@@ -461,7 +482,7 @@ class Model:
 
         inference_only=True (needs fp8=True): a frozen model (see freeze_fp8) -- block
         matrices held only in E4M3 with 128x128 scales; an FP8 checkpoint gets its shipped
-        codes back bit for bit.
+        codes back bit for bit. num_threads: as for Model.
 
         Checkpoints saved by transformers: a DeepseekV3 one names MTP layers in config.json
         but holds none (transformers keeps no MTP layer): the model loads with MTP off (no
@@ -488,9 +509,10 @@ class Model:
             raise ValueError(f"Model.from_pretrained: {cj}: missing config.json")
         dev_type, dev_id, _ = _parse_device(device)
         moments = parse_dtype(moments, "Model.from_pretrained", "moments", allowed=("float32", "bfloat16"))
+        nt = _num_threads(num_threads, "Model.from_pretrained")
         try:
             cap = _C.model_load(d, dev_type, dev_id, int(bool(fp8)), str(moments), int(init_missing_mtp),
-                                int(strict), int(seed) & (2**64 - 1))
+                                int(strict), int(seed) & (2**64 - 1), nt or 0)
         except Error as e:
             raise ValueError(f"Model.from_pretrained: {e}") from None
         for w in _C.model_warnings(cap):
@@ -498,4 +520,4 @@ class Model:
         if inference_only:
             _C.model_freeze(cap)  # before any view of the float32 arena exists
         cfg = ModelConfig._from_canonical(json.loads(_C.model_config_json(cap)))
-        return cls(cfg, device=device, fp8=bool(fp8), seed=int(seed), moments=moments, _cap=cap)
+        return cls(cfg, device=device, fp8=bool(fp8), seed=int(seed), moments=moments, num_threads=nt, _cap=cap)

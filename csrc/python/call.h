@@ -1,8 +1,10 @@
 /*
  * call.h -- the bookkeeping of one Python wrapper call, shared by the csrc/python/ops_*.c
  * files: BEGIN declares the frame; IN/OUT import a required array; OPT_* allow None;
- * RUN calls the op on the context of the first array with the GIL released; END releases
- * everything. A wrapper is `PyObject *f(PyObject *m, PyObject *args)`: the macros use `m`.
+ * USE_CTX runs the call on a given context (a model's, a cache's, saved activations');
+ * RUN calls the op with the GIL released, on that context or else on one taken from the
+ * pool of the first array's device; END gives the context back and releases everything.
+ * A wrapper is `PyObject *f(PyObject *m, PyObject *args)`: the macros use `m`.
  */
 #ifndef DSC_PY_CALL_H_
 #define DSC_PY_CALL_H_
@@ -11,20 +13,18 @@
 
 #include "glue.h"
 
-/* ---- one call's bookkeeping --------------------------------------------------
- * BEGIN declares the frame; IN/OUT import a required array; OPT_* allow None;
- * RUN calls the op on the context of the first array; END releases everything. */
+/* ---- one call's bookkeeping -------------------------------------------------- */
 #define BEGIN(fname)                                                   \
   dsc_py_frame f;                                                      \
   memset(&f, 0, sizeof f);                                             \
   f.st = dsc_py_get_state(m);                                          \
   f.fn = (fname);                                                      \
   PyObject *ret = NULL;                                                \
-  PyThread_type_lock lock = NULL;                                      \
+  PyObject *call_pc = NULL; /* the context capsule, entered */         \
+  dsc_py_ctx *call_c = NULL;                                           \
   dsc_context *ctx = NULL;                                             \
   dsc_status s = DSC_OK;                                               \
   (void)ctx;                                                           \
-  (void)lock;                                                          \
   (void)s;
 
 #define IMPORT(var, obj, name, writable, optional)                              \
@@ -36,26 +36,45 @@
 #define OPT_IN(var, obj, name) IMPORT(var, obj, name, 0, 1)
 #define OPT_OUT(var, obj, name) IMPORT(var, obj, name, 1, 1)
 
-#define GET_CTX()                                             \
-  do {                                                        \
-    ctx = dsc_py_context(f.st, f.v[0]->t.device, &lock);      \
-    if (!ctx) goto out;                                       \
+/* Run on the context of capsule `cap` (may wait for another thread; raises instead of
+ * waiting forever, see dsc_py_ctx_enter). */
+#define USE_CTX(cap)                                                   \
+  do {                                                                 \
+    dsc_py_ctx *c_ = dsc_py_ctx_get(cap);                              \
+    if (!c_ || dsc_py_ctx_enter(f.st, c_, f.fn, 0) < 0) goto out;      \
+    call_pc = Py_NewRef(cap);                                          \
+    call_c = c_;                                                       \
+    ctx = c_->ctx;                                                     \
+  } while (0)
+
+/* The context of the call: the one USE_CTX chose, else a pool context of the first
+ * array's device (never waits). */
+#define GET_CTX()                                                      \
+  do {                                                                 \
+    if (!call_c) {                                                     \
+      call_pc = dsc_py_pool_take(f.st, f.v[0]->t.device, f.fn);        \
+      if (!call_pc) goto out;                                          \
+      call_c = dsc_py_ctx_get(call_pc);                                \
+      ctx = call_c->ctx;                                               \
+    }                                                                  \
   } while (0)
 
 #define RUN(call)                        \
   do {                                   \
     GET_CTX();                           \
-    DSC_PY_CALL(lock, s, call);          \
+    DSC_PY_CALL(s, call);                \
     if (s != DSC_OK) {                   \
       dsc_py_raise(f.st, s);             \
       goto out;                          \
     }                                    \
   } while (0)
 
-#define END       \
-  goto out;       \
-  out:            \
-  dsc_py_frame_release(&f); \
+#define END                       \
+  goto out;                       \
+  out:                            \
+  if (call_c) dsc_py_ctx_leave(call_c); \
+  Py_XDECREF(call_pc);            \
+  dsc_py_frame_release(&f);       \
   return ret;
 
 #endif /* DSC_PY_CALL_H_ */

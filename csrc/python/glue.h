@@ -14,14 +14,55 @@
 #define DSC_PY_MAX_DIMS 16
 #define DSC_PY_MAX_CUDA 16
 
+/* ---- contexts and threads ------------------------------------------------------
+ * A dsc_context is used by one thread at a time. The glue gives
+ *   - each Model and each MLACache its own context (created with the object, destroyed
+ *     after it), so independent models run in parallel;
+ *   - the functional ops a context from a per-device pool: a call takes a free one (or a
+ *     new one when all are busy) and puts it back, so ops in several threads run in
+ *     parallel and never wait for one another;
+ *   - dsc.Tensor memory (dsc.empty, copies) a per-device memory context used only for
+ *     dsc_malloc / dsc_free under its own short mutex.
+ * A context travels as a PyCapsule "deepseek_c.context" owning a dsc_py_ctx; whatever was
+ * allocated on it (a model, a cache, saved activations) holds the capsule, so the context
+ * outlives it.
+ *
+ * Waiting: a call enters its context (dsc_py_ctx_enter) with the GIL held. When the
+ * context is busy it waits with the GIL released -- except where that would never end: the
+ * context is held by this very thread (a model called from its own on_token callback), or
+ * waiting would close a cycle of threads each holding a context the next one waits for
+ * (two callbacks calling each other's models). Both raise deepseek_c.Error instead. The
+ * owners and the waits are bookkeeping guarded by the GIL (the module does not declare
+ * free-threading support, so the GIL exists even on free-threaded builds). */
+typedef struct dsc_py_ctx {
+  dsc_context *ctx;
+  PyThread_type_lock lock; /* held while a call runs on ctx */
+  unsigned long owner;     /* PyThread_get_thread_ident() of the holder; 0: free */
+  const char *busy;        /* the C function the holder runs (a string literal) */
+  char what[128];          /* "model (2 layers, hidden 64, vocab 128, cpu)", for messages */
+} dsc_py_ctx;
+
+/* A thread waiting for a context (lives on that thread's stack while it waits). */
+typedef struct dsc_py_wait {
+  unsigned long thread;
+  dsc_py_ctx *on;
+  struct dsc_py_wait *next;
+} dsc_py_wait;
+
+#define DSC_PY_N_DEV (1 + DSC_PY_MAX_CUDA) /* index 0: CPU, 1 + i: CUDA device i */
+
+typedef struct {
+  dsc_context *mem;           /* dsc_malloc / dsc_free of dsc.Tensors only; created lazily */
+  PyThread_type_lock mem_lock; /* held around each dsc_malloc / dsc_free on mem */
+  PyObject *pool;             /* list of context capsules for the ops; created lazily */
+} dsc_py_device;
+
 /* Per-module state: no C globals. */
 typedef struct {
   PyObject *error_type;     /* deepseek_c.Error (RuntimeError subclass) */
   PyTypeObject *tensor_type; /* deepseek_c.Tensor */
-  dsc_context *cpu;          /* created lazily */
-  dsc_context *cuda[DSC_PY_MAX_CUDA];
-  PyThread_type_lock cpu_lock; /* a context is used by one thread at a time */
-  PyThread_type_lock cuda_lock[DSC_PY_MAX_CUDA];
+  dsc_py_device dev[DSC_PY_N_DEV];
+  dsc_py_wait *waits;        /* threads waiting for a context (GIL-guarded) */
   int numpy_ready;
 } dsc_py_state;
 
@@ -53,7 +94,7 @@ typedef struct {
   int64_t shape[DSC_PY_MAX_DIMS];
   int64_t strides[DSC_PY_MAX_DIMS];
   PyObject *base;      /* keeps the owner of `data` alive when owns == 0 */
-  PyObject *module;    /* strong ref when owns == 1: its contexts free `data` */
+  PyObject *module;    /* strong ref: owns == 1 frees `data` through its memory context */
   int owns;
 } dsc_py_tensor_obj;
 
@@ -67,17 +108,45 @@ PyObject *dsc_py_raise(dsc_py_state *st, dsc_status s);
 DLTensor *dsc_py_frame_add(dsc_py_frame *f, PyObject *obj, const char *arg, int writable,
                            int optional);
 void dsc_py_frame_release(dsc_py_frame *f);
-/* The context (and its lock) for a device; creates it on first use. */
-dsc_context *dsc_py_context(dsc_py_state *st, DLDevice dev, PyThread_type_lock *lock);
+/* The device slot of `dev` (CPU or a CUDA ordinal); NULL with a ValueError otherwise. */
+dsc_py_device *dsc_py_device_of(dsc_py_state *st, DLDevice dev);
 
-/* Run `call` with the GIL released and the context locked. */
-#define DSC_PY_CALL(lock, status, call)          \
-  do {                                           \
-    Py_BEGIN_ALLOW_THREADS                       \
-    PyThread_acquire_lock((lock), WAIT_LOCK);    \
-    (status) = (call);                           \
-    PyThread_release_lock((lock));               \
-    Py_END_ALLOW_THREADS                         \
+/* A new context capsule on `dev` (not entered). num_threads: 0 = the OpenMP default.
+ * what: how messages name its owner. NULL with an exception on failure. */
+PyObject *dsc_py_ctx_new(dsc_py_state *st, DLDevice dev, int32_t num_threads, const char *what);
+/* The dsc_py_ctx of a context capsule (NULL with an exception when it is not one). */
+dsc_py_ctx *dsc_py_ctx_get(PyObject *cap);
+/* Take `c` for this thread to run `fn` on (GIL held; waits with the GIL released). 0 on
+ * success; -1 with deepseek_c.Error when waiting could never end (see above), or with
+ * KeyboardInterrupt & co. when a signal handler raised while waiting.
+ * allow_self: when this thread already holds `c`, return 1 (nothing taken: do not leave)
+ * instead of raising -- for reads that are safe while the holder is paused in a callback. */
+int dsc_py_ctx_enter(dsc_py_state *st, dsc_py_ctx *c, const char *fn, int allow_self);
+/* -1 with the error of dsc_py_ctx_enter when this thread holds `c` (a call on it would
+ * wait for itself), else 0. For code that is about to wait for `c` in another thread. */
+int dsc_py_ctx_check_self(dsc_py_state *st, const dsc_py_ctx *c, const char *fn);
+/* For destructors (never raises): take pool context `c`, waiting with the GIL released;
+ * 1 when taken (leave after), 0 when this thread holds it already. Only for pool contexts,
+ * whose holders never wait for anything while they hold them. */
+int dsc_py_ctx_enter_pooled(dsc_py_ctx *c);
+/* Give `c` back (GIL held). */
+void dsc_py_ctx_leave(dsc_py_ctx *c);
+/* A free context of `dev`'s pool, entered for `fn` (a new one when all are busy): the
+ * capsule (a new reference) or NULL with an exception. Never waits. */
+PyObject *dsc_py_pool_take(dsc_py_state *st, DLDevice dev, const char *fn);
+
+/* Memory of a dsc.Tensor on `dev` through the device's memory context (GIL held; the
+ * allocation itself runs with the GIL released). 0, or -1 with an exception. */
+int dsc_py_mem_alloc(dsc_py_state *st, DLDevice dev, size_t bytes, void **ptr);
+/* Free what dsc_py_mem_alloc gave (GIL held; never raises). */
+void dsc_py_mem_free(dsc_py_state *st, DLDevice dev, void *ptr);
+
+/* Run `call` with the GIL released (the caller has entered the context). */
+#define DSC_PY_CALL(status, call) \
+  do {                            \
+    Py_BEGIN_ALLOW_THREADS        \
+    (status) = (call);            \
+    Py_END_ALLOW_THREADS          \
   } while (0)
 
 /* dsc.Tensor */

@@ -33,47 +33,243 @@ PyObject *dsc_py_raise(dsc_py_state *st, dsc_status s) {
   return NULL;
 }
 
-dsc_context *dsc_py_context(dsc_py_state *st, DLDevice dev, PyThread_type_lock *lock) {
-  dsc_context **slot;
-  PyThread_type_lock *lk;
-  if (dev.device_type == kDLCPU) {
-    slot = &st->cpu;
-    lk = &st->cpu_lock;
-  } else if (dev.device_type == kDLCUDA) {
+/* ---------------------------------------------------------------- contexts */
+
+static const char *const CTX_NAME = "deepseek_c.context";
+
+dsc_py_device *dsc_py_device_of(dsc_py_state *st, DLDevice dev) {
+  if (dev.device_type == kDLCPU) return &st->dev[0];
+  if (dev.device_type == kDLCUDA) {
     if (dev.device_id < 0 || dev.device_id >= DSC_PY_MAX_CUDA) {
       PyErr_Format(PyExc_ValueError, "device: expected a CUDA ordinal in [0, %d), got %d",
                    DSC_PY_MAX_CUDA, (int)dev.device_id);
       return NULL;
     }
-    slot = &st->cuda[dev.device_id];
-    lk = &st->cuda_lock[dev.device_id];
-  } else {
-    PyErr_Format(PyExc_ValueError,
-                 "device: expected a CPU or CUDA array, got DLPack device type %d (only kDLCPU=1 "
-                 "and kDLCUDA=2 are supported)",
-                 (int)dev.device_type);
+    return &st->dev[1 + dev.device_id];
+  }
+  PyErr_Format(PyExc_ValueError,
+               "device: expected a CPU or CUDA array, got DLPack device type %d (only kDLCPU=1 "
+               "and kDLCUDA=2 are supported)",
+               (int)dev.device_type);
+  return NULL;
+}
+
+static void ctx_free(dsc_py_ctx *c) {
+  dsc_context_destroy(c->ctx);
+  if (c->lock) PyThread_free_lock(c->lock);
+  PyMem_RawFree(c);
+}
+
+/* Runs when the last owner (a model, a cache, saved activations, a pool) lets go: nothing
+ * can be running on the context then, since every call holds the capsule. */
+static void ctx_destructor(PyObject *cap) {
+  dsc_py_ctx *c = (dsc_py_ctx *)PyCapsule_GetPointer(cap, CTX_NAME);
+  if (!c) {
+    PyErr_Clear();
+    return;
+  }
+  ctx_free(c);
+}
+
+static dsc_status create_context(DLDevice dev, int32_t num_threads, dsc_context **out) {
+  dsc_context_options o;
+  memset(&o, 0, sizeof o);
+  o.size = sizeof o;
+  o.device_type = dev.device_type;
+  o.device_id = dev.device_id;
+  o.num_threads = num_threads;
+  return dsc_context_create(&o, out);
+}
+
+PyObject *dsc_py_ctx_new(dsc_py_state *st, DLDevice dev, int32_t num_threads, const char *what) {
+  if (!dsc_py_device_of(st, dev)) return NULL;
+  if (num_threads < 0) {
+    PyErr_Format(PyExc_ValueError, "num_threads: expected >= 0 (0: the OpenMP default), got %d",
+                 (int)num_threads);
     return NULL;
   }
-  if (!*slot) {
-    dsc_context_options o;
-    memset(&o, 0, sizeof o);
-    o.size = sizeof o;
-    o.device_type = dev.device_type;
-    o.device_id = dev.device_id;
-    dsc_context *ctx = NULL;
-    dsc_status s = dsc_context_create(&o, &ctx);
-    if (s != DSC_OK) return (dsc_context *)dsc_py_raise(st, s);
-    PyThread_type_lock l = PyThread_allocate_lock();
-    if (!l) {
-      dsc_context_destroy(ctx);
-      PyErr_NoMemory();
-      return NULL;
-    }
-    *slot = ctx;
-    *lk = l;
+  dsc_context *ctx = NULL;
+  dsc_status s;
+  /* a CUDA context takes a while (cuBLASLt, scratch): let other threads run meanwhile */
+  Py_BEGIN_ALLOW_THREADS s = create_context(dev, num_threads, &ctx);
+  Py_END_ALLOW_THREADS
+  if (s != DSC_OK) return dsc_py_raise(st, s);
+  dsc_py_ctx *c = (dsc_py_ctx *)PyMem_RawCalloc(1, sizeof *c);
+  if (!c) {
+    dsc_context_destroy(ctx);
+    return PyErr_NoMemory();
   }
-  *lock = *lk;
-  return *slot;
+  c->ctx = ctx;
+  snprintf(c->what, sizeof c->what, "%s", what);
+  c->lock = PyThread_allocate_lock();
+  if (!c->lock) {
+    ctx_free(c);
+    return PyErr_NoMemory();
+  }
+  PyObject *cap = PyCapsule_New(c, CTX_NAME, ctx_destructor);
+  if (!cap) ctx_free(c);
+  return cap;
+}
+
+dsc_py_ctx *dsc_py_ctx_get(PyObject *cap) {
+  return (dsc_py_ctx *)PyCapsule_GetPointer(cap, CTX_NAME);
+}
+
+int dsc_py_ctx_check_self(dsc_py_state *st, const dsc_py_ctx *c, const char *fn) {
+  if (c->owner != PyThread_get_thread_ident()) return 0;
+  PyErr_Format(st->error_type,
+                 "%s: the %s is busy with %s in this same thread: calling it from its own "
+                 "on_token callback (or from anything that runs inside one of its calls) would "
+                 "wait for itself forever. Call it after that call returns, or use another "
+                 "model; ops (dsc.matmul, ...) and other models may be called from the callback",
+                 fn, c->what, c->busy ? c->busy : "a call");
+  return -1;
+}
+
+int dsc_py_ctx_enter(dsc_py_state *st, dsc_py_ctx *c, const char *fn, int allow_self) {
+  const unsigned long me = PyThread_get_thread_ident();
+  if (c->owner == me) return allow_self ? 1 : dsc_py_ctx_check_self(st, c, fn);
+  if (PyThread_acquire_lock(c->lock, NOWAIT_LOCK)) {
+    c->owner = me;
+    c->busy = fn;
+    return 0;
+  }
+  /* Busy. Would the wait end? Follow the holder to what it waits for, to that holder, ...:
+   * coming back to this thread means a cycle of waits that no one can break. */
+  unsigned long t = c->owner;
+  for (int hops = 0; t != 0 && hops < 4096; ++hops) {
+    const dsc_py_wait *w = st->waits;
+    while (w && w->thread != t) w = w->next;
+    if (!w) break;
+    t = w->on->owner;
+    if (t == me) {
+      PyErr_Format(st->error_type,
+                   "%s: waiting for the %s (busy with %s in another thread) would never end: that "
+                   "thread waits, directly or through others, for a model or cache this thread is "
+                   "running (e.g. two on_token callbacks each calling the other's model). Call it "
+                   "after the running call returns",
+                   fn, c->what, c->busy ? c->busy : "a call");
+      return -1;
+    }
+  }
+  dsc_py_wait self = {me, c, st->waits};
+  st->waits = &self;
+  int got = 0;
+  for (;;) {
+    PyLockStatus r;
+    Py_BEGIN_ALLOW_THREADS r = PyThread_acquire_lock_timed(c->lock, -1, 1);
+    Py_END_ALLOW_THREADS
+    if (r == PY_LOCK_ACQUIRED) {
+      got = 1;
+      break;
+    }
+    if (Py_MakePendingCalls() < 0) break; /* a signal handler raised (Ctrl-C): give up */
+  }
+  dsc_py_wait **pp = &st->waits;
+  while (*pp != &self) pp = &(*pp)->next;
+  *pp = self.next;
+  if (!got) return -1;
+  c->owner = me;
+  c->busy = fn;
+  return 0;
+}
+
+int dsc_py_ctx_enter_pooled(dsc_py_ctx *c) {
+  const unsigned long me = PyThread_get_thread_ident();
+  if (c->owner == me) return 0;
+  if (!PyThread_acquire_lock(c->lock, NOWAIT_LOCK)) {
+    Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(c->lock, WAIT_LOCK);
+    Py_END_ALLOW_THREADS
+  }
+  c->owner = me;
+  c->busy = "freeing saved activations";
+  return 1;
+}
+
+void dsc_py_ctx_leave(dsc_py_ctx *c) {
+  c->owner = 0;
+  c->busy = NULL;
+  PyThread_release_lock(c->lock);
+}
+
+PyObject *dsc_py_pool_take(dsc_py_state *st, DLDevice dev, const char *fn) {
+  dsc_py_device *d = dsc_py_device_of(st, dev);
+  if (!d) return NULL;
+  if (!d->pool && !(d->pool = PyList_New(0))) return NULL;
+  const unsigned long me = PyThread_get_thread_ident();
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(d->pool); ++i) {
+    PyObject *cap = PyList_GET_ITEM(d->pool, i);
+    dsc_py_ctx *c = dsc_py_ctx_get(cap);
+    if (c && PyThread_acquire_lock(c->lock, NOWAIT_LOCK)) {
+      c->owner = me;
+      c->busy = fn;
+      return Py_NewRef(cap);
+    }
+  }
+  char what[64];
+  if (dev.device_type == kDLCPU) snprintf(what, sizeof what, "op context (cpu)");
+  else snprintf(what, sizeof what, "op context (cuda:%d)", (int)dev.device_id);
+  PyObject *cap = dsc_py_ctx_new(st, dev, 0, what);
+  if (!cap) return NULL;
+  dsc_py_ctx *c = dsc_py_ctx_get(cap);
+  if (!d->pool && !(d->pool = PyList_New(0))) { /* cleared while the GIL was released */
+    Py_DECREF(cap);
+    return NULL;
+  }
+  if (PyList_Append(d->pool, cap) < 0) {
+    Py_DECREF(cap);
+    return NULL;
+  }
+  PyThread_acquire_lock(c->lock, WAIT_LOCK); /* new: free */
+  c->owner = me;
+  c->busy = fn;
+  return cap;
+}
+
+/* The memory context of a device, created on first use (with the GIL held, so once). */
+static dsc_py_device *mem_device(dsc_py_state *st, DLDevice dev) {
+  dsc_py_device *d = dsc_py_device_of(st, dev);
+  if (!d || d->mem) return d;
+  dsc_context *ctx = NULL;
+  dsc_status s = create_context(dev, 0, &ctx);
+  if (s != DSC_OK) return (dsc_py_device *)dsc_py_raise(st, s);
+  PyThread_type_lock l = PyThread_allocate_lock();
+  if (!l) {
+    dsc_context_destroy(ctx);
+    return (dsc_py_device *)PyErr_NoMemory();
+  }
+  d->mem = ctx;
+  d->mem_lock = l;
+  return d;
+}
+
+int dsc_py_mem_alloc(dsc_py_state *st, DLDevice dev, size_t bytes, void **ptr) {
+  *ptr = NULL;
+  dsc_py_device *d = mem_device(st, dev);
+  if (!d) return -1;
+  dsc_status s;
+  Py_BEGIN_ALLOW_THREADS
+  PyThread_acquire_lock(d->mem_lock, WAIT_LOCK);
+  s = dsc_malloc(d->mem, bytes, ptr);
+  PyThread_release_lock(d->mem_lock);
+  Py_END_ALLOW_THREADS
+  if (s != DSC_OK) {
+    dsc_py_raise(st, s);
+    return -1;
+  }
+  return 0;
+}
+
+void dsc_py_mem_free(dsc_py_state *st, DLDevice dev, void *ptr) {
+  dsc_py_device *d = dsc_py_device_of(st, dev);
+  if (!d || !d->mem) { /* cannot happen for memory dsc_py_mem_alloc gave */
+    PyErr_Clear();
+    return;
+  }
+  /* Waiting with the GIL held is safe: the holder of mem_lock never needs the GIL. */
+  PyThread_acquire_lock(d->mem_lock, WAIT_LOCK);
+  dsc_free(d->mem, ptr);
+  PyThread_release_lock(d->mem_lock);
 }
 
 /* ---------------------------------------------------------------- functions */
@@ -198,16 +394,18 @@ static PyObject *py_copy(PyObject *m, PyObject *args) {
     }
   }
   DLDevice dev = dst->device.device_type == kDLCPU ? src->device : dst->device;
-  PyThread_type_lock lock;
-  dsc_context *ctx = dsc_py_context(f.st, dev, &lock);
-  if (!ctx) goto out;
+  PyObject *pc = dsc_py_pool_take(f.st, dev, "dsc_memcpy");
+  if (!pc) goto out;
+  dsc_py_ctx *c = dsc_py_ctx_get(pc);
   dsc_status s;
   void *dp = (char *)dst->data + dst->byte_offset;
   const void *sp = (const char *)src->data + src->byte_offset;
   DLDevice dd = dst->device, sd = src->device;
   size_t bytes = (size_t)ed * nd;
-  DSC_PY_CALL(lock, s, dsc_memcpy(ctx, dp, dd, sp, sd, bytes));
-  if (s == DSC_OK) DSC_PY_CALL(lock, s, dsc_context_synchronize(ctx));
+  DSC_PY_CALL(s, dsc_memcpy(c->ctx, dp, dd, sp, sd, bytes));
+  if (s == DSC_OK) DSC_PY_CALL(s, dsc_context_synchronize(c->ctx));
+  dsc_py_ctx_leave(c);
+  Py_DECREF(pc);
   if (s != DSC_OK) {
     dsc_py_raise(f.st, s);
     goto out;
@@ -223,13 +421,28 @@ static PyObject *py_synchronize(PyObject *m, PyObject *args) {
   if (!PyArg_ParseTuple(args, "ii", &dev_type, &dev_id)) return NULL;
   dsc_py_state *st = dsc_py_get_state(m);
   DLDevice dev = {(DLDeviceType)dev_type, dev_id};
-  PyThread_type_lock lock;
-  dsc_context *ctx = dsc_py_context(st, dev, &lock);
-  if (!ctx) return NULL;
+  /* Every context of the glue runs on the device's legacy default stream, so synchronizing
+   * one waits for the work of all (models, caches, ops). */
+  PyObject *pc = dsc_py_pool_take(st, dev, "dsc_context_synchronize");
+  if (!pc) return NULL;
+  dsc_py_ctx *c = dsc_py_ctx_get(pc);
   dsc_status s;
-  DSC_PY_CALL(lock, s, dsc_context_synchronize(ctx));
+  DSC_PY_CALL(s, dsc_context_synchronize(c->ctx));
+  dsc_py_ctx_leave(c);
+  Py_DECREF(pc);
   if (s != DSC_OK) return dsc_py_raise(st, s);
   Py_RETURN_NONE;
+}
+
+/* context_pool_size(device_type, device_id) -> int: contexts in the device's op pool (the
+ * most ops that ever ran at once there; for tests). */
+static PyObject *py_context_pool_size(PyObject *m, PyObject *args) {
+  int dev_type, dev_id;
+  if (!PyArg_ParseTuple(args, "ii", &dev_type, &dev_id)) return NULL;
+  DLDevice dev = {(DLDeviceType)dev_type, dev_id};
+  dsc_py_device *d = dsc_py_device_of(dsc_py_get_state(m), dev);
+  if (!d) return NULL;
+  return PyLong_FromSsize_t(d->pool ? PyList_GET_SIZE(d->pool) : 0);
 }
 
 PyMethodDef dsc_py_core_methods[] = {
@@ -241,6 +454,8 @@ PyMethodDef dsc_py_core_methods[] = {
     {"empty", py_empty, METH_VARARGS, "empty(shape, dtype, device_type, device_id) -> Tensor"},
     {"copy", py_copy, METH_VARARGS, "copy(dst, src): byte copy between contiguous arrays"},
     {"synchronize", py_synchronize, METH_VARARGS, "synchronize(device_type, device_id)"},
+    {"context_pool_size", py_context_pool_size, METH_VARARGS,
+     "context_pool_size(device_type, device_id) -> contexts in the device's op pool"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -274,6 +489,7 @@ static int module_traverse(PyObject *m, visitproc visit, void *arg) {
   if (st) {
     Py_VISIT(st->error_type);
     Py_VISIT(st->tensor_type);
+    for (int i = 0; i < DSC_PY_N_DEV; ++i) Py_VISIT(st->dev[i].pool);
   }
   return 0;
 }
@@ -283,6 +499,8 @@ static int module_clear(PyObject *m) {
   if (st) {
     Py_CLEAR(st->error_type);
     Py_CLEAR(st->tensor_type);
+    /* pool contexts pinned by saved activations live on in those */
+    for (int i = 0; i < DSC_PY_N_DEV; ++i) Py_CLEAR(st->dev[i].pool);
   }
   return 0;
 }
@@ -293,13 +511,11 @@ static void module_free(void *mp) {
   dsc_py_state *st = dsc_py_get_state(m);
   if (!st) return;
   /* Owned dsc.Tensors hold a reference to the module, so none is alive here. */
-  dsc_context_destroy(st->cpu);
-  st->cpu = NULL;
-  if (st->cpu_lock) PyThread_free_lock(st->cpu_lock);
-  for (int i = 0; i < DSC_PY_MAX_CUDA; ++i) {
-    dsc_context_destroy(st->cuda[i]);
-    st->cuda[i] = NULL;
-    if (st->cuda_lock[i]) PyThread_free_lock(st->cuda_lock[i]);
+  for (int i = 0; i < DSC_PY_N_DEV; ++i) {
+    dsc_context_destroy(st->dev[i].mem);
+    st->dev[i].mem = NULL;
+    if (st->dev[i].mem_lock) PyThread_free_lock(st->dev[i].mem_lock);
+    st->dev[i].mem_lock = NULL;
   }
 }
 

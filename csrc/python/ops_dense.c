@@ -272,10 +272,13 @@ static PyObject *py_global_norm(PyObject *m, PyObject *args) {
     PyErr_SetString(PyExc_ValueError, "dsc_global_norm: tensors: expected at least one tensor, got an empty list");
     goto out;
   }
-  ctx = dsc_py_context(f.st, f.v[0]->t.device, &lock);
-  if (ctx) DSC_PY_CALL(lock, s, dsc_global_norm(ctx, (int32_t)n, (const DLTensor *const *)ts, &norm));
+  call_pc = dsc_py_pool_take(f.st, f.v[0]->t.device, f.fn);
+  if (call_pc) {
+    call_c = dsc_py_ctx_get(call_pc);
+    DSC_PY_CALL(s, dsc_global_norm(call_c->ctx, (int32_t)n, (const DLTensor *const *)ts, &norm));
+  }
   PyMem_Free(ts);
-  if (!ctx) goto out;
+  if (!call_pc) goto out;
   if (s != DSC_OK) {
     dsc_py_raise(f.st, s);
     goto out;
@@ -308,10 +311,11 @@ static PyObject *py_adamw_step(PyObject *m, PyObject *args) {
                    "dsc_adamw_step: grads, exp_avg, exp_avg_sq: expected %zd tensors each like params (at least one), got %zd, %zd, %zd",
                    np_, ng, nm, nv);
     } else {
-      ctx = dsc_py_context(f.st, f.v[0]->t.device, &lock);
-      if (ctx) {
-        DSC_PY_CALL(lock, s, dsc_adamw_step(ctx, &p, (int32_t)np_, ps, (const DLTensor *const *)gs,
-                                            ms, vs, &norm));
+      call_pc = dsc_py_pool_take(f.st, f.v[0]->t.device, f.fn);
+      if (call_pc) {
+        call_c = dsc_py_ctx_get(call_pc);
+        DSC_PY_CALL(s, dsc_adamw_step(call_c->ctx, &p, (int32_t)np_, ps, (const DLTensor *const *)gs,
+                                      ms, vs, &norm));
         if (s != DSC_OK) dsc_py_raise(f.st, s);
         else ret = PyFloat_FromDouble(norm);
       }

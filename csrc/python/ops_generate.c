@@ -9,9 +9,11 @@
  * prompts: a sequence of sequences of ints; eos: an id, -1 (none) or -2 (the config's);
  * cache_dtype: "float32" | "bfloat16" | "float8_e4m3fn"; callback: None or a callable
  * f(seq, token) -> None/False (go on), True / a positive int (stop that sequence), or a
- * negative int (stop every sequence). Generation runs with the GIL released and the
- * model's context locked; the callback takes the GIL back for its call. An exception in
- * the callback stops the generation and is re-raised once it has returned.
+ * negative int (stop every sequence). Generation runs with the GIL released on the
+ * model's own context (entered: other threads calling this model wait); the callback takes
+ * the GIL back for its call and may call ops and other models -- a call on this model from
+ * it raises deepseek_c.Error (see dsc_py_ctx_enter). An exception in the callback stops the
+ * generation and is re-raised once it has returned.
  */
 #include "glue.h"
 
@@ -191,11 +193,9 @@ static PyObject *py_model_generate(PyObject *m, PyObject *args) {
   o.block_size = block_size;
   if (!parse_cache_dtype(cache_dtype, &o.cache_dtype)) return NULL;
 
-  DLDevice dev;
-  dsc_status s = dsc_context_get_device(dsc_model_context(mdl), &dev);
-  if (s != DSC_OK) return dsc_py_raise(dsc_py_get_state(m), s);
-  PyThread_type_lock lock = NULL;
-  if (!dsc_py_context(dsc_py_get_state(m), dev, &lock)) return NULL;
+  dsc_py_ctx *c = dsc_py_ctx_get((PyObject *)PyCapsule_GetContext(cap));
+  if (!c) return NULL;
+  dsc_status s;
 
   Py_ssize_t n = 0;
   int32_t *buf = NULL, *lens = NULL;
@@ -214,10 +214,11 @@ static PyObject *py_model_generate(PyObject *m, PyObject *args) {
     PyErr_NoMemory();
     goto done;
   }
+  if (dsc_py_ctx_enter(dsc_py_get_state(m), c, "dsc_model_generate", 0) < 0) goto done;
   Py_INCREF(cb_o);
-  DSC_PY_CALL(lock, s, dsc_model_generate(mdl, &o, (int32_t)n, rows, lens, out, out_lens, fn, &cb,
-                                          &st));
+  DSC_PY_CALL(s, dsc_model_generate(mdl, &o, (int32_t)n, rows, lens, out, out_lens, fn, &cb, &st));
   Py_DECREF(cb_o);
+  dsc_py_ctx_leave(c);
   if (cb.et) { /* the callback's exception wins */
     PyErr_Restore(cb.et, cb.ev, cb.tb);
     goto done;

@@ -1,9 +1,9 @@
 /*
  * ops_mla.c -- Python wrappers of Multi-head Latent Attention: training forward/backward
- * (the saved activations travel as a PyCapsule owning a dsc_mla_saved), the paged latent
- * cache (a PyCapsule owning a dsc_mla_cache; both capsules keep the module, hence the
- * contexts, alive), prefill and decode. Defaults and output allocation live in
- * deepseek_c/mla.py.
+ * (the saved activations travel as a PyCapsule owning a dsc_mla_saved, bound to the pool
+ * context its forward ran on), the paged latent cache (a PyCapsule owning a dsc_mla_cache
+ * on the cache's own context), prefill and decode. Each capsule holds its context capsule,
+ * so the context outlives it. Defaults and output allocation live in deepseek_c/mla.py.
  */
 #include "glue.h"
 
@@ -65,30 +65,40 @@ static void fill_weights(dsc_mla_weights *w, DLTensor **t) {
   w->o_proj = t[7];
 }
 
+/* The saved activations' context is a pool context another thread may be running an op
+ * on: enter it to free them (waiting with the GIL released; such a holder never waits for
+ * anything itself). */
 static void saved_destructor(PyObject *cap) {
   dsc_mla_saved *s = (dsc_mla_saved *)PyCapsule_GetPointer(cap, SAVED_NAME);
-  PyObject *mod = (PyObject *)PyCapsule_GetContext(cap);
-  dsc_mla_saved_destroy(s);
-  Py_XDECREF(mod);
+  PyObject *ctx_cap = (PyObject *)PyCapsule_GetContext(cap);
+  dsc_py_ctx *c = ctx_cap ? dsc_py_ctx_get(ctx_cap) : NULL;
+  if (s && c) {
+    const int taken = dsc_py_ctx_enter_pooled(c);
+    dsc_mla_saved_destroy(s);
+    if (taken) dsc_py_ctx_leave(c);
+  }
+  PyErr_Clear();
+  Py_XDECREF(ctx_cap);
 }
 
 static void cache_destructor(PyObject *cap) {
   dsc_mla_cache *c = (dsc_mla_cache *)PyCapsule_GetPointer(cap, CACHE_NAME);
-  PyObject *mod = (PyObject *)PyCapsule_GetContext(cap);
-  dsc_mla_cache_destroy(c);
-  Py_XDECREF(mod);
+  PyObject *ctx_cap = (PyObject *)PyCapsule_GetContext(cap);
+  dsc_mla_cache_destroy(c); /* its own context: no call can be running, each holds the capsule */
+  Py_XDECREF(ctx_cap);
 }
 
-/* A capsule owning ptr (destroyed by dtor), holding a reference to the module. */
-static PyObject *make_capsule(PyObject *m, void *ptr, const char *name, PyCapsule_Destructor dtor) {
-  PyObject *cap = PyCapsule_New(ptr, name, dtor);
+/* A capsule owning ptr (destroyed by dtor), holding a new reference to ctx_cap. */
+static PyObject *make_capsule(PyObject *ctx_cap, void *ptr, const char *name,
+                              PyCapsule_Destructor dtor) {
+  PyObject *cap = PyCapsule_New(ptr, name, NULL);
   if (!cap) return NULL;
-  Py_INCREF(m);
-  if (PyCapsule_SetContext(cap, m) < 0) {
-    Py_DECREF(m);
+  if (PyCapsule_SetContext(cap, Py_NewRef(ctx_cap)) < 0) {
+    Py_DECREF(ctx_cap);
     Py_DECREF(cap);
     return NULL;
   }
+  PyCapsule_SetDestructor(cap, dtor);
   return cap;
 }
 
@@ -116,14 +126,14 @@ static PyObject *py_mla_forward(PyObject *m, PyObject *args) {
       goto out;
     }
   }
-  DSC_PY_CALL(lock, s, dsc_mla_forward(ctx, &p, &w, x, pos, y, saved));
+  DSC_PY_CALL(s, dsc_mla_forward(ctx, &p, &w, x, pos, y, saved));
   if (s != DSC_OK) {
     dsc_mla_saved_destroy(saved);
     dsc_py_raise(f.st, s);
     goto out;
   }
-  if (saved) {
-    ret = make_capsule(m, saved, SAVED_NAME, saved_destructor);
+  if (saved) { /* bound to this pool context: the backward runs on it too */
+    ret = make_capsule(call_pc, saved, SAVED_NAME, saved_destructor);
     if (!ret) dsc_mla_saved_destroy(saved);
   } else {
     ret = Py_NewRef(Py_None);
@@ -160,6 +170,7 @@ static PyObject *py_mla_backward(PyObject *m, PyObject *args) {
   g.kv_a_layernorm = gts[5];
   g.kv_b_proj = gts[6];
   g.o_proj = gts[7];
+  USE_CTX((PyObject *)PyCapsule_GetContext(cap)); /* the forward's context */
   RUN(dsc_mla_backward(ctx, &p, &w, saved, x, pos, dy, dx, &g));
   ret = Py_NewRef(Py_None);
   END
@@ -186,18 +197,31 @@ static PyObject *py_mla_cache_new(PyObject *m, PyObject *args) {
     return NULL;
   }
   dsc_py_state *st = dsc_py_get_state(m);
-  PyThread_type_lock lock;
   DLDevice dev = {(DLDeviceType)dt_, di};
-  dsc_context *ctx = dsc_py_context(st, dev, &lock);
-  if (!ctx) return NULL;
+  char what[96];
+  if (dt_ == kDLCPU)
+    snprintf(what, sizeof what, "MLA cache (%d layers, %d sequences, cpu)", (int)o.n_layers,
+             (int)o.max_batch);
+  else
+    snprintf(what, sizeof what, "MLA cache (%d layers, %d sequences, cuda:%d)", (int)o.n_layers,
+             (int)o.max_batch, di);
+  PyObject *ctx_cap = dsc_py_ctx_new(st, dev, 0, what); /* the cache's own context */
+  if (!ctx_cap) return NULL;
   dsc_mla_cache *c = NULL;
   dsc_status s;
-  DSC_PY_CALL(lock, s, dsc_mla_cache_create(ctx, &o, &c));
-  if (s != DSC_OK) return dsc_py_raise(st, s);
-  PyObject *cap = make_capsule(m, c, CACHE_NAME, cache_destructor);
+  DSC_PY_CALL(s, dsc_mla_cache_create(dsc_py_ctx_get(ctx_cap)->ctx, &o, &c));
+  if (s != DSC_OK) {
+    Py_DECREF(ctx_cap);
+    return dsc_py_raise(st, s);
+  }
+  PyObject *cap = make_capsule(ctx_cap, c, CACHE_NAME, cache_destructor);
   if (!cap) dsc_mla_cache_destroy(c);
+  Py_DECREF(ctx_cap);
   return cap;
 }
+
+static PyObject *cache_op(dsc_py_state *st, dsc_mla_cache *c, const char *op, long long id,
+                          long long arg);
 
 /* mla_cache_op(cache, op, seq_id, arg): op in add, free, truncate, length, blocks,
  * counts, bytes. */
@@ -209,6 +233,16 @@ static PyObject *py_mla_cache_op(PyObject *m, PyObject *args) {
   dsc_mla_cache *c = (dsc_mla_cache *)PyCapsule_GetPointer(cap, CACHE_NAME);
   if (!c) return NULL;
   dsc_py_state *st = dsc_py_get_state(m);
+  /* the metadata ops are quick: run them with the GIL held, on the entered context */
+  dsc_py_ctx *x = dsc_py_ctx_get((PyObject *)PyCapsule_GetContext(cap));
+  if (!x || dsc_py_ctx_enter(st, x, "dsc_mla_cache", 0) < 0) return NULL;
+  PyObject *ret = cache_op(st, c, op, id, arg);
+  dsc_py_ctx_leave(x);
+  return ret;
+}
+
+static PyObject *cache_op(dsc_py_state *st, dsc_mla_cache *c, const char *op, long long id,
+                          long long arg) {
   dsc_status s = DSC_OK;
   if (!strcmp(op, "add")) s = dsc_mla_cache_add_sequence(c, id);
   else if (!strcmp(op, "free")) s = dsc_mla_cache_free_sequence(c, id);
@@ -255,6 +289,7 @@ static PyObject *py_mla_cache_read(PyObject *m, PyObject *args) {
   BEGIN("dsc_mla_cache_read")
   OUT(lat, lo, "latent")
   OUT(rope, ro, "rope")
+  USE_CTX((PyObject *)PyCapsule_GetContext(cap)); /* the cache's context */
   RUN(dsc_mla_cache_read(ctx, c, layer, id, lat, rope));
   ret = Py_NewRef(Py_None);
   END
@@ -293,6 +328,7 @@ static PyObject *py_mla_infer(PyObject *m, PyObject *args) {
     w.kv_b_proj_scale_inv = sc[6];
     w.o_proj_scale_inv = sc[7];
   }
+  USE_CTX((PyObject *)PyCapsule_GetContext(cap)); /* the cache's context */
   if (decode) RUN(dsc_mla_decode(ctx, &p, &w, c, layer, x, ids, pos, y));
   else RUN(dsc_mla_prefill(ctx, &p, &w, c, layer, x, ids, pos, y));
   ret = Py_NewRef(Py_None);

@@ -1,8 +1,10 @@
 /*
  * ops_model.c -- Python wrappers of dsc_model (the C model and its training step). The
- * model travels as a PyCapsule "deepseek_c.model" owning a dsc_model* (and holding the
- * module, whose contexts must outlive it). Parameter, gradient and optimizer-state views
- * are dsc.Tensor objects over the model's arenas that keep the capsule alive.
+ * model travels as a PyCapsule "deepseek_c.model" owning a dsc_model*; its context is the
+ * model's own (a context capsule, see glue.h, held by the model capsule so it outlives the
+ * model): calls on one model run one at a time, calls on different models in parallel.
+ * Parameter, gradient and optimizer-state views are dsc.Tensor objects over the model's
+ * arenas that keep the model capsule alive.
  */
 #include "call.h"
 
@@ -10,34 +12,56 @@
 
 static void model_destructor(PyObject *cap) {
   dsc_model *mdl = (dsc_model *)PyCapsule_GetPointer(cap, MODEL_NAME);
-  PyObject *mod = (PyObject *)PyCapsule_GetContext(cap);
-  dsc_model_destroy(mdl);
-  Py_XDECREF(mod);
+  PyObject *ctx_cap = (PyObject *)PyCapsule_GetContext(cap);
+  dsc_model_destroy(mdl); /* no call can be running: each holds the capsule */
+  Py_XDECREF(ctx_cap);
 }
 
-static PyObject *wrap_model(PyObject *m, dsc_model *mdl) {
+/* The capsule of mdl, holding (stealing) the context capsule it was created on. */
+static PyObject *wrap_model(dsc_model *mdl, PyObject *ctx_cap) {
   PyObject *cap = PyCapsule_New(mdl, MODEL_NAME, model_destructor);
   if (!cap) {
     dsc_model_destroy(mdl);
+    Py_DECREF(ctx_cap);
     return NULL;
   }
-  Py_INCREF(m);
-  if (PyCapsule_SetContext(cap, m) < 0) {
-    Py_DECREF(m);
+  if (PyCapsule_SetContext(cap, ctx_cap) < 0) {
+    PyCapsule_SetDestructor(cap, NULL);
     Py_DECREF(cap);
+    dsc_model_destroy(mdl);
+    Py_DECREF(ctx_cap);
     return NULL;
   }
   return cap;
 }
 
-/* The model of a capsule and the lock of its context. */
-static dsc_model *model_of(PyObject *m, PyObject *cap, PyThread_type_lock *lock) {
-  dsc_model *mdl = (dsc_model *)PyCapsule_GetPointer(cap, MODEL_NAME);
-  if (!mdl) return NULL;
-  DLDevice dev;
-  dsc_context_get_device(dsc_model_context(mdl), &dev);
-  if (lock && !dsc_py_context(dsc_py_get_state(m), dev, lock)) return NULL;
-  return mdl;
+/* The model of a capsule (NULL with an exception). */
+static dsc_model *model_of(PyObject *cap) {
+  return (dsc_model *)PyCapsule_GetPointer(cap, MODEL_NAME);
+}
+
+/* The context capsule of a model capsule (borrowed). */
+static PyObject *model_ctx(PyObject *cap) { return (PyObject *)PyCapsule_GetContext(cap); }
+
+/* Enter the model's context to run fn (see dsc_py_ctx_enter): 1 entered (leave after), 0
+ * already held by this thread (allow_self; nothing to leave), -1 with an exception. */
+static int model_enter(PyObject *m, PyObject *cap, const char *fn, int allow_self, dsc_model **mdl,
+                       dsc_py_ctx **c) {
+  *mdl = model_of(cap);
+  if (!*mdl) return -1;
+  *c = dsc_py_ctx_get(model_ctx(cap));
+  if (!*c) return -1;
+  const int r = dsc_py_ctx_enter(dsc_py_get_state(m), *c, fn, allow_self);
+  return r < 0 ? -1 : (r == 1 ? 0 : 1);
+}
+
+/* How messages name a model: "model (2 layers, hidden 64, vocab 128, cpu)". */
+static void model_label(dsc_py_ctx *c, const dsc_model_config *cfg, DLDevice dev) {
+  char d[24];
+  if (dev.device_type == kDLCPU) snprintf(d, sizeof d, "cpu");
+  else snprintf(d, sizeof d, "cuda:%d", (int)dev.device_id);
+  snprintf(c->what, sizeof c->what, "model (%d layers, hidden %d, vocab %d, %s)",
+           (int)cfg->num_hidden_layers, (int)cfg->hidden_size, (int)cfg->vocab_size, d);
 }
 
 static int parse_device(PyObject *m, int dev_type, int dev_id, DLDevice *dev) {
@@ -55,25 +79,26 @@ static int moments_dtype(const char *s) {
   return -1;
 }
 
-/* model_new(config_json: str, device_type, device_id, seed, init, fp8, moments) -> capsule.
- * The config is parsed by C (dsc_model_create_json): the one parser. */
+/* model_new(config_json: str, device_type, device_id, seed, init, fp8, moments[, num_threads])
+ *   -> capsule. The config is parsed by C (dsc_model_create_json): the one parser.
+ *   num_threads: OpenMP threads of the model's context (0: the default). */
 static PyObject *py_model_new(PyObject *m, PyObject *args) {
   const char *cfg_text;
   Py_ssize_t cfg_len;
-  int dev_type, dev_id, init, fp8;
+  int dev_type, dev_id, init, fp8, nthreads = 0;
   unsigned long long seed;
   const char *moments;
-  if (!PyArg_ParseTuple(args, "s#iiKiis", &cfg_text, &cfg_len, &dev_type, &dev_id, &seed, &init, &fp8,
-                        &moments))
+  if (!PyArg_ParseTuple(args, "s#iiKiis|i", &cfg_text, &cfg_len, &dev_type, &dev_id, &seed, &init, &fp8,
+                        &moments, &nthreads))
     return NULL;
   const int mdt = moments_dtype(moments);
   if (mdt < 0) return NULL;
   DLDevice dev;
   parse_device(m, dev_type, dev_id, &dev);
   dsc_py_state *st = dsc_py_get_state(m);
-  PyThread_type_lock lock;
-  dsc_context *ctx = dsc_py_context(st, dev, &lock);
-  if (!ctx) return NULL;
+  PyObject *ctx_cap = dsc_py_ctx_new(st, dev, nthreads, "model");
+  if (!ctx_cap) return NULL;
+  dsc_py_ctx *x = dsc_py_ctx_get(ctx_cap);
   dsc_model_options o;
   dsc_model_options_default(&o);
   o.seed = seed;
@@ -82,26 +107,35 @@ static PyObject *py_model_new(PyObject *m, PyObject *args) {
   o.moments_dtype = mdt;
   dsc_model *mdl = NULL;
   dsc_status s;
-  DSC_PY_CALL(lock, s, dsc_model_create_json(ctx, cfg_text, (size_t)cfg_len, &o, &mdl));
-  if (s != DSC_OK) return dsc_py_raise(st, s);
-  return wrap_model(m, mdl);
+  DSC_PY_CALL(s, dsc_model_create_json(x->ctx, cfg_text, (size_t)cfg_len, &o, &mdl)); /* a new context */
+  if (s != DSC_OK) {
+    Py_DECREF(ctx_cap);
+    return dsc_py_raise(st, s);
+  }
+  dsc_model_config c;
+  dsc_model_config_default(&c);
+  dsc_model_get_config(mdl, &c);
+  model_label(x, &c, dev);
+  return wrap_model(mdl, ctx_cap);
 }
 
-/* model_load(dir, device_type, device_id, fp8, moments, init_missing_mtp, strict, seed) -> capsule */
+/* model_load(dir, device_type, device_id, fp8, moments, init_missing_mtp, strict, seed[, num_threads])
+ *   -> capsule */
 static PyObject *py_model_load(PyObject *m, PyObject *args) {
   const char *dir, *moments;
-  int dev_type, dev_id, fp8, init_mtp, strict;
+  int dev_type, dev_id, fp8, init_mtp, strict, nthreads = 0;
   unsigned long long seed;
-  if (!PyArg_ParseTuple(args, "siiisiiK", &dir, &dev_type, &dev_id, &fp8, &moments, &init_mtp, &strict, &seed))
+  if (!PyArg_ParseTuple(args, "siiisiiK|i", &dir, &dev_type, &dev_id, &fp8, &moments, &init_mtp, &strict, &seed,
+                        &nthreads))
     return NULL;
   const int mdt = moments_dtype(moments);
   if (mdt < 0) return NULL;
   DLDevice dev;
   parse_device(m, dev_type, dev_id, &dev);
   dsc_py_state *st = dsc_py_get_state(m);
-  PyThread_type_lock lock;
-  dsc_context *ctx = dsc_py_context(st, dev, &lock);
-  if (!ctx) return NULL;
+  PyObject *ctx_cap = dsc_py_ctx_new(st, dev, nthreads, "model");
+  if (!ctx_cap) return NULL;
+  dsc_py_ctx *x = dsc_py_ctx_get(ctx_cap);
   dsc_model_options o;
   dsc_model_options_default(&o);
   o.init = 0;
@@ -112,9 +146,16 @@ static PyObject *py_model_load(PyObject *m, PyObject *args) {
   o.seed = seed;
   dsc_model *mdl = NULL;
   dsc_status s;
-  DSC_PY_CALL(lock, s, dsc_model_load(ctx, dir, &o, &mdl));
-  if (s != DSC_OK) return dsc_py_raise(st, s);
-  return wrap_model(m, mdl);
+  DSC_PY_CALL(s, dsc_model_load(x->ctx, dir, &o, &mdl));
+  if (s != DSC_OK) {
+    Py_DECREF(ctx_cap);
+    return dsc_py_raise(st, s);
+  }
+  dsc_model_config c;
+  dsc_model_config_default(&c);
+  dsc_model_get_config(mdl, &c);
+  model_label(x, &c, dev);
+  return wrap_model(mdl, ctx_cap);
 }
 
 /* A str from a text the C core renders under the size-query protocol. */
@@ -140,7 +181,7 @@ static dsc_status model_json_fn(const void *arg, char *out, size_t cap, size_t *
 static PyObject *py_model_config_json(PyObject *m, PyObject *args) {
   PyObject *cap;
   if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
-  dsc_model *mdl = model_of(m, cap, NULL);
+  dsc_model *mdl = model_of(cap);
   if (!mdl) return NULL;
   return rendered(m, model_json_fn, mdl);
 }
@@ -169,7 +210,7 @@ static PyObject *py_config_normalize(PyObject *m, PyObject *args) {
 static PyObject *py_model_warnings(PyObject *m, PyObject *args) {
   PyObject *cap;
   if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
-  dsc_model *mdl = model_of(m, cap, NULL);
+  dsc_model *mdl = model_of(cap);
   if (!mdl) return NULL;
   const int64_t n = dsc_model_num_load_warnings(mdl);
   PyObject *out = PyList_New((Py_ssize_t)n);
@@ -191,12 +232,26 @@ static PyObject *py_model_save(PyObject *m, PyObject *args) {
   const char *dir;
   int opt;
   if (!PyArg_ParseTuple(args, "Osi", &cap, &dir, &opt)) return NULL;
-  PyThread_type_lock lock;
-  dsc_model *mdl = model_of(m, cap, &lock);
-  if (!mdl) return NULL;
+  dsc_model *mdl;
+  dsc_py_ctx *c;
+  if (model_enter(m, cap, "dsc_model_save", 0, &mdl, &c) < 0) return NULL;
   dsc_status s;
-  DSC_PY_CALL(lock, s, dsc_model_save(mdl, dir, opt));
+  DSC_PY_CALL(s, dsc_model_save(mdl, dir, opt));
+  dsc_py_ctx_leave(c);
   if (s != DSC_OK) return dsc_py_raise(dsc_py_get_state(m), s);
+  Py_RETURN_NONE;
+}
+
+/* model_check_reentry(cap, fn): raise the re-entrant-call error when this thread is running a
+ * call on the model (e.g. stream() from the model's own callback, whose worker thread would
+ * wait for it forever), else return None without waiting. */
+static PyObject *py_model_check_reentry(PyObject *m, PyObject *args) {
+  PyObject *cap;
+  const char *fn;
+  if (!PyArg_ParseTuple(args, "Os", &cap, &fn)) return NULL;
+  if (!model_of(cap)) return NULL;
+  dsc_py_ctx *c = dsc_py_ctx_get(model_ctx(cap));
+  if (!c || dsc_py_ctx_check_self(dsc_py_get_state(m), c, fn) < 0) return NULL;
   Py_RETURN_NONE;
 }
 
@@ -209,7 +264,7 @@ static PyObject *view_tensor(PyObject *m, PyObject *cap, const DLTensor *v) {
 static PyObject *py_model_tensors(PyObject *m, PyObject *args) {
   PyObject *cap;
   if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
-  dsc_model *mdl = model_of(m, cap, NULL);
+  dsc_model *mdl = model_of(cap); /* the layout never changes: no context needed */
   if (!mdl) return NULL;
   const int64_t n = dsc_model_num_tensors(mdl);
   PyObject *out = PyList_New((Py_ssize_t)n);
@@ -238,7 +293,7 @@ static PyObject *py_model_tensor_scale(PyObject *m, PyObject *args) {
   PyObject *cap;
   long long index;
   if (!PyArg_ParseTuple(args, "OL", &cap, &index)) return NULL;
-  dsc_model *mdl = model_of(m, cap, NULL);
+  dsc_model *mdl = model_of(cap); /* fixed once frozen: no context needed */
   if (!mdl) return NULL;
   DLTensor v;
   dsc_status s = dsc_model_tensor_scale(mdl, index, &v);
@@ -251,11 +306,12 @@ static PyObject *py_model_tensor_scale(PyObject *m, PyObject *args) {
 static PyObject *py_model_freeze(PyObject *m, PyObject *args) {
   PyObject *cap;
   if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
-  PyThread_type_lock lock;
-  dsc_model *mdl = model_of(m, cap, &lock);
-  if (!mdl) return NULL;
+  dsc_model *mdl;
+  dsc_py_ctx *c;
+  if (model_enter(m, cap, "dsc_model_freeze_fp8", 0, &mdl, &c) < 0) return NULL;
   dsc_status s;
-  DSC_PY_CALL(lock, s, dsc_model_freeze_fp8(mdl));
+  DSC_PY_CALL(s, dsc_model_freeze_fp8(mdl));
+  dsc_py_ctx_leave(c);
   if (s != DSC_OK) return dsc_py_raise(dsc_py_get_state(m), s);
   Py_RETURN_NONE;
 }
@@ -266,16 +322,16 @@ static PyObject *py_model_state(PyObject *m, PyObject *args) {
   long long index;
   int which;
   if (!PyArg_ParseTuple(args, "OLi", &cap, &index, &which)) return NULL;
-  PyThread_type_lock lock;
-  dsc_model *mdl = model_of(m, cap, &lock);
-  if (!mdl) return NULL;
+  dsc_model *mdl;
+  dsc_py_ctx *c;
+  /* a view, no data read: fine from the model's own callback too */
+  const int entered = model_enter(m, cap, "dsc_model_grad", 1, &mdl, &c);
+  if (entered < 0) return NULL;
   DLTensor v;
   dsc_status s;
-  if (which == 0) {
-    DSC_PY_CALL(lock, s, dsc_model_grad(mdl, index, &v));
-  } else {
-    DSC_PY_CALL(lock, s, dsc_model_optimizer_state(mdl, index, which - 1, &v));
-  }
+  if (which == 0) s = dsc_model_grad(mdl, index, &v);
+  else s = dsc_model_optimizer_state(mdl, index, which - 1, &v);
+  if (entered) dsc_py_ctx_leave(c);
   if (s != DSC_OK) return dsc_py_raise(dsc_py_get_state(m), s);
   return view_tensor(m, cap, &v);
 }
@@ -284,14 +340,20 @@ static PyObject *py_model_state(PyObject *m, PyObject *args) {
 static PyObject *py_model_info(PyObject *m, PyObject *args) {
   PyObject *cap;
   if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
-  dsc_model *mdl = model_of(m, cap, NULL);
-  if (!mdl) return NULL;
+  dsc_model *mdl;
+  dsc_py_ctx *c;
+  /* step and activation bytes change in a training step; reading them from the model's
+   * own callback is fine (the call is paused there) */
+  const int entered = model_enter(m, cap, "dsc_model_info", 1, &mdl, &c);
+  if (entered < 0) return NULL;
   size_t act = 0, wb = 0;
   dsc_model_activation_bytes(mdl, &act);
   dsc_model_weight_bytes(mdl, &wb);
+  const long long step = (long long)dsc_model_step(mdl);
+  if (entered) dsc_py_ctx_leave(c);
   return Py_BuildValue("{s:L,s:L,s:L,s:K,s:K,s:i}", "n_params", (long long)dsc_model_num_parameters(mdl),
                        "n_tensors", (long long)dsc_model_num_tensors(mdl), "step",
-                       (long long)dsc_model_step(mdl), "activation_bytes", (unsigned long long)act,
+                       step, "activation_bytes", (unsigned long long)act,
                        "weight_bytes", (unsigned long long)wb, "frozen", (int)dsc_model_is_frozen(mdl));
 }
 
@@ -300,9 +362,11 @@ static PyObject *py_model_set_step(PyObject *m, PyObject *args) {
   PyObject *cap;
   long long step;
   if (!PyArg_ParseTuple(args, "OL", &cap, &step)) return NULL;
-  dsc_model *mdl = model_of(m, cap, NULL);
-  if (!mdl) return NULL;
+  dsc_model *mdl;
+  dsc_py_ctx *c;
+  if (model_enter(m, cap, "dsc_model_set_step", 0, &mdl, &c) < 0) return NULL;
   dsc_status s = dsc_model_set_step(mdl, step);
+  dsc_py_ctx_leave(c);
   if (s != DSC_OK) return dsc_py_raise(dsc_py_get_state(m), s);
   Py_RETURN_NONE;
 }
@@ -312,14 +376,20 @@ static PyObject *py_model_expert_load(PyObject *m, PyObject *args) {
   PyObject *cap;
   int layer;
   if (!PyArg_ParseTuple(args, "Oi", &cap, &layer)) return NULL;
-  dsc_model *mdl = model_of(m, cap, NULL);
-  if (!mdl) return NULL;
+  dsc_model *mdl;
+  dsc_py_ctx *x;
+  const int entered = model_enter(m, cap, "dsc_model_expert_load", 1, &mdl, &x);
+  if (entered < 0) return NULL;
   dsc_model_config c;
   dsc_model_get_config(mdl, &c);
   const int32_t E = c.n_routed_experts > 0 ? c.n_routed_experts : 1;
   int64_t *counts = (int64_t *)PyMem_Malloc((size_t)E * sizeof(int64_t));
-  if (!counts) return PyErr_NoMemory();
+  if (!counts) {
+    if (entered) dsc_py_ctx_leave(x);
+    return PyErr_NoMemory();
+  }
   dsc_status s = dsc_model_expert_load(mdl, layer, counts, E);
+  if (entered) dsc_py_ctx_leave(x);
   PyObject *out = NULL;
   if (s != DSC_OK) {
     dsc_py_raise(dsc_py_get_state(m), s);
@@ -335,11 +405,12 @@ static PyObject *py_model_forward(PyObject *m, PyObject *args) {
   PyObject *cap, *tok_o, *lg_o;
   int depth;
   if (!PyArg_ParseTuple(args, "OOOi", &cap, &tok_o, &lg_o, &depth)) return NULL;
-  dsc_model *mdl = model_of(m, cap, NULL);
+  dsc_model *mdl = model_of(cap);
   if (!mdl) return NULL;
   BEGIN(depth < 0 ? "dsc_model_forward" : "dsc_model_forward_mtp");
   IN(tok, tok_o, "tokens");
   OUT(lg, lg_o, "logits");
+  USE_CTX(model_ctx(cap));
   if (depth < 0)
     RUN(dsc_model_forward(mdl, tok, lg));
   else
@@ -353,13 +424,14 @@ static PyObject *py_model_routing(PyObject *m, PyObject *args) {
   PyObject *cap, *tok_o, *i_o, *w_o, *s_o;
   int layer;
   if (!PyArg_ParseTuple(args, "OOiOOO", &cap, &tok_o, &layer, &i_o, &w_o, &s_o)) return NULL;
-  dsc_model *mdl = model_of(m, cap, NULL);
+  dsc_model *mdl = model_of(cap);
   if (!mdl) return NULL;
   BEGIN("dsc_model_routing");
   IN(tok, tok_o, "tokens");
   OUT(idx, i_o, "indices");
   OUT(wt, w_o, "weights");
   OUT(sc, s_o, "scores");
+  USE_CTX(model_ctx(cap));
   RUN(dsc_model_routing(mdl, tok, layer, idx, wt, sc));
   ret = Py_NewRef(Py_None);
   END
@@ -388,7 +460,7 @@ static PyObject *py_model_train(PyObject *m, PyObject *args) {
   int mode, acc;
   float scale;
   if (!PyArg_ParseTuple(args, "OOOOiif", &cap, &tok_o, &tgt_o, &opt_o, &mode, &acc, &scale)) return NULL;
-  dsc_model *mdl = model_of(m, cap, NULL);
+  dsc_model *mdl = model_of(cap);
   if (!mdl) return NULL;
   dsc_train_options o;
   if (!parse_train_options(opt_o, &o)) return NULL;
@@ -398,6 +470,7 @@ static PyObject *py_model_train(PyObject *m, PyObject *args) {
   BEGIN(mode ? "dsc_model_train_step" : "dsc_model_loss_and_grad");
   IN(tok, tok_o, "tokens");
   IN(tgt, tgt_o, "targets");
+  USE_CTX(model_ctx(cap));
   if (mode)
     RUN(dsc_model_train_step(mdl, &o, tok, tgt, &stats));
   else
@@ -410,6 +483,8 @@ PyMethodDef dsc_py_model_methods[] = {
     {"model_new", py_model_new, METH_VARARGS, "A dsc_model (capsule) from config.json text."},
     {"model_load", py_model_load, METH_VARARGS, "dsc_model_load(dir) (capsule)."},
     {"model_save", py_model_save, METH_VARARGS, "dsc_model_save."},
+    {"model_check_reentry", py_model_check_reentry, METH_VARARGS,
+     "Raise when this thread is running a call on the model."},
     {"model_tensors", py_model_tensors, METH_VARARGS, "[(hf_name, Tensor view)]."},
     {"model_tensor_scale", py_model_tensor_scale, METH_VARARGS, "Block scales of a held FP8 matrix."},
     {"model_freeze", py_model_freeze, METH_VARARGS, "dsc_model_freeze_fp8 (no views may exist)."},

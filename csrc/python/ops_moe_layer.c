@@ -1,7 +1,7 @@
 /*
  * ops_moe_layer.c -- Python wrappers of the C MoE layer (dsc_moe_layer_forward/backward).
- * The saved activations are a capsule that owns the dsc_moe_layer_saved handle and keeps
- * the module (whose contexts own the memory) alive.
+ * The saved activations are a capsule that owns the dsc_moe_layer_saved handle and holds
+ * the pool context its forward ran on (which owns the memory; the backward runs there too).
  */
 #include "call.h"
 
@@ -9,12 +9,19 @@
 
 static const char *const SAVED_CAPSULE = "deepseek_c.moe_layer_saved";
 
+/* Another thread may be running an op on that pool context: enter it to free (see
+ * dsc_py_ctx_enter_pooled). */
 static void saved_destructor(PyObject *cap) {
   dsc_moe_layer_saved *s = (dsc_moe_layer_saved *)PyCapsule_GetPointer(cap, SAVED_CAPSULE);
-  PyObject *module = (PyObject *)PyCapsule_GetContext(cap);
-  if (s) dsc_moe_layer_saved_destroy(s);
+  PyObject *ctx_cap = (PyObject *)PyCapsule_GetContext(cap);
+  dsc_py_ctx *c = ctx_cap ? dsc_py_ctx_get(ctx_cap) : NULL;
+  if (s && c) {
+    const int taken = dsc_py_ctx_enter_pooled(c);
+    dsc_moe_layer_saved_destroy(s);
+    if (taken) dsc_py_ctx_leave(c);
+  }
   PyErr_Clear();
-  Py_XDECREF(module);
+  Py_XDECREF(ctx_cap);
 }
 
 static const char *const W_NAMES[8] = {
@@ -107,19 +114,20 @@ static PyObject *py_moe_layer_forward(PyObject *m, PyObject *args) {
       goto out;
     }
   }
-  DSC_PY_CALL(lock, s, dsc_moe_layer_forward(ctx, &p, align, &w, x, y, counts, saved));
+  DSC_PY_CALL(s, dsc_moe_layer_forward(ctx, &p, align, &w, x, y, counts, saved));
   if (s != DSC_OK) {
     dsc_moe_layer_saved_destroy(saved);
     dsc_py_raise(f.st, s);
     goto out;
   }
   if (saved) {
-    ret = PyCapsule_New(saved, SAVED_CAPSULE, saved_destructor);
+    ret = PyCapsule_New(saved, SAVED_CAPSULE, NULL);
     if (!ret) {
       dsc_moe_layer_saved_destroy(saved);
       goto out;
     }
-    PyCapsule_SetContext(ret, Py_NewRef(m));
+    PyCapsule_SetContext(ret, Py_NewRef(call_pc)); /* the backward runs on this context too */
+    PyCapsule_SetDestructor(ret, saved_destructor);
   } else {
     ret = Py_NewRef(Py_None);
   }
@@ -168,6 +176,7 @@ static PyObject *py_moe_layer_backward(PyObject *m, PyObject *args) {
     g.gate = gt[0], g.experts_gate = gt[1], g.experts_up = gt[2], g.experts_down = gt[3];
     g.shared_gate = gt[4], g.shared_up = gt[5], g.shared_down = gt[6];
   }
+  USE_CTX((PyObject *)PyCapsule_GetContext(so)); /* the forward's context */
   RUN(dsc_moe_layer_backward(ctx, &p, &w, x, dy, saved, dx, &g));
   ret = Py_NewRef(Py_None);
   END

@@ -2,8 +2,8 @@
  * tensor.c -- deepseek_c.Tensor: memory owned by the C core (or by an object that
  * owns C memory, like a model), exported zero-copy through DLPack.
  *
- * Ownership: an owned Tensor frees its data through the module's context for its
- * device and holds a reference to the module so those contexts outlive it. A view
+ * Ownership: an owned Tensor frees its data through the module's memory context for its
+ * device and holds a reference to the module so that context outlives it. A view
  * Tensor (owns == 0) holds `base` alive instead. Every exported capsule holds a
  * reference to the Tensor until the consumer calls the deleter.
  */
@@ -33,9 +33,7 @@ static int64_t numel(const T *t) {
 PyObject *dsc_py_tensor_new_owned(PyObject *module, DLDevice dev, dsc_dtype dtype, int ndim,
                                   const int64_t *shape) {
   dsc_py_state *st = dsc_py_get_state(module);
-  PyThread_type_lock lock;
-  dsc_context *ctx = dsc_py_context(st, dev, &lock);
-  if (!ctx) return NULL;
+  if (!dsc_py_device_of(st, dev)) return NULL;
   T *t = (T *)st->tensor_type->tp_alloc(st->tensor_type, 0);
   if (!t) return NULL;
   t->device = dev.device_type == kDLCPU ? (DLDevice){kDLCPU, 0} : dev;
@@ -48,12 +46,10 @@ PyObject *dsc_py_tensor_new_owned(PyObject *module, DLDevice dev, dsc_dtype dtyp
     s *= shape[i];
   }
   size_t bytes = (size_t)s * dsc_dtype_size(dtype);
-  dsc_status rc;
   void *p = NULL;
-  DSC_PY_CALL(lock, rc, dsc_malloc(ctx, bytes ? bytes : 1, &p));
-  if (rc != DSC_OK) {
+  if (dsc_py_mem_alloc(st, t->device, bytes ? bytes : 1, &p) < 0) {
     Py_DECREF(t);
-    return dsc_py_raise(st, rc);
+    return NULL;
   }
   t->data = p;
   t->owns = 1;
@@ -87,15 +83,7 @@ static void tensor_dealloc(T *t) {
   PyObject_GC_UnTrack(t);
   if (t->owns && t->data && t->module) {
     dsc_py_state *st = dsc_py_get_state(t->module);
-    PyThread_type_lock lock;
-    dsc_context *ctx = st ? dsc_py_context(st, t->device, &lock) : NULL;
-    if (ctx) {
-      PyThread_acquire_lock(lock, WAIT_LOCK);
-      dsc_free(ctx, t->data);
-      PyThread_release_lock(lock);
-    } else {
-      PyErr_Clear();
-    }
+    if (st) dsc_py_mem_free(st, t->device, t->data);
   }
   t->data = NULL;
   Py_CLEAR(t->base);
@@ -195,16 +183,18 @@ static T *tensor_copy_to(T *t, DLDevice dev) {
   if (!c) return NULL;
   dsc_py_state *st = dsc_py_get_state(t->module);
   DLDevice work = t->device.device_type == kDLCPU ? dev : t->device;
-  PyThread_type_lock lock;
-  dsc_context *ctx = dsc_py_context(st, work, &lock);
-  if (!ctx) {
+  PyObject *pc = dsc_py_pool_take(st, work, "dsc_memcpy");
+  if (!pc) {
     Py_DECREF(c);
     return NULL;
   }
+  dsc_py_ctx *x = dsc_py_ctx_get(pc);
   size_t bytes = (size_t)numel(t) * dsc_dtype_size(t->dtype);
   dsc_status s;
-  DSC_PY_CALL(lock, s, dsc_memcpy(ctx, c->data, c->device, t->data, t->device, bytes));
-  if (s == DSC_OK) DSC_PY_CALL(lock, s, dsc_context_synchronize(ctx));
+  DSC_PY_CALL(s, dsc_memcpy(x->ctx, c->data, c->device, t->data, t->device, bytes));
+  if (s == DSC_OK) DSC_PY_CALL(s, dsc_context_synchronize(x->ctx));
+  dsc_py_ctx_leave(x);
+  Py_DECREF(pc);
   if (s != DSC_OK) {
     Py_DECREF(c);
     return (T *)dsc_py_raise(st, s);
@@ -258,11 +248,13 @@ static PyObject *tensor_dlpack(T *self, PyObject *args, PyObject *kwargs) {
       return NULL;
     }
     if (s != -1) {
-      PyThread_type_lock lock;
-      dsc_context *ctx = dsc_py_context(st, self->device, &lock);
-      if (!ctx) return NULL;
+      PyObject *pc = dsc_py_pool_take(st, self->device, "dsc_context_synchronize");
+      if (!pc) return NULL;
+      dsc_py_ctx *x = dsc_py_ctx_get(pc);
       dsc_status rc;
-      DSC_PY_CALL(lock, rc, dsc_context_synchronize(ctx));
+      DSC_PY_CALL(rc, dsc_context_synchronize(x->ctx));
+      dsc_py_ctx_leave(x);
+      Py_DECREF(pc);
       if (rc != DSC_OK) return dsc_py_raise(st, rc);
     }
   } else if (self->device.device_type == kDLCPU && stream != Py_None) {

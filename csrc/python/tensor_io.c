@@ -166,14 +166,9 @@ static int import_dlpack(dsc_py_frame *f, dsc_py_tensor *v, PyObject *obj, const
   PyObject *stream = Py_None;
   PyObject *stream_obj = NULL;
   if (dev_type == kDLCUDA) {
-    DLDevice d = {kDLCUDA, (int32_t)dev_id};
-    PyThread_type_lock lock;
-    dsc_context *ctx = dsc_py_context(f->st, d, &lock);
-    if (!ctx) return -1;
-    void *s = NULL;
-    dsc_context_get_stream(ctx, &s);
-    /* DLPack: 1 = legacy default stream; other values are the cudaStream_t. */
-    stream_obj = PyLong_FromVoidPtr(s ? s : (void *)1);
+    /* DLPack: 1 = the legacy default stream, which every context of the glue runs on (it
+     * never sets a stream on them). */
+    stream_obj = PyLong_FromLong(1);
     if (!stream_obj) return -1;
     stream = stream_obj;
   }
