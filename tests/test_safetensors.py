@@ -240,6 +240,8 @@ _RULES = [
     ("nul-name", '{"a%sb":%s}' % (_Z, _T), b"\0" * 4, True, r'tensor name "a\\x00b".*NUL', True),
     ("nul-metadata", '{"__metadata__":{"k":"v%s"},"a":%s}' % (_Z, _T), b"\0" * 4, True, "NUL", True),
     ("dtype-I16", '{"a":{"dtype":"I16","shape":[2],"data_offsets":[0,4]}}', b"\0" * 4, True, "unsupported dtype", True),
+    ("entry-as-array", '{"a":["F32",[1],[0,4]]}', b"\0" * 4, True, "expected an object", True),
+    ("dtype-as-map", '{"a":{"dtype":{"F32":null},"shape":[1],"data_offsets":[0,4]}}', b"\0" * 4, True, "dtype: expected a string", True),
     ("huge-empty", '{"a":{"dtype":"F32","shape":[4611686018427387904,0],"data_offsets":[0,0]}}', b"", True, "too large for this library", True),
 ]
 

@@ -29,7 +29,9 @@
  *    NUL-terminated names, which would cut "a\u0000b" to "a";
  *  - dtypes this library has no type for (I16, U16, U32, U64, F8_E8M0, F4, ...), more
  *    than 16 dims, or a shape whose nonzero dims times the itemsize exceed 2^63 - 1
- *    bytes (no DLPack or NumPy array can have it; the reference accepts [2^62, 0]).
+ *    bytes (no DLPack or NumPy array can have it; the reference accepts [2^62, 0]);
+ *  - two spellings only serde's generic decoding lets through, which no writer produces:
+ *    a tensor entry as an array ["F32", [1], [0, 4]], and a dtype as {"F32": null}.
  *
  * The file is read whole into memory placed so that the data block starts 64-byte
  * aligned, whatever N is; tensor data are views into it until the file is closed.
