@@ -4,9 +4,17 @@
     meta = dsc.safetensors_metadata("model.safetensors")         # {"format": "pt", ...}
     dsc.save_safetensors("out.safetensors", tensors, metadata={"format": "pt"})
 
-bfloat16 and float8 tensors come back as ml_dtypes arrays. A corrupt or truncated file
-raises deepseek_c.Error naming the file and the tensor; a missing file raises
-deepseek_c.Error too (status DSC_ERR_IO).
+bfloat16 and float8 tensors come back as ml_dtypes arrays. The reader is as strict as the
+reference `safetensors` package: the header is strict JSON (valid UTF-8, no trailing
+garbage, no leading zeros, bounded nesting), every tensor's data_offsets match its dtype
+and shape, and the tensors tile the data block exactly (no gap, overlap or trailing
+bytes). It also refuses, on purpose: a name given twice in any JSON object, a NUL
+character in a tensor name or metadata string (the C API's names are C strings), a dtype
+or shape this library cannot hold, and two odd spellings no writer produces (an entry as
+an array, a dtype as {"F32": null}). A corrupt, truncated or refused
+file raises deepseek_c.Error naming the file, the tensor and the byte offset; a missing
+file raises deepseek_c.Error too (status DSC_ERR_IO). Saving a name or metadata string
+with a NUL character, or one that is not valid UTF-8, raises ValueError.
 """
 
 from __future__ import annotations

@@ -3,17 +3,52 @@
  *
  * Format (public, Hugging Face): 8 bytes little-endian u64 N, then N bytes of UTF-8 JSON
  * {"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, ...,
- *  "__metadata__": {"key": "value", ...}}, then the data block; offsets are relative to
- * the data block and end - begin == numel * itemsize.
+ *  "__metadata__": {"key": "value", ...}} (whitespace may pad it), then the data block;
+ * offsets are relative to the data block.
  *
- * Reading is bounds-checked everywhere: a corrupt or truncated file is DSC_ERR_FORMAT
- * naming the file and the tensor, never a crash. Writing goes to a temporary file in
- * the same directory, is flushed and fsync'ed, then renamed over the target, so a
- * reader sees either the old file or the new one, never half of one.
+ * The reader accepts exactly the files the reference reader (the `safetensors` package)
+ * accepts, with the exceptions listed below, and rejects everything else with
+ * DSC_ERR_FORMAT naming the file, the tensor and the byte offset in the file:
+ *  - N <= 100,000,000 and 8 + N <= file size;
+ *  - the header is one strict JSON object (json.h: valid UTF-8, no lone surrogates, no
+ *    leading zeros, no trailing data but whitespace, nesting at most 127 levels, as
+ *    serde_json) -- values under unknown keys are ignored but must be valid JSON too;
+ *  - "__metadata__" is null or a map of strings to strings;
+ *  - every other member is a tensor {"dtype": a name, "shape": [dims], "data_offsets":
+ *    [begin, end]}, dims and offsets plain non-negative integers (no 1.0, 1e0, -0),
+ *    data_offsets exactly two, unknown members ignored;
+ *  - numel (product of the dims, checked for overflow in order) * bits per element fits
+ *    in 64 bits, and end - begin is exactly numel * itemsize;
+ *  - the tensors, sorted by (begin, end), cover the data block exactly: the first begins
+ *    at 0, each begins where the previous ends, the last ends at the end of the file (no
+ *    gap, no overlap, no aliasing, no trailing bytes).
+ * Stricter than the reference, on purpose (files it never writes):
+ *  - a member name given twice in any object (the reference keeps the last tensor or
+ *    metadata key silently, and ignores repeats inside ignored values);
+ *  - a NUL (\u0000) in a tensor name or a metadata key or value: the C API hands out
+ *    NUL-terminated names, which would cut "a\u0000b" to "a";
+ *  - dtypes this library has no type for (I16, U16, U32, U64, F8_E8M0, F4, ...), more
+ *    than 16 dims, or a shape whose nonzero dims times the itemsize exceed 2^63 - 1
+ *    bytes (no DLPack or NumPy array can have it; the reference accepts [2^62, 0]);
+ *  - two spellings only serde's generic decoding lets through, which no writer produces:
+ *    a tensor entry as an array ["F32", [1], [0, 4]], and a dtype as {"F32": null}.
+ *
+ * The file is read whole into memory placed so that the data block starts 64-byte
+ * aligned, whatever N is; tensor data are views into it until the file is closed.
+ * Lookups by name are binary searches over the names sorted once at open; the
+ * duplicate check sorts too, so a header of n tensors costs O(n log n), never O(n^2).
+ *
+ * Writing goes to a temporary file in the same directory, is flushed and fsync'ed, then
+ * renamed over the target, so a reader sees either the old file or the new one, never
+ * half of one. The writer refuses what the reader would refuse (names that are not
+ * UTF-8, a name or metadata key given twice, a header over the limit).
  */
 #define _POSIX_C_SOURCE 200809L
+#include "safetensors.h"
+
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,26 +56,34 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "json.h"
 
-#define MAX_HEADER_BYTES ((uint64_t)100 << 20) /* 100 MiB, far above any real header */
+#define MAX_HEADER_BYTES ((uint64_t)100000000) /* the reference's limit (decimal, not MiB) */
 #define MAX_DIMS 16
+#define DATA_ALIGN 64 /* the data block's alignment in memory */
+#define HEADER_MAX_DEPTH 127 /* as serde_json (the reference): 127 nested containers, not 128 */
 
 typedef struct {
-  char *name;
+  const char *name; /* in the file's decoded strings: NUL-terminated, no NUL inside */
+  size_t name_len;
   dsc_dtype dtype;
   int32_t ndim;
   int64_t shape[MAX_DIMS];
   uint64_t begin, end; /* byte range in the data block */
+  size_t at;           /* byte offset of the entry in the file (messages) */
 } st_entry;
 
 struct dsc_safetensors {
   char *path;
-  unsigned char *bytes; /* the whole file, owned */
+  unsigned char *mem;   /* the allocation, owned */
+  unsigned char *bytes; /* the file: inside mem, placed so that the data block is aligned */
   uint64_t size;
-  uint64_t data_start; /* 8 + N */
-  st_entry *entries;
+  uint64_t data_start;  /* 8 + N */
+  char *strings;        /* the header's decoded strings, owned; names and metadata point in */
+  st_entry *entries;    /* [n] in header order */
   int64_t n, cap;
-  char **meta; /* key, value, key, value ... */
+  int64_t *by_name;     /* [n] entry indices sorted by name */
+  const char **meta;    /* key, value, key, value ... (into strings) */
   int64_t n_meta, cap_meta;
 };
 
@@ -56,9 +99,9 @@ static const struct {
     {"BOOL", DSC_DTYPE_BOOL},        {"F64", DSC_DTYPE_FLOAT64},   {"I8", DSC_DTYPE_INT8},
 };
 
-static dsc_dtype dtype_from_name(const char *s) {
+static dsc_dtype dtype_from_name(const char *s, size_t n) {
   for (size_t i = 0; i < sizeof DTYPES / sizeof DTYPES[0]; ++i)
-    if (!strcmp(DTYPES[i].name, s)) return DTYPES[i].dtype;
+    if (strlen(DTYPES[i].name) == n && !memcmp(DTYPES[i].name, s, n)) return DTYPES[i].dtype;
   return DSC_DTYPE_INVALID;
 }
 
@@ -68,316 +111,184 @@ static const char *dtype_to_name(dsc_dtype t) {
   return NULL;
 }
 
-/* ------------------------------------------------------------------ a small JSON reader */
-
-typedef struct {
-  const char *s, *end;
-  const char *fn, *path;
-  const char *start; /* first byte of the JSON, for error offsets */
-} json;
-
-static void skip_ws(json *j) {
-  while (j->s < j->end && (*j->s == ' ' || *j->s == '\n' || *j->s == '\r' || *j->s == '\t')) j->s++;
-}
-
-static dsc_status bad(json *j, const char *what) {
-  return dsc_error(DSC_ERR_FORMAT, j->fn, "path: %s: corrupt header: %s at byte %lld of the JSON",
-                   j->path, what, (long long)(j->s - j->start));
-}
-
-static dsc_status expect(json *j, char c) {
-  skip_ws(j);
-  if (j->s >= j->end || *j->s != c) {
-    char msg[48];
-    snprintf(msg, sizeof msg, "expected '%c'", c);
-    return bad(j, msg);
-  }
-  j->s++;
-  return DSC_OK;
-}
-
-static int hexval(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-/* 1 when s[0..n) is well-formed UTF-8 (no overlongs checked beyond lead bytes). */
-static int utf8_valid(const unsigned char *s, size_t n) {
-  size_t i = 0;
-  while (i < n) {
-    unsigned char c = s[i];
-    size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
-    if (len == 0 || (len == 2 && c < 0xc2) || i + len > n) return 0;
-    for (size_t k = 1; k < len; ++k)
-      if ((s[i + k] & 0xc0) != 0x80) return 0;
-    i += len;
-  }
-  return 1;
-}
-
-/* A JSON string, unescaped into a new heap string (*out, owned by the caller). */
-static dsc_status parse_string(json *j, char **out) {
-  *out = NULL;
-  DSC_TRY(expect(j, '"'));
-  size_t cap = 16, n = 0;
-  char *buf = (char *)malloc(cap);
-  if (!buf) return dsc_error(DSC_ERR_OUT_OF_MEMORY, j->fn, "out of host memory");
-  for (;;) {
-    if (j->s >= j->end) {
-      free(buf);
-      return bad(j, "unterminated string");
-    }
-    unsigned char c = (unsigned char)*j->s++;
-    char tmp[4];
-    size_t tn = 0;
-    if (c == '"') break;
-    if (c < 0x20) {
-      free(buf);
-      return bad(j, "control character in a string");
-    }
-    if (c != '\\') {
-      tmp[tn++] = (char)c;
-    } else {
-      if (j->s >= j->end) {
-        free(buf);
-        return bad(j, "unterminated escape");
-      }
-      char e = *j->s++;
-      switch (e) {
-        case '"': case '\\': case '/': tmp[tn++] = e; break;
-        case 'b': tmp[tn++] = '\b'; break;
-        case 'f': tmp[tn++] = '\f'; break;
-        case 'n': tmp[tn++] = '\n'; break;
-        case 'r': tmp[tn++] = '\r'; break;
-        case 't': tmp[tn++] = '\t'; break;
-        case 'u': {
-          if (j->end - j->s < 4) {
-            free(buf);
-            return bad(j, "short \\u escape");
-          }
-          unsigned cp = 0;
-          for (int i = 0; i < 4; ++i) {
-            int h = hexval(j->s[i]);
-            if (h < 0) {
-              free(buf);
-              return bad(j, "bad \\u escape");
-            }
-            cp = cp * 16 + (unsigned)h;
-          }
-          j->s += 4;
-          /* surrogate pairs are kept as two 3-byte sequences: names never use them */
-          if (cp < 0x80) {
-            tmp[tn++] = (char)cp;
-          } else if (cp < 0x800) {
-            tmp[tn++] = (char)(0xc0 | (cp >> 6));
-            tmp[tn++] = (char)(0x80 | (cp & 0x3f));
-          } else {
-            tmp[tn++] = (char)(0xe0 | (cp >> 12));
-            tmp[tn++] = (char)(0x80 | ((cp >> 6) & 0x3f));
-            tmp[tn++] = (char)(0x80 | (cp & 0x3f));
-          }
-          break;
-        }
-        default: free(buf); return bad(j, "unknown escape");
-      }
-    }
-    if (n + tn + 1 > cap) {
-      cap = 2 * (n + tn + 1);
-      char *nb = (char *)realloc(buf, cap);
-      if (!nb) {
-        free(buf);
-        return dsc_error(DSC_ERR_OUT_OF_MEMORY, j->fn, "out of host memory");
-      }
-      buf = nb;
-    }
-    memcpy(buf + n, tmp, tn);
-    n += tn;
-  }
-  buf[n] = '\0';
-  if (!utf8_valid((const unsigned char *)buf, n)) {
-    free(buf);
-    return bad(j, "invalid UTF-8 in a string");
-  }
-  *out = buf;
-  return DSC_OK;
-}
-
-/* A non-negative integer (all the header's numbers are). */
-static dsc_status parse_u64(json *j, uint64_t *out) {
-  skip_ws(j);
-  if (j->s >= j->end || *j->s < '0' || *j->s > '9') return bad(j, "expected a non-negative integer");
-  uint64_t v = 0;
-  while (j->s < j->end && *j->s >= '0' && *j->s <= '9') {
-    uint64_t d = (uint64_t)(*j->s - '0');
-    if (v > (UINT64_MAX - d) / 10) return bad(j, "integer overflow");
-    v = v * 10 + d;
-    j->s++;
-  }
-  if (j->s < j->end && (*j->s == '.' || *j->s == 'e' || *j->s == 'E')) return bad(j, "expected an integer");
-  *out = v;
-  return DSC_OK;
-}
-
-/* Skip any JSON value (unknown keys are ignored, as the format allows). */
-static dsc_status skip_value(json *j, int depth) {
-  if (depth > 64) return bad(j, "nesting too deep");
-  skip_ws(j);
-  if (j->s >= j->end) return bad(j, "unexpected end");
-  char c = *j->s;
-  if (c == '"') {
-    char *tmp;
-    DSC_TRY(parse_string(j, &tmp));
-    free(tmp);
-    return DSC_OK;
-  }
-  if (c == '{' || c == '[') {
-    char close = c == '{' ? '}' : ']';
-    j->s++;
-    skip_ws(j);
-    if (j->s < j->end && *j->s == close) {
-      j->s++;
-      return DSC_OK;
-    }
-    for (;;) {
-      if (c == '{') {
-        char *k;
-        DSC_TRY(parse_string(j, &k));
-        free(k);
-        DSC_TRY(expect(j, ':'));
-      }
-      DSC_TRY(skip_value(j, depth + 1));
-      skip_ws(j);
-      if (j->s < j->end && *j->s == ',') {
-        j->s++;
-        continue;
-      }
-      return expect(j, close);
-    }
-  }
-  /* number, true, false, null */
-  const char *start = j->s;
-  while (j->s < j->end && (strchr("+-.eE0123456789", *j->s) || (*j->s >= 'a' && *j->s <= 'z'))) j->s++;
-  if (j->s == start) return bad(j, "unexpected character");
-  return DSC_OK;
-}
-
 /* ------------------------------------------------------------------ reader */
 
-void dsc_safetensors_close(dsc_safetensors *f) {
-  if (!f) return;
-  for (int64_t i = 0; i < f->n; ++i) free(f->entries[i].name);
-  for (int64_t i = 0; i < 2 * f->n_meta; ++i) free(f->meta[i]);
-  free(f->entries);
-  free(f->meta);
-  free(f->bytes);
-  free(f->path);
-  free(f);
+/* Reading state: the file and the JSON cursor over its header. */
+typedef struct {
+  dsc_safetensors *f;
+  dsc_json_cursor c;
+  const char *fn;
+} reader;
+
+#define QNAME(buf, e) dsc_json_quote((buf), sizeof(buf), (e)->name, (e)->name_len)
+
+/* "<fn>: path: <file>: tensor "<name>" (header byte B): <message>" */
+static dsc_status bad_tensor(const reader *r, const char *name, size_t name_len, size_t at, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 5, 6)))
+#endif
+    ;
+
+static dsc_status bad_tensor(const reader *r, const char *name, size_t name_len, size_t at, const char *fmt, ...) {
+  char msg[512], q[128];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  return dsc_error(DSC_ERR_FORMAT, r->fn, "path: %s: tensor \"%s\" (at byte %llu): %s", r->f->path,
+                   dsc_json_quote(q, sizeof q, name, name_len), (unsigned long long)(8 + at), msg);
 }
 
-static dsc_status parse_entry(json *j, dsc_safetensors *f, char *name) {
+static dsc_status oom(const reader *r) {
+  return dsc_error(DSC_ERR_OUT_OF_MEMORY, r->fn, "path: %s: out of host memory", r->f->path);
+}
+
+static dsc_status no_nul(const reader *r, const char *s, size_t n, size_t at, const char *what) {
+  if (!memchr(s, '\0', n)) return DSC_OK;
+  char q[128];
+  return dsc_error(DSC_ERR_FORMAT, r->fn,
+                   "path: %s: %s \"%s\" (at byte %llu) contains a NUL character (\\u0000), which "
+                   "names in the C API (NUL-terminated strings) cannot carry",
+                   r->f->path, what, dsc_json_quote(q, sizeof q, s, n), (unsigned long long)(8 + at));
+}
+
+/* "shape": [d0, d1, ...] */
+static dsc_status read_shape(reader *r, st_entry *e) {
+  dsc_json_cursor *c = &r->c;
+  if (dsc_json_next_type(c) != DSC_JSON_ARRAY)
+    return bad_tensor(r, e->name, e->name_len, c->pos, "shape: expected an array of dims");
+  int more;
+  DSC_TRY(dsc_json_begin(c, '[', &more));
+  e->ndim = 0;
+  while (more) {
+    const size_t at = c->pos;
+    uint64_t v;
+    DSC_TRY(dsc_json_uint(c, "a dim", &v));
+    if (e->ndim >= MAX_DIMS)
+      return bad_tensor(r, e->name, e->name_len, at, "shape: more than %d dims (the most this library supports)",
+                        MAX_DIMS);
+    if (v > (uint64_t)INT64_MAX)
+      return bad_tensor(r, e->name, e->name_len, at, "shape: dim %llu is too large for this library (above 2^63 - 1)",
+                        (unsigned long long)v);
+    e->shape[e->ndim++] = (int64_t)v;
+    DSC_TRY(dsc_json_more(c, &more));
+  }
+  return DSC_OK;
+}
+
+/* "data_offsets": [begin, end] */
+static dsc_status read_offsets(reader *r, st_entry *e) {
+  dsc_json_cursor *c = &r->c;
+  dsc_json_peek(c);
+  const size_t at = c->pos;
+  if (dsc_json_next_type(c) != DSC_JSON_ARRAY)
+    return bad_tensor(r, e->name, e->name_len, at, "data_offsets: expected an array [begin, end]");
+  uint64_t v[2];
+  int n = 0, more;
+  DSC_TRY(dsc_json_begin(c, '[', &more));
+  while (more) {
+    if (n == 2) return bad_tensor(r, e->name, e->name_len, at, "data_offsets: expected exactly two offsets [begin, end]");
+    DSC_TRY(dsc_json_uint(c, "an offset", &v[n]));
+    n++;
+    DSC_TRY(dsc_json_more(c, &more));
+  }
+  if (n != 2) return bad_tensor(r, e->name, e->name_len, at, "data_offsets: expected exactly two offsets [begin, end]");
+  e->begin = v[0];
+  e->end = v[1];
+  return DSC_OK;
+}
+
+/* numel * itemsize bytes as the reference computes it (numel over the dims in order,
+ * then numel * bits per element, each step checked), plus this library's own limit:
+ * the nonzero dims times the itemsize fit in int64 (what DLPack and NumPy can hold). */
+static dsc_status entry_bytes(const reader *r, const st_entry *e, uint64_t *bytes) {
+  const uint64_t item = dsc_dtype_size(e->dtype);
+  uint64_t numel = 1, addressable = item;
+  for (int i = 0; i < e->ndim; ++i) {
+    const uint64_t d = (uint64_t)e->shape[i];
+    if (d != 0 && numel > UINT64_MAX / d)
+      return bad_tensor(r, e->name, e->name_len, e->at, "the number of elements overflows 64 bits");
+    numel *= d;
+    if (d != 0) {
+      if (addressable > (uint64_t)INT64_MAX / d)
+        return bad_tensor(r, e->name, e->name_len, e->at,
+                          "its shape is too large for this library: its nonzero dims span more than 2^63 - 1 bytes "
+                          "(no DLPack or NumPy array can have it)");
+      addressable *= d;
+    }
+  }
+  if (numel > UINT64_MAX / (8 * item))
+    return bad_tensor(r, e->name, e->name_len, e->at, "the number of bits overflows 64 bits");
+  *bytes = numel * item;
+  return DSC_OK;
+}
+
+/* One tensor entry: the object after its name. */
+static dsc_status read_entry(reader *r, const char *name, size_t name_len) {
+  dsc_json_cursor *c = &r->c;
+  dsc_safetensors *f = r->f;
   st_entry e;
   memset(&e, 0, sizeof e);
   e.name = name;
-  int have_dtype = 0, have_shape = 0, have_off = 0;
-  dsc_status st = expect(j, '{');
-  while (st == DSC_OK) {
-    char *key = NULL;
-    st = parse_string(j, &key);
-    if (st == DSC_OK) st = expect(j, ':');
-    if (st == DSC_OK && !strcmp(key, "dtype")) {
-      char *dt = NULL;
-      st = parse_string(j, &dt);
-      if (st == DSC_OK) {
-        e.dtype = dtype_from_name(dt);
-        if (e.dtype == DSC_DTYPE_INVALID)
-          st = dsc_error(DSC_ERR_FORMAT, j->fn, "path: %s: tensor '%s': unsupported dtype '%s'", j->path,
-                         name, dt);
-        have_dtype = 1;
+  e.name_len = name_len;
+  dsc_json_peek(c);
+  e.at = c->pos;
+  DSC_TRY(no_nul(r, name, name_len, e.at, "tensor name"));
+  const int t = dsc_json_next_type(c);
+  if (t != DSC_JSON_OBJECT)
+    return bad_tensor(r, name, name_len, e.at, "expected an object {\"dtype\", \"shape\", \"data_offsets\"}, got %s",
+                      t < 0 ? "no JSON value" : dsc_json_type_name((dsc_json_type)t));
+  int have_dtype = 0, have_shape = 0, have_off = 0, more;
+  DSC_TRY(dsc_json_begin(c, '{', &more));
+  while (more) {
+    const char *k;
+    size_t kn;
+    DSC_TRY(dsc_json_key(c, &k, &kn));
+    dsc_json_peek(c);
+    const size_t at = c->pos;
+    if (kn == 5 && !memcmp(k, "dtype", 5)) {
+      if (dsc_json_next_type(c) != DSC_JSON_STRING)
+        return bad_tensor(r, name, name_len, at, "dtype: expected a string such as \"F32\"");
+      const char *s;
+      size_t sn;
+      DSC_TRY(dsc_json_string(c, &s, &sn));
+      e.dtype = dtype_from_name(s, sn);
+      if (e.dtype == DSC_DTYPE_INVALID) {
+        char q[64];
+        return bad_tensor(r, name, name_len, at,
+                          "unsupported dtype \"%s\" (this library reads F32, F64, F16, BF16, F8_E4M3, "
+                          "F8_E5M2, I64, I32, I8, U8 and BOOL)",
+                          dsc_json_quote(q, sizeof q, s, sn));
       }
-      free(dt);
-    } else if (st == DSC_OK && !strcmp(key, "shape")) {
-      st = expect(j, '[');
-      skip_ws(j);
-      if (st == DSC_OK && j->s < j->end && *j->s == ']') {
-        j->s++;
-      } else {
-        while (st == DSC_OK) {
-          uint64_t v;
-          st = parse_u64(j, &v);
-          if (st != DSC_OK) break;
-          if (e.ndim >= MAX_DIMS || v > (uint64_t)INT64_MAX) {
-            st = dsc_error(DSC_ERR_FORMAT, j->fn, "path: %s: tensor '%s': shape has more than %d dims or a huge dim",
-                           j->path, name, MAX_DIMS);
-            break;
-          }
-          e.shape[e.ndim++] = (int64_t)v;
-          skip_ws(j);
-          if (j->s < j->end && *j->s == ',') {
-            j->s++;
-            continue;
-          }
-          st = expect(j, ']');
-          break;
-        }
-      }
+      have_dtype = 1;
+    } else if (kn == 5 && !memcmp(k, "shape", 5)) {
+      DSC_TRY(read_shape(r, &e));
       have_shape = 1;
-    } else if (st == DSC_OK && !strcmp(key, "data_offsets")) {
-      st = expect(j, '[');
-      if (st == DSC_OK) st = parse_u64(j, &e.begin);
-      if (st == DSC_OK) st = expect(j, ',');
-      if (st == DSC_OK) st = parse_u64(j, &e.end);
-      if (st == DSC_OK) st = expect(j, ']');
+    } else if (kn == 12 && !memcmp(k, "data_offsets", 12)) {
+      DSC_TRY(read_offsets(r, &e));
       have_off = 1;
-    } else if (st == DSC_OK) {
-      st = skip_value(j, 1);
+    } else {
+      DSC_TRY(dsc_json_skip(c)); /* unknown members are allowed, if they are valid JSON */
     }
-    free(key);
-    if (st != DSC_OK) break;
-    skip_ws(j);
-    if (j->s < j->end && *j->s == ',') {
-      j->s++;
-      continue;
-    }
-    st = expect(j, '}');
-    break;
+    DSC_TRY(dsc_json_more(c, &more)); /* rejects a member given twice ("shape" twice, ...) */
   }
-  if (st == DSC_OK && !(have_dtype && have_shape && have_off))
-    st = dsc_error(DSC_ERR_FORMAT, j->fn, "path: %s: tensor '%s': expected dtype, shape and data_offsets", j->path,
-                   name);
-  if (st == DSC_OK) {
-    /* numel * itemsize must equal the byte range, computed without overflow */
-    uint64_t bytes = dsc_dtype_size(e.dtype);
-    for (int i = 0; i < e.ndim && st == DSC_OK; ++i) {
-      if (e.shape[i] != 0 && bytes > UINT64_MAX / (uint64_t)e.shape[i])
-        st = dsc_error(DSC_ERR_FORMAT, j->fn, "path: %s: tensor '%s': size overflows", j->path, name);
-      else
-        bytes *= (uint64_t)e.shape[i];
-    }
-    uint64_t data_size = f->size - f->data_start;
-    if (st == DSC_OK && (e.begin > e.end || e.end > data_size))
-      st = dsc_error(DSC_ERR_FORMAT, j->fn,
-                     "path: %s: tensor '%s': data_offsets [%llu, %llu] outside the %llu-byte data block "
-                     "(truncated file?)",
-                     j->path, name, (unsigned long long)e.begin, (unsigned long long)e.end,
-                     (unsigned long long)data_size);
-    if (st == DSC_OK && e.end - e.begin != bytes)
-      st = dsc_error(DSC_ERR_FORMAT, j->fn,
-                     "path: %s: tensor '%s': data_offsets span %llu bytes, its dtype and shape need %llu",
-                     j->path, name, (unsigned long long)(e.end - e.begin), (unsigned long long)bytes);
-  }
-  if (st != DSC_OK) {
-    free(name);
-    return st;
-  }
+  if (!have_dtype || !have_shape || !have_off)
+    return bad_tensor(r, name, name_len, e.at, "missing \"%s\"",
+                      !have_dtype ? "dtype" : !have_shape ? "shape" : "data_offsets");
+  uint64_t bytes = 0;
+  DSC_TRY(entry_bytes(r, &e, &bytes));
+  if (e.end < e.begin)
+    return bad_tensor(r, name, name_len, e.at, "data_offsets [%llu, %llu]: the end is before the begin",
+                      (unsigned long long)e.begin, (unsigned long long)e.end);
+  if (e.end - e.begin != bytes)
+    return bad_tensor(r, name, name_len, e.at,
+                      "data_offsets [%llu, %llu] span %llu bytes, its dtype and shape need %llu",
+                      (unsigned long long)e.begin, (unsigned long long)e.end,
+                      (unsigned long long)(e.end - e.begin), (unsigned long long)bytes);
   if (f->n == f->cap) {
     int64_t cap = f->cap ? 2 * f->cap : 64;
     st_entry *ne = (st_entry *)realloc(f->entries, sizeof *ne * (size_t)cap);
-    if (!ne) {
-      free(name);
-      return dsc_error(DSC_ERR_OUT_OF_MEMORY, j->fn, "out of host memory");
-    }
+    if (!ne) return oom(r);
     f->entries = ne;
     f->cap = cap;
   }
@@ -385,42 +296,274 @@ static dsc_status parse_entry(json *j, dsc_safetensors *f, char *name) {
   return DSC_OK;
 }
 
-static dsc_status parse_metadata(json *j, dsc_safetensors *f) {
-  DSC_TRY(expect(j, '{'));
-  skip_ws(j);
-  if (j->s < j->end && *j->s == '}') {
-    j->s++;
-    return DSC_OK;
+/* "__metadata__": null or {"key": "value", ...} */
+static dsc_status read_metadata(reader *r) {
+  dsc_json_cursor *c = &r->c;
+  dsc_safetensors *f = r->f;
+  const int t = dsc_json_next_type(c);
+  const size_t at = c->pos;
+  if (t == DSC_JSON_NULL) {
+    dsc_json_type lt;
+    return dsc_json_literal(c, &lt);
   }
-  for (;;) {
-    char *k = NULL, *v = NULL;
-    dsc_status st = parse_string(j, &k);
-    if (st == DSC_OK) st = expect(j, ':');
-    if (st == DSC_OK) st = parse_string(j, &v);
-    if (st == DSC_OK && f->n_meta == f->cap_meta) {
-      int64_t cap = f->cap_meta ? 2 * f->cap_meta : 8;
-      char **nm = (char **)realloc(f->meta, sizeof(char *) * 2 * (size_t)cap);
-      if (!nm) st = dsc_error(DSC_ERR_OUT_OF_MEMORY, j->fn, "out of host memory");
-      else {
-        f->meta = nm;
-        f->cap_meta = cap;
-      }
+  if (t != DSC_JSON_OBJECT)
+    return dsc_error(DSC_ERR_FORMAT, r->fn, "path: %s: __metadata__ (at byte %llu): expected null or an "
+                     "object of strings, got %s", f->path, (unsigned long long)(8 + at),
+                     t < 0 ? "no JSON value" : dsc_json_type_name((dsc_json_type)t));
+  int more;
+  DSC_TRY(dsc_json_begin(c, '{', &more));
+  while (more) {
+    const char *k, *v;
+    size_t kn, vn;
+    dsc_json_peek(c);
+    const size_t kat = c->pos;
+    DSC_TRY(dsc_json_key(c, &k, &kn));
+    DSC_TRY(no_nul(r, k, kn, kat, "__metadata__ key"));
+    dsc_json_peek(c);
+    const size_t vat = c->pos;
+    if (dsc_json_next_type(c) != DSC_JSON_STRING) {
+      char q[128];
+      return dsc_error(DSC_ERR_FORMAT, r->fn, "path: %s: __metadata__ \"%s\" (at byte %llu): expected a "
+                       "string value", f->path, dsc_json_quote(q, sizeof q, k, kn), (unsigned long long)(8 + vat));
     }
-    if (st != DSC_OK) {
-      free(k);
-      free(v);
-      return st;
+    DSC_TRY(dsc_json_string(c, &v, &vn));
+    DSC_TRY(no_nul(r, v, vn, vat, "__metadata__ value"));
+    if (f->n_meta == f->cap_meta) {
+      int64_t cap = f->cap_meta ? 2 * f->cap_meta : 8;
+      const char **nm = (const char **)realloc((void *)f->meta, sizeof(char *) * 2 * (size_t)cap);
+      if (!nm) return oom(r);
+      f->meta = nm;
+      f->cap_meta = cap;
     }
     f->meta[2 * f->n_meta] = k;
     f->meta[2 * f->n_meta + 1] = v;
     f->n_meta++;
-    skip_ws(j);
-    if (j->s < j->end && *j->s == ',') {
-      j->s++;
-      continue;
-    }
-    return expect(j, '}');
+    DSC_TRY(dsc_json_more(c, &more)); /* rejects a key given twice */
   }
+  return DSC_OK;
+}
+
+/* qsort helpers: entries by (begin, end) and by name, through index arrays whose
+ * elements carry what they are sorted by (C11 qsort takes no context). */
+typedef struct {
+  uint64_t begin, end;
+  int64_t index;
+} by_offset;
+
+static int offset_cmp(const void *pa, const void *pb) {
+  const by_offset *a = (const by_offset *)pa, *b = (const by_offset *)pb;
+  if (a->begin != b->begin) return a->begin < b->begin ? -1 : 1;
+  if (a->end != b->end) return a->end < b->end ? -1 : 1;
+  return a->index < b->index ? -1 : a->index > b->index;
+}
+
+typedef struct {
+  const char *s;
+  size_t n;
+  int64_t index;
+} by_name;
+
+static int name_cmp(const char *a, size_t an, const char *b, size_t bn) {
+  int r = memcmp(a, b, an < bn ? an : bn);
+  if (r) return r;
+  return an < bn ? -1 : an > bn;
+}
+
+static int name_sort_cmp(const void *pa, const void *pb) {
+  const by_name *a = (const by_name *)pa, *b = (const by_name *)pb;
+  return name_cmp(a->s, a->n, b->s, b->n);
+}
+
+/* The offsets, sorted, must tile the data block exactly (what the reference checks). */
+static dsc_status check_layout(reader *r) {
+  dsc_safetensors *f = r->f;
+  const uint64_t data_size = f->size - f->data_start;
+  if (f->n == 0) {
+    if (data_size != 0)
+      return dsc_error(DSC_ERR_FORMAT, r->fn, "path: %s: %llu bytes after a header that declares no tensor",
+                       f->path, (unsigned long long)data_size);
+    return DSC_OK;
+  }
+  by_offset *o = (by_offset *)malloc(sizeof *o * (size_t)f->n);
+  if (!o) return oom(r);
+  for (int64_t i = 0; i < f->n; ++i) {
+    o[i].begin = f->entries[i].begin;
+    o[i].end = f->entries[i].end;
+    o[i].index = i;
+  }
+  qsort(o, (size_t)f->n, sizeof *o, offset_cmp);
+  dsc_status st = DSC_OK;
+  uint64_t at = 0;
+  int64_t prev = -1;
+  for (int64_t i = 0; i < f->n && st == DSC_OK; ++i) {
+    const st_entry *e = &f->entries[o[i].index];
+    if (e->begin != at) {
+      char q[128];
+      if (prev < 0)
+        st = bad_tensor(r, e->name, e->name_len, e->at,
+                        "data_offsets [%llu, %llu]: the first tensor of the data block must begin at 0",
+                        (unsigned long long)e->begin, (unsigned long long)e->end);
+      else
+        st = bad_tensor(r, e->name, e->name_len, e->at,
+                        "data_offsets [%llu, %llu] %s the previous tensor \"%s\", which ends at %llu "
+                        "(tensors must tile the data block: no gap, no overlap)",
+                        (unsigned long long)e->begin, (unsigned long long)e->end,
+                        e->begin < at ? "overlap" : "leave a gap after",
+                        QNAME(q, &f->entries[prev]), (unsigned long long)at);
+    }
+    at = e->end;
+    prev = o[i].index;
+  }
+  if (st == DSC_OK && at != data_size) {
+    const st_entry *e = &f->entries[prev];
+    if (at > data_size)
+      st = bad_tensor(r, e->name, e->name_len, e->at,
+                      "data_offsets [%llu, %llu] outside the %llu-byte data block (truncated file?)",
+                      (unsigned long long)e->begin, (unsigned long long)e->end, (unsigned long long)data_size);
+    else
+      st = dsc_error(DSC_ERR_FORMAT, r->fn,
+                     "path: %s: the tensors end at byte %llu of the %llu-byte data block: %llu bytes after "
+                     "them belong to no tensor",
+                     f->path, (unsigned long long)at, (unsigned long long)data_size,
+                     (unsigned long long)(data_size - at));
+  }
+  free(o);
+  return st;
+}
+
+static dsc_status index_names(reader *r) {
+  dsc_safetensors *f = r->f;
+  by_name *b = (by_name *)malloc(sizeof *b * (size_t)(f->n ? f->n : 1));
+  f->by_name = (int64_t *)malloc(sizeof *f->by_name * (size_t)(f->n ? f->n : 1));
+  if (!b || !f->by_name) {
+    free(b);
+    return oom(r);
+  }
+  for (int64_t i = 0; i < f->n; ++i) {
+    b[i].s = f->entries[i].name;
+    b[i].n = f->entries[i].name_len;
+    b[i].index = i;
+  }
+  qsort(b, (size_t)f->n, sizeof *b, name_sort_cmp);
+  for (int64_t i = 0; i < f->n; ++i) f->by_name[i] = b[i].index;
+  free(b);
+  return DSC_OK;
+}
+
+/* Parse and check f->bytes[0..size). */
+static dsc_status parse_file(dsc_safetensors *f, const char *fn) {
+  reader r;
+  memset(&r, 0, sizeof r);
+  r.f = f;
+  r.fn = fn;
+  if (f->size < 8)
+    return dsc_error(DSC_ERR_FORMAT, fn, "path: %s: %llu bytes is too short for a safetensors file (truncated?)",
+                     f->path, (unsigned long long)f->size);
+  uint64_t hn = 0;
+  for (int i = 7; i >= 0; --i) hn = (hn << 8) | f->bytes[i];
+  if (hn > MAX_HEADER_BYTES)
+    return dsc_error(DSC_ERR_FORMAT, fn,
+                     "path: %s: header length %llu exceeds the format's limit of %llu bytes (corrupt, or not "
+                     "safetensors)", f->path, (unsigned long long)hn, (unsigned long long)MAX_HEADER_BYTES);
+  if (hn > f->size - 8)
+    return dsc_error(DSC_ERR_FORMAT, fn,
+                     "path: %s: header length %llu does not fit in the %llu-byte file (truncated or not safetensors)",
+                     f->path, (unsigned long long)hn, (unsigned long long)f->size);
+  f->data_start = 8 + hn;
+  f->strings = (char *)malloc((size_t)hn + 1);
+  size_t what_cap = strlen(f->path) + 32;
+  char *what = (char *)malloc(what_cap);
+  if (!f->strings || !what) {
+    free(what);
+    return oom(&r);
+  }
+  snprintf(what, what_cap, "path: %s: header", f->path);
+  dsc_json_cursor *c = &r.c;
+  dsc_json_cursor_init(c, (const char *)f->bytes + 8, (size_t)hn, 8, HEADER_MAX_DEPTH, f->strings, fn, what);
+  dsc_status st = DSC_OK;
+  const int t = dsc_json_next_type(c);
+  if (t != DSC_JSON_OBJECT)
+    st = t < 0 ? dsc_json_fail(c, c->pos, hn == 0 ? "the header is empty (expected a JSON object)"
+                                                  : "expected the header's JSON object")
+               : dsc_json_fail(c, c->pos, "the header must be a JSON object");
+  int more = 0;
+  if (st == DSC_OK) st = dsc_json_begin(c, '{', &more);
+  while (st == DSC_OK && more) {
+    const char *k;
+    size_t kn;
+    st = dsc_json_key(c, &k, &kn);
+    if (st != DSC_OK) break;
+    if (kn == 12 && !memcmp(k, "__metadata__", 12)) st = read_metadata(&r);
+    else st = read_entry(&r, k, kn);
+    if (st == DSC_OK) st = dsc_json_more(c, &more); /* a tensor name or __metadata__ twice fails here */
+  }
+  if (st == DSC_OK) st = dsc_json_end(c); /* whitespace padding only */
+  dsc_json_cursor_free(c);
+  free(what);
+  if (st == DSC_OK) st = check_layout(&r);
+  if (st == DSC_OK) st = index_names(&r);
+  return st;
+}
+
+void dsc_safetensors_close(dsc_safetensors *f) {
+  if (!f) return;
+  free(f->entries);
+  free(f->by_name);
+  free((void *)f->meta);
+  free(f->strings);
+  free(f->mem);
+  free(f->path);
+  free(f);
+}
+
+/* A file record with room for `size` bytes placed so that byte data_start (8 + the
+ * header length in `len8`, when sane) lands on a DATA_ALIGN boundary. */
+static dsc_status new_file(const char *fn, const char *path, uint64_t size, const unsigned char *len8,
+                           dsc_safetensors **out) {
+  *out = NULL;
+  dsc_safetensors *f = (dsc_safetensors *)calloc(1, sizeof *f);
+  if (!f) return dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
+  f->path = strdup(path);
+  size_t pad = 0;
+  if (len8 && size >= 8) {
+    uint64_t hn = 0;
+    for (int i = 7; i >= 0; --i) hn = (hn << 8) | len8[i];
+    if (hn <= MAX_HEADER_BYTES) pad = (size_t)((DATA_ALIGN - (8 + hn) % DATA_ALIGN) % DATA_ALIGN);
+  }
+  if (size > (uint64_t)SIZE_MAX - DATA_ALIGN - pad) {
+    dsc_safetensors_close(f);
+    return dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "path: %s: %llu bytes do not fit in memory", path,
+                     (unsigned long long)size);
+  }
+  /* malloc is at least 16-aligned; DATA_ALIGN more bytes let us round up to 64 */
+  f->mem = (unsigned char *)malloc((size_t)size + pad + DATA_ALIGN);
+  if (!f->mem || !f->path) {
+    dsc_safetensors_close(f);
+    return dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory for %s (%llu bytes)", path,
+                     (unsigned long long)size);
+  }
+  const size_t mis = (size_t)((uintptr_t)f->mem % DATA_ALIGN);
+  f->bytes = f->mem + (mis ? DATA_ALIGN - mis : 0) + pad;
+  f->size = size;
+  *out = f;
+  return DSC_OK;
+}
+
+dsc_status dsc_safetensors_open_memory(const void *bytes, size_t size, const char *name, dsc_safetensors **out) {
+  static const char *const FN = "dsc_safetensors_open_memory";
+  DSC_CHECK(out != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "out: expected a pointer, got NULL");
+  *out = NULL;
+  DSC_CHECK(bytes != NULL || size == 0, DSC_ERR_INVALID_ARGUMENT, FN, "bytes: expected a buffer, got NULL");
+  dsc_safetensors *f = NULL;
+  DSC_TRY(new_file(FN, name ? name : "<memory>", size, (const unsigned char *)bytes, &f));
+  if (size) memcpy(f->bytes, bytes, size);
+  dsc_status st = parse_file(f, FN);
+  if (st != DSC_OK) {
+    dsc_safetensors_close(f);
+    return st;
+  }
+  *out = f;
+  return DSC_OK;
 }
 
 dsc_status dsc_safetensors_open(const char *path, dsc_safetensors **out) {
@@ -430,73 +573,25 @@ dsc_status dsc_safetensors_open(const char *path, dsc_safetensors **out) {
   DSC_CHECK(path != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "path: expected a file name, got NULL");
   FILE *fp = fopen(path, "rb");
   if (!fp) return dsc_error(DSC_ERR_IO, FN, "path: cannot open '%s': %s", path, strerror(errno));
-  dsc_safetensors *f = (dsc_safetensors *)calloc(1, sizeof *f);
-  dsc_status st = DSC_OK;
-  if (!f) {
-    fclose(fp);
-    return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
-  }
-  f->path = strdup(path);
   struct stat sb;
   if (fstat(fileno(fp), &sb) != 0 || !S_ISREG(sb.st_mode)) {
-    st = dsc_error(DSC_ERR_IO, FN, "path: '%s' is not a regular file", path);
-  } else {
-    f->size = (uint64_t)sb.st_size;
-    f->bytes = (unsigned char *)malloc(f->size ? f->size : 1);
-    if (!f->bytes || !f->path) st = dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory for %s", path);
-    else if (f->size && fread(f->bytes, 1, f->size, fp) != f->size)
+    fclose(fp);
+    return dsc_error(DSC_ERR_IO, FN, "path: '%s' is not a regular file", path);
+  }
+  const uint64_t size = (uint64_t)sb.st_size;
+  unsigned char len8[8];
+  const size_t got8 = fread(len8, 1, size < 8 ? (size_t)size : 8, fp);
+  dsc_safetensors *f = NULL;
+  dsc_status st = got8 == (size < 8 ? (size_t)size : 8)
+                      ? new_file(FN, path, size, size >= 8 ? len8 : NULL, &f)
+                      : dsc_error(DSC_ERR_IO, FN, "path: short read of '%s'", path);
+  if (st == DSC_OK) {
+    memcpy(f->bytes, len8, got8);
+    if (size > got8 && fread(f->bytes + got8, 1, (size_t)(size - got8), fp) != size - got8)
       st = dsc_error(DSC_ERR_IO, FN, "path: short read of '%s'", path);
   }
   fclose(fp);
-  if (st == DSC_OK && f->size < 8)
-    st = dsc_error(DSC_ERR_FORMAT, FN, "path: %s: %llu bytes is too short for a safetensors file (truncated?)",
-                   path, (unsigned long long)f->size);
-  uint64_t hn = 0;
-  if (st == DSC_OK) {
-    for (int i = 7; i >= 0; --i) hn = (hn << 8) | f->bytes[i];
-    if (hn > MAX_HEADER_BYTES || hn > f->size - 8)
-      st = dsc_error(DSC_ERR_FORMAT, FN,
-                     "path: %s: header length %llu does not fit in the %llu-byte file (truncated or not safetensors)",
-                     path, (unsigned long long)hn, (unsigned long long)f->size);
-  }
-  if (st == DSC_OK) {
-    f->data_start = 8 + hn;
-    json j = {(const char *)f->bytes + 8, (const char *)f->bytes + 8 + hn, FN, path,
-              (const char *)f->bytes + 8};
-    st = expect(&j, '{');
-    skip_ws(&j);
-    if (st == DSC_OK && j.s < j.end && *j.s == '}') {
-      j.s++;
-    } else {
-      while (st == DSC_OK) {
-        char *name = NULL;
-        st = parse_string(&j, &name);
-        if (st == DSC_OK) st = expect(&j, ':');
-        if (st != DSC_OK) {
-          free(name);
-          break;
-        }
-        if (!strcmp(name, "__metadata__")) {
-          free(name);
-          st = parse_metadata(&j, f);
-        } else {
-          for (int64_t i = 0; i < f->n && st == DSC_OK; ++i)
-            if (!strcmp(f->entries[i].name, name))
-              st = dsc_error(DSC_ERR_FORMAT, FN, "path: %s: tensor '%s' appears twice", path, name);
-          if (st == DSC_OK) st = parse_entry(&j, f, name);
-          else free(name);
-        }
-        if (st != DSC_OK) break;
-        skip_ws(&j);
-        if (j.s < j.end && *j.s == ',') {
-          j.s++;
-          continue;
-        }
-        st = expect(&j, '}');
-        break;
-      }
-    }
-  }
+  if (st == DSC_OK) st = parse_file(f, FN);
   if (st != DSC_OK) {
     dsc_safetensors_close(f);
     return st;
@@ -528,11 +623,18 @@ dsc_status dsc_safetensors_find(const dsc_safetensors *f, const char *name, int6
   static const char *const FN = "dsc_safetensors_find";
   DSC_CHECK(f != NULL && name != NULL && index != NULL, DSC_ERR_INVALID_ARGUMENT, FN,
             "file, name, index: expected non-NULL pointers");
-  for (int64_t i = 0; i < f->n; ++i) {
-    if (!strcmp(f->entries[i].name, name)) {
-      *index = i;
+  const size_t n = strlen(name);
+  int64_t lo = 0, hi = f->n; /* binary search over the names sorted at open */
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    const st_entry *e = &f->entries[f->by_name[mid]];
+    const int r = name_cmp(e->name, e->name_len, name, n);
+    if (r == 0) {
+      *index = f->by_name[mid];
       return DSC_OK;
     }
+    if (r < 0) lo = mid + 1;
+    else hi = mid;
   }
   *index = -1;
   return dsc_error(DSC_ERR_INVALID_ARGUMENT, FN, "name: no tensor '%s' in %s", name, f->path);
@@ -599,6 +701,31 @@ static void sb_json_string(sbuf *b, const char *s) {
   sb_put(b, "\"", 1);
 }
 
+/* names[0], names[stride], ... (n of them) all different, else INVALID_ARGUMENT naming
+ * the repeated one. */
+static dsc_status check_unique_names(const char *fn, const char *arg, int64_t n, const char *const *names,
+                                     int stride) {
+  if (n < 2) return DSC_OK;
+  by_name *b = (by_name *)malloc(sizeof *b * (size_t)n);
+  if (!b) return dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
+  for (int64_t i = 0; i < n; ++i) {
+    b[i].s = names[stride * i];
+    b[i].n = strlen(b[i].s);
+    b[i].index = i;
+  }
+  qsort(b, (size_t)n, sizeof *b, name_sort_cmp);
+  dsc_status st = DSC_OK;
+  for (int64_t i = 1; i < n && st == DSC_OK; ++i)
+    if (b[i].n == b[i - 1].n && !memcmp(b[i].s, b[i - 1].s, b[i].n)) {
+      const int64_t a = b[i].index < b[i - 1].index ? b[i].index : b[i - 1].index;
+      const int64_t z = b[i].index < b[i - 1].index ? b[i - 1].index : b[i].index;
+      st = dsc_error(DSC_ERR_INVALID_ARGUMENT, fn, "%s[%lld]: '%s' appears twice (also at %s[%lld])", arg,
+                     (long long)(stride * z), b[i].s, arg, (long long)(stride * a));
+    }
+  free(b);
+  return st;
+}
+
 dsc_status dsc_safetensors_save(const char *path, int64_t n, const char *const *names,
                                 const DLTensor *const *tensors, int64_t n_meta,
                                 const char *const *meta_kv) {
@@ -609,14 +736,14 @@ dsc_status dsc_safetensors_save(const char *path, int64_t n, const char *const *
   DSC_CHECK(n_meta >= 0 && (n_meta == 0 || meta_kv), DSC_ERR_INVALID_ARGUMENT, FN,
             "meta_kv: expected %lld key/value pairs", (long long)n_meta);
   /* Validate everything before touching the file system. */
+  uint64_t total = 0; /* bytes of the data block */
   for (int64_t i = 0; i < n; ++i) {
     const DLTensor *t = tensors[i];
     DSC_CHECK(names[i] && names[i][0], DSC_ERR_INVALID_ARGUMENT, FN, "names[%lld]: expected a name", (long long)i);
+    DSC_CHECK(dsc_json_utf8_valid(names[i], strlen(names[i])), DSC_ERR_INVALID_ARGUMENT, FN,
+              "names[%lld]: expected UTF-8 (the header is JSON), got invalid bytes", (long long)i);
     DSC_CHECK(strcmp(names[i], "__metadata__") != 0, DSC_ERR_INVALID_ARGUMENT, FN,
               "names[%lld]: '__metadata__' is reserved", (long long)i);
-    for (int64_t k = 0; k < i; ++k)
-      DSC_CHECK(strcmp(names[k], names[i]) != 0, DSC_ERR_INVALID_ARGUMENT, FN,
-                "names[%lld]: '%s' appears twice", (long long)i, names[i]);
     DSC_CHECK(t != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "tensors[%lld] ('%s'): expected a tensor, got NULL",
               (long long)i, names[i]);
     DSC_CHECK(t->device.device_type == kDLCPU, DSC_ERR_DEVICE, FN,
@@ -627,20 +754,39 @@ dsc_status dsc_safetensors_save(const char *path, int64_t n, const char *const *
               dsc_dtype_name(dsc_tensor_dtype(t)));
     DSC_CHECK(t->ndim >= 0 && t->ndim <= MAX_DIMS, DSC_ERR_SHAPE, FN, "tensors[%lld] ('%s'): too many dims",
               (long long)i, names[i]);
+    DSC_CHECK(t->ndim == 0 || t->shape, DSC_ERR_INVALID_ARGUMENT, FN, "tensors[%lld] ('%s'): NULL shape",
+              (long long)i, names[i]);
     int64_t expect_stride = 1;
+    uint64_t bytes = dsc_dtype_size(dsc_tensor_dtype(t)), nonzero = bytes;
     for (int d = t->ndim - 1; d >= 0; --d) {
       DSC_CHECK(t->shape[d] >= 0, DSC_ERR_SHAPE, FN, "tensors[%lld]: negative dim", (long long)i);
-      DSC_CHECK(!t->strides || t->shape[d] == 1 || dsc_numel(t) == 0 || t->strides[d] == expect_stride,
+      const uint64_t sd = (uint64_t)t->shape[d];
+      DSC_CHECK(sd == 0 || nonzero <= (uint64_t)INT64_MAX / sd, DSC_ERR_SHAPE, FN,
+                "tensors[%lld] ('%s'): the shape spans more than 2^63 - 1 bytes", (long long)i, names[i]);
+      if (sd) nonzero *= sd;
+      bytes *= sd;
+    }
+    for (int d = t->ndim - 1; d >= 0; --d) {
+      DSC_CHECK(!t->strides || t->shape[d] == 1 || bytes == 0 || t->strides[d] == expect_stride,
                 DSC_ERR_INVALID_ARGUMENT,
                 FN, "tensors[%lld] ('%s'): expected a C-contiguous tensor", (long long)i, names[i]);
       expect_stride *= t->shape[d];
     }
-    DSC_CHECK(t->data || dsc_numel(t) == 0, DSC_ERR_INVALID_ARGUMENT, FN, "tensors[%lld]: NULL data",
+    DSC_CHECK(t->data || bytes == 0, DSC_ERR_INVALID_ARGUMENT, FN, "tensors[%lld]: NULL data",
               (long long)i);
+    DSC_CHECK(total <= (uint64_t)INT64_MAX - bytes, DSC_ERR_SHAPE, FN,
+              "tensors: more than 2^63 - 1 bytes in all");
+    total += bytes;
   }
-  for (int64_t i = 0; i < 2 * n_meta; ++i)
+  for (int64_t i = 0; i < 2 * n_meta; ++i) {
     DSC_CHECK(meta_kv[i] != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "meta_kv[%lld]: expected a string, got NULL",
               (long long)i);
+    DSC_CHECK(dsc_json_utf8_valid(meta_kv[i], strlen(meta_kv[i])), DSC_ERR_INVALID_ARGUMENT, FN,
+              "meta_kv[%lld]: expected UTF-8 (the header is JSON), got invalid bytes", (long long)i);
+  }
+  /* names and metadata keys unique: sorted copies, so that 160k names take milliseconds */
+  DSC_TRY(check_unique_names(FN, "names", n, names, 1));
+  DSC_TRY(check_unique_names(FN, "meta_kv", n_meta, meta_kv, 2));
 
   sbuf h = {0};
   sb_str(&h, "{");
@@ -678,6 +824,13 @@ dsc_status dsc_safetensors_save(const char *path, int64_t n, const char *const *
   if (h.oom) {
     free(h.p);
     return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory for the header");
+  }
+  if ((uint64_t)h.n > MAX_HEADER_BYTES) {
+    const size_t hn = h.n;
+    free(h.p);
+    return dsc_error(DSC_ERR_INVALID_ARGUMENT, FN,
+                     "names, meta_kv: the header would take %zu bytes, over the format's limit of %llu "
+                     "(readers refuse it)", hn, (unsigned long long)MAX_HEADER_BYTES);
   }
 
   /* temp file beside the target, then rename: atomic on POSIX file systems */

@@ -105,6 +105,34 @@ static PyObject *py_tensor(PyObject *m, PyObject *args) {
   return dsc_py_tensor_new_view(m, (void *)data, host, dt, nd, shape, cap);
 }
 
+/* The UTF-8 of a str that becomes a C string in the file's header, or NULL with
+ * TypeError (not a str) or ValueError (a NUL inside, which a C string would cut off and
+ * the reader refuses; or a lone surrogate, which UTF-8 cannot hold). Borrowed: valid
+ * while the str lives. */
+static const char *c_string(PyObject *s, const char *arg, Py_ssize_t i, const char *part) {
+  if (!PyUnicode_Check(s)) {
+    PyErr_Format(PyExc_TypeError, "dsc_safetensors_save: %s[%zd]%s: expected a str, got %s", arg, i, part,
+                 Py_TYPE(s)->tp_name);
+    return NULL;
+  }
+  Py_ssize_t n = 0;
+  const char *u = PyUnicode_AsUTF8AndSize(s, &n);
+  if (!u) {
+    PyErr_Clear();
+    PyErr_Format(PyExc_ValueError,
+                 "dsc_safetensors_save: %s[%zd]%s: expected a str encodable as UTF-8 (no lone surrogates), "
+                 "got %R", arg, i, part, s);
+    return NULL;
+  }
+  if ((size_t)n != strlen(u)) {
+    PyErr_Format(PyExc_ValueError,
+                 "dsc_safetensors_save: %s[%zd]%s: %R contains a NUL character, which the C API's strings "
+                 "cannot hold (they would end there)", arg, i, part, s);
+    return NULL;
+  }
+  return u;
+}
+
 /* safetensors_save(path, names, arrays, metadata_items) */
 static PyObject *py_save(PyObject *m, PyObject *args) {
   PyObject *path_obj, *names, *arrays, *meta;
@@ -140,16 +168,20 @@ static PyObject *py_save(PyObject *m, PyObject *args) {
   }
   int ok = 1;
   for (Py_ssize_t i = 0; i < n && ok; ++i) {
-    cnames[i] = PyUnicode_AsUTF8(PySequence_Fast_GET_ITEM(name_seq, i));
+    cnames[i] = c_string(PySequence_Fast_GET_ITEM(name_seq, i), "names", i, "");
     ok = cnames[i] != NULL;
     if (ok) ok = (ts[i] = dsc_py_frame_add(&f, PySequence_Fast_GET_ITEM(arr_seq, i), cnames[i], 0, 0)) != NULL;
   }
   for (Py_ssize_t i = 0; i < nm && ok; ++i) {
     PyObject *pair = PySequence_Fast_GET_ITEM(meta_seq, i);
-    const char *k, *v;
-    ok = PyArg_ParseTuple(pair, "ss;metadata: expected (str, str) pairs", &k, &v);
-    kv[2 * i] = k;
-    kv[2 * i + 1] = v;
+    if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+      PyErr_Format(PyExc_TypeError, "dsc_safetensors_save: metadata[%zd]: expected a (str, str) pair", i);
+      ok = 0;
+      break;
+    }
+    kv[2 * i] = c_string(PyTuple_GET_ITEM(pair, 0), "metadata", i, " key");
+    kv[2 * i + 1] = kv[2 * i] ? c_string(PyTuple_GET_ITEM(pair, 1), "metadata", i, " value") : NULL;
+    ok = kv[2 * i + 1] != NULL;
   }
   if (ok) {
     dsc_status s;

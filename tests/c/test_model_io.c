@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "deepseek_c.h"
@@ -1065,6 +1066,259 @@ static void test_checkpoints(dsc_context *ctx) {
   rm_dir(root);
 }
 
+/* ------------------------------------------------------------------ strict safetensors and JSON */
+
+/* A safetensors file from a header (padded with spaces to 8 bytes when pad) and data. */
+static void st_write_raw(const char *path, const char *header, size_t hlen, const void *data, size_t dlen,
+                         int pad) {
+  FILE *f = fopen(path, "wb");
+  if (!f) return;
+  size_t n = hlen + (pad ? (8 - hlen % 8) % 8 : 0);
+  unsigned char len8[8];
+  for (int i = 0; i < 8; ++i) len8[i] = (unsigned char)((uint64_t)n >> (8 * i));
+  fwrite(len8, 1, 8, f);
+  fwrite(header, 1, hlen, f);
+  for (size_t i = hlen; i < n; ++i) fputc(' ', f);
+  if (dlen) fwrite(data, 1, dlen, f);
+  fclose(f);
+}
+
+/* Open `header` + dlen zero bytes: expect DSC_OK (part NULL) or DSC_ERR_FORMAT with
+ * `part` and the file's name in the message. */
+static void st_expect(const char *path, const char *header, size_t hlen, size_t dlen, int pad, const char *part,
+                      const char *what) {
+  static const unsigned char zeros[64] = {0};
+  st_write_raw(path, header, hlen, zeros, dlen, pad);
+  dsc_safetensors *f = NULL;
+  dsc_status s = dsc_safetensors_open(path, &f);
+  if (!part) {
+    CHECK(s == DSC_OK && f != NULL, "%s: expected to load, got %s '%s'", what, dsc_status_string(s),
+          dsc_last_error());
+  } else {
+    CHECK(s == DSC_ERR_FORMAT && f == NULL && err_has(part) && err_has("bad.safetensors"),
+          "%s: expected FORMAT with '%s', got %s '%s'", what, part, dsc_status_string(s), dsc_last_error());
+  }
+  dsc_safetensors_close(f);
+}
+
+#define ST_OK(h, dlen, what) st_expect(p, (h), strlen(h), (dlen), 1, NULL, (what))
+#define ST_BAD(h, dlen, part, what) st_expect(p, (h), strlen(h), (dlen), 1, (part), (what))
+#define ONE "{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}"
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void test_safetensors_strict(void) {
+  char dir[] = "/tmp/dsc_st_XXXXXX";
+  if (!mkdtemp(dir)) {
+    CHECK(0, "mkdtemp");
+    return;
+  }
+  char p[512];
+  path2(p, sizeof p, dir, "bad.safetensors");
+  ST_OK("{\"a\":" ONE "}", 4, "valid");
+  ST_OK("{\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]},\"a\":" ONE "}", 8, "any order");
+  ST_OK("{\"__metadata__\":null,\"a\":" ONE "}", 4, "metadata null");
+  /* offsets tile the data block: no alias, overlap, gap, trailing bytes */
+  ST_BAD("{\"a\":" ONE ",\"b\":" ONE "}", 4, "overlap the previous tensor \"a\"", "aliased offsets");
+  ST_BAD("{\"a\":" ONE ",\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,12]}}", 12, "gap", "gap");
+  ST_BAD("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8, "begin at 0", "not from 0");
+  ST_BAD("{\"a\":" ONE "}", 5, "belong to no tensor", "trailing bytes");
+  ST_BAD("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 4, "outside", "truncated data");
+  ST_BAD("{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,0]}}", 0, "overflows",
+         "numel overflow");
+  /* keys given twice, anywhere */
+  ST_BAD("{\"a\":" ONE ",\"a\":" ONE "}", 4, "\"a\" appears twice", "duplicate tensor");
+  ST_BAD("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"shape\":[3],\"data_offsets\":[0,24]}}", 24,
+         "\"shape\" appears twice", "duplicate shape (once concatenated to [2, 3])");
+  ST_BAD("{\"__metadata__\":{\"k\":\"1\",\"k\":\"2\"},\"a\":" ONE "}", 4, "\"k\" appears twice", "duplicate metadata key");
+  /* strict JSON */
+  ST_BAD("{\"a\":" ONE "}x", 4, "unexpected data after", "trailing garbage");
+  st_expect(p, "{\"a\":" ONE "}\0\0\0", strlen("{\"a\":" ONE "}") + 3, 4, 0, "unexpected data after", "NUL padding");
+  st_expect(p, "{\"a\":" ONE "}\t\r\n ", strlen("{\"a\":" ONE "}") + 4, 4, 0, NULL, "whitespace padding");
+  ST_BAD("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4],\"z\":01}}", 4, "leading zeros",
+         "malformed unknown value");
+  ST_BAD("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4],\"z\":[1,]}}", 4, "expected a value",
+         "trailing comma in an unknown value");
+  ST_BAD("{\"a\":{\"dtype\":\"F32\",\"shape\":[01],\"data_offsets\":[0,4]}}", 4, "leading zeros", "leading zero dim");
+  ST_BAD("{\"a\":{\"dtype\":\"F32\",\"shape\":[1.0],\"data_offsets\":[0,4]}}", 4, "without sign, fraction", "1.0 dim");
+  ST_BAD("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4,4]}}", 4, "exactly two", "three offsets");
+  ST_BAD("{\"a\\ud800\":" ONE "}", 4, "lone high surrogate", "lone surrogate escape");
+  ST_BAD("{\"a\xed\xa0\x80\":" ONE "}", 4, "invalid UTF-8", "encoded surrogate");
+  ST_BAD("{\"a\xc0\xaf\":" ONE "}", 4, "invalid UTF-8", "overlong");
+  ST_BAD("{\"a\xe2\x82\":" ONE "}", 4, "invalid UTF-8", "truncated sequence");
+  ST_BAD("[]", 0, "must be a JSON object", "array root");
+  /* names are kept whole: a NUL inside is refused, not cut */
+  ST_BAD("{\"a\\u0000b\":" ONE "}", 4, "tensor name \"a\\x00b\"", "NUL in a name");
+  ST_BAD("{\"__metadata__\":{\"k\":\"v\\u0000\"},\"a\":" ONE "}", 4, "NUL", "NUL in metadata");
+  /* deep nesting: an error, not a stack overflow; the reference allows 127 levels */
+  {
+    const int depth = 100000;
+    char *h = (char *)malloc((size_t)2 * depth + 128);
+    if (h) {
+      int k = sprintf(h, "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4],\"z\":");
+      for (int i = 0; i < depth; ++i) h[k++] = '[';
+      for (int i = 0; i < depth; ++i) h[k++] = ']';
+      k += sprintf(h + k, "}}");
+      st_expect(p, h, (size_t)k, 4, 1, "nesting deeper than 127", "deep nesting");
+      k = sprintf(h, "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4],\"z\":");
+      for (int i = 0; i < 125; ++i) h[k++] = '[';
+      for (int i = 0; i < 125; ++i) h[k++] = ']';
+      k += sprintf(h + k, "}}");
+      st_expect(p, h, (size_t)k, 4, 1, NULL, "127 levels");
+      free(h);
+    }
+  }
+  /* the header-length limit is the reference's 100,000,000 bytes */
+  {
+    unsigned char b[16] = {0};
+    const uint64_t n = 100000001;
+    for (int i = 0; i < 8; ++i) b[i] = (unsigned char)(n >> (8 * i));
+    FILE *f = fopen(p, "wb");
+    if (f) {
+      fwrite(b, 1, 16, f);
+      fclose(f);
+    }
+    dsc_safetensors *sf = NULL;
+    CHECK(dsc_safetensors_open(p, &sf) == DSC_ERR_FORMAT && err_has("100000000"), "header limit: %s",
+          dsc_last_error());
+  }
+
+  /* the writer refuses what the reader would refuse */
+  float x[2] = {1.0f, 2.0f};
+  int64_t shape1[1] = {2};
+  DLTensor t;
+  memset(&t, 0, sizeof t);
+  t.data = x;
+  t.device.device_type = kDLCPU;
+  t.dtype = dsc_dtype_to_dlpack(DSC_DTYPE_FLOAT32);
+  t.ndim = 1;
+  t.shape = shape1;
+  const DLTensor *tp[3] = {&t, &t, &t};
+  path2(p, sizeof p, dir, "w.safetensors");
+  const char *bad_utf8[1] = {"a\xc0\xaf"};
+  CHECK(dsc_safetensors_save(p, 1, bad_utf8, tp, 0, NULL) == DSC_ERR_INVALID_ARGUMENT && err_has("UTF-8"),
+        "save: invalid UTF-8 name: %s", dsc_last_error());
+  const char *dup[3] = {"x", "y", "x"};
+  CHECK(dsc_safetensors_save(p, 3, dup, tp, 0, NULL) == DSC_ERR_INVALID_ARGUMENT && err_has("names[2]") &&
+            err_has("appears twice"),
+        "save: duplicate name: %s", dsc_last_error());
+  const char *names2[2] = {"x", "y"};
+  const char *meta_dup[4] = {"k", "1", "k", "2"};
+  CHECK(dsc_safetensors_save(p, 2, names2, tp, 2, meta_dup) == DSC_ERR_INVALID_ARGUMENT && err_has("appears twice"),
+        "save: duplicate metadata key: %s", dsc_last_error());
+  const char *meta_bad[2] = {"k", "\xff"};
+  CHECK(dsc_safetensors_save(p, 2, names2, tp, 1, meta_bad) == DSC_ERR_INVALID_ARGUMENT && err_has("meta_kv[1]"),
+        "save: invalid UTF-8 metadata: %s", dsc_last_error());
+  struct stat sb;
+  CHECK(stat(p, &sb) != 0, "nothing written on refusal");
+  rm_dir(dir);
+}
+
+/* 160k tensors: save, open (duplicate check and name index are n log n) and find. The
+ * times are printed, never asserted. */
+static void test_safetensors_many(void) {
+  char dir[] = "/tmp/dsc_stm_XXXXXX";
+  if (!mkdtemp(dir)) {
+    CHECK(0, "mkdtemp");
+    return;
+  }
+  enum { N = 160000 };
+  char (*names)[16] = (char(*)[16])malloc((size_t)N * 16);
+  const char **np = (const char **)malloc(sizeof(char *) * N);
+  DLTensor *ts = (DLTensor *)calloc(N, sizeof(DLTensor));
+  const DLTensor **tp = (const DLTensor **)malloc(sizeof(DLTensor *) * N);
+  unsigned char *vals = (unsigned char *)malloc(N);
+  static int64_t one = 1;
+  if (!names || !np || !ts || !tp || !vals) {
+    CHECK(0, "out of memory");
+  } else {
+    for (int i = 0; i < N; ++i) {
+      snprintf(names[i], 16, "w.%d", (i * 7919) % N); /* not in sorted order */
+      np[i] = names[i];
+      vals[i] = (unsigned char)(i * 31);
+      ts[i].data = &vals[i];
+      ts[i].device.device_type = kDLCPU;
+      ts[i].dtype = dsc_dtype_to_dlpack(DSC_DTYPE_UINT8);
+      ts[i].ndim = 1;
+      ts[i].shape = &one;
+      tp[i] = &ts[i];
+    }
+    char p[512];
+    path2(p, sizeof p, dir, "many.safetensors");
+    double t0 = now_s();
+    dsc_status s = dsc_safetensors_save(p, N, np, tp, 0, NULL);
+    double t1 = now_s();
+    dsc_safetensors *f = NULL;
+    if (s == DSC_OK) s = dsc_safetensors_open(p, &f);
+    double t2 = now_s();
+    CHECK(s == DSC_OK && dsc_safetensors_count(f) == N, "160k tensors: %s", dsc_last_error());
+    int found = 0;
+    for (int i = 0; f && i < N; i += 997) {
+      int64_t idx = -1;
+      const void *data = NULL;
+      if (dsc_safetensors_find(f, names[i], &idx) == DSC_OK && idx == i &&
+          dsc_safetensors_tensor(f, idx, NULL, NULL, NULL, NULL, &data, NULL) == DSC_OK &&
+          *(const unsigned char *)data == vals[i])
+        ++found;
+    }
+    CHECK(found == (N + 996) / 997, "find among 160k: %d found", found);
+    int64_t idx = 0;
+    CHECK(f && dsc_safetensors_find(f, "w.160000", &idx) == DSC_ERR_INVALID_ARGUMENT && idx == -1, "find missing");
+    printf("160k-tensor header: save %.3f s, open %.3f s\n", t1 - t0, t2 - t1);
+    dsc_safetensors_close(f);
+    /* a repeat among 160k names: the writer and the reader (header edited) both say so */
+    np[N - 1] = names[3];
+    CHECK(dsc_safetensors_save(p, N, np, tp, 0, NULL) == DSC_ERR_INVALID_ARGUMENT && err_has("appears twice"),
+          "save: repeat among 160k names: %s", dsc_last_error());
+  }
+  free(names);
+  free((void *)np);
+  free(ts);
+  free((void *)tp);
+  free(vals);
+  rm_dir(dir);
+}
+
+/* config.json through the same strict JSON reader. */
+static void test_json_strict(void) {
+  BAD("{\"hidden_size\": 7168, \"hidden_size\": 64}", "\"hidden_size\" appears twice");
+  BAD("{\"rope_scaling\": {\"type\": \"yarn\", \"factor\": 40, \"factor\": 4}}", "\"factor\" appears twice");
+  BAD("{\"unknown\": {\"x\": 1, \"x\": 1}}", "appears twice");
+  BAD("{\n  \"a\": 1,\n  \"b\": ?\n}", "at byte 19 (line 3, column 8)");
+  BAD("{\"a\": -01}", "leading zeros");
+  BAD("{\"a\": 00}", "leading zeros");
+  BAD("{\"a\": \"\xc0\xaf\"}", "invalid UTF-8");
+  BAD("{\"a\": \"\xf8\x88\x80\x80\x80\"}", "invalid UTF-8");
+  BAD("{\"a\": \"\xe2\x82\"}", "invalid UTF-8");
+  BAD("{\"a\": \"\xf4\x90\x80\x80\"}", "invalid UTF-8"); /* above U+10FFFF */
+  BAD("{\"a\": \"\\ud800\\u0041\"}", "lone high surrogate");
+  BAD("{\"a\": 1} {}", "unexpected data after");
+  /* 1e5 levels: an error, not a stack overflow */
+  const int depth = 100000;
+  char *deep = (char *)malloc((size_t)2 * depth + 16);
+  if (deep) {
+    int k = sprintf(deep, "{\"a\": ");
+    for (int i = 0; i < depth; ++i) deep[k++] = '[';
+    for (int i = 0; i < depth; ++i) deep[k++] = ']';
+    deep[k++] = '}';
+    expect_bad(deep, (size_t)k, "nesting deeper than 64");
+    free(deep);
+  }
+  /* a valid file with unknown keys and 64 levels still parses */
+  char ok[256];
+  int k = sprintf(ok, "{\"x\": ");
+  for (int i = 0; i < 63; ++i) ok[k++] = '[';
+  for (int i = 0; i < 63; ++i) ok[k++] = ']';
+  k += sprintf(ok + k, ", \"y\": \"\\ud83d\\ude00\"}");
+  dsc_model_config c;
+  dsc_model_config_default(&c);
+  CHECK(dsc_model_config_from_json(ok, (size_t)k, &c) == DSC_OK, "64 levels, surrogate pair: %s", dsc_last_error());
+}
+
 
 /* ------------------------------------------------------------------ Hugging Face layouts */
 
@@ -1193,6 +1447,9 @@ int main(void) {
   test_config_v3();
   test_config_v2_lite();
   test_config_malformed();
+  test_json_strict();
+  test_safetensors_strict();
+  test_safetensors_many();
   dsc_context *ctx = NULL;
   dsc_context_options o;
   memset(&o, 0, sizeof o);
