@@ -60,6 +60,7 @@ typedef struct {
 /* Per-module state: no C globals. */
 typedef struct {
   PyObject *error_type;     /* deepseek_c.Error (RuntimeError subclass) */
+  PyObject *format_type;    /* deepseek_c.FormatError(Error, ValueError): a bad file (DSC_ERR_FORMAT) */
   PyTypeObject *tensor_type; /* deepseek_c.Tensor */
   dsc_py_device dev[DSC_PY_N_DEV];
   dsc_py_wait *waits;        /* threads waiting for a context (GIL-guarded) */

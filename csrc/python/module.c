@@ -23,6 +23,7 @@ PyObject *dsc_py_raise(dsc_py_state *st, dsc_status s) {
     case DSC_ERR_DEVICE: type = PyExc_ValueError; break;
     case DSC_ERR_DTYPE: type = PyExc_TypeError; break;
     case DSC_ERR_OUT_OF_MEMORY: type = PyExc_MemoryError; break;
+    case DSC_ERR_FORMAT: type = st->format_type; break;
     default: type = st->error_type; break;
   }
   /* messages may quote bytes from a corrupt file: decode leniently */
@@ -471,6 +472,17 @@ static int module_exec(PyObject *m) {
       PyExc_RuntimeError, NULL);
   if (!st->error_type) return -1;
   if (PyModule_AddObjectRef(m, "Error", st->error_type) < 0) return -1;
+  /* A corrupt or malformed file is both a deepseek_c failure and a bad value: callers that
+   * catch either (dsc.Error, or ValueError as for json/NumPy) see it. */
+  PyObject *bases = PyTuple_Pack(2, st->error_type, PyExc_ValueError);
+  if (!bases) return -1;
+  st->format_type = PyErr_NewExceptionWithDoc(
+      "deepseek_c.FormatError",
+      "A corrupt, truncated or malformed file (safetensors, config.json): a deepseek_c.Error and a ValueError.",
+      bases, NULL);
+  Py_DECREF(bases);
+  if (!st->format_type) return -1;
+  if (PyModule_AddObjectRef(m, "FormatError", st->format_type) < 0) return -1;
   if (dsc_py_tensor_type_init(m, st) < 0) return -1;
   if (PyModule_AddFunctions(m, dsc_py_core_methods) < 0) return -1;
   if (PyModule_AddFunctions(m, dsc_py_dense_methods) < 0) return -1;
@@ -488,6 +500,7 @@ static int module_traverse(PyObject *m, visitproc visit, void *arg) {
   dsc_py_state *st = dsc_py_get_state(m);
   if (st) {
     Py_VISIT(st->error_type);
+    Py_VISIT(st->format_type);
     Py_VISIT(st->tensor_type);
     for (int i = 0; i < DSC_PY_N_DEV; ++i) Py_VISIT(st->dev[i].pool);
   }
@@ -498,6 +511,7 @@ static int module_clear(PyObject *m) {
   dsc_py_state *st = dsc_py_get_state(m);
   if (st) {
     Py_CLEAR(st->error_type);
+    Py_CLEAR(st->format_type);
     Py_CLEAR(st->tensor_type);
     /* pool contexts pinned by saved activations live on in those */
     for (int i = 0; i < DSC_PY_N_DEV; ++i) Py_CLEAR(st->dev[i].pool);
