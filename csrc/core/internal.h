@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "checked.h"
 #include "deepseek_c.h"
 
 #ifdef __cplusplus
@@ -70,7 +71,12 @@ void dsc_log(const dsc_context *ctx, dsc_log_level level, const char *fmt, ...)
 #define DSC_DT_FLOAT (DSC_DT(DSC_DTYPE_FLOAT32) | DSC_DT(DSC_DTYPE_BFLOAT16))
 #define DSC_DT_INDEX (DSC_DT(DSC_DTYPE_INT32) | DSC_DT(DSC_DTYPE_INT64))
 
+/* Elements of t, or -1 when the product of its dims overflows int64 (dsc_check_tensor
+ * rejects such tensors: after it, dsc_numel never fails). */
 int64_t dsc_numel(const DLTensor *t);
+/* *bytes = numel * dtype size of t; 0 (and *bytes = 0) when that does not fit in int64 or
+ * a dim is negative. */
+int dsc_tensor_nbytes(const DLTensor *t, size_t *bytes);
 /* First element of t: data + byte_offset. */
 void *dsc_data(const DLTensor *t);
 dsc_dtype dsc_tensor_dtype(const DLTensor *t);
@@ -79,7 +85,9 @@ int64_t dsc_rows(const DLTensor *t);
 int64_t dsc_last_dim(const DLTensor *t);
 
 /* t is non-NULL, on ctx's device, C-contiguous, with non-NULL data when non-empty,
- * and of one of the dtypes in `dtypes` (a DSC_DT mask). Names fn and arg on failure. */
+ * and of one of the dtypes in `dtypes` (a DSC_DT mask); its size in bytes fits in int64
+ * (the product of its non-zero dims too: every partial product of dims is then safe) and
+ * data + byte_offset + size does not wrap the address space. Names fn and arg on failure. */
 dsc_status dsc_check_tensor(const dsc_context *ctx, const char *fn, const char *arg,
                             const DLTensor *t, unsigned dtypes);
 /* t has ndim in [min_ndim, max_ndim]; `what` describes the layout, e.g. "(..., D)". */
@@ -94,6 +102,20 @@ dsc_status dsc_check_same_shape(const char *fn, const char *arg, const DLTensor 
 /* t has the same dtype as ref. */
 dsc_status dsc_check_same_dtype(const char *fn, const char *arg, const DLTensor *t,
                                 const char *ref_arg, const DLTensor *ref);
+/* Aliasing between an output and another tensor of the same call (both already through
+ * dsc_check_tensor; either may be NULL: nothing to check). Byte ranges
+ * [data + byte_offset, + numel * dtype size) on the same device are compared; empty
+ * tensors never overlap.
+ * dsc_check_no_overlap: any shared byte is DSC_ERR_INVALID_ARGUMENT ("<out>: expected
+ *   memory that does not overlap <in>, got an overlapping range").
+ * dsc_check_inplace_or_disjoint: for outputs documented as "may alias <in>": exactly <in>
+ *   (same address, dtype and shape: an in-place call) or disjoint; a partial overlap is the
+ *   error. */
+dsc_status dsc_check_no_overlap(const char *fn, const char *out_name, const DLTensor *out,
+                                const char *in_name, const DLTensor *in);
+dsc_status dsc_check_inplace_or_disjoint(const char *fn, const char *out_name,
+                                         const DLTensor *out, const char *in_name,
+                                         const DLTensor *in);
 /* Writes "(2, 3, 4)" into buf. */
 const char *dsc_shape_str(const DLTensor *t, char *buf, size_t n);
 

@@ -2,6 +2,7 @@
  * tensor.c -- dtype mapping between dsc_dtype and DLPack, and the checks every op
  * runs on its tensor arguments before dispatching.
  */
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -80,8 +81,29 @@ size_t dsc_dtype_size(dsc_dtype t) {
 
 int64_t dsc_numel(const DLTensor *t) {
   int64_t n = 1;
-  for (int i = 0; i < t->ndim; ++i) n *= t->shape[i];
+  for (int i = 0; i < t->ndim; ++i)
+    if (!dsc_mul_i64(n, t->shape[i], &n)) return -1;
   return n;
+}
+
+/* The product of the non-zero dims times the element size fits in int64: then every
+ * partial product of dims does too (an empty tensor with huge other dims would still make
+ * "rows" loops run for ever or wrap). */
+static int size_fits(const DLTensor *t) {
+  int64_t n = (int64_t)dsc_dtype_size(dsc_tensor_dtype(t));
+  if (n == 0) n = 1;
+  for (int i = 0; i < t->ndim; ++i)
+    if (t->shape[i] < 0 || (t->shape[i] > 0 && !dsc_mul_i64(n, t->shape[i], &n))) return 0;
+  return 1;
+}
+
+int dsc_tensor_nbytes(const DLTensor *t, size_t *bytes) {
+  *bytes = 0;
+  const int64_t n = dsc_numel(t);
+  int ok = n >= 0;
+  const size_t b = dsc_cbytes(n, dsc_dtype_size(dsc_tensor_dtype(t)), &ok);
+  if (ok) *bytes = b;
+  return ok;
 }
 
 void *dsc_data(const DLTensor *t) { return (char *)t->data + t->byte_offset; }
@@ -92,7 +114,8 @@ int64_t dsc_last_dim(const DLTensor *t) { return t->ndim > 0 ? t->shape[t->ndim 
 
 int64_t dsc_rows(const DLTensor *t) {
   int64_t n = 1;
-  for (int i = 0; i + 1 < t->ndim; ++i) n *= t->shape[i];
+  for (int i = 0; i + 1 < t->ndim; ++i)
+    if (!dsc_mul_i64(n, t->shape[i], &n)) return -1;
   return n;
 }
 
@@ -142,6 +165,9 @@ dsc_status dsc_check_tensor(const dsc_context *ctx, const char *fn, const char *
     DSC_CHECK(t->shape[i] >= 0, DSC_ERR_SHAPE, fn, "%s: expected non-negative dims, got %s", arg,
               dsc_shape_str(t, buf, sizeof buf));
   }
+  DSC_CHECK(size_fits(t), DSC_ERR_SHAPE, fn,
+            "%s: expected a shape whose size fits in 64 bits, got %s of %s", arg,
+            dsc_shape_str(t, buf, sizeof buf), dsc_dtype_name(dsc_tensor_dtype(t)));
   dsc_dtype dt = dsc_tensor_dtype(t);
   if (!(dtypes & DSC_DT(dt))) {
     char want[160];
@@ -181,6 +207,67 @@ dsc_status dsc_check_tensor(const dsc_context *ctx, const char *fn, const char *
   DSC_CHECK(t->data != NULL || dsc_numel(t) == 0, DSC_ERR_INVALID_ARGUMENT, fn,
             "%s: expected data, got a NULL pointer for %lld elements", arg,
             (long long)dsc_numel(t));
+  /* the byte extent [data + byte_offset, + bytes) must not wrap the address space */
+  size_t bytes = 0;
+  int ok = dsc_tensor_nbytes(t, &bytes);
+  size_t end = dsc_caddz((size_t)t->byte_offset, bytes, &ok);
+  (void)dsc_caddz((size_t)(uintptr_t)t->data, end, &ok);
+  DSC_CHECK(ok, DSC_ERR_SHAPE, fn,
+            "%s: expected a byte extent that fits in the address space, got %s of %s at %p + "
+            "byte_offset %llu",
+            arg, dsc_shape_str(t, buf, sizeof buf), dsc_dtype_name(dt), t->data,
+            (unsigned long long)t->byte_offset);
+  return DSC_OK;
+}
+
+/* ---- aliasing ------------------------------------------------------------------- */
+
+typedef struct {
+  uintptr_t lo, hi; /* [lo, hi) */
+} byte_range;
+
+/* 0 when t is NULL or empty (nothing to overlap). */
+static int range_of(const DLTensor *t, byte_range *r) {
+  size_t bytes = 0;
+  if (!t || !dsc_tensor_nbytes(t, &bytes) || bytes == 0 || !t->data) return 0;
+  r->lo = (uintptr_t)t->data + (uintptr_t)t->byte_offset;
+  r->hi = r->lo + (uintptr_t)bytes;
+  return 1;
+}
+
+static int same_device(const DLTensor *a, const DLTensor *b) {
+  return a->device.device_type == b->device.device_type &&
+         (a->device.device_type == kDLCPU || a->device.device_id == b->device.device_id);
+}
+
+/* 1 when out and in share at least one byte. */
+static int overlaps(const DLTensor *out, const DLTensor *in) {
+  byte_range a, b;
+  if (!range_of(out, &a) || !range_of(in, &b) || !same_device(out, in)) return 0;
+  return a.lo < b.hi && b.lo < a.hi;
+}
+
+dsc_status dsc_check_no_overlap(const char *fn, const char *out_name, const DLTensor *out,
+                                const char *in_name, const DLTensor *in) {
+  DSC_CHECK(!overlaps(out, in), DSC_ERR_INVALID_ARGUMENT, fn,
+            "%s: expected memory that does not overlap %s, got an overlapping range (pass a "
+            "fresh array as the output)",
+            out_name, in_name);
+  return DSC_OK;
+}
+
+dsc_status dsc_check_inplace_or_disjoint(const char *fn, const char *out_name,
+                                         const DLTensor *out, const char *in_name,
+                                         const DLTensor *in) {
+  if (!overlaps(out, in)) return DSC_OK;
+  int exact = (uintptr_t)out->data + (uintptr_t)out->byte_offset ==
+                  (uintptr_t)in->data + (uintptr_t)in->byte_offset &&
+              dsc_tensor_dtype(out) == dsc_tensor_dtype(in) && out->ndim == in->ndim;
+  for (int i = 0; exact && i < out->ndim; ++i) exact = out->shape[i] == in->shape[i];
+  DSC_CHECK(exact, DSC_ERR_INVALID_ARGUMENT, fn,
+            "%s: expected either %s itself (in place) or memory that does not overlap it, got a "
+            "partially overlapping range (pass %s or a fresh array as the output)",
+            out_name, in_name, in_name);
   return DSC_OK;
 }
 

@@ -37,6 +37,7 @@
 
 #include "fp8_format.h"
 #include "internal.h"
+#include "model_internal.h"
 #include "numeric.h"
 
 #define FP8_BLOCK 128
@@ -640,18 +641,24 @@ static dsc_status scratch_get(const char *fn, scratch *s, int64_t n, float **out
   return DSC_OK;
 }
 
-/* Read checkpoint tensor `name` (shard entry r) into the float32 view: shape check,
- * widening or FP8 dequantization, finiteness, then the copy to the device. */
-static dsc_status read_tensor(const char *fn, dsc_context *ctx, shards *s, st_ref *r,
-                              const DLTensor *view, scratch *stage, scratch *tmp) {
+static int widenable(dsc_dtype dt) {
+  return dt == DSC_DTYPE_FLOAT32 || dt == DSC_DTYPE_BFLOAT16 || dt == DSC_DTYPE_FLOAT16 ||
+         dt == DSC_DTYPE_FLOAT64;
+}
+
+/* The header of checkpoint tensor r (and, for float8_e4m3fn, of its block scales) against
+ * the float32 view it fills: shape, dtype, byte count. Reads no tensor data, so the whole
+ * checkpoint is checked before the model's arena is allocated. Marks r (and the scales)
+ * used; *scales gets the scales' entry (NULL: not FP8). */
+static dsc_status check_entry(const char *fn, shards *s, st_ref *r, const DLTensor *view, st_ref **scales) {
   const char *file = s->paths[r->file];
   const char *name = r->name;
   dsc_dtype dt;
   int32_t ndim;
   const int64_t *shape;
-  const void *data;
   size_t nbytes;
-  DSC_TRY(dsc_safetensors_tensor(s->files[r->file], r->index, NULL, &dt, &ndim, &shape, &data, &nbytes));
+  *scales = NULL;
+  DSC_TRY(dsc_safetensors_tensor(s->files[r->file], r->index, NULL, &dt, &ndim, &shape, NULL, &nbytes));
   r->used = 1;
   char b1[128], b2[128];
   int same = ndim == view->ndim;
@@ -659,45 +666,70 @@ static dsc_status read_tensor(const char *fn, dsc_context *ctx, shards *s, st_re
   DSC_CHECK(same, DSC_ERR_FORMAT, fn, "%s in %s: expected shape %s, got %s", name, file,
             shape_str(view->ndim, view->shape, b1, sizeof b1), shape_str(ndim, shape, b2, sizeof b2));
   const int64_t n = dsc_numel(view);
+  DSC_CHECK(widenable(dt) || dt == DSC_DTYPE_FLOAT8_E4M3FN, DSC_ERR_FORMAT, fn,
+            "%s in %s: expected float32, bfloat16, float16, float64 or float8_e4m3fn (with "
+            "weight_scale_inv), got %s",
+            name, file, dsc_dtype_name(dt));
+  DSC_CHECK(nbytes == (size_t)n * dsc_dtype_size(dt), DSC_ERR_FORMAT, fn,
+            "%s in %s: %zu bytes for %lld elements of %s", name, file, nbytes, (long long)n, dsc_dtype_name(dt));
+  if (dt != DSC_DTYPE_FLOAT8_E4M3FN) return DSC_OK;
+  /* DeepSeek-V3 FP8: w[r, c] = q[r, c] * scale_inv[r / 128, c / 128] */
+  DSC_CHECK(ndim == 2 && ends_with(name, "weight"), DSC_ERR_FORMAT, fn,
+            "%s in %s: float8_e4m3fn is only accepted for 2-D \"...weight\" matrices", name, file);
+  char sname[256];
+  DSC_CHECK(snprintf(sname, sizeof sname, "%s_scale_inv", name) < (int)sizeof sname, DSC_ERR_FORMAT, fn,
+            "%s: name too long", name);
+  st_ref *sr = shards_find(s, sname);
+  DSC_CHECK(sr != NULL, DSC_ERR_FORMAT, fn,
+            "%s in %s is float8_e4m3fn but its block scales %s are in no shard", name, file, sname);
+  dsc_dtype sdt;
+  int32_t sndim;
+  const int64_t *sshape;
+  size_t sbytes;
+  DSC_TRY(dsc_safetensors_tensor(s->files[sr->file], sr->index, NULL, &sdt, &sndim, &sshape, NULL, &sbytes));
+  sr->used = 1;
+  const int64_t sr_n = (shape[0] + FP8_BLOCK - 1) / FP8_BLOCK, sc_n = (shape[1] + FP8_BLOCK - 1) / FP8_BLOCK;
+  const int64_t want[2] = {sr_n, sc_n};
+  DSC_CHECK(sndim == 2 && sshape[0] == sr_n && sshape[1] == sc_n, DSC_ERR_FORMAT, fn,
+            "%s in %s: expected shape %s (128x128 blocks of %s), got %s", sname, s->paths[sr->file],
+            shape_str(2, want, b1, sizeof b1), name, shape_str(sndim, sshape, b2, sizeof b2));
+  DSC_CHECK(widenable(sdt) && sbytes == (size_t)(sr_n * sc_n) * dsc_dtype_size(sdt), DSC_ERR_FORMAT, fn,
+            "%s in %s: expected float32 scales, got %s", sname, s->paths[sr->file], dsc_dtype_name(sdt));
+  *scales = sr;
+  return DSC_OK;
+}
+
+/* Read checkpoint tensor `name` (shard entry r) into the float32 view: the header checks
+ * of check_entry, widening or FP8 dequantization, finiteness, then the copy to the device. */
+static dsc_status read_tensor(const char *fn, dsc_context *ctx, shards *s, st_ref *r,
+                              const DLTensor *view, scratch *stage, scratch *tmp) {
+  const char *file = s->paths[r->file];
+  const char *name = r->name;
+  st_ref *sr = NULL;
+  DSC_TRY(check_entry(fn, s, r, view, &sr));
+  dsc_dtype dt;
+  int32_t ndim;
+  const int64_t *shape;
+  const void *data;
+  DSC_TRY(dsc_safetensors_tensor(s->files[r->file], r->index, NULL, &dt, &ndim, &shape, &data, NULL));
+  const int64_t n = dsc_numel(view);
   const int on_host = view->device.device_type == kDLCPU;
   /* bfloat16 destinations (AdamW moments) are read as float32, then rounded */
   const int narrow = dsc_dtype_from_dlpack(view->dtype) == DSC_DTYPE_BFLOAT16;
   float *dst = NULL;
   if (on_host && !narrow) dst = (float *)dsc_data(view);
   else DSC_TRY(scratch_get(fn, stage, n, &dst));
-  DSC_CHECK(dt == DSC_DTYPE_FLOAT8_E4M3FN || nbytes == (size_t)n * dsc_dtype_size(dt), DSC_ERR_FORMAT, fn,
-            "%s in %s: %zu bytes for %lld elements of %s", name, file, nbytes, (long long)n, dsc_dtype_name(dt));
-  if (dt == DSC_DTYPE_FLOAT8_E4M3FN) {
-    /* DeepSeek-V3 FP8: w[r, c] = q[r, c] * scale_inv[r / 128, c / 128] */
-    DSC_CHECK(ndim == 2 && ends_with(name, "weight") && nbytes == (size_t)n, DSC_ERR_FORMAT, fn,
-              "%s in %s: float8_e4m3fn is only accepted for 2-D \"...weight\" matrices", name, file);
-    char sname[256];
-    DSC_CHECK(snprintf(sname, sizeof sname, "%s_scale_inv", name) < (int)sizeof sname, DSC_ERR_FORMAT, fn,
-              "%s: name too long", name);
-    st_ref *sr = shards_find(s, sname);
-    DSC_CHECK(sr != NULL, DSC_ERR_FORMAT, fn,
-              "%s in %s is float8_e4m3fn but its block scales %s are in no shard", name, file, sname);
+  if (sr) {
     dsc_dtype sdt;
-    int32_t sndim;
-    const int64_t *sshape;
     const void *sdata;
-    size_t sbytes;
-    DSC_TRY(dsc_safetensors_tensor(s->files[sr->file], sr->index, NULL, &sdt, &sndim, &sshape, &sdata, &sbytes));
-    sr->used = 1;
+    DSC_TRY(dsc_safetensors_tensor(s->files[sr->file], sr->index, NULL, &sdt, NULL, NULL, &sdata, NULL));
     const int64_t rows = shape[0], cols = shape[1];
     const int64_t sr_n = (rows + FP8_BLOCK - 1) / FP8_BLOCK, sc_n = (cols + FP8_BLOCK - 1) / FP8_BLOCK;
-    const int64_t want[2] = {sr_n, sc_n};
-    DSC_CHECK(sndim == 2 && sshape[0] == sr_n && sshape[1] == sc_n, DSC_ERR_FORMAT, fn,
-              "%s in %s: expected shape %s (128x128 blocks of %s), got %s", sname, s->paths[sr->file],
-              shape_str(2, want, b1, sizeof b1), name, shape_str(sndim, sshape, b2, sizeof b2));
     float *sc = NULL;
     DSC_TRY(scratch_get(fn, tmp, sr_n * sc_n, &sc));
-    DSC_CHECK(sbytes == (size_t)(sr_n * sc_n) * dsc_dtype_size(sdt) &&
-                  widen(sdt, (const unsigned char *)sdata, sr_n * sc_n, sc),
-              DSC_ERR_FORMAT, fn, "%s in %s: expected float32 scales, got %s", sname, s->paths[sr->file],
-              dsc_dtype_name(sdt));
+    (void)widen(sdt, (const unsigned char *)sdata, sr_n * sc_n, sc); /* dtype checked above */
     int64_t bad = first_non_finite(sc, sr_n * sc_n);
-    DSC_CHECK(bad < 0, DSC_ERR_FORMAT, fn, "%s in %s: element %lld is %g (not finite)", sname,
+    DSC_CHECK(bad < 0, DSC_ERR_FORMAT, fn, "%s in %s: element %lld is %g (not finite)", sr->name,
               s->paths[sr->file], (long long)bad, bad < 0 ? 0.0 : (double)sc[bad]);
     const unsigned char *q = (const unsigned char *)data;
     for (int64_t i = 0; i < rows; ++i) {
@@ -705,10 +737,7 @@ static dsc_status read_tensor(const char *fn, dsc_context *ctx, shards *s, st_re
       for (int64_t j = 0; j < cols; ++j) dst[i * cols + j] = dsc_e4m3_to_f32(q[i * cols + j]) * srow[j / FP8_BLOCK];
     }
   } else {
-    DSC_CHECK(widen(dt, (const unsigned char *)data, n, dst), DSC_ERR_FORMAT, fn,
-              "%s in %s: expected float32, bfloat16, float16, float64 or float8_e4m3fn (with "
-              "weight_scale_inv), got %s",
-              name, file, dsc_dtype_name(dt));
+    (void)widen(dt, (const unsigned char *)data, n, dst); /* dtype checked above */
   }
   int64_t bad = first_non_finite(dst, n);
   DSC_CHECK(bad < 0, DSC_ERR_FORMAT, fn, "%s in %s: element %lld is %g (not finite)", name, file,
@@ -741,13 +770,38 @@ static int is_mtp_duplicate(const char *name, const dsc_model_config *c) {
   return !strcmp(p, ".embed_tokens.weight") || !strcmp(p, ".shared_head.head.weight");
 }
 
-static dsc_status load_weights(const char *fn, dsc_model *m, const char *dir) {
+/* Every tensor of the (planned) model against the checkpoint's headers -- present, shaped
+ * and typed as the config says -- and no tensor the model does not have. Runs before the
+ * arena is allocated: a wrong checkpoint costs no memory. */
+static dsc_status check_weights(const char *fn, dsc_model *m, shards *s, const char *dir) {
   dsc_model_config cfg;
   memset(&cfg, 0, sizeof cfg);
   cfg.size = sizeof cfg;
   DSC_TRY(dsc_model_get_config(m, &cfg));
-  shards s;
-  DSC_TRY(shards_open(fn, dir, &s));
+  const int64_t n = dsc_model_num_tensors(m);
+  for (int64_t i = 0; i < n; ++i) {
+    const char *name;
+    DLTensor view;
+    DSC_TRY(dsc_model_tensor(m, i, &name, &view));
+    st_ref *r = shards_find(s, name);
+    DSC_CHECK(r != NULL, DSC_ERR_FORMAT, fn,
+              "%s: missing from the checkpoint (in none of the %d *.safetensors files in %s)", name,
+              (int)s->n_files, dir);
+    st_ref *sr = NULL;
+    DSC_TRY(check_entry(fn, s, r, &view, &sr));
+  }
+  for (int64_t i = 0; i < s->n_refs; ++i) {
+    const st_ref *r = &s->refs[i];
+    if (r->used || is_mtp_duplicate(r->name, &cfg)) continue;
+    return dsc_error(DSC_ERR_FORMAT, fn, "unexpected tensor %s in %s (%s)", r->name, s->paths[r->file],
+                     ends_with(r->name, "_scale_inv") ? "block scales of a weight that is not float8_e4m3fn"
+                                                      : "the model has no tensor of that name");
+  }
+  return DSC_OK;
+}
+
+/* Fill the arena from the shards (already checked by check_weights). */
+static dsc_status load_weights(const char *fn, dsc_model *m, shards *s) {
   scratch stage = {0}, tmp = {0};
   dsc_status st = DSC_OK;
   const int64_t n = dsc_model_num_tensors(m);
@@ -756,24 +810,12 @@ static dsc_status load_weights(const char *fn, dsc_model *m, const char *dir) {
     DLTensor view;
     st = dsc_model_tensor(m, i, &name, &view);
     if (st != DSC_OK) break;
-    st_ref *r = shards_find(&s, name);
-    if (!r) {
-      st = dsc_error(DSC_ERR_FORMAT, fn, "%s: missing from the checkpoint (in none of the %d *.safetensors files in %s)",
-                     name, (int)s.n_files, dir);
-      break;
-    }
-    st = read_tensor(fn, dsc_model_context(m), &s, r, &view, &stage, &tmp);
-  }
-  for (int64_t i = 0; i < s.n_refs && st == DSC_OK; ++i) {
-    const st_ref *r = &s.refs[i];
-    if (r->used || is_mtp_duplicate(r->name, &cfg)) continue;
-    st = dsc_error(DSC_ERR_FORMAT, fn, "unexpected tensor %s in %s (%s)", r->name, s.paths[r->file],
-                   ends_with(r->name, "_scale_inv") ? "block scales of a weight that is not float8_e4m3fn"
-                                                    : "the model has no tensor of that name");
+    st_ref *r = shards_find(s, name);
+    st = r ? read_tensor(fn, dsc_model_context(m), s, r, &view, &stage, &tmp)
+           : dsc_error(DSC_ERR_INTERNAL, fn, "%s: missing after the checks", name);
   }
   free(stage.p);
   free(tmp.p);
-  shards_free(&s);
   return st;
 }
 
@@ -882,9 +924,19 @@ dsc_status dsc_model_load(dsc_context *ctx, const char *dir, const dsc_model_opt
   dsc_status st = dsc_model_config_load(cfg_path, &cfg);
   free(cfg_path);
   DSC_TRY(st);
+  /* config, memory and every tensor header are checked before the arena is allocated */
   dsc_model *m = NULL;
-  DSC_TRY(dsc_model_create(ctx, &cfg, &o, &m));
-  st = load_weights(FN, m, dir);
+  DSC_TRY(dsc_model_plan(ctx, FN, &cfg, &o, &m));
+  shards s;
+  st = shards_open(FN, dir, &s);
+  if (st != DSC_OK) {
+    dsc_model_destroy(m);
+    return st;
+  }
+  st = check_weights(FN, m, &s, dir);
+  if (st == DSC_OK) st = dsc_model_materialize(m, &o);
+  if (st == DSC_OK) st = load_weights(FN, m, &s);
+  shards_free(&s);
   if (st == DSC_OK) st = load_optimizer(FN, m, dir);
   if (st != DSC_OK) {
     dsc_model_destroy(m);
