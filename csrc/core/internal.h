@@ -84,10 +84,17 @@ dsc_dtype dsc_tensor_dtype(const DLTensor *t);
 int64_t dsc_rows(const DLTensor *t);
 int64_t dsc_last_dim(const DLTensor *t);
 
+/* The largest tensor dsc_check_tensor accepts: 2^57 bytes, the largest virtual address
+ * space of any current CPU (x86-64 5-level paging) or GPU, so no real tensor is refused.
+ * With it, a tensor's element count times any factor up to 64, or the sum of up to 64
+ * tensor sizes, fits in int64: the backends rely on this for their scratch sizes. */
+#define DSC_MAX_TENSOR_BYTES ((uint64_t)1 << 57)
+
 /* t is non-NULL, on ctx's device, C-contiguous, with non-NULL data when non-empty,
  * and of one of the dtypes in `dtypes` (a DSC_DT mask); its size in bytes fits in int64
- * (the product of its non-zero dims too: every partial product of dims is then safe) and
- * data + byte_offset + size does not wrap the address space. Names fn and arg on failure. */
+ * and in DSC_MAX_TENSOR_BYTES (the product of its non-zero dims too: every partial product
+ * of dims is then safe) and data + byte_offset + size does not wrap the address space.
+ * Names fn and arg on failure. */
 dsc_status dsc_check_tensor(const dsc_context *ctx, const char *fn, const char *arg,
                             const DLTensor *t, unsigned dtypes);
 /* t has ndim in [min_ndim, max_ndim]; `what` describes the layout, e.g. "(..., D)". */
@@ -116,6 +123,25 @@ dsc_status dsc_check_no_overlap(const char *fn, const char *out_name, const DLTe
 dsc_status dsc_check_inplace_or_disjoint(const char *fn, const char *out_name,
                                          const DLTensor *out, const char *in_name,
                                          const DLTensor *in);
+/* A named tensor of a composite op's argument list (NULL tensor: absent). */
+typedef struct {
+  const char *name;
+  const DLTensor *t;
+} dsc_named_tensor;
+/* Every output shares no byte with any input or with any other output (composite ops:
+ * the MoE layer, MLA), named in the message like dsc_check_no_overlap. */
+dsc_status dsc_check_outputs_disjoint(const char *fn, int n_out, const dsc_named_tensor *outs,
+                                      int n_in, const dsc_named_tensor *ins);
+/* [*lo, *hi): the bytes of t (0: t is NULL or empty, nothing to overlap). For checks over
+ * long lists of tensors on one device (dsc_adamw_step). */
+int dsc_tensor_byte_range(const DLTensor *t, uintptr_t *lo, uintptr_t *hi);
+/* dsc_check_no_overlap of out against each (name, tensor) pair of the list, which ends
+ * with a NULL name: dsc_check_disjoint(FN, "c", c, "a", a, "b", b, NULL). */
+dsc_status dsc_check_disjoint(const char *fn, const char *out_name, const DLTensor *out, ...)
+#if defined(__GNUC__)
+    __attribute__((sentinel))
+#endif
+    ;
 /* Writes "(2, 3, 4)" into buf. */
 const char *dsc_shape_str(const DLTensor *t, char *buf, size_t n);
 

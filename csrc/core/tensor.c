@@ -86,15 +86,16 @@ int64_t dsc_numel(const DLTensor *t) {
   return n;
 }
 
-/* The product of the non-zero dims times the element size fits in int64: then every
- * partial product of dims does too (an empty tensor with huge other dims would still make
- * "rows" loops run for ever or wrap). */
+/* The product of the non-zero dims times the element size: 1 when it fits in int64 and
+ * in DSC_MAX_TENSOR_BYTES, 0 when it overflows int64, -1 when it fits but exceeds the cap.
+ * The product of the non-zero dims, so every partial product of dims fits too (an empty
+ * tensor with huge other dims would still make "rows" loops run for ever or wrap). */
 static int size_fits(const DLTensor *t) {
   int64_t n = (int64_t)dsc_dtype_size(dsc_tensor_dtype(t));
   if (n == 0) n = 1;
   for (int i = 0; i < t->ndim; ++i)
     if (t->shape[i] < 0 || (t->shape[i] > 0 && !dsc_mul_i64(n, t->shape[i], &n))) return 0;
-  return 1;
+  return (uint64_t)n <= DSC_MAX_TENSOR_BYTES ? 1 : -1;
 }
 
 int dsc_tensor_nbytes(const DLTensor *t, size_t *bytes) {
@@ -165,9 +166,14 @@ dsc_status dsc_check_tensor(const dsc_context *ctx, const char *fn, const char *
     DSC_CHECK(t->shape[i] >= 0, DSC_ERR_SHAPE, fn, "%s: expected non-negative dims, got %s", arg,
               dsc_shape_str(t, buf, sizeof buf));
   }
-  DSC_CHECK(size_fits(t), DSC_ERR_SHAPE, fn,
+  const int fits = size_fits(t);
+  DSC_CHECK(fits != 0, DSC_ERR_SHAPE, fn,
             "%s: expected a shape whose size fits in 64 bits, got %s of %s", arg,
             dsc_shape_str(t, buf, sizeof buf), dsc_dtype_name(dsc_tensor_dtype(t)));
+  DSC_CHECK(fits > 0, DSC_ERR_SHAPE, fn,
+            "%s: expected a shape of at most 2^57 bytes (no address space holds more), got %s "
+            "of %s",
+            arg, dsc_shape_str(t, buf, sizeof buf), dsc_dtype_name(dsc_tensor_dtype(t)));
   dsc_dtype dt = dsc_tensor_dtype(t);
   if (!(dtypes & DSC_DT(dt))) {
     char want[160];
@@ -232,6 +238,13 @@ static int range_of(const DLTensor *t, byte_range *r) {
   if (!t || !dsc_tensor_nbytes(t, &bytes) || bytes == 0 || !t->data) return 0;
   r->lo = (uintptr_t)t->data + (uintptr_t)t->byte_offset;
   r->hi = r->lo + (uintptr_t)bytes;
+  return 1;
+}
+
+int dsc_tensor_byte_range(const DLTensor *t, uintptr_t *lo, uintptr_t *hi) {
+  byte_range r;
+  if (!range_of(t, &r)) return 0;
+  *lo = r.lo, *hi = r.hi;
   return 1;
 }
 
@@ -311,5 +324,29 @@ dsc_status dsc_check_same_dtype(const char *fn, const char *arg, const DLTensor 
   dsc_dtype a = dsc_tensor_dtype(t), b = dsc_tensor_dtype(ref);
   DSC_CHECK(a == b, DSC_ERR_DTYPE, fn, "%s: expected the dtype of %s (%s), got %s", arg, ref_arg,
             dsc_dtype_name(b), dsc_dtype_name(a));
+  return DSC_OK;
+}
+
+dsc_status dsc_check_disjoint(const char *fn, const char *out_name, const DLTensor *out, ...) {
+  va_list ap;
+  va_start(ap, out);
+  dsc_status st = DSC_OK;
+  for (const char *name = va_arg(ap, const char *); name != NULL && st == DSC_OK;
+       name = va_arg(ap, const char *)) {
+    const DLTensor *in = va_arg(ap, const DLTensor *);
+    st = dsc_check_no_overlap(fn, out_name, out, name, in);
+  }
+  va_end(ap);
+  return st;
+}
+
+dsc_status dsc_check_outputs_disjoint(const char *fn, int n_out, const dsc_named_tensor *outs,
+                                      int n_in, const dsc_named_tensor *ins) {
+  for (int i = 0; i < n_out; ++i) {
+    for (int j = 0; j < n_in; ++j)
+      DSC_TRY(dsc_check_no_overlap(fn, outs[i].name, outs[i].t, ins[j].name, ins[j].t));
+    for (int j = 0; j < i; ++j)
+      DSC_TRY(dsc_check_no_overlap(fn, outs[i].name, outs[i].t, outs[j].name, outs[j].t));
+  }
   return DSC_OK;
 }
