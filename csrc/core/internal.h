@@ -77,6 +77,10 @@ int64_t dsc_numel(const DLTensor *t);
 /* *bytes = numel * dtype size of t; 0 (and *bytes = 0) when that does not fit in int64 or
  * a dim is negative. */
 int dsc_tensor_nbytes(const DLTensor *t, size_t *bytes);
+/* 1 when t's dims are >= 0 and the product of its non-zero dims times the dtype size fits
+ * in DSC_MAX_TENSOR_BYTES (what dsc_check_tensor requires), for paths that do not take a
+ * context. */
+int dsc_tensor_size_ok(const DLTensor *t);
 /* First element of t: data + byte_offset. */
 void *dsc_data(const DLTensor *t);
 dsc_dtype dsc_tensor_dtype(const DLTensor *t);

@@ -98,6 +98,8 @@ static int size_fits(const DLTensor *t) {
   return (uint64_t)n <= DSC_MAX_TENSOR_BYTES ? 1 : -1;
 }
 
+int dsc_tensor_size_ok(const DLTensor *t) { return size_fits(t) > 0; }
+
 int dsc_tensor_nbytes(const DLTensor *t, size_t *bytes) {
   *bytes = 0;
   const int64_t n = dsc_numel(t);

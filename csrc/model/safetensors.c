@@ -347,10 +347,14 @@ static dsc_status parse_entry(json *j, dsc_safetensors *f, char *name) {
     st = dsc_error(DSC_ERR_FORMAT, j->fn, "path: %s: tensor '%s': expected dtype, shape and data_offsets", j->path,
                    name);
   if (st == DSC_OK) {
-    /* numel * itemsize must equal the byte range, computed without overflow */
+    /* numel * itemsize must equal the byte range, computed without overflow; the product
+     * of the non-zero dims must fit too (a (0, 2^62, 2^62) tensor has no bytes, but its
+     * shape would wrap the size arithmetic of whoever uses it) */
     uint64_t bytes = dsc_dtype_size(e.dtype);
+    int64_t nonzero = (int64_t)bytes;
     for (int i = 0; i < e.ndim && st == DSC_OK; ++i) {
-      if (e.shape[i] != 0 && bytes > UINT64_MAX / (uint64_t)e.shape[i])
+      if ((e.shape[i] != 0 && bytes > UINT64_MAX / (uint64_t)e.shape[i]) ||
+          (e.shape[i] != 0 && !dsc_mul_i64(nonzero, e.shape[i], &nonzero)))
         st = dsc_error(DSC_ERR_FORMAT, j->fn, "path: %s: tensor '%s': size overflows", j->path, name);
       else
         bytes *= (uint64_t)e.shape[i];
@@ -627,9 +631,12 @@ dsc_status dsc_safetensors_save(const char *path, int64_t n, const char *const *
               dsc_dtype_name(dsc_tensor_dtype(t)));
     DSC_CHECK(t->ndim >= 0 && t->ndim <= MAX_DIMS, DSC_ERR_SHAPE, FN, "tensors[%lld] ('%s'): too many dims",
               (long long)i, names[i]);
+    for (int d = 0; d < t->ndim; ++d)
+      DSC_CHECK(t->shape[d] >= 0, DSC_ERR_SHAPE, FN, "tensors[%lld]: negative dim", (long long)i);
+    DSC_CHECK(dsc_tensor_size_ok(t), DSC_ERR_SHAPE, FN,
+              "tensors[%lld] ('%s'): expected a shape whose size fits in 64 bits", (long long)i, names[i]);
     int64_t expect_stride = 1;
     for (int d = t->ndim - 1; d >= 0; --d) {
-      DSC_CHECK(t->shape[d] >= 0, DSC_ERR_SHAPE, FN, "tensors[%lld]: negative dim", (long long)i);
       DSC_CHECK(!t->strides || t->shape[d] == 1 || dsc_numel(t) == 0 || t->strides[d] == expect_stride,
                 DSC_ERR_INVALID_ARGUMENT,
                 FN, "tensors[%lld] ('%s'): expected a C-contiguous tensor", (long long)i, names[i]);
