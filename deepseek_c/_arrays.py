@@ -99,7 +99,7 @@ def parse_dtype(dtype: Any, fn: str, arg: str, allowed: Sequence[str] | None = N
     if name is None or (allowed is not None and name not in allowed):
         names = list(allowed) if allowed is not None else sorted(set(_DTYPE_ALIASES.values()))
         short = sorted(a for a, n in _DTYPE_ALIASES.items() if n in names and a != n)
-        raise ValueError(f"{fn}: {arg}: expected one of {', '.join(repr(n) for n in names)} (also spelled "
+        raise TypeError(f"{fn}: {arg}: expected one of {', '.join(repr(n) for n in names)} (also spelled "
                          f"{', '.join(repr(a) for a in short)}, or given as a NumPy, ml_dtypes, PyTorch or "
                          f"JAX dtype), got {dtype!r}")
     return name

@@ -101,6 +101,15 @@ extern "C" dsc_status dsc_cuda_context_init(dsc_context *ctx) {
   return DSC_OK;
 }
 
+extern "C" dsc_status dsc_cuda_mem_info(dsc_context *ctx, size_t *free_bytes, size_t *total_bytes) {
+  static const char *const FN = "dsc_cuda_mem_info";
+  *free_bytes = *total_bytes = 0;
+  DSC_CUDA_ENTER(ctx, FN);
+  cudaError_t e = cudaMemGetInfo(free_bytes, total_bytes);
+  if (e != cudaSuccess) return cuda_fail(e, FN, "cudaMemGetInfo");
+  return DSC_OK;
+}
+
 extern "C" dsc_status dsc_cuda_malloc(dsc_context *ctx, size_t bytes, void **ptr) {
   static const char *const FN = "dsc_malloc";
   *ptr = NULL;

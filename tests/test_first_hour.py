@@ -210,7 +210,7 @@ def test_model_and_generate_dtype_arguments():
     lambda: dsc.Model(dsc.ModelConfig.tiny(), seed=0).generate([[1]], cache_dtype=np.int32),
 ])
 def test_bad_dtype_lists_the_accepted_names(call):
-    with pytest.raises(ValueError, match=r"expected one of '.*got"):
+    with pytest.raises(TypeError, match=r"expected one of '.*got"):
         call()
 
 

@@ -456,5 +456,5 @@ def test_bfloat16_moments_train_save_and_resume(tmp_path):
     assert la == lb
     for k, w in a.parameters().items():
         assert np.array_equal(w, c.parameters()[k]), k
-    with pytest.raises(ValueError, match="moments"):
+    with pytest.raises(TypeError, match="moments"):
         dsc.Model(cfg, moments="float16")

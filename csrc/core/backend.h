@@ -264,6 +264,8 @@ dsc_status dsc_cuda_context_init(dsc_context *ctx);  /* sets ctx->cuda */
 void dsc_cuda_context_release(dsc_context *ctx);
 dsc_status dsc_cuda_malloc(dsc_context *ctx, size_t bytes, void **ptr);
 void dsc_cuda_free(dsc_context *ctx, void *ptr);
+/* Free and total bytes of the context's device (cudaMemGetInfo). */
+dsc_status dsc_cuda_mem_info(dsc_context *ctx, size_t *free_bytes, size_t *total_bytes);
 /* kind: 0 host->device, 1 device->host, 2 device->device, 3 host->host */
 dsc_status dsc_cuda_memcpy(dsc_context *ctx, void *dst, const void *src, size_t bytes, int kind);
 dsc_status dsc_cuda_synchronize(dsc_context *ctx);

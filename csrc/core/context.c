@@ -157,7 +157,9 @@ dsc_status dsc_workspace(dsc_context *ctx, size_t bytes, void **ptr) {
     return DSC_OK;
   }
   /* Grow geometrically so a sequence of slightly larger requests stays cheap. */
-  size_t want = ctx->workspace_bytes * 2 > bytes ? ctx->workspace_bytes * 2 : bytes;
+  size_t want = ctx->workspace_bytes <= SIZE_MAX / 2 && ctx->workspace_bytes * 2 > bytes
+                    ? ctx->workspace_bytes * 2
+                    : bytes;
   if (want < 4096) want = 4096;
   dsc_free(ctx, ctx->workspace);
   ctx->workspace = NULL;
@@ -175,9 +177,11 @@ dsc_status dsc_malloc(dsc_context *ctx, size_t bytes, void **ptr) {
 #ifdef DSC_WITH_CUDA
   if (dsc_ctx_is_cuda(ctx)) return dsc_cuda_malloc(ctx, bytes, ptr);
 #endif
-  size_t rounded = (bytes + 63) / 64 * 64;
+  /* rounding up must not wrap a huge request into a tiny allocation */
+  int ok = bytes <= (size_t)PTRDIFF_MAX;
+  size_t rounded = dsc_calign(bytes, 64, &ok);
   if (rounded == 0) rounded = 64;
-  void *p = aligned_alloc(64, rounded);
+  void *p = ok ? aligned_alloc(64, rounded) : NULL;
   if (!p)
     return dsc_error(DSC_ERR_OUT_OF_MEMORY, "dsc_malloc", "bytes: could not allocate %zu bytes",
                      bytes);

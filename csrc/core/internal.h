@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "checked.h"
 #include "deepseek_c.h"
 
 #ifdef __cplusplus
@@ -70,7 +71,16 @@ void dsc_log(const dsc_context *ctx, dsc_log_level level, const char *fmt, ...)
 #define DSC_DT_FLOAT (DSC_DT(DSC_DTYPE_FLOAT32) | DSC_DT(DSC_DTYPE_BFLOAT16))
 #define DSC_DT_INDEX (DSC_DT(DSC_DTYPE_INT32) | DSC_DT(DSC_DTYPE_INT64))
 
+/* Elements of t, or -1 when the product of its dims overflows int64 (dsc_check_tensor
+ * rejects such tensors: after it, dsc_numel never fails). */
 int64_t dsc_numel(const DLTensor *t);
+/* *bytes = numel * dtype size of t; 0 (and *bytes = 0) when that does not fit in int64 or
+ * a dim is negative. */
+int dsc_tensor_nbytes(const DLTensor *t, size_t *bytes);
+/* 1 when t's dims are >= 0 and the product of its non-zero dims times the dtype size fits
+ * in DSC_MAX_TENSOR_BYTES (what dsc_check_tensor requires), for paths that do not take a
+ * context. */
+int dsc_tensor_size_ok(const DLTensor *t);
 /* First element of t: data + byte_offset. */
 void *dsc_data(const DLTensor *t);
 dsc_dtype dsc_tensor_dtype(const DLTensor *t);
@@ -78,8 +88,17 @@ dsc_dtype dsc_tensor_dtype(const DLTensor *t);
 int64_t dsc_rows(const DLTensor *t);
 int64_t dsc_last_dim(const DLTensor *t);
 
+/* The largest tensor dsc_check_tensor accepts: 2^57 bytes, the largest virtual address
+ * space of any current CPU (x86-64 5-level paging) or GPU, so no real tensor is refused.
+ * With it, a tensor's element count times any factor up to 64, or the sum of up to 64
+ * tensor sizes, fits in int64: the backends rely on this for their scratch sizes. */
+#define DSC_MAX_TENSOR_BYTES ((uint64_t)1 << 57)
+
 /* t is non-NULL, on ctx's device, C-contiguous, with non-NULL data when non-empty,
- * and of one of the dtypes in `dtypes` (a DSC_DT mask). Names fn and arg on failure. */
+ * and of one of the dtypes in `dtypes` (a DSC_DT mask); its size in bytes fits in int64
+ * and in DSC_MAX_TENSOR_BYTES (the product of its non-zero dims too: every partial product
+ * of dims is then safe) and data + byte_offset + size does not wrap the address space.
+ * Names fn and arg on failure. */
 dsc_status dsc_check_tensor(const dsc_context *ctx, const char *fn, const char *arg,
                             const DLTensor *t, unsigned dtypes);
 /* t has ndim in [min_ndim, max_ndim]; `what` describes the layout, e.g. "(..., D)". */
@@ -94,6 +113,39 @@ dsc_status dsc_check_same_shape(const char *fn, const char *arg, const DLTensor 
 /* t has the same dtype as ref. */
 dsc_status dsc_check_same_dtype(const char *fn, const char *arg, const DLTensor *t,
                                 const char *ref_arg, const DLTensor *ref);
+/* Aliasing between an output and another tensor of the same call (both already through
+ * dsc_check_tensor; either may be NULL: nothing to check). Byte ranges
+ * [data + byte_offset, + numel * dtype size) on the same device are compared; empty
+ * tensors never overlap.
+ * dsc_check_no_overlap: any shared byte is DSC_ERR_INVALID_ARGUMENT ("<out>: expected
+ *   memory that does not overlap <in>, got an overlapping range").
+ * dsc_check_inplace_or_disjoint: for outputs documented as "may alias <in>": exactly <in>
+ *   (same address, dtype and shape: an in-place call) or disjoint; a partial overlap is the
+ *   error. */
+dsc_status dsc_check_no_overlap(const char *fn, const char *out_name, const DLTensor *out,
+                                const char *in_name, const DLTensor *in);
+dsc_status dsc_check_inplace_or_disjoint(const char *fn, const char *out_name,
+                                         const DLTensor *out, const char *in_name,
+                                         const DLTensor *in);
+/* A named tensor of a composite op's argument list (NULL tensor: absent). */
+typedef struct {
+  const char *name;
+  const DLTensor *t;
+} dsc_named_tensor;
+/* Every output shares no byte with any input or with any other output (composite ops:
+ * the MoE layer, MLA), named in the message like dsc_check_no_overlap. */
+dsc_status dsc_check_outputs_disjoint(const char *fn, int n_out, const dsc_named_tensor *outs,
+                                      int n_in, const dsc_named_tensor *ins);
+/* [*lo, *hi): the bytes of t (0: t is NULL or empty, nothing to overlap). For checks over
+ * long lists of tensors on one device (dsc_adamw_step). */
+int dsc_tensor_byte_range(const DLTensor *t, uintptr_t *lo, uintptr_t *hi);
+/* dsc_check_no_overlap of out against each (name, tensor) pair of the list, which ends
+ * with a NULL name: dsc_check_disjoint(FN, "c", c, "a", a, "b", b, NULL). */
+dsc_status dsc_check_disjoint(const char *fn, const char *out_name, const DLTensor *out, ...)
+#if defined(__GNUC__)
+    __attribute__((sentinel))
+#endif
+    ;
 /* Writes "(2, 3, 4)" into buf. */
 const char *dsc_shape_str(const DLTensor *t, char *buf, size_t n);
 

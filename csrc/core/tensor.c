@@ -2,6 +2,7 @@
  * tensor.c -- dtype mapping between dsc_dtype and DLPack, and the checks every op
  * runs on its tensor arguments before dispatching.
  */
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -80,8 +81,32 @@ size_t dsc_dtype_size(dsc_dtype t) {
 
 int64_t dsc_numel(const DLTensor *t) {
   int64_t n = 1;
-  for (int i = 0; i < t->ndim; ++i) n *= t->shape[i];
+  for (int i = 0; i < t->ndim; ++i)
+    if (!dsc_mul_i64(n, t->shape[i], &n)) return -1;
   return n;
+}
+
+/* The product of the non-zero dims times the element size: 1 when it fits in int64 and
+ * in DSC_MAX_TENSOR_BYTES, 0 when it overflows int64, -1 when it fits but exceeds the cap.
+ * The product of the non-zero dims, so every partial product of dims fits too (an empty
+ * tensor with huge other dims would still make "rows" loops run for ever or wrap). */
+static int size_fits(const DLTensor *t) {
+  int64_t n = (int64_t)dsc_dtype_size(dsc_tensor_dtype(t));
+  if (n == 0) n = 1;
+  for (int i = 0; i < t->ndim; ++i)
+    if (t->shape[i] < 0 || (t->shape[i] > 0 && !dsc_mul_i64(n, t->shape[i], &n))) return 0;
+  return (uint64_t)n <= DSC_MAX_TENSOR_BYTES ? 1 : -1;
+}
+
+int dsc_tensor_size_ok(const DLTensor *t) { return size_fits(t) > 0; }
+
+int dsc_tensor_nbytes(const DLTensor *t, size_t *bytes) {
+  *bytes = 0;
+  const int64_t n = dsc_numel(t);
+  int ok = n >= 0;
+  const size_t b = dsc_cbytes(n, dsc_dtype_size(dsc_tensor_dtype(t)), &ok);
+  if (ok) *bytes = b;
+  return ok;
 }
 
 void *dsc_data(const DLTensor *t) { return (char *)t->data + t->byte_offset; }
@@ -92,7 +117,8 @@ int64_t dsc_last_dim(const DLTensor *t) { return t->ndim > 0 ? t->shape[t->ndim 
 
 int64_t dsc_rows(const DLTensor *t) {
   int64_t n = 1;
-  for (int i = 0; i + 1 < t->ndim; ++i) n *= t->shape[i];
+  for (int i = 0; i + 1 < t->ndim; ++i)
+    if (!dsc_mul_i64(n, t->shape[i], &n)) return -1;
   return n;
 }
 
@@ -142,6 +168,14 @@ dsc_status dsc_check_tensor(const dsc_context *ctx, const char *fn, const char *
     DSC_CHECK(t->shape[i] >= 0, DSC_ERR_SHAPE, fn, "%s: expected non-negative dims, got %s", arg,
               dsc_shape_str(t, buf, sizeof buf));
   }
+  const int fits = size_fits(t);
+  DSC_CHECK(fits != 0, DSC_ERR_SHAPE, fn,
+            "%s: expected a shape whose size fits in 64 bits, got %s of %s", arg,
+            dsc_shape_str(t, buf, sizeof buf), dsc_dtype_name(dsc_tensor_dtype(t)));
+  DSC_CHECK(fits > 0, DSC_ERR_SHAPE, fn,
+            "%s: expected a shape of at most 2^57 bytes (no address space holds more), got %s "
+            "of %s",
+            arg, dsc_shape_str(t, buf, sizeof buf), dsc_dtype_name(dsc_tensor_dtype(t)));
   dsc_dtype dt = dsc_tensor_dtype(t);
   if (!(dtypes & DSC_DT(dt))) {
     char want[160];
@@ -181,6 +215,74 @@ dsc_status dsc_check_tensor(const dsc_context *ctx, const char *fn, const char *
   DSC_CHECK(t->data != NULL || dsc_numel(t) == 0, DSC_ERR_INVALID_ARGUMENT, fn,
             "%s: expected data, got a NULL pointer for %lld elements", arg,
             (long long)dsc_numel(t));
+  /* the byte extent [data + byte_offset, + bytes) must not wrap the address space */
+  size_t bytes = 0;
+  int ok = dsc_tensor_nbytes(t, &bytes);
+  size_t end = dsc_caddz((size_t)t->byte_offset, bytes, &ok);
+  (void)dsc_caddz((size_t)(uintptr_t)t->data, end, &ok);
+  DSC_CHECK(ok, DSC_ERR_SHAPE, fn,
+            "%s: expected a byte extent that fits in the address space, got %s of %s at %p + "
+            "byte_offset %llu",
+            arg, dsc_shape_str(t, buf, sizeof buf), dsc_dtype_name(dt), t->data,
+            (unsigned long long)t->byte_offset);
+  return DSC_OK;
+}
+
+/* ---- aliasing ------------------------------------------------------------------- */
+
+typedef struct {
+  uintptr_t lo, hi; /* [lo, hi) */
+} byte_range;
+
+/* 0 when t is NULL or empty (nothing to overlap). */
+static int range_of(const DLTensor *t, byte_range *r) {
+  size_t bytes = 0;
+  if (!t || !dsc_tensor_nbytes(t, &bytes) || bytes == 0 || !t->data) return 0;
+  r->lo = (uintptr_t)t->data + (uintptr_t)t->byte_offset;
+  r->hi = r->lo + (uintptr_t)bytes;
+  return 1;
+}
+
+int dsc_tensor_byte_range(const DLTensor *t, uintptr_t *lo, uintptr_t *hi) {
+  byte_range r;
+  if (!range_of(t, &r)) return 0;
+  *lo = r.lo, *hi = r.hi;
+  return 1;
+}
+
+static int same_device(const DLTensor *a, const DLTensor *b) {
+  return a->device.device_type == b->device.device_type &&
+         (a->device.device_type == kDLCPU || a->device.device_id == b->device.device_id);
+}
+
+/* 1 when out and in share at least one byte. */
+static int overlaps(const DLTensor *out, const DLTensor *in) {
+  byte_range a, b;
+  if (!range_of(out, &a) || !range_of(in, &b) || !same_device(out, in)) return 0;
+  return a.lo < b.hi && b.lo < a.hi;
+}
+
+dsc_status dsc_check_no_overlap(const char *fn, const char *out_name, const DLTensor *out,
+                                const char *in_name, const DLTensor *in) {
+  DSC_CHECK(!overlaps(out, in), DSC_ERR_INVALID_ARGUMENT, fn,
+            "%s: expected memory that does not overlap %s, got an overlapping range (pass a "
+            "fresh array as the output)",
+            out_name, in_name);
+  return DSC_OK;
+}
+
+dsc_status dsc_check_inplace_or_disjoint(const char *fn, const char *out_name,
+                                         const DLTensor *out, const char *in_name,
+                                         const DLTensor *in) {
+  if (!overlaps(out, in)) return DSC_OK;
+  int exact = (uintptr_t)out->data + (uintptr_t)out->byte_offset ==
+                  (uintptr_t)in->data + (uintptr_t)in->byte_offset &&
+              dsc_tensor_dtype(out) == dsc_tensor_dtype(in) && out->ndim == in->ndim;
+  for (int i = 0; exact && i < out->ndim; ++i) exact = out->shape[i] == in->shape[i];
+  DSC_CHECK(exact, DSC_ERR_INVALID_ARGUMENT, fn,
+            "%s: expected either %s itself (in place) or memory that does not overlap it, got a "
+            "partially overlapping range (pass %s or a fresh array as the output)",
+            out_name, in_name, in_name);
   return DSC_OK;
 }
 
@@ -224,5 +326,29 @@ dsc_status dsc_check_same_dtype(const char *fn, const char *arg, const DLTensor 
   dsc_dtype a = dsc_tensor_dtype(t), b = dsc_tensor_dtype(ref);
   DSC_CHECK(a == b, DSC_ERR_DTYPE, fn, "%s: expected the dtype of %s (%s), got %s", arg, ref_arg,
             dsc_dtype_name(b), dsc_dtype_name(a));
+  return DSC_OK;
+}
+
+dsc_status dsc_check_disjoint(const char *fn, const char *out_name, const DLTensor *out, ...) {
+  va_list ap;
+  va_start(ap, out);
+  dsc_status st = DSC_OK;
+  for (const char *name = va_arg(ap, const char *); name != NULL && st == DSC_OK;
+       name = va_arg(ap, const char *)) {
+    const DLTensor *in = va_arg(ap, const DLTensor *);
+    st = dsc_check_no_overlap(fn, out_name, out, name, in);
+  }
+  va_end(ap);
+  return st;
+}
+
+dsc_status dsc_check_outputs_disjoint(const char *fn, int n_out, const dsc_named_tensor *outs,
+                                      int n_in, const dsc_named_tensor *ins) {
+  for (int i = 0; i < n_out; ++i) {
+    for (int j = 0; j < n_in; ++j)
+      DSC_TRY(dsc_check_no_overlap(fn, outs[i].name, outs[i].t, ins[j].name, ins[j].t));
+    for (int j = 0; j < i; ++j)
+      DSC_TRY(dsc_check_no_overlap(fn, outs[i].name, outs[i].t, outs[j].name, outs[j].t));
+  }
   return DSC_OK;
 }

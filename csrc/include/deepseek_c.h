@@ -14,6 +14,15 @@
  *    reject anything else with DSC_ERR_INVALID_ARGUMENT.
  *  - Outputs are written into caller-provided tensors. Scratch space comes from the
  *    context's workspace. A context is used by one thread at a time.
+ *  - Aliasing: an output may share no byte with an input or another output of the same
+ *    call (DSC_ERR_INVALID_ARGUMENT "<out>: expected memory that does not overlap <in>"),
+ *    except where a comment says "may alias <in>": then <in> itself (same address, dtype
+ *    and shape) is computed in place correctly; a partial overlap is always an error.
+ *  - Sizes: a tensor's size in bytes (and the product of its non-zero dims times the
+ *    element size) must fit in 2^57 bytes, the largest address space; every size the
+ *    library derives from shapes, configs and options is computed with overflow checks, so
+ *    a huge value is an error (DSC_ERR_SHAPE / _INVALID_ARGUMENT / _OUT_OF_MEMORY), never
+ *    a wrapped allocation.
  *  - Parameter structs are passed by pointer and start with a `size` field set to
  *    sizeof(struct); fields may be appended in later versions, never reordered.
  *  - Enums are append-only with explicit values.
@@ -179,7 +188,7 @@ DSC_API dsc_status dsc_rms_norm_forward(dsc_context *ctx, const DLTensor *x, con
                                         float eps, DLTensor *y, DLTensor *rstd);
 /*   dy   [..., D]   dtype of x
  *   rstd [...]      float32, optional: recomputed from x when NULL
- *   dx   [..., D]   dtype of x
+ *   dx   [..., D]   dtype of x (may alias dy or x)
  *   dw   [D]        float32, overwritten (not accumulated) */
 DSC_API dsc_status dsc_rms_norm_backward(dsc_context *ctx, const DLTensor *dy, const DLTensor *x,
                                          const DLTensor *w, const DLTensor *rstd, float eps,
@@ -226,7 +235,8 @@ DSC_API dsc_status dsc_rope_softmax_scale(const dsc_rope_params *p, int32_t qk_h
  *   y         like x (may alias x) */
 DSC_API dsc_status dsc_rope_forward(dsc_context *ctx, const dsc_rope_params *p, const DLTensor *x,
                                     const DLTensor *positions, DLTensor *y);
-/* The transpose (inverse rotation): dx = R^T dy. Same shapes as the forward. */
+/* The transpose (inverse rotation): dx = R^T dy. Same shapes as the forward; dx may
+ * alias dy. */
 DSC_API dsc_status dsc_rope_backward(dsc_context *ctx, const dsc_rope_params *p,
                                      const DLTensor *dy, const DLTensor *positions, DLTensor *dx);
 
@@ -254,7 +264,8 @@ DSC_API dsc_status dsc_add(dsc_context *ctx, const DLTensor *a, const DLTensor *
 
 /* ------------------------------------------------------------------ SwiGLU */
 /* out = silu(gate) * up, silu(g) = g / (1 + exp(-g)).
- *   gate, up, out [..., F] float32 | bfloat16 */
+ *   gate, up, out [..., F] float32 | bfloat16; out may alias gate or up.
+ * Backward: dgate, dup like gate; each may alias dout, gate or up (not each other). */
 DSC_API dsc_status dsc_swiglu_forward(dsc_context *ctx, const DLTensor *gate, const DLTensor *up,
                                       DLTensor *out);
 DSC_API dsc_status dsc_swiglu_backward(dsc_context *ctx, const DLTensor *dout,
@@ -307,7 +318,8 @@ DSC_API dsc_status dsc_global_norm(dsc_context *ctx, int32_t n, const DLTensor *
  *   exp_avg[i], exp_avg_sq[i] float32 | bfloat16 same shape.
  * With max_grad_norm > 0 the gradients are scaled by min(1, max/(norm+1e-6)) first
  * (the grads themselves are not modified). *grad_norm (optional) gets the norm
- * before clipping. */
+ * before clipping. Every params/exp_avg/exp_avg_sq tensor needs memory of its own: none
+ * may overlap another tensor of the call (grads may share memory with grads). */
 DSC_API dsc_status dsc_adamw_step(dsc_context *ctx, const dsc_adamw_params *p, int32_t n,
                                   DLTensor *const *params, const DLTensor *const *grads,
                                   DLTensor *const *exp_avg, DLTensor *const *exp_avg_sq,
@@ -500,7 +512,7 @@ DSC_API void dsc_moe_route_params_default(dsc_moe_route_params *p);
  *   indices [T, k] int32 out: chosen experts, best first
  *   weights [T, k] float32 out: gate weights
  *   scores  [T, E] float32 out, optional: the affinities s (saved for backward and for
- *                  the sequence-wise loss) */
+ *                  the sequence-wise loss); may alias (float32) logits */
 DSC_API dsc_status dsc_moe_route(dsc_context *ctx, const dsc_moe_route_params *p,
                                  const DLTensor *logits, const DLTensor *bias, DLTensor *indices,
                                  DLTensor *weights, DLTensor *scores);
@@ -510,7 +522,8 @@ DSC_API dsc_status dsc_moe_route(dsc_context *ctx, const dsc_moe_route_params *p
  *   scores   [T, E] float32: the affinities from dsc_moe_route
  *   indices  [T, k] int32 | int64: from dsc_moe_route (each row distinct)
  *   dscores  [T, E] float32, optional: an extra dL/ds (e.g. the sequence-wise loss), added
- *   dlogits  [T, E] float32 | bfloat16 out, overwritten.
+ *   dlogits  [T, E] float32 | bfloat16 out, overwritten; may alias (float32) scores or
+ *            dscores.
  * norm_topk_prob is differentiated; p must be the forward's parameters. */
 DSC_API dsc_status dsc_moe_route_backward(dsc_context *ctx, const dsc_moe_route_params *p,
                                           const DLTensor *dweights, const DLTensor *scores,
@@ -534,7 +547,8 @@ DSC_API dsc_status dsc_moe_update_bias(dsc_context *ctx, DLTensor *bias, const D
  * The gradient flows only through P (f is a count):
  *   dscores[t, j] = (g_{t,j} - sum_i g_{t,i} s'_{t,i}) / sum_i s_{t,i},  g_{t,i} = alpha f_i/(B L).
  *   scores  [T, E] float32 (> 0 sums), indices [T, k] int32 | int64 (the routed set),
- *   seq_len L >= 1 dividing T, loss [] or [1] float32, dscores [T, E] float32 optional. */
+ *   seq_len L >= 1 dividing T, loss [] or [1] float32, dscores [T, E] float32 optional
+ *   (may alias scores). */
 DSC_API dsc_status dsc_moe_seq_aux_loss(dsc_context *ctx, const DLTensor *scores,
                                         const DLTensor *indices, int64_t seq_len, float alpha,
                                         DLTensor *loss, DLTensor *dscores);
@@ -860,7 +874,13 @@ typedef enum dsc_model_type {
 
 /* DeepSeek-V3 (671B) values. */
 DSC_API void dsc_model_config_default(dsc_model_config *cfg);
-/* Every field in range and consistent (e.g. n_group divides n_routed_experts). */
+/* Every field in range and consistent (e.g. n_group divides n_routed_experts), and the
+ * totals (parameter count) fit in int64, checked before anything is allocated. Each field
+ * has an upper bound far above DeepSeek-V3's and V2's (e.g. hidden_size <= 2^20,
+ * vocab_size <= 2^24, num_hidden_layers <= 2^12, n_routed_experts <= 2^16, heads <= 2^12,
+ * num_nextn_predict_layers <= 8); dsc_model_create and dsc_model_load also refuse
+ * (DSC_ERR_OUT_OF_MEMORY) a model whose float32 parameters exceed the machine's RAM (CPU)
+ * or the device's memory (CUDA) before allocating. */
 DSC_API dsc_status dsc_model_config_validate(const dsc_model_config *cfg);
 /* Parse a Hugging Face config.json text (len bytes) / file. Keys the text leaves out take
  * the defaults of its model_type ("deepseek_v3" when absent; "deepseek_v2": softmax
@@ -1035,7 +1055,8 @@ DSC_API dsc_status dsc_model_weight_bytes(const dsc_model *model, size_t *bytes)
  * every file written atomically (a frozen model, dsc_model_freeze_fp8: E4M3 block
  * matrices with "<name>_scale_inv", no optimizer file). dsc_model_load reads config.json and every
  * *.safetensors shard (float32/bfloat16/float16 weights, or E4M3 + weight_scale_inv
- * dequantized); missing/unexpected tensors and wrong shapes are errors naming them. */
+ * dequantized); missing/unexpected tensors and wrong shapes or dtypes are errors naming them,
+ * found from the headers before the model's memory is allocated. */
 DSC_API dsc_status dsc_model_save(dsc_model *model, const char *dir, int32_t optimizer);
 DSC_API dsc_status dsc_model_load(dsc_context *ctx, const char *dir, const dsc_model_options *opt,
                                   dsc_model **out);
@@ -1121,7 +1142,8 @@ typedef int32_t (*dsc_token_fn)(void *user, int32_t seq, int32_t token);
  *   out_lens    [n_prompts] host: tokens written per prompt
  *   on_token    optional callback, user its argument
  *   stats       optional (stats->size = sizeof(dsc_generate_stats))
- * The model may live on CPU or CUDA. Every argument is checked before any work:
+ * The model may live on CPU or CUDA. out_tokens and out_lens may not overlap each other,
+ * the prompts, prompt_lens or the pointer array. Every argument is checked before any work:
  * DSC_ERR_INVALID_ARGUMENT names it, e.g. "dsc_model_generate: prompts[3]: expected ids in
  * [0, 512), got 600 at index 2". */
 DSC_API dsc_status dsc_model_generate(dsc_model *model, const dsc_generate_options *o,

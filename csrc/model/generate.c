@@ -575,6 +575,43 @@ static dsc_status verify(gen *g, int32_t b, const float *lrows) {
 
 /* ---- validation ------------------------------------------------------------------------- */
 
+/* Host arrays [a, a + na) and [b, b + nb) (bytes) share a byte. */
+static int host_overlap(const void *a, size_t na, const void *b, size_t nb) {
+  const uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;
+  return na > 0 && nb > 0 && x < y + nb && y < x + na;
+}
+
+/* The outputs (out_tokens, out_lens) are written while the prompts, their lengths and the
+ * pointer array are still read (out_tokens is filled with -1 first, and decoding reads the
+ * prompts back): no sharing. */
+static dsc_status check_host_aliasing(int32_t n_prompts, const int32_t *const *prompts,
+                                      const int32_t *prompt_lens, const int32_t *out_tokens,
+                                      int32_t max_new, const int32_t *out_lens) {
+  const size_t nb = (size_t)n_prompts * sizeof(int32_t);
+  const size_t tb = out_tokens ? (size_t)n_prompts * (size_t)max_new * sizeof(int32_t) : 0;
+  const struct { const char *name; const void *p; size_t n; } outs[2] = {
+      {"out_tokens", out_tokens, tb}, {"out_lens", out_lens, nb}};
+  DSC_CHECK(!host_overlap(out_tokens, tb, out_lens, nb), DSC_ERR_INVALID_ARGUMENT, FN,
+            "out_lens: expected memory that does not overlap out_tokens, got an overlapping range");
+  for (int k = 0; k < 2; ++k) {
+    DSC_CHECK(!host_overlap(outs[k].p, outs[k].n, prompt_lens, nb), DSC_ERR_INVALID_ARGUMENT, FN,
+              "%s: expected memory that does not overlap prompt_lens, got an overlapping range",
+              outs[k].name);
+    DSC_CHECK(!host_overlap(outs[k].p, outs[k].n, prompts, (size_t)n_prompts * sizeof *prompts),
+              DSC_ERR_INVALID_ARGUMENT, FN,
+              "%s: expected memory that does not overlap prompts (the pointer array), got an "
+              "overlapping range",
+              outs[k].name);
+    for (int32_t i = 0; i < n_prompts; ++i)
+      DSC_CHECK(!host_overlap(outs[k].p, outs[k].n, prompts[i], (size_t)prompt_lens[i] * sizeof(int32_t)),
+                DSC_ERR_INVALID_ARGUMENT, FN,
+                "%s: expected memory that does not overlap prompts[%d], got an overlapping range "
+                "(pass separate output arrays)",
+                outs[k].name, (int)i);
+  }
+  return DSC_OK;
+}
+
 static dsc_status validate(const dsc_model *m, const dsc_generate_options *o, int32_t n_prompts,
                            const int32_t *const *prompts, const int32_t *prompt_lens,
                            const int32_t *out_tokens, const int32_t *out_lens,
@@ -649,12 +686,11 @@ static dsc_status validate(const dsc_model *m, const dsc_generate_options *o, in
                 "prompts[%d]: expected ids in [0, %d), got %d at index %d", (int)i, (int)V,
                 (int)prompts[i][j], (int)j);
   }
-  return DSC_OK;
+  return check_host_aliasing(n_prompts, prompts, prompt_lens, out_tokens, o->max_new_tokens, out_lens);
 }
 
 /* ---- setup ------------------------------------------------------------------------------ */
 
-static size_t align_up(size_t x) { return (x + 255) & ~(size_t)255; }
 
 static dsc_status setup(gen *g) {
   dsc_model *m = g->m;
@@ -682,28 +718,34 @@ static dsc_status setup(gen *g) {
   co.dtype = g->o.cache_dtype;
   DSC_TRY(dsc_mla_cache_create(g->ctx, &co, &g->cache));
 
-  /* device buffers: one allocation */
+  /* device buffers: one allocation; sizes checked (many prompts x long prompts x a wide
+   * model can exceed 64 bits) */
   const int64_t N = g->Nmax;
   const int spec = g->K > 0;
+  int ok = 1;
+  const size_t nd4 = dsc_cbytes(dsc_cmul(N, D, &ok), 4, &ok);
   size_t sz[12] = {
-      (size_t)(N * D) * 4,              /* h */
-      (size_t)(N * D) * 4,              /* xn */
-      (size_t)(N * D) * 4,              /* tmp */
-      (size_t)(N * D) * 4,              /* hn */
-      spec ? (size_t)(N * D) * 4 : 0,   /* e */
-      spec ? (size_t)(N * 2 * D) * 4 : 0, /* cat */
-      spec ? (size_t)(B * D) * 4 : 0,   /* mo */
-      (size_t)(g->LRmax * V) * 4,       /* logits */
-      (size_t)N * 4,                    /* ids */
-      (size_t)N * 4,                    /* pos */
-      (size_t)N * 4,                    /* gidx */
-      (size_t)B * 8,                    /* seq */
+      nd4,                                              /* h */
+      nd4,                                              /* xn */
+      nd4,                                              /* tmp */
+      nd4,                                              /* hn */
+      spec ? nd4 : 0,                                   /* e */
+      spec ? dsc_cbytes(dsc_cmul3(N, 2, D, &ok), 4, &ok) : 0, /* cat */
+      spec ? dsc_cbytes(dsc_cmul(B, D, &ok), 4, &ok) : 0,     /* mo */
+      dsc_cbytes(dsc_cmul(g->LRmax, V, &ok), 4, &ok),   /* logits */
+      dsc_cbytes(N, 4, &ok),                            /* ids */
+      dsc_cbytes(N, 4, &ok),                            /* pos */
+      dsc_cbytes(N, 4, &ok),                            /* gidx */
+      dsc_cbytes(B, 8, &ok),                            /* seq */
   };
   size_t tot = 0, off[12];
   for (int i = 0; i < 12; ++i) {
     off[i] = tot;
-    tot += align_up(sz[i]);
+    tot = dsc_caddz(tot, dsc_calign(sz[i], 256, &ok), &ok);
   }
+  DSC_CHECK(ok, DSC_ERR_OUT_OF_MEMORY, FN,
+            "the buffers for %lld prompts of up to %lld tokens do not fit in 64 bits", (long long)B,
+            (long long)Tm);
   DSC_TRY(dsc_malloc(g->ctx, tot, &g->dmem));
   char *d = (char *)g->dmem;
   g->h = (float *)(d + off[0]);
@@ -727,9 +769,9 @@ static dsc_status setup(gen *g) {
       (size_t)N * 4,                                /* gidx */
       (size_t)B * 4,                                /* last */
       (size_t)B * 8,                                /* seq */
-      g->host ? 0 : (size_t)(g->LRmax * V) * 4,     /* logits */
+      g->host ? 0 : sz[7],                          /* logits (the device's, checked) */
       (size_t)B * 4, (size_t)B * 4, (size_t)B * 4,  /* ngen, alive, nd */
-      (size_t)(B * K1) * 4,                         /* drafts */
+      (size_t)(B * K1) * 4,                         /* drafts (K1 <= 16) */
       (size_t)B * 4, (size_t)B * 4, (size_t)B * 4, (size_t)B * 4, /* row, acc, mrow, kn */
       (size_t)B * 8, (size_t)B * 8,                 /* rkey, rctr */
       (size_t)(2 * V) * 8,                          /* pbuf, rbuf */
@@ -737,8 +779,9 @@ static dsc_status setup(gen *g) {
   size_t htot = 0, hoff[17];
   for (int i = 0; i < 17; ++i) {
     hoff[i] = htot;
-    htot += align_up(hs[i]);
+    htot = dsc_caddz(htot, dsc_calign(hs[i], 256, &ok), &ok);
   }
+  DSC_CHECK(ok, DSC_ERR_OUT_OF_MEMORY, FN, "the host buffers do not fit in 64 bits");
   g->hmem = calloc(1, htot);
   g->pairs = (struct pair *)malloc((size_t)V * sizeof *g->pairs);
   if (!g->hmem || !g->pairs)
@@ -763,7 +806,8 @@ static dsc_status setup(gen *g) {
   g->pbuf = (double *)(hp + hoff[16]);
   g->rbuf = g->pbuf + V;
   if (spec && !g->greedy) {
-    g->q = (double *)malloc((size_t)(B * g->K * V) * sizeof(double));
+    const size_t qb = dsc_cbytes(dsc_cmul3(B, g->K, V, &ok), sizeof(double), &ok);
+    g->q = ok ? (double *)malloc(qb) : NULL;
     if (!g->q)
       return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "could not allocate the draft distributions");
   }
@@ -893,6 +937,10 @@ static dsc_status gen_init(gen *g, dsc_model *m, int32_t B) {
  * caller (model_train.c). */
 dsc_status dsc_model_forward_infer(dsc_model *m, const DLTensor *tokens, DLTensor *logits) {
   static const char *const FNF = "dsc_model_forward";
+  /* T <= max_position_embeddings (checked by the caller); B feeds int32 batch indices */
+  DSC_CHECK(tokens->shape[0] <= (1 << 24), DSC_ERR_SHAPE, FNF,
+            "tokens: expected at most 2^24 rows for a frozen model's forward, got %lld",
+            (long long)tokens->shape[0]);
   const int32_t B = (int32_t)tokens->shape[0], T = (int32_t)tokens->shape[1];
   const int64_t N = (int64_t)B * T;
   gen g;

@@ -7,11 +7,13 @@
  * intermediate, Fs shared intermediate (F * n_shared_experts), H heads, L main layers,
  * Dm MTP depths, blocks b = 0..L-1 main, L..L+Dm-1 the MTP modules' blocks.
  */
+#define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../core/backend.h"
 #include "model_internal.h"
@@ -60,41 +62,142 @@ void dsc_model_config_default(dsc_model_config *c) {
   c->initializer_range = 0.02f; /* the HF config's value (the V3 report used 0.006) */
 }
 
+/* Upper bounds of the config fields. They exist so that every derived size (a weight's
+ * elements, the parameter count, an activation row) is computed in int64 without overflow,
+ * and so a typo (2^31 - 1, a million MTP depths) fails here, before anything is allocated,
+ * instead of in an allocation or a wrapped size. Each is far above the largest published
+ * DeepSeek config -- V3: V 129280, D 7168, I 18432, F 2048, L 61, H 128, Rq 1536, Rkv 512,
+ * dn 128, dr 64, dv 128, E 256, 1 shared, 163840 positions; V2: V 102400, D 5120, I 12288,
+ * F 1536, L 60, E 160, 2 shared -- so real configs (and much larger research ones) pass.
+ * With them a single weight matrix has < 2^50 elements (H * dqk * Rq at most), a stacked
+ * expert tensor E * F * D < 2^59, and sums of two fields fit in int32; only the totals over
+ * layers can overflow int64, and those are summed with checked arithmetic
+ * (dsc_model_config_sizes). */
+enum {
+  CFG_MAX_VOCAB = 1 << 24,     /* 16.7M tokens: 130x V3 */
+  CFG_MAX_HIDDEN = 1 << 20,    /* D: 146x V3 */
+  CFG_MAX_FFN = 1 << 22,       /* I, F: 227x V3's I */
+  CFG_MAX_RANK = 1 << 20,      /* q_lora_rank, kv_lora_rank */
+  CFG_MAX_HEAD_DIM = 1 << 16,  /* dn, dr, dv (the RoPE part is <= 512 anyway) */
+  CFG_MAX_HEADS = 1 << 12,     /* H: 32x V3 */
+  CFG_MAX_LAYERS = 1 << 12,    /* L: 67x V3 */
+  CFG_MAX_EXPERTS = 1 << 16,   /* E: 256x V3 */
+  CFG_MAX_SHARED = 1 << 8,     /* shared experts */
+  CFG_MAX_POSITIONS = 1 << 24, /* positions are int32; 100x V3's context */
+};
+
+/* Elements of block i's weights, as add_block lays them out, its named (Hugging Face)
+ * tensors and its storage entries. Sticky: *ok cleared on overflow. */
+static void block_sizes(const dsc_model_config *c, int32_t i, int64_t *numel, int64_t *named,
+                        int64_t *entries, int *ok) {
+  const int64_t D = c->hidden_size, H = c->num_attention_heads, Rq = c->q_lora_rank;
+  const int64_t R = c->kv_lora_rank, dr = c->qk_rope_head_dim;
+  const int64_t dqk = (int64_t)c->qk_nope_head_dim + c->qk_rope_head_dim;
+  const int64_t dkv = (int64_t)c->qk_nope_head_dim + c->v_head_dim;
+  int64_t n = D, k = 1; /* input_layernorm */
+  if (Rq > 0) {
+    n = dsc_cadd(n, dsc_cadd(dsc_cmul(Rq, D, ok), dsc_cadd(Rq, dsc_cmul3(H, dqk, Rq, ok), ok), ok), ok);
+    k += 3;
+  } else {
+    n = dsc_cadd(n, dsc_cmul3(H, dqk, D, ok), ok);
+    k += 1;
+  }
+  n = dsc_cadd(n, dsc_cmul(dsc_cadd(R, dr, ok), D, ok), ok);   /* kv_a_proj_with_mqa */
+  n = dsc_cadd(n, R, ok);                                       /* kv_a_layernorm */
+  n = dsc_cadd(n, dsc_cmul3(H, dkv, R, ok), ok);                /* kv_b_proj */
+  n = dsc_cadd(n, dsc_cmul3(D, H, c->v_head_dim, ok), ok);      /* o_proj */
+  n = dsc_cadd(n, D, ok);                                       /* post_attention_layernorm */
+  k += 5;
+  int64_t e = k;
+  if (dsc_model_is_moe_block(c, i)) {
+    const int64_t E = c->n_routed_experts, F = c->moe_intermediate_size;
+    n = dsc_cadd(n, dsc_cmul(E, D, ok), ok); /* router */
+    k += 1, e += 1;
+    if (c->topk_method == DSC_MOE_TOPK_NOAUX_TC) n = dsc_cadd(n, E, ok), k += 1, e += 1;
+    n = dsc_cadd(n, dsc_cmul(3, dsc_cmul3(E, F, D, ok), ok), ok); /* stacked experts */
+    k = dsc_cadd(k, dsc_cmul(3, E, ok), ok), e += 3;
+    if (c->n_shared_experts > 0) {
+      const int64_t Fs = dsc_cmul(F, c->n_shared_experts, ok);
+      n = dsc_cadd(n, dsc_cmul3(3, Fs, D, ok), ok);
+      k += 3, e += 3;
+    }
+  } else {
+    n = dsc_cadd(n, dsc_cmul3(3, c->intermediate_size, D, ok), ok);
+    k += 3, e += 3;
+  }
+  *numel = n, *named = k, *entries = e;
+}
+
+dsc_status dsc_model_config_sizes(const dsc_model_config *c, int64_t *n_params, int64_t *n_named,
+                                  int64_t *n_entries, int64_t *max_region) {
+  int ok = 1;
+  const int64_t V = c->vocab_size, D = c->hidden_size;
+  const int64_t L = c->num_hidden_layers, Dm = c->num_nextn_predict_layers;
+  int64_t n = dsc_cmul(V, D, &ok), k = 1, e = 1, maxr = n; /* embed_tokens */
+  for (int64_t b = 0; b < L + Dm && ok; ++b) {
+    int64_t bn = 0, bk = 0, be = 0;
+    block_sizes(c, (int32_t)b, &bn, &bk, &be, &ok);
+    if (b >= L) { /* an MTP module: enorm, hnorm, eh_proj [D, 2D], shared_head.norm around it */
+      bn = dsc_cadd(bn, dsc_cadd(dsc_cmul(3, D, &ok), dsc_cmul3(D, 2, D, &ok), &ok), &ok);
+      bk += 4, be += 4;
+    }
+    n = dsc_cadd(n, bn, &ok);
+    k = dsc_cadd(k, bk, &ok);
+    e += be;
+    if (bn > maxr) maxr = bn;
+  }
+  n = dsc_cadd(n, D, &ok), k += 1, e += 1; /* model.norm */
+  if (!c->tie_word_embeddings) n = dsc_cadd(n, dsc_cmul(V, D, &ok), &ok), k += 1, e += 1;
+  if (n_params) *n_params = ok ? n : -1;
+  if (n_named) *n_named = ok ? k : -1;
+  if (n_entries) *n_entries = ok ? e : -1;
+  if (max_region) *max_region = ok ? maxr : -1;
+  return ok ? DSC_OK
+            : dsc_error(DSC_ERR_INVALID_ARGUMENT, "dsc_model_config_validate",
+                        "cfg: expected a model whose parameter count fits in 64 bits, got more than "
+                        "2^63 parameters (hidden_size %d, n_routed_experts %d, moe_intermediate_size "
+                        "%d, num_hidden_layers %d)",
+                        (int)c->hidden_size, (int)c->n_routed_experts, (int)c->moe_intermediate_size,
+                        (int)c->num_hidden_layers);
+}
+
 dsc_status dsc_model_config_validate(const dsc_model_config *c) {
   static const char *const FN = "dsc_model_config_validate";
   DSC_CHECK(c != NULL && c->size >= sizeof(dsc_model_config), DSC_ERR_INVALID_ARGUMENT, FN,
             "cfg: expected a dsc_model_config with size = %zu (dsc_model_config_default)",
             sizeof(dsc_model_config));
-#define POS(f)                                                                                   \
-  DSC_CHECK(c->f >= 1, DSC_ERR_INVALID_ARGUMENT, FN, "cfg->" #f ": expected >= 1, got %d", \
-            (int)c->f)
-  POS(vocab_size);
-  POS(hidden_size);
-  POS(num_hidden_layers);
-  POS(num_attention_heads);
-  POS(kv_lora_rank);
-  POS(qk_nope_head_dim);
-  POS(qk_rope_head_dim);
-  POS(v_head_dim);
-  POS(moe_layer_freq);
-  POS(max_position_embeddings);
-#undef POS
-  DSC_CHECK(c->num_nextn_predict_layers >= 0, DSC_ERR_INVALID_ARGUMENT, FN,
-            "cfg->num_nextn_predict_layers: expected >= 0, got %d", (int)c->num_nextn_predict_layers);
-  DSC_CHECK(c->q_lora_rank >= 0, DSC_ERR_INVALID_ARGUMENT, FN,
-            "cfg->q_lora_rank: expected >= 0 (0: no query compression), got %d", (int)c->q_lora_rank);
+  /* ranges first: everything after (sums, loops over blocks, sizes) relies on them */
+#define RANGE(f, lo, hi, why)                                                                  \
+  DSC_CHECK(c->f >= (lo) && c->f <= (hi), DSC_ERR_INVALID_ARGUMENT, FN,                        \
+            "cfg->" #f ": expected %d..%d%s, got %d", (int)(lo), (int)(hi), why, (int)c->f)
+  RANGE(vocab_size, 1, CFG_MAX_VOCAB, "");
+  RANGE(hidden_size, 1, CFG_MAX_HIDDEN, "");
+  RANGE(num_hidden_layers, 1, CFG_MAX_LAYERS, "");
+  RANGE(num_nextn_predict_layers, 0, DSC_MODEL_MAX_MTP, " (MTP depths)");
+  RANGE(num_attention_heads, 1, CFG_MAX_HEADS, "");
+  RANGE(q_lora_rank, 0, CFG_MAX_RANK, " (0: no query compression)");
+  RANGE(kv_lora_rank, 1, CFG_MAX_RANK, "");
+  RANGE(qk_nope_head_dim, 1, CFG_MAX_HEAD_DIM, "");
+  RANGE(qk_rope_head_dim, 1, CFG_MAX_HEAD_DIM, "");
+  RANGE(v_head_dim, 1, CFG_MAX_HEAD_DIM, "");
+  RANGE(n_routed_experts, 0, CFG_MAX_EXPERTS, " (0: every layer dense)");
+  RANGE(first_k_dense_replace, 0, CFG_MAX_LAYERS + DSC_MODEL_MAX_MTP, "");
+  RANGE(moe_layer_freq, 1, CFG_MAX_LAYERS + DSC_MODEL_MAX_MTP, "");
+  RANGE(max_position_embeddings, 1, CFG_MAX_POSITIONS, "");
+  /* used only where some layer needs them (below), but never out of range */
+  RANGE(intermediate_size, 0, CFG_MAX_FFN, "");
+  RANGE(moe_intermediate_size, 0, CFG_MAX_FFN, "");
+  RANGE(n_shared_experts, 0, CFG_MAX_SHARED, "");
+#undef RANGE
   DSC_CHECK(c->qk_rope_head_dim % 2 == 0, DSC_ERR_INVALID_ARGUMENT, FN,
             "cfg->qk_rope_head_dim: expected an even number, got %d", (int)c->qk_rope_head_dim);
   DSC_CHECK(c->rope.dim == c->qk_rope_head_dim, DSC_ERR_INVALID_ARGUMENT, FN,
             "cfg->rope.dim: expected qk_rope_head_dim = %d, got %d", (int)c->qk_rope_head_dim,
             (int)c->rope.dim);
-  DSC_CHECK(c->n_routed_experts >= 0, DSC_ERR_INVALID_ARGUMENT, FN,
-            "cfg->n_routed_experts: expected >= 0, got %d", (int)c->n_routed_experts);
-  DSC_CHECK(c->first_k_dense_replace >= 0, DSC_ERR_INVALID_ARGUMENT, FN,
-            "cfg->first_k_dense_replace: expected >= 0, got %d", (int)c->first_k_dense_replace);
   int any_dense = 0, any_moe = 0;
-  for (int32_t i = 0; i < c->num_hidden_layers + c->num_nextn_predict_layers; ++i) {
-    int moe = c->n_routed_experts > 0 && i >= c->first_k_dense_replace && i % c->moe_layer_freq == 0;
+  const int32_t n_blocks = c->num_hidden_layers + c->num_nextn_predict_layers; /* <= 2^12 + 8 */
+  for (int32_t i = 0; i < n_blocks; ++i) {
+    int moe = dsc_model_is_moe_block(c, i);
     any_moe |= moe;
     any_dense |= !moe;
   }
@@ -107,8 +210,6 @@ dsc_status dsc_model_config_validate(const dsc_model_config *c) {
     const int32_t E = c->n_routed_experts;
     DSC_CHECK(c->moe_intermediate_size >= 1, DSC_ERR_INVALID_ARGUMENT, FN,
               "cfg->moe_intermediate_size: expected >= 1, got %d", (int)c->moe_intermediate_size);
-    DSC_CHECK(c->n_shared_experts >= 0, DSC_ERR_INVALID_ARGUMENT, FN,
-              "cfg->n_shared_experts: expected >= 0, got %d", (int)c->n_shared_experts);
     DSC_CHECK(c->num_experts_per_tok >= 1 && c->num_experts_per_tok <= E, DSC_ERR_INVALID_ARGUMENT,
               FN, "cfg->num_experts_per_tok: expected 1..n_routed_experts (%d), got %d", (int)E,
               (int)c->num_experts_per_tok);
@@ -121,15 +222,16 @@ dsc_status dsc_model_config_validate(const dsc_model_config *c) {
               DSC_ERR_INVALID_ARGUMENT, FN, "cfg->scoring_func: expected sigmoid (0) or softmax (1), got %d",
               (int)c->scoring_func);
     if (c->topk_method != DSC_MOE_TOPK_GREEDY) {
-      DSC_CHECK(c->n_group >= 1 && E % c->n_group == 0, DSC_ERR_INVALID_ARGUMENT, FN,
-                "cfg->n_group: expected a divisor of n_routed_experts (%d), got %d", (int)E,
+      DSC_CHECK(c->n_group >= 1 && c->n_group <= E && E % c->n_group == 0, DSC_ERR_INVALID_ARGUMENT,
+                FN, "cfg->n_group: expected a divisor of n_routed_experts (%d), got %d", (int)E,
                 (int)c->n_group);
       DSC_CHECK(c->topk_group >= 1 && c->topk_group <= c->n_group, DSC_ERR_INVALID_ARGUMENT, FN,
                 "cfg->topk_group: expected 1..n_group (%d), got %d", (int)c->n_group,
                 (int)c->topk_group);
-      DSC_CHECK(c->num_experts_per_tok <= c->topk_group * (E / c->n_group), DSC_ERR_INVALID_ARGUMENT,
-                FN, "cfg->num_experts_per_tok: expected <= topk_group * experts per group = %d, got %d",
-                (int)(c->topk_group * (E / c->n_group)), (int)c->num_experts_per_tok);
+      const int64_t reach = (int64_t)c->topk_group * (E / c->n_group); /* <= E */
+      DSC_CHECK(c->num_experts_per_tok <= reach, DSC_ERR_INVALID_ARGUMENT, FN,
+                "cfg->num_experts_per_tok: expected <= topk_group * experts per group = %lld, got %d",
+                (long long)reach, (int)c->num_experts_per_tok);
     }
     DSC_CHECK(isfinite(c->routed_scaling_factor) && c->routed_scaling_factor > 0.0f,
               DSC_ERR_INVALID_ARGUMENT, FN, "cfg->routed_scaling_factor: expected > 0, got %g",
@@ -139,12 +241,12 @@ dsc_status dsc_model_config_validate(const dsc_model_config *c) {
             "cfg->rms_norm_eps: expected > 0, got %g", (double)c->rms_norm_eps);
   DSC_CHECK(isfinite(c->initializer_range) && c->initializer_range >= 0.0f, DSC_ERR_INVALID_ARGUMENT,
             FN, "cfg->initializer_range: expected >= 0, got %g", (double)c->initializer_range);
-  DSC_CHECK(c->eos_token_id >= -1 && c->eos_token_id < c->vocab_size, DSC_ERR_INVALID_ARGUMENT, FN,
-            "cfg->eos_token_id: expected -1 (none) or an id below vocab_size %d, got %d",
-            (int)c->vocab_size, (int)c->eos_token_id);
   DSC_CHECK(c->bos_token_id >= -1 && c->bos_token_id < c->vocab_size, DSC_ERR_INVALID_ARGUMENT, FN,
             "cfg->bos_token_id: expected -1 (none) or an id below vocab_size %d, got %d",
             (int)c->vocab_size, (int)c->bos_token_id);
+  DSC_CHECK(c->eos_token_id >= -1 && c->eos_token_id < c->vocab_size, DSC_ERR_INVALID_ARGUMENT, FN,
+            "cfg->eos_token_id: expected -1 (none) or an id below vocab_size %d, got %d",
+            (int)c->vocab_size, (int)c->eos_token_id);
   DSC_CHECK(c->tie_word_embeddings == 0 || c->tie_word_embeddings == 1, DSC_ERR_INVALID_ARGUMENT, FN,
             "cfg->tie_word_embeddings: expected 0 or 1, got %d", (int)c->tie_word_embeddings);
   DSC_CHECK(c->model_type == DSC_MODEL_TYPE_DEEPSEEK_V3 || c->model_type == DSC_MODEL_TYPE_DEEPSEEK_V2,
@@ -162,7 +264,8 @@ dsc_status dsc_model_config_validate(const dsc_model_config *c) {
   }
   float sc = 0.0f;
   DSC_TRY(dsc_rope_softmax_scale(&c->rope, c->qk_nope_head_dim + c->qk_rope_head_dim, &sc));
-  return DSC_OK;
+  /* the totals, with checked arithmetic, before anyone allocates for them */
+  return dsc_model_config_sizes(c, NULL, NULL, NULL, NULL);
 }
 
 int dsc_model_is_moe_block(const dsc_model_config *c, int32_t i) {
@@ -343,7 +446,7 @@ static void add_block(builder *b, int32_t i, block_entries *be) {
 static DLTensor entry_view(const dsc_model *m, const dsc_model_entry *e, float *base) {
   DLTensor t;
   memset(&t, 0, sizeof t);
-  t.data = base + e->offset;
+  t.data = base ? base + e->offset : NULL; /* NULL: a planned model without its arena */
   t.device = m->ctx->device;
   t.dtype = dsc_dtype_to_dlpack(DSC_DTYPE_FLOAT32);
   t.ndim = e->ndim;
@@ -546,26 +649,85 @@ const char *dsc_model_load_warning(const dsc_model *m, int64_t i) {
   return m && i >= 0 && i < m->n_warnings ? m->warnings[i] : NULL;
 }
 
-dsc_status dsc_model_create(dsc_context *ctx, const dsc_model_config *cfg, const dsc_model_options *opt,
-                            dsc_model **out) {
-  static const char *const FN = "dsc_model_create";
+/* "2.44 TiB" */
+static const char *fmt_bytes(double b, char *buf, size_t n) {
+  static const char *const unit[] = {"bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  int u = 0;
+  while (b >= 1024.0 && u < 6) b /= 1024.0, ++u;
+  snprintf(buf, n, u ? "%.3g %s" : "%.0f %s", b, unit[u]);
+  return buf;
+}
+
+/* Fail fast when the float32 parameters (and the host tables describing them) cannot fit
+ * in the memory of the device they go to, instead of trying to allocate or touching pages:
+ * host RAM on the CPU, the device's memory on CUDA. A machine whose size is unknown is not
+ * checked (the allocator decides). */
+static dsc_status check_fits(dsc_context *ctx, const char *fn, int64_t n_params, int64_t n_tables) {
+  int ok = 1;
+  const size_t param_bytes = dsc_cbytes(n_params, sizeof(float), &ok);
+  const size_t table_bytes = dsc_cbytes(n_tables, sizeof(dsc_model_entry), &ok);
+  char a[32], b[32], t[64];
+  DSC_CHECK(ok, DSC_ERR_OUT_OF_MEMORY, fn,
+            "cfg: the model needs more than 2^63 bytes of float32 parameters (%lld parameters)",
+            (long long)n_params);
+  double have = 0.0;
+  const char *what = "RAM";
+  if (dsc_ctx_is_cuda(ctx)) {
+#ifdef DSC_WITH_CUDA
+    size_t free_b = 0, total_b = 0;
+    if (dsc_cuda_mem_info(ctx, &free_b, &total_b) == DSC_OK) have = (double)total_b;
+    dsc_clear_error();
+    what = "device memory";
+    /* the host tables stay on the host: compare the parameters alone */
+    DSC_CHECK(have <= 0.0 || (double)param_bytes <= have, DSC_ERR_OUT_OF_MEMORY, fn,
+              "cfg: the model needs %s of float32 parameters, CUDA device %d has %s of %s",
+              fmt_bytes((double)param_bytes, a, sizeof a), (int)ctx->device.device_id,
+              fmt_bytes(have, b, sizeof b), what);
+#endif
+    return DSC_OK;
+  }
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  if (pages <= 0 || page <= 0) return DSC_OK;
+  have = (double)pages * (double)page;
+  const double need = (double)param_bytes + (double)table_bytes;
+  t[0] = '\0';
+  if (table_bytes > param_bytes / 8)
+    snprintf(t, sizeof t, " and %s of tensor tables", fmt_bytes((double)table_bytes, b, sizeof b));
+  DSC_CHECK(need <= have, DSC_ERR_OUT_OF_MEMORY, fn,
+            "cfg: the model needs %s of float32 parameters%s, this machine has %s of %s",
+            fmt_bytes((double)param_bytes, a, sizeof a), t, fmt_bytes(have, b, sizeof b), what);
+  return DSC_OK;
+}
+
+static dsc_status check_options(const char *fn, const dsc_model_options *opt, dsc_model_options *o) {
+  dsc_model_options_default(o);
+  if (opt) {
+    DSC_CHECK(opt->size >= sizeof(dsc_model_options), DSC_ERR_INVALID_ARGUMENT, fn,
+              "opt: expected size = %zu (dsc_model_options_default), got %zu", sizeof(dsc_model_options),
+              opt->size);
+    *o = *opt;
+  }
+  DSC_CHECK(o->fp8 == 0 || o->fp8 == 1, DSC_ERR_INVALID_ARGUMENT, fn, "opt->fp8: expected 0 or 1, got %d",
+            (int)o->fp8);
+  DSC_CHECK(o->moments_dtype == DSC_DTYPE_FLOAT32 || o->moments_dtype == DSC_DTYPE_BFLOAT16,
+            DSC_ERR_INVALID_ARGUMENT, fn, "opt->moments_dtype: expected FLOAT32 or BFLOAT16, got %d",
+            (int)o->moments_dtype);
+  return DSC_OK;
+}
+
+dsc_status dsc_model_plan(dsc_context *ctx, const char *FN, const dsc_model_config *cfg,
+                          const dsc_model_options *opt, dsc_model **out) {
   DSC_CHECK(out != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "out: expected a pointer, got NULL");
   *out = NULL;
   DSC_CHECK(ctx != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "ctx: expected a context, got NULL");
+  /* everything is checked before the first allocation: the config's ranges and totals,
+   * the options, and whether the parameters can fit in this machine at all */
   DSC_TRY(dsc_model_config_validate(cfg));
   dsc_model_options o;
-  dsc_model_options_default(&o);
-  if (opt) {
-    DSC_CHECK(opt->size >= sizeof(dsc_model_options), DSC_ERR_INVALID_ARGUMENT, FN,
-              "opt: expected size = %zu (dsc_model_options_default), got %zu", sizeof(dsc_model_options),
-              opt->size);
-    o = *opt;
-  }
-  DSC_CHECK(o.fp8 == 0 || o.fp8 == 1, DSC_ERR_INVALID_ARGUMENT, FN, "opt->fp8: expected 0 or 1, got %d",
-            (int)o.fp8);
-  DSC_CHECK(o.moments_dtype == DSC_DTYPE_FLOAT32 || o.moments_dtype == DSC_DTYPE_BFLOAT16,
-            DSC_ERR_INVALID_ARGUMENT, FN, "opt->moments_dtype: expected FLOAT32 or BFLOAT16, got %d",
-            (int)o.moments_dtype);
+  DSC_TRY(check_options(FN, opt, &o));
+  int64_t want_params = 0, want_named = 0, want_entries = 0, want_maxr = 0;
+  DSC_TRY(dsc_model_config_sizes(cfg, &want_params, &want_named, &want_entries, &want_maxr));
+  DSC_TRY(check_fits(ctx, FN, want_params, want_named + want_entries));
 
   dsc_model *m = (dsc_model *)calloc(1, sizeof *m);
   if (!m) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
@@ -575,7 +737,7 @@ dsc_status dsc_model_create(dsc_context *ctx, const dsc_model_config *cfg, const
   m->fp8 = o.fp8;
   m->mom_dtype = (dsc_dtype)o.moments_dtype;
   m->n_layers = cfg->num_hidden_layers;
-  m->n_mtp = cfg->num_nextn_predict_layers;
+  m->n_mtp = cfg->num_nextn_predict_layers; /* <= DSC_MODEL_MAX_MTP (validated) */
   m->n_blocks = m->n_layers + m->n_mtp;
   const dsc_model_config *c = &m->cfg;
   const int64_t V = c->vocab_size, D = c->hidden_size;
@@ -620,6 +782,19 @@ dsc_status dsc_model_create(dsc_context *ctx, const dsc_model_config *cfg, const
     mtp_e[d][3] = add_entry(&b, n, 1, D, 0, 0, 1);
   }
   st = b.st;
+  int64_t maxr = 0;
+  for (int32_t r = 0; st == DSC_OK && r < m->n_regions; ++r)
+    maxr = m->regions[r].numel > maxr ? m->regions[r].numel : maxr;
+  /* the layout and the up-front count (which the memory check used) must agree */
+  if (st == DSC_OK && (m->n_params != want_params || m->n_named != want_named ||
+                       m->n_storage != want_entries || maxr != want_maxr))
+    st = dsc_error(DSC_ERR_INTERNAL, FN,
+                   "layout of %lld parameters, %lld named / %lld stored tensors, largest region %lld; "
+                   "dsc_model_config_sizes said %lld, %lld / %lld, %lld",
+                   (long long)m->n_params, (long long)m->n_named, (long long)m->n_storage,
+                   (long long)maxr, (long long)want_params, (long long)want_named,
+                   (long long)want_entries, (long long)want_maxr);
+  m->scratch_numel = maxr;
 
   /* MLA and routing parameters from the config */
   if (st == DSC_OK) {
@@ -648,51 +823,68 @@ dsc_status dsc_model_create(dsc_context *ctx, const dsc_model_config *cfg, const
     m->route.routed_scaling_factor = c->routed_scaling_factor;
   }
 
-  /* the arenas: parameters, scratch */
-  if (st == DSC_OK) st = dsc_model_alloc(m, (size_t)m->n_params * sizeof(float), (void **)&m->params);
-  int64_t maxr = 0;
-  for (int32_t r = 0; r < m->n_regions; ++r) maxr = m->regions[r].numel > maxr ? m->regions[r].numel : maxr;
-  m->scratch_numel = maxr;
-  if (st == DSC_OK) st = dsc_model_alloc(m, (size_t)maxr * sizeof(float), (void **)&m->scratch);
-  m->touched = (uint8_t *)calloc((size_t)(m->n_storage ? m->n_storage : 1), 1);
-  if (st == DSC_OK && !m->touched) st = dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
-  if (st == DSC_OK && m->n_mtp > DSC_MODEL_MAX_MTP)
-    st = dsc_error(DSC_ERR_INVALID_ARGUMENT, FN, "cfg->num_nextn_predict_layers: expected <= %d, got %d",
-                   DSC_MODEL_MAX_MTP, (int)m->n_mtp);
   if (st == DSC_OK) {
+    m->touched = (uint8_t *)calloc((size_t)(m->n_storage ? m->n_storage : 1), 1);
     m->block_entries = (int32_t *)malloc((size_t)m->n_blocks * S_COUNT * sizeof(int32_t));
-    if (!m->block_entries) st = dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
-    else
-      for (int32_t k = 0; k < m->n_blocks; ++k) memcpy(m->block_entries + k * S_COUNT, be[k].slot, sizeof be[k].slot);
+    if (!m->touched || !m->block_entries) st = dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+  }
+  if (st == DSC_OK) {
+    for (int32_t k = 0; k < m->n_blocks; ++k) memcpy(m->block_entries + k * S_COUNT, be[k].slot, sizeof be[k].slot);
     m->emb_entry = emb_e;
     m->head_entry = head_e;
     m->norm_entry = norm_e;
     memcpy(m->mtp_entries, mtp_e, sizeof(int32_t) * 4 * (size_t)m->n_mtp);
     m->arena_numel = m->n_params;
-    if (st == DSC_OK) dsc_model_bind_views(m);
-  }
-
-  /* initialize on the host, region by region, then copy to the device */
-  if (st == DSC_OK) {
-    float *host = (float *)malloc((size_t)(maxr ? maxr : 1) * sizeof(float));
-    if (!host) st = dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
-    const DLDevice cpu = {kDLCPU, 0};
-    for (int32_t r = 0; r < m->n_regions && st == DSC_OK; ++r) {
-      const dsc_model_region *rg = &m->regions[r];
-      if (o.init) {
-        for (int64_t e = 0; e < m->n_storage; ++e) {
-          const dsc_model_entry *en = &m->storage[e];
-          if (en->region == r) init_entry(en, host + (en->offset - rg->offset), c->initializer_range, o.seed);
-        }
-      } else {
-        memset(host, 0, (size_t)rg->numel * sizeof(float));
-      }
-      st = dsc_memcpy(ctx, m->params + rg->offset, ctx->device, host, cpu, (size_t)rg->numel * sizeof(float));
-    }
-    free(host);
   }
   free(be);
   free(mtp_e);
+  if (st != DSC_OK) {
+    dsc_model_destroy(m);
+    return st;
+  }
+  *out = m;
+  return DSC_OK;
+}
+
+dsc_status dsc_model_materialize(dsc_model *m, const dsc_model_options *opt) {
+  static const char *const FN = "dsc_model_create";
+  dsc_context *ctx = m->ctx;
+  const dsc_model_config *c = &m->cfg;
+  dsc_model_options o;
+  DSC_TRY(check_options(FN, opt, &o));
+  const int64_t maxr = m->scratch_numel;
+  /* the arenas: parameters, scratch (sizes checked by dsc_model_plan) */
+  DSC_TRY(dsc_model_alloc(m, (size_t)m->n_params * sizeof(float), (void **)&m->params));
+  DSC_TRY(dsc_model_alloc(m, (size_t)maxr * sizeof(float), (void **)&m->scratch));
+  dsc_model_bind_views(m);
+
+  /* initialize on the host, region by region, then copy to the device */
+  dsc_status st = DSC_OK;
+  float *host = (float *)malloc((size_t)(maxr ? maxr : 1) * sizeof(float));
+  if (!host) st = dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+  const DLDevice cpu = {kDLCPU, 0};
+  for (int32_t r = 0; r < m->n_regions && st == DSC_OK; ++r) {
+    const dsc_model_region *rg = &m->regions[r];
+    if (o.init) {
+      for (int64_t e = 0; e < m->n_storage; ++e) {
+        const dsc_model_entry *en = &m->storage[e];
+        if (en->region == r) init_entry(en, host + (en->offset - rg->offset), c->initializer_range, o.seed);
+      }
+    } else {
+      memset(host, 0, (size_t)rg->numel * sizeof(float));
+    }
+    st = dsc_memcpy(ctx, m->params + rg->offset, ctx->device, host, cpu, (size_t)rg->numel * sizeof(float));
+  }
+  free(host);
+  return st;
+}
+
+dsc_status dsc_model_create(dsc_context *ctx, const dsc_model_config *cfg, const dsc_model_options *opt,
+                            dsc_model **out) {
+  static const char *const FN = "dsc_model_create";
+  dsc_model *m = NULL;
+  DSC_TRY(dsc_model_plan(ctx, FN, cfg, opt, &m));
+  dsc_status st = dsc_model_materialize(m, opt);
   if (st != DSC_OK) {
     dsc_model_destroy(m);
     return st;

@@ -53,7 +53,8 @@ dsc_status dsc_model_fp8w_build(dsc_model *m, dsc_model_fp8w *h) {
     dsc_model_fp8w_free(m, h);
     return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory (FP8 weight views)");
   }
-  /* sizes: codes first (bytes), then scales (floats, 64-byte aligned) */
+  /* sizes: codes first (bytes), then scales (floats, 64-byte aligned); each entry's
+   * G * N * K is part of the parameter count that dsc_model_config_validate bounded */
   size_t qbytes = 0, sfloats = 0;
   for (int64_t i = 0; i < n; ++i) {
     const int32_t e = m->block_entries[i];
@@ -241,10 +242,15 @@ dsc_status dsc_model_ffn_infer_fp8(dsc_model *m, int32_t b, const DLTensor *x, D
   /* dense SwiGLU MLP: g, u, a [rows, I] float32; the FP8 copy of x or a [rows, max(D,I)] */
   const int64_t rows = dsc_rows(x), D = m->cfg.hidden_size, I = m->cfg.intermediate_size;
   const int64_t kmax = D > I ? D : I;
-  const size_t fl = (size_t)(rows * I) * sizeof(float), al = (fl + 63u) & ~(size_t)63u;
-  const size_t qb = ((size_t)(rows * kmax) + 63u) & ~(size_t)63u;
+  int ok = 1;
+  const size_t al = dsc_calign(dsc_cbytes(dsc_cmul(rows, I, &ok), sizeof(float), &ok), 64, &ok);
+  const size_t qb = dsc_calign(dsc_cbytes(dsc_cmul(rows, kmax, &ok), 1, &ok), 64, &ok);
+  const size_t sb = dsc_cbytes(dsc_cmul(rows, cdiv128(kmax), &ok), sizeof(float), &ok);
+  const size_t total = dsc_caddz(dsc_caddz(dsc_cbytes((int64_t)al, 3, &ok), qb, &ok), sb, &ok);
+  DSC_CHECK(ok, DSC_ERR_OUT_OF_MEMORY, "dsc_model_generate",
+            "the FFN scratch of %lld rows does not fit in 64 bits", (long long)rows);
   void *mem = NULL;
-  DSC_TRY(dsc_model_alloc(m, 3 * al + qb + (size_t)(rows * cdiv128(kmax)) * sizeof(float), &mem));
+  DSC_TRY(dsc_model_alloc(m, total, &mem));
   char *p = (char *)mem;
   float *g = (float *)p, *u = (float *)(p + al), *a = (float *)(p + 2 * al); /* [rows, I] */
   uint8_t *xq = (uint8_t *)(p + 3 * al);                                    /* [rows, kmax] */

@@ -157,6 +157,21 @@ dsc_status dsc_model_add_warning(dsc_model *m, const char *fmt, ...)
 
 /* ---- helpers shared by the model files (model.c) ---- */
 
+/* The totals of a config that passed the range checks of dsc_model_config_validate, with
+ * checked arithmetic: parameters, named (Hugging Face) tensors, storage entries, and the
+ * largest region (elements). Each pointer optional. DSC_ERR_INVALID_ARGUMENT when a total
+ * does not fit in int64. */
+dsc_status dsc_model_config_sizes(const dsc_model_config *c, int64_t *n_params, int64_t *n_named,
+                                  int64_t *n_entries, int64_t *max_region);
+/* Model creation in two steps, so a checkpoint's tensors can be checked against the layout
+ * before the arena exists: dsc_model_plan validates cfg and opt, checks that the parameters
+ * can fit in the device's memory, and builds the host tables (names, shapes, offsets; the
+ * tensor views have data NULL). dsc_model_materialize allocates the arena and scratch and
+ * initializes them (opt->init) or zeroes them. fn names the caller in messages. */
+dsc_status dsc_model_plan(dsc_context *ctx, const char *fn, const dsc_model_config *cfg,
+                          const dsc_model_options *opt, dsc_model **out);
+dsc_status dsc_model_materialize(dsc_model *m, const dsc_model_options *opt);
+
 /* A float32 / int32 row-major DLTensor over `data` (shape copied into *shape_store). */
 DLTensor dsc_model_view(const dsc_model *m, void *data, dsc_dtype dt, int ndim, const int64_t *shape,
                         int64_t *shape_store, int64_t *stride_store);

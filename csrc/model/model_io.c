@@ -488,18 +488,24 @@ static dsc_status scratch_get(const char *fn, scratch *s, int64_t n, float **out
   return DSC_OK;
 }
 
-/* Read checkpoint tensor `name` (shard entry r) into the float32 view: shape check,
- * widening or FP8 dequantization, finiteness, then the copy to the device. */
-static dsc_status read_tensor(const char *fn, dsc_context *ctx, shards *s, st_ref *r,
-                              const DLTensor *view, scratch *stage, scratch *tmp) {
+static int widenable(dsc_dtype dt) {
+  return dt == DSC_DTYPE_FLOAT32 || dt == DSC_DTYPE_BFLOAT16 || dt == DSC_DTYPE_FLOAT16 ||
+         dt == DSC_DTYPE_FLOAT64;
+}
+
+/* The header of checkpoint tensor r (and, for float8_e4m3fn, of its block scales) against
+ * the float32 view it fills: shape, dtype, byte count. Reads no tensor data, so the whole
+ * checkpoint is checked before the model's arena is allocated. Marks r (and the scales)
+ * used; *scales gets the scales' entry (NULL: not FP8). */
+static dsc_status check_entry(const char *fn, shards *s, st_ref *r, const DLTensor *view, st_ref **scales) {
   const char *file = s->paths[r->file];
   const char *name = r->name;
   dsc_dtype dt;
   int32_t ndim;
   const int64_t *shape;
-  const void *data;
   size_t nbytes;
-  DSC_TRY(dsc_safetensors_tensor(s->files[r->file], r->index, NULL, &dt, &ndim, &shape, &data, &nbytes));
+  *scales = NULL;
+  DSC_TRY(dsc_safetensors_tensor(s->files[r->file], r->index, NULL, &dt, &ndim, &shape, NULL, &nbytes));
   r->used = 1;
   char b1[128], b2[128];
   int same = ndim == view->ndim;
@@ -507,45 +513,70 @@ static dsc_status read_tensor(const char *fn, dsc_context *ctx, shards *s, st_re
   DSC_CHECK(same, DSC_ERR_FORMAT, fn, "%s in %s: expected shape %s, got %s", name, file,
             shape_str(view->ndim, view->shape, b1, sizeof b1), shape_str(ndim, shape, b2, sizeof b2));
   const int64_t n = dsc_numel(view);
+  DSC_CHECK(widenable(dt) || dt == DSC_DTYPE_FLOAT8_E4M3FN, DSC_ERR_FORMAT, fn,
+            "%s in %s: expected float32, bfloat16, float16, float64 or float8_e4m3fn (with "
+            "weight_scale_inv), got %s",
+            name, file, dsc_dtype_name(dt));
+  DSC_CHECK(nbytes == (size_t)n * dsc_dtype_size(dt), DSC_ERR_FORMAT, fn,
+            "%s in %s: %zu bytes for %lld elements of %s", name, file, nbytes, (long long)n, dsc_dtype_name(dt));
+  if (dt != DSC_DTYPE_FLOAT8_E4M3FN) return DSC_OK;
+  /* DeepSeek-V3 FP8: w[r, c] = q[r, c] * scale_inv[r / 128, c / 128] */
+  DSC_CHECK(ndim == 2 && ends_with(name, "weight"), DSC_ERR_FORMAT, fn,
+            "%s in %s: float8_e4m3fn is only accepted for 2-D \"...weight\" matrices", name, file);
+  char sname[256];
+  DSC_CHECK(snprintf(sname, sizeof sname, "%s_scale_inv", name) < (int)sizeof sname, DSC_ERR_FORMAT, fn,
+            "%s: name too long", name);
+  st_ref *sr = shards_find(s, sname);
+  DSC_CHECK(sr != NULL, DSC_ERR_FORMAT, fn,
+            "%s in %s is float8_e4m3fn but its block scales %s are in no shard", name, file, sname);
+  dsc_dtype sdt;
+  int32_t sndim;
+  const int64_t *sshape;
+  size_t sbytes;
+  DSC_TRY(dsc_safetensors_tensor(s->files[sr->file], sr->index, NULL, &sdt, &sndim, &sshape, NULL, &sbytes));
+  sr->used = 1;
+  const int64_t sr_n = (shape[0] + FP8_BLOCK - 1) / FP8_BLOCK, sc_n = (shape[1] + FP8_BLOCK - 1) / FP8_BLOCK;
+  const int64_t want[2] = {sr_n, sc_n};
+  DSC_CHECK(sndim == 2 && sshape[0] == sr_n && sshape[1] == sc_n, DSC_ERR_FORMAT, fn,
+            "%s in %s: expected shape %s (128x128 blocks of %s), got %s", sname, s->paths[sr->file],
+            shape_str(2, want, b1, sizeof b1), name, shape_str(sndim, sshape, b2, sizeof b2));
+  DSC_CHECK(widenable(sdt) && sbytes == (size_t)(sr_n * sc_n) * dsc_dtype_size(sdt), DSC_ERR_FORMAT, fn,
+            "%s in %s: expected float32 scales, got %s", sname, s->paths[sr->file], dsc_dtype_name(sdt));
+  *scales = sr;
+  return DSC_OK;
+}
+
+/* Read checkpoint tensor `name` (shard entry r) into the float32 view: the header checks
+ * of check_entry, widening or FP8 dequantization, finiteness, then the copy to the device. */
+static dsc_status read_tensor(const char *fn, dsc_context *ctx, shards *s, st_ref *r,
+                              const DLTensor *view, scratch *stage, scratch *tmp) {
+  const char *file = s->paths[r->file];
+  const char *name = r->name;
+  st_ref *sr = NULL;
+  DSC_TRY(check_entry(fn, s, r, view, &sr));
+  dsc_dtype dt;
+  int32_t ndim;
+  const int64_t *shape;
+  const void *data;
+  DSC_TRY(dsc_safetensors_tensor(s->files[r->file], r->index, NULL, &dt, &ndim, &shape, &data, NULL));
+  const int64_t n = dsc_numel(view);
   const int on_host = view->device.device_type == kDLCPU;
   /* bfloat16 destinations (AdamW moments) are read as float32, then rounded */
   const int narrow = dsc_dtype_from_dlpack(view->dtype) == DSC_DTYPE_BFLOAT16;
   float *dst = NULL;
   if (on_host && !narrow) dst = (float *)dsc_data(view);
   else DSC_TRY(scratch_get(fn, stage, n, &dst));
-  DSC_CHECK(dt == DSC_DTYPE_FLOAT8_E4M3FN || nbytes == (size_t)n * dsc_dtype_size(dt), DSC_ERR_FORMAT, fn,
-            "%s in %s: %zu bytes for %lld elements of %s", name, file, nbytes, (long long)n, dsc_dtype_name(dt));
-  if (dt == DSC_DTYPE_FLOAT8_E4M3FN) {
-    /* DeepSeek-V3 FP8: w[r, c] = q[r, c] * scale_inv[r / 128, c / 128] */
-    DSC_CHECK(ndim == 2 && ends_with(name, "weight") && nbytes == (size_t)n, DSC_ERR_FORMAT, fn,
-              "%s in %s: float8_e4m3fn is only accepted for 2-D \"...weight\" matrices", name, file);
-    char sname[256];
-    DSC_CHECK(snprintf(sname, sizeof sname, "%s_scale_inv", name) < (int)sizeof sname, DSC_ERR_FORMAT, fn,
-              "%s: name too long", name);
-    st_ref *sr = shards_find(s, sname);
-    DSC_CHECK(sr != NULL, DSC_ERR_FORMAT, fn,
-              "%s in %s is float8_e4m3fn but its block scales %s are in no shard", name, file, sname);
+  if (sr) {
     dsc_dtype sdt;
-    int32_t sndim;
-    const int64_t *sshape;
     const void *sdata;
-    size_t sbytes;
-    DSC_TRY(dsc_safetensors_tensor(s->files[sr->file], sr->index, NULL, &sdt, &sndim, &sshape, &sdata, &sbytes));
-    sr->used = 1;
+    DSC_TRY(dsc_safetensors_tensor(s->files[sr->file], sr->index, NULL, &sdt, NULL, NULL, &sdata, NULL));
     const int64_t rows = shape[0], cols = shape[1];
     const int64_t sr_n = (rows + FP8_BLOCK - 1) / FP8_BLOCK, sc_n = (cols + FP8_BLOCK - 1) / FP8_BLOCK;
-    const int64_t want[2] = {sr_n, sc_n};
-    DSC_CHECK(sndim == 2 && sshape[0] == sr_n && sshape[1] == sc_n, DSC_ERR_FORMAT, fn,
-              "%s in %s: expected shape %s (128x128 blocks of %s), got %s", sname, s->paths[sr->file],
-              shape_str(2, want, b1, sizeof b1), name, shape_str(sndim, sshape, b2, sizeof b2));
     float *sc = NULL;
     DSC_TRY(scratch_get(fn, tmp, sr_n * sc_n, &sc));
-    DSC_CHECK(sbytes == (size_t)(sr_n * sc_n) * dsc_dtype_size(sdt) &&
-                  widen(sdt, (const unsigned char *)sdata, sr_n * sc_n, sc),
-              DSC_ERR_FORMAT, fn, "%s in %s: expected float32 scales, got %s", sname, s->paths[sr->file],
-              dsc_dtype_name(sdt));
+    (void)widen(sdt, (const unsigned char *)sdata, sr_n * sc_n, sc); /* dtype checked above */
     int64_t bad = first_non_finite(sc, sr_n * sc_n);
-    DSC_CHECK(bad < 0, DSC_ERR_FORMAT, fn, "%s in %s: element %lld is %g (not finite)", sname,
+    DSC_CHECK(bad < 0, DSC_ERR_FORMAT, fn, "%s in %s: element %lld is %g (not finite)", sr->name,
               s->paths[sr->file], (long long)bad, bad < 0 ? 0.0 : (double)sc[bad]);
     const unsigned char *q = (const unsigned char *)data;
     for (int64_t i = 0; i < rows; ++i) {
@@ -553,10 +584,7 @@ static dsc_status read_tensor(const char *fn, dsc_context *ctx, shards *s, st_re
       for (int64_t j = 0; j < cols; ++j) dst[i * cols + j] = dsc_e4m3_to_f32(q[i * cols + j]) * srow[j / FP8_BLOCK];
     }
   } else {
-    DSC_CHECK(widen(dt, (const unsigned char *)data, n, dst), DSC_ERR_FORMAT, fn,
-              "%s in %s: expected float32, bfloat16, float16, float64 or float8_e4m3fn (with "
-              "weight_scale_inv), got %s",
-              name, file, dsc_dtype_name(dt));
+    (void)widen(dt, (const unsigned char *)data, n, dst); /* dtype checked above */
   }
   int64_t bad = first_non_finite(dst, n);
   DSC_CHECK(bad < 0, DSC_ERR_FORMAT, fn, "%s in %s: element %lld is %g (not finite)", name, file,
@@ -656,17 +684,82 @@ static dsc_status tied_head_equal(const char *fn, dsc_model *m, shards *s, st_re
   return st;
 }
 
-/* Every tensor of the model from the open shards. Tensors of blocks >= skip_from_block
- * (MTP modules to initialize) may be missing. What the model has no use for: the MTP
- * copies of embedding and head (of the file's Dm depths) and rotary inv_freq buffers are
- * skipped silently, a tied lm_head must equal the embedding, anything else is an error
- * when strict, else skipped with one warning. */
-static dsc_status load_weights(const char *fn, dsc_model *m, const char *dir, shards *s, int32_t file_mtp,
-                               int32_t skip_from_block, int strict) {
+/* Every tensor of the (planned) model against the checkpoint's headers -- present, shaped
+ * and typed as the config says -- before the arena is allocated: a wrong checkpoint costs no
+ * memory. Tensors of blocks >= skip_from_block (MTP modules to initialize) may be missing.
+ * What the model has no use for: the MTP copies of embedding and head (of the file's Dm
+ * depths) and rotary inv_freq buffers are skipped silently; a tied lm_head is left for
+ * load_weights to compare with the embedding; layers that do not line up with the config
+ * and orphan FP8 scales are errors; anything else is an error when strict, else skipped
+ * with one warning (the model's, added here). */
+static dsc_status check_weights(const char *fn, dsc_model *m, shards *s, const char *dir, int32_t file_mtp,
+                                int32_t skip_from_block, int strict) {
   dsc_model_config cfg;
   memset(&cfg, 0, sizeof cfg);
   cfg.size = sizeof cfg;
   DSC_TRY(dsc_model_get_config(m, &cfg));
+  const int64_t n = dsc_model_num_tensors(m);
+  for (int64_t i = 0; i < n; ++i) {
+    const char *name;
+    DLTensor view;
+    DSC_TRY(dsc_model_tensor(m, i, &name, &view));
+    st_ref *r = shards_find(s, name);
+    if (!r && skip_from_block >= 0 && layer_of(name, NULL) >= skip_from_block) continue; /* to initialize */
+    DSC_CHECK(r != NULL, DSC_ERR_FORMAT, fn,
+              "%s: missing from the checkpoint (in none of the %d *.safetensors files in %s)", name,
+              (int)s->n_files, dir);
+    st_ref *sr = NULL;
+    DSC_TRY(check_entry(fn, s, r, &view, &sr));
+  }
+  /* what is left over */
+  const int32_t L = cfg.num_hidden_layers, Dm = cfg.num_nextn_predict_layers;
+  int64_t n_skipped = 0;
+  char listed[600];
+  size_t used = 0;
+  listed[0] = '\0';
+  for (int64_t i = 0; i < s->n_refs; ++i) {
+    const st_ref *r = &s->refs[i];
+    if (r->used || is_mtp_duplicate(r->name, L, file_mtp) || ends_with(r->name, ".rotary_emb.inv_freq"))
+      continue;
+    if (cfg.tie_word_embeddings && !strcmp(r->name, "lm_head.weight")) continue; /* load_weights compares */
+    /* layers that do not line up with the config mean the config is wrong, not that a
+     * tensor is spare: loading on would build another model than the checkpoint's */
+    const char *rest;
+    const long k = layer_of(r->name, &rest);
+    DSC_CHECK(!(k >= 0 && k < L && is_mtp_part(rest)), DSC_ERR_FORMAT, fn,
+              "%s in %s belongs to an MTP module, but config.json makes model.layers.%ld a main layer "
+              "(num_hidden_layers = %d): the config does not match the checkpoint",
+              r->name, s->paths[r->file], k, (int)L);
+    DSC_CHECK(!(k >= (long)L + Dm && !layer_is_mtp(s, k)), DSC_ERR_FORMAT, fn,
+              "%s in %s: the checkpoint has a decoder layer %ld, but config.json has %d layers "
+              "(num_hidden_layers %d + num_nextn_predict_layers %d): the config does not match the checkpoint",
+              r->name, s->paths[r->file], k, (int)(L + Dm), (int)L, (int)Dm);
+    /* scales without FP8 codes: a damaged FP8 checkpoint */
+    DSC_CHECK(!ends_with(r->name, "_scale_inv"), DSC_ERR_FORMAT, fn,
+              "unexpected tensor %s in %s (block scales of a weight that is not float8_e4m3fn)", r->name,
+              s->paths[r->file]);
+    DSC_CHECK(!strict, DSC_ERR_FORMAT, fn,
+              "unexpected tensor %s in %s (the model has no tensor of that name; strict loading)", r->name,
+              s->paths[r->file]);
+    if (n_skipped < 5 && used < sizeof listed) {
+      int w = snprintf(listed + used, sizeof listed - used, "%s%s", n_skipped ? ", " : "", r->name);
+      if (w > 0) used += (size_t)w;
+    }
+    ++n_skipped;
+  }
+  if (n_skipped > 0)
+    DSC_TRY(dsc_model_add_warning(m,
+                                  "skipped %lld tensor%s of the checkpoint in %s that the model has no use for: "
+                                  "%s%s (strict loading makes this an error)",
+                                  (long long)n_skipped, n_skipped > 1 ? "s" : "", dir, listed,
+                                  n_skipped > 5 ? ", ..." : ""));
+  return DSC_OK;
+}
+
+/* Fill the arena from the shards (already checked by check_weights; tensors of blocks
+ * >= skip_from_block may be absent: they keep their init); then a tied checkpoint's
+ * lm_head.weight, if it has one, must equal the embedding loaded. */
+static dsc_status load_weights(const char *fn, dsc_model *m, shards *s, int32_t skip_from_block) {
   scratch stage = {0}, tmp = {0};
   dsc_status st = DSC_OK;
   const int64_t n = dsc_model_num_tensors(m);
@@ -676,75 +769,24 @@ static dsc_status load_weights(const char *fn, dsc_model *m, const char *dir, sh
     st = dsc_model_tensor(m, i, &name, &view);
     if (st != DSC_OK) break;
     st_ref *r = shards_find(s, name);
-    if (!r) {
-      if (skip_from_block >= 0 && layer_of(name, NULL) >= skip_from_block) continue; /* initialized */
-      st = dsc_error(DSC_ERR_FORMAT, fn, "%s: missing from the checkpoint (in none of the %d *.safetensors files in %s)",
-                     name, (int)s->n_files, dir);
-      break;
-    }
-    st = read_tensor(fn, dsc_model_context(m), s, r, &view, &stage, &tmp);
+    if (!r && skip_from_block >= 0 && layer_of(name, NULL) >= skip_from_block) continue;
+    st = r ? read_tensor(fn, dsc_model_context(m), s, r, &view, &stage, &tmp)
+           : dsc_error(DSC_ERR_INTERNAL, fn, "%s: missing after the checks", name);
   }
-  /* what is left over */
-  int64_t n_skipped = 0;
-  char listed[600];
-  size_t used = 0;
-  listed[0] = '\0';
-  for (int64_t i = 0; i < s->n_refs && st == DSC_OK; ++i) {
-    st_ref *r = &s->refs[i];
-    if (r->used || is_mtp_duplicate(r->name, cfg.num_hidden_layers, file_mtp) ||
-        ends_with(r->name, ".rotary_emb.inv_freq"))
-      continue;
-    if (cfg.tie_word_embeddings && !strcmp(r->name, "lm_head.weight")) {
-      int equal = 0;
-      st = tied_head_equal(fn, m, s, r, &equal);
-      if (st == DSC_OK && !equal)
-        st = dsc_error(DSC_ERR_FORMAT, fn,
-                       "lm_head.weight in %s differs from model.embed_tokens.weight, but config.json says "
-                       "tie_word_embeddings: true (one matrix for both): fix the config or the checkpoint",
-                       s->paths[r->file]);
-      continue;
-    }
-    /* layers that do not line up with the config mean the config is wrong, not that a
-     * tensor is spare: loading on would build another model than the checkpoint's */
-    const char *rest;
-    const long k = layer_of(r->name, &rest);
-    const int32_t L = cfg.num_hidden_layers, Dm = cfg.num_nextn_predict_layers;
-    if (k >= 0 && k < L && is_mtp_part(rest)) {
+  dsc_model_config cfg;
+  memset(&cfg, 0, sizeof cfg);
+  cfg.size = sizeof cfg;
+  if (st == DSC_OK) st = dsc_model_get_config(m, &cfg);
+  st_ref *head = st == DSC_OK && cfg.tie_word_embeddings ? shards_find(s, "lm_head.weight") : NULL;
+  if (head) {
+    int equal = 0;
+    st = tied_head_equal(fn, m, s, head, &equal);
+    if (st == DSC_OK && !equal)
       st = dsc_error(DSC_ERR_FORMAT, fn,
-                     "%s in %s belongs to an MTP module, but config.json makes model.layers.%ld a main layer "
-                     "(num_hidden_layers = %d): the config does not match the checkpoint",
-                     r->name, s->paths[r->file], k, (int)L);
-      break;
-    }
-    if (k >= (long)L + Dm && !layer_is_mtp(s, k)) {
-      st = dsc_error(DSC_ERR_FORMAT, fn,
-                     "%s in %s: the checkpoint has a decoder layer %ld, but config.json has %d layers "
-                     "(num_hidden_layers %d + num_nextn_predict_layers %d): the config does not match the checkpoint",
-                     r->name, s->paths[r->file], k, (int)(L + Dm), (int)L, (int)Dm);
-      break;
-    }
-    if (ends_with(r->name, "_scale_inv")) { /* scales without FP8 codes: a damaged FP8 checkpoint */
-      st = dsc_error(DSC_ERR_FORMAT, fn, "unexpected tensor %s in %s (block scales of a weight that is not "
-                     "float8_e4m3fn)", r->name, s->paths[r->file]);
-      break;
-    }
-    if (strict) {
-      st = dsc_error(DSC_ERR_FORMAT, fn, "unexpected tensor %s in %s (the model has no tensor of that name; "
-                     "strict loading)", r->name, s->paths[r->file]);
-      break;
-    }
-    if (n_skipped < 5 && used < sizeof listed) {
-      int w = snprintf(listed + used, sizeof listed - used, "%s%s", n_skipped ? ", " : "", r->name);
-      if (w > 0) used += (size_t)w;
-    }
-    ++n_skipped;
+                     "lm_head.weight in %s differs from model.embed_tokens.weight, but config.json says "
+                     "tie_word_embeddings: true (one matrix for both): fix the config or the checkpoint",
+                     s->paths[head->file]);
   }
-  if (st == DSC_OK && n_skipped > 0)
-    st = dsc_model_add_warning(m,
-                               "skipped %lld tensor%s of the checkpoint in %s that the model has no use for: %s%s "
-                               "(strict loading makes this an error)",
-                               (long long)n_skipped, n_skipped > 1 ? "s" : "", dir, listed,
-                               n_skipped > 5 ? ", ..." : "");
   free(stage.p);
   free(tmp.p);
   return st;
@@ -860,9 +902,18 @@ dsc_status dsc_model_load(dsc_context *ctx, const char *dir, const dsc_model_opt
   dsc_status st = dsc_model_config_read(FN, cfg_path, &cfg, &extra);
   free(cfg_path);
   DSC_TRY(st);
+  /* the config and the memory it needs are checked before any file is opened: a config
+   * that cannot fit fails fast (the plan is redone below when MTP depths are missing) */
+  dsc_model *m = NULL;
+  st = dsc_model_plan(ctx, FN, &cfg, &o, &m);
+  if (st != DSC_OK) {
+    free(extra);
+    return st;
+  }
   shards s;
   st = shards_open(FN, dir, &s);
   if (st != DSC_OK) {
+    dsc_model_destroy(m);
     free(extra);
     return st;
   }
@@ -879,12 +930,16 @@ dsc_status dsc_model_load(dsc_context *ctx, const char *dir, const dsc_model_opt
       cfg.num_nextn_predict_layers = present;
     }
   }
-  dsc_model *m = NULL;
-  st = dsc_model_create(ctx, &cfg, &o, &m);
-  if (st != DSC_OK) {
-    free(extra);
-    shards_free(&s);
-    return st;
+  /* every tensor header is checked against the plan before the arena is allocated */
+  if (present < file_mtp && !o.init_missing_mtp) {
+    dsc_model_destroy(m);
+    m = NULL;
+    st = dsc_model_plan(ctx, FN, &cfg, &o, &m);
+    if (st != DSC_OK) {
+      free(extra);
+      shards_free(&s);
+      return st;
+    }
   }
   m->cfg_extra = extra;
   if (present < file_mtp) {
@@ -901,7 +956,9 @@ dsc_status dsc_model_load(dsc_context *ctx, const char *dir, const dsc_model_opt
              "load with init_missing_mtp to train fresh MTP modules",
           dir, (int)file_mtp, file_mtp > 1 ? "s" : "", (int)present, (int)present);
   }
-  if (st == DSC_OK) st = load_weights(FN, m, dir, &s, file_mtp, skip_from, o.strict);
+  if (st == DSC_OK) st = check_weights(FN, m, &s, dir, file_mtp, skip_from, o.strict);
+  if (st == DSC_OK) st = dsc_model_materialize(m, &o);
+  if (st == DSC_OK) st = load_weights(FN, m, &s, skip_from);
   shards_free(&s);
   if (st == DSC_OK) st = load_optimizer(FN, m, dir);
   if (st != DSC_OK) {

@@ -165,6 +165,28 @@ static size_t plan(dsc_model *m, dsc_model_acts *A, char *base) {
   return off;
 }
 
+/* plan() multiplies B*T by config widths in plain int64: make sure nothing there can
+ * overflow, with a checked upper bound of the whole plan (every carve is at most
+ * 8 * max(N * W, I * D) bytes plus alignment, W the widest per-token row). */
+static dsc_status plan_fits(const dsc_model *m, int64_t B, int64_t T) {
+  const dsc_model_config *c = &m->cfg;
+  const int64_t D = c->hidden_size, V = c->vocab_size, I = c->intermediate_size;
+  int64_t W = (int64_t)(m->n_layers + 1) * D; /* <= 2^33 after validation */
+  if (V > W) W = V;
+  if (2 * D > W) W = 2 * D;
+  if (I > W) W = I;
+  int ok = 1;
+  const int64_t N = dsc_cmul(B, T, &ok);
+  const int64_t per = dsc_cadd(dsc_cmul(8, dsc_cadd(dsc_cmul(N, W, &ok), dsc_cmul(I, D, &ok), &ok), &ok),
+                               256, &ok);
+  const int64_t carves = 64 + 24 * (int64_t)m->n_blocks + 16 * DSC_MODEL_MAX_MTP;
+  (void)dsc_cmul(carves, per, &ok);
+  DSC_CHECK(ok, DSC_ERR_OUT_OF_MEMORY, "dsc_model",
+            "tokens: the activations of a [%lld, %lld] batch do not fit in 64 bits", (long long)B,
+            (long long)T);
+  return DSC_OK;
+}
+
 /* The activations for (B, T): kept while the shape stays, re-planned when it changes. */
 static dsc_status acts_for(dsc_model *m, int64_t B, int64_t T, dsc_model_acts **out) {
   static const char *const FN = "dsc_model";
@@ -173,6 +195,7 @@ static dsc_status acts_for(dsc_model *m, int64_t B, int64_t T, dsc_model_acts **
     *out = A;
     return DSC_OK;
   }
+  DSC_TRY(plan_fits(m, B, T));
   if (!A) {
     A = (dsc_model_acts *)calloc(1, sizeof *A);
     if (!A) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");

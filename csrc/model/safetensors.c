@@ -756,6 +756,8 @@ dsc_status dsc_safetensors_save(const char *path, int64_t n, const char *const *
               (long long)i, names[i]);
     DSC_CHECK(t->ndim == 0 || t->shape, DSC_ERR_INVALID_ARGUMENT, FN, "tensors[%lld] ('%s'): NULL shape",
               (long long)i, names[i]);
+    DSC_CHECK(dsc_tensor_size_ok(t), DSC_ERR_SHAPE, FN,
+              "tensors[%lld] ('%s'): expected a shape whose size fits in 64 bits", (long long)i, names[i]);
     int64_t expect_stride = 1;
     uint64_t bytes = dsc_dtype_size(dsc_tensor_dtype(t)), nonzero = bytes;
     for (int d = t->ndim - 1; d >= 0; --d) {

@@ -10,6 +10,7 @@
  */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "backend.h"
 
@@ -80,6 +81,65 @@ static dsc_status check_entry(dsc_context *ctx, const char *fn, int32_t i, const
   return DSC_OK;
 }
 
+/* One tensor's bytes, for the aliasing check: which list (0 params, 1 exp_avg,
+ * 2 exp_avg_sq, 3 grads) and its index. */
+typedef struct {
+  uintptr_t lo, hi;
+  int32_t list, index;
+} span;
+
+static int span_cmp(const void *a, const void *b) {
+  const span *x = (const span *)a, *y = (const span *)b;
+  return x->lo < y->lo ? -1 : x->lo > y->lo ? 1 : 0;
+}
+
+static const char *span_name(const span *s, char *buf, size_t n) {
+  static const char *const list[4] = {"params", "exp_avg", "exp_avg_sq", "grads"};
+  snprintf(buf, n, "%s[%d]", list[s->list], (int)s->index);
+  return buf;
+}
+
+/* Every tensor the step writes (params, exp_avg, exp_avg_sq) shares no byte with any other
+ * tensor of the call: updating one would change another's input (or update the same
+ * memory twice). Sorted spans, so O(n log n) for the model's long lists. */
+static dsc_status check_no_aliasing(const char *fn, int32_t n, DLTensor *const *params,
+                                    const DLTensor *const *grads, DLTensor *const *exp_avg,
+                                    DLTensor *const *exp_avg_sq) {
+  int ok = 1;
+  const size_t bytes = dsc_cbytes(dsc_cmul(4, n, &ok), sizeof(span), &ok);
+  span *w = ok ? (span *)malloc(bytes ? bytes : 1) : NULL;
+  if (!w) return dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
+  const DLTensor *const *lists[4] = {(const DLTensor *const *)params,
+                                     (const DLTensor *const *)exp_avg,
+                                     (const DLTensor *const *)exp_avg_sq, grads};
+  int64_t nw = 0;
+  for (int32_t l = 0; l < 4; ++l)
+    for (int32_t i = 0; i < n; ++i)
+      if (dsc_tensor_byte_range(lists[l][i], &w[nw].lo, &w[nw].hi)) w[nw].list = l, w[nw++].index = i;
+  qsort(w, (size_t)nw, sizeof *w, span_cmp);
+  /* a span overlaps an earlier one iff it starts before the furthest end seen so far;
+   * grads may share memory with grads (both only read) */
+  dsc_status st = DSC_OK;
+  int64_t far = -1;       /* span reaching furthest among the written ones so far */
+  int64_t far_any = -1;   /* ... among all */
+  for (int64_t k = 0; k < nw && st == DSC_OK; ++k) {
+    const int written = w[k].list != 3;
+    const int64_t prev = written ? far_any : far;
+    if (prev >= 0 && w[k].lo < w[prev].hi) {
+      char a[48], b[48];
+      const span *out = written ? &w[k] : &w[prev], *in = written ? &w[prev] : &w[k];
+      st = dsc_error(DSC_ERR_INVALID_ARGUMENT, fn,
+                     "%s: expected memory that does not overlap %s, got an overlapping range "
+                     "(each tensor the step updates needs its own memory)",
+                     span_name(out, a, sizeof a), span_name(in, b, sizeof b));
+    }
+    if (written && (far < 0 || w[k].hi > w[far].hi)) far = k;
+    if (far_any < 0 || w[k].hi > w[far_any].hi) far_any = k;
+  }
+  free(w);
+  return st;
+}
+
 dsc_status dsc_adamw_step(dsc_context *ctx, const dsc_adamw_params *p, int32_t n,
                           DLTensor *const *params, const DLTensor *const *grads,
                           DLTensor *const *exp_avg, DLTensor *const *exp_avg_sq,
@@ -101,6 +161,7 @@ dsc_status dsc_adamw_step(dsc_context *ctx, const dsc_adamw_params *p, int32_t n
             "exp_avg_sq: expected an array of %d tensors, got NULL", (int)n);
   for (int32_t i = 0; i < n; ++i)
     DSC_TRY(check_entry(ctx, FN, i, params[i], grads[i], exp_avg[i], exp_avg_sq[i]));
+  DSC_TRY(check_no_aliasing(FN, n, params, grads, exp_avg, exp_avg_sq));
 
   DSC_CHECK(isfinite(p->lr) && p->lr >= 0.0f, DSC_ERR_INVALID_ARGUMENT, FN,
             "p->lr: expected a finite number >= 0, got %g", (double)p->lr);

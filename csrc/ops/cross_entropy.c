@@ -53,6 +53,12 @@ dsc_status dsc_cross_entropy(dsc_context *ctx, const DLTensor *logits, const DLT
             "logits: expected a last dim V > 0, got %s", dsc_shape_str(logits, buf, sizeof buf));
   DSC_CHECK(isfinite(grad_scale), DSC_ERR_INVALID_ARGUMENT, FN,
             "grad_scale: expected a finite number, got %g", (double)grad_scale);
+  /* a row's max, sum and target logit are read before the row is written: dlogits may be
+   * logits itself; nothing else may share memory */
+  DSC_TRY(dsc_check_inplace_or_disjoint(FN, "dlogits", dlogits, "logits", logits));
+  DSC_TRY(dsc_check_disjoint(FN, "dlogits", dlogits, "targets", targets, "loss", loss, "lse", lse, NULL));
+  DSC_TRY(dsc_check_disjoint(FN, "loss", loss, "logits", logits, "targets", targets, "lse", lse, NULL));
+  DSC_TRY(dsc_check_disjoint(FN, "lse", lse, "logits", logits, "targets", targets, NULL));
 
   const int tgt64 = dsc_tensor_dtype(targets) == DSC_DTYPE_INT64;
   if (N > 0) {

@@ -14,6 +14,9 @@ dsc_status dsc_add(dsc_context *ctx, const DLTensor *a, const DLTensor *b, DLTen
   DSC_TRY(dsc_check_same_dtype(FN, "out", out, "a", a));
   DSC_TRY(dsc_check_same_shape(FN, "b", b, "a", a));
   DSC_TRY(dsc_check_same_shape(FN, "out", out, "a", a));
+  /* elementwise: out may be a or b itself (each element is read before it is written) */
+  DSC_TRY(dsc_check_inplace_or_disjoint(FN, "out", out, "a", a));
+  DSC_TRY(dsc_check_inplace_or_disjoint(FN, "out", out, "b", b));
   const int64_t n = dsc_numel(a);
   if (n == 0) return DSC_OK;
   const dsc_dtype dt = dsc_tensor_dtype(a);

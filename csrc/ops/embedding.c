@@ -58,6 +58,7 @@ dsc_status dsc_embedding_forward(dsc_context *ctx, const DLTensor *ids, const DL
   out_shape[ids->ndim] = D;
   DSC_TRY(dsc_check_shape(FN, "out", out, ids->ndim + 1, out_shape));
   DSC_TRY(check_ids(ctx, FN, ids, V, "table"));
+  DSC_TRY(dsc_check_disjoint(FN, "out", out, "ids", ids, "table", table, NULL));
   if (n == 0 || D == 0) return DSC_OK;
 
   const dsc_dtype dt = dsc_tensor_dtype(table);
@@ -89,6 +90,7 @@ dsc_status dsc_embedding_backward(dsc_context *ctx, const DLTensor *ids, const D
   dout_shape[ids->ndim] = D;
   DSC_TRY(dsc_check_shape(FN, "dout", dout, ids->ndim + 1, dout_shape));
   DSC_TRY(check_ids(ctx, FN, ids, V, "dtable"));
+  DSC_TRY(dsc_check_disjoint(FN, "dtable", dtable, "ids", ids, "dout", dout, NULL));
   if (V == 0 || D == 0) return DSC_OK;
 
   /* n == 0 still runs: dtable is overwritten with zeros. */

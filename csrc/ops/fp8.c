@@ -170,6 +170,7 @@ dsc_status dsc_fp8_cast(dsc_context *ctx, const DLTensor *src, DLTensor *dst) {
             src8 ? "float32 or bfloat16" : "float8_e4m3fn or float8_e5m2", dsc_dtype_name(st),
             dsc_dtype_name(dt));
   DSC_TRY(dsc_check_same_shape(FN, "dst", dst, "src", src));
+  DSC_TRY(dsc_check_no_overlap(FN, "dst", dst, "src", src)); /* different widths */
   DSC_TRY(dsc_fp8l_device_ok(ctx, FN));
   const int64_t n = dsc_numel(src);
   if (n == 0) return DSC_OK;
@@ -194,6 +195,8 @@ dsc_status dsc_fp8_quantize(dsc_context *ctx, const dsc_fp8_quant_params *p, con
   if (!q_like_x) DSC_TRY(dsc_check_shape(FN, "q", q, 2, q2));
   const int64_t s2[2] = {cdiv(R, p->block_rows), cdiv(C, p->block_cols)};
   DSC_TRY(dsc_check_shape(FN, "scale", scale, 2, s2));
+  DSC_TRY(dsc_check_disjoint(FN, "q", q, "x", x, "scale", scale, NULL));
+  DSC_TRY(dsc_check_disjoint(FN, "scale", scale, "x", x, NULL));
   DSC_TRY(dsc_fp8l_device_ok(ctx, FN));
   if (R == 0 || C == 0) return DSC_OK;
   return BACKEND(fp8_quantize, ctx, dsc_tensor_dtype(x), M, K, p->block_rows, p->block_cols,
@@ -216,6 +219,7 @@ dsc_status dsc_fp8_dequantize(dsc_context *ctx, int32_t block_rows, int32_t bloc
   const int64_t s2[2] = {cdiv(R, block_rows), cdiv(C, block_cols)};
   DSC_TRY(dsc_check_shape(FN, "scale", scale, 2, s2));
   DSC_TRY(dsc_check_same_shape(FN, "out", out, "q", q));
+  DSC_TRY(dsc_check_disjoint(FN, "out", out, "q", q, "scale", scale, NULL));
   DSC_TRY(dsc_fp8l_device_ok(ctx, FN));
   DSC_TRY(check_scales(ctx, FN, "scale", scale));
   if (R == 0 || C == 0) return DSC_OK;
@@ -244,6 +248,7 @@ dsc_status dsc_fp8_gemm(dsc_context *ctx, const DLTensor *a, const DLTensor *a_s
   DSC_TRY(gemm_scale_layout(FN, "b_scale", "N", b_scale, N, Kb, &b_br));
   const int64_t c2[2] = {M, N};
   DSC_TRY(dsc_check_shape(FN, "c", c, 2, c2));
+  DSC_TRY(dsc_check_disjoint(FN, "c", c, "a", a, "a_scale", a_scale, "b", b, "b_scale", b_scale, NULL));
   DSC_TRY(dsc_fp8l_device_ok(ctx, FN));
   DSC_TRY(check_scales(ctx, FN, "a_scale", a_scale));
   DSC_TRY(check_scales(ctx, FN, "b_scale", b_scale));
@@ -304,6 +309,8 @@ dsc_status dsc_fp8_grouped_gemm(dsc_context *ctx, const DLTensor *a, const DLTen
   const int64_t o_shape = G + 1, c2[2] = {M, N};
   DSC_TRY(dsc_check_shape(FN, "group_offsets", group_offsets, 1, &o_shape));
   DSC_TRY(dsc_check_shape(FN, "c", c, 2, c2));
+  DSC_TRY(dsc_check_disjoint(FN, "c", c, "a", a, "a_scale", a_scale, "b", b, "b_scale", b_scale,
+                             "group_offsets", group_offsets, NULL));
   DSC_TRY(dsc_fp8l_device_ok(ctx, FN));
   DSC_TRY(check_scales(ctx, FN, "a_scale", a_scale));
   DSC_TRY(check_scales(ctx, FN, "b_scale", b_scale));
@@ -382,6 +389,8 @@ dsc_status dsc_fp8_grouped_gemm_masked(dsc_context *ctx, const DLTensor *a,
   const int64_t c3[3] = {G, Mmax, N};
   DSC_TRY(dsc_check_shape(FN, "masked_m", masked_m, 1, &G));
   DSC_TRY(dsc_check_shape(FN, "c", c, 3, c3));
+  DSC_TRY(dsc_check_disjoint(FN, "c", c, "a", a, "a_scale", a_scale, "b", b, "b_scale", b_scale,
+                             "masked_m", masked_m, NULL));
   DSC_TRY(dsc_fp8l_device_ok(ctx, FN));
   DSC_TRY(check_scales(ctx, FN, "b_scale", b_scale));
 
@@ -490,6 +499,12 @@ dsc_status dsc_fp8_linear_forward(dsc_context *ctx, const DLTensor *x, const DLT
             dsc_shape_str(w, buf, sizeof buf));
   DSC_TRY(check_rows_like(FN, "y", y, "x", x, N));
   DSC_TRY(check_saved(FN, xq, xs, wq, ws, M, N, K));
+  /* five outputs, written one after another from x and w: no sharing at all */
+  DSC_TRY(dsc_check_disjoint(FN, "y", y, "x", x, "w", w, "xq", xq, "xs", xs, "wq", wq, "ws", ws, NULL));
+  DSC_TRY(dsc_check_disjoint(FN, "xq", xq, "x", x, "w", w, "xs", xs, "wq", wq, "ws", ws, NULL));
+  DSC_TRY(dsc_check_disjoint(FN, "xs", xs, "x", x, "w", w, "wq", wq, "ws", ws, NULL));
+  DSC_TRY(dsc_check_disjoint(FN, "wq", wq, "x", x, "w", w, "ws", ws, NULL));
+  DSC_TRY(dsc_check_disjoint(FN, "ws", ws, "x", x, "w", w, NULL));
   DSC_TRY(dsc_fp8l_device_ok(ctx, FN));
 
   const dsc_dtype ct = dsc_tensor_dtype(y);
@@ -529,6 +544,8 @@ dsc_status dsc_fp8_linear_backward(dsc_context *ctx, const DLTensor *dy, const D
   if (dx) DSC_TRY(check_rows_like(FN, "dx", dx, "dy", dy, K));
   const int64_t dw2[2] = {N, K};
   if (dw) DSC_TRY(dsc_check_shape(FN, "dw", dw, 2, dw2));
+  DSC_TRY(dsc_check_disjoint(FN, "dx", dx, "dy", dy, "xq", xq, "xs", xs, "wq", wq, "ws", ws, "dw", dw, NULL));
+  DSC_TRY(dsc_check_disjoint(FN, "dw", dw, "dy", dy, "xq", xq, "xs", xs, "wq", wq, "ws", ws, NULL));
   DSC_TRY(dsc_fp8l_device_ok(ctx, FN));
   DSC_TRY(check_scales(ctx, FN, "xs", xs));
   DSC_TRY(check_scales(ctx, FN, "ws", ws));

@@ -12,7 +12,14 @@
 static const dsc_dtype E4 = DSC_DTYPE_FLOAT8_E4M3FN;
 
 static int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-static size_t al64(size_t b) { return (b + 63u) & ~(size_t)63u; }
+/* Sticky: bytes of n elements of `each` bytes, rounded up to 64 (*ok cleared on overflow). */
+static size_t al64n(int64_t n, size_t each, int *ok) { return dsc_calign(dsc_cbytes(n, each, ok), 64, ok); }
+
+static dsc_status scratch_overflow(const char *what, int64_t G, int64_t M, int64_t N, int64_t K) {
+  return dsc_error(DSC_ERR_OUT_OF_MEMORY, what,
+                   "scratch for G %lld, M %lld, N %lld, K %lld does not fit in 64 bits", (long long)G,
+                   (long long)M, (long long)N, (long long)K);
+}
 static int is_fp8(dsc_dtype t) { return t == DSC_DTYPE_FLOAT8_E4M3FN || t == DSC_DTYPE_FLOAT8_E5M2; }
 
 dsc_status dsc_fp8l_device_ok(const dsc_context *ctx, const char *fn) {
@@ -83,14 +90,17 @@ dsc_status dsc_fp8l_dgrad(dsc_context *ctx, int64_t G, int64_t M, int64_t N, int
   const int64_t Nb = cdiv(N, 128), Kb = cdiv(K, 128);
   /* scratch: dyq [M,N] fp8, dys [M,Nb], then (w_transposed 0) wT [G,K,N], wsT [G,Kb,Nb] */
   size_t off[5] = {0};
-  off[1] = al64((size_t)(M * N));
-  off[2] = off[1] + al64((size_t)(M * Nb) * 4u);
-  off[3] = off[2] + (w_transposed ? 0 : al64((size_t)(G * K * N)));
-  off[4] = off[3] + (w_transposed ? 0 : al64((size_t)(G * Kb * Nb) * 4u));
+  int ok = 1;
+  off[1] = al64n(dsc_cmul(M, N, &ok), 1, &ok);
+  off[2] = dsc_caddz(off[1], al64n(dsc_cmul(M, Nb, &ok), 4, &ok), &ok);
+  off[3] = dsc_caddz(off[2], w_transposed ? 0 : al64n(dsc_cmul3(G, K, N, &ok), 1, &ok), &ok);
+  off[4] = dsc_caddz(off[3], w_transposed ? 0 : al64n(dsc_cmul3(G, Kb, Nb, &ok), 4, &ok), &ok);
   size_t gw = 0;
   DSC_TRY(DSC_FP8_BACKEND(fp8_gemm_work, ctx, offs ? G : 1, M, K, N, dyt, &gw));
+  const size_t total = dsc_caddz(off[4], gw, &ok);
+  if (!ok) return scratch_overflow("dsc_fp8l_dgrad", G, M, N, K);
   void *base = NULL;
-  DSC_TRY(dsc_workspace(ctx, off[4] + gw, &base));
+  DSC_TRY(dsc_workspace(ctx, total, &base));
   char *p = (char *)base;
   uint8_t *dyq = (uint8_t *)p;       /* [M,N] */
   float *dys = (float *)(p + off[1]); /* [M,Nb] */
@@ -123,15 +133,18 @@ dsc_status dsc_fp8l_wgrad(dsc_context *ctx, int64_t G, int64_t M, int64_t N, int
   const int fp8_x = is_fp8(xt);
   /* scratch: xf [M,K] f32 (fp8 x only), xTq [K,M], xTs [K,Mb], dyTq [N,M], dyTs [N,Mb] */
   size_t off[6] = {0};
-  off[1] = fp8_x ? al64((size_t)(M * K) * 4u) : 0;
-  off[2] = off[1] + al64((size_t)(K * M));
-  off[3] = off[2] + al64((size_t)(K * Mb) * 4u);
-  off[4] = off[3] + al64((size_t)(N * M));
-  off[5] = off[4] + al64((size_t)(N * Mb) * 4u);
+  int ok = 1;
+  off[1] = fp8_x ? al64n(dsc_cmul(M, K, &ok), 4, &ok) : 0;
+  off[2] = dsc_caddz(off[1], al64n(dsc_cmul(K, M, &ok), 1, &ok), &ok);
+  off[3] = dsc_caddz(off[2], al64n(dsc_cmul(K, Mb, &ok), 4, &ok), &ok);
+  off[4] = dsc_caddz(off[3], al64n(dsc_cmul(N, M, &ok), 1, &ok), &ok);
+  off[5] = dsc_caddz(off[4], al64n(dsc_cmul(N, Mb, &ok), 4, &ok), &ok);
   size_t gw = 0;
   DSC_TRY(DSC_FP8_BACKEND(fp8_gemm_work, ctx, 1, N, K, M, DSC_DTYPE_FLOAT32, &gw));
+  const size_t total = dsc_caddz(off[5], gw, &ok);
+  if (!ok) return scratch_overflow("dsc_fp8l_wgrad", G, M, N, K);
   void *base = NULL;
-  DSC_TRY(dsc_workspace(ctx, off[5] + gw, &base));
+  DSC_TRY(dsc_workspace(ctx, total, &base));
   char *p = (char *)base;
   uint8_t *xTq = (uint8_t *)(p + off[1]);
   float *xTs = (float *)(p + off[2]);

@@ -96,6 +96,7 @@ dsc_status dsc_grouped_linear_forward(dsc_context *ctx, const DLTensor *x, const
   DSC_TRY(dsc_check_shape(FN, "w", w, 3, w_shape));
   DSC_TRY(dsc_check_shape(FN, "group_offsets", group_offsets, 1, &o_shape));
   DSC_TRY(dsc_check_shape(FN, "y", y, 2, y_shape));
+  DSC_TRY(dsc_check_disjoint(FN, "y", y, "x", x, "w", w, "group_offsets", group_offsets, NULL));
   DSC_TRY(gl_device(ctx, FN));
   const int32_t *offs_h = NULL;
   int32_t *owned = NULL;
@@ -138,6 +139,10 @@ dsc_status dsc_grouped_linear_backward(dsc_context *ctx, const DLTensor *dy, con
   DSC_TRY(dsc_check_shape(FN, "dy", dy, 2, dy_shape));
   if (dx) DSC_TRY(dsc_check_same_shape(FN, "dx", dx, "x", x));
   if (dw) DSC_TRY(dsc_check_shape(FN, "dw", dw, 3, w_shape));
+  DSC_TRY(dsc_check_disjoint(FN, "dx", dx, "dy", dy, "x", x, "w", w, "group_offsets", group_offsets,
+                             "dw", dw, NULL));
+  DSC_TRY(dsc_check_disjoint(FN, "dw", dw, "dy", dy, "x", x, "w", w, "group_offsets", group_offsets,
+                             NULL));
   DSC_TRY(gl_device(ctx, FN));
   const int32_t *offs_h = NULL;
   int32_t *owned = NULL;

@@ -85,6 +85,8 @@ dsc_status dsc_matmul(dsc_context *ctx, const DLTensor *a, const DLTensor *b, DL
             "alpha: expected a finite number, got %g", (double)alpha);
   DSC_CHECK(isfinite(beta), DSC_ERR_INVALID_ARGUMENT, FN, "beta: expected a finite number, got %g",
             (double)beta);
+  /* c is read (beta) and written while a and b are still being read: no sharing */
+  DSC_TRY(dsc_check_disjoint(FN, "c", c, "a", a, "b", b, NULL));
   if (Bt == 0 || M == 0 || N == 0) return DSC_OK;
 
   const int64_t sB = b->ndim == 3 ? b0 * b1 : 0; /* 0: one b shared by the batch */
@@ -115,6 +117,7 @@ dsc_status dsc_linear_forward(dsc_context *ctx, const DLTensor *x, const DLTenso
   int64_t y_shape[16];
   shape_with_last(x, N, y_shape);
   DSC_TRY(dsc_check_shape(FN, "y", y, x->ndim, y_shape));
+  DSC_TRY(dsc_check_disjoint(FN, "y", y, "x", x, "w", w, NULL));
   if (R == 0 || N == 0) return DSC_OK;
 
   /* y [R, N] = x [R, K] @ w^T (w stored [N, K]). */
@@ -152,6 +155,8 @@ dsc_status dsc_linear_backward(dsc_context *ctx, const DLTensor *dy, const DLTen
   DSC_TRY(dsc_check_shape(FN, "dy", dy, x->ndim, dy_shape));
   if (dx) DSC_TRY(dsc_check_same_shape(FN, "dx", dx, "x", x));
   if (dw) DSC_TRY(dsc_check_shape(FN, "dw", dw, 2, w_shape));
+  DSC_TRY(dsc_check_disjoint(FN, "dx", dx, "dy", dy, "x", x, "w", w, "dw", dw, NULL));
+  DSC_TRY(dsc_check_disjoint(FN, "dw", dw, "dy", dy, "x", x, "w", w, NULL));
 
   /* dx [R, K] = dy [R, N] @ w [N, K]. */
   if (dx && R > 0 && K > 0) {

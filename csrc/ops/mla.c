@@ -154,6 +154,24 @@ static dsc_status check_weights(dsc_context *ctx, const char *fn, const dsc_mla_
   return DSC_OK;
 }
 
+/* The weights of w as named inputs (absent ones NULL) after the n already in l; returns
+ * the new count. */
+static int weight_list(const dsc_mla_weights *w, dsc_named_tensor *l, int n) {
+  const dsc_named_tensor all[14] = {
+      {"w->q_a_proj", w->q_a_proj}, {"w->q_a_layernorm", w->q_a_layernorm},
+      {"w->q_b_proj", w->q_b_proj}, {"w->q_proj", w->q_proj},
+      {"w->kv_a_proj_with_mqa", w->kv_a_proj_with_mqa}, {"w->kv_a_layernorm", w->kv_a_layernorm},
+      {"w->kv_b_proj", w->kv_b_proj}, {"w->o_proj", w->o_proj},
+      {"w->q_a_proj_scale_inv", w->q_a_proj_scale_inv},
+      {"w->q_b_proj_scale_inv", w->q_b_proj_scale_inv},
+      {"w->q_proj_scale_inv", w->q_proj_scale_inv},
+      {"w->kv_a_proj_with_mqa_scale_inv", w->kv_a_proj_with_mqa_scale_inv},
+      {"w->kv_b_proj_scale_inv", w->kv_b_proj_scale_inv},
+      {"w->o_proj_scale_inv", w->o_proj_scale_inv}};
+  memcpy(l + n, all, sizeof all);
+  return n + 14;
+}
+
 /* x [B,T,Hd] float32 and positions [B,T] int32 (values checked by the caller). */
 static dsc_status check_x(dsc_context *ctx, const char *fn, const dsc_mla_params *p,
                           const char *xname, const DLTensor *x, const DLTensor *positions) {
@@ -240,18 +258,23 @@ static dsc_status fp8_scratch_alloc(dsc_context *ctx, const dsc_mla_params *p, i
   /* every projection (out, in) */
   const int64_t wsh[6][2] = {{Rq, Hd}, {H * dqk, Rq}, {H * dqk, Hd},
                              {R + dr, Hd}, {H * dkvw, R}, {Hd, H * dv}};
+  int ok = 1;
   int64_t kmax = 0, wmax = 0, wsmax = 0;
   for (int i = 0; i < 6; ++i) {
     kmax = max64(kmax, wsh[i][1]);
-    wmax = max64(wmax, wsh[i][0] * wsh[i][1]);
-    wsmax = max64(wsmax, cdiv128(wsh[i][0]) * cdiv128(wsh[i][1]));
+    wmax = max64(wmax, dsc_cmul(wsh[i][0], wsh[i][1], &ok));
+    wsmax = max64(wsmax, dsc_cmul(cdiv128(wsh[i][0]), cdiv128(wsh[i][1]), &ok));
   }
-  const int64_t tmpn = N * max64(R + dr, Hd);
-  const size_t sz[7] = {(size_t)(N * kmax), (size_t)(N * cdiv128(kmax)) * 4u, (size_t)wmax,
-                        (size_t)wsmax * 4u, (size_t)tmpn * 4u, (size_t)tmpn * 4u,
-                        (size_t)(H * dkvw * R) * 4u};
+  const int64_t tmpn = dsc_cmul(N, max64(R + dr, Hd), &ok);
+  const size_t sz[7] = {dsc_cbytes(dsc_cmul(N, kmax, &ok), 1, &ok),
+                        dsc_cbytes(dsc_cmul(N, cdiv128(kmax), &ok), 4, &ok),
+                        dsc_cbytes(wmax, 1, &ok), dsc_cbytes(wsmax, 4, &ok),
+                        dsc_cbytes(tmpn, 4, &ok), dsc_cbytes(tmpn, 4, &ok),
+                        dsc_cbytes(dsc_cmul3(H, dkvw, R, &ok), 4, &ok)};
   size_t off[8] = {0};
-  for (int i = 0; i < 7; ++i) off[i + 1] = off[i] + ((sz[i] + 63u) & ~(size_t)63u);
+  for (int i = 0; i < 7; ++i) off[i + 1] = dsc_caddz(off[i], dsc_calign(sz[i], 64, &ok), &ok);
+  DSC_CHECK(ok, DSC_ERR_OUT_OF_MEMORY, "dsc_mla",
+            "FP8 scratch for %lld tokens does not fit in 64 bits", (long long)N);
   DSC_TRY(dsc_malloc(ctx, off[7], &f->mem));
   char *b = (char *)f->mem;
   f->xq = (uint8_t *)b;
@@ -328,34 +351,39 @@ static dsc_status proj_bwd(dsc_context *ctx, const fp8_scratch *f8, int64_t M, i
 /* The float32 buffers of one forward; sizes in floats. */
 enum { A_CQ_RAW, A_RSTD_Q, A_CQ, A_Q, A_Q_PE, A_C_RAW, A_RSTD_KV, A_CKV, A_KPE, A_KV, A_O, A_LSE, A_COUNT };
 
-static void act_sizes(const dsc_mla_params *p, int64_t B, int64_t T, int64_t *sz) {
-  const int64_t N = B * T, H = p->n_heads, Rq = p->q_lora_rank, R = p->kv_lora_rank;
+/* Sticky (*ok cleared on overflow): N = B*T comes from x, the widths from p. */
+static void act_sizes(const dsc_mla_params *p, int64_t B, int64_t T, int64_t *sz, int *ok) {
+  const int64_t N = dsc_cmul(B, T, ok), H = p->n_heads, Rq = p->q_lora_rank, R = p->kv_lora_rank;
   const int64_t dn = p->qk_nope_head_dim, dr = p->qk_rope_head_dim, dv = p->v_head_dim;
-  sz[A_CQ_RAW] = N * Rq;
+  sz[A_CQ_RAW] = dsc_cmul(N, Rq, ok);
   sz[A_RSTD_Q] = Rq > 0 ? N : 0;
-  sz[A_CQ] = N * Rq;
-  sz[A_Q] = N * H * (dn + dr);
-  sz[A_Q_PE] = N * H * dr;
-  sz[A_C_RAW] = N * R;
+  sz[A_CQ] = dsc_cmul(N, Rq, ok);
+  sz[A_Q] = dsc_cmul3(N, H, dn + dr, ok);
+  sz[A_Q_PE] = dsc_cmul3(N, H, dr, ok);
+  sz[A_C_RAW] = dsc_cmul(N, R, ok);
   sz[A_RSTD_KV] = N;
-  sz[A_CKV] = N * R;
-  sz[A_KPE] = N * dr;
-  sz[A_KV] = N * H * (dn + dv);
-  sz[A_O] = N * H * dv;
-  sz[A_LSE] = B * H * T;
+  sz[A_CKV] = dsc_cmul(N, R, ok);
+  sz[A_KPE] = dsc_cmul(N, dr, ok);
+  sz[A_KV] = dsc_cmul3(N, H, dn + dv, ok);
+  sz[A_O] = dsc_cmul3(N, H, dv, ok);
+  sz[A_LSE] = dsc_cmul3(B, H, T, ok);
 }
 
-/* Carve n buffers of sz[i] floats (each 16-float aligned) out of one allocation. */
-static dsc_status carve(dsc_context *ctx, int n, const int64_t *sz, void **mem, size_t *bytes,
-                        float **ptr) {
+/* Carve n buffers of sz[i] floats (each 16-float aligned) out of one allocation; ok = 0
+ * (a size overflowed upstream) or a total beyond 64 bits is DSC_ERR_OUT_OF_MEMORY. */
+static dsc_status carve(dsc_context *ctx, int n, const int64_t *sz, int ok, void **mem,
+                        size_t *bytes, float **ptr) {
   size_t total = 0;
-  for (int i = 0; i < n; ++i) total += (size_t)((sz[i] + 15) / 16 * 16);
-  *bytes = total * sizeof(float);
+  for (int i = 0; i < n; ++i)
+    total = dsc_caddz(total, dsc_calign(dsc_cbytes(sz[i], sizeof(float), &ok), 64, &ok), &ok);
+  DSC_CHECK(ok, DSC_ERR_OUT_OF_MEMORY, "dsc_mla",
+            "the activations of this batch do not fit in 64 bits (x too large for these heads)");
+  *bytes = total;
   DSC_TRY(dsc_malloc(ctx, *bytes, mem));
   float *b = (float *)*mem;
   for (int i = 0; i < n; ++i) {
     ptr[i] = b;
-    b += (sz[i] + 15) / 16 * 16;
+    b += (sz[i] + 15) / 16 * 16; /* fits: checked above */
   }
   return DSC_OK;
 }
@@ -456,12 +484,17 @@ dsc_status dsc_mla_forward(dsc_context *ctx, const dsc_mla_params *p, const dsc_
   DSC_TRY(dsc_check_same_shape(FN, "out", out, "x", x));
   DSC_TRY(check_positions_nonneg(ctx, FN, positions));
   if (saved) DSC_CHECK(saved->ctx == ctx, DSC_ERR_INVALID_ARGUMENT, FN, "saved: expected a handle created on this context");
+  {
+    dsc_named_tensor ins[16] = {{"x", x}, {"positions", positions}}, outs[1] = {{"out", out}};
+    DSC_TRY(dsc_check_outputs_disjoint(FN, 1, outs, weight_list(w, ins, 2), ins));
+  }
 
   const int64_t B = x->shape[0], T = x->shape[1], N = B * T;
   const int64_t H = p->n_heads, Hd = p->hidden, dn = p->qk_nope_head_dim;
   const int64_t dr = p->qk_rope_head_dim, dv = p->v_head_dim, R = p->kv_lora_rank;
   int64_t sz[A_COUNT];
-  act_sizes(p, B, T, sz);
+  int ok = 1;
+  act_sizes(p, B, T, sz, &ok);
   void *mem = NULL;
   size_t bytes = 0;
   float *a[A_COUNT];
@@ -470,7 +503,7 @@ dsc_status dsc_mla_forward(dsc_context *ctx, const dsc_mla_params *p, const dsc_
     dsc_free(ctx, saved->mem);
     saved->mem = NULL;
   }
-  DSC_TRY(carve(ctx, A_COUNT, sz, &mem, &bytes, a));
+  DSC_TRY(carve(ctx, A_COUNT, sz, ok, &mem, &bytes, a));
   const float *xp = F(x);
   const int32_t *pos = (const int32_t *)dsc_data(positions);
   dsc_status s = DSC_OK;
@@ -553,6 +586,11 @@ dsc_status dsc_mla_backward(dsc_context *ctx, const dsc_mla_params *p, const dsc
       if (!gs[i].t) continue;
       DSC_TRY(check_w(ctx, FN, gs[i].n, gs[i].t, gs[i].use, gs[i].nd, gs[i].d0, gs[i].d1));
     }
+    /* gradients are written while x, dout and the weights are still read */
+    dsc_named_tensor ins[17] = {{"x", x}, {"positions", positions}, {"dout", dout}}, outs[9];
+    outs[0] = (dsc_named_tensor){"dx", dx};
+    for (int i = 0; i < 8; ++i) outs[i + 1] = (dsc_named_tensor){gs[i].n, gs[i].t};
+    DSC_TRY(dsc_check_outputs_disjoint(FN, 9, outs, weight_list(w, ins, 3), ins));
   }
 
   const int64_t B = saved->B, T = saved->T, N = B * T;
@@ -561,15 +599,18 @@ dsc_status dsc_mla_backward(dsc_context *ctx, const dsc_mla_params *p, const dsc
   const int64_t dqk = dn + dr, dkvw = dn + dv;
   const float eps = p->rms_norm_eps;
   float *const *a = saved->a;
+  int ok = 1;
   int64_t sz[G_COUNT] = {
-      [G_DO] = N * H * dv,      [G_DQ] = N * H * dqk, [G_DQ_PE] = N * H * dr,
-      [G_DKV] = N * H * dkvw,   [G_DKPE] = N * dr,    [G_DCKV] = N * R,
-      [G_DC_RAW] = N * R,       [G_DCQ] = N * Rq,     [G_DCQ_RAW] = N * Rq,
-      [G_DGAMMA] = (R > Rq ? R : Rq), [G_DX] = dx ? 0 : N * Hd};
+      [G_DO] = dsc_cmul3(N, H, dv, &ok),      [G_DQ] = dsc_cmul3(N, H, dqk, &ok),
+      [G_DQ_PE] = dsc_cmul3(N, H, dr, &ok),   [G_DKV] = dsc_cmul3(N, H, dkvw, &ok),
+      [G_DKPE] = dsc_cmul(N, dr, &ok),        [G_DCKV] = dsc_cmul(N, R, &ok),
+      [G_DC_RAW] = dsc_cmul(N, R, &ok),       [G_DCQ] = dsc_cmul(N, Rq, &ok),
+      [G_DCQ_RAW] = dsc_cmul(N, Rq, &ok),     [G_DGAMMA] = (R > Rq ? R : Rq),
+      [G_DX] = dx ? 0 : dsc_cmul(N, Hd, &ok)};
   void *mem = NULL;
   size_t bytes = 0;
   float *b[G_COUNT];
-  DSC_TRY(carve(ctx, G_COUNT, sz, &mem, &bytes, b));
+  DSC_TRY(carve(ctx, G_COUNT, sz, ok, &mem, &bytes, b));
   float *dxp = dx ? FO(dx) : b[G_DX];
   const float *xp = F(x), *dy = F(dout);
   const int32_t *pos = (const int32_t *)dsc_data(positions);
@@ -699,8 +740,13 @@ dsc_status dsc_mla_cache_create(dsc_context *ctx, const dsc_mla_cache_options *o
   DSC_CHECK(n_blocks <= INT32_MAX, DSC_ERR_INVALID_ARGUMENT, FN,
             "opt: expected at most 2^31 blocks, got %lld", (long long)n_blocks);
   const int64_t rb = cache_row_bytes(dt, opt->kv_lora_rank, opt->rope_dim);
-  const double total = (double)opt->n_layers * (double)n_blocks * opt->block_size * (double)rb;
-  DSC_CHECK(total < 1e15, DSC_ERR_OUT_OF_MEMORY, FN, "opt: a pool of %.3g bytes is too large", total);
+  int ok = 1;
+  const int64_t total = dsc_cmul(dsc_cmul3(opt->n_layers, n_blocks, opt->block_size, &ok), rb, &ok);
+  const int64_t table = dsc_cmul3(opt->max_batch, max_blk, (int64_t)sizeof(int32_t), &ok);
+  DSC_CHECK(ok && total < (int64_t)1e15 && table < (int64_t)1e15, DSC_ERR_OUT_OF_MEMORY, FN,
+            "opt: a pool of %.3g bytes (block tables %.3g bytes) is too large",
+            (double)opt->n_layers * (double)n_blocks * opt->block_size * (double)rb,
+            (double)opt->max_batch * (double)max_blk * 4.0);
 
   dsc_mla_cache *c = (dsc_mla_cache *)calloc(1, sizeof *c);
   if (!c) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "could not allocate the cache");
@@ -862,6 +908,7 @@ dsc_status dsc_mla_cache_read(dsc_context *ctx, const dsc_mla_cache *c, int32_t 
   const int64_t ls[2] = {L, c->o.kv_lora_rank}, rs[2] = {L, c->o.rope_dim};
   DSC_TRY(dsc_check_shape(FN, "latent", latent, 2, ls));
   DSC_TRY(dsc_check_shape(FN, "rope", rope, 2, rs));
+  DSC_TRY(dsc_check_no_overlap(FN, "rope", rope, "latent", latent));
   int64_t *slots = (int64_t *)malloc((size_t)(L ? L : 1) * sizeof(int64_t));
   if (!slots) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "could not allocate %lld slots", (long long)L);
   for (int64_t j = 0; j < L; ++j) slots[j] = slot_of(c, slot, j);
@@ -896,6 +943,11 @@ static dsc_status mla_infer(const char *FN, dsc_context *ctx, const dsc_mla_para
   DSC_TRY(dsc_check_shape(FN, "seq_ids", seq_ids, 1, &B));
   DSC_CHECK(B <= c->o.max_batch, DSC_ERR_SHAPE, FN,
             "x: expected a batch <= max_batch = %d, got %lld", (int)c->o.max_batch, (long long)B);
+  {
+    dsc_named_tensor ins[17] = {{"x", x}, {"seq_ids", seq_ids}, {"positions", positions}},
+                     outs[1] = {{"out", out}};
+    DSC_TRY(dsc_check_outputs_disjoint(FN, 1, outs, weight_list(w, ins, 3), ins));
+  }
 
   const int64_t H = p->n_heads, Hd = p->hidden, Rq = p->q_lora_rank, R = p->kv_lora_rank;
   const int64_t dn = p->qk_nope_head_dim, dr = p->qk_rope_head_dim, dv = p->v_head_dim;
@@ -975,15 +1027,19 @@ static dsc_status mla_infer(const char *FN, dsc_context *ctx, const dsc_mla_para
 
   /* ---- scratch, allocated before the cache changes. */
   enum { I_CQ_RAW, I_RSTD_Q, I_CQ, I_Q, I_Q_PE, I_QLAT, I_C_RAW, I_RSTD, I_CKV, I_KPE, I_OLAT, I_O, I_COUNT };
-  int64_t sz[I_COUNT] = {[I_CQ_RAW] = N * Rq, [I_RSTD_Q] = N, [I_CQ] = N * Rq, [I_Q] = N * H * dqk,
-                         [I_Q_PE] = N * H * dr, [I_QLAT] = N * H * R, [I_C_RAW] = N * R,
-                         [I_RSTD] = N, [I_CKV] = N * R, [I_KPE] = N * dr, [I_OLAT] = N * H * R,
-                         [I_O] = N * H * dv};
+  int ok = 1;
+  int64_t sz[I_COUNT] = {
+      [I_CQ_RAW] = dsc_cmul(N, Rq, &ok),    [I_RSTD_Q] = N,
+      [I_CQ] = dsc_cmul(N, Rq, &ok),        [I_Q] = dsc_cmul3(N, H, dqk, &ok),
+      [I_Q_PE] = dsc_cmul3(N, H, dr, &ok),  [I_QLAT] = dsc_cmul3(N, H, R, &ok),
+      [I_C_RAW] = dsc_cmul(N, R, &ok),      [I_RSTD] = N,
+      [I_CKV] = dsc_cmul(N, R, &ok),        [I_KPE] = dsc_cmul(N, dr, &ok),
+      [I_OLAT] = dsc_cmul3(N, H, R, &ok),   [I_O] = dsc_cmul3(N, H, dv, &ok)};
   void *mem = NULL;
   size_t bytes = 0;
   float *a[I_COUNT];
   fp8_scratch f8s = {0}, *f8 = NULL;
-  if (s == DSC_OK) s = carve(ctx, I_COUNT, sz, &mem, &bytes, a);
+  if (s == DSC_OK) s = carve(ctx, I_COUNT, sz, ok, &mem, &bytes, a);
   if (s == DSC_OK && N > 0 && p->fp8) {
     s = fp8_scratch_alloc(ctx, p, N, &f8s);
     f8 = &f8s;

@@ -142,6 +142,12 @@ dsc_status dsc_moe_route(dsc_context *ctx, const dsc_moe_route_params *p, const 
   DSC_TRY(check_2d(FN, "indices", indices, T, k, "(tokens, top_k)"));
   DSC_TRY(check_2d(FN, "weights", weights, T, k, "(tokens, top_k)"));
   if (scores) DSC_TRY(dsc_check_same_shape(FN, "scores", scores, "logits", logits));
+  /* a token's logits are read before its scores are written: scores may be (float32)
+   * logits itself; no other output shares memory with anything */
+  DSC_TRY(dsc_check_inplace_or_disjoint(FN, "scores", scores, "logits", logits));
+  DSC_TRY(dsc_check_disjoint(FN, "scores", scores, "bias", bias, "indices", indices, "weights", weights, NULL));
+  DSC_TRY(dsc_check_disjoint(FN, "indices", indices, "logits", logits, "bias", bias, "weights", weights, NULL));
+  DSC_TRY(dsc_check_disjoint(FN, "weights", weights, "logits", logits, "bias", bias, NULL));
   DSC_TRY(moe_device(ctx, FN));
   if (T == 0) return DSC_OK;
 
@@ -172,6 +178,11 @@ dsc_status dsc_moe_route_backward(dsc_context *ctx, const dsc_moe_route_params *
   DSC_TRY(check_2d(FN, "dweights", dweights, T, k, "(tokens, top_k)"));
   if (dscores) DSC_TRY(dsc_check_same_shape(FN, "dscores", dscores, "scores", scores));
   DSC_TRY(dsc_check_same_shape(FN, "dlogits", dlogits, "scores", scores));
+  /* a token's scores and dscores are read before its dlogits are written: dlogits may be
+   * (float32) scores or dscores itself */
+  DSC_TRY(dsc_check_inplace_or_disjoint(FN, "dlogits", dlogits, "scores", scores));
+  DSC_TRY(dsc_check_inplace_or_disjoint(FN, "dlogits", dlogits, "dscores", dscores));
+  DSC_TRY(dsc_check_disjoint(FN, "dlogits", dlogits, "dweights", dweights, "indices", indices, NULL));
   DSC_TRY(moe_device(ctx, FN));
   DSC_TRY(check_range(ctx, FN, "indices", indices, E, "expert ids"));
   if (T == 0) return DSC_OK;
@@ -192,6 +203,7 @@ dsc_status dsc_moe_expert_load(dsc_context *ctx, const DLTensor *indices, DLTens
   DSC_TRY(dsc_check_ndim(FN, "counts", counts, 1, 1, "(n_experts)"));
   const int64_t E = counts->shape[0];
   DSC_CHECK(E >= 1, DSC_ERR_SHAPE, FN, "counts: expected at least 1 expert, got shape (0)");
+  DSC_TRY(dsc_check_no_overlap(FN, "counts", counts, "indices", indices));
   DSC_TRY(moe_device(ctx, FN));
   DSC_TRY(check_range(ctx, FN, "indices", indices, E, "expert ids; n_experts from counts"));
   return BACKEND(moe_expert_load, ctx, dsc_numel(indices), is64(indices), dsc_data(indices), E,
@@ -208,6 +220,7 @@ dsc_status dsc_moe_update_bias(dsc_context *ctx, DLTensor *bias, const DLTensor 
   DSC_TRY(dsc_check_shape(FN, "counts", counts, 1, &E));
   DSC_CHECK(isfinite(rate) && rate >= 0.0f, DSC_ERR_INVALID_ARGUMENT, FN,
             "rate: expected a finite number >= 0, got %g", (double)rate);
+  DSC_TRY(dsc_check_no_overlap(FN, "bias", bias, "counts", counts));
   DSC_TRY(moe_device(ctx, FN));
   if (E == 0) return DSC_OK;
   /* counts are token counts: negative ones are a caller's bug */
@@ -247,6 +260,11 @@ dsc_status dsc_moe_seq_aux_loss(dsc_context *ctx, const DLTensor *scores, const 
             (long long)seq_len);
   DSC_CHECK(isfinite(alpha), DSC_ERR_INVALID_ARGUMENT, FN, "alpha: expected a finite number, got %g",
             (double)alpha);
+  /* a sequence's scores are all read before its dscores rows are written: dscores may be
+   * scores itself */
+  DSC_TRY(dsc_check_inplace_or_disjoint(FN, "dscores", dscores, "scores", scores));
+  DSC_TRY(dsc_check_disjoint(FN, "dscores", dscores, "indices", indices, "loss", loss, NULL));
+  DSC_TRY(dsc_check_disjoint(FN, "loss", loss, "scores", scores, "indices", indices, NULL));
   DSC_TRY(moe_device(ctx, FN));
   DSC_TRY(check_range(ctx, FN, "indices", indices, E, "expert ids"));
   return BACKEND(moe_seq_aux_loss, ctx, T, E, k, seq_len, (const float *)dsc_data(scores),
@@ -307,6 +325,11 @@ dsc_status dsc_moe_permute(dsc_context *ctx, const DLTensor *x, const DLTensor *
   const int64_t off_shape = E + 1;
   DSC_TRY(dsc_check_shape(FN, "group_offsets", group_offsets, 1, &off_shape));
   DSC_TRY(dsc_check_ndim(FN, "out", out, 2, 2, "(R, D)"));
+  DSC_TRY(dsc_check_disjoint(FN, "out", out, "x", x, "indices", indices, "group_offsets", group_offsets,
+                             "row_map", row_map, NULL));
+  DSC_TRY(dsc_check_disjoint(FN, "group_offsets", group_offsets, "x", x, "indices", indices, "row_map",
+                             row_map, NULL));
+  DSC_TRY(dsc_check_disjoint(FN, "row_map", row_map, "x", x, "indices", indices, NULL));
   DSC_TRY(moe_device(ctx, FN));
   int64_t R = 0;
   DSC_TRY(permute_rows(ctx, FN, indices, E, align, &R));
@@ -331,6 +354,7 @@ dsc_status dsc_moe_permute_backward(dsc_context *ctx, const DLTensor *dout,
   DSC_TRY(check_2d(FN, "row_map", row_map, -1, -1, "(tokens, top_k)"));
   const int64_t T = row_map->shape[0], k = row_map->shape[1];
   DSC_TRY(check_2d(FN, "dx", dx, T, D, "(tokens, D)"));
+  DSC_TRY(dsc_check_disjoint(FN, "dx", dx, "dout", dout, "row_map", row_map, NULL));
   DSC_TRY(moe_device(ctx, FN));
   DSC_TRY(check_range(ctx, FN, "row_map", row_map, R, "rows of dout"));
   if (T == 0 || D == 0) return DSC_OK;
@@ -356,6 +380,8 @@ dsc_status dsc_moe_unpermute(dsc_context *ctx, const DLTensor *expert_out, const
             dsc_shape_str(row_map, buf, sizeof buf));
   DSC_TRY(dsc_check_same_shape(FN, "weights", weights, "row_map", row_map));
   DSC_TRY(check_2d(FN, "y", y, T, D, "(tokens, D)"));
+  DSC_TRY(dsc_check_disjoint(FN, "y", y, "expert_out", expert_out, "row_map", row_map, "weights", weights,
+                             NULL));
   DSC_TRY(moe_device(ctx, FN));
   DSC_TRY(check_range(ctx, FN, "row_map", row_map, R, "rows of expert_out"));
   if (T == 0 || D == 0) return DSC_OK;
@@ -390,6 +416,10 @@ dsc_status dsc_moe_unpermute_backward(dsc_context *ctx, const DLTensor *dy,
   if (dexpert_out)
     DSC_TRY(dsc_check_same_shape(FN, "dexpert_out", dexpert_out, "expert_out", expert_out));
   if (dweights) DSC_TRY(dsc_check_same_shape(FN, "dweights", dweights, "row_map", row_map));
+  DSC_TRY(dsc_check_disjoint(FN, "dexpert_out", dexpert_out, "dy", dy, "expert_out", expert_out, "row_map",
+                             row_map, "weights", weights, "dweights", dweights, NULL));
+  DSC_TRY(dsc_check_disjoint(FN, "dweights", dweights, "dy", dy, "expert_out", expert_out, "row_map",
+                             row_map, "weights", weights, NULL));
   DSC_TRY(moe_device(ctx, FN));
   DSC_TRY(check_range(ctx, FN, "row_map", row_map, R, "rows of expert_out"));
   if (R * D == 0 && T * k == 0) return DSC_OK;

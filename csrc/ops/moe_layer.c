@@ -68,8 +68,27 @@ static dsc_status buf_alloc(dsc_context *ctx, buf *x, dsc_dtype dt, int64_t d0, 
   x->strides[1] = 1;
   x->t.shape = x->shape;
   x->t.strides = x->strides;
-  size_t n = (size_t)d0 * (size_t)(d1 < 0 ? 1 : d1);
-  return dsc_malloc(ctx, (n ? n : 1) * dsc_dtype_size(dt), &x->t.data);
+  int ok = 1;
+  const size_t bytes = dsc_cbytes(dsc_cmul(d0, d1 < 0 ? 1 : d1, &ok), dsc_dtype_size(dt), &ok);
+  DSC_CHECK(ok, DSC_ERR_OUT_OF_MEMORY, "dsc_moe_layer",
+            "an activation of %lld x %lld does not fit in 64 bits", (long long)d0, (long long)d1);
+  return dsc_malloc(ctx, bytes ? bytes : 1, &x->t.data);
+}
+
+/* The weights of w as named inputs (absent ones NULL); returns the count. */
+static int weight_list(const dsc_moe_layer_weights *w, dsc_named_tensor *l) {
+  const dsc_named_tensor all[14] = {
+      {"w->gate", w->gate}, {"w->bias", w->bias}, {"w->experts_gate", w->experts_gate},
+      {"w->experts_up", w->experts_up}, {"w->experts_down", w->experts_down},
+      {"w->shared_gate", w->shared_gate}, {"w->shared_up", w->shared_up},
+      {"w->shared_down", w->shared_down}, {"w->experts_gate_scale_inv", w->experts_gate_scale_inv},
+      {"w->experts_up_scale_inv", w->experts_up_scale_inv},
+      {"w->experts_down_scale_inv", w->experts_down_scale_inv},
+      {"w->shared_gate_scale_inv", w->shared_gate_scale_inv},
+      {"w->shared_up_scale_inv", w->shared_up_scale_inv},
+      {"w->shared_down_scale_inv", w->shared_down_scale_inv}};
+  memcpy(l, all, sizeof all);
+  return 14;
 }
 
 dsc_status dsc_moe_layer_saved_create(dsc_context *ctx, dsc_moe_layer_saved **out) {
@@ -128,14 +147,20 @@ static dsc_status fp8_scratch_alloc(dsc_context *ctx, int64_t T, int64_t R, int6
                                     int64_t F, int64_t Fs, const DLTensor *offsets, int need_w,
                                     fp8_scratch *f) {
   memset(f, 0, sizeof *f);
+  int ok = 1;
   const int64_t kmax = max64(D, max64(F, Fs)), mmax = max64(R, T);
-  const int64_t wmax = need_w ? max64(E * F * D, Fs * D) : 0;
-  const int64_t wsmax =
-      need_w ? max64(E * cdiv128(F) * cdiv128(D), cdiv128(Fs) * cdiv128(D)) : 0;
-  const size_t sz[4] = {(size_t)(mmax * kmax), (size_t)(mmax * cdiv128(kmax)) * 4u, (size_t)wmax,
-                        (size_t)wsmax * 4u};
+  const int64_t wmax = need_w ? max64(dsc_cmul3(E, F, D, &ok), dsc_cmul(Fs, D, &ok)) : 0;
+  const int64_t wsmax = need_w ? max64(dsc_cmul3(E, cdiv128(F), cdiv128(D), &ok),
+                                       dsc_cmul(cdiv128(Fs), cdiv128(D), &ok))
+                               : 0;
+  const size_t sz[4] = {dsc_cbytes(dsc_cmul(mmax, kmax, &ok), 1, &ok),
+                        dsc_cbytes(dsc_cmul(mmax, cdiv128(kmax), &ok), 4, &ok),
+                        dsc_cbytes(wmax, 1, &ok), dsc_cbytes(wsmax, 4, &ok)};
   size_t off[5] = {0};
-  for (int i = 0; i < 4; ++i) off[i + 1] = off[i] + ((sz[i] + 63u) & ~(size_t)63u);
+  for (int i = 0; i < 4; ++i) off[i + 1] = dsc_caddz(off[i], dsc_calign(sz[i], 64, &ok), &ok);
+  DSC_CHECK(ok, DSC_ERR_OUT_OF_MEMORY, "dsc_moe_layer",
+            "FP8 scratch for %lld rows of up to %lld features does not fit in 64 bits",
+            (long long)mmax, (long long)kmax);
   f->offs_h = (int32_t *)malloc((size_t)(E + 1) * sizeof(int32_t));
   if (!f->offs_h)
     return dsc_error(DSC_ERR_OUT_OF_MEMORY, "dsc_moe_layer", "out of host memory");
@@ -286,6 +311,14 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
   const int64_t D = dsc_last_dim(x), T = dsc_rows(x);
   int64_t E, F, Fs;
   DSC_TRY(check_weights(ctx, FN, w, D, saved == NULL, &E, &F, &Fs));
+  if (counts) DSC_TRY(dsc_check_tensor(ctx, FN, "counts", counts, DSC_DT_INDEX));
+  {
+    /* x is read again (shared experts) after y is written: nothing may share memory */
+    dsc_named_tensor ins[15], outs[2] = {{"y", y}, {"counts", counts}};
+    ins[0] = (dsc_named_tensor){"x", x};
+    const int n_in = 1 + weight_list(w, ins + 1);
+    DSC_TRY(dsc_check_outputs_disjoint(FN, 2, outs, n_in, ins));
+  }
   const int64_t k = p->top_k;
 
   /* Without a saved handle (inference) the intermediates live in a temporary one. */
@@ -413,6 +446,18 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
   DSC_CHECK(saved->fp8 == w->fp8, DSC_ERR_INVALID_ARGUMENT, FN,
             "w->fp8: expected %d (the value of the forward that filled `saved`), got %d",
             (int)saved->fp8, (int)w->fp8);
+  {
+    /* the gradients are written while x, dy and the weights are still read */
+    dsc_named_tensor ins[16], outs[8] = {
+        {"dx", dx},           {"g->gate", g->gate},
+        {"g->experts_gate", g->experts_gate}, {"g->experts_up", g->experts_up},
+        {"g->experts_down", g->experts_down}, {"g->shared_gate", g->shared_gate},
+        {"g->shared_up", g->shared_up},       {"g->shared_down", g->shared_down}};
+    ins[0] = (dsc_named_tensor){"x", x};
+    ins[1] = (dsc_named_tensor){"dy", dy};
+    const int n_in = 2 + weight_list(w, ins + 2);
+    DSC_TRY(dsc_check_outputs_disjoint(FN, 8, outs, n_in, ins));
+  }
   const int64_t R = saved->R, k = saved->k;
   buf *b = saved->b;
 
@@ -544,6 +589,8 @@ dsc_status dsc_moe_layer_saved_routing(dsc_context *ctx, const dsc_moe_layer_sav
   for (int i = 0; i < 3; ++i) {
     if (!outs[i].t) continue;
     DSC_TRY(dsc_check_tensor(ctx, FN, outs[i].name, outs[i].t, outs[i].dt));
+    for (int j = 0; j < i; ++j)
+      DSC_TRY(dsc_check_no_overlap(FN, outs[i].name, outs[i].t, outs[j].name, outs[j].t));
     const DLTensor *src = &b[outs[i].idx].t;
     DSC_CHECK(dsc_numel(outs[i].t) == dsc_numel(src) && dsc_last_dim(outs[i].t) == src->shape[1], DSC_ERR_SHAPE,
               FN, "%s: expected %lld x %lld values ([..., %lld]), got %lld", outs[i].name,

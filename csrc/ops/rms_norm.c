@@ -29,6 +29,10 @@ dsc_status dsc_rms_norm_forward(dsc_context *ctx, const DLTensor *x, const DLTen
   DSC_CHECK(isfinite(eps) && eps >= 0.0f, DSC_ERR_INVALID_ARGUMENT, FN,
             "eps: expected a finite number >= 0, got %g", (double)eps);
   DSC_CHECK(D > 0 || N == 0, DSC_ERR_SHAPE, FN, "x: expected a last dim D > 0, got 0");
+  /* a row is read whole before it is written: y may be x itself, nothing else */
+  DSC_TRY(dsc_check_inplace_or_disjoint(FN, "y", y, "x", x));
+  DSC_TRY(dsc_check_no_overlap(FN, "y", y, "w", w));
+  DSC_TRY(dsc_check_disjoint(FN, "rstd", rstd, "x", x, "w", w, "y", y, NULL));
   if (N == 0) return DSC_OK;
 
   const dsc_dtype dt = dsc_tensor_dtype(x);
@@ -67,6 +71,12 @@ dsc_status dsc_rms_norm_backward(dsc_context *ctx, const DLTensor *dy, const DLT
   DSC_CHECK(isfinite(eps) && eps >= 0.0f, DSC_ERR_INVALID_ARGUMENT, FN,
             "eps: expected a finite number >= 0, got %g", (double)eps);
   DSC_CHECK(D > 0 || N == 0, DSC_ERR_SHAPE, FN, "x: expected a last dim D > 0, got 0");
+  /* dw and r are finished before dx is written, and a dx row only after its dy and x rows
+   * are read: dx may be dy or x itself; dw shares nothing */
+  DSC_TRY(dsc_check_inplace_or_disjoint(FN, "dx", dx, "dy", dy));
+  DSC_TRY(dsc_check_inplace_or_disjoint(FN, "dx", dx, "x", x));
+  DSC_TRY(dsc_check_disjoint(FN, "dx", dx, "w", w, "rstd", rstd, "dw", dw, NULL));
+  DSC_TRY(dsc_check_disjoint(FN, "dw", dw, "dy", dy, "x", x, "w", w, "rstd", rstd, NULL));
 
   const dsc_dtype dt = dsc_tensor_dtype(x);
   const float *rstd_p = rstd ? (const float *)dsc_data(rstd) : NULL;

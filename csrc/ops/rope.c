@@ -86,6 +86,9 @@ static dsc_status rope(dsc_context *ctx, const char *fn, const dsc_rope_params *
   DSC_TRY(dsc_check_same_shape(fn, out_name, out, in_name, in));
   const int64_t bt_shape[2] = {B, T};
   DSC_TRY(dsc_check_shape(fn, "positions", positions, 2, bt_shape));
+  /* both elements of a pair are read before either is written: out may be in itself */
+  DSC_TRY(dsc_check_inplace_or_disjoint(fn, out_name, out, in_name, in));
+  DSC_TRY(dsc_check_no_overlap(fn, out_name, out, "positions", positions));
 
   /* Positions >= 0 (the angle of a negative position would be valid math, but it is
    * always a bug upstream). skip = lo: a value inside the range, i.e. no exception. */

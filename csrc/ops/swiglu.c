@@ -18,6 +18,9 @@ dsc_status dsc_swiglu_forward(dsc_context *ctx, const DLTensor *gate, const DLTe
   DSC_TRY(dsc_check_same_dtype(FN, "out", out, "gate", gate));
   DSC_TRY(dsc_check_same_shape(FN, "up", up, "gate", gate));
   DSC_TRY(dsc_check_same_shape(FN, "out", out, "gate", gate));
+  /* elementwise (each element read before it is written): out may be gate or up itself */
+  DSC_TRY(dsc_check_inplace_or_disjoint(FN, "out", out, "gate", gate));
+  DSC_TRY(dsc_check_inplace_or_disjoint(FN, "out", out, "up", up));
   const int64_t n = dsc_numel(gate);
   if (n == 0) return DSC_OK;
 
@@ -48,8 +51,15 @@ dsc_status dsc_swiglu_backward(dsc_context *ctx, const DLTensor *dout, const DLT
   DSC_TRY(dsc_check_same_shape(FN, "up", up, "gate", gate));
   DSC_TRY(dsc_check_same_shape(FN, "dgate", dgate, "gate", gate));
   DSC_TRY(dsc_check_same_shape(FN, "dup", dup, "gate", gate));
-  DSC_CHECK(dsc_numel(dgate) == 0 || dsc_data(dgate) != dsc_data(dup), DSC_ERR_INVALID_ARGUMENT,
-            FN, "dup: expected a tensor distinct from dgate, got the same memory");
+  DSC_TRY(dsc_check_no_overlap(FN, "dup", dup, "dgate", dgate));
+  /* elementwise (all three inputs of an element read before its outputs are written):
+   * each output may be one of the inputs itself */
+  DSC_TRY(dsc_check_inplace_or_disjoint(FN, "dgate", dgate, "dout", dout));
+  DSC_TRY(dsc_check_inplace_or_disjoint(FN, "dgate", dgate, "gate", gate));
+  DSC_TRY(dsc_check_inplace_or_disjoint(FN, "dgate", dgate, "up", up));
+  DSC_TRY(dsc_check_inplace_or_disjoint(FN, "dup", dup, "dout", dout));
+  DSC_TRY(dsc_check_inplace_or_disjoint(FN, "dup", dup, "gate", gate));
+  DSC_TRY(dsc_check_inplace_or_disjoint(FN, "dup", dup, "up", up));
   const int64_t n = dsc_numel(gate);
   if (n == 0) return DSC_OK;
 

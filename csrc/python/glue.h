@@ -158,6 +158,12 @@ PyObject *dsc_py_tensor_new_owned(PyObject *module, DLDevice dev, dsc_dtype dtyp
 /* A Tensor over memory owned by `base` (kept alive), row-major. */
 PyObject *dsc_py_tensor_new_view(PyObject *module, void *data, DLDevice dev, dsc_dtype dtype,
                                  int ndim, const int64_t *shape, PyObject *base);
+/* Both constructors refuse (ValueError naming `shape`) a shape whose bytes, or the product
+ * of whose non-zero dims times the item size, do not fit in int64:
+ * dsc_py_shape_bytes returns 0 then, else 1 with *bytes set. */
+int dsc_py_shape_bytes(dsc_dtype dtype, int ndim, const int64_t *shape, size_t *bytes);
+/* "(2, 3)", "(5,)" */
+const char *dsc_py_shape_str(int ndim, const int64_t *shape, char *buf, size_t n);
 
 /* MoE route parameters from (top_k, n_group, topk_group, scoring, topk_method,
  * norm_topk_prob, routed_scaling_factor); 0 with a Python exception on failure. */

@@ -359,6 +359,14 @@ static PyObject *py_empty(PyObject *m, PyObject *args) {
     shape[i] = v;
   }
   Py_DECREF(seq);
+  size_t bytes = 0;
+  if (!dsc_py_shape_bytes(dt, (int)nd, shape, &bytes)) {
+    char buf[512];
+    PyErr_Format(PyExc_ValueError,
+                 "empty: shape: expected a shape whose size in bytes fits in 64 bits, got %s of %s",
+                 dsc_py_shape_str((int)nd, shape, buf, sizeof buf), dsc_dtype_name(dt));
+    return NULL;
+  }
   DLDevice dev = {(DLDeviceType)dev_type, dev_id};
   return dsc_py_tensor_new_owned(m, dev, dt, (int)nd, shape);
 }
@@ -374,12 +382,16 @@ static PyObject *py_copy(PyObject *m, PyObject *args) {
   if (!src) goto out;
   size_t nd = (size_t)dsc_dtype_size(dsc_dtype_from_dlpack(dst->dtype));
   size_t ns = (size_t)dsc_dtype_size(dsc_dtype_from_dlpack(src->dtype));
-  int64_t ed = 1, es = 1;
-  for (int i = 0; i < dst->ndim; ++i) ed *= dst->shape[i];
-  for (int i = 0; i < src->ndim; ++i) es *= src->shape[i];
-  if (nd == 0 || ns == 0 || (size_t)ed * nd != (size_t)es * ns) {
+  /* byte counts of arrays from any DLPack producer: checked, not trusted */
+  size_t bd = 0, bs = 0;
+  if (!dsc_py_shape_bytes(dsc_dtype_from_dlpack(dst->dtype), dst->ndim, dst->shape, &bd) ||
+      !dsc_py_shape_bytes(dsc_dtype_from_dlpack(src->dtype), src->ndim, src->shape, &bs)) {
+    PyErr_Format(PyExc_ValueError, "copy: dst, src: expected shapes whose size in bytes fits in 64 bits");
+    goto out;
+  }
+  if (nd == 0 || ns == 0 || bd != bs) {
     PyErr_Format(PyExc_ValueError, "copy: dst: expected %lld bytes like src, got %lld",
-                 (long long)((size_t)es * ns), (long long)((size_t)ed * nd));
+                 (long long)bs, (long long)bd);
     goto out;
   }
   /* Contiguity is checked through a throwaway element-wise view. */
@@ -402,7 +414,7 @@ static PyObject *py_copy(PyObject *m, PyObject *args) {
   void *dp = (char *)dst->data + dst->byte_offset;
   const void *sp = (const char *)src->data + src->byte_offset;
   DLDevice dd = dst->device, sd = src->device;
-  size_t bytes = (size_t)ed * nd;
+  size_t bytes = bd;
   DSC_PY_CALL(s, dsc_memcpy(c->ctx, dp, dd, sp, sd, bytes));
   if (s == DSC_OK) DSC_PY_CALL(s, dsc_context_synchronize(c->ctx));
   dsc_py_ctx_leave(c);

@@ -11,6 +11,7 @@
 #define PY_ARRAY_UNIQUE_SYMBOL dsc_ARRAY_API
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
 #include "glue.h"
+#include "../core/checked.h"
 
 #include <numpy/arrayobject.h>
 #include <string.h>
@@ -24,16 +25,50 @@ static const char *device_str(DLDevice d, char *buf, size_t n) {
   return buf;
 }
 
+/* Tensors are only made by the constructors below, which reject shapes whose bytes do not
+ * fit in int64: the product cannot overflow here. */
 static int64_t numel(const T *t) {
   int64_t n = 1;
   for (int i = 0; i < t->ndim; ++i) n *= t->shape[i];
   return n;
 }
 
+int dsc_py_shape_bytes(dsc_dtype dtype, int ndim, const int64_t *shape, size_t *bytes) {
+  /* the product of the non-zero dims too: every partial product (rows, strides) then fits */
+  int ok = 1;
+  int64_t all = 1, nonzero = (int64_t)dsc_dtype_size(dtype);
+  for (int i = 0; i < ndim; ++i) {
+    all = dsc_cmul(all, shape[i], &ok);
+    if (shape[i] > 0) nonzero = dsc_cmul(nonzero, shape[i], &ok);
+  }
+  *bytes = dsc_cbytes(all, dsc_dtype_size(dtype), &ok);
+  return ok;
+}
+
+const char *dsc_py_shape_str(int ndim, const int64_t *shape, char *buf, size_t n) {
+  size_t used = 0;
+  int w = snprintf(buf, n, "(");
+  used = w > 0 ? (size_t)w : 0;
+  for (int i = 0; i < ndim && used < n; ++i) {
+    w = snprintf(buf + used, n - used, i ? ", %lld" : "%lld", (long long)shape[i]);
+    if (w > 0) used += (size_t)w;
+  }
+  if (used < n) snprintf(buf + used, n - used, ndim == 1 ? ",)" : ")");
+  return buf;
+}
+
 PyObject *dsc_py_tensor_new_owned(PyObject *module, DLDevice dev, dsc_dtype dtype, int ndim,
                                   const int64_t *shape) {
   dsc_py_state *st = dsc_py_get_state(module);
   if (!dsc_py_device_of(st, dev)) return NULL;
+  size_t bytes = 0;
+  if (!dsc_py_shape_bytes(dtype, ndim, shape, &bytes)) {
+    char buf[512];
+    PyErr_Format(PyExc_ValueError,
+                 "shape: expected a shape whose size in bytes fits in 64 bits, got %s of %s",
+                 dsc_py_shape_str(ndim, shape, buf, sizeof buf), dsc_dtype_name(dtype));
+    return NULL;
+  }
   T *t = (T *)st->tensor_type->tp_alloc(st->tensor_type, 0);
   if (!t) return NULL;
   t->device = dev.device_type == kDLCPU ? (DLDevice){kDLCPU, 0} : dev;
@@ -45,7 +80,6 @@ PyObject *dsc_py_tensor_new_owned(PyObject *module, DLDevice dev, dsc_dtype dtyp
     t->strides[i] = s;
     s *= shape[i];
   }
-  size_t bytes = (size_t)s * dsc_dtype_size(dtype);
   void *p = NULL;
   if (dsc_py_mem_alloc(st, t->device, bytes ? bytes : 1, &p) < 0) {
     Py_DECREF(t);
@@ -60,6 +94,14 @@ PyObject *dsc_py_tensor_new_owned(PyObject *module, DLDevice dev, dsc_dtype dtyp
 PyObject *dsc_py_tensor_new_view(PyObject *module, void *data, DLDevice dev, dsc_dtype dtype,
                                  int ndim, const int64_t *shape, PyObject *base) {
   dsc_py_state *st = dsc_py_get_state(module);
+  size_t bytes = 0;
+  if (!dsc_py_shape_bytes(dtype, ndim, shape, &bytes)) {
+    char buf[512];
+    PyErr_Format(PyExc_ValueError,
+                 "shape: expected a shape whose size in bytes fits in 64 bits, got %s of %s",
+                 dsc_py_shape_str(ndim, shape, buf, sizeof buf), dsc_dtype_name(dtype));
+    return NULL;
+  }
   T *t = (T *)st->tensor_type->tp_alloc(st->tensor_type, 0);
   if (!t) return NULL;
   t->device = dev;

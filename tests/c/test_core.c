@@ -380,6 +380,214 @@ static void test_safetensors(void) {
   remove(path);
 }
 
+
+/* ---- sizes and aliasing (issue 14: no crash on any size, no silent wrong answer) ---- */
+
+/* A CPU tensor with the given shape and no strides (compact row-major by DLPack's rule):
+ * lets a test describe shapes whose strides would overflow. */
+static DLTensor *raw(view *v, void *data, DLDataType dt, int ndim, const int64_t *shape) {
+  memset(v, 0, sizeof *v);
+  v->t.data = data;
+  v->t.device.device_type = kDLCPU;
+  v->t.ndim = ndim;
+  v->t.dtype = dt;
+  for (int i = 0; i < ndim; ++i) v->shape[i] = shape[i];
+  v->t.shape = v->shape;
+  return &v->t;
+}
+
+static void test_huge_shapes(dsc_context *ctx) {
+  float x[64], w[4];
+  for (int i = 0; i < 64; ++i) x[i] = frand();
+  for (int i = 0; i < 4; ++i) w[i] = 1.0f;
+  view vx, vw;
+  const int64_t sw[1] = {4};
+  DLTensor *tw = mk(&vw, w, F32, 1, sw);
+  /* (2^62 + 1, 4) float32: the element count wraps to 4 in 64 bits; a C caller can build it */
+  const int64_t wrap[2] = {((int64_t)1 << 62) + 1, 4};
+  DLTensor *tx = raw(&vx, x, F32, 2, wrap);
+  dsc_status s = dsc_rms_norm_forward(ctx, tx, tw, 1e-6f, tx, NULL);
+  CHECK(s == DSC_ERR_SHAPE && err_has("dsc_rms_norm_forward: x: expected a shape whose size fits in 64 bits, "
+                                      "got (4611686018427387905, 4) of float32"),
+        "wrapping numel: %d %s", (int)s, dsc_last_error());
+  /* empty, but the other dims' product wraps: rows loops would run for ever */
+  const int64_t empty_wrap[3] = {0, (int64_t)1 << 62, (int64_t)1 << 62};
+  s = dsc_add(ctx, raw(&vx, x, F32, 3, empty_wrap), tx, tx);
+  CHECK(s == DSC_ERR_SHAPE && err_has("a: expected a shape whose size fits in 64 bits"), "empty wrap: %s",
+        dsc_last_error());
+  /* fits in 64 bits, beyond any address space */
+  const int64_t big[1] = {(int64_t)1 << 56};
+  s = dsc_rms_norm_forward(ctx, raw(&vx, x, F32, 1, big), tw, 1e-6f, tx, NULL);
+  CHECK(s == DSC_ERR_SHAPE && err_has("x: expected a shape of at most 2^57 bytes"), "2^58 bytes: %s",
+        dsc_last_error());
+  /* a byte extent that wraps the address space */
+  const int64_t s64[1] = {64};
+  DLTensor *tend = raw(&vx, (void *)(~(uintptr_t)0 - 15), F32, 1, s64);
+  s = dsc_add(ctx, tend, tend, tend);
+  CHECK(s == DSC_ERR_SHAPE && err_has("a: expected a byte extent that fits in the address space"), "wrap: %s",
+        dsc_last_error());
+  /* dsc_malloc: rounding a huge request up must not wrap to a tiny block */
+  void *p = (void *)1;
+  s = dsc_malloc(ctx, ~(size_t)0 - 10, &p);
+  CHECK(s == DSC_ERR_OUT_OF_MEMORY && p == NULL, "malloc(SIZE_MAX - 10): %d %p", (int)s, p);
+}
+
+static void v2_lite(dsc_model_config *c) {
+  dsc_model_config_default(c);
+  c->vocab_size = 102400, c->hidden_size = 2048, c->intermediate_size = 10944;
+  c->moe_intermediate_size = 1408, c->num_hidden_layers = 27, c->num_nextn_predict_layers = 0;
+  c->num_attention_heads = 16, c->q_lora_rank = 0, c->n_routed_experts = 64;
+  c->n_shared_experts = 2, c->num_experts_per_tok = 6, c->first_k_dense_replace = 1;
+  c->n_group = 1, c->topk_group = 1, c->topk_method = DSC_MOE_TOPK_GREEDY;
+  c->scoring_func = DSC_MOE_SCORING_SOFTMAX, c->norm_topk_prob = 0, c->routed_scaling_factor = 1.0f;
+  c->rope.mscale = 0.707f, c->rope.mscale_all_dim = 0.707f;
+  c->bos_token_id = 100000, c->eos_token_id = 100001;
+}
+
+/* cfg with one change must fail validation naming `field`, before any allocation. */
+static void expect_invalid(dsc_context *ctx, const dsc_model_config *cfg, const char *field, const char *what) {
+  dsc_status s = dsc_model_config_validate(cfg);
+  CHECK(s == DSC_ERR_INVALID_ARGUMENT && err_has(field), "%s: validate -> %d %s", what, (int)s, dsc_last_error());
+  dsc_model *m = NULL;
+  s = dsc_model_create(ctx, cfg, NULL, &m);
+  CHECK(s == DSC_ERR_INVALID_ARGUMENT && m == NULL && err_has(field), "%s: create -> %d %s", what, (int)s,
+        dsc_last_error());
+}
+
+static void test_config_bounds(dsc_context *ctx) {
+  dsc_model_config c;
+  dsc_model_config_default(&c);
+  CHECK(dsc_model_config_validate(&c) == DSC_OK, "V3 validates: %s", dsc_last_error());
+  v2_lite(&c);
+  CHECK(dsc_model_config_validate(&c) == DSC_OK, "V2-Lite validates: %s", dsc_last_error());
+  dsc_model_config_default(&c);
+  c.hidden_size *= 8, c.n_routed_experts *= 16, c.num_hidden_layers *= 4; /* room above V3 */
+  CHECK(dsc_model_config_validate(&c) == DSC_OK, "V3 x8 wide, x16 experts, x4 deep: %s", dsc_last_error());
+
+  dsc_model_config_default(&c);
+  c.moe_intermediate_size = 1969458275, c.n_routed_experts = 29775, c.hidden_size = 1 << 20;
+  c.n_group = 1, c.topk_group = 1;
+  expect_invalid(ctx, &c, "moe_intermediate_size", "parameter count past int64 (issue's config)");
+  dsc_model_config_default(&c);
+  c.kv_lora_rank = INT32_MAX; /* kv_lora_rank + qk_rope_head_dim wrapped */
+  expect_invalid(ctx, &c, "cfg->kv_lora_rank: expected 1..1048576, got 2147483647", "kv_lora_rank");
+  dsc_model_config_default(&c);
+  c.qk_nope_head_dim = INT32_MAX - 100, c.v_head_dim = 200; /* qk_nope + v wrapped */
+  expect_invalid(ctx, &c, "qk_nope_head_dim", "qk_nope + v");
+  dsc_model_config_default(&c);
+  c.num_hidden_layers = INT32_MAX; /* layers + MTP wrapped */
+  expect_invalid(ctx, &c, "num_hidden_layers", "layers + MTP");
+  dsc_model_config_default(&c);
+  c.hidden_size = INT32_MAX;
+  expect_invalid(ctx, &c, "hidden_size", "hidden_size");
+  dsc_model_config_default(&c);
+  c.num_nextn_predict_layers = 1000000; /* touched 1.2 GB before its <= 8 check */
+  expect_invalid(ctx, &c, "num_nextn_predict_layers: expected 0..8", "MTP depth");
+  dsc_model_config_default(&c);
+  c.hidden_size = 1 << 20, c.n_routed_experts = 1 << 16, c.moe_intermediate_size = 1 << 22;
+  c.num_hidden_layers = 1 << 12, c.n_group = 1, c.topk_group = 1, c.first_k_dense_replace = 0;
+  expect_invalid(ctx, &c, "parameter count fits in 64 bits", "every field in range, the total past int64");
+
+  /* V3 itself: 2.7 TB of float32 parameters fail fast, naming the sizes (skipped on a machine
+   * that might hold it) */
+  const double ram = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGE_SIZE);
+  if (ram > 0 && ram < 2.0 * 1099511627776.0) {
+    dsc_model_config_default(&c);
+    dsc_model *m = NULL;
+    dsc_status s = dsc_model_create(ctx, &c, NULL, &m);
+    CHECK(s == DSC_ERR_OUT_OF_MEMORY && m == NULL &&
+              err_has("dsc_model_create: cfg: the model needs 2.") && err_has("TiB of float32 parameters, this machine has"),
+          "V3 on this machine: %d %s", (int)s, dsc_last_error());
+  }
+}
+
+static void test_aliasing(dsc_context *ctx) {
+  enum { M = 6, K = 8 };
+  float a[M * K], b[K * K], keep[K * K];
+  for (int i = 0; i < M * K; ++i) a[i] = frand();
+  for (int i = 0; i < K * K; ++i) keep[i] = b[i] = frand();
+  view va, vb, vc;
+  const int64_t sa[2] = {M, K}, sb[2] = {K, K};
+  DLTensor *ta = mk(&va, a, F32, 2, sa), *tb = mk(&vb, b, F32, 2, sb);
+  /* matmul into b itself: used to return a wrong product without an error */
+  const int64_t sbb[2] = {K, K};
+  dsc_status s = dsc_matmul(ctx, mk(&vc, a, F32, 2, sbb), tb, tb, 0, 0, 1.0f, 0.0f);
+  CHECK(s == DSC_ERR_INVALID_ARGUMENT &&
+            err_has("dsc_matmul: c: expected memory that does not overlap b, got an overlapping range"),
+        "matmul c = b: %s", dsc_last_error());
+  CHECK(memcmp(b, keep, sizeof b) == 0, "b untouched after the refused call");
+  /* linear with y = x */
+  float x[K * K];
+  for (int i = 0; i < K * K; ++i) x[i] = frand();
+  view vx;
+  DLTensor *tx = mk(&vx, x, F32, 2, sb);
+  s = dsc_linear_forward(ctx, tx, tb, tx);
+  CHECK(s == DSC_ERR_INVALID_ARGUMENT && err_has("dsc_linear_forward: y: expected memory that does not overlap x"),
+        "linear y = x: %s", dsc_last_error());
+  /* linear backward: dw on top of dy */
+  s = dsc_linear_backward(ctx, tx, ta, tb, NULL, tx);
+  CHECK(s == DSC_ERR_SHAPE || s == DSC_ERR_INVALID_ARGUMENT, "linear bwd bad: %d", (int)s);
+
+  /* rms_norm in place: correct; shifted by a row: refused */
+  enum { N = 4, D = 16 };
+  float buf[(N + 1) * D], w[D];
+  double ref[N * D];
+  for (int i = 0; i < (N + 1) * D; ++i) buf[i] = frand();
+  for (int j = 0; j < D; ++j) w[j] = 1.0f + 0.3f * frand();
+  for (int i = 0; i < N; ++i) {
+    double ss = 0;
+    for (int j = 0; j < D; ++j) ss += (double)buf[i * D + j] * buf[i * D + j];
+    for (int j = 0; j < D; ++j) ref[i * D + j] = w[j] * buf[i * D + j] / sqrt(ss / D + 1e-6);
+  }
+  view vy, vw, vy2;
+  const int64_t sx[2] = {N, D}, sw[1] = {D};
+  DLTensor *ty = mk(&vy, buf, F32, 2, sx), *tw = mk(&vw, w, F32, 1, sw);
+  s = dsc_rms_norm_forward(ctx, ty, tw, 1e-6f, mk(&vy2, buf + D, F32, 2, sx), NULL);
+  CHECK(s == DSC_ERR_INVALID_ARGUMENT && err_has("y: expected either x itself (in place) or memory that does not "
+                                                 "overlap it, got a partially overlapping range"),
+        "rms shifted: %s", dsc_last_error());
+  s = dsc_rms_norm_forward(ctx, ty, tw, 1e-6f, ty, NULL);
+  CHECK(s == DSC_OK && max_abs_diff(buf, ref, N * D) < 1e-5, "rms in place: %s %g", dsc_last_error(),
+        max_abs_diff(buf, ref, N * D));
+
+  /* add in place: out = a */
+  float p[32], q[32];
+  double sum[32];
+  for (int i = 0; i < 32; ++i) p[i] = frand(), q[i] = frand(), sum[i] = (double)p[i] + q[i];
+  view vp, vq;
+  const int64_t s32[1] = {32};
+  DLTensor *tp = mk(&vp, p, F32, 1, s32), *tq = mk(&vq, q, F32, 1, s32);
+  s = dsc_add(ctx, tp, tq, tp);
+  CHECK(s == DSC_OK && max_abs_diff(p, sum, 32) < 1e-6, "add in place: %s", dsc_last_error());
+
+  /* swiglu backward: dgate and dup the same memory */
+  float g[32], u[32], d[32], dg[32];
+  for (int i = 0; i < 32; ++i) g[i] = frand(), u[i] = frand(), d[i] = frand();
+  view vg, vu, vd, vdg;
+  s = dsc_swiglu_backward(ctx, mk(&vd, d, F32, 1, s32), mk(&vg, g, F32, 1, s32), mk(&vu, u, F32, 1, s32),
+                          mk(&vdg, dg, F32, 1, s32), &vdg.t);
+  CHECK(s == DSC_ERR_INVALID_ARGUMENT && err_has("dup: expected memory that does not overlap dgate"),
+        "swiglu dgate = dup: %s", dsc_last_error());
+
+  /* AdamW: a parameter overlapping a gradient would update the gradient mid-step */
+  float pw[32], m1[32], m2[32];
+  for (int i = 0; i < 32; ++i) pw[i] = frand(), m1[i] = 0.0f, m2[i] = 0.0f;
+  view vpw, vg2, vm1, vm2;
+  DLTensor *tpw = mk(&vpw, pw, F32, 1, s32);
+  const int64_t s16[1] = {16};
+  DLTensor *tg2 = mk(&vg2, pw + 8, F32, 1, s16);
+  DLTensor *tpw16 = mk(&vpw, pw, F32, 1, s16);
+  (void)tpw;
+  dsc_adamw_params ap;
+  memset(&ap, 0, sizeof ap);
+  ap.size = sizeof ap, ap.lr = 1e-3f, ap.beta1 = 0.9f, ap.beta2 = 0.95f, ap.eps = 1e-8f, ap.step = 1;
+  DLTensor *pl[1] = {tpw16}, *ml[1] = {mk(&vm1, m1, F32, 1, s16)}, *vl[1] = {mk(&vm2, m2, F32, 1, s16)};
+  const DLTensor *gl[1] = {tg2};
+  s = dsc_adamw_step(ctx, &ap, 1, pl, gl, ml, vl, NULL);
+  CHECK(s == DSC_ERR_INVALID_ARGUMENT && err_has("params[0]: expected memory that does not overlap grads[0]"),
+        "adamw overlap: %s", dsc_last_error());
+}
+
 int main(void) {
   test_status_and_context();
   test_dtypes();
@@ -400,6 +608,9 @@ int main(void) {
   test_embedding_adamw(ctx);
   test_add(ctx);
   test_safetensors();
+  test_huge_shapes(ctx);
+  test_config_bounds(ctx);
+  test_aliasing(ctx);
   dsc_context_destroy(ctx);
   printf("%d passed, %d failed\n", g_pass, g_fail);
   return g_fail ? 1 : 0;
