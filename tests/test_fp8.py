@@ -537,7 +537,7 @@ def test_bad_inputs_cast_quantize_dequantize(rng):
     _raises(TypeError, "scale", dsc.fp8_dequantize, q, s.astype(np.float64))
     _raises(ValueError, "scale: expected shape", dsc.fp8_dequantize, q, s, block=(128, 128))
     _raises(ValueError, "block_rows", dsc.fp8_dequantize, q, s, block=(0, 128))
-    _raises(ValueError, "dtype", dsc.fp8_dequantize, q, s, dtype="float16")
+    _raises(TypeError, "dtype", dsc.fp8_dequantize, q, s, dtype="float16")
     for bad in (np.nan, np.inf, 0.0, -1.0):
         s2 = s.copy()
         s2[1, 1] = bad
