@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -132,10 +133,18 @@ def expect_contents(d, s: State):
     assert names - set(OWNED) == {"vocab.txt", "README.md", "plots"}, sorted(names)
 
 
+def fork() -> int:
+    """os.fork(). Python >= 3.12 warns about forking a process with threads (OpenMP's); the
+    children here only call dsc_model_save (no OpenMP) or flock, then os._exit."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return os.fork()
+
+
 def in_child(fn):
     """Run fn() in a forked child; its return value (a str) or its exception as text."""
     r, w = os.pipe()
-    pid = os.fork()
+    pid = fork()
     if pid == 0:  # pragma: no cover (child)
         try:
             os.close(r)
@@ -182,7 +191,7 @@ def run_kill_trials(d, states, fallback, n_trials, budget_s):
         seq = [(cur + 1 + j) % 3 for j in range(64)]  # the states the child saves, in order
         mfd = os.open(marker_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         r, w = os.pipe()
-        pid = os.fork()
+        pid = fork()
         if pid == 0:  # pragma: no cover (child, killed)
             try:
                 os.close(r)
@@ -199,8 +208,10 @@ def run_kill_trials(d, states, fallback, n_trials, budget_s):
         os.read(r, 1)
         time.sleep(rng.uniform(0, 1.2 * cycle))
         os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        status = os.waitpid(pid, 0)[1]
         os.close(r)
+        # a child that ended by itself had a save fail (or ran out of saves): not a kill test
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"trial {trial}: status {status}"
         text = os.pread(mfd, 16, 0).decode().split()
         os.close(mfd)
         marker = (int(text[0]), text[1]) if text else None
@@ -363,7 +374,7 @@ def test_leftovers_of_a_live_save_are_not_touched(tmp_path, states):
     gen = str(tmp_path / ".ckpt.tmp-999-livegn")
     r, w = os.pipe()
     r2, w2 = os.pipe()
-    pid = os.fork()
+    pid = fork()
     if pid == 0:  # pragma: no cover (child: a save in progress)
         try:
             os.close(r)
@@ -401,7 +412,7 @@ def test_concurrent_saves_do_not_corrupt(tmp_path, states):
     put_unrelated(d)
     pids = []
     for s in (a, b):
-        pid = os.fork()
+        pid = fork()
         if pid == 0:  # pragma: no cover (child)
             code = 1
             try:
