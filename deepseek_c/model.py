@@ -466,7 +466,20 @@ class Model:
     def save(self, path: str | os.PathLike, optimizer: bool = True) -> None:
         """config.json + model.safetensors (+ optimizer.safetensors: step and AdamW moments),
         every file written by the C core (dsc_model_save); config.json holds every key of
-        the model's config, the ones deepseek_c does not interpret included."""
+        the model's config, the ones deepseek_c does not interpret included.
+
+        The directory is replaced as a whole: the new checkpoint is written into a sibling
+        directory (``.<name>.tmp-*``), the other files of `path` (vocab.txt, history.json,
+        plots, README.md, ...) are hard-linked into it, and one atomic rename swaps it in.
+        A kill or a full disk at any moment leaves `path` with the complete old checkpoint or
+        the complete new one, optimizer state included; a failed save raises
+        ``deepseek_c.Error`` naming the file and the reason, with the old checkpoint untouched
+        and nothing left behind. Leftovers of a killed save are cleaned up by the next save
+        or load. ``.<name>.lock`` beside `path` serializes saves (and makes a load wait for a
+        save in progress); it stays. The parent directory must be writable, and `path` must
+        not be a mount point. The save owns config.json, every ``*.safetensors`` and
+        model.safetensors.index.json in `path` (old shards and a stale optimizer file go);
+        everything else is kept."""
         _C.model_save(self._cap, os.fspath(path), int(bool(optimizer)))
 
     @classmethod
@@ -502,18 +515,20 @@ class Model:
                 raise TypeError(f"Model.from_pretrained: {name}: expected a bool, got {type(v).__name__}")
         d = os.fspath(path)
         cj = os.path.join(d, "config.json")
-        if not os.path.isdir(d):
-            raise ValueError(f"Model.from_pretrained: path: expected a directory with config.json and "
-                             f"*.safetensors, got {d!r} (no such directory)")
-        if not os.path.exists(cj):
-            raise ValueError(f"Model.from_pretrained: {cj}: missing config.json")
         dev_type, dev_id, _ = _parse_device(device)
         moments = parse_dtype(moments, "Model.from_pretrained", "moments", allowed=("float32", "bfloat16"))
         nt = _num_threads(num_threads, "Model.from_pretrained")
         try:
+            # C first even for a missing directory: a save killed mid-swap may have left it
+            # to be recovered from its old generation (see Model.save)
             cap = _C.model_load(d, dev_type, dev_id, int(bool(fp8)), str(moments), int(init_missing_mtp),
                                 int(strict), int(seed) & (2**64 - 1), nt or 0)
         except Error as e:
+            if not os.path.isdir(d):
+                raise ValueError(f"Model.from_pretrained: path: expected a directory with config.json and "
+                                 f"*.safetensors, got {d!r} (no such directory)") from None
+            if not os.path.exists(cj):
+                raise ValueError(f"Model.from_pretrained: {cj}: missing config.json") from None
             raise ValueError(f"Model.from_pretrained: {e}") from None
         for w in _C.model_warnings(cap):
             warnings.warn(f"Model.from_pretrained: {w}", UserWarning, stacklevel=2)

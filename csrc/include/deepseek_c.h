@@ -1051,12 +1051,26 @@ DSC_API dsc_status dsc_model_tensor_scale(const dsc_model *model, int64_t index,
 DSC_API dsc_status dsc_model_weight_bytes(const dsc_model *model, size_t *bytes);
 
 /* Checkpoints (Hugging Face layout): dir/config.json, dir/model.safetensors and, with
- * optimizer != 0 and step > 0, dir/optimizer.safetensors (step, exp_avg.*, exp_avg_sq.*);
- * every file written atomically (a frozen model, dsc_model_freeze_fp8: E4M3 block
- * matrices with "<name>_scale_inv", no optimizer file). dsc_model_load reads config.json and every
- * *.safetensors shard (float32/bfloat16/float16 weights, or E4M3 + weight_scale_inv
- * dequantized); missing/unexpected tensors and wrong shapes or dtypes are errors naming them,
- * found from the headers before the model's memory is allocated. */
+ * optimizer != 0 and step > 0, dir/optimizer.safetensors (step, exp_avg.*, exp_avg_sq.*)
+ * (a frozen model, dsc_model_freeze_fp8: E4M3 block matrices with "<name>_scale_inv", no
+ * optimizer file). dsc_model_save is the one writer of all three and replaces dir's
+ * checkpoint as a whole: it writes a new generation into a sibling directory
+ * (P/.B.tmp-<pid>-<rand> for dir = P/B), hard-links the files it does not own into it
+ * (it owns config.json, every *.safetensors and model.safetensors.index.json; vocab.txt,
+ * plots, README.md ... are kept), fsyncs, and swaps it in with renameat2(RENAME_EXCHANGE)
+ * (where unsupported: two renames, the old generation kept aside as P/.B.old-* until the
+ * new one is in place). After a kill at any instant dir loads as the complete old or the
+ * complete new checkpoint, optimizer state included; a failed write (ENOSPC, EFBIG,
+ * EACCES) is DSC_ERR_IO naming the file and the reason, the old checkpoint untouched and no
+ * temporary file left. P/.B.lock (flock; created by the first save, kept) makes saves of one
+ * dir run one at a time and a load wait for a save in progress; the next save or load of
+ * dir recovers or removes what an interrupted save left. P must be writable and dir must
+ * not be a mount point. Full protocol: the top of csrc/model/model_io.c.
+ * dsc_model_load reads config.json and every *.safetensors shard (float32/bfloat16/float16
+ * weights, or E4M3 + weight_scale_inv dequantized); missing tensors and wrong shapes or
+ * dtypes are errors naming them, found from the headers before the model's memory is
+ * allocated; what it does with tensors the model has no use for and with MTP modules the
+ * file lacks: dsc_model_options (strict, init_missing_mtp). */
 DSC_API dsc_status dsc_model_save(dsc_model *model, const char *dir, int32_t optimizer);
 DSC_API dsc_status dsc_model_load(dsc_context *ctx, const char *dir, const dsc_model_options *opt,
                                   dsc_model **out);

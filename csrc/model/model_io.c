@@ -9,9 +9,58 @@
  *                              "exp_avg.<name>", "exp_avg_sq.<name>" per trained tensor,
  *                              metadata {"format": "deepseek_c.adamw", "step": "<n>"}
  *
- * Every file is written atomically (temporary file in dir, fsync, rename). A save that
- * does not write the optimizer file removes a stale one first, so a load never pairs
- * new weights with old moments.
+ * Saving replaces the directory's checkpoint as a whole (checkpoint_dir.c). With P the
+ * parent of dir and B its name:
+ *   1. lock P/.B.lock (flock, exclusive; the file is created once and kept), then recover
+ *      and remove the leftovers of interrupted saves (below);
+ *   2. mkdir P/.B.tmp-<pid>-<rand> (the new generation) and write config.json,
+ *      model.safetensors and optimizer.safetensors into it, each fsync'ed -- this file is
+ *      the one writer of all three;
+ *   3. carry every entry of dir the save does not own into it: regular files as hard
+ *      links (copies where the file system refuses a link), symlinks recreated, folders
+ *      rebuilt the same way; the directory's mode (and owner, for root) copied; fsync it;
+ *   4. swap: renameat2(RENAME_EXCHANGE) of the new generation and dir, then fsync P. dir
+ *      is now the new generation, P/.B.tmp-... the old one. (First save: a plain rename.)
+ *   5. retire the old generation: its checkpoint files are removed, any entry the new dir
+ *      lacks (a file created while the save ran) is moved in, the rest (hard links of
+ *      what the new dir holds) removed; then the lock is released.
+ * The save owns, at dir's top level: config.json, every *.safetensors (model shards,
+ * optimizer.safetensors) and model.safetensors.index.json -- exactly what dsc_model_load
+ * reads; they are replaced, and old ones the new checkpoint lacks (a stale optimizer
+ * file, the shards of a Hub checkpoint) disappear with the old generation. Everything
+ * else (vocab.txt, history.json, plots/, README.md, tokenizer files) is carried over and
+ * never lost; it is not part of the atomicity guarantee (an edit made while a save runs may
+ * land in either generation; a file created meanwhile is moved over in step 5).
+ *
+ * Guarantee: after a kill (or power loss) at any instant, dir holds either the complete
+ * old checkpoint or the complete new one, optimizer state included, for any reader --
+ * transformers too -- since dir only ever changes by the one atomic swap. A failed save
+ * (ENOSPC, EFBIG, EACCES, ...) is DSC_ERR_IO naming the file and the reason; it leaves the
+ * old checkpoint untouched and removes its generation.
+ *
+ * Fallback: where RENAME_EXCHANGE is refused (EINVAL/ENOSYS/EOPNOTSUPP/EPERM: file systems
+ * and kernels without it) or DSC_CHECKPOINT_NO_EXCHANGE=1 is set (for tests), step 4 is
+ * rename dir -> P/.B.old-<pid>-<rand>, then the new generation -> dir. Killed between the
+ * two, dir is missing until the next dsc_model_load or dsc_model_save of it renames the
+ * complete old generation back (readers other than this library see no checkpoint then).
+ *
+ * Recovery (at the start of every save, and of a load that finds leftovers), under the
+ * exclusive lock, so every leftover belongs to a dead save: a missing dir with a
+ * P/.B.old-* beside it gets that back; every other P/.B.tmp-* / P/.B.old-* is retired into
+ * dir as in step 5 (its unrelated files moved in where dir lacks them, never dropped).
+ * Temporary files of the writer before this protocol (dir/<owned>.tmp.<pid>) are dropped.
+ *
+ * Concurrency: saves of one dir run one at a time (the exclusive lock); a load holds the
+ * lock shared while it reads, so it waits for a save in progress and never reads half of
+ * one generation and half of the other. A load never creates the lock file (read-only
+ * checkpoints load as before); where it is missing no save of this protocol ever ran.
+ *
+ * Limits (each an error naming the directory, the old checkpoint untouched): P must be
+ * writable (the lock and the new generation live there), dir must be writable, must not be
+ * a mount point and must not hold one (a rename cannot cross file systems). The swap gives
+ * dir a new inode: processes whose working directory is inside the old one (a shell that
+ * cd'ed there) see the old, deleted generation -- the saving process itself, if its working
+ * directory was dir, is moved to the new one.
  *
  * Loading reads config.json and every *.safetensors shard in dir (optimizer.safetensors
  * aside), sorted by name, all open at once. Weights may be float32, bfloat16, float16,
@@ -34,6 +83,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "checkpoint_dir.h"
 #include "fp8_format.h"
 #include "internal.h"
 #include "model_internal.h"
@@ -60,73 +110,6 @@ static char *path_join(const char *dir, const char *name) {
 static int ends_with(const char *s, const char *suffix) {
   size_t n = strlen(s), k = strlen(suffix);
   return n >= k && memcmp(s + n - k, suffix, k) == 0;
-}
-
-/* mkdir -p: every missing component of dir is created. */
-static dsc_status make_dirs(const char *fn, const char *dir) {
-  char *p = strdup(dir);
-  if (!p) return dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
-  dsc_status st = DSC_OK;
-  size_t n = strlen(p);
-  for (size_t i = 1; i <= n && st == DSC_OK; ++i) {
-    if (p[i] != '/' && p[i] != '\0') continue;
-    char saved = p[i];
-    p[i] = '\0';
-    if (mkdir(p, 0777) != 0 && errno != EEXIST)
-      st = dsc_error(DSC_ERR_IO, fn, "dir: cannot create '%s': %s", p, strerror(errno));
-    p[i] = saved;
-  }
-  struct stat sb;
-  if (st == DSC_OK && (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)))
-    st = dsc_error(DSC_ERR_IO, fn, "dir: '%s' is not a directory", dir);
-  free(p);
-  return st;
-}
-
-/* Write n bytes to path through a temporary file beside it, fsync, rename. */
-static dsc_status write_file_atomic(const char *fn, const char *path, const char *data, size_t n) {
-  size_t plen = strlen(path);
-  char *tmp = (char *)malloc(plen + 32);
-  if (!tmp) return dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
-  snprintf(tmp, plen + 32, "%s.tmp.%ld", path, (long)getpid());
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) {
-    dsc_status st = dsc_error(DSC_ERR_IO, fn, "cannot create '%s': %s", tmp, strerror(errno));
-    free(tmp);
-    return st;
-  }
-  int ok = 1, err = 0;
-  while (n > 0 && ok) {
-    ssize_t w = write(fd, data, n);
-    if (w < 0 && errno == EINTR) continue;
-    ok = w > 0;
-    if (ok) {
-      data += w;
-      n -= (size_t)w;
-    } else {
-      err = errno;
-    }
-  }
-  if (ok && fsync(fd) != 0) ok = 0, err = errno;
-  if (close(fd) != 0 && ok) ok = 0, err = errno;
-  if (ok && rename(tmp, path) != 0) ok = 0, err = errno;
-  dsc_status st = DSC_OK;
-  if (!ok) {
-    unlink(tmp);
-    st = dsc_error(DSC_ERR_IO, fn, "writing '%s' failed: %s (the previous file, if any, is untouched)",
-                   path, strerror(err));
-  }
-  free(tmp);
-  return st;
-}
-
-/* Make the renames durable (best effort: some file systems refuse fsync on a directory). */
-static void fsync_dir(const char *dir) {
-  int fd = open(dir, O_RDONLY);
-  if (fd >= 0) {
-    (void)fsync(fd);
-    close(fd);
-  }
 }
 
 /* ================================================================== save */
@@ -266,6 +249,15 @@ static dsc_status save_optimizer(const char *fn, dsc_model *m, const char *path)
   return st;
 }
 
+/* A write into the new generation failed: say which file of which checkpoint, and that the
+ * old one is untouched (the generation is removed by dsc_ckpt_end). */
+static dsc_status write_failed(const char *fn, dsc_status st, const char *dir, const char *file) {
+  char inner[768];
+  snprintf(inner, sizeof inner, "%s", dsc_last_error());
+  return dsc_error(st, fn, "dir: cannot write %s of the checkpoint '%s' (the previous checkpoint there is "
+                   "untouched, no temporary file is left): %s", file, dir, inner);
+}
+
 dsc_status dsc_model_save(dsc_model *model, const char *dir, int32_t optimizer) {
   static const char *const FN = "dsc_model_save";
   DSC_CHECK(model != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
@@ -274,26 +266,33 @@ dsc_status dsc_model_save(dsc_model *model, const char *dir, int32_t optimizer) 
   memset(&cfg, 0, sizeof cfg);
   cfg.size = sizeof cfg;
   DSC_TRY(dsc_model_get_config(model, &cfg));
-  DSC_TRY(make_dirs(FN, dir));
   char *json = NULL;
   size_t json_n = 0;
   DSC_TRY(dsc_model_config_render(FN, &cfg, model->cfg_extra,
                                   DSC_CONFIG_CHECKPOINT | (dsc_model_is_frozen(model) ? DSC_CONFIG_FP8_WEIGHTS : 0),
                                   &json, &json_n));
-  char *cfg_path = path_join(dir, "config.json");
-  char *model_path = path_join(dir, "model.safetensors");
-  char *opt_path = path_join(dir, OPT_FILE);
-  dsc_status st = (cfg_path && model_path && opt_path) ? DSC_OK
-                                                        : dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
-  /* The old optimizer state goes first: whatever happens next, a load never pairs it
-   * with other weights. */
-  if (st == DSC_OK && unlink(opt_path) != 0 && errno != ENOENT)
-    st = dsc_error(DSC_ERR_IO, FN, "cannot remove the old '%s': %s", opt_path, strerror(errno));
-  if (st == DSC_OK) st = write_file_atomic(FN, cfg_path, json, json_n);
-  if (st == DSC_OK) st = save_weights(FN, model, model_path);
-  if (st == DSC_OK && optimizer && dsc_model_step(model) > 0 && !dsc_model_is_frozen(model))
-    st = save_optimizer(FN, model, opt_path); /* a frozen model has no optimizer state */
-  if (st == DSC_OK) fsync_dir(dir);
+  /* every file into a fresh generation beside dir, then one swap (protocol at the top) */
+  dsc_ckpt_txn t;
+  dsc_status st = dsc_ckpt_begin(FN, dir, &t);
+  if (st != DSC_OK) {
+    free(json);
+    return st;
+  }
+  char *cfg_path = dsc_ckpt_path(&t, "config.json");
+  char *model_path = dsc_ckpt_path(&t, "model.safetensors");
+  char *opt_path = dsc_ckpt_path(&t, OPT_FILE);
+  if (!(cfg_path && model_path && opt_path)) st = dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+  if (st == DSC_OK && (st = dsc_ckpt_write_file(FN, cfg_path, json, json_n)) != DSC_OK)
+    st = write_failed(FN, st, dir, "config.json");
+  if (st == DSC_OK && (st = save_weights(FN, model, model_path)) != DSC_OK)
+    st = write_failed(FN, st, dir, "model.safetensors");
+  /* a frozen model has no optimizer state; without this file the old one goes with the
+   * old generation, so a load never pairs new weights with old moments */
+  if (st == DSC_OK && optimizer && dsc_model_step(model) > 0 && !dsc_model_is_frozen(model) &&
+      (st = save_optimizer(FN, model, opt_path)) != DSC_OK)
+    st = write_failed(FN, st, dir, OPT_FILE);
+  if (st == DSC_OK) st = dsc_ckpt_commit(FN, &t);
+  dsc_ckpt_end(&t);
   free(json);
   free(cfg_path);
   free(model_path);
@@ -875,7 +874,7 @@ static dsc_status load_optimizer(const char *fn, dsc_model *m, const char *dir) 
   return st;
 }
 
-dsc_status dsc_model_load(dsc_context *ctx, const char *dir, const dsc_model_options *opt, dsc_model **out) {
+static dsc_status load_dir(dsc_context *ctx, const char *dir, const dsc_model_options *opt, dsc_model **out) {
   static const char *const FN = "dsc_model_load";
   DSC_CHECK(out != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "out: expected a pointer, got NULL");
   *out = NULL;
@@ -967,4 +966,14 @@ dsc_status dsc_model_load(dsc_context *ctx, const char *dir, const dsc_model_opt
   }
   *out = m;
   return DSC_OK;
+}
+
+/* ---- the checkpoint directory's lock and recovery around the load (protocol at the top):
+ * leftovers of an interrupted save are recovered or removed first, and a save in progress
+ * is waited for, so the files read are of one generation. */
+dsc_status dsc_model_load(dsc_context *ctx, const char *dir, const dsc_model_options *opt, dsc_model **out) {
+  const int lock = dir && dir[0] ? dsc_ckpt_read_begin(dir) : -1;
+  dsc_status st = load_dir(ctx, dir, opt, out);
+  dsc_ckpt_read_end(lock);
+  return st;
 }

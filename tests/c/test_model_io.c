@@ -12,9 +12,11 @@
 #define _POSIX_C_SOURCE 200809L
 #include <dirent.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -1443,6 +1445,164 @@ static void test_config_hf_semantics(dsc_context *ctx) {
   rm_dir(dir);
 }
 
+/* ------------------------------------------------------------------ atomic saves */
+
+/* rm -r (lstat: links are removed, never followed). */
+static void rm_tree(const char *path) {
+  struct stat sb;
+  if (lstat(path, &sb) != 0) return;
+  if (S_ISDIR(sb.st_mode)) {
+    chmod(path, 0700);
+    DIR *d = opendir(path);
+    for (struct dirent *e; d && (e = readdir(d)) != NULL;) {
+      if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+      char p[768];
+      snprintf(p, sizeof p, "%s/%s", path, e->d_name);
+      rm_tree(p);
+    }
+    if (d) closedir(d);
+    rmdir(path);
+  } else {
+    unlink(path);
+  }
+}
+
+/* Entries of parent named like a generation of checkpoint `base` (".base.tmp-*", ".base.old-*"). */
+static int count_generations(const char *parent, const char *base) {
+  char tmp[128], old[128];
+  snprintf(tmp, sizeof tmp, ".%s.tmp-", base);
+  snprintf(old, sizeof old, ".%s.old-", base);
+  int n = 0;
+  DIR *d = opendir(parent);
+  for (struct dirent *e; d && (e = readdir(d)) != NULL;)
+    n += !strncmp(e->d_name, tmp, strlen(tmp)) || !strncmp(e->d_name, old, strlen(old));
+  if (d) closedir(d);
+  return n;
+}
+
+static ino_t inode_of(const char *dir, const char *name) {
+  char p[512];
+  struct stat sb;
+  path2(p, sizeof p, dir, name);
+  return stat(p, &sb) == 0 ? sb.st_ino : 0;
+}
+
+/* dir loads as exactly `want` (weights, step, moments). */
+static void expect_loads_as(dsc_context *ctx, const char *dir, dsc_model *want, const char *what) {
+  dsc_model *got = NULL;
+  dsc_status s = dsc_model_load(ctx, dir, NULL, &got);
+  char why[256] = "";
+  CHECK(s == DSC_OK && got && models_equal(want, got, 1, why, sizeof why), "%s: %s %s", what,
+        s == DSC_OK ? "" : dsc_last_error(), why);
+  if (got) dsc_model_destroy(got);
+}
+
+/* dsc_model_save replaces the directory as a whole (protocol at the top of model_io.c):
+ * over another architecture, files it does not own kept as the same inodes, the
+ * two-rename fallback, recovery of a save killed between its renames, and failed
+ * writes (file size limit; a read-only directory) leaving the old checkpoint. */
+static void test_checkpoint_atomic(dsc_context *ctx) {
+  dsc_model_config c1, c2;
+  tiny_config(&c1);
+  tiny_config(&c2);
+  c2.num_hidden_layers = 3; /* another architecture */
+  c2.moe_intermediate_size = 48;
+  dsc_model_options opt;
+  dsc_model_options_default(&opt);
+  dsc_model *m1 = NULL, *m2 = NULL;
+  dsc_status s = dsc_model_create(ctx, &c1, &opt, &m1);
+  if (s == DSC_OK) s = dsc_model_create(ctx, &c2, &opt, &m2);
+  CHECK(s == DSC_OK, "create models: %s", dsc_last_error());
+  char root[] = "/tmp/dsc_atomic_XXXXXX";
+  if (s != DSC_OK || !mkdtemp(root)) {
+    dsc_model_destroy(m1);
+    dsc_model_destroy(m2);
+    return;
+  }
+  randomize(m1, 5);
+  randomize(m2, 9);
+  char dir[256], sub[256], p1[320], p2[320];
+  snprintf(dir, sizeof dir, "%s/ck", root);
+  snprintf(sub, sizeof sub, "%s/ck/plots", root);
+
+  /* ---- a swap over another architecture keeps what the save does not own */
+  s = dsc_model_save(m1, dir, 1);
+  CHECK(s == DSC_OK, "save m1: %s", dsc_last_error());
+  write_text(dir, "vocab.txt", "a\nb\n", 4);
+  mkdir(sub, 0755);
+  write_text(sub, "loss.png", "png", 3);
+  path2(p1, sizeof p1, dir, "link");
+  CHECK(symlink("vocab.txt", p1) == 0, "symlink");
+  write_text(dir, "model.safetensors.tmp.424242", "x", 1); /* the old writer's temp file */
+  const ino_t vocab_ino = inode_of(dir, "vocab.txt");
+  s = dsc_model_save(m2, dir, 1);
+  CHECK(s == DSC_OK, "save m2 over m1: %s", dsc_last_error());
+  expect_loads_as(ctx, dir, m2, "other architecture");
+  CHECK(vocab_ino != 0 && inode_of(dir, "vocab.txt") == vocab_ino, "vocab.txt carried as a hard link");
+  size_t n = 0;
+  char *txt = read_all(sub, "loss.png", &n);
+  CHECK(txt && n == 3 && !memcmp(txt, "png", 3), "plots/loss.png carried");
+  free(txt);
+  char lnk[64] = "";
+  ssize_t ln = readlink(p1, lnk, sizeof lnk - 1);
+  CHECK(ln == 9 && !memcmp(lnk, "vocab.txt", 9), "symlink carried");
+  CHECK(!file_exists(dir, "model.safetensors.tmp.424242"), "the old writer's temp file dropped");
+  CHECK(count_generations(root, "ck") == 0, "no generation left");
+  path2(p2, sizeof p2, root, ".ck.lock");
+  CHECK(access(p2, F_OK) == 0, "the lock file stays beside the checkpoint");
+
+  /* ---- the two-rename fallback */
+  setenv("DSC_CHECKPOINT_NO_EXCHANGE", "1", 1);
+  s = dsc_model_save(m1, dir, 1);
+  unsetenv("DSC_CHECKPOINT_NO_EXCHANGE");
+  CHECK(s == DSC_OK, "fallback save: %s", dsc_last_error());
+  expect_loads_as(ctx, dir, m1, "fallback save");
+  CHECK(count_generations(root, "ck") == 0 && inode_of(dir, "vocab.txt") == vocab_ino, "fallback: clean");
+
+  /* ---- a fallback save killed between its renames: dir missing, both generations beside
+   * it; the load puts the old one back and removes the other */
+  path2(p1, sizeof p1, root, ".ck.old-77-aaaaaa");
+  path2(p2, sizeof p2, root, ".ck.tmp-78-bbbbbb");
+  CHECK(rename(dir, p1) == 0 && mkdir(p2, 0755) == 0, "simulate a kill between the renames");
+  write_text(p2, "config.json", "{", 1);
+  expect_loads_as(ctx, dir, m1, "recovered old generation");
+  CHECK(count_generations(root, "ck") == 0 && inode_of(dir, "vocab.txt") == vocab_ino, "recovery: clean");
+
+  /* ---- a write that fails (file size limit, as a full disk): error naming the file and
+   * the reason; the old checkpoint intact; nothing left */
+  struct rlimit old_lim, lim;
+  if (getrlimit(RLIMIT_FSIZE, &old_lim) == 0) {
+    void (*old_handler)(int) = signal(SIGXFSZ, SIG_IGN);
+    lim = old_lim;
+    lim.rlim_cur = 64 << 10; /* config.json fits, model.safetensors does not */
+    s = setrlimit(RLIMIT_FSIZE, &lim) == 0 ? dsc_model_save(m2, dir, 1) : DSC_ERR_INTERNAL;
+    setrlimit(RLIMIT_FSIZE, &old_lim);
+    signal(SIGXFSZ, old_handler);
+    CHECK(s == DSC_ERR_IO && err_has("dsc_model_save: dir: cannot write model.safetensors of the checkpoint") &&
+              err_has("File too large") && err_has("untouched"),
+          "size limit: %s %s", dsc_status_string(s), dsc_last_error());
+    expect_loads_as(ctx, dir, m1, "old checkpoint after a failed write");
+    CHECK(count_generations(root, "ck") == 0, "failed write: no generation left");
+  }
+
+  /* ---- a read-only checkpoint directory (root may write anyway: skipped) */
+  if (geteuid() != 0) {
+    chmod(dir, 0555);
+    s = dsc_model_save(m2, dir, 1);
+    CHECK(s == DSC_ERR_IO && err_has("is not writable") && err_has("untouched"), "read-only dir: %s %s",
+          dsc_status_string(s), dsc_last_error());
+    chmod(dir, 0755);
+    expect_loads_as(ctx, dir, m1, "old checkpoint after a refused save");
+    CHECK(count_generations(root, "ck") == 0, "refused save: no generation left");
+  } else {
+    printf("skip: read-only directory test (running as root)\n");
+  }
+
+  dsc_model_destroy(m1);
+  dsc_model_destroy(m2);
+  rm_tree(root);
+}
+
 int main(void) {
   test_config_v3();
   test_config_v2_lite();
@@ -1462,6 +1622,7 @@ int main(void) {
   }
   test_checkpoints(ctx);
   test_config_hf_semantics(ctx);
+  test_checkpoint_atomic(ctx);
   dsc_context_destroy(ctx);
   printf("%d passed, %d failed\n", g_pass, g_fail);
   return g_fail ? 1 : 0;
