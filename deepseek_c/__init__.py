@@ -47,6 +47,7 @@ from .mla import *  # noqa: F401,F403
 from .mla import __all__ as _mla_all
 from .model import Model, lr_schedule  # noqa: E402
 from .generation import GenerateOutput, generate, stream  # noqa: E402
+from .calc import ModelCalc, calc  # noqa: E402
 
 __version__ = "0.1.0"
 
