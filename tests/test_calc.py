@@ -375,3 +375,33 @@ def test_cli_info_config(tmp_path):
     assert r.returncode != 0 and "no such file" in r.stderr and "Traceback" not in r.stderr
     r = _cli("info", cwd=tmp_path)  # without --config: the build, as before
     assert r.returncode == 0 and r.stdout.startswith("deepseek_c ")
+
+
+# ----------------------------------------------------------------------------- README claims table
+
+
+def test_readme_claims_table_matches_the_committed_json():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import claims_table
+    finally:
+        sys.path.pop(0)
+    with open(os.path.join(ROOT, "benchmarks", "results", "claims.json")) as fh:
+        claims = json.load(fh)
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as fh:
+        readme = fh.read()
+    assert claims_table.section(readme) == claims_table.render(claims)
+
+
+def test_committed_claims_json_is_current():
+    """The config-derived entries of claims.json are what the calculator gives now (the
+    notebook computed them; a change of the counting rules must re-run the notebook)."""
+    with open(os.path.join(ROOT, "benchmarks", "results", "claims.json")) as fh:
+        claims = json.load(fh)
+    computed = claims["computed"]
+    r = dsc.ModelConfig.v3().calc(context=computed["context"])
+    assert computed["v3_params_main"] == r.params_main
+    assert computed["v3_params_active"] == r.params_active
+    assert computed["v3_flops_train_per_token"] == pytest.approx(r.flops_train, rel=1e-12)
+    assert computed["v3_kv_bytes_mla_bf16"] == r.kv_bytes_mla_bf16
+    assert computed["v3_mtp_cost_ratio"] == pytest.approx(r.mtp_cost_ratio, rel=1e-12)
