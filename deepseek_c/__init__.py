@@ -130,5 +130,5 @@ __all__ = [
     "__version__", "Error", "Tensor", "get_include", "get_library", "cuda_device_count", "has_cuda",
     "info", "empty", "tensor", "from_numpy", "to_numpy", "load_safetensors", "save_safetensors",
     "safetensors_metadata", *_ops_all, *_fp8_all, *_moe_all, "ModelConfig", *_mla_all, "Model", "lr_schedule",
-    "GenerateOutput", "generate", "stream",
+    "GenerateOutput", "generate", "stream", "ModelCalc", "calc",
 ]

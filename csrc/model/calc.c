@@ -141,12 +141,12 @@ static void group_add(group *a, const group *b) {
   a->lin_tensors += b->lin_tensors;
 }
 
-/* Bytes of a group's weights in the recipe's dtypes. */
-static double weight_bytes(const group *g, int32_t recipe) {
+/* Bytes of a group's weights in the recipe's dtypes (exact: the counts are bounded). */
+static int64_t weight_bytes(const group *g, int32_t recipe) {
   switch (recipe) {
-    case DSC_CALC_RECIPE_FP32: return 4.0 * (double)(g->lin + g->hp + g->bias);
-    case DSC_CALC_RECIPE_BF16: return 2.0 * (double)(g->lin + g->hp) + 4.0 * (double)g->bias;
-    default: return (double)g->lin + 4.0 * (double)g->scales + 2.0 * (double)g->hp + 4.0 * (double)g->bias;
+    case DSC_CALC_RECIPE_FP32: return 4 * (g->lin + g->hp + g->bias);
+    case DSC_CALC_RECIPE_BF16: return 2 * (g->lin + g->hp) + 4 * g->bias;
+    default: return g->lin + 4 * g->scales + 2 * g->hp + 4 * g->bias;
   }
 }
 
@@ -307,8 +307,8 @@ dsc_status dsc_model_calc(const dsc_model_config *cfg, const dsc_calc_options *o
   r.kv_bytes_gqa_bf16 = 2 * L * gkv * (dqk + dv);
 
   /* weights in the recipe's dtypes */
-  const double wb_other = weight_bytes(&other, o.recipe), wb_expert = weight_bytes(&expert, o.recipe);
-  r.weight_bytes = (int64_t)(wb_other + wb_expert);
+  const int64_t wb_other = weight_bytes(&other, o.recipe), wb_expert = weight_bytes(&expert, o.recipe);
+  r.weight_bytes = wb_other + wb_expert;
   r.fp8_params = other.lin + expert.lin;
   r.fp8_scales = other.scales + expert.scales;
   const int64_t hp_bytes = o.recipe == DSC_CALC_RECIPE_FP32 ? 4 : 2;
@@ -321,7 +321,7 @@ dsc_status dsc_model_calc(const dsc_model_config *cfg, const dsc_calc_options *o
   const double sh_other = o.zero1 ? dp : 1.0, sh_expert = o.zero1 ? dp / ep : 1.0;
   const double mom = o.moments_dtype == DSC_DTYPE_BFLOAT16 ? 2.0 : 4.0;
   r.gpus = (int32_t)(o.tensor_parallel * o.pipeline_parallel * o.data_parallel);
-  r.mem_weights = (wb_other / tp + wb_expert / ep) / pp;
+  r.mem_weights = ((double)wb_other / tp + (double)wb_expert / ep) / pp;
   r.mem_master = o.recipe == DSC_CALC_RECIPE_FP32
                      ? 0.0
                      : 4.0 * (tr_other / tp / sh_other + tr_expert / ep / sh_expert) / pp;
