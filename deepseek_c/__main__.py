@@ -1,4 +1,5 @@
-"""Command line: ``python -m deepseek_c info`` (build and devices),
+"""Command line: ``python -m deepseek_c info`` (build and devices; with ``--config config.json
+[--context N]`` what a model config costs: parameters, FLOPs per token, KV cache, memory),
 ``python -m deepseek_c ops-demo`` (a short tour of the dense ops against NumPy),
 ``python -m deepseek_c demo`` (train a small DeepSeek-V3-style model on 2-digit addition,
 then measure exact-match accuracy on held-out problems) and
@@ -319,10 +320,58 @@ def _check_train_args(parser: argparse.ArgumentParser, a: argparse.Namespace) ->
         parser.error(f"argument --seq: expected at least {need} to hold one {task.name} example, got {a.seq}")
 
 
+# ------------------------------------------------------------------ info --config (the model calculator)
+
+
+def _add_model_info_args(d: argparse.ArgumentParser) -> None:
+    """Options of `info --config PATH`: the calculator's (deepseek_c.calc.calc)."""
+    g = d.add_argument_group("model calculator (with --config)")
+    g.add_argument("--config", default=None, help="a Hugging Face config.json (or its directory): print its "
+                   "parameters, FLOPs per token, KV cache per token and memory per GPU")
+    g.add_argument("--context", type=int, default=4096, help="sequence length / cached tokens (default 4096)")
+    g.add_argument("--recipe", default="fp8", choices=("fp32", "bf16", "fp8"),
+                   help="precision recipe (default fp8: DeepSeek-V3's)")
+    g.add_argument("--moments", default="bfloat16", choices=("float32", "bfloat16"),
+                   help="AdamW moments dtype (default bfloat16, as V3)")
+    for flag, what in (("tp", "tensor"), ("pp", "pipeline"), ("dp", "data"), ("ep", "expert")):
+        g.add_argument(f"--{flag}", type=int, default=1, help=f"{what} parallel size (default 1)")
+    g.add_argument("--zero1", action="store_true", help="shard masters and moments over data-parallel replicas")
+    g.add_argument("--micro-batch-tokens", type=int, default=4096, dest="micro_batch_tokens",
+                   help="tokens of one micro-batch per GPU, for the activation estimate (default 4096)")
+    g.add_argument("--compare-kv-heads", type=int, default=0, dest="compare_kv_heads",
+                   help="also show the KV cache of GQA with this many KV heads (default: MHA only)")
+
+
+def cmd_model_info(args: argparse.Namespace) -> int:
+    """Print what a config costs (dsc_model_calc)."""
+    import os
+
+    import deepseek_c as dsc
+
+    if not os.path.exists(args.config):
+        raise SystemExit(f"info: --config: no such file or directory: {args.config!r}")
+    try:
+        r = dsc.calc(args.config, context=args.context, recipe=args.recipe, moments=args.moments, tp=args.tp,
+                     pp=args.pp, dp=args.dp, ep=args.ep, zero1=args.zero1,
+                     micro_batch_tokens=args.micro_batch_tokens, compare_kv_heads=args.compare_kv_heads)
+    except (ValueError, TypeError) as e:
+        raise SystemExit(f"info: {e}")
+    print(f"model config {args.config}")
+    print(r.report())
+    return 0
+
+
+def _cmd_info_or_model(args: argparse.Namespace) -> int:
+    return cmd_model_info(args) if args.config is not None else cmd_info(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m deepseek_c", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("info", help="version, build (CUDA, archs, cuBLASLt, BLAS) and devices").set_defaults(fn=cmd_info)
+    d = sub.add_parser("info", help="version, build (CUDA, archs, cuBLASLt, BLAS) and devices; with --config: "
+                       "parameters, FLOPs/token, KV cache and memory of a model config")
+    _add_model_info_args(d)
+    d.set_defaults(fn=_cmd_info_or_model)
     d = sub.add_parser("ops-demo", help="run the dense ops once against NumPy")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(fn=cmd_ops_demo)

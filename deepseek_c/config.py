@@ -300,3 +300,25 @@ class ModelConfig:
         s["kv_b_proj.weight"] = (H * (self.qk_nope_head_dim + self.v_head_dim), self.kv_lora_rank)
         s["o_proj.weight"] = (d, H * self.v_head_dim)
         return s
+
+    # ------------------------------------------------------------------ calculator (deepseek_c.calc)
+
+    @classmethod
+    def v2(cls) -> "ModelConfig":
+        """DeepSeek-V2 (236B total, 21B activated): DeepSeek's inference/configs/config_236B.json
+        in Hugging Face keys (group-limited softmax routing, 160 experts, no MTP); mscale 0.707
+        as the V2 report's YaRN setting (the released configs differ on it; it does not change
+        any count)."""
+        return cls.v2_lite().replace(
+            hidden_size=5120, intermediate_size=12288, moe_intermediate_size=1536, num_hidden_layers=60,
+            num_attention_heads=128, num_key_value_heads=128, q_lora_rank=1536, n_routed_experts=160,
+            num_experts_per_tok=6, n_group=8, topk_group=3, topk_method="group_limited_greedy",
+            routed_scaling_factor=16.0)
+
+    def calc(self, **options: Any) -> "Any":
+        """Parameters, FLOPs per token, KV-cache bytes and memory per GPU of this config
+        (``deepseek_c.calc.calc``: options context, recipe, moments, tp, pp, dp, ep, zero1,
+        micro_batch_tokens, compare_kv_heads); a ModelCalc."""
+        from .calc import calc
+
+        return calc(self, **options)

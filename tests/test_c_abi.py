@@ -111,6 +111,7 @@ def test_c_generate_example_text_prompt(tmp_path, kind):
     "test_core",          # the core ABI: errors, contexts, tensors, ops from C
     "test_model_io",      # config.json parsing and checkpoint save/load
     "test_model_train",   # the training step: FD gradients, accumulation, loss falls, errors
+    "test_calc",          # the model calculator: V3's checkpoint counts, built models, bad options
 ])
 def test_c_runner_passes(name, tmp_path):
     """A C test program of tests/c built against the installed library; its last line is

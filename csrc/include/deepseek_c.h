@@ -1166,6 +1166,127 @@ DSC_API dsc_status dsc_model_generate(dsc_model *model, const dsc_generate_optio
                                       int32_t *out_lens, dsc_token_fn on_token, void *user,
                                       dsc_generate_stats *stats);
 
+/* ------------------------------------------------------------------ model calculator */
+/* What a config costs, computed from the config alone (no model is built): parameters,
+ * FLOPs per token, KV-cache bytes and memory per GPU -- the numbers DeepSeek-V3's headline
+ * claims are made of. Legend: V vocab, D hidden, L num_hidden_layers, Dm MTP depths, H heads,
+ * dn/dr/dv qk_nope/qk_rope/v head dims, dqk = dn + dr, Rq q_lora_rank, Rkv kv_lora_rank,
+ * E routed experts, K num_experts_per_tok, F moe_intermediate_size, Fs = F * n_shared_experts,
+ * I intermediate_size, S = options.context.
+ *
+ * Parameters are the tensors dsc_model_create builds, each counted once: params_total ==
+ * dsc_model_num_parameters and n_tensors == dsc_model_num_tensors for the same config (the
+ * MTP modules share the embedding and the head; their copies in DeepSeek's checkpoints are
+ * counted only in checkpoint_*). "Activated per token" is what one token of the main model
+ * uses, in DeepSeek's convention: the whole embedding and head (counted in params_embedding
+ * / params_head too, so either can be taken out), every attention, norm and dense-FFN
+ * tensor, and in an MoE layer the router, its correction bias, K routed experts and the
+ * shared experts.
+ *
+ * FLOPs count matrix products only, 2 per multiply-add (norms, RoPE, SwiGLU, softmax and
+ * the embedding lookup are O(D) per token and left out). Attention in training is causal
+ * over a sequence of S tokens: a query attends to (S + 1) / 2 keys on average, scores over
+ * dqk and values over dv per head (the decompressed form training runs). A decoded token
+ * attends to S cached tokens the absorbed way (scores over Rkv + dr, values over Rkv, per
+ * head); the absorption products cost what kv_b_proj costs, so the weight part of a decode
+ * step equals the forward's. Training = 3 x forward (dgrad + wgrad = 2 x fprop).
+ *
+ * Memory per GPU is for a recipe (dsc_calc_recipe) and a parallel layout of tp * pp * dp
+ * GPUs: non-expert tensors split tp ways, routed experts split ep ways (ep divides dp: the
+ * expert-parallel group is carved out of the data-parallel replicas; each expert lives on
+ * dp / ep of them), an average pipeline stage holding 1/pp of everything. zero1 shards the
+ * FP32 masters and the moments over the replicas of each tensor (dp for non-expert tensors,
+ * dp / ep for experts), as DeepSeek-V3 shards its high-precision state. Gradients are FP32
+ * and not sharded (they accumulate micro-batches). Activations are an estimate: one
+ * micro-batch of micro_batch_tokens tokens with every tensor a plain backward needs saved,
+ * per block and token
+ *   attention  2D + 2Rq (Rq > 0) + (Rkv + dr) + Rkv + 2 H dqk + 2 H dv + H
+ *              (block input, normed input, c_Q raw and normed, kv_a output, normed c_KV,
+ *               q and k, v and the attention output, a log-sum-exp per head)
+ *   dense FFN  2D + 3I                      (residual, normed input, gate, up, SwiGLU)
+ *   MoE FFN    2D + E + K (D + 3F) + 3Fs    (+ router scores, each routed copy's input,
+ *                                            gate, up, SwiGLU; the shared experts')
+ * plus 2D + V per token for the final norm and the logits, and per MTP depth 6D + its block
+ * + 2D + V; in the recipe's activation dtype except the logits (always float32: the loss
+ * is computed in FP32) and, for the FP8 recipe, the routed experts' inputs (E4M3 with a
+ * float32 scale per 128 values, as V3 caches them); divided by tp and pp (one micro-batch
+ * in flight; a 1F1B pipeline's first stage holds up to pp). */
+typedef enum dsc_calc_recipe {
+  DSC_CALC_RECIPE_FP32 = 0, /* weights, gradients, activations float32; the weights are the masters */
+  DSC_CALC_RECIPE_BF16 = 1, /* bfloat16 weights and activations (correction bias float32), float32
+                               masters and gradients */
+  DSC_CALC_RECIPE_FP8 = 2,  /* DeepSeek-V3: every block linear E4M3 with a float32 scale per
+                               128x128 block (per expert); embedding, head, norms, router and MTP
+                               eh_proj bfloat16, correction bias float32; float32 masters and
+                               gradients; bfloat16 activations, routed-expert inputs E4M3 */
+} dsc_calc_recipe;
+
+typedef struct dsc_calc_options {
+  size_t size;                /* sizeof(dsc_calc_options) */
+  int64_t context;            /* S: training sequence length / tokens in the cache at decode, >= 1; 4096 */
+  int32_t recipe;             /* dsc_calc_recipe; FP8 */
+  int32_t moments_dtype;      /* AdamW moments: DSC_DTYPE_FLOAT32 or DSC_DTYPE_BFLOAT16 (V3; default) */
+  int32_t tensor_parallel;    /* tp >= 1, divides num_attention_heads; 1 */
+  int32_t pipeline_parallel;  /* pp in [1, num_hidden_layers]; 1 */
+  int32_t data_parallel;      /* dp >= 1; 1 */
+  int32_t expert_parallel;    /* ep >= 1, divides dp and n_routed_experts (1 without experts); 1 */
+  int32_t zero1;              /* 1: masters and moments sharded over replicas; 0 (default) */
+  int64_t micro_batch_tokens; /* tokens of one micro-batch on a GPU, >= 1; 4096 */
+  int32_t compare_kv_heads;   /* KV heads of the GQA comparison, a divisor of H; 0 = H (MHA) */
+} dsc_calc_options;
+DSC_API void dsc_calc_options_default(dsc_calc_options *o);
+
+typedef struct dsc_calc_result {
+  size_t size; /* sizeof(dsc_calc_result), set by the caller */
+  /* parameters (scalars) */
+  int64_t params_total;          /* == dsc_model_num_parameters */
+  int64_t params_embedding;      /* V D */
+  int64_t params_head;           /* V D; 0 with tie_word_embeddings (the embedding is the head) */
+  int64_t params_main;           /* params_total - params_mtp */
+  int64_t params_mtp;            /* the MTP modules' own tensors (eh_proj, norms, blocks), all depths */
+  int64_t params_routed_experts; /* every routed expert of every MoE block (main and MTP) */
+  int64_t params_active;         /* per token of the main model, embedding and head included */
+  int64_t params_active_mtp;     /* per token of one MTP module, its own tensors (not emb/head) */
+  int64_t n_tensors;             /* Hugging Face tensors (experts one by one) == dsc_model_num_tensors */
+  /* FLOPs per token */
+  double flops_fwd_weights;      /* main model forward: products with weights (head included) */
+  double flops_fwd_attention;    /* main model forward: attention scores and values, causal over S */
+  double flops_fwd_mtp;          /* every MTP depth's forward (its weights, the head, its attention) */
+  double flops_train;            /* 3 (flops_fwd_weights + flops_fwd_attention + flops_fwd_mtp) */
+  double flops_decode;           /* one decoded token over S cached tokens (absorbed MLA) */
+  int64_t decode_macs_main;      /* multiply-adds with weights of one main decode step (flops_fwd_weights / 2) */
+  int64_t decode_macs_mtp;       /* of the first MTP module drafting one token: 2D^2 + its block + V D */
+  /* KV cache per token, all L main layers */
+  int64_t kv_values_per_layer;   /* MLA: Rkv + dr */
+  int64_t kv_bytes_mla_bf16;     /* 2 L (Rkv + dr) */
+  int64_t kv_bytes_mla_fp8;      /* L (Rkv + 4 ceil(Rkv/128) + 2 dr): E4M3 latent, a float32 scale per
+                                    128, bfloat16 rope key (dsc_mla_cache's and FlashMLA's layout) */
+  int64_t kv_bytes_mha_bf16;     /* 2 L H (dqk + dv): keys and values of the same heads without MLA */
+  int64_t kv_bytes_gqa_bf16;     /* 2 L compare_kv_heads (dqk + dv) */
+  /* whole-model weights in the recipe's dtypes */
+  int64_t weight_bytes;          /* every parameter once (the inference weights) */
+  int64_t fp8_params;            /* parameters in block linears (E4M3 in the FP8 recipe) */
+  int64_t fp8_scales;            /* their 128x128 block scales, per expert */
+  int64_t checkpoint_bytes;      /* weight_bytes + each MTP depth's copies of embedding and head (as
+                                    DeepSeek's checkpoints hold them, in the recipe's high precision) */
+  int64_t checkpoint_tensors;    /* n_tensors + 2 Dm copies + a weight_scale_inv per E4M3 tensor (FP8) */
+  /* memory per GPU, bytes */
+  int32_t gpus;                  /* tp pp dp */
+  double mem_weights;            /* the compute copy of the weights */
+  double mem_master;             /* float32 masters (0 for FP32: the weights are the masters) */
+  double mem_grads;              /* float32 gradients */
+  double mem_optimizer;          /* the two AdamW moments */
+  double mem_activations;        /* estimate, see above */
+  double mem_total;              /* the sum */
+} dsc_calc_result;
+
+/* Fill *out (out->size set by the caller) for cfg (validated as dsc_model_config_validate
+ * does) and opt (NULL: dsc_calc_options_default). A bad option is DSC_ERR_INVALID_ARGUMENT
+ * naming it, e.g. "dsc_model_calc: opt->expert_parallel: expected a divisor of
+ * data_parallel (128) and of n_routed_experts (256), got 3"; on error *out is unchanged. */
+DSC_API dsc_status dsc_model_calc(const dsc_model_config *cfg, const dsc_calc_options *opt,
+                                  dsc_calc_result *out);
+
 #ifdef __cplusplus
 }
 #endif

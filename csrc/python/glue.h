@@ -179,5 +179,6 @@ extern PyMethodDef dsc_py_fp8_methods[];
 extern PyMethodDef dsc_py_mla_methods[];
 extern PyMethodDef dsc_py_model_methods[];
 extern PyMethodDef dsc_py_generate_methods[];
+extern PyMethodDef dsc_py_calc_methods[];
 
 #endif /* DSC_PY_GLUE_H_ */

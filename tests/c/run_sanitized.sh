@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the CPU core (csrc/core, ops, cpu, model) together with each C test program
-# (tests/c/test_core.c, test_model_io.c, test_model_train.c, test_generate.c) under AddressSanitizer +
+# (tests/c/test_core.c, test_model_io.c, test_model_train.c, test_generate.c, test_calc.c) under AddressSanitizer +
 # UndefinedBehaviorSanitizer and runs it. Used by CI.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -9,7 +9,7 @@ mkdir -p "$out"
 blas_inc=$(python -c "import scipy_openblas32 as s; print(s.get_include_dir())")
 blas_lib=$(python -c "import scipy_openblas32 as s; print(s.get_lib_dir())")
 cc=${CC:-gcc}
-for t in test_core test_model_io test_model_train test_generate; do
+for t in test_core test_model_io test_model_train test_generate test_calc; do
   $cc -std=c11 -g -O1 -fopenmp -fsanitize=address,undefined -fno-sanitize-recover=undefined \
       -fno-omit-frame-pointer -Wall -Wextra -Wno-unused-parameter \
       -DDSC_BLAS_NAME='"scipy-openblas32"' -Icsrc/include -Icsrc/core -I"$blas_inc" \
