@@ -199,11 +199,11 @@ static void test_bad_arguments(void) {
   BAD(compare_kv_heads, 3, "opt->compare_kv_heads: expected 0 (MHA) or a divisor of num_attention_heads (128)");
 #undef BAD
   dsc_calc_options_default(&o);
-  o.tensor_parallel = 1 << 20;
+  o.tensor_parallel = 1 << 12;
   o.pipeline_parallel = 1;
   o.data_parallel = 1 << 20;
   dsc_model_config wide = c;
-  wide.num_attention_heads = 1 << 20;
+  wide.num_attention_heads = 1 << 12; /* the most the config bounds allow */
   CHECK(dsc_model_calc(&wide, &o, &r) == DSC_ERR_INVALID_ARGUMENT && err_has("GPUs"), "too many GPUs: %s",
         dsc_last_error());
 }
