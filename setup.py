@@ -65,6 +65,18 @@ def nvcc_version(nvcc: str) -> str:
     return "unknown"
 
 
+def check_archs(nvcc: str, archs: list[str]) -> None:
+    """Every requested architecture must be one this nvcc can build (sm_100a needs CUDA 12.8+)."""
+    out = subprocess.run([nvcc, "--list-gpu-code"], capture_output=True, text=True).stdout.split()
+    known = {c[3:] for c in out if c.startswith("sm_")}
+    if not known:
+        return  # an nvcc too old to list them: let it decide
+    bad = [a for a in archs if a.rstrip("af") not in known]
+    if bad:
+        raise RuntimeError(f"DSC_CUDA_ARCHS: {', '.join('sm_' + a for a in bad)} not supported by this nvcc "
+                           f"(it builds {', '.join(sorted('sm_' + k for k in known))})")
+
+
 def find_blas() -> tuple[str, str, str, str]:
     """(include_dir, lib_dir, link name, description) of scipy-openblas32."""
     try:
@@ -96,7 +108,9 @@ class DscBuildExt(build_ext):
         say(f"BLAS: {blas_desc} ({blas_lib})")
         cuda_home = os.path.dirname(os.path.dirname(nvcc)) if nvcc else None
         if nvcc:
-            say(f"CUDA: nvcc {nvcc_version(nvcc)} at {nvcc}; archs {', '.join('sm_' + a for a in archs)}")
+            check_archs(nvcc, archs)
+            say(f"CUDA: nvcc {nvcc_version(nvcc)} at {nvcc}; archs {', '.join('sm_' + a for a in archs)} "
+                f"(+ PTX for the newest)")
         nccl = bool(nvcc) and os.path.exists(os.path.join(cuda_home, "include", "nccl.h"))
         say(f"NCCL: {'found' if nccl else 'not used'}; OpenMP: yes; debug: {debug}; sanitize: {sanitize}")
 
@@ -136,6 +150,12 @@ class DscBuildExt(build_ext):
             gencode = []
             for a in archs:
                 gencode += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
+            # PTX of the newest architecture as well, so that a newer GPU JIT-compiles it
+            # instead of finding "no kernel image". Arch-specific targets ("90a") make PTX
+            # that only runs on that exact architecture: embed the family's portable PTX.
+            newest = max(archs, key=lambda a: int("".join(ch for ch in a if ch.isdigit())))
+            base = "".join(ch for ch in newest if ch.isdigit())
+            gencode += ["-gencode", f"arch=compute_{base},code=compute_{base}"]
             nvflags = ["-std=c++17", "-Xcompiler", "-fPIC,-fvisibility=hidden", "-lineinfo",
                        *(["-G"] if debug else ["-O3"]), *gencode, *defines, *includes]
             for src in cu_sources:
