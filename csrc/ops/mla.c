@@ -345,13 +345,17 @@ static void act_sizes(const dsc_mla_params *p, int64_t B, int64_t T, int64_t *sz
   sz[A_LSE] = B * H * T;
 }
 
-/* Carve n buffers of sz[i] floats (each 16-float aligned) out of one allocation. */
+/* Carve n buffers of sz[i] floats (each 16-float aligned) out of one allocation: *mem when
+ * it is not NULL and holds *bytes >= the total (reused as is), else a new one. */
 static dsc_status carve(dsc_context *ctx, int n, const int64_t *sz, void **mem, size_t *bytes,
                         float **ptr) {
   size_t total = 0;
   for (int i = 0; i < n; ++i) total += (size_t)((sz[i] + 15) / 16 * 16);
-  *bytes = total * sizeof(float);
-  DSC_TRY(dsc_malloc(ctx, *bytes, mem));
+  if (!*mem || *bytes < total * sizeof(float)) {
+    *mem = NULL;
+    *bytes = total * sizeof(float);
+    DSC_TRY(dsc_malloc(ctx, *bytes, mem));
+  }
   float *b = (float *)*mem;
   for (int i = 0; i < n; ++i) {
     ptr[i] = b;
@@ -465,12 +469,18 @@ dsc_status dsc_mla_forward(dsc_context *ctx, const dsc_mla_params *p, const dsc_
   void *mem = NULL;
   size_t bytes = 0;
   float *a[A_COUNT];
-  if (saved) {
+  if (saved) { /* its memory is reused while large enough (a training step of one shape) */
     saved->valid = 0;
-    dsc_free(ctx, saved->mem);
+    mem = saved->mem;
+    bytes = saved->bytes;
     saved->mem = NULL;
   }
-  DSC_TRY(carve(ctx, A_COUNT, sz, &mem, &bytes, a));
+  {
+    void *old = mem;
+    const dsc_status cs = carve(ctx, A_COUNT, sz, &mem, &bytes, a);
+    if (old && mem != old) dsc_free(ctx, old);
+    if (cs != DSC_OK) return cs;
+  }
   const float *xp = F(x);
   const int32_t *pos = (const int32_t *)dsc_data(positions);
   dsc_status s = DSC_OK;

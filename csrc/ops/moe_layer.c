@@ -35,16 +35,21 @@ typedef struct {
   DLTensor t;
   int64_t shape[3];
   int64_t strides[3];
+  size_t cap; /* bytes allocated at t.data (kept across calls: no fresh pages per step) */
 } buf;
 
 enum {
   B_SCORES, B_INDICES, B_WEIGHTS, B_XP, B_OFFSETS, B_ROWMAP, B_HG, B_HU, B_ACT, B_EO,
   B_SG, B_SU, B_SA, B_DSCORES, B_AUXLOSS, B_COUNT
 };
+/* Temporaries of one forward / backward call, kept in the handle between calls. */
+enum { T_DEO, T_DW, T_DACT, T_DHG, T_DHU, T_DXP, T_DXP2, T_DXTOK, T_DLOG, T_DXR, T_DSA, T_DSG,
+       T_DSU, T_DXS, T_LOGITS, T_SO, T_COUNT };
 
 struct dsc_moe_layer_saved {
   dsc_context *ctx; /* the context the buffers were allocated with */
   buf b[B_COUNT];
+  buf tmp[T_COUNT];
   int have;     /* a forward filled the buffers */
   int fp8;      /* ... with FP8 expert GEMMs */
   int have_aux; /* dsc_moe_layer_aux_loss filled B_DSCORES for the backward */
@@ -56,9 +61,16 @@ static void buf_free(dsc_context *ctx, buf *x) {
   memset(x, 0, sizeof *x);
 }
 
-/* (Re)allocate x as a contiguous [d0, d1] (or [d0] when d1 < 0) tensor of dtype dt. */
+/* Shape x as a contiguous [d0, d1] (or [d0] when d1 < 0) tensor of dtype dt, reusing its
+ * memory when large enough (a training step of a fixed shape then allocates nothing). */
 static dsc_status buf_alloc(dsc_context *ctx, buf *x, dsc_dtype dt, int64_t d0, int64_t d1) {
-  buf_free(ctx, x);
+  const size_t n = (size_t)d0 * (size_t)(d1 < 0 ? 1 : d1);
+  const size_t bytes = (n ? n : 1) * dsc_dtype_size(dt);
+  if (!x->t.data || x->cap < bytes) {
+    buf_free(ctx, x);
+    DSC_TRY(dsc_malloc(ctx, bytes, &x->t.data));
+    x->cap = bytes;
+  }
   x->t.device = ctx->device;
   x->t.dtype = dsc_dtype_to_dlpack(dt);
   x->t.ndim = d1 < 0 ? 1 : 2;
@@ -68,8 +80,7 @@ static dsc_status buf_alloc(dsc_context *ctx, buf *x, dsc_dtype dt, int64_t d0, 
   x->strides[1] = 1;
   x->t.shape = x->shape;
   x->t.strides = x->strides;
-  size_t n = (size_t)d0 * (size_t)(d1 < 0 ? 1 : d1);
-  return dsc_malloc(ctx, (n ? n : 1) * dsc_dtype_size(dt), &x->t.data);
+  return DSC_OK;
 }
 
 dsc_status dsc_moe_layer_saved_create(dsc_context *ctx, dsc_moe_layer_saved **out) {
@@ -85,6 +96,7 @@ dsc_status dsc_moe_layer_saved_create(dsc_context *ctx, dsc_moe_layer_saved **ou
 void dsc_moe_layer_saved_destroy(dsc_moe_layer_saved *s) {
   if (!s) return;
   for (int i = 0; i < B_COUNT; ++i) buf_free(s->ctx, &s->b[i]);
+  for (int i = 0; i < T_COUNT; ++i) buf_free(s->ctx, &s->tmp[i]);
   free(s);
 }
 
@@ -298,18 +310,17 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
   }
   s->have = 0;
   s->have_aux = 0;
-  buf logits;
-  memset(&logits, 0, sizeof logits);
+  buf *logits = &s->tmp[T_LOGITS];
   int64_t xs2[2], xst2[2], ys2[2], yst2[2];
   DLTensor x2 = flat2(x, xs2, xst2), y2 = flat2(y, ys2, yst2);
   buf *b = s->b;
   dsc_status st = DSC_OK;
-  STEP(buf_alloc(ctx, &logits, DSC_DTYPE_FLOAT32, T, E));
+  STEP(buf_alloc(ctx, logits, DSC_DTYPE_FLOAT32, T, E));
   STEP(buf_alloc(ctx, &b[B_SCORES], DSC_DTYPE_FLOAT32, T, E));
   STEP(buf_alloc(ctx, &b[B_INDICES], DSC_DTYPE_INT32, T, k));
   STEP(buf_alloc(ctx, &b[B_WEIGHTS], DSC_DTYPE_FLOAT32, T, k));
-  STEP(dsc_linear_forward(ctx, &x2, w->gate, &logits.t));
-  STEP(dsc_moe_route(ctx, p, &logits.t, w->bias, &b[B_INDICES].t, &b[B_WEIGHTS].t, &b[B_SCORES].t));
+  STEP(dsc_linear_forward(ctx, &x2, w->gate, &logits->t));
+  STEP(dsc_moe_route(ctx, p, &logits->t, w->bias, &b[B_INDICES].t, &b[B_WEIGHTS].t, &b[B_SCORES].t));
   if (counts) STEP(dsc_moe_expert_load(ctx, &b[B_INDICES].t, counts));
   int64_t R = 0;
   STEP(dsc_moe_permute_rows(ctx, &b[B_INDICES].t, (int32_t)E, align, &R));
@@ -347,12 +358,11 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
   }
   STEP(dsc_moe_unpermute(ctx, &b[B_EO].t, &b[B_ROWMAP].t, &b[B_WEIGHTS].t, &y2));
   if (Fs > 0) {
-    buf so;
-    memset(&so, 0, sizeof so);
+    buf *so = &s->tmp[T_SO];
     STEP(buf_alloc(ctx, &b[B_SG], DSC_DTYPE_FLOAT32, T, Fs));
     STEP(buf_alloc(ctx, &b[B_SU], DSC_DTYPE_FLOAT32, T, Fs));
     STEP(buf_alloc(ctx, &b[B_SA], DSC_DTYPE_FLOAT32, T, Fs));
-    STEP(buf_alloc(ctx, &so, DSC_DTYPE_FLOAT32, T, D));
+    STEP(buf_alloc(ctx, so, DSC_DTYPE_FLOAT32, T, D));
     if (w->fp8) {
       STEP(fp8_fwd(ctx, &f8, 1, T, Fs, D, &x2, w->shared_gate, w->shared_gate_scale_inv, NULL,
                    &b[B_SG].t));
@@ -360,20 +370,19 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
                    &b[B_SU].t));
       STEP(dsc_swiglu_forward(ctx, &b[B_SG].t, &b[B_SU].t, &b[B_SA].t));
       STEP(fp8_fwd(ctx, &f8, 1, T, D, Fs, &b[B_SA].t, w->shared_down, w->shared_down_scale_inv,
-                   NULL, &so.t));
+                   NULL, &so->t));
     } else {
       STEP(dsc_linear_forward(ctx, &x2, w->shared_gate, &b[B_SG].t));
       STEP(dsc_linear_forward(ctx, &x2, w->shared_up, &b[B_SU].t));
       STEP(dsc_swiglu_forward(ctx, &b[B_SG].t, &b[B_SU].t, &b[B_SA].t));
-      STEP(dsc_linear_forward(ctx, &b[B_SA].t, w->shared_down, &so.t));
+      STEP(dsc_linear_forward(ctx, &b[B_SA].t, w->shared_down, &so->t));
     }
-    STEP(dsc_add(ctx, &y2, &so.t, &y2));
-    buf_free(ctx, &so);
+    STEP(dsc_add(ctx, &y2, &so->t, &y2));
   }
   fp8_scratch_free(ctx, &f8);
-  buf_free(ctx, &logits);
   if (s == &local) {
     for (int i = 0; i < B_COUNT; ++i) buf_free(ctx, &local.b[i]);
+    for (int i = 0; i < T_COUNT; ++i) buf_free(ctx, &local.tmp[i]);
   } else if (st == DSC_OK) {
     s->have = 1;
     s->fp8 = w->fp8;
@@ -418,10 +427,7 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
 
   int64_t xs2[2], xst2[2], ds2[2], dst2[2];
   DLTensor x2 = flat2(x, xs2, xst2), dy2 = flat2(dy, ds2, dst2);
-  enum { T_DEO, T_DW, T_DACT, T_DHG, T_DHU, T_DXP, T_DXP2, T_DXTOK, T_DLOG, T_DXR, T_DSA, T_DSG,
-         T_DSU, T_DXS, T_COUNT };
-  buf tmp[T_COUNT];
-  memset(tmp, 0, sizeof tmp);
+  buf *tmp = saved->tmp;
   dsc_status st = DSC_OK;
 
   /* routed experts: combine -> down -> SwiGLU -> gate/up -> dispatch */
@@ -497,7 +503,6 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
     DLDevice dev = ctx->device;
     st = dsc_memcpy(ctx, dsc_data(&dx2), dev, tmp[T_DXTOK].t.data, dev, (size_t)(T * D) * sizeof(float));
   }
-  for (int i = 0; i < T_COUNT; ++i) buf_free(ctx, &tmp[i]);
   return st;
 }
 
