@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "cpu_common.h"
+#include "vmath.h" /* exp and sigmoid (within 1.2 / 2.5 ulp of float64) */
 
 /* A ranking key: NaN ranks below every number (and ties with -inf, lower index first). */
 static inline float rank_key(float v) { return isnan(v) ? -INFINITY : v; }
@@ -48,11 +49,6 @@ static inline void topk_offer(float v, int32_t i, float *vals /* [cap] */,
   ids[pos] = i;
 }
 
-static inline float sigmoidf_stable(float z) {
-  if (z >= 0.0f) return 1.0f / (1.0f + expf(-z));
-  const float e = expf(z);
-  return e / (1.0f + e);
-}
 
 static inline int64_t ld_idx(int ids64, const void *p, int64_t i) {
   return ids64 ? ((const int64_t *)p)[i] : (int64_t)((const int32_t *)p)[i];
@@ -96,7 +92,7 @@ static void route_token(dsc_dtype dt, int64_t E, int64_t k, int64_t G, int64_t t
 
   /* 1. affinities */
   if (scoring == DSC_MOE_SCORING_SIGMOID) {
-    for (int64_t e = 0; e < E; ++e) s[e] = sigmoidf_stable(dsc_cpu_ld(dt, z_row, e));
+    for (int64_t e = 0; e < E; ++e) s[e] = dsc_vm_sigmoid(dsc_cpu_ld(dt, z_row, e));
   } else {
     float mx = -INFINITY;
     for (int64_t e = 0; e < E; ++e) {
@@ -105,7 +101,7 @@ static void route_token(dsc_dtype dt, int64_t E, int64_t k, int64_t G, int64_t t
     }
     float sum = 0.0f;
     for (int64_t e = 0; e < E; ++e) {
-      s[e] = expf(dsc_cpu_ld(dt, z_row, e) - mx);
+      s[e] = dsc_vm_exp(dsc_cpu_ld(dt, z_row, e) - mx);
       sum += s[e];
     }
     const float inv = 1.0f / sum;
