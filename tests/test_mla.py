@@ -133,6 +133,36 @@ def test_backward_finite_differences(rng, q_lora):
             assert abs(got - fd) <= 2e-3 * max(1.0, abs(fd)), (name, got, fd)
 
 
+def test_long_sequence_across_query_blocks(rng):
+    """T = 150 spans the CPU attention's 64-row query blocks (64, 64, 22; the causal mask
+    inside each block, keys up to the block's end): forward against the float64 reference,
+    backward against its directional derivatives (x and every weight)."""
+    cfg = small_cfg(True, hidden_size=32, num_attention_heads=2, q_lora_rank=16, kv_lora_rank=16,
+                    qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8)
+    w, x = make(cfg, rng, B=2, T=150, scale=1.5)
+    out, ctx = dsc.mla_forward(x, w, cfg)
+    want = ref.mla_forward(x, w, cfg)
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    g = dsc.mla_backward(dout, ctx)
+    w64 = {k: v.astype(np.float64) for k, v in w.items()}
+    x64 = x.astype(np.float64)
+
+    def loss(xx, ww):
+        return float(np.sum(ref.mla_forward(xx, ww, cfg) * dout))
+
+    eps = 1e-5
+    for name in ["x", *w]:
+        base = x64 if name == "x" else w64[name]
+        d = rng.standard_normal(base.shape)
+        if name == "x":
+            fd = (loss(x64 + eps * d, w64) - loss(x64 - eps * d, w64)) / (2 * eps)
+        else:
+            fd = (loss(x64, {**w64, name: base + eps * d}) - loss(x64, {**w64, name: base - eps * d})) / (2 * eps)
+        got = float(np.sum(g[name].astype(np.float64) * d))
+        assert abs(got - fd) <= 2e-3 * max(1.0, abs(fd)), (name, got, fd)
+
+
 def test_backward_positions_and_grads_dtype(rng):
     cfg = small_cfg()
     w, x = make(cfg, rng, B=1, T=4)
