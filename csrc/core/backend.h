@@ -256,6 +256,28 @@ extern "C" {
 
 DSC_BACKEND_DECLS(dsc_cpu_)
 
+/* ---- CPU-only helpers of the model's training step (csrc/model calls them on a CPU
+ * context; a CUDA context takes the per-tensor ops instead). */
+
+/* A run of trained parameters: elements [off, off + n) of the flat parameter, gradient and
+ * moment arenas, all with the same weight decay. */
+typedef struct {
+  int64_t off, n;
+  float weight_decay;
+} dsc_param_run;
+
+/* *sumsq (host) = sum of g^2 over the runs, in float64, in a fixed order (chunks of a fixed
+ * size within each run; within a chunk 8 lanes then a fixed tree; the chunks' partials
+ * summed in order): bitwise the same for any thread count and with or without AVX2. */
+dsc_status dsc_cpu_sumsq_runs(dsc_context *ctx, int32_t nrun, const dsc_param_run *runs,
+                              const float *g, double *sumsq);
+/* dsc_cpu_adamw over every run in one parallel pass (each run's own weight decay); the
+ * same float operations per element, so the same bits as per-tensor calls. */
+dsc_status dsc_cpu_adamw_runs(dsc_context *ctx, int32_t nrun, const dsc_param_run *runs, float *p,
+                              const float *g, dsc_dtype mom_dt, void *m, void *v, float lr,
+                              float beta1, float beta2, float eps, float bc1, float bc2,
+                              float gscale);
+
 #ifdef DSC_WITH_CUDA
 DSC_BACKEND_DECLS(dsc_cuda_)
 

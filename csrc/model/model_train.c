@@ -905,6 +905,50 @@ static DLTensor *row_view(tv *v, const dsc_model *m, const DLTensor *t, int64_t 
   return tv_make(v, m, (const int32_t *)dsc_data(t) + r0 * t->shape[1], I32, 2, n, t->shape[1], 0);
 }
 
+static dsc_status finish_step(dsc_model *m, const dsc_train_options *opt, dsc_train_stats *stats,
+                              int64_t tokens, double loss, double mtp, double aux, float gn);
+
+/* CPU: the global norm over the trained parameters, clipping and AdamW as two passes over
+ * the flat arenas (runs of consecutive trained entries with one weight decay) instead of a
+ * parallel region per tensor; the clip coefficient scales the gradients inside the update
+ * (g * c, the same multiply the in-place scaling did; m->grads keep the unclipped values).
+ * *gn: the norm before clipping. */
+static dsc_status cpu_clip_adamw(dsc_model *m, const dsc_train_options *opt, float *gn) {
+  static const char *const FN = "dsc_model_train_step";
+  dsc_param_run *runs = (dsc_param_run *)malloc((size_t)(m->n_storage ? m->n_storage : 1) * sizeof *runs);
+  if (!runs) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+  int32_t nr = 0;
+  for (int64_t e = 0; e < m->n_storage; ++e) {
+    const dsc_model_entry *en = &m->storage[e];
+    if (!en->train || en->numel == 0) continue;
+    const float wd = en->decay ? opt->weight_decay : 0.0f;
+    if (nr > 0 && runs[nr - 1].off + runs[nr - 1].n == en->offset && runs[nr - 1].weight_decay == wd) {
+      runs[nr - 1].n += en->numel;
+    } else {
+      runs[nr].off = en->offset;
+      runs[nr].n = en->numel;
+      runs[nr].weight_decay = wd;
+      ++nr;
+    }
+  }
+  double ss = 0.0;
+  dsc_status st = dsc_cpu_sumsq_runs(m->ctx, nr, runs, m->grads, &ss);
+  const double norm = sqrt(ss);
+  *gn = (float)norm;
+  float gscale = 1.0f;
+  if (opt->max_grad_norm > 0.0f && *gn > opt->max_grad_norm)
+    gscale = (float)((double)opt->max_grad_norm / ((double)*gn + 1e-6));
+  if (st == DSC_OK) {
+    m->step += 1;
+    const float bc1 = (float)(1.0 - pow((double)opt->beta1, (double)m->step));
+    const float bc2 = (float)(1.0 - pow((double)opt->beta2, (double)m->step));
+    st = dsc_cpu_adamw_runs(m->ctx, nr, runs, m->params, m->grads, m->mom_dtype, m->exp_avg, m->exp_avg_sq,
+                            opt->lr, opt->beta1, opt->beta2, opt->eps, bc1, bc2, gscale);
+  }
+  free(runs);
+  return st;
+}
+
 dsc_status dsc_model_train_step(dsc_model *m, const dsc_train_options *opt, const DLTensor *tokens,
                                 const DLTensor *targets, dsc_train_stats *stats) {
   static const char *const FN = "dsc_model_train_step";
@@ -932,6 +976,13 @@ dsc_status dsc_model_train_step(dsc_model *m, const dsc_train_options *opt, cons
     loss += s.loss;
     mtp += s.mtp_loss;
     aux += s.aux_loss;
+  }
+
+  if (!dsc_ctx_is_cuda(ctx)) {
+    DSC_TRY(dsc_model_ensure_moments(m));
+    float gn = 0.0f;
+    DSC_TRY(cpu_clip_adamw(m, opt, &gn));
+    return finish_step(m, opt, stats, B * tokens->shape[1], loss, mtp, aux, gn);
   }
 
   /* global norm over the trained tensors, clipping, AdamW (decay on matrices only) */
@@ -982,6 +1033,15 @@ dsc_status dsc_model_train_step(dsc_model *m, const dsc_train_options *opt, cons
   free(views);
   free(ptrs);
 
+  if (st != DSC_OK) return st;
+  return finish_step(m, opt, stats, B * tokens->shape[1], loss, mtp, aux, gn);
+}
+
+/* After the update: the aux-loss-free bias update, then the step's statistics. */
+static dsc_status finish_step(dsc_model *m, const dsc_train_options *opt, dsc_train_stats *stats,
+                              int64_t tokens, double loss, double mtp, double aux, float gn) {
+  dsc_context *ctx = m->ctx;
+  dsc_status st = DSC_OK;
   /* auxiliary-loss-free balancing: bias += gamma * sign(mean load - load) */
   if (st == DSC_OK && opt->bias_update_rate > 0.0f && m->cfg.topk_method == DSC_MOE_TOPK_NOAUX_TC) {
     const int64_t E = m->cfg.n_routed_experts;
@@ -1003,7 +1063,7 @@ dsc_status dsc_model_train_step(dsc_model *m, const dsc_train_options *opt, cons
     stats->grad_norm = gn;
     stats->step = m->step;
     stats->load_imbalance = load_imbalance(m);
-    stats->tokens = B * tokens->shape[1];
+    stats->tokens = tokens;
   }
   return DSC_OK;
 }
