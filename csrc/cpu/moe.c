@@ -355,6 +355,15 @@ dsc_status dsc_cpu_moe_permute_bwd(dsc_context *ctx, dsc_dtype dt, int64_t T, in
   (void)ctx; /* read only by the OpenMP pragmas */
   DSC_CPU_FOR(T * k * D >= DSC_CPU_PAR_MIN, ctx->num_threads, t, T,
     const int32_t *rm = row_map + t * k; /* [k] */
+    if (dt == DSC_DTYPE_FLOAT32) { /* the same sums (0, then j = 0, 1, ...), row at a time */
+      float *dxt = (float *)dx + t * D; /* [D] */
+      for (int64_t d = 0; d < D; ++d) dxt[d] = 0.0f;
+      for (int64_t j = 0; j < k; ++j) {
+        const float *src = (const float *)dout + (int64_t)rm[j] * D; /* [D] */
+        for (int64_t d = 0; d < D; ++d) dxt[d] += src[d];
+      }
+      continue;
+    }
     for (int64_t d = 0; d < D; ++d) {
       float acc = 0.0f;
       for (int64_t j = 0; j < k; ++j) acc += dsc_cpu_ld(dt, dout, (int64_t)rm[j] * D + d);
@@ -401,7 +410,34 @@ dsc_status dsc_cpu_moe_unpermute_bwd(dsc_context *ctx, dsc_dtype dt, int64_t T, 
                                      void *dexpert_out /* [R,D] dt or NULL */,
                                      float *dweights /* [T,k] or NULL */) {
   (void)ctx; /* read only by the OpenMP pragmas */
-  if (dexpert_out) {
+  /* The rows of a permute are distinct (one per token and slot): then each is written once,
+   * w * dy[t] (the value the accumulation below gives: 0 + w dy), in parallel over tokens,
+   * and only the rows nobody names (padding) are zeroed. */
+  int distinct = dexpert_out != NULL && dt == DSC_DTYPE_FLOAT32;
+  uint8_t *named = NULL;
+  if (distinct) {
+    void *ws = NULL;
+    DSC_TRY(dsc_workspace(ctx, (size_t)(R > 0 ? R : 1), &ws));
+    named = (uint8_t *)ws; /* [R] */
+    memset(named, 0, (size_t)R);
+    for (int64_t i = 0; i < T * k && distinct; ++i) {
+      distinct = !named[row_map[i]];
+      named[row_map[i]] = 1;
+    }
+  }
+  if (distinct) {
+    float *de = (float *)dexpert_out;
+    for (int64_t r = 0; r < R; ++r)
+      if (!named[r]) memset(de + r * D, 0, (size_t)D * sizeof(float));
+    DSC_CPU_FOR(T * k * D >= DSC_CPU_PAR_MIN, ctx->num_threads, t, T,
+      const float *dyt = (const float *)dy + t * D; /* [D] */
+      for (int64_t j = 0; j < k; ++j) {
+        float *dst = de + (int64_t)row_map[t * k + j] * D; /* [D] */
+        const float w = weights[t * k + j];
+        for (int64_t d = 0; d < D; ++d) dst[d] = 0.0f + w * dyt[d];
+      }
+    );
+  } else if (dexpert_out) {
     /* Rows not named by row_map (padding) are 0; a row named twice accumulates. The
      * threads split the D columns and each walks every (t, j) in order: no race, and the
      * sum order does not depend on the thread count. */
@@ -420,12 +456,21 @@ dsc_status dsc_cpu_moe_unpermute_bwd(dsc_context *ctx, dsc_dtype dt, int64_t T, 
     );
   }
   if (dweights) {
+    /* dot products in 8 float32 lanes (lane l: d = l, l + 8, ...) and a fixed tree */
     DSC_CPU_FOR(T * k * D >= DSC_CPU_PAR_MIN, ctx->num_threads, i, T * k,
       const int64_t row = row_map[i], t = i / k;
-      float acc = 0.0f;
-      for (int64_t d = 0; d < D; ++d)
-        acc += dsc_cpu_ld(dt, dy, t * D + d) * dsc_cpu_ld(dt, expert_out, row * D + d);
-      dweights[i] = acc;
+      float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      if (dt == DSC_DTYPE_FLOAT32) {
+        const float *dyt = (const float *)dy + t * D, *er = (const float *)expert_out + row * D;
+        int64_t d = 0;
+        for (; d + 8 <= D; d += 8)
+          for (int l = 0; l < 8; ++l) a[l] += dyt[d + l] * er[d + l];
+        for (int l = 0; d < D; ++d, ++l) a[l] += dyt[d] * er[d];
+      } else {
+        for (int64_t d = 0; d < D; ++d)
+          a[d % 8] += dsc_cpu_ld(dt, dy, t * D + d) * dsc_cpu_ld(dt, expert_out, row * D + d);
+      }
+      dweights[i] = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
     );
   }
   return DSC_OK;
