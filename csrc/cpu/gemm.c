@@ -14,8 +14,11 @@
  *   beta == 0 overwrites C (a NaN in C does not leak), as BLAS specifies.
  *
  * BLAS integers (blasint) are 32-bit here: dims and strides >= 2^31 are UNSUPPORTED.
- * Determinism: OpenBLAS splits sgemm over M/N, never over K, so a C element's sum order
- * does not depend on the thread count.
+ * Threads: OpenBLAS is always called single-threaded (one thread pool: ours); a large product
+ * is split into row (or column) blocks over the context's OpenMP team, each block one
+ * single-threaded sgemm, a fixed split for a given thread count: results are reproducible
+ * for a given CPU, build and thread count (across thread counts the last bits of some
+ * products may differ, as they do with OpenBLAS's own threads).
  *
  * Small M (decode: 1..SMALL_M_MAX tokens; any M in generation's decode steps) with
  * op(A) = A: sgemm would re-pack the whole weight B for every call (sgemm_incopy was ~40%
@@ -35,13 +38,6 @@
 #include "cpu_common.h"
 
 static const char *const FN_GEMM = "dsc_cpu_gemm";
-
-/* OpenBLAS has its own thread pool; make it use the context's thread count. The setting
- * is process-wide, so only touch it when it differs (changing it is not free). */
-static void blas_threads(const dsc_context *ctx) {
-  if (scipy_openblas_get_num_threads() != ctx->num_threads)
-    scipy_openblas_set_num_threads(ctx->num_threads);
-}
 
 void dsc_cpu_blas_serial(void) {
   if (scipy_openblas_get_num_threads() != 1) scipy_openblas_set_num_threads(1);
@@ -160,6 +156,12 @@ static void scale_c(dsc_dtype dt, int64_t M, int64_t N, float beta, void *C /* [
  * ran 32-40k tok/s with SMALL_PAR_MIN = 2^18 against 42-43k with 2^21 (bench_decode.py
  * --batches 8).  libgomp's default (spinning) policy pays off from ~2^16 (1.2-1.6x at
  * 2^17).  Hence SMALL_PAR_MIN = 2^21 multiply-adds, as for the portable kernels. */
+/* Products split over the OpenMP team (sgemm below): at least this many multiply-adds (a
+ * parallel region costs ~40 us to wake under OMP_WAIT_POLICY=PASSIVE, ~2^21 multiply-adds of
+ * single-threaded sgemm here), in chunks of a multiple of SPLIT_ALIGN rows or columns. */
+#define SPLIT_MIN_MACS 4194304.0
+#define SPLIT_ALIGN 16
+
 #define SMALL_M_MAX 3      /* most rows of A for the portable kernels */
 #define SMALL_M_MAX_AVX2 8 /* rows of an AVX2 no-trans_b chunk (row-invariant mode) */
 #define SMALL_LANES 8
@@ -665,10 +667,35 @@ static void sgemm(const dsc_context *ctx, int trans_a, int trans_b, int64_t M, i
     }
     return;
   }
-  blas_threads(ctx);
-  scipy_cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-                    trans_b ? CblasTrans : CblasNoTrans, (blasint)M, (blasint)N, (blasint)K,
-                    alpha, A, (blasint)lda, B, (blasint)ldb, beta, C, (blasint)ldc);
+  /* One thread pool: OpenBLAS always runs single-threaded, on the calling thread; a product
+   * worth splitting is split here over the context's OpenMP team (see SPLIT_MIN_MACS). */
+  dsc_cpu_blas_serial();
+#ifdef _OPENMP
+  const int64_t nt = ctx->num_threads > 1 && !omp_in_parallel() ? ctx->num_threads : 1;
+#else
+  const int64_t nt = 1;
+#endif
+  const double macs = (double)M * (double)N * (double)K;
+  const int64_t big = M >= N ? M : N;
+  if (nt > 1 && macs >= SPLIT_MIN_MACS && big >= 2 * SPLIT_ALIGN) {
+    /* nt chunks of the larger of M and N (multiples of SPLIT_ALIGN): each thread packs the
+     * other operand itself, which costs little next to its share of the product. */
+    const int split_m = M >= N;
+    const int64_t per = ((big + nt - 1) / nt + SPLIT_ALIGN - 1) / SPLIT_ALIGN * SPLIT_ALIGN;
+    const int64_t nchunk = (big + per - 1) / per;
+    (void)nchunk;
+    DSC_CPU_FOR(1, (int)nt, c, nchunk,
+      const int64_t i0 = c * per, n = big - i0 < per ? big - i0 : per;
+      if (split_m) /* rows i0.. of op(A) and C */
+        dsc_cpu_sgemm_raw(trans_a, trans_b, n, N, K, alpha, trans_a ? A + i0 : A + i0 * lda, lda, B, ldb,
+                          beta, C + i0 * ldc, ldc);
+      else /* columns i0.. of op(B) and C */
+        dsc_cpu_sgemm_raw(trans_a, trans_b, M, n, K, alpha, A, lda, trans_b ? B + i0 * ldb : B + i0, ldb,
+                          beta, C + i0, ldc);
+    );
+    return;
+  }
+  dsc_cpu_sgemm_raw(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 dsc_status dsc_cpu_gemm(dsc_context *ctx, dsc_dtype dt, int trans_a, int trans_b, int64_t M,
