@@ -434,14 +434,17 @@ static dsc_status kv_path(dsc_context *ctx, const dsc_mla_params *p, const dsc_m
   float inv[256], cs;
   DSC_TRY(rope_tab(p, inv, &cs));
   const wref wa = WR(w->kv_a_proj_with_mqa, w->kv_a_proj_with_mqa_scale_inv); /* [R+dr, Hd] */
-  if (f8) { /* one [N, R+dr] projection, then split */
-    DSC_TRY(proj(ctx, f8, N, R + dr, Hd, x, wa, f8->tmp));
-    DSC_TRY(BK(mla_copy_cols, ctx, N, R, f8->tmp, R + dr, c_raw, R));
-    DSC_TRY(BK(mla_copy_cols, ctx, N, dr, f8->tmp + R, R + dr, kpe, dr));
-  } else {
-    DSC_TRY(lin(ctx, N, R, Hd, x, Hd, wa.w, Hd, 0.0f, c_raw, R));
-    DSC_TRY(lin(ctx, N, dr, Hd, x, Hd, wa.w + R * Hd, Hd, 0.0f, kpe, dr));
+  /* one [N, R+dr] projection, then split (a separate [N, dr] product is a slow thin GEMM);
+   * float32: into the workspace, free again before the norm and RoPE below use it */
+  float *joint = f8 ? f8->tmp : NULL; /* [N, R+dr] */
+  if (!joint) {
+    void *ws = NULL;
+    DSC_TRY(dsc_workspace(ctx, (size_t)(N * (R + dr)) * sizeof(float), &ws));
+    joint = (float *)ws;
   }
+  DSC_TRY(proj(ctx, f8, N, R + dr, Hd, x, wa, joint));
+  DSC_TRY(BK(mla_copy_cols, ctx, N, R, joint, R + dr, c_raw, R));
+  DSC_TRY(BK(mla_copy_cols, ctx, N, dr, joint + R, R + dr, kpe, dr));
   DSC_TRY(BK(rms_norm_fwd, ctx, DSC_DTYPE_FLOAT32, N, R, c_raw, dsc_data(w->kv_a_layernorm),
              p->rms_norm_eps, ckv, rstd_kv));
   return BK(rope, ctx, DSC_DTYPE_FLOAT32, (int)p->rope.layout, B, T, 1, dr, kpe, pos, inv, cs, 0,
@@ -516,7 +519,8 @@ dsc_status dsc_mla_forward(dsc_context *ctx, const dsc_mla_params *p, const dsc_
 }
 
 /* Backward scratch buffers. */
-enum { G_DO, G_DQ, G_DQ_PE, G_DKV, G_DKPE, G_DCKV, G_DC_RAW, G_DCQ, G_DCQ_RAW, G_DGAMMA, G_DX, G_COUNT };
+enum { G_DO, G_DQ, G_DQ_PE, G_DKV, G_DKPE, G_DCKV, G_DC_RAW, G_DCQ, G_DCQ_RAW, G_DGAMMA, G_DX, G_DKVA,
+       G_COUNT };
 
 dsc_status dsc_mla_backward(dsc_context *ctx, const dsc_mla_params *p, const dsc_mla_weights *w,
                             const dsc_mla_saved *saved, const DLTensor *x,
@@ -575,7 +579,7 @@ dsc_status dsc_mla_backward(dsc_context *ctx, const dsc_mla_params *p, const dsc
       [G_DO] = N * H * dv,      [G_DQ] = N * H * dqk, [G_DQ_PE] = N * H * dr,
       [G_DKV] = N * H * dkvw,   [G_DKPE] = N * dr,    [G_DCKV] = N * R,
       [G_DC_RAW] = N * R,       [G_DCQ] = N * Rq,     [G_DCQ_RAW] = N * Rq,
-      [G_DGAMMA] = (R > Rq ? R : Rq), [G_DX] = dx ? 0 : N * Hd};
+      [G_DGAMMA] = (R > Rq ? R : Rq), [G_DX] = dx ? 0 : N * Hd, [G_DKVA] = p->fp8 ? 0 : N * (R + dr)};
   void *mem = NULL;
   size_t bytes = 0;
   float *b[G_COUNT];
@@ -608,25 +612,13 @@ dsc_status dsc_mla_backward(dsc_context *ctx, const dsc_mla_params *p, const dsc
   STEP(BK(rms_norm_bwd, ctx, DSC_DTYPE_FLOAT32, N, R, b[G_DCKV], a[A_C_RAW],
           dsc_data(w->kv_a_layernorm), a[A_RSTD_KV], eps, b[G_DC_RAW],
           g->kv_a_layernorm ? FO(g->kv_a_layernorm) : b[G_DGAMMA]));
-  /* [c_raw | kpe_raw] = x Wkva^T */
+  /* [c_raw | kpe_raw] = x Wkva^T: the joint [N, R+dr] gradient, as the forward's one
+   * projection (one weight-gradient and one dx product instead of a thin pair each) */
   const float *wa = F(w->kv_a_proj_with_mqa);
-  if (f8) { /* the joint [N, R+dr] gradient, as the forward's one projection */
-    STEP(BK(mla_copy_cols, ctx, N, R, b[G_DC_RAW], R, f8->tmp, R + dr));
-    STEP(BK(mla_copy_cols, ctx, N, dr, b[G_DKPE], dr, f8->tmp + R, R + dr));
-    STEP(proj_bwd(ctx, f8, N, R + dr, Hd, f8->tmp, xp, wa, FO(g->kv_a_proj_with_mqa), 0.0f, dxp));
-  } else {
-    if (g->kv_a_proj_with_mqa) {
-      float *gw = FO(g->kv_a_proj_with_mqa);
-      STEP(BK(gemm_f32out, ctx, DSC_DTYPE_FLOAT32, 1, 0, R, Hd, N, 1.0f, b[G_DC_RAW], R, xp, Hd,
-              0.0f, gw, Hd));
-      STEP(BK(gemm_f32out, ctx, DSC_DTYPE_FLOAT32, 1, 0, dr, Hd, N, 1.0f, b[G_DKPE], dr, xp, Hd,
-              0.0f, gw + R * Hd, Hd));
-    }
-    STEP(BK(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 0, N, Hd, R, 1.0f, b[G_DC_RAW], R, wa, Hd, 0.0f, dxp,
-            Hd, 1, 0, 0, 0));
-    STEP(BK(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 0, N, Hd, dr, 1.0f, b[G_DKPE], dr, wa + R * Hd, Hd,
-            1.0f, dxp, Hd, 1, 0, 0, 0));
-  }
+  float *djoint = f8 ? f8->tmp : b[G_DKVA]; /* [N, R+dr] */
+  STEP(BK(mla_copy_cols, ctx, N, R, b[G_DC_RAW], R, djoint, R + dr));
+  STEP(BK(mla_copy_cols, ctx, N, dr, b[G_DKPE], dr, djoint + R, R + dr));
+  STEP(proj_bwd(ctx, f8, N, R + dr, Hd, djoint, xp, wa, FO(g->kv_a_proj_with_mqa), 0.0f, dxp));
   /* query path */
   if (Rq > 0) {
     STEP(proj_bwd(ctx, f8, N, H * dqk, Rq, b[G_DQ], a[A_CQ], F(w->q_b_proj), FO(g->q_b_proj), 0.0f,
