@@ -259,6 +259,17 @@ DSC_BACKEND_DECLS(dsc_cpu_)
 /* ---- CPU-only helpers of the model's training step (csrc/model calls them on a CPU
  * context; a CUDA context takes the per-tensor ops instead). */
 
+/* s = a + b and y = RMSNorm(s) (w, eps; rstd [N] or NULL) in one pass over the rows: the
+ * same operations as dsc_cpu_add then dsc_cpu_rms_norm_fwd (the same bits). Float32 [N,D]. */
+dsc_status dsc_cpu_add_rms_norm_fwd(dsc_context *ctx, int64_t N, int64_t D, const float *a,
+                                    const float *b, const float *w, float eps, float *s, float *y,
+                                    float *rstd);
+/* dsc_cpu_rms_norm_bwd with the residual's gradient added: dx = res + (input gradient), as
+ * dsc_cpu_add(res, dx_norm) gives; dw as dsc_cpu_rms_norm_bwd. dx may alias res. */
+dsc_status dsc_cpu_rms_norm_bwd_add(dsc_context *ctx, int64_t N, int64_t D, const float *dy,
+                                    const float *x, const float *w, const float *rstd, float eps,
+                                    const float *res, float *dx, float *dw);
+
 /* A run of trained parameters: elements [off, off + n) of the flat parameter, gradient and
  * moment arenas, all with the same weight decay. */
 typedef struct {

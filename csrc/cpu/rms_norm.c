@@ -133,10 +133,10 @@ dsc_status dsc_cpu_rms_norm_fwd(dsc_context *ctx, dsc_dtype dt, int64_t N, int64
  * that the float64 accumulators of a block stay in registers. */
 #define DW_BLOCK 32
 
-dsc_status dsc_cpu_rms_norm_bwd(dsc_context *ctx, dsc_dtype dt, int64_t N, int64_t D,
-                                const void *dy /* [N,D] dt */, const void *x /* [N,D] dt */,
-                                const void *w /* [D] dt */, const float *rstd /* [N] or NULL */,
-                                float eps, void *dx /* [N,D] dt */, float *dw /* [D] f32 */) {
+/* The backward; res [N,D] float32 or NULL: dx = res + (the RMSNorm input gradient). */
+static dsc_status rms_bwd(dsc_context *ctx, dsc_dtype dt, int64_t N, int64_t D, const void *dy,
+                          const void *x, const void *w, const float *rstd, float eps,
+                          const float *res, void *dx, float *dw) {
   const int64_t es = dsc_cpu_esize(dt);
   const int f32 = dt == DSC_DTYPE_FLOAT32;
 #ifdef RMS_AVX2
@@ -206,7 +206,12 @@ dsc_status dsc_cpu_rms_norm_bwd(dsc_context *ctx, dsc_dtype dt, int64_t N, int64
     const double dot = row_gx(dt, D, dyr, w, xr);
 #endif
     const float c = (float)(dot / (double)D) * r * r; /* r^2 * mean(g x) */
-    if (f32) {
+    if (f32 && res) { /* the residual's gradient added (res + term: as dsc_add would) */
+      const float *dyf = (const float *)dyr, *wf = (const float *)w, *xf = (const float *)xr;
+      const float *rr = res + n * D;
+      float *dxf = (float *)dxr;
+      for (int64_t j = 0; j < D; ++j) dxf[j] = rr[j] + r * (dyf[j] * wf[j] - xf[j] * c);
+    } else if (f32) {
       const float *dyf = (const float *)dyr, *wf = (const float *)w, *xf = (const float *)xr;
       float *dxf = (float *)dxr;
       for (int64_t j = 0; j < D; ++j) dxf[j] = r * (dyf[j] * wf[j] - xf[j] * c);
@@ -218,4 +223,45 @@ dsc_status dsc_cpu_rms_norm_bwd(dsc_context *ctx, dsc_dtype dt, int64_t N, int64
     }
   );
   return DSC_OK;
+}
+
+dsc_status dsc_cpu_rms_norm_bwd(dsc_context *ctx, dsc_dtype dt, int64_t N, int64_t D,
+                                const void *dy /* [N,D] dt */, const void *x /* [N,D] dt */,
+                                const void *w /* [D] dt */, const float *rstd /* [N] or NULL */,
+                                float eps, void *dx /* [N,D] dt */, float *dw /* [D] f32 */) {
+  return rms_bwd(ctx, dt, N, D, dy, x, w, rstd, eps, NULL, dx, dw);
+}
+
+/* ---- fused with the residual add (the model's blocks, float32) ------------------------ */
+
+dsc_status dsc_cpu_add_rms_norm_fwd(dsc_context *ctx, int64_t N, int64_t D,
+                                    const float *a /* [N,D] */, const float *b /* [N,D] */,
+                                    const float *w /* [D] */, float eps, float *s /* [N,D] */,
+                                    float *y /* [N,D] */, float *rstd /* [N] or NULL */) {
+  (void)ctx; /* read only by the OpenMP pragmas */
+#ifdef RMS_AVX2
+  const int avx2 = ctx->cpu_avx2;
+#endif
+  DSC_CPU_FOR(N * D >= DSC_CPU_PAR_MIN, ctx->num_threads, n, N,
+    const float *ar = a + n * D, *br = b + n * D; /* [D] */
+    float *sr = s + n * D, *yr = y + n * D;        /* [D] */
+    for (int64_t j = 0; j < D; ++j) sr[j] = ar[j] + br[j];
+#ifdef RMS_AVX2
+    const double ss = avx2 ? row_ss_avx2(D, sr) : row_ss(DSC_DTYPE_FLOAT32, D, sr);
+#else
+    const double ss = row_ss(DSC_DTYPE_FLOAT32, D, sr);
+#endif
+    const float r = rstd_of(ss, D, eps);
+    for (int64_t j = 0; j < D; ++j) yr[j] = w[j] * (sr[j] * r);
+    if (rstd) rstd[n] = r;
+  );
+  return DSC_OK;
+}
+
+dsc_status dsc_cpu_rms_norm_bwd_add(dsc_context *ctx, int64_t N, int64_t D, const float *dy /* [N,D] */,
+                                    const float *x /* [N,D] */, const float *w /* [D] */,
+                                    const float *rstd /* [N] or NULL */, float eps,
+                                    const float *res /* [N,D] */, float *dx /* [N,D] */,
+                                    float *dw /* [D] */) {
+  return rms_bwd(ctx, DSC_DTYPE_FLOAT32, N, D, dy, x, w, rstd, eps, res, dx, dw);
 }

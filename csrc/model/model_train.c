@@ -442,9 +442,45 @@ typedef struct {
   double aux_sum;   /* += alpha * L_bal of each MoE block */
 } fwd_opts;
 
-/* x_in [B, Tb, D] -> out [B, Tb, D] (out != x_in); positions [B, Tb]. */
+/* s = a + b, then y = RMSNorm(s) with weight w (all [rows, D] float32): one pass on the CPU
+ * (the same operations: the same bits), the two ops elsewhere. */
+static dsc_status add_norm(dsc_model *m, const DLTensor *a, const DLTensor *b, const DLTensor *w,
+                           DLTensor *s, DLTensor *y) {
+  const float eps = m->cfg.rms_norm_eps;
+  if (!dsc_ctx_is_cuda(m->ctx))
+    return dsc_cpu_add_rms_norm_fwd(m->ctx, dsc_rows(a), dsc_last_dim(a), (const float *)dsc_data(a),
+                                    (const float *)dsc_data(b), (const float *)dsc_data(w), eps,
+                                    (float *)dsc_data(s), (float *)dsc_data(y), NULL);
+  DSC_TRY(dsc_add(m->ctx, a, b, s));
+  return dsc_rms_norm_forward(m->ctx, s, w, eps, y, NULL);
+}
+
+/* out = res + the RMSNorm input gradient of dy at x (weight w; its gradient into storage
+ * entry e's slot): fused on the CPU, else rms_norm_backward into tmp and an add. */
+static dsc_status norm_bwd_add(dsc_model *m, const DLTensor *dy, const DLTensor *x, const DLTensor *w,
+                               int32_t e, const DLTensor *res, DLTensor *tmp, DLTensor *out) {
+  const float eps = m->cfg.rms_norm_eps;
+  gslot g;
+  DLTensor *dw = gs_begin(m, &g, e);
+  if (!dsc_ctx_is_cuda(m->ctx)) {
+    DSC_TRY(dsc_cpu_rms_norm_bwd_add(m->ctx, dsc_rows(x), dsc_last_dim(x), (const float *)dsc_data(dy),
+                                     (const float *)dsc_data(x), (const float *)dsc_data(w), NULL, eps,
+                                     (const float *)dsc_data(res), (float *)dsc_data(out),
+                                     (float *)dsc_data(dw)));
+  } else {
+    DSC_TRY(dsc_rms_norm_backward(m->ctx, dy, x, w, NULL, eps, tmp, dw));
+    DSC_TRY(dsc_add(m->ctx, res, tmp, out));
+  }
+  return gs_end(m, &g);
+}
+
+/* x_in [B, Tb, D] -> out [B, Tb, D] (out != x_in); positions [B, Tb].
+ * xn1_ready: the block's input norm is already in k->xn1 (the previous block fused it);
+ * next_w / next_out: the RMSNorm that reads `out` next (the next block's input norm, or the
+ * final norm), computed here together with the residual add (NULL: just the add). */
 static dsc_status block_fwd(dsc_model *m, int32_t b, int64_t B, int64_t Tb, const int32_t *positions,
-                            float *x_in, float *out, fwd_opts *o) {
+                            float *x_in, float *out, fwd_opts *o, int xn1_ready, const DLTensor *next_w,
+                            float *next_out) {
   dsc_context *ctx = m->ctx;
   dsc_model_acts *A = m->acts;
   blk_acts *k = &A->blk[b];
@@ -464,10 +500,9 @@ static dsc_status block_fwd(dsc_model *m, int32_t b, int64_t B, int64_t Tb, cons
   dsc_mla_weights mw;
   dsc_model_mla_weights(m, b, &mw);
   dsc_status st = DSC_OK;
-  STEP(dsc_rms_norm_forward(ctx, &x.t, &w->input_norm, eps, &xn1.t, NULL));
+  if (!xn1_ready) STEP(dsc_rms_norm_forward(ctx, &x.t, &w->input_norm, eps, &xn1.t, NULL));
   STEP(dsc_mla_forward(ctx, &m->mla, &mw, &xn1.t, &pos.t, &t.t, o->train ? k->mla : NULL));
-  STEP(dsc_add(ctx, &x.t, &t.t, &hmid.t));
-  STEP(dsc_rms_norm_forward(ctx, &hmid.t, &w->post_norm, eps, &xn2.t, NULL));
+  STEP(add_norm(m, &x.t, &t.t, &w->post_norm, &hmid.t, &xn2.t));
   if (w->is_moe) {
     dsc_moe_layer_weights ew;
     dsc_model_moe_weights(m, b, &ew);
@@ -486,7 +521,13 @@ static dsc_status block_fwd(dsc_model *m, int32_t b, int64_t B, int64_t Tb, cons
     tv_make(&t2, m, A->tA, F32, 2, rows, D, 0);
     STEP(dense_fwd(m, b, k, rows, &x2.t, &t2.t));
   }
-  STEP(dsc_add(ctx, &hmid.t, &t.t, &y.t));
+  if (next_w) {
+    tv nx;
+    tv_make(&nx, m, next_out, F32, 3, B, Tb, D);
+    STEP(add_norm(m, &hmid.t, &t.t, next_w, &y.t, &nx.t));
+  } else {
+    STEP(dsc_add(ctx, &hmid.t, &t.t, &y.t));
+  }
   return st;
 }
 
@@ -542,12 +583,8 @@ static dsc_status block_bwd(dsc_model *m, int32_t b, int64_t B, int64_t Tb, cons
     tv_make(&d2, m, A->tB, F32, 2, rows, D, 0);
     STEP(dense_bwd(m, b, k, rows, &x2.t, &dy2.t, &d1.t, &d2.t));
   }
-  /* post-attention norm, residual */
-  gslot gpn;
-  STEP(dsc_rms_norm_backward(ctx, &t1.t, &hmid.t, &w->post_norm, NULL, eps, &t2.t,
-                             gs_begin(m, &gpn, slot_entry(m, b, S_POST_NORM))));
-  STEP(gs_end(m, &gpn));
-  STEP(dsc_add(ctx, &dy.t, &t2.t, &t3.t)); /* t3 = d hmid */
+  /* post-attention norm, residual: t3 = d hmid = dy + norm backward */
+  STEP(norm_bwd_add(m, &t1.t, &hmid.t, &w->post_norm, slot_entry(m, b, S_POST_NORM), &dy.t, &t2.t, &t3.t));
   /* attention */
   dsc_mla_weights mw;
   dsc_model_mla_weights(m, b, &mw);
@@ -565,11 +602,7 @@ static dsc_status block_bwd(dsc_model *m, int32_t b, int64_t B, int64_t Tb, cons
   g.o_proj = gs_begin(m, &ga[7], slot_entry(m, b, S_O));
   STEP(dsc_mla_backward(ctx, &m->mla, &mw, k->mla, &xn1.t, &pos.t, &t3.t, &t1.t, &g));
   for (int j = 0; j < 8; ++j) STEP(gs_end(m, &ga[j]));
-  gslot gin;
-  STEP(dsc_rms_norm_backward(ctx, &t1.t, &x.t, &w->input_norm, NULL, eps, &t2.t,
-                             gs_begin(m, &gin, slot_entry(m, b, S_IN_NORM))));
-  STEP(gs_end(m, &gin));
-  STEP(dsc_add(ctx, &t3.t, &t2.t, &dy.t));
+  STEP(norm_bwd_add(m, &t1.t, &x.t, &w->input_norm, slot_entry(m, b, S_IN_NORM), &t3.t, &t2.t, &dy.t));
   return st;
 }
 
@@ -609,12 +642,17 @@ static dsc_status run_forward(dsc_model *m, const DLTensor *tokens, int32_t n_mt
   tv h0, hL, hn, lg;
   tv_make(&h0, m, A->h, F32, 3, B, T, D);
   STEP(dsc_embedding_forward(ctx, tokens, &m->embed, &h0.t));
-  for (int32_t b = 0; b < L && st == DSC_OK; ++b)
-    st = block_fwd(m, b, B, T, A->pos, A->h + b * N * D, A->h + (b + 1) * N * D, o);
+  /* each block's residual add also computes the next RMSNorm (the next block's input norm,
+   * after the last block the final norm into hn) */
+  for (int32_t b = 0; b < L && st == DSC_OK; ++b) {
+    const int last = b + 1 == L;
+    st = block_fwd(m, b, B, T, A->pos, A->h + b * N * D, A->h + (b + 1) * N * D, o, b > 0,
+                   last ? &m->final_norm : &m->blocks[b + 1].input_norm, last ? A->hn : A->blk[b + 1].xn1);
+  }
   tv_make(&hL, m, A->h + L * N * D, F32, 3, B, T, D);
   tv_make(&hn, m, A->hn, F32, 3, B, T, D);
   tv_make(&lg, m, logits_out ? logits_out : A->logits, F32, 3, B, T, V);
-  STEP(dsc_rms_norm_forward(ctx, &hL.t, &m->final_norm, eps, &hn.t, NULL));
+  (void)hL;
   STEP(dsc_linear_forward(ctx, &hn.t, &m->head, &lg.t));
 
   for (int32_t d = 0; d < n_mtp_run && st == DSC_OK; ++d) {
@@ -642,7 +680,7 @@ static dsc_status run_forward(dsc_model *m, const DLTensor *tokens, int32_t n_mt
     STEP(dsc_rms_norm_forward(ctx, &hp.t, &mt->hnorm, eps, &hh.t, NULL));
     STEP(dsc_model_concat2(m, &en.t, &hh.t, &cat.t));
     STEP(dsc_linear_forward(ctx, &cat.t, &mt->eh_proj, &x.t));
-    STEP(block_fwd(m, b, B, Td, A->mtp_pos[d], A->mtp_x[d], A->mtp_xo[d], o));
+    STEP(block_fwd(m, b, B, Td, A->mtp_pos[d], A->mtp_x[d], A->mtp_xo[d], o, 0, NULL, NULL));
     STEP(dsc_rms_norm_forward(ctx, &xo.t, &mt->head_norm, eps, &xn.t, NULL));
     STEP(dsc_linear_forward(ctx, &xn.t, &m->head, &lgd.t));
   }
