@@ -248,6 +248,30 @@ def test_prefill_then_decode_equals_full_forward(rng, dtype, tol):
     assert err < tol, err
 
 
+def test_long_prefill_in_chunks_and_continued(rng):
+    """Prompts long enough that the CPU's BLAS prefill splits them into query chunks (4 heads
+    x 500 keys x 500 rows > 2^19 scores: chunks of 262 rows), one of them continued by a
+    second multi-row call from position 500, the other ragged (470 tokens, then padding):
+    against the float64 reference."""
+    cfg = small_cfg(True, hidden_size=32, num_attention_heads=4, q_lora_rank=16, kv_lora_rank=16,
+                    qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8, max_position_embeddings=1024)
+    w, x = make(cfg, rng, B=2, T=600)
+    want = ref.mla_forward(x, w, cfg)
+    cache = dsc.MLACache(cfg, max_batch=2, max_tokens=600, block_size=16, dtype="float32")
+    for s in (0, 1):
+        cache.add_sequence(s)
+    pos = np.tile(np.arange(500, dtype=np.int32), (2, 1))
+    pos[1, 470:] = -1
+    first = dsc.mla_prefill(x[:, :500].copy(), w, cfg, cache, [0, 1], positions=pos)
+    pos2 = np.arange(500, 600, dtype=np.int32)[None, :]
+    second = dsc.mla_prefill(x[:1, 500:].copy(), w, cfg, cache, [0], positions=pos2)
+    got0 = np.concatenate([first[0], second[0]], axis=0)
+    scale = np.abs(want).max()
+    assert np.abs(got0 - want[0]).max() / scale < 1e-4
+    assert np.abs(first[1, :470] - want[1, :470]).max() / scale < 1e-4
+    assert not np.any(first[1, 470:])
+
+
 def test_multi_token_decode_and_truncate(rng):
     """n > 1 query tokens per sequence (MTP verification), then rejecting drafts."""
     cfg = small_cfg()

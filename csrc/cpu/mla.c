@@ -23,6 +23,7 @@
  * offset round4(R) (scale = max(amax, 1e-4) / 448 per 128 values), then kpe in bf16.
  */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cpu_common.h"
@@ -381,6 +382,110 @@ dsc_status dsc_cpu_mla_cache_read(dsc_context *ctx, dsc_dtype cdt, int64_t R, in
   return DSC_OK;
 }
 
+/* ---- prefill through BLAS ----------------------------------------------------------
+ *
+ * Outside generation's row-invariant steps (prefill, multi-token calls), a run of >=
+ * MLA_PREFILL_MIN consecutive query rows of one sequence (same block table, kv_len growing by
+ * one: a prompt) is attended with GEMMs: the sequence's latent rows are widened once into
+ * Lc [S, R+dr], and for a chunk of rows, all heads at once (the latent is shared by the
+ * heads): S = scale [q_lat | q_pe] Lc^T  [rows*H, S'], softmax per row up to its kv_len
+ * (vector exp), o_lat = P Lc[:, :R]. Chunks of at most MLA_PREFILL_FLOATS scores, in
+ * parallel over (run, chunk) with single-threaded sgemm: the result does not depend on the
+ * thread count. Other rows take the one-pass loop below. */
+#define MLA_PREFILL_MIN 4
+#define MLA_PREFILL_FLOATS ((int64_t)1 << 19)
+
+typedef struct {
+  int64_t r0, r1; /* query rows [r0, r1) */
+  int64_t lc;     /* first row of the run's latents in Lc */
+} prefill_chunk;
+
+/* The run of prefill rows starting at r ends at the returned row (exclusive). */
+static int64_t run_end(int64_t NQ, const int64_t *kv_len, const int64_t *table_off, int64_t r) {
+  int64_t e = r + 1;
+  while (e < NQ && kv_len[r] > 0 && table_off[e] == table_off[r] && kv_len[e] == kv_len[e - 1] + 1) ++e;
+  return e;
+}
+
+/* Query rows per chunk of a run attending to S keys with H heads. */
+static int64_t chunk_rows(int64_t H, int64_t S) {
+  const int64_t q = MLA_PREFILL_FLOATS / (H * S);
+  return q > 1 ? q : 1;
+}
+
+static dsc_status prefill_blas(dsc_context *ctx, dsc_dtype cdt, int64_t R, int64_t dr, int64_t row_bytes,
+                               int64_t block_size, const void *pool, int64_t NQ, int64_t H, float scale,
+                               const float *q_lat, const float *q_pe, const int64_t *kv_len,
+                               const int64_t *table_off, const int32_t *tables, float *o_lat,
+                               uint8_t *done /* [NQ] */) {
+  /* the runs: chunks, latent rows, the largest chunk */
+  int64_t nrun_rows = 0, nchunk = 0, lat_rows = 0, maxq = 1, maxs = 1;
+  for (int64_t r = 0, e; r < NQ; r = e) {
+    e = run_end(NQ, kv_len, table_off, r);
+    if (kv_len[r] <= 0 || e - r < MLA_PREFILL_MIN) continue;
+    const int64_t S = kv_len[e - 1], q = chunk_rows(H, S), rows = q < e - r ? q : e - r;
+    nchunk += (e - r + q - 1) / q;
+    lat_rows += S;
+    nrun_rows += e - r;
+    maxq = rows > maxq ? rows : maxq;
+    maxs = S > maxs ? S : maxs;
+  }
+  if (nchunk == 0) return DSC_OK;
+  const int64_t W = R + dr, nthr = ctx->num_threads > 0 ? ctx->num_threads : 1;
+  const int64_t per = maxq * H * W + maxq * H * maxs; /* Qc, S of one chunk */
+  void *ws = NULL;
+  DSC_TRY(dsc_workspace(ctx, (size_t)(lat_rows * W + nthr * per) * sizeof(float) +
+                                 (size_t)nchunk * sizeof(prefill_chunk), &ws));
+  float *Lc = (float *)ws;                                 /* [lat_rows, W] */
+  float *scr = Lc + lat_rows * W;                          /* [nthr, per] */
+  prefill_chunk *ch = (prefill_chunk *)(scr + nthr * per); /* [nchunk] */
+  int64_t k = 0, lc = 0;
+  for (int64_t r = 0, e; r < NQ; r = e) {
+    e = run_end(NQ, kv_len, table_off, r);
+    if (kv_len[r] <= 0 || e - r < MLA_PREFILL_MIN) continue;
+    const int64_t S = kv_len[e - 1], q = chunk_rows(H, S);
+    for (int64_t j = 0; j < S; ++j) {
+      const int64_t blk = tables[table_off[r] + j / block_size];
+      row_load(cdt, R, dr, (const unsigned char *)pool + (blk * block_size + j % block_size) * row_bytes,
+               Lc + (lc + j) * W);
+    }
+    for (int64_t c0 = r; c0 < e; c0 += q) {
+      ch[k].r0 = c0;
+      ch[k].r1 = c0 + q < e ? c0 + q : e;
+      ch[k].lc = lc;
+      ++k;
+    }
+    for (int64_t i = r; i < e; ++i) done[i] = 1;
+    lc += S;
+  }
+  const int avx2 = DSC_VM_USE_AVX2(ctx);
+  (void)avx2;
+  const int par = nthr > 1 && nchunk > 1 && nrun_rows * H * maxs * W >= 16 * DSC_CPU_PAR_MIN;
+  dsc_cpu_blas_serial();
+  DSC_CPU_FOR_DYN(par, ctx->num_threads, c, nchunk,
+    const int64_t r0 = ch[c].r0, nq = ch[c].r1 - r0, S = kv_len[ch[c].r1 - 1];
+    const float *L = Lc + ch[c].lc * W;              /* [S, W] */
+    float *Qc = scr + (par ? thread_id() : 0) * per; /* [nq*H, W] */
+    float *Sc = Qc + maxq * H * W;                   /* [nq*H, S] */
+    for (int64_t i = 0; i < nq * H; ++i) {
+      memcpy(Qc + i * W, q_lat + (r0 * H + i) * R, (size_t)R * sizeof(float));
+      memcpy(Qc + i * W + R, q_pe + (r0 * H + i) * dr, (size_t)dr * sizeof(float));
+    }
+    dsc_cpu_sgemm_raw(0, 1, nq * H, S, W, scale, Qc, W, L, W, 0.0f, Sc, S);
+    for (int64_t i = 0; i < nq * H; ++i) {
+      const int64_t n = kv_len[r0 + i / H]; /* keys of this row's position */
+#ifdef DSC_VM_AVX2
+      if (avx2)
+        (void)softmax_row_avx2(n, S, Sc + i * S);
+      else
+#endif
+        (void)softmax_row(n, S, Sc + i * S);
+    }
+    dsc_cpu_sgemm_raw(0, 0, nq * H, R, S, 1.0f, Sc, S, L, W, 0.0f, o_lat + r0 * H * R, R);
+  );
+  return DSC_OK;
+}
+
 dsc_status dsc_cpu_mla_decode_attn(dsc_context *ctx, dsc_dtype cdt, int64_t R, int64_t dr,
                                    int64_t row_bytes, int64_t block_size, const void *pool,
                                    int64_t NQ, int64_t H, float scale,
@@ -391,10 +496,27 @@ dsc_status dsc_cpu_mla_decode_attn(dsc_context *ctx, dsc_dtype cdt, int64_t R, i
   const int64_t HG = MLA_HEAD_GROUP, ngrp = (H + HG - 1) / HG;
   const int64_t nthr = ctx->num_threads > 0 ? ctx->num_threads : 1;
   const int64_t per = R + dr + 2 * HG; /* row [R+dr], m [HG], l [HG] */
+  uint8_t *done = NULL; /* [NQ] rows the BLAS prefill computed */
+  if (!ctx->row_invariant && NQ >= MLA_PREFILL_MIN) {
+    done = (uint8_t *)calloc((size_t)NQ, 1);
+    if (!done) return dsc_error(DSC_ERR_OUT_OF_MEMORY, "dsc_cpu_mla_decode_attn", "out of host memory");
+    const dsc_status st = prefill_blas(ctx, cdt, R, dr, row_bytes, block_size, pool, NQ, H, scale, q_lat,
+                                       q_pe, kv_len, table_off, tables, o_lat, done);
+    if (st != DSC_OK) {
+      free(done);
+      return st;
+    }
+  }
   void *ws = NULL;
-  DSC_TRY(dsc_workspace(ctx, (size_t)(nthr * per) * sizeof(float), &ws));
+  {
+    const dsc_status st = dsc_workspace(ctx, (size_t)(nthr * per) * sizeof(float), &ws);
+    if (st != DSC_OK) {
+      free(done);
+      return st;
+    }
+  }
   int64_t work = 0;
-  for (int64_t r = 0; r < NQ; ++r) work += kv_len[r];
+  for (int64_t r = 0; r < NQ; ++r) work += done && done[r] ? 0 : kv_len[r];
   /* Decode at batch 1 is 1..3 query rows over a few hundred latents: microseconds of work,
    * less than waking the OpenMP team (which also dominated the draft-verifying steps of
    * speculative decoding). Each task is computed by one thread either way, so the result
@@ -403,6 +525,7 @@ dsc_status dsc_cpu_mla_decode_attn(dsc_context *ctx, dsc_dtype cdt, int64_t R, i
   (void)par;
   DSC_CPU_FOR_DYN(par, ctx->num_threads, task, NQ * ngrp,
     const int64_t r = task / ngrp, h0 = (task % ngrp) * HG;
+    if (done && done[r]) continue;
     const int64_t h1 = h0 + HG < H ? h0 + HG : H;
     float *row = (float *)ws + thread_id() * per; /* [R + dr] */
     float *m = row + R + dr, *l = m + HG;         /* [HG] each */
@@ -439,5 +562,6 @@ dsc_status dsc_cpu_mla_decode_attn(dsc_context *ctx, dsc_dtype cdt, int64_t R, i
         for (int64_t k = 0; k < R; ++k) acc[k] *= inv;
       }
   );
+  free(done);
   return DSC_OK;
 }
