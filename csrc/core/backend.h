@@ -270,6 +270,13 @@ dsc_status dsc_cpu_rms_norm_bwd_add(dsc_context *ctx, int64_t N, int64_t D, cons
                                     const float *x, const float *w, const float *rstd, float eps,
                                     const float *res, float *dx, float *dw);
 
+/* dsc_cpu_grouped_linear_bwd in float32 with dx accumulated (dx += dy_e @ w_e): the MoE
+ * layer's gate and up input gradients into one buffer without a separate add. offs [E+1]
+ * host offsets (the CPU's device memory), rows of an expert without rows keep dx. */
+dsc_status dsc_cpu_grouped_linear_bwd_acc(dsc_context *ctx, int64_t E, int64_t R, int64_t N, int64_t K,
+                                          const float *dy, const float *x, const float *w,
+                                          const int32_t *offs, float *dx, float *dw);
+
 /* A run of trained parameters: elements [off, off + n) of the flat parameter, gradient and
  * moment arenas, all with the same weight decay. */
 typedef struct {

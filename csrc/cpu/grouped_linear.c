@@ -58,14 +58,10 @@ dsc_status dsc_cpu_grouped_linear_fwd(dsc_context *ctx, dsc_dtype dt, int64_t E,
   return DSC_OK;
 }
 
-dsc_status dsc_cpu_grouped_linear_bwd(dsc_context *ctx, dsc_dtype dt, int64_t E, int64_t R,
-                                      int64_t N, int64_t K, const void *dy /* [R,N] dt */,
-                                      const void *x /* [R,K] dt */,
-                                      const void *w /* [E,N,K] dt */,
-                                      const int32_t *offsets /* [E+1] */,
-                                      const int32_t *offs_h /* [E+1] host */,
-                                      void *dx /* [R,K] dt or NULL */, dsc_dtype dw_dt,
-                                      void *dw /* [E,N,K] dw_dt or NULL */) {
+/* The backward; dx_beta 1: dx += dy_e @ w_e instead of dx = (float32 only). */
+static dsc_status grouped_bwd(dsc_context *ctx, dsc_dtype dt, int64_t E, int64_t R, int64_t N, int64_t K,
+                              const void *dy, const void *x, const void *w, const int32_t *offsets,
+                              const int32_t *offs_h, void *dx, float dx_beta, dsc_dtype dw_dt, void *dw) {
   (void)offsets;
   const int64_t es = dsc_cpu_esize(dt), wes = dw ? dsc_cpu_esize(dw_dt) : 0;
   if (experts_in_parallel(ctx, dt, E, R, N, K) && (!dw || dw_dt == DSC_DTYPE_FLOAT32)) {
@@ -75,7 +71,7 @@ dsc_status dsc_cpu_grouped_linear_bwd(dsc_context *ctx, dsc_dtype dt, int64_t E,
       const int64_t r0 = offs_h[e], M = offs_h[e + 1] - r0;
       const float *dy_e = (const float *)dy + r0 * N, *x_e = (const float *)x + r0 * K;
       if (dx && M > 0)
-        dsc_cpu_sgemm_raw(0, 0, M, K, N, 1.0f, dy_e, N, (const float *)w + e * N * K, K, 0.0f,
+        dsc_cpu_sgemm_raw(0, 0, M, K, N, 1.0f, dy_e, N, (const float *)w + e * N * K, K, dx_beta,
                           (float *)dx + r0 * K, K);
       if (dw) {
         float *dw_e = (float *)dw + e * N * K;
@@ -93,7 +89,7 @@ dsc_status dsc_cpu_grouped_linear_bwd(dsc_context *ctx, dsc_dtype dt, int64_t E,
     const char *x_e = (const char *)x + r0 * K * es;   /* [M, K] */
     if (dx && M > 0) {
       DSC_TRY(dsc_cpu_gemm(ctx, dt, 0, 0, M, K, N, 1.0f, dy_e, N, (const char *)w + e * N * K * es,
-                           K, 0.0f, (char *)dx + r0 * K * es, K, 1, 0, 0, 0));
+                           K, dx_beta, (char *)dx + r0 * K * es, K, 1, 0, 0, 0));
     }
     if (dw) {
       void *dw_e = (char *)dw + e * N * K * wes; /* [N, K]; M == 0 writes zeros */
@@ -107,4 +103,22 @@ dsc_status dsc_cpu_grouped_linear_bwd(dsc_context *ctx, dsc_dtype dt, int64_t E,
     }
   }
   return DSC_OK;
+}
+
+dsc_status dsc_cpu_grouped_linear_bwd(dsc_context *ctx, dsc_dtype dt, int64_t E, int64_t R,
+                                      int64_t N, int64_t K, const void *dy /* [R,N] dt */,
+                                      const void *x /* [R,K] dt */,
+                                      const void *w /* [E,N,K] dt */,
+                                      const int32_t *offsets /* [E+1] */,
+                                      const int32_t *offs_h /* [E+1] host */,
+                                      void *dx /* [R,K] dt or NULL */, dsc_dtype dw_dt,
+                                      void *dw /* [E,N,K] dw_dt or NULL */) {
+  return grouped_bwd(ctx, dt, E, R, N, K, dy, x, w, offsets, offs_h, dx, 0.0f, dw_dt, dw);
+}
+
+dsc_status dsc_cpu_grouped_linear_bwd_acc(dsc_context *ctx, int64_t E, int64_t R, int64_t N, int64_t K,
+                                          const float *dy /* [R,N] */, const float *x /* [R,K] */,
+                                          const float *w /* [E,N,K] */, const int32_t *offs /* [E+1] */,
+                                          float *dx /* [R,K], accumulated */, float *dw /* [E,N,K] or NULL */) {
+  return grouped_bwd(ctx, DSC_DTYPE_FLOAT32, E, R, N, K, dy, x, w, offs, offs, dx, 1.0f, DSC_DTYPE_FLOAT32, dw);
 }

@@ -391,6 +391,14 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
   return st;
 }
 
+/* Backward of y = x @ w^T accumulating the input gradient: dx_acc += dy @ w, dw = dy^T x (when
+ * dw); float32 2-D tensors. */
+static dsc_status lin_bwd_acc(dsc_context *ctx, const DLTensor *dy, const DLTensor *x, const DLTensor *w,
+                              DLTensor *dx_acc, DLTensor *dw) {
+  if (dw) DSC_TRY(dsc_matmul(ctx, dy, x, dw, 1, 0, 1.0f, 0.0f));
+  return dsc_matmul(ctx, dy, w, dx_acc, 0, 0, 1.0f, 1.0f);
+}
+
 dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *p,
                                   const dsc_moe_layer_weights *w, const DLTensor *x,
                                   const DLTensor *dy, dsc_moe_layer_saved *saved, DLTensor *dx,
@@ -449,8 +457,23 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
   STEP(buf_alloc(ctx, &tmp[T_DHU], DSC_DTYPE_FLOAT32, R, F));
   STEP(dsc_swiglu_backward(ctx, &tmp[T_DACT].t, &b[B_HG].t, &b[B_HU].t, &tmp[T_DHG].t, &tmp[T_DHU].t));
   STEP(buf_alloc(ctx, &tmp[T_DXP], DSC_DTYPE_FLOAT32, R, D));
-  STEP(buf_alloc(ctx, &tmp[T_DXP2], DSC_DTYPE_FLOAT32, R, D));
-  if (w->fp8) {
+  /* float32 on the CPU: the up projection's input gradient is accumulated into the gate's by
+   * the GEMMs (no [R, D] add), its weight gradient checked here as the op would */
+  const int cpu_acc = !w->fp8 && !dsc_ctx_is_cuda(ctx);
+  if (!cpu_acc) STEP(buf_alloc(ctx, &tmp[T_DXP2], DSC_DTYPE_FLOAT32, R, D));
+  if (cpu_acc && g->experts_up) {
+    const int64_t shp[3] = {E, F, D};
+    STEP(dsc_check_tensor(ctx, FN, "g->experts_up", g->experts_up, DSC_DT(DSC_DTYPE_FLOAT32)));
+    STEP(dsc_check_shape(FN, "g->experts_up", g->experts_up, 3, shp));
+  }
+  if (cpu_acc) {
+    STEP(dsc_grouped_linear_backward(ctx, &tmp[T_DHG].t, &b[B_XP].t, w->experts_gate,
+                                     &b[B_OFFSETS].t, &tmp[T_DXP].t, g->experts_gate));
+    STEP(dsc_cpu_grouped_linear_bwd_acc(ctx, E, R, F, D, (const float *)tmp[T_DHU].t.data,
+                                        (const float *)b[B_XP].t.data, (const float *)dsc_data(w->experts_up),
+                                        (const int32_t *)b[B_OFFSETS].t.data, (float *)tmp[T_DXP].t.data,
+                                        g->experts_up ? (float *)dsc_data(g->experts_up) : NULL));
+  } else if (w->fp8) {
     STEP(fp8_bwd(ctx, &f8, E, R, F, D, &tmp[T_DHG].t, &b[B_XP].t, w->experts_gate,
                  &b[B_OFFSETS].t, &tmp[T_DXP].t, g->experts_gate));
     STEP(fp8_bwd(ctx, &f8, E, R, F, D, &tmp[T_DHU].t, &b[B_XP].t, w->experts_up, &b[B_OFFSETS].t,
@@ -461,7 +484,7 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
     STEP(dsc_grouped_linear_backward(ctx, &tmp[T_DHU].t, &b[B_XP].t, w->experts_up,
                                      &b[B_OFFSETS].t, &tmp[T_DXP2].t, g->experts_up));
   }
-  STEP(dsc_add(ctx, &tmp[T_DXP].t, &tmp[T_DXP2].t, &tmp[T_DXP].t));
+  if (!cpu_acc) STEP(dsc_add(ctx, &tmp[T_DXP].t, &tmp[T_DXP2].t, &tmp[T_DXP].t));
   STEP(buf_alloc(ctx, &tmp[T_DXTOK], DSC_DTYPE_FLOAT32, T, D));
   STEP(dsc_moe_permute_backward(ctx, &tmp[T_DXP].t, &b[B_ROWMAP].t, &tmp[T_DXTOK].t));
 
@@ -469,9 +492,13 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
   STEP(buf_alloc(ctx, &tmp[T_DLOG], DSC_DTYPE_FLOAT32, T, E));
   STEP(dsc_moe_route_backward(ctx, p, &tmp[T_DW].t, &b[B_SCORES].t, &b[B_INDICES].t,
                               saved->have_aux ? &b[B_DSCORES].t : NULL, &tmp[T_DLOG].t));
-  STEP(buf_alloc(ctx, &tmp[T_DXR], DSC_DTYPE_FLOAT32, T, D));
-  STEP(dsc_linear_backward(ctx, &tmp[T_DLOG].t, &x2, w->gate, &tmp[T_DXR].t, g->gate));
-  STEP(dsc_add(ctx, &tmp[T_DXTOK].t, &tmp[T_DXR].t, &tmp[T_DXTOK].t));
+  if (cpu_acc) {
+    STEP(lin_bwd_acc(ctx, &tmp[T_DLOG].t, &x2, w->gate, &tmp[T_DXTOK].t, g->gate));
+  } else {
+    STEP(buf_alloc(ctx, &tmp[T_DXR], DSC_DTYPE_FLOAT32, T, D));
+    STEP(dsc_linear_backward(ctx, &tmp[T_DLOG].t, &x2, w->gate, &tmp[T_DXR].t, g->gate));
+    STEP(dsc_add(ctx, &tmp[T_DXTOK].t, &tmp[T_DXR].t, &tmp[T_DXTOK].t));
+  }
 
   /* shared experts */
   if (Fs > 0) {
@@ -489,6 +516,10 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
     DLTensor *sg[2] = {g->shared_gate, g->shared_up};
     const DLTensor *sdy[2] = {&tmp[T_DSG].t, &tmp[T_DSU].t};
     for (int i = 0; i < 2; ++i) {
+      if (cpu_acc) {
+        STEP(lin_bwd_acc(ctx, sdy[i], &x2, sw[i], &tmp[T_DXTOK].t, sg[i]));
+        continue;
+      }
       if (w->fp8)
         STEP(fp8_bwd(ctx, &f8, 1, T, Fs, D, sdy[i], &x2, sw[i], NULL, &tmp[T_DXS].t, sg[i]));
       else
