@@ -357,8 +357,12 @@ static dsc_status dense_bwd(dsc_model *m, int32_t b, blk_acts *k, int64_t rows, 
     STEP(dsc_swiglu_backward(ctx, &dA.t, &g.t, &u.t, &dG.t, &dU.t));
     STEP(dsc_linear_backward(ctx, &dG.t, x, &w->mlp_gate, dx, gs_begin(m, &gg, slot_entry(m, b, S_MG))));
     STEP(gs_end(m, &gg));
-    STEP(dsc_linear_backward(ctx, &dU.t, x, &w->mlp_up, t2, gs_begin(m, &gu, slot_entry(m, b, S_MU))));
+    /* the up projection's input gradient accumulates into dx in its GEMM (beta 1) */
+    DLTensor *dwu = gs_begin(m, &gu, slot_entry(m, b, S_MU));
+    STEP(dsc_matmul(ctx, &dU.t, x, dwu, 1, 0, 1.0f, 0.0f));
+    STEP(dsc_matmul(ctx, &dU.t, &w->mlp_up, dx, 0, 0, 1.0f, 1.0f));
     STEP(gs_end(m, &gu));
+    return st;
   }
   STEP(dsc_add(ctx, dx, t2, dx));
   return st;
