@@ -20,8 +20,9 @@ Side by side with PyTorch eager (CPU):
 
 The same model, batch, sequence and thread count on both sides: our checkpoint of the config
 (seed 0) loaded by transformers' DeepseekV3ForCausalLM (float32, train mode; where
-transformers is missing, a plain PyTorch implementation of the same architecture below,
-_TorchV3), then per step: logits, mean cross-entropy over every token, backward, global-norm
+transformers is missing, or with --torch-impl plain, a plain PyTorch implementation of the
+same architecture below, _TorchV3: the same math without transformers' per-module overhead,
+a stricter baseline), then per step: logits, mean cross-entropy over every token, backward, global-norm
 clipping to 1.0, AdamW (lr 1e-3, betas 0.9/0.95, eps 1e-8, weight decay 0.1: torch's AdamW
 decays every tensor, ours only the matrices; the cost is the same) -- against
 dsc.Model.train_step with the same options. No MTP module (HF's DeepseekV3 has none):
@@ -238,7 +239,7 @@ def _torch_v3_class():
     return _TorchV3
 
 
-def _worker(side: str, ckpt: str, cfg_name: str, threads: int, steps: int) -> None:
+def _worker(side: str, ckpt: str, cfg_name: str, threads: int, steps: int, impl: str = "auto") -> None:
     """One side of the comparison (a subprocess): prints a JSON line with step times."""
     _, batch, seq = CMP_CONFIGS[cfg_name]
     m0 = dsc.Model.from_pretrained(ckpt) if side == "ours" else None
@@ -254,6 +255,8 @@ def _worker(side: str, ckpt: str, cfg_name: str, threads: int, steps: int) -> No
         torch.set_num_threads(threads)
         info["torch"] = torch.__version__
         try:
+            if impl == "plain":
+                raise ImportError("--torch-impl plain")
             import transformers
             from transformers import DeepseekV3ForCausalLM
             from transformers.utils import logging as hf_logging
@@ -266,6 +269,8 @@ def _worker(side: str, ckpt: str, cfg_name: str, threads: int, steps: int) -> No
                            f"({model.config._attn_implementation} attention)"
             fwd = lambda t: model(input_ids=t).logits  # noqa: E731
         except ImportError:
+            if impl == "hf":
+                raise
             sd = dict(dsc.load_safetensors(os.path.join(ckpt, "model.safetensors")))
             model = _torch_v3_class()(cfg, sd)
             info["impl"] = "plain PyTorch (_TorchV3, sdpa attention)"
@@ -298,7 +303,7 @@ def _load() -> dict:
     return dict(load1=round(la, 2) if la is not None else None)
 
 
-def vs_torch(configs: list, threads: list, steps: int, rounds: int) -> list:
+def vs_torch(configs: list, threads: list, steps: int, rounds: int, impl: str = "auto") -> list:
     rows = []
     here = os.path.abspath(__file__)
     for name in configs:
@@ -319,7 +324,7 @@ def vs_torch(configs: list, threads: list, steps: int, rounds: int) -> list:
                     for side in ("ours", "torch"):
                         loads.append(_load()["load1"])
                         r = subprocess.run([sys.executable, here, "--worker", side, "--ckpt", tmp, "--configs", name,
-                                            "--threads", str(nt), "--cmp-steps", str(st)],
+                                            "--threads", str(nt), "--cmp-steps", str(st), "--torch-impl", impl],
                                            capture_output=True, text=True, env=env, timeout=3600)
                         if r.returncode != 0:
                             raise RuntimeError(f"{side} worker failed: {r.stderr[-3000:]}")
@@ -368,18 +373,21 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2", help="--vs-torch thread counts")
     ap.add_argument("--cmp-steps", type=int, default=6, help="--vs-torch timed steps per run (100M: half)")
     ap.add_argument("--rounds", type=int, default=3, help="--vs-torch runs of each side, in turn")
+    ap.add_argument("--torch-impl", choices=["auto", "hf", "plain"], default="auto",
+                    help="--vs-torch baseline: transformers' DeepseekV3 (hf), the plain PyTorch V3 of this file "
+                         "(plain), or hf where transformers imports, else plain (auto)")
     ap.add_argument("--worker", choices=["ours", "torch"], help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        _worker(a.worker, a.ckpt, a.configs, int(a.threads), a.cmp_steps)
+        _worker(a.worker, a.ckpt, a.configs, int(a.threads), a.cmp_steps, a.torch_impl)
         return
     if a.vs_torch:
         res = {"device": "cpu", "machine": platform.node(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
                "date": _dt.date.today().isoformat(), "commit": git_commit(),
                "command": "python benchmarks/bench_train.py " + " ".join(sys.argv[1:]), "load_at_start": _load(),
                "rows": vs_torch(a.configs.split(","), [int(t) for t in a.threads.split(",")], a.cmp_steps,
-                                a.rounds)}
+                                a.rounds, a.torch_impl)}
         res["load_at_end"] = _load()
         path = a.out or os.path.join(HERE, "results", f"train_vs_torch_cpu_{res['date']}.json")
         with open(path, "w") as fh:
