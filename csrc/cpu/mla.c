@@ -14,9 +14,12 @@
  *   dP_tj = dO_t . v_j,  D_t = dO_t . o_t,  dS_tj = P_tj (dP_tj - D_t)
  *   dq_t = scale sum_j dS_tj k_j,  dk_j = scale sum_t dS_tj q_t,  dv_j = sum_t P_tj dO_t
  *   the shared kpe gets the sum over heads (per-head partials in the workspace, then a
- *   fixed-order reduction: deterministic).
+ *   fixed-order reduction: deterministic). Both passes run as GEMMs per (b, h) in query
+ *   blocks (see "training attention through BLAS").
  * Decode (absorbed): s_j = scale * (q_lat . ckv_j + q_pe . kpe_j), o_lat = softmax(s) @ ckv,
- *   one pass with an online softmax, reading each latent row once per group of heads.
+ *   one pass with an online softmax, reading each latent row once per group of heads
+ *   (generation's row-invariant steps); prefill runs of a sequence go through GEMMs over
+ *   all heads at once (see "prefill through BLAS").
  *
  * Cache rows (one token of one layer): FLOAT32 / BFLOAT16: [ckv (R) | kpe (dr)];
  * FLOAT8_E4M3FN: ckv in E4M3 (R bytes), then ceil(R/128) float32 scales at byte
