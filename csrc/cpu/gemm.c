@@ -676,24 +676,32 @@ static void sgemm(const dsc_context *ctx, int trans_a, int trans_b, int64_t M, i
   const int64_t nt = 1;
 #endif
   const double macs = (double)M * (double)N * (double)K;
-  const int64_t big = M >= N ? M : N;
-  if (nt > 1 && macs >= SPLIT_MIN_MACS && big >= 2 * SPLIT_ALIGN) {
-    /* nt chunks of the larger of M and N (multiples of SPLIT_ALIGN): each thread packs the
-     * other operand itself, which costs little next to its share of the product. */
-    const int split_m = M >= N;
-    const int64_t per = ((big + nt - 1) / nt + SPLIT_ALIGN - 1) / SPLIT_ALIGN * SPLIT_ALIGN;
-    const int64_t nchunk = (big + per - 1) / per;
-    (void)nchunk;
-    DSC_CPU_FOR(1, (int)nt, c, nchunk,
-      const int64_t i0 = c * per, n = big - i0 < per ? big - i0 : per;
-      if (split_m) /* rows i0.. of op(A) and C */
-        dsc_cpu_sgemm_raw(trans_a, trans_b, n, N, K, alpha, trans_a ? A + i0 : A + i0 * lda, lda, B, ldb,
-                          beta, C + i0 * ldc, ldc);
-      else /* columns i0.. of op(B) and C */
-        dsc_cpu_sgemm_raw(trans_a, trans_b, M, n, K, alpha, A, lda, trans_b ? B + i0 * ldb : B + i0, ldb,
-                          beta, C + i0, ldc);
-    );
-    return;
+  if (nt > 1 && macs >= SPLIT_MIN_MACS && (M >= 2 * SPLIT_ALIGN || N >= 2 * SPLIT_ALIGN)) {
+    /* A pm x pn grid of blocks of C (pm * pn <= nt; rows and columns in multiples of
+     * SPLIT_ALIGN), one single-threaded sgemm each: each thread packs its rows of op(A) and
+     * its columns of op(B), so the grid is chosen to minimize that per-thread packing
+     * (M/pm + N/pn) -- with 2 threads: the larger of M and N split in two. */
+    int64_t pm = 1, pn = 1;
+    double best = -1.0;
+    for (int64_t a = 1; a <= nt; ++a) {
+      const int64_t b = nt / a;
+      if (a * SPLIT_ALIGN > M + SPLIT_ALIGN - 1 && a > 1) break;
+      if (b > 1 && b * SPLIT_ALIGN > N + SPLIT_ALIGN - 1) continue;
+      const double cost = (double)M / (double)a + (double)N / (double)b;
+      if (best < 0.0 || cost < best) best = cost, pm = a, pn = b;
+    }
+    const int64_t bm = ((M + pm - 1) / pm + SPLIT_ALIGN - 1) / SPLIT_ALIGN * SPLIT_ALIGN;
+    const int64_t bn = ((N + pn - 1) / pn + SPLIT_ALIGN - 1) / SPLIT_ALIGN * SPLIT_ALIGN;
+    const int64_t gm = (M + bm - 1) / bm, gn = (N + bn - 1) / bn;
+    if (gm * gn > 1) {
+      DSC_CPU_FOR(1, (int)nt, c, gm * gn,
+        const int64_t i0 = (c / gn) * bm, j0 = (c % gn) * bn;
+        const int64_t m = M - i0 < bm ? M - i0 : bm, n = N - j0 < bn ? N - j0 : bn;
+        dsc_cpu_sgemm_raw(trans_a, trans_b, m, n, K, alpha, trans_a ? A + i0 : A + i0 * lda, lda,
+                          trans_b ? B + j0 * ldb : B + j0, ldb, beta, C + i0 * ldc + j0, ldc);
+      );
+      return;
+    }
   }
   dsc_cpu_sgemm_raw(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
