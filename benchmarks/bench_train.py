@@ -36,7 +36,7 @@ Each side runs in its own process (OMP_NUM_THREADS / torch.set_num_threads = the
 count; OpenBLAS and MKL get the same), --rounds times in turn (ours, torch, ours, ...): each
 run warms up 2 steps and times --cmp-steps steps; the row gives min and median step time
 over all timed steps of all rounds, the ratio of medians (torch / ours: > 1 means ours is
-faster), and the first step's loss of each side (the same model and batch: they agree to
+faster) and of minimums (less moved by a busy machine), and the first step's loss of each side (the same model and batch: they agree to
 ~1e-4). The machine load (1-min load average, other processes' CPU share) is recorded:
 figures from a busy machine are not comparable.
 Writes benchmarks/results/train_vs_torch_cpu_<date>.json.
@@ -338,12 +338,14 @@ def vs_torch(configs: list, threads: list, steps: int, rounds: int, impl: str = 
                            torch_ms_min=round(1e3 * min(res["torch"]), 1),
                            torch_ms_median=round(1e3 * med["torch"], 1),
                            speedup_vs_torch=round(med["torch"] / med["ours"], 2),
+                           speedup_vs_torch_of_mins=round(min(res["torch"]) / min(res["ours"]), 2),
                            first_loss_ours=round(first["ours"], 5), first_loss_torch=round(first["torch"], 5),
                            steps_timed_per_side=len(res["ours"]), load1_during=loads, **info)
                 rows.append(row)
                 print(f"{name:8s} {nt} thr  ours {row['ours_ms_median']:8.1f} ms (min {row['ours_ms_min']:.1f})  "
                       f"torch {row['torch_ms_median']:8.1f} ms (min {row['torch_ms_min']:.1f})  "
-                      f"x{row['speedup_vs_torch']:.2f}  first loss {row['first_loss_ours']:.4f} / "
+                      f"x{row['speedup_vs_torch']:.2f} (mins x{row['speedup_vs_torch_of_mins']:.2f})  "
+                      f"first loss {row['first_loss_ours']:.4f} / "
                       f"{row['first_loss_torch']:.4f}  load {loads}", flush=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
