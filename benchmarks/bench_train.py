@@ -12,6 +12,34 @@ not counted; embedding lookups neither) + the attention score/value products
 (12 * layers * heads * (dqk + dv) / 2 * seq, causal). MFU is against the dense FP32 peak
 given by --peak-tflops (H100 SXM: 67 TFLOP/s FP32; the tensor-core BF16/FP8 peaks are
 989 / 1979 TFLOP/s, which the current FP32-compute kernels do not target).
+
+Side by side with PyTorch eager (CPU):
+
+    python benchmarks/bench_train.py --vs-torch                       # 3 configs x 1 and 2 threads
+    python benchmarks/bench_train.py --vs-torch --configs v3small --threads 1
+
+The same model, batch, sequence and thread count on both sides: our checkpoint of the config
+(seed 0) loaded by transformers' DeepseekV3ForCausalLM (float32, train mode; where
+transformers is missing, or with --torch-impl plain, a plain PyTorch implementation of the
+same architecture below, _TorchV3: the same math without transformers' per-module overhead,
+a stricter baseline), then per step: logits, mean cross-entropy over every token, backward, global-norm
+clipping to 1.0, AdamW (lr 1e-3, betas 0.9/0.95, eps 1e-8, weight decay 0.1: torch's AdamW
+decays every tensor, ours only the matrices; the cost is the same) -- against
+dsc.Model.train_step with the same options. No MTP module (HF's DeepseekV3 has none):
+num_nextn_predict_layers = 0 in every comparison config. Configs (batch x seq):
+  v3small  vocab 512, hidden 256, 4 layers (1 dense, intermediate 512), 16 routed experts
+           (intermediate 128) top-4 in 4 groups (top-2 groups), 1 shared, q_lora 128,
+           kv_lora 128, 4 heads of 32+16 / 32; 8 x 128
+  demo     the demo model without its MTP depth (train.demo_config, vocab 64); 32 x 48
+  100M     config_100m below (vocab 16000, 6 layers), MTP off; 4 x 256
+Each side runs in its own process (OMP_NUM_THREADS / torch.set_num_threads = the thread
+count; OpenBLAS and MKL get the same), --rounds times in turn (ours, torch, ours, ...): each
+run warms up 2 steps and times --cmp-steps steps; the row gives min and median step time
+over all timed steps of all rounds, the ratio of medians (torch / ours: > 1 means ours is
+faster) and of minimums (less moved by a busy machine), and the first step's loss of each side (the same model and batch: they agree to
+~1e-4). The machine load (1-min load average, other processes' CPU share) is recorded:
+figures from a busy machine are not comparable.
+Writes benchmarks/results/train_vs_torch_cpu_<date>.json.
 """
 
 from __future__ import annotations
@@ -22,6 +50,10 @@ import json
 import os
 import platform
 import resource
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -85,6 +117,252 @@ def bench(cfg, device: str, fp8: bool, batch: int, seq: int, steps: int, warmup:
     return row
 
 
+# ----------------------------------------------------------------------- vs PyTorch eager
+
+def config_v3small() -> dsc.ModelConfig:
+    """The issue's DeepSeek-V3-architecture config (no MTP)."""
+    return TR.demo_config(512, hidden_size=256, intermediate_size=512, moe_intermediate_size=128,
+                          num_hidden_layers=4, num_nextn_predict_layers=0, num_attention_heads=4,
+                          q_lora_rank=128, kv_lora_rank=128, qk_nope_head_dim=32, qk_rope_head_dim=16,
+                          v_head_dim=32, n_routed_experts=16, n_shared_experts=1, num_experts_per_tok=4,
+                          n_group=4, topk_group=2, first_k_dense_replace=1, max_position_embeddings=512)
+
+
+CMP_CONFIGS = {  # name: (config factory, batch, seq)
+    "v3small": (config_v3small, 8, 128),
+    "demo": (lambda: TR.demo_config(D.CharTokenizer().vocab_size, num_nextn_predict_layers=0), 32, 48),
+    "100M": (lambda: _no_mtp(config_100m(16000)), 4, 256),
+}
+
+
+def _no_mtp(c: dsc.ModelConfig) -> dsc.ModelConfig:
+    c.num_nextn_predict_layers = 0
+    return c
+
+
+def _batch(cfg, batch: int, seq: int):
+    rng = np.random.default_rng(0)
+    tok = rng.integers(0, cfg.vocab_size, (batch, seq)).astype(np.int32)
+    return tok, np.roll(tok, -1, 1)
+
+
+def _torch_v3_class():
+    """A plain PyTorch DeepSeek-V3 (MLA with query compression, YaRN RoPE interleaved as the
+    checkpoints store it, dense + MoE blocks: sigmoid routing with the correction bias,
+    group-limited top-k, normalized and scaled weights, one shared expert) reading our
+    checkpoint's tensors by name: the reference where transformers is not installed."""
+    import torch
+    import torch.nn.functional as F
+
+    class _TorchV3(torch.nn.Module):
+        def __init__(self, c: dsc.ModelConfig, sd: dict):
+            super().__init__()
+            self.c = c
+            self.p = torch.nn.ParameterDict({k.replace(".", "__"): torch.nn.Parameter(torch.from_numpy(np.array(v)))
+                                             for k, v in sd.items() if "e_score_correction_bias" not in k})
+            self.bias = {k: torch.from_numpy(np.array(v)) for k, v in sd.items() if "e_score_correction_bias" in k}
+            sc = c.rope_scaling_dict
+            self.inv = torch.from_numpy(dsc.rope_inv_freq(c.qk_rope_head_dim, theta=c.rope_theta, scaling=sc))
+            self.cs = dsc.rope_cos_sin_scale(scaling=sc)
+            self.scale = c.softmax_scale
+
+        def w(self, name):
+            return self.p[name.replace(".", "__")]
+
+        def rms(self, x, name):
+            return self.w(name) * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.c.rms_norm_eps))
+
+        def rope(self, x, pos):  # x [B, T, H, dr], interleaved pairs
+            ang = pos[:, None].float() * self.inv[None, :]
+            cos = (torch.cos(ang) * self.cs)[None, :, None, :]
+            sin = (torch.sin(ang) * self.cs)[None, :, None, :]
+            a, b = x[..., 0::2], x[..., 1::2]
+            return torch.stack([a * cos - b * sin, a * sin + b * cos], -1).flatten(-2)
+
+        def mlp(self, x, pre):
+            return F.linear(F.silu(F.linear(x, self.w(pre + "gate_proj.weight"))) *
+                            F.linear(x, self.w(pre + "up_proj.weight")), self.w(pre + "down_proj.weight"))
+
+        def moe(self, x, i):
+            c, pre = self.c, f"model.layers.{i}.mlp."
+            T_, D_ = x.shape[0] * x.shape[1], x.shape[2]
+            xf = x.reshape(T_, D_)
+            s = torch.sigmoid(F.linear(xf, self.w(pre + "gate.weight")))
+            sel = s + self.bias[pre + "gate.e_score_correction_bias"]
+            g = sel.view(T_, c.n_group, -1).topk(2, -1).values.sum(-1)
+            keep = torch.zeros_like(g).scatter_(1, g.topk(c.topk_group, -1).indices, 1.0)
+            mask = keep.repeat_interleave(c.n_routed_experts // c.n_group, 1)
+            idx = sel.masked_fill(mask == 0, float("-inf")).topk(c.num_experts_per_tok, -1).indices
+            wt = s.gather(1, idx)
+            wt = wt / (wt.sum(-1, keepdim=True) + 1e-20) * c.routed_scaling_factor
+            out = torch.zeros_like(xf)
+            for e in range(c.n_routed_experts):
+                tok, slot = (idx == e).nonzero(as_tuple=True)
+                if tok.numel():
+                    xe = xf[tok]
+                    ye = F.linear(F.silu(F.linear(xe, self.w(pre + f"experts.{e}.gate_proj.weight"))) *
+                                  F.linear(xe, self.w(pre + f"experts.{e}.up_proj.weight")),
+                                  self.w(pre + f"experts.{e}.down_proj.weight"))
+                    out.index_add_(0, tok, ye * wt[tok, slot, None])
+            return (out + self.mlp(xf, pre + "shared_experts.")).view_as(x)
+
+        def attn(self, x, i, pos):
+            c, pre = self.c, f"model.layers.{i}.self_attn."
+            B_, T_ = x.shape[:2]
+            H, dn, dr, dv = c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim
+            q = F.linear(self.rms(F.linear(x, self.w(pre + "q_a_proj.weight")), pre + "q_a_layernorm.weight"),
+                         self.w(pre + "q_b_proj.weight")).view(B_, T_, H, dn + dr)
+            kva = F.linear(x, self.w(pre + "kv_a_proj_with_mqa.weight"))
+            ckv, kpe = kva[..., :c.kv_lora_rank], kva[..., c.kv_lora_rank:]
+            kv = F.linear(self.rms(ckv, pre + "kv_a_layernorm.weight"),
+                          self.w(pre + "kv_b_proj.weight")).view(B_, T_, H, dn + dv)
+            qpe = self.rope(q[..., dn:], pos)
+            kpe = self.rope(kpe[:, :, None, :], pos).expand(B_, T_, H, dr)
+            qq = torch.cat([q[..., :dn], qpe], -1).transpose(1, 2)
+            kk = torch.cat([kv[..., :dn], kpe], -1).transpose(1, 2)
+            vv = kv[..., dn:].transpose(1, 2)
+            o = F.scaled_dot_product_attention(qq, kk, vv, is_causal=True, scale=self.scale)
+            return F.linear(o.transpose(1, 2).reshape(B_, T_, H * dv), self.w(pre + "o_proj.weight"))
+
+        def forward(self, tokens):
+            c = self.c
+            pos = torch.arange(tokens.shape[1])
+            h = F.embedding(tokens, self.w("model.embed_tokens.weight"))
+            for i in range(c.num_hidden_layers):
+                pre = f"model.layers.{i}."
+                h = h + self.attn(self.rms(h, pre + "input_layernorm.weight"), i, pos)
+                x = self.rms(h, pre + "post_attention_layernorm.weight")
+                moe = c.n_routed_experts and i >= c.first_k_dense_replace
+                h = h + (self.moe(x, i) if moe else self.mlp(x, pre + "mlp."))
+            return F.linear(self.rms(h, "model.norm.weight"), self.w("lm_head.weight"))
+
+    return _TorchV3
+
+
+def _worker(side: str, ckpt: str, cfg_name: str, threads: int, steps: int, impl: str = "auto") -> None:
+    """One side of the comparison (a subprocess): prints a JSON line with step times."""
+    _, batch, seq = CMP_CONFIGS[cfg_name]
+    m0 = dsc.Model.from_pretrained(ckpt) if side == "ours" else None
+    cfg = m0.cfg if m0 is not None else dsc.ModelConfig.from_json(ckpt)
+    tok, y = _batch(cfg, batch, seq)
+    info: dict = {}
+    if side == "ours":
+        def step():
+            return float(m0.train_step(tok, y, lr=1e-3, max_grad_norm=1.0, weight_decay=0.1, betas=(0.9, 0.95),
+                                       eps=1e-8, bias_update_rate=1e-3)["loss"])
+    else:
+        import torch
+        torch.set_num_threads(threads)
+        info["torch"] = torch.__version__
+        try:
+            if impl == "plain":
+                raise ImportError("--torch-impl plain")
+            import transformers
+            from transformers import DeepseekV3ForCausalLM
+            from transformers.utils import logging as hf_logging
+            hf_logging.set_verbosity_error()
+            try:
+                model = DeepseekV3ForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
+            except TypeError:
+                model = DeepseekV3ForCausalLM.from_pretrained(ckpt, torch_dtype=torch.float32)
+            info["impl"] = f"transformers {transformers.__version__} DeepseekV3ForCausalLM " \
+                           f"({model.config._attn_implementation} attention)"
+            fwd = lambda t: model(input_ids=t).logits  # noqa: E731
+        except ImportError:
+            if impl == "hf":
+                raise
+            sd = dict(dsc.load_safetensors(os.path.join(ckpt, "model.safetensors")))
+            model = _torch_v3_class()(cfg, sd)
+            info["impl"] = "plain PyTorch (_TorchV3, sdpa attention)"
+            fwd = model
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+        tt, ty = torch.from_numpy(tok).long(), torch.from_numpy(y).long()
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            logits = fwd(tt)
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ty.reshape(-1))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            return float(loss.detach())
+
+    first = step()
+    step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    print(json.dumps(dict(info, times=times, first_loss=first)), flush=True)
+
+
+def _load() -> dict:
+    la = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return dict(load1=round(la, 2) if la is not None else None)
+
+
+def vs_torch(configs: list, threads: list, steps: int, rounds: int, impl: str = "auto") -> list:
+    rows = []
+    here = os.path.abspath(__file__)
+    for name in configs:
+        factory, batch, seq = CMP_CONFIGS[name]
+        tmp = tempfile.mkdtemp(prefix=f"bench_train_{name}_")
+        try:
+            m = dsc.Model(factory(), seed=0)
+            m.save(tmp, optimizer=False)
+            params = m.num_parameters()
+            del m
+            for nt in threads:
+                env = dict(os.environ, OMP_NUM_THREADS=str(nt), OPENBLAS_NUM_THREADS=str(nt),
+                           MKL_NUM_THREADS=str(nt))
+                res = {"ours": [], "torch": []}
+                info, first, loads = {}, {}, []
+                st = steps if name != "100M" else max(2, steps // 2)
+                for _ in range(rounds):
+                    for side in ("ours", "torch"):
+                        loads.append(_load()["load1"])
+                        r = subprocess.run([sys.executable, here, "--worker", side, "--ckpt", tmp, "--configs", name,
+                                            "--threads", str(nt), "--cmp-steps", str(st), "--torch-impl", impl],
+                                           capture_output=True, text=True, env=env, timeout=3600)
+                        if r.returncode != 0:
+                            raise RuntimeError(f"{side} worker failed: {r.stderr[-3000:]}")
+                        out = json.loads(r.stdout.strip().splitlines()[-1])
+                        res[side] += out.pop("times")
+                        first[side] = out.pop("first_loss")
+                        info.update(out)
+                med = {k: float(np.median(v)) for k, v in res.items()}
+                row = dict(config=name, params_M=round(params / 1e6, 2), batch=batch, seq=seq, threads=nt,
+                           ours_ms_min=round(1e3 * min(res["ours"]), 1), ours_ms_median=round(1e3 * med["ours"], 1),
+                           torch_ms_min=round(1e3 * min(res["torch"]), 1),
+                           torch_ms_median=round(1e3 * med["torch"], 1),
+                           speedup_vs_torch=round(med["torch"] / med["ours"], 2),
+                           speedup_vs_torch_of_mins=round(min(res["torch"]) / min(res["ours"]), 2),
+                           first_loss_ours=round(first["ours"], 5), first_loss_torch=round(first["torch"], 5),
+                           steps_timed_per_side=len(res["ours"]), load1_during=loads, **info)
+                rows.append(row)
+                print(f"{name:8s} {nt} thr  ours {row['ours_ms_median']:8.1f} ms (min {row['ours_ms_min']:.1f})  "
+                      f"torch {row['torch_ms_median']:8.1f} ms (min {row['torch_ms_min']:.1f})  "
+                      f"x{row['speedup_vs_torch']:.2f} (mins x{row['speedup_vs_torch_of_mins']:.2f})  "
+                      f"first loss {row['first_loss_ours']:.4f} / "
+                      f"{row['first_loss_torch']:.4f}  load {loads}", flush=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return rows
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
@@ -92,7 +370,32 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--peak-tflops", type=float, default=67.0, help="FP32 peak of the GPU, for MFU")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/train_<device>_<date>.json)")
+    ap.add_argument("--vs-torch", action="store_true", help="side by side with PyTorch eager (CPU)")
+    ap.add_argument("--configs", default="v3small,demo,100M", help="--vs-torch configs (v3small, demo, 100M)")
+    ap.add_argument("--threads", default="1,2", help="--vs-torch thread counts")
+    ap.add_argument("--cmp-steps", type=int, default=6, help="--vs-torch timed steps per run (100M: half)")
+    ap.add_argument("--rounds", type=int, default=3, help="--vs-torch runs of each side, in turn")
+    ap.add_argument("--torch-impl", choices=["auto", "hf", "plain"], default="auto",
+                    help="--vs-torch baseline: transformers' DeepseekV3 (hf), the plain PyTorch V3 of this file "
+                         "(plain), or hf where transformers imports, else plain (auto)")
+    ap.add_argument("--worker", choices=["ours", "torch"], help=argparse.SUPPRESS)
+    ap.add_argument("--ckpt", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.worker:
+        _worker(a.worker, a.ckpt, a.configs, int(a.threads), a.cmp_steps, a.torch_impl)
+        return
+    if a.vs_torch:
+        res = {"device": "cpu", "machine": platform.node(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+               "date": _dt.date.today().isoformat(), "commit": git_commit(),
+               "command": "python benchmarks/bench_train.py " + " ".join(sys.argv[1:]), "load_at_start": _load(),
+               "rows": vs_torch(a.configs.split(","), [int(t) for t in a.threads.split(",")], a.cmp_steps,
+                                a.rounds, a.torch_impl)}
+        res["load_at_end"] = _load()
+        path = a.out or os.path.join(HERE, "results", f"train_vs_torch_cpu_{res['date']}.json")
+        with open(path, "w") as fh:
+            json.dump(res, fh, indent=2)
+        print("wrote", path)
+        return
     V = D.CharTokenizer().vocab_size
     dev = a.device.split(":")[0]
     res = {"device": a.device, "machine": platform.node(), "cpu_count": os.cpu_count(),

@@ -133,6 +133,36 @@ def test_backward_finite_differences(rng, q_lora):
             assert abs(got - fd) <= 2e-3 * max(1.0, abs(fd)), (name, got, fd)
 
 
+def test_long_sequence_across_query_blocks(rng):
+    """T = 150 spans the CPU attention's 64-row query blocks (64, 64, 22; the causal mask
+    inside each block, keys up to the block's end): forward against the float64 reference,
+    backward against its directional derivatives (x and every weight)."""
+    cfg = small_cfg(True, hidden_size=32, num_attention_heads=2, q_lora_rank=16, kv_lora_rank=16,
+                    qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8)
+    w, x = make(cfg, rng, B=2, T=150, scale=1.5)
+    out, ctx = dsc.mla_forward(x, w, cfg)
+    want = ref.mla_forward(x, w, cfg)
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    g = dsc.mla_backward(dout, ctx)
+    w64 = {k: v.astype(np.float64) for k, v in w.items()}
+    x64 = x.astype(np.float64)
+
+    def loss(xx, ww):
+        return float(np.sum(ref.mla_forward(xx, ww, cfg) * dout))
+
+    eps = 1e-5
+    for name in ["x", *w]:
+        base = x64 if name == "x" else w64[name]
+        d = rng.standard_normal(base.shape)
+        if name == "x":
+            fd = (loss(x64 + eps * d, w64) - loss(x64 - eps * d, w64)) / (2 * eps)
+        else:
+            fd = (loss(x64, {**w64, name: base + eps * d}) - loss(x64, {**w64, name: base - eps * d})) / (2 * eps)
+        got = float(np.sum(g[name].astype(np.float64) * d))
+        assert abs(got - fd) <= 2e-3 * max(1.0, abs(fd)), (name, got, fd)
+
+
 def test_backward_positions_and_grads_dtype(rng):
     cfg = small_cfg()
     w, x = make(cfg, rng, B=1, T=4)
@@ -216,6 +246,30 @@ def test_prefill_then_decode_equals_full_forward(rng, dtype, tol):
     assert cache.length(0) == 12 and len(cache.block_table(0)) == 3
     err = np.abs(got - full).max() / np.abs(full).max()
     assert err < tol, err
+
+
+def test_long_prefill_in_chunks_and_continued(rng):
+    """Prompts long enough that the CPU's BLAS prefill splits them into query chunks (4 heads
+    x 500 keys x 500 rows > 2^19 scores: chunks of 262 rows), one of them continued by a
+    second multi-row call from position 500, the other ragged (470 tokens, then padding):
+    against the float64 reference."""
+    cfg = small_cfg(True, hidden_size=32, num_attention_heads=4, q_lora_rank=16, kv_lora_rank=16,
+                    qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8, max_position_embeddings=1024)
+    w, x = make(cfg, rng, B=2, T=600)
+    want = ref.mla_forward(x, w, cfg)
+    cache = dsc.MLACache(cfg, max_batch=2, max_tokens=600, block_size=16, dtype="float32")
+    for s in (0, 1):
+        cache.add_sequence(s)
+    pos = np.tile(np.arange(500, dtype=np.int32), (2, 1))
+    pos[1, 470:] = -1
+    first = dsc.mla_prefill(x[:, :500].copy(), w, cfg, cache, [0, 1], positions=pos)
+    pos2 = np.arange(500, 600, dtype=np.int32)[None, :]
+    second = dsc.mla_prefill(x[:1, 500:].copy(), w, cfg, cache, [0], positions=pos2)
+    got0 = np.concatenate([first[0], second[0]], axis=0)
+    scale = np.abs(want).max()
+    assert np.abs(got0 - want[0]).max() / scale < 1e-4
+    assert np.abs(first[1, :470] - want[1, :470]).max() / scale < 1e-4
+    assert not np.any(first[1, 470:])
 
 
 def test_multi_token_decode_and_truncate(rng):

@@ -288,6 +288,27 @@ def test_permute_unpermute_match_reference(rng, align):
     np.testing.assert_allclose(dw, np.einsum("td,tkd->tk", dy.astype(np.float64), eo[rm]), rtol=1e-4, atol=1e-5)
 
 
+def test_unpermute_backward_rows_named_twice(rng):
+    """A row_map naming one row for two (token, slot) pairs (not a permute's, but allowed):
+    dexpert_out accumulates both, rows nobody names are 0 (the CPU's general path; a
+    permute's distinct rows take a direct-write path, checked above)."""
+    T, k, D, R = 6, 2, 40, 15
+    rm = rng.choice(R - 3, size=(T, k), replace=True).astype(np.int32)
+    rm[3, 1] = rm[0, 0]  # certainly one row twice
+    p = dsc.MoEPermute(x=np.zeros((R, D), np.float32), group_offsets=np.array([0, R], np.int32), row_map=rm,
+                       counts=np.array([T * k], np.int64), n_tokens=T, n_experts=1, align=1)
+    w = rng.random((T, k)).astype(np.float32)
+    eo = rng.standard_normal((R, D)).astype(np.float32)
+    dy = rng.standard_normal((T, D)).astype(np.float32)
+    de, dw = dsc.moe_unpermute_backward(dy, eo, p, w)
+    want = np.zeros((R, D))
+    for t in range(T):
+        for j in range(k):
+            want[rm[t, j]] += w[t, j] * dy[t].astype(np.float64)
+    np.testing.assert_allclose(de, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dw, np.einsum("td,tkd->tk", dy.astype(np.float64), eo[rm]), rtol=1e-4, atol=1e-5)
+
+
 def test_permute_bfloat16_is_exact(rng):
     ml = pytest.importorskip("ml_dtypes")
     x = rng.standard_normal((9, 16)).astype(ml.bfloat16)

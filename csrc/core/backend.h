@@ -256,6 +256,46 @@ extern "C" {
 
 DSC_BACKEND_DECLS(dsc_cpu_)
 
+/* ---- CPU-only helpers of the model's training step (csrc/model calls them on a CPU
+ * context; a CUDA context takes the per-tensor ops instead). */
+
+/* s = a + b and y = RMSNorm(s) (w, eps; rstd [N] or NULL) in one pass over the rows: the
+ * same operations as dsc_cpu_add then dsc_cpu_rms_norm_fwd (the same bits). Float32 [N,D]. */
+dsc_status dsc_cpu_add_rms_norm_fwd(dsc_context *ctx, int64_t N, int64_t D, const float *a,
+                                    const float *b, const float *w, float eps, float *s, float *y,
+                                    float *rstd);
+/* dsc_cpu_rms_norm_bwd with the residual's gradient added: dx = res + (input gradient), as
+ * dsc_cpu_add(res, dx_norm) gives; dw as dsc_cpu_rms_norm_bwd. dx may alias res. */
+dsc_status dsc_cpu_rms_norm_bwd_add(dsc_context *ctx, int64_t N, int64_t D, const float *dy,
+                                    const float *x, const float *w, const float *rstd, float eps,
+                                    const float *res, float *dx, float *dw);
+
+/* dsc_cpu_grouped_linear_bwd in float32 with dx accumulated (dx += dy_e @ w_e): the MoE
+ * layer's gate and up input gradients into one buffer without a separate add. offs [E+1]
+ * host offsets (the CPU's device memory), rows of an expert without rows keep dx. */
+dsc_status dsc_cpu_grouped_linear_bwd_acc(dsc_context *ctx, int64_t E, int64_t R, int64_t N, int64_t K,
+                                          const float *dy, const float *x, const float *w,
+                                          const int32_t *offs, float *dx, float *dw);
+
+/* A run of trained parameters: elements [off, off + n) of the flat parameter, gradient and
+ * moment arenas, all with the same weight decay. */
+typedef struct {
+  int64_t off, n;
+  float weight_decay;
+} dsc_param_run;
+
+/* *sumsq (host) = sum of g^2 over the runs, in float64, in a fixed order (chunks of a fixed
+ * size within each run; within a chunk 8 lanes then a fixed tree; the chunks' partials
+ * summed in order): bitwise the same for any thread count and with or without AVX2. */
+dsc_status dsc_cpu_sumsq_runs(dsc_context *ctx, int32_t nrun, const dsc_param_run *runs,
+                              const float *g, double *sumsq);
+/* dsc_cpu_adamw over every run in one parallel pass (each run's own weight decay); the
+ * same float operations per element, so the same bits as per-tensor calls. */
+dsc_status dsc_cpu_adamw_runs(dsc_context *ctx, int32_t nrun, const dsc_param_run *runs, float *p,
+                              const float *g, dsc_dtype mom_dt, void *m, void *v, float lr,
+                              float beta1, float beta2, float eps, float bc1, float bc2,
+                              float gscale);
+
 #ifdef DSC_WITH_CUDA
 DSC_BACKEND_DECLS(dsc_cuda_)
 

@@ -49,6 +49,18 @@
 #define DSC_CPU_FOR_DYN DSC_CPU_FOR
 #endif
 
+/* ---- BLAS inside the backends' own parallel regions (cpu/gemm.c) ----------------------
+ * OpenBLAS's thread pool and our OpenMP team must not both split one product: a region that
+ * runs many small GEMMs at once (one per head) first calls dsc_cpu_blas_serial() (OpenBLAS
+ * then computes each call on the calling thread; the next dsc_cpu_gemm restores the
+ * context's count), then dsc_cpu_sgemm_raw from each thread. A single-threaded sgemm's
+ * result does not depend on which thread runs it. Row-major, float32, dims < 2^31 (the
+ * caller knows), K >= 1. */
+void dsc_cpu_blas_serial(void);
+void dsc_cpu_sgemm_raw(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                       const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                       float *C, int64_t ldc);
+
 /* Element i of a float32 or bfloat16 array, as float32. */
 static inline float dsc_cpu_ld(dsc_dtype dt, const void *p, int64_t i) {
   return dt == DSC_DTYPE_BFLOAT16 ? dsc_bf16_to_f32(((const uint16_t *)p)[i])

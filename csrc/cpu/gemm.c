@@ -14,8 +14,11 @@
  *   beta == 0 overwrites C (a NaN in C does not leak), as BLAS specifies.
  *
  * BLAS integers (blasint) are 32-bit here: dims and strides >= 2^31 are UNSUPPORTED.
- * Determinism: OpenBLAS splits sgemm over M/N, never over K, so a C element's sum order
- * does not depend on the thread count.
+ * Threads: OpenBLAS is always called single-threaded (one thread pool: ours); a large product
+ * is split into row (or column) blocks over the context's OpenMP team, each block one
+ * single-threaded sgemm, a fixed split for a given thread count: results are reproducible
+ * for a given CPU, build and thread count (across thread counts the last bits of some
+ * products may differ, as they do with OpenBLAS's own threads).
  *
  * Small M (decode: 1..SMALL_M_MAX tokens; any M in generation's decode steps) with
  * op(A) = A: sgemm would re-pack the whole weight B for every call (sgemm_incopy was ~40%
@@ -36,11 +39,16 @@
 
 static const char *const FN_GEMM = "dsc_cpu_gemm";
 
-/* OpenBLAS has its own thread pool; make it use the context's thread count. The setting
- * is process-wide, so only touch it when it differs (changing it is not free). */
-static void blas_threads(const dsc_context *ctx) {
-  if (scipy_openblas_get_num_threads() != ctx->num_threads)
-    scipy_openblas_set_num_threads(ctx->num_threads);
+void dsc_cpu_blas_serial(void) {
+  if (scipy_openblas_get_num_threads() != 1) scipy_openblas_set_num_threads(1);
+}
+
+void dsc_cpu_sgemm_raw(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                       const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                       float *C, int64_t ldc) {
+  scipy_cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                    trans_b ? CblasTrans : CblasNoTrans, (blasint)M, (blasint)N, (blasint)K,
+                    alpha, A, (blasint)lda, B, (blasint)ldb, beta, C, (blasint)ldc);
 }
 
 /* All of a BLAS call's integers must fit in the 32-bit blasint. */
@@ -148,6 +156,12 @@ static void scale_c(dsc_dtype dt, int64_t M, int64_t N, float beta, void *C /* [
  * ran 32-40k tok/s with SMALL_PAR_MIN = 2^18 against 42-43k with 2^21 (bench_decode.py
  * --batches 8).  libgomp's default (spinning) policy pays off from ~2^16 (1.2-1.6x at
  * 2^17).  Hence SMALL_PAR_MIN = 2^21 multiply-adds, as for the portable kernels. */
+/* Products split over the OpenMP team (sgemm below): at least this many multiply-adds (a
+ * parallel region costs ~40 us to wake under OMP_WAIT_POLICY=PASSIVE, ~2^21 multiply-adds of
+ * single-threaded sgemm here), in chunks of a multiple of SPLIT_ALIGN rows or columns. */
+#define SPLIT_MIN_MACS 4194304.0
+#define SPLIT_ALIGN 16
+
 #define SMALL_M_MAX 3      /* most rows of A for the portable kernels */
 #define SMALL_M_MAX_AVX2 8 /* rows of an AVX2 no-trans_b chunk (row-invariant mode) */
 #define SMALL_LANES 8
@@ -653,10 +667,43 @@ static void sgemm(const dsc_context *ctx, int trans_a, int trans_b, int64_t M, i
     }
     return;
   }
-  blas_threads(ctx);
-  scipy_cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-                    trans_b ? CblasTrans : CblasNoTrans, (blasint)M, (blasint)N, (blasint)K,
-                    alpha, A, (blasint)lda, B, (blasint)ldb, beta, C, (blasint)ldc);
+  /* One thread pool: OpenBLAS always runs single-threaded, on the calling thread; a product
+   * worth splitting is split here over the context's OpenMP team (see SPLIT_MIN_MACS). */
+  dsc_cpu_blas_serial();
+#ifdef _OPENMP
+  const int64_t nt = ctx->num_threads > 1 && !omp_in_parallel() ? ctx->num_threads : 1;
+#else
+  const int64_t nt = 1;
+#endif
+  const double macs = (double)M * (double)N * (double)K;
+  if (nt > 1 && macs >= SPLIT_MIN_MACS && (M >= 2 * SPLIT_ALIGN || N >= 2 * SPLIT_ALIGN)) {
+    /* A pm x pn grid of blocks of C (pm * pn <= nt; rows and columns in multiples of
+     * SPLIT_ALIGN), one single-threaded sgemm each: each thread packs its rows of op(A) and
+     * its columns of op(B), so the grid is chosen to minimize that per-thread packing
+     * (M/pm + N/pn) -- with 2 threads: the larger of M and N split in two. */
+    int64_t pm = 1, pn = 1;
+    double best = -1.0;
+    for (int64_t a = 1; a <= nt; ++a) {
+      const int64_t b = nt / a;
+      if (a * SPLIT_ALIGN > M + SPLIT_ALIGN - 1 && a > 1) break;
+      if (b > 1 && b * SPLIT_ALIGN > N + SPLIT_ALIGN - 1) continue;
+      const double cost = (double)M / (double)a + (double)N / (double)b;
+      if (best < 0.0 || cost < best) best = cost, pm = a, pn = b;
+    }
+    const int64_t bm = ((M + pm - 1) / pm + SPLIT_ALIGN - 1) / SPLIT_ALIGN * SPLIT_ALIGN;
+    const int64_t bn = ((N + pn - 1) / pn + SPLIT_ALIGN - 1) / SPLIT_ALIGN * SPLIT_ALIGN;
+    const int64_t gm = (M + bm - 1) / bm, gn = (N + bn - 1) / bn;
+    if (gm * gn > 1) {
+      DSC_CPU_FOR(1, (int)nt, c, gm * gn,
+        const int64_t i0 = (c / gn) * bm, j0 = (c % gn) * bn;
+        const int64_t m = M - i0 < bm ? M - i0 : bm, n = N - j0 < bn ? N - j0 : bn;
+        dsc_cpu_sgemm_raw(trans_a, trans_b, m, n, K, alpha, trans_a ? A + i0 : A + i0 * lda, lda,
+                          trans_b ? B + j0 * ldb : B + j0, ldb, beta, C + i0 * ldc + j0, ldc);
+      );
+      return;
+    }
+  }
+  dsc_cpu_sgemm_raw(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 dsc_status dsc_cpu_gemm(dsc_context *ctx, dsc_dtype dt, int trans_a, int trans_b, int64_t M,

@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "cpu_common.h"
+#include "vmath.h" /* exp and sigmoid (within 1.2 / 2.5 ulp of float64) */
 
 /* A ranking key: NaN ranks below every number (and ties with -inf, lower index first). */
 static inline float rank_key(float v) { return isnan(v) ? -INFINITY : v; }
@@ -48,11 +49,6 @@ static inline void topk_offer(float v, int32_t i, float *vals /* [cap] */,
   ids[pos] = i;
 }
 
-static inline float sigmoidf_stable(float z) {
-  if (z >= 0.0f) return 1.0f / (1.0f + expf(-z));
-  const float e = expf(z);
-  return e / (1.0f + e);
-}
 
 static inline int64_t ld_idx(int ids64, const void *p, int64_t i) {
   return ids64 ? ((const int64_t *)p)[i] : (int64_t)((const int32_t *)p)[i];
@@ -96,7 +92,7 @@ static void route_token(dsc_dtype dt, int64_t E, int64_t k, int64_t G, int64_t t
 
   /* 1. affinities */
   if (scoring == DSC_MOE_SCORING_SIGMOID) {
-    for (int64_t e = 0; e < E; ++e) s[e] = sigmoidf_stable(dsc_cpu_ld(dt, z_row, e));
+    for (int64_t e = 0; e < E; ++e) s[e] = dsc_vm_sigmoid(dsc_cpu_ld(dt, z_row, e));
   } else {
     float mx = -INFINITY;
     for (int64_t e = 0; e < E; ++e) {
@@ -105,7 +101,7 @@ static void route_token(dsc_dtype dt, int64_t E, int64_t k, int64_t G, int64_t t
     }
     float sum = 0.0f;
     for (int64_t e = 0; e < E; ++e) {
-      s[e] = expf(dsc_cpu_ld(dt, z_row, e) - mx);
+      s[e] = dsc_vm_exp(dsc_cpu_ld(dt, z_row, e) - mx);
       sum += s[e];
     }
     const float inv = 1.0f / sum;
@@ -359,6 +355,15 @@ dsc_status dsc_cpu_moe_permute_bwd(dsc_context *ctx, dsc_dtype dt, int64_t T, in
   (void)ctx; /* read only by the OpenMP pragmas */
   DSC_CPU_FOR(T * k * D >= DSC_CPU_PAR_MIN, ctx->num_threads, t, T,
     const int32_t *rm = row_map + t * k; /* [k] */
+    if (dt == DSC_DTYPE_FLOAT32) { /* the same sums (0, then j = 0, 1, ...), row at a time */
+      float *dxt = (float *)dx + t * D; /* [D] */
+      for (int64_t d = 0; d < D; ++d) dxt[d] = 0.0f;
+      for (int64_t j = 0; j < k; ++j) {
+        const float *src = (const float *)dout + (int64_t)rm[j] * D; /* [D] */
+        for (int64_t d = 0; d < D; ++d) dxt[d] += src[d];
+      }
+      continue;
+    }
     for (int64_t d = 0; d < D; ++d) {
       float acc = 0.0f;
       for (int64_t j = 0; j < k; ++j) acc += dsc_cpu_ld(dt, dout, (int64_t)rm[j] * D + d);
@@ -405,7 +410,34 @@ dsc_status dsc_cpu_moe_unpermute_bwd(dsc_context *ctx, dsc_dtype dt, int64_t T, 
                                      void *dexpert_out /* [R,D] dt or NULL */,
                                      float *dweights /* [T,k] or NULL */) {
   (void)ctx; /* read only by the OpenMP pragmas */
-  if (dexpert_out) {
+  /* The rows of a permute are distinct (one per token and slot): then each is written once,
+   * w * dy[t] (the value the accumulation below gives: 0 + w dy), in parallel over tokens,
+   * and only the rows nobody names (padding) are zeroed. */
+  int distinct = dexpert_out != NULL && dt == DSC_DTYPE_FLOAT32;
+  uint8_t *named = NULL;
+  if (distinct) {
+    void *ws = NULL;
+    DSC_TRY(dsc_workspace(ctx, (size_t)(R > 0 ? R : 1), &ws));
+    named = (uint8_t *)ws; /* [R] */
+    memset(named, 0, (size_t)R);
+    for (int64_t i = 0; i < T * k && distinct; ++i) {
+      distinct = !named[row_map[i]];
+      named[row_map[i]] = 1;
+    }
+  }
+  if (distinct) {
+    float *de = (float *)dexpert_out;
+    for (int64_t r = 0; r < R; ++r)
+      if (!named[r]) memset(de + r * D, 0, (size_t)D * sizeof(float));
+    DSC_CPU_FOR(T * k * D >= DSC_CPU_PAR_MIN, ctx->num_threads, t, T,
+      const float *dyt = (const float *)dy + t * D; /* [D] */
+      for (int64_t j = 0; j < k; ++j) {
+        float *dst = de + (int64_t)row_map[t * k + j] * D; /* [D] */
+        const float w = weights[t * k + j];
+        for (int64_t d = 0; d < D; ++d) dst[d] = 0.0f + w * dyt[d];
+      }
+    );
+  } else if (dexpert_out) {
     /* Rows not named by row_map (padding) are 0; a row named twice accumulates. The
      * threads split the D columns and each walks every (t, j) in order: no race, and the
      * sum order does not depend on the thread count. */
@@ -424,12 +456,21 @@ dsc_status dsc_cpu_moe_unpermute_bwd(dsc_context *ctx, dsc_dtype dt, int64_t T, 
     );
   }
   if (dweights) {
+    /* dot products in 8 float32 lanes (lane l: d = l, l + 8, ...) and a fixed tree */
     DSC_CPU_FOR(T * k * D >= DSC_CPU_PAR_MIN, ctx->num_threads, i, T * k,
       const int64_t row = row_map[i], t = i / k;
-      float acc = 0.0f;
-      for (int64_t d = 0; d < D; ++d)
-        acc += dsc_cpu_ld(dt, dy, t * D + d) * dsc_cpu_ld(dt, expert_out, row * D + d);
-      dweights[i] = acc;
+      float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      if (dt == DSC_DTYPE_FLOAT32) {
+        const float *dyt = (const float *)dy + t * D, *er = (const float *)expert_out + row * D;
+        int64_t d = 0;
+        for (; d + 8 <= D; d += 8)
+          for (int l = 0; l < 8; ++l) a[l] += dyt[d + l] * er[d + l];
+        for (int l = 0; d < D; ++d, ++l) a[l] += dyt[d] * er[d];
+      } else {
+        for (int64_t d = 0; d < D; ++d)
+          a[d % 8] += dsc_cpu_ld(dt, dy, t * D + d) * dsc_cpu_ld(dt, expert_out, row * D + d);
+      }
+      dweights[i] = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
     );
   }
   return DSC_OK;

@@ -35,14 +35,38 @@ dsc_status dsc_cpu_rope(dsc_context *ctx, dsc_dtype dt, int layout, int64_t B, i
     return dsc_error(DSC_ERR_INTERNAL, "dsc_cpu_rope", "D: expected <= %d, got %lld",
                      2 * ROPE_MAX_HALF, (long long)D);
   const float sign = inverse ? -1.0f : 1.0f;
+  /* Training batches repeat the positions of row 0 in every row: then the cos/sin of the T
+   * positions are computed once into the workspace (the same values) instead of per row. */
+  int shared = B > 1;
+  for (int64_t i = T; i < BT && shared; ++i) shared = pos[i] == pos[i % T];
+  float *tab = NULL; /* [T, 2, D/2] cos then sin of row 0's positions */
+  if (shared) {
+    void *ws = NULL;
+    DSC_TRY(dsc_workspace(ctx, (size_t)(T * 2 * half) * sizeof(float), &ws));
+    tab = (float *)ws;
+    DSC_CPU_FOR(T * half >= DSC_CPU_PAR_MIN / 8, ctx->num_threads, t, T,
+      const float p = (float)pos[t];
+      for (int64_t i = 0; i < half; ++i) {
+        const float angle = p * inv_freq[i];
+        tab[(t * 2) * half + i] = cosf(angle) * cs_scale;
+        tab[(t * 2 + 1) * half + i] = sign * (sinf(angle) * cs_scale);
+      }
+    );
+  }
   /* One token (b, t) per iteration: its cos/sin table serves all H heads. */
   DSC_CPU_FOR(BT * H * D >= DSC_CPU_PAR_MIN, ctx->num_threads, bt, BT,
-    float cs[ROPE_MAX_HALF], sn[ROPE_MAX_HALF]; /* [D/2] */
-    const float p = (float)pos[bt];
-    for (int64_t i = 0; i < half; ++i) {
-      const float angle = p * inv_freq[i];
-      cs[i] = cosf(angle) * cs_scale;
-      sn[i] = sign * (sinf(angle) * cs_scale);
+    float cs_own[ROPE_MAX_HALF], sn_own[ROPE_MAX_HALF]; /* [D/2] */
+    const float *cs = cs_own, *sn = sn_own;
+    if (tab) {
+      cs = tab + ((bt % T) * 2) * half;
+      sn = cs + half;
+    } else {
+      const float p = (float)pos[bt];
+      for (int64_t i = 0; i < half; ++i) {
+        const float angle = p * inv_freq[i];
+        cs_own[i] = cosf(angle) * cs_scale;
+        sn_own[i] = sign * (sinf(angle) * cs_scale);
+      }
     }
     for (int64_t h = 0; h < H; ++h) {
       const int64_t off = (bt * H + h) * D;            /* element offset of row (b,t,h) */

@@ -380,8 +380,12 @@ static dsc_status dense_bwd(dsc_model *m, int32_t b, blk_acts *k, int64_t rows, 
     STEP(dsc_swiglu_backward(ctx, &dA.t, &g.t, &u.t, &dG.t, &dU.t));
     STEP(dsc_linear_backward(ctx, &dG.t, x, &w->mlp_gate, dx, gs_begin(m, &gg, slot_entry(m, b, S_MG))));
     STEP(gs_end(m, &gg));
-    STEP(dsc_linear_backward(ctx, &dU.t, x, &w->mlp_up, t2, gs_begin(m, &gu, slot_entry(m, b, S_MU))));
+    /* the up projection's input gradient accumulates into dx in its GEMM (beta 1) */
+    DLTensor *dwu = gs_begin(m, &gu, slot_entry(m, b, S_MU));
+    STEP(dsc_matmul(ctx, &dU.t, x, dwu, 1, 0, 1.0f, 0.0f));
+    STEP(dsc_matmul(ctx, &dU.t, &w->mlp_up, dx, 0, 0, 1.0f, 1.0f));
     STEP(gs_end(m, &gu));
+    return st;
   }
   STEP(dsc_add(ctx, dx, t2, dx));
   return st;
@@ -465,9 +469,45 @@ typedef struct {
   double aux_sum;   /* += alpha * L_bal of each MoE block */
 } fwd_opts;
 
-/* x_in [B, Tb, D] -> out [B, Tb, D] (out != x_in); positions [B, Tb]. */
+/* s = a + b, then y = RMSNorm(s) with weight w (all [rows, D] float32): one pass on the CPU
+ * (the same operations: the same bits), the two ops elsewhere. */
+static dsc_status add_norm(dsc_model *m, const DLTensor *a, const DLTensor *b, const DLTensor *w,
+                           DLTensor *s, DLTensor *y) {
+  const float eps = m->cfg.rms_norm_eps;
+  if (!dsc_ctx_is_cuda(m->ctx))
+    return dsc_cpu_add_rms_norm_fwd(m->ctx, dsc_rows(a), dsc_last_dim(a), (const float *)dsc_data(a),
+                                    (const float *)dsc_data(b), (const float *)dsc_data(w), eps,
+                                    (float *)dsc_data(s), (float *)dsc_data(y), NULL);
+  DSC_TRY(dsc_add(m->ctx, a, b, s));
+  return dsc_rms_norm_forward(m->ctx, s, w, eps, y, NULL);
+}
+
+/* out = res + the RMSNorm input gradient of dy at x (weight w; its gradient into storage
+ * entry e's slot): fused on the CPU, else rms_norm_backward into tmp and an add. */
+static dsc_status norm_bwd_add(dsc_model *m, const DLTensor *dy, const DLTensor *x, const DLTensor *w,
+                               int32_t e, const DLTensor *res, DLTensor *tmp, DLTensor *out) {
+  const float eps = m->cfg.rms_norm_eps;
+  gslot g;
+  DLTensor *dw = gs_begin(m, &g, e);
+  if (!dsc_ctx_is_cuda(m->ctx)) {
+    DSC_TRY(dsc_cpu_rms_norm_bwd_add(m->ctx, dsc_rows(x), dsc_last_dim(x), (const float *)dsc_data(dy),
+                                     (const float *)dsc_data(x), (const float *)dsc_data(w), NULL, eps,
+                                     (const float *)dsc_data(res), (float *)dsc_data(out),
+                                     (float *)dsc_data(dw)));
+  } else {
+    DSC_TRY(dsc_rms_norm_backward(m->ctx, dy, x, w, NULL, eps, tmp, dw));
+    DSC_TRY(dsc_add(m->ctx, res, tmp, out));
+  }
+  return gs_end(m, &g);
+}
+
+/* x_in [B, Tb, D] -> out [B, Tb, D] (out != x_in); positions [B, Tb].
+ * xn1_ready: the block's input norm is already in k->xn1 (the previous block fused it);
+ * next_w / next_out: the RMSNorm that reads `out` next (the next block's input norm, or the
+ * final norm), computed here together with the residual add (NULL: just the add). */
 static dsc_status block_fwd(dsc_model *m, int32_t b, int64_t B, int64_t Tb, const int32_t *positions,
-                            float *x_in, float *out, fwd_opts *o) {
+                            float *x_in, float *out, fwd_opts *o, int xn1_ready, const DLTensor *next_w,
+                            float *next_out) {
   dsc_context *ctx = m->ctx;
   dsc_model_acts *A = m->acts;
   blk_acts *k = &A->blk[b];
@@ -487,10 +527,9 @@ static dsc_status block_fwd(dsc_model *m, int32_t b, int64_t B, int64_t Tb, cons
   dsc_mla_weights mw;
   dsc_model_mla_weights(m, b, &mw);
   dsc_status st = DSC_OK;
-  STEP(dsc_rms_norm_forward(ctx, &x.t, &w->input_norm, eps, &xn1.t, NULL));
+  if (!xn1_ready) STEP(dsc_rms_norm_forward(ctx, &x.t, &w->input_norm, eps, &xn1.t, NULL));
   STEP(dsc_mla_forward(ctx, &m->mla, &mw, &xn1.t, &pos.t, &t.t, o->train ? k->mla : NULL));
-  STEP(dsc_add(ctx, &x.t, &t.t, &hmid.t));
-  STEP(dsc_rms_norm_forward(ctx, &hmid.t, &w->post_norm, eps, &xn2.t, NULL));
+  STEP(add_norm(m, &x.t, &t.t, &w->post_norm, &hmid.t, &xn2.t));
   if (w->is_moe) {
     dsc_moe_layer_weights ew;
     dsc_model_moe_weights(m, b, &ew);
@@ -509,7 +548,13 @@ static dsc_status block_fwd(dsc_model *m, int32_t b, int64_t B, int64_t Tb, cons
     tv_make(&t2, m, A->tA, F32, 2, rows, D, 0);
     STEP(dense_fwd(m, b, k, rows, &x2.t, &t2.t));
   }
-  STEP(dsc_add(ctx, &hmid.t, &t.t, &y.t));
+  if (next_w) {
+    tv nx;
+    tv_make(&nx, m, next_out, F32, 3, B, Tb, D);
+    STEP(add_norm(m, &hmid.t, &t.t, next_w, &y.t, &nx.t));
+  } else {
+    STEP(dsc_add(ctx, &hmid.t, &t.t, &y.t));
+  }
   return st;
 }
 
@@ -565,12 +610,8 @@ static dsc_status block_bwd(dsc_model *m, int32_t b, int64_t B, int64_t Tb, cons
     tv_make(&d2, m, A->tB, F32, 2, rows, D, 0);
     STEP(dense_bwd(m, b, k, rows, &x2.t, &dy2.t, &d1.t, &d2.t));
   }
-  /* post-attention norm, residual */
-  gslot gpn;
-  STEP(dsc_rms_norm_backward(ctx, &t1.t, &hmid.t, &w->post_norm, NULL, eps, &t2.t,
-                             gs_begin(m, &gpn, slot_entry(m, b, S_POST_NORM))));
-  STEP(gs_end(m, &gpn));
-  STEP(dsc_add(ctx, &dy.t, &t2.t, &t3.t)); /* t3 = d hmid */
+  /* post-attention norm, residual: t3 = d hmid = dy + norm backward */
+  STEP(norm_bwd_add(m, &t1.t, &hmid.t, &w->post_norm, slot_entry(m, b, S_POST_NORM), &dy.t, &t2.t, &t3.t));
   /* attention */
   dsc_mla_weights mw;
   dsc_model_mla_weights(m, b, &mw);
@@ -588,11 +629,7 @@ static dsc_status block_bwd(dsc_model *m, int32_t b, int64_t B, int64_t Tb, cons
   g.o_proj = gs_begin(m, &ga[7], slot_entry(m, b, S_O));
   STEP(dsc_mla_backward(ctx, &m->mla, &mw, k->mla, &xn1.t, &pos.t, &t3.t, &t1.t, &g));
   for (int j = 0; j < 8; ++j) STEP(gs_end(m, &ga[j]));
-  gslot gin;
-  STEP(dsc_rms_norm_backward(ctx, &t1.t, &x.t, &w->input_norm, NULL, eps, &t2.t,
-                             gs_begin(m, &gin, slot_entry(m, b, S_IN_NORM))));
-  STEP(gs_end(m, &gin));
-  STEP(dsc_add(ctx, &t3.t, &t2.t, &dy.t));
+  STEP(norm_bwd_add(m, &t1.t, &x.t, &w->input_norm, slot_entry(m, b, S_IN_NORM), &t3.t, &t2.t, &dy.t));
   return st;
 }
 
@@ -632,12 +669,17 @@ static dsc_status run_forward(dsc_model *m, const DLTensor *tokens, int32_t n_mt
   tv h0, hL, hn, lg;
   tv_make(&h0, m, A->h, F32, 3, B, T, D);
   STEP(dsc_embedding_forward(ctx, tokens, &m->embed, &h0.t));
-  for (int32_t b = 0; b < L && st == DSC_OK; ++b)
-    st = block_fwd(m, b, B, T, A->pos, A->h + b * N * D, A->h + (b + 1) * N * D, o);
+  /* each block's residual add also computes the next RMSNorm (the next block's input norm,
+   * after the last block the final norm into hn) */
+  for (int32_t b = 0; b < L && st == DSC_OK; ++b) {
+    const int last = b + 1 == L;
+    st = block_fwd(m, b, B, T, A->pos, A->h + b * N * D, A->h + (b + 1) * N * D, o, b > 0,
+                   last ? &m->final_norm : &m->blocks[b + 1].input_norm, last ? A->hn : A->blk[b + 1].xn1);
+  }
   tv_make(&hL, m, A->h + L * N * D, F32, 3, B, T, D);
   tv_make(&hn, m, A->hn, F32, 3, B, T, D);
   tv_make(&lg, m, logits_out ? logits_out : A->logits, F32, 3, B, T, V);
-  STEP(dsc_rms_norm_forward(ctx, &hL.t, &m->final_norm, eps, &hn.t, NULL));
+  (void)hL;
   STEP(dsc_linear_forward(ctx, &hn.t, &m->head, &lg.t));
 
   for (int32_t d = 0; d < n_mtp_run && st == DSC_OK; ++d) {
@@ -665,7 +707,7 @@ static dsc_status run_forward(dsc_model *m, const DLTensor *tokens, int32_t n_mt
     STEP(dsc_rms_norm_forward(ctx, &hp.t, &mt->hnorm, eps, &hh.t, NULL));
     STEP(dsc_model_concat2(m, &en.t, &hh.t, &cat.t));
     STEP(dsc_linear_forward(ctx, &cat.t, &mt->eh_proj, &x.t));
-    STEP(block_fwd(m, b, B, Td, A->mtp_pos[d], A->mtp_x[d], A->mtp_xo[d], o));
+    STEP(block_fwd(m, b, B, Td, A->mtp_pos[d], A->mtp_x[d], A->mtp_xo[d], o, 0, NULL, NULL));
     STEP(dsc_rms_norm_forward(ctx, &xo.t, &mt->head_norm, eps, &xn.t, NULL));
     STEP(dsc_linear_forward(ctx, &xn.t, &m->head, &lgd.t));
   }
@@ -928,6 +970,50 @@ static DLTensor *row_view(tv *v, const dsc_model *m, const DLTensor *t, int64_t 
   return tv_make(v, m, (const int32_t *)dsc_data(t) + r0 * t->shape[1], I32, 2, n, t->shape[1], 0);
 }
 
+static dsc_status finish_step(dsc_model *m, const dsc_train_options *opt, dsc_train_stats *stats,
+                              int64_t tokens, double loss, double mtp, double aux, float gn);
+
+/* CPU: the global norm over the trained parameters, clipping and AdamW as two passes over
+ * the flat arenas (runs of consecutive trained entries with one weight decay) instead of a
+ * parallel region per tensor; the clip coefficient scales the gradients inside the update
+ * (g * c, the same multiply the in-place scaling did; m->grads keep the unclipped values).
+ * *gn: the norm before clipping. */
+static dsc_status cpu_clip_adamw(dsc_model *m, const dsc_train_options *opt, float *gn) {
+  static const char *const FN = "dsc_model_train_step";
+  dsc_param_run *runs = (dsc_param_run *)malloc((size_t)(m->n_storage ? m->n_storage : 1) * sizeof *runs);
+  if (!runs) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+  int32_t nr = 0;
+  for (int64_t e = 0; e < m->n_storage; ++e) {
+    const dsc_model_entry *en = &m->storage[e];
+    if (!en->train || en->numel == 0) continue;
+    const float wd = en->decay ? opt->weight_decay : 0.0f;
+    if (nr > 0 && runs[nr - 1].off + runs[nr - 1].n == en->offset && runs[nr - 1].weight_decay == wd) {
+      runs[nr - 1].n += en->numel;
+    } else {
+      runs[nr].off = en->offset;
+      runs[nr].n = en->numel;
+      runs[nr].weight_decay = wd;
+      ++nr;
+    }
+  }
+  double ss = 0.0;
+  dsc_status st = dsc_cpu_sumsq_runs(m->ctx, nr, runs, m->grads, &ss);
+  const double norm = sqrt(ss);
+  *gn = (float)norm;
+  float gscale = 1.0f;
+  if (opt->max_grad_norm > 0.0f && *gn > opt->max_grad_norm)
+    gscale = (float)((double)opt->max_grad_norm / ((double)*gn + 1e-6));
+  if (st == DSC_OK) {
+    m->step += 1;
+    const float bc1 = (float)(1.0 - pow((double)opt->beta1, (double)m->step));
+    const float bc2 = (float)(1.0 - pow((double)opt->beta2, (double)m->step));
+    st = dsc_cpu_adamw_runs(m->ctx, nr, runs, m->params, m->grads, m->mom_dtype, m->exp_avg, m->exp_avg_sq,
+                            opt->lr, opt->beta1, opt->beta2, opt->eps, bc1, bc2, gscale);
+  }
+  free(runs);
+  return st;
+}
+
 dsc_status dsc_model_train_step(dsc_model *m, const dsc_train_options *opt, const DLTensor *tokens,
                                 const DLTensor *targets, dsc_train_stats *stats) {
   static const char *const FN = "dsc_model_train_step";
@@ -955,6 +1041,13 @@ dsc_status dsc_model_train_step(dsc_model *m, const dsc_train_options *opt, cons
     loss += s.loss;
     mtp += s.mtp_loss;
     aux += s.aux_loss;
+  }
+
+  if (!dsc_ctx_is_cuda(ctx)) {
+    DSC_TRY(dsc_model_ensure_moments(m));
+    float gn = 0.0f;
+    DSC_TRY(cpu_clip_adamw(m, opt, &gn));
+    return finish_step(m, opt, stats, B * tokens->shape[1], loss, mtp, aux, gn);
   }
 
   /* global norm over the trained tensors, clipping, AdamW (decay on matrices only) */
@@ -1005,6 +1098,15 @@ dsc_status dsc_model_train_step(dsc_model *m, const dsc_train_options *opt, cons
   free(views);
   free(ptrs);
 
+  if (st != DSC_OK) return st;
+  return finish_step(m, opt, stats, B * tokens->shape[1], loss, mtp, aux, gn);
+}
+
+/* After the update: the aux-loss-free bias update, then the step's statistics. */
+static dsc_status finish_step(dsc_model *m, const dsc_train_options *opt, dsc_train_stats *stats,
+                              int64_t tokens, double loss, double mtp, double aux, float gn) {
+  dsc_context *ctx = m->ctx;
+  dsc_status st = DSC_OK;
   /* auxiliary-loss-free balancing: bias += gamma * sign(mean load - load) */
   if (st == DSC_OK && opt->bias_update_rate > 0.0f && m->cfg.topk_method == DSC_MOE_TOPK_NOAUX_TC) {
     const int64_t E = m->cfg.n_routed_experts;
@@ -1026,7 +1128,7 @@ dsc_status dsc_model_train_step(dsc_model *m, const dsc_train_options *opt, cons
     stats->grad_norm = gn;
     stats->step = m->step;
     stats->load_imbalance = load_imbalance(m);
-    stats->tokens = B * tokens->shape[1];
+    stats->tokens = tokens;
   }
   return DSC_OK;
 }

@@ -369,8 +369,9 @@ static void act_sizes(const dsc_mla_params *p, int64_t B, int64_t T, int64_t *sz
   sz[A_LSE] = dsc_cmul3(B, H, T, ok);
 }
 
-/* Carve n buffers of sz[i] floats (each 16-float aligned) out of one allocation; ok = 0
- * (a size overflowed upstream) or a total beyond 64 bits is DSC_ERR_OUT_OF_MEMORY. */
+/* Carve n buffers of sz[i] floats (each 16-float aligned) out of one allocation: *mem when
+ * it is not NULL and holds *bytes >= the total (reused as is), else a new one. ok = 0 (a
+ * size overflowed upstream) or a total beyond 64 bits is DSC_ERR_OUT_OF_MEMORY. */
 static dsc_status carve(dsc_context *ctx, int n, const int64_t *sz, int ok, void **mem,
                         size_t *bytes, float **ptr) {
   size_t total = 0;
@@ -378,8 +379,11 @@ static dsc_status carve(dsc_context *ctx, int n, const int64_t *sz, int ok, void
     total = dsc_caddz(total, dsc_calign(dsc_cbytes(sz[i], sizeof(float), &ok), 64, &ok), &ok);
   DSC_CHECK(ok, DSC_ERR_OUT_OF_MEMORY, "dsc_mla",
             "the activations of this batch do not fit in 64 bits (x too large for these heads)");
-  *bytes = total;
-  DSC_TRY(dsc_malloc(ctx, *bytes, mem));
+  if (!*mem || *bytes < total) {
+    *mem = NULL;
+    *bytes = total;
+    DSC_TRY(dsc_malloc(ctx, *bytes, mem));
+  }
   float *b = (float *)*mem;
   for (int i = 0; i < n; ++i) {
     ptr[i] = b;
@@ -458,14 +462,17 @@ static dsc_status kv_path(dsc_context *ctx, const dsc_mla_params *p, const dsc_m
   float inv[256], cs;
   DSC_TRY(rope_tab(p, inv, &cs));
   const wref wa = WR(w->kv_a_proj_with_mqa, w->kv_a_proj_with_mqa_scale_inv); /* [R+dr, Hd] */
-  if (f8) { /* one [N, R+dr] projection, then split */
-    DSC_TRY(proj(ctx, f8, N, R + dr, Hd, x, wa, f8->tmp));
-    DSC_TRY(BK(mla_copy_cols, ctx, N, R, f8->tmp, R + dr, c_raw, R));
-    DSC_TRY(BK(mla_copy_cols, ctx, N, dr, f8->tmp + R, R + dr, kpe, dr));
-  } else {
-    DSC_TRY(lin(ctx, N, R, Hd, x, Hd, wa.w, Hd, 0.0f, c_raw, R));
-    DSC_TRY(lin(ctx, N, dr, Hd, x, Hd, wa.w + R * Hd, Hd, 0.0f, kpe, dr));
+  /* one [N, R+dr] projection, then split (a separate [N, dr] product is a slow thin GEMM);
+   * float32: into the workspace, free again before the norm and RoPE below use it */
+  float *joint = f8 ? f8->tmp : NULL; /* [N, R+dr] */
+  if (!joint) {
+    void *ws = NULL;
+    DSC_TRY(dsc_workspace(ctx, (size_t)(N * (R + dr)) * sizeof(float), &ws));
+    joint = (float *)ws;
   }
+  DSC_TRY(proj(ctx, f8, N, R + dr, Hd, x, wa, joint));
+  DSC_TRY(BK(mla_copy_cols, ctx, N, R, joint, R + dr, c_raw, R));
+  DSC_TRY(BK(mla_copy_cols, ctx, N, dr, joint + R, R + dr, kpe, dr));
   DSC_TRY(BK(rms_norm_fwd, ctx, DSC_DTYPE_FLOAT32, N, R, c_raw, dsc_data(w->kv_a_layernorm),
              p->rms_norm_eps, ckv, rstd_kv));
   return BK(rope, ctx, DSC_DTYPE_FLOAT32, (int)p->rope.layout, B, T, 1, dr, kpe, pos, inv, cs, 0,
@@ -498,12 +505,18 @@ dsc_status dsc_mla_forward(dsc_context *ctx, const dsc_mla_params *p, const dsc_
   void *mem = NULL;
   size_t bytes = 0;
   float *a[A_COUNT];
-  if (saved) {
+  if (saved) { /* its memory is reused while large enough (a training step of one shape) */
     saved->valid = 0;
-    dsc_free(ctx, saved->mem);
+    mem = saved->mem;
+    bytes = saved->bytes;
     saved->mem = NULL;
   }
-  DSC_TRY(carve(ctx, A_COUNT, sz, ok, &mem, &bytes, a));
+  {
+    void *old = mem;
+    const dsc_status cs = carve(ctx, A_COUNT, sz, ok, &mem, &bytes, a);
+    if (old && mem != old) dsc_free(ctx, old);
+    if (cs != DSC_OK) return cs;
+  }
   const float *xp = F(x);
   const int32_t *pos = (const int32_t *)dsc_data(positions);
   dsc_status s = DSC_OK;
@@ -539,7 +552,8 @@ dsc_status dsc_mla_forward(dsc_context *ctx, const dsc_mla_params *p, const dsc_
 }
 
 /* Backward scratch buffers. */
-enum { G_DO, G_DQ, G_DQ_PE, G_DKV, G_DKPE, G_DCKV, G_DC_RAW, G_DCQ, G_DCQ_RAW, G_DGAMMA, G_DX, G_COUNT };
+enum { G_DO, G_DQ, G_DQ_PE, G_DKV, G_DKPE, G_DCKV, G_DC_RAW, G_DCQ, G_DCQ_RAW, G_DGAMMA, G_DX, G_DKVA,
+       G_COUNT };
 
 dsc_status dsc_mla_backward(dsc_context *ctx, const dsc_mla_params *p, const dsc_mla_weights *w,
                             const dsc_mla_saved *saved, const DLTensor *x,
@@ -606,7 +620,7 @@ dsc_status dsc_mla_backward(dsc_context *ctx, const dsc_mla_params *p, const dsc
       [G_DKPE] = dsc_cmul(N, dr, &ok),        [G_DCKV] = dsc_cmul(N, R, &ok),
       [G_DC_RAW] = dsc_cmul(N, R, &ok),       [G_DCQ] = dsc_cmul(N, Rq, &ok),
       [G_DCQ_RAW] = dsc_cmul(N, Rq, &ok),     [G_DGAMMA] = (R > Rq ? R : Rq),
-      [G_DX] = dx ? 0 : dsc_cmul(N, Hd, &ok)};
+      [G_DX] = dx ? 0 : dsc_cmul(N, Hd, &ok), [G_DKVA] = p->fp8 ? 0 : dsc_cmul(N, R + dr, &ok)};
   void *mem = NULL;
   size_t bytes = 0;
   float *b[G_COUNT];
@@ -639,25 +653,13 @@ dsc_status dsc_mla_backward(dsc_context *ctx, const dsc_mla_params *p, const dsc
   STEP(BK(rms_norm_bwd, ctx, DSC_DTYPE_FLOAT32, N, R, b[G_DCKV], a[A_C_RAW],
           dsc_data(w->kv_a_layernorm), a[A_RSTD_KV], eps, b[G_DC_RAW],
           g->kv_a_layernorm ? FO(g->kv_a_layernorm) : b[G_DGAMMA]));
-  /* [c_raw | kpe_raw] = x Wkva^T */
+  /* [c_raw | kpe_raw] = x Wkva^T: the joint [N, R+dr] gradient, as the forward's one
+   * projection (one weight-gradient and one dx product instead of a thin pair each) */
   const float *wa = F(w->kv_a_proj_with_mqa);
-  if (f8) { /* the joint [N, R+dr] gradient, as the forward's one projection */
-    STEP(BK(mla_copy_cols, ctx, N, R, b[G_DC_RAW], R, f8->tmp, R + dr));
-    STEP(BK(mla_copy_cols, ctx, N, dr, b[G_DKPE], dr, f8->tmp + R, R + dr));
-    STEP(proj_bwd(ctx, f8, N, R + dr, Hd, f8->tmp, xp, wa, FO(g->kv_a_proj_with_mqa), 0.0f, dxp));
-  } else {
-    if (g->kv_a_proj_with_mqa) {
-      float *gw = FO(g->kv_a_proj_with_mqa);
-      STEP(BK(gemm_f32out, ctx, DSC_DTYPE_FLOAT32, 1, 0, R, Hd, N, 1.0f, b[G_DC_RAW], R, xp, Hd,
-              0.0f, gw, Hd));
-      STEP(BK(gemm_f32out, ctx, DSC_DTYPE_FLOAT32, 1, 0, dr, Hd, N, 1.0f, b[G_DKPE], dr, xp, Hd,
-              0.0f, gw + R * Hd, Hd));
-    }
-    STEP(BK(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 0, N, Hd, R, 1.0f, b[G_DC_RAW], R, wa, Hd, 0.0f, dxp,
-            Hd, 1, 0, 0, 0));
-    STEP(BK(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 0, N, Hd, dr, 1.0f, b[G_DKPE], dr, wa + R * Hd, Hd,
-            1.0f, dxp, Hd, 1, 0, 0, 0));
-  }
+  float *djoint = f8 ? f8->tmp : b[G_DKVA]; /* [N, R+dr] */
+  STEP(BK(mla_copy_cols, ctx, N, R, b[G_DC_RAW], R, djoint, R + dr));
+  STEP(BK(mla_copy_cols, ctx, N, dr, b[G_DKPE], dr, djoint + R, R + dr));
+  STEP(proj_bwd(ctx, f8, N, R + dr, Hd, djoint, xp, wa, FO(g->kv_a_proj_with_mqa), 0.0f, dxp));
   /* query path */
   if (Rq > 0) {
     STEP(proj_bwd(ctx, f8, N, H * dqk, Rq, b[G_DQ], a[A_CQ], F(w->q_b_proj), FO(g->q_b_proj), 0.0f,

@@ -35,16 +35,21 @@ typedef struct {
   DLTensor t;
   int64_t shape[3];
   int64_t strides[3];
+  size_t cap; /* bytes allocated at t.data (kept across calls: no fresh pages per step) */
 } buf;
 
 enum {
   B_SCORES, B_INDICES, B_WEIGHTS, B_XP, B_OFFSETS, B_ROWMAP, B_HG, B_HU, B_ACT, B_EO,
   B_SG, B_SU, B_SA, B_DSCORES, B_AUXLOSS, B_COUNT
 };
+/* Temporaries of one forward / backward call, kept in the handle between calls. */
+enum { T_DEO, T_DW, T_DACT, T_DHG, T_DHU, T_DXP, T_DXP2, T_DXTOK, T_DLOG, T_DXR, T_DSA, T_DSG,
+       T_DSU, T_DXS, T_LOGITS, T_SO, T_COUNT };
 
 struct dsc_moe_layer_saved {
   dsc_context *ctx; /* the context the buffers were allocated with */
   buf b[B_COUNT];
+  buf tmp[T_COUNT];
   int have;     /* a forward filled the buffers */
   int fp8;      /* ... with FP8 expert GEMMs */
   int have_aux; /* dsc_moe_layer_aux_loss filled B_DSCORES for the backward */
@@ -56,9 +61,19 @@ static void buf_free(dsc_context *ctx, buf *x) {
   memset(x, 0, sizeof *x);
 }
 
-/* (Re)allocate x as a contiguous [d0, d1] (or [d0] when d1 < 0) tensor of dtype dt. */
+/* Shape x as a contiguous [d0, d1] (or [d0] when d1 < 0) tensor of dtype dt, reusing its
+ * memory when large enough (a training step of a fixed shape then allocates nothing). */
 static dsc_status buf_alloc(dsc_context *ctx, buf *x, dsc_dtype dt, int64_t d0, int64_t d1) {
-  buf_free(ctx, x);
+  int ok = 1;
+  size_t bytes = dsc_cbytes(dsc_cmul(d0, d1 < 0 ? 1 : d1, &ok), dsc_dtype_size(dt), &ok);
+  DSC_CHECK(ok, DSC_ERR_OUT_OF_MEMORY, "dsc_moe_layer",
+            "an activation of %lld x %lld does not fit in 64 bits", (long long)d0, (long long)d1);
+  if (bytes == 0) bytes = dsc_dtype_size(dt);
+  if (!x->t.data || x->cap < bytes) {
+    buf_free(ctx, x);
+    DSC_TRY(dsc_malloc(ctx, bytes, &x->t.data));
+    x->cap = bytes;
+  }
   x->t.device = ctx->device;
   x->t.dtype = dsc_dtype_to_dlpack(dt);
   x->t.ndim = d1 < 0 ? 1 : 2;
@@ -68,11 +83,7 @@ static dsc_status buf_alloc(dsc_context *ctx, buf *x, dsc_dtype dt, int64_t d0, 
   x->strides[1] = 1;
   x->t.shape = x->shape;
   x->t.strides = x->strides;
-  int ok = 1;
-  const size_t bytes = dsc_cbytes(dsc_cmul(d0, d1 < 0 ? 1 : d1, &ok), dsc_dtype_size(dt), &ok);
-  DSC_CHECK(ok, DSC_ERR_OUT_OF_MEMORY, "dsc_moe_layer",
-            "an activation of %lld x %lld does not fit in 64 bits", (long long)d0, (long long)d1);
-  return dsc_malloc(ctx, bytes ? bytes : 1, &x->t.data);
+  return DSC_OK;
 }
 
 /* The weights of w as named inputs (absent ones NULL); returns the count. */
@@ -104,6 +115,7 @@ dsc_status dsc_moe_layer_saved_create(dsc_context *ctx, dsc_moe_layer_saved **ou
 void dsc_moe_layer_saved_destroy(dsc_moe_layer_saved *s) {
   if (!s) return;
   for (int i = 0; i < B_COUNT; ++i) buf_free(s->ctx, &s->b[i]);
+  for (int i = 0; i < T_COUNT; ++i) buf_free(s->ctx, &s->tmp[i]);
   free(s);
 }
 
@@ -331,18 +343,17 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
   }
   s->have = 0;
   s->have_aux = 0;
-  buf logits;
-  memset(&logits, 0, sizeof logits);
+  buf *logits = &s->tmp[T_LOGITS];
   int64_t xs2[2], xst2[2], ys2[2], yst2[2];
   DLTensor x2 = flat2(x, xs2, xst2), y2 = flat2(y, ys2, yst2);
   buf *b = s->b;
   dsc_status st = DSC_OK;
-  STEP(buf_alloc(ctx, &logits, DSC_DTYPE_FLOAT32, T, E));
+  STEP(buf_alloc(ctx, logits, DSC_DTYPE_FLOAT32, T, E));
   STEP(buf_alloc(ctx, &b[B_SCORES], DSC_DTYPE_FLOAT32, T, E));
   STEP(buf_alloc(ctx, &b[B_INDICES], DSC_DTYPE_INT32, T, k));
   STEP(buf_alloc(ctx, &b[B_WEIGHTS], DSC_DTYPE_FLOAT32, T, k));
-  STEP(dsc_linear_forward(ctx, &x2, w->gate, &logits.t));
-  STEP(dsc_moe_route(ctx, p, &logits.t, w->bias, &b[B_INDICES].t, &b[B_WEIGHTS].t, &b[B_SCORES].t));
+  STEP(dsc_linear_forward(ctx, &x2, w->gate, &logits->t));
+  STEP(dsc_moe_route(ctx, p, &logits->t, w->bias, &b[B_INDICES].t, &b[B_WEIGHTS].t, &b[B_SCORES].t));
   if (counts) STEP(dsc_moe_expert_load(ctx, &b[B_INDICES].t, counts));
   int64_t R = 0;
   STEP(dsc_moe_permute_rows(ctx, &b[B_INDICES].t, (int32_t)E, align, &R));
@@ -380,12 +391,11 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
   }
   STEP(dsc_moe_unpermute(ctx, &b[B_EO].t, &b[B_ROWMAP].t, &b[B_WEIGHTS].t, &y2));
   if (Fs > 0) {
-    buf so;
-    memset(&so, 0, sizeof so);
+    buf *so = &s->tmp[T_SO];
     STEP(buf_alloc(ctx, &b[B_SG], DSC_DTYPE_FLOAT32, T, Fs));
     STEP(buf_alloc(ctx, &b[B_SU], DSC_DTYPE_FLOAT32, T, Fs));
     STEP(buf_alloc(ctx, &b[B_SA], DSC_DTYPE_FLOAT32, T, Fs));
-    STEP(buf_alloc(ctx, &so, DSC_DTYPE_FLOAT32, T, D));
+    STEP(buf_alloc(ctx, so, DSC_DTYPE_FLOAT32, T, D));
     if (w->fp8) {
       STEP(fp8_fwd(ctx, &f8, 1, T, Fs, D, &x2, w->shared_gate, w->shared_gate_scale_inv, NULL,
                    &b[B_SG].t));
@@ -393,26 +403,33 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
                    &b[B_SU].t));
       STEP(dsc_swiglu_forward(ctx, &b[B_SG].t, &b[B_SU].t, &b[B_SA].t));
       STEP(fp8_fwd(ctx, &f8, 1, T, D, Fs, &b[B_SA].t, w->shared_down, w->shared_down_scale_inv,
-                   NULL, &so.t));
+                   NULL, &so->t));
     } else {
       STEP(dsc_linear_forward(ctx, &x2, w->shared_gate, &b[B_SG].t));
       STEP(dsc_linear_forward(ctx, &x2, w->shared_up, &b[B_SU].t));
       STEP(dsc_swiglu_forward(ctx, &b[B_SG].t, &b[B_SU].t, &b[B_SA].t));
-      STEP(dsc_linear_forward(ctx, &b[B_SA].t, w->shared_down, &so.t));
+      STEP(dsc_linear_forward(ctx, &b[B_SA].t, w->shared_down, &so->t));
     }
-    STEP(dsc_add(ctx, &y2, &so.t, &y2));
-    buf_free(ctx, &so);
+    STEP(dsc_add(ctx, &y2, &so->t, &y2));
   }
   fp8_scratch_free(ctx, &f8);
-  buf_free(ctx, &logits);
   if (s == &local) {
     for (int i = 0; i < B_COUNT; ++i) buf_free(ctx, &local.b[i]);
+    for (int i = 0; i < T_COUNT; ++i) buf_free(ctx, &local.tmp[i]);
   } else if (st == DSC_OK) {
     s->have = 1;
     s->fp8 = w->fp8;
     s->T = T, s->D = D, s->E = E, s->k = k, s->F = F, s->Fs = Fs, s->R = R;
   }
   return st;
+}
+
+/* Backward of y = x @ w^T accumulating the input gradient: dx_acc += dy @ w, dw = dy^T x (when
+ * dw); float32 2-D tensors. */
+static dsc_status lin_bwd_acc(dsc_context *ctx, const DLTensor *dy, const DLTensor *x, const DLTensor *w,
+                              DLTensor *dx_acc, DLTensor *dw) {
+  if (dw) DSC_TRY(dsc_matmul(ctx, dy, x, dw, 1, 0, 1.0f, 0.0f));
+  return dsc_matmul(ctx, dy, w, dx_acc, 0, 0, 1.0f, 1.0f);
 }
 
 dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *p,
@@ -463,10 +480,7 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
 
   int64_t xs2[2], xst2[2], ds2[2], dst2[2];
   DLTensor x2 = flat2(x, xs2, xst2), dy2 = flat2(dy, ds2, dst2);
-  enum { T_DEO, T_DW, T_DACT, T_DHG, T_DHU, T_DXP, T_DXP2, T_DXTOK, T_DLOG, T_DXR, T_DSA, T_DSG,
-         T_DSU, T_DXS, T_COUNT };
-  buf tmp[T_COUNT];
-  memset(tmp, 0, sizeof tmp);
+  buf *tmp = saved->tmp;
   dsc_status st = DSC_OK;
 
   /* routed experts: combine -> down -> SwiGLU -> gate/up -> dispatch */
@@ -488,8 +502,23 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
   STEP(buf_alloc(ctx, &tmp[T_DHU], DSC_DTYPE_FLOAT32, R, F));
   STEP(dsc_swiglu_backward(ctx, &tmp[T_DACT].t, &b[B_HG].t, &b[B_HU].t, &tmp[T_DHG].t, &tmp[T_DHU].t));
   STEP(buf_alloc(ctx, &tmp[T_DXP], DSC_DTYPE_FLOAT32, R, D));
-  STEP(buf_alloc(ctx, &tmp[T_DXP2], DSC_DTYPE_FLOAT32, R, D));
-  if (w->fp8) {
+  /* float32 on the CPU: the up projection's input gradient is accumulated into the gate's by
+   * the GEMMs (no [R, D] add), its weight gradient checked here as the op would */
+  const int cpu_acc = !w->fp8 && !dsc_ctx_is_cuda(ctx);
+  if (!cpu_acc) STEP(buf_alloc(ctx, &tmp[T_DXP2], DSC_DTYPE_FLOAT32, R, D));
+  if (cpu_acc && g->experts_up) {
+    const int64_t shp[3] = {E, F, D};
+    STEP(dsc_check_tensor(ctx, FN, "g->experts_up", g->experts_up, DSC_DT(DSC_DTYPE_FLOAT32)));
+    STEP(dsc_check_shape(FN, "g->experts_up", g->experts_up, 3, shp));
+  }
+  if (cpu_acc) {
+    STEP(dsc_grouped_linear_backward(ctx, &tmp[T_DHG].t, &b[B_XP].t, w->experts_gate,
+                                     &b[B_OFFSETS].t, &tmp[T_DXP].t, g->experts_gate));
+    STEP(dsc_cpu_grouped_linear_bwd_acc(ctx, E, R, F, D, (const float *)tmp[T_DHU].t.data,
+                                        (const float *)b[B_XP].t.data, (const float *)dsc_data(w->experts_up),
+                                        (const int32_t *)b[B_OFFSETS].t.data, (float *)tmp[T_DXP].t.data,
+                                        g->experts_up ? (float *)dsc_data(g->experts_up) : NULL));
+  } else if (w->fp8) {
     STEP(fp8_bwd(ctx, &f8, E, R, F, D, &tmp[T_DHG].t, &b[B_XP].t, w->experts_gate,
                  &b[B_OFFSETS].t, &tmp[T_DXP].t, g->experts_gate));
     STEP(fp8_bwd(ctx, &f8, E, R, F, D, &tmp[T_DHU].t, &b[B_XP].t, w->experts_up, &b[B_OFFSETS].t,
@@ -500,7 +529,7 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
     STEP(dsc_grouped_linear_backward(ctx, &tmp[T_DHU].t, &b[B_XP].t, w->experts_up,
                                      &b[B_OFFSETS].t, &tmp[T_DXP2].t, g->experts_up));
   }
-  STEP(dsc_add(ctx, &tmp[T_DXP].t, &tmp[T_DXP2].t, &tmp[T_DXP].t));
+  if (!cpu_acc) STEP(dsc_add(ctx, &tmp[T_DXP].t, &tmp[T_DXP2].t, &tmp[T_DXP].t));
   STEP(buf_alloc(ctx, &tmp[T_DXTOK], DSC_DTYPE_FLOAT32, T, D));
   STEP(dsc_moe_permute_backward(ctx, &tmp[T_DXP].t, &b[B_ROWMAP].t, &tmp[T_DXTOK].t));
 
@@ -508,9 +537,13 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
   STEP(buf_alloc(ctx, &tmp[T_DLOG], DSC_DTYPE_FLOAT32, T, E));
   STEP(dsc_moe_route_backward(ctx, p, &tmp[T_DW].t, &b[B_SCORES].t, &b[B_INDICES].t,
                               saved->have_aux ? &b[B_DSCORES].t : NULL, &tmp[T_DLOG].t));
-  STEP(buf_alloc(ctx, &tmp[T_DXR], DSC_DTYPE_FLOAT32, T, D));
-  STEP(dsc_linear_backward(ctx, &tmp[T_DLOG].t, &x2, w->gate, &tmp[T_DXR].t, g->gate));
-  STEP(dsc_add(ctx, &tmp[T_DXTOK].t, &tmp[T_DXR].t, &tmp[T_DXTOK].t));
+  if (cpu_acc) {
+    STEP(lin_bwd_acc(ctx, &tmp[T_DLOG].t, &x2, w->gate, &tmp[T_DXTOK].t, g->gate));
+  } else {
+    STEP(buf_alloc(ctx, &tmp[T_DXR], DSC_DTYPE_FLOAT32, T, D));
+    STEP(dsc_linear_backward(ctx, &tmp[T_DLOG].t, &x2, w->gate, &tmp[T_DXR].t, g->gate));
+    STEP(dsc_add(ctx, &tmp[T_DXTOK].t, &tmp[T_DXR].t, &tmp[T_DXTOK].t));
+  }
 
   /* shared experts */
   if (Fs > 0) {
@@ -528,6 +561,10 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
     DLTensor *sg[2] = {g->shared_gate, g->shared_up};
     const DLTensor *sdy[2] = {&tmp[T_DSG].t, &tmp[T_DSU].t};
     for (int i = 0; i < 2; ++i) {
+      if (cpu_acc) {
+        STEP(lin_bwd_acc(ctx, sdy[i], &x2, sw[i], &tmp[T_DXTOK].t, sg[i]));
+        continue;
+      }
       if (w->fp8)
         STEP(fp8_bwd(ctx, &f8, 1, T, Fs, D, sdy[i], &x2, sw[i], NULL, &tmp[T_DXS].t, sg[i]));
       else
@@ -542,7 +579,6 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
     DLDevice dev = ctx->device;
     st = dsc_memcpy(ctx, dsc_data(&dx2), dev, tmp[T_DXTOK].t.data, dev, (size_t)(T * D) * sizeof(float));
   }
-  for (int i = 0; i < T_COUNT; ++i) buf_free(ctx, &tmp[i]);
   return st;
 }
 
