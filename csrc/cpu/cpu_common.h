@@ -57,6 +57,13 @@
  * result does not depend on which thread runs it. Row-major, float32, dims < 2^31 (the
  * caller knows), K >= 1. */
 void dsc_cpu_blas_serial(void);
+/* The float32 GEMM every CPU path takes (small-M kernels or blocked single-threaded sgemm;
+ * see gemm.c): row-major C[M,N] = alpha*op(A)@op(B) + beta*C. Its bits do not depend on the
+ * thread count nor on being called inside a parallel region (then it runs on the caller's
+ * thread), so per-expert GEMMs in a parallel loop equal the sequential ones. */
+void dsc_cpu_sgemm(const dsc_context *ctx, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                   float alpha, const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                   float *C, int64_t ldc);
 void dsc_cpu_sgemm_raw(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                        const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
                        float *C, int64_t ldc);

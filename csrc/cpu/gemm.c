@@ -15,10 +15,10 @@
  *
  * BLAS integers (blasint) are 32-bit here: dims and strides >= 2^31 are UNSUPPORTED.
  * Threads: OpenBLAS is always called single-threaded (one thread pool: ours); a large product
- * is split into row (or column) blocks over the context's OpenMP team, each block one
- * single-threaded sgemm, a fixed split for a given thread count: results are reproducible
- * for a given CPU, build and thread count (across thread counts the last bits of some
- * products may differ, as they do with OpenBLAS's own threads).
+ * is split into row (or column) blocks that depend on its shape only, each block one
+ * single-threaded sgemm, run over the context's OpenMP team: results are bitwise the same
+ * for a given CPU and build whatever the thread count (the demo's accuracy and a resumed
+ * run do not depend on OMP_NUM_THREADS).
  *
  * Small M (decode: 1..SMALL_M_MAX tokens; any M in generation's decode steps) with
  * op(A) = A: sgemm would re-pack the whole weight B for every call (sgemm_incopy was ~40%
@@ -161,6 +161,8 @@ static void scale_c(dsc_dtype dt, int64_t M, int64_t N, float beta, void *C /* [
  * single-threaded sgemm here), in chunks of a multiple of SPLIT_ALIGN rows or columns. */
 #define SPLIT_MIN_MACS 4194304.0
 #define SPLIT_ALIGN 16
+#define SPLIT_BLOCK 64       /* fewest rows (columns) of a block */
+#define SPLIT_MAX_BLOCKS 8   /* most blocks of one product (enough for up to 8 threads) */
 
 #define SMALL_M_MAX 3      /* most rows of A for the portable kernels */
 #define SMALL_M_MAX_AVX2 8 /* rows of an AVX2 no-trans_b chunk (row-invariant mode) */
@@ -656,7 +658,7 @@ static void small_gemm(const dsc_context *ctx, int trans_b, int64_t M, int64_t N
  * CPU's ISA (the AVX2 kernels are bitwise the portable ones), and training keeps its
  * numerics: the demo trained to 52.5% exact match instead of 91.5% once 4-8 row GEMMs (small
  * experts) moved to the small kernels -- the same run, rounded differently. */
-static void sgemm(const dsc_context *ctx, int trans_a, int trans_b, int64_t M, int64_t N,
+void dsc_cpu_sgemm(const dsc_context *ctx, int trans_a, int trans_b, int64_t M, int64_t N,
                   int64_t K, float alpha, const float *A, int64_t lda, const float *B,
                   int64_t ldb, float beta, float *C, int64_t ldc) {
   if (!trans_a && (M <= SMALL_M_MAX || ctx->row_invariant) && (trans_b || K * N <= SMALL_NN_MAX_B)) {
@@ -668,40 +670,39 @@ static void sgemm(const dsc_context *ctx, int trans_a, int trans_b, int64_t M, i
     return;
   }
   /* One thread pool: OpenBLAS always runs single-threaded, on the calling thread; a product
-   * worth splitting is split here over the context's OpenMP team (see SPLIT_MIN_MACS). */
+   * worth splitting (SPLIT_MIN_MACS) is split into a grid of blocks of C that depends on M, N
+   * and K only -- never on the thread count or on being inside a parallel region -- and the
+   * blocks run over the context's OpenMP team (or one after the other). sgemm's bits for an
+   * element may depend on the shape of the call it is in (OpenBLAS picks other kernels for
+   * small products), so a thread-dependent split would make the results depend on the
+   * thread count; with this one they do not. */
   dsc_cpu_blas_serial();
-#ifdef _OPENMP
-  const int64_t nt = ctx->num_threads > 1 && !omp_in_parallel() ? ctx->num_threads : 1;
-#else
-  const int64_t nt = 1;
-#endif
   const double macs = (double)M * (double)N * (double)K;
-  if (nt > 1 && macs >= SPLIT_MIN_MACS && (M >= 2 * SPLIT_ALIGN || N >= 2 * SPLIT_ALIGN)) {
-    /* A pm x pn grid of blocks of C (pm * pn <= nt; rows and columns in multiples of
-     * SPLIT_ALIGN), one single-threaded sgemm each: each thread packs its rows of op(A) and
-     * its columns of op(B), so the grid is chosen to minimize that per-thread packing
-     * (M/pm + N/pn) -- with 2 threads: the larger of M and N split in two. */
-    int64_t pm = 1, pn = 1;
-    double best = -1.0;
-    for (int64_t a = 1; a <= nt; ++a) {
-      const int64_t b = nt / a;
-      if (a * SPLIT_ALIGN > M + SPLIT_ALIGN - 1 && a > 1) break;
-      if (b > 1 && b * SPLIT_ALIGN > N + SPLIT_ALIGN - 1) continue;
-      const double cost = (double)M / (double)a + (double)N / (double)b;
-      if (best < 0.0 || cost < best) best = cost, pm = a, pn = b;
-    }
-    const int64_t bm = ((M + pm - 1) / pm + SPLIT_ALIGN - 1) / SPLIT_ALIGN * SPLIT_ALIGN;
-    const int64_t bn = ((N + pn - 1) / pn + SPLIT_ALIGN - 1) / SPLIT_ALIGN * SPLIT_ALIGN;
-    const int64_t gm = (M + bm - 1) / bm, gn = (N + bn - 1) / bn;
-    if (gm * gn > 1) {
-      DSC_CPU_FOR(1, (int)nt, c, gm * gn,
-        const int64_t i0 = (c / gn) * bm, j0 = (c % gn) * bn;
-        const int64_t m = M - i0 < bm ? M - i0 : bm, n = N - j0 < bn ? N - j0 : bn;
-        dsc_cpu_sgemm_raw(trans_a, trans_b, m, n, K, alpha, trans_a ? A + i0 : A + i0 * lda, lda,
-                          trans_b ? B + j0 * ldb : B + j0, ldb, beta, C + i0 * ldc + j0, ldc);
-      );
-      return;
-    }
+  if (macs >= SPLIT_MIN_MACS && (M >= 2 * SPLIT_BLOCK || N >= 2 * SPLIT_BLOCK)) {
+    /* the larger of M and N in blocks of a multiple of SPLIT_ALIGN, at least SPLIT_BLOCK, at
+     * most SPLIT_MAX_BLOCKS of them: each block packs the whole other operand once, so the
+     * packing overhead is about blocks / (the split dimension) of the multiply-adds */
+    const int split_m = M >= N;
+    const int64_t dim = split_m ? M : N;
+    int64_t bs = (dim + SPLIT_MAX_BLOCKS - 1) / SPLIT_MAX_BLOCKS;
+    bs = (bs + SPLIT_ALIGN - 1) / SPLIT_ALIGN * SPLIT_ALIGN;
+    if (bs < SPLIT_BLOCK) bs = SPLIT_BLOCK;
+    const int64_t g = (dim + bs - 1) / bs;
+#ifdef _OPENMP
+    const int nt = omp_in_parallel() ? 1 : (int)(ctx->num_threads < g ? ctx->num_threads : g);
+#else
+    const int nt = 1;
+#endif
+    DSC_CPU_FOR(nt > 1, nt, c, g,
+      const int64_t o = c * bs, len = dim - o < bs ? dim - o : bs;
+      if (split_m)
+        dsc_cpu_sgemm_raw(trans_a, trans_b, len, N, K, alpha, trans_a ? A + o : A + o * lda, lda, B, ldb, beta,
+                          C + o * ldc, ldc);
+      else
+        dsc_cpu_sgemm_raw(trans_a, trans_b, M, len, K, alpha, A, lda, trans_b ? B + o * ldb : B + o, ldb, beta,
+                          C + o, ldc);
+    );
+    return;
   }
   dsc_cpu_sgemm_raw(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
@@ -723,7 +724,7 @@ dsc_status dsc_cpu_gemm(dsc_context *ctx, dsc_dtype dt, int trans_a, int trans_b
 
   if (dt == DSC_DTYPE_FLOAT32) {
     for (int64_t b = 0; b < batch; ++b) {
-      sgemm(ctx, trans_a, trans_b, M, N, K, alpha, (const float *)A + b * sA, lda,
+      dsc_cpu_sgemm(ctx, trans_a, trans_b, M, N, K, alpha, (const float *)A + b * sA, lda,
             (const float *)B + b * sB, ldb, beta, (float *)C + b * sC, ldc);
     }
     return DSC_OK;
@@ -746,7 +747,7 @@ dsc_status dsc_cpu_gemm(dsc_context *ctx, dsc_dtype dt, int trans_a, int trans_b
     widen(ctx, dt, ra, ca, Ab, lda, fA);
     if (b == 0 || sB != 0) widen(ctx, dt, rb, cb, Bb, ldb, fB);
     if (beta != 0.0f) widen(ctx, dt, M, N, Cb, ldc, fC); /* beta == 0: C is not read */
-    sgemm(ctx, trans_a, trans_b, M, N, K, alpha, fA, ca, fB, cb, beta, fC, N);
+    dsc_cpu_sgemm(ctx, trans_a, trans_b, M, N, K, alpha, fA, ca, fB, cb, beta, fC, N);
     narrow(ctx, dt, M, N, fC, Cb, ldc);
   }
   return DSC_OK;
@@ -766,7 +767,7 @@ dsc_status dsc_cpu_gemm_f32out(dsc_context *ctx, dsc_dtype dt, int trans_a, int 
   }
   DSC_TRY(check_blasint("dsc_cpu_gemm_f32out", M, N, K, lda, ldb, ldc));
   if (dt == DSC_DTYPE_FLOAT32) {
-    sgemm(ctx, trans_a, trans_b, M, N, K, alpha, (const float *)A, lda, (const float *)B, ldb, beta,
+    dsc_cpu_sgemm(ctx, trans_a, trans_b, M, N, K, alpha, (const float *)A, lda, (const float *)B, ldb, beta,
           C, ldc);
     return DSC_OK;
   }
@@ -779,6 +780,6 @@ dsc_status dsc_cpu_gemm_f32out(dsc_context *ctx, dsc_dtype dt, int trans_a, int 
   float *fB = fA + ra * ca; /* [rb, cb] */
   widen(ctx, dt, ra, ca, A, lda, fA);
   widen(ctx, dt, rb, cb, B, ldb, fB);
-  sgemm(ctx, trans_a, trans_b, M, N, K, alpha, fA, ca, fB, cb, beta, C, ldc);
+  dsc_cpu_sgemm(ctx, trans_a, trans_b, M, N, K, alpha, fA, ca, fB, cb, beta, C, ldc);
   return DSC_OK;
 }

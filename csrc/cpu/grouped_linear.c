@@ -16,8 +16,8 @@
 #include "cpu_common.h"
 
 /* With more than one thread, float32 experts run in parallel (each expert's GEMMs on one
- * thread, OpenBLAS single-threaded: dynamic schedule over experts, the results do not
- * depend on which thread computes an expert) once the layer has enough work: ~2^22
+ * thread through dsc_cpu_sgemm, the same path as the sequential loop: dynamic schedule over
+ * experts, the results do not depend on which thread computes an expert nor on the count) once the layer has enough work: ~2^22
  * multiply-adds (a parallel region costs ~40 us to wake under OMP_WAIT_POLICY=PASSIVE). */
 static int experts_in_parallel(const dsc_context *ctx, dsc_dtype dt, int64_t E, int64_t R, int64_t N,
                                int64_t K) {
@@ -43,8 +43,8 @@ dsc_status dsc_cpu_grouped_linear_fwd(dsc_context *ctx, dsc_dtype dt, int64_t E,
     DSC_CPU_FOR_DYN(1, ctx->num_threads, e, E,
       const int64_t r0 = offs_h[e], M = offs_h[e + 1] - r0;
       if (M > 0)
-        dsc_cpu_sgemm_raw(0, 1, M, N, K, 1.0f, (const float *)x + r0 * K, K, (const float *)w + e * N * K, K,
-                          0.0f, (float *)y + r0 * N, N);
+        dsc_cpu_sgemm(ctx, 0, 1, M, N, K, 1.0f, (const float *)x + r0 * K, K, (const float *)w + e * N * K, K,
+                      0.0f, (float *)y + r0 * N, N);
     );
     return DSC_OK;
   }
@@ -71,12 +71,12 @@ static dsc_status grouped_bwd(dsc_context *ctx, dsc_dtype dt, int64_t E, int64_t
       const int64_t r0 = offs_h[e], M = offs_h[e + 1] - r0;
       const float *dy_e = (const float *)dy + r0 * N, *x_e = (const float *)x + r0 * K;
       if (dx && M > 0)
-        dsc_cpu_sgemm_raw(0, 0, M, K, N, 1.0f, dy_e, N, (const float *)w + e * N * K, K, dx_beta,
-                          (float *)dx + r0 * K, K);
+        dsc_cpu_sgemm(ctx, 0, 0, M, K, N, 1.0f, dy_e, N, (const float *)w + e * N * K, K, dx_beta,
+                      (float *)dx + r0 * K, K);
       if (dw) {
         float *dw_e = (float *)dw + e * N * K;
         if (M > 0)
-          dsc_cpu_sgemm_raw(1, 0, N, K, M, 1.0f, dy_e, N, x_e, K, 0.0f, dw_e, K);
+          dsc_cpu_sgemm(ctx, 1, 0, N, K, M, 1.0f, dy_e, N, x_e, K, 0.0f, dw_e, K);
         else
           memset(dw_e, 0, (size_t)(N * K) * sizeof(float));
       }
