@@ -409,6 +409,40 @@ class Model:
                   tokens_per_s=n_tok / secs if secs > 0 else 0.0)
         return st
 
+    # ------------------------------------------------------------------ composable training
+
+    def forward_train(self, tokens: Any, n_mtp: int = 0) -> tuple[Any, list[Any]]:
+        """The training forward (dsc_model_forward_train), keeping what backward() needs:
+        (logits [B, T, vocab], [mtp logits of depths 1..n_mtp, [B, T-d, vocab]]). For losses
+        other than next-token cross-entropy (an autograd framework, RL, distillation)."""
+        t = self._ids(tokens, "tokens")
+        B, T = t.shape
+        if isinstance(n_mtp, bool) or not isinstance(n_mtp, (int, np.integer)) or not 0 <= n_mtp <= self.n_mtp:
+            raise ValueError(f"Model.forward_train: n_mtp: expected 0..{self.n_mtp} (the model's MTP depths), "
+                             f"got {n_mtp!r}")
+        lg = self._out((B, T, self.cfg.vocab_size))
+        mtp = [self._out((B, T - d - 1, self.cfg.vocab_size)) for d in range(int(n_mtp))]
+        _C.model_forward_train(self._cap, t, lg, mtp)
+        return lg, mtp
+
+    def backward(self, dlogits: Any, dmtp_logits: Optional[Sequence[Any]] = None, accumulate: bool = False) -> None:
+        """The backward of the last forward_train from dL/dlogits [B, T, vocab] float32 (and
+        dL/dmtp_logits per depth; None entries are zero): the gradients (grad()) are
+        overwritten, or added to with accumulate=True. One backward per forward_train."""
+        _C.model_backward(self._cap, dlogits, list(dmtp_logits or []), int(bool(accumulate)))
+
+    def optimizer_step(self, lr: Union[float, Callable[[int], float]] = 1e-3, *, max_grad_norm: float = 1.0,
+                       weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
+                       bias_update_rate: float = 1e-3) -> dict:
+        """The optimizer part of train_step on the gradients there are (after backward() or
+        loss_and_grads()): global-norm clipping, AdamW, the aux-loss-free bias update.
+        Returns dict(grad_norm, step, load_imbalance, lr)."""
+        lr_v = float(lr(self.step + 1)) if callable(lr) else float(lr)
+        opts = self._options(lr_v, betas, eps, weight_decay, max_grad_norm, None, 0.0, bias_update_rate, 1,
+                             IGNORE_INDEX)
+        st = _C.model_optimizer_step(self._cap, opts)
+        return dict(grad_norm=st["grad_norm"], step=st["step"], load_imbalance=st["load_imbalance"], lr=lr_v)
+
     # ------------------------------------------------------------------ generation
 
     def generate(self, prompts: Any, max_new_tokens: int = 16, temperature: float = 0.0,

@@ -1014,6 +1014,30 @@ DSC_API dsc_status dsc_model_loss_and_grad(dsc_model *model, const dsc_train_opt
 DSC_API dsc_status dsc_model_train_step(dsc_model *model, const dsc_train_options *opt,
                                         const DLTensor *tokens, const DLTensor *targets,
                                         dsc_train_stats *stats);
+/* ---- composable training: the pieces of dsc_model_train_step, for objectives and loops
+ * that are not next-token cross-entropy (an autograd framework's loss, RL, distillation)
+ * and for data parallelism (gradients all-reduced between backward and the optimizer).
+ *
+ * dsc_model_forward_train: the training forward of tokens [B, T] int32, keeping what the
+ * backward needs: logits [B, T, V] float32 and, for the first n_mtp MTP depths (0 <= n_mtp
+ * <= num_nextn_predict_layers, < T), mtp_logits[d] [B, T - d - 1, V] (at position i they
+ * predict token i + d + 2). logits and any mtp_logits[d] may be NULL (not copied out). No
+ * auxiliary balance loss (dsc_model_loss_and_grad has it). Any other forward of the model
+ * in between discards what it kept.
+ * dsc_model_backward: the backward of the last dsc_model_forward_train from dL/dlogits
+ * [B, T, V] and dL/dmtp_logits[d] for d < n_mtp (n_mtp <= the forward's; a NULL entry is a
+ * zero gradient): the gradients (dsc_model_grad) are overwritten (accumulate 0) or added to
+ * (1). One backward per forward.
+ * dsc_model_optimizer_step: global-norm clipping, AdamW (step + 1) and the aux-loss-free
+ * bias update from the expert load of the passes, on the gradients there are; stats gets
+ * grad_norm, step and load_imbalance (the losses are the caller's). */
+DSC_API dsc_status dsc_model_forward_train(dsc_model *model, const DLTensor *tokens, int32_t n_mtp,
+                                           DLTensor *logits, DLTensor *const *mtp_logits);
+DSC_API dsc_status dsc_model_backward(dsc_model *model, const DLTensor *dlogits, int32_t n_mtp,
+                                      const DLTensor *const *dmtp_logits, int32_t accumulate);
+DSC_API dsc_status dsc_model_optimizer_step(dsc_model *model, const dsc_train_options *opt,
+                                            dsc_train_stats *stats);
+
 /* Expert load of MoE layer `layer` summed over the last loss_and_grad / train_step:
  * counts[0..n_routed_experts) (host). DSC_ERR_INVALID_ARGUMENT for a dense layer. */
 DSC_API dsc_status dsc_model_expert_load(const dsc_model *model, int32_t layer, int64_t *counts,

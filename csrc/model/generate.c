@@ -985,6 +985,19 @@ dsc_status dsc_model_forward_infer(dsc_model *m, const DLTensor *tokens, DLTenso
   return st;
 }
 
+/* The public forward: the training forward's logits, or for a frozen model (no float32
+ * masters to run it with) the inference prefill's. Here, above both. */
+dsc_status dsc_model_forward(dsc_model *m, const DLTensor *tokens, DLTensor *logits) {
+  static const char *const FNF = "dsc_model_forward";
+  DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FNF, "model: expected a model, got NULL");
+  DSC_TRY(dsc_model_check_ids(m, FNF, "tokens", tokens, NULL, 0, 0));
+  DSC_TRY(dsc_check_tensor(m->ctx, FNF, "logits", logits, DSC_DT(DSC_DTYPE_FLOAT32)));
+  const int64_t shp[3] = {tokens->shape[0], tokens->shape[1], m->cfg.vocab_size};
+  DSC_TRY(dsc_check_shape(FNF, "logits", logits, 3, shp));
+  DSC_TRY(dsc_check_no_overlap(FNF, "logits", logits, "tokens", tokens));
+  return m->frozen ? dsc_model_forward_infer(m, tokens, logits) : dsc_model_forward_logits(m, tokens, logits);
+}
+
 dsc_status dsc_model_generate(dsc_model *model, const dsc_generate_options *o, int32_t n_prompts,
                               const int32_t *const *prompts, const int32_t *prompt_lens,
                               int32_t *out_tokens, int32_t *out_lens, dsc_token_fn on_token,

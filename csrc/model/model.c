@@ -18,261 +18,31 @@
 #include "../core/backend.h"
 #include "model_internal.h"
 
-/* ------------------------------------------------------------------ config */
-
-void dsc_model_config_default(dsc_model_config *c) {
-  if (!c) return;
-  memset(c, 0, sizeof *c);
-  c->size = sizeof *c;
-  c->vocab_size = 129280;
-  c->hidden_size = 7168;
-  c->intermediate_size = 18432;
-  c->moe_intermediate_size = 2048;
-  c->num_hidden_layers = 61;
-  c->num_nextn_predict_layers = 1;
-  c->num_attention_heads = 128;
-  c->q_lora_rank = 1536;
-  c->kv_lora_rank = 512;
-  c->qk_nope_head_dim = 128;
-  c->qk_rope_head_dim = 64;
-  c->v_head_dim = 128;
-  c->n_routed_experts = 256;
-  c->n_shared_experts = 1;
-  c->num_experts_per_tok = 8;
-  c->n_group = 8;
-  c->topk_group = 4;
-  c->topk_method = DSC_MOE_TOPK_NOAUX_TC;
-  c->scoring_func = DSC_MOE_SCORING_SIGMOID;
-  c->norm_topk_prob = 1;
-  c->routed_scaling_factor = 2.5f;
-  c->first_k_dense_replace = 3;
-  c->moe_layer_freq = 1;
-  c->rms_norm_eps = 1e-6f;
-  dsc_rope_params_default(&c->rope, 64);
-  c->rope.factor = 40.0f;
-  c->rope.original_max_position = 4096;
-  c->rope.beta_fast = 32.0f;
-  c->rope.beta_slow = 1.0f;
-  c->rope.mscale = 1.0f;
-  c->rope.mscale_all_dim = 1.0f;
-  c->max_position_embeddings = 163840;
-  c->bos_token_id = 0;
-  c->eos_token_id = 1;
-  c->tie_word_embeddings = 0;
-  c->initializer_range = 0.02f; /* the HF config's value (the V3 report used 0.006) */
-}
-
-/* Upper bounds of the config fields. They exist so that every derived size (a weight's
- * elements, the parameter count, an activation row) is computed in int64 without overflow,
- * and so a typo (2^31 - 1, a million MTP depths) fails here, before anything is allocated,
- * instead of in an allocation or a wrapped size. Each is far above the largest published
- * DeepSeek config -- V3: V 129280, D 7168, I 18432, F 2048, L 61, H 128, Rq 1536, Rkv 512,
- * dn 128, dr 64, dv 128, E 256, 1 shared, 163840 positions; V2: V 102400, D 5120, I 12288,
- * F 1536, L 60, E 160, 2 shared -- so real configs (and much larger research ones) pass.
- * With them a single weight matrix has < 2^50 elements (H * dqk * Rq at most), a stacked
- * expert tensor E * F * D < 2^59, and sums of two fields fit in int32; only the totals over
- * layers can overflow int64, and those are summed with checked arithmetic
- * (dsc_model_config_sizes). */
-enum {
-  CFG_MAX_VOCAB = 1 << 24,     /* 16.7M tokens: 130x V3 */
-  CFG_MAX_HIDDEN = 1 << 20,    /* D: 146x V3 */
-  CFG_MAX_FFN = 1 << 22,       /* I, F: 227x V3's I */
-  CFG_MAX_RANK = 1 << 20,      /* q_lora_rank, kv_lora_rank */
-  CFG_MAX_HEAD_DIM = 1 << 16,  /* dn, dr, dv (the RoPE part is <= 512 anyway) */
-  CFG_MAX_HEADS = 1 << 12,     /* H: 32x V3 */
-  CFG_MAX_LAYERS = 1 << 12,    /* L: 67x V3 */
-  CFG_MAX_EXPERTS = 1 << 16,   /* E: 256x V3 */
-  CFG_MAX_SHARED = 1 << 8,     /* shared experts */
-  CFG_MAX_POSITIONS = 1 << 24, /* positions are int32; 100x V3's context */
-};
-
-/* Elements of block i's weights, as add_block lays them out, its named (Hugging Face)
- * tensors and its storage entries. Sticky: *ok cleared on overflow. */
-static void block_sizes(const dsc_model_config *c, int32_t i, int64_t *numel, int64_t *named,
-                        int64_t *entries, int *ok) {
-  const int64_t D = c->hidden_size, H = c->num_attention_heads, Rq = c->q_lora_rank;
-  const int64_t R = c->kv_lora_rank, dr = c->qk_rope_head_dim;
-  const int64_t dqk = (int64_t)c->qk_nope_head_dim + c->qk_rope_head_dim;
-  const int64_t dkv = (int64_t)c->qk_nope_head_dim + c->v_head_dim;
-  int64_t n = D, k = 1; /* input_layernorm */
-  if (Rq > 0) {
-    n = dsc_cadd(n, dsc_cadd(dsc_cmul(Rq, D, ok), dsc_cadd(Rq, dsc_cmul3(H, dqk, Rq, ok), ok), ok), ok);
-    k += 3;
-  } else {
-    n = dsc_cadd(n, dsc_cmul3(H, dqk, D, ok), ok);
-    k += 1;
-  }
-  n = dsc_cadd(n, dsc_cmul(dsc_cadd(R, dr, ok), D, ok), ok);   /* kv_a_proj_with_mqa */
-  n = dsc_cadd(n, R, ok);                                       /* kv_a_layernorm */
-  n = dsc_cadd(n, dsc_cmul3(H, dkv, R, ok), ok);                /* kv_b_proj */
-  n = dsc_cadd(n, dsc_cmul3(D, H, c->v_head_dim, ok), ok);      /* o_proj */
-  n = dsc_cadd(n, D, ok);                                       /* post_attention_layernorm */
-  k += 5;
-  int64_t e = k;
-  if (dsc_model_is_moe_block(c, i)) {
-    const int64_t E = c->n_routed_experts, F = c->moe_intermediate_size;
-    n = dsc_cadd(n, dsc_cmul(E, D, ok), ok); /* router */
-    k += 1, e += 1;
-    if (c->topk_method == DSC_MOE_TOPK_NOAUX_TC) n = dsc_cadd(n, E, ok), k += 1, e += 1;
-    n = dsc_cadd(n, dsc_cmul(3, dsc_cmul3(E, F, D, ok), ok), ok); /* stacked experts */
-    k = dsc_cadd(k, dsc_cmul(3, E, ok), ok), e += 3;
-    if (c->n_shared_experts > 0) {
-      const int64_t Fs = dsc_cmul(F, c->n_shared_experts, ok);
-      n = dsc_cadd(n, dsc_cmul3(3, Fs, D, ok), ok);
-      k += 3, e += 3;
-    }
-  } else {
-    n = dsc_cadd(n, dsc_cmul3(3, c->intermediate_size, D, ok), ok);
-    k += 3, e += 3;
-  }
-  *numel = n, *named = k, *entries = e;
-}
-
-dsc_status dsc_model_config_sizes(const dsc_model_config *c, int64_t *n_params, int64_t *n_named,
-                                  int64_t *n_entries, int64_t *max_region) {
-  int ok = 1;
-  const int64_t V = c->vocab_size, D = c->hidden_size;
-  const int64_t L = c->num_hidden_layers, Dm = c->num_nextn_predict_layers;
-  int64_t n = dsc_cmul(V, D, &ok), k = 1, e = 1, maxr = n; /* embed_tokens */
-  for (int64_t b = 0; b < L + Dm && ok; ++b) {
-    int64_t bn = 0, bk = 0, be = 0;
-    block_sizes(c, (int32_t)b, &bn, &bk, &be, &ok);
-    if (b >= L) { /* an MTP module: enorm, hnorm, eh_proj [D, 2D], shared_head.norm around it */
-      bn = dsc_cadd(bn, dsc_cadd(dsc_cmul(3, D, &ok), dsc_cmul3(D, 2, D, &ok), &ok), &ok);
-      bk += 4, be += 4;
-    }
-    n = dsc_cadd(n, bn, &ok);
-    k = dsc_cadd(k, bk, &ok);
-    e += be;
-    if (bn > maxr) maxr = bn;
-  }
-  n = dsc_cadd(n, D, &ok), k += 1, e += 1; /* model.norm */
-  if (!c->tie_word_embeddings) n = dsc_cadd(n, dsc_cmul(V, D, &ok), &ok), k += 1, e += 1;
-  if (n_params) *n_params = ok ? n : -1;
-  if (n_named) *n_named = ok ? k : -1;
-  if (n_entries) *n_entries = ok ? e : -1;
-  if (max_region) *max_region = ok ? maxr : -1;
-  return ok ? DSC_OK
-            : dsc_error(DSC_ERR_INVALID_ARGUMENT, "dsc_model_config_validate",
-                        "cfg: expected a model whose parameter count fits in 64 bits, got more than "
-                        "2^63 parameters (hidden_size %d, n_routed_experts %d, moe_intermediate_size "
-                        "%d, num_hidden_layers %d)",
-                        (int)c->hidden_size, (int)c->n_routed_experts, (int)c->moe_intermediate_size,
-                        (int)c->num_hidden_layers);
-}
-
-dsc_status dsc_model_config_validate(const dsc_model_config *c) {
-  static const char *const FN = "dsc_model_config_validate";
-  DSC_CHECK(c != NULL && c->size >= sizeof(dsc_model_config), DSC_ERR_INVALID_ARGUMENT, FN,
-            "cfg: expected a dsc_model_config with size = %zu (dsc_model_config_default)",
-            sizeof(dsc_model_config));
-  /* ranges first: everything after (sums, loops over blocks, sizes) relies on them */
-#define RANGE(f, lo, hi, why)                                                                  \
-  DSC_CHECK(c->f >= (lo) && c->f <= (hi), DSC_ERR_INVALID_ARGUMENT, FN,                        \
-            "cfg->" #f ": expected %d..%d%s, got %d", (int)(lo), (int)(hi), why, (int)c->f)
-  RANGE(vocab_size, 1, CFG_MAX_VOCAB, "");
-  RANGE(hidden_size, 1, CFG_MAX_HIDDEN, "");
-  RANGE(num_hidden_layers, 1, CFG_MAX_LAYERS, "");
-  RANGE(num_nextn_predict_layers, 0, DSC_MODEL_MAX_MTP, " (MTP depths)");
-  RANGE(num_attention_heads, 1, CFG_MAX_HEADS, "");
-  RANGE(q_lora_rank, 0, CFG_MAX_RANK, " (0: no query compression)");
-  RANGE(kv_lora_rank, 1, CFG_MAX_RANK, "");
-  RANGE(qk_nope_head_dim, 1, CFG_MAX_HEAD_DIM, "");
-  RANGE(qk_rope_head_dim, 1, CFG_MAX_HEAD_DIM, "");
-  RANGE(v_head_dim, 1, CFG_MAX_HEAD_DIM, "");
-  RANGE(n_routed_experts, 0, CFG_MAX_EXPERTS, " (0: every layer dense)");
-  RANGE(first_k_dense_replace, 0, CFG_MAX_LAYERS + DSC_MODEL_MAX_MTP, "");
-  RANGE(moe_layer_freq, 1, CFG_MAX_LAYERS + DSC_MODEL_MAX_MTP, "");
-  RANGE(max_position_embeddings, 1, CFG_MAX_POSITIONS, "");
-  /* used only where some layer needs them (below), but never out of range */
-  RANGE(intermediate_size, 0, CFG_MAX_FFN, "");
-  RANGE(moe_intermediate_size, 0, CFG_MAX_FFN, "");
-  RANGE(n_shared_experts, 0, CFG_MAX_SHARED, "");
-#undef RANGE
-  DSC_CHECK(c->qk_rope_head_dim % 2 == 0, DSC_ERR_INVALID_ARGUMENT, FN,
-            "cfg->qk_rope_head_dim: expected an even number, got %d", (int)c->qk_rope_head_dim);
-  DSC_CHECK(c->rope.dim == c->qk_rope_head_dim, DSC_ERR_INVALID_ARGUMENT, FN,
-            "cfg->rope.dim: expected qk_rope_head_dim = %d, got %d", (int)c->qk_rope_head_dim,
-            (int)c->rope.dim);
-  int any_dense = 0, any_moe = 0;
-  const int32_t n_blocks = c->num_hidden_layers + c->num_nextn_predict_layers; /* <= 2^12 + 8 */
-  for (int32_t i = 0; i < n_blocks; ++i) {
-    int moe = dsc_model_is_moe_block(c, i);
-    any_moe |= moe;
-    any_dense |= !moe;
-  }
-  if (any_dense) {
-    DSC_CHECK(c->intermediate_size >= 1, DSC_ERR_INVALID_ARGUMENT, FN,
-              "cfg->intermediate_size: expected >= 1 (some layers are dense), got %d",
-              (int)c->intermediate_size);
-  }
-  if (any_moe) {
-    const int32_t E = c->n_routed_experts;
-    DSC_CHECK(c->moe_intermediate_size >= 1, DSC_ERR_INVALID_ARGUMENT, FN,
-              "cfg->moe_intermediate_size: expected >= 1, got %d", (int)c->moe_intermediate_size);
-    DSC_CHECK(c->num_experts_per_tok >= 1 && c->num_experts_per_tok <= E, DSC_ERR_INVALID_ARGUMENT,
-              FN, "cfg->num_experts_per_tok: expected 1..n_routed_experts (%d), got %d", (int)E,
-              (int)c->num_experts_per_tok);
-    DSC_CHECK(c->topk_method >= DSC_MOE_TOPK_NOAUX_TC &&
-                  c->topk_method <= DSC_MOE_TOPK_GROUP_LIMITED_GREEDY,
-              DSC_ERR_INVALID_ARGUMENT, FN,
-              "cfg->topk_method: expected noaux_tc (0), greedy (1) or group_limited_greedy (2), got %d",
-              (int)c->topk_method);
-    DSC_CHECK(c->scoring_func == DSC_MOE_SCORING_SIGMOID || c->scoring_func == DSC_MOE_SCORING_SOFTMAX,
-              DSC_ERR_INVALID_ARGUMENT, FN, "cfg->scoring_func: expected sigmoid (0) or softmax (1), got %d",
-              (int)c->scoring_func);
-    if (c->topk_method != DSC_MOE_TOPK_GREEDY) {
-      DSC_CHECK(c->n_group >= 1 && c->n_group <= E && E % c->n_group == 0, DSC_ERR_INVALID_ARGUMENT,
-                FN, "cfg->n_group: expected a divisor of n_routed_experts (%d), got %d", (int)E,
-                (int)c->n_group);
-      DSC_CHECK(c->topk_group >= 1 && c->topk_group <= c->n_group, DSC_ERR_INVALID_ARGUMENT, FN,
-                "cfg->topk_group: expected 1..n_group (%d), got %d", (int)c->n_group,
-                (int)c->topk_group);
-      const int64_t reach = (int64_t)c->topk_group * (E / c->n_group); /* <= E */
-      DSC_CHECK(c->num_experts_per_tok <= reach, DSC_ERR_INVALID_ARGUMENT, FN,
-                "cfg->num_experts_per_tok: expected <= topk_group * experts per group = %lld, got %d",
-                (long long)reach, (int)c->num_experts_per_tok);
-    }
-    DSC_CHECK(isfinite(c->routed_scaling_factor) && c->routed_scaling_factor > 0.0f,
-              DSC_ERR_INVALID_ARGUMENT, FN, "cfg->routed_scaling_factor: expected > 0, got %g",
-              (double)c->routed_scaling_factor);
-  }
-  DSC_CHECK(isfinite(c->rms_norm_eps) && c->rms_norm_eps > 0.0f, DSC_ERR_INVALID_ARGUMENT, FN,
-            "cfg->rms_norm_eps: expected > 0, got %g", (double)c->rms_norm_eps);
-  DSC_CHECK(isfinite(c->initializer_range) && c->initializer_range >= 0.0f, DSC_ERR_INVALID_ARGUMENT,
-            FN, "cfg->initializer_range: expected >= 0, got %g", (double)c->initializer_range);
-  DSC_CHECK(c->bos_token_id >= -1 && c->bos_token_id < c->vocab_size, DSC_ERR_INVALID_ARGUMENT, FN,
-            "cfg->bos_token_id: expected -1 (none) or an id below vocab_size %d, got %d",
-            (int)c->vocab_size, (int)c->bos_token_id);
-  DSC_CHECK(c->eos_token_id >= -1 && c->eos_token_id < c->vocab_size, DSC_ERR_INVALID_ARGUMENT, FN,
-            "cfg->eos_token_id: expected -1 (none) or an id below vocab_size %d, got %d",
-            (int)c->vocab_size, (int)c->eos_token_id);
-  DSC_CHECK(c->tie_word_embeddings == 0 || c->tie_word_embeddings == 1, DSC_ERR_INVALID_ARGUMENT, FN,
-            "cfg->tie_word_embeddings: expected 0 or 1, got %d", (int)c->tie_word_embeddings);
-  DSC_CHECK(c->model_type == DSC_MODEL_TYPE_DEEPSEEK_V3 || c->model_type == DSC_MODEL_TYPE_DEEPSEEK_V2,
-            DSC_ERR_INVALID_ARGUMENT, FN,
-            "cfg->model_type: expected DSC_MODEL_TYPE_DEEPSEEK_V3 (0) or _V2 (1), got %d", (int)c->model_type);
-  if (c->model_type == DSC_MODEL_TYPE_DEEPSEEK_V2 && c->n_routed_experts > 0) {
-    /* what DeepSeek's and transformers' V2 code run: anything else would be computed one
-     * way here and another way by them from the same checkpoint */
-    DSC_CHECK(c->scoring_func == DSC_MOE_SCORING_SOFTMAX, DSC_ERR_INVALID_ARGUMENT, FN,
-              "cfg->scoring_func: expected softmax for model_type deepseek_v2 (V2 routes with softmax), got "
-              "sigmoid");
-    DSC_CHECK(c->topk_method != DSC_MOE_TOPK_NOAUX_TC, DSC_ERR_INVALID_ARGUMENT, FN,
-              "cfg->topk_method: expected greedy or group_limited_greedy for model_type deepseek_v2, got "
-              "noaux_tc (a V3 method)");
-  }
-  float sc = 0.0f;
-  DSC_TRY(dsc_rope_softmax_scale(&c->rope, c->qk_nope_head_dim + c->qk_rope_head_dim, &sc));
-  /* the totals, with checked arithmetic, before anyone allocates for them */
-  return dsc_model_config_sizes(c, NULL, NULL, NULL, NULL);
-}
-
-int dsc_model_is_moe_block(const dsc_model_config *c, int32_t i) {
-  return c->n_routed_experts > 0 && i >= c->first_k_dense_replace && i % c->moe_layer_freq == 0;
-}
-
 /* ------------------------------------------------------------------ layout */
+
+/* The slots held in FP8: every linear of a block (not norms, router or bias). */
+int dsc_model_held_slot(int s) {
+  return s == S_QA || s == S_QB || s == S_Q || s == S_KVA || s == S_KVB || s == S_O ||
+         s == S_MG || s == S_MU || s == S_MD || s == S_EG || s == S_EU || s == S_ED ||
+         s == S_SG || s == S_SU || s == S_SD;
+}
+
+/* Held weights are storage: the model frees them (model_fp8.c builds them). */
+void dsc_model_fp8w_free(dsc_model *m, dsc_model_fp8w *h) {
+  if (!h) return;
+  if (h->mem) dsc_free(m->ctx, h->mem);
+  free(h->q);
+  free(h->s);
+  free(h->dims);
+  memset(h, 0, sizeof *h);
+}
+
+/* The planned training activations are the training step's (model_train.c); the model
+ * only drops them, through the hook that file set when it planned them. */
+void dsc_model_drop_acts(dsc_model *m) {
+  if (m->acts && m->acts_free) m->acts_free(m);
+}
+
 
 typedef struct {
   dsc_model *m;
@@ -571,7 +341,7 @@ void dsc_model_options_default(dsc_model_options *o) {
 
 void dsc_model_destroy(dsc_model *m) {
   if (!m) return;
-  dsc_model_acts_free(m);
+  dsc_model_drop_acts(m);
   dsc_context *ctx = m->ctx;
   if (m->params) dsc_free(ctx, m->params);
   if (m->grads) dsc_free(ctx, m->grads);

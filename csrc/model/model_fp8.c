@@ -17,13 +17,6 @@
 
 #include "model_internal.h"
 
-/* The slots held in FP8: every linear of a block (not norms, router or bias). */
-int dsc_model_held_slot(int s) {
-  return s == S_QA || s == S_QB || s == S_Q || s == S_KVA || s == S_KVB || s == S_O ||
-         s == S_MG || s == S_MU || s == S_MD || s == S_EG || s == S_EU || s == S_ED ||
-         s == S_SG || s == S_SU || s == S_SD;
-}
-
 static int64_t cdiv128(int64_t a) { return (a + 127) / 128; }
 
 /* G, N, K of storage entry e (a [N,K] matrix or [G,N,K] stacked experts). */
@@ -31,15 +24,6 @@ static void gnk(const dsc_model_entry *e, int64_t *G, int64_t *N, int64_t *K) {
   *G = e->ndim == 3 ? e->shape[0] : 1;
   *N = e->ndim == 3 ? e->shape[1] : e->shape[0];
   *K = e->ndim == 3 ? e->shape[2] : e->shape[1];
-}
-
-void dsc_model_fp8w_free(dsc_model *m, dsc_model_fp8w *h) {
-  if (!h) return;
-  if (h->mem) dsc_free(m->ctx, h->mem);
-  free(h->q);
-  free(h->s);
-  free(h->dims);
-  memset(h, 0, sizeof *h);
 }
 
 dsc_status dsc_model_fp8w_build(dsc_model *m, dsc_model_fp8w *h) {
@@ -172,7 +156,7 @@ dsc_status dsc_model_freeze_fp8(dsc_model *m) {
   m->scratch = NULL;
   m->scratch_numel = 0;
   m->have_grads = 0;
-  dsc_model_acts_free(m);
+  dsc_model_drop_acts(m);
   dsc_model_bind_views(m);
   return DSC_OK;
 }

@@ -113,6 +113,7 @@ struct dsc_model {
 
   int64_t *load;   /* [n_blocks * E] host: expert load of the last pass (MoE blocks) */
   dsc_model_acts *acts;
+  void (*acts_free)(dsc_model *m); /* set by model_train.c with acts: frees them */
   int64_t arena_numel;     /* floats of params (n_params, less the held matrices once frozen) */
 
   uint8_t *touched;        /* [n_storage]: gradient already written in this pass */
@@ -203,11 +204,14 @@ dsc_status dsc_model_split2(dsc_model *m, const DLTensor *in, DLTensor *a, DLTen
 void dsc_model_bind_views(dsc_model *m);
 /* DSC_ERR_INVALID_ARGUMENT when the model is frozen: `what` needs the float32 masters. */
 dsc_status dsc_model_check_not_frozen(const dsc_model *m, const char *fn, const char *what);
+/* The logits of tokens [B, T] by the training forward, nothing kept for a backward
+ * (model_train.c). Arguments checked by the caller. */
+dsc_status dsc_model_forward_logits(dsc_model *m, const DLTensor *tokens, DLTensor *logits);
 /* Logits of every position of tokens [B, T] by the inference prefill (generate.c): the
  * forward of a frozen model. Arguments checked by the caller. */
 dsc_status dsc_model_forward_infer(dsc_model *m, const DLTensor *tokens, DLTensor *logits);
-/* Frees the planned training activations (model_train.c). */
-void dsc_model_acts_free(dsc_model *m);
+/* Frees the planned training activations, if any (through the hook model_train.c set). */
+void dsc_model_drop_acts(dsc_model *m);
 /* Device allocation helpers. */
 dsc_status dsc_model_alloc(dsc_model *m, size_t bytes, void **p);
 /* Block i is an MoE block (first_k_dense_replace, moe_layer_freq). */

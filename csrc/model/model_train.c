@@ -61,6 +61,9 @@ struct dsc_model_acts {
   void *arena;
   size_t bytes;
   int32_t *pos;                 /* [B, T] 0..T-1 */
+  int32_t *tok;                 /* [B, T] the tokens of the last forward_train (its backward reads them) */
+  int32_t fwd_mtp;              /* MTP depths that forward ran, -1: no backward pending */
+  int64_t *fwd_load;            /* [n_blocks * E] host: the expert load of that forward */
   float *h;                     /* [L + 1, N, D] */
   float *hn;                    /* [N, D] */
   float *logits;                /* [N, V] (then dlogits) */
@@ -76,7 +79,7 @@ struct dsc_model_acts {
   int64_t *counts;                       /* [E] */
 };
 
-void dsc_model_acts_free(dsc_model *m) {
+static void acts_free(dsc_model *m) {
   dsc_model_acts *A = m->acts;
   if (!A) return;
   if (A->arena) dsc_free(m->ctx, A->arena);
@@ -87,6 +90,7 @@ void dsc_model_acts_free(dsc_model *m) {
     }
     free(A->blk);
   }
+  free(A->fwd_load);
   free(A);
   m->acts = NULL;
 }
@@ -107,6 +111,7 @@ static size_t plan(dsc_model *m, dsc_model_acts *A, char *base) {
   const int64_t E = c->n_routed_experts > 0 ? c->n_routed_experts : 1;
   size_t off = 0;
   CARVE(A->pos, int32_t, N);
+  CARVE(A->tok, int32_t, N);
   CARVE(A->h, float, (m->n_layers + 1) * N * D);
   CARVE(A->hn, float, N * D);
   CARVE(A->logits, float, N * V);
@@ -200,7 +205,9 @@ static dsc_status acts_for(dsc_model *m, int64_t B, int64_t T, dsc_model_acts **
     A = (dsc_model_acts *)calloc(1, sizeof *A);
     if (!A) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
     A->blk = (blk_acts *)calloc((size_t)m->n_blocks, sizeof *A->blk);
+    A->fwd_mtp = -1;
     m->acts = A;
+    m->acts_free = acts_free; /* the model drops them through this (model.c knows no layout) */
     if (!A->blk) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
     for (int32_t b = 0; b < m->n_blocks; ++b) {
       DSC_TRY(dsc_mla_saved_create(m->ctx, &A->blk[b].mla));
@@ -665,6 +672,7 @@ static dsc_status run_forward(dsc_model *m, const DLTensor *tokens, int32_t n_mt
   const float eps = m->cfg.rms_norm_eps;
   dsc_model_acts *A = NULL;
   DSC_TRY(acts_for(m, B, T, &A));
+  A->fwd_mtp = -1; /* any forward overwrites what a pending backward would read */
   dsc_status st = DSC_OK;
   tv h0, hL, hn, lg;
   tv_make(&h0, m, A->h, F32, 3, B, T, D);
@@ -714,14 +722,9 @@ static dsc_status run_forward(dsc_model *m, const DLTensor *tokens, int32_t n_mt
   return st;
 }
 
-dsc_status dsc_model_forward(dsc_model *m, const DLTensor *tokens, DLTensor *logits) {
-  static const char *const FN = "dsc_model_forward";
-  DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
-  DSC_TRY(dsc_model_check_ids(m, FN, "tokens", tokens, NULL, 0, 0));
-  DSC_TRY(dsc_check_tensor(m->ctx, FN, "logits", logits, DSC_DT(DSC_DTYPE_FLOAT32)));
-  const int64_t shp[3] = {tokens->shape[0], tokens->shape[1], m->cfg.vocab_size};
-  DSC_TRY(dsc_check_shape(FN, "logits", logits, 3, shp));
-  if (m->frozen) return dsc_model_forward_infer(m, tokens, logits); /* no masters to train with */
+/* The logits of tokens [B, T] by the training forward without keeping anything for a
+ * backward (dsc_model_forward of a model with masters; arguments checked by the caller). */
+dsc_status dsc_model_forward_logits(dsc_model *m, const DLTensor *tokens, DLTensor *logits) {
   fwd_opts o = {0, 0.0f, 0.0};
   return run_forward(m, tokens, 0, &o, (float *)dsc_data(logits));
 }
@@ -827,22 +830,9 @@ static float load_imbalance(const dsc_model *m) {
   return n ? (float)(sum / n) : 1.0f;
 }
 
-dsc_status dsc_model_loss_and_grad(dsc_model *m, const dsc_train_options *opt, const DLTensor *tokens,
-                                   const DLTensor *targets, int32_t accumulate, float grad_scale,
-                                   dsc_train_stats *stats) {
-  static const char *const FN = "dsc_model_loss_and_grad";
-  DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
-  DSC_TRY(dsc_model_check_not_frozen(m, FN, "training"));
-  DSC_TRY(check_train_options(FN, opt));
-  DSC_TRY(dsc_model_check_ids(m, FN, "tokens", tokens, NULL, 0, 0));
-  DSC_TRY(dsc_model_check_ids(m, FN, "targets", targets, tokens, opt->ignore_index, 1));
-  DSC_CHECK(isfinite(grad_scale) && grad_scale > 0.0f, DSC_ERR_INVALID_ARGUMENT, FN,
-            "grad_scale: expected a finite number > 0, got %g", (double)grad_scale);
-  DSC_CHECK(accumulate == 0 || accumulate == 1, DSC_ERR_INVALID_ARGUMENT, FN,
-            "accumulate: expected 0 or 1, got %d", (int)accumulate);
-  DSC_CHECK(stats == NULL || stats->size >= sizeof(dsc_train_stats), DSC_ERR_INVALID_ARGUMENT, FN,
-            "stats: expected size = %zu", sizeof(dsc_train_stats));
-  dsc_context *ctx = m->ctx;
+/* Start a backward pass: gradients overwritten (accumulate 0) or added to (1, after a
+ * completed pass), the expert-load statistics reset with them. */
+static dsc_status grads_begin(dsc_model *m, int accumulate) {
   if (!m->grads) {
     DSC_TRY(dsc_model_alloc(m, (size_t)m->n_params * sizeof(float), (void **)&m->grads));
     DSC_TRY(dsc_model_fill_zero(m, m->grads, m->n_params));
@@ -853,33 +843,20 @@ dsc_status dsc_model_loss_and_grad(dsc_model *m, const dsc_train_options *opt, c
     memset(m->load, 0, (size_t)m->n_blocks * (size_t)(m->cfg.n_routed_experts ? m->cfg.n_routed_experts : 1) *
                            sizeof(int64_t));
   m->have_grads = 0;
+  return DSC_OK;
+}
 
+/* The backward of run_forward from the gradients in A->logits [N, V] and A->mtp_logits[d]
+ * (d < nd), over tokens [B, T] (device memory); then the gradients of parameters nothing
+ * reached are zeros and the pass is complete. */
+static dsc_status backward_logits(dsc_model *m, const DLTensor *tokens, int32_t nd) {
+  dsc_context *ctx = m->ctx;
+  dsc_model_acts *A = m->acts;
   const int64_t B = tokens->shape[0], T = tokens->shape[1];
   const int64_t D = m->cfg.hidden_size, V = m->cfg.vocab_size, N = B * T, L = m->n_layers;
   const float eps = m->cfg.rms_norm_eps;
-  const int32_t nd = (opt->mtp_lambda > 0.0f) ? (int32_t)(m->n_mtp < T - 1 ? m->n_mtp : T - 1) : 0;
-  fwd_opts o = {1, opt->aux_alpha * grad_scale, 0.0};
-  DSC_TRY(run_forward(m, tokens, nd, &o, NULL));
-  dsc_model_acts *A = m->acts;
   dsc_status st = DSC_OK;
-
-  /* losses; the logits become their gradients in place */
-  tv lg, tg, loss0;
-  tv_make(&lg, m, A->logits, F32, 2, N, V, 0);
-  tv_make(&tg, m, dsc_data(targets), I32, 1, N, 0, 0);
-  tv_make(&loss0, m, A->loss, F32, 1, 1, 0, 0);
-  STEP(dsc_cross_entropy(ctx, &lg.t, &tg.t, opt->ignore_index, grad_scale, &loss0.t, &lg.t, NULL));
-  const float lam = opt->mtp_lambda / (float)(m->n_mtp > 0 ? m->n_mtp : 1);
-  for (int32_t d = 0; d < nd && st == DSC_OK; ++d) {
-    const int64_t Td = T - d - 1;
-    tv lgd, tgd, ld;
-    STEP(slice_rows(m, B, Td, 1, sizeof(int32_t), dsc_data(targets), T, d + 1, A->mtp_tgt[d]));
-    tv_make(&lgd, m, A->mtp_logits[d], F32, 2, B * Td, V, 0);
-    tv_make(&tgd, m, A->mtp_tgt[d], I32, 1, B * Td, 0, 0);
-    tv_make(&ld, m, A->loss + 1 + d, F32, 1, 1, 0, 0);
-    STEP(dsc_cross_entropy(ctx, &lgd.t, &tgd.t, opt->ignore_index, grad_scale * lam, &ld.t, &lgd.t, NULL));
-  }
-
+  (void)V;
   /* MTP depths, deepest first: each hands d(prev) [B, Td, D] to the one before */
   for (int32_t d = nd - 1; d >= 0 && st == DSC_OK; --d) {
     const int64_t Td = T - d - 1;
@@ -947,10 +924,60 @@ dsc_status dsc_model_loss_and_grad(dsc_model *m, const dsc_train_options *opt, c
       m->touched[e] = 1;
     }
   }
+  if (st == DSC_OK) m->have_grads = 1;
+  return st;
+}
+
+dsc_status dsc_model_loss_and_grad(dsc_model *m, const dsc_train_options *opt, const DLTensor *tokens,
+                                   const DLTensor *targets, int32_t accumulate, float grad_scale,
+                                   dsc_train_stats *stats) {
+  static const char *const FN = "dsc_model_loss_and_grad";
+  DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
+  DSC_TRY(dsc_model_check_not_frozen(m, FN, "training"));
+  DSC_TRY(check_train_options(FN, opt));
+  DSC_TRY(dsc_model_check_ids(m, FN, "tokens", tokens, NULL, 0, 0));
+  DSC_TRY(dsc_model_check_ids(m, FN, "targets", targets, tokens, opt->ignore_index, 1));
+  DSC_CHECK(isfinite(grad_scale) && grad_scale > 0.0f, DSC_ERR_INVALID_ARGUMENT, FN,
+            "grad_scale: expected a finite number > 0, got %g", (double)grad_scale);
+  DSC_CHECK(accumulate == 0 || accumulate == 1, DSC_ERR_INVALID_ARGUMENT, FN,
+            "accumulate: expected 0 or 1, got %d", (int)accumulate);
+  DSC_CHECK(stats == NULL || stats->size >= sizeof(dsc_train_stats), DSC_ERR_INVALID_ARGUMENT, FN,
+            "stats: expected size = %zu", sizeof(dsc_train_stats));
+  dsc_context *ctx = m->ctx;
+  DSC_TRY(grads_begin(m, accumulate));
+
+  const int64_t B = tokens->shape[0], T = tokens->shape[1];
+  const int64_t V = m->cfg.vocab_size, N = B * T;
+  const int32_t nd = (opt->mtp_lambda > 0.0f) ? (int32_t)(m->n_mtp < T - 1 ? m->n_mtp : T - 1) : 0;
+  fwd_opts o = {1, opt->aux_alpha * grad_scale, 0.0};
+  DSC_TRY(run_forward(m, tokens, nd, &o, NULL));
+  dsc_model_acts *A = m->acts;
+  A->fwd_mtp = -1; /* this backward is the forward's: no other may follow */
+  dsc_status st = DSC_OK;
+
+  /* losses; the logits become their gradients in place */
+  tv lg, tg, loss0;
+  tv_make(&lg, m, A->logits, F32, 2, N, V, 0);
+  tv_make(&tg, m, dsc_data(targets), I32, 1, N, 0, 0);
+  tv_make(&loss0, m, A->loss, F32, 1, 1, 0, 0);
+  STEP(dsc_cross_entropy(ctx, &lg.t, &tg.t, opt->ignore_index, grad_scale, &loss0.t, &lg.t, NULL));
+  const float lam = opt->mtp_lambda / (float)(m->n_mtp > 0 ? m->n_mtp : 1);
+  for (int32_t d = 0; d < nd && st == DSC_OK; ++d) {
+    const int64_t Td = T - d - 1;
+    tv lgd, tgd, ld;
+    STEP(slice_rows(m, B, Td, 1, sizeof(int32_t), dsc_data(targets), T, d + 1, A->mtp_tgt[d]));
+    tv_make(&lgd, m, A->mtp_logits[d], F32, 2, B * Td, V, 0);
+    tv_make(&tgd, m, A->mtp_tgt[d], I32, 1, B * Td, 0, 0);
+    tv_make(&ld, m, A->loss + 1 + d, F32, 1, 1, 0, 0);
+    STEP(dsc_cross_entropy(ctx, &lgd.t, &tgd.t, opt->ignore_index, grad_scale * lam, &ld.t, &lgd.t, NULL));
+  }
+  STEP(backward_logits(m, tokens, nd));
   float losses[1 + DSC_MODEL_MAX_MTP];
   STEP(dsc_memcpy(ctx, losses, (DLDevice){kDLCPU, 0}, A->loss, ctx->device, (size_t)(1 + nd) * sizeof(float)));
-  if (st != DSC_OK) return st;
-  m->have_grads = 1;
+  if (st != DSC_OK) {
+    m->have_grads = 0;
+    return st;
+  }
   if (stats) {
     stats->loss = losses[0];
     double s = 0.0;
@@ -963,6 +990,114 @@ dsc_status dsc_model_loss_and_grad(dsc_model *m, const dsc_train_options *opt, c
     stats->tokens = N;
   }
   return DSC_OK;
+}
+
+/* ------------------------------------------------------------------ composable training */
+
+dsc_status dsc_model_forward_train(dsc_model *m, const DLTensor *tokens, int32_t n_mtp, DLTensor *logits,
+                                   DLTensor *const *mtp_logits) {
+  static const char *const FN = "dsc_model_forward_train";
+  DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
+  DSC_TRY(dsc_model_check_not_frozen(m, FN, "training"));
+  DSC_TRY(dsc_model_check_ids(m, FN, "tokens", tokens, NULL, 0, 0));
+  const int64_t B = tokens->shape[0], T = tokens->shape[1], V = m->cfg.vocab_size;
+  DSC_CHECK(n_mtp >= 0 && n_mtp <= m->n_mtp && n_mtp <= T - 1, DSC_ERR_INVALID_ARGUMENT, FN,
+            "n_mtp: expected 0..%d (the model's MTP depths, and fewer than the %lld tokens per row), got %d",
+            (int)(m->n_mtp < T - 1 ? m->n_mtp : T - 1), (long long)T, (int)n_mtp);
+  if (logits) {
+    DSC_TRY(dsc_check_tensor(m->ctx, FN, "logits", logits, DSC_DT(DSC_DTYPE_FLOAT32)));
+    const int64_t shp[3] = {B, T, V};
+    DSC_TRY(dsc_check_shape(FN, "logits", logits, 3, shp));
+  }
+  for (int32_t d = 0; d < n_mtp; ++d) {
+    const DLTensor *t = mtp_logits ? mtp_logits[d] : NULL;
+    if (!t) continue;
+    char arg[32];
+    snprintf(arg, sizeof arg, "mtp_logits[%d]", (int)d);
+    DSC_TRY(dsc_check_tensor(m->ctx, FN, arg, t, DSC_DT(DSC_DTYPE_FLOAT32)));
+    const int64_t shp[3] = {B, T - d - 1, V};
+    DSC_TRY(dsc_check_shape(FN, arg, t, 3, shp));
+  }
+  /* this forward's expert load goes aside (m->load keeps the last backward's until the
+   * backward of this forward takes it over) */
+  const size_t lb = (size_t)m->n_blocks * (size_t)(m->cfg.n_routed_experts ? m->cfg.n_routed_experts : 1) *
+                    sizeof(int64_t);
+  int64_t *keep = (int64_t *)malloc(lb);
+  if (!keep) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+  memcpy(keep, m->load, lb);
+  memset(m->load, 0, lb);
+  fwd_opts o = {1, 0.0f, 0.0};
+  dsc_status fst = run_forward(m, tokens, n_mtp, &o, NULL);
+  dsc_model_acts *A = m->acts;
+  if (fst == DSC_OK && !A->fwd_load) {
+    A->fwd_load = (int64_t *)malloc(lb);
+    if (!A->fwd_load) fst = dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+  }
+  if (fst == DSC_OK) memcpy(A->fwd_load, m->load, lb);
+  memcpy(m->load, keep, lb);
+  free(keep);
+  DSC_TRY(fst);
+  A->fwd_mtp = -1;
+  const size_t row = (size_t)V * sizeof(float);
+  DSC_TRY(dsc_memcpy(m->ctx, A->tok, m->ctx->device, dsc_data(tokens), tokens->device,
+                     (size_t)(B * T) * sizeof(int32_t)));
+  if (logits)
+    DSC_TRY(dsc_memcpy(m->ctx, dsc_data(logits), logits->device, A->logits, m->ctx->device, (size_t)(B * T) * row));
+  for (int32_t d = 0; d < n_mtp; ++d)
+    if (mtp_logits && mtp_logits[d])
+      DSC_TRY(dsc_memcpy(m->ctx, dsc_data(mtp_logits[d]), mtp_logits[d]->device, A->mtp_logits[d],
+                         m->ctx->device, (size_t)(B * (T - d - 1)) * row));
+  A->fwd_mtp = n_mtp;
+  return DSC_OK;
+}
+
+dsc_status dsc_model_backward(dsc_model *m, const DLTensor *dlogits, int32_t n_mtp,
+                              const DLTensor *const *dmtp_logits, int32_t accumulate) {
+  static const char *const FN = "dsc_model_backward";
+  DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
+  DSC_TRY(dsc_model_check_not_frozen(m, FN, "training"));
+  dsc_model_acts *A = m->acts;
+  DSC_CHECK(A != NULL && A->fwd_mtp >= 0, DSC_ERR_INVALID_ARGUMENT, FN,
+            "model: expected a dsc_model_forward_train before (one backward per forward), got none pending");
+  DSC_CHECK(accumulate == 0 || accumulate == 1, DSC_ERR_INVALID_ARGUMENT, FN,
+            "accumulate: expected 0 or 1, got %d", (int)accumulate);
+  DSC_CHECK(n_mtp >= 0 && n_mtp <= A->fwd_mtp, DSC_ERR_INVALID_ARGUMENT, FN,
+            "n_mtp: expected 0..%d (the depths the forward ran), got %d", (int)A->fwd_mtp, (int)n_mtp);
+  const int64_t B = A->B, T = A->T, V = m->cfg.vocab_size;
+  DSC_TRY(dsc_check_tensor(m->ctx, FN, "dlogits", dlogits, DSC_DT(DSC_DTYPE_FLOAT32)));
+  const int64_t shp[3] = {B, T, V};
+  DSC_TRY(dsc_check_shape(FN, "dlogits", dlogits, 3, shp));
+  for (int32_t d = 0; d < n_mtp; ++d) {
+    const DLTensor *t = dmtp_logits ? dmtp_logits[d] : NULL;
+    if (!t) continue;
+    char arg[32];
+    snprintf(arg, sizeof arg, "dmtp_logits[%d]", (int)d);
+    DSC_TRY(dsc_check_tensor(m->ctx, FN, arg, t, DSC_DT(DSC_DTYPE_FLOAT32)));
+    const int64_t s3[3] = {B, T - d - 1, V};
+    DSC_TRY(dsc_check_shape(FN, arg, t, 3, s3));
+  }
+  /* the gradients go where the forward kept the logits; an MTP depth without one gets zeros */
+  const size_t row = (size_t)V * sizeof(float);
+  DSC_TRY(dsc_memcpy(m->ctx, A->logits, m->ctx->device, dsc_data(dlogits), dlogits->device, (size_t)(B * T) * row));
+  for (int32_t d = 0; d < n_mtp; ++d) {
+    if (dmtp_logits && dmtp_logits[d])
+      DSC_TRY(dsc_memcpy(m->ctx, A->mtp_logits[d], m->ctx->device, dsc_data(dmtp_logits[d]), dmtp_logits[d]->device,
+                         (size_t)(B * (T - d - 1)) * row));
+    else
+      DSC_TRY(dsc_model_fill_zero(m, A->mtp_logits[d], B * (T - d - 1) * V));
+  }
+  /* the expert load of this pass is its forward's (added to the previous passes' when
+   * accumulating, as loss_and_grad does) */
+  dsc_status st = grads_begin(m, accumulate);
+  A->fwd_mtp = -1;
+  if (st != DSC_OK) return st;
+  const int64_t nl = (int64_t)m->n_blocks * (m->cfg.n_routed_experts ? m->cfg.n_routed_experts : 1);
+  for (int64_t i = 0; i < nl; ++i) m->load[i] += A->fwd_load[i];
+  tv tok;
+  tv_make(&tok, m, A->tok, I32, 2, B, T, 0);
+  st = backward_logits(m, &tok.t, n_mtp);
+  if (st != DSC_OK) m->have_grads = 0;
+  return st;
 }
 
 /* Rows [r0, r0 + n) of a [B, T] int32 tensor, as a view. */
@@ -1014,40 +1149,14 @@ static dsc_status cpu_clip_adamw(dsc_model *m, const dsc_train_options *opt, flo
   return st;
 }
 
-dsc_status dsc_model_train_step(dsc_model *m, const dsc_train_options *opt, const DLTensor *tokens,
-                                const DLTensor *targets, dsc_train_stats *stats) {
+/* The optimizer part of a step on m->grads: the global norm (*gn_out, before clipping),
+ * clipping, AdamW (step + 1). */
+static dsc_status optimize(dsc_model *m, const dsc_train_options *opt, float *gn_out) {
   static const char *const FN = "dsc_model_train_step";
-  DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
-  DSC_TRY(dsc_model_check_not_frozen(m, FN, "training"));
-  DSC_TRY(check_train_options(FN, opt));
-  DSC_TRY(dsc_model_check_ids(m, FN, "tokens", tokens, NULL, 0, 0));
-  DSC_TRY(dsc_model_check_ids(m, FN, "targets", targets, tokens, opt->ignore_index, 1));
-  DSC_CHECK(stats == NULL || stats->size >= sizeof(dsc_train_stats), DSC_ERR_INVALID_ARGUMENT, FN,
-            "stats: expected size = %zu", sizeof(dsc_train_stats));
-  const int64_t B = tokens->shape[0];
-  DSC_CHECK(B % opt->grad_accum == 0, DSC_ERR_INVALID_ARGUMENT, FN,
-            "opt->grad_accum: expected a divisor of the batch size %lld, got %d", (long long)B,
-            (int)opt->grad_accum);
   dsc_context *ctx = m->ctx;
-  const int64_t mb = B / opt->grad_accum;
-  double loss = 0.0, mtp = 0.0, aux = 0.0;
-  for (int32_t k = 0; k < opt->grad_accum; ++k) {
-    tv tk, tg;
-    dsc_train_stats s;
-    memset(&s, 0, sizeof s);
-    s.size = sizeof s;
-    DSC_TRY(dsc_model_loss_and_grad(m, opt, row_view(&tk, m, tokens, k * mb, mb), row_view(&tg, m, targets, k * mb, mb),
-                                    k > 0, 1.0f / (float)opt->grad_accum, &s));
-    loss += s.loss;
-    mtp += s.mtp_loss;
-    aux += s.aux_loss;
-  }
-
   if (!dsc_ctx_is_cuda(ctx)) {
     DSC_TRY(dsc_model_ensure_moments(m));
-    float gn = 0.0f;
-    DSC_TRY(cpu_clip_adamw(m, opt, &gn));
-    return finish_step(m, opt, stats, B * tokens->shape[1], loss, mtp, aux, gn);
+    return cpu_clip_adamw(m, opt, gn_out);
   }
 
   /* global norm over the trained tensors, clipping, AdamW (decay on matrices only) */
@@ -1098,7 +1207,57 @@ dsc_status dsc_model_train_step(dsc_model *m, const dsc_train_options *opt, cons
   free(views);
   free(ptrs);
 
-  if (st != DSC_OK) return st;
+  *gn_out = gn;
+  return st;
+}
+
+dsc_status dsc_model_optimizer_step(dsc_model *m, const dsc_train_options *opt, dsc_train_stats *stats) {
+  static const char *const FN = "dsc_model_optimizer_step";
+  DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
+  DSC_TRY(dsc_model_check_not_frozen(m, FN, "training"));
+  DSC_TRY(check_train_options(FN, opt));
+  DSC_CHECK(stats == NULL || stats->size >= sizeof(dsc_train_stats), DSC_ERR_INVALID_ARGUMENT, FN,
+            "stats: expected size = %zu", sizeof(dsc_train_stats));
+  DSC_CHECK(m->have_grads, DSC_ERR_INVALID_ARGUMENT, FN,
+            "model: expected gradients (dsc_model_backward or dsc_model_loss_and_grad before), got none");
+  float gn = 0.0f;
+  DSC_TRY(optimize(m, opt, &gn));
+  dsc_train_options o1 = *opt;
+  o1.grad_accum = 1; /* the losses are the caller's: report none */
+  return finish_step(m, &o1, stats, 0, 0.0, 0.0, 0.0, gn);
+}
+
+dsc_status dsc_model_train_step(dsc_model *m, const dsc_train_options *opt, const DLTensor *tokens,
+                                const DLTensor *targets, dsc_train_stats *stats) {
+  static const char *const FN = "dsc_model_train_step";
+  DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
+  DSC_TRY(dsc_model_check_not_frozen(m, FN, "training"));
+  DSC_TRY(check_train_options(FN, opt));
+  DSC_TRY(dsc_model_check_ids(m, FN, "tokens", tokens, NULL, 0, 0));
+  DSC_TRY(dsc_model_check_ids(m, FN, "targets", targets, tokens, opt->ignore_index, 1));
+  DSC_CHECK(stats == NULL || stats->size >= sizeof(dsc_train_stats), DSC_ERR_INVALID_ARGUMENT, FN,
+            "stats: expected size = %zu", sizeof(dsc_train_stats));
+  const int64_t B = tokens->shape[0];
+  DSC_CHECK(B % opt->grad_accum == 0, DSC_ERR_INVALID_ARGUMENT, FN,
+            "opt->grad_accum: expected a divisor of the batch size %lld, got %d", (long long)B,
+            (int)opt->grad_accum);
+  dsc_context *ctx = m->ctx;
+  const int64_t mb = B / opt->grad_accum;
+  double loss = 0.0, mtp = 0.0, aux = 0.0;
+  for (int32_t k = 0; k < opt->grad_accum; ++k) {
+    tv tk, tg;
+    dsc_train_stats s;
+    memset(&s, 0, sizeof s);
+    s.size = sizeof s;
+    DSC_TRY(dsc_model_loss_and_grad(m, opt, row_view(&tk, m, tokens, k * mb, mb), row_view(&tg, m, targets, k * mb, mb),
+                                    k > 0, 1.0f / (float)opt->grad_accum, &s));
+    loss += s.loss;
+    mtp += s.mtp_loss;
+    aux += s.aux_loss;
+  }
+
+  float gn = 0.0f;
+  DSC_TRY(optimize(m, opt, &gn));
   return finish_step(m, opt, stats, B * tokens->shape[1], loss, mtp, aux, gn);
 }
 

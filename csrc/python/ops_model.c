@@ -479,7 +479,85 @@ static PyObject *py_model_train(PyObject *m, PyObject *args) {
   END
 }
 
+#define MAX_MTP_ARGS 8
+
+/* model_forward_train(cap, tokens, logits_or_None, [mtp_logits ...]) */
+static PyObject *py_model_forward_train(PyObject *m, PyObject *args) {
+  PyObject *cap, *tok_o, *lg_o, *mtp_o;
+  if (!PyArg_ParseTuple(args, "OOOO!", &cap, &tok_o, &lg_o, &PyList_Type, &mtp_o)) return NULL;
+  dsc_model *mdl = model_of(cap);
+  if (!mdl) return NULL;
+  const Py_ssize_t nm = PyList_GET_SIZE(mtp_o);
+  if (nm > MAX_MTP_ARGS) {
+    PyErr_Format(PyExc_ValueError, "dsc_model_forward_train: n_mtp: expected at most %d, got %zd", MAX_MTP_ARGS, nm);
+    return NULL;
+  }
+  BEGIN("dsc_model_forward_train");
+  IN(tok, tok_o, "tokens");
+  OPT_OUT(lg, lg_o, "logits");
+  DLTensor *mt[MAX_MTP_ARGS] = {0};
+  for (Py_ssize_t d = 0; d < nm; ++d) {
+    PyObject *o = PyList_GET_ITEM(mtp_o, d);
+    mt[d] = dsc_py_frame_add(&f, o, "mtp_logits", 1, 1);
+    if (!mt[d] && o != Py_None) goto out;
+  }
+  USE_CTX(model_ctx(cap));
+  RUN(dsc_model_forward_train(mdl, tok, (int32_t)nm, lg, mt));
+  ret = Py_NewRef(Py_None);
+  END
+}
+
+/* model_backward(cap, dlogits, [dmtp_logits ...], accumulate) */
+static PyObject *py_model_backward(PyObject *m, PyObject *args) {
+  PyObject *cap, *dl_o, *mtp_o;
+  int acc;
+  if (!PyArg_ParseTuple(args, "OOO!i", &cap, &dl_o, &PyList_Type, &mtp_o, &acc)) return NULL;
+  dsc_model *mdl = model_of(cap);
+  if (!mdl) return NULL;
+  const Py_ssize_t nm = PyList_GET_SIZE(mtp_o);
+  if (nm > MAX_MTP_ARGS) {
+    PyErr_Format(PyExc_ValueError, "dsc_model_backward: n_mtp: expected at most %d, got %zd", MAX_MTP_ARGS, nm);
+    return NULL;
+  }
+  BEGIN("dsc_model_backward");
+  IN(dl, dl_o, "dlogits");
+  const DLTensor *mt[MAX_MTP_ARGS] = {0};
+  for (Py_ssize_t d = 0; d < nm; ++d) {
+    PyObject *o = PyList_GET_ITEM(mtp_o, d);
+    mt[d] = dsc_py_frame_add(&f, o, "dmtp_logits", 0, 1);
+    if (!mt[d] && o != Py_None) goto out;
+  }
+  USE_CTX(model_ctx(cap));
+  RUN(dsc_model_backward(mdl, dl, (int32_t)nm, mt, acc));
+  ret = Py_NewRef(Py_None);
+  END
+}
+
+/* model_optimizer_step(cap, options) -> stats dict */
+static PyObject *py_model_optimizer_step(PyObject *m, PyObject *args) {
+  PyObject *cap, *opt_o;
+  if (!PyArg_ParseTuple(args, "OO", &cap, &opt_o)) return NULL;
+  dsc_model *mdl = model_of(cap);
+  if (!mdl) return NULL;
+  dsc_train_options o;
+  if (!parse_train_options(opt_o, &o)) return NULL;
+  dsc_train_stats stats;
+  memset(&stats, 0, sizeof stats);
+  stats.size = sizeof stats;
+  dsc_py_ctx *c;
+  const int r = model_enter(m, cap, "dsc_model_optimizer_step", 0, &mdl, &c);
+  if (r < 0) return NULL;
+  dsc_status s;
+  DSC_PY_CALL(s, dsc_model_optimizer_step(mdl, &o, &stats));
+  if (r) dsc_py_ctx_leave(c);
+  if (s != DSC_OK) return dsc_py_raise(dsc_py_get_state(m), s);
+  return stats_dict(&stats);
+}
+
 PyMethodDef dsc_py_model_methods[] = {
+    {"model_forward_train", py_model_forward_train, METH_VARARGS, "dsc_model_forward_train."},
+    {"model_backward", py_model_backward, METH_VARARGS, "dsc_model_backward."},
+    {"model_optimizer_step", py_model_optimizer_step, METH_VARARGS, "dsc_model_optimizer_step."},
     {"model_new", py_model_new, METH_VARARGS, "A dsc_model (capsule) from config.json text."},
     {"model_load", py_model_load, METH_VARARGS, "dsc_model_load(dir) (capsule)."},
     {"model_save", py_model_save, METH_VARARGS, "dsc_model_save."},
