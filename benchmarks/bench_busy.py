@@ -66,6 +66,7 @@ def main() -> None:
     print(f"deepseek_c bench_busy: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
           f"default threads {default_threads}, load average {os.getloadavg()[0]:.1f}", flush=True)
     rows = []
+    load_start = os.getloadavg()[0]  # other work on the machine counts as competitors too: recorded
     for k in range(a.max_busy + 1):
         stop = mp.Event()
         procs = [mp.Process(target=_spin, args=(stop,), daemon=True) for _ in range(k)]
@@ -97,7 +98,8 @@ def main() -> None:
         meta = {"bench": "bench_busy", "date": datetime.datetime.now().isoformat(timespec="seconds"),
                 "commit": git_commit(), "cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
                 "default_threads": default_threads, "steps": a.steps, "reps": a.reps,
-                "command": "python benchmarks/bench_busy.py", "rows": rows}
+                "command": "python benchmarks/bench_busy.py", "load_at_start": load_start,
+                "load_at_end": os.getloadavg()[0], "rows": rows}
         with open(path, "w", encoding="utf-8") as fh:
             json.dump(meta, fh, indent=1)
         print(f"wrote {path}")

@@ -235,15 +235,19 @@ class Task(abc.ABC):
 
 @dataclass
 class Addition(Task):
-    """"a+b=" -> "c" with up to `digits` digits per operand."""
+    """"a+b=" -> "c" with up to `digits` digits per operand. With `pad`, operands are written
+    with exactly `digits` digits ("07+42=49"): each answer digit then sits at a fixed distance
+    from the operand digits it depends on, which a small model learns far more reliably."""
 
     digits: int = 3
     name: str = "addition"
+    pad: bool = False
 
     def sample(self, rng: np.random.Generator) -> tuple[str, str]:
         a = int(rng.integers(0, 10 ** self.digits))
         b = int(rng.integers(0, 10 ** self.digits))
-        p = f"{a}+{b}="
+        w = self.digits if self.pad else 1
+        p = f"{a:0{w}d}+{b:0{w}d}="
         return p, self.answer(p)
 
     def answer(self, prompt: str) -> str:

@@ -47,12 +47,12 @@ def demo_config(vocab_size: int, **overrides: Any) -> ModelConfig:
 def make_task(name: str) -> D.Task:
     """A built-in task by name: addition (2 digits), addition3, sorting, copy, reverse, mixture."""
     n = name.lower()
-    if n in ("addition", "add", "addition2"):
-        return D.Addition(digits=2)
+    if n in ("addition", "add", "addition2"):  # operands written with 2 digits: "07+42=49"
+        return D.Addition(digits=2, pad=True)
     if n == "addition3":
-        return D.Addition(digits=3)
+        return D.Addition(digits=3, pad=True)
     if n == "mixture":
-        return D.Mixture([D.Addition(digits=2), D.Sorting(length=5), D.Reverse(length=5)])
+        return D.Mixture([D.Addition(digits=2, pad=True), D.Sorting(length=5), D.Reverse(length=5)])
     if n in D.TASKS:
         return D.TASKS[n]()
     raise ValueError(f"train: data: expected a built-in task (addition, addition3, sorting, copy, reverse, "
