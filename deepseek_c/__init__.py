@@ -50,6 +50,8 @@ from .generation import GenerateOutput, generate, stream  # noqa: E402
 from .calc import ModelCalc, calc  # noqa: E402
 from .rl_ops import *  # noqa: F401,F403,E402
 from .rl_ops import __all__ as _rl_ops_all  # noqa: E402
+from . import rewards, distill  # noqa: E402  (verifiable rewards; distillation)
+from .rl import GRPO  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -133,4 +135,5 @@ __all__ = [
     "info", "empty", "tensor", "from_numpy", "to_numpy", "load_safetensors", "save_safetensors",
     "safetensors_metadata", *_ops_all, *_fp8_all, *_moe_all, "ModelConfig", *_mla_all, "Model", "lr_schedule",
     "GenerateOutput", "generate", "stream", "ModelCalc", "calc", *_rl_ops_all,
+    "GRPO", "rewards", "distill",
 ]
