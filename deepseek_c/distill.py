@@ -32,7 +32,19 @@ from . import data as D
 from .model import Model, lr_schedule
 from .rl_ops import logits_topk
 
-__all__ = ["sample_verified", "sample_batches", "sft", "teacher_topk", "logit_distill"]
+__all__ = ["student_config", "sample_verified", "sample_batches", "sft", "teacher_topk", "logit_distill"]
+
+
+def student_config(teacher_cfg: Any, **overrides: Any) -> Any:
+    """A smaller student for a teacher config: half the width (hidden, FFN, expert, ranks and
+    head dims), the same layers, experts and vocabulary; `overrides` replace any key."""
+    d = teacher_cfg.to_dict()
+    for key in ("hidden_size", "intermediate_size", "moe_intermediate_size", "q_lora_rank", "kv_lora_rank",
+                "qk_nope_head_dim", "v_head_dim"):
+        if d.get(key):
+            d[key] = max(4, int(d[key]) // 2)
+    d.update(overrides)
+    return type(teacher_cfg).from_dict(d)
 
 
 def _check_pair(teacher: Model, student: Optional[Model], fn: str) -> None:
