@@ -247,3 +247,22 @@ def test_distill_argument_errors():
         distill.logit_distill(t.copy(), t, b, 1, k=10_000)
     with pytest.raises(ValueError, match="samples: expected at least one"):
         distill.sample_batches([])
+
+
+def test_bench_rl_quick_runs_and_writes_only_when_asked(tmp_path):
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    before = set(os.listdir(os.path.join(root, "benchmarks", "results")))
+    out = tmp_path / "rl.json"
+    r = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "bench_rl.py"), "--quick", "--steps", "1",
+                        "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "rollout:" in r.stdout and "update :" in r.stdout
+    import json
+    res = json.loads(out.read_text())
+    assert res["rollout_tokens_per_s"] > 0 and res["update_tokens_per_s"] > 0
+    assert abs(res["rollout_share"] + res["update_share"] - 1) < 1e-9
+    assert set(os.listdir(os.path.join(root, "benchmarks", "results"))) == before
