@@ -32,6 +32,12 @@ from . import data as D
 from .model import Model, lr_schedule
 from .rl_ops import logits_topk
 
+
+def _host(x: Any) -> np.ndarray:
+    from . import to_numpy  # deepseek_c/__init__ defines it after importing this module
+    return to_numpy(x)
+
+
 __all__ = ["student_config", "sample_verified", "sample_batches", "sft", "teacher_topk", "logit_distill"]
 
 
@@ -156,10 +162,13 @@ def sft(student: Model, samples: Sequence[tuple[str, str]], steps: int, *, token
 
 def teacher_topk(teacher: Model, tokens: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The teacher's top-k logits at every position of tokens [B, T]: (indices [B, T, k]
-    int32, logits [B, T, k] float32), by its forward and dsc.logits_topk."""
+    int32, logits [B, T, k] float32), by its forward and dsc.logits_topk. NumPy arrays for a
+    CPU teacher; a GPU teacher's stay on its device (no round trip through the host)."""
     logits = teacher.forward(tokens)
     values, idx = logits_topk(logits, k)
-    return np.asarray(idx), np.asarray(values)
+    if teacher.device == "cpu":
+        return np.asarray(idx), np.asarray(values)
+    return idx, values
 
 
 def logit_distill(student: Model, teacher: Model, batches: Iterator, steps: int, *, k: int = 8,
@@ -189,6 +198,8 @@ def logit_distill(student: Model, teacher: Model, batches: Iterator, steps: int,
     for s in range(steps):
         b = next(batches)
         idx, val = teacher_topk(teacher, b.tokens, k)
+        if teacher.device != student.device:  # e.g. a GPU teacher for a CPU student: through the host
+            idx, val = _host(idx), _host(val)
         st = student.distill_step(b.tokens, b.targets, idx, val, temperature=float(temperature), alpha=float(alpha),
                                   lr=lambda i: lr_schedule(i - start, lr, warmup, steps, min_lr), **step_kw)
         for key in hist:

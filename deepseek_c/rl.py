@@ -180,7 +180,10 @@ class GRPO:
         for i, p in enumerate(prompts):
             if not isinstance(p, str):
                 raise TypeError(f"GRPO.step: prompts[{i}]: expected a str, got {type(p).__name__}")
-            t = self.tokenizer.encode(p)
+            try:
+                t = self.tokenizer.encode(p)
+            except (ValueError, KeyError) as e:
+                raise ValueError(f"GRPO.step: prompts[{i}]: the tokenizer cannot encode {p!r} ({e})") from None
             ids.append(([self.bos] if self.bos is not None and self.bos >= 0 else []) + list(t))
             texts.append(p)
         return texts, ids

@@ -187,7 +187,19 @@ def test_grpo_bad_input_is_clear_errors():
         tr.step([])
     with pytest.raises(TypeError, match=r"prompts\[0\]: expected a str"):
         tr.step([3])
+    with pytest.raises(ValueError, match=r"prompts\[1\]: the tokenizer cannot encode"):
+        tr.step(["1+2=", "1+\u03a9="])
     assert m.step == 0
+
+
+def test_grpo_rollouts_with_mtp_speculative_sampling_and_top_p():
+    """speculative="mtp" samples from the same distribution (the law is tested in
+    test_generate); here: it runs through the trainer and reports its acceptance rate."""
+    tr = dsc.GRPO(dsc.Model(tiny_cfg(), seed=0), reward=starts_with_7, group_size=4, beta=0.01, max_new_tokens=5,
+                  speculative="mtp", top_p=0.9, seed=2)
+    st = tr.step(["1+2=", "30+4="])
+    assert st["accept_rate"] is not None and 0.0 <= st["accept_rate"] <= 1.0
+    assert 1.0 <= st["completion_length"] <= 5.0 and np.isfinite(st["loss"])
 
 
 # ----------------------------------------------------------------------------- distillation
