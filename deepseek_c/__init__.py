@@ -48,6 +48,10 @@ from .mla import __all__ as _mla_all
 from .model import Model, lr_schedule  # noqa: E402
 from .generation import GenerateOutput, generate, stream  # noqa: E402
 from .calc import ModelCalc, calc  # noqa: E402
+from .rl_ops import *  # noqa: F401,F403,E402
+from .rl_ops import __all__ as _rl_ops_all  # noqa: E402
+from . import rewards, distill  # noqa: E402  (verifiable rewards; distillation)
+from .rl import GRPO  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -148,5 +152,6 @@ __all__ = [
     "__version__", "Error", "FormatError", "Tensor", "get_include", "get_library", "cuda_device_count", "has_cuda",
     "info", "empty", "tensor", "from_numpy", "to_numpy", "load_safetensors", "save_safetensors",
     "safetensors_metadata", *_ops_all, *_fp8_all, *_moe_all, "ModelConfig", *_mla_all, "Model", "lr_schedule",
-    "GenerateOutput", "generate", "stream", "ModelCalc", "calc",
+    "GenerateOutput", "generate", "stream", "ModelCalc", "calc", *_rl_ops_all,
+    "GRPO", "rewards", "distill",
 ]

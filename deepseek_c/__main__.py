@@ -4,7 +4,9 @@
 ``python -m deepseek_c demo`` (train a small DeepSeek-V3-style model on 2-digit addition,
 then measure exact-match accuracy on held-out problems) and
 ``python -m deepseek_c train`` (train on a built-in task or a text file) and
-``python -m deepseek_c generate --ckpt DIR --prompt "12+34=" [--speculative mtp]``.
+``python -m deepseek_c generate --ckpt DIR --prompt "12+34=" [--speculative mtp]``;
+R1: ``python -m deepseek_c r1 --ckpt DIR --task addition`` (GRPO with verifiable rewards) and
+``python -m deepseek_c distill --teacher DIR [--student-config small.json]`` (deepseek_c.r1_cli).
 
 Training and generation run in the C core (dsc_model_train_step, dsc_model_generate). On a
 CPU shared with other work, OMP_NUM_THREADS=1 is often faster than the default."""
@@ -405,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("plot", help="redraw the plots of a demo/train run from its history.json")
     d.add_argument("dir", help="the run's output directory (e.g. demo_out)")
     d.set_defaults(fn=cmd_plot)
+    from deepseek_c.r1_cli import add_parsers as _add_r1_parsers
+
+    _add_r1_parsers(sub)  # r1, distill
     args = p.parse_args(argv)
     if args.cmd == "generate":
         import os

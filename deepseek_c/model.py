@@ -443,6 +443,131 @@ class Model:
         st = _C.model_optimizer_step(self._cap, opts)
         return dict(grad_norm=st["grad_norm"], step=st["step"], load_imbalance=st["load_imbalance"], lr=lr_v)
 
+    # ------------------------------------------------------------------ RL and distillation
+
+    def token_logprobs(self, tokens: Any, targets: Any, ignore_index: int = IGNORE_INDEX) -> Any:
+        """log p(targets[b, t] | tokens[b, :t + 1]) [B, T] float32 by the plain forward
+        (dsc_model_token_logprobs), 0 where targets is ignore_index. Any model, frozen too:
+        the reference model of GRPO or a teacher."""
+        t = self._ids(tokens, "tokens")
+        y = self._ids(targets, "targets", shape=tuple(t.shape))
+        out = self._out(tuple(t.shape))
+        _C.model_token_logprobs(self._cap, t, y, int(ignore_index), out)
+        return out
+
+    def _vec(self, x: Any, what: str, n: int) -> Any:
+        """float32 [n] (rewards) on the model's device; finiteness is the C core's to check."""
+        if self._dev[0] != 1 and not isinstance(x, np.ndarray) and hasattr(x, "__dlpack__"):
+            return x
+        v = np.asarray(x)
+        if v.dtype.kind not in "biuf":
+            raise ValueError(f"Model.policy_step: {what}: expected numbers, got dtype {v.dtype}")
+        v = np.ascontiguousarray(v, dtype=np.float32)
+        if v.shape != (n,):
+            raise ValueError(f"Model.policy_step: {what}: expected shape ({n},) (one per completion), got {v.shape}")
+        if self._dev[0] == 1:
+            return v
+        from . import tensor
+        return tensor(v, device=self.device)
+
+    def _bt(self, x: Any, what: str, shape: tuple) -> Any:
+        if x is None:
+            return None
+        if self._dev[0] != 1 and not isinstance(x, np.ndarray) and hasattr(x, "__dlpack__"):
+            return x
+        v = np.ascontiguousarray(np.asarray(x), dtype=np.float32)
+        if v.shape != shape:
+            raise ValueError(f"Model.policy_step: {what}: expected shape {shape} (the shape of tokens), got {v.shape}")
+        if self._dev[0] == 1:
+            return v
+        from . import tensor
+        return tensor(v, device=self.device)
+
+    def policy_step(self, tokens: Any, targets: Any, rewards: Any, *, group_size: int,
+                    old_logprobs: Any = None, ref_logprobs: Any = None, loss_type: str = "dapo",
+                    epsilon: float = 0.2, epsilon_high: Optional[float] = None, beta: float = 0.0,
+                    scale_rewards: Any = "group", std_eps: float = 1e-4, drop_zero_std_groups: bool = False,
+                    max_completion_length: Optional[int] = None,
+                    lr: Union[float, Callable[[int], float]] = 1e-4, max_grad_norm: float = 1.0,
+                    weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
+                    bias_update_rate: float = 1e-3, ignore_index: int = IGNORE_INDEX) -> dict:
+        """One GRPO policy update over given completions, in C (dsc_model_policy_step): the
+        training forward, per-token log-probabilities of the completion tokens, group-relative
+        advantages of `rewards`, the GRPO loss and its gradient, the backward, clipping, AdamW.
+
+        tokens, targets [B, T] int (targets: the next token at completion positions,
+        ignore_index elsewhere; every row needs one), rewards [B] (groups of `group_size`
+        adjacent), old_logprobs / ref_logprobs [B, T] float32 (see dsc.grpo_loss; ref needed
+        with beta > 0). The rest as dsc.grpo_loss and train_step (weight_decay 0 by default:
+        the usual RL setting). Returns dict(loss, policy_loss, kl, clip_low, clip_high,
+        clip_region, ratio_mean, entropy, reward_mean, reward_std, grad_norm,
+        load_imbalance, step, tokens, sequences, groups_dropped, lr, seconds, tokens_per_s)."""
+        from .rl_ops import grpo_params
+        t0 = time.perf_counter()
+        fn = "Model.policy_step"
+        p = grpo_params(fn, group_size=group_size, loss_type=loss_type, epsilon=epsilon, epsilon_high=epsilon_high,
+                        beta=beta, max_completion_length=max_completion_length, scale_rewards=scale_rewards,
+                        std_eps=std_eps, drop_zero_std_groups=drop_zero_std_groups)
+        t = self._ids(tokens, "tokens")
+        y = self._ids(targets, "targets", shape=tuple(t.shape))
+        shape = tuple(int(s) for s in t.shape)
+        r = self._vec(rewards, "rewards", shape[0])
+        old = self._bt(old_logprobs, "old_logprobs", shape)
+        ref = self._bt(ref_logprobs, "ref_logprobs", shape)
+        lr_v = float(lr(self.step + 1)) if callable(lr) else float(lr)
+        opts = self._options(lr_v, betas, eps, weight_decay, max_grad_norm, None, 0.0, bias_update_rate, 1,
+                             ignore_index)
+        st = _C.model_policy_step(self._cap, t, y, r, old, ref, opts, p)
+        secs = time.perf_counter() - t0
+        n_tok = shape[0] * shape[1]
+        st.update(lr=lr_v, seconds=secs, tokens_per_s=n_tok / secs if secs > 0 else 0.0)
+        return st
+
+    def distill_step(self, tokens: Any, targets: Any, teacher_indices: Any, teacher_logits: Any, *,
+                     temperature: float = 1.0, alpha: float = 0.5,
+                     lr: Union[float, Callable[[int], float]] = 1e-3, max_grad_norm: float = 1.0,
+                     weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
+                     bias_update_rate: float = 1e-3, ignore_index: int = IGNORE_INDEX) -> dict:
+        """One logit-distillation step in C (dsc_model_distill_step): at the positions whose
+        target is not ignore_index, loss = alpha tau^2 KL(teacher top-k || student) + (1 -
+        alpha) CE(targets). teacher_indices [B, T, K] int and teacher_logits [B, T, K] float32:
+        the teacher's top-k per position (dsc.logits_topk of its logits for the same tokens).
+        Returns dict(loss, kl, ce, grad_norm, load_imbalance, step, tokens, lr, seconds)."""
+        from .rl_ops import _number
+        t0 = time.perf_counter()
+        fn = "Model.distill_step"
+        tau = _number(fn, "temperature", temperature, 0.0, lo_open=True)
+        a = _number(fn, "alpha", alpha, 0.0, 1.0)
+        t = self._ids(tokens, "tokens")
+        y = self._ids(targets, "targets", shape=tuple(t.shape))
+        if self._dev[0] == 1 or isinstance(teacher_indices, np.ndarray):
+            ti = np.ascontiguousarray(np.asarray(teacher_indices), dtype=np.int32)
+            tl = np.ascontiguousarray(np.asarray(teacher_logits), dtype=np.float32)
+            if self._dev[0] != 1:
+                from . import tensor
+                ti, tl = tensor(ti, device=self.device), tensor(tl, device=self.device)
+        else:
+            ti, tl = teacher_indices, teacher_logits
+        lr_v = float(lr(self.step + 1)) if callable(lr) else float(lr)
+        opts = self._options(lr_v, betas, eps, weight_decay, max_grad_norm, None, 0.0, bias_update_rate, 1,
+                             ignore_index)
+        st = _C.model_distill_step(self._cap, t, y, ti, tl, opts, (tau, a))
+        st.update(lr=lr_v, seconds=time.perf_counter() - t0)
+        return st
+
+    def copy(self, num_threads: Optional[int] = None) -> "Model":
+        """An independent copy: same config, device, fp8 setting, weights and step (no
+        optimizer state). GRPO's frozen reference model is one."""
+        if self.frozen:
+            raise ValueError("Model.copy: model: frozen for FP8 inference; copy the model it was frozen from")
+        dev_type, dev_id = self._dev
+        nt = self.num_threads if num_threads is None else _num_threads(num_threads, "Model.copy")
+        cap = _C.model_new(_C.model_config_json(self._cap), dev_type, dev_id, self.seed & (2**64 - 1), 0,
+                           int(self.fp8), "float32", nt or 0)
+        _copy_tensors(cap, self._cap)
+        _C.model_set_step(cap, self.step)
+        return Model(self.cfg, device=self.device, fp8=self.fp8, seed=self.seed, num_threads=nt, _cap=cap)
+
     # ------------------------------------------------------------------ generation
 
     def generate(self, prompts: Any, max_new_tokens: int = 16, temperature: float = 0.0,

@@ -73,7 +73,7 @@ def test_subcommand_help(cmd, tmp_path):
 def test_every_listed_subcommand_has_help(tmp_path):
     # subcommands added later (generate, ...) are covered too
     usage = ok(run_cli("--help", cwd=tmp_path)).stdout
-    listed = re.search(r"\{([a-z,-]+)\}", usage).group(1).split(",")
+    listed = re.search(r"\{([a-z0-9,-]+)\}", usage).group(1).split(",")
     assert set(SUBCOMMANDS) <= set(listed), listed
     for cmd in listed:
         r = ok(run_cli(cmd, "--help", cwd=tmp_path))

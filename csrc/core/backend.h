@@ -83,6 +83,43 @@ extern "C" {
                               const void *targets /*[N]*/, int64_t ignore_index,               \
                               float grad_scale, float *loss /*[1]*/,                           \
                               void *dlogits /*[N,V]*/, float *lse /*[N]*/);                    \
+  /* ---- token log-probabilities (csrc/cpu/token_logprob.c). Targets range-checked;     \
+   * ignored rows give 0. entropy may be NULL; dlogits may alias logits. */                  \
+  dsc_status P##token_logprob(dsc_context *ctx, dsc_dtype dt, int64_t N, int64_t V,            \
+                              const void *logits /*[N,V]*/, int tgt64,                         \
+                              const void *targets /*[N]*/, int64_t ignore_index,               \
+                              float *logprobs /*[N]*/, float *entropy /*[N] or NULL*/);        \
+  dsc_status P##token_logprob_bwd(dsc_context *ctx, dsc_dtype dt, int64_t N, int64_t V,        \
+                                  const void *logits /*[N,V]*/, int tgt64,                     \
+                                  const void *targets /*[N]*/, int64_t ignore_index,           \
+                                  const float *dlogprobs /*[N]*/, void *dlogits /*[N,V]*/);    \
+  /* ---- GRPO (csrc/cpu/grpo.c). *bad_pos (host) = the first i with x[i] not finite, -1  \
+   * when every value is. */                                                                  \
+  dsc_status P##find_nonfinite(dsc_context *ctx, int64_t n, const float *x /*[n]*/,            \
+                               int64_t *bad_pos);                                             \
+  /* n = groups * p->group_size finite rewards -> advantages; keep [n] or NULL. */           \
+  dsc_status P##grpo_advantages(dsc_context *ctx, const dsc_grpo_params *p, int64_t n,         \
+                                const float *rewards /*[n]*/, float *adv /*[n]*/,              \
+                                int32_t *keep /*[n] or NULL*/);                               \
+  /* Lmax: DR_GRPO's normalizer (resolved: > 0). old, ref, keep, dlp, stats may be NULL    \
+   * (ref NULL or not with beta 0: then it feeds the KL statistic alone). loss: [1]. */      \
+  dsc_status P##grpo_loss(dsc_context *ctx, const dsc_grpo_params *p, int64_t B, int64_t T,    \
+                          int64_t Lmax, const float *lp /*[B,T]*/, const float *old /*[B,T]*/, \
+                          const float *ref /*[B,T]*/, const float *adv /*[B]*/, int tgt64,     \
+                          const void *targets /*[B,T]*/, int64_t ignore_index,                \
+                          const int32_t *keep /*[B]*/, float *loss /*[1]*/,                   \
+                          float *dlp /*[B,T]*/, float *stats /*[DSC_GRPO_NUM_STATS]*/);        \
+  /* ---- distillation (csrc/cpu/distill.c). 1 <= K <= V. */                               \
+  dsc_status P##logits_topk(dsc_context *ctx, dsc_dtype dt, int64_t N, int64_t V, int64_t K,   \
+                            const void *logits /*[N,V]*/, float *values /*[N,K]*/, int idx64,  \
+                            void *indices /*[N,K]*/);                                         \
+  /* Teacher indices range-checked. loss: one float32 on the device; dlogits may be NULL or \
+   * alias logits. */                                                                         \
+  dsc_status P##topk_kl(dsc_context *ctx, dsc_dtype dt, int64_t N, int64_t V, int64_t K,       \
+                        const void *logits /*[N,V]*/, int idx64, const void *t_idx /*[N,K]*/,  \
+                        const float *t_logits /*[N,K]*/, int tgt64,                           \
+                        const void *targets /*[N]*/, int64_t ignore_index, float temperature, \
+                        float grad_scale, float *loss /*[1]*/, void *dlogits /*[N,V]*/);      \
   /* *sumsq (host) = sum of g^2 in float64, in a fixed order. */                              \
   dsc_status P##sumsq(dsc_context *ctx, int64_t n, const float *g, double *sumsq);             \
   /* One AdamW update of n elements. mom_dt (FLOAT32|BFLOAT16) is the dtype of m and v.   \

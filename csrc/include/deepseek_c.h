@@ -296,6 +296,137 @@ DSC_API dsc_status dsc_cross_entropy(dsc_context *ctx, const DLTensor *logits,
                                      float grad_scale, DLTensor *loss, DLTensor *dlogits,
                                      DLTensor *lse);
 
+/* ------------------------------------------------------------------ token log-probabilities */
+/* The log-probability of each row's target under softmax(logits): what reinforcement
+ * learning (GRPO) and distillation take of a completion, token by token.
+ *   logits   [N, V] (or [..., V])  float32 | bfloat16
+ *   targets  [N]    (or [...])     int32 | int64; ignore_index or in [0, V)
+ *   logprobs [N]    (or [...])     float32: x_t - logsumexp(x), 0 on ignored rows
+ *   entropy  [N]    (or [...])     float32, optional: -sum_j p_j log p_j of the row's
+ *                                  softmax p (0 on ignored rows) */
+DSC_API dsc_status dsc_token_logprob(dsc_context *ctx, const DLTensor *logits,
+                                     const DLTensor *targets, int64_t ignore_index,
+                                     DLTensor *logprobs, DLTensor *entropy);
+/* Its backward: dlogits[n, j] = dlogprobs[n] * ([j == t_n] - softmax(x_n)_j), 0 on ignored
+ * rows. dlogprobs [N] (or [...]) float32; dlogits like logits, may alias logits. */
+DSC_API dsc_status dsc_token_logprob_backward(dsc_context *ctx, const DLTensor *logits,
+                                              const DLTensor *targets, int64_t ignore_index,
+                                              const DLTensor *dlogprobs, DLTensor *dlogits);
+
+/* ------------------------------------------------------------------ GRPO */
+/* Group Relative Policy Optimization (DeepSeekMath; DeepSeek-R1's RL algorithm) with the
+ * variants of Dr. GRPO and DAPO. A batch holds B = groups * G completions, the G
+ * completions of one prompt adjacent. Per completion i (its group g) and completion token
+ * t, with rho = exp(logp - old_logp) and A_i the advantage:
+ *   A_i   = (r_i - mean_g(r)) / (std + std_eps)   std: the group's (GROUP), the batch's
+ *           (BATCH) sample standard deviation (n - 1 in the denominator), or A_i = r_i -
+ *           mean_g(r) (NONE)
+ *   L_it  = -min(rho A_i, clip(rho, 1 - epsilon_low, 1 + epsilon_high) A_i) + beta KL_it
+ *   KL_it = exp(ref_logp - logp) - (ref_logp - logp) - 1          (the k3 estimator, >= 0)
+ *   loss  = GRPO:    mean over completions of (sum_t L_it / n_i)   (n_i its tokens)
+ *           DR_GRPO: sum_it L_it / (completions * max_completion_length)
+ *           DAPO:    sum_it L_it / (completion tokens of the batch)
+ * "Completions" counts the rows with at least one completion token that are kept; a row
+ * without one, or with keep 0, contributes nothing anywhere (as if absent).
+ * dL/dlogp_it = w_it * ((clipped ? 0 : -A_i rho) + beta (1 - exp(ref_logp - logp))), w_it
+ * the aggregation weight; a token is clipped when A_i > 0 and rho > 1 + epsilon_high, or
+ * A_i < 0 and rho < 1 - epsilon_low (where the min takes the constant clipped branch). */
+typedef enum dsc_grpo_loss_type {
+  DSC_GRPO_LOSS_GRPO = 0,    /* per-sequence token mean, then mean over sequences */
+  DSC_GRPO_LOSS_DR_GRPO = 1, /* token sum / (sequences x max_completion_length) */
+  DSC_GRPO_LOSS_DAPO = 2,    /* token mean over the whole batch */
+} dsc_grpo_loss_type;
+
+typedef enum dsc_grpo_scale {
+  DSC_GRPO_SCALE_GROUP = 0, /* divide by the group's reward std (+ std_eps) */
+  DSC_GRPO_SCALE_BATCH = 1, /* divide by the batch's reward std (+ std_eps) */
+  DSC_GRPO_SCALE_NONE = 2,  /* no division (Dr. GRPO) */
+} dsc_grpo_scale;
+
+typedef struct dsc_grpo_params {
+  size_t size;                   /* sizeof(dsc_grpo_params) */
+  int32_t loss_type;             /* dsc_grpo_loss_type: DAPO */
+  float epsilon_low;             /* > 0: 0.2 */
+  float epsilon_high;            /* > 0: 0.28 (DAPO's clip-higher; GRPO: = epsilon_low) */
+  float beta;                    /* >= 0, KL weight: 0.001 (R1); 0.04 (DeepSeekMath); 0: no
+                                    reference model needed */
+  int32_t max_completion_length; /* DR_GRPO's normalizer, >= 0; 0: T (the padded length) */
+  int32_t group_size;            /* G >= 2: completions per prompt, 8 */
+  int32_t scale_rewards;         /* dsc_grpo_scale: GROUP */
+  float std_eps;                 /* > 0: 1e-4 */
+  int32_t drop_zero_std_groups;  /* 1: the groups whose rewards are all equal (advantage 0
+                                    everywhere) are dropped (DAPO's dynamic sampling); 0 */
+} dsc_grpo_params;
+/* The defaults above (R1's beta, DAPO's loss and clip-higher, groups of 8). */
+DSC_API void dsc_grpo_params_default(dsc_grpo_params *p);
+
+/* Statistics of dsc_grpo_loss, by index into its `stats` output. Token means are over the
+ * counted completion tokens. */
+typedef enum dsc_grpo_stat {
+  DSC_GRPO_STAT_LOSS = 0,        /* the loss */
+  DSC_GRPO_STAT_POLICY_LOSS = 1, /* token mean of -min(rho A, clip(rho) A) */
+  DSC_GRPO_STAT_KL = 2,          /* token mean of KL_it (0 without ref_logprobs) */
+  DSC_GRPO_STAT_CLIP_LOW = 3,    /* fraction of tokens with A < 0 and rho < 1 - epsilon_low */
+  DSC_GRPO_STAT_CLIP_HIGH = 4,   /* fraction of tokens with A > 0 and rho > 1 + epsilon_high */
+  DSC_GRPO_STAT_CLIP_REGION = 5, /* fraction clipped (the two above) */
+  DSC_GRPO_STAT_RATIO_MEAN = 6,  /* token mean of rho */
+  DSC_GRPO_STAT_TOKENS = 7,      /* completion tokens counted */
+  DSC_GRPO_STAT_SEQUENCES = 8,   /* completions counted */
+  DSC_GRPO_NUM_STATS = 9,
+} dsc_grpo_stat;
+
+/* Advantages: rewards [n] float32 (n a multiple of group_size, all finite) -> advantages
+ * [n] float32 (formula above); keep [n] int32, optional: 0 for the completions of a group
+ * whose rewards are all equal when drop_zero_std_groups, else 1. A non-finite reward is
+ * DSC_ERR_INVALID_ARGUMENT naming its index. */
+DSC_API dsc_status dsc_grpo_advantages(dsc_context *ctx, const dsc_grpo_params *p,
+                                       const DLTensor *rewards, DLTensor *advantages,
+                                       DLTensor *keep);
+/* The loss (formula above) and its gradient:
+ *   logprobs     [B, T] float32   log pi_theta of each token (from dsc_token_logprob)
+ *   old_logprobs [B, T] float32, optional: log pi_old (NULL: pi_old = pi_theta, rho = 1:
+ *                one optimizer step per rollout)
+ *   ref_logprobs [B, T] float32: log pi_ref; required when beta > 0, optional otherwise
+ *                (then only the KL statistic uses it)
+ *   advantages   [B] float32
+ *   targets      [B, T] int32 | int64: (b, t) is a completion token where != ignore_index
+ *   keep         [B] int32, optional: rows with 0 are left out (NULL: every row kept)
+ *   loss         [] or [1] float32
+ *   dlogprobs    [B, T] float32, optional: dL/dlogprobs, 0 off the counted tokens
+ *   stats        [DSC_GRPO_NUM_STATS] float32, optional (dsc_grpo_stat)
+ * Non-finite log-probabilities or advantages propagate (NaN loss and gradient). */
+DSC_API dsc_status dsc_grpo_loss(dsc_context *ctx, const dsc_grpo_params *p,
+                                 const DLTensor *logprobs, const DLTensor *old_logprobs,
+                                 const DLTensor *ref_logprobs, const DLTensor *advantages,
+                                 const DLTensor *targets, int64_t ignore_index,
+                                 const DLTensor *keep, DLTensor *loss, DLTensor *dlogprobs,
+                                 DLTensor *stats);
+
+/* ------------------------------------------------------------------ distillation */
+/* The K largest logits of each row, descending (ties: the lower index first): what a
+ * teacher keeps per position for logit distillation.
+ *   logits [N, V] (or [..., V]) float32 | bfloat16, 1 <= K <= V
+ *   values [N, K] (or [..., K]) float32; indices like values, int32 | int64
+ * NaN sorts below every number. */
+DSC_API dsc_status dsc_logits_topk(dsc_context *ctx, const DLTensor *logits, DLTensor *values,
+                                   DLTensor *indices);
+/* KL(teacher || student) per row over the teacher's top-k, at temperature tau > 0:
+ *   p_k = softmax_k(teacher_logits / tau) (the top-k renormalized),
+ *   log q = log_softmax(logits / tau) over the whole vocabulary,
+ *   KL_n = sum_k p_k (log p_k - log q_{idx_k}),  loss = mean over valid rows of KL_n
+ *   dlogits_nj = grad_scale / n_valid / tau * (q_nj - sum_{k: idx_k = j} p_k), 0 on rows
+ *                whose target is ignore_index
+ *   logits          [N, V] (or [..., V]) float32 | bfloat16 (the student's)
+ *   teacher_indices [N, K] (or [..., K]) int32 | int64 in [0, V)
+ *   teacher_logits  [N, K] (or [..., K]) float32
+ *   targets         [N]    (or [...])    int32 | int64: rows with ignore_index are skipped
+ *                                        (other values are not read)
+ *   loss [] or [1] float32; dlogits like logits, optional, may alias logits. */
+DSC_API dsc_status dsc_topk_kl(dsc_context *ctx, const DLTensor *logits,
+                               const DLTensor *teacher_indices, const DLTensor *teacher_logits,
+                               const DLTensor *targets, int64_t ignore_index, float temperature,
+                               float grad_scale, DLTensor *loss, DLTensor *dlogits);
+
 /* ------------------------------------------------------------------ AdamW */
 
 typedef struct dsc_adamw_params {
@@ -1038,6 +1169,87 @@ DSC_API dsc_status dsc_model_backward(dsc_model *model, const DLTensor *dlogits,
                                       const DLTensor *const *dmtp_logits, int32_t accumulate);
 DSC_API dsc_status dsc_model_optimizer_step(dsc_model *model, const dsc_train_options *opt,
                                             dsc_train_stats *stats);
+
+/* ---- reinforcement learning and distillation (csrc/model/policy.c), on the pieces above.
+ * tokens and targets are [B, T] int32 on the model's device as for dsc_model_train_step:
+ * targets[b, t] is the token that position t predicts (tokens[b, t + 1]) where it is a
+ * completion token, ignore_index (opt->ignore_index, -100) elsewhere (prompt, padding).
+ *
+ * dsc_model_token_logprobs: logprobs [B, T] float32 = log softmax(logits[b, t])[targets[b,
+ * t]] (0 where ignored) by the plain forward; any model, frozen ones too (a reference or a
+ * teacher). It discards a pending dsc_model_forward_train. */
+DSC_API dsc_status dsc_model_token_logprobs(dsc_model *model, const DLTensor *tokens,
+                                            const DLTensor *targets, int32_t ignore_index,
+                                            DLTensor *logprobs);
+
+typedef struct dsc_policy_stats {
+  size_t size;           /* sizeof(dsc_policy_stats) */
+  float loss;            /* the GRPO objective (dsc_grpo_loss) */
+  float policy_loss;     /* token mean of the clipped surrogate term */
+  float kl;              /* token mean of the k3 KL to the reference (0 without one) */
+  float clip_low;        /* fractions of completion tokens clipped (dsc_grpo_stat) */
+  float clip_high;
+  float clip_region;
+  float ratio_mean;
+  float entropy;         /* token mean of the policy's entropy */
+  float reward_mean;     /* over all B completions (dropped groups included) */
+  float reward_std;      /* sample std over all B completions */
+  float grad_norm;       /* global norm before clipping */
+  float load_imbalance;  /* mean over MoE layers of max/mean expert load */
+  int64_t step;          /* the optimizer step number after this step */
+  int64_t tokens;        /* completion tokens counted */
+  int64_t sequences;     /* completions counted (B less the dropped groups' rows) */
+  int64_t groups_dropped;/* groups left out by drop_zero_std_groups */
+} dsc_policy_stats;
+
+/* One GRPO policy step over given completions: the training forward of tokens, the
+ * per-token log-probabilities of targets (dsc_token_logprob), the advantages of rewards
+ * (dsc_grpo_advantages), the GRPO loss and dL/dlogprobs (dsc_grpo_loss), dL/dlogits
+ * (dsc_token_logprob_backward), the backward, then dsc_model_optimizer_step (clipping,
+ * AdamW, the aux-loss-free bias update).
+ *   rewards      [B] float32, finite, B a multiple of p->group_size (groups adjacent)
+ *   old_logprobs [B, T] float32, optional (NULL: on-policy, rho = 1; give them, from
+ *                dsc_model_token_logprobs at rollout time, for several steps per rollout)
+ *   ref_logprobs [B, T] float32 (dsc_model_token_logprobs of the frozen reference model),
+ *                required when p->beta > 0
+ * Every completion (row) needs at least one target that is not ignore_index, and
+ * opt->grad_accum must be 1. When every group is dropped nothing is updated (stats->step
+ * unchanged, sequences 0). Rollouts are the caller's (dsc_model_generate), so any language
+ * can drive RL with its own sampler and rewards. */
+DSC_API dsc_status dsc_model_policy_step(dsc_model *model, const dsc_train_options *opt,
+                                         const dsc_grpo_params *p, const DLTensor *tokens,
+                                         const DLTensor *targets, const DLTensor *rewards,
+                                         const DLTensor *old_logprobs,
+                                         const DLTensor *ref_logprobs, dsc_policy_stats *stats);
+
+typedef struct dsc_distill_params {
+  size_t size;       /* sizeof(dsc_distill_params) */
+  float temperature; /* tau > 0 of the soft targets: 1 */
+  float alpha;       /* in [0, 1]: loss = alpha tau^2 KL + (1 - alpha) CE(targets); 0.5 */
+} dsc_distill_params;
+DSC_API void dsc_distill_params_default(dsc_distill_params *p);
+
+typedef struct dsc_distill_stats {
+  size_t size;          /* sizeof(dsc_distill_stats) */
+  float loss;           /* alpha tau^2 kl + (1 - alpha) ce */
+  float kl;             /* mean KL(teacher top-k || student) over the target positions */
+  float ce;             /* mean cross-entropy of the targets (the hard labels) */
+  float grad_norm;
+  float load_imbalance;
+  int64_t step;
+  int64_t tokens;       /* positions with a target */
+} dsc_distill_stats;
+
+/* One logit-distillation step of a student: the training forward of tokens [B, T], at the
+ * positions whose target is not ignore_index the mix of KL to the teacher's top-k logits
+ * (dsc_topk_kl) and the hard-label cross-entropy, the backward, dsc_model_optimizer_step.
+ *   teacher_indices [B, T, K] int32 in [0, V), teacher_logits [B, T, K] float32: the
+ *   teacher's top-k per position (dsc_logits_topk of its logits for the same tokens; the
+ *   teacher may have another config, with the same vocabulary). opt->grad_accum must be 1. */
+DSC_API dsc_status dsc_model_distill_step(dsc_model *model, const dsc_train_options *opt,
+                                          const dsc_distill_params *p, const DLTensor *tokens,
+                                          const DLTensor *targets, const DLTensor *teacher_indices,
+                                          const DLTensor *teacher_logits, dsc_distill_stats *stats);
 
 /* Expert load of MoE layer `layer` summed over the last loss_and_grad / train_step:
  * counts[0..n_routed_experts) (host). DSC_ERR_INVALID_ARGUMENT for a dense layer. */

@@ -180,5 +180,6 @@ extern PyMethodDef dsc_py_mla_methods[];
 extern PyMethodDef dsc_py_model_methods[];
 extern PyMethodDef dsc_py_generate_methods[];
 extern PyMethodDef dsc_py_calc_methods[];
+extern PyMethodDef dsc_py_rl_methods[];
 
 #endif /* DSC_PY_GLUE_H_ */

@@ -507,6 +507,7 @@ static int module_exec(PyObject *m) {
   if (PyModule_AddFunctions(m, dsc_py_model_methods) < 0) return -1;
   if (PyModule_AddFunctions(m, dsc_py_generate_methods) < 0) return -1;
   if (PyModule_AddFunctions(m, dsc_py_calc_methods) < 0) return -1;
+  if (PyModule_AddFunctions(m, dsc_py_rl_methods) < 0) return -1;
   return 0;
 }
 
