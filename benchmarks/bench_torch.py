@@ -2,6 +2,8 @@
 forward + backward time per training step.
 
     python benchmarks/bench_torch.py                  # CPU, 1 and 2 threads
+    python benchmarks/bench_torch.py --quick          # a few seconds: does it run
+    python benchmarks/bench_torch.py --save           # also write the JSON into benchmarks/results/
     python benchmarks/bench_torch.py --threads 2 --rounds 5
     python benchmarks/bench_torch.py --device cuda    # GPU (benchmarks/gpu_suite.sh runs it)
 
@@ -21,8 +23,10 @@ to it) runs the variants in turn (dsc, torch, dsc, ...) for --rounds rounds, eac
 step then --steps timed steps of zero_grad + forward + backward; a variant's time is its
 total timed wall time over its total timed steps, and ratio = torch / dsc (> 1: the
 deepseek_c layers are faster). The 1-minute load average before and after each worker is
-recorded: numbers from a busy machine are not comparable. Writes
-benchmarks/results/torch_<device>_<date>.json (machine, threads, commit, command, load).
+recorded: numbers from a busy machine are not comparable. Prints a table; with --save (or
+--out PATH) also writes benchmarks/results/torch_<device>_<date>.json (machine, threads,
+commit, command, load). --quick: a tiny smoke run (1 thread, small batch, 1 round), not a
+measurement.
 """
 
 from __future__ import annotations
@@ -247,12 +251,17 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--steps", type=int, default=5, help="timed steps per variant and round")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/torch_<device>_<date>.json)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 1 thread, batch 2, seq 32, 1 round of 1 step")
+    ap.add_argument("--save", action="store_true", help="write benchmarks/results/torch_<device>_<date>.json")
+    ap.add_argument("--out", default=None, help="write the JSON to this path")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         print(json.dumps(worker(a.device, int(a.threads), a.batch, a.seq, a.steps, a.rounds)))
         return
+    if a.quick:
+        a.threads = a.threads or "1"
+        a.batch, a.seq, a.steps, a.rounds = 2, 32, 1, 1
     dev = a.device.split(":")[0]
     if dev == "cuda":
         import torch
@@ -286,6 +295,8 @@ def main() -> None:
         print(f"{nt:>7} {row['dsc_ms_per_step']:>12.1f} {row['torch_ms_per_step']:>14.1f} "
               f"{row['ratio_torch_over_dsc']:>10.2f} {row['first_loss_dsc']:>11.5f} / {row['first_loss_torch']:<11.5f}"
               f"  {row['load1_before']} / {row['load1_after']}", flush=True)
+    if not (a.save or a.out):
+        return
     path = a.out or os.path.join(HERE, "results", f"torch_{dev}_{res['date']}.json")
     with open(path, "w") as fh:
         json.dump(res, fh, indent=2)
