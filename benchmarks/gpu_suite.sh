@@ -36,6 +36,7 @@ for dt in float32 bfloat16; do
   python3 benchmarks/bench_ops.py --device cuda --dtype "$dt" --out "$out/ops_cuda_$dt.json" 2>&1 | tee "$out/bench_ops_cuda_$dt.txt"
 done
 python3 benchmarks/bench_train.py --device cuda --full --out "$out/train_cuda.json" 2>&1 | tee "$out/bench_train_cuda.txt"
+python3 benchmarks/bench_torch.py --device cuda --out "$out/torch_cuda.json" 2>&1 | tee "$out/bench_torch_cuda.txt"
 if [ -f benchmarks/bench_decode.py ]; then
   python3 benchmarks/bench_decode.py --device cuda --fp8 --out "$out/decode_cuda.json" 2>&1 | tee "$out/bench_decode_cuda.txt"
 fi

@@ -118,18 +118,31 @@ def mla_backward(dout: Array, ctx: MLACtx) -> dict[str, Array]:
     fn = "dsc_mla_backward"
     if not isinstance(ctx, MLACtx):
         raise TypeError(f"{fn}: ctx: expected the MLACtx from mla_forward, got {type(ctx).__name__}")
+    dx, grads = _mla_backward_arrays(dout, ctx)
+    res = {"x": dx}
+    for n, g in zip(MLA_WEIGHT_NAMES, grads):
+        if g is not None:
+            res[n + ".weight"] = g
+    return res
+
+
+def _mla_backward_arrays(dout: Array, ctx: MLACtx, need_dx: bool = True,
+                         need: Optional[Sequence[bool]] = None) -> tuple[Optional[Array], tuple]:
+    """(dx or None, the 8 weight gradients in MLA_WEIGHT_NAMES order, None where the weight is
+    absent or need[i] is False): the one backward call behind mla_backward and
+    deepseek_c.torch."""
+    fn = "dsc_mla_backward"
     if ctx.saved is None:
         raise ValueError(f"{fn}: ctx: the forward ran with need_backward=False")
     namespace(dout, fn, "dout")
-    dx = empty_like_ns(dout, tuple(int(s) for s in ctx.x.shape), "float32", fn, "dx")
-    grads = tuple(None if w is None else empty_like_ns(dout, tuple(int(s) for s in w.shape), "float32", fn, "grad")
-                  for w in ctx.weights)
+    need = (True,) * 8 if need is None else tuple(bool(v) for v in need)
+    dx = empty_like_ns(dout, tuple(int(s) for s in ctx.x.shape), "float32", fn, "dx") if need_dx else None
+    grads = tuple(None if (w is None or not n) else
+                  empty_like_ns(dout, tuple(int(s) for s in w.shape), "float32", fn, "grad")
+                  for w, n in zip(ctx.weights, need))
     _C.mla_backward(ctx.saved, ctx.x, ctx.positions, dout, ctx.weights, ctx.params, dx, grads)
-    res = {"x": finish(dout, dx)}
-    for n, g in zip(MLA_WEIGHT_NAMES, grads):
-        if g is not None:
-            res[n + ".weight"] = finish(dout, g)
-    return res
+    return (finish(dout, dx) if dx is not None else None), tuple(None if g is None else finish(dout, g)
+                                                                 for g in grads)
 
 
 class MLACache:

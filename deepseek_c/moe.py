@@ -22,7 +22,7 @@ import numpy as np
 
 from . import _C
 from ._C import Error
-from ._arrays import INT64, Array, as_float, as_int, device_of, dtype_name, empty_like_ns, finish, namespace
+from ._arrays import INT64, Array, as_float, as_int, device_of, dtype_name, empty_like_ns, finish, namespace, numpy_dtype
 
 __all__ = [
     "MoERoute", "moe_route", "moe_route_backward", "moe_expert_load", "moe_update_bias",
@@ -370,12 +370,16 @@ class MoEConfig:
     moe_intermediate_size: int = 2048
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], fn: str = "moe_forward") -> "MoEConfig":
-        """Takes the known keys of a config dict (others are ignored); None n_group -> 1."""
+    def from_dict(cls, d: Any, fn: str = "moe_forward") -> "MoEConfig":
+        """Takes the known keys of a config dict or a ModelConfig (others are ignored);
+        None n_group / topk_group -> 1, None n_shared_experts -> 0."""
         if isinstance(d, MoEConfig):
             return d
+        if not isinstance(d, Mapping) and hasattr(d, "__dataclass_fields__"):  # a ModelConfig
+            d = {f.name: getattr(d, f.name) for f in fields(d)}
         if not isinstance(d, Mapping):
-            raise TypeError(f"{fn}: cfg: expected a MoEConfig or a config dict, got {type(d).__name__}")
+            raise TypeError(f"{fn}: cfg: expected a MoEConfig, a ModelConfig or a config dict, "
+                            f"got {type(d).__name__}")
         names = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
         for k in ("n_group", "topk_group", "n_shared_experts"):
@@ -385,31 +389,15 @@ class MoEConfig:
             raise ValueError(f"{fn}: cfg: expected the key 'n_routed_experts', got none")
         return cls(**kw)
 
+    def route_params(self, fn: str = "dsc_moe_layer_forward") -> tuple:
+        """The C route parameter tuple of this config."""
+        return _route_params(fn, self.num_experts_per_tok, self.n_group or 1, self.topk_group or 1,
+                             self.scoring_func, self.topk_method, self.norm_topk_prob, self.routed_scaling_factor)
 
-@dataclass
-class MoECtx:
-    """Everything moe_backward needs, plus monitoring: load [E] int64 (tokens per
-    expert), aux_loss (0-d float32 or None), route (the MoERoute)."""
-
-    cfg: MoEConfig
-    x: Array
-    x_shape: tuple
-    x_router: Array
-    params: Mapping[str, Any]
-    route: MoERoute
-    perm: MoEPermute
-    w_gate: Array
-    w_up: Array
-    w_down: Array
-    h_gate: Array
-    h_up: Array
-    act: Array
-    expert_out: Array
-    shared: Optional[tuple]
-    load: Array
-    aux: Optional[SeqAuxCtx] = None
-    aux_loss: Optional[Array] = None
-    extra: dict = field(default_factory=dict)
+    @property
+    def uses_bias(self) -> bool:
+        """True when the correction bias takes part in the selection (V3: sigmoid + noaux_tc)."""
+        return self.topk_method == "noaux_tc" and self.scoring_func == "sigmoid"
 
 
 _P = "mlp."
@@ -456,179 +444,62 @@ def _need(params: Mapping[str, Any], name: str, fn: str = "moe_forward") -> Arra
     return params[name]
 
 
-def _f32(x: Array) -> Array:
-    """float32 view/copy for the router (HF computes the gate in float32)."""
-    if dtype_name(x) == "float32":
+def _cast(x: Any, dtype: str) -> Any:
+    """A copy of x in float32 or bfloat16, in x's own array library."""
+    ns = namespace(x, "moe_layer_forward", "x")
+    if ns == "torch":
+        import torch
+
+        return x.to(getattr(torch, dtype))
+    if ns == "numpy":
+        return x.astype(numpy_dtype(dtype))
+    if ns == "cupy":
+        return x.astype(dtype)
+    raise TypeError(f"dsc_moe_layer_forward: x: expected float32 (bfloat16 is widened for NumPy, PyTorch and "
+                    f"CuPy arrays only), got a {dtype_name(x)} {type(x).__name__}")
+
+
+def _widen(x: Any) -> Any:
+    """x itself when float32 (or None, or FP8 codes); a float32 copy of a bfloat16 array (the
+    C layer computes in float32, as the CPU backend does for every op: bf16 widens exactly)."""
+    if x is None or dtype_name(x) != "bfloat16":
         return x
-    if isinstance(x, np.ndarray):
-        return x.astype(np.float32)
-    if namespace(x, "moe_forward", "x") in ("torch", "cupy"):
-        return x.float() if hasattr(x, "float") else x.astype("float32")
-    return x
-
-
-def _linear_f32_dw(dy: Array, x: Array, w: Array, need_dx: bool = True) -> tuple[Optional[Array], Array]:
-    fn = "dsc_linear_backward"
-    dx = empty_like_ns(dy, _shape(x), dtype_name(x), fn, "dx") if need_dx else None
-    dw = empty_like_ns(dy, _shape(w), "float32", fn, "dw")
-    _C.linear_backward(dy, x, w, dx, dw)
-    return dx, dw
-
-
-def moe_forward(x: Array, params: Mapping[str, Any], cfg: Any, *, align: Optional[int] = None,
-                seq_len: Optional[int] = None, aux_alpha: float = 0.0) -> tuple[Array, MoECtx]:
-    """The whole DeepSeekMoE layer: routed experts (top-k of E, SwiGLU) + shared experts.
-
-    x: [..., D] float32 | bfloat16 (the FFN input after RMSNorm).
-    params: one layer's tensors by Hugging Face name: mlp.gate.weight [E, D],
-    mlp.gate.e_score_correction_bias [E] (V3), mlp.experts.{e}.{gate,up,down}_proj.weight
-    ([F, D], [F, D], [D, F]), mlp.shared_experts.{gate,up,down}_proj.weight (when
-    n_shared_experts > 0).
-    cfg: MoEConfig or a config dict with the HF keys.
-    align: row alignment of the permuted layout (default 1 on CPU, 128 on GPU).
-    seq_len, aux_alpha: with aux_alpha > 0, the sequence-wise balance loss over sequences
-    of seq_len tokens is computed (ctx.aux_loss) and differentiated by moe_backward.
-    Returns (out like x, ctx); ctx.load is the expert load for moe_update_bias.
-    """
-    fn = "moe_forward"
-    c = MoEConfig.from_dict(cfg)
-    _arr(x, fn, "x")
-    if not isinstance(params, Mapping):
-        raise TypeError(f"{fn}: params: expected a dict of HF-named arrays, got {type(params).__name__}")
-    xs = _shape(x)
-    if len(xs) < 1:
-        raise ValueError(f"{fn}: x: expected at least 1 dim (..., D), got a scalar")
-    D = xs[-1]
-    x2 = x.reshape(-1, D)
-    E = int(c.n_routed_experts)
-    if align is None:
-        align = 1 if device_of(x)[0] == 1 else 128
-
-    wg = _need(params, f"{_P}gate.weight")
-    xr = _f32(x2)
-    logits = dsc_linear(xr, _f32(wg))
-    bias = params.get(f"{_P}gate.e_score_correction_bias") \
-        if (c.topk_method == "noaux_tc" and c.scoring_func == "sigmoid") else None
-    r = moe_route(logits, bias, top_k=c.num_experts_per_tok, n_group=c.n_group or 1,
-                  topk_group=c.topk_group or 1, scoring=c.scoring_func, topk_method=c.topk_method,
-                  norm_topk_prob=c.norm_topk_prob, route_scale=c.routed_scaling_factor)
-    aux = aux_loss = None
-    if aux_alpha:
-        if seq_len is None:
-            raise ValueError(f"{fn}: seq_len: expected the sequence length with aux_alpha > 0, got None")
-        aux_loss, aux = moe_seq_aux_loss(r.scores, r.indices, seq_len, aux_alpha)
-
-    p = moe_permute(x2, r.indices, E, align)
-    w_gate = _expert_stack(params, E, "gate_proj", x)
-    w_up = _expert_stack(params, E, "up_proj", x)
-    w_down = _expert_stack(params, E, "down_proj", x)
-    h_gate = grouped_linear(p.x, w_gate, p.group_offsets)
-    h_up = grouped_linear(p.x, w_up, p.group_offsets)
-    act = _C_swiglu(h_gate, h_up)
-    eo = grouped_linear(act, w_down, p.group_offsets)
-    y = moe_unpermute(eo, p, r.weights)
-
-    shared = None
-    if c.n_shared_experts:
-        sg_w = _need(params, f"{_P}shared_experts.gate_proj.weight")
-        su_w = _need(params, f"{_P}shared_experts.up_proj.weight")
-        sd_w = _need(params, f"{_P}shared_experts.down_proj.weight")
-        sg = dsc_linear(x2, sg_w)
-        su = dsc_linear(x2, su_w)
-        sa = _C_swiglu(sg, su)
-        from .ops import matmul
-
-        y = matmul(sa, sd_w, trans_b=True, beta=1.0, out=y)  # y += shared(x)
-        shared = (sg_w, su_w, sd_w, sg, su, sa)
-
-    ctx = MoECtx(c, x2, xs, xr, params, r, p, w_gate, w_up, w_down, h_gate, h_up, act, eo, shared,
-                 p.counts, aux, aux_loss)
-    return y.reshape(xs), ctx
-
-
-def dsc_linear(x: Array, w: Array) -> Array:
-    from .ops import linear
-
-    return linear(x, w)
-
-
-def _C_swiglu(g: Array, u: Array) -> Array:
-    from .ops import swiglu
-
-    return swiglu(g, u)
-
-
-def moe_backward(dout: Array, ctx: MoECtx) -> dict[str, Array]:
-    """Gradients for dout like the output of moe_forward: a dict keyed by the HF names of
-    the params, float32 (expert grads are views of one [E, ., .] array), plus "x": the
-    input gradient (like x). The router gets its gradient through the gate weights (and
-    the sequence-wise loss when moe_forward computed one); the correction bias gets none."""
-    fn = "moe_backward"
-    if not isinstance(ctx, MoECtx):
-        raise TypeError(f"{fn}: ctx: expected the MoECtx from moe_forward, got {type(ctx).__name__}")
-    _arr(dout, fn, "dout")
-    if _shape(dout) != ctx.x_shape:
-        raise ValueError(f"{fn}: dout: expected shape {ctx.x_shape} (the shape of x), got {_shape(dout)}")
-    from .ops import swiglu_backward, SwiGLUCtx
-
-    c, p, r = ctx.cfg, ctx.perm, ctx.route
-    D = ctx.x_shape[-1]
-    E = int(c.n_routed_experts)
-    dy = dout.reshape(-1, D)
-    grads: dict[str, Array] = {}
-
-    # routed experts
-    deo, dweights = moe_unpermute_backward(dy, ctx.expert_out, p, r.weights)
-    dact, dw_down = grouped_linear_backward(deo, ctx.act, ctx.w_down, p.group_offsets)
-    dhg, dhu = swiglu_backward(dact, SwiGLUCtx(ctx.h_gate, ctx.h_up))
-    dpx_g, dw_gate = grouped_linear_backward(dhg, p.x, ctx.w_gate, p.group_offsets)
-    dpx_u, dw_up = grouped_linear_backward(dhu, p.x, ctx.w_up, p.group_offsets)
-    dx = moe_permute_backward(dpx_g + dpx_u, p)
-    for e in range(E):
-        grads[f"{_P}experts.{e}.gate_proj.weight"] = dw_gate[e]
-        grads[f"{_P}experts.{e}.up_proj.weight"] = dw_up[e]
-        grads[f"{_P}experts.{e}.down_proj.weight"] = dw_down[e]
-
-    # router (+ the sequence-wise loss through the affinities)
-    dscores = moe_seq_aux_loss_backward(ctx.aux) if ctx.aux is not None else None
-    dlogits = moe_route_backward(dweights, r, dscores)
-    wg = _f32(ctx.params[f"{_P}gate.weight"])
-    dxr, dwg = _linear_f32_dw(dlogits, ctx.x_router, wg)
-    grads[f"{_P}gate.weight"] = dwg
-    dx = dx + (dxr if dtype_name(dxr) == dtype_name(dx) else dxr.astype(dx.dtype))
-
-    # shared experts
-    if ctx.shared is not None:
-        sg_w, su_w, sd_w, sg, su, sa = ctx.shared
-        dsa, dsd = _linear_f32_dw(dy, sa, sd_w)
-        dsg, dsu = swiglu_backward(dsa, SwiGLUCtx(sg, su))
-        dx_g, dsg_w = _linear_f32_dw(dsg, ctx.x, sg_w)
-        dx_u, dsu_w = _linear_f32_dw(dsu, ctx.x, su_w)
-        dx = dx + dx_g + dx_u
-        grads[f"{_P}shared_experts.gate_proj.weight"] = dsg_w
-        grads[f"{_P}shared_experts.up_proj.weight"] = dsu_w
-        grads[f"{_P}shared_experts.down_proj.weight"] = dsd
-    grads["x"] = dx.reshape(ctx.x_shape)
-    return grads
-
-
-# ----------------------------------------------------------------------------- the C layer
+    return _cast(x, "float32")
 
 
 @dataclass
 class MoELayerCtx:
     """What moe_layer_backward needs: the C handle of saved activations, the inputs, the
-    route parameters and the (stacked) weights; load [E] int32 is this call's expert load."""
+    route parameters and the (stacked) weights; load [E] int32 is this call's expert load,
+    aux_loss the sequence-wise balance loss (a float) when the forward computed one.
+    ``route`` reads the routing of the forward back from the C layer (a MoERoute)."""
 
     saved: Any
     x: Array
     x_shape: tuple
-    route: tuple
+    route_params: tuple
     weights: tuple
     n_experts: int
     n_shared: bool
     load: Array
     fp8: bool = False
+    x_dtype: str = "float32"
+    aux_loss: Optional[float] = None
+
+    @property
+    def route(self) -> MoERoute:
+        fn = "dsc_moe_layer_saved_routing"
+        if self.saved is None:
+            raise ValueError(f"{fn}: ctx: the forward ran with training=False and kept no routing")
+        T, E, k = int(np.prod(self.x_shape[:-1])), self.n_experts, self.route_params[0]
+        idx = empty_like_ns(self.x, (T, k), "int32", fn, "indices")
+        w = empty_like_ns(self.x, (T, k), "float32", fn, "weights")
+        s = empty_like_ns(self.x, (T, E), "float32", fn, "scores")
+        _C.moe_layer_saved_routing(self.saved, idx, w, s)
+        return MoERoute(finish(self.x, idx), finish(self.x, w), finish(self.x, s), self.route_params, "float32", E)
+
+
+MoECtx = MoELayerCtx  # the context of moe_forward (the same C layer)
 
 
 def _layer_scales(params: Mapping[str, Any], c: "MoEConfig", x: Array, fn: str) -> Optional[tuple]:
@@ -655,60 +526,92 @@ def _layer_weights(params: Mapping[str, Any], c: "MoEConfig", x: Array, fn: str)
     E = _int(c.n_routed_experts, fn, "cfg['n_routed_experts']")
     if E < 1:
         raise ValueError(f"{fn}: cfg: expected n_routed_experts >= 1, got {E}")
-    bias = params.get(f"{_P}gate.e_score_correction_bias") \
-        if (c.topk_method == "noaux_tc" and c.scoring_func == "sigmoid") else None
+    bias = params.get(f"{_P}gate.e_score_correction_bias") if c.uses_bias else None
     gate = _need(params, f"{_P}gate.weight", fn)
     _arr(gate, fn, f"params['{_P}gate.weight']")
-    w = [_f32(gate), bias,
+    w = [gate, bias,
          _expert_stack(params, E, "gate_proj", x, fn), _expert_stack(params, E, "up_proj", x, fn),
          _expert_stack(params, E, "down_proj", x, fn)]
     if c.n_shared_experts:
         w += [_need(params, f"{_P}shared_experts.{n}_proj.weight", fn) for n in ("gate", "up", "down")]
     else:
         w += [None, None, None]
-    return tuple(w)
+    return tuple(_widen(v) for v in w)
 
 
-def moe_layer_forward(x: Array, params: Mapping[str, Any], cfg: Any, *, align: int = 1,
-                      training: bool = True, fp8: bool = False) -> tuple[Array, MoELayerCtx]:
-    """The whole MoE layer in one C call (dsc_moe_layer_forward): same math and parameter
-    names as moe_forward, float32 only. With training=False no activations are kept.
+def moe_layer_forward(x: Array, params: Mapping[str, Any], cfg: Any, *, align: Optional[int] = None,
+                      training: bool = True, fp8: bool = False, seq_len: Optional[int] = None,
+                      aux_alpha: float = 0.0) -> tuple[Array, MoELayerCtx]:
+    """The whole DeepSeekMoE layer in one C call (dsc_moe_layer_forward): router (logits in
+    float32, then moe_route), routed SwiGLU experts over the permuted rows (grouped GEMMs),
+    combine, plus the always-on shared experts.
+
+    x: [..., D] float32 (the FFN input after RMSNorm); bfloat16 x and weights are widened to
+    float32 first (a copy; the layer computes in float32) and y comes back in bfloat16.
+    params: one layer's tensors by Hugging Face name: mlp.gate.weight [E, D],
+    mlp.gate.e_score_correction_bias [E] (V3), mlp.experts.{e}.{gate,up,down}_proj.weight
+    ([F, D], [F, D], [D, F]; or pre-stacked "mlp.experts.{gate,up,down}_proj.weight" [E, ., .],
+    which saves the stacking copy), mlp.shared_experts.{gate,up,down}_proj.weight (when
+    n_shared_experts > 0). cfg: MoEConfig, ModelConfig or a config dict with the HF keys.
+    align: row alignment of the permuted layout (default 1 on CPU, 128 on GPU).
+    training=False keeps no activations (no backward, no aux loss).
+    seq_len, aux_alpha: with aux_alpha > 0, the sequence-wise balance loss over sequences of
+    seq_len tokens is computed (ctx.aux_loss) and its gradient added by moe_layer_backward.
     fp8: the routed and shared expert GEMMs (forward and moe_layer_backward) run the V3 FP8
     way (E4M3, activations in 1x128 tiles, each expert's weight in 128x128 blocks); the
     router stays float32. With fp8 and training=False the expert weights may be held in FP8
-    as DeepSeek ships them: "<name>.weight" float8_e4m3fn with "<name>.weight_scale_inv"."""
+    as DeepSeek ships them: "<name>.weight" float8_e4m3fn with "<name>.weight_scale_inv".
+    Returns (y like x, ctx); ctx.load [E] int32 is the expert load for moe_update_bias.
+    """
     fn = "dsc_moe_layer_forward"
     c = MoEConfig.from_dict(cfg, fn)
     _arr(x, fn, "x")
+    if not isinstance(params, Mapping):
+        raise TypeError(f"{fn}: params: expected a dict of HF-named arrays, got {type(params).__name__}")
     xs = _shape(x)
     if len(xs) < 1:
         raise ValueError(f"{fn}: x: expected at least 1 dim (..., D), got a scalar")
-    route = _route_params(fn, c.num_experts_per_tok, c.n_group or 1, c.topk_group or 1, c.scoring_func,
-                          c.topk_method, c.norm_topk_prob, c.routed_scaling_factor)
-    w = _layer_weights(params, c, x, fn)
-    y = empty_like_ns(x, xs, dtype_name(x), fn, "y")
-    load = empty_like_ns(x, (int(c.n_routed_experts),), "int32", fn, "counts")
-    saved = _C.moe_layer_forward(x, route, _int(align, fn, "align"), w, y, load, bool(training),
-                                 bool(fp8), _layer_scales(params, c, x, fn))
-    return finish(x, y), MoELayerCtx(saved, x, xs, route, w, int(c.n_routed_experts),
-                                     bool(c.n_shared_experts), finish(x, load), bool(fp8))
+    a = _num(aux_alpha, fn, "aux_alpha")
+    if a < 0:
+        raise ValueError(f"{fn}: aux_alpha: expected a number >= 0, got {a}")
+    if a > 0 and seq_len is None:
+        raise ValueError(f"{fn}: seq_len: expected the sequence length with aux_alpha > 0, got None")
+    if a > 0 and not training:
+        raise ValueError(f"{fn}: aux_alpha: expected 0 with training=False (no routing is kept), got {a}")
+    if align is None:
+        align = 1 if device_of(x)[0] == 1 else 128
+    route = c.route_params(fn)
+    x_dtype = dtype_name(x)
+    xw = _widen(x)
+    w = _layer_weights(params, c, xw, fn)
+    y = empty_like_ns(xw, xs, dtype_name(xw), fn, "y")
+    load = empty_like_ns(xw, (int(c.n_routed_experts),), "int32", fn, "counts")
+    saved = _C.moe_layer_forward(xw, route, _int(align, fn, "align"), w, y, load, bool(training),
+                                 bool(fp8), _layer_scales(params, c, xw, fn))
+    ctx = MoELayerCtx(saved, xw, xs, route, w, int(c.n_routed_experts), bool(c.n_shared_experts),
+                      finish(x, load), bool(fp8), x_dtype)
+    if a > 0:
+        ctx.aux_loss = _C.moe_layer_aux_loss(saved, _int(seq_len, fn, "seq_len"), a)
+    if x_dtype == "bfloat16":
+        y = _cast(y, "bfloat16")
+    return finish(x, y), ctx
 
 
 def moe_layer_backward(dy: Array, ctx: MoELayerCtx) -> dict[str, Array]:
-    """Gradients of the C layer (float32), keyed like moe_backward: HF names, per-expert
-    views of the stacked gradients, and "x" for the input gradient."""
+    """Gradients of the layer (float32): a dict keyed by the HF names of the params
+    (per-expert views of the stacked gradients), plus "x": the input gradient (like x). The
+    router gets its gradient through the gate weight (and the sequence-wise loss when the
+    forward computed one); the correction bias gets none."""
     fn = "dsc_moe_layer_backward"
     if not isinstance(ctx, MoELayerCtx) or ctx.saved is None:
         raise TypeError(f"{fn}: ctx: expected the MoELayerCtx of moe_layer_forward(training=True)")
     _arr(dy, fn, "dy")
+    if _shape(dy) != ctx.x_shape:
+        raise ValueError(f"{fn}: dy: expected shape {ctx.x_shape} (the shape of x), got {_shape(dy)}")
+    dyw = _widen(dy)
     E = ctx.n_experts
-    gate, _bias, eg, eu, ed, sg, su, sd = ctx.weights
-    mk = lambda ref: empty_like_ns(dy, _shape(ref), "float32", fn, "grads")  # noqa: E731
-    grads_t = [mk(gate), mk(eg), mk(eu), mk(ed)]
-    grads_t += [mk(sg), mk(su), mk(sd)] if ctx.n_shared else [None, None, None]
-    dx = empty_like_ns(dy, ctx.x_shape, "float32", fn, "dx")
-    _C.moe_layer_backward(ctx.x, dy, ctx.route, ctx.weights, ctx.saved, dx, tuple(grads_t), ctx.fp8)
-    dgate, deg, deu, ded, dsg, dsu, dsd = [finish(dy, g) if g is not None else None for g in grads_t]
+    dx, gr = _moe_layer_backward_arrays(dyw, ctx)
+    dgate, deg, deu, ded, dsg, dsu, dsd = [finish(dy, g) if g is not None else None for g in gr]
     grads: dict[str, Array] = {f"{_P}gate.weight": dgate}
     for e in range(E):
         grads[f"{_P}experts.{e}.gate_proj.weight"] = deg[e]
@@ -718,5 +621,37 @@ def moe_layer_backward(dy: Array, ctx: MoELayerCtx) -> dict[str, Array]:
         grads[f"{_P}shared_experts.gate_proj.weight"] = dsg
         grads[f"{_P}shared_experts.up_proj.weight"] = dsu
         grads[f"{_P}shared_experts.down_proj.weight"] = dsd
+    if ctx.x_dtype == "bfloat16":
+        dx = _cast(dx, "bfloat16")
     grads["x"] = finish(dy, dx)
     return grads
+
+
+def _moe_layer_backward_arrays(dy: Array, ctx: MoELayerCtx, need_dx: bool = True,
+                               need: Optional[tuple] = None) -> tuple[Optional[Array], list]:
+    """(dx float32 or None, [dgate, dexperts_gate, dexperts_up, dexperts_down, dshared_gate,
+    dshared_up, dshared_down] float32, stacked [E, ., .] for the experts, None where absent or
+    not in `need`): the one backward call behind moe_layer_backward and deepseek_c.torch.
+    dy: float32 like x."""
+    fn = "dsc_moe_layer_backward"
+    need = (True,) * 7 if need is None else tuple(bool(v) for v in need)
+    gate, _bias, eg, eu, ed, sg, su, sd = ctx.weights
+    refs = (gate, eg, eu, ed) + ((sg, su, sd) if ctx.n_shared else (None, None, None))
+    grads_t = [empty_like_ns(dy, _shape(r), "float32", fn, "grads") if (r is not None and n) else None
+               for r, n in zip(refs, need)]
+    dx = empty_like_ns(dy, ctx.x_shape, "float32", fn, "dx") if need_dx else None
+    _C.moe_layer_backward(ctx.x, dy, ctx.route_params, ctx.weights, ctx.saved, dx, tuple(grads_t), ctx.fp8)
+    return dx, grads_t
+
+
+def moe_forward(x: Array, params: Mapping[str, Any], cfg: Any, *, align: Optional[int] = None,
+                seq_len: Optional[int] = None, aux_alpha: float = 0.0, fp8: bool = False) -> tuple[Array, MoELayerCtx]:
+    """The DeepSeekMoE layer, training form: moe_layer_forward(training=True) (the same C
+    layer; see it for the arguments). Returns (out like x, ctx)."""
+    return moe_layer_forward(x, params, cfg, align=align, training=True, fp8=fp8, seq_len=seq_len,
+                             aux_alpha=aux_alpha)
+
+
+def moe_backward(dout: Array, ctx: MoELayerCtx) -> dict[str, Array]:
+    """The gradients of moe_forward: moe_layer_backward (see it)."""
+    return moe_layer_backward(dout, ctx)

@@ -621,7 +621,7 @@ def test_layer_bad_inputs(rng):
     with pytest.raises(TypeError, match="cfg"):
         dsc.moe_forward(x, params, 3)
     out, ctx = dsc.moe_forward(x, params, cfg)
-    with pytest.raises(ValueError, match="dout"):
+    with pytest.raises(ValueError, match="dy"):
         dsc.moe_backward(out[:2], ctx)
     with pytest.raises(TypeError, match="ctx"):
         dsc.moe_backward(out, None)

@@ -1,6 +1,6 @@
 """The whole MoE layer as one C call (dsc_moe_layer_forward/backward): outputs against
 the independent float64 dense reference, gradients against the tested Python
-composition of the same ops (moe_forward/moe_backward) and against finite differences,
+composition of the same ops (written in this file) and against finite differences,
 expert load, and bad inputs."""
 
 import numpy as np
@@ -12,22 +12,75 @@ from reference import moe as ref
 from test_moe import make_layer
 
 
+def _composed_layer(x, params, cfg, dy):
+    """The layer composed in Python from the public ops, each tested against its own
+    reference (routing, dispatch, grouped GEMMs, SwiGLU, combine, linear): (y, grads like
+    moe_layer_backward's). An independent check of the C layer's orchestration."""
+    c = dsc.MoEConfig.from_dict(cfg)
+    E = c.n_routed_experts
+    stack = lambda proj: np.stack([params[f"mlp.experts.{e}.{proj}.weight"] for e in range(E)])  # noqa: E731
+    wg, wu, wd = stack("gate_proj"), stack("up_proj"), stack("down_proj")
+    logits = dsc.linear(x, params["mlp.gate.weight"])
+    bias = params.get("mlp.gate.e_score_correction_bias") if c.uses_bias else None
+    r = dsc.moe_route(logits, bias, top_k=c.num_experts_per_tok, n_group=c.n_group, topk_group=c.topk_group,
+                      scoring=c.scoring_func, topk_method=c.topk_method, norm_topk_prob=c.norm_topk_prob,
+                      route_scale=c.routed_scaling_factor)
+    p = dsc.moe_permute(x, r.indices, E, 1)
+    hg, hu = dsc.grouped_linear(p.x, wg, p.group_offsets), dsc.grouped_linear(p.x, wu, p.group_offsets)
+    act, sctx = dsc.swiglu_forward(hg, hu)
+    eo = dsc.grouped_linear(act, wd, p.group_offsets)
+    y = dsc.moe_unpermute(eo, p, r.weights)
+    deo, dweights = dsc.moe_unpermute_backward(dy, eo, p, r.weights)
+    dact, dwd = dsc.grouped_linear_backward(deo, act, wd, p.group_offsets)
+    dhg, dhu = dsc.swiglu_backward(dact, sctx)
+    dpg, dwg = dsc.grouped_linear_backward(dhg, p.x, wg, p.group_offsets)
+    dpu, dwu = dsc.grouped_linear_backward(dhu, p.x, wu, p.group_offsets)
+    dx = dsc.moe_permute_backward(dpg + dpu, p)
+    dlogits = dsc.moe_route_backward(dweights, r)
+    dxr, dgate = dsc.linear_backward(dlogits, dsc.LinearCtx(x, params["mlp.gate.weight"]))
+    grads = {"mlp.gate.weight": dgate}
+    for e in range(E):
+        grads[f"mlp.experts.{e}.gate_proj.weight"] = dwg[e]
+        grads[f"mlp.experts.{e}.up_proj.weight"] = dwu[e]
+        grads[f"mlp.experts.{e}.down_proj.weight"] = dwd[e]
+    dx = dx + dxr
+    if c.n_shared_experts:
+        S = "mlp.shared_experts."
+        sg, sgc = dsc.linear_forward(x, params[S + "gate_proj.weight"])
+        su, suc = dsc.linear_forward(x, params[S + "up_proj.weight"])
+        sa, sac = dsc.swiglu_forward(sg, su)
+        so, soc = dsc.linear_forward(sa, params[S + "down_proj.weight"])
+        y = y + so
+        dsa, grads[S + "down_proj.weight"] = dsc.linear_backward(dy, soc)
+        dsg, dsu = dsc.swiglu_backward(dsa, sac)
+        dxg, grads[S + "gate_proj.weight"] = dsc.linear_backward(dsg, sgc)
+        dxu, grads[S + "up_proj.weight"] = dsc.linear_backward(dsu, suc)
+        dx = dx + dxg + dxu
+    grads["x"] = dx
+    return y, grads
+
+
 @pytest.mark.parametrize("variant,n_shared", [("v3", 1), ("v2", 2), ("v2lite", 0)])
-def test_c_layer_matches_reference_and_python_layer(rng, variant, n_shared):
+def test_c_layer_matches_reference_and_composed_ops(rng, variant, n_shared):
     x, params, cfg = make_layer(rng, D=16, E=8, F=12, T=24, variant=variant, n_shared=n_shared, min_gap=1e-4)
     y, ctx = dsc.moe_layer_forward(x, params, cfg)
     want, _, idx = ref.moe_layer(x, params, cfg)
     np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     np.testing.assert_array_equal(ctx.load, np.bincount(idx.reshape(-1), minlength=8))
+    np.testing.assert_array_equal(ctx.route.indices, idx)
 
-    y2, pctx = dsc.moe_forward(x, params, cfg)
-    np.testing.assert_allclose(y, y2, rtol=1e-5, atol=1e-6)
     dy = rng.standard_normal(y.shape).astype(np.float32)
+    y2, g_py = _composed_layer(x, params, cfg, dy)
+    np.testing.assert_allclose(y, y2, rtol=1e-5, atol=1e-6)
     g_c = dsc.moe_layer_backward(dy, ctx)
-    g_py = dsc.moe_backward(dy, pctx)
     assert set(g_c) == set(g_py)
     for k in g_c:
         np.testing.assert_allclose(g_c[k], g_py[k], rtol=1e-4, atol=1e-5 * (np.abs(g_py[k]).max() + 1e-30), err_msg=k)
+    # moe_forward / moe_backward are this same C layer
+    y3, ctx3 = dsc.moe_forward(x, params, cfg)
+    np.testing.assert_array_equal(y3, y)
+    for k, v in dsc.moe_backward(dy, ctx3).items():
+        np.testing.assert_array_equal(v, g_c[k], err_msg=k)
 
 
 def test_c_layer_gradient_matches_finite_differences(rng):

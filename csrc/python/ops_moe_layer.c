@@ -182,10 +182,49 @@ static PyObject *py_moe_layer_backward(PyObject *m, PyObject *args) {
   END
 }
 
+/* moe_layer_aux_loss(saved, seq_len, alpha) -> float: the sequence-wise balance loss of the
+ * forward that filled `saved` (alpha * L_bal); its gradient into the router, scaled by
+ * alpha, is added by the next moe_layer_backward on `saved` (a later call replaces it). */
+static PyObject *py_moe_layer_aux_loss(PyObject *m, PyObject *args) {
+  PyObject *so;
+  long long seq_len;
+  float alpha;
+  if (!PyArg_ParseTuple(args, "OLf", &so, &seq_len, &alpha)) return NULL;
+  dsc_moe_layer_saved *saved = (dsc_moe_layer_saved *)PyCapsule_GetPointer(so, SAVED_CAPSULE);
+  if (!saved) return NULL;
+  BEGIN("dsc_moe_layer_aux_loss")
+  float loss = 0.0f;
+  USE_CTX((PyObject *)PyCapsule_GetContext(so)); /* the forward's context */
+  RUN(dsc_moe_layer_aux_loss(ctx, saved, (int64_t)seq_len, alpha, &loss));
+  ret = PyFloat_FromDouble((double)loss);
+  END
+}
+
+/* moe_layer_saved_routing(saved, indices|None, weights|None, scores|None): the routing of
+ * the forward that filled `saved`, copied into the given arrays. */
+static PyObject *py_moe_layer_saved_routing(PyObject *m, PyObject *args) {
+  PyObject *so, *io, *wo, *sco;
+  if (!PyArg_ParseTuple(args, "OOOO", &so, &io, &wo, &sco)) return NULL;
+  dsc_moe_layer_saved *saved = (dsc_moe_layer_saved *)PyCapsule_GetPointer(so, SAVED_CAPSULE);
+  if (!saved) return NULL;
+  BEGIN("dsc_moe_layer_saved_routing")
+  OPT_OUT(idx, io, "indices")
+  OPT_OUT(wts, wo, "weights")
+  OPT_OUT(scores, sco, "scores")
+  USE_CTX((PyObject *)PyCapsule_GetContext(so));
+  RUN(dsc_moe_layer_saved_routing(ctx, saved, idx, wts, scores));
+  ret = Py_NewRef(Py_None);
+  END
+}
+
 PyMethodDef dsc_py_moe_layer_methods[] = {
     {"moe_layer_forward", py_moe_layer_forward, METH_VARARGS,
      "moe_layer_forward(x, route, align, weights, y, counts|None, keep[, fp8[, scales]]) -> saved|None"},
     {"moe_layer_backward", py_moe_layer_backward, METH_VARARGS,
      "moe_layer_backward(x, dy, route, weights, saved, dx|None, grads[, fp8])"},
+    {"moe_layer_aux_loss", py_moe_layer_aux_loss, METH_VARARGS,
+     "moe_layer_aux_loss(saved, seq_len, alpha) -> float"},
+    {"moe_layer_saved_routing", py_moe_layer_saved_routing, METH_VARARGS,
+     "moe_layer_saved_routing(saved, indices|None, weights|None, scores|None)"},
     {NULL, NULL, 0, NULL},
 };
