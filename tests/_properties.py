@@ -2878,6 +2878,12 @@ class MLABackward:
                     print("DEBUG", k, hh, gv, fdd, file=sys.stderr)
             # float32 noise follows the largest gradients of the layer (they feed every other)
             tol = 0.25 * scale if b["fp8"] else 1e-3 * scale + 1e-6 * top + 1e-9
+            if fd == 0.0 and not b["fp8"]:
+                # the loss does not depend on this weight in float64 at all (T = 1: a softmax
+                # over one key is constant, so the query projections get no gradient); the C
+                # layer's softmax backward takes D_t = dO_t . o_t, whose float32 rounding leaves
+                # noise (relative to the layer's largest gradients) instead of an exact zero
+                tol = 1e-2 * scale + 5e-5 * top + 1e-9  # measured: up to 5e-6 * top
             if abs(gv - fd) > tol:
                 fail(f"grads[{k}]: <g, v> = {gv:.6g}, finite difference {fd:.6g} (tol {tol:.3g})")
 
