@@ -34,6 +34,8 @@ def cmd_info(args: argparse.Namespace) -> int:
               f"cuBLASLt {'yes' if d['cublaslt'] else 'no'}, NCCL {'yes' if d['nccl'] else 'no'})")
     else:
         print("  CUDA      : no (built without nvcc or with DSC_CUDA=0)")
+    print(f"  comm      : self, MPI {('yes (' + d['mpi_library'] + ')') if d['mpi'] else 'no (no mpi.h at build time)'}"
+          f", NCCL {'yes' if d['nccl'] else 'no'}")
     if d["devices"]:
         for dev in d["devices"]:
             print(f"  device    : cuda:{dev['index']} {dev['name']} (sm_{dev['compute_capability'].replace('.', '')})")
