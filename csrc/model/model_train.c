@@ -1490,18 +1490,20 @@ dsc_status dsc_model_train_step(dsc_model *m, const dsc_train_options *opt, cons
 }
 
 
-/* x[n] (host) = its sum over the ranks of c, through the model's device (NCCL needs device
- * memory); dt FLOAT64 or INT64. */
 static dsc_status dist_host_sum(dsc_model *m, dsc_comm *c, void *x, int64_t n, dsc_dtype dt) {
+  return dsc_model_host_all_reduce(m, c, x, n, dt, DSC_REDUCE_SUM);
+}
+
+dsc_status dsc_model_host_all_reduce(dsc_model *m, dsc_comm *c, void *x, int64_t n, dsc_dtype dt, int op) {
   if (dsc_comm_size(c) == 1 || n == 0) return DSC_OK;
   dsc_context *ctx = m->ctx;
   const size_t bytes = (size_t)n * 8;
-  if (!dsc_ctx_is_cuda(ctx)) return dsc_comm_all_reduce_raw(c, ctx, x, x, n, dt, DSC_REDUCE_SUM);
+  if (!dsc_ctx_is_cuda(ctx)) return dsc_comm_all_reduce_raw(c, ctx, x, x, n, dt, op);
   void *dev = NULL;
   const DLDevice host = {kDLCPU, 0};
   dsc_status st = dsc_malloc(ctx, bytes, &dev);
   if (st == DSC_OK) st = dsc_memcpy(ctx, dev, ctx->device, x, host, bytes);
-  if (st == DSC_OK) st = dsc_comm_all_reduce_raw(c, ctx, dev, dev, n, dt, DSC_REDUCE_SUM);
+  if (st == DSC_OK) st = dsc_comm_all_reduce_raw(c, ctx, dev, dev, n, dt, op);
   if (st == DSC_OK) st = dsc_comm_synchronize(c, ctx);
   if (st == DSC_OK) st = dsc_memcpy(ctx, x, host, dev, ctx->device, bytes);
   if (dev) dsc_free(ctx, dev);
