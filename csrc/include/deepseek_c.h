@@ -1048,7 +1048,7 @@ typedef struct dsc_model_options {
    * global-norm clip and the bias update use every rank's gradients and expert load. The comm
    * must outlive the model (its operations run on duplicates of it). */
   dsc_comm *comm;
-  int32_t expert_parallel;  /* ep >= 1, divides n_routed_experts; 0: W (every rank one group) */
+  int32_t expert_parallel;  /* ep >= 1, divides n_routed_experts; 0: W / data_parallel, or W if that is 0 too */
   int32_t data_parallel;    /* dp >= 1; 0: W / ep. ep * dp must be W */
   int32_t check_every;      /* compare the replicated parameters of every rank every N optimizer
                                steps (a 64-bit hash per rank, all-gathered; a difference is

@@ -394,7 +394,10 @@ static dsc_status dist_setup(dsc_context *ctx, const char *fn, const dsc_model_c
   dsc_comm *comm = o->comm;
   const int32_t W = dsc_comm_size(comm), rank = dsc_comm_rank(comm);
   const int32_t E = cfg->n_routed_experts;
-  const int32_t ep = o->expert_parallel > 0 ? o->expert_parallel : (E > 0 ? W : 1);
+  /* unset: ep = W / dp when dp is given, else W (1 without experts); dp = W / ep */
+  const int32_t ep = o->expert_parallel > 0 ? o->expert_parallel
+                     : o->data_parallel > 0 ? (W % o->data_parallel == 0 ? W / o->data_parallel : 0)
+                                            : (E > 0 ? W : 1);
   const int32_t dp = o->data_parallel > 0 ? o->data_parallel : (ep > 0 && W % ep == 0 ? W / ep : 0);
   DLDevice cdev;
   DSC_TRY(dsc_comm_device(comm, &cdev));
