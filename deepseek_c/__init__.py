@@ -33,7 +33,7 @@ except ImportError as _e:  # pragma: no cover - depends on how the package was r
             f"there), or start Python outside the source tree to use an installed deepseek_c") from None
     raise
 from ._C import CommError, Error, FormatError, Tensor
-from ._arrays import numpy_dtype, parse_device, parse_dtype
+from ._arrays import as_int, numpy_dtype, parse_device, parse_dtype
 from .ops import *  # noqa: F401,F403
 from .checkpoint import load_safetensors, save_safetensors, safetensors_metadata
 from . import data  # noqa: E402  (built-in tasks, tokenizers, batches)
@@ -91,15 +91,33 @@ def info() -> dict[str, Any]:
 def empty(shape: Sequence[int], dtype: Any = "float32", device: str = "cpu") -> Tensor:
     """Uninitialized C-owned memory as a Tensor (zero-copy to NumPy/PyTorch via DLPack).
     dtype: a name ('float32', 'bf16', 'e4m3', ...) or a NumPy / ml_dtypes / PyTorch / JAX dtype."""
-    dev = parse_device(device)
-    return _C.empty(tuple(int(s) for s in shape), parse_dtype(dtype, "empty", "dtype"), dev[0], dev[1])
+    try:
+        dev = parse_device(device)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"empty: {e}") from None
+    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
+        raise TypeError(f"empty: shape: expected a sequence of ints, got {type(shape).__name__}")
+    dims = tuple(as_int(s, "empty", "shape", 0, (1 << 63) - 1) for s in shape)
+    return _C.empty(dims, parse_dtype(dtype, "empty", "dtype"), dev[0], dev[1])
 
 
 def tensor(data: Any, device: str = "cpu", dtype: Any = None) -> Tensor:
     """A C-owned copy of `data` (anything numpy.asarray accepts) on `device`; dtype as in empty()."""
-    arr = np.asarray(data) if dtype is None else np.asarray(data, dtype=numpy_dtype(parse_dtype(dtype, "tensor",
-                                                                                                "dtype")))
-    arr = np.ascontiguousarray(arr)
+    want = None if dtype is None else numpy_dtype(parse_dtype(dtype, "tensor", "dtype"))
+    try:
+        arr = np.asarray(data, dtype=want)
+    except (TypeError, ValueError, OverflowError) as e:  # NumPy's message names neither the call nor data
+        raise (TypeError if isinstance(e, TypeError) else ValueError)(
+            f"tensor: data: cannot make an array{'' if want is None else f' of {want}'} of it: {e}") from None
+    try:
+        parse_dtype(arr.dtype, "tensor", "data")
+    except TypeError:
+        raise TypeError(f"tensor: data: expected numbers or booleans (a dtype of deepseek_c), got {type(data).__name__} "
+                        f"of dtype {arr.dtype}") from None
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    if not (arr.flags.c_contiguous and arr.flags.aligned):  # (not np.ascontiguousarray: it makes 0-d 1-d)
+        arr = arr.copy(order="C")
     t = empty(arr.shape, arr.dtype.name, device)
     _C.copy(t, arr)
     return t

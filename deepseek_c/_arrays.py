@@ -8,6 +8,8 @@ C-owned memory and handed to JAX through DLPack without a copy.
 
 from __future__ import annotations
 
+import math
+import operator
 from typing import Any, Sequence
 
 import numpy as np
@@ -105,6 +107,45 @@ def parse_dtype(dtype: Any, fn: str, arg: str, allowed: Sequence[str] | None = N
     return name
 
 
+_FLT_MAX = float(np.finfo(np.float32).max)
+
+
+def as_float(v: Any, fn: str, arg: str, *, finite: bool = False, f32: bool = True) -> float:
+    """A scalar parameter as a Python float: TypeError naming fn and arg for what is not a
+    number (None, str, bool, a list), ValueError for a value beyond float32 (the C layer takes
+    float32; f32=False skips this) or, with finite=True, for NaN and +-inf."""
+    if isinstance(v, (bool, np.bool_, str, bytes)):
+        raise TypeError(f"{fn}: {arg}: expected a number, got {type(v).__name__}")
+    try:
+        f = float(v)
+    except OverflowError:
+        raise ValueError(f"{fn}: {arg}: expected a number within float range, got {v!r}") from None
+    except (TypeError, ValueError):
+        raise TypeError(f"{fn}: {arg}: expected a number, got {type(v).__name__}") from None
+    if finite and not math.isfinite(f):
+        raise ValueError(f"{fn}: {arg}: expected a finite number, got {f}")
+    if f32 and math.isfinite(f) and abs(f) > _FLT_MAX:
+        raise ValueError(f"{fn}: {arg}: expected a number within float32 range (|v| <= {_FLT_MAX:.6g}), got {f}")
+    return f
+
+
+def as_int(v: Any, fn: str, arg: str, lo: int = -(1 << 31), hi: int = (1 << 31) - 1) -> int:
+    """An integer parameter as a Python int in [lo, hi] (default: int32): TypeError naming fn
+    and arg for what is not an integer (None, float, str, bool), ValueError outside [lo, hi]."""
+    if isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{fn}: {arg}: expected an int, got {type(v).__name__}")
+    try:
+        i = operator.index(v)
+    except TypeError:
+        raise TypeError(f"{fn}: {arg}: expected an int, got {type(v).__name__}") from None
+    if not lo <= i <= hi:
+        raise ValueError(f"{fn}: {arg}: expected an int in [{lo}, {hi}], got {i}")
+    return i
+
+
+INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
 def numpy_dtype(name: str) -> np.dtype:
     if name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
         import ml_dtypes
@@ -118,7 +159,14 @@ def empty_like_ns(ref: Any, shape: Sequence[int], dtype: str, fn: str, arg: str)
     ns = namespace(ref, fn, arg)
     shape = tuple(int(s) for s in shape)
     if ns == "numpy":
-        return np.empty(shape, dtype=numpy_dtype(dtype))
+        try:
+            return np.empty(shape, dtype=numpy_dtype(dtype))
+        except MemoryError as e:  # NumPy's messages name neither the call nor the output
+            raise MemoryError(f"{fn}: {arg}: cannot allocate the output of shape {shape} and dtype {dtype}: "
+                              f"{e}") from None
+        except ValueError as e:  # e.g. "array is too big"
+            raise ValueError(f"{fn}: {arg}: cannot allocate the output of shape {shape} and dtype {dtype}: "
+                             f"{e}") from None
     if ns == "torch":
         import torch
 
@@ -142,8 +190,10 @@ def finish(ref: Any, out: Array) -> Array:
 
 
 def parse_device(device: str | tuple[int, int]) -> tuple[int, int]:
-    if isinstance(device, tuple):
-        return device
+    if isinstance(device, tuple):  # (DLPack device type, index)
+        if len(device) != 2 or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in device):
+            raise TypeError(f"device: expected 'cpu', 'cuda', 'cuda:N' or (device_type, index) ints, got {device!r}")
+        return (int(device[0]), int(device[1]))
     if not isinstance(device, str):
         raise TypeError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {type(device).__name__}")
     if device == "cpu":

@@ -29,7 +29,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from . import _C
-from ._arrays import Array, dtype_name, empty_like_ns, finish, namespace, parse_dtype
+from ._arrays import Array, as_float, as_int, dtype_name, empty_like_ns, finish, namespace, parse_dtype
 
 __all__ = [
     "fp8_cast", "fp8_quantize", "fp8_dequantize", "fp8_gemm", "fp8_grouped_gemm",
@@ -75,10 +75,9 @@ def _float_dtype(fn: str, arg: str, dtype: Any) -> str:
 
 
 def _block(fn: str, block: Sequence[int]) -> tuple[int, int]:
-    try:
-        br, bc = (int(b) for b in block)
-    except (TypeError, ValueError):
-        raise ValueError(f"{fn}: block: expected (block_rows, block_cols), got {block!r}") from None
+    if isinstance(block, (str, bytes)) or not hasattr(block, "__len__") or len(block) != 2:
+        raise ValueError(f"{fn}: block: expected (block_rows, block_cols), got {block!r}")
+    br, bc = (as_int(b, fn, n, 1) for b, n in zip(block, ("block_rows", "block_cols")))
     return br, bc
 
 
@@ -86,15 +85,23 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b) if b > 0 else 0
 
 
-def _int32_array(ref: Array, v: Any) -> Array:
+def _int32_array(ref: Array, v: Any, fn: str, arg: str) -> Array:
     """Lists/tuples of ints become int32 arrays (NumPy callers); arrays pass through."""
     if isinstance(v, (list, tuple)) and namespace(ref, "", "") == "numpy":
-        return np.asarray(v, dtype=np.int32)
+        try:
+            a = np.asarray(v)
+            if a.dtype.kind not in "iu":
+                raise TypeError(f"{fn}: {arg}: expected a list of ints, got {a.dtype} values")
+            return np.asarray(v, dtype=np.int32)
+        except OverflowError:
+            raise ValueError(f"{fn}: {arg}: expected int32 values, got {v!r}") from None
+        except ValueError as e:  # a ragged list
+            raise ValueError(f"{fn}: {arg}: expected a flat list of ints: {e}") from None
     return v
 
 
-def _qparams(block: tuple[int, int], transpose: bool, pow2_scale: bool, amax_floor: float) -> tuple:
-    return (block[0], block[1], int(bool(transpose)), int(bool(pow2_scale)), float(amax_floor))
+def _qparams(fn: str, block: tuple[int, int], transpose: bool, pow2_scale: bool, amax_floor: float) -> tuple:
+    return (block[0], block[1], int(bool(transpose)), int(bool(pow2_scale)), as_float(amax_floor, fn, "amax_floor"))
 
 
 # ----------------------------------------------------------------------------- cast / quantize
@@ -141,7 +148,7 @@ def fp8_quantize(x: Array, block: Sequence[int] = (1, 128), fmt: str = "e4m3", t
         qshape, R, C = shp, M, K
     q = empty_like_ns(x, qshape, qt, fn, "q")
     s = empty_like_ns(x, (_cdiv(R, br), _cdiv(C, bc)), "float32", fn, "scale")
-    _C.fp8_quantize(x, q, s, _qparams((br, bc), transpose, pow2_scale, amax_floor))
+    _C.fp8_quantize(x, q, s, _qparams(fn, (br, bc), transpose, pow2_scale, amax_floor))
     return finish(x, q), finish(x, s)
 
 
@@ -183,6 +190,7 @@ def fp8_gemm(a: Array, a_scale: Array, b: Array, b_scale: Array, out_dtype: str 
     """
     fn = "dsc_fp8_gemm"
     _check_array(a, fn, "a")
+    _check_array(b, fn, "b")
     c = empty_like_ns(a, (_dim(a, 0), _dim(b, 0)), _float_dtype(fn, "out_dtype", out_dtype), fn, "c")
     _C.fp8_gemm(a, a_scale, b, b_scale, c)
     return finish(a, c)
@@ -198,8 +206,9 @@ def fp8_grouped_gemm(a: Array, a_scale: Array, b: Array, b_scale: Array, group_o
     """
     fn = "dsc_fp8_grouped_gemm"
     _check_array(a, fn, "a")
+    _check_array(b, fn, "b")
     c = empty_like_ns(a, (_dim(a, 0), _dim(b, 1)), _float_dtype(fn, "out_dtype", out_dtype), fn, "c")
-    _C.fp8_grouped_gemm(a, a_scale, b, b_scale, _int32_array(a, group_offsets), int(alignment), c)
+    _C.fp8_grouped_gemm(a, a_scale, b, b_scale, _int32_array(a, group_offsets, fn, "group_offsets"), as_int(alignment, fn, "alignment"), c)
     return finish(a, c)
 
 
@@ -212,9 +221,10 @@ def fp8_grouped_gemm_masked(a: Array, a_scale: Array, b: Array, b_scale: Array, 
     """
     fn = "dsc_fp8_grouped_gemm_masked"
     _check_array(a, fn, "a")
+    _check_array(b, fn, "b")
     c = empty_like_ns(a, (_dim(a, 0), _dim(a, 1), _dim(b, 1)), _float_dtype(fn, "out_dtype", out_dtype),
                       fn, "c")
-    _C.fp8_grouped_gemm_masked(a, a_scale, b, b_scale, _int32_array(a, masked_m), c)
+    _C.fp8_grouped_gemm_masked(a, a_scale, b, b_scale, _int32_array(a, masked_m, fn, "masked_m"), c)
     return finish(a, c)
 
 
@@ -246,6 +256,7 @@ def fp8_linear_forward(x: Array, w_master: Array, out_dtype: Optional[str] = Non
     shp = _shape(x)
     if not shp:
         raise ValueError(f"{fn}: x: expected (..., K) with at least 1 dim, got ()")
+    _check_array(w_master, fn, "w")
     K, M, N = shp[-1], math.prod(shp[:-1]), _dim(w_master, 0)
     Kb = _cdiv(K, 128)
     odt = dtype_name(x) if out_dtype is None else _float_dtype(fn, "out_dtype", out_dtype)
@@ -270,6 +281,7 @@ def fp8_linear_backward(dy: Array, ctx: FP8LinearCtx, need_dx: bool = True,
     if not isinstance(ctx, FP8LinearCtx):
         raise TypeError(f"{fn}: ctx: expected the FP8LinearCtx from fp8_linear_forward, got {type(ctx).__name__}")
     _check_array(dy, fn, "dy")
+    _check_array(ctx.wq, fn, "ctx.wq")
     dx = empty_like_ns(dy, ctx.x_shape[:-1] + (ctx.x_shape[-1],), dtype_name(dy), fn, "dx") if need_dx else None
     dw = empty_like_ns(dy, _shape(ctx.wq), "float32", fn, "dw") if need_dw else None
     _C.fp8_linear_backward(dy, ctx.xq, ctx.xs, ctx.wq, ctx.ws, dx, dw)
@@ -300,9 +312,9 @@ def fp8_stats(x: Array, block: Sequence[int] = (1, 128), fmt: str = "e4m3", tens
     if tensor_scale is None:
         ts = 0.0
     else:
-        ts = float(tensor_scale)
+        ts = as_float(tensor_scale, fn, "tensor_scale")
         if not (math.isfinite(ts) and np.float32(ts) > 0):
             raise ValueError(f"{fn}: tensor_scale: expected None or a finite scale > 0, got {tensor_scale!r}")
-    amax, sat, under, nan, count = _C.fp8_stats(x, _qparams((br, bc), False, pow2_scale, amax_floor),
+    amax, sat, under, nan, count = _C.fp8_stats(x, _qparams(fn, (br, bc), False, pow2_scale, amax_floor),
                                                 _FMT_CODE[ft], ts)
     return dict(amax=amax, saturated_fraction=sat, underflow_fraction=under, nan_fraction=nan, count=count)

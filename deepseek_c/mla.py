@@ -26,7 +26,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from . import _C
-from ._arrays import Array, device_of, empty_like_ns, finish, parse_device, parse_dtype
+from ._arrays import INT64, Array, as_int, device_of, empty_like_ns, finish, namespace, parse_device, parse_dtype
 from .config import ModelConfig
 from .ops import _rope_params
 
@@ -72,6 +72,7 @@ def _weights(params: Mapping[str, Array], cfg: ModelConfig, fn: str) -> tuple:
 
 
 def _positions(x: Array, positions: Optional[Array], fn: str) -> Array:
+    namespace(x, fn, "x")  # TypeError naming x when it is not an array
     if positions is not None:
         return positions
     shape = tuple(int(s) for s in x.shape)
@@ -119,6 +120,7 @@ def mla_backward(dout: Array, ctx: MLACtx) -> dict[str, Array]:
         raise TypeError(f"{fn}: ctx: expected the MLACtx from mla_forward, got {type(ctx).__name__}")
     if ctx.saved is None:
         raise ValueError(f"{fn}: ctx: the forward ran with need_backward=False")
+    namespace(dout, fn, "dout")
     dx = empty_like_ns(dout, tuple(int(s) for s in ctx.x.shape), "float32", fn, "dx")
     grads = tuple(None if w is None else empty_like_ns(dout, tuple(int(s) for s in w.shape), "float32", fn, "grad")
                   for w in ctx.weights)
@@ -143,15 +145,21 @@ class MLACache:
 
     def __init__(self, cfg: ModelConfig, max_batch: int = 8, max_tokens: int = 4096, block_size: int = 64,
                  dtype: str = "bfloat16", *, n_layers: int = 1, n_blocks: int = 0, device: str = "cpu") -> None:
-        cfg = _cfg(cfg, "dsc_mla_cache_create")
+        fn = "dsc_mla_cache_create"
+        cfg = _cfg(cfg, fn)
         self.cfg = cfg
         self.device = device
-        dev = parse_device(device)
+        try:
+            dev = parse_device(device)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{fn}: {e}") from None
         self.dtype = parse_dtype(dtype, "MLACache", "dtype", allowed=("float32", "bfloat16", "float8_e4m3fn"))
-        self.max_batch, self.max_tokens, self.block_size = int(max_batch), int(max_tokens), int(block_size)
-        self.n_layers = int(n_layers)
+        self.max_batch, self.max_tokens, self.block_size = (
+            as_int(max_batch, fn, "max_batch"), as_int(max_tokens, fn, "max_tokens"),
+            as_int(block_size, fn, "block_size"))
+        self.n_layers = as_int(n_layers, fn, "n_layers")
         self._cap = _C.mla_cache_new(dev[0], dev[1], self.n_layers, self.max_batch, self.max_tokens,
-                                     self.block_size, int(n_blocks), int(cfg.kv_lora_rank),
+                                     self.block_size, as_int(n_blocks, fn, "n_blocks"), int(cfg.kv_lora_rank),
                                      int(cfg.qk_rope_head_dim), self.dtype)
         self._next_id = 0
 
@@ -176,31 +184,34 @@ class MLACache:
     # sequences
     def add_sequence(self, seq_id: Optional[int] = None) -> int:
         """Register a sequence (a fresh id when None); returns its id."""
-        if seq_id is None:
-            seq_id = self._next_id
-        _C.mla_cache_op(self._cap, "add", int(seq_id))
-        self._next_id = max(self._next_id, int(seq_id) + 1)
-        return int(seq_id)
+        fn = "dsc_mla_cache_add_sequence"
+        seq_id = self._next_id if seq_id is None else as_int(seq_id, fn, "seq_id", *INT64)
+        _C.mla_cache_op(self._cap, "add", seq_id)
+        self._next_id = max(self._next_id, seq_id + 1)
+        return seq_id
 
     def free_sequence(self, seq_id: int) -> None:
-        _C.mla_cache_op(self._cap, "free", int(seq_id))
+        _C.mla_cache_op(self._cap, "free", as_int(seq_id, "dsc_mla_cache_free_sequence", "seq_id", *INT64))
 
     def truncate(self, seq_id: int, length: int) -> None:
         """Drop the tokens at positions >= length (e.g. rejected draft tokens)."""
-        _C.mla_cache_op(self._cap, "truncate", int(seq_id), int(length))
+        fn = "dsc_mla_cache_truncate"
+        _C.mla_cache_op(self._cap, "truncate", as_int(seq_id, fn, "seq_id", *INT64),
+                        as_int(length, fn, "length", *INT64))
 
     def length(self, seq_id: int) -> int:
-        return _C.mla_cache_op(self._cap, "length", int(seq_id))
+        return _C.mla_cache_op(self._cap, "length", as_int(seq_id, "dsc_mla_cache_sequence_length", "seq_id",
+                                                          *INT64))
 
     def block_table(self, seq_id: int) -> list[int]:
-        return _C.mla_cache_op(self._cap, "blocks", int(seq_id))
+        return _C.mla_cache_op(self._cap, "blocks", as_int(seq_id, "dsc_mla_cache_block_table", "seq_id", *INT64))
 
     def read(self, seq_id: int, layer: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """The cached rows of a sequence as float32: (latent [len, R], rope [len, dr])."""
         n = self.length(seq_id)
         lat = np.empty((n, self.cfg.kv_lora_rank), np.float32)
         rope = np.empty((n, self.cfg.qk_rope_head_dim), np.float32)
-        _C.mla_cache_read(self._cap, int(layer), int(seq_id), lat, rope)
+        _C.mla_cache_read(self._cap, as_int(layer, "dsc_mla_cache_read", "layer"), int(seq_id), lat, rope)
         return lat, rope
 
     def __repr__(self) -> str:
@@ -215,9 +226,17 @@ def _infer(decode: bool, x: Array, params: Mapping[str, Array], cfg: ModelConfig
     if not isinstance(cache, MLACache):
         raise TypeError(f"{fn}: cache: expected a deepseek_c.MLACache, got {type(cache).__name__}")
     w = _weights(params, cfg, fn)
+    namespace(x, fn, "x")
+    layer = as_int(layer, fn, "layer")
     ids = seq_ids
     if not hasattr(ids, "__dlpack__"):
-        ids = np.ascontiguousarray(np.asarray(seq_ids, dtype=np.int64).reshape(-1))
+        try:
+            ids = np.asarray(seq_ids)
+            if ids.dtype.kind not in "iu":
+                raise TypeError(f"{fn}: seq_ids: expected ints, got {ids.dtype} values")
+            ids = np.ascontiguousarray(np.asarray(seq_ids, dtype=np.int64).reshape(-1))
+        except (OverflowError, ValueError) as e:
+            raise ValueError(f"{fn}: seq_ids: expected int64 ids: {e}") from None
     if positions is None:  # continue each sequence where it stands
         shape = tuple(int(s) for s in x.shape)
         if len(shape) != 3:
@@ -229,7 +248,7 @@ def _infer(decode: bool, x: Array, params: Mapping[str, Array], cfg: ModelConfig
         positions = np.ascontiguousarray(starts[:, None] + np.arange(shape[1], dtype=np.int32)[None, :])
     scales = tuple(params.get(n + ".weight_scale_inv") for n in MLA_WEIGHT_NAMES)
     out = empty_like_ns(x, tuple(int(s) for s in x.shape), "float32", fn, "out")
-    _C.mla_infer(decode, cache._cap, int(layer), x, ids, positions, w, mla_params_tuple(cfg, fp8), out,
+    _C.mla_infer(decode, cache._cap, layer, x, ids, positions, w, mla_params_tuple(cfg, fp8), out,
                  scales if any(v is not None for v in scales) else None)
     return finish(x, out)
 

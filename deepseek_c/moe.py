@@ -21,7 +21,8 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from . import _C
-from ._arrays import Array, device_of, dtype_name, empty_like_ns, finish, namespace
+from ._C import Error
+from ._arrays import INT64, Array, as_float, as_int, device_of, dtype_name, empty_like_ns, finish, namespace
 
 __all__ = [
     "MoERoute", "moe_route", "moe_route_backward", "moe_expert_load", "moe_update_bias",
@@ -48,18 +49,13 @@ def _arr(x: Any, fn: str, arg: str) -> None:
         )
 
 
-def _int(v: Any, fn: str, arg: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{fn}: {arg}: expected an int, got {type(v).__name__}")
-    return int(v)
+def _int(v: Any, fn: str, arg: str, bits: int = 32) -> int:
+    """An int parameter (int32, or int64 with bits=64): TypeError / ValueError naming it."""
+    return as_int(v, fn, arg, *(INT64 if bits == 64 else (-(1 << 31), (1 << 31) - 1)))
 
 
 def _num(v: Any, fn: str, arg: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{fn}: {arg}: expected a number, got {type(v).__name__}")
-    if not math.isfinite(float(v)):
-        raise ValueError(f"{fn}: {arg}: expected a finite number, got {v}")
-    return float(v)
+    return as_float(v, fn, arg, finite=True)
 
 
 def _ndim(x: Array, n: int, fn: str, arg: str, what: str) -> tuple[int, ...]:
@@ -145,6 +141,7 @@ def moe_route_backward(dweights: Array, r: MoERoute, dscores: Optional[Array] = 
     if not isinstance(r, MoERoute):
         raise TypeError(f"{fn}: r: expected the MoERoute from moe_route, got {type(r).__name__}")
     _arr(dweights, fn, "dweights")
+    _arr(r.scores, fn, "scores")
     dl = empty_like_ns(dweights, _shape(r.scores), r.logits_dtype, fn, "dlogits")
     _C.moe_route_backward(r.params, dweights, r.scores, r.indices, dscores, dl)
     return finish(dweights, dl)
@@ -215,7 +212,7 @@ def moe_seq_aux_loss(scores: Array, indices: Array, seq_len: int, alpha: float =
     fn = "dsc_moe_seq_aux_loss"
     _arr(scores, fn, "scores")
     _arr(indices, fn, "indices")
-    L = _int(seq_len, fn, "seq_len")
+    L = _int(seq_len, fn, "seq_len", 64)
     a = _num(alpha, fn, "alpha")
     loss = empty_like_ns(scores, (), "float32", fn, "loss")
     _C.moe_seq_aux_loss(scores, indices, L, a, loss, None)
@@ -228,9 +225,12 @@ def moe_seq_aux_loss_backward(ctx: SeqAuxCtx, grad: float = 1.0) -> Array:
     if not isinstance(ctx, SeqAuxCtx):
         raise TypeError(f"{fn}: ctx: expected the SeqAuxCtx from moe_seq_aux_loss, got {type(ctx).__name__}")
     g = _num(grad, fn, "grad")
+    _arr(ctx.scores, fn, "scores")
+    L = _int(ctx.seq_len, fn, "seq_len", 64)
+    alpha = _num(ctx.alpha, fn, "alpha") * g
     loss = empty_like_ns(ctx.scores, (), "float32", fn, "loss")
     ds = empty_like_ns(ctx.scores, _shape(ctx.scores), "float32", fn, "dscores")
-    _C.moe_seq_aux_loss(ctx.scores, ctx.indices, ctx.seq_len, ctx.alpha * g, loss, ds)
+    _C.moe_seq_aux_loss(ctx.scores, ctx.indices, L, as_float(alpha, fn, "alpha * grad"), loss, ds)
     return finish(ctx.scores, ds)
 
 
@@ -272,7 +272,13 @@ def moe_permute(x: Array, indices: Array, n_experts: int, align: int = 128) -> M
     a = _int(align, fn, "align")
     T, D = _ndim(x, 2, fn, "x", "(tokens, D)")
     si = _ndim(indices, 2, fn, "indices", "(tokens, top_k)")
-    R = _C.moe_permute_rows(indices, E, a)
+    try:
+        R = _C.moe_permute_rows(indices, E, a)
+    except (ValueError, TypeError, Error) as e:  # name the function the caller called
+        msg = str(e)
+        if msg.startswith("dsc_moe_permute_rows:"):
+            raise type(e)(fn + msg[len("dsc_moe_permute_rows"):]) from None
+        raise
     out = empty_like_ns(x, (R, D), dtype_name(x), fn, "out")
     offs = empty_like_ns(x, (E + 1,), "int32", fn, "group_offsets")
     rm = empty_like_ns(x, si, "int32", fn, "row_map")
@@ -312,6 +318,7 @@ def moe_unpermute_backward(dy: Array, expert_out: Array, p: MoEPermute, weights:
     if not isinstance(p, MoEPermute):
         raise TypeError(f"{fn}: p: expected the MoEPermute from moe_permute, got {type(p).__name__}")
     _arr(dy, fn, "dy")
+    _arr(expert_out, fn, "expert_out")
     de = empty_like_ns(dy, _shape(expert_out), dtype_name(dy), fn, "dexpert_out")
     dw = empty_like_ns(dy, _shape(p.row_map), "float32", fn, "dweights")
     _C.moe_unpermute_backward(dy, expert_out, p.row_map, weights, de, dw)
@@ -363,19 +370,19 @@ class MoEConfig:
     moe_intermediate_size: int = 2048
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "MoEConfig":
+    def from_dict(cls, d: Mapping[str, Any], fn: str = "moe_forward") -> "MoEConfig":
         """Takes the known keys of a config dict (others are ignored); None n_group -> 1."""
         if isinstance(d, MoEConfig):
             return d
         if not isinstance(d, Mapping):
-            raise TypeError(f"moe_forward: cfg: expected a MoEConfig or a config dict, got {type(d).__name__}")
+            raise TypeError(f"{fn}: cfg: expected a MoEConfig or a config dict, got {type(d).__name__}")
         names = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
         for k in ("n_group", "topk_group", "n_shared_experts"):
             if k in kw and kw[k] is None:
                 kw[k] = 0 if k == "n_shared_experts" else 1
         if "n_routed_experts" not in kw:
-            raise ValueError("moe_forward: cfg: expected the key 'n_routed_experts', got none")
+            raise ValueError(f"{fn}: cfg: expected the key 'n_routed_experts', got none")
         return cls(**kw)
 
 
@@ -408,33 +415,44 @@ class MoECtx:
 _P = "mlp."
 
 
-def _stack(arrs: list, ref: Array) -> Array:
-    ns = namespace(ref, "moe_forward", "params")
-    if ns == "torch":
-        import torch
+def _stack(arrs: list, ref: Array, fn: str = "moe_forward", names: Optional[list] = None) -> Array:
+    """The per-expert weights as one [E, ., .] array (arrays of ref's kind)."""
+    names = names or [f"params[{i}]" for i in range(len(arrs))]
+    what = f"{names[0]} .. {names[-1]}" if names else "params"
+    for a, n in zip(arrs, names):
+        _arr(a, fn, n)
+    try:
+        ns = namespace(ref, fn, "params")
+        if ns == "torch":
+            import torch
 
-        return torch.stack(arrs).contiguous()
-    if ns == "cupy":
-        import cupy
+            return torch.stack(arrs).contiguous()
+        if ns == "cupy":
+            import cupy
 
-        return cupy.ascontiguousarray(cupy.stack(arrs))
-    return np.ascontiguousarray(np.stack([np.asarray(a) for a in arrs]))
+            return cupy.ascontiguousarray(cupy.stack(arrs))
+        return np.ascontiguousarray(np.stack([np.asarray(a) for a in arrs]))
+    except (ValueError, RuntimeError) as e:  # shapes that do not stack
+        raise ValueError(f"{fn}: params: expected {what} of one shape, got shapes "
+                         f"{[tuple(int(d) for d in a.shape) for a in arrs][:4]}: {e}") from None
 
 
-def _expert_stack(params: Mapping[str, Any], E: int, proj: str, ref: Array) -> Array:
+def _expert_stack(params: Mapping[str, Any], E: int, proj: str, ref: Array, fn: str = "moe_forward") -> Array:
     key = f"{_P}experts.{proj}.weight"  # an optional pre-stacked [E, ., .] (not an HF name)
     if key in params:
+        _arr(params[key], fn, f"params['{key}']")
         return params[key]
     names = [f"{_P}experts.{e}.{proj}.weight" for e in range(E)]
     missing = [n for n in names if n not in params]
     if missing:
-        raise KeyError(f"moe_forward: params: expected {names[0]} .. {names[-1]}, missing {missing[:3]}")
-    return _stack([params[n] for n in names], ref)
+        raise ValueError(f"{fn}: params: expected {names[0]} .. {names[-1]} (or the stacked {key}), "
+                         f"missing {missing[:3]}")
+    return _stack([params[n] for n in names], ref, fn, [f"params['{n}']" for n in names])
 
 
-def _need(params: Mapping[str, Any], name: str) -> Array:
+def _need(params: Mapping[str, Any], name: str, fn: str = "moe_forward") -> Array:
     if name not in params:
-        raise KeyError(f"moe_forward: params: expected the key {name!r}")
+        raise ValueError(f"{fn}: params: expected the key {name!r}, got keys {sorted(params)[:8]}")
     return params[name]
 
 
@@ -613,33 +631,39 @@ class MoELayerCtx:
     fp8: bool = False
 
 
-def _layer_scales(params: Mapping[str, Any], c: "MoEConfig", x: Array) -> Optional[tuple]:
+def _layer_scales(params: Mapping[str, Any], c: "MoEConfig", x: Array, fn: str) -> Optional[tuple]:
     """The weight_scale_inv of FP8-held expert weights: (experts gate, up, down stacked
     [E, ., .], shared gate, up, down), None where that weight is float32; None if none."""
-    E = int(c.n_routed_experts)
+    E = _int(c.n_routed_experts, fn, "cfg['n_routed_experts']")
     out: list = []
     for proj in ("gate_proj", "up_proj", "down_proj"):
         names = [f"{_P}experts.{e}.{proj}.weight_scale_inv" for e in range(E)]
         have = [n in params for n in names]
         if any(have) and not all(have):
-            raise KeyError(f"moe_layer_forward: params: expected {names[0]} .. {names[-1]} for every expert "
-                           f"or none, missing {[n for n, h in zip(names, have) if not h][:3]}")
-        out.append(_stack([params[n] for n in names], x) if all(have)
+            raise ValueError(f"{fn}: params: expected {names[0]} .. {names[-1]} for every expert "
+                             f"or none, missing {[n for n, h in zip(names, have) if not h][:3]}")
+        out.append(_stack([params[n] for n in names], x, fn, [f"params['{n}']" for n in names]) if all(have)
                    else params.get(f"{_P}experts.{proj}.weight_scale_inv"))
     for proj in ("gate_proj", "up_proj", "down_proj"):
         out.append(params.get(f"{_P}shared_experts.{proj}.weight_scale_inv") if c.n_shared_experts else None)
     return tuple(out) if any(v is not None for v in out) else None
 
 
-def _layer_weights(params: Mapping[str, Any], c: "MoEConfig", x: Array) -> tuple:
-    E = int(c.n_routed_experts)
+def _layer_weights(params: Mapping[str, Any], c: "MoEConfig", x: Array, fn: str) -> tuple:
+    if not isinstance(params, Mapping):
+        raise TypeError(f"{fn}: params: expected a dict of HF-named arrays, got {type(params).__name__}")
+    E = _int(c.n_routed_experts, fn, "cfg['n_routed_experts']")
+    if E < 1:
+        raise ValueError(f"{fn}: cfg: expected n_routed_experts >= 1, got {E}")
     bias = params.get(f"{_P}gate.e_score_correction_bias") \
         if (c.topk_method == "noaux_tc" and c.scoring_func == "sigmoid") else None
-    w = [_f32(_need(params, f"{_P}gate.weight")), bias,
-         _expert_stack(params, E, "gate_proj", x), _expert_stack(params, E, "up_proj", x),
-         _expert_stack(params, E, "down_proj", x)]
+    gate = _need(params, f"{_P}gate.weight", fn)
+    _arr(gate, fn, f"params['{_P}gate.weight']")
+    w = [_f32(gate), bias,
+         _expert_stack(params, E, "gate_proj", x, fn), _expert_stack(params, E, "up_proj", x, fn),
+         _expert_stack(params, E, "down_proj", x, fn)]
     if c.n_shared_experts:
-        w += [_need(params, f"{_P}shared_experts.{n}_proj.weight") for n in ("gate", "up", "down")]
+        w += [_need(params, f"{_P}shared_experts.{n}_proj.weight", fn) for n in ("gate", "up", "down")]
     else:
         w += [None, None, None]
     return tuple(w)
@@ -654,18 +678,18 @@ def moe_layer_forward(x: Array, params: Mapping[str, Any], cfg: Any, *, align: i
     router stays float32. With fp8 and training=False the expert weights may be held in FP8
     as DeepSeek ships them: "<name>.weight" float8_e4m3fn with "<name>.weight_scale_inv"."""
     fn = "dsc_moe_layer_forward"
-    c = MoEConfig.from_dict(cfg)
+    c = MoEConfig.from_dict(cfg, fn)
     _arr(x, fn, "x")
     xs = _shape(x)
     if len(xs) < 1:
         raise ValueError(f"{fn}: x: expected at least 1 dim (..., D), got a scalar")
     route = _route_params(fn, c.num_experts_per_tok, c.n_group or 1, c.topk_group or 1, c.scoring_func,
                           c.topk_method, c.norm_topk_prob, c.routed_scaling_factor)
-    w = _layer_weights(params, c, x)
+    w = _layer_weights(params, c, x, fn)
     y = empty_like_ns(x, xs, dtype_name(x), fn, "y")
     load = empty_like_ns(x, (int(c.n_routed_experts),), "int32", fn, "counts")
     saved = _C.moe_layer_forward(x, route, _int(align, fn, "align"), w, y, load, bool(training),
-                                 bool(fp8), _layer_scales(params, c, x))
+                                 bool(fp8), _layer_scales(params, c, x, fn))
     return finish(x, y), MoELayerCtx(saved, x, xs, route, w, int(c.n_routed_experts),
                                      bool(c.n_shared_experts), finish(x, load), bool(fp8))
 

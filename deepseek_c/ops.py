@@ -19,7 +19,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from . import _C
-from ._arrays import Array, dtype_name, empty_like_ns, finish
+from ._arrays import INT64, Array, as_float, as_int, dtype_name, empty_like_ns, finish
 
 __all__ = [
     "rms_norm", "rms_norm_forward", "rms_norm_backward", "RMSNormCtx",
@@ -69,7 +69,7 @@ def rms_norm(x: Array, w: Array, eps: float = 1e-6, *, out: Optional[Array] = No
     fn = "dsc_rms_norm_forward"
     _check_array(x, fn, "x")
     y = _out(x, out, _shape(x), dtype_name(x), fn, "y")
-    _C.rms_norm_forward(x, w, float(eps), y, None)
+    _C.rms_norm_forward(x, w, as_float(eps, fn, "eps"), y, None)
     return finish(x, y)
 
 
@@ -79,8 +79,9 @@ def rms_norm_forward(x: Array, w: Array, eps: float = 1e-6) -> tuple[Array, RMSN
     _check_array(x, fn, "x")
     y = empty_like_ns(x, _shape(x), dtype_name(x), fn, "y")
     rstd = empty_like_ns(x, _shape(x)[:-1], "float32", fn, "rstd")
-    _C.rms_norm_forward(x, w, float(eps), y, rstd)
-    return finish(x, y), RMSNormCtx(x, w, rstd, float(eps))
+    eps = as_float(eps, fn, "eps")
+    _C.rms_norm_forward(x, w, eps, y, rstd)
+    return finish(x, y), RMSNormCtx(x, w, rstd, eps)
 
 
 def rms_norm_backward(dy: Array, ctx: RMSNormCtx) -> tuple[Array, Array]:
@@ -89,9 +90,11 @@ def rms_norm_backward(dy: Array, ctx: RMSNormCtx) -> tuple[Array, Array]:
     if not isinstance(ctx, RMSNormCtx):
         raise TypeError(f"{fn}: ctx: expected the RMSNormCtx from rms_norm_forward, got {type(ctx).__name__}")
     _check_array(dy, fn, "dy")
+    _check_array(ctx.x, fn, "ctx.x")
+    _check_array(ctx.w, fn, "ctx.w")
     dx = empty_like_ns(dy, _shape(ctx.x), dtype_name(ctx.x), fn, "dx")
     dw = empty_like_ns(dy, _shape(ctx.w), "float32", fn, "dw")
-    _C.rms_norm_backward(dy, ctx.x, ctx.w, ctx.rstd, ctx.eps, dx, dw)
+    _C.rms_norm_backward(dy, ctx.x, ctx.w, ctx.rstd, as_float(ctx.eps, fn, "ctx.eps"), dx, dw)
     return finish(dy, dx), finish(dy, dw)
 
 
@@ -102,10 +105,11 @@ _LAYOUTS = {"interleaved": 0, "half": 1}
 
 def _rope_params(fn: str, dim: int, layout: str, theta: float, scaling: Optional[Mapping[str, Any]]) -> tuple:
     """The parameter tuple of the C RoPE functions from Hugging Face-style arguments."""
-    if layout not in _LAYOUTS:
+    if not isinstance(layout, str) or layout not in _LAYOUTS:
         raise ValueError(f"{fn}: layout: expected 'interleaved' or 'half', got {layout!r}")
+    dim = as_int(dim, fn, "dim")
     if scaling is None:
-        return (_LAYOUTS[layout], int(dim), float(theta), 1.0, 4096, 32.0, 1.0, 1.0, 0.0)
+        return (_LAYOUTS[layout], dim, as_float(theta, fn, "theta"), 1.0, 4096, 32.0, 1.0, 1.0, 0.0)
     if not isinstance(scaling, Mapping):
         raise TypeError(f"{fn}: scaling: expected None or a rope_scaling dict, got {type(scaling).__name__}")
     kind = scaling.get("type", scaling.get("rope_type", "yarn"))
@@ -113,11 +117,16 @@ def _rope_params(fn: str, dim: int, layout: str, theta: float, scaling: Optional
         raise ValueError(f"{fn}: scaling: expected type 'yarn' (the DeepSeek-V2/V3 scaling), got {kind!r}")
     if "factor" not in scaling:
         raise ValueError(f"{fn}: scaling: expected a 'factor' key, got keys {sorted(scaling)}")
+    def num(key: str, default: Any) -> float:
+        return as_float(scaling.get(key, default), fn, f"scaling[{key!r}]")
+
+    theta = as_float(scaling["rope_theta"], fn, "scaling['rope_theta']") if "rope_theta" in scaling else \
+        as_float(theta, fn, "theta")
     return (
-        _LAYOUTS[layout], int(dim), float(scaling.get("rope_theta", theta)), float(scaling["factor"]),
-        int(scaling.get("original_max_position_embeddings", 4096)),
-        float(scaling.get("beta_fast", 32.0)), float(scaling.get("beta_slow", 1.0)),
-        float(scaling.get("mscale", 1.0)), float(scaling.get("mscale_all_dim", 0.0)),
+        _LAYOUTS[layout], dim, theta, num("factor", None),
+        as_int(scaling.get("original_max_position_embeddings", 4096), fn,
+               "scaling['original_max_position_embeddings']"),
+        num("beta_fast", 32.0), num("beta_slow", 1.0), num("mscale", 1.0), num("mscale_all_dim", 0.0),
     )
 
 
@@ -167,7 +176,7 @@ def rope_cos_sin_scale(*, scaling: Optional[Mapping[str, Any]] = None) -> float:
 def rope_softmax_scale(qk_head_dim: int, *, scaling: Optional[Mapping[str, Any]] = None) -> float:
     """Attention softmax scale: qk_head_dim**-0.5 * m(factor, mscale_all_dim)**2."""
     p = _rope_params("dsc_rope_softmax_scale", 2, "interleaved", 10000.0, scaling)
-    return _C.rope_scales(p, int(qk_head_dim))[1]
+    return _C.rope_scales(p, as_int(qk_head_dim, "dsc_rope_softmax_scale", "qk_head_dim"))[1]
 
 
 # ----------------------------------------------------------------------------- matmul / linear
@@ -184,6 +193,8 @@ def matmul(a: Array, b: Array, *, trans_a: bool = False, trans_b: bool = False, 
     fn = "dsc_matmul"
     _check_array(a, fn, "a")
     _check_array(b, fn, "b")
+    alpha = as_float(alpha, fn, "alpha")
+    beta = as_float(beta, fn, "beta")
     if beta != 0.0 and out is None:
         raise ValueError(f"{fn}: out: expected an array to accumulate into when beta != 0, got None")
     sa, sb = _shape(a), _shape(b)
@@ -194,7 +205,7 @@ def matmul(a: Array, b: Array, *, trans_a: bool = False, trans_b: bool = False, 
         n = sb[-2] if trans_b else sb[-1]
         shape = (sa[0], m, n) if len(sa) == 3 else (m, n)
         out = empty_like_ns(a, shape, dtype_name(a), fn, "out")
-    _C.matmul(a, b, out, bool(trans_a), bool(trans_b), float(alpha), float(beta))
+    _C.matmul(a, b, out, bool(trans_a), bool(trans_b), alpha, beta)
     return finish(a, out)
 
 
@@ -230,6 +241,8 @@ def linear_backward(dy: Array, ctx: LinearCtx) -> tuple[Array, Array]:
     if not isinstance(ctx, LinearCtx):
         raise TypeError(f"{fn}: ctx: expected the LinearCtx from linear_forward, got {type(ctx).__name__}")
     _check_array(dy, fn, "dy")
+    _check_array(ctx.x, fn, "ctx.x")
+    _check_array(ctx.w, fn, "ctx.w")
     dx = empty_like_ns(dy, _shape(ctx.x), dtype_name(ctx.x), fn, "dx")
     dw = empty_like_ns(dy, _shape(ctx.w), dtype_name(ctx.w), fn, "dw")
     _C.linear_backward(dy, ctx.x, ctx.w, dx, dw)
@@ -267,6 +280,8 @@ def swiglu_backward(dout: Array, ctx: SwiGLUCtx) -> tuple[Array, Array]:
     if not isinstance(ctx, SwiGLUCtx):
         raise TypeError(f"{fn}: ctx: expected the SwiGLUCtx from swiglu_forward, got {type(ctx).__name__}")
     _check_array(dout, fn, "dout")
+    _check_array(ctx.gate, fn, "ctx.gate")
+    _check_array(ctx.up, fn, "ctx.up")
     dg = empty_like_ns(dout, _shape(ctx.gate), dtype_name(ctx.gate), fn, "dgate")
     du = empty_like_ns(dout, _shape(ctx.up), dtype_name(ctx.up), fn, "dup")
     _C.swiglu_backward(dout, ctx.gate, ctx.up, dg, du)
@@ -314,7 +329,9 @@ def embedding_backward(dout: Array, ctx: EmbeddingCtx) -> Array:
     if not isinstance(ctx, EmbeddingCtx):
         raise TypeError(f"{fn}: ctx: expected the EmbeddingCtx from embedding_forward, got {type(ctx).__name__}")
     _check_array(dout, fn, "dout")
-    dt = empty_like_ns(dout, (ctx.num_embeddings, ctx.dim), "float32", fn, "dtable")
+    shape = (as_int(ctx.num_embeddings, fn, "ctx.num_embeddings", 0, INT64[1]),
+             as_int(ctx.dim, fn, "ctx.dim", 0, INT64[1]))
+    dt = empty_like_ns(dout, shape, "float32", fn, "dtable")
     _C.embedding_backward(ctx.ids, dout, dt)
     return finish(dout, dt)
 
@@ -335,16 +352,25 @@ def cross_entropy(logits: Array, targets: Array, *, ignore_index: int = -100, gr
     _check_array(logits, fn, "logits")
     loss = empty_like_ns(logits, (), "float32", fn, "loss")
     dl = empty_like_ns(logits, _shape(logits), dtype_name(logits), fn, "dlogits") if return_dlogits else None
-    _C.cross_entropy(logits, targets, int(ignore_index), float(grad_scale), loss, dl, None)
+    _C.cross_entropy(logits, targets, as_int(ignore_index, fn, "ignore_index", *INT64),
+                     as_float(grad_scale, fn, "grad_scale"), loss, dl, None)
     return finish(logits, loss), (finish(logits, dl) if dl is not None else None)
 
 
 # ----------------------------------------------------------------------------- optimizer
 
 
+def _array_list(v: Any, fn: str, arg: str) -> list:
+    """A list or tuple of arrays as a list (an array itself is refused: it is not a list of
+    tensors, and iterating it would hand out its rows)."""
+    if not isinstance(v, (list, tuple)):
+        raise TypeError(f"{fn}: {arg}: expected a list of arrays, got {type(v).__name__}")
+    return list(v)
+
+
 def global_norm(tensors: Sequence[Array]) -> float:
     """sqrt(sum of squares) over a list of float32 arrays (accumulated in float64)."""
-    return _C.global_norm(list(tensors))
+    return _C.global_norm(_array_list(tensors, "dsc_global_norm", "tensors"))
 
 
 def adamw_step(params: Sequence[Array], grads: Sequence[Array], exp_avg: Sequence[Array],
@@ -358,14 +384,12 @@ def adamw_step(params: Sequence[Array], grads: Sequence[Array], exp_avg: Sequenc
     max_grad_norm > 0 clips by the global norm of all grads (grads are not modified).
     Returns the global gradient norm before clipping.
     """
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
-        raise TypeError(f"dsc_adamw_step: step: expected an int, got {type(step).__name__}")
-    for name, v in (("lr", lr), ("beta1", beta1), ("beta2", beta2), ("eps", eps),
-                    ("weight_decay", weight_decay), ("max_grad_norm", max_grad_norm)):
-        if not isinstance(v, (int, float, np.floating, np.integer)) or isinstance(v, bool):
-            raise TypeError(f"dsc_adamw_step: {name}: expected a number, got {type(v).__name__}")
-        if not math.isfinite(float(v)):
-            raise ValueError(f"dsc_adamw_step: {name}: expected a finite number, got {v}")
-    return _C.adamw_step(list(params), list(grads), list(exp_avg), list(exp_avg_sq), float(lr),
-                         float(beta1), float(beta2), float(eps), float(weight_decay), int(step),
-                         float(max_grad_norm))
+    fn = "dsc_adamw_step"
+    step = as_int(step, fn, "step", *INT64)
+    f = {name: as_float(v, fn, name, finite=True)
+         for name, v in (("lr", lr), ("beta1", beta1), ("beta2", beta2), ("eps", eps),
+                         ("weight_decay", weight_decay), ("max_grad_norm", max_grad_norm))}
+    lists = [_array_list(v, fn, name) for name, v in (("params", params), ("grads", grads), ("exp_avg", exp_avg),
+                                                         ("exp_avg_sq", exp_avg_sq))]
+    return _C.adamw_step(*lists, f["lr"], f["beta1"], f["beta2"], f["eps"], f["weight_decay"], step,
+                         f["max_grad_norm"])

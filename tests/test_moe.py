@@ -612,7 +612,7 @@ def test_grouped_linear_bad_inputs():
 
 def test_layer_bad_inputs(rng):
     x, params, cfg = make_layer(rng)
-    with pytest.raises(KeyError, match="mlp.experts.3.up_proj.weight|experts"):
+    with pytest.raises(ValueError, match="mlp.experts.3.up_proj.weight|experts"):
         p = dict(params)
         del p["mlp.experts.3.up_proj.weight"]
         dsc.moe_forward(x, p, cfg)

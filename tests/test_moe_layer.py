@@ -188,7 +188,7 @@ def test_fp8_held_expert_weights_as_deepseek_ships_them(rng):
         dsc.moe_layer_forward(x, held, cfg, fp8=False, training=False)
     bad = dict(held)
     del bad["mlp.experts.2.up_proj.weight_scale_inv"]
-    with pytest.raises(KeyError, match="up_proj"):
+    with pytest.raises(ValueError, match="up_proj"):
         dsc.moe_layer_forward(x, bad, cfg, fp8=True, training=False)
     bad = {**held, "mlp.shared_experts.down_proj.weight_scale_inv": np.ones((1, 1), np.float32)}
     with pytest.raises(ValueError, match="shared_down_scale_inv"):

@@ -430,7 +430,8 @@ DSC_API dsc_status dsc_fp8_grouped_gemm_masked(dsc_context *ctx, const DLTensor 
 typedef struct dsc_fp8_stats {
   size_t size;                /* sizeof(dsc_fp8_stats) */
   float amax;                 /* max |x| over the tensor (NaN if any NaN) */
-  double saturated_fraction;  /* elements with |x / scale| > fp8_max (clipped) */
+  double saturated_fraction;  /* finite elements the saturation clips: |x / scale| rounds
+                                 beyond fp8_max (> 464 for E4M3, >= 61440 for E5M2) */
   double underflow_fraction;  /* non-zero elements that quantize to zero */
   double nan_fraction;
   int64_t count;              /* elements */

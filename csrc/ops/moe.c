@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "moe_internal.h"
 
 void dsc_moe_route_params_default(dsc_moe_route_params *p) {
   if (!p) return;
@@ -113,6 +114,10 @@ static dsc_status check_params(const char *fn, const dsc_moe_route_params *p, in
               (int)p->topk_group, (long long)(E / p->n_group), (long long)kept, (int)p->top_k);
   }
   return DSC_OK;
+}
+
+dsc_status dsc_moe_check_route_params(const char *fn, const dsc_moe_route_params *p, int64_t E) {
+  return check_params(fn, p, E);
 }
 
 /* ---- routing ------------------------------------------------------------------ */

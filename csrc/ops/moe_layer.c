@@ -23,6 +23,7 @@
 
 #include "backend.h"
 #include "fp8_layers.h"
+#include "moe_internal.h"
 #include "moe_layer_ex.h"
 
 /* Run a step only while every earlier step succeeded (cleanup happens once at the end). */
@@ -342,6 +343,7 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
   const int64_t D = dsc_last_dim(x), T = dsc_rows(x);
   int64_t E, F, Fs;
   DSC_TRY(check_weights(ctx, FN, w, D, saved == NULL, &E, &F, &Fs));
+  DSC_TRY(dsc_moe_check_route_params(FN, p, E));
   if (counts) DSC_TRY(dsc_check_tensor(ctx, FN, "counts", counts, DSC_DT_INDEX));
   {
     /* x is read again (shared experts) after y is written: nothing may share memory */
@@ -472,6 +474,7 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
   const int64_t D = dsc_last_dim(x), T = dsc_rows(x);
   int64_t E, F, Fs;
   DSC_TRY(check_weights(ctx, FN, w, D, 0, &E, &F, &Fs));
+  DSC_TRY(dsc_moe_check_route_params(FN, p, E));
   DSC_CHECK(saved->T == T && saved->D == D && saved->E == E && saved->F == F && saved->Fs == Fs &&
                 saved->k == p->top_k,
             DSC_ERR_SHAPE, FN,

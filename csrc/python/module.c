@@ -396,8 +396,9 @@ static PyObject *py_copy(PyObject *m, PyObject *args) {
                  (long long)bs, (long long)bd);
     goto out;
   }
-  /* Contiguity is checked through a throwaway element-wise view. */
-  for (int k = 0; k < 2; ++k) {
+  /* Contiguity is checked through a throwaway element-wise view; an empty array has no
+   * bytes to lay out (NumPy gives (0,) a stride of 0), and nothing is copied then. */
+  for (int k = 0; k < 2 && bd > 0; ++k) {
     DLTensor *t = k ? src : dst;
     int64_t expect = 1;
     for (int i = t->ndim - 1; i >= 0; --i) {

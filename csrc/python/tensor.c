@@ -477,6 +477,35 @@ static Py_ssize_t tensor_len(T *self) {
   return (Py_ssize_t)self->shape[0];
 }
 
+/* t[i]: row i along the first dim, a view that keeps t alive (like NumPy's a[i]; the MoE
+ * backward hands out per-expert gradients this way). Integer indices only. */
+static PyObject *tensor_getitem(T *self, PyObject *key) {
+  if (!PyIndex_Check(key)) {
+    PyErr_Format(PyExc_TypeError,
+                 "Tensor: index: expected an int (t[i] is a view of row i; for slices use "
+                 ".numpy() or DLPack), got %s",
+                 Py_TYPE(key)->tp_name);
+    return NULL;
+  }
+  if (self->ndim == 0) {
+    PyErr_SetString(PyExc_IndexError, "Tensor: index: a 0-d Tensor has no rows to index");
+    return NULL;
+  }
+  Py_ssize_t i = PyNumber_AsSsize_t(key, PyExc_IndexError);
+  if (i == -1 && PyErr_Occurred()) return NULL;
+  const Py_ssize_t n = (Py_ssize_t)self->shape[0];
+  if (i < 0) i += n;
+  if (i < 0 || i >= n) {
+    PyErr_Format(PyExc_IndexError, "Tensor: index: expected an index in [-%zd, %zd), got %zd", n, n,
+                 i < 0 ? i - n : i);
+    return NULL;
+  }
+  /* row-major (both constructors make it so): row i starts i * strides[0] elements in */
+  char *row = (char *)self->data + (size_t)i * (size_t)self->strides[0] * dsc_dtype_size(self->dtype);
+  return dsc_py_tensor_new_view(self->module, row, self->device, self->dtype, self->ndim - 1,
+                                self->shape + 1, (PyObject *)self);
+}
+
 static PyMethodDef tensor_methods[] = {
     {"__dlpack__", (PyCFunction)(void (*)(void))tensor_dlpack, METH_VARARGS | METH_KEYWORDS,
      "__dlpack__(*, stream=None, max_version=None, dl_device=None, copy=None) -> PyCapsule"},
@@ -507,6 +536,7 @@ static PyType_Slot tensor_slots[] = {
     {Py_tp_getset, tensor_getset},
     {Py_tp_repr, tensor_repr},
     {Py_mp_length, tensor_len},
+    {Py_mp_subscript, tensor_getitem},
     {Py_tp_doc, "Memory owned by the deepseek_c C core, exported zero-copy via DLPack.\n"
                 "Create one with deepseek_c.empty / deepseek_c.tensor; consume it with\n"
                 "numpy.from_dlpack, torch.from_dlpack, cupy.from_dlpack or .numpy()."},
