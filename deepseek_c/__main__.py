@@ -154,8 +154,9 @@ def _train_common(args, task, tok, cfg, stream, evaluate: bool) -> int:
             summary["generation"] = _compare_mtp(model, task, tok, min(args.eval, 64))
     plots = TR.save_plots(hist, args.out)
     TR.write_summary(args.out, summary)
-    ckpt = "model.safetensors, optimizer.safetensors" if comm is None else \
-        f"model-/optimizer-0000q-of-{comm.size:05d}.safetensors (one shard per rank), model.safetensors.index.json"
+    ep = model.parallel.get("expert_parallel", 1)
+    ckpt = "model.safetensors, optimizer.safetensors" if ep == 1 else \
+        f"model-/optimizer-0000q-of-{ep:05d}.safetensors (a shard per expert-parallel rank), model.safetensors.index.json"
     print(f"wrote {args.out}/: config.json, {ckpt}, vocab.txt, history.json, "
           f"summary.json" + (", " + ", ".join(os.path.basename(p) for p in plots) if plots
                              else " (no matplotlib: no plots; pip install matplotlib, then "

@@ -986,7 +986,7 @@ static dsc_status dist_reduce_all(dsc_model *m) {
     d->req[i] = NULL;
     if (st == DSC_OK) st = w;
   }
-  memset(d->launched, 0, (size_t)m->n_regions);
+  if (m->n_regions > 0) memset(d->launched, 0, (size_t)m->n_regions);
   if (st != DSC_OK) {
     char msg[768];
     snprintf(msg, sizeof msg, "%s", dsc_last_error());
