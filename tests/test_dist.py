@@ -36,11 +36,13 @@ def _skip_reason():
     return None
 
 
-pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
+NO_MPI = _skip_reason()  # the MPI tests skip with it (the NCCL test below does not need MPI)
 
 
 def mpirun(tmp_path, n, scenario, *args, timeout=240, expect_fail=False):
     """Run the scenario on n ranks; returns ([rank r's npz dict], [rank r's error text or None])."""
+    if NO_MPI:
+        pytest.skip(NO_MPI)
     out = tmp_path / f"{scenario}-{n}-{time.monotonic_ns()}"
     out.mkdir()
     env = dict(os.environ, OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
@@ -249,6 +251,8 @@ def test_unresponsive_rank_gives_comm_error_not_hang(tmp_path):
 
 
 def test_cli_train_under_mpirun(tmp_path):
+    if NO_MPI:
+        pytest.skip(NO_MPI)
     env = dict(os.environ, OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     out = tmp_path / "run"
     outs = {}
@@ -270,3 +274,38 @@ def test_cli_train_under_mpirun(tmp_path):
         assert s["train_tokens"] == base["train_tokens"] == 4 * 4 * 16
         # the world's loss is the mean of the ranks' means: close to one process's, not equal
         assert abs(s["final_loss"] - base["final_loss"]) < 0.02, (k, s["final_loss"], base["final_loss"])
+
+
+# ------------------------------------------------------------------ NCCL (GPU machines only)
+# Never run where this was written (no GPU): the NCCL backend is only compiled and linked there.
+
+
+def _has_nccl_gpu():
+    d = dsc.info()
+    return bool(d.get("nccl")) and bool(d.get("devices"))
+
+
+@pytest.mark.skipif("not _has_nccl_gpu()", reason="needs a CUDA device and a build with NCCL")
+def test_nccl_world_of_one_collectives_and_training():
+    c = dsc.Comm.from_nccl_unique_id(dsc.Comm.nccl_unique_id(), 0, 1, device=0)
+    assert (c.backend, c.rank, c.size, c.device) == ("nccl", 0, 1, "cuda:0")
+    x = np.random.default_rng(0).standard_normal((5, 7)).astype(np.float32)
+    for op in ("sum", "max"):
+        y = c.all_reduce(dsc.tensor(x, device="cuda:0"), op)
+        c.synchronize()
+        np.testing.assert_array_equal(dsc.to_numpy(y), x)
+    g = c.all_gather(dsc.tensor(x, device="cuda:0"))
+    c.synchronize()
+    np.testing.assert_array_equal(dsc.to_numpy(g), x[None])
+    # a distributed model on a world of one: the one-process model's steps
+    cfg = W.small_cfg()
+    tok, y = W.batches(cfg, W.B, W.T, 1)[0]
+    m1 = dsc.Model(cfg, device="cuda:0", seed=3)
+    md = dsc.Model(cfg, device="cuda:0", seed=3, comm=c, expert_parallel=1, data_parallel=1)
+    for _ in range(2):
+        s1 = m1.train_step(tok, y, **W.TRAIN)
+        sd = md.train_step(tok, y, **W.TRAIN)
+        np.testing.assert_allclose(sd["loss"], s1["loss"], rtol=1e-6)
+    p1, pd = m1.parameters(), md.parameters()
+    for k in p1:
+        np.testing.assert_allclose(dsc.to_numpy(pd[k]), dsc.to_numpy(p1[k]), rtol=1e-5, atol=2e-6, err_msg=k)
