@@ -270,12 +270,20 @@ def _rank_batches(stream, rank: int, world: int):
 
 def _dist_comm(args: argparse.Namespace):
     """The communicator of `train` under mpirun (or with --ep / --dp): a dsc.Comm, or None."""
+    import os
+
     import deepseek_c as dsc
     from deepseek_c import dist
 
     if not (dist.launched_by_mpi() or args.ep or args.dp):
         return None
     comm = dsc.Comm.from_mpi()
+    if args.device.startswith("cuda"):  # NCCL, one GPU per rank, its unique id carried by MPI (untested: no GPU)
+        from mpi4py import MPI
+
+        local = int(os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", os.environ.get("MPI_LOCALRANKID", comm.rank)))
+        uid = MPI.COMM_WORLD.bcast(dsc.Comm.nccl_unique_id() if comm.rank == 0 else None, root=0)
+        comm, args.device = dsc.Comm.from_nccl_unique_id(uid, comm.rank, comm.size, device=local), f"cuda:{local}"
     if args.comm_timeout:
         comm.set_timeout(args.comm_timeout)
     if args.batch % comm.size:
