@@ -10,7 +10,9 @@ What it does, in order (and prints each choice):
      deepseek_c/include/, and builds the CPython glue deepseek_c._C against the library.
 
 Knobs (environment): DSC_CUDA=auto|0|1, DSC_CUDA_ARCHS="80;90a", DSC_DEBUG=1 (-O0 -g),
-DSC_SANITIZE=1 (ASan + UBSan), DSC_NVCC_THREADS (parallel nvcc jobs, default 2).
+DSC_SANITIZE=1 (ASan + UBSan), DSC_NVCC_THREADS (parallel nvcc jobs, default 2),
+DSC_MPI=auto|0|1 (the MPI backend of dsc_comm: found through mpicc (MPICC) or mpi.h in the
+usual places), DSC_NCCL=auto|0|1 (the NCCL backend: nccl.h and libnccl in a CUDA build).
 No network, git or torch at build time.
 """
 
@@ -89,6 +91,54 @@ def find_blas() -> tuple[str, str, str, str]:
     return ob.get_include_dir(), ob.get_lib_dir(), ob.get_library(), f"scipy-openblas32 {version}"
 
 
+def _mode(var: str) -> str:
+    v = os.environ.get(var, "auto").lower()
+    return "0" if v in ("0", "off", "no", "false") else "1" if v in ("1", "on", "yes", "true") else "auto"
+
+
+def find_mpi() -> tuple[list[str], list[str], str] | None:
+    """(compile flags, link flags, description) of an MPI, or None (DSC_MPI=auto|0|1).
+
+    mpicc (or $MPICC) is asked for its flags (Open MPI: --showme:compile/--showme:link;
+    MPICH: -compile_info/-link_info); without one, mpi.h and libmpi in the usual Debian /
+    Red Hat places. Only csrc/dist/comm_mpi.c uses MPI."""
+    mode = _mode("DSC_MPI")
+    if mode == "0":
+        say("MPI: disabled by DSC_MPI=0")
+        return None
+    mpicc = os.environ.get("MPICC") or shutil.which("mpicc")
+
+    def ask(*args: str) -> list[str] | None:
+        try:
+            out = subprocess.run([mpicc, *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.split() if out.returncode == 0 and out.stdout.strip() else None
+
+    if mpicc:
+        comp, link = ask("--showme:compile"), ask("--showme:link")
+        if comp is None or link is None:
+            comp, link = ask("-compile_info"), ask("-link_info")
+        if comp is not None and link is not None:
+            cflags = [t for t in comp if t.startswith(("-I", "-D", "-pthread"))]
+            lflags = [t for t in link if t.startswith(("-L", "-l", "-Wl", "-pthread"))]
+            lflags += [f"-Wl,-rpath,{t[2:]}" for t in lflags if t.startswith("-L")]
+            if "-lmpi" in lflags or any(t.startswith("-lmpi") for t in lflags):
+                return cflags, lflags, f"{mpicc}"
+    for inc, libdir in (("/usr/lib/x86_64-linux-gnu/openmpi/include", "/usr/lib/x86_64-linux-gnu/openmpi/lib"),
+                        ("/usr/include/x86_64-linux-gnu/mpich", "/usr/lib/x86_64-linux-gnu"),
+                        ("/usr/include/mpich-x86_64", "/usr/lib64/mpich/lib"),
+                        ("/usr/include/openmpi-x86_64", "/usr/lib64/openmpi/lib")):
+        if os.path.exists(os.path.join(inc, "mpi.h")) and glob.glob(os.path.join(libdir, "libmpi.so*")):
+            return [f"-I{inc}"], [f"-L{libdir}", "-lmpi", f"-Wl,-rpath,{libdir}"], f"mpi.h in {inc}"
+    if mode == "1":
+        raise RuntimeError("DSC_MPI=1 but no MPI was found (install one, e.g. apt-get install libopenmpi-dev, "
+                           "or set MPICC to its mpicc)")
+    say("MPI: not found (no mpicc, no mpi.h): dsc_comm without the MPI backend "
+        "(apt-get install libopenmpi-dev for it)")
+    return None
+
+
 class DscBuildExt(build_ext):
     """Builds libdeepseek_c.so before the CPython extension that links it."""
 
@@ -111,8 +161,19 @@ class DscBuildExt(build_ext):
             check_archs(nvcc, archs)
             say(f"CUDA: nvcc {nvcc_version(nvcc)} at {nvcc}; archs {', '.join('sm_' + a for a in archs)} "
                 f"(+ PTX for the newest)")
-        nccl = bool(nvcc) and os.path.exists(os.path.join(cuda_home, "include", "nccl.h"))
-        say(f"NCCL: {'found' if nccl else 'not used'}; OpenMP: yes; debug: {debug}; sanitize: {sanitize}")
+        nccl_lib = None
+        if nvcc and _mode("DSC_NCCL") != "0" and os.path.exists(os.path.join(cuda_home, "include", "nccl.h")):
+            for d in (os.path.join(cuda_home, "lib64"), os.path.join(cuda_home, "lib"), "/usr/lib/x86_64-linux-gnu"):
+                if glob.glob(os.path.join(d, "libnccl.so*")):
+                    nccl_lib = d
+                    break
+        if _mode("DSC_NCCL") == "1" and not nccl_lib:
+            raise RuntimeError("DSC_NCCL=1 but nccl.h / libnccl were not found in the CUDA toolkit")
+        nccl = nccl_lib is not None
+        mpi = find_mpi()
+        say(f"NCCL: {'found (' + nccl_lib + ')' if nccl else 'not used'}; "
+            f"MPI: {'found (' + mpi[2] + ')' if mpi else 'not used'}; OpenMP: yes; debug: {debug}; "
+            f"sanitize: {sanitize}")
 
         opt = ["-O0", "-g"] if debug else ["-O3"]
         san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"] if sanitize else []
@@ -126,18 +187,24 @@ class DscBuildExt(build_ext):
             defines += ["-DDSC_WITH_CUDA", "-DDSC_WITH_CUDA_MOE", "-DDSC_WITH_CUDA_FP8",
                         "-DDSC_WITH_CUDA_MLA",
                         f'-DDSC_CUDA_ARCHS="{";".join("sm_" + a for a in archs)}"']
+        if nccl:
+            defines += ["-DDSC_WITH_NCCL"]
+        if mpi:
+            defines += ["-DDSC_WITH_MPI"]
         includes = [f"-I{ROOT}/csrc/include", f"-I{ROOT}/csrc/core", f"-I{blas_inc}"]
         if nvcc:
             includes.append(f"-I{cuda_home}/include")
         cc = os.environ.get("CC", sysconfig.get_config_var("CC") or "cc").split()[0]
-        cflags = ["-std=c11", "-fPIC", "-fopenmp", "-fvisibility=hidden", "-Wall", "-Wextra",
+        if mpi:
+            includes += mpi[0]
+        cflags = ["-std=c11", "-fPIC", "-fopenmp", "-pthread", "-fvisibility=hidden", "-Wall", "-Wextra",
                   "-Wno-unused-parameter", *opt, *san, *defines, *includes]
 
         # Objects live in a directory named after the flags, so a CUDA and a CPU-only
         # build (or a debug build) never reuse each other's objects.
         import hashlib
 
-        tag = hashlib.sha1(repr((cflags, bool(nvcc), archs, debug, sanitize)).encode()).hexdigest()[:10]
+        tag = hashlib.sha1(repr((cflags, bool(nvcc), archs, debug, sanitize, nccl, bool(mpi))).encode()).hexdigest()[:10]
         obj_dir = os.path.join(self.build_temp, f"dsc_objs_{tag}")
         os.makedirs(obj_dir, exist_ok=True)
         c_sources = sorted(s for d in C_DIRS for s in glob.glob(os.path.join(ROOT, d, "*.c")))
@@ -170,11 +237,15 @@ class DscBuildExt(build_ext):
         objects = [j[2] for j in jobs]
 
         libname = os.path.join(lib_dir, "libdeepseek_c.so")
-        link = [cc, "-shared", "-fopenmp", *san, "-o", libname, *objects,
+        link = [cc, "-shared", "-fopenmp", "-pthread", *san, "-o", libname, *objects,
                 f"-L{blas_lib}", f"-l{blas_name}", "-Wl,-rpath,$ORIGIN", "-Wl,--no-undefined", "-lm"]
+        if mpi:
+            link += mpi[1]
         if nvcc:
             cuda_lib = os.path.join(cuda_home, "lib64")
             link += [f"-L{cuda_lib}", "-lcublasLt", "-lcudart", "-lstdc++", f"-Wl,-rpath,{cuda_lib}"]
+            if nccl:
+                link += [f"-L{nccl_lib}", "-lnccl", f"-Wl,-rpath,{nccl_lib}"]
         say("linking " + os.path.relpath(libname, ROOT if libname.startswith(ROOT) else os.getcwd()))
         self._run(link)
         blas_so = glob.glob(os.path.join(blas_lib, f"lib{blas_name}*.so*"))

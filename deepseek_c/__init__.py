@@ -32,7 +32,7 @@ except ImportError as _e:  # pragma: no cover - depends on how the package was r
             f"`pip install .` in {os.path.dirname(_here)} (it builds and also places the built files "
             f"there), or start Python outside the source tree to use an installed deepseek_c") from None
     raise
-from ._C import Error, FormatError, Tensor
+from ._C import CommError, Error, FormatError, Tensor
 from ._arrays import as_int, numpy_dtype, parse_device, parse_dtype
 from .ops import *  # noqa: F401,F403
 from .checkpoint import load_safetensors, save_safetensors, safetensors_metadata
@@ -52,6 +52,7 @@ from .rl_ops import *  # noqa: F401,F403,E402
 from .rl_ops import __all__ as _rl_ops_all  # noqa: E402
 from . import rewards, distill  # noqa: E402  (verifiable rewards; distillation)
 from .rl import GRPO  # noqa: E402
+from .dist import Comm  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -79,7 +80,7 @@ def has_cuda() -> bool:
 
 
 def info() -> dict[str, Any]:
-    """Version, build (CUDA, archs, cuBLASLt, NCCL, BLAS, OpenMP) and devices seen."""
+    """Version, build (CUDA, archs, cuBLASLt, NCCL, MPI, BLAS, OpenMP) and devices seen."""
     d = dict(_C.build_info())
     n, reason = _C.cuda_device_count()
     devices = []
@@ -149,9 +150,9 @@ def to_numpy(x: Any) -> np.ndarray:
 
 
 __all__ = [
-    "__version__", "Error", "FormatError", "Tensor", "get_include", "get_library", "cuda_device_count", "has_cuda",
+    "__version__", "Error", "FormatError", "CommError", "Tensor", "get_include", "get_library", "cuda_device_count", "has_cuda",
     "info", "empty", "tensor", "from_numpy", "to_numpy", "load_safetensors", "save_safetensors",
     "safetensors_metadata", *_ops_all, *_fp8_all, *_moe_all, "ModelConfig", *_mla_all, "Model", "lr_schedule",
     "GenerateOutput", "generate", "stream", "ModelCalc", "calc", *_rl_ops_all,
-    "GRPO", "rewards", "distill",
+    "GRPO", "rewards", "distill", "Comm",
 ]

@@ -36,6 +36,8 @@ def cmd_info(args: argparse.Namespace) -> int:
               f"cuBLASLt {'yes' if d['cublaslt'] else 'no'}, NCCL {'yes' if d['nccl'] else 'no'})")
     else:
         print("  CUDA      : no (built without nvcc or with DSC_CUDA=0)")
+    print(f"  comm      : self, MPI {('yes (' + d['mpi_library'] + ')') if d['mpi'] else 'no (no mpi.h at build time)'}"
+          f", NCCL {'yes' if d['nccl'] else 'no'}")
     if d["devices"]:
         for dev in d["devices"]:
             print(f"  device    : cuda:{dev['index']} {dev['name']} (sm_{dev['compute_capability'].replace('.', '')})")
@@ -97,12 +99,35 @@ def _train_common(args, task, tok, cfg, stream, evaluate: bool) -> int:
     import deepseek_c as dsc
     from deepseek_c import train as TR
 
-    model = dsc.Model(cfg, device=args.device, fp8=args.fp8, seed=args.seed)
-    print(f"{model}")
-    print(f"training {args.steps} steps, batch {args.batch} x seq {args.seq}, lr {args.lr}, fp8={args.fp8}")
-    hist = TR.fit(model, stream, args.steps, lr=args.lr, progress=not args.quiet,
+    comm = getattr(args, "comm", None)  # train under mpirun / with --ep, --dp: a dsc.Comm
+    if comm is not None:
+        model = dsc.Model(cfg, device=args.device, fp8=args.fp8, seed=args.seed, comm=comm,
+                          expert_parallel=args.ep, data_parallel=args.dp)
+        stream = _rank_batches(stream, comm.rank, comm.size)
+    else:
+        model = dsc.Model(cfg, device=args.device, fp8=args.fp8, seed=args.seed)
+    rank0 = comm is None or comm.rank == 0
+    say = print if rank0 else (lambda *a, **k: None)
+    say(f"{model}")
+    if comm is not None:
+        p = model.parallel
+        say(f"distributed: {p['world']} ranks ({comm.backend}), expert parallel {p['expert_parallel']} "
+            f"({p['n_local_experts']} experts per rank), data parallel {p['data_parallel']}; each rank trains "
+            f"{args.batch // p['world']} of the {args.batch} sequences per step")
+    say(f"training {args.steps} steps, batch {args.batch} x seq {args.seq}, lr {args.lr}, fp8={args.fp8}")
+    hist = TR.fit(model, stream, args.steps, lr=args.lr, progress=not args.quiet and rank0,
                   bias_update_rate=args.bias_update_rate, mtp_lambda=args.mtp_lambda, aux_alpha=args.aux_alpha)
     tps = hist["tokens_per_s"]  # total tokens / total wall time of the run
+    if comm is not None:  # each rank counted its own rows: the world's tokens (losses are the world's already)
+        hist["total_tokens"] *= comm.size
+        hist["tokens_per_s"] = tps = tps * comm.size
+        cs = model.comm_stats()
+        say(f"communication: {cs['bytes_sent'] / 1e6:.1f} MB sent by rank 0, {cs['wait_seconds']:.2f} s of "
+            f"{hist['seconds']:.1f} s waiting for it")
+        model.save(args.out)  # every rank writes its shard (collective)
+        if not rank0:
+            return 0
+        evaluate = False  # generation in the shared checkpoint: python -m deepseek_c generate --ckpt
     print(f"trained in {hist['seconds']:.1f} s: final loss {np.mean(hist['loss'][-20:]):.4f}, "
           f"MTP loss {np.mean(hist['mtp_loss'][-20:]):.4f}, {tps:.0f} tokens/s "
           f"({hist['total_tokens']} tokens / {hist['seconds']:.1f} s), "
@@ -113,7 +138,8 @@ def _train_common(args, task, tok, cfg, stream, evaluate: bool) -> int:
                    tokens_per_s_is="total training tokens / total training wall time",
                    final_loss=float(np.mean(hist["loss"][-20:])))
     os.makedirs(args.out, exist_ok=True)
-    model.save(args.out)
+    if comm is None:
+        model.save(args.out)
     from deepseek_c import data as D
     D.save_vocab(tok, os.path.join(args.out, "vocab.txt"))
     TR.save_history(hist, args.out)
@@ -130,7 +156,10 @@ def _train_common(args, task, tok, cfg, stream, evaluate: bool) -> int:
             summary["generation"] = _compare_mtp(model, task, tok, min(args.eval, 64))
     plots = TR.save_plots(hist, args.out)
     TR.write_summary(args.out, summary)
-    print(f"wrote {args.out}/: config.json, model.safetensors, optimizer.safetensors, vocab.txt, history.json, "
+    ep = model.parallel.get("expert_parallel", 1)
+    ckpt = "model.safetensors, optimizer.safetensors" if ep == 1 else \
+        f"model-/optimizer-0000q-of-{ep:05d}.safetensors (a shard per expert-parallel rank), model.safetensors.index.json"
+    print(f"wrote {args.out}/: config.json, {ckpt}, vocab.txt, history.json, "
           f"summary.json" + (", " + ", ".join(os.path.basename(p) for p in plots) if plots
                              else " (no matplotlib: no plots; pip install matplotlib, then "
                                   f"python -m deepseek_c plot {args.out})"))
@@ -231,8 +260,60 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _train_common(args, task, tok, cfg, stream, evaluate=True)
 
 
+def _rank_batches(stream, rank: int, world: int):
+    """Rank `rank`'s rows of each global batch (rows rank*B/W .. (rank+1)*B/W)."""
+    import dataclasses
+
+    for b in stream:
+        n = b.tokens.shape[0] // world
+        yield dataclasses.replace(b, tokens=b.tokens[rank * n:(rank + 1) * n],
+                                  targets=b.targets[rank * n:(rank + 1) * n])
+
+
+def _dist_comm(args: argparse.Namespace):
+    """The communicator of `train` under mpirun (or with --ep / --dp): a dsc.Comm, or None."""
+    import os
+
+    import deepseek_c as dsc
+    from deepseek_c import dist
+
+    if not (dist.launched_by_mpi() or args.ep or args.dp):
+        return None
+    comm = dsc.Comm.from_mpi()
+    if args.device.startswith("cuda"):  # NCCL, one GPU per rank, its unique id carried by MPI (untested: no GPU)
+        from mpi4py import MPI
+
+        local = int(os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", os.environ.get("MPI_LOCALRANKID", comm.rank)))
+        uid = MPI.COMM_WORLD.bcast(dsc.Comm.nccl_unique_id() if comm.rank == 0 else None, root=0)
+        comm, args.device = dsc.Comm.from_nccl_unique_id(uid, comm.rank, comm.size, device=local), f"cuda:{local}"
+    if args.comm_timeout:
+        comm.set_timeout(args.comm_timeout)
+    if args.batch % comm.size:
+        raise SystemExit(f"train: --batch: expected a multiple of the {comm.size} ranks, got {args.batch}")
+    return comm
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train on a built-in task or a text file, with the demo config or --config."""
+    args.comm = _dist_comm(args)
+    try:
+        return _cmd_train(args)
+    except Exception as e:  # a failed rank must end the job (the others would wait for it)
+        if args.comm is None:
+            raise
+        import traceback
+
+        from mpi4py import MPI
+
+        sys.stderr.write(f"rank {args.comm.rank}: {type(e).__name__}: {e}\n")
+        if not isinstance(e, SystemExit):
+            traceback.print_exc()
+        sys.stderr.flush()
+        MPI.COMM_WORLD.Abort(1)
+        return 1
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
     import os
 
     import deepseek_c as dsc
@@ -386,6 +467,11 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--data", default="addition", help="a built-in task name or a text file path")
     d.add_argument("--config", default=None, help="a Hugging Face config.json (default: the demo config)")
     _add_train_args(d, steps=1000, batch=32, seq=64, lr=3e-3, out="train_out")
+    g = d.add_argument_group("distributed (launch with mpirun -np N; MPI through mpi4py)")
+    g.add_argument("--ep", type=int, default=None, help="expert-parallel ranks (default: every rank)")
+    g.add_argument("--dp", type=int, default=None, help="data-parallel replicas (default: ranks / ep)")
+    g.add_argument("--comm-timeout", type=float, default=None, dest="comm_timeout",
+                   help="seconds a rank waits for the others before failing (default 300, or DSC_COMM_TIMEOUT)")
     d.set_defaults(fn=cmd_train)
     d = sub.add_parser("generate", help="generate from a checkpoint directory (optionally MTP-speculative)")
     d.add_argument("--ckpt", required=True, help="checkpoint directory (config.json + *.safetensors)")

@@ -89,6 +89,29 @@ def _num_threads(v: Any, fn: str) -> Optional[int]:
     return int(v)
 
 
+def _dist_args(fn: str, comm: Any, ep: Optional[int], dp: Optional[int], check_every: int, overlap: bool,
+               mbs: int) -> Optional[tuple]:
+    """The C model's distributed options, or None without comm (checked here for types; the
+    values, which every rank must share, are checked by C after the ranks compared them)."""
+    if comm is None:
+        for name, v in (("expert_parallel", ep), ("data_parallel", dp)):
+            if v not in (None, 1):
+                raise ValueError(f"{fn}: {name}: expected None or 1 without comm (one process), got {v!r}")
+        return None
+    from .dist import Comm
+    if not isinstance(comm, Comm):
+        raise TypeError(f"{fn}: comm: expected a deepseek_c.Comm (Comm.from_mpi, Comm.from_torch, ...), "
+                        f"got {type(comm).__name__}")
+    for name, v in (("expert_parallel", ep), ("data_parallel", dp)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+            raise ValueError(f"{fn}: {name}: expected None (derived) or an int >= 1, got {v!r}")
+    if isinstance(check_every, bool) or not isinstance(check_every, (int, np.integer)) or check_every < 0:
+        raise ValueError(f"{fn}: check_every: expected an int >= 0 (0: never), got {check_every!r}")
+    if mbs not in (1, 2) or isinstance(mbs, bool):
+        raise ValueError(f"{fn}: ep_micro_batches: expected 1 or 2, got {mbs!r}")
+    return (comm._cap, int(ep or 0), int(dp or 0), int(check_every), int(bool(overlap)), int(mbs))
+
+
 def _copy_tensors(dst_cap: Any, src_cap: Any) -> None:
     """Every parameter of model src into model dst (same config), device to device."""
     for (_, d), (_, s) in zip(_C.model_tensors(dst_cap), _C.model_tensors(src_cap)):
@@ -121,7 +144,9 @@ class Model:
     oversubscribe the CPU. Results do not depend on it."""
 
     def __init__(self, cfg: ModelConfig, device: str = "cpu", dtype: str = "float32", fp8: bool = False,
-                 seed: int = 0, moments: str = "float32", num_threads: Optional[int] = None,
+                 seed: int = 0, moments: str = "float32", num_threads: Optional[int] = None, *,
+                 comm: Any = None, expert_parallel: Optional[int] = None, data_parallel: Optional[int] = None,
+                 check_every: int = 1, overlap: bool = True, ep_micro_batches: int = 1,
                  _init: bool = True, _cap: Any = None) -> None:
         if isinstance(cfg, Mapping):
             cfg = ModelConfig(**cfg)
@@ -134,10 +159,12 @@ class Model:
         dev_type, dev_id, self.device = _parse_device(device)
         self.num_threads = _num_threads(num_threads, "Model")
         self.dtype, self.fp8, self.seed = "float32", fp8, int(seed)
+        dist = _dist_args("Model", comm, expert_parallel, data_parallel, check_every, overlap, ep_micro_batches)
         if _cap is None:
             # the C parser reads the config (one parser for every path); cfg then mirrors it
             _cap = _C.model_new(cfg.to_json(indent=None), dev_type, dev_id, self.seed & (2**64 - 1), int(_init),
-                                int(fp8), str(moments), self.num_threads or 0)
+                                int(fp8), str(moments), self.num_threads or 0, dist)
+        self.comm = comm
         self.cfg = ModelConfig._from_canonical(json.loads(_C.model_config_json(_cap)))
         self.n_layers = int(self.cfg.num_hidden_layers)
         self.n_mtp = int(self.cfg.num_nextn_predict_layers or 0)
@@ -150,7 +177,9 @@ class Model:
             self._names.append(name)
             self._params[name] = t.numpy() if dev_type == 1 else t
         self._index = {n: i for i, n in enumerate(self._names)}
-        self.frozen = bool(_C.model_info(self._cap)["frozen"])
+        info = _C.model_info(self._cap)
+        self.frozen = bool(info["frozen"])
+        self.parallel: dict[str, int] = dict(info["parallel"])
         self._scales: dict[str, Any] = {}
         if self.frozen:
             self.fp8 = True
@@ -195,6 +224,9 @@ class Model:
         saves DeepSeek-style FP8 checkpoints, and refuses training."""
         if self.frozen:
             return self
+        if self.parallel.get("world", 1) > 1:
+            raise ValueError("Model.freeze_fp8: model: distributed (comm); load the checkpoint with "
+                             "Model.from_pretrained(path, fp8=True, inference_only=True, comm=...) on every rank")
         dev_type, dev_id = self._dev
         cap = _C.model_new(_C.model_config_json(self._cap), dev_type, dev_id, self.seed & (2**64 - 1), 0, 1,
                            "float32", self.num_threads or 0)
@@ -204,7 +236,14 @@ class Model:
         return Model(self.cfg, device=self.device, fp8=True, seed=self.seed, num_threads=self.num_threads, _cap=cap)
 
     def num_parameters(self) -> int:
+        """Parameters held by this process (a rank of an expert-parallel model: its experts only)."""
         return int(_C.model_info(self._cap)["n_params"])
+
+    def comm_stats(self, reset: bool = False) -> dict:
+        """Communication of this model's own communicators since creation or the last reset:
+        dict(ops, bytes_sent, bytes_received, wait_seconds (the time the computation waited
+        for it), busy_seconds (time in flight)); zeros for a one-process model."""
+        return _C.model_comm_stats(self._cap, int(bool(reset)))
 
     def activation_bytes(self) -> int:
         """Bytes of the activation memory planned for the last training shape."""
@@ -645,7 +684,9 @@ class Model:
     def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu", fp8: bool = False,
                         moments: str = "float32", inference_only: bool = False, *,
                         init_missing_mtp: bool = False, strict: bool = False, seed: int = 0,
-                        num_threads: Optional[int] = None) -> "Model":
+                        num_threads: Optional[int] = None, comm: Any = None, expert_parallel: Optional[int] = None,
+                        data_parallel: Optional[int] = None, check_every: int = 1, overlap: bool = True,
+                        ep_micro_batches: int = 1) -> "Model":
         """Load config.json + *.safetensors from a directory (Hugging Face layout, one or many
         shards) with the C loader: bfloat16/float16 weights are widened, DeepSeek FP8 weights
         (E4M3 `weight` + `weight_scale_inv`) dequantized; optimizer.safetensors, when present,
@@ -680,9 +721,13 @@ class Model:
         try:
             # C first even for a missing directory: a save killed mid-swap may have left it
             # to be recovered from its old generation (see Model.save)
+            dist = _dist_args("Model.from_pretrained", comm, expert_parallel, data_parallel, check_every, overlap,
+                              ep_micro_batches)
             cap = _C.model_load(d, dev_type, dev_id, int(bool(fp8)), str(moments), int(init_missing_mtp),
-                                int(strict), int(seed) & (2**64 - 1), nt or 0)
+                                int(strict), int(seed) & (2**64 - 1), nt or 0, dist)
         except Error as e:
+            if isinstance(e, _C.CommError):
+                raise
             if not os.path.isdir(d):
                 raise ValueError(f"Model.from_pretrained: path: expected a directory with config.json and "
                                  f"*.safetensors, got {d!r} (no such directory)") from None
@@ -694,4 +739,6 @@ class Model:
         if inference_only:
             _C.model_freeze(cap)  # before any view of the float32 arena exists
         cfg = ModelConfig._from_canonical(json.loads(_C.model_config_json(cap)))
-        return cls(cfg, device=device, fp8=bool(fp8), seed=int(seed), moments=moments, num_threads=nt, _cap=cap)
+        m = cls(cfg, device=device, fp8=bool(fp8), seed=int(seed), moments=moments, num_threads=nt, _cap=cap)
+        m.comm = comm
+        return m

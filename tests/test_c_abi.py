@@ -112,6 +112,7 @@ def test_c_generate_example_text_prompt(tmp_path, kind):
     "test_model_io",      # config.json parsing and checkpoint save/load
     "test_model_train",   # the training step: FD gradients, accumulation, loss falls, errors
     "test_calc",          # the model calculator: V3's checkpoint counts, built models, bad options
+    "test_comm",          # communicators: a world of one, every collective, settings, bad arguments
 ])
 def test_c_runner_passes(name, tmp_path):
     """A C test program of tests/c built against the installed library; its last line is

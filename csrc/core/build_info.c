@@ -8,6 +8,18 @@
 #include <string.h>
 
 #include "backend.h"
+#ifdef DSC_WITH_MPI
+#include <mpi.h> /* only for its version macros: the MPI this build compiled against */
+#if defined(OMPI_MAJOR_VERSION)
+#define DSC_MPI_NAME "Open MPI " DSC_STR(OMPI_MAJOR_VERSION) "." DSC_STR(OMPI_MINOR_VERSION) "." DSC_STR(OMPI_RELEASE_VERSION)
+#elif defined(MPICH_VERSION)
+#define DSC_MPI_NAME "MPICH " MPICH_VERSION
+#else
+#define DSC_MPI_NAME "MPI " DSC_STR(MPI_VERSION) "." DSC_STR(MPI_SUBVERSION)
+#endif
+#else
+#define DSC_MPI_NAME ""
+#endif
 
 #ifndef DSC_CUDA_ARCHS
 #define DSC_CUDA_ARCHS ""
@@ -43,6 +55,12 @@ dsc_status dsc_get_build_info(dsc_build_info *info) {
   info->nccl = 0;
 #endif
   info->blas = DSC_BLAS_NAME;
+#ifdef DSC_WITH_MPI
+  info->mpi = 1;
+#else
+  info->mpi = 0;
+#endif
+  info->mpi_library = DSC_MPI_NAME;
 #ifdef _OPENMP
   info->openmp = 1;
   info->max_threads = omp_get_max_threads();

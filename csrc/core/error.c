@@ -29,6 +29,7 @@ const char *dsc_status_string(dsc_status status) {
     case DSC_ERR_IO: return "DSC_ERR_IO";
     case DSC_ERR_FORMAT: return "DSC_ERR_FORMAT";
     case DSC_ERR_INTERNAL: return "DSC_ERR_INTERNAL";
+    case DSC_ERR_COMM: return "DSC_ERR_COMM";
   }
   return "DSC_ERR_UNKNOWN";
 }
@@ -37,6 +38,11 @@ dsc_status dsc_verror(dsc_status st, const char *fn, const char *fmt, va_list ap
   int n = snprintf(tls_message, DSC_ERROR_CAP, "%s: ", fn ? fn : "deepseek_c");
   if (n < 0) n = 0;
   if (n < DSC_ERROR_CAP) vsnprintf(tls_message + n, (size_t)(DSC_ERROR_CAP - n), fmt, ap);
+  return st;
+}
+
+dsc_status dsc_error_set(dsc_status st, const char *message) {
+  snprintf(tls_message, DSC_ERROR_CAP, "%s", message ? message : "");
   return st;
 }
 

@@ -44,6 +44,8 @@ dsc_status dsc_error(dsc_status st, const char *fn, const char *fmt, ...)
 #endif
     ;
 dsc_status dsc_verror(dsc_status st, const char *fn, const char *fmt, va_list ap);
+/* Record a complete message as it is (one recorded on another thread, passed on). */
+dsc_status dsc_error_set(dsc_status st, const char *message);
 
 /* Return from the enclosing function with the status of a failing call. */
 #define DSC_TRY(expr)                  \

@@ -72,6 +72,9 @@ typedef enum dsc_status {
   DSC_ERR_IO = 8,
   DSC_ERR_FORMAT = 9,           /* a corrupt or truncated file                 */
   DSC_ERR_INTERNAL = 10,        /* a broken invariant: a bug, please report    */
+  DSC_ERR_COMM = 11,            /* a communicator failed: a peer rank did not answer
+                                   in time (died, hangs, or called another
+                                   collective), or the ranks disagree (config) */
 } dsc_status;
 
 /* The message of the last failure in the calling thread ("" if none). */
@@ -117,6 +120,8 @@ typedef struct dsc_build_info {
   const char *blas;          /* e.g. "scipy-openblas32 0.3.30" */
   int32_t openmp;            /* 1 when built with OpenMP */
   int32_t max_threads;       /* OpenMP threads available, 1 without OpenMP */
+  int32_t mpi;               /* 1 when the MPI backend of dsc_comm is compiled in */
+  const char *mpi_library;   /* MPI_Get_library_version of the MPI linked, "" without MPI */
 } dsc_build_info;
 
 DSC_API dsc_status dsc_get_build_info(dsc_build_info *info);
@@ -955,6 +960,116 @@ DSC_API dsc_status dsc_mla_decode(dsc_context *ctx, const dsc_mla_params *p,
                                   const DLTensor *x, const DLTensor *seq_ids,
                                   const DLTensor *positions, DLTensor *out);
 
+/* ------------------------------------------------------------------ communicators */
+/* dsc_comm: a group of processes (ranks 0..size-1) and the collectives the distributed
+ * model needs, on an engine people already run: NCCL between GPUs, MPI (OpenMPI, MPICH)
+ * between CPU processes, or a world of one. One interface for all of them:
+ *
+ *   dsc_comm_create_mpi(&comm_world, &c)     an MPI communicator (pointer to an MPI_Comm:
+ *                                            this header needs no mpi.h); duplicated, so
+ *                                            deepseek_c's messages never match the caller's
+ *   dsc_comm_create_nccl(nccl_comm, dev, &c) an existing ncclComm_t (e.g. PyTorch's), borrowed:
+ *                                            never destroyed by deepseek_c
+ *   dsc_comm_nccl_unique_id / _create_nccl_uid   a new NCCL communicator from a unique id
+ *                                            (rank 0 makes it, the launcher's channel carries it)
+ *   dsc_comm_create_self(&c)                 a world of one (no library needed)
+ *
+ * The backends a build has: dsc_build_info.mpi / .nccl (the MPI and NCCL constructors answer
+ * DSC_ERR_UNSUPPORTED in a build without them). Tensors are DLPack on the communicator's
+ * device: host memory for MPI and self, the communicator's CUDA device for NCCL, where every
+ * collective is stream-ordered on ctx's stream (NCCL's own semantics; the host does not wait).
+ *
+ * Numerics: MPI reductions are computed by deepseek_c, not by the MPI library, in a fixed
+ * order: y = ((x_0 + x_1) + x_2) + ... over ranks 0..size-1, bitwise identical on every rank
+ * and independent of the MPI implementation and its algorithm choice. NCCL reductions are
+ * NCCL's (every rank gets the same bits).
+ *
+ * Failures are errors, never hangs: every MPI operation has a deadline (dsc_comm_set_timeout;
+ * default 300 s or the DSC_COMM_TIMEOUT environment variable, seconds). A peer that does not
+ * answer in time -- it died, hangs, or called another collective (every message carries the
+ * collective's kind and sequence number) -- or a size that does not match what this rank
+ * expects is DSC_ERR_COMM naming the collective, its sequence number and the ranks it waited
+ * for; the communicator is then broken (every later call fails at once with the first error).
+ * NCCL waits (dsc_comm_synchronize) poll the communicator's asynchronous error with the same
+ * deadline and abort it (ncclCommAbort) on expiry. */
+typedef struct dsc_comm dsc_comm;
+
+typedef enum dsc_comm_backend {
+  DSC_COMM_BACKEND_SELF = 0, /* a world of one */
+  DSC_COMM_BACKEND_MPI = 1,  /* CPU processes */
+  DSC_COMM_BACKEND_NCCL = 2, /* GPUs */
+} dsc_comm_backend;
+
+typedef enum dsc_reduce_op {
+  DSC_REDUCE_SUM = 0,
+  DSC_REDUCE_MAX = 1,
+} dsc_reduce_op;
+
+#define DSC_NCCL_UNIQUE_ID_BYTES 128
+
+DSC_API dsc_status dsc_comm_create_self(dsc_comm **out);
+/* mpi_comm: the address of an MPI_Comm (e.g. &comm; mpi4py: MPI._addressof(comm)). MPI must be
+ * initialized; the communicator is duplicated (MPI_Comm_dup, errors returned, not fatal).
+ * Overlapped (asynchronous) collectives need MPI_THREAD_MULTIPLE (mpi4py's default); at a
+ * lower thread level they run synchronously. */
+DSC_API dsc_status dsc_comm_create_mpi(const void *mpi_comm, dsc_comm **out);
+/* nccl_comm: an ncclComm_t on CUDA device `device` (borrowed: it must outlive the dsc_comm). */
+DSC_API dsc_status dsc_comm_create_nccl(void *nccl_comm, int32_t device, dsc_comm **out);
+DSC_API dsc_status dsc_comm_nccl_unique_id(uint8_t id[DSC_NCCL_UNIQUE_ID_BYTES]);
+/* A new NCCL communicator (owned: destroyed with the dsc_comm); collective over `size` ranks. */
+DSC_API dsc_status dsc_comm_create_nccl_uid(const uint8_t id[DSC_NCCL_UNIQUE_ID_BYTES], int32_t rank,
+                                            int32_t size, int32_t device, dsc_comm **out);
+DSC_API void dsc_comm_destroy(dsc_comm *comm);
+DSC_API int32_t dsc_comm_rank(const dsc_comm *comm);
+DSC_API int32_t dsc_comm_size(const dsc_comm *comm);
+DSC_API int32_t dsc_comm_backend_of(const dsc_comm *comm); /* dsc_comm_backend, -1 for NULL */
+/* The device the collectives' tensors live on (CPU for MPI and self). */
+DSC_API dsc_status dsc_comm_device(const dsc_comm *comm, DLDevice *device);
+/* Deadline of every operation, seconds (> 0, finite). */
+DSC_API dsc_status dsc_comm_set_timeout(dsc_comm *comm, double seconds);
+DSC_API double dsc_comm_get_timeout(const dsc_comm *comm);
+/* Ranks with the same color form a new communicator, ordered by (key, rank) (collective). */
+DSC_API dsc_status dsc_comm_split(dsc_comm *comm, int32_t color, int32_t key, dsc_comm **out);
+
+/* y = reduce over ranks of x (same shape and dtype on every rank; y may alias x).
+ *   x, y: float32 | float64 | int32 | int64 (NCCL: also bfloat16); op: dsc_reduce_op */
+DSC_API dsc_status dsc_comm_all_reduce(dsc_comm *comm, dsc_context *ctx, const DLTensor *x, DLTensor *y,
+                                       int32_t op);
+/* y [n...] on rank r = reduce over ranks of x[r] for x [size, n...]. */
+DSC_API dsc_status dsc_comm_reduce_scatter(dsc_comm *comm, dsc_context *ctx, const DLTensor *x, DLTensor *y,
+                                           int32_t op);
+/* y [size, ...] = the x [...] of every rank (any dtype). */
+DSC_API dsc_status dsc_comm_all_gather(dsc_comm *comm, dsc_context *ctx, const DLTensor *x, DLTensor *y);
+/* x of rank root into x of every rank (in place). */
+DSC_API dsc_status dsc_comm_broadcast(dsc_comm *comm, dsc_context *ctx, DLTensor *x, int32_t root);
+/* The counts step of an all-to-all-v: recv_counts[q] = send_counts[me] of rank q (host int64
+ * arrays [size], >= 0). */
+DSC_API dsc_status dsc_comm_exchange_counts(dsc_comm *comm, dsc_context *ctx, const int64_t *send_counts,
+                                            int64_t *recv_counts);
+/* All-to-all-v of rows: x [sum(send_counts), ...] holds the rows for rank 0, then rank 1, ...;
+ * y [sum(recv_counts), ...] receives rank 0's rows for me, then rank 1's, ... (same row shape
+ * and dtype; recv_counts from dsc_comm_exchange_counts). */
+DSC_API dsc_status dsc_comm_all_to_all_v(dsc_comm *comm, dsc_context *ctx, const DLTensor *x,
+                                         const int64_t *send_counts, DLTensor *y, const int64_t *recv_counts);
+DSC_API dsc_status dsc_comm_barrier(dsc_comm *comm, dsc_context *ctx);
+/* Wait (with the deadline) for every collective of this communicator issued so far: host-side
+ * completion of asynchronous work; for NCCL the stream's work and the communicator's errors. */
+DSC_API dsc_status dsc_comm_synchronize(dsc_comm *comm, dsc_context *ctx);
+
+/* Counters since creation (or the last reset). wait_seconds: time callers were blocked in
+ * this communicator's operations (the communication the computation did not hide);
+ * busy_seconds: time operations were in flight (asynchronous ones included). */
+typedef struct dsc_comm_stats {
+  size_t size;            /* sizeof(dsc_comm_stats) */
+  int64_t ops;            /* collectives issued */
+  int64_t bytes_sent;     /* payload bytes this rank sent to other ranks */
+  int64_t bytes_received; /* payload bytes it received from them */
+  double wait_seconds;
+  double busy_seconds;
+} dsc_comm_stats;
+DSC_API dsc_status dsc_comm_get_stats(const dsc_comm *comm, dsc_comm_stats *stats);
+DSC_API void dsc_comm_reset_stats(dsc_comm *comm);
+
 /* ------------------------------------------------------------------ model */
 /* A DeepSeek-V3-architecture causal LM (MLA + dense/MoE FFN + MTP) with its training
  * step and checkpoints, composed from the ops above on the context's device. Field names
@@ -1054,8 +1169,44 @@ typedef struct dsc_model_options {
                                carry weights (rotary_emb.inv_freq), the MTP modules' copies of the
                                embedding and head, and a tied lm_head equal to the embedding are
                                skipped silently either way. */
+  /* Distributed (expert and data parallel) training and inference: every rank of `comm`
+   * creates (or loads) the model with the same config and options. comm NULL: one process.
+   * The world (size W = expert_parallel * data_parallel) is laid out rank = dp_index * ep + ep_index:
+   * the ep ranks of a data-parallel index form an expert-parallel group, each holding
+   * n_routed_experts / ep experts (ep_index * E/ep onwards) of every MoE layer and a replica of
+   * everything else; tokens travel to their experts' ranks and back (all-to-all-v). Every rank
+   * trains on its own micro-batch: gradients of replicated tensors are summed over the world,
+   * an expert's over the dp ranks holding it (in buckets, overlapping the backward), the
+   * global-norm clip and the bias update use every rank's gradients and expert load. The comm
+   * must outlive the model (its operations run on duplicates of it). */
+  dsc_comm *comm;
+  int32_t expert_parallel;  /* ep >= 1, divides n_routed_experts; 0: W / data_parallel, or W if that is 0 too */
+  int32_t data_parallel;    /* dp >= 1; 0: W / ep. ep * dp must be W */
+  int32_t check_every;      /* compare the replicated parameters of every rank every N optimizer
+                               steps (a 64-bit hash per rank, all-gathered; a difference is
+                               DSC_ERR_COMM); 0: never. Default 1 */
+  int32_t overlap;          /* 1 (default): the gradient reduction overlaps the backward (a bucket
+                               per layer, reduced while the layers below compute); 0: after it */
+  int32_t ep_micro_batches; /* 1 (default): an MoE layer dispatches all its tokens at once (expert
+                               rows in the single-process order); 2: as two micro-batches, the
+                               dispatch/combine of one overlapping the expert computation of the
+                               other (DualPipe's overlap without its pipeline schedule) */
 } dsc_model_options;
 DSC_API void dsc_model_options_default(dsc_model_options *opt);
+
+/* A distributed model's place in the world (a model without comm: world 1, every expert). */
+typedef struct dsc_model_parallel {
+  size_t size;             /* sizeof(dsc_model_parallel) */
+  int32_t world, rank;
+  int32_t expert_parallel, data_parallel;
+  int32_t ep_rank, dp_rank;  /* rank = dp_rank * expert_parallel + ep_rank */
+  int32_t n_local_experts;   /* routed experts held here (per MoE layer) */
+  int32_t first_expert;      /* global index of the first of them */
+} dsc_model_parallel;
+DSC_API dsc_status dsc_model_parallel_info(const dsc_model *model, dsc_model_parallel *info);
+/* The communication counters of the model's own communicators, summed (zeros without comm);
+ * reset != 0 zeroes them after reading. */
+DSC_API dsc_status dsc_model_comm_stats(dsc_model *model, int32_t reset, dsc_comm_stats *stats);
 
 /* Parameters: float32 master weights in one arena on ctx's device. The context must
  * outlive the model; a model is used by one thread at a time. */

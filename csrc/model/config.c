@@ -136,7 +136,7 @@ enum {
 
 /* Elements of block i's weights, as add_block lays them out, its named (Hugging Face)
  * tensors and its storage entries. Sticky: *ok cleared on overflow. */
-static void block_sizes(const dsc_model_config *c, int32_t i, int64_t *numel, int64_t *named,
+static void block_sizes(const dsc_model_config *c, int32_t i, int32_t ep, int64_t *numel, int64_t *named,
                         int64_t *entries, int *ok) {
   const int64_t D = c->hidden_size, H = c->num_attention_heads, Rq = c->q_lora_rank;
   const int64_t R = c->kv_lora_rank, dr = c->qk_rope_head_dim;
@@ -162,8 +162,9 @@ static void block_sizes(const dsc_model_config *c, int32_t i, int64_t *numel, in
     n = dsc_cadd(n, dsc_cmul(E, D, ok), ok); /* router */
     k += 1, e += 1;
     if (c->topk_method == DSC_MOE_TOPK_NOAUX_TC) n = dsc_cadd(n, E, ok), k += 1, e += 1;
-    n = dsc_cadd(n, dsc_cmul(3, dsc_cmul3(E, F, D, ok), ok), ok); /* stacked experts */
-    k = dsc_cadd(k, dsc_cmul(3, E, ok), ok), e += 3;
+    const int64_t Es = E / (ep > 0 ? ep : 1); /* this rank's share of the experts */
+    n = dsc_cadd(n, dsc_cmul(3, dsc_cmul3(Es, F, D, ok), ok), ok); /* stacked experts */
+    k = dsc_cadd(k, dsc_cmul(3, Es, ok), ok), e += 3;
     if (c->n_shared_experts > 0) {
       const int64_t Fs = dsc_cmul(F, c->n_shared_experts, ok);
       n = dsc_cadd(n, dsc_cmul3(3, Fs, D, ok), ok);
@@ -178,13 +179,18 @@ static void block_sizes(const dsc_model_config *c, int32_t i, int64_t *numel, in
 
 dsc_status dsc_model_config_sizes(const dsc_model_config *c, int64_t *n_params, int64_t *n_named,
                                   int64_t *n_entries, int64_t *max_region) {
+  return dsc_model_config_sizes_ep(c, 1, n_params, n_named, n_entries, max_region);
+}
+
+dsc_status dsc_model_config_sizes_ep(const dsc_model_config *c, int32_t ep, int64_t *n_params, int64_t *n_named,
+                                     int64_t *n_entries, int64_t *max_region) {
   int ok = 1;
   const int64_t V = c->vocab_size, D = c->hidden_size;
   const int64_t L = c->num_hidden_layers, Dm = c->num_nextn_predict_layers;
   int64_t n = dsc_cmul(V, D, &ok), k = 1, e = 1, maxr = n; /* embed_tokens */
   for (int64_t b = 0; b < L + Dm && ok; ++b) {
     int64_t bn = 0, bk = 0, be = 0;
-    block_sizes(c, (int32_t)b, &bn, &bk, &be, &ok);
+    block_sizes(c, (int32_t)b, ep, &bn, &bk, &be, &ok);
     if (b >= L) { /* an MTP module: enorm, hnorm, eh_proj [D, 2D], shared_head.norm around it */
       bn = dsc_cadd(bn, dsc_cadd(dsc_cmul(3, D, &ok), dsc_cmul3(D, 2, D, &ok), &ok), &ok);
       bk += 4, be += 4;

@@ -26,6 +26,7 @@
  * layers, K num_draft (0 without speculation), P the position of a sequence's pending token.
  */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -825,6 +826,28 @@ static double now_s(void) {
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* ---- expert parallel ------------------------------------------------------------------- */
+
+/* The model's MoE layers exchange tokens with other ranks: every rank of the group must run
+ * the same sequence of them. */
+static int ep_generation(const dsc_model *m) {
+  for (int32_t b = 0; m->dist && b < m->n_blocks; ++b)
+    if (dsc_model_exchange(m, b)) return 1;
+  return 0;
+}
+
+/* A decode step of a rank without sequences: each main MoE layer on no tokens (its experts
+ * still serve the other ranks' rows). */
+static dsc_status idle_step(gen *g) {
+  dsc_model *m = g->m;
+  gview vx, vy;
+  DLTensor *x = mkview(&vx, g->dev, g->xn, DSC_DTYPE_FLOAT32, 2, 0, g->D, 0);
+  DLTensor *y = mkview(&vy, g->dev, g->tmp, DSC_DTYPE_FLOAT32, 2, 0, g->D, 0);
+  for (int32_t b = 0; b < g->L; ++b)
+    if (m->blocks[b].is_moe) DSC_TRY(dsc_model_ffn_infer(m, b, x, y, NULL, g->hw));
+  return DSC_OK;
+}
+
 /* ---- the loop --------------------------------------------------------------------------- */
 
 static dsc_status run(gen *g, int64_t *first /* [2B] host scratch */) {
@@ -865,6 +888,7 @@ static dsc_status run(gen *g, int64_t *first /* [2B] host scratch */) {
   }
 
   /* decode steps: the pending token + its drafts at P .. P + nd, ragged, -1 padded */
+  const int ep = ep_generation(g->m);
   for (;;) {
     int32_t nb = 0, T = 1;
     for (int32_t b = 0; b < B; ++b)
@@ -872,6 +896,17 @@ static dsc_status run(gen *g, int64_t *first /* [2B] host scratch */) {
         ++nb;
         if (1 + g->nd[b] > T) T = 1 + g->nd[b];
       }
+    if (ep) {
+      /* expert parallel: a rank whose sequences are all done still computes its experts for
+       * the others' tokens, until every rank of the group is done */
+      int64_t any = nb > 0;
+      DSC_TRY(dsc_model_host_all_reduce(g->m, g->m->dist->epc, &any, 1, DSC_DTYPE_INT64, DSC_REDUCE_MAX));
+      if (!any) break;
+      if (nb == 0) {
+        DSC_TRY(idle_step(g));
+        continue;
+      }
+    }
     if (nb == 0) break;
     int32_t r = 0;
     int64_t nr = 0;
@@ -1008,7 +1043,24 @@ dsc_status dsc_model_generate(dsc_model *model, const dsc_generate_options *o, i
     dsc_generate_options_default(&defaults);
     o = &defaults;
   }
-  DSC_TRY(validate(model, o, n_prompts, prompts, prompt_lens, out_tokens, out_lens, stats));
+  const dsc_status vs = validate(model, o, n_prompts, prompts, prompt_lens, out_tokens, out_lens, stats);
+  if (ep_generation(model)) {
+    /* every rank of the expert-parallel group must take part in the same steps: they compare
+     * first (a rank with bad arguments would otherwise leave the others waiting) */
+    char vmsg[1024];
+    snprintf(vmsg, sizeof vmsg, "%s", dsc_last_error());
+    static const char *const names[3] = {"whether their arguments are valid", "o->speculative",
+                                         "whether o->max_new_tokens > 0"};
+    const int64_t f[3] = {vs != DSC_OK, vs == DSC_OK ? o->speculative : 0,
+                          vs == DSC_OK ? o->max_new_tokens > 0 : 0};
+    const dsc_status as = dsc_dist_agree(model->dist->epc, model->ctx, FN, 3, f, names);
+    if (vs != DSC_OK) return dsc_error_set(vs, vmsg);
+    DSC_TRY(as);
+    DSC_CHECK(!o->speculative, DSC_ERR_UNSUPPORTED, FN,
+              "o->speculative: MTP speculative decoding is not supported with expert parallelism (the ranks' "
+              "draft steps would differ); generate with speculative = 0");
+  }
+  DSC_TRY(vs);
   const double t0 = now_s();
 
   gen g;

@@ -48,6 +48,8 @@ typedef struct {
   dsc_model *m;
   int64_t cap_storage, cap_named, cap_regions;
   dsc_status st;
+  int32_t ep;          /* the routed experts are split this many ways (1: all here) */
+  int32_t first_expert; /* global index of this rank's first expert */
 } builder;
 
 static const char *const FN_CREATE = "dsc_model_create";
@@ -118,7 +120,8 @@ static int32_t add_entry(builder *b, const char *name, int ndim, int64_t d0, int
     if (n_named > 1) {
       /* "<prefix>.mlp.experts.<proj>.weight" -> "<prefix>.mlp.experts.<k>.<proj>.weight" */
       const size_t pre = (size_t)(ex - name) + strlen(".mlp.experts.");
-      snprintf(v->name, sizeof v->name, "%.*s%lld.%s", (int)pre, name, (long long)k, name + pre);
+      snprintf(v->name, sizeof v->name, "%.*s%lld.%s", (int)pre, name, (long long)(k + b->first_expert),
+               name + pre);
       v->ndim = 2;
       v->shape[0] = d1, v->shape[1] = d2, v->shape[2] = 0;
       v->strides[0] = d2, v->strides[1] = 1, v->strides[2] = 0;
@@ -187,14 +190,15 @@ static void add_block(builder *b, int32_t i, block_entries *be) {
   E1(S_POST_NORM, "post_attention_layernorm.weight", D);
   if (dsc_model_is_moe_block(c, i)) {
     const int64_t E = c->n_routed_experts, F = c->moe_intermediate_size;
+    const int64_t El = E / b->ep; /* the stacks hold this rank's experts; the router all E */
     E2(S_ROUTER, "mlp.gate.weight", E, D);
     if (c->topk_method == DSC_MOE_TOPK_NOAUX_TC) {
       snprintf(n, sizeof n, "model.layers.%d.mlp.gate.e_score_correction_bias", (int)i);
       be->slot[S_BIAS] = add_entry(b, n, 1, E, 0, 0, 0);
     }
-    E3(S_EG, "mlp.experts.gate_proj.weight", E, F, D);
-    E3(S_EU, "mlp.experts.up_proj.weight", E, F, D);
-    E3(S_ED, "mlp.experts.down_proj.weight", E, D, F);
+    E3(S_EG, "mlp.experts.gate_proj.weight", El, F, D);
+    E3(S_EU, "mlp.experts.up_proj.weight", El, F, D);
+    E3(S_ED, "mlp.experts.down_proj.weight", El, D, F);
     if (c->n_shared_experts > 0) {
       const int64_t Fs = F * c->n_shared_experts;
       E2(S_SG, "mlp.shared_experts.gate_proj.weight", Fs, D);
@@ -308,8 +312,10 @@ static uint64_t splitmix64(uint64_t *s) {
 /* Uniform in (0, 1): 53 random bits, never 0. */
 static double uniform01(uint64_t *s) { return ((double)(splitmix64(s) >> 11) + 0.5) * 0x1.0p-53; }
 
-/* Fill entry e of a host buffer: matrices N(0, std) (Box-Muller), norms 1, the bias 0. */
-static void init_entry(const dsc_model_entry *e, float *host, float std, uint64_t seed) {
+/* Fill entry e of a host buffer: matrices N(0, std) (Box-Muller), norms 1, the bias 0.
+ * skip: the entry holds elements skip.. of its tensor's stream (a rank's share of an expert
+ * stack): they get exactly the values one process holding the whole stack gives them. */
+static void init_entry(const dsc_model_entry *e, float *host, float std, uint64_t seed, int64_t skip) {
   if (!e->train) {
     memset(host, 0, (size_t)e->numel * sizeof(float));
   } else if (e->ndim == 1) {
@@ -318,12 +324,143 @@ static void init_entry(const dsc_model_entry *e, float *host, float std, uint64_
     /* one stream per tensor: the init of a tensor does not depend on the others */
     uint64_t s = seed;
     for (const char *p = e->name; *p; ++p) s = (s ^ (uint64_t)(unsigned char)*p) * 0x100000001B3ull;
-    for (int64_t i = 0; i < e->numel; i += 2) {
+    /* element g comes from pair g / 2 (two draws per pair; splitmix64 adds a constant per draw) */
+    s += (uint64_t)(skip / 2) * 2u * 0x9E3779B97F4A7C15ull;
+    int64_t i = 0;
+    int odd = (int)(skip & 1);
+    while (i < e->numel) {
       const double r = sqrt(-2.0 * log(uniform01(&s))), a = 6.283185307179586 * uniform01(&s);
-      host[i] = (float)(std * r * cos(a));
-      if (i + 1 < e->numel) host[i + 1] = (float)(std * r * sin(a));
+      if (!odd) host[i++] = (float)(std * r * cos(a));
+      odd = 0;
+      if (i < e->numel) host[i++] = (float)(std * r * sin(a));
     }
   }
+}
+
+
+/* ------------------------------------------------------------------ distributed */
+
+int dsc_model_expert_name(const char *name, long *layer, long *expert) {
+  static const char prefix[] = "model.layers.";
+  if (strncmp(name, prefix, sizeof prefix - 1) != 0) return 0;
+  char *end = NULL;
+  const long i = strtol(name + sizeof prefix - 1, &end, 10);
+  if (!end || strncmp(end, ".mlp.experts.", 13) != 0) return 0;
+  const char *p = end + 13;
+  if (*p < '0' || *p > '9') return 0; /* the stacked storage name ("experts.gate_proj") */
+  const long e = strtol(p, &end, 10);
+  if (!end || *end != '.') return 0;
+  *layer = i;
+  *expert = e;
+  return 1;
+}
+
+int dsc_model_entry_is_expert(const dsc_model *m, int64_t e) {
+  const int32_t b = m->storage[e].region; /* regions: [embed] [layer 0] ... */
+  (void)b;
+  const char *n = m->storage[e].name;
+  return strstr(n, ".mlp.experts.") != NULL;
+}
+
+int dsc_model_name_other_rank(const dsc_model *m, const char *name) {
+  long layer = 0, e = 0;
+  if (!m->dist || !dsc_model_expert_name(name, &layer, &e)) return 0;
+  return e < m->dist->first_expert || e >= (long)m->dist->first_expert + m->dist->n_local_experts;
+}
+
+static void dist_free(dsc_model_dist *d, int32_t n_blocks) {
+  if (!d) return;
+  if (d->ex)
+    for (int32_t b = 0; b < n_blocks; ++b) dsc_ep_exchange_destroy(d->ex[b]);
+  free(d->ex);
+  if (d->req && d->grad) {
+    /* reductions still in flight (a failed step): wait for them before their buffers go */
+    for (int64_t i = 0; i < d->n_req; ++i) (void)dsc_comm_wait(d->grad, d->req[i]);
+  }
+  free(d->req);
+  free(d->launched);
+  dsc_comm_destroy(d->grad);
+  dsc_comm_destroy(d->epc);
+  dsc_comm_destroy(d->dpg);
+  free(d);
+}
+
+/* The distributed layout of opt->comm: every rank's settings compared first (so that all
+ * ranks fail alike instead of some waiting for the others), then checked, then the model's
+ * own communicators made (collective). */
+static dsc_status dist_setup(dsc_context *ctx, const char *fn, const dsc_model_config *cfg,
+                             const dsc_model_options *o, dsc_model_dist **out) {
+  *out = NULL;
+  dsc_comm *comm = o->comm;
+  const int32_t W = dsc_comm_size(comm), rank = dsc_comm_rank(comm);
+  const int32_t E = cfg->n_routed_experts;
+  /* unset: ep = W / dp when dp is given, else W (1 without experts); dp = W / ep */
+  const int32_t ep = o->expert_parallel > 0 ? o->expert_parallel
+                     : o->data_parallel > 0 ? (W % o->data_parallel == 0 ? W / o->data_parallel : 0)
+                                            : (E > 0 ? W : 1);
+  const int32_t dp = o->data_parallel > 0 ? o->data_parallel : (ep > 0 && W % ep == 0 ? W / ep : 0);
+  DLDevice cdev;
+  DSC_TRY(dsc_comm_device(comm, &cdev));
+  const int dev_ok = cdev.device_type == ctx->device.device_type && cdev.device_id == ctx->device.device_id;
+  char *json = NULL;
+  size_t json_n = 0;
+  DSC_TRY(dsc_model_config_render(fn, cfg, NULL, 0, &json, &json_n));
+  const uint64_t cfg_hash = dsc_dist_hash(json, json_n, 0x5EEDull);
+  free(json);
+  static const char *const names[] = {
+      "the world size", "the model config (config.json)", "n_routed_experts", "num_hidden_layers",
+      "hidden_size", "vocab_size", "expert_parallel", "data_parallel", "fp8", "moments_dtype", "init",
+      "seed", "check_every", "overlap", "ep_micro_batches", "the device type",
+      "whether the context's device is the communicator's", "the deepseek_c version"};
+  const int64_t fields[] = {W, (int64_t)cfg_hash, E, cfg->num_hidden_layers, cfg->hidden_size, cfg->vocab_size,
+                            ep, dp, o->fp8, o->moments_dtype, o->init, (int64_t)o->seed, o->check_every,
+                            o->overlap, o->ep_micro_batches, ctx->device.device_type, dev_ok,
+                            DSC_VERSION_MAJOR * 10000 + DSC_VERSION_MINOR * 100 + DSC_VERSION_PATCH};
+  DSC_TRY(dsc_dist_agree(comm, ctx, fn, (int32_t)(sizeof fields / sizeof fields[0]), fields, names));
+  /* now every rank sees the same values and reaches the same verdict */
+  DSC_CHECK(dev_ok, DSC_ERR_DEVICE, fn,
+            "opt->comm: the communicator's device (%s:%d) is not the context's (%s:%d)",
+            cdev.device_type == kDLCPU ? "cpu" : "cuda", (int)cdev.device_id,
+            ctx->device.device_type == kDLCPU ? "cpu" : "cuda", (int)ctx->device.device_id);
+  DSC_CHECK(ep >= 1 && dp >= 1 && (int64_t)ep * dp == W, DSC_ERR_INVALID_ARGUMENT, fn,
+            "opt->expert_parallel x opt->data_parallel: expected the world size %d, got %d x %d", (int)W, (int)ep,
+            (int)dp);
+  DSC_CHECK(E > 0 || ep == 1, DSC_ERR_INVALID_ARGUMENT, fn,
+            "opt->expert_parallel: expected 1 for a model without routed experts, got %d", (int)ep);
+  DSC_CHECK(E == 0 || E % ep == 0, DSC_ERR_INVALID_ARGUMENT, fn,
+            "opt->expert_parallel: the %d routed experts cannot be spread evenly over %d ranks (expected a "
+            "divisor of n_routed_experts)",
+            (int)E, (int)ep);
+  DSC_CHECK(o->check_every >= 0, DSC_ERR_INVALID_ARGUMENT, fn, "opt->check_every: expected >= 0, got %d",
+            (int)o->check_every);
+  DSC_CHECK(o->overlap == 0 || o->overlap == 1, DSC_ERR_INVALID_ARGUMENT, fn, "opt->overlap: expected 0 or 1, got %d",
+            (int)o->overlap);
+  DSC_CHECK(o->ep_micro_batches == 1 || o->ep_micro_batches == 2, DSC_ERR_INVALID_ARGUMENT, fn,
+            "opt->ep_micro_batches: expected 1 or 2, got %d", (int)o->ep_micro_batches);
+  dsc_model_dist *d = (dsc_model_dist *)calloc(1, sizeof *d);
+  if (!d) return dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
+  d->world = W;
+  d->rank = rank;
+  d->ep = ep;
+  d->dp = dp;
+  d->ep_rank = rank % ep;
+  d->dp_rank = rank / ep;
+  d->n_local_experts = E / ep;
+  d->first_expert = d->ep_rank * (E / ep);
+  d->check_every = o->check_every;
+  d->overlap = o->overlap;
+  d->micro_batches = ep > 1 ? o->ep_micro_batches : 1;
+  dsc_status st = dsc_comm_dup(comm, &d->grad);
+  if (st == DSC_OK) st = dsc_comm_split(comm, d->dp_rank, rank, &d->epc);
+  if (st == DSC_OK) st = dsc_comm_split(comm, d->ep_rank, rank, &d->dpg);
+  if (st != DSC_OK) {
+    char msg[768];
+    snprintf(msg, sizeof msg, "%s", dsc_last_error());
+    dist_free(d, 0);
+    return dsc_error(st, fn, "opt->comm: could not make the model's communicators: %s", msg);
+  }
+  *out = d;
+  return DSC_OK;
 }
 
 /* ------------------------------------------------------------------ create / destroy */
@@ -336,6 +473,12 @@ void dsc_model_options_default(dsc_model_options *o) {
   o->init = 1;
   o->fp8 = 0;
   o->moments_dtype = DSC_DTYPE_FLOAT32;
+  o->comm = NULL;
+  o->expert_parallel = 0;
+  o->data_parallel = 0;
+  o->check_every = 1;
+  o->overlap = 1;
+  o->ep_micro_batches = 1;
 }
 
 
@@ -358,6 +501,7 @@ void dsc_model_destroy(dsc_model *m) {
   free(m->block_entries);
   dsc_model_fp8w_free(m, &m->held);
   free(m->held_of);
+  dist_free(m->dist, m->n_blocks);
   free(m->cfg_extra);
   for (int64_t i = 0; i < m->n_warnings; ++i) free(m->warnings[i]);
   free(m->warnings);
@@ -495,12 +639,19 @@ dsc_status dsc_model_plan(dsc_context *ctx, const char *FN, const dsc_model_conf
   DSC_TRY(dsc_model_config_validate(cfg));
   dsc_model_options o;
   DSC_TRY(check_options(FN, opt, &o));
+  dsc_model_dist *dist = NULL;
+  if (o.comm) DSC_TRY(dist_setup(ctx, FN, cfg, &o, &dist));
+  const int32_t ep = dist ? dist->ep : 1;
   int64_t want_params = 0, want_named = 0, want_entries = 0, want_maxr = 0;
-  DSC_TRY(dsc_model_config_sizes(cfg, &want_params, &want_named, &want_entries, &want_maxr));
-  DSC_TRY(check_fits(ctx, FN, want_params, want_named + want_entries));
-
-  dsc_model *m = (dsc_model *)calloc(1, sizeof *m);
-  if (!m) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+  dsc_status pst = dsc_model_config_sizes_ep(cfg, ep, &want_params, &want_named, &want_entries, &want_maxr);
+  if (pst == DSC_OK) pst = check_fits(ctx, FN, want_params, want_named + want_entries);
+  dsc_model *m = pst == DSC_OK ? (dsc_model *)calloc(1, sizeof *m) : NULL;
+  if (pst == DSC_OK && !m) pst = dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+  if (pst != DSC_OK) {
+    dist_free(dist, 0);
+    return pst;
+  }
+  m->dist = dist;
   m->ctx = ctx;
   m->cfg = *cfg;
   m->cfg.size = sizeof m->cfg;
@@ -521,7 +672,7 @@ dsc_status dsc_model_plan(dsc_context *ctx, const char *FN, const dsc_model_conf
                               sizeof *m->load);
   if (!be || !mtp_e || !m->blocks || !m->mtp || !m->load) st = dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
 
-  builder b = {m, 0, 0, 0, st};
+  builder b = {m, 0, 0, 0, st, ep, dist ? dist->first_expert : 0};
   char n[DSC_MODEL_NAME_MAX];
   begin_region(&b);
   const int32_t emb_e = add_entry(&b, "model.embed_tokens.weight", 2, V, D, 0, 1);
@@ -606,6 +757,16 @@ dsc_status dsc_model_plan(dsc_context *ctx, const char *FN, const dsc_model_conf
     memcpy(m->mtp_entries, mtp_e, sizeof(int32_t) * 4 * (size_t)m->n_mtp);
     m->arena_numel = m->n_params;
   }
+  if (st == DSC_OK && dist) {
+    /* an exchange per MoE block (expert parallel), bookkeeping of the bucket reductions */
+    dist->ex = (dsc_ep_exchange **)calloc((size_t)m->n_blocks, sizeof *dist->ex);
+    dist->req = (dsc_comm_req **)calloc((size_t)m->n_regions * 4 + 1, sizeof *dist->req);
+    if (dist->req) dist->n_req = (int64_t)m->n_regions * 4;
+    dist->launched = (uint8_t *)calloc((size_t)m->n_regions + 1, 1);
+    if (!dist->ex || !dist->req || !dist->launched) st = dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+    for (int32_t k = 0; k < m->n_blocks && st == DSC_OK && dist->ep > 1; ++k)
+      if (m->blocks[k].is_moe) st = dsc_ep_exchange_create(dist->epc, ctx, c->n_routed_experts, &dist->ex[k]);
+  }
   free(be);
   free(mtp_e);
   if (st != DSC_OK) {
@@ -638,7 +799,11 @@ dsc_status dsc_model_materialize(dsc_model *m, const dsc_model_options *opt) {
     if (o.init) {
       for (int64_t e = 0; e < m->n_storage; ++e) {
         const dsc_model_entry *en = &m->storage[e];
-        if (en->region == r) init_entry(en, host + (en->offset - rg->offset), c->initializer_range, o.seed);
+        if (en->region != r) continue;
+        const int64_t skip = dsc_model_entry_is_expert(m, e) && m->dist
+                                 ? (int64_t)m->dist->first_expert * en->shape[1] * en->shape[2]
+                                 : 0;
+        init_entry(en, host + (en->offset - rg->offset), c->initializer_range, o.seed, skip);
       }
     } else {
       memset(host, 0, (size_t)rg->numel * sizeof(float));
@@ -664,6 +829,40 @@ dsc_status dsc_model_create(dsc_context *ctx, const dsc_model_config *cfg, const
 }
 
 /* ------------------------------------------------------------------ accessors */
+
+dsc_status dsc_model_parallel_info(const dsc_model *m, dsc_model_parallel *info) {
+  static const char *const FN = "dsc_model_parallel_info";
+  DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
+  DSC_CHECK(info != NULL && info->size >= sizeof(dsc_model_parallel), DSC_ERR_INVALID_ARGUMENT, FN,
+            "info: expected a dsc_model_parallel with size = %zu", sizeof(dsc_model_parallel));
+  const dsc_model_dist *d = m->dist;
+  info->world = d ? d->world : 1;
+  info->rank = d ? d->rank : 0;
+  info->expert_parallel = d ? d->ep : 1;
+  info->data_parallel = d ? d->dp : 1;
+  info->ep_rank = d ? d->ep_rank : 0;
+  info->dp_rank = d ? d->dp_rank : 0;
+  info->n_local_experts = d ? d->n_local_experts : m->cfg.n_routed_experts;
+  info->first_expert = d ? d->first_expert : 0;
+  return DSC_OK;
+}
+
+dsc_status dsc_model_comm_stats(dsc_model *m, int32_t reset, dsc_comm_stats *stats) {
+  static const char *const FN = "dsc_model_comm_stats";
+  DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
+  DSC_CHECK(stats != NULL && stats->size >= sizeof(dsc_comm_stats), DSC_ERR_INVALID_ARGUMENT, FN,
+            "stats: expected a dsc_comm_stats with size = %zu", sizeof(dsc_comm_stats));
+  const size_t sz = stats->size;
+  memset(stats, 0, sizeof *stats);
+  stats->size = sz;
+  if (!m->dist) return DSC_OK;
+  dsc_comm *cs[3] = {m->dist->grad, m->dist->epc, m->dist->dpg};
+  for (int i = 0; i < 3; ++i) {
+    dsc_comm_add_stats(cs[i], stats);
+    if (reset) dsc_comm_reset_stats(cs[i]);
+  }
+  return DSC_OK;
+}
 
 dsc_status dsc_model_get_config(const dsc_model *m, dsc_model_config *cfg) {
   static const char *const FN = "dsc_model_get_config";

@@ -221,7 +221,9 @@ dsc_status dsc_model_ffn_infer_fp8(dsc_model *m, int32_t b, const DLTensor *x, D
   if (k->is_moe) {
     dsc_moe_layer_weights mw;
     moe_weights_fp8(m, b, h, &mw);
-    return dsc_moe_layer_forward(m->ctx, &m->route, 1, &mw, x, y, counts, NULL);
+    const dsc_moe_exchange *ex = dsc_model_exchange(m, b);
+    return ex ? dsc_moe_layer_forward_ex(m->ctx, &m->route, 1, &mw, x, y, counts, NULL, ex, 0, DSC_MOE_PHASE_ALL)
+              : dsc_moe_layer_forward(m->ctx, &m->route, 1, &mw, x, y, counts, NULL);
   }
   /* dense SwiGLU MLP: g, u, a [rows, I] float32; the FP8 copy of x or a [rows, max(D,I)] */
   const int64_t rows = dsc_rows(x), D = m->cfg.hidden_size, I = m->cfg.intermediate_size;

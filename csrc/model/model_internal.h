@@ -17,6 +17,7 @@
 #define DSC_MODEL_INTERNAL_H_
 
 #include "../core/internal.h"
+#include "../dist/dist.h"
 
 #define DSC_MODEL_NAME_MAX 96
 #define DSC_MODEL_MAX_MTP 8
@@ -71,6 +72,27 @@ typedef struct {
 } dsc_model_mtp;
 
 typedef struct dsc_model_acts dsc_model_acts; /* model.c: activations of a training shape */
+
+/* A distributed model (dsc_model_options.comm): its place in the world and the
+ * communicators it made for itself (duplicates and splits of the user's, so its messages
+ * never meet the user's). rank = dp_rank * ep + ep_rank. */
+typedef struct dsc_model_dist {
+  int32_t world, rank, ep, dp, ep_rank, dp_rank;
+  int32_t n_local_experts, first_expert; /* El = E / ep, ep_rank * El */
+  int32_t check_every, overlap, micro_batches;
+  dsc_comm *grad; /* the world: replicated gradients (asynchronous buckets), losses, load, checks */
+  dsc_comm *epc;  /* the expert-parallel group: ranks dp_rank * ep .. + ep - 1 */
+  dsc_comm *dpg;  /* the ranks holding the same experts (same ep_rank): expert gradients */
+  dsc_ep_exchange **ex;   /* [n_blocks]: the exchange of each MoE block (NULL: dense, or ep 1) */
+  dsc_comm_req **req;     /* [n_req = n_regions * 4]: reductions in flight */
+  int64_t n_req;
+  uint8_t *launched;      /* [n_regions]: this pass's reduction of the region is issued */
+  int32_t reduce_in_backward; /* the next backward reduces its regions as they complete */
+  int32_t grads_reduced;  /* m->grads hold the sums over the ranks */
+  int32_t load_reduced;   /* m->load holds the sum over the ranks */
+  int32_t single_mb;      /* force one micro-batch per MoE layer (dsc_model_routing) */
+  int64_t steps;          /* optimizer steps since creation (the check's clock) */
+} dsc_model_dist;
 
 /* FP8-held inference weights (csrc/model/model_fp8.c): every block matrix -- attention
  * projections, dense MLP, routed experts (per expert), shared experts -- as E4M3 codes with
@@ -129,6 +151,8 @@ struct dsc_model {
   dsc_model_fp8w held;
   int32_t *held_of; /* [n_storage]: block slot index (b * S_COUNT + slot) holding it, or -1 */
 
+  dsc_model_dist *dist; /* NULL: one process */
+
   char *cfg_extra;      /* config.json members deepseek_c does not interpret (a JSON object), or NULL */
   char **warnings;      /* [n_warnings] what dsc_model_load let pass */
   int64_t n_warnings;
@@ -164,6 +188,9 @@ dsc_status dsc_model_add_warning(dsc_model *m, const char *fmt, ...)
  * does not fit in int64. */
 dsc_status dsc_model_config_sizes(const dsc_model_config *c, int64_t *n_params, int64_t *n_named,
                                   int64_t *n_entries, int64_t *max_region);
+/* The same for a rank holding n_routed_experts / ep of the routed experts (ep divides E). */
+dsc_status dsc_model_config_sizes_ep(const dsc_model_config *c, int32_t ep, int64_t *n_params, int64_t *n_named,
+                                     int64_t *n_entries, int64_t *max_region);
 /* Model creation in two steps, so a checkpoint's tensors can be checked against the layout
  * before the arena exists: dsc_model_plan validates cfg and opt, checks that the parameters
  * can fit in the device's memory, and builds the host tables (names, shapes, offsets; the
@@ -192,6 +219,12 @@ void dsc_model_mla_weights_fp8(const dsc_model *m, int32_t b, const dsc_model_fp
 dsc_status dsc_model_ffn_infer_fp8(dsc_model *m, int32_t b, const DLTensor *x, DLTensor *y,
                                    DLTensor *counts, const dsc_model_fp8w *h);
 
+/* x[n] host (int64 or float64 values) reduced over the ranks of c in place, through the
+ * model's device (model_train.c). */
+dsc_status dsc_model_host_all_reduce(dsc_model *m, dsc_comm *c, void *x, int64_t n, dsc_dtype dt, int op);
+/* The expert-parallel exchange of MoE block b (model_train.c), NULL in one process. */
+const dsc_moe_exchange *dsc_model_exchange(const dsc_model *m, int32_t b);
+
 /* Inference FFN of block b: x [N, D] -> y [N, D] (dense MLP or MoE, no saved state).
  * counts [E] int64 (optional, MoE only). h: FP8-held weights (fp8 models) or NULL. */
 dsc_status dsc_model_ffn_infer(dsc_model *m, int32_t b, const DLTensor *x, DLTensor *y,
@@ -216,6 +249,13 @@ void dsc_model_drop_acts(dsc_model *m);
 dsc_status dsc_model_alloc(dsc_model *m, size_t bytes, void **p);
 /* Block i is an MoE block (first_k_dense_replace, moe_layer_freq). */
 int dsc_model_is_moe_block(const dsc_model_config *c, int32_t i);
+/* Distributed models (model.c): storage entry e is a routed expert stack (its gradients are
+ * reduced over the dp group, not the world); a checkpoint tensor name belongs to another
+ * rank's experts (global expert index outside this rank's range). */
+int dsc_model_entry_is_expert(const dsc_model *m, int64_t e);
+int dsc_model_name_other_rank(const dsc_model *m, const char *name);
+/* The layer and global expert of "model.layers.{i}.mlp.experts.{e}.<...>": 1, else 0. */
+int dsc_model_expert_name(const char *name, long *layer, long *expert);
 /* Storage entry e as a DLTensor over base (m->params, m->grads, ...). */
 DLTensor dsc_model_storage_view(const dsc_model *m, int64_t e, float *base);
 /* The AdamW moment (which 0: exp_avg, 1: exp_avg_sq) of storage entry e / named entry. */

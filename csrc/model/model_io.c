@@ -144,9 +144,21 @@ static dsc_status to_host(const char *fn, dsc_context *ctx, int64_t n, DLTensor 
   return DSC_OK;
 }
 
-/* Every tensor of dsc_model_tensor; a frozen model's E4M3 matrices are followed by their
- * "<name>_scale_inv" block scales (the layout dsc_model_load dequantizes). */
+/* Which tensors a file of the checkpoint holds (every one for a one-process save; a rank's
+ * shard of a distributed one: see shard_has). */
+typedef int (*tensor_filter)(const dsc_model *m, const char *name);
+static int all_tensors(const dsc_model *m, const char *name) {
+  (void)m, (void)name;
+  return 1;
+}
+
+/* Every tensor of dsc_model_tensor that `keep` keeps; a frozen model's E4M3 matrices are
+ * followed by their "<name>_scale_inv" block scales (the layout dsc_model_load dequantizes). */
+static dsc_status save_weights_f(const char *fn, dsc_model *m, const char *path, tensor_filter keep);
 static dsc_status save_weights(const char *fn, dsc_model *m, const char *path) {
+  return save_weights_f(fn, m, path, all_tensors);
+}
+static dsc_status save_weights_f(const char *fn, dsc_model *m, const char *path, tensor_filter keep) {
   const int64_t n = dsc_model_num_tensors(m), cap = 2 * n + 1;
   DLTensor *t = (DLTensor *)calloc((size_t)cap, sizeof *t);
   const DLTensor **tp = (const DLTensor **)calloc((size_t)cap, sizeof *tp);
@@ -159,6 +171,7 @@ static dsc_status save_weights(const char *fn, dsc_model *m, const char *path) {
   for (int64_t i = 0; i < n && st == DSC_OK; ++i) {
     st = dsc_model_tensor(m, i, &names[k], &t[k]);
     if (st != DSC_OK) break;
+    if (!keep(m, names[k])) continue;
     tp[k] = &t[k];
     ++k;
     if (dsc_tensor_dtype(&t[k - 1]) != DSC_DTYPE_FLOAT8_E4M3FN) continue;
@@ -186,7 +199,11 @@ static dsc_status save_weights(const char *fn, dsc_model *m, const char *path) {
   return st;
 }
 
+static dsc_status save_optimizer_f(const char *fn, dsc_model *m, const char *path, tensor_filter keep);
 static dsc_status save_optimizer(const char *fn, dsc_model *m, const char *path) {
+  return save_optimizer_f(fn, m, path, all_tensors);
+}
+static dsc_status save_optimizer_f(const char *fn, dsc_model *m, const char *path, tensor_filter keep) {
   const int64_t n = dsc_model_num_tensors(m);
   /* trained tensors: all but the correction biases */
   int64_t *idx = (int64_t *)calloc((size_t)(n ? n : 1), sizeof *idx);
@@ -197,7 +214,7 @@ static dsc_status save_optimizer(const char *fn, dsc_model *m, const char *path)
   for (int64_t i = 0; i < n && st == DSC_OK; ++i) {
     const char *name;
     st = dsc_model_tensor(m, i, &name, NULL);
-    if (st == DSC_OK && !ends_with(name, BIAS_SUFFIX)) {
+    if (st == DSC_OK && !ends_with(name, BIAS_SUFFIX) && keep(m, name)) {
       idx[nt++] = i;
       name_bytes += 2 * strlen(name) + sizeof "exp_avg." + sizeof "exp_avg_sq.";
     }
@@ -258,6 +275,257 @@ static dsc_status write_failed(const char *fn, dsc_status st, const char *dir, c
                    "untouched, no temporary file is left): %s", file, dir, inner);
 }
 
+
+/* ---- distributed saves: every rank its shard, one atomic swap ----
+ * An expert-parallel model (ep > 1) is saved as ep shards, model-0000q-of-0000N.safetensors
+ * written by the ranks of the first data-parallel replica (dp_rank 0): shard q holds rank
+ * q's routed experts, shard 1 also everything replicated; optimizer-0000q-of-0000N.safetensors
+ * their moments; model.safetensors.index.json (written by rank 0) maps every tensor to its
+ * shard. Tensors are addressed by their Hugging Face names, so the checkpoint loads at any
+ * world size, and in one process. A data-parallel model (ep 1) is saved by rank 0 alone in
+ * the one-process layout. The files are written into the one new generation rank 0 begins
+ * (the directory must be on a file system every rank sees), every rank reports, and rank 0
+ * swaps the generation in only when every file is complete: a failure anywhere leaves the
+ * old checkpoint untouched, on every rank the same error. */
+
+static int shard_has(const dsc_model *m, const char *name) {
+  long layer = 0, e = 0;
+  if (dsc_model_expert_name(name, &layer, &e)) return 1; /* this rank's experts */
+  return m->dist->rank == 0;                             /* replicated: rank 0's copy */
+}
+
+/* bytes of host memory through the communicator's device: broadcast from root */
+static dsc_status host_bcast(dsc_model *m, dsc_comm *c, void *buf, size_t bytes, int32_t root) {
+  dsc_context *ctx = dsc_model_context(m);
+  DLDevice dev;
+  DSC_TRY(dsc_context_get_device(ctx, &dev));
+  if (dev.device_type == kDLCPU) return dsc_comm_broadcast_raw(c, ctx, buf, (int64_t)bytes, root);
+  void *d = NULL;
+  const DLDevice host = {kDLCPU, 0};
+  dsc_status st = dsc_malloc(ctx, bytes, &d);
+  if (st == DSC_OK) st = dsc_memcpy(ctx, d, dev, buf, host, bytes);
+  if (st == DSC_OK) st = dsc_comm_broadcast_raw(c, ctx, d, (int64_t)bytes, root);
+  if (st == DSC_OK) st = dsc_comm_synchronize(c, ctx);
+  if (st == DSC_OK) st = dsc_memcpy(ctx, buf, host, d, dev, bytes);
+  if (d) dsc_free(ctx, d);
+  return st;
+}
+
+static dsc_status host_gather(dsc_model *m, dsc_comm *c, const void *x, void *y, size_t bytes) {
+  dsc_context *ctx = dsc_model_context(m);
+  DLDevice dev;
+  DSC_TRY(dsc_context_get_device(ctx, &dev));
+  if (dev.device_type == kDLCPU) return dsc_comm_all_gather_raw(c, ctx, x, y, (int64_t)bytes);
+  const size_t W = (size_t)dsc_comm_size(c);
+  void *d = NULL;
+  const DLDevice host = {kDLCPU, 0};
+  dsc_status st = dsc_malloc(ctx, bytes * (W + 1), &d);
+  if (st == DSC_OK) st = dsc_memcpy(ctx, (char *)d + bytes * W, dev, x, host, bytes);
+  if (st == DSC_OK) st = dsc_comm_all_gather_raw(c, ctx, (char *)d + bytes * W, d, (int64_t)bytes);
+  if (st == DSC_OK) st = dsc_comm_synchronize(c, ctx);
+  if (st == DSC_OK) st = dsc_memcpy(ctx, y, host, d, dev, bytes * W);
+  if (d) dsc_free(ctx, d);
+  return st;
+}
+
+/* A JSON string of s (names are plain ASCII; quotes and backslashes escaped anyway). */
+static int json_str(char *out, size_t cap, const char *s) {
+  size_t k = 0;
+  if (k < cap) out[k] = '"';
+  ++k;
+  for (const char *p = s; *p; ++p) {
+    if (*p == '"' || *p == '\\') {
+      if (k < cap) out[k] = '\\';
+      ++k;
+    }
+    if (k < cap) out[k] = *p;
+    ++k;
+  }
+  if (k < cap) out[k] = '"';
+  ++k;
+  return (int)k;
+}
+
+/* model.safetensors.index.json of an ep-shard checkpoint (rank 0: it knows every name: its
+ * own experts' names with the expert index moved to each shard). */
+static dsc_status write_index(const char *fn, dsc_model *m, const char *path) {
+  const dsc_model_dist *d = m->dist;
+  const int64_t n = dsc_model_num_tensors(m);
+  size_t cap = 256 + (size_t)n * (size_t)d->ep * 160, used = 0;
+  char *buf = (char *)malloc(cap);
+  if (!buf) return dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
+  int64_t total = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const char *name;
+    DLTensor v;
+    if (dsc_model_tensor(m, i, &name, &v) != DSC_OK) continue;
+    long layer = 0, e = 0;
+    const int expert = dsc_model_expert_name(name, &layer, &e);
+    size_t b = (size_t)dsc_numel(&v) * dsc_dtype_size(dsc_tensor_dtype(&v));
+    if (dsc_model_is_frozen(m) && dsc_tensor_dtype(&v) == DSC_DTYPE_FLOAT8_E4M3FN) {
+      DLTensor sc;
+      if (dsc_model_tensor_scale(m, i, &sc) == DSC_OK) b += (size_t)dsc_numel(&sc) * sizeof(float);
+    }
+    total += (int64_t)b * (expert ? d->ep : 1);
+  }
+  used += (size_t)snprintf(buf + used, cap - used, "{\n  \"metadata\": {\"total_size\": %lld},\n  \"weight_map\": {",
+                           (long long)total);
+  int first = 1;
+  for (int64_t i = 0; i < n; ++i) {
+    const char *name;
+    DLTensor v;
+    if (dsc_model_tensor(m, i, &name, &v) != DSC_OK) continue;
+    long layer = 0, e = 0;
+    const int expert = dsc_model_expert_name(name, &layer, &e);
+    const int held = dsc_model_is_frozen(m) && dsc_tensor_dtype(&v) == DSC_DTYPE_FLOAT8_E4M3FN;
+    for (int32_t q = 0; q < (expert ? d->ep : 1); ++q) {
+      char nm[DSC_MODEL_NAME_MAX + 32];
+      if (expert) {
+        const char *rest = strstr(name, ".mlp.experts.") + 13;
+        rest = strchr(rest, '.');
+        snprintf(nm, sizeof nm, "model.layers.%ld.mlp.experts.%ld%s", layer, e + (long)q * d->n_local_experts, rest);
+      } else {
+        snprintf(nm, sizeof nm, "%s", name);
+      }
+      for (int sc = 0; sc < 1 + held; ++sc) {
+        char full[DSC_MODEL_NAME_MAX + 48];
+        snprintf(full, sizeof full, "%s%s", nm, sc ? "_scale_inv" : "");
+        if (cap - used < 512) {
+          cap *= 2;
+          char *nb = (char *)realloc(buf, cap);
+          if (!nb) {
+            free(buf);
+            return dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
+          }
+          buf = nb;
+        }
+        used += (size_t)snprintf(buf + used, cap - used, "%s\n    ", first ? "" : ",");
+        used += (size_t)json_str(buf + used, cap - used, full);
+        used += (size_t)snprintf(buf + used, cap - used, ": \"model-%05d-of-%05d.safetensors\"",
+                                 (int)(expert ? q + 1 : 1), (int)d->ep);
+        first = 0;
+      }
+    }
+  }
+  used += (size_t)snprintf(buf + used, cap - used, "\n  }\n}\n");
+  const dsc_status st = dsc_ckpt_write_file(fn, path, buf, used);
+  free(buf);
+  return st;
+}
+
+enum { SAVE_MSG = 640, SAVE_PATH = 4096 };
+
+typedef struct {
+  int64_t status;
+  char msg[SAVE_MSG];
+} save_report;
+
+static dsc_status save_dist(dsc_model *m, const char *dir, int32_t optimizer, const char *json, size_t json_n) {
+  static const char *const FN = "dsc_model_save";
+  dsc_model_dist *d = m->dist;
+  dsc_comm *c = d->grad;
+  const int32_t W = d->world, me = d->rank;
+  const int writer = d->ep > 1 ? d->dp_rank == 0 : me == 0;
+  /* 1. rank 0 begins the generation and tells everyone where it is */
+  dsc_ckpt_txn t;
+  memset(&t, 0, sizeof t);
+  struct {
+    int64_t status;
+    char msg[SAVE_MSG];
+    char gen[SAVE_PATH];
+  } head;
+  memset(&head, 0, sizeof head);
+  int began = 0;
+  if (me == 0) {
+    dsc_status st = dsc_ckpt_begin(FN, dir, &t);
+    head.status = st;
+    if (st != DSC_OK) snprintf(head.msg, sizeof head.msg, "%s", dsc_last_error());
+    else if (strlen(t.gen) >= sizeof head.gen) {
+      head.status = DSC_ERR_IO;
+      snprintf(head.msg, sizeof head.msg, "%s: dir: path too long for a distributed save", FN);
+    } else {
+      began = 1;
+      snprintf(head.gen, sizeof head.gen, "%s", t.gen);
+    }
+  }
+  dsc_status st = host_bcast(m, c, &head, sizeof head, 0);
+  if (st != DSC_OK) {
+    if (began) dsc_ckpt_end(&t);
+    return st;
+  }
+  if (head.status != DSC_OK) {
+    if (began) dsc_ckpt_end(&t);
+    return dsc_error((dsc_status)head.status, FN, "rank 0 could not begin the checkpoint: %s", head.msg);
+  }
+  /* 2. every writer its files, into that generation */
+  save_report mine;
+  memset(&mine, 0, sizeof mine);
+  if (writer) {
+    char file[64];
+    const int q = d->ep > 1 ? d->ep_rank : 0;
+    if (d->ep > 1) snprintf(file, sizeof file, "model-%05d-of-%05d.safetensors", q + 1, (int)d->ep);
+    else snprintf(file, sizeof file, "model.safetensors");
+    char *path = path_join(head.gen, file);
+    st = path ? (d->ep > 1 ? save_weights_f(FN, m, path, shard_has) : save_weights(FN, m, path))
+              : dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+    if (st != DSC_OK) st = write_failed(FN, st, dir, file);
+    free(path);
+    if (st == DSC_OK && optimizer && dsc_model_step(m) > 0 && !dsc_model_is_frozen(m)) {
+      if (d->ep > 1) snprintf(file, sizeof file, "optimizer-%05d-of-%05d.safetensors", q + 1, (int)d->ep);
+      else snprintf(file, sizeof file, "%s", OPT_FILE);
+      path = path_join(head.gen, file);
+      st = path ? (d->ep > 1 ? save_optimizer_f(FN, m, path, shard_has) : save_optimizer(FN, m, path))
+                : dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+      if (st != DSC_OK) st = write_failed(FN, st, dir, file);
+      free(path);
+    }
+    if (st == DSC_OK && me == 0) {
+      path = path_join(head.gen, "config.json");
+      st = path ? dsc_ckpt_write_file(FN, path, json, json_n) : dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+      if (st != DSC_OK) st = write_failed(FN, st, dir, "config.json");
+      free(path);
+    }
+    if (st == DSC_OK && me == 0 && d->ep > 1) {
+      path = path_join(head.gen, "model.safetensors.index.json");
+      st = path ? write_index(FN, m, path) : dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+      if (st != DSC_OK) st = write_failed(FN, st, dir, "model.safetensors.index.json");
+      free(path);
+    }
+  }
+  mine.status = st;
+  if (st != DSC_OK) snprintf(mine.msg, sizeof mine.msg, "%s", dsc_last_error());
+  /* 3. every rank's report; rank 0 swaps the generation in only if all succeeded */
+  save_report *all = (save_report *)calloc((size_t)W, sizeof *all);
+  if (!all) {
+    if (began) dsc_ckpt_end(&t);
+    return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+  }
+  st = host_gather(m, c, &mine, all, sizeof mine);
+  int32_t bad = -1;
+  for (int32_t q = 0; st == DSC_OK && q < W && bad < 0; ++q)
+    if (all[q].status != DSC_OK) bad = q;
+  memset(&head, 0, sizeof head);
+  if (st == DSC_OK && me == 0) {
+    if (bad < 0) {
+      dsc_status cs = dsc_ckpt_commit(FN, &t);
+      head.status = cs;
+      if (cs != DSC_OK) snprintf(head.msg, sizeof head.msg, "%s", dsc_last_error());
+    } else {
+      head.status = all[bad].status;
+      snprintf(head.msg, sizeof head.msg, "rank %d: %.600s", (int)bad, all[bad].msg);
+    }
+  }
+  if (began) dsc_ckpt_end(&t); /* removes an uncommitted generation, unlocks */
+  free(all);
+  if (st != DSC_OK) return st;
+  /* 4. the outcome, the same on every rank */
+  DSC_TRY(host_bcast(m, c, &head, sizeof head, 0));
+  if (head.status != DSC_OK)
+    return dsc_error((dsc_status)head.status, FN, "distributed save of '%s' failed (the previous checkpoint "
+                     "is untouched): %s", dir, head.msg);
+  return DSC_OK;
+}
+
 dsc_status dsc_model_save(dsc_model *model, const char *dir, int32_t optimizer) {
   static const char *const FN = "dsc_model_save";
   DSC_CHECK(model != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
@@ -271,6 +539,11 @@ dsc_status dsc_model_save(dsc_model *model, const char *dir, int32_t optimizer) 
   DSC_TRY(dsc_model_config_render(FN, &cfg, model->cfg_extra,
                                   DSC_CONFIG_CHECKPOINT | (dsc_model_is_frozen(model) ? DSC_CONFIG_FP8_WEIGHTS : 0),
                                   &json, &json_n));
+  if (model->dist) {
+    const dsc_status ds = save_dist(model, dir, optimizer, json, json_n);
+    free(json);
+    return ds;
+  }
   /* every file into a fresh generation beside dir, then one swap (protocol at the top) */
   dsc_ckpt_txn t;
   dsc_status st = dsc_ckpt_begin(FN, dir, &t);
@@ -416,7 +689,7 @@ static dsc_status shards_open(const char *fn, const char *dir, shards *s) {
   int32_t cap = 0;
   for (struct dirent *e; st == DSC_OK && (e = readdir(d)) != NULL;) {
     const char *nm = e->d_name;
-    if (nm[0] == '.' || !ends_with(nm, ".safetensors") || !strcmp(nm, OPT_FILE)) continue;
+    if (nm[0] == '.' || !ends_with(nm, ".safetensors") || !strncmp(nm, "optimizer", 9)) continue;
     if (s->n_files == cap) {
       cap = cap ? 2 * cap : 8;
       char **np = (char **)realloc(s->paths, (size_t)cap * sizeof *np);
@@ -720,6 +993,7 @@ static dsc_status check_weights(const char *fn, dsc_model *m, shards *s, const c
     const st_ref *r = &s->refs[i];
     if (r->used || is_mtp_duplicate(r->name, L, file_mtp) || ends_with(r->name, ".rotary_emb.inv_freq"))
       continue;
+    if (dsc_model_name_other_rank(m, r->name)) continue; /* another rank's expert (or its scales) */
     if (cfg.tie_word_embeddings && !strcmp(r->name, "lm_head.weight")) continue; /* load_weights compares */
     /* layers that do not line up with the config mean the config is wrong, not that a
      * tensor is spare: loading on would build another model than the checkpoint's */
@@ -791,30 +1065,19 @@ static dsc_status load_weights(const char *fn, dsc_model *m, shards *s, int32_t 
   return st;
 }
 
-/* dir/optimizer.safetensors, when present: the step and both moments of every trained
- * tensor, nothing else. */
-static dsc_status load_optimizer(const char *fn, dsc_model *m, const char *dir) {
-  char *path = path_join(dir, OPT_FILE);
-  if (!path) return dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
-  struct stat sb;
-  if (stat(path, &sb) != 0) {
-    dsc_status st = errno == ENOENT ? DSC_OK
-                                    : dsc_error(DSC_ERR_IO, fn, "cannot read '%s': %s", path, strerror(errno));
-    free(path);
-    return st;
-  }
+/* One optimizer file: its moments into the model (have[2 i + which] marks them), its step
+ * into *step (every file of a sharded checkpoint must say the same). Moments of another
+ * rank's experts are skipped. */
+static dsc_status load_optimizer_file(const char *fn, dsc_model *m, char *path, unsigned char *have, int64_t *step) {
   dsc_safetensors *f = NULL;
   dsc_status st = dsc_safetensors_open(path, &f);
-  const int64_t n = dsc_model_num_tensors(m);
-  unsigned char *have = (unsigned char *)calloc((size_t)(2 * n + 1), 1);
-  if (st == DSC_OK && !have) st = dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
   for (int64_t i = 0; st == DSC_OK && i < dsc_safetensors_metadata_count(f); ++i) {
     const char *k, *v;
     st = dsc_safetensors_metadata(f, i, &k, &v);
     if (st == DSC_OK && !strcmp(k, "format") && strcmp(v, "deepseek_c.adamw") != 0)
       st = dsc_error(DSC_ERR_FORMAT, fn, "%s: metadata format is \"%s\", expected \"deepseek_c.adamw\"", path, v);
   }
-  int64_t step = -1;
+  int64_t fstep = -1;
   scratch stage = {0};
   for (int64_t j = 0; st == DSC_OK && j < dsc_safetensors_count(f); ++j) {
     const char *tname;
@@ -831,13 +1094,14 @@ static dsc_status load_optimizer(const char *fn, dsc_model *m, const char *dir) 
                        dsc_dtype_name(dt), (int)ndim);
         break;
       }
-      memcpy(&step, data, 8);
-      if (step < 0) st = dsc_error(DSC_ERR_FORMAT, fn, "step in %s: expected >= 0, got %lld", path, (long long)step);
+      memcpy(&fstep, data, 8);
+      if (fstep < 0) st = dsc_error(DSC_ERR_FORMAT, fn, "step in %s: expected >= 0, got %lld", path, (long long)fstep);
       continue;
     }
     int which = strncmp(tname, "exp_avg_sq.", 11) == 0 ? 1 : strncmp(tname, "exp_avg.", 8) == 0 ? 0 : -1;
     const char *pname = which == 1 ? tname + 11 : which == 0 ? tname + 8 : tname;
     int64_t idx = -1;
+    if (which >= 0 && dsc_model_name_other_rank(m, pname)) continue; /* another rank's expert */
     if (which < 0 || ends_with(pname, BIAS_SUFFIX) || dsc_model_find_tensor(m, pname, &idx) != DSC_OK) {
       st = dsc_error(DSC_ERR_FORMAT, fn, "unexpected tensor %s in %s (expected step, exp_avg.<name> and "
                      "exp_avg_sq.<name> of the model's trained tensors)", tname, path);
@@ -857,20 +1121,75 @@ static dsc_status load_optimizer(const char *fn, dsc_model *m, const char *dir) 
     }
     st = read_tensor(fn, dsc_model_context(m), &one, &r, &view, &stage, NULL);
   }
-  if (st == DSC_OK && step < 0) st = dsc_error(DSC_ERR_FORMAT, fn, "%s: no \"step\" tensor", path);
-  for (int64_t i = 0; st == DSC_OK && i < n; ++i) {
+  if (st == DSC_OK && fstep < 0) st = dsc_error(DSC_ERR_FORMAT, fn, "%s: no \"step\" tensor", path);
+  if (st == DSC_OK && *step >= 0 && fstep != *step)
+    st = dsc_error(DSC_ERR_FORMAT, fn, "%s: step %lld, but another optimizer shard says %lld", path,
+                   (long long)fstep, (long long)*step);
+  if (st == DSC_OK) *step = fstep;
+  free(stage.p);
+  dsc_safetensors_close(f);
+  return st;
+}
+
+/* The optimizer state, when present: dir/optimizer.safetensors (one process, data parallel)
+ * or the shards dir/optimizer-*.safetensors of an expert-parallel save: the step and both
+ * moments of every trained tensor of this model (a rank: its experts), nothing else. */
+static dsc_status load_optimizer(const char *fn, dsc_model *m, const char *dir) {
+  char **paths = NULL;
+  int32_t np = 0, cap = 0;
+  dsc_status st = DSC_OK;
+  char *one = path_join(dir, OPT_FILE);
+  if (!one) return dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
+  struct stat sb;
+  if (stat(one, &sb) == 0) {
+    paths = (char **)malloc(sizeof *paths);
+    if (!paths) st = dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
+    else paths[np++] = one, one = NULL;
+  } else if (errno != ENOENT) {
+    st = dsc_error(DSC_ERR_IO, fn, "cannot read '%s': %s", one, strerror(errno));
+  } else {
+    DIR *dd = opendir(dir);
+    if (!dd) st = dsc_error(DSC_ERR_IO, fn, "dir: cannot open '%s': %s", dir, strerror(errno));
+    for (struct dirent *e; st == DSC_OK && dd && (e = readdir(dd)) != NULL;) {
+      if (strncmp(e->d_name, "optimizer-", 10) != 0 || !ends_with(e->d_name, ".safetensors")) continue;
+      if (np == cap) {
+        cap = cap ? 2 * cap : 8;
+        char **q = (char **)realloc(paths, (size_t)cap * sizeof *q);
+        if (!q) {
+          st = dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
+          break;
+        }
+        paths = q;
+      }
+      paths[np] = path_join(dir, e->d_name);
+      if (!paths[np]) st = dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
+      else ++np;
+    }
+    if (dd) closedir(dd);
+    if (np > 1) qsort(paths, (size_t)np, sizeof *paths, str_cmp);
+  }
+  free(one);
+  const int64_t n = dsc_model_num_tensors(m);
+  unsigned char *have = NULL;
+  if (st == DSC_OK && np > 0) {
+    have = (unsigned char *)calloc((size_t)(2 * n + 1), 1);
+    if (!have) st = dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
+  }
+  int64_t step = -1;
+  for (int32_t i = 0; st == DSC_OK && i < np; ++i) st = load_optimizer_file(fn, m, paths[i], have, &step);
+  for (int64_t i = 0; st == DSC_OK && np > 0 && i < n; ++i) {
     const char *name;
     st = dsc_model_tensor(m, i, &name, NULL);
     if (st != DSC_OK || ends_with(name, BIAS_SUFFIX)) continue;
     for (int which = 0; which < 2 && st == DSC_OK; ++which)
       if (!have[2 * i + which])
-        st = dsc_error(DSC_ERR_FORMAT, fn, "%s%s: missing from %s", which ? "exp_avg_sq." : "exp_avg.", name, path);
+        st = dsc_error(DSC_ERR_FORMAT, fn, "%s%s: missing from %s%s", which ? "exp_avg_sq." : "exp_avg.", name,
+                       paths[0], np > 1 ? " and the other optimizer shards" : "");
   }
-  if (st == DSC_OK) st = dsc_model_set_step(m, step);
-  free(stage.p);
+  if (st == DSC_OK && np > 0) st = dsc_model_set_step(m, step);
+  for (int32_t i = 0; i < np; ++i) free(paths[i]);
+  free(paths);
   free(have);
-  dsc_safetensors_close(f);
-  free(path);
   return st;
 }
 

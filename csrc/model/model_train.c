@@ -17,6 +17,7 @@
  * I dense intermediate, L main layers, Dm MTP depths, E routed experts.
  */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -54,6 +55,7 @@ typedef struct {
   float *xs[3], *ws[3];
   dsc_mla_saved *mla;
   dsc_moe_layer_saved *moe;
+  dsc_moe_layer_saved *moe2; /* the second micro-batch of an expert-parallel MoE layer */
 } blk_acts;
 
 struct dsc_model_acts {
@@ -87,6 +89,7 @@ static void acts_free(dsc_model *m) {
     for (int32_t b = 0; b < m->n_blocks; ++b) {
       dsc_mla_saved_destroy(A->blk[b].mla);
       dsc_moe_layer_saved_destroy(A->blk[b].moe);
+      dsc_moe_layer_saved_destroy(A->blk[b].moe2);
     }
     free(A->blk);
   }
@@ -212,6 +215,8 @@ static dsc_status acts_for(dsc_model *m, int64_t B, int64_t T, dsc_model_acts **
     for (int32_t b = 0; b < m->n_blocks; ++b) {
       DSC_TRY(dsc_mla_saved_create(m->ctx, &A->blk[b].mla));
       if (m->blocks[b].is_moe) DSC_TRY(dsc_moe_layer_saved_create(m->ctx, &A->blk[b].moe));
+      if (m->blocks[b].is_moe && m->dist && m->dist->ex[b])
+        DSC_TRY(dsc_moe_layer_saved_create(m->ctx, &A->blk[b].moe2));
     }
   }
   if (A->arena) dsc_free(m->ctx, A->arena);
@@ -220,10 +225,11 @@ static dsc_status acts_for(dsc_model *m, int64_t B, int64_t T, dsc_model_acts **
   /* keep the saved handles, clear the planned pointers */
   for (int32_t b = 0; b < m->n_blocks; ++b) {
     dsc_mla_saved *ms = A->blk[b].mla;
-    dsc_moe_layer_saved *mo = A->blk[b].moe;
+    dsc_moe_layer_saved *mo = A->blk[b].moe, *mo2 = A->blk[b].moe2;
     memset(&A->blk[b], 0, sizeof A->blk[b]);
     A->blk[b].mla = ms;
     A->blk[b].moe = mo;
+    A->blk[b].moe2 = mo2;
   }
   for (int d = 0; d < DSC_MODEL_MAX_MTP; ++d) {
     A->mtp_tok[d] = A->mtp_tgt[d] = A->mtp_pos[d] = NULL;
@@ -420,7 +426,9 @@ dsc_status dsc_model_ffn_infer(dsc_model *m, int32_t b, const DLTensor *x, DLTen
   if (w->is_moe) {
     dsc_moe_layer_weights mw;
     dsc_model_moe_weights(m, b, &mw);
-    return dsc_moe_layer_forward(ctx, &m->route, 1, &mw, x, y, counts, NULL);
+    const dsc_moe_exchange *ex = dsc_model_exchange(m, b);
+    return ex ? dsc_moe_layer_forward_ex(ctx, &m->route, 1, &mw, x, y, counts, NULL, ex, 0, DSC_MOE_PHASE_ALL)
+              : dsc_moe_layer_forward(ctx, &m->route, 1, &mw, x, y, counts, NULL);
   }
   /* the dense MLP exactly as the training forward runs it (FP8 GEMMs in fp8 mode), on
    * scratch laid out like a planned block */
@@ -468,6 +476,7 @@ dsc_status dsc_model_split2(dsc_model *m, const DLTensor *in, DLTensor *a, DLTen
   return dsc_model_copy2d(m, rows, rb, (const char *)dsc_data(in) + rb, 2 * rb, dsc_data(b), rb);
 }
 
+
 /* ------------------------------------------------------------------ one block */
 
 typedef struct {
@@ -475,6 +484,131 @@ typedef struct {
   float aux_alpha;  /* sequence-wise balance loss weight (already times grad_scale) */
   double aux_sum;   /* += alpha * L_bal of each MoE block */
 } fwd_opts;
+
+/* ------------------------------------------------------------------ MoE FFN */
+
+/* The expert-parallel exchange of block b (NULL: one process, or ep 1). */
+const dsc_moe_exchange *dsc_model_exchange(const dsc_model *m, int32_t b) {
+  return m->dist && m->dist->ex && m->dist->ex[b] ? dsc_ep_exchange_hooks(m->dist->ex[b]) : NULL;
+}
+
+/* Micro-batches of block b's MoE layer: 2 when expert parallel with ep_micro_batches 2. */
+static int moe_mbs(const dsc_model *m, int32_t b) {
+  return dsc_model_exchange(m, b) && !m->dist->single_mb ? m->dist->micro_batches : 1;
+}
+
+/* Rows [h*B0*Tb ..) of a [B, Tb, D] float32 buffer as the [Bh, Tb, D] view of micro-batch h
+ * (B0 = B / 2 sequences in the first, the rest in the second: either may be empty). */
+static DLTensor *half_view(tv *v, const dsc_model *m, const DLTensor *t, int64_t B, int64_t Tb, int h) {
+  const int64_t B0 = B / 2, Bh = h ? B - B0 : B0, D = dsc_last_dim(t);
+  return tv_make(v, m, (const float *)dsc_data(t) + (h ? B0 * Tb * D : 0), F32, 3, Bh, Tb, D);
+}
+
+/* The MoE FFN of block b: x [B, Tb, D] -> y; its expert load into m->load; with
+ * o->train the saved state for moe_bwd and the sequence-wise balance loss. Expert
+ * parallel with two micro-batches: the phases of the two interleave, so that the
+ * dispatch of the second travels while the first's experts compute, and the first's
+ * combine while the second's do. */
+static dsc_status moe_fwd(dsc_model *m, int32_t b, blk_acts *k, int64_t B, int64_t Tb, const DLTensor *x,
+                          DLTensor *y, fwd_opts *o) {
+  dsc_context *ctx = m->ctx;
+  dsc_model_acts *A = m->acts;
+  dsc_moe_layer_weights ew;
+  dsc_model_moe_weights(m, b, &ew);
+  tv cnt;
+  tv_make(&cnt, m, A->counts, DSC_DTYPE_INT64, 1, m->cfg.n_routed_experts, 0, 0);
+  const dsc_moe_exchange *ex = dsc_model_exchange(m, b);
+  dsc_status st = DSC_OK;
+  if (moe_mbs(m, b) == 1) {
+    dsc_moe_layer_saved *sv = o->train ? k->moe : NULL;
+    STEP(ex ? dsc_moe_layer_forward_ex(ctx, &m->route, 1, &ew, x, y, &cnt.t, sv, ex, 0, DSC_MOE_PHASE_ALL)
+            : dsc_moe_layer_forward(ctx, &m->route, 1, &ew, x, y, &cnt.t, sv));
+    STEP(add_load(m, b, A->counts));
+    if (o->train && o->aux_alpha > 0.0f) {
+      float l = 0.0f;
+      STEP(dsc_moe_layer_aux_loss(ctx, k->moe, Tb, o->aux_alpha, &l));
+      o->aux_sum += l;
+    }
+    return st;
+  }
+  dsc_moe_layer_saved *sv[2] = {k->moe, k->moe2};
+  tv xh[2], yh[2];
+  for (int h = 0; h < 2; ++h) {
+    half_view(&xh[h], m, x, B, Tb, h);
+    half_view(&yh[h], m, y, B, Tb, h);
+  }
+  static const int32_t phases[3] = {DSC_MOE_PHASE_BEGIN, DSC_MOE_PHASE_MIDDLE, DSC_MOE_PHASE_END};
+  for (int ph = 0; ph < 3; ++ph)
+    for (int h = 0; h < 2; ++h) {
+      STEP(dsc_moe_layer_forward_ex(ctx, &m->route, 1, &ew, &xh[h].t, &yh[h].t, ph == 0 ? &cnt.t : NULL, sv[h], ex,
+                                    h, phases[ph]));
+      if (ph == 0) STEP(add_load(m, b, A->counts));
+    }
+  if (o->train && o->aux_alpha > 0.0f)
+    for (int h = 0; h < 2 && st == DSC_OK; ++h) {
+      const int64_t Bh = xh[h].t.shape[0];
+      if (Bh == 0) continue;
+      float l = 0.0f; /* alpha / B_h * sum over its sequences, weighted to alpha / B * sum over all */
+      STEP(dsc_moe_layer_aux_loss(ctx, sv[h], Tb, o->aux_alpha * (float)Bh / (float)B, &l));
+      o->aux_sum += l;
+    }
+  return st;
+}
+
+/* The backward of moe_fwd: dy [B, Tb, D] -> dx, the block's MoE weight gradients. */
+static dsc_status moe_bwd(dsc_model *m, int32_t b, blk_acts *k, int64_t B, int64_t Tb, const DLTensor *x,
+                          const DLTensor *dy, DLTensor *dx) {
+  dsc_context *ctx = m->ctx;
+  dsc_moe_layer_weights ew;
+  dsc_model_moe_weights(m, b, &ew);
+  const dsc_moe_exchange *ex = dsc_model_exchange(m, b);
+  dsc_status st = DSC_OK;
+  static const int SLOTS[7] = {S_EG, S_EU, S_ED, S_SG, S_SU, S_SD, S_ROUTER};
+  gslot gs[7];
+  dsc_moe_layer_grads g;
+  memset(&g, 0, sizeof g);
+  g.size = sizeof g;
+  if (moe_mbs(m, b) == 1) {
+    DLTensor *t[7];
+    for (int i = 0; i < 7; ++i) t[i] = gs_begin(m, &gs[i], slot_entry(m, b, SLOTS[i]));
+    g.experts_gate = t[0], g.experts_up = t[1], g.experts_down = t[2];
+    g.shared_gate = t[3], g.shared_up = t[4], g.shared_down = t[5], g.gate = t[6];
+    STEP(ex ? dsc_moe_layer_backward_ex(ctx, &m->route, &ew, x, dy, k->moe, dx, &g, ex, 0, DSC_MOE_PHASE_ALL)
+            : dsc_moe_layer_backward(ctx, &m->route, &ew, x, dy, k->moe, dx, &g));
+    for (int i = 0; i < 7; ++i) STEP(gs_end(m, &gs[i]));
+    return st;
+  }
+  dsc_moe_layer_saved *sv[2] = {k->moe, k->moe2};
+  tv xh[2], dyh[2], dxh[2];
+  for (int h = 0; h < 2; ++h) {
+    half_view(&xh[h], m, x, B, Tb, h);
+    half_view(&dyh[h], m, dy, B, Tb, h);
+    half_view(&dxh[h], m, dx, B, Tb, h);
+  }
+  /* BEGIN writes no gradient; MIDDLE the experts' and shared experts'; END the router's. The
+   * second micro-batch's go through the scratch and are added (gs_begin after gs_end). */
+  for (int h = 0; h < 2; ++h)
+    STEP(dsc_moe_layer_backward_ex(ctx, &m->route, &ew, &xh[h].t, &dyh[h].t, sv[h], &dxh[h].t, &g, ex, h,
+                                   DSC_MOE_PHASE_BEGIN));
+  for (int h = 0; h < 2 && st == DSC_OK; ++h) {
+    dsc_moe_layer_grads gm = g;
+    DLTensor *t[6];
+    for (int i = 0; i < 6; ++i) t[i] = gs_begin(m, &gs[i], slot_entry(m, b, SLOTS[i]));
+    gm.experts_gate = t[0], gm.experts_up = t[1], gm.experts_down = t[2];
+    gm.shared_gate = t[3], gm.shared_up = t[4], gm.shared_down = t[5];
+    STEP(dsc_moe_layer_backward_ex(ctx, &m->route, &ew, &xh[h].t, &dyh[h].t, sv[h], &dxh[h].t, &gm, ex, h,
+                                   DSC_MOE_PHASE_MIDDLE));
+    for (int i = 0; i < 6; ++i) STEP(gs_end(m, &gs[i]));
+  }
+  for (int h = 0; h < 2 && st == DSC_OK; ++h) {
+    dsc_moe_layer_grads ge = g;
+    ge.gate = gs_begin(m, &gs[6], slot_entry(m, b, S_ROUTER));
+    STEP(dsc_moe_layer_backward_ex(ctx, &m->route, &ew, &xh[h].t, &dyh[h].t, sv[h], &dxh[h].t, &ge, ex, h,
+                                   DSC_MOE_PHASE_END));
+    STEP(gs_end(m, &gs[6]));
+  }
+  return st;
+}
 
 /* s = a + b, then y = RMSNorm(s) with weight w (all [rows, D] float32): one pass on the CPU
  * (the same operations: the same bits), the two ops elsewhere. */
@@ -538,17 +672,7 @@ static dsc_status block_fwd(dsc_model *m, int32_t b, int64_t B, int64_t Tb, cons
   STEP(dsc_mla_forward(ctx, &m->mla, &mw, &xn1.t, &pos.t, &t.t, o->train ? k->mla : NULL));
   STEP(add_norm(m, &x.t, &t.t, &w->post_norm, &hmid.t, &xn2.t));
   if (w->is_moe) {
-    dsc_moe_layer_weights ew;
-    dsc_model_moe_weights(m, b, &ew);
-    tv cnt;
-    tv_make(&cnt, m, A->counts, DSC_DTYPE_INT64, 1, m->cfg.n_routed_experts, 0, 0);
-    STEP(dsc_moe_layer_forward(ctx, &m->route, 1, &ew, &xn2.t, &t.t, &cnt.t, o->train ? k->moe : NULL));
-    STEP(add_load(m, b, A->counts));
-    if (o->train && o->aux_alpha > 0.0f) {
-      float l = 0.0f;
-      STEP(dsc_moe_layer_aux_loss(ctx, k->moe, Tb, o->aux_alpha, &l));
-      o->aux_sum += l;
-    }
+    STEP(moe_fwd(m, b, k, B, Tb, &xn2.t, &t.t, o));
   } else {
     tv x2, t2;
     tv_make(&x2, m, k->xn2, F32, 2, rows, D, 0);
@@ -588,27 +712,7 @@ static dsc_status block_bwd(dsc_model *m, int32_t b, int64_t B, int64_t Tb, cons
 
   /* FFN: dy -> d xn2 (t1) */
   if (w->is_moe) {
-    dsc_moe_layer_weights ew;
-    dsc_model_moe_weights(m, b, &ew);
-    gslot gr, geg, geu, ged, gsg, gsu, gsd;
-    dsc_moe_layer_grads g;
-    memset(&g, 0, sizeof g);
-    g.size = sizeof g;
-    g.gate = gs_begin(m, &gr, slot_entry(m, b, S_ROUTER));
-    g.experts_gate = gs_begin(m, &geg, slot_entry(m, b, S_EG));
-    g.experts_up = gs_begin(m, &geu, slot_entry(m, b, S_EU));
-    g.experts_down = gs_begin(m, &ged, slot_entry(m, b, S_ED));
-    g.shared_gate = gs_begin(m, &gsg, slot_entry(m, b, S_SG));
-    g.shared_up = gs_begin(m, &gsu, slot_entry(m, b, S_SU));
-    g.shared_down = gs_begin(m, &gsd, slot_entry(m, b, S_SD));
-    STEP(dsc_moe_layer_backward(ctx, &m->route, &ew, &xn2.t, &dy.t, k->moe, &t1.t, &g));
-    STEP(gs_end(m, &gr));
-    STEP(gs_end(m, &geg));
-    STEP(gs_end(m, &geu));
-    STEP(gs_end(m, &ged));
-    STEP(gs_end(m, &gsg));
-    STEP(gs_end(m, &gsu));
-    STEP(gs_end(m, &gsd));
+    STEP(moe_bwd(m, b, k, B, Tb, &xn2.t, &dy.t, &t1.t));
   } else {
     tv x2, dy2, d1, d2;
     tv_make(&x2, m, k->xn2, F32, 2, rows, D, 0);
@@ -830,6 +934,68 @@ static float load_imbalance(const dsc_model *m) {
   return n ? (float)(sum / n) : 1.0f;
 }
 
+
+/* ------------------------------------------------------------------ data parallel */
+
+/* The communicator that sums storage entry e's gradients: the world for replicated tensors,
+ * the ranks holding the same experts for an expert stack (NULL: nothing to sum). */
+static dsc_comm *grad_comm(const dsc_model *m, int64_t e) {
+  const dsc_model_dist *d = m->dist;
+  dsc_comm *c = d->ep > 1 && dsc_model_entry_is_expert(m, e) ? d->dpg : d->grad;
+  return dsc_comm_size(c) > 1 ? c : NULL;
+}
+
+/* Start the sum over the ranks of region r's gradients (asynchronous; in place): one
+ * operation per run of entries with the same communicator. */
+static dsc_status dist_reduce_region(dsc_model *m, int32_t r) {
+  dsc_model_dist *d = m->dist;
+  if (!d || d->launched[r]) return DSC_OK;
+  d->launched[r] = 1;
+  int32_t j = 0;
+  int64_t e = 0;
+  while (e < m->n_storage && m->storage[e].region != r) ++e;
+  while (e < m->n_storage && m->storage[e].region == r) {
+    dsc_comm *c = grad_comm(m, e);
+    const int64_t off = m->storage[e].offset;
+    int64_t n = 0;
+    while (e < m->n_storage && m->storage[e].region == r && grad_comm(m, e) == c) n += m->storage[e++].numel;
+    if (!c || n == 0) continue;
+    if (j >= 4) return dsc_error(DSC_ERR_INTERNAL, "dsc_model", "region %d: more than 4 gradient runs", (int)r);
+    DSC_TRY(dsc_comm_iall_reduce(c, m->ctx, m->grads + off, n, DSC_DTYPE_FLOAT32, DSC_REDUCE_SUM,
+                                 &d->req[(int64_t)r * 4 + j]));
+    ++j;
+  }
+  return DSC_OK;
+}
+
+/* A region of the backward is complete: with overlap, its sum starts now. */
+static dsc_status dist_region_done(dsc_model *m, int32_t r) {
+  if (!m->dist || !m->dist->reduce_in_backward || !m->dist->overlap) return DSC_OK;
+  return dist_reduce_region(m, r);
+}
+
+/* Sum every region not started yet, wait for all: m->grads then hold the sums. */
+static dsc_status dist_reduce_all(dsc_model *m) {
+  dsc_model_dist *d = m->dist;
+  if (!d || d->grads_reduced) return DSC_OK;
+  dsc_status st = DSC_OK;
+  for (int32_t r = 0; r < m->n_regions && st == DSC_OK; ++r) st = dist_reduce_region(m, r);
+  for (int64_t i = 0; i < d->n_req; ++i) {
+    if (!d->req[i]) continue;
+    const dsc_status w = dsc_comm_wait(d->grad, d->req[i]);
+    d->req[i] = NULL;
+    if (st == DSC_OK) st = w;
+  }
+  if (m->n_regions > 0) memset(d->launched, 0, (size_t)m->n_regions);
+  if (st != DSC_OK) {
+    char msg[768];
+    snprintf(msg, sizeof msg, "%s", dsc_last_error());
+    return dsc_error(st, "dsc_model", "the sum of the gradients over the ranks failed: %s", msg);
+  }
+  d->grads_reduced = 1;
+  return DSC_OK;
+}
+
 /* Start a backward pass: gradients overwritten (accumulate 0) or added to (1, after a
  * completed pass), the expert-load statistics reset with them. */
 static dsc_status grads_begin(dsc_model *m, int accumulate) {
@@ -843,6 +1009,14 @@ static dsc_status grads_begin(dsc_model *m, int accumulate) {
     memset(m->load, 0, (size_t)m->n_blocks * (size_t)(m->cfg.n_routed_experts ? m->cfg.n_routed_experts : 1) *
                            sizeof(int64_t));
   m->have_grads = 0;
+  if (m->dist) {
+    if (m->dist->grads_reduced && acc)
+      return dsc_error(DSC_ERR_INVALID_ARGUMENT, "dsc_model",
+                       "accumulate: the gradients were already summed over the ranks (an optimizer step or "
+                       "train_step reduced them): accumulate into fresh gradients (accumulate 0) first");
+    m->dist->grads_reduced = 0;
+    m->dist->load_reduced = 0;
+  }
   return DSC_OK;
 }
 
@@ -896,6 +1070,7 @@ static dsc_status backward_logits(dsc_model *m, const DLTensor *tokens, int32_t 
     STEP(dsc_rms_norm_backward(ctx, &dB.t, &hp.t, &mt->hnorm, NULL, eps, &dprev.t,
                                gs_begin(m, &ghn, m->mtp_entries[d][1])));
     STEP(gs_end(m, &ghn));
+    STEP(dist_region_done(m, m->mtp[d].region));
   }
 
   /* main: head, final norm (+ d(prev) of MTP depth 0), blocks, embedding */
@@ -913,7 +1088,10 @@ static dsc_status backward_logits(dsc_model *m, const DLTensor *tokens, int32_t 
     STEP(dsc_rms_norm_backward(ctx, &dhn.t, &hL.t, &m->final_norm, NULL, eps, &tD.t,
                                gs_begin(m, &gn, m->norm_entry)));
     STEP(gs_end(m, &gn));
-    for (int32_t b = (int32_t)L - 1; b >= 0 && st == DSC_OK; --b) st = block_bwd(m, b, B, T, A->pos, A->tD);
+    for (int32_t b = (int32_t)L - 1; b >= 0 && st == DSC_OK; --b) {
+      st = block_bwd(m, b, B, T, A->pos, A->tD);
+      if (st == DSC_OK) st = dist_region_done(m, m->blocks[b].region); /* its sum runs while b-1 computes */
+    }
     STEP(dsc_embedding_backward(ctx, tokens, &tD.t, gs_begin(m, &gemb, m->emb_entry)));
     STEP(gs_end(m, &gemb));
   }
@@ -924,6 +1102,7 @@ static dsc_status backward_logits(dsc_model *m, const DLTensor *tokens, int32_t 
       m->touched[e] = 1;
     }
   }
+  if (st == DSC_OK && m->dist && m->dist->reduce_in_backward) st = dist_reduce_all(m);
   if (st == DSC_OK) m->have_grads = 1;
   return st;
 }
@@ -1132,7 +1311,32 @@ static dsc_status cpu_clip_adamw(dsc_model *m, const dsc_train_options *opt, flo
     }
   }
   double ss = 0.0;
-  dsc_status st = dsc_cpu_sumsq_runs(m->ctx, nr, runs, m->grads, &ss);
+  dsc_status st = DSC_OK;
+  if (m->dist && m->dist->ep > 1) {
+    /* expert stacks are split over the expert-parallel group: their squares are summed there
+     * (in rank order, the same bits on every rank); everything else is replicated */
+    dsc_param_run *r2 = (dsc_param_run *)malloc((size_t)(m->n_storage ? m->n_storage : 1) * sizeof *r2);
+    if (!r2) st = dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+    double part[2] = {0.0, 0.0};
+    for (int kind = 0; kind < 2 && st == DSC_OK; ++kind) {
+      int32_t n2 = 0;
+      for (int64_t e = 0; e < m->n_storage; ++e) {
+        const dsc_model_entry *en = &m->storage[e];
+        if (!en->train || en->numel == 0 || dsc_model_entry_is_expert(m, e) != kind) continue;
+        r2[n2].off = en->offset;
+        r2[n2].n = en->numel;
+        r2[n2].weight_decay = 0.0f;
+        ++n2;
+      }
+      st = dsc_cpu_sumsq_runs(m->ctx, n2, r2, m->grads, &part[kind]);
+    }
+    free(r2);
+    if (st == DSC_OK)
+      st = dsc_comm_all_reduce_raw(m->dist->epc, m->ctx, &part[1], &part[1], 1, DSC_DTYPE_FLOAT64, DSC_REDUCE_SUM);
+    ss = part[0] + part[1];
+  } else {
+    st = dsc_cpu_sumsq_runs(m->ctx, nr, runs, m->grads, &ss);
+  }
   const double norm = sqrt(ss);
   *gn = (float)norm;
   float gscale = 1.0f;
@@ -1165,15 +1369,32 @@ static dsc_status optimize(dsc_model *m, const dsc_train_options *opt, float *gn
   dsc_status st = (views && ptrs) ? DSC_OK : dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
   STEP(dsc_model_ensure_moments(m));
   float gn = 0.0f;
-  if (st == DSC_OK) {
+  const int split = m->dist && m->dist->ep > 1; /* expert stacks: their squares summed over the group */
+  double part[2] = {0.0, 0.0};
+  for (int kind = 0; kind < 1 + split && st == DSC_OK; ++kind) {
     int32_t n = 0;
     for (int64_t e = 0; e < m->n_storage; ++e) {
-      if (!m->storage[e].train) continue;
+      if (!m->storage[e].train || (split && dsc_model_entry_is_expert(m, e) != kind)) continue;
       views[n] = dsc_model_storage_view(m, e, m->grads);
       ptrs[n] = &views[n];
       ++n;
     }
-    st = dsc_global_norm(ctx, n, (const DLTensor *const *)ptrs, &gn);
+    float g = 0.0f;
+    if (n) st = dsc_global_norm(ctx, n, (const DLTensor *const *)ptrs, &g);
+    part[kind] = (double)g * (double)g;
+    if (!split) gn = g;
+  }
+  if (split && st == DSC_OK) {
+    /* host doubles through the device for NCCL */
+    void *dev = NULL;
+    st = dsc_malloc(ctx, sizeof(double), &dev);
+    const DLDevice host = {kDLCPU, 0};
+    if (st == DSC_OK) st = dsc_memcpy(ctx, dev, ctx->device, &part[1], host, sizeof(double));
+    if (st == DSC_OK) st = dsc_comm_all_reduce_raw(m->dist->epc, ctx, dev, dev, 1, DSC_DTYPE_FLOAT64, DSC_REDUCE_SUM);
+    if (st == DSC_OK) st = dsc_comm_synchronize(m->dist->epc, ctx);
+    if (st == DSC_OK) st = dsc_memcpy(ctx, &part[1], host, dev, ctx->device, sizeof(double));
+    if (dev) dsc_free(ctx, dev);
+    gn = (float)sqrt(part[0] + part[1]);
   }
   if (st == DSC_OK && opt->max_grad_norm > 0.0f && gn > opt->max_grad_norm)
     st = dsc_model_scale(m, m->grads, m->n_params, (float)((double)opt->max_grad_norm / ((double)gn + 1e-6)));
@@ -1221,6 +1442,7 @@ dsc_status dsc_model_optimizer_step(dsc_model *m, const dsc_train_options *opt, 
   DSC_CHECK(m->have_grads, DSC_ERR_INVALID_ARGUMENT, FN,
             "model: expected gradients (dsc_model_backward or dsc_model_loss_and_grad before), got none");
   float gn = 0.0f;
+  DSC_TRY(dist_reduce_all(m)); /* gradients of this rank's passes, summed over the ranks */
   DSC_TRY(optimize(m, opt, &gn));
   dsc_train_options o1 = *opt;
   o1.grad_accum = 1; /* the losses are the caller's: report none */
@@ -1241,16 +1463,22 @@ dsc_status dsc_model_train_step(dsc_model *m, const dsc_train_options *opt, cons
   DSC_CHECK(B % opt->grad_accum == 0, DSC_ERR_INVALID_ARGUMENT, FN,
             "opt->grad_accum: expected a divisor of the batch size %lld, got %d", (long long)B,
             (int)opt->grad_accum);
-  dsc_context *ctx = m->ctx;
   const int64_t mb = B / opt->grad_accum;
   double loss = 0.0, mtp = 0.0, aux = 0.0;
+  /* data parallel: each rank's micro-batches are 1/W of the global batch, and the last one's
+   * backward sums the gradients over the ranks as its layers complete */
+  const int32_t W = m->dist ? m->dist->world : 1;
+  const float scale = (float)(1.0 / ((double)opt->grad_accum * (double)W));
   for (int32_t k = 0; k < opt->grad_accum; ++k) {
     tv tk, tg;
     dsc_train_stats s;
     memset(&s, 0, sizeof s);
     s.size = sizeof s;
-    DSC_TRY(dsc_model_loss_and_grad(m, opt, row_view(&tk, m, tokens, k * mb, mb), row_view(&tg, m, targets, k * mb, mb),
-                                    k > 0, 1.0f / (float)opt->grad_accum, &s));
+    if (m->dist) m->dist->reduce_in_backward = k + 1 == opt->grad_accum;
+    const dsc_status ls = dsc_model_loss_and_grad(m, opt, row_view(&tk, m, tokens, k * mb, mb),
+                                                  row_view(&tg, m, targets, k * mb, mb), k > 0, scale, &s);
+    if (m->dist) m->dist->reduce_in_backward = 0;
+    DSC_TRY(ls);
     loss += s.loss;
     mtp += s.mtp_loss;
     aux += s.aux_loss;
@@ -1261,11 +1489,88 @@ dsc_status dsc_model_train_step(dsc_model *m, const dsc_train_options *opt, cons
   return finish_step(m, opt, stats, B * tokens->shape[1], loss, mtp, aux, gn);
 }
 
+
+static dsc_status dist_host_sum(dsc_model *m, dsc_comm *c, void *x, int64_t n, dsc_dtype dt) {
+  return dsc_model_host_all_reduce(m, c, x, n, dt, DSC_REDUCE_SUM);
+}
+
+dsc_status dsc_model_host_all_reduce(dsc_model *m, dsc_comm *c, void *x, int64_t n, dsc_dtype dt, int op) {
+  if (dsc_comm_size(c) == 1 || n == 0) return DSC_OK;
+  dsc_context *ctx = m->ctx;
+  const size_t bytes = (size_t)n * 8;
+  if (!dsc_ctx_is_cuda(ctx)) return dsc_comm_all_reduce_raw(c, ctx, x, x, n, dt, op);
+  void *dev = NULL;
+  const DLDevice host = {kDLCPU, 0};
+  dsc_status st = dsc_malloc(ctx, bytes, &dev);
+  if (st == DSC_OK) st = dsc_memcpy(ctx, dev, ctx->device, x, host, bytes);
+  if (st == DSC_OK) st = dsc_comm_all_reduce_raw(c, ctx, dev, dev, n, dt, op);
+  if (st == DSC_OK) st = dsc_comm_synchronize(c, ctx);
+  if (st == DSC_OK) st = dsc_memcpy(ctx, x, host, dev, ctx->device, bytes);
+  if (dev) dsc_free(ctx, dev);
+  return st;
+}
+
+/* After an optimizer step: the replicated parameters (everything but the expert stacks) must
+ * be bitwise the same on every rank, an expert stack on the ranks holding it. A 64-bit hash
+ * of each, all-gathered and compared. */
+static dsc_status dist_check_params(dsc_model *m) {
+  static const char *const FN = "dsc_model_train_step";
+  dsc_model_dist *d = m->dist;
+  dsc_context *ctx = m->ctx;
+  uint64_t h[2] = {0x9E3779B97F4A7C15ull, 0xC2B2AE3D27D4EB4Full};
+  float *host = NULL;
+  dsc_status st = DSC_OK;
+  if (dsc_ctx_is_cuda(ctx)) {
+    host = (float *)malloc((size_t)m->scratch_numel * sizeof(float) + 1);
+    if (!host) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+  }
+  for (int64_t e = 0; e < m->n_storage && st == DSC_OK; ++e) {
+    const dsc_model_entry *en = &m->storage[e];
+    const int kind = dsc_model_entry_is_expert(m, e) && d->ep > 1;
+    const float *p = m->params + en->offset;
+    if (host) {
+      st = dsc_memcpy(ctx, host, (DLDevice){kDLCPU, 0}, p, ctx->device, (size_t)en->numel * sizeof(float));
+      p = host;
+    }
+    if (st == DSC_OK) h[kind] = dsc_dist_hash(p, (size_t)en->numel * sizeof(float), h[kind]);
+  }
+  free(host);
+  for (int kind = 0; kind < 2 && st == DSC_OK; ++kind) {
+    dsc_comm *c = kind ? d->dpg : d->grad;
+    if (dsc_comm_size(c) < 2) continue;
+    static const char *const names[2] = {"the replicated parameters (all but the routed experts)",
+                                         "the routed experts of the ranks holding the same experts"};
+    const int64_t f = (int64_t)h[kind];
+    st = dsc_dist_agree(c, ctx, FN, 1, &f, &names[kind]);
+    if (st != DSC_OK && dsc_last_error()[0]) {
+      char msg[768];
+      snprintf(msg, sizeof msg, "%s", dsc_last_error());
+      st = dsc_error(st, FN, "after optimizer step %lld the ranks' parameters diverged (a 64-bit hash of each "
+                     "rank's copy): %s", (long long)m->step, msg);
+    }
+  }
+  return st;
+}
+
 /* After the update: the aux-loss-free bias update, then the step's statistics. */
 static dsc_status finish_step(dsc_model *m, const dsc_train_options *opt, dsc_train_stats *stats,
                               int64_t tokens, double loss, double mtp, double aux, float gn) {
   dsc_context *ctx = m->ctx;
   dsc_status st = DSC_OK;
+  if (m->dist) {
+    /* the global expert load (every rank's tokens) for the bias update and the statistics;
+     * the losses and tokens of every rank (the world's mean, the world's total) */
+    dsc_model_dist *d = m->dist;
+    const int64_t nl = (int64_t)m->n_blocks * (m->cfg.n_routed_experts ? m->cfg.n_routed_experts : 1);
+    double acc[4] = {loss, mtp, aux, (double)tokens};
+    st = dist_host_sum(m, d->grad, acc, 4, DSC_DTYPE_FLOAT64);
+    if (st == DSC_OK && !d->load_reduced) st = dist_host_sum(m, d->grad, m->load, nl, DSC_DTYPE_INT64);
+    if (st == DSC_OK) {
+      d->load_reduced = 1;
+      loss = acc[0] / d->world, mtp = acc[1] / d->world, aux = acc[2] / d->world;
+      tokens = (int64_t)acc[3];
+    }
+  }
   /* auxiliary-loss-free balancing: bias += gamma * sign(mean load - load) */
   if (st == DSC_OK && opt->bias_update_rate > 0.0f && m->cfg.topk_method == DSC_MOE_TOPK_NOAUX_TC) {
     const int64_t E = m->cfg.n_routed_experts;
@@ -1280,6 +1585,10 @@ static dsc_status finish_step(dsc_model *m, const dsc_train_options *opt, dsc_tr
     }
   }
   if (st != DSC_OK) return st;
+  if (m->dist) {
+    m->dist->steps++;
+    if (m->dist->check_every > 0 && m->dist->steps % m->dist->check_every == 0) DSC_TRY(dist_check_params(m));
+  }
   if (stats) {
     stats->loss = (float)(loss / opt->grad_accum);
     stats->mtp_loss = (float)(mtp / opt->grad_accum);

@@ -24,6 +24,7 @@
 #include "backend.h"
 #include "fp8_layers.h"
 #include "moe_internal.h"
+#include "moe_layer_ex.h"
 
 /* Run a step only while every earlier step succeeded (cleanup happens once at the end). */
 #define STEP(call)                 \
@@ -41,11 +42,15 @@ typedef struct {
 
 enum {
   B_SCORES, B_INDICES, B_WEIGHTS, B_XP, B_OFFSETS, B_ROWMAP, B_HG, B_HU, B_ACT, B_EO,
-  B_SG, B_SU, B_SA, B_DSCORES, B_AUXLOSS, B_COUNT
+  B_SG, B_SU, B_SA, B_DSCORES, B_AUXLOSS,
+  B_XR, B_OFFL, B_EOR, /* with an exchange: rows computed here, their offsets, outputs */
+  B_COUNT
 };
 /* Temporaries of one forward / backward call, kept in the handle between calls. */
 enum { T_DEO, T_DW, T_DACT, T_DHG, T_DHU, T_DXP, T_DXP2, T_DXTOK, T_DLOG, T_DXR, T_DSA, T_DSG,
-       T_DSU, T_DXS, T_LOGITS, T_SO, T_COUNT };
+       T_DSU, T_DXS, T_LOGITS, T_SO,
+       T_DEOR, T_DXPR, T_DXS2, /* with an exchange */
+       T_COUNT };
 
 struct dsc_moe_layer_saved {
   dsc_context *ctx; /* the context the buffers were allocated with */
@@ -55,6 +60,11 @@ struct dsc_moe_layer_saved {
   int fp8;      /* ... with FP8 expert GEMMs */
   int have_aux; /* dsc_moe_layer_aux_loss filled B_DSCORES for the backward */
   int64_t T, D, E, k, F, Fs, R;
+  /* an exchange (moe_layer_ex.h): the forward's, and where its phases are */
+  int ex;         /* the forward ran with an exchange */
+  int64_t El, Rin; /* experts and rows computed here */
+  int fwd_phase;  /* phases of the current forward done (a mask) */
+  int bwd_phase;  /* phases of the current backward done */
 };
 
 static void buf_free(dsc_context *ctx, buf *x) {
@@ -253,8 +263,16 @@ static int has_fp8_weights(const dsc_moe_layer_weights *w) {
 }
 
 /* infer: a forward without saved activations, where weights may be held in FP8. */
+/* El > 0: the expert stacks hold El experts (an exchange computes the others elsewhere). */
+static dsc_status check_weights_el(const dsc_context *ctx, const char *fn, const dsc_moe_layer_weights *w,
+                                   int64_t D, int infer, int64_t El, int64_t *E, int64_t *F, int64_t *Fs);
 static dsc_status check_weights(const dsc_context *ctx, const char *fn, const dsc_moe_layer_weights *w,
                                 int64_t D, int infer, int64_t *E, int64_t *F, int64_t *Fs) {
+  return check_weights_el(ctx, fn, w, D, infer, 0, E, F, Fs);
+}
+
+static dsc_status check_weights_el(const dsc_context *ctx, const char *fn, const dsc_moe_layer_weights *w,
+                                   int64_t D, int infer, int64_t El, int64_t *E, int64_t *F, int64_t *Fs) {
   DSC_CHECK(w != NULL && w->size >= sizeof(dsc_moe_layer_weights), DSC_ERR_INVALID_ARGUMENT, fn,
             "w: expected a dsc_moe_layer_weights with size = %zu", sizeof(dsc_moe_layer_weights));
   DSC_CHECK(w->fp8 == 0 || w->fp8 == 1, DSC_ERR_INVALID_ARGUMENT, fn,
@@ -280,7 +298,8 @@ static dsc_status check_weights(const dsc_context *ctx, const char *fn, const ds
             "w->experts_gate: expected a tensor, got NULL");
   DSC_TRY(dsc_check_ndim(fn, "w->experts_gate", w->experts_gate, 3, 3, "(E, F, D)"));
   *F = w->experts_gate->shape[1];
-  int64_t egs[3] = {*E, *F, D}, eds[3] = {*E, D, *F};
+  const int64_t Es = El > 0 ? El : *E; /* experts in the stacks */
+  int64_t egs[3] = {Es, *F, D}, eds[3] = {Es, D, *F};
   DSC_TRY(check_ew(ctx, fn, "w->experts_gate", "w->experts_gate_scale_inv", w->experts_gate,
                    w->experts_gate_scale_inv, 3, egs));
   DSC_TRY(check_ew(ctx, fn, "w->experts_up", "w->experts_up_scale_inv", w->experts_up,
@@ -639,4 +658,447 @@ dsc_status dsc_moe_layer_saved_routing(dsc_context *ctx, const dsc_moe_layer_sav
                        (size_t)dsc_numel(src) * 4));
   }
   return DSC_OK;
+}
+
+/* ---- the layer with an exchange and phases (moe_layer_ex.h) ----------------------------- */
+
+/* counts[e] = offsets[e+1] - offsets[e] for the permuted layout's offsets [E+1] (device). */
+static dsc_status host_counts(dsc_context *ctx, const DLTensor *offsets, int64_t E, int64_t *counts) {
+  int32_t *h = (int32_t *)malloc((size_t)(E + 1) * sizeof(int32_t));
+  if (!h) return dsc_error(DSC_ERR_OUT_OF_MEMORY, "dsc_moe_layer", "out of host memory");
+  dsc_status st = dsc_memcpy(ctx, h, (DLDevice){kDLCPU, 0}, dsc_data(offsets), ctx->device,
+                             (size_t)(E + 1) * sizeof(int32_t));
+  for (int64_t e = 0; st == DSC_OK && e < E; ++e) counts[e] = h[e + 1] - h[e];
+  free(h);
+  return st;
+}
+
+static dsc_status check_phase(const char *fn, int32_t phase, const dsc_moe_layer_saved *saved,
+                              const dsc_moe_exchange *ex, int32_t mb, int32_t align) {
+  DSC_CHECK(phase >= 1 && phase <= DSC_MOE_PHASE_ALL, DSC_ERR_INVALID_ARGUMENT, fn,
+            "phase: expected a non-empty mask of BEGIN (1), MIDDLE (2), END (4), got %d", (int)phase);
+  DSC_CHECK(phase == DSC_MOE_PHASE_ALL || saved != NULL, DSC_ERR_INVALID_ARGUMENT, fn,
+            "saved: expected a handle for a call of part of the layer (phase %d)", (int)phase);
+  DSC_CHECK(!ex || (ex->n_local >= 1 && ex->plan && ex->dispatch_start && ex->dispatch_finish &&
+                    ex->combine_start && ex->combine_finish),
+            DSC_ERR_INVALID_ARGUMENT, fn, "ex: expected an exchange with n_local >= 1 and every hook");
+  DSC_CHECK(!ex || align == 1, DSC_ERR_INVALID_ARGUMENT, fn,
+            "align: expected 1 with an exchange (rows travel unpadded), got %d", (int)align);
+  DSC_CHECK(mb == 0 || mb == 1, DSC_ERR_INVALID_ARGUMENT, fn, "mb: expected 0 or 1, got %d", (int)mb);
+  return DSC_OK;
+}
+
+/* The expert GEMMs of the forward on X [rows, D] grouped by the G experts of offs (device,
+ * [G+1]) into out [rows, D]; saves hg, hu, act. f8: the FP8 scratch (w->fp8). */
+static dsc_status experts_fwd(dsc_context *ctx, const dsc_moe_layer_weights *w, buf *b, int64_t G, int64_t rows,
+                              int64_t D, int64_t F, buf *X, buf *offs, fp8_scratch *f8, buf *out) {
+  dsc_status st = DSC_OK;
+  STEP(buf_alloc(ctx, &b[B_HG], DSC_DTYPE_FLOAT32, rows, F));
+  STEP(buf_alloc(ctx, &b[B_HU], DSC_DTYPE_FLOAT32, rows, F));
+  STEP(buf_alloc(ctx, &b[B_ACT], DSC_DTYPE_FLOAT32, rows, F));
+  STEP(buf_alloc(ctx, out, DSC_DTYPE_FLOAT32, rows, D));
+  if (st != DSC_OK || rows == 0) return st;
+  if (w->fp8) {
+    STEP(fp8_fwd(ctx, f8, G, rows, F, D, &X->t, w->experts_gate, w->experts_gate_scale_inv, &offs->t, &b[B_HG].t));
+    STEP(fp8_fwd(ctx, f8, G, rows, F, D, &X->t, w->experts_up, w->experts_up_scale_inv, &offs->t, &b[B_HU].t));
+    STEP(dsc_swiglu_forward(ctx, &b[B_HG].t, &b[B_HU].t, &b[B_ACT].t));
+    STEP(fp8_fwd(ctx, f8, G, rows, D, F, &b[B_ACT].t, w->experts_down, w->experts_down_scale_inv, &offs->t,
+                 &out->t));
+  } else {
+    STEP(dsc_grouped_linear_forward(ctx, &X->t, w->experts_gate, &offs->t, &b[B_HG].t));
+    STEP(dsc_grouped_linear_forward(ctx, &X->t, w->experts_up, &offs->t, &b[B_HU].t));
+    STEP(dsc_swiglu_forward(ctx, &b[B_HG].t, &b[B_HU].t, &b[B_ACT].t));
+    STEP(dsc_grouped_linear_forward(ctx, &b[B_ACT].t, w->experts_down, &offs->t, &out->t));
+  }
+  return st;
+}
+
+dsc_status dsc_moe_layer_forward_ex(dsc_context *ctx, const dsc_moe_route_params *p, int32_t align,
+                                    const dsc_moe_layer_weights *w, const DLTensor *x, DLTensor *y,
+                                    DLTensor *counts, dsc_moe_layer_saved *saved, const dsc_moe_exchange *ex,
+                                    int32_t mb, int32_t phase) {
+  static const char *const FN = "dsc_moe_layer_forward";
+  if (!ex && phase == DSC_MOE_PHASE_ALL) return dsc_moe_layer_forward(ctx, p, align, w, x, y, counts, saved);
+  DSC_TRY(check_phase(FN, phase, saved, ex, mb, align));
+  DSC_TRY(dsc_check_tensor(ctx, FN, "x", x, DSC_DT(DSC_DTYPE_FLOAT32)));
+  DSC_TRY(dsc_check_ndim(FN, "x", x, 1, 16, "(..., D)"));
+  DSC_TRY(dsc_check_tensor(ctx, FN, "y", y, DSC_DT(DSC_DTYPE_FLOAT32)));
+  DSC_TRY(dsc_check_same_shape(FN, "y", y, "x", x));
+  DSC_CHECK(p != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "p: expected route params, got NULL");
+  DSC_CHECK(align >= 1, DSC_ERR_INVALID_ARGUMENT, FN, "align: expected >= 1, got %d", (int)align);
+  DSC_CHECK(saved == NULL || saved->ctx == ctx, DSC_ERR_INVALID_ARGUMENT, FN,
+            "saved: expected a handle created with this context");
+  const int64_t D = dsc_last_dim(x), T = dsc_rows(x);
+  int64_t E, F, Fs;
+  DSC_TRY(check_weights_el(ctx, FN, w, D, saved == NULL, ex ? ex->n_local : 0, &E, &F, &Fs));
+  const int64_t El = ex ? ex->n_local : E;
+  if (counts) DSC_TRY(dsc_check_tensor(ctx, FN, "counts", counts, DSC_DT_INDEX));
+  {
+    dsc_named_tensor ins[15], outs[2] = {{"y", y}, {"counts", counts}};
+    ins[0] = (dsc_named_tensor){"x", x};
+    const int n_in = 1 + weight_list(w, ins + 1);
+    DSC_TRY(dsc_check_outputs_disjoint(FN, 2, outs, n_in, ins));
+  }
+  const int64_t k = p->top_k;
+  dsc_moe_layer_saved local;
+  dsc_moe_layer_saved *s = saved;
+  if (!s) {
+    memset(&local, 0, sizeof local);
+    local.ctx = ctx;
+    s = &local;
+  }
+  if (!(phase & DSC_MOE_PHASE_BEGIN))
+    DSC_CHECK(s->fwd_phase != 0 && !(s->fwd_phase & phase) && s->T == T && s->D == D && s->ex == (ex != NULL),
+              DSC_ERR_INVALID_ARGUMENT, FN,
+              "phase: %d continues no forward begun on this handle with the same x (phases done: %d)", (int)phase,
+              (int)s->fwd_phase);
+  int64_t xs2[2], xst2[2], ys2[2], yst2[2];
+  DLTensor x2 = flat2(x, xs2, xst2), y2 = flat2(y, ys2, yst2);
+  buf *b = s->b;
+  dsc_status st = DSC_OK;
+  int64_t *cnt = NULL;
+
+  if (phase & DSC_MOE_PHASE_BEGIN) {
+    s->have = 0;
+    s->have_aux = 0;
+    s->fwd_phase = 0;
+    s->bwd_phase = 0;
+    buf *logits = &s->tmp[T_LOGITS];
+    STEP(buf_alloc(ctx, logits, DSC_DTYPE_FLOAT32, T, E));
+    STEP(buf_alloc(ctx, &b[B_SCORES], DSC_DTYPE_FLOAT32, T, E));
+    STEP(buf_alloc(ctx, &b[B_INDICES], DSC_DTYPE_INT32, T, k));
+    STEP(buf_alloc(ctx, &b[B_WEIGHTS], DSC_DTYPE_FLOAT32, T, k));
+    int64_t R = 0;
+    if (T > 0) {
+      STEP(dsc_linear_forward(ctx, &x2, w->gate, &logits->t));
+      STEP(dsc_moe_route(ctx, p, &logits->t, w->bias, &b[B_INDICES].t, &b[B_WEIGHTS].t, &b[B_SCORES].t));
+      if (counts) STEP(dsc_moe_expert_load(ctx, &b[B_INDICES].t, counts));
+      STEP(dsc_moe_permute_rows(ctx, &b[B_INDICES].t, (int32_t)E, align, &R));
+    } else if (counts) {
+      /* no tokens: no load */
+      const size_t cb = (size_t)dsc_numel(counts) * dsc_dtype_size(dsc_tensor_dtype(counts));
+      void *z = calloc(1, cb ? cb : 1);
+      if (!z) st = dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+      STEP(dsc_memcpy(ctx, dsc_data(counts), ctx->device, z, (DLDevice){kDLCPU, 0}, cb));
+      free(z);
+    }
+    STEP(buf_alloc(ctx, &b[B_XP], DSC_DTYPE_FLOAT32, R, D));
+    STEP(buf_alloc(ctx, &b[B_OFFSETS], DSC_DTYPE_INT32, E + 1, -1));
+    STEP(buf_alloc(ctx, &b[B_ROWMAP], DSC_DTYPE_INT32, T, k));
+    if (T > 0)
+      STEP(dsc_moe_permute(ctx, &x2, &b[B_INDICES].t, (int32_t)E, align, &b[B_XP].t, &b[B_OFFSETS].t,
+                           &b[B_ROWMAP].t));
+    int64_t Rin = R;
+    if (ex && st == DSC_OK) {
+      cnt = (int64_t *)calloc((size_t)(E + El), sizeof(int64_t)); /* counts [E], then local [El] */
+      int32_t *offl = (int32_t *)malloc((size_t)(El + 1) * sizeof(int32_t));
+      if (!cnt || !offl) st = dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+      if (T > 0) STEP(host_counts(ctx, &b[B_OFFSETS].t, E, cnt));
+      STEP(ex->plan(ex->user, ctx, mb, cnt, &Rin, cnt + E));
+      if (st == DSC_OK) {
+        offl[0] = 0;
+        for (int64_t e = 0; e < El; ++e) offl[e + 1] = offl[e] + (int32_t)cnt[E + e];
+        if (offl[El] != Rin)
+          st = dsc_error(DSC_ERR_INTERNAL, FN, "ex: the plan's local counts sum to %d, its rows to %lld",
+                         (int)offl[El], (long long)Rin);
+      }
+      STEP(buf_alloc(ctx, &b[B_OFFL], DSC_DTYPE_INT32, El + 1, -1));
+      STEP(dsc_memcpy(ctx, b[B_OFFL].t.data, ctx->device, offl, (DLDevice){kDLCPU, 0},
+                      (size_t)(El + 1) * sizeof(int32_t)));
+      STEP(buf_alloc(ctx, &b[B_XR], DSC_DTYPE_FLOAT32, Rin, D));
+      STEP(ex->dispatch_start(ex->user, ctx, mb, b[B_XP].t.data, (size_t)D * sizeof(float), b[B_XR].t.data));
+      free(offl);
+    }
+    if (st == DSC_OK) {
+      s->T = T, s->D = D, s->E = E, s->k = k, s->F = F, s->Fs = Fs, s->R = R;
+      s->ex = ex != NULL;
+      s->El = El;
+      s->Rin = Rin;
+      s->fp8 = w->fp8;
+      s->fwd_phase |= DSC_MOE_PHASE_BEGIN;
+    }
+  }
+
+  if ((phase & DSC_MOE_PHASE_MIDDLE) && st == DSC_OK) {
+    const int64_t Rin = s->Rin;
+    if (ex) STEP(ex->dispatch_finish(ex->user, ctx, mb));
+    buf *X = ex ? &b[B_XR] : &b[B_XP], *offs = ex ? &b[B_OFFL] : &b[B_OFFSETS];
+    buf *out = ex ? &b[B_EOR] : &b[B_EO];
+    fp8_scratch f8;
+    memset(&f8, 0, sizeof f8);
+    if (w->fp8 && st == DSC_OK) {
+      const int all_held = w->experts_gate_scale_inv && w->experts_up_scale_inv && w->experts_down_scale_inv &&
+                           (Fs == 0 || (w->shared_gate_scale_inv && w->shared_up_scale_inv &&
+                                        w->shared_down_scale_inv));
+      STEP(fp8_scratch_alloc(ctx, T, Rin, D, El, F, Fs, &offs->t, !all_held, &f8));
+    }
+    STEP(experts_fwd(ctx, w, b, El, Rin, D, F, X, offs, &f8, out));
+    if (ex) {
+      STEP(buf_alloc(ctx, &b[B_EO], DSC_DTYPE_FLOAT32, s->R, D));
+      STEP(ex->combine_start(ex->user, ctx, mb, b[B_EOR].t.data, (size_t)D * sizeof(float), b[B_EO].t.data));
+    }
+    /* the shared experts compute while the combine is in flight */
+    if (Fs > 0 && T > 0) {
+      buf *so = &s->tmp[T_SO];
+      STEP(buf_alloc(ctx, &b[B_SG], DSC_DTYPE_FLOAT32, T, Fs));
+      STEP(buf_alloc(ctx, &b[B_SU], DSC_DTYPE_FLOAT32, T, Fs));
+      STEP(buf_alloc(ctx, &b[B_SA], DSC_DTYPE_FLOAT32, T, Fs));
+      STEP(buf_alloc(ctx, so, DSC_DTYPE_FLOAT32, T, D));
+      if (w->fp8) {
+        STEP(fp8_fwd(ctx, &f8, 1, T, Fs, D, &x2, w->shared_gate, w->shared_gate_scale_inv, NULL, &b[B_SG].t));
+        STEP(fp8_fwd(ctx, &f8, 1, T, Fs, D, &x2, w->shared_up, w->shared_up_scale_inv, NULL, &b[B_SU].t));
+        STEP(dsc_swiglu_forward(ctx, &b[B_SG].t, &b[B_SU].t, &b[B_SA].t));
+        STEP(fp8_fwd(ctx, &f8, 1, T, D, Fs, &b[B_SA].t, w->shared_down, w->shared_down_scale_inv, NULL, &so->t));
+      } else {
+        STEP(dsc_linear_forward(ctx, &x2, w->shared_gate, &b[B_SG].t));
+        STEP(dsc_linear_forward(ctx, &x2, w->shared_up, &b[B_SU].t));
+        STEP(dsc_swiglu_forward(ctx, &b[B_SG].t, &b[B_SU].t, &b[B_SA].t));
+        STEP(dsc_linear_forward(ctx, &b[B_SA].t, w->shared_down, &so->t));
+      }
+    }
+    fp8_scratch_free(ctx, &f8);
+    if (st == DSC_OK) s->fwd_phase |= DSC_MOE_PHASE_MIDDLE;
+  }
+
+  if ((phase & DSC_MOE_PHASE_END) && st == DSC_OK) {
+    if (ex) STEP(ex->combine_finish(ex->user, ctx, mb));
+    if (T > 0) {
+      STEP(dsc_moe_unpermute(ctx, &b[B_EO].t, &b[B_ROWMAP].t, &b[B_WEIGHTS].t, &y2));
+      if (Fs > 0) STEP(dsc_add(ctx, &y2, &s->tmp[T_SO].t, &y2));
+    }
+    if (st == DSC_OK) {
+      s->fwd_phase |= DSC_MOE_PHASE_END;
+      s->have = 1;
+    }
+  }
+  free(cnt);
+  if (s == &local) {
+    for (int i = 0; i < B_COUNT; ++i) buf_free(ctx, &local.b[i]);
+    for (int i = 0; i < T_COUNT; ++i) buf_free(ctx, &local.tmp[i]);
+  } else if (st != DSC_OK) {
+    s->have = 0;
+    s->fwd_phase = 0;
+  }
+  return st;
+}
+
+dsc_status dsc_moe_layer_backward_ex(dsc_context *ctx, const dsc_moe_route_params *p,
+                                     const dsc_moe_layer_weights *w, const DLTensor *x, const DLTensor *dy,
+                                     dsc_moe_layer_saved *saved, DLTensor *dx, const dsc_moe_layer_grads *g,
+                                     const dsc_moe_exchange *ex, int32_t mb, int32_t phase) {
+  static const char *const FN = "dsc_moe_layer_backward";
+  if (!ex && phase == DSC_MOE_PHASE_ALL) return dsc_moe_layer_backward(ctx, p, w, x, dy, saved, dx, g);
+  DSC_TRY(check_phase(FN, phase, saved, ex, mb, 1));
+  DSC_TRY(dsc_check_tensor(ctx, FN, "x", x, DSC_DT(DSC_DTYPE_FLOAT32)));
+  DSC_TRY(dsc_check_ndim(FN, "x", x, 1, 16, "(..., D)"));
+  DSC_TRY(dsc_check_tensor(ctx, FN, "dy", dy, DSC_DT(DSC_DTYPE_FLOAT32)));
+  DSC_TRY(dsc_check_same_shape(FN, "dy", dy, "x", x));
+  if (dx) {
+    DSC_TRY(dsc_check_tensor(ctx, FN, "dx", dx, DSC_DT(DSC_DTYPE_FLOAT32)));
+    DSC_TRY(dsc_check_same_shape(FN, "dx", dx, "x", x));
+  }
+  DSC_CHECK(p != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "p: expected route params, got NULL");
+  DSC_CHECK(g != NULL && g->size >= sizeof(dsc_moe_layer_grads), DSC_ERR_INVALID_ARGUMENT, FN,
+            "g: expected a dsc_moe_layer_grads with size = %zu", sizeof(dsc_moe_layer_grads));
+  DSC_CHECK(saved != NULL && saved->have && saved->ctx == ctx, DSC_ERR_INVALID_ARGUMENT, FN,
+            "saved: expected the handle filled by dsc_moe_layer_forward on this context");
+  const int64_t D = dsc_last_dim(x), T = dsc_rows(x);
+  int64_t E, F, Fs;
+  DSC_TRY(check_weights_el(ctx, FN, w, D, 0, ex ? ex->n_local : 0, &E, &F, &Fs));
+  const int64_t El = ex ? ex->n_local : E;
+  DSC_CHECK(saved->T == T && saved->D == D && saved->E == E && saved->F == F && saved->Fs == Fs &&
+                saved->k == p->top_k && saved->ex == (ex != NULL) && saved->El == El,
+            DSC_ERR_SHAPE, FN,
+            "saved: expected activations of a forward with T=%lld, D=%lld, E=%lld, F=%lld, k=%d and %s exchange",
+            (long long)T, (long long)D, (long long)E, (long long)F, (int)p->top_k, ex ? "an" : "no");
+  DSC_CHECK(saved->fp8 == w->fp8, DSC_ERR_INVALID_ARGUMENT, FN,
+            "w->fp8: expected %d (the value of the forward that filled `saved`), got %d", (int)saved->fp8,
+            (int)w->fp8);
+  if (!(phase & DSC_MOE_PHASE_BEGIN))
+    DSC_CHECK(saved->bwd_phase != 0 && !(saved->bwd_phase & phase), DSC_ERR_INVALID_ARGUMENT, FN,
+              "phase: %d continues no backward begun on this handle (phases done: %d)", (int)phase,
+              (int)saved->bwd_phase);
+  {
+    dsc_named_tensor ins[16], outs[8] = {
+        {"dx", dx},           {"g->gate", g->gate},
+        {"g->experts_gate", g->experts_gate}, {"g->experts_up", g->experts_up},
+        {"g->experts_down", g->experts_down}, {"g->shared_gate", g->shared_gate},
+        {"g->shared_up", g->shared_up},       {"g->shared_down", g->shared_down}};
+    ins[0] = (dsc_named_tensor){"x", x};
+    ins[1] = (dsc_named_tensor){"dy", dy};
+    const int n_in = 2 + weight_list(w, ins + 2);
+    DSC_TRY(dsc_check_outputs_disjoint(FN, 8, outs, n_in, ins));
+  }
+  const int64_t R = saved->R, Rin = saved->Rin, k = saved->k;
+  buf *b = saved->b, *tmp = saved->tmp;
+  int64_t xs2[2], xst2[2], ds2[2], dst2[2];
+  DLTensor x2 = flat2(x, xs2, xst2), dy2 = flat2(dy, ds2, dst2);
+  const int cpu_acc = !w->fp8 && !dsc_ctx_is_cuda(ctx);
+  dsc_status st = DSC_OK;
+
+  if (phase & DSC_MOE_PHASE_BEGIN) {
+    saved->bwd_phase = 0;
+    STEP(buf_alloc(ctx, &tmp[T_DEO], DSC_DTYPE_FLOAT32, R, D));
+    STEP(buf_alloc(ctx, &tmp[T_DW], DSC_DTYPE_FLOAT32, T, k));
+    if (T > 0)
+      STEP(dsc_moe_unpermute_backward(ctx, &dy2, &b[B_EO].t, &b[B_ROWMAP].t, &b[B_WEIGHTS].t, &tmp[T_DEO].t,
+                                      &tmp[T_DW].t));
+    if (ex) {
+      STEP(buf_alloc(ctx, &tmp[T_DEOR], DSC_DTYPE_FLOAT32, Rin, D));
+      STEP(ex->dispatch_start(ex->user, ctx, mb, tmp[T_DEO].t.data, (size_t)D * sizeof(float),
+                              tmp[T_DEOR].t.data));
+    }
+    if (st == DSC_OK) saved->bwd_phase |= DSC_MOE_PHASE_BEGIN;
+  }
+
+  if ((phase & DSC_MOE_PHASE_MIDDLE) && st == DSC_OK) {
+    if (ex) STEP(ex->dispatch_finish(ex->user, ctx, mb));
+    buf *X = ex ? &b[B_XR] : &b[B_XP], *offs = ex ? &b[B_OFFL] : &b[B_OFFSETS];
+    buf *deo = ex ? &tmp[T_DEOR] : &tmp[T_DEO];
+    buf *dxp = ex ? &tmp[T_DXPR] : &tmp[T_DXP];
+    fp8_scratch f8;
+    memset(&f8, 0, sizeof f8);
+    if (w->fp8) STEP(fp8_scratch_alloc(ctx, T, Rin, D, El, F, Fs, &offs->t, 1, &f8));
+    STEP(buf_alloc(ctx, &tmp[T_DACT], DSC_DTYPE_FLOAT32, Rin, F));
+    STEP(buf_alloc(ctx, &tmp[T_DHG], DSC_DTYPE_FLOAT32, Rin, F));
+    STEP(buf_alloc(ctx, &tmp[T_DHU], DSC_DTYPE_FLOAT32, Rin, F));
+    STEP(buf_alloc(ctx, dxp, DSC_DTYPE_FLOAT32, Rin, D));
+    if (!cpu_acc) STEP(buf_alloc(ctx, &tmp[T_DXP2], DSC_DTYPE_FLOAT32, Rin, D));
+    if (cpu_acc && g->experts_up) {
+      const int64_t shp[3] = {El, F, D};
+      STEP(dsc_check_tensor(ctx, FN, "g->experts_up", g->experts_up, DSC_DT(DSC_DTYPE_FLOAT32)));
+      STEP(dsc_check_shape(FN, "g->experts_up", g->experts_up, 3, shp));
+    }
+    if (Rin == 0) {
+      /* no rows here: the local experts' weight gradients are zeros */
+      DLTensor *gw[3] = {g->experts_gate, g->experts_up, g->experts_down};
+      for (int i = 0; i < 3 && st == DSC_OK; ++i) {
+        if (!gw[i]) continue;
+        const size_t nb = (size_t)dsc_numel(gw[i]) * sizeof(float);
+        void *z = calloc(1, nb ? nb : 1);
+        if (!z) st = dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+        STEP(dsc_memcpy(ctx, dsc_data(gw[i]), ctx->device, z, (DLDevice){kDLCPU, 0}, nb));
+        free(z);
+      }
+    } else {
+      if (w->fp8)
+        STEP(fp8_bwd(ctx, &f8, El, Rin, D, F, &deo->t, &b[B_ACT].t, w->experts_down, &offs->t, &tmp[T_DACT].t,
+                     g->experts_down));
+      else
+        STEP(dsc_grouped_linear_backward(ctx, &deo->t, &b[B_ACT].t, w->experts_down, &offs->t, &tmp[T_DACT].t,
+                                         g->experts_down));
+      STEP(dsc_swiglu_backward(ctx, &tmp[T_DACT].t, &b[B_HG].t, &b[B_HU].t, &tmp[T_DHG].t, &tmp[T_DHU].t));
+      if (cpu_acc) {
+        STEP(dsc_grouped_linear_backward(ctx, &tmp[T_DHG].t, &X->t, w->experts_gate, &offs->t, &dxp->t,
+                                         g->experts_gate));
+        STEP(dsc_cpu_grouped_linear_bwd_acc(ctx, El, Rin, F, D, (const float *)tmp[T_DHU].t.data,
+                                            (const float *)X->t.data, (const float *)dsc_data(w->experts_up),
+                                            (const int32_t *)offs->t.data, (float *)dxp->t.data,
+                                            g->experts_up ? (float *)dsc_data(g->experts_up) : NULL));
+      } else if (w->fp8) {
+        STEP(fp8_bwd(ctx, &f8, El, Rin, F, D, &tmp[T_DHG].t, &X->t, w->experts_gate, &offs->t, &dxp->t,
+                     g->experts_gate));
+        STEP(fp8_bwd(ctx, &f8, El, Rin, F, D, &tmp[T_DHU].t, &X->t, w->experts_up, &offs->t, &tmp[T_DXP2].t,
+                     g->experts_up));
+      } else {
+        STEP(dsc_grouped_linear_backward(ctx, &tmp[T_DHG].t, &X->t, w->experts_gate, &offs->t, &dxp->t,
+                                         g->experts_gate));
+        STEP(dsc_grouped_linear_backward(ctx, &tmp[T_DHU].t, &X->t, w->experts_up, &offs->t, &tmp[T_DXP2].t,
+                                         g->experts_up));
+      }
+      if (!cpu_acc) STEP(dsc_add(ctx, &dxp->t, &tmp[T_DXP2].t, &dxp->t));
+    }
+    if (ex) {
+      STEP(buf_alloc(ctx, &tmp[T_DXP], DSC_DTYPE_FLOAT32, R, D));
+      STEP(ex->combine_start(ex->user, ctx, mb, tmp[T_DXPR].t.data, (size_t)D * sizeof(float),
+                             tmp[T_DXP].t.data));
+    }
+    /* shared experts while the combine is in flight: their weight gradients (and, off the
+     * fused CPU path, their input gradients into T_DXS / T_DXS2; added at the end) */
+    if (Fs > 0 && T == 0) {
+      DLTensor *gz[3] = {g->shared_gate, g->shared_up, g->shared_down}; /* no tokens: zeros */
+      for (int i = 0; i < 3 && st == DSC_OK; ++i) {
+        if (!gz[i]) continue;
+        const size_t nb = (size_t)dsc_numel(gz[i]) * sizeof(float);
+        void *z = calloc(1, nb ? nb : 1);
+        if (!z) st = dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+        STEP(dsc_memcpy(ctx, dsc_data(gz[i]), ctx->device, z, (DLDevice){kDLCPU, 0}, nb));
+        free(z);
+      }
+    }
+    if (Fs > 0 && T > 0) {
+      STEP(buf_alloc(ctx, &tmp[T_DSA], DSC_DTYPE_FLOAT32, T, Fs));
+      if (w->fp8)
+        STEP(fp8_bwd(ctx, &f8, 1, T, D, Fs, &dy2, &b[B_SA].t, w->shared_down, NULL, &tmp[T_DSA].t,
+                     g->shared_down));
+      else
+        STEP(dsc_linear_backward(ctx, &dy2, &b[B_SA].t, w->shared_down, &tmp[T_DSA].t, g->shared_down));
+      STEP(buf_alloc(ctx, &tmp[T_DSG], DSC_DTYPE_FLOAT32, T, Fs));
+      STEP(buf_alloc(ctx, &tmp[T_DSU], DSC_DTYPE_FLOAT32, T, Fs));
+      STEP(dsc_swiglu_backward(ctx, &tmp[T_DSA].t, &b[B_SG].t, &b[B_SU].t, &tmp[T_DSG].t, &tmp[T_DSU].t));
+      const DLTensor *sw[2] = {w->shared_gate, w->shared_up};
+      DLTensor *sg[2] = {g->shared_gate, g->shared_up};
+      const DLTensor *sdy[2] = {&tmp[T_DSG].t, &tmp[T_DSU].t};
+      const int sx[2] = {T_DXS, T_DXS2};
+      for (int i = 0; i < 2; ++i) {
+        if (cpu_acc) {
+          if (sg[i]) STEP(dsc_matmul(ctx, sdy[i], &x2, sg[i], 1, 0, 1.0f, 0.0f));
+          continue;
+        }
+        STEP(buf_alloc(ctx, &tmp[sx[i]], DSC_DTYPE_FLOAT32, T, D));
+        if (w->fp8)
+          STEP(fp8_bwd(ctx, &f8, 1, T, Fs, D, sdy[i], &x2, sw[i], NULL, &tmp[sx[i]].t, sg[i]));
+        else
+          STEP(dsc_linear_backward(ctx, sdy[i], &x2, sw[i], &tmp[sx[i]].t, sg[i]));
+      }
+    }
+    fp8_scratch_free(ctx, &f8);
+    if (st == DSC_OK) saved->bwd_phase |= DSC_MOE_PHASE_MIDDLE;
+  }
+
+  if ((phase & DSC_MOE_PHASE_END) && st == DSC_OK) {
+    if (ex) STEP(ex->combine_finish(ex->user, ctx, mb));
+    if (T > 0) {
+      STEP(buf_alloc(ctx, &tmp[T_DXTOK], DSC_DTYPE_FLOAT32, T, D));
+      STEP(dsc_moe_permute_backward(ctx, &tmp[T_DXP].t, &b[B_ROWMAP].t, &tmp[T_DXTOK].t));
+      STEP(buf_alloc(ctx, &tmp[T_DLOG], DSC_DTYPE_FLOAT32, T, E));
+      STEP(dsc_moe_route_backward(ctx, p, &tmp[T_DW].t, &b[B_SCORES].t, &b[B_INDICES].t,
+                                  saved->have_aux ? &b[B_DSCORES].t : NULL, &tmp[T_DLOG].t));
+      if (cpu_acc) {
+        STEP(lin_bwd_acc(ctx, &tmp[T_DLOG].t, &x2, w->gate, &tmp[T_DXTOK].t, g->gate));
+      } else {
+        STEP(buf_alloc(ctx, &tmp[T_DXR], DSC_DTYPE_FLOAT32, T, D));
+        STEP(dsc_linear_backward(ctx, &tmp[T_DLOG].t, &x2, w->gate, &tmp[T_DXR].t, g->gate));
+        STEP(dsc_add(ctx, &tmp[T_DXTOK].t, &tmp[T_DXR].t, &tmp[T_DXTOK].t));
+      }
+      if (Fs > 0) {
+        if (cpu_acc) {
+          STEP(dsc_matmul(ctx, &tmp[T_DSG].t, w->shared_gate, &tmp[T_DXTOK].t, 0, 0, 1.0f, 1.0f));
+          STEP(dsc_matmul(ctx, &tmp[T_DSU].t, w->shared_up, &tmp[T_DXTOK].t, 0, 0, 1.0f, 1.0f));
+        } else {
+          STEP(dsc_add(ctx, &tmp[T_DXTOK].t, &tmp[T_DXS].t, &tmp[T_DXTOK].t));
+          STEP(dsc_add(ctx, &tmp[T_DXTOK].t, &tmp[T_DXS2].t, &tmp[T_DXTOK].t));
+        }
+      }
+      if (dx && st == DSC_OK) {
+        int64_t dxs2[2], dxst2[2];
+        DLTensor dx2 = flat2(dx, dxs2, dxst2);
+        DLDevice dev = ctx->device;
+        st = dsc_memcpy(ctx, dsc_data(&dx2), dev, tmp[T_DXTOK].t.data, dev, (size_t)(T * D) * sizeof(float));
+      }
+    } else {
+      /* no tokens: the router gets a zero gradient (the shared experts got theirs) */
+      DLTensor *gz[1] = {g->gate};
+      for (int i = 0; i < 1 && st == DSC_OK; ++i) {
+        if (!gz[i]) continue;
+        const size_t nb = (size_t)dsc_numel(gz[i]) * sizeof(float);
+        void *z = calloc(1, nb ? nb : 1);
+        if (!z) st = dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+        STEP(dsc_memcpy(ctx, dsc_data(gz[i]), ctx->device, z, (DLDevice){kDLCPU, 0}, nb));
+        free(z);
+      }
+    }
+    if (st == DSC_OK) saved->bwd_phase |= DSC_MOE_PHASE_END;
+  }
+  return st;
 }

@@ -61,6 +61,7 @@ typedef struct {
 typedef struct {
   PyObject *error_type;     /* deepseek_c.Error (RuntimeError subclass) */
   PyObject *format_type;    /* deepseek_c.FormatError(Error, ValueError): a bad file (DSC_ERR_FORMAT) */
+  PyObject *comm_type;      /* deepseek_c.CommError(Error): a communicator failed (DSC_ERR_COMM) */
   PyTypeObject *tensor_type; /* deepseek_c.Tensor */
   dsc_py_device dev[DSC_PY_N_DEV];
   dsc_py_wait *waits;        /* threads waiting for a context (GIL-guarded) */
@@ -181,5 +182,9 @@ extern PyMethodDef dsc_py_model_methods[];
 extern PyMethodDef dsc_py_generate_methods[];
 extern PyMethodDef dsc_py_calc_methods[];
 extern PyMethodDef dsc_py_rl_methods[];
+extern PyMethodDef dsc_py_dist_methods[];
+
+/* The dsc_comm of a "deepseek_c.comm" capsule (NULL with a TypeError naming fn). */
+dsc_comm *dsc_py_comm_of(PyObject *cap, const char *fn);
 
 #endif /* DSC_PY_GLUE_H_ */

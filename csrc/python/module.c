@@ -24,6 +24,7 @@ PyObject *dsc_py_raise(dsc_py_state *st, dsc_status s) {
     case DSC_ERR_DTYPE: type = PyExc_TypeError; break;
     case DSC_ERR_OUT_OF_MEMORY: type = PyExc_MemoryError; break;
     case DSC_ERR_FORMAT: type = st->format_type; break;
+    case DSC_ERR_COMM: type = st->comm_type; break;
     default: type = st->error_type; break;
   }
   /* messages may quote bytes from a corrupt file: decode leniently */
@@ -281,11 +282,12 @@ static PyObject *py_build_info(PyObject *m, PyObject *unused) {
   bi.size = sizeof bi;
   dsc_status s = dsc_get_build_info(&bi);
   if (s != DSC_OK) return dsc_py_raise(dsc_py_get_state(m), s);
-  return Py_BuildValue("{s:s,s:O,s:s,s:s,s:O,s:O,s:s,s:O,s:i}", "version", bi.version, "cuda",
+  return Py_BuildValue("{s:s,s:O,s:s,s:s,s:O,s:O,s:s,s:O,s:i,s:O,s:s}", "version", bi.version, "cuda",
                        bi.cuda ? Py_True : Py_False, "cuda_version", bi.cuda_version,
                        "cuda_archs", bi.cuda_archs, "cublaslt", bi.cublaslt ? Py_True : Py_False,
                        "nccl", bi.nccl ? Py_True : Py_False, "blas", bi.blas, "openmp",
-                       bi.openmp ? Py_True : Py_False, "max_threads", (int)bi.max_threads);
+                       bi.openmp ? Py_True : Py_False, "max_threads", (int)bi.max_threads, "mpi",
+                       bi.mpi ? Py_True : Py_False, "mpi_library", bi.mpi_library);
 }
 
 /* (count, reason): reason is None when devices were queried successfully. */
@@ -496,6 +498,13 @@ static int module_exec(PyObject *m) {
   Py_DECREF(bases);
   if (!st->format_type) return -1;
   if (PyModule_AddObjectRef(m, "FormatError", st->format_type) < 0) return -1;
+  st->comm_type = PyErr_NewExceptionWithDoc(
+      "deepseek_c.CommError",
+      "A communicator failed: a peer rank did not answer in time (it died, hangs, or called another "
+      "collective), or the ranks disagree (their configs differ). The communicator is unusable after it.",
+      st->error_type, NULL);
+  if (!st->comm_type) return -1;
+  if (PyModule_AddObjectRef(m, "CommError", st->comm_type) < 0) return -1;
   if (dsc_py_tensor_type_init(m, st) < 0) return -1;
   if (PyModule_AddFunctions(m, dsc_py_core_methods) < 0) return -1;
   if (PyModule_AddFunctions(m, dsc_py_dense_methods) < 0) return -1;
@@ -508,6 +517,7 @@ static int module_exec(PyObject *m) {
   if (PyModule_AddFunctions(m, dsc_py_generate_methods) < 0) return -1;
   if (PyModule_AddFunctions(m, dsc_py_calc_methods) < 0) return -1;
   if (PyModule_AddFunctions(m, dsc_py_rl_methods) < 0) return -1;
+  if (PyModule_AddFunctions(m, dsc_py_dist_methods) < 0) return -1;
   return 0;
 }
 
@@ -516,6 +526,7 @@ static int module_traverse(PyObject *m, visitproc visit, void *arg) {
   if (st) {
     Py_VISIT(st->error_type);
     Py_VISIT(st->format_type);
+    Py_VISIT(st->comm_type);
     Py_VISIT(st->tensor_type);
     for (int i = 0; i < DSC_PY_N_DEV; ++i) Py_VISIT(st->dev[i].pool);
   }
@@ -527,6 +538,7 @@ static int module_clear(PyObject *m) {
   if (st) {
     Py_CLEAR(st->error_type);
     Py_CLEAR(st->format_type);
+    Py_CLEAR(st->comm_type);
     Py_CLEAR(st->tensor_type);
     /* pool contexts pinned by saved activations live on in those */
     for (int i = 0; i < DSC_PY_N_DEV; ++i) Py_CLEAR(st->dev[i].pool);

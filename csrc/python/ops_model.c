@@ -79,7 +79,43 @@ static int moments_dtype(const char *s) {
   return -1;
 }
 
-/* model_new(config_json: str, device_type, device_id, seed, init, fp8, moments[, num_threads])
+/* The distributed options from (comm capsule, ep, dp, check_every, overlap, ep_micro_batches),
+ * or None for one process. 0, or -1 with an exception. */
+static int parse_dist(PyObject *dist, dsc_model_options *o, const char *fn) {
+  if (dist == Py_None) return 0;
+  PyObject *cap;
+  int ep, dp, check, overlap, mbs;
+  if (!PyArg_ParseTuple(dist, "Oiiiii", &cap, &ep, &dp, &check, &overlap, &mbs)) return -1;
+  o->comm = dsc_py_comm_of(cap, fn);
+  if (!o->comm) return -1;
+  o->expert_parallel = ep;
+  o->data_parallel = dp;
+  o->check_every = check;
+  o->overlap = overlap;
+  o->ep_micro_batches = mbs;
+  return 0;
+}
+
+/* model_comm_stats(cap, reset) -> dict */
+static PyObject *py_model_comm_stats(PyObject *m, PyObject *args) {
+  PyObject *cap;
+  int reset = 0;
+  if (!PyArg_ParseTuple(args, "O|i", &cap, &reset)) return NULL;
+  dsc_model *mdl;
+  dsc_py_ctx *c;
+  if (model_enter(m, cap, "dsc_model_comm_stats", 0, &mdl, &c) < 0) return NULL;
+  dsc_comm_stats x;
+  memset(&x, 0, sizeof x);
+  x.size = sizeof x;
+  dsc_status s = dsc_model_comm_stats(mdl, reset, &x);
+  dsc_py_ctx_leave(c);
+  if (s != DSC_OK) return dsc_py_raise(dsc_py_get_state(m), s);
+  return Py_BuildValue("{s:L,s:L,s:L,s:d,s:d}", "ops", (long long)x.ops, "bytes_sent", (long long)x.bytes_sent,
+                       "bytes_received", (long long)x.bytes_received, "wait_seconds", x.wait_seconds,
+                       "busy_seconds", x.busy_seconds);
+}
+
+/* model_new(config_json: str, device_type, device_id, seed, init, fp8, moments[, num_threads, dist])
  *   -> capsule. The config is parsed by C (dsc_model_create_json): the one parser.
  *   num_threads: OpenMP threads of the model's context (0: the default). */
 static PyObject *py_model_new(PyObject *m, PyObject *args) {
@@ -88,8 +124,9 @@ static PyObject *py_model_new(PyObject *m, PyObject *args) {
   int dev_type, dev_id, init, fp8, nthreads = 0;
   unsigned long long seed;
   const char *moments;
-  if (!PyArg_ParseTuple(args, "s#iiKiis|i", &cfg_text, &cfg_len, &dev_type, &dev_id, &seed, &init, &fp8,
-                        &moments, &nthreads))
+  PyObject *dist = Py_None;
+  if (!PyArg_ParseTuple(args, "s#iiKiis|iO", &cfg_text, &cfg_len, &dev_type, &dev_id, &seed, &init, &fp8,
+                        &moments, &nthreads, &dist))
     return NULL;
   const int mdt = moments_dtype(moments);
   if (mdt < 0) return NULL;
@@ -105,6 +142,10 @@ static PyObject *py_model_new(PyObject *m, PyObject *args) {
   o.init = init;
   o.fp8 = fp8;
   o.moments_dtype = mdt;
+  if (parse_dist(dist, &o, "Model") < 0) {
+    Py_DECREF(ctx_cap);
+    return NULL;
+  }
   dsc_model *mdl = NULL;
   dsc_status s;
   DSC_PY_CALL(s, dsc_model_create_json(x->ctx, cfg_text, (size_t)cfg_len, &o, &mdl)); /* a new context */
@@ -125,8 +166,9 @@ static PyObject *py_model_load(PyObject *m, PyObject *args) {
   const char *dir, *moments;
   int dev_type, dev_id, fp8, init_mtp, strict, nthreads = 0;
   unsigned long long seed;
-  if (!PyArg_ParseTuple(args, "siiisiiK|i", &dir, &dev_type, &dev_id, &fp8, &moments, &init_mtp, &strict, &seed,
-                        &nthreads))
+  PyObject *dist = Py_None;
+  if (!PyArg_ParseTuple(args, "siiisiiK|iO", &dir, &dev_type, &dev_id, &fp8, &moments, &init_mtp, &strict, &seed,
+                        &nthreads, &dist))
     return NULL;
   const int mdt = moments_dtype(moments);
   if (mdt < 0) return NULL;
@@ -144,6 +186,10 @@ static PyObject *py_model_load(PyObject *m, PyObject *args) {
   o.init_missing_mtp = init_mtp;
   o.strict = strict;
   o.seed = seed;
+  if (parse_dist(dist, &o, "Model.from_pretrained") < 0) {
+    Py_DECREF(ctx_cap);
+    return NULL;
+  }
   dsc_model *mdl = NULL;
   dsc_status s;
   DSC_PY_CALL(s, dsc_model_load(x->ctx, dir, &o, &mdl));
@@ -351,10 +397,18 @@ static PyObject *py_model_info(PyObject *m, PyObject *args) {
   dsc_model_weight_bytes(mdl, &wb);
   const long long step = (long long)dsc_model_step(mdl);
   if (entered) dsc_py_ctx_leave(c);
-  return Py_BuildValue("{s:L,s:L,s:L,s:K,s:K,s:i}", "n_params", (long long)dsc_model_num_parameters(mdl),
-                       "n_tensors", (long long)dsc_model_num_tensors(mdl), "step",
-                       step, "activation_bytes", (unsigned long long)act,
-                       "weight_bytes", (unsigned long long)wb, "frozen", (int)dsc_model_is_frozen(mdl));
+  dsc_model_parallel par;
+  memset(&par, 0, sizeof par);
+  par.size = sizeof par;
+  dsc_model_parallel_info(mdl, &par);
+  return Py_BuildValue("{s:L,s:L,s:L,s:K,s:K,s:i,s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}}", "n_params",
+                       (long long)dsc_model_num_parameters(mdl), "n_tensors", (long long)dsc_model_num_tensors(mdl),
+                       "step", step, "activation_bytes", (unsigned long long)act, "weight_bytes",
+                       (unsigned long long)wb, "frozen", (int)dsc_model_is_frozen(mdl), "parallel", "world",
+                       (int)par.world, "rank", (int)par.rank, "expert_parallel", (int)par.expert_parallel,
+                       "data_parallel", (int)par.data_parallel, "ep_rank", (int)par.ep_rank, "dp_rank",
+                       (int)par.dp_rank, "n_local_experts", (int)par.n_local_experts, "first_expert",
+                       (int)par.first_expert);
 }
 
 /* model_set_step(cap, step) */
@@ -568,6 +622,7 @@ PyMethodDef dsc_py_model_methods[] = {
     {"model_freeze", py_model_freeze, METH_VARARGS, "dsc_model_freeze_fp8 (no views may exist)."},
     {"model_state", py_model_state, METH_VARARGS, "Gradient (0) / exp_avg (1) / exp_avg_sq (2) view."},
     {"model_info", py_model_info, METH_VARARGS, "Parameter count, tensors, step, activation bytes."},
+    {"model_comm_stats", py_model_comm_stats, METH_VARARGS, "dsc_model_comm_stats."},
     {"model_set_step", py_model_set_step, METH_VARARGS, "dsc_model_set_step."},
     {"model_expert_load", py_model_expert_load, METH_VARARGS, "Expert load of an MoE layer."},
     {"model_forward", py_model_forward, METH_VARARGS, "dsc_model_forward / dsc_model_forward_mtp."},

@@ -50,15 +50,15 @@ flags=(-std=c11 -g -O1 -fopenmp -fsanitize=fuzzer,address,undefined -fno-sanitiz
 # the library once, as objects (instrumented for coverage by -fsanitize=fuzzer), shared by the targets
 export clang out
 printf '%s\n' "${flags[@]}" >"$out/flags"
-ls csrc/core/*.c csrc/ops/*.c csrc/cpu/*.c csrc/model/*.c |
+ls csrc/core/*.c csrc/ops/*.c csrc/cpu/*.c csrc/model/*.c csrc/dist/*.c |
   xargs -P "${FUZZ_JOBS:-$(nproc)}" -I{} bash -c 'mapfile -t f <"$out/flags"; o="$out/obj/$(echo {} | tr / _).o"; "$clang" "${f[@]/-fsanitize=fuzzer,address,undefined/-fsanitize=fuzzer-no-link,address,undefined}" -c {} -o "$o"'
 for t in fuzz_safetensors fuzz_config; do
   "$clang" "${flags[@]}" "tests/fuzz/$t.c" "$out"/obj/*.o -L"$blas_lib" -lscipy_openblas \
-    -Wl,-rpath,"$blas_lib" -lm -o "$out/$t"
+    -Wl,-rpath,"$blas_lib" -lm -pthread -o "$out/$t"
 done
 # make_seeds (it only writes files) links the same objects, without libFuzzer's main
 "$clang" "${flags[@]/-fsanitize=fuzzer,address,undefined/-fsanitize=address,undefined}" tests/fuzz/make_seeds.c \
-  "$out"/obj/*.o -L"$blas_lib" -lscipy_openblas -Wl,-rpath,"$blas_lib" -lm -o "$out/make_seeds"
+  "$out"/obj/*.o -L"$blas_lib" -lscipy_openblas -Wl,-rpath,"$blas_lib" -lm -pthread -o "$out/make_seeds"
 
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
 export ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1:abort_on_error=1
