@@ -243,8 +243,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     ids = out.tokens[0]
     print(tok.decode(ids) if tok else " ".join(str(i) for i in ids))
     stats = f"{out.new_tokens} tokens in {out.seconds * 1e3:.1f} ms ({out.tokens_per_s:.0f} tokens/s)"
-    if out.accept_rate is not None:
-        stats += f", MTP drafts accepted {100 * out.accept_rate:.1f}% ({out.accepted}/{out.drafted})"
+    if args.speculative:  # no drafts at all (an answer of one token) still says so
+        rate = f"{100 * out.accept_rate:.1f}%" if out.accept_rate is not None else "-"
+        stats += f", MTP drafts accepted {rate} ({out.accepted}/{out.drafted})"
     print(stats, file=sys.stderr)
     return 0
 
