@@ -285,6 +285,7 @@ def _has_nccl_gpu():
     return bool(d.get("nccl")) and bool(d.get("devices"))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif("not _has_nccl_gpu()", reason="needs a CUDA device and a build with NCCL")
 def test_nccl_world_of_one_collectives_and_training():
     c = dsc.Comm.from_nccl_unique_id(dsc.Comm.nccl_unique_id(), 0, 1, device=0)

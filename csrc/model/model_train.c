@@ -697,7 +697,6 @@ static dsc_status block_bwd(dsc_model *m, int32_t b, int64_t B, int64_t Tb, cons
   blk_acts *k = &A->blk[b];
   const dsc_model_block *w = &m->blocks[b];
   const int64_t D = m->cfg.hidden_size, rows = B * Tb;
-  const float eps = m->cfg.rms_norm_eps;
   tv dy, x, xn1, hmid, xn2, t1, t2, t3, pos;
   tv_make(&dy, m, dh, F32, 3, B, Tb, D);
   tv_make(&x, m, k->x_in, F32, 3, B, Tb, D);
