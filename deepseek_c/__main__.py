@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-DEMO_STEPS, DEMO_BATCH, DEMO_SEQ, DEMO_LR = 1600, 32, 48, 1.5e-3
+DEMO_STEPS, DEMO_BATCH, DEMO_SEQ, DEMO_LR = 2000, 32, 48, 1.5e-3
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -235,9 +235,10 @@ class Task(abc.ABC):
 
 @dataclass
 class Addition(Task):
-    """"a+b=" -> "c" with up to `digits` digits per operand. With `pad`, operands are written
-    with exactly `digits` digits ("07+42=49"): each answer digit then sits at a fixed distance
-    from the operand digits it depends on, which a small model learns far more reliably."""
+    """"a+b=" -> "c" with up to `digits` digits per operand. With `pad`, every number has a
+    fixed width: operands `digits` digits, the sum `digits` + 1 ("07+42=049"), so each answer
+    digit sits at a fixed distance from the operand digits it depends on, which a small model
+    learns far more reliably than the variable-width layout."""
 
     digits: int = 3
     name: str = "addition"
@@ -252,7 +253,7 @@ class Addition(Task):
 
     def answer(self, prompt: str) -> str:
         a, b = prompt.rstrip("=").split("+")
-        return str(int(a) + int(b))
+        return f"{int(a) + int(b):0{self.digits + 1 if self.pad else 1}d}"
 
     @property
     def max_len(self) -> int:

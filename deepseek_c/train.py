@@ -47,7 +47,7 @@ def demo_config(vocab_size: int, **overrides: Any) -> ModelConfig:
 def make_task(name: str) -> D.Task:
     """A built-in task by name: addition (2 digits), addition3, sorting, copy, reverse, mixture."""
     n = name.lower()
-    if n in ("addition", "add", "addition2"):  # operands written with 2 digits: "07+42=49"
+    if n in ("addition", "add", "addition2"):  # fixed width: "07+42=049"
         return D.Addition(digits=2, pad=True)
     if n == "addition3":
         return D.Addition(digits=3, pad=True)
