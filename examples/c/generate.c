@@ -6,7 +6,7 @@
  *            [--cache float32|bfloat16|fp8] [--cuda] [--fp8]
  *   generate <checkpoint_dir> --ids <id> [<id> ...] [options]      (token ids instead of text)
  *
- * e.g. after `python -m deepseek_c demo`:   generate demo_out "12+34="   ->   46
+ * e.g. after `python -m deepseek_c demo`:   generate demo_out "12+34="   ->   046
  *
  * The text is tokenized with the checkpoint's vocab.txt (written by `python -m deepseek_c
  * demo` / `train`; line i is token i, special tokens as <name>, bytes escaped as \\, \n,
