@@ -91,7 +91,7 @@ def main() -> None:
     seeds = [int(s) for s in a.seeds.split(",") if s]
     threads = [int(t) for t in a.threads.split(",") if t]
     cores = [c for c in a.cores.split(",") if c] or [None]
-    runs = []
+    runs: list[dict] = []
     for core in cores:
         for t in threads:
             for seed in seeds:
@@ -100,33 +100,38 @@ def main() -> None:
                 print(f"seed {seed}  threads {t}  kernel {r['blas_kernel']:<10} accuracy {r['accuracy']:.3f}  "
                       f"loss {r['final_loss']:.4f}  train {r['train_seconds'] or 0:.0f} s  wall {r['wall_seconds']:.0f} s",
                       flush=True)
+                if a.write:  # after every run: a long grid stopped early keeps what it measured
+                    path = write(a, [r])
     acc = [r["accuracy"] for r in runs]
     wall = [r["wall_seconds"] for r in runs]
     print(f"\n{len(runs)} runs: accuracy min {min(acc):.3f} median {sorted(acc)[len(acc) // 2]:.3f} "
           f"max {max(acc):.3f}; wall {min(wall):.0f}-{max(wall):.0f} s")
     if a.write:
-        try:
-            load = os.getloadavg()
-        except OSError:
-            load = None
-        res = dict(benchmark="demo", date=datetime.date.today().isoformat(), commit=git_commit(),
-                   machine=dict(platform=platform.platform(), cpu=cpu_model(),
-                                cpus=os.cpu_count(), loadavg_at_end=load),
-                   command="python -m deepseek_c demo --seed S --quiet " + " ".join(a.demo_args),
-                   runs=runs, accuracy_min=min(acc), accuracy_max=max(acc),
-                   wall_seconds_min=min(wall), wall_seconds_max=max(wall))
-        path = a.out or os.path.join(HERE, "results", f"demo_cpu_{res['date']}.json")
-        if os.path.exists(path):  # several runs a day (other kernels, thread counts): keep them all
-            old = json.load(open(path))
-            res["runs"] = old.get("runs", []) + runs
-            acc = [r["accuracy"] for r in res["runs"]]
-            wall = [r["wall_seconds"] for r in res["runs"]]
-            res.update(accuracy_min=min(acc), accuracy_max=max(acc),
-                       wall_seconds_min=min(wall), wall_seconds_max=max(wall))
-        with open(path + ".tmp", "w") as f:
-            json.dump(res, f, indent=1)
-        os.replace(path + ".tmp", path)
         print(f"wrote {path}")
+
+
+def write(a: argparse.Namespace, new_runs: list[dict]) -> str:
+    """Add runs to the result file (atomically): runs already there are kept, so several
+    invocations (one per kernel, say) build one file."""
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    date = datetime.date.today().isoformat()
+    path = a.out or os.path.join(HERE, "results", f"demo_cpu_{date}.json")
+    old = json.load(open(path)) if os.path.exists(path) else {}
+    runs = old.get("runs", []) + new_runs
+    acc = [r["accuracy"] for r in runs]
+    wall = [r["wall_seconds"] for r in runs]
+    res = dict(benchmark="demo", date=date, commit=git_commit(),
+               machine=dict(platform=platform.platform(), cpu=cpu_model(), cpus=os.cpu_count(), loadavg_at_end=load),
+               command="python -m deepseek_c demo --seed S --quiet " + " ".join(a.demo_args),
+               runs=runs, accuracy_min=min(acc), accuracy_max=max(acc),
+               wall_seconds_min=min(wall), wall_seconds_max=max(wall))
+    with open(path + ".tmp", "w") as f:
+        json.dump(res, f, indent=1)
+    os.replace(path + ".tmp", path)
+    return path
 
 
 if __name__ == "__main__":
