@@ -1,0 +1,134 @@
+"""The README's measured sections, rendered from the committed benchmark results, so that the
+numbers the README quotes are the ones the benchmarks recorded:
+
+- ``<!-- demo:begin -->`` .. ``<!-- demo:end -->``: the demo's outcome over seeds, thread
+  counts and BLAS kernels (the newest results/demo_cpu_<date>.json, from bench_demo.py);
+- ``<!-- busy:begin -->`` .. ``<!-- busy:end -->``: default threads vs one thread with busy
+  competitors (the newest results/busy_cpu_<date>.json, from bench_busy.py).
+
+    python benchmarks/readme_sections.py            # print both sections
+    python benchmarks/readme_sections.py --write    # rewrite README.md between the markers
+    python benchmarks/readme_sections.py --check    # exit 1 where README.md differs
+
+tests/test_readme.py checks that README.md equals the rendering.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+README = os.path.join(ROOT, "README.md")
+
+
+def newest(prefix: str) -> str:
+    """The newest results/<prefix>_<date>.json (ISO dates sort as strings)."""
+    paths = sorted(glob.glob(os.path.join(HERE, "results", f"{prefix}_*.json")))
+    if not paths:
+        raise FileNotFoundError(f"no benchmarks/results/{prefix}_*.json: run the benchmark with --write")
+    return paths[-1]
+
+
+def _range(vals, fmt: str) -> str:
+    lo, hi = min(vals), max(vals)
+    return fmt.format(lo) if fmt.format(lo) == fmt.format(hi) else f"{fmt.format(lo)}-{fmt.format(hi)}"
+
+
+def render_demo(res: dict, name: str) -> str:
+    runs = res["runs"]
+    groups: dict[tuple, list] = {}
+    for r in runs:
+        groups.setdefault((r["blas_kernel"], r["threads"]), []).append(r)
+    out = ["| OpenBLAS kernel | threads | runs (seeds) | exact match | final loss | wall time, s |",
+           "|---|---|---|---|---|---|"]
+    for (kernel, threads), rs in sorted(groups.items()):
+        seeds = ",".join(str(s) for s in sorted({r["seed"] for r in rs}))
+        out.append(f"| {kernel} | {threads} | {len(rs)} ({seeds}) | "
+                   f"{_range([100 * r['accuracy'] for r in rs], '{:.1f}%')} | "
+                   f"{_range([r['final_loss'] for r in rs], '{:.4f}')} | "
+                   f"{_range([r['wall_seconds'] for r in rs], '{:.0f}')} |")
+    acc = [100 * r["accuracy"] for r in runs]
+    m = res["machine"]
+    out.append("")
+    out.append(f"All {len(runs)} runs: {min(acc):.1f}%-{max(acc):.1f}% exact match on 200 held-out problems "
+               f"(chance is about 1%). Wall time is the whole command (training, evaluation, generation, "
+               f"plots) on {m.get('cpus')} vCPUs ({m.get('cpu')}), with other work on the machine "
+               f"(load {m.get('loadavg_at_end', ['?'])[0] if m.get('loadavg_at_end') else '?'} at the end): "
+               f"an idle machine is faster. `{name}`, commit {res['commit']}, {res['date']}.")
+    return "\n".join(out)
+
+
+def render_busy(res: dict, name: str) -> str:
+    out = ["| busy competitors | one thread, tokens/s | default threads, tokens/s | default / one (min-max) |",
+           "|---|---|---|---|"]
+    for r in res["rows"]:
+        out.append(f"| {r['busy_processes']} | {r['one_thread_tokens_per_s']:,.0f} | {r['default_tokens_per_s']:,.0f} | "
+                   f"{r['ratio_default_over_one_median']:.2f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) |")
+    load = res.get("load_at_start")
+    out.append("")
+    out.append(f"The demo's training step (batch 32 x 48), {res['steps']} steps per round, {res['reps']} interleaved "
+               f"rounds; {res['cores']} cores, default {res['default_threads']} threads"
+               + (f", load average {load:.1f} from other work before it started" if load is not None else "")
+               + f". `{name}`, commit {res['commit']}, {res['date'][:10]}.")
+    return "\n".join(out)
+
+
+SECTIONS = {"demo": ("demo_cpu", render_demo), "busy": ("busy_cpu", render_busy)}
+
+
+def render(key: str) -> str:
+    prefix, fn = SECTIONS[key]
+    path = newest(prefix)
+    with open(path, encoding="utf-8") as fh:
+        return fn(json.load(fh), "benchmarks/results/" + os.path.basename(path))
+
+
+def section(readme: str, key: str) -> str:
+    begin, end = f"<!-- {key}:begin -->", f"<!-- {key}:end -->"
+    if readme.count(begin) != 1 or readme.count(end) != 1:
+        raise ValueError(f"README.md: expected one {begin} line and one {end} line")
+    a, b = readme.index(begin) + len(begin), readme.index(end)
+    if b < a:
+        raise ValueError(f"README.md: {end} comes before {begin}")
+    return readme[a:b].strip()
+
+
+def replace(readme: str, key: str, body: str) -> str:
+    begin, end = f"<!-- {key}:begin -->", f"<!-- {key}:end -->"
+    a, b = readme.index(begin) + len(begin), readme.index(end)
+    return readme[:a] + "\n" + body + "\n" + readme[b:]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--write", action="store_true")
+    g.add_argument("--check", action="store_true")
+    a = ap.parse_args()
+    with open(README, encoding="utf-8") as fh:
+        readme = fh.read()
+    bad = 0
+    for key in SECTIONS:
+        body = render(key)
+        if a.write:
+            readme = replace(readme, key, body)
+        elif a.check:
+            if section(readme, key) != body:
+                print(f"README.md: the {key} section differs from the newest results (run --write)")
+                bad = 1
+        else:
+            print(f"<!-- {key} -->\n{body}\n")
+    if a.write:
+        with open(README + ".tmp", "w", encoding="utf-8") as fh:
+            fh.write(readme)
+        os.replace(README + ".tmp", README)
+    return bad
+
+
+if __name__ == "__main__":
+    sys.exit(main())
