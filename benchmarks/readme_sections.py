@@ -54,12 +54,13 @@ def render_demo(res: dict, name: str) -> str:
                    f"{_range([r['wall_seconds'] for r in rs], '{:.0f}')} |")
     acc = [100 * r["accuracy"] for r in runs]
     m = res["machine"]
+    load = m.get("loadavg_at_end")
+    load_s = f"load {load[0]:.1f} at the end" if load else "load not recorded"
     out.append("")
-    out.append(f"All {len(runs)} runs: {min(acc):.1f}%-{max(acc):.1f}% exact match on 200 held-out problems "
-               f"(chance is about 1%). Wall time is the whole command (training, evaluation, generation, "
-               f"plots) on {m.get('cpus')} vCPUs ({m.get('cpu')}), with other work on the machine "
-               f"(load {m.get('loadavg_at_end', ['?'])[0] if m.get('loadavg_at_end') else '?'} at the end): "
-               f"an idle machine is faster. `{name}`, commit {res['commit']}, {res['date']}.")
+    out.append(f"All {len(runs)} runs: {_range(acc, '{:.1f}%')} exact match on 200 problems (chance is about 1%). "
+               f"Wall time is the whole command (training, evaluation, generation, plots) on {m.get('cpus')} vCPUs "
+               f"({m.get('cpu')}) shared with other work ({load_s}; {res.get('note', 'an idle machine is faster')}). "
+               f"`{name}`, commit {res['commit']}, {res['date']}.")
     return "\n".join(out)
 
 
