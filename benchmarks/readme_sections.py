@@ -39,6 +39,12 @@ def _range(vals, fmt: str) -> str:
     return fmt.format(lo) if fmt.format(lo) == fmt.format(hi) else f"{fmt.format(lo)}-{fmt.format(hi)}"
 
 
+def _wall(rs: list) -> str:
+    """Wall-time range of the runs whose timing is valid (a run paused by hand is not)."""
+    t = [r["wall_seconds"] for r in rs if r.get("timing_valid", True)]
+    return _range(t, "{:.0f}") if t else "-"
+
+
 def render_demo(res: dict, name: str) -> str:
     runs = res["runs"]
     groups: dict[tuple, list] = {}
@@ -51,7 +57,7 @@ def render_demo(res: dict, name: str) -> str:
         out.append(f"| {kernel} | {threads} | {len(rs)} ({seeds}) | "
                    f"{_range([100 * r['accuracy'] for r in rs], '{:.1f}%')} | "
                    f"{_range([r['final_loss'] for r in rs], '{:.4f}')} | "
-                   f"{_range([r['wall_seconds'] for r in rs], '{:.0f}')} |")
+                   f"{_wall(rs)} |")
     acc = [100 * r["accuracy"] for r in runs]
     m = res["machine"]
     load = m.get("loadavg_at_end")
