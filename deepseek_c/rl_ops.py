@@ -23,7 +23,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _C
-from ._arrays import Array, dtype_name, empty_like_ns, finish
+from ._arrays import INT64, Array, as_int, dtype_name, empty_like_ns, finish
 
 __all__ = ["token_logprob", "token_logprob_backward", "grpo_advantages", "grpo_loss", "logits_topk", "topk_kl",
            "GRPO_STATS"]
@@ -108,7 +108,7 @@ def token_logprob(logits: Array, targets: Array, *, ignore_index: int = IGNORE_I
     lead = _shape(logits)[:-1]
     lp = empty_like_ns(logits, lead, "float32", fn, "logprobs")
     ent = empty_like_ns(logits, lead, "float32", fn, "entropy") if return_entropy else None
-    _C.token_logprob(logits, targets, int(ignore_index), lp, ent)
+    _C.token_logprob(logits, targets, as_int(ignore_index, fn, "ignore_index", *INT64), lp, ent)
     if return_entropy:
         return finish(logits, lp), finish(logits, ent)
     return finish(logits, lp)
@@ -121,7 +121,7 @@ def token_logprob_backward(logits: Array, targets: Array, dlogprobs: Array, *, i
     fn = "dsc_token_logprob_backward"
     _check_array(logits, fn, "logits")
     dl = empty_like_ns(logits, _shape(logits), dtype_name(logits), fn, "dlogits") if out is None else out
-    _C.token_logprob_backward(logits, targets, int(ignore_index), dlogprobs, dl)
+    _C.token_logprob_backward(logits, targets, as_int(ignore_index, fn, "ignore_index", *INT64), dlogprobs, dl)
     return finish(logits, dl)
 
 
@@ -152,7 +152,7 @@ def _mask_targets(mask: Any, targets: Any, ignore_index: int, fn: str) -> tuple[
         raise ValueError(f"{fn}: mask, targets: expected exactly one of them (mask: nonzero at completion tokens; "
                          f"targets: != ignore_index there), got {'both' if mask is not None else 'neither'}")
     if targets is not None:
-        return targets, int(ignore_index)
+        return targets, as_int(ignore_index, fn, "ignore_index", *INT64)
     if isinstance(mask, np.ndarray) or not hasattr(mask, "__dlpack__"):
         m = np.asarray(mask)
         if m.dtype.kind not in "biu":
@@ -244,5 +244,6 @@ def topk_kl(logits: Array, teacher_indices: Array, teacher_logits: Array, target
     gs = _number(fn, "grad_scale", grad_scale)
     loss = empty_like_ns(logits, (), "float32", fn, "loss")
     dl = empty_like_ns(logits, _shape(logits), dtype_name(logits), fn, "dlogits") if return_dlogits else None
-    _C.topk_kl(logits, teacher_indices, teacher_logits, targets, int(ignore_index), tau, gs, loss, dl)
+    _C.topk_kl(logits, teacher_indices, teacher_logits, targets, as_int(ignore_index, fn, "ignore_index", *INT64),
+               tau, gs, loss, dl)
     return finish(logits, loss), (finish(logits, dl) if dl is not None else None)

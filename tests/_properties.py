@@ -3178,6 +3178,427 @@ class TensorProp:
             fail("tensor(to_numpy(t)) differs from t")
 
 
+# ============================================================================= reinforcement learning, distillation
+
+from reference import rl as rrl  # noqa: E402
+
+BAD_IGNORE = [(2 ** 70, ANY_DOC), (-(2 ** 70), ANY_DOC)] + NOT_AN_INT
+
+
+def draw_logits(c: Case, budget: int = 1 << 10):
+    """(dtype, lead dims, V, logits [*lead, V])."""
+    dt = float_dtype(c)
+    lead = tuple(c.dims(c.draw(st.integers(0, 3), "rank_lead"), "lead", budget=budget, big=False))
+    V = c.pick([1, 2, 5, 127, 128, 129, 1000], "V")
+    if c.flag(0.03, "big_V"):
+        lead, V = (1,), 1 << 20
+    return dt, lead, V, c.randn(lead + (V,), dt, scale=c.pick([1.0, 10.0, 1e-3, 30.0], "lscale"))
+
+
+def draw_targets(c: Case, lead: tuple, V: int, name: str = "targets", check_range: bool = True):
+    """(targets [*lead] int with some ignore_index, ignore_index); maybe one value out of
+    [0, V) (a ValueError when check_range)."""
+    ignore = c.pick([-100, -1, 0, 2 ** 40], "ignore_index")
+    t = c.ints(lead, 0, V, c.pick([I32, I64], f"{name}_dtype"))
+    if ignore == 2 ** 40 and t.dtype == I32:
+        ignore = -100
+    if t.size and c.flag(0.5, "some ignored"):
+        t[c.rng.random(t.shape) < 0.3] = ignore
+    if check_range and t.size and c.flag(0.08, f"{name}.bad?"):
+        bad = c.pick([-2, V, V + 7, -(2 ** 31)], f"{name}.bad")
+        if bad != ignore:
+            t.reshape(-1)[int(c.rng.integers(0, t.size))] = bad
+            c.mut(f"{name}: value {bad} (ignore_index {ignore})", VALUE)
+    return t, ignore
+
+
+def valid_targets(b: dict, V: int, lead: tuple, check_range: bool = True) -> np.ndarray:
+    """The targets of a returned call as int64, refusing what the op should have refused."""
+    t = np.asarray(host(b["targets"]))
+    if t.dtype.kind not in "iu" or t.shape != lead:
+        raise ValueError("targets do not fit")
+    ig = int(b["ignore_index"])
+    ok = t != ig
+    if check_range and ok.any() and (t[ok].min() < 0 or t[ok].max() >= V):
+        raise ValueError("targets out of range")
+    return t.astype(np.int64)
+
+
+def finite_rows(z: np.ndarray) -> np.ndarray:
+    """[*lead, 1]: rows whose values are all finite (elsewhere a softmax has no exact value)."""
+    return np.isfinite(z).all(axis=-1, keepdims=True)
+
+
+def lp_atol(z: np.ndarray) -> float:
+    """float32 log-softmax: errors grow with the size of the logits."""
+    fin = z[np.isfinite(z)]
+    return 2e-6 + 2e-6 * (float(np.abs(fin).max()) if fin.size else 0.0)
+
+
+@op("token_logprob", ("dsc_token_logprob", "token_logprob"),
+    ("logits", "targets", "ignore_index", "logprobs", "entropy"))
+class TokenLogprob:
+    def gen(self, c):
+        dt, lead, V, logits = draw_logits(c)
+        t, ignore = draw_targets(c, lead, V)
+        return dict(logits=c.mutate_array("logits", logits),
+                    targets=c.mutate_array("targets", t, ok_dtypes=(I32, I64), fill=lambda s: c.ints(s, 0, V, I32)),
+                    ignore_index=maybe_param(c, "ignore_index", ignore, BAD_IGNORE, p=0.06),
+                    return_entropy=c.flag(0.6, "return_entropy"))
+
+    def call(self, a):
+        return dsc.token_logprob(a["logits"], a["targets"], ignore_index=a["ignore_index"],
+                                 return_entropy=a["return_entropy"])
+
+    def check(self, c, b, res):
+        z = f64(b["logits"])
+        t = valid_targets(b, z.shape[-1], z.shape[:-1])
+        lp, ent = res if b["return_entropy"] else (res, None)
+        want_lp, want_ent = rrl.token_logprob(z, t, int(b["ignore_index"]))
+        ok = finite_rows(z)[..., 0] | (t == int(b["ignore_index"]))  # a non-finite row: NaN or any value
+        atol = lp_atol(z)
+        close(np.where(ok, f64(host(lp)), 0.0), np.where(ok, want_lp, 0.0), "logprobs", 1e-5, atol=atol)
+        if dtname(lp) != "float32":
+            fail(f"logprobs dtype {dtname(lp)}, want float32")
+        if b["return_entropy"]:
+            close(np.where(ok, f64(host(ent)), 0.0), np.where(ok, want_ent, 0.0), "entropy", 1e-4, atol=atol)
+
+
+@op("token_logprob_backward", ("dsc_token_logprob_backward", "token_logprob_backward"),
+    ("logits", "targets", "ignore_index", "dlogprobs", "dlogits", "out"), writes=("out",))
+class TokenLogprobBackward:
+    def gen(self, c):
+        dt, lead, V, logits = draw_logits(c)
+        t, ignore = draw_targets(c, lead, V)
+        dlp = c.randn(lead, F32)
+        a = dict(logits=c.mutate_array("logits", logits),
+                 targets=c.mutate_array("targets", t, ok_dtypes=(I32, I64), fill=lambda s: c.ints(s, 0, V, I32)),
+                 dlogprobs=c.mutate_array("dlogprobs", dlp),
+                 ignore_index=maybe_param(c, "ignore_index", ignore, BAD_IGNORE, p=0.06))
+        a["out"] = out_arg(c, "out", lead + (V,), dt, a, may_alias=("logits",))
+        return a
+
+    def call(self, a):
+        return dsc.token_logprob_backward(a["logits"], a["targets"], a["dlogprobs"],
+                                          ignore_index=a["ignore_index"], out=a["out"])
+
+    def check(self, c, b, dl):
+        z = f64(b["logits"])
+        t = valid_targets(b, z.shape[-1], z.shape[:-1])
+        g = f64(b["dlogprobs"])
+        if g.shape != z.shape[:-1]:
+            raise ValueError("dlogprobs does not fit")
+        ig = int(b["ignore_index"])
+        want = rrl.token_logprob_backward(z, t, g, ig)
+        ok = (finite_rows(z)[..., 0] & np.isfinite(g)) | (t == ig)
+        got = f64(host(dl))
+        rtol, atol_rel = tol_for(dtname(dl))
+        # onehot - softmax cancels where p ~ 1: the softmax's absolute error times |dlogprobs|
+        atol = 1e-7 + lp_atol(z) * np.abs(np.where(ok & np.isfinite(g), g, 0.0))[..., None]
+        close(np.where(ok[..., None], got, 0.0), np.where(ok[..., None], want, 0.0), "dlogits", rtol,
+              atol=atol, atol_rel=atol_rel)
+        if dtname(dl) != dtname(b["logits"]):
+            fail(f"dlogits dtype {dtname(dl)}, want {dtname(b['logits'])}")
+        written_out(c, c.args["out"], dl, "dlogits")
+
+
+BAD_STD_EPS = [(0.0, VALUE), (-1e-4, VALUE), (math.nan, VALUE), (math.inf, VALUE)] + NOT_A_NUMBER
+
+
+def mutate_nonfinite(c: Case, name: str, a: np.ndarray, exc: tuple = VALUE) -> np.ndarray:
+    """Maybe NaN/inf values in an array that must be finite."""
+    if a.size and c.flag(0.06, f"{name}.badval?"):
+        a = a.copy()
+        v = c.pick([np.nan, np.inf, -np.inf], f"{name}.nonfinite")
+        a.reshape(-1)[int(c.rng.integers(0, a.size))] = v
+        c.mut(f"{name}: a value {v}", exc)
+    return a
+
+
+@op("grpo_advantages", ("dsc_grpo_advantages", "grpo_advantages"),
+    ("rewards", "group_size", "scale_rewards", "std_eps", "drop_zero_std_groups", "advantages", "keep"))
+class GRPOAdvantages:
+    def gen(self, c):
+        G = c.pick([2, 2, 3, 4, 8, 16], "G")
+        groups = c.pick([1, 1, 2, 3, 7, 64], "groups")
+        n = G * groups
+        if c.flag(0.05, "n.bad?"):
+            n = c.pick([0, n + 1, n - 1], "n.bad")
+            if n % G == 0 and n > 0:
+                n += 1
+            c.mut(f"rewards: n = {n}, not a positive multiple of group_size {G}", VALUE)
+        kind = c.pick(["binary", "normal", "few"], "rewards_kind")
+        if kind == "binary":
+            r = c.ints((n,), 0, 2, F32)
+        elif kind == "few":
+            r = c.ints((n,), -2, 3, F32) * np.float32(0.5)
+        else:
+            r = c.randn((n,), F32)
+        r = mutate_nonfinite(c, "rewards", r)
+        scale = c.pick(["group", "batch", "none", True, False], "scale_rewards")
+        if c.flag(0.05, "scale_rewards.bad?"):
+            scale = c.pick(["std", None, 1, "GROUP"], "scale_rewards.bad")
+            c.mut(f"scale_rewards = {scale!r}", VALUE)
+        drop = c.pick([False, True, np.bool_(True)], "drop")
+        if c.flag(0.04, "drop_zero_std_groups.bad?"):
+            drop = c.pick([1, "yes", None], "drop.bad")
+            c.mut(f"drop_zero_std_groups = {drop!r}", TYPE)
+        return dict(rewards=c.mutate_array("rewards", r, nonfinite=False),
+                    group_size=maybe_param(c, "group_size", G, [(1, VALUE), (0, VALUE), (-2, VALUE), (2.5, VALUE),
+                                                                ("2", VALUE), (None, VALUE), (True, VALUE)], p=0.06),
+                    scale_rewards=scale, std_eps=maybe_param(c, "std_eps", c.pick([1e-4, 1e-6, 1.0], "std_eps"),
+                                                             BAD_STD_EPS, p=0.06),
+                    drop_zero_std_groups=drop)
+
+    def call(self, a):
+        return dsc.grpo_advantages(a["rewards"], a["group_size"], scale_rewards=a["scale_rewards"],
+                                   std_eps=a["std_eps"], drop_zero_std_groups=a["drop_zero_std_groups"])
+
+    def check(self, c, b, res):
+        adv, keep = res
+        r = f64(b["rewards"])
+        G = int(b["group_size"])
+        if r.ndim != 1 or r.size == 0 or r.size % G or not np.isfinite(r).all():
+            raise ValueError("rewards should have been refused")
+        scale = {True: "group", False: "none"}.get(b["scale_rewards"], b["scale_rewards"]) \
+            if isinstance(b["scale_rewards"], bool) else b["scale_rewards"]
+        want, wkeep = rrl.grpo_advantages(r, G, scale, float(np.float32(b["std_eps"])),
+                                          bool(b["drop_zero_std_groups"]))
+        # the error of r - mean in float32, divided by the denominator
+        g = r.reshape(-1, G)
+        den = np.ones_like(g) if scale == "none" else \
+            (g.std(1, ddof=1, keepdims=True) if scale == "group" else r.std(ddof=1)) + float(b["std_eps"])
+        atol = (2e-6 * np.abs(g).max(1, keepdims=True) / den * np.ones_like(g)).reshape(-1)
+        close(adv, want, "advantages", 1e-5, atol=atol)
+        exact(keep, wkeep, "keep")
+        if dtname(adv) != "float32" or dtname(keep) != "int32":
+            fail(f"dtypes {dtname(adv)}, {dtname(keep)}, want float32, int32")
+
+
+BAD_EPSILON = [(0.0, VALUE), (1.0, VALUE), (-0.1, VALUE), (math.nan, VALUE), (math.inf, VALUE)] + NOT_A_NUMBER
+
+
+@op("grpo_loss", ("dsc_grpo_loss", "grpo_loss"),
+    ("logprobs", "advantages", "mask", "targets", "ignore_index", "old_logprobs", "ref_logprobs", "loss_type",
+     "epsilon", "epsilon_high", "beta", "max_completion_length", "keep", "loss", "dlogprobs", "stats"))
+class GRPOLoss:
+    def gen(self, c):
+        B = c.pick([1, 2, 3, 5, 16], "B")
+        T = c.pick([1, 2, 7, 33, 129], "T")
+        lp = (-np.abs(c.rng.standard_normal((B, T))) - 0.05).astype(np.float32)
+        spread = c.pick([0.0, 0.1, 0.3, 1.0], "spread")
+        old = (lp + spread * c.rng.standard_normal((B, T))).astype(np.float32)
+        ref = (lp + spread * c.rng.standard_normal((B, T))).astype(np.float32)
+        adv = c.randn((B,), F32, scale=1.0)
+        m = (c.rng.random((B, T)) < c.pick([0.0, 0.3, 0.8, 1.0], "density")).astype(np.int32)
+        beta = c.pick([0.0, 0.0, 0.04, 1.0], "beta")
+        a = dict(logprobs=c.mutate_array("logprobs", lp, nonfinite=False),
+                 advantages=c.mutate_array("advantages", adv, nonfinite=False))
+        a["old_logprobs"] = c.mutate_array("old_logprobs", old, nonfinite=False, optional=True) \
+            if c.flag(0.5, "with_old") else None
+        with_ref = beta > 0 or c.flag(0.5, "with_ref")
+        a["ref_logprobs"] = c.mutate_array("ref_logprobs", ref, nonfinite=False, optional=beta == 0) \
+            if with_ref else None
+        if a["ref_logprobs"] is None and beta > 0 and with_ref:
+            c.muts[-1].exc = ANY_DOC  # ref None with beta > 0: a ValueError naming ref_logprobs
+        if c.flag(0.5, "use_targets"):
+            V = 50
+            ignore = c.pick([-100, -1, 2 ** 40], "ignore_index")
+            t = c.ints((B, T), 0, V, c.pick([I32, I64], "targets_dtype"))
+            if ignore == 2 ** 40 and t.dtype == I32:
+                ignore = -100
+            t[m == 0] = ignore
+            a["mask"] = None
+            a["targets"] = c.mutate_array("targets", t, ok_dtypes=(I32, I64), kinds=["dtype", "shape", "layout",
+                                                                                      "tensor"])
+            a["ignore_index"] = maybe_param(c, "ignore_index", ignore, BAD_IGNORE, p=0.06)
+        else:
+            a["mask"] = c.mutate_array("mask", m, ok_dtypes=(I32, I64, np.dtype(bool), np.dtype(np.uint8),
+                                                             np.dtype(np.int8)),
+                                       kinds=["dtype", "shape", "layout", "tensor"])
+            a["targets"], a["ignore_index"] = None, -100
+            if c.flag(0.03, "mask_and_targets?"):
+                a["targets"] = m.copy()
+                c.mut("both mask and targets", VALUE)
+        if c.flag(0.3, "with_keep"):
+            keep = (c.rng.random(B) < 0.7).astype(np.int32)
+            a["keep"] = c.mutate_array("keep", keep, ok_dtypes=(I32,), optional=True)
+        else:
+            a["keep"] = None
+        a["loss_type"] = c.pick(["grpo", "dr_grpo", "dapo"], "loss_type")
+        if c.flag(0.04, "loss_type.bad?"):
+            a["loss_type"] = c.pick(["ppo", None, 0], "loss_type.bad")
+            c.mut(f"loss_type = {a['loss_type']!r}", VALUE)
+        a["epsilon"] = maybe_param(c, "epsilon", c.pick([0.2, 0.1, 0.5], "epsilon"), BAD_EPSILON, p=0.05)
+        a["epsilon_high"] = maybe_param(c, "epsilon_high", c.pick([None, 0.28, 2.0], "epsilon_high"),
+                                        [(0.0, VALUE), (-1.0, VALUE), (math.nan, VALUE), ("x", TYPE)], p=0.05)
+        a["beta"] = maybe_param(c, "beta", beta, [(-0.1, VALUE), (math.nan, VALUE), (None, TYPE)], p=0.05)
+        a["max_completion_length"] = maybe_param(c, "max_completion_length",
+                                                 c.pick([None, T, T + 3], "max_completion_length"),
+                                                 [(0, VALUE), (-1, VALUE), (2.5, VALUE), ("3", VALUE)], p=0.05)
+        a["return_grad"] = c.flag(0.8, "return_grad")
+        return a
+
+    def call(self, a):
+        return dsc.grpo_loss(a["logprobs"], a["advantages"], a["mask"], targets=a["targets"],
+                             ignore_index=a["ignore_index"], old_logprobs=a["old_logprobs"],
+                             ref_logprobs=a["ref_logprobs"], loss_type=a["loss_type"], epsilon=a["epsilon"],
+                             epsilon_high=a["epsilon_high"], beta=a["beta"],
+                             max_completion_length=a["max_completion_length"], keep=a["keep"],
+                             return_grad=a["return_grad"])
+
+    def check(self, c, b, res):
+        loss, dl, stats = res
+        lp = f64(b["logprobs"])
+        if lp.ndim != 2:
+            raise ValueError("logprobs should have been refused")
+        B, T = lp.shape
+        if b["targets"] is not None:
+            mask = np.asarray(host(b["targets"])) != int(b["ignore_index"])
+        else:
+            mask = np.asarray(host(b["mask"])) != 0
+        adv = f64(b["advantages"])
+        old = None if b["old_logprobs"] is None else f64(b["old_logprobs"])
+        ref = None if b["ref_logprobs"] is None else f64(b["ref_logprobs"])
+        keep = None if b["keep"] is None else np.asarray(host(b["keep"]))
+        if mask.shape != (B, T) or adv.shape != (B,) or (keep is not None and keep.shape != (B,)):
+            raise ValueError("an argument does not fit")
+        # the C layer takes float32 parameters
+        e_lo = float(np.float32(b["epsilon"]))
+        e_hi = e_lo if b["epsilon_high"] is None else float(np.float32(b["epsilon_high"]))
+        beta = float(np.float32(b["beta"]))
+        kw = dict(old=old, ref=ref, loss_type=b["loss_type"], eps_low=e_lo, eps_high=e_hi, beta=beta,
+                  Lmax=b["max_completion_length"], keep=keep)
+        want = rrl.grpo_loss(lp, adv, mask, **kw)
+        if host(loss).shape != ():
+            fail(f"loss shape {host(loss).shape}, want ()")
+        close(loss, want, "loss", 1e-4, atol=1e-6)
+        if b["return_grad"]:
+            wg = rrl.grpo_loss_grad(lp, adv, mask, **kw)
+            close(dl, wg, "dlogprobs", 1e-4, atol_rel=1e-6, atol=1e-9)
+        elif dl is not None:
+            fail("dlogprobs returned with return_grad=False")
+        ws = rrl.grpo_stats(lp, adv, mask, old, ref, e_lo, e_hi, keep=keep)
+        if stats["loss"] != float(host(loss)):
+            fail(f"stats['loss'] {stats['loss']} != loss {float(host(loss))}")
+        for k, v in ws.items():
+            close(np.float64(stats[k]), v, f"stats[{k!r}]", 1e-4, atol=1e-5)
+
+
+@op("logits_topk", ("dsc_logits_topk", "logits_topk"), ("logits", "k", "index_dtype", "values", "indices"))
+class LogitsTopk:
+    def gen(self, c):
+        dt, lead, V, logits = draw_logits(c)
+        if dt == F32 and c.flag(0.2, "ties"):  # repeated values: ties go to the lower index
+            logits = np.round(logits).astype(F32)
+        # (the CPU top-k inserts into a sorted list: O(V k) a row, so no k ~ V of a 2^20 vocabulary)
+        k = c.pick([1, 2, 8, V, max(V // 2, 1)] if V <= 4096 else [1, 2, 8, 64], "k")
+        k = min(max(k, 1), max(V, 1))
+        k = maybe_param(c, "k", k, [(0, VALUE), (V + 1, VALUE), (-1, VALUE), (2.5, TYPE), (None, TYPE),
+                                    (True, TYPE), ("2", TYPE)], p=0.08)
+        idt = c.pick(["int32", "int64"], "index_dtype")
+        if c.flag(0.04, "index_dtype.bad?"):
+            idt = c.pick(["float32", "int8", None], "index_dtype.bad")
+            c.mut(f"index_dtype = {idt!r}", VALUE)
+        return dict(logits=c.mutate_array("logits", logits), k=k, index_dtype=idt)
+
+    def call(self, a):
+        return dsc.logits_topk(a["logits"], a["k"], index_dtype=a["index_dtype"])
+
+    def check(self, c, b, res):
+        vals, idx = res
+        z = f64(b["logits"])
+        wv, wi = rrl.logits_topk(z, int(b["k"]))
+        exact(vals, wv, "values")
+        exact(idx, wi, "indices")
+        if dtname(vals) != "float32" or dtname(idx) != b["index_dtype"]:
+            fail(f"dtypes {dtname(vals)}, {dtname(idx)}, want float32, {b['index_dtype']}")
+
+
+@op("topk_kl", ("dsc_topk_kl", "topk_kl"),
+    ("logits", "teacher_indices", "teacher_logits", "targets", "temperature", "ignore_index", "grad_scale", "loss",
+     "dlogits"))
+class TopkKL:
+    def gen(self, c):
+        dt, lead, V, logits = draw_logits(c)
+        K = min(c.pick([1, 2, 4, 8, 64], "K"), V) if V else c.pick([1, 2], "K")
+        teacher = c.randn(lead + (V,), F32, scale=c.pick([1.0, 5.0], "tscale"))
+        if V and c.flag(0.8, "topk_indices"):
+            tl, ti = rrl.logits_topk(teacher, K)
+            tl = tl.astype(F32)
+        else:  # any indices, repeats allowed
+            ti = c.rng.integers(0, max(V, 1), lead + (K,))
+            tl = c.randn(lead + (K,), F32, scale=1.0)
+        ti = ti.astype(c.pick([I32, I64], "ti_dtype"))
+        if V == 0 and math.prod(lead) > 0:
+            c.mut("logits: V = 0", VALUE)
+        if ti.size and c.flag(0.08, "teacher_indices.out_of_range?"):
+            ti = ti.copy()
+            bad = c.pick([-1, V, V + 5, -(2 ** 31)], "teacher_indices.bad")
+            ti.reshape(-1)[int(c.rng.integers(0, ti.size))] = bad
+            c.mut(f"teacher_indices: value {bad} out of [0, {V})", VALUE)
+        t, ignore = draw_targets(c, lead, max(V, 1), check_range=False)
+        a = dict(logits=c.mutate_array("logits", logits),
+                 teacher_indices=c.mutate_array("teacher_indices", ti, ok_dtypes=(I32, I64),
+                                                fill=lambda s: c.ints(s, 0, max(V, 1), I32)),
+                 teacher_logits=c.mutate_array("teacher_logits", tl),
+                 targets=c.mutate_array("targets", t, ok_dtypes=(I32, I64)),
+                 ignore_index=maybe_param(c, "ignore_index", ignore, BAD_IGNORE, p=0.05),
+                 temperature=maybe_param(c, "temperature", c.pick([1.0, 2.0, 0.5], "temperature"),
+                                         [(0.0, VALUE), (-1.0, VALUE), (math.nan, VALUE), (math.inf, VALUE),
+                                          (1e39, VALUE)] + NOT_A_NUMBER, p=0.06),
+                 grad_scale=maybe_param(c, "grad_scale", c.pick([1.0, 0.5, 0.0, -1.0, 1e3], "grad_scale"),
+                                        BAD_SCALAR, p=0.06),
+                 return_dlogits=c.flag(0.8, "return_dlogits"))
+        return a
+
+    def call(self, a):
+        return dsc.topk_kl(a["logits"], a["teacher_indices"], a["teacher_logits"], a["targets"],
+                           temperature=a["temperature"], ignore_index=a["ignore_index"], grad_scale=a["grad_scale"],
+                           return_dlogits=a["return_dlogits"])
+
+    def check(self, c, b, res):
+        loss, dl = res
+        z = f64(b["logits"])
+        V = z.shape[-1]
+        ti = np.asarray(host(b["teacher_indices"]))
+        tl = f64(b["teacher_logits"])
+        t = valid_targets(b, V, z.shape[:-1], check_range=False)
+        if ti.dtype.kind not in "iu" or ti.shape != tl.shape or ti.shape[:-1] != z.shape[:-1]:
+            raise ValueError("teacher arrays do not fit")
+        if ti.size and (ti.min() < 0 or ti.max() >= V):
+            raise ValueError("teacher_indices out of range")
+        tau = float(np.float32(b["temperature"]))
+        gs = float(np.float32(b["grad_scale"]))
+        ig = int(b["ignore_index"])
+        ok = t != ig
+        fin = (finite_rows(z) & finite_rows(tl))[..., 0]
+        want = rrl.topk_kl(z, ti, tl, t, tau, ig)
+        if host(loss).shape != ():
+            fail(f"loss shape {host(loss).shape}, want ()")
+        scale = max(lp_atol(z), lp_atol(tl)) / tau
+        poisoned = ((np.isnan(z) | (z == np.inf)).any(-1) | (np.isnan(tl) | (tl == np.inf)).any(-1))[ok]
+        if poisoned.any():  # a NaN or +inf logit of a counted row: no finite loss
+            if np.isfinite(f64(host(loss))):
+                fail(f"loss {float(host(loss))} is finite, but a counted row has a NaN or +inf logit")
+        elif fin[ok].all():
+            close(loss, want, "loss", 1e-4, atol=10 * scale)
+        # (else a -inf logit: the op takes 0 log 0 = 0 where the reference's float64 gives NaN; not compared)
+        if b["return_dlogits"]:
+            wg = rrl.topk_kl_grad(z, ti, tl, t, tau, ig, gs)
+            rows = (fin | ~ok)[..., None]
+            rtol, atol_rel = tol_for(dtname(dl))
+            # q - p cancels where the student matches the teacher: an absolute error of the
+            # softmaxes' (scale), times the factor grad_scale / n_valid / tau
+            nv = max(int(ok.sum()), 1)
+            close(np.where(rows, f64(host(dl)), 0.0), np.where(rows, wg, 0.0), "dlogits", rtol, atol_rel=atol_rel,
+                  atol=1e-9 + scale * abs(gs) / nv / tau)
+            if dtname(dl) != dtname(b["logits"]):
+                fail(f"dlogits dtype {dtname(dl)}, want {dtname(b['logits'])}")
+        elif dl is not None:
+            fail("dlogits returned with return_dlogits=False")
+
+
 # ============================================================================= self-tests of the oracle
 
 if os.environ.get("DSC_PROPERTY_SELFTEST"):

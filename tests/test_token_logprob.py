@@ -148,6 +148,22 @@ def test_bad_inputs(rng):
         _C.token_logprob(logits, t, -100, logits.reshape(-1)[:4], None)
 
 
+
+@pytest.mark.parametrize("bad,exc", [(None, TypeError), ("2", TypeError), (2.5, TypeError), ([2], TypeError),
+                                     (True, TypeError), (2 ** 70, ValueError), (-(2 ** 70), ValueError)])
+def test_bad_ignore_index_names_function_and_argument(rng, bad, exc):
+    """ignore_index of every R1 op: not an int or beyond int64 is an error naming the function
+    and ignore_index (was int(ignore_index): None gave a bare TypeError, 2 ** 70 an
+    OverflowError, "2" and 2.5 were taken as 2; found by tests/_properties.py)."""
+    logits, t, g = randn(rng, (4, 7)), np.array([0, 2, 5, 6], np.int64), randn(rng, (4,))
+    calls = {"dsc_token_logprob": lambda: dsc.token_logprob(logits, t, ignore_index=bad),
+             "dsc_token_logprob_backward": lambda: dsc.token_logprob_backward(logits, t, g, ignore_index=bad),
+             "dsc_topk_kl": lambda: dsc.topk_kl(logits, t[:, None], g[:, None], t, ignore_index=bad),
+             "dsc_grpo_loss": lambda: dsc.grpo_loss(g[None], g[:1], targets=t[None], ignore_index=bad)}
+    for fn, call in calls.items():
+        with pytest.raises(exc, match=rf"^{fn}: ignore_index: expected an int"):
+            call()
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_cuda_matches_cpu(rng, dtype):
