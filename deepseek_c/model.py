@@ -43,6 +43,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from . import _C
+from ._arrays import as_int
 from ._C import Error
 from ._arrays import parse_dtype
 from .config import ModelConfig
@@ -491,7 +492,8 @@ class Model:
         t = self._ids(tokens, "tokens")
         y = self._ids(targets, "targets", shape=tuple(t.shape))
         out = self._out(tuple(t.shape))
-        _C.model_token_logprobs(self._cap, t, y, int(ignore_index), out)
+        ig = as_int(ignore_index, "Model.token_logprobs", "ignore_index", -(1 << 31), (1 << 31) - 1)
+        _C.model_token_logprobs(self._cap, t, y, ig, out)
         return out
 
     def _vec(self, x: Any, what: str, n: int) -> Any:

@@ -178,3 +178,11 @@ def test_cuda_matches_cpu(rng, dtype):
     dlc = dsc.token_logprob_backward(to_cuda(logits), to_cuda(t), to_cuda(g))
     tol = 1e-5 if dtype == "float32" else 1e-2
     assert_close(host(dlc), dref.f64(dl), rtol=tol, atol=tol * np.abs(dref.f64(dl)).max())
+
+
+def test_model_token_logprobs_bad_ignore_index_names_the_argument():
+    m = dsc.Model(dsc.ModelConfig.tiny(vocab_size=20), seed=0)
+    t = np.random.default_rng(1).integers(0, 20, (2, 5)).astype(np.int32)
+    for bad, exc in ((None, TypeError), (2.5, TypeError), ("3", TypeError), (2 ** 40, ValueError)):
+        with pytest.raises(exc, match="Model.token_logprobs: ignore_index"):
+            m.token_logprobs(t, t, ignore_index=bad)
