@@ -22,6 +22,33 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # 6.2k -> 14.8k-19.4k tokens/s each, a lone generation unchanged). Read when OpenBLAS loads.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
+
+
+def _preload_wheel_nccl() -> None:
+    """A CUDA build links libnccl.so.2 from the CUDA toolkit. Whichever copy of that soname
+    a process loads first serves every later user of it: if ours (often older) comes first,
+    PyTorch's libtorch_cuda, imported afterwards, finds symbols missing (`undefined symbol:
+    ncclCommResume`). Where the NCCL wheel PyTorch depends on (nvidia-nccl) is installed,
+    load its copy first (NCCL 2 keeps its ABI backward compatible), so both use the newer one.
+    Loading a library does not import torch."""
+    import importlib.util
+    try:
+        spec = importlib.util.find_spec("nvidia.nccl")
+    except (ImportError, ValueError):
+        return
+    for d in (spec.submodule_search_locations or []) if spec else []:
+        lib = os.path.join(d, "lib", "libnccl.so.2")
+        if os.path.exists(lib):
+            import ctypes
+            try:
+                ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
+            except OSError:
+                pass  # unusable copy: ours is used, as without the wheel
+            return
+
+
+_preload_wheel_nccl()
+
 try:
     from . import _C  # noqa: E402
 except ImportError as _e:  # pragma: no cover - depends on how the package was reached
