@@ -227,6 +227,11 @@ class Task(abc.ABC):
     def verify(self, prompt: str, output: str) -> bool:
         return output.strip() == self.answer(prompt)
 
+    def held_out(self, prompt: str) -> Optional[bool]:
+        """Which split a prompt is in: True for evaluation only (never trained on), False for
+        training, None when the task has no split (evaluation problems only differ by seed)."""
+        return None
+
     @property
     @abc.abstractmethod
     def max_len(self) -> int:
@@ -238,11 +243,17 @@ class Addition(Task):
     """"a+b=" -> "c" with up to `digits` digits per operand. With `pad`, every number has a
     fixed width: operands `digits` digits, the sum `digits` + 1 ("07+42=049"), so each answer
     digit sits at a fixed distance from the operand digits it depends on, which a small model
-    learns far more reliably than the variable-width layout."""
+    learns far more reliably than the variable-width layout. With `reverse`, the sum is written
+    least-significant digit first ("07+42=940"): each answer digit then needs only the two
+    operand digits of its place and the carry out of the digit written just before it, instead
+    of the whole carry chain at the first answer token. With `holdout` = k > 0, one problem in k
+    (by a fixed hash of the operands) is kept for evaluation and never drawn for training."""
 
     digits: int = 3
     name: str = "addition"
     pad: bool = False
+    reverse: bool = False
+    holdout: int = 0
 
     def sample(self, rng: np.random.Generator) -> tuple[str, str]:
         a = int(rng.integers(0, 10 ** self.digits))
@@ -253,7 +264,16 @@ class Addition(Task):
 
     def answer(self, prompt: str) -> str:
         a, b = prompt.rstrip("=").split("+")
-        return f"{int(a) + int(b):0{self.digits + 1 if self.pad else 1}d}"
+        s = f"{int(a) + int(b):0{self.digits + 1 if self.pad else 1}d}"
+        return s[::-1] if self.reverse else s
+
+    def held_out(self, prompt: str) -> Optional[bool]:
+        if self.holdout <= 0:
+            return None
+        a, b = prompt.rstrip("=").split("+")
+        # a fixed multiplicative hash of the pair, the same on every machine and Python
+        h = ((int(a) * 1_000_003 + int(b)) * 2_654_435_761) % (1 << 32)
+        return (h >> 16) % self.holdout == 0
 
     @property
     def max_len(self) -> int:
@@ -374,6 +394,8 @@ def _pack(task: Task, tok, rng: np.random.Generator, batch_size: int, seq_len: i
         pos = 0
         while True:
             p, a = task.sample(rng)
+            while task.held_out(p):  # evaluation problems are never trained on
+                p, a = task.sample(rng)
             ids_p = [tok.bos_id] + tok.encode(p)
             ids_a = tok.encode(a) + [tok.eos_id]
             ex = ids_p + ids_a
@@ -402,14 +424,15 @@ def batches(task: Task, tok, batch_size: int, seq_len: int, seed: int = 0,
 
 
 def heldout(task: Task, n: int, seed: int = 12345, exclude: Optional[set] = None) -> list[tuple[str, str]]:
-    """n (prompt, answer) pairs from a separate seed, for evaluation."""
+    """n distinct (prompt, answer) pairs for evaluation, from a separate seed and, where the task
+    has a split (`Task.held_out`), from its evaluation split only."""
     rng = np.random.default_rng(seed)
     out, seen = [], set(exclude or ())
     tries = 0
-    while len(out) < n and tries < 100 * n:
+    while len(out) < n and tries < 1000 * n:
         p, a = task.sample(rng)
         tries += 1
-        if p in seen:
+        if p in seen or task.held_out(p) is False:
             continue
         seen.add(p)
         out.append((p, a))

@@ -140,8 +140,12 @@ def sample_batches(samples: Sequence[tuple[str, str]], tokenizer: Any = None, ba
         def sample(self, rng: np.random.Generator) -> tuple[str, str]:
             return samples[int(rng.integers(len(samples)))]
 
-        def answer(self, prompt: str) -> str:  # pragma: no cover - not used for training
-            raise NotImplementedError
+        def answer(self, prompt: str) -> str:
+            # the first completion recorded for this prompt (the pool has no verifier of its own)
+            for p, a in samples:
+                if p == prompt:
+                    return a
+            raise KeyError(f"distill.sample_batches: prompt {prompt!r} is not one of the {len(samples)} samples")
 
         @property
         def max_len(self) -> int:

@@ -47,10 +47,10 @@ def demo_config(vocab_size: int, **overrides: Any) -> ModelConfig:
 def make_task(name: str) -> D.Task:
     """A built-in task by name: addition (2 digits), addition3, sorting, copy, reverse, mixture."""
     n = name.lower()
-    if n in ("addition", "add", "addition2"):  # fixed width: "07+42=049"
-        return D.Addition(digits=2, pad=True)
+    if n in ("addition", "add", "addition2"):  # fixed width: "07+42=049"; 1 in 25 problems held out
+        return D.Addition(digits=2, pad=True, holdout=25)
     if n == "addition3":
-        return D.Addition(digits=3, pad=True)
+        return D.Addition(digits=3, pad=True, holdout=25)
     if n == "mixture":
         return D.Mixture([D.Addition(digits=2, pad=True), D.Sorting(length=5), D.Reverse(length=5)])
     if n in D.TASKS:
