@@ -196,6 +196,26 @@ class Model:
         return bool(c.n_routed_experts) and i >= c.first_k_dense_replace and i % c.moe_layer_freq == 0
 
     @property
+    def max_ranks_per_token(self) -> int:
+        """The most expert-parallel ranks one token's rows travel to in an MoE layer (0
+        without routed experts). Node-limited routing, DeepSeek-V3's "at most M nodes per
+        token", is the config's group-limited top-k with groups aligned to the ranks: with
+        topk_group < n_group, n_group a multiple of expert_parallel (each rank holds whole
+        groups: at most topk_group ranks) or a divisor of it (a group spans
+        expert_parallel / n_group ranks, e.g. the GPUs of a node: at most
+        topk_group * expert_parallel / n_group). Other layouts are refused at creation."""
+        c = self.cfg
+        if not c.n_routed_experts:
+            return 0
+        ep = int(self.parallel.get("expert_parallel", 1))
+        bound = min(ep, int(c.num_experts_per_tok))
+        g = 1 if c.topk_method == "greedy" else int(c.n_group or 1)
+        tg = int(c.topk_group or 1)
+        if g > 1 and tg < g:
+            bound = min(bound, tg * max(1, ep // g))
+        return bound
+
+    @property
     def head_name(self) -> str:
         return "model.embed_tokens.weight" if self.cfg.tie_word_embeddings else "lm_head.weight"
 

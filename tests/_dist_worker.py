@@ -165,6 +165,59 @@ def sc_hang(comm, out, args):
     return {}
 
 
+# ------------------------------------------------------------------ FP8 dispatch, node-limited routing
+# (tests/test_dist_routing.py)
+
+
+def sc_routing_train(comm, out, args):
+    """Expert parallel over every rank with args[0] = JSON {"cfg": small_cfg overrides,
+    "model": Model options (fp8, ...)}. Records this rank's routing of its rows of the first
+    batch, the logits of one forward of them and the bytes that forward sent (stats reset
+    just before), then STEPS train steps as sc_train, and the routing of the last batch with
+    the trained weights and biases."""
+    spec = json.loads(args[0])
+    cfg = small_cfg(**spec.get("cfg", {}))
+    m = _model(comm, cfg, comm.size, 1, **spec.get("model", {}))
+    r, n = comm.rank, comm.size
+    res = {"init/" + k: np.array(v) for k, v in m.parameters().items()}
+    bt = batches(cfg, B, T, STEPS)
+    tok0 = rows(bt[0][0], r, n)
+    for layer, rt in m.routing(tok0).items():
+        res[f"route0/{layer}"] = rt["indices"]
+    m.comm_stats(reset=True)
+    res["logits"] = np.array(m.forward(tok0))
+    res["fwd_bytes"] = np.array([m.comm_stats()["bytes_sent"]])
+    res["max_ranks"] = np.array([m.max_ranks_per_token])
+    stats = []
+    for tok, y in bt:
+        st = m.train_step(rows(tok, r, n), rows(y, r, n), **TRAIN)
+        stats.append([st["loss"], st["mtp_loss"], st["aux_loss"], st["grad_norm"]])
+    for layer, rt in m.routing(rows(bt[-1][0], r, n)).items():
+        res[f"route1/{layer}"] = rt["indices"]
+    res.update({"final/" + k: np.array(v) for k, v in m.parameters().items()})
+    res["stats"] = np.array(stats)
+    return res
+
+
+
+def sc_routing_grads(comm, out, args):
+    """As sc_routing_train, but no training: the routing, logits and forward bytes of this
+    rank's rows of the first batch, then one forward + backward of them (loss_and_grads): the
+    loss and the gradients this rank holds (before any reduction over ranks)."""
+    spec = json.loads(args[0])
+    cfg = small_cfg(**spec.get("cfg", {}))
+    m = _model(comm, cfg, comm.size, 1, **spec.get("model", {}))
+    tok, y = batches(cfg, B, T, 1)[0]
+    tok, y = rows(tok, comm.rank, comm.size), rows(y, comm.rank, comm.size)
+    res = {f"route0/{layer}": rt["indices"] for layer, rt in m.routing(tok).items()}
+    m.comm_stats(reset=True)
+    res["logits"] = np.array(m.forward(tok))
+    res["fwd_bytes"] = np.array([m.comm_stats()["bytes_sent"]])
+    st, g = m.loss_and_grads(tok, y)
+    res.update({"grad/" + k: v for k, v in g.items()})
+    res["loss"] = np.array([st["loss"]])
+    return res
+
 def main() -> int:
     scenario, out, args = sys.argv[1], sys.argv[2], sys.argv[3:]
     from mpi4py import MPI  # noqa: F401  (initializes MPI with MPI_THREAD_MULTIPLE)
@@ -185,3 +238,4 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -152,16 +152,24 @@ def _wgrad8(dy, x):
     return fp8ref.gemm(*a, *b)
 
 
-def _mlp8_grads(dy, x, wg, wu, wd):
+def _fp8_cached(x):
+    """x as the routed experts keep it for their backward: E4M3 in 1x128 tiles along the
+    features (the rows an expert-parallel dispatch sends), dequantized to float32."""
+    return fp8ref.dequantize(*fp8ref.quantize(np.asarray(x, np.float32), (1, 128)), (1, 128)).astype(np.float32)
+
+
+def _mlp8_grads(dy, x, wg, wu, wd, x_cached=False):
     """FP8 SwiGLU MLP backward reference: (dWg, dWu, dWd); forward values in float32 as
-    the layer keeps them."""
+    the layer keeps them; x_cached: the gate/up weight gradients from x's FP8 tiles (the
+    routed experts) instead of float32 x (the shared experts)."""
     hg, hu = _lin8(x, wg).astype(np.float32), _lin8(x, wu).astype(np.float32)
     sg = 1.0 / (1.0 + np.exp(-hg.astype(np.float64)))
     act = (hg * sg * hu).astype(np.float32)
     dact = _dgrad8(dy, wd)
     dhg = dact * hu * sg * (1.0 + hg * (1.0 - sg))
     dhu = dact * hg * sg
-    return _wgrad8(dhg, x), _wgrad8(dhu, x), _wgrad8(dy, act)
+    xw = _fp8_cached(x) if x_cached else x
+    return _wgrad8(dhg, xw), _wgrad8(dhu, xw), _wgrad8(dy, act)
 
 
 def _rel(a, b):
@@ -172,7 +180,8 @@ def _rel(a, b):
 def test_fp8_layer_matches_fp8_reference(rng, variant, n_shared):
     """w->fp8: forward == the float64 layer with every expert projection quantized the V3 way
     (K = 200 and F = 136: partial 128-blocks); expert weight gradients == the FP8 backward
-    reference (dgrad with transposed weight blocks, wgrad along the tokens); and all of it
+    reference (dgrad with transposed weight blocks, wgrad along the tokens, the routed
+    experts' gate/up from their input's cached FP8 tiles); and all of it
     a few percent from float32, as E4M3 is."""
     E, D, F = 8, 200, 136
     x, params, cfg = make_layer(rng, D=D, E=E, F=F, T=40, variant=variant, n_shared=n_shared, min_gap=1e-4)
@@ -201,7 +210,7 @@ def test_fp8_layer_matches_fp8_reference(rng, variant, n_shared):
             continue
         deo = (w[tok, slot][:, None] * dy[tok]).astype(np.float32)
         want_g = _mlp8_grads(deo, x[tok], params[f"{P}{e}.gate_proj.weight"], params[f"{P}{e}.up_proj.weight"],
-                             params[f"{P}{e}.down_proj.weight"])
+                             params[f"{P}{e}.down_proj.weight"], x_cached=True)
         for name, wg in zip(("gate_proj", "up_proj", "down_proj"), want_g):
             assert _rel(g8[f"{P}{e}.{name}.weight"], wg) < 5e-3, (e, name)
     if n_shared:

@@ -1178,7 +1178,14 @@ typedef struct dsc_model_options {
    * trains on its own micro-batch: gradients of replicated tensors are summed over the world,
    * an expert's over the dp ranks holding it (in buckets, overlapping the backward), the
    * global-norm clip and the bias update use every rank's gradients and expert load. The comm
-   * must outlive the model (its operations run on duplicates of it). */
+   * must outlive the model (its operations run on duplicates of it).
+   * Node-limited routing (DeepSeek-V3's "at most M nodes per token") is the config's
+   * group-limited top-k with groups aligned to ranks: with topk_group < n_group, n_group must
+   * be a multiple of ep (each rank holds whole groups: a token reaches at most topk_group
+   * ranks) or a divisor of it (a group spans ep / n_group ranks, a node: at most
+   * topk_group * ep / n_group ranks), else creation fails with DSC_ERR_INVALID_ARGUMENT.
+   * With fp8, the dispatch sends each row as E4M3 with its 1x128 scales (D + 4 ceil(D/128)
+   * bytes instead of 4 D); the combine and the backward exchanges send float32. */
   dsc_comm *comm;
   int32_t expert_parallel;  /* ep >= 1, divides n_routed_experts; 0: W / data_parallel, or W if that is 0 too */
   int32_t data_parallel;    /* dp >= 1; 0: W / ep. ep * dp must be W */

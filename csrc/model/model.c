@@ -431,6 +431,21 @@ static dsc_status dist_setup(dsc_context *ctx, const char *fn, const dsc_model_c
             "opt->expert_parallel: the %d routed experts cannot be spread evenly over %d ranks (expected a "
             "divisor of n_routed_experts)",
             (int)E, (int)ep);
+  {
+    /* Node-limited routing: with group-limited top-k (each token keeps the experts of its
+     * topk_group best groups of n_group), groups that align with the expert-parallel ranks
+     * bound the ranks a token's rows travel to: n_group % ep == 0 (each rank holds whole
+     * groups) gives at most topk_group ranks, ep % n_group == 0 (a group spans ep / n_group
+     * ranks: a node of GPUs, as DeepSeek-V3's 8 groups of 32 experts over 8 nodes) at most
+     * topk_group * ep / n_group. Groups that straddle ranks unevenly bound nothing. */
+    const int32_t G = cfg->topk_method == DSC_MOE_TOPK_GREEDY ? 1 : cfg->n_group;
+    const int limited = E > 0 && G > 1 && cfg->topk_group < G;
+    DSC_CHECK(!limited || ep <= 1 || G % ep == 0 || ep % G == 0, DSC_ERR_INVALID_ARGUMENT, fn,
+              "cfg->n_group: expected a multiple or a divisor of opt->expert_parallel = %d (group-limited "
+              "routing, topk_group %d < n_group, limits each token to the ranks of its groups only when the "
+              "groups align with the ranks), got %d",
+              (int)ep, (int)cfg->topk_group, (int)G);
+  }
   DSC_CHECK(o->check_every >= 0, DSC_ERR_INVALID_ARGUMENT, fn, "opt->check_every: expected >= 0, got %d",
             (int)o->check_every);
   DSC_CHECK(o->overlap == 0 || o->overlap == 1, DSC_ERR_INVALID_ARGUMENT, fn, "opt->overlap: expected 0 or 1, got %d",

@@ -12,7 +12,10 @@
  *   y = unpermute(eo, weights) + shared(x)    [T, D]
  *   shared(x) = swiglu(x @ Sg^T, x @ Su^T) @ Sd^T
  * With w->fp8 the expert and shared GEMMs (and their backward) are the FP8 pieces of
- * fp8_layers.h on the same buffers instead of the float32 ops.
+ * fp8_layers.h on the same buffers instead of the float32 ops. The routed experts' input xp
+ * is kept as quantized for the gate/up GEMMs (E4M3 in 1x128 tiles, B_XQ / B_XS) and their
+ * weight gradients use it (dequantized, re-tiled along the tokens), as DeepSeek-V3 caches
+ * FP8 activations: these are the rows an expert-parallel dispatch sends (moe_layer_ex.h).
  *
  * Legend: T tokens, D hidden, E routed experts, k experts per token, F expert
  * intermediate size, Fs shared intermediate size, R permuted rows.
@@ -44,6 +47,8 @@ enum {
   B_SCORES, B_INDICES, B_WEIGHTS, B_XP, B_OFFSETS, B_ROWMAP, B_HG, B_HU, B_ACT, B_EO,
   B_SG, B_SU, B_SA, B_DSCORES, B_AUXLOSS,
   B_XR, B_OFFL, B_EOR, /* with an exchange: rows computed here, their offsets, outputs */
+  B_XQ, B_XS,          /* fp8: the rows the experts compute (R or Rin) in E4M3, 1x128 scales */
+  B_XPQ, B_XPS,        /* fp8 with an exchange: this rank's permuted rows (R) so quantized */
   B_COUNT
 };
 /* Temporaries of one forward / backward call, kept in the handle between calls. */
@@ -205,6 +210,9 @@ static dsc_status fp8_scratch_alloc(dsc_context *ctx, int64_t T, int64_t R, int6
 /* y [M,N] = x [M,K] @ w^T: G experts over the rows of `offs` (device; f->offs_h on the host),
  * or one matrix (G 1, offs NULL); w [G,N,K] float32 (quantized here) or, with w_scale, held
  * in E4M3 with its block scales [G,Nb,Kb]. */
+static dsc_status fp8_fwd_q(dsc_context *ctx, fp8_scratch *f, int64_t G, int64_t M, int64_t N,
+                            int64_t K, const uint8_t *xq, const float *xs, const DLTensor *w,
+                            const DLTensor *w_scale, const DLTensor *offs, DLTensor *y);
 static dsc_status fp8_fwd(dsc_context *ctx, fp8_scratch *f, int64_t G, int64_t M, int64_t N,
                           int64_t K, const DLTensor *x, const DLTensor *w, const DLTensor *w_scale,
                           const DLTensor *offs, DLTensor *y) {
@@ -212,6 +220,13 @@ static dsc_status fp8_fwd(dsc_context *ctx, fp8_scratch *f, int64_t G, int64_t M
     DSC_TRY(dsc_fp8l_quant_act(ctx, DSC_DTYPE_FLOAT32, M, K, dsc_data(x), f->aq, f->as));
     f->aq_of = x;
   }
+  return fp8_fwd_q(ctx, f, G, M, N, K, f->aq, f->as, w, w_scale, offs, y);
+}
+
+/* The same on x already quantized: xq [M,K] E4M3, xs [M,ceil(K/128)] (1x128 tiles). */
+static dsc_status fp8_fwd_q(dsc_context *ctx, fp8_scratch *f, int64_t G, int64_t M, int64_t N,
+                            int64_t K, const uint8_t *xq, const float *xs, const DLTensor *w,
+                            const DLTensor *w_scale, const DLTensor *offs, DLTensor *y) {
   const uint8_t *wq = f->wq;
   const float *ws = f->ws;
   if (w_scale) {
@@ -220,24 +235,35 @@ static dsc_status fp8_fwd(dsc_context *ctx, fp8_scratch *f, int64_t G, int64_t M
   } else {
     DSC_TRY(dsc_fp8l_quant_weight(ctx, G, N, K, (const float *)dsc_data(w), 0, f->wq, f->ws));
   }
-  return dsc_fp8l_fprop(ctx, G, M, N, K, f->aq, f->as, wq, ws,
+  return dsc_fp8l_fprop(ctx, G, M, N, K, xq, xs, wq, ws,
                         offs ? (const int32_t *)dsc_data(offs) : NULL, offs ? f->offs_h : NULL,
                         DSC_DTYPE_FLOAT32, dsc_data(y));
 }
 
-/* Its backward: dx [M,K] = dy @ w (per expert), dw [G,N,K] = dy^T x (when dw). */
+/* Its backward: dx [M,K] = dy @ w (per expert), dw [G,N,K] = dy^T x (when dw); x float32,
+ * or (xs != NULL) x [M,K] E4M3 with its 1x128 scales xs [M,ceil(K/128)]. */
 static dsc_status fp8_bwd(dsc_context *ctx, const fp8_scratch *f, int64_t G, int64_t M, int64_t N,
-                          int64_t K, const DLTensor *dy, const DLTensor *x, const DLTensor *w,
-                          const DLTensor *offs, DLTensor *dx, DLTensor *dw) {
+                          int64_t K, const DLTensor *dy, const DLTensor *x, const float *xs,
+                          const DLTensor *w, const DLTensor *offs, DLTensor *dx, DLTensor *dw) {
   const dsc_dtype f32 = DSC_DTYPE_FLOAT32;
   const int32_t *oh = offs ? f->offs_h : NULL;
   if (dw)
-    DSC_TRY(dsc_fp8l_wgrad(ctx, G, M, N, K, f32, dsc_data(dy), f32, dsc_data(x), NULL, oh,
-                           (float *)dsc_data(dw)));
+    DSC_TRY(dsc_fp8l_wgrad(ctx, G, M, N, K, f32, dsc_data(dy), xs ? DSC_DTYPE_FLOAT8_E4M3FN : f32,
+                           dsc_data(x), xs, oh, (float *)dsc_data(dw)));
   DSC_TRY(dsc_fp8l_quant_weight(ctx, G, N, K, (const float *)dsc_data(w), 1, f->wq, f->ws));
   return dsc_fp8l_dgrad(ctx, G, M, N, K, f32, dsc_data(dy), DSC_DTYPE_FLOAT8_E4M3FN, f->wq,
                         f->ws, 1, offs ? (const int32_t *)dsc_data(offs) : NULL, oh,
                         dsc_data(dx));
+}
+
+/* The permuted rows B_XP [R,D] in E4M3 1x128 tiles into b[iq] [R,D] and b[is] [R,ceil(D/128)]
+ * (the rule the expert GEMMs apply to their input: per row, so a row quantizes alike
+ * wherever it is done). */
+static dsc_status quant_rows(dsc_context *ctx, buf *b, int64_t R, int64_t D, int iq, int is) {
+  DSC_TRY(buf_alloc(ctx, &b[iq], DSC_DTYPE_FLOAT8_E4M3FN, R, D));
+  DSC_TRY(buf_alloc(ctx, &b[is], DSC_DTYPE_FLOAT32, R, cdiv128(D)));
+  return dsc_fp8l_quant_act(ctx, DSC_DTYPE_FLOAT32, R, D, b[B_XP].t.data, (uint8_t *)b[iq].t.data,
+                            (float *)b[is].t.data);
 }
 
 /* An expert-side weight: float32, or (scale != NULL) float8_e4m3fn with float32 128x128
@@ -397,10 +423,13 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
                          (Fs == 0 || (w->shared_gate_scale_inv && w->shared_up_scale_inv &&
                                       w->shared_down_scale_inv));
     STEP(fp8_scratch_alloc(ctx, T, R, D, E, F, Fs, &b[B_OFFSETS].t, !all_held, &f8));
-    STEP(fp8_fwd(ctx, &f8, E, R, F, D, &b[B_XP].t, w->experts_gate, w->experts_gate_scale_inv,
-                 &b[B_OFFSETS].t, &b[B_HG].t));
-    STEP(fp8_fwd(ctx, &f8, E, R, F, D, &b[B_XP].t, w->experts_up, w->experts_up_scale_inv,
-                 &b[B_OFFSETS].t, &b[B_HU].t));
+    STEP(quant_rows(ctx, b, R, D, B_XQ, B_XS));
+    const uint8_t *xq = (const uint8_t *)b[B_XQ].t.data;
+    const float *xs = (const float *)b[B_XS].t.data;
+    STEP(fp8_fwd_q(ctx, &f8, E, R, F, D, xq, xs, w->experts_gate, w->experts_gate_scale_inv,
+                   &b[B_OFFSETS].t, &b[B_HG].t));
+    STEP(fp8_fwd_q(ctx, &f8, E, R, F, D, xq, xs, w->experts_up, w->experts_up_scale_inv,
+                   &b[B_OFFSETS].t, &b[B_HU].t));
     STEP(dsc_swiglu_forward(ctx, &b[B_HG].t, &b[B_HU].t, &b[B_ACT].t));
     STEP(fp8_fwd(ctx, &f8, E, R, D, F, &b[B_ACT].t, w->experts_down, w->experts_down_scale_inv,
                  &b[B_OFFSETS].t, &b[B_EO].t));
@@ -515,7 +544,7 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
   if (w->fp8) STEP(fp8_scratch_alloc(ctx, T, R, D, E, F, Fs, &b[B_OFFSETS].t, 1, &f8));
   STEP(buf_alloc(ctx, &tmp[T_DACT], DSC_DTYPE_FLOAT32, R, F));
   if (w->fp8)
-    STEP(fp8_bwd(ctx, &f8, E, R, D, F, &tmp[T_DEO].t, &b[B_ACT].t, w->experts_down,
+    STEP(fp8_bwd(ctx, &f8, E, R, D, F, &tmp[T_DEO].t, &b[B_ACT].t, NULL, w->experts_down,
                  &b[B_OFFSETS].t, &tmp[T_DACT].t, g->experts_down));
   else
     STEP(dsc_grouped_linear_backward(ctx, &tmp[T_DEO].t, &b[B_ACT].t, w->experts_down,
@@ -541,9 +570,10 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
                                         (const int32_t *)b[B_OFFSETS].t.data, (float *)tmp[T_DXP].t.data,
                                         g->experts_up ? (float *)dsc_data(g->experts_up) : NULL));
   } else if (w->fp8) {
-    STEP(fp8_bwd(ctx, &f8, E, R, F, D, &tmp[T_DHG].t, &b[B_XP].t, w->experts_gate,
+    const float *xs = (const float *)b[B_XS].t.data;
+    STEP(fp8_bwd(ctx, &f8, E, R, F, D, &tmp[T_DHG].t, &b[B_XQ].t, xs, w->experts_gate,
                  &b[B_OFFSETS].t, &tmp[T_DXP].t, g->experts_gate));
-    STEP(fp8_bwd(ctx, &f8, E, R, F, D, &tmp[T_DHU].t, &b[B_XP].t, w->experts_up, &b[B_OFFSETS].t,
+    STEP(fp8_bwd(ctx, &f8, E, R, F, D, &tmp[T_DHU].t, &b[B_XQ].t, xs, w->experts_up, &b[B_OFFSETS].t,
                  &tmp[T_DXP2].t, g->experts_up));
   } else {
     STEP(dsc_grouped_linear_backward(ctx, &tmp[T_DHG].t, &b[B_XP].t, w->experts_gate,
@@ -571,7 +601,7 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
   if (Fs > 0) {
     STEP(buf_alloc(ctx, &tmp[T_DSA], DSC_DTYPE_FLOAT32, T, Fs));
     if (w->fp8)
-      STEP(fp8_bwd(ctx, &f8, 1, T, D, Fs, &dy2, &b[B_SA].t, w->shared_down, NULL, &tmp[T_DSA].t,
+      STEP(fp8_bwd(ctx, &f8, 1, T, D, Fs, &dy2, &b[B_SA].t, NULL, w->shared_down, NULL, &tmp[T_DSA].t,
                    g->shared_down));
     else
       STEP(dsc_linear_backward(ctx, &dy2, &b[B_SA].t, w->shared_down, &tmp[T_DSA].t, g->shared_down));
@@ -588,7 +618,7 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
         continue;
       }
       if (w->fp8)
-        STEP(fp8_bwd(ctx, &f8, 1, T, Fs, D, sdy[i], &x2, sw[i], NULL, &tmp[T_DXS].t, sg[i]));
+        STEP(fp8_bwd(ctx, &f8, 1, T, Fs, D, sdy[i], &x2, NULL, sw[i], NULL, &tmp[T_DXS].t, sg[i]));
       else
         STEP(dsc_linear_backward(ctx, sdy[i], &x2, sw[i], &tmp[T_DXS].t, sg[i]));
       STEP(dsc_add(ctx, &tmp[T_DXTOK].t, &tmp[T_DXS].t, &tmp[T_DXTOK].t));
@@ -689,7 +719,8 @@ static dsc_status check_phase(const char *fn, int32_t phase, const dsc_moe_layer
 }
 
 /* The expert GEMMs of the forward on X [rows, D] grouped by the G experts of offs (device,
- * [G+1]) into out [rows, D]; saves hg, hu, act. f8: the FP8 scratch (w->fp8). */
+ * [G+1]) into out [rows, D]; saves hg, hu, act. f8: the FP8 scratch (w->fp8), where X is
+ * read as quantized in b[B_XQ] / b[B_XS] instead. */
 static dsc_status experts_fwd(dsc_context *ctx, const dsc_moe_layer_weights *w, buf *b, int64_t G, int64_t rows,
                               int64_t D, int64_t F, buf *X, buf *offs, fp8_scratch *f8, buf *out) {
   dsc_status st = DSC_OK;
@@ -699,8 +730,13 @@ static dsc_status experts_fwd(dsc_context *ctx, const dsc_moe_layer_weights *w, 
   STEP(buf_alloc(ctx, out, DSC_DTYPE_FLOAT32, rows, D));
   if (st != DSC_OK || rows == 0) return st;
   if (w->fp8) {
-    STEP(fp8_fwd(ctx, f8, G, rows, F, D, &X->t, w->experts_gate, w->experts_gate_scale_inv, &offs->t, &b[B_HG].t));
-    STEP(fp8_fwd(ctx, f8, G, rows, F, D, &X->t, w->experts_up, w->experts_up_scale_inv, &offs->t, &b[B_HU].t));
+    /* X's rows as quantized before the dispatch (B_XQ / B_XS) */
+    const uint8_t *xq = (const uint8_t *)b[B_XQ].t.data;
+    const float *xs = (const float *)b[B_XS].t.data;
+    STEP(fp8_fwd_q(ctx, f8, G, rows, F, D, xq, xs, w->experts_gate, w->experts_gate_scale_inv, &offs->t,
+                   &b[B_HG].t));
+    STEP(fp8_fwd_q(ctx, f8, G, rows, F, D, xq, xs, w->experts_up, w->experts_up_scale_inv, &offs->t,
+                   &b[B_HU].t));
     STEP(dsc_swiglu_forward(ctx, &b[B_HG].t, &b[B_HU].t, &b[B_ACT].t));
     STEP(fp8_fwd(ctx, f8, G, rows, D, F, &b[B_ACT].t, w->experts_down, w->experts_down_scale_inv, &offs->t,
                  &out->t));
@@ -805,9 +841,26 @@ dsc_status dsc_moe_layer_forward_ex(dsc_context *ctx, const dsc_moe_route_params
       STEP(buf_alloc(ctx, &b[B_OFFL], DSC_DTYPE_INT32, El + 1, -1));
       STEP(dsc_memcpy(ctx, b[B_OFFL].t.data, ctx->device, offl, (DLDevice){kDLCPU, 0},
                       (size_t)(El + 1) * sizeof(int32_t)));
-      STEP(buf_alloc(ctx, &b[B_XR], DSC_DTYPE_FLOAT32, Rin, D));
-      STEP(ex->dispatch_start(ex->user, ctx, mb, b[B_XP].t.data, (size_t)D * sizeof(float), b[B_XR].t.data));
+      if (w->fp8) {
+        /* quantized here, sent as E4M3 + 1x128 scales: D + 4 * ceil(D/128) bytes a row */
+        STEP(quant_rows(ctx, b, R, D, B_XPQ, B_XPS));
+        STEP(buf_alloc(ctx, &b[B_XQ], DSC_DTYPE_FLOAT8_E4M3FN, Rin, D));
+        STEP(buf_alloc(ctx, &b[B_XS], DSC_DTYPE_FLOAT32, Rin, cdiv128(D)));
+        if (st == DSC_OK) {
+          const dsc_moe_plane pl[2] = {{b[B_XPQ].t.data, (size_t)D, b[B_XQ].t.data},
+                                       {b[B_XPS].t.data, (size_t)cdiv128(D) * sizeof(float), b[B_XS].t.data}};
+          st = ex->dispatch_start(ex->user, ctx, mb, 2, pl);
+        }
+      } else {
+        STEP(buf_alloc(ctx, &b[B_XR], DSC_DTYPE_FLOAT32, Rin, D));
+        if (st == DSC_OK) {
+          const dsc_moe_plane pl = {b[B_XP].t.data, (size_t)D * sizeof(float), b[B_XR].t.data};
+          st = ex->dispatch_start(ex->user, ctx, mb, 1, &pl);
+        }
+      }
       free(offl);
+    } else if (w->fp8) {
+      STEP(quant_rows(ctx, b, R, D, B_XQ, B_XS)); /* no exchange: the experts' rows are these */
     }
     if (st == DSC_OK) {
       s->T = T, s->D = D, s->E = E, s->k = k, s->F = F, s->Fs = Fs, s->R = R;
@@ -945,8 +998,10 @@ dsc_status dsc_moe_layer_backward_ex(dsc_context *ctx, const dsc_moe_route_param
                                       &tmp[T_DW].t));
     if (ex) {
       STEP(buf_alloc(ctx, &tmp[T_DEOR], DSC_DTYPE_FLOAT32, Rin, D));
-      STEP(ex->dispatch_start(ex->user, ctx, mb, tmp[T_DEO].t.data, (size_t)D * sizeof(float),
-                              tmp[T_DEOR].t.data));
+      if (st == DSC_OK) {
+        const dsc_moe_plane pl = {tmp[T_DEO].t.data, (size_t)D * sizeof(float), tmp[T_DEOR].t.data};
+        st = ex->dispatch_start(ex->user, ctx, mb, 1, &pl);
+      }
     }
     if (st == DSC_OK) saved->bwd_phase |= DSC_MOE_PHASE_BEGIN;
   }
@@ -982,7 +1037,7 @@ dsc_status dsc_moe_layer_backward_ex(dsc_context *ctx, const dsc_moe_route_param
       }
     } else {
       if (w->fp8)
-        STEP(fp8_bwd(ctx, &f8, El, Rin, D, F, &deo->t, &b[B_ACT].t, w->experts_down, &offs->t, &tmp[T_DACT].t,
+        STEP(fp8_bwd(ctx, &f8, El, Rin, D, F, &deo->t, &b[B_ACT].t, NULL, w->experts_down, &offs->t, &tmp[T_DACT].t,
                      g->experts_down));
       else
         STEP(dsc_grouped_linear_backward(ctx, &deo->t, &b[B_ACT].t, w->experts_down, &offs->t, &tmp[T_DACT].t,
@@ -996,9 +1051,10 @@ dsc_status dsc_moe_layer_backward_ex(dsc_context *ctx, const dsc_moe_route_param
                                             (const int32_t *)offs->t.data, (float *)dxp->t.data,
                                             g->experts_up ? (float *)dsc_data(g->experts_up) : NULL));
       } else if (w->fp8) {
-        STEP(fp8_bwd(ctx, &f8, El, Rin, F, D, &tmp[T_DHG].t, &X->t, w->experts_gate, &offs->t, &dxp->t,
+        const float *xs = (const float *)b[B_XS].t.data;
+        STEP(fp8_bwd(ctx, &f8, El, Rin, F, D, &tmp[T_DHG].t, &b[B_XQ].t, xs, w->experts_gate, &offs->t, &dxp->t,
                      g->experts_gate));
-        STEP(fp8_bwd(ctx, &f8, El, Rin, F, D, &tmp[T_DHU].t, &X->t, w->experts_up, &offs->t, &tmp[T_DXP2].t,
+        STEP(fp8_bwd(ctx, &f8, El, Rin, F, D, &tmp[T_DHU].t, &b[B_XQ].t, xs, w->experts_up, &offs->t, &tmp[T_DXP2].t,
                      g->experts_up));
       } else {
         STEP(dsc_grouped_linear_backward(ctx, &tmp[T_DHG].t, &X->t, w->experts_gate, &offs->t, &dxp->t,
@@ -1029,7 +1085,7 @@ dsc_status dsc_moe_layer_backward_ex(dsc_context *ctx, const dsc_moe_route_param
     if (Fs > 0 && T > 0) {
       STEP(buf_alloc(ctx, &tmp[T_DSA], DSC_DTYPE_FLOAT32, T, Fs));
       if (w->fp8)
-        STEP(fp8_bwd(ctx, &f8, 1, T, D, Fs, &dy2, &b[B_SA].t, w->shared_down, NULL, &tmp[T_DSA].t,
+        STEP(fp8_bwd(ctx, &f8, 1, T, D, Fs, &dy2, &b[B_SA].t, NULL, w->shared_down, NULL, &tmp[T_DSA].t,
                      g->shared_down));
       else
         STEP(dsc_linear_backward(ctx, &dy2, &b[B_SA].t, w->shared_down, &tmp[T_DSA].t, g->shared_down));
@@ -1047,7 +1103,7 @@ dsc_status dsc_moe_layer_backward_ex(dsc_context *ctx, const dsc_moe_route_param
         }
         STEP(buf_alloc(ctx, &tmp[sx[i]], DSC_DTYPE_FLOAT32, T, D));
         if (w->fp8)
-          STEP(fp8_bwd(ctx, &f8, 1, T, Fs, D, sdy[i], &x2, sw[i], NULL, &tmp[sx[i]].t, sg[i]));
+          STEP(fp8_bwd(ctx, &f8, 1, T, Fs, D, sdy[i], &x2, NULL, sw[i], NULL, &tmp[sx[i]].t, sg[i]));
         else
           STEP(dsc_linear_backward(ctx, sdy[i], &x2, sw[i], &tmp[sx[i]].t, sg[i]));
       }

@@ -19,6 +19,15 @@
  *             END     finish, permute's backward, router and shared input gradients
  * A phase-split call needs a saved handle (the intermediate state lives there).
  *
+ * Precision on the wire (w->fp8 as DeepSeek-V3 trains): the forward dispatch sends each
+ * row as E4M3 with its 1x128 scales, quantized on the sender exactly as the expert GEMM
+ * quantizes its input (the tiles lie along D, within a row: the same bytes wherever it is
+ * done), and the experts' gate/up GEMMs and their weight gradients use those FP8 rows --
+ * as the layer without an exchange does, so the two agree. The combine and both backward
+ * exchanges carry float32 (V3 keeps its combines in BF16; here activations and gradients
+ * are float32, and the output gradients also feed the down projection's weight gradient,
+ * which tiles them along the tokens from their float32 values).
+ *
  * Legend: T tokens, D hidden, E routed experts (router rows), El experts this rank
  * computes (the weight stacks' first dim), R rows routed from here, Rin rows computed here.
  */
@@ -33,6 +42,15 @@ extern "C" {
 
 enum { DSC_MOE_PHASE_BEGIN = 1, DSC_MOE_PHASE_MIDDLE = 2, DSC_MOE_PHASE_END = 4, DSC_MOE_PHASE_ALL = 7 };
 
+enum { DSC_MOE_MAX_PLANES = 2 };
+
+/* One array of rows of a dispatch. */
+typedef struct dsc_moe_plane {
+  const void *rows; /* [R, row_bytes] */
+  size_t row_bytes;
+  void *out; /* [Rin, row_bytes] */
+} dsc_moe_plane;
+
 typedef struct dsc_moe_exchange {
   void *user;
   int32_t n_local; /* El: experts computed here (the weight stacks' first dimension) */
@@ -41,10 +59,13 @@ typedef struct dsc_moe_exchange {
    * local_counts [El] host: the rows each local expert gets. Collective over the group. */
   dsc_status (*plan)(void *user, dsc_context *ctx, int32_t mb, const int64_t *counts, int64_t *rows_in,
                      int64_t *local_counts);
-  /* rows [R, row_bytes] (grouped by expert) -> out [Rin, row_bytes] (grouped by local
-   * expert); started, then finished (the finish waits). */
-  dsc_status (*dispatch_start)(void *user, dsc_context *ctx, int32_t mb, const void *rows, size_t row_bytes,
-                               void *out);
+  /* n (1..DSC_MOE_MAX_PLANES) arrays of rows that travel together, row i of every plane
+   * with row i of the others (one message per peer: a row costs the sum of the planes'
+   * row_bytes): planes[j].rows [R, row_bytes_j] (grouped by expert) -> planes[j].out
+   * [Rin, row_bytes_j] (grouped by local expert); started, then finished (the finish
+   * waits). FP8 rows travel as two planes: E4M3 values [R, D] and their 1x128 scales
+   * [R, ceil(D/128)] float32. */
+  dsc_status (*dispatch_start)(void *user, dsc_context *ctx, int32_t mb, int32_t n, const dsc_moe_plane *planes);
   dsc_status (*dispatch_finish)(void *user, dsc_context *ctx, int32_t mb);
   /* rows [Rin, row_bytes] (grouped by local expert) -> out [R, row_bytes] (as dispatched) */
   dsc_status (*combine_start)(void *user, dsc_context *ctx, int32_t mb, const void *rows, size_t row_bytes,
