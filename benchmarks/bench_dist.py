@@ -475,8 +475,15 @@ def main() -> None:
 
 
 def _commit() -> str:
+    """The commit, with "+changes" when the working tree differs from it."""
     from _bench import git_commit
-    return git_commit()
+    c = git_commit()
+    try:
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except Exception:  # noqa: BLE001
+        dirty = ""
+    return c + "+changes" if dirty and c != "unknown" else c
 
 
 if __name__ == "__main__":
