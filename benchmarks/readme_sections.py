@@ -4,9 +4,11 @@ numbers the README quotes are the ones the benchmarks recorded:
 - ``<!-- demo:begin -->`` .. ``<!-- demo:end -->``: the demo's outcome over seeds, thread
   counts and BLAS kernels (the newest results/demo_cpu_<date>.json, from bench_demo.py);
 - ``<!-- busy:begin -->`` .. ``<!-- busy:end -->``: default threads vs one thread with busy
-  competitors (the newest results/busy_cpu_<date>.json, from bench_busy.py).
+  competitors (the newest results/busy_cpu_<date>.json, from bench_busy.py);
+- ``<!-- dist:begin -->`` .. ``<!-- dist:end -->``: expert- and data-parallel training on 1-4
+  MPI processes (the newest results/dist_cpu_<date>.json, from bench_dist.py).
 
-    python benchmarks/readme_sections.py            # print both sections
+    python benchmarks/readme_sections.py            # print the sections
     python benchmarks/readme_sections.py --write    # rewrite README.md between the markers
     python benchmarks/readme_sections.py --check    # exit 1 where README.md differs
 
@@ -85,7 +87,36 @@ def render_busy(res: dict, name: str) -> str:
     return "\n".join(out)
 
 
-SECTIONS = {"demo": ("demo_cpu", render_demo), "busy": ("busy_cpu", render_busy)}
+def render_dist(res: dict, name: str) -> str:
+    out = ["| ranks | parallel | MoE micro-batches / gradient sum | tokens/s | efficiency | wait share | "
+           "MB sent per step (rank 0) | bytes = analytic |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in res["runs"]:
+        if r["mode"] == "ep":
+            how = f"EP {r['expert_parallel']}", f"{r['ep_micro_batches']} micro-batch{'es' if r['ep_micro_batches'] > 1 else ''}"
+        elif r["mode"] == "dp":
+            how = f"DP {r['data_parallel']}", "overlapping the backward" if r["overlap"] else "after the backward"
+        else:
+            how = "one process", "-"
+        c = r["comm"]
+        out.append(f"| {r['world']} | {how[0]} | {how[1]} | {r['tokens_per_s']:,.0f} | {r['efficiency']:.2f} | "
+                   f"{c['wait_share_mean']:.2f} | {c['bytes_sent_per_step_rank0'] / 1e6:,.1f} | "
+                   f"{'yes' if r['bytes_check']['exact'] else 'NO'} |")
+    cfg = res["config"]
+    l0, l1 = res.get("load_at_start", {}).get("load1"), res.get("load_at_end", {}).get("load1")
+    out.append("")
+    out.append(f"The {cfg['name']} config ({cfg['num_hidden_layers']} layers + {cfg['mtp_depths']} MTP, hidden "
+               f"{cfg['hidden_size']}, {cfg['n_routed_experts']} experts, top-{cfg['num_experts_per_tok']}), "
+               f"{res['batch_per_rank']} x {res['seq']} tokens per rank per step (weak scaling), "
+               f"{res['timed_steps']} timed steps after {res['warmup_steps']} warm-up, one thread per rank, "
+               f"`mpirun --oversubscribe` on {res['cpu_count']} cores shared with other work (load {l0} at the start, "
+               f"{l1} at the end). Efficiency = tokens/s / (ranks x one process's); with more ranks than cores "
+               f"it measures the parallel step's overhead, not a speedup. Wait share: the time a rank's computation "
+               f"was blocked on communication. `{name}`, commit {res['commit']}, {res['date']}.")
+    return "\n".join(out)
+
+
+SECTIONS = {"demo": ("demo_cpu", render_demo), "busy": ("busy_cpu", render_busy), "dist": ("dist_cpu", render_dist)}
 
 
 def render(key: str) -> str:

@@ -33,7 +33,7 @@ def test_the_two_commands_are_run_by_ci():
     assert any("cc -std=c11 examples/c/example.c" in c for c in code), "the C build lines"
 
 
-@pytest.mark.parametrize("key", ["demo", "busy"])
+@pytest.mark.parametrize("key", ["demo", "busy", "dist"])
 def test_measured_sections_equal_the_committed_results(key):
     rs = _load("benchmarks/readme_sections.py", "readme_sections")
     assert rs.section(_readme(), key) == rs.render(key), \
