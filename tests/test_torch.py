@@ -1004,3 +1004,46 @@ def test_cuda_model_training_matches_cpu(rng, tiny_cfg):
     cm = torch.compile(mg, fullgraph=True)
     tok = torch.from_numpy(rng.integers(0, 96, (2, 8))).to(dev)
     cm(tok, labels=tok).loss.backward()
+
+
+_FROM_TORCH = """
+import sys, torch, torch.distributed as tdist, deepseek_c as dsc
+backend, init = sys.argv[1], sys.argv[2]
+try:
+    dsc.Comm.from_torch()
+except ValueError as e:
+    print("BEFORE-INIT:", e)
+tdist.init_process_group(backend, init_method=init, rank=0, world_size=1)
+try:
+    c = dsc.Comm.from_torch()
+    x = torch.arange(1, 9, dtype=torch.float32, device="cuda" if backend == "nccl" else "cpu")
+    y = c.all_reduce(x)
+    print("COMM:", c.size, c.rank, bool(torch.equal(y.cpu(), x.cpu())))
+except ValueError as e:
+    print("REFUSED:", e)
+tdist.destroy_process_group()
+"""
+
+
+def _from_torch(backend, tmp_path):
+    r = subprocess.run([sys.executable, "-c", _FROM_TORCH, backend, f"file://{tmp_path / 'store'}"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
+
+
+def test_comm_from_torch_explains_what_it_needs(tmp_path):
+    """Before init_process_group, and for a CPU (gloo) group outside mpirun: a ValueError naming
+    what is expected, never a communicator that cannot work."""
+    out = _from_torch("gloo", tmp_path)
+    assert "BEFORE-INIT: Comm.from_torch: torch.distributed is not initialized" in out, out
+    assert "REFUSED: Comm.from_torch: group: expected an NCCL process group, got backend 'gloo'" in out, out
+
+
+@pytest.mark.cuda
+def test_comm_from_torch_nccl_world_of_one(tmp_path):
+    """PyTorch's NCCL group lends its communicator (or a unique id travels over it): a world
+    of one whose all-reduce returns its input."""
+    _cuda()
+    out = _from_torch("nccl", tmp_path)
+    assert "COMM: 1 0 True" in out, out
