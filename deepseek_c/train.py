@@ -28,13 +28,18 @@ __all__ = ["demo_config", "fit", "evaluate", "save_plots", "save_history", "load
 def demo_config(vocab_size: int, **overrides: Any) -> ModelConfig:
     """The demo model: 2 layers (1 dense + 1 MoE) + 1 MTP depth, MLA with query compression,
     16 routed experts in 4 groups (top-2 groups, top-4 experts, sigmoid + noaux_tc) plus one
-    shared expert, YaRN RoPE."""
+    shared expert, YaRN RoPE. Its rotary base is 100, not DeepSeek-V3's 10000: each head has
+    16 rotary dimensions (8 frequencies) and an answer digit looks back at most ~10 positions.
+    After YaRN's interpolation the wavelengths are 13, 65, 251, 795, ... positions with base
+    10000 -- one frequency that turns across 10 positions -- against 13, 31, 65, 131, ... with
+    base 100. With base 10000 the model told its operand digits apart by position slowly and
+    some seeds sat for the whole run on a loss plateau with one answer digit at chance."""
     keys = dict(
         vocab_size=vocab_size, hidden_size=128, intermediate_size=384, moe_intermediate_size=96,
         num_hidden_layers=2, num_nextn_predict_layers=1, num_attention_heads=4, num_key_value_heads=4,
         q_lora_rank=96, kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32,
         n_routed_experts=16, n_shared_experts=1, num_experts_per_tok=4, n_group=4, topk_group=2,
-        first_k_dense_replace=1, max_position_embeddings=256, initializer_range=0.02,
+        first_k_dense_replace=1, max_position_embeddings=256, initializer_range=0.02, rope_theta=100.0,
         bos_token_id=1, eos_token_id=2,
         rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
                       "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0},
