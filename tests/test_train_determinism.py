@@ -1,8 +1,8 @@
 """The CPU training step is bitwise deterministic whatever the thread count and the OpenMP
 schedule, and independent of the CPU kernels chosen at run time: the demo's model on the
 demo's data (large enough that attention, SwiGLU, cross-entropy, the experts and AdamW run
-parallel regions, and that some GEMMs are split into blocks) trains three steps in subprocesses with 1, 2 and 3 threads (3 on a
-2-core machine: oversubscribed, another schedule), twice with 2, and with
+parallel regions, and that some GEMMs are split into blocks) trains three steps in subprocesses with 1, 2, 3 and 4 threads (3 and 4 on a
+2-core machine: oversubscribed, other schedules), twice with 2, and with
 DSC_CPU_ISA=generic (the portable vector-math, softmax, AdamW and small-GEMM code instead of
 the AVX2 one): the losses and every parameter and AdamW moment agree bit for bit (float32
 and bfloat16 moments). This is what makes a run reproducible on any machine with the same
@@ -55,4 +55,5 @@ def test_thread_counts_runs_and_isa_give_the_same_bits(moments):
     assert _run({"OMP_NUM_THREADS": "2", "DSC_CPU_ISA": "generic"}, moments) == two
     assert _run({"OMP_NUM_THREADS": "1"}, moments) == two
     assert _run({"OMP_NUM_THREADS": "3"}, moments) == two
+    assert _run({"OMP_NUM_THREADS": "4"}, moments) == two
     assert _run({"OMP_NUM_THREADS": "1", "DSC_CPU_ISA": "generic"}, moments) == two
