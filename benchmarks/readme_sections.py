@@ -109,8 +109,8 @@ def render_dist(res: dict, name: str) -> str:
                f"{cfg['hidden_size']}, {cfg['n_routed_experts']} experts, top-{cfg['num_experts_per_tok']}), "
                f"{res['batch_per_rank']} x {res['seq']} tokens per rank per step (weak scaling), "
                f"{res['timed_steps']} timed steps after {res['warmup_steps']} warm-up, one thread per rank, "
-               f"`mpirun --oversubscribe` on {res['cpu_count']} cores shared with other work (load {l0} at the start, "
-               f"{l1} at the end). Efficiency = tokens/s / (ranks x one process's); with more ranks than cores "
+               f"`mpirun --oversubscribe` on {res['cpu_count']} cores (load {l0} at the start, {l1} at the end; "
+               f"{res.get('note', 'the ranks are the load')}). Efficiency = tokens/s / (ranks x one process's); with more ranks than cores "
                f"it measures the parallel step's overhead, not a speedup. Wait share: the time a rank's computation "
                f"was blocked on communication. `{name}`, commit {res['commit']}, {res['date']}.")
     return "\n".join(out)
