@@ -9,31 +9,16 @@ Skipped with the reason when mpirun, mpi4py or the build's MPI backend is missin
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-import deepseek_c as dsc
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_dist import NO_MPI  # noqa: E402 -- mpirun, mpi4py and the build's MPI backend, or why not
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "bench_dist.py")
-
-
-def _skip_reason():
-    if shutil.which("mpirun") is None:
-        return "mpirun not found (apt-get install openmpi-bin libopenmpi-dev)"
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        return "mpi4py not installed (pip install mpi4py)"
-    if not dsc.info().get("mpi"):
-        return "this build of deepseek_c has no MPI backend (no mpi.h when it was built)"
-    return None
-
-
-NO_MPI = _skip_reason()
 
 
 @pytest.fixture(scope="module")
