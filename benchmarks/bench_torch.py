@@ -5,7 +5,7 @@ forward + backward time per training step.
     python benchmarks/bench_torch.py --quick          # a few seconds: does it run
     python benchmarks/bench_torch.py --save           # also write the JSON into benchmarks/results/
     python benchmarks/bench_torch.py --threads 2 --rounds 5
-    python benchmarks/bench_torch.py --device cuda    # GPU (benchmarks/gpu_suite.sh runs it)
+    python benchmarks/bench_torch.py --device cuda    # GPU
 
 The model: token embedding, N blocks of [RMSNorm -> attention -> residual, RMSNorm -> MoE ->
 residual], RMSNorm, linear head, mean cross-entropy -- a small DeepSeek-V3 (MLA with query

@@ -10,8 +10,9 @@ Writes benchmarks/results/train_<device>_<date>.json (machine, commit, numbers).
 FLOPs per token = 6 * active parameters (the routed experts a token does not visit are
 not counted; embedding lookups neither) + the attention score/value products
 (12 * layers * heads * (dqk + dv) / 2 * seq, causal). MFU is against the dense FP32 peak
-given by --peak-tflops (H100 SXM: 67 TFLOP/s FP32; the tensor-core BF16/FP8 peaks are
-989 / 1979 TFLOP/s, which the current FP32-compute kernels do not target).
+given by --peak-tflops (H100 SXM: 67 TFLOP/s FP32) for float32 models, and against the dense
+BF16 tensor-core peak (--peak-bf16-tflops, 989 TFLOP/s) for bfloat16 models (--dtypes
+float32,bfloat16), their FP8 rows included.
 
 Side by side with PyTorch eager (CPU):
 
@@ -92,8 +93,8 @@ def flops_per_token(m: dsc.Model, seq: int) -> float:
 
 
 def bench(cfg, device: str, fp8: bool, batch: int, seq: int, steps: int, warmup: int = 2,
-          moments: str = "float32") -> dict:
-    m = dsc.Model(cfg, device=device, seed=0, fp8=fp8, moments=moments)
+          moments: str = "float32", dtype: str = "float32") -> dict:
+    m = dsc.Model(cfg, device=device, seed=0, fp8=fp8, moments=moments, dtype=dtype)
     rng = np.random.default_rng(0)
     tok = rng.integers(0, cfg.vocab_size, (batch, seq)).astype(np.int32)
     y = np.roll(tok, -1, 1)
@@ -107,7 +108,7 @@ def bench(cfg, device: str, fp8: bool, batch: int, seq: int, steps: int, warmup:
     dt = time.perf_counter() - t0
     tps = batch * seq * steps / dt
     row = dict(params_M=round(m.num_parameters() / 1e6, 2), active_params_M=round(active_params(m) / 1e6, 2),
-               fp8=fp8, moments=moments,
+               dtype=dtype, fp8=fp8, moments=moments,
                optimizer_MB=round(2 * m.num_parameters() * (2 if moments == "bfloat16" else 4) / 2**20, 1),
                batch=batch, seq=seq, steps=steps, tokens_per_s=round(tps, 1),
                step_ms=round(1e3 * dt / steps, 1), final_loss=round(float(s["loss"]), 4),
@@ -369,6 +370,11 @@ def main() -> None:
     ap.add_argument("--full", action="store_true", help="also the ~100M-parameter config")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--peak-tflops", type=float, default=67.0, help="FP32 peak of the GPU, for MFU")
+    ap.add_argument("--peak-bf16-tflops", type=float, default=989.0,
+                    help="dense BF16 tensor-core peak of the GPU (H100/H200 SXM: 989), the MFU of bfloat16 rows")
+    ap.add_argument("--dtypes", default="float32",
+                    help="model compute dtypes (comma list of float32, bfloat16); each gets FP32, BF16-moment "
+                         "and FP8 rows")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/train_<device>_<date>.json)")
     ap.add_argument("--vs-torch", action="store_true", help="side by side with PyTorch eager (CPU)")
     ap.add_argument("--configs", default="v3small,demo,100M", help="--vs-torch configs (v3small, demo, 100M)")
@@ -408,10 +414,15 @@ def main() -> None:
         big_steps = a.steps if dev == "cuda" else max(2, a.steps // 5)
         cases.append(("100M", config_100m(16000), 8 if dev == "cuda" else 4, 256, big_steps))
     for name, cfg, batch, seq, steps in cases:
-        for fp8, moments in ((False, "float32"), (False, "bfloat16"), (True, "float32")):
-            row = dict(config=name, **bench(cfg, a.device, fp8, batch, seq, steps, moments=moments))
-            if dev == "cuda":
-                row["mfu_fp32_peak"] = round(row["tflops"] / a.peak_tflops, 4)
+        for dtype in a.dtypes.split(","):
+            for fp8, moments in ((False, "float32"), (False, "bfloat16"), (True, "float32")):
+                row = dict(config=name, **bench(cfg, a.device, fp8, batch, seq, steps, moments=moments, dtype=dtype))
+                if dev == "cuda":
+                    # MFU against the peak of the units the rows aim at: FP32 SIMT for float32
+                    # models, BF16 tensor cores for bfloat16 ones (FP8 rows too: the stricter peak)
+                    peak = a.peak_tflops if dtype == "float32" else a.peak_bf16_tflops
+                    row["mfu"] = round(row["tflops"] / peak, 4)
+                    row["mfu_peak_tflops"] = peak
             res["rows"].append(row)
             print(row, flush=True)
     path = a.out or os.path.join(HERE, "results", f"train_{dev}_{res['date']}.json")
