@@ -174,14 +174,6 @@ dsc_status dsc_lt_handle(dsc_context *ctx, const char *fn, cublasLtHandle_t *h) 
   return DSC_OK;
 }
 
-void dsc_lt_cache_stats(const dsc_context *ctx, uint64_t *hits, uint64_t *misses,
-                        uint64_t *evictions) {
-  const DscLtCache *c = (const DscLtCache *)dsc_cuda_st(ctx)->lt_cache;
-  *hits = c ? c->hits : 0;
-  *misses = c ? c->misses : 0;
-  *evictions = c ? c->evictions : 0;
-}
-
 dsc_status dsc_lt_matmul(dsc_context *ctx, const char *fn, const DscLtProblem &pr,
                          const float *alpha, const void *A, const void *B, const float *beta,
                          void *C, const void *scale_a, const void *scale_b, void *ws,
@@ -208,6 +200,13 @@ dsc_status dsc_lt_matmul(dsc_context *ctx, const char *fn, const DscLtProblem &p
       return s;
     }
     plan_destroy(dsc_lt_cache_insert(cache, &key, pl));
+    dsc_log(ctx, DSC_LOG_DEBUG,
+            "%s: cuBLASLt plan for m=%lld n=%lld k=%lld batch %lld%s (plan cache: %llu hits, "
+            "%llu misses, %llu evictions)",
+            fn, (long long)pr.m, (long long)pr.n, (long long)pr.k, (long long)pr.batch,
+            pl->has_algo ? "" : ": no algorithm, the caller falls back",
+            (unsigned long long)cache->hits, (unsigned long long)cache->misses,
+            (unsigned long long)cache->evictions);
   }
   if (!pl->has_algo) return DSC_OK;
 #if CUDART_VERSION >= 12090

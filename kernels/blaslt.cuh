@@ -40,8 +40,4 @@ dsc_status dsc_lt_matmul(dsc_context *ctx, const char *fn, const DscLtProblem &p
                          void *C, const void *scale_a, const void *scale_b, void *ws,
                          bool *done);
 
-/* The plan cache's counters (hits, misses, evictions) for debug logs. */
-void dsc_lt_cache_stats(const dsc_context *ctx, uint64_t *hits, uint64_t *misses,
-                        uint64_t *evictions);
-
 #endif /* DSC_KERNELS_BLASLT_CUH_ */
