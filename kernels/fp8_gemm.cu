@@ -252,7 +252,11 @@ static dsc_status launch_own(dsc_context *ctx, const char *fn, const GemmArgs &p
   const char *why = NULL;
   DSC_TRY(dsc_fp8_mma_ok(ctx, fn, m, p.ae5 ? DSC_DTYPE_FLOAT8_E5M2 : DSC_DTYPE_FLOAT8_E4M3FN,
                          p.be5 ? DSC_DTYPE_FLOAT8_E5M2 : DSC_DTYPE_FLOAT8_E4M3FN, ct, &ok, &why));
-  if (ok) return dsc_fp8_mma_launch(ctx, fn, m, ct);
+  if (ok) {
+    dsc_log(ctx, DSC_LOG_DEBUG, "%s: tensor-core FP8 kernel (mma.sync e4m3) for M=%lld N=%lld K=%lld",
+            fn, (long long)p.M, (long long)p.N, (long long)p.K);
+    return dsc_fp8_mma_launch(ctx, fn, m, ct);
+  }
   dsc_log(ctx, DSC_LOG_DEBUG,
           "%s: SIMT FP8 kernel for M=%lld N=%lld K=%lld (tensor-core kernel not used: %s)", fn,
           (long long)p.M, (long long)p.N, (long long)p.K, why);
@@ -407,7 +411,11 @@ extern "C" dsc_status dsc_cuda_fp8_gemm(dsc_context *ctx, int64_t M, int64_t N, 
     bool done = false;
     DSC_TRY(lt_fp8_gemm(ctx, FN, M, N, K, at, a, a_scale, a_br, bt, b, b_scale, b_br, ct, c,
                         work, &done));
-    if (done) return DSC_OK;
+    if (done) {
+      dsc_log(ctx, DSC_LOG_DEBUG, "%s: cuBLASLt block-scaled FP8 for M=%lld N=%lld K=%lld", FN,
+              (long long)M, (long long)N, (long long)K);
+      return DSC_OK;
+    }
     why = "cuBLASLt has no block-scaled FP8 algorithm for it";
   }
   dsc_log(ctx, DSC_LOG_DEBUG, "%s: M=%lld N=%lld K=%lld not on cuBLASLt: %s", FN, (long long)M,

@@ -23,6 +23,9 @@
 #include "fp8_format.h"
 #include "fp8_mma_tile.cuh"
 
+static_assert(MT_BM == MT_BN, "load_stage copies A and B tiles of the same number of rows");
+static_assert(MT_THREADS == MT_WARPS * 32 && MT_WARPS == 4, "2 x 2 warps of 32 x 32");
+
 namespace {
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
@@ -42,12 +45,13 @@ __device__ __forceinline__ void st_out(__nv_bfloat16 *p, int64_t i, float v) {
 
 __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int bytes) {
   const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes)
+               : "memory");
 }
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 /* d += a (16x32) * b (32x8), e4m3 inputs, f32 accumulate. */
