@@ -36,10 +36,14 @@ struct dsc_cuda_state {
   int device;        /* CUDA ordinal the context runs on */
   int sm_count;      /* multiprocessors of that device */
   void *lt;          /* cublasLtHandle_t, created on the first GEMM (NULL before) */
+  void *lt_cache;    /* DscLtCache * of blaslt.cu: cuBLASLt plans per problem (NULL before) */
   void *scratch;     /* [DSC_CUDA_SCRATCH_BYTES] device memory; every user syncs before
                         returning, so it never carries data across ops */
   void *pinned;      /* [DSC_CUDA_PINNED_BYTES] page-locked host memory */
 };
+
+/* Frees the cuBLASLt plan cache and handle of st (blaslt.cu); context release calls it. */
+void dsc_lt_release(dsc_cuda_state *st);
 
 static inline dsc_cuda_state *dsc_cuda_st(const dsc_context *ctx) {
   return (dsc_cuda_state *)ctx->cuda;

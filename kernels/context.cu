@@ -62,7 +62,7 @@ extern "C" void dsc_cuda_context_release(dsc_context *ctx) {
   (void)cudaSetDevice(st->device);
   /* No stream sync here (the caller's stream may already be gone): cudaFree and
    * cudaFreeHost wait for pending work on the device themselves. */
-  if (st->lt) (void)cublasLtDestroy((cublasLtHandle_t)st->lt);
+  dsc_lt_release(st); /* cuBLASLt plans and handle (blaslt.cu) */
   if (st->scratch) (void)cudaFree(st->scratch);
   if (st->pinned) (void)cudaFreeHost(st->pinned);
   (void)cudaGetLastError();

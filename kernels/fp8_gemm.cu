@@ -12,15 +12,21 @@
  * i.e. C = A B^T ("TN"), each 128-wide K block summed in FP32, then scaled and added to
  * an FP32 accumulator (DeepSeek's promotion every 128 products).
  *
- * Paths:
- *  - cuBLASLt block-scaled FP8 (plain fp8_gemm only) on compute capability 9.x, when
- *    the problem fits its rules: K a positive multiple of 128, M % 4 == 0, N % 16 == 0,
- *    16-byte aligned a, b, c, not two E5M2 operands, scales 1x128 (VEC128_32F) or
- *    128x128 (BLK128x128_32F) but not both 128x128, and a `work` buffer (the size
- *    fp8_gemm_work reported). The scales are rewritten into `work` in cuBLASLt's layout
- *    first (VEC128: [Kb, rows], rows contiguous; BLK128x128: [ceil(rows/128), Kb4] with
- *    Kb4 = Kb rounded up to 4). If cuBLASLt has no algorithm, the own kernel runs.
- *  - Otherwise the project's kernel (any M, N, K, arch): 64x64 output tiles, 256 threads
+ * Paths (the reason for the one taken goes to the context's debug log):
+ *  - cuBLASLt block-scaled FP8 (plain fp8_gemm only) when built with CUDA >= 12.9, run
+ *    on compute capability 9.x with cuBLASLt >= 12.9, and the problem fits its rules
+ *    (blaslt_host.h, dsc_lt_fp8_block_rule): K a positive multiple of 128, M % 4 == 0,
+ *    N % 16 == 0, 16-byte aligned a, b, c, not two E5M2 operands, scales 1x128
+ *    (VEC128_32F) or 128x128 (BLK128x128_32F) but not both 128x128, and a `work` buffer
+ *    (the size fp8_gemm_work reported). The scales are rewritten into `work` in
+ *    cuBLASLt's layout first (VEC128: [Kb, rows], rows contiguous; BLK128x128:
+ *    [ceil(rows/128), Kb4] with Kb4 = Kb rounded up to 4). The descriptors and algorithm
+ *    are cached per problem in the context (blaslt.cu). If cuBLASLt has no algorithm,
+ *    the own kernels run.
+ *  - The tensor-core kernel (fp8_grouped_mma.cu: mma.sync m16n8k32 E4M3, sm_89+) for
+ *    plain, grouped and masked GEMMs with E4M3 operands, K % 16 == 0, 16-byte aligned a
+ *    and b.
+ *  - Otherwise the SIMT kernel (any M, N, K, arch): 64x64 output tiles, 256 threads
  *    with 4x4 outputs each, fp8 decoded through a 256-entry table (exact, NaN codes give
  *    NaN) into float32 shared-memory tiles, FP32 FMA partials per 128-wide K block, then
  *    acc += partial * sa * sb. Grouped: one launch; each 64-row tile finds the groups
@@ -29,25 +35,24 @@
  *    are written as 0.
  * Deterministic (fixed summation order, no atomics); 64-bit index math; grid-stride.
  */
-#include <cublasLt.h>
+#include <string.h>
 
+#include "blaslt.cuh"
 #include "common.cuh"
 #include "fp8_format.h"
+#include "fp8_mma_tile.cuh"
+
+/* fp8_grouped_mma.cu: the tensor-core kernel and its rules */
+dsc_status dsc_fp8_mma_ok(dsc_context *ctx, const char *fn, const Fp8MmaArgs &p, dsc_dtype at,
+                          dsc_dtype bt, dsc_dtype ct, bool *ok, const char **why);
+dsc_status dsc_fp8_mma_launch(dsc_context *ctx, const char *fn, const Fp8MmaArgs &p,
+                              dsc_dtype ct);
 
 #define G_BM 64   /* output tile rows (M) */
 #define G_BN 64   /* output tile columns (N) */
 #define G_BK 32   /* K slice staged in shared memory per step */
 #define G_KB 128  /* scale block along K */
 #define LT_WS_BYTES ((size_t)32 << 20)
-
-/* Return DSC_ERR_CUDA naming the cuBLASLt status of a failing call. */
-#define FP8_LT_TRY(call, fn)                                                              \
-  do {                                                                                    \
-    cublasStatus_t fp8_lt_s_ = (call);                                                    \
-    if (fp8_lt_s_ != CUBLAS_STATUS_SUCCESS)                                               \
-      return dsc_error(DSC_ERR_CUDA, (fn), "%s: %s (cublasStatus_t %d)", #call,           \
-                       cublasLtGetStatusName(fp8_lt_s_), (int)fp8_lt_s_);                 \
-  } while (0)
 
 /* Output stores; bfloat16 rounds with numeric.h's dsc_f32_to_bf16 (the CPU's rounding). */
 __device__ __forceinline__ void st_c(float *p, int64_t i, float v) { p[i] = v; }
@@ -211,7 +216,7 @@ __global__ void __launch_bounds__(256) fp8_gemm_kernel(GemmArgs p) {
   }
 }
 
-static dsc_status launch_own(dsc_context *ctx, const char *fn, const GemmArgs &p, dsc_dtype ct) {
+static dsc_status launch_simt(dsc_context *ctx, const char *fn, const GemmArgs &p, dsc_dtype ct) {
   const int64_t batch = p.mode == MODE_MASKED ? p.G : 1;
   const int64_t total = batch * cdiv(p.M, G_BM) * cdiv(p.N, G_BN);
   if (total <= 0) return DSC_OK;
@@ -224,6 +229,40 @@ static dsc_status launch_own(dsc_context *ctx, const char *fn, const GemmArgs &p
   return DSC_OK;
 }
 
+/* The project's kernels: the tensor-core one (fp8_grouped_mma.cu) when its rules hold on
+ * this device, else the SIMT one; the reason for the SIMT path goes to the debug log. */
+static dsc_status launch_own(dsc_context *ctx, const char *fn, const GemmArgs &p, dsc_dtype ct) {
+  Fp8MmaArgs m;
+  m.M = p.M;
+  m.N = p.N;
+  m.K = p.K;
+  m.Kb = p.Kb;
+  m.a = p.a;
+  m.a_scale = p.a_scale;
+  m.a_br = p.a_br;
+  m.b = p.b;
+  m.b_scale = p.b_scale;
+  m.b_br = p.b_br;
+  m.c = p.c;
+  m.mode = p.mode == MODE_PLAIN ? MT_MODE_PLAIN
+                                : (p.mode == MODE_GROUPED ? MT_MODE_GROUPED : MT_MODE_MASKED);
+  m.G = p.G;
+  m.gidx = p.gidx;
+  bool ok = false;
+  const char *why = NULL;
+  DSC_TRY(dsc_fp8_mma_ok(ctx, fn, m, p.ae5 ? DSC_DTYPE_FLOAT8_E5M2 : DSC_DTYPE_FLOAT8_E4M3FN,
+                         p.be5 ? DSC_DTYPE_FLOAT8_E5M2 : DSC_DTYPE_FLOAT8_E4M3FN, ct, &ok, &why));
+  if (ok) {
+    dsc_log(ctx, DSC_LOG_DEBUG, "%s: tensor-core FP8 kernel (mma.sync e4m3) for M=%lld N=%lld K=%lld",
+            fn, (long long)p.M, (long long)p.N, (long long)p.K);
+    return dsc_fp8_mma_launch(ctx, fn, m, ct);
+  }
+  dsc_log(ctx, DSC_LOG_DEBUG,
+          "%s: SIMT FP8 kernel for M=%lld N=%lld K=%lld (tensor-core kernel not used: %s)", fn,
+          (long long)p.M, (long long)p.N, (long long)p.K, why);
+  return launch_simt(ctx, fn, p, ct);
+}
+
 /* ---- cuBLASLt path ------------------------------------------------------------------------- */
 
 /* Compute capability major of the context's device (asked per call: no global state). */
@@ -234,10 +273,12 @@ static dsc_status device_major(dsc_context *ctx, const char *fn, int *major) {
   return DSC_OK;
 }
 
-/* The shape rules of the cuBLASLt path (shared by fp8_gemm_work and fp8_gemm). */
-static bool lt_shape_ok(int major, int64_t M, int64_t N, int64_t K) {
-  return major == 9 && K > 0 && K % G_KB == 0 && M > 0 && M % 4 == 0 && N > 0 && N % 16 == 0 &&
-         M <= INT32_MAX && N <= INT32_MAX && K <= INT32_MAX;
+/* Why cuBLASLt's block-scaled FP8 GEMM cannot run (NULL: it may), blaslt_host.h's rules
+ * with this build's CUDA version, the loaded cuBLASLt and the device. */
+static const char *lt_rule(int major, int64_t M, int64_t N, int64_t K, int64_t a_br, int64_t b_br,
+                           int ae5, int be5, int aligned16, int have_work) {
+  return dsc_lt_fp8_block_rule(CUDART_VERSION, (int64_t)cublasLtGetVersion(), major, M, N, K, a_br,
+                               b_br, ae5, be5, aligned16, have_work);
 }
 
 /* Floats of the rewritten scales of an operand with R rows (either tiling). */
@@ -273,27 +314,15 @@ __global__ void lt_scale_kernel(int64_t R, int64_t Kb, int64_t br, const float *
   }
 }
 
-struct LtDescs {
-  cublasLtMatmulDesc_t op = nullptr;
-  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
-  cublasLtMatmulPreference_t pref = nullptr;
-  ~LtDescs() {
-    if (pref) cublasLtMatmulPreferenceDestroy(pref);
-    if (c) cublasLtMatrixLayoutDestroy(c);
-    if (b) cublasLtMatrixLayoutDestroy(b);
-    if (a) cublasLtMatrixLayoutDestroy(a);
-    if (op) cublasLtMatmulDescDestroy(op);
-  }
-};
-
-/* Runs the plain GEMM through cuBLASLt; *done = false (DSC_OK) when it has no algorithm.
- * Row-major C [M,N] = column-major C^T [N,M] = B_lt^T-op ... : cuBLASLt's A is our b
- * (column-major [K,N], ld K, op T), its B our a (column-major [K,M], ld K, op N), D our
- * c (column-major [N,M], ld N): the TN layout FP8 requires. */
+/* Runs the plain GEMM through cuBLASLt (blaslt.cu, plan cached per problem); *done = false
+ * (DSC_OK) when it has no algorithm. Row-major C [M,N] is column-major C^T [N,M]:
+ * cuBLASLt's A is our b (column-major [K,N], ld K, op T), its B our a (column-major
+ * [K,M], ld K, op N), D our c (column-major [N,M], ld N): the TN layout FP8 requires. */
 static dsc_status lt_fp8_gemm(dsc_context *ctx, const char *fn, int64_t M, int64_t N, int64_t K,
                               dsc_dtype at, const uint8_t *a, const float *a_scale, int64_t a_br,
                               dsc_dtype bt, const uint8_t *b, const float *b_scale, int64_t b_br,
                               dsc_dtype ct, void *c, void *work, bool *done) {
+#if CUDART_VERSION >= 12090
   *done = false;
   const int64_t Kb = K / G_KB;
   cudaStream_t s = dsc_cuda_stream(ctx);
@@ -303,72 +332,46 @@ static dsc_status lt_fp8_gemm(dsc_context *ctx, const char *fn, int64_t M, int64
   float *sb = (float *)(base + dsc_cuda_round256((size_t)lt_scale_floats(M, Kb) * 4));
   void *ws = (char *)sb + dsc_cuda_round256((size_t)lt_scale_floats(N, Kb) * 4);
 
-  dsc_cuda_state *st = dsc_cuda_st(ctx);
-  if (!st->lt) {
-    cublasLtHandle_t nh = nullptr;
-    FP8_LT_TRY(cublasLtCreate(&nh), fn);
-    st->lt = (void *)nh;
-  }
-  cublasLtHandle_t h = (cublasLtHandle_t)st->lt;
-
-  LtDescs d;
-  FP8_LT_TRY(cublasLtMatmulDescCreate(&d.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), fn);
-  const cublasOperation_t opa = CUBLAS_OP_T, opb = CUBLAS_OP_N;
-  FP8_LT_TRY(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa), fn);
-  FP8_LT_TRY(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb), fn);
-  const int32_t mode_a = b_br == 1 ? CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F
-                                   : CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F;
-  const int32_t mode_b = a_br == 1 ? CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F
-                                   : CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F;
-  FP8_LT_TRY(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode_a,
-                                            sizeof mode_a),
-             fn);
-  FP8_LT_TRY(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode_b,
-                                            sizeof mode_b),
-             fn);
-  const void *pa = sb, *pb = sa; /* cuBLASLt A = our b, B = our a */
-  FP8_LT_TRY(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &pa,
-                                            sizeof pa),
-             fn);
-  FP8_LT_TRY(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &pb,
-                                            sizeof pb),
-             fn);
-  const cudaDataType_t ta = is_e5(bt) ? CUDA_R_8F_E5M2 : CUDA_R_8F_E4M3;
-  const cudaDataType_t tb = is_e5(at) ? CUDA_R_8F_E5M2 : CUDA_R_8F_E4M3;
-  const cudaDataType_t tc = ct == DSC_DTYPE_BFLOAT16 ? CUDA_R_16BF : CUDA_R_32F;
-  FP8_LT_TRY(cublasLtMatrixLayoutCreate(&d.a, ta, (uint64_t)K, (uint64_t)N, K), fn);
-  FP8_LT_TRY(cublasLtMatrixLayoutCreate(&d.b, tb, (uint64_t)K, (uint64_t)M, K), fn);
-  FP8_LT_TRY(cublasLtMatrixLayoutCreate(&d.c, tc, (uint64_t)N, (uint64_t)M, N), fn);
-
-  FP8_LT_TRY(cublasLtMatmulPreferenceCreate(&d.pref), fn);
-  const uint64_t ws_bytes = LT_WS_BYTES;
-  FP8_LT_TRY(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                  &ws_bytes, sizeof ws_bytes),
-             fn);
-  cublasLtMatmulHeuristicResult_t res = {};
-  int n_res = 0;
-  cublasStatus_t hs =
-      cublasLtMatmulAlgoGetHeuristic(h, d.op, d.a, d.b, d.c, d.c, d.pref, 1, &res, &n_res);
-  if (hs == CUBLAS_STATUS_NOT_SUPPORTED || hs == CUBLAS_STATUS_INVALID_VALUE ||
-      (hs == CUBLAS_STATUS_SUCCESS && n_res == 0))
-    return DSC_OK; /* no algorithm for this combination: the caller falls back */
-  FP8_LT_TRY(hs, fn);
-
-  /* rewrite the scales (only now that cuBLASLt will run) */
+  DscLtProblem pr;
+  pr.compute = CUBLAS_COMPUTE_32F;
+  pr.opa = CUBLAS_OP_T;
+  pr.opb = CUBLAS_OP_N;
+  pr.ta = is_e5(bt) ? CUDA_R_8F_E5M2 : CUDA_R_8F_E4M3;
+  pr.tb = is_e5(at) ? CUDA_R_8F_E5M2 : CUDA_R_8F_E4M3;
+  pr.tc = ct == DSC_DTYPE_BFLOAT16 ? CUDA_R_16BF : CUDA_R_32F;
+  pr.m = N;
+  pr.n = M;
+  pr.k = K;
+  pr.lda = K;
+  pr.ldb = K;
+  pr.ldc = N;
+  pr.batch = 1;
+  pr.sa = pr.sb = pr.sc = 0;
+  pr.scale_a = b_br == 1 ? CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F
+                         : CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F;
+  pr.scale_b = a_br == 1 ? CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F
+                         : CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F;
+  pr.al_a = dsc_cuda_alignment(b, K);
+  pr.al_b = dsc_cuda_alignment(a, K);
+  pr.al_c = dsc_cuda_alignment(c, N * (ct == DSC_DTYPE_BFLOAT16 ? 2 : 4));
+  pr.ws_bytes = LT_WS_BYTES;
+  /* rewrite the scales into cuBLASLt's layouts first (stream-ordered before the GEMM;
+   * harmless if cuBLASLt then declines: `work` is scratch) */
   lt_scale_kernel<<<dsc_cuda_blocks(lt_scale_floats(M, Kb), 256), 256, 0, s>>>(M, Kb, a_br,
                                                                                a_scale, sa);
   DSC_CUDA_CHECK_LAUNCH(fn);
   lt_scale_kernel<<<dsc_cuda_blocks(lt_scale_floats(N, Kb), 256), 256, 0, s>>>(N, Kb, b_br,
                                                                                b_scale, sb);
   DSC_CUDA_CHECK_LAUNCH(fn);
-
   const float alpha = 1.0f, beta = 0.0f;
-  cublasStatus_t ms = cublasLtMatmul(h, d.op, &alpha, b, d.a, a, d.b, &beta, c, d.c, c, d.c,
-                                     &res.algo, ws, LT_WS_BYTES, s);
-  if (ms == CUBLAS_STATUS_NOT_SUPPORTED) return DSC_OK; /* nothing ran: fall back */
-  FP8_LT_TRY(ms, fn);
-  *done = true;
+  /* cuBLASLt A = our b (scales sb), B = our a (scales sa) */
+  return dsc_lt_matmul(ctx, fn, pr, &alpha, b, a, &beta, c, sb, sa, ws, done);
+#else
+  (void)ctx, (void)fn, (void)M, (void)N, (void)K, (void)at, (void)a, (void)a_scale, (void)a_br;
+  (void)bt, (void)b, (void)b_scale, (void)b_br, (void)ct, (void)c, (void)work;
+  *done = false; /* lt_rule never admits this build */
   return DSC_OK;
+#endif
 }
 
 /* ---- entry points -------------------------------------------------------------------------- */
@@ -383,7 +386,8 @@ extern "C" dsc_status dsc_cuda_fp8_gemm_work(dsc_context *ctx, int64_t G, int64_
   DSC_CUDA_ENTER(ctx, FN);
   int major = 0;
   DSC_TRY(device_major(ctx, FN, &major));
-  if (lt_shape_ok(major, M, N, K)) *bytes = lt_work_bytes(M, N, K);
+  /* the shape rules only: the operands' formats and alignment are known at the call */
+  if (!lt_rule(major, M, N, K, 1, 128, 0, 0, 1, 1)) *bytes = lt_work_bytes(M, N, K);
   return DSC_OK;
 }
 
@@ -397,22 +401,25 @@ extern "C" dsc_status dsc_cuda_fp8_gemm(dsc_context *ctx, int64_t M, int64_t N, 
   static const char *const FN = "dsc_cuda_fp8_gemm";
   if (M <= 0 || N <= 0) return DSC_OK;
   DSC_CUDA_ENTER(ctx, FN);
-  if (work && (a_br == 1 || a_br == 128) && (b_br == 1 || b_br == 128) &&
-      !(a_br == 128 && b_br == 128) && !(is_e5(at) && is_e5(bt)) && dsc_cuda_aligned(a, 16) &&
-      dsc_cuda_aligned(b, 16) && dsc_cuda_aligned(c, 16) && dsc_cuda_aligned(work, 16)) {
-    int major = 0;
-    DSC_TRY(device_major(ctx, FN, &major));
-    if (lt_shape_ok(major, M, N, K)) {
-      bool done = false;
-      DSC_TRY(lt_fp8_gemm(ctx, FN, M, N, K, at, a, a_scale, a_br, bt, b, b_scale, b_br, ct, c,
-                          work, &done));
-      if (done) return DSC_OK;
-      dsc_log(ctx, DSC_LOG_DEBUG,
-              "%s: cuBLASLt has no block-scaled FP8 algorithm for M=%lld N=%lld K=%lld; using "
-              "the own kernel",
-              FN, (long long)M, (long long)N, (long long)K);
+  int major = 0;
+  DSC_TRY(device_major(ctx, FN, &major));
+  const int aligned16 = dsc_cuda_aligned(a, 16) && dsc_cuda_aligned(b, 16) &&
+                        dsc_cuda_aligned(c, 16) && dsc_cuda_aligned(work, 16);
+  const char *why =
+      lt_rule(major, M, N, K, a_br, b_br, is_e5(at), is_e5(bt), aligned16, work != NULL);
+  if (!why) {
+    bool done = false;
+    DSC_TRY(lt_fp8_gemm(ctx, FN, M, N, K, at, a, a_scale, a_br, bt, b, b_scale, b_br, ct, c,
+                        work, &done));
+    if (done) {
+      dsc_log(ctx, DSC_LOG_DEBUG, "%s: cuBLASLt block-scaled FP8 for M=%lld N=%lld K=%lld", FN,
+              (long long)M, (long long)N, (long long)K);
+      return DSC_OK;
     }
+    why = "cuBLASLt has no block-scaled FP8 algorithm for it";
   }
+  dsc_log(ctx, DSC_LOG_DEBUG, "%s: M=%lld N=%lld K=%lld not on cuBLASLt: %s", FN, (long long)M,
+          (long long)N, (long long)K, why);
   GemmArgs p;
   p.M = M;
   p.N = N;
@@ -496,4 +503,64 @@ extern "C" dsc_status dsc_cuda_fp8_grouped_gemm_masked(
   p.ae5 = is_e5(at);
   p.be5 = is_e5(bt);
   return launch_own(ctx, FN, p, ct);
+}
+
+/* ---- scale validation on the device --------------------------------------------------------- */
+
+/* first: [1] the lowest position of a checked scale that is not finite or not > 0 (~0:
+ * none so far); checked as in backend.h's fp8_scales_check. */
+__global__ void scales_first_bad_kernel(int64_t n, const float *__restrict__ v /* [n] */,
+                                        const int32_t *__restrict__ masked_m /* [n/group] */,
+                                        int64_t group, int64_t row,
+                                        unsigned long long *first /* [1] */) {
+  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    if (masked_m && i % group >= (int64_t)masked_m[i / group] * row) continue;
+    const float x = v[i];
+    if (!(isfinite(x) && x > 0.0f)) {
+      atomicMin(first, (unsigned long long)i);
+      return; /* the rest of this thread's slice lies at higher positions */
+    }
+  }
+}
+
+/* value: [1] the bits of v[*first] when one was found. */
+__global__ void scales_value_kernel(const float *__restrict__ v,
+                                    const unsigned long long *first /* [1] */,
+                                    unsigned long long *value /* [1] */) {
+  const unsigned long long f = *first;
+  if (f != ~0ull) *value = (unsigned long long)__float_as_uint(v[f]);
+}
+
+extern "C" dsc_status dsc_cuda_fp8_scales_check(dsc_context *ctx, int64_t n,
+                                                const float *v /*[n]*/,
+                                                const int32_t *masked_m /*[n/group] or NULL*/,
+                                                int64_t group, int64_t row, int64_t *bad_pos,
+                                                float *bad_value) {
+  static const char *const FN = "dsc_cuda_fp8_scales_check";
+  *bad_pos = -1;
+  *bad_value = 0.0f;
+  if (n <= 0) return DSC_OK;
+  DSC_CUDA_ENTER(ctx, FN);
+  dsc_cuda_state *st = dsc_cuda_st(ctx);
+  cudaStream_t s = dsc_cuda_stream(ctx);
+  /* scratch: [0] first bad position, [1] the bits of its value; one 16-byte copy back */
+  unsigned long long *first = (unsigned long long *)st->scratch;
+  DSC_CUDA_TRY(cudaMemsetAsync(first, 0xff, 2 * sizeof(unsigned long long), s), FN);
+  scales_first_bad_kernel<<<dsc_cuda_blocks(n, 256, 4096), 256, 0, s>>>(n, v, masked_m, group,
+                                                                        row, first);
+  DSC_CUDA_CHECK_LAUNCH(FN);
+  scales_value_kernel<<<1, 1, 0, s>>>(v, first, first + 1);
+  DSC_CUDA_CHECK_LAUNCH(FN);
+  unsigned long long *host = (unsigned long long *)st->pinned; /* [2] */
+  DSC_CUDA_TRY(cudaMemcpyAsync(host, first, 2 * sizeof(unsigned long long),
+                               cudaMemcpyDeviceToHost, s),
+               FN);
+  DSC_CUDA_TRY(cudaStreamSynchronize(s), FN);
+  if (host[0] != ~0ull) {
+    *bad_pos = (int64_t)host[0];
+    const uint32_t bits = (uint32_t)host[1];
+    memcpy(bad_value, &bits, sizeof bits);
+  }
+  return DSC_OK;
 }

@@ -20,29 +20,19 @@
  * stride 0). A shared B with a plain row-major A and packed batches of A and C is folded
  * into one GEMM with M' = Bt*M instead.
  * Algorithm: the first result of cublasLtMatmulAlgoGetHeuristic with a 32 MiB workspace
- * (from dsc_workspace) and the real alignments of the pointers and strides. For a fixed
+ * (from dsc_workspace) and the real alignments of the pointers and strides, asked once
+ * per problem: blaslt.cu caches the descriptors and the algorithm in the context. For a fixed
  * problem, device and workspace the same algorithm runs every time, and cuBLASLt's
  * split-K reduction schemes are deterministic, so results are run-to-run reproducible.
  * When cuBLASLt has no algorithm for a problem (e.g. odd strides it cannot handle), a
  * simple tiled kernel of the project computes it (FP32 accumulate, same contract).
  * K == 0: C = beta * C by a small kernel (cuBLASLt rejects k = 0).
  */
-#include <cublasLt.h>
-
-#include "common.cuh"
+#include "blaslt.cuh"
 
 #define LT_WORKSPACE_BYTES ((size_t)32 << 20)
 #define LT_MAX_BATCH ((int64_t)65535) /* batches per cuBLASLt call; larger ones are split */
 #define FB_TILE 16                    /* fallback kernel tile */
-
-/* Return DSC_ERR_CUDA naming the cuBLASLt status of a failing call. */
-#define DSC_LT_TRY(call, fn)                                                              \
-  do {                                                                                    \
-    cublasStatus_t dsc_lt_s_ = (call);                                                    \
-    if (dsc_lt_s_ != CUBLAS_STATUS_SUCCESS)                                               \
-      return dsc_error(DSC_ERR_CUDA, (fn), "%s: %s (cublasStatus_t %d)", #call,           \
-                       cublasLtGetStatusName(dsc_lt_s_), (int)dsc_lt_s_);                 \
-  } while (0)
 
 /* One GEMM problem (one or several batches), row-major as in the legend. */
 struct GemmProblem {
@@ -150,114 +140,39 @@ static dsc_status run_fallback(dsc_context *ctx, const char *fn, const GemmProbl
 
 /* ---- cuBLASLt -------------------------------------------------------------------------- */
 
-/* The descriptors of one cublasLtMatmul call, destroyed on every return path. */
-struct LtDescs {
-  cublasLtMatmulDesc_t op = nullptr;
-  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
-  cublasLtMatmulPreference_t pref = nullptr;
-  ~LtDescs() {
-    if (pref) cublasLtMatmulPreferenceDestroy(pref);
-    if (c) cublasLtMatrixLayoutDestroy(c);
-    if (b) cublasLtMatrixLayoutDestroy(b);
-    if (a) cublasLtMatrixLayoutDestroy(a);
-    if (op) cublasLtMatmulDescDestroy(op);
-  }
-};
-
-/* The context's cuBLASLt handle, created on first use. */
-static dsc_status lt_handle(dsc_context *ctx, const char *fn, cublasLtHandle_t *h) {
-  dsc_cuda_state *st = dsc_cuda_st(ctx);
-  if (!st->lt) {
-    cublasLtHandle_t nh = nullptr;
-    DSC_LT_TRY(cublasLtCreate(&nh), fn);
-    st->lt = (void *)nh;
-  }
-  *h = (cublasLtHandle_t)st->lt;
-  return DSC_OK;
-}
-
-/* Layout of a column-major [rows, cols] matrix with leading dim ld, batched. */
-static dsc_status lt_layout(const char *fn, cublasLtMatrixLayout_t *l, cudaDataType_t t,
-                            int64_t rows, int64_t cols, int64_t ld, int64_t batch,
-                            int64_t stride) {
-  DSC_LT_TRY(cublasLtMatrixLayoutCreate(l, t, (uint64_t)rows, (uint64_t)cols, ld), fn);
-  if (batch > 1) {
-    const int32_t bc = (int32_t)batch;
-    DSC_LT_TRY(cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &bc,
-                                                sizeof bc),
-               fn);
-    DSC_LT_TRY(cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
-                                                &stride, sizeof stride),
-               fn);
-  }
-  return DSC_OK;
-}
-
-/* Runs g (batch <= LT_MAX_BATCH) through cuBLASLt. *done = false (and DSC_OK) when
- * cuBLASLt has no algorithm for it; nothing was launched then. */
+/* Runs g (batch <= LT_MAX_BATCH) through the shared cuBLASLt layer (blaslt.cu: the plan
+ * of a repeated problem is cached, no descriptor or heuristic per call). *done = false
+ * (and DSC_OK) when cuBLASLt has no algorithm for it; nothing was launched then. */
 static dsc_status lt_matmul(dsc_context *ctx, const char *fn, const GemmProblem &g, bool *done) {
   *done = false;
-  cublasLtHandle_t h = nullptr;
-  DSC_TRY(lt_handle(ctx, fn, &h));
   void *ws = NULL;
   DSC_TRY(dsc_workspace(ctx, LT_WORKSPACE_BYTES, &ws));
-
   const int64_t eab = esize(g.dt_ab), ec = esize(g.dt_c);
-  const cudaDataType_t tab = lt_type(g.dt_ab), tc = lt_type(g.dt_c);
-  LtDescs d;
-  DSC_LT_TRY(cublasLtMatmulDescCreate(&d.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), fn);
-  const cublasOperation_t opa = g.tb ? CUBLAS_OP_T : CUBLAS_OP_N; /* cuBLASLt A = our B */
-  const cublasOperation_t opb = g.ta ? CUBLAS_OP_T : CUBLAS_OP_N; /* cuBLASLt B = our A */
-  DSC_LT_TRY(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa),
-             fn);
-  DSC_LT_TRY(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb),
-             fn);
-  /* Our B stored [K,N] (or [N,K]) row-major = column-major [N,K] (or [K,N]). */
-  DSC_TRY(lt_layout(fn, &d.a, tab, g.tb ? g.K : g.N, g.tb ? g.N : g.K, g.ldb, g.batch, g.sB));
-  /* Our A stored [M,K] (or [K,M]) row-major = column-major [K,M] (or [M,K]). */
-  DSC_TRY(lt_layout(fn, &d.b, tab, g.ta ? g.M : g.K, g.ta ? g.K : g.M, g.lda, g.batch, g.sA));
-  /* C [M,N] row-major = column-major [N,M]; also the output D (in place). */
-  DSC_TRY(lt_layout(fn, &d.c, tc, g.N, g.M, g.ldc, g.batch, g.sC));
-
-  DSC_LT_TRY(cublasLtMatmulPreferenceCreate(&d.pref), fn);
-  const uint64_t ws_bytes = LT_WORKSPACE_BYTES;
-  DSC_LT_TRY(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                  &ws_bytes, sizeof ws_bytes),
-             fn);
-  /* The real alignment of every matrix (its pointer, rows and batch steps), so the
-   * heuristic never picks a kernel that assumes more (its default is 256 bytes). */
   const bool batched = g.batch > 1;
-  const uint32_t al_a = dsc_cuda_alignment(g.B, g.ldb * eab, batched ? g.sB * eab : 0);
-  const uint32_t al_b = dsc_cuda_alignment(g.A, g.lda * eab, batched ? g.sA * eab : 0);
-  const uint32_t al_c = dsc_cuda_alignment(g.C, g.ldc * ec, batched ? g.sC * ec : 0);
-  DSC_LT_TRY(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
-                                                  &al_a, sizeof al_a),
-             fn);
-  DSC_LT_TRY(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                                                  &al_b, sizeof al_b),
-             fn);
-  DSC_LT_TRY(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-                                                  &al_c, sizeof al_c),
-             fn);
-  DSC_LT_TRY(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
-                                                  &al_c, sizeof al_c),
-             fn);
-
-  cublasLtMatmulHeuristicResult_t res = {};
-  int n_res = 0;
-  cublasStatus_t hs =
-      cublasLtMatmulAlgoGetHeuristic(h, d.op, d.a, d.b, d.c, d.c, d.pref, 1, &res, &n_res);
-  if (hs == CUBLAS_STATUS_NOT_SUPPORTED || (hs == CUBLAS_STATUS_SUCCESS && n_res == 0))
-    return DSC_OK; /* no algorithm: the caller falls back */
-  DSC_LT_TRY(hs, fn);
-
-  cublasStatus_t ms = cublasLtMatmul(h, d.op, &g.alpha, g.B, d.a, g.A, d.b, &g.beta, g.C, d.c,
-                                     g.C, d.c, &res.algo, ws, LT_WORKSPACE_BYTES,
-                                     dsc_cuda_stream(ctx));
-  if (ms == CUBLAS_STATUS_NOT_SUPPORTED) return DSC_OK;
-  DSC_LT_TRY(ms, fn);
-  *done = true;
-  return DSC_OK;
+  DscLtProblem pr;
+  /* BF16 and FP32 inputs both accumulate in FP32 (bf16: tensor cores; fp32: no TF32) */
+  pr.compute = CUBLAS_COMPUTE_32F;
+  pr.opa = g.tb ? CUBLAS_OP_T : CUBLAS_OP_N; /* cuBLASLt A = our B */
+  pr.opb = g.ta ? CUBLAS_OP_T : CUBLAS_OP_N; /* cuBLASLt B = our A */
+  pr.ta = pr.tb = lt_type(g.dt_ab);
+  pr.tc = lt_type(g.dt_c);
+  pr.m = g.N; /* C^T [N, M] column-major */
+  pr.n = g.M;
+  pr.k = g.K;
+  pr.lda = g.ldb;
+  pr.ldb = g.lda;
+  pr.ldc = g.ldc;
+  pr.batch = g.batch;
+  pr.sa = g.sB;
+  pr.sb = g.sA;
+  pr.sc = g.sC;
+  pr.scale_a = pr.scale_b = -1;
+  /* the real alignment of every matrix (its pointer, rows and batch steps) */
+  pr.al_a = dsc_cuda_alignment(g.B, g.ldb * eab, batched ? g.sB * eab : 0);
+  pr.al_b = dsc_cuda_alignment(g.A, g.lda * eab, batched ? g.sA * eab : 0);
+  pr.al_c = dsc_cuda_alignment(g.C, g.ldc * ec, batched ? g.sC * ec : 0);
+  pr.ws_bytes = LT_WORKSPACE_BYTES;
+  return dsc_lt_matmul(ctx, fn, pr, &g.alpha, g.B, g.A, &g.beta, g.C, NULL, NULL, ws, done);
 }
 
 /* ---- entry points ------------------------------------------------------------------------ */

@@ -12,11 +12,17 @@ Then: quantization (both block shapes, transpose, pow2 scales, ragged edges, zer
 bit-exact against the reference; dequantization; the three GEMM layouts of a linear layer
 against the float64 block formula and against the unquantized product; grouped and masked
 GEMMs; the FP8 linear layer against the FP32 one; a small MLP trained in FP8 and FP32; the
-checkpoint format; statistics; bad inputs for every function.
+checkpoint format; statistics; bad inputs for every function. The CUDA GEMM pieces that
+run without a GPU: the tensor-core kernel's index math simulated warp by warp
+(tests/c/test_fp8_mma_tile.cpp) and the cuBLASLt plan cache and FP8 rules
+(tests/c/test_blaslt_host.cpp), both built with the C++ compiler here.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import warnings
 
 import ml_dtypes
@@ -654,3 +660,170 @@ def test_cuda_matches_cpu(rng):
     assert rel_err(c, dsc.fp8_gemm(aq, as_, wq, ws, out_dtype="float32")) < 1e-5
     y, _ = dsc.fp8_linear_forward(cu(a), cu(w), out_dtype="float32")
     assert rel_err(dsc.to_numpy(y), dsc.fp8_linear(a, w, out_dtype="float32")) < 1e-5
+
+
+# ----------------------------------------------------------------------------- GPU GEMM pieces on the CPU
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CXX = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+
+
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler on PATH")
+@pytest.mark.parametrize("name", ["test_fp8_mma_tile", "test_blaslt_host"])
+def test_gpu_gemm_host_pieces(name, tmp_path):
+    """The tensor-core FP8 kernel's fragment/tile/group/scale index math, simulated per warp
+    against a reference GEMM (plain, grouped with empty and unaligned groups, masked; odd M,
+    N; K % 128 != 0), and the cuBLASLt plan cache (LRU) and block-scaling rules: C++
+    programs compiled without CUDA whose last line is 'N passed, 0 failed'."""
+    exe = str(tmp_path / name)
+    subprocess.run([CXX, "-std=c++17", "-O1", "-Wall", "-Wextra", f"-I{ROOT}/csrc/core",
+                    f"-I{ROOT}/kernels", os.path.join(ROOT, "tests", "c", name + ".cpp"), "-o", exe],
+                   check=True, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([exe], capture_output=True, text=True, timeout=300)
+    last = r.stdout.strip().splitlines()[-1]
+    assert r.returncode == 0 and last.endswith(" 0 failed"), r.stdout
+
+
+def _poisoned(device, shape, out_dtype):
+    """An output tensor filled with NaN (a value the GEMM never writes stays NaN)."""
+    dt = np.float32 if out_dtype == "float32" else BF16
+    return dsc.tensor(np.full(shape, np.nan, np.float32).astype(dt), device=device)
+
+
+def _grouped_into(device, aq, as_, bq, bs, offsets, alignment, out_dtype):
+    t = lambda a: dsc.tensor(a, device=device)  # noqa: E731
+    c = _poisoned(device, (aq.shape[0], bq.shape[1]), out_dtype)
+    dsc._C.fp8_grouped_gemm(t(aq), t(as_), t(bq), t(bs), t(np.asarray(offsets, np.int32)), alignment, c)
+    return dsc.to_numpy(c).astype(np.float64)
+
+
+def _masked_into(device, aq, as_, bq, bs, masked, out_dtype):
+    t = lambda a: dsc.tensor(a, device=device)  # noqa: E731
+    c = _poisoned(device, (aq.shape[0], aq.shape[1], bq.shape[1]), out_dtype)
+    dsc._C.fp8_grouped_gemm_masked(t(aq), t(as_), t(bq), t(bs), t(np.asarray(masked, np.int32)), c)
+    return dsc.to_numpy(c).astype(np.float64)
+
+
+def _grouped_case(rng, G, N, K, offsets):
+    M = int(offsets[-1])
+    aq, as_ = _quant(randn(rng, (M, K)), (1, 128))
+    bq, bs = _experts(rng, G, N, K)
+    return aq, as_, bq, bs
+
+
+def _masked_case(rng, G, Mmax, N, K, masked):
+    a = randn(rng, (G, Mmax, K))
+    qs = [_quant(a[g], (1, 128)) for g in range(G)]
+    aq, as_ = np.stack([q for q, _ in qs]), np.stack([s for _, s in qs])
+    for g in range(G):
+        as_[g, masked[g]:] = np.nan  # unused rows' scales may hold anything
+    bq, bs = _experts(rng, G, N, K)
+    return aq, as_, bq, bs
+
+
+# offsets: unaligned rows with an empty first, middle and last group; and DeepGEMM's
+# 128-row alignment (what the MoE layer uses on CUDA); K = 384 (3 scale blocks) and
+# K = 272 (a partial last block, still a multiple of 16: the tensor-core path)
+GROUPED_CASES = [
+    (6, 200, 384, [0, 0, 77, 77, 301, 333, 333]),
+    (4, 136, 272, [0, 128, 128, 384, 512]),
+    (3, 72, 256, [0, 1, 2, 130]),
+]
+
+
+def test_grouped_and_masked_poisoned_outputs_cpu(rng):
+    """The calls the CUDA parity tests make, on the CPU: every element written (no NaN left
+    from the poison), equal to the block formula."""
+    G, N, K, offs = GROUPED_CASES[0]
+    aq, as_, bq, bs = _grouped_case(rng, G, N, K, offs)
+    c = _grouped_into("cpu", aq, as_, bq, bs, offs, 1, "float32")
+    assert not np.isnan(c).any()
+    assert rel_err(c, ref.grouped_gemm(qvals(aq), as_, qvals(bq), bs, np.array(offs, np.int32))) < 2e-6
+    masked = [200, 0, 77, 129]
+    aq, as_, bq, bs = _masked_case(rng, 4, 200, 136, 256, masked)
+    c = _masked_into("cpu", aq, as_, bq, bs, masked, "float32")
+    assert not np.isnan(c).any()
+    for g in range(4):
+        assert np.all(c[g, masked[g]:] == 0)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("out_dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("G,N,K,offsets", GROUPED_CASES)
+def test_cuda_grouped_gemm_matches_cpu(rng, G, N, K, offsets, out_dtype):
+    """Grouped FP8 GEMM on the GPU (tensor-core kernel on sm_89+: K % 16 == 0, E4M3) vs the
+    CPU: float32 within 1e-5 relative (FP32 accumulation in another order), bfloat16 within
+    one bf16 rounding; no element left unwritten."""
+    aq, as_, bq, bs = _grouped_case(rng, G, N, K, offsets)
+    al = 128 if all(o % 128 == 0 for o in offsets) else 1
+    got = _grouped_into("cuda", aq, as_, bq, bs, offsets, al, out_dtype)
+    want = _grouped_into("cpu", aq, as_, bq, bs, offsets, al, "float32")
+    assert not np.isnan(got).any()
+    if out_dtype == "float32":
+        assert rel_err(got, want) < 1e-5
+        assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    else:
+        np.testing.assert_allclose(got, want, rtol=2 ** -8, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("out_dtype", ["float32", "bfloat16"])
+def test_cuda_masked_gemm_matches_cpu(rng, out_dtype):
+    """Masked FP8 GEMM on the GPU vs the CPU: used rows equal within FP32 rounding, rows past
+    masked_m exactly 0 (unused rows carry NaN scales), nothing left unwritten."""
+    masked = [200, 0, 77, 129]
+    aq, as_, bq, bs = _masked_case(rng, 4, 200, 136, 384, masked)
+    got = _masked_into("cuda", aq, as_, bq, bs, masked, out_dtype)
+    want = _masked_into("cpu", aq, as_, bq, bs, masked, "float32")
+    assert not np.isnan(got).any()
+    for g in range(4):
+        assert np.all(got[g, masked[g]:] == 0)
+    if out_dtype == "float32":
+        assert rel_err(got, want) < 1e-5
+    else:
+        np.testing.assert_allclose(got, want, rtol=2 ** -8, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("M,N,K,a_block", [(130, 72, 384, (1, 128)), (96, 136, 272, (1, 128)),
+                                           (256, 256, 512, (1, 128)), (200, 64, 256, (128, 128))])
+def test_cuda_plain_gemm_paths_match_cpu(rng, M, N, K, a_block):
+    """Plain FP8 GEMM on the GPU vs the CPU on shapes that take each path: cuBLASLt block
+    scaling (M % 4 == 0, N % 16 == 0, K % 128 == 0 on sm_90), the tensor-core kernel
+    (M % 4 != 0 or K % 128 != 0), and 128x128 scales on A."""
+    a, w = randn(rng, (M, K)), randn(rng, (N, K), K ** -0.5)
+    aq, as_ = dsc.fp8_quantize(a, block=a_block)
+    wq, ws = dsc.fp8_quantize(w, block=(1, 128) if a_block == (128, 128) else (128, 128))
+    cu = lambda x: dsc.tensor(x, device="cuda")  # noqa: E731
+    for od in ("float32", "bfloat16"):
+        got = dsc.to_numpy(dsc.fp8_gemm(cu(aq), cu(as_), cu(wq), cu(ws), out_dtype=od)).astype(np.float64)
+        want = dsc.fp8_gemm(aq, as_, wq, ws, out_dtype="float32").astype(np.float64)
+        assert not np.isnan(got).any()
+        if od == "float32":
+            assert rel_err(got, want) < 1e-5
+        else:
+            np.testing.assert_allclose(got, want, rtol=2 ** -8, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_scales_validated_where_they_are(rng, device):
+    """A bad scale is found by the backend's check (CUDA: on the device, one small copy
+    back), named with its index; a masked GEMM checks only the used rows."""
+    aq, as_ = _quant(randn(rng, (64, 256)), (1, 128))
+    bq, bs = _quant(randn(rng, (32, 256)), (128, 128))
+    cu = lambda x: dsc.tensor(x, device=device)  # noqa: E731
+    bad = as_.copy()
+    bad[37, 1] = 0.0
+    _raises(ValueError, r"a_scale: expected finite scales > 0, got 0 at \[37, 1\]", dsc.fp8_gemm, cu(aq),
+            cu(bad), cu(bq), cu(bs))
+    masked = cu(np.array([5, 0], np.int32))
+    a3 = np.stack([aq[:8], aq[8:16]])
+    s3 = np.stack([as_[:8], as_[8:16]])
+    s3[0, 5:] = np.nan  # unused rows: allowed
+    s3[1] = -1.0
+    b3, bs3 = np.stack([bq, bq]), np.stack([bs, bs])
+    c = dsc.fp8_grouped_gemm_masked(cu(a3), cu(s3), cu(b3), cu(bs3), masked, out_dtype="float32")
+    assert not np.isnan(dsc.to_numpy(c)).any()
+    s3[0, 4, 1] = np.inf
+    _raises(ValueError, r"a_scale: expected finite scales > 0, got inf at \[0, 4, 1\]",
+            dsc.fp8_grouped_gemm_masked, cu(a3), cu(s3), cu(b3), cu(bs3), masked)

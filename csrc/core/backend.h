@@ -211,6 +211,13 @@ extern "C" {
   /* dst = src^T for an [R,C] matrix of esize-byte elements (1: fp8, 4: float32 scales). */ \
   dsc_status P##fp8_transpose(dsc_context *ctx, int64_t R, int64_t C, int64_t esize,         \
                               const void *src /*[R,C]*/, void *dst /*[C,R]*/);             \
+  /* The first i in [0, n) with v[i] not finite or <= 0 that is checked (*bad_pos = -1 when \
+   * none; *bad_value its value): all when masked_m is NULL, else the first                 \
+   * masked_m[i / group] * row of each `group` elements (masked_m [n/group] int32 on the     \
+   * context's device: a masked GEMM's used rows). */                                        \
+  dsc_status P##fp8_scales_check(dsc_context *ctx, int64_t n, const float *v /*[n]*/,        \
+                                 const int32_t *masked_m, int64_t group, int64_t row,         \
+                                 int64_t *bad_pos, float *bad_value);                         \
   /* *bytes (host) = size of the `work` buffer the three GEMMs below need for G groups     \
    * (1: plain GEMM) and M rows of A (the grouped GEMM: all rows; masked: Mmax). */        \
   dsc_status P##fp8_gemm_work(dsc_context *ctx, int64_t G, int64_t M, int64_t N, int64_t K,  \

@@ -406,3 +406,18 @@ dsc_status dsc_cpu_fp8_stats(dsc_context *ctx, dsc_dtype xt, int64_t M, int64_t 
   counts[2] = n_nan;
   return DSC_OK;
 }
+
+dsc_status dsc_cpu_fp8_scales_check(dsc_context *ctx, int64_t n, const float *v, const int32_t *masked_m,
+                                    int64_t group, int64_t row, int64_t *bad_pos, float *bad_value) {
+  (void)ctx;
+  *bad_pos = -1;
+  *bad_value = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    if (masked_m && i % group >= (int64_t)masked_m[i / group] * row) continue;
+    if (isfinite(v[i]) && v[i] > 0.0f) continue;
+    *bad_pos = i;
+    *bad_value = v[i];
+    return DSC_OK;
+  }
+  return DSC_OK;
+}

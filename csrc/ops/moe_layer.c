@@ -379,6 +379,7 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
     DSC_TRY(dsc_check_outputs_disjoint(FN, 2, outs, n_in, ins));
   }
   const int64_t k = p->top_k;
+  if (align == 1 && w->fp8 && dsc_ctx_is_cuda(ctx)) align = 128; /* per-expert 128-row tiles (DeepGEMM) for the FP8 GEMMs; padding rows are zero and unread */
 
   /* Without a saved handle (inference) the intermediates live in a temporary one. */
   dsc_moe_layer_saved local;

@@ -1,0 +1,43 @@
+/*
+ * kernels/blaslt.cuh -- the cuBLASLt layer shared by gemm.cu and fp8_gemm.cu: the
+ * context's handle and its plan cache (blaslt_host.h: up to DSC_LT_SLOTS problems, LRU),
+ * so a repeated problem creates no descriptor and queries no heuristic.
+ *
+ * A problem is given as cuBLASLt sees it (column-major): D [m,n] = op(A) op(B), A with
+ * leading dim lda, etc.; D = C (in place). Scale modes (FP8 block scaling) are -1 when
+ * unused; their device pointers are set on the cached descriptor at each call.
+ */
+#ifndef DSC_KERNELS_BLASLT_CUH_
+#define DSC_KERNELS_BLASLT_CUH_
+
+#include <cublasLt.h>
+
+#include "blaslt_host.h"
+#include "common.cuh"
+
+struct DscLtProblem {
+  cublasComputeType_t compute;
+  cublasOperation_t opa, opb;
+  cudaDataType_t ta, tb, tc;
+  int64_t m, n, k;        /* D [m,n], inner dim k */
+  int64_t lda, ldb, ldc;  /* leading dims (column-major) */
+  int64_t batch;          /* >= 1 (<= INT32_MAX) */
+  int64_t sa, sb, sc;     /* batch strides in elements (batch > 1) */
+  int32_t scale_a, scale_b; /* cublasLtMatmulMatrixScale_t, -1: none */
+  uint32_t al_a, al_b, al_c; /* byte alignment of each matrix (pointer and strides) */
+  size_t ws_bytes;        /* workspace the algorithm may use */
+};
+
+/* The context's cuBLASLt handle, created on first use. */
+dsc_status dsc_lt_handle(dsc_context *ctx, const char *fn, cublasLtHandle_t *h);
+
+/* D = alpha op(A) op(B) + beta C through the cached plan of pr (created on the first use
+ * of this problem). alpha, beta: host floats. scale_a / scale_b: device scale arrays
+ * (when the mode is not -1). *done = false (DSC_OK, nothing launched) when cuBLASLt has
+ * no algorithm for it (remembered: the next call answers at once). */
+dsc_status dsc_lt_matmul(dsc_context *ctx, const char *fn, const DscLtProblem &pr,
+                         const float *alpha, const void *A, const void *B, const float *beta,
+                         void *C, const void *scale_a, const void *scale_b, void *ws,
+                         bool *done);
+
+#endif /* DSC_KERNELS_BLASLT_CUH_ */
