@@ -72,14 +72,12 @@ __device__ __forceinline__ void tc_mma(float c[4], const uint32_t a[4], const ui
 }
 
 /* A fragment of the 16x16 tile at base (row-major, row stride ld); register j holds
- * elements 2j (low half) and 2j+1. */
+ * elements 2j (low half) and 2j+1, neighbours in one row (tested in test_mla_tile.c): one
+ * 32-bit load (base, ld and the column are even). */
 __device__ __forceinline__ void tc_load_a(uint32_t a[4], const uint16_t *base, int ld, int lane) {
 #pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    const uint32_t lo = base[mla_fa_row(lane, 2 * j) * ld + mla_fa_col(lane, 2 * j)];
-    const uint32_t hi = base[mla_fa_row(lane, 2 * j + 1) * ld + mla_fa_col(lane, 2 * j + 1)];
-    a[j] = lo | (hi << 16);
-  }
+  for (int j = 0; j < 4; ++j)
+    a[j] = *(const uint32_t *)(base + mla_fa_row(lane, 2 * j) * ld + mla_fa_col(lane, 2 * j));
 }
 
 /* B fragment of a 16x8 (k x n) tile stored k-major: B[k][n] = base[k*ld + n]. */
@@ -92,14 +90,12 @@ __device__ __forceinline__ void tc_load_b(uint32_t b[2], const uint16_t *base, i
   }
 }
 
-/* B fragment of a 16x8 (k x n) tile stored n-major (K^T): B[k][n] = base[n*ld + k]. */
+/* B fragment of a 16x8 (k x n) tile stored n-major (K^T): B[k][n] = base[n*ld + k]; the
+ * register's two k neighbours are adjacent: one 32-bit load. */
 __device__ __forceinline__ void tc_load_bt(uint32_t b[2], const uint16_t *base, int ld, int lane) {
 #pragma unroll
-  for (int j = 0; j < 2; ++j) {
-    const uint32_t lo = base[mla_fb_n(lane, 2 * j) * ld + mla_fb_k(lane, 2 * j)];
-    const uint32_t hi = base[mla_fb_n(lane, 2 * j + 1) * ld + mla_fb_k(lane, 2 * j + 1)];
-    b[j] = lo | (hi << 16);
-  }
+  for (int j = 0; j < 2; ++j)
+    b[j] = *(const uint32_t *)(base + mla_fb_n(lane, 2 * j) * ld + mla_fb_k(lane, 2 * j));
 }
 
 /* Value d of a cache row as BF16 bits: BF16 rows as stored; FP8 latents e4m3 * scale in
@@ -114,7 +110,7 @@ __device__ __forceinline__ uint16_t tc_cache_elem(int code, const unsigned char 
   return *(const uint16_t *)(row + mla_fp8_rope_off(R) + 2 * (d - R));
 }
 
-__global__ void __launch_bounds__(TC_NT)
+__global__ void __launch_bounds__(TC_NT, 2) /* two CTAs per SM: one decodes while one multiplies */
     mla_decode_tc_kernel(int code, int64_t R, int64_t dr, int64_t row_bytes, int64_t bs,
                          const unsigned char *__restrict__ pool, int64_t NQ, int64_t H,
                          float scale, const float *__restrict__ q_lat /* [NQ,H,R] */,
@@ -169,11 +165,11 @@ __global__ void __launch_bounds__(TC_NT)
       }
       __syncthreads();
       /* 1. decode the tile's rows once */
-      for (int e = tid; e < TC_TK * Wp; e += TC_NT) {
-        const int jj = e / Wp, d = e % Wp;
+      for (int jj = warp; jj < TC_TK; jj += TC_NW) { /* a row per warp, lanes along it */
         const int64_t slot = slot_s[jj];
-        Ks[jj * ld + d] = (slot >= 0 && d < W) ? tc_cache_elem(code, pool + slot * row_bytes, R, d)
-                                               : (uint16_t)0;
+        const unsigned char *row = pool + (slot >= 0 ? slot : 0) * row_bytes;
+        for (int d = lane; d < Wp; d += 32)
+          Ks[jj * ld + d] = (slot >= 0 && d < W) ? tc_cache_elem(code, row, R, d) : (uint16_t)0;
       }
       __syncthreads();
       /* 2. scores */
