@@ -12,7 +12,8 @@
 --gpu-suite (CUDA): decode at batch 128, context 4096 and 8192, 128 heads, R 512, dr 64, BF16
 and FP8 caches: cache GB/s and attention TFLOP/s of the attention core, and % of FlashMLA's
 published 3000 GB/s (H800, memory bound); training attention forward+backward TFLOP/s at a
-V3 head shape (128 heads, dqk 192, dv 128, T 4096). The attention core is not callable on
+V3 head shape (128 heads, dqk 192, dv 128, T 4096), float32 SIMT and BF16 tensor cores
+(DSC_MLA_ATTN_BF16=1, in a child process). The attention core is not callable on
 its own from Python: its time is the layer's step time minus the same step over a 32-token
 context (projections and absorbed products, equal in both), so the figures are of the
 attention kernels plus the per-step host work that grows with the context (none does).
@@ -120,7 +121,34 @@ def gpu_suite(results: dict, quick: bool) -> None:
             print(f"gpu decode B={B} ctx={ctx_len} H={H} {dtype:14s}: step {times[ctx_len] * 1e3:7.3f} ms "
                   f"(ctx 32: {times[32] * 1e3:6.3f}) attention {t_attn * 1e3:7.3f} ms  {case['cache_GBps']:7.1f} GB/s "
                   f"({case['pct_of_flashmla_3000GBps']:4.1f}% of FlashMLA)  {case['attn_TFLOPs']:6.2f} TFLOP/s")
-    # ---- training attention: V3 heads (128 x dqk 192 / dv 128), one 4096-token sequence
+    train_case(results, quick)
+    # the tensor-core BF16 path is chosen once per process (DSC_MLA_ATTN_BF16): a child run
+    env = dict(os.environ, DSC_MLA_ATTN_BF16="1")
+    r = subprocess.run([sys.executable, os.path.abspath(__file__), "--train-case"] + (["--quick"] if quick else []),
+                       env=env, capture_output=True, text=True, timeout=600)
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    if r.returncode != 0 or not line:
+        print(f"bf16 training case failed: {r.stdout[-2000:]}{r.stderr[-2000:]}")
+        results["cases"].append({"kind": "gpu_train_attention", "attention_path": "bf16 tensor cores",
+                                 "error": (r.stdout + r.stderr)[-2000:]})
+    else:
+        case = json.loads(line[-1])
+        results["cases"].append(case)
+        print(case["summary"])
+
+
+def train_case(results: dict, quick: bool) -> None:
+    """Training attention at V3's heads (128 x dqk 192 / dv 128), one 4096-token sequence."""
+    from reference import mla as ref
+
+    rng = np.random.default_rng(1)
+    out_box: list = [None]
+
+    def sync() -> None:
+        if out_box[0] is not None:
+            dsc.to_numpy(out_box[0])
+
+    cuda = lambda a: dsc.tensor(a, device="cuda")  # noqa: E731
     T, Ht = (1024, 16) if quick else (4096, 128)
     cfg = dsc.ModelConfig(hidden_size=1024, num_attention_heads=Ht, q_lora_rank=512)
     w = {k: cuda(v) for k, v in ref.init_weights(cfg, rng).items()}
@@ -148,10 +176,13 @@ def gpu_suite(results: dict, quick: bool) -> None:
     case = {"kind": "gpu_train_attention", "B": 1, "T": T, "H": Ht, "dqk": cfg.qk_head_dim, "dv": cfg.v_head_dim,
             "layer_fwd_s": t_f, "layer_fwd_bwd_s": t_fb, "attn_fwd_s_est": a_f, "attn_fwd_bwd_s_est": a_fb,
             "attn_fwd_TFLOPs": fl_f / a_f / 1e12, "attn_fwd_bwd_TFLOPs": fl_fb / a_fb / 1e12,
-            "attention_path": "float32 SIMT (kernels/mla.cu)"}
+            "attention_path": "bf16 tensor cores (kernels/mla_attn_tc.cu)" if os.environ.get("DSC_MLA_ATTN_BF16") == "1"
+            else "float32 SIMT (kernels/mla.cu)"}
+    case["summary"] = (f"gpu train attention T={T} H={Ht} [{case['attention_path']}]: layer fwd {t_f * 1e3:8.2f} ms, "
+                       f"fwd+bwd {t_fb * 1e3:8.2f} ms; attention ~{case['attn_fwd_TFLOPs']:6.2f} TFLOP/s fwd, "
+                       f"~{case['attn_fwd_bwd_TFLOPs']:6.2f} fwd+bwd")
     results["cases"].append(case)
-    print(f"gpu train attention T={T} H={Ht}: layer fwd {t_f * 1e3:8.2f} ms, fwd+bwd {t_fb * 1e3:8.2f} ms; "
-          f"attention ~{case['attn_fwd_TFLOPs']:6.2f} TFLOP/s fwd, ~{case['attn_fwd_bwd_TFLOPs']:6.2f} fwd+bwd")
+    print(case["summary"])
 
 
 def main() -> None:
@@ -159,8 +190,14 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--gpu-suite", action="store_true", help="only the GPU case of gpu_suite (implies --device cuda)")
+    ap.add_argument("--train-case", action="store_true", help=argparse.SUPPRESS)  # gpu_suite's child: one JSON line
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/mla_<device>_<date>.json)")
     args = ap.parse_args()
+    if args.train_case:
+        res: dict = {"cases": []}
+        train_case(res, args.quick)
+        print(json.dumps(res["cases"][0]))
+        return
     if args.gpu_suite:
         args.device = "cuda"
     results: dict = {"device": args.device, "date": _dt.date.today().isoformat(), "commit": git_commit(),

@@ -258,13 +258,30 @@ __global__ void __launch_bounds__(MLA_NT)
 
 static unsigned task_grid(int64_t ntask) { return dsc_cuda_blocks(ntask, 1, MLA_MAX_GRID); }
 
+/* The tensor-core training attention (kernels/mla_attn_tc.cu): *done = 0 when it does not
+ * apply (head dims above its register tiles, below sm_80, not enough shared memory). */
+dsc_status mla_attn_tc_fwd(dsc_context *ctx, int64_t B, int64_t T, int64_t H, int64_t dn,
+                           int64_t dr, int64_t dv, float scale, const float *q, const float *q_pe,
+                           const float *kv, const float *kpe, float *o, float *lse, int *done);
+dsc_status mla_attn_tc_bwd(dsc_context *ctx, int64_t B, int64_t T, int64_t H, int64_t dn,
+                           int64_t dr, int64_t dv, float scale, const float *q, const float *q_pe,
+                           const float *kv, const float *kpe, const float *o, const float *lse,
+                           const float *dout, float *dq, float *dq_pe, float *dkv, float *dkpe,
+                           int *done);
+
 extern "C" dsc_status dsc_cuda_mla_attn_fwd(dsc_context *ctx, int64_t B, int64_t T, int64_t H,
-                                            int64_t dn, int64_t dr, int64_t dv, float scale,
-                                            const float *q, const float *q_pe, const float *kv,
-                                            const float *kpe, float *o, float *lse) {
+                                            int64_t dn, int64_t dr, int64_t dv, int bf16,
+                                            float scale, const float *q, const float *q_pe,
+                                            const float *kv, const float *kpe, float *o,
+                                            float *lse) {
   static const char *const FN = "dsc_cuda_mla_attn_fwd";
   DSC_CUDA_ENTER(ctx, FN);
   if (B * T * H == 0) return DSC_OK;
+  if (bf16) {
+    int done = 0;
+    DSC_TRY(mla_attn_tc_fwd(ctx, B, T, H, dn, dr, dv, scale, q, q_pe, kv, kpe, o, lse, &done));
+    if (done) return DSC_OK;
+  }
   const size_t accb = (size_t)MLA_TILE * (size_t)dv * sizeof(float);
   const int acc_smem = accb <= MLA_ACC_SMEM_BYTES;
   const int64_t ntask = B * H * ((T + MLA_TILE - 1) / MLA_TILE);
@@ -410,11 +427,11 @@ __global__ void mla_bwd_dkpe_kernel(int64_t B, int64_t T, int64_t H, int64_t dr,
 }
 
 extern "C" dsc_status dsc_cuda_mla_attn_bwd(dsc_context *ctx, int64_t B, int64_t T, int64_t H,
-                                            int64_t dn, int64_t dr, int64_t dv, float scale,
-                                            const float *q, const float *q_pe, const float *kv,
-                                            const float *kpe, const float *o, const float *lse,
-                                            const float *dout, float *dq, float *dq_pe,
-                                            float *dkv, float *dkpe) {
+                                            int64_t dn, int64_t dr, int64_t dv, int bf16,
+                                            float scale, const float *q, const float *q_pe,
+                                            const float *kv, const float *kpe, const float *o,
+                                            const float *lse, const float *dout, float *dq,
+                                            float *dq_pe, float *dkv, float *dkpe) {
   static const char *const FN = "dsc_cuda_mla_attn_bwd";
   DSC_CUDA_ENTER(ctx, FN);
   if (B * T == 0) return DSC_OK;
@@ -422,6 +439,12 @@ extern "C" dsc_status dsc_cuda_mla_attn_bwd(dsc_context *ctx, int64_t B, int64_t
   if (H == 0) { /* no head contributes: dkpe is all zeros (as the CPU's empty sum) */
     DSC_CUDA_TRY(cudaMemsetAsync(dkpe, 0, (size_t)(B * T * dr) * sizeof(float), st), FN);
     return DSC_OK;
+  }
+  if (bf16) {
+    int done = 0;
+    DSC_TRY(mla_attn_tc_bwd(ctx, B, T, H, dn, dr, dv, scale, q, q_pe, kv, kpe, o, lse, dout, dq,
+                            dq_pe, dkv, dkpe, &done));
+    if (done) return DSC_OK;
   }
   const size_t nD = (size_t)(B * H * T);
   void *ws = NULL;

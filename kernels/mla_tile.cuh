@@ -1,9 +1,10 @@
 /*
  * kernels/mla_tile.cuh -- the index math and small numerics of the tensor-core MLA kernels
- * (kernels/mla_decode_tc.cu), as plain C11 / CUDA C++ inline functions: the kernels call
- * exactly these, and tests/c/test_mla_tile.c runs them on the CPU (fragment ownership of
- * mma.sync m16n8k16, the paged cache's addressing and FP8 row layout, the KV split ranges,
- * the online softmax and the merge of the splits).
+ * (kernels/mla_decode_tc.cu, kernels/mla_attn_tc.cu), as plain C11 / CUDA C++ inline
+ * functions: the kernels call exactly these, and tests/c/test_mla_tile.c runs them on the
+ * CPU (fragment ownership of mma.sync m16n8k16 and the reuse of a C tile pair as an A
+ * operand, the paged cache's addressing and FP8 row layout, the KV split ranges, the causal
+ * key range, the online softmax and the merge of the splits).
  *
  * Legend: R kv_lora_rank, dr rope dim, W = R + dr values of one cache row, S keys of one
  * query row (kv_len), CH keys per split, TK keys per tile, bs block_size, lane 0..31.
@@ -32,6 +33,17 @@ MLA_HD int mla_fb_k(int lane, int i) { return 2 * (lane & 3) + (i & 1) + 8 * (i 
 MLA_HD int mla_fb_n(int lane, int i) { (void)i; return lane >> 2; }
 MLA_HD int mla_fc_row(int lane, int i) { return (lane >> 2) + 8 * (i >> 1); }
 MLA_HD int mla_fc_col(int lane, int i) { return 2 * (lane & 3) + (i & 1); }
+
+/* An m16n8 C tile pair as the A operand of the next product (FlashAttention's P stays in
+ * registers): element i of the A fragment of k step ks (columns 16ks..16ks+15) is element
+ * mla_c2a_elem(i) of C tile 2ks + mla_c2a_tile(i) of the same lane. */
+MLA_HD int mla_c2a_tile(int i) { return i >> 2; }
+MLA_HD int mla_c2a_elem(int i) { return i & 3; }
+
+/* Causal training attention, query block [q0, q0+BQ) of T rows: keys [0, kend). */
+MLA_HD int64_t mla_causal_kend(int64_t q0, int64_t BQ, int64_t T) {
+  return q0 + BQ < T ? q0 + BQ : T;
+}
 
 /* ---- the cache row ---------------------------------------------------------------- */
 

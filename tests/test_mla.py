@@ -515,6 +515,47 @@ def test_cuda_float32_cache_decode_exact_path(rng):
         np.testing.assert_allclose(g, c, rtol=1e-4, atol=1e-5 * (np.abs(c).max() + 1e-30), err_msg=f"call {i}")
 
 
+_BF16_TRAIN = r"""
+import sys, numpy as np, deepseek_c as dsc
+sys.path.insert(0, {tests!r})
+import test_mla as t
+rng = np.random.default_rng(5)
+for kw, B, T in (({{}}, 2, 37), (dict(num_attention_heads=3, qk_nope_head_dim=128, qk_rope_head_dim=64,
+                                        v_head_dim=128), 1, 130)):
+    cfg = t.small_cfg(**kw)
+    w, x = t.make(cfg, rng, B=B, T=T)
+    out_c, ctx_c = dsc.mla_forward(x, w, cfg)
+    dout = rng.standard_normal(out_c.shape).astype(np.float32)
+    g_c = dsc.mla_backward(dout, ctx_c)
+    wd = {{k: dsc.tensor(v, device="cuda") for k, v in w.items()}}
+    out_g, ctx_g = dsc.mla_forward(dsc.tensor(x, device="cuda"), wd, cfg)
+    g_g = dsc.mla_backward(dsc.tensor(dout, device="cuda"), ctx_g)
+    pairs = [("out", dsc.to_numpy(out_g), out_c)] + [(k, dsc.to_numpy(g_g[k]), g_c[k]) for k in g_c]
+    for name, got, want in pairs:
+        err = float(np.abs(got - want).max() / (np.abs(want).max() + 1e-30))
+        assert np.all(np.isfinite(got)) and err < 3e-2, (kw, name, err)
+        print(name, err)
+print("bf16 training attention OK")
+"""
+
+
+@pytest.mark.cuda
+def test_cuda_bf16_tensor_core_training_attention_matches_cpu(tmp_path):
+    """DSC_MLA_ATTN_BF16=1 (read once per process, hence a child process): the training
+    forward and backward on tensor cores (BF16 q, k, v, dO, P, dS; FP32 softmax and sums)
+    against the CPU's float32, at the small config and at V3's head dims (dqk 192, dv 128)
+    with T = 130 (no multiple of the 64-row tile). BF16 keeps 8 significant bits: outputs and
+    gradients within 3% of their largest magnitude."""
+    import os
+    import subprocess
+    import sys
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, DSC_MLA_ATTN_BF16="1")
+    r = subprocess.run([sys.executable, "-c", _BF16_TRAIN.format(tests=tests)], env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0 and "bf16 training attention OK" in r.stdout, r.stdout + r.stderr
+
+
 # --------------------------------------------------------------------------- FP8 projections
 
 

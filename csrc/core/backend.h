@@ -255,16 +255,18 @@ extern "C" {
                               int64_t lds, float *dst, int64_t ldd);                          \
   /* Causal attention (key j <= query t within each sequence), scores in float32:           \
    * s = scale*(q[.,h,:dn].kv[.,h,:dn] + q_pe[.,h].kpe), o = softmax(s) @ kv[.,h,dn:];     \
-   * lse[b,h,t] = log-sum-exp of the scores (saved for backward). */                        \
+   * lse[b,h,t] = log-sum-exp of the scores (saved for backward). bf16 = 1 allows BF16      \
+   * tensor-core compute (CUDA, kernels/mla_attn_tc.cu; the CPU ignores it); the backward    \
+   * must get the forward's bf16. */                                                         \
   dsc_status P##mla_attn_fwd(dsc_context *ctx, int64_t B, int64_t T, int64_t H, int64_t dn,    \
-                             int64_t dr, int64_t dv, float scale,                             \
+                             int64_t dr, int64_t dv, int bf16, float scale,                   \
                              const float *q /*[B,T,H,dqk]*/, const float *q_pe /*[B,T,H,dr]*/, \
                              const float *kv /*[B,T,H,dn+dv]*/, const float *kpe /*[B,T,dr]*/, \
                              float *o /*[B,T,H,dv]*/, float *lse /*[B,H,T]*/);                \
   /* Its backward: dq_nope written into dq[..., :dn] (dq's rope part untouched), dq_pe,     \
    * dkv (both halves) and dkpe (summed over heads), all overwritten. */                    \
   dsc_status P##mla_attn_bwd(dsc_context *ctx, int64_t B, int64_t T, int64_t H, int64_t dn,    \
-                             int64_t dr, int64_t dv, float scale, const float *q,             \
+                             int64_t dr, int64_t dv, int bf16, float scale, const float *q,   \
                              const float *q_pe, const float *kv, const float *kpe,            \
                              const float *o, const float *lse, const float *dout /*[B,T,H,dv]*/, \
                              float *dq /*[B,T,H,dqk]*/, float *dq_pe /*[B,T,H,dr]*/,          \

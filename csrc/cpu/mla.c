@@ -177,10 +177,11 @@ static void pack_qk(int64_t T, int64_t H, int64_t dn, int64_t dr, int64_t dv, in
 }
 
 dsc_status dsc_cpu_mla_attn_fwd(dsc_context *ctx, int64_t B, int64_t T, int64_t H, int64_t dn,
-                                int64_t dr, int64_t dv, float scale,
+                                int64_t dr, int64_t dv, int bf16 /* ignored: float32 */, float scale,
                                 const float *q /* [B,T,H,dqk] */, const float *q_pe /* [B,T,H,dr] */,
                                 const float *kv /* [B,T,H,dn+dv] */, const float *kpe /* [B,T,dr] */,
                                 float *o /* [B,T,H,dv] */, float *lse /* [B,H,T] */) {
+  (void)bf16;
   const int64_t dqk = dn + dr, dkv = dn + dv, nthr = ctx->num_threads > 0 ? ctx->num_threads : 1;
   if (B * T * H == 0) return DSC_OK;
   const int64_t QB = T < MLA_QB ? T : MLA_QB;
@@ -218,12 +219,13 @@ dsc_status dsc_cpu_mla_attn_fwd(dsc_context *ctx, int64_t B, int64_t T, int64_t 
 }
 
 dsc_status dsc_cpu_mla_attn_bwd(dsc_context *ctx, int64_t B, int64_t T, int64_t H, int64_t dn,
-                                int64_t dr, int64_t dv, float scale, const float *q,
+                                int64_t dr, int64_t dv, int bf16, float scale, const float *q,
                                 const float *q_pe, const float *kv, const float *kpe,
                                 const float *o, const float *lse,
                                 const float *dout /* [B,T,H,dv] */, float *dq /* [B,T,H,dqk] */,
                                 float *dq_pe /* [B,T,H,dr] */, float *dkv /* [B,T,H,dn+dv] */,
                                 float *dkpe /* [B,T,dr] */) {
+  (void)bf16;
   const int64_t dqk = dn + dr, dkvw = dn + dv, nthr = ctx->num_threads > 0 ? ctx->num_threads : 1;
   if (B * T == 0) return DSC_OK;
   if (H == 0) {

@@ -5,7 +5,9 @@
  * (paged addressing, KV splits, 32-key tiles, scores and P V as a warp computes them from
  * fragments, the online softmax, the merge of the splits) against a direct softmax
  * attention in double, on random inputs with odd sizes: kv_len 0 and 1, lengths that are
- * no multiple of the tile, more splits than keys.
+ * no multiple of the tile, more splits than keys; and of the training forward's tile loop
+ * (kernels/mla_attn_tc.cu: quad reductions, P reused from the score registers through
+ * mla_c2a_*) against a direct causal attention, T not a multiple of the tile.
  * Built and run by tests/test_mla.py (test_mla_tile_header_on_cpu); the last line is
  * "N passed, N failed".
  */
@@ -73,12 +75,11 @@ typedef float (*getter)(const float *base, int ld, int k, int n);
 static float b_kmajor(const float *base, int ld, int k, int n) { return base[k * ld + n]; }
 static float b_nmajor(const float *base, int ld, int k, int n) { return base[n * ld + k]; }
 
-static void warp_mma(float d[32][4], const float *A, int lda, const float *B, int ldb, getter gb) {
-  float fa[32][8], fb[32][4], At[16][16], Bt[16][8];
-  for (int l = 0; l < 32; ++l) {
-    for (int i = 0; i < 8; ++i) fa[l][i] = A[mla_fa_row(l, i) * lda + mla_fa_col(l, i)];
+/* The same with the A fragments already in the lanes' registers (fa[lane][element]). */
+static void warp_mma_frag(float d[32][4], float fa[32][8], const float *B, int ldb, getter gb) {
+  float fb[32][4], At[16][16], Bt[16][8];
+  for (int l = 0; l < 32; ++l)
     for (int i = 0; i < 4; ++i) fb[l][i] = gb(B, ldb, mla_fb_k(l, i), mla_fb_n(l, i));
-  }
   /* the tiles as the hardware assembles them from the lanes' registers */
   for (int l = 0; l < 32; ++l) {
     for (int i = 0; i < 8; ++i) At[mla_fa_row(l, i)][mla_fa_col(l, i)] = fa[l][i];
@@ -90,6 +91,13 @@ static void warp_mma(float d[32][4], const float *A, int lda, const float *B, in
       for (int k = 0; k < 16; ++k) s += At[mla_fc_row(l, e)][k] * Bt[k][mla_fc_col(l, e)];
       d[l][e] = s;
     }
+}
+
+static void warp_mma(float d[32][4], const float *A, int lda, const float *B, int ldb, getter gb) {
+  float fa[32][8];
+  for (int l = 0; l < 32; ++l)
+    for (int i = 0; i < 8; ++i) fa[l][i] = A[mla_fa_row(l, i) * lda + mla_fa_col(l, i)];
+  warp_mma_frag(d, fa, B, ldb, gb);
 }
 
 /* ---- FP8 row layout ------------------------------------------------------------------ */
@@ -309,12 +317,148 @@ static void test_softmax_steps(void) {
   CHECK(mla_merge_max(none, 2) == -INFINITY, "all splits empty");
 }
 
+/* ---- the training forward (kernels/mla_attn_tc.cu), simulated ------------------------ */
+
+#define BT 64 /* query rows and keys per tile; 4 warps of 16 rows */
+
+/* o [T, Dv] and lse [T] of one (b, h): causal softmax(scale Q K^T) V through the kernel's
+ * per-lane registers: S tiles, quad reductions, online softmax, P reused as the A operand. */
+static void sim_attn_fwd(int64_t T, int Dk, int Dv, float scale, const float *Q /* [T,Dk] */,
+                         const float *K /* [T,Dk] */, const float *V /* [T,Dv] */, float *o, float *lse) {
+  float *Qs = calloc((size_t)(BT * Dk), sizeof(float)), *Ks = calloc((size_t)(BT * Dk), sizeof(float));
+  float *Vs = calloc((size_t)(BT * Dv), sizeof(float));
+  const int nvt = Dv / 8;
+  for (int64_t q0 = 0; q0 < T; q0 += BT) {
+    for (int r = 0; r < BT; ++r)
+      for (int d = 0; d < Dk; ++d) Qs[r * Dk + d] = q0 + r < T ? Q[(q0 + r) * Dk + d] : 0.0f;
+    for (int warp = 0; warp < 4; ++warp) {
+      const int64_t r0 = q0 + warp * 16;
+      float O[16][32][4] = {{{0}}}, m[32][2], l[32][2];
+      for (int lane = 0; lane < 32; ++lane)
+        for (int r = 0; r < 2; ++r) {
+          m[lane][r] = -INFINITY;
+          l[lane][r] = 0.0f;
+        }
+      for (int64_t k0 = 0; k0 < mla_causal_kend(q0, BT, T); k0 += BT) {
+        for (int r = 0; r < BT; ++r) {
+          for (int d = 0; d < Dk; ++d) Ks[r * Dk + d] = k0 + r < T ? K[(k0 + r) * Dk + d] : 0.0f;
+          for (int d = 0; d < Dv; ++d) Vs[r * Dv + d] = k0 + r < T ? V[(k0 + r) * Dv + d] : 0.0f;
+        }
+        float S[8][32][4] = {{{0}}};
+        for (int kk = 0; kk < Dk; kk += 16)
+          for (int nt = 0; nt < 8; ++nt) warp_mma(S[nt], Qs + warp * 16 * Dk + kk, Dk, Ks + nt * 8 * Dk + kk, Dk, b_nmajor);
+        float tmax[32][2], alpha[32][2];
+        for (int lane = 0; lane < 32; ++lane) {
+          tmax[lane][0] = tmax[lane][1] = -INFINITY;
+          for (int nt = 0; nt < 8; ++nt)
+            for (int e = 0; e < 4; ++e) {
+              const int64_t t = r0 + mla_fc_row(lane, e), j = k0 + nt * 8 + mla_fc_col(lane, e);
+              S[nt][lane][e] = (j <= t && j < T) ? scale * S[nt][lane][e] : -INFINITY;
+              if (S[nt][lane][e] > tmax[lane][e >> 1]) tmax[lane][e >> 1] = S[nt][lane][e];
+            }
+        }
+        for (int lane = 0; lane < 32; ++lane) /* the quad's max (shuffles xor 1, 2) */
+          for (int r = 0; r < 2; ++r) {
+            float q = -INFINITY;
+            for (int x = 0; x < 4; ++x) q = fmaxf(q, tmax[(lane & ~3) | x][r]);
+            m[lane][r] = mla_online_max(m[lane][r], q, &alpha[lane][r]);
+            l[lane][r] *= alpha[lane][r];
+          }
+        for (int lane = 0; lane < 32; ++lane)
+          for (int nt = 0; nt < 8; ++nt)
+            for (int e = 0; e < 4; ++e) {
+              S[nt][lane][e] = mla_prob(S[nt][lane][e], m[lane][e >> 1]);
+              l[lane][e >> 1] += S[nt][lane][e];
+            }
+        for (int vt = 0; vt < nvt; ++vt)
+          for (int lane = 0; lane < 32; ++lane)
+            for (int e = 0; e < 4; ++e) O[vt][lane][e] *= alpha[lane][e >> 1];
+        for (int ks = 0; ks < 4; ++ks) {
+          float fa[32][8];
+          for (int lane = 0; lane < 32; ++lane)
+            for (int i = 0; i < 8; ++i) fa[lane][i] = S[2 * ks + mla_c2a_tile(i)][lane][mla_c2a_elem(i)];
+          for (int vt = 0; vt < nvt; ++vt) warp_mma_frag(O[vt], fa, Vs + ks * 16 * Dv + vt * 8, Dv, b_kmajor);
+        }
+      }
+      for (int lane = 0; lane < 32; ++lane) {
+        float L[2];
+        for (int r = 0; r < 2; ++r) {
+          L[r] = 0.0f;
+          for (int x = 0; x < 4; ++x) L[r] += l[(lane & ~3) | x][r];
+        }
+        for (int vt = 0; vt < nvt; ++vt)
+          for (int e = 0; e < 4; ++e) {
+            const int64_t t = r0 + mla_fc_row(lane, e);
+            if (t < T) o[t * Dv + vt * 8 + mla_fc_col(lane, e)] = O[vt][lane][e] / L[e >> 1];
+          }
+        if ((lane & 3) == 0)
+          for (int r = 0; r < 2; ++r) {
+            const int64_t t = r0 + mla_fc_row(lane, 2 * r);
+            if (t < T) lse[t] = m[lane][r] + logf(L[r]);
+          }
+      }
+    }
+  }
+  free(Qs);
+  free(Ks);
+  free(Vs);
+}
+
+static void test_attn_fwd_sim(void) {
+  const int64_t Ts[] = {1, 17, 64, 65, 130};
+  for (int ti = 0; ti < 5; ++ti)
+    for (int shape = 0; shape < 2; ++shape) {
+      const int64_t T = Ts[ti];
+      const int Dk = shape ? 48 : 32, Dv = shape ? 40 : 16; /* Dv 40: not a multiple of 16 */
+      const int Dvp = (Dv + 15) / 16 * 16;
+      float *Q = calloc((size_t)(T * Dk), sizeof(float)), *K = calloc((size_t)(T * Dk), sizeof(float));
+      float *V = calloc((size_t)(T * Dvp), sizeof(float)), *o = calloc((size_t)(T * Dvp), sizeof(float));
+      float *lse = calloc((size_t)T, sizeof(float));
+      for (int64_t i = 0; i < T * Dk; ++i) {
+        Q[i] = (float)(2 * urand() - 1);
+        K[i] = (float)(2 * urand() - 1);
+      }
+      for (int64_t t = 0; t < T; ++t)
+        for (int c = 0; c < Dv; ++c) V[t * Dvp + c] = (float)(2 * urand() - 1);
+      const float scale = 0.9f;
+      sim_attn_fwd(T, Dk, Dvp, scale, Q, K, V, o, lse);
+      double err = 0.0, err_lse = 0.0;
+      for (int64_t t = 0; t < T; ++t) {
+        double mx = -INFINITY, den = 0.0, num[48] = {0};
+        for (int64_t j = 0; j <= t; ++j) {
+          double s = 0.0;
+          for (int d = 0; d < Dk; ++d) s += (double)Q[t * Dk + d] * K[j * Dk + d];
+          mx = fmax(mx, scale * s);
+        }
+        for (int64_t j = 0; j <= t; ++j) {
+          double s = 0.0;
+          for (int d = 0; d < Dk; ++d) s += (double)Q[t * Dk + d] * K[j * Dk + d];
+          const double p = exp(scale * s - mx);
+          den += p;
+          for (int c = 0; c < Dv; ++c) num[c] += p * V[j * Dvp + c];
+        }
+        for (int c = 0; c < Dv; ++c) err = fmax(err, fabs(num[c] / den - o[t * Dvp + c]));
+        err_lse = fmax(err_lse, fabs(mx + log(den) - lse[t]));
+      }
+      CHECK(err < 2e-5 && err_lse < 2e-5, "attention forward T %lld Dk %d Dv %d: max error %g, lse %g",
+            (long long)T, Dk, Dv, err, err_lse);
+      free(Q);
+      free(K);
+      free(V);
+      free(o);
+      free(lse);
+    }
+  CHECK(mla_causal_kend(64, 64, 100) == 100 && mla_causal_kend(0, 64, 100) == 64,
+        "causal key ends: the block's last row, at most T");
+}
+
 int main(void) {
   test_fragments();
   test_fp8_layout();
   test_splits();
   test_softmax_steps();
   test_decode_sim();
+  test_attn_fwd_sim();
   printf("%d passed, %d failed\n", g_pass, g_fail);
   return g_fail != 0;
 }
