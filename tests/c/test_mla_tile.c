@@ -7,7 +7,8 @@
  * attention in double, on random inputs with odd sizes: kv_len 0 and 1, lengths that are
  * no multiple of the tile, more splits than keys; and of the training forward's tile loop
  * (kernels/mla_attn_tc.cu: quad reductions, P reused from the score registers through
- * mla_c2a_*) against a direct causal attention, T not a multiple of the tile.
+ * mla_c2a_*) and backward (dK, dV over transposed tiles; dQ) against a direct causal
+ * attention, T not a multiple of the tile.
  * Built and run by tests/test_mla.py (test_mla_tile_header_on_cpu); the last line is
  * "N passed, N failed".
  */
@@ -452,6 +453,177 @@ static void test_attn_fwd_sim(void) {
         "causal key ends: the block's last row, at most T");
 }
 
+/* The backward's two kernels (dK, dV per key block with transposed tiles; dQ per query
+ * block), simulated like the forward, for one (b, h); lse and D come from the caller. */
+static void sim_attn_bwd(int64_t T, int Dk, int Dv, float scale, const float *Q, const float *K,
+                         const float *V, const float *dO, const float *lse, const float *Dd,
+                         float *dQo, float *dKo, float *dVo) {
+  float *As = calloc((size_t)(BT * Dk), sizeof(float)), *Bs = calloc((size_t)(BT * Dk), sizeof(float));
+  float *Cs = calloc((size_t)(BT * Dv), sizeof(float)), *Es = calloc((size_t)(BT * Dv), sizeof(float));
+  const int nvt = Dv / 8, nkt = Dk / 8;
+#define LOAD(dst, src, r0, D)                                                            \
+  for (int r_ = 0; r_ < BT; ++r_)                                                        \
+    for (int d_ = 0; d_ < (D); ++d_) (dst)[r_ * (D) + d_] = (r0) + r_ < T ? (src)[((r0) + r_) * (D) + d_] : 0.0f
+  for (int64_t k0 = 0; k0 < T; k0 += BT) { /* dK, dV: As = K, Cs = V, Bs = Q, Es = dO tiles */
+    LOAD(As, K, k0, Dk);
+    LOAD(Cs, V, k0, Dv);
+    for (int warp = 0; warp < 4; ++warp) {
+      const int64_t j0 = k0 + warp * 16;
+      static float dV[16][32][4], dK[24][32][4];
+      memset(dV, 0, sizeof dV);
+      memset(dK, 0, sizeof dK);
+      for (int64_t q0 = k0; q0 < T; q0 += BT) {
+        LOAD(Bs, Q, q0, Dk);
+        LOAD(Es, dO, q0, Dv);
+        float P[8][32][4] = {{{0}}}, dP[8][32][4] = {{{0}}};
+        for (int kk = 0; kk < Dk; kk += 16)
+          for (int nt = 0; nt < 8; ++nt) warp_mma(P[nt], As + warp * 16 * Dk + kk, Dk, Bs + nt * 8 * Dk + kk, Dk, b_nmajor);
+        for (int nt = 0; nt < 8; ++nt)
+          for (int lane = 0; lane < 32; ++lane)
+            for (int e = 0; e < 4; ++e) {
+              const int64_t j = j0 + mla_fc_row(lane, e), t = q0 + nt * 8 + mla_fc_col(lane, e);
+              P[nt][lane][e] = (j <= t && t < T && j < T) ? expf(scale * P[nt][lane][e] - lse[t]) : 0.0f;
+            }
+        for (int ks = 0; ks < 4; ++ks) {
+          float fa[32][8];
+          for (int lane = 0; lane < 32; ++lane)
+            for (int i = 0; i < 8; ++i) fa[lane][i] = P[2 * ks + mla_c2a_tile(i)][lane][mla_c2a_elem(i)];
+          for (int vt = 0; vt < nvt; ++vt) warp_mma_frag(dV[vt], fa, Es + ks * 16 * Dv + vt * 8, Dv, b_kmajor);
+        }
+        for (int kk = 0; kk < Dv; kk += 16)
+          for (int nt = 0; nt < 8; ++nt) warp_mma(dP[nt], Cs + warp * 16 * Dv + kk, Dv, Es + nt * 8 * Dv + kk, Dv, b_nmajor);
+        for (int nt = 0; nt < 8; ++nt)
+          for (int lane = 0; lane < 32; ++lane)
+            for (int e = 0; e < 4; ++e) {
+              const int64_t t = q0 + nt * 8 + mla_fc_col(lane, e);
+              dP[nt][lane][e] = P[nt][lane][e] * (dP[nt][lane][e] - (t < T ? Dd[t] : 0.0f));
+            }
+        for (int ks = 0; ks < 4; ++ks) {
+          float fa[32][8];
+          for (int lane = 0; lane < 32; ++lane)
+            for (int i = 0; i < 8; ++i) fa[lane][i] = dP[2 * ks + mla_c2a_tile(i)][lane][mla_c2a_elem(i)];
+          for (int kt = 0; kt < nkt; ++kt) warp_mma_frag(dK[kt], fa, Bs + ks * 16 * Dk + kt * 8, Dk, b_kmajor);
+        }
+      }
+      for (int lane = 0; lane < 32; ++lane)
+        for (int e = 0; e < 4; ++e) {
+          const int64_t j = j0 + mla_fc_row(lane, e);
+          if (j >= T) continue;
+          for (int kt = 0; kt < nkt; ++kt) dKo[j * Dk + kt * 8 + mla_fc_col(lane, e)] = scale * dK[kt][lane][e];
+          for (int vt = 0; vt < nvt; ++vt) dVo[j * Dv + vt * 8 + mla_fc_col(lane, e)] = dV[vt][lane][e];
+        }
+    }
+  }
+  for (int64_t q0 = 0; q0 < T; q0 += BT) { /* dQ: As = Q, Es = dO, Bs = K, Cs = V tiles */
+    LOAD(As, Q, q0, Dk);
+    LOAD(Es, dO, q0, Dv);
+    for (int warp = 0; warp < 4; ++warp) {
+      const int64_t r0 = q0 + warp * 16;
+      static float dQ[24][32][4];
+      memset(dQ, 0, sizeof dQ);
+      for (int64_t k0 = 0; k0 < mla_causal_kend(q0, BT, T); k0 += BT) {
+        LOAD(Bs, K, k0, Dk);
+        LOAD(Cs, V, k0, Dv);
+        float P[8][32][4] = {{{0}}}, dP[8][32][4] = {{{0}}};
+        for (int kk = 0; kk < Dk; kk += 16)
+          for (int nt = 0; nt < 8; ++nt) warp_mma(P[nt], As + warp * 16 * Dk + kk, Dk, Bs + nt * 8 * Dk + kk, Dk, b_nmajor);
+        for (int kk = 0; kk < Dv; kk += 16)
+          for (int nt = 0; nt < 8; ++nt) warp_mma(dP[nt], Es + warp * 16 * Dv + kk, Dv, Cs + nt * 8 * Dv + kk, Dv, b_nmajor);
+        for (int nt = 0; nt < 8; ++nt)
+          for (int lane = 0; lane < 32; ++lane)
+            for (int e = 0; e < 4; ++e) {
+              const int64_t t = r0 + mla_fc_row(lane, e), j = k0 + nt * 8 + mla_fc_col(lane, e);
+              const float pp = (j <= t && j < T && t < T) ? expf(scale * P[nt][lane][e] - lse[t]) : 0.0f;
+              dP[nt][lane][e] = pp * (dP[nt][lane][e] - (t < T ? Dd[t] : 0.0f));
+            }
+        for (int ks = 0; ks < 4; ++ks) {
+          float fa[32][8];
+          for (int lane = 0; lane < 32; ++lane)
+            for (int i = 0; i < 8; ++i) fa[lane][i] = dP[2 * ks + mla_c2a_tile(i)][lane][mla_c2a_elem(i)];
+          for (int kt = 0; kt < nkt; ++kt) warp_mma_frag(dQ[kt], fa, Bs + ks * 16 * Dk + kt * 8, Dk, b_kmajor);
+        }
+      }
+      for (int lane = 0; lane < 32; ++lane)
+        for (int e = 0; e < 4; ++e) {
+          const int64_t t = r0 + mla_fc_row(lane, e);
+          if (t < T)
+            for (int kt = 0; kt < nkt; ++kt) dQo[t * Dk + kt * 8 + mla_fc_col(lane, e)] = scale * dQ[kt][lane][e];
+        }
+    }
+  }
+#undef LOAD
+  free(As);
+  free(Bs);
+  free(Cs);
+  free(Es);
+}
+
+static void test_attn_bwd_sim(void) {
+  const int64_t Ts[] = {1, 23, 64, 100};
+  for (int ti = 0; ti < 4; ++ti) {
+    const int64_t T = Ts[ti];
+    const int Dk = 32, Dv = 16;
+    const float scale = 0.8f;
+    float *Q = calloc((size_t)(T * Dk), 4), *K = calloc((size_t)(T * Dk), 4), *V = calloc((size_t)(T * Dv), 4);
+    float *dO = calloc((size_t)(T * Dv), 4), *lse = calloc((size_t)T, 4), *Dd = calloc((size_t)T, 4);
+    float *dQ = calloc((size_t)(T * Dk), 4), *dK = calloc((size_t)(T * Dk), 4), *dV = calloc((size_t)(T * Dv), 4);
+    double *P = calloc((size_t)(T * T), sizeof(double)), *dS = calloc((size_t)(T * T), sizeof(double));
+    for (int64_t i = 0; i < T * Dk; ++i) {
+      Q[i] = (float)(2 * urand() - 1);
+      K[i] = (float)(2 * urand() - 1);
+    }
+    for (int64_t i = 0; i < T * Dv; ++i) {
+      V[i] = (float)(2 * urand() - 1);
+      dO[i] = (float)(2 * urand() - 1);
+    }
+    for (int64_t t = 0; t < T; ++t) { /* softmax rows, lse, D = dO . o */
+      double mx = -INFINITY, den = 0.0;
+      for (int64_t j = 0; j <= t; ++j) {
+        double s = 0.0;
+        for (int d = 0; d < Dk; ++d) s += (double)Q[t * Dk + d] * K[j * Dk + d];
+        P[t * T + j] = scale * s;
+        mx = fmax(mx, scale * s);
+      }
+      for (int64_t j = 0; j <= t; ++j) den += exp(P[t * T + j] - mx);
+      for (int64_t j = 0; j <= t; ++j) P[t * T + j] = exp(P[t * T + j] - mx) / den;
+      lse[t] = (float)(mx + log(den));
+      double dd = 0.0;
+      for (int c = 0; c < Dv; ++c) {
+        double oc = 0.0;
+        for (int64_t j = 0; j <= t; ++j) oc += P[t * T + j] * V[j * Dv + c];
+        dd += oc * dO[t * Dv + c];
+      }
+      Dd[t] = (float)dd;
+      for (int64_t j = 0; j <= t; ++j) {
+        double dp = 0.0;
+        for (int c = 0; c < Dv; ++c) dp += (double)dO[t * Dv + c] * V[j * Dv + c];
+        dS[t * T + j] = P[t * T + j] * (dp - dd);
+      }
+    }
+    sim_attn_bwd(T, Dk, Dv, scale, Q, K, V, dO, lse, Dd, dQ, dK, dV);
+    double eq = 0.0, ek = 0.0, ev = 0.0;
+    for (int64_t t = 0; t < T; ++t)
+      for (int d = 0; d < Dk; ++d) {
+        double wq = 0.0, wk = 0.0;
+        for (int64_t j = 0; j < T; ++j) {
+          wq += scale * dS[t * T + j] * K[j * Dk + d]; /* dQ[t] = scale sum_j dS[t,j] K[j] */
+          wk += scale * dS[j * T + t] * Q[j * Dk + d]; /* dK[t] = scale sum_i dS[i,t] Q[i] */
+        }
+        eq = fmax(eq, fabs(wq - dQ[t * Dk + d]));
+        ek = fmax(ek, fabs(wk - dK[t * Dk + d]));
+      }
+    for (int64_t j = 0; j < T; ++j)
+      for (int c = 0; c < Dv; ++c) {
+        double wv = 0.0;
+        for (int64_t t = 0; t < T; ++t) wv += P[t * T + j] * dO[t * Dv + c];
+        ev = fmax(ev, fabs(wv - dV[j * Dv + c]));
+      }
+    CHECK(eq < 5e-5 && ek < 5e-5 && ev < 5e-5, "attention backward T %lld: max errors dQ %g dK %g dV %g",
+          (long long)T, eq, ek, ev);
+    free(Q); free(K); free(V); free(dO); free(lse); free(Dd); free(dQ); free(dK); free(dV); free(P); free(dS);
+  }
+}
+
 int main(void) {
   test_fragments();
   test_fp8_layout();
@@ -459,6 +631,7 @@ int main(void) {
   test_softmax_steps();
   test_decode_sim();
   test_attn_fwd_sim();
+  test_attn_bwd_sim();
   printf("%d passed, %d failed\n", g_pass, g_fail);
   return g_fail != 0;
 }
