@@ -31,7 +31,7 @@
 static dsc_status lin(dsc_context *ctx, int64_t M, int64_t Nout, int64_t K, const float *a,
                       int64_t lda, const float *w, int64_t ldw, float beta, float *y, int64_t ldy) {
   return BACKEND(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 1, M, Nout, K, 1.0f, a, lda, w, ldw, beta, y, ldy, 1,
-            0, 0, 0);
+                 0, 0, 0);
 }
 
 /* A projection weight [Nout,K]: float32 w, or (q != NULL) held in E4M3 with its 128x128
@@ -80,9 +80,9 @@ static dsc_status proj_bwd(dsc_context *ctx, const fp8_scratch *f8, int64_t M, i
   if (!f8) {
     if (dw)
       DSC_TRY(BACKEND(gemm_f32out, ctx, DSC_DTYPE_FLOAT32, 1, 0, Nout, K, M, 1.0f, dy, Nout, x, K,
-                 0.0f, dw, K));
+                      0.0f, dw, K));
     return BACKEND(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 0, M, K, Nout, 1.0f, dy, Nout, w, K, beta, dx, K,
-              1, 0, 0, 0);
+                   1, 0, 0, 0);
   }
   const dsc_dtype f32 = DSC_DTYPE_FLOAT32;
   if (dw) DSC_TRY(dsc_fp8l_wgrad(ctx, 1, M, Nout, K, f32, dy, f32, x, NULL, NULL, dw));
@@ -190,14 +190,14 @@ static dsc_status q_path(dsc_context *ctx, const dsc_mla_params *p, const dsc_ml
   if (Rq > 0) {
     DSC_TRY(proj(ctx, f8, N, Rq, Hd, x, WR(w->q_a_proj, w->q_a_proj_scale_inv), cq_raw));
     DSC_TRY(BACKEND(rms_norm_fwd, ctx, DSC_DTYPE_FLOAT32, N, Rq, cq_raw, dsc_data(w->q_a_layernorm),
-               p->rms_norm_eps, cq, rstd_q));
+                    p->rms_norm_eps, cq, rstd_q));
     DSC_TRY(proj(ctx, f8, N, H * dqk, Rq, cq, WR(w->q_b_proj, w->q_b_proj_scale_inv), q));
   } else {
     DSC_TRY(proj(ctx, f8, N, H * dqk, Hd, x, WR(w->q_proj, w->q_proj_scale_inv), q));
   }
   DSC_TRY(BACKEND(mla_copy_cols, ctx, N * H, dr, q + dn, dqk, q_pe, dr));
   return BACKEND(rope, ctx, DSC_DTYPE_FLOAT32, (int)p->rope.layout, B, T, H, dr, q_pe, pos, inv, cs, 0,
-            q_pe);
+                 q_pe);
 }
 
 /* The latent path: c_raw [N,R], rstd_kv [N], ckv [N,R], kpe [N,dr] (rotated). */
@@ -221,9 +221,9 @@ static dsc_status kv_path(dsc_context *ctx, const dsc_mla_params *p, const dsc_m
   DSC_TRY(BACKEND(mla_copy_cols, ctx, N, R, joint, R + dr, c_raw, R));
   DSC_TRY(BACKEND(mla_copy_cols, ctx, N, dr, joint + R, R + dr, kpe, dr));
   DSC_TRY(BACKEND(rms_norm_fwd, ctx, DSC_DTYPE_FLOAT32, N, R, c_raw, dsc_data(w->kv_a_layernorm),
-             p->rms_norm_eps, ckv, rstd_kv));
+                  p->rms_norm_eps, ckv, rstd_kv));
   return BACKEND(rope, ctx, DSC_DTYPE_FLOAT32, (int)p->rope.layout, B, T, 1, dr, kpe, pos, inv, cs, 0,
-            kpe);
+                 kpe);
 }
 
 dsc_status dsc_mla_forward(dsc_context *ctx, const dsc_mla_params *p, const dsc_mla_weights *w,
@@ -390,16 +390,16 @@ dsc_status dsc_mla_backward(dsc_context *ctx, const dsc_mla_params *p, const dsc
           a[A_KPE], a[A_O], a[A_LSE], b[G_DO], b[G_DQ], b[G_DQ_PE], b[G_DKV], b[G_DKPE]));
   /* RoPE backward, then dq_pe back into dq[..., dn:] */
   STEP(BACKEND(rope, ctx, DSC_DTYPE_FLOAT32, (int)p->rope.layout, B, T, H, dr, b[G_DQ_PE], pos, inv, cs,
-          1, b[G_DQ_PE]));
+               1, b[G_DQ_PE]));
   STEP(BACKEND(mla_copy_cols, ctx, N * H, dr, b[G_DQ_PE], dr, b[G_DQ] + dn, dqk));
   STEP(BACKEND(rope, ctx, DSC_DTYPE_FLOAT32, (int)p->rope.layout, B, T, 1, dr, b[G_DKPE], pos, inv, cs,
-          1, b[G_DKPE]));
+               1, b[G_DKPE]));
   /* kv = ckv Wkvb^T */
   STEP(proj_bwd(ctx, f8, N, H * dkvw, R, b[G_DKV], a[A_CKV], F(w->kv_b_proj), FO(g->kv_b_proj),
                 0.0f, b[G_DCKV]));
   STEP(BACKEND(rms_norm_bwd, ctx, DSC_DTYPE_FLOAT32, N, R, b[G_DCKV], a[A_C_RAW],
-          dsc_data(w->kv_a_layernorm), a[A_RSTD_KV], eps, b[G_DC_RAW],
-          g->kv_a_layernorm ? FO(g->kv_a_layernorm) : b[G_DGAMMA]));
+               dsc_data(w->kv_a_layernorm), a[A_RSTD_KV], eps, b[G_DC_RAW],
+               g->kv_a_layernorm ? FO(g->kv_a_layernorm) : b[G_DGAMMA]));
   /* [c_raw | kpe_raw] = x Wkva^T: the joint [N, R+dr] gradient, as the forward's one
    * projection (one weight-gradient and one dx product instead of a thin pair each) */
   const float *wa = F(w->kv_a_proj_with_mqa);
@@ -412,8 +412,8 @@ dsc_status dsc_mla_backward(dsc_context *ctx, const dsc_mla_params *p, const dsc
     STEP(proj_bwd(ctx, f8, N, H * dqk, Rq, b[G_DQ], a[A_CQ], F(w->q_b_proj), FO(g->q_b_proj), 0.0f,
                   b[G_DCQ]));
     STEP(BACKEND(rms_norm_bwd, ctx, DSC_DTYPE_FLOAT32, N, Rq, b[G_DCQ], a[A_CQ_RAW],
-            dsc_data(w->q_a_layernorm), a[A_RSTD_Q], eps, b[G_DCQ_RAW],
-            g->q_a_layernorm ? FO(g->q_a_layernorm) : b[G_DGAMMA]));
+                 dsc_data(w->q_a_layernorm), a[A_RSTD_Q], eps, b[G_DCQ_RAW],
+                 g->q_a_layernorm ? FO(g->q_a_layernorm) : b[G_DGAMMA]));
     STEP(proj_bwd(ctx, f8, N, Rq, Hd, b[G_DCQ_RAW], xp, F(w->q_a_proj), FO(g->q_a_proj), 1.0f,
                   dxp));
   } else {
@@ -613,7 +613,7 @@ static dsc_status mla_infer(const char *FN, dsc_context *ctx, const dsc_mla_para
                 a[I_Q_PE]));
     /* q_lat[:, h] = q_nope[:, h] @ W_UK[h]   ([N,dn] @ [dn,R], batched over heads) */
     STEP(BACKEND(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 0, N, R, dn, 1.0f, a[I_Q], H * dqk, wkvb, R, 0.0f,
-            a[I_QLAT], H * R, H, dqk, (dn + dv) * R, R));
+                 a[I_QLAT], H * R, H, dqk, (dn + dv) * R, R));
     STEP(BACKEND(mla_cache_write, ctx, c->dt, R, dr, c->row_bytes, N, dmeta, a[I_CKV], a[I_KPE],
                  pool));
     STEP(BACKEND(mla_decode_attn, ctx, c->dt, R, dr, c->row_bytes, bs, pool, N, H, max_kv,
@@ -621,7 +621,7 @@ static dsc_status mla_infer(const char *FN, dsc_context *ctx, const dsc_mla_para
                  a[I_OLAT]));
     /* o[:, h] = o_lat[:, h] @ W_UV[h]^T   ([N,R] @ [R,dv]) */
     STEP(BACKEND(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 1, N, dv, R, 1.0f, a[I_OLAT], H * R, wkvb + dn * R, R,
-            0.0f, a[I_O], H * dv, H, R, (dn + dv) * R, dv));
+                 0.0f, a[I_O], H * dv, H, R, (dn + dv) * R, dv));
     STEP(proj(ctx, f8, N, Hd, H * dv, a[I_O], WR(w->o_proj, w->o_proj_scale_inv), FO(out)));
   }
 #undef STEP
