@@ -7,6 +7,16 @@
   * the cache-size table MLA vs MHA vs GQA vs MQA for the DeepSeek-V3 config.
 
     python benchmarks/bench_mla.py [--device cpu|cuda] [--quick]
+    python benchmarks/bench_mla.py --gpu-suite [--out FILE]     # the GPU case of gpu_suite
+
+--gpu-suite (CUDA): decode at batch 128, context 4096 and 8192, 128 heads, R 512, dr 64, BF16
+and FP8 caches: cache GB/s and attention TFLOP/s of the attention core, and % of FlashMLA's
+published 3000 GB/s (H800, memory bound); training attention forward+backward TFLOP/s at a
+V3 head shape (128 heads, dqk 192, dv 128, T 4096), float32 SIMT and BF16 tensor cores
+(DSC_MLA_ATTN_BF16=1, in a child process). The attention core is not callable on
+its own from Python: its time is the layer's step time minus the same step over a 32-token
+context (projections and absorbed products, equal in both), so the figures are of the
+attention kernels plus the per-step host work that grows with the context (none does).
 
 --device cuda skips cleanly (with the reason) where there is no GPU or no MLA kernels yet.
 Writes benchmarks/results/mla_<device>_<date>.json with machine, commit and numbers.
@@ -56,12 +66,140 @@ def cache_table(cfg: dsc.ModelConfig) -> list[dict]:
     return out
 
 
+FLASHMLA_GBPS = 3000.0  # FlashMLA's published decode figure (H800 SXM5, memory-bound config)
+
+
+def gpu_suite(results: dict, quick: bool) -> None:
+    """The issue's GPU case (see the module docstring); appends to results['cases']."""
+    from reference import mla as ref
+
+    rng = np.random.default_rng(0)
+    out_box: list = [None]
+
+    def sync() -> None:  # the outputs come back to the host: the stream has finished
+        if out_box[0] is not None:
+            dsc.to_numpy(out_box[0])
+
+    cuda = lambda a: dsc.tensor(a, device="cuda")  # noqa: E731
+    # ---- decode: hidden 256 keeps the projections small next to the attention
+    B, H = (16, 128) if quick else (128, 128)
+    cfg = dsc.ModelConfig(hidden_size=256, num_attention_heads=H, q_lora_rank=128)
+    assert cfg.kv_lora_rank == 512 and cfg.qk_rope_head_dim == 64
+    w = {k: cuda(v) for k, v in ref.init_weights(cfg, rng).items()}
+    cfg1 = cfg.replace(num_attention_heads=1)  # fills the cache: the latents do not depend on H
+    w1 = {k: cuda(v) for k, v in ref.init_weights(cfg1, rng).items()}
+    xd = cuda(rng.standard_normal((B, 1, cfg.hidden_size)).astype(np.float32))
+    for dtype in ("bfloat16", "float8_e4m3fn"):
+        for ctx_len in ((1024,) if quick else (4096, 8192)):
+            times = {}
+            for L in (32, ctx_len):
+                cache = dsc.MLACache(cfg, max_batch=B, max_tokens=L + 1, block_size=64, dtype=dtype, device="cuda")
+                ids = [cache.add_sequence() for _ in range(B)]
+                for s0 in range(0, L, 1024):
+                    n = min(1024, L - s0)
+                    x = cuda(rng.standard_normal((B, n, cfg.hidden_size)).astype(np.float32))
+                    out_box[0] = dsc.mla_prefill(x, w1, cfg1, cache, ids)
+                sync()
+                pos = np.full((B, 1), L, np.int32)
+
+                def step() -> None:  # position L again each time: the same context, no new blocks
+                    out_box[0] = dsc.mla_decode(xd, w, cfg, cache, ids, pos)
+
+                times[L] = timeit(step, sync, min_time=0.5)
+                del cache
+            t_attn = max(times[ctx_len] - times[32], 1e-9)
+            S = ctx_len + 1
+            bpt = 656 if dtype == "float8_e4m3fn" else 2 * 576
+            read = B * (S - 33) * bpt  # the extra keys of the long context
+            flops = 2 * B * H * (S - 33) * (2 * cfg.kv_lora_rank + cfg.qk_rope_head_dim)
+            case = {"kind": "gpu_decode", "B": B, "context": ctx_len, "H": H, "R": 512, "dr": 64,
+                    "cache_dtype": dtype, "step_s": times[ctx_len], "step_ctx32_s": times[32],
+                    "attn_s_est": t_attn, "cache_GBps": read / t_attn / 1e9,
+                    "attn_TFLOPs": flops / t_attn / 1e12,
+                    "pct_of_flashmla_3000GBps": 100.0 * read / t_attn / 1e9 / FLASHMLA_GBPS}
+            results["cases"].append(case)
+            print(f"gpu decode B={B} ctx={ctx_len} H={H} {dtype:14s}: step {times[ctx_len] * 1e3:7.3f} ms "
+                  f"(ctx 32: {times[32] * 1e3:6.3f}) attention {t_attn * 1e3:7.3f} ms  {case['cache_GBps']:7.1f} GB/s "
+                  f"({case['pct_of_flashmla_3000GBps']:4.1f}% of FlashMLA)  {case['attn_TFLOPs']:6.2f} TFLOP/s")
+    train_case(results, quick)
+    # the tensor-core BF16 path is chosen once per process (DSC_MLA_ATTN_BF16): a child run
+    env = dict(os.environ, DSC_MLA_ATTN_BF16="1")
+    r = subprocess.run([sys.executable, os.path.abspath(__file__), "--train-case"] + (["--quick"] if quick else []),
+                       env=env, capture_output=True, text=True, timeout=600)
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    if r.returncode != 0 or not line:
+        print(f"bf16 training case failed: {r.stdout[-2000:]}{r.stderr[-2000:]}")
+        results["cases"].append({"kind": "gpu_train_attention", "attention_path": "bf16 tensor cores",
+                                 "error": (r.stdout + r.stderr)[-2000:]})
+    else:
+        case = json.loads(line[-1])
+        results["cases"].append(case)
+        print(case["summary"])
+
+
+def train_case(results: dict, quick: bool) -> None:
+    """Training attention at V3's heads (128 x dqk 192 / dv 128), one 4096-token sequence."""
+    from reference import mla as ref
+
+    rng = np.random.default_rng(1)
+    out_box: list = [None]
+
+    def sync() -> None:
+        if out_box[0] is not None:
+            dsc.to_numpy(out_box[0])
+
+    cuda = lambda a: dsc.tensor(a, device="cuda")  # noqa: E731
+    T, Ht = (1024, 16) if quick else (4096, 128)
+    cfg = dsc.ModelConfig(hidden_size=1024, num_attention_heads=Ht, q_lora_rank=512)
+    w = {k: cuda(v) for k, v in ref.init_weights(cfg, rng).items()}
+    x = cuda(rng.standard_normal((1, T, cfg.hidden_size)).astype(np.float32))
+    Tp = 128  # a short sequence of the same layer: its time is the projections' share
+    xs = cuda(rng.standard_normal((1, Tp, cfg.hidden_size)).astype(np.float32))
+
+    def fb(xx):
+        def run() -> None:
+            out, ctx = dsc.mla_forward(xx, w, cfg)
+            out_box[0] = dsc.mla_backward(out, ctx)["x"]
+        return run
+
+    def f(xx):
+        def run() -> None:
+            out_box[0] = dsc.mla_forward(xx, w, cfg, need_backward=False)[0]
+        return run
+
+    t_f, t_fb = timeit(f(x), sync, min_time=0.5, reps=3), timeit(fb(x), sync, min_time=0.5, reps=3)
+    t_fs, t_fbs = timeit(f(xs), sync, min_time=0.3, reps=3), timeit(fb(xs), sync, min_time=0.3, reps=3)
+    scale = T / Tp  # projections are linear in T
+    a_f, a_fb = max(t_f - t_fs * scale, 1e-9), max(t_fb - t_fbs * scale, 1e-9)
+    fl_f = 2 * Ht * (T * (T + 1) / 2) * (cfg.qk_head_dim + cfg.v_head_dim)  # causal QK^T and PV
+    fl_fb = 3.5 * fl_f  # backward: 5 products of the forward's 2 (with the recomputed P)
+    case = {"kind": "gpu_train_attention", "B": 1, "T": T, "H": Ht, "dqk": cfg.qk_head_dim, "dv": cfg.v_head_dim,
+            "layer_fwd_s": t_f, "layer_fwd_bwd_s": t_fb, "attn_fwd_s_est": a_f, "attn_fwd_bwd_s_est": a_fb,
+            "attn_fwd_TFLOPs": fl_f / a_f / 1e12, "attn_fwd_bwd_TFLOPs": fl_fb / a_fb / 1e12,
+            "attention_path": "bf16 tensor cores (kernels/mla_attn_tc.cu)" if os.environ.get("DSC_MLA_ATTN_BF16") == "1"
+            else "float32 SIMT (kernels/mla.cu)"}
+    case["summary"] = (f"gpu train attention T={T} H={Ht} [{case['attention_path']}]: layer fwd {t_f * 1e3:8.2f} ms, "
+                       f"fwd+bwd {t_fb * 1e3:8.2f} ms; attention ~{case['attn_fwd_TFLOPs']:6.2f} TFLOP/s fwd, "
+                       f"~{case['attn_fwd_bwd_TFLOPs']:6.2f} fwd+bwd")
+    results["cases"].append(case)
+    print(case["summary"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--gpu-suite", action="store_true", help="only the GPU case of gpu_suite (implies --device cuda)")
+    ap.add_argument("--train-case", action="store_true", help=argparse.SUPPRESS)  # gpu_suite's child: one JSON line
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/mla_<device>_<date>.json)")
     args = ap.parse_args()
+    if args.train_case:
+        res: dict = {"cases": []}
+        train_case(res, args.quick)
+        print(json.dumps(res["cases"][0]))
+        return
+    if args.gpu_suite:
+        args.device = "cuda"
     results: dict = {"device": args.device, "date": _dt.date.today().isoformat(), "commit": git_commit(),
                      "machine": platform.processor() or platform.machine(),
                      "threads": dsc.info().get("max_threads"), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
@@ -85,11 +223,24 @@ def main() -> None:
             print(f"skip: --device cuda: {e}")
             return
 
+    if args.gpu_suite:
+        gpu_suite(results, args.quick)
+    else:
+        cpu_cases(results, args.quick)
+    path = args.out or os.path.join(HERE, "results", f"mla_{args.device}_{results['date']}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump(results, fh, indent=2)
+    print(f"wrote {path}")
+
+
+def cpu_cases(results: dict, quick: bool) -> None:
+    """The CPU-sized training and decode cases (numpy inputs, the default device)."""
     from reference import mla as ref
 
     rng = np.random.default_rng(0)
     # ---- training: V3 head dims, fewer heads and a small hidden so a CPU finishes quickly
-    train_cases = [(1, 128, 4)] if args.quick else [(1, 128, 4), (2, 256, 8), (1, 512, 16)]
+    train_cases = [(1, 128, 4)] if quick else [(1, 128, 4), (2, 256, 8), (1, 512, 16)]
     for B, T, H in train_cases:
         cfg = dsc.ModelConfig(hidden_size=512, num_attention_heads=H, q_lora_rank=256)
         w = ref.init_weights(cfg, rng)
@@ -114,7 +265,7 @@ def main() -> None:
               f"fwd+bwd {t_fb * 1e3:8.2f} ms   numpy ref fwd {t_ref * 1e3:8.1f} ms  (x{t_ref / t_f:.1f})")
 
     # ---- decode: one new token per sequence over a cache of `ctx_len` tokens
-    dec_cases = [(4, 1024, 16)] if args.quick else [(4, 1024, 16), (8, 2048, 16), (4, 1024, 128)]
+    dec_cases = [(4, 1024, 16)] if quick else [(4, 1024, 16), (8, 2048, 16), (4, 1024, 128)]
     for B, ctx_len, H in dec_cases:
         cfg = dsc.ModelConfig(hidden_size=256, num_attention_heads=H, q_lora_rank=128)
         w = ref.init_weights(cfg, rng)
@@ -140,12 +291,6 @@ def main() -> None:
             results["cases"].append(case)
             print(f"decode B={B:3d} ctx={ctx_len:5d} H={H:3d} {dtype:14s}: {t * 1e3:8.2f} ms/step  "
                   f"{case['cache_read_GBps']:6.2f} GB/s cache read  {case['attn_gflops']:6.1f} GFLOP/s")
-
-    path = args.out or os.path.join(HERE, "results", f"mla_{args.device}_{results['date']}.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as fh:
-        json.dump(results, fh, indent=2)
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@
  *   ceil(R/128) float32 scales at byte offset round4(R), then dr bf16. Conversions are the
  *   bit algorithms of numeric.h / fp8_format.h rewritten for the device (bit-identical).
  *
- * Decode: one block per (query row, group of 8 heads, key split); per 32-key tile each
+ * Decode (the float32 path: float32 caches, R > 512; BF16 and FP8 caches take the tensor
+ *   cores of kernels/mla_decode_tc.cu): one block per (query row, group of 8 heads, key
+ *   split); per 32-key tile each
  *   latent row is decoded once per head group per chunk, scores by warps (one head per
  *   warp, one key per lane), online softmax, then o_lat accumulation. Long rows with few
  *   blocks are split over keys; the splits' (m, l, acc) partials merge in split order.
@@ -256,13 +258,30 @@ __global__ void __launch_bounds__(MLA_NT)
 
 static unsigned task_grid(int64_t ntask) { return dsc_cuda_blocks(ntask, 1, MLA_MAX_GRID); }
 
+/* The tensor-core training attention (kernels/mla_attn_tc.cu): *done = 0 when it does not
+ * apply (head dims above its register tiles, below sm_80, not enough shared memory). */
+dsc_status mla_attn_tc_fwd(dsc_context *ctx, int64_t B, int64_t T, int64_t H, int64_t dn,
+                           int64_t dr, int64_t dv, float scale, const float *q, const float *q_pe,
+                           const float *kv, const float *kpe, float *o, float *lse, int *done);
+dsc_status mla_attn_tc_bwd(dsc_context *ctx, int64_t B, int64_t T, int64_t H, int64_t dn,
+                           int64_t dr, int64_t dv, float scale, const float *q, const float *q_pe,
+                           const float *kv, const float *kpe, const float *o, const float *lse,
+                           const float *dout, float *dq, float *dq_pe, float *dkv, float *dkpe,
+                           int *done);
+
 extern "C" dsc_status dsc_cuda_mla_attn_fwd(dsc_context *ctx, int64_t B, int64_t T, int64_t H,
-                                            int64_t dn, int64_t dr, int64_t dv, float scale,
-                                            const float *q, const float *q_pe, const float *kv,
-                                            const float *kpe, float *o, float *lse) {
+                                            int64_t dn, int64_t dr, int64_t dv, int bf16,
+                                            float scale, const float *q, const float *q_pe,
+                                            const float *kv, const float *kpe, float *o,
+                                            float *lse) {
   static const char *const FN = "dsc_cuda_mla_attn_fwd";
   DSC_CUDA_ENTER(ctx, FN);
   if (B * T * H == 0) return DSC_OK;
+  if (bf16) {
+    int done = 0;
+    DSC_TRY(mla_attn_tc_fwd(ctx, B, T, H, dn, dr, dv, scale, q, q_pe, kv, kpe, o, lse, &done));
+    if (done) return DSC_OK;
+  }
   const size_t accb = (size_t)MLA_TILE * (size_t)dv * sizeof(float);
   const int acc_smem = accb <= MLA_ACC_SMEM_BYTES;
   const int64_t ntask = B * H * ((T + MLA_TILE - 1) / MLA_TILE);
@@ -408,11 +427,11 @@ __global__ void mla_bwd_dkpe_kernel(int64_t B, int64_t T, int64_t H, int64_t dr,
 }
 
 extern "C" dsc_status dsc_cuda_mla_attn_bwd(dsc_context *ctx, int64_t B, int64_t T, int64_t H,
-                                            int64_t dn, int64_t dr, int64_t dv, float scale,
-                                            const float *q, const float *q_pe, const float *kv,
-                                            const float *kpe, const float *o, const float *lse,
-                                            const float *dout, float *dq, float *dq_pe,
-                                            float *dkv, float *dkpe) {
+                                            int64_t dn, int64_t dr, int64_t dv, int bf16,
+                                            float scale, const float *q, const float *q_pe,
+                                            const float *kv, const float *kpe, const float *o,
+                                            const float *lse, const float *dout, float *dq,
+                                            float *dq_pe, float *dkv, float *dkpe) {
   static const char *const FN = "dsc_cuda_mla_attn_bwd";
   DSC_CUDA_ENTER(ctx, FN);
   if (B * T == 0) return DSC_OK;
@@ -420,6 +439,12 @@ extern "C" dsc_status dsc_cuda_mla_attn_bwd(dsc_context *ctx, int64_t B, int64_t
   if (H == 0) { /* no head contributes: dkpe is all zeros (as the CPU's empty sum) */
     DSC_CUDA_TRY(cudaMemsetAsync(dkpe, 0, (size_t)(B * T * dr) * sizeof(float), st), FN);
     return DSC_OK;
+  }
+  if (bf16) {
+    int done = 0;
+    DSC_TRY(mla_attn_tc_bwd(ctx, B, T, H, dn, dr, dv, scale, q, q_pe, kv, kpe, o, lse, dout, dq,
+                            dq_pe, dkv, dkpe, &done));
+    if (done) return DSC_OK;
   }
   const size_t nD = (size_t)(B * H * T);
   void *ws = NULL;
@@ -508,25 +533,14 @@ __global__ void mla_cache_read_kernel(int code, int64_t R, int64_t dr, int64_t r
   }
 }
 
-/* Copy the host slot map to the workspace (synchronous: the caller may free it). */
-static dsc_status slots_to_device(dsc_context *ctx, int64_t n, const int64_t *slots,
-                                  int64_t **dev) {
-  void *ws = NULL;
-  DSC_TRY(dsc_workspace(ctx, (size_t)n * sizeof(int64_t), &ws));
-  DSC_TRY(dsc_cuda_memcpy(ctx, ws, slots, (size_t)n * sizeof(int64_t), 0));
-  *dev = (int64_t *)ws;
-  return DSC_OK;
-}
-
 extern "C" dsc_status dsc_cuda_mla_cache_write(dsc_context *ctx, dsc_dtype cdt, int64_t R,
                                                int64_t dr, int64_t row_bytes, int64_t n,
-                                               const int64_t *slots /* [n] host */,
+                                               const int64_t *slots /* [n] device */,
                                                const float *ckv, const float *kpe, void *pool) {
   static const char *const FN = "dsc_cuda_mla_cache_write";
   DSC_CUDA_ENTER(ctx, FN);
   if (n <= 0 || R + dr <= 0) return DSC_OK;
-  int64_t *dslots = NULL;
-  DSC_TRY(slots_to_device(ctx, n, slots, &dslots));
+  const int64_t *dslots = slots;
   cudaStream_t st = dsc_cuda_stream(ctx);
   const int code = cache_code(cdt);
   if (code == MLA_C_FP8) {
@@ -543,13 +557,12 @@ extern "C" dsc_status dsc_cuda_mla_cache_write(dsc_context *ctx, dsc_dtype cdt, 
 
 extern "C" dsc_status dsc_cuda_mla_cache_read(dsc_context *ctx, dsc_dtype cdt, int64_t R, int64_t dr,
                                               int64_t row_bytes, int64_t n,
-                                              const int64_t *slots /* [n] host */, const void *pool,
+                                              const int64_t *slots /* [n] device */, const void *pool,
                                               float *ckv, float *kpe) {
   static const char *const FN = "dsc_cuda_mla_cache_read";
   DSC_CUDA_ENTER(ctx, FN);
   if (n <= 0 || R + dr <= 0) return DSC_OK;
-  int64_t *dslots = NULL;
-  DSC_TRY(slots_to_device(ctx, n, slots, &dslots));
+  const int64_t *dslots = slots;
   mla_cache_read_kernel<<<dsc_cuda_blocks(n * (R + dr), 256), 256, 0, dsc_cuda_stream(ctx)>>>(
       cache_code(cdt), R, dr, row_bytes, n, dslots, (const unsigned char *)pool, ckv, kpe);
   DSC_CUDA_CHECK_LAUNCH(FN);
@@ -561,7 +574,7 @@ extern "C" dsc_status dsc_cuda_mla_cache_read(dsc_context *ctx, dsc_dtype cdt, i
 /* One block per (row r, head group g, key split sp); warp ty = head g*HG + ty, lane tx =
  * key of the current 32-key tile. nsplit == 1: o_lat is finalized here (acc in smem when
  * acc_smem, else in o_lat). nsplit > 1: writes the split's acc (part [NQ,H,nsplit,R]) and
- * (m, l) (ml [NQ,H,nsplit,2]) for mla_decode_combine_kernel. */
+ * (m, l) (ml [NQ,H,nsplit,2]) for mla_decode_combine (kernels/mla_decode_tc.cu). */
 __global__ void __launch_bounds__(MLA_NT)
     mla_decode_kernel(int code, int64_t R, int64_t dr, int64_t row_bytes, int64_t bs,
                       const unsigned char *__restrict__ pool, int64_t NQ, int64_t H, float scale,
@@ -659,50 +672,36 @@ __global__ void __launch_bounds__(MLA_NT)
   }
 }
 
-/* o_lat[r,h,c] = sum_s acc_s[c] e^(m_s - M) / sum_s l_s e^(m_s - M), splits in order;
- * empty splits (l = 0) are skipped; a row with no keys gives 0. */
-__global__ void mla_decode_combine_kernel(int64_t NQ, int64_t H, int64_t R, int64_t nsplit,
-                                          const float *__restrict__ part /* [NQ,H,nsplit,R] */,
-                                          const float *__restrict__ ml /* [NQ,H,nsplit,2] */,
-                                          float *__restrict__ o_lat) {
-  const int64_t n = NQ * H * R, stride = (int64_t)gridDim.x * blockDim.x;
-  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const int64_t rh = i / R, c = i % R;
-    const float *mlr = ml + rh * nsplit * 2;
-    float M = -INFINITY;
-    for (int64_t s = 0; s < nsplit; ++s)
-      if (mlr[2 * s + 1] > 0.0f) M = fmaxf(M, mlr[2 * s]);
-    float L = 0.0f, acc = 0.0f;
-    for (int64_t s = 0; s < nsplit; ++s) {
-      if (!(mlr[2 * s + 1] > 0.0f)) continue;
-      const float w = expf(mlr[2 * s] - M);
-      L = fmaf(mlr[2 * s + 1], w, L);
-      acc = fmaf(part[(rh * nsplit + s) * R + c], w, acc);
-    }
-    o_lat[i] = L > 0.0f ? acc * (1.0f / L) : 0.0f;
-  }
-}
+/* The tensor-core decode (kernels/mla_decode_tc.cu): *done = 0 when it does not apply
+ * (float32 cache, R above its register tile, not enough shared memory). */
+dsc_status mla_decode_tc(dsc_context *ctx, dsc_dtype cdt, int64_t R, int64_t dr, int64_t row_bytes,
+                         int64_t block_size, const void *pool, int64_t NQ, int64_t H,
+                         int64_t max_kv, float scale, const float *q_lat, const float *q_pe,
+                         const int64_t *kv_len, const int64_t *table_off, const int32_t *tables,
+                         float *o_lat, int *done);
+/* The merge of split partials (kernels/mla_decode_tc.cu, mla_merge_* of mla_tile.cuh). */
+dsc_status mla_decode_combine(dsc_context *ctx, int64_t NQ, int64_t H, int64_t R, int64_t nsplit,
+                              const float *part /* [NQ,H,nsplit,R] */,
+                              const float *ml /* [NQ,H,nsplit,2] */, float *o_lat);
 
 extern "C" dsc_status dsc_cuda_mla_decode_attn(dsc_context *ctx, dsc_dtype cdt, int64_t R,
                                                int64_t dr, int64_t row_bytes, int64_t block_size,
                                                const void *pool, int64_t NQ, int64_t H,
-                                               float scale, const float *q_lat,
+                                               int64_t max_kv, float scale, const float *q_lat,
                                                const float *q_pe,
-                                               const int64_t *kv_len /* [NQ] host */,
-                                               const int64_t *table_off /* [NQ] host */,
-                                               const int32_t *tables /* host */, float *o_lat) {
+                                               const int64_t *kv_len /* [NQ] device */,
+                                               const int64_t *table_off /* [NQ] device */,
+                                               const int32_t *tables /* device */, float *o_lat) {
   static const char *const FN = "dsc_cuda_mla_decode_attn";
   DSC_CUDA_ENTER(ctx, FN);
   if (NQ <= 0 || H <= 0 || R <= 0) return DSC_OK;
-  /* the part of the host block table that is read: [0, ntab) */
-  int64_t ntab = 0, maxS = 0;
-  for (int64_t r = 0; r < NQ; ++r) {
-    if (kv_len[r] <= 0) continue;
-    const int64_t hi = table_off[r] + (kv_len[r] - 1) / block_size + 1;
-    if (hi > ntab) ntab = hi;
-    if (kv_len[r] > maxS) maxS = kv_len[r];
-  }
-  /* key splits: only when (rows x head groups) cannot fill the GPU; partials stay small */
+  int done = 0;
+  DSC_TRY(mla_decode_tc(ctx, cdt, R, dr, row_bytes, block_size, pool, NQ, H, max_kv, scale, q_lat,
+                        q_pe, kv_len, table_off, tables, o_lat, &done));
+  if (done) return DSC_OK;
+  /* the float32 SIMT path (exact float32 scores; float32 caches and wide R). Key splits only
+   * when (rows x head groups) cannot fill the GPU; partials stay small */
+  const int64_t maxS = max_kv;
   const int64_t ngrp = (H + MLA_HG - 1) / MLA_HG, base = NQ * ngrp;
   const int64_t sm = dsc_cuda_st(ctx)->sm_count > 0 ? dsc_cuda_st(ctx)->sm_count : 1;
   int64_t nsplit = 1, CH = maxS > 0 ? maxS : 1;
@@ -716,31 +715,22 @@ extern "C" dsc_status dsc_cuda_mla_decode_attn(dsc_context *ctx, dsc_dtype cdt, 
       CH = maxS;
     }
   }
-  const size_t b_tab = dsc_cuda_round256((size_t)(ntab > 0 ? ntab : 1) * sizeof(int32_t));
-  const size_t b_len = dsc_cuda_round256((size_t)NQ * sizeof(int64_t));
   const size_t b_part = nsplit > 1 ? dsc_cuda_round256((size_t)(NQ * H * nsplit * R) * sizeof(float)) : 0;
   const size_t b_ml = nsplit > 1 ? (size_t)(NQ * H * nsplit * 2) * sizeof(float) : 0;
-  void *ws = NULL;
-  DSC_TRY(dsc_workspace(ctx, b_tab + 2 * b_len + b_part + b_ml, &ws));
-  char *w = (char *)ws;
-  int32_t *d_tab = (int32_t *)w;
-  int64_t *d_len = (int64_t *)(w + b_tab), *d_off = (int64_t *)(w + b_tab + b_len);
-  float *d_part = nsplit > 1 ? (float *)(w + b_tab + 2 * b_len) : nullptr;
-  float *d_ml = nsplit > 1 ? (float *)(w + b_tab + 2 * b_len + b_part) : nullptr;
-  if (ntab > 0) DSC_TRY(dsc_cuda_memcpy(ctx, d_tab, tables, (size_t)ntab * sizeof(int32_t), 0));
-  DSC_TRY(dsc_cuda_memcpy(ctx, d_len, kv_len, (size_t)NQ * sizeof(int64_t), 0));
-  DSC_TRY(dsc_cuda_memcpy(ctx, d_off, table_off, (size_t)NQ * sizeof(int64_t), 0));
+  float *d_part = nullptr, *d_ml = nullptr;
+  if (nsplit > 1) {
+    void *ws = NULL;
+    DSC_TRY(dsc_workspace(ctx, b_part + b_ml, &ws));
+    d_part = (float *)ws;
+    d_ml = (float *)((char *)ws + b_part);
+  }
   const size_t accb = (size_t)MLA_HG * (size_t)R * sizeof(float);
   const int acc_smem = accb <= MLA_ACC_SMEM_BYTES;
   cudaStream_t st = dsc_cuda_stream(ctx);
   mla_decode_kernel<<<task_grid(base * nsplit), MLA_NT, acc_smem ? accb : 0, st>>>(
       cache_code(cdt), R, dr, row_bytes, block_size, (const unsigned char *)pool, NQ, H, scale,
-      q_lat, q_pe, d_len, d_off, d_tab, o_lat, d_part, d_ml, nsplit, CH, acc_smem);
+      q_lat, q_pe, kv_len, table_off, tables, o_lat, d_part, d_ml, nsplit, CH, acc_smem);
   DSC_CUDA_CHECK_LAUNCH(FN);
-  if (nsplit > 1) {
-    mla_decode_combine_kernel<<<dsc_cuda_blocks(NQ * H * R, 256), 256, 0, st>>>(NQ, H, R, nsplit,
-                                                                             d_part, d_ml, o_lat);
-    DSC_CUDA_CHECK_LAUNCH(FN);
-  }
+  if (nsplit > 1) DSC_TRY(mla_decode_combine(ctx, NQ, H, R, nsplit, d_part, d_ml, o_lat));
   return DSC_OK;
 }

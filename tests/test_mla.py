@@ -191,7 +191,7 @@ def test_forward_bad_inputs(rng):
         dsc.mla_forward(x[..., :-1].copy(), w, cfg)
     with pytest.raises(ValueError, match="positions"):
         dsc.mla_forward(x, w, cfg, np.zeros((1, 3), np.int32))
-    with pytest.raises(ValueError, match="positions"):
+    with pytest.raises(ValueError, match="positions: expected values >= 0, got -2 at index 2"):
         dsc.mla_forward(x, w, cfg, np.array([[0, 1, -2, 3]], np.int32))
     with pytest.raises(TypeError):
         dsc.mla_forward(x.astype(np.float64), w, cfg)
@@ -421,6 +421,139 @@ def test_cuda_cache_prefill_decode_matches_cpu(rng):
         outs.append(dsc.to_numpy(dsc.mla_decode(sd, wd, cfg, cache, [0, 1])))
     np.testing.assert_allclose(outs[2], outs[0], rtol=1e-4, atol=1e-5)  # prefill
     np.testing.assert_allclose(outs[3], outs[1], rtol=1e-4, atol=1e-5)  # decode after it
+
+
+def test_mla_tile_header_on_cpu(tmp_path):
+    """kernels/mla_tile.cuh (the tensor-core decode's fragment ownership, paged addressing,
+    FP8 row layout, KV splits, online softmax and split merge) through tests/c/test_mla_tile.c:
+    a CPU simulation of the kernel's loops against a direct softmax attention."""
+    import os
+    import shutil
+    import subprocess
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler on PATH")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    exe = str(tmp_path / "test_mla_tile")
+    subprocess.run([cc, "-std=c11", "-Wall", "-Werror", "-O1", os.path.join(root, "tests", "c", "test_mla_tile.c"),
+                    f"-I{dsc.get_include()}", "-lm", "-o", exe], check=True, capture_output=True, text=True)
+    r = subprocess.run([exe], capture_output=True, text=True, timeout=120)
+    last = r.stdout.strip().splitlines()[-1]
+    assert r.returncode == 0 and last.endswith(" 0 failed"), r.stdout
+
+
+def _decode_both(cfg, w, dtype, prompts, steps, rng, block_size=16, max_tokens=None, truncate=None):
+    """Prefill ragged prompts (B rows, -1 padding), optionally truncate sequence 0, then
+    decode `steps` tokens, on the CPU and on the GPU with the same cache dtype; returns the
+    (cpu, cuda) outputs of every call."""
+    B, T = len(prompts), max(prompts)
+    x = rng.standard_normal((B, T, cfg.hidden_size)).astype(np.float32)
+    pos = np.full((B, T), -1, np.int32)
+    for b, n in enumerate(prompts):
+        pos[b, :n] = np.arange(n)
+    xs = [rng.standard_normal((B, 1, cfg.hidden_size)).astype(np.float32) for _ in range(steps)]
+    res = {}
+    for device in ("cpu", "cuda"):
+        cache = dsc.MLACache(cfg, max_batch=B + 1, max_tokens=max_tokens or T + steps + 8, block_size=block_size,
+                             dtype=dtype, device=device)
+        ids = [cache.add_sequence(b + 3) for b in range(B)]
+        on = (lambda a: a) if device == "cpu" else (lambda a: dsc.tensor(a, device="cuda"))
+        wd = w if device == "cpu" else {k: on(v) for k, v in w.items()}
+        outs = [dsc.to_numpy(dsc.mla_prefill(on(x), wd, cfg, cache, ids, on(pos)))]
+        if truncate is not None:  # blocks go back to the free list and are taken again
+            cache.truncate(ids[0], truncate)
+        for xd in xs:
+            outs.append(dsc.to_numpy(dsc.mla_decode(on(xd), wd, cfg, cache, ids)))
+        res[device] = outs
+    return res["cpu"], res["cuda"]
+
+
+def _close_bf16(got, want, what):
+    """The tensor-core decode rounds q, the FP8 latents and P to BF16 (8 significant bits):
+    relative error ~2^-8 per product, summed; 2% of the output's scale covers it."""
+    tol = 2e-2 * (np.abs(want).max() + 1e-30)
+    assert np.all(np.isfinite(got)), what
+    np.testing.assert_allclose(got, want, rtol=2e-2, atol=tol, err_msg=what)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["bfloat16", "float8_e4m3fn"])
+@pytest.mark.parametrize("heads,R,dr", [(4, 32, 8), (40, 64, 16), (16, 512, 64)])
+def test_cuda_tensor_core_decode_matches_cpu(rng, dtype, heads, R, dr):
+    """Absorbed decode on tensor cores (BF16 and the FP8 row) against the CPU's float32 walk
+    over the same cache: ragged prompts (a zero-length row), a head count that leaves a
+    partial 32-head block (40), V3's R 512 / dr 64."""
+    cfg = small_cfg(num_attention_heads=heads, kv_lora_rank=R, qk_rope_head_dim=dr)
+    w, _ = make(cfg, rng, B=1, T=1)
+    cpu, gpu = _decode_both(cfg, w, dtype, [13, 1, 0], 3, rng)
+    assert np.all(gpu[0][2] == 0)  # the prefill's padding row
+    for i, (c, g) in enumerate(zip(cpu, gpu)):
+        _close_bf16(g, c, f"call {i}")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["bfloat16", "float8_e4m3fn"])
+def test_cuda_decode_long_context_splits_and_device_tables(rng, dtype):
+    """One long sequence (split over keys: few rows cannot fill the GPU), a second one; a
+    truncate hands blocks back and the decode takes them again, so the device copy of the
+    block tables must follow the host's."""
+    cfg = small_cfg(num_attention_heads=8, kv_lora_rank=64, qk_rope_head_dim=16)
+    w, _ = make(cfg, rng, B=1, T=1)
+    cpu, gpu = _decode_both(cfg, w, dtype, [700, 45], 4, rng, block_size=32, truncate=333)
+    for i, (c, g) in enumerate(zip(cpu, gpu)):
+        _close_bf16(g, c, f"call {i}")
+
+
+@pytest.mark.cuda
+def test_cuda_float32_cache_decode_exact_path(rng):
+    """A float32 cache keeps the float32 SIMT decode (device tables too): CPU parity at
+    float32 tolerance, long rows included (its own splits)."""
+    cfg = small_cfg()
+    w, _ = make(cfg, rng, B=1, T=1)
+    cpu, gpu = _decode_both(cfg, w, "float32", [600, 3, 0], 2, rng, block_size=8, truncate=100)
+    for i, (c, g) in enumerate(zip(cpu, gpu)):
+        np.testing.assert_allclose(g, c, rtol=1e-4, atol=1e-5 * (np.abs(c).max() + 1e-30), err_msg=f"call {i}")
+
+
+_BF16_TRAIN = r"""
+import sys, numpy as np, deepseek_c as dsc
+sys.path.insert(0, {tests!r})
+import test_mla as t
+rng = np.random.default_rng(5)
+for kw, B, T in (({{}}, 2, 37), (dict(num_attention_heads=3, qk_nope_head_dim=128, qk_rope_head_dim=64,
+                                        v_head_dim=128), 1, 130)):
+    cfg = t.small_cfg(**kw)
+    w, x = t.make(cfg, rng, B=B, T=T)
+    out_c, ctx_c = dsc.mla_forward(x, w, cfg)
+    dout = rng.standard_normal(out_c.shape).astype(np.float32)
+    g_c = dsc.mla_backward(dout, ctx_c)
+    wd = {{k: dsc.tensor(v, device="cuda") for k, v in w.items()}}
+    out_g, ctx_g = dsc.mla_forward(dsc.tensor(x, device="cuda"), wd, cfg)
+    g_g = dsc.mla_backward(dsc.tensor(dout, device="cuda"), ctx_g)
+    pairs = [("out", dsc.to_numpy(out_g), out_c)] + [(k, dsc.to_numpy(g_g[k]), g_c[k]) for k in g_c]
+    for name, got, want in pairs:
+        err = float(np.abs(got - want).max() / (np.abs(want).max() + 1e-30))
+        assert np.all(np.isfinite(got)) and err < 3e-2, (kw, name, err)
+        print(name, err)
+print("bf16 training attention OK")
+"""
+
+
+@pytest.mark.cuda
+def test_cuda_bf16_tensor_core_training_attention_matches_cpu(tmp_path):
+    """DSC_MLA_ATTN_BF16=1 (read once per process, hence a child process): the training
+    forward and backward on tensor cores (BF16 q, k, v, dO, P, dS; FP32 softmax and sums)
+    against the CPU's float32, at the small config and at V3's head dims (dqk 192, dv 128)
+    with T = 130 (no multiple of the 64-row tile). BF16 keeps 8 significant bits: outputs and
+    gradients within 3% of their largest magnitude."""
+    import os
+    import subprocess
+    import sys
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, DSC_MLA_ATTN_BF16="1")
+    r = subprocess.run([sys.executable, "-c", _BF16_TRAIN.format(tests=tests)], env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0 and "bf16 training attention OK" in r.stdout, r.stdout + r.stderr
 
 
 # --------------------------------------------------------------------------- FP8 projections

@@ -262,23 +262,25 @@ extern "C" {
                               int64_t lds, float *dst, int64_t ldd);                          \
   /* Causal attention (key j <= query t within each sequence), scores in float32:           \
    * s = scale*(q[.,h,:dn].kv[.,h,:dn] + q_pe[.,h].kpe), o = softmax(s) @ kv[.,h,dn:];     \
-   * lse[b,h,t] = log-sum-exp of the scores (saved for backward). */                        \
+   * lse[b,h,t] = log-sum-exp of the scores (saved for backward). bf16 = 1 allows BF16      \
+   * tensor-core compute (CUDA, kernels/mla_attn_tc.cu; the CPU ignores it); the backward    \
+   * must get the forward's bf16. */                                                         \
   dsc_status P##mla_attn_fwd(dsc_context *ctx, int64_t B, int64_t T, int64_t H, int64_t dn,    \
-                             int64_t dr, int64_t dv, float scale,                             \
+                             int64_t dr, int64_t dv, int bf16, float scale,                   \
                              const float *q /*[B,T,H,dqk]*/, const float *q_pe /*[B,T,H,dr]*/, \
                              const float *kv /*[B,T,H,dn+dv]*/, const float *kpe /*[B,T,dr]*/, \
                              float *o /*[B,T,H,dv]*/, float *lse /*[B,H,T]*/);                \
   /* Its backward: dq_nope written into dq[..., :dn] (dq's rope part untouched), dq_pe,     \
    * dkv (both halves) and dkpe (summed over heads), all overwritten. */                    \
   dsc_status P##mla_attn_bwd(dsc_context *ctx, int64_t B, int64_t T, int64_t H, int64_t dn,    \
-                             int64_t dr, int64_t dv, float scale, const float *q,             \
+                             int64_t dr, int64_t dv, int bf16, float scale, const float *q,   \
                              const float *q_pe, const float *kv, const float *kpe,            \
                              const float *o, const float *lse, const float *dout /*[B,T,H,dv]*/, \
                              float *dq /*[B,T,H,dqk]*/, float *dq_pe /*[B,T,H,dr]*/,          \
                              float *dkv /*[B,T,H,dn+dv]*/, float *dkpe /*[B,T,dr]*/);          \
   /* Latent cache rows: pool [n_slots, row_bytes] (one layer) of cache dtype cdt            \
    * (FLOAT32 | BFLOAT16: [R+dr] values; FLOAT8_E4M3FN: R e4m3, ceil(R/128) float32 scales,  \
-   * dr bf16). slots: HOST int64 [n], the pool row of each token (-1: skip). */             \
+   * dr bf16). slots: int64 [n] on the context's device, the pool row of each token (-1: skip). */             \
   dsc_status P##mla_cache_write(dsc_context *ctx, dsc_dtype cdt, int64_t R, int64_t dr,        \
                                 int64_t row_bytes, int64_t n, const int64_t *slots,           \
                                 const float *ckv /*[n,R]*/, const float *kpe /*[n,dr]*/,     \
@@ -290,10 +292,12 @@ extern "C" {
    * sequence's tokens 0..kv_len[r]-1 (0: padding, o_lat row = 0); token j of row r is      \
    * pool row tables[table_off[r] + j / block_size] * block_size + j % block_size.          \
    * s = scale*(q_lat . ckv_j + q_pe . kpe_j); o_lat = softmax(s) @ ckv.                    \
-   * kv_len, table_off, tables: HOST int32/int64 arrays. */                                 \
+   * kv_len, table_off, tables: arrays on the context's device (no host copy: a decode step  \
+   * can be captured in a CUDA graph); max_kv: a host upper bound of kv_len (it sizes the     \
+   * KV splits; a larger bound only adds empty splits). */                                   \
   dsc_status P##mla_decode_attn(dsc_context *ctx, dsc_dtype cdt, int64_t R, int64_t dr,        \
                                 int64_t row_bytes, int64_t block_size, const void *pool,      \
-                                int64_t NQ, int64_t H, float scale,                           \
+                                int64_t NQ, int64_t H, int64_t max_kv, float scale,           \
                                 const float *q_lat /*[NQ,H,R]*/, const float *q_pe /*[NQ,H,dr]*/, \
                                 const int64_t *kv_len /*[NQ]*/, const int64_t *table_off,     \
                                 const int32_t *tables, float *o_lat /*[NQ,H,R]*/);

@@ -177,10 +177,11 @@ static void pack_qk(int64_t T, int64_t H, int64_t dn, int64_t dr, int64_t dv, in
 }
 
 dsc_status dsc_cpu_mla_attn_fwd(dsc_context *ctx, int64_t B, int64_t T, int64_t H, int64_t dn,
-                                int64_t dr, int64_t dv, float scale,
+                                int64_t dr, int64_t dv, int bf16 /* ignored: float32 */, float scale,
                                 const float *q /* [B,T,H,dqk] */, const float *q_pe /* [B,T,H,dr] */,
                                 const float *kv /* [B,T,H,dn+dv] */, const float *kpe /* [B,T,dr] */,
                                 float *o /* [B,T,H,dv] */, float *lse /* [B,H,T] */) {
+  (void)bf16;
   const int64_t dqk = dn + dr, dkv = dn + dv, nthr = ctx->num_threads > 0 ? ctx->num_threads : 1;
   if (B * T * H == 0) return DSC_OK;
   const int64_t QB = T < MLA_QB ? T : MLA_QB;
@@ -218,12 +219,13 @@ dsc_status dsc_cpu_mla_attn_fwd(dsc_context *ctx, int64_t B, int64_t T, int64_t 
 }
 
 dsc_status dsc_cpu_mla_attn_bwd(dsc_context *ctx, int64_t B, int64_t T, int64_t H, int64_t dn,
-                                int64_t dr, int64_t dv, float scale, const float *q,
+                                int64_t dr, int64_t dv, int bf16, float scale, const float *q,
                                 const float *q_pe, const float *kv, const float *kpe,
                                 const float *o, const float *lse,
                                 const float *dout /* [B,T,H,dv] */, float *dq /* [B,T,H,dqk] */,
                                 float *dq_pe /* [B,T,H,dr] */, float *dkv /* [B,T,H,dn+dv] */,
                                 float *dkpe /* [B,T,dr] */) {
+  (void)bf16;
   const int64_t dqk = dn + dr, dkvw = dn + dv, nthr = ctx->num_threads > 0 ? ctx->num_threads : 1;
   if (B * T == 0) return DSC_OK;
   if (H == 0) {
@@ -360,7 +362,7 @@ static void row_load(dsc_dtype cdt, int64_t R, int64_t dr, const unsigned char *
 }
 
 dsc_status dsc_cpu_mla_cache_write(dsc_context *ctx, dsc_dtype cdt, int64_t R, int64_t dr,
-                                   int64_t row_bytes, int64_t n, const int64_t *slots /* [n] host */,
+                                   int64_t row_bytes, int64_t n, const int64_t *slots /* [n] */,
                                    const float *ckv /* [n,R] */, const float *kpe /* [n,dr] */,
                                    void *pool /* [n_slots, row_bytes] */) {
   (void)ctx;
@@ -372,7 +374,7 @@ dsc_status dsc_cpu_mla_cache_write(dsc_context *ctx, dsc_dtype cdt, int64_t R, i
 }
 
 dsc_status dsc_cpu_mla_cache_read(dsc_context *ctx, dsc_dtype cdt, int64_t R, int64_t dr,
-                                  int64_t row_bytes, int64_t n, const int64_t *slots /* [n] host */,
+                                  int64_t row_bytes, int64_t n, const int64_t *slots /* [n] */,
                                   const void *pool, float *ckv /* [n,R] */, float *kpe /* [n,dr] */) {
   void *ws = NULL;
   DSC_TRY(dsc_workspace(ctx, (size_t)(R + dr) * sizeof(float), &ws));
@@ -491,11 +493,12 @@ static dsc_status prefill_blas(dsc_context *ctx, dsc_dtype cdt, int64_t R, int64
 
 dsc_status dsc_cpu_mla_decode_attn(dsc_context *ctx, dsc_dtype cdt, int64_t R, int64_t dr,
                                    int64_t row_bytes, int64_t block_size, const void *pool,
-                                   int64_t NQ, int64_t H, float scale,
+                                   int64_t NQ, int64_t H, int64_t max_kv, float scale,
                                    const float *q_lat /* [NQ,H,R] */, const float *q_pe /* [NQ,H,dr] */,
-                                   const int64_t *kv_len /* [NQ] host */,
-                                   const int64_t *table_off /* [NQ] host */,
-                                   const int32_t *tables /* host */, float *o_lat /* [NQ,H,R] */) {
+                                   const int64_t *kv_len /* [NQ] */,
+                                   const int64_t *table_off /* [NQ] */,
+                                   const int32_t *tables, float *o_lat /* [NQ,H,R] */) {
+  (void)max_kv; /* the CPU walks each row's own length */
   const int64_t HG = MLA_HEAD_GROUP, ngrp = (H + HG - 1) / HG;
   const int64_t nthr = ctx->num_threads > 0 ? ctx->num_threads : 1;
   const int64_t per = R + dr + 2 * HG; /* row [R+dr], m [HG], l [HG] */
