@@ -59,7 +59,7 @@ run cuda_tests 240 python3 -m pytest -q -ra -m cuda -p no:cacheprovider tests
 # 3. Benchmarks, each with its % of the anchor (PERFORMANCE targets) in its JSON.
 run bench_fp8 60 python3 benchmarks/bench_fp8.py --device cuda --out "$out/fp8.json"
 run bench_moe 45 python3 benchmarks/bench_moe.py --device cuda --out "$out/moe.json"
-run bench_mla 60 python3 benchmarks/bench_mla.py --device cuda --out "$out/mla.json"
+run bench_mla 90 python3 benchmarks/bench_mla.py --gpu-suite --out "$out/mla.json"
 run bench_train 90 python3 benchmarks/bench_train.py --device cuda --full --steps 5 \
   --dtypes float32,bfloat16 --out "$out/train.json"
 run bench_decode 90 python3 benchmarks/bench_decode.py --device cuda --quick --no-hf --fp8 --out "$out/decode.json"

@@ -27,7 +27,9 @@ def test_summary_targets(tmp_path):
         {"op": "fp8_grouped_gemm", "shape": "8x4096x4096x7168", "tflop_s": 450.0},
         {"op": "fp8_grouped_gemm_masked", "shape": "4x256", "tflop_s": 300.0}]})
     _write(d, "moe.json", {"results": [{"case": "route", "shape": "4096x256 top8 g8/4", "us": 40.0}]})
-    _write(d, "mla.json", {"cases": [{"kind": "decode", "B": 128, "H": 128, "gb_s": 2000.0}]})
+    _write(d, "mla.json", {"cases": [{"kind": "gpu_decode", "B": 128, "H": 128, "cache_GBps": 2000.0},
+                                     {"kind": "gpu_decode", "B": 128, "H": 128, "cache_GBps": 1500.0},
+                                     {"kind": "gpu_decode", "B": 16, "H": 128, "cache_GBps": 2900.0}]})
     _write(d, "train.json", {"rows": [{"config": "100M", "dtype": "bfloat16", "fp8": False, "moments": "float32",
                                        "mfu": 0.2}]})
     _write(d, "decode.json", {"rows": [{"model": "demo", "batch": 1, "mode": "mtp", "num_draft": 1,
