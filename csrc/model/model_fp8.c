@@ -77,7 +77,7 @@ dsc_status dsc_model_fp8w_build(dsc_model *m, dsc_model_fp8w *h) {
     for (int64_t g = 0; g < G && st == DSC_OK; ++g) {
       int64_t a0[2], a1[2], b0[2], b1[2], c0[2], c1[2];
       const int64_t s2[2] = {N, K}, sb[2] = {nb, kb};
-      DLTensor src = dsc_model_view(m, m->params + en->offset + g * N * K, DSC_DTYPE_FLOAT32, 2,
+      DLTensor src = dsc_model_view(m, (m->wc ? m->wc : m->params) + en->offset + g * N * K, DSC_DTYPE_FLOAT32, 2,
                                     s2, a0, a1);
       DLTensor q = dsc_model_view(m, qp + g * N * K, DSC_DTYPE_FLOAT8_E4M3FN, 2, s2, b0, b1);
       DLTensor sc = dsc_model_view(m, sp + g * nb * kb, DSC_DTYPE_FLOAT32, 2, sb, c0, c1);
@@ -96,6 +96,9 @@ dsc_status dsc_model_freeze_fp8(dsc_model *m) {
   static const char *const FN = "dsc_model_freeze_fp8";
   DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
   if (m->frozen) return DSC_OK;
+  DSC_CHECK(m->compute_dtype == DSC_DTYPE_FLOAT32, DSC_ERR_INVALID_ARGUMENT, FN,
+            "model: expected a float32-compute model (a frozen model computes in FP8 from its E4M3 "
+            "weights), got compute_dtype BFLOAT16");
   /* which storage entry each held block slot quantizes */
   int32_t *held_of = (int32_t *)malloc((size_t)(m->n_storage ? m->n_storage : 1) * sizeof(int32_t));
   DSC_CHECK(held_of != NULL, DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
