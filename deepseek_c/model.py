@@ -131,6 +131,17 @@ def _copy_tensors(dst_cap: Any, src_cap: Any) -> None:
         _C.copy(d, s)
 
 
+def _compute_dtype(dtype: Any, fn: str) -> str:
+    """The compute dtype ('float32' | 'bfloat16'); a string naming anything else is a
+    ValueError naming the argument (parse_dtype's TypeError otherwise)."""
+    try:
+        return parse_dtype(dtype, fn, "dtype", allowed=("float32", "bfloat16"))
+    except TypeError as e:
+        if isinstance(dtype, str):
+            raise ValueError(str(e)) from None
+        raise
+
+
 class Model:
     """DeepSeek-V3-style causal LM backed by a C ``dsc_model``.
 
@@ -168,7 +179,7 @@ class Model:
             cfg = ModelConfig(**cfg)
         if not isinstance(cfg, ModelConfig):
             raise TypeError(f"Model: cfg: expected a deepseek_c.ModelConfig, got {type(cfg).__name__}")
-        dtype = parse_dtype(dtype, "Model", "dtype", allowed=("float32", "bfloat16"))  # the compute dtype
+        dtype = _compute_dtype(dtype, "Model")
         moments = parse_dtype(moments, "Model", "moments", allowed=("float32", "bfloat16"))
         if not isinstance(fp8, bool):
             raise TypeError(f"Model: fp8: expected a bool, got {type(fp8).__name__}")
@@ -764,7 +775,7 @@ class Model:
         cj = os.path.join(d, "config.json")
         dev_type, dev_id, _ = _parse_device(device)
         moments = parse_dtype(moments, "Model.from_pretrained", "moments", allowed=("float32", "bfloat16"))
-        dtype = parse_dtype(dtype, "Model.from_pretrained", "dtype", allowed=("float32", "bfloat16"))
+        dtype = _compute_dtype(dtype, "Model.from_pretrained")
         if inference_only and dtype != "float32":
             raise ValueError("Model.from_pretrained: dtype: expected 'float32' with inference_only=True (a frozen "
                              f"model computes from its E4M3 weights), got {dtype!r}")
