@@ -269,7 +269,8 @@ class Model:
         return np.array(self._host(_C.model_compute_tensor(self._cap, self._index[name])), dtype=np.float32)
 
     def weight_bytes(self) -> int:
-        """Bytes of weights held on the device (float32 arena + E4M3 codes and scales)."""
+        """Bytes of weights held on the device (float32 arena + E4M3 codes and scales; a
+        dtype="bfloat16" model also its BF16-rounded compute copy, held as float32)."""
         return int(_C.model_info(self._cap)["weight_bytes"])
 
     def freeze_fp8(self) -> "Model":

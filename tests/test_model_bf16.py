@@ -240,6 +240,7 @@ def test_compute_weights_are_rne_of_masters_after_steps():
         assert differ > 0  # the masters are not BF16 values: the copy is a rounding
     # the masters stay float32 (not BF16 values after a step)
     assert not is_bf16(m.parameters()["model.layers.0.self_attn.o_proj.weight"])
+    assert m.weight_bytes() == 8 * m.num_parameters()  # masters + the rounded copy
     m32 = dsc.Model(cfg, seed=0, num_threads=1)
     w = m32.parameters()["lm_head.weight"]
     assert np.array_equal(m32.compute_weight("lm_head.weight"), w)

@@ -1451,11 +1451,11 @@ DSC_API dsc_status dsc_model_activation_bytes(const dsc_model *model, size_t *by
  * The training paths (forward_mtp, routing, loss_and_grad, train_step, grad,
  * optimizer_state) answer DSC_ERR_INVALID_ARGUMENT. Freezing is one-way; a frozen model
  * is left as it is (DSC_OK). On failure (out of memory) the model is unchanged. */
-DSC_API dsc_status dsc_model_freeze_fp8(dsc_model *model);
+DSC_API dsc_status dsc_model_freeze_fp8(dsc_model *model); /* float32-compute models only */
 DSC_API int32_t dsc_model_is_frozen(const dsc_model *model);
 DSC_API dsc_status dsc_model_tensor_scale(const dsc_model *model, int64_t index, DLTensor *view);
 /* Bytes of weights the model holds on its device: the float32 arena plus, once frozen, the
- * E4M3 codes and block scales. */
+ * E4M3 codes and block scales, plus a BF16-compute model's rounded copy (float32 values). */
 DSC_API dsc_status dsc_model_weight_bytes(const dsc_model *model, size_t *bytes);
 
 /* Checkpoints (Hugging Face layout): dir/config.json, dir/model.safetensors and, with

@@ -411,11 +411,11 @@ static dsc_status dist_setup(dsc_context *ctx, const char *fn, const dsc_model_c
   static const char *const names[] = {
       "the world size", "the model config (config.json)", "n_routed_experts", "num_hidden_layers",
       "hidden_size", "vocab_size", "expert_parallel", "data_parallel", "fp8", "moments_dtype", "init",
-      "seed", "check_every", "overlap", "ep_micro_batches", "the device type",
+      "seed", "check_every", "overlap", "ep_micro_batches", "compute_dtype", "the device type",
       "whether the context's device is the communicator's", "the deepseek_c version"};
   const int64_t fields[] = {W, (int64_t)cfg_hash, E, cfg->num_hidden_layers, cfg->hidden_size, cfg->vocab_size,
                             ep, dp, o->fp8, o->moments_dtype, o->init, (int64_t)o->seed, o->check_every,
-                            o->overlap, o->ep_micro_batches, ctx->device.device_type, dev_ok,
+                            o->overlap, o->ep_micro_batches, o->compute_dtype, ctx->device.device_type, dev_ok,
                             DSC_VERSION_MAJOR * 10000 + DSC_VERSION_MINOR * 100 + DSC_VERSION_PATCH};
   DSC_TRY(dsc_dist_agree(comm, ctx, fn, (int32_t)(sizeof fields / sizeof fields[0]), fields, names));
   /* now every rank sees the same values and reaches the same verdict */
@@ -977,7 +977,8 @@ dsc_status dsc_model_weight_bytes(const dsc_model *m, size_t *bytes) {
   static const char *const FN = "dsc_model_weight_bytes";
   DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
   DSC_CHECK(bytes != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "bytes: expected a pointer, got NULL");
-  *bytes = (size_t)m->arena_numel * sizeof(float) + (m->frozen ? m->held.bytes : 0);
+  *bytes = (size_t)m->arena_numel * sizeof(float) + (m->frozen ? m->held.bytes : 0) +
+           (m->wc ? (size_t)m->n_params * sizeof(float) : 0); /* BF16 compute: the rounded copy */
   return DSC_OK;
 }
 
