@@ -294,6 +294,10 @@ def test_bf16_with_fp8_trains():
     assert all(np.isfinite(losses))
     assert losses[-1] < 0.7 * losses[0], losses
     assert is_bf16(m.forward(tok))
+    prompts = [[1, 5, 7], [2, 3]]
+    out = m.generate(prompts, max_new_tokens=3, eos_token_id=-1)  # FP8 GEMMs on BF16 values there too
+    for p, o in zip(prompts, out):
+        assert o[2] == int(np.argmax(m.forward(np.array([p + o[:2]]))[0, -1]))
     ref32 = dsc.Model(cfg, seed=0, fp8=True, num_threads=1)
     for _ in range(15):
         l32 = ref32.train_step(tok, y, lr=3e-3)["loss"]

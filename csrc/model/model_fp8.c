@@ -225,8 +225,9 @@ dsc_status dsc_model_ffn_infer_fp8(dsc_model *m, int32_t b, const DLTensor *x, D
     dsc_moe_layer_weights mw;
     moe_weights_fp8(m, b, h, &mw);
     const dsc_moe_exchange *ex = dsc_model_exchange(m, b);
-    return ex ? dsc_moe_layer_forward_ex(m->ctx, &m->route, 1, &mw, x, y, counts, NULL, ex, 0, DSC_MOE_PHASE_ALL)
-              : dsc_moe_layer_forward(m->ctx, &m->route, 1, &mw, x, y, counts, NULL);
+    DSC_TRY(ex ? dsc_moe_layer_forward_ex(m->ctx, &m->route, 1, &mw, x, y, counts, NULL, ex, 0, DSC_MOE_PHASE_ALL)
+               : dsc_moe_layer_forward(m->ctx, &m->route, 1, &mw, x, y, counts, NULL));
+    return dsc_model_round(m, (float *)dsc_data(y), dsc_numel(y)); /* BF16 compute: F5 */
   }
   /* dense SwiGLU MLP: g, u, a [rows, I] float32; the FP8 copy of x or a [rows, max(D,I)] */
   const int64_t rows = dsc_rows(x), D = m->cfg.hidden_size, I = m->cfg.intermediate_size;
@@ -252,10 +253,15 @@ dsc_status dsc_model_ffn_infer_fp8(dsc_model *m, int32_t b, const DLTensor *x, D
   DLTensor gt = dsc_model_view(m, g, DSC_DTYPE_FLOAT32, 2, si, d[4], d[5]);
   DLTensor ut = dsc_model_view(m, u, DSC_DTYPE_FLOAT32, 2, si, d[6], d[7]);
   DLTensor at = dsc_model_view(m, a, DSC_DTYPE_FLOAT32, 2, si, d[8], d[9]);
+  /* BF16 compute (fp8 generation of a bfloat16 model): F4's roundings, as the training forward */
   dsc_status st = held_linear(m, &x2, &q[S_MG], &s[S_MG], xq, xs, &gt);
   if (st == DSC_OK) st = held_linear(m, &x2, &q[S_MU], &s[S_MU], xq, xs, &ut);
+  if (st == DSC_OK) st = dsc_model_round(m, g, rows * I);
+  if (st == DSC_OK) st = dsc_model_round(m, u, rows * I);
   if (st == DSC_OK) st = dsc_swiglu_forward(m->ctx, &gt, &ut, &at);
+  if (st == DSC_OK) st = dsc_model_round(m, a, rows * I);
   if (st == DSC_OK) st = held_linear(m, &at, &q[S_MD], &s[S_MD], xq, xs, &y2);
+  if (st == DSC_OK) st = dsc_model_round(m, (float *)dsc_data(y), rows * D);
   dsc_free(m->ctx, mem);
   return st;
 }
