@@ -29,6 +29,18 @@ comment of csrc/model/model_train.c):
   transposed weight blocks, wgrad with both operands quantized along the tokens. Embedding,
   head, router, eh_proj, norms and the attention core stay float32 (as in V3); inference
   keeps the absorbed kv_b products in float32.
+* BF16 (``dtype="bfloat16"``, DeepSeek-V3's recipe): float32 master weights, gradients and
+  AdamW state; every pass (forward, backward, generate) uses the masters rounded to BF16
+  (round-to-nearest-even, refreshed before each pass, so after every optimizer step and
+  load) and rounds activations and their gradients to BF16 where a BF16 stack stores them:
+  attention and FFN inputs (the RMSNorm outputs), the attention output, the dense MLP's
+  gate/up/SwiGLU/down outputs, the MoE layer output, the head input and the logits, the MTP
+  eh_proj inputs and output (the exact list: csrc/model/model_train.c). GEMMs accumulate in
+  float32; RMSNorm statistics, softmax and cross-entropy run in float32; the residual
+  stream stays float32. The CPU computes exactly these roundings (float32 buffers holding
+  BF16 values). ``fp8=True`` combines with it (FP8 GEMMs on the BF16 values). The dtype is
+  a creation/load option like ``fp8``: checkpoints hold the float32 masters, so pass
+  ``dtype=`` to ``from_pretrained`` (``copy()`` keeps it).
 """
 
 from __future__ import annotations
@@ -119,12 +131,26 @@ def _copy_tensors(dst_cap: Any, src_cap: Any) -> None:
         _C.copy(d, s)
 
 
+def _compute_dtype(dtype: Any, fn: str) -> str:
+    """The compute dtype ('float32' | 'bfloat16'); a string naming anything else is a
+    ValueError naming the argument (parse_dtype's TypeError otherwise)."""
+    try:
+        return parse_dtype(dtype, fn, "dtype", allowed=("float32", "bfloat16"))
+    except TypeError as e:
+        if isinstance(dtype, str):
+            raise ValueError(str(e)) from None
+        raise
+
+
 class Model:
     """DeepSeek-V3-style causal LM backed by a C ``dsc_model``.
 
     Model(cfg, device="cpu", dtype="float32", fp8=False, seed=0, moments="float32").
     ``parameters()`` gives {hf_name: array} views of the float32 master weights (NumPy on
-    CPU, dsc.Tensor on CUDA); writing into them changes the model. ``moments="bfloat16"``
+    CPU, dsc.Tensor on CUDA); writing into them changes the model. ``dtype``: the compute
+    dtype, "float32" or "bfloat16" (the V3 BF16 recipe, see the module docstring:
+    float32 masters and optimizer state, BF16-rounded weights and activations in every
+    pass; ``compute_weight(name)`` shows a weight as the passes use it). ``moments="bfloat16"``
     keeps the AdamW moments in bfloat16 (half the optimizer memory, as DeepSeek-V3).
 
     A *frozen* model (``freeze_fp8()``, ``from_pretrained(..., inference_only=True)``) is an
@@ -153,18 +179,18 @@ class Model:
             cfg = ModelConfig(**cfg)
         if not isinstance(cfg, ModelConfig):
             raise TypeError(f"Model: cfg: expected a deepseek_c.ModelConfig, got {type(cfg).__name__}")
-        parse_dtype(dtype, "Model", "dtype", allowed=("float32",))  # float32 masters and activations
+        dtype = _compute_dtype(dtype, "Model")
         moments = parse_dtype(moments, "Model", "moments", allowed=("float32", "bfloat16"))
         if not isinstance(fp8, bool):
             raise TypeError(f"Model: fp8: expected a bool, got {type(fp8).__name__}")
         dev_type, dev_id, self.device = _parse_device(device)
         self.num_threads = _num_threads(num_threads, "Model")
-        self.dtype, self.fp8, self.seed = "float32", fp8, int(seed)
+        self.dtype, self.fp8, self.seed = str(dtype), fp8, int(seed)
         dist = _dist_args("Model", comm, expert_parallel, data_parallel, check_every, overlap, ep_micro_batches)
         if _cap is None:
             # the C parser reads the config (one parser for every path); cfg then mirrors it
             _cap = _C.model_new(cfg.to_json(indent=None), dev_type, dev_id, self.seed & (2**64 - 1), int(_init),
-                                int(fp8), str(moments), self.num_threads or 0, dist)
+                                int(fp8), str(moments), self.num_threads or 0, dist, self.dtype)
         self.comm = comm
         self.cfg = ModelConfig._from_canonical(json.loads(_C.model_config_json(_cap)))
         self.n_layers = int(self.cfg.num_hidden_layers)
@@ -234,8 +260,17 @@ class Model:
         ceil(K/128)]} (weight = codes * scale per 128x128 block); {} when not frozen."""
         return dict(self._scales)
 
+    def compute_weight(self, name: str) -> np.ndarray:
+        """A host copy of weight `name` as the forward/backward use it: for dtype="bfloat16"
+        the float32 master rounded to BF16 (RNE) now, as float32 values; for float32 the
+        master itself."""
+        if name not in self._index:
+            raise KeyError(f"Model.compute_weight: name: no tensor {name!r}")
+        return np.array(self._host(_C.model_compute_tensor(self._cap, self._index[name])), dtype=np.float32)
+
     def weight_bytes(self) -> int:
-        """Bytes of weights held on the device (float32 arena + E4M3 codes and scales)."""
+        """Bytes of weights held on the device (float32 arena + E4M3 codes and scales; a
+        dtype="bfloat16" model also its BF16-rounded compute copy, held as float32)."""
         return int(_C.model_info(self._cap)["weight_bytes"])
 
     def freeze_fp8(self) -> "Model":
@@ -275,7 +310,7 @@ class Model:
         return (f"Model({self.num_parameters() / 1e6:.2f}M params: {c.num_hidden_layers} layers "
                 f"({c.first_k_dense_replace} dense), hidden {c.hidden_size}, {c.n_routed_experts} experts "
                 f"top-{c.num_experts_per_tok} + {c.n_shared_experts} shared, MTP {self.n_mtp}, "
-                f"fp8={'frozen' if self.frozen else self.fp8}, "
+                f"dtype={self.dtype}, fp8={'frozen' if self.frozen else self.fp8}, "
                 f"device={self.device})")
 
     # ------------------------------------------------------------------ inputs
@@ -617,17 +652,18 @@ class Model:
         return st
 
     def copy(self, num_threads: Optional[int] = None) -> "Model":
-        """An independent copy: same config, device, fp8 setting, weights and step (no
+        """An independent copy: same config, device, dtype, fp8 setting, weights and step (no
         optimizer state). GRPO's frozen reference model is one."""
         if self.frozen:
             raise ValueError("Model.copy: model: frozen for FP8 inference; copy the model it was frozen from")
         dev_type, dev_id = self._dev
         nt = self.num_threads if num_threads is None else _num_threads(num_threads, "Model.copy")
         cap = _C.model_new(_C.model_config_json(self._cap), dev_type, dev_id, self.seed & (2**64 - 1), 0,
-                           int(self.fp8), "float32", nt or 0)
+                           int(self.fp8), "float32", nt or 0, None, self.dtype)
         _copy_tensors(cap, self._cap)
         _C.model_set_step(cap, self.step)
-        return Model(self.cfg, device=self.device, fp8=self.fp8, seed=self.seed, num_threads=nt, _cap=cap)
+        return Model(self.cfg, device=self.device, dtype=self.dtype, fp8=self.fp8, seed=self.seed, num_threads=nt,
+                     _cap=cap)
 
     # ------------------------------------------------------------------ generation
 
@@ -704,7 +740,7 @@ class Model:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu", fp8: bool = False,
-                        moments: str = "float32", inference_only: bool = False, *,
+                        moments: str = "float32", inference_only: bool = False, *, dtype: str = "float32",
                         init_missing_mtp: bool = False, strict: bool = False, seed: int = 0,
                         num_threads: Optional[int] = None, comm: Any = None, expert_parallel: Optional[int] = None,
                         data_parallel: Optional[int] = None, check_every: int = 1, overlap: bool = True,
@@ -717,7 +753,8 @@ class Model:
 
         inference_only=True (needs fp8=True): a frozen model (see freeze_fp8) -- block
         matrices held only in E4M3 with 128x128 scales; an FP8 checkpoint gets its shipped
-        codes back bit for bit. num_threads: as for Model.
+        codes back bit for bit. num_threads, dtype (the compute dtype: "float32" or
+        "bfloat16"; the checkpoint holds float32 masters either way): as for Model.
 
         Checkpoints saved by transformers: a DeepseekV3 one names MTP layers in config.json
         but holds none (transformers keeps no MTP layer): the model loads with MTP off (no
@@ -739,6 +776,10 @@ class Model:
         cj = os.path.join(d, "config.json")
         dev_type, dev_id, _ = _parse_device(device)
         moments = parse_dtype(moments, "Model.from_pretrained", "moments", allowed=("float32", "bfloat16"))
+        dtype = _compute_dtype(dtype, "Model.from_pretrained")
+        if inference_only and dtype != "float32":
+            raise ValueError("Model.from_pretrained: dtype: expected 'float32' with inference_only=True (a frozen "
+                             f"model computes from its E4M3 weights), got {dtype!r}")
         nt = _num_threads(num_threads, "Model.from_pretrained")
         try:
             # C first even for a missing directory: a save killed mid-swap may have left it
@@ -746,7 +787,7 @@ class Model:
             dist = _dist_args("Model.from_pretrained", comm, expert_parallel, data_parallel, check_every, overlap,
                               ep_micro_batches)
             cap = _C.model_load(d, dev_type, dev_id, int(bool(fp8)), str(moments), int(init_missing_mtp),
-                                int(strict), int(seed) & (2**64 - 1), nt or 0, dist)
+                                int(strict), int(seed) & (2**64 - 1), nt or 0, dist, str(dtype))
         except Error as e:
             if isinstance(e, _C.CommError):
                 raise
@@ -761,6 +802,7 @@ class Model:
         if inference_only:
             _C.model_freeze(cap)  # before any view of the float32 arena exists
         cfg = ModelConfig._from_canonical(json.loads(_C.model_config_json(cap)))
-        m = cls(cfg, device=device, fp8=bool(fp8), seed=int(seed), moments=moments, num_threads=nt, _cap=cap)
+        m = cls(cfg, device=device, dtype=dtype, fp8=bool(fp8), seed=int(seed), moments=moments, num_threads=nt,
+                _cap=cap)
         m.comm = comm
         return m

@@ -6,9 +6,11 @@
  *   add: out = a + b in float32, rounded once to T (bit-identical to the CPU: one
  *   IEEE add, no fusion possible).
  *   scale_f32: x *= alpha (one IEEE multiply, as the CPU).
+ *   round_bf16_f32: dst = float(bf16_rne(src)) by numeric.h's dsc_f32_to_bf16 (the CPU's bits).
  *   copy2d: cudaMemcpy2DAsync of rows with pitches.
  */
 #include "common.cuh"
+#include "numeric.h"
 
 namespace {
 
@@ -25,6 +27,13 @@ __global__ void scale_kernel(int64_t n, float *x /* [n] */, float alpha) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
        i += (int64_t)gridDim.x * blockDim.x) {
     x[i] = __fmul_rn(x[i], alpha);
+  }
+}
+
+__global__ void round_bf16_kernel(int64_t n, const float *src /* [n] */, float *dst /* [n], may alias */) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    dst[i] = dsc_bf16_to_f32(dsc_f32_to_bf16(src[i]));
   }
 }
 
@@ -54,6 +63,16 @@ extern "C" dsc_status dsc_cuda_scale_f32(dsc_context *ctx, int64_t n, float *x, 
   if (n == 0) return DSC_OK;
   const int threads = 256;
   scale_kernel<<<dsc_cuda_blocks(n, threads), threads, 0, dsc_cuda_stream(ctx)>>>(n, x, alpha);
+  DSC_CUDA_CHECK_LAUNCH(FN);
+  return DSC_OK;
+}
+
+extern "C" dsc_status dsc_cuda_round_bf16_f32(dsc_context *ctx, int64_t n, const float *src, float *dst) {
+  static const char *const FN = "dsc_round_bf16";
+  DSC_CUDA_ENTER(ctx, FN);
+  if (n == 0) return DSC_OK;
+  const int threads = 256;
+  round_bf16_kernel<<<dsc_cuda_blocks(n, threads), threads, 0, dsc_cuda_stream(ctx)>>>(n, src, dst);
   DSC_CUDA_CHECK_LAUNCH(FN);
   return DSC_OK;
 }

@@ -60,6 +60,10 @@ extern "C" {
                     void *out);                                                                \
   /* x *= alpha over n float32 elements (gradient clipping and scaling). */                  \
   dsc_status P##scale_f32(dsc_context *ctx, int64_t n, float *x /*[n]*/, float alpha);         \
+  /* dst = float(bf16_rne(src)) over n float32 elements (dst may alias src): the BF16     \
+   * compute model's rounding of weights and activations (dsc_f32_to_bf16, numeric.h). */  \
+  dsc_status P##round_bf16_f32(dsc_context *ctx, int64_t n, const float *src /*[n]*/,          \
+                               float *dst /*[n]*/);                                            \
   /* Strided row copy: rows rows of row_bytes each, src/dst rows pitch bytes apart (the     \
    * model's concat, split and row slicing). src and dst do not overlap. */                 \
   dsc_status P##copy2d(dsc_context *ctx, int64_t rows, size_t row_bytes, const void *src,       \

@@ -4,7 +4,7 @@
  *
  * Legend: n elements (any shape, flattened).
  *   add: out = a + b, in float32 (bf16 inputs widened exactly, the sum rounded once).
- *   scale_f32: x *= alpha.   copy2d: a strided copy of rows (concat / split / slicing).
+ *   scale_f32: x *= alpha.   round_bf16_f32: dst = float(bf16_rne(src)).   copy2d: a strided copy of rows (concat / split / slicing).
  */
 #include <string.h>
 
@@ -35,6 +35,17 @@ dsc_status dsc_cpu_scale_f32(dsc_context *ctx, int64_t n, float *x /* [n] */, fl
   DSC_CPU_FOR(n >= DSC_CPU_PAR_MIN, ctx->num_threads, blk, nb,
     const int64_t i1 = (blk + 1) * 4096 < n ? (blk + 1) * 4096 : n;
     for (int64_t i = blk * 4096; i < i1; ++i) x[i] *= alpha;
+  );
+  return DSC_OK;
+}
+
+dsc_status dsc_cpu_round_bf16_f32(dsc_context *ctx, int64_t n, const float *src /* [n] */,
+                                 float *dst /* [n], may alias src */) {
+  (void)ctx;
+  const int64_t nb = (n + 4095) / 4096;
+  DSC_CPU_FOR(n >= DSC_CPU_PAR_MIN, ctx->num_threads, blk, nb,
+    const int64_t i1 = (blk + 1) * 4096 < n ? (blk + 1) * 4096 : n;
+    for (int64_t i = blk * 4096; i < i1; ++i) dst[i] = dsc_bf16_to_f32(dsc_f32_to_bf16(src[i]));
   );
   return DSC_OK;
 }

@@ -1198,6 +1198,14 @@ typedef struct dsc_model_options {
                                rows in the single-process order); 2: as two micro-batches, the
                                dispatch/combine of one overlapping the expert computation of the
                                other (DualPipe's overlap without its pipeline schedule) */
+  /* The compute dtype (DeepSeek-V3's BF16 recipe): DSC_DTYPE_FLOAT32 (default) or
+   * DSC_DTYPE_BFLOAT16. BFLOAT16 keeps float32 masters, gradients and AdamW state; the
+   * forward, backward and generation use the masters rounded to BF16 (RNE), refreshed before
+   * every pass, and round activations and their gradients to BF16 at the GEMM / attention /
+   * SwiGLU boundaries (the list: csrc/model/model_train.c, "BF16 compute"); GEMMs accumulate
+   * in float32, RMSNorm statistics, softmax and cross-entropy run in float32, the residual
+   * stream stays float32. With fp8, the block linears run as FP8 GEMMs on those BF16 values. */
+  int32_t compute_dtype;
 } dsc_model_options;
 DSC_API void dsc_model_options_default(dsc_model_options *opt);
 
@@ -1248,6 +1256,11 @@ DSC_API dsc_status dsc_model_grad(dsc_model *model, int64_t index, DLTensor *vie
  * the options (float32 or bfloat16); allocated (zeros) on first use. */
 DSC_API dsc_status dsc_model_optimizer_state(dsc_model *model, int64_t index, int32_t which,
                                              DLTensor *view);
+/* The compute copy of tensor `index`: a BF16-compute model's weights as its passes use
+ * them (the float32 master rounded to BF16, RNE; refreshed from the masters by this call),
+ * as float32 values; a float32 model's is the master itself. Read-only (a write is lost at
+ * the next refresh); the view stays valid while the model lives. */
+DSC_API dsc_status dsc_model_compute_tensor(dsc_model *model, int64_t index, DLTensor *view);
 DSC_API int64_t dsc_model_step(const dsc_model *model);
 DSC_API dsc_status dsc_model_set_step(dsc_model *model, int64_t step);
 
@@ -1438,11 +1451,11 @@ DSC_API dsc_status dsc_model_activation_bytes(const dsc_model *model, size_t *by
  * The training paths (forward_mtp, routing, loss_and_grad, train_step, grad,
  * optimizer_state) answer DSC_ERR_INVALID_ARGUMENT. Freezing is one-way; a frozen model
  * is left as it is (DSC_OK). On failure (out of memory) the model is unchanged. */
-DSC_API dsc_status dsc_model_freeze_fp8(dsc_model *model);
+DSC_API dsc_status dsc_model_freeze_fp8(dsc_model *model); /* float32-compute models only */
 DSC_API int32_t dsc_model_is_frozen(const dsc_model *model);
 DSC_API dsc_status dsc_model_tensor_scale(const dsc_model *model, int64_t index, DLTensor *view);
 /* Bytes of weights the model holds on its device: the float32 arena plus, once frozen, the
- * E4M3 codes and block scales. */
+ * E4M3 codes and block scales, plus a BF16-compute model's rounded copy (float32 values). */
 DSC_API dsc_status dsc_model_weight_bytes(const dsc_model *model, size_t *bytes);
 
 /* Checkpoints (Hugging Face layout): dir/config.json, dir/model.safetensors and, with

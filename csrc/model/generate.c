@@ -329,11 +329,14 @@ static dsc_status block(gen *g, int32_t bi, int32_t layer, int32_t nb, int32_t T
   DLTensor *t3 = mkview(&vt3, g->dev, g->tmp, DSC_DTYPE_FLOAT32, 3, nb, T, D);
   DLTensor *seq = mkview(&vs, g->dev, g->d_seq, DSC_DTYPE_INT64, 1, nb, 0, 0);
   DLTensor *pos = mkview(&vp, g->dev, g->d_pos, DSC_DTYPE_INT32, 2, nb, T, 0);
+  /* BF16 compute: the training forward's rounding points F1-F3, F5 (model_train.c) */
   DSC_TRY(dsc_rms_norm_forward(g->ctx, h, &bk->input_norm, eps, xn, NULL));
+  DSC_TRY(dsc_model_round(m, g->xn, N * D));
   dsc_mla_weights w;
   dsc_model_mla_weights_fp8(m, bi, g->hw, &w);
   DSC_TRY(prefill ? dsc_mla_prefill(g->ctx, &m->mla, &w, g->cache, layer, xn3, seq, pos, t3)
                   : dsc_mla_decode(g->ctx, &m->mla, &w, g->cache, layer, xn3, seq, pos, t3));
+  DSC_TRY(dsc_model_round(m, g->tmp, N * D));
   DSC_TRY(dsc_add(g->ctx, h, t, h));
   gview ve, vx1, vt1; /* the d_last rows' views (outlive the branch: h, xn, t point here) */
   if (d_last) {
@@ -344,7 +347,8 @@ static dsc_status block(gen *g, int32_t bi, int32_t layer, int32_t nb, int32_t T
     h = e, xn = x1, t = t1;
   }
   DSC_TRY(dsc_rms_norm_forward(g->ctx, h, &bk->post_norm, eps, xn, NULL));
-  DSC_TRY(dsc_model_ffn_infer(g->m, bi, xn, t, NULL, g->hw));
+  DSC_TRY(dsc_model_round(m, (float *)xn->data, dsc_numel(xn)));
+  DSC_TRY(dsc_model_ffn_infer(g->m, bi, xn, t, NULL, g->hw)); /* rounds its output */
   DSC_TRY(dsc_add(g->ctx, h, t, h));
   return DSC_OK;
 }
@@ -355,6 +359,7 @@ static dsc_status head(gen *g, const float *x, int64_t nr, const float **lh) {
   DLTensor *xt = mkview(&vx, g->dev, (void *)x, DSC_DTYPE_FLOAT32, 2, nr, g->D, 0);
   DLTensor *lt = mkview(&vl, g->dev, g->logits, DSC_DTYPE_FLOAT32, 2, nr, g->V, 0);
   DSC_TRY(dsc_linear_forward(g->ctx, xt, &g->m->head, lt));
+  DSC_TRY(dsc_model_round(g->m, g->logits, nr * g->V)); /* F7 */
   if (g->host) {
     *lh = g->logits;
     return DSC_OK;
@@ -381,6 +386,7 @@ static dsc_status main_forward_(gen *g, int32_t nb, int32_t T, int prefill, int6
   DSC_TRY(dsc_embedding_forward(g->ctx, ids, &m->embed, h));
   for (int32_t b = 0; b < g->L; ++b) DSC_TRY(block(g, b, b, nb, T, prefill, NULL));
   DSC_TRY(dsc_rms_norm_forward(g->ctx, h, &m->final_norm, m->cfg.rms_norm_eps, hn, NULL));
+  DSC_TRY(dsc_model_round(m, g->hn, N * D)); /* F6 */
   g->main_forwards += 1;
   int identity = nr == N;
   for (int64_t i = 0; identity && i < nr; ++i) identity = g->h_gidx[i] == i;
@@ -425,13 +431,17 @@ static dsc_status mtp_forward(gen *g, int32_t nb, int32_t T, int prefill, const 
   DSC_TRY(dsc_rms_norm_forward(g->ctx, e, &mt->enorm, eps, e, NULL));
   DSC_TRY(gather(g, hsrc, hrows, g->d_gidx, N, g->tmp));
   DSC_TRY(dsc_rms_norm_forward(g->ctx, t, &mt->hnorm, eps, t, NULL));
+  DSC_TRY(dsc_model_round(m, g->e, N * D)); /* F8 */
+  DSC_TRY(dsc_model_round(m, g->tmp, N * D));
   DSC_TRY(dsc_model_concat2(m, e, t, cat)); /* [enorm(emb) ; hnorm(h)]: embedding first */
   DSC_TRY(dsc_linear_forward(g->ctx, cat, &mt->eh_proj, h));
+  DSC_TRY(dsc_model_round(m, g->h, N * D));
   DSC_TRY(up(g, g->d_gidx, g->h_last, (size_t)nb * sizeof(int32_t)));
   DSC_TRY(block(g, g->L, g->L, nb, T, prefill, g->d_gidx)); /* the drafting rows -> g->e */
   DLTensor *x = mkview(&vx, g->dev, g->e, DSC_DTYPE_FLOAT32, 2, nb, D, 0);
   DLTensor *mo = mkview(&vo, g->dev, g->mo, DSC_DTYPE_FLOAT32, 2, nb, D, 0);
   DSC_TRY(dsc_rms_norm_forward(g->ctx, x, &mt->head_norm, eps, mo, NULL));
+  DSC_TRY(dsc_model_round(m, g->mo, nb * D));
   return head(g, g->mo, nb, lh);
 }
 
@@ -1080,7 +1090,8 @@ dsc_status dsc_model_generate(dsc_model *model, const dsc_generate_options *o, i
   if (o->max_new_tokens > 0)
     for (int64_t i = 0; i < (int64_t)n_prompts * o->max_new_tokens; ++i) out_tokens[i] = -1;
   dsc_status s = DSC_OK;
-  if (o->max_new_tokens > 0) {
+  if (o->max_new_tokens > 0) s = dsc_model_refresh_compute(model); /* BF16: this call's weights */
+  if (o->max_new_tokens > 0 && s == DSC_OK) {
     /* fp8: every block matrix to E4M3 once, so that no token re-quantizes a weight (a
      * frozen model holds them already: g.hw) */
     if (!model->frozen && model->fp8) {

@@ -264,6 +264,7 @@ dsc_status dsc_model_alloc(dsc_model *m, size_t bytes, void **p) {
 }
 
 void dsc_model_bind_views(dsc_model *m) {
+  float *const base = m->wc ? m->wc : m->params; /* the weights the passes read */
   for (int32_t b = 0; b < m->n_blocks; ++b) {
     dsc_model_block *k = &m->blocks[b];
     const int32_t *slot = m->block_entries + (int64_t)b * S_COUNT;
@@ -271,7 +272,7 @@ void dsc_model_bind_views(dsc_model *m) {
       DLTensor *t = block_slot(k, s);
       memset(t, 0, sizeof *t);
       if (slot[s] >= 0) {
-        *t = entry_view(m, &m->storage[slot[s]], m->params);
+        *t = entry_view(m, &m->storage[slot[s]], base);
         if (m->frozen && dsc_model_held_slot(s)) t->data = NULL; /* in m->held only */
       }
     }
@@ -280,15 +281,15 @@ void dsc_model_bind_views(dsc_model *m) {
   for (int32_t d = 0; d < m->n_mtp; ++d) {
     dsc_model_mtp *t = &m->mtp[d];
     const int32_t *e = m->mtp_entries[d];
-    t->enorm = entry_view(m, &m->storage[e[0]], m->params);
-    t->hnorm = entry_view(m, &m->storage[e[1]], m->params);
-    t->eh_proj = entry_view(m, &m->storage[e[2]], m->params);
-    t->head_norm = entry_view(m, &m->storage[e[3]], m->params);
+    t->enorm = entry_view(m, &m->storage[e[0]], base);
+    t->hnorm = entry_view(m, &m->storage[e[1]], base);
+    t->eh_proj = entry_view(m, &m->storage[e[2]], base);
+    t->head_norm = entry_view(m, &m->storage[e[3]], base);
     t->region = m->storage[e[0]].region;
   }
-  m->embed = entry_view(m, &m->storage[m->emb_entry], m->params);
-  m->final_norm = entry_view(m, &m->storage[m->norm_entry], m->params);
-  m->head = entry_view(m, &m->storage[m->head_entry], m->params);
+  m->embed = entry_view(m, &m->storage[m->emb_entry], base);
+  m->final_norm = entry_view(m, &m->storage[m->norm_entry], base);
+  m->head = entry_view(m, &m->storage[m->head_entry], base);
 }
 
 dsc_status dsc_model_check_not_frozen(const dsc_model *m, const char *fn, const char *what) {
@@ -410,11 +411,11 @@ static dsc_status dist_setup(dsc_context *ctx, const char *fn, const dsc_model_c
   static const char *const names[] = {
       "the world size", "the model config (config.json)", "n_routed_experts", "num_hidden_layers",
       "hidden_size", "vocab_size", "expert_parallel", "data_parallel", "fp8", "moments_dtype", "init",
-      "seed", "check_every", "overlap", "ep_micro_batches", "the device type",
+      "seed", "check_every", "overlap", "ep_micro_batches", "compute_dtype", "the device type",
       "whether the context's device is the communicator's", "the deepseek_c version"};
   const int64_t fields[] = {W, (int64_t)cfg_hash, E, cfg->num_hidden_layers, cfg->hidden_size, cfg->vocab_size,
                             ep, dp, o->fp8, o->moments_dtype, o->init, (int64_t)o->seed, o->check_every,
-                            o->overlap, o->ep_micro_batches, ctx->device.device_type, dev_ok,
+                            o->overlap, o->ep_micro_batches, o->compute_dtype, ctx->device.device_type, dev_ok,
                             DSC_VERSION_MAJOR * 10000 + DSC_VERSION_MINOR * 100 + DSC_VERSION_PATCH};
   DSC_TRY(dsc_dist_agree(comm, ctx, fn, (int32_t)(sizeof fields / sizeof fields[0]), fields, names));
   /* now every rank sees the same values and reaches the same verdict */
@@ -494,6 +495,7 @@ void dsc_model_options_default(dsc_model_options *o) {
   o->check_every = 1;
   o->overlap = 1;
   o->ep_micro_batches = 1;
+  o->compute_dtype = DSC_DTYPE_FLOAT32;
 }
 
 
@@ -502,6 +504,7 @@ void dsc_model_destroy(dsc_model *m) {
   dsc_model_drop_acts(m);
   dsc_context *ctx = m->ctx;
   if (m->params) dsc_free(ctx, m->params);
+  if (m->wc) dsc_free(ctx, m->wc);
   if (m->grads) dsc_free(ctx, m->grads);
   if (m->exp_avg) dsc_free(ctx, m->exp_avg);
   if (m->exp_avg_sq) dsc_free(ctx, m->exp_avg_sq);
@@ -641,6 +644,10 @@ static dsc_status check_options(const char *fn, const dsc_model_options *opt, ds
   DSC_CHECK(o->moments_dtype == DSC_DTYPE_FLOAT32 || o->moments_dtype == DSC_DTYPE_BFLOAT16,
             DSC_ERR_INVALID_ARGUMENT, fn, "opt->moments_dtype: expected FLOAT32 or BFLOAT16, got %d",
             (int)o->moments_dtype);
+  DSC_CHECK(o->compute_dtype == DSC_DTYPE_FLOAT32 || o->compute_dtype == DSC_DTYPE_BFLOAT16,
+            DSC_ERR_INVALID_ARGUMENT, fn,
+            "opt->compute_dtype: expected DSC_DTYPE_FLOAT32 (%d) or DSC_DTYPE_BFLOAT16 (%d), got %d",
+            (int)DSC_DTYPE_FLOAT32, (int)DSC_DTYPE_BFLOAT16, (int)o->compute_dtype);
   return DSC_OK;
 }
 
@@ -672,6 +679,7 @@ dsc_status dsc_model_plan(dsc_context *ctx, const char *FN, const dsc_model_conf
   m->cfg.size = sizeof m->cfg;
   m->fp8 = o.fp8;
   m->mom_dtype = (dsc_dtype)o.moments_dtype;
+  m->compute_dtype = o.compute_dtype;
   m->n_layers = cfg->num_hidden_layers;
   m->n_mtp = cfg->num_nextn_predict_layers; /* <= DSC_MODEL_MAX_MTP (validated) */
   m->n_blocks = m->n_layers + m->n_mtp;
@@ -802,6 +810,8 @@ dsc_status dsc_model_materialize(dsc_model *m, const dsc_model_options *opt) {
   /* the arenas: parameters, scratch (sizes checked by dsc_model_plan) */
   DSC_TRY(dsc_model_alloc(m, (size_t)m->n_params * sizeof(float), (void **)&m->params));
   DSC_TRY(dsc_model_alloc(m, (size_t)maxr * sizeof(float), (void **)&m->scratch));
+  if (m->compute_dtype == DSC_DTYPE_BFLOAT16)
+    DSC_TRY(dsc_model_alloc(m, (size_t)m->n_params * sizeof(float), (void **)&m->wc));
   dsc_model_bind_views(m);
 
   /* initialize on the host, region by region, then copy to the device */
@@ -826,6 +836,7 @@ dsc_status dsc_model_materialize(dsc_model *m, const dsc_model_options *opt) {
     st = dsc_memcpy(ctx, m->params + rg->offset, ctx->device, host, cpu, (size_t)rg->numel * sizeof(float));
   }
   free(host);
+  if (st == DSC_OK) st = dsc_model_refresh_compute(m);
   return st;
 }
 
@@ -938,6 +949,16 @@ dsc_status dsc_model_tensor(const dsc_model *m, int64_t index, const char **name
   return DSC_OK;
 }
 
+dsc_status dsc_model_compute_tensor(dsc_model *m, int64_t index, DLTensor *view) {
+  static const char *const FN = "dsc_model_compute_tensor";
+  DSC_TRY(check_index(m, FN, index));
+  DSC_CHECK(view != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "view: expected a pointer, got NULL");
+  DSC_TRY(dsc_model_check_not_frozen(m, FN, "the compute copy"));
+  DSC_TRY(dsc_model_refresh_compute(m));
+  *view = entry_view(m, &m->named[index], m->wc ? m->wc : m->params);
+  return DSC_OK;
+}
+
 dsc_status dsc_model_tensor_scale(const dsc_model *m, int64_t index, DLTensor *view) {
   static const char *const FN = "dsc_model_tensor_scale";
   DSC_TRY(check_index(m, FN, index));
@@ -956,7 +977,8 @@ dsc_status dsc_model_weight_bytes(const dsc_model *m, size_t *bytes) {
   static const char *const FN = "dsc_model_weight_bytes";
   DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
   DSC_CHECK(bytes != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "bytes: expected a pointer, got NULL");
-  *bytes = (size_t)m->arena_numel * sizeof(float) + (m->frozen ? m->held.bytes : 0);
+  *bytes = (size_t)m->arena_numel * sizeof(float) + (m->frozen ? m->held.bytes : 0) +
+           (m->wc ? (size_t)m->n_params * sizeof(float) : 0); /* BF16 compute: the rounded copy */
   return DSC_OK;
 }
 
@@ -1079,6 +1101,28 @@ dsc_status dsc_model_scale(dsc_model *m, float *x, int64_t n, float alpha) {
 #endif
   }
   return dsc_cpu_scale_f32(m->ctx, n, x, alpha);
+}
+
+dsc_status dsc_model_round_copy(dsc_model *m, const float *src, float *dst, int64_t n);
+
+dsc_status dsc_model_round(dsc_model *m, float *x, int64_t n) {
+  return m->wc ? dsc_model_round_copy(m, x, x, n) : DSC_OK;
+}
+
+dsc_status dsc_model_round_copy(dsc_model *m, const float *src, float *dst, int64_t n) {
+  if (n == 0) return DSC_OK;
+  if (dsc_ctx_is_cuda(m->ctx)) {
+#ifdef DSC_WITH_CUDA
+    return dsc_cuda_round_bf16_f32(m->ctx, n, src, dst);
+#else
+    return dsc_error(DSC_ERR_INTERNAL, "dsc_model", "CUDA context in a build without CUDA");
+#endif
+  }
+  return dsc_cpu_round_bf16_f32(m->ctx, n, src, dst);
+}
+
+dsc_status dsc_model_refresh_compute(dsc_model *m) {
+  return m->wc ? dsc_model_round_copy(m, m->params, m->wc, m->n_params) : DSC_OK;
 }
 
 dsc_status dsc_model_fill_zero(dsc_model *m, float *x, int64_t n) {

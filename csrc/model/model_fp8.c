@@ -77,7 +77,7 @@ dsc_status dsc_model_fp8w_build(dsc_model *m, dsc_model_fp8w *h) {
     for (int64_t g = 0; g < G && st == DSC_OK; ++g) {
       int64_t a0[2], a1[2], b0[2], b1[2], c0[2], c1[2];
       const int64_t s2[2] = {N, K}, sb[2] = {nb, kb};
-      DLTensor src = dsc_model_view(m, m->params + en->offset + g * N * K, DSC_DTYPE_FLOAT32, 2,
+      DLTensor src = dsc_model_view(m, (m->wc ? m->wc : m->params) + en->offset + g * N * K, DSC_DTYPE_FLOAT32, 2,
                                     s2, a0, a1);
       DLTensor q = dsc_model_view(m, qp + g * N * K, DSC_DTYPE_FLOAT8_E4M3FN, 2, s2, b0, b1);
       DLTensor sc = dsc_model_view(m, sp + g * nb * kb, DSC_DTYPE_FLOAT32, 2, sb, c0, c1);
@@ -96,6 +96,9 @@ dsc_status dsc_model_freeze_fp8(dsc_model *m) {
   static const char *const FN = "dsc_model_freeze_fp8";
   DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
   if (m->frozen) return DSC_OK;
+  DSC_CHECK(m->compute_dtype == DSC_DTYPE_FLOAT32, DSC_ERR_INVALID_ARGUMENT, FN,
+            "model: expected a float32-compute model (a frozen model computes in FP8 from its E4M3 "
+            "weights), got compute_dtype BFLOAT16");
   /* which storage entry each held block slot quantizes */
   int32_t *held_of = (int32_t *)malloc((size_t)(m->n_storage ? m->n_storage : 1) * sizeof(int32_t));
   DSC_CHECK(held_of != NULL, DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
@@ -222,8 +225,9 @@ dsc_status dsc_model_ffn_infer_fp8(dsc_model *m, int32_t b, const DLTensor *x, D
     dsc_moe_layer_weights mw;
     moe_weights_fp8(m, b, h, &mw);
     const dsc_moe_exchange *ex = dsc_model_exchange(m, b);
-    return ex ? dsc_moe_layer_forward_ex(m->ctx, &m->route, 1, &mw, x, y, counts, NULL, ex, 0, DSC_MOE_PHASE_ALL)
-              : dsc_moe_layer_forward(m->ctx, &m->route, 1, &mw, x, y, counts, NULL);
+    DSC_TRY(ex ? dsc_moe_layer_forward_ex(m->ctx, &m->route, 1, &mw, x, y, counts, NULL, ex, 0, DSC_MOE_PHASE_ALL)
+               : dsc_moe_layer_forward(m->ctx, &m->route, 1, &mw, x, y, counts, NULL));
+    return dsc_model_round(m, (float *)dsc_data(y), dsc_numel(y)); /* BF16 compute: F5 */
   }
   /* dense SwiGLU MLP: g, u, a [rows, I] float32; the FP8 copy of x or a [rows, max(D,I)] */
   const int64_t rows = dsc_rows(x), D = m->cfg.hidden_size, I = m->cfg.intermediate_size;
@@ -249,10 +253,15 @@ dsc_status dsc_model_ffn_infer_fp8(dsc_model *m, int32_t b, const DLTensor *x, D
   DLTensor gt = dsc_model_view(m, g, DSC_DTYPE_FLOAT32, 2, si, d[4], d[5]);
   DLTensor ut = dsc_model_view(m, u, DSC_DTYPE_FLOAT32, 2, si, d[6], d[7]);
   DLTensor at = dsc_model_view(m, a, DSC_DTYPE_FLOAT32, 2, si, d[8], d[9]);
+  /* BF16 compute (fp8 generation of a bfloat16 model): F4's roundings, as the training forward */
   dsc_status st = held_linear(m, &x2, &q[S_MG], &s[S_MG], xq, xs, &gt);
   if (st == DSC_OK) st = held_linear(m, &x2, &q[S_MU], &s[S_MU], xq, xs, &ut);
+  if (st == DSC_OK) st = dsc_model_round(m, g, rows * I);
+  if (st == DSC_OK) st = dsc_model_round(m, u, rows * I);
   if (st == DSC_OK) st = dsc_swiglu_forward(m->ctx, &gt, &ut, &at);
+  if (st == DSC_OK) st = dsc_model_round(m, a, rows * I);
   if (st == DSC_OK) st = held_linear(m, &at, &q[S_MD], &s[S_MD], xq, xs, &y2);
+  if (st == DSC_OK) st = dsc_model_round(m, (float *)dsc_data(y), rows * D);
   dsc_free(m->ctx, mem);
   return st;
 }

@@ -118,6 +118,9 @@ struct dsc_model {
   int64_t n_params;
 
   float *params;   /* [n_params] on ctx's device */
+  int32_t compute_dtype; /* FLOAT32, or BFLOAT16: passes read wc, the masters rounded to BF16 */
+  float *wc;       /* [n_params] BF16-rounded copy of params (BFLOAT16 compute only, else NULL);
+                      the block / MTP / embedding / head views point into it */
   float *grads;    /* [n_params], allocated with the first backward */
   void *exp_avg, *exp_avg_sq; /* [n_params] of mom_dtype, allocated with the first step / state access */
   dsc_dtype mom_dtype;        /* FLOAT32 or BFLOAT16 */
@@ -235,6 +238,13 @@ dsc_status dsc_model_split2(dsc_model *m, const DLTensor *in, DLTensor *a, DLTen
 /* Point the block / MTP / embedding / head views at the arena (frozen models: held slots
  * keep their shapes with data NULL). */
 void dsc_model_bind_views(dsc_model *m);
+/* BF16 compute (m->wc != NULL): wc = bf16_rne(params), before every pass; else nothing. */
+dsc_status dsc_model_refresh_compute(dsc_model *m);
+/* x = float(bf16_rne(x)) over n float32 elements on the model's device when the model
+ * computes in BF16; nothing for a float32 model (the rounding points of the passes). */
+dsc_status dsc_model_round(dsc_model *m, float *x, int64_t n);
+/* dst = float(bf16_rne(src)) over n elements on the model's device (any model). */
+dsc_status dsc_model_round_copy(dsc_model *m, const float *src, float *dst, int64_t n);
 /* DSC_ERR_INVALID_ARGUMENT when the model is frozen: `what` needs the float32 masters. */
 dsc_status dsc_model_check_not_frozen(const dsc_model *m, const char *fn, const char *what);
 /* The logits of tokens [B, T] by the training forward, nothing kept for a backward

@@ -11,6 +11,28 @@
  *     xo = block_{L+d}(cat @ eh_proj^T);  xn_d = RMSNorm_head(xo);  logits_d = xn_d @ head^T
  *   loss = CE(logits, targets) + lambda / Dm * sum_d CE(logits_d, targets[:, d+1:])
  *
+ * BF16 compute (m->wc != NULL, dsc_model_options.compute_dtype BFLOAT16; DeepSeek-V3's
+ * recipe, emulated exactly in float32 buffers holding BF16-rounded values, RNE): the
+ * weights are m->wc = bf16(masters), refreshed at the start of every forward. These
+ * activations are rounded to BF16 where they are produced (a BF16 stack stores them so):
+ *   F1 xn1 = RMSNorm_in(h)          (attention input)
+ *   F2 MLA output                   (o_proj GEMM output, the attention output)
+ *   F3 xn2 = RMSNorm_post(hmid)     (FFN input)
+ *   F4 dense FFN: g, u (GEMM outputs), a = SwiGLU(g, u), y = down(a) (GEMM output)
+ *   F5 MoE layer output y (the layer's experts/router inside it run on the BF16 weights
+ *      and xn2, with float32 intermediates)
+ *   F6 hn = RMSNorm_final(h_L)      (head input)      F7 logits (head GEMM output)
+ *   F8 MTP: en, hh (eh_proj input halves), x = eh_proj(cat) (GEMM output), xn (head
+ *      input), logits_d
+ * The embedding output needs none (rows of BF16 weights). The residual stream (h, hmid,
+ * the MTP block input/outputs as they add up) stays float32, as do RMSNorm statistics,
+ * softmax, cross-entropy and every GEMM's accumulation. The backward rounds the gradient
+ * of each of those activations once it is complete, before it is consumed: dlogits,
+ * d hn / d xn_d (after the MTP contributions are added), d x (MTP block input), dcat,
+ * the FFN's incoming gradient (a rounded copy: the residual keeps float32), dA, dG, dU,
+ * d xn2, the attention's incoming gradient (a rounded copy), d xn1. Generation
+ * (generate.c) rounds at F1-F8 the same way. Weight gradients stay float32.
+ *
  * Activations of one (B, T) shape are planned once into one arena (dsc_model_acts) and
  * reused while the shape stays; the MLA / MoE ops keep their own saved state in handles
  * owned per block. Legend: B batch, T tokens per row, N = B*T, V vocab, D hidden,
@@ -75,6 +97,7 @@ struct dsc_model_acts {
   float *mtp_hh[DSC_MODEL_MAX_MTP], *mtp_cat[DSC_MODEL_MAX_MTP], *mtp_x[DSC_MODEL_MAX_MTP];
   float *mtp_xo[DSC_MODEL_MAX_MTP], *mtp_xn[DSC_MODEL_MAX_MTP], *mtp_logits[DSC_MODEL_MAX_MTP];
   float *dh, *tA, *tB, *tC, *tD, *dprev; /* [N, D] */
+  float *tE;                             /* [N, D] BF16 compute: rounded gradient copies */
   float *dI0, *dI1, *dI2;                /* [N, I] */
   float *dcat;                           /* [N, 2D] */
   float *loss;                           /* [1 + Dm] */
@@ -164,6 +187,7 @@ static size_t plan(dsc_model *m, dsc_model_acts *A, char *base) {
   CARVE(A->tC, float, N * D);
   CARVE(A->tD, float, N * D);
   CARVE(A->dprev, float, N * D);
+  if (m->wc) CARVE(A->tE, float, N * D);
   CARVE(A->dI0, float, N * I);
   CARVE(A->dI1, float, N * I);
   CARVE(A->dI2, float, N * I);
@@ -340,14 +364,21 @@ static dsc_status dense_fwd(dsc_model *m, int32_t b, blk_acts *k, int64_t rows, 
     }
     STEP(dsc_fp8_linear_forward(ctx, x, &w->mlp_gate, &g.t, &xq[0].t, &xs[0].t, &wq[0].t, &ws[0].t));
     STEP(dsc_fp8_linear_forward(ctx, x, &w->mlp_up, &u.t, &xq[1].t, &xs[1].t, &wq[1].t, &ws[1].t));
+    STEP(dsc_model_round(m, k->g, rows * I)); /* F4 */
+    STEP(dsc_model_round(m, k->u, rows * I));
     STEP(dsc_swiglu_forward(ctx, &g.t, &u.t, &a.t));
+    STEP(dsc_model_round(m, k->a, rows * I));
     STEP(dsc_fp8_linear_forward(ctx, &a.t, &w->mlp_down, y, &xq[2].t, &xs[2].t, &wq[2].t, &ws[2].t));
   } else {
     STEP(dsc_linear_forward(ctx, x, &w->mlp_gate, &g.t));
     STEP(dsc_linear_forward(ctx, x, &w->mlp_up, &u.t));
+    STEP(dsc_model_round(m, k->g, rows * I)); /* F4 */
+    STEP(dsc_model_round(m, k->u, rows * I));
     STEP(dsc_swiglu_forward(ctx, &g.t, &u.t, &a.t));
+    STEP(dsc_model_round(m, k->a, rows * I));
     STEP(dsc_linear_forward(ctx, &a.t, &w->mlp_down, y));
   }
+  STEP(dsc_model_round(m, (float *)dsc_data(y), rows * D));
   return st;
 }
 
@@ -380,7 +411,10 @@ static dsc_status dense_bwd(dsc_model *m, int32_t b, blk_acts *k, int64_t rows, 
     STEP(dsc_fp8_linear_backward(ctx, dy, &xq[2].t, &xs[2].t, &wq[2].t, &ws[2].t, &dA.t,
                                  gs_begin(m, &gd, slot_entry(m, b, S_MD))));
     STEP(gs_end(m, &gd));
+    STEP(dsc_model_round(m, A->dI0, rows * I));
     STEP(dsc_swiglu_backward(ctx, &dA.t, &g.t, &u.t, &dG.t, &dU.t));
+    STEP(dsc_model_round(m, A->dI1, rows * I));
+    STEP(dsc_model_round(m, A->dI2, rows * I));
     STEP(dsc_fp8_linear_backward(ctx, &dG.t, &xq[0].t, &xs[0].t, &wq[0].t, &ws[0].t, dx,
                                  gs_begin(m, &gg, slot_entry(m, b, S_MG))));
     STEP(gs_end(m, &gg));
@@ -390,7 +424,10 @@ static dsc_status dense_bwd(dsc_model *m, int32_t b, blk_acts *k, int64_t rows, 
   } else {
     STEP(dsc_linear_backward(ctx, dy, &a.t, &w->mlp_down, &dA.t, gs_begin(m, &gd, slot_entry(m, b, S_MD))));
     STEP(gs_end(m, &gd));
+    STEP(dsc_model_round(m, A->dI0, rows * I));
     STEP(dsc_swiglu_backward(ctx, &dA.t, &g.t, &u.t, &dG.t, &dU.t));
+    STEP(dsc_model_round(m, A->dI1, rows * I));
+    STEP(dsc_model_round(m, A->dI2, rows * I));
     STEP(dsc_linear_backward(ctx, &dG.t, x, &w->mlp_gate, dx, gs_begin(m, &gg, slot_entry(m, b, S_MG))));
     STEP(gs_end(m, &gg));
     /* the up projection's input gradient accumulates into dx in its GEMM (beta 1) */
@@ -398,9 +435,11 @@ static dsc_status dense_bwd(dsc_model *m, int32_t b, blk_acts *k, int64_t rows, 
     STEP(dsc_matmul(ctx, &dU.t, x, dwu, 1, 0, 1.0f, 0.0f));
     STEP(dsc_matmul(ctx, &dU.t, &w->mlp_up, dx, 0, 0, 1.0f, 1.0f));
     STEP(gs_end(m, &gu));
+    STEP(dsc_model_round(m, (float *)dsc_data(dx), rows * D)); /* d xn2 */
     return st;
   }
   STEP(dsc_add(ctx, dx, t2, dx));
+  STEP(dsc_model_round(m, (float *)dsc_data(dx), rows * D)); /* d xn2 */
   return st;
 }
 
@@ -427,8 +466,9 @@ dsc_status dsc_model_ffn_infer(dsc_model *m, int32_t b, const DLTensor *x, DLTen
     dsc_moe_layer_weights mw;
     dsc_model_moe_weights(m, b, &mw);
     const dsc_moe_exchange *ex = dsc_model_exchange(m, b);
-    return ex ? dsc_moe_layer_forward_ex(ctx, &m->route, 1, &mw, x, y, counts, NULL, ex, 0, DSC_MOE_PHASE_ALL)
-              : dsc_moe_layer_forward(ctx, &m->route, 1, &mw, x, y, counts, NULL);
+    DSC_TRY(ex ? dsc_moe_layer_forward_ex(ctx, &m->route, 1, &mw, x, y, counts, NULL, ex, 0, DSC_MOE_PHASE_ALL)
+               : dsc_moe_layer_forward(ctx, &m->route, 1, &mw, x, y, counts, NULL));
+    return dsc_model_round(m, (float *)dsc_data(y), dsc_numel(y)); /* F5 */
   }
   /* the dense MLP exactly as the training forward runs it (FP8 GEMMs in fp8 mode), on
    * scratch laid out like a planned block */
@@ -524,6 +564,7 @@ static dsc_status moe_fwd(dsc_model *m, int32_t b, blk_acts *k, int64_t B, int64
     STEP(ex ? dsc_moe_layer_forward_ex(ctx, &m->route, 1, &ew, x, y, &cnt.t, sv, ex, 0, DSC_MOE_PHASE_ALL)
             : dsc_moe_layer_forward(ctx, &m->route, 1, &ew, x, y, &cnt.t, sv));
     STEP(add_load(m, b, A->counts));
+    STEP(dsc_model_round(m, (float *)dsc_data(y), dsc_numel(y))); /* F5 */
     if (o->train && o->aux_alpha > 0.0f) {
       float l = 0.0f;
       STEP(dsc_moe_layer_aux_loss(ctx, k->moe, Tb, o->aux_alpha, &l));
@@ -544,6 +585,7 @@ static dsc_status moe_fwd(dsc_model *m, int32_t b, blk_acts *k, int64_t B, int64
                                     h, phases[ph]));
       if (ph == 0) STEP(add_load(m, b, A->counts));
     }
+  STEP(dsc_model_round(m, (float *)dsc_data(y), dsc_numel(y))); /* F5 */
   if (o->train && o->aux_alpha > 0.0f)
     for (int h = 0; h < 2 && st == DSC_OK; ++h) {
       const int64_t Bh = xh[h].t.shape[0];
@@ -668,9 +710,14 @@ static dsc_status block_fwd(dsc_model *m, int32_t b, int64_t B, int64_t Tb, cons
   dsc_mla_weights mw;
   dsc_model_mla_weights(m, b, &mw);
   dsc_status st = DSC_OK;
-  if (!xn1_ready) STEP(dsc_rms_norm_forward(ctx, &x.t, &w->input_norm, eps, &xn1.t, NULL));
+  if (!xn1_ready) { /* (else the previous block rounded it) */
+    STEP(dsc_rms_norm_forward(ctx, &x.t, &w->input_norm, eps, &xn1.t, NULL));
+    STEP(dsc_model_round(m, k->xn1, rows * D)); /* F1 */
+  }
   STEP(dsc_mla_forward(ctx, &m->mla, &mw, &xn1.t, &pos.t, &t.t, o->train ? k->mla : NULL));
+  STEP(dsc_model_round(m, A->tA, rows * D)); /* F2 */
   STEP(add_norm(m, &x.t, &t.t, &w->post_norm, &hmid.t, &xn2.t));
+  STEP(dsc_model_round(m, k->xn2, rows * D)); /* F3 */
   if (w->is_moe) {
     STEP(moe_fwd(m, b, k, B, Tb, &xn2.t, &t.t, o));
   } else {
@@ -683,6 +730,7 @@ static dsc_status block_fwd(dsc_model *m, int32_t b, int64_t B, int64_t Tb, cons
     tv nx;
     tv_make(&nx, m, next_out, F32, 3, B, Tb, D);
     STEP(add_norm(m, &hmid.t, &t.t, next_w, &y.t, &nx.t));
+    STEP(dsc_model_round(m, next_out, rows * D)); /* F1 of the next block, or F6 */
   } else {
     STEP(dsc_add(ctx, &hmid.t, &t.t, &y.t));
   }
@@ -709,13 +757,22 @@ static dsc_status block_bwd(dsc_model *m, int32_t b, int64_t B, int64_t Tb, cons
   tv_make(&pos, m, positions, I32, 2, B, Tb, 0);
   dsc_status st = DSC_OK;
 
-  /* FFN: dy -> d xn2 (t1) */
+  /* FFN: dy -> d xn2 (t1). BF16: the FFN reads a rounded copy of dy (tE), the residual
+   * keeps dy in float32 */
+  float *dyf = dh;
+  if (m->wc) {
+    STEP(dsc_model_round_copy(m, dh, A->tE, rows * D));
+    dyf = A->tE;
+  }
+  tv dyr;
+  tv_make(&dyr, m, dyf, F32, 3, B, Tb, D);
   if (w->is_moe) {
-    STEP(moe_bwd(m, b, k, B, Tb, &xn2.t, &dy.t, &t1.t));
+    STEP(moe_bwd(m, b, k, B, Tb, &xn2.t, &dyr.t, &t1.t));
+    STEP(dsc_model_round(m, A->tA, rows * D)); /* d xn2 */
   } else {
     tv x2, dy2, d1, d2;
     tv_make(&x2, m, k->xn2, F32, 2, rows, D, 0);
-    tv_make(&dy2, m, dh, F32, 2, rows, D, 0);
+    tv_make(&dy2, m, dyf, F32, 2, rows, D, 0);
     tv_make(&d1, m, A->tA, F32, 2, rows, D, 0);
     tv_make(&d2, m, A->tB, F32, 2, rows, D, 0);
     STEP(dense_bwd(m, b, k, rows, &x2.t, &dy2.t, &d1.t, &d2.t));
@@ -737,8 +794,16 @@ static dsc_status block_bwd(dsc_model *m, int32_t b, int64_t B, int64_t Tb, cons
   g.kv_a_layernorm = gs_begin(m, &ga[5], slot_entry(m, b, S_KVA_NORM));
   g.kv_b_proj = gs_begin(m, &ga[6], slot_entry(m, b, S_KVB));
   g.o_proj = gs_begin(m, &ga[7], slot_entry(m, b, S_O));
-  STEP(dsc_mla_backward(ctx, &m->mla, &mw, k->mla, &xn1.t, &pos.t, &t3.t, &t1.t, &g));
+  float *dattn = A->tC;
+  if (m->wc) { /* the attention reads a rounded copy of d hmid */
+    STEP(dsc_model_round_copy(m, A->tC, A->tE, rows * D));
+    dattn = A->tE;
+  }
+  tv da;
+  tv_make(&da, m, dattn, F32, 3, B, Tb, D);
+  STEP(dsc_mla_backward(ctx, &m->mla, &mw, k->mla, &xn1.t, &pos.t, &da.t, &t1.t, &g));
   for (int j = 0; j < 8; ++j) STEP(gs_end(m, &ga[j]));
+  STEP(dsc_model_round(m, A->tA, rows * D)); /* d xn1 */
   STEP(norm_bwd_add(m, &t1.t, &x.t, &w->input_norm, slot_entry(m, b, S_IN_NORM), &t3.t, &t2.t, &dy.t));
   return st;
 }
@@ -776,6 +841,7 @@ static dsc_status run_forward(dsc_model *m, const DLTensor *tokens, int32_t n_mt
   dsc_model_acts *A = NULL;
   DSC_TRY(acts_for(m, B, T, &A));
   A->fwd_mtp = -1; /* any forward overwrites what a pending backward would read */
+  DSC_TRY(dsc_model_refresh_compute(m)); /* BF16: the weights of this pass */
   dsc_status st = DSC_OK;
   tv h0, hL, hn, lg;
   tv_make(&h0, m, A->h, F32, 3, B, T, D);
@@ -792,6 +858,7 @@ static dsc_status run_forward(dsc_model *m, const DLTensor *tokens, int32_t n_mt
   tv_make(&lg, m, logits_out ? logits_out : A->logits, F32, 3, B, T, V);
   (void)hL;
   STEP(dsc_linear_forward(ctx, &hn.t, &m->head, &lg.t));
+  STEP(dsc_model_round(m, (float *)lg.t.data, N * V)); /* F7 */
 
   for (int32_t d = 0; d < n_mtp_run && st == DSC_OK; ++d) {
     const int64_t Td = T - d - 1;
@@ -813,14 +880,19 @@ static dsc_status run_forward(dsc_model *m, const DLTensor *tokens, int32_t n_mt
     STEP(slice_rows(m, B, Td, 1, sizeof(int32_t), dsc_data(tokens), T, d + 1, A->mtp_tok[d]));
     STEP(dsc_embedding_forward(ctx, &tok.t, &m->embed, &e.t));
     STEP(dsc_rms_norm_forward(ctx, &e.t, &mt->enorm, eps, &en.t, NULL));
+    STEP(dsc_model_round(m, A->mtp_en[d], B * Td * D)); /* F8 */
     STEP(slice_rows(m, B, Td, D, sizeof(float), d == 0 ? A->hn : A->mtp_xn[d - 1], d == 0 ? T : T - d, 0,
                     A->mtp_hp[d]));
     STEP(dsc_rms_norm_forward(ctx, &hp.t, &mt->hnorm, eps, &hh.t, NULL));
+    STEP(dsc_model_round(m, A->mtp_hh[d], B * Td * D));
     STEP(dsc_model_concat2(m, &en.t, &hh.t, &cat.t));
     STEP(dsc_linear_forward(ctx, &cat.t, &mt->eh_proj, &x.t));
+    STEP(dsc_model_round(m, A->mtp_x[d], B * Td * D));
     STEP(block_fwd(m, b, B, Td, A->mtp_pos[d], A->mtp_x[d], A->mtp_xo[d], o, 0, NULL, NULL));
     STEP(dsc_rms_norm_forward(ctx, &xo.t, &mt->head_norm, eps, &xn.t, NULL));
+    STEP(dsc_model_round(m, A->mtp_xn[d], B * Td * D));
     STEP(dsc_linear_forward(ctx, &xn.t, &m->head, &lgd.t));
+    STEP(dsc_model_round(m, A->mtp_logits[d], B * Td * V));
   }
   return st;
 }
@@ -1040,19 +1112,23 @@ static dsc_status backward_logits(dsc_model *m, const DLTensor *tokens, int32_t 
     tv_make(&xn, m, A->mtp_xn[d], F32, 3, B, Td, D);
     tv_make(&dx, m, A->dh, F32, 3, B, Td, D);
     gslot gh, gsn, geh, gen, gemb, ghn;
+    STEP(dsc_model_round(m, A->mtp_logits[d], B * Td * V)); /* dlogits_d */
     STEP(dsc_linear_backward(ctx, &dlg.t, &xn.t, &m->head, &dx.t, gs_begin(m, &gh, m->head_entry)));
     STEP(gs_end(m, &gh));
     if (d + 1 < nd) STEP(add_rows(m, B, Td - 1, D, A->dh, Td, A->dprev, A->tC));
+    STEP(dsc_model_round(m, A->dh, B * Td * D)); /* d xn_d */
     tv_make(&xo, m, A->mtp_xo[d], F32, 3, B, Td, D);
     tv_make(&tD, m, A->tD, F32, 3, B, Td, D);
     STEP(dsc_rms_norm_backward(ctx, &dx.t, &xo.t, &mt->head_norm, NULL, eps, &tD.t,
                                gs_begin(m, &gsn, m->mtp_entries[d][3])));
     STEP(gs_end(m, &gsn));
     STEP(block_bwd(m, b, B, Td, A->mtp_pos[d], A->tD));
+    STEP(dsc_model_round(m, A->tD, B * Td * D)); /* d x */
     tv_make(&cat, m, A->mtp_cat[d], F32, 3, B, Td, 2 * D);
     tv_make(&dcat, m, A->dcat, F32, 3, B, Td, 2 * D);
     STEP(dsc_linear_backward(ctx, &tD.t, &cat.t, &mt->eh_proj, &dcat.t, gs_begin(m, &geh, m->mtp_entries[d][2])));
     STEP(gs_end(m, &geh));
+    STEP(dsc_model_round(m, A->dcat, B * Td * 2 * D)); /* dcat */
     tv_make(&dA, m, A->tA, F32, 3, B, Td, D);
     tv_make(&dB, m, A->tB, F32, 3, B, Td, D);
     STEP(dsc_model_split2(m, &dcat.t, &dA.t, &dB.t));
@@ -1079,9 +1155,11 @@ static dsc_status backward_logits(dsc_model *m, const DLTensor *tokens, int32_t 
     tv_make(&hn, m, A->hn, F32, 3, B, T, D);
     tv_make(&dhn, m, A->dh, F32, 3, B, T, D);
     gslot gh, gn, gemb;
+    STEP(dsc_model_round(m, A->logits, N * V)); /* dlogits */
     STEP(dsc_linear_backward(ctx, &dlg.t, &hn.t, &m->head, &dhn.t, gs_begin(m, &gh, m->head_entry)));
     STEP(gs_end(m, &gh));
     if (nd > 0) STEP(add_rows(m, B, T - 1, D, A->dh, T, A->dprev, A->tC));
+    STEP(dsc_model_round(m, A->dh, N * D)); /* d hn */
     tv_make(&hL, m, A->h + L * N * D, F32, 3, B, T, D);
     tv_make(&tD, m, A->tD, F32, 3, B, T, D);
     STEP(dsc_rms_norm_backward(ctx, &dhn.t, &hL.t, &m->final_norm, NULL, eps, &tD.t,

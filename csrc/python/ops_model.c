@@ -79,6 +79,15 @@ static int moments_dtype(const char *s) {
   return -1;
 }
 
+/* "float32" | "bfloat16" -> the compute dtype (dsc_model_options.compute_dtype); -1 with a
+ * ValueError naming `fn`'s dtype argument otherwise. */
+static int compute_dtype(const char *s, const char *fn) {
+  if (!strcmp(s, "float32")) return DSC_DTYPE_FLOAT32;
+  if (!strcmp(s, "bfloat16")) return DSC_DTYPE_BFLOAT16;
+  PyErr_Format(PyExc_ValueError, "%s: dtype: expected 'float32' or 'bfloat16', got '%s'", fn, s);
+  return -1;
+}
+
 /* The distributed options from (comm capsule, ep, dp, check_every, overlap, ep_micro_batches),
  * or None for one process. 0, or -1 with an exception. */
 static int parse_dist(PyObject *dist, dsc_model_options *o, const char *fn) {
@@ -115,7 +124,7 @@ static PyObject *py_model_comm_stats(PyObject *m, PyObject *args) {
                        "busy_seconds", x.busy_seconds);
 }
 
-/* model_new(config_json: str, device_type, device_id, seed, init, fp8, moments[, num_threads, dist])
+/* model_new(config_json: str, device_type, device_id, seed, init, fp8, moments[, num_threads, dist, dtype])
  *   -> capsule. The config is parsed by C (dsc_model_create_json): the one parser.
  *   num_threads: OpenMP threads of the model's context (0: the default). */
 static PyObject *py_model_new(PyObject *m, PyObject *args) {
@@ -123,13 +132,15 @@ static PyObject *py_model_new(PyObject *m, PyObject *args) {
   Py_ssize_t cfg_len;
   int dev_type, dev_id, init, fp8, nthreads = 0;
   unsigned long long seed;
-  const char *moments;
+  const char *moments, *dtype = "float32";
   PyObject *dist = Py_None;
-  if (!PyArg_ParseTuple(args, "s#iiKiis|iO", &cfg_text, &cfg_len, &dev_type, &dev_id, &seed, &init, &fp8,
-                        &moments, &nthreads, &dist))
+  if (!PyArg_ParseTuple(args, "s#iiKiis|iOs", &cfg_text, &cfg_len, &dev_type, &dev_id, &seed, &init, &fp8,
+                        &moments, &nthreads, &dist, &dtype))
     return NULL;
   const int mdt = moments_dtype(moments);
   if (mdt < 0) return NULL;
+  const int cdt = compute_dtype(dtype, "Model");
+  if (cdt < 0) return NULL;
   DLDevice dev;
   parse_device(m, dev_type, dev_id, &dev);
   dsc_py_state *st = dsc_py_get_state(m);
@@ -142,6 +153,7 @@ static PyObject *py_model_new(PyObject *m, PyObject *args) {
   o.init = init;
   o.fp8 = fp8;
   o.moments_dtype = mdt;
+  o.compute_dtype = cdt;
   if (parse_dist(dist, &o, "Model") < 0) {
     Py_DECREF(ctx_cap);
     return NULL;
@@ -160,18 +172,20 @@ static PyObject *py_model_new(PyObject *m, PyObject *args) {
   return wrap_model(mdl, ctx_cap);
 }
 
-/* model_load(dir, device_type, device_id, fp8, moments, init_missing_mtp, strict, seed[, num_threads])
+/* model_load(dir, device_type, device_id, fp8, moments, init_missing_mtp, strict, seed[, num_threads, dist, dtype])
  *   -> capsule */
 static PyObject *py_model_load(PyObject *m, PyObject *args) {
-  const char *dir, *moments;
+  const char *dir, *moments, *dtype = "float32";
   int dev_type, dev_id, fp8, init_mtp, strict, nthreads = 0;
   unsigned long long seed;
   PyObject *dist = Py_None;
-  if (!PyArg_ParseTuple(args, "siiisiiK|iO", &dir, &dev_type, &dev_id, &fp8, &moments, &init_mtp, &strict, &seed,
-                        &nthreads, &dist))
+  if (!PyArg_ParseTuple(args, "siiisiiK|iOs", &dir, &dev_type, &dev_id, &fp8, &moments, &init_mtp, &strict, &seed,
+                        &nthreads, &dist, &dtype))
     return NULL;
   const int mdt = moments_dtype(moments);
   if (mdt < 0) return NULL;
+  const int cdt = compute_dtype(dtype, "Model.from_pretrained");
+  if (cdt < 0) return NULL;
   DLDevice dev;
   parse_device(m, dev_type, dev_id, &dev);
   dsc_py_state *st = dsc_py_get_state(m);
@@ -183,6 +197,7 @@ static PyObject *py_model_load(PyObject *m, PyObject *args) {
   o.init = 0;
   o.fp8 = fp8;
   o.moments_dtype = mdt;
+  o.compute_dtype = cdt;
   o.init_missing_mtp = init_mtp;
   o.strict = strict;
   o.seed = seed;
@@ -343,6 +358,22 @@ static PyObject *py_model_tensor_scale(PyObject *m, PyObject *args) {
   if (!mdl) return NULL;
   DLTensor v;
   dsc_status s = dsc_model_tensor_scale(mdl, index, &v);
+  if (s != DSC_OK) return dsc_py_raise(dsc_py_get_state(m), s);
+  return view_tensor(m, cap, &v);
+}
+
+/* model_compute_tensor(cap, index) -> Tensor: the BF16-rounded compute copy (refreshed now) */
+static PyObject *py_model_compute_tensor(PyObject *m, PyObject *args) {
+  PyObject *cap;
+  long long index;
+  if (!PyArg_ParseTuple(args, "OL", &cap, &index)) return NULL;
+  dsc_model *mdl;
+  dsc_py_ctx *c;
+  if (model_enter(m, cap, "dsc_model_compute_tensor", 0, &mdl, &c) < 0) return NULL;
+  DLTensor v;
+  dsc_status s;
+  DSC_PY_CALL(s, dsc_model_compute_tensor(mdl, index, &v));
+  dsc_py_ctx_leave(c);
   if (s != DSC_OK) return dsc_py_raise(dsc_py_get_state(m), s);
   return view_tensor(m, cap, &v);
 }
@@ -619,6 +650,7 @@ PyMethodDef dsc_py_model_methods[] = {
      "Raise when this thread is running a call on the model."},
     {"model_tensors", py_model_tensors, METH_VARARGS, "[(hf_name, Tensor view)]."},
     {"model_tensor_scale", py_model_tensor_scale, METH_VARARGS, "Block scales of a held FP8 matrix."},
+    {"model_compute_tensor", py_model_compute_tensor, METH_VARARGS, "BF16 compute copy of a tensor (refreshed)."},
     {"model_freeze", py_model_freeze, METH_VARARGS, "dsc_model_freeze_fp8 (no views may exist)."},
     {"model_state", py_model_state, METH_VARARGS, "Gradient (0) / exp_avg (1) / exp_avg_sq (2) view."},
     {"model_info", py_model_info, METH_VARARGS, "Parameter count, tensors, step, activation bytes."},

@@ -236,6 +236,41 @@ int main(void) {
     CHECK(dsc_model_create(ctx, &bad, NULL, &m2) == DSC_ERR_INVALID_ARGUMENT && err_has("n_group") && !m2,
           "bad config: %s", dsc_last_error());
   }
+  { /* compute_dtype: BF16 compute (the V3 recipe); anything else is refused by name */
+    dsc_model_options bo = mo;
+    dsc_model *mb = NULL;
+    CHECK(bo.compute_dtype == DSC_DTYPE_FLOAT32, "default compute_dtype %d", (int)bo.compute_dtype);
+    bo.compute_dtype = DSC_DTYPE_FLOAT16;
+    CHECK(dsc_model_create(ctx, &cfg, &bo, &mb) == DSC_ERR_INVALID_ARGUMENT && err_has("compute_dtype") && !mb,
+          "bad compute_dtype: %s", dsc_last_error());
+    bo.compute_dtype = DSC_DTYPE_BFLOAT16;
+    CHECK(dsc_model_create(ctx, &cfg, &bo, &mb) == DSC_OK, "bf16 create: %s", dsc_last_error());
+    if (mb) {
+      int64_t idx = -1;
+      DLTensor master, cw;
+      CHECK(dsc_model_find_tensor(mb, "lm_head.weight", &idx) == DSC_OK, "find lm_head");
+      CHECK(dsc_model_tensor(mb, idx, NULL, &master) == DSC_OK && dsc_model_compute_tensor(mb, idx, &cw) == DSC_OK,
+            "compute_tensor: %s", dsc_last_error());
+      const float *a = (const float *)master.data, *c = (const float *)cw.data;
+      int64_t n = 1, bad_round = 0, differ = 0;
+      for (int i = 0; i < master.ndim; ++i) n *= master.shape[i];
+      for (int64_t i = 0; i < n; ++i) { /* RNE to the top 16 bits */
+        uint32_t u;
+        memcpy(&u, &a[i], 4);
+        u += 0x7fffu + ((u >> 16) & 1u);
+        u &= 0xffff0000u;
+        float r;
+        memcpy(&r, &u, 4);
+        bad_round += r != c[i];
+        differ += a[i] != c[i];
+      }
+      CHECK(bad_round == 0 && differ > 0, "compute copy: %lld not RNE, %lld differ", (long long)bad_round,
+            (long long)differ);
+      CHECK(dsc_model_freeze_fp8(mb) == DSC_ERR_INVALID_ARGUMENT && err_has("compute_dtype"),
+            "freeze of a bf16 model: %s", dsc_last_error());
+      dsc_model_destroy(mb);
+    }
+  }
   dsc_model_destroy(m);
   dsc_context_destroy(ctx);
   printf("%d passed, %d failed\n", g_pass, g_fail);

@@ -4,7 +4,12 @@
 [enorm(Emb(t_{i+d})) ; hnorm(h^{d-1}_i)] -> eh_proj -> block -> shared_head.norm -> head.
 
 Built from a {Hugging Face name: array} dict (what model.safetensors holds) and a
-deepseek_c.ModelConfig; reuses the MLA and MoE references of this directory."""
+deepseek_c.ModelConfig; reuses the MLA and MoE references of this directory.
+
+`rnd` (optional, default none): a rounding applied where a BF16-compute model rounds
+activations (csrc/model/model_train.c, "BF16 compute": the attention / FFN / head / eh_proj
+inputs, the attention output, the dense MLP's gate, up, SwiGLU and down outputs, the MoE
+output, the logits); with bf16-rounded weights it emulates Model(dtype="bfloat16")."""
 
 from __future__ import annotations
 
@@ -22,27 +27,33 @@ def is_moe(cfg, i):
     return bool(cfg.n_routed_experts) and i >= cfg.first_k_dense_replace and i % cfg.moe_layer_freq == 0
 
 
-def block(h, P, cfg, i):
+def _same(x):
+    return x
+
+
+def block(h, P, cfg, i, rnd=None):
+    r = rnd or _same
     p = f"model.layers.{i}."
     eps = cfg.rms_norm_eps
-    a = rms_norm(h, P[p + "input_layernorm.weight"], eps)
+    a = r(rms_norm(h, P[p + "input_layernorm.weight"], eps))
     attn = {k[len(p + "self_attn."):]: v for k, v in P.items() if k.startswith(p + "self_attn.")}
-    h = h + ref_mla.mla_forward(a, attn, cfg)
-    b = rms_norm(h, P[p + "post_attention_layernorm.weight"], eps)
+    h = h + r(ref_mla.mla_forward(a, attn, cfg))
+    b = r(rms_norm(h, P[p + "post_attention_layernorm.weight"], eps))
     if is_moe(cfg, i):
         mlp = {k[len(p):]: v for k, v in P.items() if k.startswith(p + "mlp.")}
         B, T, D = b.shape
         y, _, _ = ref_moe.moe_layer(b.reshape(-1, D), mlp, cfg.to_dict())
-        m = y.reshape(B, T, D)
+        m = r(y.reshape(B, T, D))
     else:
-        g = b @ P[p + "mlp.gate_proj.weight"].T
-        u = b @ P[p + "mlp.up_proj.weight"].T
-        m = (g / (1 + np.exp(-g)) * u) @ P[p + "mlp.down_proj.weight"].T
+        g = r(b @ P[p + "mlp.gate_proj.weight"].T)
+        u = r(b @ P[p + "mlp.up_proj.weight"].T)
+        m = r(r(g / (1 + np.exp(-g)) * u) @ P[p + "mlp.down_proj.weight"].T)
     return h + m
 
 
-def forward(params, cfg, tokens, with_mtp=False):
+def forward(params, cfg, tokens, with_mtp=False, rnd=None):
     """Main logits [B, T, V] (and the MTP logits list when with_mtp), float64."""
+    r = rnd or _same
     P = {k: np.asarray(v, np.float64) for k, v in params.items()}
     tokens = np.asarray(tokens)
     eps = cfg.rms_norm_eps
@@ -50,9 +61,9 @@ def forward(params, cfg, tokens, with_mtp=False):
     head = emb if cfg.tie_word_embeddings else P["lm_head.weight"]
     h = emb[tokens]
     for i in range(cfg.num_hidden_layers):
-        h = block(h, P, cfg, i)
-    hn = rms_norm(h, P["model.norm.weight"], eps)
-    logits = hn @ head.T
+        h = block(h, P, cfg, i, rnd)
+    hn = r(rms_norm(h, P["model.norm.weight"], eps))
+    logits = r(hn @ head.T)
     if not with_mtp:
         return logits
     T = tokens.shape[1]
@@ -60,12 +71,12 @@ def forward(params, cfg, tokens, with_mtp=False):
     for d in range(1, (cfg.num_nextn_predict_layers or 0) + 1):
         i = cfg.num_hidden_layers + d - 1
         p = f"model.layers.{i}."
-        e = rms_norm(emb[tokens[:, d:]], P[p + "enorm.weight"], eps)
-        hh = rms_norm(prev[:, : T - d], P[p + "hnorm.weight"], eps)
-        x = np.concatenate([e, hh], -1) @ P[p + "eh_proj.weight"].T
-        x = block(x, P, cfg, i)
-        xn = rms_norm(x, P[p + "shared_head.norm.weight"], eps)
-        mtp.append(xn @ head.T)
+        e = r(rms_norm(emb[tokens[:, d:]], P[p + "enorm.weight"], eps))
+        hh = r(rms_norm(prev[:, : T - d], P[p + "hnorm.weight"], eps))
+        x = r(np.concatenate([e, hh], -1) @ P[p + "eh_proj.weight"].T)
+        x = block(x, P, cfg, i, rnd)
+        xn = r(rms_norm(x, P[p + "shared_head.norm.weight"], eps))
+        mtp.append(r(xn @ head.T))
         prev = xn
     return logits, mtp
 
@@ -82,9 +93,9 @@ def cross_entropy(logits, targets, ignore_index=-100):
     return float(np.mean(lse - z[np.arange(z.shape[0]), t[ok]]))
 
 
-def loss(params, cfg, tokens, targets, mtp_lambda=0.3, ignore_index=-100):
+def loss(params, cfg, tokens, targets, mtp_lambda=0.3, ignore_index=-100, rnd=None):
     """Main cross-entropy + mtp_lambda / D * sum_d CE_d (targets shifted by d)."""
-    logits, mtp = forward(params, cfg, tokens, with_mtp=True)
+    logits, mtp = forward(params, cfg, tokens, with_mtp=True, rnd=rnd)
     L = cross_entropy(logits, targets, ignore_index)
     D = max(1, cfg.num_nextn_predict_layers or 0)
     targets = np.asarray(targets)
