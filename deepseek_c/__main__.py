@@ -102,10 +102,10 @@ def _train_common(args, task, tok, cfg, stream, evaluate: bool) -> int:
     comm = getattr(args, "comm", None)  # train under mpirun / with --ep, --dp: a dsc.Comm
     if comm is not None:
         model = dsc.Model(cfg, device=args.device, fp8=args.fp8, seed=args.seed, comm=comm,
-                          expert_parallel=args.ep, data_parallel=args.dp)
+                          expert_parallel=args.ep, data_parallel=args.dp, dtype=args.dtype)
         stream = _rank_batches(stream, comm.rank, comm.size)
     else:
-        model = dsc.Model(cfg, device=args.device, fp8=args.fp8, seed=args.seed)
+        model = dsc.Model(cfg, device=args.device, fp8=args.fp8, seed=args.seed, dtype=args.dtype)
     rank0 = comm is None or comm.rank == 0
     say = print if rank0 else (lambda *a, **k: None)
     say(f"{model}")
@@ -133,7 +133,7 @@ def _train_common(args, task, tok, cfg, stream, evaluate: bool) -> int:
           f"({hist['total_tokens']} tokens / {hist['seconds']:.1f} s), "
           f"load max/mean {np.mean(hist['load_imbalance'][-20:]):.2f}")
     summary = dict(params=model.num_parameters(), steps=args.steps, batch=args.batch, seq=args.seq, fp8=args.fp8,
-                   seed=args.seed, threads=dsc.info()["max_threads"], train_seconds=hist["seconds"],
+                   dtype=args.dtype, seed=args.seed, threads=dsc.info()["max_threads"], train_seconds=hist["seconds"],
                    train_tokens=hist["total_tokens"], tokens_per_s=tps,
                    tokens_per_s_is="total training tokens / total training wall time",
                    final_loss=float(np.mean(hist["loss"][-20:])))
@@ -346,6 +346,9 @@ def _add_train_args(d, steps: int, batch: int, seq: int, lr: float, out: str) ->
     d.add_argument("--out", default=out, help=f"output directory (default {out})")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--fp8", action="store_true", help="FP8 linear layers (DeepSeek-V3 block scaling)")
+    d.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="compute dtype: float32, or bfloat16 (V3's recipe: BF16 weights and activations, "
+                        "FP32 masters, gradients and optimizer state); the checkpoint holds the FP32 masters")
     d.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (the whole training step runs on the device)")
     d.add_argument("--bias-update-rate", type=float, default=1e-2, dest="bias_update_rate",
                    help="gamma of the aux-loss-free balancing (default 1e-2 for short runs; V3: 1e-3)")

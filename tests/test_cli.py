@@ -83,7 +83,7 @@ def test_every_listed_subcommand_has_help(tmp_path):
 @pytest.mark.parametrize("cmd", ["demo", "train"])
 def test_training_help_documents_options(cmd, tmp_path):
     r = ok(run_cli(cmd, "--help", cwd=tmp_path))
-    opts = ["--steps", "--batch", "--seq", "--lr", "--out", "--seed", "--fp8", "--device", "--bias-update-rate",
+    opts = ["--steps", "--batch", "--seq", "--lr", "--out", "--seed", "--fp8", "--dtype", "--device", "--bias-update-rate",
             "--mtp-lambda", "--aux-alpha", "--eval", "--quiet"]
     opts += ["--task"] if cmd == "demo" else ["--data", "--config"]
     missing = [o for o in opts if o not in r.stdout]
@@ -157,8 +157,9 @@ def test_train_text_file_with_config_and_fp8(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
     out = tmp_path / "run"
     r = ok(run_cli("train", "--data", str(text), "--config", str(tmp_path / "config.json"), "--fp8", *TINY,
-                   "--out", str(out), cwd=tmp_path))
-    assert "fp8=True" in r.stdout
+                   "--dtype", "bfloat16", "--out", str(out), cwd=tmp_path))
+    assert "fp8=True" in r.stdout and "dtype=bfloat16" in r.stdout
+    assert json.loads((out / "summary.json").read_text())["dtype"] == "bfloat16"
     assert "exact-match accuracy" not in r.stdout       # a text file has no verifiable task
     _check_checkpoint(out, 2, r.stdout)
     saved = json.loads((out / "config.json").read_text())
