@@ -1079,6 +1079,12 @@ void dsc_model_moe_weights(const dsc_model *m, int32_t b, dsc_moe_layer_weights 
 
 /* ------------------------------------------------------------------ device helpers */
 
+/* The expert-parallel exchange of block b (NULL: one process, or ep 1): part of the model's
+ * state, read by the layer math of training (model_train.c) and of FP8 inference (model_fp8.c). */
+const dsc_moe_exchange *dsc_model_exchange(const dsc_model *m, int32_t b) {
+  return m->dist && m->dist->ex && m->dist->ex[b] ? dsc_ep_exchange_hooks(m->dist->ex[b]) : NULL;
+}
+
 dsc_status dsc_model_copy2d(dsc_model *m, int64_t rows, size_t row_bytes, const void *src, size_t src_pitch,
                             void *dst, size_t dst_pitch) {
   if (dsc_ctx_is_cuda(m->ctx)) {

@@ -225,7 +225,7 @@ dsc_status dsc_model_ffn_infer_fp8(dsc_model *m, int32_t b, const DLTensor *x, D
 /* x[n] host (int64 or float64 values) reduced over the ranks of c in place, through the
  * model's device (model_train.c). */
 dsc_status dsc_model_host_all_reduce(dsc_model *m, dsc_comm *c, void *x, int64_t n, dsc_dtype dt, int op);
-/* The expert-parallel exchange of MoE block b (model_train.c), NULL in one process. */
+/* The expert-parallel exchange of MoE block b (model.c), NULL in one process. */
 const dsc_moe_exchange *dsc_model_exchange(const dsc_model *m, int32_t b);
 
 /* Inference FFN of block b: x [N, D] -> y [N, D] (dense MLP or MoE, no saved state).

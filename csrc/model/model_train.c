@@ -527,11 +527,6 @@ typedef struct {
 
 /* ------------------------------------------------------------------ MoE FFN */
 
-/* The expert-parallel exchange of block b (NULL: one process, or ep 1). */
-const dsc_moe_exchange *dsc_model_exchange(const dsc_model *m, int32_t b) {
-  return m->dist && m->dist->ex && m->dist->ex[b] ? dsc_ep_exchange_hooks(m->dist->ex[b]) : NULL;
-}
-
 /* Micro-batches of block b's MoE layer: 2 when expert parallel with ep_micro_batches 2. */
 static int moe_mbs(const dsc_model *m, int32_t b) {
   return dsc_model_exchange(m, b) && !m->dist->single_mb ? m->dist->micro_batches : 1;
