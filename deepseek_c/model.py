@@ -270,6 +270,13 @@ class Model:
         """Bytes of the activation memory planned for the last training shape."""
         return int(_C.model_info(self._cap)["activation_bytes"])
 
+    def counters(self, reset: bool = False) -> dict[str, int]:
+        """What the model's context made the host wait for or allocate since creation (or the
+        last reset): syncs (host waits for the GPU), copies_to_device, copies_to_host, allocs,
+        frees, workspace_grows. CPU models count allocations only. reset=True zeroes them
+        after reading (e.g. to count one steady-state step)."""
+        return dict(_C.context_counters(self._cap, bool(reset)))
+
     def __repr__(self) -> str:
         c = self.cfg
         return (f"Model({self.num_parameters() / 1e6:.2f}M params: {c.num_hidden_layers} layers "

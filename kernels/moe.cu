@@ -816,8 +816,7 @@ extern "C" dsc_status dsc_cuda_moe_permute_rows(dsc_context *ctx, int64_t n, int
   permute_scan_kernel<<<1, 256, 0, s>>>(E, align, cnt, NULL, NULL, NULL, total);
   DSC_CUDA_CHECK_LAUNCH(FN);
   long long *host = (long long *)dsc_cuda_st(ctx)->pinned; /* [1] */
-  DSC_CUDA_TRY(cudaMemcpyAsync(host, total, sizeof(long long), cudaMemcpyDeviceToHost, s), FN);
-  DSC_CUDA_TRY(cudaStreamSynchronize(s), FN);
+  DSC_TRY(dsc_cuda_to_host(ctx, host, total, sizeof(long long), FN));
   *rows = (int64_t)host[0];
   return DSC_OK;
 }

@@ -452,14 +452,13 @@ dsc_status dsc_model_ffn_infer(dsc_model *m, int32_t b, const DLTensor *x, DLTen
         CARVE(k.ws[j], float, ((Nf[j] + 127) / 128) * kb);
       }
     }
-    if (pass == 0) DSC_TRY(dsc_model_alloc(m, off, (void **)&base));
+    /* the context's FFN slot, kept for the next call: a decode step allocates nothing */
+    if (pass == 0) DSC_TRY(dsc_ctx_slot(ctx, DSC_SLOT_FFN, off ? off : 1, (void **)&base));
   }
   tv x2, y2;
   tv_make(&x2, m, dsc_data(x), F32, 2, rows, D, 0);
   tv_make(&y2, m, dsc_data(y), F32, 2, rows, D, 0);
-  const dsc_status st = dense_fwd(m, b, &k, rows, &x2.t, &y2.t);
-  dsc_free(ctx, base);
-  return st;
+  return dense_fwd(m, b, &k, rows, &x2.t, &y2.t);
 }
 
 dsc_status dsc_model_concat2(dsc_model *m, const DLTensor *a, const DLTensor *b, DLTensor *out) {

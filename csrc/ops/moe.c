@@ -60,7 +60,7 @@ static dsc_status check_range(dsc_context *ctx, const char *fn, const char *arg,
   const int64_t n = dsc_numel(ids);
   if (n == 0) return DSC_OK;
   int64_t bad_pos = -1, bad_value = 0;
-  DSC_TRY(BACKEND(index_range, ctx, n, is64(ids), dsc_data(ids), 0, hi, 0, &bad_pos, &bad_value));
+  DSC_TRY(dsc_index_range(ctx, n, is64(ids), dsc_data(ids), 0, hi, 0, &bad_pos, &bad_value));
   DSC_CHECK(bad_pos < 0, DSC_ERR_INVALID_ARGUMENT, fn,
             "%s: expected values in [0, %lld) (%s), got %lld at flat position %lld", arg,
             (long long)hi, what, (long long)bad_value, (long long)bad_pos);
@@ -230,7 +230,7 @@ dsc_status dsc_moe_update_bias(dsc_context *ctx, DLTensor *bias, const DLTensor 
   if (E == 0) return DSC_OK;
   /* counts are token counts: negative ones are a caller's bug */
   int64_t bad_pos = -1, bad_value = 0;
-  DSC_TRY(BACKEND(index_range, ctx, E, is64(counts), dsc_data(counts), 0, INT64_MAX, 0, &bad_pos,
+  DSC_TRY(dsc_index_range(ctx, E, is64(counts), dsc_data(counts), 0, INT64_MAX, 0, &bad_pos,
                   &bad_value));
   DSC_CHECK(bad_pos < 0, DSC_ERR_INVALID_ARGUMENT, FN,
             "counts: expected values >= 0, got %lld at position %lld", (long long)bad_value,

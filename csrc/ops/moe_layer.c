@@ -135,6 +135,27 @@ void dsc_moe_layer_saved_destroy(dsc_moe_layer_saved *s) {
   free(s);
 }
 
+static void saved_release(void *s) { dsc_moe_layer_saved_destroy((dsc_moe_layer_saved *)s); }
+
+/* The intermediates of a forward without a saved handle (inference): the context's own
+ * handle, whose buffers are kept from call to call (a decode step of a seen shape then
+ * allocates nothing); its state starts afresh at every call, as a new handle's would. */
+static dsc_status local_saved(dsc_context *ctx, const char *fn, dsc_moe_layer_saved **out) {
+  dsc_moe_layer_saved *s = (dsc_moe_layer_saved *)ctx->moe_local;
+  if (!s) {
+    s = (dsc_moe_layer_saved *)calloc(1, sizeof *s);
+    if (!s) return dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
+    s->ctx = ctx;
+    ctx->moe_local = s;
+    ctx->moe_local_release = saved_release;
+  }
+  s->have = s->fp8 = s->have_aux = s->ex = 0;
+  s->T = s->D = s->E = s->k = s->F = s->Fs = s->R = s->El = s->Rin = 0;
+  s->fwd_phase = s->bwd_phase = 0;
+  *out = s;
+  return DSC_OK;
+}
+
 /* The 2-D view [rows, cols] of a contiguous tensor (x is [..., D] in the layer). */
 static DLTensor flat2(const DLTensor *x, int64_t *shape2, int64_t *strides2) {
   DLTensor v = *x;
@@ -164,8 +185,9 @@ typedef struct {
 static int64_t cdiv128(int64_t a) { return (a + 127) / 128; }
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
+/* f->mem is the context's DSC_SLOT_MOE_FP8 buffer (kept for the next call), not freed. */
 static void fp8_scratch_free(dsc_context *ctx, fp8_scratch *f) {
-  dsc_free(ctx, f->mem);
+  (void)ctx;
   free(f->offs_h);
   memset(f, 0, sizeof *f);
 }
@@ -194,7 +216,7 @@ static dsc_status fp8_scratch_alloc(dsc_context *ctx, int64_t T, int64_t R, int6
     return dsc_error(DSC_ERR_OUT_OF_MEMORY, "dsc_moe_layer", "out of host memory");
   dsc_status st = dsc_memcpy(ctx, f->offs_h, (DLDevice){kDLCPU, 0}, dsc_data(offsets), ctx->device,
                              (size_t)(E + 1) * sizeof(int32_t));
-  if (st == DSC_OK) st = dsc_malloc(ctx, off[4] ? off[4] : 64, &f->mem);
+  if (st == DSC_OK) st = dsc_ctx_slot(ctx, DSC_SLOT_MOE_FP8, off[4] ? off[4] : 64, &f->mem);
   if (st != DSC_OK) {
     fp8_scratch_free(ctx, f);
     return st;
@@ -380,14 +402,9 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
   }
   const int64_t k = p->top_k;
 
-  /* Without a saved handle (inference) the intermediates live in a temporary one. */
-  dsc_moe_layer_saved local;
+  /* Without a saved handle (inference) the intermediates live in the context's one. */
   dsc_moe_layer_saved *s = saved;
-  if (!s) {
-    memset(&local, 0, sizeof local);
-    local.ctx = ctx;
-    s = &local;
-  }
+  if (!s) DSC_TRY(local_saved(ctx, FN, &s));
   s->have = 0;
   s->have_aux = 0;
   buf *logits = &s->tmp[T_LOGITS];
@@ -463,9 +480,8 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
     STEP(dsc_add(ctx, &y2, &so->t, &y2));
   }
   fp8_scratch_free(ctx, &f8);
-  if (s == &local) {
-    for (int i = 0; i < B_COUNT; ++i) buf_free(ctx, &local.b[i]);
-    for (int i = 0; i < T_COUNT; ++i) buf_free(ctx, &local.tmp[i]);
+  if (s == ctx->moe_local) {
+    s->have = 0; /* the context's handle: buffers kept, nothing to continue from */
   } else if (st == DSC_OK) {
     s->have = 1;
     s->fp8 = w->fp8;
@@ -776,13 +792,8 @@ dsc_status dsc_moe_layer_forward_ex(dsc_context *ctx, const dsc_moe_route_params
     DSC_TRY(dsc_check_outputs_disjoint(FN, 2, outs, n_in, ins));
   }
   const int64_t k = p->top_k;
-  dsc_moe_layer_saved local;
   dsc_moe_layer_saved *s = saved;
-  if (!s) {
-    memset(&local, 0, sizeof local);
-    local.ctx = ctx;
-    s = &local;
-  }
+  if (!s) DSC_TRY(local_saved(ctx, FN, &s));
   if (!(phase & DSC_MOE_PHASE_BEGIN))
     DSC_CHECK(s->fwd_phase != 0 && !(s->fwd_phase & phase) && s->T == T && s->D == D && s->ex == (ex != NULL),
               DSC_ERR_INVALID_ARGUMENT, FN,
@@ -925,9 +936,9 @@ dsc_status dsc_moe_layer_forward_ex(dsc_context *ctx, const dsc_moe_route_params
     }
   }
   free(cnt);
-  if (s == &local) {
-    for (int i = 0; i < B_COUNT; ++i) buf_free(ctx, &local.b[i]);
-    for (int i = 0; i < T_COUNT; ++i) buf_free(ctx, &local.tmp[i]);
+  if (s == ctx->moe_local) {
+    s->have = 0; /* the context's handle: buffers kept, nothing to continue from */
+    s->fwd_phase = 0;
   } else if (st != DSC_OK) {
     s->have = 0;
     s->fwd_phase = 0;
