@@ -291,8 +291,11 @@ static dsc_status check_experts_align(const char *fn, int32_t n_experts, int32_t
 static dsc_status permute_rows(dsc_context *ctx, const char *fn, const DLTensor *indices,
                                int64_t E, int64_t align, int64_t *rows) {
   DSC_TRY(check_range(ctx, fn, "indices", indices, E, "expert ids"));
-  DSC_TRY(BACKEND(moe_permute_rows, ctx, dsc_numel(indices), is64(indices), dsc_data(indices), E,
-                  align, rows));
+  if (align == 1) /* every (token, slot) pair gets its own row: no count (no GPU round trip) */
+    *rows = dsc_numel(indices);
+  else
+    DSC_TRY(BACKEND(moe_permute_rows, ctx, dsc_numel(indices), is64(indices), dsc_data(indices), E,
+                    align, rows));
   DSC_CHECK(*rows <= INT32_MAX, DSC_ERR_UNSUPPORTED, fn,
             "indices: expected at most 2^31-1 permuted rows (int32 offsets), got %lld",
             (long long)*rows);

@@ -471,6 +471,21 @@ static PyObject *counters_dict(const dsc_context_counters *c) {
                        "workspace_grows", (unsigned long long)c->workspace_grows);
 }
 
+/* The context capsule of obj: a context capsule, or a capsule made on one (a model). */
+static PyObject *context_of(PyObject *obj, const char *fn) {
+  PyObject *cap = obj;
+  if (PyCapsule_CheckExact(obj) && !PyCapsule_IsValid(obj, CTX_NAME)) {
+    cap = (PyObject *)PyCapsule_GetContext(obj);
+    if (!cap && PyErr_Occurred()) return NULL;
+  }
+  if (!cap || !PyCapsule_IsValid(cap, CTX_NAME)) {
+    PyErr_Format(PyExc_TypeError, "%s: obj: expected a context capsule or a capsule made on one, got %s",
+                 fn, Py_TYPE(obj)->tp_name);
+    return NULL;
+  }
+  return cap;
+}
+
 /* Read (and with reset zero) the counters of one context, entered so that no call of
  * another thread runs on it meanwhile. */
 static int read_counters(dsc_py_state *st, dsc_py_ctx *c, int reset, dsc_context_counters *out) {
@@ -495,20 +510,42 @@ static PyObject *py_context_counters(PyObject *m, PyObject *args, PyObject *kwar
   int reset = 0;
   if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|p", kwlist, &obj, &reset)) return NULL;
   dsc_py_state *st = dsc_py_get_state(m);
-  PyObject *cap = obj;
-  if (PyCapsule_CheckExact(obj) && !PyCapsule_IsValid(obj, CTX_NAME)) {
-    cap = (PyObject *)PyCapsule_GetContext(obj);
-    if (!cap && PyErr_Occurred()) return NULL;
-  }
-  if (!cap || !PyCapsule_IsValid(cap, CTX_NAME)) {
-    PyErr_Format(PyExc_TypeError,
-                 "context_counters: obj: expected a context capsule or a capsule made on one, got %s",
-                 Py_TYPE(obj)->tp_name);
-    return NULL;
-  }
+  PyObject *cap = context_of(obj, "context_counters");
+  if (!cap) return NULL;
   dsc_context_counters c;
   if (read_counters(st, dsc_py_ctx_get(cap), reset, &c) < 0) return NULL;
   return counters_dict(&c);
+}
+
+/* context_set_stream(obj, handle): run obj's context (a model's) on the CUDA stream `handle`
+ * (a cudaStream_t as an int; 0: the legacy default stream). The new stream first waits for
+ * the work queued on the old one (dsc_context_set_stream; no host wait). */
+static PyObject *py_context_set_stream(PyObject *m, PyObject *args) {
+  PyObject *obj;
+  unsigned long long handle;
+  if (!PyArg_ParseTuple(args, "OK", &obj, &handle)) return NULL;
+  dsc_py_state *st = dsc_py_get_state(m);
+  PyObject *cap = context_of(obj, "context_set_stream");
+  if (!cap) return NULL;
+  dsc_py_ctx *c = dsc_py_ctx_get(cap);
+  const int r = dsc_py_ctx_enter(st, c, "dsc_context_set_stream", 0);
+  if (r < 0) return NULL;
+  dsc_status s = dsc_context_set_stream(c->ctx, (void *)(uintptr_t)handle);
+  dsc_py_ctx_leave(c);
+  if (s != DSC_OK) return dsc_py_raise(st, s);
+  Py_RETURN_NONE;
+}
+
+/* context_get_stream(obj) -> int: the stream handle of obj's context (0: legacy default). */
+static PyObject *py_context_get_stream(PyObject *m, PyObject *args) {
+  PyObject *obj;
+  if (!PyArg_ParseTuple(args, "O", &obj)) return NULL;
+  PyObject *cap = context_of(obj, "context_get_stream");
+  if (!cap) return NULL;
+  void *stream = NULL;
+  dsc_status s = dsc_context_get_stream(dsc_py_ctx_get(cap)->ctx, &stream);
+  if (s != DSC_OK) return dsc_py_raise(dsc_py_get_state(m), s);
+  return PyLong_FromUnsignedLongLong((unsigned long long)(uintptr_t)stream);
 }
 
 /* op_counters(device_type, device_id, reset=False) -> dict: the counters of the device's op
@@ -550,6 +587,10 @@ PyMethodDef dsc_py_core_methods[] = {
      METH_VARARGS | METH_KEYWORDS,
      "context_counters(obj, reset=False) -> dict: host waits, copies and allocations of the "
      "context of obj (a model capsule)"},
+    {"context_set_stream", py_context_set_stream, METH_VARARGS,
+     "context_set_stream(obj, handle): run the context of obj (a model capsule) on a CUDA stream"},
+    {"context_get_stream", py_context_get_stream, METH_VARARGS,
+     "context_get_stream(obj) -> int: the CUDA stream handle of obj's context (0: legacy default)"},
     {"op_counters", (PyCFunction)(void (*)(void))py_op_counters, METH_VARARGS | METH_KEYWORDS,
      "op_counters(device_type, device_id, reset=False) -> dict: the same, summed over the "
      "device's op contexts"},
