@@ -95,8 +95,11 @@ static cudaError_t create_pool(dsc_cuda_state *st) {
     st->pool = NULL;
     return e;
   }
+  /* Without the threshold the pool still works, only handing memory back at each sync. */
   uint64_t keep = UINT64_MAX;
-  return cudaMemPoolSetAttribute(st->pool, cudaMemPoolAttrReleaseThreshold, &keep);
+  if (cudaMemPoolSetAttribute(st->pool, cudaMemPoolAttrReleaseThreshold, &keep) != cudaSuccess)
+    (void)cudaGetLastError();
+  return cudaSuccess;
 }
 
 extern "C" dsc_status dsc_cuda_context_init(dsc_context *ctx) {

@@ -42,6 +42,11 @@ struct dsc_context {
   void *slot[4];
   size_t slot_bytes[4];
   void *moe_local;                                  /* dsc_moe_layer_saved *, or NULL */
+  /* > 0 while a composite op passes index tensors it made itself (the MoE layer's routing)
+   * to inner ops: dsc_index_range then skips their check (a GPU round trip each), unless
+   * debug_checks (DSC_DEBUG_CHECKS=1 in the environment at context creation). */
+  int32_t trusted_indices;
+  int32_t debug_checks;
   void (*moe_local_release)(void *moe_local);
 };
 
@@ -179,7 +184,8 @@ dsc_status dsc_workspace(dsc_context *ctx, size_t bytes, void **ptr);
 dsc_status dsc_ctx_slot(dsc_context *ctx, int slot, size_t bytes, void **ptr);
 
 /* The ops layer's one range check of index values (embedding ids, targets, positions,
- * expert indices): the backend's index_range on ctx's device (backend.h). *bad_pos = -1
+ * expert indices): the backend's index_range on ctx's device (backend.h); skipped (all
+ * fine) inside ctx->trusted_indices sections unless ctx->debug_checks. *bad_pos = -1
  * when every value is in [lo, hi) or equals skip (pass lo: nothing skipped), else the
  * first bad position and *bad_value its value; the caller words the error. On CUDA the
  * answer comes back in one small copy (one host wait, counted). */
