@@ -245,6 +245,11 @@ extern "C" void dsc_cuda_workspace_free(dsc_context *ctx, void *ptr) {
   }
 }
 
+extern "C" void dsc_cuda_quiesce(dsc_context *ctx) {
+  if (dsc_cuda_enter(ctx, "dsc_context_destroy") != DSC_OK) return;
+  if (cudaDeviceSynchronize() != cudaSuccess) (void)cudaGetLastError();
+}
+
 extern "C" dsc_status dsc_cuda_set_stream(dsc_context *ctx, void *stream) {
   static const char *const FN = "dsc_context_set_stream";
   DSC_CUDA_ENTER(ctx, FN);

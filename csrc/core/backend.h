@@ -350,6 +350,8 @@ dsc_status dsc_cuda_synchronize(dsc_context *ctx);
  * context's pool, which keeps freed memory: steady state allocates nothing). */
 dsc_status dsc_cuda_workspace_alloc(dsc_context *ctx, size_t bytes, void **ptr);
 void dsc_cuda_workspace_free(dsc_context *ctx, void *ptr);
+/* Wait for all work on the context's device (context destruction only; not counted). */
+void dsc_cuda_quiesce(dsc_context *ctx);
 /* Make `stream` wait for the work queued so far on the context's current stream. */
 dsc_status dsc_cuda_set_stream(dsc_context *ctx, void *stream);
 /* *sumsq (host) = sum over the list of each tensor's sumsq (the dsc_cuda_sumsq bits),

@@ -83,14 +83,17 @@ dsc_status dsc_context_create(const dsc_context_options *options, dsc_context **
 
 void dsc_context_destroy(dsc_context *ctx) {
   if (!ctx) return;
+#ifdef DSC_WITH_CUDA
+  /* The stream-ordered buffers below are freed with cudaFree, which does not wait for
+   * their last users (the caller's stream may be gone by now): wait for the device. */
+  if (dsc_ctx_is_cuda(ctx)) dsc_cuda_quiesce(ctx);
+#endif
   if (ctx->moe_local && ctx->moe_local_release) ctx->moe_local_release(ctx->moe_local);
   ctx->moe_local = NULL;
   for (int i = 0; i < DSC_SLOT_COUNT; ++i) {
     dsc_free(ctx, ctx->slot[i]);
     ctx->slot[i] = NULL;
   }
-  /* CUDA: a plain cudaFree (it waits for the device), since the caller's stream may be
-   * gone by now; it frees stream-ordered allocations too. */
   dsc_free(ctx, ctx->workspace);
   ctx->workspace = NULL;
 #ifdef DSC_WITH_CUDA

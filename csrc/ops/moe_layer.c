@@ -226,7 +226,8 @@ static void fp8_scratch_free(dsc_context *ctx, fp8_scratch *f) {
 /* need_w: some weight is float32 and gets quantized here (else no weight scratch). */
 static dsc_status fp8_scratch_alloc(dsc_context *ctx, int64_t T, int64_t R, int64_t D, int64_t E,
                                     int64_t F, int64_t Fs, const DLTensor *offsets, int need_w,
-                                    fp8_scratch *f) {
+                                    fp8_scratch *f,
+                                    const int32_t *given_h) {
   memset(f, 0, sizeof *f);
   int ok = 1;
   const int64_t kmax = max64(D, max64(F, Fs)), mmax = max64(R, T);
@@ -245,8 +246,13 @@ static dsc_status fp8_scratch_alloc(dsc_context *ctx, int64_t T, int64_t R, int6
   f->offs_h = (int32_t *)malloc((size_t)(E + 1) * sizeof(int32_t));
   if (!f->offs_h)
     return dsc_error(DSC_ERR_OUT_OF_MEMORY, "dsc_moe_layer", "out of host memory");
-  dsc_status st = dsc_memcpy(ctx, f->offs_h, (DLDevice){kDLCPU, 0}, dsc_data(offsets), ctx->device,
-                             (size_t)(E + 1) * sizeof(int32_t));
+  /* given_h: the forward's host copy of these offsets (no copy back) */
+  dsc_status st = DSC_OK;
+  if (given_h)
+    memcpy(f->offs_h, given_h, (size_t)(E + 1) * sizeof(int32_t));
+  else
+    st = dsc_memcpy(ctx, f->offs_h, (DLDevice){kDLCPU, 0}, dsc_data(offsets), ctx->device,
+                    (size_t)(E + 1) * sizeof(int32_t));
   if (st == DSC_OK) st = dsc_ctx_slot(ctx, DSC_SLOT_MOE_FP8, off[4] ? off[4] : 64, &f->mem);
   if (st != DSC_OK) {
     fp8_scratch_free(ctx, f);
@@ -461,7 +467,7 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
   STEP(buf_alloc(ctx, &b[B_ROWMAP], DSC_DTYPE_INT32, T, k));
   STEP(dsc_moe_permute(ctx, &x2, &b[B_INDICES].t, (int32_t)E, align, &b[B_XP].t, &b[B_OFFSETS].t,
                        &b[B_ROWMAP].t));
-  if (!w->fp8) STEP(host_offsets_once(ctx, s, E, R)); /* the one copy back of the GEMMs' offsets */
+  STEP(host_offsets_once(ctx, s, E, R)); /* the one copy back of the GEMMs' offsets */
   STEP(buf_alloc(ctx, &b[B_HG], DSC_DTYPE_FLOAT32, R, F));
   STEP(buf_alloc(ctx, &b[B_HU], DSC_DTYPE_FLOAT32, R, F));
   STEP(buf_alloc(ctx, &b[B_ACT], DSC_DTYPE_FLOAT32, R, F));
@@ -475,7 +481,8 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
                          w->experts_down_scale_inv &&
                          (Fs == 0 || (w->shared_gate_scale_inv && w->shared_up_scale_inv &&
                                       w->shared_down_scale_inv));
-    STEP(fp8_scratch_alloc(ctx, T, R, D, E, F, Fs, &b[B_OFFSETS].t, !all_held, &f8));
+    STEP(fp8_scratch_alloc(ctx, T, R, D, E, F, Fs, &b[B_OFFSETS].t, !all_held, &f8,
+                           s->offs_h_valid ? s->offs_h : NULL));
     STEP(quant_rows(ctx, b, R, D, B_XQ, B_XS));
     const uint8_t *xq = (const uint8_t *)b[B_XQ].t.data;
     const float *xs = (const float *)b[B_XS].t.data;
@@ -597,7 +604,7 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
                                   &tmp[T_DEO].t, &tmp[T_DW].t));
   fp8_scratch f8;
   memset(&f8, 0, sizeof f8);
-  if (w->fp8) STEP(fp8_scratch_alloc(ctx, T, R, D, E, F, Fs, &b[B_OFFSETS].t, 1, &f8));
+  if (w->fp8) STEP(fp8_scratch_alloc(ctx, T, R, D, E, F, Fs, &b[B_OFFSETS].t, 1, &f8, oh));
   STEP(buf_alloc(ctx, &tmp[T_DACT], DSC_DTYPE_FLOAT32, R, F));
   if (w->fp8)
     STEP(fp8_bwd(ctx, &f8, E, R, D, F, &tmp[T_DEO].t, &b[B_ACT].t, NULL, w->experts_down,
@@ -936,7 +943,7 @@ dsc_status dsc_moe_layer_forward_ex(dsc_context *ctx, const dsc_moe_route_params
       const int all_held = w->experts_gate_scale_inv && w->experts_up_scale_inv && w->experts_down_scale_inv &&
                            (Fs == 0 || (w->shared_gate_scale_inv && w->shared_up_scale_inv &&
                                         w->shared_down_scale_inv));
-      STEP(fp8_scratch_alloc(ctx, T, Rin, D, El, F, Fs, &offs->t, !all_held, &f8));
+      STEP(fp8_scratch_alloc(ctx, T, Rin, D, El, F, Fs, &offs->t, !all_held, &f8, NULL));
     }
     STEP(experts_fwd(ctx, w, b, El, Rin, D, F, X, offs, &f8, out));
     if (ex) {
@@ -1066,7 +1073,7 @@ dsc_status dsc_moe_layer_backward_ex(dsc_context *ctx, const dsc_moe_route_param
     buf *dxp = ex ? &tmp[T_DXPR] : &tmp[T_DXP];
     fp8_scratch f8;
     memset(&f8, 0, sizeof f8);
-    if (w->fp8) STEP(fp8_scratch_alloc(ctx, T, Rin, D, El, F, Fs, &offs->t, 1, &f8));
+    if (w->fp8) STEP(fp8_scratch_alloc(ctx, T, Rin, D, El, F, Fs, &offs->t, 1, &f8, NULL));
     STEP(buf_alloc(ctx, &tmp[T_DACT], DSC_DTYPE_FLOAT32, Rin, F));
     STEP(buf_alloc(ctx, &tmp[T_DHG], DSC_DTYPE_FLOAT32, Rin, F));
     STEP(buf_alloc(ctx, &tmp[T_DHU], DSC_DTYPE_FLOAT32, Rin, F));
