@@ -293,7 +293,8 @@ class Model:
     def counters(self, reset: bool = False) -> dict[str, int]:
         """What the model's context made the host wait for or allocate since creation (or the
         last reset): syncs (host waits for the GPU), copies_to_device, copies_to_host, allocs,
-        frees, workspace_grows. CPU models count allocations only. reset=True zeroes them
+        frees, workspace_grows, index_checks (range checks of index tensors: one host wait
+        each on the GPU). CPU models have no syncs or copies. reset=True zeroes them
         after reading (e.g. to count one steady-state step)."""
         return dict(_C.context_counters(self._cap, bool(reset)))
 

@@ -12,7 +12,7 @@ import pytest
 
 import deepseek_c as dsc
 
-KEYS = ("syncs", "copies_to_device", "copies_to_host", "allocs", "frees", "workspace_grows")
+KEYS = ("syncs", "copies_to_device", "copies_to_host", "allocs", "frees", "workspace_grows", "index_checks")
 
 
 class Counters(ctypes.Structure):
@@ -127,6 +127,41 @@ def test_cpu_train_step_steady_state_allocates_nothing():
         # free per MLA block and step; nothing else allocates.
         assert c["allocs"] == c["frees"] <= cfg.num_hidden_layers + 1, seen
     assert seen[0] == seen[1] == seen[2], seen
+
+
+def test_cpu_train_step_checks_its_inputs_once():
+    """A training step range-checks tokens and targets at its entry points; the ops inside
+    (embeddings, cross-entropies, the MoE layers' routing) do not check them again, which on a
+    GPU would be one host wait each. DSC_DEBUG_CHECKS=1 checks everything: the same losses,
+    more checks."""
+    import json
+    import subprocess
+    import sys
+
+    code = r"""
+import json, sys
+sys.path.insert(0, "tests")
+from test_context_counters import small_cfg, batch, dsc
+cfg = small_cfg()
+m = dsc.Model(cfg, seed=0)
+tok, y = batch(cfg)
+losses = [m.train_step(tok, y, lr=1e-3)["loss"] for _ in range(3)]
+m.counters(reset=True)
+losses.append(m.train_step(tok, y, lr=1e-3)["loss"])
+print(json.dumps({"losses": losses, "c": m.counters()}))
+"""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    runs = {}
+    for debug in ("0", "1"):
+        out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, DSC_DEBUG_CHECKS=debug), cwd=here,
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr
+        runs[debug] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert runs["0"]["losses"] == runs["1"]["losses"]
+    n, d = runs["0"]["c"]["index_checks"], runs["1"]["c"]["index_checks"]
+    # tokens and targets in train_step and in loss_and_grad (4), the bias update's expert
+    # counts (one per MoE block: 2 here); everything else is trusted
+    assert n == 6 and d > 3 * n, (n, d)
 
 
 def decode_allocs(m, n_new):

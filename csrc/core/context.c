@@ -193,6 +193,7 @@ dsc_status dsc_index_range(dsc_context *ctx, int64_t n, int ids64, const void *i
     *bad_value = 0;
     return DSC_OK;
   }
+  ctx->counts.index_checks++;
 #ifdef DSC_WITH_CUDA
   if (dsc_ctx_is_cuda(ctx))
     return dsc_cuda_index_range(ctx, n, ids64, ids, lo, hi, skip, bad_pos, bad_value);

@@ -187,6 +187,9 @@ typedef struct dsc_context_counters {
                                workspace growing, stream-ordered workspace allocations */
   uint64_t frees;           /* the matching releases */
   uint64_t workspace_grows; /* times the workspace had to grow (included in allocs) */
+  uint64_t index_checks;    /* range checks of index tensors run (each one host wait on CUDA);
+                               checks of indices the library made itself are skipped unless
+                               DSC_DEBUG_CHECKS=1 */
 } dsc_context_counters;
 /* Fill out (up to out->size bytes; a smaller, older struct gets its prefix); reset != 0 then
  * zeroes the counters. */

@@ -1105,6 +1105,10 @@ static dsc_status backward_logits(dsc_model *m, const DLTensor *tokens, int32_t 
   return st;
 }
 
+static dsc_status loss_and_grad_run(dsc_model *m, const dsc_train_options *opt, const DLTensor *tokens,
+                                    const DLTensor *targets, int32_t accumulate, float grad_scale,
+                                    dsc_train_stats *stats);
+
 dsc_status dsc_model_loss_and_grad(dsc_model *m, const dsc_train_options *opt, const DLTensor *tokens,
                                    const DLTensor *targets, int32_t accumulate, float grad_scale,
                                    dsc_train_stats *stats) {
@@ -1120,6 +1124,17 @@ dsc_status dsc_model_loss_and_grad(dsc_model *m, const dsc_train_options *opt, c
             "accumulate: expected 0 or 1, got %d", (int)accumulate);
   DSC_CHECK(stats == NULL || stats->size >= sizeof(dsc_train_stats), DSC_ERR_INVALID_ARGUMENT, FN,
             "stats: expected size = %zu", sizeof(dsc_train_stats));
+  /* tokens and targets are checked: the ops below need not copy them (or what is made of
+   * them: shifted rows, positions) back to check them again (DSC_DEBUG_CHECKS=1 does) */
+  m->ctx->trusted_indices++;
+  const dsc_status st = loss_and_grad_run(m, opt, tokens, targets, accumulate, grad_scale, stats);
+  m->ctx->trusted_indices--;
+  return st;
+}
+
+static dsc_status loss_and_grad_run(dsc_model *m, const dsc_train_options *opt, const DLTensor *tokens,
+                                    const DLTensor *targets, int32_t accumulate, float grad_scale,
+                                    dsc_train_stats *stats) {
   dsc_context *ctx = m->ctx;
   DSC_TRY(grads_begin(m, accumulate));
 

@@ -464,11 +464,12 @@ static PyObject *py_context_pool_size(PyObject *m, PyObject *args) {
 /* ---------------------------------------------------------------- counters */
 
 static PyObject *counters_dict(const dsc_context_counters *c) {
-  return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K}", "syncs", (unsigned long long)c->syncs,
+  return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K}", "syncs", (unsigned long long)c->syncs,
                        "copies_to_device", (unsigned long long)c->copies_to_device,
                        "copies_to_host", (unsigned long long)c->copies_to_host, "allocs",
                        (unsigned long long)c->allocs, "frees", (unsigned long long)c->frees,
-                       "workspace_grows", (unsigned long long)c->workspace_grows);
+                       "workspace_grows", (unsigned long long)c->workspace_grows, "index_checks",
+                       (unsigned long long)c->index_checks);
 }
 
 /* The context capsule of obj: a context capsule, or a capsule made on one (a model). */
@@ -577,6 +578,7 @@ static PyObject *py_op_counters(PyObject *m, PyObject *args, PyObject *kwargs) {
     sum.allocs += c.allocs;
     sum.frees += c.frees;
     sum.workspace_grows += c.workspace_grows;
+    sum.index_checks += c.index_checks;
   }
   Py_XDECREF(pool);
   return counters_dict(&sum);
