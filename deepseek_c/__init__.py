@@ -176,8 +176,16 @@ def to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def op_counters(device: str = "cpu", reset: bool = False) -> dict[str, int]:
+    """Host waits (syncs), host<->device copies and allocations of the functional ops on
+    `device` (their pooled contexts, summed) since the start or the last reset; reset=True
+    zeroes them after reading. Model.counters() gives a model's own."""
+    dev = parse_device(device)
+    return dict(_C.op_counters(dev[0], dev[1], bool(reset)))
+
+
 __all__ = [
-    "__version__", "Error", "FormatError", "CommError", "Tensor", "get_include", "get_library", "cuda_device_count", "has_cuda",
+    "__version__", "op_counters", "Error", "FormatError", "CommError", "Tensor", "get_include", "get_library", "cuda_device_count", "has_cuda",
     "info", "empty", "tensor", "from_numpy", "to_numpy", "load_safetensors", "save_safetensors",
     "safetensors_metadata", *_ops_all, *_fp8_all, *_moe_all, "ModelConfig", *_mla_all, "Model", "lr_schedule",
     "GenerateOutput", "generate", "stream", "ModelCalc", "calc", *_rl_ops_all,

@@ -142,6 +142,26 @@ def _compute_dtype(dtype: Any, fn: str) -> str:
         raise
 
 
+def _stream_handle(stream: Any) -> int:
+    """A cudaStream_t as an int from None, an int, a torch.cuda.Stream or a CuPy stream."""
+    if stream is None:
+        return 0
+    if isinstance(stream, bool):
+        raise TypeError("stream: expected None, an int handle or a CUDA stream object, got bool")
+    if isinstance(stream, (int, np.integer)):
+        h = int(stream)
+    elif hasattr(stream, "cuda_stream"):  # torch.cuda.Stream
+        h = int(stream.cuda_stream)
+    elif hasattr(stream, "ptr"):  # cupy.cuda.Stream
+        h = int(stream.ptr)
+    else:
+        raise TypeError(f"stream: expected None, an int handle, a torch.cuda.Stream or a CuPy stream, "
+                        f"got {type(stream).__name__}")
+    if not 0 <= h < 2**64:
+        raise ValueError(f"stream: expected a handle in [0, 2^64), got {h}")
+    return h
+
+
 class Model:
     """DeepSeek-V3-style causal LM backed by a C ``dsc_model``.
 
@@ -304,6 +324,28 @@ class Model:
     def activation_bytes(self) -> int:
         """Bytes of the activation memory planned for the last training shape."""
         return int(_C.model_info(self._cap)["activation_bytes"])
+
+    def counters(self, reset: bool = False) -> dict[str, int]:
+        """What the model's context made the host wait for or allocate since creation (or the
+        last reset): syncs (host waits for the GPU), copies_to_device, copies_to_host, allocs,
+        frees, workspace_grows, index_checks (range checks of index tensors: one host wait
+        each on the GPU). CPU models have no syncs or copies. reset=True zeroes them
+        after reading (e.g. to count one steady-state step)."""
+        return dict(_C.context_counters(self._cap, bool(reset)))
+
+    def set_stream(self, stream: Any) -> None:
+        """Run the model's work (training, generation, caches) on a CUDA stream: an int handle
+        (a cudaStream_t; 0 = the legacy default stream), a torch.cuda.Stream (.cuda_stream),
+        a CuPy stream (.ptr), or None (the legacy default stream). The new stream first waits
+        for the work already queued on the old one, on the GPU (no host wait). Inputs must be
+        ready on that stream, and work reading the model's outputs on another stream must wait
+        for it (as with dsc_context_set_stream in C). CPU models accept only None or 0."""
+        _C.context_set_stream(self._cap, _stream_handle(stream))
+
+    @property
+    def cuda_stream(self) -> int:
+        """The CUDA stream handle the model runs on (0: the legacy default stream)."""
+        return int(_C.context_get_stream(self._cap))
 
     def __repr__(self) -> str:
         c = self.cfg

@@ -69,8 +69,49 @@ extern "C" dsc_status dsc_cuda_sumsq(dsc_context *ctx, int64_t n, const float *g
   sumsq_final_kernel<<<1, SUMSQ_THREADS, 0, s>>>(nb, part, result);
   DSC_CUDA_CHECK_LAUNCH(FN);
   double *host = (double *)st->pinned; /* [1] */
-  DSC_CUDA_TRY(cudaMemcpyAsync(host, result, sizeof(double), cudaMemcpyDeviceToHost, s), FN);
-  DSC_CUDA_TRY(cudaStreamSynchronize(s), FN);
+  DSC_TRY(dsc_cuda_to_host(ctx, host, result, sizeof(double), FN));
+  *sumsq = host[0];
+  return DSC_OK;
+}
+
+/* total: [1] = per[0] + per[1] + ... + per[n-1] in list order, in float64 (one thread: the
+ * same additions, in the same order, as the host loop over per-tensor sums). */
+__global__ void sumsq_list_total_kernel(int n, const double *__restrict__ per /* [n] */,
+                                        double *__restrict__ total /* [1] */) {
+  double acc = 0.0;
+  for (int i = 0; i < n; ++i) acc += per[i];
+  *total = acc;
+}
+
+extern "C" dsc_status dsc_cuda_sumsq_list(dsc_context *ctx, int32_t n,
+                                          const float *const *g /* [n] host array of device ptrs */,
+                                          const int64_t *numel /* [n] host */,
+                                          double *sumsq /* [1] host */) {
+  static const char *const FN = "dsc_cuda_sumsq_list";
+  *sumsq = 0.0;
+  if (n <= 0) return DSC_OK;
+  DSC_CUDA_ENTER(ctx, FN);
+  dsc_cuda_state *st = dsc_cuda_st(ctx);
+  cudaStream_t s = dsc_cuda_stream(ctx);
+  void *ws = NULL;
+  DSC_TRY(dsc_workspace(ctx, ((size_t)n + 1) * sizeof(double), &ws));
+  double *per = (double *)ws;                /* [n] per-tensor sums (0 for empty tensors) */
+  double *total = per + n;                   /* [1] */
+  double *part = (double *)st->scratch;      /* [SUMSQ_MAX_BLOCKS], reused tensor by tensor */
+  DSC_CUDA_TRY(cudaMemsetAsync(per, 0, (size_t)n * sizeof(double), s), FN);
+  for (int32_t i = 0; i < n; ++i) {
+    if (numel[i] <= 0) continue;
+    /* the same partition and order as dsc_cuda_sumsq: the same per-tensor bits */
+    const int nb = (int)dsc_cuda_blocks(numel[i], SUMSQ_THREADS * 8, SUMSQ_MAX_BLOCKS);
+    sumsq_partial_kernel<<<nb, SUMSQ_THREADS, 0, s>>>(numel[i], g[i], part);
+    DSC_CUDA_CHECK_LAUNCH(FN);
+    sumsq_final_kernel<<<1, SUMSQ_THREADS, 0, s>>>(nb, part, per + i);
+    DSC_CUDA_CHECK_LAUNCH(FN);
+  }
+  sumsq_list_total_kernel<<<1, 1, 0, s>>>((int)n, per, total);
+  DSC_CUDA_CHECK_LAUNCH(FN);
+  double *host = (double *)st->pinned; /* [1] */
+  DSC_TRY(dsc_cuda_to_host(ctx, host, total, sizeof(double), FN));
   *sumsq = host[0];
   return DSC_OK;
 }

@@ -40,6 +40,9 @@ struct dsc_cuda_state {
   void *scratch;     /* [DSC_CUDA_SCRATCH_BYTES] device memory; every user syncs before
                         returning, so it never carries data across ops */
   void *pinned;      /* [DSC_CUDA_PINNED_BYTES] page-locked host memory */
+  cudaMemPool_t pool;     /* the workspace's stream-ordered pool (NULL: the device has no
+                             memory pools; the workspace then uses cudaMalloc/cudaFree) */
+  cudaEvent_t handoff;    /* dsc_context_set_stream: the new stream waits on the old one */
 };
 
 /* Frees the cuBLASLt plan cache and handle of st (blaslt.cu); context release calls it. */
@@ -72,6 +75,24 @@ static inline cudaStream_t dsc_cuda_stream(const dsc_context *ctx) {
       return dsc_error(DSC_ERR_CUDA, (fn), "kernel launch failed: %s (%s)",              \
                        cudaGetErrorString(dsc_cuda_e_), cudaGetErrorName(dsc_cuda_e_));  \
   } while (0)
+
+/* The host waits for the context's stream (counted: dsc_context_get_counters). Every host
+ * wait of the backend goes through here or dsc_cuda_to_host. */
+static inline dsc_status dsc_cuda_wait(dsc_context *ctx, const char *fn) {
+  ctx->counts.syncs++;
+  DSC_CUDA_TRY(cudaStreamSynchronize(dsc_cuda_stream(ctx)), fn);
+  return DSC_OK;
+}
+
+/* Copy a small device result to host memory (the context's pinned buffer) on the stream
+ * and wait for it: one copy, one host wait, both counted. */
+static inline dsc_status dsc_cuda_to_host(dsc_context *ctx, void *host, const void *dev,
+                                          size_t bytes, const char *fn) {
+  ctx->counts.copies_to_host++;
+  DSC_CUDA_TRY(cudaMemcpyAsync(host, dev, bytes, cudaMemcpyDeviceToHost, dsc_cuda_stream(ctx)),
+               fn);
+  return dsc_cuda_wait(ctx, fn);
+}
 
 /* Make the context's device current for this thread (context.cu). */
 extern "C" dsc_status dsc_cuda_enter(dsc_context *ctx, const char *fn);

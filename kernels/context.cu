@@ -65,9 +65,41 @@ extern "C" void dsc_cuda_context_release(dsc_context *ctx) {
   dsc_lt_release(st); /* cuBLASLt plans and handle (blaslt.cu) */
   if (st->scratch) (void)cudaFree(st->scratch);
   if (st->pinned) (void)cudaFreeHost(st->pinned);
+  if (st->handoff) (void)cudaEventDestroy(st->handoff);
+  /* Outstanding frees of the pool complete on their own; the pool goes once they have. */
+  if (st->pool) (void)cudaMemPoolDestroy(st->pool);
   (void)cudaGetLastError();
   free(st);
   ctx->cuda = NULL;
+}
+
+/* The workspace's own pool (not the device's default one, whose settings other libraries
+ * share): it keeps what is freed (release threshold: everything), so a workspace that
+ * shrinks and grows again, or is freed and reallocated on the stream, costs no
+ * cudaMalloc in steady state. Devices without memory pools get none (st->pool NULL). */
+static cudaError_t create_pool(dsc_cuda_state *st) {
+  int supported = 0;
+  cudaError_t e = cudaDeviceGetAttribute(&supported, cudaDevAttrMemoryPoolsSupported, st->device);
+  if (e != cudaSuccess || !supported) {
+    (void)cudaGetLastError();
+    return cudaSuccess;
+  }
+  cudaMemPoolProps props;
+  memset(&props, 0, sizeof props);
+  props.allocType = cudaMemAllocationTypePinned;
+  props.handleTypes = cudaMemHandleTypeNone;
+  props.location.type = cudaMemLocationTypeDevice;
+  props.location.id = st->device;
+  e = cudaMemPoolCreate(&st->pool, &props);
+  if (e != cudaSuccess) {
+    st->pool = NULL;
+    return e;
+  }
+  /* Without the threshold the pool still works, only handing memory back at each sync. */
+  uint64_t keep = UINT64_MAX;
+  if (cudaMemPoolSetAttribute(st->pool, cudaMemPoolAttrReleaseThreshold, &keep) != cudaSuccess)
+    (void)cudaGetLastError();
+  return cudaSuccess;
 }
 
 extern "C" dsc_status dsc_cuda_context_init(dsc_context *ctx) {
@@ -88,6 +120,8 @@ extern "C" dsc_status dsc_cuda_context_init(dsc_context *ctx) {
   e = cudaDeviceGetAttribute(&st->sm_count, cudaDevAttrMultiProcessorCount, id);
   if (e == cudaSuccess) e = cudaMalloc(&st->scratch, DSC_CUDA_SCRATCH_BYTES);
   if (e == cudaSuccess) e = cudaMallocHost(&st->pinned, DSC_CUDA_PINNED_BYTES);
+  if (e == cudaSuccess) e = cudaEventCreateWithFlags(&st->handoff, cudaEventDisableTiming);
+  if (e == cudaSuccess) e = create_pool(st);
   if (e != cudaSuccess) {
     dsc_status s = cuda_fail(e, FN_INIT, "allocating the context's CUDA scratch buffers");
     dsc_cuda_context_release(ctx);
@@ -116,6 +150,7 @@ extern "C" dsc_status dsc_cuda_malloc(dsc_context *ctx, size_t bytes, void **ptr
   DSC_CUDA_ENTER(ctx, FN);
   /* A zero-byte request still gets a distinct, freeable pointer (like the CPU path). */
   void *p = NULL;
+  ctx->counts.allocs++;
   cudaError_t e = cudaMalloc(&p, bytes > 0 ? bytes : 256);
   if (e != cudaSuccess) {
     (void)cudaGetLastError();
@@ -130,6 +165,7 @@ extern "C" dsc_status dsc_cuda_malloc(dsc_context *ctx, size_t bytes, void **ptr
 extern "C" void dsc_cuda_free(dsc_context *ctx, void *ptr) {
   if (!ptr) return;
   if (dsc_cuda_enter(ctx, "dsc_free") != DSC_OK) return;
+  ctx->counts.frees++;
   cudaError_t e = cudaFree(ptr);
   if (e != cudaSuccess) {
     (void)cudaGetLastError();
@@ -155,18 +191,73 @@ extern "C" dsc_status dsc_cuda_memcpy(dsc_context *ctx, void *dst, const void *s
       return dsc_error(DSC_ERR_INTERNAL, FN, "kind: expected 0..3, got %d", kind);
   }
   cudaStream_t s = dsc_cuda_stream(ctx);
+  if (kind == 0) ctx->counts.copies_to_device++;
+  if (kind == 1) ctx->counts.copies_to_host++;
   DSC_CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, k, s), FN);
   /* A copy that touches host memory completes before returning: the caller may read
    * (device->host) or reuse (host->device, also for pinned sources) its buffer at once.
    * Device->device copies stay asynchronous, ordered on the stream. */
-  if (kind != 2) DSC_CUDA_TRY(cudaStreamSynchronize(s), FN);
+  if (kind != 2) return dsc_cuda_wait(ctx, FN);
   return DSC_OK;
 }
 
 extern "C" dsc_status dsc_cuda_synchronize(dsc_context *ctx) {
   static const char *const FN = "dsc_context_synchronize";
   DSC_CUDA_ENTER(ctx, FN);
-  DSC_CUDA_TRY(cudaStreamSynchronize(dsc_cuda_stream(ctx)), FN);
+  return dsc_cuda_wait(ctx, FN);
+}
+
+extern "C" dsc_status dsc_cuda_workspace_alloc(dsc_context *ctx, size_t bytes, void **ptr) {
+  static const char *const FN = "dsc_workspace";
+  *ptr = NULL;
+  dsc_cuda_state *st = dsc_cuda_st(ctx);
+  if (!st->pool) return dsc_cuda_malloc(ctx, bytes, ptr);
+  DSC_CUDA_ENTER(ctx, FN);
+  void *p = NULL;
+  ctx->counts.allocs++;
+  cudaError_t e = cudaMallocFromPoolAsync(&p, bytes > 0 ? bytes : 256, st->pool,
+                                          dsc_cuda_stream(ctx));
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return dsc_error(e == cudaErrorMemoryAllocation ? DSC_ERR_OUT_OF_MEMORY : DSC_ERR_CUDA, FN,
+                     "bytes: could not allocate a workspace of %zu bytes on CUDA device %d: %s",
+                     bytes, (int)ctx->device.device_id, cudaGetErrorString(e));
+  }
+  *ptr = p;
+  return DSC_OK;
+}
+
+extern "C" void dsc_cuda_workspace_free(dsc_context *ctx, void *ptr) {
+  if (!ptr) return;
+  dsc_cuda_state *st = dsc_cuda_st(ctx);
+  if (!st->pool) {
+    dsc_cuda_free(ctx, ptr);
+    return;
+  }
+  if (dsc_cuda_enter(ctx, "dsc_workspace") != DSC_OK) return;
+  ctx->counts.frees++;
+  /* Back to the pool once the stream's work queued so far (which may read it) is done. */
+  cudaError_t e = cudaFreeAsync(ptr, dsc_cuda_stream(ctx));
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    dsc_log(ctx, DSC_LOG_WARN, "dsc_workspace: cudaFreeAsync(%p) failed: %s", ptr,
+            cudaGetErrorString(e));
+  }
+}
+
+extern "C" void dsc_cuda_quiesce(dsc_context *ctx) {
+  if (dsc_cuda_enter(ctx, "dsc_context_destroy") != DSC_OK) return;
+  if (cudaDeviceSynchronize() != cudaSuccess) (void)cudaGetLastError();
+}
+
+extern "C" dsc_status dsc_cuda_set_stream(dsc_context *ctx, void *stream) {
+  static const char *const FN = "dsc_context_set_stream";
+  DSC_CUDA_ENTER(ctx, FN);
+  dsc_cuda_state *st = dsc_cuda_st(ctx);
+  /* Work queued on the old stream may still read or write the workspace and the scratch
+   * buffers; the new stream starts after it (the host does not wait). */
+  DSC_CUDA_TRY(cudaEventRecord(st->handoff, dsc_cuda_stream(ctx)), FN);
+  DSC_CUDA_TRY(cudaStreamWaitEvent((cudaStream_t)stream, st->handoff, 0), FN);
   return DSC_OK;
 }
 

@@ -474,8 +474,7 @@ extern "C" dsc_status dsc_cuda_fp8_stats(dsc_context *ctx, dsc_dtype xt, int64_t
     stats_kernel<<<blocks, 256, 0, s>>>(p, tensor_scale, (const float *)x, dev);
   DSC_CUDA_CHECK_LAUNCH(FN);
   StatsOut *host = (StatsOut *)st->pinned;
-  DSC_CUDA_TRY(cudaMemcpyAsync(host, dev, sizeof(StatsOut), cudaMemcpyDeviceToHost, s), FN);
-  DSC_CUDA_TRY(cudaStreamSynchronize(s), FN);
+  DSC_TRY(dsc_cuda_to_host(ctx, host, dev, sizeof(StatsOut), FN));
   for (int k = 0; k < 3; ++k) counts[k] = (int64_t)host->counts[k];
   uint32_t b = host->amax_bits;
   if (b > 0x7f800000u) b = 0x7fc00000u; /* any NaN: the canonical quiet NaN */

@@ -46,8 +46,7 @@ extern "C" dsc_status dsc_cuda_find_nonfinite(dsc_context *ctx, int64_t n, const
   grpo_first_nonfinite_kernel<<<dsc_cuda_blocks(n, 256, 4096), 256, 0, s>>>(n, x, first);
   DSC_CUDA_CHECK_LAUNCH(FN);
   unsigned long long *host = (unsigned long long *)st->pinned; /* [1] */
-  DSC_CUDA_TRY(cudaMemcpyAsync(host, first, sizeof(unsigned long long), cudaMemcpyDeviceToHost, s), FN);
-  DSC_CUDA_TRY(cudaStreamSynchronize(s), FN);
+  DSC_TRY(dsc_cuda_to_host(ctx, host, first, sizeof(unsigned long long), FN));
   if (host[0] != ~0ull) *bad_pos = (int64_t)host[0];
   return DSC_OK;
 }

@@ -67,10 +67,7 @@ extern "C" dsc_status dsc_cuda_index_range(dsc_context *ctx, int64_t n, int ids6
   }
   DSC_CUDA_CHECK_LAUNCH(FN_INDEX);
   unsigned long long *host = (unsigned long long *)st->pinned; /* [2] */
-  DSC_CUDA_TRY(cudaMemcpyAsync(host, first, 2 * sizeof(unsigned long long),
-                               cudaMemcpyDeviceToHost, s),
-               FN_INDEX);
-  DSC_CUDA_TRY(cudaStreamSynchronize(s), FN_INDEX);
+  DSC_TRY(dsc_cuda_to_host(ctx, host, first, 2 * sizeof(unsigned long long), FN_INDEX));
   if (host[0] != ~0ull) {
     *bad_pos = (int64_t)host[0];
     *bad_value = (int64_t)(long long)host[1];

@@ -148,6 +148,48 @@ static inline int key_bits(int64_t hi) {
   return b;
 }
 
+/* The stable radix sort of n (uint32 key < 2^end_bit, int32 value) pairs that permute and
+ * unpermute's backward share: keys, skeys, vals, svals [n] (4-byte each, 256-aligned), then
+ * CUB's temporary storage, in one slice of the workspace that starts at `base`. */
+struct PairSort {
+  int64_t n;
+  int end_bit;
+  size_t tmp_bytes; /* CUB's temporary storage */
+  uint32_t *keys, *skeys;
+  int32_t *vals, *svals;
+  void *tmp;
+};
+
+/* Size the sort (ps->n, ps->end_bit given): *bytes = the whole slice. */
+static dsc_status pair_sort_plan(PairSort *ps, cudaStream_t s, const char *fn, size_t *bytes) {
+  ps->tmp_bytes = 0;
+  DSC_CUDA_TRY((cub::DeviceRadixSort::SortPairs<uint32_t, int32_t, int64_t>(
+                   NULL, ps->tmp_bytes, NULL, NULL, NULL, NULL, ps->n, 0, ps->end_bit, s)),
+               fn);
+  *bytes = 4 * dsc_cuda_round256((size_t)ps->n * 4) + ps->tmp_bytes;
+  return DSC_OK;
+}
+
+/* Lay the slice out at base (from pair_sort_plan's size). */
+static void pair_sort_carve(PairSort *ps, char *base) {
+  const size_t bN = dsc_cuda_round256((size_t)ps->n * 4);
+  ps->keys = (uint32_t *)base;
+  ps->skeys = (uint32_t *)(base + bN);
+  ps->vals = (int32_t *)(base + 2 * bN);
+  ps->svals = (int32_t *)(base + 3 * bN);
+  ps->tmp = base + 4 * bN;
+}
+
+/* (keys, vals) -> (skeys, svals), stable: equal keys keep their order. */
+static dsc_status pair_sort_run(const PairSort *ps, cudaStream_t s, const char *fn) {
+  size_t tb = ps->tmp_bytes;
+  DSC_CUDA_TRY((cub::DeviceRadixSort::SortPairs<uint32_t, int32_t, int64_t>(
+                   ps->tmp, tb, ps->keys, ps->skeys, ps->vals, ps->svals, ps->n, 0, ps->end_bit,
+                   s)),
+               fn);
+  return DSC_OK;
+}
+
 /* Per-warp scratch of `words` 4-byte (or, for doubles, 8-byte) units for the warp-per-token
  * kernels: in shared memory when MOE_WARPS slices fit, else a workspace slice per warp with
  * the grid capped at one block per SM. *smem = dynamic shared bytes, *gscratch = NULL or
@@ -816,8 +858,7 @@ extern "C" dsc_status dsc_cuda_moe_permute_rows(dsc_context *ctx, int64_t n, int
   permute_scan_kernel<<<1, 256, 0, s>>>(E, align, cnt, NULL, NULL, NULL, total);
   DSC_CUDA_CHECK_LAUNCH(FN);
   long long *host = (long long *)dsc_cuda_st(ctx)->pinned; /* [1] */
-  DSC_CUDA_TRY(cudaMemcpyAsync(host, total, sizeof(long long), cudaMemcpyDeviceToHost, s), FN);
-  DSC_CUDA_TRY(cudaStreamSynchronize(s), FN);
+  DSC_TRY(dsc_cuda_to_host(ctx, host, total, sizeof(long long), FN));
   *rows = (int64_t)host[0];
   return DSC_OK;
 }
@@ -911,26 +952,23 @@ extern "C" dsc_status dsc_cuda_moe_permute(dsc_context *ctx, dsc_dtype dt, int64
   if (n > INT32_MAX || E > (int64_t)UINT32_MAX)
     return dsc_error(DSC_ERR_UNSUPPORTED, FN,
                      "indices: at most 2^31-1 (token, slot) pairs, got %lld", (long long)n);
-  const int end_bit = key_bits(E);
+  PairSort ps;
+  ps.n = n;
+  ps.end_bit = key_bits(E);
   size_t sort_bytes = 0;
-  DSC_CUDA_TRY((cub::DeviceRadixSort::SortPairs<uint32_t, int32_t, int64_t>(
-                   NULL, sort_bytes, NULL, NULL, NULL, NULL, n, 0, end_bit, s)),
-               FN);
-  /* One workspace, partitioned: cnt [E] u64, start [E] i64, poff [E+1] i64, keys, sorted
-   * keys, vals, sorted vals [n] 4-byte each, then CUB's temporary storage. */
+  DSC_TRY(pair_sort_plan(&ps, s, FN, &sort_bytes));
+  /* One workspace, partitioned: cnt [E] u64, start [E] i64, poff [E+1] i64, then the sort's
+   * slice (keys, sorted keys, vals, sorted vals, CUB's storage). */
   const size_t bE = dsc_cuda_round256((size_t)(E + 1) * 8);
-  const size_t bN = dsc_cuda_round256((size_t)n * 4);
   void *ws = NULL;
-  DSC_TRY(dsc_workspace(ctx, 3 * bE + 4 * bN + sort_bytes, &ws));
+  DSC_TRY(dsc_workspace(ctx, 3 * bE + sort_bytes, &ws));
   char *base = (char *)ws;
   unsigned long long *cnt = (unsigned long long *)base; /* [E] */
   long long *start = (long long *)(base + bE);           /* [E] */
   long long *poff = (long long *)(base + 2 * bE);        /* [E+1] */
-  uint32_t *keys = (uint32_t *)(base + 3 * bE);          /* [n] */
-  uint32_t *skeys = (uint32_t *)(base + 3 * bE + bN);    /* [n] */
-  int32_t *vals = (int32_t *)(base + 3 * bE + 2 * bN);   /* [n] */
-  int32_t *svals = (int32_t *)(base + 3 * bE + 3 * bN);  /* [n] */
-  void *tmp = base + 3 * bE + 4 * bN;                    /* [sort_bytes] */
+  pair_sort_carve(&ps, base + 3 * bE);
+  uint32_t *keys = ps.keys, *skeys = ps.skeys;           /* [n] */
+  int32_t *vals = ps.vals, *svals = ps.svals;            /* [n] */
 
   DSC_TRY(histogram(ctx, FN, n, ids64, indices, E, cnt));
   permute_scan_kernel<<<1, 256, 0, s>>>(E, align, cnt, start, poff, group_offsets, NULL);
@@ -943,9 +981,7 @@ extern "C" dsc_status dsc_cuda_moe_permute(dsc_context *ctx, dsc_dtype dt, int64
                                                                      keys, vals);
   DSC_CUDA_CHECK_LAUNCH(FN);
   /* stable: pairs of one expert stay in flat (token, slot) order */
-  DSC_CUDA_TRY((cub::DeviceRadixSort::SortPairs<uint32_t, int32_t, int64_t>(
-                   tmp, sort_bytes, keys, skeys, vals, svals, n, 0, end_bit, s)),
-               FN);
+  DSC_TRY(pair_sort_run(&ps, s, FN));
   const int64_t row_bytes = D * esize_of(dt);
   const int pad = align > 1;
   switch (copy_unit(row_bytes, x, out)) {
@@ -1244,29 +1280,24 @@ extern "C" dsc_status dsc_cuda_moe_unpermute_bwd(dsc_context *ctx, dsc_dtype dt,
                      "row_map: at most 2^31-1 (token, slot) pairs, got %lld", (long long)n);
   /* Group the pairs by row (stable radix sort of (row, i)): each row is then written once
    * by one block, summing its pairs in flat order, with no atomics. */
-  const int end_bit = key_bits(R);
+  PairSort ps;
+  ps.n = n;
+  ps.end_bit = key_bits(R);
   size_t sort_bytes = 0;
-  DSC_CUDA_TRY((cub::DeviceRadixSort::SortPairs<uint32_t, int32_t, int64_t>(
-                   NULL, sort_bytes, NULL, NULL, NULL, NULL, n, 0, end_bit, s)),
-               FN);
-  /* One workspace, partitioned: keys, sorted keys, vals, sorted vals [n] 4-byte each,
-   * named [R] bytes, then CUB's temporary storage. */
-  const size_t bN = dsc_cuda_round256((size_t)n * 4), bR = dsc_cuda_round256((size_t)R);
+  DSC_TRY(pair_sort_plan(&ps, s, FN, &sort_bytes));
+  /* One workspace, partitioned: named [R] bytes, then the sort's slice. */
+  const size_t bR = dsc_cuda_round256((size_t)R);
   void *ws = NULL;
-  DSC_TRY(dsc_workspace(ctx, 4 * bN + bR + sort_bytes, &ws));
+  DSC_TRY(dsc_workspace(ctx, bR + sort_bytes, &ws));
   char *base = (char *)ws;
-  uint32_t *keys = (uint32_t *)base;                            /* [n] */
-  uint32_t *skeys = (uint32_t *)(base + bN);                    /* [n] */
-  int32_t *vals = (int32_t *)(base + 2 * bN);                   /* [n] */
-  int32_t *svals = (int32_t *)(base + 3 * bN);                  /* [n] */
-  unsigned char *named = (unsigned char *)(base + 4 * bN);      /* [R] */
-  void *tmp = base + 4 * bN + bR;                               /* [sort_bytes] */
+  unsigned char *named = (unsigned char *)base; /* [R] */
+  pair_sort_carve(&ps, base + bR);
+  const uint32_t *skeys = ps.skeys; /* [n] */
+  const int32_t *svals = ps.svals;  /* [n] */
   DSC_CUDA_TRY(cudaMemsetAsync(named, 0, (size_t)R, s), FN);
-  moe_keys_kernel<int32_t><<<dsc_cuda_blocks(n, 256), 256, 0, s>>>(n, row_map, keys, vals);
+  moe_keys_kernel<int32_t><<<dsc_cuda_blocks(n, 256), 256, 0, s>>>(n, row_map, ps.keys, ps.vals);
   DSC_CUDA_CHECK_LAUNCH(FN);
-  DSC_CUDA_TRY((cub::DeviceRadixSort::SortPairs<uint32_t, int32_t, int64_t>(
-                   tmp, sort_bytes, keys, skeys, vals, svals, n, 0, end_bit, s)),
-               FN);
+  DSC_TRY(pair_sort_run(&ps, s, FN));
   if (b16)
     unpermute_dexp_launch<__nv_bfloat16>(s, n, D, k, skeys, svals, weights, dy, dexpert_out,
                                          named);

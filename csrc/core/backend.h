@@ -361,6 +361,19 @@ dsc_status dsc_cuda_mem_info(dsc_context *ctx, size_t *free_bytes, size_t *total
 /* kind: 0 host->device, 1 device->host, 2 device->device, 3 host->host */
 dsc_status dsc_cuda_memcpy(dsc_context *ctx, void *dst, const void *src, size_t bytes, int kind);
 dsc_status dsc_cuda_synchronize(dsc_context *ctx);
+/* The context's workspace, stream-ordered on its stream (cudaMallocAsync from the
+ * context's pool, which keeps freed memory: steady state allocates nothing). */
+dsc_status dsc_cuda_workspace_alloc(dsc_context *ctx, size_t bytes, void **ptr);
+void dsc_cuda_workspace_free(dsc_context *ctx, void *ptr);
+/* Wait for all work on the context's device (context destruction only; not counted). */
+void dsc_cuda_quiesce(dsc_context *ctx);
+/* Make `stream` wait for the work queued so far on the context's current stream. */
+dsc_status dsc_cuda_set_stream(dsc_context *ctx, void *stream);
+/* *sumsq (host) = sum over the list of each tensor's sumsq (the dsc_cuda_sumsq bits),
+ * added in list order in float64, with one host wait for the whole list (global norm).
+ * g, numel: host arrays; g[i] float32 on the device, numel[i] >= 0. */
+dsc_status dsc_cuda_sumsq_list(dsc_context *ctx, int32_t n, const float *const *g,
+                               const int64_t *numel, double *sumsq);
 dsc_status dsc_cuda_get_device_count(int32_t *count);
 dsc_status dsc_cuda_get_device_name(int32_t index, char *name, size_t n, int32_t *major,
                                     int32_t *minor);

@@ -59,6 +59,8 @@ dsc_status dsc_context_create(const dsc_context_options *options, dsc_context **
   __builtin_cpu_init();
   ctx->cpu_avx2 = __builtin_cpu_supports("avx2") != 0;
 #endif
+  const char *dbg = getenv("DSC_DEBUG_CHECKS");
+  ctx->debug_checks = dbg != NULL && dbg[0] != '\0' && strcmp(dbg, "0") != 0;
   const char *isa = getenv("DSC_CPU_ISA");
   if (isa != NULL && strcmp(isa, "generic") == 0) ctx->cpu_avx2 = 0;
 #ifdef _OPENMP
@@ -81,6 +83,17 @@ dsc_status dsc_context_create(const dsc_context_options *options, dsc_context **
 
 void dsc_context_destroy(dsc_context *ctx) {
   if (!ctx) return;
+#ifdef DSC_WITH_CUDA
+  /* The stream-ordered buffers below are freed with cudaFree, which does not wait for
+   * their last users (the caller's stream may be gone by now): wait for the device. */
+  if (dsc_ctx_is_cuda(ctx)) dsc_cuda_quiesce(ctx);
+#endif
+  if (ctx->moe_local && ctx->moe_local_release) ctx->moe_local_release(ctx->moe_local);
+  ctx->moe_local = NULL;
+  for (int i = 0; i < DSC_SLOT_COUNT; ++i) {
+    dsc_free(ctx, ctx->slot[i]);
+    ctx->slot[i] = NULL;
+  }
   dsc_free(ctx, ctx->workspace);
   ctx->workspace = NULL;
 #ifdef DSC_WITH_CUDA
@@ -94,6 +107,11 @@ dsc_status dsc_context_set_stream(dsc_context *ctx, void *stream) {
             "ctx: expected a context, got NULL");
   DSC_CHECK(dsc_ctx_is_cuda(ctx) || stream == NULL, DSC_ERR_INVALID_ARGUMENT,
             "dsc_context_set_stream", "stream: expected NULL for a CPU context, got %p", stream);
+#ifdef DSC_WITH_CUDA
+  /* The workspace and the scratch buffers pass to the new stream only after the old
+   * stream's work that may still use them (an event, no host wait). */
+  if (dsc_ctx_is_cuda(ctx) && stream != ctx->stream) DSC_TRY(dsc_cuda_set_stream(ctx, stream));
+#endif
   ctx->stream = stream;
   return DSC_OK;
 }
@@ -151,21 +169,80 @@ dsc_status dsc_context_workspace_size(const dsc_context *ctx, size_t *bytes) {
   return DSC_OK;
 }
 
+dsc_status dsc_context_get_counters(dsc_context *ctx, dsc_context_counters *out, int32_t reset) {
+  static const char *const FN = "dsc_context_get_counters";
+  DSC_CHECK(ctx != NULL && out != NULL, DSC_ERR_INVALID_ARGUMENT, FN,
+            "ctx, out: expected non-NULL pointers");
+  const size_t want = out->size;
+  DSC_CHECK(want >= offsetof(dsc_context_counters, syncs) + sizeof(uint64_t) &&
+                want <= sizeof(dsc_context_counters),
+            DSC_ERR_INVALID_ARGUMENT, FN,
+            "out->size: expected sizeof(dsc_context_counters) = %zu (or an older prefix of it), "
+            "got %zu", sizeof(dsc_context_counters), want);
+  dsc_context_counters c = ctx->counts;
+  c.size = want;
+  memcpy(out, &c, want);
+  if (reset) memset(&ctx->counts, 0, sizeof ctx->counts);
+  return DSC_OK;
+}
+
+dsc_status dsc_index_range(dsc_context *ctx, int64_t n, int ids64, const void *ids, int64_t lo,
+                           int64_t hi, int64_t skip, int64_t *bad_pos, int64_t *bad_value) {
+  if (ctx->trusted_indices > 0 && !ctx->debug_checks) {
+    *bad_pos = -1;
+    *bad_value = 0;
+    return DSC_OK;
+  }
+  ctx->counts.index_checks++;
+#ifdef DSC_WITH_CUDA
+  if (dsc_ctx_is_cuda(ctx))
+    return dsc_cuda_index_range(ctx, n, ids64, ids, lo, hi, skip, bad_pos, bad_value);
+#endif
+  return dsc_cpu_index_range(ctx, n, ids64, ids, lo, hi, skip, bad_pos, bad_value);
+}
+
+/* Grow *buf (of *cap bytes) to at least `bytes`: the workspace and the slots. */
+static dsc_status grow(dsc_context *ctx, void **buf, size_t *cap, size_t bytes) {
+  /* Grow geometrically so a sequence of slightly larger requests stays cheap. */
+  size_t want = *cap <= SIZE_MAX / 2 && *cap * 2 > bytes ? *cap * 2 : bytes;
+  if (want < 4096) want = 4096;
+  ctx->counts.workspace_grows++;
+#ifdef DSC_WITH_CUDA
+  if (dsc_ctx_is_cuda(ctx)) {
+    /* Stream-ordered: the old buffer goes back to the pool after the work queued on it. */
+    dsc_cuda_workspace_free(ctx, *buf);
+    *buf = NULL;
+    *cap = 0;
+    DSC_TRY(dsc_cuda_workspace_alloc(ctx, want, buf));
+    *cap = want;
+    return DSC_OK;
+  }
+#endif
+  dsc_free(ctx, *buf);
+  *buf = NULL;
+  *cap = 0;
+  DSC_TRY(dsc_malloc(ctx, want, buf));
+  *cap = want;
+  return DSC_OK;
+}
+
+dsc_status dsc_ctx_slot(dsc_context *ctx, int slot, size_t bytes, void **ptr) {
+  *ptr = NULL;
+  if (slot < 0 || slot >= DSC_SLOT_COUNT)
+    return dsc_error(DSC_ERR_INTERNAL, "dsc_ctx_slot", "slot: expected 0..%d, got %d",
+                     DSC_SLOT_COUNT - 1, slot);
+  if (!ctx->slot[slot] || bytes > ctx->slot_bytes[slot])
+    DSC_TRY(grow(ctx, &ctx->slot[slot], &ctx->slot_bytes[slot], bytes));
+  *ptr = ctx->slot[slot];
+  return DSC_OK;
+}
+
 dsc_status dsc_workspace(dsc_context *ctx, size_t bytes, void **ptr) {
   if (bytes <= ctx->workspace_bytes && ctx->workspace) {
     *ptr = ctx->workspace;
     return DSC_OK;
   }
-  /* Grow geometrically so a sequence of slightly larger requests stays cheap. */
-  size_t want = ctx->workspace_bytes <= SIZE_MAX / 2 && ctx->workspace_bytes * 2 > bytes
-                    ? ctx->workspace_bytes * 2
-                    : bytes;
-  if (want < 4096) want = 4096;
-  dsc_free(ctx, ctx->workspace);
-  ctx->workspace = NULL;
-  ctx->workspace_bytes = 0;
-  DSC_TRY(dsc_malloc(ctx, want, &ctx->workspace));
-  ctx->workspace_bytes = want;
+  DSC_TRY(grow(ctx, &ctx->workspace, &ctx->workspace_bytes, bytes));
   *ptr = ctx->workspace;
   return DSC_OK;
 }
@@ -185,6 +262,7 @@ dsc_status dsc_malloc(dsc_context *ctx, size_t bytes, void **ptr) {
   if (!p)
     return dsc_error(DSC_ERR_OUT_OF_MEMORY, "dsc_malloc", "bytes: could not allocate %zu bytes",
                      bytes);
+  ctx->counts.allocs++;
   *ptr = p;
   return DSC_OK;
 }
@@ -197,6 +275,7 @@ void dsc_free(dsc_context *ctx, void *ptr) {
     return;
   }
 #endif
+  ctx->counts.frees++;
   free(ptr);
 }
 

@@ -33,7 +33,25 @@ struct dsc_context {
   void *workspace;        /* device memory, grown on demand, owned */
   size_t workspace_bytes;
   void *cuda;             /* dsc_cuda_state * (kernels/context.cu), owned; NULL on CPU */
+  /* Host waits, host<->device copies and allocations made by the backend's own wrappers
+   * (dsc_context_get_counters; the `size` field is unused here). */
+  dsc_context_counters counts;
+  /* Grow-only buffers of composite ops that must outlive the inner ops' workspace use
+   * (dsc_ctx_slot), and the MoE layer's inference intermediates: kept across calls so a
+   * steady-state step allocates nothing; released by dsc_context_destroy. */
+  void *slot[4];
+  size_t slot_bytes[4];
+  void *moe_local;                                  /* dsc_moe_layer_saved *, or NULL */
+  /* > 0 while a composite op passes index tensors it made itself (the MoE layer's routing)
+   * to inner ops: dsc_index_range then skips their check (a GPU round trip each), unless
+   * debug_checks (DSC_DEBUG_CHECKS=1 in the environment at context creation). */
+  int32_t trusted_indices;
+  int32_t debug_checks;
+  void (*moe_local_release)(void *moe_local);
 };
+
+/* dsc_ctx_slot ids. */
+enum { DSC_SLOT_FFN = 0, DSC_SLOT_MOE_FP8 = 1, DSC_SLOT_COUNT = 4 };
 
 /* ---- errors ------------------------------------------------------------- */
 
@@ -155,8 +173,24 @@ const char *dsc_shape_str(const DLTensor *t, char *buf, size_t n);
 
 int dsc_ctx_is_cuda(const dsc_context *ctx);
 /* A scratch buffer of at least `bytes` on ctx's device, valid until the next call.
- * On CUDA, growing it synchronizes the stream first (cudaFree). */
+ * On CUDA it is stream-ordered (kernels/context.cu): growing it frees and allocates on the
+ * context's stream without waiting, and a new stream (dsc_context_set_stream) first waits
+ * for the old one's work, so the buffer is never used by two streams at once. */
 dsc_status dsc_workspace(dsc_context *ctx, size_t bytes, void **ptr);
+
+/* A buffer of at least `bytes` on ctx's device that belongs to `slot` (DSC_SLOT_*), valid
+ * until the next dsc_ctx_slot call with the same slot (unlike dsc_workspace, which every
+ * op may take). Grows like the workspace (stream-ordered on CUDA); never shrinks. */
+dsc_status dsc_ctx_slot(dsc_context *ctx, int slot, size_t bytes, void **ptr);
+
+/* The ops layer's one range check of index values (embedding ids, targets, positions,
+ * expert indices): the backend's index_range on ctx's device (backend.h); skipped (all
+ * fine) inside ctx->trusted_indices sections unless ctx->debug_checks. *bad_pos = -1
+ * when every value is in [lo, hi) or equals skip (pass lo: nothing skipped), else the
+ * first bad position and *bad_value its value; the caller words the error. On CUDA the
+ * answer comes back in one small copy (one host wait, counted). */
+dsc_status dsc_index_range(dsc_context *ctx, int64_t n, int ids64, const void *ids, int64_t lo,
+                           int64_t hi, int64_t skip, int64_t *bad_pos, int64_t *bad_value);
 
 #ifdef __cplusplus
 }

@@ -174,6 +174,28 @@ DSC_API dsc_status dsc_context_set_deterministic(dsc_context *ctx, int32_t deter
 /* Bytes currently held by the context's workspace. */
 DSC_API dsc_status dsc_context_workspace_size(const dsc_context *ctx, size_t *bytes);
 
+/* What the context made the host wait for or allocate, counted by the backend's own
+ * wrappers since creation (or the last reset): a training or decode step in steady state
+ * should add 0 syncs and 0 allocations. CPU contexts count allocations only (dsc_malloc,
+ * workspace growth); their copies are plain memmoves and they never wait. */
+typedef struct dsc_context_counters {
+  size_t size;              /* sizeof(dsc_context_counters), set by the caller */
+  uint64_t syncs;           /* host waits for the device (stream or device synchronize) */
+  uint64_t copies_to_device;   /* host -> device copies */
+  uint64_t copies_to_host;     /* device -> host copies (each also waits: counted in syncs) */
+  uint64_t allocs;          /* device (CUDA) or host (CPU) allocations: dsc_malloc, the
+                               workspace growing, stream-ordered workspace allocations */
+  uint64_t frees;           /* the matching releases */
+  uint64_t workspace_grows; /* times the workspace had to grow (included in allocs) */
+  uint64_t index_checks;    /* range checks of index tensors run (each one host wait on CUDA);
+                               checks of indices the library made itself are skipped unless
+                               DSC_DEBUG_CHECKS=1 */
+} dsc_context_counters;
+/* Fill out (up to out->size bytes; a smaller, older struct gets its prefix); reset != 0 then
+ * zeroes the counters. */
+DSC_API dsc_status dsc_context_get_counters(dsc_context *ctx, dsc_context_counters *out,
+                                           int32_t reset);
+
 /* ------------------------------------------------------------------ memory */
 
 /* Memory on the context's device (CUDA: cudaMalloc; CPU: 64-byte aligned). */

@@ -1170,15 +1170,7 @@ dsc_status dsc_model_check_ids(dsc_model *m, const char *fn, const char *arg, co
   int64_t bad_pos = -1, bad_val = 0;
   const int64_t V = m->cfg.vocab_size;
   const int64_t sk = use_skip ? skip : 0;
-  if (dsc_ctx_is_cuda(m->ctx)) {
-#ifdef DSC_WITH_CUDA
-    DSC_TRY(dsc_cuda_index_range(m->ctx, n, 0, dsc_data(t), 0, V, sk, &bad_pos, &bad_val));
-#else
-    return dsc_error(DSC_ERR_INTERNAL, fn, "CUDA context in a build without CUDA");
-#endif
-  } else {
-    DSC_TRY(dsc_cpu_index_range(m->ctx, n, 0, dsc_data(t), 0, V, sk, &bad_pos, &bad_val));
-  }
+  DSC_TRY(dsc_index_range(m->ctx, n, 0, dsc_data(t), 0, V, sk, &bad_pos, &bad_val));
   if (bad_pos >= 0) {
     if (use_skip)
       return dsc_error(DSC_ERR_INVALID_ARGUMENT, fn,

@@ -239,8 +239,8 @@ dsc_status dsc_model_ffn_infer_fp8(dsc_model *m, int32_t b, const DLTensor *x, D
   const size_t total = dsc_caddz(dsc_caddz(dsc_cbytes((int64_t)al, 3, &ok), qb, &ok), sb, &ok);
   DSC_CHECK(ok, DSC_ERR_OUT_OF_MEMORY, "dsc_model_generate",
             "the FFN scratch of %lld rows does not fit in 64 bits", (long long)rows);
-  void *mem = NULL;
-  DSC_TRY(dsc_model_alloc(m, total, &mem));
+  void *mem = NULL; /* the context's FFN slot, kept for the next call */
+  DSC_TRY(dsc_ctx_slot(m->ctx, DSC_SLOT_FFN, total ? total : 1, &mem));
   char *p = (char *)mem;
   float *g = (float *)p, *u = (float *)(p + al), *a = (float *)(p + 2 * al); /* [rows, I] */
   uint8_t *xq = (uint8_t *)(p + 3 * al);                                    /* [rows, kmax] */
@@ -262,6 +262,5 @@ dsc_status dsc_model_ffn_infer_fp8(dsc_model *m, int32_t b, const DLTensor *x, D
   if (st == DSC_OK) st = dsc_model_round(m, a, rows * I);
   if (st == DSC_OK) st = held_linear(m, &at, &q[S_MD], &s[S_MD], xq, xs, &y2);
   if (st == DSC_OK) st = dsc_model_round(m, (float *)dsc_data(y), rows * D);
-  dsc_free(m->ctx, mem);
   return st;
 }

@@ -492,14 +492,13 @@ dsc_status dsc_model_ffn_infer(dsc_model *m, int32_t b, const DLTensor *x, DLTen
         CARVE(k.ws[j], float, ((Nf[j] + 127) / 128) * kb);
       }
     }
-    if (pass == 0) DSC_TRY(dsc_model_alloc(m, off, (void **)&base));
+    /* the context's FFN slot, kept for the next call: a decode step allocates nothing */
+    if (pass == 0) DSC_TRY(dsc_ctx_slot(ctx, DSC_SLOT_FFN, off ? off : 1, (void **)&base));
   }
   tv x2, y2;
   tv_make(&x2, m, dsc_data(x), F32, 2, rows, D, 0);
   tv_make(&y2, m, dsc_data(y), F32, 2, rows, D, 0);
-  const dsc_status st = dense_fwd(m, b, &k, rows, &x2.t, &y2.t);
-  dsc_free(ctx, base);
-  return st;
+  return dense_fwd(m, b, &k, rows, &x2.t, &y2.t);
 }
 
 dsc_status dsc_model_concat2(dsc_model *m, const DLTensor *a, const DLTensor *b, DLTensor *out) {
@@ -1179,6 +1178,10 @@ static dsc_status backward_logits(dsc_model *m, const DLTensor *tokens, int32_t 
   return st;
 }
 
+static dsc_status loss_and_grad_run(dsc_model *m, const dsc_train_options *opt, const DLTensor *tokens,
+                                    const DLTensor *targets, int32_t accumulate, float grad_scale,
+                                    dsc_train_stats *stats);
+
 dsc_status dsc_model_loss_and_grad(dsc_model *m, const dsc_train_options *opt, const DLTensor *tokens,
                                    const DLTensor *targets, int32_t accumulate, float grad_scale,
                                    dsc_train_stats *stats) {
@@ -1194,6 +1197,17 @@ dsc_status dsc_model_loss_and_grad(dsc_model *m, const dsc_train_options *opt, c
             "accumulate: expected 0 or 1, got %d", (int)accumulate);
   DSC_CHECK(stats == NULL || stats->size >= sizeof(dsc_train_stats), DSC_ERR_INVALID_ARGUMENT, FN,
             "stats: expected size = %zu", sizeof(dsc_train_stats));
+  /* tokens and targets are checked: the ops below need not copy them (or what is made of
+   * them: shifted rows, positions) back to check them again (DSC_DEBUG_CHECKS=1 does) */
+  m->ctx->trusted_indices++;
+  const dsc_status st = loss_and_grad_run(m, opt, tokens, targets, accumulate, grad_scale, stats);
+  m->ctx->trusted_indices--;
+  return st;
+}
+
+static dsc_status loss_and_grad_run(dsc_model *m, const dsc_train_options *opt, const DLTensor *tokens,
+                                    const DLTensor *targets, int32_t accumulate, float grad_scale,
+                                    dsc_train_stats *stats) {
   dsc_context *ctx = m->ctx;
   DSC_TRY(grads_begin(m, accumulate));
 

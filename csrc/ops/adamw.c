@@ -30,6 +30,24 @@ static dsc_status sumsq(dsc_context *ctx, const char *fn, int64_t n, const float
 /* sqrt(sum over the list of sum(g^2)), the per-tensor sums added in list order. */
 static dsc_status global_norm(dsc_context *ctx, const char *fn, int32_t n,
                               const DLTensor *const *tensors, double *norm) {
+#ifdef DSC_WITH_CUDA
+  if (dsc_ctx_is_cuda(ctx) && n > 0) {
+    /* one host wait for the whole list, the same sum as the loop below */
+    const float **g = (const float **)malloc((size_t)n * sizeof *g);
+    int64_t *numel = (int64_t *)malloc((size_t)n * sizeof *numel);
+    dsc_status st = (g && numel) ? DSC_OK : dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
+    for (int32_t i = 0; i < n && st == DSC_OK; ++i) {
+      numel[i] = dsc_numel(tensors[i]);
+      g[i] = (const float *)dsc_data(tensors[i]);
+    }
+    double total = 0.0;
+    if (st == DSC_OK) st = dsc_cuda_sumsq_list(ctx, n, g, numel, &total);
+    free(g);
+    free(numel);
+    *norm = sqrt(total);
+    return st;
+  }
+#endif
   double total = 0.0;
   for (int32_t i = 0; i < n; ++i) {
     const int64_t numel = dsc_numel(tensors[i]);

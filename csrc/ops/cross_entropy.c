@@ -11,20 +11,6 @@
 
 #include "backend.h"
 
-/* The backend's range check of an index tensor, on the context's device. */
-static dsc_status index_range(dsc_context *ctx, const char *fn, int64_t n, int ids64,
-                              const void *ids, int64_t lo, int64_t hi, int64_t skip,
-                              int64_t *bad_pos, int64_t *bad_value) {
-  if (dsc_ctx_is_cuda(ctx)) {
-#ifdef DSC_WITH_CUDA
-    return dsc_cuda_index_range(ctx, n, ids64, ids, lo, hi, skip, bad_pos, bad_value);
-#else
-    return dsc_error(DSC_ERR_INTERNAL, fn, "CUDA context in a build without CUDA");
-#endif
-  }
-  return dsc_cpu_index_range(ctx, n, ids64, ids, lo, hi, skip, bad_pos, bad_value);
-}
-
 dsc_status dsc_cross_entropy(dsc_context *ctx, const DLTensor *logits, const DLTensor *targets,
                              int64_t ignore_index, float grad_scale, DLTensor *loss,
                              DLTensor *dlogits, DLTensor *lse) {
@@ -63,7 +49,7 @@ dsc_status dsc_cross_entropy(dsc_context *ctx, const DLTensor *logits, const DLT
   const int tgt64 = dsc_tensor_dtype(targets) == DSC_DTYPE_INT64;
   if (N > 0) {
     int64_t bad_pos = -1, bad_value = 0;
-    DSC_TRY(index_range(ctx, FN, N, tgt64, dsc_data(targets), 0, V, ignore_index, &bad_pos,
+    DSC_TRY(dsc_index_range(ctx, N, tgt64, dsc_data(targets), 0, V, ignore_index, &bad_pos,
                         &bad_value));
     DSC_CHECK(bad_pos < 0, DSC_ERR_INVALID_ARGUMENT, FN,
               "targets: expected values in [0, %lld) or ignore_index (%lld), got %lld at "

@@ -13,18 +13,6 @@
 
 #include "backend.h"
 
-static dsc_status index_range(dsc_context *ctx, const char *fn, int64_t n, int ids64, const void *ids, int64_t hi,
-                              int64_t skip, int64_t *bad_pos, int64_t *bad_value) {
-  if (dsc_ctx_is_cuda(ctx)) {
-#ifdef DSC_WITH_CUDA
-    return dsc_cuda_index_range(ctx, n, ids64, ids, 0, hi, skip, bad_pos, bad_value);
-#else
-    return dsc_error(DSC_ERR_INTERNAL, fn, "CUDA context in a build without CUDA");
-#endif
-  }
-  return dsc_cpu_index_range(ctx, n, ids64, ids, 0, hi, skip, bad_pos, bad_value);
-}
-
 /* t has the leading dims of logits and a last dim K (same rank as logits). */
 static dsc_status check_rows_k(const char *fn, const char *arg, const DLTensor *t, const DLTensor *logits,
                                int64_t K) {
@@ -111,7 +99,7 @@ dsc_status dsc_topk_kl(dsc_context *ctx, const DLTensor *logits, const DLTensor 
   if (N > 0) {
     int64_t bad_pos = -1, bad_value = 0;
     /* skip = 0 is in range: no value is skipped */
-    DSC_TRY(index_range(ctx, FN, N * K, idx64, dsc_data(teacher_indices), V, 0, &bad_pos, &bad_value));
+    DSC_TRY(dsc_index_range(ctx, N * K, idx64, dsc_data(teacher_indices), 0, V, 0, &bad_pos, &bad_value));
     DSC_CHECK(bad_pos < 0, DSC_ERR_INVALID_ARGUMENT, FN,
               "teacher_indices: expected values in [0, %lld), got %lld at position %lld", (long long)V,
               (long long)bad_value, (long long)bad_pos);

@@ -11,20 +11,6 @@
 
 #include "backend.h"
 
-/* The backend's range check of an index tensor, on the context's device. */
-static dsc_status index_range(dsc_context *ctx, const char *fn, int64_t n, int ids64,
-                              const void *ids, int64_t lo, int64_t hi, int64_t skip,
-                              int64_t *bad_pos, int64_t *bad_value) {
-  if (dsc_ctx_is_cuda(ctx)) {
-#ifdef DSC_WITH_CUDA
-    return dsc_cuda_index_range(ctx, n, ids64, ids, lo, hi, skip, bad_pos, bad_value);
-#else
-    return dsc_error(DSC_ERR_INTERNAL, fn, "CUDA context in a build without CUDA");
-#endif
-  }
-  return dsc_cpu_index_range(ctx, n, ids64, ids, lo, hi, skip, bad_pos, bad_value);
-}
-
 /* Every id in [0, V). A table without rows admits no id at all. */
 static dsc_status check_ids(dsc_context *ctx, const char *fn, const DLTensor *ids, int64_t V,
                             const char *table_name) {
@@ -34,7 +20,7 @@ static dsc_status check_ids(dsc_context *ctx, const char *fn, const DLTensor *id
             table_name, (long long)n);
   int64_t bad_pos = -1, bad_value = 0;
   /* skip = 0 lies inside [0, V): no exception to the range. */
-  DSC_TRY(index_range(ctx, fn, n, dsc_tensor_dtype(ids) == DSC_DTYPE_INT64, dsc_data(ids), 0, V,
+  DSC_TRY(dsc_index_range(ctx, n, dsc_tensor_dtype(ids) == DSC_DTYPE_INT64, dsc_data(ids), 0, V,
                       0, &bad_pos, &bad_value));
   DSC_CHECK(bad_pos < 0, DSC_ERR_INVALID_ARGUMENT, fn,
             "ids: expected values in [0, %lld), got %lld at position %lld", (long long)V,

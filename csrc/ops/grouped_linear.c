@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "moe_internal.h"
 
 #if defined(DSC_WITH_CUDA) && defined(DSC_WITH_CUDA_MOE)
 #define BACKEND(name, ...) \
@@ -82,6 +83,12 @@ static dsc_status host_offsets(dsc_context *ctx, const char *fn, const DLTensor 
 
 dsc_status dsc_grouped_linear_forward(dsc_context *ctx, const DLTensor *x, const DLTensor *w,
                                       const DLTensor *group_offsets, DLTensor *y) {
+  return dsc_grouped_linear_forward_h(ctx, x, w, group_offsets, NULL, y);
+}
+
+dsc_status dsc_grouped_linear_forward_h(dsc_context *ctx, const DLTensor *x, const DLTensor *w,
+                                        const DLTensor *group_offsets, const int32_t *given_h,
+                                        DLTensor *y) {
   static const char *const FN = "dsc_grouped_linear_forward";
   DSC_TRY(dsc_check_tensor(ctx, FN, "x", x, DSC_DT_FLOAT));
   DSC_TRY(dsc_check_tensor(ctx, FN, "w", w, DSC_DT_FLOAT));
@@ -98,9 +105,9 @@ dsc_status dsc_grouped_linear_forward(dsc_context *ctx, const DLTensor *x, const
   DSC_TRY(dsc_check_shape(FN, "y", y, 2, y_shape));
   DSC_TRY(dsc_check_disjoint(FN, "y", y, "x", x, "w", w, "group_offsets", group_offsets, NULL));
   DSC_TRY(gl_device(ctx, FN));
-  const int32_t *offs_h = NULL;
+  const int32_t *offs_h = given_h;
   int32_t *owned = NULL;
-  DSC_TRY(host_offsets(ctx, FN, group_offsets, E, R, &offs_h, &owned));
+  if (!offs_h) DSC_TRY(host_offsets(ctx, FN, group_offsets, E, R, &offs_h, &owned));
   dsc_status s = DSC_OK;
   if (R > 0 && N > 0) {
     s = BACKEND(grouped_linear_fwd, ctx, dsc_tensor_dtype(x), E, R, N, K, dsc_data(x),
@@ -113,6 +120,12 @@ dsc_status dsc_grouped_linear_forward(dsc_context *ctx, const DLTensor *x, const
 dsc_status dsc_grouped_linear_backward(dsc_context *ctx, const DLTensor *dy, const DLTensor *x,
                                        const DLTensor *w, const DLTensor *group_offsets,
                                        DLTensor *dx, DLTensor *dw) {
+  return dsc_grouped_linear_backward_h(ctx, dy, x, w, group_offsets, NULL, dx, dw);
+}
+
+dsc_status dsc_grouped_linear_backward_h(dsc_context *ctx, const DLTensor *dy, const DLTensor *x,
+                                         const DLTensor *w, const DLTensor *group_offsets,
+                                         const int32_t *given_h, DLTensor *dx, DLTensor *dw) {
   static const char *const FN = "dsc_grouped_linear_backward";
   DSC_TRY(dsc_check_tensor(ctx, FN, "dy", dy, DSC_DT_FLOAT));
   DSC_TRY(dsc_check_tensor(ctx, FN, "x", x, DSC_DT_FLOAT));
@@ -144,9 +157,9 @@ dsc_status dsc_grouped_linear_backward(dsc_context *ctx, const DLTensor *dy, con
   DSC_TRY(dsc_check_disjoint(FN, "dw", dw, "dy", dy, "x", x, "w", w, "group_offsets", group_offsets,
                              NULL));
   DSC_TRY(gl_device(ctx, FN));
-  const int32_t *offs_h = NULL;
+  const int32_t *offs_h = given_h;
   int32_t *owned = NULL;
-  DSC_TRY(host_offsets(ctx, FN, group_offsets, E, R, &offs_h, &owned));
+  if (!offs_h) DSC_TRY(host_offsets(ctx, FN, group_offsets, E, R, &offs_h, &owned));
   dsc_status s = DSC_OK;
   /* N == 0 still runs: dx is then an empty sum, i.e. zeros, and must be written. */
   if (K > 0) {

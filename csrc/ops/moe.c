@@ -60,7 +60,7 @@ static dsc_status check_range(dsc_context *ctx, const char *fn, const char *arg,
   const int64_t n = dsc_numel(ids);
   if (n == 0) return DSC_OK;
   int64_t bad_pos = -1, bad_value = 0;
-  DSC_TRY(BACKEND(index_range, ctx, n, is64(ids), dsc_data(ids), 0, hi, 0, &bad_pos, &bad_value));
+  DSC_TRY(dsc_index_range(ctx, n, is64(ids), dsc_data(ids), 0, hi, 0, &bad_pos, &bad_value));
   DSC_CHECK(bad_pos < 0, DSC_ERR_INVALID_ARGUMENT, fn,
             "%s: expected values in [0, %lld) (%s), got %lld at flat position %lld", arg,
             (long long)hi, what, (long long)bad_value, (long long)bad_pos);
@@ -230,7 +230,7 @@ dsc_status dsc_moe_update_bias(dsc_context *ctx, DLTensor *bias, const DLTensor 
   if (E == 0) return DSC_OK;
   /* counts are token counts: negative ones are a caller's bug */
   int64_t bad_pos = -1, bad_value = 0;
-  DSC_TRY(BACKEND(index_range, ctx, E, is64(counts), dsc_data(counts), 0, INT64_MAX, 0, &bad_pos,
+  DSC_TRY(dsc_index_range(ctx, E, is64(counts), dsc_data(counts), 0, INT64_MAX, 0, &bad_pos,
                   &bad_value));
   DSC_CHECK(bad_pos < 0, DSC_ERR_INVALID_ARGUMENT, FN,
             "counts: expected values >= 0, got %lld at position %lld", (long long)bad_value,
@@ -291,8 +291,11 @@ static dsc_status check_experts_align(const char *fn, int32_t n_experts, int32_t
 static dsc_status permute_rows(dsc_context *ctx, const char *fn, const DLTensor *indices,
                                int64_t E, int64_t align, int64_t *rows) {
   DSC_TRY(check_range(ctx, fn, "indices", indices, E, "expert ids"));
-  DSC_TRY(BACKEND(moe_permute_rows, ctx, dsc_numel(indices), is64(indices), dsc_data(indices), E,
-                  align, rows));
+  if (align == 1) /* every (token, slot) pair gets its own row: no count (no GPU round trip) */
+    *rows = dsc_numel(indices);
+  else
+    DSC_TRY(BACKEND(moe_permute_rows, ctx, dsc_numel(indices), is64(indices), dsc_data(indices), E,
+                    align, rows));
   DSC_CHECK(*rows <= INT32_MAX, DSC_ERR_UNSUPPORTED, fn,
             "indices: expected at most 2^31-1 permuted rows (int32 offsets), got %lld",
             (long long)*rows);

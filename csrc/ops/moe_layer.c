@@ -70,6 +70,11 @@ struct dsc_moe_layer_saved {
   int64_t El, Rin; /* experts and rows computed here */
   int fwd_phase;  /* phases of the current forward done (a mask) */
   int bwd_phase;  /* phases of the current backward done */
+  /* CUDA, no exchange: the host copy of b[B_OFFSETS] [E+1] made once by the forward, given
+   * to its three grouped GEMMs and the backward's (NULL on the CPU: nothing to copy). */
+  int32_t *offs_h;
+  int64_t offs_h_cap; /* elements allocated */
+  int offs_h_valid;   /* offs_h holds the current forward's offsets */
 };
 
 static void buf_free(dsc_context *ctx, buf *x) {
@@ -132,7 +137,54 @@ void dsc_moe_layer_saved_destroy(dsc_moe_layer_saved *s) {
   if (!s) return;
   for (int i = 0; i < B_COUNT; ++i) buf_free(s->ctx, &s->b[i]);
   for (int i = 0; i < T_COUNT; ++i) buf_free(s->ctx, &s->tmp[i]);
+  free(s->offs_h);
   free(s);
+}
+
+static void saved_release(void *s) { dsc_moe_layer_saved_destroy((dsc_moe_layer_saved *)s); }
+
+/* The intermediates of a forward without a saved handle (inference): the context's own
+ * handle, whose buffers are kept from call to call (a decode step of a seen shape then
+ * allocates nothing); its state starts afresh at every call, as a new handle's would. */
+static dsc_status local_saved(dsc_context *ctx, const char *fn, dsc_moe_layer_saved **out) {
+  dsc_moe_layer_saved *s = (dsc_moe_layer_saved *)ctx->moe_local;
+  if (!s) {
+    s = (dsc_moe_layer_saved *)calloc(1, sizeof *s);
+    if (!s) return dsc_error(DSC_ERR_OUT_OF_MEMORY, fn, "out of host memory");
+    s->ctx = ctx;
+    ctx->moe_local = s;
+    ctx->moe_local_release = saved_release;
+  }
+  s->have = s->fp8 = s->have_aux = s->ex = 0;
+  s->T = s->D = s->E = s->k = s->F = s->Fs = s->R = s->El = s->Rin = 0;
+  s->fwd_phase = s->bwd_phase = 0;
+  s->offs_h_valid = 0;
+  *out = s;
+  return DSC_OK;
+}
+
+/* s->offs_h = the permutation's offsets [E+1] on the host (CUDA; one copy back), checked
+ * like the grouped GEMM would; on the CPU s->offs_h stays NULL (the GEMMs read the offsets
+ * where they are). */
+static dsc_status host_offsets_once(dsc_context *ctx, dsc_moe_layer_saved *s, int64_t E, int64_t R) {
+  static const char *const FN = "dsc_moe_layer_forward";
+  if (!dsc_ctx_is_cuda(ctx)) return DSC_OK;
+  if (s->offs_h_cap < E + 1) {
+    int32_t *h = (int32_t *)realloc(s->offs_h, (size_t)(E + 1) * sizeof(int32_t));
+    if (!h) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+    s->offs_h = h;
+    s->offs_h_cap = E + 1;
+  }
+  DSC_TRY(dsc_memcpy(ctx, s->offs_h, (DLDevice){kDLCPU, 0}, s->b[B_OFFSETS].t.data, ctx->device,
+                     (size_t)(E + 1) * sizeof(int32_t)));
+  const int32_t *o = s->offs_h;
+  int ok = o[0] == 0 && o[E] == R;
+  for (int64_t e = 0; e < E && ok; ++e) ok = o[e + 1] >= o[e];
+  DSC_CHECK(ok, DSC_ERR_INTERNAL, FN,
+            "the permutation's offsets are not 0 <= ... <= R = %lld (got [0] = %d, [E] = %d)",
+            (long long)R, (int)o[0], (int)o[E]);
+  s->offs_h_valid = 1;
+  return DSC_OK;
 }
 
 /* The 2-D view [rows, cols] of a contiguous tensor (x is [..., D] in the layer). */
@@ -164,8 +216,9 @@ typedef struct {
 static int64_t cdiv128(int64_t a) { return (a + 127) / 128; }
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
+/* f->mem is the context's DSC_SLOT_MOE_FP8 buffer (kept for the next call), not freed. */
 static void fp8_scratch_free(dsc_context *ctx, fp8_scratch *f) {
-  dsc_free(ctx, f->mem);
+  (void)ctx;
   free(f->offs_h);
   memset(f, 0, sizeof *f);
 }
@@ -173,7 +226,8 @@ static void fp8_scratch_free(dsc_context *ctx, fp8_scratch *f) {
 /* need_w: some weight is float32 and gets quantized here (else no weight scratch). */
 static dsc_status fp8_scratch_alloc(dsc_context *ctx, int64_t T, int64_t R, int64_t D, int64_t E,
                                     int64_t F, int64_t Fs, const DLTensor *offsets, int need_w,
-                                    fp8_scratch *f) {
+                                    fp8_scratch *f,
+                                    const int32_t *given_h) {
   memset(f, 0, sizeof *f);
   int ok = 1;
   const int64_t kmax = max64(D, max64(F, Fs)), mmax = max64(R, T);
@@ -192,9 +246,14 @@ static dsc_status fp8_scratch_alloc(dsc_context *ctx, int64_t T, int64_t R, int6
   f->offs_h = (int32_t *)malloc((size_t)(E + 1) * sizeof(int32_t));
   if (!f->offs_h)
     return dsc_error(DSC_ERR_OUT_OF_MEMORY, "dsc_moe_layer", "out of host memory");
-  dsc_status st = dsc_memcpy(ctx, f->offs_h, (DLDevice){kDLCPU, 0}, dsc_data(offsets), ctx->device,
-                             (size_t)(E + 1) * sizeof(int32_t));
-  if (st == DSC_OK) st = dsc_malloc(ctx, off[4] ? off[4] : 64, &f->mem);
+  /* given_h: the forward's host copy of these offsets (no copy back) */
+  dsc_status st = DSC_OK;
+  if (given_h)
+    memcpy(f->offs_h, given_h, (size_t)(E + 1) * sizeof(int32_t));
+  else
+    st = dsc_memcpy(ctx, f->offs_h, (DLDevice){kDLCPU, 0}, dsc_data(offsets), ctx->device,
+                    (size_t)(E + 1) * sizeof(int32_t));
+  if (st == DSC_OK) st = dsc_ctx_slot(ctx, DSC_SLOT_MOE_FP8, off[4] ? off[4] : 64, &f->mem);
   if (st != DSC_OK) {
     fp8_scratch_free(ctx, f);
     return st;
@@ -381,16 +440,12 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
   const int64_t k = p->top_k;
   if (align == 1 && w->fp8 && dsc_ctx_is_cuda(ctx)) align = 128; /* per-expert 128-row tiles (DeepGEMM) for the FP8 GEMMs; padding rows are zero and unread */
 
-  /* Without a saved handle (inference) the intermediates live in a temporary one. */
-  dsc_moe_layer_saved local;
+  /* Without a saved handle (inference) the intermediates live in the context's one. */
   dsc_moe_layer_saved *s = saved;
-  if (!s) {
-    memset(&local, 0, sizeof local);
-    local.ctx = ctx;
-    s = &local;
-  }
+  if (!s) DSC_TRY(local_saved(ctx, FN, &s));
   s->have = 0;
   s->have_aux = 0;
+  s->offs_h_valid = 0;
   buf *logits = &s->tmp[T_LOGITS];
   int64_t xs2[2], xst2[2], ys2[2], yst2[2];
   DLTensor x2 = flat2(x, xs2, xst2), y2 = flat2(y, ys2, yst2);
@@ -402,6 +457,9 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
   STEP(buf_alloc(ctx, &b[B_WEIGHTS], DSC_DTYPE_FLOAT32, T, k));
   STEP(dsc_linear_forward(ctx, &x2, w->gate, &logits->t));
   STEP(dsc_moe_route(ctx, p, &logits->t, w->bias, &b[B_INDICES].t, &b[B_WEIGHTS].t, &b[B_SCORES].t));
+  /* The routing's indices (in [0, E) by construction) and the permutation's row map: the
+   * inner ops need not copy them back to check their range (DSC_DEBUG_CHECKS=1 does). */
+  ctx->trusted_indices++;
   if (counts) STEP(dsc_moe_expert_load(ctx, &b[B_INDICES].t, counts));
   int64_t R = 0;
   STEP(dsc_moe_permute_rows(ctx, &b[B_INDICES].t, (int32_t)E, align, &R));
@@ -410,6 +468,7 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
   STEP(buf_alloc(ctx, &b[B_ROWMAP], DSC_DTYPE_INT32, T, k));
   STEP(dsc_moe_permute(ctx, &x2, &b[B_INDICES].t, (int32_t)E, align, &b[B_XP].t, &b[B_OFFSETS].t,
                        &b[B_ROWMAP].t));
+  STEP(host_offsets_once(ctx, s, E, R)); /* the one copy back of the GEMMs' offsets */
   STEP(buf_alloc(ctx, &b[B_HG], DSC_DTYPE_FLOAT32, R, F));
   STEP(buf_alloc(ctx, &b[B_HU], DSC_DTYPE_FLOAT32, R, F));
   STEP(buf_alloc(ctx, &b[B_ACT], DSC_DTYPE_FLOAT32, R, F));
@@ -423,7 +482,8 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
                          w->experts_down_scale_inv &&
                          (Fs == 0 || (w->shared_gate_scale_inv && w->shared_up_scale_inv &&
                                       w->shared_down_scale_inv));
-    STEP(fp8_scratch_alloc(ctx, T, R, D, E, F, Fs, &b[B_OFFSETS].t, !all_held, &f8));
+    STEP(fp8_scratch_alloc(ctx, T, R, D, E, F, Fs, &b[B_OFFSETS].t, !all_held, &f8,
+                           s->offs_h_valid ? s->offs_h : NULL));
     STEP(quant_rows(ctx, b, R, D, B_XQ, B_XS));
     const uint8_t *xq = (const uint8_t *)b[B_XQ].t.data;
     const float *xs = (const float *)b[B_XS].t.data;
@@ -435,10 +495,11 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
     STEP(fp8_fwd(ctx, &f8, E, R, D, F, &b[B_ACT].t, w->experts_down, w->experts_down_scale_inv,
                  &b[B_OFFSETS].t, &b[B_EO].t));
   } else {
-    STEP(dsc_grouped_linear_forward(ctx, &b[B_XP].t, w->experts_gate, &b[B_OFFSETS].t, &b[B_HG].t));
-    STEP(dsc_grouped_linear_forward(ctx, &b[B_XP].t, w->experts_up, &b[B_OFFSETS].t, &b[B_HU].t));
+    const int32_t *oh = s->offs_h;
+    STEP(dsc_grouped_linear_forward_h(ctx, &b[B_XP].t, w->experts_gate, &b[B_OFFSETS].t, oh, &b[B_HG].t));
+    STEP(dsc_grouped_linear_forward_h(ctx, &b[B_XP].t, w->experts_up, &b[B_OFFSETS].t, oh, &b[B_HU].t));
     STEP(dsc_swiglu_forward(ctx, &b[B_HG].t, &b[B_HU].t, &b[B_ACT].t));
-    STEP(dsc_grouped_linear_forward(ctx, &b[B_ACT].t, w->experts_down, &b[B_OFFSETS].t, &b[B_EO].t));
+    STEP(dsc_grouped_linear_forward_h(ctx, &b[B_ACT].t, w->experts_down, &b[B_OFFSETS].t, oh, &b[B_EO].t));
   }
   STEP(dsc_moe_unpermute(ctx, &b[B_EO].t, &b[B_ROWMAP].t, &b[B_WEIGHTS].t, &y2));
   if (Fs > 0) {
@@ -464,9 +525,9 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
     STEP(dsc_add(ctx, &y2, &so->t, &y2));
   }
   fp8_scratch_free(ctx, &f8);
-  if (s == &local) {
-    for (int i = 0; i < B_COUNT; ++i) buf_free(ctx, &local.b[i]);
-    for (int i = 0; i < T_COUNT; ++i) buf_free(ctx, &local.tmp[i]);
+  ctx->trusted_indices--;
+  if (s == ctx->moe_local) {
+    s->have = 0; /* the context's handle: buffers kept, nothing to continue from */
   } else if (st == DSC_OK) {
     s->have = 1;
     s->fp8 = w->fp8;
@@ -534,6 +595,8 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
   DLTensor x2 = flat2(x, xs2, xst2), dy2 = flat2(dy, ds2, dst2);
   buf *tmp = saved->tmp;
   dsc_status st = DSC_OK;
+  ctx->trusted_indices++; /* the forward's routing and row map (see the forward) */
+  const int32_t *oh = saved->offs_h_valid ? saved->offs_h : NULL; /* the forward's host offsets */
 
   /* routed experts: combine -> down -> SwiGLU -> gate/up -> dispatch */
   STEP(buf_alloc(ctx, &tmp[T_DEO], DSC_DTYPE_FLOAT32, R, D));
@@ -542,14 +605,14 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
                                   &tmp[T_DEO].t, &tmp[T_DW].t));
   fp8_scratch f8;
   memset(&f8, 0, sizeof f8);
-  if (w->fp8) STEP(fp8_scratch_alloc(ctx, T, R, D, E, F, Fs, &b[B_OFFSETS].t, 1, &f8));
+  if (w->fp8) STEP(fp8_scratch_alloc(ctx, T, R, D, E, F, Fs, &b[B_OFFSETS].t, 1, &f8, oh));
   STEP(buf_alloc(ctx, &tmp[T_DACT], DSC_DTYPE_FLOAT32, R, F));
   if (w->fp8)
     STEP(fp8_bwd(ctx, &f8, E, R, D, F, &tmp[T_DEO].t, &b[B_ACT].t, NULL, w->experts_down,
                  &b[B_OFFSETS].t, &tmp[T_DACT].t, g->experts_down));
   else
-    STEP(dsc_grouped_linear_backward(ctx, &tmp[T_DEO].t, &b[B_ACT].t, w->experts_down,
-                                     &b[B_OFFSETS].t, &tmp[T_DACT].t, g->experts_down));
+    STEP(dsc_grouped_linear_backward_h(ctx, &tmp[T_DEO].t, &b[B_ACT].t, w->experts_down,
+                                     &b[B_OFFSETS].t, oh, &tmp[T_DACT].t, g->experts_down));
   STEP(buf_alloc(ctx, &tmp[T_DHG], DSC_DTYPE_FLOAT32, R, F));
   STEP(buf_alloc(ctx, &tmp[T_DHU], DSC_DTYPE_FLOAT32, R, F));
   STEP(dsc_swiglu_backward(ctx, &tmp[T_DACT].t, &b[B_HG].t, &b[B_HU].t, &tmp[T_DHG].t, &tmp[T_DHU].t));
@@ -564,8 +627,8 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
     STEP(dsc_check_shape(FN, "g->experts_up", g->experts_up, 3, shp));
   }
   if (cpu_acc) {
-    STEP(dsc_grouped_linear_backward(ctx, &tmp[T_DHG].t, &b[B_XP].t, w->experts_gate,
-                                     &b[B_OFFSETS].t, &tmp[T_DXP].t, g->experts_gate));
+    STEP(dsc_grouped_linear_backward_h(ctx, &tmp[T_DHG].t, &b[B_XP].t, w->experts_gate,
+                                     &b[B_OFFSETS].t, oh, &tmp[T_DXP].t, g->experts_gate));
     STEP(dsc_cpu_grouped_linear_bwd_acc(ctx, E, R, F, D, (const float *)tmp[T_DHU].t.data,
                                         (const float *)b[B_XP].t.data, (const float *)dsc_data(w->experts_up),
                                         (const int32_t *)b[B_OFFSETS].t.data, (float *)tmp[T_DXP].t.data,
@@ -577,10 +640,10 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
     STEP(fp8_bwd(ctx, &f8, E, R, F, D, &tmp[T_DHU].t, &b[B_XQ].t, xs, w->experts_up, &b[B_OFFSETS].t,
                  &tmp[T_DXP2].t, g->experts_up));
   } else {
-    STEP(dsc_grouped_linear_backward(ctx, &tmp[T_DHG].t, &b[B_XP].t, w->experts_gate,
-                                     &b[B_OFFSETS].t, &tmp[T_DXP].t, g->experts_gate));
-    STEP(dsc_grouped_linear_backward(ctx, &tmp[T_DHU].t, &b[B_XP].t, w->experts_up,
-                                     &b[B_OFFSETS].t, &tmp[T_DXP2].t, g->experts_up));
+    STEP(dsc_grouped_linear_backward_h(ctx, &tmp[T_DHG].t, &b[B_XP].t, w->experts_gate,
+                                     &b[B_OFFSETS].t, oh, &tmp[T_DXP].t, g->experts_gate));
+    STEP(dsc_grouped_linear_backward_h(ctx, &tmp[T_DHU].t, &b[B_XP].t, w->experts_up,
+                                     &b[B_OFFSETS].t, oh, &tmp[T_DXP2].t, g->experts_up));
   }
   if (!cpu_acc) STEP(dsc_add(ctx, &tmp[T_DXP].t, &tmp[T_DXP2].t, &tmp[T_DXP].t));
   STEP(buf_alloc(ctx, &tmp[T_DXTOK], DSC_DTYPE_FLOAT32, T, D));
@@ -632,6 +695,7 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
     DLDevice dev = ctx->device;
     st = dsc_memcpy(ctx, dsc_data(&dx2), dev, tmp[T_DXTOK].t.data, dev, (size_t)(T * D) * sizeof(float));
   }
+  ctx->trusted_indices--;
   return st;
 }
 
@@ -777,13 +841,8 @@ dsc_status dsc_moe_layer_forward_ex(dsc_context *ctx, const dsc_moe_route_params
     DSC_TRY(dsc_check_outputs_disjoint(FN, 2, outs, n_in, ins));
   }
   const int64_t k = p->top_k;
-  dsc_moe_layer_saved local;
   dsc_moe_layer_saved *s = saved;
-  if (!s) {
-    memset(&local, 0, sizeof local);
-    local.ctx = ctx;
-    s = &local;
-  }
+  if (!s) DSC_TRY(local_saved(ctx, FN, &s));
   if (!(phase & DSC_MOE_PHASE_BEGIN))
     DSC_CHECK(s->fwd_phase != 0 && !(s->fwd_phase & phase) && s->T == T && s->D == D && s->ex == (ex != NULL),
               DSC_ERR_INVALID_ARGUMENT, FN,
@@ -798,6 +857,7 @@ dsc_status dsc_moe_layer_forward_ex(dsc_context *ctx, const dsc_moe_route_params
   if (phase & DSC_MOE_PHASE_BEGIN) {
     s->have = 0;
     s->have_aux = 0;
+    s->offs_h_valid = 0; /* the exchange's GEMMs copy their own offsets */
     s->fwd_phase = 0;
     s->bwd_phase = 0;
     buf *logits = &s->tmp[T_LOGITS];
@@ -884,7 +944,7 @@ dsc_status dsc_moe_layer_forward_ex(dsc_context *ctx, const dsc_moe_route_params
       const int all_held = w->experts_gate_scale_inv && w->experts_up_scale_inv && w->experts_down_scale_inv &&
                            (Fs == 0 || (w->shared_gate_scale_inv && w->shared_up_scale_inv &&
                                         w->shared_down_scale_inv));
-      STEP(fp8_scratch_alloc(ctx, T, Rin, D, El, F, Fs, &offs->t, !all_held, &f8));
+      STEP(fp8_scratch_alloc(ctx, T, Rin, D, El, F, Fs, &offs->t, !all_held, &f8, NULL));
     }
     STEP(experts_fwd(ctx, w, b, El, Rin, D, F, X, offs, &f8, out));
     if (ex) {
@@ -926,9 +986,9 @@ dsc_status dsc_moe_layer_forward_ex(dsc_context *ctx, const dsc_moe_route_params
     }
   }
   free(cnt);
-  if (s == &local) {
-    for (int i = 0; i < B_COUNT; ++i) buf_free(ctx, &local.b[i]);
-    for (int i = 0; i < T_COUNT; ++i) buf_free(ctx, &local.tmp[i]);
+  if (s == ctx->moe_local) {
+    s->have = 0; /* the context's handle: buffers kept, nothing to continue from */
+    s->fwd_phase = 0;
   } else if (st != DSC_OK) {
     s->have = 0;
     s->fwd_phase = 0;
@@ -1014,7 +1074,7 @@ dsc_status dsc_moe_layer_backward_ex(dsc_context *ctx, const dsc_moe_route_param
     buf *dxp = ex ? &tmp[T_DXPR] : &tmp[T_DXP];
     fp8_scratch f8;
     memset(&f8, 0, sizeof f8);
-    if (w->fp8) STEP(fp8_scratch_alloc(ctx, T, Rin, D, El, F, Fs, &offs->t, 1, &f8));
+    if (w->fp8) STEP(fp8_scratch_alloc(ctx, T, Rin, D, El, F, Fs, &offs->t, 1, &f8, NULL));
     STEP(buf_alloc(ctx, &tmp[T_DACT], DSC_DTYPE_FLOAT32, Rin, F));
     STEP(buf_alloc(ctx, &tmp[T_DHG], DSC_DTYPE_FLOAT32, Rin, F));
     STEP(buf_alloc(ctx, &tmp[T_DHU], DSC_DTYPE_FLOAT32, Rin, F));

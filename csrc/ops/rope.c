@@ -13,20 +13,6 @@
 
 #include "backend.h"
 
-/* The backend's range check of an index tensor, on the context's device. */
-static dsc_status index_range(dsc_context *ctx, const char *fn, int64_t n, int ids64,
-                              const void *ids, int64_t lo, int64_t hi, int64_t skip,
-                              int64_t *bad_pos, int64_t *bad_value) {
-  if (dsc_ctx_is_cuda(ctx)) {
-#ifdef DSC_WITH_CUDA
-    return dsc_cuda_index_range(ctx, n, ids64, ids, lo, hi, skip, bad_pos, bad_value);
-#else
-    return dsc_error(DSC_ERR_INTERNAL, fn, "CUDA context in a build without CUDA");
-#endif
-  }
-  return dsc_cpu_index_range(ctx, n, ids64, ids, lo, hi, skip, bad_pos, bad_value);
-}
-
 /* Checks the fields of p that RoPE reads (the dsc_rope_* helpers check them again, but
  * this names the public function in the message). */
 static dsc_status check_params(const char *fn, const dsc_rope_params *p) {
@@ -96,7 +82,7 @@ static dsc_status rope(dsc_context *ctx, const char *fn, const dsc_rope_params *
   const int64_t npos = B * T;
   if (npos > 0) {
     int64_t bad_pos = -1, bad_value = 0;
-    DSC_TRY(index_range(ctx, fn, npos, 0, pos, 0, INT32_MAX, 0, &bad_pos, &bad_value));
+    DSC_TRY(dsc_index_range(ctx, npos, 0, pos, 0, INT32_MAX, 0, &bad_pos, &bad_value));
     DSC_CHECK(bad_pos < 0, DSC_ERR_INVALID_ARGUMENT, fn,
               "positions: expected values in [0, %d), got %lld at position %lld", INT32_MAX,
               (long long)bad_value, (long long)bad_pos);

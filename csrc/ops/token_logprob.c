@@ -26,17 +26,8 @@ static dsc_status check_logits_targets(dsc_context *ctx, const char *fn, const D
   if (*N == 0) return DSC_OK;
   const int tgt64 = dsc_tensor_dtype(targets) == DSC_DTYPE_INT64;
   int64_t bad_pos = -1, bad_value = 0;
-  if (dsc_ctx_is_cuda(ctx)) {
-#ifdef DSC_WITH_CUDA
-    DSC_TRY(dsc_cuda_index_range(ctx, *N, tgt64, dsc_data(targets), 0, *V, ignore_index, &bad_pos,
-                                 &bad_value));
-#else
-    return dsc_error(DSC_ERR_INTERNAL, fn, "CUDA context in a build without CUDA");
-#endif
-  } else {
-    DSC_TRY(dsc_cpu_index_range(ctx, *N, tgt64, dsc_data(targets), 0, *V, ignore_index, &bad_pos,
-                                &bad_value));
-  }
+  DSC_TRY(dsc_index_range(ctx, *N, tgt64, dsc_data(targets), 0, *V, ignore_index, &bad_pos,
+                          &bad_value));
   DSC_CHECK(bad_pos < 0, DSC_ERR_INVALID_ARGUMENT, fn,
             "targets: expected values in [0, %lld) or ignore_index (%lld), got %lld at position %lld",
             (long long)*V, (long long)ignore_index, (long long)bad_value, (long long)bad_pos);

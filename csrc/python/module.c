@@ -461,7 +461,141 @@ static PyObject *py_context_pool_size(PyObject *m, PyObject *args) {
   return PyLong_FromSsize_t(d->pool ? PyList_GET_SIZE(d->pool) : 0);
 }
 
+/* ---------------------------------------------------------------- counters */
+
+static PyObject *counters_dict(const dsc_context_counters *c) {
+  return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K}", "syncs", (unsigned long long)c->syncs,
+                       "copies_to_device", (unsigned long long)c->copies_to_device,
+                       "copies_to_host", (unsigned long long)c->copies_to_host, "allocs",
+                       (unsigned long long)c->allocs, "frees", (unsigned long long)c->frees,
+                       "workspace_grows", (unsigned long long)c->workspace_grows, "index_checks",
+                       (unsigned long long)c->index_checks);
+}
+
+/* The context capsule of obj: a context capsule, or a capsule made on one (a model). */
+static PyObject *context_of(PyObject *obj, const char *fn) {
+  PyObject *cap = obj;
+  if (PyCapsule_CheckExact(obj) && !PyCapsule_IsValid(obj, CTX_NAME)) {
+    cap = (PyObject *)PyCapsule_GetContext(obj);
+    if (!cap && PyErr_Occurred()) return NULL;
+  }
+  if (!cap || !PyCapsule_IsValid(cap, CTX_NAME)) {
+    PyErr_Format(PyExc_TypeError, "%s: obj: expected a context capsule or a capsule made on one, got %s",
+                 fn, Py_TYPE(obj)->tp_name);
+    return NULL;
+  }
+  return cap;
+}
+
+/* Read (and with reset zero) the counters of one context, entered so that no call of
+ * another thread runs on it meanwhile. */
+static int read_counters(dsc_py_state *st, dsc_py_ctx *c, int reset, dsc_context_counters *out) {
+  const int r = dsc_py_ctx_enter(st, c, "dsc_context_get_counters", 1);
+  if (r < 0) return -1;
+  memset(out, 0, sizeof *out);
+  out->size = sizeof *out;
+  dsc_status s = dsc_context_get_counters(c->ctx, out, reset);
+  if (r == 0) dsc_py_ctx_leave(c);
+  if (s != DSC_OK) {
+    dsc_py_raise(st, s);
+    return -1;
+  }
+  return 0;
+}
+
+/* context_counters(obj, reset=False) -> dict: the counters of a context capsule, or of the
+ * context a model (or other) capsule was created on. */
+static PyObject *py_context_counters(PyObject *m, PyObject *args, PyObject *kwargs) {
+  static char *kwlist[] = {"obj", "reset", NULL};
+  PyObject *obj;
+  int reset = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|p", kwlist, &obj, &reset)) return NULL;
+  dsc_py_state *st = dsc_py_get_state(m);
+  PyObject *cap = context_of(obj, "context_counters");
+  if (!cap) return NULL;
+  dsc_context_counters c;
+  if (read_counters(st, dsc_py_ctx_get(cap), reset, &c) < 0) return NULL;
+  return counters_dict(&c);
+}
+
+/* context_set_stream(obj, handle): run obj's context (a model's) on the CUDA stream `handle`
+ * (a cudaStream_t as an int; 0: the legacy default stream). The new stream first waits for
+ * the work queued on the old one (dsc_context_set_stream; no host wait). */
+static PyObject *py_context_set_stream(PyObject *m, PyObject *args) {
+  PyObject *obj;
+  unsigned long long handle;
+  if (!PyArg_ParseTuple(args, "OK", &obj, &handle)) return NULL;
+  dsc_py_state *st = dsc_py_get_state(m);
+  PyObject *cap = context_of(obj, "context_set_stream");
+  if (!cap) return NULL;
+  dsc_py_ctx *c = dsc_py_ctx_get(cap);
+  const int r = dsc_py_ctx_enter(st, c, "dsc_context_set_stream", 0);
+  if (r < 0) return NULL;
+  dsc_status s = dsc_context_set_stream(c->ctx, (void *)(uintptr_t)handle);
+  dsc_py_ctx_leave(c);
+  if (s != DSC_OK) return dsc_py_raise(st, s);
+  Py_RETURN_NONE;
+}
+
+/* context_get_stream(obj) -> int: the stream handle of obj's context (0: legacy default). */
+static PyObject *py_context_get_stream(PyObject *m, PyObject *args) {
+  PyObject *obj;
+  if (!PyArg_ParseTuple(args, "O", &obj)) return NULL;
+  PyObject *cap = context_of(obj, "context_get_stream");
+  if (!cap) return NULL;
+  void *stream = NULL;
+  dsc_status s = dsc_context_get_stream(dsc_py_ctx_get(cap)->ctx, &stream);
+  if (s != DSC_OK) return dsc_py_raise(dsc_py_get_state(m), s);
+  return PyLong_FromUnsignedLongLong((unsigned long long)(uintptr_t)stream);
+}
+
+/* op_counters(device_type, device_id, reset=False) -> dict: the counters of the device's op
+ * contexts (the pool the functional ops run on), summed. */
+static PyObject *py_op_counters(PyObject *m, PyObject *args, PyObject *kwargs) {
+  static char *kwlist[] = {"device_type", "device_id", "reset", NULL};
+  int dev_type, dev_id, reset = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "ii|p", kwlist, &dev_type, &dev_id, &reset))
+    return NULL;
+  dsc_py_state *st = dsc_py_get_state(m);
+  DLDevice dev = {(DLDeviceType)dev_type, dev_id};
+  dsc_py_device *d = dsc_py_device_of(st, dev);
+  if (!d) return NULL;
+  dsc_context_counters sum;
+  memset(&sum, 0, sizeof sum);
+  PyObject *pool = d->pool ? Py_NewRef(d->pool) : NULL;
+  for (Py_ssize_t i = 0; pool && i < PyList_GET_SIZE(pool); ++i) {
+    PyObject *cap = Py_NewRef(PyList_GET_ITEM(pool, i));
+    dsc_context_counters c;
+    const int r = read_counters(st, dsc_py_ctx_get(cap), reset, &c);
+    Py_DECREF(cap);
+    if (r < 0) {
+      Py_DECREF(pool);
+      return NULL;
+    }
+    sum.syncs += c.syncs;
+    sum.copies_to_device += c.copies_to_device;
+    sum.copies_to_host += c.copies_to_host;
+    sum.allocs += c.allocs;
+    sum.frees += c.frees;
+    sum.workspace_grows += c.workspace_grows;
+    sum.index_checks += c.index_checks;
+  }
+  Py_XDECREF(pool);
+  return counters_dict(&sum);
+}
+
 PyMethodDef dsc_py_core_methods[] = {
+    {"context_counters", (PyCFunction)(void (*)(void))py_context_counters,
+     METH_VARARGS | METH_KEYWORDS,
+     "context_counters(obj, reset=False) -> dict: host waits, copies and allocations of the "
+     "context of obj (a model capsule)"},
+    {"context_set_stream", py_context_set_stream, METH_VARARGS,
+     "context_set_stream(obj, handle): run the context of obj (a model capsule) on a CUDA stream"},
+    {"context_get_stream", py_context_get_stream, METH_VARARGS,
+     "context_get_stream(obj) -> int: the CUDA stream handle of obj's context (0: legacy default)"},
+    {"op_counters", (PyCFunction)(void (*)(void))py_op_counters, METH_VARARGS | METH_KEYWORDS,
+     "op_counters(device_type, device_id, reset=False) -> dict: the same, summed over the "
+     "device's op contexts"},
     {"build_info", py_build_info, METH_NOARGS, "build_info() -> dict: what this build contains."},
     {"cuda_device_count", py_cuda_device_count, METH_NOARGS,
      "cuda_device_count() -> (count, reason or None)"},

@@ -588,8 +588,32 @@ static void test_aliasing(dsc_context *ctx) {
         "adamw overlap: %s", dsc_last_error());
 }
 
+/* dsc_context_get_counters from C: a CPU context counts its allocations; reset; sizes. */
+static void test_counters(void) {
+  dsc_context *ctx = NULL;
+  CHECK(dsc_context_create(NULL, &ctx) == DSC_OK, "counters: context: %s", dsc_last_error());
+  if (!ctx) return;
+  dsc_context_counters c;
+  memset(&c, 0, sizeof c);
+  c.size = sizeof c;
+  void *p = NULL;
+  CHECK(dsc_malloc(ctx, 100, &p) == DSC_OK, "counters: malloc");
+  dsc_free(ctx, p);
+  CHECK(dsc_context_get_counters(ctx, &c, 1) == DSC_OK && c.allocs == 1 && c.frees == 1 &&
+            c.syncs == 0 && c.copies_to_host == 0 && c.copies_to_device == 0,
+        "counters: allocs %llu frees %llu", (unsigned long long)c.allocs, (unsigned long long)c.frees);
+  CHECK(dsc_context_get_counters(ctx, &c, 0) == DSC_OK && c.allocs == 0 && c.frees == 0,
+        "counters: reset");
+  c.size = sizeof c + 8;
+  CHECK(dsc_context_get_counters(ctx, &c, 0) == DSC_ERR_INVALID_ARGUMENT &&
+            strstr(dsc_last_error(), "out->size") != NULL,
+        "counters: bad size: %s", dsc_last_error());
+  dsc_context_destroy(ctx);
+}
+
 int main(void) {
   test_status_and_context();
+  test_counters();
   test_dtypes();
   dsc_context *ctx = NULL;
   dsc_context_options o;
