@@ -51,7 +51,9 @@ struct dsc_context {
 };
 
 /* dsc_ctx_slot ids. */
-enum { DSC_SLOT_FFN = 0, DSC_SLOT_MOE_FP8 = 1, DSC_SLOT_COUNT = 4 };
+/* DSC_SLOT_MLA: the MLA layer's per-call scratch (the backward's gradients, prefill/decode
+ * activations: never live at once); DSC_SLOT_MLA_FP8: its FP8 operands. */
+enum { DSC_SLOT_FFN = 0, DSC_SLOT_MOE_FP8 = 1, DSC_SLOT_MLA = 2, DSC_SLOT_MLA_FP8 = 3, DSC_SLOT_COUNT = 4 };
 
 /* ---- errors ------------------------------------------------------------- */
 

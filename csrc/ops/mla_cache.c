@@ -322,7 +322,8 @@ dsc_status mla_fp8_scratch_alloc(dsc_context *ctx, const dsc_mla_params *p, int6
   for (int i = 0; i < 7; ++i) off[i + 1] = dsc_caddz(off[i], dsc_calign(sz[i], 64, &ok), &ok);
   DSC_CHECK(ok, DSC_ERR_OUT_OF_MEMORY, "dsc_mla",
             "FP8 scratch for %lld tokens does not fit in 64 bits", (long long)N);
-  DSC_TRY(dsc_malloc(ctx, off[7], &f->mem));
+  /* the context's MLA FP8 slot: kept for the next call, so a step allocates nothing */
+  DSC_TRY(dsc_ctx_slot(ctx, DSC_SLOT_MLA_FP8, off[7] ? off[7] : 1, &f->mem));
   char *b = (char *)f->mem;
   f->xq = (uint8_t *)b;
   f->xs = (float *)(b + off[1]);

@@ -99,14 +99,15 @@ dsc_status mla_cache_device_tables(dsc_mla_cache *c, const int32_t **dtables);
 dsc_status mla_stage_ints(dsc_context *ctx, int64_t n, const int64_t *host, const int64_t **dev,
                           void **owned);
 
-/* ---- FP8 projection scratch (mla_cache.c). One device allocation: a quantized activation
+/* ---- FP8 projection scratch (mla_cache.c). One buffer, the context's DSC_SLOT_MLA_FP8
+ * (kept with the context for the next call; never freed by the caller): a quantized activation
  * xq [N,Kmax] (scales xs [N,ceil(Kmax/128)]), a quantized weight wq (scales ws), two float32
  * buffers tmp, tmp2 [N, max(R+dr, Hd)] (the joint kv_a output / its gradient, dx terms) and
  * wkvb [H*(dn+dv), R], kv_b through E4M3 for the absorbed inference products.
  * xq_of: the activation xq holds the tiles of (the layer input feeds two projections: it is
  * quantized once). */
 typedef struct {
-  void *mem;
+  void *mem; /* the slot's buffer (not owned) */
   uint8_t *xq, *wq;
   float *xs, *ws, *tmp, *tmp2, *wkvb;
   const float *xq_of;

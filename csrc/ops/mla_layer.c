@@ -139,6 +139,19 @@ static dsc_status carve(dsc_context *ctx, int n, const int64_t *sz, int ok, void
   return DSC_OK;
 }
 
+/* carve() out of the context's MLA slot (DSC_SLOT_MLA): per-call scratch that stays with
+ * the context, so a training or decode step of one shape allocates nothing. */
+static dsc_status carve_slot(dsc_context *ctx, int n, const int64_t *sz, int ok, float **ptr) {
+  size_t total = 0;
+  for (int i = 0; i < n; ++i)
+    total = dsc_caddz(total, dsc_calign(dsc_cbytes(sz[i], sizeof(float), &ok), 64, &ok), &ok);
+  DSC_CHECK(ok, DSC_ERR_OUT_OF_MEMORY, "dsc_mla",
+            "the activations of this batch do not fit in 64 bits (x too large for these heads)");
+  void *mem = NULL;
+  DSC_TRY(dsc_ctx_slot(ctx, DSC_SLOT_MLA, total ? total : 1, &mem));
+  return carve(ctx, n, sz, ok, &mem, &total, ptr); /* reuses mem: it holds total bytes */
+}
+
 struct dsc_mla_saved {
   dsc_context *ctx;
   void *mem;
@@ -283,7 +296,6 @@ dsc_status dsc_mla_forward(dsc_context *ctx, const dsc_mla_params *p, const dsc_
              a[A_KPE], a[A_O], a[A_LSE]);
     if (s == DSC_OK) s = proj(ctx, f8, N, Hd, H * dv, a[A_O], WR(w->o_proj, NULL), FO(out));
   }
-  dsc_free(ctx, f8s.mem);
   if (s != DSC_OK || !saved) {
     dsc_free(ctx, mem);
     return s;
@@ -368,10 +380,8 @@ dsc_status dsc_mla_backward(dsc_context *ctx, const dsc_mla_params *p, const dsc
       [G_DC_RAW] = dsc_cmul(N, R, &ok),       [G_DCQ] = dsc_cmul(N, Rq, &ok),
       [G_DCQ_RAW] = dsc_cmul(N, Rq, &ok),     [G_DGAMMA] = (R > Rq ? R : Rq),
       [G_DX] = dx ? 0 : dsc_cmul(N, Hd, &ok), [G_DKVA] = p->fp8 ? 0 : dsc_cmul(N, R + dr, &ok)};
-  void *mem = NULL;
-  size_t bytes = 0;
   float *b[G_COUNT];
-  DSC_TRY(carve(ctx, G_COUNT, sz, ok, &mem, &bytes, b));
+  DSC_TRY(carve_slot(ctx, G_COUNT, sz, ok, b));
   float *dxp = dx ? FO(dx) : b[G_DX];
   const float *xp = F(x), *dy = F(dout);
   const int32_t *pos = (const int32_t *)dsc_data(positions);
@@ -420,8 +430,6 @@ dsc_status dsc_mla_backward(dsc_context *ctx, const dsc_mla_params *p, const dsc
     STEP(proj_bwd(ctx, f8, N, H * dqk, Hd, b[G_DQ], xp, F(w->q_proj), FO(g->q_proj), 1.0f, dxp));
   }
 #undef STEP
-  dsc_free(ctx, f8s.mem);
-  dsc_free(ctx, mem);
   return s;
 }
 
@@ -542,11 +550,9 @@ static dsc_status mla_infer(const char *FN, dsc_context *ctx, const dsc_mla_para
       [I_C_RAW] = dsc_cmul(N, R, &ok),      [I_RSTD] = N,
       [I_CKV] = dsc_cmul(N, R, &ok),        [I_KPE] = dsc_cmul(N, dr, &ok),
       [I_OLAT] = dsc_cmul3(N, H, R, &ok),   [I_O] = dsc_cmul3(N, H, dv, &ok)};
-  void *mem = NULL;
-  size_t bytes = 0;
   float *a[I_COUNT];
   fp8_scratch f8s = {0}, *f8 = NULL;
-  if (s == DSC_OK) s = carve(ctx, I_COUNT, sz, ok, &mem, &bytes, a);
+  if (s == DSC_OK) s = carve_slot(ctx, I_COUNT, sz, ok, a);
   if (s == DSC_OK && N > 0 && p->fp8) {
     s = mla_fp8_scratch_alloc(ctx, p, N, &f8s);
     f8 = &f8s;
@@ -555,8 +561,6 @@ static dsc_status mla_infer(const char *FN, dsc_context *ctx, const dsc_mla_para
     free(meta);
     free(ids_own);
     free(pos_own);
-    dsc_free(ctx, mem);
-    dsc_free(ctx, f8s.mem);
     return s;
   }
 
@@ -629,8 +633,6 @@ static dsc_status mla_infer(const char *FN, dsc_context *ctx, const dsc_mla_para
   free(meta);
   free(ids_own);
   free(pos_own);
-  dsc_free(ctx, mem);
-  dsc_free(ctx, f8s.mem);
   return s;
 }
 
