@@ -182,10 +182,7 @@ class DscBuildExt(build_ext):
             f'-DDSC_BLAS_NAME="{blas_desc}"',
         ]
         if nvcc:
-            # DSC_WITH_CUDA_<FAMILY>: that family's kernels are in kernels/ (the ops layer
-            # answers DSC_ERR_UNSUPPORTED on CUDA for a family without them).
-            defines += ["-DDSC_WITH_CUDA", "-DDSC_WITH_CUDA_MOE", "-DDSC_WITH_CUDA_FP8",
-                        "-DDSC_WITH_CUDA_MLA",
+            defines += ["-DDSC_WITH_CUDA",
                         f'-DDSC_CUDA_ARCHS="{";".join("sm_" + a for a in archs)}"']
         if nccl:
             defines += ["-DDSC_WITH_NCCL"]

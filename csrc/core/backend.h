@@ -131,8 +131,8 @@ extern "C" {
   dsc_status P##adamw(dsc_context *ctx, int64_t n, float *p, const float *g, dsc_dtype mom_dt, \
                       void *m, void *v, float lr, float beta1, float beta2, float eps,         \
                       float weight_decay, float bc1, float bc2, float gscale);                 \
-  /* ---- MoE (csrc/cpu/moe.c). E experts, k top-k, G groups, R permuted rows. CUDA twins  \
-   * are only called under DSC_WITH_CUDA_MOE. scoring/method: dsc_moe_scoring/_topk_method.\
+  /* ---- MoE (csrc/cpu/moe.c). E experts, k top-k, G groups, R permuted rows.              \
+   * scoring/method: dsc_moe_scoring/_topk_method.                                          \
    * Index tensors: int32, or int64 when ids64. */                                          \
   dsc_status P##moe_route(dsc_context *ctx, dsc_dtype dt, int64_t T, int64_t E, int64_t k,     \
                           int64_t G, int64_t topk_group, int scoring, int method, int norm,   \
@@ -195,7 +195,7 @@ extern "C" {
    * (E4M3FN|E5M2), `ct` float32|bfloat16. Kb = ceil(K/128): every scale runs along the    \
    * inner dim in blocks of 128; a `*_br` of 1 means one scale row per matrix row (1x128     \
    * tiles), 128 one per 128 rows (128x128 blocks). Scales are multipliers, validated finite \
-   * and > 0. CUDA twins are only called under DSC_WITH_CUDA_FP8. */                        \
+   * and > 0. */                                                                            \
   /* Elementwise cast of n elements, float <-> fp8 (saturating, see fp8_format.h). */      \
   dsc_status P##fp8_cast(dsc_context *ctx, int64_t n, dsc_dtype src_dt, const void *src /*[n]*/, \
                          dsc_dtype dst_dt, void *dst /*[n]*/);                               \
@@ -260,8 +260,8 @@ extern "C" {
                           float tensor_scale, const void *x /*[M,K] xt*/, float *amax,       \
                           int64_t *counts /*[3]*/);                                    \
   /* ---- MLA (csrc/cpu/mla.c), float32. B batch, T tokens, H heads, dn/dr/dv nope, rope  \
-   * and value head dims, dqk = dn+dr, R = kv_lora_rank. CUDA twins are only called under   \
-   * DSC_WITH_CUDA_MLA. dst[r, :C] = src[r, :C] with row strides lds, ldd (elements). */   \
+   * and value head dims, dqk = dn+dr, R = kv_lora_rank.                                   \
+   * dst[r, :C] = src[r, :C] with row strides lds, ldd (elements). */                       \
   dsc_status P##mla_copy_cols(dsc_context *ctx, int64_t rows, int64_t C, const float *src,     \
                               int64_t lds, float *dst, int64_t ldd);                          \
   /* Causal attention (key j <= query t within each sequence), scores in float32:           \
@@ -307,6 +307,19 @@ extern "C" {
                                 const int32_t *tables, float *o_lat /*[NQ,H,R]*/);
 
 DSC_BACKEND_DECLS(dsc_cpu_)
+
+/* The one dispatch idiom of csrc/ops and csrc/model: DSC_DISPATCH(name, ctx, args...) is
+ * dsc_cuda_<name>(ctx, args...) on a CUDA context and dsc_cpu_<name>(ctx, args...) otherwise.
+ * A build without CUDA makes no CUDA contexts; should one reach a dispatch anyway, the call
+ * fails with DSC_ERR_INTERNAL instead of handing device pointers to CPU code. */
+#ifdef DSC_WITH_CUDA
+#define DSC_DISPATCH(name, ctx, ...) \
+  (dsc_ctx_is_cuda(ctx) ? dsc_cuda_##name((ctx), __VA_ARGS__) : dsc_cpu_##name((ctx), __VA_ARGS__))
+#else
+#define DSC_DISPATCH(name, ctx, ...)                                                          \
+  (dsc_ctx_is_cuda(ctx) ? dsc_error(DSC_ERR_INTERNAL, __func__, "CUDA context in a build without CUDA") \
+                        : dsc_cpu_##name((ctx), __VA_ARGS__))
+#endif
 
 /* ---- CPU-only helpers of the model's training step (csrc/model calls them on a CPU
  * context; a CUDA context takes the per-tensor ops instead). */

@@ -1087,26 +1087,12 @@ const dsc_moe_exchange *dsc_model_exchange(const dsc_model *m, int32_t b) {
 
 dsc_status dsc_model_copy2d(dsc_model *m, int64_t rows, size_t row_bytes, const void *src, size_t src_pitch,
                             void *dst, size_t dst_pitch) {
-  if (dsc_ctx_is_cuda(m->ctx)) {
-#ifdef DSC_WITH_CUDA
-    return dsc_cuda_copy2d(m->ctx, rows, row_bytes, src, src_pitch, dst, dst_pitch);
-#else
-    return dsc_error(DSC_ERR_INTERNAL, "dsc_model", "CUDA context in a build without CUDA");
-#endif
-  }
-  return dsc_cpu_copy2d(m->ctx, rows, row_bytes, src, src_pitch, dst, dst_pitch);
+  return DSC_DISPATCH(copy2d, m->ctx, rows, row_bytes, src, src_pitch, dst, dst_pitch);
 }
 
 dsc_status dsc_model_scale(dsc_model *m, float *x, int64_t n, float alpha) {
   if (n == 0) return DSC_OK;
-  if (dsc_ctx_is_cuda(m->ctx)) {
-#ifdef DSC_WITH_CUDA
-    return dsc_cuda_scale_f32(m->ctx, n, x, alpha);
-#else
-    return dsc_error(DSC_ERR_INTERNAL, "dsc_model", "CUDA context in a build without CUDA");
-#endif
-  }
-  return dsc_cpu_scale_f32(m->ctx, n, x, alpha);
+  return DSC_DISPATCH(scale_f32, m->ctx, n, x, alpha);
 }
 
 dsc_status dsc_model_round_copy(dsc_model *m, const float *src, float *dst, int64_t n);
@@ -1117,14 +1103,7 @@ dsc_status dsc_model_round(dsc_model *m, float *x, int64_t n) {
 
 dsc_status dsc_model_round_copy(dsc_model *m, const float *src, float *dst, int64_t n) {
   if (n == 0) return DSC_OK;
-  if (dsc_ctx_is_cuda(m->ctx)) {
-#ifdef DSC_WITH_CUDA
-    return dsc_cuda_round_bf16_f32(m->ctx, n, src, dst);
-#else
-    return dsc_error(DSC_ERR_INTERNAL, "dsc_model", "CUDA context in a build without CUDA");
-#endif
-  }
-  return dsc_cpu_round_bf16_f32(m->ctx, n, src, dst);
+  return DSC_DISPATCH(round_bf16_f32, m->ctx, n, src, dst);
 }
 
 dsc_status dsc_model_refresh_compute(dsc_model *m) {

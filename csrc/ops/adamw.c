@@ -14,19 +14,6 @@
 
 #include "backend.h"
 
-/* The backend's float64 sum of squares of one float32 tensor (result on the host). */
-static dsc_status sumsq(dsc_context *ctx, const char *fn, int64_t n, const float *g,
-                        double *out) {
-  if (dsc_ctx_is_cuda(ctx)) {
-#ifdef DSC_WITH_CUDA
-    return dsc_cuda_sumsq(ctx, n, g, out);
-#else
-    return dsc_error(DSC_ERR_INTERNAL, fn, "CUDA context in a build without CUDA");
-#endif
-  }
-  return dsc_cpu_sumsq(ctx, n, g, out);
-}
-
 /* sqrt(sum over the list of sum(g^2)), the per-tensor sums added in list order. */
 static dsc_status global_norm(dsc_context *ctx, const char *fn, int32_t n,
                               const DLTensor *const *tensors, double *norm) {
@@ -53,7 +40,7 @@ static dsc_status global_norm(dsc_context *ctx, const char *fn, int32_t n,
     const int64_t numel = dsc_numel(tensors[i]);
     if (numel == 0) continue;
     double s = 0.0;
-    DSC_TRY(sumsq(ctx, fn, numel, (const float *)dsc_data(tensors[i]), &s));
+    DSC_TRY(DSC_DISPATCH(sumsq, ctx, numel, (const float *)dsc_data(tensors[i]), &s));
     total += s;
   }
   *norm = sqrt(total);
@@ -221,17 +208,8 @@ dsc_status dsc_adamw_step(dsc_context *ctx, const dsc_adamw_params *p, int32_t n
     const float *gp = (const float *)dsc_data(grads[i]);
     const dsc_dtype mom_dt = dsc_tensor_dtype(exp_avg[i]);
     void *mp = dsc_data(exp_avg[i]), *vp = dsc_data(exp_avg_sq[i]);
-    if (dsc_ctx_is_cuda(ctx)) {
-#ifdef DSC_WITH_CUDA
-      DSC_TRY(dsc_cuda_adamw(ctx, numel, pp, gp, mom_dt, mp, vp, p->lr, p->beta1, p->beta2,
-                             p->eps, p->weight_decay, bc1, bc2, gscale));
-#else
-      return dsc_error(DSC_ERR_INTERNAL, FN, "CUDA context in a build without CUDA");
-#endif
-    } else {
-      DSC_TRY(dsc_cpu_adamw(ctx, numel, pp, gp, mom_dt, mp, vp, p->lr, p->beta1, p->beta2, p->eps,
-                            p->weight_decay, bc1, bc2, gscale));
-    }
+    DSC_TRY(DSC_DISPATCH(adamw, ctx, numel, pp, gp, mom_dt, mp, vp, p->lr, p->beta1, p->beta2, p->eps,
+                         p->weight_decay, bc1, bc2, gscale));
   }
   return DSC_OK;
 }

@@ -62,14 +62,6 @@ dsc_status dsc_cross_entropy(dsc_context *ctx, const DLTensor *logits, const DLT
   float *loss_p = (float *)dsc_data(loss);
   void *dl_p = dlogits ? dsc_data(dlogits) : NULL;
   float *lse_p = lse ? (float *)dsc_data(lse) : NULL;
-  if (dsc_ctx_is_cuda(ctx)) {
-#ifdef DSC_WITH_CUDA
-    return dsc_cuda_cross_entropy(ctx, dt, N, V, dsc_data(logits), tgt64, dsc_data(targets),
-                                  ignore_index, grad_scale, loss_p, dl_p, lse_p);
-#else
-    return dsc_error(DSC_ERR_INTERNAL, FN, "CUDA context in a build without CUDA");
-#endif
-  }
-  return dsc_cpu_cross_entropy(ctx, dt, N, V, dsc_data(logits), tgt64, dsc_data(targets),
-                               ignore_index, grad_scale, loss_p, dl_p, lse_p);
+  return DSC_DISPATCH(cross_entropy, ctx, dt, N, V, dsc_data(logits), tgt64, dsc_data(targets), ignore_index,
+                      grad_scale, loss_p, dl_p, lse_p);
 }

@@ -44,16 +44,8 @@ dsc_status dsc_logits_topk(dsc_context *ctx, const DLTensor *logits, DLTensor *v
   if (N == 0) return DSC_OK;
   const dsc_dtype dt = dsc_tensor_dtype(logits);
   const int idx64 = dsc_tensor_dtype(indices) == DSC_DTYPE_INT64;
-  if (dsc_ctx_is_cuda(ctx)) {
-#ifdef DSC_WITH_CUDA
-    return dsc_cuda_logits_topk(ctx, dt, N, V, K, dsc_data(logits), (float *)dsc_data(values), idx64,
-                                dsc_data(indices));
-#else
-    return dsc_error(DSC_ERR_INTERNAL, FN, "CUDA context in a build without CUDA");
-#endif
-  }
-  return dsc_cpu_logits_topk(ctx, dt, N, V, K, dsc_data(logits), (float *)dsc_data(values), idx64,
-                             dsc_data(indices));
+  return DSC_DISPATCH(logits_topk, ctx, dt, N, V, K, dsc_data(logits), (float *)dsc_data(values), idx64,
+                      dsc_data(indices));
 }
 
 dsc_status dsc_topk_kl(dsc_context *ctx, const DLTensor *logits, const DLTensor *teacher_indices,
@@ -106,16 +98,7 @@ dsc_status dsc_topk_kl(dsc_context *ctx, const DLTensor *logits, const DLTensor 
   }
   const dsc_dtype dt = dsc_tensor_dtype(logits);
   void *dl = dlogits ? dsc_data(dlogits) : NULL;
-  if (dsc_ctx_is_cuda(ctx)) {
-#ifdef DSC_WITH_CUDA
-    return dsc_cuda_topk_kl(ctx, dt, N, V, K, dsc_data(logits), idx64, dsc_data(teacher_indices),
-                            (const float *)dsc_data(teacher_logits), tgt64, dsc_data(targets), ignore_index,
-                            temperature, grad_scale, (float *)dsc_data(loss), dl);
-#else
-    return dsc_error(DSC_ERR_INTERNAL, FN, "CUDA context in a build without CUDA");
-#endif
-  }
-  return dsc_cpu_topk_kl(ctx, dt, N, V, K, dsc_data(logits), idx64, dsc_data(teacher_indices),
-                         (const float *)dsc_data(teacher_logits), tgt64, dsc_data(targets), ignore_index, temperature,
-                         grad_scale, (float *)dsc_data(loss), dl);
+  return DSC_DISPATCH(topk_kl, ctx, dt, N, V, K, dsc_data(logits), idx64, dsc_data(teacher_indices),
+                      (const float *)dsc_data(teacher_logits), tgt64, dsc_data(targets), ignore_index,
+                      temperature, grad_scale, (float *)dsc_data(loss), dl);
 }

@@ -20,12 +20,5 @@ dsc_status dsc_add(dsc_context *ctx, const DLTensor *a, const DLTensor *b, DLTen
   const int64_t n = dsc_numel(a);
   if (n == 0) return DSC_OK;
   const dsc_dtype dt = dsc_tensor_dtype(a);
-  if (dsc_ctx_is_cuda(ctx)) {
-#ifdef DSC_WITH_CUDA
-    return dsc_cuda_add(ctx, dt, n, dsc_data(a), dsc_data(b), dsc_data(out));
-#else
-    return dsc_error(DSC_ERR_INTERNAL, FN, "CUDA context in a build without CUDA");
-#endif
-  }
-  return dsc_cpu_add(ctx, dt, n, dsc_data(a), dsc_data(b), dsc_data(out));
+  return DSC_DISPATCH(add, ctx, dt, n, dsc_data(a), dsc_data(b), dsc_data(out));
 }

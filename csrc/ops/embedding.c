@@ -49,16 +49,7 @@ dsc_status dsc_embedding_forward(dsc_context *ctx, const DLTensor *ids, const DL
 
   const dsc_dtype dt = dsc_tensor_dtype(table);
   const int ids64 = dsc_tensor_dtype(ids) == DSC_DTYPE_INT64;
-  if (dsc_ctx_is_cuda(ctx)) {
-#ifdef DSC_WITH_CUDA
-    return dsc_cuda_embedding_fwd(ctx, dt, n, ids64, dsc_data(ids), V, D, dsc_data(table),
-                                  dsc_data(out));
-#else
-    return dsc_error(DSC_ERR_INTERNAL, FN, "CUDA context in a build without CUDA");
-#endif
-  }
-  return dsc_cpu_embedding_fwd(ctx, dt, n, ids64, dsc_data(ids), V, D, dsc_data(table),
-                               dsc_data(out));
+  return DSC_DISPATCH(embedding_fwd, ctx, dt, n, ids64, dsc_data(ids), V, D, dsc_data(table), dsc_data(out));
 }
 
 dsc_status dsc_embedding_backward(dsc_context *ctx, const DLTensor *ids, const DLTensor *dout,
@@ -83,12 +74,5 @@ dsc_status dsc_embedding_backward(dsc_context *ctx, const DLTensor *ids, const D
   const dsc_dtype dt = dsc_tensor_dtype(dout);
   const int ids64 = dsc_tensor_dtype(ids) == DSC_DTYPE_INT64;
   float *dtab = (float *)dsc_data(dtable);
-  if (dsc_ctx_is_cuda(ctx)) {
-#ifdef DSC_WITH_CUDA
-    return dsc_cuda_embedding_bwd(ctx, dt, n, ids64, dsc_data(ids), V, D, dsc_data(dout), dtab);
-#else
-    return dsc_error(DSC_ERR_INTERNAL, FN, "CUDA context in a build without CUDA");
-#endif
-  }
-  return dsc_cpu_embedding_bwd(ctx, dt, n, ids64, dsc_data(ids), V, D, dsc_data(dout), dtab);
+  return DSC_DISPATCH(embedding_bwd, ctx, dt, n, ids64, dsc_data(ids), V, D, dsc_data(dout), dtab);
 }

@@ -7,8 +7,7 @@
  * Checks ctx and every tensor (device, dtype, contiguity), then ranks and shapes (the
  * scale shapes against the block layout), then values: scales finite and > 0, group
  * offsets, masked_m (read on the host; a copy from the device on CUDA). Only then
- * dsc_cpu_fp8_* (or the CUDA twin, only with DSC_WITH_CUDA_FP8; without it a CUDA context
- * gets DSC_ERR_UNSUPPORTED).
+ * dsc_cpu_fp8_* or its CUDA twin (DSC_DISPATCH, core/backend.h).
  *
  * Legend: M rows, K inner dim, N output features, Kb = ceil(K/128), Nb = ceil(N/128),
  * Mb = ceil(M/128), G groups (experts), Mmax rows per group (masked layout).
@@ -25,7 +24,6 @@
 #include "backend.h"
 #include "fp8_layers.h"
 
-#define BACKEND DSC_FP8_BACKEND
 
 #define DSC_DT_FP8 (DSC_DT(DSC_DTYPE_FLOAT8_E4M3FN) | DSC_DT(DSC_DTYPE_FLOAT8_E5M2))
 #define DSC_DT_F32 DSC_DT(DSC_DTYPE_FLOAT32)
@@ -82,8 +80,8 @@ static dsc_status check_scales_rows(dsc_context *ctx, const char *fn, const char
                                     int64_t row) {
   int64_t bad = -1;
   float v = 0.0f;
-  DSC_TRY(BACKEND(fp8_scales_check, ctx, dsc_numel(t), (const float *)dsc_data(t), masked_m,
-                  group, row, &bad, &v));
+  DSC_TRY(DSC_DISPATCH(fp8_scales_check, ctx, dsc_numel(t), (const float *)dsc_data(t), masked_m, group, row,
+                       &bad, &v));
   return bad < 0 ? DSC_OK : scale_error(fn, arg, t, bad, v);
 }
 
@@ -173,10 +171,9 @@ dsc_status dsc_fp8_cast(dsc_context *ctx, const DLTensor *src, DLTensor *dst) {
             dsc_dtype_name(dt));
   DSC_TRY(dsc_check_same_shape(FN, "dst", dst, "src", src));
   DSC_TRY(dsc_check_no_overlap(FN, "dst", dst, "src", src)); /* different widths */
-  DSC_TRY(dsc_fp8l_device_ok(ctx, FN));
   const int64_t n = dsc_numel(src);
   if (n == 0) return DSC_OK;
-  return BACKEND(fp8_cast, ctx, n, st, dsc_data(src), dt, dsc_data(dst));
+  return DSC_DISPATCH(fp8_cast, ctx, n, st, dsc_data(src), dt, dsc_data(dst));
 }
 
 dsc_status dsc_fp8_quantize(dsc_context *ctx, const dsc_fp8_quant_params *p, const DLTensor *x,
@@ -199,11 +196,10 @@ dsc_status dsc_fp8_quantize(dsc_context *ctx, const dsc_fp8_quant_params *p, con
   DSC_TRY(dsc_check_shape(FN, "scale", scale, 2, s2));
   DSC_TRY(dsc_check_disjoint(FN, "q", q, "x", x, "scale", scale, NULL));
   DSC_TRY(dsc_check_disjoint(FN, "scale", scale, "x", x, NULL));
-  DSC_TRY(dsc_fp8l_device_ok(ctx, FN));
   if (R == 0 || C == 0) return DSC_OK;
-  return BACKEND(fp8_quantize, ctx, dsc_tensor_dtype(x), M, K, p->block_rows, p->block_cols,
-                 p->transpose, p->pow2_scale, p->amax_floor, ft, dsc_data(x),
-                 (uint8_t *)dsc_data(q), (float *)dsc_data(scale));
+  return DSC_DISPATCH(fp8_quantize, ctx, dsc_tensor_dtype(x), M, K, p->block_rows, p->block_cols,
+                      p->transpose, p->pow2_scale, p->amax_floor, ft, dsc_data(x), (uint8_t *)dsc_data(q),
+                      (float *)dsc_data(scale));
 }
 
 dsc_status dsc_fp8_dequantize(dsc_context *ctx, int32_t block_rows, int32_t block_cols,
@@ -222,12 +218,11 @@ dsc_status dsc_fp8_dequantize(dsc_context *ctx, int32_t block_rows, int32_t bloc
   DSC_TRY(dsc_check_shape(FN, "scale", scale, 2, s2));
   DSC_TRY(dsc_check_same_shape(FN, "out", out, "q", q));
   DSC_TRY(dsc_check_disjoint(FN, "out", out, "q", q, "scale", scale, NULL));
-  DSC_TRY(dsc_fp8l_device_ok(ctx, FN));
   DSC_TRY(check_scales(ctx, FN, "scale", scale));
   if (R == 0 || C == 0) return DSC_OK;
-  return BACKEND(fp8_dequantize, ctx, dsc_tensor_dtype(q), R, C, block_rows, block_cols,
-                 (const uint8_t *)dsc_data(q), (const float *)dsc_data(scale),
-                 dsc_tensor_dtype(out), dsc_data(out));
+  return DSC_DISPATCH(fp8_dequantize, ctx, dsc_tensor_dtype(q), R, C, block_rows, block_cols,
+                      (const uint8_t *)dsc_data(q), (const float *)dsc_data(scale), dsc_tensor_dtype(out),
+                      dsc_data(out));
 }
 
 dsc_status dsc_fp8_gemm(dsc_context *ctx, const DLTensor *a, const DLTensor *a_scale,
@@ -251,19 +246,18 @@ dsc_status dsc_fp8_gemm(dsc_context *ctx, const DLTensor *a, const DLTensor *a_s
   const int64_t c2[2] = {M, N};
   DSC_TRY(dsc_check_shape(FN, "c", c, 2, c2));
   DSC_TRY(dsc_check_disjoint(FN, "c", c, "a", a, "a_scale", a_scale, "b", b, "b_scale", b_scale, NULL));
-  DSC_TRY(dsc_fp8l_device_ok(ctx, FN));
   DSC_TRY(check_scales(ctx, FN, "a_scale", a_scale));
   DSC_TRY(check_scales(ctx, FN, "b_scale", b_scale));
   if (M == 0 || N == 0) return DSC_OK;
   const dsc_dtype ct = dsc_tensor_dtype(c);
   size_t bytes = 0;
   void *work = NULL;
-  DSC_TRY(BACKEND(fp8_gemm_work, ctx, 1, M, N, K, ct, &bytes));
+  DSC_TRY(DSC_DISPATCH(fp8_gemm_work, ctx, 1, M, N, K, ct, &bytes));
   DSC_TRY(dsc_workspace(ctx, bytes, &work));
-  return BACKEND(fp8_gemm, ctx, M, N, K, dsc_tensor_dtype(a), (const uint8_t *)dsc_data(a),
-                 (const float *)dsc_data(a_scale), a_br, dsc_tensor_dtype(b),
-                 (const uint8_t *)dsc_data(b), (const float *)dsc_data(b_scale), b_br, ct,
-                 dsc_data(c), work);
+  return DSC_DISPATCH(fp8_gemm, ctx, M, N, K, dsc_tensor_dtype(a), (const uint8_t *)dsc_data(a),
+                      (const float *)dsc_data(a_scale), a_br, dsc_tensor_dtype(b),
+                      (const uint8_t *)dsc_data(b), (const float *)dsc_data(b_scale), b_br, ct, dsc_data(c),
+                      work);
 }
 
 /* The checks shared by both grouped GEMMs on b [G,N,K] and b_scale [G,Nb,Kb]. */
@@ -313,7 +307,6 @@ dsc_status dsc_fp8_grouped_gemm(dsc_context *ctx, const DLTensor *a, const DLTen
   DSC_TRY(dsc_check_shape(FN, "c", c, 2, c2));
   DSC_TRY(dsc_check_disjoint(FN, "c", c, "a", a, "a_scale", a_scale, "b", b, "b_scale", b_scale,
                              "group_offsets", group_offsets, NULL));
-  DSC_TRY(dsc_fp8l_device_ok(ctx, FN));
   DSC_TRY(check_scales(ctx, FN, "a_scale", a_scale));
   DSC_TRY(check_scales(ctx, FN, "b_scale", b_scale));
 
@@ -351,14 +344,13 @@ dsc_status dsc_fp8_grouped_gemm(dsc_context *ctx, const DLTensor *a, const DLTen
     const dsc_dtype ct = dsc_tensor_dtype(c);
     size_t bytes = 0;
     void *work = NULL;
-    s = BACKEND(fp8_gemm_work, ctx, G, M, N, K, ct, &bytes);
+    s = DSC_DISPATCH(fp8_gemm_work, ctx, G, M, N, K, ct, &bytes);
     if (s == DSC_OK) s = dsc_workspace(ctx, bytes, &work);
     if (s == DSC_OK)
-      s = BACKEND(fp8_grouped_gemm, ctx, G, M, N, K, dsc_tensor_dtype(a),
-                  (const uint8_t *)dsc_data(a), (const float *)dsc_data(a_scale),
-                  dsc_tensor_dtype(b), (const uint8_t *)dsc_data(b),
-                  (const float *)dsc_data(b_scale), (const int32_t *)dsc_data(group_offsets), o,
-                  ct, dsc_data(c), work);
+      s = DSC_DISPATCH(fp8_grouped_gemm, ctx, G, M, N, K, dsc_tensor_dtype(a), (const uint8_t *)dsc_data(a),
+                       (const float *)dsc_data(a_scale), dsc_tensor_dtype(b), (const uint8_t *)dsc_data(b),
+                       (const float *)dsc_data(b_scale), (const int32_t *)dsc_data(group_offsets), o, ct,
+                       dsc_data(c), work);
   }
   free(owned);
   return s;
@@ -393,7 +385,6 @@ dsc_status dsc_fp8_grouped_gemm_masked(dsc_context *ctx, const DLTensor *a,
   DSC_TRY(dsc_check_shape(FN, "c", c, 3, c3));
   DSC_TRY(dsc_check_disjoint(FN, "c", c, "a", a, "a_scale", a_scale, "b", b, "b_scale", b_scale,
                              "masked_m", masked_m, NULL));
-  DSC_TRY(dsc_fp8l_device_ok(ctx, FN));
   DSC_TRY(check_scales(ctx, FN, "b_scale", b_scale));
 
   const void *mv = NULL;
@@ -415,14 +406,13 @@ dsc_status dsc_fp8_grouped_gemm_masked(dsc_context *ctx, const DLTensor *a,
     const dsc_dtype ct = dsc_tensor_dtype(c);
     size_t bytes = 0;
     void *work = NULL;
-    s = BACKEND(fp8_gemm_work, ctx, G, Mmax, N, K, ct, &bytes);
+    s = DSC_DISPATCH(fp8_gemm_work, ctx, G, Mmax, N, K, ct, &bytes);
     if (s == DSC_OK) s = dsc_workspace(ctx, bytes, &work);
     if (s == DSC_OK)
-      s = BACKEND(fp8_grouped_gemm_masked, ctx, G, Mmax, N, K, dsc_tensor_dtype(a),
-                  (const uint8_t *)dsc_data(a), (const float *)dsc_data(a_scale),
-                  dsc_tensor_dtype(b), (const uint8_t *)dsc_data(b),
-                  (const float *)dsc_data(b_scale), (const int32_t *)dsc_data(masked_m), mm, ct,
-                  dsc_data(c), work);
+      s = DSC_DISPATCH(fp8_grouped_gemm_masked, ctx, G, Mmax, N, K, dsc_tensor_dtype(a),
+                       (const uint8_t *)dsc_data(a), (const float *)dsc_data(a_scale), dsc_tensor_dtype(b),
+                       (const uint8_t *)dsc_data(b), (const float *)dsc_data(b_scale),
+                       (const int32_t *)dsc_data(masked_m), mm, ct, dsc_data(c), work);
   }
   free(owned);
   return s;
@@ -447,13 +437,12 @@ dsc_status dsc_fp8_compute_stats(dsc_context *ctx, const dsc_fp8_quant_params *p
             "stats->size: expected sizeof(dsc_fp8_stats) = %zu, got %zu", sizeof(dsc_fp8_stats),
             stats->size);
   DSC_TRY(dsc_check_ndim(FN, "x", x, 1, 16, "(..., K)"));
-  DSC_TRY(dsc_fp8l_device_ok(ctx, FN));
   const int64_t M = dsc_rows(x), K = dsc_last_dim(x), n = M * K;
   float amax = 0.0f;
   int64_t counts[3] = {0, 0, 0};
   if (n > 0)
-    DSC_TRY(BACKEND(fp8_stats, ctx, dsc_tensor_dtype(x), M, K, p->block_rows, p->block_cols,
-                    p->pow2_scale, p->amax_floor, fmt, tensor_scale, dsc_data(x), &amax, counts));
+    DSC_TRY(DSC_DISPATCH(fp8_stats, ctx, dsc_tensor_dtype(x), M, K, p->block_rows, p->block_cols,
+                         p->pow2_scale, p->amax_floor, fmt, tensor_scale, dsc_data(x), &amax, counts));
   stats->amax = amax;
   stats->count = n;
   stats->saturated_fraction = n ? (double)counts[0] / (double)n : 0.0;
@@ -503,7 +492,6 @@ dsc_status dsc_fp8_linear_forward(dsc_context *ctx, const DLTensor *x, const DLT
   DSC_TRY(dsc_check_disjoint(FN, "xs", xs, "x", x, "w", w, "wq", wq, "ws", ws, NULL));
   DSC_TRY(dsc_check_disjoint(FN, "wq", wq, "x", x, "w", w, "ws", ws, NULL));
   DSC_TRY(dsc_check_disjoint(FN, "ws", ws, "x", x, "w", w, NULL));
-  DSC_TRY(dsc_fp8l_device_ok(ctx, FN));
 
   const dsc_dtype ct = dsc_tensor_dtype(y);
   uint8_t *xq_p = (uint8_t *)dsc_data(xq), *wq_p = (uint8_t *)dsc_data(wq);
@@ -544,7 +532,6 @@ dsc_status dsc_fp8_linear_backward(dsc_context *ctx, const DLTensor *dy, const D
   if (dw) DSC_TRY(dsc_check_shape(FN, "dw", dw, 2, dw2));
   DSC_TRY(dsc_check_disjoint(FN, "dx", dx, "dy", dy, "xq", xq, "xs", xs, "wq", wq, "ws", ws, "dw", dw, NULL));
   DSC_TRY(dsc_check_disjoint(FN, "dw", dw, "dy", dy, "xq", xq, "xs", xs, "wq", wq, "ws", ws, NULL));
-  DSC_TRY(dsc_fp8l_device_ok(ctx, FN));
   DSC_TRY(check_scales(ctx, FN, "xs", xs));
   DSC_TRY(check_scales(ctx, FN, "ws", ws));
 

@@ -22,23 +22,10 @@ static dsc_status scratch_overflow(const char *what, int64_t G, int64_t M, int64
 }
 static int is_fp8(dsc_dtype t) { return t == DSC_DTYPE_FLOAT8_E4M3FN || t == DSC_DTYPE_FLOAT8_E5M2; }
 
-dsc_status dsc_fp8l_device_ok(const dsc_context *ctx, const char *fn) {
-#if defined(DSC_WITH_CUDA) && defined(DSC_WITH_CUDA_FP8)
-  (void)ctx;
-  (void)fn;
-  return DSC_OK;
-#else
-  if (dsc_ctx_is_cuda(ctx))
-    return dsc_error(DSC_ERR_UNSUPPORTED, fn, "FP8 ops have no CUDA kernels yet in this build");
-  return DSC_OK;
-#endif
-}
-
 dsc_status dsc_fp8l_quant_act(dsc_context *ctx, dsc_dtype xt, int64_t M, int64_t K,
                               const void *x, uint8_t *q, float *s) {
   if (M == 0 || K == 0) return DSC_OK;
-  return DSC_FP8_BACKEND(fp8_quantize, ctx, xt, M, K, 1, 128, 0, 0, DSC_FP8_AMAX_FLOOR, E4, x,
-                         q, s);
+  return DSC_DISPATCH(fp8_quantize, ctx, xt, M, K, 1, 128, 0, 0, DSC_FP8_AMAX_FLOOR, E4, x, q, s);
 }
 
 dsc_status dsc_fp8l_quant_weight(dsc_context *ctx, int64_t G, int64_t N, int64_t K,
@@ -47,15 +34,15 @@ dsc_status dsc_fp8l_quant_weight(dsc_context *ctx, int64_t G, int64_t N, int64_t
   /* one matrix at a time: a 128-row block must not straddle two experts when N % 128 != 0 */
   const int64_t sblk = cdiv(N, 128) * cdiv(K, 128);
   for (int64_t g = 0; g < G; ++g)
-    DSC_TRY(DSC_FP8_BACKEND(fp8_quantize, ctx, DSC_DTYPE_FLOAT32, N, K, 128, 128, transpose, 0,
-                            DSC_FP8_AMAX_FLOOR, E4, w + g * N * K, q + g * N * K, s + g * sblk));
+    DSC_TRY(DSC_DISPATCH(fp8_quantize, ctx, DSC_DTYPE_FLOAT32, N, K, 128, 128, transpose, 0,
+                         DSC_FP8_AMAX_FLOOR, E4, w + g * N * K, q + g * N * K, s + g * sblk));
   return DSC_OK;
 }
 
 dsc_status dsc_fp8l_dequant_weight(dsc_context *ctx, int64_t N, int64_t K, const uint8_t *q,
                                    const float *s, float *out) {
   if (N == 0 || K == 0) return DSC_OK;
-  return DSC_FP8_BACKEND(fp8_dequantize, ctx, E4, N, K, 128, 128, q, s, DSC_DTYPE_FLOAT32, out);
+  return DSC_DISPATCH(fp8_dequantize, ctx, E4, N, K, 128, 128, q, s, DSC_DTYPE_FLOAT32, out);
 }
 
 /* c [M,N] = a [M,K] (1x128) @ b^T, b [G,N,K] in 128x128 blocks (b_br rows per scale row),
@@ -65,9 +52,8 @@ static dsc_status gemm_any(dsc_context *ctx, int64_t G, int64_t M, int64_t N, in
                            const float *bs, const int32_t *offs, const int32_t *offs_h,
                            dsc_dtype ct, void *c, void *work) {
   if (offs == NULL)
-    return DSC_FP8_BACKEND(fp8_gemm, ctx, M, N, K, E4, a, as, 1, bt, b, bs, 128, ct, c, work);
-  return DSC_FP8_BACKEND(fp8_grouped_gemm, ctx, G, M, N, K, E4, a, as, bt, b, bs, offs, offs_h,
-                         ct, c, work);
+    return DSC_DISPATCH(fp8_gemm, ctx, M, N, K, E4, a, as, 1, bt, b, bs, 128, ct, c, work);
+  return DSC_DISPATCH(fp8_grouped_gemm, ctx, G, M, N, K, E4, a, as, bt, b, bs, offs, offs_h, ct, c, work);
 }
 
 dsc_status dsc_fp8l_fprop(dsc_context *ctx, int64_t G, int64_t M, int64_t N, int64_t K,
@@ -77,7 +63,7 @@ dsc_status dsc_fp8l_fprop(dsc_context *ctx, int64_t G, int64_t M, int64_t N, int
   if (M == 0 || N == 0) return DSC_OK;
   size_t bytes = 0;
   void *work = NULL;
-  DSC_TRY(DSC_FP8_BACKEND(fp8_gemm_work, ctx, offs ? G : 1, M, N, K, yt, &bytes));
+  DSC_TRY(DSC_DISPATCH(fp8_gemm_work, ctx, offs ? G : 1, M, N, K, yt, &bytes));
   DSC_TRY(dsc_workspace(ctx, bytes, &work));
   return gemm_any(ctx, G, M, N, K, xq, xs, E4, wq, ws, offs, offs_h, yt, y, work);
 }
@@ -96,7 +82,7 @@ dsc_status dsc_fp8l_dgrad(dsc_context *ctx, int64_t G, int64_t M, int64_t N, int
   off[3] = dsc_caddz(off[2], w_transposed ? 0 : al64n(dsc_cmul3(G, K, N, &ok), 1, &ok), &ok);
   off[4] = dsc_caddz(off[3], w_transposed ? 0 : al64n(dsc_cmul3(G, Kb, Nb, &ok), 4, &ok), &ok);
   size_t gw = 0;
-  DSC_TRY(DSC_FP8_BACKEND(fp8_gemm_work, ctx, offs ? G : 1, M, K, N, dyt, &gw));
+  DSC_TRY(DSC_DISPATCH(fp8_gemm_work, ctx, offs ? G : 1, M, K, N, dyt, &gw));
   const size_t total = dsc_caddz(off[4], gw, &ok);
   if (!ok) return scratch_overflow("dsc_fp8l_dgrad", G, M, N, K);
   void *base = NULL;
@@ -107,15 +93,14 @@ dsc_status dsc_fp8l_dgrad(dsc_context *ctx, int64_t G, int64_t M, int64_t N, int
   const uint8_t *wT = wq;             /* [G,K,N] */
   const float *wsT = ws;              /* [G,Kb,Nb] */
   if (N > 0) {
-    DSC_TRY(DSC_FP8_BACKEND(fp8_quantize, ctx, dyt, M, N, 1, 128, 0, 0, DSC_FP8_GRAD_AMAX_FLOOR,
-                            E4, dy, dyq, dys));
+    DSC_TRY(DSC_DISPATCH(fp8_quantize, ctx, dyt, M, N, 1, 128, 0, 0, DSC_FP8_GRAD_AMAX_FLOOR, E4, dy, dyq,
+                         dys));
     if (!w_transposed) {
       uint8_t *t = (uint8_t *)(p + off[2]);
       float *ts = (float *)(p + off[3]);
       for (int64_t g = 0; g < G; ++g) {
-        DSC_TRY(DSC_FP8_BACKEND(fp8_transpose, ctx, N, K, 1, wq + g * N * K, t + g * K * N));
-        DSC_TRY(DSC_FP8_BACKEND(fp8_transpose, ctx, Nb, Kb, 4, ws + g * Nb * Kb,
-                                ts + g * Kb * Nb));
+        DSC_TRY(DSC_DISPATCH(fp8_transpose, ctx, N, K, 1, wq + g * N * K, t + g * K * N));
+        DSC_TRY(DSC_DISPATCH(fp8_transpose, ctx, Nb, Kb, 4, ws + g * Nb * Kb, ts + g * Kb * Nb));
       }
       wT = t;
       wsT = ts;
@@ -140,7 +125,7 @@ dsc_status dsc_fp8l_wgrad(dsc_context *ctx, int64_t G, int64_t M, int64_t N, int
   off[4] = dsc_caddz(off[3], al64n(dsc_cmul(N, M, &ok), 1, &ok), &ok);
   off[5] = dsc_caddz(off[4], al64n(dsc_cmul(N, Mb, &ok), 4, &ok), &ok);
   size_t gw = 0;
-  DSC_TRY(DSC_FP8_BACKEND(fp8_gemm_work, ctx, 1, N, K, M, DSC_DTYPE_FLOAT32, &gw));
+  DSC_TRY(DSC_DISPATCH(fp8_gemm_work, ctx, 1, N, K, M, DSC_DTYPE_FLOAT32, &gw));
   const size_t total = dsc_caddz(off[5], gw, &ok);
   if (!ok) return scratch_overflow("dsc_fp8l_wgrad", G, M, N, K);
   void *base = NULL;
@@ -153,8 +138,8 @@ dsc_status dsc_fp8l_wgrad(dsc_context *ctx, int64_t G, int64_t M, int64_t N, int
   void *work = p + off[5];
   if (fp8_x && M > 0) {
     /* back to float32, then re-tiled along the tokens */
-    DSC_TRY(DSC_FP8_BACKEND(fp8_dequantize, ctx, xt, M, K, 1, 128, (const uint8_t *)x, xs,
-                            DSC_DTYPE_FLOAT32, p));
+    DSC_TRY(DSC_DISPATCH(fp8_dequantize, ctx, xt, M, K, 1, 128, (const uint8_t *)x, xs, DSC_DTYPE_FLOAT32,
+                         p));
     x = p;
     xt = DSC_DTYPE_FLOAT32;
   }
@@ -162,14 +147,14 @@ dsc_status dsc_fp8l_wgrad(dsc_context *ctx, int64_t G, int64_t M, int64_t N, int
   for (int64_t g = 0; g < G; ++g) {
     const int64_t r0 = offs_h ? offs_h[g] : 0, m = offs_h ? offs_h[g + 1] - r0 : M;
     if (m > 0) {
-      DSC_TRY(DSC_FP8_BACKEND(fp8_quantize, ctx, xt, m, K, 1, 128, 1, 0, DSC_FP8_AMAX_FLOOR, E4,
-                              (const char *)x + (size_t)(r0 * K) * xes, xTq, xTs));
-      DSC_TRY(DSC_FP8_BACKEND(fp8_quantize, ctx, dyt, m, N, 1, 128, 1, 0, DSC_FP8_GRAD_AMAX_FLOOR,
-                              E4, (const char *)dy + (size_t)(r0 * N) * dyes, dyTq, dyTs));
+      DSC_TRY(DSC_DISPATCH(fp8_quantize, ctx, xt, m, K, 1, 128, 1, 0, DSC_FP8_AMAX_FLOOR, E4,
+                           (const char *)x + (size_t)(r0 * K) * xes, xTq, xTs));
+      DSC_TRY(DSC_DISPATCH(fp8_quantize, ctx, dyt, m, N, 1, 128, 1, 0, DSC_FP8_GRAD_AMAX_FLOOR, E4,
+                           (const char *)dy + (size_t)(r0 * N) * dyes, dyTq, dyTs));
     }
     /* dw_g [N,K] = dyT [N,m] @ (xT [K,m])^T; m == 0 writes zeros */
-    DSC_TRY(DSC_FP8_BACKEND(fp8_gemm, ctx, N, K, m, E4, dyTq, dyTs, 1, E4, xTq, xTs, 1,
-                            DSC_DTYPE_FLOAT32, dw + g * N * K, work));
+    DSC_TRY(DSC_DISPATCH(fp8_gemm, ctx, N, K, m, E4, dyTq, dyTs, 1, E4, xTq, xTs, 1, DSC_DTYPE_FLOAT32,
+                         dw + g * N * K, work));
   }
   return DSC_OK;
 }

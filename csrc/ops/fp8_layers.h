@@ -24,13 +24,6 @@
 
 #include "backend.h"
 
-#if defined(DSC_WITH_CUDA) && defined(DSC_WITH_CUDA_FP8)
-#define DSC_FP8_BACKEND(name, ...) \
-  (dsc_ctx_is_cuda(ctx) ? dsc_cuda_##name(__VA_ARGS__) : dsc_cpu_##name(__VA_ARGS__))
-#else
-#define DSC_FP8_BACKEND(name, ...) dsc_cpu_##name(__VA_ARGS__)
-#endif
-
 /* DeepSeek's online scaling of activations: amax clamped to >= 1e-4 before
  * scale = amax / 448. */
 #define DSC_FP8_AMAX_FLOOR 1e-4f
@@ -40,10 +33,6 @@
  * amplifies (measured: the demo's FP8 run stalled at loss 0.32 / 60% exact match with it,
  * reached 0.033 / 94.5% without; FP32: 0.076 / 91.5%). */
 #define DSC_FP8_GRAD_AMAX_FLOOR 1e-30f
-
-/* DSC_OK where the context's device can run the FP8 kernels, else DSC_ERR_UNSUPPORTED
- * naming `fn`. */
-dsc_status dsc_fp8l_device_ok(const dsc_context *ctx, const char *fn);
 
 /* 1x128 tiles: x [M,K] (xt float32|bfloat16) -> q [M,K] e4m3, s [M,Kb]. */
 dsc_status dsc_fp8l_quant_act(dsc_context *ctx, dsc_dtype xt, int64_t M, int64_t K,

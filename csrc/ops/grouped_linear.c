@@ -5,7 +5,7 @@
  *
  * Checks ctx and every tensor (device, dtype, contiguity), then ranks and shapes, then
  * the offsets' values (read on the host: a copy from the device on CUDA); then calls
- * dsc_cpu_grouped_linear_* (or the CUDA twin, only with DSC_WITH_CUDA_MOE).
+ * dsc_cpu_grouped_linear_* or its CUDA twin (DSC_DISPATCH, core/backend.h).
  *
  * Legend: E experts, R rows, K in features, N out features.
  */
@@ -14,25 +14,6 @@
 
 #include "backend.h"
 #include "moe_internal.h"
-
-#if defined(DSC_WITH_CUDA) && defined(DSC_WITH_CUDA_MOE)
-#define BACKEND(name, ...) \
-  (dsc_ctx_is_cuda(ctx) ? dsc_cuda_##name(__VA_ARGS__) : dsc_cpu_##name(__VA_ARGS__))
-#else
-#define BACKEND(name, ...) dsc_cpu_##name(__VA_ARGS__)
-#endif
-
-static dsc_status gl_device(const dsc_context *ctx, const char *fn) {
-#if defined(DSC_WITH_CUDA) && defined(DSC_WITH_CUDA_MOE)
-  (void)ctx;
-  (void)fn;
-  return DSC_OK;
-#else
-  if (dsc_ctx_is_cuda(ctx))
-    return dsc_error(DSC_ERR_UNSUPPORTED, fn, "MoE ops have no CUDA kernels yet in this build");
-  return DSC_OK;
-#endif
-}
 
 /* The offsets on the host (*owned: a malloc'ed copy to free), checked:
  * 0 = o_0 <= o_1 <= ... <= o_E = R. */
@@ -104,14 +85,13 @@ dsc_status dsc_grouped_linear_forward_h(dsc_context *ctx, const DLTensor *x, con
   DSC_TRY(dsc_check_shape(FN, "group_offsets", group_offsets, 1, &o_shape));
   DSC_TRY(dsc_check_shape(FN, "y", y, 2, y_shape));
   DSC_TRY(dsc_check_disjoint(FN, "y", y, "x", x, "w", w, "group_offsets", group_offsets, NULL));
-  DSC_TRY(gl_device(ctx, FN));
   const int32_t *offs_h = given_h;
   int32_t *owned = NULL;
   if (!offs_h) DSC_TRY(host_offsets(ctx, FN, group_offsets, E, R, &offs_h, &owned));
   dsc_status s = DSC_OK;
   if (R > 0 && N > 0) {
-    s = BACKEND(grouped_linear_fwd, ctx, dsc_tensor_dtype(x), E, R, N, K, dsc_data(x),
-                dsc_data(w), (const int32_t *)dsc_data(group_offsets), offs_h, dsc_data(y));
+    s = DSC_DISPATCH(grouped_linear_fwd, ctx, dsc_tensor_dtype(x), E, R, N, K, dsc_data(x), dsc_data(w),
+                     (const int32_t *)dsc_data(group_offsets), offs_h, dsc_data(y));
   }
   free(owned);
   return s;
@@ -156,16 +136,15 @@ dsc_status dsc_grouped_linear_backward_h(dsc_context *ctx, const DLTensor *dy, c
                              "dw", dw, NULL));
   DSC_TRY(dsc_check_disjoint(FN, "dw", dw, "dy", dy, "x", x, "w", w, "group_offsets", group_offsets,
                              NULL));
-  DSC_TRY(gl_device(ctx, FN));
   const int32_t *offs_h = given_h;
   int32_t *owned = NULL;
   if (!offs_h) DSC_TRY(host_offsets(ctx, FN, group_offsets, E, R, &offs_h, &owned));
   dsc_status s = DSC_OK;
   /* N == 0 still runs: dx is then an empty sum, i.e. zeros, and must be written. */
   if (K > 0) {
-    s = BACKEND(grouped_linear_bwd, ctx, dt, E, R, N, K, dsc_data(dy), dsc_data(x), dsc_data(w),
-                (const int32_t *)dsc_data(group_offsets), offs_h, dx ? dsc_data(dx) : NULL, dw_dt,
-                dw ? dsc_data(dw) : NULL);
+    s = DSC_DISPATCH(grouped_linear_bwd, ctx, dt, E, R, N, K, dsc_data(dy), dsc_data(x), dsc_data(w),
+                     (const int32_t *)dsc_data(group_offsets), offs_h, dx ? dsc_data(dx) : NULL, dw_dt,
+                     dw ? dsc_data(dw) : NULL);
   }
   free(owned);
   return s;

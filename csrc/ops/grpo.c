@@ -73,27 +73,12 @@ dsc_status dsc_grpo_advantages(dsc_context *ctx, const dsc_grpo_params *p, const
   DSC_TRY(dsc_check_disjoint(FN, "keep", keep, "rewards", rewards, NULL));
   const float *r = (const float *)dsc_data(rewards);
   int64_t bad = -1;
-  if (dsc_ctx_is_cuda(ctx)) {
-#ifdef DSC_WITH_CUDA
-    DSC_TRY(dsc_cuda_find_nonfinite(ctx, n, r, &bad));
-#else
-    return dsc_error(DSC_ERR_INTERNAL, FN, "CUDA context in a build without CUDA");
-#endif
-  } else {
-    DSC_TRY(dsc_cpu_find_nonfinite(ctx, n, r, &bad));
-  }
+  DSC_TRY(DSC_DISPATCH(find_nonfinite, ctx, n, r, &bad));
   DSC_CHECK(bad < 0, DSC_ERR_INVALID_ARGUMENT, FN,
             "rewards: expected finite values, got a NaN or infinity at index %lld", (long long)bad);
   float *a = (float *)dsc_data(advantages);
   int32_t *k = keep ? (int32_t *)dsc_data(keep) : NULL;
-  if (dsc_ctx_is_cuda(ctx)) {
-#ifdef DSC_WITH_CUDA
-    return dsc_cuda_grpo_advantages(ctx, p, n, r, a, k);
-#else
-    return dsc_error(DSC_ERR_INTERNAL, FN, "CUDA context in a build without CUDA");
-#endif
-  }
-  return dsc_cpu_grpo_advantages(ctx, p, n, r, a, k);
+  return DSC_DISPATCH(grpo_advantages, ctx, p, n, r, a, k);
 }
 
 dsc_status dsc_grpo_loss(dsc_context *ctx, const dsc_grpo_params *p, const DLTensor *logprobs,
@@ -148,14 +133,6 @@ dsc_status dsc_grpo_loss(dsc_context *ctx, const dsc_grpo_params *p, const DLTen
   const int32_t *kp = keep ? (const int32_t *)dsc_data(keep) : NULL;
   float *dl = dlogprobs ? (float *)dsc_data(dlogprobs) : NULL, *sp = stats ? (float *)dsc_data(stats) : NULL;
 #undef OPT_F
-  if (dsc_ctx_is_cuda(ctx)) {
-#ifdef DSC_WITH_CUDA
-    return dsc_cuda_grpo_loss(ctx, p, B, T, Lmax, lp, old, rf, adv, tgt64, dsc_data(targets), ignore_index, kp,
-                              (float *)dsc_data(loss), dl, sp);
-#else
-    return dsc_error(DSC_ERR_INTERNAL, FN, "CUDA context in a build without CUDA");
-#endif
-  }
-  return dsc_cpu_grpo_loss(ctx, p, B, T, Lmax, lp, old, rf, adv, tgt64, dsc_data(targets), ignore_index, kp,
-                           (float *)dsc_data(loss), dl, sp);
+  return DSC_DISPATCH(grpo_loss, ctx, p, B, T, Lmax, lp, old, rf, adv, tgt64, dsc_data(targets), ignore_index,
+                      kp, (float *)dsc_data(loss), dl, sp);
 }

@@ -14,38 +14,6 @@
 
 #include "backend.h"
 
-/* C = alpha op(A) op(B) + beta C on the context's device. */
-static dsc_status gemm(dsc_context *ctx, const char *fn, dsc_dtype dt, int ta, int tb, int64_t M,
-                       int64_t N, int64_t K, float alpha, const void *A, int64_t lda,
-                       const void *B, int64_t ldb, float beta, void *C, int64_t ldc,
-                       int64_t batch, int64_t sA, int64_t sB, int64_t sC) {
-  if (dsc_ctx_is_cuda(ctx)) {
-#ifdef DSC_WITH_CUDA
-    return dsc_cuda_gemm(ctx, dt, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, batch, sA,
-                         sB, sC);
-#else
-    return dsc_error(DSC_ERR_INTERNAL, fn, "CUDA context in a build without CUDA");
-#endif
-  }
-  return dsc_cpu_gemm(ctx, dt, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, batch, sA, sB,
-                      sC);
-}
-
-/* Like gemm, batch 1, with a float32 C and A, B in dt. */
-static dsc_status gemm_f32out(dsc_context *ctx, const char *fn, dsc_dtype dt, int ta, int tb,
-                              int64_t M, int64_t N, int64_t K, float alpha, const void *A,
-                              int64_t lda, const void *B, int64_t ldb, float beta, float *C,
-                              int64_t ldc) {
-  if (dsc_ctx_is_cuda(ctx)) {
-#ifdef DSC_WITH_CUDA
-    return dsc_cuda_gemm_f32out(ctx, dt, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-#else
-    return dsc_error(DSC_ERR_INTERNAL, fn, "CUDA context in a build without CUDA");
-#endif
-  }
-  return dsc_cpu_gemm_f32out(ctx, dt, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-}
-
 dsc_status dsc_matmul(dsc_context *ctx, const DLTensor *a, const DLTensor *b, DLTensor *c,
                       int32_t trans_a, int32_t trans_b, float alpha, float beta) {
   static const char *const FN = "dsc_matmul";
@@ -90,8 +58,8 @@ dsc_status dsc_matmul(dsc_context *ctx, const DLTensor *a, const DLTensor *b, DL
   if (Bt == 0 || M == 0 || N == 0) return DSC_OK;
 
   const int64_t sB = b->ndim == 3 ? b0 * b1 : 0; /* 0: one b shared by the batch */
-  return gemm(ctx, FN, dsc_tensor_dtype(a), trans_a, trans_b, M, N, K, alpha, dsc_data(a), a1,
-              dsc_data(b), b1, beta, dsc_data(c), N, Bt, a0 * a1, sB, M * N);
+  return DSC_DISPATCH(gemm, ctx, dsc_tensor_dtype(a), trans_a, trans_b, M, N, K, alpha, dsc_data(a), a1,
+                      dsc_data(b), b1, beta, dsc_data(c), N, Bt, a0 * a1, sB, M * N);
 }
 
 /* Writes the shape of x with its last dim replaced by `last` into shape[16]. */
@@ -121,8 +89,8 @@ dsc_status dsc_linear_forward(dsc_context *ctx, const DLTensor *x, const DLTenso
   if (R == 0 || N == 0) return DSC_OK;
 
   /* y [R, N] = x [R, K] @ w^T (w stored [N, K]). */
-  return gemm(ctx, FN, dsc_tensor_dtype(x), 0, 1, R, N, K, 1.0f, dsc_data(x), K, dsc_data(w), K,
-              0.0f, dsc_data(y), N, 1, 0, 0, 0);
+  return DSC_DISPATCH(gemm, ctx, dsc_tensor_dtype(x), 0, 1, R, N, K, 1.0f, dsc_data(x), K, dsc_data(w), K,
+                      0.0f, dsc_data(y), N, 1, 0, 0, 0);
 }
 
 dsc_status dsc_linear_backward(dsc_context *ctx, const DLTensor *dy, const DLTensor *x,
@@ -160,18 +128,18 @@ dsc_status dsc_linear_backward(dsc_context *ctx, const DLTensor *dy, const DLTen
 
   /* dx [R, K] = dy [R, N] @ w [N, K]. */
   if (dx && R > 0 && K > 0) {
-    DSC_TRY(gemm(ctx, FN, dt, 0, 0, R, K, N, 1.0f, dsc_data(dy), N, dsc_data(w), K, 0.0f,
-                 dsc_data(dx), K, 1, 0, 0, 0));
+    DSC_TRY(DSC_DISPATCH(gemm, ctx, dt, 0, 0, R, K, N, 1.0f, dsc_data(dy), N, dsc_data(w), K, 0.0f,
+                         dsc_data(dx), K, 1, 0, 0, 0));
   }
   /* dw [N, K] = dy^T [N, R] @ x [R, K]: dy is stored [R, N], hence trans_a. Overwritten
    * (beta 0); R == 0 gives zeros. */
   if (dw && N > 0 && K > 0) {
     if (dw_dt == dt) {
-      DSC_TRY(gemm(ctx, FN, dt, 1, 0, N, K, R, 1.0f, dsc_data(dy), N, dsc_data(x), K, 0.0f,
-                   dsc_data(dw), K, 1, 0, 0, 0));
+      DSC_TRY(DSC_DISPATCH(gemm, ctx, dt, 1, 0, N, K, R, 1.0f, dsc_data(dy), N, dsc_data(x), K, 0.0f,
+                           dsc_data(dw), K, 1, 0, 0, 0));
     } else {
-      DSC_TRY(gemm_f32out(ctx, FN, dt, 1, 0, N, K, R, 1.0f, dsc_data(dy), N, dsc_data(x), K, 0.0f,
-                          (float *)dsc_data(dw), K));
+      DSC_TRY(DSC_DISPATCH(gemm_f32out, ctx, dt, 1, 0, N, K, R, 1.0f, dsc_data(dy), N, dsc_data(x), K, 0.0f,
+                           (float *)dsc_data(dw), K));
     }
   }
   return DSC_OK;

@@ -129,7 +129,6 @@ dsc_status mla_check_weights(dsc_context *ctx, const char *fn, const dsc_mla_par
   }
   DSC_TRY(mla_check_w(ctx, fn, "q_a_layernorm", w->q_a_layernorm, ql, 1, Rq, 0));
   DSC_TRY(mla_check_w(ctx, fn, "kv_a_layernorm", w->kv_a_layernorm, 1, 1, R, 0));
-  if (p->fp8) DSC_TRY(dsc_fp8l_device_ok(ctx, fn));
   return DSC_OK;
 }
 
@@ -189,8 +188,8 @@ dsc_status mla_host_ints(dsc_context *ctx, const DLTensor *t, void **host, void 
  * device and returns the first bad one (two scalars come back, not the positions). */
 dsc_status mla_check_positions(dsc_context *ctx, const char *fn, const DLTensor *pos) {
   int64_t bad_pos = -1, bad_value = 0;
-  DSC_TRY(BACKEND(index_range, ctx, dsc_numel(pos), 0, dsc_data(pos), 0, (int64_t)INT32_MAX + 1, 0,
-                  &bad_pos, &bad_value));
+  DSC_TRY(DSC_DISPATCH(index_range, ctx, dsc_numel(pos), 0, dsc_data(pos), 0, (int64_t)INT32_MAX + 1, 0,
+                       &bad_pos, &bad_value));
   DSC_CHECK(bad_pos < 0, DSC_ERR_INVALID_ARGUMENT, fn,
             "positions: expected values >= 0, got %lld at index %lld", (long long)bad_value,
             (long long)bad_pos);
@@ -215,14 +214,13 @@ static int attn_bf16(void) {
 dsc_status mla_attn_fwd(dsc_context *ctx, int64_t B, int64_t T, int64_t H, int64_t dn,
                         int64_t dr, int64_t dv, float scale, const float *q, const float *q_pe,
                         const float *kv, const float *kpe, float *o, float *lse) {
-  return BACKEND(mla_attn_fwd, ctx, B, T, H, dn, dr, dv, attn_bf16(), scale, q, q_pe, kv, kpe, o,
-                 lse);
+  return DSC_DISPATCH(mla_attn_fwd, ctx, B, T, H, dn, dr, dv, attn_bf16(), scale, q, q_pe, kv, kpe, o, lse);
 }
 
 dsc_status mla_attn_bwd(dsc_context *ctx, int64_t B, int64_t T, int64_t H, int64_t dn,
                         int64_t dr, int64_t dv, float scale, const float *q, const float *q_pe,
                         const float *kv, const float *kpe, const float *o, const float *lse,
                         const float *dout, float *dq, float *dq_pe, float *dkv, float *dkpe) {
-  return BACKEND(mla_attn_bwd, ctx, B, T, H, dn, dr, dv, attn_bf16(), scale, q, q_pe, kv, kpe, o,
-                 lse, dout, dq, dq_pe, dkv, dkpe);
+  return DSC_DISPATCH(mla_attn_bwd, ctx, B, T, H, dn, dr, dv, attn_bf16(), scale, q, q_pe, kv, kpe, o, lse,
+                      dout, dq, dq_pe, dkv, dkpe);
 }

@@ -284,8 +284,8 @@ dsc_status dsc_mla_cache_read(dsc_context *ctx, const dsc_mla_cache *c, int32_t 
   void *own = NULL;
   dsc_status s = mla_stage_ints(ctx, L, slots, &dslots, &own);
   if (s == DSC_OK)
-    s = BACKEND(mla_cache_read, ctx, c->dt, c->o.kv_lora_rank, c->o.rope_dim, c->row_bytes, L,
-                dslots, mla_layer_pool(c, layer), FO(latent), FO(rope));
+    s = DSC_DISPATCH(mla_cache_read, ctx, c->dt, c->o.kv_lora_rank, c->o.rope_dim, c->row_bytes, L, dslots,
+                     mla_layer_pool(c, layer), FO(latent), FO(rope));
   dsc_free(ctx, own);
   free(slots);
   return s;

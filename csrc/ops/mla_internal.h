@@ -15,15 +15,9 @@
 #include "backend.h"
 #include "fp8_layers.h"
 
-/* Backend call by name: dsc_cpu_<name>(...) or dsc_cuda_<name>(...) (the idiom of
- * ops/moe.c). mla_check_ctx() has already turned CUDA contexts away in builds without the
- * MLA kernels. */
-#if defined(DSC_WITH_CUDA) && defined(DSC_WITH_CUDA_MLA)
-#define BACKEND(name, ...) \
-  (dsc_ctx_is_cuda(ctx) ? dsc_cuda_##name(__VA_ARGS__) : dsc_cpu_##name(__VA_ARGS__))
+#ifdef DSC_WITH_CUDA
 #define MLA_CUDA_OK 1
 #else
-#define BACKEND(name, ...) dsc_cpu_##name(__VA_ARGS__)
 #define MLA_CUDA_OK 0
 #endif
 

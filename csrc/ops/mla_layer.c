@@ -30,8 +30,8 @@
 /* y [M,Nout] = alpha * a [M,K] @ w[Nout,K]^T + beta * y (row strides lda, ldw, ldy). */
 static dsc_status lin(dsc_context *ctx, int64_t M, int64_t Nout, int64_t K, const float *a,
                       int64_t lda, const float *w, int64_t ldw, float beta, float *y, int64_t ldy) {
-  return BACKEND(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 1, M, Nout, K, 1.0f, a, lda, w, ldw, beta, y, ldy, 1,
-                 0, 0, 0);
+  return DSC_DISPATCH(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 1, M, Nout, K, 1.0f, a, lda, w, ldw, beta, y, ldy, 1,
+                      0, 0, 0);
 }
 
 /* A projection weight [Nout,K]: float32 w, or (q != NULL) held in E4M3 with its 128x128
@@ -79,10 +79,10 @@ static dsc_status proj_bwd(dsc_context *ctx, const fp8_scratch *f8, int64_t M, i
                            float *dw, float beta, float *dx) {
   if (!f8) {
     if (dw)
-      DSC_TRY(BACKEND(gemm_f32out, ctx, DSC_DTYPE_FLOAT32, 1, 0, Nout, K, M, 1.0f, dy, Nout, x, K,
-                      0.0f, dw, K));
-    return BACKEND(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 0, M, K, Nout, 1.0f, dy, Nout, w, K, beta, dx, K,
-                   1, 0, 0, 0);
+      DSC_TRY(DSC_DISPATCH(gemm_f32out, ctx, DSC_DTYPE_FLOAT32, 1, 0, Nout, K, M, 1.0f, dy, Nout, x, K, 0.0f,
+                           dw, K));
+    return DSC_DISPATCH(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 0, M, K, Nout, 1.0f, dy, Nout, w, K, beta, dx, K, 1,
+                        0, 0, 0);
   }
   const dsc_dtype f32 = DSC_DTYPE_FLOAT32;
   if (dw) DSC_TRY(dsc_fp8l_wgrad(ctx, 1, M, Nout, K, f32, dy, f32, x, NULL, NULL, dw));
@@ -90,7 +90,7 @@ static dsc_status proj_bwd(dsc_context *ctx, const fp8_scratch *f8, int64_t M, i
   float *out = beta != 0.0f ? f8->tmp2 : dx;
   DSC_TRY(dsc_fp8l_dgrad(ctx, 1, M, Nout, K, f32, dy, DSC_DTYPE_FLOAT8_E4M3FN, f8->wq, f8->ws, 1,
                          NULL, NULL, out));
-  return beta != 0.0f ? BACKEND(add, ctx, f32, M * K, dx, out, dx) : DSC_OK;
+  return beta != 0.0f ? DSC_DISPATCH(add, ctx, f32, M * K, dx, out, dx) : DSC_OK;
 }
 
 /* ---- activations -------------------------------------------------------------- */
@@ -202,15 +202,15 @@ static dsc_status q_path(dsc_context *ctx, const dsc_mla_params *p, const dsc_ml
   DSC_TRY(rope_tab(p, inv, &cs));
   if (Rq > 0) {
     DSC_TRY(proj(ctx, f8, N, Rq, Hd, x, WR(w->q_a_proj, w->q_a_proj_scale_inv), cq_raw));
-    DSC_TRY(BACKEND(rms_norm_fwd, ctx, DSC_DTYPE_FLOAT32, N, Rq, cq_raw, dsc_data(w->q_a_layernorm),
-                    p->rms_norm_eps, cq, rstd_q));
+    DSC_TRY(DSC_DISPATCH(rms_norm_fwd, ctx, DSC_DTYPE_FLOAT32, N, Rq, cq_raw, dsc_data(w->q_a_layernorm),
+                         p->rms_norm_eps, cq, rstd_q));
     DSC_TRY(proj(ctx, f8, N, H * dqk, Rq, cq, WR(w->q_b_proj, w->q_b_proj_scale_inv), q));
   } else {
     DSC_TRY(proj(ctx, f8, N, H * dqk, Hd, x, WR(w->q_proj, w->q_proj_scale_inv), q));
   }
-  DSC_TRY(BACKEND(mla_copy_cols, ctx, N * H, dr, q + dn, dqk, q_pe, dr));
-  return BACKEND(rope, ctx, DSC_DTYPE_FLOAT32, (int)p->rope.layout, B, T, H, dr, q_pe, pos, inv, cs, 0,
-                 q_pe);
+  DSC_TRY(DSC_DISPATCH(mla_copy_cols, ctx, N * H, dr, q + dn, dqk, q_pe, dr));
+  return DSC_DISPATCH(rope, ctx, DSC_DTYPE_FLOAT32, (int)p->rope.layout, B, T, H, dr, q_pe, pos, inv, cs, 0,
+                      q_pe);
 }
 
 /* The latent path: c_raw [N,R], rstd_kv [N], ckv [N,R], kpe [N,dr] (rotated). */
@@ -231,12 +231,12 @@ static dsc_status kv_path(dsc_context *ctx, const dsc_mla_params *p, const dsc_m
     joint = (float *)ws;
   }
   DSC_TRY(proj(ctx, f8, N, R + dr, Hd, x, wa, joint));
-  DSC_TRY(BACKEND(mla_copy_cols, ctx, N, R, joint, R + dr, c_raw, R));
-  DSC_TRY(BACKEND(mla_copy_cols, ctx, N, dr, joint + R, R + dr, kpe, dr));
-  DSC_TRY(BACKEND(rms_norm_fwd, ctx, DSC_DTYPE_FLOAT32, N, R, c_raw, dsc_data(w->kv_a_layernorm),
-                  p->rms_norm_eps, ckv, rstd_kv));
-  return BACKEND(rope, ctx, DSC_DTYPE_FLOAT32, (int)p->rope.layout, B, T, 1, dr, kpe, pos, inv, cs, 0,
-                 kpe);
+  DSC_TRY(DSC_DISPATCH(mla_copy_cols, ctx, N, R, joint, R + dr, c_raw, R));
+  DSC_TRY(DSC_DISPATCH(mla_copy_cols, ctx, N, dr, joint + R, R + dr, kpe, dr));
+  DSC_TRY(DSC_DISPATCH(rms_norm_fwd, ctx, DSC_DTYPE_FLOAT32, N, R, c_raw, dsc_data(w->kv_a_layernorm),
+                       p->rms_norm_eps, ckv, rstd_kv));
+  return DSC_DISPATCH(rope, ctx, DSC_DTYPE_FLOAT32, (int)p->rope.layout, B, T, 1, dr, kpe, pos, inv, cs, 0,
+                      kpe);
 }
 
 dsc_status dsc_mla_forward(dsc_context *ctx, const dsc_mla_params *p, const dsc_mla_weights *w,
@@ -399,31 +399,31 @@ dsc_status dsc_mla_backward(dsc_context *ctx, const dsc_mla_params *p, const dsc
   STEP(mla_attn_bwd(ctx, B, T, H, dn, dr, dv, p->softmax_scale, a[A_Q], a[A_Q_PE], a[A_KV],
           a[A_KPE], a[A_O], a[A_LSE], b[G_DO], b[G_DQ], b[G_DQ_PE], b[G_DKV], b[G_DKPE]));
   /* RoPE backward, then dq_pe back into dq[..., dn:] */
-  STEP(BACKEND(rope, ctx, DSC_DTYPE_FLOAT32, (int)p->rope.layout, B, T, H, dr, b[G_DQ_PE], pos, inv, cs,
-               1, b[G_DQ_PE]));
-  STEP(BACKEND(mla_copy_cols, ctx, N * H, dr, b[G_DQ_PE], dr, b[G_DQ] + dn, dqk));
-  STEP(BACKEND(rope, ctx, DSC_DTYPE_FLOAT32, (int)p->rope.layout, B, T, 1, dr, b[G_DKPE], pos, inv, cs,
-               1, b[G_DKPE]));
+  STEP(DSC_DISPATCH(rope, ctx, DSC_DTYPE_FLOAT32, (int)p->rope.layout, B, T, H, dr, b[G_DQ_PE], pos, inv, cs,
+                    1, b[G_DQ_PE]));
+  STEP(DSC_DISPATCH(mla_copy_cols, ctx, N * H, dr, b[G_DQ_PE], dr, b[G_DQ] + dn, dqk));
+  STEP(DSC_DISPATCH(rope, ctx, DSC_DTYPE_FLOAT32, (int)p->rope.layout, B, T, 1, dr, b[G_DKPE], pos, inv, cs,
+                    1, b[G_DKPE]));
   /* kv = ckv Wkvb^T */
   STEP(proj_bwd(ctx, f8, N, H * dkvw, R, b[G_DKV], a[A_CKV], F(w->kv_b_proj), FO(g->kv_b_proj),
                 0.0f, b[G_DCKV]));
-  STEP(BACKEND(rms_norm_bwd, ctx, DSC_DTYPE_FLOAT32, N, R, b[G_DCKV], a[A_C_RAW],
-               dsc_data(w->kv_a_layernorm), a[A_RSTD_KV], eps, b[G_DC_RAW],
-               g->kv_a_layernorm ? FO(g->kv_a_layernorm) : b[G_DGAMMA]));
+  STEP(DSC_DISPATCH(rms_norm_bwd, ctx, DSC_DTYPE_FLOAT32, N, R, b[G_DCKV], a[A_C_RAW],
+                    dsc_data(w->kv_a_layernorm), a[A_RSTD_KV], eps, b[G_DC_RAW],
+                    g->kv_a_layernorm ? FO(g->kv_a_layernorm) : b[G_DGAMMA]));
   /* [c_raw | kpe_raw] = x Wkva^T: the joint [N, R+dr] gradient, as the forward's one
    * projection (one weight-gradient and one dx product instead of a thin pair each) */
   const float *wa = F(w->kv_a_proj_with_mqa);
   float *djoint = f8 ? f8->tmp : b[G_DKVA]; /* [N, R+dr] */
-  STEP(BACKEND(mla_copy_cols, ctx, N, R, b[G_DC_RAW], R, djoint, R + dr));
-  STEP(BACKEND(mla_copy_cols, ctx, N, dr, b[G_DKPE], dr, djoint + R, R + dr));
+  STEP(DSC_DISPATCH(mla_copy_cols, ctx, N, R, b[G_DC_RAW], R, djoint, R + dr));
+  STEP(DSC_DISPATCH(mla_copy_cols, ctx, N, dr, b[G_DKPE], dr, djoint + R, R + dr));
   STEP(proj_bwd(ctx, f8, N, R + dr, Hd, djoint, xp, wa, FO(g->kv_a_proj_with_mqa), 0.0f, dxp));
   /* query path */
   if (Rq > 0) {
     STEP(proj_bwd(ctx, f8, N, H * dqk, Rq, b[G_DQ], a[A_CQ], F(w->q_b_proj), FO(g->q_b_proj), 0.0f,
                   b[G_DCQ]));
-    STEP(BACKEND(rms_norm_bwd, ctx, DSC_DTYPE_FLOAT32, N, Rq, b[G_DCQ], a[A_CQ_RAW],
-                 dsc_data(w->q_a_layernorm), a[A_RSTD_Q], eps, b[G_DCQ_RAW],
-                 g->q_a_layernorm ? FO(g->q_a_layernorm) : b[G_DGAMMA]));
+    STEP(DSC_DISPATCH(rms_norm_bwd, ctx, DSC_DTYPE_FLOAT32, N, Rq, b[G_DCQ], a[A_CQ_RAW],
+                      dsc_data(w->q_a_layernorm), a[A_RSTD_Q], eps, b[G_DCQ_RAW],
+                      g->q_a_layernorm ? FO(g->q_a_layernorm) : b[G_DGAMMA]));
     STEP(proj_bwd(ctx, f8, N, Rq, Hd, b[G_DCQ_RAW], xp, F(w->q_a_proj), FO(g->q_a_proj), 1.0f,
                   dxp));
   } else {
@@ -616,16 +616,14 @@ static dsc_status mla_infer(const char *FN, dsc_context *ctx, const dsc_mla_para
     STEP(q_path(ctx, p, w, f8, B, T, xp, pos, a[I_CQ_RAW], a[I_RSTD_Q], a[I_CQ], a[I_Q],
                 a[I_Q_PE]));
     /* q_lat[:, h] = q_nope[:, h] @ W_UK[h]   ([N,dn] @ [dn,R], batched over heads) */
-    STEP(BACKEND(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 0, N, R, dn, 1.0f, a[I_Q], H * dqk, wkvb, R, 0.0f,
-                 a[I_QLAT], H * R, H, dqk, (dn + dv) * R, R));
-    STEP(BACKEND(mla_cache_write, ctx, c->dt, R, dr, c->row_bytes, N, dmeta, a[I_CKV], a[I_KPE],
-                 pool));
-    STEP(BACKEND(mla_decode_attn, ctx, c->dt, R, dr, c->row_bytes, bs, pool, N, H, max_kv,
-                 p->softmax_scale, a[I_QLAT], a[I_Q_PE], dmeta + N, dmeta + 2 * N, dtables,
-                 a[I_OLAT]));
+    STEP(DSC_DISPATCH(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 0, N, R, dn, 1.0f, a[I_Q], H * dqk, wkvb, R, 0.0f,
+                      a[I_QLAT], H * R, H, dqk, (dn + dv) * R, R));
+    STEP(DSC_DISPATCH(mla_cache_write, ctx, c->dt, R, dr, c->row_bytes, N, dmeta, a[I_CKV], a[I_KPE], pool));
+    STEP(DSC_DISPATCH(mla_decode_attn, ctx, c->dt, R, dr, c->row_bytes, bs, pool, N, H, max_kv,
+                      p->softmax_scale, a[I_QLAT], a[I_Q_PE], dmeta + N, dmeta + 2 * N, dtables, a[I_OLAT]));
     /* o[:, h] = o_lat[:, h] @ W_UV[h]^T   ([N,R] @ [R,dv]) */
-    STEP(BACKEND(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 1, N, dv, R, 1.0f, a[I_OLAT], H * R, wkvb + dn * R, R,
-                 0.0f, a[I_O], H * dv, H, R, (dn + dv) * R, dv));
+    STEP(DSC_DISPATCH(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 1, N, dv, R, 1.0f, a[I_OLAT], H * R, wkvb + dn * R, R,
+                      0.0f, a[I_O], H * dv, H, R, (dn + dv) * R, dv));
     STEP(proj(ctx, f8, N, Hd, H * dv, a[I_O], WR(w->o_proj, w->o_proj_scale_inv), FO(out)));
   }
 #undef STEP

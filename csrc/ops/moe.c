@@ -4,8 +4,7 @@
  *
  * Checks ctx and every tensor (device, dtype, contiguity), then ranks and shapes, then
  * parameters and index values (through the backend's index_range, on the device); only
- * then calls dsc_cpu_moe_* (or dsc_cuda_moe_*, which exist only with DSC_WITH_CUDA_MOE;
- * otherwise a CUDA context gets DSC_ERR_UNSUPPORTED).
+ * then calls dsc_cpu_moe_* or dsc_cuda_moe_* (DSC_DISPATCH, core/backend.h).
  *
  * Legend: T tokens, E routed experts, k experts per token, G groups, D hidden,
  *         R permuted rows, L sequence length.
@@ -29,28 +28,6 @@ void dsc_moe_route_params_default(dsc_moe_route_params *p) {
   p->norm_topk_prob = 1;
   p->routed_scaling_factor = 2.5f;
 }
-
-/* A CUDA context is served only when the MoE kernels are compiled in. */
-static dsc_status moe_device(const dsc_context *ctx, const char *fn) {
-#if defined(DSC_WITH_CUDA) && defined(DSC_WITH_CUDA_MOE)
-  (void)ctx;
-  (void)fn;
-  return DSC_OK;
-#else
-  if (dsc_ctx_is_cuda(ctx))
-    return dsc_error(DSC_ERR_UNSUPPORTED, fn, "MoE ops have no CUDA kernels yet in this build");
-  return DSC_OK;
-#endif
-}
-
-/* Backend call by name: dsc_cpu_<name>(...) or dsc_cuda_<name>(...). moe_device() has
- * already turned CUDA contexts away in builds without the kernels. */
-#if defined(DSC_WITH_CUDA) && defined(DSC_WITH_CUDA_MOE)
-#define BACKEND(name, ...) \
-  (dsc_ctx_is_cuda(ctx) ? dsc_cuda_##name(__VA_ARGS__) : dsc_cpu_##name(__VA_ARGS__))
-#else
-#define BACKEND(name, ...) dsc_cpu_##name(__VA_ARGS__)
-#endif
 
 static int is64(const DLTensor *t) { return dsc_tensor_dtype(t) == DSC_DTYPE_INT64; }
 
@@ -153,14 +130,13 @@ dsc_status dsc_moe_route(dsc_context *ctx, const dsc_moe_route_params *p, const 
   DSC_TRY(dsc_check_disjoint(FN, "scores", scores, "bias", bias, "indices", indices, "weights", weights, NULL));
   DSC_TRY(dsc_check_disjoint(FN, "indices", indices, "logits", logits, "bias", bias, "weights", weights, NULL));
   DSC_TRY(dsc_check_disjoint(FN, "weights", weights, "logits", logits, "bias", bias, NULL));
-  DSC_TRY(moe_device(ctx, FN));
   if (T == 0) return DSC_OK;
 
-  return BACKEND(moe_route, ctx, dsc_tensor_dtype(logits), T, E, k, p->n_group, p->topk_group,
-                 p->scoring, p->topk_method, p->norm_topk_prob, p->routed_scaling_factor,
-                 dsc_data(logits), bias ? (const float *)dsc_data(bias) : NULL,
-                 (int32_t *)dsc_data(indices), (float *)dsc_data(weights),
-                 scores ? (float *)dsc_data(scores) : NULL);
+  return DSC_DISPATCH(moe_route, ctx, dsc_tensor_dtype(logits), T, E, k, p->n_group, p->topk_group,
+                      p->scoring, p->topk_method, p->norm_topk_prob, p->routed_scaling_factor,
+                      dsc_data(logits), bias ? (const float *)dsc_data(bias) : NULL,
+                      (int32_t *)dsc_data(indices), (float *)dsc_data(weights),
+                      scores ? (float *)dsc_data(scores) : NULL);
 }
 
 dsc_status dsc_moe_route_backward(dsc_context *ctx, const dsc_moe_route_params *p,
@@ -188,15 +164,13 @@ dsc_status dsc_moe_route_backward(dsc_context *ctx, const dsc_moe_route_params *
   DSC_TRY(dsc_check_inplace_or_disjoint(FN, "dlogits", dlogits, "scores", scores));
   DSC_TRY(dsc_check_inplace_or_disjoint(FN, "dlogits", dlogits, "dscores", dscores));
   DSC_TRY(dsc_check_disjoint(FN, "dlogits", dlogits, "dweights", dweights, "indices", indices, NULL));
-  DSC_TRY(moe_device(ctx, FN));
   DSC_TRY(check_range(ctx, FN, "indices", indices, E, "expert ids"));
   if (T == 0) return DSC_OK;
 
-  return BACKEND(moe_route_bwd, ctx, T, E, k, p->scoring, p->norm_topk_prob,
-                 p->routed_scaling_factor, (const float *)dsc_data(dweights),
-                 (const float *)dsc_data(scores), is64(indices), dsc_data(indices),
-                 dscores ? (const float *)dsc_data(dscores) : NULL, dsc_tensor_dtype(dlogits),
-                 dsc_data(dlogits));
+  return DSC_DISPATCH(moe_route_bwd, ctx, T, E, k, p->scoring, p->norm_topk_prob, p->routed_scaling_factor,
+                      (const float *)dsc_data(dweights), (const float *)dsc_data(scores), is64(indices),
+                      dsc_data(indices), dscores ? (const float *)dsc_data(dscores) : NULL,
+                      dsc_tensor_dtype(dlogits), dsc_data(dlogits));
 }
 
 /* ---- balancing ------------------------------------------------------------------ */
@@ -209,10 +183,9 @@ dsc_status dsc_moe_expert_load(dsc_context *ctx, const DLTensor *indices, DLTens
   const int64_t E = counts->shape[0];
   DSC_CHECK(E >= 1, DSC_ERR_SHAPE, FN, "counts: expected at least 1 expert, got shape (0)");
   DSC_TRY(dsc_check_no_overlap(FN, "counts", counts, "indices", indices));
-  DSC_TRY(moe_device(ctx, FN));
   DSC_TRY(check_range(ctx, FN, "indices", indices, E, "expert ids; n_experts from counts"));
-  return BACKEND(moe_expert_load, ctx, dsc_numel(indices), is64(indices), dsc_data(indices), E,
-                 is64(counts), dsc_data(counts));
+  return DSC_DISPATCH(moe_expert_load, ctx, dsc_numel(indices), is64(indices), dsc_data(indices), E,
+                      is64(counts), dsc_data(counts));
 }
 
 dsc_status dsc_moe_update_bias(dsc_context *ctx, DLTensor *bias, const DLTensor *counts,
@@ -226,7 +199,6 @@ dsc_status dsc_moe_update_bias(dsc_context *ctx, DLTensor *bias, const DLTensor 
   DSC_CHECK(isfinite(rate) && rate >= 0.0f, DSC_ERR_INVALID_ARGUMENT, FN,
             "rate: expected a finite number >= 0, got %g", (double)rate);
   DSC_TRY(dsc_check_no_overlap(FN, "bias", bias, "counts", counts));
-  DSC_TRY(moe_device(ctx, FN));
   if (E == 0) return DSC_OK;
   /* counts are token counts: negative ones are a caller's bug */
   int64_t bad_pos = -1, bad_value = 0;
@@ -235,8 +207,7 @@ dsc_status dsc_moe_update_bias(dsc_context *ctx, DLTensor *bias, const DLTensor 
   DSC_CHECK(bad_pos < 0, DSC_ERR_INVALID_ARGUMENT, FN,
             "counts: expected values >= 0, got %lld at position %lld", (long long)bad_value,
             (long long)bad_pos);
-  return BACKEND(moe_update_bias, ctx, E, (float *)dsc_data(bias), is64(counts),
-                 dsc_data(counts), rate);
+  return DSC_DISPATCH(moe_update_bias, ctx, E, (float *)dsc_data(bias), is64(counts), dsc_data(counts), rate);
 }
 
 dsc_status dsc_moe_seq_aux_loss(dsc_context *ctx, const DLTensor *scores, const DLTensor *indices,
@@ -270,11 +241,10 @@ dsc_status dsc_moe_seq_aux_loss(dsc_context *ctx, const DLTensor *scores, const 
   DSC_TRY(dsc_check_inplace_or_disjoint(FN, "dscores", dscores, "scores", scores));
   DSC_TRY(dsc_check_disjoint(FN, "dscores", dscores, "indices", indices, "loss", loss, NULL));
   DSC_TRY(dsc_check_disjoint(FN, "loss", loss, "scores", scores, "indices", indices, NULL));
-  DSC_TRY(moe_device(ctx, FN));
   DSC_TRY(check_range(ctx, FN, "indices", indices, E, "expert ids"));
-  return BACKEND(moe_seq_aux_loss, ctx, T, E, k, seq_len, (const float *)dsc_data(scores),
-                 is64(indices), dsc_data(indices), alpha, (float *)dsc_data(loss),
-                 dscores ? (float *)dsc_data(dscores) : NULL);
+  return DSC_DISPATCH(moe_seq_aux_loss, ctx, T, E, k, seq_len, (const float *)dsc_data(scores), is64(indices),
+                      dsc_data(indices), alpha, (float *)dsc_data(loss),
+                      dscores ? (float *)dsc_data(dscores) : NULL);
 }
 
 /* ---- dispatch / combine ---------------------------------------------------------- */
@@ -294,8 +264,8 @@ static dsc_status permute_rows(dsc_context *ctx, const char *fn, const DLTensor 
   if (align == 1) /* every (token, slot) pair gets its own row: no count (no GPU round trip) */
     *rows = dsc_numel(indices);
   else
-    DSC_TRY(BACKEND(moe_permute_rows, ctx, dsc_numel(indices), is64(indices), dsc_data(indices), E,
-                    align, rows));
+    DSC_TRY(DSC_DISPATCH(moe_permute_rows, ctx, dsc_numel(indices), is64(indices), dsc_data(indices), E,
+                         align, rows));
   DSC_CHECK(*rows <= INT32_MAX, DSC_ERR_UNSUPPORTED, fn,
             "indices: expected at most 2^31-1 permuted rows (int32 offsets), got %lld",
             (long long)*rows);
@@ -308,7 +278,6 @@ dsc_status dsc_moe_permute_rows(dsc_context *ctx, const DLTensor *indices, int32
   DSC_TRY(dsc_check_tensor(ctx, FN, "indices", indices, DSC_DT_INDEX));
   DSC_CHECK(rows != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "rows: expected a pointer, got NULL");
   DSC_TRY(check_experts_align(FN, n_experts, align));
-  DSC_TRY(moe_device(ctx, FN));
   return permute_rows(ctx, FN, indices, n_experts, align, rows);
 }
 
@@ -338,16 +307,15 @@ dsc_status dsc_moe_permute(dsc_context *ctx, const DLTensor *x, const DLTensor *
   DSC_TRY(dsc_check_disjoint(FN, "group_offsets", group_offsets, "x", x, "indices", indices, "row_map",
                              row_map, NULL));
   DSC_TRY(dsc_check_disjoint(FN, "row_map", row_map, "x", x, "indices", indices, NULL));
-  DSC_TRY(moe_device(ctx, FN));
   int64_t R = 0;
   DSC_TRY(permute_rows(ctx, FN, indices, E, align, &R));
   DSC_CHECK(out->shape[0] == R && out->shape[1] == D, DSC_ERR_SHAPE, FN,
             "out: expected shape (%lld, %lld) (R = sum over experts of the token count rounded "
             "up to align = %d; see dsc_moe_permute_rows), got %s",
             (long long)R, (long long)D, (int)align, dsc_shape_str(out, buf, sizeof buf));
-  return BACKEND(moe_permute, ctx, dsc_tensor_dtype(x), T, D, k, is64(indices),
-                 dsc_data(indices), E, align, dsc_data(x), R, dsc_data(out),
-                 (int32_t *)dsc_data(group_offsets), (int32_t *)dsc_data(row_map));
+  return DSC_DISPATCH(moe_permute, ctx, dsc_tensor_dtype(x), T, D, k, is64(indices), dsc_data(indices), E,
+                      align, dsc_data(x), R, dsc_data(out), (int32_t *)dsc_data(group_offsets),
+                      (int32_t *)dsc_data(row_map));
 }
 
 dsc_status dsc_moe_permute_backward(dsc_context *ctx, const DLTensor *dout,
@@ -363,11 +331,10 @@ dsc_status dsc_moe_permute_backward(dsc_context *ctx, const DLTensor *dout,
   const int64_t T = row_map->shape[0], k = row_map->shape[1];
   DSC_TRY(check_2d(FN, "dx", dx, T, D, "(tokens, D)"));
   DSC_TRY(dsc_check_disjoint(FN, "dx", dx, "dout", dout, "row_map", row_map, NULL));
-  DSC_TRY(moe_device(ctx, FN));
   DSC_TRY(check_range(ctx, FN, "row_map", row_map, R, "rows of dout"));
   if (T == 0 || D == 0) return DSC_OK;
-  return BACKEND(moe_permute_bwd, ctx, dsc_tensor_dtype(dout), T, D, k, dsc_data(dout),
-                 (const int32_t *)dsc_data(row_map), dsc_data(dx));
+  return DSC_DISPATCH(moe_permute_bwd, ctx, dsc_tensor_dtype(dout), T, D, k, dsc_data(dout),
+                      (const int32_t *)dsc_data(row_map), dsc_data(dx));
 }
 
 dsc_status dsc_moe_unpermute(dsc_context *ctx, const DLTensor *expert_out, const DLTensor *row_map,
@@ -390,12 +357,10 @@ dsc_status dsc_moe_unpermute(dsc_context *ctx, const DLTensor *expert_out, const
   DSC_TRY(check_2d(FN, "y", y, T, D, "(tokens, D)"));
   DSC_TRY(dsc_check_disjoint(FN, "y", y, "expert_out", expert_out, "row_map", row_map, "weights", weights,
                              NULL));
-  DSC_TRY(moe_device(ctx, FN));
   DSC_TRY(check_range(ctx, FN, "row_map", row_map, R, "rows of expert_out"));
   if (T == 0 || D == 0) return DSC_OK;
-  return BACKEND(moe_unpermute, ctx, dsc_tensor_dtype(expert_out), T, D, k,
-                 dsc_data(expert_out), (const int32_t *)dsc_data(row_map),
-                 (const float *)dsc_data(weights), dsc_data(y));
+  return DSC_DISPATCH(moe_unpermute, ctx, dsc_tensor_dtype(expert_out), T, D, k, dsc_data(expert_out),
+                      (const int32_t *)dsc_data(row_map), (const float *)dsc_data(weights), dsc_data(y));
 }
 
 dsc_status dsc_moe_unpermute_backward(dsc_context *ctx, const DLTensor *dy,
@@ -428,11 +393,10 @@ dsc_status dsc_moe_unpermute_backward(dsc_context *ctx, const DLTensor *dy,
                              row_map, "weights", weights, "dweights", dweights, NULL));
   DSC_TRY(dsc_check_disjoint(FN, "dweights", dweights, "dy", dy, "expert_out", expert_out, "row_map",
                              row_map, "weights", weights, NULL));
-  DSC_TRY(moe_device(ctx, FN));
   DSC_TRY(check_range(ctx, FN, "row_map", row_map, R, "rows of expert_out"));
   if (R * D == 0 && T * k == 0) return DSC_OK;
-  return BACKEND(moe_unpermute_bwd, ctx, dsc_tensor_dtype(dy), T, D, k, R, dsc_data(dy),
-                 dsc_data(expert_out), (const int32_t *)dsc_data(row_map),
-                 (const float *)dsc_data(weights), dexpert_out ? dsc_data(dexpert_out) : NULL,
-                 dweights ? (float *)dsc_data(dweights) : NULL);
+  return DSC_DISPATCH(moe_unpermute_bwd, ctx, dsc_tensor_dtype(dy), T, D, k, R, dsc_data(dy),
+                      dsc_data(expert_out), (const int32_t *)dsc_data(row_map),
+                      (const float *)dsc_data(weights), dexpert_out ? dsc_data(dexpert_out) : NULL,
+                      dweights ? (float *)dsc_data(dweights) : NULL);
 }

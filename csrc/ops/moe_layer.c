@@ -409,7 +409,6 @@ static dsc_status check_weights_el(const dsc_context *ctx, const char *fn, const
               DSC_ERR_INVALID_ARGUMENT, fn,
               "w->shared_*_scale_inv: expected NULL without shared experts, got a tensor");
   }
-  if (w->fp8) DSC_TRY(dsc_fp8l_device_ok(ctx, fn));
   return DSC_OK;
 }
 

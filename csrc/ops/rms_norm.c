@@ -37,14 +37,7 @@ dsc_status dsc_rms_norm_forward(dsc_context *ctx, const DLTensor *x, const DLTen
 
   const dsc_dtype dt = dsc_tensor_dtype(x);
   float *rstd_p = rstd ? (float *)dsc_data(rstd) : NULL;
-  if (dsc_ctx_is_cuda(ctx)) {
-#ifdef DSC_WITH_CUDA
-    return dsc_cuda_rms_norm_fwd(ctx, dt, N, D, dsc_data(x), dsc_data(w), eps, dsc_data(y), rstd_p);
-#else
-    return dsc_error(DSC_ERR_INTERNAL, FN, "CUDA context in a build without CUDA");
-#endif
-  }
-  return dsc_cpu_rms_norm_fwd(ctx, dt, N, D, dsc_data(x), dsc_data(w), eps, dsc_data(y), rstd_p);
+  return DSC_DISPATCH(rms_norm_fwd, ctx, dt, N, D, dsc_data(x), dsc_data(w), eps, dsc_data(y), rstd_p);
 }
 
 dsc_status dsc_rms_norm_backward(dsc_context *ctx, const DLTensor *dy, const DLTensor *x,
@@ -80,14 +73,6 @@ dsc_status dsc_rms_norm_backward(dsc_context *ctx, const DLTensor *dy, const DLT
 
   const dsc_dtype dt = dsc_tensor_dtype(x);
   const float *rstd_p = rstd ? (const float *)dsc_data(rstd) : NULL;
-  if (dsc_ctx_is_cuda(ctx)) {
-#ifdef DSC_WITH_CUDA
-    return dsc_cuda_rms_norm_bwd(ctx, dt, N, D, dsc_data(dy), dsc_data(x), dsc_data(w), rstd_p,
-                                 eps, dsc_data(dx), (float *)dsc_data(dw));
-#else
-    return dsc_error(DSC_ERR_INTERNAL, FN, "CUDA context in a build without CUDA");
-#endif
-  }
-  return dsc_cpu_rms_norm_bwd(ctx, dt, N, D, dsc_data(dy), dsc_data(x), dsc_data(w), rstd_p, eps,
-                              dsc_data(dx), (float *)dsc_data(dw));
+  return DSC_DISPATCH(rms_norm_bwd, ctx, dt, N, D, dsc_data(dy), dsc_data(x), dsc_data(w), rstd_p, eps,
+                      dsc_data(dx), (float *)dsc_data(dw));
 }

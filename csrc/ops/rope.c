@@ -95,15 +95,7 @@ static dsc_status rope(dsc_context *ctx, const char *fn, const dsc_rope_params *
   DSC_TRY(dsc_rope_cos_sin_scale(p, &cs_scale));
 
   const dsc_dtype dt = dsc_tensor_dtype(in);
-  if (dsc_ctx_is_cuda(ctx)) {
-#ifdef DSC_WITH_CUDA
-    return dsc_cuda_rope(ctx, dt, (int)p->layout, B, T, H, D, dsc_data(in), pos, inv_freq,
-                         cs_scale, inverse, dsc_data(out));
-#else
-    return dsc_error(DSC_ERR_INTERNAL, fn, "CUDA context in a build without CUDA");
-#endif
-  }
-  return dsc_cpu_rope(ctx, dt, (int)p->layout, B, T, H, D, dsc_data(in), pos, inv_freq, cs_scale,
+  return DSC_DISPATCH(rope, ctx, dt, (int)p->layout, B, T, H, D, dsc_data(in), pos, inv_freq, cs_scale,
                       inverse, dsc_data(out));
 }
 

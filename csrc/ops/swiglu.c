@@ -25,14 +25,7 @@ dsc_status dsc_swiglu_forward(dsc_context *ctx, const DLTensor *gate, const DLTe
   if (n == 0) return DSC_OK;
 
   const dsc_dtype dt = dsc_tensor_dtype(gate);
-  if (dsc_ctx_is_cuda(ctx)) {
-#ifdef DSC_WITH_CUDA
-    return dsc_cuda_swiglu_fwd(ctx, dt, n, dsc_data(gate), dsc_data(up), dsc_data(out));
-#else
-    return dsc_error(DSC_ERR_INTERNAL, FN, "CUDA context in a build without CUDA");
-#endif
-  }
-  return dsc_cpu_swiglu_fwd(ctx, dt, n, dsc_data(gate), dsc_data(up), dsc_data(out));
+  return DSC_DISPATCH(swiglu_fwd, ctx, dt, n, dsc_data(gate), dsc_data(up), dsc_data(out));
 }
 
 dsc_status dsc_swiglu_backward(dsc_context *ctx, const DLTensor *dout, const DLTensor *gate,
@@ -64,14 +57,6 @@ dsc_status dsc_swiglu_backward(dsc_context *ctx, const DLTensor *dout, const DLT
   if (n == 0) return DSC_OK;
 
   const dsc_dtype dt = dsc_tensor_dtype(gate);
-  if (dsc_ctx_is_cuda(ctx)) {
-#ifdef DSC_WITH_CUDA
-    return dsc_cuda_swiglu_bwd(ctx, dt, n, dsc_data(dout), dsc_data(gate), dsc_data(up),
-                               dsc_data(dgate), dsc_data(dup));
-#else
-    return dsc_error(DSC_ERR_INTERNAL, FN, "CUDA context in a build without CUDA");
-#endif
-  }
-  return dsc_cpu_swiglu_bwd(ctx, dt, n, dsc_data(dout), dsc_data(gate), dsc_data(up),
-                            dsc_data(dgate), dsc_data(dup));
+  return DSC_DISPATCH(swiglu_bwd, ctx, dt, n, dsc_data(dout), dsc_data(gate), dsc_data(up), dsc_data(dgate),
+                      dsc_data(dup));
 }

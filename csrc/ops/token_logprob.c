@@ -54,16 +54,8 @@ dsc_status dsc_token_logprob(dsc_context *ctx, const DLTensor *logits, const DLT
   const dsc_dtype dt = dsc_tensor_dtype(logits);
   const int tgt64 = dsc_tensor_dtype(targets) == DSC_DTYPE_INT64;
   float *ent = entropy ? (float *)dsc_data(entropy) : NULL;
-  if (dsc_ctx_is_cuda(ctx)) {
-#ifdef DSC_WITH_CUDA
-    return dsc_cuda_token_logprob(ctx, dt, N, V, dsc_data(logits), tgt64, dsc_data(targets), ignore_index,
-                                  (float *)dsc_data(logprobs), ent);
-#else
-    return dsc_error(DSC_ERR_INTERNAL, FN, "CUDA context in a build without CUDA");
-#endif
-  }
-  return dsc_cpu_token_logprob(ctx, dt, N, V, dsc_data(logits), tgt64, dsc_data(targets), ignore_index,
-                               (float *)dsc_data(logprobs), ent);
+  return DSC_DISPATCH(token_logprob, ctx, dt, N, V, dsc_data(logits), tgt64, dsc_data(targets), ignore_index,
+                      (float *)dsc_data(logprobs), ent);
 }
 
 dsc_status dsc_token_logprob_backward(dsc_context *ctx, const DLTensor *logits, const DLTensor *targets,
@@ -86,14 +78,6 @@ dsc_status dsc_token_logprob_backward(dsc_context *ctx, const DLTensor *logits, 
 
   const dsc_dtype dt = dsc_tensor_dtype(logits);
   const int tgt64 = dsc_tensor_dtype(targets) == DSC_DTYPE_INT64;
-  if (dsc_ctx_is_cuda(ctx)) {
-#ifdef DSC_WITH_CUDA
-    return dsc_cuda_token_logprob_bwd(ctx, dt, N, V, dsc_data(logits), tgt64, dsc_data(targets), ignore_index,
-                                      (const float *)dsc_data(dlogprobs), dsc_data(dlogits));
-#else
-    return dsc_error(DSC_ERR_INTERNAL, FN, "CUDA context in a build without CUDA");
-#endif
-  }
-  return dsc_cpu_token_logprob_bwd(ctx, dt, N, V, dsc_data(logits), tgt64, dsc_data(targets), ignore_index,
-                                   (const float *)dsc_data(dlogprobs), dsc_data(dlogits));
+  return DSC_DISPATCH(token_logprob_bwd, ctx, dt, N, V, dsc_data(logits), tgt64, dsc_data(targets),
+                      ignore_index, (const float *)dsc_data(dlogprobs), dsc_data(dlogits));
 }
