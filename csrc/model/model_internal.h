@@ -1,6 +1,15 @@
 /*
- * model/model_internal.h -- the dsc_model struct shared by model.c (parameters, init,
- * training step), model_io.c (config.json, checkpoints) and generate.c (inference).
+ * model/model_internal.h -- the dsc_model struct shared by the files of csrc/model, which
+ * call only downward in this order (no file calls a later one):
+ *   json.c, safetensors.c, checkpoint_dir.c  formats and atomic checkpoint directories
+ *   config.c, calc.c                         the config (the one parser/writer) and calculator
+ *   model.c                                  storage: the arenas, views, BF16 copy, EP state
+ *   model_fp8.c                              FP8-held weights and their layer math
+ *   model_train.c                            layer math shared with inference (the FFN, the
+ *                                            MTP concat), training forward/backward/optimizer
+ *   generate.c                               inference (prefill, forward) and generation
+ *   policy.c                                 R1: token log-probs, GRPO and distillation steps
+ *   model_io.c                               checkpoints and Hugging Face loading
  *
  * Parameters live in one float32 arena, laid out region by region:
  *   [embed] [layer 0] .. [layer L-1] [final norm] [lm_head?] [mtp 0] .. [mtp Dm-1]
