@@ -457,8 +457,8 @@ static dsc_status add_load(dsc_model *m, int32_t b, const int64_t *dev_counts) {
   return st;
 }
 
-dsc_status dsc_model_ffn_infer(dsc_model *m, int32_t b, const DLTensor *x, DLTensor *y, DLTensor *counts,
-                               const dsc_model_fp8w *h) {
+static dsc_status ffn_infer_(dsc_model *m, int32_t b, const DLTensor *x, DLTensor *y, DLTensor *counts,
+                             const dsc_model_fp8w *h) {
   if (h && h->mem) return dsc_model_ffn_infer_fp8(m, b, x, y, counts, h);
   dsc_context *ctx = m->ctx;
   const dsc_model_block *w = &m->blocks[b];
@@ -499,6 +499,14 @@ dsc_status dsc_model_ffn_infer(dsc_model *m, int32_t b, const DLTensor *x, DLTen
   tv_make(&y2, m, dsc_data(y), F32, 2, rows, D, 0);
   const dsc_status st = dense_fwd(m, b, &k, rows, &x2.t, &y2.t);
   dsc_free(ctx, base);
+  return st;
+}
+
+dsc_status dsc_model_ffn_infer(dsc_model *m, int32_t b, const DLTensor *x, DLTensor *y, DLTensor *counts,
+                               const dsc_model_fp8w *h) {
+  const int32_t mm = dsc_model_math_enter(m);
+  const dsc_status st = ffn_infer_(m, b, x, y, counts, h);
+  dsc_model_math_leave(m, mm);
   return st;
 }
 
@@ -832,8 +840,8 @@ static dsc_status add_rows(dsc_model *m, int64_t B, int64_t n, int64_t D, float 
 
 /* Main model forward (and the MTP depths when n_mtp_run > 0) over tokens [B, T].
  * logits_out: where the main logits go (NULL: the activation arena). */
-static dsc_status run_forward(dsc_model *m, const DLTensor *tokens, int32_t n_mtp_run, fwd_opts *o,
-                              float *logits_out) {
+static dsc_status run_forward_(dsc_model *m, const DLTensor *tokens, int32_t n_mtp_run, fwd_opts *o,
+                               float *logits_out) {
   dsc_context *ctx = m->ctx;
   const int64_t B = tokens->shape[0], T = tokens->shape[1];
   const int64_t D = m->cfg.hidden_size, V = m->cfg.vocab_size, N = B * T, L = m->n_layers;
@@ -894,6 +902,15 @@ static dsc_status run_forward(dsc_model *m, const DLTensor *tokens, int32_t n_mt
     STEP(dsc_linear_forward(ctx, &xn.t, &m->head, &lgd.t));
     STEP(dsc_model_round(m, A->mtp_logits[d], B * Td * V));
   }
+  return st;
+}
+
+/* run_forward_ with the context in the model's math mode (BF16 operands for a BF16 model). */
+static dsc_status run_forward(dsc_model *m, const DLTensor *tokens, int32_t n_mtp_run, fwd_opts *o,
+                              float *logits_out) {
+  const int32_t mm = dsc_model_math_enter(m);
+  const dsc_status st = run_forward_(m, tokens, n_mtp_run, o, logits_out);
+  dsc_model_math_leave(m, mm);
   return st;
 }
 
@@ -1094,7 +1111,7 @@ static dsc_status grads_begin(dsc_model *m, int accumulate) {
 /* The backward of run_forward from the gradients in A->logits [N, V] and A->mtp_logits[d]
  * (d < nd), over tokens [B, T] (device memory); then the gradients of parameters nothing
  * reached are zeros and the pass is complete. */
-static dsc_status backward_logits(dsc_model *m, const DLTensor *tokens, int32_t nd) {
+static dsc_status backward_logits_(dsc_model *m, const DLTensor *tokens, int32_t nd) {
   dsc_context *ctx = m->ctx;
   dsc_model_acts *A = m->acts;
   const int64_t B = tokens->shape[0], T = tokens->shape[1];
@@ -1181,6 +1198,13 @@ static dsc_status backward_logits(dsc_model *m, const DLTensor *tokens, int32_t 
   }
   if (st == DSC_OK && m->dist && m->dist->reduce_in_backward) st = dist_reduce_all(m);
   if (st == DSC_OK) m->have_grads = 1;
+  return st;
+}
+
+static dsc_status backward_logits(dsc_model *m, const DLTensor *tokens, int32_t nd) {
+  const int32_t mm = dsc_model_math_enter(m);
+  const dsc_status st = backward_logits_(m, tokens, nd);
+  dsc_model_math_leave(m, mm);
   return st;
 }
 
