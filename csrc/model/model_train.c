@@ -32,6 +32,16 @@
  * the FFN's incoming gradient (a rounded copy: the residual keeps float32), dA, dG, dU,
  * d xn2, the attention's incoming gradient (a rounded copy), d xn1. Generation
  * (generate.c) rounds at F1-F8 the same way. Weight gradients stay float32.
+ * Each pass (run_forward, backward_logits, ffn_infer, generation's forwards) puts the
+ * context in DSC_MATH_BF16_OPERANDS and restores the caller's mode after, errors included
+ * (dsc_model_math_enter / _leave): on CUDA the float32 GEMMs then run on BF16 tensor cores
+ * (cuBLASLt FAST_16BF) and the MLA training attention as mla_attn_tc.cu. On BF16-exact
+ * operands (the weights, the activations rounded above) that is the CPU's exact float32
+ * GEMM to FP32 accumulation noise; the CPU ignores the mode. So the BF16 model on CPU and
+ * GPU differs only where an operand is not BF16-exact: the MLA and MoE intermediates the
+ * model does not round (q, the latent kv, the attention's q, k, v, P and their gradients,
+ * the experts' hidden activations) take one BF16 rounding on the GPU, a BF16-level
+ * difference (tests/test_model_bf16.py, test_cuda_bf16_model_matches_cpu).
  *
  * Activations of one (B, T) shape are planned once into one arena (dsc_model_acts) and
  * reused while the shape stays; the MLA / MoE ops keep their own saved state in handles
