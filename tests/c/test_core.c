@@ -86,7 +86,8 @@ static void test_status_and_context(void) {
   CHECK(dsc_context_get_math_mode(ctx, &mode) == DSC_OK && mode == DSC_MATH_BF16_OPERANDS, "got %d", (int)mode);
   s = dsc_context_set_math_mode(ctx, 2);
   CHECK(s == DSC_ERR_INVALID_ARGUMENT &&
-            err_has("dsc_context_set_math_mode: mode: expected DSC_MATH_DEFAULT (0) or DSC_MATH_BF16_OPERANDS (1), got 2"),
+            err_has("dsc_context_set_math_mode: mode: expected DSC_MATH_DEFAULT (0) or "
+                    "DSC_MATH_BF16_OPERANDS (1), got 2"),
         "bad mode -> %d: %s", (int)s, dsc_last_error());
   s = dsc_context_set_math_mode(ctx, -1);
   CHECK(s == DSC_ERR_INVALID_ARGUMENT && err_has("got -1"), "negative mode: %s", dsc_last_error());

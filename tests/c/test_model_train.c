@@ -286,7 +286,8 @@ int main(void) {
       CHECK(dsc_model_freeze_fp8(mb) == DSC_ERR_INVALID_ARGUMENT && err_has("compute_dtype"),
             "freeze of a bf16 model: %s", dsc_last_error());
       /* its passes run in BF16-operand math and hand the caller's mode back, whichever it was,
-       * after a step, a forward and a generation, and after a failing call */
+       * after a step, a forward, a refused call and a generation (whose on_token callback,
+       * between passes, sees the caller's mode too) */
       const int32_t modes[2] = {DSC_MATH_DEFAULT, DSC_MATH_BF16_OPERANDS};
       for (int k = 0; k < 2; ++k) {
         int32_t got = -1;
@@ -303,10 +304,11 @@ int main(void) {
         DLTensor lt = host_tensor(lg, kDLFloat, 3, lshp);
         CHECK(cfg.vocab_size <= 64 && dsc_model_forward(mb, &tk, &lt) == DSC_OK, "bf16 forward: %s", dsc_last_error());
         CHECK(dsc_context_get_math_mode(ctx, &got) == DSC_OK && got == modes[k], "after a forward: mode %d", (int)got);
-        int64_t bshp[2] = {B, T + 1}; /* a wrong shape: the forward fails before or during its pass */
+        int64_t bshp[2] = {B, T + 1}; /* a wrong logits shape: refused */
         DLTensor bad_lt = host_tensor(lg, kDLFloat, 2, bshp);
         CHECK(dsc_model_forward(mb, &tk, &bad_lt) != DSC_OK, "bad logits accepted");
-        CHECK(dsc_context_get_math_mode(ctx, &got) == DSC_OK && got == modes[k], "after an error: mode %d", (int)got);
+        CHECK(dsc_context_get_math_mode(ctx, &got) == DSC_OK && got == modes[k], "after a refused call: mode %d",
+              (int)got);
         /* generation: the callback, between passes, sees the caller's mode */
         dsc_generate_options go;
         dsc_generate_options_default(&go);
