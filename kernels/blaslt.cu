@@ -63,7 +63,8 @@ dsc_status layout(const char *fn, cublasLtMatrixLayout_t *l, cudaDataType_t t, i
 
 /* Creates pl's descriptors for pr and asks the heuristic once. */
 dsc_status plan_build(cublasLtHandle_t h, const char *fn, const DscLtProblem &pr, LtPlan *pl) {
-  LT_TRY(cublasLtMatmulDescCreate(&pl->op, (cublasComputeType_t)pr.compute, CUDA_R_32F), fn);
+  const cublasComputeType_t compute = (cublasComputeType_t)pr.compute;
+  LT_TRY(cublasLtMatmulDescCreate(&pl->op, compute, CUDA_R_32F), fn);
   LT_TRY(cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_TRANSA, &pr.opa, sizeof pr.opa),
          fn);
   LT_TRY(cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_TRANSB, &pr.opb, sizeof pr.opb),
@@ -83,9 +84,11 @@ dsc_status plan_build(cublasLtHandle_t h, const char *fn, const DscLtProblem &pr
 #endif
   /* op(A) is [m,k]: stored [m,k] (N) or [k,m] (T); likewise op(B) [k,n] */
   const bool ta = pr.opa != CUBLAS_OP_N, tb = pr.opb != CUBLAS_OP_N;
-  DSC_TRY(layout(fn, &pl->a, (cudaDataType_t)pr.ta, ta ? pr.k : pr.m, ta ? pr.m : pr.k, pr.lda, pr.batch, pr.sa));
-  DSC_TRY(layout(fn, &pl->b, (cudaDataType_t)pr.tb, tb ? pr.n : pr.k, tb ? pr.k : pr.n, pr.ldb, pr.batch, pr.sb));
-  DSC_TRY(layout(fn, &pl->c, (cudaDataType_t)pr.tc, pr.m, pr.n, pr.ldc, pr.batch, pr.sc));
+  const cudaDataType_t ta_ = (cudaDataType_t)pr.ta, tb_ = (cudaDataType_t)pr.tb,
+                       tc_ = (cudaDataType_t)pr.tc;
+  DSC_TRY(layout(fn, &pl->a, ta_, ta ? pr.k : pr.m, ta ? pr.m : pr.k, pr.lda, pr.batch, pr.sa));
+  DSC_TRY(layout(fn, &pl->b, tb_, tb ? pr.n : pr.k, tb ? pr.k : pr.n, pr.ldb, pr.batch, pr.sb));
+  DSC_TRY(layout(fn, &pl->c, tc_, pr.m, pr.n, pr.ldc, pr.batch, pr.sc));
 
   PrefGuard pref;
   LT_TRY(cublasLtMatmulPreferenceCreate(&pref.p), fn);

@@ -114,7 +114,8 @@ static PyObject *py_matmul(PyObject *m, PyObject *args) {
   PyObject *ao, *bo, *co;
   int ta, tb, math = DSC_MATH_DEFAULT;
   float alpha, beta;
-  if (!PyArg_ParseTuple(args, "OOOppff|i", &ao, &bo, &co, &ta, &tb, &alpha, &beta, &math)) return NULL;
+  if (!PyArg_ParseTuple(args, "OOOppff|i", &ao, &bo, &co, &ta, &tb, &alpha, &beta, &math))
+    return NULL;
   BEGIN("dsc_matmul")
   IN(a, ao, "a")
   IN(b, bo, "b")

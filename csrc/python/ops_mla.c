@@ -146,7 +146,8 @@ static PyObject *py_mla_forward(PyObject *m, PyObject *args) {
 static PyObject *py_mla_backward(PyObject *m, PyObject *args) {
   PyObject *cap, *xo, *po, *dyo, *wt, *pr, *dxo, *gt;
   int math = DSC_MATH_DEFAULT;
-  if (!PyArg_ParseTuple(args, "OOOOOOOO|i", &cap, &xo, &po, &dyo, &wt, &pr, &dxo, &gt, &math)) return NULL;
+  if (!PyArg_ParseTuple(args, "OOOOOOOO|i", &cap, &xo, &po, &dyo, &wt, &pr, &dxo, &gt, &math))
+    return NULL;
   dsc_mla_saved *saved = (dsc_mla_saved *)PyCapsule_GetPointer(cap, SAVED_NAME);
   if (!saved) return NULL;
   dsc_mla_params p;
