@@ -13,7 +13,8 @@
 and FP8 caches: cache GB/s and attention TFLOP/s of the attention core, and % of FlashMLA's
 published 3000 GB/s (H800, memory bound); training attention forward+backward TFLOP/s at a
 V3 head shape (128 heads, dqk 192, dv 128, T 4096), float32 SIMT and BF16 tensor cores
-(DSC_MLA_ATTN_BF16=1, in a child process). The attention core is not callable on
+(mla_forward(..., bf16_operands=True): the context math mode DSC_MATH_BF16_OPERANDS, which
+also runs the projections as FAST_16BF GEMMs). The attention core is not callable on
 its own from Python: its time is the layer's step time minus the same step over a 32-token
 context (projections and absorbed products, equal in both), so the figures are of the
 attention kernels plus the per-step host work that grows with the context (none does).
@@ -29,7 +30,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from typing import Callable
@@ -122,23 +122,17 @@ def gpu_suite(results: dict, quick: bool) -> None:
                   f"(ctx 32: {times[32] * 1e3:6.3f}) attention {t_attn * 1e3:7.3f} ms  {case['cache_GBps']:7.1f} GB/s "
                   f"({case['pct_of_flashmla_3000GBps']:4.1f}% of FlashMLA)  {case['attn_TFLOPs']:6.2f} TFLOP/s")
     train_case(results, quick)
-    # the tensor-core BF16 path is chosen once per process (DSC_MLA_ATTN_BF16): a child run
-    env = dict(os.environ, DSC_MLA_ATTN_BF16="1")
-    r = subprocess.run([sys.executable, os.path.abspath(__file__), "--train-case"] + (["--quick"] if quick else []),
-                       env=env, capture_output=True, text=True, timeout=600)
-    line = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
-    if r.returncode != 0 or not line:
-        print(f"bf16 training case failed: {r.stdout[-2000:]}{r.stderr[-2000:]}")
+    try:
+        train_case(results, quick, bf16=True)
+    except Exception as e:  # noqa: BLE001 -- the suite records the failure and goes on
+        print(f"bf16 training case failed: {e!r}")
         results["cases"].append({"kind": "gpu_train_attention", "attention_path": "bf16 tensor cores",
-                                 "error": (r.stdout + r.stderr)[-2000:]})
-    else:
-        case = json.loads(line[-1])
-        results["cases"].append(case)
-        print(case["summary"])
+                                 "error": repr(e)[-2000:]})
 
 
-def train_case(results: dict, quick: bool) -> None:
-    """Training attention at V3's heads (128 x dqk 192 / dv 128), one 4096-token sequence."""
+def train_case(results: dict, quick: bool, bf16: bool = False) -> None:
+    """Training attention at V3's heads (128 x dqk 192 / dv 128), one 4096-token sequence
+    (bf16: in the BF16-operand math mode, the attention on tensor cores)."""
     from reference import mla as ref
 
     rng = np.random.default_rng(1)
@@ -158,13 +152,13 @@ def train_case(results: dict, quick: bool) -> None:
 
     def fb(xx):
         def run() -> None:
-            out, ctx = dsc.mla_forward(xx, w, cfg)
+            out, ctx = dsc.mla_forward(xx, w, cfg, bf16_operands=bf16)
             out_box[0] = dsc.mla_backward(out, ctx)["x"]
         return run
 
     def f(xx):
         def run() -> None:
-            out_box[0] = dsc.mla_forward(xx, w, cfg, need_backward=False)[0]
+            out_box[0] = dsc.mla_forward(xx, w, cfg, need_backward=False, bf16_operands=bf16)[0]
         return run
 
     t_f, t_fb = timeit(f(x), sync, min_time=0.5, reps=3), timeit(fb(x), sync, min_time=0.5, reps=3)
@@ -176,7 +170,7 @@ def train_case(results: dict, quick: bool) -> None:
     case = {"kind": "gpu_train_attention", "B": 1, "T": T, "H": Ht, "dqk": cfg.qk_head_dim, "dv": cfg.v_head_dim,
             "layer_fwd_s": t_f, "layer_fwd_bwd_s": t_fb, "attn_fwd_s_est": a_f, "attn_fwd_bwd_s_est": a_fb,
             "attn_fwd_TFLOPs": fl_f / a_f / 1e12, "attn_fwd_bwd_TFLOPs": fl_fb / a_fb / 1e12,
-            "attention_path": "bf16 tensor cores (kernels/mla_attn_tc.cu)" if os.environ.get("DSC_MLA_ATTN_BF16") == "1"
+            "attention_path": "bf16 tensor cores (kernels/mla_attn_tc.cu), FAST_16BF projections" if bf16
             else "float32 SIMT (kernels/mla.cu)"}
     case["summary"] = (f"gpu train attention T={T} H={Ht} [{case['attention_path']}]: layer fwd {t_f * 1e3:8.2f} ms, "
                        f"fwd+bwd {t_fb * 1e3:8.2f} ms; attention ~{case['attn_fwd_TFLOPs']:6.2f} TFLOP/s fwd, "
@@ -190,14 +184,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--gpu-suite", action="store_true", help="only the GPU case of gpu_suite (implies --device cuda)")
-    ap.add_argument("--train-case", action="store_true", help=argparse.SUPPRESS)  # gpu_suite's child: one JSON line
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/mla_<device>_<date>.json)")
     args = ap.parse_args()
-    if args.train_case:
-        res: dict = {"cases": []}
-        train_case(res, args.quick)
-        print(json.dumps(res["cases"][0]))
-        return
     if args.gpu_suite:
         args.device = "cuda"
     results: dict = {"device": args.device, "date": _dt.date.today().isoformat(), "commit": git_commit(),

@@ -91,17 +91,22 @@ class MLACtx:
     weights: tuple
     params: tuple
     cfg: ModelConfig
+    math_mode: int = 0  # the forward's dsc_math_mode (the backward runs in it too)
 
 
 def mla_forward(x: Array, params: Mapping[str, Array], cfg: ModelConfig,
                 positions: Optional[Array] = None, *, need_backward: bool = True,
-                fp8: bool = False) -> tuple[Array, MLACtx]:
+                fp8: bool = False, bf16_operands: bool = False) -> tuple[Array, MLACtx]:
     """Causal MLA self-attention over each sequence of the batch (training form).
 
     x: [B, T, hidden] float32; positions: [B, T] int32 >= 0 (RoPE angles; default 0..T-1);
     the causal mask is by token index. Returns (out [B, T, hidden] float32, ctx).
     fp8: the five projections run as block-scaled FP8 GEMMs the V3 way (E4M3, activations
     in 1x128 tiles, weights in 128x128 blocks; mla_backward follows the forward).
+    bf16_operands: the call (and its mla_backward) in the context math mode
+    DSC_MATH_BF16_OPERANDS: on CUDA the float32 GEMMs and the attention core round their
+    operands to BF16 for the tensor cores (FP32 accumulation, softmax and sums); the CPU
+    computes exact float32 either way.
     """
     fn = "dsc_mla_forward"
     cfg = _cfg(cfg, fn)
@@ -109,8 +114,9 @@ def mla_forward(x: Array, params: Mapping[str, Array], cfg: ModelConfig,
     pos = _positions(x, positions, fn)
     p = mla_params_tuple(cfg, fp8)
     out = empty_like_ns(x, tuple(int(s) for s in x.shape), "float32", fn, "out")
-    saved = _C.mla_forward(x, pos, w, p, out, bool(need_backward))
-    return finish(x, out), MLACtx(saved, x, pos, w, p, cfg)
+    mode = 1 if bf16_operands else 0
+    saved = _C.mla_forward(x, pos, w, p, out, bool(need_backward), mode)
+    return finish(x, out), MLACtx(saved, x, pos, w, p, cfg, mode)
 
 
 def mla_backward(dout: Array, ctx: MLACtx) -> dict[str, Array]:
@@ -140,7 +146,7 @@ def _mla_backward_arrays(dout: Array, ctx: MLACtx, need_dx: bool = True,
     grads = tuple(None if (w is None or not n) else
                   empty_like_ns(dout, tuple(int(s) for s in w.shape), "float32", fn, "grad")
                   for w, n in zip(ctx.weights, need))
-    _C.mla_backward(ctx.saved, ctx.x, ctx.positions, dout, ctx.weights, ctx.params, dx, grads)
+    _C.mla_backward(ctx.saved, ctx.x, ctx.positions, dout, ctx.weights, ctx.params, dx, grads, ctx.math_mode)
     return (finish(dout, dx) if dx is not None else None), tuple(None if g is None else finish(dout, g)
                                                                  for g in grads)
 

@@ -183,12 +183,15 @@ def rope_softmax_scale(qk_head_dim: int, *, scaling: Optional[Mapping[str, Any]]
 
 
 def matmul(a: Array, b: Array, *, trans_a: bool = False, trans_b: bool = False, alpha: float = 1.0,
-           beta: float = 0.0, out: Optional[Array] = None) -> Array:
+           beta: float = 0.0, out: Optional[Array] = None, bf16_operands: bool = False) -> Array:
     """out = alpha * op(a) @ op(b) + beta * out, with FP32 accumulation.
 
     a: [M, K] ([K, M] with trans_a) or batched [Bt, ., .]; b: [K, N] ([N, K] with trans_b),
     batched [Bt, ., .] or 2-D shared by the batch. All float32 or all bfloat16.
     beta != 0 needs out= (it is read).
+    bf16_operands: the context math mode DSC_MATH_BF16_OPERANDS for this call: on CUDA,
+    float32 a and b may be rounded to BF16 for the tensor cores (cuBLASLt
+    CUBLAS_COMPUTE_32F_FAST_16BF, FP32 accumulation); the CPU computes exact float32.
     """
     fn = "dsc_matmul"
     _check_array(a, fn, "a")
@@ -205,7 +208,7 @@ def matmul(a: Array, b: Array, *, trans_a: bool = False, trans_b: bool = False, 
         n = sb[-2] if trans_b else sb[-1]
         shape = (sa[0], m, n) if len(sa) == 3 else (m, n)
         out = empty_like_ns(a, shape, dtype_name(a), fn, "out")
-    _C.matmul(a, b, out, bool(trans_a), bool(trans_b), alpha, beta)
+    _C.matmul(a, b, out, bool(trans_a), bool(trans_b), alpha, beta, 1 if bf16_operands else 0)
     return finish(a, out)
 
 

@@ -47,36 +47,6 @@ struct PrefGuard {
   }
 };
 
-DscLtKey make_key(const DscLtProblem &pr) {
-  DscLtKey k;
-  dsc_lt_key_clear(&k);
-  k.w[LTK_KIND] = pr.scale_a >= 0 || pr.scale_b >= 0 ? 2 : 1;
-  k.w[LTK_OPA] = pr.opa;
-  k.w[LTK_OPB] = pr.opb;
-  k.w[LTK_TA] = pr.ta;
-  k.w[LTK_TB] = pr.tb;
-  k.w[LTK_TC] = pr.tc;
-  k.w[LTK_COMPUTE] = pr.compute;
-  k.w[LTK_M] = pr.m;
-  k.w[LTK_N] = pr.n;
-  k.w[LTK_K] = pr.k;
-  k.w[LTK_LDA] = pr.lda;
-  k.w[LTK_LDB] = pr.ldb;
-  k.w[LTK_LDC] = pr.ldc;
-  k.w[LTK_BATCH] = pr.batch;
-  k.w[LTK_SA] = pr.batch > 1 ? pr.sa : 0;
-  k.w[LTK_SB] = pr.batch > 1 ? pr.sb : 0;
-  k.w[LTK_SC] = pr.batch > 1 ? pr.sc : 0;
-  k.w[LTK_SCALE_A] = pr.scale_a;
-  k.w[LTK_SCALE_B] = pr.scale_b;
-  k.w[LTK_AL_A] = pr.al_a;
-  k.w[LTK_AL_B] = pr.al_b;
-  k.w[LTK_AL_C] = pr.al_c;
-  k.w[LTK_WS] = (int64_t)pr.ws_bytes;
-  k.w[LTK_EPILOGUE] = CUBLASLT_EPILOGUE_DEFAULT;
-  return k;
-}
-
 dsc_status layout(const char *fn, cublasLtMatrixLayout_t *l, cudaDataType_t t, int64_t rows,
                   int64_t cols, int64_t ld, int64_t batch, int64_t stride) {
   LT_TRY(cublasLtMatrixLayoutCreate(l, t, (uint64_t)rows, (uint64_t)cols, ld), fn);
@@ -93,7 +63,8 @@ dsc_status layout(const char *fn, cublasLtMatrixLayout_t *l, cudaDataType_t t, i
 
 /* Creates pl's descriptors for pr and asks the heuristic once. */
 dsc_status plan_build(cublasLtHandle_t h, const char *fn, const DscLtProblem &pr, LtPlan *pl) {
-  LT_TRY(cublasLtMatmulDescCreate(&pl->op, pr.compute, CUDA_R_32F), fn);
+  const cublasComputeType_t compute = (cublasComputeType_t)pr.compute;
+  LT_TRY(cublasLtMatmulDescCreate(&pl->op, compute, CUDA_R_32F), fn);
   LT_TRY(cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_TRANSA, &pr.opa, sizeof pr.opa),
          fn);
   LT_TRY(cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_TRANSB, &pr.opb, sizeof pr.opb),
@@ -113,9 +84,11 @@ dsc_status plan_build(cublasLtHandle_t h, const char *fn, const DscLtProblem &pr
 #endif
   /* op(A) is [m,k]: stored [m,k] (N) or [k,m] (T); likewise op(B) [k,n] */
   const bool ta = pr.opa != CUBLAS_OP_N, tb = pr.opb != CUBLAS_OP_N;
-  DSC_TRY(layout(fn, &pl->a, pr.ta, ta ? pr.k : pr.m, ta ? pr.m : pr.k, pr.lda, pr.batch, pr.sa));
-  DSC_TRY(layout(fn, &pl->b, pr.tb, tb ? pr.n : pr.k, tb ? pr.k : pr.n, pr.ldb, pr.batch, pr.sb));
-  DSC_TRY(layout(fn, &pl->c, pr.tc, pr.m, pr.n, pr.ldc, pr.batch, pr.sc));
+  const cudaDataType_t ta_ = (cudaDataType_t)pr.ta, tb_ = (cudaDataType_t)pr.tb,
+                       tc_ = (cudaDataType_t)pr.tc;
+  DSC_TRY(layout(fn, &pl->a, ta_, ta ? pr.k : pr.m, ta ? pr.m : pr.k, pr.lda, pr.batch, pr.sa));
+  DSC_TRY(layout(fn, &pl->b, tb_, tb ? pr.n : pr.k, tb ? pr.k : pr.n, pr.ldb, pr.batch, pr.sb));
+  DSC_TRY(layout(fn, &pl->c, tc_, pr.m, pr.n, pr.ldc, pr.batch, pr.sc));
 
   PrefGuard pref;
   LT_TRY(cublasLtMatmulPreferenceCreate(&pref.p), fn);
@@ -189,7 +162,7 @@ dsc_status dsc_lt_matmul(dsc_context *ctx, const char *fn, const DscLtProblem &p
     st->lt_cache = c;
   }
   DscLtCache *cache = (DscLtCache *)st->lt_cache;
-  const DscLtKey key = make_key(pr);
+  const DscLtKey key = dsc_lt_make_key(pr, CUBLASLT_EPILOGUE_DEFAULT);
   LtPlan *pl = (LtPlan *)dsc_lt_cache_find(cache, &key);
   if (!pl) {
     pl = new (std::nothrow) LtPlan();

@@ -3,9 +3,9 @@
  * context's handle and its plan cache (blaslt_host.h: up to DSC_LT_SLOTS problems, LRU),
  * so a repeated problem creates no descriptor and queries no heuristic.
  *
- * A problem is given as cuBLASLt sees it (column-major): D [m,n] = op(A) op(B), A with
- * leading dim lda, etc.; D = C (in place). Scale modes (FP8 block scaling) are -1 when
- * unused; their device pointers are set on the cached descriptor at each call.
+ * A problem (DscLtProblem, blaslt_host.h) is given as cuBLASLt sees it (column-major).
+ * Scale modes (FP8 block scaling) are -1 when unused; their device pointers are set on the
+ * cached descriptor at each call.
  */
 #ifndef DSC_KERNELS_BLASLT_CUH_
 #define DSC_KERNELS_BLASLT_CUH_
@@ -14,19 +14,6 @@
 
 #include "blaslt_host.h"
 #include "common.cuh"
-
-struct DscLtProblem {
-  cublasComputeType_t compute;
-  cublasOperation_t opa, opb;
-  cudaDataType_t ta, tb, tc;
-  int64_t m, n, k;        /* D [m,n], inner dim k */
-  int64_t lda, ldb, ldc;  /* leading dims (column-major) */
-  int64_t batch;          /* >= 1 (<= INT32_MAX) */
-  int64_t sa, sb, sc;     /* batch strides in elements (batch > 1) */
-  int32_t scale_a, scale_b; /* cublasLtMatmulMatrixScale_t, -1: none */
-  uint32_t al_a, al_b, al_c; /* byte alignment of each matrix (pointer and strides) */
-  size_t ws_bytes;        /* workspace the algorithm may use */
-};
 
 /* The context's cuBLASLt handle, created on first use. */
 dsc_status dsc_lt_handle(dsc_context *ctx, const char *fn, cublasLtHandle_t *h);

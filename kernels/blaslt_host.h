@@ -1,6 +1,8 @@
 /*
  * kernels/blaslt_host.h -- the host-only parts of the shared cuBLASLt layer (blaslt.cu),
  * plain C++ without CUDA so tests/c/test_blaslt_host.cpp checks them with g++:
+ *  - the problem (DscLtProblem) and its plan-cache key (dsc_lt_make_key, the math mode
+ *    included: dsc_lt_dense_math);
  *  - the plan cache: per context, DSC_LT_SLOTS fixed slots keyed by the whole problem
  *    (DscLtKey), least-recently-used eviction; the plans are opaque here (blaslt.cu owns
  *    the cuBLASLt descriptors in them and destroys what insert evicts);
@@ -15,7 +17,7 @@
 #include <string.h>
 
 #define DSC_LT_SLOTS 64
-#define DSC_LT_KEY_WORDS 24
+#define DSC_LT_KEY_WORDS 25
 
 /* Everything that changes the descriptors, the layouts or the algorithm choice, as
  * 64-bit words (unused words 0): compare and hash the words, no struct padding involved. */
@@ -32,13 +34,72 @@ enum {
   LTK_SCALE_A, LTK_SCALE_B, /* cuBLASLt scale modes, -1: none */
   LTK_AL_A, LTK_AL_B, LTK_AL_C, /* byte alignments the heuristic may assume */
   LTK_WS,         /* workspace bytes */
-  LTK_EPILOGUE
+  LTK_EPILOGUE,
+  LTK_MATH        /* the context's dsc_math_mode, where it changes the problem (dense FP32) */
 };
 
 static inline void dsc_lt_key_clear(DscLtKey *k) { memset(k, 0, sizeof *k); }
 
 static inline int dsc_lt_key_eq(const DscLtKey *a, const DscLtKey *b) {
   return memcmp(a->w, b->w, sizeof a->w) == 0;
+}
+
+/* A problem as cuBLASLt sees it (column-major): D [m,n] = op(A) op(B), A with leading dim
+ * lda, etc.; D = C (in place). The cuBLASLt enums are held as their int32 values so this
+ * header needs no CUDA (blaslt.cu casts them back). */
+struct DscLtProblem {
+  int32_t compute;        /* cublasComputeType_t */
+  int32_t opa, opb;       /* cublasOperation_t */
+  int32_t ta, tb, tc;     /* cudaDataType_t */
+  int64_t m, n, k;        /* D [m,n], inner dim k */
+  int64_t lda, ldb, ldc;  /* leading dims (column-major) */
+  int64_t batch;          /* >= 1 (<= INT32_MAX) */
+  int64_t sa, sb, sc;     /* batch strides in elements (batch > 1) */
+  int32_t scale_a, scale_b; /* cublasLtMatmulMatrixScale_t, -1: none */
+  uint32_t al_a, al_b, al_c; /* byte alignment of each matrix (pointer and strides) */
+  size_t ws_bytes;        /* workspace the algorithm may use */
+  int32_t math_mode = 0;  /* dsc_math_mode the problem runs under (dsc_lt_dense_math) */
+};
+
+/* The math mode a dense GEMM runs under: the context's mode (0 DSC_MATH_DEFAULT, 1
+ * DSC_MATH_BF16_OPERANDS) for float32 operands, which BF16_OPERANDS lets cuBLASLt round to
+ * BF16 (CUBLAS_COMPUTE_32F_FAST_16BF); 0 for BF16 operands, whose GEMM is the same in both
+ * modes (so both share one plan). */
+static inline int32_t dsc_lt_dense_math(int operands_fp32, int32_t ctx_math_mode) {
+  return operands_fp32 && ctx_math_mode == 1 ? 1 : 0;
+}
+
+/* The plan-cache key of pr: every field that shapes the descriptors, the layouts, the
+ * algorithm choice or the numerics. epilogue: cublasLtEpilogue_t (the default is 1). */
+static inline DscLtKey dsc_lt_make_key(const DscLtProblem &pr, int64_t epilogue) {
+  DscLtKey k;
+  memset(&k, 0, sizeof k);
+  k.w[LTK_KIND] = pr.scale_a >= 0 || pr.scale_b >= 0 ? 2 : 1;
+  k.w[LTK_OPA] = pr.opa;
+  k.w[LTK_OPB] = pr.opb;
+  k.w[LTK_TA] = pr.ta;
+  k.w[LTK_TB] = pr.tb;
+  k.w[LTK_TC] = pr.tc;
+  k.w[LTK_COMPUTE] = pr.compute;
+  k.w[LTK_M] = pr.m;
+  k.w[LTK_N] = pr.n;
+  k.w[LTK_K] = pr.k;
+  k.w[LTK_LDA] = pr.lda;
+  k.w[LTK_LDB] = pr.ldb;
+  k.w[LTK_LDC] = pr.ldc;
+  k.w[LTK_BATCH] = pr.batch;
+  k.w[LTK_SA] = pr.batch > 1 ? pr.sa : 0;
+  k.w[LTK_SB] = pr.batch > 1 ? pr.sb : 0;
+  k.w[LTK_SC] = pr.batch > 1 ? pr.sc : 0;
+  k.w[LTK_SCALE_A] = pr.scale_a;
+  k.w[LTK_SCALE_B] = pr.scale_b;
+  k.w[LTK_AL_A] = pr.al_a;
+  k.w[LTK_AL_B] = pr.al_b;
+  k.w[LTK_AL_C] = pr.al_c;
+  k.w[LTK_WS] = (int64_t)pr.ws_bytes;
+  k.w[LTK_EPILOGUE] = epilogue;
+  k.w[LTK_MATH] = pr.math_mode;
+  return k;
 }
 
 /* FNV-1a over the bytes of the words. */

@@ -10,6 +10,12 @@
  *   C = alpha * op(A) @ op(B) + beta * C, FP32 accumulation (CUBLAS_COMPUTE_32F: no TF32,
  *   so float32 results match the CPU's sgemm to rounding), alpha/beta float32 on the host.
  *   beta == 0 overwrites C (C is not read), as BLAS specifies.
+ *   Math mode (dsc_context_set_math_mode): with DSC_MATH_BF16_OPERANDS, float32 operands run
+ *   as CUBLAS_COMPUTE_32F_FAST_16BF: cuBLASLt rounds A and B to BF16 and runs tensor cores,
+ *   accumulating in FP32 (A, B, C and the scale type stay CUDA_R_32F), so on BF16-exact
+ *   operands (the BF16 model's weights and rounded activations) the result is a BF16 GEMM's.
+ *   The mode is part of the plan key (blaslt_host.h). BF16 operands run the same in both
+ *   modes; the fallback kernel computes exact float32 in both.
  *
  * Row-major to cuBLASLt's column-major: a row-major X [r, c] with row stride ld is the
  * column-major X^T [c, r] with leading dim ld. So C^T = op(B)^T op(A)^T is one
@@ -150,8 +156,11 @@ static dsc_status lt_matmul(dsc_context *ctx, const char *fn, const GemmProblem 
   const int64_t eab = esize(g.dt_ab), ec = esize(g.dt_c);
   const bool batched = g.batch > 1;
   DscLtProblem pr;
-  /* BF16 and FP32 inputs both accumulate in FP32 (bf16: tensor cores; fp32: no TF32) */
-  pr.compute = CUBLAS_COMPUTE_32F;
+  /* BF16 and FP32 inputs both accumulate in FP32 (bf16: tensor cores; fp32: no TF32, or
+   * in BF16-operand mode rounded to BF16 for the tensor cores) */
+  pr.math_mode = dsc_lt_dense_math(g.dt_ab == DSC_DTYPE_FLOAT32, ctx->math_mode);
+  pr.compute = pr.math_mode == DSC_MATH_BF16_OPERANDS ? CUBLAS_COMPUTE_32F_FAST_16BF
+                                                       : CUBLAS_COMPUTE_32F;
   pr.opa = g.tb ? CUBLAS_OP_T : CUBLAS_OP_N; /* cuBLASLt A = our B */
   pr.opb = g.ta ? CUBLAS_OP_T : CUBLAS_OP_N; /* cuBLASLt B = our A */
   pr.ta = pr.tb = lt_type(g.dt_ab);

@@ -332,3 +332,66 @@ def test_small_m_rows_bitwise_independent_of_m(rng, tb, K, N):
     if tb:
         assert np.array_equal(dsc.linear(x[:1], w).view(np.uint32), full[:1].view(np.uint32))
     assert_gemm_close(full, ref.matmul(x, w, False, tb), bound(x, w, False, tb), REL["float32"])
+
+
+# --------------------------------------------------------------------------- BF16-operand math mode
+
+
+def bf16_exact(rng, shape):
+    """float32 values that BF16 holds exactly (standard normals rounded to BF16)."""
+    return ref.cast(ref.f64(ref.to_bf16(rng.standard_normal(shape))), "float32")
+
+
+@pytest.mark.parametrize("ta,tb", [(False, True), (True, False)])
+def test_bf16_operands_on_cpu_is_exact_float32(rng, ta, tb):
+    """The CPU ignores the BF16-operand math mode: the same bits as a default call."""
+    a, b = operands(rng, 17, 129, 33, ta, tb, "float32")
+    np.testing.assert_array_equal(dsc.matmul(a, b, trans_a=ta, trans_b=tb, bf16_operands=True),
+                                  dsc.matmul(a, b, trans_a=ta, trans_b=tb))
+    a3, b3 = operands(rng, 5, 9, 7, ta, tb, "float32", batch=3)
+    np.testing.assert_array_equal(dsc.matmul(a3, b3, trans_a=ta, trans_b=tb, bf16_operands=True),
+                                  dsc.matmul(a3, b3, trans_a=ta, trans_b=tb))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (17, 129, 33), (256, 512, 384)])
+def test_cuda_bf16_operands_on_bf16_exact_inputs_is_a_float32_accumulated_gemm(rng, ta, tb, M, K, N):
+    """bf16_operands=True (cuBLASLt CUBLAS_COMPUTE_32F_FAST_16BF) on float32 operands that
+    BF16 holds exactly loses nothing in the down-conversion: the result is the float64
+    GEMM of those inputs to FP32 accumulation's tolerance (REL float32 = 1e-5 of
+    sum_k |a||b|, the bound the exact SGEMM meets). out starts as NaN (beta = 0 never reads
+    it); with beta the accumulated out is BF16-exact too."""
+    a = bf16_exact(rng, (K, M) if ta else (M, K))
+    b = bf16_exact(rng, (N, K) if tb else (K, N))
+    out = to_cuda(poisoned((M, N)))
+    dsc.matmul(to_cuda(a), to_cuda(b), trans_a=ta, trans_b=tb, out=out, bf16_operands=True)
+    assert_gemm_close(out, ref.matmul(ref.f64(a), ref.f64(b), ta, tb), bound(a, b, ta, tb), REL["float32"])
+    c0 = bf16_exact(rng, (M, N))
+    out = to_cuda(c0)
+    dsc.matmul(to_cuda(a), to_cuda(b), trans_a=ta, trans_b=tb, alpha=0.5, beta=0.5, out=out, bf16_operands=True)
+    want = 0.5 * ref.matmul(ref.f64(a), ref.f64(b), ta, tb) + 0.5 * ref.f64(c0)
+    assert_gemm_close(out, want, bound(a, b, ta, tb, 0.5, 0.5, c0), REL["float32"])
+
+
+@pytest.mark.cuda
+def test_cuda_bf16_operands_rounds_float32_operands_and_is_per_call(rng):
+    """On operands BF16 cannot hold, the mode shows: each product sees two BF16 roundings
+    (2^-9 each), so the result is within 2^-7 of sum_k |a||b| of the float64 GEMM but not
+    the exact SGEMM's; the calls before and after it (default mode, same pool context) are
+    exact float32 again, and a batched GEMM in the mode stays within the same bound."""
+    M, K, N = 256, 512, 384
+    a, b = operands(rng, M, K, N, False, True, "float32")
+    want = ref.matmul(ref.f64(a), ref.f64(b), False, True)
+    bnd = bound(a, b, False, True)
+    exact0 = host(dsc.matmul(to_cuda(a), to_cuda(b), trans_b=True))
+    fast = host(dsc.matmul(to_cuda(a), to_cuda(b), trans_b=True, bf16_operands=True))
+    exact1 = host(dsc.matmul(to_cuda(a), to_cuda(b), trans_b=True))
+    assert_gemm_close(exact0, want, bnd, REL["float32"], "default before")
+    assert_gemm_close(exact1, want, bnd, REL["float32"], "default after")
+    assert_gemm_close(fast, want, bnd, 2.0 ** -7, "bf16 operands")
+    assert np.abs(ref.f64(fast) - want).max() > 10 * np.abs(ref.f64(exact0) - want).max(), \
+        "bf16_operands=True gave float32 accuracy: the operands were not rounded"
+    a3, b3 = operands(rng, 33, 65, 17, False, True, "float32", batch=3)
+    got3 = dsc.matmul(to_cuda(a3), to_cuda(b3), trans_b=True, bf16_operands=True)
+    assert_gemm_close(got3, ref.matmul(ref.f64(a3), ref.f64(b3), False, True), bound(a3, b3, False, True), 2.0 ** -7)

@@ -515,45 +515,54 @@ def test_cuda_float32_cache_decode_exact_path(rng):
         np.testing.assert_allclose(g, c, rtol=1e-4, atol=1e-5 * (np.abs(c).max() + 1e-30), err_msg=f"call {i}")
 
 
-_BF16_TRAIN = r"""
-import sys, numpy as np, deepseek_c as dsc
-sys.path.insert(0, {tests!r})
-import test_mla as t
-rng = np.random.default_rng(5)
-for kw, B, T in (({{}}, 2, 37), (dict(num_attention_heads=3, qk_nope_head_dim=128, qk_rope_head_dim=64,
-                                        v_head_dim=128), 1, 130)):
-    cfg = t.small_cfg(**kw)
-    w, x = t.make(cfg, rng, B=B, T=T)
+def _bf16_pairs(cfg, rng, B, T, device):
+    """(name, got, want) of out and every gradient: the training forward and backward with
+    bf16_operands=True on `device` against the CPU's exact float32."""
+    w, x = make(cfg, rng, B=B, T=T)
     out_c, ctx_c = dsc.mla_forward(x, w, cfg)
     dout = rng.standard_normal(out_c.shape).astype(np.float32)
     g_c = dsc.mla_backward(dout, ctx_c)
-    wd = {{k: dsc.tensor(v, device="cuda") for k, v in w.items()}}
-    out_g, ctx_g = dsc.mla_forward(dsc.tensor(x, device="cuda"), wd, cfg)
-    g_g = dsc.mla_backward(dsc.tensor(dout, device="cuda"), ctx_g)
-    pairs = [("out", dsc.to_numpy(out_g), out_c)] + [(k, dsc.to_numpy(g_g[k]), g_c[k]) for k in g_c]
-    for name, got, want in pairs:
-        err = float(np.abs(got - want).max() / (np.abs(want).max() + 1e-30))
-        assert np.all(np.isfinite(got)) and err < 3e-2, (kw, name, err)
-        print(name, err)
-print("bf16 training attention OK")
-"""
+    wd = {k: dsc.tensor(v, device=device) for k, v in w.items()}
+    out_g, ctx_g = dsc.mla_forward(dsc.tensor(x, device=device), wd, cfg, bf16_operands=True)
+    assert ctx_g.math_mode == 1
+    g_g = dsc.mla_backward(dsc.tensor(dout, device=device), ctx_g)
+    return [("out", dsc.to_numpy(out_g), out_c)] + [(k, dsc.to_numpy(g_g[k]), g_c[k]) for k in g_c]
+
+
+def test_bf16_operands_on_cpu_is_exact_float32(rng):
+    """The CPU ignores the BF16-operand math mode: the same bits as a default call."""
+    for name, got, want in _bf16_pairs(small_cfg(), rng, 2, 9, "cpu"):
+        np.testing.assert_array_equal(got, want, err_msg=name)
 
 
 @pytest.mark.cuda
-def test_cuda_bf16_tensor_core_training_attention_matches_cpu(tmp_path):
-    """DSC_MLA_ATTN_BF16=1 (read once per process, hence a child process): the training
-    forward and backward on tensor cores (BF16 q, k, v, dO, P, dS; FP32 softmax and sums)
-    against the CPU's float32, at the small config and at V3's head dims (dqk 192, dv 128)
-    with T = 130 (no multiple of the 64-row tile). BF16 keeps 8 significant bits: outputs and
-    gradients within 3% of their largest magnitude."""
-    import os
-    import subprocess
-    import sys
-    tests = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, DSC_MLA_ATTN_BF16="1")
-    r = subprocess.run([sys.executable, "-c", _BF16_TRAIN.format(tests=tests)], env=env, capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0 and "bf16 training attention OK" in r.stdout, r.stdout + r.stderr
+def test_cuda_bf16_tensor_core_training_attention_matches_cpu(rng):
+    """bf16_operands=True (the context math mode DSC_MATH_BF16_OPERANDS for the call and its
+    backward): the training forward and backward with the attention core on tensor cores
+    (BF16 q, k, v, dO, P, dS; FP32 softmax and sums) and the projections as FAST_16BF
+    cuBLASLt GEMMs, against the CPU's float32, at the small config and at V3's head dims
+    (dqk 192, dv 128) with T = 130 (no multiple of the 64-row tile). BF16 keeps 8 significant
+    bits: outputs and gradients within 3% of their largest magnitude."""
+    for kw, B, T in (({}, 2, 37), (dict(num_attention_heads=3, qk_nope_head_dim=128, qk_rope_head_dim=64,
+                                        v_head_dim=128), 1, 130)):
+        for name, got, want in _bf16_pairs(small_cfg(**kw), rng, B, T, "cuda"):
+            err = float(np.abs(got - want).max() / (np.abs(want).max() + 1e-30))
+            assert np.all(np.isfinite(got)) and err < 3e-2, (kw, name, err)
+
+
+@pytest.mark.cuda
+def test_cuda_bf16_operands_leaves_the_pool_context_exact(rng):
+    """A bf16_operands call gives its pool context its mode back: default calls before and
+    after it agree bit for bit (float32 SIMT attention, exact SGEMM), and differ from it."""
+    cfg = small_cfg()
+    w, x = make(cfg, rng, B=2, T=37)
+    wd = {k: dsc.tensor(v, device="cuda") for k, v in w.items()}
+    xd = dsc.tensor(x, device="cuda")
+    before = dsc.to_numpy(dsc.mla_forward(xd, wd, cfg, need_backward=False)[0])
+    fast = dsc.to_numpy(dsc.mla_forward(xd, wd, cfg, need_backward=False, bf16_operands=True)[0])
+    after = dsc.to_numpy(dsc.mla_forward(xd, wd, cfg, need_backward=False)[0])
+    np.testing.assert_array_equal(before, after)
+    assert np.abs(fast - before).max() > 0
 
 
 # --------------------------------------------------------------------------- FP8 projections

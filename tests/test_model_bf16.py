@@ -376,8 +376,14 @@ def test_generate_uses_bf16_weights_and_roundings():
 @pytest.mark.cuda
 def test_cuda_bf16_model_matches_cpu():
     """The same BF16 model on CUDA: the rounding kernel is numeric.h's RNE (the CPU's bits),
-    so logits agree to float32 accumulation noise (plus an occasional one-ulp rounding flip),
-    and a few training steps follow the CPU."""
+    and the passes run in the BF16-operand math mode (FAST_16BF GEMMs, the tensor-core MLA
+    attention). On the BF16-exact operands (weights, the rounded activations F1-F8) a GEMM
+    is the CPU's to FP32 accumulation noise; the operands the model does not round (the MLA
+    intermediates: q, the latent kv, the attention's q, k, v, P, dO and their gradients) take
+    one BF16 rounding (unit roundoff 2^-9) on the GPU that the CPU's exact float32 skips.
+    Through the layers these add up to a few BF16 units: logits within 2^-5 of the largest
+    logit, 2^-8 on average (the CPU's own BF16 logits carry 2^-8 relative rounding), and a few
+    training steps follow the CPU's loss within 1%."""
     cfg = dense_cfg()
     a = perturbed(cfg, dtype="bfloat16")
     b = dsc.Model(cfg, device="cuda", seed=0, dtype="bfloat16")
@@ -386,9 +392,9 @@ def test_cuda_bf16_model_matches_cpu():
     la, lb = a.forward(tok), dsc.to_numpy(b.forward(tok))
     assert is_bf16(lb)
     err = np.abs(la - lb) / np.abs(la).max()
-    assert err.max() <= 2.0 ** -7 and err.mean() <= 1e-4, (err.max(), err.mean())
+    assert err.max() <= 2.0 ** -5 and err.mean() <= 2.0 ** -8, (err.max(), err.mean())
     for k in a.parameters():
         assert np.array_equal(dsc.to_numpy(b.compute_weight(k)), a.compute_weight(k)), k
     for _ in range(3):
         ra, rb = a.train_step(tok, y, lr=1e-3), b.train_step(tok, y, lr=1e-3)
-        assert abs(ra["loss"] - rb["loss"]) < 2e-3 * ra["loss"], (ra["loss"], rb["loss"])
+        assert abs(ra["loss"] - rb["loss"]) < 1e-2 * ra["loss"], (ra["loss"], rb["loss"])

@@ -162,6 +162,23 @@ dsc_status dsc_context_set_deterministic(dsc_context *ctx, int32_t deterministic
   return DSC_OK;
 }
 
+dsc_status dsc_context_set_math_mode(dsc_context *ctx, int32_t mode) {
+  DSC_CHECK(ctx != NULL, DSC_ERR_INVALID_ARGUMENT, "dsc_context_set_math_mode",
+            "ctx: expected a context, got NULL");
+  DSC_CHECK(mode == DSC_MATH_DEFAULT || mode == DSC_MATH_BF16_OPERANDS, DSC_ERR_INVALID_ARGUMENT,
+            "dsc_context_set_math_mode",
+            "mode: expected DSC_MATH_DEFAULT (0) or DSC_MATH_BF16_OPERANDS (1), got %d", (int)mode);
+  ctx->math_mode = mode;
+  return DSC_OK;
+}
+
+dsc_status dsc_context_get_math_mode(const dsc_context *ctx, int32_t *mode) {
+  DSC_CHECK(ctx != NULL && mode != NULL, DSC_ERR_INVALID_ARGUMENT, "dsc_context_get_math_mode",
+            "ctx, mode: expected non-NULL pointers");
+  *mode = ctx->math_mode;
+  return DSC_OK;
+}
+
 dsc_status dsc_context_workspace_size(const dsc_context *ctx, size_t *bytes) {
   DSC_CHECK(ctx != NULL && bytes != NULL, DSC_ERR_INVALID_ARGUMENT, "dsc_context_workspace_size",
             "ctx, bytes: expected non-NULL pointers");

@@ -28,6 +28,7 @@ struct dsc_context {
   int32_t cpu_avx2;       /* CPU kernels may use AVX2 (cpu/gemm.c); see dsc_context_create */
   int32_t row_invariant;  /* CPU GEMMs: a row of C must not depend on M (set by generation's
                              decode steps; cpu/gemm.c) */
+  int32_t math_mode;      /* dsc_math_mode: BF16 operands allowed on CUDA (gemm.cu, ops/mla.c) */
   dsc_log_fn log_fn;
   void *log_user_data;
   void *workspace;        /* device memory, grown on demand, owned */

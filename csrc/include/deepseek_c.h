@@ -171,6 +171,22 @@ DSC_API dsc_status dsc_context_synchronize(dsc_context *ctx);
 DSC_API dsc_status dsc_context_set_log_callback(dsc_context *ctx, dsc_log_fn fn, void *user_data);
 DSC_API dsc_status dsc_context_set_seed(dsc_context *ctx, uint64_t seed);
 DSC_API dsc_status dsc_context_set_deterministic(dsc_context *ctx, int32_t deterministic);
+/* Precision of the float32 GEMMs and attention a context runs. DSC_MATH_DEFAULT: exact
+ * float32 (no TF32, no BF16). DSC_MATH_BF16_OPERANDS: on CUDA, float32 GEMM operands
+ * (kernels/gemm.cu: cuBLASLt CUBLAS_COMPUTE_32F_FAST_16BF) and the MLA training
+ * attention's q, k, v, dO, P (kernels/mla_attn_tc.cu) may be rounded to BF16 to run on
+ * tensor cores, accumulating in FP32; on operands already BF16-exact a GEMM's result is
+ * that of float32 math. The CPU computes exact float32 in both modes. A BF16 model
+ * (dsc_model_options.compute_dtype) sets BF16_OPERANDS for each of its passes and
+ * restores the caller's mode after. Keep one mode between an op's forward and backward. */
+typedef enum dsc_math_mode {
+  DSC_MATH_DEFAULT = 0,
+  DSC_MATH_BF16_OPERANDS = 1,
+} dsc_math_mode;
+
+/* mode: a dsc_math_mode value; anything else is DSC_ERR_INVALID_ARGUMENT. */
+DSC_API dsc_status dsc_context_set_math_mode(dsc_context *ctx, int32_t mode);
+DSC_API dsc_status dsc_context_get_math_mode(const dsc_context *ctx, int32_t *mode);
 /* Bytes currently held by the context's workspace. */
 DSC_API dsc_status dsc_context_workspace_size(const dsc_context *ctx, size_t *bytes);
 

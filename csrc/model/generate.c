@@ -397,12 +397,15 @@ static dsc_status main_forward_(gen *g, int32_t nb, int32_t T, int prefill, int6
 }
 
 /* Decode and verify steps run with every GEMM row independent of the row count (cpu/gemm.c):
- * verifying 1 + num_draft tokens per sequence then gives plain decoding's logits bit for bit. */
+ * verifying 1 + num_draft tokens per sequence then gives plain decoding's logits bit for bit.
+ * A BF16 model's passes run in BF16-operand math (dsc_model_math_enter). */
 static dsc_status main_forward(gen *g, int32_t nb, int32_t T, int prefill, int64_t nr,
                                const float **lh) {
   const int32_t inv = g->ctx->row_invariant;
   g->ctx->row_invariant = !prefill;
+  const int32_t mm = dsc_model_math_enter(g->m);
   const dsc_status st = main_forward_(g, nb, T, prefill, nr, lh);
+  dsc_model_math_leave(g->m, mm);
   g->ctx->row_invariant = inv;
   return st;
 }
@@ -411,8 +414,8 @@ static dsc_status main_forward(gen *g, int32_t nb, int32_t T, int prefill, int64
  * positions i, h_seq the sequences, h_gidx [N] the rows of `hsrc` ([hrows, D] on the
  * device) holding the hidden inputs, h_last [nb] the row (b*T + j) whose output drafts.
  * g->mo [nb, D] = the normalized outputs of those rows; logits [nb, V] = head(mo). */
-static dsc_status mtp_forward(gen *g, int32_t nb, int32_t T, int prefill, const float *hsrc,
-                              int64_t hrows, const float **lh) {
+static dsc_status mtp_forward_(gen *g, int32_t nb, int32_t T, int prefill, const float *hsrc,
+                               int64_t hrows, const float **lh) {
   dsc_model *m = g->m;
   const dsc_model_mtp *mt = &m->mtp[0];
   const int64_t N = (int64_t)nb * T, D = g->D;
@@ -443,6 +446,14 @@ static dsc_status mtp_forward(gen *g, int32_t nb, int32_t T, int prefill, const 
   DSC_TRY(dsc_rms_norm_forward(g->ctx, x, &mt->head_norm, eps, mo, NULL));
   DSC_TRY(dsc_model_round(m, g->mo, nb * D));
   return head(g, g->mo, nb, lh);
+}
+
+static dsc_status mtp_forward(gen *g, int32_t nb, int32_t T, int prefill, const float *hsrc,
+                              int64_t hrows, const float **lh) {
+  const int32_t mm = dsc_model_math_enter(g->m);
+  const dsc_status st = mtp_forward_(g, nb, T, prefill, hsrc, hrows, lh);
+  dsc_model_math_leave(g->m, mm);
+  return st;
 }
 
 /* ---- drafting ------------------------------------------------------------------------- */

@@ -1106,6 +1106,14 @@ dsc_status dsc_model_round_copy(dsc_model *m, const float *src, float *dst, int6
   return DSC_DISPATCH(round_bf16_f32, m->ctx, n, src, dst);
 }
 
+int32_t dsc_model_math_enter(dsc_model *m) {
+  const int32_t saved = m->ctx->math_mode;
+  if (m->wc) m->ctx->math_mode = DSC_MATH_BF16_OPERANDS;
+  return saved;
+}
+
+void dsc_model_math_leave(dsc_model *m, int32_t saved) { m->ctx->math_mode = saved; }
+
 dsc_status dsc_model_refresh_compute(dsc_model *m) {
   return m->wc ? dsc_model_round_copy(m, m->params, m->wc, m->n_params) : DSC_OK;
 }

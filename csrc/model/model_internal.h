@@ -247,6 +247,12 @@ dsc_status dsc_model_split2(dsc_model *m, const DLTensor *in, DLTensor *a, DLTen
 /* Point the block / MTP / embedding / head views at the arena (frozen models: held slots
  * keep their shapes with data NULL). */
 void dsc_model_bind_views(dsc_model *m);
+/* BF16 compute (m->wc != NULL): puts the context in DSC_MATH_BF16_OPERANDS for a pass
+ * (tensor-core GEMMs and MLA attention on CUDA) and returns the caller's mode, which
+ * dsc_model_math_leave restores (on every return path); a float32 model's passes leave the
+ * mode as the caller set it. Nesting is fine. */
+int32_t dsc_model_math_enter(dsc_model *m);
+void dsc_model_math_leave(dsc_model *m, int32_t saved);
 /* BF16 compute (m->wc != NULL): wc = bf16_rne(params), before every pass; else nothing. */
 dsc_status dsc_model_refresh_compute(dsc_model *m);
 /* x = float(bf16_rne(x)) over n float32 elements on the model's device when the model

@@ -32,6 +32,16 @@
  * the FFN's incoming gradient (a rounded copy: the residual keeps float32), dA, dG, dU,
  * d xn2, the attention's incoming gradient (a rounded copy), d xn1. Generation
  * (generate.c) rounds at F1-F8 the same way. Weight gradients stay float32.
+ * Each pass (run_forward, backward_logits, ffn_infer, generation's forwards) puts the
+ * context in DSC_MATH_BF16_OPERANDS and restores the caller's mode after, errors included
+ * (dsc_model_math_enter / _leave): on CUDA the float32 GEMMs then run on BF16 tensor cores
+ * (cuBLASLt FAST_16BF) and the MLA training attention as mla_attn_tc.cu. On BF16-exact
+ * operands (the weights, the activations rounded above) that is the CPU's exact float32
+ * GEMM to FP32 accumulation noise; the CPU ignores the mode. So the BF16 model on CPU and
+ * GPU differs only where an operand is not BF16-exact: the MLA and MoE intermediates the
+ * model does not round (q, the latent kv, the attention's q, k, v, P and their gradients,
+ * the experts' hidden activations) take one BF16 rounding on the GPU, a BF16-level
+ * difference (tests/test_model_bf16.py, test_cuda_bf16_model_matches_cpu).
  *
  * Activations of one (B, T) shape are planned once into one arena (dsc_model_acts) and
  * reused while the shape stays; the MLA / MoE ops keep their own saved state in handles
@@ -457,8 +467,8 @@ static dsc_status add_load(dsc_model *m, int32_t b, const int64_t *dev_counts) {
   return st;
 }
 
-dsc_status dsc_model_ffn_infer(dsc_model *m, int32_t b, const DLTensor *x, DLTensor *y, DLTensor *counts,
-                               const dsc_model_fp8w *h) {
+static dsc_status ffn_infer_(dsc_model *m, int32_t b, const DLTensor *x, DLTensor *y, DLTensor *counts,
+                             const dsc_model_fp8w *h) {
   if (h && h->mem) return dsc_model_ffn_infer_fp8(m, b, x, y, counts, h);
   dsc_context *ctx = m->ctx;
   const dsc_model_block *w = &m->blocks[b];
@@ -499,6 +509,14 @@ dsc_status dsc_model_ffn_infer(dsc_model *m, int32_t b, const DLTensor *x, DLTen
   tv_make(&x2, m, dsc_data(x), F32, 2, rows, D, 0);
   tv_make(&y2, m, dsc_data(y), F32, 2, rows, D, 0);
   return dense_fwd(m, b, &k, rows, &x2.t, &y2.t);
+}
+
+dsc_status dsc_model_ffn_infer(dsc_model *m, int32_t b, const DLTensor *x, DLTensor *y, DLTensor *counts,
+                               const dsc_model_fp8w *h) {
+  const int32_t mm = dsc_model_math_enter(m);
+  const dsc_status st = ffn_infer_(m, b, x, y, counts, h);
+  dsc_model_math_leave(m, mm);
+  return st;
 }
 
 dsc_status dsc_model_concat2(dsc_model *m, const DLTensor *a, const DLTensor *b, DLTensor *out) {
@@ -826,8 +844,8 @@ static dsc_status add_rows(dsc_model *m, int64_t B, int64_t n, int64_t D, float 
 
 /* Main model forward (and the MTP depths when n_mtp_run > 0) over tokens [B, T].
  * logits_out: where the main logits go (NULL: the activation arena). */
-static dsc_status run_forward(dsc_model *m, const DLTensor *tokens, int32_t n_mtp_run, fwd_opts *o,
-                              float *logits_out) {
+static dsc_status run_forward_(dsc_model *m, const DLTensor *tokens, int32_t n_mtp_run, fwd_opts *o,
+                               float *logits_out) {
   dsc_context *ctx = m->ctx;
   const int64_t B = tokens->shape[0], T = tokens->shape[1];
   const int64_t D = m->cfg.hidden_size, V = m->cfg.vocab_size, N = B * T, L = m->n_layers;
@@ -888,6 +906,15 @@ static dsc_status run_forward(dsc_model *m, const DLTensor *tokens, int32_t n_mt
     STEP(dsc_linear_forward(ctx, &xn.t, &m->head, &lgd.t));
     STEP(dsc_model_round(m, A->mtp_logits[d], B * Td * V));
   }
+  return st;
+}
+
+/* run_forward_ with the context in the model's math mode (BF16 operands for a BF16 model). */
+static dsc_status run_forward(dsc_model *m, const DLTensor *tokens, int32_t n_mtp_run, fwd_opts *o,
+                              float *logits_out) {
+  const int32_t mm = dsc_model_math_enter(m);
+  const dsc_status st = run_forward_(m, tokens, n_mtp_run, o, logits_out);
+  dsc_model_math_leave(m, mm);
   return st;
 }
 
@@ -1088,7 +1115,7 @@ static dsc_status grads_begin(dsc_model *m, int accumulate) {
 /* The backward of run_forward from the gradients in A->logits [N, V] and A->mtp_logits[d]
  * (d < nd), over tokens [B, T] (device memory); then the gradients of parameters nothing
  * reached are zeros and the pass is complete. */
-static dsc_status backward_logits(dsc_model *m, const DLTensor *tokens, int32_t nd) {
+static dsc_status backward_logits_(dsc_model *m, const DLTensor *tokens, int32_t nd) {
   dsc_context *ctx = m->ctx;
   dsc_model_acts *A = m->acts;
   const int64_t B = tokens->shape[0], T = tokens->shape[1];
@@ -1181,6 +1208,13 @@ static dsc_status backward_logits(dsc_model *m, const DLTensor *tokens, int32_t 
 static dsc_status loss_and_grad_run(dsc_model *m, const dsc_train_options *opt, const DLTensor *tokens,
                                     const DLTensor *targets, int32_t accumulate, float grad_scale,
                                     dsc_train_stats *stats);
+
+static dsc_status backward_logits(dsc_model *m, const DLTensor *tokens, int32_t nd) {
+  const int32_t mm = dsc_model_math_enter(m);
+  const dsc_status st = backward_logits_(m, tokens, nd);
+  dsc_model_math_leave(m, mm);
+  return st;
+}
 
 dsc_status dsc_model_loss_and_grad(dsc_model *m, const dsc_train_options *opt, const DLTensor *tokens,
                                    const DLTensor *targets, int32_t accumulate, float grad_scale,

@@ -199,28 +199,23 @@ dsc_status mla_check_positions(dsc_context *ctx, const char *fn, const DLTensor 
 /* ---- attention ops --------------------------------------------------------------- */
 
 /* BF16 tensor-core compute for the float32 training attention on CUDA (kernels/
- * mla_attn_tc.cu): opt-in with DSC_MLA_ATTN_BF16=1 until contexts carry a precision
- * setting. q, k, v, dO and P are rounded to BF16 there (scores, softmax and sums FP32). Read
- * once per process, so a forward and its backward always agree. */
-static int attn_bf16(void) {
-  static int v = -1;
-  if (v < 0) {
-    const char *e = getenv("DSC_MLA_ATTN_BF16");
-    v = e != NULL && strcmp(e, "1") == 0;
-  }
-  return v;
-}
+ * mla_attn_tc.cu) when the context is in DSC_MATH_BF16_OPERANDS mode: q, k, v, dO and P are
+ * rounded to BF16 there (scores, softmax and sums FP32). The CPU ignores the flag (exact
+ * float32). The mode is read per call: a forward and its backward agree when the caller
+ * keeps one mode between them (a BF16 model holds it over all its passes). */
+static int attn_bf16(const dsc_context *ctx) { return ctx->math_mode == DSC_MATH_BF16_OPERANDS; }
 
 dsc_status mla_attn_fwd(dsc_context *ctx, int64_t B, int64_t T, int64_t H, int64_t dn,
                         int64_t dr, int64_t dv, float scale, const float *q, const float *q_pe,
                         const float *kv, const float *kpe, float *o, float *lse) {
-  return DSC_DISPATCH(mla_attn_fwd, ctx, B, T, H, dn, dr, dv, attn_bf16(), scale, q, q_pe, kv, kpe, o, lse);
+  return DSC_DISPATCH(mla_attn_fwd, ctx, B, T, H, dn, dr, dv, attn_bf16(ctx), scale, q, q_pe, kv, kpe, o,
+                      lse);
 }
 
 dsc_status mla_attn_bwd(dsc_context *ctx, int64_t B, int64_t T, int64_t H, int64_t dn,
                         int64_t dr, int64_t dv, float scale, const float *q, const float *q_pe,
                         const float *kv, const float *kpe, const float *o, const float *lse,
                         const float *dout, float *dq, float *dq_pe, float *dkv, float *dkpe) {
-  return DSC_DISPATCH(mla_attn_bwd, ctx, B, T, H, dn, dr, dv, attn_bf16(), scale, q, q_pe, kv, kpe, o, lse,
+  return DSC_DISPATCH(mla_attn_bwd, ctx, B, T, H, dn, dr, dv, attn_bf16(ctx), scale, q, q_pe, kv, kpe, o, lse,
                       dout, dq, dq_pe, dkv, dkpe);
 }

@@ -69,6 +69,20 @@
     }                                    \
   } while (0)
 
+/* Run `call` (setting s) like RUN without its check, with the context (taken already) in
+ * math mode `math` (dsc_math_mode); the context's own mode is given back after: pool
+ * contexts are shared by every op. */
+#define RUN_IN_MODE(math, call)                                          \
+  do {                                                                   \
+    int32_t mode0_ = DSC_MATH_DEFAULT;                                   \
+    s = dsc_context_get_math_mode(ctx, &mode0_);                         \
+    if (s == DSC_OK) s = dsc_context_set_math_mode(ctx, (int32_t)(math)); \
+    if (s == DSC_OK) {                                                   \
+      DSC_PY_CALL(s, call);                                              \
+      (void)dsc_context_set_math_mode(ctx, mode0_);                      \
+    }                                                                    \
+  } while (0)
+
 #define END                       \
   goto out;                       \
   out:                            \

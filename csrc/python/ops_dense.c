@@ -112,14 +112,20 @@ static PyObject *py_rope_scales(PyObject *m, PyObject *args) {
 
 static PyObject *py_matmul(PyObject *m, PyObject *args) {
   PyObject *ao, *bo, *co;
-  int ta, tb;
+  int ta, tb, math = DSC_MATH_DEFAULT;
   float alpha, beta;
-  if (!PyArg_ParseTuple(args, "OOOppff", &ao, &bo, &co, &ta, &tb, &alpha, &beta)) return NULL;
+  if (!PyArg_ParseTuple(args, "OOOppff|i", &ao, &bo, &co, &ta, &tb, &alpha, &beta, &math))
+    return NULL;
   BEGIN("dsc_matmul")
   IN(a, ao, "a")
   IN(b, bo, "b")
   OUT(c, co, "out")
-  RUN(dsc_matmul(ctx, a, b, c, ta, tb, alpha, beta));
+  GET_CTX();
+  RUN_IN_MODE(math, dsc_matmul(ctx, a, b, c, ta, tb, alpha, beta));
+  if (s != DSC_OK) {
+    dsc_py_raise(f.st, s);
+    goto out;
+  }
   ret = Py_NewRef(Py_None);
   END
 }
@@ -337,7 +343,7 @@ PyMethodDef dsc_py_dense_methods[] = {
     {"rope_inv_freq", py_rope_inv_freq, METH_VARARGS, "rope_inv_freq(params) -> list"},
     {"rope_scales", py_rope_scales, METH_VARARGS,
      "rope_scales(params, qk_head_dim) -> (cos_sin_scale, softmax_scale)"},
-    {"matmul", py_matmul, METH_VARARGS, "matmul(a, b, out, trans_a, trans_b, alpha, beta)"},
+    {"matmul", py_matmul, METH_VARARGS, "matmul(a, b, out, trans_a, trans_b, alpha, beta[, math_mode])"},
     {"linear_forward", py_linear_forward, METH_VARARGS, "linear_forward(x, w, y)"},
     {"linear_backward", py_linear_backward, METH_VARARGS, "linear_backward(dy, x, w, dx|None, dw|None)"},
     {"swiglu_forward", py_swiglu_forward, METH_VARARGS, "swiglu_forward(gate, up, out)"},

@@ -102,11 +102,12 @@ static PyObject *make_capsule(PyObject *ctx_cap, void *ptr, const char *name,
   return cap;
 }
 
-/* mla_forward(x, positions, weights8, params, out, want_saved) -> capsule | None */
+/* mla_forward(x, positions, weights8, params, out, want_saved[, math_mode]) -> capsule | None
+ * math_mode: the dsc_math_mode of the call (the backward takes the same) */
 static PyObject *py_mla_forward(PyObject *m, PyObject *args) {
   PyObject *xo, *po, *wt, *pr, *oo;
-  int want;
-  if (!PyArg_ParseTuple(args, "OOOOOp", &xo, &po, &wt, &pr, &oo, &want)) return NULL;
+  int want, math = DSC_MATH_DEFAULT;
+  if (!PyArg_ParseTuple(args, "OOOOOp|i", &xo, &po, &wt, &pr, &oo, &want, &math)) return NULL;
   dsc_mla_params p;
   if (!parse_params(pr, &p)) return NULL;
   BEGIN("dsc_mla_forward")
@@ -126,7 +127,7 @@ static PyObject *py_mla_forward(PyObject *m, PyObject *args) {
       goto out;
     }
   }
-  DSC_PY_CALL(s, dsc_mla_forward(ctx, &p, &w, x, pos, y, saved));
+  RUN_IN_MODE(math, dsc_mla_forward(ctx, &p, &w, x, pos, y, saved));
   if (s != DSC_OK) {
     dsc_mla_saved_destroy(saved);
     dsc_py_raise(f.st, s);
@@ -141,10 +142,12 @@ static PyObject *py_mla_forward(PyObject *m, PyObject *args) {
   END
 }
 
-/* mla_backward(saved, x, positions, dout, weights8, params, dx, grads8) */
+/* mla_backward(saved, x, positions, dout, weights8, params, dx, grads8[, math_mode]) */
 static PyObject *py_mla_backward(PyObject *m, PyObject *args) {
   PyObject *cap, *xo, *po, *dyo, *wt, *pr, *dxo, *gt;
-  if (!PyArg_ParseTuple(args, "OOOOOOOO", &cap, &xo, &po, &dyo, &wt, &pr, &dxo, &gt)) return NULL;
+  int math = DSC_MATH_DEFAULT;
+  if (!PyArg_ParseTuple(args, "OOOOOOOO|i", &cap, &xo, &po, &dyo, &wt, &pr, &dxo, &gt, &math))
+    return NULL;
   dsc_mla_saved *saved = (dsc_mla_saved *)PyCapsule_GetPointer(cap, SAVED_NAME);
   if (!saved) return NULL;
   dsc_mla_params p;
@@ -171,7 +174,11 @@ static PyObject *py_mla_backward(PyObject *m, PyObject *args) {
   g.kv_b_proj = gts[6];
   g.o_proj = gts[7];
   USE_CTX((PyObject *)PyCapsule_GetContext(cap)); /* the forward's context */
-  RUN(dsc_mla_backward(ctx, &p, &w, saved, x, pos, dy, dx, &g));
+  RUN_IN_MODE(math, dsc_mla_backward(ctx, &p, &w, saved, x, pos, dy, dx, &g));
+  if (s != DSC_OK) {
+    dsc_py_raise(f.st, s);
+    goto out;
+  }
   ret = Py_NewRef(Py_None);
   END
 }

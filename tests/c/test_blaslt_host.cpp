@@ -1,6 +1,7 @@
 /*
  * test_blaslt_host.cpp -- the host-only parts of the shared cuBLASLt layer
- * (kernels/blaslt_host.h), compiled with g++ without CUDA: the plan cache (a repeated key
+ * (kernels/blaslt_host.h), compiled with g++ without CUDA: the key of a problem (the
+ * math mode included), the plan cache (a repeated key
  * finds its plan, every key word matters, least-recently-used eviction hands back exactly
  * the evicted plan, clear destroys every plan once) and the rules for cuBLASLt's
  * block-scaled FP8 GEMM (each rule alone turns the path off, with its reason).
@@ -105,6 +106,67 @@ static void test_cache(void) {
   CHECK(dsc_lt_cache_find(&c, &k1) == NULL, "cleared cache misses");
 }
 
+/* A dense float32 problem as gemm.cu fills it (values of the cuBLASLt enums: 68
+ * CUBLAS_COMPUTE_32F, 75 CUBLAS_COMPUTE_32F_FAST_16BF, 0 CUDA_R_32F, 14 CUDA_R_16BF). */
+static DscLtProblem dense_problem(int fp32, int32_t ctx_mode) {
+  DscLtProblem p = {};
+  p.math_mode = dsc_lt_dense_math(fp32, ctx_mode);
+  p.compute = p.math_mode ? 75 : 68;
+  p.opa = 1;
+  p.opb = 0;
+  p.ta = p.tb = fp32 ? 0 : 14;
+  p.tc = 0;
+  p.m = 512;
+  p.n = 64;
+  p.k = 256;
+  p.lda = p.ldb = 256;
+  p.ldc = 512;
+  p.batch = 1;
+  p.scale_a = p.scale_b = -1;
+  p.al_a = p.al_b = p.al_c = 16;
+  p.ws_bytes = (size_t)32 << 20;
+  return p;
+}
+
+/* The math mode is part of a dense float32 problem's key (a plan made for exact float32
+ * is never reused for BF16 operands, nor the reverse); BF16 operands share one plan. */
+static void test_math_mode_key(void) {
+  CHECK(dsc_lt_dense_math(1, 0) == 0 && dsc_lt_dense_math(1, 1) == 1, "float32 operands follow the mode");
+  CHECK(dsc_lt_dense_math(0, 0) == 0 && dsc_lt_dense_math(0, 1) == 0, "bf16 operands: one mode");
+  DscLtProblem exact = dense_problem(1, 0), fast = dense_problem(1, 1);
+  DscLtKey ke = dsc_lt_make_key(exact, 1), kf = dsc_lt_make_key(fast, 1);
+  CHECK(ke.w[LTK_MATH] == 0 && kf.w[LTK_MATH] == 1, "math word %lld / %lld", (long long)ke.w[LTK_MATH],
+        (long long)kf.w[LTK_MATH]);
+  CHECK(!dsc_lt_key_eq(&ke, &kf) && dsc_lt_key_hash(&ke) != dsc_lt_key_hash(&kf), "keys differ by mode");
+  /* the mode alone (same compute type) still separates the keys */
+  DscLtProblem only_mode = exact;
+  only_mode.math_mode = 1;
+  DscLtKey km = dsc_lt_make_key(only_mode, 1);
+  CHECK(!dsc_lt_key_eq(&ke, &km), "the math word alone separates keys");
+  static DscLtCache c;
+  dsc_lt_cache_init(&c);
+  dsc_lt_cache_insert(&c, &ke, (void *)(intptr_t)1);
+  CHECK(dsc_lt_cache_find(&c, &kf) == NULL, "a BF16-operand problem misses the exact plan");
+  dsc_lt_cache_insert(&c, &kf, (void *)(intptr_t)2);
+  CHECK(dsc_lt_cache_find(&c, &ke) == (void *)(intptr_t)1 && dsc_lt_cache_find(&c, &kf) == (void *)(intptr_t)2,
+        "each mode finds its own plan");
+  DscLtProblem b0 = dense_problem(0, 0), b1 = dense_problem(0, 1);
+  DscLtKey kb0 = dsc_lt_make_key(b0, 1), kb1 = dsc_lt_make_key(b1, 1);
+  CHECK(dsc_lt_key_eq(&kb0, &kb1), "bf16 operands: the same key in both modes");
+  /* every field reaches the key: same problem, same key; a changed field, another key */
+  DscLtKey again = dsc_lt_make_key(dense_problem(1, 0), 1);
+  CHECK(dsc_lt_key_eq(&ke, &again), "the key is a function of the problem");
+  DscLtProblem v = exact;
+  v.k = 257;
+  DscLtKey kk = dsc_lt_make_key(v, 1);
+  CHECK(!dsc_lt_key_eq(&ke, &kk) && kk.w[LTK_K] == 257, "k reaches the key");
+  DscLtKey kep = dsc_lt_make_key(exact, 2);
+  CHECK(!dsc_lt_key_eq(&ke, &kep), "the epilogue reaches the key");
+  v = exact;
+  v.scale_a = 4;
+  CHECK(dsc_lt_make_key(v, 1).w[LTK_KIND] == 2 && ke.w[LTK_KIND] == 1, "scale modes make an fp8 key");
+}
+
 static void test_fp8_rules(void) {
   const int CV = 12090;
   const int64_t LV = 120900;
@@ -146,6 +208,7 @@ static void test_fp8_rules(void) {
 
 int main(void) {
   test_cache();
+  test_math_mode_key();
   test_fp8_rules();
   printf("%d passed, %d failed\n", g_pass, g_fail);
   return g_fail ? 1 : 0;

@@ -79,6 +79,26 @@ static void test_status_and_context(void) {
   CHECK(s == DSC_OK && ctx != NULL, "cpu context: %s", dsc_last_error());
   DLDevice d;
   CHECK(dsc_context_get_device(ctx, &d) == DSC_OK && d.device_type == kDLCPU, "device");
+  /* math mode: DEFAULT on a new context, a set/get round trip, bad values refused */
+  int32_t mode = -1;
+  CHECK(dsc_context_get_math_mode(ctx, &mode) == DSC_OK && mode == DSC_MATH_DEFAULT, "new mode %d", (int)mode);
+  CHECK(dsc_context_set_math_mode(ctx, DSC_MATH_BF16_OPERANDS) == DSC_OK, "set: %s", dsc_last_error());
+  CHECK(dsc_context_get_math_mode(ctx, &mode) == DSC_OK && mode == DSC_MATH_BF16_OPERANDS, "got %d", (int)mode);
+  s = dsc_context_set_math_mode(ctx, 2);
+  CHECK(s == DSC_ERR_INVALID_ARGUMENT &&
+            err_has("dsc_context_set_math_mode: mode: expected DSC_MATH_DEFAULT (0) or "
+                    "DSC_MATH_BF16_OPERANDS (1), got 2"),
+        "bad mode -> %d: %s", (int)s, dsc_last_error());
+  s = dsc_context_set_math_mode(ctx, -1);
+  CHECK(s == DSC_ERR_INVALID_ARGUMENT && err_has("got -1"), "negative mode: %s", dsc_last_error());
+  CHECK(dsc_context_get_math_mode(ctx, &mode) == DSC_OK && mode == DSC_MATH_BF16_OPERANDS, "kept %d", (int)mode);
+  CHECK(dsc_context_set_math_mode(ctx, DSC_MATH_DEFAULT) == DSC_OK &&
+            dsc_context_get_math_mode(ctx, &mode) == DSC_OK && mode == DSC_MATH_DEFAULT,
+        "back to default %d", (int)mode);
+  s = dsc_context_set_math_mode(NULL, DSC_MATH_DEFAULT);
+  CHECK(s == DSC_ERR_INVALID_ARGUMENT && err_has("dsc_context_set_math_mode: ctx"), "NULL ctx: %s", dsc_last_error());
+  s = dsc_context_get_math_mode(ctx, NULL);
+  CHECK(s == DSC_ERR_INVALID_ARGUMENT && err_has("dsc_context_get_math_mode"), "NULL out: %s", dsc_last_error());
   void *ws = NULL;
   dsc_context_destroy(ctx);
   (void)ws;

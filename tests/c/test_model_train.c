@@ -73,6 +73,23 @@ static void make_batch(int32_t *tok, int32_t *tgt, int V) {
     }
 }
 
+/* An on_token callback that counts the calls made while the context is not in mode `want`. */
+typedef struct {
+  dsc_context *ctx;
+  int32_t want;
+  int bad, calls;
+} mode_probe;
+
+static int32_t probe_token(void *user, int32_t seq, int32_t token) {
+  mode_probe *p = (mode_probe *)user;
+  int32_t mode = -1;
+  (void)seq;
+  (void)token;
+  p->calls += 1;
+  p->bad += dsc_context_get_math_mode(p->ctx, &mode) != DSC_OK || mode != p->want;
+  return 0;
+}
+
 static float loss_of(dsc_model *m, const dsc_train_options *o, DLTensor *tk, DLTensor *tg) {
   dsc_train_stats s;
   memset(&s, 0, sizeof s);
@@ -268,6 +285,44 @@ int main(void) {
             (long long)differ);
       CHECK(dsc_model_freeze_fp8(mb) == DSC_ERR_INVALID_ARGUMENT && err_has("compute_dtype"),
             "freeze of a bf16 model: %s", dsc_last_error());
+      /* its passes run in BF16-operand math and hand the caller's mode back, whichever it was,
+       * after a step, a forward, a refused call and a generation (whose on_token callback,
+       * between passes, sees the caller's mode too) */
+      const int32_t modes[2] = {DSC_MATH_DEFAULT, DSC_MATH_BF16_OPERANDS};
+      for (int k = 0; k < 2; ++k) {
+        int32_t got = -1;
+        CHECK(dsc_context_set_math_mode(ctx, modes[k]) == DSC_OK, "set mode: %s", dsc_last_error());
+        dsc_train_stats ts;
+        memset(&ts, 0, sizeof ts);
+        ts.size = sizeof ts;
+        CHECK(dsc_model_train_step(mb, &o, &tk, &tg, &ts) == DSC_OK && isfinite(ts.loss), "bf16 step: %s",
+              dsc_last_error());
+        CHECK(dsc_context_get_math_mode(ctx, &got) == DSC_OK && got == modes[k], "after a step: mode %d, set %d",
+              (int)got, (int)modes[k]);
+        float lg[B * T * 64];
+        int64_t lshp[3] = {B, T, cfg.vocab_size};
+        DLTensor lt = host_tensor(lg, kDLFloat, 3, lshp);
+        CHECK(cfg.vocab_size <= 64 && dsc_model_forward(mb, &tk, &lt) == DSC_OK, "bf16 forward: %s", dsc_last_error());
+        CHECK(dsc_context_get_math_mode(ctx, &got) == DSC_OK && got == modes[k], "after a forward: mode %d", (int)got);
+        int64_t bshp[2] = {B, T + 1}; /* a wrong logits shape: refused */
+        DLTensor bad_lt = host_tensor(lg, kDLFloat, 2, bshp);
+        CHECK(dsc_model_forward(mb, &tk, &bad_lt) != DSC_OK, "bad logits accepted");
+        CHECK(dsc_context_get_math_mode(ctx, &got) == DSC_OK && got == modes[k], "after a refused call: mode %d",
+              (int)got);
+        /* generation: the callback, between passes, sees the caller's mode */
+        dsc_generate_options go;
+        dsc_generate_options_default(&go);
+        go.max_new_tokens = 3;
+        const int32_t *prompts[2] = {tok, tok + T};
+        const int32_t plen[2] = {4, 5};
+        int32_t out[2 * 3], olen[2];
+        mode_probe pr = {ctx, modes[k], 0, 0};
+        CHECK(dsc_model_generate(mb, &go, 2, prompts, plen, out, olen, probe_token, &pr, NULL) == DSC_OK,
+              "bf16 generate: %s", dsc_last_error());
+        CHECK(pr.calls > 0 && pr.bad == 0, "callback saw another mode %d of %d times", pr.bad, pr.calls);
+        CHECK(dsc_context_get_math_mode(ctx, &got) == DSC_OK && got == modes[k], "after generate: mode %d", (int)got);
+      }
+      dsc_context_set_math_mode(ctx, DSC_MATH_DEFAULT);
       dsc_model_destroy(mb);
     }
   }
