@@ -30,6 +30,7 @@
 #include <math.h>
 
 #include "common.cuh"
+#include "mla_mma.cuh"
 #include "mla_tile.cuh"
 #include "numeric.h"
 
@@ -39,42 +40,6 @@
 #define AT_DK_MAX 192  /* dK / dQ accumulators: Dk / 8 n-tiles */
 #define AT_DV_MAX 128  /* O / dV accumulators: Dv / 8 n-tiles */
 #define AT_MAX_GRID 65535
-
-__device__ __forceinline__ void at_mma(float c[4], const uint32_t a[4], const uint32_t b[2]) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#else
-  (void)c;
-  (void)a;
-  (void)b;
-  __trap(); /* the launcher never picks this path below sm_80 */
-#endif
-}
-
-/* Fragments from shared memory (see mla_decode_tc.cu): A row-major and B stored n-major
- * (K^T) with 32-bit loads of the adjacent pairs; B stored k-major element by element. */
-__device__ __forceinline__ void at_load_a(uint32_t a[4], const uint16_t *base, int ld, int lane) {
-#pragma unroll
-  for (int j = 0; j < 4; ++j)
-    a[j] = *(const uint32_t *)(base + mla_fa_row(lane, 2 * j) * ld + mla_fa_col(lane, 2 * j));
-}
-__device__ __forceinline__ void at_load_bt(uint32_t b[2], const uint16_t *base, int ld, int lane) {
-#pragma unroll
-  for (int j = 0; j < 2; ++j)
-    b[j] = *(const uint32_t *)(base + mla_fb_n(lane, 2 * j) * ld + mla_fb_k(lane, 2 * j));
-}
-__device__ __forceinline__ void at_load_b(uint32_t b[2], const uint16_t *base, int ld, int lane) {
-#pragma unroll
-  for (int j = 0; j < 2; ++j) {
-    const uint32_t lo = base[mla_fb_k(lane, 2 * j) * ld + mla_fb_n(lane, 2 * j)];
-    const uint32_t hi = base[mla_fb_k(lane, 2 * j + 1) * ld + mla_fb_n(lane, 2 * j + 1)];
-    b[j] = lo | (hi << 16);
-  }
-}
 
 /* The A fragment of k step ks from two C tiles (c[2ks], c[2ks+1]) rounded to BF16. */
 __device__ __forceinline__ void at_c2a(uint32_t a[4], const float (*c)[4], int ks) {
@@ -171,12 +136,12 @@ __global__ void __launch_bounds__(AT_NT)
         for (int e = 0; e < 4; ++e) S[nt][e] = 0.0f;
       for (int kk = 0; kk < Dk; kk += 16) {
         uint32_t a[4];
-        at_load_a(a, Qs + warp * 16 * ldk + kk, ldk, lane);
+        mla_load_a(a, Qs + warp * 16 * ldk + kk, ldk, lane);
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt) {
           uint32_t bq[2];
-          at_load_bt(bq, Ks + nt * 8 * ldk + kk, ldk, lane);
-          at_mma(S[nt], a, bq);
+          mla_load_bt(bq, Ks + nt * 8 * ldk + kk, ldk, lane);
+          mla_mma(S[nt], a, bq);
         }
       }
       float tmax[2] = {-INFINITY, -INFINITY};
@@ -213,8 +178,8 @@ __global__ void __launch_bounds__(AT_NT)
         for (int vt = 0; vt < AT_DV_MAX / 8; ++vt) {
           if (vt >= nvt) continue;
           uint32_t bv[2];
-          at_load_b(bv, Vs + ks * 16 * ldv + vt * 8, ldv, lane);
-          at_mma(O[vt], a, bv);
+          mla_load_b(bv, Vs + ks * 16 * ldv + vt * 8, ldv, lane);
+          mla_mma(O[vt], a, bv);
         }
       }
     }
@@ -305,12 +270,12 @@ __global__ void __launch_bounds__(AT_NT)
         for (int e = 0; e < 4; ++e) P[nt][e] = dP[nt][e] = 0.0f;
       for (int kk = 0; kk < Dk; kk += 16) { /* S^T = K Q^T */
         uint32_t a[4];
-        at_load_a(a, Ks + warp * 16 * ldk + kk, ldk, lane);
+        mla_load_a(a, Ks + warp * 16 * ldk + kk, ldk, lane);
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt) {
           uint32_t bq[2];
-          at_load_bt(bq, Qs + nt * 8 * ldk + kk, ldk, lane);
-          at_mma(P[nt], a, bq);
+          mla_load_bt(bq, Qs + nt * 8 * ldk + kk, ldk, lane);
+          mla_mma(P[nt], a, bq);
         }
       }
 #pragma unroll
@@ -330,18 +295,18 @@ __global__ void __launch_bounds__(AT_NT)
         for (int vt = 0; vt < AT_DV_MAX / 8; ++vt) {
           if (vt >= nvt) continue;
           uint32_t bo[2];
-          at_load_b(bo, dOs + ks * 16 * ldv + vt * 8, ldv, lane);
-          at_mma(dV[vt], a, bo);
+          mla_load_b(bo, dOs + ks * 16 * ldv + vt * 8, ldv, lane);
+          mla_mma(dV[vt], a, bo);
         }
       }
       for (int kk = 0; kk < Dv; kk += 16) { /* dP^T = V dO^T */
         uint32_t a[4];
-        at_load_a(a, Vs + warp * 16 * ldv + kk, ldv, lane);
+        mla_load_a(a, Vs + warp * 16 * ldv + kk, ldv, lane);
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt) {
           uint32_t bo[2];
-          at_load_bt(bo, dOs + nt * 8 * ldv + kk, ldv, lane);
-          at_mma(dP[nt], a, bo);
+          mla_load_bt(bo, dOs + nt * 8 * ldv + kk, ldv, lane);
+          mla_mma(dP[nt], a, bo);
         }
       }
 #pragma unroll
@@ -356,8 +321,8 @@ __global__ void __launch_bounds__(AT_NT)
         for (int kt = 0; kt < AT_DK_MAX / 8; ++kt) {
           if (kt >= nkt) continue;
           uint32_t bq[2];
-          at_load_b(bq, Qs + ks * 16 * ldk + kt * 8, ldk, lane);
-          at_mma(dK[kt], a, bq);
+          mla_load_b(bq, Qs + ks * 16 * ldk + kt * 8, ldk, lane);
+          mla_mma(dK[kt], a, bq);
         }
       }
     }
@@ -430,22 +395,22 @@ __global__ void __launch_bounds__(AT_NT)
         for (int e = 0; e < 4; ++e) P[nt][e] = dP[nt][e] = 0.0f;
       for (int kk = 0; kk < Dk; kk += 16) { /* S = Q K^T */
         uint32_t a[4];
-        at_load_a(a, Qs + warp * 16 * ldk + kk, ldk, lane);
+        mla_load_a(a, Qs + warp * 16 * ldk + kk, ldk, lane);
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt) {
           uint32_t bk[2];
-          at_load_bt(bk, Ks + nt * 8 * ldk + kk, ldk, lane);
-          at_mma(P[nt], a, bk);
+          mla_load_bt(bk, Ks + nt * 8 * ldk + kk, ldk, lane);
+          mla_mma(P[nt], a, bk);
         }
       }
       for (int kk = 0; kk < Dv; kk += 16) { /* dP = dO V^T */
         uint32_t a[4];
-        at_load_a(a, dOs + warp * 16 * ldv + kk, ldv, lane);
+        mla_load_a(a, dOs + warp * 16 * ldv + kk, ldv, lane);
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt) {
           uint32_t bv[2];
-          at_load_bt(bv, Vs + nt * 8 * ldv + kk, ldv, lane);
-          at_mma(dP[nt], a, bv);
+          mla_load_bt(bv, Vs + nt * 8 * ldv + kk, ldv, lane);
+          mla_mma(dP[nt], a, bv);
         }
       }
 #pragma unroll
@@ -464,8 +429,8 @@ __global__ void __launch_bounds__(AT_NT)
         for (int kt = 0; kt < AT_DK_MAX / 8; ++kt) {
           if (kt >= nkt) continue;
           uint32_t bk[2];
-          at_load_b(bk, Ks + ks * 16 * ldk + kt * 8, ldk, lane);
-          at_mma(dQ[kt], a, bk);
+          mla_load_b(bk, Ks + ks * 16 * ldk + kt * 8, ldk, lane);
+          mla_mma(dQ[kt], a, bk);
         }
       }
     }

@@ -34,6 +34,7 @@
 
 #include "common.cuh"
 #include "fp8_format.h"
+#include "mla_mma.cuh"
 #include "mla_tile.cuh"
 
 #define TC_HB 32                       /* heads per CTA: two m16 tiles */
@@ -53,49 +54,6 @@ __host__ __device__ __forceinline__ int tc_ld(int64_t W) { return (int)((W + 15)
 __host__ __device__ __forceinline__ size_t tc_smem_bytes(int64_t W) {
   return (size_t)TC_TK * 8 + (size_t)TC_HB * (TC_TK + 1) * 4 + 3 * (size_t)TC_HB * 4 +
          2 * (size_t)(TC_HB + TC_TK) * (size_t)tc_ld(W) + 2 * (size_t)TC_HB * (TC_TK + 8);
-}
-
-/* D += A B for one m16n8k16 tile (bf16 x bf16 -> f32). */
-__device__ __forceinline__ void tc_mma(float c[4], const uint32_t a[4], const uint32_t b[2]) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#else
-  (void)c;
-  (void)a;
-  (void)b;
-  __trap(); /* the launcher never picks this path below sm_80 */
-#endif
-}
-
-/* A fragment of the 16x16 tile at base (row-major, row stride ld); register j holds
- * elements 2j (low half) and 2j+1, neighbours in one row (tested in test_mla_tile.c): one
- * 32-bit load (base, ld and the column are even). */
-__device__ __forceinline__ void tc_load_a(uint32_t a[4], const uint16_t *base, int ld, int lane) {
-#pragma unroll
-  for (int j = 0; j < 4; ++j)
-    a[j] = *(const uint32_t *)(base + mla_fa_row(lane, 2 * j) * ld + mla_fa_col(lane, 2 * j));
-}
-
-/* B fragment of a 16x8 (k x n) tile stored k-major: B[k][n] = base[k*ld + n]. */
-__device__ __forceinline__ void tc_load_b(uint32_t b[2], const uint16_t *base, int ld, int lane) {
-#pragma unroll
-  for (int j = 0; j < 2; ++j) {
-    const uint32_t lo = base[mla_fb_k(lane, 2 * j) * ld + mla_fb_n(lane, 2 * j)];
-    const uint32_t hi = base[mla_fb_k(lane, 2 * j + 1) * ld + mla_fb_n(lane, 2 * j + 1)];
-    b[j] = lo | (hi << 16);
-  }
-}
-
-/* B fragment of a 16x8 (k x n) tile stored n-major (K^T): B[k][n] = base[n*ld + k]; the
- * register's two k neighbours are adjacent: one 32-bit load. */
-__device__ __forceinline__ void tc_load_bt(uint32_t b[2], const uint16_t *base, int ld, int lane) {
-#pragma unroll
-  for (int j = 0; j < 2; ++j)
-    b[j] = *(const uint32_t *)(base + mla_fb_n(lane, 2 * j) * ld + mla_fb_k(lane, 2 * j));
 }
 
 /* Value d of a cache row as BF16 bits: BF16 rows as stored; FP8 latents e4m3 * scale in
@@ -178,9 +136,9 @@ __global__ void __launch_bounds__(TC_NT, 2) /* two CTAs per SM: one decodes whil
         float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         for (int kk = 0; kk < Wp; kk += 16) {
           uint32_t a[4], b[2];
-          tc_load_a(a, Qs + mt * 16 * ld + kk, ld, lane);
-          tc_load_bt(b, Ks + nt * 8 * ld + kk, ld, lane);
-          tc_mma(c, a, b);
+          mla_load_a(a, Qs + mt * 16 * ld + kk, ld, lane);
+          mla_load_bt(b, Ks + nt * 8 * ld + kk, ld, lane);
+          mla_mma(c, a, b);
         }
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
@@ -210,8 +168,8 @@ __global__ void __launch_bounds__(TC_NT, 2) /* two CTAs per SM: one decodes whil
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt) {
         uint32_t a[2][4];
-        tc_load_a(a[0], Ps + mt * 16 * ldp, ldp, lane);
-        tc_load_a(a[1], Ps + mt * 16 * ldp + 16, ldp, lane);
+        mla_load_a(a[0], Ps + mt * 16 * ldp, ldp, lane);
+        mla_load_a(a[1], Ps + mt * 16 * ldp + 16, ldp, lane);
         float al[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e) al[e] = a_s[mt * 16 + mla_fc_row(lane, e)];
@@ -224,8 +182,8 @@ __global__ void __launch_bounds__(TC_NT, 2) /* two CTAs per SM: one decodes whil
 #pragma unroll
           for (int ks = 0; ks < 2; ++ks) {
             uint32_t b[2];
-            tc_load_b(b, Ks + ks * 16 * ld + t * 8, ld, lane);
-            tc_mma(acc[mt][i], a[ks], b);
+            mla_load_b(b, Ks + ks * 16 * ld + t * 8, ld, lane);
+            mla_mma(acc[mt][i], a[ks], b);
           }
         }
       }

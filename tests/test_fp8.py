@@ -677,7 +677,7 @@ def test_gpu_gemm_host_pieces(name, tmp_path):
     programs compiled without CUDA whose last line is 'N passed, 0 failed'."""
     exe = str(tmp_path / name)
     subprocess.run([CXX, "-std=c++17", "-O1", "-Wall", "-Wextra", f"-I{ROOT}/csrc/core",
-                    f"-I{ROOT}/kernels", os.path.join(ROOT, "tests", "c", name + ".cpp"), "-o", exe],
+                    f"-I{ROOT}/kernels", f"-I{ROOT}/csrc/include", f"-I{ROOT}/tests/c", os.path.join(ROOT, "tests", "c", name + ".cpp"), "-o", exe],
                    check=True, capture_output=True, text=True, timeout=300)
     r = subprocess.run([exe], capture_output=True, text=True, timeout=300)
     last = r.stdout.strip().splitlines()[-1]

@@ -22,9 +22,10 @@ def small_cfg(**kw):
     return dsc.ModelConfig.tiny(**keys)
 
 
-def perturbed_model(cfg, seed=1):
-    """A model whose norms and correction biases are not at their init values (all paths matter)."""
-    m = dsc.Model(cfg, seed=seed)
+def perturbed_model(cfg, seed=1, **model_kw):
+    """A model whose norms and correction biases are not at their init values (all paths matter);
+    model_kw go to dsc.Model (dtype, num_threads, ...)."""
+    m = dsc.Model(cfg, seed=seed, **model_kw)
     rng = np.random.default_rng(seed + 100)
     for k, v in m.parameters().items():
         if v.ndim == 1:

@@ -22,6 +22,7 @@ import pytest
 
 import deepseek_c as dsc
 from reference import model as ref
+from test_model import data, perturbed_model, small_cfg  # the same tiny V3 config and batches
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 
@@ -36,14 +37,6 @@ def is_bf16(x):
     return np.array_equal(x.astype(ml_dtypes.bfloat16).astype(np.float32), x)
 
 
-def small_cfg(**kw):
-    keys = dict(vocab_size=64, hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=2,
-                n_routed_experts=8, n_group=4, topk_group=2, num_experts_per_tok=2, q_lora_rank=32,
-                kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16, num_attention_heads=2,
-                initializer_range=0.1)
-    keys.update(kw)
-    return dsc.ModelConfig.tiny(**keys)
-
 
 def dense_cfg(**kw):
     """No MoE block (the MTP block is layer 2): no routing decision can flip between the
@@ -53,20 +46,7 @@ def dense_cfg(**kw):
 
 def perturbed(cfg, seed=1, dtype="float32"):
     """A model whose norms and correction biases are away from their init values."""
-    m = dsc.Model(cfg, seed=seed, dtype=dtype, num_threads=1)
-    rng = np.random.default_rng(seed + 100)
-    for k, v in m.parameters().items():
-        if v.ndim == 1:
-            v[...] = 0.05 * rng.standard_normal(v.shape) if k.endswith("bias") else 1 + 0.2 * rng.standard_normal(v.shape)
-    return m
-
-
-def data(cfg, B=2, T=12, seed=0):
-    rng = np.random.default_rng(seed)
-    tok = rng.integers(0, cfg.vocab_size, (B, T))
-    y = rng.integers(0, cfg.vocab_size, (B, T))
-    y[:, :3] = -100
-    return tok, y
+    return perturbed_model(cfg, seed, dtype=dtype, num_threads=1)
 
 
 def rounded_params(m):

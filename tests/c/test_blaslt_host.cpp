@@ -14,18 +14,7 @@
 
 #include "blaslt_host.h"
 
-static int g_pass = 0, g_fail = 0;
-#define CHECK(cond, ...)                          \
-  do {                                            \
-    if (cond) {                                   \
-      ++g_pass;                                   \
-    } else {                                      \
-      ++g_fail;                                   \
-      printf("FAIL %s:%d: ", __FILE__, __LINE__); \
-      printf(__VA_ARGS__);                        \
-      printf("\n");                               \
-    }                                             \
-  } while (0)
+#include "check.h" /* CHECK, the "N passed, N failed" line */
 
 static DscLtKey key_of(int64_t M, int64_t N, int64_t K) {
   DscLtKey k;

@@ -25,18 +25,7 @@
 #include "fp8_format.h"
 #include "fp8_mma_tile.cuh"
 
-static int g_pass = 0, g_fail = 0;
-#define CHECK(cond, ...)                                                    \
-  do {                                                                      \
-    if (cond) {                                                             \
-      ++g_pass;                                                             \
-    } else {                                                                \
-      ++g_fail;                                                             \
-      printf("FAIL %s:%d: ", __FILE__, __LINE__);                           \
-      printf(__VA_ARGS__);                                                  \
-      printf("\n");                                                         \
-    }                                                                       \
-  } while (0)
+#include "check.h" /* CHECK, the "N passed, N failed" line */
 
 static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
 static uint32_t rnd() {
