@@ -73,6 +73,7 @@ from .config import ModelConfig  # noqa: E402
 from .mla import *  # noqa: F401,F403
 from .mla import __all__ as _mla_all
 from .model import Model, lr_schedule  # noqa: E402
+from .streams import cuda_stream  # noqa: E402
 from .generation import GenerateOutput, generate, stream  # noqa: E402
 from .calc import ModelCalc, calc  # noqa: E402
 from .rl_ops import *  # noqa: F401,F403,E402
@@ -188,6 +189,6 @@ __all__ = [
     "__version__", "op_counters", "Error", "FormatError", "CommError", "Tensor", "get_include", "get_library", "cuda_device_count", "has_cuda",
     "info", "empty", "tensor", "from_numpy", "to_numpy", "load_safetensors", "save_safetensors",
     "safetensors_metadata", *_ops_all, *_fp8_all, *_moe_all, "ModelConfig", *_mla_all, "Model", "lr_schedule",
-    "GenerateOutput", "generate", "stream", "ModelCalc", "calc", *_rl_ops_all,
+    "GenerateOutput", "generate", "stream", "cuda_stream", "ModelCalc", "calc", *_rl_ops_all,
     "GRPO", "rewards", "distill", "Comm",
 ]

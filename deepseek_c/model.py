@@ -56,6 +56,7 @@ import numpy as np
 
 from . import _C
 from ._arrays import as_int
+from .streams import stream_handle
 from ._C import Error
 from ._arrays import parse_dtype
 from .config import ModelConfig
@@ -140,26 +141,6 @@ def _compute_dtype(dtype: Any, fn: str) -> str:
         if isinstance(dtype, str):
             raise ValueError(str(e)) from None
         raise
-
-
-def _stream_handle(stream: Any) -> int:
-    """A cudaStream_t as an int from None, an int, a torch.cuda.Stream or a CuPy stream."""
-    if stream is None:
-        return 0
-    if isinstance(stream, bool):
-        raise TypeError("stream: expected None, an int handle or a CUDA stream object, got bool")
-    if isinstance(stream, (int, np.integer)):
-        h = int(stream)
-    elif hasattr(stream, "cuda_stream"):  # torch.cuda.Stream
-        h = int(stream.cuda_stream)
-    elif hasattr(stream, "ptr"):  # cupy.cuda.Stream
-        h = int(stream.ptr)
-    else:
-        raise TypeError(f"stream: expected None, an int handle, a torch.cuda.Stream or a CuPy stream, "
-                        f"got {type(stream).__name__}")
-    if not 0 <= h < 2**64:
-        raise ValueError(f"stream: expected a handle in [0, 2^64), got {h}")
-    return h
 
 
 class Model:
@@ -340,7 +321,7 @@ class Model:
         for the work already queued on the old one, on the GPU (no host wait). Inputs must be
         ready on that stream, and work reading the model's outputs on another stream must wait
         for it (as with dsc_context_set_stream in C). CPU models accept only None or 0."""
-        _C.context_set_stream(self._cap, _stream_handle(stream))
+        _C.context_set_stream(self._cap, stream_handle(stream))
 
     @property
     def cuda_stream(self) -> int:

@@ -24,6 +24,7 @@
   dsc_py_ctx *call_c = NULL;                                           \
   dsc_context *ctx = NULL;                                             \
   dsc_status s = DSC_OK;                                               \
+  int call_own = 0; /* call_c is USE_CTX's context (keeps its own stream) */ \
   (void)ctx;                                                           \
   (void)s;
 
@@ -37,7 +38,10 @@
 #define OPT_OUT(var, obj, name) IMPORT(var, obj, name, 1, 1)
 
 /* Run on the context of capsule `cap` (may wait for another thread; raises instead of
- * waiting forever, see dsc_py_ctx_enter). */
+ * waiting forever, see dsc_py_ctx_enter). A CUDA context keeps its own stream (a model's,
+ * Model.set_stream); when the call's arrays came on another stream, the context's stream
+ * first waits for that one and, at END, that one waits for the context's (events, no host
+ * wait: dsc_py_join_stream). */
 #define USE_CTX(cap)                                                   \
   do {                                                                 \
     dsc_py_ctx *c_ = dsc_py_ctx_get(cap);                              \
@@ -45,10 +49,13 @@
     call_pc = Py_NewRef(cap);                                          \
     call_c = c_;                                                       \
     ctx = c_->ctx;                                                     \
+    call_own = 1;                                                      \
+    if (dsc_py_join_stream(f.st, ctx, &f) < 0) goto out;               \
   } while (0)
 
 /* The context of the call: the one USE_CTX chose, else a pool context of the first
- * array's device (never waits). */
+ * array's device (never waits), moved to the call's stream (dsc_context_set_stream: the
+ * new stream waits for the context's earlier work, no host wait). */
 #define GET_CTX()                                                      \
   do {                                                                 \
     if (!call_c) {                                                     \
@@ -56,6 +63,7 @@
       if (!call_pc) goto out;                                          \
       call_c = dsc_py_ctx_get(call_pc);                                \
       ctx = call_c->ctx;                                               \
+      if (dsc_py_use_stream(f.st, ctx, &f) < 0) goto out;              \
     }                                                                  \
   } while (0)
 
@@ -86,6 +94,7 @@
 #define END                       \
   goto out;                       \
   out:                            \
+  if (call_c && call_own) dsc_py_unjoin_stream(f.st, call_c->ctx, &f, &ret); \
   if (call_c) dsc_py_ctx_leave(call_c); \
   Py_XDECREF(call_pc);            \
   dsc_py_frame_release(&f);       \

@@ -84,6 +84,11 @@ typedef struct {
   const char *fn; /* public C function name, for messages */
   dsc_py_tensor **v; /* each allocated separately so DLTensor pointers stay valid */
   int n, cap;
+  /* The CUDA stream of the call (a cudaStream_t; 0 = the legacy default stream), chosen at
+   * the first CUDA array (dsc_py_call_stream); CUDA producers make their data ready on it and
+   * the call runs on it. */
+  int stream_known;
+  uintptr_t stream;
 } dsc_py_frame;
 
 /* C-owned memory exported to Python (weights, caches, dsc.empty). */
@@ -110,6 +115,23 @@ PyObject *dsc_py_raise(dsc_py_state *st, dsc_status s);
 DLTensor *dsc_py_frame_add(dsc_py_frame *f, PyObject *obj, const char *arg, int writable,
                            int optional);
 void dsc_py_frame_release(dsc_py_frame *f);
+/* The stream this thread chose with deepseek_c.cuda_stream (thread_stream_set): 1 and *handle
+ * when it chose one, 0 when not (then calls follow a PyTorch input's current stream, else the
+ * legacy default stream), -1 with an exception. */
+int dsc_py_thread_stream(uintptr_t *handle);
+/* Set (has = 1) or clear this thread's stream; -1 with an exception. */
+int dsc_py_thread_stream_set(int has, uintptr_t handle);
+/* Choose f's stream at its first CUDA array obj on CUDA device dev_id (streams.c); -1 with an
+ * exception. */
+int dsc_py_call_stream(dsc_py_frame *f, PyObject *obj, long dev_id);
+/* Run a pool context on f's stream; -1 with an exception. */
+int dsc_py_use_stream(dsc_py_state *st, dsc_context *ctx, dsc_py_frame *f);
+/* Order a model's context after f's stream (or adopt the context's stream for f when no
+ * CUDA array came yet); -1 with an exception. */
+int dsc_py_join_stream(dsc_py_state *st, dsc_context *ctx, dsc_py_frame *f);
+/* At the end of the call: order f's stream after the context's work. On failure raises and
+ * clears *ret. */
+void dsc_py_unjoin_stream(dsc_py_state *st, dsc_context *ctx, dsc_py_frame *f, PyObject **ret);
 /* The device slot of `dev` (CPU or a CUDA ordinal); NULL with a ValueError otherwise. */
 dsc_py_device *dsc_py_device_of(dsc_py_state *st, DLDevice dev);
 

@@ -437,13 +437,15 @@ static PyObject *py_synchronize(PyObject *m, PyObject *args) {
   if (!PyArg_ParseTuple(args, "ii", &dev_type, &dev_id)) return NULL;
   dsc_py_state *st = dsc_py_get_state(m);
   DLDevice dev = {(DLDeviceType)dev_type, dev_id};
-  /* Every context of the glue runs on the device's legacy default stream, so synchronizing
-   * one waits for the work of all (models, caches, ops). */
+  /* Waits for the calling thread's stream (deepseek_c.cuda_stream, else the legacy default
+   * stream, which also waits for every blocking stream). */
+  uintptr_t mine = 0;
+  if (dsc_py_thread_stream(&mine) < 0) return NULL;
   PyObject *pc = dsc_py_pool_take(st, dev, "dsc_context_synchronize");
   if (!pc) return NULL;
   dsc_py_ctx *c = dsc_py_ctx_get(pc);
-  dsc_status s;
-  DSC_PY_CALL(s, dsc_context_synchronize(c->ctx));
+  dsc_status s = dev.device_type == kDLCUDA ? dsc_context_set_stream(c->ctx, (void *)mine) : DSC_OK;
+  if (s == DSC_OK) DSC_PY_CALL(s, dsc_context_synchronize(c->ctx));
   dsc_py_ctx_leave(c);
   Py_DECREF(pc);
   if (s != DSC_OK) return dsc_py_raise(st, s);
@@ -537,6 +539,26 @@ static PyObject *py_context_set_stream(PyObject *m, PyObject *args) {
   Py_RETURN_NONE;
 }
 
+/* thread_stream_set(handle | None) -> previous handle | None: the CUDA stream the calling
+ * thread's ops run on (None: follow a PyTorch input's current stream, else the legacy
+ * default stream). Python: deepseek_c.cuda_stream. */
+static PyObject *py_thread_stream_set(PyObject *m, PyObject *args) {
+  (void)m;
+  PyObject *h = NULL;
+  if (!PyArg_ParseTuple(args, "O", &h)) return NULL;
+  unsigned long long v = 0;
+  if (h != Py_None) {
+    v = PyLong_AsUnsignedLongLong(h);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+  }
+  uintptr_t prev = 0;
+  const int had = dsc_py_thread_stream(&prev);
+  if (had < 0) return NULL;
+  if (dsc_py_thread_stream_set(h != Py_None, (uintptr_t)v) < 0) return NULL;
+  if (!had) Py_RETURN_NONE;
+  return PyLong_FromUnsignedLongLong((unsigned long long)prev);
+}
+
 /* context_get_stream(obj) -> int: the stream handle of obj's context (0: legacy default). */
 static PyObject *py_context_get_stream(PyObject *m, PyObject *args) {
   PyObject *obj;
@@ -591,6 +613,8 @@ PyMethodDef dsc_py_core_methods[] = {
      "context of obj (a model capsule)"},
     {"context_set_stream", py_context_set_stream, METH_VARARGS,
      "context_set_stream(obj, handle): run the context of obj (a model capsule) on a CUDA stream"},
+    {"thread_stream_set", py_thread_stream_set, METH_VARARGS,
+     "thread_stream_set(handle | None) -> previous | None: the calling thread's CUDA stream for ops"},
     {"context_get_stream", py_context_get_stream, METH_VARARGS,
      "context_get_stream(obj) -> int: the CUDA stream handle of obj's context (0: legacy default)"},
     {"op_counters", (PyCFunction)(void (*)(void))py_op_counters, METH_VARARGS | METH_KEYWORDS,

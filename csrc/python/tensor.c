@@ -280,8 +280,9 @@ static PyObject *tensor_dlpack(T *self, PyObject *args, PyObject *kwargs) {
     want_copy = 1;
   }
 
-  /* Stream handshake: our contexts run on the legacy default stream; when the
-   * consumer names another stream (not -1) we finish our work before handing over. */
+  /* Stream handshake: a deepseek_c.Tensor is written on the stream of the calling thread
+   * (deepseek_c.cuda_stream, else the legacy default stream; streams.c); when the consumer
+   * names a stream (not -1) that stream's work is finished before handing over. */
   if (self->device.device_type == kDLCUDA && stream != Py_None) {
     long s = PyLong_AsLong(stream);
     if (s == -1 && PyErr_Occurred()) return NULL;
@@ -293,8 +294,15 @@ static PyObject *tensor_dlpack(T *self, PyObject *args, PyObject *kwargs) {
       PyObject *pc = dsc_py_pool_take(st, self->device, "dsc_context_synchronize");
       if (!pc) return NULL;
       dsc_py_ctx *x = dsc_py_ctx_get(pc);
-      dsc_status rc;
-      DSC_PY_CALL(rc, dsc_context_synchronize(x->ctx));
+      uintptr_t mine = 0;
+      dsc_status rc = DSC_OK;
+      if (dsc_py_thread_stream(&mine) < 0) {
+        dsc_py_ctx_leave(x);
+        Py_DECREF(pc);
+        return NULL;
+      }
+      rc = dsc_context_set_stream(x->ctx, (void *)mine);
+      if (rc == DSC_OK) DSC_PY_CALL(rc, dsc_context_synchronize(x->ctx));
       dsc_py_ctx_leave(x);
       Py_DECREF(pc);
       if (rc != DSC_OK) return dsc_py_raise(st, rc);

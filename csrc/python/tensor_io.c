@@ -5,7 +5,8 @@
  * ml_dtypes' bfloat16 / float8 that NumPy cannot pass over DLPack; byte strides
  * become element strides). dsc.Tensor is read from its struct. Everything else
  * goes through __dlpack__: a versioned capsule first, the legacy one as fallback;
- * for CUDA producers we pass the stream our context runs on.
+ * for CUDA producers we pass the stream the call runs on (the DLPack stream handshake).
+ * The stream of a call: streams.c.
  */
 #define NO_IMPORT_ARRAY
 #define PY_ARRAY_UNIQUE_SYMBOL dsc_ARRAY_API
@@ -166,9 +167,9 @@ static int import_dlpack(dsc_py_frame *f, dsc_py_tensor *v, PyObject *obj, const
   PyObject *stream = Py_None;
   PyObject *stream_obj = NULL;
   if (dev_type == kDLCUDA) {
-    /* DLPack: 1 = the legacy default stream, which every context of the glue runs on (it
-     * never sets a stream on them). */
-    stream_obj = PyLong_FromLong(1);
+    if (dsc_py_call_stream(f, obj, dev_id) < 0) return -1;
+    /* DLPack names the legacy default stream 1 (0 is ambiguous there) */
+    stream_obj = f->stream ? PyLong_FromUnsignedLongLong((unsigned long long)f->stream) : PyLong_FromLong(1);
     if (!stream_obj) return -1;
     stream = stream_obj;
   }
@@ -246,6 +247,7 @@ DLTensor *dsc_py_frame_add(dsc_py_frame *f, PyObject *obj, const char *arg, int 
     rc = import_numpy(f, v, (PyArrayObject *)obj, arg, writable);
   } else if (PyObject_TypeCheck(obj, f->st->tensor_type)) {
     rc = import_dsc_tensor(v, (dsc_py_tensor_obj *)obj);
+    if (rc == 0 && v->t.device.device_type == kDLCUDA) rc = dsc_py_call_stream(f, obj, v->t.device.device_id);
   } else if (PyObject_HasAttrString(obj, "__dlpack__") &&
              PyObject_HasAttrString(obj, "__dlpack_device__")) {
     /* PyTorch refuses to export a tensor that requires grad with its own BufferError that

@@ -8,10 +8,10 @@ Conventions shared by every op here:
 * Inputs are made contiguous (as PyTorch's own kernels do) and detached: the C core never
   sees autograd. Outputs are torch tensors on the inputs' device, allocated by PyTorch and
   written by the C core in place (``deepseek_c._arrays.empty_like_ns``): no copies.
-* CUDA: the glue imports tensors on the legacy default stream, and PyTorch makes that
-  stream wait for its current stream at the import (the DLPack handshake). After the call
-  the current stream is made to wait for the legacy default stream (``_after``), so the
-  results are ordered before whatever the caller queues next on its own stream.
+* CUDA: the glue runs each call on PyTorch's current stream of the inputs' device
+  (``deepseek_c.streams``), so the results are ordered before whatever the caller queues
+  next on that stream, with no extra synchronization; state kept on its own stream (a
+  model's) is joined to the current stream by events.
 * State the C core keeps between a forward and its backward (the MoE layer's and MLA's
   saved activations, a model's pending forward) travels as a one-element int64 CPU tensor,
   the *handle*, whose storage owns the C object: it is freed when autograd frees the
@@ -51,16 +51,6 @@ NS = "deepseek_c"
 def _in(t: Optional[Tensor]) -> Optional[Tensor]:
     """What the C core reads: no autograd, C-contiguous."""
     return None if t is None else t.detach().contiguous()
-
-
-def _after(ref: Tensor) -> None:
-    """Order the caller's current CUDA stream after the work the glue queued on the legacy
-    default stream (a no-op on the CPU and when the current stream is the default one)."""
-    if ref.is_cuda:
-        cur = torch.cuda.current_stream(ref.device)
-        dflt = torch.cuda.default_stream(ref.device)
-        if cur.cuda_stream != dflt.cuda_stream:
-            cur.wait_stream(dflt)
 
 
 class _Holder(np.ndarray):
@@ -113,7 +103,6 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """(y like x, rstd float32 [...]) of dsc_rms_norm_forward."""
     x = _in(x)
     y, ctx = _ops.rms_norm_forward(x, _in(weight), eps)
-    _after(x)
     return y, ctx.rstd
 
 
@@ -126,7 +115,6 @@ def _(x, weight, eps):
 def rms_norm_backward(dy: Tensor, x: Tensor, weight: Tensor, rstd: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     dy = _in(dy)
     dx, dw = _ops.rms_norm_backward(dy, _ops.RMSNormCtx(_in(x), _in(weight), _in(rstd), eps))
-    _after(dy)
     return dx, dw
 
 
@@ -168,7 +156,6 @@ def rope(x: Tensor, positions: Tensor, params: list[float]) -> Tensor:
     x = _in(x)
     y = empty_like_ns(x, tuple(x.shape), dtype_name(x), "dsc_rope_forward", "y")
     _dsc._C.rope_forward(x, _in(positions), _rope_tuple(params), y)
-    _after(x)
     return y
 
 
@@ -182,7 +169,6 @@ def rope_backward(dy: Tensor, positions: Tensor, params: list[float]) -> Tensor:
     dy = _in(dy)
     dx = empty_like_ns(dy, tuple(dy.shape), dtype_name(dy), "dsc_rope_backward", "dx")
     _dsc._C.rope_backward(dy, _in(positions), _rope_tuple(params), dx)
-    _after(dy)
     return dx
 
 
@@ -213,7 +199,6 @@ def linear(x: Tensor, weight: Tensor) -> Tensor:
     """y = x @ weight^T (dsc_linear_forward)."""
     x = _in(x)
     y = _ops.linear(x, _in(weight))
-    _after(x)
     return y
 
 
@@ -226,7 +211,6 @@ def _(x, weight):
 def linear_backward(dy: Tensor, x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
     dy = _in(dy)
     dx, dw = _ops.linear_backward(dy, _ops.LinearCtx(_in(x), _in(weight)))
-    _after(dy)
     return dx, dw
 
 
@@ -258,7 +242,6 @@ def swiglu(gate: Tensor, up: Tensor) -> Tensor:
     """silu(gate) * up (dsc_swiglu_forward)."""
     gate = _in(gate)
     y = _ops.swiglu(gate, _in(up))
-    _after(gate)
     return y
 
 
@@ -271,7 +254,6 @@ def _(gate, up):
 def swiglu_backward(dy: Tensor, gate: Tensor, up: Tensor) -> tuple[Tensor, Tensor]:
     dy = _in(dy)
     dg, du = _ops.swiglu_backward(dy, _ops.SwiGLUCtx(_in(gate), _in(up)))
-    _after(dy)
     return dg, du
 
 
@@ -301,7 +283,6 @@ def embedding(ids: Tensor, table: Tensor) -> Tensor:
     """table[ids] (dsc_embedding_forward)."""
     table = _in(table)
     y = _ops.embedding(_in(ids), table)
-    _after(table)
     return y
 
 
@@ -314,7 +295,6 @@ def _(ids, table):
 def embedding_backward(ids: Tensor, dy: Tensor, num_embeddings: int) -> Tensor:
     dy = _in(dy)
     dt = _ops.embedding_backward(dy, _ops.EmbeddingCtx(_in(ids), num_embeddings, int(dy.shape[-1])))
-    _after(dy)
     return dt
 
 
@@ -345,7 +325,6 @@ def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int) -> Tensor:
     """Mean softmax cross-entropy over the tokens whose target != ignore_index (0-d float32)."""
     logits = _in(logits)
     loss, _ = _ops.cross_entropy(logits, _in(targets), ignore_index=ignore_index, return_dlogits=False)
-    _after(logits)
     return loss
 
 
@@ -359,7 +338,6 @@ def cross_entropy_backward(logits: Tensor, targets: Tensor, ignore_index: int) -
     """dloss/dlogits for dloss = 1 (the autograd formula scales it by the incoming grad)."""
     logits = _in(logits)
     _, dl = _ops.cross_entropy(logits, _in(targets), ignore_index=ignore_index)
-    _after(logits)
     return dl
 
 
@@ -408,7 +386,6 @@ def moe_route(logits: Tensor, bias: Optional[Tensor], route: list[int], route_sc
     w = empty_like_ns(logits, (T, k), "float32", fn, "weights")
     s = empty_like_ns(logits, (T, E), "float32", fn, "scores")
     _dsc._C.moe_route(logits, _in(bias), _route(route, route_scale), idx, w, s)
-    _after(logits)
     return w, s, idx
 
 
@@ -426,7 +403,6 @@ def moe_route_backward(dweights: Tensor, dscores: Tensor, scores: Tensor, indice
     fn = "dsc_moe_route_backward"
     dl = empty_like_ns(dweights, tuple(scores.shape), str(logits_dtype).split(".")[-1], fn, "dlogits")
     _dsc._C.moe_route_backward(_route(route, route_scale), dweights, _in(scores), _in(indices), _in(dscores), dl)
-    _after(dweights)
     return dl
 
 
@@ -460,7 +436,6 @@ def moe_seq_aux_loss(scores: Tensor, indices: Tensor, seq_len: int, alpha: float
     """The sequence-wise balance loss (0-d float32) of dsc_moe_seq_aux_loss."""
     scores = _in(scores)
     loss, _ = _moe.moe_seq_aux_loss(scores, _in(indices), seq_len, alpha)
-    _after(scores)
     return loss
 
 
@@ -474,7 +449,6 @@ def moe_seq_aux_loss_backward(scores: Tensor, indices: Tensor, seq_len: int, alp
     """dloss/dscores for dloss = 1."""
     scores = _in(scores)
     ds = _moe.moe_seq_aux_loss_backward(_moe.SeqAuxCtx(scores, _in(indices), seq_len, alpha), 1.0)
-    _after(scores)
     return ds
 
 
@@ -502,7 +476,6 @@ def moe_expert_load(indices: Tensor, n_experts: int) -> Tensor:
     """Tokens per expert, int64 [E]."""
     indices = _in(indices)
     c = _moe.moe_expert_load(indices, n_experts)
-    _after(indices)
     return c
 
 
@@ -519,7 +492,6 @@ def moe_update_bias(bias: Tensor, load: Tensor, rate: float) -> None:
                          f"got strides {tuple(bias.stride())}")
     b = bias.detach()
     _dsc._C.moe_update_bias(b, _in(load), float(rate))
-    _after(b)
 
 
 @moe_update_bias.register_fake
@@ -534,7 +506,6 @@ def _(bias, load, rate):
 def fp8_cast(x: Tensor, dtype: torch.dtype) -> Tensor:
     x = _in(x)
     y = _fp8.fp8_cast(x, str(dtype).split(".")[-1])
-    _after(x)
     return y
 
 
@@ -548,7 +519,6 @@ def fp8_quantize(x: Tensor, block: list[int], fmt: torch.dtype, transpose: bool,
                  amax_floor: float) -> tuple[Tensor, Tensor]:
     x = _in(x)
     q, s = _fp8.fp8_quantize(x, tuple(block), str(fmt).split(".")[-1], transpose, pow2_scale, amax_floor)
-    _after(x)
     return q, s
 
 
@@ -565,7 +535,6 @@ def _(x, block, fmt, transpose, pow2_scale, amax_floor):
 def fp8_dequantize(q: Tensor, scale: Tensor, block: list[int], dtype: torch.dtype) -> Tensor:
     q = _in(q)
     y = _fp8.fp8_dequantize(q, _in(scale), tuple(block), str(dtype).split(".")[-1])
-    _after(q)
     return y
 
 
@@ -578,7 +547,6 @@ def _(q, scale, block, dtype):
 def fp8_gemm(a: Tensor, a_scale: Tensor, b: Tensor, b_scale: Tensor, out_dtype: torch.dtype) -> Tensor:
     a = _in(a)
     c = _fp8.fp8_gemm(a, _in(a_scale), _in(b), _in(b_scale), str(out_dtype).split(".")[-1])
-    _after(a)
     return c
 
 
@@ -593,7 +561,6 @@ def fp8_linear(x: Tensor, weight: Tensor, out_dtype: torch.dtype) -> tuple[Tenso
     tiles and the float32 master weight in 128x128 blocks."""
     x = _in(x)
     y, c = _fp8.fp8_linear_forward(x, _in(weight), str(out_dtype).split(".")[-1])
-    _after(x)
     return y, c.xq, c.xs, c.wq, c.ws
 
 
@@ -615,7 +582,6 @@ def fp8_linear_backward(dy: Tensor, xq: Tensor, xs: Tensor, wq: Tensor, ws: Tens
     c = _fp8.FP8LinearCtx(_in(xq), _in(xs), _in(wq), _in(ws), tuple(int(s) for s in x_shape),
                           str(x_dtype).split(".")[-1])
     dx, dw = _fp8.fp8_linear_backward(dy, c, need_dx, need_dw)
-    _after(dy)
     e = lambda: torch.empty((0,), dtype=torch.float32, device=dy.device)  # noqa: E731
     return (dx if dx is not None else e()), (dw if dw is not None else e())
 
@@ -686,7 +652,6 @@ def moe_layer(x: Tensor, gate: Tensor, bias: Optional[Tensor], experts_gate: Ten
     cfg = _moe_cfg(int(gate.shape[0]), route, route_scale, shared_gate is not None)
     y, c = _moe.moe_layer_forward(x, _moe_params(*w), cfg, align=align, training=keep, fp8=fp8,
                                   seq_len=seq_len if aux_alpha > 0 else None, aux_alpha=aux_alpha if keep else 0.0)
-    _after(x)
     aux = torch.tensor(c.aux_loss if c.aux_loss is not None else 0.0, dtype=torch.float32, device=x.device)
     return y, c.load, aux, make_handle(_MoESaved(c.saved, seq_len, aux_alpha) if keep else None)
 
@@ -722,7 +687,6 @@ def moe_layer_backward(dy: Tensor, aux_grad: Tensor, handle: Tensor, x: Tensor, 
     ctx = _moe.MoELayerCtx(saved.capsule, x, tuple(int(s) for s in x.shape), cfg.route_params(fn), w,
                            int(gate.shape[0]), n_shared, None, fp8)
     dx, grads = _moe._moe_layer_backward_arrays(dy, ctx, need_dx=need[0], need=tuple(need[1:]))
-    _after(dy)
     e = lambda: torch.empty((0,), dtype=torch.float32, device=dy.device)  # noqa: E731  (one each: no aliases)
     return [dx if dx is not None else e()] + [g if g is not None else e() for g in grads]
 
@@ -801,7 +765,6 @@ def mla(x: Tensor, positions: Tensor, q_a_proj: Optional[Tensor], q_a_layernorm:
     p = _mla_tuple(ints, floats)
     out = empty_like_ns(x, tuple(x.shape), "float32", "dsc_mla_forward", "out")
     saved = _dsc._C.mla_forward(x, pos, w, p, out, bool(keep))
-    _after(x)
     return out, make_handle(saved)
 
 
@@ -823,7 +786,6 @@ def mla_backward(dout: Tensor, handle: Tensor, x: Tensor, positions: Tensor, q_a
     w = _mla_w(q_a_proj, q_a_layernorm, q_b_proj, q_proj, kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj, o_proj)
     ctx = _mla.MLACtx(saved, _in(x), _in(positions), w, _mla_tuple(ints, floats), None)
     dx, grads = _mla._mla_backward_arrays(dout, ctx, need_dx=need[0], need=need[1:])
-    _after(dout)
     e = lambda: torch.empty((0,), dtype=torch.float32, device=dout.device)  # noqa: E731  (one each: no aliases)
     return [dx if dx is not None else e()] + [g if g is not None else e() for g in grads]
 
