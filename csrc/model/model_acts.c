@@ -3,7 +3,7 @@
  * for the backward (and the backward's scratch) of one (B, T), planned into one device
  * arena that is reused while the shape stays; the positions 0..T-1 written once; the
  * MLA / MoE saved-state handles owned per block. The model (model.c) frees them through
- * m->acts_free, as it knows no layout. Layout in model_layers.h (struct dsc_model_acts).
+ * m->acts_free, as it knows no layout. Layout in model_acts.h (struct dsc_model_acts).
  *
  * Legend: B batch, T tokens per row, N = B*T, V vocab, D hidden, I dense intermediate,
  * L main layers, Dm MTP depths, E routed experts.
@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model_layers.h"
+#include "model_acts.h"
 
 static void acts_free(dsc_model *m) {
   dsc_model_acts *A = m->acts;
@@ -30,7 +30,17 @@ static void acts_free(dsc_model *m) {
   m->acts = NULL;
 }
 
-/* (model_layers.h) */
+/* The next 256-byte aligned piece of `bytes` at *off of base (base NULL: only sizes);
+ * returns the end. */
+static size_t carve(char *base, size_t *off, size_t bytes, void **ptr) {
+  *off = (*off + 255) & ~(size_t)255;
+  if (base) *ptr = base + *off;
+  *off += bytes ? bytes : 1;
+  return *off;
+}
+#define CARVE(p, type, count) carve(base, &off, (size_t)(count) * sizeof(type), (void **)&(p))
+
+/* (model_acts.h) */
 void dsc_model_carve_ffn(const dsc_model *m, blk_acts *k, int64_t rows, char *base, size_t *off_io) {
   const int64_t I = m->cfg.intermediate_size, D = m->cfg.hidden_size; /* dense blocks: I >= 1 (validated) */
   size_t off = *off_io;
@@ -126,7 +136,7 @@ static dsc_status plan_fits(const dsc_model *m, int64_t B, int64_t T) {
   return DSC_OK;
 }
 
-/* (model_layers.h) */
+/* (model_acts.h) */
 dsc_status dsc_model_acts_for(dsc_model *m, int64_t B, int64_t T, dsc_model_acts **out) {
   static const char *const FN = "dsc_model";
   dsc_model_acts *A = m->acts;

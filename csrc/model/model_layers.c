@@ -50,6 +50,14 @@
 #include "../core/backend.h"
 #include "model_layers.h"
 
+/* Run a step only while every earlier step succeeded. */
+#define STEP(call)                 \
+  do {                             \
+    if (st == DSC_OK) st = (call); \
+  } while (0)
+#define F32 DSC_DTYPE_FLOAT32
+#define I32 DSC_DTYPE_INT32
+
 /* ------------------------------------------------------------------ FFN */
 
 /* Dense SwiGLU MLP forward of block b: xn2 [rows, D] -> y [rows, D], saving g, u, a. */

@@ -28,6 +28,14 @@
 #include "../core/backend.h"
 #include "model_layers.h"
 
+/* Run a step only while every earlier step succeeded. */
+#define STEP(call)                 \
+  do {                             \
+    if (st == DSC_OK) st = (call); \
+  } while (0)
+#define F32 DSC_DTYPE_FLOAT32
+#define I32 DSC_DTYPE_INT32
+
 /* ------------------------------------------------------------------ gradient slots */
 
 /* Where the gradient of storage entry e goes in this pass: the first contribution straight
