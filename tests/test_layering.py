@@ -3,6 +3,7 @@ in csrc/model/model_internal.h, checked on objects compiled with the library's f
 and the checker itself finds an upward call, an unlisted file and a listed file that is gone
 in small made-up trees."""
 
+import glob
 import os
 import re
 import shutil
@@ -46,6 +47,29 @@ def test_model_files_call_only_downward():
     # the layer math and inference do not reach into training
     for f in ("model_layers.c", "generate.c"):
         assert "model_train.c" not in calls[f], (f, calls[f])
+
+
+def _built_object_dirs():
+    """setup.py's object directories (CPU and CUDA builds: build/temp.*/dsc_objs_<flags>) holding
+    an up-to-date object of every csrc/model source."""
+    srcs = glob.glob(os.path.join(ROOT, "csrc", "model", "*.c"))
+    out = []
+    for d in sorted(glob.glob(os.path.join(ROOT, "build", "temp.*", "dsc_objs_*"))):
+        objs = [os.path.join(d, "csrc_model_" + os.path.basename(s) + ".o") for s in srcs]
+        if all(os.path.exists(o) and os.path.getmtime(o) >= os.path.getmtime(s) for o, s in zip(objs, srcs)):
+            out.append(d)
+    return out
+
+
+def test_built_objects_call_only_downward():
+    """The same on the objects the library was linked from (-O3, and with DSC_WITH_CUDA in a
+    CUDA build), where a build of this tree is at hand."""
+    dirs = _built_object_dirs()
+    if not dirs:
+        pytest.skip("no up-to-date build/temp.*/dsc_objs_* of this tree (pip install . builds one)")
+    for d in dirs:
+        rc, out = run("--objects", d)
+        assert rc == 0, (d, out)
 
 
 def test_order_parser_reads_groups_and_continuations():
