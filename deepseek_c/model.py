@@ -12,7 +12,7 @@ names and safetensors checkpoints.
 
 This class is thin: every tensor lives in the C model's arenas (``parameters()`` are
 zero-copy views), every step is one C call. Conventions (DEEPSEEK_V3.md, and the header
-comment of csrc/model/model_train.c):
+comments of csrc/model/model_layers.c and model_train.c):
 
 * Block: h += MLA(RMSNorm(h)); h += FFN(RMSNorm(h)); FFN is the dense SwiGLU MLP for layers
   < first_k_dense_replace (or not a multiple of moe_layer_freq), else DeepSeekMoE.
@@ -35,7 +35,7 @@ comment of csrc/model/model_train.c):
   load) and rounds activations and their gradients to BF16 where a BF16 stack stores them:
   attention and FFN inputs (the RMSNorm outputs), the attention output, the dense MLP's
   gate/up/SwiGLU/down outputs, the MoE layer output, the head input and the logits, the MTP
-  eh_proj inputs and output (the exact list: csrc/model/model_train.c). GEMMs accumulate in
+  eh_proj inputs and output (the exact lists: csrc/model/model_layers.c, model_train.c). GEMMs accumulate in
   float32; RMSNorm statistics, softmax and cross-entropy run in float32; the residual
   stream stays float32. The CPU computes exactly these roundings (float32 buffers holding
   BF16 values). ``fp8=True`` combines with it (FP8 GEMMs on the BF16 values). The dtype is

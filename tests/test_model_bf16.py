@@ -1,6 +1,6 @@
 """Model(dtype="bfloat16"): DeepSeek-V3's BF16 recipe (float32 masters and optimizer state,
 BF16-rounded weights, activations and activation gradients at the points listed in
-csrc/model/model_train.c, "BF16 compute"), checked on the CPU, which computes the same
+csrc/model/model_layers.c and model_train.c, "BF16 compute"), checked on the CPU, which computes the same
 roundings a BF16 GPU pipeline stores:
 
 * logits and loss against the NumPy float64 reference with the same rounding points

@@ -1240,9 +1240,10 @@ typedef struct dsc_model_options {
    * DSC_DTYPE_BFLOAT16. BFLOAT16 keeps float32 masters, gradients and AdamW state; the
    * forward, backward and generation use the masters rounded to BF16 (RNE), refreshed before
    * every pass, and round activations and their gradients to BF16 at the GEMM / attention /
-   * SwiGLU boundaries (the list: csrc/model/model_train.c, "BF16 compute"); GEMMs accumulate
-   * in float32, RMSNorm statistics, softmax and cross-entropy run in float32, the residual
-   * stream stays float32. With fp8, the block linears run as FP8 GEMMs on those BF16 values. */
+   * SwiGLU boundaries (the lists: csrc/model/model_layers.c and model_train.c, "BF16
+   * compute"); GEMMs accumulate in float32, RMSNorm statistics, softmax and cross-entropy
+   * run in float32, the residual stream stays float32. With fp8, the block linears run as
+   * FP8 GEMMs on those BF16 values. */
   int32_t compute_dtype;
 } dsc_model_options;
 DSC_API void dsc_model_options_default(dsc_model_options *opt);

@@ -1,7 +1,7 @@
 /*
  * model/model.c -- dsc_model: the configuration, the parameter arena addressed by
- * Hugging Face names, the V3 initialization, and the small helpers the training step
- * (model_train.c) and inference (generate.c) share.
+ * Hugging Face names, the V3 initialization, and the small helpers the layer math
+ * (model_layers.c), training (model_train.c) and inference (generate.c) share.
  *
  * Legend: V vocab, D hidden, I dense intermediate, E routed experts, F expert
  * intermediate, Fs shared intermediate (F * n_shared_experts), H heads, L main layers,
@@ -37,8 +37,8 @@ void dsc_model_fp8w_free(dsc_model *m, dsc_model_fp8w *h) {
   memset(h, 0, sizeof *h);
 }
 
-/* The planned training activations are the training step's (model_train.c); the model
- * only drops them, through the hook that file set when it planned them. */
+/* The planned training activations are model_acts.c's; the model only drops them,
+ * through the hook that file set when it planned them. */
 void dsc_model_drop_acts(dsc_model *m) {
   if (m->acts && m->acts_free) m->acts_free(m);
 }
@@ -1080,7 +1080,7 @@ void dsc_model_moe_weights(const dsc_model *m, int32_t b, dsc_moe_layer_weights 
 /* ------------------------------------------------------------------ device helpers */
 
 /* The expert-parallel exchange of block b (NULL: one process, or ep 1): part of the model's
- * state, read by the layer math of training (model_train.c) and of FP8 inference (model_fp8.c). */
+ * state, read by the layer math (model_layers.c, model_train.c) and FP8 inference (model_fp8.c). */
 const dsc_moe_exchange *dsc_model_exchange(const dsc_model *m, int32_t b) {
   return m->dist && m->dist->ex && m->dist->ex[b] ? dsc_ep_exchange_hooks(m->dist->ex[b]) : NULL;
 }

@@ -5,11 +5,15 @@
  *   config.c, calc.c                         the config (the one parser/writer) and calculator
  *   model.c                                  storage: the arenas, views, BF16 copy, EP state
  *   model_fp8.c                              FP8-held weights and their layer math
- *   model_train.c                            layer math shared with inference (the FFN, the
- *                                            MTP concat), training forward/backward/optimizer
+ *   model_acts.c                             the activations of a training shape (one arena)
+ *   model_layers.c                           layer math shared by training and inference (FFN,
+ *                                            MoE, block, whole-model forward, MTP concat)
+ *   model_train.c                            training: backward, losses, optimizer, grad norm
  *   generate.c                               inference (prefill, forward) and generation
  *   policy.c                                 R1: token log-probs, GRPO and distillation steps
  *   model_io.c                               checkpoints and Hugging Face loading
+ * tools/check_layering.py reads this list and checks it on the compiled objects (nm); a new
+ * file of csrc/model gets its line here.
  *
  * Parameters live in one float32 arena, laid out region by region:
  *   [embed] [layer 0] .. [layer L-1] [final norm] [lm_head?] [mtp 0] .. [mtp Dm-1]
@@ -80,7 +84,7 @@ typedef struct {
   int64_t strides[4][3];
 } dsc_model_mtp;
 
-typedef struct dsc_model_acts dsc_model_acts; /* model.c: activations of a training shape */
+typedef struct dsc_model_acts dsc_model_acts; /* activations of a training shape (model_layers.h) */
 
 /* A distributed model (dsc_model_options.comm): its place in the world and the
  * communicators it made for itself (duplicates and splits of the user's, so its messages
@@ -147,7 +151,7 @@ struct dsc_model {
 
   int64_t *load;   /* [n_blocks * E] host: expert load of the last pass (MoE blocks) */
   dsc_model_acts *acts;
-  void (*acts_free)(dsc_model *m); /* set by model_train.c with acts: frees them */
+  void (*acts_free)(dsc_model *m); /* set by model_acts.c with acts: frees them */
   int64_t arena_numel;     /* floats of params (n_params, less the held matrices once frozen) */
 
   uint8_t *touched;        /* [n_storage]: gradient already written in this pass */
@@ -232,7 +236,7 @@ dsc_status dsc_model_ffn_infer_fp8(dsc_model *m, int32_t b, const DLTensor *x, D
                                    DLTensor *counts, const dsc_model_fp8w *h);
 
 /* x[n] host (int64 or float64 values) reduced over the ranks of c in place, through the
- * model's device (model_train.c). */
+ * model's device (model_layers.c). */
 dsc_status dsc_model_host_all_reduce(dsc_model *m, dsc_comm *c, void *x, int64_t n, dsc_dtype dt, int op);
 /* The expert-parallel exchange of MoE block b (model.c), NULL in one process. */
 const dsc_moe_exchange *dsc_model_exchange(const dsc_model *m, int32_t b);
@@ -263,12 +267,12 @@ dsc_status dsc_model_round_copy(dsc_model *m, const float *src, float *dst, int6
 /* DSC_ERR_INVALID_ARGUMENT when the model is frozen: `what` needs the float32 masters. */
 dsc_status dsc_model_check_not_frozen(const dsc_model *m, const char *fn, const char *what);
 /* The logits of tokens [B, T] by the training forward, nothing kept for a backward
- * (model_train.c). Arguments checked by the caller. */
+ * (model_layers.c). Arguments checked by the caller. */
 dsc_status dsc_model_forward_logits(dsc_model *m, const DLTensor *tokens, DLTensor *logits);
 /* Logits of every position of tokens [B, T] by the inference prefill (generate.c): the
  * forward of a frozen model. Arguments checked by the caller. */
 dsc_status dsc_model_forward_infer(dsc_model *m, const DLTensor *tokens, DLTensor *logits);
-/* Frees the planned training activations, if any (through the hook model_train.c set). */
+/* Frees the planned training activations, if any (through the hook model_acts.c set). */
 void dsc_model_drop_acts(dsc_model *m);
 /* Device allocation helpers. */
 dsc_status dsc_model_alloc(dsc_model *m, size_t bytes, void **p);

@@ -1,52 +1,23 @@
 /*
- * model/model_train.c -- the forward pass, the backward pass and the training step of
- * dsc_model, composed from the public ops (each validates and dispatches, so the model
- * runs on whatever device its context has kernels for).
+ * model/model_train.c -- training of dsc_model: the backward pass of the forward in
+ * model_layers.c, the losses, the gradient bookkeeping, the data-parallel gradient sums,
+ * the global norm, clipping and AdamW, and the training API (train_step, loss_and_grad,
+ * the composable forward_train / backward / optimizer_step), composed from the public ops.
  *
- *   h_0 = Emb(tokens)                                           [B, T, D]
- *   block b:  hmid = h_b + MLA(RMSNorm(h_b));  h_{b+1} = hmid + FFN_b(RMSNorm(hmid))
- *   hn = RMSNorm(h_L);  logits = hn @ head^T                    [B, T, V]
- *   MTP depth d = 0..Dm-1 (Td = T - d - 1 positions; prev_0 = hn, prev_d = xn_{d-1}):
- *     cat = [RMSNorm_e(Emb(tokens[:, d+1:])) ; RMSNorm_h(prev_d[:, :Td])]   [B, Td, 2D]
- *     xo = block_{L+d}(cat @ eh_proj^T);  xn_d = RMSNorm_head(xo);  logits_d = xn_d @ head^T
  *   loss = CE(logits, targets) + lambda / Dm * sum_d CE(logits_d, targets[:, d+1:])
  *
- * BF16 compute (m->wc != NULL, dsc_model_options.compute_dtype BFLOAT16; DeepSeek-V3's
- * recipe, emulated exactly in float32 buffers holding BF16-rounded values, RNE): the
- * weights are m->wc = bf16(masters), refreshed at the start of every forward. These
- * activations are rounded to BF16 where they are produced (a BF16 stack stores them so):
- *   F1 xn1 = RMSNorm_in(h)          (attention input)
- *   F2 MLA output                   (o_proj GEMM output, the attention output)
- *   F3 xn2 = RMSNorm_post(hmid)     (FFN input)
- *   F4 dense FFN: g, u (GEMM outputs), a = SwiGLU(g, u), y = down(a) (GEMM output)
- *   F5 MoE layer output y (the layer's experts/router inside it run on the BF16 weights
- *      and xn2, with float32 intermediates)
- *   F6 hn = RMSNorm_final(h_L)      (head input)      F7 logits (head GEMM output)
- *   F8 MTP: en, hh (eh_proj input halves), x = eh_proj(cat) (GEMM output), xn (head
- *      input), logits_d
- * The embedding output needs none (rows of BF16 weights). The residual stream (h, hmid,
- * the MTP block input/outputs as they add up) stays float32, as do RMSNorm statistics,
- * softmax, cross-entropy and every GEMM's accumulation. The backward rounds the gradient
- * of each of those activations once it is complete, before it is consumed: dlogits,
- * d hn / d xn_d (after the MTP contributions are added), d x (MTP block input), dcat,
- * the FFN's incoming gradient (a rounded copy: the residual keeps float32), dA, dG, dU,
- * d xn2, the attention's incoming gradient (a rounded copy), d xn1. Generation
- * (generate.c) rounds at F1-F8 the same way. Weight gradients stay float32.
- * Each pass (run_forward, backward_logits, ffn_infer, generation's forwards) puts the
- * context in DSC_MATH_BF16_OPERANDS and restores the caller's mode after, errors included
- * (dsc_model_math_enter / _leave): on CUDA the float32 GEMMs then run on BF16 tensor cores
- * (cuBLASLt FAST_16BF) and the MLA training attention as mla_attn_tc.cu. On BF16-exact
- * operands (the weights, the activations rounded above) that is the CPU's exact float32
- * GEMM to FP32 accumulation noise; the CPU ignores the mode. So the BF16 model on CPU and
- * GPU differs only where an operand is not BF16-exact: the MLA and MoE intermediates the
- * model does not round (q, the latent kv, the attention's q, k, v, P and their gradients,
- * the experts' hidden activations) take one BF16 rounding on the GPU, a BF16-level
- * difference (tests/test_model_bf16.py, test_cuda_bf16_model_matches_cpu).
+ * BF16 compute (m->wc != NULL): the forward rounds its activations at F1-F8
+ * (model_layers.c). The backward rounds the gradient of each of those activations once it
+ * is complete, before it is consumed: dlogits, d hn / d xn_d (after the MTP contributions
+ * are added), d x (MTP block input), dcat, the FFN's incoming gradient (a rounded copy: the
+ * residual keeps float32), dA, dG, dU, d xn2, the attention's incoming gradient (a rounded
+ * copy), d xn1. Weight gradients stay float32. The backward runs in the model's math mode
+ * like the forward (dsc_model_math_enter / _leave).
  *
- * Activations of one (B, T) shape are planned once into one arena (dsc_model_acts) and
- * reused while the shape stays; the MLA / MoE ops keep their own saved state in handles
- * owned per block. Legend: B batch, T tokens per row, N = B*T, V vocab, D hidden,
- * I dense intermediate, L main layers, Dm MTP depths, E routed experts.
+ * The backward reads the activations the forward kept (model_acts.c, one arena per (B, T)
+ * shape); the MLA / MoE ops keep their own saved state in handles owned per block.
+ * Legend: B batch, T tokens per row, Tb tokens per row of a block's input, N = B*T,
+ * V vocab, D hidden, I dense intermediate, L main layers, Dm MTP depths, E routed experts.
  */
 #include <math.h>
 #include <stdio.h>
@@ -55,261 +26,15 @@
 #include <time.h>
 
 #include "../core/backend.h"
-#include "model_internal.h"
+#include "model_layers.h"
 
 /* Run a step only while every earlier step succeeded. */
 #define STEP(call)                 \
   do {                             \
     if (st == DSC_OK) st = (call); \
   } while (0)
-
-/* A DLTensor with its own shape storage (never copied by value once made). */
-typedef struct {
-  DLTensor t;
-  int64_t sh[4], st[4];
-} tv;
-
-static DLTensor *tv_make(tv *v, const dsc_model *m, const void *data, dsc_dtype dt, int ndim, int64_t d0,
-                         int64_t d1, int64_t d2) {
-  const int64_t d[3] = {d0, d1, d2};
-  v->t = dsc_model_view(m, (void *)data, dt, ndim, d, v->sh, v->st);
-  return &v->t;
-}
 #define F32 DSC_DTYPE_FLOAT32
 #define I32 DSC_DTYPE_INT32
-
-/* ------------------------------------------------------------------ activation plan */
-
-typedef struct {
-  float *x_in, *xn1, *hmid, *xn2, *out; /* [rows, D]; x_in / out point into the chain */
-  float *g, *u, *a;                     /* dense FFN: [rows, I] */
-  uint8_t *xq[3], *wq[3];               /* FP8 dense FFN saved (gate, up, down) */
-  float *xs[3], *ws[3];
-  dsc_mla_saved *mla;
-  dsc_moe_layer_saved *moe;
-  dsc_moe_layer_saved *moe2; /* the second micro-batch of an expert-parallel MoE layer */
-} blk_acts;
-
-struct dsc_model_acts {
-  int64_t B, T;
-  void *arena;
-  size_t bytes;
-  int32_t *pos;                 /* [B, T] 0..T-1 */
-  int32_t *tok;                 /* [B, T] the tokens of the last forward_train (its backward reads them) */
-  int32_t fwd_mtp;              /* MTP depths that forward ran, -1: no backward pending */
-  int64_t *fwd_load;            /* [n_blocks * E] host: the expert load of that forward */
-  float *h;                     /* [L + 1, N, D] */
-  float *hn;                    /* [N, D] */
-  float *logits;                /* [N, V] (then dlogits) */
-  blk_acts *blk;                /* [n_blocks] */
-  int32_t *mtp_tok[DSC_MODEL_MAX_MTP], *mtp_tgt[DSC_MODEL_MAX_MTP], *mtp_pos[DSC_MODEL_MAX_MTP];
-  float *mtp_e[DSC_MODEL_MAX_MTP], *mtp_en[DSC_MODEL_MAX_MTP], *mtp_hp[DSC_MODEL_MAX_MTP];
-  float *mtp_hh[DSC_MODEL_MAX_MTP], *mtp_cat[DSC_MODEL_MAX_MTP], *mtp_x[DSC_MODEL_MAX_MTP];
-  float *mtp_xo[DSC_MODEL_MAX_MTP], *mtp_xn[DSC_MODEL_MAX_MTP], *mtp_logits[DSC_MODEL_MAX_MTP];
-  float *dh, *tA, *tB, *tC, *tD, *dprev; /* [N, D] */
-  float *tE;                             /* [N, D] BF16 compute: rounded gradient copies */
-  float *dI0, *dI1, *dI2;                /* [N, I] */
-  float *dcat;                           /* [N, 2D] */
-  float *loss;                           /* [1 + Dm] */
-  int64_t *counts;                       /* [E] */
-};
-
-static void acts_free(dsc_model *m) {
-  dsc_model_acts *A = m->acts;
-  if (!A) return;
-  if (A->arena) dsc_free(m->ctx, A->arena);
-  if (A->blk) {
-    for (int32_t b = 0; b < m->n_blocks; ++b) {
-      dsc_mla_saved_destroy(A->blk[b].mla);
-      dsc_moe_layer_saved_destroy(A->blk[b].moe);
-      dsc_moe_layer_saved_destroy(A->blk[b].moe2);
-    }
-    free(A->blk);
-  }
-  free(A->fwd_load);
-  free(A);
-  m->acts = NULL;
-}
-
-static size_t carve(char *base, size_t *off, size_t bytes, void **ptr) {
-  *off = (*off + 255) & ~(size_t)255;
-  if (base) *ptr = base + *off;
-  *off += bytes ? bytes : 1;
-  return *off;
-}
-#define CARVE(p, type, count) carve(base, &off, (size_t)(count) * sizeof(type), (void **)&(p))
-
-/* Lay out (base NULL: size) every activation of shape (B, T). */
-static size_t plan(dsc_model *m, dsc_model_acts *A, char *base) {
-  const dsc_model_config *c = &m->cfg;
-  const int64_t B = A->B, T = A->T, N = B * T, D = c->hidden_size, V = c->vocab_size;
-  const int64_t I = c->intermediate_size > 0 ? c->intermediate_size : 1;
-  const int64_t E = c->n_routed_experts > 0 ? c->n_routed_experts : 1;
-  size_t off = 0;
-  CARVE(A->pos, int32_t, N);
-  CARVE(A->tok, int32_t, N);
-  CARVE(A->h, float, (m->n_layers + 1) * N * D);
-  CARVE(A->hn, float, N * D);
-  CARVE(A->logits, float, N * V);
-  for (int32_t b = 0; b < m->n_blocks; ++b) {
-    const int32_t d = b - m->n_layers;
-    const int64_t rows = d < 0 ? N : B * (T - d - 1);
-    if (rows <= 0) continue;
-    blk_acts *k = &A->blk[b];
-    CARVE(k->xn1, float, rows * D);
-    CARVE(k->hmid, float, rows * D);
-    CARVE(k->xn2, float, rows * D);
-    if (!m->blocks[b].is_moe) {
-      CARVE(k->g, float, rows * I);
-      CARVE(k->u, float, rows * I);
-      CARVE(k->a, float, rows * I);
-      if (m->fp8) {
-        const int64_t K[3] = {D, D, I}, Nf[3] = {I, I, D};
-        for (int j = 0; j < 3; ++j) {
-          const int64_t kb = (K[j] + 127) / 128;
-          CARVE(k->xq[j], uint8_t, rows * K[j]);
-          CARVE(k->xs[j], float, rows * kb);
-          CARVE(k->wq[j], uint8_t, Nf[j] * K[j]);
-          CARVE(k->ws[j], float, ((Nf[j] + 127) / 128) * kb);
-        }
-      }
-    }
-  }
-  for (int32_t d = 0; d < m->n_mtp; ++d) {
-    const int64_t Td = T - d - 1, Nd = B * Td;
-    if (Td < 1) break;
-    CARVE(A->mtp_tok[d], int32_t, Nd);
-    CARVE(A->mtp_tgt[d], int32_t, Nd);
-    CARVE(A->mtp_pos[d], int32_t, Nd);
-    CARVE(A->mtp_e[d], float, Nd * D);
-    CARVE(A->mtp_en[d], float, Nd * D);
-    CARVE(A->mtp_hp[d], float, Nd * D);
-    CARVE(A->mtp_hh[d], float, Nd * D);
-    CARVE(A->mtp_cat[d], float, Nd * 2 * D);
-    CARVE(A->mtp_x[d], float, Nd * D);
-    CARVE(A->mtp_xo[d], float, Nd * D);
-    CARVE(A->mtp_xn[d], float, Nd * D);
-    CARVE(A->mtp_logits[d], float, Nd * V);
-  }
-  CARVE(A->dh, float, N * D);
-  CARVE(A->tA, float, N * D);
-  CARVE(A->tB, float, N * D);
-  CARVE(A->tC, float, N * D);
-  CARVE(A->tD, float, N * D);
-  CARVE(A->dprev, float, N * D);
-  if (m->wc) CARVE(A->tE, float, N * D);
-  CARVE(A->dI0, float, N * I);
-  CARVE(A->dI1, float, N * I);
-  CARVE(A->dI2, float, N * I);
-  CARVE(A->dcat, float, N * 2 * D);
-  CARVE(A->loss, float, 1 + m->n_mtp);
-  CARVE(A->counts, int64_t, E);
-  return off;
-}
-
-/* plan() multiplies B*T by config widths in plain int64: make sure nothing there can
- * overflow, with a checked upper bound of the whole plan (every carve is at most
- * 8 * max(N * W, I * D) bytes plus alignment, W the widest per-token row). */
-static dsc_status plan_fits(const dsc_model *m, int64_t B, int64_t T) {
-  const dsc_model_config *c = &m->cfg;
-  const int64_t D = c->hidden_size, V = c->vocab_size, I = c->intermediate_size;
-  int64_t W = (int64_t)(m->n_layers + 1) * D; /* <= 2^33 after validation */
-  if (V > W) W = V;
-  if (2 * D > W) W = 2 * D;
-  if (I > W) W = I;
-  int ok = 1;
-  const int64_t N = dsc_cmul(B, T, &ok);
-  const int64_t per = dsc_cadd(dsc_cmul(8, dsc_cadd(dsc_cmul(N, W, &ok), dsc_cmul(I, D, &ok), &ok), &ok),
-                               256, &ok);
-  const int64_t carves = 64 + 24 * (int64_t)m->n_blocks + 16 * DSC_MODEL_MAX_MTP;
-  (void)dsc_cmul(carves, per, &ok);
-  DSC_CHECK(ok, DSC_ERR_OUT_OF_MEMORY, "dsc_model",
-            "tokens: the activations of a [%lld, %lld] batch do not fit in 64 bits", (long long)B,
-            (long long)T);
-  return DSC_OK;
-}
-
-/* The activations for (B, T): kept while the shape stays, re-planned when it changes. */
-static dsc_status acts_for(dsc_model *m, int64_t B, int64_t T, dsc_model_acts **out) {
-  static const char *const FN = "dsc_model";
-  dsc_model_acts *A = m->acts;
-  if (A && A->B == B && A->T == T) {
-    *out = A;
-    return DSC_OK;
-  }
-  DSC_TRY(plan_fits(m, B, T));
-  if (!A) {
-    A = (dsc_model_acts *)calloc(1, sizeof *A);
-    if (!A) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
-    A->blk = (blk_acts *)calloc((size_t)m->n_blocks, sizeof *A->blk);
-    A->fwd_mtp = -1;
-    m->acts = A;
-    m->acts_free = acts_free; /* the model drops them through this (model.c knows no layout) */
-    if (!A->blk) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
-    for (int32_t b = 0; b < m->n_blocks; ++b) {
-      DSC_TRY(dsc_mla_saved_create(m->ctx, &A->blk[b].mla));
-      if (m->blocks[b].is_moe) DSC_TRY(dsc_moe_layer_saved_create(m->ctx, &A->blk[b].moe));
-      if (m->blocks[b].is_moe && m->dist && m->dist->ex[b])
-        DSC_TRY(dsc_moe_layer_saved_create(m->ctx, &A->blk[b].moe2));
-    }
-  }
-  if (A->arena) dsc_free(m->ctx, A->arena);
-  A->arena = NULL;
-  A->B = A->T = 0;
-  /* keep the saved handles, clear the planned pointers */
-  for (int32_t b = 0; b < m->n_blocks; ++b) {
-    dsc_mla_saved *ms = A->blk[b].mla;
-    dsc_moe_layer_saved *mo = A->blk[b].moe, *mo2 = A->blk[b].moe2;
-    memset(&A->blk[b], 0, sizeof A->blk[b]);
-    A->blk[b].mla = ms;
-    A->blk[b].moe = mo;
-    A->blk[b].moe2 = mo2;
-  }
-  for (int d = 0; d < DSC_MODEL_MAX_MTP; ++d) {
-    A->mtp_tok[d] = A->mtp_tgt[d] = A->mtp_pos[d] = NULL;
-  }
-  A->B = B, A->T = T;
-  A->bytes = plan(m, A, NULL);
-  dsc_status st = dsc_model_alloc(m, A->bytes, &A->arena);
-  if (st != DSC_OK) {
-    A->B = A->T = 0;
-    return st;
-  }
-  plan(m, A, (char *)A->arena);
-  /* positions 0..T-1 per row (and 0..Td-1 for the MTP depths), written once */
-  int32_t *host = (int32_t *)malloc((size_t)(B * T) * sizeof(int32_t));
-  if (!host) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
-  const DLDevice cpu = {kDLCPU, 0};
-  for (int64_t i = 0; i < B * T; ++i) host[i] = (int32_t)(i % T);
-  st = dsc_memcpy(m->ctx, A->pos, m->ctx->device, host, cpu, (size_t)(B * T) * sizeof(int32_t));
-  for (int32_t d = 0; d < m->n_mtp && st == DSC_OK && T - d - 1 >= 1; ++d) {
-    const int64_t Td = T - d - 1;
-    for (int64_t i = 0; i < B * Td; ++i) host[i] = (int32_t)(i % Td);
-    st = dsc_memcpy(m->ctx, A->mtp_pos[d], m->ctx->device, host, cpu, (size_t)(B * Td) * sizeof(int32_t));
-  }
-  free(host);
-  if (st != DSC_OK) {
-    dsc_free(m->ctx, A->arena);
-    A->arena = NULL;
-    A->B = A->T = 0;
-    return st;
-  }
-  *out = A;
-  return DSC_OK;
-}
-
-dsc_status dsc_model_activation_bytes(const dsc_model *m, size_t *bytes) {
-  static const char *const FN = "dsc_model_activation_bytes";
-  DSC_CHECK(m != NULL && bytes != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model, bytes: expected pointers");
-  size_t n = m->acts ? m->acts->bytes : 0;
-  if (m->acts)
-    for (int32_t b = 0; b < m->n_blocks; ++b) {
-      size_t s = 0;
-      if (m->acts->blk[b].mla && dsc_mla_saved_bytes(m->acts->blk[b].mla, &s) == DSC_OK) n += s;
-    }
-  *bytes = n;
-  return DSC_OK;
-}
 
 /* ------------------------------------------------------------------ gradient slots */
 
@@ -349,50 +74,10 @@ static dsc_status gs_end(dsc_model *m, gslot *g) {
 
 static int32_t slot_entry(const dsc_model *m, int32_t b, int s) { return m->block_entries[b * S_COUNT + s]; }
 
-/* ------------------------------------------------------------------ FFN */
+/* ------------------------------------------------------------------ backward of one block */
 
-/* Dense SwiGLU MLP forward of block b: xn2 [rows, D] -> y [rows, D], saving g, u, a. */
-static dsc_status dense_fwd(dsc_model *m, int32_t b, blk_acts *k, int64_t rows, const DLTensor *x,
-                            DLTensor *y) {
-  dsc_context *ctx = m->ctx;
-  const dsc_model_block *w = &m->blocks[b];
-  const int64_t I = m->cfg.intermediate_size, D = m->cfg.hidden_size;
-  tv g, u, a;
-  tv_make(&g, m, k->g, F32, 2, rows, I, 0);
-  tv_make(&u, m, k->u, F32, 2, rows, I, 0);
-  tv_make(&a, m, k->a, F32, 2, rows, I, 0);
-  dsc_status st = DSC_OK;
-  if (m->fp8) {
-    const int64_t K[3] = {D, D, I}, Nf[3] = {I, I, D};
-    tv xq[3], xs[3], wq[3], ws[3];
-    for (int j = 0; j < 3; ++j) {
-      const int64_t kb = (K[j] + 127) / 128;
-      tv_make(&xq[j], m, k->xq[j], DSC_DTYPE_FLOAT8_E4M3FN, 2, rows, K[j], 0);
-      tv_make(&xs[j], m, k->xs[j], F32, 2, rows, kb, 0);
-      tv_make(&wq[j], m, k->wq[j], DSC_DTYPE_FLOAT8_E4M3FN, 2, Nf[j], K[j], 0);
-      tv_make(&ws[j], m, k->ws[j], F32, 2, (Nf[j] + 127) / 128, kb, 0);
-    }
-    STEP(dsc_fp8_linear_forward(ctx, x, &w->mlp_gate, &g.t, &xq[0].t, &xs[0].t, &wq[0].t, &ws[0].t));
-    STEP(dsc_fp8_linear_forward(ctx, x, &w->mlp_up, &u.t, &xq[1].t, &xs[1].t, &wq[1].t, &ws[1].t));
-    STEP(dsc_model_round(m, k->g, rows * I)); /* F4 */
-    STEP(dsc_model_round(m, k->u, rows * I));
-    STEP(dsc_swiglu_forward(ctx, &g.t, &u.t, &a.t));
-    STEP(dsc_model_round(m, k->a, rows * I));
-    STEP(dsc_fp8_linear_forward(ctx, &a.t, &w->mlp_down, y, &xq[2].t, &xs[2].t, &wq[2].t, &ws[2].t));
-  } else {
-    STEP(dsc_linear_forward(ctx, x, &w->mlp_gate, &g.t));
-    STEP(dsc_linear_forward(ctx, x, &w->mlp_up, &u.t));
-    STEP(dsc_model_round(m, k->g, rows * I)); /* F4 */
-    STEP(dsc_model_round(m, k->u, rows * I));
-    STEP(dsc_swiglu_forward(ctx, &g.t, &u.t, &a.t));
-    STEP(dsc_model_round(m, k->a, rows * I));
-    STEP(dsc_linear_forward(ctx, &a.t, &w->mlp_down, y));
-  }
-  STEP(dsc_model_round(m, (float *)dsc_data(y), rows * D));
-  return st;
-}
-
-/* dy [rows, D] -> dx [rows, D] (t1), weight gradients; t2 scratch [rows, D]. */
+/* The backward of the dense FFN (model_layers.c, dense_fwd): dy [rows, D] -> dx [rows, D]
+ * (t1), weight gradients; t2 scratch [rows, D]. */
 static dsc_status dense_bwd(dsc_model *m, int32_t b, blk_acts *k, int64_t rows, const DLTensor *x,
                             const DLTensor *dy, DLTensor *dx, DLTensor *t2) {
   dsc_context *ctx = m->ctx;
@@ -453,162 +138,6 @@ static dsc_status dense_bwd(dsc_model *m, int32_t b, blk_acts *k, int64_t rows, 
   return st;
 }
 
-/* Add this call's expert load (device counts [E]) into m->load for block b. */
-static dsc_status add_load(dsc_model *m, int32_t b, const int64_t *dev_counts) {
-  const int64_t E = m->cfg.n_routed_experts;
-  int64_t host[1024];
-  int64_t *h = E <= 1024 ? host : (int64_t *)malloc((size_t)E * sizeof(int64_t));
-  if (!h) return dsc_error(DSC_ERR_OUT_OF_MEMORY, "dsc_model", "out of host memory");
-  dsc_status st = dsc_memcpy(m->ctx, h, (DLDevice){kDLCPU, 0}, dev_counts, m->ctx->device,
-                             (size_t)E * sizeof(int64_t));
-  if (st == DSC_OK)
-    for (int64_t e = 0; e < E; ++e) m->load[(int64_t)b * E + e] += h[e];
-  if (h != host) free(h);
-  return st;
-}
-
-static dsc_status ffn_infer_(dsc_model *m, int32_t b, const DLTensor *x, DLTensor *y, DLTensor *counts,
-                             const dsc_model_fp8w *h) {
-  if (h && h->mem) return dsc_model_ffn_infer_fp8(m, b, x, y, counts, h);
-  dsc_context *ctx = m->ctx;
-  const dsc_model_block *w = &m->blocks[b];
-  if (w->is_moe) {
-    dsc_moe_layer_weights mw;
-    dsc_model_moe_weights(m, b, &mw);
-    const dsc_moe_exchange *ex = dsc_model_exchange(m, b);
-    DSC_TRY(ex ? dsc_moe_layer_forward_ex(ctx, &m->route, 1, &mw, x, y, counts, NULL, ex, 0, DSC_MOE_PHASE_ALL)
-               : dsc_moe_layer_forward(ctx, &m->route, 1, &mw, x, y, counts, NULL));
-    return dsc_model_round(m, (float *)dsc_data(y), dsc_numel(y)); /* F5 */
-  }
-  /* the dense MLP exactly as the training forward runs it (FP8 GEMMs in fp8 mode), on
-   * scratch laid out like a planned block */
-  const int64_t rows = dsc_rows(x), I = m->cfg.intermediate_size, D = m->cfg.hidden_size;
-  blk_acts k;
-  memset(&k, 0, sizeof k);
-  size_t off = 0;
-  char *base = NULL;
-  for (int pass = 0; pass < 2; ++pass) {
-    off = 0;
-    CARVE(k.g, float, rows * I);
-    CARVE(k.u, float, rows * I);
-    CARVE(k.a, float, rows * I);
-    if (m->fp8) {
-      const int64_t K[3] = {D, D, I}, Nf[3] = {I, I, D};
-      for (int j = 0; j < 3; ++j) {
-        const int64_t kb = (K[j] + 127) / 128;
-        CARVE(k.xq[j], uint8_t, rows * K[j]);
-        CARVE(k.xs[j], float, rows * kb);
-        CARVE(k.wq[j], uint8_t, Nf[j] * K[j]);
-        CARVE(k.ws[j], float, ((Nf[j] + 127) / 128) * kb);
-      }
-    }
-    /* the context's FFN slot, kept for the next call: a decode step allocates nothing */
-    if (pass == 0) DSC_TRY(dsc_ctx_slot(ctx, DSC_SLOT_FFN, off ? off : 1, (void **)&base));
-  }
-  tv x2, y2;
-  tv_make(&x2, m, dsc_data(x), F32, 2, rows, D, 0);
-  tv_make(&y2, m, dsc_data(y), F32, 2, rows, D, 0);
-  return dense_fwd(m, b, &k, rows, &x2.t, &y2.t);
-}
-
-dsc_status dsc_model_ffn_infer(dsc_model *m, int32_t b, const DLTensor *x, DLTensor *y, DLTensor *counts,
-                               const dsc_model_fp8w *h) {
-  const int32_t mm = dsc_model_math_enter(m);
-  const dsc_status st = ffn_infer_(m, b, x, y, counts, h);
-  dsc_model_math_leave(m, mm);
-  return st;
-}
-
-dsc_status dsc_model_concat2(dsc_model *m, const DLTensor *a, const DLTensor *b, DLTensor *out) {
-  const int64_t rows = dsc_rows(a), D = dsc_last_dim(a);
-  const size_t rb = (size_t)D * sizeof(float);
-  DSC_TRY(dsc_model_copy2d(m, rows, rb, dsc_data(a), rb, dsc_data(out), 2 * rb));
-  return dsc_model_copy2d(m, rows, rb, dsc_data(b), rb, (char *)dsc_data(out) + rb, 2 * rb);
-}
-
-dsc_status dsc_model_split2(dsc_model *m, const DLTensor *in, DLTensor *a, DLTensor *b) {
-  const int64_t rows = dsc_rows(a), D = dsc_last_dim(a);
-  const size_t rb = (size_t)D * sizeof(float);
-  DSC_TRY(dsc_model_copy2d(m, rows, rb, dsc_data(in), 2 * rb, dsc_data(a), rb));
-  return dsc_model_copy2d(m, rows, rb, (const char *)dsc_data(in) + rb, 2 * rb, dsc_data(b), rb);
-}
-
-
-/* ------------------------------------------------------------------ one block */
-
-typedef struct {
-  int train;        /* keep activations for backward */
-  float aux_alpha;  /* sequence-wise balance loss weight (already times grad_scale) */
-  double aux_sum;   /* += alpha * L_bal of each MoE block */
-} fwd_opts;
-
-/* ------------------------------------------------------------------ MoE FFN */
-
-/* Micro-batches of block b's MoE layer: 2 when expert parallel with ep_micro_batches 2. */
-static int moe_mbs(const dsc_model *m, int32_t b) {
-  return dsc_model_exchange(m, b) && !m->dist->single_mb ? m->dist->micro_batches : 1;
-}
-
-/* Rows [h*B0*Tb ..) of a [B, Tb, D] float32 buffer as the [Bh, Tb, D] view of micro-batch h
- * (B0 = B / 2 sequences in the first, the rest in the second: either may be empty). */
-static DLTensor *half_view(tv *v, const dsc_model *m, const DLTensor *t, int64_t B, int64_t Tb, int h) {
-  const int64_t B0 = B / 2, Bh = h ? B - B0 : B0, D = dsc_last_dim(t);
-  return tv_make(v, m, (const float *)dsc_data(t) + (h ? B0 * Tb * D : 0), F32, 3, Bh, Tb, D);
-}
-
-/* The MoE FFN of block b: x [B, Tb, D] -> y; its expert load into m->load; with
- * o->train the saved state for moe_bwd and the sequence-wise balance loss. Expert
- * parallel with two micro-batches: the phases of the two interleave, so that the
- * dispatch of the second travels while the first's experts compute, and the first's
- * combine while the second's do. */
-static dsc_status moe_fwd(dsc_model *m, int32_t b, blk_acts *k, int64_t B, int64_t Tb, const DLTensor *x,
-                          DLTensor *y, fwd_opts *o) {
-  dsc_context *ctx = m->ctx;
-  dsc_model_acts *A = m->acts;
-  dsc_moe_layer_weights ew;
-  dsc_model_moe_weights(m, b, &ew);
-  tv cnt;
-  tv_make(&cnt, m, A->counts, DSC_DTYPE_INT64, 1, m->cfg.n_routed_experts, 0, 0);
-  const dsc_moe_exchange *ex = dsc_model_exchange(m, b);
-  dsc_status st = DSC_OK;
-  if (moe_mbs(m, b) == 1) {
-    dsc_moe_layer_saved *sv = o->train ? k->moe : NULL;
-    STEP(ex ? dsc_moe_layer_forward_ex(ctx, &m->route, 1, &ew, x, y, &cnt.t, sv, ex, 0, DSC_MOE_PHASE_ALL)
-            : dsc_moe_layer_forward(ctx, &m->route, 1, &ew, x, y, &cnt.t, sv));
-    STEP(add_load(m, b, A->counts));
-    STEP(dsc_model_round(m, (float *)dsc_data(y), dsc_numel(y))); /* F5 */
-    if (o->train && o->aux_alpha > 0.0f) {
-      float l = 0.0f;
-      STEP(dsc_moe_layer_aux_loss(ctx, k->moe, Tb, o->aux_alpha, &l));
-      o->aux_sum += l;
-    }
-    return st;
-  }
-  dsc_moe_layer_saved *sv[2] = {k->moe, k->moe2};
-  tv xh[2], yh[2];
-  for (int h = 0; h < 2; ++h) {
-    half_view(&xh[h], m, x, B, Tb, h);
-    half_view(&yh[h], m, y, B, Tb, h);
-  }
-  static const int32_t phases[3] = {DSC_MOE_PHASE_BEGIN, DSC_MOE_PHASE_MIDDLE, DSC_MOE_PHASE_END};
-  for (int ph = 0; ph < 3; ++ph)
-    for (int h = 0; h < 2; ++h) {
-      STEP(dsc_moe_layer_forward_ex(ctx, &m->route, 1, &ew, &xh[h].t, &yh[h].t, ph == 0 ? &cnt.t : NULL, sv[h], ex,
-                                    h, phases[ph]));
-      if (ph == 0) STEP(add_load(m, b, A->counts));
-    }
-  STEP(dsc_model_round(m, (float *)dsc_data(y), dsc_numel(y))); /* F5 */
-  if (o->train && o->aux_alpha > 0.0f)
-    for (int h = 0; h < 2 && st == DSC_OK; ++h) {
-      const int64_t Bh = xh[h].t.shape[0];
-      if (Bh == 0) continue;
-      float l = 0.0f; /* alpha / B_h * sum over its sequences, weighted to alpha / B * sum over all */
-      STEP(dsc_moe_layer_aux_loss(ctx, sv[h], Tb, o->aux_alpha * (float)Bh / (float)B, &l));
-      o->aux_sum += l;
-    }
-  return st;
-}
-
 /* The backward of moe_fwd: dy [B, Tb, D] -> dx, the block's MoE weight gradients. */
 static dsc_status moe_bwd(dsc_model *m, int32_t b, blk_acts *k, int64_t B, int64_t Tb, const DLTensor *x,
                           const DLTensor *dy, DLTensor *dx) {
@@ -664,19 +193,6 @@ static dsc_status moe_bwd(dsc_model *m, int32_t b, blk_acts *k, int64_t B, int64
   return st;
 }
 
-/* s = a + b, then y = RMSNorm(s) with weight w (all [rows, D] float32): one pass on the CPU
- * (the same operations: the same bits), the two ops elsewhere. */
-static dsc_status add_norm(dsc_model *m, const DLTensor *a, const DLTensor *b, const DLTensor *w,
-                           DLTensor *s, DLTensor *y) {
-  const float eps = m->cfg.rms_norm_eps;
-  if (!dsc_ctx_is_cuda(m->ctx))
-    return dsc_cpu_add_rms_norm_fwd(m->ctx, dsc_rows(a), dsc_last_dim(a), (const float *)dsc_data(a),
-                                    (const float *)dsc_data(b), (const float *)dsc_data(w), eps,
-                                    (float *)dsc_data(s), (float *)dsc_data(y), NULL);
-  DSC_TRY(dsc_add(m->ctx, a, b, s));
-  return dsc_rms_norm_forward(m->ctx, s, w, eps, y, NULL);
-}
-
 /* out = res + the RMSNorm input gradient of dy at x (weight w; its gradient into storage
  * entry e's slot): fused on the CPU, else rms_norm_backward into tmp and an add. */
 static dsc_status norm_bwd_add(dsc_model *m, const DLTensor *dy, const DLTensor *x, const DLTensor *w,
@@ -694,59 +210,6 @@ static dsc_status norm_bwd_add(dsc_model *m, const DLTensor *dy, const DLTensor 
     DSC_TRY(dsc_add(m->ctx, res, tmp, out));
   }
   return gs_end(m, &g);
-}
-
-/* x_in [B, Tb, D] -> out [B, Tb, D] (out != x_in); positions [B, Tb].
- * xn1_ready: the block's input norm is already in k->xn1 (the previous block fused it);
- * next_w / next_out: the RMSNorm that reads `out` next (the next block's input norm, or the
- * final norm), computed here together with the residual add (NULL: just the add). */
-static dsc_status block_fwd(dsc_model *m, int32_t b, int64_t B, int64_t Tb, const int32_t *positions,
-                            float *x_in, float *out, fwd_opts *o, int xn1_ready, const DLTensor *next_w,
-                            float *next_out) {
-  dsc_context *ctx = m->ctx;
-  dsc_model_acts *A = m->acts;
-  blk_acts *k = &A->blk[b];
-  const dsc_model_block *w = &m->blocks[b];
-  const int64_t D = m->cfg.hidden_size, rows = B * Tb;
-  const float eps = m->cfg.rms_norm_eps;
-  k->x_in = x_in;
-  k->out = out;
-  tv x, xn1, hmid, xn2, y, t, pos;
-  tv_make(&x, m, x_in, F32, 3, B, Tb, D);
-  tv_make(&xn1, m, k->xn1, F32, 3, B, Tb, D);
-  tv_make(&hmid, m, k->hmid, F32, 3, B, Tb, D);
-  tv_make(&xn2, m, k->xn2, F32, 3, B, Tb, D);
-  tv_make(&y, m, out, F32, 3, B, Tb, D);
-  tv_make(&t, m, A->tA, F32, 3, B, Tb, D);
-  tv_make(&pos, m, positions, I32, 2, B, Tb, 0);
-  dsc_mla_weights mw;
-  dsc_model_mla_weights(m, b, &mw);
-  dsc_status st = DSC_OK;
-  if (!xn1_ready) { /* (else the previous block rounded it) */
-    STEP(dsc_rms_norm_forward(ctx, &x.t, &w->input_norm, eps, &xn1.t, NULL));
-    STEP(dsc_model_round(m, k->xn1, rows * D)); /* F1 */
-  }
-  STEP(dsc_mla_forward(ctx, &m->mla, &mw, &xn1.t, &pos.t, &t.t, o->train ? k->mla : NULL));
-  STEP(dsc_model_round(m, A->tA, rows * D)); /* F2 */
-  STEP(add_norm(m, &x.t, &t.t, &w->post_norm, &hmid.t, &xn2.t));
-  STEP(dsc_model_round(m, k->xn2, rows * D)); /* F3 */
-  if (w->is_moe) {
-    STEP(moe_fwd(m, b, k, B, Tb, &xn2.t, &t.t, o));
-  } else {
-    tv x2, t2;
-    tv_make(&x2, m, k->xn2, F32, 2, rows, D, 0);
-    tv_make(&t2, m, A->tA, F32, 2, rows, D, 0);
-    STEP(dense_fwd(m, b, k, rows, &x2.t, &t2.t));
-  }
-  if (next_w) {
-    tv nx;
-    tv_make(&nx, m, next_out, F32, 3, B, Tb, D);
-    STEP(add_norm(m, &hmid.t, &t.t, next_w, &y.t, &nx.t));
-    STEP(dsc_model_round(m, next_out, rows * D)); /* F1 of the next block, or F6 */
-  } else {
-    STEP(dsc_add(ctx, &hmid.t, &t.t, &y.t));
-  }
-  return st;
 }
 
 /* dh [B, Tb, D]: in d(out), out d(x_in), in place. Uses tA, tB, tC. */
@@ -822,14 +285,6 @@ static dsc_status block_bwd(dsc_model *m, int32_t b, int64_t B, int64_t Tb, cons
 
 /* ------------------------------------------------------------------ whole model */
 
-/* Rows [b, 0:n) of a [B, rows_src, W] buffer into a [B, n, W] one (elem bytes each). */
-static dsc_status slice_rows(dsc_model *m, int64_t B, int64_t n, int64_t W, size_t elem, const void *src,
-                             int64_t rows_src, int64_t first, void *dst) {
-  const size_t rb = (size_t)(n * W) * elem;
-  return dsc_model_copy2d(m, B, rb, (const char *)src + (size_t)(first * W) * elem,
-                          (size_t)(rows_src * W) * elem, dst, rb);
-}
-
 /* dst[b, 0:n) += src[b] for dst [B, rows_dst, D], src [B, n, D]; tmp [B, n, D] scratch. */
 static dsc_status add_rows(dsc_model *m, int64_t B, int64_t n, int64_t D, float *dst, int64_t rows_dst,
                            const float *src, float *tmp) {
@@ -842,128 +297,7 @@ static dsc_status add_rows(dsc_model *m, int64_t B, int64_t n, int64_t D, float 
   return dsc_model_copy2d(m, B, rb, tmp, rb, dst, (size_t)(rows_dst * D) * sizeof(float));
 }
 
-/* Main model forward (and the MTP depths when n_mtp_run > 0) over tokens [B, T].
- * logits_out: where the main logits go (NULL: the activation arena). */
-static dsc_status run_forward_(dsc_model *m, const DLTensor *tokens, int32_t n_mtp_run, fwd_opts *o,
-                               float *logits_out) {
-  dsc_context *ctx = m->ctx;
-  const int64_t B = tokens->shape[0], T = tokens->shape[1];
-  const int64_t D = m->cfg.hidden_size, V = m->cfg.vocab_size, N = B * T, L = m->n_layers;
-  const float eps = m->cfg.rms_norm_eps;
-  dsc_model_acts *A = NULL;
-  DSC_TRY(acts_for(m, B, T, &A));
-  A->fwd_mtp = -1; /* any forward overwrites what a pending backward would read */
-  DSC_TRY(dsc_model_refresh_compute(m)); /* BF16: the weights of this pass */
-  dsc_status st = DSC_OK;
-  tv h0, hL, hn, lg;
-  tv_make(&h0, m, A->h, F32, 3, B, T, D);
-  STEP(dsc_embedding_forward(ctx, tokens, &m->embed, &h0.t));
-  /* each block's residual add also computes the next RMSNorm (the next block's input norm,
-   * after the last block the final norm into hn) */
-  for (int32_t b = 0; b < L && st == DSC_OK; ++b) {
-    const int last = b + 1 == L;
-    st = block_fwd(m, b, B, T, A->pos, A->h + b * N * D, A->h + (b + 1) * N * D, o, b > 0,
-                   last ? &m->final_norm : &m->blocks[b + 1].input_norm, last ? A->hn : A->blk[b + 1].xn1);
-  }
-  tv_make(&hL, m, A->h + L * N * D, F32, 3, B, T, D);
-  tv_make(&hn, m, A->hn, F32, 3, B, T, D);
-  tv_make(&lg, m, logits_out ? logits_out : A->logits, F32, 3, B, T, V);
-  (void)hL;
-  STEP(dsc_linear_forward(ctx, &hn.t, &m->head, &lg.t));
-  STEP(dsc_model_round(m, (float *)lg.t.data, N * V)); /* F7 */
-
-  for (int32_t d = 0; d < n_mtp_run && st == DSC_OK; ++d) {
-    const int64_t Td = T - d - 1;
-    if (Td < 1) break;
-    const int32_t b = (int32_t)L + d;
-    const dsc_model_mtp *mt = &m->mtp[d];
-    tv tok, e, en, hp, hh, cat, x, xo, xn, lgd;
-    tv_make(&tok, m, A->mtp_tok[d], I32, 2, B, Td, 0);
-    tv_make(&e, m, A->mtp_e[d], F32, 3, B, Td, D);
-    tv_make(&en, m, A->mtp_en[d], F32, 3, B, Td, D);
-    tv_make(&hp, m, A->mtp_hp[d], F32, 3, B, Td, D);
-    tv_make(&hh, m, A->mtp_hh[d], F32, 3, B, Td, D);
-    tv_make(&cat, m, A->mtp_cat[d], F32, 3, B, Td, 2 * D);
-    tv_make(&x, m, A->mtp_x[d], F32, 3, B, Td, D);
-    tv_make(&xo, m, A->mtp_xo[d], F32, 3, B, Td, D);
-    tv_make(&xn, m, A->mtp_xn[d], F32, 3, B, Td, D);
-    tv_make(&lgd, m, A->mtp_logits[d], F32, 3, B, Td, V);
-    /* tokens shifted by d + 1; prev: hn (T rows) or the previous depth's xn (T - d rows) */
-    STEP(slice_rows(m, B, Td, 1, sizeof(int32_t), dsc_data(tokens), T, d + 1, A->mtp_tok[d]));
-    STEP(dsc_embedding_forward(ctx, &tok.t, &m->embed, &e.t));
-    STEP(dsc_rms_norm_forward(ctx, &e.t, &mt->enorm, eps, &en.t, NULL));
-    STEP(dsc_model_round(m, A->mtp_en[d], B * Td * D)); /* F8 */
-    STEP(slice_rows(m, B, Td, D, sizeof(float), d == 0 ? A->hn : A->mtp_xn[d - 1], d == 0 ? T : T - d, 0,
-                    A->mtp_hp[d]));
-    STEP(dsc_rms_norm_forward(ctx, &hp.t, &mt->hnorm, eps, &hh.t, NULL));
-    STEP(dsc_model_round(m, A->mtp_hh[d], B * Td * D));
-    STEP(dsc_model_concat2(m, &en.t, &hh.t, &cat.t));
-    STEP(dsc_linear_forward(ctx, &cat.t, &mt->eh_proj, &x.t));
-    STEP(dsc_model_round(m, A->mtp_x[d], B * Td * D));
-    STEP(block_fwd(m, b, B, Td, A->mtp_pos[d], A->mtp_x[d], A->mtp_xo[d], o, 0, NULL, NULL));
-    STEP(dsc_rms_norm_forward(ctx, &xo.t, &mt->head_norm, eps, &xn.t, NULL));
-    STEP(dsc_model_round(m, A->mtp_xn[d], B * Td * D));
-    STEP(dsc_linear_forward(ctx, &xn.t, &m->head, &lgd.t));
-    STEP(dsc_model_round(m, A->mtp_logits[d], B * Td * V));
-  }
-  return st;
-}
-
-/* run_forward_ with the context in the model's math mode (BF16 operands for a BF16 model). */
-static dsc_status run_forward(dsc_model *m, const DLTensor *tokens, int32_t n_mtp_run, fwd_opts *o,
-                              float *logits_out) {
-  const int32_t mm = dsc_model_math_enter(m);
-  const dsc_status st = run_forward_(m, tokens, n_mtp_run, o, logits_out);
-  dsc_model_math_leave(m, mm);
-  return st;
-}
-
-/* The logits of tokens [B, T] by the training forward without keeping anything for a
- * backward (dsc_model_forward of a model with masters; arguments checked by the caller). */
-dsc_status dsc_model_forward_logits(dsc_model *m, const DLTensor *tokens, DLTensor *logits) {
-  fwd_opts o = {0, 0.0f, 0.0};
-  return run_forward(m, tokens, 0, &o, (float *)dsc_data(logits));
-}
-
-dsc_status dsc_model_forward_mtp(dsc_model *m, const DLTensor *tokens, int32_t depth, DLTensor *logits) {
-  static const char *const FN = "dsc_model_forward_mtp";
-  DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
-  DSC_TRY(dsc_model_check_not_frozen(m, FN, "the training forward"));
-  DSC_CHECK(depth >= 0 && depth < m->n_mtp, DSC_ERR_INVALID_ARGUMENT, FN,
-            "depth: expected 0..%d (num_nextn_predict_layers - 1), got %d", (int)m->n_mtp - 1, (int)depth);
-  DSC_TRY(dsc_model_check_ids(m, FN, "tokens", tokens, NULL, 0, 0));
-  const int64_t B = tokens->shape[0], T = tokens->shape[1], Td = T - depth - 1;
-  DSC_CHECK(Td >= 1, DSC_ERR_SHAPE, FN, "tokens: expected more than %d tokens per row for depth %d, got %lld",
-            (int)depth + 1, (int)depth, (long long)T);
-  DSC_TRY(dsc_check_tensor(m->ctx, FN, "logits", logits, DSC_DT(DSC_DTYPE_FLOAT32)));
-  const int64_t shp[3] = {B, Td, m->cfg.vocab_size};
-  DSC_TRY(dsc_check_shape(FN, "logits", logits, 3, shp));
-  fwd_opts o = {0, 0.0f, 0.0};
-  DSC_TRY(run_forward(m, tokens, depth + 1, &o, NULL));
-  return dsc_memcpy(m->ctx, dsc_data(logits), m->ctx->device, m->acts->mtp_logits[depth], m->ctx->device,
-                    (size_t)(B * Td * m->cfg.vocab_size) * sizeof(float));
-}
-
-dsc_status dsc_model_routing(dsc_model *m, const DLTensor *tokens, int32_t layer, DLTensor *indices,
-                             DLTensor *weights, DLTensor *scores) {
-  static const char *const FN = "dsc_model_routing";
-  DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
-  DSC_TRY(dsc_model_check_not_frozen(m, FN, "the training forward"));
-  DSC_CHECK(layer >= 0 && layer < m->n_layers && m->blocks[layer].is_moe, DSC_ERR_INVALID_ARGUMENT, FN,
-            "layer: expected an MoE layer of the main model (0..%d), got %d", (int)m->n_layers - 1, (int)layer);
-  DSC_TRY(dsc_model_check_ids(m, FN, "tokens", tokens, NULL, 0, 0));
-  const size_t lb = (size_t)m->n_blocks * (size_t)m->cfg.n_routed_experts * sizeof(int64_t);
-  int64_t *keep = (int64_t *)malloc(lb);
-  if (!keep) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
-  memcpy(keep, m->load, lb);
-  fwd_opts o = {1, 0.0f, 0.0}; /* train: the MoE blocks keep their routing */
-  dsc_status st = run_forward(m, tokens, 0, &o, NULL);
-  memcpy(m->load, keep, lb);
-  free(keep);
-  m->have_grads = 0; /* the saved activations now belong to this forward */
-  STEP(dsc_moe_layer_saved_routing(m->ctx, m->acts->blk[layer].moe, indices, weights, scores));
-  return st;
-}
+/* ------------------------------------------------------------------ options, statistics */
 
 void dsc_train_options_default(dsc_train_options *o) {
   if (!o) return;
@@ -1112,7 +446,7 @@ static dsc_status grads_begin(dsc_model *m, int accumulate) {
   return DSC_OK;
 }
 
-/* The backward of run_forward from the gradients in A->logits [N, V] and A->mtp_logits[d]
+/* The backward of dsc_model_run_forward from the gradients in A->logits [N, V] and A->mtp_logits[d]
  * (d < nd), over tokens [B, T] (device memory); then the gradients of parameters nothing
  * reached are zeros and the pass is complete. */
 static dsc_status backward_logits_(dsc_model *m, const DLTensor *tokens, int32_t nd) {
@@ -1249,7 +583,7 @@ static dsc_status loss_and_grad_run(dsc_model *m, const dsc_train_options *opt, 
   const int64_t V = m->cfg.vocab_size, N = B * T;
   const int32_t nd = (opt->mtp_lambda > 0.0f) ? (int32_t)(m->n_mtp < T - 1 ? m->n_mtp : T - 1) : 0;
   fwd_opts o = {1, opt->aux_alpha * grad_scale, 0.0};
-  DSC_TRY(run_forward(m, tokens, nd, &o, NULL));
+  DSC_TRY(dsc_model_run_forward(m, tokens, nd, &o, NULL));
   dsc_model_acts *A = m->acts;
   A->fwd_mtp = -1; /* this backward is the forward's: no other may follow */
   dsc_status st = DSC_OK;
@@ -1264,7 +598,7 @@ static dsc_status loss_and_grad_run(dsc_model *m, const dsc_train_options *opt, 
   for (int32_t d = 0; d < nd && st == DSC_OK; ++d) {
     const int64_t Td = T - d - 1;
     tv lgd, tgd, ld;
-    STEP(slice_rows(m, B, Td, 1, sizeof(int32_t), dsc_data(targets), T, d + 1, A->mtp_tgt[d]));
+    STEP(dsc_model_slice_rows(m, B, Td, 1, sizeof(int32_t), dsc_data(targets), T, d + 1, A->mtp_tgt[d]));
     tv_make(&lgd, m, A->mtp_logits[d], F32, 2, B * Td, V, 0);
     tv_make(&tgd, m, A->mtp_tgt[d], I32, 1, B * Td, 0, 0);
     tv_make(&ld, m, A->loss + 1 + d, F32, 1, 1, 0, 0);
@@ -1326,7 +660,7 @@ dsc_status dsc_model_forward_train(dsc_model *m, const DLTensor *tokens, int32_t
   memcpy(keep, m->load, lb);
   memset(m->load, 0, lb);
   fwd_opts o = {1, 0.0f, 0.0};
-  dsc_status fst = run_forward(m, tokens, n_mtp, &o, NULL);
+  dsc_status fst = dsc_model_run_forward(m, tokens, n_mtp, &o, NULL);
   dsc_model_acts *A = m->acts;
   if (fst == DSC_OK && !A->fwd_load) {
     A->fwd_load = (int64_t *)malloc(lb);
@@ -1609,25 +943,8 @@ dsc_status dsc_model_train_step(dsc_model *m, const dsc_train_options *opt, cons
   return finish_step(m, opt, stats, B * tokens->shape[1], loss, mtp, aux, gn);
 }
 
-
 static dsc_status dist_host_sum(dsc_model *m, dsc_comm *c, void *x, int64_t n, dsc_dtype dt) {
   return dsc_model_host_all_reduce(m, c, x, n, dt, DSC_REDUCE_SUM);
-}
-
-dsc_status dsc_model_host_all_reduce(dsc_model *m, dsc_comm *c, void *x, int64_t n, dsc_dtype dt, int op) {
-  if (dsc_comm_size(c) == 1 || n == 0) return DSC_OK;
-  dsc_context *ctx = m->ctx;
-  const size_t bytes = (size_t)n * 8;
-  if (!dsc_ctx_is_cuda(ctx)) return dsc_comm_all_reduce_raw(c, ctx, x, x, n, dt, op);
-  void *dev = NULL;
-  const DLDevice host = {kDLCPU, 0};
-  dsc_status st = dsc_malloc(ctx, bytes, &dev);
-  if (st == DSC_OK) st = dsc_memcpy(ctx, dev, ctx->device, x, host, bytes);
-  if (st == DSC_OK) st = dsc_comm_all_reduce_raw(c, ctx, dev, dev, n, dt, op);
-  if (st == DSC_OK) st = dsc_comm_synchronize(c, ctx);
-  if (st == DSC_OK) st = dsc_memcpy(ctx, x, host, dev, ctx->device, bytes);
-  if (dev) dsc_free(ctx, dev);
-  return st;
 }
 
 /* After an optimizer step: the replicated parameters (everything but the expert stacks) must
@@ -1718,20 +1035,5 @@ static dsc_status finish_step(dsc_model *m, const dsc_train_options *opt, dsc_tr
     stats->load_imbalance = load_imbalance(m);
     stats->tokens = tokens;
   }
-  return DSC_OK;
-}
-
-dsc_status dsc_model_expert_load(const dsc_model *m, int32_t layer, int64_t *counts, int32_t n) {
-  static const char *const FN = "dsc_model_expert_load";
-  DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
-  DSC_CHECK(layer >= 0 && layer < m->n_blocks, DSC_ERR_INVALID_ARGUMENT, FN,
-            "layer: expected 0..%d (main layers then MTP blocks), got %d", (int)m->n_blocks - 1, (int)layer);
-  DSC_CHECK(m->blocks[layer].is_moe, DSC_ERR_INVALID_ARGUMENT, FN, "layer: %d is a dense layer, not MoE",
-            (int)layer);
-  DSC_CHECK(counts != NULL && n >= m->cfg.n_routed_experts, DSC_ERR_INVALID_ARGUMENT, FN,
-            "counts: expected room for n_routed_experts = %d values, got n = %d", (int)m->cfg.n_routed_experts,
-            (int)n);
-  memcpy(counts, m->load + (int64_t)layer * m->cfg.n_routed_experts,
-         (size_t)m->cfg.n_routed_experts * sizeof(int64_t));
   return DSC_OK;
 }

@@ -2,6 +2,11 @@
  * glue.h -- shared pieces of the CPython extension deepseek_c._C: module state,
  * tensor import (NumPy C API or DLPack), the dsc.Tensor type, and status -> exception.
  * The glue never sees CUDA: device work goes through the C ABI.
+ * Files, each calling only those before it: runtime.c (state, exceptions, contexts,
+ * memory), tensor_io.c (tensor import), tensor.c (dsc.Tensor), the ops_*.c families (one
+ * may use another's argument parser: ops_moe_layer.c the route's of ops_moe.c, ops_model.c
+ * the communicator's of ops_dist.c), module.c (the module: registers all of them, and the
+ * core functions).
  */
 #ifndef DSC_PY_GLUE_H_
 #define DSC_PY_GLUE_H_
@@ -140,6 +145,9 @@ dsc_py_device *dsc_py_device_of(dsc_py_state *st, DLDevice dev);
 PyObject *dsc_py_ctx_new(dsc_py_state *st, DLDevice dev, int32_t num_threads, const char *what);
 /* The dsc_py_ctx of a context capsule (NULL with an exception when it is not one). */
 dsc_py_ctx *dsc_py_ctx_get(PyObject *cap);
+/* The context capsule of obj: obj itself, or the context a capsule (a model's) was made on
+ * (borrowed). NULL with a TypeError naming fn otherwise. */
+PyObject *dsc_py_ctx_capsule_of(PyObject *obj, const char *fn);
 /* Take `c` for this thread to run `fn` on (GIL held; waits with the GIL released). 0 on
  * success; -1 with deepseek_c.Error when waiting could never end (see above), or with
  * KeyboardInterrupt & co. when a signal handler raised while waiting.

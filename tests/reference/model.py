@@ -7,7 +7,7 @@ Built from a {Hugging Face name: array} dict (what model.safetensors holds) and 
 deepseek_c.ModelConfig; reuses the MLA and MoE references of this directory.
 
 `rnd` (optional, default none): a rounding applied where a BF16-compute model rounds
-activations (csrc/model/model_train.c, "BF16 compute": the attention / FFN / head / eh_proj
+activations (csrc/model/model_layers.c, "BF16 compute": the attention / FFN / head / eh_proj
 inputs, the attention output, the dense MLP's gate, up, SwiGLU and down outputs, the MoE
 output, the logits); with bf16-rounded weights it emulates Model(dtype="bfloat16")."""
 
