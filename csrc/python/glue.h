@@ -3,7 +3,7 @@
  * tensor import (NumPy C API or DLPack), the dsc.Tensor type, and status -> exception.
  * The glue never sees CUDA: device work goes through the C ABI.
  * Files, each calling only those before it: runtime.c (state, exceptions, contexts,
- * memory), tensor_io.c (tensor import), tensor.c (dsc.Tensor), the ops_*.c families (one
+ * memory), streams.c (the CUDA stream of a call), tensor_io.c (tensor import), tensor.c (dsc.Tensor), the ops_*.c families (one
  * may use another's argument parser: ops_moe_layer.c the route's of ops_moe.c, ops_model.c
  * the communicator's of ops_dist.c), module.c (the module: registers all of them, and the
  * core functions).
