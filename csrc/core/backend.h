@@ -428,10 +428,13 @@ dsc_status dsc_cuda_get_device_name(int32_t index, char *name, size_t n, int32_t
                                     int32_t *minor);
 const char *dsc_cuda_build_version(void);
 /* CUDA graphs of the context's stream (kernels/graph.cu): capture_begin starts a relaxed
- * capture; capture_end ends it and instantiates the graph (*exec, NULL when the capture
- * failed: the reason is the error); launch replays it on the stream; destroy frees it. */
-dsc_status dsc_cuda_graph_capture_begin(dsc_context *ctx);
-dsc_status dsc_cuda_graph_capture_end(dsc_context *ctx, void **exec);
+ * capture of the work queued on the context's stream (a private stream stands in for the
+ * legacy default stream until capture_end); capture_end ends it (always, restoring the
+ * stream) and instantiates the graph (*exec; on failure NULL and the error says why);
+ * launch replays it on the context's stream; destroy frees it. */
+typedef struct dsc_graph_capture dsc_graph_capture;
+dsc_status dsc_cuda_graph_capture_begin(dsc_context *ctx, dsc_graph_capture **cap);
+dsc_status dsc_cuda_graph_capture_end(dsc_context *ctx, dsc_graph_capture *cap, void **exec);
 dsc_status dsc_cuda_graph_launch(dsc_context *ctx, void *exec);
 void dsc_cuda_graph_destroy(void *exec);
 #endif

@@ -549,10 +549,11 @@ static dsc_status graph_step(gen *g, const dsc_sample_params *sp, step_graph *sg
   }
   if (sg->mode == 1) {
     sg->mode = -1; /* one try */
-    dsc_status s = dsc_cuda_graph_capture_begin(ctx);
+    dsc_graph_capture *cap = NULL;
+    dsc_status s = dsc_cuda_graph_capture_begin(ctx, &cap);
     if (s == DSC_OK) {
       const dsc_status st = device_step(g, sp);
-      s = dsc_cuda_graph_capture_end(ctx, &sg->exec); /* ends the capture whatever st was */
+      s = dsc_cuda_graph_capture_end(ctx, cap, &sg->exec); /* ends the capture whatever st was */
       if (st != DSC_OK && sg->exec) {
         dsc_cuda_graph_destroy(sg->exec);
         sg->exec = NULL;

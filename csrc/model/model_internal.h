@@ -7,7 +7,10 @@
  *   model_fp8.c                              FP8-held weights and their layer math
  *   model_train.c                            layer math shared with inference (the FFN, the
  *                                            MTP concat), training forward/backward/optimizer
- *   generate.c                               inference (prefill, forward) and generation
+ *   infer.c (infer.h)                        inference: cache, prefill/decode passes, the
+ *                                            device decode step, a frozen model's forward
+ *   generate.c                               generation: sampling, speculation, emission,
+ *                                            the device-resident decode loop
  *   policy.c                                 R1: token log-probs, GRPO and distillation steps
  *   model_io.c                               checkpoints and Hugging Face loading
  *
@@ -265,7 +268,7 @@ dsc_status dsc_model_check_not_frozen(const dsc_model *m, const char *fn, const 
 /* The logits of tokens [B, T] by the training forward, nothing kept for a backward
  * (model_train.c). Arguments checked by the caller. */
 dsc_status dsc_model_forward_logits(dsc_model *m, const DLTensor *tokens, DLTensor *logits);
-/* Logits of every position of tokens [B, T] by the inference prefill (generate.c): the
+/* Logits of every position of tokens [B, T] by the inference prefill (infer.c): the
  * forward of a frozen model. Arguments checked by the caller. */
 dsc_status dsc_model_forward_infer(dsc_model *m, const DLTensor *tokens, DLTensor *logits);
 /* Frees the planned training activations, if any (through the hook model_train.c set). */
