@@ -154,7 +154,8 @@ def test_callbacks_served_per_chunk_in_step_order(monkeypatch, model):
             assert sorted(seen_d) == sorted((s, t) for s, o in enumerate(dev.tokens) for t in o)
 
 
-def test_steady_steps_add_no_allocation_or_index_check(monkeypatch, model):
+@pytest.mark.parametrize("kw", SAMPLING[:3])
+def test_steady_steps_add_no_allocation_or_index_check(monkeypatch, model, kw):
     """A longer generation adds decode steps only: with the device loop they add no
     allocation and no index range check (each a host wait on a GPU); the host loop checks
     the ids and positions of every step."""
@@ -165,9 +166,9 @@ def test_steady_steps_add_no_allocation_or_index_check(monkeypatch, model):
             monkeypatch.delenv("DSC_DEVICE_DECODE", raising=False)
         out = {}
         for n in (24, 56):
-            generate(model, PROMPTS, max_new_tokens=n, eos_token_id=-1)  # warm: slots, workspace
+            generate(model, PROMPTS, max_new_tokens=n, eos_token_id=-1, **kw)  # warm: slots, workspace
             model.counters(reset=True)
-            generate(model, PROMPTS, max_new_tokens=n, eos_token_id=-1)
+            generate(model, PROMPTS, max_new_tokens=n, eos_token_id=-1, **kw)
             out[n] = model.counters()
         monkeypatch.delenv("DSC_DEVICE_DECODE", raising=False)
         return {k: out[56][k] - out[24][k] for k in out[56]}
