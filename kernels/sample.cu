@@ -13,6 +13,9 @@
  * is found bit by bit (64 counting passes over the row), then among the ties at that value
  * the lowest ids by a second bit search on the id (31 passes); top_p likewise on the
  * kept mass (the largest threshold whose mass at or above it still reaches the target).
+ * The searches are kernels/sample_select.cuh, checked on the CPU against the sort by
+ * tests/c/test_sample_select.cpp. Cost: ~95 passes over the row per filter (a row of 129k
+ * stays in L2), instead of a sort.
  * Every count and sum is a fixed-partition block reduction: deterministic run to run.
  * Where it can differ from the CPU: sums of doubles are added in another order (the kept
  * total of top_p, the normalizer, the running sum of the draw: per-thread chunks, then the
@@ -22,6 +25,7 @@
  */
 #include "common.cuh"
 #include "sample_math.h"
+#include "sample_select.cuh"
 
 #include <climits>
 
@@ -80,7 +84,7 @@ struct SmSel {
   uint64_t tk;  /* top_k: elements with bits > tk, or == tk and id <= ik */
   int64_t ik;
   __device__ __forceinline__ bool kept(uint64_t b, int64_t v) const {
-    return b != 0 && (!use_k || b > tk || (b == tk && v <= ik));
+    return b != 0 && (!use_k || ss_inside(b, v, tk, ik));
   }
 };
 
@@ -141,69 +145,61 @@ __global__ void sm_sample_kernel(int64_t B, int64_t V, float temperature, int32_
       if (threadIdx.x == 0) tokens[b] = -1;
       continue;
     }
-    /* 3. top_k: the k-th largest key */
+    /* 3. top_k: the k-th largest key, then the lowest ids among its ties */
     SmSel sel{0, 0, 0};
     if (top_k > 0 && top_k < n) {
-      uint64_t t = 0;
-      for (int bit = 63; bit >= 0; --bit) {
-        const uint64_t cand = t | ((uint64_t)1 << bit);
-        long long c = 0;
-        for (int64_t v = threadIdx.x; v < V; v += blockDim.x) c += sm_bits(p[v]) >= cand;
-        if (dsc_block_sum(c, sl) >= top_k) t = cand;
-      }
+      const uint64_t t = ss_threshold_bits(
+          [&](uint64_t cand) {
+            long long c = 0;
+            for (int64_t v = threadIdx.x; v < V; v += blockDim.x) c += sm_bits(p[v]) >= cand;
+            return dsc_block_sum(c, sl);
+          },
+          (long long)top_k);
       long long gt = 0;
       for (int64_t v = threadIdx.x; v < V; v += blockDim.x) gt += sm_bits(p[v]) > t;
-      const long long need = top_k - dsc_block_sum(gt, sl); /* >= 1 ties at t, lowest ids */
-      int64_t x = 0; /* the largest id bound with fewer than `need` ties below it */
-      for (int bit = 30; bit >= 0; --bit) {
-        const int64_t cand = x | ((int64_t)1 << bit);
-        long long c = 0;
-        for (int64_t v = threadIdx.x; v < V && v < cand; v += blockDim.x) c += sm_bits(p[v]) == t;
-        if (dsc_block_sum(c, sl) < need) x = cand;
-      }
+      const long long above = dsc_block_sum(gt, sl);
+      const int64_t x = ss_tie_cut(
+          [&](int64_t cand) {
+            long long c = 0;
+            for (int64_t v = threadIdx.x; v < V && v < cand; v += blockDim.x) c += sm_bits(p[v]) == t;
+            return dsc_block_sum(c, sl);
+          },
+          0LL, (long long)top_k - above);
       sel = SmSel{1, t, x};
     }
     /* 4. top_p: the shortest key-ordered prefix of the kept set reaching top_p of its mass */
     uint64_t tp = 0;
     int64_t ip = INT64_MAX;
     if (top_p < 1.0f) {
-      double m = 0.0;
-      for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
-        const double pv = p[v];
-        if (sel.kept(sm_bits(pv), v)) m += pv;
-      }
-      const double target = (double)top_p * dsc_block_sum(m, sd);
-      uint64_t t = 0; /* the largest key value whose mass at or above it reaches target */
-      for (int bit = 63; bit >= 0; --bit) {
-        const uint64_t cand = t | ((uint64_t)1 << bit);
+      auto mass_ge = [&](uint64_t cand) {
         double c = 0.0;
         for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
           const double pv = p[v];
           const uint64_t bb = sm_bits(pv);
           if (sel.kept(bb, v) && bb >= cand) c += pv;
         }
-        if (dsc_block_sum(c, sd) >= target) t = cand;
-      }
+        return dsc_block_sum(c, sd);
+      };
+      const double target = (double)top_p * mass_ge(1);
+      tp = ss_threshold_bits(mass_ge, target);
       double above = 0.0;
       for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
         const double pv = p[v];
         const uint64_t bb = sm_bits(pv);
-        if (sel.kept(bb, v) && bb > t) above += pv;
+        if (sel.kept(bb, v) && bb > tp) above += pv;
       }
       above = dsc_block_sum(above, sd);
-      int64_t x = 0; /* the id of the tie at t whose inclusion reaches target */
-      for (int bit = 30; bit >= 0; --bit) {
-        const int64_t cand = x | ((int64_t)1 << bit);
-        double c = 0.0;
-        for (int64_t v = threadIdx.x; v < V && v < cand; v += blockDim.x) {
-          const double pv = p[v];
-          const uint64_t bb = sm_bits(pv);
-          if (sel.kept(bb, v) && bb == t) c += pv;
-        }
-        if (above + dsc_block_sum(c, sd) < target) x = cand;
-      }
-      tp = t;
-      ip = x;
+      ip = ss_tie_cut(
+          [&](int64_t cand) {
+            double c = 0.0;
+            for (int64_t v = threadIdx.x; v < V && v < cand; v += blockDim.x) {
+              const double pv = p[v];
+              const uint64_t bb = sm_bits(pv);
+              if (sel.kept(bb, v) && bb == tp) c += pv;
+            }
+            return dsc_block_sum(c, sd);
+          },
+          above, target);
     }
     /* 5. the kept set, normalized (p *= 1/s as the CPU), then the draw over ids in order:
      * thread j owns ids [j*ch, (j+1)*ch) so the running sum goes in id order */
@@ -211,7 +207,7 @@ __global__ void sm_sample_kernel(int64_t B, int64_t V, float temperature, int32_
     for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
       const double pv = p[v];
       const uint64_t bb = sm_bits(pv);
-      const bool k = sel.kept(bb, v) && (top_p >= 1.0f || bb > tp || (bb == tp && v <= ip));
+      const bool k = sel.kept(bb, v) && (top_p >= 1.0f || ss_inside(bb, v, tp, ip));
       if (!k) p[v] = 0.0;
       else s += pv;
     }

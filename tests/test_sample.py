@@ -3,13 +3,17 @@ in plain Python (math.exp, a sort, sequential sums): greedy with ties and NaN, t
 top_k, top_p (and both), +inf logits, rows with nothing to sample (-1), the active mask,
 the counter-based random stream (the counter advances once per draw), the empirical
 distribution of many draws (chi-square with fixed seeds), bad inputs naming the argument,
-and CUDA against CPU.
+the CUDA kernel's threshold searches run on the CPU (tests/c/test_sample_select.cpp), and
+CUDA against CPU.
 
 The CPU op is exact: tokens equal the reference's bit for bit. CUDA: greedy and top_k sets
 are exact; sums of doubles run in another order, so a draw near a boundary may differ: the
 parity test asserts >= 99% equal tokens and equal counters."""
 
 import math
+import os
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -286,6 +290,25 @@ def test_bad_outputs_name_the_argument():
     buf = np.zeros(8, np.int64)
     with pytest.raises(ValueError, match="overlap"):  # tokens inside rng
         dsc.sample_tokens(z, buf[:4].reshape(2, 2), out=buf[3:4].view(np.int32))
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CXX = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+
+
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler on PATH")
+def test_cuda_threshold_search_on_the_cpu(tmp_path):
+    """The CUDA kernel's top_k / top_p threshold searches (kernels/sample_select.cuh) driven
+    as the kernel drives them, against the sort of the CPU rule: tests/c/test_sample_select.cpp
+    (dyadic probabilities with many ties: the kept sets must be equal)."""
+    exe = str(tmp_path / "test_sample_select")
+    subprocess.run([CXX, "-std=c++17", "-O1", "-Wall", "-Wextra", f"-I{ROOT}/csrc/core", f"-I{ROOT}/kernels",
+                    f"-I{ROOT}/csrc/include", f"-I{ROOT}/tests/c",
+                    os.path.join(ROOT, "tests", "c", "test_sample_select.cpp"), "-o", exe],
+                   check=True, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([exe], capture_output=True, text=True, timeout=300)
+    last = r.stdout.strip().splitlines()[-1]
+    assert r.returncode == 0 and last.endswith(" 0 failed"), r.stdout
 
 
 @pytest.mark.cuda
