@@ -1,37 +1,23 @@
 /*
  * kernels/decode.cu -- the small per-step ops of generation's device-resident decode loop
- * on the GPU; twins of csrc/cpu/decode.c (backend.h states them). One thread per row: B
- * is the batch (tens to hundreds), so one small block does it.
+ * on the GPU; twins of csrc/cpu/decode.c, the same row code (core/decode_step.h). One
+ * thread per row: B is the batch (tens to hundreds), so one small block does it.
  */
 #include "common.cuh"
+#include "decode_step.h"
 
 __global__ void dc_plan_kernel(int64_t n, const int32_t *__restrict__ pos, const int64_t *__restrict__ slot,
                                const int32_t *__restrict__ tables, int64_t max_blk, int64_t bs,
                                int64_t *__restrict__ meta /* [3n] */) {
-  for (int64_t r = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; r < n; r += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t p = pos[r], off = slot[r] * max_blk;
-    meta[r] = p < 0 ? -1 : (int64_t)tables[off + p / bs] * bs + p % bs;
-    meta[n + r] = p < 0 ? 0 : p + 1;
-    meta[2 * n + r] = off;
-  }
+  for (int64_t r = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; r < n; r += (int64_t)gridDim.x * blockDim.x)
+    dsc_decode_plan_row(r, n, pos, slot, tables, max_blk, bs, meta);
 }
 
 __global__ void dc_advance_kernel(int64_t B, int32_t max_new, int32_t eos, const int32_t *__restrict__ tok,
                                   int32_t *__restrict__ ids, int32_t *__restrict__ pos,
                                   int32_t *__restrict__ state, int32_t *__restrict__ out) {
-  for (int64_t b = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; b < B; b += (int64_t)gridDim.x * blockDim.x) {
-    if (!state[b]) continue;
-    const int32_t t = tok[b], n = state[B + b];
-    out[b * max_new + n] = t;
-    state[B + b] = n + 1;
-    if (t < 0 || t == eos || n + 1 >= max_new) {
-      state[b] = 0;
-      pos[b] = -1;
-    } else {
-      ids[b] = t;
-      pos[b] += 1;
-    }
-  }
+  for (int64_t b = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; b < B; b += (int64_t)gridDim.x * blockDim.x)
+    dsc_decode_advance_row(b, B, max_new, eos, tok, ids, pos, state, out);
 }
 
 extern "C" dsc_status dsc_cuda_decode_plan(dsc_context *ctx, int64_t n, const int32_t *pos, const int64_t *slot,
