@@ -1,16 +1,16 @@
-"""Token sampling (dsc_sample_tokens) against an independent float64 reference written here
-in plain Python (math.exp, a sort, sequential sums): greedy with ties and NaN, temperature,
-top_k, top_p (and both), +inf logits, rows with nothing to sample (-1), the active mask,
-the counter-based random stream (the counter advances once per draw), the empirical
-distribution of many draws (chi-square with fixed seeds), bad inputs naming the argument,
-the CUDA kernel's threshold searches run on the CPU (tests/c/test_sample_select.cpp), and
-CUDA against CPU.
+"""Token sampling (dsc_sample_tokens) against an independent float64 reference in plain
+Python (tests/reference/sample.py: math.exp, a sort, sequential sums): greedy with ties and
+NaN, temperature, top_k, top_p (and both), +inf logits, rows with nothing to sample (-1),
+the active mask, the counter-based random stream (the counter advances once per draw), the
+empirical distribution of many draws (chi-square with fixed seeds), bad inputs naming the
+argument, the CUDA kernel's threshold searches run on the CPU
+(tests/c/test_sample_select.cpp), and CUDA against CPU. (tests/_properties.py has the
+op's Hypothesis property.)
 
 The CPU op is exact: tokens equal the reference's bit for bit. CUDA: greedy and top_k sets
 are exact; sums of doubles run in another order, so a draw near a boundary may differ: the
 parity test asserts >= 99% equal tokens and equal counters."""
 
-import math
 import os
 import shutil
 import subprocess
@@ -20,122 +20,12 @@ import pytest
 
 import deepseek_c as dsc
 from _util import host, to_cuda
+from reference import sample as rs
 
-M64 = (1 << 64) - 1
-
-
-def mix64(z):
-    z &= M64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
-    return z ^ (z >> 31)
-
-
-def urand(key, ctr):
-    """(u, new counter): draw ctr + 1 of the stream key."""
-    ctr += 1
-    r = mix64(key + ctr * 0x9E3779B97F4A7C15)
-    return (r >> 11) * (1.0 / 9007199254740992.0), ctr
-
-
-def gen_key(seed, b):
-    """dsc_model_generate's stream key of sequence b."""
-    base = mix64(seed ^ 0x6A09E667F3BCC908)
-    return mix64(base + mix64(b + 1))
-
-
-def ref_argmax(row):
-    best, bv = -1, 0.0
-    for v, x in enumerate(row.tolist()):
-        if x == x and (best < 0 or x > bv):
-            best, bv = v, x
-    return best
-
-
-def ref_dist(row, temperature, top_k, top_p):
-    """The sampling distribution (list of floats) or None when nothing is left."""
-    xs = [float(x) for x in row]
-    inv_t = 1.0 / float(np.float32(temperature))
-    any_inf = any(math.isinf(x) and x > 0 for x in xs)
-    finite = [x for x in xs if math.isfinite(x)]
-    mx = max(finite) if finite else -math.inf
-    if any_inf:
-        p = [1.0 if (math.isinf(x) and x > 0) else 0.0 for x in xs]
-    else:
-        p = [math.exp((x - mx) * inv_t) if math.isfinite(x) else 0.0 for x in xs]
-    n = sum(1 for q in p if q > 0)
-    if n == 0:
-        return None
-    use_k = 0 < top_k < n
-    use_p = float(np.float32(top_p)) < 1.0
-    if use_k or use_p:
-        order = sorted((v for v in range(len(p)) if p[v] > 0), key=lambda v: (-p[v], v))
-        keep = top_k if use_k else len(order)
-        if use_p:
-            tot = 0.0
-            for v in order[:keep]:
-                tot += p[v]
-            target = float(np.float32(top_p)) * tot
-            cum, i = 0.0, 0
-            while i < keep:
-                cum += p[order[i]]
-                i += 1
-                if cum >= target:
-                    break
-            keep = i
-        for v in order[keep:]:
-            p[v] = 0.0
-    s = 0.0
-    for q in p:
-        s += q
-    inv = 1.0 / s
-    return [q * inv for q in p]
-
-
-def ref_draw(p, u):
-    tot, last = 0.0, 0
-    for v, q in enumerate(p):
-        if q > 0:
-            tot += q
-            last = v
-    target = u * tot
-    c = 0.0
-    for v, q in enumerate(p):
-        if q <= 0:
-            continue
-        c += q
-        if target < c:
-            return v
-    return last
-
-
-def ref_sample(logits, rng, temperature=0.0, top_k=0, top_p=1.0, active=None):
-    """(tokens, rng after) of the reference; rows with active 0 keep token `keep`."""
-    toks = np.full(logits.shape[0], -7, np.int32)
-    out_rng = rng.copy()
-    for b in range(logits.shape[0]):
-        if active is not None and not active[b]:
-            continue
-        if temperature == 0.0:
-            toks[b] = ref_argmax(logits[b])
-            continue
-        p = ref_dist(logits[b], temperature, top_k, top_p)
-        if p is None:
-            toks[b] = -1
-            continue
-        key = int(rng[b, 0]) & M64
-        u, ctr = urand(key, int(rng[b, 1]) & M64)
-        out_rng[b, 1] = np.int64(ctr - (1 << 64) if ctr >= (1 << 63) else ctr)
-        toks[b] = ref_draw(p, u)
-    return toks, out_rng
-
-
-def keys(seed, B):
-    r = np.zeros((B, 2), np.int64)
-    for b in range(B):
-        k = gen_key(seed, b)
-        r[b, 0] = np.int64(k - (1 << 64) if k >= (1 << 63) else k)
-    return r
+ref_argmax = rs.argmax
+ref_dist = rs.dist
+ref_sample = rs.sample
+keys = rs.keys
 
 
 def run(logits, rng, **kw):
