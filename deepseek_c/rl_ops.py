@@ -26,7 +26,7 @@ from . import _C
 from ._arrays import INT64, Array, as_int, dtype_name, empty_like_ns, finish
 
 __all__ = ["token_logprob", "token_logprob_backward", "grpo_advantages", "grpo_loss", "logits_topk", "topk_kl",
-           "GRPO_STATS"]
+           "GRPO_STATS", "sample_tokens"]
 
 IGNORE_INDEX = -100
 LOSS_TYPES = {"grpo": 0, "dr_grpo": 1, "dapo": 2}
@@ -247,3 +247,27 @@ def topk_kl(logits: Array, teacher_indices: Array, teacher_logits: Array, target
     _C.topk_kl(logits, teacher_indices, teacher_logits, targets, as_int(ignore_index, fn, "ignore_index", *INT64),
                tau, gs, loss, dl)
     return finish(logits, loss), (finish(logits, dl) if dl is not None else None)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def sample_tokens(logits: Array, rng: Array, *, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                  active: Optional[Array] = None, out: Optional[Array] = None) -> Array:
+    """Sample one token per row of logits [B, V] float32 (dsc_sample_tokens, the rules of
+    Model.generate): temperature 0 is greedy (argmax, lowest id on ties, NaN never wins);
+    else softmax(logits / temperature) in float64, then top_k (0: off), then top_p (1: off).
+
+    rng: [B, 2] int64 per row (key, counter) -- the uint64 bits of a counter-based stream;
+    updated in place (the counter grows by one per draw). active: [B] int32 or None; rows
+    with 0 are left as they are (in out too). Returns tokens [B] int32 (out if given), -1
+    for a row whose logits are all NaN or -inf."""
+    fn = "dsc_sample_tokens"
+    _check_array(logits, fn, "logits")
+    t = _number(fn, "temperature", temperature, lo=0.0)
+    p = _number(fn, "top_p", top_p, lo=0.0, hi=1.0, lo_open=True)
+    k = as_int(top_k, fn, "top_k", 0, 2**31 - 1)
+    shape = _shape(logits)
+    tok = empty_like_ns(logits, shape[:1], "int32", fn, "tokens") if out is None else out
+    _C.sample_tokens((t, k, p), logits, rng, active, tok)
+    return finish(logits, tok)

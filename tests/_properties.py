@@ -3599,6 +3599,57 @@ class TopkKL:
             fail("dlogits returned with return_dlogits=False")
 
 
+# ============================================================================= token sampling
+
+from reference import sample as rsmp  # noqa: E402
+
+BAD_TEMPERATURE = [(-1.0, VALUE), (math.nan, VALUE), (math.inf, VALUE)] + NOT_A_NUMBER
+BAD_TOP_K = [(-1, VALUE), (2 ** 31, VALUE), (2.5, TYPE), (None, TYPE), (True, TYPE)]
+BAD_TOP_P = [(0.0, VALUE), (1.5, VALUE), (-0.1, VALUE), (math.nan, VALUE)] + NOT_A_NUMBER
+
+
+@op("sample_tokens", ("dsc_sample_tokens", "sample_tokens"),
+    ("logits", "rng", "active", "tokens", "out", "temperature", "top_k", "top_p"), writes=("rng", "out"))
+class SampleTokens:
+    def gen(self, c):
+        B = c.pick([0, 1, 2, 5, 17], "B")
+        V = c.pick([1, 2, 5, 127, 129, 1000], "V")
+        logits = c.randn((B, V), F32, scale=c.pick([1.0, 10.0, 1e-3], "lscale"))
+        if c.flag(0.3, "ties"):
+            logits = np.round(logits).astype(F32)
+        rng = rsmp.keys(int(c.rng.integers(0, 1 << 30)), B)
+        rng[:, 1] = c.ints((B,), 0, 1 << 20, I64)
+        active = c.ints((B,), 0, 2, I32) if c.flag(0.4, "active?") else None
+        a = dict(logits=c.mutate_array("logits", logits),
+                 rng=c.mutate_array("rng", rng, role="out", kinds=["dtype", "shape", "layout", "py"]),
+                 active=c.mutate_array("active", active, optional=True, fill=lambda s: c.ints(s, 0, 2, I32)),
+                 temperature=maybe_param(c, "temperature", c.pick([0.0, 0.5, 1.0, 2.0], "temperature"),
+                                         BAD_TEMPERATURE, p=0.08),
+                 top_k=maybe_param(c, "top_k", c.pick([0, 1, 3, V, V + 4], "top_k"), BAD_TOP_K, p=0.08),
+                 top_p=maybe_param(c, "top_p", c.pick([1.0, 0.9, 0.5, 0.05], "top_p"), BAD_TOP_P, p=0.08))
+        a["out"] = out_arg(c, "out", (B,), I32, a)
+        return a
+
+    def call(self, a):
+        return dsc.sample_tokens(a["logits"], a["rng"], temperature=a["temperature"], top_k=a["top_k"],
+                                 top_p=a["top_p"], active=a["active"], out=a["out"])
+
+    def check(self, c, b, tok):
+        written_out(c, c.args["out"], tok, "tokens")
+        z = np.asarray(b["logits"], np.float32)
+        act = None if b["active"] is None else np.asarray(b["active"])
+        want, want_rng = rsmp.sample(z, np.asarray(b["rng"], np.int64), b["temperature"], b["top_k"], b["top_p"],
+                                     act)
+        got = host(tok)
+        if dtname(tok) != "int32" or got.shape != (z.shape[0],):
+            fail(f"tokens: {dtname(tok)} {got.shape}, want int32 ({z.shape[0]},)")
+        live = np.ones(z.shape[0], bool) if act is None else act != 0
+        exact(got[live], want[live], "tokens")
+        if b["out"] is not None:  # rows not sampled keep what out held
+            exact(got[~live], np.asarray(b["out"])[~live], "tokens (inactive rows)")
+        exact(host(c.args["rng"]), want_rng, "rng")
+
+
 # ============================================================================= self-tests of the oracle
 
 if os.environ.get("DSC_PROPERTY_SELFTEST"):

@@ -97,6 +97,28 @@ extern "C" {
                                   const void *logits /*[N,V]*/, int tgt64,                     \
                                   const void *targets /*[N]*/, int64_t ignore_index,           \
                                   const float *dlogprobs /*[N]*/, void *dlogits /*[N,V]*/);    \
+  /* ---- token sampling (csrc/cpu/sample.c; rules there). logits [B,V] float32, rng [B,2]  \
+   * (key, counter as int64 bits; counter += 1 per draw), rows with active[b] == 0 (active \
+   * may be NULL: all) untouched; tokens [B] (-1: no finite logit). */                     \
+  dsc_status P##sample_tokens(dsc_context *ctx, int64_t B, int64_t V, float temperature,      \
+                              int32_t top_k, float top_p, const float *logits /*[B,V]*/,      \
+                              int64_t *rng /*[B,2]*/, const int32_t *active /*[B] or NULL*/,  \
+                              int32_t *tokens /*[B]*/);                                        \
+  /* ---- the device-resident decode loop (csrc/cpu/decode.c; generation's internal ops).  \
+   * decode_plan: the MLA cache metadata of n single-token rows from their positions       \
+   * (pos[r] < 0: padding): meta [3n] = pool row (-1 padding), kv_len (0 padding), table   \
+   * offset slot[r] * max_blk, as mla_layer.c computes them on the host.                    \
+   * decode_advance: one step's bookkeeping of B rows after sampling tok [B]: an alive row  \
+   * (state[b] != 0) appends tok[b] to out [B,max_new] at ngen = state[B+b], ngen += 1;     \
+   * it ends (alive 0, pos -1) on eos, on max_new tokens or on tok -1 (bad logits), else   \
+   * its next input is ids[b] = tok[b] at pos[b] + 1. */                                    \
+  dsc_status P##decode_plan(dsc_context *ctx, int64_t n, const int32_t *pos /*[n]*/,           \
+                            const int64_t *slot /*[n]*/, const int32_t *tables,               \
+                            int64_t max_blk, int64_t block_size, int64_t *meta /*[3n]*/);     \
+  dsc_status P##decode_advance(dsc_context *ctx, int64_t B, int32_t max_new, int32_t eos,     \
+                               const int32_t *tok /*[B]*/, int32_t *ids /*[B]*/,              \
+                               int32_t *pos /*[B]*/, int32_t *state /*[2B] alive, ngen*/,     \
+                               int32_t *out /*[B,max_new]*/);                                 \
   /* ---- GRPO (csrc/cpu/grpo.c). *bad_pos (host) = the first i with x[i] not finite, -1  \
    * when every value is. */                                                                  \
   dsc_status P##find_nonfinite(dsc_context *ctx, int64_t n, const float *x /*[n]*/,            \
@@ -361,6 +383,20 @@ dsc_status dsc_cpu_adamw_runs(dsc_context *ctx, int32_t nrun, const dsc_param_ru
                               float beta1, float beta2, float eps, float bc1, float bc2,
                               float gscale);
 
+/* Sampling rows on the host (cpu/sample.c): the rules of dsc_sample_tokens one row at a
+ * time, for generation's speculative path (which needs the distributions themselves).
+ * sample_dist: p [V] = the sampling distribution of l [V] (sums to 1); -1 when no logit
+ * is finite or +inf. pairs [V] scratch. draw: the first id whose running sum of p (> 0
+ * entries, ascending ids) exceeds u times their total. argmax: -1 when every logit is NaN. */
+typedef struct {
+  double p;
+  int32_t id;
+} dsc_sample_pair;
+int32_t dsc_cpu_sample_argmax(const float *l, int64_t V);
+int dsc_cpu_sample_dist(const float *l, int64_t V, float temperature, int32_t top_k, float top_p,
+                        double *p, dsc_sample_pair *pairs);
+int32_t dsc_cpu_sample_draw(const double *p, int64_t V, double u);
+
 #ifdef DSC_WITH_CUDA
 DSC_BACKEND_DECLS(dsc_cuda_)
 
@@ -391,6 +427,16 @@ dsc_status dsc_cuda_get_device_count(int32_t *count);
 dsc_status dsc_cuda_get_device_name(int32_t index, char *name, size_t n, int32_t *major,
                                     int32_t *minor);
 const char *dsc_cuda_build_version(void);
+/* CUDA graphs of the context's stream (kernels/graph.cu): capture_begin starts a relaxed
+ * capture of the work queued on the context's stream (a private stream stands in for the
+ * legacy default stream until capture_end); capture_end ends it (always, restoring the
+ * stream) and instantiates the graph (*exec; on failure NULL and the error says why);
+ * launch replays it on the context's stream; destroy frees it. */
+typedef struct dsc_graph_capture dsc_graph_capture;
+dsc_status dsc_cuda_graph_capture_begin(dsc_context *ctx, dsc_graph_capture **cap);
+dsc_status dsc_cuda_graph_capture_end(dsc_context *ctx, dsc_graph_capture *cap, void **exec);
+dsc_status dsc_cuda_graph_launch(dsc_context *ctx, void *exec);
+void dsc_cuda_graph_destroy(void *exec);
 #endif
 
 #ifdef __cplusplus

@@ -445,6 +445,33 @@ DSC_API dsc_status dsc_grpo_loss(dsc_context *ctx, const dsc_grpo_params *p,
                                  const DLTensor *keep, DLTensor *loss, DLTensor *dlogprobs,
                                  DLTensor *stats);
 
+/* ------------------------------------------------------------------ sampling */
+/* Token sampling of dsc_model_generate as an op. temperature 0: greedy (argmax; NaN never
+ * wins, ties: the lowest id). Else p = softmax(logits / temperature) in float64 (NaN and
+ * -inf logits get 0; when any logit is +inf those share the mass), then top_k (0: off; the
+ * k most probable, ties: lower ids), then top_p (1: off; the shortest most-probable-first
+ * prefix reaching top_p of the kept mass), renormalized; one draw per row from a
+ * counter-based stream: u = the next splitmix64 number of (key, counter) in [0, 1), the
+ * token the first id (ascending) whose running probability exceeds u.
+ * top_k >= 0, top_p in (0, 1], temperature finite >= 0. */
+typedef struct dsc_sample_params {
+  size_t size; /* sizeof(dsc_sample_params) */
+  float temperature;
+  int32_t top_k;
+  float top_p;
+} dsc_sample_params;
+DSC_API void dsc_sample_params_default(dsc_sample_params *p); /* greedy, top_k 0, top_p 1 */
+/*   logits [B, V] float32 (V >= 1)
+ *   rng    [B, 2] int64: per row (key, counter), the uint64 bits; the counter grows by one
+ *          per draw (greedy rows and inactive rows draw nothing). A fresh stream: counter 0.
+ *   active [B] int32 or NULL (all rows): rows with 0 are left untouched (token, counter)
+ *   tokens [B] int32: the sampled ids; -1 for a row whose logits are all NaN or -inf
+ *          (nothing to sample: reported in the output, not as an error, so a device call
+ *          never waits for the host). No output may overlap an input. */
+DSC_API dsc_status dsc_sample_tokens(dsc_context *ctx, const dsc_sample_params *p,
+                                     const DLTensor *logits, DLTensor *rng,
+                                     const DLTensor *active, DLTensor *tokens);
+
 /* ------------------------------------------------------------------ distillation */
 /* The K largest logits of each row, descending (ties: the lower index first): what a
  * teacher keeps per position for logit distillation.

@@ -9,7 +9,10 @@
  *   model_layers.c                           layer math shared by training and inference (FFN,
  *                                            MoE, block, whole-model forward, MTP concat)
  *   model_train.c                            training: backward, losses, optimizer, grad norm
- *   generate.c                               inference (prefill, forward) and generation
+ *   infer.c (infer.h)                        inference: cache, prefill/decode passes, the
+ *                                            device decode step, a frozen model's forward
+ *   generate.c                               generation: sampling, speculation, emission,
+ *                                            the device-resident decode loop
  *   policy.c                                 R1: token log-probs, GRPO and distillation steps
  *   model_io.c                               checkpoints and Hugging Face loading
  * tools/check_layering.py reads this list and checks it on the compiled objects (nm); a new
@@ -269,7 +272,7 @@ dsc_status dsc_model_check_not_frozen(const dsc_model *m, const char *fn, const 
 /* The logits of tokens [B, T] by the training forward, nothing kept for a backward
  * (model_layers.c). Arguments checked by the caller. */
 dsc_status dsc_model_forward_logits(dsc_model *m, const DLTensor *tokens, DLTensor *logits);
-/* Logits of every position of tokens [B, T] by the inference prefill (generate.c): the
+/* Logits of every position of tokens [B, T] by the inference prefill (infer.c): the
  * forward of a frozen model. Arguments checked by the caller. */
 dsc_status dsc_model_forward_infer(dsc_model *m, const DLTensor *tokens, DLTensor *logits);
 /* Frees the planned training activations, if any (through the hook model_acts.c set). */

@@ -173,6 +173,27 @@ dsc_status mla_cache_device_tables(dsc_mla_cache *c, const int32_t **dtables) {
   return DSC_OK;
 }
 
+dsc_status mla_cache_reserve(dsc_mla_cache *c, int64_t id, int64_t tokens, int64_t *slot) {
+  static const char *const FN = "dsc_mla_cache_reserve";
+  DSC_TRY(mla_lookup(FN, c, id, slot));
+  DSC_CHECK(tokens >= 0 && tokens <= c->o.max_tokens, DSC_ERR_INVALID_ARGUMENT, FN,
+            "tokens: expected a value in [0, %d] (max_tokens), got %lld", (int)c->o.max_tokens, (long long)tokens);
+  const int32_t nb = (int32_t)((tokens + c->o.block_size - 1) / c->o.block_size);
+  const int32_t need = nb > c->nblk[*slot] ? nb - c->nblk[*slot] : 0;
+  DSC_CHECK(need <= c->n_free, DSC_ERR_INVALID_ARGUMENT, FN,
+            "cache full: sequence %lld needs %d more blocks, %d are free", (long long)id, (int)need,
+            (int)c->n_free);
+  mla_grow_blocks(c, *slot, nb);
+  return DSC_OK;
+}
+
+dsc_status mla_cache_plan(dsc_context *ctx, dsc_mla_cache *c, int64_t n, const int32_t *pos,
+                          const int64_t *slot, int64_t *meta) {
+  const int32_t *dtables = NULL;
+  DSC_TRY(mla_cache_device_tables(c, &dtables));
+  return DSC_DISPATCH(decode_plan, ctx, n, pos, slot, dtables, c->max_blk, (int64_t)c->o.block_size, meta);
+}
+
 dsc_status mla_stage_ints(dsc_context *ctx, int64_t n, const int64_t *host, const int64_t **dev,
                           void **owned) {
   *owned = NULL;

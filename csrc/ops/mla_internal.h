@@ -93,6 +93,24 @@ dsc_status mla_cache_device_tables(dsc_mla_cache *c, const int32_t **dtables);
 dsc_status mla_stage_ints(dsc_context *ctx, int64_t n, const int64_t *host, const int64_t **dev,
                           void **owned);
 
+/* ---- the device-resident decode loop (generation): the cache planned once, on the device.
+ * mla_cache_reserve: sequence id gets the blocks for `tokens` tokens now (its length is
+ * unchanged), so single-token steps up to that length never grow its table; *slot its slot.
+ * A later host-planned call on the sequence (dsc_mla_decode) may release them again.
+ * mla_cache_plan: meta [3n] on the device = the plan of n one-token rows at positions
+ * pos [n] (-1: padding) of slots slot [n] (backend decode_plan); the tables are uploaded
+ * first if they changed. Neither waits for the device. */
+dsc_status mla_cache_reserve(dsc_mla_cache *c, int64_t id, int64_t tokens, int64_t *slot);
+dsc_status mla_cache_plan(dsc_context *ctx, dsc_mla_cache *c, int64_t n, const int32_t *pos,
+                          const int64_t *slot, int64_t *meta);
+/* dsc_mla_decode of x [B,1,Hd] at positions [B,1] (device, int32) with the plan meta [3B]
+ * (mla_cache_plan) and max_kv >= every row's kv_len: no host copy, no validation (the
+ * caller made every argument), the host lengths are not advanced (mla_layer.c). */
+dsc_status dsc_mla_decode_planned(dsc_context *ctx, const dsc_mla_params *p, const dsc_mla_weights *w,
+                                  dsc_mla_cache *c, int32_t layer, const DLTensor *x,
+                                  const DLTensor *positions, const int64_t *meta, int64_t max_kv,
+                                  DLTensor *out);
+
 /* ---- FP8 projection scratch (mla_cache.c). One buffer, the context's DSC_SLOT_MLA_FP8
  * (kept with the context for the next call; never freed by the caller): a quantized activation
  * xq [N,Kmax] (scales xs [N,ceil(Kmax/128)]), a quantized weight wq (scales ws), two float32

@@ -433,6 +433,79 @@ dsc_status dsc_mla_backward(dsc_context *ctx, const dsc_mla_params *p, const dsc
   return s;
 }
 
+/* ---- prefill / decode: scratch and compute (shared by mla_infer, which plans the batch on
+ * the host, and dsc_mla_decode_planned, whose plan is already on the device) */
+enum { I_CQ_RAW, I_RSTD_Q, I_CQ, I_Q, I_Q_PE, I_QLAT, I_C_RAW, I_RSTD, I_CKV, I_KPE, I_OLAT, I_O, I_COUNT };
+
+static dsc_status infer_scratch(dsc_context *ctx, const dsc_mla_params *p, int64_t N, float **a,
+                                fp8_scratch *f8s, fp8_scratch **f8) {
+  const int64_t H = p->n_heads, Rq = p->q_lora_rank, R = p->kv_lora_rank;
+  const int64_t dr = p->qk_rope_head_dim, dqk = p->qk_nope_head_dim + dr, dv = p->v_head_dim;
+  int ok = 1;
+  int64_t sz[I_COUNT] = {
+      [I_CQ_RAW] = dsc_cmul(N, Rq, &ok),    [I_RSTD_Q] = N,
+      [I_CQ] = dsc_cmul(N, Rq, &ok),        [I_Q] = dsc_cmul3(N, H, dqk, &ok),
+      [I_Q_PE] = dsc_cmul3(N, H, dr, &ok),  [I_QLAT] = dsc_cmul3(N, H, R, &ok),
+      [I_C_RAW] = dsc_cmul(N, R, &ok),      [I_RSTD] = N,
+      [I_CKV] = dsc_cmul(N, R, &ok),        [I_KPE] = dsc_cmul(N, dr, &ok),
+      [I_OLAT] = dsc_cmul3(N, H, R, &ok),   [I_O] = dsc_cmul3(N, H, dv, &ok)};
+  *f8 = NULL;
+  DSC_TRY(carve_slot(ctx, I_COUNT, sz, ok, a));
+  if (N > 0 && p->fp8) {
+    DSC_TRY(mla_fp8_scratch_alloc(ctx, p, N, f8s));
+    *f8 = f8s;
+  }
+  return DSC_OK;
+}
+
+/* The projections, the cache write and the attention of x [B,T,Hd] with the batch's plan on
+ * the device: dmeta [3N] (pool row, kv_len, table offset per row), the block tables, and
+ * max_kv >= every kv_len (the CUDA attention's split size). */
+static dsc_status infer_compute(dsc_context *ctx, const dsc_mla_params *p, const dsc_mla_weights *w,
+                                dsc_mla_cache *c, int32_t layer, int64_t B, int64_t T, const DLTensor *x,
+                                const DLTensor *positions, float **a, fp8_scratch *f8,
+                                const int64_t *dmeta, const int32_t *dtables, int64_t max_kv, DLTensor *out) {
+  const int64_t H = p->n_heads, Hd = p->hidden, R = p->kv_lora_rank, N = B * T;
+  const int64_t dn = p->qk_nope_head_dim, dr = p->qk_rope_head_dim, dv = p->v_head_dim;
+  const int64_t dqk = dn + dr, bs = c->o.block_size;
+  dsc_status s = DSC_OK;
+  const float *xp = F(x);
+  const int32_t *pos = (const int32_t *)dsc_data(positions);
+  void *pool = mla_layer_pool(c, layer);
+  const float *wkvb = F(w->kv_b_proj); /* [H, dn+dv, R] */
+#define STEP(call) \
+  if (s == DSC_OK) s = (call)
+  if (f8) { /* absorb kv_b as stored in FP8 (128x128 E4M3 blocks), like the checkpoints */
+    const int64_t nk = H * (dn + dv);
+    const wref kb = WR(w->kv_b_proj, w->kv_b_proj_scale_inv);
+    if (kb.q) {
+      STEP(dsc_fp8l_dequant_weight(ctx, nk, R, kb.q, kb.s, f8->wkvb));
+    } else {
+      STEP(dsc_fp8l_quant_weight(ctx, 1, nk, R, wkvb, 0, f8->wq, f8->ws));
+      STEP(dsc_fp8l_dequant_weight(ctx, nk, R, f8->wq, f8->ws, f8->wkvb));
+    }
+    wkvb = f8->wkvb;
+  }
+  if (N > 0) {
+    /* kv_a, then q_a (or q): both read x, quantized once in FP8 */
+    STEP(kv_path(ctx, p, w, f8, B, T, xp, pos, a[I_C_RAW], a[I_RSTD], a[I_CKV], a[I_KPE]));
+    STEP(q_path(ctx, p, w, f8, B, T, xp, pos, a[I_CQ_RAW], a[I_RSTD_Q], a[I_CQ], a[I_Q],
+                a[I_Q_PE]));
+    /* q_lat[:, h] = q_nope[:, h] @ W_UK[h]   ([N,dn] @ [dn,R], batched over heads) */
+    STEP(DSC_DISPATCH(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 0, N, R, dn, 1.0f, a[I_Q], H * dqk, wkvb, R, 0.0f,
+                      a[I_QLAT], H * R, H, dqk, (dn + dv) * R, R));
+    STEP(DSC_DISPATCH(mla_cache_write, ctx, c->dt, R, dr, c->row_bytes, N, dmeta, a[I_CKV], a[I_KPE], pool));
+    STEP(DSC_DISPATCH(mla_decode_attn, ctx, c->dt, R, dr, c->row_bytes, bs, pool, N, H, max_kv,
+                      p->softmax_scale, a[I_QLAT], a[I_Q_PE], dmeta + N, dmeta + 2 * N, dtables, a[I_OLAT]));
+    /* o[:, h] = o_lat[:, h] @ W_UV[h]^T   ([N,R] @ [R,dv]) */
+    STEP(DSC_DISPATCH(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 1, N, dv, R, 1.0f, a[I_OLAT], H * R, wkvb + dn * R, R,
+                      0.0f, a[I_O], H * dv, H, R, (dn + dv) * R, dv));
+    STEP(proj(ctx, f8, N, Hd, H * dv, a[I_O], WR(w->o_proj, w->o_proj_scale_inv), FO(out)));
+  }
+#undef STEP
+  return s;
+}
+
 /* Prefill and decode: one implementation (see the header). */
 static dsc_status mla_infer(const char *FN, dsc_context *ctx, const dsc_mla_params *p,
                             const dsc_mla_weights *w, dsc_mla_cache *c, int32_t layer,
@@ -464,9 +537,7 @@ static dsc_status mla_infer(const char *FN, dsc_context *ctx, const dsc_mla_para
     DSC_TRY(dsc_check_outputs_disjoint(FN, 1, outs, mla_weight_list(w, ins, 3), ins));
   }
 
-  const int64_t H = p->n_heads, Hd = p->hidden, Rq = p->q_lora_rank, R = p->kv_lora_rank;
-  const int64_t dn = p->qk_nope_head_dim, dr = p->qk_rope_head_dim, dv = p->v_head_dim;
-  const int64_t dqk = dn + dr, bs = c->o.block_size;
+  const int64_t bs = c->o.block_size;
 
   /* ---- host copies of the ids and positions; validate everything before mutating. */
   void *ids_h, *ids_own = NULL, *pos_h, *pos_own = NULL;
@@ -541,22 +612,9 @@ static dsc_status mla_infer(const char *FN, dsc_context *ctx, const dsc_mla_para
                   (long long)need, (long long)bs, (int)c->n_free);
 
   /* ---- scratch, allocated before the cache changes. */
-  enum { I_CQ_RAW, I_RSTD_Q, I_CQ, I_Q, I_Q_PE, I_QLAT, I_C_RAW, I_RSTD, I_CKV, I_KPE, I_OLAT, I_O, I_COUNT };
-  int ok = 1;
-  int64_t sz[I_COUNT] = {
-      [I_CQ_RAW] = dsc_cmul(N, Rq, &ok),    [I_RSTD_Q] = N,
-      [I_CQ] = dsc_cmul(N, Rq, &ok),        [I_Q] = dsc_cmul3(N, H, dqk, &ok),
-      [I_Q_PE] = dsc_cmul3(N, H, dr, &ok),  [I_QLAT] = dsc_cmul3(N, H, R, &ok),
-      [I_C_RAW] = dsc_cmul(N, R, &ok),      [I_RSTD] = N,
-      [I_CKV] = dsc_cmul(N, R, &ok),        [I_KPE] = dsc_cmul(N, dr, &ok),
-      [I_OLAT] = dsc_cmul3(N, H, R, &ok),   [I_O] = dsc_cmul3(N, H, dv, &ok)};
   float *a[I_COUNT];
   fp8_scratch f8s = {0}, *f8 = NULL;
-  if (s == DSC_OK) s = carve_slot(ctx, I_COUNT, sz, ok, a);
-  if (s == DSC_OK && N > 0 && p->fp8) {
-    s = mla_fp8_scratch_alloc(ctx, p, N, &f8s);
-    f8 = &f8s;
-  }
+  if (s == DSC_OK) s = infer_scratch(ctx, p, N, a, &f8s, &f8);
   if (s != DSC_OK) {
     free(meta);
     free(ids_own);
@@ -592,41 +650,7 @@ static dsc_status mla_infer(const char *FN, dsc_context *ctx, const dsc_mla_para
   s = mla_stage_ints(ctx, 3 * N, slots, &dmeta, &dmeta_own);
   if (s == DSC_OK) s = mla_cache_device_tables(c, &dtables);
 
-  /* ---- compute */
-  const float *xp = F(x);
-  const int32_t *pos = (const int32_t *)dsc_data(positions);
-  void *pool = mla_layer_pool(c, layer);
-  const float *wkvb = F(w->kv_b_proj); /* [H, dn+dv, R] */
-#define STEP(call) \
-  if (s == DSC_OK) s = (call)
-  if (f8) { /* absorb kv_b as stored in FP8 (128x128 E4M3 blocks), like the checkpoints */
-    const int64_t nk = H * (dn + dv);
-    const wref kb = WR(w->kv_b_proj, w->kv_b_proj_scale_inv);
-    if (kb.q) {
-      STEP(dsc_fp8l_dequant_weight(ctx, nk, R, kb.q, kb.s, f8->wkvb));
-    } else {
-      STEP(dsc_fp8l_quant_weight(ctx, 1, nk, R, wkvb, 0, f8->wq, f8->ws));
-      STEP(dsc_fp8l_dequant_weight(ctx, nk, R, f8->wq, f8->ws, f8->wkvb));
-    }
-    wkvb = f8->wkvb;
-  }
-  if (N > 0) {
-    /* kv_a, then q_a (or q): both read x, quantized once in FP8 */
-    STEP(kv_path(ctx, p, w, f8, B, T, xp, pos, a[I_C_RAW], a[I_RSTD], a[I_CKV], a[I_KPE]));
-    STEP(q_path(ctx, p, w, f8, B, T, xp, pos, a[I_CQ_RAW], a[I_RSTD_Q], a[I_CQ], a[I_Q],
-                a[I_Q_PE]));
-    /* q_lat[:, h] = q_nope[:, h] @ W_UK[h]   ([N,dn] @ [dn,R], batched over heads) */
-    STEP(DSC_DISPATCH(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 0, N, R, dn, 1.0f, a[I_Q], H * dqk, wkvb, R, 0.0f,
-                      a[I_QLAT], H * R, H, dqk, (dn + dv) * R, R));
-    STEP(DSC_DISPATCH(mla_cache_write, ctx, c->dt, R, dr, c->row_bytes, N, dmeta, a[I_CKV], a[I_KPE], pool));
-    STEP(DSC_DISPATCH(mla_decode_attn, ctx, c->dt, R, dr, c->row_bytes, bs, pool, N, H, max_kv,
-                      p->softmax_scale, a[I_QLAT], a[I_Q_PE], dmeta + N, dmeta + 2 * N, dtables, a[I_OLAT]));
-    /* o[:, h] = o_lat[:, h] @ W_UV[h]^T   ([N,R] @ [R,dv]) */
-    STEP(DSC_DISPATCH(gemm, ctx, DSC_DTYPE_FLOAT32, 0, 1, N, dv, R, 1.0f, a[I_OLAT], H * R, wkvb + dn * R, R,
-                      0.0f, a[I_O], H * dv, H, R, (dn + dv) * R, dv));
-    STEP(proj(ctx, f8, N, Hd, H * dv, a[I_O], WR(w->o_proj, w->o_proj_scale_inv), FO(out)));
-  }
-#undef STEP
+  if (s == DSC_OK) s = infer_compute(ctx, p, w, c, layer, B, T, x, positions, a, f8, dmeta, dtables, max_kv, out);
   dsc_free(ctx, dmeta_own);
   free(meta);
   free(ids_own);
@@ -644,4 +668,17 @@ dsc_status dsc_mla_decode(dsc_context *ctx, const dsc_mla_params *p, const dsc_m
                           dsc_mla_cache *cache, int32_t layer, const DLTensor *x,
                           const DLTensor *seq_ids, const DLTensor *positions, DLTensor *out) {
   return mla_infer("dsc_mla_decode", ctx, p, w, cache, layer, x, seq_ids, positions, out);
+}
+
+dsc_status dsc_mla_decode_planned(dsc_context *ctx, const dsc_mla_params *p, const dsc_mla_weights *w,
+                                  dsc_mla_cache *c, int32_t layer, const DLTensor *x,
+                                  const DLTensor *positions, const int64_t *dmeta, int64_t max_kv,
+                                  DLTensor *out) {
+  const int64_t B = x->shape[0], T = x->shape[1];
+  const int32_t *dtables = NULL;
+  DSC_TRY(mla_cache_device_tables(c, &dtables));
+  float *a[I_COUNT];
+  fp8_scratch f8s = {0}, *f8 = NULL;
+  DSC_TRY(infer_scratch(ctx, p, B * T, a, &f8s, &f8));
+  return infer_compute(ctx, p, w, c, layer, B, T, x, positions, a, f8, dmeta, dtables, max_kv, out);
 }

@@ -216,6 +216,25 @@ static PyObject *py_model_distill_step(PyObject *m, PyObject *args) {
   END
 }
 
+/* sample_tokens((temperature, top_k, top_p), logits, rng, active|None, tokens) */
+static PyObject *py_sample_tokens(PyObject *m, PyObject *args) {
+  PyObject *pt, *lo, *ro, *ao, *to;
+  if (!PyArg_ParseTuple(args, "OOOOO", &pt, &lo, &ro, &ao, &to)) return NULL;
+  dsc_sample_params p;
+  dsc_sample_params_default(&p);
+  if (!PyArg_ParseTuple(pt, "fif;sample params: (temperature, top_k, top_p)", &p.temperature, &p.top_k,
+                        &p.top_p))
+    return NULL;
+  BEGIN("dsc_sample_tokens")
+  IN(logits, lo, "logits")
+  OUT(rng, ro, "rng")
+  OPT_IN(active, ao, "active")
+  OUT(tokens, to, "tokens")
+  RUN(dsc_sample_tokens(ctx, &p, logits, rng, active, tokens));
+  ret = Py_NewRef(Py_None);
+  END
+}
+
 PyMethodDef dsc_py_rl_methods[] = {
     {"token_logprob", py_token_logprob, METH_VARARGS,
      "token_logprob(logits, targets, ignore_index, logprobs, entropy|None)"},
@@ -226,6 +245,8 @@ PyMethodDef dsc_py_rl_methods[] = {
      "grpo_loss(params, logprobs, old|None, ref|None, advantages, targets, ignore_index, keep|None, loss, "
      "dlogprobs|None, stats|None)"},
     {"logits_topk", py_logits_topk, METH_VARARGS, "logits_topk(logits, values, indices)"},
+    {"sample_tokens", py_sample_tokens, METH_VARARGS,
+     "sample_tokens((temperature, top_k, top_p), logits, rng, active|None, tokens)"},
     {"topk_kl", py_topk_kl, METH_VARARGS,
      "topk_kl(logits, teacher_indices, teacher_logits, targets, ignore_index, temperature, grad_scale, loss, "
      "dlogits|None)"},

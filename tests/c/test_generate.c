@@ -822,6 +822,52 @@ static void test_spec_sampling_law(float std, float temperature, int32_t top_k, 
   dsc_model_destroy(m);
 }
 
+/* dsc_sample_tokens through the C ABI: greedy = argmax (ties: lowest id, NaN never wins),
+ * top_k = 1 = argmax with one draw per row, rows with nothing to sample give -1 without a
+ * draw, inactive rows untouched, and bad arguments named. */
+static void test_sample_op(void) {
+  enum { B = 4, V = 7 };
+  const float nan = NAN;
+  float l[B][V] = {{0, 3, 1, 3, -1, 2, 0}, {nan, nan, nan, nan, nan, nan, nan},
+                   {-INFINITY, -INFINITY, 5, nan, 1, -INFINITY, 0}, {1, 1, 1, 1, 1, 1, 1}};
+  int64_t rng[B][2] = {{11, 0}, {12, 5}, {13, 7}, {14, 9}};
+  int32_t tok[B] = {-7, -7, -7, -7}, act[B] = {1, 1, 1, 0};
+  int64_t ls[2] = {B, V}, lst[2], rs[2] = {B, 2}, rst[2], bs[1] = {B}, bst[1], ast[1];
+  DLTensor lt = mk(l, F32, 2, ls, lst), tt = mk(tok, I32, 1, bs, bst), at = mk(act, I32, 1, bs, ast);
+  const DLDataType I64 = {kDLInt, 64, 1};
+  DLTensor rt = mk(rng, I64, 2, rs, rst);
+  dsc_sample_params p;
+  dsc_sample_params_default(&p);
+  CHECK(dsc_sample_tokens(g_ctx, &p, &lt, &rt, &at, &tt) == DSC_OK, "greedy: %s", dsc_last_error());
+  CHECK(tok[0] == 1 && tok[1] == -1 && tok[2] == 2 && tok[3] == -7, "greedy tokens %d %d %d %d", (int)tok[0],
+        (int)tok[1], (int)tok[2], (int)tok[3]);
+  CHECK(rng[0][1] == 0 && rng[1][1] == 5 && rng[2][1] == 7, "greedy drew random numbers");
+  p.temperature = 0.9f;
+  p.top_k = 1;
+  tok[0] = tok[1] = tok[2] = -7;
+  CHECK(dsc_sample_tokens(g_ctx, &p, &lt, &rt, NULL, &tt) == DSC_OK, "top_k 1: %s", dsc_last_error());
+  CHECK(tok[0] == 1 && tok[1] == -1 && tok[2] == 2 && tok[3] == 0, "top_k 1 tokens %d %d %d %d", (int)tok[0],
+        (int)tok[1], (int)tok[2], (int)tok[3]);
+  CHECK(rng[0][1] == 1 && rng[1][1] == 5 && rng[2][1] == 8 && rng[3][1] == 10, "counters %lld %lld %lld %lld",
+        (long long)rng[0][1], (long long)rng[1][1], (long long)rng[2][1], (long long)rng[3][1]);
+  /* bad arguments */
+  CHECK(dsc_sample_tokens(g_ctx, NULL, &lt, &rt, NULL, &tt) == DSC_ERR_INVALID_ARGUMENT &&
+            strstr(dsc_last_error(), "dsc_sample_tokens: p:"),
+        "NULL params: %s", dsc_last_error());
+  p.top_p = 0.0f;
+  CHECK(dsc_sample_tokens(g_ctx, &p, &lt, &rt, NULL, &tt) == DSC_ERR_INVALID_ARGUMENT &&
+            strstr(dsc_last_error(), "p->top_p"),
+        "top_p 0: %s", dsc_last_error());
+  p.top_p = 1.0f;
+  int64_t bs3[1] = {3}, bst3[1];
+  DLTensor t3 = mk(tok, I32, 1, bs3, bst3);
+  CHECK(dsc_sample_tokens(g_ctx, &p, &lt, &rt, NULL, &t3) == DSC_ERR_SHAPE && strstr(dsc_last_error(), "tokens"),
+        "short tokens: %s", dsc_last_error());
+  DLTensor r32 = mk(rng, I32, 2, rs, rst);
+  CHECK(dsc_sample_tokens(g_ctx, &p, &lt, &r32, NULL, &tt) == DSC_ERR_DTYPE && strstr(dsc_last_error(), "rng"),
+        "int32 rng: %s", dsc_last_error());
+}
+
 int main(void) {
   dsc_context_options co;
   memset(&co, 0, sizeof co);
@@ -831,6 +877,8 @@ int main(void) {
     printf("context: %s\n0 passed, 1 failed\n", dsc_last_error());
     return 1;
   }
+  printf("sampling op\n");
+  test_sample_op();
   dsc_model *m = make_model(512, 0.05f, 1, 1);
   dsc_model *m8 = make_model(16, 0.3f, 1, 3);
   dsc_model *m0 = make_model(512, 0.05f, 0, 2);
