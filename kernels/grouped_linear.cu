@@ -35,6 +35,9 @@ extern "C" dsc_status dsc_cuda_grouped_linear_fwd(dsc_context *ctx, dsc_dtype dt
   if (E <= 0 || R <= 0 || N <= 0) return DSC_OK;
   DSC_CUDA_ENTER(ctx, FN);
   const int64_t es = gl_esize(dt);
+  if (offs_h[E] < R) /* rows past every expert (the layer's row bound): zeros */
+    DSC_CUDA_TRY(cudaMemsetAsync((char *)y + offs_h[E] * N * es, 0, (size_t)((R - offs_h[E]) * N * es),
+                                 dsc_cuda_stream(ctx)), FN);
   for (int64_t e = 0; e < E; ++e) {
     const int64_t r0 = offs_h[e], M = (int64_t)offs_h[e + 1] - r0;
     if (M <= 0) continue;
@@ -58,11 +61,13 @@ extern "C" dsc_status dsc_cuda_grouped_linear_bwd(dsc_context *ctx, dsc_dtype dt
                                                   void *dw /* [E,N,K] dw_dt or NULL */) {
   static const char *const FN = "dsc_cuda_grouped_linear_bwd";
   (void)offsets;
-  (void)R;
   if (E <= 0 || N <= 0 || K <= 0) return DSC_OK;
   DSC_CUDA_ENTER(ctx, FN);
   cudaStream_t s = dsc_cuda_stream(ctx);
   const int64_t es = gl_esize(dt), wes = dw ? gl_esize(dw_dt) : 0;
+  if (dx && offs_h[E] < R) /* rows past every expert (the layer's row bound): zeros */
+    DSC_CUDA_TRY(cudaMemsetAsync((char *)dx + offs_h[E] * K * es, 0, (size_t)((R - offs_h[E]) * K * es), s),
+                 FN);
   const size_t dw_bytes = (size_t)(N * K * wes); /* one expert's dw block */
   for (int64_t e = 0; e < E; ++e) {
     const int64_t r0 = offs_h[e], M = (int64_t)offs_h[e + 1] - r0;

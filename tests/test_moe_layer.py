@@ -176,16 +176,19 @@ def _rel(a, b):
     return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
 
 
+@pytest.mark.parametrize("align", [1, 128])
 @pytest.mark.parametrize("variant,n_shared", [("v3", 1), ("v2", 2), ("v2lite", 0)])
-def test_fp8_layer_matches_fp8_reference(rng, variant, n_shared):
+def test_fp8_layer_matches_fp8_reference(rng, variant, n_shared, align):
     """w->fp8: forward == the float64 layer with every expert projection quantized the V3 way
     (K = 200 and F = 136: partial 128-blocks); expert weight gradients == the FP8 backward
     reference (dgrad with transposed weight blocks, wgrad along the tokens, the routed
     experts' gate/up from their input's cached FP8 tiles); and all of it
-    a few percent from float32, as E4M3 is."""
+    a few percent from float32, as E4M3 is. align 128 (the GPU's layout): rows bounded by
+    R_max, the weight gradients from the device offsets in one K-grouped GEMM; align 1: the
+    per-expert loop."""
     E, D, F = 8, 200, 136
     x, params, cfg = make_layer(rng, D=D, E=E, F=F, T=40, variant=variant, n_shared=n_shared, min_gap=1e-4)
-    y8, ctx8 = dsc.moe_layer_forward(x, params, cfg, fp8=True)
+    y8, ctx8 = dsc.moe_layer_forward(x, params, cfg, fp8=True, align=align)
     y32, ctx32 = dsc.moe_layer_forward(x, params, cfg)
     want8, _, idx = ref.moe_layer(x, params, cfg, lin=_lin8)
     want, _, _ = ref.moe_layer(x, params, cfg)
@@ -255,3 +258,52 @@ def test_fp8_held_expert_weights_as_deepseek_ships_them(rng):
     bad = {**held, "mlp.shared_experts.down_proj.weight_scale_inv": np.ones((1, 1), np.float32)}
     with pytest.raises(ValueError, match="shared_down_scale_inv"):
         dsc.moe_layer_forward(x, bad, cfg, fp8=True, training=False)
+
+
+# --------------------------------------------------------------------------- row bound layout
+
+
+def _rel_max(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+@pytest.mark.parametrize("fp8,align", [(False, 8), (False, 128), (True, 128)])
+def test_row_bound_layout_matches_align_1(rng, fp8, align):
+    """The layer sizes its permuted rows by the bound R_max = T*k + E*(align-1) (rounded up to
+    align), never by the count R it would have to copy back from a GPU: rows past R are zero
+    padding that no output or gradient sees. align > 1 on the CPU (R_max > R, zero rows
+    inside and past the experts) gives align 1's results up to float32 summation order (BLAS
+    blocks a padded expert differently); with fp8 and align 128 the weight gradients take the
+    device-offset path (both operands quantized along all rows at once, one K-grouped GEMM)."""
+    x, params, cfg = make_layer(rng, D=136, E=8, F=40, T=37, variant="v3", n_shared=1, min_gap=1e-4)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    y1, c1 = dsc.moe_layer_forward(x, params, cfg, align=1, fp8=fp8)
+    ya, ca = dsc.moe_layer_forward(x, params, cfg, align=align, fp8=fp8)
+    assert _rel_max(ya, y1) < 1e-5
+    np.testing.assert_array_equal(ca.load, c1.load)
+    g1, ga = dsc.moe_layer_backward(dy, c1), dsc.moe_layer_backward(dy, ca)
+    assert set(ga) == set(g1)
+    for k in g1:
+        assert np.all(np.isfinite(ga[k])), k
+        assert _rel_max(ga[k], g1[k]) < 2e-5, k
+    assert any(np.any(g1[k] != 0) for k in g1 if ".experts." in k)
+
+
+def test_row_bound_with_experts_left_without_tokens(rng):
+    """Experts without tokens (weight gradients exactly 0) and a bound far above the rows used
+    (E * 127 padding rows for 2 tokens): FP8 with align 128 (the device-offset weight
+    gradient) matches align 1 (the per-expert loop)."""
+    x, params, cfg = make_layer(rng, D=128, E=8, F=16, T=2, variant="v3", n_shared=0, min_gap=1e-4)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    y1, c1 = dsc.moe_layer_forward(x, params, cfg, align=1, fp8=True)
+    ya, ca = dsc.moe_layer_forward(x, params, cfg, align=128, fp8=True)
+    assert _rel_max(ya, y1) < 1e-5
+    g1, ga = dsc.moe_layer_backward(dy, c1), dsc.moe_layer_backward(dy, ca)
+    idle = [e for e in range(8) if c1.load[e] == 0]
+    assert idle
+    for k in g1:
+        assert _rel_max(ga[k], g1[k]) < 2e-5, k
+    for e in idle:
+        for proj in ("gate_proj", "up_proj", "down_proj"):
+            assert not np.any(ga[f"mlp.experts.{e}.{proj}.weight"]), (e, proj)

@@ -12,6 +12,21 @@
  * topk_method, norm_topk_prob, routed_scaling_factor); messages name `fn`. */
 dsc_status dsc_moe_check_route_params(const char *fn, const dsc_moe_route_params *p, int64_t E);
 
+/* The row bound of the permuted layout: R_max = n + E * (align - 1), rounded up to a
+ * multiple of align (align > 1), for n (token, slot) pairs over E experts; the padded row
+ * count R = sum_e roundup(count_e, align) never exceeds it, whatever the routing, so the
+ * MoE layer sizes its buffers and launches by R_max and never learns R on the host.
+ * align 1: R_max = R = n. -1 when it does not fit in int64. */
+int64_t dsc_moe_row_bound(int64_t n, int64_t E, int64_t align);
+
+/* dsc_moe_permute into out [R_max, D] (R_max = dsc_moe_row_bound(T*k, E, align)): rows
+ * [offsets[E], R_max) are zero padding like the experts' own; offsets[E] = R stays on the
+ * device. For the layer's own tensors (contiguous, right dtypes, trusted indices): checks
+ * shapes only, errors named under fn. */
+dsc_status dsc_moe_permute_bound(dsc_context *ctx, const char *fn, const DLTensor *x,
+                                 const DLTensor *indices, int32_t n_experts, int32_t align,
+                                 DLTensor *out, DLTensor *group_offsets, DLTensor *row_map);
+
 /* dsc_grouped_linear_forward / _backward with the offsets also on the host: offs_h [E+1]
  * is the caller's copy of group_offsets, already checked (0 = o_0 <= ... <= o_E = R), so no
  * copy back (a GPU round trip) is made; NULL: as the public functions (copied, checked).
