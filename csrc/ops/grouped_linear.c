@@ -64,6 +64,17 @@ static dsc_status host_offsets(dsc_context *ctx, const char *fn, const DLTensor 
   return DSC_OK;
 }
 
+int dsc_grouped_linear_reads_device_offsets(const dsc_context *ctx, dsc_dtype dt, dsc_dtype dw_dt) {
+#ifdef DSC_WITH_CUDA
+  return dsc_ctx_is_cuda(ctx) && dsc_cuda_grouped_linear_on_device(ctx, dt, dw_dt);
+#else
+  (void)ctx;
+  (void)dt;
+  (void)dw_dt;
+  return 0;
+#endif
+}
+
 static dsc_status fwd(dsc_context *ctx, const DLTensor *x, const DLTensor *w,
                       const DLTensor *group_offsets, const int32_t *given_h, int bound, DLTensor *y);
 
@@ -97,7 +108,9 @@ static dsc_status fwd(dsc_context *ctx, const DLTensor *x, const DLTensor *w,
   DSC_TRY(dsc_check_disjoint(FN, "y", y, "x", x, "w", w, "group_offsets", group_offsets, NULL));
   const int32_t *offs_h = given_h;
   int32_t *owned = NULL;
-  if (!offs_h) DSC_TRY(host_offsets(ctx, FN, group_offsets, E, R, bound, &offs_h, &owned));
+  /* the layer's trusted offsets stay on the device when the kernels read them there */
+  const int dev = bound && dsc_grouped_linear_reads_device_offsets(ctx, dsc_tensor_dtype(x), DSC_DTYPE_INVALID);
+  if (!offs_h && !dev) DSC_TRY(host_offsets(ctx, FN, group_offsets, E, R, bound, &offs_h, &owned));
   dsc_status s = DSC_OK;
   if (R > 0 && N > 0) {
     s = DSC_DISPATCH(grouped_linear_fwd, ctx, dsc_tensor_dtype(x), E, R, N, K, dsc_data(x), dsc_data(w),
@@ -158,7 +171,8 @@ static dsc_status bwd(dsc_context *ctx, const DLTensor *dy, const DLTensor *x, c
                              NULL));
   const int32_t *offs_h = given_h;
   int32_t *owned = NULL;
-  if (!offs_h) DSC_TRY(host_offsets(ctx, FN, group_offsets, E, R, bound, &offs_h, &owned));
+  const int dev = bound && dsc_grouped_linear_reads_device_offsets(ctx, dt, dw_dt);
+  if (!offs_h && !dev) DSC_TRY(host_offsets(ctx, FN, group_offsets, E, R, bound, &offs_h, &owned));
   dsc_status s = DSC_OK;
   /* N == 0 still runs: dx is then an empty sum, i.e. zeros, and must be written. */
   if (K > 0) {

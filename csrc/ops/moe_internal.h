@@ -27,10 +27,20 @@ dsc_status dsc_moe_permute_bound(dsc_context *ctx, const char *fn, const DLTenso
                                  const DLTensor *indices, int32_t n_experts, int32_t align,
                                  DLTensor *out, DLTensor *group_offsets, DLTensor *row_map);
 
-/* dsc_grouped_linear_forward / _backward with the offsets also on the host: offs_h [E+1]
- * is the caller's copy of group_offsets, already checked (0 = o_0 <= ... <= o_E = R), so no
- * copy back (a GPU round trip) is made; NULL: as the public functions (copied, checked).
- * The MoE layer copies its offsets once per forward and passes them to all six calls. */
+/* 1 when the grouped-linear kernels read the offsets on the device only for these tensors
+ * (CUDA, float32 in the BF16-operand math mode: kernels/bf16_grouped_mma.cu), so the MoE
+ * layer needs no host copy of them; dw_dt DSC_DTYPE_INVALID without a weight gradient. */
+int dsc_grouped_linear_reads_device_offsets(const dsc_context *ctx, dsc_dtype dt, dsc_dtype dw_dt);
+#ifdef DSC_WITH_CUDA
+int dsc_cuda_grouped_linear_on_device(const dsc_context *ctx, dsc_dtype dt, dsc_dtype dw_dt);
+#endif
+
+/* dsc_grouped_linear_forward / _backward for the MoE layer: x has R_max rows (the row
+ * bound), 0 = o_0 <= ... <= o_E <= R_max, rows past o_E of y / dx written as zeros.
+ * offs_h [E+1]: the caller's checked host copy of group_offsets (no copy back), or NULL:
+ * read in place on the CPU, not needed on CUDA when the kernels read the device offsets
+ * (dsc_grouped_linear_reads_device_offsets), else copied and checked here. The float32
+ * layer on CUDA copies its offsets once per forward and passes them to all six calls. */
 dsc_status dsc_grouped_linear_forward_h(dsc_context *ctx, const DLTensor *x, const DLTensor *w,
                                         const DLTensor *group_offsets, const int32_t *offs_h,
                                         DLTensor *y);

@@ -490,7 +490,10 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
   STEP(buf_alloc(ctx, &b[B_ROWMAP], DSC_DTYPE_INT32, T, k));
   STEP(dsc_moe_permute_bound(ctx, FN, &x2, &b[B_INDICES].t, (int32_t)E, align, &b[B_XP].t, &b[B_OFFSETS].t,
                              &b[B_ROWMAP].t));
-  if (!w->fp8) STEP(host_offsets_once(ctx, s, E, R)); /* float32 on CUDA: cuBLASLt per expert */
+  /* float32 experts on CUDA outside the BF16-operand mode: cuBLASLt per expert on the host's
+   * copy (FP8 and BF16-operand experts read the offsets on the device) */
+  if (!w->fp8 && !dsc_grouped_linear_reads_device_offsets(ctx, DSC_DTYPE_FLOAT32, DSC_DTYPE_FLOAT32))
+    STEP(host_offsets_once(ctx, s, E, R));
   STEP(buf_alloc(ctx, &b[B_HG], DSC_DTYPE_FLOAT32, R, F));
   STEP(buf_alloc(ctx, &b[B_HU], DSC_DTYPE_FLOAT32, R, F));
   STEP(buf_alloc(ctx, &b[B_ACT], DSC_DTYPE_FLOAT32, R, F));
