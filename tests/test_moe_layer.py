@@ -270,8 +270,8 @@ def _rel_max(a, b):
 
 @pytest.mark.parametrize("fp8,align", [(False, 8), (False, 128), (True, 128)])
 def test_row_bound_layout_matches_align_1(rng, fp8, align):
-    """The layer sizes its permuted rows by the bound R_max = T*k + E*(align-1) (rounded up to
-    align), never by the count R it would have to copy back from a GPU: rows past R are zero
+    """The layer sizes its permuted rows by the bound R_max = T*k + min(E, T*k)*(align-1)
+    (rounded up to align), never by the count R it would have to copy back from a GPU: rows past R are zero
     padding that no output or gradient sees. align > 1 on the CPU (R_max > R, zero rows
     inside and past the experts) gives align 1's results up to float32 summation order (BLAS
     blocks a padded expert differently); with fp8 and align 128 the weight gradients take the
@@ -292,7 +292,7 @@ def test_row_bound_layout_matches_align_1(rng, fp8, align):
 
 def test_row_bound_with_experts_left_without_tokens(rng):
     """Experts without tokens (weight gradients exactly 0) and a bound far above the rows used
-    (E * 127 padding rows for 2 tokens): FP8 with align 128 (the device-offset weight
+    (4 * 127 padding rows for 2 tokens' 4 pairs): FP8 with align 128 (the device-offset weight
     gradient) matches align 1 (the per-expert loop)."""
     x, params, cfg = make_layer(rng, D=128, E=8, F=16, T=2, variant="v3", n_shared=0, min_gap=1e-4)
     dy = rng.standard_normal(x.shape).astype(np.float32)

@@ -321,7 +321,8 @@ dsc_status dsc_moe_permute(dsc_context *ctx, const DLTensor *x, const DLTensor *
 int64_t dsc_moe_row_bound(int64_t n, int64_t E, int64_t align) {
   if (n < 0 || E < 1 || align < 1) return -1;
   int ok = 1;
-  int64_t r = dsc_cmul(E, align - 1, &ok);
+  /* only experts with a pair pad: at most min(E, n) of them */
+  int64_t r = dsc_cmul(E < n ? E : n, align - 1, &ok);
   if (!ok || r > INT64_MAX - n) return -1;
   r += n;
   if (align > 1) { /* whole blocks of align rows (the FP8 wgrad's 128-token tiles) */

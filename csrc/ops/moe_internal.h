@@ -12,11 +12,12 @@
  * topk_method, norm_topk_prob, routed_scaling_factor); messages name `fn`. */
 dsc_status dsc_moe_check_route_params(const char *fn, const dsc_moe_route_params *p, int64_t E);
 
-/* The row bound of the permuted layout: R_max = n + E * (align - 1), rounded up to a
- * multiple of align (align > 1), for n (token, slot) pairs over E experts; the padded row
- * count R = sum_e roundup(count_e, align) never exceeds it, whatever the routing, so the
- * MoE layer sizes its buffers and launches by R_max and never learns R on the host.
- * align 1: R_max = R = n. -1 when it does not fit in int64. */
+/* The row bound of the permuted layout: R_max = n + min(E, n) * (align - 1), rounded up to
+ * a multiple of align (align > 1), for n (token, slot) pairs over E experts; the padded row
+ * count R = sum_e roundup(count_e, align) never exceeds it whatever the routing (at most
+ * min(E, n) experts get pairs, each padded by < align rows), so the MoE layer sizes its
+ * buffers and launches by R_max and never learns R on the host (a decode step of k pairs
+ * stays at k * align rows). align 1: R_max = R = n. -1 when it does not fit in int64. */
 int64_t dsc_moe_row_bound(int64_t n, int64_t E, int64_t align);
 
 /* dsc_moe_permute into out [R_max, D] (R_max = dsc_moe_row_bound(T*k, E, align)): rows

@@ -17,8 +17,20 @@
  * weight gradients use it (dequantized, re-tiled along the tokens), as DeepSeek-V3 caches
  * FP8 activations: these are the rows an expert-parallel dispatch sends (moe_layer_ex.h).
  *
+ * Host waits (issue #15: none inside a training or decode step on the GPU). Without an
+ * exchange the permuted rows are sized by the bound R_max (ops/moe_internal.h
+ * dsc_moe_row_bound: T*k + min(E, T*k) * (align-1)), known from shapes; the padded count R =
+ * offsets[E] stays on the device and rows [R, R_max) are zero padding every step keeps
+ * zero. The FP8 experts (grouped fprop/dgrad, K-grouped wgrad with align 128) and the
+ * BF16-operand experts (kernels/bf16_grouped_mma.cu) read the offsets on the device: their
+ * layer never waits. Float32 experts in FP32 math (the reference model) run cuBLASLt per
+ * expert on row slices copied back once per forward (one wait, host_offsets_once), as does
+ * the FP8 layer with an alignment that is not a multiple of 128 (its per-expert wgrad loop).
+ * With an exchange (moe_layer_ex.h) the plan needs the counts on the host (host_counts).
+ *
  * Legend: T tokens, D hidden, E routed experts, k experts per token, F expert
- * intermediate size, Fs shared intermediate size, R permuted rows.
+ * intermediate size, Fs shared intermediate size, R permuted rows (the bound R_max without
+ * an exchange).
  */
 #include <math.h>
 #include <stdlib.h>
