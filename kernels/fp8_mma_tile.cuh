@@ -149,15 +149,6 @@ static inline __host__ __device__ void mt_kgroup_blocks(const int32_t *offsets, 
   *kb0 = (int64_t)offsets[g] / MT_BK;
   *kb1 = (int64_t)offsets[g + 1] / MT_BK;
 }
-/* 1 when offsets [G+1] suit the K-grouped mode: 0 = o_0 <= ... <= o_G <= K, each a
- * multiple of MT_BK (the host-side check of a test or a debug path; the layer's permutation
- * makes them so by construction). */
-static inline __host__ __device__ int mt_kgroup_offsets_ok(const int32_t *offsets, int64_t G, int64_t K) {
-  if (offsets[0] != 0 || offsets[G] > K) return 0;
-  for (int64_t g = 0; g < G; ++g)
-    if (offsets[g + 1] < offsets[g] || offsets[g + 1] % MT_BK != 0) return 0;
-  return 1;
-}
 
 
 /* ---- the launch arguments (kernels/fp8_grouped_mma.cu) ---------------------------------- */

@@ -309,11 +309,49 @@ def test_row_bound_with_experts_left_without_tokens(rng):
             assert not np.any(ga[f"mlp.experts.{e}.{proj}.weight"]), (e, proj)
 
 
+def test_fp8_device_offset_wgrad_under_debug_checks():
+    """DSC_DEBUG_CHECKS=1 also checks the K-grouped weight gradient's invariant (the experts'
+    rows start at multiples of 128): the layer with align 128 passes it, with the same bits."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = r"""
+import json, sys
+import numpy as np, deepseek_c as dsc
+sys.path.insert(0, "tests")
+from test_moe import make_layer
+rng = np.random.default_rng(5)
+x, params, cfg = make_layer(rng, D=128, E=8, F=24, T=90, variant="v3", n_shared=1, min_gap=1e-4)
+y, ctx = dsc.moe_layer_forward(x, params, cfg, align=128, fp8=True)
+g = dsc.moe_layer_backward(np.ones_like(x), ctx)
+print(json.dumps({k: np.asarray(v).tobytes().hex() for k, v in {**g, "y": y}.items()}))
+"""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    runs = {}
+    for debug in ("0", "1"):
+        out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, DSC_DEBUG_CHECKS=debug), cwd=here,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        runs[debug] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert runs["0"] == runs["1"]
+
+
 # --------------------------------------------------------------------------- CUDA
 
 
 def _on_cuda(params):
-    return {k: dsc.tensor(v, device="cuda") for k, v in params.items()}
+    """params on the GPU with the experts pre-stacked ("mlp.experts.{proj}.weight" [E, ., .]):
+    no stacking copy inside the measured calls."""
+    out, E = {}, 1 + max(int(k.split(".")[2]) for k in params if k.startswith("mlp.experts."))
+    for k, v in params.items():
+        if not k.startswith("mlp.experts."):
+            out[k] = dsc.tensor(v, device="cuda")
+    for proj in ("gate_proj", "up_proj", "down_proj"):
+        w = np.stack([params[f"mlp.experts.{e}.{proj}.weight"] for e in range(E)])
+        out[f"mlp.experts.{proj}.weight"] = dsc.tensor(w, device="cuda")
+    return out
 
 
 @pytest.mark.cuda

@@ -5,6 +5,7 @@
  * file only sequences them and carves their scratch out of one workspace.
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "fp8_layers.h"
@@ -163,6 +164,23 @@ static dsc_status wgrad(dsc_context *ctx, int64_t G, int64_t M, int64_t N, int64
     xt = DSC_DTYPE_FLOAT32;
   }
   const size_t xes = dsc_dtype_size(xt), dyes = dsc_dtype_size(dyt);
+  if (dev_groups && ctx->debug_checks) {
+    /* DSC_DEBUG_CHECKS=1: the invariant the K-grouped GEMM relies on (the layer's permutation
+     * makes it so by construction; checking it costs a copy back, one wait) */
+    int32_t *h = (int32_t *)malloc((size_t)(G + 1) * sizeof(int32_t));
+    if (!h) return dsc_error(DSC_ERR_OUT_OF_MEMORY, "dsc_fp8l_wgrad", "out of host memory");
+    dsc_status st = dsc_memcpy(ctx, h, (DLDevice){kDLCPU, 0}, offs, ctx->device, (size_t)(G + 1) * sizeof(int32_t));
+    int64_t bad = -1;
+    for (int64_t g = 0; st == DSC_OK && g <= G && bad < 0; ++g)
+      if (h[g] % 128 != 0 || h[g] > M || (g > 0 ? h[g] < h[g - 1] : h[g] != 0)) bad = g;
+    const int32_t v = bad >= 0 ? h[bad] : 0;
+    free(h);
+    DSC_TRY(st);
+    DSC_CHECK(bad < 0, DSC_ERR_INTERNAL, "dsc_fp8l_wgrad",
+              "offsets: expected 0 = o_0 <= ... <= o_G <= %lld, each a multiple of 128 (groups aligned to 128 "
+              "rows), got [%lld] = %d",
+              (long long)M, (long long)bad, (int)v);
+  }
   if (dev_groups) {
     /* xT [K,M], dyT [N,M] in 1x128 tiles along all M tokens (a group's tiles, as the groups
      * start at multiples of 128; rows past offsets[G] quantize into tiles no group reads) */

@@ -487,10 +487,16 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
   ctx->trusted_indices++;
   if (counts) STEP(dsc_moe_expert_load(ctx, &b[B_INDICES].t, counts));
   /* The permuted rows are sized by their bound R_max (moe_internal.h), never by the count R
-   * = offsets[E], which stays on the device: rows [R, R_max) are zero padding, the grouped
-   * GEMMs write zeros there, SwiGLU keeps them zero, the combine never names them and the
-   * backward's scatter zeroes them again (so they add nothing to any gradient). On the CPU
-   * with align 1, R_max = R. */
+   * = offsets[E], which stays on the device. Rows [R, R_max), kernel by kernel:
+   *  - permute: zeroed with the experts' own padding (its pad kernel reads offsets[E]);
+   *  - grouped GEMMs (FP8 fprop/dgrad, BF16, CPU, cuBLASLt's memset): read offsets[E] and
+   *    write zeros there, computing nothing;
+   *  - SwiGLU, add, FP8 row quantization, the wgrad's quantization along the tokens: run over
+   *    all R_max rows, harmlessly (zeros stay zeros; a tile past offsets[E] is never read);
+   *  - the K-grouped FP8 wgrad and the BF16 wgrad: sum each expert's own rows only;
+   *  - combine, its backward's weights and permute's backward: walk the row map (never
+   *    there); the combine's backward zeroes every row no pair names.
+   * So they add nothing to any output or gradient. On the CPU with align 1, R_max = R. */
   const int64_t R = dsc_moe_row_bound(T * k, E, align);
   if (st == DSC_OK && (R < 0 || R > INT32_MAX))
     st = dsc_error(DSC_ERR_UNSUPPORTED, FN,
