@@ -290,6 +290,24 @@ def test_row_bound_layout_matches_align_1(rng, fp8, align):
     assert any(np.any(g1[k] != 0) for k in g1 if ".experts." in k)
 
 
+def test_row_bound_covers_every_routing(rng):
+    """R = sum_e roundup(count_e, align) (dsc_moe_permute_rows, the count the layer no longer
+    copies back) never exceeds R_max = n + min(E, n) * (align - 1) rounded up to align, and
+    reaches it when every pair has an expert of its own."""
+    def bound(n, E, align):
+        r = n + min(E, n) * (align - 1)
+        return -(-r // align) * align
+    for E, align in ((8, 128), (64, 128), (3, 4), (16, 1)):
+        for T, k in ((1, 2), (4, 2), (37, 3), (300, 2)):
+            k = min(k, E)
+            n = T * k
+            ids = np.stack([rng.permutation(E)[:k] for _ in range(T)]).astype(np.int32)
+            assert dsc.moe_permute_rows(ids, E, align) <= bound(n, E, align)
+            if n <= E:  # distinct experts for every pair: the bound is tight
+                tight = rng.permutation(E)[:n].reshape(T, k).astype(np.int32)
+                assert dsc.moe_permute_rows(tight, E, align) == bound(n, E, align)
+
+
 def test_row_bound_with_experts_left_without_tokens(rng):
     """Experts without tokens (weight gradients exactly 0) and a bound far above the rows used
     (4 * 127 padding rows for 2 tokens' 4 pairs): FP8 with align 128 (the device-offset weight
