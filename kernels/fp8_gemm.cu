@@ -171,7 +171,8 @@ __device__ void gemm_tile(const GemmArgs &p, GemmSmem &sm, int64_t z, int64_t g,
   }
 }
 
-template <typename TC>
+/* KG: the K-grouped mode only (its own instantiation: the other modes keep their registers). */
+template <typename TC, bool KG>
 __global__ void __launch_bounds__(256) fp8_gemm_kernel(GemmArgs p) {
   __shared__ GemmSmem sm;
   for (int i = threadIdx.x; i < 256; i += blockDim.x) {
@@ -187,12 +188,12 @@ __global__ void __launch_bounds__(256) fp8_gemm_kernel(GemmArgs p) {
     const int64_t tm = rest % tiles_m, z = rest / tiles_m;
     const int64_t m0 = tm * G_BM, n0 = tn * G_BN;
     const int64_t mend = m0 + G_BM < p.M ? m0 + G_BM : p.M;
-    if (p.mode == MODE_PLAIN) {
-      gemm_tile<TC>(p, sm, 0, 0, 0, m0, n0, m0, mend, 0, p.Kb);
-    } else if (p.mode == MODE_KGROUPED) {
+    if (KG) {
       int64_t kb0, kb1; /* group z's 128-token blocks (G_KB == MT_BK) */
       mt_kgroup_blocks(p.gidx, z, &kb0, &kb1);
       gemm_tile<TC>(p, sm, 0, 0, z, m0, n0, m0, mend, kb0, kb1);
+    } else if (p.mode == MODE_PLAIN) {
+      gemm_tile<TC>(p, sm, 0, 0, 0, m0, n0, m0, mend, 0, p.Kb);
     } else if (p.mode == MODE_MASKED) {
       int64_t mm = p.gidx[z];
       if (mm < m0) mm = m0;
@@ -233,10 +234,12 @@ static dsc_status launch_simt(dsc_context *ctx, const char *fn, const GemmArgs &
   const int64_t total = batch * cdiv(p.M, G_BM) * cdiv(p.N, G_BN);
   if (total <= 0) return DSC_OK;
   const unsigned blocks = dsc_cuda_blocks(total, 1, 65535);
-  if (ct == DSC_DTYPE_BFLOAT16)
-    fp8_gemm_kernel<__nv_bfloat16><<<blocks, 256, 0, dsc_cuda_stream(ctx)>>>(p);
+  if (p.mode == MODE_KGROUPED) /* the weight gradient: float32 out */
+    fp8_gemm_kernel<float, true><<<blocks, 256, 0, dsc_cuda_stream(ctx)>>>(p);
+  else if (ct == DSC_DTYPE_BFLOAT16)
+    fp8_gemm_kernel<__nv_bfloat16, false><<<blocks, 256, 0, dsc_cuda_stream(ctx)>>>(p);
   else
-    fp8_gemm_kernel<float><<<blocks, 256, 0, dsc_cuda_stream(ctx)>>>(p);
+    fp8_gemm_kernel<float, false><<<blocks, 256, 0, dsc_cuda_stream(ctx)>>>(p);
   DSC_CUDA_CHECK_LAUNCH(fn);
   return DSC_OK;
 }

@@ -178,7 +178,9 @@ __device__ void mma_tile(const Fp8MmaArgs &p, MmaSmem &sm, int64_t z, int64_t g,
 }
 #endif /* MT_HAS_MMA */
 
-template <typename TC>
+/* KG: the K-grouped mode only (its own instantiation, so the row-grouped kernels keep their
+ * registers); else plain, grouped or masked by p.mode. */
+template <typename TC, bool KG>
 __global__ void __launch_bounds__(MT_THREADS) fp8_mma_kernel(Fp8MmaArgs p) {
 #ifdef MT_HAS_MMA
   __shared__ MmaSmem sm;
@@ -190,12 +192,12 @@ __global__ void __launch_bounds__(MT_THREADS) fp8_mma_kernel(Fp8MmaArgs p) {
     mt_tile_coords(t, tiles_m, tiles_n, &z, &tm, &tn);
     const int64_t m0 = tm * MT_BM, n0 = tn * MT_BN;
     const int64_t mend = m0 + MT_BM < p.M ? m0 + MT_BM : p.M;
-    if (p.mode == MT_MODE_PLAIN) {
-      mma_tile<TC>(p, sm, 0, 0, 0, m0, n0, m0, mend, 0, p.Kb);
-    } else if (p.mode == MT_MODE_KGROUPED) {
+    if (KG) {
       int64_t kb0, kb1;
       mt_kgroup_blocks(p.gidx, z, &kb0, &kb1);
       mma_tile<TC>(p, sm, 0, 0, z, m0, n0, m0, mend, kb0, kb1);
+    } else if (p.mode == MT_MODE_PLAIN) {
+      mma_tile<TC>(p, sm, 0, 0, 0, m0, n0, m0, mend, 0, p.Kb);
     } else if (p.mode == MT_MODE_MASKED) {
       const int64_t mm = mt_masked_end(p.gidx[z], m0, mend);
       if (mm > m0) mma_tile<TC>(p, sm, z, z, z, m0, n0, m0, mm, 0, p.Kb);
@@ -240,9 +242,9 @@ dsc_status dsc_fp8_mma_ok(dsc_context *ctx, const char *fn, const Fp8MmaArgs &p,
   } else {
     cudaFuncAttributes fa;
     if (ct == DSC_DTYPE_BFLOAT16)
-      DSC_CUDA_TRY(cudaFuncGetAttributes(&fa, fp8_mma_kernel<__nv_bfloat16>), fn);
+      DSC_CUDA_TRY(cudaFuncGetAttributes(&fa, fp8_mma_kernel<__nv_bfloat16, false>), fn);
     else
-      DSC_CUDA_TRY(cudaFuncGetAttributes(&fa, fp8_mma_kernel<float>), fn);
+      DSC_CUDA_TRY(cudaFuncGetAttributes(&fa, fp8_mma_kernel<float, false>), fn);
     /* binaryVersion: the SASS this device runs (an sm_80 binary on an sm_89 GPU has no
      * FP8 MMA) */
     if (fa.binaryVersion < 89)
@@ -258,10 +260,12 @@ dsc_status dsc_fp8_mma_launch(dsc_context *ctx, const char *fn, const Fp8MmaArgs
   const int64_t total = batch * ((p.M + MT_BM - 1) / MT_BM) * ((p.N + MT_BN - 1) / MT_BN);
   if (total <= 0) return DSC_OK;
   const unsigned blocks = dsc_cuda_blocks(total, 1, 65535);
-  if (ct == DSC_DTYPE_BFLOAT16)
-    fp8_mma_kernel<__nv_bfloat16><<<blocks, MT_THREADS, 0, dsc_cuda_stream(ctx)>>>(p);
+  if (p.mode == MT_MODE_KGROUPED) /* the weight gradient: float32 out */
+    fp8_mma_kernel<float, true><<<blocks, MT_THREADS, 0, dsc_cuda_stream(ctx)>>>(p);
+  else if (ct == DSC_DTYPE_BFLOAT16)
+    fp8_mma_kernel<__nv_bfloat16, false><<<blocks, MT_THREADS, 0, dsc_cuda_stream(ctx)>>>(p);
   else
-    fp8_mma_kernel<float><<<blocks, MT_THREADS, 0, dsc_cuda_stream(ctx)>>>(p);
+    fp8_mma_kernel<float, false><<<blocks, MT_THREADS, 0, dsc_cuda_stream(ctx)>>>(p);
   DSC_CUDA_CHECK_LAUNCH(fn);
   return DSC_OK;
 }
