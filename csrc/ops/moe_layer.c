@@ -244,11 +244,12 @@ static void fp8_scratch_free(dsc_context *ctx, fp8_scratch *f) {
 /* need_w: some weight is float32 and gets quantized here (else no weight scratch).
  * host_offs: the GEMMs need the offsets on the host (a CUDA copy back, one wait; the
  * expert-parallel path's unaligned groups); else CUDA reads them on the device only and
- * the CPU in place. align: the groups' row alignment (a multiple of 128 lets the weight
- * gradients run on the device offsets, dsc_fp8l_wgrad_dev). */
+ * the CPU in place. bwd: for a backward, whose weight gradients run on the device offsets
+ * when align (the groups' row alignment) is a multiple of 128 (dsc_fp8l_wgrad_dev), else
+ * loop over host offsets (copied). */
 static dsc_status fp8_scratch_alloc(dsc_context *ctx, int64_t T, int64_t R, int64_t D, int64_t E,
                                     int64_t F, int64_t Fs, const DLTensor *offsets, int need_w,
-                                    fp8_scratch *f, int host_offs, int64_t align) {
+                                    fp8_scratch *f, int host_offs, int bwd, int64_t align) {
   memset(f, 0, sizeof *f);
   int ok = 1;
   const int64_t kmax = max64(D, max64(F, Fs)), mmax = max64(R, T);
@@ -268,7 +269,7 @@ static dsc_status fp8_scratch_alloc(dsc_context *ctx, int64_t T, int64_t R, int6
   dsc_status st = DSC_OK;
   if (!dsc_ctx_is_cuda(ctx)) {
     f->offs_h = (int32_t *)dsc_data(offsets); /* host memory already */
-  } else if (host_offs || !f->dev_wgrad) {
+  } else if (host_offs || (bwd && !f->dev_wgrad)) {
     f->offs_h = (int32_t *)malloc((size_t)(E + 1) * sizeof(int32_t));
     if (!f->offs_h)
       return dsc_error(DSC_ERR_OUT_OF_MEMORY, "dsc_moe_layer", "out of host memory");
@@ -525,7 +526,7 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
                          w->experts_down_scale_inv &&
                          (Fs == 0 || (w->shared_gate_scale_inv && w->shared_up_scale_inv &&
                                       w->shared_down_scale_inv));
-    STEP(fp8_scratch_alloc(ctx, T, R, D, E, F, Fs, &b[B_OFFSETS].t, !all_held, &f8, 0, align));
+    STEP(fp8_scratch_alloc(ctx, T, R, D, E, F, Fs, &b[B_OFFSETS].t, !all_held, &f8, 0, 0, align));
     STEP(quant_rows(ctx, b, R, D, B_XQ, B_XS));
     const uint8_t *xq = (const uint8_t *)b[B_XQ].t.data;
     const float *xs = (const float *)b[B_XS].t.data;
@@ -648,7 +649,7 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
                                   &tmp[T_DEO].t, &tmp[T_DW].t));
   fp8_scratch f8;
   memset(&f8, 0, sizeof f8);
-  if (w->fp8) STEP(fp8_scratch_alloc(ctx, T, R, D, E, F, Fs, &b[B_OFFSETS].t, 1, &f8, 0, saved->align));
+  if (w->fp8) STEP(fp8_scratch_alloc(ctx, T, R, D, E, F, Fs, &b[B_OFFSETS].t, 1, &f8, 0, 1, saved->align));
   STEP(buf_alloc(ctx, &tmp[T_DACT], DSC_DTYPE_FLOAT32, R, F));
   if (w->fp8)
     STEP(fp8_bwd(ctx, &f8, E, R, D, F, &tmp[T_DEO].t, &b[B_ACT].t, NULL, w->experts_down,
@@ -987,7 +988,7 @@ dsc_status dsc_moe_layer_forward_ex(dsc_context *ctx, const dsc_moe_route_params
       const int all_held = w->experts_gate_scale_inv && w->experts_up_scale_inv && w->experts_down_scale_inv &&
                            (Fs == 0 || (w->shared_gate_scale_inv && w->shared_up_scale_inv &&
                                         w->shared_down_scale_inv));
-      STEP(fp8_scratch_alloc(ctx, T, Rin, D, El, F, Fs, &offs->t, !all_held, &f8, 1, 1));
+      STEP(fp8_scratch_alloc(ctx, T, Rin, D, El, F, Fs, &offs->t, !all_held, &f8, 0, 0, 1));
     }
     STEP(experts_fwd(ctx, w, b, El, Rin, D, F, X, offs, &f8, out));
     if (ex) {
@@ -1117,7 +1118,7 @@ dsc_status dsc_moe_layer_backward_ex(dsc_context *ctx, const dsc_moe_route_param
     buf *dxp = ex ? &tmp[T_DXPR] : &tmp[T_DXP];
     fp8_scratch f8;
     memset(&f8, 0, sizeof f8);
-    if (w->fp8) STEP(fp8_scratch_alloc(ctx, T, Rin, D, El, F, Fs, &offs->t, 1, &f8, 1, 1));
+    if (w->fp8) STEP(fp8_scratch_alloc(ctx, T, Rin, D, El, F, Fs, &offs->t, 1, &f8, 1, 1, 1));
     STEP(buf_alloc(ctx, &tmp[T_DACT], DSC_DTYPE_FLOAT32, Rin, F));
     STEP(buf_alloc(ctx, &tmp[T_DHG], DSC_DTYPE_FLOAT32, Rin, F));
     STEP(buf_alloc(ctx, &tmp[T_DHU], DSC_DTYPE_FLOAT32, Rin, F));
