@@ -899,15 +899,17 @@ __global__ void permute_scatter_kernel(int64_t n, int64_t k, int64_t row_units,
 }
 
 /* Block per expert: zero its padding rows poff[e] + cnt[e] .. poff[e+1]-1 (contiguous);
- * block E zeroes the rows poff[E] .. R-1 past every expert (a row bound, see
- * dsc_cuda_moe_permute). */
+ * blocks E .. E+parts-1 zero part p of the rows poff[E] .. R-1 past every expert (a row
+ * bound, see dsc_cuda_moe_permute; up to E * (align-1) rows, so spread over blocks). */
 template <typename U>
-__global__ void permute_pad_kernel(int64_t E, int64_t R, int64_t row_units,
+__global__ void permute_pad_kernel(int64_t E, int64_t R, int64_t parts, int64_t row_units,
                                    const unsigned long long *__restrict__ cnt /* [E] */,
                                    const long long *__restrict__ poff /* [E+1] */,
                                    U *__restrict__ out /* [R, row_units] */) {
-  for (int64_t e = blockIdx.x; e <= E; e += gridDim.x) {
-    const int64_t r0 = e < E ? poff[e] + (int64_t)cnt[e] : poff[E], r1 = e < E ? poff[e + 1] : R;
+  for (int64_t e = blockIdx.x; e < E + parts; e += gridDim.x) {
+    const int64_t tail = R - poff[E], p = e - E;
+    const int64_t r0 = e < E ? poff[e] + (int64_t)cnt[e] : poff[E] + tail * p / parts;
+    const int64_t r1 = e < E ? poff[e + 1] : poff[E] + tail * (p + 1) / parts;
     U *dst = out + r0 * row_units;
     const int64_t units = (r1 - r0) * row_units;
     for (int64_t u = threadIdx.x; u < units; u += blockDim.x) dst[u] = U();
@@ -930,9 +932,10 @@ static void permute_copy_launch(cudaStream_t s, int64_t n, int64_t k, int64_t E,
   const int64_t units = row_bytes / (int64_t)sizeof(U);
   permute_scatter_kernel<U><<<row_blocks(n), row_threads(units), 0, s>>>(
       n, k, units, skeys, svals, start, poff, (const U *)x, (U *)out, row_map);
+  const int64_t parts = R > n ? (R - n < 1024 ? R - n : 1024) : 0; /* the tail has <= R - n rows */
   if (pad && units > 0)
-    permute_pad_kernel<U><<<row_blocks(E + 1), row_threads(units), 0, s>>>(E, R, units, cnt, poff,
-                                                                           (U *)out);
+    permute_pad_kernel<U><<<row_blocks(E + parts), row_threads(units), 0, s>>>(E, R, parts, units, cnt, poff,
+                                                                               (U *)out);
 }
 
 extern "C" dsc_status dsc_cuda_moe_permute(dsc_context *ctx, dsc_dtype dt, int64_t T, int64_t D,
