@@ -65,7 +65,7 @@ static inline __host__ __device__ int64_t cdiv(int64_t a, int64_t b) { return (a
 
 /* ---- the project's kernel ---------------------------------------------------------------- */
 
-enum { MODE_PLAIN = 0, MODE_GROUPED = 1, MODE_MASKED = 2 };
+enum { MODE_PLAIN = 0, MODE_GROUPED = 1, MODE_MASKED = 2, MODE_KGROUPED = 3 };
 
 struct GemmArgs {
   int64_t M, N, K, Kb;  /* M: rows per batch (masked: Mmax) */
@@ -88,11 +88,12 @@ struct GemmSmem {
   float Bs[G_BK][G_BN + 1];      /* [k][n] */
 };
 
-/* One output tile [m0, m0+64) x [n0, n0+64) of batch z, for its rows [r0, r1) with group
- * g's B; other rows are neither read nor written. Called uniformly by the whole CTA. */
+/* One output tile [m0, m0+64) x [n0, n0+64) of batch z (C of batch zc), for its rows
+ * [r0, r1) with group g's B, over the K blocks [kb0, kb1) (all but in the K-grouped mode);
+ * other rows are neither read nor written. Called uniformly by the whole CTA. */
 template <typename TC>
-__device__ void gemm_tile(const GemmArgs &p, GemmSmem &sm, int64_t z, int64_t g, int64_t m0,
-                          int64_t n0, int64_t r0, int64_t r1) {
+__device__ void gemm_tile(const GemmArgs &p, GemmSmem &sm, int64_t z, int64_t g, int64_t zc, int64_t m0,
+                          int64_t n0, int64_t r0, int64_t r1, int64_t kb0, int64_t kb1) {
   const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
   const int64_t M = p.M, N = p.N, K = p.K, Kb = p.Kb;
   const uint8_t *A = p.a + z * M * K;                            /* [M, K] */
@@ -105,7 +106,8 @@ __device__ void gemm_tile(const GemmArgs &p, GemmSmem &sm, int64_t z, int64_t g,
 #pragma unroll
     for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
 
-  for (int64_t kb = 0; kb < Kb; ++kb) {
+  (void)Kb;
+  for (int64_t kb = kb0; kb < kb1; ++kb) {
     float part[4][4];
 #pragma unroll
     for (int i = 0; i < 4; ++i)
@@ -156,7 +158,7 @@ __device__ void gemm_tile(const GemmArgs &p, GemmSmem &sm, int64_t z, int64_t g,
       for (int j = 0; j < 4; ++j) acc[i][j] += part[i][j] * sa[i] * sb[j];
   }
 
-  TC *C = (TC *)p.c + z * M * N; /* [M, N] */
+  TC *C = (TC *)p.c + zc * M * N; /* [M, N] */
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int64_t m = m0 + ty + 16 * i;
@@ -169,7 +171,8 @@ __device__ void gemm_tile(const GemmArgs &p, GemmSmem &sm, int64_t z, int64_t g,
   }
 }
 
-template <typename TC>
+/* KG: the K-grouped mode only (its own instantiation: the other modes keep their registers). */
+template <typename TC, bool KG>
 __global__ void __launch_bounds__(256) fp8_gemm_kernel(GemmArgs p) {
   __shared__ GemmSmem sm;
   for (int i = threadIdx.x; i < 256; i += blockDim.x) {
@@ -178,20 +181,24 @@ __global__ void __launch_bounds__(256) fp8_gemm_kernel(GemmArgs p) {
   }
   __syncthreads();
   const int64_t tiles_m = cdiv(p.M, G_BM), tiles_n = cdiv(p.N, G_BN);
-  const int64_t batch = p.mode == MODE_MASKED ? p.G : 1;
+  const int64_t batch = (p.mode == MODE_MASKED || p.mode == MODE_KGROUPED) ? p.G : 1;
   const int64_t total = batch * tiles_m * tiles_n;
   for (int64_t t = blockIdx.x; t < total; t += gridDim.x) {
     const int64_t tn = t % tiles_n, rest = t / tiles_n;
     const int64_t tm = rest % tiles_m, z = rest / tiles_m;
     const int64_t m0 = tm * G_BM, n0 = tn * G_BN;
     const int64_t mend = m0 + G_BM < p.M ? m0 + G_BM : p.M;
-    if (p.mode == MODE_PLAIN) {
-      gemm_tile<TC>(p, sm, 0, 0, m0, n0, m0, mend);
+    if (KG) {
+      int64_t kb0, kb1; /* group z's 128-token blocks (G_KB == MT_BK) */
+      mt_kgroup_blocks(p.gidx, z, &kb0, &kb1);
+      gemm_tile<TC>(p, sm, 0, 0, z, m0, n0, m0, mend, kb0, kb1);
+    } else if (p.mode == MODE_PLAIN) {
+      gemm_tile<TC>(p, sm, 0, 0, 0, m0, n0, m0, mend, 0, p.Kb);
     } else if (p.mode == MODE_MASKED) {
       int64_t mm = p.gidx[z];
       if (mm < m0) mm = m0;
       if (mm > mend) mm = mend;
-      if (mm > m0) gemm_tile<TC>(p, sm, z, z, m0, n0, m0, mm);
+      if (mm > m0) gemm_tile<TC>(p, sm, z, z, z, m0, n0, m0, mm, 0, p.Kb);
       /* rows [mm, mend) of this tile are outside the group's mask: zeros */
       TC *C = (TC *)p.c + z * p.M * p.N;
       const int64_t nend = n0 + G_BN < p.N ? n0 + G_BN : p.N;
@@ -210,21 +217,29 @@ __global__ void __launch_bounds__(256) fp8_gemm_kernel(GemmArgs p) {
         const int64_t o0 = p.gidx[g], o1 = p.gidx[g + 1];
         if (o0 >= mend) break;
         const int64_t s0 = o0 > m0 ? o0 : m0, s1 = o1 < mend ? o1 : mend;
-        if (s1 > s0) gemm_tile<TC>(p, sm, 0, g, m0, n0, s0, s1);
+        if (s1 > s0) gemm_tile<TC>(p, sm, 0, g, 0, m0, n0, s0, s1, 0, p.Kb);
       }
+      /* rows past every group (offsets[G] <= M: the MoE layer's row bound): zeros */
+      const int64_t mz = mt_masked_end(p.gidx[p.G], m0, mend);
+      TC *C = (TC *)p.c;
+      const int64_t nend = n0 + G_BN < p.N ? n0 + G_BN : p.N;
+      const int64_t w = nend - n0, cnt = (mend - mz) * w;
+      for (int64_t e = threadIdx.x; e < cnt; e += blockDim.x) st_c(C, (mz + e / w) * p.N + n0 + e % w, 0.0f);
     }
   }
 }
 
 static dsc_status launch_simt(dsc_context *ctx, const char *fn, const GemmArgs &p, dsc_dtype ct) {
-  const int64_t batch = p.mode == MODE_MASKED ? p.G : 1;
+  const int64_t batch = (p.mode == MODE_MASKED || p.mode == MODE_KGROUPED) ? p.G : 1;
   const int64_t total = batch * cdiv(p.M, G_BM) * cdiv(p.N, G_BN);
   if (total <= 0) return DSC_OK;
   const unsigned blocks = dsc_cuda_blocks(total, 1, 65535);
-  if (ct == DSC_DTYPE_BFLOAT16)
-    fp8_gemm_kernel<__nv_bfloat16><<<blocks, 256, 0, dsc_cuda_stream(ctx)>>>(p);
+  if (p.mode == MODE_KGROUPED) /* the weight gradient: float32 out */
+    fp8_gemm_kernel<float, true><<<blocks, 256, 0, dsc_cuda_stream(ctx)>>>(p);
+  else if (ct == DSC_DTYPE_BFLOAT16)
+    fp8_gemm_kernel<__nv_bfloat16, false><<<blocks, 256, 0, dsc_cuda_stream(ctx)>>>(p);
   else
-    fp8_gemm_kernel<float><<<blocks, 256, 0, dsc_cuda_stream(ctx)>>>(p);
+    fp8_gemm_kernel<float, false><<<blocks, 256, 0, dsc_cuda_stream(ctx)>>>(p);
   DSC_CUDA_CHECK_LAUNCH(fn);
   return DSC_OK;
 }
@@ -244,8 +259,10 @@ static dsc_status launch_own(dsc_context *ctx, const char *fn, const GemmArgs &p
   m.b_scale = p.b_scale;
   m.b_br = p.b_br;
   m.c = p.c;
-  m.mode = p.mode == MODE_PLAIN ? MT_MODE_PLAIN
-                                : (p.mode == MODE_GROUPED ? MT_MODE_GROUPED : MT_MODE_MASKED);
+  m.mode = p.mode == MODE_PLAIN     ? MT_MODE_PLAIN
+           : p.mode == MODE_GROUPED ? MT_MODE_GROUPED
+           : p.mode == MODE_MASKED  ? MT_MODE_MASKED
+                                    : MT_MODE_KGROUPED;
   m.G = p.G;
   m.gidx = p.gidx;
   bool ok = false;
@@ -472,6 +489,44 @@ extern "C" dsc_status dsc_cuda_fp8_grouped_gemm(dsc_context *ctx, int64_t G, int
   p.ae5 = is_e5(at);
   p.be5 = is_e5(bt);
   return launch_own(ctx, FN, p, ct);
+}
+
+/* The K-grouped GEMM of the MoE weight gradient (fp8_layers.h): c [G,M,N] float32, group g
+ * summing the 128-blocks of its K (token) range offsets[g]..offsets[g+1] (device, multiples
+ * of 128: the FP8 layer's alignment) of a [M,K] and b [N,K], both with per-row 1x128 scales
+ * [M,Kb] / [N,Kb]. One launch, no host copy of the offsets. */
+extern "C" dsc_status dsc_cuda_fp8_kgrouped_gemm(dsc_context *ctx, int64_t G, int64_t M, int64_t N,
+                                                 int64_t K, const uint8_t *a /*[M,K]*/,
+                                                 const float *a_scale /*[M,Kb]*/,
+                                                 const uint8_t *b /*[N,K]*/,
+                                                 const float *b_scale /*[N,Kb]*/,
+                                                 const int32_t *offsets /*[G+1] device*/,
+                                                 const int32_t *offs_h /*unused (CPU twin's)*/,
+                                                 float *c /*[G,M,N]*/, void *work) {
+  static const char *const FN = "dsc_cuda_fp8_kgrouped_gemm";
+  (void)offs_h;
+  (void)work;
+  static_assert(G_KB == MT_BK, "a K group's blocks are the 128-token scale blocks of both kernels");
+  if (M <= 0 || N <= 0 || G <= 0) return DSC_OK;
+  DSC_CUDA_ENTER(ctx, FN);
+  GemmArgs p;
+  p.M = M;
+  p.N = N;
+  p.K = K > 0 ? K : 0;
+  p.Kb = cdiv(p.K, G_KB);
+  p.a = a;
+  p.a_scale = a_scale;
+  p.a_br = 1;
+  p.b = b;
+  p.b_scale = b_scale;
+  p.b_br = 1;
+  p.c = c;
+  p.mode = MODE_KGROUPED;
+  p.G = G;
+  p.gidx = offsets;
+  p.ae5 = 0;
+  p.be5 = 0;
+  return launch_own(ctx, FN, p, DSC_DTYPE_FLOAT32);
 }
 
 extern "C" dsc_status dsc_cuda_fp8_grouped_gemm_masked(

@@ -1,7 +1,8 @@
 /*
  * kernels/fp8_grouped_mma.cu -- the tensor-core block-scaled FP8 GEMM (E4M3 x E4M3):
- * plain, grouped contiguous (rows grouped by expert, offsets) and grouped masked
- * (masked_m), on mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 (sm_89 and newer).
+ * plain, grouped contiguous (rows grouped by expert, offsets), grouped masked
+ * (masked_m) and K-grouped (the MoE weight gradient: group g sums the K blocks of its 128-
+ * aligned token range into its own C, fp8_mma_tile.cuh mt_kgroup_blocks), on mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 (sm_89 and newer).
  * fp8_gemm.cu calls dsc_fp8_mma_launch when its rules hold; otherwise the SIMT kernel runs.
  *
  * Legend, math and layouts as in fp8_gemm.cu: C[m,n] = sum_kb (sum_{k in kb} A[m,k] B[n,k])
@@ -80,10 +81,12 @@ __device__ __forceinline__ void load_stage(MmaSmem &sm, int st, const uint8_t *A
   cp_commit();
 }
 
-/* Rows [r0, r1) (inside [m0, m0+64)) of the tile at (m0, n0) of batch z, with group g's B. */
+/* Rows [r0, r1) (inside [m0, m0+64)) of the tile at (m0, n0): A of batch z, B of group g,
+ * C of batch zc, over the K blocks [kb0, kb1) (all of them but in the K-grouped mode; an
+ * empty range writes zeros). */
 template <typename TC>
-__device__ void mma_tile(const Fp8MmaArgs &p, MmaSmem &sm, int64_t z, int64_t g, int64_t m0,
-                         int64_t n0, int64_t r0, int64_t r1) {
+__device__ void mma_tile(const Fp8MmaArgs &p, MmaSmem &sm, int64_t z, int64_t g, int64_t zc, int64_t m0,
+                         int64_t n0, int64_t r0, int64_t r1, int64_t kb0, int64_t kb1) {
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
   const int64_t M = p.M, N = p.N, K = p.K, Kb = p.Kb;
   const uint8_t *A = p.a + z * M * K;                                 /* [M, K] */
@@ -99,10 +102,10 @@ __device__ void mma_tile(const Fp8MmaArgs &p, MmaSmem &sm, int64_t z, int64_t g,
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
 
-  load_stage(sm, 0, A, B, K, N, m0, n0, r0, r1, 0);
-  for (int64_t kb = 0; kb < Kb; ++kb) {
-    const int st = (int)(kb & 1);
-    if (kb + 1 < Kb) {
+  if (kb0 < kb1) load_stage(sm, 0, A, B, K, N, m0, n0, r0, r1, kb0);
+  for (int64_t kb = kb0; kb < kb1; ++kb) {
+    const int st = (int)((kb - kb0) & 1);
+    if (kb + 1 < kb1) {
       load_stage(sm, st ^ 1, A, B, K, N, m0, n0, r0, r1, kb + 1);
       cp_wait<1>(); /* this block's group is done, the next may still fly */
     } else {
@@ -161,7 +164,7 @@ __device__ void mma_tile(const Fp8MmaArgs &p, MmaSmem &sm, int64_t z, int64_t g,
     __syncthreads(); /* every warp is done with stage st before it is refilled */
   }
 
-  TC *C = (TC *)p.c + z * M * N; /* [M, N] */
+  TC *C = (TC *)p.c + zc * M * N; /* [M, N] */
 #pragma unroll
   for (int i = 0; i < MT_FM; ++i)
 #pragma unroll
@@ -175,23 +178,29 @@ __device__ void mma_tile(const Fp8MmaArgs &p, MmaSmem &sm, int64_t z, int64_t g,
 }
 #endif /* MT_HAS_MMA */
 
-template <typename TC>
+/* KG: the K-grouped mode only (its own instantiation, so the row-grouped kernels keep their
+ * registers); else plain, grouped or masked by p.mode. */
+template <typename TC, bool KG>
 __global__ void __launch_bounds__(MT_THREADS) fp8_mma_kernel(Fp8MmaArgs p) {
 #ifdef MT_HAS_MMA
   __shared__ MmaSmem sm;
   const int64_t tiles_m = (p.M + MT_BM - 1) / MT_BM, tiles_n = (p.N + MT_BN - 1) / MT_BN;
-  const int64_t batch = p.mode == MT_MODE_MASKED ? p.G : 1;
+  const int64_t batch = (p.mode == MT_MODE_MASKED || p.mode == MT_MODE_KGROUPED) ? p.G : 1;
   const int64_t total = batch * tiles_m * tiles_n;
   for (int64_t t = blockIdx.x; t < total; t += gridDim.x) {
     int64_t z, tm, tn;
     mt_tile_coords(t, tiles_m, tiles_n, &z, &tm, &tn);
     const int64_t m0 = tm * MT_BM, n0 = tn * MT_BN;
     const int64_t mend = m0 + MT_BM < p.M ? m0 + MT_BM : p.M;
-    if (p.mode == MT_MODE_PLAIN) {
-      mma_tile<TC>(p, sm, 0, 0, m0, n0, m0, mend);
+    if (KG) {
+      int64_t kb0, kb1;
+      mt_kgroup_blocks(p.gidx, z, &kb0, &kb1);
+      mma_tile<TC>(p, sm, 0, 0, z, m0, n0, m0, mend, kb0, kb1);
+    } else if (p.mode == MT_MODE_PLAIN) {
+      mma_tile<TC>(p, sm, 0, 0, 0, m0, n0, m0, mend, 0, p.Kb);
     } else if (p.mode == MT_MODE_MASKED) {
       const int64_t mm = mt_masked_end(p.gidx[z], m0, mend);
-      if (mm > m0) mma_tile<TC>(p, sm, z, z, m0, n0, m0, mm);
+      if (mm > m0) mma_tile<TC>(p, sm, z, z, z, m0, n0, m0, mm, 0, p.Kb);
       TC *C = (TC *)p.c + z * p.M * p.N; /* rows [mm, mend): outside the mask, zeros */
       const int64_t nend = n0 + MT_BN < p.N ? n0 + MT_BN : p.N;
       const int64_t wd = nend - n0, cnt = (mend - mm) * wd;
@@ -201,8 +210,14 @@ __global__ void __launch_bounds__(MT_THREADS) fp8_mma_kernel(Fp8MmaArgs p) {
       for (int64_t g = mt_first_group(p.gidx, p.G, m0); g < p.G; ++g) {
         if ((int64_t)p.gidx[g] >= mend) break;
         int64_t s0, s1;
-        if (mt_group_rows(p.gidx, g, m0, mend, &s0, &s1)) mma_tile<TC>(p, sm, 0, g, m0, n0, s0, s1);
+        if (mt_group_rows(p.gidx, g, m0, mend, &s0, &s1)) mma_tile<TC>(p, sm, 0, g, 0, m0, n0, s0, s1, 0, p.Kb);
       }
+      /* rows past every group (offsets[G] <= M: the MoE layer's row bound): zeros */
+      const int64_t mz = mt_masked_end(p.gidx[p.G], m0, mend);
+      TC *C = (TC *)p.c;
+      const int64_t nend = n0 + MT_BN < p.N ? n0 + MT_BN : p.N;
+      const int64_t wd = nend - n0, cnt = (mend - mz) * wd;
+      for (int64_t e = threadIdx.x; e < cnt; e += blockDim.x) st_out(C, (mz + e / wd) * p.N + n0 + e % wd, 0.0f);
     }
   }
 #else
@@ -227,9 +242,9 @@ dsc_status dsc_fp8_mma_ok(dsc_context *ctx, const char *fn, const Fp8MmaArgs &p,
   } else {
     cudaFuncAttributes fa;
     if (ct == DSC_DTYPE_BFLOAT16)
-      DSC_CUDA_TRY(cudaFuncGetAttributes(&fa, fp8_mma_kernel<__nv_bfloat16>), fn);
+      DSC_CUDA_TRY(cudaFuncGetAttributes(&fa, fp8_mma_kernel<__nv_bfloat16, false>), fn);
     else
-      DSC_CUDA_TRY(cudaFuncGetAttributes(&fa, fp8_mma_kernel<float>), fn);
+      DSC_CUDA_TRY(cudaFuncGetAttributes(&fa, fp8_mma_kernel<float, false>), fn);
     /* binaryVersion: the SASS this device runs (an sm_80 binary on an sm_89 GPU has no
      * FP8 MMA) */
     if (fa.binaryVersion < 89)
@@ -241,14 +256,16 @@ dsc_status dsc_fp8_mma_ok(dsc_context *ctx, const char *fn, const Fp8MmaArgs &p,
 }
 
 dsc_status dsc_fp8_mma_launch(dsc_context *ctx, const char *fn, const Fp8MmaArgs &p, dsc_dtype ct) {
-  const int64_t batch = p.mode == MT_MODE_MASKED ? p.G : 1;
+  const int64_t batch = (p.mode == MT_MODE_MASKED || p.mode == MT_MODE_KGROUPED) ? p.G : 1;
   const int64_t total = batch * ((p.M + MT_BM - 1) / MT_BM) * ((p.N + MT_BN - 1) / MT_BN);
   if (total <= 0) return DSC_OK;
   const unsigned blocks = dsc_cuda_blocks(total, 1, 65535);
-  if (ct == DSC_DTYPE_BFLOAT16)
-    fp8_mma_kernel<__nv_bfloat16><<<blocks, MT_THREADS, 0, dsc_cuda_stream(ctx)>>>(p);
+  if (p.mode == MT_MODE_KGROUPED) /* the weight gradient: float32 out */
+    fp8_mma_kernel<float, true><<<blocks, MT_THREADS, 0, dsc_cuda_stream(ctx)>>>(p);
+  else if (ct == DSC_DTYPE_BFLOAT16)
+    fp8_mma_kernel<__nv_bfloat16, false><<<blocks, MT_THREADS, 0, dsc_cuda_stream(ctx)>>>(p);
   else
-    fp8_mma_kernel<float><<<blocks, MT_THREADS, 0, dsc_cuda_stream(ctx)>>>(p);
+    fp8_mma_kernel<float, false><<<blocks, MT_THREADS, 0, dsc_cuda_stream(ctx)>>>(p);
   DSC_CUDA_CHECK_LAUNCH(fn);
   return DSC_OK;
 }

@@ -139,10 +139,23 @@ static inline __host__ __device__ int64_t mt_scale_idx(int64_t r, int64_t kb, in
 /* K blocks of 128 (the last may be partial). */
 static inline __host__ __device__ int64_t mt_k_blocks(int64_t K) { return (K + MT_BK - 1) / MT_BK; }
 
+/* K-grouped (the grouped weight gradient dW_g = dY_g^T X_g): group g owns the K (token)
+ * range [offsets[g], offsets[g+1]), every offset a multiple of MT_BK (the FP8 MoE layer's
+ * 128-row expert alignment), so its K blocks are [*kb0, *kb1) and no 128-block, nor its one
+ * scale per row, straddles two groups; offsets[G] <= K (tokens past it belong to no group).
+ * An empty group has kb0 == kb1 (its dW_g is written as zeros). */
+static inline __host__ __device__ void mt_kgroup_blocks(const int32_t *offsets, int64_t g, int64_t *kb0,
+                                                        int64_t *kb1) {
+  *kb0 = (int64_t)offsets[g] / MT_BK;
+  *kb1 = (int64_t)offsets[g + 1] / MT_BK;
+}
+
 
 /* ---- the launch arguments (kernels/fp8_grouped_mma.cu) ---------------------------------- */
 
-enum { MT_MODE_PLAIN = 0, MT_MODE_GROUPED = 1, MT_MODE_MASKED = 2 };
+/* KGROUPED: C [G, M, N], batch z = group z over its K blocks (mt_kgroup_blocks); A [M,K]
+ * and B [N,K] shared by all groups, both with per-row scales (a_br = b_br = 1). */
+enum { MT_MODE_PLAIN = 0, MT_MODE_GROUPED = 1, MT_MODE_MASKED = 2, MT_MODE_KGROUPED = 3 };
 
 struct Fp8MmaArgs {
   int64_t M, N, K, Kb;  /* M: rows per batch (masked: Mmax); Kb = ceil(K/128) */
@@ -152,10 +165,11 @@ struct Fp8MmaArgs {
   const uint8_t *b;     /* [G or 1, N, K] e4m3 */
   const float *b_scale; /* [G or 1, ceil(N/b_br), Kb] */
   int64_t b_br;
-  void *c;              /* [Bt, M, N] float32 | bfloat16 */
+  void *c;              /* [Bt, M, N] float32 | bfloat16 (kgrouped: Bt = G) */
   int mode;             /* MT_MODE_* */
   int64_t G;
-  const int32_t *gidx;  /* grouped: offsets [G+1]; masked: masked_m [G]; plain: NULL */
+  const int32_t *gidx;  /* grouped: offsets [G+1]; masked: masked_m [G]; kgrouped: K offsets
+                           [G+1]; plain: NULL */
 };
 
 #endif /* DSC_KERNELS_FP8_MMA_TILE_CUH_ */

@@ -898,14 +898,18 @@ __global__ void permute_scatter_kernel(int64_t n, int64_t k, int64_t row_units,
   }
 }
 
-/* Block per expert: zero its padding rows poff[e] + cnt[e] .. poff[e+1]-1 (contiguous). */
+/* Block per expert: zero its padding rows poff[e] + cnt[e] .. poff[e+1]-1 (contiguous);
+ * blocks E .. E+parts-1 zero part p of the rows poff[E] .. R-1 past every expert (a row
+ * bound, see dsc_cuda_moe_permute; up to E * (align-1) rows, so spread over blocks). */
 template <typename U>
-__global__ void permute_pad_kernel(int64_t E, int64_t row_units,
+__global__ void permute_pad_kernel(int64_t E, int64_t R, int64_t parts, int64_t row_units,
                                    const unsigned long long *__restrict__ cnt /* [E] */,
                                    const long long *__restrict__ poff /* [E+1] */,
                                    U *__restrict__ out /* [R, row_units] */) {
-  for (int64_t e = blockIdx.x; e < E; e += gridDim.x) {
-    const int64_t r0 = poff[e] + (int64_t)cnt[e], r1 = poff[e + 1];
+  for (int64_t e = blockIdx.x; e < E + parts; e += gridDim.x) {
+    const int64_t tail = R - poff[E], p = e - E;
+    const int64_t r0 = e < E ? poff[e] + (int64_t)cnt[e] : poff[E] + tail * p / parts;
+    const int64_t r1 = e < E ? poff[e + 1] : poff[E] + tail * (p + 1) / parts;
     U *dst = out + r0 * row_units;
     const int64_t units = (r1 - r0) * row_units;
     for (int64_t u = threadIdx.x; u < units; u += blockDim.x) dst[u] = U();
@@ -920,17 +924,18 @@ static int copy_unit(int64_t row_bytes, const void *a, const void *b) {
 }
 
 template <typename U>
-static void permute_copy_launch(cudaStream_t s, int64_t n, int64_t k, int64_t E, int64_t row_bytes,
-                                int pad, const uint32_t *skeys, const int32_t *svals,
+static void permute_copy_launch(cudaStream_t s, int64_t n, int64_t k, int64_t E, int64_t R,
+                                int64_t row_bytes, int pad, const uint32_t *skeys, const int32_t *svals,
                                 const long long *start, const long long *poff,
                                 const unsigned long long *cnt, const void *x, void *out,
                                 int32_t *row_map) {
   const int64_t units = row_bytes / (int64_t)sizeof(U);
   permute_scatter_kernel<U><<<row_blocks(n), row_threads(units), 0, s>>>(
       n, k, units, skeys, svals, start, poff, (const U *)x, (U *)out, row_map);
+  const int64_t parts = R > n ? (R - n < 1024 ? R - n : 1024) : 0; /* the tail has <= R - n rows */
   if (pad && units > 0)
-    permute_pad_kernel<U><<<row_blocks(E), row_threads(units), 0, s>>>(E, units, cnt, poff,
-                                                                       (U *)out);
+    permute_pad_kernel<U><<<row_blocks(E + parts), row_threads(units), 0, s>>>(E, R, parts, units, cnt, poff,
+                                                                               (U *)out);
 }
 
 extern "C" dsc_status dsc_cuda_moe_permute(dsc_context *ctx, dsc_dtype dt, int64_t T, int64_t D,
@@ -944,9 +949,12 @@ extern "C" dsc_status dsc_cuda_moe_permute(dsc_context *ctx, dsc_dtype dt, int64
   DSC_CUDA_ENTER(ctx, FN);
   cudaStream_t s = dsc_cuda_stream(ctx);
   const int64_t n = T * k;
-  (void)R; /* == poff[E], checked by the ops layer */
-  if (n <= 0) { /* no pairs: every group is empty */
+  /* R >= poff[E] (read on the device only): R == poff[E] for the public op (checked there);
+   * the MoE layer passes its row bound R_max (moe_internal.h), whose rows past poff[E] the
+   * pad kernel zeroes, so R is never learnt on the host */
+  if (n <= 0) { /* no pairs: every group is empty, every row padding */
     DSC_CUDA_TRY(cudaMemsetAsync(group_offsets, 0, (size_t)(E + 1) * sizeof(int32_t), s), FN);
+    if (R > 0 && D > 0) DSC_CUDA_TRY(cudaMemsetAsync(out, 0, (size_t)(R * D * esize_of(dt)), s), FN);
     return DSC_OK;
   }
   if (n > INT32_MAX || E > (int64_t)UINT32_MAX)
@@ -983,18 +991,18 @@ extern "C" dsc_status dsc_cuda_moe_permute(dsc_context *ctx, dsc_dtype dt, int64
   /* stable: pairs of one expert stay in flat (token, slot) order */
   DSC_TRY(pair_sort_run(&ps, s, FN));
   const int64_t row_bytes = D * esize_of(dt);
-  const int pad = align > 1;
+  const int pad = align > 1 || R > n; /* padding rows inside the experts, or past them */
   switch (copy_unit(row_bytes, x, out)) {
     case 16:
-      permute_copy_launch<uint4>(s, n, k, E, row_bytes, pad, skeys, svals, start, poff, cnt, x,
+      permute_copy_launch<uint4>(s, n, k, E, R, row_bytes, pad, skeys, svals, start, poff, cnt, x,
                                  out, row_map);
       break;
     case 4:
-      permute_copy_launch<uint32_t>(s, n, k, E, row_bytes, pad, skeys, svals, start, poff, cnt,
+      permute_copy_launch<uint32_t>(s, n, k, E, R, row_bytes, pad, skeys, svals, start, poff, cnt,
                                     x, out, row_map);
       break;
     default:
-      permute_copy_launch<uint16_t>(s, n, k, E, row_bytes, pad, skeys, svals, start, poff, cnt,
+      permute_copy_launch<uint16_t>(s, n, k, E, R, row_bytes, pad, skeys, svals, start, poff, cnt,
                                     x, out, row_map);
   }
   DSC_CUDA_CHECK_LAUNCH(FN);

@@ -176,16 +176,19 @@ def _rel(a, b):
     return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
 
 
+@pytest.mark.parametrize("align", [1, 128])
 @pytest.mark.parametrize("variant,n_shared", [("v3", 1), ("v2", 2), ("v2lite", 0)])
-def test_fp8_layer_matches_fp8_reference(rng, variant, n_shared):
+def test_fp8_layer_matches_fp8_reference(rng, variant, n_shared, align):
     """w->fp8: forward == the float64 layer with every expert projection quantized the V3 way
     (K = 200 and F = 136: partial 128-blocks); expert weight gradients == the FP8 backward
     reference (dgrad with transposed weight blocks, wgrad along the tokens, the routed
     experts' gate/up from their input's cached FP8 tiles); and all of it
-    a few percent from float32, as E4M3 is."""
+    a few percent from float32, as E4M3 is. align 128 (the GPU's layout): rows bounded by
+    R_max, the weight gradients from the device offsets in one K-grouped GEMM; align 1: the
+    per-expert loop."""
     E, D, F = 8, 200, 136
     x, params, cfg = make_layer(rng, D=D, E=E, F=F, T=40, variant=variant, n_shared=n_shared, min_gap=1e-4)
-    y8, ctx8 = dsc.moe_layer_forward(x, params, cfg, fp8=True)
+    y8, ctx8 = dsc.moe_layer_forward(x, params, cfg, fp8=True, align=align)
     y32, ctx32 = dsc.moe_layer_forward(x, params, cfg)
     want8, _, idx = ref.moe_layer(x, params, cfg, lin=_lin8)
     want, _, _ = ref.moe_layer(x, params, cfg)
@@ -255,3 +258,181 @@ def test_fp8_held_expert_weights_as_deepseek_ships_them(rng):
     bad = {**held, "mlp.shared_experts.down_proj.weight_scale_inv": np.ones((1, 1), np.float32)}
     with pytest.raises(ValueError, match="shared_down_scale_inv"):
         dsc.moe_layer_forward(x, bad, cfg, fp8=True, training=False)
+
+
+# --------------------------------------------------------------------------- row bound layout
+
+
+def _rel_max(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+@pytest.mark.parametrize("fp8,align", [(False, 8), (False, 128), (True, 128)])
+def test_row_bound_layout_matches_align_1(rng, fp8, align):
+    """The layer sizes its permuted rows by the bound R_max = T*k + min(E, T*k)*(align-1)
+    (rounded up to align), never by the count R it would have to copy back from a GPU: rows past R are zero
+    padding that no output or gradient sees. align > 1 on the CPU (R_max > R, zero rows
+    inside and past the experts) gives align 1's results up to float32 summation order (BLAS
+    blocks a padded expert differently); with fp8 and align 128 the weight gradients take the
+    device-offset path (both operands quantized along all rows at once, one K-grouped GEMM)."""
+    x, params, cfg = make_layer(rng, D=136, E=8, F=40, T=37, variant="v3", n_shared=1, min_gap=1e-4)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    y1, c1 = dsc.moe_layer_forward(x, params, cfg, align=1, fp8=fp8)
+    ya, ca = dsc.moe_layer_forward(x, params, cfg, align=align, fp8=fp8)
+    assert _rel_max(ya, y1) < 1e-5
+    np.testing.assert_array_equal(ca.load, c1.load)
+    g1, ga = dsc.moe_layer_backward(dy, c1), dsc.moe_layer_backward(dy, ca)
+    assert set(ga) == set(g1)
+    for k in g1:
+        assert np.all(np.isfinite(ga[k])), k
+        assert _rel_max(ga[k], g1[k]) < 2e-5, k
+    assert any(np.any(g1[k] != 0) for k in g1 if ".experts." in k)
+
+
+def test_row_bound_covers_every_routing(rng):
+    """R = sum_e roundup(count_e, align) (dsc_moe_permute_rows, the count the layer no longer
+    copies back) never exceeds R_max = n + min(E, n) * (align - 1) rounded up to align, and
+    reaches it when every pair has an expert of its own."""
+    def bound(n, E, align):
+        r = n + min(E, n) * (align - 1)
+        return -(-r // align) * align
+    for E, align in ((8, 128), (64, 128), (3, 4), (16, 1)):
+        for T, k in ((1, 2), (4, 2), (37, 3), (300, 2)):
+            k = min(k, E)
+            n = T * k
+            ids = np.stack([rng.permutation(E)[:k] for _ in range(T)]).astype(np.int32)
+            assert dsc.moe_permute_rows(ids, E, align) <= bound(n, E, align)
+            if n <= E:  # distinct experts for every pair: the bound is tight
+                tight = rng.permutation(E)[:n].reshape(T, k).astype(np.int32)
+                assert dsc.moe_permute_rows(tight, E, align) == bound(n, E, align)
+
+
+def test_row_bound_with_experts_left_without_tokens(rng):
+    """Experts without tokens (weight gradients exactly 0) and a bound far above the rows used
+    (4 * 127 padding rows for 2 tokens' 4 pairs): FP8 with align 128 (the device-offset weight
+    gradient) matches align 1 (the per-expert loop)."""
+    x, params, cfg = make_layer(rng, D=128, E=8, F=16, T=2, variant="v3", n_shared=0, min_gap=1e-4)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    y1, c1 = dsc.moe_layer_forward(x, params, cfg, align=1, fp8=True)
+    ya, ca = dsc.moe_layer_forward(x, params, cfg, align=128, fp8=True)
+    assert _rel_max(ya, y1) < 1e-5
+    g1, ga = dsc.moe_layer_backward(dy, c1), dsc.moe_layer_backward(dy, ca)
+    idle = [e for e in range(8) if c1.load[e] == 0]
+    assert idle
+    for k in g1:
+        assert _rel_max(ga[k], g1[k]) < 2e-5, k
+    for e in idle:
+        for proj in ("gate_proj", "up_proj", "down_proj"):
+            assert not np.any(ga[f"mlp.experts.{e}.{proj}.weight"]), (e, proj)
+
+
+def test_fp8_device_offset_wgrad_under_debug_checks():
+    """DSC_DEBUG_CHECKS=1 also checks the K-grouped weight gradient's invariant (the experts'
+    rows start at multiples of 128): the layer with align 128 passes it, with the same bits."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = r"""
+import json, sys
+import numpy as np, deepseek_c as dsc
+sys.path.insert(0, "tests")
+from test_moe import make_layer
+rng = np.random.default_rng(5)
+x, params, cfg = make_layer(rng, D=128, E=8, F=24, T=90, variant="v3", n_shared=1, min_gap=1e-4)
+y, ctx = dsc.moe_layer_forward(x, params, cfg, align=128, fp8=True)
+g = dsc.moe_layer_backward(np.ones_like(x), ctx)
+print(json.dumps({k: np.asarray(v).tobytes().hex() for k, v in {**g, "y": y}.items()}))
+"""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    runs = {}
+    for debug in ("0", "1"):
+        out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, DSC_DEBUG_CHECKS=debug), cwd=here,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        runs[debug] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert runs["0"] == runs["1"]
+
+
+# --------------------------------------------------------------------------- CUDA
+
+
+def _on_cuda(params):
+    """params on the GPU with the experts pre-stacked ("mlp.experts.{proj}.weight" [E, ., .]):
+    no stacking copy inside the measured calls."""
+    out, E = {}, 1 + max(int(k.split(".")[2]) for k in params if k.startswith("mlp.experts."))
+    for k, v in params.items():
+        if not k.startswith("mlp.experts."):
+            out[k] = dsc.tensor(v, device="cuda")
+    for proj in ("gate_proj", "up_proj", "down_proj"):
+        w = np.stack([params[f"mlp.experts.{e}.{proj}.weight"] for e in range(E)])
+        out[f"mlp.experts.{proj}.weight"] = dsc.tensor(w, device="cuda")
+    return out
+
+
+def _stacked_grads(g, E):
+    """moe_layer_backward's dict as the one C call returns it: dx, then [dgate, experts'
+    gate/up/down stacked [E, ., .], shared gate/up/down]."""
+    P = "mlp.experts."
+    out = [g["mlp.gate.weight"]] + [np.stack([g[f"{P}{e}.{proj}.weight"] for e in range(E)])
+                                    for proj in ("gate_proj", "up_proj", "down_proj")]
+    out += [g.get(f"mlp.shared_experts.{proj}.weight") for proj in ("gate_proj", "up_proj", "down_proj")]
+    return g["x"], out
+
+
+def _cuda_layer(x, params, cfg, dy, fp8):
+    """The layer on the GPU twice (the second call measured: forward, then the one backward C
+    call, without Python-side views of the outputs); returns (y, load, dx, grads, counters of
+    the forward, counters of the backward)."""
+    from deepseek_c.moe import _moe_layer_backward_arrays
+
+    pd, xd, dyd = _on_cuda(params), dsc.tensor(x, device="cuda"), dsc.tensor(dy, device="cuda")
+    for it in range(2):
+        dsc.op_counters("cuda", reset=True)
+        yd, cd = dsc.moe_layer_forward(xd, pd, cfg, align=128, fp8=fp8)
+        cf = dsc.op_counters("cuda", reset=True)
+        dxd, gd = _moe_layer_backward_arrays(dyd, cd)
+        cb = dsc.op_counters("cuda", reset=True)
+    host = lambda t: None if t is None else dsc.to_numpy(t)  # noqa: E731
+    return host(yd), host(cd.load), host(dxd), [host(t) for t in gd], cf, cb
+
+
+@pytest.mark.cuda
+def test_cuda_fp8_layer_matches_cpu_and_never_waits(rng):
+    """The FP8 layer on CUDA (align 128: rows bounded by R_max, offsets read on the device by
+    the grouped fprop/dgrad and the K-grouped weight gradient) against the CPU's same layout
+    (the CPU twin of every kernel): y, dx and every weight gradient within FP8 GEMM noise
+    (FP32 accumulation in another order; E4M3 codes are exact), and a training forward and
+    backward with no host wait at all and (second call of the shape) no allocation."""
+    x, params, cfg = make_layer(rng, D=256, E=8, F=136, T=200, variant="v3", n_shared=1, min_gap=1e-4)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    yc, cc = dsc.moe_layer_forward(x, params, cfg, align=128, fp8=True)
+    dxc, gc = _stacked_grads(dsc.moe_layer_backward(dy, cc), 8)
+    yd, load, dxd, gd, cf, cb = _cuda_layer(x, params, cfg, dy, fp8=True)
+    for c in (cf, cb):
+        assert c["syncs"] == 0 and c["copies_to_host"] == 0 and c["workspace_grows"] == 0, (cf, cb)
+    assert _rel(yd, yc) < 1e-3
+    np.testing.assert_array_equal(load, cc.load)
+    assert _rel(dxd, dxc) < 2e-3
+    for i, (a, b) in enumerate(zip(gd, gc)):
+        assert np.all(np.isfinite(a)), i
+        assert _rel(a, b) < 2e-3, i
+
+
+@pytest.mark.cuda
+def test_cuda_float32_layer_waits_once_per_forward(rng):
+    """The float32 layer (the reference model's; cuBLASLt per expert on host-known row slices)
+    copies its offsets back once per forward and never in the backward; with align 128 its
+    rows are bounded by R_max (no copy of the row count) and its results match the CPU's."""
+    x, params, cfg = make_layer(rng, D=64, E=8, F=48, T=100, variant="v3", n_shared=1, min_gap=1e-4)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    yc, cc = dsc.moe_layer_forward(x, params, cfg, align=128)
+    dxc, gc = _stacked_grads(dsc.moe_layer_backward(dy, cc), 8)
+    yd, load, dxd, gd, cf, cb = _cuda_layer(x, params, cfg, dy, fp8=False)
+    assert cf["syncs"] == 1 and cf["copies_to_host"] == 1, cf
+    assert cb["syncs"] == 0, cb
+    assert _rel(yd, yc) < 1e-5 and _rel(dxd, dxc) < 1e-5
+    for i, (a, b) in enumerate(zip(gd, gc)):
+        assert _rel(a, b) < 1e-4, i

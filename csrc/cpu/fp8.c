@@ -316,7 +316,55 @@ dsc_status dsc_cpu_fp8_grouped_gemm(dsc_context *ctx, int64_t G, int64_t M, int6
     dequant_rows(ctx, bt, N, K, b + g * N * K, b_scale + g * Nb * Kb, 128, fB);
     DSC_TRY(sgemm_nt(ctx, rows, N, K, fA + r0 * K, fB, fC + r0 * N));
   }
+  /* rows past every group (the MoE layer's row bound): zeros */
+  if (offs_h[G] < M) memset(fC + (int64_t)offs_h[G] * N, 0, (size_t)((M - offs_h[G]) * N) * sizeof(float));
   if (ct == DSC_DTYPE_BFLOAT16) narrow_bf16(ctx, M * N, fC, (uint16_t *)c);
+  return DSC_OK;
+}
+
+/* The K-grouped GEMM of the MoE weight gradient (ops/fp8_layers.h; the twin of
+ * kernels/fp8_gemm.cu's): c_g [M,N] = the block-scaled product of the columns
+ * offs_h[g]..offs_h[g+1] (multiples of 128) of a [M,K] and b [N,K] (per-row 1x128 scales).
+ * Each group's columns are dequantized into contiguous [M,m] / [N,m] buffers and multiplied
+ * exactly as dsc_cpu_fp8_gemm multiplies a group quantized on its own (its 128-blocks are
+ * these blocks): the same bits as a per-group loop. work: dsc_cpu_fp8_gemm_work(1, M, N, K). */
+dsc_status dsc_cpu_fp8_kgrouped_gemm(dsc_context *ctx, int64_t G, int64_t M, int64_t N, int64_t K,
+                                     const uint8_t *a /* [M,K] */, const float *a_scale /* [M,Kb] */,
+                                     const uint8_t *b /* [N,K] */, const float *b_scale /* [N,Kb] */,
+                                     const int32_t *offsets /* [G+1] */,
+                                     const int32_t *offs_h /* [G+1] host */, float *c /* [G,M,N] */,
+                                     void *work) {
+  (void)offsets; /* the same values as offs_h on the CPU */
+  if (M == 0 || N == 0) return DSC_OK;
+  float tab[256];
+  decode_table(DSC_DTYPE_FLOAT8_E4M3FN, tab);
+  const int64_t Kb = (K + 127) / 128;
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t k0 = offs_h[g], m = offs_h[g + 1] - k0;
+    float *cg = c + g * M * N; /* [M,N] */
+    if (m <= 0) {
+      memset(cg, 0, (size_t)(M * N) * sizeof(float));
+      continue;
+    }
+    float *fA = (float *)work;                                          /* [M,m] */
+    float *fB = (float *)((char *)work + al64((size_t)(M * m) * 4u));   /* [N,m] */
+    const uint8_t *src[2] = {a, b};
+    const float *sc[2] = {a_scale, b_scale};
+    float *dst[2] = {fA, fB};
+    const int64_t rows[2] = {M, N};
+    for (int o = 0; o < 2; ++o) {
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (rows[o] * m >= FP8_PAR_MIN)
+#endif
+      for (int64_t r = 0; r < rows[o]; ++r) {
+        const uint8_t *q = src[o] + r * K + k0; /* [m] */
+        const float *s_r = sc[o] + r * Kb;      /* [Kb] */
+        float *d = dst[o] + r * m;              /* [m] */
+        for (int64_t j = 0; j < m; ++j) d[j] = tab[q[j]] * s_r[(k0 + j) >> 7];
+      }
+    }
+    DSC_TRY(sgemm_nt(ctx, M, N, m, fA, fB, cg));
+  }
   return DSC_OK;
 }
 

@@ -5,7 +5,8 @@
  * the grouped GEMM in kernels/.
  *
  * Legend: E experts, R rows (all experts, padding included), K in features, N out
- *         features; expert e owns rows offs_h[e] .. offs_h[e+1]-1 (M_e rows).
+ *         features; expert e owns rows offs_h[e] .. offs_h[e+1]-1 (M_e rows). Rows from
+ *         offs_h[E] to R (the MoE layer's row bound) are no expert's: y and dx get zeros.
  *
  *   forward:  y_e  = x_e @ w_e^T          [M_e, N]
  *   backward: dx_e = dy_e @ w_e           [M_e, K]
@@ -31,6 +32,13 @@ static int experts_in_parallel(const dsc_context *ctx, dsc_dtype dt, int64_t E, 
   return 1;
 }
 
+/* Rows [offs_h[E], R) of an [R, cols] output belong to no expert (the MoE layer's row
+ * bound, moe_internal.h): zeros, as the padding rows inside the experts come out. */
+static void zero_tail(int64_t E, int64_t R, int64_t cols, int64_t es, const int32_t *offs_h, void *out) {
+  const int64_t r = offs_h[E];
+  if (out && r < R) memset((char *)out + r * cols * es, 0, (size_t)((R - r) * cols * es));
+}
+
 dsc_status dsc_cpu_grouped_linear_fwd(dsc_context *ctx, dsc_dtype dt, int64_t E, int64_t R,
                                       int64_t N, int64_t K, const void *x /* [R,K] dt */,
                                       const void *w /* [E,N,K] dt */,
@@ -39,6 +47,7 @@ dsc_status dsc_cpu_grouped_linear_fwd(dsc_context *ctx, dsc_dtype dt, int64_t E,
                                       void *y /* [R,N] dt */) {
   (void)offsets; /* the same values as offs_h on the CPU */
   const int64_t es = dsc_cpu_esize(dt);
+  zero_tail(E, R, N, es, offs_h, y);
   if (experts_in_parallel(ctx, dt, E, R, N, K)) {
     DSC_CPU_FOR_DYN(1, ctx->num_threads, e, E,
       const int64_t r0 = offs_h[e], M = offs_h[e + 1] - r0;
@@ -64,6 +73,7 @@ static dsc_status grouped_bwd(dsc_context *ctx, dsc_dtype dt, int64_t E, int64_t
                               const int32_t *offs_h, void *dx, float dx_beta, dsc_dtype dw_dt, void *dw) {
   (void)offsets;
   const int64_t es = dsc_cpu_esize(dt), wes = dw ? dsc_cpu_esize(dw_dt) : 0;
+  if (dx_beta == 0.0f) zero_tail(E, R, K, es, offs_h, dx); /* accumulated: adds nothing there */
   if (experts_in_parallel(ctx, dt, E, R, N, K) && (!dw || dw_dt == DSC_DTYPE_FLOAT32)) {
     /* float32: each expert's dx and dw on one thread (single-threaded sgemm); dw of an expert
      * with no rows is zeros (beta 0 with K == 0 rows: written here, BLAS would refuse). */

@@ -331,16 +331,18 @@ dsc_status dsc_cpu_moe_permute(dsc_context *ctx, dsc_dtype dt, int64_t T, int64_
     off += (counts[e] + align - 1) / align * align;
   }
   group_offsets[E] = (int32_t)off;
-  (void)R; /* == off, checked by the ops layer */
+  /* R >= off: R == off for the public op; the MoE layer sizes out by a bound (its rows
+   * [off, R) are padding, zeroed below with the experts' own) */
   /* rows in (token, slot) order within each expert: a serial pass over T*k integers */
   for (int64_t i = 0; i < T * k; ++i) row_map[i] = (int32_t)cursor[ld_idx(ids64, indices, i)]++;
   const size_t row_bytes = (size_t)(D * dsc_cpu_esize(dt));
-  /* zero padding rows: cursor[e] .. group_offsets[e+1] */
+  /* zero padding rows: cursor[e] .. group_offsets[e+1], then off .. R */
   for (int64_t e = 0; e < E; ++e) {
     if (group_offsets[e + 1] > cursor[e])
       memset((char *)out + cursor[e] * (int64_t)row_bytes, 0,
              (size_t)(group_offsets[e + 1] - cursor[e]) * row_bytes);
   }
+  if (R > off) memset((char *)out + off * (int64_t)row_bytes, 0, (size_t)(R - off) * row_bytes);
   DSC_CPU_FOR(T * k * D >= DSC_CPU_PAR_MIN, ctx->num_threads, t, T,
     const char *src = (const char *)x + t * (int64_t)row_bytes; /* [D] */
     for (int64_t j = 0; j < k; ++j)

@@ -5,6 +5,7 @@
  * file only sequences them and carves their scratch out of one workspace.
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "fp8_layers.h"
@@ -110,10 +111,29 @@ dsc_status dsc_fp8l_dgrad(dsc_context *ctx, int64_t G, int64_t M, int64_t N, int
   return gemm_any(ctx, G, M, K, N, dyq, dys, wt, wT, wsT, offs, offs_h, dyt, dx, p + off[4]);
 }
 
+static dsc_status wgrad(dsc_context *ctx, int64_t G, int64_t M, int64_t N, int64_t K, dsc_dtype dyt,
+                        const void *dy, dsc_dtype xt, const void *x, const float *xs, const int32_t *offs,
+                        const int32_t *offs_h, float *dw);
+
 dsc_status dsc_fp8l_wgrad(dsc_context *ctx, int64_t G, int64_t M, int64_t N, int64_t K,
                           dsc_dtype dyt, const void *dy, dsc_dtype xt, const void *x,
                           const float *xs, const int32_t *offs_h, float *dw) {
+  return wgrad(ctx, G, M, N, K, dyt, dy, xt, x, xs, NULL, offs_h, dw);
+}
+
+dsc_status dsc_fp8l_wgrad_dev(dsc_context *ctx, int64_t G, int64_t M, int64_t N, int64_t K,
+                              dsc_dtype dyt, const void *dy, dsc_dtype xt, const void *x,
+                              const float *xs, const int32_t *offs, float *dw) {
+  return wgrad(ctx, G, M, N, K, dyt, dy, xt, x, xs, offs, NULL, dw);
+}
+
+static dsc_status wgrad(dsc_context *ctx, int64_t G, int64_t M, int64_t N, int64_t K, dsc_dtype dyt,
+                        const void *dy, dsc_dtype xt, const void *x, const float *xs, const int32_t *offs,
+                        const int32_t *offs_h, float *dw) {
   if (N == 0 || K == 0) return DSC_OK;
+  /* device offsets, groups aligned to 128 rows: all groups at once; the CPU's twin reads
+   * them in place (its "device" memory is the host's) */
+  const int dev_groups = offs != NULL && offs_h == NULL;
   const int64_t Mb = cdiv(M, 128); /* groups run one after another through the same scratch */
   const int fp8_x = is_fp8(xt);
   /* scratch: xf [M,K] f32 (fp8 x only), xTq [K,M], xTs [K,Mb], dyTq [N,M], dyTs [N,Mb] */
@@ -144,6 +164,35 @@ dsc_status dsc_fp8l_wgrad(dsc_context *ctx, int64_t G, int64_t M, int64_t N, int
     xt = DSC_DTYPE_FLOAT32;
   }
   const size_t xes = dsc_dtype_size(xt), dyes = dsc_dtype_size(dyt);
+  if (dev_groups && ctx->debug_checks) {
+    /* DSC_DEBUG_CHECKS=1: the invariant the K-grouped GEMM relies on (the layer's permutation
+     * makes it so by construction; checking it costs a copy back, one wait) */
+    int32_t *h = (int32_t *)malloc((size_t)(G + 1) * sizeof(int32_t));
+    if (!h) return dsc_error(DSC_ERR_OUT_OF_MEMORY, "dsc_fp8l_wgrad", "out of host memory");
+    dsc_status st = dsc_memcpy(ctx, h, (DLDevice){kDLCPU, 0}, offs, ctx->device, (size_t)(G + 1) * sizeof(int32_t));
+    int64_t bad = -1;
+    for (int64_t g = 0; st == DSC_OK && g <= G && bad < 0; ++g)
+      if (h[g] % 128 != 0 || h[g] > M || (g > 0 ? h[g] < h[g - 1] : h[g] != 0)) bad = g;
+    const int32_t v = bad >= 0 ? h[bad] : 0;
+    free(h);
+    DSC_TRY(st);
+    DSC_CHECK(bad < 0, DSC_ERR_INTERNAL, "dsc_fp8l_wgrad",
+              "offsets: expected 0 = o_0 <= ... <= o_G <= %lld, each a multiple of 128 (groups aligned to 128 "
+              "rows), got [%lld] = %d",
+              (long long)M, (long long)bad, (int)v);
+  }
+  if (dev_groups) {
+    /* xT [K,M], dyT [N,M] in 1x128 tiles along all M tokens (a group's tiles, as the groups
+     * start at multiples of 128; rows past offsets[G] quantize into tiles no group reads) */
+    if (M > 0) {
+      DSC_TRY(DSC_DISPATCH(fp8_quantize, ctx, xt, M, K, 1, 128, 1, 0, DSC_FP8_AMAX_FLOOR, E4, x, xTq, xTs));
+      DSC_TRY(DSC_DISPATCH(fp8_quantize, ctx, dyt, M, N, 1, 128, 1, 0, DSC_FP8_GRAD_AMAX_FLOOR, E4, dy, dyTq,
+                           dyTs));
+    }
+    /* dw [G,N,K]: dw_g = dyT[:, group g] @ (xT[:, group g])^T */
+    const int32_t *oh = dsc_ctx_is_cuda(ctx) ? NULL : offs;
+    return DSC_DISPATCH(fp8_kgrouped_gemm, ctx, G, N, K, M, dyTq, dyTs, xTq, xTs, offs, oh, dw, work);
+  }
   for (int64_t g = 0; g < G; ++g) {
     const int64_t r0 = offs_h ? offs_h[g] : 0, m = offs_h ? offs_h[g + 1] - r0 : M;
     if (m > 0) {

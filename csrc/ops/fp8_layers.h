@@ -63,10 +63,40 @@ dsc_status dsc_fp8l_dgrad(dsc_context *ctx, int64_t G, int64_t M, int64_t N, int
                           const int32_t *offs_h, void *dx);
 
 /* dw [G,N,K] float32 (overwritten; 0 for a group without rows) = per group dy_g^T @ x_g,
- * dy [M,N] (dyt) and x [M,K] re-quantized 1x128 along the tokens. x: xt float32|bfloat16
- * (xs NULL), or fp8 1x128 tiles with scales xs [M,Kb] (dequantized first, the V3 way). */
+ * dy [M,N] (dyt) and x [M,K] re-quantized 1x128 along the tokens (tiles from each group's
+ * first row). x: xt float32|bfloat16 (xs NULL), or fp8 1x128 tiles with scales xs [M,Kb]
+ * (dequantized first, the V3 way). Rows past offsets[G] (<= M) belong to no group.
+ * Grouped, two ways:
+ *  - offs_h != NULL (host offsets): a loop over the groups, each quantized and multiplied
+ *    on its own (any offsets; the expert-parallel path, whose rows are not aligned);
+ *  - offs_h == NULL, offs != NULL (device offsets, each a multiple of 128: the FP8 layer's
+ *    expert alignment, so a group's token tiles are the 128-blocks of all M rows): both
+ *    operands quantized along the tokens in one launch each, then one K-grouped GEMM launch
+ *    reading the offsets on the device (no host round trip). The same bits as the loop.
+ * G == 1 with offs_h NULL: a plain layer. */
 dsc_status dsc_fp8l_wgrad(dsc_context *ctx, int64_t G, int64_t M, int64_t N, int64_t K,
                           dsc_dtype dyt, const void *dy, dsc_dtype xt, const void *x,
                           const float *xs, const int32_t *offs_h, float *dw);
+/* The same with the groups' offsets offs [G+1] on the device only (the second way above). */
+dsc_status dsc_fp8l_wgrad_dev(dsc_context *ctx, int64_t G, int64_t M, int64_t N, int64_t K,
+                              dsc_dtype dyt, const void *dy, dsc_dtype xt, const void *x,
+                              const float *xs, const int32_t *offs, float *dw);
+
+/* The K-grouped GEMM under the device-offset wgrad (csrc/cpu/fp8.c, kernels/fp8_gemm.cu):
+ * c [G,M,N] float32, c_g = sum over the 128-blocks kb of group g's K range [offsets[g],
+ * offsets[g+1]) (multiples of 128, offsets[G] <= K) of (a[:,kb] . b[:,kb]) * as[m,kb] *
+ * bs[n,kb]; a [M,K], b [N,K] E4M3 with per-row 1x128 scales as [M,Kb], bs [N,Kb]; an
+ * empty group gets zeros. offs_h: the offsets on the host (the CPU reads them; CUDA
+ * ignores it and may get NULL). work: fp8_gemm_work(1, M, N, K). */
+dsc_status dsc_cpu_fp8_kgrouped_gemm(dsc_context *ctx, int64_t G, int64_t M, int64_t N, int64_t K,
+                                     const uint8_t *a, const float *as, const uint8_t *b,
+                                     const float *bs, const int32_t *offsets, const int32_t *offs_h,
+                                     float *c, void *work);
+#ifdef DSC_WITH_CUDA
+dsc_status dsc_cuda_fp8_kgrouped_gemm(dsc_context *ctx, int64_t G, int64_t M, int64_t N, int64_t K,
+                                      const uint8_t *a, const float *as, const uint8_t *b,
+                                      const float *bs, const int32_t *offsets, const int32_t *offs_h,
+                                      float *c, void *work);
+#endif
 
 #endif

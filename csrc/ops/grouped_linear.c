@@ -16,9 +16,11 @@
 #include "moe_internal.h"
 
 /* The offsets on the host (*owned: a malloc'ed copy to free), checked:
- * 0 = o_0 <= o_1 <= ... <= o_E = R. */
+ * 0 = o_0 <= o_1 <= ... <= o_E = R; bound: o_E <= R (the MoE layer's row bound, rows
+ * [o_E, R) padding). */
 static dsc_status host_offsets(dsc_context *ctx, const char *fn, const DLTensor *offsets,
-                               int64_t E, int64_t R, const int32_t **out, int32_t **owned) {
+                               int64_t E, int64_t R, int bound, const int32_t **out,
+                               int32_t **owned) {
   *owned = NULL;
   const int32_t *o = (const int32_t *)dsc_data(offsets);
   if (dsc_ctx_is_cuda(ctx)) {
@@ -38,10 +40,10 @@ static dsc_status host_offsets(dsc_context *ctx, const char *fn, const DLTensor 
   if (o[0] != 0) {
     s = dsc_error(DSC_ERR_INVALID_ARGUMENT, fn, "group_offsets: expected [0] = 0, got %d",
                   (int)o[0]);
-  } else if (o[E] != R) {
+  } else if (bound ? o[E] > R : o[E] != R) {
     s = dsc_error(DSC_ERR_INVALID_ARGUMENT, fn,
-                  "group_offsets: expected [%lld] = %lld (the rows of x), got %d", (long long)E,
-                  (long long)R, (int)o[E]);
+                  "group_offsets: expected [%lld] %s %lld (the rows of x), got %d", (long long)E,
+                  bound ? "<=" : "=", (long long)R, (int)o[E]);
   } else {
     for (int64_t e = 0; e < E; ++e) {
       if (o[e + 1] < o[e]) {
@@ -62,14 +64,33 @@ static dsc_status host_offsets(dsc_context *ctx, const char *fn, const DLTensor 
   return DSC_OK;
 }
 
+int dsc_grouped_linear_reads_device_offsets(const dsc_context *ctx, dsc_dtype dt, dsc_dtype dw_dt) {
+#ifdef DSC_WITH_CUDA
+  return dsc_ctx_is_cuda(ctx) && dsc_cuda_grouped_linear_on_device(ctx, dt, dw_dt);
+#else
+  (void)ctx;
+  (void)dt;
+  (void)dw_dt;
+  return 0;
+#endif
+}
+
+static dsc_status fwd(dsc_context *ctx, const DLTensor *x, const DLTensor *w,
+                      const DLTensor *group_offsets, const int32_t *given_h, int bound, DLTensor *y);
+
 dsc_status dsc_grouped_linear_forward(dsc_context *ctx, const DLTensor *x, const DLTensor *w,
                                       const DLTensor *group_offsets, DLTensor *y) {
-  return dsc_grouped_linear_forward_h(ctx, x, w, group_offsets, NULL, y);
+  return fwd(ctx, x, w, group_offsets, NULL, 0, y);
 }
 
 dsc_status dsc_grouped_linear_forward_h(dsc_context *ctx, const DLTensor *x, const DLTensor *w,
                                         const DLTensor *group_offsets, const int32_t *given_h,
                                         DLTensor *y) {
+  return fwd(ctx, x, w, group_offsets, given_h, 1, y);
+}
+
+static dsc_status fwd(dsc_context *ctx, const DLTensor *x, const DLTensor *w,
+                      const DLTensor *group_offsets, const int32_t *given_h, int bound, DLTensor *y) {
   static const char *const FN = "dsc_grouped_linear_forward";
   DSC_TRY(dsc_check_tensor(ctx, FN, "x", x, DSC_DT_FLOAT));
   DSC_TRY(dsc_check_tensor(ctx, FN, "w", w, DSC_DT_FLOAT));
@@ -87,7 +108,9 @@ dsc_status dsc_grouped_linear_forward_h(dsc_context *ctx, const DLTensor *x, con
   DSC_TRY(dsc_check_disjoint(FN, "y", y, "x", x, "w", w, "group_offsets", group_offsets, NULL));
   const int32_t *offs_h = given_h;
   int32_t *owned = NULL;
-  if (!offs_h) DSC_TRY(host_offsets(ctx, FN, group_offsets, E, R, &offs_h, &owned));
+  /* the layer's trusted offsets stay on the device when the kernels read them there */
+  const int dev = bound && dsc_grouped_linear_reads_device_offsets(ctx, dsc_tensor_dtype(x), DSC_DTYPE_INVALID);
+  if (!offs_h && !dev) DSC_TRY(host_offsets(ctx, FN, group_offsets, E, R, bound, &offs_h, &owned));
   dsc_status s = DSC_OK;
   if (R > 0 && N > 0) {
     s = DSC_DISPATCH(grouped_linear_fwd, ctx, dsc_tensor_dtype(x), E, R, N, K, dsc_data(x), dsc_data(w),
@@ -97,15 +120,25 @@ dsc_status dsc_grouped_linear_forward_h(dsc_context *ctx, const DLTensor *x, con
   return s;
 }
 
+static dsc_status bwd(dsc_context *ctx, const DLTensor *dy, const DLTensor *x, const DLTensor *w,
+                      const DLTensor *group_offsets, const int32_t *given_h, int bound, DLTensor *dx,
+                      DLTensor *dw);
+
 dsc_status dsc_grouped_linear_backward(dsc_context *ctx, const DLTensor *dy, const DLTensor *x,
                                        const DLTensor *w, const DLTensor *group_offsets,
                                        DLTensor *dx, DLTensor *dw) {
-  return dsc_grouped_linear_backward_h(ctx, dy, x, w, group_offsets, NULL, dx, dw);
+  return bwd(ctx, dy, x, w, group_offsets, NULL, 0, dx, dw);
 }
 
 dsc_status dsc_grouped_linear_backward_h(dsc_context *ctx, const DLTensor *dy, const DLTensor *x,
                                          const DLTensor *w, const DLTensor *group_offsets,
                                          const int32_t *given_h, DLTensor *dx, DLTensor *dw) {
+  return bwd(ctx, dy, x, w, group_offsets, given_h, 1, dx, dw);
+}
+
+static dsc_status bwd(dsc_context *ctx, const DLTensor *dy, const DLTensor *x, const DLTensor *w,
+                      const DLTensor *group_offsets, const int32_t *given_h, int bound, DLTensor *dx,
+                      DLTensor *dw) {
   static const char *const FN = "dsc_grouped_linear_backward";
   DSC_TRY(dsc_check_tensor(ctx, FN, "dy", dy, DSC_DT_FLOAT));
   DSC_TRY(dsc_check_tensor(ctx, FN, "x", x, DSC_DT_FLOAT));
@@ -138,7 +171,8 @@ dsc_status dsc_grouped_linear_backward_h(dsc_context *ctx, const DLTensor *dy, c
                              NULL));
   const int32_t *offs_h = given_h;
   int32_t *owned = NULL;
-  if (!offs_h) DSC_TRY(host_offsets(ctx, FN, group_offsets, E, R, &offs_h, &owned));
+  const int dev = bound && dsc_grouped_linear_reads_device_offsets(ctx, dt, dw_dt);
+  if (!offs_h && !dev) DSC_TRY(host_offsets(ctx, FN, group_offsets, E, R, bound, &offs_h, &owned));
   dsc_status s = DSC_OK;
   /* N == 0 still runs: dx is then an empty sum, i.e. zeros, and must be written. */
   if (K > 0) {

@@ -318,6 +318,37 @@ dsc_status dsc_moe_permute(dsc_context *ctx, const DLTensor *x, const DLTensor *
                       (int32_t *)dsc_data(row_map));
 }
 
+int64_t dsc_moe_row_bound(int64_t n, int64_t E, int64_t align) {
+  if (n < 0 || E < 1 || align < 1) return -1;
+  int ok = 1;
+  /* only experts with a pair pad: at most min(E, n) of them */
+  int64_t r = dsc_cmul(E < n ? E : n, align - 1, &ok);
+  if (!ok || r > INT64_MAX - n) return -1;
+  r += n;
+  if (align > 1) { /* whole blocks of align rows (the FP8 wgrad's 128-token tiles) */
+    if (r > INT64_MAX - (align - 1)) return -1;
+    r = (r + align - 1) / align * align;
+  }
+  return r;
+}
+
+dsc_status dsc_moe_permute_bound(dsc_context *ctx, const char *fn, const DLTensor *x,
+                                 const DLTensor *indices, int32_t n_experts, int32_t align,
+                                 DLTensor *out, DLTensor *group_offsets, DLTensor *row_map) {
+  /* the layer's own contiguous buffers and routing: shapes only (no range check, no count) */
+  const int64_t T = x->shape[0], D = x->shape[1], k = indices->shape[1], E = n_experts;
+  const int64_t Rb = dsc_moe_row_bound(T * k, E, align);
+  DSC_CHECK(Rb >= 0 && Rb <= INT32_MAX, DSC_ERR_UNSUPPORTED, fn,
+            "x: expected at most 2^31-1 permuted rows (int32 offsets) for %lld tokens x top_k %lld "
+            "and %lld experts with align %d", (long long)T, (long long)k, (long long)E, (int)align);
+  DSC_CHECK(out->shape[0] == Rb && out->shape[1] == D && group_offsets->shape[0] == E + 1 &&
+                row_map->shape[0] == T && row_map->shape[1] == k,
+            DSC_ERR_INTERNAL, fn, "the permutation's buffers do not have the layer's bound shapes");
+  return DSC_DISPATCH(moe_permute, ctx, dsc_tensor_dtype(x), T, D, k, is64(indices), dsc_data(indices), E,
+                      align, dsc_data(x), Rb, dsc_data(out), (int32_t *)dsc_data(group_offsets),
+                      (int32_t *)dsc_data(row_map));
+}
+
 dsc_status dsc_moe_permute_backward(dsc_context *ctx, const DLTensor *dout,
                                     const DLTensor *row_map, DLTensor *dx) {
   static const char *const FN = "dsc_moe_permute_backward";

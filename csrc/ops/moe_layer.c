@@ -17,8 +17,20 @@
  * weight gradients use it (dequantized, re-tiled along the tokens), as DeepSeek-V3 caches
  * FP8 activations: these are the rows an expert-parallel dispatch sends (moe_layer_ex.h).
  *
+ * Host waits (issue #15: none inside a training or decode step on the GPU). Without an
+ * exchange the permuted rows are sized by the bound R_max (ops/moe_internal.h
+ * dsc_moe_row_bound: T*k + min(E, T*k) * (align-1)), known from shapes; the padded count R =
+ * offsets[E] stays on the device and rows [R, R_max) are zero padding every step keeps
+ * zero. The FP8 experts (grouped fprop/dgrad, K-grouped wgrad with align 128) and the
+ * BF16-operand experts (kernels/bf16_grouped_mma.cu) read the offsets on the device: their
+ * layer never waits. Float32 experts in FP32 math (the reference model) run cuBLASLt per
+ * expert on row slices copied back once per forward (one wait, host_offsets_once), as does
+ * the FP8 layer with an alignment that is not a multiple of 128 (its per-expert wgrad loop).
+ * With an exchange (moe_layer_ex.h) the plan needs the counts on the host (host_counts).
+ *
  * Legend: T tokens, D hidden, E routed experts, k experts per token, F expert
- * intermediate size, Fs shared intermediate size, R permuted rows.
+ * intermediate size, Fs shared intermediate size, R permuted rows (the bound R_max without
+ * an exchange).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -65,13 +77,15 @@ struct dsc_moe_layer_saved {
   int fp8;      /* ... with FP8 expert GEMMs */
   int have_aux; /* dsc_moe_layer_aux_loss filled B_DSCORES for the backward */
   int64_t T, D, E, k, F, Fs, R;
+  int64_t align; /* the forward's row alignment of the experts' groups */
   /* an exchange (moe_layer_ex.h): the forward's, and where its phases are */
   int ex;         /* the forward ran with an exchange */
   int64_t El, Rin; /* experts and rows computed here */
   int fwd_phase;  /* phases of the current forward done (a mask) */
   int bwd_phase;  /* phases of the current backward done */
-  /* CUDA, no exchange: the host copy of b[B_OFFSETS] [E+1] made once by the forward, given
-   * to its three grouped GEMMs and the backward's (NULL on the CPU: nothing to copy). */
+  /* CUDA, no exchange, float32 experts: the host copy of b[B_OFFSETS] [E+1] made once by the
+   * forward, given to its three cuBLASLt grouped GEMMs and the backward's (NULL on the CPU:
+   * nothing to copy; FP8 experts read the offsets on the device). */
   int32_t *offs_h;
   int64_t offs_h_cap; /* elements allocated */
   int offs_h_valid;   /* offs_h holds the current forward's offsets */
@@ -163,9 +177,10 @@ static dsc_status local_saved(dsc_context *ctx, const char *fn, dsc_moe_layer_sa
   return DSC_OK;
 }
 
-/* s->offs_h = the permutation's offsets [E+1] on the host (CUDA; one copy back), checked
- * like the grouped GEMM would; on the CPU s->offs_h stays NULL (the GEMMs read the offsets
- * where they are). */
+/* s->offs_h = the permutation's offsets [E+1] on the host (CUDA; one copy back, the one
+ * host wait of a float32-expert layer: its grouped GEMMs are cuBLASLt calls on host-known
+ * row slices), checked like the grouped GEMM would (0 <= ... <= offsets[E] <= R, the row
+ * bound); on the CPU s->offs_h stays NULL (the GEMMs read the offsets where they are). */
 static dsc_status host_offsets_once(dsc_context *ctx, dsc_moe_layer_saved *s, int64_t E, int64_t R) {
   static const char *const FN = "dsc_moe_layer_forward";
   if (!dsc_ctx_is_cuda(ctx)) return DSC_OK;
@@ -178,10 +193,10 @@ static dsc_status host_offsets_once(dsc_context *ctx, dsc_moe_layer_saved *s, in
   DSC_TRY(dsc_memcpy(ctx, s->offs_h, (DLDevice){kDLCPU, 0}, s->b[B_OFFSETS].t.data, ctx->device,
                      (size_t)(E + 1) * sizeof(int32_t)));
   const int32_t *o = s->offs_h;
-  int ok = o[0] == 0 && o[E] == R;
+  int ok = o[0] == 0 && o[E] <= R;
   for (int64_t e = 0; e < E && ok; ++e) ok = o[e + 1] >= o[e];
   DSC_CHECK(ok, DSC_ERR_INTERNAL, FN,
-            "the permutation's offsets are not 0 <= ... <= R = %lld (got [0] = %d, [E] = %d)",
+            "the permutation's offsets are not 0 <= ... <= R_max = %lld (got [0] = %d, [E] = %d)",
             (long long)R, (int)o[0], (int)o[E]);
   s->offs_h_valid = 1;
   return DSC_OK;
@@ -209,7 +224,10 @@ typedef struct {
   void *mem;
   uint8_t *aq, *wq;
   float *as, *ws;
-  int32_t *offs_h;
+  int32_t *offs_h; /* the offsets on the host: the CPU's own (read in place), a CUDA copy
+                      (host_offs: the expert-parallel path), or NULL (CUDA, none needed) */
+  int offs_h_owned;
+  int dev_wgrad; /* weight gradients from the device offsets (groups aligned to 128 rows) */
   const DLTensor *aq_of; /* the activation aq holds the tiles of (gate and up share one) */
 } fp8_scratch;
 
@@ -219,15 +237,19 @@ static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 /* f->mem is the context's DSC_SLOT_MOE_FP8 buffer (kept for the next call), not freed. */
 static void fp8_scratch_free(dsc_context *ctx, fp8_scratch *f) {
   (void)ctx;
-  free(f->offs_h);
+  if (f->offs_h_owned) free(f->offs_h);
   memset(f, 0, sizeof *f);
 }
 
-/* need_w: some weight is float32 and gets quantized here (else no weight scratch). */
+/* need_w: some weight is float32 and gets quantized here (else no weight scratch).
+ * host_offs: the GEMMs need the offsets on the host (a CUDA copy back, one wait; the
+ * expert-parallel path's unaligned groups); else CUDA reads them on the device only and
+ * the CPU in place. bwd: for a backward, whose weight gradients run on the device offsets
+ * when align (the groups' row alignment) is a multiple of 128 (dsc_fp8l_wgrad_dev), else
+ * loop over host offsets (copied). */
 static dsc_status fp8_scratch_alloc(dsc_context *ctx, int64_t T, int64_t R, int64_t D, int64_t E,
                                     int64_t F, int64_t Fs, const DLTensor *offsets, int need_w,
-                                    fp8_scratch *f,
-                                    const int32_t *given_h) {
+                                    fp8_scratch *f, int host_offs, int bwd, int64_t align) {
   memset(f, 0, sizeof *f);
   int ok = 1;
   const int64_t kmax = max64(D, max64(F, Fs)), mmax = max64(R, T);
@@ -243,16 +265,18 @@ static dsc_status fp8_scratch_alloc(dsc_context *ctx, int64_t T, int64_t R, int6
   DSC_CHECK(ok, DSC_ERR_OUT_OF_MEMORY, "dsc_moe_layer",
             "FP8 scratch for %lld rows of up to %lld features does not fit in 64 bits",
             (long long)mmax, (long long)kmax);
-  f->offs_h = (int32_t *)malloc((size_t)(E + 1) * sizeof(int32_t));
-  if (!f->offs_h)
-    return dsc_error(DSC_ERR_OUT_OF_MEMORY, "dsc_moe_layer", "out of host memory");
-  /* given_h: the forward's host copy of these offsets (no copy back) */
+  f->dev_wgrad = !host_offs && align % 128 == 0;
   dsc_status st = DSC_OK;
-  if (given_h)
-    memcpy(f->offs_h, given_h, (size_t)(E + 1) * sizeof(int32_t));
-  else
+  if (!dsc_ctx_is_cuda(ctx)) {
+    f->offs_h = (int32_t *)dsc_data(offsets); /* host memory already */
+  } else if (host_offs || (bwd && !f->dev_wgrad)) {
+    f->offs_h = (int32_t *)malloc((size_t)(E + 1) * sizeof(int32_t));
+    if (!f->offs_h)
+      return dsc_error(DSC_ERR_OUT_OF_MEMORY, "dsc_moe_layer", "out of host memory");
+    f->offs_h_owned = 1;
     st = dsc_memcpy(ctx, f->offs_h, (DLDevice){kDLCPU, 0}, dsc_data(offsets), ctx->device,
                     (size_t)(E + 1) * sizeof(int32_t));
+  }
   if (st == DSC_OK) st = dsc_ctx_slot(ctx, DSC_SLOT_MOE_FP8, off[4] ? off[4] : 64, &f->mem);
   if (st != DSC_OK) {
     fp8_scratch_free(ctx, f);
@@ -306,9 +330,12 @@ static dsc_status fp8_bwd(dsc_context *ctx, const fp8_scratch *f, int64_t G, int
                           const DLTensor *w, const DLTensor *offs, DLTensor *dx, DLTensor *dw) {
   const dsc_dtype f32 = DSC_DTYPE_FLOAT32;
   const int32_t *oh = offs ? f->offs_h : NULL;
-  if (dw)
-    DSC_TRY(dsc_fp8l_wgrad(ctx, G, M, N, K, f32, dsc_data(dy), xs ? DSC_DTYPE_FLOAT8_E4M3FN : f32,
-                           dsc_data(x), xs, oh, (float *)dsc_data(dw)));
+  const dsc_dtype xt = xs ? DSC_DTYPE_FLOAT8_E4M3FN : f32;
+  if (dw && offs && f->dev_wgrad)
+    DSC_TRY(dsc_fp8l_wgrad_dev(ctx, G, M, N, K, f32, dsc_data(dy), xt, dsc_data(x), xs,
+                               (const int32_t *)dsc_data(offs), (float *)dsc_data(dw)));
+  else if (dw)
+    DSC_TRY(dsc_fp8l_wgrad(ctx, G, M, N, K, f32, dsc_data(dy), xt, dsc_data(x), xs, oh, (float *)dsc_data(dw)));
   DSC_TRY(dsc_fp8l_quant_weight(ctx, G, N, K, (const float *)dsc_data(w), 1, f->wq, f->ws));
   return dsc_fp8l_dgrad(ctx, G, M, N, K, f32, dsc_data(dy), DSC_DTYPE_FLOAT8_E4M3FN, f->wq,
                         f->ws, 1, offs ? (const int32_t *)dsc_data(offs) : NULL, oh,
@@ -460,14 +487,32 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
    * inner ops need not copy them back to check their range (DSC_DEBUG_CHECKS=1 does). */
   ctx->trusted_indices++;
   if (counts) STEP(dsc_moe_expert_load(ctx, &b[B_INDICES].t, counts));
-  int64_t R = 0;
-  STEP(dsc_moe_permute_rows(ctx, &b[B_INDICES].t, (int32_t)E, align, &R));
+  /* The permuted rows are sized by their bound R_max (moe_internal.h), never by the count R
+   * = offsets[E], which stays on the device. Rows [R, R_max), kernel by kernel:
+   *  - permute: zeroed with the experts' own padding (its pad kernel reads offsets[E]);
+   *  - grouped GEMMs (FP8 fprop/dgrad, BF16, CPU, cuBLASLt's memset): read offsets[E] and
+   *    write zeros there, computing nothing;
+   *  - SwiGLU, add, FP8 row quantization, the wgrad's quantization along the tokens: run over
+   *    all R_max rows, harmlessly (zeros stay zeros; a tile past offsets[E] is never read);
+   *  - the K-grouped FP8 wgrad and the BF16 wgrad: sum each expert's own rows only;
+   *  - combine, its backward's weights and permute's backward: walk the row map (never
+   *    there); the combine's backward zeroes every row no pair names.
+   * So they add nothing to any output or gradient. On the CPU with align 1, R_max = R. */
+  const int64_t R = dsc_moe_row_bound(T * k, E, align);
+  if (st == DSC_OK && (R < 0 || R > INT32_MAX))
+    st = dsc_error(DSC_ERR_UNSUPPORTED, FN,
+                   "x: expected at most 2^31-1 permuted rows (int32 offsets), got a bound of %lld for %lld "
+                   "tokens, top_k %lld, %lld experts, align %d",
+                   (long long)R, (long long)T, (long long)k, (long long)E, (int)align);
   STEP(buf_alloc(ctx, &b[B_XP], DSC_DTYPE_FLOAT32, R, D));
   STEP(buf_alloc(ctx, &b[B_OFFSETS], DSC_DTYPE_INT32, E + 1, -1));
   STEP(buf_alloc(ctx, &b[B_ROWMAP], DSC_DTYPE_INT32, T, k));
-  STEP(dsc_moe_permute(ctx, &x2, &b[B_INDICES].t, (int32_t)E, align, &b[B_XP].t, &b[B_OFFSETS].t,
-                       &b[B_ROWMAP].t));
-  STEP(host_offsets_once(ctx, s, E, R)); /* the one copy back of the GEMMs' offsets */
+  STEP(dsc_moe_permute_bound(ctx, FN, &x2, &b[B_INDICES].t, (int32_t)E, align, &b[B_XP].t, &b[B_OFFSETS].t,
+                             &b[B_ROWMAP].t));
+  /* float32 experts on CUDA outside the BF16-operand mode: cuBLASLt per expert on the host's
+   * copy (FP8 and BF16-operand experts read the offsets on the device) */
+  if (!w->fp8 && !dsc_grouped_linear_reads_device_offsets(ctx, DSC_DTYPE_FLOAT32, DSC_DTYPE_FLOAT32))
+    STEP(host_offsets_once(ctx, s, E, R));
   STEP(buf_alloc(ctx, &b[B_HG], DSC_DTYPE_FLOAT32, R, F));
   STEP(buf_alloc(ctx, &b[B_HU], DSC_DTYPE_FLOAT32, R, F));
   STEP(buf_alloc(ctx, &b[B_ACT], DSC_DTYPE_FLOAT32, R, F));
@@ -481,8 +526,7 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
                          w->experts_down_scale_inv &&
                          (Fs == 0 || (w->shared_gate_scale_inv && w->shared_up_scale_inv &&
                                       w->shared_down_scale_inv));
-    STEP(fp8_scratch_alloc(ctx, T, R, D, E, F, Fs, &b[B_OFFSETS].t, !all_held, &f8,
-                           s->offs_h_valid ? s->offs_h : NULL));
+    STEP(fp8_scratch_alloc(ctx, T, R, D, E, F, Fs, &b[B_OFFSETS].t, !all_held, &f8, 0, 0, align));
     STEP(quant_rows(ctx, b, R, D, B_XQ, B_XS));
     const uint8_t *xq = (const uint8_t *)b[B_XQ].t.data;
     const float *xs = (const float *)b[B_XS].t.data;
@@ -531,6 +575,7 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
     s->have = 1;
     s->fp8 = w->fp8;
     s->T = T, s->D = D, s->E = E, s->k = k, s->F = F, s->Fs = Fs, s->R = R;
+    s->align = align;
   }
   return st;
 }
@@ -604,7 +649,7 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
                                   &tmp[T_DEO].t, &tmp[T_DW].t));
   fp8_scratch f8;
   memset(&f8, 0, sizeof f8);
-  if (w->fp8) STEP(fp8_scratch_alloc(ctx, T, R, D, E, F, Fs, &b[B_OFFSETS].t, 1, &f8, oh));
+  if (w->fp8) STEP(fp8_scratch_alloc(ctx, T, R, D, E, F, Fs, &b[B_OFFSETS].t, 1, &f8, 0, 1, saved->align));
   STEP(buf_alloc(ctx, &tmp[T_DACT], DSC_DTYPE_FLOAT32, R, F));
   if (w->fp8)
     STEP(fp8_bwd(ctx, &f8, E, R, D, F, &tmp[T_DEO].t, &b[B_ACT].t, NULL, w->experts_down,
@@ -943,7 +988,7 @@ dsc_status dsc_moe_layer_forward_ex(dsc_context *ctx, const dsc_moe_route_params
       const int all_held = w->experts_gate_scale_inv && w->experts_up_scale_inv && w->experts_down_scale_inv &&
                            (Fs == 0 || (w->shared_gate_scale_inv && w->shared_up_scale_inv &&
                                         w->shared_down_scale_inv));
-      STEP(fp8_scratch_alloc(ctx, T, Rin, D, El, F, Fs, &offs->t, !all_held, &f8, NULL));
+      STEP(fp8_scratch_alloc(ctx, T, Rin, D, El, F, Fs, &offs->t, !all_held, &f8, 0, 0, 1));
     }
     STEP(experts_fwd(ctx, w, b, El, Rin, D, F, X, offs, &f8, out));
     if (ex) {
@@ -1073,7 +1118,7 @@ dsc_status dsc_moe_layer_backward_ex(dsc_context *ctx, const dsc_moe_route_param
     buf *dxp = ex ? &tmp[T_DXPR] : &tmp[T_DXP];
     fp8_scratch f8;
     memset(&f8, 0, sizeof f8);
-    if (w->fp8) STEP(fp8_scratch_alloc(ctx, T, Rin, D, El, F, Fs, &offs->t, 1, &f8, NULL));
+    if (w->fp8) STEP(fp8_scratch_alloc(ctx, T, Rin, D, El, F, Fs, &offs->t, 1, &f8, 1, 1, 1));
     STEP(buf_alloc(ctx, &tmp[T_DACT], DSC_DTYPE_FLOAT32, Rin, F));
     STEP(buf_alloc(ctx, &tmp[T_DHG], DSC_DTYPE_FLOAT32, Rin, F));
     STEP(buf_alloc(ctx, &tmp[T_DHU], DSC_DTYPE_FLOAT32, Rin, F));

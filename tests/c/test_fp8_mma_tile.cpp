@@ -7,8 +7,10 @@
  * formulas (a_i / b_i / c_i, not the header's per-register ones) multiplies them, the
  * partials are promoted per 128-K block with mt_scale_idx, and the stores go through the
  * same guards. The result must equal a reference block-scaled GEMM for random inputs:
- * plain (1x128 and 128x128 scales), grouped (offsets with empty and unaligned groups) and
- * masked layouts, M and N not multiples of the tile, K multiples of 128 and of 16 only.
+ * plain (1x128 and 128x128 scales), grouped (offsets with empty and unaligned groups, and
+ * rows past the last group: zeros, the MoE layer's row bound), masked and K-grouped (the
+ * MoE weight gradient: group g sums the 128-blocks of its token range into its own C)
+ * layouts, M and N not multiples of the tile, K multiples of 128 and of 16 only.
  * Outputs are poisoned with NaN first: a missing store shows. Also checks that each
  * fragment layout is a bijection and that the fragment loads are bank-conflict-free.
  * Build: g++ -std=c++17 -O1 -Icsrc/core -Ikernels tests/c/test_fp8_mma_tile.cpp
@@ -119,7 +121,8 @@ struct Sim {
            (uint32_t)s[off + 3] << 24;
   }
 
-  void tile(int64_t z, int64_t g, int64_t m0, int64_t n0, int64_t r0, int64_t r1) {
+  void tile(int64_t z, int64_t g, int64_t zc, int64_t m0, int64_t n0, int64_t r0, int64_t r1, int64_t kb0,
+            int64_t kb1) {
     const int64_t M = p.M, N = p.N, K = p.K, Kb = p.Kb;
     const uint8_t *A = p.a + z * M * K;
     const float *AS = p.a_scale + z * ((M + p.a_br - 1) / p.a_br) * Kb;
@@ -127,7 +130,7 @@ struct Sim {
     const float *BS = p.b_scale + g * ((N + p.b_br - 1) / p.b_br) * Kb;
     static float acc[MT_WARPS][32][MT_FM][MT_FN][4];
     memset(acc, 0, sizeof acc);
-    for (int64_t kb = 0; kb < Kb; ++kb) {
+    for (int64_t kb = kb0; kb < kb1; ++kb) {
       load_stage(A, B, m0, n0, r0, r1, kb);
       for (int w = 0; w < MT_WARPS; ++w) {
         static float part[MT_FM][MT_FN][32][4];
@@ -159,7 +162,7 @@ struct Sim {
               }
       }
     }
-    float *C = out + z * M * N;
+    float *C = out + zc * M * N;
     for (int w = 0; w < MT_WARPS; ++w)
       for (int lane = 0; lane < 32; ++lane)
         for (int i = 0; i < MT_FM; ++i)
@@ -173,17 +176,21 @@ struct Sim {
 
   void run() { /* the kernel's tile loop, one "CTA" at a time */
     const int64_t tiles_m = (p.M + MT_BM - 1) / MT_BM, tiles_n = (p.N + MT_BN - 1) / MT_BN;
-    const int64_t batch = p.mode == MT_MODE_MASKED ? p.G : 1;
+    const int64_t batch = (p.mode == MT_MODE_MASKED || p.mode == MT_MODE_KGROUPED) ? p.G : 1;
     for (int64_t t = 0; t < batch * tiles_m * tiles_n; ++t) {
       int64_t z, tm, tn;
       mt_tile_coords(t, tiles_m, tiles_n, &z, &tm, &tn);
       const int64_t m0 = tm * MT_BM, n0 = tn * MT_BN;
       const int64_t mend = m0 + MT_BM < p.M ? m0 + MT_BM : p.M;
       if (p.mode == MT_MODE_PLAIN) {
-        tile(0, 0, m0, n0, m0, mend);
+        tile(0, 0, 0, m0, n0, m0, mend, 0, p.Kb);
+      } else if (p.mode == MT_MODE_KGROUPED) {
+        int64_t kb0, kb1;
+        mt_kgroup_blocks(p.gidx, z, &kb0, &kb1);
+        tile(0, 0, z, m0, n0, m0, mend, kb0, kb1);
       } else if (p.mode == MT_MODE_MASKED) {
         const int64_t mm = mt_masked_end(p.gidx[z], m0, mend);
-        if (mm > m0) tile(z, z, m0, n0, m0, mm);
+        if (mm > m0) tile(z, z, z, m0, n0, m0, mm, 0, p.Kb);
         const int64_t nend = n0 + MT_BN < p.N ? n0 + MT_BN : p.N;
         const int64_t wd = nend - n0, cnt = (mend - mm) * wd;
         for (int64_t e = 0; e < cnt; ++e) out[z * p.M * p.N + (mm + e / wd) * p.N + n0 + e % wd] = 0.0f;
@@ -191,30 +198,42 @@ struct Sim {
         for (int64_t g = mt_first_group(p.gidx, p.G, m0); g < p.G; ++g) {
           if ((int64_t)p.gidx[g] >= mend) break;
           int64_t s0, s1;
-          if (mt_group_rows(p.gidx, g, m0, mend, &s0, &s1)) tile(0, g, m0, n0, s0, s1);
+          if (mt_group_rows(p.gidx, g, m0, mend, &s0, &s1)) tile(0, g, 0, m0, n0, s0, s1, 0, p.Kb);
         }
+        /* rows past every group: zeros (the kernel's tail loop) */
+        const int64_t mz = mt_masked_end(p.gidx[p.G], m0, mend);
+        const int64_t nend = n0 + MT_BN < p.N ? n0 + MT_BN : p.N;
+        const int64_t wd = nend - n0, cnt = (mend - mz) * wd;
+        for (int64_t e = 0; e < cnt; ++e) out[(mz + e / wd) * p.N + n0 + e % wd] = 0.0f;
       }
     }
   }
 };
 
 /* Reference: C[z][m][n] = sum_kb (sum_k A B) sa sb in double, with group g of row m (plain:
- * 0; grouped: offsets; masked: z, rows >= mm zero). */
+ * 0; grouped: offsets, rows past the last group zero; masked: z, rows >= mm zero;
+ * K-grouped: batch z sums the K blocks of tokens [offsets[z], offsets[z+1]) of the shared
+ * A and B, written without the header's helpers). */
 static void reference(const Fp8MmaArgs &p, std::vector<double> &ref, std::vector<double> &mag) {
-  const int64_t batch = p.mode == MT_MODE_MASKED ? p.G : 1;
+  const int kg = p.mode == MT_MODE_KGROUPED;
+  const int64_t batch = (p.mode == MT_MODE_MASKED || kg) ? p.G : 1;
   ref.assign(batch * p.M * p.N, 0.0);
   mag.assign(batch * p.M * p.N, 0.0);
   for (int64_t z = 0; z < batch; ++z)
     for (int64_t m = 0; m < p.M; ++m) {
       int64_t g = 0;
-      if (p.mode == MT_MODE_GROUPED)
+      if (p.mode == MT_MODE_GROUPED) {
+        if (m >= p.gidx[p.G]) continue; /* past every group: 0 */
         while (p.gidx[g + 1] <= m) ++g;
+      }
       if (p.mode == MT_MODE_MASKED) {
         g = z;
         if (m >= p.gidx[z]) continue;
       }
-      const uint8_t *A = p.a + (z * p.M + m) * p.K;
-      const float *AS = p.a_scale + z * ((p.M + p.a_br - 1) / p.a_br) * p.Kb;
+      const int64_t za = kg ? 0 : z;
+      if (kg) g = 0;
+      const uint8_t *A = p.a + (za * p.M + m) * p.K;
+      const float *AS = p.a_scale + za * ((p.M + p.a_br - 1) / p.a_br) * p.Kb;
       for (int64_t n = 0; n < p.N; ++n) {
         const uint8_t *B = p.b + (g * p.N + n) * p.K;
         const float *BS = p.b_scale + g * ((p.N + p.b_br - 1) / p.b_br) * p.Kb;
@@ -222,6 +241,7 @@ static void reference(const Fp8MmaArgs &p, std::vector<double> &ref, std::vector
         for (int64_t kb = 0; kb < p.Kb; ++kb) {
           double s = 0, sabs = 0;
           for (int64_t k = kb * 128; k < p.K && k < (kb + 1) * 128; ++k) {
+            if (kg && (k < p.gidx[z] || k >= p.gidx[z + 1])) continue; /* another group's token */
             const double x = (double)dsc_e4m3_to_f32(A[k]) * dsc_e4m3_to_f32(B[k]);
             s += x;
             sabs += fabs(x);
@@ -247,14 +267,16 @@ static void run_case(const char *name, int mode, int64_t G, int64_t M, int64_t N
   p.G = G;
   p.a_br = a_br;
   p.b_br = b_br;
-  const int64_t Bt = mode == MT_MODE_MASKED ? G : 1, Gb = mode == MT_MODE_PLAIN ? 1 : G;
+  const int64_t Bt = mode == MT_MODE_MASKED ? G : 1;
+  const int64_t Gb = (mode == MT_MODE_PLAIN || mode == MT_MODE_KGROUPED) ? 1 : G; /* B matrices */
+  const int64_t Ct = (mode == MT_MODE_MASKED || mode == MT_MODE_KGROUPED) ? G : 1; /* C batches */
   std::vector<uint8_t> a(Bt * M * K), b(Gb * N * K);
   for (auto &x : a) x = rnd_code();
   for (auto &x : b) x = rnd_code();
   std::vector<float> as(Bt * ((M + a_br - 1) / a_br) * p.Kb), bs(Gb * ((N + b_br - 1) / b_br) * p.Kb);
   for (auto &x : as) x = rnd_scale();
   for (auto &x : bs) x = rnd_scale();
-  std::vector<float> c(Bt * M * N, NAN);
+  std::vector<float> c(Ct * M * N, NAN);
   p.a = a.data();
   p.b = b.data();
   p.a_scale = as.data();
@@ -364,6 +386,15 @@ static void test_group_lookup(void) {
   int64_t s0, s1;
   CHECK(mt_group_rows(off, 3, 0, 64, &s0, &s1) && s0 == 5 && s1 == 64, "group 3 in tile 0");
   CHECK(!mt_group_rows(off, 2, 0, 64, &s0, &s1) && !mt_group_rows(off, 0, 0, 64, &s0, &s1), "empty groups 0 and 2");
+  /* K groups: 128-aligned token ranges and their blocks */
+  const int32_t ko[] = {0, 128, 128, 384, 512};
+  int64_t kb0, kb1;
+  mt_kgroup_blocks(ko, 0, &kb0, &kb1);
+  CHECK(kb0 == 0 && kb1 == 1, "K group 0: block 0");
+  mt_kgroup_blocks(ko, 1, &kb0, &kb1);
+  CHECK(kb0 == 1 && kb1 == 1, "K group 1: empty");
+  mt_kgroup_blocks(ko, 2, &kb0, &kb1);
+  CHECK(kb0 == 1 && kb1 == 3, "K group 2: blocks 1, 2");
 }
 
 int main(void) {
@@ -380,6 +411,12 @@ int main(void) {
   run_case("grouped empty first/last", MT_MODE_GROUPED, 5, 90, 64, 144, 1, 128, {0, 0, 3, 64, 90, 90});
   run_case("masked", MT_MODE_MASKED, 3, 100, 81, 256, 1, 128, {100, 0, 63});
   run_case("masked K%128!=0", MT_MODE_MASKED, 2, 70, 64, 176, 1, 128, {1, 70});
+  run_case("grouped, rows past the last group", MT_MODE_GROUPED, 3, 300, 72, 128, 1, 128, {0, 128, 128, 256});
+  run_case("grouped, a bound far past the rows", MT_MODE_GROUPED, 2, 200, 40, 144, 1, 128, {0, 0, 5});
+  /* the weight gradient: M = N of dW, N = K of dW, K = tokens (per-row scales both) */
+  run_case("kgrouped", MT_MODE_KGROUPED, 4, 72, 136, 640, 1, 1, {0, 128, 128, 384, 512});
+  run_case("kgrouped empty first/last", MT_MODE_KGROUPED, 4, 64, 64, 384, 1, 1, {0, 0, 256, 384, 384});
+  run_case("kgrouped all empty", MT_MODE_KGROUPED, 2, 30, 50, 256, 1, 1, {0, 0, 0});
   printf("%d passed, %d failed\n", g_pass, g_fail);
   return g_fail ? 1 : 0;
 }
