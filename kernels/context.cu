@@ -65,7 +65,9 @@ extern "C" void dsc_cuda_context_release(dsc_context *ctx) {
   dsc_lt_release(st); /* cuBLASLt plans and handle (blaslt.cu) */
   if (st->scratch) (void)cudaFree(st->scratch);
   if (ctx->check_record) (void)cudaFree(ctx->check_record);
+  if (ctx->check_mirror) (void)cudaFreeHost(ctx->check_mirror);
   ctx->check_record = NULL;
+  ctx->check_mirror = NULL;
   if (st->pinned) (void)cudaFreeHost(st->pinned);
   if (st->handoff) (void)cudaEventDestroy(st->handoff);
   /* Outstanding frees of the pool complete on their own; the pool goes once they have. */
@@ -126,6 +128,7 @@ extern "C" dsc_status dsc_cuda_context_init(dsc_context *ctx) {
   if (e == cudaSuccess) e = create_pool(st);
   /* The deferred checks' error record (dsc_index_check): nothing recorded, running = ~0. */
   if (e == cudaSuccess) e = cudaMalloc((void **)&ctx->check_record, sizeof(dsc_check_record));
+  if (e == cudaSuccess) e = cudaMallocHost((void **)&ctx->check_mirror, sizeof(dsc_check_record));
   if (e == cudaSuccess) e = cudaMemset(ctx->check_record, 0, sizeof(dsc_check_record));
   if (e == cudaSuccess) e = cudaMemset(&ctx->check_record->running, 0xff, sizeof(uint64_t));
   if (e == cudaSuccess) e = cudaDeviceSynchronize(); /* the memsets are done before any stream uses it */

@@ -10,8 +10,6 @@
  * the order of the atomics. A second one-thread kernel fetches the value at that
  * position, and both results come back in one 16-byte copy (then a stream sync).
  */
-#include <string.h>
-
 #include "common.cuh"
 
 static const char *const FN_INDEX = "dsc_cuda_index_range";
@@ -142,19 +140,18 @@ extern "C" dsc_status dsc_cuda_index_record(dsc_context *ctx, const dsc_index_si
                : record_launch<int32_t>(ctx, site, n, ids, lo, hi, skip);
 }
 
-extern "C" dsc_status dsc_cuda_check_fetch(dsc_context *ctx, dsc_check_record *out) {
+extern "C" dsc_status dsc_cuda_check_enqueue(dsc_context *ctx) {
   static const char *const FN = "dsc_context_check";
   DSC_CUDA_ENTER(ctx, FN);
-  static_assert(sizeof(dsc_check_record) <= DSC_CUDA_PINNED_BYTES, "the record fits the pinned buffer");
-  dsc_cuda_state *st = dsc_cuda_st(ctx);
-  DSC_TRY(dsc_cuda_to_host(ctx, st->pinned, ctx->check_record, sizeof(dsc_check_record), FN));
-  memcpy(out, st->pinned, sizeof *out);
-  if (out->status != DSC_OK) {
-    /* Clear for the next checks, on the stream (running is ~0 already: every check's last
-     * kernel resets it). */
-    DSC_CUDA_TRY(cudaMemsetAsync(&ctx->check_record->status, 0,
-                                 sizeof(dsc_check_record) - sizeof(uint64_t), dsc_cuda_stream(ctx)),
-                 FN);
-  }
+  cudaStream_t s = dsc_cuda_stream(ctx);
+  ctx->counts.copies_to_host++; /* its wait is the caller's (counted there) */
+  DSC_CUDA_TRY(cudaMemcpyAsync(ctx->check_mirror, ctx->check_record, sizeof(dsc_check_record),
+                               cudaMemcpyDeviceToHost, s),
+               FN);
+  /* Clear for the next checks, after the copy on the stream (running is ~0 already: every
+   * check's last kernel resets it). */
+  DSC_CUDA_TRY(cudaMemsetAsync(&ctx->check_record->status, 0,
+                               sizeof(dsc_check_record) - sizeof(uint64_t), s),
+               FN);
   return DSC_OK;
 }

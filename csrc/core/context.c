@@ -78,7 +78,8 @@ dsc_status dsc_context_create(const dsc_context_options *options, dsc_context **
   }
 #endif
   if (o.device_type == kDLCPU) {
-    ctx->check_record = (dsc_check_record *)calloc(1, sizeof(dsc_check_record));
+    ctx->check_record = (dsc_check_record *)calloc(2, sizeof(dsc_check_record)); /* + mirror */
+    ctx->check_mirror = ctx->check_record ? ctx->check_record + 1 : NULL;
     if (!ctx->check_record) {
       free(ctx);
       return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN_CREATE, "out of host memory");
@@ -141,11 +142,12 @@ dsc_status dsc_context_get_device(const dsc_context *ctx, DLDevice *device) {
 dsc_status dsc_context_synchronize(dsc_context *ctx) {
   DSC_CHECK(ctx != NULL, DSC_ERR_INVALID_ARGUMENT, "dsc_context_synchronize",
             "ctx: expected a context, got NULL");
+  /* The record of the deferred checks comes back with this wait (its copy queued first). */
+  DSC_TRY(dsc_ctx_check_begin_read(ctx));
 #ifdef DSC_WITH_CUDA
   if (dsc_ctx_is_cuda(ctx)) DSC_TRY(dsc_cuda_synchronize(ctx));
 #endif
-  /* Work is done: the record of the deferred checks is final (one more small copy). */
-  return dsc_ctx_check_read(ctx);
+  return dsc_ctx_check_end_read(ctx);
 }
 
 /* ---- check modes and the deferred checks' record --------------------------------- */
@@ -178,25 +180,40 @@ dsc_status dsc_context_get_check_mode(const dsc_context *ctx, int32_t *mode) {
   return DSC_OK;
 }
 
-dsc_status dsc_ctx_check_read(dsc_context *ctx) {
-  if (ctx->check_pending == 0) return DSC_OK; /* nothing queued since the last read */
-  dsc_check_record r;
-  memset(&r, 0, sizeof r);
+dsc_status dsc_ctx_check_begin_read(dsc_context *ctx) {
+  if (ctx->check_pending == 0 || ctx->check_inflight) return DSC_OK;
 #ifdef DSC_WITH_CUDA
   if (dsc_ctx_is_cuda(ctx)) {
-    DSC_TRY(dsc_cuda_check_fetch(ctx, &r)); /* clears the device record on a failure */
+    DSC_TRY(dsc_cuda_check_enqueue(ctx)); /* copy, then clear, on the stream */
   } else
 #endif
   {
-    r = *ctx->check_record;
+    *ctx->check_mirror = *ctx->check_record;
     memset(ctx->check_record, 0, sizeof *ctx->check_record);
   }
   ctx->check_pending = 0;
+  ctx->check_inflight = 1;
   ctx->counts.check_reads++;
+  return DSC_OK;
+}
+
+dsc_status dsc_ctx_check_end_read(dsc_context *ctx) {
+  if (!ctx->check_inflight) return DSC_OK;
+  ctx->check_inflight = 0;
+  const dsc_check_record r = *ctx->check_mirror;
   if (r.status == DSC_OK) return DSC_OK;
   const dsc_index_site site = {(const char *)(uintptr_t)r.fn, (const char *)(uintptr_t)r.arg,
                                (const char *)(uintptr_t)r.what, (int32_t)r.style};
   return dsc_index_error(&site, r.lo, r.hi, r.skip, r.pos, r.value);
+}
+
+dsc_status dsc_ctx_check_read(dsc_context *ctx) {
+  DSC_TRY(dsc_ctx_check_begin_read(ctx));
+  if (!ctx->check_inflight) return DSC_OK; /* nothing queued since the last read */
+#ifdef DSC_WITH_CUDA
+  if (dsc_ctx_is_cuda(ctx)) DSC_TRY(dsc_cuda_synchronize(ctx)); /* the one wait */
+#endif
+  return dsc_ctx_check_end_read(ctx);
 }
 
 dsc_status dsc_context_check(dsc_context *ctx) {

@@ -53,10 +53,14 @@ struct dsc_context {
   /* Deferred range checks (dsc_context_set_check_mode, dsc_index_check): the requested
    * mode (DSC_CHECK_IMMEDIATE or DSC_CHECK_DEFERRED; debug_checks forces immediate), the
    * error record on the context's device (CUDA: device memory from kernels/context.cu;
-   * CPU: &check_host), and the deferred checks issued since the record was last read (0:
-   * dsc_context_check has nothing to read, so it copies and waits for nothing). */
+   * CPU: host memory), its host copy being read (CUDA: pinned memory the record is copied
+   * into on the stream; CPU: the second record of the same allocation), the deferred checks
+   * issued since the record was last read (0: dsc_context_check has nothing to read, so it
+   * copies and waits for nothing), and 1 between dsc_ctx_check_begin_read and _end_read. */
   int32_t check_mode;
+  int32_t check_inflight;
   struct dsc_check_record *check_record;
+  struct dsc_check_record *check_mirror;
   uint64_t check_pending;
   void (*moe_local_release)(void *moe_local);
 };
@@ -273,17 +277,24 @@ int32_t dsc_ctx_check_mode_push(dsc_context *ctx, int32_t mode);
 void dsc_ctx_check_mode_pop(dsc_context *ctx, int32_t saved);
 /* Read the record (CUDA: one copy and one wait; nothing when no deferred check was issued
  * since the last read), clear it, and return the recorded failure with its message, or
- * DSC_OK. dsc_context_check is this with a NULL check. */
+ * DSC_OK. dsc_context_check is this. */
 dsc_status dsc_ctx_check_read(dsc_context *ctx);
+/* The same in two halves around a host wait the caller makes anyway (a step's copy of its
+ * loss to the host): begin queues the record's copy to the host and its clearing on the
+ * stream (no wait; nothing when no deferred check was issued since the last read); end,
+ * called after any host wait for the stream that followed begin, reads that copy and
+ * returns the recorded failure (or DSC_OK; also when begin queued nothing). */
+dsc_status dsc_ctx_check_begin_read(dsc_context *ctx);
+dsc_status dsc_ctx_check_end_read(dsc_context *ctx);
 
 /* The backends' share (csrc/cpu/index.c, kernels/index.cu and kernels/context.cu). */
 dsc_status dsc_cpu_index_record(dsc_context *ctx, const dsc_index_site *site, int64_t n,
                                 int ids64, const void *ids, int64_t lo, int64_t hi, int64_t skip);
 dsc_status dsc_cuda_index_record(dsc_context *ctx, const dsc_index_site *site, int64_t n,
                                  int ids64, const void *ids, int64_t lo, int64_t hi, int64_t skip);
-/* Copy the device record into *out (one copy, one wait); when it holds a failure, clear it
- * on the device (queued on the stream, no wait). */
-dsc_status dsc_cuda_check_fetch(dsc_context *ctx, dsc_check_record *out);
+/* Queue on the stream: the copy of the device record into ctx->check_mirror (pinned), then
+ * its clearing. No wait. */
+dsc_status dsc_cuda_check_enqueue(dsc_context *ctx);
 
 /* An index of a guarded consumer: v itself when it is in [0, hi) or equals skip, else
  * skip (the consumer treats it like skip: ignore_index rows contribute nothing). For ops
