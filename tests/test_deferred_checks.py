@@ -252,3 +252,20 @@ def test_model_capsule_check_mode():
     dsc._C.context_set_check_mode(m._cap, 0)
     with pytest.raises(ValueError):
         dsc._C.context_set_check_mode(m._cap, 2)
+
+
+def test_debug_checks_force_immediate():
+    """DSC_DEBUG_CHECKS=1: deferred mode is requested, the checks still raise at the call."""
+    import subprocess
+    import sys
+    code = ("import numpy as np, deepseek_c as dsc\n"
+            "dsc.set_check_mode('deferred')\n"
+            "try:\n"
+            "    dsc.embedding(np.array([3], np.int32), np.zeros((2, 2), np.float32))\n"
+            "    print('no error')\n"
+            "except ValueError as e:\n"
+            "    print('raised:', e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**__import__("os").environ, "DSC_DEBUG_CHECKS": "1"})
+    assert r.returncode == 0, r.stderr
+    assert "raised: dsc_embedding_forward: ids: expected values in [0, 2), got 3 at position 0" in r.stdout
