@@ -155,3 +155,47 @@ extern "C" dsc_status dsc_cuda_check_enqueue(dsc_context *ctx) {
                FN);
   return DSC_OK;
 }
+
+/* ---- deferred mode for float32 values that must be finite (GRPO's rewards) ---------------- */
+
+__global__ void finite_record_scan_kernel(int64_t n, const float *__restrict__ x /* [n] */,
+                                          dsc_check_record *rec) {
+  if (*(volatile int64_t *)&rec->status != DSC_OK) return;
+  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    if (!isfinite(x[i])) {
+      atomicMin((unsigned long long *)&rec->running, (unsigned long long)i);
+      return;
+    }
+  }
+}
+
+/* One thread, after the scan: like index_record_final_kernel, without a value. */
+__global__ void finite_record_final_kernel(int64_t style, uint64_t fn, uint64_t arg, uint64_t what,
+                                           dsc_check_record *rec) {
+  const unsigned long long f = rec->running;
+  rec->running = ~0ull;
+  if (f == ~0ull || rec->status != DSC_OK) return;
+  rec->status = DSC_ERR_INVALID_ARGUMENT;
+  rec->pos = (int64_t)f;
+  rec->value = rec->lo = rec->hi = rec->skip = 0;
+  rec->style = style;
+  rec->fn = fn;
+  rec->arg = arg;
+  rec->what = what;
+}
+
+extern "C" dsc_status dsc_cuda_finite_record(dsc_context *ctx, const dsc_index_site *site, int64_t n,
+                                             const float *x /* [n] */) {
+  static const char *const FN = "dsc_cuda_finite_record";
+  if (n <= 0) return DSC_OK;
+  DSC_CUDA_ENTER(ctx, FN);
+  cudaStream_t s = dsc_cuda_stream(ctx);
+  finite_record_scan_kernel<<<dsc_cuda_blocks(n, 256, 4096), 256, 0, s>>>(n, x, ctx->check_record);
+  DSC_CUDA_CHECK_LAUNCH(FN);
+  finite_record_final_kernel<<<1, 1, 0, s>>>((int64_t)site->style, (uint64_t)(uintptr_t)site->fn,
+                                             (uint64_t)(uintptr_t)site->arg,
+                                             (uint64_t)(uintptr_t)site->what, ctx->check_record);
+  DSC_CUDA_CHECK_LAUNCH(FN);
+  return DSC_OK;
+}

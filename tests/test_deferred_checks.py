@@ -269,3 +269,17 @@ def test_debug_checks_force_immediate():
                        env={**__import__("os").environ, "DSC_DEBUG_CHECKS": "1"})
     assert r.returncode == 0, r.stderr
     assert "raised: dsc_embedding_forward: ids: expected values in [0, 2), got 3 at position 0" in r.stdout
+
+
+def test_grpo_rewards(device, rng):
+    r = rng.standard_normal(8).astype(np.float32)
+    r[5], r[6] = np.inf, np.nan
+    rd = _on(device, r)
+    msg = _immediate_message(device, lambda: dsc.grpo_advantages(rd, group_size=4))
+    assert msg == "dsc_grpo_advantages: rewards: expected finite values, got a NaN or infinity at index 5"
+    (adv, keep), got = _deferred_message(device, lambda: tuple(_np(x) for x in dsc.grpo_advantages(rd, group_size=4)))
+    assert got == msg
+    # the first group is finite and exact; the bad group's advantages are NaN (documented)
+    ref, _ = dsc.grpo_advantages(r[:4], group_size=4)
+    np.testing.assert_array_equal(adv[:4], ref)
+    assert np.isnan(adv[4:]).all()

@@ -319,6 +319,29 @@ dsc_status dsc_index_range(dsc_context *ctx, int64_t n, int ids64, const void *i
   return dsc_cpu_index_range(ctx, n, ids64, ids, lo, hi, skip, bad_pos, bad_value);
 }
 
+dsc_status dsc_finite_check(dsc_context *ctx, const dsc_index_site *site, int64_t n, const float *x) {
+  if (n <= 0) return DSC_OK;
+  if (dsc_ctx_check_mode(ctx) == DSC_CHECK_DEFERRED) {
+    ctx->counts.deferred_checks++;
+    ctx->check_pending++;
+#ifdef DSC_WITH_CUDA
+    if (dsc_ctx_is_cuda(ctx)) return dsc_cuda_finite_record(ctx, site, n, x);
+#endif
+    return dsc_cpu_finite_record(ctx, site, n, x);
+  }
+  int64_t bad = -1;
+#ifdef DSC_WITH_CUDA
+  if (dsc_ctx_is_cuda(ctx)) {
+    DSC_TRY(dsc_cuda_find_nonfinite(ctx, n, x, &bad));
+  } else
+#endif
+  {
+    DSC_TRY(dsc_cpu_find_nonfinite(ctx, n, x, &bad));
+  }
+  if (bad >= 0) return dsc_index_error(site, 0, 0, 0, bad, 0);
+  return DSC_OK;
+}
+
 /* Grow *buf (of *cap bytes) to at least `bytes`: the workspace and the slots. */
 static dsc_status grow(dsc_context *ctx, void **buf, size_t *cap, size_t bytes) {
   /* Grow geometrically so a sequence of slightly larger requests stays cheap. */

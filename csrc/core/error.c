@@ -79,6 +79,8 @@ dsc_status dsc_index_error(const dsc_index_site *site, int64_t lo, int64_t hi, i
     case DSC_IDX_MSG_RANGE_WHAT:
       return dsc_error(st, fn, "%s: expected values in [%lld, %lld) (%s), got %lld at flat position %lld",
                        arg, l, h, site->what ? site->what : "", v, p);
+    case DSC_IDX_MSG_FINITE:
+      return dsc_error(st, fn, "%s: expected finite values, got a NaN or infinity at index %lld", arg, p);
     case DSC_IDX_MSG_NONNEG:
       return dsc_error(st, fn, "%s: expected values >= 0, got %lld at position %lld", arg, v, p);
     case DSC_IDX_MSG_VOCAB:

@@ -220,6 +220,8 @@ dsc_status dsc_index_range(dsc_context *ctx, int64_t n, int ids64, const void *i
  *   NONNEG         "<arg>: expected values >= 0, got <v> at position <p>"
  *   VOCAB          "<arg>: expected ids in [<lo>, <hi>) (vocab_size), got <v> at position <p>"
  *   VOCAB_OR_SKIP  "<arg>: expected ids in [<lo>, <hi>) (vocab_size) or ignore_index <skip>, ..."
+ *   FINITE         "<arg>: expected finite values, got a NaN or infinity at index <p>"
+ *                  (dsc_finite_check: float32 values; lo, hi, skip, v unused)
  * Every message starts with "<fn>: " (dsc_error). */
 enum {
   DSC_IDX_MSG_RANGE = 0,
@@ -228,6 +230,7 @@ enum {
   DSC_IDX_MSG_NONNEG = 3,
   DSC_IDX_MSG_VOCAB = 4,
   DSC_IDX_MSG_VOCAB_OR_SKIP = 5,
+  DSC_IDX_MSG_FINITE = 6,
 };
 
 /* Which check: the strings must have static storage (a deferred failure keeps only the
@@ -268,6 +271,10 @@ dsc_status dsc_index_error(const dsc_index_site *site, int64_t lo, int64_t hi, i
 dsc_status dsc_index_check(dsc_context *ctx, const dsc_index_site *site, int64_t n, int ids64,
                            const void *ids, int64_t lo, int64_t hi, int64_t skip);
 
+/* The same for float32 values that must be finite (GRPO's rewards), with the FINITE message:
+ * the first NaN or infinity. Not skipped in trusted sections (the values are not indices). */
+dsc_status dsc_finite_check(dsc_context *ctx, const dsc_index_site *site, int64_t n, const float *x);
+
 /* The check mode the context runs now (DSC_DEBUG_CHECKS=1 forces immediate). */
 int32_t dsc_ctx_check_mode(const dsc_context *ctx);
 /* For composite calls (the model's training and decode steps): switch to `mode` and
@@ -292,6 +299,10 @@ dsc_status dsc_cpu_index_record(dsc_context *ctx, const dsc_index_site *site, in
                                 int ids64, const void *ids, int64_t lo, int64_t hi, int64_t skip);
 dsc_status dsc_cuda_index_record(dsc_context *ctx, const dsc_index_site *site, int64_t n,
                                  int ids64, const void *ids, int64_t lo, int64_t hi, int64_t skip);
+dsc_status dsc_cpu_finite_record(dsc_context *ctx, const dsc_index_site *site, int64_t n,
+                                 const float *x);
+dsc_status dsc_cuda_finite_record(dsc_context *ctx, const dsc_index_site *site, int64_t n,
+                                  const float *x);
 /* Queue on the stream: the copy of the device record into ctx->check_mirror (pinned), then
  * its clearing. No wait. */
 dsc_status dsc_cuda_check_enqueue(dsc_context *ctx);
