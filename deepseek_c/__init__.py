@@ -192,7 +192,10 @@ def set_check_mode(mode: str, device: str = "cpu") -> None:
     RoPE positions, teacher indices): "immediate" (the default) raises at the call (on a GPU
     one host wait per check); "deferred" checks on the device and only records the first
     failure (no wait): the op computes on with the bad index treated as documented, and
-    check(device) raises it later. DSC_DEBUG_CHECKS=1 forces immediate checks."""
+    check(device) raises it later. On a GPU a pending failure also surfaces at the next host
+    wait of the ops' contexts (dsc.synchronize, a copy of a device array to the host), as
+    asynchronous CUDA errors do: call check() before reading results. DSC_DEBUG_CHECKS=1
+    forces immediate checks."""
     if mode not in _CHECK_MODES:
         raise ValueError(f"set_check_mode: mode: expected 'immediate' or 'deferred', got {mode!r}")
     dev = parse_device(device)

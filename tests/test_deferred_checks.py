@@ -55,11 +55,14 @@ def _immediate_message(dev, fn):
 
 
 def _deferred_message(dev, fn):
-    """fn() in deferred mode returns; check() raises: that message."""
+    """fn() in deferred mode returns; check() raises: (fn's outputs as NumPy, that message).
+    The outputs are read only after the check: on CUDA every host wait of the op contexts
+    (a copy to the host included) reports a pending failure, like dsc_context_synchronize."""
     out = fn()
     with pytest.raises(ValueError) as e:
         dsc.check(dev)
     dsc.check(dev)  # cleared: nothing more
+    out = tuple(_np(x) for x in out) if isinstance(out, tuple) else _np(out)
     return out, str(e.value)
 
 
@@ -90,7 +93,7 @@ def test_embedding_forward_backward(device, rng):
     t_d, i_d = _on(device, table), _on(device, ids)
     msg = _immediate_message(device, lambda: dsc.embedding(i_d, t_d))
     assert msg == "dsc_embedding_forward: ids: expected values in [0, 6), got -3 at position 1"
-    out, got = _deferred_message(device, lambda: _np(dsc.embedding(i_d, t_d)))
+    out, got = _deferred_message(device, lambda: dsc.embedding(i_d, t_d))
     assert got == msg
     # bad ids: zero rows; good ids: exact copies
     ref = np.zeros((2, 3, D), np.float32)
@@ -100,10 +103,11 @@ def test_embedding_forward_backward(device, rng):
     np.testing.assert_array_equal(out, ref)
 
     dout = rng.standard_normal((2, 3, D)).astype(np.float32)
+    dout_d = _on(device, dout)
     _, ctx = dsc.embedding_forward(i_d, t_d)
     with pytest.raises(ValueError):
         dsc.check(device)
-    dtable, got = _deferred_message(device, lambda: _np(dsc.embedding_backward(_on(device, dout), ctx)))
+    dtable, got = _deferred_message(device, lambda: dsc.embedding_backward(dout_d, ctx))
     assert got == "dsc_embedding_backward: ids: expected values in [0, 6), got -3 at position 1"
     ref = np.zeros((V, D), np.float32)
     for (b, t), v in np.ndenumerate(ids):
@@ -121,7 +125,7 @@ def test_cross_entropy(device, rng, dt):
     msg = _immediate_message(device, lambda: dsc.cross_entropy(lg, tg))
     assert msg == ("dsc_cross_entropy: targets: expected values in [0, 7) or ignore_index (-100), "
                    "got 12 at position 2")
-    (loss, dl), got = _deferred_message(device, lambda: tuple(_np(x) for x in dsc.cross_entropy(lg, tg)))
+    (loss, dl), got = _deferred_message(device, lambda: tuple(dsc.cross_entropy(lg, tg)))
     assert got == msg
     # the bad row counts as ignored
     ok = targets.copy()
@@ -143,12 +147,12 @@ def test_token_logprob(device, rng):
     assert msg == ("dsc_token_logprob: targets: expected values in [0, 5) or ignore_index (-1), "
                    "got 5 at position 1")
     (lp, ent), got = _deferred_message(
-        device, lambda: tuple(_np(x) for x in dsc.token_logprob(lg, tg, ignore_index=-1, return_entropy=True)))
+        device, lambda: tuple(dsc.token_logprob(lg, tg, ignore_index=-1, return_entropy=True)))
     assert got == msg
     assert lp[1] == 0 and ent[1] == 0 and np.isfinite(lp).all()
-    dlp = rng.standard_normal(N).astype(np.float32)
+    dlp = _on(device, rng.standard_normal(N).astype(np.float32))
     dl, got = _deferred_message(
-        device, lambda: _np(dsc.token_logprob_backward(lg, tg, _on(device, dlp), ignore_index=-1)))
+        device, lambda: dsc.token_logprob_backward(lg, tg, dlp, ignore_index=-1))
     assert got == msg.replace("dsc_token_logprob:", "dsc_token_logprob_backward:")
     assert (dl[1] == 0).all() and np.isfinite(dl).all()
 
@@ -160,7 +164,7 @@ def test_rope_negative_position(device, rng):
     xd, pd = _on(device, x), _on(device, pos)
     msg = _immediate_message(device, lambda: dsc.rope(xd, pd))
     assert msg == "dsc_rope_forward: positions: expected values in [0, 2147483647), got -2 at position 1"
-    y, got = _deferred_message(device, lambda: _np(dsc.rope(xd, pd)))
+    y, got = _deferred_message(device, lambda: dsc.rope(xd, pd))
     assert got == msg
     assert np.isfinite(y).all()  # rotated by the negative angle: no memory is indexed by positions
     ref = _np(dsc.rope(x, np.array([[0, 1, 4]], np.int32)))
@@ -176,7 +180,7 @@ def test_topk_kl(device, rng):
     args = [_on(device, a) for a in (logits, tidx, tlog, targets)]
     msg = _immediate_message(device, lambda: dsc.topk_kl(*args))
     assert msg == "dsc_topk_kl: teacher_indices: expected values in [0, 9), got 20 at position 4"
-    (loss, dl), got = _deferred_message(device, lambda: tuple(_np(x) for x in dsc.topk_kl(*args)))
+    (loss, dl), got = _deferred_message(device, lambda: tuple(dsc.topk_kl(*args)))
     assert got == msg
     assert np.isfinite(loss).all() and np.isfinite(dl).all()
     # rows without a bad index are unchanged: compare with a run where row 1 is ignored
@@ -190,10 +194,13 @@ def test_topk_kl(device, rng):
 
 
 def test_good_run_records_nothing(device, rng):
-    table = rng.standard_normal((4, 2)).astype(np.float32)
+    table = _on(device, rng.standard_normal((4, 2)).astype(np.float32))
+    ids = _on(device, np.array([0, 3, 1], np.int32))
+    logits = _on(device, rng.standard_normal((2, 4)).astype(np.float32))
+    targets = _on(device, np.array([1, 3], np.int32))
     dsc.op_counters(device, reset=True)
-    dsc.embedding(_on(device, np.array([0, 3, 1], np.int32)), _on(device, table))
-    dsc.cross_entropy(_on(device, rng.standard_normal((2, 4)).astype(np.float32)), _on(device, np.array([1, 3], np.int32)))
+    dsc.embedding(ids, table)
+    dsc.cross_entropy(logits, targets)
     c = dsc.op_counters(device)
     assert c["deferred_checks"] == 2 and c["index_checks"] == 0 and c["syncs"] == 0
     dsc.check(device)
@@ -207,15 +214,17 @@ def test_good_run_records_nothing(device, rng):
 def test_first_failure_wins(device, rng):
     table = _on(device, rng.standard_normal((4, 2)).astype(np.float32))
     logits = _on(device, rng.standard_normal((3, 4)).astype(np.float32))
-    dsc.embedding(_on(device, np.array([0, 1, 2, 8, 5], np.int32)), table)  # first bad: position 3
-    dsc.cross_entropy(logits, _on(device, np.array([9, 1, 1], np.int32)))  # bad at 0, later
-    dsc.embedding(_on(device, np.array([-1, 0], np.int32)), table)
+    ids1, t1 = _on(device, np.array([0, 1, 2, 8, 5], np.int32)), _on(device, np.array([9, 1, 1], np.int32))
+    ids2, t2 = _on(device, np.array([-1, 0], np.int32)), _on(device, np.array([1, 1, 4], np.int32))
+    dsc.embedding(ids1, table)  # first bad: position 3
+    dsc.cross_entropy(logits, t1)  # bad at 0, later
+    dsc.embedding(ids2, table)
     with pytest.raises(ValueError, match=re.escape(
             "dsc_embedding_forward: ids: expected values in [0, 4), got 8 at position 3")):
         dsc.check(device)
     # cleared: a later failure is the next one reported
     dsc.check(device)
-    dsc.cross_entropy(logits, _on(device, np.array([1, 1, 4], np.int32)))
+    dsc.cross_entropy(logits, t2)
     with pytest.raises(ValueError, match="got 4 at position 2"):
         dsc.check(device)
 
@@ -225,15 +234,18 @@ def test_lowest_position_within_a_check(device, rng):
     ids = np.zeros(n, np.int32)
     ids[[70_000, 31_337, 99_999]] = [-5, 11, 12]
     table = _on(device, rng.standard_normal((8, 1)).astype(np.float32))
-    out = _np(dsc.embedding(_on(device, ids), table))
+    ids_d = _on(device, ids)
+    out = dsc.embedding(ids_d, table)
     with pytest.raises(ValueError, match="got 11 at position 31337"):
         dsc.check(device)
+    out = _np(out)
     assert (out[[31_337, 70_000, 99_999]] == 0).all()
 
 
 def test_synchronize_reports(device, rng):
     table = _on(device, rng.standard_normal((4, 2)).astype(np.float32))
-    dsc.embedding(_on(device, np.array([6], np.int32)), table)
+    ids = _on(device, np.array([6], np.int32))
+    dsc.embedding(ids, table)
     dev = dsc._arrays.parse_device(device)
     with pytest.raises(ValueError, match="got 6 at position 0"):
         dsc._C.synchronize(dev[0], dev[1])
@@ -277,7 +289,7 @@ def test_grpo_rewards(device, rng):
     rd = _on(device, r)
     msg = _immediate_message(device, lambda: dsc.grpo_advantages(rd, group_size=4))
     assert msg == "dsc_grpo_advantages: rewards: expected finite values, got a NaN or infinity at index 5"
-    (adv, keep), got = _deferred_message(device, lambda: tuple(_np(x) for x in dsc.grpo_advantages(rd, group_size=4)))
+    (adv, keep), got = _deferred_message(device, lambda: tuple(dsc.grpo_advantages(rd, group_size=4)))
     assert got == msg
     # the first group is finite and exact; the bad group's advantages are NaN (documented)
     ref, _ = dsc.grpo_advantages(r[:4], group_size=4)

@@ -212,7 +212,8 @@ DSC_API dsc_status dsc_context_get_check_mode(const dsc_context *ctx, int32_t *m
  * recorded failure (DSC_ERR_INVALID_ARGUMENT) with the immediate check's message in
  * dsc_last_error() (function, argument, expected range, bad value and position). On CUDA
  * one small copy and one host wait, and none when no deferred check ran since the last
- * read. dsc_context_synchronize also reads it, after its wait. */
+ * read. dsc_context_synchronize also reads it (its copy rides on that wait), so on CUDA a
+ * failure also surfaces at the next synchronize, like CUDA's own asynchronous errors. */
 DSC_API dsc_status dsc_context_check(dsc_context *ctx);
 /* Bytes currently held by the context's workspace. */
 DSC_API dsc_status dsc_context_workspace_size(const dsc_context *ctx, size_t *bytes);
