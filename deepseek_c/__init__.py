@@ -185,8 +185,40 @@ def op_counters(device: str = "cpu", reset: bool = False) -> dict[str, int]:
     return dict(_C.op_counters(dev[0], dev[1], bool(reset)))
 
 
+_CHECK_MODES = {"immediate": 0, "deferred": 1}
+
+
+def set_check_mode(mode: str, device: str = "cpu") -> None:
+    """When the functional ops on `device` report bad index values (embedding ids, targets,
+    RoPE positions, teacher indices): "immediate" (the default) raises at the call (on a GPU
+    one host wait per check); "deferred" checks on the device and only records the first
+    failure (no wait): the op computes on with the bad index treated as documented, and
+    check(device) raises it later. On a GPU a pending failure also surfaces at the next host
+    wait of the ops' contexts (dsc.synchronize, a copy of a device array to the host), as
+    asynchronous CUDA errors do: call check() before reading results. DSC_DEBUG_CHECKS=1
+    forces immediate checks."""
+    if mode not in _CHECK_MODES:
+        raise ValueError(f"set_check_mode: mode: expected 'immediate' or 'deferred', got {mode!r}")
+    dev = parse_device(device)
+    _C.op_set_check_mode(dev[0], dev[1], _CHECK_MODES[mode])
+
+
+def get_check_mode(device: str = "cpu") -> str:
+    """The check mode set for the functional ops on `device` ("immediate" or "deferred")."""
+    dev = parse_device(device)
+    return "deferred" if _C.op_get_check_mode(dev[0], dev[1]) == 1 else "immediate"
+
+
+def check(device: str = "cpu") -> None:
+    """Raise the first failure the deferred checks of the ops on `device` recorded since the
+    last check (ValueError, with the message the immediate check gives), and clear it. On a
+    GPU one small copy and one host wait (none when no deferred check ran)."""
+    dev = parse_device(device)
+    _C.op_check(dev[0], dev[1])
+
+
 __all__ = [
-    "__version__", "op_counters", "Error", "FormatError", "CommError", "Tensor", "get_include", "get_library", "cuda_device_count", "has_cuda",
+    "__version__", "op_counters", "set_check_mode", "get_check_mode", "check", "Error", "FormatError", "CommError", "Tensor", "get_include", "get_library", "cuda_device_count", "has_cuda",
     "info", "empty", "tensor", "from_numpy", "to_numpy", "load_safetensors", "save_safetensors",
     "safetensors_metadata", *_ops_all, *_fp8_all, *_moe_all, "ModelConfig", *_mla_all, "Model", "lr_schedule",
     "GenerateOutput", "generate", "stream", "cuda_stream", "ModelCalc", "calc", *_rl_ops_all,

@@ -64,6 +64,10 @@ extern "C" void dsc_cuda_context_release(dsc_context *ctx) {
    * cudaFreeHost wait for pending work on the device themselves. */
   dsc_lt_release(st); /* cuBLASLt plans and handle (blaslt.cu) */
   if (st->scratch) (void)cudaFree(st->scratch);
+  if (ctx->check_record) (void)cudaFree(ctx->check_record);
+  if (ctx->check_mirror) (void)cudaFreeHost(ctx->check_mirror);
+  ctx->check_record = NULL;
+  ctx->check_mirror = NULL;
   if (st->pinned) (void)cudaFreeHost(st->pinned);
   if (st->handoff) (void)cudaEventDestroy(st->handoff);
   /* Outstanding frees of the pool complete on their own; the pool goes once they have. */
@@ -122,6 +126,12 @@ extern "C" dsc_status dsc_cuda_context_init(dsc_context *ctx) {
   if (e == cudaSuccess) e = cudaMallocHost(&st->pinned, DSC_CUDA_PINNED_BYTES);
   if (e == cudaSuccess) e = cudaEventCreateWithFlags(&st->handoff, cudaEventDisableTiming);
   if (e == cudaSuccess) e = create_pool(st);
+  /* The deferred checks' error record (dsc_index_check): nothing recorded, running = ~0. */
+  if (e == cudaSuccess) e = cudaMalloc((void **)&ctx->check_record, sizeof(dsc_check_record));
+  if (e == cudaSuccess) e = cudaMallocHost((void **)&ctx->check_mirror, sizeof(dsc_check_record));
+  if (e == cudaSuccess) e = cudaMemset(ctx->check_record, 0, sizeof(dsc_check_record));
+  if (e == cudaSuccess) e = cudaMemset(&ctx->check_record->running, 0xff, sizeof(uint64_t));
+  if (e == cudaSuccess) e = cudaDeviceSynchronize(); /* the memsets are done before any stream uses it */
   if (e != cudaSuccess) {
     dsc_status s = cuda_fail(e, FN_INIT, "allocating the context's CUDA scratch buffers");
     dsc_cuda_context_release(ctx);

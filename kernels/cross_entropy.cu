@@ -24,19 +24,21 @@
 
 #define CE_FINAL_THREADS 1024
 
+/* The target of row i; one outside [0, V) (only recorded by a deferred range check:
+ * dsc_context_check reports it) is treated as ignore_index, as on the CPU. */
 template <typename I>
-__device__ __forceinline__ int64_t target_at(const I *t, int64_t i) {
-  return (int64_t)t[i];
+__device__ __forceinline__ int64_t target_at(const I *t, int64_t i, int64_t V, int64_t ignore_index) {
+  return dsc_guard_index((int64_t)t[i], V, ignore_index);
 }
 
 /* n_valid: [1] number of rows whose target is not ignore_index (one block). */
 template <typename I>
 __global__ void __launch_bounds__(CE_FINAL_THREADS)
-    ce_count_kernel(int64_t N, const I *__restrict__ targets /* [N] */, int64_t ignore_index,
+    ce_count_kernel(int64_t N, int64_t V, const I *__restrict__ targets /* [N] */, int64_t ignore_index,
                     long long *__restrict__ n_valid /* [1] */) {
   __shared__ long long smem[32];
   long long c = 0;
-  for (int64_t n = threadIdx.x; n < N; n += blockDim.x) c += target_at(targets, n) != ignore_index;
+  for (int64_t n = threadIdx.x; n < N; n += blockDim.x) c += target_at(targets, n, V, ignore_index) != ignore_index;
   c = dsc_block_sum(c, smem);
   if (threadIdx.x == 0) *n_valid = c;
 }
@@ -57,7 +59,7 @@ __global__ void ce_row_kernel(int64_t N, int64_t V, const T *logits /* [N,V] */,
   const float gscale = nv > 0 ? (float)((double)grad_scale / (double)nv) : 0.0f;
   for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
     const T *xr = logits + n * V; /* [V] */
-    const int64_t t = target_at(targets, n);
+    const int64_t t = target_at(targets, n, V, ignore_index);
     const bool valid = t != ignore_index;
     /* Max first, so every exp argument is <= 0 (no overflow). NaN is skipped here, as by
      * the CPU's `v > m`, and propagates through the sum below. */
@@ -118,7 +120,7 @@ static dsc_status ce(dsc_context *ctx, const char *fn, int64_t N, int64_t V, con
   long long *n_valid = (long long *)ws;                /* [1] */
   double *row_loss = (double *)((char *)ws + head);    /* [N] */
 
-  ce_count_kernel<I><<<1, CE_FINAL_THREADS, 0, s>>>(N, (const I *)targets, ignore_index, n_valid);
+  ce_count_kernel<I><<<1, CE_FINAL_THREADS, 0, s>>>(N, V, (const I *)targets, ignore_index, n_valid);
   DSC_CUDA_CHECK_LAUNCH(fn);
   const int threads = V >= 16384 ? 1024 : (V >= 2048 ? 256 : (V >= 256 ? 128 : 32));
   const unsigned blocks = (unsigned)(N < 65536 ? N : 65536);

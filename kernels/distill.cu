@@ -159,8 +159,12 @@ __global__ void dk_kl_kernel(int64_t N, int64_t V, int64_t K, const T *logits /*
     const double lse_p = (double)my + log(sy);
     double kl = 0.0;
     for (int64_t k = threadIdx.x; k < K; k += blockDim.x) {
+      const int64_t j = (int64_t)ix[k];
+      /* an index outside [0, V) (a deferred range check's failure) is left out of the KL,
+       * as on the CPU (the gradient loop below never matches it either) */
+      if (j < 0 || j >= V) continue;
       const double logp = (double)(y[k] * inv_tau) - lse_p, pv = exp(logp);
-      const double zq = (double)(dsc_ld(xr, (int64_t)ix[k]) * inv_tau) - lse_q;
+      const double zq = (double)(dsc_ld(xr, j) * inv_tau) - lse_q;
       if (pv != 0.0 || isnan(pv)) kl += pv * (logp - zq);
     }
     kl = dsc_block_sum(kl, smem_d); /* its barriers: every read of the row is done */

@@ -42,7 +42,8 @@ __global__ void tl_fwd_kernel(int64_t N, int64_t V, const T *__restrict__ logits
   __shared__ float smem_f[32];
   __shared__ double smem_d[32];
   for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
-    const int64_t t = (int64_t)targets[n];
+    /* a target outside [0, V) (a deferred range check's failure) counts as ignored */
+    const int64_t t = dsc_guard_index((int64_t)targets[n], V, ignore_index);
     if (t == ignore_index) { /* uniform over the block: every thread skips the row */
       if (threadIdx.x == 0) {
         logprobs[n] = 0.0f;
@@ -74,7 +75,8 @@ __global__ void tl_bwd_kernel(int64_t N, int64_t V, const T *logits /* [N,V] */,
   __shared__ float smem_f[32];
   __shared__ double smem_d[32];
   for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
-    const int64_t t = (int64_t)targets[n];
+    /* a target outside [0, V) (a deferred range check's failure) counts as ignored */
+    const int64_t t = dsc_guard_index((int64_t)targets[n], V, ignore_index);
     T *dr = dlogits + n * V; /* [V] */
     if (t == ignore_index) {
       for (int64_t j = threadIdx.x; j < V; j += blockDim.x) dsc_st(dr, j, 0.0f);

@@ -12,7 +12,8 @@ import pytest
 
 import deepseek_c as dsc
 
-KEYS = ("syncs", "copies_to_device", "copies_to_host", "allocs", "frees", "workspace_grows", "index_checks")
+KEYS = ("syncs", "copies_to_device", "copies_to_host", "allocs", "frees", "workspace_grows", "index_checks",
+        "deferred_checks", "check_reads")
 
 
 class Counters(ctypes.Structure):

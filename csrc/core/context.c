@@ -70,13 +70,21 @@ dsc_status dsc_context_create(const dsc_context_options *options, dsc_context **
 #endif
 #ifdef DSC_WITH_CUDA
   if (o.device_type == kDLCUDA) {
-    dsc_status st = dsc_cuda_context_init(ctx);
+    dsc_status st = dsc_cuda_context_init(ctx); /* also the device's check record */
     if (st != DSC_OK) {
       free(ctx);
       return st;
     }
   }
 #endif
+  if (o.device_type == kDLCPU) {
+    ctx->check_record = (dsc_check_record *)calloc(2, sizeof(dsc_check_record)); /* + mirror */
+    ctx->check_mirror = ctx->check_record ? ctx->check_record + 1 : NULL;
+    if (!ctx->check_record) {
+      free(ctx);
+      return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN_CREATE, "out of host memory");
+    }
+  }
   *out = ctx;
   return DSC_OK;
 }
@@ -97,8 +105,9 @@ void dsc_context_destroy(dsc_context *ctx) {
   dsc_free(ctx, ctx->workspace);
   ctx->workspace = NULL;
 #ifdef DSC_WITH_CUDA
-  if (dsc_ctx_is_cuda(ctx)) dsc_cuda_context_release(ctx);
+  if (dsc_ctx_is_cuda(ctx)) dsc_cuda_context_release(ctx); /* frees the device record */
 #endif
+  if (!dsc_ctx_is_cuda(ctx)) free(ctx->check_record);
   free(ctx);
 }
 
@@ -133,9 +142,101 @@ dsc_status dsc_context_get_device(const dsc_context *ctx, DLDevice *device) {
 dsc_status dsc_context_synchronize(dsc_context *ctx) {
   DSC_CHECK(ctx != NULL, DSC_ERR_INVALID_ARGUMENT, "dsc_context_synchronize",
             "ctx: expected a context, got NULL");
+  /* The record of the deferred checks comes back with this wait (its copy queued first). */
+  DSC_TRY(dsc_ctx_check_begin_read(ctx));
 #ifdef DSC_WITH_CUDA
-  if (dsc_ctx_is_cuda(ctx)) return dsc_cuda_synchronize(ctx);
+  if (dsc_ctx_is_cuda(ctx)) DSC_TRY(dsc_cuda_synchronize(ctx));
 #endif
+  return dsc_ctx_check_end_read(ctx);
+}
+
+/* ---- check modes and the deferred checks' record --------------------------------- */
+
+int32_t dsc_ctx_check_mode(const dsc_context *ctx) {
+  return ctx->debug_checks ? DSC_CHECK_IMMEDIATE : ctx->check_mode;
+}
+
+int32_t dsc_ctx_check_mode_push(dsc_context *ctx, int32_t mode) {
+  const int32_t saved = ctx->check_mode;
+  ctx->check_mode = mode == DSC_CHECK_DEFERRED ? DSC_CHECK_DEFERRED : DSC_CHECK_IMMEDIATE;
+  return saved;
+}
+
+void dsc_ctx_check_mode_pop(dsc_context *ctx, int32_t saved) { ctx->check_mode = saved; }
+
+dsc_status dsc_context_set_check_mode(dsc_context *ctx, int32_t mode) {
+  static const char *const FN = "dsc_context_set_check_mode";
+  DSC_CHECK(ctx != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "ctx: expected a context, got NULL");
+  DSC_CHECK(mode == DSC_CHECK_IMMEDIATE || mode == DSC_CHECK_DEFERRED, DSC_ERR_INVALID_ARGUMENT, FN,
+            "mode: expected DSC_CHECK_IMMEDIATE (0) or DSC_CHECK_DEFERRED (1), got %d", (int)mode);
+  ctx->check_mode = mode;
+  return DSC_OK;
+}
+
+dsc_status dsc_context_get_check_mode(const dsc_context *ctx, int32_t *mode) {
+  DSC_CHECK(ctx != NULL && mode != NULL, DSC_ERR_INVALID_ARGUMENT, "dsc_context_get_check_mode",
+            "ctx, mode: expected non-NULL pointers");
+  *mode = dsc_ctx_check_mode(ctx);
+  return DSC_OK;
+}
+
+dsc_status dsc_ctx_check_begin_read(dsc_context *ctx) {
+  if (ctx->check_pending == 0 || ctx->check_inflight) return DSC_OK;
+#ifdef DSC_WITH_CUDA
+  if (dsc_ctx_is_cuda(ctx)) {
+    DSC_TRY(dsc_cuda_check_enqueue(ctx)); /* copy, then clear, on the stream */
+  } else
+#endif
+  {
+    *ctx->check_mirror = *ctx->check_record;
+    memset(ctx->check_record, 0, sizeof *ctx->check_record);
+  }
+  ctx->check_pending = 0;
+  ctx->check_inflight = 1;
+  ctx->counts.check_reads++;
+  return DSC_OK;
+}
+
+dsc_status dsc_ctx_check_end_read(dsc_context *ctx) {
+  if (!ctx->check_inflight) return DSC_OK;
+  ctx->check_inflight = 0;
+  const dsc_check_record r = *ctx->check_mirror;
+  if (r.status == DSC_OK) return DSC_OK;
+  const dsc_index_site site = {(const char *)(uintptr_t)r.fn, (const char *)(uintptr_t)r.arg,
+                               (const char *)(uintptr_t)r.what, (int32_t)r.style};
+  return dsc_index_error(&site, r.lo, r.hi, r.skip, r.pos, r.value);
+}
+
+dsc_status dsc_ctx_check_read(dsc_context *ctx) {
+  DSC_TRY(dsc_ctx_check_begin_read(ctx));
+  if (!ctx->check_inflight) return DSC_OK; /* nothing queued since the last read */
+#ifdef DSC_WITH_CUDA
+  if (dsc_ctx_is_cuda(ctx)) DSC_TRY(dsc_cuda_synchronize(ctx)); /* the one wait */
+#endif
+  return dsc_ctx_check_end_read(ctx);
+}
+
+dsc_status dsc_context_check(dsc_context *ctx) {
+  DSC_CHECK(ctx != NULL, DSC_ERR_INVALID_ARGUMENT, "dsc_context_check",
+            "ctx: expected a context, got NULL");
+  return dsc_ctx_check_read(ctx);
+}
+
+dsc_status dsc_index_check(dsc_context *ctx, const dsc_index_site *site, int64_t n, int ids64,
+                           const void *ids, int64_t lo, int64_t hi, int64_t skip) {
+  if (n <= 0 || (ctx->trusted_indices > 0 && !ctx->debug_checks)) return DSC_OK;
+  if (dsc_ctx_check_mode(ctx) == DSC_CHECK_DEFERRED) {
+    ctx->counts.deferred_checks++;
+    ctx->check_pending++;
+#ifdef DSC_WITH_CUDA
+    if (dsc_ctx_is_cuda(ctx))
+      return dsc_cuda_index_record(ctx, site, n, ids64, ids, lo, hi, skip);
+#endif
+    return dsc_cpu_index_record(ctx, site, n, ids64, ids, lo, hi, skip);
+  }
+  int64_t bad_pos = -1, bad_value = 0;
+  DSC_TRY(dsc_index_range(ctx, n, ids64, ids, lo, hi, skip, &bad_pos, &bad_value));
+  if (bad_pos >= 0) return dsc_index_error(site, lo, hi, skip, bad_pos, bad_value);
   return DSC_OK;
 }
 
@@ -216,6 +317,29 @@ dsc_status dsc_index_range(dsc_context *ctx, int64_t n, int ids64, const void *i
     return dsc_cuda_index_range(ctx, n, ids64, ids, lo, hi, skip, bad_pos, bad_value);
 #endif
   return dsc_cpu_index_range(ctx, n, ids64, ids, lo, hi, skip, bad_pos, bad_value);
+}
+
+dsc_status dsc_finite_check(dsc_context *ctx, const dsc_index_site *site, int64_t n, const float *x) {
+  if (n <= 0) return DSC_OK;
+  if (dsc_ctx_check_mode(ctx) == DSC_CHECK_DEFERRED) {
+    ctx->counts.deferred_checks++;
+    ctx->check_pending++;
+#ifdef DSC_WITH_CUDA
+    if (dsc_ctx_is_cuda(ctx)) return dsc_cuda_finite_record(ctx, site, n, x);
+#endif
+    return dsc_cpu_finite_record(ctx, site, n, x);
+  }
+  int64_t bad = -1;
+#ifdef DSC_WITH_CUDA
+  if (dsc_ctx_is_cuda(ctx)) {
+    DSC_TRY(dsc_cuda_find_nonfinite(ctx, n, x, &bad));
+  } else
+#endif
+  {
+    DSC_TRY(dsc_cpu_find_nonfinite(ctx, n, x, &bad));
+  }
+  if (bad >= 0) return dsc_index_error(site, 0, 0, 0, bad, 0);
+  return DSC_OK;
 }
 
 /* Grow *buf (of *cap bytes) to at least `bytes`: the workspace and the slots. */

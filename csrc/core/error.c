@@ -63,3 +63,37 @@ void dsc_log(const dsc_context *ctx, dsc_log_level level, const char *fmt, ...) 
   va_end(ap);
   ctx->log_fn(level, buf, ctx->log_user_data);
 }
+
+dsc_status dsc_index_error(const dsc_index_site *site, int64_t lo, int64_t hi, int64_t skip,
+                           int64_t pos, int64_t value) {
+  const dsc_status st = DSC_ERR_INVALID_ARGUMENT;
+  const char *fn = site->fn, *arg = site->arg ? site->arg : "indices";
+  const long long l = (long long)lo, h = (long long)hi, sk = (long long)skip;
+  const long long v = (long long)value, p = (long long)pos;
+  switch (site->style) {
+    case DSC_IDX_MSG_RANGE_OR_SKIP:
+      return dsc_error(st, fn,
+                       "%s: expected values in [%lld, %lld) or ignore_index (%lld), got %lld at "
+                       "position %lld",
+                       arg, l, h, sk, v, p);
+    case DSC_IDX_MSG_RANGE_WHAT:
+      return dsc_error(st, fn, "%s: expected values in [%lld, %lld) (%s), got %lld at flat position %lld",
+                       arg, l, h, site->what ? site->what : "", v, p);
+    case DSC_IDX_MSG_FINITE:
+      return dsc_error(st, fn, "%s: expected finite values, got a NaN or infinity at index %lld", arg, p);
+    case DSC_IDX_MSG_NONNEG:
+      return dsc_error(st, fn, "%s: expected values >= 0, got %lld at position %lld", arg, v, p);
+    case DSC_IDX_MSG_VOCAB:
+      return dsc_error(st, fn,
+                       "%s: expected ids in [%lld, %lld) (vocab_size), got %lld at position %lld",
+                       arg, l, h, v, p);
+    case DSC_IDX_MSG_VOCAB_OR_SKIP:
+      return dsc_error(st, fn,
+                       "%s: expected ids in [%lld, %lld) (vocab_size) or ignore_index %lld, got "
+                       "%lld at position %lld",
+                       arg, l, h, sk, v, p);
+    default: /* DSC_IDX_MSG_RANGE */
+      return dsc_error(st, fn, "%s: expected values in [%lld, %lld), got %lld at position %lld", arg,
+                       l, h, v, p);
+  }
+}

@@ -16,6 +16,8 @@
 extern "C" {
 #endif
 
+struct dsc_check_record; /* below: the deferred checks' error record */
+
 /* Everything mutable lives here; the library has no other global mutable state
  * (the thread-local error message aside). */
 struct dsc_context {
@@ -48,6 +50,18 @@ struct dsc_context {
    * debug_checks (DSC_DEBUG_CHECKS=1 in the environment at context creation). */
   int32_t trusted_indices;
   int32_t debug_checks;
+  /* Deferred range checks (dsc_context_set_check_mode, dsc_index_check): the requested
+   * mode (DSC_CHECK_IMMEDIATE or DSC_CHECK_DEFERRED; debug_checks forces immediate), the
+   * error record on the context's device (CUDA: device memory from kernels/context.cu;
+   * CPU: host memory), its host copy being read (CUDA: pinned memory the record is copied
+   * into on the stream; CPU: the second record of the same allocation), the deferred checks
+   * issued since the record was last read (0: dsc_context_check has nothing to read, so it
+   * copies and waits for nothing), and 1 between dsc_ctx_check_begin_read and _end_read. */
+  int32_t check_mode;
+  int32_t check_inflight;
+  struct dsc_check_record *check_record;
+  struct dsc_check_record *check_mirror;
+  uint64_t check_pending;
   void (*moe_local_release)(void *moe_local);
 };
 
@@ -194,6 +208,114 @@ dsc_status dsc_ctx_slot(dsc_context *ctx, int slot, size_t bytes, void **ptr);
  * answer comes back in one small copy (one host wait, counted). */
 dsc_status dsc_index_range(dsc_context *ctx, int64_t n, int ids64, const void *ids, int64_t lo,
                            int64_t hi, int64_t skip, int64_t *bad_pos, int64_t *bad_value);
+
+/* ---- deferred index checks (issue #15) ------------------------------------- */
+
+/* How a range-check failure is worded (the message of the immediate check, kept the same
+ * when the failure is recorded and read later). With <arg>, <lo>, <hi>, <skip>, <what>,
+ * <v> (the bad value) and <p> (its position) from dsc_index_site and the check:
+ *   RANGE          "<arg>: expected values in [<lo>, <hi>), got <v> at position <p>"
+ *   RANGE_OR_SKIP  "<arg>: expected values in [<lo>, <hi>) or ignore_index (<skip>), got ..."
+ *   RANGE_WHAT     "<arg>: expected values in [<lo>, <hi>) (<what>), got <v> at flat position <p>"
+ *   NONNEG         "<arg>: expected values >= 0, got <v> at position <p>"
+ *   VOCAB          "<arg>: expected ids in [<lo>, <hi>) (vocab_size), got <v> at position <p>"
+ *   VOCAB_OR_SKIP  "<arg>: expected ids in [<lo>, <hi>) (vocab_size) or ignore_index <skip>, ..."
+ *   FINITE         "<arg>: expected finite values, got a NaN or infinity at index <p>"
+ *                  (dsc_finite_check: float32 values; lo, hi, skip, v unused)
+ * Every message starts with "<fn>: " (dsc_error). */
+enum {
+  DSC_IDX_MSG_RANGE = 0,
+  DSC_IDX_MSG_RANGE_OR_SKIP = 1,
+  DSC_IDX_MSG_RANGE_WHAT = 2,
+  DSC_IDX_MSG_NONNEG = 3,
+  DSC_IDX_MSG_VOCAB = 4,
+  DSC_IDX_MSG_VOCAB_OR_SKIP = 5,
+  DSC_IDX_MSG_FINITE = 6,
+};
+
+/* Which check: the strings must have static storage (a deferred failure keeps only the
+ * pointers and words the message when the record is read). what may be NULL. */
+typedef struct dsc_index_site {
+  const char *fn;
+  const char *arg;
+  const char *what;
+  int32_t style; /* DSC_IDX_MSG_* */
+} dsc_index_site;
+
+/* The error record. Same layout on the host and the device (plain 64-bit fields).
+ * status DSC_OK: nothing recorded. The FIRST failure since the last read is kept: of the
+ * deferred checks issued in that time, the earliest one (in issue order, which is the
+ * stream's order on CUDA) that found a bad value, and in it the lowest bad position; later
+ * failures change nothing. */
+typedef struct dsc_check_record {
+  uint64_t running; /* CUDA: the running check's lowest bad position (~0: none); the check's
+                       last kernel moves it into the fields below and resets it */
+  int64_t status;   /* dsc_status of the failure; DSC_OK: none */
+  int64_t pos, value, lo, hi, skip;
+  int64_t style;    /* DSC_IDX_MSG_* */
+  uint64_t fn, arg, what; /* const char * of the dsc_index_site, as integers */
+} dsc_check_record;
+
+/* Record the error of a failed check through dsc_error (the immediate check's message). */
+dsc_status dsc_index_error(const dsc_index_site *site, int64_t lo, int64_t hi, int64_t skip,
+                           int64_t pos, int64_t value);
+
+/* The range check of a user index tensor that a consumer op can survive unchecked: every
+ * value in [lo, hi) or equal to skip (pass lo: nothing skipped). Skipped inside
+ * trusted_indices sections like dsc_index_range. Immediate mode (the default): the check
+ * runs now (one host wait on CUDA) and a bad value is DSC_ERR_INVALID_ARGUMENT with the
+ * site's message. Deferred mode: the check is queued on the context's device and a failure
+ * goes to the error record (first failure wins) with no copy and no wait; it returns DSC_OK
+ * and the consumer must guard its reads and writes (each consumer documents what a bad
+ * index gives). Use it only where the consumer guards; dsc_index_range stays immediate. */
+dsc_status dsc_index_check(dsc_context *ctx, const dsc_index_site *site, int64_t n, int ids64,
+                           const void *ids, int64_t lo, int64_t hi, int64_t skip);
+
+/* The same for float32 values that must be finite (GRPO's rewards), with the FINITE message:
+ * the first NaN or infinity. Not skipped in trusted sections (the values are not indices). */
+dsc_status dsc_finite_check(dsc_context *ctx, const dsc_index_site *site, int64_t n, const float *x);
+
+/* The check mode the context runs now (DSC_DEBUG_CHECKS=1 forces immediate). */
+int32_t dsc_ctx_check_mode(const dsc_context *ctx);
+/* For composite calls (the model's training and decode steps): switch to `mode` and
+ * return the requested mode before, which dsc_ctx_check_mode_pop restores. A step then
+ * reads the record once with dsc_ctx_check_read at a point that already waits. */
+int32_t dsc_ctx_check_mode_push(dsc_context *ctx, int32_t mode);
+void dsc_ctx_check_mode_pop(dsc_context *ctx, int32_t saved);
+/* Read the record (CUDA: one copy and one wait; nothing when no deferred check was issued
+ * since the last read), clear it, and return the recorded failure with its message, or
+ * DSC_OK. dsc_context_check is this. */
+dsc_status dsc_ctx_check_read(dsc_context *ctx);
+/* The same in two halves around a host wait the caller makes anyway (a step's copy of its
+ * loss to the host): begin queues the record's copy to the host and its clearing on the
+ * stream (no wait; nothing when no deferred check was issued since the last read); end,
+ * called after any host wait for the stream that followed begin, reads that copy and
+ * returns the recorded failure (or DSC_OK; also when begin queued nothing). */
+dsc_status dsc_ctx_check_begin_read(dsc_context *ctx);
+dsc_status dsc_ctx_check_end_read(dsc_context *ctx);
+
+/* The backends' share (csrc/cpu/index.c, kernels/index.cu and kernels/context.cu). */
+dsc_status dsc_cpu_index_record(dsc_context *ctx, const dsc_index_site *site, int64_t n,
+                                int ids64, const void *ids, int64_t lo, int64_t hi, int64_t skip);
+dsc_status dsc_cuda_index_record(dsc_context *ctx, const dsc_index_site *site, int64_t n,
+                                 int ids64, const void *ids, int64_t lo, int64_t hi, int64_t skip);
+dsc_status dsc_cpu_finite_record(dsc_context *ctx, const dsc_index_site *site, int64_t n,
+                                 const float *x);
+dsc_status dsc_cuda_finite_record(dsc_context *ctx, const dsc_index_site *site, int64_t n,
+                                  const float *x);
+/* Queue on the stream: the copy of the device record into ctx->check_mirror (pinned), then
+ * its clearing. No wait. */
+dsc_status dsc_cuda_check_enqueue(dsc_context *ctx);
+
+/* An index of a guarded consumer: v itself when it is in [0, hi) or equals skip, else
+ * skip (the consumer treats it like skip: ignore_index rows contribute nothing). For ops
+ * without a skip value, pass skip = -1 and test the result for < 0. */
+#if defined(__CUDACC__)
+__host__ __device__
+#endif
+static inline int64_t dsc_guard_index(int64_t v, int64_t hi, int64_t skip) {
+  return (v >= 0 && v < hi) || v == skip ? v : skip;
+}
 
 #ifdef __cplusplus
 }

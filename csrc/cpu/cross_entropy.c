@@ -20,8 +20,12 @@
 #include "cpu_common.h"
 #include "vmath.h"
 
-static inline int64_t target_at(int tgt64, const void *targets, int64_t i) {
-  return tgt64 ? ((const int64_t *)targets)[i] : (int64_t)((const int32_t *)targets)[i];
+/* The target of row i; one outside [0, V) (only recorded by a deferred range check:
+ * dsc_context_check reports it) is treated as ignore_index. */
+static inline int64_t target_at(int tgt64, const void *targets, int64_t i, int64_t V,
+                                int64_t ignore_index) {
+  const int64_t t = tgt64 ? ((const int64_t *)targets)[i] : (int64_t)((const int32_t *)targets)[i];
+  return dsc_guard_index(t, V, ignore_index);
 }
 
 /* One float32 row: m = max_j x_j; e_j = exp(x_j - m) into e [V]; returns sum_j e_j in double,
@@ -82,7 +86,7 @@ dsc_status dsc_cpu_cross_entropy(dsc_context *ctx, dsc_dtype dt, int64_t N, int6
   const int64_t es = dsc_cpu_esize(dt);
   /* Valid rows first: every gradient is divided by their count. */
   int64_t n_valid = 0;
-  for (int64_t n = 0; n < N; ++n) n_valid += target_at(tgt64, targets, n) != ignore_index;
+  for (int64_t n = 0; n < N; ++n) n_valid += target_at(tgt64, targets, n, V, ignore_index) != ignore_index;
   if (N == 0) {
     loss[0] = 0.0f;
     return DSC_OK;
@@ -106,7 +110,7 @@ dsc_status dsc_cpu_cross_entropy(dsc_context *ctx, dsc_dtype dt, int64_t N, int6
 #endif
     float *e = xw + V; /* [V] exp(x - m) */
     const void *xr = (const char *)logits + n * V * es; /* [V] */
-    const int64_t t = target_at(tgt64, targets, n);
+    const int64_t t = target_at(tgt64, targets, n, V, ignore_index);
     const int valid = t != ignore_index;
     const float *x = (const float *)xr;
     if (dt != DSC_DTYPE_FLOAT32) {

@@ -138,13 +138,19 @@ dsc_status dsc_cpu_topk_kl(dsc_context *ctx, dsc_dtype dt, int64_t N, int64_t V,
         const double pv = exp(logp);
         pk[k] = (float)pv;
         const int64_t j = idx_at(idx64, t_idx, n * K + k);
+        /* an index outside [0, V) (only recorded by a deferred range check) is left out of
+         * the KL and of the gradient; the teacher's softmax over its K stays as it is */
+        if (j < 0 || j >= V) continue;
         if (pv != 0.0 || isnan(pv)) kl += pv * (logp - ((double)z[j] - lse_q));
       }
       row_kl[n] = kl;
       if (dlogits) {
         const float inv_s = (float)(1.0 / s);
         for (int64_t j = 0; j < V; ++j) e[j] *= inv_s; /* q */
-        for (int64_t k = 0; k < K; ++k) e[idx_at(idx64, t_idx, n * K + k)] -= pk[k];
+        for (int64_t k = 0; k < K; ++k) {
+          const int64_t j = idx_at(idx64, t_idx, n * K + k);
+          if (j >= 0 && j < V) e[j] -= pk[k];
+        }
         void *dr = (char *)dlogits + n * V * es; /* written only now: x was read into z */
         for (int64_t j = 0; j < V; ++j) dsc_cpu_st(dt, dr, j, c * e[j]);
       }

@@ -7,6 +7,10 @@
  *   forward:  out[i, :] = table[ids[i], :]                   (an exact copy)
  *   backward: dtable = 0; dtable[ids[i], :] += dout[i, :]    (float32)
  *
+ * An id outside [0, V) (possible only when the ops layer deferred its range check:
+ * dsc_context_check reports it) reads and writes nothing: its output row is zeros and it
+ * adds nothing to dtable.
+ *
  * Determinism: the backward is parallel over blocks of columns; in each column the
  * tokens are added in token order, so the sums do not depend on the thread count
  * (and there are no atomics).
@@ -15,7 +19,8 @@
 
 #include "cpu_common.h"
 
-/* The id of token i (already range-checked by the ops layer). */
+/* The id of token i (range-checked by the ops layer, or only recorded in deferred mode:
+ * the callers guard with 0 <= id < V). */
 static inline int64_t id_at(int ids64, const void *ids, int64_t i) {
   return ids64 ? ((const int64_t *)ids)[i] : (int64_t)((const int32_t *)ids)[i];
 }
@@ -24,11 +29,14 @@ dsc_status dsc_cpu_embedding_fwd(dsc_context *ctx, dsc_dtype dt, int64_t n, int 
                                  const void *ids /* [n] int32|int64 */, int64_t V, int64_t D,
                                  const void *table /* [V,D] dt */, void *out /* [n,D] dt */) {
   (void)ctx; /* read only by the OpenMP pragmas */
-  (void)V;
   const size_t row_bytes = (size_t)(D * dsc_cpu_esize(dt));
   DSC_CPU_FOR(n * D >= DSC_CPU_PAR_MIN, ctx->num_threads, i, n,
-    memcpy((char *)out + (size_t)i * row_bytes,
-           (const char *)table + (size_t)id_at(ids64, ids, i) * row_bytes, row_bytes);
+    const int64_t id = id_at(ids64, ids, i);
+    if (id >= 0 && id < V)
+      memcpy((char *)out + (size_t)i * row_bytes, (const char *)table + (size_t)id * row_bytes,
+             row_bytes);
+    else
+      memset((char *)out + (size_t)i * row_bytes, 0, row_bytes);
   );
   return DSC_OK;
 }
@@ -52,8 +60,10 @@ dsc_status dsc_cpu_embedding_bwd(dsc_context *ctx, dsc_dtype dt, int64_t n, int 
     const int64_t j0 = b * COL_BLOCK;
     const int64_t nj = D - j0 < COL_BLOCK ? D - j0 : COL_BLOCK;
     for (int64_t i = 0; i < n; ++i) { /* token order: the fixed summation order */
+      const int64_t id = id_at(ids64, ids, i);
+      if (id < 0 || id >= V) continue;
       const void *src = (const char *)dout + (i * D + j0) * es; /* [nj] */
-      float *dst = dtable + id_at(ids64, ids, i) * D + j0;      /* [nj] */
+      float *dst = dtable + id * D + j0;                        /* [nj] */
       for (int64_t k = 0; k < nj; ++k) dst[k] += dsc_cpu_ld(dt, src, k);
     }
   );

@@ -21,8 +21,12 @@
 #include "cpu_common.h"
 #include "vmath.h"
 
-static inline int64_t target_at(int tgt64, const void *targets, int64_t i) {
-  return tgt64 ? ((const int64_t *)targets)[i] : (int64_t)((const int32_t *)targets)[i];
+/* The target of row i; one outside [0, V) (only recorded by a deferred range check:
+ * dsc_context_check reports it) is treated as ignore_index. */
+static inline int64_t target_at(int tgt64, const void *targets, int64_t i, int64_t V,
+                                int64_t ignore_index) {
+  const int64_t t = tgt64 ? ((const int64_t *)targets)[i] : (int64_t)((const int32_t *)targets)[i];
+  return dsc_guard_index(t, V, ignore_index);
 }
 
 /* m = max_j x_j (NaN never becomes the max: it propagates through its exp); e [V] =
@@ -65,7 +69,7 @@ dsc_status dsc_cpu_token_logprob(dsc_context *ctx, dsc_dtype dt, int64_t N, int6
     float *xw = rows;
 #endif
     float *e = xw + V; /* [V] exp(x - m) */
-    const int64_t t = target_at(tgt64, targets, n);
+    const int64_t t = target_at(tgt64, targets, n, V, ignore_index);
     if (t == ignore_index) {
       logprobs[n] = 0.0f;
       if (entropy) entropy[n] = 0.0f;
@@ -106,7 +110,7 @@ dsc_status dsc_cpu_token_logprob_bwd(dsc_context *ctx, dsc_dtype dt, int64_t N, 
 #endif
     float *e = xw + V; /* [V] */
     void *dr = (char *)dlogits + n * V * es; /* [V] */
-    const int64_t t = target_at(tgt64, targets, n);
+    const int64_t t = target_at(tgt64, targets, n, V, ignore_index);
     if (t == ignore_index) {
       for (int64_t j = 0; j < V; ++j) dsc_cpu_st(dt, dr, j, 0.0f);
     } else {

@@ -166,7 +166,8 @@ DSC_API void dsc_context_destroy(dsc_context *ctx);
 DSC_API dsc_status dsc_context_set_stream(dsc_context *ctx, void *stream);
 DSC_API dsc_status dsc_context_get_stream(const dsc_context *ctx, void **stream);
 DSC_API dsc_status dsc_context_get_device(const dsc_context *ctx, DLDevice *device);
-/* Wait until all work queued on the context's stream has finished (no-op on CPU). */
+/* Wait until all work queued on the context's stream has finished (no wait on CPU), then
+ * report a failure of the deferred checks like dsc_context_check (below). */
 DSC_API dsc_status dsc_context_synchronize(dsc_context *ctx);
 DSC_API dsc_status dsc_context_set_log_callback(dsc_context *ctx, dsc_log_fn fn, void *user_data);
 DSC_API dsc_status dsc_context_set_seed(dsc_context *ctx, uint64_t seed);
@@ -187,6 +188,33 @@ typedef enum dsc_math_mode {
 /* mode: a dsc_math_mode value; anything else is DSC_ERR_INVALID_ARGUMENT. */
 DSC_API dsc_status dsc_context_set_math_mode(dsc_context *ctx, int32_t mode);
 DSC_API dsc_status dsc_context_get_math_mode(const dsc_context *ctx, int32_t *mode);
+/* When the range checks of user index tensors (embedding ids, cross-entropy and
+ * token_logprob targets, RoPE positions, distillation teacher indices) report a bad value.
+ * DSC_CHECK_IMMEDIATE (the default): the op fails with DSC_ERR_INVALID_ARGUMENT at the call;
+ * on CUDA each check costs one small copy and one host wait. DSC_CHECK_DEFERRED: the check
+ * runs on the context's device and a failure is only recorded there (the first one since
+ * the last read: the earliest failing check, at its lowest bad position); the op returns
+ * DSC_OK without waiting, and computes on: a bad index is treated as documented by the op
+ * (never read or written out of bounds). dsc_context_check (or dsc_context_synchronize)
+ * reads the record once and reports the failure with the immediate check's message.
+ * DSC_DEBUG_CHECKS=1 in the environment at context creation forces immediate checks. */
+typedef enum dsc_check_mode {
+  DSC_CHECK_IMMEDIATE = 0,
+  DSC_CHECK_DEFERRED = 1,
+} dsc_check_mode;
+
+/* mode: a dsc_check_mode value; anything else is DSC_ERR_INVALID_ARGUMENT. A record not yet
+ * read stays until dsc_context_check reads it, whatever the mode. */
+DSC_API dsc_status dsc_context_set_check_mode(dsc_context *ctx, int32_t mode);
+/* The mode the context's checks run in now (DSC_CHECK_IMMEDIATE under DSC_DEBUG_CHECKS=1). */
+DSC_API dsc_status dsc_context_get_check_mode(const dsc_context *ctx, int32_t *mode);
+/* Read the deferred checks' record and clear it: DSC_OK when nothing was recorded, else the
+ * recorded failure (DSC_ERR_INVALID_ARGUMENT) with the immediate check's message in
+ * dsc_last_error() (function, argument, expected range, bad value and position). On CUDA
+ * one small copy and one host wait, and none when no deferred check ran since the last
+ * read. dsc_context_synchronize also reads it (its copy rides on that wait), so on CUDA a
+ * failure also surfaces at the next synchronize, like CUDA's own asynchronous errors. */
+DSC_API dsc_status dsc_context_check(dsc_context *ctx);
 /* Bytes currently held by the context's workspace. */
 DSC_API dsc_status dsc_context_workspace_size(const dsc_context *ctx, size_t *bytes);
 
@@ -206,6 +234,10 @@ typedef struct dsc_context_counters {
   uint64_t index_checks;    /* range checks of index tensors run (each one host wait on CUDA);
                                checks of indices the library made itself are skipped unless
                                DSC_DEBUG_CHECKS=1 */
+  uint64_t deferred_checks; /* range checks queued in DSC_CHECK_DEFERRED mode (no wait, no
+                               copy: not in index_checks) */
+  uint64_t check_reads;     /* reads of the deferred checks' record that copied it back (one
+                               copy and one wait each on CUDA; dsc_context_check) */
 } dsc_context_counters;
 /* Fill out (up to out->size bytes; a smaller, older struct gets its prefix); reset != 0 then
  * zeroes the counters. */

@@ -374,7 +374,7 @@ dsc_status dsc_infer_idle_step(dsc_infer *g) {
 /* dsc_model_forward of a frozen model (its training forward needs the float32 masters): the
  * inference prefill of tokens [B, T] on a fresh latent cache, with the logits of every row,
  * i.e. what generation computes for those positions. tokens and logits are checked by the
- * caller (model_layers.c). */
+ * caller (generate.c: dsc_model_forward). */
 dsc_status dsc_model_forward_infer(dsc_model *m, const DLTensor *tokens, DLTensor *logits) {
   static const char *const FNF = "dsc_model_forward";
   /* T <= max_position_embeddings (checked by the caller); B feeds int32 batch indices */

@@ -48,13 +48,10 @@ dsc_status dsc_cross_entropy(dsc_context *ctx, const DLTensor *logits, const DLT
 
   const int tgt64 = dsc_tensor_dtype(targets) == DSC_DTYPE_INT64;
   if (N > 0) {
-    int64_t bad_pos = -1, bad_value = 0;
-    DSC_TRY(dsc_index_range(ctx, N, tgt64, dsc_data(targets), 0, V, ignore_index, &bad_pos,
-                        &bad_value));
-    DSC_CHECK(bad_pos < 0, DSC_ERR_INVALID_ARGUMENT, FN,
-              "targets: expected values in [0, %lld) or ignore_index (%lld), got %lld at "
-              "position %lld",
-              (long long)V, (long long)ignore_index, (long long)bad_value, (long long)bad_pos);
+    /* Deferred mode: a bad target's row is treated as ignored (no loss, no gradient, not
+     * counted). */
+    const dsc_index_site site = {FN, "targets", NULL, DSC_IDX_MSG_RANGE_OR_SKIP};
+    DSC_TRY(dsc_index_check(ctx, &site, N, tgt64, dsc_data(targets), 0, V, ignore_index));
   }
 
   /* N == 0 still runs: the loss of no token is 0 and must be written. */

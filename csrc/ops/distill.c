@@ -89,12 +89,10 @@ dsc_status dsc_topk_kl(dsc_context *ctx, const DLTensor *logits, const DLTensor 
   const int idx64 = dsc_tensor_dtype(teacher_indices) == DSC_DTYPE_INT64;
   const int tgt64 = dsc_tensor_dtype(targets) == DSC_DTYPE_INT64;
   if (N > 0) {
-    int64_t bad_pos = -1, bad_value = 0;
-    /* skip = 0 is in range: no value is skipped */
-    DSC_TRY(dsc_index_range(ctx, N * K, idx64, dsc_data(teacher_indices), 0, V, 0, &bad_pos, &bad_value));
-    DSC_CHECK(bad_pos < 0, DSC_ERR_INVALID_ARGUMENT, FN,
-              "teacher_indices: expected values in [0, %lld), got %lld at position %lld", (long long)V,
-              (long long)bad_value, (long long)bad_pos);
+    /* skip = 0 is in range: no value is skipped. Deferred mode: a bad teacher index's term
+     * is left out (its probability, logit and gradient entry contribute nothing). */
+    const dsc_index_site site = {FN, "teacher_indices", NULL, DSC_IDX_MSG_RANGE};
+    DSC_TRY(dsc_index_check(ctx, &site, N * K, idx64, dsc_data(teacher_indices), 0, V, 0));
   }
   const dsc_dtype dt = dsc_tensor_dtype(logits);
   void *dl = dlogits ? dsc_data(dlogits) : NULL;

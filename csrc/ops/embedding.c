@@ -18,14 +18,11 @@ static dsc_status check_ids(dsc_context *ctx, const char *fn, const DLTensor *id
   if (n == 0) return DSC_OK;
   DSC_CHECK(V > 0, DSC_ERR_SHAPE, fn, "%s: expected at least one row for %lld ids, got 0 rows",
             table_name, (long long)n);
-  int64_t bad_pos = -1, bad_value = 0;
-  /* skip = 0 lies inside [0, V): no exception to the range. */
-  DSC_TRY(dsc_index_range(ctx, n, dsc_tensor_dtype(ids) == DSC_DTYPE_INT64, dsc_data(ids), 0, V,
-                      0, &bad_pos, &bad_value));
-  DSC_CHECK(bad_pos < 0, DSC_ERR_INVALID_ARGUMENT, fn,
-            "ids: expected values in [0, %lld), got %lld at position %lld", (long long)V,
-            (long long)bad_value, (long long)bad_pos);
-  return DSC_OK;
+  /* skip = 0 lies inside [0, V): no exception to the range. Deferred mode: a bad id gives
+   * a zero output row (forward) and adds nothing (backward). */
+  const dsc_index_site site = {fn, "ids", NULL, DSC_IDX_MSG_RANGE};
+  return dsc_index_check(ctx, &site, n, dsc_tensor_dtype(ids) == DSC_DTYPE_INT64, dsc_data(ids), 0,
+                         V, 0);
 }
 
 dsc_status dsc_embedding_forward(dsc_context *ctx, const DLTensor *ids, const DLTensor *table,

@@ -72,10 +72,10 @@ dsc_status dsc_grpo_advantages(dsc_context *ctx, const dsc_grpo_params *p, const
   DSC_TRY(dsc_check_disjoint(FN, "advantages", advantages, "rewards", rewards, "keep", keep, NULL));
   DSC_TRY(dsc_check_disjoint(FN, "keep", keep, "rewards", rewards, NULL));
   const float *r = (const float *)dsc_data(rewards);
-  int64_t bad = -1;
-  DSC_TRY(DSC_DISPATCH(find_nonfinite, ctx, n, r, &bad));
-  DSC_CHECK(bad < 0, DSC_ERR_INVALID_ARGUMENT, FN,
-            "rewards: expected finite values, got a NaN or infinity at index %lld", (long long)bad);
+  /* Deferred mode: a non-finite reward makes its group's advantages NaN (no memory is
+   * indexed by rewards). */
+  const dsc_index_site site = {FN, "rewards", NULL, DSC_IDX_MSG_FINITE};
+  DSC_TRY(dsc_finite_check(ctx, &site, n, r));
   float *a = (float *)dsc_data(advantages);
   int32_t *k = keep ? (int32_t *)dsc_data(keep) : NULL;
   return DSC_DISPATCH(grpo_advantages, ctx, p, n, r, a, k);

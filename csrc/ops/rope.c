@@ -81,11 +81,10 @@ static dsc_status rope(dsc_context *ctx, const char *fn, const dsc_rope_params *
   const int32_t *pos = (const int32_t *)dsc_data(positions);
   const int64_t npos = B * T;
   if (npos > 0) {
-    int64_t bad_pos = -1, bad_value = 0;
-    DSC_TRY(dsc_index_range(ctx, npos, 0, pos, 0, INT32_MAX, 0, &bad_pos, &bad_value));
-    DSC_CHECK(bad_pos < 0, DSC_ERR_INVALID_ARGUMENT, fn,
-              "positions: expected values in [0, %d), got %lld at position %lld", INT32_MAX,
-              (long long)bad_value, (long long)bad_pos);
+    /* Deferred mode: a negative position is rotated by its (negative) angle: no memory is
+     * indexed by positions (the backends compute cos/sin from them). */
+    const dsc_index_site site = {fn, "positions", NULL, DSC_IDX_MSG_RANGE};
+    DSC_TRY(dsc_index_check(ctx, &site, npos, 0, pos, 0, INT32_MAX, 0));
   }
   if (B * T * H == 0) return DSC_OK;
 

@@ -25,13 +25,9 @@ static dsc_status check_logits_targets(dsc_context *ctx, const char *fn, const D
             dsc_shape_str(logits, buf, sizeof buf));
   if (*N == 0) return DSC_OK;
   const int tgt64 = dsc_tensor_dtype(targets) == DSC_DTYPE_INT64;
-  int64_t bad_pos = -1, bad_value = 0;
-  DSC_TRY(dsc_index_range(ctx, *N, tgt64, dsc_data(targets), 0, *V, ignore_index, &bad_pos,
-                          &bad_value));
-  DSC_CHECK(bad_pos < 0, DSC_ERR_INVALID_ARGUMENT, fn,
-            "targets: expected values in [0, %lld) or ignore_index (%lld), got %lld at position %lld",
-            (long long)*V, (long long)ignore_index, (long long)bad_value, (long long)bad_pos);
-  return DSC_OK;
+  /* Deferred mode: a bad target's row is treated as ignored (zeros). */
+  const dsc_index_site site = {fn, "targets", NULL, DSC_IDX_MSG_RANGE_OR_SKIP};
+  return dsc_index_check(ctx, &site, *N, tgt64, dsc_data(targets), 0, *V, ignore_index);
 }
 
 dsc_status dsc_token_logprob(dsc_context *ctx, const DLTensor *logits, const DLTensor *targets,

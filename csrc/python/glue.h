@@ -60,6 +60,7 @@ typedef struct {
   dsc_context *mem;           /* dsc_malloc / dsc_free of dsc.Tensors only; created lazily */
   PyThread_type_lock mem_lock; /* held around each dsc_malloc / dsc_free on mem */
   PyObject *pool;             /* list of context capsules for the ops; created lazily */
+  int32_t check_mode;         /* dsc_check_mode of the pool's contexts (op_set_check_mode) */
 } dsc_py_device;
 
 /* Per-module state: no C globals. */

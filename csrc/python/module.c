@@ -203,12 +203,14 @@ static PyObject *py_context_pool_size(PyObject *m, PyObject *args) {
 /* ---------------------------------------------------------------- counters */
 
 static PyObject *counters_dict(const dsc_context_counters *c) {
-  return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K}", "syncs", (unsigned long long)c->syncs,
+  return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K}", "syncs", (unsigned long long)c->syncs,
                        "copies_to_device", (unsigned long long)c->copies_to_device,
                        "copies_to_host", (unsigned long long)c->copies_to_host, "allocs",
                        (unsigned long long)c->allocs, "frees", (unsigned long long)c->frees,
                        "workspace_grows", (unsigned long long)c->workspace_grows, "index_checks",
-                       (unsigned long long)c->index_checks);
+                       (unsigned long long)c->index_checks, "deferred_checks",
+                       (unsigned long long)c->deferred_checks, "check_reads",
+                       (unsigned long long)c->check_reads);
 }
 
 /* Read (and with reset zero) the counters of one context, entered so that no call of
@@ -323,12 +325,153 @@ static PyObject *py_op_counters(PyObject *m, PyObject *args, PyObject *kwargs) {
     sum.frees += c.frees;
     sum.workspace_grows += c.workspace_grows;
     sum.index_checks += c.index_checks;
+    sum.deferred_checks += c.deferred_checks;
+    sum.check_reads += c.check_reads;
   }
   Py_XDECREF(pool);
   return counters_dict(&sum);
 }
 
+/* ---------------------------------------------------------------- deferred checks */
+
+static int parse_check_mode(PyObject *m, int mode, const char *fn) {
+  (void)m;
+  if (mode == DSC_CHECK_IMMEDIATE || mode == DSC_CHECK_DEFERRED) return 0;
+  PyErr_Format(PyExc_ValueError,
+               "%s: mode: expected DSC_CHECK_IMMEDIATE (0) or DSC_CHECK_DEFERRED (1), got %d", fn, mode);
+  return -1;
+}
+
+/* Set the check mode of, or read the record of, one context (entered). op: 0 set mode,
+ * 1 check. */
+static int ctx_check_op(dsc_py_state *st, dsc_py_ctx *c, int op, int mode, const char *fn) {
+  const int r = dsc_py_ctx_enter(st, c, fn, 0);
+  if (r < 0) return -1;
+  dsc_status s;
+  if (op == 0) s = dsc_context_set_check_mode(c->ctx, mode);
+  else DSC_PY_CALL(s, dsc_context_check(c->ctx)); /* may wait for the device */
+  dsc_py_ctx_leave(c);
+  if (s != DSC_OK) {
+    dsc_py_raise(st, s);
+    return -1;
+  }
+  return 0;
+}
+
+/* context_set_check_mode(obj, mode): the dsc_check_mode of obj's context. */
+static PyObject *py_context_set_check_mode(PyObject *m, PyObject *args) {
+  PyObject *obj;
+  int mode;
+  if (!PyArg_ParseTuple(args, "Oi", &obj, &mode)) return NULL;
+  if (parse_check_mode(m, mode, "context_set_check_mode") < 0) return NULL;
+  PyObject *cap = dsc_py_ctx_capsule_of(obj, "context_set_check_mode");
+  if (!cap) return NULL;
+  if (ctx_check_op(dsc_py_get_state(m), dsc_py_ctx_get(cap), 0, mode, "dsc_context_set_check_mode") < 0)
+    return NULL;
+  Py_RETURN_NONE;
+}
+
+/* context_get_check_mode(obj) -> int: the mode obj's context runs its checks in now. */
+static PyObject *py_context_get_check_mode(PyObject *m, PyObject *args) {
+  PyObject *obj;
+  if (!PyArg_ParseTuple(args, "O", &obj)) return NULL;
+  PyObject *cap = dsc_py_ctx_capsule_of(obj, "context_get_check_mode");
+  if (!cap) return NULL;
+  int32_t mode = 0;
+  dsc_status s = dsc_context_get_check_mode(dsc_py_ctx_get(cap)->ctx, &mode);
+  if (s != DSC_OK) return dsc_py_raise(dsc_py_get_state(m), s);
+  return PyLong_FromLong(mode);
+}
+
+/* context_check(obj): read (and clear) the deferred checks' record of obj's context; raise
+ * the recorded failure. */
+static PyObject *py_context_check(PyObject *m, PyObject *args) {
+  PyObject *obj;
+  if (!PyArg_ParseTuple(args, "O", &obj)) return NULL;
+  PyObject *cap = dsc_py_ctx_capsule_of(obj, "context_check");
+  if (!cap) return NULL;
+  if (ctx_check_op(dsc_py_get_state(m), dsc_py_ctx_get(cap), 1, 0, "dsc_context_check") < 0) return NULL;
+  Py_RETURN_NONE;
+}
+
+/* op_set_check_mode(device_type, device_id, mode): the mode of every op context of the
+ * device, now and created later. */
+static PyObject *py_op_set_check_mode(PyObject *m, PyObject *args) {
+  int dev_type, dev_id, mode;
+  if (!PyArg_ParseTuple(args, "iii", &dev_type, &dev_id, &mode)) return NULL;
+  if (parse_check_mode(m, mode, "op_set_check_mode") < 0) return NULL;
+  dsc_py_state *st = dsc_py_get_state(m);
+  DLDevice dev = {(DLDeviceType)dev_type, dev_id};
+  dsc_py_device *d = dsc_py_device_of(st, dev);
+  if (!d) return NULL;
+  d->check_mode = mode;
+  PyObject *pool = d->pool ? Py_NewRef(d->pool) : NULL;
+  for (Py_ssize_t i = 0; pool && i < PyList_GET_SIZE(pool); ++i) {
+    PyObject *cap = Py_NewRef(PyList_GET_ITEM(pool, i));
+    const int r = ctx_check_op(st, dsc_py_ctx_get(cap), 0, mode, "dsc_context_set_check_mode");
+    Py_DECREF(cap);
+    if (r < 0) {
+      Py_DECREF(pool);
+      return NULL;
+    }
+  }
+  Py_XDECREF(pool);
+  Py_RETURN_NONE;
+}
+
+/* op_get_check_mode(device_type, device_id) -> int: the mode set for the device's ops. */
+static PyObject *py_op_get_check_mode(PyObject *m, PyObject *args) {
+  int dev_type, dev_id;
+  if (!PyArg_ParseTuple(args, "ii", &dev_type, &dev_id)) return NULL;
+  DLDevice dev = {(DLDeviceType)dev_type, dev_id};
+  dsc_py_device *d = dsc_py_device_of(dsc_py_get_state(m), dev);
+  if (!d) return NULL;
+  return PyLong_FromLong(d->check_mode);
+}
+
+/* op_check(device_type, device_id): read (and clear) the record of every op context of the
+ * device; raise the failure of the first context (in pool order) that has one (the records
+ * of all are read and cleared first). */
+static PyObject *py_op_check(PyObject *m, PyObject *args) {
+  int dev_type, dev_id;
+  if (!PyArg_ParseTuple(args, "ii", &dev_type, &dev_id)) return NULL;
+  dsc_py_state *st = dsc_py_get_state(m);
+  DLDevice dev = {(DLDeviceType)dev_type, dev_id};
+  dsc_py_device *d = dsc_py_device_of(st, dev);
+  if (!d) return NULL;
+  PyObject *pool = d->pool ? Py_NewRef(d->pool) : NULL;
+  PyObject *et = NULL, *ev = NULL, *tb = NULL;
+  for (Py_ssize_t i = 0; pool && i < PyList_GET_SIZE(pool); ++i) {
+    PyObject *cap = Py_NewRef(PyList_GET_ITEM(pool, i));
+    const int r = ctx_check_op(st, dsc_py_ctx_get(cap), 1, 0, "dsc_context_check");
+    Py_DECREF(cap);
+    if (r < 0) {
+      if (!et) PyErr_Fetch(&et, &ev, &tb);
+      else PyErr_Clear();
+    }
+  }
+  Py_XDECREF(pool);
+  if (et) {
+    PyErr_Restore(et, ev, tb);
+    return NULL;
+  }
+  Py_RETURN_NONE;
+}
+
+
 PyMethodDef dsc_py_core_methods[] = {
+    {"context_set_check_mode", py_context_set_check_mode, METH_VARARGS,
+     "context_set_check_mode(obj, mode): DSC_CHECK_IMMEDIATE (0) or DSC_CHECK_DEFERRED (1) for obj's context"},
+    {"context_get_check_mode", py_context_get_check_mode, METH_VARARGS,
+     "context_get_check_mode(obj) -> int: the check mode obj's context runs in"},
+    {"context_check", py_context_check, METH_VARARGS,
+     "context_check(obj): raise the failure recorded by deferred checks on obj's context (and clear it)"},
+    {"op_set_check_mode", py_op_set_check_mode, METH_VARARGS,
+     "op_set_check_mode(device_type, device_id, mode): the check mode of the device's op contexts"},
+    {"op_get_check_mode", py_op_get_check_mode, METH_VARARGS,
+     "op_get_check_mode(device_type, device_id) -> int"},
+    {"op_check", py_op_check, METH_VARARGS,
+     "op_check(device_type, device_id): raise the failure recorded by deferred checks of the device's ops"},
     {"context_counters", (PyCFunction)(void (*)(void))py_context_counters,
      METH_VARARGS | METH_KEYWORDS,
      "context_counters(obj, reset=False) -> dict: host waits, copies and allocations of the "

@@ -227,6 +227,7 @@ PyObject *dsc_py_pool_take(dsc_py_state *st, DLDevice dev, const char *fn) {
   PyObject *cap = dsc_py_ctx_new(st, dev, 0, what);
   if (!cap) return NULL;
   dsc_py_ctx *c = dsc_py_ctx_get(cap);
+  (void)dsc_context_set_check_mode(c->ctx, d->check_mode); /* a valid mode: cannot fail */
   if (!d->pool && !(d->pool = PyList_New(0))) { /* cleared while the GIL was released */
     Py_DECREF(cap);
     return NULL;

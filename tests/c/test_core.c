@@ -631,9 +631,127 @@ static void test_counters(void) {
   dsc_context_destroy(ctx);
 }
 
+/* Deferred range checks: every CPU consumer survives bad indices (huge and negative: an
+ * unguarded read would leave the arrays, which ASan reports), writes what it documents, and
+ * dsc_context_check reports the first failure with the immediate check's message. */
+static int all_finite(const float *x, int n) {
+  for (int i = 0; i < n; ++i)
+    if (!isfinite(x[i])) return 0;
+  return 1;
+}
+
+static void test_deferred_checks(void) {
+  dsc_context *ctx = NULL;
+  CHECK(dsc_context_create(NULL, &ctx) == DSC_OK, "deferred: context: %s", dsc_last_error());
+  if (!ctx) return;
+  int32_t mode = -1;
+  CHECK(dsc_context_get_check_mode(ctx, &mode) == DSC_OK && mode == DSC_CHECK_IMMEDIATE, "deferred: default");
+  CHECK(dsc_context_set_check_mode(ctx, 5) == DSC_ERR_INVALID_ARGUMENT &&
+            strstr(dsc_last_error(), "dsc_context_set_check_mode: mode:") != NULL,
+        "deferred: bad mode: %s", dsc_last_error());
+  CHECK(dsc_context_check(NULL) == DSC_ERR_INVALID_ARGUMENT, "deferred: NULL ctx");
+  CHECK(dsc_context_check(ctx) == DSC_OK, "deferred: empty record");
+
+  enum { V = 6, D = 3, n = 4 };
+  float table[V * D], out[n * D], dout[n * D], dtable[V * D];
+  int32_t ids[n] = {1, 1 << 30, 5, -(1 << 30)};
+  for (int i = 0; i < V * D; ++i) table[i] = frand();
+  for (int i = 0; i < n * D; ++i) { dout[i] = frand(); out[i] = NAN; }
+  view vi, vt, vo, vd, vdt;
+  int64_t si[1] = {n}, st[2] = {V, D}, so[2] = {n, D};
+  mk(&vi, ids, I32, 1, si); mk(&vt, table, F32, 2, st); mk(&vo, out, F32, 2, so);
+  mk(&vd, dout, F32, 2, so); mk(&vdt, dtable, F32, 2, st);
+  /* the immediate message, then the same call deferred */
+  char imm[512];
+  CHECK(dsc_embedding_forward(ctx, &vi.t, &vt.t, &vo.t) == DSC_ERR_INVALID_ARGUMENT, "deferred: immediate");
+  snprintf(imm, sizeof imm, "%s", dsc_last_error());
+  CHECK(strcmp(imm, "dsc_embedding_forward: ids: expected values in [0, 6), got 1073741824 at position 1") == 0,
+        "deferred: immediate message: %s", imm);
+  CHECK(dsc_context_set_check_mode(ctx, DSC_CHECK_DEFERRED) == DSC_OK, "deferred: set");
+  dsc_context_counters c0;
+  memset(&c0, 0, sizeof c0);
+  c0.size = sizeof c0;
+  CHECK(dsc_context_get_counters(ctx, &c0, 1) == DSC_OK, "deferred: counters reset");
+  CHECK(dsc_embedding_forward(ctx, &vi.t, &vt.t, &vo.t) == DSC_OK, "deferred: fwd: %s", dsc_last_error());
+  int ok = 1;
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < D; ++j)
+      ok &= out[i * D + j] == ((ids[i] >= 0 && ids[i] < V) ? table[ids[i] * D + j] : 0.0f);
+  CHECK(ok, "deferred: bad ids give zero rows");
+  CHECK(dsc_embedding_backward(ctx, &vi.t, &vd.t, &vdt.t) == DSC_OK, "deferred: bwd: %s", dsc_last_error());
+  double ref[V * D] = {0};
+  for (int i = 0; i < n; ++i)
+    if (ids[i] >= 0 && ids[i] < V)
+      for (int j = 0; j < D; ++j) ref[ids[i] * D + j] += dout[i * D + j];
+  CHECK(max_abs_diff(dtable, ref, V * D) < 1e-6, "deferred: bad ids add nothing");
+
+  /* cross-entropy and token_logprob: bad targets count as ignored */
+  enum { N = 3, W = 5 };
+  float logits[N * W], dl[N * W], loss = NAN, lp[N], ent[N], dlp[N] = {0.5f, -1.0f, 2.0f};
+  int64_t tg[N] = {2, 1LL << 40, -7};
+  for (int i = 0; i < N * W; ++i) logits[i] = frand();
+  view vl, vtg, vloss, vdl, vlp, vent, vdlp;
+  int64_t sl[2] = {N, W}, sn[1] = {N};
+  const DLDataType I64 = {kDLInt, 64, 1};
+  mk(&vl, logits, F32, 2, sl); mk(&vtg, tg, I64, 1, sn); mk(&vloss, &loss, F32, 0, NULL);
+  mk(&vdl, dl, F32, 2, sl); mk(&vlp, lp, F32, 1, sn); mk(&vent, ent, F32, 1, sn); mk(&vdlp, dlp, F32, 1, sn);
+  CHECK(dsc_cross_entropy(ctx, &vl.t, &vtg.t, -100, 1.0f, &vloss.t, &vdl.t, NULL) == DSC_OK &&
+            isfinite(loss) && all_finite(dl, N * W),
+        "deferred: ce: %s", dsc_last_error());
+  double m = -INFINITY, se = 0;
+  for (int j = 0; j < W; ++j) m = fmax(m, logits[j]);
+  for (int j = 0; j < W; ++j) se += exp(logits[j] - m);
+  CHECK(fabs(loss - (m + log(se) - logits[2])) < 1e-5, "deferred: ce loss of the one good row");
+  CHECK(dsc_token_logprob(ctx, &vl.t, &vtg.t, -100, &vlp.t, &vent.t) == DSC_OK && lp[1] == 0.0f &&
+            ent[2] == 0.0f && all_finite(lp, N),
+        "deferred: token_logprob: %s", dsc_last_error());
+  CHECK(dsc_token_logprob_backward(ctx, &vl.t, &vtg.t, -100, &vdlp.t, &vdl.t) == DSC_OK &&
+            all_finite(dl, N * W) && dl[W] == 0.0f && dl[2 * W + 4] == 0.0f,
+        "deferred: token_logprob_backward: %s", dsc_last_error());
+
+  /* distillation: a bad teacher index is left out */
+  enum { K = 2 };
+  int32_t tix[N * K] = {0, 4, -(1 << 29), 3, 1 << 29, 2};
+  float tlog[N * K];
+  int64_t tt[N] = {1, 1, 1};
+  for (int i = 0; i < N * K; ++i) tlog[i] = frand();
+  view vtix, vtlog, vtt;
+  int64_t sk[2] = {N, K};
+  mk(&vtix, tix, I32, 2, sk); mk(&vtlog, tlog, F32, 2, sk); mk(&vtt, tt, I64, 1, sn);
+  CHECK(dsc_topk_kl(ctx, &vl.t, &vtix.t, &vtlog.t, &vtt.t, -100, 1.0f, 1.0f, &vloss.t, &vdl.t) == DSC_OK &&
+            isfinite(loss) && all_finite(dl, N * W),
+        "deferred: topk_kl: %s", dsc_last_error());
+
+  /* no waits, nothing read yet; the first failure (the embedding forward's) is reported */
+  dsc_context_counters c;
+  memset(&c, 0, sizeof c);
+  c.size = sizeof c;
+  CHECK(dsc_context_get_counters(ctx, &c, 0) == DSC_OK && c.deferred_checks == 6 && c.index_checks == 0 &&
+            c.syncs == 0 && c.check_reads == 0,
+        "deferred: counters %llu deferred, %llu immediate", (unsigned long long)c.deferred_checks,
+        (unsigned long long)c.index_checks);
+  CHECK(dsc_context_check(ctx) == DSC_ERR_INVALID_ARGUMENT && strcmp(dsc_last_error(), imm) == 0,
+        "deferred: check: %s", dsc_last_error());
+  CHECK(dsc_context_check(ctx) == DSC_OK, "deferred: cleared");
+  CHECK(dsc_context_get_counters(ctx, &c, 0) == DSC_OK && c.check_reads == 1, "deferred: one read");
+  /* the next failure: ce's target at position 1; synchronize reports it too */
+  CHECK(dsc_cross_entropy(ctx, &vl.t, &vtg.t, -100, 1.0f, &vloss.t, NULL, NULL) == DSC_OK, "deferred: ce 2");
+  CHECK(dsc_context_synchronize(ctx) == DSC_ERR_INVALID_ARGUMENT &&
+            strcmp(dsc_last_error(), "dsc_cross_entropy: targets: expected values in [0, 5) or ignore_index "
+                                     "(-100), got 1099511627776 at position 1") == 0,
+        "deferred: synchronize: %s", dsc_last_error());
+  CHECK(dsc_context_check(ctx) == DSC_OK, "deferred: read by synchronize");
+  /* good indices record nothing */
+  ids[1] = 0; ids[3] = 2;
+  CHECK(dsc_embedding_forward(ctx, &vi.t, &vt.t, &vo.t) == DSC_OK && dsc_context_check(ctx) == DSC_OK,
+        "deferred: good run");
+  dsc_context_destroy(ctx);
+}
+
 int main(void) {
   test_status_and_context();
   test_counters();
+  test_deferred_checks();
   test_dtypes();
   dsc_context *ctx = NULL;
   dsc_context_options o;
