@@ -295,3 +295,28 @@ def test_grpo_rewards(device, rng):
     ref, _ = dsc.grpo_advantages(r[:4], group_size=4)
     np.testing.assert_array_equal(adv[:4], ref)
     assert np.isnan(adv[4:]).all()
+
+
+def _tiny_model_cfg():
+    return dsc.ModelConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, first_k_dense_replace=1,
+                           intermediate_size=32, num_attention_heads=2, q_lora_rank=0, kv_lora_rank=8,
+                           qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8, max_position_embeddings=16)
+
+
+@pytest.mark.parametrize("dev", _devices())
+def test_model_train_step_bad_token(dev, rng):
+    """A bad token id fails the training step with the immediate check's message on every
+    device (on a GPU the check is deferred to the step's loss copy) and leaves the weights as
+    they were; the next good step trains."""
+    cfg = _tiny_model_cfg()
+    m = dsc.Model(cfg, seed=0, device=dev)
+    tok = rng.integers(0, cfg.vocab_size, (2, 8)).astype(np.int32)
+    tgt = rng.integers(0, cfg.vocab_size, (2, 8)).astype(np.int32)
+    bad = tok.copy()
+    bad[1, 5] = cfg.vocab_size + 3
+    w0 = np.array(dsc.to_numpy(m.state_dict()["model.embed_tokens.weight"]), copy=True)
+    with pytest.raises(ValueError, match=r"tokens: expected ids in \[0, 32\) \(vocab_size\), got 35 at position 13"):
+        m.train_step(bad, tgt, lr=1e-2)
+    np.testing.assert_array_equal(dsc.to_numpy(m.state_dict()["model.embed_tokens.weight"]), w0)
+    loss = m.train_step(tok, tgt, lr=1e-2)["loss"]
+    assert np.isfinite(loss)

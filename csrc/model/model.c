@@ -1154,19 +1154,7 @@ dsc_status dsc_model_check_ids(dsc_model *m, const char *fn, const char *arg, co
               (int)m->cfg.max_position_embeddings, (long long)t->shape[1]);
   }
   const int64_t n = dsc_numel(t);
-  int64_t bad_pos = -1, bad_val = 0;
-  const int64_t V = m->cfg.vocab_size;
-  const int64_t sk = use_skip ? skip : 0;
-  DSC_TRY(dsc_index_range(m->ctx, n, 0, dsc_data(t), 0, V, sk, &bad_pos, &bad_val));
-  if (bad_pos >= 0) {
-    if (use_skip)
-      return dsc_error(DSC_ERR_INVALID_ARGUMENT, fn,
-                       "%s: expected ids in [0, %lld) (vocab_size) or ignore_index %lld, got %lld at "
-                       "position %lld",
-                       arg, (long long)V, (long long)skip, (long long)bad_val, (long long)bad_pos);
-    return dsc_error(DSC_ERR_INVALID_ARGUMENT, fn,
-                     "%s: expected ids in [0, %lld) (vocab_size), got %lld at position %lld", arg,
-                     (long long)V, (long long)bad_val, (long long)bad_pos);
-  }
-  return DSC_OK;
+  /* fn and arg are string literals at every caller: a deferred failure keeps the pointers */
+  const dsc_index_site site = {fn, arg, NULL, use_skip ? DSC_IDX_MSG_VOCAB_OR_SKIP : DSC_IDX_MSG_VOCAB};
+  return dsc_index_check(m->ctx, &site, n, 0, dsc_data(t), 0, m->cfg.vocab_size, use_skip ? skip : 0);
 }

@@ -550,6 +550,21 @@ static dsc_status backward_logits(dsc_model *m, const DLTensor *tokens, int32_t 
   return st;
 }
 
+/* tokens and targets of a training call. On a GPU their range checks are deferred: queued
+ * with no host wait, read with the step's one copy of its losses (loss_and_grad_run), before
+ * any optimizer update; the embedding and the cross-entropy skip a bad id meanwhile. A bad id
+ * then fails the call there, and the gradients of that call are dropped (have_grads = 0). On
+ * the CPU the check costs no wait and stays immediate: nothing is touched before it. */
+static dsc_status checked_ids(dsc_model *m, const char *fn, const dsc_train_options *opt,
+                              const DLTensor *tokens, const DLTensor *targets) {
+  const int32_t cm = dsc_ctx_check_mode_push(m->ctx, dsc_ctx_is_cuda(m->ctx) ? DSC_CHECK_DEFERRED
+                                                                            : DSC_CHECK_IMMEDIATE);
+  dsc_status st = dsc_model_check_ids(m, fn, "tokens", tokens, NULL, 0, 0);
+  if (st == DSC_OK) st = dsc_model_check_ids(m, fn, "targets", targets, tokens, opt->ignore_index, 1);
+  dsc_ctx_check_mode_pop(m->ctx, cm);
+  return st;
+}
+
 dsc_status dsc_model_loss_and_grad(dsc_model *m, const dsc_train_options *opt, const DLTensor *tokens,
                                    const DLTensor *targets, int32_t accumulate, float grad_scale,
                                    dsc_train_stats *stats) {
@@ -557,8 +572,7 @@ dsc_status dsc_model_loss_and_grad(dsc_model *m, const dsc_train_options *opt, c
   DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
   DSC_TRY(dsc_model_check_not_frozen(m, FN, "training"));
   DSC_TRY(check_train_options(FN, opt));
-  DSC_TRY(dsc_model_check_ids(m, FN, "tokens", tokens, NULL, 0, 0));
-  DSC_TRY(dsc_model_check_ids(m, FN, "targets", targets, tokens, opt->ignore_index, 1));
+  DSC_TRY(checked_ids(m, FN, opt, tokens, targets));
   DSC_CHECK(isfinite(grad_scale) && grad_scale > 0.0f, DSC_ERR_INVALID_ARGUMENT, FN,
             "grad_scale: expected a finite number > 0, got %g", (double)grad_scale);
   DSC_CHECK(accumulate == 0 || accumulate == 1, DSC_ERR_INVALID_ARGUMENT, FN,
@@ -606,7 +620,10 @@ static dsc_status loss_and_grad_run(dsc_model *m, const dsc_train_options *opt, 
   }
   STEP(backward_logits(m, tokens, nd));
   float losses[1 + DSC_MODEL_MAX_MTP];
+  /* the one host wait of the pass: it also reads the deferred checks' record */
+  STEP(dsc_ctx_check_begin_read(ctx));
   STEP(dsc_memcpy(ctx, losses, (DLDevice){kDLCPU, 0}, A->loss, ctx->device, (size_t)(1 + nd) * sizeof(float)));
+  STEP(dsc_ctx_check_end_read(ctx));
   if (st != DSC_OK) {
     m->have_grads = 0;
     return st;
@@ -909,8 +926,7 @@ dsc_status dsc_model_train_step(dsc_model *m, const dsc_train_options *opt, cons
   DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
   DSC_TRY(dsc_model_check_not_frozen(m, FN, "training"));
   DSC_TRY(check_train_options(FN, opt));
-  DSC_TRY(dsc_model_check_ids(m, FN, "tokens", tokens, NULL, 0, 0));
-  DSC_TRY(dsc_model_check_ids(m, FN, "targets", targets, tokens, opt->ignore_index, 1));
+  DSC_TRY(checked_ids(m, FN, opt, tokens, targets));
   DSC_CHECK(stats == NULL || stats->size >= sizeof(dsc_train_stats), DSC_ERR_INVALID_ARGUMENT, FN,
             "stats: expected size = %zu", sizeof(dsc_train_stats));
   const int64_t B = tokens->shape[0];
