@@ -203,7 +203,9 @@ def generate(model: Any, prompts: Any, max_new_tokens: int = 16, temperature: fl
     speculative: None or "mtp" (MTP drafts verified by the main model); num_draft: drafts
     per step, 1..16. cache_dtype: "float32", "bfloat16" or "float8_e4m3fn" (the latent
     cache); block_size: tokens per cache block. on_token(seq, token): called for each new
-    token as it is produced; return True to stop that sequence, a negative int to stop all;
+    token in order (plain decoding hands tokens over from the device once per 16 steps, so
+    calls come in bursts; DSC_DEVICE_DECODE=0: every step); return True to stop that
+    sequence, a negative int to stop all;
     an exception stops generation and is re-raised. It runs in the calling thread, with the
     GIL, while the model's call is paused: it may call ops (dsc.matmul, ...) and other
     models; a call on this same model from it raises deepseek_c.Error (it could only wait

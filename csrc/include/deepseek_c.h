@@ -1650,7 +1650,10 @@ typedef struct dsc_generate_stats {
 /* Called for every emitted token in order (seq = the prompt's index, token its id).
  * Return 0 to go on, a positive value to stop that sequence after this token (the token
  * is kept), a negative value to stop every sequence (each keeps what it has). Called on
- * the calling thread, between steps: it must not use the model. */
+ * the calling thread, between steps: it must not use the model. Plain decoding (no
+ * speculation) keeps the decode loop on the device and hands tokens over once per chunk of
+ * 16 steps, so the calls come in bursts (same order); what a stopped sequence produced
+ * after its stop within the chunk is dropped. DSC_DEVICE_DECODE=0: one step at a time. */
 typedef int32_t (*dsc_token_fn)(void *user, int32_t seq, int32_t token);
 
 /* Generate up to max_new_tokens tokens after each prompt.
