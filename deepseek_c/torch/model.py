@@ -96,7 +96,6 @@ def model_forward_train(key: int, tokens: Tensor, n_mtp: int, params: list[Tenso
     mtp = [torch.empty((B, T - d - 1, V), dtype=torch.float32, device=m._device) for d in range(n_mtp)]
     m._serial += 1
     _C.model_forward_train(m.dsc_model._cap, t, lg, mtp)
-    _ops._after(lg)
     return [lg, *mtp, _ops.make_handle(_Pending(m._serial))]
 
 
@@ -135,7 +134,6 @@ def model_backward(key: int, handle: Tensor, dlogits: Tensor, dmtp: list[Tensor]
     m._note_load(acc)
     if views is None:
         views = m._make_grad_views()
-    _ops._after(dl)
     return [torch.zeros_like(v) if o else v.view(v.shape) for o, v in zip(own, views)]
 
 
@@ -174,7 +172,6 @@ def model_logits(key: int, tokens: Tensor, depth: int) -> Tensor:
     out = torch.empty((B, T - depth - 1 if depth >= 0 else T, V), dtype=torch.float32, device=m._device)
     m._serial += 1  # it may reuse the training activations
     _C.model_forward(m.dsc_model._cap, t, out, int(depth))
-    _ops._after(out)
     return out
 
 
