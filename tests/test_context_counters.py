@@ -159,9 +159,9 @@ print(json.dumps({"losses": losses, "c": m.counters()}))
         runs[debug] = json.loads(out.stdout.strip().splitlines()[-1])
     assert runs["0"]["losses"] == runs["1"]["losses"]
     n, d = runs["0"]["c"]["index_checks"], runs["1"]["c"]["index_checks"]
-    # tokens and targets in train_step and in loss_and_grad (4), the bias update's expert
-    # counts (one per MoE block: 2 here); everything else is trusted
-    assert n == 6 and d > 3 * n, (n, d)
+    # tokens and targets in train_step and in loss_and_grad (4); everything else (the bias
+    # update's expert counts included) is the library's own and trusted
+    assert n == 4 and d > 3 * n, (n, d)
 
 
 def decode_allocs(m, n_new):

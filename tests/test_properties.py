@@ -101,6 +101,7 @@ def test_every_public_array_op_has_a_property():
                "info", "load_safetensors", "save_safetensors", "safetensors_metadata", "ModelConfig", "Model",
                "lr_schedule", "GenerateOutput", "generate", "stream", "ModelCalc", "calc", "__version__", "op_counters",
                "set_check_mode", "get_check_mode", "check",  # no arrays: tests/test_deferred_checks.py
+               "cuda_stream",  # no arrays: tests/test_streams.py
                "rope_inv_freq", "rope_softmax_scale", "rope_cos_sin_scale", "moe_load_stats", "moe_forward",
                "moe_backward", "mla_params_tuple", "MLA_WEIGHT_NAMES", "FP8_E4M3_MAX", "FP8_E5M2_MAX",
                "RMSNormCtx", "LinearCtx", "SwiGLUCtx", "EmbeddingCtx", "FP8LinearCtx", "MoERoute", "SeqAuxCtx",

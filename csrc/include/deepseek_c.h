@@ -896,7 +896,8 @@ DSC_API dsc_status dsc_moe_layer_saved_routing(dsc_context *ctx, const dsc_moe_l
                                                DLTensor *indices, DLTensor *weights, DLTensor *scores);
 /* The complementary sequence-wise balance loss of the forward that filled `saved` (its
  * scores and indices; tokens of a sequence contiguous, seq_len each): *loss (host) =
- * alpha * L_bal; its gradient into the router is added by the next dsc_moe_layer_backward. */
+ * alpha * L_bal; its gradient into the router is added by the next dsc_moe_layer_backward.
+ * loss may be NULL: the gradient is still prepared, and nothing is copied back (no wait). */
 DSC_API dsc_status dsc_moe_layer_aux_loss(dsc_context *ctx, dsc_moe_layer_saved *saved,
                                           int64_t seq_len, float alpha, float *loss);
 

@@ -26,6 +26,7 @@ static void acts_free(dsc_model *m) {
     free(A->blk);
   }
   free(A->fwd_load);
+  free(A->rb_host);
   free(A);
   m->acts = NULL;
 }
@@ -110,6 +111,9 @@ static size_t plan(dsc_model *m, dsc_model_acts *A, char *base) {
   CARVE(A->dI2, float, N * I);
   CARVE(A->dcat, float, N * 2 * D);
   CARVE(A->loss, float, 1 + m->n_mtp);
+  CARVE(A->rb_aux, float, 2 * (int64_t)m->n_blocks);
+  CARVE(A->rb_load, int64_t, 2 * (int64_t)m->n_blocks * E);
+  A->rb_bytes = base ? (size_t)((char *)(A->rb_load + 2 * (int64_t)m->n_blocks * E) - (char *)A->loss) : 0;
   CARVE(A->counts, int64_t, E);
   return off;
 }
@@ -183,6 +187,14 @@ dsc_status dsc_model_acts_for(dsc_model *m, int64_t B, int64_t T, dsc_model_acts
     return st;
   }
   plan(m, A, (char *)A->arena);
+  free(A->rb_host);
+  A->rb_host = malloc(A->rb_bytes);
+  if (!A->rb_host) {
+    dsc_free(m->ctx, A->arena);
+    A->arena = NULL;
+    A->B = A->T = 0;
+    return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+  }
   /* positions 0..T-1 per row (and 0..Td-1 for the MTP depths), written once */
   int32_t *host = (int32_t *)malloc((size_t)(B * T) * sizeof(int32_t));
   if (!host) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");

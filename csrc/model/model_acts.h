@@ -57,7 +57,14 @@ struct dsc_model_acts {
   float *tE;                             /* [N, D] BF16 compute: rounded gradient copies */
   float *dI0, *dI1, *dI2;                /* [N, I] */
   float *dcat;                           /* [N, 2D] */
+  /* The read-back region: what the host needs of a pass, copied back in one piece (one
+   * host wait per pass; dsc_model_read_back): the losses, then per MoE block and
+   * micro-batch h its balance loss and expert counts (slot 2b + h). */
   float *loss;                           /* [1 + Dm] */
+  float *rb_aux;                         /* [2 * n_blocks] */
+  int64_t *rb_load;                      /* [2 * n_blocks, E] */
+  size_t rb_bytes;                       /* loss .. the end of rb_load */
+  void *rb_host;                         /* [rb_bytes] host mirror */
   int64_t *counts;                       /* [E] */
 };
 

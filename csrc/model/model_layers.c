@@ -101,20 +101,6 @@ static dsc_status dense_fwd(dsc_model *m, int32_t b, blk_acts *k, int64_t rows, 
   return st;
 }
 
-/* Add this call's expert load (device counts [E]) into m->load for block b. */
-static dsc_status add_load(dsc_model *m, int32_t b, const int64_t *dev_counts) {
-  const int64_t E = m->cfg.n_routed_experts;
-  int64_t host[1024];
-  int64_t *h = E <= 1024 ? host : (int64_t *)malloc((size_t)E * sizeof(int64_t));
-  if (!h) return dsc_error(DSC_ERR_OUT_OF_MEMORY, "dsc_model", "out of host memory");
-  dsc_status st = dsc_memcpy(m->ctx, h, (DLDevice){kDLCPU, 0}, dev_counts, m->ctx->device,
-                             (size_t)E * sizeof(int64_t));
-  if (st == DSC_OK)
-    for (int64_t e = 0; e < E; ++e) m->load[(int64_t)b * E + e] += h[e];
-  if (h != host) free(h);
-  return st;
-}
-
 static dsc_status ffn_infer_(dsc_model *m, int32_t b, const DLTensor *x, DLTensor *y, DLTensor *counts,
                              const dsc_model_fp8w *h) {
   if (h && h->mem) return dsc_model_ffn_infer_fp8(m, b, x, y, counts, h);
@@ -171,7 +157,17 @@ dsc_status dsc_model_split2(dsc_model *m, const DLTensor *in, DLTensor *a, DLTen
 
 /* ------------------------------------------------------------------ MoE FFN */
 
-/* The MoE FFN of block b: x [B, Tb, D] -> y; its expert load into m->load; with
+/* The balance loss of a MoE layer's forward (`saved`) into read-back slot `slot`, on the
+ * device (a device-to-device copy: no wait). */
+static dsc_status aux_to_read_back(dsc_model *m, dsc_moe_layer_saved *saved, int64_t Tb, float alpha,
+                                   int64_t slot) {
+  DSC_TRY(dsc_moe_layer_aux_loss(m->ctx, saved, Tb, alpha, NULL));
+  const float *src = dsc_moe_layer_saved_aux_device(saved);
+  if (!src) return dsc_error(DSC_ERR_INTERNAL, "dsc_model", "the MoE layer kept no balance loss");
+  return dsc_memcpy(m->ctx, m->acts->rb_aux + slot, m->ctx->device, src, m->ctx->device, sizeof(float));
+}
+
+/* The MoE FFN of block b: x [B, Tb, D] -> y; its expert load into the read-back region; with
  * o->train the saved state for moe_bwd (model_train.c) and the sequence-wise balance
  * loss. Expert parallel with two micro-batches: the phases of the two interleave, so that
  * the dispatch of the second travels while the first's experts compute, and the first's
@@ -182,21 +178,19 @@ static dsc_status moe_fwd(dsc_model *m, int32_t b, blk_acts *k, int64_t B, int64
   dsc_model_acts *A = m->acts;
   dsc_moe_layer_weights ew;
   dsc_model_moe_weights(m, b, &ew);
-  tv cnt;
-  tv_make(&cnt, m, A->counts, DSC_DTYPE_INT64, 1, m->cfg.n_routed_experts, 0, 0);
+  const int64_t E = m->cfg.n_routed_experts;
+  /* the expert counts and balance losses go to the read-back region (slot 2b + h), read
+   * with the pass's other values: no host wait here */
+  tv cnt[2];
+  for (int h = 0; h < 2; ++h) tv_make(&cnt[h], m, A->rb_load + (2 * (int64_t)b + h) * E, DSC_DTYPE_INT64, 1, E, 0, 0);
   const dsc_moe_exchange *ex = dsc_model_exchange(m, b);
   dsc_status st = DSC_OK;
   if (moe_mbs(m, b) == 1) {
     dsc_moe_layer_saved *sv = o->train ? k->moe : NULL;
-    STEP(ex ? dsc_moe_layer_forward_ex(ctx, &m->route, 1, &ew, x, y, &cnt.t, sv, ex, 0, DSC_MOE_PHASE_ALL)
-            : dsc_moe_layer_forward(ctx, &m->route, 1, &ew, x, y, &cnt.t, sv));
-    STEP(add_load(m, b, A->counts));
+    STEP(ex ? dsc_moe_layer_forward_ex(ctx, &m->route, 1, &ew, x, y, &cnt[0].t, sv, ex, 0, DSC_MOE_PHASE_ALL)
+            : dsc_moe_layer_forward(ctx, &m->route, 1, &ew, x, y, &cnt[0].t, sv));
     STEP(dsc_model_round(m, (float *)dsc_data(y), dsc_numel(y))); /* F5 */
-    if (o->train && o->aux_alpha > 0.0f) {
-      float l = 0.0f;
-      STEP(dsc_moe_layer_aux_loss(ctx, k->moe, Tb, o->aux_alpha, &l));
-      o->aux_sum += l;
-    }
+    if (o->train && o->aux_alpha > 0.0f) STEP(aux_to_read_back(m, k->moe, Tb, o->aux_alpha, 2 * b));
     return st;
   }
   dsc_moe_layer_saved *sv[2] = {k->moe, k->moe2};
@@ -208,18 +202,16 @@ static dsc_status moe_fwd(dsc_model *m, int32_t b, blk_acts *k, int64_t B, int64
   static const int32_t phases[3] = {DSC_MOE_PHASE_BEGIN, DSC_MOE_PHASE_MIDDLE, DSC_MOE_PHASE_END};
   for (int ph = 0; ph < 3; ++ph)
     for (int h = 0; h < 2; ++h) {
-      STEP(dsc_moe_layer_forward_ex(ctx, &m->route, 1, &ew, &xh[h].t, &yh[h].t, ph == 0 ? &cnt.t : NULL, sv[h], ex,
-                                    h, phases[ph]));
-      if (ph == 0) STEP(add_load(m, b, A->counts));
+      STEP(dsc_moe_layer_forward_ex(ctx, &m->route, 1, &ew, &xh[h].t, &yh[h].t, ph == 0 ? &cnt[h].t : NULL, sv[h],
+                                    ex, h, phases[ph]));
     }
   STEP(dsc_model_round(m, (float *)dsc_data(y), dsc_numel(y))); /* F5 */
   if (o->train && o->aux_alpha > 0.0f)
     for (int h = 0; h < 2 && st == DSC_OK; ++h) {
       const int64_t Bh = xh[h].t.shape[0];
       if (Bh == 0) continue;
-      float l = 0.0f; /* alpha / B_h * sum over its sequences, weighted to alpha / B * sum over all */
-      STEP(dsc_moe_layer_aux_loss(ctx, sv[h], Tb, o->aux_alpha * (float)Bh / (float)B, &l));
-      o->aux_sum += l;
+      /* alpha / B_h * sum over its sequences, weighted to alpha / B * sum over all */
+      STEP(aux_to_read_back(m, sv[h], Tb, o->aux_alpha * (float)Bh / (float)B, 2 * b + h));
     }
   return st;
 }
@@ -315,6 +307,9 @@ static dsc_status run_forward_(dsc_model *m, const DLTensor *tokens, int32_t n_m
   A->fwd_mtp = -1; /* any forward overwrites what a pending backward would read */
   DSC_TRY(dsc_model_refresh_compute(m)); /* BF16: the weights of this pass */
   dsc_status st = DSC_OK;
+  /* the read-back region starts at zero: blocks without MoE (or a micro-batch) leave their
+   * slots so (the int64 counts are zero bits too) */
+  STEP(dsc_model_fill_zero(m, A->loss, (int64_t)(A->rb_bytes / sizeof(float))));
   tv h0, hL, hn, lg;
   tv_make(&h0, m, A->h, F32, 3, B, T, D);
   STEP(dsc_embedding_forward(ctx, tokens, &m->embed, &h0.t));
@@ -373,9 +368,29 @@ static dsc_status run_forward_(dsc_model *m, const DLTensor *tokens, int32_t n_m
 dsc_status dsc_model_run_forward(dsc_model *m, const DLTensor *tokens, int32_t n_mtp_run, fwd_opts *o,
                                  float *logits_out) {
   const int32_t mm = dsc_model_math_enter(m);
-  const dsc_status st = run_forward_(m, tokens, n_mtp_run, o, logits_out);
+  dsc_status st = run_forward_(m, tokens, n_mtp_run, o, logits_out);
   dsc_model_math_leave(m, mm);
+  if (st == DSC_OK && !o->defer_read) st = dsc_model_read_back(m, o, NULL, 0);
   return st;
+}
+
+/* (model_layers.h) */
+dsc_status dsc_model_read_back(dsc_model *m, fwd_opts *o, float *losses, int32_t n_losses) {
+  dsc_model_acts *A = m->acts;
+  DSC_TRY(dsc_memcpy(m->ctx, A->rb_host, (DLDevice){kDLCPU, 0}, A->loss, m->ctx->device, A->rb_bytes));
+  const char *base = (const char *)A->rb_host;
+  const float *aux = (const float *)(base + ((const char *)A->rb_aux - (const char *)A->loss));
+  const int64_t *load = (const int64_t *)(base + ((const char *)A->rb_load - (const char *)A->loss));
+  if (losses) memcpy(losses, base, (size_t)n_losses * sizeof(float));
+  const int64_t E = m->cfg.n_routed_experts;
+  for (int32_t b = 0; b < m->n_blocks; ++b) {
+    if (!m->blocks[b].is_moe) continue;
+    for (int h = 0; h < 2; ++h) {
+      o->aux_sum += aux[2 * b + h];
+      for (int64_t e = 0; e < E; ++e) m->load[(int64_t)b * E + e] += load[(2 * (int64_t)b + h) * E + e];
+    }
+  }
+  return DSC_OK;
 }
 
 /* The logits of tokens [B, T] by the training forward without keeping anything for a

@@ -17,6 +17,8 @@ typedef struct {
   int train;        /* keep activations for backward */
   float aux_alpha;  /* sequence-wise balance loss weight (already times grad_scale) */
   double aux_sum;   /* += alpha * L_bal of each MoE block */
+  int defer_read;   /* 1: the caller reads the pass's read-back region itself (with its losses:
+                       dsc_model_read_back); 0: the forward reads it at its end */
 } fwd_opts;
 
 /* Micro-batches of block b's MoE layer: 2 when expert parallel with ep_micro_batches 2. */
@@ -39,5 +41,9 @@ dsc_status dsc_model_slice_rows(dsc_model *m, int64_t B, int64_t n, int64_t W, s
  * (NULL: the activation arena). With o->train the MLA / MoE ops keep their saved state. */
 dsc_status dsc_model_run_forward(dsc_model *m, const DLTensor *tokens, int32_t n_mtp_run, fwd_opts *o,
                                  float *logits_out);
+/* Copy the activations' read-back region to the host in one piece (one host wait), add
+ * the pass's expert counts into m->load and its balance losses into o->aux_sum (block order,
+ * the order a host sum per block would take); *losses (optional, [1 + Dm]) gets the losses. */
+dsc_status dsc_model_read_back(dsc_model *m, fwd_opts *o, float *losses, int32_t n_losses);
 
 #endif /* DSC_MODEL_LAYERS_H_ */

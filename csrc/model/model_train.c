@@ -596,7 +596,7 @@ static dsc_status loss_and_grad_run(dsc_model *m, const dsc_train_options *opt, 
   const int64_t B = tokens->shape[0], T = tokens->shape[1];
   const int64_t V = m->cfg.vocab_size, N = B * T;
   const int32_t nd = (opt->mtp_lambda > 0.0f) ? (int32_t)(m->n_mtp < T - 1 ? m->n_mtp : T - 1) : 0;
-  fwd_opts o = {1, opt->aux_alpha * grad_scale, 0.0};
+  fwd_opts o = {1, opt->aux_alpha * grad_scale, 0.0, 1}; /* read back below, with the losses */
   DSC_TRY(dsc_model_run_forward(m, tokens, nd, &o, NULL));
   dsc_model_acts *A = m->acts;
   A->fwd_mtp = -1; /* this backward is the forward's: no other may follow */
@@ -620,9 +620,10 @@ static dsc_status loss_and_grad_run(dsc_model *m, const dsc_train_options *opt, 
   }
   STEP(backward_logits(m, tokens, nd));
   float losses[1 + DSC_MODEL_MAX_MTP];
-  /* the one host wait of the pass: it also reads the deferred checks' record */
+  /* the one host wait of the pass: the losses, the expert load and balance losses (the
+   * read-back region), and the deferred checks' record */
   STEP(dsc_ctx_check_begin_read(ctx));
-  STEP(dsc_memcpy(ctx, losses, (DLDevice){kDLCPU, 0}, A->loss, ctx->device, (size_t)(1 + nd) * sizeof(float)));
+  STEP(dsc_model_read_back(m, &o, losses, 1 + nd));
   STEP(dsc_ctx_check_end_read(ctx));
   if (st != DSC_OK) {
     m->have_grads = 0;
@@ -1027,15 +1028,20 @@ static dsc_status finish_step(dsc_model *m, const dsc_train_options *opt, dsc_tr
   /* auxiliary-loss-free balancing: bias += gamma * sign(mean load - load) */
   if (st == DSC_OK && opt->bias_update_rate > 0.0f && m->cfg.topk_method == DSC_MOE_TOPK_NOAUX_TC) {
     const int64_t E = m->cfg.n_routed_experts;
+    /* every block's load in one upload (into the read-back region: read already), and the
+     * counts are the library's own: no per-block copy or range check */
+    int64_t *dload = m->acts->rb_load; /* [n_blocks, E] of its [2 * n_blocks, E] */
+    st = dsc_memcpy(ctx, dload, ctx->device, m->load, (DLDevice){kDLCPU, 0},
+                    (size_t)m->n_blocks * (size_t)E * sizeof(int64_t));
+    ctx->trusted_indices++;
     for (int32_t b = 0; b < m->n_blocks && st == DSC_OK; ++b) {
       if (!m->blocks[b].is_moe || !m->blocks[b].bias.data) continue;
       tv cnt;
-      tv_make(&cnt, m, m->acts->counts, DSC_DTYPE_INT64, 1, E, 0, 0);
-      st = dsc_memcpy(ctx, m->acts->counts, ctx->device, m->load + (int64_t)b * E, (DLDevice){kDLCPU, 0},
-                      (size_t)E * sizeof(int64_t));
+      tv_make(&cnt, m, dload + (int64_t)b * E, DSC_DTYPE_INT64, 1, E, 0, 0);
       DLTensor bias = m->blocks[b].bias;
       STEP(dsc_moe_update_bias(ctx, &bias, &cnt.t, opt->bias_update_rate));
     }
+    ctx->trusted_indices--;
   }
   if (st != DSC_OK) return st;
   if (m->dist) {

@@ -760,13 +760,14 @@ dsc_status dsc_moe_layer_aux_loss(dsc_context *ctx, dsc_moe_layer_saved *saved, 
   STEP(buf_alloc(ctx, &b[B_AUXLOSS], DSC_DTYPE_FLOAT32, 1, -1));
   STEP(dsc_moe_seq_aux_loss(ctx, &b[B_SCORES].t, &b[B_INDICES].t, seq_len, alpha, &b[B_AUXLOSS].t,
                             &b[B_DSCORES].t));
-  float host = 0.0f;
-  STEP(dsc_memcpy(ctx, &host, (DLDevice){kDLCPU, 0}, b[B_AUXLOSS].t.data, ctx->device, sizeof(float)));
-  if (st == DSC_OK) {
-    saved->have_aux = 1;
-    if (loss) *loss = host;
-  }
+  /* loss NULL: no copy back (a caller that reads the value later, with others) */
+  if (loss) STEP(dsc_memcpy(ctx, loss, (DLDevice){kDLCPU, 0}, b[B_AUXLOSS].t.data, ctx->device, sizeof(float)));
+  if (st == DSC_OK) saved->have_aux = 1;
   return st;
+}
+
+const float *dsc_moe_layer_saved_aux_device(const dsc_moe_layer_saved *saved) {
+  return saved && saved->have_aux ? (const float *)saved->b[B_AUXLOSS].t.data : NULL;
 }
 
 dsc_status dsc_moe_layer_saved_routing(dsc_context *ctx, const dsc_moe_layer_saved *saved, DLTensor *indices,

@@ -89,4 +89,9 @@ dsc_status dsc_moe_layer_backward_ex(dsc_context *ctx, const dsc_moe_route_param
 #ifdef __cplusplus
 }
 #endif
+/* The balance loss dsc_moe_layer_aux_loss last computed, where it lives (ctx's device;
+ * [1] float32), for callers that read it later with other values (the model's read-back);
+ * NULL before any. */
+const float *dsc_moe_layer_saved_aux_device(const dsc_moe_layer_saved *saved);
+
 #endif /* DSC_MOE_LAYER_EX_H_ */
