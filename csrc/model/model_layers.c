@@ -396,7 +396,7 @@ dsc_status dsc_model_read_back(dsc_model *m, fwd_opts *o, float *losses, int32_t
 /* The logits of tokens [B, T] by the training forward without keeping anything for a
  * backward (dsc_model_forward of a model with masters; arguments checked by the caller). */
 dsc_status dsc_model_forward_logits(dsc_model *m, const DLTensor *tokens, DLTensor *logits) {
-  fwd_opts o = {0, 0.0f, 0.0};
+  fwd_opts o = {0, 0.0f, 0.0, 0};
   return dsc_model_run_forward(m, tokens, 0, &o, (float *)dsc_data(logits));
 }
 
@@ -413,7 +413,7 @@ dsc_status dsc_model_forward_mtp(dsc_model *m, const DLTensor *tokens, int32_t d
   DSC_TRY(dsc_check_tensor(m->ctx, FN, "logits", logits, DSC_DT(DSC_DTYPE_FLOAT32)));
   const int64_t shp[3] = {B, Td, m->cfg.vocab_size};
   DSC_TRY(dsc_check_shape(FN, "logits", logits, 3, shp));
-  fwd_opts o = {0, 0.0f, 0.0};
+  fwd_opts o = {0, 0.0f, 0.0, 0};
   DSC_TRY(dsc_model_run_forward(m, tokens, depth + 1, &o, NULL));
   return dsc_memcpy(m->ctx, dsc_data(logits), m->ctx->device, m->acts->mtp_logits[depth], m->ctx->device,
                     (size_t)(B * Td * m->cfg.vocab_size) * sizeof(float));
@@ -431,7 +431,7 @@ dsc_status dsc_model_routing(dsc_model *m, const DLTensor *tokens, int32_t layer
   int64_t *keep = (int64_t *)malloc(lb);
   if (!keep) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
   memcpy(keep, m->load, lb);
-  fwd_opts o = {1, 0.0f, 0.0}; /* train: the MoE blocks keep their routing */
+  fwd_opts o = {1, 0.0f, 0.0, 0}; /* train: the MoE blocks keep their routing */
   dsc_status st = dsc_model_run_forward(m, tokens, 0, &o, NULL);
   memcpy(m->load, keep, lb);
   free(keep);

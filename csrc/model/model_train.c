@@ -677,7 +677,7 @@ dsc_status dsc_model_forward_train(dsc_model *m, const DLTensor *tokens, int32_t
   if (!keep) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
   memcpy(keep, m->load, lb);
   memset(m->load, 0, lb);
-  fwd_opts o = {1, 0.0f, 0.0};
+  fwd_opts o = {1, 0.0f, 0.0, 0};
   dsc_status fst = dsc_model_run_forward(m, tokens, n_mtp, &o, NULL);
   dsc_model_acts *A = m->acts;
   if (fst == DSC_OK && !A->fwd_load) {
