@@ -253,10 +253,7 @@ def test_synchronize_reports(device, rng):
 
 
 def test_model_capsule_check_mode():
-    cfg = dsc.ModelConfig.tiny() if hasattr(dsc.ModelConfig, "tiny") else None
-    if cfg is None:
-        pytest.skip("no tiny config")
-    m = dsc.Model(cfg, device="cpu", seed=0)
+    m = dsc.Model(dsc.ModelConfig.tiny(), device="cpu", seed=0)
     assert dsc._C.context_get_check_mode(m._cap) == 0
     dsc._C.context_set_check_mode(m._cap, 1)
     assert dsc._C.context_get_check_mode(m._cap) == 1
@@ -297,18 +294,12 @@ def test_grpo_rewards(device, rng):
     assert np.isnan(adv[4:]).all()
 
 
-def _tiny_model_cfg():
-    return dsc.ModelConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, first_k_dense_replace=1,
-                           intermediate_size=32, num_attention_heads=2, q_lora_rank=0, kv_lora_rank=8,
-                           qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8, max_position_embeddings=16)
-
-
 @pytest.mark.parametrize("dev", _devices())
 def test_model_train_step_bad_token(dev, rng):
     """A bad token id fails the training step with the immediate check's message on every
     device (on a GPU the check is deferred to the step's loss copy) and leaves the weights as
     they were; the next good step trains."""
-    cfg = _tiny_model_cfg()
+    cfg = dsc.ModelConfig.tiny(vocab_size=32)
     m = dsc.Model(cfg, seed=0, device=dev)
     tok = rng.integers(0, cfg.vocab_size, (2, 8)).astype(np.int32)
     tgt = rng.integers(0, cfg.vocab_size, (2, 8)).astype(np.int32)

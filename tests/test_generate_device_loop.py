@@ -16,16 +16,7 @@ import deepseek_c as dsc
 from deepseek_c.generation import generate
 from _util import perturb_norms
 
-PROMPTS = [[5, 17, 3, 9, 42], [7, 7, 1, 25, 31, 6, 2, 11, 40], [30], [12, 13, 14, 15, 16, 17, 18]]
-
-
-def small_cfg(**kw):
-    keys = dict(vocab_size=64, hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=2,
-                n_routed_experts=8, n_group=4, topk_group=2, num_experts_per_tok=2, q_lora_rank=32,
-                kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16, num_attention_heads=2,
-                initializer_range=0.1, eos_token_id=None)
-    keys.update(kw)
-    return dsc.ModelConfig.tiny(**keys)
+from test_generate import PROMPTS, small_cfg  # the same prompts and tiny MoE config
 
 
 def perturbed_model(cfg, seed=1, **kw):

@@ -79,15 +79,9 @@ def test_cpu_ops_ignore_the_thread_stream(rng):
     want = dsc.rms_norm(x, w)
     with dsc.cuda_stream(12345):  # a handle no CPU op may touch
         got = dsc.rms_norm(x, w)
-        m = dsc.Model(_tiny(), seed=0)
+        m = dsc.Model(dsc.ModelConfig.tiny(vocab_size=32), seed=0)
         m.forward(np.array([[1, 2, 3]], dtype=np.int32))
     np.testing.assert_array_equal(got, want)
-
-
-def _tiny():
-    return dsc.ModelConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, first_k_dense_replace=1,
-                           intermediate_size=32, num_attention_heads=2, q_lora_rank=0, kv_lora_rank=8,
-                           qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8, max_position_embeddings=16)
 
 
 # ---------------------------------------------------------------------------- CUDA
@@ -142,7 +136,7 @@ def test_cuda_model_on_its_stream_joins_torch_current_stream():
     """A model on its own stream, fed torch tensors produced on another: the result is the
     same bits as everything on the default stream."""
     torch = _torch_cuda()
-    cfg = _tiny()
+    cfg = dsc.ModelConfig.tiny(vocab_size=32)
     a, b = dsc.Model(cfg, seed=0, device="cuda"), dsc.Model(cfg, seed=0, device="cuda")
     own = torch.cuda.Stream()
     b.set_stream(own)

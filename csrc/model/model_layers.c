@@ -72,15 +72,8 @@ static dsc_status dense_fwd(dsc_model *m, int32_t b, blk_acts *k, int64_t rows, 
   tv_make(&a, m, k->a, F32, 2, rows, I, 0);
   dsc_status st = DSC_OK;
   if (m->fp8) {
-    const int64_t K[3] = {D, D, I}, Nf[3] = {I, I, D};
     tv xq[3], xs[3], wq[3], ws[3];
-    for (int j = 0; j < 3; ++j) {
-      const int64_t kb = (K[j] + 127) / 128;
-      tv_make(&xq[j], m, k->xq[j], DSC_DTYPE_FLOAT8_E4M3FN, 2, rows, K[j], 0);
-      tv_make(&xs[j], m, k->xs[j], F32, 2, rows, kb, 0);
-      tv_make(&wq[j], m, k->wq[j], DSC_DTYPE_FLOAT8_E4M3FN, 2, Nf[j], K[j], 0);
-      tv_make(&ws[j], m, k->ws[j], F32, 2, (Nf[j] + 127) / 128, kb, 0);
-    }
+    dsc_model_ffn_fp8_views(m, k, rows, xq, xs, wq, ws);
     STEP(dsc_fp8_linear_forward(ctx, x, &w->mlp_gate, &g.t, &xq[0].t, &xs[0].t, &wq[0].t, &ws[0].t));
     STEP(dsc_fp8_linear_forward(ctx, x, &w->mlp_up, &u.t, &xq[1].t, &xs[1].t, &wq[1].t, &ws[1].t));
     STEP(dsc_model_round(m, k->g, rows * I)); /* F4 */
@@ -156,6 +149,20 @@ dsc_status dsc_model_split2(dsc_model *m, const DLTensor *in, DLTensor *a, DLTen
 }
 
 /* ------------------------------------------------------------------ MoE FFN */
+
+/* (model_layers.h) */
+void dsc_model_ffn_fp8_views(const dsc_model *m, const blk_acts *k, int64_t rows, tv *xq, tv *xs, tv *wq,
+                             tv *ws) {
+  const int64_t D = m->cfg.hidden_size, I = m->cfg.intermediate_size;
+  const int64_t K[3] = {D, D, I}, Nf[3] = {I, I, D}; /* gate, up, down: [Nf, K] */
+  for (int j = 0; j < 3; ++j) {
+    const int64_t kb = (K[j] + 127) / 128;
+    tv_make(&xq[j], m, k->xq[j], DSC_DTYPE_FLOAT8_E4M3FN, 2, rows, K[j], 0);
+    tv_make(&xs[j], m, k->xs[j], DSC_DTYPE_FLOAT32, 2, rows, kb, 0);
+    tv_make(&wq[j], m, k->wq[j], DSC_DTYPE_FLOAT8_E4M3FN, 2, Nf[j], K[j], 0);
+    tv_make(&ws[j], m, k->ws[j], DSC_DTYPE_FLOAT32, 2, (Nf[j] + 127) / 128, kb, 0);
+  }
+}
 
 /* The balance loss of a MoE layer's forward (`saved`) into read-back slot `slot`, on the
  * device (a device-to-device copy: no wait). */

@@ -41,6 +41,11 @@ dsc_status dsc_model_slice_rows(dsc_model *m, int64_t B, int64_t n, int64_t W, s
  * (NULL: the activation arena). With o->train the MLA / MoE ops keep their saved state. */
 dsc_status dsc_model_run_forward(dsc_model *m, const DLTensor *tokens, int32_t n_mtp_run, fwd_opts *o,
                                  float *logits_out);
+/* The dense FFN's saved FP8 operands of block acts k over `rows` rows, as views [3] (gate,
+ * up, down): inputs xq [rows, K] E4M3 with scales xs [rows, K/128], weights wq [N, K] with
+ * scales ws [N/128, K/128]; the forward writes them, the backward reads them. */
+void dsc_model_ffn_fp8_views(const dsc_model *m, const blk_acts *k, int64_t rows, tv *xq, tv *xs, tv *wq,
+                             tv *ws);
 /* Copy the activations' read-back region to the host in one piece (one host wait), add
  * the pass's expert counts into m->load and its balance losses into o->aux_sum (block order,
  * the order a host sum per block would take); *losses (optional, [1 + Dm]) gets the losses. */

@@ -94,15 +94,8 @@ static dsc_status dense_bwd(dsc_model *m, int32_t b, blk_acts *k, int64_t rows, 
   gslot gd, gg, gu;
   dsc_status st = DSC_OK;
   if (m->fp8) {
-    const int64_t K[3] = {D, D, I}, Nf[3] = {I, I, D};
     tv xq[3], xs[3], wq[3], ws[3];
-    for (int j = 0; j < 3; ++j) {
-      const int64_t kb = (K[j] + 127) / 128;
-      tv_make(&xq[j], m, k->xq[j], DSC_DTYPE_FLOAT8_E4M3FN, 2, rows, K[j], 0);
-      tv_make(&xs[j], m, k->xs[j], F32, 2, rows, kb, 0);
-      tv_make(&wq[j], m, k->wq[j], DSC_DTYPE_FLOAT8_E4M3FN, 2, Nf[j], K[j], 0);
-      tv_make(&ws[j], m, k->ws[j], F32, 2, (Nf[j] + 127) / 128, kb, 0);
-    }
+    dsc_model_ffn_fp8_views(m, k, rows, xq, xs, wq, ws);
     STEP(dsc_fp8_linear_backward(ctx, dy, &xq[2].t, &xs[2].t, &wq[2].t, &ws[2].t, &dA.t,
                                  gs_begin(m, &gd, slot_entry(m, b, S_MD))));
     STEP(gs_end(m, &gd));
