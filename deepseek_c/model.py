@@ -491,10 +491,15 @@ class Model:
                    grad_accum: int = 1, mtp_lambda: Optional[float] = None, aux_alpha: float = 0.0,
                    bias_update_rate: float = 1e-3, max_grad_norm: float = 1.0, weight_decay: float = 0.1,
                    betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
-                   ignore_index: int = IGNORE_INDEX) -> dict:
+                   ignore_index: int = IGNORE_INDEX, sync: bool = True) -> Optional[dict]:
         """One optimizer step in C (dsc_model_train_step): forward, backward (split into
         `grad_accum` micro-batches along the batch dim, gradients averaged), global-norm
         clipping, AdamW, the aux-loss-free bias update.
+
+        sync=False (for GPU loops): return None without waiting for the step; on a GPU the
+        step then makes no host wait at all. Its statistics come from train_stats() (the one
+        wait), which also raises for a bad token id of that step; such a step, and any later
+        one before the read, changes no weight.
 
         lr: a number or a callable step -> lr (e.g. ``lambda s: dsc.lr_schedule(s, 1e-3, 100, 1000)``).
         mtp_lambda: MTP loss weight (default cfg.extra['mtp_lambda'] or 0.3). aux_alpha: the
@@ -515,16 +520,30 @@ class Model:
         lr_v = float(lr(self.step + 1)) if callable(lr) else float(lr)
         opts = self._options(lr_v, betas, eps, weight_decay, max_grad_norm, mtp_lambda, aux_alpha, bias_update_rate,
                              grad_accum, ignore_index)
+        if not sync:
+            _C.model_train(self._cap, t, y, opts, 2, 0, 1.0)
+            self._last_lr = lr_v
+            return None
         st = _C.model_train(self._cap, t, y, opts, 1, 0, 1.0)
+        self._last_lr = lr_v
+        return self._step_dict(st, lr_v, time.perf_counter() - t0, int(t.shape[0] * t.shape[1]))
+
+    def train_stats(self) -> dict:
+        """The statistics of the last train_step, as train_step returns them (without
+        seconds / tokens_per_s): after train_step(sync=False) this is where the host waits
+        for that step, and where a bad token id of it raises (dsc_model_train_stats)."""
+        st = _C.model_train_stats(self._cap)
+        return self._step_dict(st, getattr(self, "_last_lr", float("nan")), None, None)
+
+    def _step_dict(self, st: dict, lr_v: float, secs: Optional[float], n_tok: Optional[int]) -> dict:
         loads = self._loads()
         imb = {}
         for i, c in loads.items():
             mean = c.mean()
             imb[i] = float(c.max() / mean) if mean > 0 else 1.0
-        secs = time.perf_counter() - t0
-        n_tok = int(t.shape[0] * t.shape[1])
-        st.update(lr=lr_v, expert_load=loads, load_imbalance_per_layer=imb, tokens=n_tok, seconds=secs,
-                  tokens_per_s=n_tok / secs if secs > 0 else 0.0)
+        st.update(lr=lr_v, expert_load=loads, load_imbalance_per_layer=imb)
+        if n_tok is not None and secs is not None:
+            st.update(tokens=n_tok, seconds=secs, tokens_per_s=n_tok / secs if secs > 0 else 0.0)
         return st
 
     # ------------------------------------------------------------------ composable training

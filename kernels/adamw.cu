@@ -83,21 +83,24 @@ __global__ void sumsq_list_total_kernel(int n, const double *__restrict__ per /*
   *total = acc;
 }
 
-extern "C" dsc_status dsc_cuda_sumsq_list(dsc_context *ctx, int32_t n,
-                                          const float *const *g /* [n] host array of device ptrs */,
-                                          const int64_t *numel /* [n] host */,
-                                          double *sumsq /* [1] host */) {
+/* *total (device) = the list's sum of squares: per tensor as dsc_cuda_sumsq, added in list
+ * order (no copy, no wait). */
+extern "C" dsc_status dsc_cuda_sumsq_list_dev(dsc_context *ctx, int32_t n,
+                                              const float *const *g /* [n] host array of device ptrs */,
+                                              const int64_t *numel /* [n] host */,
+                                              double *total /* [1] device */) {
   static const char *const FN = "dsc_cuda_sumsq_list";
-  *sumsq = 0.0;
-  if (n <= 0) return DSC_OK;
   DSC_CUDA_ENTER(ctx, FN);
   dsc_cuda_state *st = dsc_cuda_st(ctx);
   cudaStream_t s = dsc_cuda_stream(ctx);
+  if (n <= 0) {
+    DSC_CUDA_TRY(cudaMemsetAsync(total, 0, sizeof(double), s), FN);
+    return DSC_OK;
+  }
   void *ws = NULL;
-  DSC_TRY(dsc_workspace(ctx, ((size_t)n + 1) * sizeof(double), &ws));
-  double *per = (double *)ws;                /* [n] per-tensor sums (0 for empty tensors) */
-  double *total = per + n;                   /* [1] */
-  double *part = (double *)st->scratch;      /* [SUMSQ_MAX_BLOCKS], reused tensor by tensor */
+  DSC_TRY(dsc_workspace(ctx, (size_t)n * sizeof(double), &ws));
+  double *per = (double *)ws;           /* [n] per-tensor sums (0 for empty tensors) */
+  double *part = (double *)st->scratch; /* [SUMSQ_MAX_BLOCKS], reused tensor by tensor */
   DSC_CUDA_TRY(cudaMemsetAsync(per, 0, (size_t)n * sizeof(double), s), FN);
   for (int32_t i = 0; i < n; ++i) {
     if (numel[i] <= 0) continue;
@@ -110,9 +113,51 @@ extern "C" dsc_status dsc_cuda_sumsq_list(dsc_context *ctx, int32_t n,
   }
   sumsq_list_total_kernel<<<1, 1, 0, s>>>((int)n, per, total);
   DSC_CUDA_CHECK_LAUNCH(FN);
+  return DSC_OK;
+}
+
+extern "C" dsc_status dsc_cuda_sumsq_list(dsc_context *ctx, int32_t n,
+                                          const float *const *g /* [n] host array of device ptrs */,
+                                          const int64_t *numel /* [n] host */,
+                                          double *sumsq /* [1] host */) {
+  static const char *const FN = "dsc_cuda_sumsq_list";
+  *sumsq = 0.0;
+  if (n <= 0) return DSC_OK;
+  DSC_CUDA_ENTER(ctx, FN);
+  dsc_cuda_state *st = dsc_cuda_st(ctx);
+  double *total = (double *)st->scratch + SUMSQ_MAX_BLOCKS; /* [1], past the partials */
+  DSC_TRY(dsc_cuda_sumsq_list_dev(ctx, n, g, numel, total));
   double *host = (double *)st->pinned; /* [1] */
   DSC_TRY(dsc_cuda_to_host(ctx, host, total, sizeof(double), FN));
   *sumsq = host[0];
+  return DSC_OK;
+}
+
+/* ---- the training step's control block (dsc_step_ctl) ------------------------------------- */
+
+/* One thread: csrc/cpu/adamw.c dsc_cpu_step_ctl's expressions (IEEE sqrt and division in
+ * double, as the host). */
+__global__ void step_ctl_kernel(const double *__restrict__ total /* [1] */, float max_norm, int64_t step,
+                                const int64_t *__restrict__ failed /* [1] or NULL */,
+                                dsc_step_ctl *__restrict__ ctl /* [1] */) {
+  const double t = *total;
+  const float norm = (float)sqrt(t);
+  ctl->sumsq = t;
+  ctl->norm = norm;
+  ctl->coef = (max_norm > 0.0f && norm > max_norm) ? (float)((double)max_norm / ((double)norm + 1e-6)) : 1.0f;
+  const int32_t skip = failed != NULL && *failed != 0;
+  ctl->skip = skip;
+  ctl->pad = 0;
+  if (!skip) ctl->applied = step;
+}
+
+extern "C" dsc_status dsc_cuda_step_ctl(dsc_context *ctx, const double *total /* [1] device */, float max_norm,
+                                        int64_t step, const int64_t *failed /* [1] device or NULL */,
+                                        dsc_step_ctl *ctl /* [1] device */) {
+  static const char *const FN = "dsc_cuda_step_ctl";
+  DSC_CUDA_ENTER(ctx, FN);
+  step_ctl_kernel<<<1, 1, 0, dsc_cuda_stream(ctx)>>>(total, max_norm, step, failed, ctl);
+  DSC_CUDA_CHECK_LAUNCH(FN);
   return DSC_OK;
 }
 
@@ -120,7 +165,16 @@ extern "C" dsc_status dsc_cuda_sumsq_list(dsc_context *ctx, int32_t n,
 
 struct AdamwArgs {
   float lr, beta1, beta2, eps, decay /* lr * weight_decay */, bc1, bc2, gscale;
+  const dsc_step_ctl *ctl; /* NULL, or the step's control block: skip, or gscale = ctl->coef */
 };
+
+/* The block's arguments after the control block: 0 when the update is skipped. */
+__device__ __forceinline__ bool adamw_ctl(AdamwArgs &a) {
+  if (a.ctl == NULL) return true;
+  if (a.ctl->skip) return false;
+  a.gscale = a.ctl->coef;
+  return true;
+}
 
 /* One element: the CPU expression, operation for operation, without contraction.
  * p, m, v are updated in place (m, v as float32 here). */
@@ -141,6 +195,7 @@ template <typename M>
 __global__ void adamw_kernel(int64_t n, AdamwArgs a, float *__restrict__ p,
                              const float *__restrict__ g, M *__restrict__ m,
                              M *__restrict__ v) {
+  if (!adamw_ctl(a)) return;
   const int64_t stride = (int64_t)gridDim.x * blockDim.x;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
     float pi = p[i], mi = dsc_ld(m, i), vi = dsc_ld(v, i);
@@ -157,6 +212,7 @@ template <typename M>
 __global__ void adamw_vec4_kernel(int64_t n, AdamwArgs a, float *__restrict__ p,
                                   const float *__restrict__ g, M *__restrict__ m,
                                   M *__restrict__ v) {
+  if (!adamw_ctl(a)) return;
   typedef DscPack<float, 4> PF;
   typedef DscPack<M, 4> PM;
   const int64_t nvec = n / 4;
@@ -208,7 +264,8 @@ extern "C" dsc_status dsc_cuda_adamw(dsc_context *ctx, int64_t n, float *p /* [n
                                      const float *g /* [n] f32 */, dsc_dtype mom_dt,
                                      void *m /* [n] mom_dt */, void *v /* [n] mom_dt */,
                                      float lr, float beta1, float beta2, float eps,
-                                     float weight_decay, float bc1, float bc2, float gscale) {
+                                     float weight_decay, float bc1, float bc2, float gscale,
+                                     const dsc_step_ctl *ctl /* device or NULL */) {
   static const char *const FN = "dsc_cuda_adamw";
   if (n <= 0) return DSC_OK;
   DSC_CUDA_ENTER(ctx, FN);
@@ -221,6 +278,7 @@ extern "C" dsc_status dsc_cuda_adamw(dsc_context *ctx, int64_t n, float *p /* [n
   a.bc1 = bc1;
   a.bc2 = bc2;
   a.gscale = gscale;
+  a.ctl = ctl;
   if (mom_dt == DSC_DTYPE_BFLOAT16)
     return launch_adamw<__nv_bfloat16>(ctx, FN, n, a, p, g, m, v);
   return launch_adamw<float>(ctx, FN, n, a, p, g, m, v);

@@ -37,8 +37,8 @@ struct dsc_cuda_state {
   int sm_count;      /* multiprocessors of that device */
   void *lt;          /* cublasLtHandle_t, created on the first GEMM (NULL before) */
   void *lt_cache;    /* DscLtCache * of blaslt.cu: cuBLASLt plans per problem (NULL before) */
-  void *scratch;     /* [DSC_CUDA_SCRATCH_BYTES] device memory; every user syncs before
-                        returning, so it never carries data across ops */
+  void *scratch;     /* [DSC_CUDA_SCRATCH_BYTES] device memory; stream-ordered, and no
+                        user leaves data in it for a later op */
   void *pinned;      /* [DSC_CUDA_PINNED_BYTES] page-locked host memory */
   cudaMemPool_t pool;     /* the workspace's stream-ordered pool (NULL: the device has no
                              memory pools; the workspace then uses cudaMalloc/cudaFree) */

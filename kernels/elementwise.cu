@@ -77,6 +77,14 @@ extern "C" dsc_status dsc_cuda_round_bf16_f32(dsc_context *ctx, int64_t n, const
   return DSC_OK;
 }
 
+extern "C" dsc_status dsc_cuda_zero(dsc_context *ctx, size_t bytes, void *dst) {
+  static const char *const FN = "dsc_cuda_zero";
+  if (bytes == 0) return DSC_OK;
+  DSC_CUDA_ENTER(ctx, FN);
+  DSC_CUDA_TRY(cudaMemsetAsync(dst, 0, bytes, dsc_cuda_stream(ctx)), FN);
+  return DSC_OK;
+}
+
 extern "C" dsc_status dsc_cuda_copy2d(dsc_context *ctx, int64_t rows, size_t row_bytes,
                                       const void *src, size_t src_pitch, void *dst,
                                       size_t dst_pitch) {

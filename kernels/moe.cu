@@ -554,7 +554,9 @@ extern "C" dsc_status dsc_cuda_moe_expert_load(dsc_context *ctx, int64_t n, int 
 template <typename C>
 __global__ void __launch_bounds__(1024)
     moe_update_bias_kernel(int64_t E, float *__restrict__ bias /* [E] */,
-                           const C *__restrict__ counts /* [E] */, float rate) {
+                           const C *__restrict__ counts /* [E] */, float rate,
+                           const dsc_step_ctl *__restrict__ ctl /* NULL or [1] */) {
+  if (ctl != NULL && ctl->skip) return;
   __shared__ long long smem[32];
   long long tot = 0;
   for (int64_t e = threadIdx.x; e < E; e += blockDim.x) tot += (long long)counts[e];
@@ -569,15 +571,41 @@ __global__ void __launch_bounds__(1024)
 
 extern "C" dsc_status dsc_cuda_moe_update_bias(dsc_context *ctx, int64_t E, float *bias /* [E] */,
                                                int cnt64, const void *counts /* [E] */,
-                                               float rate) {
+                                               float rate, const dsc_step_ctl *ctl /* device or NULL */) {
   static const char *const FN = "dsc_cuda_moe_update_bias";
   if (E <= 0) return DSC_OK;
   DSC_CUDA_ENTER(ctx, FN);
   cudaStream_t s = dsc_cuda_stream(ctx);
   if (cnt64)
-    moe_update_bias_kernel<int64_t><<<1, 1024, 0, s>>>(E, bias, (const int64_t *)counts, rate);
+    moe_update_bias_kernel<int64_t><<<1, 1024, 0, s>>>(E, bias, (const int64_t *)counts, rate, ctl);
   else
-    moe_update_bias_kernel<int32_t><<<1, 1024, 0, s>>>(E, bias, (const int32_t *)counts, rate);
+    moe_update_bias_kernel<int32_t><<<1, 1024, 0, s>>>(E, bias, (const int32_t *)counts, rate, ctl);
+  DSC_CUDA_CHECK_LAUNCH(FN);
+  return DSC_OK;
+}
+
+/* dst [nb, E]: one thread per (b, e), the slots and halves added in order (integers: exact). */
+__global__ void moe_sum_counts_kernel(int64_t S, int64_t nb, int64_t E, const int64_t *__restrict__ src,
+                                      int64_t slot_stride, int64_t *__restrict__ dst /* [nb, E] */) {
+  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < nb * E; i += stride) {
+    const int64_t b = i / E, e = i % E;
+    long long c = 0;
+    for (int64_t sl = 0; sl < S; ++sl)
+      for (int64_t h = 0; h < 2; ++h) c += (long long)src[sl * slot_stride + (2 * b + h) * E + e];
+    dst[i] = (int64_t)c;
+  }
+}
+
+extern "C" dsc_status dsc_cuda_moe_sum_counts(dsc_context *ctx, int64_t S, int64_t nb, int64_t E,
+                                              const int64_t *src /* [S, slot_stride] */, int64_t slot_stride,
+                                              int64_t *dst /* [nb, E] */) {
+  static const char *const FN = "dsc_cuda_moe_sum_counts";
+  if (nb <= 0 || E <= 0) return DSC_OK;
+  DSC_CUDA_ENTER(ctx, FN);
+  const int threads = 256;
+  moe_sum_counts_kernel<<<dsc_cuda_blocks(nb * E, threads), threads, 0, dsc_cuda_stream(ctx)>>>(
+      S, nb, E, src, slot_stride, dst);
   DSC_CUDA_CHECK_LAUNCH(FN);
   return DSC_OK;
 }

@@ -68,6 +68,8 @@ extern "C" {
    * model's concat, split and row slicing). src and dst do not overlap. */                 \
   dsc_status P##copy2d(dsc_context *ctx, int64_t rows, size_t row_bytes, const void *src,       \
                        size_t src_pitch, void *dst, size_t dst_pitch);                         \
+  /* bytes zero bytes at dst (stream-ordered; no host wait). */                               \
+  dsc_status P##zero(dsc_context *ctx, size_t bytes, void *dst);                                \
   dsc_status P##swiglu_fwd(dsc_context *ctx, dsc_dtype dt, int64_t n, const void *gate,        \
                            const void *up, void *out);                                         \
   dsc_status P##swiglu_bwd(dsc_context *ctx, dsc_dtype dt, int64_t n, const void *dout,        \
@@ -152,7 +154,19 @@ extern "C" {
    * g is multiplied by gscale first; bc1 = 1-beta1^t, bc2 = 1-beta2^t. */                   \
   dsc_status P##adamw(dsc_context *ctx, int64_t n, float *p, const float *g, dsc_dtype mom_dt, \
                       void *m, void *v, float lr, float beta1, float beta2, float eps,         \
-                      float weight_decay, float bc1, float bc2, float gscale);                 \
+                      float weight_decay, float bc1, float bc2, float gscale,                  \
+                      const dsc_step_ctl *ctl /* device or NULL */);                           \
+  /* The training step's control block without the host (dsc_step_ctl): *total (device) =   \
+   * the sum of g^2 over the list (per tensor as sumsq, added in list order); g and numel  \
+   * are host arrays (of device pointers). */                                                 \
+  dsc_status P##sumsq_list_dev(dsc_context *ctx, int32_t n, const float *const *g,              \
+                               const int64_t *numel, double *total /*[1] device*/);          \
+  /* ctl (device) from the sum of squares: norm, clip coefficient (max_norm > 0), skip =    \
+   * failed != NULL and *failed != 0 (the deferred checks' record), applied = step unless    \
+   * skipped. One thread of work. */                                                          \
+  dsc_status P##step_ctl(dsc_context *ctx, const double *total /*[1]*/, float max_norm,         \
+                         int64_t step, const int64_t *failed /*[1] or NULL*/,                \
+                         dsc_step_ctl *ctl /*[1]*/);                                           \
   /* ---- MoE (csrc/cpu/moe.c). E experts, k top-k, G groups, R permuted rows.              \
    * scoring/method: dsc_moe_scoring/_topk_method.                                          \
    * Index tensors: int32, or int64 when ids64. */                                          \
@@ -170,8 +184,14 @@ extern "C" {
   /* counts overwritten (int32, or int64 when cnt64). */                                     \
   dsc_status P##moe_expert_load(dsc_context *ctx, int64_t n, int ids64, const void *ids /*[n]*/, \
                                 int64_t E, int cnt64, void *counts /*[E]*/);                  \
+  /* ctl: NULL, or the training step's control block (nothing changes when ctl->skip). */  \
   dsc_status P##moe_update_bias(dsc_context *ctx, int64_t E, float *bias /*[E]*/, int cnt64,   \
-                                const void *counts /*[E]*/, float rate);                      \
+                                const void *counts /*[E]*/, float rate,                       \
+                                const dsc_step_ctl *ctl);                                      \
+  /* dst [nb, E] = sum over slots s < S and halves h < 2 of src[s * slot_stride + (2b + h) * E \
+   * + e] (the model's read-back region: a training step's expert counts, int64). */        \
+  dsc_status P##moe_sum_counts(dsc_context *ctx, int64_t S, int64_t nb, int64_t E,              \
+                               const int64_t *src, int64_t slot_stride, int64_t *dst);        \
   /* loss: one float32 on the device; dscores may be NULL. */                                \
   dsc_status P##moe_seq_aux_loss(dsc_context *ctx, int64_t T, int64_t E, int64_t k, int64_t L, \
                                  const float *scores /*[T,E]*/, int ids64,                    \

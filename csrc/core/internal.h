@@ -70,6 +70,18 @@ struct dsc_context {
  * activations: never live at once); DSC_SLOT_MLA_FP8: its FP8 operands. */
 enum { DSC_SLOT_FFN = 0, DSC_SLOT_MOE_FP8 = 1, DSC_SLOT_MLA = 2, DSC_SLOT_MLA_FP8 = 3, DSC_SLOT_COUNT = 4 };
 
+/* The control block of a training step that runs without the host (model_train.c): made
+ * on the device by step_ctl after the gradients, read by the AdamW update and the bias
+ * update, copied back with the step's statistics. */
+typedef struct dsc_step_ctl {
+  float coef;      /* the clip coefficient the update multiplies the gradients by */
+  int32_t skip;    /* 1: a deferred check failed (this step or an unread earlier one): no update */
+  float norm;      /* the global norm before clipping (float, as dsc_global_norm) */
+  int32_t pad;
+  double sumsq;    /* its sum of squares */
+  int64_t applied; /* the step number of the last update applied (unchanged when skipped) */
+} dsc_step_ctl;
+
 /* ---- errors ------------------------------------------------------------- */
 
 /* Record "<fn>: <formatted message>" as this thread's last error; return st. */

@@ -65,8 +65,12 @@ dsc_status dsc_cpu_adamw(dsc_context *ctx, int64_t n, float *p /* [n] f32, updat
                          const float *g /* [n] f32 */, dsc_dtype mom_dt,
                          void *m /* [n] mom_dt, updated */, void *v /* [n] mom_dt, updated */,
                          float lr, float beta1, float beta2, float eps, float weight_decay,
-                         float bc1, float bc2, float gscale) {
+                         float bc1, float bc2, float gscale, const dsc_step_ctl *ctl) {
   (void)ctx; /* read only by the OpenMP pragmas */
+  if (ctl) {
+    if (ctl->skip) return DSC_OK;
+    gscale = ctl->coef;
+  }
   const float decay = lr * weight_decay; /* decoupled weight decay factor */
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(ctx->num_threads) schedule(static) if (n >= DSC_CPU_PAR_MIN)
@@ -81,6 +85,35 @@ dsc_status dsc_cpu_adamw(dsc_context *ctx, int64_t n, float *p /* [n] f32, updat
     dsc_cpu_st(mom_dt, m, i, mi);
     dsc_cpu_st(mom_dt, v, i, vi);
   }
+  return DSC_OK;
+}
+
+/* ---- the training step's control block (model_train.c's step without the host) --------- */
+
+dsc_status dsc_cpu_sumsq_list_dev(dsc_context *ctx, int32_t n, const float *const *g, const int64_t *numel,
+                                  double *total /* [1] */) {
+  double acc = 0.0;
+  for (int32_t i = 0; i < n; ++i) {
+    if (numel[i] <= 0) continue;
+    double s = 0.0;
+    DSC_TRY(dsc_cpu_sumsq(ctx, numel[i], g[i], &s));
+    acc += s;
+  }
+  *total = acc;
+  return DSC_OK;
+}
+
+dsc_status dsc_cpu_step_ctl(dsc_context *ctx, const double *total /* [1] */, float max_norm, int64_t step,
+                            const int64_t *failed /* [1] or NULL */, dsc_step_ctl *ctl /* [1] */) {
+  (void)ctx;
+  /* the host path's expressions (dsc_global_norm's float norm, then the coefficient) */
+  const float norm = (float)sqrt(*total);
+  ctl->sumsq = *total;
+  ctl->norm = norm;
+  ctl->coef = (max_norm > 0.0f && norm > max_norm) ? (float)((double)max_norm / ((double)norm + 1e-6)) : 1.0f;
+  ctl->skip = failed && *failed != 0;
+  ctl->pad = 0;
+  if (!ctl->skip) ctl->applied = step;
   return DSC_OK;
 }
 

@@ -50,6 +50,12 @@ dsc_status dsc_cpu_round_bf16_f32(dsc_context *ctx, int64_t n, const float *src 
   return DSC_OK;
 }
 
+dsc_status dsc_cpu_zero(dsc_context *ctx, size_t bytes, void *dst) {
+  (void)ctx;
+  if (bytes) memset(dst, 0, bytes);
+  return DSC_OK;
+}
+
 dsc_status dsc_cpu_copy2d(dsc_context *ctx, int64_t rows, size_t row_bytes,
                           const void *src /* rows x src_pitch bytes */, size_t src_pitch,
                           void *dst /* rows x dst_pitch bytes */, size_t dst_pitch) {

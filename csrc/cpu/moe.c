@@ -235,8 +235,9 @@ dsc_status dsc_cpu_moe_expert_load(dsc_context *ctx, int64_t n, int ids64,
 }
 
 dsc_status dsc_cpu_moe_update_bias(dsc_context *ctx, int64_t E, float *bias /* [E] */, int cnt64,
-                                   const void *counts /* [E] */, float rate) {
+                                   const void *counts /* [E] */, float rate, const dsc_step_ctl *ctl) {
   (void)ctx;
+  if (ctl && ctl->skip) return DSC_OK;
   double total = 0.0;
   for (int64_t e = 0; e < E; ++e) total += (double)ld_idx(cnt64, counts, e);
   const double mean = total / (double)E;
@@ -245,6 +246,20 @@ dsc_status dsc_cpu_moe_update_bias(dsc_context *ctx, int64_t E, float *bias /* [
     const float sgn = mean > c ? 1.0f : (mean < c ? -1.0f : 0.0f);
     bias[e] += rate * sgn;
   }
+  return DSC_OK;
+}
+
+dsc_status dsc_cpu_moe_sum_counts(dsc_context *ctx, int64_t S, int64_t nb, int64_t E,
+                                  const int64_t *src /* [S, slot_stride] */, int64_t slot_stride,
+                                  int64_t *dst /* [nb, E] */) {
+  (void)ctx;
+  for (int64_t b = 0; b < nb; ++b)
+    for (int64_t e = 0; e < E; ++e) {
+      int64_t c = 0;
+      for (int64_t sl = 0; sl < S; ++sl)
+        for (int64_t h = 0; h < 2; ++h) c += src[sl * slot_stride + (2 * b + h) * E + e];
+      dst[b * E + e] = c;
+    }
   return DSC_OK;
 }
 

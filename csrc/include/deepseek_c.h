@@ -1412,10 +1412,18 @@ DSC_API dsc_status dsc_model_loss_and_grad(dsc_model *model, const dsc_train_opt
                                            int32_t accumulate, float grad_scale,
                                            dsc_train_stats *stats);
 /* One training step: loss_and_grad over grad_accum micro-batches, global-norm clipping,
- * AdamW (step + 1), the aux-loss-free bias update from this step's expert load. */
+ * AdamW (step + 1), the aux-loss-free bias update from this step's expert load.
+ * On a GPU (one process) the step runs without the host: norm, clipping and the bias update
+ * read device memory, and the host waits once, only to fill stats. With stats NULL it does
+ * not wait at all: the statistics (and a bad token id, which makes this and any later step
+ * before the read change nothing) are read by dsc_model_train_stats, or by the next step,
+ * save or composable call, which then also sets the step count to the last update applied. */
 DSC_API dsc_status dsc_model_train_step(dsc_model *model, const dsc_train_options *opt,
                                         const DLTensor *tokens, const DLTensor *targets,
                                         dsc_train_stats *stats);
+/* The statistics of the last dsc_model_train_step (the host's one wait for a step run with
+ * stats NULL; a failure recorded by that step is returned here). */
+DSC_API dsc_status dsc_model_train_stats(dsc_model *model, dsc_train_stats *stats);
 /* ---- composable training: the pieces of dsc_model_train_step, for objectives and loops
  * that are not next-token cross-entropy (an autograd framework's loss, RL, distillation)
  * and for data parallelism (gradients all-reduced between backward and the optimizer).

@@ -1120,21 +1120,7 @@ dsc_status dsc_model_refresh_compute(dsc_model *m) {
 
 dsc_status dsc_model_fill_zero(dsc_model *m, float *x, int64_t n) {
   if (n == 0) return DSC_OK;
-  if (!dsc_ctx_is_cuda(m->ctx)) {
-    memset(x, 0, (size_t)n * sizeof(float));
-    return DSC_OK;
-  }
-  /* device: copy zeros from the host in chunks */
-  enum { CHUNK = 1 << 16 };
-  float *z = (float *)calloc(CHUNK, sizeof(float));
-  if (!z) return dsc_error(DSC_ERR_OUT_OF_MEMORY, "dsc_model", "out of host memory");
-  dsc_status st = DSC_OK;
-  for (int64_t i = 0; i < n && st == DSC_OK; i += CHUNK) {
-    const int64_t c = n - i < CHUNK ? n - i : CHUNK;
-    st = dsc_memcpy(m->ctx, x + i, m->ctx->device, z, (DLDevice){kDLCPU, 0}, (size_t)c * sizeof(float));
-  }
-  free(z);
-  return st;
+  return DSC_DISPATCH(zero, m->ctx, (size_t)n * sizeof(float), x); /* stream-ordered: no wait */
 }
 
 /* tokens / targets: int32 [B, T] on the model's device, ids in [0, V) (targets may also be

@@ -26,6 +26,7 @@ static void acts_free(dsc_model *m) {
     free(A->blk);
   }
   free(A->fwd_load);
+  if (A->rb) dsc_free(m->ctx, A->rb);
   free(A->rb_host);
   free(A);
   m->acts = NULL;
@@ -110,12 +111,57 @@ static size_t plan(dsc_model *m, dsc_model_acts *A, char *base) {
   CARVE(A->dI1, float, N * I);
   CARVE(A->dI2, float, N * I);
   CARVE(A->dcat, float, N * 2 * D);
-  CARVE(A->loss, float, 1 + m->n_mtp);
-  CARVE(A->rb_aux, float, 2 * (int64_t)m->n_blocks);
-  CARVE(A->rb_load, int64_t, 2 * (int64_t)m->n_blocks * E);
-  A->rb_bytes = base ? (size_t)((char *)(A->rb_load + 2 * (int64_t)m->n_blocks * E) - (char *)A->loss) : 0;
   CARVE(A->counts, int64_t, E);
   return off;
+}
+
+_Static_assert(sizeof(dsc_step_ctl) <= 32, "the region's head keeps the control block in 32 bytes");
+
+/* (model_acts.h) The region's layout depends on the model only (losses, blocks, experts). */
+void dsc_model_rb_select(dsc_model_acts *A, int32_t k) {
+  char *slot = (char *)A->rb + A->rb_head + (size_t)k * A->rb_stride;
+  A->loss = (float *)slot;
+  A->rb_aux = (float *)(slot + A->rb_aux_off);
+  A->rb_load = (int64_t *)(slot + A->rb_load_off);
+}
+
+dsc_status dsc_model_rb_reserve(dsc_model *m, int32_t slots) {
+  dsc_model_acts *A = m->acts;
+  if (A->rb && A->rb_cap >= slots) {
+    dsc_model_rb_select(A, 0);
+    return DSC_OK;
+  }
+  const int64_t E = m->cfg.n_routed_experts ? m->cfg.n_routed_experts : 1, nb = m->n_blocks;
+  /* head: ctl, the sum of squares, the summed counts; slot: losses, aux, counts */
+  const size_t dload_off = 64, head = ((dload_off + (size_t)(nb * E) * sizeof(int64_t)) + 255) & ~(size_t)255;
+  const size_t aux_off = ((size_t)(1 + m->n_mtp) * sizeof(float) + 7) & ~(size_t)7;
+  const size_t load_off = (aux_off + (size_t)(2 * nb) * sizeof(float) + 7) & ~(size_t)7;
+  const size_t bytes = load_off + (size_t)(2 * nb * E) * sizeof(int64_t);
+  const size_t stride = (bytes + 255) & ~(size_t)255;
+  const size_t total = head + (size_t)slots * stride;
+  void *dev = NULL, *host = malloc(total);
+  if (!host) return dsc_error(DSC_ERR_OUT_OF_MEMORY, "dsc_model", "out of host memory");
+  dsc_status st = dsc_model_alloc(m, total, &dev);
+  if (st != DSC_OK) {
+    free(host);
+    return st;
+  }
+  if (A->rb) dsc_free(m->ctx, A->rb);
+  free(A->rb_host);
+  A->rb = dev;
+  A->rb_host = host;
+  A->rb_head = head;
+  A->rb_stride = stride;
+  A->rb_cap = slots;
+  A->rb_bytes = bytes;
+  A->rb_aux_off = aux_off;
+  A->rb_load_off = load_off;
+  A->rb_ctl = (dsc_step_ctl *)dev;
+  A->rb_sumsq = (double *)((char *)dev + 32);
+  A->rb_dload = (int64_t *)((char *)dev + dload_off);
+  dsc_model_rb_select(A, 0);
+  /* the control block starts at zero: applied 0, no skip */
+  return dsc_model_fill_zero(m, (float *)dev, (int64_t)(head / sizeof(float)));
 }
 
 /* plan() multiplies B*T by config widths in plain int64: make sure nothing there can
@@ -187,13 +233,12 @@ dsc_status dsc_model_acts_for(dsc_model *m, int64_t B, int64_t T, dsc_model_acts
     return st;
   }
   plan(m, A, (char *)A->arena);
-  free(A->rb_host);
-  A->rb_host = malloc(A->rb_bytes);
-  if (!A->rb_host) {
+  st = dsc_model_rb_reserve(m, 1);
+  if (st != DSC_OK) {
     dsc_free(m->ctx, A->arena);
     A->arena = NULL;
     A->B = A->T = 0;
-    return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+    return st;
   }
   /* positions 0..T-1 per row (and 0..Td-1 for the MTP depths), written once */
   int32_t *host = (int32_t *)malloc((size_t)(B * T) * sizeof(int32_t));

@@ -59,12 +59,23 @@ struct dsc_model_acts {
   float *dcat;                           /* [N, 2D] */
   /* The read-back region: what the host needs of a pass, copied back in one piece (one
    * host wait per pass; dsc_model_read_back): the losses, then per MoE block and
-   * micro-batch h its balance loss and expert counts (slot 2b + h). */
+   * micro-batch h its balance loss and expert counts (slot 2b + h). One slot per pass of a
+   * training step (the step without the host reads them all at once), after a head: the
+   * step's control block, the norm's sum of squares, the step's summed expert counts.
+   *   rb: [rb_head | slot 0 | slot 1 | ...], slots rb_stride bytes apart (rb_cap of them);
+   * loss / rb_aux / rb_load point into the selected slot (dsc_model_rb_select). */
+  void *rb;                              /* device */
+  void *rb_host;                         /* host mirror of rb */
+  size_t rb_head, rb_stride;             /* bytes */
+  size_t rb_aux_off, rb_load_off;        /* bytes into a slot */
+  int32_t rb_cap;                        /* slots */
+  dsc_step_ctl *rb_ctl;                  /* [1] (head) */
+  double *rb_sumsq;                      /* [1] (head) */
+  int64_t *rb_dload;                     /* [n_blocks, E] (head): the step's counts */
   float *loss;                           /* [1 + Dm] */
   float *rb_aux;                         /* [2 * n_blocks] */
   int64_t *rb_load;                      /* [2 * n_blocks, E] */
-  size_t rb_bytes;                       /* loss .. the end of rb_load */
-  void *rb_host;                         /* [rb_bytes] host mirror */
+  size_t rb_bytes;                       /* loss .. the end of rb_load: one slot's content */
   int64_t *counts;                       /* [E] */
 };
 
@@ -72,6 +83,10 @@ struct dsc_model_acts {
  * operands and scales) carved at *off of base (NULL: sizes only). The training plan and
  * the inference FFN's scratch lay them out alike. */
 void dsc_model_carve_ffn(const dsc_model *m, blk_acts *k, int64_t rows, char *base, size_t *off);
+/* The read-back region with room for `slots` passes (grown, never shrunk), slot 0 selected. */
+dsc_status dsc_model_rb_reserve(dsc_model *m, int32_t slots);
+/* Point loss / rb_aux / rb_load at slot k (< rb_cap). */
+void dsc_model_rb_select(dsc_model_acts *A, int32_t k);
 /* The activations for (B, T): kept while the shape stays, re-planned when it changes. */
 dsc_status dsc_model_acts_for(dsc_model *m, int64_t B, int64_t T, dsc_model_acts **out);
 

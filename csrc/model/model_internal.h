@@ -159,6 +159,15 @@ struct dsc_model {
 
   uint8_t *touched;        /* [n_storage]: gradient already written in this pass */
   int32_t have_grads;      /* a loss_and_grad completed */
+  /* The training step without the host (model_train.c, GPU): a step run with stats NULL
+   * leaves its statistics in the read-back region, read by dsc_model_train_stats or the
+   * next step that reads (pending: what that read needs); last: the last step's stats. */
+  struct {
+    int32_t pending, passes, n_mtp, grad_accum, have_last;
+    float grad_scale;
+    int64_t tokens;
+    dsc_train_stats last;
+  } defer;
   int32_t *block_entries;  /* [n_blocks * S_COUNT] storage index per block slot, -1 none */
   int32_t emb_entry, head_entry, norm_entry;
   int32_t mtp_entries[DSC_MODEL_MAX_MTP][4]; /* enorm, hnorm, eh_proj, shared_head.norm */
@@ -298,6 +307,9 @@ dsc_status dsc_model_copy2d(dsc_model *m, int64_t rows, size_t row_bytes, const 
                             size_t src_pitch, void *dst, size_t dst_pitch);
 dsc_status dsc_model_scale(dsc_model *m, float *x, int64_t n, float alpha);
 dsc_status dsc_model_fill_zero(dsc_model *m, float *x, int64_t n);
+/* The read of a training step run without the host (model_train.c): its statistics, expert
+ * counts, step count and any deferred failure; DSC_OK with nothing pending. */
+dsc_status dsc_model_settle(dsc_model *m);
 /* t int32 on the model's device with ids in [0, V) (or == skip when use_skip); like:
  * expected shape (NULL: a non-empty [B, T] with T <= max_position_embeddings). */
 dsc_status dsc_model_check_ids(dsc_model *m, const char *fn, const char *arg, const DLTensor *t,

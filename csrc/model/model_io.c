@@ -530,6 +530,7 @@ dsc_status dsc_model_save(dsc_model *model, const char *dir, int32_t optimizer) 
   static const char *const FN = "dsc_model_save";
   DSC_CHECK(model != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
   DSC_CHECK(dir != NULL && dir[0], DSC_ERR_INVALID_ARGUMENT, FN, "dir: expected a directory name");
+  DSC_TRY(dsc_model_settle(model)); /* a training step without the host: its step count, its failure */
   dsc_model_config cfg;
   memset(&cfg, 0, sizeof cfg);
   cfg.size = sizeof cfg;

@@ -466,17 +466,3 @@ dsc_status dsc_model_host_all_reduce(dsc_model *m, dsc_comm *c, void *x, int64_t
   return st;
 }
 
-dsc_status dsc_model_expert_load(const dsc_model *m, int32_t layer, int64_t *counts, int32_t n) {
-  static const char *const FN = "dsc_model_expert_load";
-  DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
-  DSC_CHECK(layer >= 0 && layer < m->n_blocks, DSC_ERR_INVALID_ARGUMENT, FN,
-            "layer: expected 0..%d (main layers then MTP blocks), got %d", (int)m->n_blocks - 1, (int)layer);
-  DSC_CHECK(m->blocks[layer].is_moe, DSC_ERR_INVALID_ARGUMENT, FN, "layer: %d is a dense layer, not MoE",
-            (int)layer);
-  DSC_CHECK(counts != NULL && n >= m->cfg.n_routed_experts, DSC_ERR_INVALID_ARGUMENT, FN,
-            "counts: expected room for n_routed_experts = %d values, got n = %d", (int)m->cfg.n_routed_experts,
-            (int)n);
-  memcpy(counts, m->load + (int64_t)layer * m->cfg.n_routed_experts,
-         (size_t)m->cfg.n_routed_experts * sizeof(int64_t));
-  return DSC_OK;
-}

@@ -16,6 +16,11 @@
  *
  * The backward reads the activations the forward kept (model_acts.c, one arena per (B, T)
  * shape); the MLA / MoE ops keep their own saved state in handles owned per block.
+ * Host reads: a pass leaves what the host needs (losses, expert counts, balance losses) in
+ * its read-back slot. loss_and_grad reads it at the end of the pass (one wait on a GPU); a
+ * train_step on a GPU in one process reads nothing until its statistics are asked for (the
+ * step without the host, below train_step_device); the host-driven step (the CPU, data or
+ * expert parallelism) reads each pass and computes the norm on the host.
  * Legend: B batch, T tokens per row, Tb tokens per row of a block's input, N = B*T,
  * V vocab, D hidden, I dense intermediate, L main layers, Dm MTP depths, E routed experts.
  */
@@ -334,6 +339,16 @@ static dsc_status check_train_options(const char *fn, const dsc_train_options *o
   return DSC_OK;
 }
 
+/* The training step without the host (train_step_device below): on a GPU in one process
+ * (DSC_DEVICE_STEP=0 in the environment: the host-driven step), and on the CPU when
+ * DSC_DEVICE_STEP=1 (how the CPU tests run it). */
+static int device_step(const dsc_model *m) {
+  if (m->dist) return 0;
+  const char *v = getenv("DSC_DEVICE_STEP");
+  if (dsc_ctx_is_cuda(m->ctx)) return !(v && strcmp(v, "0") == 0);
+  return v && strcmp(v, "1") == 0;
+}
+
 static float load_imbalance(const dsc_model *m) {
   const int64_t E = m->cfg.n_routed_experts;
   double sum = 0.0;
@@ -532,6 +547,7 @@ static dsc_status backward_logits_(dsc_model *m, const DLTensor *tokens, int32_t
   return st;
 }
 
+static dsc_status settle(dsc_model *m);
 static dsc_status loss_and_grad_run(dsc_model *m, const dsc_train_options *opt, const DLTensor *tokens,
                                     const DLTensor *targets, int32_t accumulate, float grad_scale,
                                     dsc_train_stats *stats);
@@ -550,8 +566,8 @@ static dsc_status backward_logits(dsc_model *m, const DLTensor *tokens, int32_t 
  * the CPU the check costs no wait and stays immediate: nothing is touched before it. */
 static dsc_status checked_ids(dsc_model *m, const char *fn, const dsc_train_options *opt,
                               const DLTensor *tokens, const DLTensor *targets) {
-  const int32_t cm = dsc_ctx_check_mode_push(m->ctx, dsc_ctx_is_cuda(m->ctx) ? DSC_CHECK_DEFERRED
-                                                                            : DSC_CHECK_IMMEDIATE);
+  const int defer = dsc_ctx_is_cuda(m->ctx) || device_step(m);
+  const int32_t cm = dsc_ctx_check_mode_push(m->ctx, defer ? DSC_CHECK_DEFERRED : DSC_CHECK_IMMEDIATE);
   dsc_status st = dsc_model_check_ids(m, fn, "tokens", tokens, NULL, 0, 0);
   if (st == DSC_OK) st = dsc_model_check_ids(m, fn, "targets", targets, tokens, opt->ignore_index, 1);
   dsc_ctx_check_mode_pop(m->ctx, cm);
@@ -563,6 +579,7 @@ dsc_status dsc_model_loss_and_grad(dsc_model *m, const dsc_train_options *opt, c
                                    dsc_train_stats *stats) {
   static const char *const FN = "dsc_model_loss_and_grad";
   DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
+  DSC_TRY(settle(m)); /* a step without the host before: its read (and any failure) first */
   DSC_TRY(dsc_model_check_not_frozen(m, FN, "training"));
   DSC_TRY(check_train_options(FN, opt));
   DSC_TRY(checked_ids(m, FN, opt, tokens, targets));
@@ -580,16 +597,22 @@ dsc_status dsc_model_loss_and_grad(dsc_model *m, const dsc_train_options *opt, c
   return st;
 }
 
-static dsc_status loss_and_grad_run(dsc_model *m, const dsc_train_options *opt, const DLTensor *tokens,
-                                    const DLTensor *targets, int32_t accumulate, float grad_scale,
-                                    dsc_train_stats *stats) {
+/* The MTP depths a pass trains. */
+static int32_t pass_depths(const dsc_model *m, const dsc_train_options *opt, int64_t T) {
+  return (opt->mtp_lambda > 0.0f) ? (int32_t)(m->n_mtp < T - 1 ? m->n_mtp : T - 1) : 0;
+}
+
+/* One pass (forward, losses, backward) with nothing read back: the losses, expert counts and
+ * balance losses stay in the selected read-back slot. */
+static dsc_status pass_run(dsc_model *m, const dsc_train_options *opt, const DLTensor *tokens,
+                           const DLTensor *targets, int32_t accumulate, float grad_scale) {
   dsc_context *ctx = m->ctx;
   DSC_TRY(grads_begin(m, accumulate));
 
   const int64_t B = tokens->shape[0], T = tokens->shape[1];
   const int64_t V = m->cfg.vocab_size, N = B * T;
-  const int32_t nd = (opt->mtp_lambda > 0.0f) ? (int32_t)(m->n_mtp < T - 1 ? m->n_mtp : T - 1) : 0;
-  fwd_opts o = {1, opt->aux_alpha * grad_scale, 0.0, 1}; /* read back below, with the losses */
+  const int32_t nd = pass_depths(m, opt, T);
+  fwd_opts o = {1, opt->aux_alpha * grad_scale, 0.0, 1}; /* read back by the caller */
   DSC_TRY(dsc_model_run_forward(m, tokens, nd, &o, NULL));
   dsc_model_acts *A = m->acts;
   A->fwd_mtp = -1; /* this backward is the forward's: no other may follow */
@@ -612,6 +635,18 @@ static dsc_status loss_and_grad_run(dsc_model *m, const dsc_train_options *opt, 
     STEP(dsc_cross_entropy(ctx, &lgd.t, &tgd.t, opt->ignore_index, grad_scale * lam, &ld.t, &lgd.t, NULL));
   }
   STEP(backward_logits(m, tokens, nd));
+  if (st != DSC_OK) m->have_grads = 0;
+  return st;
+}
+
+static dsc_status loss_and_grad_run(dsc_model *m, const dsc_train_options *opt, const DLTensor *tokens,
+                                    const DLTensor *targets, int32_t accumulate, float grad_scale,
+                                    dsc_train_stats *stats) {
+  dsc_context *ctx = m->ctx;
+  const int64_t N = tokens->shape[0] * tokens->shape[1];
+  const int32_t nd = pass_depths(m, opt, tokens->shape[1]);
+  fwd_opts o = {1, opt->aux_alpha * grad_scale, 0.0, 1};
+  dsc_status st = pass_run(m, opt, tokens, targets, accumulate, grad_scale);
   float losses[1 + DSC_MODEL_MAX_MTP];
   /* the one host wait of the pass: the losses, the expert load and balance losses (the
    * read-back region), and the deferred checks' record */
@@ -642,6 +677,7 @@ dsc_status dsc_model_forward_train(dsc_model *m, const DLTensor *tokens, int32_t
                                    DLTensor *const *mtp_logits) {
   static const char *const FN = "dsc_model_forward_train";
   DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
+  DSC_TRY(settle(m)); /* a step without the host before: its read (and any failure) first */
   DSC_TRY(dsc_model_check_not_frozen(m, FN, "training"));
   DSC_TRY(dsc_model_check_ids(m, FN, "tokens", tokens, NULL, 0, 0));
   const int64_t B = tokens->shape[0], T = tokens->shape[1], V = m->cfg.vocab_size;
@@ -699,6 +735,7 @@ dsc_status dsc_model_backward(dsc_model *m, const DLTensor *dlogits, int32_t n_m
                               const DLTensor *const *dmtp_logits, int32_t accumulate) {
   static const char *const FN = "dsc_model_backward";
   DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
+  DSC_TRY(settle(m)); /* a step without the host before: its read (and any failure) first */
   DSC_TRY(dsc_model_check_not_frozen(m, FN, "training"));
   dsc_model_acts *A = m->acts;
   DSC_CHECK(A != NULL && A->fwd_mtp >= 0, DSC_ERR_INVALID_ARGUMENT, FN,
@@ -900,6 +937,7 @@ static dsc_status optimize(dsc_model *m, const dsc_train_options *opt, float *gn
 dsc_status dsc_model_optimizer_step(dsc_model *m, const dsc_train_options *opt, dsc_train_stats *stats) {
   static const char *const FN = "dsc_model_optimizer_step";
   DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
+  DSC_TRY(settle(m)); /* a step without the host before: its read (and any failure) first */
   DSC_TRY(dsc_model_check_not_frozen(m, FN, "training"));
   DSC_TRY(check_train_options(FN, opt));
   DSC_CHECK(stats == NULL || stats->size >= sizeof(dsc_train_stats), DSC_ERR_INVALID_ARGUMENT, FN,
@@ -914,19 +952,227 @@ dsc_status dsc_model_optimizer_step(dsc_model *m, const dsc_train_options *opt, 
   return finish_step(m, &o1, stats, 0, 0.0, 0.0, 0.0, gn);
 }
 
+/* ------------------------------------------------------------------ the step without the host
+ *
+ * On a GPU a training step needs the host for nothing: every pass leaves its losses, expert
+ * counts and balance losses in its own read-back slot; the global norm and the clip
+ * coefficient are made on the device (sumsq_list_dev, step_ctl) into the step's control
+ * block, which AdamW and the bias update read (the coefficient, and whether to skip); the
+ * bias update sums the passes' counts on the device. The deferred checks of tokens and
+ * targets (checked_ids) set the context's error record; step_ctl turns a failure into
+ * skip = 1, so a step with a bad id (or any step after it before the record is read)
+ * changes no weight, moment or bias. The host reads once, and only for statistics: at the
+ * end of the step when stats are asked for, else later (dsc_model_train_stats, or the next
+ * step that reads). That read also reports a recorded failure and sets the step count to
+ * the last update applied. Everything the host flow computes, in the same order: the same
+ * losses, loads and statistics; the norm is summed per run of trained parameters instead
+ * of per tensor (the same value to float64 rounding). */
+
+/* Runs of consecutive trained entries with one weight decay (the flat arenas' order). */
+static int32_t trained_runs(const dsc_model *m, float decay_on, dsc_param_run *runs) {
+  int32_t nr = 0;
+  for (int64_t e = 0; e < m->n_storage; ++e) {
+    const dsc_model_entry *en = &m->storage[e];
+    if (!en->train || en->numel == 0) continue;
+    const float wd = en->decay ? decay_on : 0.0f;
+    if (nr > 0 && runs[nr - 1].off + runs[nr - 1].n == en->offset && runs[nr - 1].weight_decay == wd) {
+      runs[nr - 1].n += en->numel;
+    } else {
+      runs[nr].off = en->offset;
+      runs[nr].n = en->numel;
+      runs[nr].weight_decay = wd;
+      ++nr;
+    }
+  }
+  return nr;
+}
+
+/* Norm, clipping, AdamW and the bias update of a step of `passes` passes, on the device. */
+static dsc_status optimize_device(dsc_model *m, const dsc_train_options *opt, int32_t passes) {
+  static const char *const FN = "dsc_model_train_step";
+  dsc_context *ctx = m->ctx;
+  dsc_model_acts *A = m->acts;
+  DSC_TRY(dsc_model_ensure_moments(m));
+  const size_t nrmax = (size_t)(m->n_storage ? m->n_storage : 1);
+  dsc_param_run *runs = (dsc_param_run *)malloc(nrmax * sizeof *runs);
+  const float **g = (const float **)malloc(nrmax * sizeof *g);
+  int64_t *numel = (int64_t *)malloc(nrmax * sizeof *numel);
+  dsc_status st = (runs && g && numel) ? DSC_OK : dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+  const int32_t nr = st == DSC_OK ? trained_runs(m, opt->weight_decay, runs) : 0;
+  for (int32_t r = 0; r < nr; ++r) {
+    g[r] = m->grads + runs[r].off;
+    numel[r] = runs[r].n;
+  }
+  STEP(DSC_DISPATCH(sumsq_list_dev, ctx, nr, g, numel, A->rb_sumsq));
+  /* a recorded failure of a deferred check: nothing below changes anything */
+  const int64_t *failed = ctx->check_record ? &ctx->check_record->status : NULL;
+  STEP(DSC_DISPATCH(step_ctl, ctx, A->rb_sumsq, opt->max_grad_norm, m->step + 1, failed, A->rb_ctl));
+  if (st == DSC_OK) m->step += 1;
+  const float bc1 = (float)(1.0 - pow((double)opt->beta1, (double)m->step));
+  const float bc2 = (float)(1.0 - pow((double)opt->beta2, (double)m->step));
+  const size_t ms = dsc_dtype_size(m->mom_dtype);
+  for (int32_t r = 0; r < nr && st == DSC_OK; ++r) {
+    const int64_t o = runs[r].off;
+    st = DSC_DISPATCH(adamw, ctx, runs[r].n, m->params + o, m->grads + o, m->mom_dtype,
+                      (char *)m->exp_avg + (size_t)o * ms, (char *)m->exp_avg_sq + (size_t)o * ms, opt->lr,
+                      opt->beta1, opt->beta2, opt->eps, runs[r].weight_decay, bc1, bc2, 1.0f, A->rb_ctl);
+  }
+  free(runs);
+  free(g);
+  free(numel);
+  if (st == DSC_OK && opt->bias_update_rate > 0.0f && m->cfg.topk_method == DSC_MOE_TOPK_NOAUX_TC) {
+    const int64_t E = m->cfg.n_routed_experts;
+    STEP(DSC_DISPATCH(moe_sum_counts, ctx, passes, m->n_blocks, E, A->rb_load,
+                      (int64_t)(A->rb_stride / sizeof(int64_t)), A->rb_dload));
+    for (int32_t b = 0; b < m->n_blocks && st == DSC_OK; ++b) {
+      if (!m->blocks[b].is_moe || !m->blocks[b].bias.data) continue;
+      st = DSC_DISPATCH(moe_update_bias, ctx, E, (float *)m->blocks[b].bias.data, 1, A->rb_dload + (int64_t)b * E,
+                        opt->bias_update_rate, A->rb_ctl);
+    }
+  }
+  return st;
+}
+
+/* The one read of a step without the host: the control block and every pass's slot, with
+ * the deferred checks' record. Fills m->defer.last (and m->load) from the pending step. */
+static dsc_status settle(dsc_model *m) {
+  if (!m->defer.pending) return DSC_OK;
+  m->defer.pending = 0;
+  dsc_context *ctx = m->ctx;
+  dsc_model_acts *A = m->acts;
+  const int32_t P = m->defer.passes, nd = m->defer.n_mtp;
+  dsc_status st = dsc_ctx_check_begin_read(ctx);
+  STEP(dsc_memcpy(ctx, A->rb_host, (DLDevice){kDLCPU, 0}, A->rb, ctx->device, A->rb_head + (size_t)P * A->rb_stride));
+  const dsc_status chk = dsc_ctx_check_end_read(ctx);
+  if (st != DSC_OK) return st;
+  dsc_step_ctl c;
+  memcpy(&c, A->rb_host, sizeof c);
+  if (chk != DSC_OK) {
+    m->step = c.applied; /* the updates since the failure were skipped */
+    m->have_grads = 0;
+    m->defer.have_last = 0;
+    return chk;
+  }
+  /* per pass, as loss_and_grad reads one: losses, then aux and counts block by block */
+  const int64_t E = m->cfg.n_routed_experts;
+  memset(m->load, 0, (size_t)m->n_blocks * (size_t)(E ? E : 1) * sizeof(int64_t));
+  double loss = 0.0, mtp = 0.0, aux = 0.0;
+  for (int32_t k = 0; k < P; ++k) {
+    const char *slot = (const char *)A->rb_host + A->rb_head + (size_t)k * A->rb_stride;
+    const float *losses = (const float *)slot;
+    const float *ax = (const float *)(slot + A->rb_aux_off);
+    const int64_t *ld = (const int64_t *)(slot + A->rb_load_off);
+    double aux_sum = 0.0, s = 0.0;
+    for (int32_t b = 0; b < m->n_blocks; ++b) {
+      if (!m->blocks[b].is_moe) continue;
+      for (int h = 0; h < 2; ++h) {
+        aux_sum += ax[2 * b + h];
+        for (int64_t e = 0; e < E; ++e) m->load[(int64_t)b * E + e] += ld[(2 * (int64_t)b + h) * E + e];
+      }
+    }
+    for (int32_t d = 0; d < nd; ++d) s += losses[1 + d];
+    loss += losses[0];
+    mtp += nd ? (float)(s / nd) : 0.0f;
+    aux += (float)(aux_sum / m->defer.grad_scale);
+  }
+  dsc_train_stats *o = &m->defer.last;
+  memset(o, 0, sizeof *o);
+  o->size = sizeof *o;
+  o->loss = (float)(loss / m->defer.grad_accum);
+  o->mtp_loss = (float)(mtp / m->defer.grad_accum);
+  o->aux_loss = (float)(aux / m->defer.grad_accum);
+  o->grad_norm = c.norm;
+  o->step = m->step;
+  o->load_imbalance = load_imbalance(m);
+  o->tokens = m->defer.tokens;
+  m->defer.have_last = 1;
+  return DSC_OK;
+}
+
+dsc_status dsc_model_settle(dsc_model *m) { return m ? settle(m) : DSC_OK; }
+
+static dsc_status train_step_device(dsc_model *m, const dsc_train_options *opt, const DLTensor *tokens,
+                                    const DLTensor *targets, dsc_train_stats *stats) {
+  const int64_t B = tokens->shape[0], T = tokens->shape[1];
+  const int32_t P = opt->grad_accum;
+  const int64_t mb = B / P;
+  const float scale = (float)(1.0 / (double)P);
+  /* an unread earlier step: its statistics are dropped (a failure it recorded stays in the
+   * record, read below or later) */
+  m->defer.pending = 0;
+  dsc_model_acts *A = NULL;
+  DSC_TRY(dsc_model_acts_for(m, mb, T, &A));
+  DSC_TRY(dsc_model_rb_reserve(m, P));
+  dsc_status st = DSC_OK;
+  m->ctx->trusted_indices++; /* checked (deferred) by the caller */
+  for (int32_t k = 0; k < P && st == DSC_OK; ++k) {
+    tv tk, tg;
+    dsc_model_rb_select(m->acts, k);
+    st = pass_run(m, opt, row_view(&tk, m, tokens, k * mb, mb), row_view(&tg, m, targets, k * mb, mb), k > 0,
+                  scale);
+  }
+  m->ctx->trusted_indices--;
+  dsc_model_rb_select(m->acts, 0);
+  STEP(optimize_device(m, opt, P));
+  if (st != DSC_OK) return st;
+  m->defer.pending = 1;
+  m->defer.passes = P;
+  m->defer.n_mtp = pass_depths(m, opt, T);
+  m->defer.grad_accum = P;
+  m->defer.grad_scale = scale;
+  m->defer.tokens = B * T;
+  m->defer.have_last = 0;
+  if (!stats) return DSC_OK;
+  DSC_TRY(settle(m));
+  *stats = m->defer.last;
+  return DSC_OK;
+}
+
+dsc_status dsc_model_expert_load(const dsc_model *m, int32_t layer, int64_t *counts, int32_t n) {
+  static const char *const FN = "dsc_model_expert_load";
+  DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
+  DSC_CHECK(layer >= 0 && layer < m->n_blocks, DSC_ERR_INVALID_ARGUMENT, FN,
+            "layer: expected 0..%d (main layers then MTP blocks), got %d", (int)m->n_blocks - 1, (int)layer);
+  DSC_CHECK(m->blocks[layer].is_moe, DSC_ERR_INVALID_ARGUMENT, FN, "layer: %d is a dense layer, not MoE",
+            (int)layer);
+  DSC_CHECK(counts != NULL && n >= m->cfg.n_routed_experts, DSC_ERR_INVALID_ARGUMENT, FN,
+            "counts: expected room for n_routed_experts = %d values, got n = %d", (int)m->cfg.n_routed_experts,
+            (int)n);
+  DSC_TRY(settle((dsc_model *)m)); /* a step without the host: its counts (a read, no visible change) */
+  memcpy(counts, m->load + (int64_t)layer * m->cfg.n_routed_experts,
+         (size_t)m->cfg.n_routed_experts * sizeof(int64_t));
+  return DSC_OK;
+}
+
+dsc_status dsc_model_train_stats(dsc_model *m, dsc_train_stats *stats) {
+  static const char *const FN = "dsc_model_train_stats";
+  DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
+  DSC_CHECK(stats != NULL && stats->size >= sizeof(dsc_train_stats), DSC_ERR_INVALID_ARGUMENT, FN,
+            "stats: expected a dsc_train_stats with size = %zu", sizeof(dsc_train_stats));
+  DSC_TRY(settle(m));
+  DSC_CHECK(m->defer.have_last, DSC_ERR_INVALID_ARGUMENT, FN,
+            "model: expected a dsc_model_train_step before (its statistics are kept until the next step), got "
+            "none");
+  *stats = m->defer.last;
+  return DSC_OK;
+}
+
 dsc_status dsc_model_train_step(dsc_model *m, const dsc_train_options *opt, const DLTensor *tokens,
                                 const DLTensor *targets, dsc_train_stats *stats) {
   static const char *const FN = "dsc_model_train_step";
   DSC_CHECK(m != NULL, DSC_ERR_INVALID_ARGUMENT, FN, "model: expected a model, got NULL");
   DSC_TRY(dsc_model_check_not_frozen(m, FN, "training"));
   DSC_TRY(check_train_options(FN, opt));
-  DSC_TRY(checked_ids(m, FN, opt, tokens, targets));
   DSC_CHECK(stats == NULL || stats->size >= sizeof(dsc_train_stats), DSC_ERR_INVALID_ARGUMENT, FN,
             "stats: expected size = %zu", sizeof(dsc_train_stats));
+  DSC_TRY(checked_ids(m, FN, opt, tokens, targets));
   const int64_t B = tokens->shape[0];
   DSC_CHECK(B % opt->grad_accum == 0, DSC_ERR_INVALID_ARGUMENT, FN,
             "opt->grad_accum: expected a divisor of the batch size %lld, got %d", (long long)B,
             (int)opt->grad_accum);
+  if (device_step(m)) return train_step_device(m, opt, tokens, targets, stats);
+  DSC_TRY(settle(m));
+  m->defer.have_last = 0;
   const int64_t mb = B / opt->grad_accum;
   double loss = 0.0, mtp = 0.0, aux = 0.0;
   /* data parallel: each rank's micro-batches are 1/W of the global batch, and the last one's
@@ -950,7 +1196,14 @@ dsc_status dsc_model_train_step(dsc_model *m, const dsc_train_options *opt, cons
 
   float gn = 0.0f;
   DSC_TRY(optimize(m, opt, &gn));
-  return finish_step(m, opt, stats, B * tokens->shape[1], loss, mtp, aux, gn);
+  dsc_train_stats s;
+  memset(&s, 0, sizeof s);
+  s.size = sizeof s;
+  DSC_TRY(finish_step(m, opt, &s, B * tokens->shape[1], loss, mtp, aux, gn));
+  m->defer.last = s; /* dsc_model_train_stats reads it */
+  m->defer.have_last = 1;
+  if (stats) *stats = s;
+  return DSC_OK;
 }
 
 static dsc_status dist_host_sum(dsc_model *m, dsc_comm *c, void *x, int64_t n, dsc_dtype dt) {

@@ -209,7 +209,7 @@ dsc_status dsc_adamw_step(dsc_context *ctx, const dsc_adamw_params *p, int32_t n
     const dsc_dtype mom_dt = dsc_tensor_dtype(exp_avg[i]);
     void *mp = dsc_data(exp_avg[i]), *vp = dsc_data(exp_avg_sq[i]);
     DSC_TRY(DSC_DISPATCH(adamw, ctx, numel, pp, gp, mom_dt, mp, vp, p->lr, p->beta1, p->beta2, p->eps,
-                         p->weight_decay, bc1, bc2, gscale));
+                         p->weight_decay, bc1, bc2, gscale, NULL));
   }
   return DSC_OK;
 }

@@ -207,7 +207,7 @@ dsc_status dsc_moe_update_bias(dsc_context *ctx, DLTensor *bias, const DLTensor 
   DSC_CHECK(bad_pos < 0, DSC_ERR_INVALID_ARGUMENT, FN,
             "counts: expected values >= 0, got %lld at position %lld", (long long)bad_value,
             (long long)bad_pos);
-  return DSC_DISPATCH(moe_update_bias, ctx, E, (float *)dsc_data(bias), is64(counts), dsc_data(counts), rate);
+  return DSC_DISPATCH(moe_update_bias, ctx, E, (float *)dsc_data(bias), is64(counts), dsc_data(counts), rate, NULL);
 }
 
 dsc_status dsc_moe_seq_aux_loss(dsc_context *ctx, const DLTensor *scores, const DLTensor *indices,

@@ -539,7 +539,8 @@ static PyObject *stats_dict(const dsc_train_stats *s) {
 }
 
 /* model_train(cap, tokens, targets, options, mode, accumulate, grad_scale) -> stats dict;
- * mode 0: dsc_model_loss_and_grad, 1: dsc_model_train_step */
+ * mode 0: dsc_model_loss_and_grad, 1: dsc_model_train_step, 2: dsc_model_train_step with
+ * stats NULL (no host wait on a GPU) -> None */
 static PyObject *py_model_train(PyObject *m, PyObject *args) {
   PyObject *cap, *tok_o, *tgt_o, *opt_o;
   int mode, acc;
@@ -557,9 +558,25 @@ static PyObject *py_model_train(PyObject *m, PyObject *args) {
   IN(tgt, tgt_o, "targets");
   USE_CTX(model_ctx(cap));
   if (mode)
-    RUN(dsc_model_train_step(mdl, &o, tok, tgt, &stats));
+    RUN(dsc_model_train_step(mdl, &o, tok, tgt, mode == 2 ? NULL : &stats));
   else
     RUN(dsc_model_loss_and_grad(mdl, &o, tok, tgt, acc, scale, &stats));
+  ret = mode == 2 ? Py_NewRef(Py_None) : stats_dict(&stats);
+  END
+}
+
+/* model_train_stats(cap) -> stats dict of the last train step (dsc_model_train_stats) */
+static PyObject *py_model_train_stats(PyObject *m, PyObject *args) {
+  PyObject *cap;
+  if (!PyArg_ParseTuple(args, "O", &cap)) return NULL;
+  dsc_model *mdl = model_of(cap);
+  if (!mdl) return NULL;
+  dsc_train_stats stats;
+  memset(&stats, 0, sizeof stats);
+  stats.size = sizeof stats;
+  BEGIN("dsc_model_train_stats");
+  USE_CTX(model_ctx(cap));
+  RUN(dsc_model_train_stats(mdl, &stats));
   ret = stats_dict(&stats);
   END
 }
@@ -660,6 +677,7 @@ PyMethodDef dsc_py_model_methods[] = {
     {"model_forward", py_model_forward, METH_VARARGS, "dsc_model_forward / dsc_model_forward_mtp."},
     {"model_routing", py_model_routing, METH_VARARGS, "dsc_model_routing."},
     {"model_train", py_model_train, METH_VARARGS, "dsc_model_loss_and_grad / dsc_model_train_step."},
+    {"model_train_stats", py_model_train_stats, METH_VARARGS, "dsc_model_train_stats."},
     {"config_normalize", py_config_normalize, METH_VARARGS, "dsc_model_config_normalize_json (str)."},
     {"model_config_json", py_model_config_json, METH_VARARGS, "dsc_model_config_json (str)."},
     {"model_warnings", py_model_warnings, METH_VARARGS, "dsc_model_load's warnings."},
