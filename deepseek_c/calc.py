@@ -30,6 +30,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Union
 
+from .config import ModelConfig
+
 __all__ = ["ModelCalc", "calc", "RECIPES"]
 
 RECIPES = {"fp32": 0, "bf16": 1, "fp8": 2}  # dsc_calc_recipe
@@ -204,7 +206,6 @@ def calc(cfg: Union["ModelConfig", str, os.PathLike, dict], *, context: int = 40
     micro_batch_tokens: tokens of a micro-batch per GPU (activations). compare_kv_heads:
     KV heads of the GQA comparison (0: MHA)."""
     from . import _C
-    from .config import ModelConfig
 
     fn = "calc"
     if isinstance(cfg, ModelConfig):
@@ -240,3 +241,13 @@ def calc(cfg: Union["ModelConfig", str, os.PathLike, dict], *, context: int = 40
         raise ValueError(str(e)) from None
     return ModelCalc(context=ctx, recipe=recipe, moments=moments, zero1=zero1, micro_batch_tokens=mbt,
                      compare_kv_heads=kvh, **ints, **r)
+
+
+def _config_calc(self: ModelConfig, **options: Any) -> ModelCalc:
+    """Parameters, FLOPs per token, KV-cache bytes and memory per GPU of this config
+    (``deepseek_c.calc.calc``: options context, recipe, moments, tp, pp, dp, ep, zero1,
+    micro_batch_tokens, compare_kv_heads); a ModelCalc."""
+    return calc(self, **options)
+
+
+ModelConfig.calc = _config_calc  # the method lives here: config.py does not import calc.py

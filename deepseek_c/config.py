@@ -315,10 +315,5 @@ class ModelConfig:
             num_experts_per_tok=6, n_group=8, topk_group=3, topk_method="group_limited_greedy",
             routed_scaling_factor=16.0)
 
-    def calc(self, **options: Any) -> "Any":
-        """Parameters, FLOPs per token, KV-cache bytes and memory per GPU of this config
-        (``deepseek_c.calc.calc``: options context, recipe, moments, tp, pp, dp, ep, zero1,
-        micro_batch_tokens, compare_kv_heads); a ModelCalc."""
-        from .calc import calc
-
-        return calc(self, **options)
+    # ModelConfig.calc(**options) is defined by deepseek_c.calc (above this module), which the
+    # package always imports: calc.py uses ModelConfig, never the other way round.
