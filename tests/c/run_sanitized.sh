@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the CPU core (csrc/core, ops, cpu, model) together with each C test program
 # (tests/c/test_core.c, test_model_io.c, test_model_train.c, test_generate.c, test_calc.c) under AddressSanitizer +
-# UndefinedBehaviorSanitizer and runs it. Used by CI.
+# UndefinedBehaviorSanitizer and runs it (test_model_train twice: the host-driven training step
+# and, with DSC_DEVICE_STEP=1, the step without the host). Used by CI.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=tests/c/build
@@ -18,3 +19,5 @@ for t in test_core test_model_io test_model_train test_generate test_calc test_c
   # OpenBLAS's own threads are not instrumented; keep them out of the way.
   OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=2 ASAN_OPTIONS=detect_leaks=1 "$out/${t}_asan"
 done
+# The training step without the host (the GPU's flow) on the CPU, under the sanitizers too.
+DSC_DEVICE_STEP=1 OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=2 ASAN_OPTIONS=detect_leaks=1 "$out/test_model_train_asan"

@@ -207,20 +207,25 @@ int main(void) {
     CHECK(dsc_model_activation_bytes(m, &act) == DSC_OK && act > 0, "activation bytes");
   }
 
-  /* bad inputs: clear errors, the model stays usable */
+  /* bad inputs: clear errors, the model stays usable (stats asked for: the step without the
+   * host, DSC_DEVICE_STEP=1, reports a bad id with its one read; with stats NULL it would be
+   * reported by the next read) */
   {
+    dsc_train_stats bs;
+    memset(&bs, 0, sizeof bs);
+    bs.size = sizeof bs;
     int32_t badtok[B * T];
     memcpy(badtok, tok, sizeof badtok);
     badtok[5] = cfg.vocab_size;
     DLTensor bt = host_tensor(badtok, kDLInt, 2, shp);
-    CHECK(dsc_model_train_step(m, &o, &bt, &tg, NULL) == DSC_ERR_INVALID_ARGUMENT && err_has("tokens") &&
+    CHECK(dsc_model_train_step(m, &o, &bt, &tg, &bs) == DSC_ERR_INVALID_ARGUMENT && err_has("tokens") &&
               err_has("vocab_size"),
           "out-of-range token: %s", dsc_last_error());
     int32_t badtgt[B * T];
     memcpy(badtgt, tgt, sizeof badtgt);
     badtgt[7] = -5;
     DLTensor by = host_tensor(badtgt, kDLInt, 2, shp);
-    CHECK(dsc_model_train_step(m, &o, &tk, &by, NULL) == DSC_ERR_INVALID_ARGUMENT && err_has("targets"),
+    CHECK(dsc_model_train_step(m, &o, &tk, &by, &bs) == DSC_ERR_INVALID_ARGUMENT && err_has("targets"),
           "bad target: %s", dsc_last_error());
     int64_t shp2[2] = {B, T - 1};
     DLTensor ys = host_tensor(tgt, kDLInt, 2, shp2);
