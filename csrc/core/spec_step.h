@@ -73,7 +73,7 @@ static inline DSC_HD void dsc_spec_inputs_row(int32_t mode, int64_t b, int32_t j
     }
     last[b] = (int32_t)b;
   }
-  ids[r] = id;
+  ids[r] = id >= 0 ? id : 0; /* a draft -1 (nothing to sample): its verification ends the row */
   pos[r] = p;
   if (gidx) gidx[r] = g;
 }
