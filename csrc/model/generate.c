@@ -21,12 +21,15 @@
  *             rejected ones truncated).
  * The cache's length is per sequence (shared by the layers): each call below ends exactly
  * at the length the sequence must have afterwards, so no call truncates another's rows.
- * Plain decoding (no speculation, one process) runs the steps on the device instead (the
- * device-resident loop below: no host wait per step, CUDA-graph replay); the passes
- * themselves are inference's (infer.c), the sampling rules dsc_sample_tokens'.
- * Where the host still waits per step: speculative decoding (drafts and verification are
- * sampled on the host from copied logits), expert-parallel generation (the ranks agree on
- * every step), and DSC_DEVICE_DECODE=0.
+ * That is the step-by-step host path described above. In one process the steps run on the
+ * device instead, plain decoding and speculative decoding alike (the device-resident loops
+ * below: fixed [B, 1] / [B, 1 + K] batches, verification and drafting on the device, one
+ * host read per chunk of steps, CUDA-graph replay); the passes themselves are inference's
+ * (infer.c), the sampling rules dsc_sample_tokens'. The prefill (and the MTP prefill)
+ * stays on the host path.
+ * Where the host still waits per step: expert-parallel generation (the ranks agree on
+ * every step), DSC_DEVICE_DECODE=0, and inside the model a MoE layer's expert-offset
+ * read-back on CUDA (which also declines the CUDA graph).
  *
  * Legend: B prompts (batch rows), T tokens per row, N = B*T, D hidden, V vocab, L main
  * layers, K num_draft (0 without speculation), P the position of a sequence's pending token.
@@ -813,11 +816,11 @@ static dsc_status run_spec_device(gen *g) {
   g->d_rec = g->d_cnt + B;
   g->d_rng = (int64_t *)(dl + off_r);
   g->d_q = sampling ? (double *)(dl + off_q) : NULL;
-  /* host: the state copy, then n0, c0, em, cut / tot [B] each, [plen|nd|acc|drafts], rng */
-  int32_t *hs = (int32_t *)malloc(sb + (size_t)B * 4 * 4 + (size_t)B * (3 + K) * 4 + rb);
-  if (!hs) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "could not allocate the decode state");
+  /* host: rng [B, 2], the state copy, then n0, c0, em, cut / tot [B] each, [plen|nd|acc|drafts] */
+  int64_t *hr = (int64_t *)malloc(rb + sb + (size_t)B * 4 * 4 + (size_t)B * (3 + K) * 4);
+  if (!hr) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "could not allocate the decode state");
+  int32_t *hs = (int32_t *)(hr + 2 * B);
   int32_t *n0 = hs + nst, *c0 = n0 + B, *em = c0 + B, *tot = em + B, *ha = tot + B;
-  int64_t *hr = (int64_t *)(ha + (int64_t)B * (3 + K));
   int32_t *cnt = hs + 2 * B + (int64_t)B * mx;
   dsc_status s = DSC_OK;
   for (int32_t b = 0; b < B; ++b) { /* the state after the prefill and its drafts */
@@ -874,7 +877,7 @@ static dsc_status run_spec_device(gen *g) {
     memcpy(g->out + (int64_t)b * mx, hs + 2 * B + (int64_t)b * mx, (size_t)mx * 4);
   }
   in->main_forwards = forwards;
-  free(hs);
+  free(hr);
   return s;
 }
 

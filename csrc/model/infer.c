@@ -1,8 +1,13 @@
 /*
  * model/infer.c -- inference with the paged latent cache (infer.h): buffers and cache of a
  * batch, the decoder blocks' prefill/decode passes, the head, MTP module 0's pass, the
- * device-resident decode step, and dsc_model_forward of a frozen model (the prefill with
- * every row's logits). Generation (generate.c) drives these.
+ * device-resident passes (the plain decode step [B, 1], the speculative verification
+ * [B, 1 + K] and MTP passes [B, 1 + K] / [B, 1]: inputs and cache plan on the device, no
+ * host wait or copy), and dsc_model_forward of a frozen model (the prefill with every
+ * row's logits). Generation (generate.c) drives these.
+ * Where the host waits: the host-staged passes (dsc_infer_main, dsc_infer_mtp: uploads,
+ * the MLA ops' checks, the logits copied back) that the prefill, expert-parallel
+ * generation and DSC_DEVICE_DECODE=0 use.
  *
  * Passes follow the training forward's BF16 rounding points (model_layers.c: F1-F8).
  * Legend: B batch rows, T tokens per row, N = B*T, D hidden, V vocab, L main layers.
