@@ -391,7 +391,7 @@ __global__ void sv_inputs_kernel(int32_t mode, int64_t B, int32_t T, int32_t K, 
                         gidx, last);
 }
 
-__global__ void sv_draft_kernel(int64_t B, int32_t K, int32_t j, int64_t V, float temperature, int32_t top_k,
+__global__ void __launch_bounds__(1024) sv_draft_kernel(int64_t B, int32_t K, int32_t j, int64_t V, float temperature, int32_t top_k,
                                 float top_p, const float *__restrict__ logits /* [B,V] */,
                                 int64_t *__restrict__ rng /* [B,2] */, const int32_t *__restrict__ nd,
                                 int32_t *__restrict__ drafts /* [B,K] */, double *__restrict__ q /* [B,K,V] */) {
@@ -407,7 +407,7 @@ __global__ void sv_draft_kernel(int64_t B, int32_t K, int32_t j, int64_t V, floa
 
 /* The distributions of the rows a verification may read: row b*Tv + jj, jj <= nd[b], of an
  * alive sequence; bad[row] = 1 when it has nothing to sample. */
-__global__ void sv_dist_kernel(int64_t B, int32_t Tv, int64_t V, float temperature, int32_t top_k, float top_p,
+__global__ void __launch_bounds__(1024) sv_dist_kernel(int64_t B, int32_t Tv, int64_t V, float temperature, int32_t top_k, float top_p,
                                const float *__restrict__ logits /* [B*Tv,V] */, const int32_t *__restrict__ state,
                                const int32_t *__restrict__ nd, double *__restrict__ pd /* [B*Tv,V] */,
                                int32_t *__restrict__ bad /* [B*Tv] */) {
@@ -419,7 +419,7 @@ __global__ void sv_dist_kernel(int64_t B, int32_t Tv, int64_t V, float temperatu
   }
 }
 
-__global__ void sv_verify_kernel(int64_t B, int32_t K, int64_t V, int32_t mx, int32_t eos, int greedy,
+__global__ void __launch_bounds__(1024) sv_verify_kernel(int64_t B, int32_t K, int64_t V, int32_t mx, int32_t eos, int greedy,
                                  const float *__restrict__ logits /* [B*Tv,V] */,
                                  const int32_t *__restrict__ drafts /* [B,K] */,
                                  const double *__restrict__ q /* [B,K,V] */,
