@@ -245,8 +245,7 @@ def test_cuda_spec_ops_match_the_cpu(kw, k):
     loop: the same weights on both devices. The logits differ in their last bits between the
     devices (other GEMM kernels) and the GPU adds its float64 sums in another order
     (kernels/sample.cu), so an argmax near a tie or a draw within rounding of a boundary may
-    differ: most sequences must still match exactly, and greedy's statistics are the CPU's
-    when every sequence does."""
+    differ: most sequences must still match exactly."""
     cfg = small_cfg(vocab_size=8, initializer_range=0.3, **DENSE)
     cpu = perturbed_model(cfg, seed=3)
     gpu = dsc.Model(cfg, device="cuda")
@@ -257,8 +256,7 @@ def test_cuda_spec_ops_match_the_cpu(kw, k):
     assert all(len(t) == 24 for t in g.tokens)
     assert all(0 <= t < cfg.vocab_size for o in g.tokens for t in o)
     assert sum(a == b for a, b in zip(g.tokens, c.tokens)) >= 3, (g.tokens, c.tokens)
-    if not kw and g.tokens == c.tokens:
-        assert stats(g) == stats(c)
+    assert g.new_tokens == c.new_tokens == 24 * len(SMALL_PROMPTS)
 
 
 @pytest.mark.cuda
