@@ -121,6 +121,36 @@ extern "C" {
                                const int32_t *tok /*[B]*/, int32_t *ids /*[B]*/,              \
                                int32_t *pos /*[B]*/, int32_t *state /*[2B] alive, ngen*/,     \
                                int32_t *out /*[B,max_new]*/);                                 \
+  /* ---- speculative (MTP) decoding on the device (csrc/cpu/sample.c; row layouts in       \
+   * core/spec_step.h; generation's internal ops). spec_inputs: ids, pos [B*T] (gidx [B*T], \
+   * last [B] for the MTP layouts; gidx may be NULL for the main one) of layout mode.       \
+   * spec_draft: draft j of the rows with nd[b] > j from logits [B,V] (one draw per row     \
+   * when sampling; q [B,K,V] gets the row's distribution; -1: nothing to sample).          \
+   * spec_verify: every alive row verifies its nd[b] drafts against logits [B*Tv,V] (rows  \
+   * b*Tv + j), emits the accepted ones and a correction / bonus token into out, ends rows  \
+   * on eos, max_new or bad logits (token -1), sets acc and nd = the drafts wanted next,    \
+   * and records the step (dsc_spec_rec) at rec[cnt[b] % nrec, b], cnt[b] += 1; rng draws  \
+   * in generate.c's order (verify). q NULL when greedy. Dead rows: nd 0, no record. */     \
+  dsc_status P##spec_inputs(dsc_context *ctx, int32_t mode, int64_t B, int32_t T, int32_t K,   \
+                            int32_t j, int32_t max_new, const int32_t *plen /*[B]*/,           \
+                            const int32_t *state /*[2B]*/, const int32_t *out /*[B,max_new]*/,  \
+                            const int32_t *drafts /*[B,K]*/, const int32_t *nd /*[B]*/,        \
+                            const int32_t *acc /*[B]*/, int32_t *ids /*[B*T]*/,                \
+                            int32_t *pos /*[B*T]*/, int32_t *gidx /*[B*T] or NULL*/,          \
+                            int32_t *last /*[B] or NULL*/);                                   \
+  dsc_status P##spec_draft(dsc_context *ctx, int64_t B, int32_t K, int32_t j, int64_t V,       \
+                           float temperature, int32_t top_k, float top_p,                     \
+                           const float *logits /*[B,V]*/, int64_t *rng /*[B,2]*/,             \
+                           const int32_t *nd /*[B]*/, int32_t *drafts /*[B,K]*/,              \
+                           double *q /*[B,K,V] or NULL*/);                                    \
+  dsc_status P##spec_verify(dsc_context *ctx, int64_t B, int32_t K, int64_t V, int32_t max_new, \
+                            int32_t eos, float temperature, int32_t top_k, float top_p,        \
+                            const float *logits /*[B*(1+K),V]*/,                              \
+                            const int32_t *drafts /*[B,K]*/, const double *q /*[B,K,V]*/,     \
+                            int64_t *rng /*[B,2]*/, int32_t *state /*[2B]*/,                  \
+                            int32_t *out /*[B,max_new]*/, int32_t *nd /*[B]*/,                \
+                            int32_t *acc /*[B]*/, int32_t nrec, int32_t *cnt /*[B]*/,         \
+                            int32_t *rec /*[nrec,B]*/);                                       \
   /* ---- GRPO (csrc/cpu/grpo.c). *bad_pos (host) = the first i with x[i] not finite, -1  \
    * when every value is. */                                                                  \
   dsc_status P##find_nonfinite(dsc_context *ctx, int64_t n, const float *x /*[n]*/,            \

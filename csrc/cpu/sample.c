@@ -14,12 +14,16 @@
  *   A row with no finite or +inf logit gets token -1 (nothing to sample from).
  * Each draw advances the row's counter by one (core/sample_math.h); greedy rows and -1
  * rows draw nothing.
+ *
+ * Speculative decoding's device-resident step (spec_*; layouts in core/spec_step.h): the
+ * same rules as generate.c's host path (take_draft, verify), row by row.
  */
 #include <math.h>
 #include <stdlib.h>
 
 #include "cpu_common.h"
 #include "sample_math.h"
+#include "spec_step.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -145,5 +149,127 @@ dsc_status dsc_cpu_sample_tokens(dsc_context *ctx, int64_t B, int64_t V, float t
     rng[2 * b + 1] = (int64_t)ctr;
     tokens[b] = dsc_cpu_sample_draw(p, V, u);
   );
+  return DSC_OK;
+}
+
+/* ---- speculative decoding ------------------------------------------------------------- */
+
+dsc_status dsc_cpu_spec_inputs(dsc_context *ctx, int32_t mode, int64_t B, int32_t T, int32_t K, int32_t j,
+                               int32_t max_new, const int32_t *plen /* [B] */, const int32_t *state /* [2B] */,
+                               const int32_t *out /* [B, max_new] */, const int32_t *drafts /* [B, K] */,
+                               const int32_t *nd /* [B] */, const int32_t *acc /* [B] */,
+                               int32_t *ids /* [B*T] */, int32_t *pos /* [B*T] */,
+                               int32_t *gidx /* [B*T] or NULL */, int32_t *last /* [B] or NULL */) {
+  (void)ctx;
+  for (int64_t b = 0; b < B; ++b)
+    for (int32_t t = 0; t < T; ++t)
+      dsc_spec_inputs_row(mode, b, t, T, K, j, max_new, plen, state, B, out, drafts, nd, acc, ids, pos, gidx,
+                          last);
+  return DSC_OK;
+}
+
+dsc_status dsc_cpu_spec_draft(dsc_context *ctx, int64_t B, int32_t K, int32_t j, int64_t V, float temperature,
+                              int32_t top_k, float top_p, const float *logits /* [B, V] */,
+                              int64_t *rng /* [B, 2] */, const int32_t *nd /* [B] */,
+                              int32_t *drafts /* [B, K] */, double *q /* [B, K, V] or NULL */) {
+  const int greedy = temperature == 0.0f;
+  void *ws = NULL;
+  if (!greedy) DSC_TRY(dsc_workspace(ctx, (size_t)V * sizeof(dsc_sample_pair), &ws));
+  for (int64_t b = 0; b < B; ++b) {
+    if (nd[b] <= j) continue;
+    const float *l = logits + b * V; /* [V] */
+    int32_t tok;
+    if (greedy) {
+      tok = dsc_cpu_sample_argmax(l, V);
+    } else {
+      double *qr = q + (b * K + j) * V; /* [V] */
+      if (dsc_cpu_sample_dist(l, V, temperature, top_k, top_p, qr, (dsc_sample_pair *)ws) != 0) {
+        tok = -1;
+      } else {
+        uint64_t ctr = (uint64_t)rng[2 * b + 1];
+        tok = dsc_cpu_sample_draw(qr, V, dsc_sample_urand((uint64_t)rng[2 * b], &ctr));
+        rng[2 * b + 1] = (int64_t)ctr;
+      }
+    }
+    drafts[b * K + j] = tok;
+  }
+  return DSC_OK;
+}
+
+dsc_status dsc_cpu_spec_verify(dsc_context *ctx, int64_t B, int32_t K, int64_t V, int32_t max_new, int32_t eos,
+                               float temperature, int32_t top_k, float top_p,
+                               const float *logits /* [B*(1+K), V] */, const int32_t *drafts /* [B, K] */,
+                               const double *q /* [B, K, V] or NULL */, int64_t *rng /* [B, 2] */,
+                               int32_t *state /* [2B] */, int32_t *out /* [B, max_new] */,
+                               int32_t *nd /* [B] */, int32_t *acc /* [B] */, int32_t nrec,
+                               int32_t *cnt /* [B] */, int32_t *rec /* [nrec, B] */) {
+  const int greedy = temperature == 0.0f;
+  const int64_t Tv = 1 + (int64_t)K;
+  void *ws = NULL; /* p [V], r [V] (double), pairs [V] */
+  if (!greedy) DSC_TRY(dsc_workspace(ctx, (size_t)V * (2 * sizeof(double) + sizeof(dsc_sample_pair)), &ws));
+  double *p = (double *)ws, *r = p ? p + V : NULL;
+  dsc_sample_pair *pairs = p ? (dsc_sample_pair *)(r + V) : NULL;
+  for (int64_t b = 0; b < B; ++b) {
+    if (!state[b]) {
+      nd[b] = 0;
+      continue;
+    }
+    const int32_t kb = nd[b];
+    int32_t n = state[B + b], a = 0, ne = 0, alive = 1;
+    uint64_t ctr = (uint64_t)rng[2 * b + 1];
+    const uint64_t key = (uint64_t)rng[2 * b];
+    for (int32_t jj = 0; jj <= kb; ++jj) {
+      const float *l = logits + (b * Tv + jj) * V; /* [V] */
+      int32_t tok;
+      int accepted = 0;
+      if (greedy) {
+        tok = dsc_cpu_sample_argmax(l, V);
+        if (jj < kb) accepted = tok >= 0 && tok == drafts[b * K + jj];
+      } else if (dsc_cpu_sample_dist(l, V, temperature, top_k, top_p, p, pairs) != 0) {
+        tok = -1;
+      } else if (jj < kb) {
+        const int32_t x = drafts[b * K + jj];
+        if (x < 0) { /* the draft's logits had nothing to sample */
+          tok = -1;
+        } else {
+          const double *qr = q + (b * K + jj) * V; /* [V] */
+          const double u = dsc_sample_urand(key, &ctr);
+          accepted = u * qr[x] < p[x];
+          if (accepted) {
+            tok = x;
+          } else {
+            double s = 0.0;
+            for (int64_t v = 0; v < V; ++v) {
+              r[v] = p[v] > qr[v] ? p[v] - qr[v] : 0.0;
+              s += r[v];
+            }
+            tok = dsc_cpu_sample_draw(s > 0.0 ? r : p, V, dsc_sample_urand(key, &ctr));
+          }
+        }
+      } else {
+        tok = dsc_cpu_sample_draw(p, V, dsc_sample_urand(key, &ctr));
+      }
+      if (jj < kb && drafts[b * K + jj] < 0) { /* the draft's logits had nothing to sample */
+        tok = -1;
+        accepted = 0;
+      }
+      out[b * max_new + n] = tok;
+      ++n;
+      ++ne;
+      a += accepted;
+      if (tok < 0 || tok == eos || n >= max_new) {
+        alive = 0;
+        break;
+      }
+      if (!accepted) break;
+    }
+    rng[2 * b + 1] = (int64_t)ctr;
+    state[b] = alive;
+    state[B + b] = n;
+    acc[b] = a;
+    rec[(int64_t)(cnt[b] % nrec) * B + b] = dsc_spec_rec(ne, a, kb);
+    cnt[b] += 1;
+    nd[b] = dsc_spec_wanted(alive, n, K, max_new);
+  }
   return DSC_OK;
 }

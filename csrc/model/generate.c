@@ -21,12 +21,15 @@
  *             rejected ones truncated).
  * The cache's length is per sequence (shared by the layers): each call below ends exactly
  * at the length the sequence must have afterwards, so no call truncates another's rows.
- * Plain decoding (no speculation, one process) runs the steps on the device instead (the
- * device-resident loop below: no host wait per step, CUDA-graph replay); the passes
- * themselves are inference's (infer.c), the sampling rules dsc_sample_tokens'.
- * Where the host still waits per step: speculative decoding (drafts and verification are
- * sampled on the host from copied logits), expert-parallel generation (the ranks agree on
- * every step), and DSC_DEVICE_DECODE=0.
+ * That is the step-by-step host path described above. In one process the steps run on the
+ * device instead, plain decoding and speculative decoding alike (the device-resident loops
+ * below: fixed [B, 1] / [B, 1 + K] batches, verification and drafting on the device, one
+ * host read per chunk of steps, CUDA-graph replay); the passes themselves are inference's
+ * (infer.c), the sampling rules dsc_sample_tokens'. The prefill (and the MTP prefill)
+ * stays on the host path.
+ * Where the host still waits per step: expert-parallel generation (the ranks agree on
+ * every step), DSC_DEVICE_DECODE=0, and inside the model a MoE layer's expert-offset
+ * read-back on CUDA (which also declines the CUDA graph).
  *
  * Legend: B prompts (batch rows), T tokens per row, N = B*T, D hidden, V vocab, L main
  * layers, K num_draft (0 without speculation), P the position of a sequence's pending token.
@@ -39,6 +42,7 @@
 
 #include "infer.h"
 #include "sample_math.h"
+#include "spec_step.h"
 #include "../ops/sample_internal.h"
 
 static const char *const FN = "dsc_model_generate";
@@ -91,6 +95,10 @@ typedef struct {
   void *dloop;
   int32_t *d_tok, *d_state, *d_out;
   int64_t *d_rng;
+  /* the speculative one adds: plen [B], nd [B], acc [B], drafts [B, K], cnt [B] and
+   * rec [GEN_CHUNK, B] (after out, in the region copied back per chunk), q [B, K, V] */
+  int32_t *d_plen, *d_nd, *d_acc, *d_drafts, *d_cnt, *d_rec;
+  double *d_q;
   /* stats */
   int64_t new_tokens, drafted, accepted;
 } gen;
@@ -507,8 +515,32 @@ static int env_off(const char *name) {
   return v && strcmp(v, "0") == 0;
 }
 
+/* One speculative step (see run_spec_device). */
+static dsc_status spec_step(gen *g, const dsc_sample_params *sp) {
+  dsc_infer *in = &g->in;
+  dsc_context *ctx = in->ctx;
+  const int32_t B = in->B, K = in->K, Tv = in->Tv, mx = g->o.max_new_tokens;
+  DSC_TRY(dsc_spec_inputs(ctx, DSC_SPEC_MAIN, B, Tv, K, 0, mx, g->d_plen, g->d_state, g->d_out, g->d_drafts,
+                          g->d_nd, g->d_acc, in->d_ids, in->d_pos, NULL, NULL));
+  DSC_TRY(dsc_infer_verify_device(in));
+  DSC_TRY(dsc_spec_verify(ctx, B, K, in->V, mx, g->eos, sp, in->logits, g->d_drafts, g->d_q, g->d_rng, g->d_state,
+                          g->d_out, g->d_nd, g->d_acc, GEN_CHUNK, g->d_cnt, g->d_rec));
+  DSC_TRY(dsc_spec_inputs(ctx, DSC_SPEC_CATCH, B, Tv, K, 0, mx, g->d_plen, g->d_state, g->d_out, g->d_drafts,
+                          g->d_nd, g->d_acc, in->d_ids, in->d_pos, in->d_gidx, in->d_last));
+  DSC_TRY(dsc_infer_mtp_device(in, Tv, in->hn, (int64_t)B * Tv));
+  DSC_TRY(dsc_spec_draft(ctx, B, K, 0, in->V, sp, in->logits, g->d_rng, g->d_nd, g->d_drafts, g->d_q));
+  for (int32_t j = 1; j < K; ++j) {
+    DSC_TRY(dsc_spec_inputs(ctx, DSC_SPEC_CHAIN, B, 1, K, j, mx, g->d_plen, g->d_state, g->d_out, g->d_drafts,
+                            g->d_nd, g->d_acc, in->d_ids, in->d_pos, in->d_gidx, in->d_last));
+    DSC_TRY(dsc_infer_mtp_device(in, 1, in->mo, B));
+    DSC_TRY(dsc_spec_draft(ctx, B, K, j, in->V, sp, in->logits, g->d_rng, g->d_nd, g->d_drafts, g->d_q));
+  }
+  return DSC_OK;
+}
+
 static dsc_status device_step(gen *g, const dsc_sample_params *sp) {
   dsc_infer *in = &g->in;
+  if (in->K > 0) return spec_step(g, sp);
   DSC_TRY(dsc_infer_decode_device(in));
   DSC_TRY(dsc_sample_rows(in->ctx, in->B, in->V, sp, in->logits, g->d_rng, g->d_state, g->d_tok));
   return dsc_decode_advance(in->ctx, in->B, g->o.max_new_tokens, g->eos, g->d_tok, in->d_ids, in->d_pos,
@@ -686,6 +718,169 @@ static dsc_status run_device(gen *g) {
   return s;
 }
 
+/* ---- the device-resident speculative loop ---------------------------------------------
+ * Speculative decoding (one process) the same way: per step, on the device,
+ *   main:   spec_inputs(MAIN) lays out [B, 1 + K]: row b*Tv + j = sequence b's pending
+ *           token (j = 0) or draft j at P + j, padding (-1) past its nd drafts or when it is
+ *           done; the main model on it (dsc_infer_verify_device), every row's logits kept;
+ *   verify: dsc_spec_verify: generate.c's verify (greedy / rejection sampling against the
+ *           draft distributions q, then the correction or bonus token), eos and
+ *           max_new_tokens, the tokens into the device copy of out, the drafts wanted next
+ *           (plan_drafts), and a record of the step per sequence (emitted, accepted,
+ *           drafted) for the host;
+ *   drafts: the MTP catch-up over the kept positions on [B, 1 + K] (spec_inputs(CATCH): the
+ *           drafting row b*Tv + acc) and the chain of K - 1 more on [B, 1], each followed
+ *           by dsc_spec_draft (argmax, or a draw keeping q on the device).
+ * Row b is sequence b in every batch, so nothing is gathered or compacted on the host. The
+ * cache was reserved for prompt + max_new_tokens per sequence (enough: the step's last row
+ * is at most at plen + max_new - 2); positions past a sequence's kept prefix (rejected
+ * drafts) are simply overwritten by later steps, attention reading only up to each row's
+ * own position. The RNG draws per sequence come in the host path's order (verification,
+ * then drafts 1 .. K), so the tokens are bitwise the host path's. The host reads [state |
+ * out | cnt | rec] once per chunk of up to GEN_CHUNK steps and replays the records in the
+ * host path's order (step, sequence, token): callbacks, cuts, stats (drafted, accepted,
+ * new tokens, main forwards). The prefill and the MTP prefill stay the host path's. */
+
+/* Host bookkeeping of one chunk of the speculative loop: hs = the host copy of [alive [B],
+ * ngen [B], out [B, max_new], cnt [B], rec [GEN_CHUNK, B]], n0 / c0 [B] ngen and cnt
+ * before the chunk, em and cut [B] scratch. *ran = the steps any sequence took part in
+ * (as the host loop counts its main passes); *edited as chunk_done. */
+static dsc_status spec_chunk_done(gen *g, int32_t *hs, const int32_t *n0, const int32_t *c0, int32_t *em,
+                                  int32_t *cut, int32_t steps, int *edited, int32_t *ran) {
+  const int32_t B = g->in.B, mx = g->o.max_new_tokens;
+  int32_t *alive = hs, *ngen = hs + B, *out = hs + 2 * B, *cnt = out + (int64_t)B * mx, *rec = cnt + B;
+  *edited = 0;
+  *ran = 0;
+  for (int32_t b = 0; b < B; ++b) {
+    em[b] = n0[b];
+    cut[b] = 0;
+  }
+  for (int32_t j = 0; j < steps && !g->stop_all; ++j) {
+    int any = 0;
+    for (int32_t b = 0; b < B && !g->stop_all; ++b) {
+      if (cut[b] || j >= cnt[b] - c0[b]) continue; /* not verified at this step */
+      const int32_t r = rec[(int64_t)((c0[b] + j) % GEN_CHUNK) * B + b];
+      const int32_t ne = dsc_spec_rec_ne(r), a = dsc_spec_rec_acc(r);
+      any = 1;
+      g->drafted += dsc_spec_rec_kb(r);
+      for (int32_t i = 0; i < ne; ++i) {
+        const int32_t tok = out[(int64_t)b * mx + em[b]];
+        if (tok < 0) return bad_logits(g, b);
+        em[b] += 1;
+        g->new_tokens += 1;
+        g->accepted += i < a;
+        const int32_t rc = g->on_token ? g->on_token(g->user, b, tok) : 0;
+        if (rc < 0) g->stop_all = 1;
+        if (rc != 0) {
+          cut[b] = 1;
+          break;
+        }
+      }
+    }
+    *ran += any;
+  }
+  for (int32_t b = 0; b < B; ++b) {
+    if (!cut[b] && !g->stop_all) continue;
+    if (em[b] < ngen[b] || alive[b]) *edited = 1;
+    for (int32_t i = em[b]; i < ngen[b]; ++i) out[(int64_t)b * mx + i] = -1;
+    ngen[b] = em[b];
+    alive[b] = 0;
+  }
+  return DSC_OK;
+}
+
+static dsc_status run_spec_device(gen *g) {
+  dsc_infer *in = &g->in;
+  dsc_context *ctx = in->ctx;
+  const int32_t B = in->B, mx = g->o.max_new_tokens, K = in->K;
+  const int sampling = !g->greedy;
+  /* device memory: [plen | nd | acc | drafts], [state 2B | out B*mx | cnt B | rec CHUNK*B]
+   * (one copy back per chunk), rng [B, 2], q [B, K, V] (sampling) */
+  int ok = 1;
+  const int64_t nst = dsc_cadd(dsc_cadd(3 * (int64_t)B, dsc_cmul(B, mx, &ok), &ok), (int64_t)GEN_CHUNK * B, &ok);
+  const size_t sb = dsc_cbytes(nst, 4, &ok);
+  const size_t ab = dsc_calign(dsc_cbytes(dsc_cmul(B, 3 + K, &ok), 4, &ok), 256, &ok), rb = (size_t)B * 16;
+  const size_t qb = sampling ? dsc_cbytes(dsc_cmul3(B, K, in->V, &ok), 8, &ok) : 0;
+  const size_t off_s = ab, off_r = dsc_caddz(off_s, dsc_calign(sb, 256, &ok), &ok);
+  const size_t off_q = dsc_caddz(off_r, dsc_calign(rb, 256, &ok), &ok);
+  DSC_CHECK(ok, DSC_ERR_OUT_OF_MEMORY, FN, "the decode state does not fit in 64 bits");
+  DSC_TRY(dsc_malloc(ctx, dsc_caddz(off_q, qb, &ok), &g->dloop));
+  char *dl = (char *)g->dloop;
+  g->d_plen = (int32_t *)dl;
+  g->d_nd = g->d_plen + B;
+  g->d_acc = g->d_nd + B;
+  g->d_drafts = g->d_acc + B;
+  g->d_state = (int32_t *)(dl + off_s);
+  g->d_out = g->d_state + 2 * B;
+  g->d_cnt = g->d_out + (int64_t)B * mx;
+  g->d_rec = g->d_cnt + B;
+  g->d_rng = (int64_t *)(dl + off_r);
+  g->d_q = sampling ? (double *)(dl + off_q) : NULL;
+  /* host: rng [B, 2], the state copy, then n0, c0, em, cut / tot [B] each, [plen|nd|acc|drafts] */
+  int64_t *hr = (int64_t *)malloc(rb + sb + (size_t)B * 4 * 4 + (size_t)B * (3 + K) * 4);
+  if (!hr) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "could not allocate the decode state");
+  int32_t *hs = (int32_t *)(hr + 2 * B);
+  int32_t *n0 = hs + nst, *c0 = n0 + B, *em = c0 + B, *tot = em + B, *ha = tot + B;
+  int32_t *cnt = hs + 2 * B + (int64_t)B * mx;
+  dsc_status s = DSC_OK;
+  for (int32_t b = 0; b < B; ++b) { /* the state after the prefill and its drafts */
+    hs[b] = g->alive[b];
+    hs[B + b] = g->ngen[b];
+    memcpy(hs + 2 * B + (int64_t)b * mx, g->out + (int64_t)b * mx, (size_t)mx * 4);
+    cnt[b] = 0;
+    tot[b] = g->alive[b] ? g->plen[b] + mx : 0;
+    ha[b] = g->plen[b];
+    ha[B + b] = g->alive[b] ? g->nd[b] : 0;
+    ha[2 * B + b] = 0;
+    for (int32_t j = 0; j < K; ++j) ha[3 * B + (int64_t)b * K + j] = j < ha[B + b] ? g->drafts[(int64_t)b * K + j] : 0;
+    hr[2 * b] = (int64_t)g->rkey[b];
+    hr[2 * b + 1] = (int64_t)g->rctr[b];
+  }
+  memset(cnt + B, 0, (size_t)GEN_CHUNK * B * 4);
+  s = dsc_infer_plan_device(in, tot);
+  if (s == DSC_OK) s = dsc_memcpy(ctx, g->d_plen, in->dev, ha, HOST, (size_t)B * (3 + K) * 4);
+  if (s == DSC_OK) s = dsc_memcpy(ctx, g->d_state, in->dev, hs, HOST, sb);
+  if (s == DSC_OK) s = dsc_memcpy(ctx, g->d_rng, in->dev, hr, HOST, rb);
+  if (s == DSC_OK && sampling) s = dsc_memcpy(ctx, g->d_q, in->dev, g->q, HOST, qb);
+  dsc_sample_params sp;
+  dsc_sample_params_default(&sp);
+  sp.temperature = g->o.temperature;
+  sp.top_k = g->o.top_k;
+  sp.top_p = g->o.top_p;
+  step_graph sg = {in->host || env_off("DSC_CUDA_GRAPHS") ? -1 : 0, NULL, {0}};
+  int64_t step = 0;
+  int32_t forwards = 1; /* the prefill; then the steps any sequence took part in */
+  while (s == DSC_OK) {
+    /* every step emits >= 1 token per alive row: no row outlives max_new - ngen more steps */
+    int32_t n = 0;
+    for (int32_t b = 0; b < B; ++b) {
+      n0[b] = hs[B + b];
+      c0[b] = cnt[b];
+      if (hs[b] && mx - hs[B + b] > n) n = mx - hs[B + b];
+    }
+    if (n == 0) break;
+    if (n > GEN_CHUNK) n = GEN_CHUNK;
+    for (int32_t j = 0; s == DSC_OK && j < n; ++j, ++step) s = graph_step(g, &sp, &sg, step);
+    if (s == DSC_OK) s = dsc_memcpy(ctx, hs, HOST, g->d_state, in->dev, sb); /* the chunk's one wait */
+    int edited = 0;
+    int32_t ran = 0;
+    if (s == DSC_OK) s = spec_chunk_done(g, hs, n0, c0, em, tot, n, &edited, &ran);
+    if (s == DSC_OK && edited) s = dsc_memcpy(ctx, g->d_state, in->dev, hs, HOST, sb);
+    forwards += ran;
+  }
+#ifdef DSC_WITH_CUDA
+  if (sg.exec) dsc_cuda_graph_destroy(sg.exec);
+#endif
+  for (int32_t b = 0; b < B; ++b) { /* the results (on error too: what was emitted so far) */
+    g->ngen[b] = hs[B + b];
+    g->alive[b] = 0;
+    memcpy(g->out + (int64_t)b * mx, hs + 2 * B + (int64_t)b * mx, (size_t)mx * 4);
+  }
+  in->main_forwards = forwards;
+  free(hr);
+  return s;
+}
+
 /* ---- the loop --------------------------------------------------------------------------- */
 
 static dsc_status run(gen *g, int64_t *first /* [2B] host scratch */) {
@@ -727,10 +922,10 @@ static dsc_status run(gen *g, int64_t *first /* [2B] host scratch */) {
 
   /* decode steps: the pending token + its drafts at P .. P + nd, ragged, -1 padded */
   const int ep = ep_generation(g->in.m);
-  if (g->in.K == 0 && !ep && !env_off("DSC_DEVICE_DECODE")) {
+  if (!ep && !env_off("DSC_DEVICE_DECODE")) {
     int any = 0;
     for (int32_t b = 0; b < B; ++b) any |= g->alive[b];
-    return any ? run_device(g) : DSC_OK;
+    return !any ? DSC_OK : g->in.K > 0 ? run_spec_device(g) : run_device(g);
   }
   for (;;) {
     int32_t nb = 0, T = 1;

@@ -1,8 +1,13 @@
 /*
  * model/infer.c -- inference with the paged latent cache (infer.h): buffers and cache of a
  * batch, the decoder blocks' prefill/decode passes, the head, MTP module 0's pass, the
- * device-resident decode step, and dsc_model_forward of a frozen model (the prefill with
- * every row's logits). Generation (generate.c) drives these.
+ * device-resident passes (the plain decode step [B, 1], the speculative verification
+ * [B, 1 + K] and MTP passes [B, 1 + K] / [B, 1]: inputs and cache plan on the device, no
+ * host wait or copy), and dsc_model_forward of a frozen model (the prefill with every
+ * row's logits). Generation (generate.c) drives these.
+ * Where the host waits: the host-staged passes (dsc_infer_main, dsc_infer_mtp: uploads,
+ * the MLA ops' checks, the logits copied back) that the prefill, expert-parallel
+ * generation and DSC_DEVICE_DECODE=0 use.
  *
  * Passes follow the training forward's BF16 rounding points (model_layers.c: F1-F8).
  * Legend: B batch rows, T tokens per row, N = B*T, D hidden, V vocab, L main layers.
@@ -93,7 +98,8 @@ dsc_status dsc_infer_setup(dsc_infer *g, const char *FN, const int32_t *plen, in
   const int spec = K > 0;
   int ok = 1;
   const size_t nd4 = dsc_cbytes(dsc_cmul(N, D, &ok), 4, &ok);
-  enum { NBUF = 14 };
+  const int64_t BT = dsc_cmul(B, g->Tv, &ok); /* the device step's rows: B * (1 + K) */
+  enum { NBUF = 15 };
   size_t sz[NBUF] = {
       nd4,                                              /* h */
       nd4,                                              /* xn */
@@ -107,8 +113,9 @@ dsc_status dsc_infer_setup(dsc_infer *g, const char *FN, const int32_t *plen, in
       dsc_cbytes(N, 4, &ok),                            /* pos */
       dsc_cbytes(N, 4, &ok),                            /* gidx */
       dsc_cbytes(B, 8, &ok),                            /* seq */
-      dsc_cbytes(B, 8, &ok),                            /* slot */
-      dsc_cbytes(3 * B, 8, &ok),                        /* meta */
+      dsc_cbytes(dsc_cadd(B, BT, &ok), 8, &ok),         /* slot [B], slot per row [B*Tv] */
+      dsc_cbytes(dsc_cmul(3, BT, &ok), 8, &ok),         /* meta */
+      dsc_cbytes(B, 4, &ok),                            /* last */
   };
   size_t tot = 0, off[NBUF];
   for (int i = 0; i < NBUF; ++i) {
@@ -134,6 +141,8 @@ dsc_status dsc_infer_setup(dsc_infer *g, const char *FN, const int32_t *plen, in
   g->d_seq = (int64_t *)(d + off[11]);
   g->d_slot = (int64_t *)(d + off[12]);
   g->d_meta = (int64_t *)(d + off[13]);
+  g->d_slotv = g->d_slot + B;
+  g->d_last = (int32_t *)(d + off[14]);
 
   /* host staging */
   size_t hs[6] = {
@@ -298,37 +307,53 @@ dsc_status dsc_infer_plan_device(dsc_infer *g, const int32_t *total) {
     slot[b] = 0;
     if (total[b] > 0) DSC_TRY(mla_cache_reserve(g->cache, b, total[b], &slot[b]));
   }
-  DSC_TRY(up(g, g->d_slot, slot, (size_t)g->B * sizeof(int64_t)));
+  /* slot [B], then the slot of every row of a [B, 1 + K] step (row b*Tv + j: sequence b) */
+  const int64_t Tv = g->Tv, n = (int64_t)g->B * (1 + Tv);
+  int64_t *sv = (int64_t *)malloc((size_t)n * sizeof(int64_t));
+  if (!sv) return dsc_error(DSC_ERR_OUT_OF_MEMORY, "dsc_model_generate", "could not allocate %lld slots", (long long)n);
+  for (int32_t b = 0; b < g->B; ++b) {
+    sv[b] = slot[b];
+    for (int64_t j = 0; j < Tv; ++j) sv[g->B + b * Tv + j] = slot[b];
+  }
+  const dsc_status st = up(g, g->d_slot, sv, (size_t)n * sizeof(int64_t));
+  free(sv);
+  DSC_TRY(st);
   for (int32_t b = 0; b < g->B; ++b) slot[b] = b;
   DSC_TRY(up(g, g->d_seq, slot, (size_t)g->B * sizeof(int64_t)));
   const int32_t *dtables = NULL;
   return mla_cache_device_tables(g->cache, &dtables); /* the one upload of the tables */
 }
 
-dsc_status dsc_infer_decode_device(dsc_infer *g) {
+/* The main model on [B, T] rows with ids / positions on the device (T = 1: row b is
+ * sequence b; T = 1 + K: row b*T + j) and every row's logits. */
+static dsc_status main_device(dsc_infer *g, int32_t T) {
   dsc_context *ctx = g->ctx;
-  DSC_TRY(mla_cache_plan(ctx, g->cache, g->B, g->d_pos, g->d_slot, g->d_meta));
+  const int64_t n = (int64_t)g->B * T;
+  DSC_TRY(mla_cache_plan(ctx, g->cache, n, g->d_pos, T == 1 ? g->d_slot : g->d_slotv, g->d_meta));
   const int32_t inv = ctx->row_invariant;
   ctx->row_invariant = 1;
   ctx->trusted_indices += 1; /* ids and positions are the loop's own: no range checks (waits) */
   const int32_t mm = dsc_model_math_enter(g->m);
-  const dsc_status st = main_pass(g, g->B, 1, 0, 1, g->B, NULL, NULL);
+  const dsc_status st = main_pass(g, g->B, T, 0, 1, n, NULL, NULL);
   dsc_model_math_leave(g->m, mm);
   ctx->trusted_indices -= 1;
   ctx->row_invariant = inv;
   return st;
 }
 
-static dsc_status mtp_forward_(dsc_infer *g, int32_t nb, int32_t T, int prefill, const float *hsrc,
-                               int64_t hrows, const float **lh) {
+dsc_status dsc_infer_decode_device(dsc_infer *g) { return main_device(g, 1); }
+
+dsc_status dsc_infer_verify_device(dsc_infer *g) { return main_device(g, g->Tv); }
+
+/* MTP module 0 on [nb, T] with ids, positions and hidden rows d_gidx on the device;
+ * d_last [nb] the drafting rows; planned: the cache plan is in d_meta (else d_seq holds
+ * the batch's sequences). */
+static dsc_status mtp_pass(dsc_infer *g, int32_t nb, int32_t T, int prefill, int planned, const float *hsrc,
+                           int64_t hrows, const int32_t *d_last, const float **lh) {
   dsc_model *m = g->m;
   const dsc_model_mtp *mt = &m->mtp[0];
   const int64_t N = (int64_t)nb * T, D = g->D;
   const float eps = m->cfg.rms_norm_eps;
-  DSC_TRY(up(g, g->d_ids, g->h_ids, (size_t)N * sizeof(int32_t)));
-  DSC_TRY(up(g, g->d_pos, g->h_pos, (size_t)N * sizeof(int32_t)));
-  DSC_TRY(up(g, g->d_seq, g->h_seq, (size_t)nb * sizeof(int64_t)));
-  DSC_TRY(up(g, g->d_gidx, g->h_gidx, (size_t)N * sizeof(int32_t)));
   dsc_gview vi, ve, vt, vc, vh, vx, vo;
   DLTensor *ids = mkview(&vi, g->dev, g->d_ids, DSC_DTYPE_INT32, 1, N, 0, 0);
   DLTensor *e = mkview(&ve, g->dev, g->e, DSC_DTYPE_FLOAT32, 2, N, D, 0);
@@ -344,8 +369,7 @@ static dsc_status mtp_forward_(dsc_infer *g, int32_t nb, int32_t T, int prefill,
   DSC_TRY(dsc_model_concat2(m, e, t, cat)); /* [enorm(emb) ; hnorm(h)]: embedding first */
   DSC_TRY(dsc_linear_forward(g->ctx, cat, &mt->eh_proj, h));
   DSC_TRY(dsc_model_round(m, g->h, N * D));
-  DSC_TRY(up(g, g->d_gidx, g->h_last, (size_t)nb * sizeof(int32_t)));
-  DSC_TRY(block(g, g->L, g->L, nb, T, prefill, 0, g->d_gidx)); /* the drafting rows -> g->e */
+  DSC_TRY(block(g, g->L, g->L, nb, T, prefill, planned, d_last)); /* the drafting rows -> g->e */
   DLTensor *x = mkview(&vx, g->dev, g->e, DSC_DTYPE_FLOAT32, 2, nb, D, 0);
   DLTensor *mo = mkview(&vo, g->dev, g->mo, DSC_DTYPE_FLOAT32, 2, nb, D, 0);
   DSC_TRY(dsc_rms_norm_forward(g->ctx, x, &mt->head_norm, eps, mo, NULL));
@@ -353,11 +377,43 @@ static dsc_status mtp_forward_(dsc_infer *g, int32_t nb, int32_t T, int prefill,
   return head(g, g->mo, nb, lh);
 }
 
+static dsc_status mtp_forward_(dsc_infer *g, int32_t nb, int32_t T, int prefill, const float *hsrc,
+                               int64_t hrows, const float **lh) {
+  const int64_t N = (int64_t)nb * T;
+  DSC_TRY(up(g, g->d_ids, g->h_ids, (size_t)N * sizeof(int32_t)));
+  DSC_TRY(up(g, g->d_pos, g->h_pos, (size_t)N * sizeof(int32_t)));
+  DSC_TRY(up(g, g->d_seq, g->h_seq, (size_t)nb * sizeof(int64_t)));
+  DSC_TRY(up(g, g->d_gidx, g->h_gidx, (size_t)N * sizeof(int32_t)));
+  DSC_TRY(up(g, g->d_last, g->h_last, (size_t)nb * sizeof(int32_t)));
+  return mtp_pass(g, nb, T, prefill, 0, hsrc, hrows, g->d_last, lh);
+}
+
+/* Decode passes (not the prefill) run row-invariant like the main model's (dsc_infer_main):
+ * a drafting row then has the same bits in the host loop's ragged batches and in the device
+ * step's fixed [B, 1 + K] / [B, 1] ones. */
 dsc_status dsc_infer_mtp(dsc_infer *g, int32_t nb, int32_t T, int prefill, const float *hsrc, int64_t hrows,
                          const float **lh) {
+  const int32_t inv = g->ctx->row_invariant;
+  g->ctx->row_invariant = !prefill;
   const int32_t mm = dsc_model_math_enter(g->m);
   const dsc_status st = mtp_forward_(g, nb, T, prefill, hsrc, hrows, lh);
   dsc_model_math_leave(g->m, mm);
+  g->ctx->row_invariant = inv;
+  return st;
+}
+
+dsc_status dsc_infer_mtp_device(dsc_infer *g, int32_t T, const float *hsrc, int64_t hrows) {
+  dsc_context *ctx = g->ctx;
+  const int64_t n = (int64_t)g->B * T;
+  DSC_TRY(mla_cache_plan(ctx, g->cache, n, g->d_pos, T == 1 ? g->d_slot : g->d_slotv, g->d_meta));
+  const int32_t inv = ctx->row_invariant;
+  ctx->row_invariant = 1;
+  ctx->trusted_indices += 1;
+  const int32_t mm = dsc_model_math_enter(g->m);
+  const dsc_status st = mtp_pass(g, g->B, T, 0, 1, hsrc, hrows, g->d_last, NULL);
+  dsc_model_math_leave(g->m, mm);
+  ctx->trusted_indices -= 1;
+  ctx->row_invariant = inv;
   return st;
 }
 

@@ -43,8 +43,10 @@ typedef struct {
   float *h_logits; /* NULL on the CPU (logits read in place) */
   int32_t main_forwards;
   /* the device-resident decode step (dsc_infer_plan_device): row b = sequence b */
-  int64_t *d_slot; /* [B] cache slot of each row */
-  int64_t *d_meta; /* [3B] the step's cache plan */
+  int64_t *d_slot;  /* [B] cache slot of each row */
+  int64_t *d_slotv; /* [B*Tv] the slot of row b*Tv + j: sequence b's (speculative steps) */
+  int64_t *d_meta;  /* [3*B*Tv] the step's cache plan */
+  int32_t *d_last;  /* [B] drafting rows of an MTP pass */
   int64_t max_kv;  /* the reserved length: >= every row's kv_len */
 } dsc_infer;
 
@@ -75,5 +77,13 @@ dsc_status dsc_infer_idle_step(dsc_infer *in);
  * It neither waits for the device nor copies to or from the host. */
 dsc_status dsc_infer_plan_device(dsc_infer *in, const int32_t *total);
 dsc_status dsc_infer_decode_device(dsc_infer *in);
+/* The device-resident speculative step (after plan_device; row layouts in
+ * core/spec_step.h). verify_device: the main model on [B, Tv] rows (row b*Tv + j: sequence
+ * b at d_pos, -1 padding) with inputs d_ids: hn [B*Tv, D] and logits [B*Tv, V] stay on the
+ * device. mtp_device: MTP module 0 on [B, T] rows (T = Tv: the catch-up, T = 1: a chain
+ * step) with d_ids, d_pos, d_gidx (rows of hsrc [hrows, D]) and d_last [B] (the drafting
+ * rows) on the device: mo [B, D] and logits [B, V]. Neither waits nor copies. */
+dsc_status dsc_infer_verify_device(dsc_infer *in);
+dsc_status dsc_infer_mtp_device(dsc_infer *in, int32_t T, const float *hsrc, int64_t hrows);
 
 #endif /* DSC_MODEL_INFER_H_ */

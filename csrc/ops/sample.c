@@ -1,6 +1,7 @@
 /*
  * ops/sample.c -- validation and dispatch of token sampling (dsc_sample_tokens), and the
- * internal per-step ops of generation's device-resident decode loop.
+ * internal per-step ops of generation's device-resident decode loops (plain and
+ * speculative).
  *
  * Legend: B rows, V vocabulary.
  */
@@ -63,4 +64,26 @@ dsc_status dsc_decode_advance(dsc_context *ctx, int64_t B, int32_t max_new, int3
                               const int32_t *tok, int32_t *ids, int32_t *pos, int32_t *state,
                               int32_t *out) {
   return DSC_DISPATCH(decode_advance, ctx, B, max_new, eos, tok, ids, pos, state, out);
+}
+
+dsc_status dsc_spec_inputs(dsc_context *ctx, int32_t mode, int64_t B, int32_t T, int32_t K, int32_t j,
+                           int32_t max_new, const int32_t *plen, const int32_t *state, const int32_t *out,
+                           const int32_t *drafts, const int32_t *nd, const int32_t *acc, int32_t *ids,
+                           int32_t *pos, int32_t *gidx, int32_t *last) {
+  return DSC_DISPATCH(spec_inputs, ctx, mode, B, T, K, j, max_new, plen, state, out, drafts, nd, acc, ids, pos,
+                      gidx, last);
+}
+
+dsc_status dsc_spec_draft(dsc_context *ctx, int64_t B, int32_t K, int32_t j, int64_t V, const dsc_sample_params *p,
+                          const float *logits, int64_t *rng, const int32_t *nd, int32_t *drafts, double *q) {
+  return DSC_DISPATCH(spec_draft, ctx, B, K, j, V, p->temperature, p->top_k, p->top_p, logits, rng, nd, drafts,
+                      p->temperature == 0.0f ? NULL : q);
+}
+
+dsc_status dsc_spec_verify(dsc_context *ctx, int64_t B, int32_t K, int64_t V, int32_t max_new, int32_t eos,
+                           const dsc_sample_params *p, const float *logits, const int32_t *drafts,
+                           const double *q, int64_t *rng, int32_t *state, int32_t *out, int32_t *nd,
+                           int32_t *acc, int32_t nrec, int32_t *cnt, int32_t *rec) {
+  return DSC_DISPATCH(spec_verify, ctx, B, K, V, max_new, eos, p->temperature, p->top_k, p->top_p, logits,
+                      drafts, p->temperature == 0.0f ? NULL : q, rng, state, out, nd, acc, nrec, cnt, rec);
 }
