@@ -812,10 +812,11 @@ static dsc_status experts_fwd(dsc_context *ctx, const dsc_moe_layer_weights *w, 
     STEP(fp8_fwd(ctx, f8, G, rows, D, F, &b[B_ACT].t, w->experts_down, w->experts_down_scale_inv, &offs->t,
                  &out->t));
   } else {
-    STEP(dsc_grouped_linear_forward(ctx, &X->t, w->experts_gate, &offs->t, &b[B_HG].t));
-    STEP(dsc_grouped_linear_forward(ctx, &X->t, w->experts_up, &offs->t, &b[B_HU].t));
+    /* the layer's own offsets (trusted): read in place (CPU) or on the device (CUDA) */
+    STEP(dsc_grouped_linear_forward_h(ctx, &X->t, w->experts_gate, &offs->t, NULL, &b[B_HG].t));
+    STEP(dsc_grouped_linear_forward_h(ctx, &X->t, w->experts_up, &offs->t, NULL, &b[B_HU].t));
     STEP(dsc_swiglu_forward(ctx, &b[B_HG].t, &b[B_HU].t, &b[B_ACT].t));
-    STEP(dsc_grouped_linear_forward(ctx, &b[B_ACT].t, w->experts_down, &offs->t, &out->t));
+    STEP(dsc_grouped_linear_forward_h(ctx, &b[B_ACT].t, w->experts_down, &offs->t, NULL, &out->t));
   }
   return st;
 }
@@ -1106,12 +1107,12 @@ dsc_status dsc_moe_layer_backward_ex(dsc_context *ctx, const dsc_moe_route_param
         STEP(fp8_bwd(ctx, &f8, El, Rin, D, F, &deo->t, &b[B_ACT].t, NULL, w->experts_down, &offs->t, &tmp[T_DACT].t,
                      g->experts_down));
       else
-        STEP(dsc_grouped_linear_backward(ctx, &deo->t, &b[B_ACT].t, w->experts_down, &offs->t, &tmp[T_DACT].t,
-                                         g->experts_down));
+        STEP(dsc_grouped_linear_backward_h(ctx, &deo->t, &b[B_ACT].t, w->experts_down, &offs->t, NULL,
+                                           &tmp[T_DACT].t, g->experts_down));
       STEP(dsc_swiglu_backward(ctx, &tmp[T_DACT].t, &b[B_HG].t, &b[B_HU].t, &tmp[T_DHG].t, &tmp[T_DHU].t));
       if (cpu_acc) {
-        STEP(dsc_grouped_linear_backward(ctx, &tmp[T_DHG].t, &X->t, w->experts_gate, &offs->t, &dxp->t,
-                                         g->experts_gate));
+        STEP(dsc_grouped_linear_backward_h(ctx, &tmp[T_DHG].t, &X->t, w->experts_gate, &offs->t, NULL,
+                                           &dxp->t, g->experts_gate));
         STEP(dsc_cpu_grouped_linear_bwd_acc(ctx, El, Rin, F, D, (const float *)tmp[T_DHU].t.data,
                                             (const float *)X->t.data, (const float *)dsc_data(w->experts_up),
                                             (const int32_t *)offs->t.data, (float *)dxp->t.data,
@@ -1123,10 +1124,10 @@ dsc_status dsc_moe_layer_backward_ex(dsc_context *ctx, const dsc_moe_route_param
         STEP(fp8_bwd(ctx, &f8, El, Rin, F, D, &tmp[T_DHU].t, &b[B_XQ].t, xs, w->experts_up, &offs->t, &tmp[T_DXP2].t,
                      g->experts_up));
       } else {
-        STEP(dsc_grouped_linear_backward(ctx, &tmp[T_DHG].t, &X->t, w->experts_gate, &offs->t, &dxp->t,
-                                         g->experts_gate));
-        STEP(dsc_grouped_linear_backward(ctx, &tmp[T_DHU].t, &X->t, w->experts_up, &offs->t, &tmp[T_DXP2].t,
-                                         g->experts_up));
+        STEP(dsc_grouped_linear_backward_h(ctx, &tmp[T_DHG].t, &X->t, w->experts_gate, &offs->t, NULL,
+                                           &dxp->t, g->experts_gate));
+        STEP(dsc_grouped_linear_backward_h(ctx, &tmp[T_DHU].t, &X->t, w->experts_up, &offs->t, NULL,
+                                           &tmp[T_DXP2].t, g->experts_up));
       }
       if (!cpu_acc) STEP(dsc_add(ctx, &dxp->t, &tmp[T_DXP2].t, &dxp->t));
     }
