@@ -110,7 +110,12 @@ def test_cuda_f32_grouped_linear_is_deterministic_and_exact_fp32():
     outs = []
     for _ in range(2):
         yd = _nan((R, N))
+        dsc.op_counters("cuda", reset=True)
         _C.grouped_linear_forward(xd, wd, od, yd)
+        c = dsc.op_counters("cuda", reset=True)
+        # the public op's one wait: the check of the caller's offsets (the kernel reads the
+        # device copy; the MoE layer's calls skip the check, test_moe_layer)
+        assert c["syncs"] == 1 and c["copies_to_host"] == 1, c
         outs.append(dsc.to_numpy(yd))
     assert np.array_equal(outs[0], outs[1])
     want = np.zeros((R, N))
