@@ -81,7 +81,8 @@ __device__ void fg_tile(const F32GroupedArgs &p, FgSmem &sm, const float *bg, in
     }
 }
 
-__global__ void __launch_bounds__(FG_THREADS) f32_grouped_kernel(F32GroupedArgs p) {
+/* 2 CTAs per SM: at most 128 registers a thread (sm_80 spilled at its default choice) */
+__global__ void __launch_bounds__(FG_THREADS, 2) f32_grouped_kernel(F32GroupedArgs p) {
   __shared__ FgSmem sm;
   const int64_t tiles_m = (p.M + FG_BM - 1) / FG_BM, tiles_n = (p.N + FG_BN - 1) / FG_BN;
   const int64_t batch = p.mode == FG_KROWS ? p.G : 1;
