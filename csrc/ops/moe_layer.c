@@ -26,7 +26,8 @@
  * BF16-operand mode, the exact float32 one in FP32 math) read the offsets on the device:
  * their layer never waits. Only the FP8 layer with an alignment that is not a multiple of
  * 128 copies them back (its per-expert wgrad loop, in the backward).
- * With an exchange (moe_layer_ex.h) the plan needs the counts on the host (host_counts).
+ * With an exchange (moe_layer_ex.h) the plan needs the counts on the host (host_counts);
+ * its float32 expert GEMMs then take the offsets it uploads as they are (no copy back).
  *
  * Legend: T tokens, D hidden, E routed experts, k experts per token, F expert
  * intermediate size, Fs shared intermediate size, R permuted rows (the bound R_max without
