@@ -73,11 +73,11 @@ def _steady_syncs(cfg, **model_kw):
 
 @pytest.mark.cuda
 def test_cuda_moe_blocks_add_no_host_wait_of_the_layer():
-    """A MoE block adds no host wait to a steady training step of the FP8 and BF16 models
-    (the layer keeps its offsets on the device; the model reads its expert load and balance
-    loss with the losses, in one copy, and uploads every block's load for the bias update in
-    one copy), and exactly one to the float32 model (its cuBLASLt experts copy the offsets
-    back once per layer forward): going from one MoE block to two (same depth; the other
+    """A MoE block adds no host wait to a steady training step of the float32, BF16 and FP8
+    models (the layer keeps its offsets on the device: the float32 experts on
+    kernels/f32_grouped.cu, the BF16 ones on bf16_grouped_mma.cu; the model reads its expert
+    load and balance loss with the losses, in one copy, and uploads every block's load for
+    the bias update in one copy): going from one MoE block to two (same depth; the other
     block dense)."""
     d = {}
     for name, kw in (("fp32", {}), ("bf16", {"dtype": "bfloat16"}), ("fp8", {"fp8": True})):
@@ -85,5 +85,5 @@ def test_cuda_moe_blocks_add_no_host_wait_of_the_layer():
         two = _steady_syncs(small_cfg(num_hidden_layers=3, first_k_dense_replace=1), **kw)
         d[name] = {k: two[k] - one[k] for k in ("syncs", "copies_to_host", "index_checks")}
     print("per extra MoE block:", d)
-    assert d["fp8"]["syncs"] == 0 and d["bf16"]["syncs"] == 0, d
-    assert d["fp32"]["syncs"] == 1 and d["fp32"]["copies_to_host"] == 1, d
+    for name in d:
+        assert d[name]["syncs"] == 0 and d[name]["copies_to_host"] == 0, d

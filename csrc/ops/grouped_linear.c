@@ -7,6 +7,13 @@
  * the offsets' values (read on the host: a copy from the device on CUDA); then calls
  * dsc_cpu_grouped_linear_* or its CUDA twin (DSC_DISPATCH, core/backend.h).
  *
+ * The public ops check the caller's offsets on the host (on CUDA one copy and one wait: a
+ * bad value is DSC_ERR_INVALID_ARGUMENT at the call); for float32 tensors the CUDA kernels
+ * then read the device offsets, for bfloat16 ones cuBLASLt runs on the host copy's row
+ * slices. The MoE layer's calls (_h, moe_internal.h: offsets from dsc_moe_permute, trusted,
+ * rows bounded by R_max) copy nothing on the CPU or for float32 tensors on CUDA
+ * (dsc_grouped_linear_reads_device_offsets): the layer never waits for its offsets.
+ *
  * Legend: E experts, R rows, K in features, N out features.
  */
 #include <stdlib.h>

@@ -29,8 +29,9 @@ dsc_status dsc_moe_permute_bound(dsc_context *ctx, const char *fn, const DLTenso
                                  DLTensor *out, DLTensor *group_offsets, DLTensor *row_map);
 
 /* 1 when the grouped-linear kernels read the offsets on the device only for these tensors
- * (CUDA, float32 in the BF16-operand math mode: kernels/bf16_grouped_mma.cu), so the MoE
- * layer needs no host copy of them; dw_dt DSC_DTYPE_INVALID without a weight gradient. */
+ * (CUDA, float32 with a float32 dw: kernels/f32_grouped.cu, or kernels/bf16_grouped_mma.cu
+ * in the BF16-operand math mode), so the MoE layer needs no host copy of them; dw_dt
+ * DSC_DTYPE_INVALID without a weight gradient. */
 int dsc_grouped_linear_reads_device_offsets(const dsc_context *ctx, dsc_dtype dt, dsc_dtype dw_dt);
 #ifdef DSC_WITH_CUDA
 int dsc_cuda_grouped_linear_on_device(const dsc_context *ctx, dsc_dtype dt, dsc_dtype dw_dt);
@@ -40,8 +41,8 @@ int dsc_cuda_grouped_linear_on_device(const dsc_context *ctx, dsc_dtype dt, dsc_
  * bound), 0 = o_0 <= ... <= o_E <= R_max, rows past o_E of y / dx written as zeros.
  * offs_h [E+1]: the caller's checked host copy of group_offsets (no copy back), or NULL:
  * read in place on the CPU, not needed on CUDA when the kernels read the device offsets
- * (dsc_grouped_linear_reads_device_offsets), else copied and checked here. The float32
- * layer on CUDA copies its offsets once per forward and passes them to all six calls. */
+ * (dsc_grouped_linear_reads_device_offsets), else copied and checked here. The MoE layer
+ * passes NULL: its float32 tensors never need a host copy. */
 dsc_status dsc_grouped_linear_forward_h(dsc_context *ctx, const DLTensor *x, const DLTensor *w,
                                         const DLTensor *group_offsets, const int32_t *offs_h,
                                         DLTensor *y);

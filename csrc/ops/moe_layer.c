@@ -22,11 +22,12 @@
  * dsc_moe_row_bound: T*k + min(E, T*k) * (align-1)), known from shapes; the padded count R =
  * offsets[E] stays on the device and rows [R, R_max) are zero padding every step keeps
  * zero. The FP8 experts (grouped fprop/dgrad, K-grouped wgrad with align 128) and the
- * BF16-operand experts (kernels/bf16_grouped_mma.cu) read the offsets on the device: their
- * layer never waits. Float32 experts in FP32 math (the reference model) run cuBLASLt per
- * expert on row slices copied back once per forward (one wait, host_offsets_once), as does
- * the FP8 layer with an alignment that is not a multiple of 128 (its per-expert wgrad loop).
- * With an exchange (moe_layer_ex.h) the plan needs the counts on the host (host_counts).
+ * float32 experts (kernels/grouped_linear.cu: the BF16 tensor-core kernel in the
+ * BF16-operand mode, the exact float32 one in FP32 math) read the offsets on the device:
+ * their layer never waits. Only the FP8 layer with an alignment that is not a multiple of
+ * 128 copies them back (its per-expert wgrad loop, in the backward).
+ * With an exchange (moe_layer_ex.h) the plan needs the counts on the host (host_counts);
+ * its float32 expert GEMMs then take the offsets it uploads as they are (no copy back).
  *
  * Legend: T tokens, D hidden, E routed experts, k experts per token, F expert
  * intermediate size, Fs shared intermediate size, R permuted rows (the bound R_max without
@@ -83,12 +84,6 @@ struct dsc_moe_layer_saved {
   int64_t El, Rin; /* experts and rows computed here */
   int fwd_phase;  /* phases of the current forward done (a mask) */
   int bwd_phase;  /* phases of the current backward done */
-  /* CUDA, no exchange, float32 experts: the host copy of b[B_OFFSETS] [E+1] made once by the
-   * forward, given to its three cuBLASLt grouped GEMMs and the backward's (NULL on the CPU:
-   * nothing to copy; FP8 experts read the offsets on the device). */
-  int32_t *offs_h;
-  int64_t offs_h_cap; /* elements allocated */
-  int offs_h_valid;   /* offs_h holds the current forward's offsets */
 };
 
 static void buf_free(dsc_context *ctx, buf *x) {
@@ -151,7 +146,6 @@ void dsc_moe_layer_saved_destroy(dsc_moe_layer_saved *s) {
   if (!s) return;
   for (int i = 0; i < B_COUNT; ++i) buf_free(s->ctx, &s->b[i]);
   for (int i = 0; i < T_COUNT; ++i) buf_free(s->ctx, &s->tmp[i]);
-  free(s->offs_h);
   free(s);
 }
 
@@ -172,33 +166,7 @@ static dsc_status local_saved(dsc_context *ctx, const char *fn, dsc_moe_layer_sa
   s->have = s->fp8 = s->have_aux = s->ex = 0;
   s->T = s->D = s->E = s->k = s->F = s->Fs = s->R = s->El = s->Rin = 0;
   s->fwd_phase = s->bwd_phase = 0;
-  s->offs_h_valid = 0;
   *out = s;
-  return DSC_OK;
-}
-
-/* s->offs_h = the permutation's offsets [E+1] on the host (CUDA; one copy back, the one
- * host wait of a float32-expert layer: its grouped GEMMs are cuBLASLt calls on host-known
- * row slices), checked like the grouped GEMM would (0 <= ... <= offsets[E] <= R, the row
- * bound); on the CPU s->offs_h stays NULL (the GEMMs read the offsets where they are). */
-static dsc_status host_offsets_once(dsc_context *ctx, dsc_moe_layer_saved *s, int64_t E, int64_t R) {
-  static const char *const FN = "dsc_moe_layer_forward";
-  if (!dsc_ctx_is_cuda(ctx)) return DSC_OK;
-  if (s->offs_h_cap < E + 1) {
-    int32_t *h = (int32_t *)realloc(s->offs_h, (size_t)(E + 1) * sizeof(int32_t));
-    if (!h) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
-    s->offs_h = h;
-    s->offs_h_cap = E + 1;
-  }
-  DSC_TRY(dsc_memcpy(ctx, s->offs_h, (DLDevice){kDLCPU, 0}, s->b[B_OFFSETS].t.data, ctx->device,
-                     (size_t)(E + 1) * sizeof(int32_t)));
-  const int32_t *o = s->offs_h;
-  int ok = o[0] == 0 && o[E] <= R;
-  for (int64_t e = 0; e < E && ok; ++e) ok = o[e + 1] >= o[e];
-  DSC_CHECK(ok, DSC_ERR_INTERNAL, FN,
-            "the permutation's offsets are not 0 <= ... <= R_max = %lld (got [0] = %d, [E] = %d)",
-            (long long)R, (int)o[0], (int)o[E]);
-  s->offs_h_valid = 1;
   return DSC_OK;
 }
 
@@ -471,7 +439,6 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
   if (!s) DSC_TRY(local_saved(ctx, FN, &s));
   s->have = 0;
   s->have_aux = 0;
-  s->offs_h_valid = 0;
   buf *logits = &s->tmp[T_LOGITS];
   int64_t xs2[2], xst2[2], ys2[2], yst2[2];
   DLTensor x2 = flat2(x, xs2, xst2), y2 = flat2(y, ys2, yst2);
@@ -490,11 +457,11 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
   /* The permuted rows are sized by their bound R_max (moe_internal.h), never by the count R
    * = offsets[E], which stays on the device. Rows [R, R_max), kernel by kernel:
    *  - permute: zeroed with the experts' own padding (its pad kernel reads offsets[E]);
-   *  - grouped GEMMs (FP8 fprop/dgrad, BF16, CPU, cuBLASLt's memset): read offsets[E] and
+   *  - grouped GEMMs (FP8 fprop/dgrad, float32 and BF16 kernels, CPU): read offsets[E] and
    *    write zeros there, computing nothing;
    *  - SwiGLU, add, FP8 row quantization, the wgrad's quantization along the tokens: run over
    *    all R_max rows, harmlessly (zeros stay zeros; a tile past offsets[E] is never read);
-   *  - the K-grouped FP8 wgrad and the BF16 wgrad: sum each expert's own rows only;
+   *  - the K-grouped FP8, float32 and BF16 wgrads: sum each expert's own rows only;
    *  - combine, its backward's weights and permute's backward: walk the row map (never
    *    there); the combine's backward zeroes every row no pair names.
    * So they add nothing to any output or gradient. On the CPU with align 1, R_max = R. */
@@ -509,10 +476,6 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
   STEP(buf_alloc(ctx, &b[B_ROWMAP], DSC_DTYPE_INT32, T, k));
   STEP(dsc_moe_permute_bound(ctx, FN, &x2, &b[B_INDICES].t, (int32_t)E, align, &b[B_XP].t, &b[B_OFFSETS].t,
                              &b[B_ROWMAP].t));
-  /* float32 experts on CUDA outside the BF16-operand mode: cuBLASLt per expert on the host's
-   * copy (FP8 and BF16-operand experts read the offsets on the device) */
-  if (!w->fp8 && !dsc_grouped_linear_reads_device_offsets(ctx, DSC_DTYPE_FLOAT32, DSC_DTYPE_FLOAT32))
-    STEP(host_offsets_once(ctx, s, E, R));
   STEP(buf_alloc(ctx, &b[B_HG], DSC_DTYPE_FLOAT32, R, F));
   STEP(buf_alloc(ctx, &b[B_HU], DSC_DTYPE_FLOAT32, R, F));
   STEP(buf_alloc(ctx, &b[B_ACT], DSC_DTYPE_FLOAT32, R, F));
@@ -538,11 +501,11 @@ dsc_status dsc_moe_layer_forward(dsc_context *ctx, const dsc_moe_route_params *p
     STEP(fp8_fwd(ctx, &f8, E, R, D, F, &b[B_ACT].t, w->experts_down, w->experts_down_scale_inv,
                  &b[B_OFFSETS].t, &b[B_EO].t));
   } else {
-    const int32_t *oh = s->offs_h;
-    STEP(dsc_grouped_linear_forward_h(ctx, &b[B_XP].t, w->experts_gate, &b[B_OFFSETS].t, oh, &b[B_HG].t));
-    STEP(dsc_grouped_linear_forward_h(ctx, &b[B_XP].t, w->experts_up, &b[B_OFFSETS].t, oh, &b[B_HU].t));
+    /* the offsets are read where they are: in place on the CPU, on the device on CUDA */
+    STEP(dsc_grouped_linear_forward_h(ctx, &b[B_XP].t, w->experts_gate, &b[B_OFFSETS].t, NULL, &b[B_HG].t));
+    STEP(dsc_grouped_linear_forward_h(ctx, &b[B_XP].t, w->experts_up, &b[B_OFFSETS].t, NULL, &b[B_HU].t));
     STEP(dsc_swiglu_forward(ctx, &b[B_HG].t, &b[B_HU].t, &b[B_ACT].t));
-    STEP(dsc_grouped_linear_forward_h(ctx, &b[B_ACT].t, w->experts_down, &b[B_OFFSETS].t, oh, &b[B_EO].t));
+    STEP(dsc_grouped_linear_forward_h(ctx, &b[B_ACT].t, w->experts_down, &b[B_OFFSETS].t, NULL, &b[B_EO].t));
   }
   STEP(dsc_moe_unpermute(ctx, &b[B_EO].t, &b[B_ROWMAP].t, &b[B_WEIGHTS].t, &y2));
   if (Fs > 0) {
@@ -640,7 +603,6 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
   buf *tmp = saved->tmp;
   dsc_status st = DSC_OK;
   ctx->trusted_indices++; /* the forward's routing and row map (see the forward) */
-  const int32_t *oh = saved->offs_h_valid ? saved->offs_h : NULL; /* the forward's host offsets */
 
   /* routed experts: combine -> down -> SwiGLU -> gate/up -> dispatch */
   STEP(buf_alloc(ctx, &tmp[T_DEO], DSC_DTYPE_FLOAT32, R, D));
@@ -656,7 +618,7 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
                  &b[B_OFFSETS].t, &tmp[T_DACT].t, g->experts_down));
   else
     STEP(dsc_grouped_linear_backward_h(ctx, &tmp[T_DEO].t, &b[B_ACT].t, w->experts_down,
-                                     &b[B_OFFSETS].t, oh, &tmp[T_DACT].t, g->experts_down));
+                                     &b[B_OFFSETS].t, NULL, &tmp[T_DACT].t, g->experts_down));
   STEP(buf_alloc(ctx, &tmp[T_DHG], DSC_DTYPE_FLOAT32, R, F));
   STEP(buf_alloc(ctx, &tmp[T_DHU], DSC_DTYPE_FLOAT32, R, F));
   STEP(dsc_swiglu_backward(ctx, &tmp[T_DACT].t, &b[B_HG].t, &b[B_HU].t, &tmp[T_DHG].t, &tmp[T_DHU].t));
@@ -672,7 +634,7 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
   }
   if (cpu_acc) {
     STEP(dsc_grouped_linear_backward_h(ctx, &tmp[T_DHG].t, &b[B_XP].t, w->experts_gate,
-                                     &b[B_OFFSETS].t, oh, &tmp[T_DXP].t, g->experts_gate));
+                                     &b[B_OFFSETS].t, NULL, &tmp[T_DXP].t, g->experts_gate));
     STEP(dsc_cpu_grouped_linear_bwd_acc(ctx, E, R, F, D, (const float *)tmp[T_DHU].t.data,
                                         (const float *)b[B_XP].t.data, (const float *)dsc_data(w->experts_up),
                                         (const int32_t *)b[B_OFFSETS].t.data, (float *)tmp[T_DXP].t.data,
@@ -685,9 +647,9 @@ dsc_status dsc_moe_layer_backward(dsc_context *ctx, const dsc_moe_route_params *
                  &tmp[T_DXP2].t, g->experts_up));
   } else {
     STEP(dsc_grouped_linear_backward_h(ctx, &tmp[T_DHG].t, &b[B_XP].t, w->experts_gate,
-                                     &b[B_OFFSETS].t, oh, &tmp[T_DXP].t, g->experts_gate));
+                                     &b[B_OFFSETS].t, NULL, &tmp[T_DXP].t, g->experts_gate));
     STEP(dsc_grouped_linear_backward_h(ctx, &tmp[T_DHU].t, &b[B_XP].t, w->experts_up,
-                                     &b[B_OFFSETS].t, oh, &tmp[T_DXP2].t, g->experts_up));
+                                     &b[B_OFFSETS].t, NULL, &tmp[T_DXP2].t, g->experts_up));
   }
   if (!cpu_acc) STEP(dsc_add(ctx, &tmp[T_DXP].t, &tmp[T_DXP2].t, &tmp[T_DXP].t));
   STEP(buf_alloc(ctx, &tmp[T_DXTOK], DSC_DTYPE_FLOAT32, T, D));
@@ -851,10 +813,11 @@ static dsc_status experts_fwd(dsc_context *ctx, const dsc_moe_layer_weights *w, 
     STEP(fp8_fwd(ctx, f8, G, rows, D, F, &b[B_ACT].t, w->experts_down, w->experts_down_scale_inv, &offs->t,
                  &out->t));
   } else {
-    STEP(dsc_grouped_linear_forward(ctx, &X->t, w->experts_gate, &offs->t, &b[B_HG].t));
-    STEP(dsc_grouped_linear_forward(ctx, &X->t, w->experts_up, &offs->t, &b[B_HU].t));
+    /* the layer's own offsets (trusted): read in place (CPU) or on the device (CUDA) */
+    STEP(dsc_grouped_linear_forward_h(ctx, &X->t, w->experts_gate, &offs->t, NULL, &b[B_HG].t));
+    STEP(dsc_grouped_linear_forward_h(ctx, &X->t, w->experts_up, &offs->t, NULL, &b[B_HU].t));
     STEP(dsc_swiglu_forward(ctx, &b[B_HG].t, &b[B_HU].t, &b[B_ACT].t));
-    STEP(dsc_grouped_linear_forward(ctx, &b[B_ACT].t, w->experts_down, &offs->t, &out->t));
+    STEP(dsc_grouped_linear_forward_h(ctx, &b[B_ACT].t, w->experts_down, &offs->t, NULL, &out->t));
   }
   return st;
 }
@@ -902,7 +865,6 @@ dsc_status dsc_moe_layer_forward_ex(dsc_context *ctx, const dsc_moe_route_params
   if (phase & DSC_MOE_PHASE_BEGIN) {
     s->have = 0;
     s->have_aux = 0;
-    s->offs_h_valid = 0; /* the exchange's GEMMs copy their own offsets */
     s->fwd_phase = 0;
     s->bwd_phase = 0;
     buf *logits = &s->tmp[T_LOGITS];
@@ -1146,12 +1108,12 @@ dsc_status dsc_moe_layer_backward_ex(dsc_context *ctx, const dsc_moe_route_param
         STEP(fp8_bwd(ctx, &f8, El, Rin, D, F, &deo->t, &b[B_ACT].t, NULL, w->experts_down, &offs->t, &tmp[T_DACT].t,
                      g->experts_down));
       else
-        STEP(dsc_grouped_linear_backward(ctx, &deo->t, &b[B_ACT].t, w->experts_down, &offs->t, &tmp[T_DACT].t,
-                                         g->experts_down));
+        STEP(dsc_grouped_linear_backward_h(ctx, &deo->t, &b[B_ACT].t, w->experts_down, &offs->t, NULL,
+                                           &tmp[T_DACT].t, g->experts_down));
       STEP(dsc_swiglu_backward(ctx, &tmp[T_DACT].t, &b[B_HG].t, &b[B_HU].t, &tmp[T_DHG].t, &tmp[T_DHU].t));
       if (cpu_acc) {
-        STEP(dsc_grouped_linear_backward(ctx, &tmp[T_DHG].t, &X->t, w->experts_gate, &offs->t, &dxp->t,
-                                         g->experts_gate));
+        STEP(dsc_grouped_linear_backward_h(ctx, &tmp[T_DHG].t, &X->t, w->experts_gate, &offs->t, NULL,
+                                           &dxp->t, g->experts_gate));
         STEP(dsc_cpu_grouped_linear_bwd_acc(ctx, El, Rin, F, D, (const float *)tmp[T_DHU].t.data,
                                             (const float *)X->t.data, (const float *)dsc_data(w->experts_up),
                                             (const int32_t *)offs->t.data, (float *)dxp->t.data,
@@ -1163,10 +1125,10 @@ dsc_status dsc_moe_layer_backward_ex(dsc_context *ctx, const dsc_moe_route_param
         STEP(fp8_bwd(ctx, &f8, El, Rin, F, D, &tmp[T_DHU].t, &b[B_XQ].t, xs, w->experts_up, &offs->t, &tmp[T_DXP2].t,
                      g->experts_up));
       } else {
-        STEP(dsc_grouped_linear_backward(ctx, &tmp[T_DHG].t, &X->t, w->experts_gate, &offs->t, &dxp->t,
-                                         g->experts_gate));
-        STEP(dsc_grouped_linear_backward(ctx, &tmp[T_DHU].t, &X->t, w->experts_up, &offs->t, &tmp[T_DXP2].t,
-                                         g->experts_up));
+        STEP(dsc_grouped_linear_backward_h(ctx, &tmp[T_DHG].t, &X->t, w->experts_gate, &offs->t, NULL,
+                                           &dxp->t, g->experts_gate));
+        STEP(dsc_grouped_linear_backward_h(ctx, &tmp[T_DHU].t, &X->t, w->experts_up, &offs->t, NULL,
+                                           &tmp[T_DXP2].t, g->experts_up));
       }
       if (!cpu_acc) STEP(dsc_add(ctx, &dxp->t, &tmp[T_DXP2].t, &dxp->t));
     }
