@@ -197,9 +197,9 @@ DENSE = dict(n_routed_experts=0, first_k_dense_replace=2)
 @pytest.mark.parametrize("dense", [True, False])
 @pytest.mark.parametrize("kw", SAMPLING[:3])
 def test_cuda_graph_replay_equals_plain_launches(monkeypatch, kw, dense):
-    """Dense: every op of the step is capture-safe, the step is replayed from a graph. MoE: the
-    MoE layer reads its expert offsets back (a wait), so the capture is declined (logged) and
-    plain launches run: same tokens either way."""
+    """Dense and MoE (float32 experts read their offsets on the device): every op of the
+    step is capture-safe, the step is replayed from a graph: the same tokens as plain
+    launches."""
     cfg = small_cfg(**(DENSE if dense else {}))
     cpu = perturbed_model(cfg)
     gpu = dsc.Model(cfg, device="cuda")
@@ -222,9 +222,8 @@ def test_cuda_graph_replay_equals_plain_launches(monkeypatch, kw, dense):
 @pytest.mark.parametrize("graphs", ["1", "0"])
 def test_cuda_steady_steps_wait_once_per_chunk(monkeypatch, graphs, dense):
     """32 more tokens = 32 more steps = 2 more chunks: no allocation, no upload, no index
-    check. Dense: exactly 2 more waits (one copy back per chunk). MoE: each MoE layer also
-    reads its expert offsets back once per step (the remaining per-step wait, in the MoE
-    layer): every extra wait is such a copy back, 32 per MoE layer."""
+    check, exactly 2 more waits (one copy back per chunk), dense or MoE (the MoE layer keeps
+    its expert offsets on the device)."""
     cfg = small_cfg(**(DENSE if dense else {}))
     gpu = dsc.Model(cfg, device="cuda", seed=1)
     monkeypatch.setenv("DSC_CUDA_GRAPHS", graphs)
@@ -236,7 +235,4 @@ def test_cuda_steady_steps_wait_once_per_chunk(monkeypatch, graphs, dense):
         out[n] = gpu.counters()
     d = {k: out[65][k] - out[33][k] for k in out[65]}
     assert d["allocs"] == 0 and d["index_checks"] == 0 and d["copies_to_device"] == 0, d
-    if dense:
-        assert d["syncs"] == 2 and d["copies_to_host"] == 2, d
-    else:
-        assert d["syncs"] == d["copies_to_host"] and (d["syncs"] - 2) % 32 == 0, d
+    assert d["syncs"] == 2 and d["copies_to_host"] == 2, d
