@@ -604,6 +604,15 @@ static dsc_status graph_step(gen *g, const dsc_sample_params *sp, step_graph *sg
   return device_step(g, sp);
 }
 
+/* End sequence b of a chunk's host copy after its first `at` tokens (a callback stopped it):
+ * alive [B], ngen [B], out [B, mx]; *edited = 1 when that changed anything. */
+static void cut_at(int32_t *alive, int32_t *ngen, int32_t *out, int32_t mx, int32_t b, int32_t at, int *edited) {
+  if (at < ngen[b] || alive[b]) *edited = 1;
+  for (int32_t i = at; i < ngen[b]; ++i) out[(int64_t)b * mx + i] = -1;
+  ngen[b] = at;
+  alive[b] = 0;
+}
+
 /* Host bookkeeping of one chunk: hs = the host copy of [state (alive [B], ngen [B]) | out
  * [B, max_new]], n0 [B] the counts before the chunk, em [B] scratch. Emits the chunk's tokens
  * in the step-by-step path's order (step, then sequence): stats and callbacks. A callback
@@ -625,17 +634,11 @@ static dsc_status chunk_done(gen *g, int32_t *hs, const int32_t *n0, int32_t *em
       const int32_t r = g->on_token ? g->on_token(g->user, b, tok) : 0;
       if (r < 0) g->stop_all = 1;
       if (r != 0 && !g->stop_all) {
-        if (em[b] < ngen[b] || alive[b]) *edited = 1;
-        for (int32_t i = em[b]; i < ngen[b]; ++i) out[(int64_t)b * mx + i] = -1;
-        ngen[b] = em[b];
-        alive[b] = 0;
+        cut_at(alive, ngen, out, mx, b, em[b], edited);
       }
     }
   for (int32_t b = 0; g->stop_all && b < B; ++b) {
-    if (em[b] < ngen[b] || alive[b]) *edited = 1;
-    for (int32_t i = em[b]; i < ngen[b]; ++i) out[(int64_t)b * mx + i] = -1;
-    ngen[b] = em[b];
-    alive[b] = 0;
+    cut_at(alive, ngen, out, mx, b, em[b], edited);
   }
   return DSC_OK;
 }
@@ -781,10 +784,7 @@ static dsc_status spec_chunk_done(gen *g, int32_t *hs, const int32_t *n0, const 
   }
   for (int32_t b = 0; b < B; ++b) {
     if (!cut[b] && !g->stop_all) continue;
-    if (em[b] < ngen[b] || alive[b]) *edited = 1;
-    for (int32_t i = em[b]; i < ngen[b]; ++i) out[(int64_t)b * mx + i] = -1;
-    ngen[b] = em[b];
-    alive[b] = 0;
+    cut_at(alive, ngen, out, mx, b, em[b], edited);
   }
   return DSC_OK;
 }

@@ -789,20 +789,13 @@ static DLTensor *row_view(tv *v, const dsc_model *m, const DLTensor *t, int64_t 
 static dsc_status finish_step(dsc_model *m, const dsc_train_options *opt, dsc_train_stats *stats,
                               int64_t tokens, double loss, double mtp, double aux, float gn);
 
-/* CPU: the global norm over the trained parameters, clipping and AdamW as two passes over
- * the flat arenas (runs of consecutive trained entries with one weight decay) instead of a
- * parallel region per tensor; the clip coefficient scales the gradients inside the update
- * (g * c, the same multiply the in-place scaling did; m->grads keep the unclipped values).
- * *gn: the norm before clipping. */
-static dsc_status cpu_clip_adamw(dsc_model *m, const dsc_train_options *opt, float *gn) {
-  static const char *const FN = "dsc_model_train_step";
-  dsc_param_run *runs = (dsc_param_run *)malloc((size_t)(m->n_storage ? m->n_storage : 1) * sizeof *runs);
-  if (!runs) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+/* Runs of consecutive trained entries with one weight decay (the flat arenas' order). */
+static int32_t trained_runs(const dsc_model *m, float decay_on, dsc_param_run *runs) {
   int32_t nr = 0;
   for (int64_t e = 0; e < m->n_storage; ++e) {
     const dsc_model_entry *en = &m->storage[e];
     if (!en->train || en->numel == 0) continue;
-    const float wd = en->decay ? opt->weight_decay : 0.0f;
+    const float wd = en->decay ? decay_on : 0.0f;
     if (nr > 0 && runs[nr - 1].off + runs[nr - 1].n == en->offset && runs[nr - 1].weight_decay == wd) {
       runs[nr - 1].n += en->numel;
     } else {
@@ -812,6 +805,19 @@ static dsc_status cpu_clip_adamw(dsc_model *m, const dsc_train_options *opt, flo
       ++nr;
     }
   }
+  return nr;
+}
+
+/* CPU: the global norm over the trained parameters, clipping and AdamW as two passes over
+ * the flat arenas (runs of consecutive trained entries with one weight decay) instead of a
+ * parallel region per tensor; the clip coefficient scales the gradients inside the update
+ * (g * c, the same multiply the in-place scaling did; m->grads keep the unclipped values).
+ * *gn: the norm before clipping. */
+static dsc_status cpu_clip_adamw(dsc_model *m, const dsc_train_options *opt, float *gn) {
+  static const char *const FN = "dsc_model_train_step";
+  dsc_param_run *runs = (dsc_param_run *)malloc((size_t)(m->n_storage ? m->n_storage : 1) * sizeof *runs);
+  if (!runs) return dsc_error(DSC_ERR_OUT_OF_MEMORY, FN, "out of host memory");
+  const int32_t nr = trained_runs(m, opt->weight_decay, runs);
   double ss = 0.0;
   dsc_status st = DSC_OK;
   if (m->dist && m->dist->ep > 1) {
@@ -967,25 +973,6 @@ dsc_status dsc_model_optimizer_step(dsc_model *m, const dsc_train_options *opt, 
  * the last update applied. Everything the host flow computes, in the same order: the same
  * losses, loads and statistics; the norm is summed per run of trained parameters instead
  * of per tensor (the same value to float64 rounding). */
-
-/* Runs of consecutive trained entries with one weight decay (the flat arenas' order). */
-static int32_t trained_runs(const dsc_model *m, float decay_on, dsc_param_run *runs) {
-  int32_t nr = 0;
-  for (int64_t e = 0; e < m->n_storage; ++e) {
-    const dsc_model_entry *en = &m->storage[e];
-    if (!en->train || en->numel == 0) continue;
-    const float wd = en->decay ? decay_on : 0.0f;
-    if (nr > 0 && runs[nr - 1].off + runs[nr - 1].n == en->offset && runs[nr - 1].weight_decay == wd) {
-      runs[nr - 1].n += en->numel;
-    } else {
-      runs[nr].off = en->offset;
-      runs[nr].n = en->numel;
-      runs[nr].weight_decay = wd;
-      ++nr;
-    }
-  }
-  return nr;
-}
 
 /* Norm, clipping, AdamW and the bias update of a step of `passes` passes, on the device. */
 static dsc_status optimize_device(dsc_model *m, const dsc_train_options *opt, int32_t passes) {
